@@ -1,0 +1,39 @@
+# cove: two commands set up a fresh Debian 12 machine (as root):
+#   make run    install what is missing, build, start the server
+#   make test   the whole test suite (boots real VMs)
+GO      ?= go
+COVE_HOME ?= /var/lib/cove
+LISTEN  ?= 127.0.0.1:7070
+export COVE_HOME
+
+.PHONY: all deps build run test bench lint clean
+
+all: build
+
+deps:
+	@bash scripts/deps.sh
+
+build:
+	$(GO) build -o bin/cove ./cmd/cove
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o bin/cove-agent ./cmd/cove-agent
+
+# Builds the default images if missing (with progress), then serves in the
+# foreground.
+run: deps build
+	./bin/cove server --listen $(LISTEN) --build-images tiny,debian
+
+# VM tests never skip where CI is set; -p 2 matches the two cores.
+test: deps
+	$(GO) vet ./...
+	$(GO) test -p 2 -timeout 45m ./...
+
+bench: deps build
+	$(GO) run ./cmd/covebench
+
+lint:
+	gofmt -l . | (! grep .)
+	$(GO) vet ./...
+	staticcheck ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,222 @@
+// Package agent is the guest side of cove: it runs as PID 1 in every
+// microVM (see Init), and serves the host's requests — exec, files — over
+// the agentproto port (see Serve).
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/yamux"
+	"golang.org/x/sys/unix"
+
+	"github.com/cove-dev/cove/internal/agentproto"
+)
+
+// Version is the agent's version, reported in hello.
+var Version = "dev"
+
+// Agent serves host requests.
+type Agent struct {
+	Log    *slog.Logger
+	reaper *reaper
+}
+
+// New returns an agent. It starts the child reaper: as PID 1 the agent is
+// the parent of every orphan in the guest.
+func New(log *slog.Logger) *Agent {
+	return &Agent{Log: log, reaper: newReaper()}
+}
+
+// FindPort returns the device path of the virtio-serial port named name,
+// waiting up to limit for it to appear.
+func FindPort(name string, limit time.Duration) (string, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		matches, _ := filepath.Glob("/sys/class/virtio-ports/*/name")
+		for _, m := range matches {
+			b, err := os.ReadFile(m)
+			if err == nil && strings.TrimSpace(string(b)) == name {
+				return "/dev/" + filepath.Base(filepath.Dir(m)), nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("agent: no virtio port named %q", name)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Serve serves the host over the virtio-serial port at path until ctx ends.
+// The host may disconnect and reconnect any number of times (it does on
+// every park and wake); each connection is a fresh yamux session.
+func (a *Agent) Serve(ctx context.Context, path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return fmt.Errorf("agent: open port: %w", err)
+	}
+	defer f.Close()
+	fd := int(f.Fd())
+
+	// The port raises SIGIO when the host side connects or disconnects.
+	// Notify first, so the signal never hits the default action.
+	sigio := make(chan os.Signal, 1)
+	signal.Notify(sigio, syscall.SIGIO)
+	defer signal.Stop(sigio)
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETOWN, os.Getpid()); err != nil {
+		return fmt.Errorf("agent: port owner: %w", err)
+	}
+	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+	if err != nil {
+		return fmt.Errorf("agent: port flags: %w", err)
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_ASYNC); err != nil {
+		return fmt.Errorf("agent: port async: %w", err)
+	}
+
+	for ctx.Err() == nil {
+		if !hostConnected(fd) {
+			select {
+			case <-sigio:
+			case <-time.After(time.Second): // a missed signal costs a second, never a hang
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			continue
+		}
+		if err := agentproto.GuestSync(portConn{f}); err != nil {
+			continue // the host went away before the sync finished
+		}
+		a.serveConn(ctx, portConn{f})
+	}
+	return ctx.Err()
+}
+
+// hostConnected reports whether the host side of the port is open: the
+// port polls as hung up while it is not.
+func hostConnected(fd int) bool {
+	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	n, err := unix.Poll(pfd, 0)
+	if err != nil {
+		return false
+	}
+	return n == 0 || pfd[0].Revents&unix.POLLHUP == 0
+}
+
+// portConn lets yamux use the port without closing it: the port stays open
+// across host connections.
+type portConn struct{ f *os.File }
+
+func (c portConn) Read(p []byte) (int, error)  { return c.f.Read(p) }
+func (c portConn) Write(p []byte) (int, error) { return c.f.Write(p) }
+func (c portConn) Close() error                { return nil }
+
+func (a *Agent) serveConn(ctx context.Context, conn io.ReadWriteCloser) {
+	sess, err := yamux.Server(conn, agentproto.Config())
+	if err != nil {
+		a.Log.Error("yamux", "err", err)
+		return
+	}
+	defer sess.Close()
+	go func() {
+		select {
+		case <-ctx.Done():
+			sess.Close()
+		case <-sess.CloseChan():
+		}
+	}()
+	for {
+		st, err := sess.AcceptStream()
+		if err != nil {
+			return
+		}
+		go a.handle(st)
+	}
+}
+
+func (a *Agent) handle(st *yamux.Stream) {
+	defer st.Close()
+	defer func() {
+		if r := recover(); r != nil {
+			a.Log.Error("handler panic", "panic", r)
+		}
+	}()
+	var req agentproto.Request
+	if err := agentproto.ReadJSON(st, agentproto.FrameRequest, &req); err != nil {
+		a.Log.Warn("bad request", "err", err)
+		return
+	}
+	switch req.Op {
+	case agentproto.OpHello:
+		a.hello(st, req)
+	case agentproto.OpExec:
+		a.exec(st, req)
+	case agentproto.OpRead:
+		readFile(st, req)
+	case agentproto.OpWrite:
+		writeFile(st, req)
+	case agentproto.OpStat:
+		stat(st, req)
+	case agentproto.OpList:
+		list(st, req)
+	case agentproto.OpMkdir:
+		mkdir(st, req)
+	case agentproto.OpRemove:
+		remove(st, req)
+	case agentproto.OpTarGet:
+		tarGet(st, req)
+	case agentproto.OpTarPut:
+		tarPut(st, req)
+	default:
+		respondErr(st, agentproto.CodeInvalid, fmt.Errorf("unknown op %q", req.Op))
+	}
+}
+
+func (a *Agent) hello(w io.Writer, req agentproto.Request) {
+	if req.TimeUnixNano > 0 && os.Getpid() == 1 {
+		tv := unix.NsecToTimeval(req.TimeUnixNano)
+		if err := unix.Settimeofday(&tv); err != nil {
+			a.Log.Warn("set clock", "err", err)
+		}
+	}
+	var uts unix.Utsname
+	_ = unix.Uname(&uts)
+	var si unix.Sysinfo_t
+	_ = unix.Sysinfo(&si)
+	_ = agentproto.WriteJSON(w, agentproto.FrameResponse, agentproto.Response{Hello: &agentproto.Hello{
+		Kernel:       unix.ByteSliceToString(uts.Release[:]),
+		Version:      Version,
+		UptimeMillis: int64(si.Uptime) * 1000,
+	}})
+}
+
+func respond(w io.Writer, r agentproto.Response) {
+	_ = agentproto.WriteJSON(w, agentproto.FrameResponse, r)
+}
+
+func respondErr(w io.Writer, code string, err error) {
+	respond(w, agentproto.Response{Code: code, Error: err.Error()})
+}
+
+// codeOf classifies a file system error.
+func codeOf(err error) string {
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return agentproto.CodeNotFound
+	case errors.Is(err, os.ErrExist):
+		return agentproto.CodeExists
+	case errors.Is(err, unix.EISDIR), errors.Is(err, unix.ENOTDIR), errors.Is(err, os.ErrInvalid):
+		return agentproto.CodeInvalid
+	default:
+		return agentproto.CodeInternal
+	}
+}

@@ -1,0 +1,392 @@
+package agent
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/creack/pty"
+	"golang.org/x/sys/unix"
+
+	"github.com/cove-dev/cove/internal/agentproto"
+)
+
+// drainGrace is how long output is still read after a command exits: a
+// background child that keeps the pipe open must not hold the exec forever.
+const drainGrace = 500 * time.Millisecond
+
+var defaultEnv = []string{
+	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+	"HOME=/root",
+	"LANG=C.UTF-8",
+}
+
+// reaper waits for every child of the agent (as PID 1: every orphan too)
+// and hands exit statuses to the goroutines that started them.
+type reaper struct {
+	mu      sync.Mutex
+	waiters map[int]chan unix.WaitStatus // guarded by mu
+	early   map[int]unix.WaitStatus      // guarded by mu: reaped before registered
+}
+
+func newReaper() *reaper {
+	r := &reaper{waiters: map[int]chan unix.WaitStatus{}, early: map[int]unix.WaitStatus{}}
+	sig := make(chan os.Signal, 16)
+	signal.Notify(sig, syscall.SIGCHLD)
+	go func() {
+		for {
+			r.reap()
+			<-sig
+		}
+	}()
+	return r
+}
+
+func (r *reaper) reap() {
+	for {
+		var ws unix.WaitStatus
+		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
+		if err != nil || pid <= 0 {
+			return
+		}
+		r.mu.Lock()
+		if ch, ok := r.waiters[pid]; ok {
+			delete(r.waiters, pid)
+			ch <- ws
+		} else if len(r.early) < 4096 {
+			r.early[pid] = ws // an orphan, or a child not yet registered
+		}
+		r.mu.Unlock()
+	}
+}
+
+// start forks and execs under the reaper's lock, so the child's status is
+// never lost, and returns a channel that receives it.
+func (r *reaper) start(argv0 string, argv []string, attr *syscall.ProcAttr) (int, <-chan unix.WaitStatus, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	pid, err := syscall.ForkExec(argv0, argv, attr)
+	if err != nil {
+		return 0, nil, err
+	}
+	ch := make(chan unix.WaitStatus, 1)
+	if ws, ok := r.early[pid]; ok {
+		delete(r.early, pid)
+		ch <- ws
+	} else {
+		r.waiters[pid] = ch
+	}
+	return pid, ch, nil
+}
+
+// lookPath finds file in the PATH of env.
+func lookPath(file string, env []string) (string, error) {
+	if strings.Contains(file, "/") {
+		if err := executable(file); err != nil {
+			return "", fmt.Errorf("exec: %q: %w", file, err)
+		}
+		return file, nil
+	}
+	path := ""
+	for _, kv := range env {
+		if v, ok := strings.CutPrefix(kv, "PATH="); ok {
+			path = v
+		}
+	}
+	for _, dir := range filepath.SplitList(path) {
+		if dir == "" {
+			dir = "."
+		}
+		p := filepath.Join(dir, file)
+		if executable(p) == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("exec: %q: executable file not found in $PATH: %w", file, os.ErrNotExist)
+}
+
+func executable(p string) error {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return err
+	}
+	if fi.IsDir() || fi.Mode()&0o111 == 0 {
+		return fmt.Errorf("%s: permission denied: %w", p, os.ErrPermission)
+	}
+	return nil
+}
+
+func mergeEnv(env []string) []string {
+	out := append([]string(nil), env...)
+	for _, d := range defaultEnv {
+		k, _, _ := strings.Cut(d, "=")
+		found := false
+		for _, kv := range env {
+			if strings.HasPrefix(kv, k+"=") {
+				found = true
+				break
+			}
+		}
+		if !found {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// frameWriter serializes frame writes on one stream: stdout and stderr
+// copiers write concurrently.
+type frameWriter struct {
+	mu sync.Mutex
+	w  io.Writer // guarded by mu
+}
+
+func (f *frameWriter) frame(typ byte, p []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return agentproto.WriteFrame(f.w, typ, p)
+}
+
+func (f *frameWriter) json(typ byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return f.frame(typ, b)
+}
+
+func (a *Agent) exec(st io.ReadWriter, req agentproto.Request) {
+	x := req.Exec
+	if x == nil || len(x.Argv) == 0 {
+		respondErr(st, agentproto.CodeInvalid, errors.New("exec: empty argv"))
+		return
+	}
+	env := mergeEnv(x.Env)
+	if x.TTY {
+		env = mergeEnv(append(env, "TERM=xterm-256color"))
+	}
+	bin, err := lookPath(x.Argv[0], env)
+	if err != nil {
+		respondErr(st, codeOf(err), err)
+		return
+	}
+	cwd := x.Cwd
+	if cwd == "" {
+		cwd = "/root"
+		if _, err := os.Stat(cwd); err != nil {
+			cwd = "/"
+		}
+	}
+	if fi, err := os.Stat(cwd); err != nil || !fi.IsDir() {
+		respondErr(st, agentproto.CodeInvalid, fmt.Errorf("exec: working directory %q does not exist", cwd))
+		return
+	}
+
+	p, err := startProcess(a.reaper, bin, x, env, cwd)
+	if err != nil {
+		respondErr(st, codeOf(err), fmt.Errorf("exec: %s: %w", x.Argv[0], err))
+		return
+	}
+	fw := &frameWriter{w: st}
+	if err := fw.json(agentproto.FrameResponse, agentproto.Response{PID: p.pid}); err != nil {
+		p.kill()
+	}
+
+	var timedOut bool
+	var tmu sync.Mutex
+	if x.Timeout > 0 {
+		t := time.AfterFunc(time.Duration(x.Timeout)*time.Millisecond, func() {
+			tmu.Lock()
+			timedOut = true
+			tmu.Unlock()
+			p.kill()
+		})
+		defer t.Stop()
+	}
+
+	// Host → guest: stdin, resize, signals. Ends when the stream closes.
+	go func() {
+		defer p.closeStdin()
+		buf := make([]byte, 0, 64<<10)
+		for {
+			typ, payload, err := agentproto.ReadFrame(st, buf)
+			if err != nil {
+				return
+			}
+			switch typ {
+			case agentproto.FrameStdin:
+				if _, err := p.stdin.Write(payload); err != nil {
+					p.closeStdin()
+				}
+			case agentproto.FrameStdinEOF:
+				p.closeStdin()
+			case agentproto.FrameResize:
+				var sz agentproto.Size
+				if json.Unmarshal(payload, &sz) == nil && p.tty != nil {
+					_ = pty.Setsize(p.tty, &pty.Winsize{Rows: uint16(sz.Rows), Cols: uint16(sz.Cols)})
+				}
+			case agentproto.FrameSignal:
+				if len(payload) == 1 {
+					p.signal(unix.Signal(payload[0]))
+				}
+			}
+		}
+	}()
+
+	var wg sync.WaitGroup
+	for _, o := range p.outputs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := o.r.Read(buf)
+				if n > 0 {
+					if fw.frame(o.typ, buf[:n]) != nil {
+						return
+					}
+				}
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	ws := <-p.done
+	drained := make(chan struct{})
+	go func() { wg.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(drainGrace):
+	}
+	p.closeOutputs()
+	<-drained
+
+	exit := agentproto.Exit{}
+	switch {
+	case ws.Exited():
+		exit.Code = ws.ExitStatus()
+	case ws.Signaled():
+		exit.Signal = int(ws.Signal())
+		exit.Code = 128 + int(ws.Signal())
+	}
+	tmu.Lock()
+	exit.TimedOut = timedOut
+	tmu.Unlock()
+	_ = fw.json(agentproto.FrameExit, exit)
+}
+
+type output struct {
+	typ byte
+	r   *os.File
+}
+
+type process struct {
+	pid     int
+	done    <-chan unix.WaitStatus
+	stdin   *os.File
+	tty     *os.File // pty master, when TTY
+	outputs []output
+
+	mu     sync.Mutex
+	closed bool // guarded by mu: stdin closed
+}
+
+func startProcess(r *reaper, bin string, x *agentproto.Exec, env []string, cwd string) (*process, error) {
+	p := &process{}
+	attr := &syscall.ProcAttr{Dir: cwd, Env: env, Sys: &syscall.SysProcAttr{}}
+	var childFiles []*os.File
+	if x.TTY {
+		master, slave, err := pty.Open()
+		if err != nil {
+			return nil, err
+		}
+		if x.Rows > 0 && x.Cols > 0 {
+			_ = pty.Setsize(master, &pty.Winsize{Rows: uint16(x.Rows), Cols: uint16(x.Cols)})
+		}
+		childFiles = []*os.File{slave}
+		attr.Files = []uintptr{slave.Fd(), slave.Fd(), slave.Fd()}
+		attr.Sys.Setsid = true
+		attr.Sys.Setctty = true
+		attr.Sys.Ctty = 0
+		p.tty = master
+		p.stdin = master
+		p.outputs = []output{{agentproto.FrameStdout, master}}
+	} else {
+		inR, inW, err := os.Pipe()
+		if err != nil {
+			return nil, err
+		}
+		outR, outW, err := os.Pipe()
+		if err != nil {
+			return nil, err
+		}
+		errR, errW, err := os.Pipe()
+		if err != nil {
+			return nil, err
+		}
+		childFiles = []*os.File{inR, outW, errW}
+		attr.Files = []uintptr{inR.Fd(), outW.Fd(), errW.Fd()}
+		attr.Sys.Setpgid = true
+		p.stdin = inW
+		p.outputs = []output{{agentproto.FrameStdout, outR}, {agentproto.FrameStderr, errR}}
+	}
+	pid, done, err := r.start(bin, x.Argv, attr)
+	for _, f := range childFiles {
+		f.Close()
+	}
+	if err != nil {
+		p.stdin.Close()
+		for _, o := range p.outputs {
+			o.r.Close()
+		}
+		return nil, err
+	}
+	p.pid, p.done = pid, done
+	return p, nil
+}
+
+func (p *process) closeStdin() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed || p.tty != nil {
+		// A PTY's master is also its output: closing it would cut the
+		// output. EOF on a terminal is the EOF character.
+		if !p.closed && p.tty != nil {
+			_, _ = p.tty.Write([]byte{4})
+		}
+		p.closed = true
+		return
+	}
+	p.closed = true
+	p.stdin.Close()
+}
+
+func (p *process) closeOutputs() {
+	for _, o := range p.outputs {
+		o.r.Close()
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.closed && p.tty == nil {
+		p.stdin.Close()
+	}
+	p.closed = true
+}
+
+// signal signals the command's process group (its session for a TTY).
+func (p *process) signal(sig unix.Signal) {
+	if err := unix.Kill(-p.pid, sig); err != nil {
+		_ = unix.Kill(p.pid, sig)
+	}
+}
+
+func (p *process) kill() { p.signal(unix.SIGKILL) }

@@ -1,0 +1,198 @@
+package agent
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// ModulesDir is where the initramfs keeps the kernel modules, and
+// ModulesOrder the file listing them in load order.
+const (
+	ModulesDir   = "/lib/cove-modules"
+	ModulesOrder = "/lib/cove-modules/order"
+	// RootDevice is the guest's root disk: the first virtio-blk device.
+	RootDevice = "/dev/vda"
+	newRoot    = "/newroot"
+)
+
+// Init turns the process into the guest's init: it mounts the kernel file
+// systems, loads the modules the initramfs carries, mounts the root disk
+// and switches into it. It is called only as PID 1.
+func Init() error {
+	for _, m := range []struct{ src, dst, fs string }{
+		{"proc", "/proc", "proc"},
+		{"sysfs", "/sys", "sysfs"},
+		{"devtmpfs", "/dev", "devtmpfs"},
+	} {
+		if err := mount(m.src, m.dst, m.fs, 0, ""); err != nil {
+			return err
+		}
+	}
+	stdioToNull()
+	if err := loadModules(); err != nil {
+		return err
+	}
+	if err := waitFor(RootDevice, 10*time.Second); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(newRoot, 0o755); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	if err := mount(RootDevice, newRoot, "ext4", 0, ""); err != nil {
+		return err
+	}
+	for _, d := range []string{"/dev", "/proc", "/sys"} {
+		_ = os.MkdirAll(newRoot+d, 0o755)
+		if err := unix.Mount(d, newRoot+d, "", unix.MS_MOVE, ""); err != nil {
+			return fmt.Errorf("init: move %s: %w", d, err)
+		}
+	}
+	if err := switchRoot(newRoot); err != nil {
+		return err
+	}
+	return setupRoot()
+}
+
+// switchRoot makes dir the root file system, as switch_root(8) does. The
+// initramfs stays in memory (it holds only this binary and the modules).
+func switchRoot(dir string) error {
+	if err := unix.Chdir(dir); err != nil {
+		return fmt.Errorf("init: chdir %s: %w", dir, err)
+	}
+	if err := unix.Mount(".", "/", "", unix.MS_MOVE, ""); err != nil {
+		return fmt.Errorf("init: move root: %w", err)
+	}
+	if err := unix.Chroot("."); err != nil {
+		return fmt.Errorf("init: chroot: %w", err)
+	}
+	return unix.Chdir("/")
+}
+
+// setupRoot prepares the mounted root for commands: ptys, tmpfs dirs,
+// hostname, loopback.
+func setupRoot() error {
+	_ = os.MkdirAll("/dev/pts", 0o755)
+	if err := mount("devpts", "/dev/pts", "devpts", unix.MS_NOSUID|unix.MS_NOEXEC, "gid=5,mode=620,ptmxmode=666"); err != nil {
+		return err
+	}
+	if _, err := os.Lstat("/dev/ptmx"); err != nil {
+		_ = os.Symlink("pts/ptmx", "/dev/ptmx")
+	}
+	_ = os.MkdirAll("/dev/shm", 0o1777)
+	_ = mount("tmpfs", "/dev/shm", "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=1777")
+	for _, d := range []string{"/run", "/tmp"} {
+		_ = os.MkdirAll(d, 0o755)
+		mode := "mode=755"
+		if d == "/tmp" {
+			mode = "mode=1777"
+		}
+		if err := mount("tmpfs", d, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, mode); err != nil {
+			return err
+		}
+	}
+	_ = os.MkdirAll("/run/cove", 0o755)
+	_ = unix.Sethostname([]byte("cove"))
+	if err := linkUp("lo"); err != nil {
+		return fmt.Errorf("init: loopback: %w", err)
+	}
+	return nil
+}
+
+func mount(src, dst, fstype string, flags uintptr, data string) error {
+	if err := unix.Mount(src, dst, fstype, flags, data); err != nil && !errors.Is(err, unix.EBUSY) {
+		return fmt.Errorf("init: mount %s on %s: %w", fstype, dst, err)
+	}
+	return nil
+}
+
+func loadModules() error {
+	f, err := os.Open(ModulesOrder)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil // a kernel with everything built in
+	}
+	if err != nil {
+		return fmt.Errorf("init: modules: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		name := strings.TrimSpace(sc.Text())
+		if name == "" {
+			continue
+		}
+		if err := loadModule(filepath.Join(ModulesDir, name)); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+func loadModule(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("init: module: %w", err)
+	}
+	defer f.Close()
+	if err := unix.FinitModule(int(f.Fd()), "", 0); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("init: load module %s: %w", filepath.Base(path), err)
+	}
+	return nil
+}
+
+// waitFor waits for a device node that a module's probe creates. Probing
+// can finish after the module is loaded.
+func waitFor(path string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for {
+		if _, err := os.Stat(path); err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("init: %s did not appear within %s", path, limit)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+func linkUp(name string) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return err
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	return unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr)
+}
+
+// stdioToNull points fds 0-2 at /dev/null. The kernel opens /dev/console
+// for init only if a console exists at that moment; without one they are
+// closed, and the next files opened (the agent's port!) would take their
+// numbers and receive stray writes to stderr.
+func stdioToNull() {
+	fd, err := unix.Open("/dev/null", unix.O_RDWR, 0)
+	if err != nil {
+		return
+	}
+	for i := 0; i < 3; i++ {
+		if _, err := unix.FcntlInt(uintptr(i), unix.F_GETFD, 0); err != nil {
+			_ = unix.Dup2(fd, i)
+		}
+	}
+	if fd > 2 {
+		unix.Close(fd)
+	}
+}

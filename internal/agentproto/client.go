@@ -1,0 +1,320 @@
+package agentproto
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/yamux"
+)
+
+// Config is the yamux configuration both sides use: no keepalives (a parked
+// VM cannot answer them) and a large window for file transfers.
+func Config() *yamux.Config {
+	cfg := yamux.DefaultConfig()
+	cfg.EnableKeepAlive = false
+	cfg.MaxStreamWindowSize = 4 << 20
+	cfg.LogOutput = io.Discard
+	cfg.ConnectionWriteTimeout = 30 * time.Second
+	cfg.StreamOpenTimeout = 0
+	return cfg
+}
+
+// Client is the host side of one connection to a guest agent. It is safe
+// for concurrent use; every call opens its own stream.
+type Client struct {
+	sess *yamux.Session
+}
+
+// NewClient starts a yamux client session over conn (the unix socket of the
+// VM's virtio-serial chardev).
+func NewClient(conn net.Conn) (*Client, error) {
+	s, err := yamux.Client(conn, Config())
+	if err != nil {
+		return nil, fmt.Errorf("agentproto: start session: %w", err)
+	}
+	return &Client{sess: s}, nil
+}
+
+// Close closes the session and the connection under it.
+func (c *Client) Close() error { return c.sess.Close() }
+
+// Done is closed when the connection ends.
+func (c *Client) Done() <-chan struct{} { return c.sess.CloseChan() }
+
+// open opens a stream and sends req. The stream is closed when ctx ends.
+func (c *Client) open(ctx context.Context, req Request) (*yamux.Stream, func(), error) {
+	st, err := c.sess.OpenStream()
+	if err != nil {
+		return nil, nil, fmt.Errorf("agentproto: open stream: %w", err)
+	}
+	stop := context.AfterFunc(ctx, func() { st.Close() })
+	release := func() { stop(); st.Close() }
+	if err := WriteJSON(st, FrameRequest, req); err != nil {
+		release()
+		return nil, nil, ctxErr(ctx, fmt.Errorf("agentproto: send %s: %w", req.Op, err))
+	}
+	return st, release, nil
+}
+
+func ctxErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return fmt.Errorf("%w (%v)", ctx.Err(), err)
+	}
+	return err
+}
+
+// call sends a request and reads one response.
+func (c *Client) call(ctx context.Context, req Request) (Response, error) {
+	st, release, err := c.open(ctx, req)
+	if err != nil {
+		return Response{}, err
+	}
+	defer release()
+	var resp Response
+	if err := ReadJSON(st, FrameResponse, &resp); err != nil {
+		return Response{}, ctxErr(ctx, fmt.Errorf("agentproto: %s: %w", req.Op, err))
+	}
+	return resp, resp.Err()
+}
+
+// Hello asks the guest who it is and sets its clock to the host's.
+func (c *Client) Hello(ctx context.Context) (Hello, error) {
+	resp, err := c.call(ctx, Request{Op: OpHello, TimeUnixNano: time.Now().UnixNano()})
+	if err != nil {
+		return Hello{}, err
+	}
+	if resp.Hello == nil {
+		return Hello{}, errors.New("agentproto: hello: empty answer")
+	}
+	return *resp.Hello, nil
+}
+
+// Stat describes path without following a final symlink.
+func (c *Client) Stat(ctx context.Context, path string) (FileInfo, error) {
+	resp, err := c.call(ctx, Request{Op: OpStat, Path: path})
+	if err != nil {
+		return FileInfo{}, err
+	}
+	if resp.Info == nil {
+		return FileInfo{}, errors.New("agentproto: stat: empty answer")
+	}
+	return *resp.Info, nil
+}
+
+// List lists a directory.
+func (c *Client) List(ctx context.Context, path string) ([]FileInfo, error) {
+	resp, err := c.call(ctx, Request{Op: OpList, Path: path})
+	return resp.Files, err
+}
+
+// Mkdir creates a directory and its parents.
+func (c *Client) Mkdir(ctx context.Context, path string) error {
+	_, err := c.call(ctx, Request{Op: OpMkdir, Path: path})
+	return err
+}
+
+// Remove removes a path recursively.
+func (c *Client) Remove(ctx context.Context, path string) error {
+	_, err := c.call(ctx, Request{Op: OpRemove, Path: path})
+	return err
+}
+
+// download starts a read-style operation and returns its data stream.
+func (c *Client) download(ctx context.Context, req Request) (io.ReadCloser, error) {
+	st, release, err := c.open(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	var resp Response
+	if err := ReadJSON(st, FrameResponse, &resp); err != nil {
+		release()
+		return nil, ctxErr(ctx, fmt.Errorf("agentproto: %s: %w", req.Op, err))
+	}
+	if err := resp.Err(); err != nil {
+		release()
+		return nil, err
+	}
+	return &dataStream{DataReader: DataReader{R: st}, release: release}, nil
+}
+
+type dataStream struct {
+	DataReader
+	release func()
+}
+
+func (d *dataStream) Close() error { d.release(); return nil }
+
+// Read streams a regular file.
+func (c *Client) Read(ctx context.Context, path string) (io.ReadCloser, error) {
+	return c.download(ctx, Request{Op: OpRead, Path: path})
+}
+
+// TarGet streams a tar archive of path.
+func (c *Client) TarGet(ctx context.Context, path string) (io.ReadCloser, error) {
+	return c.download(ctx, Request{Op: OpTarGet, Path: path})
+}
+
+// upload sends r as data frames after req and reads the response.
+func (c *Client) upload(ctx context.Context, req Request, r io.Reader) error {
+	st, release, err := c.open(ctx, req)
+	if err != nil {
+		return err
+	}
+	defer release()
+	// The guest answers early on failure; read its answer concurrently so a
+	// refused upload does not block on a full window.
+	respc := make(chan error, 1)
+	go func() {
+		var resp Response
+		if err := ReadJSON(st, FrameResponse, &resp); err != nil {
+			respc <- ctxErr(ctx, fmt.Errorf("agentproto: %s: %w", req.Op, err))
+			return
+		}
+		respc <- resp.Err()
+	}()
+	buf := make([]byte, ChunkSize)
+	if _, err := io.CopyBuffer(DataWriter{W: st, Typ: FrameData}, r, buf); err != nil {
+		return ctxErr(ctx, fmt.Errorf("agentproto: %s: send data: %w", req.Op, err))
+	}
+	if err := WriteFrame(st, FrameEOF, nil); err != nil {
+		return ctxErr(ctx, fmt.Errorf("agentproto: %s: %w", req.Op, err))
+	}
+	return <-respc
+}
+
+// Write creates or replaces a regular file with r's content.
+func (c *Client) Write(ctx context.Context, path string, mode uint32, r io.Reader) error {
+	return c.upload(ctx, Request{Op: OpWrite, Path: path, Mode: mode}, r)
+}
+
+// TarPut extracts the tar archive r into directory dir.
+func (c *Client) TarPut(ctx context.Context, dir string, r io.Reader) error {
+	return c.upload(ctx, Request{Op: OpTarPut, Path: dir}, r)
+}
+
+// Exec starts a command. The returned Process streams its output until it
+// exits; ctx's end closes the stream (the guest then kills nothing: call
+// Signal first if the command must die).
+func (c *Client) Exec(ctx context.Context, x Exec) (*Process, error) {
+	st, release, err := c.open(ctx, Request{Op: OpExec, Exec: &x})
+	if err != nil {
+		return nil, err
+	}
+	var resp Response
+	if err := ReadJSON(st, FrameResponse, &resp); err != nil {
+		release()
+		return nil, ctxErr(ctx, fmt.Errorf("agentproto: exec: %w", err))
+	}
+	if err := resp.Err(); err != nil {
+		release()
+		return nil, err
+	}
+	p := &Process{PID: resp.PID, st: st, release: release, done: make(chan struct{})}
+	p.stdoutR, p.stdoutW = io.Pipe()
+	p.stderrR, p.stderrW = io.Pipe()
+	go p.readLoop()
+	return p, nil
+}
+
+// Process is a command running in the guest.
+type Process struct {
+	PID     int
+	st      *yamux.Stream
+	release func()
+
+	wmu sync.Mutex // serializes frames to the guest
+
+	stdoutR, stderrR *io.PipeReader
+	stdoutW, stderrW *io.PipeWriter
+
+	done chan struct{}
+	exit Exit  // set before done closes
+	err  error // set before done closes
+}
+
+func (p *Process) readLoop() {
+	defer close(p.done)
+	buf := make([]byte, 0, 64<<10)
+	for {
+		typ, payload, err := ReadFrame(p.st, buf)
+		if err != nil {
+			p.err = fmt.Errorf("agentproto: exec stream: %w", err)
+			p.stdoutW.CloseWithError(p.err)
+			p.stderrW.CloseWithError(p.err)
+			return
+		}
+		switch typ {
+		case FrameStdout:
+			_, _ = p.stdoutW.Write(payload)
+		case FrameStderr:
+			_, _ = p.stderrW.Write(payload)
+		case FrameExit:
+			if err := json.Unmarshal(payload, &p.exit); err != nil {
+				p.err = fmt.Errorf("agentproto: exec: bad exit frame: %w", err)
+			}
+			p.stdoutW.Close()
+			p.stderrW.Close()
+			return
+		}
+	}
+}
+
+// Stdout and Stderr are the command's output. The caller must read both
+// (or close them): the guest's output is not dropped.
+func (p *Process) Stdout() io.ReadCloser { return p.stdoutR }
+
+// Stderr: see Stdout.
+func (p *Process) Stderr() io.ReadCloser { return p.stderrR }
+
+func (p *Process) send(typ byte, payload []byte) error {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	return WriteFrame(p.st, typ, payload)
+}
+
+// Write sends stdin.
+func (p *Process) Write(b []byte) (int, error) {
+	n := 0
+	for len(b) > 0 {
+		c := min(len(b), ChunkSize)
+		if err := p.send(FrameStdin, b[:c]); err != nil {
+			return n, err
+		}
+		n += c
+		b = b[c:]
+	}
+	return n, nil
+}
+
+// CloseStdin sends EOF on stdin.
+func (p *Process) CloseStdin() error { return p.send(FrameStdinEOF, nil) }
+
+// Resize sets the PTY's size.
+func (p *Process) Resize(rows, cols int) error {
+	b, _ := json.Marshal(Size{Rows: rows, Cols: cols})
+	return p.send(FrameResize, b)
+}
+
+// Signal sends a signal (by number) to the command's process group.
+func (p *Process) Signal(sig int) error {
+	if sig <= 0 || sig > 64 {
+		return fmt.Errorf("agentproto: bad signal %d", sig)
+	}
+	return p.send(FrameSignal, []byte{byte(sig)})
+}
+
+// Wait waits for the command to exit and returns how it ended.
+func (p *Process) Wait() (Exit, error) {
+	<-p.done
+	p.release()
+	return p.exit, p.err
+}
+
+// Close releases the stream without waiting.
+func (p *Process) Close() { p.release() }

@@ -1,0 +1,286 @@
+// Package agentproto is the host⇄guest protocol spoken between the node
+// (host) and cove-agent (guest) over one virtio-serial port.
+//
+// The port carries a yamux session: the host is the yamux client and opens
+// one stream per request; the guest accepts. Every stream starts with a
+// FrameRequest from the host. What follows depends on the operation:
+//
+//	hello, stat, list, mkdir, remove:  guest → FrameResponse
+//	exec:     guest → FrameResponse (started or error); then guest → FrameStdout/
+//	          FrameStderr…, host → FrameStdin/FrameStdinEOF/FrameResize/FrameSignal…;
+//	          guest → FrameExit last
+//	read, tar_get: guest → FrameResponse; if ok, guest → FrameData… FrameEOF
+//	write, tar_put: host → FrameData… FrameEOF; guest → FrameResponse
+//
+// Frames are [type:1][length:4, big endian][payload]. Payloads are bounded
+// by MaxFrame: neither side trusts the other's lengths. The package uses the
+// standard library only, so the guest binary stays small.
+package agentproto
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+)
+
+// PortName is the virtio-serial port name the guest looks for under
+// /sys/class/virtio-ports/*/name.
+const PortName = "cove.agent"
+
+// MaxFrame is the largest payload either side accepts.
+const MaxFrame = 1 << 20
+
+// ChunkSize is how much data one data frame carries at most when sending.
+const ChunkSize = 256 << 10
+
+// Frame types.
+const (
+	FrameRequest  byte = 1 // JSON Request
+	FrameResponse byte = 2 // JSON Response
+	FrameStdout   byte = 3
+	FrameStderr   byte = 4
+	FrameStdin    byte = 5
+	FrameStdinEOF byte = 6
+	FrameResize   byte = 7 // JSON Size
+	FrameSignal   byte = 8 // signal number as one byte
+	FrameExit     byte = 9 // JSON Exit
+	FrameData     byte = 10
+	FrameEOF      byte = 11
+)
+
+// Operations.
+const (
+	OpHello  = "hello"
+	OpExec   = "exec"
+	OpRead   = "read"
+	OpWrite  = "write"
+	OpStat   = "stat"
+	OpList   = "list"
+	OpMkdir  = "mkdir"
+	OpRemove = "remove"
+	OpTarGet = "tar_get"
+	OpTarPut = "tar_put"
+)
+
+// Error codes in Response.Code.
+const (
+	CodeNotFound = "not_found" // path or executable missing
+	CodeInvalid  = "invalid"   // bad request (e.g. path is a directory)
+	CodeExists   = "exists"
+	CodeInternal = "internal"
+)
+
+// Request is the first frame of every stream.
+type Request struct {
+	Op string `json:"op"`
+	// hello: the host's wall clock, which the guest adopts.
+	TimeUnixNano int64 `json:"time_unix_nano,omitempty"`
+
+	Exec *Exec `json:"exec,omitempty"`
+
+	Path string `json:"path,omitempty"`
+	Mode uint32 `json:"mode,omitempty"`
+}
+
+// Exec describes a command to start.
+type Exec struct {
+	Argv []string `json:"argv"`
+	// Env is the complete environment (KEY=VALUE); the guest adds a default
+	// PATH, HOME and TERM where missing.
+	Env     []string `json:"env,omitempty"`
+	Cwd     string   `json:"cwd,omitempty"`
+	TTY     bool     `json:"tty,omitempty"`
+	Rows    int      `json:"rows,omitempty"`
+	Cols    int      `json:"cols,omitempty"`
+	Timeout int64    `json:"timeout_ms,omitempty"`
+}
+
+// Response answers a request.
+type Response struct {
+	Error string `json:"error,omitempty"`
+	Code  string `json:"code,omitempty"`
+
+	Hello *Hello     `json:"hello,omitempty"`
+	Info  *FileInfo  `json:"info,omitempty"`
+	Files []FileInfo `json:"files,omitempty"`
+	PID   int        `json:"pid,omitempty"`
+}
+
+// Err returns the response's error, or nil.
+func (r *Response) Err() error {
+	if r.Error == "" {
+		return nil
+	}
+	return &RemoteError{Code: r.Code, Message: r.Error}
+}
+
+// RemoteError is an error reported by the other side.
+type RemoteError struct {
+	Code    string
+	Message string
+}
+
+func (e *RemoteError) Error() string { return e.Message }
+
+// Hello is what the guest says about itself.
+type Hello struct {
+	Kernel  string `json:"kernel"` // uname release
+	Version string `json:"version"`
+	// UptimeMillis is the guest's uptime when it answered.
+	UptimeMillis int64 `json:"uptime_ms"`
+}
+
+// FileInfo describes a guest path.
+type FileInfo struct {
+	Name    string    `json:"name"`
+	Size    int64     `json:"size"`
+	Mode    uint32    `json:"mode"`
+	IsDir   bool      `json:"is_dir"`
+	Symlink bool      `json:"symlink,omitempty"`
+	ModTime time.Time `json:"mod_time"`
+}
+
+// Size is a terminal size.
+type Size struct {
+	Rows int `json:"rows"`
+	Cols int `json:"cols"`
+}
+
+// Exit says how a command ended.
+type Exit struct {
+	Code     int    `json:"code"`
+	Signal   int    `json:"signal,omitempty"`
+	TimedOut bool   `json:"timed_out,omitempty"`
+	Error    string `json:"error,omitempty"`
+}
+
+// ErrFrameTooLarge is returned for a frame whose length passes MaxFrame.
+var ErrFrameTooLarge = errors.New("agentproto: frame too large")
+
+// WriteFrame writes one frame.
+func WriteFrame(w io.Writer, typ byte, payload []byte) error {
+	if len(payload) > MaxFrame {
+		return ErrFrameTooLarge
+	}
+	var hdr [5]byte
+	hdr[0] = typ
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(payload)))
+	if len(payload) == 0 {
+		_, err := w.Write(hdr[:])
+		return err
+	}
+	// One write keeps a frame in one yamux data frame where it fits.
+	buf := make([]byte, 5+len(payload))
+	copy(buf, hdr[:])
+	copy(buf[5:], payload)
+	_, err := w.Write(buf)
+	return err
+}
+
+// WriteJSON writes a frame whose payload is v as JSON.
+func WriteJSON(w io.Writer, typ byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("agentproto: encode frame %d: %w", typ, err)
+	}
+	return WriteFrame(w, typ, b)
+}
+
+// ReadFrame reads one frame into buf (grown as needed) and returns its type
+// and payload. The payload aliases buf.
+func ReadFrame(r io.Reader, buf []byte) (byte, []byte, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if n > MaxFrame {
+		return 0, nil, ErrFrameTooLarge
+	}
+	if cap(buf) < int(n) {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, err
+	}
+	return hdr[0], buf, nil
+}
+
+// ReadJSON reads one frame, checks its type, and decodes its payload into v.
+func ReadJSON(r io.Reader, want byte, v any) error {
+	typ, p, err := ReadFrame(r, nil)
+	if err != nil {
+		return err
+	}
+	if typ != want {
+		return fmt.Errorf("agentproto: got frame type %d, want %d", typ, want)
+	}
+	if err := json.Unmarshal(p, v); err != nil {
+		return fmt.Errorf("agentproto: decode frame %d: %w", typ, err)
+	}
+	return nil
+}
+
+// DataWriter sends everything written to it as frames of type typ, in
+// chunks of at most ChunkSize.
+type DataWriter struct {
+	W   io.Writer
+	Typ byte
+}
+
+func (d DataWriter) Write(p []byte) (int, error) {
+	n := 0
+	for len(p) > 0 {
+		c := min(len(p), ChunkSize)
+		if err := WriteFrame(d.W, d.Typ, p[:c]); err != nil {
+			return n, err
+		}
+		n += c
+		p = p[c:]
+	}
+	return n, nil
+}
+
+// DataReader reads the payloads of FrameData frames until FrameEOF.
+type DataReader struct {
+	R   io.Reader
+	buf []byte
+	cur []byte
+	eof bool
+}
+
+func (d *DataReader) Read(p []byte) (int, error) {
+	for len(d.cur) == 0 {
+		if d.eof {
+			return 0, io.EOF
+		}
+		typ, payload, err := ReadFrame(d.R, d.buf)
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return 0, err
+		}
+		if cap(payload) > cap(d.buf) {
+			d.buf = payload[:0]
+		}
+		switch typ {
+		case FrameData:
+			d.cur = payload
+		case FrameEOF:
+			d.eof = true
+		default:
+			return 0, fmt.Errorf("agentproto: unexpected frame type %d in data stream", typ)
+		}
+	}
+	n := copy(p, d.cur)
+	d.cur = d.cur[n:]
+	return n, nil
+}

@@ -1,0 +1,136 @@
+package apiserver
+
+import (
+	"context"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/cove-dev/cove/api"
+)
+
+// secondsBuckets spans 1 ms to 60 s.
+var secondsBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 20, 30, 60}
+
+// sessionStates are the states cove_sessions always reports, zero or not.
+var sessionStates = []string{api.StateCreating, api.StateRunning, api.StateStopping, api.StateFailed}
+
+// listTimeout bounds the Sessions.List call of one scrape.
+const listTimeout = 5 * time.Second
+
+// Metrics is cove's Prometheus metrics, in a registry of its own, served at
+// GET /metrics:
+//
+//	cove_sessions{state}                gauge, from Sessions.List at scrape time
+//	cove_boot_seconds                   histogram of VM boot times
+//	cove_exec_seconds                   histogram of exec durations (start to exit)
+//	cove_http_requests_total{code,method}
+//
+// plus the Go runtime and process collectors. Make one with NewMetrics.
+type Metrics struct {
+	reg      *prometheus.Registry
+	handler  http.Handler
+	boot     prometheus.Histogram
+	exec     prometheus.Histogram
+	requests *prometheus.CounterVec
+	sessions *sessionsCollector
+}
+
+// NewMetrics makes a set of metrics with a fresh registry.
+func NewMetrics() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		boot: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "cove_boot_seconds",
+			Help:    "Time from VM spawn to the guest agent's first answer.",
+			Buckets: secondsBuckets,
+		}),
+		exec: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "cove_exec_seconds",
+			Help:    "Time from starting a command in a session to its exit, as the API server saw it.",
+			Buckets: secondsBuckets,
+		}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cove_http_requests_total",
+			Help: "HTTP requests answered by the API server, by status code and method.",
+		}, []string{"code", "method"}),
+		sessions: &sessionsCollector{desc: prometheus.NewDesc(
+			"cove_sessions", "Sessions by state, at scrape time.", []string{"state"}, nil)},
+	}
+	m.reg.MustRegister(m.boot, m.exec, m.requests, m.sessions,
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
+		ErrorHandling: promhttp.ContinueOnError,
+	})
+	return m
+}
+
+// ObserveBoot records one VM boot. The API server records the boots of the
+// sessions it creates itself (from Session.BootMillis); the session manager
+// calls this for boots the server does not see.
+func (m *Metrics) ObserveBoot(d time.Duration) { m.boot.Observe(d.Seconds()) }
+
+// watchSessions makes cove_sessions count the sessions list returns. The
+// last call wins.
+func (m *Metrics) watchSessions(list func(context.Context) ([]api.Session, error)) {
+	m.sessions.mu.Lock()
+	m.sessions.list = list
+	m.sessions.mu.Unlock()
+}
+
+func (m *Metrics) countRequest(method string, status int) {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodDelete,
+		http.MethodPatch, http.MethodOptions:
+	default:
+		method = "other" // keep the label set small
+	}
+	m.requests.WithLabelValues(strconv.Itoa(status), method).Inc()
+}
+
+func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) error {
+	s.metrics.handler.ServeHTTP(w, r)
+	return nil
+}
+
+// sessionsCollector reports cove_sessions from a list of sessions taken at
+// scrape time.
+type sessionsCollector struct {
+	desc *prometheus.Desc
+	mu   sync.Mutex
+	list func(context.Context) ([]api.Session, error) // guarded by mu
+}
+
+func (c *sessionsCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+func (c *sessionsCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	list := c.list
+	c.mu.Unlock()
+	if list == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), listTimeout)
+	defer cancel()
+	ss, err := list(ctx)
+	if err != nil {
+		ch <- prometheus.NewInvalidMetric(c.desc, err)
+		return
+	}
+	counts := make(map[string]int, len(sessionStates))
+	for _, st := range sessionStates {
+		counts[st] = 0
+	}
+	for _, s := range ss {
+		counts[s.State]++
+	}
+	for st, n := range counts {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), st)
+	}
+}

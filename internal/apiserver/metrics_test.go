@@ -1,0 +1,46 @@
+package apiserver
+
+import (
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+)
+
+func TestMetricsExposeSessionsExecAndRequests(t *testing.T) {
+	e := newEnv(t)
+	e.fake.mu.Lock()
+	e.fake.sessions["f1"] = api.Session{ID: "f1", State: api.StateFailed}
+	e.fake.mu.Unlock()
+	e.fake.setRun(func(p *fakeProc, req api.ExecRequest) ExitStatus { return ExitStatus{} })
+	decode[api.Session](t, e.do("POST", "/v1/sessions", nil), 201) // BootMillis 120
+	decode[api.ExecResult](t, e.doJSON("POST", "/v1/sessions/s1/exec", api.ExecRequest{Argv: []string{"true"}}), 200)
+	e.server.Metrics().ObserveBoot(2 * time.Second)
+	e.logs.waitFor(t, "action.verb=session.exec") // the request is counted after its answer
+
+	resp := e.do("GET", "/metrics", nil, "Authorization", "")
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		t.Fatalf("metrics: %d %s", resp.StatusCode, body)
+	}
+	text := string(body)
+	for _, want := range []string{
+		`cove_sessions{state="running"} 2`,
+		`cove_sessions{state="failed"} 1`,
+		`cove_sessions{state="creating"} 0`,
+		`cove_sessions{state="stopping"} 0`,
+		`cove_exec_seconds_count 1`,
+		`cove_exec_seconds_bucket{le="0.001"}`,
+		`cove_exec_seconds_bucket{le="60"} 1`,
+		`cove_boot_seconds_count 2`,
+		`cove_http_requests_total{code="201",method="POST"} 1`,
+		`cove_http_requests_total{code="200",method="POST"} 1`,
+		`go_goroutines`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}

@@ -1,0 +1,311 @@
+// Package apiserver serves cove's REST API (docs/HTTP.md, api/openapi.yaml)
+// over HTTP. It authenticates, decodes and validates requests and calls the
+// session manager and image builder through the Sessions and Images
+// interfaces; it holds no business logic of its own.
+//
+// Invariant: every request, whatever its route, passes through one function,
+// (*Server).gate. For every request under /v1 the gate checks the bearer
+// token (in constant time) before anything else; for every request that
+// matched a /v1 route it then builds an Action from the URL and calls
+// Config.Authorize before the handler reads the body; and it logs every
+// request (method, path, status, duration, action) and counts it in
+// cove_http_requests_total. Handlers are reached only through the gate, so
+// policy and audit hooks land in one place. Only GET /healthz and
+// GET /metrics are served without a token.
+//
+// Exec, image builds and file transfers may outlast the http.Server's
+// ReadTimeout and WriteTimeout: once a request is authenticated, their
+// handlers lift those deadlines for it.
+package apiserver
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+)
+
+// DefaultMaxFileBytes is the default limit on the body of PUT
+// /v1/sessions/{id}/files (Config.MaxFileBytes).
+const DefaultMaxFileBytes int64 = 4 << 30
+
+// Config wires a Server. Sessions is required; the rest have defaults.
+type Config struct {
+	// Sessions is the session manager.
+	Sessions Sessions
+	// Images is the image builder; nil answers the image routes with 503.
+	Images Images
+	// Token is the bearer token every /v1 request must carry. An empty
+	// Token refuses every /v1 request.
+	Token string
+	// Log receives one line per request; nil discards.
+	Log *slog.Logger
+	// Metrics is where the server's metrics go; nil makes a new set. Pass
+	// one made by NewMetrics to share it with the session manager.
+	Metrics *Metrics
+	// Authorize, if set, is called for every request that matched a /v1
+	// route, after the token was checked and before the body is read. A
+	// non-nil error refuses the request: an *api.Error chooses the answer
+	// (CodeUnauthorized to deny); any other error is a 500.
+	Authorize func(ctx context.Context, a Action) error
+	// MaxFileBytes limits the body of a file upload; 0 means
+	// DefaultMaxFileBytes.
+	MaxFileBytes int64
+}
+
+// LogValue keeps the token out of logs.
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.Bool("token_set", c.Token != ""),
+		slog.Bool("images", c.Images != nil),
+		slog.Bool("authorize", c.Authorize != nil),
+		slog.Int64("max_file_bytes", c.MaxFileBytes),
+	)
+}
+
+// Action is what a request asks to do, as Config.Authorize sees it. It is
+// built from the method and URL alone, before the body is read.
+type Action struct {
+	// Verb names the operation: "session.create", "session.exec",
+	// "file.write", … (the verb column of the route table in routes.go).
+	Verb string
+	// SessionID is the {id} of a session route.
+	SessionID string
+	// Path is the cleaned guest path ("path=") of a file route.
+	Path string
+	// Image is the {name} of an image route.
+	Image string
+}
+
+// LogValue lists the action's non-empty fields.
+func (a Action) LogValue() slog.Value {
+	attrs := []slog.Attr{slog.String("verb", a.Verb)}
+	if a.SessionID != "" {
+		attrs = append(attrs, slog.String("session", a.SessionID))
+	}
+	if a.Path != "" {
+		attrs = append(attrs, slog.String("path", a.Path))
+	}
+	if a.Image != "" {
+		attrs = append(attrs, slog.String("image", a.Image))
+	}
+	return slog.GroupValue(attrs...)
+}
+
+// Server is cove's HTTP API. Make one with New.
+type Server struct {
+	sessions     Sessions
+	images       Images
+	tokenSum     [sha256.Size]byte
+	tokenSet     bool
+	log          *slog.Logger
+	metrics      *Metrics
+	authorize    func(ctx context.Context, a Action) error
+	maxFileBytes int64
+	openAPIJSON  []byte
+	openAPIErr   error
+	mux          *http.ServeMux
+}
+
+// New makes a Server. It panics if cfg.Sessions is nil.
+func New(cfg Config) *Server {
+	if cfg.Sessions == nil {
+		panic("apiserver: New: Config.Sessions is nil")
+	}
+	s := &Server{
+		sessions:     cfg.Sessions,
+		images:       cfg.Images,
+		tokenSum:     sha256.Sum256([]byte(cfg.Token)),
+		tokenSet:     cfg.Token != "",
+		log:          cfg.Log,
+		metrics:      cfg.Metrics,
+		authorize:    cfg.Authorize,
+		maxFileBytes: cfg.MaxFileBytes,
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.metrics == nil {
+		s.metrics = NewMetrics()
+	}
+	if s.maxFileBytes <= 0 {
+		s.maxFileBytes = DefaultMaxFileBytes
+	}
+	if !s.tokenSet {
+		s.log.Warn("apiserver: no token configured; every /v1 request will be refused")
+	}
+	s.metrics.watchSessions(cfg.Sessions.List)
+	s.openAPIJSON, s.openAPIErr = openAPIJSON()
+	if s.openAPIErr != nil {
+		s.log.Error("apiserver: openapi document", "err", s.openAPIErr)
+	}
+
+	s.mux = http.NewServeMux()
+	for _, rt := range routes {
+		s.mux.Handle(rt.Method+" "+rt.Path, s.gate(rt))
+	}
+	s.mux.Handle("/", s.gate(route{handle: (*Server).unmatched}))
+	return s
+}
+
+// Handler returns the HTTP handler serving every route.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Metrics returns the server's metrics (Config.Metrics or the set New made).
+func (s *Server) Metrics() *Metrics { return s.metrics }
+
+// gate is the one function every request passes through; see the package
+// doc for what it guarantees.
+func (s *Server) gate(rt route) http.Handler {
+	needsToken := isV1(rt.Path)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &recorder{ResponseWriter: w}
+		act := Action{Verb: rt.Verb, SessionID: r.PathValue("id"), Image: r.PathValue("name")}
+		if strings.HasPrefix(rt.Verb, "file.") {
+			act.Path = cleanPath(r.URL.Query().Get("path"))
+		}
+		private := needsToken || isV1(r.URL.Path)
+
+		var err error
+		if private {
+			err = s.authenticate(rec, r)
+			if err == nil && s.authorize != nil && act.Verb != "" {
+				if err = s.authorize(r.Context(), act); err != nil {
+					err = fmt.Errorf("authorize %s: %w", act.Verb, err)
+				}
+			}
+		}
+		if err == nil {
+			err = rt.handle(s, rec, r)
+		}
+		started := rec.status != 0 // the handler began its answer
+		if err != nil && !started {
+			s.writeError(rec, r, act.Verb, err)
+		}
+
+		status := rec.status
+		if status == 0 {
+			status = http.StatusOK
+		}
+		s.metrics.countRequest(r.Method, status)
+		level := slog.LevelInfo
+		switch {
+		case status >= 500:
+			level = slog.LevelError
+		case !private && status < 400:
+			level = slog.LevelDebug
+		}
+		attrs := []slog.Attr{
+			slog.String("method", r.Method),
+			slog.String("path", r.URL.Path),
+			slog.Int("status", status),
+			slog.Duration("duration", time.Since(start)),
+			slog.Any("action", act),
+		}
+		if err != nil {
+			attrs = append(attrs, slog.Any("err", err))
+		}
+		s.log.LogAttrs(r.Context(), level, "http request", attrs...)
+
+		// A handler that fails after its answer began cannot send an error
+		// body; cut the connection so the client sees a broken answer
+		// rather than a short one, unless it told the client in-band.
+		var inBand *reportedError
+		if err != nil && started && !errors.As(err, &inBand) {
+			panic(http.ErrAbortHandler)
+		}
+	})
+}
+
+// authenticate checks the bearer token in constant time.
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) error {
+	h := r.Header.Get("Authorization")
+	scheme, token, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="cove"`)
+		return api.Errorf(api.CodeUnauthorized, "missing bearer token (Authorization: Bearer TOKEN)")
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+	if subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) != 1 || !s.tokenSet {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="cove", error="invalid_token"`)
+		return api.Errorf(api.CodeUnauthorized, "invalid bearer token")
+	}
+	return nil
+}
+
+// unmatched answers requests that no route matched: 405 if the path has
+// routes for other methods, else 404.
+func (s *Server) unmatched(w http.ResponseWriter, r *http.Request) error {
+	var allow []string
+	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete} {
+		if m == r.Method {
+			continue
+		}
+		probe := r.Clone(r.Context())
+		probe.Method = m
+		if _, pat := s.mux.Handler(probe); pat != "" && pat != "/" {
+			allow = append(allow, m)
+		}
+	}
+	if len(allow) > 0 {
+		w.Header().Set("Allow", strings.Join(allow, ", "))
+		return &statusError{
+			status: http.StatusMethodNotAllowed,
+			code:   codeMethodNotAllowed,
+			msg:    fmt.Sprintf("method %s not allowed on %s (allowed: %s)", r.Method, r.URL.Path, strings.Join(allow, ", ")),
+		}
+	}
+	return api.Errorf(api.CodeNotFound, "no route for %s %s", r.Method, r.URL.Path)
+}
+
+func isV1(p string) bool { return p == "/v1" || strings.HasPrefix(p, "/v1/") }
+
+// cleanPath cleans an absolute guest path; others are returned as they are
+// (the handler rejects them).
+func cleanPath(p string) string {
+	if !strings.HasPrefix(p, "/") || strings.IndexByte(p, 0) >= 0 {
+		return p
+	}
+	return path.Clean(p)
+}
+
+// recorder remembers the status a handler answered with. Unwrap lets
+// http.ResponseController and the WebSocket upgrade reach the real writer.
+type recorder struct {
+	http.ResponseWriter
+	status int // 0 until the header is written
+}
+
+func (r *recorder) WriteHeader(code int) {
+	if r.status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
+		r.status = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return r.ResponseWriter.Write(p)
+}
+
+func (r *recorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// unwrap returns the writer under a recorder, for http.MaxBytesReader,
+// which tells the server to close the connection only through it.
+func unwrap(w http.ResponseWriter) http.ResponseWriter {
+	if r, ok := w.(*recorder); ok {
+		return r.ResponseWriter
+	}
+	return w
+}

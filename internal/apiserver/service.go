@@ -1,0 +1,57 @@
+package apiserver
+
+import (
+	"context"
+	"io"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/session"
+)
+
+// Sessions is what the API server asks of the session manager. Every method
+// returns *api.Error (possibly wrapped) for failures a client caused or
+// should see (unknown id → CodeNotFound, bad request → CodeInvalid, guest
+// not answering → CodeUnavailable/CodeTimeout); anything else is a 500.
+type Sessions interface {
+	// Create boots a session and returns once its agent answers.
+	Create(ctx context.Context, req api.CreateSessionRequest) (api.Session, error)
+	Get(ctx context.Context, id string) (api.Session, error)
+	List(ctx context.Context) ([]api.Session, error)
+	// Delete stops the VM and removes the session's files and record.
+	Delete(ctx context.Context, id string) error
+
+	// Exec starts a command in the session's guest. The caller must call
+	// Wait (or cancel ctx) to release it.
+	Exec(ctx context.Context, id string, req api.ExecRequest) (Process, error)
+
+	// Open streams a regular file's content.
+	Open(ctx context.Context, id, path string) (io.ReadCloser, error)
+	// WriteFile creates or replaces a regular file (parents are created).
+	WriteFile(ctx context.Context, id, path string, mode uint32, r io.Reader) error
+	Stat(ctx context.Context, id, path string) (api.FileInfo, error)
+	ListDir(ctx context.Context, id, path string) ([]api.FileInfo, error)
+	Mkdir(ctx context.Context, id, path string) error
+	// Remove removes a path; a directory is removed with its contents.
+	Remove(ctx context.Context, id, path string) error
+	// GetTar streams a tar archive of path (file or directory); the entries
+	// are named relative to path's parent (so "dir/a", "dir/b" for path /x/dir).
+	GetTar(ctx context.Context, id, path string) (io.ReadCloser, error)
+	// PutTar extracts a tar archive into the directory dir (created if
+	// missing). Entries that escape dir are rejected.
+	PutTar(ctx context.Context, id, dir string, r io.Reader) error
+}
+
+// Images is what the API server asks of the image builder.
+type Images interface {
+	List(ctx context.Context) ([]api.Image, error)
+	// Build builds the named image, or reuses the cached one with the same
+	// inputs, calling progress with human-readable steps as it goes.
+	Build(ctx context.Context, name string, progress func(msg string)) (api.Image, error)
+}
+
+// Process is one running command in a guest (declared by the session
+// manager, which returns it).
+type Process = session.Process
+
+// ExitStatus is how a command ended.
+type ExitStatus = api.ExitStatus

@@ -1,0 +1,64 @@
+package apiserver
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+)
+
+// sessionList is the answer of GET /v1/sessions.
+type sessionList struct {
+	Sessions []api.Session `json:"sessions"`
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
+	return writeJSON(w, http.StatusOK, struct {
+		OK bool `json:"ok"`
+	}{true})
+}
+
+func (s *Server) createSession(w http.ResponseWriter, r *http.Request) error {
+	var req api.CreateSessionRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	if err := validateCreate(req); err != nil {
+		return err
+	}
+	sess, err := s.sessions.Create(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	if sess.BootMillis > 0 {
+		s.metrics.ObserveBoot(time.Duration(sess.BootMillis) * time.Millisecond)
+	}
+	return writeJSON(w, http.StatusCreated, sess)
+}
+
+func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) error {
+	list, err := s.sessions.List(r.Context())
+	if err != nil {
+		return err
+	}
+	if list == nil {
+		list = []api.Session{}
+	}
+	return writeJSON(w, http.StatusOK, sessionList{list})
+}
+
+func (s *Server) getSession(w http.ResponseWriter, r *http.Request) error {
+	sess, err := s.sessions.Get(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, sess)
+}
+
+func (s *Server) deleteSession(w http.ResponseWriter, r *http.Request) error {
+	if err := s.sessions.Delete(r.Context(), r.PathValue("id")); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

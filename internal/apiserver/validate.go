@@ -1,0 +1,139 @@
+package apiserver
+
+import (
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+)
+
+// imageName is the shape of an image name.
+var imageName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+
+func validateImageName(field, name string) error {
+	if !imageName.MatchString(name) {
+		return api.Errorf(api.CodeInvalid, "%s: %q is not an image name (%s)", field, name, imageName)
+	}
+	return nil
+}
+
+func validateCreate(req api.CreateSessionRequest) error {
+	if req.Image != "" {
+		if err := validateImageName("image", req.Image); err != nil {
+			return err
+		}
+	}
+	if m := req.MemoryMiB; m != 0 && (m < 64 || m > 65536) {
+		return api.Errorf(api.CodeInvalid, "memory_mib: %d is out of range (0 for the default, or 64..65536)", m)
+	}
+	if c := req.CPUs; c != 0 && (c < 1 || c > 64) {
+		return api.Errorf(api.CodeInvalid, "cpus: %d is out of range (0 for the default, or 1..64)", c)
+	}
+	if err := validateEnv(req.Env); err != nil {
+		return err
+	}
+	return validateDuration("boot_timeout", req.BootTimeout)
+}
+
+func validateExec(req api.ExecRequest) error {
+	if len(req.Argv) == 0 || req.Argv[0] == "" {
+		return api.Errorf(api.CodeInvalid, "argv: must name a command")
+	}
+	for i, a := range req.Argv {
+		if strings.IndexByte(a, 0) >= 0 {
+			return api.Errorf(api.CodeInvalid, "argv[%d]: contains NUL", i)
+		}
+	}
+	if err := validateEnv(req.Env); err != nil {
+		return err
+	}
+	if req.Cwd != "" {
+		if err := validatePath("cwd", req.Cwd); err != nil {
+			return err
+		}
+	}
+	if err := validateDuration("timeout", req.Timeout); err != nil {
+		return err
+	}
+	return validateSize(req.Rows, req.Cols, false)
+}
+
+// validateSize checks a terminal size; zero means unset unless required.
+func validateSize(rows, cols int, required bool) error {
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"rows", rows}, {"cols", cols}} {
+		if f.v < 0 || f.v > 65535 || (required && f.v == 0) {
+			return api.Errorf(api.CodeInvalid, "%s: %d is out of range (1..65535)", f.name, f.v)
+		}
+	}
+	return nil
+}
+
+func validateEnv(env map[string]string) error {
+	for k, v := range env {
+		if k == "" || strings.ContainsAny(k, "=\x00") {
+			return api.Errorf(api.CodeInvalid, "env: %q is not a variable name (empty, or contains '=' or NUL)", k)
+		}
+		if strings.IndexByte(v, 0) >= 0 {
+			return api.Errorf(api.CodeInvalid, "env: value of %s contains NUL", k)
+		}
+	}
+	return nil
+}
+
+// validateDuration checks an optional Go duration that must be positive.
+func validateDuration(field, s string) error {
+	if s == "" {
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return api.Errorf(api.CodeInvalid, "%s: %q is not a duration like \"30s\"", field, s)
+	}
+	if d <= 0 {
+		return api.Errorf(api.CodeInvalid, "%s: %q must be positive", field, s)
+	}
+	return nil
+}
+
+func validatePath(field, p string) error {
+	if !strings.HasPrefix(p, "/") {
+		return api.Errorf(api.CodeInvalid, "%s: %q is not an absolute path", field, p)
+	}
+	if strings.IndexByte(p, 0) >= 0 {
+		return api.Errorf(api.CodeInvalid, "%s: contains NUL", field)
+	}
+	return nil
+}
+
+// guestPath returns the request's "path" query parameter, checked and
+// cleaned (the same value Action.Path holds).
+func guestPath(r *http.Request) (string, error) {
+	q := r.URL.Query()
+	if !q.Has("path") || q.Get("path") == "" {
+		return "", api.Errorf(api.CodeInvalid, "path: missing (?path=/absolute/guest/path)")
+	}
+	p := q.Get("path")
+	if err := validatePath("path", p); err != nil {
+		return "", err
+	}
+	return cleanPath(p), nil
+}
+
+// fileMode parses the optional octal "mode" query parameter.
+func fileMode(r *http.Request) (uint32, error) {
+	s := r.URL.Query().Get("mode")
+	if s == "" {
+		return 0o644, nil
+	}
+	m, err := strconv.ParseUint(strings.TrimPrefix(s, "0o"), 8, 32)
+	if err != nil || m > 0o7777 {
+		return 0, api.Errorf(api.CodeInvalid, "mode: %q is not an octal file mode (0000..7777)", s)
+	}
+	return uint32(m), nil
+}

@@ -1,0 +1,498 @@
+// Package session runs the lifecycle of sessions: a session is one microVM
+// booted from an image, with the guest agent answering inside it. The
+// manager keeps the state store and the running VMs in step, re-adopts VMs
+// after a restart, and turns guest and VMM failures into clear errors.
+//
+// States: creating → running → stopping → (deleted); failed from creating
+// or running when the VM dies, never answers, or is lost.
+package session
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base32"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/agentproto"
+	"github.com/cove-dev/cove/internal/image"
+	"github.com/cove-dev/cove/internal/store"
+	"github.com/cove-dev/cove/internal/vmm"
+	"github.com/cove-dev/cove/internal/vmm/qemu"
+)
+
+// Images is what the manager needs of the image builder.
+type Images interface {
+	Get(ctx context.Context, name string) (image.Image, error)
+	Kernel(ctx context.Context, progress func(string)) (image.Kernel, error)
+	Initramfs(k image.Kernel) (string, error)
+}
+
+// Config wires a Manager.
+type Config struct {
+	Store  store.Store
+	Driver vmm.Driver
+	Images Images
+	// Dir holds one private directory per session.
+	Dir string
+	Log *slog.Logger
+
+	// Defaults for create requests that leave fields empty.
+	DefaultImage       string        // "tiny"
+	DefaultMemoryMiB   int           // 512
+	DefaultCPUs        int           // 1
+	DefaultBootTimeout time.Duration // 60s
+
+	// OnBoot, if set, is told each successful boot's duration.
+	OnBoot func(time.Duration)
+}
+
+// Manager manages sessions. It is safe for concurrent use.
+type Manager struct {
+	cfg Config
+
+	mu   sync.Mutex
+	live map[string]*live // guarded by mu: sessions with a VM
+}
+
+// live is a session with a VM process.
+type live struct {
+	vm    vmm.VM
+	agent *agentproto.Client
+	env   map[string]string
+	// deleting is set when the VM is being stopped on purpose.
+	deleting bool // guarded by Manager.mu
+}
+
+// New returns a manager. Call Recover before serving.
+func New(cfg Config) (*Manager, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.DefaultImage == "" {
+		cfg.DefaultImage = "tiny"
+	}
+	if cfg.DefaultMemoryMiB == 0 {
+		cfg.DefaultMemoryMiB = 512
+	}
+	if cfg.DefaultCPUs == 0 {
+		cfg.DefaultCPUs = 1
+	}
+	if cfg.DefaultBootTimeout == 0 {
+		cfg.DefaultBootTimeout = 60 * time.Second
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o711); err != nil {
+		return nil, fmt.Errorf("session: %w", err)
+	}
+	// An unprivileged QEMU must traverse to its own directory.
+	if err := os.Chmod(cfg.Dir, 0o711); err != nil {
+		return nil, fmt.Errorf("session: %w", err)
+	}
+	return &Manager{cfg: cfg, live: map[string]*live{}}, nil
+}
+
+func newID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return "s-" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b))[:12]
+}
+
+func toAPI(s store.Session) api.Session {
+	return api.Session{
+		ID: s.ID, State: s.State, Image: s.Image, MemoryMiB: s.MemoryMiB, CPUs: s.CPUs,
+		Env: s.Env, Accel: s.Accel, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt,
+		Error: s.Error, BootMillis: s.BootMillis,
+	}
+}
+
+func (m *Manager) dir(id string) string { return filepath.Join(m.cfg.Dir, id) }
+
+// Create boots a new session and returns once its agent answers.
+func (m *Manager) Create(ctx context.Context, req api.CreateSessionRequest) (api.Session, error) {
+	name := req.Image
+	if name == "" {
+		name = m.cfg.DefaultImage
+	}
+	im, err := m.cfg.Images.Get(ctx, name)
+	if err != nil {
+		return api.Session{}, err
+	}
+	timeout := m.cfg.DefaultBootTimeout
+	if req.BootTimeout != "" {
+		if timeout, err = time.ParseDuration(req.BootTimeout); err != nil || timeout <= 0 {
+			return api.Session{}, api.Errorf(api.CodeInvalid, "boot_timeout %q: want a positive duration like 60s", req.BootTimeout)
+		}
+	}
+	now := time.Now().UTC()
+	rec := store.Session{
+		ID: newID(), State: api.StateCreating, Image: name,
+		MemoryMiB: cmp(req.MemoryMiB, m.cfg.DefaultMemoryMiB), CPUs: cmp(req.CPUs, m.cfg.DefaultCPUs),
+		Env: req.Env, Accel: m.cfg.Driver.Accel(), CreatedAt: now, UpdatedAt: now,
+	}
+	if err := m.cfg.Store.CreateSession(ctx, rec); err != nil {
+		return api.Session{}, fmt.Errorf("session: create: %w", err)
+	}
+	log := m.cfg.Log.With("session", rec.ID)
+	log.Info("creating session", "image", name, "memory_mib", rec.MemoryMiB, "cpus", rec.CPUs)
+
+	start := time.Now()
+	l, err := m.boot(ctx, rec, im, timeout)
+	if err != nil {
+		log.Warn("boot failed", "err", err)
+		rec.State, rec.Error, rec.UpdatedAt = api.StateFailed, err.Error(), time.Now().UTC()
+		// A background context: the record must say failed even when the
+		// client went away.
+		if uerr := m.cfg.Store.UpdateSession(context.Background(), rec); uerr != nil {
+			log.Error("record failed boot", "err", uerr)
+		}
+		return api.Session{}, err
+	}
+	boot := time.Since(start)
+	rec.State, rec.Handle, rec.BootMillis, rec.UpdatedAt = api.StateRunning, l.vm.Handle(), boot.Milliseconds(), time.Now().UTC()
+	if err := m.cfg.Store.UpdateSession(context.Background(), rec); err != nil {
+		_ = l.vm.Stop(context.Background())
+		os.RemoveAll(m.dir(rec.ID))
+		return api.Session{}, fmt.Errorf("session: create %s: record: %w", rec.ID, err)
+	}
+	m.adoptLive(rec.ID, l)
+	if m.cfg.OnBoot != nil {
+		m.cfg.OnBoot(boot)
+	}
+	log.Info("session running", "boot_ms", rec.BootMillis)
+	return toAPI(rec), nil
+}
+
+func cmp(v, def int) int {
+	if v == 0 {
+		return def
+	}
+	return v
+}
+
+// boot prepares the session's directory and disk, boots the VM and waits
+// for the agent. On error nothing is left behind but the record.
+func (m *Manager) boot(ctx context.Context, rec store.Session, im image.Image, timeout time.Duration) (l *live, err error) {
+	dir := m.dir(rec.ID)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("session: %s: %w", rec.ID, err)
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dir)
+		}
+	}()
+	k, err := m.cfg.Images.Kernel(ctx, func(msg string) { m.cfg.Log.Info(msg) })
+	if err != nil {
+		return nil, err
+	}
+	initrd, err := m.cfg.Images.Initramfs(k)
+	if err != nil {
+		return nil, err
+	}
+	disk := filepath.Join(dir, "disk.qcow2")
+	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", im.RootFS, "-F", "raw", disk).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("session: %s: create overlay: %v: %s", rec.ID, err, strings.TrimSpace(string(out)))
+	}
+	spec := vmm.Spec{ID: rec.ID, Dir: dir, Kernel: k.Vmlinux, Initrd: initrd, Disk: disk, MemoryMiB: rec.MemoryMiB, CPUs: rec.CPUs}
+	bctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	vm, err := m.cfg.Driver.Boot(bctx, spec)
+	if err != nil {
+		if bctx.Err() != nil && ctx.Err() == nil {
+			return nil, api.Errorf(api.CodeTimeout, "session %s: VMM did not start within %s", rec.ID, timeout)
+		}
+		return nil, fmt.Errorf("session: %s: %w", rec.ID, err)
+	}
+	agent, err := m.connect(bctx, vm)
+	if err != nil {
+		tail := vm.ConsoleTail()
+		_ = vm.Stop(context.Background())
+		exited := false
+		select {
+		case <-vm.Done():
+			exited = bctx.Err() == nil
+		default:
+		}
+		switch {
+		case exited:
+			return nil, api.Errorf(api.CodeUnavailable, "session %s: guest stopped during boot; console: %s", rec.ID, lastLines(tail, 8))
+		case ctx.Err() != nil:
+			return nil, fmt.Errorf("session: %s: boot cancelled: %w", rec.ID, ctx.Err())
+		case bctx.Err() != nil:
+			return nil, api.Errorf(api.CodeTimeout, "session %s: guest agent did not answer within %s; console: %s", rec.ID, timeout, lastLines(tail, 8))
+		default:
+			return nil, api.Errorf(api.CodeUnavailable, "session %s: guest agent: %v", rec.ID, err)
+		}
+	}
+	return &live{vm: vm, agent: agent, env: rec.Env}, nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	if len(lines) == 0 || (len(lines) == 1 && lines[0] == "") {
+		return "(empty)"
+	}
+	return strings.Join(lines, " | ")
+}
+
+// connect dials the agent and waits for its hello.
+func (m *Manager) connect(ctx context.Context, vm vmm.VM) (*agentproto.Client, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-vm.Done():
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	c, _, err := agentproto.Connect(ctx, vm.DialAgent)
+	return c, err
+}
+
+// adoptLive registers a running VM and watches for its unexpected end.
+func (m *Manager) adoptLive(id string, l *live) {
+	m.mu.Lock()
+	m.live[id] = l
+	m.mu.Unlock()
+	go func() {
+		<-l.vm.Done()
+		m.mu.Lock()
+		deleting := l.deleting
+		if m.live[id] == l {
+			delete(m.live, id)
+		}
+		m.mu.Unlock()
+		l.agent.Close()
+		if deleting {
+			return
+		}
+		tail := lastLines(l.vm.ConsoleTail(), 8)
+		m.cfg.Log.Warn("VM exited unexpectedly", "session", id, "console", tail)
+		m.fail(id, "VM exited unexpectedly; console: "+tail)
+	}()
+}
+
+func (m *Manager) fail(id, msg string) {
+	ctx := context.Background()
+	rec, err := m.cfg.Store.GetSession(ctx, id)
+	if err != nil {
+		return
+	}
+	rec.State, rec.Error, rec.UpdatedAt = api.StateFailed, msg, time.Now().UTC()
+	if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+		m.cfg.Log.Error("record failure", "session", id, "err", err)
+	}
+}
+
+func notFound(id string, err error) error {
+	if errors.Is(err, store.ErrNotFound) {
+		return api.Errorf(api.CodeNotFound, "session %q not found", id)
+	}
+	return fmt.Errorf("session: %s: %w", id, err)
+}
+
+// Get returns a session.
+func (m *Manager) Get(ctx context.Context, id string) (api.Session, error) {
+	rec, err := m.cfg.Store.GetSession(ctx, id)
+	if err != nil {
+		return api.Session{}, notFound(id, err)
+	}
+	return toAPI(rec), nil
+}
+
+// List returns all sessions, oldest first.
+func (m *Manager) List(ctx context.Context) ([]api.Session, error) {
+	recs, err := m.cfg.Store.ListSessions(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("session: list: %w", err)
+	}
+	out := make([]api.Session, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, toAPI(r))
+	}
+	return out, nil
+}
+
+// Delete stops the session's VM, removes its files and its record.
+func (m *Manager) Delete(ctx context.Context, id string) error {
+	rec, err := m.cfg.Store.GetSession(ctx, id)
+	if err != nil {
+		return notFound(id, err)
+	}
+	m.mu.Lock()
+	l := m.live[id]
+	if l != nil {
+		l.deleting = true
+	}
+	m.mu.Unlock()
+	if rec.State != api.StateStopping {
+		rec.State, rec.UpdatedAt = api.StateStopping, time.Now().UTC()
+		if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+			return fmt.Errorf("session: delete %s: %w", id, err)
+		}
+	}
+	if l != nil {
+		l.agent.Close()
+		if err := l.vm.Stop(ctx); err != nil {
+			return fmt.Errorf("session: delete %s: %w", id, err)
+		}
+		m.mu.Lock()
+		if m.live[id] == l {
+			delete(m.live, id)
+		}
+		m.mu.Unlock()
+	} else {
+		m.killLeftover(ctx, rec)
+	}
+	if err := os.RemoveAll(m.dir(id)); err != nil {
+		return fmt.Errorf("session: delete %s: remove files: %w", id, err)
+	}
+	if err := m.cfg.Store.DeleteSession(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("session: delete %s: %w", id, err)
+	}
+	m.cfg.Log.Info("session removed", "session", id)
+	return nil
+}
+
+// killLeftover stops a VM the manager does not hold (a failed session
+// whose VM could not be adopted, say) if its process still runs.
+func (m *Manager) killLeftover(ctx context.Context, rec store.Session) {
+	if len(rec.Handle) == 0 {
+		return
+	}
+	if vm, err := m.cfg.Driver.Adopt(ctx, rec.Handle); err == nil {
+		_ = vm.Stop(ctx)
+	}
+}
+
+// Recover re-adopts the VMs of sessions recorded as running (after a
+// server restart), marks those it cannot re-adopt failed, and kills QEMU
+// processes under the session dir that no session owns.
+func (m *Manager) Recover(ctx context.Context) error {
+	recs, err := m.cfg.Store.ListSessions(ctx)
+	if err != nil {
+		return fmt.Errorf("session: recover: %w", err)
+	}
+	known := map[string]bool{}
+	for _, rec := range recs {
+		known[rec.ID] = true
+		switch rec.State {
+		case api.StateRunning:
+			if err := m.readopt(ctx, rec); err != nil {
+				m.cfg.Log.Warn("session lost across restart", "session", rec.ID, "err", err)
+				m.fail(rec.ID, "lost across server restart: "+err.Error())
+			} else {
+				m.cfg.Log.Info("session re-adopted", "session", rec.ID)
+			}
+		case api.StateCreating, api.StateStopping:
+			m.killLeftover(ctx, rec)
+			m.fail(rec.ID, fmt.Sprintf("server stopped while the session was %s", rec.State))
+		}
+	}
+	for _, pid := range qemu.Orphans(m.cfg.Dir, func(id string) bool { return known[id] }) {
+		m.cfg.Log.Warn("killing orphan QEMU process", "pid", pid)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	return nil
+}
+
+func (m *Manager) readopt(ctx context.Context, rec store.Session) error {
+	vm, err := m.cfg.Driver.Adopt(ctx, rec.Handle)
+	if err != nil {
+		return err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	agent, err := m.connect(cctx, vm)
+	if err != nil {
+		_ = vm.Stop(ctx)
+		return fmt.Errorf("agent did not answer: %w", err)
+	}
+	m.adoptLive(rec.ID, &live{vm: vm, agent: agent, env: rec.Env})
+	return nil
+}
+
+// Close lets go of the running VMs without stopping them: the next server
+// adopts them (see Recover).
+func (m *Manager) Close() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for id, l := range m.live {
+		l.deleting = true // their QEMU processes keep running
+		l.agent.Close()
+		delete(m.live, id)
+	}
+}
+
+// StopAll stops every running VM (used by tests and 'cove server
+// --stop-on-exit'); sessions are marked failed with a clear reason.
+func (m *Manager) StopAll(ctx context.Context) {
+	m.mu.Lock()
+	ls := make(map[string]*live, len(m.live))
+	for id, l := range m.live {
+		l.deleting = true
+		ls[id] = l
+	}
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	for id, l := range ls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			l.agent.Close()
+			_ = l.vm.Stop(ctx)
+			m.fail(id, "stopped with the server")
+		}()
+	}
+	wg.Wait()
+}
+
+// agent returns the live agent of a running session.
+func (m *Manager) agent(ctx context.Context, id string) (*live, error) {
+	m.mu.Lock()
+	l := m.live[id]
+	m.mu.Unlock()
+	if l != nil {
+		return l, nil
+	}
+	rec, err := m.cfg.Store.GetSession(ctx, id)
+	if err != nil {
+		return nil, notFound(id, err)
+	}
+	msg := fmt.Sprintf("session %s is %s", id, rec.State)
+	if rec.Error != "" {
+		msg += ": " + rec.Error
+	}
+	return nil, api.Errorf(api.CodeConflict, "%s", msg)
+}
+
+// envList merges session and request env into KEY=VALUE form, sorted.
+func envList(base, extra map[string]string) []string {
+	merged := map[string]string{}
+	for k, v := range base {
+		merged[k] = v
+	}
+	for k, v := range extra {
+		merged[k] = v
+	}
+	out := make([]string, 0, len(merged))
+	for k, v := range merged {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,79 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+)
+
+// migrations are the schema, in order. Migration i takes the database from
+// user_version i to i+1. Append only: never edit or reorder one that has
+// shipped.
+//
+// Times are INTEGER unix nanoseconds, NULL for the zero time. Env is a JSON
+// object as TEXT, NULL when empty; Handle is a BLOB, NULL when empty.
+var migrations = []string{
+	// 1: sessions and images.
+	`CREATE TABLE sessions (
+		id          TEXT PRIMARY KEY,
+		state       TEXT NOT NULL,
+		image       TEXT NOT NULL,
+		memory_mib  INTEGER NOT NULL,
+		cpus        INTEGER NOT NULL,
+		env         TEXT,
+		accel       TEXT NOT NULL,
+		created_at  INTEGER,
+		updated_at  INTEGER,
+		error       TEXT NOT NULL,
+		boot_millis INTEGER NOT NULL,
+		handle      BLOB
+	) STRICT;
+	CREATE INDEX sessions_by_created ON sessions (created_at, id);
+	CREATE TABLE images (
+		name         TEXT PRIMARY KEY,
+		key          TEXT NOT NULL,
+		dir          TEXT NOT NULL,
+		size_bytes   INTEGER NOT NULL,
+		created_at   INTEGER,
+		build_millis INTEGER NOT NULL
+	) STRICT;`,
+}
+
+// migrate brings db's schema up to len(steps), applying in one transaction
+// the steps it has not had yet, as PRAGMA user_version records. A database
+// newer than steps is refused, not touched.
+func migrate(ctx context.Context, db *sql.DB, steps []string) (err error) {
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tx.Rollback()
+		}
+	}()
+
+	var version int
+	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&version); err != nil {
+		return fmt.Errorf("read user_version: %w", err)
+	}
+	switch {
+	case version > len(steps):
+		return fmt.Errorf("database schema version %d is newer than this binary's %d", version, len(steps))
+	case version == len(steps):
+		return tx.Commit()
+	}
+	for i := version; i < len(steps); i++ {
+		if _, err := tx.ExecContext(ctx, steps[i]); err != nil {
+			return fmt.Errorf("apply migration %d: %w", i+1, err)
+		}
+	}
+	// PRAGMA takes no parameters; len(steps) is an int, not input.
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", len(steps))); err != nil {
+		return fmt.Errorf("set user_version: %w", err)
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}

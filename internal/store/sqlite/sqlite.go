@@ -1,0 +1,413 @@
+// Package sqlite keeps cove's state store in one SQLite file, through the
+// pure-Go modernc.org/sqlite driver (no cgo).
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"net/url"
+	"os"
+	"path/filepath"
+	"time"
+	"unicode/utf8"
+
+	"github.com/cove-dev/cove/internal/store"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+)
+
+// Store is a store.Store kept in one SQLite database file. It is safe for
+// concurrent use.
+//
+// The database runs in WAL mode with synchronous=FULL, so a write that has
+// returned survives a crash of the process or the machine. All calls share
+// one connection: writers queue in Go rather than meet SQLITE_BUSY, which at
+// cove's write rates costs nothing.
+type Store struct {
+	db *sql.DB
+}
+
+var _ store.Store = (*Store)(nil)
+
+// busyTimeoutMillis is how long a connection waits for a lock another
+// process holds (a backup tool, the sqlite3 shell) before failing.
+const busyTimeoutMillis = 5000
+
+// Open opens the database at path, creating it (mode 0600) if it does not
+// exist, and brings its schema up to date. The directory must exist. A
+// database whose schema is newer than this binary's is refused.
+func Open(ctx context.Context, path string) (*Store, error) {
+	if path == "" {
+		return nil, errors.New("sqlite: open: empty path")
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	dir := filepath.Dir(abs)
+	if fi, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: database directory: %w", path, err)
+	} else if !fi.IsDir() {
+		return nil, fmt.Errorf("sqlite: open %s: database directory %s is not a directory", path, dir)
+	}
+	// Create the file before SQLite does, which would make it 0644. SQLite
+	// gives the -wal and -shm files the database file's mode.
+	f, err := os.OpenFile(abs, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		if pe, ok := errors.AsType[*fs.PathError](err); ok {
+			err = pe.Err // the path is already in the message
+		}
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	f.Close()
+
+	db, err := sql.Open("sqlite", dsn(abs))
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	db.SetMaxOpenConns(1)
+	s := &Store{db: db}
+	if err := s.init(ctx); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// dsn is the driver's name for the database file at abs, with the settings
+// that every connection applies when it opens.
+func dsn(abs string) string {
+	q := url.Values{}
+	q.Add("_pragma", fmt.Sprintf("busy_timeout(%d)", busyTimeoutMillis))
+	q.Add("_pragma", "journal_mode(WAL)")
+	q.Add("_pragma", "synchronous(FULL)")
+	q.Add("_pragma", "foreign_keys(ON)")
+	// Transactions take the write lock at BEGIN, so two of them cannot
+	// deadlock upgrading read locks.
+	q.Set("_txlock", "immediate")
+	// A file: URI, so that any byte of the path ('?', '#', '%') is escaped.
+	u := url.URL{Scheme: "file", Path: abs, RawQuery: q.Encode()}
+	return u.String()
+}
+
+// init checks that the connection settings took and migrates the schema.
+func (s *Store) init(ctx context.Context) error {
+	var mode string
+	if err := s.db.QueryRowContext(ctx, "PRAGMA journal_mode").Scan(&mode); err != nil {
+		return fmt.Errorf("read journal_mode: %w", err)
+	}
+	if mode != "wal" {
+		return fmt.Errorf("journal_mode is %q, want wal (does the file system support WAL?)", mode)
+	}
+	var sync, fk int
+	if err := s.db.QueryRowContext(ctx, "PRAGMA synchronous").Scan(&sync); err != nil {
+		return fmt.Errorf("read synchronous: %w", err)
+	}
+	if sync != 2 { // FULL
+		return fmt.Errorf("synchronous is %d, want 2 (FULL)", sync)
+	}
+	if err := s.db.QueryRowContext(ctx, "PRAGMA foreign_keys").Scan(&fk); err != nil {
+		return fmt.Errorf("read foreign_keys: %w", err)
+	}
+	if fk != 1 {
+		return fmt.Errorf("foreign_keys is %d, want 1", fk)
+	}
+	if err := migrate(ctx, s.db, migrations); err != nil {
+		return fmt.Errorf("migrate: %w", err)
+	}
+	return nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("sqlite: close: %w", err)
+	}
+	return nil
+}
+
+const sessionColumns = `id, state, image, memory_mib, cpus, env, accel,
+	created_at, updated_at, error, boot_millis, handle`
+
+// CreateSession implements store.Store.
+func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
+	args, err := sessionArgs(sess)
+	if err != nil {
+		return fmt.Errorf("sqlite: create session %s: %w", sess.ID, err)
+	}
+	res, err := s.db.ExecContext(ctx, `INSERT INTO sessions (`+sessionColumns+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (id) DO NOTHING`, args...)
+	if err := oneRow(res, err, store.ErrExists); err != nil {
+		return fmt.Errorf("sqlite: create session %s: %w", sess.ID, err)
+	}
+	return nil
+}
+
+// UpdateSession implements store.Store.
+func (s *Store) UpdateSession(ctx context.Context, sess store.Session) error {
+	args, err := sessionArgs(sess)
+	if err != nil {
+		return fmt.Errorf("sqlite: update session %s: %w", sess.ID, err)
+	}
+	// sessionArgs starts with the id; it goes last, in WHERE.
+	args = append(args[1:], sess.ID)
+	res, err := s.db.ExecContext(ctx, `UPDATE sessions SET
+		state = ?, image = ?, memory_mib = ?, cpus = ?, env = ?, accel = ?,
+		created_at = ?, updated_at = ?, error = ?, boot_millis = ?, handle = ?
+		WHERE id = ?`, args...)
+	if err := oneRow(res, err, store.ErrNotFound); err != nil {
+		return fmt.Errorf("sqlite: update session %s: %w", sess.ID, err)
+	}
+	return nil
+}
+
+// GetSession implements store.Store.
+func (s *Store) GetSession(ctx context.Context, id string) (store.Session, error) {
+	row := s.db.QueryRowContext(ctx, `SELECT `+sessionColumns+` FROM sessions WHERE id = ?`, id)
+	sess, err := scanSession(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		err = store.ErrNotFound
+	}
+	if err != nil {
+		return store.Session{}, fmt.Errorf("sqlite: get session %s: %w", id, err)
+	}
+	return sess, nil
+}
+
+// ListSessions implements store.Store.
+func (s *Store) ListSessions(ctx context.Context) ([]store.Session, error) {
+	// NULL, the zero time, sorts first, as the zero time is earliest.
+	rows, err := s.db.QueryContext(ctx, `SELECT `+sessionColumns+` FROM sessions
+		ORDER BY created_at, id`)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list sessions: %w", err)
+	}
+	defer rows.Close()
+	var list []store.Session
+	for rows.Next() {
+		sess, err := scanSession(rows)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: list sessions: %w", err)
+		}
+		list = append(list, sess)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: list sessions: %w", err)
+	}
+	return list, nil
+}
+
+// DeleteSession implements store.Store.
+func (s *Store) DeleteSession(ctx context.Context, id string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM sessions WHERE id = ?`, id)
+	if err := oneRow(res, err, store.ErrNotFound); err != nil {
+		return fmt.Errorf("sqlite: delete session %s: %w", id, err)
+	}
+	return nil
+}
+
+const imageColumns = `name, key, dir, size_bytes, created_at, build_millis`
+
+// PutImage implements store.Store.
+func (s *Store) PutImage(ctx context.Context, im store.Image) error {
+	created, err := encodeTime(im.CreatedAt)
+	if err != nil {
+		return fmt.Errorf("sqlite: put image %s: created_at: %w", im.Name, err)
+	}
+	_, err = s.db.ExecContext(ctx, `INSERT INTO images (`+imageColumns+`)
+		VALUES (?, ?, ?, ?, ?, ?)
+		ON CONFLICT (name) DO UPDATE SET
+			key = excluded.key, dir = excluded.dir, size_bytes = excluded.size_bytes,
+			created_at = excluded.created_at, build_millis = excluded.build_millis`,
+		im.Name, im.Key, im.Dir, im.SizeBytes, created, im.BuildMillis)
+	if err != nil {
+		return fmt.Errorf("sqlite: put image %s: %w", im.Name, err)
+	}
+	return nil
+}
+
+// GetImage implements store.Store.
+func (s *Store) GetImage(ctx context.Context, name string) (store.Image, error) {
+	row := s.db.QueryRowContext(ctx, `SELECT `+imageColumns+` FROM images WHERE name = ?`, name)
+	im, err := scanImage(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		err = store.ErrNotFound
+	}
+	if err != nil {
+		return store.Image{}, fmt.Errorf("sqlite: get image %s: %w", name, err)
+	}
+	return im, nil
+}
+
+// ListImages implements store.Store.
+func (s *Store) ListImages(ctx context.Context) ([]store.Image, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+imageColumns+` FROM images ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list images: %w", err)
+	}
+	defer rows.Close()
+	var list []store.Image
+	for rows.Next() {
+		im, err := scanImage(rows)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: list images: %w", err)
+		}
+		list = append(list, im)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: list images: %w", err)
+	}
+	return list, nil
+}
+
+// DeleteImage implements store.Store.
+func (s *Store) DeleteImage(ctx context.Context, name string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM images WHERE name = ?`, name)
+	if err := oneRow(res, err, store.ErrNotFound); err != nil {
+		return fmt.Errorf("sqlite: delete image %s: %w", name, err)
+	}
+	return nil
+}
+
+// oneRow checks the result of a statement that should change one row: it
+// returns err if the statement failed, ifNone if no row changed, and nil if
+// exactly one did.
+func oneRow(res sql.Result, err, ifNone error) error {
+	if err != nil {
+		return err
+	}
+	n, err := res.RowsAffected()
+	switch {
+	case err != nil:
+		return fmt.Errorf("rows affected: %w", err)
+	case n == 0:
+		return ifNone
+	case n > 1:
+		return fmt.Errorf("%d rows changed, want 1", n)
+	}
+	return nil
+}
+
+// sessionArgs are sess's column values, in sessionColumns order.
+func sessionArgs(sess store.Session) ([]any, error) {
+	env, err := encodeEnv(sess.Env)
+	if err != nil {
+		return nil, fmt.Errorf("env: %w", err)
+	}
+	created, err := encodeTime(sess.CreatedAt)
+	if err != nil {
+		return nil, fmt.Errorf("created_at: %w", err)
+	}
+	updated, err := encodeTime(sess.UpdatedAt)
+	if err != nil {
+		return nil, fmt.Errorf("updated_at: %w", err)
+	}
+	var handle any // NULL
+	if len(sess.Handle) > 0 {
+		handle = sess.Handle
+	}
+	return []any{
+		sess.ID, sess.State, sess.Image, sess.MemoryMiB, sess.CPUs, env, sess.Accel,
+		created, updated, sess.Error, sess.BootMillis, handle,
+	}, nil
+}
+
+// scanner is a *sql.Row or *sql.Rows.
+type scanner interface {
+	Scan(dest ...any) error
+}
+
+func scanSession(sc scanner) (store.Session, error) {
+	var (
+		sess             store.Session
+		env              sql.NullString
+		created, updated sql.NullInt64
+	)
+	err := sc.Scan(&sess.ID, &sess.State, &sess.Image, &sess.MemoryMiB, &sess.CPUs, &env,
+		&sess.Accel, &created, &updated, &sess.Error, &sess.BootMillis, &sess.Handle)
+	if err != nil {
+		return store.Session{}, err
+	}
+	if sess.Env, err = decodeEnv(env); err != nil {
+		return store.Session{}, fmt.Errorf("session %s: env: %w", sess.ID, err)
+	}
+	sess.CreatedAt = decodeTime(created)
+	sess.UpdatedAt = decodeTime(updated)
+	if len(sess.Handle) == 0 {
+		sess.Handle = nil
+	}
+	return sess, nil
+}
+
+func scanImage(sc scanner) (store.Image, error) {
+	var (
+		im      store.Image
+		created sql.NullInt64
+	)
+	if err := sc.Scan(&im.Name, &im.Key, &im.Dir, &im.SizeBytes, &created, &im.BuildMillis); err != nil {
+		return store.Image{}, err
+	}
+	im.CreatedAt = decodeTime(created)
+	return im, nil
+}
+
+// The times that unix nanoseconds in an int64 can hold.
+var (
+	minTime = time.Unix(0, math.MinInt64)
+	maxTime = time.Unix(0, math.MaxInt64)
+)
+
+// encodeTime is t as unix nanoseconds, or NULL for the zero time.
+func encodeTime(t time.Time) (any, error) {
+	if t.IsZero() {
+		return nil, nil
+	}
+	if t.Before(minTime) || t.After(maxTime) {
+		return nil, fmt.Errorf("time %v is outside the years 1678 to 2262 that unix nanoseconds hold", t)
+	}
+	return t.UnixNano(), nil
+}
+
+// decodeTime undoes encodeTime, giving UTC.
+func decodeTime(n sql.NullInt64) time.Time {
+	if !n.Valid {
+		return time.Time{}
+	}
+	return time.Unix(0, n.Int64).UTC()
+}
+
+// encodeEnv is env as a JSON object, or NULL if it is empty. JSON would
+// silently replace bytes that are not UTF-8, so those are refused.
+func encodeEnv(env map[string]string) (any, error) {
+	if len(env) == 0 {
+		return nil, nil
+	}
+	for k, v := range env {
+		if !utf8.ValidString(k) || !utf8.ValidString(v) {
+			return nil, fmt.Errorf("variable %q is not valid UTF-8", k)
+		}
+	}
+	b, err := json.Marshal(env)
+	if err != nil {
+		return nil, err
+	}
+	return string(b), nil
+}
+
+// decodeEnv undoes encodeEnv.
+func decodeEnv(s sql.NullString) (map[string]string, error) {
+	if !s.Valid {
+		return nil, nil
+	}
+	var env map[string]string
+	if err := json.Unmarshal([]byte(s.String), &env); err != nil {
+		return nil, err
+	}
+	return env, nil
+}

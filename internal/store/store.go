@@ -1,0 +1,104 @@
+// Package store declares cove's state store: the durable record of sessions and images.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// Errors a Store returns, wrapped with the operation that failed; test for
+// them with errors.Is.
+var (
+	// ErrNotFound means no record has the given id or name.
+	ErrNotFound = errors.New("store: not found")
+	// ErrExists means a record with the given id already exists.
+	ErrExists = errors.New("store: already exists")
+)
+
+// Store is the durable record of sessions and images.
+//
+// Its contract, which every implementation meets (package storetest checks
+// it):
+//
+//   - A call that returns nil has made its change durable: it survives Close,
+//     a crash of the process and a reopen of the same store.
+//   - Records come back exactly as they were written: times are the same
+//     instant to the nanosecond, in UTC, with no monotonic reading; an Env or
+//     Handle of length zero may come back nil. The zero time round-trips as
+//     the zero time. Times a store cannot represent make the write fail and
+//     change nothing.
+//   - Records passed in and handed out are copies: changing one afterwards
+//     (its Env map or Handle bytes) does not change what the store holds.
+//   - The store never sets a field itself; callers set UpdatedAt and the rest.
+//   - Every method is safe for concurrent use; concurrent writes all succeed
+//     or fail on their own merits, never because another writer was busy.
+//   - A call whose ctx is already done fails with an error wrapping ctx.Err()
+//     and changes nothing.
+//   - Errors for missing or duplicate records wrap ErrNotFound or ErrExists.
+//   - No method may be called after Close.
+type Store interface {
+	// CreateSession inserts s. It fails with ErrExists if a session with
+	// s.ID exists, leaving that session unchanged.
+	CreateSession(ctx context.Context, s Session) error
+	// UpdateSession replaces the session with id s.ID by s, every field.
+	// It fails with ErrNotFound if there is none, creating nothing.
+	UpdateSession(ctx context.Context, s Session) error
+	// GetSession returns the session with the given id, or ErrNotFound.
+	GetSession(ctx context.Context, id string) (Session, error)
+	// ListSessions returns every session, ordered by CreatedAt and then by
+	// ID (bytewise). An empty store gives a slice of length zero.
+	ListSessions(ctx context.Context) ([]Session, error)
+	// DeleteSession removes the session with the given id, or fails with
+	// ErrNotFound if there is none.
+	DeleteSession(ctx context.Context, id string) error
+
+	// PutImage inserts im, or replaces every field of the image with the
+	// same Name.
+	PutImage(ctx context.Context, im Image) error
+	// GetImage returns the image with the given name, or ErrNotFound.
+	GetImage(ctx context.Context, name string) (Image, error)
+	// ListImages returns every image, ordered by Name (bytewise). An empty
+	// store gives a slice of length zero.
+	ListImages(ctx context.Context) ([]Image, error)
+	// DeleteImage removes the image with the given name, or fails with
+	// ErrNotFound if there is none.
+	DeleteImage(ctx context.Context, name string) error
+
+	// Close releases the store's resources. Writes that returned before it
+	// are durable.
+	Close() error
+}
+
+// Session is the stored record of one session: its public fields (see
+// api.Session) plus what the server needs to find its VM again.
+type Session struct {
+	ID        string
+	State     string
+	Image     string
+	MemoryMiB int
+	CPUs      int
+	Env       map[string]string
+	Accel     string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	// Error says why a session is failed.
+	Error string
+	// BootMillis is how long the VM took from spawn to the agent's first answer.
+	BootMillis int64
+	// Handle is the VMM driver's versioned, opaque description of the running
+	// VM (JSON), used to re-adopt it after a server restart.
+	Handle []byte
+}
+
+// Image is the stored record of one built image.
+type Image struct {
+	Name string
+	// Key is the hash of everything the image was built from.
+	Key string
+	// Dir is the directory holding the image files.
+	Dir         string
+	SizeBytes   int64
+	CreatedAt   time.Time
+	BuildMillis int64
+}

@@ -1,0 +1,651 @@
+// Package storetest is the conformance suite that every store.Store
+// implementation runs: it checks the contract in store.Store's doc.
+package storetest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cove-dev/cove/internal/store"
+)
+
+// Run checks the implementation that open makes against the store.Store
+// contract, each behaviour in its own subtest.
+//
+// open returns a store kept in dir, a fresh t.TempDir() per subtest. Run may
+// call open again with the same dir after closing the store, and must then
+// get the same data back. Run closes every store it opens; open must not.
+func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
+	s := &suite{open: open}
+	t.Run("SessionRoundTrip", s.sessionRoundTrip)
+	t.Run("ZeroSessionRoundTrip", s.zeroSessionRoundTrip)
+	t.Run("CreateDuplicate", s.createDuplicate)
+	t.Run("GetMissing", s.getMissing)
+	t.Run("Update", s.update)
+	t.Run("UpdateMissing", s.updateMissing)
+	t.Run("ListSessionsOrder", s.listSessionsOrder)
+	t.Run("DeleteSession", s.deleteSession)
+	t.Run("DeleteSessionMissing", s.deleteSessionMissing)
+	t.Run("CopiesInAndOut", s.copiesInAndOut)
+	t.Run("ImageRoundTrip", s.imageRoundTrip)
+	t.Run("ImageUpsert", s.imageUpsert)
+	t.Run("ListImagesOrder", s.listImagesOrder)
+	t.Run("DeleteImage", s.deleteImage)
+	t.Run("ConcurrentWriters", s.concurrentWriters)
+	t.Run("DoneContext", s.doneContext)
+	t.Run("PersistsAcrossReopen", s.persistsAcrossReopen)
+}
+
+type suite struct {
+	open func(t *testing.T, dir string) store.Store
+}
+
+// fresh opens a store in a new directory and closes it when t ends.
+func (s *suite) fresh(t *testing.T) store.Store {
+	t.Helper()
+	return s.openIn(t, t.TempDir())
+}
+
+// openIn opens the store in dir and closes it when t ends.
+func (s *suite) openIn(t *testing.T, dir string) store.Store {
+	t.Helper()
+	st := s.open(t, dir)
+	if st == nil {
+		t.Fatal("open returned a nil store")
+	}
+	t.Cleanup(func() {
+		if err := st.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return st
+}
+
+// at is a time with nanoseconds in a zone that is not UTC, so that a store
+// that drops precision or keeps the location fails the comparisons.
+func at(sec int) time.Time {
+	zone := time.FixedZone("UTC+05:30", 5*3600+1800)
+	return time.Date(2025, 3, 14, 15, 9, sec, 535897932, zone)
+}
+
+// fullSession has every field set to a value that is not the zero value.
+func fullSession(id string) store.Session {
+	return store.Session{
+		ID:        id,
+		State:     "running",
+		Image:     "tiny",
+		MemoryMiB: 512,
+		CPUs:      2,
+		Env: map[string]string{
+			"HOME":  "/root",
+			"EMPTY": "",
+			"UTF8":  "héllo wörld ☃",
+			"QUOTE": `"a\b'`,
+		},
+		Accel:      "kvm",
+		CreatedAt:  at(1),
+		UpdatedAt:  at(2).Add(time.Nanosecond),
+		Error:      "none yet",
+		BootMillis: 1234,
+		// Not valid UTF-8 and holding a NUL: the store must keep bytes.
+		Handle: []byte("{\"v\":1}\x00\xff\xfe"),
+	}
+}
+
+func fullImage(name string) store.Image {
+	return store.Image{
+		Name:        name,
+		Key:         "sha256:" + strings.Repeat("ab", 32),
+		Dir:         "/var/lib/cove/images/" + name,
+		SizeBytes:   1 << 33,
+		CreatedAt:   at(3),
+		BuildMillis: 98765,
+	}
+}
+
+// checkTime reports whether got is want's instant, in UTC, without a
+// monotonic reading.
+func checkTime(field string, got, want time.Time) []string {
+	var d []string
+	if want.IsZero() {
+		if !got.IsZero() {
+			d = append(d, fmt.Sprintf("%s = %v, want the zero time", field, got))
+		}
+		return d
+	}
+	if !got.Equal(want) {
+		d = append(d, fmt.Sprintf("%s = %v, want %v", field, got, want))
+	}
+	if got.Location() != time.UTC {
+		d = append(d, fmt.Sprintf("%s location = %v, want UTC", field, got.Location()))
+	}
+	if got != got.Round(0) {
+		d = append(d, fmt.Sprintf("%s has a monotonic clock reading", field))
+	}
+	return d
+}
+
+func diffSession(got, want store.Session) []string {
+	var d []string
+	str := func(field, g, w string) {
+		if g != w {
+			d = append(d, fmt.Sprintf("%s = %q, want %q", field, g, w))
+		}
+	}
+	num := func(field string, g, w int64) {
+		if g != w {
+			d = append(d, fmt.Sprintf("%s = %d, want %d", field, g, w))
+		}
+	}
+	str("ID", got.ID, want.ID)
+	str("State", got.State, want.State)
+	str("Image", got.Image, want.Image)
+	num("MemoryMiB", int64(got.MemoryMiB), int64(want.MemoryMiB))
+	num("CPUs", int64(got.CPUs), int64(want.CPUs))
+	if !maps.Equal(got.Env, want.Env) {
+		d = append(d, fmt.Sprintf("Env = %q, want %q", got.Env, want.Env))
+	}
+	str("Accel", got.Accel, want.Accel)
+	d = append(d, checkTime("CreatedAt", got.CreatedAt, want.CreatedAt)...)
+	d = append(d, checkTime("UpdatedAt", got.UpdatedAt, want.UpdatedAt)...)
+	str("Error", got.Error, want.Error)
+	num("BootMillis", got.BootMillis, want.BootMillis)
+	if !bytes.Equal(got.Handle, want.Handle) {
+		d = append(d, fmt.Sprintf("Handle = %q, want %q", got.Handle, want.Handle))
+	}
+	return d
+}
+
+func diffImage(got, want store.Image) []string {
+	var d []string
+	str := func(field, g, w string) {
+		if g != w {
+			d = append(d, fmt.Sprintf("%s = %q, want %q", field, g, w))
+		}
+	}
+	num := func(field string, g, w int64) {
+		if g != w {
+			d = append(d, fmt.Sprintf("%s = %d, want %d", field, g, w))
+		}
+	}
+	str("Name", got.Name, want.Name)
+	str("Key", got.Key, want.Key)
+	str("Dir", got.Dir, want.Dir)
+	num("SizeBytes", got.SizeBytes, want.SizeBytes)
+	d = append(d, checkTime("CreatedAt", got.CreatedAt, want.CreatedAt)...)
+	num("BuildMillis", got.BuildMillis, want.BuildMillis)
+	return d
+}
+
+func wantSession(t *testing.T, st store.Store, want store.Session) {
+	t.Helper()
+	got, err := st.GetSession(t.Context(), want.ID)
+	if err != nil {
+		t.Fatalf("GetSession(%q): %v", want.ID, err)
+	}
+	for _, d := range diffSession(got, want) {
+		t.Errorf("GetSession(%q): %s", want.ID, d)
+	}
+}
+
+func wantImage(t *testing.T, st store.Store, want store.Image) {
+	t.Helper()
+	got, err := st.GetImage(t.Context(), want.Name)
+	if err != nil {
+		t.Fatalf("GetImage(%q): %v", want.Name, err)
+	}
+	for _, d := range diffImage(got, want) {
+		t.Errorf("GetImage(%q): %s", want.Name, d)
+	}
+}
+
+func wantSessionIDs(t *testing.T, st store.Store, want ...string) []store.Session {
+	t.Helper()
+	list, err := st.ListSessions(t.Context())
+	if err != nil {
+		t.Fatalf("ListSessions: %v", err)
+	}
+	var got []string
+	for _, s := range list {
+		got = append(got, s.ID)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("ListSessions IDs = %q, want %q", got, want)
+	}
+	return list
+}
+
+func wantImageNames(t *testing.T, st store.Store, want ...string) []store.Image {
+	t.Helper()
+	list, err := st.ListImages(t.Context())
+	if err != nil {
+		t.Fatalf("ListImages: %v", err)
+	}
+	var got []string
+	for _, im := range list {
+		got = append(got, im.Name)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("ListImages names = %q, want %q", got, want)
+	}
+	return list
+}
+
+func mustCreate(t *testing.T, st store.Store, s store.Session) {
+	t.Helper()
+	if err := st.CreateSession(t.Context(), s); err != nil {
+		t.Fatalf("CreateSession(%q): %v", s.ID, err)
+	}
+}
+
+func mustPut(t *testing.T, st store.Store, im store.Image) {
+	t.Helper()
+	if err := st.PutImage(t.Context(), im); err != nil {
+		t.Fatalf("PutImage(%q): %v", im.Name, err)
+	}
+}
+
+// Every field, times included, comes back exactly, in UTC.
+func (s *suite) sessionRoundTrip(t *testing.T) {
+	st := s.fresh(t)
+	want := fullSession("s-1")
+	mustCreate(t, st, want)
+	wantSession(t, st, want)
+
+	list := wantSessionIDs(t, st, "s-1")
+	for _, d := range diffSession(list[0], want) {
+		t.Errorf("ListSessions[0]: %s", d)
+	}
+}
+
+// A session of zero values (zero times, nil Env and Handle) round-trips.
+func (s *suite) zeroSessionRoundTrip(t *testing.T) {
+	st := s.fresh(t)
+	want := store.Session{ID: "zero"}
+	mustCreate(t, st, want)
+	wantSession(t, st, want)
+}
+
+// Creating a session whose id is taken fails with ErrExists and keeps the
+// first one.
+func (s *suite) createDuplicate(t *testing.T) {
+	st := s.fresh(t)
+	first := fullSession("dup")
+	mustCreate(t, st, first)
+
+	second := fullSession("dup")
+	second.State = "failed"
+	second.Handle = nil
+	err := st.CreateSession(t.Context(), second)
+	if !errors.Is(err, store.ErrExists) {
+		t.Fatalf("second CreateSession = %v, want ErrExists", err)
+	}
+	wantSession(t, st, first)
+	wantSessionIDs(t, st, "dup")
+}
+
+// Getting a missing session or image fails with ErrNotFound.
+func (s *suite) getMissing(t *testing.T) {
+	st := s.fresh(t)
+	if _, err := st.GetSession(t.Context(), "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetSession(missing) = %v, want ErrNotFound", err)
+	}
+	if _, err := st.GetImage(t.Context(), "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetImage(missing) = %v, want ErrNotFound", err)
+	}
+}
+
+// UpdateSession replaces every field, including clearing some.
+func (s *suite) update(t *testing.T) {
+	st := s.fresh(t)
+	orig := fullSession("u")
+	mustCreate(t, st, orig)
+	other := fullSession("other")
+	mustCreate(t, st, other)
+
+	upd := store.Session{
+		ID:         "u",
+		State:      "failed",
+		Image:      "big",
+		MemoryMiB:  4096,
+		CPUs:       8,
+		Env:        map[string]string{"ONLY": "this"},
+		Accel:      "tcg",
+		CreatedAt:  orig.CreatedAt.Add(-time.Hour),
+		UpdatedAt:  at(30).Add(7),
+		Error:      "vm died",
+		BootMillis: 99,
+		Handle:     []byte(`{"v":2}`),
+	}
+	if err := st.UpdateSession(t.Context(), upd); err != nil {
+		t.Fatalf("UpdateSession: %v", err)
+	}
+	wantSession(t, st, upd)
+	wantSession(t, st, other)
+
+	// Clearing optional fields sticks too.
+	cleared := upd
+	cleared.Env = nil
+	cleared.Handle = nil
+	cleared.Error = ""
+	cleared.UpdatedAt = time.Time{}
+	if err := st.UpdateSession(t.Context(), cleared); err != nil {
+		t.Fatalf("UpdateSession(cleared): %v", err)
+	}
+	wantSession(t, st, cleared)
+
+	// Writing the same record again is not "not found".
+	if err := st.UpdateSession(t.Context(), cleared); err != nil {
+		t.Fatalf("UpdateSession(unchanged): %v", err)
+	}
+}
+
+// Updating a missing session fails with ErrNotFound and creates nothing.
+func (s *suite) updateMissing(t *testing.T) {
+	st := s.fresh(t)
+	err := st.UpdateSession(t.Context(), fullSession("ghost"))
+	if !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("UpdateSession(missing) = %v, want ErrNotFound", err)
+	}
+	if _, err := st.GetSession(t.Context(), "ghost"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetSession after failed update = %v, want ErrNotFound", err)
+	}
+	wantSessionIDs(t, st)
+}
+
+// ListSessions orders by CreatedAt, then ID, whatever the insertion order
+// and the times' locations.
+func (s *suite) listSessionsOrder(t *testing.T) {
+	st := s.fresh(t)
+	wantSessionIDs(t, st) // empty
+
+	base := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	ny := time.FixedZone("UTC-5", -5*3600)
+	add := func(id string, created time.Time) {
+		mustCreate(t, st, store.Session{ID: id, State: "running", CreatedAt: created})
+	}
+	add("c", base.Add(2*time.Second))
+	add("b", base.Add(time.Nanosecond))
+	add("z", base)
+	add("a", base.Add(2*time.Second))
+	add("B", base.Add(2*time.Second)) // bytewise, "B" < "a"
+	add("y", base.Add(time.Nanosecond).In(ny))
+	add("early", base.Add(-24*time.Hour).In(ny))
+	add("zero", time.Time{})
+
+	wantSessionIDs(t, st, "zero", "early", "z", "b", "y", "B", "a", "c")
+}
+
+// A deleted session is gone from Get and List; others stay.
+func (s *suite) deleteSession(t *testing.T) {
+	st := s.fresh(t)
+	mustCreate(t, st, fullSession("keep"))
+	mustCreate(t, st, fullSession("drop"))
+
+	if err := st.DeleteSession(t.Context(), "drop"); err != nil {
+		t.Fatalf("DeleteSession: %v", err)
+	}
+	if _, err := st.GetSession(t.Context(), "drop"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetSession(deleted) = %v, want ErrNotFound", err)
+	}
+	wantSessionIDs(t, st, "keep")
+	wantSession(t, st, fullSession("keep"))
+
+	if err := st.DeleteSession(t.Context(), "drop"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("second DeleteSession = %v, want ErrNotFound", err)
+	}
+	// The id is free again.
+	mustCreate(t, st, fullSession("drop"))
+	wantSession(t, st, fullSession("drop"))
+}
+
+// Deleting a session that never existed fails with ErrNotFound.
+func (s *suite) deleteSessionMissing(t *testing.T) {
+	st := s.fresh(t)
+	if err := st.DeleteSession(t.Context(), "never"); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("DeleteSession(missing) = %v, want ErrNotFound", err)
+	}
+}
+
+// The store keeps its own copies: changing a record's Env or Handle after
+// writing it, or after reading it, does not change the stored record.
+func (s *suite) copiesInAndOut(t *testing.T) {
+	st := s.fresh(t)
+	in := fullSession("copy")
+	want := fullSession("copy")
+	mustCreate(t, st, in)
+	in.Env["HOME"] = "/changed"
+	in.Env["NEW"] = "x"
+	in.Handle[0] = 'X'
+	wantSession(t, st, want)
+
+	got, err := st.GetSession(t.Context(), "copy")
+	if err != nil {
+		t.Fatalf("GetSession: %v", err)
+	}
+	got.Env["HOME"] = "/changed"
+	got.Handle[0] = 'X'
+	list, err := st.ListSessions(t.Context())
+	if err != nil {
+		t.Fatalf("ListSessions: %v", err)
+	}
+	list[0].Env["HOME"] = "/changed"
+	list[0].Handle[0] = 'X'
+	wantSession(t, st, want)
+}
+
+// Every image field comes back exactly, in UTC.
+func (s *suite) imageRoundTrip(t *testing.T) {
+	st := s.fresh(t)
+	want := fullImage("tiny")
+	mustPut(t, st, want)
+	wantImage(t, st, want)
+	list := wantImageNames(t, st, "tiny")
+	for _, d := range diffImage(list[0], want) {
+		t.Errorf("ListImages[0]: %s", d)
+	}
+
+	zero := store.Image{Name: "zero"}
+	mustPut(t, st, zero)
+	wantImage(t, st, zero)
+}
+
+// PutImage on an existing name replaces every field and adds no record.
+func (s *suite) imageUpsert(t *testing.T) {
+	st := s.fresh(t)
+	mustPut(t, st, fullImage("tiny"))
+	mustPut(t, st, fullImage("other"))
+
+	repl := store.Image{
+		Name:        "tiny",
+		Key:         "sha256:" + strings.Repeat("cd", 32),
+		Dir:         "/elsewhere",
+		SizeBytes:   7,
+		CreatedAt:   at(40).Add(3),
+		BuildMillis: 1,
+	}
+	mustPut(t, st, repl)
+	wantImage(t, st, repl)
+	wantImage(t, st, fullImage("other"))
+	wantImageNames(t, st, "other", "tiny")
+}
+
+// ListImages orders by Name, bytewise.
+func (s *suite) listImagesOrder(t *testing.T) {
+	st := s.fresh(t)
+	wantImageNames(t, st) // empty
+	for _, n := range []string{"tiny", "Zeta", "alpine", "b", "alpine-2"} {
+		mustPut(t, st, fullImage(n))
+	}
+	wantImageNames(t, st, "Zeta", "alpine", "alpine-2", "b", "tiny")
+}
+
+// A deleted image is gone; deleting a missing one fails with ErrNotFound.
+func (s *suite) deleteImage(t *testing.T) {
+	st := s.fresh(t)
+	mustPut(t, st, fullImage("keep"))
+	mustPut(t, st, fullImage("drop"))
+	if err := st.DeleteImage(t.Context(), "drop"); err != nil {
+		t.Fatalf("DeleteImage: %v", err)
+	}
+	if _, err := st.GetImage(t.Context(), "drop"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetImage(deleted) = %v, want ErrNotFound", err)
+	}
+	wantImageNames(t, st, "keep")
+	if err := st.DeleteImage(t.Context(), "drop"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("second DeleteImage = %v, want ErrNotFound", err)
+	}
+	if err := st.DeleteImage(t.Context(), "never"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("DeleteImage(missing) = %v, want ErrNotFound", err)
+	}
+}
+
+// Many goroutines writing at once all succeed, none lost to a busy store.
+func (s *suite) concurrentWriters(t *testing.T) {
+	st := s.fresh(t)
+	const n = 20
+	var wg sync.WaitGroup
+	errs := make(chan error, 4*n)
+	for i := range n {
+		wg.Go(func() {
+			ctx := t.Context()
+			id := fmt.Sprintf("s-%02d", i)
+			sess := fullSession(id)
+			sess.CreatedAt = at(0).Add(time.Duration(i))
+			if err := st.CreateSession(ctx, sess); err != nil {
+				errs <- fmt.Errorf("CreateSession(%s): %w", id, err)
+				return
+			}
+			sess.State = "stopping"
+			if err := st.UpdateSession(ctx, sess); err != nil {
+				errs <- fmt.Errorf("UpdateSession(%s): %w", id, err)
+			}
+			if _, err := st.ListSessions(ctx); err != nil {
+				errs <- fmt.Errorf("ListSessions: %w", err)
+			}
+			// Every goroutine upserts the same image, and one of its own.
+			if err := st.PutImage(ctx, fullImage("shared")); err != nil {
+				errs <- fmt.Errorf("PutImage(shared): %w", err)
+			}
+			if err := st.PutImage(ctx, fullImage(id)); err != nil {
+				errs <- fmt.Errorf("PutImage(%s): %w", id, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+
+	var ids, names []string
+	for i := range n {
+		ids = append(ids, fmt.Sprintf("s-%02d", i))
+		names = append(names, fmt.Sprintf("s-%02d", i))
+	}
+	names = append(names, "shared")
+	list := wantSessionIDs(t, st, ids...)
+	for _, sess := range list {
+		if sess.State != "stopping" {
+			t.Errorf("session %s state = %q, want %q", sess.ID, sess.State, "stopping")
+		}
+	}
+	wantImageNames(t, st, names...)
+}
+
+// A call whose context is already done fails with ctx's error and changes
+// nothing.
+func (s *suite) doneContext(t *testing.T) {
+	st := s.fresh(t)
+	mustCreate(t, st, fullSession("there"))
+	mustPut(t, st, fullImage("there"))
+
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	check := func(op string, err error) {
+		t.Helper()
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("%s with canceled ctx = %v, want context.Canceled", op, err)
+		}
+	}
+	check("CreateSession", st.CreateSession(ctx, fullSession("new")))
+	changed := fullSession("there")
+	changed.State = "failed"
+	check("UpdateSession", st.UpdateSession(ctx, changed))
+	check("DeleteSession", st.DeleteSession(ctx, "there"))
+	_, err := st.GetSession(ctx, "there")
+	check("GetSession", err)
+	_, err = st.ListSessions(ctx)
+	check("ListSessions", err)
+	check("PutImage", st.PutImage(ctx, fullImage("new")))
+	check("DeleteImage", st.DeleteImage(ctx, "there"))
+	_, err = st.GetImage(ctx, "there")
+	check("GetImage", err)
+	_, err = st.ListImages(ctx)
+	check("ListImages", err)
+
+	wantSessionIDs(t, st, "there")
+	wantSession(t, st, fullSession("there"))
+	wantImageNames(t, st, "there")
+}
+
+// Everything written before Close is there after reopening the same store.
+func (s *suite) persistsAcrossReopen(t *testing.T) {
+	dir := t.TempDir()
+	st := s.open(t, dir)
+	if st == nil {
+		t.Fatal("open returned a nil store")
+	}
+	a, b := fullSession("a"), fullSession("b")
+	b.CreatedAt = a.CreatedAt.Add(-time.Second)
+	b.Env, b.Handle = nil, nil
+	deleted := fullSession("deleted")
+	updated := fullSession("updated")
+	for _, sess := range []store.Session{a, b, deleted, updated} {
+		if err := st.CreateSession(t.Context(), sess); err != nil {
+			st.Close()
+			t.Fatalf("CreateSession(%s): %v", sess.ID, err)
+		}
+	}
+	updated.State = "failed"
+	updated.Error = "boom"
+	im := fullImage("tiny")
+	steps := []error{
+		st.UpdateSession(t.Context(), updated),
+		st.DeleteSession(t.Context(), "deleted"),
+		st.PutImage(t.Context(), im),
+		st.PutImage(t.Context(), fullImage("gone")),
+		st.DeleteImage(t.Context(), "gone"),
+	}
+	for i, err := range steps {
+		if err != nil {
+			st.Close()
+			t.Fatalf("write step %d: %v", i, err)
+		}
+	}
+	if err := st.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+
+	st = s.openIn(t, dir)
+	wantSessionIDs(t, st, "b", "a", "updated")
+	wantSession(t, st, a)
+	wantSession(t, st, b)
+	wantSession(t, st, updated)
+	wantImageNames(t, st, "tiny")
+	wantImage(t, st, im)
+
+	// The reopened store takes writes.
+	mustCreate(t, st, fullSession("after"))
+	if err := st.CreateSession(t.Context(), a); !errors.Is(err, store.ErrExists) {
+		t.Errorf("CreateSession(existing after reopen) = %v, want ErrExists", err)
+	}
+}

@@ -1,0 +1,490 @@
+// Package qemu is the vmm.Driver for QEMU's microvm machine: it builds the
+// command line, runs QEMU jailed (seccomp sandbox, unprivileged user,
+// cgroup limits, private directory), drives it over QMP and re-adopts QEMU
+// processes that outlived the server.
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cove-dev/cove/internal/agentproto"
+	"github.com/cove-dev/cove/internal/qmp"
+	"github.com/cove-dev/cove/internal/vmm"
+)
+
+// Files in a VM's directory.
+const (
+	QMPSocket   = "qmp.sock"
+	AgentSocket = "agent.sock"
+	ConsoleLog  = "console.log"
+	QEMULog     = "qemu.log"
+	MemFile     = "mem"
+)
+
+// tbSizeMiB bounds TCG's translation cache per VM (QEMU's default is 1 GiB).
+const tbSizeMiB = 256
+
+// Config configures the driver.
+type Config struct {
+	// Binary is the QEMU executable; default qemu-system-x86_64.
+	Binary string
+	// Accel is "auto" (default), "kvm" or "tcg".
+	Accel string
+	// User runs QEMU as this unprivileged user when the server is root;
+	// empty means no change of user.
+	User string
+	// CgroupRoot is the cgroup v1 mount root ("/sys/fs/cgroup"); empty
+	// disables cgroup limits.
+	CgroupRoot string
+	Log        *slog.Logger
+}
+
+// Driver is the QEMU vmm.Driver.
+type Driver struct {
+	cfg         Config
+	accel       string
+	uid, gid    int // -1 when not changing user
+	cgroupsWork bool
+}
+
+// New returns a driver, choosing the accelerator (see DetectAccel) and
+// checking the jail's parts. It logs what it chose and why.
+func New(cfg Config) (*Driver, error) {
+	if cfg.Binary == "" {
+		cfg.Binary = "qemu-system-x86_64"
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if _, err := exec.LookPath(cfg.Binary); err != nil {
+		return nil, fmt.Errorf("qemu: %s not found (install qemu-system-x86): %w", cfg.Binary, err)
+	}
+	accel, reason, err := DetectAccel(cfg.Accel)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Log.Info("qemu accelerator", "accel", accel, "why", reason)
+	d := &Driver{cfg: cfg, accel: accel, uid: -1, gid: -1}
+	if cfg.User != "" && os.Geteuid() == 0 {
+		u, err := user.Lookup(cfg.User)
+		if err != nil {
+			cfg.Log.Warn("qemu runs as root: unprivileged user missing", "user", cfg.User, "err", err)
+		} else {
+			d.uid, _ = strconv.Atoi(u.Uid)
+			d.gid, _ = strconv.Atoi(u.Gid)
+		}
+	}
+	if cfg.CgroupRoot != "" {
+		probe := filepath.Join(cfg.CgroupRoot, "memory", "cove")
+		if err := os.MkdirAll(probe, 0o755); err == nil {
+			d.cgroupsWork = true
+		} else {
+			cfg.Log.Warn("qemu runs without cgroup limits", "err", err)
+		}
+	}
+	return d, nil
+}
+
+// Accel returns "kvm" or "tcg".
+func (d *Driver) Accel() string { return d.accel }
+
+// DetectAccel resolves "auto" (or "") to kvm or tcg and says why. KVM is
+// used only where it is usable: /dev/kvm must open, and not be provided by
+// PVM (kvm_pvm), under which a stock kernel never finishes booting.
+func DetectAccel(requested string) (accel, reason string, err error) {
+	switch requested {
+	case "kvm":
+		return "kvm", "requested", nil
+	case "tcg":
+		return "tcg", "requested", nil
+	case "", "auto":
+	default:
+		return "", "", fmt.Errorf("qemu: unknown accelerator %q (want auto, kvm or tcg)", requested)
+	}
+	if _, err := os.Stat("/sys/module/kvm_pvm"); err == nil {
+		return "tcg", "/dev/kvm is provided by PVM (kvm_pvm), which does not run a stock guest kernel", nil
+	}
+	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	if err != nil {
+		return "tcg", fmt.Sprintf("/dev/kvm not usable: %v", err), nil
+	}
+	f.Close()
+	return "kvm", "/dev/kvm is usable", nil
+}
+
+// Args returns QEMU's arguments for spec (without the binary).
+func (d *Driver) Args(spec vmm.Spec) []string {
+	return args(d.accel, spec)
+}
+
+func args(accel string, spec vmm.Spec) []string {
+	path := func(name string) string { return filepath.Join(spec.Dir, name) }
+	cmdline := "console=ttyS0 quiet loglevel=4 panic=-1 pci=off random.trust_cpu=on"
+	cpu := "host"
+	accelArg := "kvm"
+	if accel == "tcg" {
+		// Skip the calibration loops that take seconds under emulation.
+		cmdline += " tsc_early_khz=2000000 lpj=4000000 no_timer_check"
+		cpu = "max"
+		accelArg = fmt.Sprintf("tcg,tb-size=%d", tbSizeMiB)
+	}
+	if spec.Cmdline != "" {
+		cmdline += " " + spec.Cmdline
+	}
+	return []string{
+		"-name", "cove-" + spec.ID + ",debug-threads=off",
+		"-M", "microvm,x-option-roms=off,rtc=on,memory-backend=mem",
+		"-accel", accelArg,
+		"-cpu", cpu,
+		"-smp", strconv.Itoa(spec.CPUs),
+		"-m", strconv.Itoa(spec.MemoryMiB) + "M",
+		"-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on", spec.MemoryMiB, path(MemFile)),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-kernel", spec.Kernel,
+		"-initrd", spec.Initrd,
+		"-append", cmdline,
+		"-drive", "file=" + spec.Disk + ",if=none,id=root,format=qcow2,discard=unmap,cache=writeback",
+		"-device", "virtio-blk-device,drive=root",
+		"-netdev", "user,id=net0,restrict=on",
+		"-device", "virtio-net-device,netdev=net0",
+		"-device", "virtio-rng-device",
+		"-device", "virtio-serial-device,max_ports=4",
+		// The kernel's console: errors and panics only (quiet), kept for
+		// error messages about guests that crash or never answer.
+		"-chardev", "file,id=console,path=" + path(ConsoleLog),
+		"-serial", "chardev:console",
+		"-chardev", "socket,id=agent,path=" + path(AgentSocket) + ",server=on,wait=off",
+		"-device", "virtserialport,chardev=agent,name=" + agentproto.PortName,
+		"-qmp", "unix:" + path(QMPSocket) + ",server=on,wait=off",
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+	}
+}
+
+// handle is the versioned VM description stored with a session.
+type handle struct {
+	V         int    `json:"v"`
+	ID        string `json:"id"`
+	Dir       string `json:"dir"`
+	PID       int    `json:"pid"`
+	StartTime uint64 `json:"start_time"` // /proc/PID/stat field 22: guards against PID reuse
+}
+
+const handleVersion = 1
+
+// Boot starts QEMU for spec and connects to its QMP socket.
+func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) (vmm.VM, error) {
+	if spec.CPUs <= 0 || spec.MemoryMiB <= 0 {
+		return nil, fmt.Errorf("qemu: boot %s: cpus and memory must be positive", spec.ID)
+	}
+	if d.uid >= 0 {
+		if err := os.Chown(spec.Dir, d.uid, d.gid); err != nil {
+			return nil, fmt.Errorf("qemu: boot %s: %w", spec.ID, err)
+		}
+		if err := os.Chown(spec.Disk, d.uid, d.gid); err != nil {
+			return nil, fmt.Errorf("qemu: boot %s: %w", spec.ID, err)
+		}
+	}
+	logf, err := os.OpenFile(filepath.Join(spec.Dir, QEMULog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: boot %s: %w", spec.ID, err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(d.cfg.Binary, args(d.accel, spec)...)
+	cmd.Dir = spec.Dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = []string{"PATH=/usr/bin:/bin"}
+	// Its own session: QEMU outlives a server that dies or restarts (the
+	// next one adopts it) and ignores the terminal's Ctrl-C.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if d.uid >= 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(d.uid), Gid: uint32(d.gid)}
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("qemu: boot %s: start: %w", spec.ID, err)
+	}
+	vm := &VM{d: d, id: spec.ID, dir: spec.Dir, pid: cmd.Process.Pid, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(vm.done)
+	}()
+	vm.start, _ = procStartTime(vm.pid)
+	d.limit(spec, vm.pid)
+
+	qctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	qctx, cancel2 := context.WithCancel(qctx)
+	defer cancel2()
+	go func() {
+		select {
+		case <-vm.done:
+			cancel2()
+		case <-qctx.Done():
+		}
+	}()
+	conn, err := qmp.Dial(qctx, filepath.Join(spec.Dir, QMPSocket))
+	if err != nil {
+		_ = vm.kill()
+		return nil, fmt.Errorf("qemu: boot %s: %w; qemu said: %s", spec.ID, err, vm.logTail(QEMULog, 1000))
+	}
+	vm.qmp = conn
+	return vm, nil
+}
+
+// Adopt re-attaches to a QEMU process booted by an earlier server.
+func (d *Driver) Adopt(ctx context.Context, raw []byte) (vmm.VM, error) {
+	var h handle
+	if err := json.Unmarshal(raw, &h); err != nil {
+		return nil, fmt.Errorf("qemu: adopt: bad handle: %w", err)
+	}
+	if h.V != handleVersion {
+		return nil, fmt.Errorf("qemu: adopt %s: handle version %d, want %d", h.ID, h.V, handleVersion)
+	}
+	st, err := procStartTime(h.PID)
+	if err != nil || st != h.StartTime {
+		return nil, fmt.Errorf("qemu: adopt %s: process %d is gone", h.ID, h.PID)
+	}
+	pidfd, err := unix.PidfdOpen(h.PID, 0)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: adopt %s: pidfd: %w", h.ID, err)
+	}
+	vm := &VM{d: d, id: h.ID, dir: h.Dir, pid: h.PID, start: h.StartTime, done: make(chan struct{})}
+	go func() {
+		defer unix.Close(pidfd)
+		for {
+			fds := []unix.PollFd{{Fd: int32(pidfd), Events: unix.POLLIN}}
+			if _, err := unix.Poll(fds, -1); err == nil || !errors.Is(err, unix.EINTR) {
+				break
+			}
+		}
+		close(vm.done)
+	}()
+	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := qmp.Dial(qctx, filepath.Join(h.Dir, QMPSocket))
+	if err != nil {
+		return nil, fmt.Errorf("qemu: adopt %s: %w", h.ID, err)
+	}
+	vm.qmp = conn
+	return vm, nil
+}
+
+// VM is a QEMU process.
+type VM struct {
+	d     *Driver
+	id    string
+	dir   string
+	pid   int
+	start uint64
+	qmp   *qmp.Conn
+	done  chan struct{}
+
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// PID is QEMU's process id.
+func (vm *VM) PID() int { return vm.pid }
+
+// Done is closed when QEMU exits.
+func (vm *VM) Done() <-chan struct{} { return vm.done }
+
+// Handle describes the VM for Adopt.
+func (vm *VM) Handle() []byte {
+	b, _ := json.Marshal(handle{V: handleVersion, ID: vm.id, Dir: vm.dir, PID: vm.pid, StartTime: vm.start})
+	return b
+}
+
+// DialAgent connects to the agent's virtio-serial chardev socket.
+func (vm *VM) DialAgent(ctx context.Context) (net.Conn, error) {
+	var d net.Dialer
+	for {
+		c, err := d.DialContext(ctx, "unix", filepath.Join(vm.dir, AgentSocket))
+		if err == nil {
+			return c, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("qemu: dial agent of %s: %w", vm.id, err)
+		case <-vm.done:
+			return nil, fmt.Errorf("qemu: dial agent of %s: qemu exited", vm.id)
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// Stop quits QEMU over QMP, killing it if it has not exited within ctx or
+// 5 seconds.
+func (vm *VM) Stop(ctx context.Context) error {
+	vm.stopOnce.Do(func() {
+		select {
+		case <-vm.done:
+		default:
+			if vm.qmp != nil {
+				qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				_, _ = vm.qmp.Execute(qctx, "quit", nil)
+				cancel()
+			}
+			select {
+			case <-vm.done:
+			case <-ctx.Done():
+			case <-time.After(5 * time.Second):
+			}
+			vm.stopErr = vm.kill()
+		}
+		if vm.qmp != nil {
+			vm.qmp.Close()
+		}
+		vm.d.unlimit(vm.id)
+	})
+	return vm.stopErr
+}
+
+func (vm *VM) kill() error {
+	select {
+	case <-vm.done:
+		return nil
+	default:
+	}
+	if st, err := procStartTime(vm.pid); err == nil && st == vm.start {
+		_ = unix.Kill(vm.pid, unix.SIGKILL)
+	}
+	select {
+	case <-vm.done:
+		return nil
+	case <-time.After(10 * time.Second):
+		return fmt.Errorf("qemu: %s: process %d did not exit after SIGKILL", vm.id, vm.pid)
+	}
+}
+
+// ConsoleTail returns the end of the guest console and QEMU's own log.
+func (vm *VM) ConsoleTail() string {
+	s := strings.TrimSpace(vm.logTail(ConsoleLog, 1500))
+	if q := strings.TrimSpace(vm.logTail(QEMULog, 500)); q != "" {
+		s += "\nqemu: " + q
+	}
+	return s
+}
+
+func (vm *VM) logTail(name string, n int64) string {
+	f, err := os.Open(filepath.Join(vm.dir, name))
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return ""
+	}
+	off := max(fi.Size()-n, 0)
+	buf := make([]byte, fi.Size()-off)
+	_, _ = f.ReadAt(buf, off)
+	// Guest output is hostile: keep printable text only.
+	return strings.Map(func(r rune) rune {
+		if r == '\n' || r == '\t' || (r >= 0x20 && r != 0x7f && r != 0xfffd) {
+			return r
+		}
+		return -1
+	}, string(buf))
+}
+
+// procStartTime reads a process's start time (clock ticks since boot).
+func procStartTime(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, errors.New("bad stat")
+	}
+	f := strings.Fields(s[i+1:])
+	if len(f) < 20 {
+		return 0, errors.New("bad stat")
+	}
+	// Field 22 overall; fields after ")" start at field 3.
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// limit puts QEMU in per-VM memory and cpu cgroups (v1).
+func (d *Driver) limit(spec vmm.Spec, pid int) {
+	if !d.cgroupsWork {
+		return
+	}
+	mem := int64(spec.MemoryMiB+tbSizeMiB+256) << 20
+	set := func(ctrl, file, value string) error {
+		dir := filepath.Join(d.cfg.CgroupRoot, ctrl, "cove", spec.ID)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return err
+		}
+		if file != "" {
+			if err := os.WriteFile(filepath.Join(dir, file), []byte(value), 0o644); err != nil {
+				return err
+			}
+		}
+		return os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644)
+	}
+	if err := set("memory", "memory.limit_in_bytes", strconv.FormatInt(mem, 10)); err != nil {
+		d.cfg.Log.Warn("memory cgroup", "session", spec.ID, "err", err)
+	}
+	if err := set("cpu", "cpu.cfs_quota_us", strconv.Itoa(spec.CPUs*100000)); err != nil {
+		d.cfg.Log.Warn("cpu cgroup", "session", spec.ID, "err", err)
+	}
+}
+
+func (d *Driver) unlimit(id string) {
+	if !d.cgroupsWork {
+		return
+	}
+	for _, ctrl := range []string{"memory", "cpu"} {
+		_ = os.Remove(filepath.Join(d.cfg.CgroupRoot, ctrl, "cove", id))
+	}
+}
+
+// Orphans returns the PIDs of QEMU processes booted by a cove driver
+// for VMs under dirRoot whose id keep reports false.
+func Orphans(dirRoot string, keep func(id string) bool) []int {
+	ents, _ := os.ReadDir("/proc")
+	var out []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		argv := strings.Split(string(b), "\x00")
+		id, under := "", false
+		for i, a := range argv {
+			if a == "-name" && i+1 < len(argv) {
+				name, _, _ := strings.Cut(argv[i+1], ",")
+				id, _ = strings.CutPrefix(name, "cove-")
+			}
+			if strings.Contains(a, "path="+dirRoot+"/") {
+				under = true
+			}
+		}
+		if id != "" && under && !keep(id) {
+			out = append(out, pid)
+		}
+	}
+	return out
+}

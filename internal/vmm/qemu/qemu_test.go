@@ -1,0 +1,92 @@
+package qemu_test
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cove-dev/cove/internal/agentproto"
+	"github.com/cove-dev/cove/internal/vmm"
+	"github.com/cove-dev/cove/internal/vmm/qemu"
+	"github.com/cove-dev/cove/internal/vmtest"
+)
+
+func newDriver(t *testing.T) *qemu.Driver {
+	t.Helper()
+	d, err := qemu.New(qemu.Config{Accel: os.Getenv("COVE_ACCEL"), User: "cove-vm", CgroupRoot: "/sys/fs/cgroup"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// bootTiny boots the tiny image and returns the VM and a connected agent.
+func bootTiny(t *testing.T, d *qemu.Driver) (vmm.VM, *agentproto.Client, vmm.Spec) {
+	t.Helper()
+	env := vmtest.Get(t)
+	im := env.Image(t, "tiny")
+	dir := vmtest.Dir(t)
+	disk := filepath.Join(dir, "disk.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", im.RootFS, "-F", "raw", disk).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	spec := vmm.Spec{ID: "t" + filepath.Base(dir)[len(filepath.Base(dir))-6:], Dir: dir, Kernel: env.Kernel.Vmlinux, Initrd: env.Initrd, Disk: disk, MemoryMiB: 256, CPUs: 1}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	vm, err := d.Boot(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { vm.Stop(context.Background()) })
+	c, _, err := agentproto.Connect(ctx, vm.DialAgent)
+	if err != nil {
+		t.Fatalf("connect: %v; console: %s", err, vm.ConsoleTail())
+	}
+	return vm, c, spec
+}
+
+func TestBootRunsGuestKernel(t *testing.T) {
+	d := newDriver(t)
+	start := time.Now()
+	vm, c, _ := bootTiny(t, d)
+	t.Logf("boot to hello: %s (accel %s)", time.Since(start), d.Accel())
+	ctx := context.Background()
+	h, err := c.Hello(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, _ := exec.Command("uname", "-r").Output()
+	if h.Kernel == "" || h.Kernel == strings.TrimSpace(string(host)) {
+		t.Fatalf("guest kernel %q, host kernel %q: want a different, non-empty guest kernel", h.Kernel, host)
+	}
+	p, err := c.Exec(ctx, agentproto.Exec{Argv: []string{"sh", "-c", "echo out; echo err >&2; exit 3"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	done := make(chan struct{})
+	go func() { io.Copy(&errb, p.Stderr()); close(done) }()
+	io.Copy(&out, p.Stdout())
+	<-done
+	exit, err := p.Wait()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.String() != "out\n" || errb.String() != "err\n" || exit.Code != 3 {
+		t.Fatalf("got stdout %q stderr %q exit %d", out.String(), errb.String(), exit.Code)
+	}
+	if err := vm.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-vm.Done():
+	default:
+		t.Fatal("qemu still running after Stop")
+	}
+}

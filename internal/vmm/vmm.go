@@ -1,0 +1,64 @@
+// Package vmm declares the seam between cove and a virtual machine
+// monitor: a Driver boots and re-adopts VMs; a VM is one running guest.
+// The QEMU implementation lives in vmm/qemu.
+package vmm
+
+import (
+	"context"
+	"net"
+)
+
+// Spec is everything a driver needs to boot one VM.
+type Spec struct {
+	// ID names the VM (the session id); it appears in the VMM's command
+	// line so leftover processes can be found.
+	ID string
+	// Dir is the VM's private directory (0700): sockets, logs, overlay
+	// disk and memory file live there.
+	Dir string
+
+	Kernel  string // uncompressed ELF kernel
+	Initrd  string
+	Cmdline string // extra kernel command line
+	// Disk is the VM's writable root disk (a qcow2 overlay on a read-only
+	// base).
+	Disk      string
+	MemoryMiB int
+	CPUs      int
+}
+
+// Driver boots VMs and re-adopts those that outlived the process that
+// booted them.
+//
+// Boot returns once the VMM process runs and its control channel answers;
+// it does not wait for the guest. On error nothing is left running.
+//
+// Adopt takes a handle from VM.Handle (possibly written by an earlier
+// server process) and returns the VM if its process still runs, or an error
+// if it is gone or the handle is of an unknown version.
+type Driver interface {
+	Boot(ctx context.Context, spec Spec) (VM, error)
+	Adopt(ctx context.Context, handle []byte) (VM, error)
+	// Accel names the accelerator the driver uses ("kvm" or "tcg").
+	Accel() string
+}
+
+// VM is one running virtual machine.
+type VM interface {
+	// DialAgent connects to the guest agent's channel. Only one connection
+	// may be open at a time; it can be re-established after it closes.
+	DialAgent(ctx context.Context) (net.Conn, error)
+	// Handle is a versioned, opaque description of the VM that Adopt takes.
+	Handle() []byte
+	// PID is the VMM process id.
+	PID() int
+	// Stop stops the VM: gracefully if it can within ctx, then by force.
+	// It returns once the VMM process is gone. Stopping a stopped VM is a
+	// no-op.
+	Stop(ctx context.Context) error
+	// Done is closed when the VMM process exits for any reason.
+	Done() <-chan struct{}
+	// ConsoleTail returns the last bytes the guest wrote to its console,
+	// for error messages about a guest that crashed or never answered.
+	ConsoleTail() string
+}

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs what cove needs from Debian's packages, only what is missing, and
+# creates the unprivileged user QEMU runs as. Safe to run again.
+set -euo pipefail
+
+need_pkgs=()
+want() { # want COMMAND PACKAGE
+	command -v "$1" >/dev/null 2>&1 || need_pkgs+=("$2")
+}
+want qemu-system-x86_64 qemu-system-x86
+want qemu-img qemu-utils
+want mkfs.ext4 e2fsprogs
+want debootstrap debootstrap
+want xz xz-utils
+want dpkg-deb dpkg
+[ -x /bin/busybox ] && /bin/busybox --list-full >/dev/null 2>&1 && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need_pkgs+=(busybox-static)
+
+if ! command -v go >/dev/null 2>&1; then
+	echo "deps: Go is missing: install Go 1.26 (this machine image ships it at /usr/local/go)" >&2
+	exit 1
+fi
+
+if [ "$(id -u)" != 0 ]; then
+	if [ ${#need_pkgs[@]} -gt 0 ]; then
+		echo "deps: missing packages (${need_pkgs[*]}); run as root to install them" >&2
+		exit 1
+	fi
+	exit 0
+fi
+
+# apt-get download (the guest kernel) needs package lists.
+lists_ok() { apt-cache policy linux-image-amd64 2>/dev/null | grep -q 'Candidate: [0-9]'; }
+if [ ${#need_pkgs[@]} -gt 0 ] || ! lists_ok; then
+	echo "deps: apt-get update"
+	apt-get update -q >/dev/null
+fi
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+	echo "deps: installing ${need_pkgs[*]}"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >/dev/null
+fi
+
+if ! id cove-vm >/dev/null 2>&1; then
+	echo "deps: creating user cove-vm (QEMU runs as it)"
+	useradd --system --no-create-home --shell /usr/sbin/nologin cove-vm
+fi
