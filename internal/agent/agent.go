@@ -190,12 +190,12 @@ func (a *Agent) hello(w io.Writer, req agentproto.Request) {
 	}
 	var uts unix.Utsname
 	_ = unix.Uname(&uts)
-	var si unix.Sysinfo_t
-	_ = unix.Sysinfo(&si)
+	var ts unix.Timespec
+	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
 	_ = agentproto.WriteJSON(w, agentproto.FrameResponse, agentproto.Response{Hello: &agentproto.Hello{
 		Kernel:       unix.ByteSliceToString(uts.Release[:]),
 		Version:      Version,
-		UptimeMillis: int64(si.Uptime) * 1000,
+		UptimeMillis: ts.Nano() / 1e6,
 	}})
 }
 
