@@ -82,6 +82,24 @@ func (c *Client) DeleteSession(ctx context.Context, id string) error {
 	return c.doJSON(ctx, http.MethodDelete, sessionPath(id, ""), nil, nil, nil)
 }
 
+// ParkSession saves a running session's whole VM to disk and stops it,
+// returning the session parked (Snapshot set). Parking a parked session
+// returns it as it is; any other state is an *Error with CodeConflict.
+func (c *Client) ParkSession(ctx context.Context, id string) (Session, error) {
+	var s Session
+	err := c.doJSON(ctx, http.MethodPost, sessionPath(id, "/park"), nil, nil, &s)
+	return s, err
+}
+
+// WakeSession restores a parked session and returns it once its agent
+// answers. Waking a running session returns it as it is; any other state
+// is an *Error with CodeConflict.
+func (c *Client) WakeSession(ctx context.Context, id string) (Session, error) {
+	var s Session
+	err := c.doJSON(ctx, http.MethodPost, sessionPath(id, "/wake"), nil, nil, &s)
+	return s, err
+}
+
 // Exec runs a command to completion and returns its buffered output (at
 // most 16 MiB of each stream; see ExecResult.Truncated). A command that
 // cannot be started is an *Error with CodeInvalid.
@@ -318,6 +336,41 @@ func (c *Client) BuildImage(ctx context.Context, name string, progress func(stri
 		}
 	}
 }
+
+// CreateTemplate builds a template: it boots, runs the setup commands and
+// saves the machine, and returns once the template is ready, which takes
+// seconds to minutes (bound it with ctx). A failed setup command is an
+// *Error with CodeInvalid and the command's output.
+func (c *Client) CreateTemplate(ctx context.Context, req CreateTemplateRequest) (Template, error) {
+	var t Template
+	err := c.doJSON(ctx, http.MethodPost, "/v1/templates", nil, req, &t)
+	return t, err
+}
+
+// ListTemplates returns every template.
+func (c *Client) ListTemplates(ctx context.Context) ([]Template, error) {
+	var out struct {
+		Templates []Template `json:"templates"`
+	}
+	err := c.doJSON(ctx, http.MethodGet, "/v1/templates", nil, nil, &out)
+	return out.Templates, err
+}
+
+// GetTemplate returns one template.
+func (c *Client) GetTemplate(ctx context.Context, name string) (Template, error) {
+	var t Template
+	err := c.doJSON(ctx, http.MethodGet, templatePath(name), nil, nil, &t)
+	return t, err
+}
+
+// DeleteTemplate removes a template and its warm pool. A template that
+// sessions were cloned from is an *Error with CodeConflict while they
+// exist.
+func (c *Client) DeleteTemplate(ctx context.Context, name string) error {
+	return c.doJSON(ctx, http.MethodDelete, templatePath(name), nil, nil, nil)
+}
+
+func templatePath(name string) string { return "/v1/templates/" + url.PathEscape(name) }
 
 // sessionPath returns /v1/sessions/{id} followed by suffix.
 func sessionPath(id, suffix string) string {

@@ -90,6 +90,10 @@ func TestClientRequests(t *testing.T) {
 	sess := Session{ID: "s1", State: StateRunning, Image: "tiny", MemoryMiB: 512, CPUs: 1, CreatedAt: created, UpdatedAt: created}
 	fi := FileInfo{Name: "f", Size: 3, Mode: 0o644, ModTime: created}
 	img := Image{Name: "tiny", Key: "abc", SizeBytes: 10, CreatedAt: created}
+	parked := sess
+	parked.State, parked.Snapshot = StateParked, &SnapshotInfo{DiskBytes: 96 << 20, MemoryBytes: 512 << 20, CreatedAt: created, ParkMillis: 340}
+	tpl := Template{Name: "py", State: TemplateReady, Image: "tiny", MemoryMiB: 512, CPUs: 1, Setup: []string{"apk add python3"},
+		Pool: 2, PoolReady: 1, Snapshot: &SnapshotInfo{DiskBytes: 1 << 20}, CreatedAt: created, UpdatedAt: created}
 
 	tests := []struct {
 		name  string
@@ -130,6 +134,54 @@ func TestClientRequests(t *testing.T) {
 			name: "delete", route: "DELETE /v1/sessions/s1", reply: reply(204, nil),
 			call: func(c *Client) (any, error) { return nil, c.DeleteSession(ctx, "s1") },
 			saw:  seen{Method: "DELETE", Path: "/v1/sessions/s1"},
+		},
+		{
+			name: "create from template", route: "POST /v1/sessions", reply: reply(201, sess),
+			call: func(c *Client) (any, error) {
+				return c.CreateSession(ctx, CreateSessionRequest{Template: "py", IdleTimeout: "0s", NoAutoWake: true})
+			},
+			want: sess,
+			saw: seen{Method: "POST", Path: "/v1/sessions", ContentType: contentJSON, Accept: contentJSON,
+				Body: `{"template":"py","idle_timeout":"0s","no_auto_wake":true}`},
+		},
+		{
+			name: "park", route: "POST /v1/sessions/s1/park", reply: reply(200, parked),
+			call: func(c *Client) (any, error) { return c.ParkSession(ctx, "s1") },
+			want: parked,
+			saw:  seen{Method: "POST", Path: "/v1/sessions/s1/park", Accept: contentJSON},
+		},
+		{
+			name: "wake escapes id", route: "POST /v1/sessions/a/b/wake", reply: reply(200, sess),
+			call: func(c *Client) (any, error) { return c.WakeSession(ctx, "a/b") },
+			want: sess,
+			saw:  seen{Method: "POST", Path: "/v1/sessions/a%2Fb/wake", Accept: contentJSON},
+		},
+		{
+			name: "create template", route: "POST /v1/templates", reply: reply(201, tpl),
+			call: func(c *Client) (any, error) {
+				return c.CreateTemplate(ctx, CreateTemplateRequest{Name: "py", Image: "tiny", Env: map[string]string{"A": "1"},
+					Setup: []string{"apk add python3", "true"}, Start: "sleep 1d", Pool: 2})
+			},
+			want: tpl,
+			saw: seen{Method: "POST", Path: "/v1/templates", ContentType: contentJSON, Accept: contentJSON,
+				Body: `{"name":"py","image":"tiny","env":{"A":"1"},"setup":["apk add python3","true"],"start":"sleep 1d","pool":2}`},
+		},
+		{
+			name: "list templates", route: "GET /v1/templates", reply: reply(200, map[string]any{"templates": []Template{tpl}}),
+			call: func(c *Client) (any, error) { return c.ListTemplates(ctx) },
+			want: []Template{tpl},
+			saw:  seen{Method: "GET", Path: "/v1/templates", Accept: contentJSON},
+		},
+		{
+			name: "get template", route: "GET /v1/templates/py", reply: reply(200, tpl),
+			call: func(c *Client) (any, error) { return c.GetTemplate(ctx, "py") },
+			want: tpl,
+			saw:  seen{Method: "GET", Path: "/v1/templates/py", Accept: contentJSON},
+		},
+		{
+			name: "delete template", route: "DELETE /v1/templates/py", reply: reply(204, nil),
+			call: func(c *Client) (any, error) { return nil, c.DeleteTemplate(ctx, "py") },
+			saw:  seen{Method: "DELETE", Path: "/v1/templates/py"},
 		},
 		{
 			name: "exec buffered", route: "POST /v1/sessions/s1/exec",
@@ -293,6 +345,33 @@ func TestClientErrors(t *testing.T) {
 				t.Errorf("err = {%q, %q}, want {%q, %q}", e.Code, e.Message, tt.wantCode, tt.wantMsg)
 			}
 		})
+	}
+}
+
+// TestParkAndTemplateConflicts protects the 409s the CLI reports: a park
+// of a session that is not running, a template with clones.
+func TestParkAndTemplateConflicts(t *testing.T) {
+	ctx := context.Background()
+	f, c := newFake(t)
+	conflict := func(msg string) func(http.ResponseWriter, *http.Request) {
+		return reply(409, ErrorResponse{Error: ErrorBody{Code: CodeConflict, Message: msg}})
+	}
+	f.replies["POST /v1/sessions/s1/park"] = conflict("park s1: session is waking")
+	f.replies["POST /v1/sessions/s1/wake"] = conflict("wake s1: session is failed")
+	f.replies["DELETE /v1/templates/py"] = conflict(`template "py" has 1 live clone(s) (s1): remove them first`)
+	f.replies["POST /v1/templates"] = conflict(`template "py" exists`)
+	for name, call := range map[string]func() error{
+		"park":            func() error { _, err := c.ParkSession(ctx, "s1"); return err },
+		"wake":            func() error { _, err := c.WakeSession(ctx, "s1"); return err },
+		"delete template": func() error { return c.DeleteTemplate(ctx, "py") },
+		"create template": func() error { _, err := c.CreateTemplate(ctx, CreateTemplateRequest{Name: "py"}); return err },
+	} {
+		if err := call(); !IsCode(err, CodeConflict) || err.Error() == "" {
+			t.Errorf("%s: err = %v, want a conflict", name, err)
+		}
+	}
+	if _, err := c.GetTemplate(ctx, "nope"); !IsCode(err, CodeNotFound) {
+		t.Errorf("get unknown template: err = %v, want not found", err)
 	}
 }
 

@@ -4,14 +4,21 @@ package api
 
 import "time"
 
-// Session states. A session moves creating → running → stopping → (deleted),
-// or to failed from any state when its VM dies or never answers.
+// Session states. A session moves creating → running ⇄ (parking → parked →
+// waking → running) … → stopping → (deleted), or to failed when its VM dies,
+// never answers, or its snapshot cannot be restored.
 const (
 	StateCreating = "creating"
 	StateRunning  = "running"
+	StateParking  = "parking"
+	StateParked   = "parked"
+	StateWaking   = "waking"
 	StateStopping = "stopping"
 	StateFailed   = "failed"
 )
+
+// States lists every session state.
+var States = []string{StateCreating, StateRunning, StateParking, StateParked, StateWaking, StateStopping, StateFailed}
 
 // Session is one microVM and the agent inside it.
 type Session struct {
@@ -28,6 +35,28 @@ type Session struct {
 	Error string `json:"error,omitempty"`
 	// BootMillis is how long the VM took from spawn to the agent's first answer.
 	BootMillis int64 `json:"boot_ms,omitempty"`
+
+	// Template names the template the session was cloned from.
+	Template string `json:"template,omitempty"`
+	// IdleTimeout is how long the session may go without API activity
+	// before it is parked ("0s": never).
+	IdleTimeout string `json:"idle_timeout,omitempty"`
+	// AutoWake says whether exec and file calls wake a parked session.
+	AutoWake bool `json:"auto_wake"`
+	// Snapshot describes the parked snapshot while the session is parked.
+	Snapshot *SnapshotInfo `json:"snapshot,omitempty"`
+}
+
+// SnapshotInfo describes a parked session's snapshot.
+type SnapshotInfo struct {
+	// DiskBytes is what the snapshot takes on disk: the sparse memory
+	// file's allocated bytes plus the device state.
+	DiskBytes int64 `json:"disk_bytes"`
+	// MemoryBytes is the guest RAM size the snapshot stands for.
+	MemoryBytes int64     `json:"memory_bytes"`
+	CreatedAt   time.Time `json:"created_at"`
+	// ParkMillis is how long the park took.
+	ParkMillis int64 `json:"park_ms"`
 }
 
 // CreateSessionRequest is the body of POST /v1/sessions. Zero fields take
@@ -39,7 +68,61 @@ type CreateSessionRequest struct {
 	Env       map[string]string `json:"env,omitempty"`
 	// BootTimeout is a Go duration ("60s"); the default is the server's.
 	BootTimeout string `json:"boot_timeout,omitempty"`
+	// Template restores a clone of the named template instead of booting;
+	// Image, MemoryMiB and CPUs then come from the template.
+	Template string `json:"template,omitempty"`
+	// IdleTimeout parks the session after that long without API activity
+	// and no attached PTY (a Go duration; "0s" never; empty: the server's
+	// default).
+	IdleTimeout string `json:"idle_timeout,omitempty"`
+	// NoAutoWake makes exec and file calls on a parked session fail with
+	// 409 instead of waking it.
+	NoAutoWake bool `json:"no_auto_wake,omitempty"`
 }
+
+// Template is a booted, set-up machine saved as a snapshot; sessions
+// created from it restore a copy-on-write clone instead of booting.
+type Template struct {
+	Name      string            `json:"name"`
+	State     string            `json:"state"` // building, ready, failed
+	Image     string            `json:"image"`
+	MemoryMiB int               `json:"memory_mib"`
+	CPUs      int               `json:"cpus"`
+	Env       map[string]string `json:"env,omitempty"`
+	Setup     []string          `json:"setup,omitempty"`
+	Start     string            `json:"start,omitempty"`
+	// Pool is how many clones are kept restored and ready.
+	Pool int `json:"pool"`
+	// PoolReady is how many are ready now.
+	PoolReady int           `json:"pool_ready"`
+	Error     string        `json:"error,omitempty"`
+	Snapshot  *SnapshotInfo `json:"snapshot,omitempty"`
+	CreatedAt time.Time     `json:"created_at"`
+	UpdatedAt time.Time     `json:"updated_at"`
+}
+
+// CreateTemplateRequest is the body of POST /v1/templates.
+type CreateTemplateRequest struct {
+	Name      string            `json:"name"`
+	Image     string            `json:"image,omitempty"`
+	MemoryMiB int               `json:"memory_mib,omitempty"`
+	CPUs      int               `json:"cpus,omitempty"`
+	Env       map[string]string `json:"env,omitempty"`
+	// Setup commands run in order with sh -c; the first failure fails the
+	// template, with its output in the error.
+	Setup []string `json:"setup,omitempty"`
+	// Start is a command left running in the background when the template
+	// is saved (a language server, say); every clone has it running.
+	Start string `json:"start,omitempty"`
+	Pool  int    `json:"pool,omitempty"`
+}
+
+// Template states.
+const (
+	TemplateBuilding = "building"
+	TemplateReady    = "ready"
+	TemplateFailed   = "failed"
+)
 
 // ExecRequest is the body of POST /v1/sessions/{id}/exec and the first
 // message of the exec WebSocket.

@@ -42,14 +42,19 @@ func newLsCmd(c *cli, use string) *cobra.Command {
 	return cmd
 }
 
-// writeSessionTable writes sessions oldest first as ID STATE IMAGE AGE.
+// writeSessionTable writes sessions oldest first as ID STATE IMAGE AGE
+// SNAPSHOT, the last being the parked snapshot's size on disk, or "-".
 func writeSessionTable(w io.Writer, ss []api.Session, now time.Time) error {
 	ss = slices.Clone(ss)
 	slices.SortStableFunc(ss, func(a, b api.Session) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	tw := tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATE\tIMAGE\tAGE")
+	fmt.Fprintln(tw, "ID\tSTATE\tIMAGE\tAGE\tSNAPSHOT")
 	for _, s := range ss {
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", s.ID, s.State, s.Image, humanAge(now.Sub(s.CreatedAt)))
+		snap := "-"
+		if s.State == api.StateParked && s.Snapshot != nil {
+			snap = humanBytes(s.Snapshot.DiskBytes)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.ID, s.State, s.Image, humanAge(now.Sub(s.CreatedAt)), snap)
 	}
 	return tw.Flush()
 }

@@ -89,6 +89,27 @@ func TestExitStatuses(t *testing.T) {
 		{name: "cp both local", args: []string{"cp", "a", "b"}, want: 2, wantErr: "one of SRC and DST must be ID:PATH"},
 		{name: "no token", args: []string{"ls"}, want: 1, wantErr: "cove: no token: set COVE_TOKEN or start the server (it writes "},
 		{name: "version needs no server", args: []string{"version"}, want: 0},
+		{name: "park without id", args: []string{"park"}, want: 2, wantErr: "Run 'cove park --help' for usage."},
+		{name: "wake without id", args: []string{"wake"}, want: 2, wantErr: "Run 'cove wake --help' for usage."},
+		{name: "session park without id", args: []string{"session", "park"}, want: 2, wantErr: "Run 'cove session park --help' for usage."},
+		{name: "park flag", args: []string{"park", "--until", "exec", "s1"}, want: 2, wantErr: "cove: unknown flag: --until"},
+		{name: "negative idle timeout", args: []string{"session", "create", "--idle-timeout", "-1m"}, want: 2, wantErr: "--idle-timeout must not be negative"},
+		{name: "bad idle timeout", args: []string{"session", "create", "--idle-timeout", "soon"}, want: 2, wantErr: `invalid argument "soon" for "--idle-timeout"`},
+		{name: "template with image", args: []string{"session", "create", "--template", "py", "--image", "tiny"}, want: 2, wantErr: "--template cannot be combined with --image"},
+		{name: "template with memory", args: []string{"session", "create", "--template", "py", "--memory", "1024"}, want: 2, wantErr: "--template cannot be combined"},
+		{name: "auto wake takes no value", args: []string{"session", "create", "--no-auto-wake=maybe"}, want: 2, wantErr: `invalid argument "maybe" for "--no-auto-wake"`},
+		{name: "template bare", args: []string{"template"}, want: 0},
+		{name: "template unknown subcommand", args: []string{"template", "build"}, want: 2, wantErr: `unknown command "build" for "cove template"`},
+		{name: "template create without name", args: []string{"template", "create"}, want: 2, wantErr: "Run 'cove template create --help' for usage."},
+		{name: "template create two names", args: []string{"template", "create", "a", "b"}, want: 2, wantErr: "accepts 1 arg(s), received 2"},
+		{name: "template negative pool", args: []string{"template", "create", "py", "--pool", "-1"}, want: 2, wantErr: "--pool -1 is out of range (0..64)"},
+		{name: "template pool too large", args: []string{"template", "create", "py", "--pool", "65"}, want: 2, wantErr: "--pool 65 is out of range"},
+		{name: "template empty setup", args: []string{"template", "create", "py", "--setup", " "}, want: 2, wantErr: "--setup needs a command"},
+		{name: "template bad env", args: []string{"template", "create", "py", "-e", "X"}, want: 2, wantErr: `invalid --env "X"`},
+		{name: "template rm without name", args: []string{"template", "rm"}, want: 2, wantErr: "Run 'cove template rm --help' for usage."},
+		{name: "template inspect without name", args: []string{"template", "inspect"}, want: 2},
+		{name: "template ls takes no args", args: []string{"template", "ls", "py"}, want: 2},
+		{name: "template create needs a server", args: []string{"template", "create", "py", "--setup", "true"}, want: 1, wantErr: "cove: no token"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -108,6 +129,8 @@ func TestExitStatuses(t *testing.T) {
 func TestSessionCommands(t *testing.T) {
 	s1 := api.Session{ID: "s1", State: api.StateRunning, Image: "tiny", CreatedAt: testNow.Add(-3 * time.Minute)}
 	s2 := api.Session{ID: "s2-long-id", State: api.StateCreating, Image: "dev", CreatedAt: testNow.Add(-5 * time.Second)}
+	s3 := api.Session{ID: "s3", State: api.StateParked, Image: "tiny", CreatedAt: testNow.Add(-2 * time.Hour),
+		Snapshot: &api.SnapshotInfo{DiskBytes: 96 << 20}}
 	var created api.CreateSessionRequest
 	addr := fakeAPI(t, map[string]http.HandlerFunc{
 		"POST /v1/sessions": func(w http.ResponseWriter, r *http.Request) {
@@ -120,7 +143,7 @@ func TestSessionCommands(t *testing.T) {
 			writeJSON(w, 201, api.Session{ID: "new1", State: api.StateRunning})
 		},
 		"GET /v1/sessions": func(w http.ResponseWriter, r *http.Request) {
-			writeJSON(w, 200, map[string]any{"sessions": []api.Session{s2, s1}})
+			writeJSON(w, 200, map[string]any{"sessions": []api.Session{s2, s1, s3}})
 		},
 		"GET /v1/sessions/{id}": func(w http.ResponseWriter, r *http.Request) {
 			if r.PathValue("id") != "s1" {
@@ -149,12 +172,34 @@ func TestSessionCommands(t *testing.T) {
 			t.Errorf("server got %s, want %s", b1, b2)
 		}
 	})
+	t.Run("create from template", func(t *testing.T) {
+		for _, tt := range []struct {
+			args []string
+			want api.CreateSessionRequest
+		}{
+			{[]string{"--template", "py"}, api.CreateSessionRequest{Template: "py"}},
+			{[]string{"--template", "py", "--idle-timeout", "10m", "--no-auto-wake", "-e", "A=1"},
+				api.CreateSessionRequest{Template: "py", IdleTimeout: "10m0s", NoAutoWake: true, Env: map[string]string{"A": "1"}}},
+			{[]string{"--idle-timeout", "0s"}, api.CreateSessionRequest{IdleTimeout: "0s"}},
+			{[]string{"--idle-timeout", "0"}, api.CreateSessionRequest{IdleTimeout: "0s"}},
+		} {
+			created = api.CreateSessionRequest{}
+			code, out, errOut := runCLI(t, addr, "", append([]string{"session", "create"}, tt.args...)...)
+			if code != 0 || out != "new1\n" {
+				t.Fatalf("%q: exit %d, stdout %q, stderr %q", tt.args, code, out, errOut)
+			}
+			if b1, b2 := mustJSON(created), mustJSON(tt.want); b1 != b2 {
+				t.Errorf("%q: server got %s, want %s", tt.args, b1, b2)
+			}
+		}
+	})
 	t.Run("ls", func(t *testing.T) {
 		code, out, _ := runCLI(t, addr, "", "ls")
 		want := "" +
-			"ID           STATE      IMAGE   AGE\n" +
-			"s1           running    tiny    3m\n" +
-			"s2-long-id   creating   dev     5s\n"
+			"ID           STATE      IMAGE   AGE   SNAPSHOT\n" +
+			"s3           parked     tiny    2h    96MiB\n" +
+			"s1           running    tiny    3m    -\n" +
+			"s2-long-id   creating   dev     5s    -\n"
 		if code != 0 || out != want {
 			t.Errorf("exit %d, stdout\n%s\nwant\n%s", code, out, want)
 		}
@@ -166,7 +211,7 @@ func TestSessionCommands(t *testing.T) {
 	t.Run("ls json", func(t *testing.T) {
 		code, out, _ := runCLI(t, addr, "", "ls", "--json")
 		var got []api.Session
-		if err := json.Unmarshal([]byte(out), &got); code != 0 || err != nil || len(got) != 2 || got[0].ID != "s2-long-id" {
+		if err := json.Unmarshal([]byte(out), &got); code != 0 || err != nil || len(got) != 3 || got[0].ID != "s2-long-id" {
 			t.Errorf("exit %d, stdout %q (%v)", code, out, err)
 		}
 	})

@@ -14,13 +14,15 @@ func newSessionCmd(c *cli) *cobra.Command {
 	cmd := groupCmd(&cobra.Command{
 		Use:     "session",
 		Aliases: []string{"sessions"},
-		Short:   "Create, list, inspect and remove sessions",
+		Short:   "Create, list, inspect, park, wake and remove sessions",
 	})
 	cmd.AddCommand(
 		newSessionCreateCmd(c),
 		newSessionInspectCmd(c),
 		newLsCmd(c, "ls"),
 		newRmCmd(c, "rm"),
+		newParkCmd(c, "park"),
+		newWakeCmd(c, "wake"),
 	)
 	return cmd
 }
@@ -30,12 +32,18 @@ func newSessionCreateCmd(c *cli) *cobra.Command {
 		req         api.CreateSessionRequest
 		env         []string
 		bootTimeout time.Duration
+		idleTimeout time.Duration
 	)
 	cmd := &cobra.Command{
 		Use:   "create [flags]",
 		Short: "Boot a session and print its id",
 		Long: `Boot a session and print its id alone on stdout once its agent answers.
-Unset flags take the server's defaults (image "tiny", 512 MiB, 1 CPU).`,
+Unset flags take the server's defaults (image "tiny", 512 MiB, 1 CPU).
+
+With --template the session is a clone of that template's saved machine
+(restored, not booted); its image, memory and CPUs are the template's.
+--idle-timeout parks the session after that long without API activity
+(0s: never; unset: the server's default).`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
@@ -47,6 +55,15 @@ Unset flags take the server's defaults (image "tiny", 512 MiB, 1 CPU).`,
 			}
 			if bootTimeout > 0 {
 				req.BootTimeout = bootTimeout.String()
+			}
+			if req.Template != "" && (req.Image != "" || req.MemoryMiB != 0 || req.CPUs != 0) {
+				return usagef(cmd, "--template cannot be combined with --image, --memory or --cpus (the template sets them)")
+			}
+			if cmd.Flags().Changed("idle-timeout") {
+				if idleTimeout < 0 {
+					return usagef(cmd, "--idle-timeout must not be negative (0s: never)")
+				}
+				req.IdleTimeout = idleTimeout.String()
 			}
 			cl, err := c.client()
 			if err != nil {
@@ -69,6 +86,9 @@ Unset flags take the server's defaults (image "tiny", 512 MiB, 1 CPU).`,
 	f.IntVar(&req.CPUs, "cpus", 0, "guest CPUs")
 	f.StringArrayVarP(&env, "env", "e", nil, "environment variable KEY=VALUE for every command (repeatable)")
 	f.DurationVar(&bootTimeout, "boot-timeout", 0, "how long to wait for the guest to boot (e.g. 60s)")
+	f.StringVar(&req.Template, "template", "", "clone this template instead of booting an image")
+	f.DurationVar(&idleTimeout, "idle-timeout", 0, "park the session after this long without API activity (0s: never; default: the server's)")
+	f.BoolVar(&req.NoAutoWake, "no-auto-wake", false, "make exec and file calls on the parked session fail instead of waking it")
 	return cmd
 }
 

@@ -5,6 +5,7 @@ package agent
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"strings"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/hashicorp/yamux"
 	"golang.org/x/sys/unix"
@@ -182,10 +184,17 @@ func (a *Agent) handle(st *yamux.Stream) {
 }
 
 func (a *Agent) hello(w io.Writer, req agentproto.Request) {
-	if req.TimeUnixNano > 0 && os.Getpid() == 1 {
-		tv := unix.NsecToTimeval(req.TimeUnixNano)
-		if err := unix.Settimeofday(&tv); err != nil {
-			a.Log.Warn("set clock", "err", err)
+	if os.Getpid() == 1 {
+		if req.TimeUnixNano > 0 {
+			tv := unix.NsecToTimeval(req.TimeUnixNano)
+			if err := unix.Settimeofday(&tv); err != nil {
+				a.Log.Warn("set clock", "err", err)
+			}
+		}
+		if len(req.Seed) > 0 {
+			if err := reseed(req.Seed); err != nil {
+				a.Log.Warn("reseed", "err", err)
+			}
 		}
 	}
 	var uts unix.Utsname
@@ -219,4 +228,27 @@ func codeOf(err error) string {
 	default:
 		return agentproto.CodeInternal
 	}
+}
+
+// reseed mixes seed into the kernel's entropy pool, credits it, and forces
+// the CRNG to reseed now: a restored clone must not produce the same random
+// numbers as its siblings.
+func reseed(seed []byte) error {
+	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
+	buf := make([]byte, 8+len(seed))
+	binary.NativeEndian.PutUint32(buf[0:], uint32(len(seed)*8))
+	binary.NativeEndian.PutUint32(buf[4:], uint32(len(seed)))
+	copy(buf[8:], seed)
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&buf[0]))); errno != 0 {
+		return fmt.Errorf("RNDADDENTROPY: %w", errno)
+	}
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDRESEEDCRNG, 0); errno != 0 {
+		return fmt.Errorf("RNDRESEEDCRNG: %w", errno)
+	}
+	return nil
 }

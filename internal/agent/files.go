@@ -153,7 +153,7 @@ func remove(st io.Writer, req agentproto.Request) {
 		respondErr(st, agentproto.CodeInvalid, err)
 		return
 	}
-	if req.Path == "/" {
+	if filepath.Clean(req.Path) == "/" { // "//" and "/tmp/.." too
 		respondErr(st, agentproto.CodeInvalid, errors.New("remove /: refused"))
 		return
 	}

@@ -2,6 +2,7 @@ package agentproto
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -83,9 +84,13 @@ func (c *Client) call(ctx context.Context, req Request) (Response, error) {
 	return resp, resp.Err()
 }
 
-// Hello asks the guest who it is and sets its clock to the host's.
+// Hello asks the guest who it is, sets its clock to the host's and reseeds
+// its RNG. The host says hello on every (re)connection: after a boot, a
+// wake, or a clone's restore.
 func (c *Client) Hello(ctx context.Context) (Hello, error) {
-	resp, err := c.call(ctx, Request{Op: OpHello, TimeUnixNano: time.Now().UnixNano()})
+	seed := make([]byte, 32)
+	_, _ = rand.Read(seed)
+	resp, err := c.call(ctx, Request{Op: OpHello, TimeUnixNano: time.Now().UnixNano(), Seed: seed})
 	if err != nil {
 		return Hello{}, err
 	}

@@ -76,8 +76,11 @@ const (
 // Request is the first frame of every stream.
 type Request struct {
 	Op string `json:"op"`
-	// hello: the host's wall clock, which the guest adopts.
-	TimeUnixNano int64 `json:"time_unix_nano,omitempty"`
+	// hello: the host's wall clock, which the guest adopts, and fresh
+	// entropy the guest mixes into its RNG and reseeds from (clones of one
+	// snapshot must not share random state).
+	TimeUnixNano int64  `json:"time_unix_nano,omitempty"`
+	Seed         []byte `json:"seed,omitempty"`
 
 	Exec *Exec `json:"exec,omitempty"`
 

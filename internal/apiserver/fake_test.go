@@ -17,17 +17,21 @@ import (
 )
 
 // fakeSessions is an in-memory Sessions: one map of sessions, one guest
-// file system shared by all of them, and commands run by a Go function.
+// file system shared by all of them, commands run by a Go function, and
+// templates that are ready as soon as they are made.
 type fakeSessions struct {
 	calls atomic.Int64 // every method call
 
-	mu       sync.Mutex
-	sessions map[string]api.Session                            // guarded by mu
-	files    map[string]*fakeFile                              // guarded by mu; cleaned path → entry
-	run      func(p *fakeProc, req api.ExecRequest) ExitStatus // guarded by mu
-	execErr  error                                             // guarded by mu; returned by Exec when set
-	createFn func() error                                      // guarded by mu; overrides Create's outcome
-	procs    chan *fakeProc                                    // every started process
+	mu        sync.Mutex
+	sessions  map[string]api.Session                            // guarded by mu
+	files     map[string]*fakeFile                              // guarded by mu; cleaned path → entry
+	run       func(p *fakeProc, req api.ExecRequest) ExitStatus // guarded by mu
+	execErr   error                                             // guarded by mu; returned by Exec when set
+	createFn  func() error                                      // guarded by mu; overrides Create's outcome
+	templates map[string]api.Template                           // guarded by mu
+	created   []api.CreateTemplateRequest                       // guarded by mu; every CreateTemplate request
+	slow      time.Duration                                     // guarded by mu; how long Park, Wake and CreateTemplate take
+	procs     chan *fakeProc                                    // every started process
 }
 
 type fakeFile struct {
@@ -42,8 +46,9 @@ func newFakeSessions() *fakeSessions {
 		sessions: map[string]api.Session{
 			"s1": {ID: "s1", State: api.StateRunning, Image: "tiny", MemoryMiB: 512, CPUs: 1, CreatedAt: now, UpdatedAt: now},
 		},
-		files: map[string]*fakeFile{"/": {dir: true, mode: 0o755}},
-		procs: make(chan *fakeProc, 16),
+		files:     map[string]*fakeFile{"/": {dir: true, mode: 0o755}},
+		templates: map[string]api.Template{},
+		procs:     make(chan *fakeProc, 16),
 	}
 }
 
@@ -78,7 +83,8 @@ func (f *fakeSessions) Create(ctx context.Context, req api.CreateSessionRequest)
 			return api.Session{}, err
 		}
 	}
-	s := api.Session{ID: fmt.Sprintf("s%d", len(f.sessions)+1), State: api.StateRunning, Image: req.Image, BootMillis: 120}
+	s := api.Session{ID: fmt.Sprintf("s%d", len(f.sessions)+1), State: api.StateRunning, Image: req.Image, BootMillis: 120,
+		Template: req.Template, IdleTimeout: req.IdleTimeout, AutoWake: !req.NoAutoWake}
 	f.sessions[s.ID] = s
 	return s, nil
 }
@@ -287,6 +293,142 @@ func (f *fakeSessions) PutTar(ctx context.Context, id, dir string, r io.Reader) 
 		}
 		f.files[name] = &fakeFile{data: data, mode: uint32(h.Mode)}
 	}
+}
+
+func (f *fakeSessions) setSlow(d time.Duration) {
+	f.mu.Lock()
+	f.slow = d
+	f.mu.Unlock()
+}
+
+// pause takes as long as setSlow said, or until ctx ends.
+func (f *fakeSessions) pause(ctx context.Context) error {
+	f.mu.Lock()
+	d := f.slow
+	f.mu.Unlock()
+	if d == 0 {
+		return nil
+	}
+	select {
+	case <-time.After(d):
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Park parks a running session (a parked one is returned as it is); any
+// other state is a conflict, as with the session manager.
+func (f *fakeSessions) Park(ctx context.Context, id string) (api.Session, error) {
+	if err := f.check(id); err != nil {
+		return api.Session{}, err
+	}
+	if err := f.pause(ctx); err != nil {
+		return api.Session{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.sessions[id]
+	switch s.State {
+	case api.StateParked:
+		return s, nil
+	case api.StateRunning:
+	default:
+		return api.Session{}, api.Errorf(api.CodeConflict, "park %s: session is %s", id, s.State)
+	}
+	s.State = api.StateParked
+	s.Snapshot = &api.SnapshotInfo{DiskBytes: 96 << 20, MemoryBytes: int64(s.MemoryMiB) << 20, ParkMillis: 340}
+	f.sessions[id] = s
+	return s, nil
+}
+
+// Wake wakes a parked session (a running one is returned as it is); any
+// other state is a conflict.
+func (f *fakeSessions) Wake(ctx context.Context, id string) (api.Session, error) {
+	if err := f.check(id); err != nil {
+		return api.Session{}, err
+	}
+	if err := f.pause(ctx); err != nil {
+		return api.Session{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.sessions[id]
+	switch s.State {
+	case api.StateRunning:
+		return s, nil
+	case api.StateParked:
+	default:
+		return api.Session{}, api.Errorf(api.CodeConflict, "wake %s: session is %s", id, s.State)
+	}
+	s.State, s.Snapshot = api.StateRunning, nil
+	f.sessions[id] = s
+	return s, nil
+}
+
+// CreateTemplate makes a ready template at once; a setup command "false"
+// fails it as the session manager would.
+func (f *fakeSessions) CreateTemplate(ctx context.Context, req api.CreateTemplateRequest) (api.Template, error) {
+	f.calls.Add(1)
+	if err := f.pause(ctx); err != nil {
+		return api.Template{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.created = append(f.created, req)
+	if _, ok := f.templates[req.Name]; ok {
+		return api.Template{}, api.Errorf(api.CodeConflict, "template %q exists", req.Name)
+	}
+	for i, cmd := range req.Setup {
+		if cmd == "false" {
+			return api.Template{}, api.Errorf(api.CodeInvalid, "template %s: setup step %d (%q) exited 1", req.Name, i+1, cmd)
+		}
+	}
+	t := api.Template{Name: req.Name, State: api.TemplateReady, Image: req.Image, MemoryMiB: req.MemoryMiB, CPUs: req.CPUs,
+		Env: req.Env, Setup: req.Setup, Start: req.Start, Pool: req.Pool, PoolReady: req.Pool,
+		Snapshot: &api.SnapshotInfo{DiskBytes: 180 << 20}}
+	f.templates[req.Name] = t
+	return t, nil
+}
+
+func (f *fakeSessions) GetTemplate(ctx context.Context, name string) (api.Template, error) {
+	f.calls.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.templates[name]
+	if !ok {
+		return api.Template{}, api.Errorf(api.CodeNotFound, "template %q not found", name)
+	}
+	return t, nil
+}
+
+func (f *fakeSessions) ListTemplates(ctx context.Context) ([]api.Template, error) {
+	f.calls.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []api.Template
+	for _, t := range f.templates {
+		out = append(out, t)
+	}
+	slices.SortFunc(out, func(a, b api.Template) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// DeleteTemplate refuses while a session cloned from the template exists.
+func (f *fakeSessions) DeleteTemplate(ctx context.Context, name string) error {
+	f.calls.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.templates[name]; !ok {
+		return api.Errorf(api.CodeNotFound, "template %q not found", name)
+	}
+	for _, s := range f.sessions {
+		if s.Template == name {
+			return api.Errorf(api.CodeConflict, "template %q has live clones (%s): remove them first", name, s.ID)
+		}
+	}
+	delete(f.templates, name)
+	return nil
 }
 
 // fakeProc is a Process whose command is a Go function. The function talks

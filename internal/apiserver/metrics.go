@@ -17,18 +17,18 @@ import (
 // secondsBuckets spans 1 ms to 60 s.
 var secondsBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 20, 30, 60}
 
-// sessionStates are the states cove_sessions always reports, zero or not.
-var sessionStates = []string{api.StateCreating, api.StateRunning, api.StateStopping, api.StateFailed}
-
 // listTimeout bounds the Sessions.List call of one scrape.
 const listTimeout = 5 * time.Second
 
 // Metrics is cove's Prometheus metrics, in a registry of its own, served at
 // GET /metrics:
 //
-//	cove_sessions{state}                gauge, from Sessions.List at scrape time
+//	cove_sessions{state}                gauge, from Sessions.List at scrape time;
+//	                                    every state in api.States, zero or not
 //	cove_boot_seconds                   histogram of VM boot times
 //	cove_exec_seconds                   histogram of exec durations (start to exit)
+//	cove_park_seconds                   histogram of successful parks
+//	cove_wake_seconds                   histogram of successful wakes
 //	cove_http_requests_total{code,method}
 //
 // plus the Go runtime and process collectors. Make one with NewMetrics.
@@ -37,6 +37,8 @@ type Metrics struct {
 	handler  http.Handler
 	boot     prometheus.Histogram
 	exec     prometheus.Histogram
+	park     prometheus.Histogram
+	wake     prometheus.Histogram
 	requests *prometheus.CounterVec
 	sessions *sessionsCollector
 }
@@ -55,6 +57,16 @@ func NewMetrics() *Metrics {
 			Help:    "Time from starting a command in a session to its exit, as the API server saw it.",
 			Buckets: secondsBuckets,
 		}),
+		park: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "cove_park_seconds",
+			Help:    "Time to park a session (save its VM to disk and end it), as the API server saw it.",
+			Buckets: secondsBuckets,
+		}),
+		wake: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "cove_wake_seconds",
+			Help:    "Time to wake a parked session until its agent answers, as the API server saw it.",
+			Buckets: secondsBuckets,
+		}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cove_http_requests_total",
 			Help: "HTTP requests answered by the API server, by status code and method.",
@@ -62,7 +74,7 @@ func NewMetrics() *Metrics {
 		sessions: &sessionsCollector{desc: prometheus.NewDesc(
 			"cove_sessions", "Sessions by state, at scrape time.", []string{"state"}, nil)},
 	}
-	m.reg.MustRegister(m.boot, m.exec, m.requests, m.sessions,
+	m.reg.MustRegister(m.boot, m.exec, m.park, m.wake, m.requests, m.sessions,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
@@ -75,6 +87,15 @@ func NewMetrics() *Metrics {
 // sessions it creates itself (from Session.BootMillis); the session manager
 // calls this for boots the server does not see.
 func (m *Metrics) ObserveBoot(d time.Duration) { m.boot.Observe(d.Seconds()) }
+
+// ObservePark records one park. The API server records the parks and
+// wakes it serves (POST /v1/sessions/{id}/park and …/wake); the
+// session manager may call these for the ones the server does not see
+// (idle parks, wakes on exec).
+func (m *Metrics) ObservePark(d time.Duration) { m.park.Observe(d.Seconds()) }
+
+// ObserveWake records one wake; see ObservePark.
+func (m *Metrics) ObserveWake(d time.Duration) { m.wake.Observe(d.Seconds()) }
 
 // watchSessions makes cove_sessions count the sessions list returns. The
 // last call wins.
@@ -123,8 +144,8 @@ func (c *sessionsCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.NewInvalidMetric(c.desc, err)
 		return
 	}
-	counts := make(map[string]int, len(sessionStates))
-	for _, st := range sessionStates {
+	counts := make(map[string]int, len(api.States))
+	for _, st := range api.States {
 		counts[st] = 0
 	}
 	for _, s := range ss {

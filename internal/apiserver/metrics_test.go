@@ -17,8 +17,12 @@ func TestMetricsExposeSessionsExecAndRequests(t *testing.T) {
 	e.fake.setRun(func(p *fakeProc, req api.ExecRequest) ExitStatus { return ExitStatus{} })
 	decode[api.Session](t, e.do("POST", "/v1/sessions", nil), 201) // BootMillis 120
 	decode[api.ExecResult](t, e.doJSON("POST", "/v1/sessions/s1/exec", api.ExecRequest{Argv: []string{"true"}}), 200)
+	decode[api.Session](t, e.do("POST", "/v1/sessions/s1/park", nil), 200)
+	decode[api.Session](t, e.do("POST", "/v1/sessions/s1/wake", nil), 200)
+	decode[api.Session](t, e.do("POST", "/v1/sessions/s1/park", nil), 200)
+	wantError(t, e.do("POST", "/v1/sessions/f1/wake", nil), 409, api.CodeConflict) // not counted
 	e.server.Metrics().ObserveBoot(2 * time.Second)
-	e.logs.waitFor(t, "action.verb=session.exec") // the request is counted after its answer
+	e.logs.waitFor(t, "status=409") // the last request is counted after its answer
 
 	resp := e.do("GET", "/metrics", nil, "Authorization", "")
 	body, _ := io.ReadAll(resp.Body)
@@ -26,17 +30,30 @@ func TestMetricsExposeSessionsExecAndRequests(t *testing.T) {
 		t.Fatalf("metrics: %d %s", resp.StatusCode, body)
 	}
 	text := string(body)
+	// Every state is reported, zero or not.
+	for _, st := range api.States {
+		if !strings.Contains(text, `cove_sessions{state="`+st+`"}`) {
+			t.Errorf("metrics lack cove_sessions for state %s", st)
+		}
+	}
 	for _, want := range []string{
-		`cove_sessions{state="running"} 2`,
+		`cove_sessions{state="running"} 1`,
+		`cove_sessions{state="parked"} 1`,
 		`cove_sessions{state="failed"} 1`,
 		`cove_sessions{state="creating"} 0`,
+		`cove_sessions{state="parking"} 0`,
+		`cove_sessions{state="waking"} 0`,
 		`cove_sessions{state="stopping"} 0`,
+		`cove_park_seconds_count 2`,
+		`cove_park_seconds_bucket{le="60"} 2`,
+		`cove_wake_seconds_count 1`,
 		`cove_exec_seconds_count 1`,
 		`cove_exec_seconds_bucket{le="0.001"}`,
 		`cove_exec_seconds_bucket{le="60"} 1`,
 		`cove_boot_seconds_count 2`,
 		`cove_http_requests_total{code="201",method="POST"} 1`,
-		`cove_http_requests_total{code="200",method="POST"} 1`,
+		`cove_http_requests_total{code="200",method="POST"} 4`,
+		`cove_http_requests_total{code="409",method="POST"} 1`,
 		`go_goroutines`,
 	} {
 		if !strings.Contains(text, want) {

@@ -148,7 +148,7 @@ func TestOpenAPIServedAsJSON(t *testing.T) {
 	if err := json.Unmarshal(body, &doc); err != nil {
 		t.Fatalf("not JSON: %v", err)
 	}
-	for _, p := range []string{"/v1/sessions", "/v1/sessions/{id}/exec/ws", "/v1/images/{name}/build"} {
+	for _, p := range []string{"/v1/sessions", "/v1/sessions/{id}/exec/ws", "/v1/images/{name}/build", "/v1/sessions/{id}/park", "/v1/templates/{name}"} {
 		if doc.Paths[p] == nil {
 			t.Errorf("served document lacks %s", p)
 		}

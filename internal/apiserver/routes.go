@@ -24,6 +24,8 @@ var routes = []route{
 	{"GET", "/v1/sessions", "session.list", (*Server).listSessions},
 	{"GET", "/v1/sessions/{id}", "session.get", (*Server).getSession},
 	{"DELETE", "/v1/sessions/{id}", "session.delete", (*Server).deleteSession},
+	{"POST", "/v1/sessions/{id}/park", "session.park", (*Server).parkSession},
+	{"POST", "/v1/sessions/{id}/wake", "session.wake", (*Server).wakeSession},
 
 	{"POST", "/v1/sessions/{id}/exec", "session.exec", (*Server).exec},
 	{"GET", "/v1/sessions/{id}/exec/ws", "session.exec", (*Server).execWS},
@@ -37,4 +39,9 @@ var routes = []route{
 
 	{"GET", "/v1/images", "image.list", (*Server).listImages},
 	{"POST", "/v1/images/{name}/build", "image.build", (*Server).buildImage},
+
+	{"POST", "/v1/templates", "template.create", (*Server).createTemplate},
+	{"GET", "/v1/templates", "template.list", (*Server).listTemplates},
+	{"GET", "/v1/templates/{name}", "template.get", (*Server).getTemplate},
+	{"DELETE", "/v1/templates/{name}", "template.delete", (*Server).deleteTemplate},
 }

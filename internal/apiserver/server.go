@@ -13,9 +13,9 @@
 // policy and audit hooks land in one place. Only GET /healthz and
 // GET /metrics are served without a token.
 //
-// Exec, image builds and file transfers may outlast the http.Server's
-// ReadTimeout and WriteTimeout: once a request is authenticated, their
-// handlers lift those deadlines for it.
+// Exec, image builds, template builds, park, wake and file transfers may
+// outlast the http.Server's ReadTimeout and WriteTimeout: once a request is
+// authenticated, their handlers lift those deadlines for it.
 package apiserver
 
 import (
@@ -83,6 +83,9 @@ type Action struct {
 	Path string
 	// Image is the {name} of an image route.
 	Image string
+	// Template is the {name} of a template route. It is empty for
+	// "template.create", whose name is in the body.
+	Template string
 }
 
 // LogValue lists the action's non-empty fields.
@@ -96,6 +99,9 @@ func (a Action) LogValue() slog.Value {
 	}
 	if a.Image != "" {
 		attrs = append(attrs, slog.String("image", a.Image))
+	}
+	if a.Template != "" {
+		attrs = append(attrs, slog.String("template", a.Template))
 	}
 	return slog.GroupValue(attrs...)
 }
@@ -169,7 +175,12 @@ func (s *Server) gate(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w}
-		act := Action{Verb: rt.Verb, SessionID: r.PathValue("id"), Image: r.PathValue("name")}
+		act := Action{Verb: rt.Verb, SessionID: r.PathValue("id")}
+		if strings.HasPrefix(rt.Verb, "template.") {
+			act.Template = r.PathValue("name")
+		} else {
+			act.Image = r.PathValue("name")
+		}
 		if strings.HasPrefix(rt.Verb, "file.") {
 			act.Path = cleanPath(r.URL.Query().Get("path"))
 		}

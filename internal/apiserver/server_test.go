@@ -212,10 +212,22 @@ func TestAuthorizeSeesActionBeforeTheService(t *testing.T) {
 	wantError(t, resp, 401, api.CodeUnauthorized)
 	e.do("POST", "/v1/images/tiny/build", nil)
 	e.do("GET", "/healthz", nil)
+	e.do("POST", "/v1/sessions/s1/park", nil)
+	e.do("POST", "/v1/sessions/s1/wake", nil)
+	e.doJSON("POST", "/v1/templates", api.CreateTemplateRequest{Name: "py"})
+	e.do("GET", "/v1/templates", nil)
+	e.do("GET", "/v1/templates/py", nil)
+	e.do("DELETE", "/v1/templates/py", nil)
 	want := []Action{
 		{Verb: "file.write", SessionID: "s1", Path: "/etc/x"},
 		{Verb: "file.remove", SessionID: "s1", Path: "/etc/x"},
 		{Verb: "image.build", Image: "tiny"},
+		{Verb: "session.park", SessionID: "s1"},
+		{Verb: "session.wake", SessionID: "s1"},
+		{Verb: "template.create"}, // the name is in the body, read later
+		{Verb: "template.list"},
+		{Verb: "template.get", Template: "py"},
+		{Verb: "template.delete", Template: "py"},
 	}
 	mu.Lock()
 	defer mu.Unlock()
@@ -293,6 +305,25 @@ func TestValidationRejectsBeforeTheService(t *testing.T) {
 		{"relative cwd", "/v1/sessions/s1/exec", api.ExecRequest{Argv: []string{"ls"}, Cwd: "tmp"}},
 		{"negative timeout", "/v1/sessions/s1/exec", api.ExecRequest{Argv: []string{"ls"}, Timeout: "-1s"}},
 		{"exec env", "/v1/sessions/s1/exec", api.ExecRequest{Argv: []string{"ls"}, Env: map[string]string{"X=": ""}}},
+		{"template name on create", "/v1/sessions", api.CreateSessionRequest{Template: "Py"}},
+		{"template with image", "/v1/sessions", api.CreateSessionRequest{Template: "py", Image: "tiny"}},
+		{"template with memory", "/v1/sessions", api.CreateSessionRequest{Template: "py", MemoryMiB: 1024}},
+		{"idle timeout", "/v1/sessions", api.CreateSessionRequest{IdleTimeout: "later"}},
+		{"negative idle timeout", "/v1/sessions", api.CreateSessionRequest{IdleTimeout: "-1m"}},
+		{"template without name", "/v1/templates", api.CreateTemplateRequest{}},
+		{"template name", "/v1/templates", api.CreateTemplateRequest{Name: "Py"}},
+		{"template name slash", "/v1/templates", api.CreateTemplateRequest{Name: "a/b"}},
+		{"template name too long", "/v1/templates", api.CreateTemplateRequest{Name: strings.Repeat("a", 65)}},
+		{"template name leading dot", "/v1/templates", api.CreateTemplateRequest{Name: ".py"}},
+		{"template image", "/v1/templates", api.CreateTemplateRequest{Name: "py", Image: "Tiny"}},
+		{"template memory", "/v1/templates", api.CreateTemplateRequest{Name: "py", MemoryMiB: 1}},
+		{"template cpus", "/v1/templates", api.CreateTemplateRequest{Name: "py", CPUs: 65}},
+		{"template env", "/v1/templates", api.CreateTemplateRequest{Name: "py", Env: map[string]string{"": "x"}}},
+		{"empty setup", "/v1/templates", api.CreateTemplateRequest{Name: "py", Setup: []string{"true", ""}}},
+		{"blank setup", "/v1/templates", api.CreateTemplateRequest{Name: "py", Setup: []string{" \t"}}},
+		{"setup with NUL", "/v1/templates", api.CreateTemplateRequest{Name: "py", Setup: []string{"a\x00b"}}},
+		{"negative pool", "/v1/templates", api.CreateTemplateRequest{Name: "py", Pool: -1}},
+		{"pool too large", "/v1/templates", api.CreateTemplateRequest{Name: "py", Pool: 65}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := e.with(t)
@@ -304,11 +335,17 @@ func TestValidationRejectsBeforeTheService(t *testing.T) {
 	}
 	wantError(t, e.do("PUT", "/v1/sessions/s1/files?path=/x&mode=0999", strings.NewReader("")), 400, api.CodeInvalid)
 	wantError(t, e.do("POST", "/v1/images/Bad!/build", nil), 400, api.CodeInvalid)
+	wantError(t, e.do("GET", "/v1/templates/Bad!", nil), 400, api.CodeInvalid)
+	wantError(t, e.do("DELETE", "/v1/templates/Bad!", nil), 400, api.CodeInvalid)
 	if n := e.fake.calls.Load(); n != 0 {
 		t.Errorf("session manager called %d times", n)
 	}
 	// Zero values are the defaults, and an empty body is {}.
 	decode[api.Session](t, e.do("POST", "/v1/sessions", nil), 201)
+	// The limits themselves pass.
+	decode[api.Session](t, e.doJSON("POST", "/v1/sessions", api.CreateSessionRequest{IdleTimeout: "0s"}), 201)
+	decode[api.Template](t, e.doJSON("POST", "/v1/templates", api.CreateTemplateRequest{Name: strings.Repeat("a", 64), Pool: 64}), 201)
+	decode[api.Template](t, e.doJSON("POST", "/v1/templates", api.CreateTemplateRequest{Name: "0.a_b-c"}), 201)
 }
 
 func TestUnknownSessionAndRoutes(t *testing.T) {

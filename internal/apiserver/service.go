@@ -8,7 +8,9 @@ import (
 	"github.com/cove-dev/cove/internal/session"
 )
 
-// Sessions is what the API server asks of the session manager. Every method
+// Sessions is what the API server asks of the session manager, templates
+// included (a template is a saved session that sessions are cloned from,
+// so the same manager keeps both). Every method
 // returns *api.Error (possibly wrapped) for failures a client caused or
 // should see (unknown id → CodeNotFound, bad request → CodeInvalid, guest
 // not answering → CodeUnavailable/CodeTimeout); anything else is a 500.
@@ -39,6 +41,27 @@ type Sessions interface {
 	// PutTar extracts a tar archive into the directory dir (created if
 	// missing). Entries that escape dir are rejected.
 	PutTar(ctx context.Context, id, dir string, r io.Reader) error
+
+	// Park saves a running session's whole VM to disk, ends its process and
+	// returns the session, parked. Parking a parked session returns it as
+	// it is; a session in any other state is CodeConflict.
+	Park(ctx context.Context, id string) (api.Session, error)
+	// Wake restores a parked session and returns it once its agent
+	// answers. Waking a running session returns it as it is; a session in
+	// any other state is CodeConflict.
+	Wake(ctx context.Context, id string) (api.Session, error)
+
+	// CreateTemplate boots the template's image, runs its setup, starts
+	// its start command and saves the machine; it returns once the
+	// template is ready (seconds to minutes). A name in use is
+	// CodeConflict; a failed setup step is an error with its output.
+	CreateTemplate(ctx context.Context, req api.CreateTemplateRequest) (api.Template, error)
+	// GetTemplate returns one template; an unknown name is CodeNotFound.
+	GetTemplate(ctx context.Context, name string) (api.Template, error)
+	ListTemplates(ctx context.Context) ([]api.Template, error)
+	// DeleteTemplate removes a template and its warm pool. A template that
+	// sessions were cloned from (and still exist) is CodeConflict.
+	DeleteTemplate(ctx context.Context, name string) error
 }
 
 // Images is what the API server asks of the image builder.

@@ -62,3 +62,41 @@ func (s *Server) deleteSession(w http.ResponseWriter, r *http.Request) error {
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
+
+// parkRequest is the body of POST /v1/sessions/{id}/park: empty for now
+// (or {}); unknown fields are refused so that later options cannot be
+// silently ignored by an older server.
+type parkRequest struct{}
+
+// wakeRequest is the body of POST /v1/sessions/{id}/wake, likewise.
+type wakeRequest struct{}
+
+func (s *Server) parkSession(w http.ResponseWriter, r *http.Request) error {
+	var req parkRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	liftDeadlines(w) // saving a large guest's RAM takes a while
+	start := time.Now()
+	sess, err := s.sessions.Park(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	s.metrics.ObservePark(time.Since(start))
+	return writeJSON(w, http.StatusOK, sess)
+}
+
+func (s *Server) wakeSession(w http.ResponseWriter, r *http.Request) error {
+	var req wakeRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	liftDeadlines(w)
+	start := time.Now()
+	sess, err := s.sessions.Wake(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	s.metrics.ObserveWake(time.Since(start))
+	return writeJSON(w, http.StatusOK, sess)
+}

@@ -20,22 +20,87 @@ func validateImageName(field, name string) error {
 	return nil
 }
 
+// templateName is the shape of a template name.
+var templateName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+
+func validateTemplateName(field, name string) error {
+	if !templateName.MatchString(name) {
+		return api.Errorf(api.CodeInvalid, "%s: %q is not a template name (%s)", field, name, templateName)
+	}
+	return nil
+}
+
+// maxPool is the most clones a template may keep warm.
+const maxPool = 64
+
 func validateCreate(req api.CreateSessionRequest) error {
-	if req.Image != "" {
-		if err := validateImageName("image", req.Image); err != nil {
+	if req.Template != "" {
+		if err := validateTemplateName("template", req.Template); err != nil {
 			return err
 		}
+		// The clone is the template's machine; a different one asked for
+		// here would be silently ignored.
+		if req.Image != "" || req.MemoryMiB != 0 || req.CPUs != 0 {
+			return api.Errorf(api.CodeInvalid, "template: image, memory_mib and cpus come from template %q; leave them unset", req.Template)
+		}
 	}
-	if m := req.MemoryMiB; m != 0 && (m < 64 || m > 65536) {
-		return api.Errorf(api.CodeInvalid, "memory_mib: %d is out of range (0 for the default, or 64..65536)", m)
-	}
-	if c := req.CPUs; c != 0 && (c < 1 || c > 64) {
-		return api.Errorf(api.CodeInvalid, "cpus: %d is out of range (0 for the default, or 1..64)", c)
+	if err := validateMachine(req.Image, req.MemoryMiB, req.CPUs); err != nil {
+		return err
 	}
 	if err := validateEnv(req.Env); err != nil {
 		return err
 	}
-	return validateDuration("boot_timeout", req.BootTimeout)
+	if err := validateDuration("boot_timeout", req.BootTimeout); err != nil {
+		return err
+	}
+	return validateIdleTimeout("idle_timeout", req.IdleTimeout)
+}
+
+func validateCreateTemplate(req api.CreateTemplateRequest) error {
+	if req.Name == "" {
+		return api.Errorf(api.CodeInvalid, "name: missing")
+	}
+	if err := validateTemplateName("name", req.Name); err != nil {
+		return err
+	}
+	if err := validateMachine(req.Image, req.MemoryMiB, req.CPUs); err != nil {
+		return err
+	}
+	if err := validateEnv(req.Env); err != nil {
+		return err
+	}
+	for i, cmd := range req.Setup {
+		if strings.TrimSpace(cmd) == "" {
+			return api.Errorf(api.CodeInvalid, "setup[%d]: empty command", i)
+		}
+		if strings.IndexByte(cmd, 0) >= 0 {
+			return api.Errorf(api.CodeInvalid, "setup[%d]: contains NUL", i)
+		}
+	}
+	if strings.IndexByte(req.Start, 0) >= 0 {
+		return api.Errorf(api.CodeInvalid, "start: contains NUL")
+	}
+	if p := req.Pool; p < 0 || p > maxPool {
+		return api.Errorf(api.CodeInvalid, "pool: %d is out of range (0..%d)", p, maxPool)
+	}
+	return nil
+}
+
+// validateMachine checks the optional image, memory and CPUs of a session
+// or template; zero values mean the server's defaults.
+func validateMachine(image string, memoryMiB, cpus int) error {
+	if image != "" {
+		if err := validateImageName("image", image); err != nil {
+			return err
+		}
+	}
+	if m := memoryMiB; m != 0 && (m < 64 || m > 65536) {
+		return api.Errorf(api.CodeInvalid, "memory_mib: %d is out of range (0 for the default, or 64..65536)", m)
+	}
+	if c := cpus; c != 0 && (c < 1 || c > 64) {
+		return api.Errorf(api.CodeInvalid, "cpus: %d is out of range (0 for the default, or 1..64)", c)
+	}
+	return nil
 }
 
 func validateExec(req api.ExecRequest) error {
@@ -97,6 +162,22 @@ func validateDuration(field, s string) error {
 	}
 	if d <= 0 {
 		return api.Errorf(api.CodeInvalid, "%s: %q must be positive", field, s)
+	}
+	return nil
+}
+
+// validateIdleTimeout checks an optional Go duration that may be zero
+// ("0s": never).
+func validateIdleTimeout(field, s string) error {
+	if s == "" {
+		return nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return api.Errorf(api.CodeInvalid, "%s: %q is not a duration like \"10m\" (0s: never)", field, s)
+	}
+	if d < 0 {
+		return api.Errorf(api.CodeInvalid, "%s: %q must not be negative (0s: never)", field, s)
 	}
 	return nil
 }

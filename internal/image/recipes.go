@@ -43,7 +43,7 @@ func baseFiles(dir, name string) error {
 			return err
 		}
 	}
-	_ = os.Chmod(filepath.Join(dir, "tmp"), 0o1777)
+	_ = os.Chmod(filepath.Join(dir, "tmp"), os.ModeSticky|0o777) // 0o1777 would drop the sticky bit
 	_ = os.Chmod(filepath.Join(dir, "root"), 0o700)
 	files := map[string]string{
 		"etc/hostname":   "cove\n",

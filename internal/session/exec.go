@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -64,8 +65,10 @@ func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest) (Pro
 		}
 		x.Timeout = d.Milliseconds()
 	}
+	l.inflight.Add(1)
 	p, err := l.agent.Exec(ctx, x)
 	if err != nil {
+		l.release()
 		var re *agentproto.RemoteError
 		if errors.As(err, &re) && re.Code == agentproto.CodeNotFound {
 			// A missing executable is the request's fault, not a missing
@@ -74,11 +77,13 @@ func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest) (Pro
 		}
 		return nil, guestErr(id, "exec", err)
 	}
-	return &process{p: p}, nil
+	return &process{p: p, l: l}, nil
 }
 
 type process struct {
-	p *agentproto.Process
+	p    *agentproto.Process
+	l    *live
+	once sync.Once
 }
 
 func (p *process) Stdin() io.WriteCloser { return stdin{p.p} }
@@ -102,6 +107,7 @@ func (p *process) Signal(name string) error {
 
 func (p *process) Wait() (api.ExitStatus, error) {
 	exit, err := p.p.Wait()
+	p.once.Do(p.l.release)
 	if err != nil {
 		return api.ExitStatus{}, api.Errorf(api.CodeUnavailable, "exec: lost the guest before the command ended: %v", err)
 	}
@@ -123,11 +129,13 @@ func (m *Manager) Open(ctx context.Context, id, path string) (io.ReadCloser, err
 	if err != nil {
 		return nil, err
 	}
+	l.inflight.Add(1)
 	r, err := l.agent.Read(ctx, path)
 	if err != nil {
+		l.release()
 		return nil, guestErr(id, "read "+path, err)
 	}
-	return r, nil
+	return &releasing{ReadCloser: r, l: l}, nil
 }
 
 // WriteFile writes a regular file in the guest.
@@ -136,6 +144,8 @@ func (m *Manager) WriteFile(ctx context.Context, id, path string, mode uint32, r
 	if err != nil {
 		return err
 	}
+	l.inflight.Add(1)
+	defer l.release()
 	if err := l.agent.Write(ctx, path, mode, r); err != nil {
 		return guestErr(id, "write "+path, err)
 	}
@@ -206,11 +216,13 @@ func (m *Manager) GetTar(ctx context.Context, id, path string) (io.ReadCloser, e
 	if err != nil {
 		return nil, err
 	}
+	l.inflight.Add(1)
 	r, err := l.agent.TarGet(ctx, path)
 	if err != nil {
+		l.release()
 		return nil, guestErr(id, "tar "+path, err)
 	}
-	return r, nil
+	return &releasing{ReadCloser: r, l: l}, nil
 }
 
 // PutTar extracts a tar archive into a guest directory.
@@ -219,8 +231,23 @@ func (m *Manager) PutTar(ctx context.Context, id, dir string, r io.Reader) error
 	if err != nil {
 		return err
 	}
+	l.inflight.Add(1)
+	defer l.release()
 	if err := l.agent.TarPut(ctx, dir, r); err != nil {
 		return guestErr(id, "untar into "+dir, err)
 	}
 	return nil
+}
+
+// releasing ends a streaming call's activity when the stream is closed.
+type releasing struct {
+	io.ReadCloser
+	l    *live
+	once sync.Once
+}
+
+func (r *releasing) Close() error {
+	err := r.ReadCloser.Close()
+	r.once.Do(r.l.release)
+	return err
 }

@@ -71,7 +71,11 @@ func openRig(t *testing.T, o rigOptions) *rig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := qemu.New(qemu.Config{Accel: os.Getenv("COVE_ACCEL"), User: "cove-vm", CgroupRoot: "/sys/fs/cgroup"})
+	cg := "/sys/fs/cgroup"
+	if os.Getenv("COVE_NOCG") != "" {
+		cg = ""
+	}
+	d, err := qemu.New(qemu.Config{Accel: os.Getenv("COVE_ACCEL"), User: "cove-vm", CgroupRoot: cg})
 	if err != nil {
 		st.Close()
 		t.Fatal(err)
@@ -84,7 +88,9 @@ func openRig(t *testing.T, o rigOptions) *rig {
 	if o.images != nil {
 		images = o.images
 	}
-	cfg := session.Config{Store: st, Driver: drv, Images: images, Dir: o.dir}
+	// Templates go inside the rig's dir: the default (beside Dir) is shared
+	// by every test binary running at once.
+	cfg := session.Config{Store: st, Driver: drv, Images: images, Dir: o.dir, TemplateDir: filepath.Join(o.dir, "templates")}
 	m, err := session.New(cfg)
 	if err != nil {
 		st.Close()

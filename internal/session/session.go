@@ -20,6 +20,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -45,7 +46,10 @@ type Config struct {
 	Images Images
 	// Dir holds one private directory per session.
 	Dir string
-	Log *slog.Logger
+	// TemplateDir holds one directory per template; default: "templates"
+	// beside Dir.
+	TemplateDir string
+	Log         *slog.Logger
 
 	// Defaults for create requests that leave fields empty.
 	DefaultImage       string        // "tiny"
@@ -53,16 +57,26 @@ type Config struct {
 	DefaultCPUs        int           // 1
 	DefaultBootTimeout time.Duration // 60s
 
+	// DefaultIdleTimeout parks sessions idle that long (0: never) unless
+	// a session sets its own.
+	DefaultIdleTimeout time.Duration
+
 	// OnBoot, if set, is told each successful boot's duration.
 	OnBoot func(time.Duration)
 }
 
 // Manager manages sessions. It is safe for concurrent use.
 type Manager struct {
-	cfg Config
+	cfg  Config
+	snap vmm.Snapshotter // nil when the driver cannot snapshot
 
-	mu   sync.Mutex
-	live map[string]*live // guarded by mu: sessions with a VM
+	mu    sync.Mutex
+	live  map[string]*live       // guarded by mu: sessions with a VM
+	locks map[string]*sync.Mutex // guarded by mu: one lifecycle operation per session at a time
+	pools map[string]*pool       // guarded by mu: warm pools by template name
+
+	stop chan struct{} // closed by Close/StopAll: ends background loops
+	bg   sync.WaitGroup
 }
 
 // live is a session with a VM process.
@@ -70,8 +84,22 @@ type live struct {
 	vm    vmm.VM
 	agent *agentproto.Client
 	env   map[string]string
-	// deleting is set when the VM is being stopped on purpose.
+	mach  machine
+	// deleting is set when the VM is being stopped on purpose (delete,
+	// park, shutdown): its exit is then no failure.
 	deleting bool // guarded by Manager.mu
+
+	lastActive atomic.Int64 // unix nanos of the last API call
+	inflight   atomic.Int32 // calls and execs in progress
+}
+
+// touch records API activity.
+func (l *live) touch() { l.lastActive.Store(time.Now().UnixNano()) }
+
+// release ends one in-flight call (see inflight).
+func (l *live) release() {
+	l.inflight.Add(-1)
+	l.touch()
 }
 
 // New returns a manager. Call Recover before serving.
@@ -91,6 +119,9 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.DefaultBootTimeout == 0 {
 		cfg.DefaultBootTimeout = 60 * time.Second
 	}
+	if cfg.TemplateDir == "" {
+		cfg.TemplateDir = filepath.Join(filepath.Dir(cfg.Dir), "templates")
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o711); err != nil {
 		return nil, fmt.Errorf("session: %w", err)
 	}
@@ -98,7 +129,24 @@ func New(cfg Config) (*Manager, error) {
 	if err := os.Chmod(cfg.Dir, 0o711); err != nil {
 		return nil, fmt.Errorf("session: %w", err)
 	}
-	return &Manager{cfg: cfg, live: map[string]*live{}}, nil
+	m := &Manager{cfg: cfg, live: map[string]*live{}, locks: map[string]*sync.Mutex{},
+		pools: map[string]*pool{}, stop: make(chan struct{})}
+	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
+	return m, nil
+}
+
+// lock takes the session's lifecycle lock: create, park, wake and delete
+// of one session never overlap.
+func (m *Manager) lock(id string) func() {
+	m.mu.Lock()
+	l := m.locks[id]
+	if l == nil {
+		l = &sync.Mutex{}
+		m.locks[id] = l
+	}
+	m.mu.Unlock()
+	l.Lock()
+	return l.Unlock
 }
 
 func newID() string {
@@ -107,18 +155,40 @@ func newID() string {
 	return "s-" + strings.ToLower(base32.StdEncoding.WithPadding(base32.NoPadding).EncodeToString(b))[:12]
 }
 
-func toAPI(s store.Session) api.Session {
-	return api.Session{
+func (m *Manager) toAPI(s store.Session) api.Session {
+	out := api.Session{
 		ID: s.ID, State: s.State, Image: s.Image, MemoryMiB: s.MemoryMiB, CPUs: s.CPUs,
 		Env: s.Env, Accel: s.Accel, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt,
-		Error: s.Error, BootMillis: s.BootMillis,
+		Error: s.Error, BootMillis: s.BootMillis, Template: s.Template,
+		IdleTimeout: m.idleTimeout(s).String(), AutoWake: !s.NoAutoWake,
 	}
+	if mach, err := decodeMachine(s.Snapshot); err == nil && mach.Parked != nil {
+		p := mach.Parked
+		out.Snapshot = &api.SnapshotInfo{DiskBytes: p.DiskBytes, MemoryBytes: int64(mach.MemoryMiB) << 20,
+			CreatedAt: p.CreatedAt, ParkMillis: p.ParkMillis}
+	}
+	return out
+}
+
+// idleTimeout is the session's idle timeout, or the server default.
+func (m *Manager) idleTimeout(s store.Session) time.Duration {
+	if s.IdleTimeout != 0 {
+		return max(s.IdleTimeout, 0)
+	}
+	return m.cfg.DefaultIdleTimeout
 }
 
 func (m *Manager) dir(id string) string { return filepath.Join(m.cfg.Dir, id) }
 
 // Create boots a new session and returns once its agent answers.
 func (m *Manager) Create(ctx context.Context, req api.CreateSessionRequest) (api.Session, error) {
+	idle, err := parseIdle(req.IdleTimeout)
+	if err != nil {
+		return api.Session{}, err
+	}
+	if req.Template != "" {
+		return m.createFromTemplate(ctx, req, idle)
+	}
 	name := req.Image
 	if name == "" {
 		name = m.cfg.DefaultImage
@@ -138,6 +208,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateSessionRequest) (api
 		ID: newID(), State: api.StateCreating, Image: name,
 		MemoryMiB: cmp(req.MemoryMiB, m.cfg.DefaultMemoryMiB), CPUs: cmp(req.CPUs, m.cfg.DefaultCPUs),
 		Env: req.Env, Accel: m.cfg.Driver.Accel(), CreatedAt: now, UpdatedAt: now,
+		IdleTimeout: idle, NoAutoWake: req.NoAutoWake,
 	}
 	if err := m.cfg.Store.CreateSession(ctx, rec); err != nil {
 		return api.Session{}, fmt.Errorf("session: create: %w", err)
@@ -159,6 +230,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateSessionRequest) (api
 	}
 	boot := time.Since(start)
 	rec.State, rec.Handle, rec.BootMillis, rec.UpdatedAt = api.StateRunning, l.vm.Handle(), boot.Milliseconds(), time.Now().UTC()
+	rec.Snapshot = l.mach.encode()
 	if err := m.cfg.Store.UpdateSession(context.Background(), rec); err != nil {
 		_ = l.vm.Stop(context.Background())
 		os.RemoveAll(m.dir(rec.ID))
@@ -169,7 +241,23 @@ func (m *Manager) Create(ctx context.Context, req api.CreateSessionRequest) (api
 		m.cfg.OnBoot(boot)
 	}
 	log.Info("session running", "boot_ms", rec.BootMillis)
-	return toAPI(rec), nil
+	return m.toAPI(rec), nil
+}
+
+// parseIdle parses an idle timeout: empty means the server default (0),
+// "0s" never (stored as -1).
+func parseIdle(s string) (time.Duration, error) {
+	if s == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil || d < 0 {
+		return 0, api.Errorf(api.CodeInvalid, "idle_timeout %q: want a duration like 10m, or 0s for never", s)
+	}
+	if d == 0 {
+		return -1, nil
+	}
+	return d, nil
 }
 
 func cmp(v, def int) int {
@@ -182,7 +270,11 @@ func cmp(v, def int) int {
 // boot prepares the session's directory and disk, boots the VM and waits
 // for the agent. On error nothing is left behind but the record.
 func (m *Manager) boot(ctx context.Context, rec store.Session, im image.Image, timeout time.Duration) (l *live, err error) {
-	dir := m.dir(rec.ID)
+	return m.bootIn(ctx, m.dir(rec.ID), rec, im, timeout)
+}
+
+// bootIn is boot into the directory dir, which must not exist.
+func (m *Manager) bootIn(ctx context.Context, dir string, rec store.Session, im image.Image, timeout time.Duration) (l *live, err error) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("session: %s: %w", rec.ID, err)
 	}
@@ -234,7 +326,8 @@ func (m *Manager) boot(ctx context.Context, rec store.Session, im image.Image, t
 			return nil, api.Errorf(api.CodeUnavailable, "session %s: guest agent: %v", rec.ID, err)
 		}
 	}
-	return &live{vm: vm, agent: agent, env: rec.Env}, nil
+	return &live{vm: vm, agent: agent, env: rec.Env, mach: machine{V: machineVersion, Kernel: k.Vmlinux,
+		Initrd: initrd, Disk: disk, MemoryMiB: rec.MemoryMiB, CPUs: rec.CPUs}}, nil
 }
 
 func lastLines(s string, n int) string {
@@ -265,6 +358,7 @@ func (m *Manager) connect(ctx context.Context, vm vmm.VM) (*agentproto.Client, e
 
 // adoptLive registers a running VM and watches for its unexpected end.
 func (m *Manager) adoptLive(id string, l *live) {
+	l.touch()
 	m.mu.Lock()
 	m.live[id] = l
 	m.mu.Unlock()
@@ -311,7 +405,7 @@ func (m *Manager) Get(ctx context.Context, id string) (api.Session, error) {
 	if err != nil {
 		return api.Session{}, notFound(id, err)
 	}
-	return toAPI(rec), nil
+	return m.toAPI(rec), nil
 }
 
 // List returns all sessions, oldest first.
@@ -322,13 +416,15 @@ func (m *Manager) List(ctx context.Context) ([]api.Session, error) {
 	}
 	out := make([]api.Session, 0, len(recs))
 	for _, r := range recs {
-		out = append(out, toAPI(r))
+		out = append(out, m.toAPI(r))
 	}
 	return out, nil
 }
 
 // Delete stops the session's VM, removes its files and its record.
 func (m *Manager) Delete(ctx context.Context, id string) error {
+	unlock := m.lock(id)
+	defer unlock()
 	rec, err := m.cfg.Store.GetSession(ctx, id)
 	if err != nil {
 		return notFound(id, err)
@@ -364,6 +460,9 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	if err := m.cfg.Store.DeleteSession(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("session: delete %s: %w", id, err)
 	}
+	m.mu.Lock()
+	delete(m.locks, id)
+	m.mu.Unlock()
 	m.cfg.Log.Info("session removed", "session", id)
 	return nil
 }
@@ -398,6 +497,12 @@ func (m *Manager) Recover(ctx context.Context) error {
 			} else {
 				m.cfg.Log.Info("session re-adopted", "session", rec.ID)
 			}
+		case api.StateParking:
+			m.recoverParking(ctx, rec)
+		case api.StateWaking:
+			if err := m.readopt(ctx, rec); err != nil {
+				m.fail(rec.ID, "server stopped while the session was waking; its snapshot was consumed: "+err.Error())
+			}
 		case api.StateCreating, api.StateStopping:
 			m.killLeftover(ctx, rec)
 			m.fail(rec.ID, fmt.Sprintf("server stopped while the session was %s", rec.State))
@@ -407,7 +512,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 		m.cfg.Log.Warn("killing orphan QEMU process", "pid", pid)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
-	return nil
+	m.bg.Add(1)
+	go m.idleLoop()
+	return m.startPools(ctx)
 }
 
 func (m *Manager) readopt(ctx context.Context, rec store.Session) error {
@@ -422,13 +529,22 @@ func (m *Manager) readopt(ctx context.Context, rec store.Session) error {
 		_ = vm.Stop(ctx)
 		return fmt.Errorf("agent did not answer: %w", err)
 	}
-	m.adoptLive(rec.ID, &live{vm: vm, agent: agent, env: rec.Env})
+	mach, _ := decodeMachine(rec.Snapshot)
+	mach.Parked = nil
+	m.adoptLive(rec.ID, &live{vm: vm, agent: agent, env: rec.Env, mach: mach})
+	if rec.State != api.StateRunning {
+		rec.State, rec.Error, rec.UpdatedAt, rec.Snapshot = api.StateRunning, "", time.Now().UTC(), mach.encode()
+		if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
 // Close lets go of the running VMs without stopping them: the next server
 // adopts them (see Recover).
 func (m *Manager) Close() {
+	m.stopLoops()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for id, l := range m.live {
@@ -441,6 +557,7 @@ func (m *Manager) Close() {
 // StopAll stops every running VM (used by tests and 'cove server
 // --stop-on-exit'); sessions are marked failed with a clear reason.
 func (m *Manager) StopAll(ctx context.Context) {
+	m.stopLoops()
 	m.mu.Lock()
 	ls := make(map[string]*live, len(m.live))
 	for id, l := range m.live {
@@ -461,17 +578,46 @@ func (m *Manager) StopAll(ctx context.Context) {
 	wg.Wait()
 }
 
-// agent returns the live agent of a running session.
+// stopLoops ends the background loops (idle parking, pool refills) once.
+func (m *Manager) stopLoops() {
+	m.mu.Lock()
+	select {
+	case <-m.stop:
+	default:
+		close(m.stop)
+	}
+	m.mu.Unlock()
+	m.bg.Wait()
+}
+
+// agent returns the live agent of a running session, waking a parked one
+// first unless it has auto-wake off. It counts as API activity.
 func (m *Manager) agent(ctx context.Context, id string) (*live, error) {
 	m.mu.Lock()
 	l := m.live[id]
 	m.mu.Unlock()
 	if l != nil {
+		l.touch()
 		return l, nil
 	}
 	rec, err := m.cfg.Store.GetSession(ctx, id)
 	if err != nil {
 		return nil, notFound(id, err)
+	}
+	if (rec.State == api.StateParked || rec.State == api.StateParking || rec.State == api.StateWaking) && !rec.NoAutoWake {
+		if _, err := m.Wake(ctx, id); err != nil && !api.IsCode(err, api.CodeConflict) {
+			return nil, err
+		}
+		m.mu.Lock()
+		l = m.live[id]
+		m.mu.Unlock()
+		if l != nil {
+			l.touch()
+			return l, nil
+		}
+		if rec, err = m.cfg.Store.GetSession(ctx, id); err != nil {
+			return nil, notFound(id, err)
+		}
 	}
 	msg := fmt.Sprintf("session %s is %s", id, rec.State)
 	if rec.Error != "" {

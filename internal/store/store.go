@@ -1,4 +1,5 @@
-// Package store declares cove's state store: the durable record of sessions and images.
+// Package store declares cove's state store: the durable record of sessions,
+// images and templates.
 package store
 
 import (
@@ -16,7 +17,7 @@ var (
 	ErrExists = errors.New("store: already exists")
 )
 
-// Store is the durable record of sessions and images.
+// Store is the durable record of sessions, images and templates.
 //
 // Its contract, which every implementation meets (package storetest checks
 // it):
@@ -24,12 +25,13 @@ var (
 //   - A call that returns nil has made its change durable: it survives Close,
 //     a crash of the process and a reopen of the same store.
 //   - Records come back exactly as they were written: times are the same
-//     instant to the nanosecond, in UTC, with no monotonic reading; an Env or
-//     Handle of length zero may come back nil. The zero time round-trips as
-//     the zero time. Times a store cannot represent make the write fail and
-//     change nothing.
+//     instant to the nanosecond, in UTC, with no monotonic reading; an Env,
+//     Setup, Handle or Snapshot of length zero may come back nil. The zero
+//     time round-trips as the zero time. Times a store cannot represent make
+//     the write fail and change nothing.
 //   - Records passed in and handed out are copies: changing one afterwards
-//     (its Env map or Handle bytes) does not change what the store holds.
+//     (its Env map, Setup slice, or Handle or Snapshot bytes) does not change
+//     what the store holds.
 //   - The store never sets a field itself; callers set UpdatedAt and the rest.
 //   - Every method is safe for concurrent use; concurrent writes all succeed
 //     or fail on their own merits, never because another writer was busy.
@@ -65,6 +67,21 @@ type Store interface {
 	// ErrNotFound if there is none.
 	DeleteImage(ctx context.Context, name string) error
 
+	// CreateTemplate inserts t. It fails with ErrExists if a template with
+	// t.Name exists, leaving that template unchanged.
+	CreateTemplate(ctx context.Context, t Template) error
+	// UpdateTemplate replaces the template with name t.Name by t, every
+	// field. It fails with ErrNotFound if there is none, creating nothing.
+	UpdateTemplate(ctx context.Context, t Template) error
+	// GetTemplate returns the template with the given name, or ErrNotFound.
+	GetTemplate(ctx context.Context, name string) (Template, error)
+	// ListTemplates returns every template, ordered by Name (bytewise). An
+	// empty store gives a slice of length zero.
+	ListTemplates(ctx context.Context) ([]Template, error)
+	// DeleteTemplate removes the template with the given name, or fails with
+	// ErrNotFound if there is none.
+	DeleteTemplate(ctx context.Context, name string) error
+
 	// Close releases the store's resources. Writes that returned before it
 	// are durable.
 	Close() error
@@ -89,6 +106,38 @@ type Session struct {
 	// Handle is the VMM driver's versioned, opaque description of the running
 	// VM (JSON), used to re-adopt it after a server restart.
 	Handle []byte
+
+	// IdleTimeout parks the session after that long without API activity;
+	// zero means the server's default.
+	IdleTimeout time.Duration
+	// NoAutoWake refuses exec and file calls on a parked session instead of
+	// waking it first.
+	NoAutoWake bool
+	// Template names the template the session was cloned from, if any.
+	Template string
+	// Snapshot is the session package's versioned description of the
+	// session's parked snapshot (JSON); empty while the session has none.
+	Snapshot []byte
+}
+
+// Template is the stored record of one template: a booted, set-up session
+// saved as a snapshot that sessions are cloned from.
+type Template struct {
+	Name      string
+	State     string // "building", "ready", "failed"
+	Image     string
+	MemoryMiB int
+	CPUs      int
+	Env       map[string]string
+	Setup     []string // shell commands run once, in order
+	Start     string   // shell command left running in the snapshot
+	Pool      int      // warm clones kept ready
+	Error     string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+	// Snapshot is the session package's versioned description of the
+	// template's snapshot (JSON).
+	Snapshot []byte
 }
 
 // Image is the stored record of one built image.

@@ -6,6 +6,7 @@ package vmm
 import (
 	"context"
 	"net"
+	"time"
 )
 
 // Spec is everything a driver needs to boot one VM.
@@ -61,4 +62,36 @@ type VM interface {
 	// ConsoleTail returns the last bytes the guest wrote to its console,
 	// for error messages about a guest that crashed or never answered.
 	ConsoleTail() string
+}
+
+// Snapshotter is implemented by drivers that can park a whole VM on disk
+// and bring it back.
+//
+// Save pauses the VM, writes its device state to statePath (atomically:
+// the file appears complete or not at all), makes the VM's RAM file
+// durable, and ends the VMM process. If Save fails before the state is
+// complete, the VM keeps running.
+//
+// Restore starts a VMM for spec from a state file written by Save: spec
+// must describe the same machine (devices, memory size, kernel), spec.Dir
+// must hold that VM's RAM file, and spec.Disk the disk as it was saved. The
+// guest runs when Restore returns.
+type Snapshotter interface {
+	Save(ctx context.Context, vm VM, statePath string) (SaveStats, error)
+	Restore(ctx context.Context, spec Spec, statePath string) (VM, RestoreStats, error)
+}
+
+// SaveStats says where a save's time went.
+type SaveStats struct {
+	Migrate    time.Duration // device state written
+	Sync       time.Duration // RAM file fsync
+	Total      time.Duration
+	StateBytes int64
+}
+
+// RestoreStats says where a restore's time went.
+type RestoreStats struct {
+	Spawn time.Duration // process start to QMP ready
+	Load  time.Duration // device state loaded
+	Total time.Duration
 }

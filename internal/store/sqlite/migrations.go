@@ -11,7 +11,8 @@ import (
 // shipped.
 //
 // Times are INTEGER unix nanoseconds, NULL for the zero time. Env is a JSON
-// object as TEXT, NULL when empty; Handle is a BLOB, NULL when empty.
+// object as TEXT, NULL when empty; Handle and Snapshot are BLOBs, NULL when
+// empty.
 var migrations = []string{
 	// 1: sessions and images.
 	`CREATE TABLE sessions (
@@ -36,6 +37,30 @@ var migrations = []string{
 		size_bytes   INTEGER NOT NULL,
 		created_at   INTEGER,
 		build_millis INTEGER NOT NULL
+	) STRICT;`,
+
+	// 2: parking and templates. Sessions gain their idle timeout (nanoseconds),
+	// auto-wake opt-out (0 or 1), template name and parked snapshot (a BLOB,
+	// NULL when empty); templates get their own table, Setup a JSON array as
+	// TEXT, NULL when empty.
+	`ALTER TABLE sessions ADD COLUMN idle_timeout_ns INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE sessions ADD COLUMN no_auto_wake INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE sessions ADD COLUMN template TEXT NOT NULL DEFAULT '';
+	ALTER TABLE sessions ADD COLUMN snapshot BLOB;
+	CREATE TABLE templates (
+		name        TEXT PRIMARY KEY,
+		state       TEXT NOT NULL,
+		image       TEXT NOT NULL,
+		memory_mib  INTEGER NOT NULL,
+		cpus        INTEGER NOT NULL,
+		env         TEXT,
+		setup       TEXT,
+		start       TEXT NOT NULL,
+		pool        INTEGER NOT NULL,
+		error       TEXT NOT NULL,
+		created_at  INTEGER,
+		updated_at  INTEGER,
+		snapshot    BLOB
 	) STRICT;`,
 }
 

@@ -1,12 +1,17 @@
 package sqlite
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"fmt"
+	"maps"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/cove-dev/cove/internal/store"
 )
 
 func rawDB(t *testing.T, path string) *sql.DB {
@@ -168,5 +173,119 @@ func TestConnectionSettings(t *testing.T) {
 		if got != want {
 			t.Errorf("PRAGMA %s = %s, want %s", pragma, got, want)
 		}
+	}
+}
+
+// A version-1 database, from before parking and templates, upgrades to the
+// current schema: its sessions keep every field, read the new ones as zero,
+// and take the new ones on update; templates work.
+func TestUpgradeFromVersion1(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cove.db")
+	db := rawDB(t, path)
+	if err := migrate(t.Context(), db, migrations[:1]); err != nil {
+		t.Fatalf("migrate to 1: %v", err)
+	}
+	if v := userVersion(t, db); v != 1 {
+		t.Fatalf("user_version = %d, want 1", v)
+	}
+	created := time.Date(2025, 3, 14, 15, 9, 26, 535897932, time.UTC)
+	updated := created.Add(time.Minute + 1)
+	// The row as version 1's code wrote it.
+	if _, err := db.ExecContext(t.Context(), `INSERT INTO sessions
+		(id, state, image, memory_mib, cpus, env, accel, created_at, updated_at, error, boot_millis, handle)
+		VALUES ('old', 'running', 'tiny', 512, 2, '{"HOME":"/root"}', 'kvm', ?, ?, 'e', 1234, ?)`,
+		created.UnixNano(), updated.UnixNano(), []byte("{\"v\":1}\x00\xff")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(t.Context(), `INSERT INTO sessions
+		(id, state, image, memory_mib, cpus, accel, error, boot_millis)
+		VALUES ('bare', '', '', 0, 0, '', '', 0)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	st, err := Open(t.Context(), path)
+	if err != nil {
+		t.Fatalf("Open of a version-1 database: %v", err)
+	}
+	defer st.Close()
+	var v int
+	if err := st.db.QueryRowContext(t.Context(), "PRAGMA user_version").Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	if v != len(migrations) || v < 2 {
+		t.Errorf("user_version = %d, want %d (at least 2)", v, len(migrations))
+	}
+
+	want := store.Session{
+		ID: "old", State: "running", Image: "tiny", MemoryMiB: 512, CPUs: 2,
+		Env: map[string]string{"HOME": "/root"}, Accel: "kvm",
+		CreatedAt: created, UpdatedAt: updated, Error: "e", BootMillis: 1234,
+		Handle: []byte("{\"v\":1}\x00\xff"),
+	}
+	got, err := st.GetSession(t.Context(), "old")
+	if err != nil {
+		t.Fatalf("GetSession(old): %v", err)
+	}
+	checkUpgraded(t, got, want)
+	bare, err := st.GetSession(t.Context(), "bare")
+	if err != nil {
+		t.Fatalf("GetSession(bare): %v", err)
+	}
+	checkUpgraded(t, bare, store.Session{ID: "bare"})
+	list, err := st.ListSessions(t.Context())
+	if err != nil || len(list) != 2 || list[0].ID != "bare" || list[1].ID != "old" {
+		t.Fatalf("ListSessions = %v, %v; want bare, old", list, err)
+	}
+
+	// The upgraded row takes the new fields.
+	want.IdleTimeout = time.Hour
+	want.NoAutoWake = true
+	want.Template = "py"
+	want.Snapshot = []byte(`{"v":1}`)
+	if err := st.UpdateSession(t.Context(), want); err != nil {
+		t.Fatalf("UpdateSession: %v", err)
+	}
+	if got, err = st.GetSession(t.Context(), "old"); err != nil {
+		t.Fatalf("GetSession(old) after update: %v", err)
+	}
+	checkUpgraded(t, got, want)
+
+	tm := store.Template{Name: "py", State: "ready", Setup: []string{"true"}, CreatedAt: created}
+	if err := st.CreateTemplate(t.Context(), tm); err != nil {
+		t.Fatalf("CreateTemplate: %v", err)
+	}
+	if gt, err := st.GetTemplate(t.Context(), "py"); err != nil || gt.State != "ready" ||
+		len(gt.Setup) != 1 || !gt.CreatedAt.Equal(created) {
+		t.Errorf("GetTemplate = %+v, %v; want %+v", gt, err, tm)
+	}
+}
+
+// checkUpgraded compares the fields of a session read back after an
+// upgrade; storetest's conformance suite covers the rest.
+func checkUpgraded(t *testing.T, got, want store.Session) {
+	t.Helper()
+	if got.ID != want.ID || got.State != want.State || got.Image != want.Image ||
+		got.MemoryMiB != want.MemoryMiB || got.CPUs != want.CPUs || got.Accel != want.Accel ||
+		got.Error != want.Error || got.BootMillis != want.BootMillis {
+		t.Errorf("session %s = %+v, want %+v", want.ID, got, want)
+	}
+	if !maps.Equal(got.Env, want.Env) {
+		t.Errorf("session %s Env = %q, want %q", want.ID, got.Env, want.Env)
+	}
+	if !got.CreatedAt.Equal(want.CreatedAt) || !got.UpdatedAt.Equal(want.UpdatedAt) {
+		t.Errorf("session %s times = %v, %v; want %v, %v", want.ID,
+			got.CreatedAt, got.UpdatedAt, want.CreatedAt, want.UpdatedAt)
+	}
+	if !bytes.Equal(got.Handle, want.Handle) {
+		t.Errorf("session %s Handle = %q, want %q", want.ID, got.Handle, want.Handle)
+	}
+	if got.IdleTimeout != want.IdleTimeout || got.NoAutoWake != want.NoAutoWake ||
+		got.Template != want.Template || !bytes.Equal(got.Snapshot, want.Snapshot) {
+		t.Errorf("session %s new fields = %v, %v, %q, %q; want %v, %v, %q, %q", want.ID,
+			got.IdleTimeout, got.NoAutoWake, got.Template, got.Snapshot,
+			want.IdleTimeout, want.NoAutoWake, want.Template, want.Snapshot)
 	}
 }

@@ -132,7 +132,8 @@ func (s *Store) Close() error {
 }
 
 const sessionColumns = `id, state, image, memory_mib, cpus, env, accel,
-	created_at, updated_at, error, boot_millis, handle`
+	created_at, updated_at, error, boot_millis, handle,
+	idle_timeout_ns, no_auto_wake, template, snapshot`
 
 // CreateSession implements store.Store.
 func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
@@ -141,7 +142,7 @@ func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
 		return fmt.Errorf("sqlite: create session %s: %w", sess.ID, err)
 	}
 	res, err := s.db.ExecContext(ctx, `INSERT INTO sessions (`+sessionColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO NOTHING`, args...)
 	if err := oneRow(res, err, store.ErrExists); err != nil {
 		return fmt.Errorf("sqlite: create session %s: %w", sess.ID, err)
@@ -159,7 +160,8 @@ func (s *Store) UpdateSession(ctx context.Context, sess store.Session) error {
 	args = append(args[1:], sess.ID)
 	res, err := s.db.ExecContext(ctx, `UPDATE sessions SET
 		state = ?, image = ?, memory_mib = ?, cpus = ?, env = ?, accel = ?,
-		created_at = ?, updated_at = ?, error = ?, boot_millis = ?, handle = ?
+		created_at = ?, updated_at = ?, error = ?, boot_millis = ?, handle = ?,
+		idle_timeout_ns = ?, no_auto_wake = ?, template = ?, snapshot = ?
 		WHERE id = ?`, args...)
 	if err := oneRow(res, err, store.ErrNotFound); err != nil {
 		return fmt.Errorf("sqlite: update session %s: %w", sess.ID, err)
@@ -275,6 +277,85 @@ func (s *Store) DeleteImage(ctx context.Context, name string) error {
 	return nil
 }
 
+const templateColumns = `name, state, image, memory_mib, cpus, env, setup, start,
+	pool, error, created_at, updated_at, snapshot`
+
+// CreateTemplate implements store.Store.
+func (s *Store) CreateTemplate(ctx context.Context, t store.Template) error {
+	args, err := templateArgs(t)
+	if err != nil {
+		return fmt.Errorf("sqlite: create template %s: %w", t.Name, err)
+	}
+	res, err := s.db.ExecContext(ctx, `INSERT INTO templates (`+templateColumns+`)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (name) DO NOTHING`, args...)
+	if err := oneRow(res, err, store.ErrExists); err != nil {
+		return fmt.Errorf("sqlite: create template %s: %w", t.Name, err)
+	}
+	return nil
+}
+
+// UpdateTemplate implements store.Store.
+func (s *Store) UpdateTemplate(ctx context.Context, t store.Template) error {
+	args, err := templateArgs(t)
+	if err != nil {
+		return fmt.Errorf("sqlite: update template %s: %w", t.Name, err)
+	}
+	// templateArgs starts with the name; it goes last, in WHERE.
+	args = append(args[1:], t.Name)
+	res, err := s.db.ExecContext(ctx, `UPDATE templates SET
+		state = ?, image = ?, memory_mib = ?, cpus = ?, env = ?, setup = ?, start = ?,
+		pool = ?, error = ?, created_at = ?, updated_at = ?, snapshot = ?
+		WHERE name = ?`, args...)
+	if err := oneRow(res, err, store.ErrNotFound); err != nil {
+		return fmt.Errorf("sqlite: update template %s: %w", t.Name, err)
+	}
+	return nil
+}
+
+// GetTemplate implements store.Store.
+func (s *Store) GetTemplate(ctx context.Context, name string) (store.Template, error) {
+	row := s.db.QueryRowContext(ctx, `SELECT `+templateColumns+` FROM templates WHERE name = ?`, name)
+	t, err := scanTemplate(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		err = store.ErrNotFound
+	}
+	if err != nil {
+		return store.Template{}, fmt.Errorf("sqlite: get template %s: %w", name, err)
+	}
+	return t, nil
+}
+
+// ListTemplates implements store.Store.
+func (s *Store) ListTemplates(ctx context.Context) ([]store.Template, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT `+templateColumns+` FROM templates ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: list templates: %w", err)
+	}
+	defer rows.Close()
+	var list []store.Template
+	for rows.Next() {
+		t, err := scanTemplate(rows)
+		if err != nil {
+			return nil, fmt.Errorf("sqlite: list templates: %w", err)
+		}
+		list = append(list, t)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("sqlite: list templates: %w", err)
+	}
+	return list, nil
+}
+
+// DeleteTemplate implements store.Store.
+func (s *Store) DeleteTemplate(ctx context.Context, name string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM templates WHERE name = ?`, name)
+	if err := oneRow(res, err, store.ErrNotFound); err != nil {
+		return fmt.Errorf("sqlite: delete template %s: %w", name, err)
+	}
+	return nil
+}
+
 // oneRow checks the result of a statement that should change one row: it
 // returns err if the statement failed, ifNone if no row changed, and nil if
 // exactly one did.
@@ -308,13 +389,10 @@ func sessionArgs(sess store.Session) ([]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("updated_at: %w", err)
 	}
-	var handle any // NULL
-	if len(sess.Handle) > 0 {
-		handle = sess.Handle
-	}
 	return []any{
 		sess.ID, sess.State, sess.Image, sess.MemoryMiB, sess.CPUs, env, sess.Accel,
-		created, updated, sess.Error, sess.BootMillis, handle,
+		created, updated, sess.Error, sess.BootMillis, encodeBlob(sess.Handle),
+		int64(sess.IdleTimeout), sess.NoAutoWake, sess.Template, encodeBlob(sess.Snapshot),
 	}, nil
 }
 
@@ -328,9 +406,11 @@ func scanSession(sc scanner) (store.Session, error) {
 		sess             store.Session
 		env              sql.NullString
 		created, updated sql.NullInt64
+		idle             int64
 	)
 	err := sc.Scan(&sess.ID, &sess.State, &sess.Image, &sess.MemoryMiB, &sess.CPUs, &env,
-		&sess.Accel, &created, &updated, &sess.Error, &sess.BootMillis, &sess.Handle)
+		&sess.Accel, &created, &updated, &sess.Error, &sess.BootMillis, &sess.Handle,
+		&idle, &sess.NoAutoWake, &sess.Template, &sess.Snapshot)
 	if err != nil {
 		return store.Session{}, err
 	}
@@ -339,10 +419,63 @@ func scanSession(sc scanner) (store.Session, error) {
 	}
 	sess.CreatedAt = decodeTime(created)
 	sess.UpdatedAt = decodeTime(updated)
+	sess.IdleTimeout = time.Duration(idle)
 	if len(sess.Handle) == 0 {
 		sess.Handle = nil
 	}
+	if len(sess.Snapshot) == 0 {
+		sess.Snapshot = nil
+	}
 	return sess, nil
+}
+
+// templateArgs are t's column values, in templateColumns order.
+func templateArgs(t store.Template) ([]any, error) {
+	env, err := encodeEnv(t.Env)
+	if err != nil {
+		return nil, fmt.Errorf("env: %w", err)
+	}
+	setup, err := encodeSetup(t.Setup)
+	if err != nil {
+		return nil, fmt.Errorf("setup: %w", err)
+	}
+	created, err := encodeTime(t.CreatedAt)
+	if err != nil {
+		return nil, fmt.Errorf("created_at: %w", err)
+	}
+	updated, err := encodeTime(t.UpdatedAt)
+	if err != nil {
+		return nil, fmt.Errorf("updated_at: %w", err)
+	}
+	return []any{
+		t.Name, t.State, t.Image, t.MemoryMiB, t.CPUs, env, setup, t.Start,
+		t.Pool, t.Error, created, updated, encodeBlob(t.Snapshot),
+	}, nil
+}
+
+func scanTemplate(sc scanner) (store.Template, error) {
+	var (
+		t                store.Template
+		env, setup       sql.NullString
+		created, updated sql.NullInt64
+	)
+	err := sc.Scan(&t.Name, &t.State, &t.Image, &t.MemoryMiB, &t.CPUs, &env, &setup, &t.Start,
+		&t.Pool, &t.Error, &created, &updated, &t.Snapshot)
+	if err != nil {
+		return store.Template{}, err
+	}
+	if t.Env, err = decodeEnv(env); err != nil {
+		return store.Template{}, fmt.Errorf("template %s: env: %w", t.Name, err)
+	}
+	if t.Setup, err = decodeSetup(setup); err != nil {
+		return store.Template{}, fmt.Errorf("template %s: setup: %w", t.Name, err)
+	}
+	t.CreatedAt = decodeTime(created)
+	t.UpdatedAt = decodeTime(updated)
+	if len(t.Snapshot) == 0 {
+		t.Snapshot = nil
+	}
+	return t, nil
 }
 
 func scanImage(sc scanner) (store.Image, error) {
@@ -410,4 +543,42 @@ func decodeEnv(s sql.NullString) (map[string]string, error) {
 		return nil, err
 	}
 	return env, nil
+}
+
+// encodeSetup is setup as a JSON array, or NULL if it is empty. As with
+// encodeEnv, commands that are not UTF-8 are refused.
+func encodeSetup(setup []string) (any, error) {
+	if len(setup) == 0 {
+		return nil, nil
+	}
+	for i, c := range setup {
+		if !utf8.ValidString(c) {
+			return nil, fmt.Errorf("command %d is not valid UTF-8", i)
+		}
+	}
+	b, err := json.Marshal(setup)
+	if err != nil {
+		return nil, err
+	}
+	return string(b), nil
+}
+
+// decodeSetup undoes encodeSetup.
+func decodeSetup(s sql.NullString) ([]string, error) {
+	if !s.Valid {
+		return nil, nil
+	}
+	var setup []string
+	if err := json.Unmarshal([]byte(s.String), &setup); err != nil {
+		return nil, err
+	}
+	return setup, nil
+}
+
+// encodeBlob is b, or NULL if it is empty.
+func encodeBlob(b []byte) any {
+	if len(b) == 0 {
+		return nil
+	}
+	return b
 }

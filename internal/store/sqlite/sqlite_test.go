@@ -148,6 +148,23 @@ func TestTimeOutOfRange(t *testing.T) {
 	if err == nil {
 		t.Error("PutImage(year 1600) succeeded")
 	}
+	err = st.CreateTemplate(t.Context(), store.Template{Name: "far", UpdatedAt: far})
+	if err == nil || !strings.Contains(err.Error(), "updated_at") {
+		t.Errorf("CreateTemplate(year 3000) = %v, want an updated_at error", err)
+	}
+	if _, err := st.GetTemplate(t.Context(), "far"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetTemplate after failed create = %v, want ErrNotFound", err)
+	}
+	if err := st.CreateTemplate(t.Context(), store.Template{Name: "near"}); err != nil {
+		t.Fatalf("CreateTemplate: %v", err)
+	}
+	err = st.UpdateTemplate(t.Context(), store.Template{Name: "near", State: "x", CreatedAt: far})
+	if err == nil || !strings.Contains(err.Error(), "created_at") {
+		t.Errorf("UpdateTemplate(year 3000) = %v, want a created_at error", err)
+	}
+	if got, err := st.GetTemplate(t.Context(), "near"); err != nil || got.State != "" {
+		t.Errorf("GetTemplate after failed update = %+v, %v; want it unchanged", got, err)
+	}
 
 	// The edges of the range are fine.
 	for i, tm := range []time.Time{time.Unix(0, -1<<63), time.Unix(0, 1<<63-1), time.Unix(0, 0)} {
@@ -165,8 +182,8 @@ func TestTimeOutOfRange(t *testing.T) {
 	}
 }
 
-// Env values that are not UTF-8 would be mangled by JSON, so they are
-// refused rather than stored changed.
+// Env values and setup commands that are not UTF-8 would be mangled by
+// JSON, so they are refused rather than stored changed.
 func TestEnvNotUTF8(t *testing.T) {
 	st := open(t, t.TempDir())
 	defer st.Close()
@@ -176,6 +193,19 @@ func TestEnvNotUTF8(t *testing.T) {
 	}
 	if _, err := st.GetSession(t.Context(), "x"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetSession after failed create = %v, want ErrNotFound", err)
+	}
+
+	for _, tm := range []store.Template{
+		{Name: "env", Env: map[string]string{"K": "\xff"}},
+		{Name: "setup", Setup: []string{"true", "echo \xff"}},
+	} {
+		err := st.CreateTemplate(t.Context(), tm)
+		if err == nil || !strings.Contains(err.Error(), tm.Name+": "+tm.Name) {
+			t.Errorf("CreateTemplate(%s not UTF-8) = %v, want an error naming %s", tm.Name, err, tm.Name)
+		}
+		if _, err := st.GetTemplate(t.Context(), tm.Name); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("GetTemplate after failed create = %v, want ErrNotFound", err)
+		}
 	}
 }
 
@@ -190,5 +220,24 @@ func TestErrorsNameOperation(t *testing.T) {
 	err = st.DeleteImage(t.Context(), "tiny")
 	if got, want := err.Error(), "sqlite: delete image tiny: store: not found"; got != want {
 		t.Errorf("DeleteImage error = %q, want %q", got, want)
+	}
+	_, err = st.GetTemplate(t.Context(), "py")
+	if got, want := err.Error(), "sqlite: get template py: store: not found"; got != want {
+		t.Errorf("GetTemplate error = %q, want %q", got, want)
+	}
+	err = st.UpdateTemplate(t.Context(), store.Template{Name: "py"})
+	if got, want := err.Error(), "sqlite: update template py: store: not found"; got != want {
+		t.Errorf("UpdateTemplate error = %q, want %q", got, want)
+	}
+	if err := st.CreateTemplate(t.Context(), store.Template{Name: "py"}); err != nil {
+		t.Fatal(err)
+	}
+	err = st.CreateTemplate(t.Context(), store.Template{Name: "py"})
+	if got, want := err.Error(), "sqlite: create template py: store: already exists"; got != want {
+		t.Errorf("CreateTemplate error = %q, want %q", got, want)
+	}
+	err = st.DeleteTemplate(t.Context(), "nope")
+	if got, want := err.Error(), "sqlite: delete template nope: store: not found"; got != want {
+		t.Errorf("DeleteTemplate error = %q, want %q", got, want)
 	}
 }

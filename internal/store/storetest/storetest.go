@@ -39,6 +39,14 @@ func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	t.Run("ImageUpsert", s.imageUpsert)
 	t.Run("ListImagesOrder", s.listImagesOrder)
 	t.Run("DeleteImage", s.deleteImage)
+	t.Run("TemplateRoundTrip", s.templateRoundTrip)
+	t.Run("ZeroTemplateRoundTrip", s.zeroTemplateRoundTrip)
+	t.Run("TemplateCreateDuplicate", s.templateCreateDuplicate)
+	t.Run("TemplateUpdate", s.templateUpdate)
+	t.Run("TemplateUpdateMissing", s.templateUpdateMissing)
+	t.Run("ListTemplatesOrder", s.listTemplatesOrder)
+	t.Run("DeleteTemplate", s.deleteTemplate)
+	t.Run("TemplateCopiesInAndOut", s.templateCopiesInAndOut)
 	t.Run("ConcurrentWriters", s.concurrentWriters)
 	t.Run("DoneContext", s.doneContext)
 	t.Run("PersistsAcrossReopen", s.persistsAcrossReopen)
@@ -97,6 +105,41 @@ func fullSession(id string) store.Session {
 		BootMillis: 1234,
 		// Not valid UTF-8 and holding a NUL: the store must keep bytes.
 		Handle: []byte("{\"v\":1}\x00\xff\xfe"),
+		// Not a whole number of any coarser unit.
+		IdleTimeout: 90*time.Minute + 7,
+		NoAutoWake:  true,
+		Template:    "py-base",
+		Snapshot:    []byte("{\"v\":1,\"dir\":\"/snap\"}\x00\xff"),
+	}
+}
+
+// fullTemplate has every field set to a value that is not the zero value.
+func fullTemplate(name string) store.Template {
+	return store.Template{
+		Name:      name,
+		State:     "ready",
+		Image:     "tiny",
+		MemoryMiB: 1024,
+		CPUs:      4,
+		Env: map[string]string{
+			"PATH":  "/usr/bin",
+			"EMPTY": "",
+			"UTF8":  "ünïcödé ☃",
+		},
+		// Order matters; an empty command and odd bytes are kept as they are.
+		Setup: []string{
+			"apk add python3",
+			"",
+			"echo \"quoted\" 'single' \\ back\nsecond line ☃",
+			"pip install -r /work/requirements.txt",
+		},
+		Start:     "python3 -m http.server 8000",
+		Pool:      3,
+		Error:     "none yet",
+		CreatedAt: at(5),
+		UpdatedAt: at(6).Add(time.Nanosecond),
+		// Not valid UTF-8 and holding a NUL: the store must keep bytes.
+		Snapshot: []byte("{\"v\":1}\x00\xff\xfe"),
 	}
 }
 
@@ -161,6 +204,50 @@ func diffSession(got, want store.Session) []string {
 	if !bytes.Equal(got.Handle, want.Handle) {
 		d = append(d, fmt.Sprintf("Handle = %q, want %q", got.Handle, want.Handle))
 	}
+	if got.IdleTimeout != want.IdleTimeout {
+		d = append(d, fmt.Sprintf("IdleTimeout = %v, want %v", got.IdleTimeout, want.IdleTimeout))
+	}
+	if got.NoAutoWake != want.NoAutoWake {
+		d = append(d, fmt.Sprintf("NoAutoWake = %v, want %v", got.NoAutoWake, want.NoAutoWake))
+	}
+	str("Template", got.Template, want.Template)
+	if !bytes.Equal(got.Snapshot, want.Snapshot) {
+		d = append(d, fmt.Sprintf("Snapshot = %q, want %q", got.Snapshot, want.Snapshot))
+	}
+	return d
+}
+
+func diffTemplate(got, want store.Template) []string {
+	var d []string
+	str := func(field, g, w string) {
+		if g != w {
+			d = append(d, fmt.Sprintf("%s = %q, want %q", field, g, w))
+		}
+	}
+	num := func(field string, g, w int64) {
+		if g != w {
+			d = append(d, fmt.Sprintf("%s = %d, want %d", field, g, w))
+		}
+	}
+	str("Name", got.Name, want.Name)
+	str("State", got.State, want.State)
+	str("Image", got.Image, want.Image)
+	num("MemoryMiB", int64(got.MemoryMiB), int64(want.MemoryMiB))
+	num("CPUs", int64(got.CPUs), int64(want.CPUs))
+	if !maps.Equal(got.Env, want.Env) {
+		d = append(d, fmt.Sprintf("Env = %q, want %q", got.Env, want.Env))
+	}
+	if !slices.Equal(got.Setup, want.Setup) {
+		d = append(d, fmt.Sprintf("Setup = %q, want %q", got.Setup, want.Setup))
+	}
+	str("Start", got.Start, want.Start)
+	num("Pool", int64(got.Pool), int64(want.Pool))
+	str("Error", got.Error, want.Error)
+	d = append(d, checkTime("CreatedAt", got.CreatedAt, want.CreatedAt)...)
+	d = append(d, checkTime("UpdatedAt", got.UpdatedAt, want.UpdatedAt)...)
+	if !bytes.Equal(got.Snapshot, want.Snapshot) {
+		d = append(d, fmt.Sprintf("Snapshot = %q, want %q", got.Snapshot, want.Snapshot))
+	}
 	return d
 }
 
@@ -207,6 +294,17 @@ func wantImage(t *testing.T, st store.Store, want store.Image) {
 	}
 }
 
+func wantTemplate(t *testing.T, st store.Store, want store.Template) {
+	t.Helper()
+	got, err := st.GetTemplate(t.Context(), want.Name)
+	if err != nil {
+		t.Fatalf("GetTemplate(%q): %v", want.Name, err)
+	}
+	for _, d := range diffTemplate(got, want) {
+		t.Errorf("GetTemplate(%q): %s", want.Name, d)
+	}
+}
+
 func wantSessionIDs(t *testing.T, st store.Store, want ...string) []store.Session {
 	t.Helper()
 	list, err := st.ListSessions(t.Context())
@@ -239,6 +337,29 @@ func wantImageNames(t *testing.T, st store.Store, want ...string) []store.Image 
 	return list
 }
 
+func wantTemplateNames(t *testing.T, st store.Store, want ...string) []store.Template {
+	t.Helper()
+	list, err := st.ListTemplates(t.Context())
+	if err != nil {
+		t.Fatalf("ListTemplates: %v", err)
+	}
+	var got []string
+	for _, tm := range list {
+		got = append(got, tm.Name)
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("ListTemplates names = %q, want %q", got, want)
+	}
+	return list
+}
+
+func mustCreateTemplate(t *testing.T, st store.Store, tm store.Template) {
+	t.Helper()
+	if err := st.CreateTemplate(t.Context(), tm); err != nil {
+		t.Fatalf("CreateTemplate(%q): %v", tm.Name, err)
+	}
+}
+
 func mustCreate(t *testing.T, st store.Store, s store.Session) {
 	t.Helper()
 	if err := st.CreateSession(t.Context(), s); err != nil {
@@ -266,7 +387,8 @@ func (s *suite) sessionRoundTrip(t *testing.T) {
 	}
 }
 
-// A session of zero values (zero times, nil Env and Handle) round-trips.
+// A session of zero values (zero times, nil Env, Handle and Snapshot, no
+// idle timeout, auto-wake on, no template) round-trips.
 func (s *suite) zeroSessionRoundTrip(t *testing.T) {
 	st := s.fresh(t)
 	want := store.Session{ID: "zero"}
@@ -284,6 +406,8 @@ func (s *suite) createDuplicate(t *testing.T) {
 	second := fullSession("dup")
 	second.State = "failed"
 	second.Handle = nil
+	second.Snapshot = nil
+	second.NoAutoWake = false
 	err := st.CreateSession(t.Context(), second)
 	if !errors.Is(err, store.ErrExists) {
 		t.Fatalf("second CreateSession = %v, want ErrExists", err)
@@ -292,7 +416,7 @@ func (s *suite) createDuplicate(t *testing.T) {
 	wantSessionIDs(t, st, "dup")
 }
 
-// Getting a missing session or image fails with ErrNotFound.
+// Getting a missing session, image or template fails with ErrNotFound.
 func (s *suite) getMissing(t *testing.T) {
 	st := s.fresh(t)
 	if _, err := st.GetSession(t.Context(), "nope"); !errors.Is(err, store.ErrNotFound) {
@@ -300,6 +424,9 @@ func (s *suite) getMissing(t *testing.T) {
 	}
 	if _, err := st.GetImage(t.Context(), "nope"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetImage(missing) = %v, want ErrNotFound", err)
+	}
+	if _, err := st.GetTemplate(t.Context(), "nope"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetTemplate(missing) = %v, want ErrNotFound", err)
 	}
 }
 
@@ -324,6 +451,11 @@ func (s *suite) update(t *testing.T) {
 		Error:      "vm died",
 		BootMillis: 99,
 		Handle:     []byte(`{"v":2}`),
+
+		IdleTimeout: 3 * time.Second,
+		NoAutoWake:  false,
+		Template:    "other-template",
+		Snapshot:    []byte(`{"v":2}`),
 	}
 	if err := st.UpdateSession(t.Context(), upd); err != nil {
 		t.Fatalf("UpdateSession: %v", err)
@@ -337,8 +469,18 @@ func (s *suite) update(t *testing.T) {
 	cleared.Handle = nil
 	cleared.Error = ""
 	cleared.UpdatedAt = time.Time{}
+	cleared.IdleTimeout = 0
+	cleared.Template = ""
+	cleared.Snapshot = nil
 	if err := st.UpdateSession(t.Context(), cleared); err != nil {
 		t.Fatalf("UpdateSession(cleared): %v", err)
+	}
+	wantSession(t, st, cleared)
+
+	// The flag turns back on.
+	cleared.NoAutoWake = true
+	if err := st.UpdateSession(t.Context(), cleared); err != nil {
+		t.Fatalf("UpdateSession(NoAutoWake): %v", err)
 	}
 	wantSession(t, st, cleared)
 
@@ -415,8 +557,9 @@ func (s *suite) deleteSessionMissing(t *testing.T) {
 	}
 }
 
-// The store keeps its own copies: changing a record's Env or Handle after
-// writing it, or after reading it, does not change the stored record.
+// The store keeps its own copies: changing a record's Env, Handle or
+// Snapshot after writing it, or after reading it, does not change the stored
+// record.
 func (s *suite) copiesInAndOut(t *testing.T) {
 	st := s.fresh(t)
 	in := fullSession("copy")
@@ -425,6 +568,7 @@ func (s *suite) copiesInAndOut(t *testing.T) {
 	in.Env["HOME"] = "/changed"
 	in.Env["NEW"] = "x"
 	in.Handle[0] = 'X'
+	in.Snapshot[0] = 'X'
 	wantSession(t, st, want)
 
 	got, err := st.GetSession(t.Context(), "copy")
@@ -433,12 +577,14 @@ func (s *suite) copiesInAndOut(t *testing.T) {
 	}
 	got.Env["HOME"] = "/changed"
 	got.Handle[0] = 'X'
+	got.Snapshot[0] = 'X'
 	list, err := st.ListSessions(t.Context())
 	if err != nil {
 		t.Fatalf("ListSessions: %v", err)
 	}
 	list[0].Env["HOME"] = "/changed"
 	list[0].Handle[0] = 'X'
+	list[0].Snapshot[0] = 'X'
 	wantSession(t, st, want)
 }
 
@@ -508,12 +654,196 @@ func (s *suite) deleteImage(t *testing.T) {
 	}
 }
 
+// Every template field, times included, comes back exactly, in UTC.
+func (s *suite) templateRoundTrip(t *testing.T) {
+	st := s.fresh(t)
+	want := fullTemplate("py")
+	mustCreateTemplate(t, st, want)
+	wantTemplate(t, st, want)
+	list := wantTemplateNames(t, st, "py")
+	for _, d := range diffTemplate(list[0], want) {
+		t.Errorf("ListTemplates[0]: %s", d)
+	}
+}
+
+// A template of zero values (zero times, nil Env, Setup and Snapshot)
+// round-trips.
+func (s *suite) zeroTemplateRoundTrip(t *testing.T) {
+	st := s.fresh(t)
+	want := store.Template{Name: "zero"}
+	mustCreateTemplate(t, st, want)
+	wantTemplate(t, st, want)
+}
+
+// Creating a template whose name is taken fails with ErrExists and keeps
+// the first one.
+func (s *suite) templateCreateDuplicate(t *testing.T) {
+	st := s.fresh(t)
+	first := fullTemplate("dup")
+	mustCreateTemplate(t, st, first)
+
+	second := fullTemplate("dup")
+	second.State = "failed"
+	second.Setup = []string{"other"}
+	second.Snapshot = nil
+	err := st.CreateTemplate(t.Context(), second)
+	if !errors.Is(err, store.ErrExists) {
+		t.Fatalf("second CreateTemplate = %v, want ErrExists", err)
+	}
+	wantTemplate(t, st, first)
+	wantTemplateNames(t, st, "dup")
+}
+
+// UpdateTemplate replaces every field, including clearing some.
+func (s *suite) templateUpdate(t *testing.T) {
+	st := s.fresh(t)
+	orig := fullTemplate("u")
+	mustCreateTemplate(t, st, orig)
+	other := fullTemplate("other")
+	mustCreateTemplate(t, st, other)
+
+	upd := store.Template{
+		Name:      "u",
+		State:     "failed",
+		Image:     "big",
+		MemoryMiB: 8192,
+		CPUs:      16,
+		Env:       map[string]string{"ONLY": "this"},
+		Setup:     []string{"second", "first"},
+		Start:     "sleep infinity",
+		Pool:      1,
+		Error:     "setup command 2 exited 1",
+		CreatedAt: orig.CreatedAt.Add(-time.Hour),
+		UpdatedAt: at(31).Add(9),
+		Snapshot:  []byte(`{"v":2}`),
+	}
+	if err := st.UpdateTemplate(t.Context(), upd); err != nil {
+		t.Fatalf("UpdateTemplate: %v", err)
+	}
+	wantTemplate(t, st, upd)
+	wantTemplate(t, st, other)
+
+	// Clearing optional fields sticks too.
+	cleared := upd
+	cleared.Env = nil
+	cleared.Setup = nil
+	cleared.Start = ""
+	cleared.Pool = 0
+	cleared.Error = ""
+	cleared.UpdatedAt = time.Time{}
+	cleared.Snapshot = nil
+	if err := st.UpdateTemplate(t.Context(), cleared); err != nil {
+		t.Fatalf("UpdateTemplate(cleared): %v", err)
+	}
+	wantTemplate(t, st, cleared)
+
+	// Writing the same record again is not "not found".
+	if err := st.UpdateTemplate(t.Context(), cleared); err != nil {
+		t.Fatalf("UpdateTemplate(unchanged): %v", err)
+	}
+	wantTemplateNames(t, st, "other", "u")
+}
+
+// Updating a missing template fails with ErrNotFound and creates nothing.
+func (s *suite) templateUpdateMissing(t *testing.T) {
+	st := s.fresh(t)
+	err := st.UpdateTemplate(t.Context(), fullTemplate("ghost"))
+	if !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("UpdateTemplate(missing) = %v, want ErrNotFound", err)
+	}
+	if _, err := st.GetTemplate(t.Context(), "ghost"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetTemplate after failed update = %v, want ErrNotFound", err)
+	}
+	wantTemplateNames(t, st)
+}
+
+// ListTemplates orders by Name, bytewise, whatever the insertion order and
+// creation times. Templates are their own kind: an image or session with
+// the same name neither shows up in nor hides from the list.
+func (s *suite) listTemplatesOrder(t *testing.T) {
+	st := s.fresh(t)
+	wantTemplateNames(t, st) // empty
+	mustPut(t, st, fullImage("alpine"))
+	mustCreate(t, st, fullSession("b"))
+	for i, n := range []string{"tiny", "Zeta", "alpine", "b", "alpine-2"} {
+		tm := fullTemplate(n)
+		tm.CreatedAt = at(0).Add(-time.Duration(i) * time.Second) // reverse of name order
+		mustCreateTemplate(t, st, tm)
+	}
+	wantTemplateNames(t, st, "Zeta", "alpine", "alpine-2", "b", "tiny")
+	wantImageNames(t, st, "alpine")
+	wantSessionIDs(t, st, "b")
+}
+
+// A deleted template is gone from Get and List; others stay, deleting a
+// missing one fails with ErrNotFound, and the name is free again.
+func (s *suite) deleteTemplate(t *testing.T) {
+	st := s.fresh(t)
+	mustCreateTemplate(t, st, fullTemplate("keep"))
+	mustCreateTemplate(t, st, fullTemplate("drop"))
+	if err := st.DeleteTemplate(t.Context(), "drop"); err != nil {
+		t.Fatalf("DeleteTemplate: %v", err)
+	}
+	if _, err := st.GetTemplate(t.Context(), "drop"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetTemplate(deleted) = %v, want ErrNotFound", err)
+	}
+	wantTemplateNames(t, st, "keep")
+	wantTemplate(t, st, fullTemplate("keep"))
+	if err := st.DeleteTemplate(t.Context(), "drop"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("second DeleteTemplate = %v, want ErrNotFound", err)
+	}
+	if err := st.DeleteTemplate(t.Context(), "never"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("DeleteTemplate(missing) = %v, want ErrNotFound", err)
+	}
+	mustCreateTemplate(t, st, fullTemplate("drop"))
+	wantTemplate(t, st, fullTemplate("drop"))
+}
+
+// The store keeps its own copies of a template's Env, Setup and Snapshot,
+// on the way in and on the way out.
+func (s *suite) templateCopiesInAndOut(t *testing.T) {
+	st := s.fresh(t)
+	in := fullTemplate("copy")
+	want := fullTemplate("copy")
+	mustCreateTemplate(t, st, in)
+	in.Env["PATH"] = "/changed"
+	in.Env["NEW"] = "x"
+	in.Setup[0] = "rm -rf /"
+	in.Snapshot[0] = 'X'
+	wantTemplate(t, st, want)
+
+	upd := fullTemplate("copy")
+	if err := st.UpdateTemplate(t.Context(), upd); err != nil {
+		t.Fatalf("UpdateTemplate: %v", err)
+	}
+	upd.Env["PATH"] = "/changed"
+	upd.Setup[0] = "rm -rf /"
+	upd.Snapshot[0] = 'X'
+	wantTemplate(t, st, want)
+
+	got, err := st.GetTemplate(t.Context(), "copy")
+	if err != nil {
+		t.Fatalf("GetTemplate: %v", err)
+	}
+	got.Env["PATH"] = "/changed"
+	got.Setup[0] = "rm -rf /"
+	got.Snapshot[0] = 'X'
+	list, err := st.ListTemplates(t.Context())
+	if err != nil {
+		t.Fatalf("ListTemplates: %v", err)
+	}
+	list[0].Env["PATH"] = "/changed"
+	list[0].Setup[0] = "rm -rf /"
+	list[0].Snapshot[0] = 'X'
+	wantTemplate(t, st, want)
+}
+
 // Many goroutines writing at once all succeed, none lost to a busy store.
 func (s *suite) concurrentWriters(t *testing.T) {
 	st := s.fresh(t)
 	const n = 20
 	var wg sync.WaitGroup
-	errs := make(chan error, 4*n)
+	errs := make(chan error, 6*n)
 	for i := range n {
 		wg.Go(func() {
 			ctx := t.Context()
@@ -538,6 +868,15 @@ func (s *suite) concurrentWriters(t *testing.T) {
 			if err := st.PutImage(ctx, fullImage(id)); err != nil {
 				errs <- fmt.Errorf("PutImage(%s): %w", id, err)
 			}
+			tm := fullTemplate(id)
+			if err := st.CreateTemplate(ctx, tm); err != nil {
+				errs <- fmt.Errorf("CreateTemplate(%s): %w", id, err)
+				return
+			}
+			tm.State = "failed"
+			if err := st.UpdateTemplate(ctx, tm); err != nil {
+				errs <- fmt.Errorf("UpdateTemplate(%s): %w", id, err)
+			}
 		})
 	}
 	wg.Wait()
@@ -559,6 +898,11 @@ func (s *suite) concurrentWriters(t *testing.T) {
 		}
 	}
 	wantImageNames(t, st, names...)
+	for _, tm := range wantTemplateNames(t, st, ids...) {
+		if tm.State != "failed" {
+			t.Errorf("template %s state = %q, want %q", tm.Name, tm.State, "failed")
+		}
+	}
 }
 
 // A call whose context is already done fails with ctx's error and changes
@@ -567,6 +911,7 @@ func (s *suite) doneContext(t *testing.T) {
 	st := s.fresh(t)
 	mustCreate(t, st, fullSession("there"))
 	mustPut(t, st, fullImage("there"))
+	mustCreateTemplate(t, st, fullTemplate("there"))
 
 	ctx, cancel := context.WithCancel(t.Context())
 	cancel()
@@ -591,10 +936,21 @@ func (s *suite) doneContext(t *testing.T) {
 	check("GetImage", err)
 	_, err = st.ListImages(ctx)
 	check("ListImages", err)
+	check("CreateTemplate", st.CreateTemplate(ctx, fullTemplate("new")))
+	changedTemplate := fullTemplate("there")
+	changedTemplate.State = "failed"
+	check("UpdateTemplate", st.UpdateTemplate(ctx, changedTemplate))
+	check("DeleteTemplate", st.DeleteTemplate(ctx, "there"))
+	_, err = st.GetTemplate(ctx, "there")
+	check("GetTemplate", err)
+	_, err = st.ListTemplates(ctx)
+	check("ListTemplates", err)
 
 	wantSessionIDs(t, st, "there")
 	wantSession(t, st, fullSession("there"))
 	wantImageNames(t, st, "there")
+	wantTemplateNames(t, st, "there")
+	wantTemplate(t, st, fullTemplate("there"))
 }
 
 // Everything written before Close is there after reopening the same store.
@@ -606,7 +962,8 @@ func (s *suite) persistsAcrossReopen(t *testing.T) {
 	}
 	a, b := fullSession("a"), fullSession("b")
 	b.CreatedAt = a.CreatedAt.Add(-time.Second)
-	b.Env, b.Handle = nil, nil
+	b.Env, b.Handle, b.Snapshot = nil, nil, nil
+	b.IdleTimeout, b.NoAutoWake, b.Template = 0, false, ""
 	deleted := fullSession("deleted")
 	updated := fullSession("updated")
 	for _, sess := range []store.Session{a, b, deleted, updated} {
@@ -618,13 +975,24 @@ func (s *suite) persistsAcrossReopen(t *testing.T) {
 	updated.State = "failed"
 	updated.Error = "boom"
 	im := fullImage("tiny")
+	tmpl := fullTemplate("py")
+	zeroTmpl := store.Template{Name: "zero"}
+	changedTmpl := fullTemplate("changed")
 	steps := []error{
 		st.UpdateSession(t.Context(), updated),
 		st.DeleteSession(t.Context(), "deleted"),
 		st.PutImage(t.Context(), im),
 		st.PutImage(t.Context(), fullImage("gone")),
 		st.DeleteImage(t.Context(), "gone"),
+		st.CreateTemplate(t.Context(), tmpl),
+		st.CreateTemplate(t.Context(), zeroTmpl),
+		st.CreateTemplate(t.Context(), changedTmpl),
+		st.CreateTemplate(t.Context(), fullTemplate("gone")),
+		st.DeleteTemplate(t.Context(), "gone"),
 	}
+	changedTmpl.Setup = []string{"only"}
+	changedTmpl.Snapshot = nil
+	steps = append(steps, st.UpdateTemplate(t.Context(), changedTmpl))
 	for i, err := range steps {
 		if err != nil {
 			st.Close()
@@ -642,10 +1010,18 @@ func (s *suite) persistsAcrossReopen(t *testing.T) {
 	wantSession(t, st, updated)
 	wantImageNames(t, st, "tiny")
 	wantImage(t, st, im)
+	wantTemplateNames(t, st, "changed", "py", "zero")
+	wantTemplate(t, st, tmpl)
+	wantTemplate(t, st, zeroTmpl)
+	wantTemplate(t, st, changedTmpl)
 
 	// The reopened store takes writes.
 	mustCreate(t, st, fullSession("after"))
 	if err := st.CreateSession(t.Context(), a); !errors.Is(err, store.ErrExists) {
 		t.Errorf("CreateSession(existing after reopen) = %v, want ErrExists", err)
+	}
+	mustCreateTemplate(t, st, fullTemplate("after"))
+	if err := st.CreateTemplate(t.Context(), tmpl); !errors.Is(err, store.ErrExists) {
+		t.Errorf("CreateTemplate(existing after reopen) = %v, want ErrExists", err)
 	}
 }

@@ -1,0 +1,334 @@
+package agentproto_test
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/yamux"
+
+	"github.com/cove-dev/cove/internal/agentproto"
+)
+
+// socketPair returns two connected unix stream sockets. Unlike net.Pipe
+// they buffer, as the virtio-serial port and its chardev socket do, so
+// either side can write stale bytes that nobody reads yet.
+func socketPair(t *testing.T) (host, guest net.Conn) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn := func(fd int, name string) net.Conn {
+		f := os.NewFile(uintptr(fd), name)
+		defer f.Close()
+		c, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	host, guest = conn(fds[0], "host"), conn(fds[1], "guest")
+	t.Cleanup(func() { host.Close(); guest.Close() })
+	return host, guest
+}
+
+// Bytes of a yamux frame as an earlier session leaves them in the port: a
+// window update with FIN on stream 3, then a go-away.
+var staleYamux = []byte{
+	0, 1, 0, 4, 0, 0, 0, 3, 0, 0, 0, 0,
+	0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+}
+
+const (
+	nonceA = "0123456789abcdef"
+	nonceB = "fedcba9876543210"
+)
+
+// readLine reads one line from c within a few seconds.
+func readLine(t *testing.T, c net.Conn) string {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	defer c.SetReadDeadline(time.Time{})
+	var b []byte
+	one := make([]byte, 1)
+	for {
+		if _, err := c.Read(one); err != nil {
+			t.Fatalf("read line (so far %q): %v", b, err)
+		}
+		b = append(b, one[0])
+		if one[0] == '\n' {
+			return string(b)
+		}
+	}
+}
+
+// guestSync runs GuestSync on c in the background.
+func guestSync(rw io.ReadWriter) <-chan error {
+	errc := make(chan error, 1)
+	go func() { errc <- agentproto.GuestSync(rw) }()
+	return errc
+}
+
+func wait(t *testing.T, errc <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-errc:
+		return err
+	case <-time.After(5 * time.Second):
+		t.Fatal("GuestSync did not return")
+		return nil
+	}
+}
+
+func TestGuestSyncSkipsStaleBytes(t *testing.T) {
+	host, guest := socketPair(t)
+	errc := guestSync(guest)
+	// What an earlier host left, a malformed sync line, then the real one.
+	host.Write(staleYamux)
+	host.Write([]byte("COVE-SYNC:short\n"))
+	host.Write([]byte("noise " + agentproto.AckMagic + nonceB + "\n"))
+	host.Write([]byte(agentproto.SyncMagic + nonceA + "\n"))
+	if err := wait(t, errc); err != nil {
+		t.Fatalf("GuestSync: %v", err)
+	}
+	if got, want := readLine(t, host), agentproto.AckMagic+nonceA+"\n"; got != want {
+		t.Fatalf("guest answered %q, want %q", got, want)
+	}
+}
+
+func TestGuestSyncAnswersOnlyTheNewestSync(t *testing.T) {
+	host, guest := socketPair(t)
+	// Two host attempts queued up while the agent was not yet reading:
+	// only the later host is still listening.
+	host.Write([]byte(agentproto.SyncMagic + nonceA + "\n" + agentproto.SyncMagic + nonceB + "\n"))
+	if err := wait(t, guestSync(guest)); err != nil {
+		t.Fatalf("GuestSync: %v", err)
+	}
+	if got, want := readLine(t, host), agentproto.AckMagic+nonceB+"\n"; got != want {
+		t.Fatalf("guest answered %q, want %q (the newer sync)", got, want)
+	}
+	host.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if n, _ := host.Read(make([]byte, 64)); n != 0 {
+		t.Fatal("guest answered more than one sync")
+	}
+}
+
+// oneByteRW hands out reads one byte at a time, so the magic and the nonce
+// arrive split across reads.
+type oneByteRW struct {
+	r io.Reader
+	w io.Writer
+}
+
+func (o oneByteRW) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	return o.r.Read(p[:1])
+}
+
+func (o oneByteRW) Write(p []byte) (int, error) { return o.w.Write(p) }
+
+func TestGuestSyncSplitReads(t *testing.T) {
+	in := strings.NewReader("xxCOVE-SYNCCOVE-" + agentproto.SyncMagic + nonceA + "\n")
+	var out strings.Builder
+	if err := agentproto.GuestSync(oneByteRW{in, &out}); err != nil {
+		t.Fatalf("GuestSync: %v", err)
+	}
+	if want := agentproto.AckMagic + nonceA + "\n"; out.String() != want {
+		t.Fatalf("guest answered %q, want %q", out.String(), want)
+	}
+}
+
+func TestGuestSyncHostGoesAway(t *testing.T) {
+	host, guest := socketPair(t)
+	errc := guestSync(guest)
+	host.Write([]byte("stale bytes, and a sync line cut short: " + agentproto.SyncMagic + "0123"))
+	host.Close()
+	if err := wait(t, errc); !errors.Is(err, io.EOF) {
+		t.Fatalf("GuestSync: %v, want io.EOF", err)
+	}
+}
+
+// fakeGuest is a guest agent reduced to the sync and hello. It serves the
+// port like the real agent: sync, then a yamux session until it ends, then
+// sync again.
+type fakeGuest struct {
+	syncs atomic.Int32
+}
+
+func (g *fakeGuest) run(port net.Conn) {
+	for {
+		if err := agentproto.GuestSync(port); err != nil {
+			return
+		}
+		g.syncs.Add(1)
+		sess, err := yamux.Server(keepOpen{port}, agentproto.Config())
+		if err != nil {
+			return
+		}
+		for {
+			st, err := sess.AcceptStream()
+			if err != nil {
+				break
+			}
+			go func() {
+				defer st.Close()
+				var req agentproto.Request
+				if agentproto.ReadJSON(st, agentproto.FrameRequest, &req) != nil {
+					return
+				}
+				agentproto.WriteJSON(st, agentproto.FrameResponse, agentproto.Response{
+					Hello: &agentproto.Hello{Kernel: "fake", Version: "test"},
+				})
+			}()
+		}
+		sess.Close()
+	}
+}
+
+// keepOpen keeps the port open when a session closes, as the agent's
+// portConn does.
+type keepOpen struct{ net.Conn }
+
+func (keepOpen) Close() error { return nil }
+
+// hostPort is the host's connection to a port that outlives it: closing
+// it ends pending reads (as closing a chardev socket connection does) but
+// leaves the bytes in flight where they are, for the next connection.
+type hostPort struct{ net.Conn }
+
+func (h hostPort) Close() error { return h.SetDeadline(time.Now()) }
+
+func TestConnectSkipsStaleBytesBothWays(t *testing.T) {
+	host, guest := socketPair(t)
+	// The guest's side of the port still holds an old session's bytes and
+	// the answer to an earlier host's sync.
+	guest.Write(staleYamux)
+	guest.Write([]byte(agentproto.AckMagic + nonceB + "\n"))
+	guest.Write([]byte("COVE-AC")) // an answer cut short
+	var g fakeGuest
+	dials := 0
+	dial := func(ctx context.Context) (net.Conn, error) {
+		dials++
+		if dials == 1 {
+			// Bytes a former host wrote that the agent never read.
+			host.Write(staleYamux)
+			go g.run(guest)
+		}
+		return hostPort{host}, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, h, err := agentproto.Connect(ctx, dial)
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	defer c.Close()
+	if h.Kernel != "fake" || h.Version != "test" {
+		t.Fatalf("hello %+v, want the fake guest's", h)
+	}
+	if dials != 1 {
+		t.Errorf("Connect dialed %d times; stale bytes alone must not cost a retry", dials)
+	}
+	// The session works past the hello.
+	if _, err := c.Hello(ctx); err != nil {
+		t.Fatalf("second hello: %v", err)
+	}
+}
+
+func TestConnectResyncsWhenFirstSyncIsUnanswered(t *testing.T) {
+	host, guest := socketPair(t)
+	var g fakeGuest
+	var mu sync.Mutex
+	dials := 0
+	dial := func(ctx context.Context) (net.Conn, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		dials++
+		if dials == 2 {
+			// The agent starts only now, as in a guest still booting at
+			// the first attempt: it finds the first sync line queued too.
+			go g.run(guest)
+		}
+		return hostPort{host}, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	c, h, err := agentproto.Connect(ctx, dial)
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	defer c.Close()
+	if h.Kernel != "fake" {
+		t.Fatalf("hello %+v, want the fake guest's", h)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if dials < 2 {
+		t.Fatalf("Connect dialed %d times, want a retry after the unanswered sync", dials)
+	}
+	t.Logf("connected after %d dials, %d guest syncs, %s", dials, g.syncs.Load(), time.Since(start).Round(time.Millisecond))
+}
+
+func TestConnectSyncLinesCarryFreshNonces(t *testing.T) {
+	host, guest := socketPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Millisecond)
+	defer cancel()
+	_, _, err := agentproto.Connect(ctx, func(context.Context) (net.Conn, error) { return hostPort{host}, nil })
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Connect to a silent guest: %v, want context.DeadlineExceeded", err)
+	}
+	guest.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	sc := bufio.NewScanner(guest)
+	seen := map[string]bool{}
+	for sc.Scan() {
+		line := sc.Text()
+		nonce, ok := strings.CutPrefix(line, agentproto.SyncMagic)
+		if !ok || len(nonce) != 16 {
+			t.Fatalf("host wrote %q, want sync lines only", line)
+		}
+		if seen[nonce] {
+			t.Fatalf("host reused nonce %s", nonce)
+		}
+		seen[nonce] = true
+	}
+	if len(seen) < 2 {
+		t.Fatalf("host sent %d sync lines in 1.2 s, want retries (250 ms, 500 ms, ...)", len(seen))
+	}
+}
+
+func TestConnectReturnsDialError(t *testing.T) {
+	boom := errors.New("no such vm")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, _, err := agentproto.Connect(ctx, func(context.Context) (net.Conn, error) { return nil, boom })
+	if !errors.Is(err, boom) {
+		t.Fatalf("Connect: %v, want the dial error", err)
+	}
+}
+
+func TestConnectHonoursCanceledContext(t *testing.T) {
+	host, _ := socketPair(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	start := time.Now()
+	_, _, err := agentproto.Connect(ctx, func(context.Context) (net.Conn, error) { return hostPort{host}, nil })
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Connect: %v, want context.Canceled", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Connect took %s to notice its context ended", d)
+	}
+}

@@ -1,0 +1,65 @@
+package apiserver
+
+import (
+	"net/http"
+
+	"github.com/cove-dev/cove/api"
+)
+
+// templateList is the answer of GET /v1/templates.
+type templateList struct {
+	Templates []api.Template `json:"templates"`
+}
+
+// createTemplate answers once the template is built: boot, setup and save
+// take seconds to minutes, so the server's deadlines are lifted.
+func (s *Server) createTemplate(w http.ResponseWriter, r *http.Request) error {
+	var req api.CreateTemplateRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	if err := validateCreateTemplate(req); err != nil {
+		return err
+	}
+	liftDeadlines(w)
+	t, err := s.sessions.CreateTemplate(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusCreated, t)
+}
+
+func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) error {
+	list, err := s.sessions.ListTemplates(r.Context())
+	if err != nil {
+		return err
+	}
+	if list == nil {
+		list = []api.Template{}
+	}
+	return writeJSON(w, http.StatusOK, templateList{list})
+}
+
+func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := validateTemplateName("name", name); err != nil {
+		return err
+	}
+	t, err := s.sessions.GetTemplate(r.Context(), name)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, t)
+}
+
+func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := validateTemplateName("name", name); err != nil {
+		return err
+	}
+	if err := s.sessions.DeleteTemplate(r.Context(), name); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

@@ -1,0 +1,4 @@
+// Package deptest holds tests of the repository's own rules: every package
+// has one doc comment, the guest agent stays free of server dependencies,
+// and no package is a grab-bag named util or common.
+package deptest

@@ -1,0 +1,187 @@
+package session_test
+
+import (
+	"context"
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/image"
+	"github.com/cove-dev/cove/internal/vmm"
+	"github.com/cove-dev/cove/internal/vmtest"
+)
+
+// TestBadRequestsChangeNothing checks the errors of requests that name
+// things that do not exist: clear codes, and no record or VM left behind.
+func TestBadRequestsChangeNothing(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	ctx := context.Background()
+	const missing = "s-doesnotexist"
+
+	_, err := r.mgr.Get(ctx, missing)
+	wantCode(t, "Get of an unknown session", err, api.CodeNotFound)
+	_, err = r.mgr.Exec(ctx, missing, api.ExecRequest{Argv: []string{"true"}})
+	wantCode(t, "Exec in an unknown session", err, api.CodeNotFound)
+	_, err = r.mgr.Open(ctx, missing, "/etc/hostname")
+	wantCode(t, "Open in an unknown session", err, api.CodeNotFound)
+	wantCode(t, "WriteFile in an unknown session", r.mgr.WriteFile(ctx, missing, "/x", 0o644, strings.NewReader("x")), api.CodeNotFound)
+	wantCode(t, "Delete of an unknown session", r.mgr.Delete(ctx, missing), api.CodeNotFound)
+
+	_, err = r.mgr.Create(ctx, api.CreateSessionRequest{Image: "no-such-image"})
+	wantCode(t, "Create from an unknown image", err, api.CodeInvalid)
+	if !strings.Contains(err.Error(), "tiny") {
+		t.Errorf("unknown image error %q does not list the known images", err)
+	}
+	_, err = r.mgr.Create(ctx, api.CreateSessionRequest{BootTimeout: "soon"})
+	wantCode(t, "Create with a bad boot timeout", err, api.CodeInvalid)
+
+	// A known image that was never built: a builder over an empty home.
+	empty := &image.Builder{Home: t.TempDir(), AgentPath: vmtest.Get(t).Agent}
+	unbuilt := openRig(t, rigOptions{images: empty, dir: r.dir, db: filepath.Join(t.TempDir(), "state.db")})
+	_, err = unbuilt.mgr.Create(ctx, api.CreateSessionRequest{Image: "tiny"})
+	wantCode(t, "Create from an image not built", err, api.CodeNotFound)
+	if !strings.Contains(err.Error(), "cove image build tiny") {
+		t.Errorf("not-built error %q does not say how to build it", err)
+	}
+
+	for _, m := range []*rig{r, unbuilt} {
+		if ss, err := m.mgr.List(ctx); err != nil || len(ss) != 0 {
+			t.Errorf("sessions after refused creates: %+v, %v", ss, err)
+		}
+	}
+	if ents, _ := os.ReadDir(r.dir); len(ents) != 0 {
+		t.Errorf("refused creates left %d entries in the sessions dir", len(ents))
+	}
+}
+
+// TestBootTimeoutFailsCleanly gives a boot one millisecond: the create
+// fails with a timeout, the record says failed, and neither a QEMU process
+// nor the session's directory is left.
+func TestBootTimeoutFailsCleanly(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	ctx := context.Background()
+	_, err := r.mgr.Create(ctx, api.CreateSessionRequest{BootTimeout: "1ms"})
+	wantCode(t, "Create with a 1ms boot timeout", err, api.CodeTimeout)
+	s := onlySession(t, r)
+	if s.State != api.StateFailed || s.Error == "" {
+		t.Fatalf("record after a boot timeout: %+v, want failed with an error", s)
+	}
+	wantGone(t, r, s.ID)
+	_, err = r.mgr.Exec(ctx, s.ID, api.ExecRequest{Argv: []string{"true"}})
+	wantCode(t, "Exec in a failed session", err, api.CodeConflict)
+	if err := r.mgr.Delete(ctx, s.ID); err != nil {
+		t.Fatalf("Delete of a failed session: %v", err)
+	}
+}
+
+// panicDriver boots guests with a kernel command line that makes the
+// kernel panic before init: the initramfs has no such init, and there is
+// no root device to fall back to.
+type panicDriver struct{ vmm.Driver }
+
+func (d panicDriver) Boot(ctx context.Context, spec vmm.Spec) (vmm.VM, error) {
+	spec.Cmdline = strings.TrimSpace(spec.Cmdline + " rdinit=/no-such-init")
+	return d.Driver.Boot(ctx, spec)
+}
+
+// TestKernelPanicAtBootFailsClearly boots a guest whose kernel panics: the
+// create fails fast (not at the boot timeout) with the console's panic in
+// the message, the record says failed, nothing is left.
+func TestKernelPanicAtBootFailsClearly(t *testing.T) {
+	r := newRig(t, rigOptions{driver: func(d vmm.Driver) vmm.Driver { return panicDriver{d} }})
+	ctx := context.Background()
+	start := time.Now()
+	_, err := r.mgr.Create(ctx, api.CreateSessionRequest{BootTimeout: "2m"})
+	took := time.Since(start)
+	wantCode(t, "Create of a guest that panics", err, api.CodeUnavailable)
+	t.Logf("panicking boot failed after %s: %v", took.Round(time.Millisecond), err)
+	if !strings.Contains(err.Error(), "Kernel panic") {
+		t.Errorf("error %q does not carry the console's kernel panic", err)
+	}
+	if took > time.Minute {
+		t.Errorf("the failure took %s: the manager waited for the boot timeout instead of noticing QEMU exit", took)
+	}
+	s := onlySession(t, r)
+	if s.State != api.StateFailed || !strings.Contains(s.Error, "Kernel panic") {
+		t.Fatalf("record: %+v, want failed with the panic", s)
+	}
+	wantGone(t, r, s.ID)
+}
+
+// TestKilledVMFailsOnlyItsSession kills the QEMU process of a running
+// session: that session becomes failed with a clear error, commands in it
+// are refused, and the other session goes on as before.
+func TestKilledVMFailsOnlyItsSession(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	ctx := context.Background()
+	victim := r.create(t, api.CreateSessionRequest{MemoryMiB: 256})
+	other := r.create(t, api.CreateSessionRequest{MemoryMiB: 256})
+	r.sh(t, other.ID, "echo before > /root/f")
+
+	if err := syscall.Kill(qemuPID(t, r.dir, victim.ID), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var got api.Session
+	if !waitFor(10*time.Second, func() bool {
+		got, _ = r.mgr.Get(ctx, victim.ID)
+		return got.State == api.StateFailed
+	}) {
+		t.Fatalf("session of a killed VM: %+v, want failed", got)
+	}
+	if !strings.Contains(got.Error, "exited unexpectedly") {
+		t.Errorf("failed session's error %q does not say the VM exited", got.Error)
+	}
+	_, err := r.mgr.Exec(ctx, victim.ID, api.ExecRequest{Argv: []string{"true"}})
+	wantCode(t, "Exec in the killed session", err, api.CodeConflict)
+	if err == nil || !strings.Contains(err.Error(), "failed") {
+		t.Errorf("exec error %v does not say the session failed", err)
+	}
+
+	if g, err := r.mgr.Get(ctx, other.ID); err != nil || g.State != api.StateRunning {
+		t.Fatalf("the other session: %+v, %v", g, err)
+	}
+	if out := r.sh(t, other.ID, "cat /root/f"); out != "before\n" {
+		t.Fatalf("the other session's file: %q", out)
+	}
+	if err := r.mgr.Delete(ctx, victim.ID); err != nil {
+		t.Fatalf("Delete of the killed session: %v", err)
+	}
+	wantGone(t, r, victim.ID)
+}
+
+// onlySession returns the rig's one session record.
+func onlySession(t *testing.T, r *rig) api.Session {
+	t.Helper()
+	ss, err := r.mgr.List(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ss) != 1 {
+		t.Fatalf("%d sessions recorded, want 1: %+v", len(ss), ss)
+	}
+	return ss[0]
+}
+
+// wantGone checks that session id has no QEMU process and no directory.
+func wantGone(t *testing.T, r *rig, id string) {
+	t.Helper()
+	if !waitFor(10*time.Second, func() bool {
+		for _, cmd := range qemuProcs(r.dir) {
+			if strings.Contains(cmd, " cove-"+id+",") {
+				return false
+			}
+		}
+		return true
+	}) {
+		t.Errorf("QEMU of %s still runs", id)
+	}
+	if _, err := os.Stat(filepath.Join(r.dir, id)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("directory of %s: %v, want it removed", id, err)
+	}
+}

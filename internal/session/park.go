@@ -1,0 +1,390 @@
+package session
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/store"
+	"github.com/cove-dev/cove/internal/vmm"
+	"github.com/cove-dev/cove/internal/vmm/qemu"
+)
+
+// Park and wake.
+//
+// A session is parked by saving its whole VM (device state into a state
+// file; RAM is already a sparse file in the session dir) and ending the
+// QEMU process: a parked session holds no process and no RAM, only disk.
+// Wake restores the VM in a fresh QEMU from those files, reconnects to the
+// agent and says hello (which sets the guest clock and reseeds its RNG).
+//
+// Durability: the session is recorded parking before anything happens;
+// the state file is written to a temp name, fsynced with the RAM file and
+// renamed; only then is the session recorded parked, with a manifest of the
+// files (sizes, the state file's SHA-256). A crash at any point leaves
+// either a running VM (re-adopted) or a complete snapshot (recorded parked
+// on recovery): see recoverParking. A wake verifies the manifest first; a
+// missing or corrupt file fails the session with the reason, it is never
+// silently rebooted.
+
+// stateFile is the device state's name in a session dir.
+const stateFile = "state"
+
+const machineVersion = 1
+
+// machine is what the session package records about a session's VM in
+// store.Session.Snapshot: how to restore it, and its snapshot while parked.
+type machine struct {
+	V         int     `json:"v"`
+	Kernel    string  `json:"kernel"`
+	Initrd    string  `json:"initrd"`
+	Disk      string  `json:"disk"`
+	MemoryMiB int     `json:"memory_mib"`
+	CPUs      int     `json:"cpus"`
+	Parked    *parked `json:"parked,omitempty"`
+}
+
+// parked is the manifest of a parked session's snapshot.
+type parked struct {
+	State       string    `json:"state"` // path of the device state file
+	StateSHA256 string    `json:"state_sha256"`
+	StateBytes  int64     `json:"state_bytes"`
+	Mem         string    `json:"mem"` // path of the RAM file
+	MemSize     int64     `json:"mem_size"`
+	DiskBytes   int64     `json:"disk_bytes"` // allocated: RAM file + state
+	CreatedAt   time.Time `json:"created_at"`
+	ParkMillis  int64     `json:"park_ms"`
+}
+
+func (m machine) encode() []byte {
+	b, _ := json.Marshal(m)
+	return b
+}
+
+func decodeMachine(b []byte) (machine, error) {
+	var m machine
+	if len(b) == 0 {
+		return m, errors.New("no machine record")
+	}
+	if err := json.Unmarshal(b, &m); err != nil {
+		return m, fmt.Errorf("machine record: %w", err)
+	}
+	if m.V != machineVersion {
+		return m, fmt.Errorf("machine record version %d, want %d", m.V, machineVersion)
+	}
+	return m, nil
+}
+
+func (mach machine) spec(id, dir string) vmm.Spec {
+	return vmm.Spec{ID: id, Dir: dir, Kernel: mach.Kernel, Initrd: mach.Initrd, Disk: mach.Disk,
+		MemoryMiB: mach.MemoryMiB, CPUs: mach.CPUs}
+}
+
+func allocated(path string) int64 {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0
+	}
+	return st.Blocks * 512
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// manifest describes the snapshot files of a session dir.
+func manifest(dir string, took time.Duration) (*parked, error) {
+	p := &parked{State: filepath.Join(dir, stateFile), Mem: filepath.Join(dir, qemu.MemFile),
+		CreatedAt: time.Now().UTC(), ParkMillis: took.Milliseconds()}
+	sum, err := fileSHA256(p.State)
+	if err != nil {
+		return nil, err
+	}
+	p.StateSHA256 = sum
+	sfi, err := os.Stat(p.State)
+	if err != nil {
+		return nil, err
+	}
+	mfi, err := os.Stat(p.Mem)
+	if err != nil {
+		return nil, err
+	}
+	p.StateBytes, p.MemSize = sfi.Size(), mfi.Size()
+	p.DiskBytes = allocated(p.State) + allocated(p.Mem)
+	return p, nil
+}
+
+// verify checks a snapshot's files against its manifest.
+func (p *parked) verify() error {
+	sfi, err := os.Stat(p.State)
+	if err != nil {
+		return fmt.Errorf("snapshot state file: %w", err)
+	}
+	if sfi.Size() != p.StateBytes {
+		return fmt.Errorf("snapshot state file is %d bytes, manifest says %d", sfi.Size(), p.StateBytes)
+	}
+	sum, err := fileSHA256(p.State)
+	if err != nil {
+		return fmt.Errorf("snapshot state file: %w", err)
+	}
+	if sum != p.StateSHA256 {
+		return errors.New("snapshot state file is corrupt (checksum mismatch)")
+	}
+	mfi, err := os.Stat(p.Mem)
+	if err != nil {
+		return fmt.Errorf("snapshot memory file: %w", err)
+	}
+	if mfi.Size() != p.MemSize {
+		return fmt.Errorf("snapshot memory file is %d bytes, manifest says %d", mfi.Size(), p.MemSize)
+	}
+	return nil
+}
+
+// Park saves the session's whole VM to disk and ends its QEMU process.
+func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
+	if m.snap == nil {
+		return api.Session{}, api.Errorf(api.CodeUnavailable, "park: the VMM driver cannot snapshot")
+	}
+	unlock := m.lock(id)
+	defer unlock()
+	rec, err := m.cfg.Store.GetSession(ctx, id)
+	if err != nil {
+		return api.Session{}, notFound(id, err)
+	}
+	switch rec.State {
+	case api.StateParked:
+		return m.toAPI(rec), nil
+	case api.StateRunning:
+	default:
+		return api.Session{}, api.Errorf(api.CodeConflict, "park %s: session is %s", id, rec.State)
+	}
+	m.mu.Lock()
+	l := m.live[id]
+	if l != nil {
+		l.deleting = true
+	}
+	m.mu.Unlock()
+	if l == nil {
+		return api.Session{}, api.Errorf(api.CodeConflict, "park %s: no running VM", id)
+	}
+	start := time.Now()
+	rec.State, rec.UpdatedAt = api.StateParking, time.Now().UTC()
+	if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+		m.undelete(l)
+		return api.Session{}, fmt.Errorf("session: park %s: %w", id, err)
+	}
+	// Close the host side first: the guest sees the connection end before
+	// it is frozen, so no stale session state waits for the next host.
+	l.agent.Close()
+	// The park must finish once started, even if the client goes away.
+	pctx := context.WithoutCancel(ctx)
+	if _, err := m.snap.Save(pctx, l.vm, filepath.Join(m.dir(id), stateFile)); err != nil {
+		// The VM still runs: reconnect and carry on as running.
+		m.cfg.Log.Warn("park failed; session keeps running", "session", id, "err", err)
+		if agent, cerr := m.connect(pctx, l.vm); cerr == nil {
+			l.agent = agent
+			m.undelete(l)
+			rec.State, rec.UpdatedAt = api.StateRunning, time.Now().UTC()
+			_ = m.cfg.Store.UpdateSession(pctx, rec)
+			return api.Session{}, fmt.Errorf("session: park %s: %w", id, err)
+		}
+		_ = l.vm.Stop(pctx)
+		m.fail(id, "park failed and the VM did not answer afterwards: "+err.Error())
+		return api.Session{}, fmt.Errorf("session: park %s: %w", id, err)
+	}
+	p, err := manifest(m.dir(id), time.Since(start))
+	if err != nil {
+		m.fail(id, "park: snapshot incomplete: "+err.Error())
+		return api.Session{}, fmt.Errorf("session: park %s: %w", id, err)
+	}
+	m.mu.Lock()
+	if m.live[id] == l {
+		delete(m.live, id)
+	}
+	m.mu.Unlock()
+	mach := l.mach
+	mach.Parked = p
+	rec.State, rec.Handle, rec.Snapshot, rec.UpdatedAt = api.StateParked, nil, mach.encode(), time.Now().UTC()
+	if err := m.cfg.Store.UpdateSession(pctx, rec); err != nil {
+		return api.Session{}, fmt.Errorf("session: park %s: record: %w", id, err)
+	}
+	m.cfg.Log.Info("session parked", "session", id, "park_ms", p.ParkMillis, "disk_bytes", p.DiskBytes)
+	return m.toAPI(rec), nil
+}
+
+func (m *Manager) undelete(l *live) {
+	m.mu.Lock()
+	l.deleting = false
+	m.mu.Unlock()
+}
+
+// Wake restores a parked session in a fresh QEMU process.
+func (m *Manager) Wake(ctx context.Context, id string) (api.Session, error) {
+	if m.snap == nil {
+		return api.Session{}, api.Errorf(api.CodeUnavailable, "wake: the VMM driver cannot snapshot")
+	}
+	unlock := m.lock(id)
+	defer unlock()
+	rec, err := m.cfg.Store.GetSession(ctx, id)
+	if err != nil {
+		return api.Session{}, notFound(id, err)
+	}
+	switch rec.State {
+	case api.StateRunning:
+		return m.toAPI(rec), nil
+	case api.StateParked:
+	default:
+		return api.Session{}, api.Errorf(api.CodeConflict, "wake %s: session is %s", id, rec.State)
+	}
+	mach, err := decodeMachine(rec.Snapshot)
+	if err == nil && mach.Parked == nil {
+		err = errors.New("no snapshot recorded")
+	}
+	if err == nil {
+		err = mach.Parked.verify()
+	}
+	if err != nil {
+		msg := "wake: " + err.Error()
+		m.fail(id, msg)
+		return api.Session{}, api.Errorf(api.CodeUnavailable, "session %s: %s; the session is marked failed", id, msg)
+	}
+	rec.State, rec.UpdatedAt = api.StateWaking, time.Now().UTC()
+	if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+		return api.Session{}, fmt.Errorf("session: wake %s: %w", id, err)
+	}
+	// Once the RAM file is mapped by a running guest the snapshot is
+	// consumed: finish even if the client goes away.
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.DefaultBootTimeout)
+	defer cancel()
+	l, err := m.restore(wctx, id, m.dir(id), mach, mach.Parked.State)
+	if err != nil {
+		msg := "wake failed: " + err.Error()
+		m.fail(id, msg)
+		return api.Session{}, api.Errorf(api.CodeUnavailable, "session %s: %s; the session is marked failed", id, msg)
+	}
+	os.Remove(mach.Parked.State)
+	mach.Parked = nil
+	l.mach = mach
+	rec.State, rec.Handle, rec.Snapshot, rec.Error, rec.UpdatedAt = api.StateRunning, l.vm.Handle(), mach.encode(), "", time.Now().UTC()
+	if err := m.cfg.Store.UpdateSession(wctx, rec); err != nil {
+		_ = l.vm.Stop(wctx)
+		return api.Session{}, fmt.Errorf("session: wake %s: record: %w", id, err)
+	}
+	m.adoptLive(id, l)
+	return m.toAPI(rec), nil
+}
+
+// restore starts a VM from a state file and connects to its agent.
+func (m *Manager) restore(ctx context.Context, id, dir string, mach machine, state string) (*live, error) {
+	vm, _, err := m.snap.Restore(ctx, mach.spec(id, dir), state)
+	if err != nil {
+		return nil, err
+	}
+	agent, err := m.connect(ctx, vm)
+	if err != nil {
+		tail := lastLines(vm.ConsoleTail(), 8)
+		_ = vm.Stop(context.Background())
+		return nil, fmt.Errorf("agent did not answer after restore: %v; console: %s", err, tail)
+	}
+	mach.Parked = nil
+	return &live{vm: vm, agent: agent, mach: mach}, nil
+}
+
+// recoverParking settles a session whose park was cut by a server stop:
+// a complete snapshot makes it parked; a VM still running makes it running
+// again; anything else fails it.
+func (m *Manager) recoverParking(ctx context.Context, rec store.Session) {
+	dir := m.dir(rec.ID)
+	if _, err := os.Stat(filepath.Join(dir, stateFile)); err == nil {
+		// The state file is renamed into place only after the RAM file is
+		// synced: the snapshot is complete. A VM left paused after the
+		// migration must not run on.
+		m.killLeftover(ctx, rec)
+		mach, err := decodeMachine(rec.Snapshot)
+		if err == nil {
+			mach.Parked, err = manifest(dir, 0)
+		}
+		if err != nil {
+			m.fail(rec.ID, "server stopped while parking; snapshot unusable: "+err.Error())
+			return
+		}
+		rec.State, rec.Handle, rec.Snapshot, rec.UpdatedAt = api.StateParked, nil, mach.encode(), time.Now().UTC()
+		if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+			m.cfg.Log.Error("record recovered park", "session", rec.ID, "err", err)
+		}
+		return
+	}
+	if err := m.readopt(ctx, rec); err != nil {
+		m.fail(rec.ID, "server stopped while parking and the VM is gone: "+err.Error())
+		return
+	}
+	// The save may have paused the guest before the server stopped.
+	m.mu.Lock()
+	l := m.live[rec.ID]
+	m.mu.Unlock()
+	if l != nil {
+		if r, ok := l.vm.(interface{ Resume(context.Context) error }); ok {
+			_ = r.Resume(ctx)
+		}
+	}
+}
+
+// idleLoop parks sessions idle past their timeout: no API call for that
+// long and nothing in flight (an exec, an attached PTY, a transfer).
+func (m *Manager) idleLoop() {
+	defer m.bg.Done()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-tick.C:
+		}
+		if m.snap == nil {
+			continue
+		}
+		ctx := context.Background()
+		recs, err := m.cfg.Store.ListSessions(ctx)
+		if err != nil {
+			continue
+		}
+		for _, rec := range recs {
+			if rec.State != api.StateRunning {
+				continue
+			}
+			idle := m.idleTimeout(rec)
+			if idle <= 0 {
+				continue
+			}
+			m.mu.Lock()
+			l := m.live[rec.ID]
+			m.mu.Unlock()
+			if l == nil || l.inflight.Load() > 0 || time.Since(time.Unix(0, l.lastActive.Load())) < idle {
+				continue
+			}
+			m.cfg.Log.Info("parking idle session", "session", rec.ID, "idle_timeout", idle)
+			if _, err := m.Park(ctx, rec.ID); err != nil {
+				m.cfg.Log.Warn("idle park failed", "session", rec.ID, "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,159 @@
+package session_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+)
+
+// TestParkWakeIsExact parks and wakes one session many times and checks
+// that nothing of the guest is lost: a background process keeps its PID
+// and keeps counting from where it was, files written just before a park
+// are there, the clock is right after each wake, and no QEMU process or
+// RAM is held while parked.
+func TestParkWakeIsExact(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	s := r.create(t, api.CreateSessionRequest{})
+	ctx := context.Background()
+	r.sh(t, s.ID, "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done) </dev/null >/dev/null 2>&1 & echo $! > /tmp/pid")
+	pid := strings.TrimSpace(r.sh(t, s.ID, "cat /tmp/pid"))
+	last := 0
+	const cycles = 20
+	for i := 0; i < cycles; i++ {
+		r.sh(t, s.ID, "echo cycle-"+strconv.Itoa(i)+" >> /root/log; sync")
+		p, err := r.mgr.Park(ctx, s.ID)
+		if err != nil {
+			t.Fatalf("cycle %d: park: %v", i, err)
+		}
+		if p.State != api.StateParked || p.Snapshot == nil {
+			t.Fatalf("cycle %d: parked session is %s with snapshot %v", i, p.State, p.Snapshot)
+		}
+		if p.Snapshot.DiskBytes <= 0 || p.Snapshot.DiskBytes >= p.Snapshot.MemoryBytes {
+			t.Fatalf("cycle %d: snapshot takes %d bytes for %d bytes of RAM: want sparse (only touched pages)", i, p.Snapshot.DiskBytes, p.Snapshot.MemoryBytes)
+		}
+		if procs := qemuProcs(r.dir); len(procs) != 0 {
+			t.Fatalf("cycle %d: QEMU still running while parked: %v", i, procs)
+		}
+		if i == 0 {
+			time.Sleep(2 * time.Second) // the guest clock must catch up on wake
+		}
+		// Wake explicitly on even cycles; on odd ones the exec wakes it.
+		if i%2 == 0 {
+			w, err := r.mgr.Wake(ctx, s.ID)
+			if err != nil {
+				t.Fatalf("cycle %d: wake: %v", i, err)
+			}
+			if w.State != api.StateRunning {
+				t.Fatalf("cycle %d: woken session is %s", i, w.State)
+			}
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(r.sh(t, s.ID, "cat /tmp/count")))
+		if err != nil {
+			t.Fatalf("cycle %d: counter: %v", i, err)
+		}
+		if n < last {
+			t.Fatalf("cycle %d: counter went back from %d to %d", i, last, n)
+		}
+		last = n
+		if got := strings.TrimSpace(r.sh(t, s.ID, "kill -0 "+pid+" && echo alive")); got != "alive" {
+			t.Fatalf("cycle %d: background process %s is gone", i, pid)
+		}
+		if got := strings.Count(r.sh(t, s.ID, "cat /root/log"), "cycle-"); got != i+1 {
+			t.Fatalf("cycle %d: log has %d lines, want %d", i, got, i+1)
+		}
+		if i == 0 {
+			guest, _ := strconv.ParseInt(strings.TrimSpace(r.sh(t, s.ID, "date +%s")), 10, 64)
+			if d := time.Now().Unix() - guest; d < -1 || d > 1 {
+				t.Fatalf("guest clock is %d s off after wake", d)
+			}
+		}
+	}
+	// The counter kept counting after the last wake.
+	time.Sleep(300 * time.Millisecond)
+	n, _ := strconv.Atoi(strings.TrimSpace(r.sh(t, s.ID, "cat /tmp/count")))
+	if n <= last {
+		t.Fatalf("counter stuck at %d after %d park/wake cycles", n, cycles)
+	}
+}
+
+// TestParkedSessionSurvivesRestart parks a session, restarts the manager,
+// and wakes it.
+func TestParkedSessionSurvivesRestart(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	s := r.create(t, api.CreateSessionRequest{})
+	r.sh(t, s.ID, "echo before > /root/f")
+	ctx := context.Background()
+	if _, err := r.mgr.Park(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	r.close()
+	r2 := openRig(t, rigOptions{dir: r.dir, db: r.db})
+	if err := r2.mgr.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	got, err := r2.mgr.Get(ctx, s.ID)
+	if err != nil || got.State != api.StateParked {
+		t.Fatalf("after restart: %+v, %v; want parked", got, err)
+	}
+	if out := strings.TrimSpace(r2.sh(t, s.ID, "cat /root/f")); out != "before" {
+		t.Fatalf("file after restart and wake: %q", out)
+	}
+}
+
+// TestCorruptSnapshotFailsClearly corrupts a parked session's state file:
+// the wake fails with a clear error, the session is failed, not rebooted.
+func TestCorruptSnapshotFailsClearly(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	s := r.create(t, api.CreateSessionRequest{})
+	ctx := context.Background()
+	if _, err := r.mgr.Park(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	state := filepath.Join(r.dir, s.ID, "state")
+	b, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(state, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.mgr.Wake(ctx, s.ID)
+	wantCode(t, "wake of a corrupt snapshot", err, api.CodeUnavailable)
+	if !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("error %q does not say the snapshot is corrupt", err)
+	}
+	got, _ := r.mgr.Get(ctx, s.ID)
+	if got.State != api.StateFailed {
+		t.Fatalf("session is %s after a failed wake, want failed", got.State)
+	}
+	if len(qemuProcs(r.dir)) != 0 {
+		t.Fatal("a QEMU process runs after a failed wake")
+	}
+}
+
+// TestIdleSessionParks checks the idle timeout parks a session with no
+// activity, and an exec wakes it.
+func TestIdleSessionParks(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	if err := r.mgr.Recover(context.Background()); err != nil { // starts the idle loop
+		t.Fatal(err)
+	}
+	s := r.create(t, api.CreateSessionRequest{IdleTimeout: "2s"})
+	ctx := context.Background()
+	if !waitFor(30*time.Second, func() bool {
+		got, _ := r.mgr.Get(ctx, s.ID)
+		return got.State == api.StateParked
+	}) {
+		t.Fatal("idle session was not parked")
+	}
+	if out := strings.TrimSpace(r.sh(t, s.ID, "echo awake")); out != "awake" {
+		t.Fatalf("exec on a parked session: %q", out)
+	}
+}

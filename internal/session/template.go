@@ -1,0 +1,532 @@
+package session
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/agentproto"
+	"github.com/cove-dev/cove/internal/store"
+	"github.com/cove-dev/cove/internal/vmm/qemu"
+)
+
+// Templates.
+//
+// A template is a session booted once, set up (its setup commands run, its
+// start command left running) and parked into the template's directory.
+// Its RAM file, device state and disk are then read-only. A session created
+// from a template restores a clone: a copy of the RAM file of its own
+// (reflinked where the file system can, else a sparse copy of the touched
+// pages only) so the clone can be parked later, a qcow2 overlay on the
+// template's disk, and the template's device state. The clone's agent
+// reseeds the guest RNG at hello, so clones never share random state.
+//
+// A warm pool keeps clones restored and connected in memory; create claims
+// one and a background loop refills the pool. Pool VMs have no record
+// until claimed: after a restart the orphan sweep removes them and the pool
+// is filled again.
+
+var templateName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
+
+func (m *Manager) templateDir(name string) string {
+	return filepath.Join(m.cfg.TemplateDir, name)
+}
+
+func (m *Manager) templateAPI(t store.Template) api.Template {
+	out := api.Template{Name: t.Name, State: t.State, Image: t.Image, MemoryMiB: t.MemoryMiB, CPUs: t.CPUs,
+		Env: t.Env, Setup: t.Setup, Start: t.Start, Pool: t.Pool, Error: t.Error,
+		CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt}
+	if mach, err := decodeMachine(t.Snapshot); err == nil && mach.Parked != nil {
+		out.Snapshot = &api.SnapshotInfo{DiskBytes: mach.Parked.DiskBytes, MemoryBytes: int64(mach.MemoryMiB) << 20,
+			CreatedAt: mach.Parked.CreatedAt, ParkMillis: mach.Parked.ParkMillis}
+	}
+	m.mu.Lock()
+	if p := m.pools[t.Name]; p != nil {
+		out.PoolReady = len(p.ready)
+	}
+	m.mu.Unlock()
+	return out
+}
+
+// CreateTemplate boots the template's image, runs its setup, starts its
+// start command and saves the machine. It returns when the template is
+// ready (or failed).
+func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequest) (api.Template, error) {
+	if m.snap == nil {
+		return api.Template{}, api.Errorf(api.CodeUnavailable, "templates: the VMM driver cannot snapshot")
+	}
+	if !templateName.MatchString(req.Name) {
+		return api.Template{}, api.Errorf(api.CodeInvalid, "template name %q: want lowercase letters, digits, '.', '_' or '-' (at most 64)", req.Name)
+	}
+	if req.Pool < 0 || req.Pool > 64 {
+		return api.Template{}, api.Errorf(api.CodeInvalid, "pool %d: want 0..64", req.Pool)
+	}
+	name := req.Image
+	if name == "" {
+		name = m.cfg.DefaultImage
+	}
+	im, err := m.cfg.Images.Get(ctx, name)
+	if err != nil {
+		return api.Template{}, err
+	}
+	now := time.Now().UTC()
+	t := store.Template{Name: req.Name, State: api.TemplateBuilding, Image: name,
+		MemoryMiB: cmp(req.MemoryMiB, m.cfg.DefaultMemoryMiB), CPUs: cmp(req.CPUs, m.cfg.DefaultCPUs),
+		Env: req.Env, Setup: req.Setup, Start: req.Start, Pool: req.Pool, CreatedAt: now, UpdatedAt: now}
+	if err := m.cfg.Store.CreateTemplate(ctx, t); err != nil {
+		if errors.Is(err, store.ErrExists) {
+			return api.Template{}, api.Errorf(api.CodeConflict, "template %q exists", req.Name)
+		}
+		return api.Template{}, fmt.Errorf("session: create template: %w", err)
+	}
+	failT := func(err error) (api.Template, error) {
+		t.State, t.Error, t.UpdatedAt = api.TemplateFailed, err.Error(), time.Now().UTC()
+		_ = m.cfg.Store.UpdateTemplate(context.Background(), t)
+		if os.Getenv("COVE_KEEP") == "" {
+			os.RemoveAll(m.templateDir(t.Name))
+		}
+		return api.Template{}, err
+	}
+	dir := m.templateDir(t.Name)
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(m.cfg.TemplateDir, 0o711); err != nil {
+		return failT(err)
+	}
+	rec := store.Session{ID: "tpl-" + t.Name, Image: name, MemoryMiB: t.MemoryMiB, CPUs: t.CPUs, Env: t.Env}
+	start := time.Now()
+	l, err := m.bootIn(ctx, dir, rec, im, m.cfg.DefaultBootTimeout)
+	if err != nil {
+		return failT(fmt.Errorf("template %s: boot: %w", t.Name, err))
+	}
+	bctx := context.WithoutCancel(ctx)
+	stopVM := func() { l.agent.Close(); _ = l.vm.Stop(bctx) }
+	for i, cmd := range t.Setup {
+		out, code, err := runShell(ctx, l, cmd)
+		if err != nil {
+			stopVM()
+			return failT(fmt.Errorf("template %s: setup step %d (%q): %w", t.Name, i+1, cmd, err))
+		}
+		if code != 0 {
+			stopVM()
+			return failT(api.Errorf(api.CodeInvalid, "template %s: setup step %d (%q) exited %d: %s", t.Name, i+1, cmd, code, tail(out, 2000)))
+		}
+	}
+	if t.Start != "" {
+		bg := "(" + t.Start + ") >/run/cove/start.log 2>&1 </dev/null &"
+		if _, code, err := runShell(ctx, l, bg); err != nil || code != 0 {
+			stopVM()
+			return failT(fmt.Errorf("template %s: start command: exit %d: %v", t.Name, code, err))
+		}
+	}
+	l.agent.Close()
+	if _, err := m.snap.Save(bctx, l.vm, filepath.Join(dir, stateFile)); err != nil {
+		_ = l.vm.Stop(bctx)
+		return failT(fmt.Errorf("template %s: save: %w", t.Name, err))
+	}
+	p, err := manifest(dir, time.Since(start))
+	if err != nil {
+		return failT(fmt.Errorf("template %s: %w", t.Name, err))
+	}
+	// The template's files are the clones' base from now on.
+	for _, f := range []string{p.Mem, p.State, l.mach.Disk} {
+		_ = os.Chmod(f, 0o444)
+	}
+	mach := l.mach
+	mach.Parked = p
+	t.State, t.Snapshot, t.UpdatedAt = api.TemplateReady, mach.encode(), time.Now().UTC()
+	if err := m.cfg.Store.UpdateTemplate(bctx, t); err != nil {
+		return failT(err)
+	}
+	m.cfg.Log.Info("template ready", "template", t.Name, "took", time.Since(start).Round(time.Millisecond))
+	m.ensurePool(t)
+	return m.templateAPI(t), nil
+}
+
+// runShell runs cmd with sh -c and returns its combined output and exit
+// code.
+func runShell(ctx context.Context, l *live, cmd string) ([]byte, int, error) {
+	p, err := l.agent.Exec(ctx, agentproto.Exec{Argv: []string{"sh", "-c", cmd}, Env: envList(l.env, nil)})
+	if err != nil {
+		return nil, 0, err
+	}
+	var out bytes.Buffer
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, r := range []io.Reader{p.Stdout(), p.Stderr()} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 32<<10)
+			for {
+				n, err := r.Read(buf)
+				mu.Lock()
+				if out.Len() < 1<<20 {
+					out.Write(buf[:n])
+				}
+				mu.Unlock()
+				if err != nil {
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	exit, err := p.Wait()
+	return out.Bytes(), exit.Code, err
+}
+
+func tail(b []byte, n int) string {
+	if len(b) > n {
+		b = b[len(b)-n:]
+	}
+	return strings.TrimSpace(string(b))
+}
+
+// GetTemplate returns a template.
+func (m *Manager) GetTemplate(ctx context.Context, name string) (api.Template, error) {
+	t, err := m.cfg.Store.GetTemplate(ctx, name)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return api.Template{}, api.Errorf(api.CodeNotFound, "template %q not found", name)
+		}
+		return api.Template{}, fmt.Errorf("session: get template %s: %w", name, err)
+	}
+	return m.templateAPI(t), nil
+}
+
+// ListTemplates returns every template.
+func (m *Manager) ListTemplates(ctx context.Context) ([]api.Template, error) {
+	ts, err := m.cfg.Store.ListTemplates(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("session: list templates: %w", err)
+	}
+	out := make([]api.Template, 0, len(ts))
+	for _, t := range ts {
+		out = append(out, m.templateAPI(t))
+	}
+	return out, nil
+}
+
+// DeleteTemplate removes a template and its pool. A template with clones
+// (sessions created from it and not removed) cannot be removed: their
+// disks and memory are built on its files.
+func (m *Manager) DeleteTemplate(ctx context.Context, name string) error {
+	t, err := m.cfg.Store.GetTemplate(ctx, name)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return api.Errorf(api.CodeNotFound, "template %q not found", name)
+		}
+		return fmt.Errorf("session: delete template %s: %w", name, err)
+	}
+	recs, err := m.cfg.Store.ListSessions(ctx)
+	if err != nil {
+		return fmt.Errorf("session: delete template %s: %w", name, err)
+	}
+	var clones []string
+	for _, r := range recs {
+		if r.Template == name {
+			clones = append(clones, r.ID)
+		}
+	}
+	if len(clones) > 0 {
+		return api.Errorf(api.CodeConflict, "template %q has %d live clone(s) (%s): remove them first", name, len(clones), strings.Join(clones, ", "))
+	}
+	m.drainPool(name)
+	if err := os.RemoveAll(m.templateDir(t.Name)); err != nil {
+		return fmt.Errorf("session: delete template %s: %w", name, err)
+	}
+	if err := m.cfg.Store.DeleteTemplate(ctx, name); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("session: delete template %s: %w", name, err)
+	}
+	return nil
+}
+
+// createFromTemplate creates a session as a clone of a template: from the
+// warm pool if one is ready, else restored now.
+func (m *Manager) createFromTemplate(ctx context.Context, req api.CreateSessionRequest, idle time.Duration) (api.Session, error) {
+	t, err := m.cfg.Store.GetTemplate(ctx, req.Template)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return api.Session{}, api.Errorf(api.CodeNotFound, "template %q not found", req.Template)
+		}
+		return api.Session{}, fmt.Errorf("session: template %s: %w", req.Template, err)
+	}
+	if t.State != api.TemplateReady {
+		return api.Session{}, api.Errorf(api.CodeConflict, "template %q is %s", t.Name, t.State)
+	}
+	start := time.Now()
+	id, l := m.claim(t.Name)
+	if l == nil {
+		id = newID()
+		if l, err = m.clone(ctx, t, id); err != nil {
+			return api.Session{}, err
+		}
+	}
+	env := t.Env
+	if len(req.Env) > 0 {
+		env = map[string]string{}
+		for k, v := range t.Env {
+			env[k] = v
+		}
+		for k, v := range req.Env {
+			env[k] = v
+		}
+	}
+	l.env = env
+	now := time.Now().UTC()
+	rec := store.Session{ID: id, State: api.StateRunning, Image: t.Image, MemoryMiB: t.MemoryMiB, CPUs: t.CPUs,
+		Env: env, Accel: m.cfg.Driver.Accel(), CreatedAt: now, UpdatedAt: now,
+		BootMillis: time.Since(start).Milliseconds(), Handle: l.vm.Handle(), Snapshot: l.mach.encode(),
+		Template: t.Name, IdleTimeout: idle, NoAutoWake: req.NoAutoWake}
+	if err := m.cfg.Store.CreateSession(ctx, rec); err != nil {
+		l.agent.Close()
+		_ = l.vm.Stop(context.Background())
+		os.RemoveAll(m.dir(id))
+		return api.Session{}, fmt.Errorf("session: create from template %s: %w", t.Name, err)
+	}
+	m.adoptLive(id, l)
+	m.refill(t.Name)
+	m.cfg.Log.Info("session cloned", "session", id, "template", t.Name, "ms", rec.BootMillis)
+	return m.toAPI(rec), nil
+}
+
+// clone restores a new VM from template t into the session dir of id.
+func (m *Manager) clone(ctx context.Context, t store.Template, id string) (l *live, err error) {
+	mach, err := decodeMachine(t.Snapshot)
+	if err == nil && mach.Parked == nil {
+		err = errors.New("no snapshot")
+	}
+	if err == nil {
+		err = mach.Parked.verify()
+	}
+	if err != nil {
+		return nil, api.Errorf(api.CodeUnavailable, "template %s: %v", t.Name, err)
+	}
+	dir := m.dir(id)
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("session: clone %s: %w", id, err)
+	}
+	defer func() {
+		if err != nil {
+			os.RemoveAll(dir)
+		}
+	}()
+	if err := copySparse(mach.Parked.Mem, filepath.Join(dir, qemu.MemFile)); err != nil {
+		return nil, fmt.Errorf("session: clone %s: copy memory: %w", id, err)
+	}
+	disk := filepath.Join(dir, "disk.qcow2")
+	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", mach.Disk, "-F", "qcow2", disk).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("session: clone %s: overlay: %v: %s", id, err, strings.TrimSpace(string(out)))
+	}
+	state := mach.Parked.State
+	mach.Parked, mach.Disk = nil, disk
+	rctx, cancel := context.WithTimeout(ctx, m.cfg.DefaultBootTimeout)
+	defer cancel()
+	l, err = m.restore(rctx, id, dir, mach, state)
+	if err != nil {
+		return nil, api.Errorf(api.CodeUnavailable, "template %s: restore clone: %v", t.Name, err)
+	}
+	return l, nil
+}
+
+// copySparse copies src to dst: a reflink where the file system supports
+// it, else only src's data extents (dst keeps src's holes).
+func copySparse(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) == nil {
+		return nil
+	}
+	fi, err := in.Stat()
+	if err != nil {
+		return err
+	}
+	size := fi.Size()
+	if err := out.Truncate(size); err != nil {
+		return err
+	}
+	var off int64
+	for off < size {
+		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)
+		if err != nil {
+			if errors.Is(err, unix.ENXIO) {
+				break // only a hole remains
+			}
+			return err
+		}
+		hole, err := unix.Seek(int(in.Fd()), data, unix.SEEK_HOLE)
+		if err != nil {
+			return err
+		}
+		for pos := data; pos < hole; {
+			roff, woff := pos, pos
+			n, err := unix.CopyFileRange(int(in.Fd()), &roff, int(out.Fd()), &woff, int(hole-pos), 0)
+			if err != nil {
+				return err
+			}
+			if n == 0 {
+				return io.ErrUnexpectedEOF
+			}
+			pos += int64(n)
+		}
+		off = hole
+	}
+	return nil
+}
+
+// pool is a template's warm pool.
+type pool struct {
+	want   int
+	ready  []pooled
+	wake   chan struct{} // a claim or a change asks the filler to run
+	cancel chan struct{} // closed by drain
+}
+
+type pooled struct {
+	id string
+	l  *live
+}
+
+// startPools starts the pools of every ready template (after a restart).
+func (m *Manager) startPools(ctx context.Context) error {
+	ts, err := m.cfg.Store.ListTemplates(ctx)
+	if err != nil {
+		return fmt.Errorf("session: templates: %w", err)
+	}
+	for _, t := range ts {
+		m.ensurePool(t)
+	}
+	return nil
+}
+
+// ensurePool starts the filler of t's pool if it wants clones.
+func (m *Manager) ensurePool(t store.Template) {
+	if t.Pool <= 0 || t.State != api.TemplateReady {
+		return
+	}
+	m.mu.Lock()
+	if m.pools[t.Name] != nil {
+		m.mu.Unlock()
+		return
+	}
+	p := &pool{want: t.Pool, wake: make(chan struct{}, 1), cancel: make(chan struct{})}
+	m.pools[t.Name] = p
+	m.mu.Unlock()
+	m.bg.Add(1)
+	go m.fillLoop(t, p)
+	m.refill(t.Name)
+}
+
+func (m *Manager) refill(name string) {
+	m.mu.Lock()
+	p := m.pools[name]
+	m.mu.Unlock()
+	if p == nil {
+		return
+	}
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (m *Manager) fillLoop(t store.Template, p *pool) {
+	defer m.bg.Done()
+	for {
+		select {
+		case <-m.stop:
+			m.drainPool(t.Name)
+			return
+		case <-p.cancel:
+			return
+		case <-p.wake:
+		}
+	fill:
+		for {
+			m.mu.Lock()
+			n := len(p.ready)
+			m.mu.Unlock()
+			if n >= p.want {
+				break fill
+			}
+			id := newID()
+			l, err := m.clone(context.Background(), t, id)
+			if err != nil {
+				m.cfg.Log.Warn("pool refill failed", "template", t.Name, "err", err)
+				select {
+				case <-time.After(5 * time.Second):
+				case <-m.stop:
+				case <-p.cancel:
+				}
+				break fill
+			}
+			m.mu.Lock()
+			select {
+			case <-p.cancel:
+				m.mu.Unlock()
+				l.agent.Close()
+				_ = l.vm.Stop(context.Background())
+				os.RemoveAll(m.dir(id))
+				return
+			default:
+			}
+			p.ready = append(p.ready, pooled{id: id, l: l})
+			m.mu.Unlock()
+		}
+	}
+}
+
+// claim takes a ready clone from the template's pool, if any.
+func (m *Manager) claim(name string) (string, *live) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	p := m.pools[name]
+	if p == nil || len(p.ready) == 0 {
+		return "", nil
+	}
+	c := p.ready[0]
+	p.ready = p.ready[1:]
+	return c.id, c.l
+}
+
+// drainPool stops a template's pool and its ready clones.
+func (m *Manager) drainPool(name string) {
+	m.mu.Lock()
+	p := m.pools[name]
+	delete(m.pools, name)
+	var ready []pooled
+	if p != nil {
+		select {
+		case <-p.cancel:
+		default:
+			close(p.cancel)
+		}
+		ready, p.ready = p.ready, nil
+	}
+	m.mu.Unlock()
+	for _, c := range ready {
+		c.l.agent.Close()
+		_ = c.l.vm.Stop(context.Background())
+		os.RemoveAll(m.dir(c.id))
+	}
+}

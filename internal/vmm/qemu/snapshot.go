@@ -1,0 +1,268 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/cove-dev/cove/internal/qmp"
+	"github.com/cove-dev/cove/internal/vmm"
+)
+
+// The snapshot recipe for QEMU 7.2 (see DESIGN.md): guest RAM lives in a
+// shared file (MemFile), so a save migrates only device state, with
+// x-ignore-shared, into a state file handed to QEMU as a descriptor (an
+// exec: URI is forbidden by -sandbox spawn=deny). Restore starts QEMU with
+// the same arguments plus -incoming defer, feeds it the state file, and
+// continues the guest.
+
+var migrationCaps = map[string]any{
+	"capabilities": []map[string]any{
+		{"capability": "x-ignore-shared", "state": true},
+		{"capability": "events", "state": true},
+	},
+}
+
+// Save stops the VM into statePath: device state in that file, RAM in the
+// VM's MemFile, both fsynced before it returns. The QEMU process is gone
+// afterwards. On error before the migration completes, the VM keeps
+// running.
+func (d *Driver) Save(ctx context.Context, v vmm.VM, statePath string) (vmm.SaveStats, error) {
+	vm, ok := v.(*VM)
+	if !ok {
+		return vmm.SaveStats{}, fmt.Errorf("qemu: save: not a QEMU VM")
+	}
+	var stats vmm.SaveStats
+	start := time.Now()
+	if vm.qmp == nil {
+		return stats, fmt.Errorf("qemu: save %s: no QMP connection", vm.id)
+	}
+	if _, err := vm.qmp.Execute(ctx, "migrate-set-capabilities", migrationCaps); err != nil {
+		return stats, fmt.Errorf("qemu: save %s: %w", vm.id, err)
+	}
+	tmp := statePath + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return stats, fmt.Errorf("qemu: save %s: %w", vm.id, err)
+	}
+	defer os.Remove(tmp)
+	defer f.Close()
+	if _, err := vm.qmp.ExecuteWithFile(ctx, "getfd", map[string]any{"fdname": "migfd"}, f); err != nil {
+		return stats, fmt.Errorf("qemu: save %s: %w", vm.id, err)
+	}
+	events := vm.qmp.Events()
+	if _, err := vm.qmp.Execute(ctx, "migrate", map[string]any{"uri": "fd:migfd"}); err != nil {
+		return stats, fmt.Errorf("qemu: save %s: %w", vm.id, err)
+	}
+	if err := waitMigration(ctx, vm.qmp, events); err != nil {
+		// The source resumes on a failed migration; make sure it runs.
+		_, _ = vm.qmp.Execute(context.Background(), "cont", nil)
+		return stats, fmt.Errorf("qemu: save %s: %w", vm.id, err)
+	}
+	stats.Migrate = time.Since(start)
+	// The guest is paused now. Make both files durable before the VM goes.
+	if err := f.Sync(); err != nil {
+		return stats, fmt.Errorf("qemu: save %s: sync state: %w", vm.id, err)
+	}
+	syncStart := time.Now()
+	if err := syncFile(filepath.Join(vm.dir, MemFile)); err != nil {
+		return stats, fmt.Errorf("qemu: save %s: sync memory: %w", vm.id, err)
+	}
+	stats.Sync = time.Since(syncStart)
+	if err := f.Close(); err != nil {
+		return stats, err
+	}
+	if err := os.Rename(tmp, statePath); err != nil {
+		return stats, fmt.Errorf("qemu: save %s: %w", vm.id, err)
+	}
+	syncDir(filepath.Dir(statePath))
+	if fi, err := os.Stat(statePath); err == nil {
+		stats.StateBytes = fi.Size()
+	}
+	// The disk lock is released when the migration completes; quitting can
+	// overlap whatever comes next.
+	if err := vm.Stop(ctx); err != nil {
+		return stats, err
+	}
+	stats.Total = time.Since(start)
+	return stats, nil
+}
+
+func syncFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
+func syncDir(dir string) {
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+}
+
+// waitMigration waits for the migration to complete, from MIGRATION
+// events, polling query-migrate as a fallback.
+func waitMigration(ctx context.Context, c *qmp.Conn, events <-chan qmp.Event) error {
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	check := func() (bool, error) {
+		raw, err := c.Execute(ctx, "query-migrate", nil)
+		if err != nil {
+			return false, err
+		}
+		var st struct {
+			Status    string `json:"status"`
+			ErrorDesc string `json:"error-desc"`
+		}
+		if err := json.Unmarshal(raw, &st); err != nil {
+			return false, err
+		}
+		switch st.Status {
+		case "completed":
+			return true, nil
+		case "failed", "cancelled":
+			return false, fmt.Errorf("migration %s: %s", st.Status, st.ErrorDesc)
+		}
+		return false, nil
+	}
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				return errors.New("QMP connection closed during migration")
+			}
+			if ev.Name != "MIGRATION" {
+				continue
+			}
+			var data struct {
+				Status string `json:"status"`
+			}
+			_ = json.Unmarshal(ev.Data, &data)
+			switch data.Status {
+			case "completed":
+				return nil
+			case "failed", "cancelled":
+				_, err := check()
+				if err == nil {
+					err = fmt.Errorf("migration %s", data.Status)
+				}
+				return err
+			}
+		case <-tick.C:
+			done, err := check()
+			if err != nil || done {
+				return err
+			}
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Restore starts QEMU for spec from a state file written by Save; spec.Dir
+// must hold the RAM file (MemFile) that belongs to it, and spec.Disk the
+// disk as it was at the save. The guest runs when Restore returns.
+func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, statePath string) (vmm.VM, vmm.RestoreStats, error) {
+	var stats vmm.RestoreStats
+	start := time.Now()
+	state, err := os.Open(statePath)
+	if err != nil {
+		return nil, stats, fmt.Errorf("qemu: restore %s: %w", spec.ID, err)
+	}
+	defer state.Close()
+	if _, err := os.Stat(filepath.Join(spec.Dir, MemFile)); err != nil {
+		return nil, stats, fmt.Errorf("qemu: restore %s: memory file: %w", spec.ID, err)
+	}
+	a := append(d.Args(spec), "-incoming", "defer", "-S")
+	vm, err := d.spawn(ctx, spec, a, []*os.File{state})
+	if err != nil {
+		return nil, stats, err
+	}
+	stats.Spawn = time.Since(start)
+	fail := func(err error) (vmm.VM, vmm.RestoreStats, error) {
+		_ = vm.kill()
+		return nil, stats, fmt.Errorf("qemu: restore %s: %w; qemu said: %s", spec.ID, err, vm.logTail(QEMULog, 1000))
+	}
+	if _, err := vm.qmp.Execute(ctx, "migrate-set-capabilities", migrationCaps); err != nil {
+		return fail(err)
+	}
+	events := vm.qmp.Events()
+	loadStart := time.Now()
+	// The state file is the child's fd 3 (first of ExtraFiles).
+	if _, err := vm.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:3"}); err != nil {
+		return fail(err)
+	}
+	if err := waitMigration(ctx, vm.qmp, events); err != nil {
+		return fail(err)
+	}
+	stats.Load = time.Since(loadStart)
+	if _, err := vm.qmp.Execute(ctx, "cont", nil); err != nil {
+		return fail(err)
+	}
+	stats.Total = time.Since(start)
+	return vm, stats, nil
+}
+
+// spawn starts QEMU with argv and extra files and connects QMP.
+func (d *Driver) spawn(ctx context.Context, spec vmm.Spec, argv []string, extra []*os.File) (*VM, error) {
+	if d.uid >= 0 {
+		for _, p := range []string{spec.Dir, spec.Disk, filepath.Join(spec.Dir, MemFile)} {
+			if err := os.Chown(p, d.uid, d.gid); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("qemu: %s: %w", spec.ID, err)
+			}
+		}
+	}
+	logf, err := os.OpenFile(filepath.Join(spec.Dir, QEMULog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %s: %w", spec.ID, err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(d.cfg.Binary, argv...)
+	cmd.Dir = spec.Dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = []string{"PATH=/usr/bin:/bin"}
+	cmd.ExtraFiles = extra
+	// Its own session: QEMU outlives a server that dies or restarts (the
+	// next one adopts it) and ignores the terminal's Ctrl-C.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if d.uid >= 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(d.uid), Gid: uint32(d.gid)}
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("qemu: %s: start: %w", spec.ID, err)
+	}
+	vm := &VM{d: d, id: spec.ID, dir: spec.Dir, pid: cmd.Process.Pid, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		close(vm.done)
+	}()
+	vm.start, _ = procStartTime(vm.pid)
+	d.limit(spec, vm.pid)
+
+	qctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-vm.done:
+			cancel()
+		case <-qctx.Done():
+		}
+	}()
+	conn, err := qmp.Dial(qctx, filepath.Join(spec.Dir, QMPSocket))
+	if err != nil {
+		_ = vm.kill()
+		return nil, fmt.Errorf("qemu: %s: %w; qemu said: %s", spec.ID, err, vm.logTail(QEMULog, 1000))
+	}
+	vm.qmp = conn
+	return vm, nil
+}
