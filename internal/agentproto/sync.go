@@ -127,10 +127,11 @@ func (c *prefixConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
 // Connect dials the guest agent (dial is called again for every attempt),
 // syncs the stream, starts the yamux session and says hello. It retries
-// until ctx ends; the wait for each sync answer grows from 250 ms to 4 s,
-// since a booting guest answers only once its agent runs.
+// until ctx ends; the wait for each sync answer grows from 1 s to 4 s,
+// since a booting guest answers only once its agent runs, and a guest just
+// restored runs slowly at first under emulation.
 func Connect(ctx context.Context, dial func(context.Context) (net.Conn, error)) (*Client, Hello, error) {
-	wait := 250 * time.Millisecond
+	wait := time.Second
 	var lastErr error
 	for {
 		if ctx.Err() != nil {

@@ -294,11 +294,15 @@ func (m *Manager) Wake(ctx context.Context, id string) (api.Session, error) {
 
 // restore starts a VM from a state file and connects to its agent.
 func (m *Manager) restore(ctx context.Context, id, dir string, mach machine, state string) (*live, error) {
-	vm, _, err := m.snap.Restore(ctx, mach.spec(id, dir), state)
+	start := time.Now()
+	vm, st, err := m.snap.Restore(ctx, mach.spec(id, dir), state)
 	if err != nil {
 		return nil, err
 	}
+	restored := time.Now()
 	agent, err := m.connect(ctx, vm)
+	m.cfg.Log.Info("restored", "session", id, "spawn_ms", st.Spawn.Milliseconds(), "load_ms", st.Load.Milliseconds(),
+		"qemu_ms", restored.Sub(start).Milliseconds(), "agent_ms", time.Since(restored).Milliseconds())
 	if err != nil {
 		tail := lastLines(vm.ConsoleTail(), 8)
 		_ = vm.Stop(context.Background())

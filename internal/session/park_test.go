@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/store/sqlite"
 )
 
 // TestParkWakeIsExact parks and wakes one session many times and checks
@@ -23,6 +24,9 @@ func TestParkWakeIsExact(t *testing.T) {
 	ctx := context.Background()
 	r.sh(t, s.ID, "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done) </dev/null >/dev/null 2>&1 & echo $! > /tmp/pid")
 	pid := strings.TrimSpace(r.sh(t, s.ID, "cat /tmp/pid"))
+	// A pipeline whose writer keeps an open file and a pipe across parks:
+	// each tick goes through the pipe and is appended through fd 3.
+	r.sh(t, s.ID, "(exec 3>>/root/ticks; (while true; do echo tick; sleep 0.05; done) | while read l; do echo $l >&3; done) </dev/null >/dev/null 2>&1 &")
 	last := 0
 	const cycles = 20
 	for i := 0; i < cycles; i++ {
@@ -63,6 +67,11 @@ func TestParkWakeIsExact(t *testing.T) {
 		last = n
 		if got := strings.TrimSpace(r.sh(t, s.ID, "kill -0 "+pid+" && echo alive")); got != "alive" {
 			t.Fatalf("cycle %d: background process %s is gone", i, pid)
+		}
+		ticks := strings.Count(r.sh(t, s.ID, "cat /root/ticks"), "tick")
+		time.Sleep(150 * time.Millisecond)
+		if more := strings.Count(r.sh(t, s.ID, "cat /root/ticks"), "tick"); more <= ticks {
+			t.Fatalf("cycle %d: the pipeline writing through a pipe and an open file stopped (%d ticks)", i, more)
 		}
 		if got := strings.Count(r.sh(t, s.ID, "cat /root/log"), "cycle-"); got != i+1 {
 			t.Fatalf("cycle %d: log has %d lines, want %d", i, got, i+1)
@@ -155,5 +164,52 @@ func TestIdleSessionParks(t *testing.T) {
 	}
 	if out := strings.TrimSpace(r.sh(t, s.ID, "echo awake")); out != "awake" {
 		t.Fatalf("exec on a parked session: %q", out)
+	}
+}
+
+// TestInterruptedParkRecovers simulates a server that died in the middle
+// of a park: with the VM still running the session is running again; with
+// a complete snapshot on disk it is parked and wakes.
+func TestInterruptedParkRecovers(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	ctx := context.Background()
+	a := r.create(t, api.CreateSessionRequest{})
+	b := r.create(t, api.CreateSessionRequest{})
+	r.sh(t, a.ID, "echo a > /root/f")
+	r.sh(t, b.ID, "echo b > /root/f")
+	// b: a complete snapshot, then the server died before recording it.
+	if _, err := r.mgr.Park(ctx, b.ID); err != nil {
+		t.Fatal(err)
+	}
+	r.close()
+	st, err := sqlite.Open(ctx, r.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{a.ID, b.ID} {
+		rec, err := st.GetSession(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rec.State = api.StateParking // as if the server stopped mid-park
+		if err := st.UpdateSession(ctx, rec); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st.Close()
+	r2 := openRig(t, rigOptions{dir: r.dir, db: r.db})
+	if err := r2.mgr.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ga, _ := r2.mgr.Get(ctx, a.ID)
+	gb, _ := r2.mgr.Get(ctx, b.ID)
+	if ga.State != api.StateRunning || gb.State != api.StateParked {
+		t.Fatalf("after recovery: a is %s (want running; %s), b is %s (want parked)", ga.State, ga.Error, gb.State)
+	}
+	if got := strings.TrimSpace(r2.sh(t, a.ID, "cat /root/f")); got != "a" {
+		t.Fatalf("a: %q", got)
+	}
+	if got := strings.TrimSpace(r2.sh(t, b.ID, "cat /root/f")); got != "b" {
+		t.Fatalf("b after wake: %q", got)
 	}
 }

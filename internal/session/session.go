@@ -550,6 +550,7 @@ func (m *Manager) Close() {
 	for id, l := range m.live {
 		l.deleting = true // their QEMU processes keep running
 		l.agent.Close()
+		_ = l.vm.Release()
 		delete(m.live, id)
 	}
 }

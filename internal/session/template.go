@@ -471,6 +471,17 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 			}
 			id := newID()
 			l, err := m.clone(context.Background(), t, id)
+			if err == nil {
+				// Run one command now: the first exec after a restore pays
+				// for translating the guest's exec path again (under TCG);
+				// a pooled clone pays it before it is claimed.
+				if _, _, werr := runShell(context.Background(), l, "true"); werr != nil {
+					l.agent.Close()
+					_ = l.vm.Stop(context.Background())
+					os.RemoveAll(m.dir(id))
+					err = werr
+				}
+			}
 			if err != nil {
 				m.cfg.Log.Warn("pool refill failed", "template", t.Name, "err", err)
 				select {

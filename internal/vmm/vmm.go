@@ -57,6 +57,9 @@ type VM interface {
 	// It returns once the VMM process is gone. Stopping a stopped VM is a
 	// no-op.
 	Stop(ctx context.Context) error
+	// Release lets go of the VM without stopping it: the control
+	// connection closes, so that another process can Adopt it.
+	Release() error
 	// Done is closed when the VMM process exits for any reason.
 	Done() <-chan struct{}
 	// ConsoleTail returns the last bytes the guest wrote to its console,
