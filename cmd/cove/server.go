@@ -35,11 +35,22 @@ type serverConfig struct {
 	Images       []string // built at start when missing
 	DefaultImage string
 	StopOnExit   bool
+	IdleTimeout  time.Duration
 }
 
 func envOr(key, def string) string {
 	if v := os.Getenv(key); v != "" {
 		return v
+	}
+	return def
+}
+
+// envDuration reads a duration from the environment, or def.
+func envDuration(key string, def time.Duration) time.Duration {
+	if v := os.Getenv(key); v != "" {
+		if d, err := time.ParseDuration(v); err == nil {
+			return d
+		}
 	}
 	return def
 }
@@ -68,6 +79,7 @@ exits.`,
 	f.StringVar(&cfg.QEMUUser, "qemu-user", envOr("COVE_QEMU_USER", "cove-vm"), "unprivileged user QEMU runs as when the server is root (COVE_QEMU_USER)")
 	f.StringSliceVar(&cfg.Images, "build-images", nil, "images to build at start if missing (e.g. tiny,debian)")
 	f.StringVar(&cfg.DefaultImage, "default-image", "tiny", "image for sessions that name none")
+	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", envDuration("COVE_IDLE_TIMEOUT", 30*time.Minute), "park sessions idle this long (no API call, nothing attached); 0 never; a session's own --idle-timeout wins (COVE_IDLE_TIMEOUT)")
 	f.BoolVar(&cfg.StopOnExit, "stop-on-exit", false, "stop every VM when the server exits (default: leave them for the next server to adopt)")
 	return cmd
 }
@@ -101,12 +113,12 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	}
 	defer st.Close()
 
-	builder := &image.Builder{Home: cfg.Home, AgentPath: cfg.AgentPath}
+	builder := &image.Builder{Home: cfg.Home, AgentPath: cfg.AgentPath, Records: st}
 	progress := func(msg string) { log.Info(msg) }
 	if _, err := builder.Kernel(ctx, progress); err != nil {
 		return err
 	}
-	for _, name := range cfg.Images {
+	for _, name := range append([]string{cfg.DefaultImage}, cfg.Images...) {
 		if name = strings.TrimSpace(name); name == "" {
 			continue
 		}
@@ -122,7 +134,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	metrics := apiserver.NewMetrics()
 	mgr, err := session.New(session.Config{
 		Store: st, Driver: driver, Images: builder, Dir: filepath.Join(cfg.Home, "sessions"), Log: log,
-		DefaultImage: cfg.DefaultImage,
+		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout,
 	})
 	if err != nil {
 		return err

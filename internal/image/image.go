@@ -25,6 +25,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/agent"
+	"github.com/cove-dev/cove/internal/store"
 )
 
 // Builder builds and caches kernels, initramfs images and root file systems
@@ -37,12 +38,28 @@ type Builder struct {
 	// Mirror is the Debian mirror for debootstrap; empty means the first
 	// one in the host's apt sources, else deb.debian.org.
 	Mirror string
+	// Records, if set, is told of every image built or found cached, so
+	// the state store lists them.
+	Records Records
 
 	kmu    sync.Mutex
 	kernel *Kernel // guarded by kmu
 
 	bmu    sync.Mutex
 	builds map[string]*sync.Mutex // guarded by bmu: one build per image name
+}
+
+// Records keeps image records (the state store does).
+type Records interface {
+	PutImage(ctx context.Context, im store.Image) error
+}
+
+func (b *Builder) record(ctx context.Context, im Image) {
+	if b.Records == nil {
+		return
+	}
+	_ = b.Records.PutImage(ctx, store.Image{Name: im.Name, Key: im.Key, Dir: filepath.Dir(im.RootFS),
+		SizeBytes: im.SizeBytes, CreatedAt: im.CreatedAt, BuildMillis: im.BuildMs})
 }
 
 // Recipe describes how an image is built.
@@ -194,6 +211,7 @@ func (b *Builder) BuildImage(ctx context.Context, name string, progress func(str
 	k := key(inputs)
 	if im, err := b.load(name, k); err == nil {
 		progress(fmt.Sprintf("%s: cached (key %s)", name, k))
+		b.record(ctx, im)
 		return im, nil
 	}
 	start := time.Now()
@@ -242,7 +260,11 @@ func (b *Builder) BuildImage(ctx context.Context, name string, progress func(str
 	}
 	syncDir(parent)
 	progress(fmt.Sprintf("%s: built in %s", name, time.Since(start).Round(time.Millisecond)))
-	return b.load(name, k)
+	im, err := b.load(name, k)
+	if err == nil {
+		b.record(ctx, im)
+	}
+	return im, err
 }
 
 // Initramfs returns the initramfs for kernel k and the current agent

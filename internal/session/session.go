@@ -512,6 +512,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 		m.cfg.Log.Warn("killing orphan QEMU process", "pid", pid)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
+	if c, ok := m.cfg.Driver.(interface{ CleanCgroups(func(string) bool) }); ok {
+		c.CleanCgroups(func(id string) bool { return known[id] })
+	}
 	m.bg.Add(1)
 	go m.idleLoop()
 	return m.startPools(ctx)

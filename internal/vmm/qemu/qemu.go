@@ -471,6 +471,22 @@ func (d *Driver) unlimit(id string) {
 	}
 }
 
+// CleanCgroups removes the per-VM cgroups whose VM id keep reports false
+// (left behind by VMs that died while no server ran).
+func (d *Driver) CleanCgroups(keep func(id string) bool) {
+	if !d.cgroupsWork {
+		return
+	}
+	for _, ctrl := range []string{"memory", "cpu"} {
+		ents, _ := os.ReadDir(filepath.Join(d.cfg.CgroupRoot, ctrl, "cove"))
+		for _, e := range ents {
+			if e.IsDir() && !keep(e.Name()) {
+				_ = os.Remove(filepath.Join(d.cfg.CgroupRoot, ctrl, "cove", e.Name()))
+			}
+		}
+	}
+}
+
 // Orphans returns the PIDs of QEMU processes booted by a cove driver
 // for VMs under dirRoot whose id keep reports false.
 func Orphans(dirRoot string, keep func(id string) bool) []int {
