@@ -14,6 +14,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -31,6 +32,9 @@ var Version = "dev"
 type Agent struct {
 	Log    *slog.Logger
 	reaper *reaper
+
+	mu      sync.Mutex
+	running map[int]*running // guarded by mu: commands by PID, until their exit is delivered
 }
 
 // New returns an agent. It starts the child reaper: as PID 1 the agent is
@@ -162,6 +166,8 @@ func (a *Agent) handle(st *yamux.Stream) {
 		a.hello(st, req)
 	case agentproto.OpExec:
 		a.exec(st, req)
+	case agentproto.OpAttach:
+		a.attachOp(st, req)
 	case agentproto.OpRead:
 		readFile(st, req)
 	case agentproto.OpWrite:

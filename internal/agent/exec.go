@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -195,26 +196,122 @@ func (a *Agent) exec(st io.ReadWriter, req agentproto.Request) {
 		respondErr(st, codeOf(err), fmt.Errorf("exec: %s: %w", x.Argv[0], err))
 		return
 	}
+	r := &running{p: p}
+	a.track(r)
+	go a.supervise(r, x.Timeout)
+	a.attach(st, r)
+}
+
+// attachOp re-attaches a stream to a command whose stream ended before it
+// did (the host parked the VM, or restarted): the output produced meanwhile
+// is replayed first.
+func (a *Agent) attachOp(st io.ReadWriter, req agentproto.Request) {
+	a.mu.Lock()
+	r := a.running[req.PID]
+	a.mu.Unlock()
+	if r == nil {
+		respondErr(st, agentproto.CodeNotFound, fmt.Errorf("attach: no command with pid %d", req.PID))
+		return
+	}
+	a.attach(st, r)
+}
+
+// maxBacklog bounds the output kept for a detached command.
+const maxBacklog = 1 << 20
+
+type chunk struct {
+	typ  byte
+	data []byte
+}
+
+// running is a started command. Its output goes to the attached stream or,
+// while none is attached, into a bounded backlog that the next attach
+// replays. The command never depends on a stream: it runs on when the
+// host's connection ends.
+type running struct {
+	p *process
+
+	mu        sync.Mutex
+	sink      *frameWriter     // guarded by mu: the attached stream, nil while detached
+	ended     chan struct{}    // guarded by mu: closed when the attached stream got the exit
+	backlog   []chunk          // guarded by mu
+	backlogN  int              // guarded by mu: bytes in backlog
+	exit      *agentproto.Exit // guarded by mu: set once the command ended and its output drained
+	delivered bool             // guarded by mu: an attached stream got the exit
+}
+
+func (r *running) emit(typ byte, data []byte) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.sink != nil {
+		if r.sink.frame(typ, data) == nil {
+			return
+		}
+		r.sink = nil // the stream broke: keep the output for the next attach
+	}
+	r.backlog = append(r.backlog, chunk{typ, append([]byte(nil), data...)})
+	r.backlogN += len(data)
+	for r.backlogN > maxBacklog && len(r.backlog) > 1 {
+		r.backlogN -= len(r.backlog[0].data)
+		r.backlog = r.backlog[1:]
+	}
+}
+
+func (a *Agent) track(r *running) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.running == nil {
+		a.running = map[int]*running{}
+	}
+	a.running[r.p.pid] = r
+}
+
+func (a *Agent) forget(r *running) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.running[r.p.pid] == r {
+		delete(a.running, r.p.pid)
+	}
+}
+
+// attach serves one stream for r: the PID, the backlog, then live output
+// and input until the exit is delivered or the stream breaks.
+func (a *Agent) attach(st io.ReadWriter, r *running) {
 	fw := &frameWriter{w: st}
-	if err := fw.json(agentproto.FrameResponse, agentproto.Response{PID: p.pid}); err != nil {
-		p.kill()
+	r.mu.Lock()
+	if err := fw.json(agentproto.FrameResponse, agentproto.Response{PID: r.p.pid}); err != nil {
+		r.mu.Unlock()
+		return
 	}
-
-	var timedOut bool
-	var tmu sync.Mutex
-	if x.Timeout > 0 {
-		t := time.AfterFunc(time.Duration(x.Timeout)*time.Millisecond, func() {
-			tmu.Lock()
-			timedOut = true
-			tmu.Unlock()
-			p.kill()
-		})
-		defer t.Stop()
+	for len(r.backlog) > 0 {
+		c := r.backlog[0]
+		if fw.frame(c.typ, c.data) != nil {
+			r.mu.Unlock()
+			return
+		}
+		r.backlog = r.backlog[1:]
+		r.backlogN -= len(c.data)
 	}
+	if r.exit != nil {
+		if fw.json(agentproto.FrameExit, *r.exit) == nil {
+			r.delivered = true
+		}
+		r.mu.Unlock()
+		if r.delivered {
+			a.forget(r)
+		}
+		return
+	}
+	r.sink = fw
+	ended := make(chan struct{})
+	r.ended = ended
+	r.mu.Unlock()
 
-	// Host → guest: stdin, resize, signals. Ends when the stream closes.
+	// Host → guest: stdin, resize, signals, until the stream ends.
+	input := make(chan struct{})
 	go func() {
-		defer p.closeStdin()
+		defer close(input)
+		p := r.p
 		buf := make([]byte, 0, 64<<10)
 		for {
 			typ, payload, err := agentproto.ReadFrame(st, buf)
@@ -240,7 +337,31 @@ func (a *Agent) exec(st io.ReadWriter, req agentproto.Request) {
 			}
 		}
 	}()
+	select {
+	case <-ended:
+		a.forget(r)
+	case <-input:
+		// The stream ended first: detach; the command runs on.
+		r.mu.Lock()
+		if r.sink == fw {
+			r.sink = nil
+		}
+		r.mu.Unlock()
+	}
+}
 
+// supervise runs a command's life: output to its stream or backlog, the
+// timeout, the exit.
+func (a *Agent) supervise(r *running, timeoutMillis int64) {
+	p := r.p
+	var timedOut atomic.Bool
+	if timeoutMillis > 0 {
+		t := time.AfterFunc(time.Duration(timeoutMillis)*time.Millisecond, func() {
+			timedOut.Store(true)
+			p.kill()
+		})
+		defer t.Stop()
+	}
 	var wg sync.WaitGroup
 	for _, o := range p.outputs {
 		wg.Add(1)
@@ -250,9 +371,7 @@ func (a *Agent) exec(st io.ReadWriter, req agentproto.Request) {
 			for {
 				n, err := o.r.Read(buf)
 				if n > 0 {
-					if fw.frame(o.typ, buf[:n]) != nil {
-						return
-					}
+					r.emit(o.typ, buf[:n])
 				}
 				if err != nil {
 					return
@@ -270,7 +389,7 @@ func (a *Agent) exec(st io.ReadWriter, req agentproto.Request) {
 	p.closeOutputs()
 	<-drained
 
-	exit := agentproto.Exit{}
+	exit := agentproto.Exit{TimedOut: timedOut.Load()}
 	switch {
 	case ws.Exited():
 		exit.Code = ws.ExitStatus()
@@ -278,10 +397,19 @@ func (a *Agent) exec(st io.ReadWriter, req agentproto.Request) {
 		exit.Signal = int(ws.Signal())
 		exit.Code = 128 + int(ws.Signal())
 	}
-	tmu.Lock()
-	exit.TimedOut = timedOut
-	tmu.Unlock()
-	_ = fw.json(agentproto.FrameExit, exit)
+	r.mu.Lock()
+	r.exit = &exit
+	if r.sink != nil && r.sink.json(agentproto.FrameExit, exit) == nil {
+		r.delivered = true
+		close(r.ended)
+	}
+	r.sink = nil
+	delivered := r.delivered
+	r.mu.Unlock()
+	if !delivered {
+		// Kept for an attach; forgotten if none comes.
+		time.AfterFunc(10*time.Minute, func() { a.forget(r) })
+	}
 }
 
 type output struct {

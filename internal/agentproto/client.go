@@ -207,14 +207,24 @@ func (c *Client) TarPut(ctx context.Context, dir string, r io.Reader) error {
 // exits; ctx's end closes the stream (the guest then kills nothing: call
 // Signal first if the command must die).
 func (c *Client) Exec(ctx context.Context, x Exec) (*Process, error) {
-	st, release, err := c.open(ctx, Request{Op: OpExec, Exec: &x})
+	return c.start(ctx, Request{Op: OpExec, Exec: &x})
+}
+
+// Attach re-attaches to a command started by Exec whose stream ended
+// before the command did; output produced meanwhile comes first.
+func (c *Client) Attach(ctx context.Context, pid int) (*Process, error) {
+	return c.start(ctx, Request{Op: OpAttach, PID: pid})
+}
+
+func (c *Client) start(ctx context.Context, req Request) (*Process, error) {
+	st, release, err := c.open(ctx, req)
 	if err != nil {
 		return nil, err
 	}
 	var resp Response
 	if err := ReadJSON(st, FrameResponse, &resp); err != nil {
 		release()
-		return nil, ctxErr(ctx, fmt.Errorf("agentproto: exec: %w", err))
+		return nil, ctxErr(ctx, fmt.Errorf("agentproto: %s: %w", req.Op, err))
 	}
 	if err := resp.Err(); err != nil {
 		release()

@@ -9,6 +9,8 @@
 //	exec:     guest → FrameResponse (started or error); then guest → FrameStdout/
 //	          FrameStderr…, host → FrameStdin/FrameStdinEOF/FrameResize/FrameSignal…;
 //	          guest → FrameExit last
+//	attach:   as exec, for a command whose stream ended before it did (a park):
+//	          the output produced meanwhile comes first
 //	read, tar_get: guest → FrameResponse; if ok, guest → FrameData… FrameEOF
 //	write, tar_put: host → FrameData… FrameEOF; guest → FrameResponse
 //
@@ -55,6 +57,7 @@ const (
 const (
 	OpHello  = "hello"
 	OpExec   = "exec"
+	OpAttach = "attach"
 	OpRead   = "read"
 	OpWrite  = "write"
 	OpStat   = "stat"
@@ -86,6 +89,9 @@ type Request struct {
 
 	Path string `json:"path,omitempty"`
 	Mode uint32 `json:"mode,omitempty"`
+
+	// attach: the PID of a command started by exec.
+	PID int `json:"pid,omitempty"`
 }
 
 // Exec describes a command to start.

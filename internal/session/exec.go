@@ -77,24 +77,153 @@ func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest) (Pro
 		}
 		return nil, guestErr(id, "exec", err)
 	}
-	return &process{p: p, l: l}, nil
+	proc := &process{m: m, id: id, pid: p.PID, cur: p, l: l, done: make(chan struct{}), gone: ctx.Done()}
+	proc.stdoutR, proc.stdoutW = io.Pipe()
+	proc.stderrR, proc.stderrW = io.Pipe()
+	go proc.pump(ctx)
+	return proc, nil
 }
 
+// process is a command in a guest, as the API sees it. Its streams outlive
+// the agent connection they started on: when the session is parked the
+// command runs on in the frozen guest, and after the wake process
+// re-attaches to it (the agent replays the output produced meanwhile), so a
+// client attached to a PTY sees a pause, not an end.
 type process struct {
-	p    *agentproto.Process
-	l    *live
-	once sync.Once
+	m   *Manager
+	id  string // the session
+	pid int    // in the guest
+
+	mu  sync.Mutex
+	cur *agentproto.Process // guarded by mu: the current attachment
+	l   *live               // guarded by mu: the VM it is attached through
+
+	stdoutR, stderrR *io.PipeReader
+	stdoutW, stderrW *io.PipeWriter
+
+	gone   <-chan struct{} // the caller's context ended
+	done   chan struct{}   // closed when the command ended (or was lost)
+	status api.ExitStatus  // set before done closes
+	err    error           // set before done closes
 }
 
-func (p *process) Stdin() io.WriteCloser { return stdin{p.p} }
-func (p *process) Stdout() io.Reader     { return p.p.Stdout() }
-func (p *process) Stderr() io.Reader     { return p.p.Stderr() }
+func (p *process) current() (*agentproto.Process, *live) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.cur, p.l
+}
+
+// pump copies the command's output to the API's streams until it exits,
+// re-attaching after a park and wake.
+func (p *process) pump(ctx context.Context) {
+	defer close(p.done)
+	for {
+		cur, l := p.current()
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); _, _ = io.Copy(p.stdoutW, cur.Stdout()) }()
+		go func() { defer wg.Done(); _, _ = io.Copy(p.stderrW, cur.Stderr()) }()
+		wg.Wait()
+		exit, err := cur.Wait()
+		if err == nil {
+			p.status = api.ExitStatus{Code: exit.Code, TimedOut: exit.TimedOut}
+			if exit.Signal > 0 {
+				p.status.Signal = strings.TrimPrefix(unix.SignalName(unix.Signal(exit.Signal)), "SIG")
+			}
+			p.end(l, nil)
+			return
+		}
+		// The stream ended before the command: a park, or the VM is gone.
+		next, nl, aerr := p.reattach(ctx)
+		if aerr != nil {
+			p.end(l, api.Errorf(api.CodeUnavailable, "exec: lost the guest before the command ended: %v", aerr))
+			return
+		}
+		nl.inflight.Add(1)
+		p.mu.Lock()
+		p.cur, p.l = next, nl
+		p.mu.Unlock()
+		l.release()
+	}
+}
+
+// reattach waits for the session to run again and re-attaches to the
+// command.
+func (p *process) reattach(ctx context.Context) (*agentproto.Process, *live, error) {
+	for {
+		l, err := p.m.waitRunning(ctx, p.id)
+		if err != nil {
+			return nil, nil, err
+		}
+		np, err := l.agent.Attach(ctx, p.pid)
+		if err == nil {
+			return np, l, nil
+		}
+		var re *agentproto.RemoteError
+		if errors.As(err, &re) || ctx.Err() != nil {
+			return nil, nil, err // the guest no longer knows the command
+		}
+		// The connection went again (parked once more): wait anew.
+	}
+}
+
+func (p *process) end(l *live, err error) {
+	p.err = err
+	if err != nil {
+		p.stdoutW.CloseWithError(err)
+		p.stderrW.CloseWithError(err)
+	} else {
+		p.stdoutW.Close()
+		p.stderrW.Close()
+	}
+	l.release()
+}
+
+// do runs f on the current attachment; if that fails because the stream
+// is gone (a park), it wakes the session (auto-wake), waits for the
+// re-attach and tries once more.
+func (p *process) do(f func(*agentproto.Process) error) error {
+	cur, _ := p.current()
+	err := f(cur)
+	if err == nil {
+		return nil
+	}
+	select {
+	case <-p.done:
+		return err
+	default:
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), p.m.cfg.DefaultBootTimeout)
+	defer cancel()
+	if _, werr := p.m.agent(ctx, p.id); werr != nil {
+		return werr
+	}
+	for {
+		next, _ := p.current()
+		if next != cur {
+			return f(next)
+		}
+		select {
+		case <-p.done:
+			return err
+		case <-p.gone:
+			return err
+		case <-ctx.Done():
+			return err
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+func (p *process) Stdin() io.WriteCloser { return stdin{p} }
+func (p *process) Stdout() io.Reader     { return p.stdoutR }
+func (p *process) Stderr() io.Reader     { return p.stderrR }
 
 func (p *process) Resize(rows, cols int) error {
 	if rows <= 0 || cols <= 0 || rows > 10000 || cols > 10000 {
 		return api.Errorf(api.CodeInvalid, "resize %dx%d: rows and cols must be 1..10000", rows, cols)
 	}
-	return p.p.Resize(rows, cols)
+	return p.do(func(c *agentproto.Process) error { return c.Resize(rows, cols) })
 }
 
 func (p *process) Signal(name string) error {
@@ -102,26 +231,27 @@ func (p *process) Signal(name string) error {
 	if sig == 0 {
 		return api.Errorf(api.CodeInvalid, "unknown signal %q", name)
 	}
-	return p.p.Signal(int(sig))
+	return p.do(func(c *agentproto.Process) error { return c.Signal(int(sig)) })
 }
 
 func (p *process) Wait() (api.ExitStatus, error) {
-	exit, err := p.p.Wait()
-	p.once.Do(p.l.release)
-	if err != nil {
-		return api.ExitStatus{}, api.Errorf(api.CodeUnavailable, "exec: lost the guest before the command ended: %v", err)
-	}
-	st := api.ExitStatus{Code: exit.Code, TimedOut: exit.TimedOut}
-	if exit.Signal > 0 {
-		st.Signal = strings.TrimPrefix(unix.SignalName(unix.Signal(exit.Signal)), "SIG")
-	}
-	return st, nil
+	<-p.done
+	return p.status, p.err
 }
 
-type stdin struct{ p *agentproto.Process }
+type stdin struct{ p *process }
 
-func (s stdin) Write(b []byte) (int, error) { return s.p.Write(b) }
-func (s stdin) Close() error                { return s.p.CloseStdin() }
+func (s stdin) Write(b []byte) (int, error) {
+	err := s.p.do(func(c *agentproto.Process) error { _, err := c.Write(b); return err })
+	if err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+func (s stdin) Close() error {
+	return s.p.do(func(c *agentproto.Process) error { return c.CloseStdin() })
+}
 
 // Open streams a regular file from the guest.
 func (m *Manager) Open(ctx context.Context, id, path string) (io.ReadCloser, error) {

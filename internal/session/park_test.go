@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -211,5 +212,63 @@ func TestInterruptedParkRecovers(t *testing.T) {
 	}
 	if got := strings.TrimSpace(r2.sh(t, b.ID, "cat /root/f")); got != "b" {
 		t.Fatalf("b after wake: %q", got)
+	}
+}
+
+// TestPTYSurvivesPark keeps an interactive shell attached across a park
+// and a wake: the same shell answers afterwards with its variables and its
+// working directory, through the same stream.
+func TestPTYSurvivesPark(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	s := r.create(t, api.CreateSessionRequest{})
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, err := r.mgr.Exec(ctx, s.ID, api.ExecRequest{Argv: []string{"sh"}, TTY: true, Rows: 24, Cols: 80})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var out strings.Builder
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := p.Stdout().Read(buf)
+			mu.Lock()
+			out.Write(buf[:n])
+			mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	seen := func(sub string) bool {
+		return waitFor(30*time.Second, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return strings.Contains(out.String(), sub)
+		})
+	}
+	if _, err := p.Stdin().Write([]byte("cd /tmp; X=4$((1+1)); echo ready-$X\n")); err != nil {
+		t.Fatal(err)
+	}
+	if !seen("ready-42") {
+		t.Fatalf("shell did not answer: %q", out.String())
+	}
+	if _, err := r.mgr.Park(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	// Typing into the parked session's shell wakes it.
+	if _, err := p.Stdin().Write([]byte("echo after-$X-$(pwd)\n")); err != nil {
+		t.Fatalf("write after park: %v", err)
+	}
+	if !seen("after-42-/tmp") {
+		t.Fatalf("the shell lost its state across park/wake: %q", out.String())
+	}
+	if _, err := p.Stdin().Write([]byte("exit 5\n")); err != nil {
+		t.Fatal(err)
+	}
+	st, err := p.Wait()
+	if err != nil || st.Code != 5 {
+		t.Fatalf("shell ended with %+v, %v; want exit 5", st, err)
 	}
 }

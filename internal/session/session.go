@@ -71,9 +71,10 @@ type Manager struct {
 	snap vmm.Snapshotter // nil when the driver cannot snapshot
 
 	mu    sync.Mutex
-	live  map[string]*live       // guarded by mu: sessions with a VM
-	locks map[string]*sync.Mutex // guarded by mu: one lifecycle operation per session at a time
-	pools map[string]*pool       // guarded by mu: warm pools by template name
+	live  map[string]*live         // guarded by mu: sessions with a VM
+	locks map[string]*sync.Mutex   // guarded by mu: one lifecycle operation per session at a time
+	pools map[string]*pool         // guarded by mu: warm pools by template name
+	woke  map[string]chan struct{} // guarded by mu: closed when the session runs again
 
 	stop chan struct{} // closed by Close/StopAll: ends background loops
 	bg   sync.WaitGroup
@@ -130,7 +131,7 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("session: %w", err)
 	}
 	m := &Manager{cfg: cfg, live: map[string]*live{}, locks: map[string]*sync.Mutex{},
-		pools: map[string]*pool{}, stop: make(chan struct{})}
+		pools: map[string]*pool{}, woke: map[string]chan struct{}{}, stop: make(chan struct{})}
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
 	return m, nil
 }
@@ -361,6 +362,10 @@ func (m *Manager) adoptLive(id string, l *live) {
 	l.touch()
 	m.mu.Lock()
 	m.live[id] = l
+	if ch := m.woke[id]; ch != nil {
+		close(ch)
+		delete(m.woke, id)
+	}
 	m.mu.Unlock()
 	go func() {
 		<-l.vm.Done()
@@ -580,6 +585,40 @@ func (m *Manager) StopAll(ctx context.Context) {
 		}()
 	}
 	wg.Wait()
+}
+
+// waitRunning waits until the session has a running VM (after a wake)
+// and returns it. It fails when the session is gone or failed.
+func (m *Manager) waitRunning(ctx context.Context, id string) (*live, error) {
+	for {
+		m.mu.Lock()
+		l := m.live[id]
+		if l != nil && l.deleting {
+			l = nil
+		}
+		ch := m.woke[id]
+		if ch == nil {
+			ch = make(chan struct{})
+			m.woke[id] = ch
+		}
+		m.mu.Unlock()
+		if l != nil {
+			return l, nil
+		}
+		rec, err := m.cfg.Store.GetSession(ctx, id)
+		if err != nil {
+			return nil, notFound(id, err)
+		}
+		if rec.State == api.StateFailed || rec.State == api.StateStopping {
+			return nil, api.Errorf(api.CodeUnavailable, "session %s is %s", id, rec.State)
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // stopLoops ends the background loops (idle parking, pool refills) once.

@@ -2,53 +2,33 @@ package session_test
 
 import (
 	"context"
-	"net"
-	"sync"
-	"sync/atomic"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
-	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/vmm"
+	"github.com/cove-dev/cove/internal/vmtest"
 )
 
-type logDriver struct {
-	vmm.Driver
-	t *testing.T
-}
-
-type logVM struct {
-	vmm.VM
-	t     *testing.T
-	n     atomic.Int32
-	start time.Time
-}
-
-func (d logDriver) Boot(ctx context.Context, spec vmm.Spec) (vmm.VM, error) {
-	vm, err := d.Driver.Boot(ctx, spec)
+func TestTmpPanic(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	env := vmtest.Get(t)
+	im := env.Image(t, "tiny")
+	id := "s-dbgpanic"
+	dir := filepath.Join(r.dir, id)
+	os.Mkdir(dir, 0o700)
+	disk := filepath.Join(dir, "disk.qcow2")
+	exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", im.RootFS, "-F", "raw", disk).Run()
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	vm, err := r.driver.Boot(ctx, vmm.Spec{ID: id, Dir: dir, Kernel: env.Kernel.Vmlinux, Initrd: env.Initrd, Disk: disk, MemoryMiB: 256, CPUs: 1, Cmdline: "rdinit=/no-such-init"})
 	if err != nil {
-		return nil, err
+		t.Fatal(err)
 	}
-	return &logVM{VM: vm, t: d.t, start: time.Now()}, nil
-}
-
-func (v *logVM) DialAgent(ctx context.Context) (net.Conn, error) {
-	c, err := v.VM.DialAgent(ctx)
-	n := v.n.Add(1)
-	v.t.Logf("pid %d dial #%d at %s: err %v", v.PID(), n, time.Since(v.start).Round(time.Millisecond), err)
-	return c, err
-}
-
-func TestTmpDebug8(t *testing.T) {
-	r := newRig(t, rigOptions{driver: func(d vmm.Driver) vmm.Driver { return logDriver{d, t} }})
-	var wg sync.WaitGroup
-	for i := 0; i < 8; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s, err := r.mgr.Create(context.Background(), api.CreateSessionRequest{MemoryMiB: 256, BootTimeout: "40s"})
-			t.Logf("create %d: %s %v", i, s.ID, err)
-		}()
-	}
-	wg.Wait()
+	<-vm.Done()
+	b, _ := os.ReadFile(filepath.Join(dir, "console.log"))
+	t.Logf("%d bytes:\n%s", len(b), b)
+	t.Logf("tail: %s", vm.ConsoleTail())
 }
