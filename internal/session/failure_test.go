@@ -184,4 +184,10 @@ func wantGone(t *testing.T, r *rig, id string) {
 	if _, err := os.Stat(filepath.Join(r.dir, id)); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("directory of %s: %v, want it removed", id, err)
 	}
+	// The driver's per-VM cgroups (where the host has them) go too.
+	for _, ctrl := range []string{"memory", "cpu"} {
+		if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", ctrl, "cove", id)); err == nil {
+			t.Errorf("%s cgroup of %s left behind", ctrl, id)
+		}
+	}
 }

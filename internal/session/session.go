@@ -322,7 +322,7 @@ func (m *Manager) bootIn(ctx context.Context, dir string, rec store.Session, im 
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("session: %s: boot cancelled: %w", rec.ID, ctx.Err())
 		case bctx.Err() != nil:
-			return nil, api.Errorf(api.CodeTimeout, "session %s: guest agent did not answer within %s; console: %s", rec.ID, timeout, lastLines(tail, 8))
+			return nil, api.Errorf(api.CodeTimeout, "session %s: guest agent did not answer within %s (%v); console: %s", rec.ID, timeout, err, lastLines(tail, 8))
 		default:
 			return nil, api.Errorf(api.CodeUnavailable, "session %s: guest agent: %v", rec.ID, err)
 		}
@@ -331,15 +331,29 @@ func (m *Manager) bootIn(ctx context.Context, dir string, rec store.Session, im 
 		Initrd: initrd, Disk: disk, MemoryMiB: rec.MemoryMiB, CPUs: rec.CPUs}}, nil
 }
 
+// lastLines returns the last n lines of a console tail, joined. A kernel
+// panic line goes first even when the panic's stack trace pushed it out of
+// the last n: it is the line that says why the guest died.
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
+	panicLine := ""
+	for _, l := range lines {
+		if strings.Contains(l, "Kernel panic") {
+			panicLine = strings.TrimSpace(l)
+			break
+		}
+	}
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
 	if len(lines) == 0 || (len(lines) == 1 && lines[0] == "") {
 		return "(empty)"
 	}
-	return strings.Join(lines, " | ")
+	out := strings.Join(lines, " | ")
+	if panicLine != "" && !strings.Contains(out, panicLine) {
+		out = panicLine + " | … | " + out
+	}
+	return out
 }
 
 // connect dials the agent and waits for its hello.
@@ -516,6 +530,16 @@ func (m *Manager) Recover(ctx context.Context) error {
 	for _, pid := range qemu.Orphans(m.cfg.Dir, func(id string) bool { return known[id] }) {
 		m.cfg.Log.Warn("killing orphan QEMU process", "pid", pid)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	// Session dirs without a record (warm pool clones, a create cut
+	// short) hold a disk and a memory file: remove them.
+	if ents, err := os.ReadDir(m.cfg.Dir); err == nil {
+		for _, e := range ents {
+			if e.IsDir() && strings.HasPrefix(e.Name(), "s-") && !known[e.Name()] {
+				m.cfg.Log.Warn("removing orphan session dir", "dir", e.Name())
+				os.RemoveAll(filepath.Join(m.cfg.Dir, e.Name()))
+			}
+		}
 	}
 	if c, ok := m.cfg.Driver.(interface{ CleanCgroups(func(string) bool) }); ok {
 		c.CleanCgroups(func(id string) bool { return known[id] })

@@ -268,6 +268,7 @@ func (d *Driver) Adopt(ctx context.Context, raw []byte) (vmm.VM, error) {
 				break
 			}
 		}
+		d.unlimit(h.ID)
 		close(vm.done)
 	}()
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)

@@ -244,6 +244,9 @@ func (d *Driver) spawn(ctx context.Context, spec vmm.Spec, argv []string, extra 
 	vm := &VM{d: d, id: spec.ID, dir: spec.Dir, pid: cmd.Process.Pid, done: make(chan struct{})}
 	go func() {
 		_ = cmd.Wait()
+		// However QEMU ended (Stop, a crash, a failed start), its cgroups
+		// go with it, before anyone waiting on Done moves on.
+		d.unlimit(spec.ID)
 		close(vm.done)
 	}()
 	vm.start, _ = procStartTime(vm.pid)
