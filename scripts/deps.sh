@@ -13,7 +13,9 @@ want mkfs.ext4 e2fsprogs
 want debootstrap debootstrap
 want xz xz-utils
 want dpkg-deb dpkg
-[ -x /bin/busybox ] && /bin/busybox --list-full >/dev/null 2>&1 && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need_pkgs+=(busybox-static)
+# The tiny image needs the static busybox (the dynamic one would need libc).
+bb_status=$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null || true)
+[[ $bb_status == *"ok installed"* ]] || need_pkgs+=(busybox-static)
 
 if ! command -v go >/dev/null 2>&1; then
 	echo "deps: Go is missing: install Go 1.26 (this machine image ships it at /usr/local/go)" >&2
@@ -29,7 +31,7 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # apt-get download (the guest kernel) needs package lists.
-lists_ok() { apt-cache policy linux-image-amd64 2>/dev/null | grep -q 'Candidate: [0-9]'; }
+lists_ok() { local p; p=$(apt-cache policy linux-image-amd64 2>/dev/null); [[ $p == *"Candidate: "[0-9]* ]]; }
 if [ ${#need_pkgs[@]} -gt 0 ] || ! lists_ok; then
 	echo "deps: apt-get update"
 	apt-get update -q >/dev/null
