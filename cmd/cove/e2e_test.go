@@ -86,6 +86,10 @@ func newE2E(t *testing.T) *e2e {
 
 	home := vmtest.Dir(t)
 	for _, d := range []string{"kernels", "images"} {
+		// On a fresh cache the images dir may not exist yet.
+		if err := os.MkdirAll(filepath.Join(vmtest.CacheDir(), d), 0o755); err != nil {
+			t.Fatal(err)
+		}
 		if err := os.Symlink(filepath.Join(vmtest.CacheDir(), d), filepath.Join(home, d)); err != nil {
 			t.Fatal(err)
 		}
