@@ -35,6 +35,7 @@ type Agent struct {
 
 	mu      sync.Mutex
 	running map[int]*running // guarded by mu: commands by PID, until their exit is delivered
+	kick    func()           // guarded by mu: interrupts the current connection's reader
 }
 
 // New returns an agent. It starts the child reaper: as PID 1 the agent is
@@ -103,6 +104,7 @@ func (a *Agent) Serve(ctx context.Context, path string) error {
 			continue // the host went away before the sync finished
 		}
 		a.serveConn(ctx, portConn{f})
+		_ = f.SetReadDeadline(time.Time{}) // a detach may have set one
 	}
 	return ctx.Err()
 }
@@ -126,7 +128,21 @@ func (c portConn) Read(p []byte) (int, error)  { return c.f.Read(p) }
 func (c portConn) Write(p []byte) (int, error) { return c.f.Write(p) }
 func (c portConn) Close() error                { return nil }
 
+// interrupt makes a pending read return at once (the port is pollable, so
+// reads honour deadlines): it is how a detach stops the yamux reader.
+func (c portConn) interrupt() { _ = c.f.SetReadDeadline(time.Now()) }
+
 func (a *Agent) serveConn(ctx context.Context, conn io.ReadWriteCloser) {
+	if i, ok := conn.(interface{ interrupt() }); ok {
+		a.mu.Lock()
+		a.kick = i.interrupt
+		a.mu.Unlock()
+		defer func() {
+			a.mu.Lock()
+			a.kick = nil
+			a.mu.Unlock()
+		}()
+	}
 	sess, err := yamux.Server(conn, agentproto.Config())
 	if err != nil {
 		a.Log.Error("yamux", "err", err)
@@ -145,11 +161,11 @@ func (a *Agent) serveConn(ctx context.Context, conn io.ReadWriteCloser) {
 		if err != nil {
 			return
 		}
-		go a.handle(st)
+		go a.handle(st, sess)
 	}
 }
 
-func (a *Agent) handle(st *yamux.Stream) {
+func (a *Agent) handle(st *yamux.Stream, sess *yamux.Session) {
 	defer st.Close()
 	defer func() {
 		if r := recover(); r != nil {
@@ -168,6 +184,18 @@ func (a *Agent) handle(st *yamux.Stream) {
 		a.exec(st, req)
 	case agentproto.OpAttach:
 		a.attachOp(st, req)
+	case agentproto.OpDetach:
+		// The answer is on the port once Write returns. Then stop reading
+		// the port at once, before the VM may be frozen: the yamux reader
+		// must not be the one to see the next host's sync.
+		respond(st, agentproto.Response{})
+		a.mu.Lock()
+		kick := a.kick
+		a.mu.Unlock()
+		if kick != nil {
+			kick()
+		}
+		sess.Close()
 	case agentproto.OpRead:
 		readFile(st, req)
 	case agentproto.OpWrite:

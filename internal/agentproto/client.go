@@ -42,6 +42,14 @@ func NewClient(conn net.Conn) (*Client, error) {
 	return &Client{sess: s}, nil
 }
 
+// Detach tells the guest this connection is ending on purpose (before a
+// park): the guest ends its side and waits for the next sync, so that the
+// next connection, after the wake, syncs at once.
+func (c *Client) Detach(ctx context.Context) error {
+	_, err := c.call(ctx, Request{Op: OpDetach})
+	return err
+}
+
 // Close closes the session and the connection under it.
 func (c *Client) Close() error { return c.sess.Close() }
 

@@ -13,6 +13,9 @@
 //	          the output produced meanwhile comes first
 //	read, tar_get: guest → FrameResponse; if ok, guest → FrameData… FrameEOF
 //	write, tar_put: host → FrameData… FrameEOF; guest → FrameResponse
+//	detach:   guest → FrameResponse, then the guest ends the yamux session and
+//	          waits for the next sync (the host says it before a park, so
+//	          the frozen guest is ready for the next connection)
 //
 // Frames are [type:1][length:4, big endian][payload]. Payloads are bounded
 // by MaxFrame: neither side trusts the other's lengths. The package uses the
@@ -58,6 +61,7 @@ const (
 	OpHello  = "hello"
 	OpExec   = "exec"
 	OpAttach = "attach"
+	OpDetach = "detach"
 	OpRead   = "read"
 	OpWrite  = "write"
 	OpStat   = "stat"

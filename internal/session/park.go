@@ -191,8 +191,11 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 		m.undelete(l)
 		return api.Session{}, fmt.Errorf("session: park %s: %w", id, err)
 	}
-	// Close the host side first: the guest sees the connection end before
-	// it is frozen, so no stale session state waits for the next host.
+	// End the connection with the guest's agreement first: the frozen
+	// guest then waits for the next sync, and the wake connects at once.
+	dctx, dcancel := context.WithTimeout(ctx, time.Second)
+	_ = l.agent.Detach(dctx)
+	dcancel()
 	l.agent.Close()
 	// The park must finish once started, even if the client goes away.
 	pctx := context.WithoutCancel(ctx)

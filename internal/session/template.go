@@ -130,6 +130,9 @@ func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequ
 			return failT(fmt.Errorf("template %s: start command: exit %d: %v", t.Name, code, err))
 		}
 	}
+	dctx, dcancel := context.WithTimeout(ctx, time.Second)
+	_ = l.agent.Detach(dctx)
+	dcancel()
 	l.agent.Close()
 	if _, err := m.snap.Save(bctx, l.vm, filepath.Join(dir, stateFile)); err != nil {
 		_ = l.vm.Stop(bctx)
@@ -323,9 +326,11 @@ func (m *Manager) clone(ctx context.Context, t store.Template, id string) (l *li
 			os.RemoveAll(dir)
 		}
 	}()
+	copyStart := time.Now()
 	if err := copySparse(mach.Parked.Mem, filepath.Join(dir, qemu.MemFile)); err != nil {
 		return nil, fmt.Errorf("session: clone %s: copy memory: %w", id, err)
 	}
+	m.cfg.Log.Debug("clone memory copied", "session", id, "ms", time.Since(copyStart).Milliseconds())
 	disk := filepath.Join(dir, "disk.qcow2")
 	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", mach.Disk, "-F", "qcow2", disk).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("session: clone %s: overlay: %v: %s", id, err, strings.TrimSpace(string(out)))
@@ -483,6 +488,11 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 				}
 			}
 			if err != nil {
+				select {
+				case <-p.cancel:
+					return // the template is going away
+				default:
+				}
 				m.cfg.Log.Warn("pool refill failed", "template", t.Name, "err", err)
 				select {
 				case <-time.After(5 * time.Second):
