@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"fmt"
 
 	"github.com/spf13/cobra"
 
@@ -53,18 +52,8 @@ func eachSession(c *cli, cmd *cobra.Command, verb string, ids []string,
 	if err != nil {
 		return err
 	}
-	failed := false
-	for _, id := range ids {
+	return c.each(ids, verb, func(id string) (string, error) {
 		s, err := fn(cmd.Context(), cl, id)
-		if err != nil {
-			fmt.Fprintf(c.stderr, "cove: %s %s: %v\n", verb, id, err)
-			failed = true
-			continue
-		}
-		fmt.Fprintf(c.stdout, "%s %s\n", s.ID, s.State)
-	}
-	if failed {
-		return &exitError{code: 1}
-	}
-	return nil
+		return s.ID + " " + s.State, err
+	})
 }

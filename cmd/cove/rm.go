@@ -20,19 +20,29 @@ cove exits 1 if any failed.`,
 			if err != nil {
 				return err
 			}
-			failed := false
-			for _, id := range args {
-				if err := cl.DeleteSession(cmd.Context(), id); err != nil {
-					fmt.Fprintf(c.stderr, "cove: rm %s: %v\n", id, err)
-					failed = true
-					continue
-				}
-				fmt.Fprintln(c.stdout, id)
-			}
-			if failed {
-				return &exitError{code: 1}
-			}
-			return nil
+			return c.each(args, "rm", func(id string) (string, error) {
+				return id, cl.DeleteSession(cmd.Context(), id)
+			})
 		},
 	}
+}
+
+// each runs f for every argument, printing f's line for each success and
+// an error line for each failure; every argument is tried, and the command
+// fails (exit 1) if any did.
+func (c *cli) each(args []string, verb string, f func(arg string) (string, error)) error {
+	failed := false
+	for _, a := range args {
+		line, err := f(a)
+		if err != nil {
+			fmt.Fprintf(c.stderr, "cove: %s %s: %v\n", verb, a, err)
+			failed = true
+			continue
+		}
+		fmt.Fprintln(c.stdout, line)
+	}
+	if failed {
+		return &exitError{code: 1}
+	}
+	return nil
 }

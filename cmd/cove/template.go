@@ -185,19 +185,9 @@ Every name is tried; cove exits 1 if any failed.`,
 			if err != nil {
 				return err
 			}
-			failed := false
-			for _, name := range args {
-				if err := cl.DeleteTemplate(cmd.Context(), name); err != nil {
-					fmt.Fprintf(c.stderr, "cove: template rm %s: %v\n", name, err)
-					failed = true
-					continue
-				}
-				fmt.Fprintln(c.stdout, name)
-			}
-			if failed {
-				return &exitError{code: 1}
-			}
-			return nil
+			return c.each(args, "template rm", func(name string) (string, error) {
+				return name, cl.DeleteTemplate(cmd.Context(), name)
+			})
 		},
 	}
 }

@@ -160,22 +160,11 @@ func (p *parked) verify() error {
 
 // Park saves the session's whole VM to disk and ends its QEMU process.
 func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
-	if m.snap == nil {
-		return api.Session{}, api.Errorf(api.CodeUnavailable, "park: the VMM driver cannot snapshot")
+	rec, unlock, done, err := m.begin(ctx, "park", id, api.StateRunning, api.StateParked)
+	if err != nil || done {
+		return m.toAPI(rec), err
 	}
-	unlock := m.lock(id)
 	defer unlock()
-	rec, err := m.cfg.Store.GetSession(ctx, id)
-	if err != nil {
-		return api.Session{}, notFound(id, err)
-	}
-	switch rec.State {
-	case api.StateParked:
-		return m.toAPI(rec), nil
-	case api.StateRunning:
-	default:
-		return api.Session{}, api.Errorf(api.CodeConflict, "park %s: session is %s", id, rec.State)
-	}
 	m.mu.Lock()
 	l := m.live[id]
 	if l != nil {
@@ -233,6 +222,30 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 	return m.toAPI(rec), nil
 }
 
+// begin starts a park or wake (op) of session id: it takes the session's
+// lock and reads its record. A session already in state already needs
+// nothing (done, lock released); one in neither want nor already is a
+// conflict. On success the caller holds the lock until it calls unlock.
+func (m *Manager) begin(ctx context.Context, op, id, want, already string) (rec store.Session, unlock func(), done bool, err error) {
+	if m.snap == nil {
+		return rec, nil, false, api.Errorf(api.CodeUnavailable, "%s: the VMM driver cannot snapshot", op)
+	}
+	unlock = m.lock(id)
+	rec, err = m.cfg.Store.GetSession(ctx, id)
+	switch {
+	case err != nil:
+		err = notFound(id, err)
+	case rec.State == already:
+		done = true
+	case rec.State != want:
+		err = api.Errorf(api.CodeConflict, "%s %s: session is %s", op, id, rec.State)
+	default:
+		return rec, unlock, false, nil
+	}
+	unlock()
+	return rec, nil, done, err
+}
+
 func (m *Manager) undelete(l *live) {
 	m.mu.Lock()
 	l.deleting = false
@@ -241,22 +254,11 @@ func (m *Manager) undelete(l *live) {
 
 // Wake restores a parked session in a fresh QEMU process.
 func (m *Manager) Wake(ctx context.Context, id string) (api.Session, error) {
-	if m.snap == nil {
-		return api.Session{}, api.Errorf(api.CodeUnavailable, "wake: the VMM driver cannot snapshot")
+	rec, unlock, done, err := m.begin(ctx, "wake", id, api.StateParked, api.StateRunning)
+	if err != nil || done {
+		return m.toAPI(rec), err
 	}
-	unlock := m.lock(id)
 	defer unlock()
-	rec, err := m.cfg.Store.GetSession(ctx, id)
-	if err != nil {
-		return api.Session{}, notFound(id, err)
-	}
-	switch rec.State {
-	case api.StateRunning:
-		return m.toAPI(rec), nil
-	case api.StateParked:
-	default:
-		return api.Session{}, api.Errorf(api.CodeConflict, "wake %s: session is %s", id, rec.State)
-	}
 	mach, err := decodeMachine(rec.Snapshot)
 	if err == nil && mach.Parked == nil {
 		err = errors.New("no snapshot recorded")
