@@ -21,7 +21,6 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -99,7 +98,7 @@ func newE2E(t *testing.T) *e2e {
 	// of this home outlives it.
 	t.Cleanup(func() {
 		e.stopServer(syscall.SIGKILL)
-		for pid, cmd := range qemuUnder(home) {
+		for pid, cmd := range vmtest.QEMUProcs(home) {
 			t.Errorf("cleanup: killing QEMU %d left running: %.160s", pid, cmd)
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
@@ -258,29 +257,8 @@ func (e *e2e) wantRunning(id string) {
 	}
 }
 
-// qemuUnder returns the QEMU processes whose command line mentions dir.
-func qemuUnder(dir string) map[int]string {
-	out := map[int]string{}
-	ents, _ := os.ReadDir("/proc")
-	for _, ent := range ents {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		if err != nil || len(b) == 0 {
-			continue
-		}
-		cmd := strings.ReplaceAll(string(b), "\x00", " ")
-		if strings.Contains(cmd, "qemu-system") && strings.Contains(cmd, dir+"/") {
-			out[pid] = cmd
-		}
-	}
-	return out
-}
-
 func qemuOf(dir, id string) int {
-	for pid, cmd := range qemuUnder(dir) {
+	for pid, cmd := range vmtest.QEMUProcs(dir) {
 		if strings.Contains(cmd, " cove-"+id+",") {
 			return pid
 		}
@@ -466,9 +444,9 @@ git log --oneline`
 			t.Fatalf("sessions after rm of all: %v", ss)
 		}
 		deadline := time.Now().Add(10 * time.Second)
-		for len(qemuUnder(e.home)) > 0 {
+		for len(vmtest.QEMUProcs(e.home)) > 0 {
 			if time.Now().After(deadline) {
-				t.Fatalf("QEMU processes left under %s: %v", e.home, qemuUnder(e.home))
+				t.Fatalf("QEMU processes left under %s: %v", e.home, vmtest.QEMUProcs(e.home))
 			}
 			time.Sleep(50 * time.Millisecond)
 		}

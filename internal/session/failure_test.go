@@ -172,7 +172,7 @@ func onlySession(t *testing.T, r *rig) api.Session {
 func wantGone(t *testing.T, r *rig, id string) {
 	t.Helper()
 	if !waitFor(10*time.Second, func() bool {
-		for _, cmd := range qemuProcs(r.dir) {
+		for _, cmd := range vmtest.QEMUProcs(r.dir) {
 			if strings.Contains(cmd, " cove-"+id+",") {
 				return false
 			}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/vmtest"
 )
 
 // TestEightSessionsAtOnce creates eight sessions concurrently, runs
@@ -47,7 +48,7 @@ func TestEightSessionsAtOnce(t *testing.T) {
 		t.FailNow()
 	}
 	t.Logf("%d sessions created concurrently in %s", n, time.Since(start).Round(time.Millisecond))
-	if procs := qemuProcs(r.dir); len(procs) != n {
+	if procs := vmtest.QEMUProcs(r.dir); len(procs) != n {
 		t.Fatalf("%d QEMU processes for %d sessions", len(procs), n)
 	}
 	seen := map[string]bool{}
@@ -117,7 +118,7 @@ func TestEightSessionsAtOnce(t *testing.T) {
 	if ss, _ := r.mgr.List(ctx); len(ss) != 0 {
 		t.Fatalf("sessions left after deleting all: %+v", ss)
 	}
-	if procs := qemuProcs(r.dir); len(procs) != 0 {
+	if procs := vmtest.QEMUProcs(r.dir); len(procs) != 0 {
 		t.Fatalf("QEMU processes left after deleting all: %v", procs)
 	}
 	ents, _ := os.ReadDir(r.dir)

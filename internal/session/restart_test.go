@@ -46,8 +46,8 @@ func TestRecoverAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !waitFor(10*time.Second, func() bool {
-		_, alive := qemuProcs(a.dir)[keepPID]
-		for _, cmd := range qemuProcs(a.dir) {
+		_, alive := vmtest.QEMUProcs(a.dir)[keepPID]
+		for _, cmd := range vmtest.QEMUProcs(a.dir) {
 			if strings.Contains(cmd, " cove-"+lost.ID+",") {
 				return false
 			}
@@ -106,7 +106,7 @@ func TestRecoverAfterRestart(t *testing.T) {
 	if err := b.mgr.Delete(ctx, keep.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, alive := qemuProcs(b.dir)[keepPID]; alive {
+	if _, alive := vmtest.QEMUProcs(b.dir)[keepPID]; alive {
 		t.Fatal("QEMU of the deleted, re-adopted session still runs")
 	}
 	if err := b.mgr.Delete(ctx, lost.ID); err != nil {

@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -219,32 +218,10 @@ func wantCode(t testing.TB, what string, err error, code string) {
 	}
 }
 
-// qemuProcs returns the PIDs and command lines of QEMU processes whose
-// command line mentions dir.
-func qemuProcs(dir string) map[int]string {
-	out := map[int]string{}
-	ents, _ := os.ReadDir("/proc")
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil || len(b) == 0 {
-			continue // gone, or a zombie
-		}
-		cmd := strings.ReplaceAll(string(b), "\x00", " ")
-		if strings.Contains(cmd, "qemu-system") && strings.Contains(cmd, dir+"/") {
-			out[pid] = cmd
-		}
-	}
-	return out
-}
-
 // qemuPID returns the PID of the QEMU process of session id under dir.
 func qemuPID(t testing.TB, dir, id string) int {
 	t.Helper()
-	for pid, cmd := range qemuProcs(dir) {
+	for pid, cmd := range vmtest.QEMUProcs(dir) {
 		if strings.Contains(cmd, " cove-"+id+",") {
 			return pid
 		}
@@ -259,7 +236,7 @@ func assertNoQEMU(t testing.TB, dir string) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		procs := qemuProcs(dir)
+		procs := vmtest.QEMUProcs(dir)
 		if len(procs) == 0 {
 			return
 		}

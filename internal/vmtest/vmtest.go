@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -188,4 +189,26 @@ func Dir(t testing.TB) string {
 	_ = os.Chmod(d, 0o711)
 	t.Cleanup(func() { os.RemoveAll(d) })
 	return d
+}
+
+// QEMUProcs returns the PIDs and command lines of the QEMU processes whose
+// command line mentions a path under dir.
+func QEMUProcs(dir string) map[int]string {
+	out := map[int]string{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil || len(b) == 0 {
+			continue // gone, or a zombie
+		}
+		cmd := strings.ReplaceAll(string(b), "\x00", " ")
+		if strings.Contains(cmd, "qemu-system") && strings.Contains(cmd, dir+"/") {
+			out[pid] = cmd
+		}
+	}
+	return out
 }
