@@ -90,8 +90,9 @@ func (a *Agent) Serve(ctx context.Context, path string) error {
 		return fmt.Errorf("agent: port async: %w", err)
 	}
 
+	port := &portConn{f: f}
 	for ctx.Err() == nil {
-		if !hostConnected(fd) {
+		if port.buffered() == 0 && !hostConnected(fd) {
 			select {
 			case <-sigio:
 			case <-time.After(time.Second): // a missed signal costs a second, never a hang
@@ -100,10 +101,12 @@ func (a *Agent) Serve(ctx context.Context, path string) error {
 			}
 			continue
 		}
-		if err := agentproto.GuestSync(portConn{f}); err != nil {
+		if err := agentproto.GuestSync(port); err != nil {
 			continue // the host went away before the sync finished
 		}
-		a.serveConn(ctx, portConn{f})
+		port.inSession = true
+		a.serveConn(ctx, port)
+		port.inSession = false
 		_ = f.SetReadDeadline(time.Time{}) // a detach may have set one
 	}
 	return ctx.Err()
@@ -122,50 +125,106 @@ func hostConnected(fd int) bool {
 
 // portConn lets yamux use the port without closing it: the port stays open
 // across host connections.
-type portConn struct{ f *os.File }
+//
+// It also catches a sync the yamux reader would otherwise swallow: a new
+// host connection always starts with agentproto.SyncMagic, which is never
+// the start of a yamux frame (version byte 0). If the reader of a session
+// gets a chunk that starts with it (a park froze the guest before it saw
+// the old host go), the chunk is kept for the next GuestSync and the
+// session ends.
+type portConn struct {
+	f         *os.File
+	inSession bool   // a yamux session reads the port (set by Serve only)
+	pushback  []byte // read but not yet consumed; guarded by Serve's sequencing
+}
 
-func (c portConn) Read(p []byte) (int, error)  { return c.f.Read(p) }
-func (c portConn) Write(p []byte) (int, error) { return c.f.Write(p) }
-func (c portConn) Close() error                { return nil }
+var errNewHost = errors.New("agent: a new host connection started")
+
+func (c *portConn) Read(p []byte) (int, error) {
+	if len(c.pushback) > 0 {
+		if c.inSession {
+			return 0, errNewHost
+		}
+		n := copy(p, c.pushback)
+		c.pushback = c.pushback[n:]
+		return n, nil
+	}
+	n, err := c.f.Read(p)
+	if c.inSession && n > 0 && startsWithSync(p[:n]) {
+		c.pushback = append(c.pushback[:0], p[:n]...)
+		return 0, errNewHost
+	}
+	return n, err
+}
+
+func (c *portConn) buffered() int { return len(c.pushback) }
+
+func startsWithSync(b []byte) bool {
+	m := agentproto.SyncMagic
+	if len(b) < len(m) {
+		return string(b) == m[:len(b)] && len(b) >= 4
+	}
+	return string(b[:len(m)]) == m
+}
+
+func (c *portConn) Write(p []byte) (int, error) { return c.f.Write(p) }
+func (c *portConn) Close() error                { return nil }
 
 // interrupt makes a pending read return at once (the port is pollable, so
 // reads honour deadlines): it is how a detach stops the yamux reader.
-func (c portConn) interrupt() { _ = c.f.SetReadDeadline(time.Now()) }
+func (c *portConn) interrupt() { _ = c.f.SetReadDeadline(time.Now()) }
 
 func (a *Agent) serveConn(ctx context.Context, conn io.ReadWriteCloser) {
-	if i, ok := conn.(interface{ interrupt() }); ok {
-		a.mu.Lock()
-		a.kick = i.interrupt
-		a.mu.Unlock()
-		defer func() {
-			a.mu.Lock()
-			a.kick = nil
-			a.mu.Unlock()
-		}()
-	}
 	sess, err := yamux.Server(conn, agentproto.Config())
 	if err != nil {
 		a.Log.Error("yamux", "err", err)
 		return
 	}
-	defer sess.Close()
+	// A detach request signals this connection only: the signal is acted
+	// on here, before serveConn returns, so it can never reach a later
+	// connection (a park may freeze the guest between any two steps).
+	detach := make(chan struct{}, 1)
+	a.mu.Lock()
+	a.kick = func() {
+		select {
+		case detach <- struct{}{}:
+		default:
+		}
+	}
+	a.mu.Unlock()
+	var watcher sync.WaitGroup
+	watcher.Add(1)
 	go func() {
+		defer watcher.Done()
 		select {
 		case <-ctx.Done():
-			sess.Close()
+		case <-detach:
+			// Stop the yamux reader now, before the VM may be frozen: it
+			// must not be the one to read the next host's sync.
+			if i, ok := conn.(interface{ interrupt() }); ok {
+				i.interrupt()
+			}
 		case <-sess.CloseChan():
 		}
+		sess.Close()
+	}()
+	defer func() {
+		sess.Close()
+		watcher.Wait()
+		a.mu.Lock()
+		a.kick = nil
+		a.mu.Unlock()
 	}()
 	for {
 		st, err := sess.AcceptStream()
 		if err != nil {
 			return
 		}
-		go a.handle(st, sess)
+		go a.handle(st)
 	}
 }
 
-func (a *Agent) handle(st *yamux.Stream, sess *yamux.Session) {
+func (a *Agent) handle(st *yamux.Stream) {
 	defer st.Close()
 	defer func() {
 		if r := recover(); r != nil {
@@ -185,9 +244,8 @@ func (a *Agent) handle(st *yamux.Stream, sess *yamux.Session) {
 	case agentproto.OpAttach:
 		a.attachOp(st, req)
 	case agentproto.OpDetach:
-		// The answer is on the port once Write returns. Then stop reading
-		// the port at once, before the VM may be frozen: the yamux reader
-		// must not be the one to see the next host's sync.
+		// The answer is on the port once Write returns; then end this
+		// connection (see serveConn).
 		respond(st, agentproto.Response{})
 		a.mu.Lock()
 		kick := a.kick
@@ -195,7 +253,6 @@ func (a *Agent) handle(st *yamux.Stream, sess *yamux.Session) {
 		if kick != nil {
 			kick()
 		}
-		sess.Close()
 	case agentproto.OpRead:
 		readFile(st, req)
 	case agentproto.OpWrite:

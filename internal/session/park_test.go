@@ -24,7 +24,7 @@ func TestParkWakeIsExact(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	s := r.create(t, api.CreateSessionRequest{})
 	ctx := context.Background()
-	r.sh(t, s.ID, "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done) </dev/null >/dev/null 2>&1 & echo $! > /tmp/pid")
+	r.sh(t, s.ID, "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.02; done) </dev/null >/dev/null 2>&1 & echo $! > /tmp/pid")
 	pid := strings.TrimSpace(r.sh(t, s.ID, "cat /tmp/pid"))
 	// A pipeline whose writer keeps an open file and a pipe across parks:
 	// each tick goes through the pipe and is appended through fd 3.
