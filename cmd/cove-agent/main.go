@@ -5,6 +5,8 @@ package main
 
 import (
 	"context"
+	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -19,13 +21,8 @@ import (
 )
 
 func main() {
-	if len(os.Args) > 1 && os.Args[1] == "version" {
-		fmt.Println(agent.Version)
-		return
-	}
 	if os.Getpid() != 1 {
-		fmt.Fprintln(os.Stderr, "cove-agent: runs as the guest's init (PID 1); subcommands: version")
-		os.Exit(2)
+		os.Exit(command(os.Args[1:]))
 	}
 	err := agent.Init()
 	log := slog.New(slog.NewTextHandler(logOutput(), nil))
@@ -68,4 +65,51 @@ func logOutput() io.Writer {
 		return f
 	}
 	return io.Discard
+}
+
+const usage = `usage:
+  cove-agent event wait [--timeout D]   print the next event delivered to this
+                                        session (JSON) once it arrives
+  cove-agent version
+(As PID 1, cove-agent is the guest's init.)`
+
+// command runs cove-agent as a tool inside the guest and returns its exit
+// status.
+func command(args []string) int {
+	switch {
+	case len(args) == 1 && args[0] == "version":
+		fmt.Println(agent.Version)
+		return 0
+	case len(args) >= 2 && args[0] == "event" && args[1] == "wait":
+		fs := flag.NewFlagSet("event wait", flag.ContinueOnError)
+		timeout := fs.Duration("timeout", 0, "give up after this long (exit 124); 0 waits forever")
+		dir := fs.String("dir", agent.EventsDir, "events directory")
+		if err := fs.Parse(args[2:]); err != nil || fs.NArg() != 0 {
+			fmt.Fprintln(os.Stderr, usage)
+			return 2
+		}
+		ctx := context.Background()
+		if *timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, *timeout)
+			defer cancel()
+		}
+		ev, err := agent.WaitEvent(ctx, *dir)
+		if errors.Is(err, agent.ErrNoEvent) {
+			fmt.Fprintf(os.Stderr, "cove-agent: no event within %s\n", *timeout)
+			return 124
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "cove-agent:", err)
+			return 1
+		}
+		os.Stdout.Write(ev)
+		if len(ev) > 0 && ev[len(ev)-1] != '\n' {
+			fmt.Println()
+		}
+		return 0
+	default:
+		fmt.Fprintln(os.Stderr, usage)
+		return 2
+	}
 }

@@ -25,7 +25,7 @@ import (
 const drainGrace = 500 * time.Millisecond
 
 var defaultEnv = []string{
-	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+	"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/run/cove/bin",
 	"HOME=/root",
 	"LANG=C.UTF-8",
 }

@@ -98,6 +98,12 @@ func setupRoot() error {
 		}
 	}
 	_ = os.MkdirAll("/run/cove", 0o755)
+	_ = os.MkdirAll(EventsDir, 0o755)
+	// The agent is also a tool in the guest ('cove-agent event wait'):
+	// copy this binary, which lives in the initramfs, onto the PATH.
+	if err := installSelf("/run/cove/bin/cove-agent"); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
 	_ = unix.Sethostname([]byte("cove"))
 	if err := linkUp("lo"); err != nil {
 		return fmt.Errorf("init: loopback: %w", err)
@@ -195,4 +201,16 @@ func stdioToNull() {
 	if fd > 2 {
 		unix.Close(fd)
 	}
+}
+
+// installSelf copies the running binary to path.
+func installSelf(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	b, err := os.ReadFile("/proc/self/exe")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, b, 0o755)
 }

@@ -1,0 +1,468 @@
+package trigger
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+)
+
+// Headers a webhook sender sets.
+const (
+	// HeaderSignature carries "sha256=" and the hex HMAC-SHA256 of the
+	// signed material under the hook's secret, for every hook: GitHub's
+	// header and format, which generic senders use too.
+	HeaderSignature = "X-Hub-Signature-256"
+	// HeaderGitHubEvent and HeaderGitHubDelivery are the event name and
+	// the delivery GUID GitHub sends.
+	HeaderGitHubEvent    = "X-GitHub-Event"
+	HeaderGitHubDelivery = "X-GitHub-Delivery"
+	// HeaderDelivery is a generic sender's delivery id; HeaderRequestID is
+	// taken in its place when it is absent.
+	HeaderDelivery  = "X-Cove-Delivery"
+	HeaderRequestID = "X-Request-Id"
+	// HeaderTimestamp is an optional generic-hook header, unix seconds;
+	// when present it is signed along with the body (see Receiver).
+	HeaderTimestamp = "X-Cove-Timestamp"
+)
+
+// GitHubHook is the name of the hook that speaks GitHub's webhook protocol
+// (POST /v1/hooks/github); every other name is a generic hook.
+const GitHubHook = "github"
+
+// DefaultMaxBody is the body limit of a Receiver whose MaxBody is zero:
+// GitHub caps its payloads at 25 MiB.
+const DefaultMaxBody = 25 << 20
+
+// TimestampTolerance is how far HeaderTimestamp may be from the receiver's
+// clock, either way.
+const TimestampTolerance = 5 * time.Minute
+
+// maxDeliveryID bounds the length of a delivery id taken from a header.
+const maxDeliveryID = 256
+
+// codeMethodNotAllowed is the code of 405 answers, as the API server
+// spells it; api has no constant for it.
+const codeMethodNotAllowed = "method_not_allowed"
+
+// Errors of VerifySignature; the error it returns wraps exactly one.
+var (
+	ErrNoSignature       = errors.New("trigger: no " + HeaderSignature + " header")
+	ErrBadSignature      = errors.New("trigger: malformed " + HeaderSignature + " header")
+	ErrSignatureMismatch = errors.New("trigger: signature does not match")
+)
+
+// VerifySignature checks header, the value of HeaderSignature
+// ("sha256=" and 64 hex digits), against the HMAC-SHA256 of body under
+// secret, in constant time. It returns nil, or an error wrapping
+// ErrNoSignature (header empty), ErrBadSignature (wrong prefix, bad hex,
+// wrong length) or ErrSignatureMismatch.
+func VerifySignature(secret, body []byte, header string) error {
+	return verify(secret, header, body)
+}
+
+// verify is VerifySignature over the concatenation of parts.
+func verify(secret []byte, header string, parts ...[]byte) error {
+	if header == "" {
+		return ErrNoSignature
+	}
+	const prefix = "sha256="
+	hexSum, ok := strings.CutPrefix(header, prefix)
+	if !ok {
+		return fmt.Errorf("%w: want prefix %q", ErrBadSignature, prefix)
+	}
+	if len(hexSum) != 2*sha256.Size {
+		return fmt.Errorf("%w: want %d hex digits, got %d characters", ErrBadSignature, 2*sha256.Size, len(hexSum))
+	}
+	got, err := hex.DecodeString(hexSum)
+	if err != nil {
+		return fmt.Errorf("%w: not hex", ErrBadSignature)
+	}
+	mac := hmac.New(sha256.New, secret)
+	for _, p := range parts {
+		mac.Write(p)
+	}
+	if !hmac.Equal(got, mac.Sum(nil)) {
+		return ErrSignatureMismatch
+	}
+	return nil
+}
+
+// Secrets says where hook secrets come from.
+type Secrets interface {
+	// Secret returns the HMAC secret of the named hook. ok is false, with
+	// a nil error, when the hook has no secret configured: the receiver
+	// then treats the hook as unknown. An empty secret counts as none.
+	// err is for a failed lookup (the store is down) and makes the
+	// receiver answer 503. Secret must be safe for concurrent use and must
+	// not retain the returned slice's owner's right to change it while a
+	// delivery is being checked.
+	Secret(ctx context.Context, hook string) (secret []byte, ok bool, err error)
+}
+
+// Sink is where accepted events go.
+type Sink interface {
+	// Accept records ev durably before it returns nil: once it has, the
+	// sender is told the delivery is accepted and will not send it again,
+	// so the event must survive a crash from then on. Accept deduplicates
+	// by (ev.Source, ev.ID): if that pair was accepted before, it records
+	// nothing and returns dup true. Any error means nothing was recorded;
+	// the receiver answers 503 so that the sender retries. Accept must be
+	// safe for concurrent use.
+	Accept(ctx context.Context, ev Event) (dup bool, err error)
+}
+
+// Receiver checks and decodes webhook deliveries and hands them to a Sink.
+// It is not an http.Handler: the API server routes POST /v1/hooks/github
+// and POST /v1/hooks/{name} to ServeHook with the hook name.
+//
+// Every hook signs its deliveries with HeaderSignature under the secret
+// Secrets has for it. The GitHub hook follows GitHub's protocol: the
+// signature is over the raw body, HeaderGitHubEvent and
+// HeaderGitHubDelivery are required, and the delivery id is GitHub's.
+//
+// A generic hook's delivery id is HeaderDelivery, else HeaderRequestID,
+// else "sha256:" and the hex SHA-256 of the signed material, so that a
+// replay of an identical delivery is deduplicated. A generic sender may
+// also set HeaderTimestamp to the time of sending in unix seconds: the
+// signature is then over the timestamp, ".", and the raw body, and the
+// timestamp must be within TimestampTolerance of Now, which bounds how long
+// a captured delivery can be replayed. Without the header the signature is
+// over the raw body alone, as GitHub's.
+//
+// Bodies are application/json (or carry no Content-Type), or
+// application/x-www-form-urlencoded with the JSON in the "payload" field
+// (GitHub's form option); the signature is over the raw body either way.
+//
+// The zero Receiver knows no hooks. Its fields must not change once it
+// serves.
+type Receiver struct {
+	Secrets Secrets // nil: no hook is known
+	Sink    Sink    // nil: every delivery is answered 503
+
+	// MaxBody limits the body in bytes; zero or less means DefaultMaxBody.
+	MaxBody int64
+	// Now is the clock for HeaderTimestamp and Event.Received; nil means
+	// time.Now.
+	Now func() time.Time
+	// Log gets a Warn line per rejected delivery, an Error line per failed
+	// lookup or Accept, and an Info line per accepted one; nil discards.
+	Log *slog.Logger
+	// OnReject, if set, is called for every delivery answered with a 4xx
+	// or 5xx status, with the hook name ("github" for GitHub), the reason
+	// as the server would log it, and the status. It runs on the request's
+	// goroutine before the answer is written.
+	OnReject func(source string, reason string, status int)
+}
+
+// rejection is a delivery the receiver refuses, with the answer.
+type rejection struct {
+	status int
+	code   string
+	msg    string // told to the sender
+	detail string // logged and given to OnReject; msg when empty
+}
+
+func reject(status int, code, format string, args ...any) *rejection {
+	return &rejection{status: status, code: code, msg: fmt.Sprintf(format, args...)}
+}
+
+// hookAnswer is the body of a 2xx answer.
+type hookAnswer struct {
+	OK        bool   `json:"ok"`
+	ID        string `json:"id,omitempty"`
+	Duplicate bool   `json:"duplicate,omitempty"`
+	Ping      bool   `json:"ping,omitempty"`
+}
+
+// ServeHook answers one delivery to the named hook:
+//
+//	202 {"ok":true,"id":ID}                  accepted: Sink.Accept returned nil
+//	200 {"ok":true,"duplicate":true,"id":ID} Sink.Accept saw (source, ID) before
+//	200 {"ok":true,"ping":true}              GitHub's ping event; no event
+//	400 invalid_argument    missing GitHub header, bad delivery id, malformed JSON
+//	401 unauthorized        missing, malformed or wrong signature; stale timestamp
+//	404 not_found           no secret configured for hook
+//	405 method_not_allowed  not POST
+//	413 payload_too_large   body over MaxBody
+//	415 unsupported_media   neither JSON nor form-encoded
+//	503 unavailable         Secrets or Sink failed; the sender should retry
+//
+// Errors are api.ErrorResponse bodies.
+func (r *Receiver) ServeHook(w http.ResponseWriter, req *http.Request, hook string) {
+	ans, rej := r.serve(w, req, hook)
+	if rej != nil {
+		r.rejected(req, hook, rej)
+		w.Header().Set("Content-Type", "application/json")
+		if rej.status == http.StatusMethodNotAllowed {
+			w.Header().Set("Allow", http.MethodPost)
+		}
+		writeJSON(w, rej.status, api.ErrorResponse{Error: api.ErrorBody{Code: rej.code, Message: rej.msg}})
+		return
+	}
+	status := http.StatusOK
+	if !ans.Duplicate && !ans.Ping {
+		status = http.StatusAccepted
+	}
+	writeJSON(w, status, ans)
+}
+
+func (r *Receiver) serve(w http.ResponseWriter, req *http.Request, hook string) (hookAnswer, *rejection) {
+	ctx := req.Context()
+	if req.Method != http.MethodPost {
+		return hookAnswer{}, reject(http.StatusMethodNotAllowed, codeMethodNotAllowed, "method %s not allowed on a hook; use POST", req.Method)
+	}
+	secret, rej := r.secret(ctx, hook)
+	if rej != nil {
+		return hookAnswer{}, rej
+	}
+	form, rej := formEncoded(req)
+	if rej != nil {
+		return hookAnswer{}, rej
+	}
+	raw, rej := r.readBody(w, req)
+	if rej != nil {
+		return hookAnswer{}, rej
+	}
+
+	// Authenticate before anything in the body or headers is believed.
+	signed := [][]byte{raw}
+	if hook != GitHubHook {
+		if ts := req.Header.Get(HeaderTimestamp); ts != "" {
+			if rej := r.checkTimestamp(ts); rej != nil {
+				return hookAnswer{}, rej
+			}
+			signed = [][]byte{[]byte(ts), []byte("."), raw}
+		}
+	}
+	if err := verify(secret, req.Header.Get(HeaderSignature), signed...); err != nil {
+		return hookAnswer{}, reject(http.StatusUnauthorized, api.CodeUnauthorized, "%s", strings.TrimPrefix(err.Error(), "trigger: "))
+	}
+
+	var id, event string
+	if hook == GitHubHook {
+		if event = req.Header.Get(HeaderGitHubEvent); event == "" {
+			return hookAnswer{}, reject(http.StatusBadRequest, api.CodeInvalid, "missing %s header", HeaderGitHubEvent)
+		}
+		if id = req.Header.Get(HeaderGitHubDelivery); id == "" {
+			return hookAnswer{}, reject(http.StatusBadRequest, api.CodeInvalid, "missing %s header", HeaderGitHubDelivery)
+		}
+	} else {
+		id = req.Header.Get(HeaderDelivery)
+		if id == "" {
+			id = req.Header.Get(HeaderRequestID)
+		}
+		if id == "" {
+			sum := sha256.New()
+			for _, p := range signed {
+				sum.Write(p)
+			}
+			id = "sha256:" + hex.EncodeToString(sum.Sum(nil))
+		}
+	}
+	if rej := checkDeliveryID(id); rej != nil {
+		return hookAnswer{}, rej
+	}
+	if hook == GitHubHook && event == "ping" {
+		return hookAnswer{OK: true, Ping: true}, nil
+	}
+
+	payload := raw
+	if form {
+		if payload, rej = formPayload(raw); rej != nil {
+			return hookAnswer{}, rej
+		}
+	}
+	var ev Event
+	var err error
+	if hook == GitHubHook {
+		ev, err = GitHubEvent(event, id, payload)
+	} else {
+		ev, err = GenericEvent(hook, payload)
+	}
+	if err != nil {
+		return hookAnswer{}, reject(http.StatusBadRequest, api.CodeInvalid, "%s", strings.TrimPrefix(err.Error(), "trigger: "))
+	}
+	if ev.ID == "" {
+		ev.ID = id
+	}
+	ev.Received = r.now()
+
+	if r.Sink == nil {
+		return hookAnswer{}, unavailable("no sink configured")
+	}
+	dup, err := r.Sink.Accept(ctx, ev)
+	if err != nil {
+		return hookAnswer{}, unavailable("accept event: " + err.Error())
+	}
+	if dup {
+		r.log().LogAttrs(ctx, slog.LevelInfo, "hook delivery duplicate",
+			slog.String("hook", hook), slog.String("event", ev.Name), slog.String("id", ev.ID))
+		return hookAnswer{OK: true, Duplicate: true, ID: ev.ID}, nil
+	}
+	r.log().LogAttrs(ctx, slog.LevelInfo, "hook delivery accepted",
+		slog.String("hook", hook), slog.String("event", ev.Name), slog.String("id", ev.ID))
+	return hookAnswer{OK: true, ID: ev.ID}, nil
+}
+
+// secret looks up the hook's secret.
+func (r *Receiver) secret(ctx context.Context, hook string) ([]byte, *rejection) {
+	if r.Secrets != nil && hook != "" {
+		secret, ok, err := r.Secrets.Secret(ctx, hook)
+		if err != nil {
+			return nil, unavailable("look up hook secret: " + err.Error())
+		}
+		if ok && len(secret) > 0 {
+			return secret, nil
+		}
+	}
+	return nil, reject(http.StatusNotFound, api.CodeNotFound, "no hook %q", hook)
+}
+
+// unavailable is a 503 whose detail stays on the server.
+func unavailable(detail string) *rejection {
+	return &rejection{
+		status: http.StatusServiceUnavailable,
+		code:   api.CodeUnavailable,
+		msg:    "cannot take the delivery now; retry later",
+		detail: detail,
+	}
+}
+
+// formEncoded reports whether the body is form-encoded rather than JSON.
+func formEncoded(req *http.Request) (bool, *rejection) {
+	ct := req.Header.Get("Content-Type")
+	if ct == "" {
+		return false, nil
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	switch {
+	case err != nil:
+	case mt == "application/json":
+		return false, nil
+	case mt == "application/x-www-form-urlencoded":
+		return true, nil
+	}
+	return false, reject(http.StatusUnsupportedMediaType, api.CodeUnsupported,
+		"body must be application/json or application/x-www-form-urlencoded, not %q", ct)
+}
+
+// formPayload returns the "payload" field of a form-encoded body.
+func formPayload(raw []byte) ([]byte, *rejection) {
+	vals, err := url.ParseQuery(string(raw))
+	if err != nil {
+		return nil, reject(http.StatusBadRequest, api.CodeInvalid, "form body: %v", err)
+	}
+	p := vals.Get("payload")
+	if p == "" {
+		return nil, reject(http.StatusBadRequest, api.CodeInvalid, "form body has no payload field")
+	}
+	return []byte(p), nil
+}
+
+// readBody reads the whole body, at most MaxBody bytes.
+func (r *Receiver) readBody(w http.ResponseWriter, req *http.Request) ([]byte, *rejection) {
+	limit := r.MaxBody
+	if limit <= 0 {
+		limit = DefaultMaxBody
+	}
+	tooLarge := func() *rejection {
+		return reject(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body is larger than the limit of %d bytes", limit)
+	}
+	if req.ContentLength > limit {
+		return nil, tooLarge()
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, limit))
+	if err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return nil, tooLarge()
+		}
+		return nil, reject(http.StatusBadRequest, api.CodeInvalid, "read body: %v", err)
+	}
+	return body, nil
+}
+
+// checkTimestamp checks a HeaderTimestamp value against the clock.
+func (r *Receiver) checkTimestamp(ts string) *rejection {
+	sec, err := strconv.ParseInt(ts, 10, 64)
+	if err != nil {
+		return reject(http.StatusUnauthorized, api.CodeUnauthorized, "%s is not unix seconds", HeaderTimestamp)
+	}
+	// Compare in seconds: a time.Duration overflows for far-off values.
+	now := r.now().Unix()
+	tol := int64(TimestampTolerance / time.Second)
+	if sec < now-tol || sec > now+tol {
+		return reject(http.StatusUnauthorized, api.CodeUnauthorized,
+			"%s %d is more than %v away from the receiver's clock", HeaderTimestamp, sec, TimestampTolerance)
+	}
+	return nil
+}
+
+// checkDeliveryID rejects ids a store should not key by.
+func checkDeliveryID(id string) *rejection {
+	if len(id) > maxDeliveryID {
+		return reject(http.StatusBadRequest, api.CodeInvalid, "delivery id is longer than %d bytes", maxDeliveryID)
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c <= ' ' || c > '~' {
+			return reject(http.StatusBadRequest, api.CodeInvalid, "delivery id has a byte outside printable ASCII")
+		}
+	}
+	return nil
+}
+
+// rejected reports a refused delivery to the log and to OnReject.
+func (r *Receiver) rejected(req *http.Request, hook string, rej *rejection) {
+	reason := rej.detail
+	if reason == "" {
+		reason = rej.msg
+	}
+	level := slog.LevelWarn
+	if rej.status >= 500 {
+		level = slog.LevelError
+	}
+	r.log().LogAttrs(req.Context(), level, "hook delivery rejected",
+		slog.String("hook", hook), slog.Int("status", rej.status), slog.String("reason", reason),
+		slog.String("remote", req.RemoteAddr))
+	if r.OnReject != nil {
+		r.OnReject(hook, reason, rej.status)
+	}
+}
+
+func (r *Receiver) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+var discard = slog.New(slog.DiscardHandler)
+
+func (r *Receiver) log() *slog.Logger {
+	if r.Log != nil {
+		return r.Log
+	}
+	return discard
+}
+
+// writeJSON answers with v as JSON. A failed write is the sender's problem:
+// the status is out and there is nothing else to tell.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, _ := json.Marshal(v) // v is one of this file's wire types
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}
