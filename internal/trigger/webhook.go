@@ -51,8 +51,8 @@ const DefaultMaxBody = 25 << 20
 // clock, either way.
 const TimestampTolerance = 5 * time.Minute
 
-// maxDeliveryID bounds the length of a delivery id taken from a header.
-const maxDeliveryID = 256
+// maxHookDeliveryID bounds the length of a delivery id taken from a header.
+const maxHookDeliveryID = 256
 
 // codeMethodNotAllowed is the code of 405 answers, as the API server
 // spells it; api has no constant for it.
@@ -71,11 +71,11 @@ var (
 // ErrNoSignature (header empty), ErrBadSignature (wrong prefix, bad hex,
 // wrong length) or ErrSignatureMismatch.
 func VerifySignature(secret, body []byte, header string) error {
-	return verify(secret, header, body)
+	return verifyParts(secret, header, body)
 }
 
 // verify is VerifySignature over the concatenation of parts.
-func verify(secret []byte, header string, parts ...[]byte) error {
+func verifyParts(secret []byte, header string, parts ...[]byte) error {
 	if header == "" {
 		return ErrNoSignature
 	}
@@ -107,9 +107,8 @@ type Secrets interface {
 	// a nil error, when the hook has no secret configured: the receiver
 	// then treats the hook as unknown. An empty secret counts as none.
 	// err is for a failed lookup (the store is down) and makes the
-	// receiver answer 503. Secret must be safe for concurrent use and must
-	// not retain the returned slice's owner's right to change it while a
-	// delivery is being checked.
+	// receiver answer 503. The receiver neither changes nor keeps the
+	// returned slice. Secret must be safe for concurrent use.
 	Secret(ctx context.Context, hook string) (secret []byte, ok bool, err error)
 }
 
@@ -133,6 +132,9 @@ type Sink interface {
 // Secrets has for it. The GitHub hook follows GitHub's protocol: the
 // signature is over the raw body, HeaderGitHubEvent and
 // HeaderGitHubDelivery are required, and the delivery id is GitHub's.
+//
+// The event handed to the Sink is GitHubEvent's or GenericEvent's with ID
+// set to the delivery id and Received to Now.
 //
 // A generic hook's delivery id is HeaderDelivery, else HeaderRequestID,
 // else "sha256:" and the hex SHA-256 of the signed material, so that a
@@ -168,16 +170,16 @@ type Receiver struct {
 	OnReject func(source string, reason string, status int)
 }
 
-// rejection is a delivery the receiver refuses, with the answer.
-type rejection struct {
+// hookRejection is a delivery the receiver refuses, with the answer.
+type hookRejection struct {
 	status int
 	code   string
 	msg    string // told to the sender
 	detail string // logged and given to OnReject; msg when empty
 }
 
-func reject(status int, code, format string, args ...any) *rejection {
-	return &rejection{status: status, code: code, msg: fmt.Sprintf(format, args...)}
+func hookReject(status int, code, format string, args ...any) *hookRejection {
+	return &hookRejection{status: status, code: code, msg: fmt.Sprintf(format, args...)}
 }
 
 // hookAnswer is the body of a 2xx answer.
@@ -206,30 +208,29 @@ func (r *Receiver) ServeHook(w http.ResponseWriter, req *http.Request, hook stri
 	ans, rej := r.serve(w, req, hook)
 	if rej != nil {
 		r.rejected(req, hook, rej)
-		w.Header().Set("Content-Type", "application/json")
 		if rej.status == http.StatusMethodNotAllowed {
 			w.Header().Set("Allow", http.MethodPost)
 		}
-		writeJSON(w, rej.status, api.ErrorResponse{Error: api.ErrorBody{Code: rej.code, Message: rej.msg}})
+		writeHookJSON(w, rej.status, api.ErrorResponse{Error: api.ErrorBody{Code: rej.code, Message: rej.msg}})
 		return
 	}
 	status := http.StatusOK
 	if !ans.Duplicate && !ans.Ping {
 		status = http.StatusAccepted
 	}
-	writeJSON(w, status, ans)
+	writeHookJSON(w, status, ans)
 }
 
-func (r *Receiver) serve(w http.ResponseWriter, req *http.Request, hook string) (hookAnswer, *rejection) {
+func (r *Receiver) serve(w http.ResponseWriter, req *http.Request, hook string) (hookAnswer, *hookRejection) {
 	ctx := req.Context()
 	if req.Method != http.MethodPost {
-		return hookAnswer{}, reject(http.StatusMethodNotAllowed, codeMethodNotAllowed, "method %s not allowed on a hook; use POST", req.Method)
+		return hookAnswer{}, hookReject(http.StatusMethodNotAllowed, codeMethodNotAllowed, "method %s not allowed on a hook; use POST", req.Method)
 	}
 	secret, rej := r.secret(ctx, hook)
 	if rej != nil {
 		return hookAnswer{}, rej
 	}
-	form, rej := formEncoded(req)
+	form, rej := hookFormEncoded(req)
 	if rej != nil {
 		return hookAnswer{}, rej
 	}
@@ -248,17 +249,17 @@ func (r *Receiver) serve(w http.ResponseWriter, req *http.Request, hook string) 
 			signed = [][]byte{[]byte(ts), []byte("."), raw}
 		}
 	}
-	if err := verify(secret, req.Header.Get(HeaderSignature), signed...); err != nil {
-		return hookAnswer{}, reject(http.StatusUnauthorized, api.CodeUnauthorized, "%s", strings.TrimPrefix(err.Error(), "trigger: "))
+	if err := verifyParts(secret, req.Header.Get(HeaderSignature), signed...); err != nil {
+		return hookAnswer{}, hookReject(http.StatusUnauthorized, api.CodeUnauthorized, "%s", strings.TrimPrefix(err.Error(), "trigger: "))
 	}
 
 	var id, event string
 	if hook == GitHubHook {
 		if event = req.Header.Get(HeaderGitHubEvent); event == "" {
-			return hookAnswer{}, reject(http.StatusBadRequest, api.CodeInvalid, "missing %s header", HeaderGitHubEvent)
+			return hookAnswer{}, hookReject(http.StatusBadRequest, api.CodeInvalid, "missing %s header", HeaderGitHubEvent)
 		}
 		if id = req.Header.Get(HeaderGitHubDelivery); id == "" {
-			return hookAnswer{}, reject(http.StatusBadRequest, api.CodeInvalid, "missing %s header", HeaderGitHubDelivery)
+			return hookAnswer{}, hookReject(http.StatusBadRequest, api.CodeInvalid, "missing %s header", HeaderGitHubDelivery)
 		}
 	} else {
 		id = req.Header.Get(HeaderDelivery)
@@ -273,7 +274,7 @@ func (r *Receiver) serve(w http.ResponseWriter, req *http.Request, hook string) 
 			id = "sha256:" + hex.EncodeToString(sum.Sum(nil))
 		}
 	}
-	if rej := checkDeliveryID(id); rej != nil {
+	if rej := checkHookDeliveryID(id); rej != nil {
 		return hookAnswer{}, rej
 	}
 	if hook == GitHubHook && event == "ping" {
@@ -282,7 +283,7 @@ func (r *Receiver) serve(w http.ResponseWriter, req *http.Request, hook string) 
 
 	payload := raw
 	if form {
-		if payload, rej = formPayload(raw); rej != nil {
+		if payload, rej = hookFormPayload(raw); rej != nil {
 			return hookAnswer{}, rej
 		}
 	}
@@ -294,19 +295,17 @@ func (r *Receiver) serve(w http.ResponseWriter, req *http.Request, hook string) 
 		ev, err = GenericEvent(hook, payload)
 	}
 	if err != nil {
-		return hookAnswer{}, reject(http.StatusBadRequest, api.CodeInvalid, "%s", strings.TrimPrefix(err.Error(), "trigger: "))
+		return hookAnswer{}, hookReject(http.StatusBadRequest, api.CodeInvalid, "%s", strings.TrimPrefix(err.Error(), "trigger: "))
 	}
-	if ev.ID == "" {
-		ev.ID = id
-	}
+	ev.ID = id
 	ev.Received = r.now()
 
 	if r.Sink == nil {
-		return hookAnswer{}, unavailable("no sink configured")
+		return hookAnswer{}, hookUnavailable("no sink configured")
 	}
 	dup, err := r.Sink.Accept(ctx, ev)
 	if err != nil {
-		return hookAnswer{}, unavailable("accept event: " + err.Error())
+		return hookAnswer{}, hookUnavailable("accept event: " + err.Error())
 	}
 	if dup {
 		r.log().LogAttrs(ctx, slog.LevelInfo, "hook delivery duplicate",
@@ -319,22 +318,22 @@ func (r *Receiver) serve(w http.ResponseWriter, req *http.Request, hook string) 
 }
 
 // secret looks up the hook's secret.
-func (r *Receiver) secret(ctx context.Context, hook string) ([]byte, *rejection) {
+func (r *Receiver) secret(ctx context.Context, hook string) ([]byte, *hookRejection) {
 	if r.Secrets != nil && hook != "" {
 		secret, ok, err := r.Secrets.Secret(ctx, hook)
 		if err != nil {
-			return nil, unavailable("look up hook secret: " + err.Error())
+			return nil, hookUnavailable("look up hook secret: " + err.Error())
 		}
 		if ok && len(secret) > 0 {
 			return secret, nil
 		}
 	}
-	return nil, reject(http.StatusNotFound, api.CodeNotFound, "no hook %q", hook)
+	return nil, hookReject(http.StatusNotFound, api.CodeNotFound, "no hook %q", hook)
 }
 
 // unavailable is a 503 whose detail stays on the server.
-func unavailable(detail string) *rejection {
-	return &rejection{
+func hookUnavailable(detail string) *hookRejection {
+	return &hookRejection{
 		status: http.StatusServiceUnavailable,
 		code:   api.CodeUnavailable,
 		msg:    "cannot take the delivery now; retry later",
@@ -342,8 +341,8 @@ func unavailable(detail string) *rejection {
 	}
 }
 
-// formEncoded reports whether the body is form-encoded rather than JSON.
-func formEncoded(req *http.Request) (bool, *rejection) {
+// hookFormEncoded reports whether the body is form-encoded rather than JSON.
+func hookFormEncoded(req *http.Request) (bool, *hookRejection) {
 	ct := req.Header.Get("Content-Type")
 	if ct == "" {
 		return false, nil
@@ -356,31 +355,31 @@ func formEncoded(req *http.Request) (bool, *rejection) {
 	case mt == "application/x-www-form-urlencoded":
 		return true, nil
 	}
-	return false, reject(http.StatusUnsupportedMediaType, api.CodeUnsupported,
+	return false, hookReject(http.StatusUnsupportedMediaType, api.CodeUnsupported,
 		"body must be application/json or application/x-www-form-urlencoded, not %q", ct)
 }
 
-// formPayload returns the "payload" field of a form-encoded body.
-func formPayload(raw []byte) ([]byte, *rejection) {
+// hookFormPayload returns the "payload" field of a form-encoded body.
+func hookFormPayload(raw []byte) ([]byte, *hookRejection) {
 	vals, err := url.ParseQuery(string(raw))
 	if err != nil {
-		return nil, reject(http.StatusBadRequest, api.CodeInvalid, "form body: %v", err)
+		return nil, hookReject(http.StatusBadRequest, api.CodeInvalid, "form body: %v", err)
 	}
 	p := vals.Get("payload")
 	if p == "" {
-		return nil, reject(http.StatusBadRequest, api.CodeInvalid, "form body has no payload field")
+		return nil, hookReject(http.StatusBadRequest, api.CodeInvalid, "form body has no payload field")
 	}
 	return []byte(p), nil
 }
 
 // readBody reads the whole body, at most MaxBody bytes.
-func (r *Receiver) readBody(w http.ResponseWriter, req *http.Request) ([]byte, *rejection) {
+func (r *Receiver) readBody(w http.ResponseWriter, req *http.Request) ([]byte, *hookRejection) {
 	limit := r.MaxBody
 	if limit <= 0 {
 		limit = DefaultMaxBody
 	}
-	tooLarge := func() *rejection {
-		return reject(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body is larger than the limit of %d bytes", limit)
+	tooLarge := func() *hookRejection {
+		return hookReject(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body is larger than the limit of %d bytes", limit)
 	}
 	if req.ContentLength > limit {
 		return nil, tooLarge()
@@ -390,42 +389,42 @@ func (r *Receiver) readBody(w http.ResponseWriter, req *http.Request) ([]byte, *
 		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return nil, tooLarge()
 		}
-		return nil, reject(http.StatusBadRequest, api.CodeInvalid, "read body: %v", err)
+		return nil, hookReject(http.StatusBadRequest, api.CodeInvalid, "read body: %v", err)
 	}
 	return body, nil
 }
 
 // checkTimestamp checks a HeaderTimestamp value against the clock.
-func (r *Receiver) checkTimestamp(ts string) *rejection {
+func (r *Receiver) checkTimestamp(ts string) *hookRejection {
 	sec, err := strconv.ParseInt(ts, 10, 64)
 	if err != nil {
-		return reject(http.StatusUnauthorized, api.CodeUnauthorized, "%s is not unix seconds", HeaderTimestamp)
+		return hookReject(http.StatusUnauthorized, api.CodeUnauthorized, "%s is not unix seconds", HeaderTimestamp)
 	}
 	// Compare in seconds: a time.Duration overflows for far-off values.
 	now := r.now().Unix()
 	tol := int64(TimestampTolerance / time.Second)
 	if sec < now-tol || sec > now+tol {
-		return reject(http.StatusUnauthorized, api.CodeUnauthorized,
+		return hookReject(http.StatusUnauthorized, api.CodeUnauthorized,
 			"%s %d is more than %v away from the receiver's clock", HeaderTimestamp, sec, TimestampTolerance)
 	}
 	return nil
 }
 
-// checkDeliveryID rejects ids a store should not key by.
-func checkDeliveryID(id string) *rejection {
-	if len(id) > maxDeliveryID {
-		return reject(http.StatusBadRequest, api.CodeInvalid, "delivery id is longer than %d bytes", maxDeliveryID)
+// checkHookDeliveryID rejects ids a store should not key by.
+func checkHookDeliveryID(id string) *hookRejection {
+	if len(id) > maxHookDeliveryID {
+		return hookReject(http.StatusBadRequest, api.CodeInvalid, "delivery id is longer than %d bytes", maxHookDeliveryID)
 	}
 	for i := 0; i < len(id); i++ {
 		if c := id[i]; c <= ' ' || c > '~' {
-			return reject(http.StatusBadRequest, api.CodeInvalid, "delivery id has a byte outside printable ASCII")
+			return hookReject(http.StatusBadRequest, api.CodeInvalid, "delivery id has a byte outside printable ASCII")
 		}
 	}
 	return nil
 }
 
 // rejected reports a refused delivery to the log and to OnReject.
-func (r *Receiver) rejected(req *http.Request, hook string, rej *rejection) {
+func (r *Receiver) rejected(req *http.Request, hook string, rej *hookRejection) {
 	reason := rej.detail
 	if reason == "" {
 		reason = rej.msg
@@ -449,18 +448,18 @@ func (r *Receiver) now() time.Time {
 	return time.Now()
 }
 
-var discard = slog.New(slog.DiscardHandler)
+var discardLog = slog.New(slog.DiscardHandler)
 
 func (r *Receiver) log() *slog.Logger {
 	if r.Log != nil {
 		return r.Log
 	}
-	return discard
+	return discardLog
 }
 
-// writeJSON answers with v as JSON. A failed write is the sender's problem:
+// writeHookJSON answers with v as JSON. A failed write is the sender's problem:
 // the status is out and there is nothing else to tell.
-func writeJSON(w http.ResponseWriter, status int, v any) {
+func writeHookJSON(w http.ResponseWriter, status int, v any) {
 	b, _ := json.Marshal(v) // v is one of this file's wire types
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
