@@ -45,6 +45,32 @@ type Session struct {
 	AutoWake bool `json:"auto_wake"`
 	// Snapshot describes the parked snapshot while the session is parked.
 	Snapshot *SnapshotInfo `json:"snapshot,omitempty"`
+	// Waiting is the pending subscription of a session parked until an
+	// event.
+	Waiting *Waiting `json:"waiting,omitempty"`
+}
+
+// Waiting is what a parked session waits for.
+type Waiting struct {
+	Until []string `json:"until"`
+	// Deadline is when a timeout event wakes it, if set.
+	Deadline *time.Time `json:"deadline,omitempty"`
+}
+
+// ParkRequest is the body of POST /v1/sessions/{id}/park. Both fields are
+// optional: without them the session parks until it is woken.
+type ParkRequest struct {
+	// Until lists trigger expressions (see the README's grammar); the
+	// session wakes on the first incoming event that matches any of them.
+	Until []string `json:"until,omitempty"`
+	// Timeout wakes the session with a "cove:timeout" event after this
+	// long (a Go duration such as "6h").
+	Timeout string `json:"timeout,omitempty"`
+}
+
+// HookSecretRequest is the body of PUT /v1/hook-secrets/{name}.
+type HookSecretRequest struct {
+	Secret string `json:"secret"`
 }
 
 // SnapshotInfo describes a parked session's snapshot.

@@ -28,6 +28,7 @@ import (
 	"github.com/cove-dev/cove/internal/agentproto"
 	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/store"
+	"github.com/cove-dev/cove/internal/trigger"
 	"github.com/cove-dev/cove/internal/vmm"
 	"github.com/cove-dev/cove/internal/vmm/qemu"
 )
@@ -75,6 +76,9 @@ type Manager struct {
 	locks map[string]*sync.Mutex   // guarded by mu: one lifecycle operation per session at a time
 	pools map[string]*pool         // guarded by mu: warm pools by template name
 	woke  map[string]chan struct{} // guarded by mu: closed when the session runs again
+
+	index   trigger.Index // subscriptions of sessions parked until an event
+	deliver chan struct{} // kicks the deliverer
 
 	stop chan struct{} // closed by Close/StopAll: ends background loops
 	bg   sync.WaitGroup
@@ -131,7 +135,8 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("session: %w", err)
 	}
 	m := &Manager{cfg: cfg, live: map[string]*live{}, locks: map[string]*sync.Mutex{},
-		pools: map[string]*pool{}, woke: map[string]chan struct{}{}, stop: make(chan struct{})}
+		pools: map[string]*pool{}, woke: map[string]chan struct{}{}, stop: make(chan struct{}),
+		deliver: make(chan struct{}, 1)}
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
 	return m, nil
 }
@@ -424,7 +429,9 @@ func (m *Manager) Get(ctx context.Context, id string) (api.Session, error) {
 	if err != nil {
 		return api.Session{}, notFound(id, err)
 	}
-	return m.toAPI(rec), nil
+	s := m.toAPI(rec)
+	s.Waiting = m.waiting(ctx, id)
+	return s, nil
 }
 
 // List returns all sessions, oldest first.
@@ -435,7 +442,11 @@ func (m *Manager) List(ctx context.Context) ([]api.Session, error) {
 	}
 	out := make([]api.Session, 0, len(recs))
 	for _, r := range recs {
-		out = append(out, m.toAPI(r))
+		s := m.toAPI(r)
+		if r.State == api.StateParked || r.State == api.StateParking {
+			s.Waiting = m.waiting(ctx, r.ID)
+		}
+		out = append(out, s)
 	}
 	return out, nil
 }
@@ -479,6 +490,7 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	if err := m.cfg.Store.DeleteSession(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("session: delete %s: %w", id, err)
 	}
+	m.dropTriggers(ctx, id)
 	m.mu.Lock()
 	delete(m.locks, id)
 	m.mu.Unlock()
@@ -544,8 +556,13 @@ func (m *Manager) Recover(ctx context.Context) error {
 	if c, ok := m.cfg.Driver.(interface{ CleanCgroups(func(string) bool) }); ok {
 		c.CleanCgroups(func(id string) bool { return known[id] })
 	}
-	m.bg.Add(1)
+	if err := m.loadSubscriptions(ctx); err != nil {
+		return err
+	}
+	m.bg.Add(2)
 	go m.idleLoop()
+	go m.deliverLoop()
+	m.kickDeliveries() // deliveries left pending by the last server
 	return m.startPools(ctx)
 }
 

@@ -1,5 +1,6 @@
 // Package store declares cove's state store: the durable record of sessions,
-// images and templates.
+// images, templates and triggers (events, subscriptions, deliveries and hook
+// secrets).
 package store
 
 import (
@@ -17,7 +18,7 @@ var (
 	ErrExists = errors.New("store: already exists")
 )
 
-// Store is the durable record of sessions, images and templates.
+// Store is the durable record of sessions, images, templates and triggers.
 //
 // Its contract, which every implementation meets (package storetest checks
 // it):
@@ -26,13 +27,16 @@ var (
 //     a crash of the process and a reopen of the same store.
 //   - Records come back exactly as they were written: times are the same
 //     instant to the nanosecond, in UTC, with no monotonic reading; an Env,
-//     Setup, Handle or Snapshot of length zero may come back nil. The zero
+//     Setup, Handle, Snapshot, Fields, Body, Until or hook secret of length
+//     zero may come back nil. The zero
 //     time round-trips as the zero time. Times a store cannot represent make
 //     the write fail and change nothing.
 //   - Records passed in and handed out are copies: changing one afterwards
-//     (its Env map, Setup slice, or Handle or Snapshot bytes) does not change
-//     what the store holds.
+//     (its Env or Fields map, Setup or Until slice, or Handle, Snapshot, Body
+//     or secret bytes) does not change what the store holds.
 //   - The store never sets a field itself; callers set UpdatedAt and the rest.
+//     The exceptions are RecordEvent's, documented there: an event's Seq and
+//     the deliveries it creates.
 //   - Every method is safe for concurrent use; concurrent writes all succeed
 //     or fail on their own merits, never because another writer was busy.
 //   - A call whose ctx is already done fails with an error wrapping ctx.Err()
@@ -81,6 +85,61 @@ type Store interface {
 	// DeleteTemplate removes the template with the given name, or fails with
 	// ErrNotFound if there is none.
 	DeleteTemplate(ctx context.Context, name string) error
+
+	// RecordEvent records ev and, in the same transaction, a pending
+	// delivery for each of sessions that still has a subscription at
+	// commit time, deleting those subscriptions (an event satisfies a
+	// subscription once). It returns the event with Seq set and the
+	// sessions that got a delivery (in the order given; a session listed
+	// twice gets one delivery). If an event with the same Source and ID was
+	// recorded before, it changes nothing and returns that event with dup
+	// true.
+	//
+	// The store assigns Seq, ignoring ev.Seq: it increases in the order
+	// events are recorded and is never reused. A delivery it creates has
+	// State DeliveryPending, no Error, and CreatedAt and UpdatedAt set to
+	// ev.Received.
+	RecordEvent(ctx context.Context, ev Event, sessions []string) (rec Event, delivered []string, dup bool, err error)
+	// GetEvent returns the event with the given Seq, or ErrNotFound.
+	GetEvent(ctx context.Context, seq int64) (Event, error)
+
+	// PutSubscription inserts the subscription of s.SessionID, or replaces
+	// every field of the one it has.
+	PutSubscription(ctx context.Context, s Subscription) error
+	// GetSubscription returns the subscription of the given session, or
+	// ErrNotFound.
+	GetSubscription(ctx context.Context, sessionID string) (Subscription, error)
+	// DeleteSubscription removes the subscription of the given session, or
+	// fails with ErrNotFound if it has none.
+	DeleteSubscription(ctx context.Context, sessionID string) error
+	// ListSubscriptions returns every subscription, ordered by CreatedAt
+	// and then by SessionID (bytewise). An empty store gives a slice of
+	// length zero.
+	ListSubscriptions(ctx context.Context) ([]Subscription, error)
+
+	// ListDeliveries returns deliveries in the given state ("" for all),
+	// ordered by EventSeq then SessionID (bytewise).
+	ListDeliveries(ctx context.Context, state string) ([]Delivery, error)
+	// UpdateDelivery replaces the State, Error and UpdatedAt of the
+	// delivery (d.EventSeq, d.SessionID), leaving its CreatedAt; it fails
+	// with ErrNotFound if there is none, creating nothing.
+	UpdateDelivery(ctx context.Context, d Delivery) error
+	// DeleteSessionTriggers removes a session's subscription and its
+	// deliveries (when the session is removed); it is no error if there
+	// are none. Events stay.
+	DeleteSessionTriggers(ctx context.Context, sessionID string) error
+
+	// PutHookSecret sets the secret of the hook with the given name,
+	// creating the hook or replacing its secret.
+	PutHookSecret(ctx context.Context, name string, secret []byte) error
+	// GetHookSecret returns the secret of the named hook, or ErrNotFound.
+	GetHookSecret(ctx context.Context, name string) ([]byte, error)
+	// ListHooks returns the name of every hook, sorted (bytewise). An empty
+	// store gives a slice of length zero.
+	ListHooks(ctx context.Context) ([]string, error)
+	// DeleteHook removes the named hook, or fails with ErrNotFound if there
+	// is none.
+	DeleteHook(ctx context.Context, name string) error
 
 	// Close releases the store's resources. Writes that returned before it
 	// are durable.
@@ -151,3 +210,40 @@ type Image struct {
 	CreatedAt   time.Time
 	BuildMillis int64
 }
+
+// Event is a recorded incoming event (a webhook delivery).
+type Event struct {
+	Seq    int64  // assigned by RecordEvent: increasing in arrival order
+	Source string // "github" or a hook name, or "cove" for timeouts
+	ID     string // delivery id, unique per Source
+	Name   string
+	Fields map[string]string
+	Body   []byte
+	// Received is when the event arrived.
+	Received time.Time
+}
+
+// Subscription is a parked session waiting for events.
+type Subscription struct {
+	SessionID string
+	Until     []string  // trigger expressions, as written
+	Deadline  time.Time // zero: no timeout
+	CreatedAt time.Time
+}
+
+// Delivery is an event due to a session.
+type Delivery struct {
+	EventSeq  int64
+	SessionID string
+	State     string // "pending", "delivered", "failed"
+	Error     string
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// Delivery states.
+const (
+	DeliveryPending   = "pending"
+	DeliveryDelivered = "delivered"
+	DeliveryFailed    = "failed"
+)

@@ -12,7 +12,7 @@ import (
 //
 // Times are INTEGER unix nanoseconds, NULL for the zero time. Env is a JSON
 // object as TEXT, NULL when empty; Handle and Snapshot are BLOBs, NULL when
-// empty.
+// empty. Later steps keep to the same encodings.
 var migrations = []string{
 	// 1: sessions and images.
 	`CREATE TABLE sessions (
@@ -61,6 +61,44 @@ var migrations = []string{
 		created_at  INTEGER,
 		updated_at  INTEGER,
 		snapshot    BLOB
+	) STRICT;`,
+
+	// 3: triggers. Events get a sequence number that is never reused
+	// (AUTOINCREMENT), Fields a JSON object as TEXT and Body a BLOB, each
+	// NULL when empty; a subscription's Until is a JSON array as TEXT, NULL
+	// when empty. Nothing refers to sessions by foreign key: sessions are
+	// deleted on their own, and DeleteSessionTriggers cleans up after them.
+	`CREATE TABLE events (
+		seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+		source   TEXT NOT NULL,
+		id       TEXT NOT NULL,
+		name     TEXT NOT NULL,
+		fields   TEXT,
+		body     BLOB,
+		received INTEGER,
+		UNIQUE (source, id)
+	) STRICT;
+	CREATE TABLE subscriptions (
+		session_id TEXT PRIMARY KEY,
+		until      TEXT,
+		deadline   INTEGER,
+		created_at INTEGER
+	) STRICT;
+	CREATE INDEX subscriptions_by_created ON subscriptions (created_at, session_id);
+	CREATE TABLE deliveries (
+		event_seq  INTEGER NOT NULL,
+		session_id TEXT NOT NULL,
+		state      TEXT NOT NULL,
+		error      TEXT NOT NULL,
+		created_at INTEGER,
+		updated_at INTEGER,
+		PRIMARY KEY (event_seq, session_id)
+	) STRICT;
+	CREATE INDEX deliveries_by_state ON deliveries (state, event_seq, session_id);
+	CREATE INDEX deliveries_by_session ON deliveries (session_id);
+	CREATE TABLE hooks (
+		name   TEXT PRIMARY KEY,
+		secret BLOB
 	) STRICT;`,
 }
 

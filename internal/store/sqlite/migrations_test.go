@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -287,5 +288,116 @@ func checkUpgraded(t *testing.T, got, want store.Session) {
 		t.Errorf("session %s new fields = %v, %v, %q, %q; want %v, %v, %q, %q", want.ID,
 			got.IdleTimeout, got.NoAutoWake, got.Template, got.Snapshot,
 			want.IdleTimeout, want.NoAutoWake, want.Template, want.Snapshot)
+	}
+}
+
+// A version-2 database, from before triggers, upgrades to the current
+// schema: its sessions, templates and images keep every field, and the
+// trigger tables work, deleting a session's triggers leaving the session.
+func TestUpgradeFromVersion2(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cove.db")
+	db := rawDB(t, path)
+	if err := migrate(t.Context(), db, migrations[:2]); err != nil {
+		t.Fatalf("migrate to 2: %v", err)
+	}
+	if v := userVersion(t, db); v != 2 {
+		t.Fatalf("user_version = %d, want 2", v)
+	}
+	created := time.Date(2025, 3, 14, 15, 9, 26, 535897932, time.UTC)
+	updated := created.Add(time.Minute + 1)
+	// The rows as version 2's code wrote them.
+	if _, err := db.ExecContext(t.Context(), `INSERT INTO sessions
+		(id, state, image, memory_mib, cpus, env, accel, created_at, updated_at, error, boot_millis, handle,
+		 idle_timeout_ns, no_auto_wake, template, snapshot)
+		VALUES ('old', 'parked', 'tiny', 512, 2, '{"HOME":"/root"}', 'kvm', ?, ?, 'e', 1234, ?,
+		 3600000000007, 1, 'py', ?)`,
+		created.UnixNano(), updated.UnixNano(), []byte("{\"v\":1}\x00\xff"), []byte(`{"v":1}`)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(t.Context(), `INSERT INTO templates
+		(name, state, image, memory_mib, cpus, env, setup, start, pool, error, created_at, updated_at, snapshot)
+		VALUES ('py', 'ready', 'tiny', 1024, 4, '{"A":"b"}', '["true","echo hi"]', 'sleep 1', 3, '', ?, NULL, ?)`,
+		created.UnixNano(), []byte("snap")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(t.Context(),
+		`INSERT INTO images (name, key, dir, size_bytes, created_at, build_millis) VALUES ('tiny', 'k', 'd', 1, ?, 2)`,
+		created.UnixNano()); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	st, err := Open(t.Context(), path)
+	if err != nil {
+		t.Fatalf("Open of a version-2 database: %v", err)
+	}
+	defer st.Close()
+	var v int
+	if err := st.db.QueryRowContext(t.Context(), "PRAGMA user_version").Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	if v != len(migrations) || v < 3 {
+		t.Errorf("user_version = %d, want %d (at least 3)", v, len(migrations))
+	}
+
+	want := store.Session{
+		ID: "old", State: "parked", Image: "tiny", MemoryMiB: 512, CPUs: 2,
+		Env: map[string]string{"HOME": "/root"}, Accel: "kvm",
+		CreatedAt: created, UpdatedAt: updated, Error: "e", BootMillis: 1234,
+		Handle:      []byte("{\"v\":1}\x00\xff"),
+		IdleTimeout: time.Hour + 7, NoAutoWake: true, Template: "py",
+		Snapshot: []byte(`{"v":1}`),
+	}
+	got, err := st.GetSession(t.Context(), "old")
+	if err != nil {
+		t.Fatalf("GetSession(old): %v", err)
+	}
+	checkUpgraded(t, got, want)
+	tm, err := st.GetTemplate(t.Context(), "py")
+	if err != nil || tm.State != "ready" || tm.Image != "tiny" || tm.MemoryMiB != 1024 ||
+		tm.CPUs != 4 || !maps.Equal(tm.Env, map[string]string{"A": "b"}) ||
+		!slices.Equal(tm.Setup, []string{"true", "echo hi"}) || tm.Start != "sleep 1" ||
+		tm.Pool != 3 || !tm.CreatedAt.Equal(created) || !tm.UpdatedAt.IsZero() ||
+		string(tm.Snapshot) != "snap" {
+		t.Errorf("GetTemplate(py) = %+v, %v", tm, err)
+	}
+	im, err := st.GetImage(t.Context(), "tiny")
+	if err != nil || im.Key != "k" || im.Dir != "d" || im.SizeBytes != 1 ||
+		!im.CreatedAt.Equal(created) || im.BuildMillis != 2 {
+		t.Errorf("GetImage(tiny) = %+v, %v", im, err)
+	}
+
+	// The trigger tables are there and work.
+	if err := st.PutSubscription(t.Context(), store.Subscription{
+		SessionID: "old", Until: []string{"github:push"}, CreatedAt: created,
+	}); err != nil {
+		t.Fatalf("PutSubscription: %v", err)
+	}
+	rec, delivered, dup, err := st.RecordEvent(t.Context(), store.Event{
+		Source: "github", ID: "d-1", Name: "push", Received: updated,
+	}, []string{"old"})
+	if err != nil || dup || rec.Seq <= 0 || !slices.Equal(delivered, []string{"old"}) {
+		t.Fatalf("RecordEvent = %+v, %q, %v, %v", rec, delivered, dup, err)
+	}
+	if err := st.PutHookSecret(t.Context(), "deploy", []byte("s")); err != nil {
+		t.Fatalf("PutHookSecret: %v", err)
+	}
+	if err := st.DeleteSessionTriggers(t.Context(), "old"); err != nil {
+		t.Fatalf("DeleteSessionTriggers: %v", err)
+	}
+	if ds, err := st.ListDeliveries(t.Context(), ""); err != nil || len(ds) != 0 {
+		t.Errorf("ListDeliveries after DeleteSessionTriggers = %+v, %v; want none", ds, err)
+	}
+	// Sessions and triggers are independent: no foreign key ties them.
+	if _, err := st.GetSession(t.Context(), "old"); err != nil {
+		t.Errorf("GetSession(old) after DeleteSessionTriggers: %v", err)
+	}
+	if err := st.PutSubscription(t.Context(), store.Subscription{SessionID: "no-such-session"}); err != nil {
+		t.Errorf("PutSubscription for a missing session: %v", err)
+	}
+	if err := st.DeleteSession(t.Context(), "old"); err != nil {
+		t.Errorf("DeleteSession(old): %v", err)
 	}
 }

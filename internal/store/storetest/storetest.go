@@ -50,6 +50,7 @@ func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	t.Run("ConcurrentWriters", s.concurrentWriters)
 	t.Run("DoneContext", s.doneContext)
 	t.Run("PersistsAcrossReopen", s.persistsAcrossReopen)
+	s.runTriggers(t)
 }
 
 type suite struct {

@@ -1,0 +1,290 @@
+package session
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"path"
+	"sync"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/agent"
+	"github.com/cove-dev/cove/internal/store"
+	"github.com/cove-dev/cove/internal/trigger"
+)
+
+// Triggers.
+//
+// ParkUntil records the session's subscription (durably, before anything
+// else) and parks it. Incoming events reach Accept (the webhook receiver's
+// sink): the subscription index names the sessions whose expressions
+// match, and the store records the event and a pending delivery for each of
+// them in one transaction, removing their subscriptions (an event
+// satisfies a subscription once). Only then is the sender answered. A
+// deliverer then wakes each session and writes the event into the guest's
+// events directory (agent.EventsDir), where 'cove-agent event wait' takes
+// it, and marks the delivery delivered. Deliveries are retried after a
+// restart; an event that arrives while its session is still parking waits
+// for the park (the session's lifecycle lock) and then wakes it.
+
+// timeoutSource names the events cove itself makes when a subscription's
+// deadline passes.
+const timeoutSource = "cove"
+
+// ParkUntil parks the session until an incoming event matches one of the
+// expressions, or until timeout passes (0: no timeout); then it is woken
+// and the event is delivered into the guest.
+func (m *Manager) ParkUntil(ctx context.Context, id string, until []string, timeout time.Duration) (api.Session, error) {
+	var exprs []trigger.Expr
+	for _, s := range until {
+		e, err := trigger.Parse(s)
+		if err != nil {
+			return api.Session{}, api.Errorf(api.CodeInvalid, "%s", err.Error())
+		}
+		exprs = append(exprs, e)
+	}
+	if len(exprs) == 0 && timeout <= 0 {
+		return m.Park(ctx, id)
+	}
+	rec, err := m.cfg.Store.GetSession(ctx, id)
+	if err != nil {
+		return api.Session{}, notFound(id, err)
+	}
+	if rec.State != api.StateRunning && rec.State != api.StateParked {
+		return api.Session{}, api.Errorf(api.CodeConflict, "park %s: session is %s", id, rec.State)
+	}
+	now := time.Now().UTC()
+	sub := store.Subscription{SessionID: id, Until: until, CreatedAt: now}
+	if timeout > 0 {
+		sub.Deadline = now.Add(timeout)
+	}
+	if err := m.cfg.Store.PutSubscription(ctx, sub); err != nil {
+		return api.Session{}, fmt.Errorf("session: park %s: record subscription: %w", id, err)
+	}
+	m.index.Add(trigger.Subscription{ID: id, Exprs: exprs})
+	return m.Park(ctx, id)
+}
+
+// Accept records an incoming event and the deliveries it causes; it is
+// the webhook receiver's sink (trigger.Sink).
+func (m *Manager) Accept(ctx context.Context, ev trigger.Event) (bool, error) {
+	sessions := m.index.Match(ev)
+	_, delivered, dup, err := m.cfg.Store.RecordEvent(ctx, storeEvent(ev), sessions)
+	if err != nil {
+		return false, fmt.Errorf("session: record event: %w", err)
+	}
+	if dup {
+		return true, nil
+	}
+	for _, id := range delivered {
+		m.index.Remove(id)
+	}
+	if len(delivered) > 0 {
+		m.kickDeliveries()
+	}
+	return false, nil
+}
+
+func storeEvent(ev trigger.Event) store.Event {
+	return store.Event{Source: ev.Source, ID: ev.ID, Name: ev.Name, Fields: ev.Fields, Body: ev.Body, Received: ev.Received.UTC()}
+}
+
+// loadSubscriptions fills the index from the store (after a restart).
+func (m *Manager) loadSubscriptions(ctx context.Context) error {
+	subs, err := m.cfg.Store.ListSubscriptions(ctx)
+	if err != nil {
+		return fmt.Errorf("session: subscriptions: %w", err)
+	}
+	for _, s := range subs {
+		var exprs []trigger.Expr
+		for _, u := range s.Until {
+			if e, err := trigger.Parse(u); err == nil {
+				exprs = append(exprs, e)
+			}
+		}
+		m.index.Add(trigger.Subscription{ID: s.SessionID, Exprs: exprs})
+	}
+	return nil
+}
+
+func (m *Manager) kickDeliveries() {
+	select {
+	case m.deliver <- struct{}{}:
+	default:
+	}
+}
+
+// deliverLoop delivers pending events and fires timeouts, on every kick
+// and once a second.
+func (m *Manager) deliverLoop() {
+	defer m.bg.Done()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	var mu sync.Mutex
+	busy := map[string]bool{} // guarded by mu: sessions being delivered to
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-m.deliver:
+		case <-tick.C:
+			m.fireTimeouts()
+		}
+		ds, err := m.cfg.Store.ListDeliveries(context.Background(), store.DeliveryPending)
+		if err != nil {
+			m.cfg.Log.Warn("list deliveries", "err", err)
+			continue
+		}
+		bySession := map[string][]store.Delivery{}
+		var order []string
+		for _, d := range ds {
+			if _, ok := bySession[d.SessionID]; !ok {
+				order = append(order, d.SessionID)
+			}
+			bySession[d.SessionID] = append(bySession[d.SessionID], d)
+		}
+		for _, id := range order {
+			mu.Lock()
+			if busy[id] {
+				mu.Unlock()
+				continue
+			}
+			busy[id] = true
+			mu.Unlock()
+			m.bg.Add(1)
+			go func(id string, ds []store.Delivery) {
+				defer m.bg.Done()
+				defer func() { mu.Lock(); delete(busy, id); mu.Unlock() }()
+				for _, d := range ds { // in arrival order
+					m.deliverOne(d)
+				}
+			}(id, bySession[id])
+		}
+	}
+}
+
+// fireTimeouts records a timeout event for every subscription whose
+// deadline passed.
+func (m *Manager) fireTimeouts() {
+	ctx := context.Background()
+	subs, err := m.cfg.Store.ListSubscriptions(ctx)
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	for _, s := range subs {
+		if s.Deadline.IsZero() || now.Before(s.Deadline) {
+			continue
+		}
+		body, _ := json.Marshal(map[string]any{"session": s.SessionID, "until": s.Until, "deadline": s.Deadline})
+		ev := trigger.Event{Source: timeoutSource, Name: "timeout", ID: "timeout:" + s.SessionID + ":" + s.CreatedAt.Format(time.RFC3339Nano),
+			Fields: map[string]string{"session": s.SessionID}, Body: body, Received: now}
+		_, delivered, _, err := m.cfg.Store.RecordEvent(ctx, storeEvent(ev), []string{s.SessionID})
+		if err != nil {
+			m.cfg.Log.Warn("record timeout", "session", s.SessionID, "err", err)
+			continue
+		}
+		for _, id := range delivered {
+			m.index.Remove(id)
+		}
+		m.kickDeliveries()
+	}
+}
+
+// guestEvent is what the guest finds in its events directory.
+type guestEvent struct {
+	Seq      int64             `json:"seq"`
+	Source   string            `json:"source"`
+	Name     string            `json:"name"`
+	ID       string            `json:"id"`
+	Fields   map[string]string `json:"fields,omitempty"`
+	Received time.Time         `json:"received"`
+	Body     json.RawMessage   `json:"body,omitempty"`
+}
+
+// deliverOne wakes the session and writes the event into the guest. A
+// session that cannot be woken fails the delivery (the wake has already
+// marked the session failed with the reason).
+func (m *Manager) deliverOne(d store.Delivery) {
+	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.DefaultBootTimeout)
+	defer cancel()
+	finish := func(state, msg string) {
+		d.State, d.Error, d.UpdatedAt = state, msg, time.Now().UTC()
+		if err := m.cfg.Store.UpdateDelivery(context.Background(), d); err != nil {
+			m.cfg.Log.Error("record delivery", "session", d.SessionID, "event", d.EventSeq, "err", err)
+		}
+	}
+	ev, err := m.cfg.Store.GetEvent(ctx, d.EventSeq)
+	if err != nil {
+		finish(store.DeliveryFailed, "event: "+err.Error())
+		return
+	}
+	rec, err := m.cfg.Store.GetSession(ctx, d.SessionID)
+	if err != nil {
+		finish(store.DeliveryFailed, "session: "+err.Error())
+		return
+	}
+	if rec.State == api.StateParked || rec.State == api.StateParking {
+		if _, err := m.Wake(ctx, d.SessionID); err != nil && !api.IsCode(err, api.CodeConflict) {
+			finish(store.DeliveryFailed, "wake: "+err.Error())
+			return
+		}
+	}
+	m.mu.Lock()
+	l := m.live[d.SessionID]
+	m.mu.Unlock()
+	if l == nil {
+		r, _ := m.cfg.Store.GetSession(ctx, d.SessionID)
+		if r.State == api.StateFailed || r.State == api.StateStopping {
+			finish(store.DeliveryFailed, "session is "+r.State+": "+r.Error)
+		}
+		return // not running yet (still parking): retried on the next round
+	}
+	name := fmt.Sprintf("%020d.json", ev.Seq)
+	// Delivered already (a crash after the write, before the record)?
+	for _, p := range []string{path.Join(agent.EventsDir, name), path.Join(agent.EventsDir, "taken", name)} {
+		if _, err := l.agent.Stat(ctx, p); err == nil {
+			finish(store.DeliveryDelivered, "")
+			return
+		}
+	}
+	body := json.RawMessage(ev.Body)
+	if !json.Valid(body) {
+		body = nil
+	}
+	b, _ := json.MarshalIndent(guestEvent{Seq: ev.Seq, Source: ev.Source, Name: ev.Name, ID: ev.ID, Fields: ev.Fields, Received: ev.Received, Body: body}, "", "  ")
+	// The agent writes to a dot-file and renames it into place: a waiter
+	// never reads half an event.
+	if err := l.agent.Write(ctx, path.Join(agent.EventsDir, name), 0o644, bytes.NewReader(append(b, '\n'))); err != nil {
+		m.cfg.Log.Warn("deliver event", "session", d.SessionID, "event", ev.Seq, "err", err)
+		return // retried on the next round
+	}
+	l.touch()
+	finish(store.DeliveryDelivered, "")
+	m.cfg.Log.Info("event delivered", "session", d.SessionID, "event", ev.Seq, "name", ev.Source+":"+ev.Name)
+}
+
+// waiting returns the session's pending subscription for the API.
+func (m *Manager) waiting(ctx context.Context, id string) *api.Waiting {
+	s, err := m.cfg.Store.GetSubscription(ctx, id)
+	if err != nil {
+		return nil
+	}
+	w := &api.Waiting{Until: s.Until}
+	if !s.Deadline.IsZero() {
+		d := s.Deadline
+		w.Deadline = &d
+	}
+	return w
+}
+
+// dropTriggers forgets a removed session's subscription and deliveries.
+func (m *Manager) dropTriggers(ctx context.Context, id string) {
+	m.index.Remove(id)
+	if err := m.cfg.Store.DeleteSessionTriggers(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+		m.cfg.Log.Warn("remove triggers", "session", id, "err", err)
+	}
+}
