@@ -91,6 +91,17 @@ func (c *Client) ParkSession(ctx context.Context, id string) (Session, error) {
 	return s, err
 }
 
+// ParkSessionUntil parks a session as ParkSession does, and subscribes it
+// to events: it wakes on the first webhook event matching any of
+// req.Until, or once req.Timeout has passed. The answer's Waiting shows
+// what it waits for. A malformed expression is an *Error with CodeInvalid
+// whose message ends with the expression and a caret under the fault.
+func (c *Client) ParkSessionUntil(ctx context.Context, id string, req ParkRequest) (Session, error) {
+	var s Session
+	err := c.doJSON(ctx, http.MethodPost, sessionPath(id, "/park"), nil, req, &s)
+	return s, err
+}
+
 // WakeSession restores a parked session and returns it once its agent
 // answers. Waking a running session returns it as it is; any other state
 // is an *Error with CodeConflict.
@@ -369,6 +380,29 @@ func (c *Client) GetTemplate(ctx context.Context, name string) (Template, error)
 func (c *Client) DeleteTemplate(ctx context.Context, name string) error {
 	return c.doJSON(ctx, http.MethodDelete, templatePath(name), nil, nil, nil)
 }
+
+// PutHookSecret creates the named webhook, or replaces its secret: the
+// HMAC key its senders sign deliveries with. "github" is GitHub's hook.
+func (c *Client) PutHookSecret(ctx context.Context, name, secret string) error {
+	return c.doJSON(ctx, http.MethodPut, hookSecretPath(name), nil, HookSecretRequest{Secret: secret}, nil)
+}
+
+// ListHooks returns the names of the webhooks that have a secret.
+func (c *Client) ListHooks(ctx context.Context) ([]string, error) {
+	var out struct {
+		Hooks []string `json:"hooks"`
+	}
+	err := c.doJSON(ctx, http.MethodGet, "/v1/hook-secrets", nil, nil, &out)
+	return out.Hooks, err
+}
+
+// DeleteHook removes a webhook's secret; its deliveries are refused from
+// then on. An unknown name is an *Error with CodeNotFound.
+func (c *Client) DeleteHook(ctx context.Context, name string) error {
+	return c.doJSON(ctx, http.MethodDelete, hookSecretPath(name), nil, nil, nil)
+}
+
+func hookSecretPath(name string) string { return "/v1/hook-secrets/" + url.PathEscape(name) }
 
 func templatePath(name string) string { return "/v1/templates/" + url.PathEscape(name) }
 

@@ -92,6 +92,9 @@ func TestClientRequests(t *testing.T) {
 	img := Image{Name: "tiny", Key: "abc", SizeBytes: 10, CreatedAt: created}
 	parked := sess
 	parked.State, parked.Snapshot = StateParked, &SnapshotInfo{DiskBytes: 96 << 20, MemoryBytes: 512 << 20, CreatedAt: created, ParkMillis: 340}
+	deadline := created.Add(6 * time.Hour)
+	waiting := parked
+	waiting.Waiting = &Waiting{Until: []string{"github:push repo=acme/api"}, Deadline: &deadline}
 	tpl := Template{Name: "py", State: TemplateReady, Image: "tiny", MemoryMiB: 512, CPUs: 1, Setup: []string{"apk add python3"},
 		Pool: 2, PoolReady: 1, Snapshot: &SnapshotInfo{DiskBytes: 1 << 20}, CreatedAt: created, UpdatedAt: created}
 
@@ -149,6 +152,40 @@ func TestClientRequests(t *testing.T) {
 			call: func(c *Client) (any, error) { return c.ParkSession(ctx, "s1") },
 			want: parked,
 			saw:  seen{Method: "POST", Path: "/v1/sessions/s1/park", Accept: contentJSON},
+		},
+		{
+			name: "park until", route: "POST /v1/sessions/s1/park", reply: reply(200, waiting),
+			call: func(c *Client) (any, error) {
+				return c.ParkSessionUntil(ctx, "s1", ParkRequest{Until: []string{"github:push repo=acme/api"}, Timeout: "6h"})
+			},
+			want: waiting,
+			saw: seen{Method: "POST", Path: "/v1/sessions/s1/park", ContentType: contentJSON, Accept: contentJSON,
+				Body: `{"until":["github:push repo=acme/api"],"timeout":"6h"}`},
+		},
+		{
+			name: "park until timeout only", route: "POST /v1/sessions/s1/park", reply: reply(200, waiting),
+			call: func(c *Client) (any, error) {
+				return c.ParkSessionUntil(ctx, "s1", ParkRequest{Timeout: "1h"})
+			},
+			want: waiting,
+			saw: seen{Method: "POST", Path: "/v1/sessions/s1/park", ContentType: contentJSON, Accept: contentJSON,
+				Body: `{"timeout":"1h"}`},
+		},
+		{
+			name: "put hook secret", route: "PUT /v1/hook-secrets/ci", reply: reply(204, nil),
+			call: func(c *Client) (any, error) { return nil, c.PutHookSecret(ctx, "ci", "k3y") },
+			saw:  seen{Method: "PUT", Path: "/v1/hook-secrets/ci", ContentType: contentJSON, Body: `{"secret":"k3y"}`},
+		},
+		{
+			name: "list hooks", route: "GET /v1/hook-secrets", reply: reply(200, map[string]any{"hooks": []string{"ci", "github"}}),
+			call: func(c *Client) (any, error) { return c.ListHooks(ctx) },
+			want: []string{"ci", "github"},
+			saw:  seen{Method: "GET", Path: "/v1/hook-secrets", Accept: contentJSON},
+		},
+		{
+			name: "delete hook escapes name", route: "DELETE /v1/hook-secrets/a/b", reply: reply(204, nil),
+			call: func(c *Client) (any, error) { return nil, c.DeleteHook(ctx, "a/b") },
+			saw:  seen{Method: "DELETE", Path: "/v1/hook-secrets/a%2Fb"},
 		},
 		{
 			name: "wake escapes id", route: "POST /v1/sessions/a/b/wake", reply: reply(200, sess),

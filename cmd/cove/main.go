@@ -64,6 +64,7 @@ $COVE_HOME/admin.token (COVE_HOME defaults to ` + defaultHome + `).`,
 		newCpCmd(c),
 		newImageCmd(c),
 		newTemplateCmd(c),
+		newHookCmd(c),
 		newVersionCmd(c),
 		newServerCmd(),
 	)

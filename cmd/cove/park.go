@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -10,20 +12,57 @@ import (
 
 // newParkCmd is "cove park" and "cove session park".
 func newParkCmd(c *cli, use string) *cobra.Command {
-	return &cobra.Command{
-		Use:   use + " ID...",
+	var (
+		until   []string
+		timeout time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   use + " ID... [--until EXPR]... [--timeout D]",
 		Short: "Save sessions to disk and stop their VMs",
 		Long: `Park sessions: save each one's whole VM (memory and devices) to disk and end
 its process, so that it holds disk only until woken. Prints "ID STATE" for
 each; a session already parked is left as it is. Every id is tried; cove
-exits 1 if any failed.`,
+exits 1 if any failed.
+
+With --until or --timeout, park one session until an event wakes it: the
+first webhook delivery matching any --until expression, or the end of
+--timeout. An expression is SOURCE:EVENT [KEY=VALUE]..., for example
+
+  cove park s1 --until 'github:check_suite.completed repo=acme/api' --timeout 6h
+
+'cove session inspect ID' shows what a parked session waits for.`,
 		Args: usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			f := cmd.Flags()
+			if !f.Changed("until") && !f.Changed("timeout") {
+				return eachSession(c, cmd, "park", args, func(ctx context.Context, cl *api.Client, id string) (api.Session, error) {
+					return cl.ParkSession(ctx, id)
+				})
+			}
+			if len(args) != 1 {
+				return usagef(cmd, "--until and --timeout park one session; got %d ids", len(args))
+			}
+			var req api.ParkRequest
+			for _, e := range until {
+				if strings.TrimSpace(e) == "" {
+					return usagef(cmd, "--until needs an expression")
+				}
+			}
+			req.Until = until
+			if f.Changed("timeout") {
+				if timeout <= 0 {
+					return usagef(cmd, "--timeout must be positive")
+				}
+				req.Timeout = timeout.String()
+			}
 			return eachSession(c, cmd, "park", args, func(ctx context.Context, cl *api.Client, id string) (api.Session, error) {
-				return cl.ParkSession(ctx, id)
+				return cl.ParkSessionUntil(ctx, id, req)
 			})
 		},
 	}
+	cmd.Flags().StringArrayVar(&until, "until", nil, "wake on the first event matching this trigger expression (repeatable)")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "wake after this long if no event matched (at most 720h)")
+	return cmd
 }
 
 // newWakeCmd is "cove wake" and "cove session wake".

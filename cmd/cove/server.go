@@ -21,7 +21,9 @@ import (
 	"github.com/cove-dev/cove/internal/apiserver"
 	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/session"
+	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/store/sqlite"
+	"github.com/cove-dev/cove/internal/trigger"
 	"github.com/cove-dev/cove/internal/vmm/qemu"
 )
 
@@ -143,7 +145,17 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return err
 	}
 
-	srv := apiserver.New(apiserver.Config{Sessions: mgr, Images: builder, Token: token, Log: log, Metrics: metrics})
+	if secret := os.Getenv("COVE_GITHUB_WEBHOOK_SECRET"); secret != "" {
+		if err := st.PutHookSecret(ctx, trigger.GitHubHook, []byte(secret)); err != nil {
+			return err
+		}
+	}
+	hooks := &trigger.Receiver{Secrets: hookSecrets{st}, Sink: mgr, Log: log,
+		OnReject: func(source, reason string, status int) {
+			log.Warn("webhook rejected", "hook", source, "status", status, "reason", reason)
+		}}
+	srv := apiserver.New(apiserver.Config{Sessions: mgr, Images: builder, Token: token, Log: log, Metrics: metrics,
+		Hooks: hooks, HookSecrets: st})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("server: listen: %w", err)
@@ -171,6 +183,20 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return err
 	}
 	return nil
+}
+
+// hookSecrets gives the webhook receiver the secrets kept in the store.
+type hookSecrets struct{ st *sqlite.Store }
+
+func (h hookSecrets) Secret(ctx context.Context, hook string) ([]byte, bool, error) {
+	b, err := h.st.GetHookSecret(ctx, hook)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return b, true, nil
 }
 
 // adminToken reads the admin token, creating it (0600) on first start.

@@ -31,6 +31,7 @@ type fakeSessions struct {
 	templates map[string]api.Template                           // guarded by mu
 	created   []api.CreateTemplateRequest                       // guarded by mu; every CreateTemplate request
 	slow      time.Duration                                     // guarded by mu; how long Park, Wake and CreateTemplate take
+	parkUntil []parkUntilCall                                   // guarded by mu; every ParkUntil call
 	procs     chan *fakeProc                                    // every started process
 }
 
@@ -342,6 +343,32 @@ func (f *fakeSessions) Park(ctx context.Context, id string) (api.Session, error)
 	return s, nil
 }
 
+// parkUntilCall is one call of ParkUntil.
+type parkUntilCall struct {
+	id      string
+	until   []string
+	timeout time.Duration
+}
+
+// ParkUntil parks as Park does and records the call; the session shows
+// what it waits for.
+func (f *fakeSessions) ParkUntil(ctx context.Context, id string, until []string, timeout time.Duration) (api.Session, error) {
+	s, err := f.Park(ctx, id)
+	if err != nil {
+		return s, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.parkUntil = append(f.parkUntil, parkUntilCall{id, until, timeout})
+	s.Waiting = &api.Waiting{Until: until}
+	if timeout > 0 {
+		d := time.Unix(1700000000, 0).UTC().Add(timeout)
+		s.Waiting.Deadline = &d
+	}
+	f.sessions[id] = s
+	return s, nil
+}
+
 // Wake wakes a parked session (a running one is returned as it is); any
 // other state is a conflict.
 func (f *fakeSessions) Wake(ctx context.Context, id string) (api.Session, error) {
@@ -361,7 +388,7 @@ func (f *fakeSessions) Wake(ctx context.Context, id string) (api.Session, error)
 	default:
 		return api.Session{}, api.Errorf(api.CodeConflict, "wake %s: session is %s", id, s.State)
 	}
-	s.State, s.Snapshot = api.StateRunning, nil
+	s.State, s.Snapshot, s.Waiting = api.StateRunning, nil, nil
 	f.sessions[id] = s
 	return s, nil
 }

@@ -30,6 +30,8 @@ const listTimeout = 5 * time.Second
 //	cove_park_seconds                   histogram of successful parks
 //	cove_wake_seconds                   histogram of successful wakes
 //	cove_http_requests_total{code,method}
+//	cove_webhooks_total{code}           webhook deliveries (POST /v1/hooks/…)
+//	                                    by the status they were answered with
 //
 // plus the Go runtime and process collectors. Make one with NewMetrics.
 type Metrics struct {
@@ -40,6 +42,7 @@ type Metrics struct {
 	park     prometheus.Histogram
 	wake     prometheus.Histogram
 	requests *prometheus.CounterVec
+	webhooks *prometheus.CounterVec
 	sessions *sessionsCollector
 }
 
@@ -71,10 +74,14 @@ func NewMetrics() *Metrics {
 			Name: "cove_http_requests_total",
 			Help: "HTTP requests answered by the API server, by status code and method.",
 		}, []string{"code", "method"}),
+		webhooks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "cove_webhooks_total",
+			Help: "Webhook deliveries answered by the API server, by status code.",
+		}, []string{"code"}),
 		sessions: &sessionsCollector{desc: prometheus.NewDesc(
 			"cove_sessions", "Sessions by state, at scrape time.", []string{"state"}, nil)},
 	}
-	m.reg.MustRegister(m.boot, m.exec, m.park, m.wake, m.requests, m.sessions,
+	m.reg.MustRegister(m.boot, m.exec, m.park, m.wake, m.requests, m.webhooks, m.sessions,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
@@ -113,6 +120,10 @@ func (m *Metrics) countRequest(method string, status int) {
 		method = "other" // keep the label set small
 	}
 	m.requests.WithLabelValues(strconv.Itoa(status), method).Inc()
+}
+
+func (m *Metrics) countWebhook(status int) {
+	m.webhooks.WithLabelValues(strconv.Itoa(status)).Inc()
 }
 
 func (s *Server) serveMetrics(w http.ResponseWriter, r *http.Request) error {

@@ -9,39 +9,63 @@ type route struct {
 	// as in the OpenAPI document.
 	Path string
 	// Verb is the Action verb Config.Authorize sees.
-	Verb   string
-	handle func(s *Server, w http.ResponseWriter, r *http.Request) error
+	Verb string
+	// NoToken serves the route without the bearer token: it is public, or
+	// its callers sign their requests and the handler checks that.
+	NoToken bool
+	handle  func(s *Server, w http.ResponseWriter, r *http.Request) error
 }
 
+// Values of route.NoToken, for the table.
+const (
+	bearer  = false // the gate checks the bearer token
+	noToken = true  // the gate checks no token
+)
+
+// githubHookPath is the route of GitHub's deliveries; its Action.Hook is
+// "github".
+const githubHookPath = "/v1/hooks/github"
+
+// verbHookReceive is the verb of the webhook routes, which the gate also
+// counts in cove_webhooks_total.
+const verbHookReceive = "hook.receive"
+
 // routes is the whole HTTP surface. A test checks it against
-// api/openapi.yaml both ways; every path under /v1 needs the token.
+// api/openapi.yaml both ways: every path under /v1 needs the token except
+// the webhooks, whose senders sign their deliveries instead.
 var routes = []route{
-	{"GET", "/healthz", "health.get", (*Server).health},
-	{"GET", "/metrics", "metrics.get", (*Server).serveMetrics},
-	{"GET", "/v1/openapi.json", "openapi.get", (*Server).openAPI},
+	{"GET", "/healthz", "health.get", noToken, (*Server).health},
+	{"GET", "/metrics", "metrics.get", noToken, (*Server).serveMetrics},
+	{"GET", "/v1/openapi.json", "openapi.get", bearer, (*Server).openAPI},
 
-	{"POST", "/v1/sessions", "session.create", (*Server).createSession},
-	{"GET", "/v1/sessions", "session.list", (*Server).listSessions},
-	{"GET", "/v1/sessions/{id}", "session.get", (*Server).getSession},
-	{"DELETE", "/v1/sessions/{id}", "session.delete", (*Server).deleteSession},
-	{"POST", "/v1/sessions/{id}/park", "session.park", (*Server).parkSession},
-	{"POST", "/v1/sessions/{id}/wake", "session.wake", (*Server).wakeSession},
+	{"POST", "/v1/sessions", "session.create", bearer, (*Server).createSession},
+	{"GET", "/v1/sessions", "session.list", bearer, (*Server).listSessions},
+	{"GET", "/v1/sessions/{id}", "session.get", bearer, (*Server).getSession},
+	{"DELETE", "/v1/sessions/{id}", "session.delete", bearer, (*Server).deleteSession},
+	{"POST", "/v1/sessions/{id}/park", "session.park", bearer, (*Server).parkSession},
+	{"POST", "/v1/sessions/{id}/wake", "session.wake", bearer, (*Server).wakeSession},
 
-	{"POST", "/v1/sessions/{id}/exec", "session.exec", (*Server).exec},
-	{"GET", "/v1/sessions/{id}/exec/ws", "session.exec", (*Server).execWS},
+	{"POST", "/v1/sessions/{id}/exec", "session.exec", bearer, (*Server).exec},
+	{"GET", "/v1/sessions/{id}/exec/ws", "session.exec", bearer, (*Server).execWS},
 
-	{"GET", "/v1/sessions/{id}/files", "file.read", (*Server).getFile},
-	{"PUT", "/v1/sessions/{id}/files", "file.write", (*Server).putFile},
-	{"DELETE", "/v1/sessions/{id}/files", "file.remove", (*Server).removeFile},
-	{"GET", "/v1/sessions/{id}/files/stat", "file.stat", (*Server).statFile},
-	{"GET", "/v1/sessions/{id}/files/list", "file.list", (*Server).listDir},
-	{"POST", "/v1/sessions/{id}/files/mkdir", "file.mkdir", (*Server).mkdir},
+	{"GET", "/v1/sessions/{id}/files", "file.read", bearer, (*Server).getFile},
+	{"PUT", "/v1/sessions/{id}/files", "file.write", bearer, (*Server).putFile},
+	{"DELETE", "/v1/sessions/{id}/files", "file.remove", bearer, (*Server).removeFile},
+	{"GET", "/v1/sessions/{id}/files/stat", "file.stat", bearer, (*Server).statFile},
+	{"GET", "/v1/sessions/{id}/files/list", "file.list", bearer, (*Server).listDir},
+	{"POST", "/v1/sessions/{id}/files/mkdir", "file.mkdir", bearer, (*Server).mkdir},
 
-	{"GET", "/v1/images", "image.list", (*Server).listImages},
-	{"POST", "/v1/images/{name}/build", "image.build", (*Server).buildImage},
+	{"GET", "/v1/images", "image.list", bearer, (*Server).listImages},
+	{"POST", "/v1/images/{name}/build", "image.build", bearer, (*Server).buildImage},
 
-	{"POST", "/v1/templates", "template.create", (*Server).createTemplate},
-	{"GET", "/v1/templates", "template.list", (*Server).listTemplates},
-	{"GET", "/v1/templates/{name}", "template.get", (*Server).getTemplate},
-	{"DELETE", "/v1/templates/{name}", "template.delete", (*Server).deleteTemplate},
+	{"POST", "/v1/templates", "template.create", bearer, (*Server).createTemplate},
+	{"GET", "/v1/templates", "template.list", bearer, (*Server).listTemplates},
+	{"GET", "/v1/templates/{name}", "template.get", bearer, (*Server).getTemplate},
+	{"DELETE", "/v1/templates/{name}", "template.delete", bearer, (*Server).deleteTemplate},
+
+	{"POST", githubHookPath, verbHookReceive, noToken, (*Server).receiveGitHubHook},
+	{"POST", "/v1/hooks/{name}", verbHookReceive, noToken, (*Server).receiveHook},
+	{"GET", "/v1/hook-secrets", "hook.secret.list", bearer, (*Server).listHookSecrets},
+	{"PUT", "/v1/hook-secrets/{name}", "hook.secret.put", bearer, (*Server).putHookSecret},
+	{"DELETE", "/v1/hook-secrets/{name}", "hook.secret.delete", bearer, (*Server).deleteHookSecret},
 }

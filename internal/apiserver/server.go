@@ -10,8 +10,11 @@
 // Config.Authorize before the handler reads the body; and it logs every
 // request (method, path, status, duration, action) and counts it in
 // cove_http_requests_total. Handlers are reached only through the gate, so
-// policy and audit hooks land in one place. Only GET /healthz and
-// GET /metrics are served without a token.
+// policy and audit hooks land in one place. Only GET /healthz,
+// GET /metrics and the webhook routes (POST /v1/hooks/…, marked NoToken in
+// the route table) are served without a token; webhook senders sign their
+// deliveries instead, which Config.Hooks checks, and the gate still builds
+// their Action, calls Config.Authorize, logs and counts them.
 //
 // Exec, image builds, template builds, park, wake and file transfers may
 // outlast the http.Server's ReadTimeout and WriteTimeout: once a request is
@@ -31,6 +34,7 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/trigger"
 )
 
 // DefaultMaxFileBytes is the default limit on the body of PUT
@@ -43,6 +47,12 @@ type Config struct {
 	Sessions Sessions
 	// Images is the image builder; nil answers the image routes with 503.
 	Images Images
+	// Hooks receives webhook deliveries (POST /v1/hooks/…); nil answers
+	// them with 503.
+	Hooks Hooks
+	// HookSecrets keeps the webhook secrets (/v1/hook-secrets); nil
+	// answers those routes with 503.
+	HookSecrets HookSecrets
 	// Token is the bearer token every /v1 request must carry. An empty
 	// Token refuses every /v1 request.
 	Token string
@@ -52,7 +62,8 @@ type Config struct {
 	// one made by NewMetrics to share it with the session manager.
 	Metrics *Metrics
 	// Authorize, if set, is called for every request that matched a /v1
-	// route, after the token was checked and before the body is read. A
+	// route, after the token was checked (for routes that need one) and
+	// before the body is read. A
 	// non-nil error refuses the request: an *api.Error chooses the answer
 	// (CodeUnauthorized to deny); any other error is a 500.
 	Authorize func(ctx context.Context, a Action) error
@@ -66,6 +77,8 @@ func (c Config) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.Bool("token_set", c.Token != ""),
 		slog.Bool("images", c.Images != nil),
+		slog.Bool("hooks", c.Hooks != nil),
+		slog.Bool("hook_secrets", c.HookSecrets != nil),
 		slog.Bool("authorize", c.Authorize != nil),
 		slog.Int64("max_file_bytes", c.MaxFileBytes),
 	)
@@ -86,6 +99,9 @@ type Action struct {
 	// Template is the {name} of a template route. It is empty for
 	// "template.create", whose name is in the body.
 	Template string
+	// Hook is the hook name of a webhook route ("github" for
+	// POST /v1/hooks/github) or of a hook-secret route.
+	Hook string
 }
 
 // LogValue lists the action's non-empty fields.
@@ -103,6 +119,9 @@ func (a Action) LogValue() slog.Value {
 	if a.Template != "" {
 		attrs = append(attrs, slog.String("template", a.Template))
 	}
+	if a.Hook != "" {
+		attrs = append(attrs, slog.String("hook", a.Hook))
+	}
 	return slog.GroupValue(attrs...)
 }
 
@@ -110,6 +129,8 @@ func (a Action) LogValue() slog.Value {
 type Server struct {
 	sessions     Sessions
 	images       Images
+	hooks        Hooks
+	hookSecrets  HookSecrets
 	tokenSum     [sha256.Size]byte
 	tokenSet     bool
 	log          *slog.Logger
@@ -129,6 +150,8 @@ func New(cfg Config) *Server {
 	s := &Server{
 		sessions:     cfg.Sessions,
 		images:       cfg.Images,
+		hooks:        cfg.Hooks,
+		hookSecrets:  cfg.HookSecrets,
 		tokenSum:     sha256.Sum256([]byte(cfg.Token)),
 		tokenSet:     cfg.Token != "",
 		log:          cfg.Log,
@@ -171,28 +194,36 @@ func (s *Server) Metrics() *Metrics { return s.metrics }
 // gate is the one function every request passes through; see the package
 // doc for what it guarantees.
 func (s *Server) gate(rt route) http.Handler {
-	needsToken := isV1(rt.Path)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w}
 		act := Action{Verb: rt.Verb, SessionID: r.PathValue("id")}
-		if strings.HasPrefix(rt.Verb, "template.") {
+		switch {
+		case strings.HasPrefix(rt.Verb, "template."):
 			act.Template = r.PathValue("name")
-		} else {
+		case strings.HasPrefix(rt.Verb, "hook."):
+			act.Hook = r.PathValue("name")
+			if rt.Path == githubHookPath {
+				act.Hook = trigger.GitHubHook
+			}
+		default:
 			act.Image = r.PathValue("name")
 		}
 		if strings.HasPrefix(rt.Verb, "file.") {
 			act.Path = cleanPath(r.URL.Query().Get("path"))
 		}
-		private := needsToken || isV1(r.URL.Path)
+		// private: a /v1 request, matched or not. The unmatched route
+		// (no Path) needs the token under /v1.
+		private := isV1(rt.Path) || isV1(r.URL.Path)
+		needsToken := !rt.NoToken && (rt.Path != "" || private)
 
 		var err error
-		if private {
+		if needsToken {
 			err = s.authenticate(rec, r)
-			if err == nil && s.authorize != nil && act.Verb != "" {
-				if err = s.authorize(r.Context(), act); err != nil {
-					err = fmt.Errorf("authorize %s: %w", act.Verb, err)
-				}
+		}
+		if err == nil && private && s.authorize != nil && act.Verb != "" {
+			if err = s.authorize(r.Context(), act); err != nil {
+				err = fmt.Errorf("authorize %s: %w", act.Verb, err)
 			}
 		}
 		if err == nil {
@@ -208,6 +239,9 @@ func (s *Server) gate(rt route) http.Handler {
 			status = http.StatusOK
 		}
 		s.metrics.countRequest(r.Method, status)
+		if rt.Verb == verbHookReceive {
+			s.metrics.countWebhook(status)
+		}
 		level := slog.LevelInfo
 		switch {
 		case status >= 500:

@@ -218,6 +218,9 @@ func TestAuthorizeSeesActionBeforeTheService(t *testing.T) {
 	e.do("GET", "/v1/templates", nil)
 	e.do("GET", "/v1/templates/py", nil)
 	e.do("DELETE", "/v1/templates/py", nil)
+	e.do("GET", "/v1/hook-secrets", nil)
+	e.do("DELETE", "/v1/hook-secrets/ci", nil)
+	e.do("POST", "/v1/hooks/github", nil, "Authorization", "")
 	want := []Action{
 		{Verb: "file.write", SessionID: "s1", Path: "/etc/x"},
 		{Verb: "file.remove", SessionID: "s1", Path: "/etc/x"},
@@ -228,6 +231,9 @@ func TestAuthorizeSeesActionBeforeTheService(t *testing.T) {
 		{Verb: "template.list"},
 		{Verb: "template.get", Template: "py"},
 		{Verb: "template.delete", Template: "py"},
+		{Verb: "hook.secret.list"},
+		{Verb: "hook.secret.delete", Hook: "ci"},
+		{Verb: "hook.receive", Hook: "github"},
 	}
 	mu.Lock()
 	defer mu.Unlock()

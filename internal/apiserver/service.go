@@ -3,6 +3,8 @@ package apiserver
 import (
 	"context"
 	"io"
+	"net/http"
+	"time"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/session"
@@ -46,6 +48,12 @@ type Sessions interface {
 	// returns the session, parked. Parking a parked session returns it as
 	// it is; a session in any other state is CodeConflict.
 	Park(ctx context.Context, id string) (api.Session, error)
+	// ParkUntil is Park that also subscribes the session to events: it
+	// wakes on the first event matching any of until (trigger expressions,
+	// already checked with trigger.Parse), or with a timeout event once
+	// timeout has passed (zero: never). until and timeout replace any
+	// earlier subscription; the answer's Waiting shows them.
+	ParkUntil(ctx context.Context, id string, until []string, timeout time.Duration) (api.Session, error)
 	// Wake restores a parked session and returns it once its agent
 	// answers. Waking a running session returns it as it is; a session in
 	// any other state is CodeConflict.
@@ -70,6 +78,24 @@ type Images interface {
 	// Build builds the named image, or reuses the cached one with the same
 	// inputs, calling progress with human-readable steps as it goes.
 	Build(ctx context.Context, name string, progress func(msg string)) (api.Image, error)
+}
+
+// Hooks receives webhook deliveries; *trigger.Receiver is one.
+type Hooks interface {
+	// ServeHook answers one delivery to the named hook, checking its
+	// signature, and writes the whole answer itself.
+	ServeHook(w http.ResponseWriter, r *http.Request, hook string)
+}
+
+// HookSecrets keeps the HMAC secrets of the webhooks. Unknown names are
+// errors wrapping store.ErrNotFound.
+type HookSecrets interface {
+	// PutHookSecret creates or replaces the named hook's secret.
+	PutHookSecret(ctx context.Context, name string, secret []byte) error
+	// ListHooks returns the names of the hooks that have a secret.
+	ListHooks(ctx context.Context) ([]string, error)
+	// DeleteHook removes the named hook's secret.
+	DeleteHook(ctx context.Context, name string) error
 }
 
 // Process is one running command in a guest (declared by the session

@@ -63,22 +63,32 @@ func (s *Server) deleteSession(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// parkRequest is the body of POST /v1/sessions/{id}/park: empty for now
+// wakeRequest is the body of POST /v1/sessions/{id}/wake: empty for now
 // (or {}); unknown fields are refused so that later options cannot be
-// silently ignored by an older server.
-type parkRequest struct{}
-
-// wakeRequest is the body of POST /v1/sessions/{id}/wake, likewise.
+// silently ignored by an older server. The park body, api.ParkRequest, is
+// decoded the same way.
 type wakeRequest struct{}
 
+// parkSession parks a session; with until or timeout in the body it parks
+// it until an event (Sessions.ParkUntil).
 func (s *Server) parkSession(w http.ResponseWriter, r *http.Request) error {
-	var req parkRequest
+	var req api.ParkRequest
 	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	timeout, err := validatePark(req)
+	if err != nil {
 		return err
 	}
 	liftDeadlines(w) // saving a large guest's RAM takes a while
 	start := time.Now()
-	sess, err := s.sessions.Park(r.Context(), r.PathValue("id"))
+	id := r.PathValue("id")
+	var sess api.Session
+	if len(req.Until) == 0 && req.Timeout == "" {
+		sess, err = s.sessions.Park(r.Context(), id)
+	} else {
+		sess, err = s.sessions.ParkUntil(r.Context(), id, req.Until, timeout)
+	}
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/trigger"
 )
 
 // imageName is the shape of an image name.
@@ -101,6 +102,36 @@ func validateMachine(image string, memoryMiB, cpus int) error {
 		return api.Errorf(api.CodeInvalid, "cpus: %d is out of range (0 for the default, or 1..64)", c)
 	}
 	return nil
+}
+
+// Limits of a park body.
+const (
+	maxParkUntil   = 32
+	maxParkTimeout = 30 * 24 * time.Hour
+)
+
+// validatePark checks a park body and returns its timeout (zero if unset).
+// A bad expression's message is trigger.ParseError's, caret and all.
+func validatePark(req api.ParkRequest) (time.Duration, error) {
+	if n := len(req.Until); n > maxParkUntil {
+		return 0, api.Errorf(api.CodeInvalid, "until: %d expressions; the limit is %d", n, maxParkUntil)
+	}
+	for i, e := range req.Until {
+		if _, err := trigger.Parse(e); err != nil {
+			return 0, api.Errorf(api.CodeInvalid, "until[%d]: %v", i, err)
+		}
+	}
+	if req.Timeout == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(req.Timeout)
+	if err != nil {
+		return 0, api.Errorf(api.CodeInvalid, "timeout: %q is not a duration like \"6h\"", req.Timeout)
+	}
+	if d <= 0 || d > maxParkTimeout {
+		return 0, api.Errorf(api.CodeInvalid, "timeout: %q is out of range (more than 0s, at most 720h: 30 days)", req.Timeout)
+	}
+	return d, nil
 }
 
 func validateExec(req api.ExecRequest) error {
