@@ -72,7 +72,16 @@ func (a *Agent) Serve(ctx context.Context, path string) error {
 		return fmt.Errorf("agent: open port: %w", err)
 	}
 	defer f.Close()
-	fd := int(f.Fd())
+	// Not f.Fd(): that would put the port in blocking mode, and reads
+	// must honour deadlines (a detach interrupts the reader).
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("agent: port: %w", err)
+	}
+	var fd int
+	if err := rc.Control(func(u uintptr) { fd = int(u) }); err != nil {
+		return fmt.Errorf("agent: port: %w", err)
+	}
 
 	// The port raises SIGIO when the host side connects or disconnects.
 	// Notify first, so the signal never hits the default action.
@@ -90,7 +99,7 @@ func (a *Agent) Serve(ctx context.Context, path string) error {
 		return fmt.Errorf("agent: port async: %w", err)
 	}
 
-	port := &portConn{f: f}
+	port := &portConn{f: f, fd: fd}
 	for ctx.Err() == nil {
 		if port.buffered() == 0 && !hostConnected(fd) {
 			select {
@@ -134,6 +143,7 @@ func hostConnected(fd int) bool {
 // session ends.
 type portConn struct {
 	f         *os.File
+	fd        int // f's descriptor, for poll (f stays non-blocking)
 	inSession bool   // a yamux session reads the port (set by Serve only)
 	pushback  []byte // read but not yet consumed; guarded by Serve's sequencing
 }
@@ -150,11 +160,33 @@ func (c *portConn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	n, err := c.f.Read(p)
+	if c.inSession && n == 0 && errors.Is(err, io.EOF) {
+		// The port reads as closed while the guest still believes the
+		// last host gone: the new host's open notice can trail its first
+		// bytes. Give it a moment before ending the session.
+		if n, err = c.retryAfterEOF(p); n == 0 && err == nil {
+			err = io.EOF
+		}
+	}
 	if c.inSession && n > 0 && startsWithSync(p[:n]) {
 		c.pushback = append(c.pushback[:0], p[:n]...)
 		return 0, errNewHost
 	}
 	return n, err
+}
+
+// retryAfterEOF reads again if data or a connected host shows up within
+// 200 ms; else it reports EOF.
+func (c *portConn) retryAfterEOF(p []byte) (int, error) {
+	deadline := time.Now().Add(200 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		pfd := []unix.PollFd{{Fd: int32(c.fd), Events: unix.POLLIN}}
+		_, _ = unix.Poll(pfd, 20)
+		if pfd[0].Revents&unix.POLLIN != 0 || pfd[0].Revents&unix.POLLHUP == 0 {
+			return c.f.Read(p)
+		}
+	}
+	return 0, io.EOF
 }
 
 func (c *portConn) buffered() int { return len(c.pushback) }

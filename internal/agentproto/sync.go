@@ -160,6 +160,11 @@ func Connect(ctx context.Context, dial func(context.Context) (net.Conn, error)) 
 		if err != nil {
 			c.Close()
 			lastErr = err
+			// Let the guest see this connection end before the next.
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
 			continue
 		}
 		return c, h, nil
