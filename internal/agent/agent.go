@@ -143,7 +143,7 @@ func hostConnected(fd int) bool {
 // session ends.
 type portConn struct {
 	f         *os.File
-	fd        int // f's descriptor, for poll (f stays non-blocking)
+	fd        int    // f's descriptor, for poll (f stays non-blocking)
 	inSession bool   // a yamux session reads the port (set by Serve only)
 	pushback  []byte // read but not yet consumed; guarded by Serve's sequencing
 }
