@@ -300,7 +300,9 @@ func (m *Manager) createFromTemplate(ctx context.Context, req api.CreateSessionR
 		return api.Session{}, fmt.Errorf("session: create from template %s: %w", t.Name, err)
 	}
 	m.adoptLive(id, l)
-	m.refill(t.Name)
+	// Refill a little later: restoring the next clone takes the CPU the
+	// new session's first commands want (2 cores here, TCG).
+	time.AfterFunc(250*time.Millisecond, func() { m.refill(t.Name) })
 	m.cfg.Log.Info("session cloned", "session", id, "template", t.Name, "ms", rec.BootMillis)
 	return m.toAPI(rec), nil
 }
