@@ -47,6 +47,11 @@ func main() {
 
 func serve(log *slog.Logger) error {
 	a := agent.New(log)
+	go func() {
+		if err := a.ServeTools(context.Background()); err != nil {
+			log.Error("tools socket", "err", err)
+		}
+	}()
 	port, err := agent.FindPort(agentproto.PortName, 10*time.Second)
 	if err != nil {
 		return err
@@ -70,6 +75,9 @@ func logOutput() io.Writer {
 const usage = `usage:
   cove-agent event wait [--timeout D]   print the next event delivered to this
                                         session (JSON) once it arrives
+  cove-agent park --until EXPR… [--timeout D]
+                                        park this session until an event matches;
+                                        returns (prints) that event once woken
   cove-agent version
 (As PID 1, cove-agent is the guest's init.)`
 
@@ -108,8 +116,33 @@ func command(args []string) int {
 			fmt.Println()
 		}
 		return 0
+	case len(args) >= 1 && args[0] == "park":
+		fs := flag.NewFlagSet("park", flag.ContinueOnError)
+		var until multi
+		fs.Var(&until, "until", "trigger expression (repeatable)")
+		timeout := fs.String("timeout", "", "wake with a timeout event after this long (e.g. 6h)")
+		if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 0 || (len(until) == 0 && *timeout == "") {
+			fmt.Fprintln(os.Stderr, usage)
+			return 2
+		}
+		ev, err := agent.Park(context.Background(), until, *timeout)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "cove-agent:", err)
+			return 1
+		}
+		os.Stdout.Write(ev)
+		if len(ev) > 0 && ev[len(ev)-1] != '\n' {
+			fmt.Println()
+		}
+		return 0
 	default:
 		fmt.Fprintln(os.Stderr, usage)
 		return 2
 	}
 }
+
+// multi is a repeatable string flag.
+type multi []string
+
+func (m *multi) String() string     { return fmt.Sprint(*m) }
+func (m *multi) Set(v string) error { *m = append(*m, v); return nil }

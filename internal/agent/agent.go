@@ -33,9 +33,11 @@ type Agent struct {
 	Log    *slog.Logger
 	reaper *reaper
 
-	mu      sync.Mutex
-	running map[int]*running // guarded by mu: commands by PID, until their exit is delivered
-	kick    func()           // guarded by mu: interrupts the current connection's reader
+	mu       sync.Mutex
+	running  map[int]*running // guarded by mu: commands by PID, until their exit is delivered
+	kick     func()           // guarded by mu: interrupts the current connection's reader
+	listener *listener        // guarded by mu: the host's listen stream, if any
+	hostBack chan struct{}    // guarded by mu: closed when a listen stream arrives
 }
 
 // New returns an agent. It starts the child reaper: as PID 1 the agent is
@@ -275,6 +277,8 @@ func (a *Agent) handle(st *yamux.Stream) {
 		a.exec(st, req)
 	case agentproto.OpAttach:
 		a.attachOp(st, req)
+	case agentproto.OpListen:
+		a.listen(st)
 	case agentproto.OpDetach:
 		// The answer is on the port once Write returns; then end this
 		// connection (see serveConn).

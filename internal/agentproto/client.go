@@ -50,6 +50,36 @@ func (c *Client) Detach(ctx context.Context) error {
 	return err
 }
 
+// Listen opens the stream on which the guest sends its requests (see
+// GuestRequest). handle is called for each, on Listen's goroutine; a
+// non-nil error is sent back as a GuestReply. Listen returns when the
+// connection ends.
+func (c *Client) Listen(ctx context.Context, handle func(GuestRequest) error) error {
+	st, release, err := c.open(ctx, Request{Op: OpListen})
+	if err != nil {
+		return err
+	}
+	defer release()
+	var resp Response
+	if err := ReadJSON(st, FrameResponse, &resp); err != nil {
+		return ctxErr(ctx, fmt.Errorf("agentproto: listen: %w", err))
+	}
+	if err := resp.Err(); err != nil {
+		return err
+	}
+	for {
+		var req GuestRequest
+		if err := ReadJSON(st, FrameRequest, &req); err != nil {
+			return ctxErr(ctx, fmt.Errorf("agentproto: listen: %w", err))
+		}
+		if err := handle(req); err != nil {
+			if werr := WriteJSON(st, FrameResponse, GuestReply{ID: req.ID, Error: err.Error()}); werr != nil {
+				return werr
+			}
+		}
+	}
+}
+
 // Close closes the session and the connection under it.
 func (c *Client) Close() error { return c.sess.Close() }
 

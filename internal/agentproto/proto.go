@@ -13,6 +13,10 @@
 //	          the output produced meanwhile comes first
 //	read, tar_get: guest → FrameResponse; if ok, guest → FrameData… FrameEOF
 //	write, tar_put: host → FrameData… FrameEOF; guest → FrameResponse
+//	listen:   guest → FrameResponse; then guest → FrameRequest (a GuestRequest)
+//	          whenever a tool in the guest asks the host for something, host →
+//	          FrameResponse (a GuestReply) when it cannot do it; the stream
+//	          lives as long as the connection
 //	detach:   guest → FrameResponse, then the guest ends the yamux session and
 //	          waits for the next sync (the host says it before a park, so
 //	          the frozen guest is ready for the next connection)
@@ -62,6 +66,7 @@ const (
 	OpExec   = "exec"
 	OpAttach = "attach"
 	OpDetach = "detach"
+	OpListen = "listen"
 	OpRead   = "read"
 	OpWrite  = "write"
 	OpStat   = "stat"
@@ -109,6 +114,24 @@ type Exec struct {
 	Rows    int      `json:"rows,omitempty"`
 	Cols    int      `json:"cols,omitempty"`
 	Timeout int64    `json:"timeout_ms,omitempty"`
+}
+
+// GuestRequest is a request from a tool in the guest to the host, sent on
+// the listen stream. The only kind today is "park": park this session until
+// an event matches one of Until, or Timeout (a Go duration) passes.
+type GuestRequest struct {
+	ID      int64    `json:"id"`
+	Kind    string   `json:"kind"`
+	Until   []string `json:"until,omitempty"`
+	Timeout string   `json:"timeout,omitempty"`
+}
+
+// GuestReply reports a guest request the host could not carry out. A park
+// that succeeds has no reply: the guest is frozen, and the tool's answer is
+// the event that wakes it.
+type GuestReply struct {
+	ID    int64  `json:"id"`
+	Error string `json:"error"`
 }
 
 // Response answers a request.

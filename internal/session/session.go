@@ -386,6 +386,7 @@ func (m *Manager) adoptLive(id string, l *live) {
 		delete(m.woke, id)
 	}
 	m.mu.Unlock()
+	go m.serveGuest(id, l)
 	go func() {
 		<-l.vm.Done()
 		m.mu.Lock()

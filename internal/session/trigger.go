@@ -12,6 +12,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/agent"
+	"github.com/cove-dev/cove/internal/agentproto"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/trigger"
 )
@@ -287,4 +288,29 @@ func (m *Manager) dropTriggers(ctx context.Context, id string) {
 	if err := m.cfg.Store.DeleteSessionTriggers(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
 		m.cfg.Log.Warn("remove triggers", "session", id, "err", err)
 	}
+}
+
+// serveGuest answers requests from tools inside the guest ('cove-agent
+// park --until …') for as long as the connection to its agent lasts.
+func (m *Manager) serveGuest(id string, l *live) {
+	_ = l.agent.Listen(context.Background(), func(req agentproto.GuestRequest) error {
+		switch req.Kind {
+		case "park":
+			var timeout time.Duration
+			if req.Timeout != "" {
+				d, err := time.ParseDuration(req.Timeout)
+				if err != nil || d <= 0 {
+					return fmt.Errorf("timeout %q: want a positive duration like 6h", req.Timeout)
+				}
+				timeout = d
+			}
+			m.cfg.Log.Info("guest asks to park", "session", id, "until", req.Until, "timeout", req.Timeout)
+			// On success the guest is frozen and the connection gone: the
+			// tool's answer is the event that wakes it.
+			_, err := m.ParkUntil(context.Background(), id, req.Until, timeout)
+			return err
+		default:
+			return fmt.Errorf("unknown request %q", req.Kind)
+		}
+	})
 }

@@ -104,3 +104,26 @@ func TestParkUntilTimeout(t *testing.T) {
 		t.Fatalf("the error does not point at the problem: %q", err)
 	}
 }
+
+// TestParkFromInsideTheGuest has a program in the guest park its own
+// session until an event; the same call returns that event after the wake
+// (here a timeout event), and the exec that ran it finishes normally.
+func TestParkFromInsideTheGuest(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	ctx := context.Background()
+	if err := r.mgr.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s := r.create(t, api.CreateSessionRequest{})
+	res := r.run(t, s.ID, api.ExecRequest{Argv: []string{"cove-agent", "park", "--until", "deploys:never", "--timeout", "2s"}}, nil)
+	if res.status.Code != 0 || !strings.Contains(res.stdout, `"timeout"`) {
+		t.Fatalf("park from the guest: exit %d, stdout %q, stderr %q", res.status.Code, res.stdout, res.stderr)
+	}
+	res = r.run(t, s.ID, api.ExecRequest{Argv: []string{"cove-agent", "park", "--until", "bad expression"}}, nil)
+	if res.status.Code != 1 || !strings.Contains(res.stderr, "^") {
+		t.Fatalf("park with a bad expression: exit %d, stderr %q", res.status.Code, res.stderr)
+	}
+	if got, _ := r.mgr.Get(ctx, s.ID); got.State != api.StateRunning {
+		t.Fatalf("session is %s after a refused park", got.State)
+	}
+}
