@@ -27,6 +27,13 @@ var ErrNoEvent = errors.New("agent: no event arrived")
 // next one. Files whose names start with "." are being written and are
 // skipped. It uses inotify, so it does not spin.
 func WaitEvent(ctx context.Context, dir string) ([]byte, error) {
+	return WaitEventAfter(ctx, dir, "")
+}
+
+// WaitEventAfter is WaitEvent for events whose file names sort after
+// after: those delivered from now on, when after is the newest name now
+// pending (see NewestEvent).
+func WaitEventAfter(ctx context.Context, dir, after string) ([]byte, error) {
 	if err := os.MkdirAll(filepath.Join(dir, "taken"), 0o755); err != nil {
 		return nil, fmt.Errorf("agent: events: %w", err)
 	}
@@ -41,7 +48,7 @@ func WaitEvent(ctx context.Context, dir string) ([]byte, error) {
 	buf := make([]byte, 4096)
 	for {
 		// Look after arming the watch: no event can slip in between.
-		if b, ok, err := takeOldest(dir); err != nil || ok {
+		if b, ok, err := takeOldest(dir, after); err != nil || ok {
 			return b, err
 		}
 		wait := -1
@@ -66,7 +73,7 @@ func WaitEvent(ctx context.Context, dir string) ([]byte, error) {
 		}
 		if ctx.Err() != nil {
 			// One last look: an event may have arrived with the deadline.
-			if b, ok, err := takeOldest(dir); err != nil || ok {
+			if b, ok, err := takeOldest(dir, after); err != nil || ok {
 				return b, err
 			}
 			return nil, ErrNoEvent
@@ -74,19 +81,38 @@ func WaitEvent(ctx context.Context, dir string) ([]byte, error) {
 	}
 }
 
-// takeOldest moves the oldest pending event to dir/taken and returns it.
-func takeOldest(dir string) ([]byte, bool, error) {
+// NewestEvent returns the name of the newest pending event, or "".
+func NewestEvent(dir string) string {
+	names, _ := pending(dir, "")
+	if len(names) == 0 {
+		return ""
+	}
+	return names[len(names)-1]
+}
+
+// pending lists the pending event names after after, oldest first.
+func pending(dir, after string) ([]string, error) {
 	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return nil, false, fmt.Errorf("agent: events: %w", err)
+		return nil, fmt.Errorf("agent: events: %w", err)
 	}
 	var names []string
 	for _, e := range ents {
-		if e.Type().IsRegular() && !strings.HasPrefix(e.Name(), ".") && strings.HasSuffix(e.Name(), ".json") {
+		if e.Type().IsRegular() && !strings.HasPrefix(e.Name(), ".") && strings.HasSuffix(e.Name(), ".json") && e.Name() > after {
 			names = append(names, e.Name())
 		}
 	}
 	sort.Strings(names)
+	return names, nil
+}
+
+// takeOldest moves the oldest pending event after after to dir/taken and
+// returns it.
+func takeOldest(dir, after string) ([]byte, bool, error) {
+	names, err := pending(dir, after)
+	if err != nil {
+		return nil, false, err
+	}
 	for _, n := range names {
 		src := filepath.Join(dir, n)
 		b, err := os.ReadFile(src)

@@ -151,13 +151,15 @@ func (a *Agent) serveTool(ctx context.Context, c net.Conn) {
 	l.waiters[id] = failed
 	l.mu.Unlock()
 	defer func() { l.mu.Lock(); delete(l.waiters, id); l.mu.Unlock() }()
-	// Look for the waking event from now on; the request itself freezes
+	// Look for the waking event, one delivered after this request (older
+	// pending events are for 'event wait'); the request itself freezes
 	// this guest until the event arrives.
 	events := make(chan []byte, 1)
 	ectx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	after := NewestEvent(EventsDir)
 	go func() {
-		if ev, err := WaitEvent(ectx, EventsDir); err == nil {
+		if ev, err := WaitEventAfter(ectx, EventsDir, after); err == nil {
 			events <- ev
 		}
 	}()
