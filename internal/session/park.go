@@ -84,6 +84,41 @@ func decodeMachine(b []byte) (machine, error) {
 	return m, nil
 }
 
+// parkedMachine decodes a machine record that must hold a snapshot and
+// checks the snapshot's files against its manifest.
+func parkedMachine(b []byte) (machine, error) {
+	mach, err := decodeMachine(b)
+	if err == nil && mach.Parked == nil {
+		err = errors.New("no snapshot recorded")
+	}
+	if err == nil {
+		err = mach.Parked.verify()
+	}
+	return mach, err
+}
+
+// snapshotInfo describes a machine record's snapshot for the API, or nil
+// when it has none.
+func snapshotInfo(b []byte) *api.SnapshotInfo {
+	mach, err := decodeMachine(b)
+	if err != nil || mach.Parked == nil {
+		return nil
+	}
+	p := mach.Parked
+	return &api.SnapshotInfo{DiskBytes: p.DiskBytes, MemoryBytes: int64(mach.MemoryMiB) << 20,
+		CreatedAt: p.CreatedAt, ParkMillis: p.ParkMillis}
+}
+
+// hangUp ends the connection to the agent with its agreement (detach):
+// the guest then waits for the next sync, so that after a save and a
+// restore the next connection syncs at once.
+func (l *live) hangUp(ctx context.Context) {
+	dctx, cancel := context.WithTimeout(ctx, time.Second)
+	_ = l.agent.Detach(dctx)
+	cancel()
+	l.agent.Close()
+}
+
 func (mach machine) spec(id, dir string) vmm.Spec {
 	return vmm.Spec{ID: id, Dir: dir, Kernel: mach.Kernel, Initrd: mach.Initrd, Disk: mach.Disk,
 		MemoryMiB: mach.MemoryMiB, CPUs: mach.CPUs}
@@ -180,12 +215,7 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 		m.undelete(l)
 		return api.Session{}, fmt.Errorf("session: park %s: %w", id, err)
 	}
-	// End the connection with the guest's agreement first: the frozen
-	// guest then waits for the next sync, and the wake connects at once.
-	dctx, dcancel := context.WithTimeout(ctx, time.Second)
-	_ = l.agent.Detach(dctx)
-	dcancel()
-	l.agent.Close()
+	l.hangUp(ctx)
 	// The park must finish once started, even if the client goes away.
 	pctx := context.WithoutCancel(ctx)
 	if _, err := m.snap.Save(pctx, l.vm, filepath.Join(m.dir(id), stateFile)); err != nil {
@@ -259,13 +289,7 @@ func (m *Manager) Wake(ctx context.Context, id string) (api.Session, error) {
 		return m.toAPI(rec), err
 	}
 	defer unlock()
-	mach, err := decodeMachine(rec.Snapshot)
-	if err == nil && mach.Parked == nil {
-		err = errors.New("no snapshot recorded")
-	}
-	if err == nil {
-		err = mach.Parked.verify()
-	}
+	mach, err := parkedMachine(rec.Snapshot)
 	if err != nil {
 		msg := "wake: " + err.Error()
 		m.fail(id, msg)

@@ -167,11 +167,7 @@ func (m *Manager) toAPI(s store.Session) api.Session {
 		Env: s.Env, Accel: s.Accel, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt,
 		Error: s.Error, BootMillis: s.BootMillis, Template: s.Template,
 		IdleTimeout: m.idleTimeout(s).String(), AutoWake: !s.NoAutoWake,
-	}
-	if mach, err := decodeMachine(s.Snapshot); err == nil && mach.Parked != nil {
-		p := mach.Parked
-		out.Snapshot = &api.SnapshotInfo{DiskBytes: p.DiskBytes, MemoryBytes: int64(mach.MemoryMiB) << 20,
-			CreatedAt: p.CreatedAt, ParkMillis: p.ParkMillis}
+		Snapshot: snapshotInfo(s.Snapshot),
 	}
 	return out
 }

@@ -48,10 +48,7 @@ func (m *Manager) templateAPI(t store.Template) api.Template {
 	out := api.Template{Name: t.Name, State: t.State, Image: t.Image, MemoryMiB: t.MemoryMiB, CPUs: t.CPUs,
 		Env: t.Env, Setup: t.Setup, Start: t.Start, Pool: t.Pool, Error: t.Error,
 		CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt}
-	if mach, err := decodeMachine(t.Snapshot); err == nil && mach.Parked != nil {
-		out.Snapshot = &api.SnapshotInfo{DiskBytes: mach.Parked.DiskBytes, MemoryBytes: int64(mach.MemoryMiB) << 20,
-			CreatedAt: mach.Parked.CreatedAt, ParkMillis: mach.Parked.ParkMillis}
-	}
+	out.Snapshot = snapshotInfo(t.Snapshot)
 	m.mu.Lock()
 	if p := m.pools[t.Name]; p != nil {
 		out.PoolReady = len(p.ready)
@@ -130,10 +127,7 @@ func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequ
 			return failT(fmt.Errorf("template %s: start command: exit %d: %v", t.Name, code, err))
 		}
 	}
-	dctx, dcancel := context.WithTimeout(ctx, time.Second)
-	_ = l.agent.Detach(dctx)
-	dcancel()
-	l.agent.Close()
+	l.hangUp(ctx)
 	if _, err := m.snap.Save(bctx, l.vm, filepath.Join(dir, stateFile)); err != nil {
 		_ = l.vm.Stop(bctx)
 		return failT(fmt.Errorf("template %s: save: %w", t.Name, err))
@@ -309,13 +303,7 @@ func (m *Manager) createFromTemplate(ctx context.Context, req api.CreateSessionR
 
 // clone restores a new VM from template t into the session dir of id.
 func (m *Manager) clone(ctx context.Context, t store.Template, id string) (l *live, err error) {
-	mach, err := decodeMachine(t.Snapshot)
-	if err == nil && mach.Parked == nil {
-		err = errors.New("no snapshot")
-	}
-	if err == nil {
-		err = mach.Parked.verify()
-	}
+	mach, err := parkedMachine(t.Snapshot)
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "template %s: %v", t.Name, err)
 	}
