@@ -100,8 +100,13 @@ func setupRoot() error {
 	_ = os.MkdirAll("/run/cove", 0o755)
 	_ = os.MkdirAll(EventsDir, 0o755)
 	// The agent is also a tool in the guest ('cove-agent event wait'):
-	// copy this binary, which lives in the initramfs, onto the PATH.
-	if err := installSelf("/run/cove/bin/cove-agent"); err != nil {
+	// put this binary, which lives in the initramfs, on the PATH. A link
+	// to PID 1's executable costs nothing at boot, where a copy of it
+	// would cost megabytes of tmpfs and the time to write them.
+	if err := os.MkdirAll("/run/cove/bin", 0o755); err != nil {
+		return fmt.Errorf("init: %w", err)
+	}
+	if err := os.Symlink("/proc/1/exe", "/run/cove/bin/cove-agent"); err != nil && !os.IsExist(err) {
 		return fmt.Errorf("init: %w", err)
 	}
 	_ = unix.Sethostname([]byte("cove"))
@@ -201,16 +206,4 @@ func stdioToNull() {
 	if fd > 2 {
 		unix.Close(fd)
 	}
-}
-
-// installSelf copies the running binary to path.
-func installSelf(path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return err
-	}
-	b, err := os.ReadFile("/proc/self/exe")
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, b, 0o755)
 }
