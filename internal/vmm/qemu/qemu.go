@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -240,6 +241,63 @@ func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) (vmm.VM, error) {
 		return nil, fmt.Errorf("qemu: boot %s: cpus and memory must be positive", spec.ID)
 	}
 	return d.spawn(ctx, spec, args(d.accel, d.tscKHz, spec), nil)
+}
+
+// spawn starts QEMU with argv and extra files and connects QMP.
+func (d *Driver) spawn(ctx context.Context, spec vmm.Spec, argv []string, extra []*os.File) (*VM, error) {
+	if d.uid >= 0 {
+		for _, p := range []string{spec.Dir, spec.Disk, filepath.Join(spec.Dir, MemFile)} {
+			if err := os.Chown(p, d.uid, d.gid); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return nil, fmt.Errorf("qemu: %s: %w", spec.ID, err)
+			}
+		}
+	}
+	logf, err := os.OpenFile(filepath.Join(spec.Dir, QEMULog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %s: %w", spec.ID, err)
+	}
+	defer logf.Close()
+	cmd := exec.Command(d.cfg.Binary, argv...)
+	cmd.Dir = spec.Dir
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = []string{"PATH=/usr/bin:/bin"}
+	cmd.ExtraFiles = extra
+	// Its own session: QEMU outlives a server that dies or restarts (the
+	// next one adopts it) and ignores the terminal's Ctrl-C.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if d.uid >= 0 {
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(d.uid), Gid: uint32(d.gid)}
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("qemu: %s: start: %w", spec.ID, err)
+	}
+	vm := &VM{d: d, id: spec.ID, dir: spec.Dir, pid: cmd.Process.Pid, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		// However QEMU ended (Stop, a crash, a failed start), its cgroups
+		// go with it, before anyone waiting on Done moves on.
+		d.unlimit(spec.ID)
+		close(vm.done)
+	}()
+	vm.start, _ = procStartTime(vm.pid)
+	d.limit(spec, vm.pid)
+
+	qctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	go func() {
+		select {
+		case <-vm.done:
+			cancel()
+		case <-qctx.Done():
+		}
+	}()
+	conn, err := qmp.Dial(qctx, filepath.Join(spec.Dir, QMPSocket))
+	if err != nil {
+		_ = vm.kill()
+		return nil, fmt.Errorf("qemu: %s: %w; qemu said: %s", spec.ID, err, vm.logTail(QEMULog, 1000))
+	}
+	vm.qmp = conn
+	return vm, nil
 }
 
 // Adopt re-attaches to a QEMU process booted by an earlier server.
