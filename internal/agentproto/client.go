@@ -55,18 +55,11 @@ func (c *Client) Detach(ctx context.Context) error {
 // non-nil error is sent back as a GuestReply. Listen returns when the
 // connection ends.
 func (c *Client) Listen(ctx context.Context, handle func(GuestRequest) error) error {
-	st, release, err := c.open(ctx, Request{Op: OpListen})
+	st, release, _, err := c.answered(ctx, Request{Op: OpListen})
 	if err != nil {
 		return err
 	}
 	defer release()
-	var resp Response
-	if err := ReadJSON(st, FrameResponse, &resp); err != nil {
-		return ctxErr(ctx, fmt.Errorf("agentproto: listen: %w", err))
-	}
-	if err := resp.Err(); err != nil {
-		return err
-	}
 	for {
 		var req GuestRequest
 		if err := ReadJSON(st, FrameRequest, &req); err != nil {
@@ -110,16 +103,31 @@ func ctxErr(ctx context.Context, err error) error {
 
 // call sends a request and reads one response.
 func (c *Client) call(ctx context.Context, req Request) (Response, error) {
+	_, release, resp, err := c.answered(ctx, req)
+	if err == nil {
+		release()
+	}
+	return resp, err
+}
+
+// answered sends a request and reads the response every operation starts
+// with. On success the stream stays open for what follows; on error it is
+// released (and a refusal by the guest comes back with its response).
+func (c *Client) answered(ctx context.Context, req Request) (*yamux.Stream, func(), Response, error) {
 	st, release, err := c.open(ctx, req)
 	if err != nil {
-		return Response{}, err
+		return nil, nil, Response{}, err
 	}
-	defer release()
 	var resp Response
 	if err := ReadJSON(st, FrameResponse, &resp); err != nil {
-		return Response{}, ctxErr(ctx, fmt.Errorf("agentproto: %s: %w", req.Op, err))
+		release()
+		return nil, nil, Response{}, ctxErr(ctx, fmt.Errorf("agentproto: %s: %w", req.Op, err))
 	}
-	return resp, resp.Err()
+	if err := resp.Err(); err != nil {
+		release()
+		return nil, nil, resp, err
+	}
+	return st, release, resp, nil
 }
 
 // Hello asks the guest who it is, sets its clock to the host's and reseeds
@@ -170,17 +178,8 @@ func (c *Client) Remove(ctx context.Context, path string) error {
 
 // download starts a read-style operation and returns its data stream.
 func (c *Client) download(ctx context.Context, req Request) (io.ReadCloser, error) {
-	st, release, err := c.open(ctx, req)
+	st, release, _, err := c.answered(ctx, req)
 	if err != nil {
-		return nil, err
-	}
-	var resp Response
-	if err := ReadJSON(st, FrameResponse, &resp); err != nil {
-		release()
-		return nil, ctxErr(ctx, fmt.Errorf("agentproto: %s: %w", req.Op, err))
-	}
-	if err := resp.Err(); err != nil {
-		release()
 		return nil, err
 	}
 	return &dataStream{DataReader: DataReader{R: st}, release: release}, nil
@@ -255,17 +254,8 @@ func (c *Client) Attach(ctx context.Context, pid int) (*Process, error) {
 }
 
 func (c *Client) start(ctx context.Context, req Request) (*Process, error) {
-	st, release, err := c.open(ctx, req)
+	st, release, resp, err := c.answered(ctx, req)
 	if err != nil {
-		return nil, err
-	}
-	var resp Response
-	if err := ReadJSON(st, FrameResponse, &resp); err != nil {
-		release()
-		return nil, ctxErr(ctx, fmt.Errorf("agentproto: %s: %w", req.Op, err))
-	}
-	if err := resp.Err(); err != nil {
-		release()
 		return nil, err
 	}
 	p := &Process{PID: resp.PID, st: st, release: release, done: make(chan struct{})}
