@@ -82,9 +82,23 @@ type Store interface {
 	// ListTemplates returns every template, ordered by Name (bytewise). An
 	// empty store gives a slice of length zero.
 	ListTemplates(ctx context.Context) ([]Template, error)
-	// DeleteTemplate removes the template with the given name, or fails with
-	// ErrNotFound if there is none.
+	// DeleteTemplate removes the template with the given name and all its
+	// versions, or fails with ErrNotFound if there is none.
 	DeleteTemplate(ctx context.Context, name string) error
+
+	// PutTemplateVersion inserts v, or replaces every field of the version
+	// with the same Template and Version. It fails with ErrNotFound if no
+	// template is named v.Template, creating nothing.
+	PutTemplateVersion(ctx context.Context, v TemplateVersion) error
+	// ListTemplateVersions returns the versions of the named template,
+	// oldest (lowest Version) first. A template without versions, or none
+	// of that name, gives a slice of length zero.
+	ListTemplateVersions(ctx context.Context, name string) ([]TemplateVersion, error)
+	// SwapTemplateVersion makes v the current version of t in one
+	// transaction: it writes v as PutTemplateVersion does and replaces the
+	// template with name t.Name by t, as UpdateTemplate does. Either both
+	// are written or neither. v.Template must be t.Name.
+	SwapTemplateVersion(ctx context.Context, t Template, v TemplateVersion) error
 
 	// RecordEvent records ev and, in the same transaction, a pending
 	// delivery for each of sessions that still has a subscription at
@@ -172,8 +186,10 @@ type Session struct {
 	// NoAutoWake refuses exec and file calls on a parked session instead of
 	// waking it first.
 	NoAutoWake bool
-	// Template names the template the session was cloned from, if any.
-	Template string
+	// Template names the template the session was cloned from, if any,
+	// and TemplateVersion which of its versions.
+	Template        string
+	TemplateVersion int
 	// Snapshot is the session package's versioned description of the
 	// session's parked snapshot (JSON); empty while the session has none.
 	Snapshot []byte
@@ -195,9 +211,48 @@ type Template struct {
 	CreatedAt time.Time
 	UpdatedAt time.Time
 	// Snapshot is the session package's versioned description of the
-	// template's snapshot (JSON).
+	// template's snapshot (JSON): the current version's.
+	Snapshot []byte
+
+	// Repo is the URL of the git repository the template is built from
+	// ("" for none), Branch the branch it follows and RepoDir where the
+	// checkout lives in the guest.
+	Repo    string
+	Branch  string
+	RepoDir string
+	// Version is the current version (1 for the first build), Commit the
+	// commit it was built from ("" without a repo).
+	Version int
+	Commit  string
+}
+
+// TemplateVersion is one build of a template.
+type TemplateVersion struct {
+	Template string
+	Version  int
+	State    string // "building", "ready", "failed", "removed"
+	Commit   string
+	// Base is the version this one was built from (its snapshot restored
+	// and updated), 0 for a build from a fresh boot.
+	Base int
+	// Reason says what asked for the build ("create", "push DELIVERY",
+	// "rebuild", "restart").
+	Reason      string
+	Error       string
+	BuildMillis int64
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
+	// Snapshot is as in Template: the version's machine.
 	Snapshot []byte
 }
+
+// Template version states.
+const (
+	VersionBuilding = "building"
+	VersionReady    = "ready"
+	VersionFailed   = "failed"
+	VersionRemoved  = "removed"
+)
 
 // Image is the stored record of one built image.
 type Image struct {

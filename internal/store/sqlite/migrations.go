@@ -100,6 +100,36 @@ var migrations = []string{
 		name   TEXT PRIMARY KEY,
 		secret BLOB
 	) STRICT;`,
+
+	// 4: template versions. Sessions record which version of their
+	// template they were cloned from; templates gain the repository they
+	// follow, their current version and its commit; each build is a row of
+	// template_versions. Templates and clones from before are version 1,
+	// and each template gets its version-1 row.
+	`ALTER TABLE sessions ADD COLUMN template_version INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE templates ADD COLUMN repo TEXT NOT NULL DEFAULT '';
+	ALTER TABLE templates ADD COLUMN branch TEXT NOT NULL DEFAULT '';
+	ALTER TABLE templates ADD COLUMN repo_dir TEXT NOT NULL DEFAULT '';
+	ALTER TABLE templates ADD COLUMN version INTEGER NOT NULL DEFAULT 0;
+	ALTER TABLE templates ADD COLUMN commit_sha TEXT NOT NULL DEFAULT '';
+	CREATE TABLE template_versions (
+		template     TEXT NOT NULL REFERENCES templates (name) ON DELETE CASCADE,
+		version      INTEGER NOT NULL,
+		state        TEXT NOT NULL,
+		commit_sha   TEXT NOT NULL,
+		base         INTEGER NOT NULL,
+		reason       TEXT NOT NULL,
+		error        TEXT NOT NULL,
+		build_millis INTEGER NOT NULL,
+		created_at   INTEGER,
+		updated_at   INTEGER,
+		snapshot     BLOB,
+		PRIMARY KEY (template, version)
+	) STRICT;
+	UPDATE templates SET version = 1;
+	UPDATE sessions SET template_version = 1 WHERE template != '';
+	INSERT INTO template_versions
+		SELECT name, 1, state, '', 0, 'create', error, 0, created_at, updated_at, snapshot FROM templates;`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

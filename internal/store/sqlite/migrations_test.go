@@ -289,6 +289,9 @@ func checkUpgraded(t *testing.T, got, want store.Session) {
 			got.IdleTimeout, got.NoAutoWake, got.Template, got.Snapshot,
 			want.IdleTimeout, want.NoAutoWake, want.Template, want.Snapshot)
 	}
+	if got.TemplateVersion != want.TemplateVersion {
+		t.Errorf("session %s TemplateVersion = %d, want %d", want.ID, got.TemplateVersion, want.TemplateVersion)
+	}
 }
 
 // A version-2 database, from before triggers, upgrades to the current
@@ -348,7 +351,7 @@ func TestUpgradeFromVersion2(t *testing.T) {
 		CreatedAt: created, UpdatedAt: updated, Error: "e", BootMillis: 1234,
 		Handle:      []byte("{\"v\":1}\x00\xff"),
 		IdleTimeout: time.Hour + 7, NoAutoWake: true, Template: "py",
-		Snapshot: []byte(`{"v":1}`),
+		Snapshot: []byte(`{"v":1}`), TemplateVersion: 1,
 	}
 	got, err := st.GetSession(t.Context(), "old")
 	if err != nil {
@@ -360,8 +363,14 @@ func TestUpgradeFromVersion2(t *testing.T) {
 		tm.CPUs != 4 || !maps.Equal(tm.Env, map[string]string{"A": "b"}) ||
 		!slices.Equal(tm.Setup, []string{"true", "echo hi"}) || tm.Start != "sleep 1" ||
 		tm.Pool != 3 || !tm.CreatedAt.Equal(created) || !tm.UpdatedAt.IsZero() ||
-		string(tm.Snapshot) != "snap" {
+		string(tm.Snapshot) != "snap" || tm.Version != 1 || tm.Repo != "" || tm.Commit != "" {
 		t.Errorf("GetTemplate(py) = %+v, %v", tm, err)
+	}
+	// The template from before versions has its version 1, as it was.
+	vs, err := st.ListTemplateVersions(t.Context(), "py")
+	if err != nil || len(vs) != 1 || vs[0].Version != 1 || vs[0].State != "ready" ||
+		string(vs[0].Snapshot) != "snap" || !vs[0].CreatedAt.Equal(created) || vs[0].Reason != "create" {
+		t.Errorf("ListTemplateVersions(py) = %+v, %v; want its version 1", vs, err)
 	}
 	im, err := st.GetImage(t.Context(), "tiny")
 	if err != nil || im.Key != "k" || im.Dir != "d" || im.SizeBytes != 1 ||

@@ -133,7 +133,7 @@ func (s *Store) Close() error {
 
 const sessionColumns = `id, state, image, memory_mib, cpus, env, accel,
 	created_at, updated_at, error, boot_millis, handle,
-	idle_timeout_ns, no_auto_wake, template, snapshot`
+	idle_timeout_ns, no_auto_wake, template, snapshot, template_version`
 
 // CreateSession implements store.Store.
 func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
@@ -142,7 +142,7 @@ func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
 		return fmt.Errorf("sqlite: create session %s: %w", sess.ID, err)
 	}
 	res, err := s.db.ExecContext(ctx, `INSERT INTO sessions (`+sessionColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO NOTHING`, args...)
 	if err := oneRow(res, err, store.ErrExists); err != nil {
 		return fmt.Errorf("sqlite: create session %s: %w", sess.ID, err)
@@ -161,7 +161,7 @@ func (s *Store) UpdateSession(ctx context.Context, sess store.Session) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE sessions SET
 		state = ?, image = ?, memory_mib = ?, cpus = ?, env = ?, accel = ?,
 		created_at = ?, updated_at = ?, error = ?, boot_millis = ?, handle = ?,
-		idle_timeout_ns = ?, no_auto_wake = ?, template = ?, snapshot = ?
+		idle_timeout_ns = ?, no_auto_wake = ?, template = ?, snapshot = ?, template_version = ?
 		WHERE id = ?`, args...)
 	if err := oneRow(res, err, store.ErrNotFound); err != nil {
 		return fmt.Errorf("sqlite: update session %s: %w", sess.ID, err)
@@ -278,7 +278,7 @@ func (s *Store) DeleteImage(ctx context.Context, name string) error {
 }
 
 const templateColumns = `name, state, image, memory_mib, cpus, env, setup, start,
-	pool, error, created_at, updated_at, snapshot`
+	pool, error, created_at, updated_at, snapshot, repo, branch, repo_dir, version, commit_sha`
 
 // CreateTemplate implements store.Store.
 func (s *Store) CreateTemplate(ctx context.Context, t store.Template) error {
@@ -287,7 +287,7 @@ func (s *Store) CreateTemplate(ctx context.Context, t store.Template) error {
 		return fmt.Errorf("sqlite: create template %s: %w", t.Name, err)
 	}
 	res, err := s.db.ExecContext(ctx, `INSERT INTO templates (`+templateColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (name) DO NOTHING`, args...)
 	if err := oneRow(res, err, store.ErrExists); err != nil {
 		return fmt.Errorf("sqlite: create template %s: %w", t.Name, err)
@@ -301,16 +301,27 @@ func (s *Store) UpdateTemplate(ctx context.Context, t store.Template) error {
 	if err != nil {
 		return fmt.Errorf("sqlite: update template %s: %w", t.Name, err)
 	}
-	// templateArgs starts with the name; it goes last, in WHERE.
-	args = append(args[1:], t.Name)
-	res, err := s.db.ExecContext(ctx, `UPDATE templates SET
-		state = ?, image = ?, memory_mib = ?, cpus = ?, env = ?, setup = ?, start = ?,
-		pool = ?, error = ?, created_at = ?, updated_at = ?, snapshot = ?
-		WHERE name = ?`, args...)
-	if err := oneRow(res, err, store.ErrNotFound); err != nil {
+	if err := updateTemplate(ctx, s.db, args); err != nil {
 		return fmt.Errorf("sqlite: update template %s: %w", t.Name, err)
 	}
 	return nil
+}
+
+// execer is a *sql.DB or *sql.Tx.
+type execer interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+}
+
+// updateTemplate replaces a template's row by args (templateArgs).
+func updateTemplate(ctx context.Context, db execer, args []any) error {
+	// templateArgs starts with the name; it goes last, in WHERE.
+	args = append(args[1:], args[0])
+	res, err := db.ExecContext(ctx, `UPDATE templates SET
+		state = ?, image = ?, memory_mib = ?, cpus = ?, env = ?, setup = ?, start = ?,
+		pool = ?, error = ?, created_at = ?, updated_at = ?, snapshot = ?,
+		repo = ?, branch = ?, repo_dir = ?, version = ?, commit_sha = ?
+		WHERE name = ?`, args...)
+	return oneRow(res, err, store.ErrNotFound)
 }
 
 // GetTemplate implements store.Store.
@@ -392,7 +403,7 @@ func sessionArgs(sess store.Session) ([]any, error) {
 	return []any{
 		sess.ID, sess.State, sess.Image, sess.MemoryMiB, sess.CPUs, env, sess.Accel,
 		created, updated, sess.Error, sess.BootMillis, encodeBlob(sess.Handle),
-		int64(sess.IdleTimeout), sess.NoAutoWake, sess.Template, encodeBlob(sess.Snapshot),
+		int64(sess.IdleTimeout), sess.NoAutoWake, sess.Template, encodeBlob(sess.Snapshot), sess.TemplateVersion,
 	}, nil
 }
 
@@ -410,7 +421,7 @@ func scanSession(sc scanner) (store.Session, error) {
 	)
 	err := sc.Scan(&sess.ID, &sess.State, &sess.Image, &sess.MemoryMiB, &sess.CPUs, &env,
 		&sess.Accel, &created, &updated, &sess.Error, &sess.BootMillis, &sess.Handle,
-		&idle, &sess.NoAutoWake, &sess.Template, &sess.Snapshot)
+		&idle, &sess.NoAutoWake, &sess.Template, &sess.Snapshot, &sess.TemplateVersion)
 	if err != nil {
 		return store.Session{}, err
 	}
@@ -450,6 +461,7 @@ func templateArgs(t store.Template) ([]any, error) {
 	return []any{
 		t.Name, t.State, t.Image, t.MemoryMiB, t.CPUs, env, setup, t.Start,
 		t.Pool, t.Error, created, updated, encodeBlob(t.Snapshot),
+		t.Repo, t.Branch, t.RepoDir, t.Version, t.Commit,
 	}, nil
 }
 
@@ -460,7 +472,8 @@ func scanTemplate(sc scanner) (store.Template, error) {
 		created, updated sql.NullInt64
 	)
 	err := sc.Scan(&t.Name, &t.State, &t.Image, &t.MemoryMiB, &t.CPUs, &env, &setup, &t.Start,
-		&t.Pool, &t.Error, &created, &updated, &t.Snapshot)
+		&t.Pool, &t.Error, &created, &updated, &t.Snapshot,
+		&t.Repo, &t.Branch, &t.RepoDir, &t.Version, &t.Commit)
 	if err != nil {
 		return store.Template{}, err
 	}

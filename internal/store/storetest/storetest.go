@@ -47,6 +47,11 @@ func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	t.Run("ListTemplatesOrder", s.listTemplatesOrder)
 	t.Run("DeleteTemplate", s.deleteTemplate)
 	t.Run("TemplateCopiesInAndOut", s.templateCopiesInAndOut)
+	t.Run("TemplateVersions", s.templateVersions)
+	t.Run("TemplateVersionMissingTemplate", s.templateVersionMissingTemplate)
+	t.Run("SwapTemplateVersion", s.swapTemplateVersion)
+	t.Run("SwapTemplateVersionMissing", s.swapTemplateVersionMissing)
+	t.Run("DeleteTemplateDeletesVersions", s.deleteTemplateDeletesVersions)
 	t.Run("ConcurrentWriters", s.concurrentWriters)
 	t.Run("DoneContext", s.doneContext)
 	t.Run("PersistsAcrossReopen", s.persistsAcrossReopen)
@@ -111,6 +116,8 @@ func fullSession(id string) store.Session {
 		NoAutoWake:  true,
 		Template:    "py-base",
 		Snapshot:    []byte("{\"v\":1,\"dir\":\"/snap\"}\x00\xff"),
+
+		TemplateVersion: 7,
 	}
 }
 
@@ -141,6 +148,11 @@ func fullTemplate(name string) store.Template {
 		UpdatedAt: at(6).Add(time.Nanosecond),
 		// Not valid UTF-8 and holding a NUL: the store must keep bytes.
 		Snapshot: []byte("{\"v\":1}\x00\xff\xfe"),
+		Repo:     "https://git.example/acme/api.git",
+		Branch:   "release/ünï",
+		RepoDir:  "/workspace/api",
+		Version:  12,
+		Commit:   strings.Repeat("3f", 20),
 	}
 }
 
@@ -212,6 +224,7 @@ func diffSession(got, want store.Session) []string {
 		d = append(d, fmt.Sprintf("NoAutoWake = %v, want %v", got.NoAutoWake, want.NoAutoWake))
 	}
 	str("Template", got.Template, want.Template)
+	num("TemplateVersion", int64(got.TemplateVersion), int64(want.TemplateVersion))
 	if !bytes.Equal(got.Snapshot, want.Snapshot) {
 		d = append(d, fmt.Sprintf("Snapshot = %q, want %q", got.Snapshot, want.Snapshot))
 	}
@@ -249,6 +262,11 @@ func diffTemplate(got, want store.Template) []string {
 	if !bytes.Equal(got.Snapshot, want.Snapshot) {
 		d = append(d, fmt.Sprintf("Snapshot = %q, want %q", got.Snapshot, want.Snapshot))
 	}
+	str("Repo", got.Repo, want.Repo)
+	str("Branch", got.Branch, want.Branch)
+	str("RepoDir", got.RepoDir, want.RepoDir)
+	num("Version", int64(got.Version), int64(want.Version))
+	str("Commit", got.Commit, want.Commit)
 	return d
 }
 
