@@ -381,6 +381,27 @@ func (c *Client) DeleteTemplate(ctx context.Context, name string) error {
 	return c.doJSON(ctx, http.MethodDelete, templatePath(name), nil, nil, nil)
 }
 
+// TemplateVersions returns a template's versions, oldest first: the
+// current one, those still used by sessions, and the history of the
+// removed and failed ones.
+func (c *Client) TemplateVersions(ctx context.Context, name string) ([]TemplateVersion, error) {
+	var out struct {
+		Versions []TemplateVersion `json:"versions"`
+	}
+	err := c.doJSON(ctx, http.MethodGet, templatePath(name)+"/versions", nil, nil, &out)
+	return out.Versions, err
+}
+
+// RebuildTemplate queues a build of a new version of the template from
+// its current one (fetching its repository first, if it has one) and
+// returns at once; the new version replaces the current one when it is
+// ready. A template whose branch has not moved is rebuilt all the same.
+func (c *Client) RebuildTemplate(ctx context.Context, name string) (Template, error) {
+	var t Template
+	err := c.doJSON(ctx, http.MethodPost, templatePath(name)+"/rebuild", nil, nil, &t)
+	return t, err
+}
+
 // PutHookSecret creates the named webhook, or replaces its secret: the
 // HMAC key its senders sign deliveries with. "github" is GitHub's hook.
 func (c *Client) PutHookSecret(ctx context.Context, name, secret string) error {

@@ -36,8 +36,10 @@ type Session struct {
 	// BootMillis is how long the VM took from spawn to the agent's first answer.
 	BootMillis int64 `json:"boot_ms,omitempty"`
 
-	// Template names the template the session was cloned from.
-	Template string `json:"template,omitempty"`
+	// Template names the template the session was cloned from, and
+	// TemplateVersion which of its versions.
+	Template        string `json:"template,omitempty"`
+	TemplateVersion int    `json:"template_version,omitempty"`
 	// IdleTimeout is how long the session may go without API activity
 	// before it is parked ("0s": never).
 	IdleTimeout string `json:"idle_timeout,omitempty"`
@@ -125,7 +127,53 @@ type Template struct {
 	Snapshot  *SnapshotInfo `json:"snapshot,omitempty"`
 	CreatedAt time.Time     `json:"created_at"`
 	UpdatedAt time.Time     `json:"updated_at"`
+
+	// Repo is the git repository the template is built from, Branch the
+	// branch it follows and RepoDir the checkout's path in the guest.
+	// RepoName is the owner/name a push webhook must name to rebuild it.
+	Repo     string `json:"repo,omitempty"`
+	Branch   string `json:"branch,omitempty"`
+	RepoDir  string `json:"repo_dir,omitempty"`
+	RepoName string `json:"repo_name,omitempty"`
+	// Version is the version new sessions are cloned from, Commit the
+	// commit it was built from.
+	Version int    `json:"version"`
+	Commit  string `json:"commit,omitempty"`
+	// Rebuilding says a build of a new version is queued or running.
+	Rebuilding bool `json:"rebuilding,omitempty"`
 }
+
+// TemplateVersion is one build of a template (GET
+// /v1/templates/{name}/versions).
+type TemplateVersion struct {
+	Version int `json:"version"`
+	// State is building, ready, failed or removed (its files deleted once
+	// nothing used it).
+	State  string `json:"state"`
+	Commit string `json:"commit,omitempty"`
+	// Base is the version this one started from (0: a fresh boot).
+	Base int `json:"base"`
+	// Reason says what asked for the build: create, push DELIVERY-ID,
+	// rebuild (by hand) or restart (a check at server start).
+	Reason      string `json:"reason"`
+	Error       string `json:"error,omitempty"`
+	BuildMillis int64  `json:"build_ms,omitempty"`
+	// Current marks the version new sessions are cloned from.
+	Current bool `json:"current"`
+	// Sessions counts the sessions cloned from this version that exist.
+	Sessions  int           `json:"sessions"`
+	Snapshot  *SnapshotInfo `json:"snapshot,omitempty"`
+	CreatedAt time.Time     `json:"created_at"`
+	UpdatedAt time.Time     `json:"updated_at"`
+}
+
+// Template version states.
+const (
+	VersionBuilding = "building"
+	VersionReady    = "ready"
+	VersionFailed   = "failed"
+	VersionRemoved  = "removed"
+)
 
 // CreateTemplateRequest is the body of POST /v1/templates.
 type CreateTemplateRequest struct {
@@ -141,6 +189,14 @@ type CreateTemplateRequest struct {
 	// is saved (a language server, say); every clone has it running.
 	Start string `json:"start,omitempty"`
 	Pool  int    `json:"pool,omitempty"`
+	// Repo is a git repository (an https, http, ssh, git or file URL,
+	// user@host:path, or an absolute path) that the server fetches and
+	// checks out at RepoDir in the guest before the setup commands, on
+	// Branch (default main). A push to that branch rebuilds the template
+	// from its last version.
+	Repo    string `json:"repo,omitempty"`
+	Branch  string `json:"branch,omitempty"`
+	RepoDir string `json:"repo_dir,omitempty"`
 }
 
 // Template states.

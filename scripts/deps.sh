@@ -13,6 +13,8 @@ want mkfs.ext4 e2fsprogs
 want debootstrap debootstrap
 want xz xz-utils
 want dpkg-deb dpkg
+# Templates that follow a repository: the server fetches and bundles it.
+want git git
 # The tiny image needs the static busybox (the dynamic one would need libc).
 bb_status=$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null || true)
 [[ $bb_status == *"ok installed"* ]] || need_pkgs+=(busybox-static)

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -81,9 +82,9 @@ func TestTemplateCommands(t *testing.T) {
 	t.Run("ls", func(t *testing.T) {
 		code, out, _ := runCLI(t, addr, "", "template", "ls")
 		want := "" +
-			"NAME       STATE      IMAGE    POOL   READY   SNAPSHOT   AGE\n" +
-			"node-lsp   building   debian   0      0       -          20s\n" +
-			"py         ready      tiny     2      1       180MiB     3h\n"
+			"NAME       STATE      VERSION   IMAGE    POOL   READY   SNAPSHOT   AGE\n" +
+			"node-lsp   building   1         debian   0      0       -          20s\n" +
+			"py         ready      1         tiny     2      1       180MiB     3h\n"
 		if code != 0 || out != want {
 			t.Errorf("exit %d, stdout\n%s\nwant\n%s", code, out, want)
 		}
@@ -111,6 +112,113 @@ func TestTemplateCommands(t *testing.T) {
 			"cove: template rm zz: template \"zz\" not found\n"
 		if code != 1 || out != "node-lsp\n" || errOut != wantErr {
 			t.Errorf("exit %d, stdout %q, stderr %q", code, out, errOut)
+		}
+	})
+}
+
+// TestTemplateRepoCommands protects create --repo, history and rebuild
+// against a fake server: the request, the one-line result with version
+// and commit, the history table with a failed build's error, and rebuild
+// --wait reporting the new version or the failure.
+func TestTemplateRepoCommands(t *testing.T) {
+	c1, c2 := strings.Repeat("a1", 20), strings.Repeat("b2", 20)
+	api1 := api.Template{Name: "api", State: api.TemplateReady, Image: "debian", Repo: "https://github.com/acme/api.git",
+		Branch: "main", RepoDir: "/workspace", RepoName: "acme/api", Version: 2, Commit: c2,
+		Snapshot: &api.SnapshotInfo{DiskBytes: 200 << 20}, CreatedAt: testNow.Add(-2 * time.Hour)}
+	versions := []api.TemplateVersion{
+		{Version: 1, State: api.VersionRemoved, Commit: c1, Reason: "create", BuildMillis: 9100, CreatedAt: testNow.Add(-2 * time.Hour)},
+		{Version: 2, State: api.VersionReady, Commit: c2, Base: 1, Reason: "push d-7", BuildMillis: 2300, Current: true, Sessions: 3, CreatedAt: testNow.Add(-time.Hour)},
+		{Version: 3, State: api.VersionFailed, Commit: c1, Base: 2, Reason: "rebuild", Error: "setup step 1 (\"make\") exited 2: boom", CreatedAt: testNow.Add(-time.Minute)},
+	}
+	var got api.CreateTemplateRequest
+	var rebuilds int
+	var mu sync.Mutex
+	addr := fakeAPI(t, map[string]http.HandlerFunc{
+		"POST /v1/templates": func(w http.ResponseWriter, r *http.Request) {
+			got = api.CreateTemplateRequest{}
+			if err := json.NewDecoder(r.Body).Decode(&got); err != nil {
+				writeError(w, api.CodeInvalid, err.Error())
+				return
+			}
+			writeJSON(w, 201, api1)
+		},
+		"GET /v1/templates/{name}/versions": func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			defer mu.Unlock()
+			switch r.PathValue("name") {
+			case "api":
+				writeJSON(w, 200, map[string]any{"versions": versions[:2+min(rebuilds, 1)]})
+			case "web":
+				vs := versions[:2]
+				if rebuilds > 0 {
+					vs = append(vs[:2:2], api.TemplateVersion{Version: 3, State: api.VersionReady, Commit: c2, Base: 2, Reason: "rebuild", BuildMillis: 1500})
+				}
+				writeJSON(w, 200, map[string]any{"versions": vs})
+			default:
+				writeError(w, api.CodeNotFound, `template "`+r.PathValue("name")+`" not found`)
+			}
+		},
+		"POST /v1/templates/{name}/rebuild": func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			rebuilds++
+			mu.Unlock()
+			writeJSON(w, 202, api1)
+		},
+	})
+	t.Run("create", func(t *testing.T) {
+		code, out, _ := runCLI(t, addr, "", "template", "create", "api", "--image", "debian",
+			"--repo", "https://github.com/acme/api.git", "--branch", "release/2", "--repo-dir", "/src/api", "--setup", "make deps")
+		if code != 0 || out != "api ready image=debian snapshot=200MiB pool=0 version=2 commit=b2b2b2b2b2b2\n" {
+			t.Fatalf("exit %d, stdout %q", code, out)
+		}
+		want := `{"name":"api","image":"debian","setup":["make deps"],"repo":"https://github.com/acme/api.git","branch":"release/2","repo_dir":"/src/api"}`
+		if b := mustJSON(got); b != want {
+			t.Errorf("server got %s, want %s", b, want)
+		}
+		code, _, errOut := runCLI(t, addr, "", "template", "create", "api", "--branch", "main")
+		if code != 2 || !strings.Contains(errOut, "--branch and --repo-dir need --repo") {
+			t.Errorf("--branch without --repo: exit %d, stderr %q", code, errOut)
+		}
+	})
+	t.Run("history", func(t *testing.T) {
+		mu.Lock()
+		rebuilds = 0
+		mu.Unlock()
+		code, out, _ := runCLI(t, addr, "", "template", "history", "api")
+		want := "" +
+			"VERSION   STATE     COMMIT         BASE   SESSIONS   BUILD   WHY        AGE\n" +
+			"1         removed   a1a1a1a1a1a1   -      0          9.1s    create     2h\n" +
+			"2*        ready     b2b2b2b2b2b2   1      3          2.3s    push d-7   1h\n"
+		if code != 0 || out != want {
+			t.Errorf("exit %d, stdout\n%s\nwant\n%s", code, out, want)
+		}
+		code, _, errOut := runCLI(t, addr, "", "template", "history", "zz")
+		if code != 1 || errOut != "cove: template \"zz\" not found\n" {
+			t.Errorf("history of a missing template: exit %d, stderr %q", code, errOut)
+		}
+	})
+	t.Run("rebuild", func(t *testing.T) {
+		code, out, _ := runCLI(t, addr, "", "template", "rebuild", "web")
+		if code != 0 || out != "rebuild of web queued\n" {
+			t.Errorf("exit %d, stdout %q", code, out)
+		}
+		mu.Lock()
+		rebuilds = 0
+		mu.Unlock()
+		code, out, _ = runCLI(t, addr, "", "template", "rebuild", "web", "--wait", "10s")
+		if code != 0 || out != "web version=3 commit=b2b2b2b2b2b2 build=1500ms\n" {
+			t.Errorf("rebuild --wait: exit %d, stdout %q", code, out)
+		}
+		mu.Lock()
+		rebuilds = 0
+		mu.Unlock()
+		code, _, errOut := runCLI(t, addr, "", "template", "rebuild", "api", "--wait", "10s")
+		if code != 1 || !strings.Contains(errOut, "template api version 3 failed: setup step 1") {
+			t.Errorf("failed rebuild --wait: exit %d, stderr %q", code, errOut)
+		}
+		code, out, _ = runCLI(t, addr, "", "template", "history", "api")
+		if code != 0 || !strings.HasSuffix(out, "version 3: setup step 1 (\"make\") exited 2: boom\n") {
+			t.Errorf("history with a failed build: exit %d, stdout %q", code, out)
 		}
 	})
 }

@@ -548,3 +548,30 @@ func (f *fakeImages) Build(ctx context.Context, name string, progress func(strin
 	}
 	return api.Image{Name: name, Key: "k-" + name, SizeBytes: 42}, nil
 }
+
+// TemplateVersions lists one ready version per template.
+func (f *fakeSessions) TemplateVersions(ctx context.Context, name string) ([]api.TemplateVersion, error) {
+	f.calls.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.templates[name]
+	if !ok {
+		return nil, api.Errorf(api.CodeNotFound, "template %q not found", name)
+	}
+	return []api.TemplateVersion{{Version: max(t.Version, 1), State: api.VersionReady, Commit: t.Commit,
+		Reason: "create", Current: true, Snapshot: t.Snapshot}}, nil
+}
+
+// RebuildTemplate marks the template rebuilding.
+func (f *fakeSessions) RebuildTemplate(ctx context.Context, name string) (api.Template, error) {
+	f.calls.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.templates[name]
+	if !ok {
+		return api.Template{}, api.Errorf(api.CodeNotFound, "template %q not found", name)
+	}
+	t.Rebuilding = true
+	f.templates[name] = t
+	return t, nil
+}

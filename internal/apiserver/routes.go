@@ -62,6 +62,8 @@ var routes = []route{
 	{"GET", "/v1/templates", "template.list", bearer, (*Server).listTemplates},
 	{"GET", "/v1/templates/{name}", "template.get", bearer, (*Server).getTemplate},
 	{"DELETE", "/v1/templates/{name}", "template.delete", bearer, (*Server).deleteTemplate},
+	{"GET", "/v1/templates/{name}/versions", "template.versions", bearer, (*Server).listTemplateVersions},
+	{"POST", "/v1/templates/{name}/rebuild", "template.rebuild", bearer, (*Server).rebuildTemplate},
 
 	{"POST", githubHookPath, verbHookReceive, noToken, (*Server).receiveGitHubHook},
 	{"POST", "/v1/hooks/{name}", verbHookReceive, noToken, (*Server).receiveHook},

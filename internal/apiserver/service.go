@@ -70,6 +70,13 @@ type Sessions interface {
 	// DeleteTemplate removes a template and its warm pool. A template that
 	// sessions were cloned from (and still exist) is CodeConflict.
 	DeleteTemplate(ctx context.Context, name string) error
+	// TemplateVersions lists a template's versions, oldest first; an
+	// unknown name is CodeNotFound.
+	TemplateVersions(ctx context.Context, name string) ([]api.TemplateVersion, error)
+	// RebuildTemplate queues a build of the template's next version from
+	// its current one and returns the template at once; an unknown name is
+	// CodeNotFound, a template that is not ready CodeConflict.
+	RebuildTemplate(ctx context.Context, name string) (api.Template, error)
 }
 
 // Images is what the API server asks of the image builder.

@@ -63,3 +63,37 @@ func (s *Server) deleteTemplate(w http.ResponseWriter, r *http.Request) error {
 	w.WriteHeader(http.StatusNoContent)
 	return nil
 }
+
+// templateVersionList is the answer of GET /v1/templates/{name}/versions.
+type templateVersionList struct {
+	Versions []api.TemplateVersion `json:"versions"`
+}
+
+func (s *Server) listTemplateVersions(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := validateTemplateName("name", name); err != nil {
+		return err
+	}
+	vs, err := s.sessions.TemplateVersions(r.Context(), name)
+	if err != nil {
+		return err
+	}
+	if vs == nil {
+		vs = []api.TemplateVersion{}
+	}
+	return writeJSON(w, http.StatusOK, templateVersionList{vs})
+}
+
+// rebuildTemplate answers 202 at once: the build runs in the background
+// and its version shows in the template's versions.
+func (s *Server) rebuildTemplate(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := validateTemplateName("name", name); err != nil {
+		return err
+	}
+	t, err := s.sessions.RebuildTemplate(r.Context(), name)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusAccepted, t)
+}

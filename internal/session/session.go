@@ -77,6 +77,10 @@ type Manager struct {
 	pools map[string]*pool         // guarded by mu: warm pools by template name
 	woke  map[string]chan struct{} // guarded by mu: closed when the session runs again
 
+	builds  map[string]*builder      // guarded by mu: template builds queued or running, by name
+	follows map[string][]string      // guarded by mu: templates by the repo and branch they follow
+	tlocks  map[string]*sync.RWMutex // guarded by mu: read-held while a template version is cloned
+
 	index   trigger.Index // subscriptions of sessions parked until an event
 	deliver chan struct{} // kicks the deliverer
 
@@ -136,6 +140,7 @@ func New(cfg Config) (*Manager, error) {
 	}
 	m := &Manager{cfg: cfg, live: map[string]*live{}, locks: map[string]*sync.Mutex{},
 		pools: map[string]*pool{}, woke: map[string]chan struct{}{}, stop: make(chan struct{}),
+		builds: map[string]*builder{}, follows: map[string][]string{}, tlocks: map[string]*sync.RWMutex{},
 		deliver: make(chan struct{}, 1)}
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
 	return m, nil
@@ -165,7 +170,7 @@ func (m *Manager) toAPI(s store.Session) api.Session {
 	out := api.Session{
 		ID: s.ID, State: s.State, Image: s.Image, MemoryMiB: s.MemoryMiB, CPUs: s.CPUs,
 		Env: s.Env, Accel: s.Accel, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt,
-		Error: s.Error, BootMillis: s.BootMillis, Template: s.Template,
+		Error: s.Error, BootMillis: s.BootMillis, Template: s.Template, TemplateVersion: s.TemplateVersion,
 		IdleTimeout: m.idleTimeout(s).String(), AutoWake: !s.NoAutoWake,
 		Snapshot: snapshotInfo(s.Snapshot),
 	}
@@ -491,6 +496,9 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	m.mu.Lock()
 	delete(m.locks, id)
 	m.mu.Unlock()
+	if rec.Template != "" {
+		m.collectVersions(context.WithoutCancel(ctx), rec.Template)
+	}
 	m.cfg.Log.Info("session removed", "session", id)
 	return nil
 }
@@ -560,6 +568,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 	go m.idleLoop()
 	go m.deliverLoop()
 	m.kickDeliveries() // deliveries left pending by the last server
+	if err := m.recoverTemplates(ctx); err != nil {
+		return err
+	}
 	return m.startPools(ctx)
 }
 

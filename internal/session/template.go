@@ -18,6 +18,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/agentproto"
+	"github.com/cove-dev/cove/internal/repo"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/vmm/qemu"
 )
@@ -47,7 +48,12 @@ func (m *Manager) templateDir(name string) string {
 func (m *Manager) templateAPI(t store.Template) api.Template {
 	out := api.Template{Name: t.Name, State: t.State, Image: t.Image, MemoryMiB: t.MemoryMiB, CPUs: t.CPUs,
 		Env: t.Env, Setup: t.Setup, Start: t.Start, Pool: t.Pool, Error: t.Error,
-		CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt}
+		CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt,
+		Repo: t.Repo, Branch: t.Branch, RepoDir: t.RepoDir, Version: max(t.Version, 1), Commit: t.Commit,
+		Rebuilding: m.rebuilding(t.Name)}
+	if t.Repo != "" {
+		out.RepoName = repo.FullName(t.Repo)
+	}
 	out.Snapshot = snapshotInfo(t.Snapshot)
 	m.mu.Lock()
 	if p := m.pools[t.Name]; p != nil {
@@ -70,6 +76,26 @@ func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequ
 	if req.Pool < 0 || req.Pool > 64 {
 		return api.Template{}, api.Errorf(api.CodeInvalid, "pool %d: want 0..64", req.Pool)
 	}
+	if req.Repo == "" && (req.Branch != "" || req.RepoDir != "") {
+		return api.Template{}, api.Errorf(api.CodeInvalid, "branch and repo_dir need a repo")
+	}
+	if req.Repo != "" {
+		if err := repo.CheckURL(req.Repo); err != nil {
+			return api.Template{}, api.Errorf(api.CodeInvalid, "%v", err)
+		}
+		if req.Branch == "" {
+			req.Branch = defaultBranch
+		}
+		if err := repo.CheckBranch(req.Branch); err != nil {
+			return api.Template{}, api.Errorf(api.CodeInvalid, "%v", err)
+		}
+		if req.RepoDir == "" {
+			req.RepoDir = defaultRepoDir
+		}
+		if err := repo.CheckDir(req.RepoDir); err != nil {
+			return api.Template{}, api.Errorf(api.CodeInvalid, "%v", err)
+		}
+	}
 	name := req.Image
 	if name == "" {
 		name = m.cfg.DefaultImage
@@ -81,72 +107,50 @@ func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequ
 	now := time.Now().UTC()
 	t := store.Template{Name: req.Name, State: api.TemplateBuilding, Image: name,
 		MemoryMiB: cmp(req.MemoryMiB, m.cfg.DefaultMemoryMiB), CPUs: cmp(req.CPUs, m.cfg.DefaultCPUs),
-		Env: req.Env, Setup: req.Setup, Start: req.Start, Pool: req.Pool, CreatedAt: now, UpdatedAt: now}
+		Env: req.Env, Setup: req.Setup, Start: req.Start, Pool: req.Pool, CreatedAt: now, UpdatedAt: now,
+		Repo: req.Repo, Branch: req.Branch, RepoDir: req.RepoDir, Version: 1}
 	if err := m.cfg.Store.CreateTemplate(ctx, t); err != nil {
 		if errors.Is(err, store.ErrExists) {
 			return api.Template{}, api.Errorf(api.CodeConflict, "template %q exists", req.Name)
 		}
 		return api.Template{}, fmt.Errorf("session: create template: %w", err)
 	}
+	v := store.TemplateVersion{Template: t.Name, Version: 1, State: store.VersionBuilding, Reason: "create",
+		CreatedAt: now, UpdatedAt: now}
+	bctx := context.WithoutCancel(ctx)
 	failT := func(err error) (api.Template, error) {
 		t.State, t.Error, t.UpdatedAt = api.TemplateFailed, err.Error(), time.Now().UTC()
-		_ = m.cfg.Store.UpdateTemplate(context.Background(), t)
+		v.State, v.Error, v.UpdatedAt = store.VersionFailed, err.Error(), t.UpdatedAt
+		_ = m.cfg.Store.SwapTemplateVersion(bctx, t, v)
 		if os.Getenv("COVE_KEEP") == "" {
-			os.RemoveAll(m.templateDir(t.Name))
+			os.RemoveAll(m.versionDir(t.Name, v.Version))
 		}
 		return api.Template{}, err
 	}
-	dir := m.templateDir(t.Name)
-	os.RemoveAll(dir)
-	if err := os.MkdirAll(m.cfg.TemplateDir, 0o711); err != nil {
-		return failT(err)
+	if err := m.cfg.Store.PutTemplateVersion(ctx, v); err != nil {
+		return failT(fmt.Errorf("session: create template: %w", err))
 	}
-	rec := store.Session{ID: "tpl-" + t.Name, Image: name, MemoryMiB: t.MemoryMiB, CPUs: t.CPUs, Env: t.Env}
 	start := time.Now()
-	l, err := m.bootIn(ctx, dir, rec, im, m.cfg.DefaultBootTimeout)
-	if err != nil {
-		return failT(fmt.Errorf("template %s: boot: %w", t.Name, err))
-	}
-	bctx := context.WithoutCancel(ctx)
-	stopVM := func() { l.agent.Close(); _ = l.vm.Stop(bctx) }
-	for i, cmd := range t.Setup {
-		out, code, err := runShell(ctx, l, cmd)
-		if err != nil {
-			stopVM()
-			return failT(fmt.Errorf("template %s: setup step %d (%q): %w", t.Name, i+1, cmd, err))
-		}
-		if code != 0 {
-			stopVM()
-			return failT(api.Errorf(api.CodeInvalid, "template %s: setup step %d (%q) exited %d: %s", t.Name, i+1, cmd, code, tail(out, 2000)))
-		}
-	}
-	if t.Start != "" {
-		bg := "(" + t.Start + ") >/run/cove/start.log 2>&1 </dev/null &"
-		if _, code, err := runShell(ctx, l, bg); err != nil || code != 0 {
-			stopVM()
-			return failT(fmt.Errorf("template %s: start command: exit %d: %v", t.Name, code, err))
-		}
-	}
-	l.hangUp(ctx)
-	if _, err := m.snap.Save(bctx, l.vm, filepath.Join(dir, stateFile)); err != nil {
-		_ = l.vm.Stop(bctx)
-		return failT(fmt.Errorf("template %s: save: %w", t.Name, err))
-	}
-	p, err := manifest(dir, time.Since(start))
-	if err != nil {
-		return failT(fmt.Errorf("template %s: %w", t.Name, err))
-	}
-	// The template's files are the clones' base from now on.
-	for _, f := range []string{p.Mem, p.State, l.mach.Disk} {
-		_ = os.Chmod(f, 0o444)
-	}
-	mach := l.mach
-	mach.Parked = p
-	t.State, t.Snapshot, t.UpdatedAt = api.TemplateReady, mach.encode(), time.Now().UTC()
-	if err := m.cfg.Store.UpdateTemplate(bctx, t); err != nil {
+	if err := m.makeTemplateDir(t.Name); err != nil {
 		return failT(err)
 	}
-	m.cfg.Log.Info("template ready", "template", t.Name, "took", time.Since(start).Round(time.Millisecond))
+	if t.Repo != "" {
+		if v.Commit, err = m.mirror(t).Fetch(ctx, t.Branch); err != nil {
+			return failT(api.Errorf(api.CodeInvalid, "template %s: %v", t.Name, err))
+		}
+		t.Commit = v.Commit
+	}
+	mach, err := m.buildVersion(ctx, t, v, im, nil)
+	if err != nil {
+		return failT(err)
+	}
+	t.State, t.Snapshot, t.UpdatedAt = api.TemplateReady, mach.encode(), time.Now().UTC()
+	v.State, v.Snapshot, v.BuildMillis, v.UpdatedAt = store.VersionReady, t.Snapshot, time.Since(start).Milliseconds(), t.UpdatedAt
+	if err := m.cfg.Store.SwapTemplateVersion(bctx, t, v); err != nil {
+		return failT(err)
+	}
+	m.cfg.Log.Info("template ready", "template", t.Name, "commit", t.Commit, "took", time.Since(start).Round(time.Millisecond))
+	m.setFollow(t, true)
 	m.ensurePool(t)
 	return m.templateAPI(t), nil
 }
@@ -240,6 +244,8 @@ func (m *Manager) DeleteTemplate(ctx context.Context, name string) error {
 	if len(clones) > 0 {
 		return api.Errorf(api.CodeConflict, "template %q has %d live clone(s) (%s): remove them first", name, len(clones), strings.Join(clones, ", "))
 	}
+	m.setFollow(t, false)
+	m.stopBuild(name)
 	m.drainPool(name)
 	if err := os.RemoveAll(m.templateDir(t.Name)); err != nil {
 		return fmt.Errorf("session: delete template %s: %w", name, err)
@@ -263,8 +269,15 @@ func (m *Manager) createFromTemplate(ctx context.Context, req api.CreateSessionR
 	if t.State != api.TemplateReady {
 		return api.Session{}, api.Errorf(api.CodeConflict, "template %q is %s", t.Name, t.State)
 	}
+	// The version stays on disk until the session's record names it.
+	tl := m.templateLock(t.Name)
+	tl.RLock()
+	defer tl.RUnlock()
+	if t, err = m.cfg.Store.GetTemplate(ctx, req.Template); err != nil {
+		return api.Session{}, fmt.Errorf("session: template %s: %w", req.Template, err)
+	}
 	start := time.Now()
-	id, l := m.claim(t.Name)
+	id, l := m.claim(t.Name, t.Version)
 	if l == nil {
 		id = newID()
 		if l, err = m.clone(ctx, t, id); err != nil {
@@ -286,7 +299,7 @@ func (m *Manager) createFromTemplate(ctx context.Context, req api.CreateSessionR
 	rec := store.Session{ID: id, State: api.StateRunning, Image: t.Image, MemoryMiB: t.MemoryMiB, CPUs: t.CPUs,
 		Env: env, Accel: m.cfg.Driver.Accel(), CreatedAt: now, UpdatedAt: now,
 		BootMillis: time.Since(start).Milliseconds(), Handle: l.vm.Handle(), Snapshot: l.mach.encode(),
-		Template: t.Name, IdleTimeout: idle, NoAutoWake: req.NoAutoWake}
+		Template: t.Name, TemplateVersion: max(t.Version, 1), IdleTimeout: idle, NoAutoWake: req.NoAutoWake}
 	if err := m.cfg.Store.CreateSession(ctx, rec); err != nil {
 		l.agent.Close()
 		_ = l.vm.Stop(context.Background())
@@ -302,12 +315,22 @@ func (m *Manager) createFromTemplate(ctx context.Context, req api.CreateSessionR
 }
 
 // clone restores a new VM from template t into the session dir of id.
-func (m *Manager) clone(ctx context.Context, t store.Template, id string) (l *live, err error) {
+func (m *Manager) clone(ctx context.Context, t store.Template, id string) (*live, error) {
 	mach, err := parkedMachine(t.Snapshot)
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "template %s: %v", t.Name, err)
 	}
-	dir := m.dir(id)
+	l, err := m.cloneInto(ctx, mach, id, m.dir(id))
+	if err != nil {
+		return nil, api.Errorf(api.CodeUnavailable, "template %s: %v", t.Name, err)
+	}
+	return l, nil
+}
+
+// cloneInto restores a new VM, named id, from the parked machine mach
+// into dir, which must not exist: a RAM file of its own, a qcow2 overlay
+// on mach's disk.
+func (m *Manager) cloneInto(ctx context.Context, mach machine, id, dir string) (l *live, err error) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("session: clone %s: %w", id, err)
 	}
@@ -331,7 +354,7 @@ func (m *Manager) clone(ctx context.Context, t store.Template, id string) (l *li
 	defer cancel()
 	l, err = m.restore(rctx, id, dir, mach, state)
 	if err != nil {
-		return nil, api.Errorf(api.CodeUnavailable, "template %s: restore clone: %v", t.Name, err)
+		return nil, fmt.Errorf("restore clone: %w", err)
 	}
 	return l, nil
 }
@@ -398,8 +421,9 @@ type pool struct {
 }
 
 type pooled struct {
-	id string
-	l  *live
+	id      string
+	version int // the template version it is a clone of
+	l       *live
 }
 
 // startPools starts the pools of every ready template (after a restart).
@@ -465,7 +489,10 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 				break fill
 			}
 			id := newID()
+			tl := m.templateLock(t.Name)
+			tl.RLock()
 			l, err := m.clone(context.Background(), t, id)
+			tl.RUnlock()
 			if err == nil {
 				// Run one command now: the first exec after a restore pays
 				// for translating the guest's exec path again (under TCG);
@@ -501,18 +528,19 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 				return
 			default:
 			}
-			p.ready = append(p.ready, pooled{id: id, l: l})
+			p.ready = append(p.ready, pooled{id: id, version: t.Version, l: l})
 			m.mu.Unlock()
 		}
 	}
 }
 
-// claim takes a ready clone from the template's pool, if any.
-func (m *Manager) claim(name string) (string, *live) {
+// claim takes a ready clone of the given version from the template's
+// pool, if any.
+func (m *Manager) claim(name string, version int) (string, *live) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	p := m.pools[name]
-	if p == nil || len(p.ready) == 0 {
+	if p == nil || len(p.ready) == 0 || p.ready[0].version != version {
 		return "", nil
 	}
 	c := p.ready[0]

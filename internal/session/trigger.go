@@ -80,6 +80,7 @@ func (m *Manager) Accept(ctx context.Context, ev trigger.Event) (bool, error) {
 	if dup {
 		return true, nil
 	}
+	m.onPush(ev)
 	for _, id := range delivered {
 		m.index.Remove(id)
 	}

@@ -1,0 +1,176 @@
+package repo
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// gitRepo makes a repository with one commit on main and returns its path.
+func gitRepo(t *testing.T) string {
+	t.Helper()
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("git is not installed:", err)
+	}
+	dir := filepath.Join(t.TempDir(), "acme", "api")
+	run(t, "", "git", "init", "-q", "-b", "main", dir)
+	commit(t, dir, "a.txt", "one")
+	return dir
+}
+
+func run(t *testing.T, dir string, argv ...string) string {
+	t.Helper()
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@example.com",
+		"GIT_COMMITTER_NAME=t", "GIT_COMMITTER_EMAIL=t@example.com")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s: %v: %s", strings.Join(argv, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// commit writes file and commits it; it returns the new commit.
+func commit(t *testing.T, dir, file, content string) string {
+	t.Helper()
+	if err := os.WriteFile(filepath.Join(dir, file), []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run(t, dir, "git", "add", file)
+	run(t, dir, "git", "commit", "-q", "-m", "write "+file)
+	return run(t, dir, "git", "rev-parse", "HEAD")
+}
+
+// A first bundle holds the whole branch; after a push, one made since the
+// last commit holds only the new one and applies onto a checkout of the
+// old. A force push gives a whole bundle again.
+func TestFetchAndBundle(t *testing.T) {
+	src := gitRepo(t)
+	first := run(t, src, "git", "rev-parse", "HEAD")
+	m := &Mirror{Dir: filepath.Join(t.TempDir(), "mirror.git"), URL: src}
+	got, err := m.Fetch(t.Context(), "main")
+	if err != nil {
+		t.Fatalf("Fetch: %v", err)
+	}
+	if got != first {
+		t.Fatalf("Fetch = %s, want %s", got, first)
+	}
+	b1 := filepath.Join(t.TempDir(), "1.bundle")
+	if inc, err := m.Bundle(t.Context(), b1, "main", ""); err != nil || inc {
+		t.Fatalf("Bundle(since none) = %v, %v; want a whole bundle", inc, err)
+	}
+	work := filepath.Join(t.TempDir(), "work")
+	run(t, "", "git", "clone", "-q", "--branch", "main", b1, work)
+	if head := run(t, work, "git", "rev-parse", "HEAD"); head != first {
+		t.Fatalf("clone of the first bundle at %s, want %s", head, first)
+	}
+
+	second := commit(t, src, "b.txt", "two")
+	if got, err = m.Fetch(t.Context(), "main"); err != nil || got != second {
+		t.Fatalf("Fetch after a push = %s, %v; want %s", got, err, second)
+	}
+	b2 := filepath.Join(t.TempDir(), "2.bundle")
+	if inc, err := m.Bundle(t.Context(), b2, "main", first); err != nil || !inc {
+		t.Fatalf("Bundle(since first) = %v, %v; want an incremental bundle", inc, err)
+	}
+	// Only the new commit: the bundle needs the old one to be there.
+	if out := run(t, "", "git", "bundle", "list-heads", b2); !strings.Contains(out, second) {
+		t.Errorf("incremental bundle heads = %q, want %s", out, second)
+	}
+	if n := run(t, work, "git", "bundle", "verify", b2); !strings.Contains(n, first) {
+		t.Errorf("bundle verify = %q, want it to require %s", n, first)
+	}
+	run(t, work, "git", "fetch", "-q", b2, "+refs/heads/main:refs/remotes/origin/main")
+	run(t, work, "git", "checkout", "-q", "-f", "-B", "main", "refs/remotes/origin/main")
+	if b, err := os.ReadFile(filepath.Join(work, "b.txt")); err != nil || string(b) != "two" {
+		t.Fatalf("b.txt after applying the incremental bundle = %q, %v", b, err)
+	}
+
+	// A force push: the old commit is no ancestor any more.
+	run(t, src, "git", "reset", "-q", "--hard", first)
+	forced := commit(t, src, "c.txt", "three")
+	if got, err = m.Fetch(t.Context(), "main"); err != nil || got != forced {
+		t.Fatalf("Fetch after a force push = %s, %v; want %s", got, err, forced)
+	}
+	b3 := filepath.Join(t.TempDir(), "3.bundle")
+	if inc, err := m.Bundle(t.Context(), b3, "main", second); err != nil || inc {
+		t.Fatalf("Bundle(since a commit no longer on the branch) = %v, %v; want a whole bundle", inc, err)
+	}
+	if _, err := m.Bundle(t.Context(), b3, "main", forced); err == nil {
+		t.Errorf("Bundle(since the head) succeeded; want an error (nothing new)")
+	}
+}
+
+// Fetching a branch that does not exist, or from a repository that does
+// not exist, fails with git's reason and leaves no commit.
+func TestFetchErrors(t *testing.T) {
+	src := gitRepo(t)
+	m := &Mirror{Dir: filepath.Join(t.TempDir(), "mirror.git"), URL: src}
+	if _, err := m.Fetch(t.Context(), "nope"); err == nil || !strings.Contains(err.Error(), "nope") {
+		t.Errorf("Fetch(missing branch) = %v, want an error naming it", err)
+	}
+	m2 := &Mirror{Dir: filepath.Join(t.TempDir(), "m2.git"), URL: filepath.Join(t.TempDir(), "missing")}
+	if _, err := m2.Fetch(t.Context(), "main"); err == nil {
+		t.Error("Fetch from a missing repository succeeded")
+	}
+	m3 := &Mirror{Dir: filepath.Join(t.TempDir(), "m3.git"), URL: "ext::sh -c touch% /tmp/pwned"}
+	if _, err := m3.Fetch(t.Context(), "main"); err == nil {
+		t.Error("Fetch from an ext:: URL succeeded")
+	}
+	if _, err := m.Fetch(t.Context(), "--upload-pack=touch"); err == nil {
+		t.Error("Fetch of an option-like branch succeeded")
+	}
+}
+
+func TestCheckURL(t *testing.T) {
+	for _, u := range []string{
+		"https://github.com/acme/api.git", "http://git.internal:8080/acme/api", "ssh://git@github.com/acme/api.git",
+		"git://example.com/acme/api", "file:///srv/git/acme/api.git", "/srv/git/acme/api", "git@github.com:acme/api.git",
+	} {
+		if err := CheckURL(u); err != nil {
+			t.Errorf("CheckURL(%q) = %v, want nil", u, err)
+		}
+	}
+	for _, u := range []string{
+		"", "-uhttps://x/y", "ext::sh -c evil", "https://", "fd::3", "relative/path", "https://x/a b",
+		"ftp://example.com/a/b", "https://x/y\n", strings.Repeat("a", 3000),
+	} {
+		if err := CheckURL(u); err == nil {
+			t.Errorf("CheckURL(%q) = nil, want an error", u)
+		}
+	}
+}
+
+func TestCheckBranch(t *testing.T) {
+	for _, b := range []string{"main", "release/1.2", "agent/fix-7", "feature_x"} {
+		if err := CheckBranch(b); err != nil {
+			t.Errorf("CheckBranch(%q) = %v, want nil", b, err)
+		}
+	}
+	for _, b := range []string{"", "-x", "a..b", "a b", "a/", "/a", "a.lock", "a//b", "a:b", "a~1", "a^", "a\\b"} {
+		if err := CheckBranch(b); err == nil {
+			t.Errorf("CheckBranch(%q) = nil, want an error", b)
+		}
+	}
+}
+
+func TestFullName(t *testing.T) {
+	for u, want := range map[string]string{
+		"https://github.com/acme/api.git":  "acme/api",
+		"https://github.com/acme/api":      "acme/api",
+		"https://github.com/acme/api/":     "acme/api",
+		"git@github.com:acme/api.git":      "acme/api",
+		"ssh://git@github.com/acme/api":    "acme/api",
+		"/srv/git/acme/api.git":            "acme/api",
+		"file:///srv/git/acme/api":         "acme/api",
+		"https://gitlab.com/g/sub/api.git": "sub/api",
+		"https://github.com/api":           "",
+	} {
+		if got := FullName(u); got != want {
+			t.Errorf("FullName(%q) = %q, want %q", u, got, want)
+		}
+	}
+}

@@ -1,0 +1,622 @@
+package session
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/image"
+	"github.com/cove-dev/cove/internal/repo"
+	"github.com/cove-dev/cove/internal/store"
+	"github.com/cove-dev/cove/internal/trigger"
+	"github.com/cove-dev/cove/internal/vmm/qemu"
+)
+
+// Template versions.
+//
+// Every build of a template is a version with a directory of its own
+// (TemplateDir/NAME/vN) holding its RAM file, device state and disk. The
+// first comes from a fresh boot; a template that follows a git repository
+// is rebuilt when its branch moves (a GitHub push webhook, a rebuild asked
+// for by hand, or a check at server start): the build restores a clone of
+// the current version, brings the checkout up to the new commit from a
+// bundle the host made (only the new commits), runs the setup commands
+// again (they find the previous build's work in place), restarts the start
+// command and saves the machine as the next version. Its disk is then
+// rebased onto the image's root file system, so no version's disk depends
+// on another's.
+//
+// A new version goes live in one store transaction (SwapTemplateVersion);
+// the warm pool is drained and refilled from it. Sessions cloned from an
+// older version keep running on it; an old version's files are removed
+// once no session record names it (versions stay listed, as removed).
+// A build that fails leaves the current version serving and the failed
+// version in the history with its error.
+
+// defaultBranch and defaultRepoDir are used when a template with a repo
+// leaves them unset.
+const (
+	defaultBranch  = "main"
+	defaultRepoDir = "/workspace"
+)
+
+// guest paths the build uses.
+const (
+	guestBundle   = "/tmp/cove-repo.bundle"
+	guestStartPG  = "/run/cove/start.pgid"
+	guestStartLog = "/run/cove/start.log"
+)
+
+// builder is a template's build loop: one build at a time, and requests
+// that arrive during a build coalesce into one more.
+type builder struct {
+	again  bool   // guarded by Manager.mu: another build is wanted after this one
+	reason string // guarded by Manager.mu: why (the latest request's reason)
+	force  bool   // guarded by Manager.mu: build even if the branch has not moved
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (m *Manager) versionDir(name string, v int) string {
+	return filepath.Join(m.templateDir(name), fmt.Sprintf("v%d", v))
+}
+
+// makeTemplateDir creates the template's directory, which an
+// unprivileged QEMU must traverse to reach its version dirs.
+func (m *Manager) makeTemplateDir(name string) error {
+	for _, d := range []string{m.cfg.TemplateDir, m.templateDir(name)} {
+		if err := os.MkdirAll(d, 0o711); err != nil {
+			return fmt.Errorf("template %s: %w", name, err)
+		}
+		if err := os.Chmod(d, 0o711); err != nil {
+			return fmt.Errorf("template %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+func (m *Manager) mirror(t store.Template) *repo.Mirror {
+	return &repo.Mirror{Dir: filepath.Join(m.templateDir(t.Name), "repo.git"), URL: t.Repo}
+}
+
+// templateLock is the lock that keeps a template version's files in place
+// while it is cloned (read) and is taken to remove them (write).
+func (m *Manager) templateLock(name string) *sync.RWMutex {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	l := m.tlocks[name]
+	if l == nil {
+		l = &sync.RWMutex{}
+		m.tlocks[name] = l
+	}
+	return l
+}
+
+func followKey(repoName, branch string) string { return repoName + "\x00" + branch }
+
+// setFollow records (on) or forgets that template t follows its repo.
+func (m *Manager) setFollow(t store.Template, on bool) {
+	if t.Repo == "" {
+		return
+	}
+	k := followKey(repo.FullName(t.Repo), t.Branch)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	names := m.follows[k]
+	i := -1
+	for j, n := range names {
+		if n == t.Name {
+			i = j
+		}
+	}
+	switch {
+	case on && i < 0:
+		m.follows[k] = append(names, t.Name)
+	case !on && i >= 0:
+		names = append(names[:i:i], names[i+1:]...)
+		if len(names) == 0 {
+			delete(m.follows, k)
+		} else {
+			m.follows[k] = names
+		}
+	}
+}
+
+// onPush queues a rebuild of every template that follows the repo and
+// branch of a GitHub push event. A push that deletes the branch, or
+// pushes a tag, rebuilds nothing.
+func (m *Manager) onPush(ev trigger.Event) {
+	if ev.Source != "github" || ev.Name != "push" {
+		return
+	}
+	branch, sha := ev.Fields["branch"], ev.Fields["head_sha"]
+	if branch == "" || strings.Trim(sha, "0") == "" {
+		return
+	}
+	m.mu.Lock()
+	names := append([]string(nil), m.follows[followKey(ev.Fields["repo"], branch)]...)
+	m.mu.Unlock()
+	for _, n := range names {
+		m.cfg.Log.Info("push: rebuilding template", "template", n, "repo", ev.Fields["repo"], "branch", branch, "head", sha)
+		m.requestBuild(n, "push "+ev.ID, false)
+	}
+}
+
+// RebuildTemplate queues a build of a new version of the template, even
+// if its branch has not moved, and returns the template at once.
+func (m *Manager) RebuildTemplate(ctx context.Context, name string) (api.Template, error) {
+	t, err := m.cfg.Store.GetTemplate(ctx, name)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return api.Template{}, api.Errorf(api.CodeNotFound, "template %q not found", name)
+		}
+		return api.Template{}, fmt.Errorf("session: rebuild template %s: %w", name, err)
+	}
+	if t.State != api.TemplateReady {
+		return api.Template{}, api.Errorf(api.CodeConflict, "template %q is %s; only a ready template is rebuilt", name, t.State)
+	}
+	if m.snap == nil {
+		return api.Template{}, api.Errorf(api.CodeUnavailable, "templates: the VMM driver cannot snapshot")
+	}
+	m.requestBuild(name, "rebuild", true)
+	return m.templateAPI(t), nil
+}
+
+// requestBuild queues a build of template name.
+func (m *Manager) requestBuild(name, reason string, force bool) {
+	m.mu.Lock()
+	select {
+	case <-m.stop:
+		m.mu.Unlock()
+		return
+	default:
+	}
+	if b := m.builds[name]; b != nil {
+		b.again, b.reason, b.force = true, reason, b.force || force
+		m.mu.Unlock()
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	b := &builder{cancel: cancel, done: make(chan struct{})}
+	m.builds[name] = b
+	m.bg.Add(1)
+	m.mu.Unlock()
+	go func() {
+		select {
+		case <-m.stop:
+			cancel()
+		case <-b.done:
+		}
+	}()
+	go func() {
+		defer m.bg.Done()
+		defer cancel()
+		for {
+			m.rebuild(ctx, name, reason, force)
+			m.mu.Lock()
+			if !b.again || ctx.Err() != nil {
+				delete(m.builds, name)
+				close(b.done)
+				m.mu.Unlock()
+				return
+			}
+			reason, force, b.again, b.force = b.reason, b.force, false, false
+			m.mu.Unlock()
+		}
+	}()
+}
+
+// stopBuild cancels a template's build, if any, and waits for it to end.
+func (m *Manager) stopBuild(name string) {
+	m.mu.Lock()
+	b := m.builds[name]
+	m.mu.Unlock()
+	if b != nil {
+		b.cancel()
+		<-b.done
+	}
+}
+
+func (m *Manager) rebuilding(name string) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.builds[name] != nil
+}
+
+// rebuild builds the next version of template name from its current one
+// and swaps it in; with force unset, only if its branch has moved.
+func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) {
+	log := m.cfg.Log.With("template", name, "reason", reason)
+	t, err := m.cfg.Store.GetTemplate(ctx, name)
+	if err != nil {
+		log.Warn("rebuild: template gone", "err", err)
+		return
+	}
+	if t.State != api.TemplateReady {
+		log.Info("rebuild: template not ready; skipped", "state", t.State)
+		return
+	}
+	vs, err := m.cfg.Store.ListTemplateVersions(ctx, name)
+	if err != nil {
+		log.Error("rebuild: versions", "err", err)
+		return
+	}
+	next := max(t.Version, 1) + 1
+	for _, v := range vs {
+		next = max(next, v.Version+1)
+	}
+	now := time.Now().UTC()
+	v := store.TemplateVersion{Template: name, Version: next, State: store.VersionBuilding,
+		Base: max(t.Version, 1), Reason: reason, CreatedAt: now, UpdatedAt: now}
+	failV := func(err error) {
+		log.Warn("template build failed; the current version keeps serving", "version", v.Version, "err", err)
+		v.State, v.Error, v.UpdatedAt = store.VersionFailed, err.Error(), time.Now().UTC()
+		if perr := m.cfg.Store.PutTemplateVersion(context.WithoutCancel(ctx), v); perr != nil {
+			log.Error("record failed build", "err", perr)
+		}
+		if os.Getenv("COVE_KEEP") == "" {
+			os.RemoveAll(m.versionDir(name, v.Version))
+		}
+	}
+	if t.Repo != "" {
+		commit, err := m.mirror(t).Fetch(ctx, t.Branch)
+		if err != nil {
+			failV(err)
+			return
+		}
+		if commit == t.Commit && !force {
+			log.Info("template is up to date", "commit", commit)
+			return
+		}
+		v.Commit = commit
+	}
+	if err := m.cfg.Store.PutTemplateVersion(ctx, v); err != nil {
+		log.Error("rebuild: record version", "err", err)
+		return
+	}
+	log.Info("building template version", "version", v.Version, "base", v.Base, "commit", v.Commit)
+	base, err := parkedMachine(t.Snapshot)
+	if err != nil {
+		failV(fmt.Errorf("template %s: current version: %w", name, err))
+		return
+	}
+	start := time.Now()
+	mach, err := m.buildVersion(ctx, t, v, image.Image{}, &base)
+	if err != nil {
+		failV(err)
+		return
+	}
+	v.State, v.Snapshot, v.BuildMillis, v.UpdatedAt = store.VersionReady, mach.encode(), time.Since(start).Milliseconds(), time.Now().UTC()
+	t.Version, t.Commit, t.Snapshot, t.UpdatedAt = v.Version, v.Commit, v.Snapshot, v.UpdatedAt
+	if err := m.cfg.Store.SwapTemplateVersion(context.WithoutCancel(ctx), t, v); err != nil {
+		failV(fmt.Errorf("record new version: %w", err))
+		return
+	}
+	log.Info("template version live", "version", v.Version, "commit", v.Commit, "took", time.Since(start).Round(time.Millisecond))
+	m.drainPool(name)
+	m.ensurePool(t)
+	m.collectVersions(context.WithoutCancel(ctx), name)
+}
+
+// buildVersion builds version v of template t into its directory: from a
+// fresh boot of image im when base is nil, else from a clone of base. It
+// checks out t's repo, runs the setup commands, (re)starts the start
+// command and saves the machine. It returns the saved machine, whose files
+// are then read-only.
+func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.TemplateVersion, im image.Image, base *machine) (machine, error) {
+	dir := m.versionDir(t.Name, v.Version)
+	os.RemoveAll(dir)
+	if err := m.makeTemplateDir(t.Name); err != nil {
+		return machine{}, err
+	}
+	id := "tpl-" + t.Name
+	var (
+		l   *live
+		err error
+	)
+	if base == nil {
+		rec := store.Session{ID: id, Image: t.Image, MemoryMiB: t.MemoryMiB, CPUs: t.CPUs, Env: t.Env}
+		l, err = m.bootIn(ctx, dir, rec, im, m.cfg.DefaultBootTimeout)
+		if err != nil {
+			return machine{}, fmt.Errorf("template %s: boot: %w", t.Name, err)
+		}
+	} else {
+		if l, err = m.cloneInto(ctx, *base, id, dir); err != nil {
+			return machine{}, fmt.Errorf("template %s: restore version %d: %w", t.Name, v.Base, err)
+		}
+	}
+	l.env = t.Env
+	bctx := context.WithoutCancel(ctx)
+	fail := func(err error) (machine, error) {
+		l.agent.Close()
+		_ = l.vm.Stop(bctx)
+		os.RemoveAll(dir)
+		return machine{}, err
+	}
+	if t.Repo != "" {
+		since := ""
+		if base != nil {
+			since = t.Commit
+		}
+		if err := m.checkout(ctx, l, t, v.Commit, since, dir); err != nil {
+			return fail(fmt.Errorf("template %s: checkout: %w", t.Name, err))
+		}
+	}
+	for i, cmd := range t.Setup {
+		out, code, err := runShell(ctx, l, cmd)
+		if err != nil {
+			return fail(fmt.Errorf("template %s: setup step %d (%q): %w", t.Name, i+1, cmd, err))
+		}
+		if code != 0 {
+			return fail(api.Errorf(api.CodeInvalid, "template %s: setup step %d (%q) exited %d: %s", t.Name, i+1, cmd, code, tail(out, 2000)))
+		}
+	}
+	if t.Start != "" {
+		// The exec's process group is the shell's: the start command
+		// runs on in it, and a rebuild stops the whole group.
+		script := ""
+		if base != nil {
+			script = "[ -f " + guestStartPG + " ] && kill -TERM -$(cat " + guestStartPG + ") 2>/dev/null; "
+		}
+		script += "echo $$ >" + guestStartPG + "; (" + t.Start + ") >" + guestStartLog + " 2>&1 </dev/null &"
+		if out, code, err := runShell(ctx, l, script); err != nil || code != 0 {
+			return fail(fmt.Errorf("template %s: start command: exit %d: %v %s", t.Name, code, err, tail(out, 500)))
+		}
+	}
+	start := time.Now()
+	l.hangUp(ctx)
+	if _, err := m.snap.Save(bctx, l.vm, filepath.Join(dir, stateFile)); err != nil {
+		_ = l.vm.Stop(bctx)
+		os.RemoveAll(dir)
+		return machine{}, fmt.Errorf("template %s: save: %w", t.Name, err)
+	}
+	p, err := manifest(dir, time.Since(start))
+	if err != nil {
+		os.RemoveAll(dir)
+		return machine{}, fmt.Errorf("template %s: %w", t.Name, err)
+	}
+	if base != nil {
+		if err := flatten(bctx, l.mach.Disk, base.Disk); err != nil {
+			os.RemoveAll(dir)
+			return machine{}, fmt.Errorf("template %s: %w", t.Name, err)
+		}
+	}
+	// The version's files are its clones' base from now on.
+	for _, f := range []string{p.Mem, p.State, l.mach.Disk} {
+		_ = os.Chmod(f, 0o444)
+	}
+	mach := l.mach
+	mach.Parked = p
+	return mach, nil
+}
+
+// checkout brings the guest's checkout of t's repo to commit (already in
+// the host mirror): a clone of the whole branch when since is "", else a
+// fetch of the commits after since. Bundles go through tmpDir on the host.
+func (m *Manager) checkout(ctx context.Context, l *live, t store.Template, commit, since, tmpDir string) error {
+	if _, code, err := runShell(ctx, l, "command -v git >/dev/null"); err != nil || code != 0 {
+		return api.Errorf(api.CodeInvalid, "image %s has no git in the guest; use an image with git (debian)", t.Image)
+	}
+	if since == commit {
+		return nil // a forced rebuild on the same commit: the checkout is there
+	}
+	b := filepath.Join(tmpDir, "repo.bundle")
+	defer os.Remove(b)
+	if _, err := m.mirror(t).Bundle(ctx, b, t.Branch, since); err != nil {
+		return err
+	}
+	f, err := os.Open(b)
+	if err != nil {
+		return err
+	}
+	err = l.agent.Write(ctx, guestBundle, 0o600, f)
+	f.Close()
+	if err != nil {
+		return fmt.Errorf("copy bundle into the guest: %w", err)
+	}
+	dir, br := shellQuote(t.RepoDir), shellQuote(t.Branch)
+	var script string
+	if since == "" {
+		script = "set -e; rm -rf " + dir + "; mkdir -p " + shellQuote(path.Dir(t.RepoDir)) +
+			"; git clone -q --branch " + br + " " + guestBundle + " " + dir +
+			"; git -C " + dir + " remote set-url origin " + shellQuote(t.Repo)
+	} else {
+		script = "set -e; git -C " + dir + " fetch -q " + guestBundle + " " + shellQuote("+refs/heads/"+t.Branch+":refs/remotes/origin/"+t.Branch) +
+			"; git -C " + dir + " checkout -q -f -B " + br + " " + shellQuote("refs/remotes/origin/"+t.Branch)
+	}
+	script += "; rm -f " + guestBundle + "; git -C " + dir + " rev-parse HEAD"
+	out, code, err := runShell(ctx, l, script)
+	if err != nil {
+		return err
+	}
+	if code != 0 {
+		return fmt.Errorf("git in the guest exited %d: %s", code, tail(out, 2000))
+	}
+	if got := strings.TrimSpace(tail(out, 41)); got != commit {
+		return fmt.Errorf("guest checkout is at %q, want %s", got, commit)
+	}
+	return nil
+}
+
+// shellQuote quotes s for sh.
+func shellQuote(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// flatten rebases the qcow2 overlay disk, built on the previous version's
+// disk prev, onto prev's own backing file (the image's root file system),
+// copying in what prev added: versions then never depend on each other.
+func flatten(ctx context.Context, disk, prev string) error {
+	out, err := exec.CommandContext(ctx, "qemu-img", "info", "-U", "--output=json", prev).Output()
+	if err != nil {
+		return fmt.Errorf("flatten: qemu-img info %s: %w", prev, err)
+	}
+	var info struct {
+		Backing string `json:"full-backing-filename"`
+		Format  string `json:"backing-filename-format"`
+	}
+	if err := json.Unmarshal(out, &info); err != nil {
+		return fmt.Errorf("flatten: qemu-img info %s: %w", prev, err)
+	}
+	if info.Backing == "" {
+		return fmt.Errorf("flatten: %s has no backing file", prev)
+	}
+	if info.Format == "" {
+		info.Format = "raw"
+	}
+	cmd := exec.CommandContext(ctx, "qemu-img", "rebase", "-q", "-f", "qcow2", "-b", info.Backing, "-F", info.Format, disk)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("flatten: qemu-img rebase: %v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// collectVersions removes the files of template name's versions that are
+// neither current nor used by a session, marking them removed.
+func (m *Manager) collectVersions(ctx context.Context, name string) {
+	tl := m.templateLock(name)
+	tl.Lock()
+	defer tl.Unlock()
+	t, err := m.cfg.Store.GetTemplate(ctx, name)
+	if err != nil {
+		return
+	}
+	vs, err := m.cfg.Store.ListTemplateVersions(ctx, name)
+	if err != nil {
+		return
+	}
+	used, err := m.versionUse(ctx, name)
+	if err != nil {
+		return
+	}
+	for _, v := range vs {
+		if v.State != store.VersionReady || v.Version == t.Version || used[v.Version] > 0 {
+			continue
+		}
+		if mach, err := decodeMachine(v.Snapshot); err == nil {
+			removeVersionFiles(mach)
+		}
+		v.State, v.Snapshot, v.UpdatedAt = store.VersionRemoved, nil, time.Now().UTC()
+		if err := m.cfg.Store.PutTemplateVersion(ctx, v); err != nil {
+			m.cfg.Log.Error("record removed template version", "template", name, "version", v.Version, "err", err)
+			continue
+		}
+		m.cfg.Log.Info("template version removed: nothing uses it", "template", name, "version", v.Version)
+	}
+}
+
+// versionUse counts the sessions of each version of template name.
+func (m *Manager) versionUse(ctx context.Context, name string) (map[int]int, error) {
+	recs, err := m.cfg.Store.ListSessions(ctx)
+	if err != nil {
+		return nil, err
+	}
+	used := map[int]int{}
+	for _, r := range recs {
+		if r.Template == name {
+			used[max(r.TemplateVersion, 1)]++
+		}
+	}
+	return used, nil
+}
+
+// removeVersionFiles removes a template version's RAM, state and disk
+// files, and its directory when it has one of its own.
+func removeVersionFiles(mach machine) {
+	if mach.Parked != nil {
+		os.Remove(mach.Parked.Mem)
+		os.Remove(mach.Parked.State)
+	}
+	if mach.Disk != "" {
+		os.Remove(mach.Disk)
+		if d := filepath.Dir(mach.Disk); strings.HasPrefix(filepath.Base(d), "v") {
+			os.RemoveAll(d)
+		}
+	}
+}
+
+// TemplateVersions lists a template's versions, oldest first.
+func (m *Manager) TemplateVersions(ctx context.Context, name string) ([]api.TemplateVersion, error) {
+	t, err := m.cfg.Store.GetTemplate(ctx, name)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, api.Errorf(api.CodeNotFound, "template %q not found", name)
+		}
+		return nil, fmt.Errorf("session: template %s versions: %w", name, err)
+	}
+	vs, err := m.cfg.Store.ListTemplateVersions(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("session: template %s versions: %w", name, err)
+	}
+	used, err := m.versionUse(ctx, name)
+	if err != nil {
+		return nil, fmt.Errorf("session: template %s versions: %w", name, err)
+	}
+	out := make([]api.TemplateVersion, 0, len(vs))
+	for _, v := range vs {
+		out = append(out, api.TemplateVersion{Version: v.Version, State: v.State, Commit: v.Commit, Base: v.Base,
+			Reason: v.Reason, Error: v.Error, BuildMillis: v.BuildMillis, Current: v.Version == t.Version && t.State == api.TemplateReady,
+			Sessions: used[v.Version], Snapshot: snapshotInfo(v.Snapshot), CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt})
+	}
+	return out, nil
+}
+
+// recoverTemplates settles templates after a restart: builds cut short
+// fail (their QEMU processes are killed and their files removed), the
+// follow index is filled, templates that follow a repo are checked for
+// pushes missed while the server was down, and unused versions removed.
+func (m *Manager) recoverTemplates(ctx context.Context) error {
+	for _, pid := range qemu.Orphans(m.cfg.TemplateDir, func(string) bool { return false }) {
+		m.cfg.Log.Warn("killing QEMU process of a template build cut short", "pid", pid)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	ts, err := m.cfg.Store.ListTemplates(ctx)
+	if err != nil {
+		return fmt.Errorf("session: templates: %w", err)
+	}
+	now := time.Now().UTC()
+	for _, t := range ts {
+		vs, err := m.cfg.Store.ListTemplateVersions(ctx, t.Name)
+		if err != nil {
+			return fmt.Errorf("session: template %s versions: %w", t.Name, err)
+		}
+		for _, v := range vs {
+			if v.State != store.VersionBuilding {
+				continue
+			}
+			v.State, v.Error, v.UpdatedAt = store.VersionFailed, "server stopped during the build", now
+			if err := m.cfg.Store.PutTemplateVersion(ctx, v); err != nil {
+				return fmt.Errorf("session: template %s version %d: %w", t.Name, v.Version, err)
+			}
+			if v.Version != t.Version || t.State != api.TemplateReady {
+				os.RemoveAll(m.versionDir(t.Name, v.Version))
+			}
+		}
+		if t.State == api.TemplateBuilding {
+			t.State, t.Error, t.UpdatedAt = api.TemplateFailed, "server stopped during the build", now
+			if err := m.cfg.Store.UpdateTemplate(ctx, t); err != nil {
+				return fmt.Errorf("session: template %s: %w", t.Name, err)
+			}
+			continue
+		}
+		if t.State != api.TemplateReady {
+			continue
+		}
+		m.setFollow(t, true)
+		m.collectVersions(ctx, t.Name)
+		if t.Repo != "" {
+			m.requestBuild(t.Name, "restart", false)
+		}
+	}
+	return nil
+}
