@@ -28,6 +28,7 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/trigger"
 	"github.com/cove-dev/cove/internal/vmtest"
 )
 
@@ -431,6 +432,95 @@ git log --oneline`
 		if got := e.ok(nil, "exec", s3, "--", "cat", "/etc/cove-image"); got != "debian\n" {
 			t.Fatalf("/etc/cove-image: %q", got)
 		}
+	}) {
+		return
+	}
+
+	if !t.Run("TemplateFollowsRepoPushes", func(t *testing.T) {
+		// A repository on the server's host, and GitHub's hook secret.
+		src := filepath.Join(t.TempDir(), "acme", "web")
+		gitIn := func(args ...string) string {
+			t.Helper()
+			cmd := exec.Command("git", append([]string{"-c", "user.name=n", "-c", "user.email=n@example.com"}, args...)...)
+			cmd.Dir = src
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("git %v: %v: %s", args, err, out)
+			}
+			return strings.TrimSpace(string(out))
+		}
+		if err := os.MkdirAll(src, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		gitIn("init", "-q", "-b", "main")
+		commitApp := func(content string) string {
+			if err := os.WriteFile(filepath.Join(src, "app.txt"), []byte(content), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			gitIn("add", "app.txt")
+			gitIn("commit", "-q", "-m", "app "+content)
+			return gitIn("rev-parse", "HEAD")
+		}
+		c1 := commitApp("one\n")
+		secret := filepath.Join(t.TempDir(), "github.secret")
+		if err := os.WriteFile(secret, []byte("e2e-push-secret"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		e.ok(nil, "hook", "add", "github", "--secret-file", secret)
+
+		line := e.ok(nil, "template", "create", "web", "--image", "debian", "--repo", src,
+			"--setup", "cp /workspace/app.txt /var/built")
+		if want := "version=1 commit=" + c1[:12]; !strings.Contains(line, want) {
+			t.Fatalf("template create printed %q, want %q in it", line, want)
+		}
+		c2 := commitApp("two\n")
+		body, _ := json.Marshal(map[string]any{"ref": "refs/heads/main", "before": c1, "after": c2,
+			"repository": map[string]any{"full_name": "acme/web"}, "sender": map[string]any{"login": "mira-k"}})
+		send := func(sig string) int {
+			req, _ := http.NewRequest(http.MethodPost, "http://"+e.addr+"/v1/hooks/github", bytes.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("X-GitHub-Event", "push")
+			req.Header.Set("X-GitHub-Delivery", "e2e-push-1")
+			req.Header.Set("X-Hub-Signature-256", sig)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			return resp.StatusCode
+		}
+		if code := send(trigger.Sign([]byte("wrong secret"), body)); code != http.StatusUnauthorized {
+			t.Fatalf("a push signed with the wrong secret answered %d, want 401", code)
+		}
+		if code := send(trigger.Sign([]byte("e2e-push-secret"), body)); code != http.StatusAccepted {
+			t.Fatalf("the signed push answered %d, want 202", code)
+		}
+		deadline := time.Now().Add(3 * time.Minute)
+		for {
+			var vs []api.TemplateVersion
+			if err := json.Unmarshal([]byte(e.ok(nil, "template", "history", "web", "--json")), &vs); err != nil {
+				t.Fatal(err)
+			}
+			if len(vs) == 2 && vs[1].State == api.VersionReady && vs[1].Current && vs[1].Commit == c2 && vs[1].Reason == "push e2e-push-1" {
+				break
+			}
+			if len(vs) == 2 && vs[1].State == api.VersionFailed {
+				t.Fatalf("version 2 failed: %s", vs[1].Error)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no version 2 after the push: %+v", vs)
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+		if table := e.ok(nil, "template", "history", "web"); !strings.Contains(table, "\n2*        ready     "+c2[:12]) {
+			t.Fatalf("template history:\n%s", table)
+		}
+		id := e.create("--template", "web")
+		if got := e.ok(nil, "exec", id, "--", "cat", "/var/built"); got != "two\n" {
+			t.Fatalf("a session of version 2 reads %q", got)
+		}
+		e.ok(nil, "rm", id)
+		e.ok(nil, "template", "rm", "web")
 	}) {
 		return
 	}

@@ -3,9 +3,6 @@ package session_test
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -104,15 +101,13 @@ func (p *pusher) push(repo, branch, before, head string) string {
 	payload["ref"], payload["before"], payload["after"] = "refs/heads/"+branch, before, head
 	payload["repository"].(map[string]any)["full_name"] = repo
 	body, _ := json.Marshal(payload)
-	mac := hmac.New(sha256.New, []byte(p.secret))
-	mac.Write(body)
 	p.n++
 	id := fmt.Sprintf("push-%d-%d", time.Now().UnixNano(), p.n)
 	req, _ := http.NewRequest(http.MethodPost, p.url, bytes.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("X-GitHub-Event", "push")
 	req.Header.Set("X-GitHub-Delivery", id)
-	req.Header.Set("X-Hub-Signature-256", "sha256="+hex.EncodeToString(mac.Sum(nil)))
+	req.Header.Set(trigger.HeaderSignature, trigger.Sign([]byte(p.secret), body))
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		p.t.Fatal(err)

@@ -155,6 +155,41 @@ func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequ
 	return m.templateAPI(t), nil
 }
 
+// warmUp runs a few commands in a restored clone: the first execs after a
+// restore pay for translating the guest's exec path again (under TCG), and
+// a pooled clone pays that before it is claimed. Both a shell and a plain
+// command looked up in PATH run, as a user's first command would.
+func warmUp(ctx context.Context, l *live) error {
+	if _, _, err := runShell(ctx, l, "true"); err != nil {
+		return err
+	}
+	for range 3 {
+		p, err := l.agent.Exec(ctx, agentproto.Exec{Argv: []string{"true"}, Env: envList(l.env, nil)})
+		if err != nil {
+			return err
+		}
+		if err := drain(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// drain reads a process's output to its end and waits for it.
+func drain(p *agentproto.Process) error {
+	var wg sync.WaitGroup
+	for _, r := range []io.Reader{p.Stdout(), p.Stderr()} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = io.Copy(io.Discard, r)
+		}()
+	}
+	wg.Wait()
+	_, err := p.Wait()
+	return err
+}
+
 // runShell runs cmd with sh -c and returns its combined output and exit
 // code.
 func runShell(ctx context.Context, l *live, cmd string) ([]byte, int, error) {
@@ -494,10 +529,7 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 			l, err := m.clone(context.Background(), t, id)
 			tl.RUnlock()
 			if err == nil {
-				// Run one command now: the first exec after a restore pays
-				// for translating the guest's exec path again (under TCG);
-				// a pooled clone pays it before it is claimed.
-				if _, _, werr := runShell(context.Background(), l, "true"); werr != nil {
+				if werr := warmUp(context.Background(), l); werr != nil {
 					l.agent.Close()
 					_ = l.vm.Stop(context.Background())
 					os.RemoveAll(m.dir(id))

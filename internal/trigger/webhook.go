@@ -74,6 +74,14 @@ func VerifySignature(secret, body []byte, header string) error {
 	return verifyParts(secret, header, body)
 }
 
+// Sign returns the HeaderSignature value a sender puts on body: "sha256="
+// and the hex HMAC-SHA256 of body under secret, as GitHub signs.
+func Sign(secret, body []byte) string {
+	mac := hmac.New(sha256.New, secret)
+	mac.Write(body)
+	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
+}
+
 // verify is VerifySignature over the concatenation of parts.
 func verifyParts(secret []byte, header string, parts ...[]byte) error {
 	if header == "" {
