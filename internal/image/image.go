@@ -25,6 +25,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/agent"
+	"github.com/cove-dev/cove/internal/command"
 	"github.com/cove-dev/cove/internal/store"
 )
 
@@ -337,16 +338,8 @@ func (b *Builder) Initramfs(k Kernel) (string, error) {
 func run(ctx context.Context, dir, name string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, name, args...)
 	cmd.Dir = dir
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if len(msg) > 2000 {
-			msg = msg[len(msg)-2000:]
-		}
-		return "", fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, msg)
-	}
-	return stdout.String(), nil
+	out, err := command.Output(ctx, cmd)
+	return string(out), err
 }
 
 // runProgress runs a command, passing each line of its output to progress.

@@ -8,7 +8,6 @@
 package repo
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -18,6 +17,8 @@ import (
 	"path"
 	"regexp"
 	"strings"
+
+	"github.com/cove-dev/cove/internal/command"
 )
 
 // branchName is what cove accepts as a branch: git's own rules
@@ -126,19 +127,7 @@ func (m *Mirror) git(ctx context.Context, args ...string) ([]byte, error) {
 	base = append(base, "--git-dir", m.Dir)
 	cmd := exec.CommandContext(ctx, "git", append(base, args...)...)
 	cmd.Env = append(os.Environ(), "GIT_TERMINAL_PROMPT=0", "GIT_ASKPASS=/bin/false", "LC_ALL=C")
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		msg := strings.TrimSpace(stderr.String())
-		if len(msg) > 2000 {
-			msg = msg[len(msg)-2000:]
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("git %s: %w", args[0], ctx.Err())
-		}
-		return nil, fmt.Errorf("git %s: %v: %s", args[0], err, msg)
-	}
-	return stdout.Bytes(), nil
+	return command.Output(ctx, cmd)
 }
 
 // Fetch brings the mirror's copy of branch up to date and returns the

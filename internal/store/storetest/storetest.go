@@ -167,10 +167,26 @@ func fullImage(name string) store.Image {
 	}
 }
 
+// diffs collects how a record read back differs from the one written,
+// a line per field.
+type diffs []string
+
+func (d *diffs) str(field, got, want string) {
+	if got != want {
+		*d = append(*d, fmt.Sprintf("%s = %q, want %q", field, got, want))
+	}
+}
+
+func (d *diffs) num(field string, got, want int64) {
+	if got != want {
+		*d = append(*d, fmt.Sprintf("%s = %d, want %d", field, got, want))
+	}
+}
+
 // checkTime reports whether got is want's instant, in UTC, without a
 // monotonic reading.
 func checkTime(field string, got, want time.Time) []string {
-	var d []string
+	var d diffs
 	if want.IsZero() {
 		if !got.IsZero() {
 			d = append(d, fmt.Sprintf("%s = %v, want the zero time", field, got))
@@ -190,30 +206,20 @@ func checkTime(field string, got, want time.Time) []string {
 }
 
 func diffSession(got, want store.Session) []string {
-	var d []string
-	str := func(field, g, w string) {
-		if g != w {
-			d = append(d, fmt.Sprintf("%s = %q, want %q", field, g, w))
-		}
-	}
-	num := func(field string, g, w int64) {
-		if g != w {
-			d = append(d, fmt.Sprintf("%s = %d, want %d", field, g, w))
-		}
-	}
-	str("ID", got.ID, want.ID)
-	str("State", got.State, want.State)
-	str("Image", got.Image, want.Image)
-	num("MemoryMiB", int64(got.MemoryMiB), int64(want.MemoryMiB))
-	num("CPUs", int64(got.CPUs), int64(want.CPUs))
+	var d diffs
+	d.str("ID", got.ID, want.ID)
+	d.str("State", got.State, want.State)
+	d.str("Image", got.Image, want.Image)
+	d.num("MemoryMiB", int64(got.MemoryMiB), int64(want.MemoryMiB))
+	d.num("CPUs", int64(got.CPUs), int64(want.CPUs))
 	if !maps.Equal(got.Env, want.Env) {
 		d = append(d, fmt.Sprintf("Env = %q, want %q", got.Env, want.Env))
 	}
-	str("Accel", got.Accel, want.Accel)
+	d.str("Accel", got.Accel, want.Accel)
 	d = append(d, checkTime("CreatedAt", got.CreatedAt, want.CreatedAt)...)
 	d = append(d, checkTime("UpdatedAt", got.UpdatedAt, want.UpdatedAt)...)
-	str("Error", got.Error, want.Error)
-	num("BootMillis", got.BootMillis, want.BootMillis)
+	d.str("Error", got.Error, want.Error)
+	d.num("BootMillis", got.BootMillis, want.BootMillis)
 	if !bytes.Equal(got.Handle, want.Handle) {
 		d = append(d, fmt.Sprintf("Handle = %q, want %q", got.Handle, want.Handle))
 	}
@@ -223,8 +229,8 @@ func diffSession(got, want store.Session) []string {
 	if got.NoAutoWake != want.NoAutoWake {
 		d = append(d, fmt.Sprintf("NoAutoWake = %v, want %v", got.NoAutoWake, want.NoAutoWake))
 	}
-	str("Template", got.Template, want.Template)
-	num("TemplateVersion", int64(got.TemplateVersion), int64(want.TemplateVersion))
+	d.str("Template", got.Template, want.Template)
+	d.num("TemplateVersion", int64(got.TemplateVersion), int64(want.TemplateVersion))
 	if !bytes.Equal(got.Snapshot, want.Snapshot) {
 		d = append(d, fmt.Sprintf("Snapshot = %q, want %q", got.Snapshot, want.Snapshot))
 	}
@@ -232,62 +238,42 @@ func diffSession(got, want store.Session) []string {
 }
 
 func diffTemplate(got, want store.Template) []string {
-	var d []string
-	str := func(field, g, w string) {
-		if g != w {
-			d = append(d, fmt.Sprintf("%s = %q, want %q", field, g, w))
-		}
-	}
-	num := func(field string, g, w int64) {
-		if g != w {
-			d = append(d, fmt.Sprintf("%s = %d, want %d", field, g, w))
-		}
-	}
-	str("Name", got.Name, want.Name)
-	str("State", got.State, want.State)
-	str("Image", got.Image, want.Image)
-	num("MemoryMiB", int64(got.MemoryMiB), int64(want.MemoryMiB))
-	num("CPUs", int64(got.CPUs), int64(want.CPUs))
+	var d diffs
+	d.str("Name", got.Name, want.Name)
+	d.str("State", got.State, want.State)
+	d.str("Image", got.Image, want.Image)
+	d.num("MemoryMiB", int64(got.MemoryMiB), int64(want.MemoryMiB))
+	d.num("CPUs", int64(got.CPUs), int64(want.CPUs))
 	if !maps.Equal(got.Env, want.Env) {
 		d = append(d, fmt.Sprintf("Env = %q, want %q", got.Env, want.Env))
 	}
 	if !slices.Equal(got.Setup, want.Setup) {
 		d = append(d, fmt.Sprintf("Setup = %q, want %q", got.Setup, want.Setup))
 	}
-	str("Start", got.Start, want.Start)
-	num("Pool", int64(got.Pool), int64(want.Pool))
-	str("Error", got.Error, want.Error)
+	d.str("Start", got.Start, want.Start)
+	d.num("Pool", int64(got.Pool), int64(want.Pool))
+	d.str("Error", got.Error, want.Error)
 	d = append(d, checkTime("CreatedAt", got.CreatedAt, want.CreatedAt)...)
 	d = append(d, checkTime("UpdatedAt", got.UpdatedAt, want.UpdatedAt)...)
 	if !bytes.Equal(got.Snapshot, want.Snapshot) {
 		d = append(d, fmt.Sprintf("Snapshot = %q, want %q", got.Snapshot, want.Snapshot))
 	}
-	str("Repo", got.Repo, want.Repo)
-	str("Branch", got.Branch, want.Branch)
-	str("RepoDir", got.RepoDir, want.RepoDir)
-	num("Version", int64(got.Version), int64(want.Version))
-	str("Commit", got.Commit, want.Commit)
+	d.str("Repo", got.Repo, want.Repo)
+	d.str("Branch", got.Branch, want.Branch)
+	d.str("RepoDir", got.RepoDir, want.RepoDir)
+	d.num("Version", int64(got.Version), int64(want.Version))
+	d.str("Commit", got.Commit, want.Commit)
 	return d
 }
 
 func diffImage(got, want store.Image) []string {
-	var d []string
-	str := func(field, g, w string) {
-		if g != w {
-			d = append(d, fmt.Sprintf("%s = %q, want %q", field, g, w))
-		}
-	}
-	num := func(field string, g, w int64) {
-		if g != w {
-			d = append(d, fmt.Sprintf("%s = %d, want %d", field, g, w))
-		}
-	}
-	str("Name", got.Name, want.Name)
-	str("Key", got.Key, want.Key)
-	str("Dir", got.Dir, want.Dir)
-	num("SizeBytes", got.SizeBytes, want.SizeBytes)
+	var d diffs
+	d.str("Name", got.Name, want.Name)
+	d.str("Key", got.Key, want.Key)
+	d.str("Dir", got.Dir, want.Dir)
+	d.num("SizeBytes", got.SizeBytes, want.SizeBytes)
 	d = append(d, checkTime("CreatedAt", got.CreatedAt, want.CreatedAt)...)
-	num("BuildMillis", got.BuildMillis, want.BuildMillis)
+	d.num("BuildMillis", got.BuildMillis, want.BuildMillis)
 	return d
 }
 

@@ -80,18 +80,13 @@ func fullSubscription(sessionID string) store.Subscription {
 }
 
 func diffEvent(got, want store.Event) []string {
-	var d []string
-	str := func(field, g, w string) {
-		if g != w {
-			d = append(d, fmt.Sprintf("%s = %q, want %q", field, g, w))
-		}
-	}
+	var d diffs
 	if got.Seq != want.Seq {
 		d = append(d, fmt.Sprintf("Seq = %d, want %d", got.Seq, want.Seq))
 	}
-	str("Source", got.Source, want.Source)
-	str("ID", got.ID, want.ID)
-	str("Name", got.Name, want.Name)
+	d.str("Source", got.Source, want.Source)
+	d.str("ID", got.ID, want.ID)
+	d.str("Name", got.Name, want.Name)
 	if !maps.Equal(got.Fields, want.Fields) {
 		d = append(d, fmt.Sprintf("Fields = %q, want %q", got.Fields, want.Fields))
 	}
@@ -103,7 +98,7 @@ func diffEvent(got, want store.Event) []string {
 }
 
 func diffSubscription(got, want store.Subscription) []string {
-	var d []string
+	var d diffs
 	if got.SessionID != want.SessionID {
 		d = append(d, fmt.Sprintf("SessionID = %q, want %q", got.SessionID, want.SessionID))
 	}
@@ -116,7 +111,7 @@ func diffSubscription(got, want store.Subscription) []string {
 }
 
 func diffDelivery(got, want store.Delivery) []string {
-	var d []string
+	var d diffs
 	if got.EventSeq != want.EventSeq || got.SessionID != want.SessionID {
 		d = append(d, fmt.Sprintf("key = %d/%q, want %d/%q",
 			got.EventSeq, got.SessionID, want.EventSeq, want.SessionID))

@@ -29,25 +29,15 @@ func fullVersion(name string, version int) store.TemplateVersion {
 }
 
 func diffVersion(got, want store.TemplateVersion) []string {
-	var d []string
-	str := func(field, g, w string) {
-		if g != w {
-			d = append(d, fmt.Sprintf("%s = %q, want %q", field, g, w))
-		}
-	}
-	num := func(field string, g, w int64) {
-		if g != w {
-			d = append(d, fmt.Sprintf("%s = %d, want %d", field, g, w))
-		}
-	}
-	str("Template", got.Template, want.Template)
-	num("Version", int64(got.Version), int64(want.Version))
-	str("State", got.State, want.State)
-	str("Commit", got.Commit, want.Commit)
-	num("Base", int64(got.Base), int64(want.Base))
-	str("Reason", got.Reason, want.Reason)
-	str("Error", got.Error, want.Error)
-	num("BuildMillis", got.BuildMillis, want.BuildMillis)
+	var d diffs
+	d.str("Template", got.Template, want.Template)
+	d.num("Version", int64(got.Version), int64(want.Version))
+	d.str("State", got.State, want.State)
+	d.str("Commit", got.Commit, want.Commit)
+	d.num("Base", int64(got.Base), int64(want.Base))
+	d.str("Reason", got.Reason, want.Reason)
+	d.str("Error", got.Error, want.Error)
+	d.num("BuildMillis", got.BuildMillis, want.BuildMillis)
 	d = append(d, checkTime("CreatedAt", got.CreatedAt, want.CreatedAt)...)
 	d = append(d, checkTime("UpdatedAt", got.UpdatedAt, want.UpdatedAt)...)
 	if !bytes.Equal(got.Snapshot, want.Snapshot) {
