@@ -81,8 +81,9 @@ type Manager struct {
 	follows map[string][]string      // guarded by mu: templates by the repo and branch they follow
 	tlocks  map[string]*sync.RWMutex // guarded by mu: read-held while a template version is cloned
 
-	index   trigger.Index // subscriptions of sessions parked until an event
-	deliver chan struct{} // kicks the deliverer
+	index     trigger.Index        // subscriptions of sessions parked until an event
+	deadlines map[string]time.Time // guarded by mu: when each subscription with a timeout times out
+	deliver   chan struct{}        // kicks the deliverer
 
 	stop chan struct{} // closed by Close/StopAll: ends background loops
 	bg   sync.WaitGroup
@@ -141,7 +142,8 @@ func New(cfg Config) (*Manager, error) {
 	m := &Manager{cfg: cfg, live: map[string]*live{}, locks: map[string]*sync.Mutex{},
 		pools: map[string]*pool{}, woke: map[string]chan struct{}{}, stop: make(chan struct{}),
 		builds: map[string]*builder{}, follows: map[string][]string{}, tlocks: map[string]*sync.RWMutex{},
-		deliver: make(chan struct{}, 1)}
+		deadlines: map[string]time.Time{},
+		deliver:   make(chan struct{}, 1)}
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
 	return m, nil
 }

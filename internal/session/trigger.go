@@ -65,7 +65,7 @@ func (m *Manager) ParkUntil(ctx context.Context, id string, until []string, time
 	if err := m.cfg.Store.PutSubscription(ctx, sub); err != nil {
 		return api.Session{}, fmt.Errorf("session: park %s: record subscription: %w", id, err)
 	}
-	m.index.Add(trigger.Subscription{ID: id, Exprs: exprs})
+	m.subscribe(id, exprs, sub.Deadline)
 	return m.Park(ctx, id)
 }
 
@@ -82,7 +82,7 @@ func (m *Manager) Accept(ctx context.Context, ev trigger.Event) (bool, error) {
 	}
 	m.onPush(ev)
 	for _, id := range delivered {
-		m.index.Remove(id)
+		m.unsubscribe(id)
 	}
 	if len(delivered) > 0 {
 		m.kickDeliveries()
@@ -107,9 +107,30 @@ func (m *Manager) loadSubscriptions(ctx context.Context) error {
 				exprs = append(exprs, e)
 			}
 		}
-		m.index.Add(trigger.Subscription{ID: s.SessionID, Exprs: exprs})
+		m.subscribe(s.SessionID, exprs, s.Deadline)
 	}
 	return nil
+}
+
+// subscribe indexes a session's subscription and remembers its deadline
+// (zero: none), replacing any earlier one.
+func (m *Manager) subscribe(id string, exprs []trigger.Expr, deadline time.Time) {
+	m.index.Add(trigger.Subscription{ID: id, Exprs: exprs})
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if deadline.IsZero() {
+		delete(m.deadlines, id)
+	} else {
+		m.deadlines[id] = deadline
+	}
+}
+
+// unsubscribe forgets a session's subscription (satisfied or removed).
+func (m *Manager) unsubscribe(id string) {
+	m.index.Remove(id)
+	m.mu.Lock()
+	delete(m.deadlines, id)
+	m.mu.Unlock()
 }
 
 func (m *Manager) kickDeliveries() {
@@ -169,16 +190,26 @@ func (m *Manager) deliverLoop() {
 }
 
 // fireTimeouts records a timeout event for every subscription whose
-// deadline passed.
+// deadline passed. The deadlines are kept in memory (see subscribe), so a
+// tick costs no store query while none is due.
 func (m *Manager) fireTimeouts() {
 	ctx := context.Background()
-	subs, err := m.cfg.Store.ListSubscriptions(ctx)
-	if err != nil {
-		return
-	}
 	now := time.Now()
-	for _, s := range subs {
-		if s.Deadline.IsZero() || now.Before(s.Deadline) {
+	var due []string
+	m.mu.Lock()
+	for id, d := range m.deadlines {
+		if !now.Before(d) {
+			due = append(due, id)
+		}
+	}
+	m.mu.Unlock()
+	for _, id := range due {
+		s, err := m.cfg.Store.GetSubscription(ctx, id)
+		if errors.Is(err, store.ErrNotFound) {
+			m.unsubscribe(id)
+			continue
+		}
+		if err != nil || s.Deadline.IsZero() || now.Before(s.Deadline) {
 			continue
 		}
 		body, _ := json.Marshal(map[string]any{"session": s.SessionID, "until": s.Until, "deadline": s.Deadline})
@@ -190,7 +221,7 @@ func (m *Manager) fireTimeouts() {
 			continue
 		}
 		for _, id := range delivered {
-			m.index.Remove(id)
+			m.unsubscribe(id)
 		}
 		m.kickDeliveries()
 	}
@@ -285,7 +316,7 @@ func (m *Manager) waiting(ctx context.Context, id string) *api.Waiting {
 
 // dropTriggers forgets a removed session's subscription and deliveries.
 func (m *Manager) dropTriggers(ctx context.Context, id string) {
-	m.index.Remove(id)
+	m.unsubscribe(id)
 	if err := m.cfg.Store.DeleteSessionTriggers(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
 		m.cfg.Log.Warn("remove triggers", "session", id, "err", err)
 	}
