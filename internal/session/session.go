@@ -444,11 +444,26 @@ func (m *Manager) List(ctx context.Context) ([]api.Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("session: list: %w", err)
 	}
+	// One query for every parked session's subscription.
+	var subs map[string]store.Subscription
+	for _, r := range recs {
+		if r.State == api.StateParked || r.State == api.StateParking {
+			list, err := m.cfg.Store.ListSubscriptions(ctx)
+			if err != nil {
+				return nil, fmt.Errorf("session: list: %w", err)
+			}
+			subs = make(map[string]store.Subscription, len(list))
+			for _, sub := range list {
+				subs[sub.SessionID] = sub
+			}
+			break
+		}
+	}
 	out := make([]api.Session, 0, len(recs))
 	for _, r := range recs {
 		s := m.toAPI(r)
-		if r.State == api.StateParked || r.State == api.StateParking {
-			s.Waiting = m.waiting(ctx, r.ID)
+		if sub, ok := subs[r.ID]; ok && (r.State == api.StateParked || r.State == api.StateParking) {
+			s.Waiting = waitingOf(sub)
 		}
 		out = append(out, s)
 	}

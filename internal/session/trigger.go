@@ -306,6 +306,11 @@ func (m *Manager) waiting(ctx context.Context, id string) *api.Waiting {
 	if err != nil {
 		return nil
 	}
+	return waitingOf(s)
+}
+
+// waitingOf is the API's view of a subscription.
+func waitingOf(s store.Subscription) *api.Waiting {
 	w := &api.Waiting{Until: s.Until}
 	if !s.Deadline.IsZero() {
 		d := s.Deadline

@@ -28,6 +28,9 @@ func TestParkUntilEvent(t *testing.T) {
 	if got.State != api.StateParked || got.Waiting == nil || got.Waiting.Until[0] != "deploys:deploy-done env=staging" {
 		t.Fatalf("after park --until: %+v", got)
 	}
+	if list, err := r.mgr.List(ctx); err != nil || len(list) != 1 || list[0].Waiting == nil || list[0].Waiting.Until[0] != got.Waiting.Until[0] {
+		t.Fatalf("List after park --until: %+v, %v; want the session waiting", list, err)
+	}
 	event := func(id, env string) trigger.Event {
 		ev, err := trigger.GenericEvent("deploys", []byte(`{"event":"deploy-done","env":"`+env+`"}`))
 		if err != nil {
