@@ -38,12 +38,13 @@ type Agent struct {
 	kick     func()           // guarded by mu: interrupts the current connection's reader
 	listener *listener        // guarded by mu: the host's listen stream, if any
 	hostBack chan struct{}    // guarded by mu: closed when a listen stream arrives
+	urandom  int              // guarded by mu: /dev/urandom for reseeding, once opened (else -1)
 }
 
 // New returns an agent. It starts the child reaper: as PID 1 the agent is
 // the parent of every orphan in the guest.
 func New(log *slog.Logger) *Agent {
-	return &Agent{Log: log, reaper: newReaper()}
+	return &Agent{Log: log, reaper: newReaper(), urandom: -1}
 }
 
 // FindPort returns the device path of the virtio-serial port named name,
@@ -85,7 +86,10 @@ func (a *Agent) Serve(ctx context.Context, path string) error {
 		return fmt.Errorf("agent: port: %w", err)
 	}
 
-	// The port raises SIGIO when the host side connects or disconnects.
+	// The port raises SIGIO when the host side connects or disconnects —
+	// and when data arrives, so the agent asks for it only while it waits
+	// for a host: a session, and the wait for the sync of a host already
+	// connected (how a woken guest finds its host), take no signals.
 	// Notify first, so the signal never hits the default action.
 	sigio := make(chan os.Signal, 1)
 	signal.Notify(sigio, syscall.SIGIO)
@@ -93,17 +97,36 @@ func (a *Agent) Serve(ctx context.Context, path string) error {
 	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETOWN, os.Getpid()); err != nil {
 		return fmt.Errorf("agent: port owner: %w", err)
 	}
-	fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
-	if err != nil {
-		return fmt.Errorf("agent: port flags: %w", err)
-	}
-	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl|unix.O_ASYNC); err != nil {
-		return fmt.Errorf("agent: port async: %w", err)
+	async := false
+	setAsync := func(on bool) error {
+		if on == async {
+			return nil
+		}
+		fl, err := unix.FcntlInt(uintptr(fd), unix.F_GETFL, 0)
+		if err != nil {
+			return fmt.Errorf("agent: port flags: %w", err)
+		}
+		if on {
+			fl |= unix.O_ASYNC
+		} else {
+			fl &^= unix.O_ASYNC
+		}
+		if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETFL, fl); err != nil {
+			return fmt.Errorf("agent: port async: %w", err)
+		}
+		async = on
+		return nil
 	}
 
 	port := &portConn{f: f, fd: fd}
 	for ctx.Err() == nil {
 		if port.buffered() == 0 && !hostConnected(fd) {
+			if err := setAsync(true); err != nil {
+				return err
+			}
+			if hostConnected(fd) {
+				continue // it connected before the signal was asked for
+			}
 			select {
 			case <-sigio:
 			case <-time.After(time.Second): // a missed signal costs a second, never a hang
@@ -112,7 +135,10 @@ func (a *Agent) Serve(ctx context.Context, path string) error {
 			}
 			continue
 		}
-		if err := agentproto.GuestSync(port); err != nil {
+		if err := setAsync(false); err != nil {
+			return err
+		}
+		if err := agentproto.GuestSync(port, a.sayHello); err != nil {
 			continue // the host went away before the sync finished
 		}
 		port.inSession = true
@@ -311,6 +337,14 @@ func (a *Agent) handle(st *yamux.Stream) {
 }
 
 func (a *Agent) hello(w io.Writer, req agentproto.Request) {
+	h := a.sayHello(req)
+	_ = agentproto.WriteJSON(w, agentproto.FrameResponse, agentproto.Response{Hello: &h})
+}
+
+// sayHello adopts the host's clock and entropy (as PID 1) and describes
+// the guest. The host says hello on every connection, on the sync line or
+// on a stream of its own.
+func (a *Agent) sayHello(req agentproto.Request) agentproto.Hello {
 	if os.Getpid() == 1 {
 		if req.TimeUnixNano > 0 {
 			tv := unix.NsecToTimeval(req.TimeUnixNano)
@@ -319,7 +353,7 @@ func (a *Agent) hello(w io.Writer, req agentproto.Request) {
 			}
 		}
 		if len(req.Seed) > 0 {
-			if err := reseed(req.Seed); err != nil {
+			if err := a.reseed(req.Seed); err != nil {
 				a.Log.Warn("reseed", "err", err)
 			}
 		}
@@ -328,11 +362,11 @@ func (a *Agent) hello(w io.Writer, req agentproto.Request) {
 	_ = unix.Uname(&uts)
 	var ts unix.Timespec
 	_ = unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts)
-	_ = agentproto.WriteJSON(w, agentproto.FrameResponse, agentproto.Response{Hello: &agentproto.Hello{
+	return agentproto.Hello{
 		Kernel:       unix.ByteSliceToString(uts.Release[:]),
 		Version:      Version,
 		UptimeMillis: ts.Nano() / 1e6,
-	}})
+	}
 }
 
 func respond(w io.Writer, r agentproto.Response) {
@@ -359,22 +393,28 @@ func codeOf(err error) string {
 
 // reseed mixes seed into the kernel's entropy pool, credits it, and forces
 // the CRNG to reseed now: a restored clone must not produce the same random
-// numbers as its siblings.
-func reseed(seed []byte) error {
-	f, err := os.OpenFile("/dev/urandom", os.O_WRONLY, 0)
-	if err != nil {
-		return err
+// numbers as its siblings. /dev/urandom stays open: a wake opens nothing.
+func (a *Agent) reseed(seed []byte) error {
+	a.mu.Lock()
+	if a.urandom < 0 {
+		fd, err := unix.Open("/dev/urandom", unix.O_WRONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			a.mu.Unlock()
+			return err
+		}
+		a.urandom = fd
 	}
-	defer f.Close()
+	fd := a.urandom
+	a.mu.Unlock()
 	// struct rand_pool_info { int entropy_count; int buf_size; __u32 buf[]; }
 	buf := make([]byte, 8+len(seed))
 	binary.NativeEndian.PutUint32(buf[0:], uint32(len(seed)*8))
 	binary.NativeEndian.PutUint32(buf[4:], uint32(len(seed)))
 	copy(buf[8:], seed)
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&buf[0]))); errno != 0 {
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.RNDADDENTROPY, uintptr(unsafe.Pointer(&buf[0]))); errno != 0 {
 		return fmt.Errorf("RNDADDENTROPY: %w", errno)
 	}
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.RNDRESEEDCRNG, 0); errno != 0 {
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), unix.RNDRESEEDCRNG, 0); errno != 0 {
 		return fmt.Errorf("RNDRESEEDCRNG: %w", errno)
 	}
 	return nil

@@ -71,7 +71,7 @@ func serveGuest(t *testing.T, guest net.Conn) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		if agentproto.GuestSync(guest) != nil {
+		if agentproto.GuestSync(guest, sharedAgent().SayHello) != nil {
 			return
 		}
 		sharedAgent().ServeConn(ctx, guest)

@@ -2,7 +2,6 @@ package agentproto
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -134,9 +133,7 @@ func (c *Client) answered(ctx context.Context, req Request) (*yamux.Stream, func
 // its RNG. The host says hello on every (re)connection: after a boot, a
 // wake, or a clone's restore.
 func (c *Client) Hello(ctx context.Context) (Hello, error) {
-	seed := make([]byte, 32)
-	_, _ = rand.Read(seed)
-	resp, err := c.call(ctx, Request{Op: OpHello, TimeUnixNano: time.Now().UnixNano(), Seed: seed})
+	resp, err := c.call(ctx, helloRequest())
 	if err != nil {
 		return Hello{}, err
 	}

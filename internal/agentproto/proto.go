@@ -5,7 +5,8 @@
 // one stream per request; the guest accepts. Every stream starts with a
 // FrameRequest from the host. What follows depends on the operation:
 //
-//	hello, stat, list, mkdir, remove:  guest → FrameResponse
+//	hello, stat, list, mkdir, remove:  guest → FrameResponse (the hello also
+//	          rides on the sync line that starts a connection: see SyncMagic)
 //	exec:     guest → FrameResponse (started or error); then guest → FrameStdout/
 //	          FrameStderr…, host → FrameStdin/FrameStdinEOF/FrameResize/FrameSignal…;
 //	          guest → FrameExit last

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -21,22 +22,36 @@ import (
 // anything before that answer. Only then does yamux start, on a clean
 // stream. If no answer comes in time, the host drops the connection (which
 // the guest sees) and tries again with a new nonce.
+//
+// The sync line may carry the hello request, after the nonce and a space
+// (one line of JSON); the guest then says hello (sets its clock, reseeds)
+// before it answers, and its answer carries the Hello the same way. That
+// spares the first stream of every connection, on the wake path where each
+// new piece of guest code costs (see DESIGN.md). A guest that does not know
+// this form skips the line as malformed, so Connect alternates between the
+// two forms when a sync goes unanswered.
 const (
 	SyncMagic = "COVE-SYNC:"
 	AckMagic  = "COVE-ACK:"
 	// maxSkip bounds how much stale data either side skips.
 	maxSkip = 64 << 20
+	// maxHelloLine bounds the JSON a sync line or its answer carries.
+	maxHelloLine = 4 << 10
+	nonceLen     = 16
 )
 
 func nonce() string {
-	b := make([]byte, 8)
+	b := make([]byte, nonceLen/2)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
 }
 
 // GuestSync reads from the port until a sync line, answers it, and
-// returns. It returns io.EOF when the host goes away first.
-func GuestSync(rw io.ReadWriter) error {
+// returns. A sync line that carries a hello request is answered with
+// hello's answer to it; with hello nil, with a plain answer (the host then
+// says hello on the session). It returns io.EOF when the host goes away
+// first.
+func GuestSync(rw io.ReadWriter, hello func(Request) Hello) error {
 	var pending []byte
 	buf := make([]byte, 4096)
 	skipped := 0
@@ -56,18 +71,28 @@ func GuestSync(rw io.ReadWriter) error {
 			line := pending[i+len(SyncMagic):]
 			j := bytes.IndexByte(line, '\n')
 			if j < 0 {
+				if len(line) > nonceLen+1+maxHelloLine {
+					pending = line // too long for a sync line: skip it
+					continue
+				}
 				pending = pending[i:]
 				break
 			}
-			nonce := line[:j]
+			body := line[:j]
 			pending = line[j+1:]
-			if len(nonce) != 16 {
+			nonce, req, ok := parseSync(body)
+			if !ok {
 				continue
 			}
 			if len(pending) > 0 && bytes.Contains(pending, []byte(SyncMagic)) {
 				continue // a newer sync is already here: answer that one
 			}
-			_, werr := rw.Write([]byte(AckMagic + string(nonce) + "\n"))
+			ack := AckMagic + nonce
+			if req != nil && hello != nil {
+				b, _ := json.Marshal(hello(*req))
+				ack += " " + string(b)
+			}
+			_, werr := rw.Write([]byte(ack + "\n"))
 			return werr
 		}
 		if skipped > maxSkip {
@@ -79,9 +104,35 @@ func GuestSync(rw io.ReadWriter) error {
 	}
 }
 
-// hostSync sends a sync line on conn and waits up to wait for its answer.
-// It returns a conn that yields whatever followed the answer.
-func hostSync(ctx context.Context, conn net.Conn, wait time.Duration) (net.Conn, error) {
+// parseSync splits a sync line (after the magic) into its nonce and the
+// hello request it carries, if any.
+func parseSync(body []byte) (nonce string, req *Request, ok bool) {
+	if len(body) < nonceLen || (len(body) > nonceLen && body[nonceLen] != ' ') {
+		return "", nil, false
+	}
+	nonce = string(body[:nonceLen])
+	if len(body) == nonceLen {
+		return nonce, nil, true
+	}
+	var r Request
+	if err := json.Unmarshal(body[nonceLen+1:], &r); err != nil || r.Op != OpHello {
+		return "", nil, false
+	}
+	return nonce, &r, true
+}
+
+// helloRequest is what the host sends with every hello: its clock and
+// fresh entropy.
+func helloRequest() Request {
+	seed := make([]byte, 32)
+	_, _ = rand.Read(seed)
+	return Request{Op: OpHello, TimeUnixNano: time.Now().UnixNano(), Seed: seed}
+}
+
+// hostSync sends a sync line on conn (carrying req, if not nil) and waits
+// up to wait for its answer. It returns a conn that yields whatever
+// followed the answer, and the Hello the answer carried, if any.
+func hostSync(ctx context.Context, conn net.Conn, wait time.Duration, req *Request) (net.Conn, *Hello, error) {
 	n := nonce()
 	deadline := time.Now().Add(wait)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -91,29 +142,63 @@ func hostSync(ctx context.Context, conn net.Conn, wait time.Duration) (net.Conn,
 	defer conn.SetDeadline(time.Time{})
 	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Now()) })
 	defer stop()
-	if _, err := conn.Write([]byte(SyncMagic + n + "\n")); err != nil {
-		return nil, fmt.Errorf("agentproto: sync: %w", err)
+	line := SyncMagic + n
+	if req != nil {
+		b, err := json.Marshal(req)
+		if err != nil {
+			return nil, nil, fmt.Errorf("agentproto: sync: %w", err)
+		}
+		line += " " + string(b)
 	}
-	want := []byte(AckMagic + n + "\n")
+	if _, err := conn.Write([]byte(line + "\n")); err != nil {
+		return nil, nil, fmt.Errorf("agentproto: sync: %w", err)
+	}
+	want := []byte(AckMagic + n)
 	var pending []byte
 	buf := make([]byte, 4096)
 	skipped := 0
 	for {
 		k, err := conn.Read(buf)
 		pending = append(pending, buf[:k]...)
-		if i := bytes.Index(pending, want); i >= 0 {
-			rest := append([]byte(nil), pending[i+len(want):]...)
-			return &prefixConn{Conn: conn, r: io.MultiReader(bytes.NewReader(rest), conn)}, nil
-		}
-		if len(pending) > len(want) {
-			skipped += len(pending) - len(want)
-			pending = pending[len(pending)-len(want):]
+		for {
+			i := bytes.Index(pending, want)
+			if i < 0 {
+				if len(pending) > len(want) {
+					skipped += len(pending) - len(want)
+					pending = pending[len(pending)-len(want):]
+				}
+				break
+			}
+			body := pending[i+len(want):]
+			j := bytes.IndexByte(body, '\n')
+			if j < 0 {
+				if len(body) > 1+maxHelloLine {
+					return nil, nil, errors.New("agentproto: sync: answer too long")
+				}
+				pending = pending[i:]
+				break
+			}
+			rest := append([]byte(nil), body[j+1:]...)
+			body = body[:j]
+			var h *Hello
+			switch {
+			case len(body) == 0:
+			case body[0] == ' ':
+				h = new(Hello)
+				if err := json.Unmarshal(body[1:], h); err != nil {
+					return nil, nil, fmt.Errorf("agentproto: sync: bad hello in the answer: %w", err)
+				}
+			default:
+				pending = body // not our answer after all
+				continue
+			}
+			return &prefixConn{Conn: conn, r: io.MultiReader(bytes.NewReader(rest), conn)}, h, nil
 		}
 		if skipped > maxSkip {
-			return nil, errors.New("agentproto: sync: too much stale data from the guest")
+			return nil, nil, errors.New("agentproto: sync: too much stale data from the guest")
 		}
 		if err != nil {
-			return nil, fmt.Errorf("agentproto: sync: %w", err)
+			return nil, nil, fmt.Errorf("agentproto: sync: %w", err)
 		}
 	}
 }
@@ -129,11 +214,13 @@ func (c *prefixConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 // syncs the stream, starts the yamux session and says hello. It retries
 // until ctx ends; the wait for each sync answer grows from 1 s to 4 s,
 // since a booting guest answers only once its agent runs, and a guest just
-// restored runs slowly at first under emulation.
+// restored runs slowly at first under emulation. The hello rides on the
+// sync line; every other attempt uses the plain sync line that agents
+// without that form answer (see SyncMagic).
 func Connect(ctx context.Context, dial func(context.Context) (net.Conn, error)) (*Client, Hello, error) {
 	wait := time.Second
 	var lastErr error
-	for {
+	for attempt := 0; ; attempt++ {
 		if ctx.Err() != nil {
 			if lastErr == nil {
 				lastErr = ctx.Err()
@@ -144,7 +231,12 @@ func Connect(ctx context.Context, dial func(context.Context) (net.Conn, error)) 
 		if err != nil {
 			return nil, Hello{}, err
 		}
-		synced, err := hostSync(ctx, conn, wait)
+		var req *Request
+		if attempt%2 == 0 {
+			r := helloRequest()
+			req = &r
+		}
+		synced, h, err := hostSync(ctx, conn, wait, req)
 		if err != nil {
 			conn.Close()
 			lastErr = err
@@ -156,7 +248,10 @@ func Connect(ctx context.Context, dial func(context.Context) (net.Conn, error)) 
 			conn.Close()
 			return nil, Hello{}, err
 		}
-		h, err := c.Hello(ctx)
+		if h != nil {
+			return c, *h, nil
+		}
+		hello, err := c.Hello(ctx)
 		if err != nil {
 			c.Close()
 			lastErr = err
@@ -167,6 +262,6 @@ func Connect(ctx context.Context, dial func(context.Context) (net.Conn, error)) 
 			}
 			continue
 		}
-		return c, h, nil
+		return c, hello, nil
 	}
 }

@@ -75,7 +75,7 @@ func readLine(t *testing.T, c net.Conn) string {
 // guestSync runs GuestSync on c in the background.
 func guestSync(rw io.ReadWriter) <-chan error {
 	errc := make(chan error, 1)
-	go func() { errc <- agentproto.GuestSync(rw) }()
+	go func() { errc <- agentproto.GuestSync(rw, nil) }()
 	return errc
 }
 
@@ -142,7 +142,7 @@ func (o oneByteRW) Write(p []byte) (int, error) { return o.w.Write(p) }
 func TestGuestSyncSplitReads(t *testing.T) {
 	in := strings.NewReader("xxCOVE-SYNCCOVE-" + agentproto.SyncMagic + nonceA + "\n")
 	var out strings.Builder
-	if err := agentproto.GuestSync(oneByteRW{in, &out}); err != nil {
+	if err := agentproto.GuestSync(oneByteRW{in, &out}, nil); err != nil {
 		t.Fatalf("GuestSync: %v", err)
 	}
 	if want := agentproto.AckMagic + nonceA + "\n"; out.String() != want {
@@ -164,12 +164,15 @@ func TestGuestSyncHostGoesAway(t *testing.T) {
 // port like the real agent: sync, then a yamux session until it ends, then
 // sync again.
 type fakeGuest struct {
-	syncs atomic.Int32
+	syncs  atomic.Int32
+	hellos atomic.Int32 // said on a stream
+	// sayHello, if set, answers hellos on the sync line.
+	sayHello func(agentproto.Request) agentproto.Hello
 }
 
 func (g *fakeGuest) run(port net.Conn) {
 	for {
-		if err := agentproto.GuestSync(port); err != nil {
+		if err := agentproto.GuestSync(port, g.sayHello); err != nil {
 			return
 		}
 		g.syncs.Add(1)
@@ -188,6 +191,7 @@ func (g *fakeGuest) run(port net.Conn) {
 				if agentproto.ReadJSON(st, agentproto.FrameRequest, &req) != nil {
 					return
 				}
+				g.hellos.Add(1)
 				agentproto.WriteJSON(st, agentproto.FrameResponse, agentproto.Response{
 					Hello: &agentproto.Hello{Kernel: "fake", Version: "test"},
 				})
@@ -295,8 +299,9 @@ func TestConnectSyncLinesCarryFreshNonces(t *testing.T) {
 	seen := map[string]bool{}
 	for sc.Scan() {
 		line := sc.Text()
-		nonce, ok := strings.CutPrefix(line, agentproto.SyncMagic)
-		if !ok || len(nonce) != 16 {
+		body, ok := strings.CutPrefix(line, agentproto.SyncMagic)
+		nonce, hello, _ := strings.Cut(body, " ")
+		if !ok || len(nonce) != 16 || (hello != "" && !strings.HasPrefix(hello, `{"op":"hello"`)) {
 			t.Fatalf("host wrote %q, want sync lines only", line)
 		}
 		if seen[nonce] {
@@ -330,5 +335,123 @@ func TestConnectHonoursCanceledContext(t *testing.T) {
 	}
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("Connect took %s to notice its context ended", d)
+	}
+}
+
+func TestGuestSyncSaysHelloOnTheSyncLine(t *testing.T) {
+	host, guest := socketPair(t)
+	var got agentproto.Request
+	errc := make(chan error, 1)
+	go func() {
+		errc <- agentproto.GuestSync(guest, func(req agentproto.Request) agentproto.Hello {
+			got = req
+			return agentproto.Hello{Kernel: "k", Version: "v", UptimeMillis: 7}
+		})
+	}()
+	host.Write(staleYamux)
+	host.Write([]byte(agentproto.SyncMagic + nonceA + ` {"op":"hello","time_unix_nano":42,"seed":"AQID"}` + "\n"))
+	if err := wait(t, errc); err != nil {
+		t.Fatalf("GuestSync: %v", err)
+	}
+	if want := agentproto.AckMagic + nonceA + ` {"kernel":"k","version":"v","uptime_ms":7}` + "\n"; readLine(t, host) != want {
+		t.Fatalf("guest did not answer %q", want)
+	}
+	if got.TimeUnixNano != 42 || string(got.Seed) != "\x01\x02\x03" {
+		t.Fatalf("hello got %+v, want the host's clock and seed", got)
+	}
+}
+
+func TestGuestSyncSkipsMalformedHello(t *testing.T) {
+	host, guest := socketPair(t)
+	errc := make(chan error, 1)
+	called := false
+	go func() {
+		errc <- agentproto.GuestSync(guest, func(agentproto.Request) agentproto.Hello { called = true; return agentproto.Hello{} })
+	}()
+	host.Write([]byte(agentproto.SyncMagic + nonceB + " {not json\n"))
+	host.Write([]byte(agentproto.SyncMagic + nonceB + ` {"op":"exec"}` + "\n"))
+	host.Write([]byte(agentproto.SyncMagic + nonceA + "\n"))
+	if err := wait(t, errc); err != nil {
+		t.Fatalf("GuestSync: %v", err)
+	}
+	if got, want := readLine(t, host), agentproto.AckMagic+nonceA+"\n"; got != want {
+		t.Fatalf("guest answered %q, want %q", got, want)
+	}
+	if called {
+		t.Fatal("hello called for a plain sync line")
+	}
+}
+
+func TestConnectSaysHelloOnTheSyncLine(t *testing.T) {
+	host, guest := socketPair(t)
+	g := fakeGuest{sayHello: func(agentproto.Request) agentproto.Hello {
+		return agentproto.Hello{Kernel: "inline", Version: "test"}
+	}}
+	go g.run(guest)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, h, err := agentproto.Connect(ctx, func(context.Context) (net.Conn, error) { return hostPort{host}, nil })
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	defer c.Close()
+	if h.Kernel != "inline" {
+		t.Fatalf("hello %+v, want the one from the sync answer", h)
+	}
+	if n := g.hellos.Load(); n != 0 {
+		t.Fatalf("%d hellos on a stream, want none", n)
+	}
+	// The session works after it.
+	if h, err := c.Hello(ctx); err != nil || h.Kernel != "fake" {
+		t.Fatalf("hello on a stream: %+v, %v", h, err)
+	}
+}
+
+// oldGuest answers only the plain sync line, as agents from before the
+// hello on the sync line do, then serves hellos on streams.
+func oldGuest(port net.Conn) {
+	r := bufio.NewReader(port)
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		nonce, ok := strings.CutPrefix(strings.TrimSuffix(line, "\n"), agentproto.SyncMagic)
+		if !ok || len(nonce) != 16 {
+			continue
+		}
+		port.Write([]byte(agentproto.AckMagic + nonce + "\n"))
+		sess, err := yamux.Server(keepOpen{port}, agentproto.Config())
+		if err != nil {
+			return
+		}
+		st, err := sess.AcceptStream()
+		if err != nil {
+			return
+		}
+		var req agentproto.Request
+		if agentproto.ReadJSON(st, agentproto.FrameRequest, &req) == nil {
+			agentproto.WriteJSON(st, agentproto.FrameResponse, agentproto.Response{Hello: &agentproto.Hello{Kernel: "old"}})
+		}
+		return
+	}
+}
+
+func TestConnectFallsBackToThePlainSync(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	dials := 0
+	c, h, err := agentproto.Connect(ctx, func(context.Context) (net.Conn, error) {
+		dials++
+		host, guest := socketPair(t)
+		go oldGuest(guest)
+		return host, nil
+	})
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	defer c.Close()
+	if h.Kernel != "old" || dials != 2 {
+		t.Fatalf("hello %+v after %d dials, want the old guest's after 2", h, dials)
 	}
 }
