@@ -109,14 +109,22 @@ func snapshotInfo(b []byte) *api.SnapshotInfo {
 		CreatedAt: p.CreatedAt, ParkMillis: p.ParkMillis}
 }
 
-// hangUp ends the connection to the agent with its agreement (detach):
-// the guest then waits for the next sync, so that after a save and a
-// restore the next connection syncs at once.
+// hangUp ends the session with the agent with its agreement (detach), for
+// a save: the guest then waits for the next sync on the port. The
+// connection itself stays open until QEMU goes (its end closes the
+// client), so the guest is saved with its host connected: the restore
+// connects before it loads the state (see qemu.Driver.Restore), and the
+// woken guest notices no hang-up or new connection, only the next sync
+// on the port it reads — the least guest code on the wake path. If the
+// guest does not agree in time, the connection is closed: the guest sees
+// it end before the save.
 func (l *live) hangUp(ctx context.Context) {
 	dctx, cancel := context.WithTimeout(ctx, time.Second)
-	_ = l.agent.Detach(dctx)
+	err := l.agent.Detach(dctx)
 	cancel()
-	l.agent.Close()
+	if err != nil {
+		l.agent.Close()
+	}
 }
 
 func (mach machine) spec(id, dir string) vmm.Spec {
@@ -221,6 +229,7 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 	if _, err := m.snap.Save(pctx, l.vm, filepath.Join(m.dir(id), stateFile)); err != nil {
 		// The VM still runs: reconnect and carry on as running.
 		m.cfg.Log.Warn("park failed; session keeps running", "session", id, "err", err)
+		l.agent.Close() // the channel takes one connection at a time
 		if agent, cerr := m.connect(pctx, l.vm); cerr == nil {
 			l.agent = agent
 			m.undelete(l)

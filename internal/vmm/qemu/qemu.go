@@ -37,6 +37,9 @@ const (
 	MemFile     = "mem"
 )
 
+// agentChardev is the id of the agent channel's chardev.
+const agentChardev = "agent"
+
 // tbSizeMiB bounds TCG's translation cache per VM (QEMU's default is 1 GiB).
 const tbSizeMiB = 256
 
@@ -191,8 +194,8 @@ func args(accel string, tscKHz int, spec vmm.Spec) []string {
 		// error messages about guests that crash or never answer.
 		"-chardev", "file,id=console,path=" + path(ConsoleLog),
 		"-serial", "chardev:console",
-		"-chardev", "socket,id=agent,path=" + path(AgentSocket) + ",server=on,wait=off",
-		"-device", "virtserialport,chardev=agent,name=" + agentproto.PortName,
+		"-chardev", "socket,id=" + agentChardev + ",path=" + path(AgentSocket) + ",server=on,wait=off",
+		"-device", "virtserialport,chardev=" + agentChardev + ",name=" + agentproto.PortName,
 		"-qmp", "unix:" + path(QMPSocket) + ",server=on,wait=off",
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
 	}
@@ -351,6 +354,52 @@ type VM struct {
 
 	stopOnce sync.Once
 	stopErr  error
+
+	early sync.Mutex
+	agent net.Conn // guarded by early: connected by Restore, for the first DialAgent
+}
+
+// connectAgentEarly connects to the agent's chardev and waits until QEMU
+// has accepted the connection, for Restore before it loads the state.
+func (vm *VM) connectAgentEarly(ctx context.Context) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", filepath.Join(vm.dir, AgentSocket))
+	if err != nil {
+		return fmt.Errorf("connect agent channel: %w", err)
+	}
+	for i := 0; ; i++ {
+		raw, err := vm.qmp.Execute(ctx, "query-chardev", nil)
+		if err != nil {
+			c.Close()
+			return err
+		}
+		var chardevs []struct {
+			Label    string `json:"label"`
+			Filename string `json:"filename"`
+		}
+		if err := json.Unmarshal(raw, &chardevs); err != nil {
+			c.Close()
+			return fmt.Errorf("query-chardev: %w", err)
+		}
+		accepted := false
+		for _, cd := range chardevs {
+			if cd.Label == agentChardev && !strings.HasPrefix(cd.Filename, "disconnected:") {
+				accepted = true
+			}
+		}
+		if accepted {
+			break
+		}
+		if i == 100 {
+			// Not fatal: the guest then sees the connection open late.
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	vm.early.Lock()
+	vm.agent = c
+	vm.early.Unlock()
+	return nil
 }
 
 // PID is QEMU's process id.
@@ -367,6 +416,13 @@ func (vm *VM) Handle() []byte {
 
 // DialAgent connects to the agent's virtio-serial chardev socket.
 func (vm *VM) DialAgent(ctx context.Context) (net.Conn, error) {
+	vm.early.Lock()
+	c := vm.agent
+	vm.agent = nil
+	vm.early.Unlock()
+	if c != nil {
+		return c, nil
+	}
 	var d net.Dialer
 	for {
 		c, err := d.DialContext(ctx, "unix", filepath.Join(vm.dir, AgentSocket))
@@ -405,6 +461,12 @@ func (vm *VM) Stop(ctx context.Context) error {
 		if vm.qmp != nil {
 			vm.qmp.Close()
 		}
+		vm.early.Lock()
+		if vm.agent != nil {
+			vm.agent.Close()
+			vm.agent = nil
+		}
+		vm.early.Unlock()
 		vm.d.unlimit(vm.id)
 	})
 	return vm.stopErr
@@ -576,4 +638,19 @@ func Orphans(dirRoot string, keep func(id string) bool) []int {
 		}
 	}
 	return out
+}
+
+// HumanMonitor runs an HMP command (e.g. "info jit") through QMP and
+// returns its output: for diagnostics.
+func (vm *VM) HumanMonitor(ctx context.Context, cmd string) (string, error) {
+	if vm.qmp == nil {
+		return "", fmt.Errorf("qemu: %s: no QMP connection", vm.id)
+	}
+	raw, err := vm.qmp.Execute(ctx, "human-monitor-command", map[string]any{"command-line": cmd})
+	if err != nil {
+		return "", err
+	}
+	var out string
+	err = json.Unmarshal(raw, &out)
+	return out, err
 }

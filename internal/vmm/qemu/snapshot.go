@@ -170,6 +170,13 @@ func waitMigration(ctx context.Context, c *qmp.Conn, events <-chan qmp.Event) er
 // Restore starts QEMU for spec from a state file written by Save; spec.Dir
 // must hold the RAM file (MemFile) that belongs to it, and spec.Disk the
 // disk as it was at the save. The guest runs when Restore returns.
+//
+// The agent's channel is connected before the state loads, and the first
+// DialAgent returns that connection. A guest saved while its host was
+// connected (how the session manager parks) then sees nothing of the
+// change of QEMU process: no hang-up, no new connection, only the next
+// sync on the port it is reading. One saved without a host sees the port
+// open, as at any connection.
 func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, statePath string) (vmm.VM, vmm.RestoreStats, error) {
 	var stats vmm.RestoreStats
 	start := time.Now()
@@ -192,6 +199,15 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, statePath string) (
 		return nil, stats, fmt.Errorf("qemu: restore %s: %w; qemu said: %s", spec.ID, err, vm.logTail(QEMULog, 1000))
 	}
 	if _, err := vm.qmp.Execute(ctx, "migrate-set-capabilities", migrationCaps); err != nil {
+		return fail(err)
+	}
+	// No self-announce after the load: it is for a VM that moved to
+	// another host, and the guest would answer it by notifying its
+	// network peers — kernel work on the wake path, for nothing.
+	if _, err := vm.qmp.Execute(ctx, "migrate-set-parameters", map[string]any{"announce-rounds": 0}); err != nil {
+		return fail(err)
+	}
+	if err := vm.connectAgentEarly(ctx); err != nil {
 		return fail(err)
 	}
 	events := vm.qmp.Events()
