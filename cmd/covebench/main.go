@@ -46,8 +46,11 @@ func main() {
 	idle := flag.Int("idle-vms", 3, "idle VMs measured for RSS")
 	parks := flag.Int("parks", 20, "park/wake cycles")
 	clones := flag.Int("clones", 10, "clones of one template (create from template, PSS)")
+	wakeOnly := flag.Bool("wake-only", false, "after the cold boots and execs, measure park and wake only (no raw QEMU, templates or triggers)")
+	verbose := flag.Bool("v", false, "log at info level (the session manager's timings: restore spawn_ms, agent_ms, …)")
 	flag.Parse()
 	cfg := config{boots: *boots, debianBoots: *debianBoots, execs: *execs, files: *files, idle: *idle, parks: *parks, clones: *clones}
+	cfg.verbose, cfg.wakeOnly = *verbose, *wakeOnly
 	if err := run(*home, *agent, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "covebench:", err)
 		os.Exit(1)
@@ -83,12 +86,17 @@ func ms(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
 
 type config struct {
 	boots, debianBoots, execs, files, idle, parks, clones int
+	verbose, wakeOnly                                     bool
 }
 
 func run(home, agent string, cfg config) error {
 	boots, debianBoots, execs, files, idle := cfg.boots, cfg.debianBoots, cfg.execs, cfg.files, cfg.idle
 	ctx := context.Background()
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	level := slog.LevelWarn
+	if cfg.verbose {
+		level = slog.LevelInfo
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	if err := os.MkdirAll(home, 0o711); err != nil {
 		return err
 	}
@@ -251,11 +259,13 @@ func run(home, agent string, cfg config) error {
 		return err
 	}
 	rows = append(rows, more...)
-	trig, err := triggerRows(ctx, c, srv.URL)
-	if err != nil {
-		return err
+	if !cfg.wakeOnly {
+		trig, err := triggerRows(ctx, c, srv.URL)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, trig...)
 	}
-	rows = append(rows, trig...)
 	printTable(os.Stdout, driver.Accel(), rows)
 	return nil
 }
@@ -305,6 +315,9 @@ func parkRows(ctx context.Context, c *api.Client, driver *qemu.Driver, b *image.
 	rows = append(rows, park, wakeRead, wakeExec, snapMiB)
 	if p50 := pct(wakeExec.samples, 0.5); p50 > 0 {
 		rows = append(rows, row{name: "cold boot p50 / wake→exec p50 (×, target ≥ 15)", unit: "×", samples: []float64{coldBootP50 / p50}})
+	}
+	if cfg.wakeOnly {
+		return rows, nil
 	}
 
 	// Raw QEMU: save and restore through the driver alone, no cove.
