@@ -46,11 +46,12 @@ func main() {
 	idle := flag.Int("idle-vms", 3, "idle VMs measured for RSS")
 	parks := flag.Int("parks", 20, "park/wake cycles")
 	clones := flag.Int("clones", 10, "clones of one template (create from template, PSS)")
+	rebuilds := flag.Int("rebuilds", 3, "pushes to a template that follows a repo, each timed until its new version is live (needs debian)")
 	wakeOnly := flag.Bool("wake-only", false, "after the cold boots and execs, measure park and wake only (no raw QEMU, templates or triggers)")
 	verbose := flag.Bool("v", false, "log at info level (the session manager's timings: restore spawn_ms, agent_ms, …)")
 	flag.Parse()
 	cfg := config{boots: *boots, debianBoots: *debianBoots, execs: *execs, files: *files, idle: *idle, parks: *parks, clones: *clones}
-	cfg.verbose, cfg.wakeOnly = *verbose, *wakeOnly
+	cfg.verbose, cfg.wakeOnly, cfg.rebuilds = *verbose, *wakeOnly, *rebuilds
 	if err := run(*home, *agent, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "covebench:", err)
 		os.Exit(1)
@@ -86,6 +87,7 @@ func ms(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
 
 type config struct {
 	boots, debianBoots, execs, files, idle, parks, clones int
+	rebuilds                                              int
 	verbose, wakeOnly                                     bool
 }
 
@@ -265,6 +267,13 @@ func run(home, agent string, cfg config) error {
 			return err
 		}
 		rows = append(rows, trig...)
+		if debianBoots > 0 && cfg.rebuilds > 0 {
+			reb, err := rebuildRows(ctx, c, srv.URL, cfg.rebuilds)
+			if err != nil {
+				return err
+			}
+			rows = append(rows, reb...)
+		}
 	}
 	printTable(os.Stdout, driver.Accel(), rows)
 	return nil
@@ -500,7 +509,7 @@ const hookSecret = "bench-secret"
 type benchSecrets struct{}
 
 func (benchSecrets) Secret(ctx context.Context, hook string) ([]byte, bool, error) {
-	return []byte(hookSecret), hook == "bench", nil
+	return []byte(hookSecret), hook == "bench" || hook == "github", nil
 }
 
 // postHook sends one signed generic delivery.
