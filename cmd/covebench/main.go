@@ -6,10 +6,7 @@ package main
 import (
 	"bytes"
 	"context"
-	"crypto/hmac"
 	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"flag"
 	"fmt"
 	"io"
@@ -514,14 +511,12 @@ func (benchSecrets) Secret(ctx context.Context, hook string) ([]byte, bool, erro
 
 // postHook sends one signed generic delivery.
 func postHook(client *http.Client, base, id string, body []byte) (int, error) {
-	mac := hmac.New(sha256.New, []byte(hookSecret))
-	mac.Write(body)
 	req, err := http.NewRequest("POST", base+"/v1/hooks/bench", bytes.NewReader(body))
 	if err != nil {
 		return 0, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	req.Header.Set("X-Hub-Signature-256", "sha256="+hex.EncodeToString(mac.Sum(nil)))
+	req.Header.Set(trigger.HeaderSignature, trigger.Sign([]byte(hookSecret), body))
 	req.Header.Set("X-Cove-Delivery", id)
 	resp, err := client.Do(req)
 	if err != nil {
