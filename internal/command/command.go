@@ -16,13 +16,13 @@ const maxStderr = 2000
 
 // Output runs cmd and returns its stdout. If it fails, the error names the
 // program and its arguments, wraps the exit error (or ctx's error when ctx
-// ended, ctx being the one cmd was made with, or nil) and ends with the
+// ended: pass the ctx cmd was made with) and ends with the
 // last maxStderr bytes of its stderr. cmd's Stdout and Stderr must be unset.
 func Output(ctx context.Context, cmd *exec.Cmd) ([]byte, error) {
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
-		if ctx != nil && ctx.Err() != nil {
+		if ctx.Err() != nil {
 			err = ctx.Err()
 		}
 		msg := strings.TrimSpace(stderr.String())

@@ -12,17 +12,17 @@ import (
 // A program's stdout comes back; a failure names the program and its
 // arguments and carries the end of its stderr, bounded.
 func TestOutput(t *testing.T) {
-	out, err := Output(nil, exec.Command("sh", "-c", "echo out; echo err >&2"))
+	out, err := Output(context.Background(), exec.Command("sh", "-c", "echo out; echo err >&2"))
 	if err != nil || string(out) != "out\n" {
 		t.Fatalf("Output = %q, %v; want out", out, err)
 	}
-	_, err = Output(nil, exec.Command("sh", "-c", "echo why it failed >&2; exit 3"))
+	_, err = Output(context.Background(), exec.Command("sh", "-c", "echo why it failed >&2; exit 3"))
 	var exit *exec.ExitError
 	if err == nil || !errors.As(err, &exit) || exit.ExitCode() != 3 ||
 		!strings.Contains(err.Error(), "sh -c") || !strings.HasSuffix(err.Error(), "why it failed") {
 		t.Fatalf("Output of a failing program = %v; want its exit, name and stderr", err)
 	}
-	_, err = Output(nil, exec.Command("sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x >&2; exit 1"))
+	_, err = Output(context.Background(), exec.Command("sh", "-c", "head -c 100000 /dev/zero | tr '\\0' x >&2; exit 1"))
 	if err == nil || len(err.Error()) > maxStderr+200 {
 		t.Fatalf("Output of a program with a long stderr: %d bytes of error, want at most about %d", len(err.Error()), maxStderr)
 	}
