@@ -102,7 +102,9 @@ func (m *Manager) templateLock(name string) *sync.RWMutex {
 	return l
 }
 
-func followKey(repoName, branch string) string { return repoName + "\x00" + branch }
+// followKey keys the follow index: GitHub's owner/name are case-blind,
+// branch names are not.
+func followKey(repoName, branch string) string { return strings.ToLower(repoName) + "\x00" + branch }
 
 // setFollow records (on) or forgets that template t follows its repo.
 func (m *Manager) setFollow(t store.Template, on bool) {

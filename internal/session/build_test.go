@@ -203,8 +203,9 @@ func TestTemplateFollowsRepo(t *testing.T) {
 		t.Fatalf("an unrelated push started a build: %+v, versions %+v", tp, versions())
 	}
 
-	// The push to main builds version 2 from version 1.
-	id := p.push("acme/widgets", "main", c1, c2)
+	// The push to main builds version 2 from version 1 (GitHub's
+	// owner/name are case-blind).
+	id := p.push("Acme/Widgets", "main", c1, c2)
 	v2 := waitVersion(2)
 	if v2.State != api.VersionReady || v2.Commit != c2 || v2.Base != 1 || v2.Reason != "push "+id || !v2.Current {
 		t.Fatalf("version 2 = %+v", v2)
