@@ -34,11 +34,11 @@ type Agent struct {
 	reaper *reaper
 
 	mu       sync.Mutex
-	running  map[int]*running // guarded by mu: commands by PID, until their exit is delivered
-	kick     func()           // guarded by mu: interrupts the current connection's reader
-	listener *listener        // guarded by mu: the host's listen stream, if any
-	hostBack chan struct{}    // guarded by mu: closed when a listen stream arrives
-	urandom  int              // guarded by mu: /dev/urandom for reseeding, once opened (else -1)
+	running  map[int]*running   // guarded by mu: commands by PID, until their exit is delivered
+	kick     func(nonce string) // guarded by mu: ends the current connection (a detach)
+	listener *listener          // guarded by mu: the host's listen stream, if any
+	hostBack chan struct{}      // guarded by mu: closed when a listen stream arrives
+	urandom  int                // guarded by mu: /dev/urandom for reseeding, once opened (else -1)
 }
 
 // New returns an agent. It starts the child reaper: as PID 1 the agent is
@@ -234,20 +234,25 @@ func (c *portConn) Close() error                { return nil }
 // reads honour deadlines): it is how a detach stops the yamux reader.
 func (c *portConn) interrupt() { _ = c.f.SetReadDeadline(time.Now()) }
 
+// serveConn serves one yamux session on conn until it ends. When a detach
+// with a nonce ended it, it then says so on conn (QuietMagic): the host
+// saves the guest only once its session is torn down, so none of that
+// work is left for the wake path.
 func (a *Agent) serveConn(ctx context.Context, conn io.ReadWriteCloser) {
 	sess, err := yamux.Server(conn, agentproto.Config())
 	if err != nil {
 		a.Log.Error("yamux", "err", err)
 		return
 	}
+	var quiet string // set by the watcher on a detach
 	// A detach request signals this connection only: the signal is acted
 	// on here, before serveConn returns, so it can never reach a later
 	// connection (a park may freeze the guest between any two steps).
-	detach := make(chan struct{}, 1)
+	detach := make(chan string, 1)
 	a.mu.Lock()
-	a.kick = func() {
+	a.kick = func(nonce string) {
 		select {
-		case detach <- struct{}{}:
+		case detach <- nonce:
 		default:
 		}
 	}
@@ -258,7 +263,7 @@ func (a *Agent) serveConn(ctx context.Context, conn io.ReadWriteCloser) {
 		defer watcher.Done()
 		select {
 		case <-ctx.Done():
-		case <-detach:
+		case quiet = <-detach:
 			// Stop the yamux reader now, before the VM may be frozen: it
 			// must not be the one to read the next host's sync.
 			if i, ok := conn.(interface{ interrupt() }); ok {
@@ -274,6 +279,9 @@ func (a *Agent) serveConn(ctx context.Context, conn io.ReadWriteCloser) {
 		a.mu.Lock()
 		a.kick = nil
 		a.mu.Unlock()
+		if quiet != "" {
+			_, _ = conn.Write([]byte(agentproto.QuietMagic + quiet + "\n"))
+		}
 	}()
 	for {
 		st, err := sess.AcceptStream()
@@ -313,7 +321,7 @@ func (a *Agent) handle(st *yamux.Stream) {
 		kick := a.kick
 		a.mu.Unlock()
 		if kick != nil {
-			kick()
+			kick(req.Nonce)
 		}
 	case agentproto.OpRead:
 		readFile(st, req)

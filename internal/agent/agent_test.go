@@ -663,3 +663,49 @@ func writeTar(w io.Writer, name, content string) error {
 func fill(b []byte, seed byte) {
 	rand.NewChaCha8([32]byte{seed}).Read(b)
 }
+
+// keepOpen is a guest port: the session's end stops its reader but does
+// not close it.
+type keepOpen struct{ net.Conn }
+
+func (k keepOpen) Close() error { return k.SetReadDeadline(time.Now()) }
+
+// TestDetachSettlesAndKeepsTheConnection checks that a detach returns only
+// once the guest's session is over (the guest says so on the port), and
+// that the connection under it stays open, as a park needs.
+func TestDetachSettlesAndKeepsTheConnection(t *testing.T) {
+	host, guest := socketPair(t)
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		sharedAgent().ServeConn(context.Background(), keepOpen{guest})
+	}()
+	c, err := agentproto.NewClient(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Hello(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Detach(ctxT(t)); err != nil {
+		t.Fatalf("detach: %v", err)
+	}
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the guest session still runs after the detach returned")
+	}
+	// The connection is still open both ways.
+	if _, err := guest.Write([]byte("x")); err != nil {
+		t.Fatalf("guest write after detach: %v", err)
+	}
+	_ = host.SetReadDeadline(time.Now().Add(10 * time.Second))
+	b := make([]byte, 1)
+	if _, err := io.ReadFull(host, b); err != nil || b[0] != 'x' {
+		t.Fatalf("host read after detach: %q %v", b, err)
+	}
+	c.Close()
+	if _, err := host.Write([]byte("y")); err == nil {
+		t.Fatal("host connection still open after Close")
+	}
+}

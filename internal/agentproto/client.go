@@ -1,6 +1,7 @@
 package agentproto
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -29,24 +30,41 @@ func Config() *yamux.Config {
 // for concurrent use; every call opens its own stream.
 type Client struct {
 	sess *yamux.Session
+	conn *hostConn
 }
 
 // NewClient starts a yamux client session over conn (the unix socket of the
 // VM's virtio-serial chardev).
 func NewClient(conn net.Conn) (*Client, error) {
-	s, err := yamux.Client(conn, Config())
+	hc := &hostConn{Conn: conn}
+	s, err := yamux.Client(hc, Config())
 	if err != nil {
 		return nil, fmt.Errorf("agentproto: start session: %w", err)
 	}
-	return &Client{sess: s}, nil
+	return &Client{sess: s, conn: hc}, nil
 }
 
 // Detach tells the guest this connection is ending on purpose (before a
 // park): the guest ends its side and waits for the next sync, so that the
-// next connection, after the wake, syncs at once.
+// next connection, after the wake, syncs at once. Detach returns once the
+// guest says it is back waiting (a QuietMagic line): a save from then on
+// does not catch the guest in the middle of its teardown, which it would
+// otherwise finish after the wake, on the wake path. The yamux session
+// ends; the connection under it stays open until Close (a guest saved with
+// its host connected sees no hang-up after the wake).
 func (c *Client) Detach(ctx context.Context) error {
-	_, err := c.call(ctx, Request{Op: OpDetach})
-	return err
+	n := nonce()
+	quiet := c.conn.expect([]byte(QuietMagic + n + "\n"))
+	if _, err := c.call(ctx, Request{Op: OpDetach, Nonce: n}); err != nil {
+		return err
+	}
+	select {
+	case <-quiet:
+	case <-ctx.Done():
+		return fmt.Errorf("agentproto: detach: the guest did not settle: %w", ctx.Err())
+	}
+	c.sess.Close()
+	return nil
 }
 
 // Listen opens the stream on which the guest sends its requests (see
@@ -73,7 +91,84 @@ func (c *Client) Listen(ctx context.Context, handle func(GuestRequest) error) er
 }
 
 // Close closes the session and the connection under it.
-func (c *Client) Close() error { return c.sess.Close() }
+func (c *Client) Close() error {
+	err := c.sess.Close()
+	if cerr := c.conn.Conn.Close(); err == nil && c.conn.kept() {
+		err = cerr
+	}
+	return err
+}
+
+// hostConn is the connection under a Client's yamux session. Once a detach
+// is under way (expect) it watches what the guest sends for the marker
+// that ends it, and the session's end no longer closes the connection.
+type hostConn struct {
+	net.Conn
+
+	mu     sync.Mutex
+	marker []byte        // guarded by mu: what to look for, once expected
+	tail   []byte        // guarded by mu: the end of the last read, in case the marker spans reads
+	found  chan struct{} // guarded by mu: closed when the marker arrived
+	closed bool          // guarded by mu: the session let go of the connection
+}
+
+// expect starts watching for marker; the channel is closed when it comes.
+// From then on the session's Close leaves the connection open.
+func (h *hostConn) expect(marker []byte) <-chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.marker, h.tail, h.found = marker, nil, make(chan struct{})
+	return h.found
+}
+
+func (h *hostConn) kept() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.marker != nil
+}
+
+func (h *hostConn) Read(p []byte) (int, error) {
+	h.mu.Lock()
+	closed := h.closed
+	h.mu.Unlock()
+	if closed {
+		return 0, net.ErrClosed
+	}
+	n, err := h.Conn.Read(p)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return 0, net.ErrClosed
+	}
+	if h.marker != nil && n > 0 {
+		buf := append(h.tail, p[:n]...)
+		if bytes.Contains(buf, h.marker) {
+			select {
+			case <-h.found:
+			default:
+				close(h.found)
+			}
+		}
+		if k := len(h.marker) - 1; len(buf) > k {
+			buf = buf[len(buf)-k:]
+		}
+		h.tail = append([]byte(nil), buf...)
+	}
+	return n, err
+}
+
+// Close ends the connection, unless a detach keeps it: then it only stops
+// the session's reader.
+func (h *hostConn) Close() error {
+	h.mu.Lock()
+	keep := h.marker != nil
+	h.closed = true
+	h.mu.Unlock()
+	if keep {
+		return h.Conn.SetReadDeadline(time.Now())
+	}
+	return h.Conn.Close()
+}
 
 // Done is closed when the connection ends.
 func (c *Client) Done() <-chan struct{} { return c.sess.CloseChan() }

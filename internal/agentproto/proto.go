@@ -102,6 +102,11 @@ type Request struct {
 
 	// attach: the PID of a command started by exec.
 	PID int `json:"pid,omitempty"`
+
+	// detach: when set, the guest writes QuietMagic, this nonce and a
+	// newline on the port once its session has ended and it waits for the
+	// next sync (see Client.Detach).
+	Nonce string `json:"nonce,omitempty"`
 }
 
 // Exec describes a command to start.

@@ -30,9 +30,14 @@ import (
 // new piece of guest code costs (see DESIGN.md). A guest that does not know
 // this form skips the line as malformed, so Connect alternates between the
 // two forms when a sync goes unanswered.
+//
+// QuietMagic starts the line a guest writes after a detach that carried a
+// nonce: its session is over and it waits for the next sync, so a save
+// from then on catches it idle (see Client.Detach).
 const (
-	SyncMagic = "COVE-SYNC:"
-	AckMagic  = "COVE-ACK:"
+	SyncMagic  = "COVE-SYNC:"
+	AckMagic   = "COVE-ACK:"
+	QuietMagic = "COVE-QUIET:"
 	// maxSkip bounds how much stale data either side skips.
 	maxSkip = 64 << 20
 	// maxHelloLine bounds the JSON a sync line or its answer carries.
