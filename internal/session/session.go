@@ -99,6 +99,10 @@ type live struct {
 	// park, shutdown): its exit is then no failure.
 	deleting bool // guarded by Manager.mu
 
+	// serving is set when the guest's requests are already served
+	// (serveGuest runs): a warm pool starts it before the claim.
+	serving bool
+
 	lastActive atomic.Int64 // unix nanos of the last API call
 	inflight   atomic.Int32 // calls and execs in progress
 }
@@ -389,7 +393,9 @@ func (m *Manager) adoptLive(id string, l *live) {
 		delete(m.woke, id)
 	}
 	m.mu.Unlock()
-	go m.serveGuest(id, l)
+	if !l.serving {
+		go m.serveGuest(id, l)
+	}
 	go func() {
 		<-l.vm.Done()
 		m.mu.Lock()

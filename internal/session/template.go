@@ -529,6 +529,10 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 			l, err := m.clone(context.Background(), t, id)
 			tl.RUnlock()
 			if err == nil {
+				// The listen stream opens now too, so that the claimed
+				// clone's first command does not share the guest with it.
+				l.serving = true
+				go m.serveGuest(id, l)
 				if werr := warmUp(context.Background(), l); werr != nil {
 					l.agent.Close()
 					_ = l.vm.Stop(context.Background())

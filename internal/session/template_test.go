@@ -107,6 +107,12 @@ func TestWarmPool(t *testing.T) {
 	if got := strings.TrimSpace(r.sh(t, s.ID, "echo hi")); got != "hi" {
 		t.Fatalf("pooled clone: %q", got)
 	}
+	// The claimed clone's guest requests reach the host under its id (its
+	// listen stream opened in the pool): a refused park comes back at once.
+	res := r.run(t, s.ID, api.ExecRequest{Argv: []string{"cove-agent", "park", "--until", "bad expression"}}, nil)
+	if res.status.Code != 1 || !strings.Contains(res.stderr, "^") {
+		t.Fatalf("park with a bad expression from a pooled clone: exit %d, stderr %q", res.status.Code, res.stderr)
+	}
 	if !waitFor(time.Minute, func() bool { return ready(2) }) {
 		t.Fatal("pool did not refill")
 	}
