@@ -63,3 +63,47 @@ func TestTemplatesCRUD(t *testing.T) {
 		t.Errorf("message %q", msg)
 	}
 }
+
+// TestTemplateRepoRoutes protects the repo fields of create (hostile URLs,
+// branches and dirs are refused before the manager is asked), the
+// versions list and the rebuild (202 at once, 404 for an unknown name).
+func TestTemplateRepoRoutes(t *testing.T) {
+	e := newEnv(t)
+	for _, req := range []api.CreateTemplateRequest{
+		{Name: "r1", Repo: "ext::sh -c id"},
+		{Name: "r2", Repo: "-uhttps://x/y"},
+		{Name: "r3", Repo: "https://github.com/acme/api", Branch: "--upload-pack=id"},
+		{Name: "r4", Repo: "https://github.com/acme/api", RepoDir: "workspace"},
+		{Name: "r5", Repo: "https://github.com/acme/api", RepoDir: "/"},
+		{Name: "r6", Branch: "main"},
+		{Name: "r7", Repo: "ftp://example.com/acme/api"},
+	} {
+		wantError(t, e.doJSON("POST", "/v1/templates", req), 400, api.CodeInvalid)
+	}
+	e.fake.mu.Lock()
+	n := len(e.fake.created)
+	e.fake.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("the manager was asked for %d templates with bad repo fields", n)
+	}
+	req := api.CreateTemplateRequest{Name: "api", Image: "debian", Repo: "git@github.com:acme/api.git", Branch: "release/2", RepoDir: "/src/api"}
+	decode[api.Template](t, e.doJSON("POST", "/v1/templates", req), 201)
+	e.fake.mu.Lock()
+	got := e.fake.created[0]
+	e.fake.mu.Unlock()
+	if !reflect.DeepEqual(got, req) {
+		t.Errorf("manager got %+v, want %+v", got, req)
+	}
+
+	vs := decode[templateVersionList](t, e.do("GET", "/v1/templates/api/versions", nil), 200)
+	if len(vs.Versions) != 1 || !vs.Versions[0].Current || vs.Versions[0].Version != 1 {
+		t.Fatalf("versions: %+v", vs)
+	}
+	wantError(t, e.do("GET", "/v1/templates/nope/versions", nil), 404, api.CodeNotFound)
+	wantError(t, e.do("GET", "/v1/templates/BAD!/versions", nil), 400, api.CodeInvalid)
+
+	if tp := decode[api.Template](t, e.do("POST", "/v1/templates/api/rebuild", nil), 202); tp.Name != "api" || !tp.Rebuilding {
+		t.Fatalf("rebuild: %+v", tp)
+	}
+	wantError(t, e.do("POST", "/v1/templates/nope/rebuild", nil), 404, api.CodeNotFound)
+}
