@@ -313,7 +313,7 @@ func (m *Manager) Wake(ctx context.Context, id string) (api.Session, error) {
 	// consumed: finish even if the client goes away.
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.DefaultBootTimeout)
 	defer cancel()
-	l, err := m.restore(wctx, id, m.dir(id), mach, mach.Parked.State)
+	l, err := m.restore(wctx, id, m.dir(id), mach, mach.Parked.State, nil)
 	if err != nil {
 		msg := "wake failed: " + err.Error()
 		m.fail(id, msg)
@@ -332,9 +332,13 @@ func (m *Manager) Wake(ctx context.Context, id string) (api.Session, error) {
 }
 
 // restore starts a VM from a state file and connects to its agent.
-func (m *Manager) restore(ctx context.Context, id, dir string, mach machine, state string) (*live, error) {
+// beforeLoad, if set, runs once QEMU runs and before it loads the state
+// (see vmm.Spec.BeforeLoad).
+func (m *Manager) restore(ctx context.Context, id, dir string, mach machine, state string, beforeLoad func(context.Context) error) (*live, error) {
 	start := time.Now()
-	vm, st, err := m.snap.Restore(ctx, mach.spec(id, dir), state)
+	spec := mach.spec(id, dir)
+	spec.BeforeLoad = beforeLoad
+	vm, st, err := m.snap.Restore(ctx, spec, state)
 	if err != nil {
 		return nil, err
 	}

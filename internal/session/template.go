@@ -374,11 +374,37 @@ func (m *Manager) cloneInto(ctx context.Context, mach machine, id, dir string) (
 			os.RemoveAll(dir)
 		}
 	}()
-	copyStart := time.Now()
-	if err := copySparse(mach.Parked.Mem, filepath.Join(dir, qemu.MemFile)); err != nil {
+	// The RAM file: a reflink now where the file system has them; else
+	// its data is copied while QEMU starts, and QEMU loads the state
+	// only once the copy is done.
+	copyRest, err := startCopy(mach.Parked.Mem, filepath.Join(dir, qemu.MemFile))
+	if err != nil {
 		return nil, fmt.Errorf("session: clone %s: copy memory: %w", id, err)
 	}
-	m.cfg.Log.Debug("clone memory copied", "session", id, "ms", time.Since(copyStart).Milliseconds())
+	copied := make(chan struct{})
+	var copyErr error // set before copied is closed
+	go func() {
+		start := time.Now()
+		copyErr = copyRest()
+		m.cfg.Log.Debug("clone memory copied", "session", id, "ms", time.Since(start).Milliseconds(), "err", copyErr)
+		close(copied)
+	}()
+	waitCopy := func(ctx context.Context) error {
+		select {
+		case <-copied:
+			if copyErr != nil {
+				return fmt.Errorf("copy memory: %w", copyErr)
+			}
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	defer func() {
+		if err != nil {
+			<-copied // the copy is done with the file before the dir goes
+		}
+	}()
 	disk := filepath.Join(dir, "disk.qcow2")
 	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", mach.Disk, "-F", "qcow2", disk).CombinedOutput(); err != nil {
 		return nil, fmt.Errorf("session: clone %s: overlay: %v: %s", id, err, strings.TrimSpace(string(out)))
@@ -387,37 +413,49 @@ func (m *Manager) cloneInto(ctx context.Context, mach machine, id, dir string) (
 	mach.Parked, mach.Disk = nil, disk
 	rctx, cancel := context.WithTimeout(ctx, m.cfg.DefaultBootTimeout)
 	defer cancel()
-	l, err = m.restore(rctx, id, dir, mach, state)
+	l, err = m.restore(rctx, id, dir, mach, state, waitCopy)
 	if err != nil {
 		return nil, fmt.Errorf("restore clone: %w", err)
 	}
 	return l, nil
 }
 
-// copySparse copies src to dst: a reflink where the file system supports
-// it, else only src's data extents (dst keeps src's holes).
-func copySparse(src, dst string) error {
+// startCopy starts copying src to dst (created): it reflinks dst to src
+// where the file system supports it, and returns a no-op; else it gives
+// dst src's size and returns the function that copies src's data extents
+// (dst keeps src's holes). The returned function closes both files.
+func startCopy(src, dst string) (copyRest func() error, err error) {
 	in, err := os.Open(src)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer in.Close()
 	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
-		return err
+		in.Close()
+		return nil, err
 	}
-	defer out.Close()
+	closeBoth := func() { in.Close(); out.Close() }
 	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) == nil {
-		return nil
+		closeBoth()
+		return func() error { return nil }, nil
 	}
 	fi, err := in.Stat()
+	if err == nil {
+		err = out.Truncate(fi.Size())
+	}
 	if err != nil {
-		return err
+		closeBoth()
+		return nil, err
 	}
-	size := fi.Size()
-	if err := out.Truncate(size); err != nil {
-		return err
-	}
+	return func() error {
+		defer closeBoth()
+		return copyExtents(in, out, fi.Size())
+	}, nil
+}
+
+// copyExtents copies the data extents of in's first size bytes to out at
+// the same offsets.
+func copyExtents(in, out *os.File, size int64) error {
 	var off int64
 	for off < size {
 		data, err := unix.Seek(int(in.Fd()), off, unix.SEEK_DATA)

@@ -26,6 +26,12 @@ type Spec struct {
 	Disk      string
 	MemoryMiB int
 	CPUs      int
+
+	// BeforeLoad, if set, is called by Snapshotter.Restore once the VMM
+	// process runs and before it loads the state; an error fails the
+	// restore. The RAM file may be completed meanwhile: a clone's copy of
+	// it overlaps the VMM's start.
+	BeforeLoad func(context.Context) error
 }
 
 // Driver boots VMs and re-adopts those that outlived the process that

@@ -210,6 +210,11 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, statePath string) (
 	if err := vm.connectAgentEarly(ctx); err != nil {
 		return fail(err)
 	}
+	if spec.BeforeLoad != nil {
+		if err := spec.BeforeLoad(ctx); err != nil {
+			return fail(err)
+		}
+	}
 	events := vm.qmp.Events()
 	loadStart := time.Now()
 	// The state file is the child's fd 3 (first of ExtraFiles).
