@@ -506,7 +506,7 @@ func (m *Manager) collectVersions(ctx context.Context, name string) {
 			continue
 		}
 		if mach, err := decodeMachine(v.Snapshot); err == nil {
-			removeVersionFiles(mach)
+			removeVersionFiles(mach, m.versionDir(name, v.Version))
 		}
 		v.State, v.Snapshot, v.UpdatedAt = store.VersionRemoved, nil, time.Now().UTC()
 		if err := m.cfg.Store.PutTemplateVersion(ctx, v); err != nil {
@@ -533,16 +533,18 @@ func (m *Manager) versionUse(ctx context.Context, name string) (map[int]int, err
 }
 
 // removeVersionFiles removes a template version's RAM, state and disk
-// files, and its directory when it has one of its own.
-func removeVersionFiles(mach machine) {
+// files, and its directory dir when the files are in it. A version from
+// before version dirs keeps its files in the template's own directory,
+// beside the mirror and the other versions: only its files go.
+func removeVersionFiles(mach machine, dir string) {
 	if mach.Parked != nil {
 		os.Remove(mach.Parked.Mem)
 		os.Remove(mach.Parked.State)
 	}
 	if mach.Disk != "" {
 		os.Remove(mach.Disk)
-		if d := filepath.Dir(mach.Disk); strings.HasPrefix(filepath.Base(d), "v") {
-			os.RemoveAll(d)
+		if filepath.Dir(mach.Disk) == dir {
+			os.RemoveAll(dir)
 		}
 	}
 }
