@@ -314,7 +314,8 @@ func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) 
 // fresh boot of image im when base is nil, else from a clone of base. It
 // checks out t's repo, runs the setup commands, (re)starts the start
 // command and saves the machine. It returns the saved machine, whose files
-// are then read-only.
+// are then read-only. On error no VM is left running; the caller removes
+// the directory (unless COVE_KEEP asks to keep it).
 func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.TemplateVersion, im image.Image, base *machine) (machine, error) {
 	dir := m.versionDir(t.Name, v.Version)
 	os.RemoveAll(dir)
@@ -342,7 +343,6 @@ func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.Te
 	fail := func(err error) (machine, error) {
 		l.agent.Close()
 		_ = l.vm.Stop(bctx)
-		os.RemoveAll(dir)
 		return machine{}, err
 	}
 	if t.Repo != "" {
@@ -379,17 +379,14 @@ func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.Te
 	l.hangUp(ctx)
 	if _, err := m.snap.Save(bctx, l.vm, filepath.Join(dir, stateFile)); err != nil {
 		_ = l.vm.Stop(bctx)
-		os.RemoveAll(dir)
 		return machine{}, fmt.Errorf("template %s: save: %w", t.Name, err)
 	}
 	p, err := manifest(dir, time.Since(start))
 	if err != nil {
-		os.RemoveAll(dir)
 		return machine{}, fmt.Errorf("template %s: %w", t.Name, err)
 	}
 	if base != nil {
 		if err := flatten(bctx, l.mach.Disk, base.Disk); err != nil {
-			os.RemoveAll(dir)
 			return machine{}, fmt.Errorf("template %s: %w", t.Name, err)
 		}
 	}
@@ -602,9 +599,9 @@ func (m *Manager) recoverTemplates(ctx context.Context) error {
 			if err := m.cfg.Store.PutTemplateVersion(ctx, v); err != nil {
 				return fmt.Errorf("session: template %s version %d: %w", t.Name, v.Version, err)
 			}
-			if v.Version != t.Version || t.State != api.TemplateReady {
-				os.RemoveAll(m.versionDir(t.Name, v.Version))
-			}
+			// Never the current one: a version turns current and ready
+			// in one transaction.
+			os.RemoveAll(m.versionDir(t.Name, v.Version))
 		}
 		if t.State == api.TemplateBuilding {
 			t.State, t.Error, t.UpdatedAt = api.TemplateFailed, "server stopped during the build", now
