@@ -3,7 +3,6 @@ package session
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -157,12 +156,9 @@ func (m *Manager) onPush(ev trigger.Event) {
 // RebuildTemplate queues a build of a new version of the template, even
 // if its branch has not moved, and returns the template at once.
 func (m *Manager) RebuildTemplate(ctx context.Context, name string) (api.Template, error) {
-	t, err := m.cfg.Store.GetTemplate(ctx, name)
+	t, err := m.template(ctx, name)
 	if err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return api.Template{}, api.Errorf(api.CodeNotFound, "template %q not found", name)
-		}
-		return api.Template{}, fmt.Errorf("session: rebuild template %s: %w", name, err)
+		return api.Template{}, err
 	}
 	if t.State != api.TemplateReady {
 		return api.Template{}, api.Errorf(api.CodeConflict, "template %q is %s; only a ready template is rebuilt", name, t.State)
@@ -548,12 +544,9 @@ func removeVersionFiles(mach machine, dir string) {
 
 // TemplateVersions lists a template's versions, oldest first.
 func (m *Manager) TemplateVersions(ctx context.Context, name string) ([]api.TemplateVersion, error) {
-	t, err := m.cfg.Store.GetTemplate(ctx, name)
+	t, err := m.template(ctx, name)
 	if err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return nil, api.Errorf(api.CodeNotFound, "template %q not found", name)
-		}
-		return nil, fmt.Errorf("session: template %s versions: %w", name, err)
+		return nil, err
 	}
 	vs, err := m.cfg.Store.ListTemplateVersions(ctx, name)
 	if err != nil {

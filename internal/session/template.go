@@ -230,14 +230,23 @@ func tail(b []byte, n int) string {
 	return strings.TrimSpace(string(b))
 }
 
+// template reads a template's record; an unknown name is CodeNotFound.
+func (m *Manager) template(ctx context.Context, name string) (store.Template, error) {
+	t, err := m.cfg.Store.GetTemplate(ctx, name)
+	if errors.Is(err, store.ErrNotFound) {
+		return t, api.Errorf(api.CodeNotFound, "template %q not found", name)
+	}
+	if err != nil {
+		return t, fmt.Errorf("session: template %s: %w", name, err)
+	}
+	return t, nil
+}
+
 // GetTemplate returns a template.
 func (m *Manager) GetTemplate(ctx context.Context, name string) (api.Template, error) {
-	t, err := m.cfg.Store.GetTemplate(ctx, name)
+	t, err := m.template(ctx, name)
 	if err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return api.Template{}, api.Errorf(api.CodeNotFound, "template %q not found", name)
-		}
-		return api.Template{}, fmt.Errorf("session: get template %s: %w", name, err)
+		return api.Template{}, err
 	}
 	return m.templateAPI(t), nil
 }
@@ -259,12 +268,9 @@ func (m *Manager) ListTemplates(ctx context.Context) ([]api.Template, error) {
 // (sessions created from it and not removed) cannot be removed: their
 // disks and memory are built on its files.
 func (m *Manager) DeleteTemplate(ctx context.Context, name string) error {
-	t, err := m.cfg.Store.GetTemplate(ctx, name)
+	t, err := m.template(ctx, name)
 	if err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return api.Errorf(api.CodeNotFound, "template %q not found", name)
-		}
-		return fmt.Errorf("session: delete template %s: %w", name, err)
+		return err
 	}
 	recs, err := m.cfg.Store.ListSessions(ctx)
 	if err != nil {
@@ -294,22 +300,20 @@ func (m *Manager) DeleteTemplate(ctx context.Context, name string) error {
 // createFromTemplate creates a session as a clone of a template: from the
 // warm pool if one is ready, else restored now.
 func (m *Manager) createFromTemplate(ctx context.Context, req api.CreateSessionRequest, idle time.Duration) (api.Session, error) {
-	t, err := m.cfg.Store.GetTemplate(ctx, req.Template)
+	t, err := m.template(ctx, req.Template)
 	if err != nil {
-		if errors.Is(err, store.ErrNotFound) {
-			return api.Session{}, api.Errorf(api.CodeNotFound, "template %q not found", req.Template)
-		}
-		return api.Session{}, fmt.Errorf("session: template %s: %w", req.Template, err)
+		return api.Session{}, err
 	}
 	if t.State != api.TemplateReady {
 		return api.Session{}, api.Errorf(api.CodeConflict, "template %q is %s", t.Name, t.State)
 	}
-	// The version stays on disk until the session's record names it.
+	// The version stays on disk until the session's record names it; read
+	// again under the lock, a swap may have removed the one read above.
 	tl := m.templateLock(t.Name)
 	tl.RLock()
 	defer tl.RUnlock()
-	if t, err = m.cfg.Store.GetTemplate(ctx, req.Template); err != nil {
-		return api.Session{}, fmt.Errorf("session: template %s: %w", req.Template, err)
+	if t, err = m.template(ctx, req.Template); err != nil {
+		return api.Session{}, err
 	}
 	start := time.Now()
 	id, l := m.claim(t.Name, t.Version)
