@@ -85,24 +85,8 @@ func validateCreateTemplate(req api.CreateTemplateRequest) error {
 	if p := req.Pool; p < 0 || p > maxPool {
 		return api.Errorf(api.CodeInvalid, "pool: %d is out of range (0..%d)", p, maxPool)
 	}
-	if req.Repo == "" {
-		if req.Branch != "" || req.RepoDir != "" {
-			return api.Errorf(api.CodeInvalid, "branch and repo_dir need a repo")
-		}
-		return nil
-	}
-	if err := repo.CheckURL(req.Repo); err != nil {
+	if err := repo.CheckSource(req.Repo, req.Branch, req.RepoDir); err != nil {
 		return api.Errorf(api.CodeInvalid, "%v", err)
-	}
-	if req.Branch != "" {
-		if err := repo.CheckBranch(req.Branch); err != nil {
-			return api.Errorf(api.CodeInvalid, "%v", err)
-		}
-	}
-	if req.RepoDir != "" {
-		if err := repo.CheckDir(req.RepoDir); err != nil {
-			return api.Errorf(api.CodeInvalid, "%v", err)
-		}
 	}
 	return nil
 }

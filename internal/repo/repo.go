@@ -39,6 +39,30 @@ func CheckBranch(b string) error {
 	return nil
 }
 
+// CheckSource checks what a template says of its repository: url, branch
+// and the checkout's dir in the guest, branch and dir "" for their
+// defaults, and neither without a url (url "" is no repository).
+func CheckSource(url, branch, dir string) error {
+	if url == "" {
+		if branch != "" || dir != "" {
+			return errors.New("branch and repo_dir need a repo")
+		}
+		return nil
+	}
+	if err := CheckURL(url); err != nil {
+		return err
+	}
+	if branch != "" {
+		if err := CheckBranch(branch); err != nil {
+			return err
+		}
+	}
+	if dir != "" {
+		return CheckDir(dir)
+	}
+	return nil
+}
+
 // CheckDir reports whether d can be where a checkout lives in the guest:
 // a clean absolute path other than /.
 func CheckDir(d string) error {

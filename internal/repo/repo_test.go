@@ -174,3 +174,27 @@ func TestFullName(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckSource(t *testing.T) {
+	for _, c := range [][3]string{
+		{"", "", ""},
+		{"https://github.com/acme/api", "", ""},
+		{"https://github.com/acme/api", "release/2", "/src/api"},
+	} {
+		if err := CheckSource(c[0], c[1], c[2]); err != nil {
+			t.Errorf("CheckSource(%q) = %v, want nil", c, err)
+		}
+	}
+	for _, c := range [][3]string{
+		{"", "main", ""},
+		{"", "", "/workspace"},
+		{"ext::sh -c id", "", ""},
+		{"https://github.com/acme/api", "--upload-pack=id", ""},
+		{"https://github.com/acme/api", "", "relative"},
+		{"https://github.com/acme/api", "", "/"},
+	} {
+		if err := CheckSource(c[0], c[1], c[2]); err == nil {
+			t.Errorf("CheckSource(%q) = nil, want an error", c)
+		}
+	}
+}

@@ -76,25 +76,14 @@ func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequ
 	if req.Pool < 0 || req.Pool > 64 {
 		return api.Template{}, api.Errorf(api.CodeInvalid, "pool %d: want 0..64", req.Pool)
 	}
-	if req.Repo == "" && (req.Branch != "" || req.RepoDir != "") {
-		return api.Template{}, api.Errorf(api.CodeInvalid, "branch and repo_dir need a repo")
+	if err := repo.CheckSource(req.Repo, req.Branch, req.RepoDir); err != nil {
+		return api.Template{}, api.Errorf(api.CodeInvalid, "%v", err)
 	}
-	if req.Repo != "" {
-		if err := repo.CheckURL(req.Repo); err != nil {
-			return api.Template{}, api.Errorf(api.CodeInvalid, "%v", err)
-		}
-		if req.Branch == "" {
-			req.Branch = defaultBranch
-		}
-		if err := repo.CheckBranch(req.Branch); err != nil {
-			return api.Template{}, api.Errorf(api.CodeInvalid, "%v", err)
-		}
-		if req.RepoDir == "" {
-			req.RepoDir = defaultRepoDir
-		}
-		if err := repo.CheckDir(req.RepoDir); err != nil {
-			return api.Template{}, api.Errorf(api.CodeInvalid, "%v", err)
-		}
+	if req.Repo != "" && req.Branch == "" {
+		req.Branch = defaultBranch
+	}
+	if req.Repo != "" && req.RepoDir == "" {
+		req.RepoDir = defaultRepoDir
 	}
 	name := req.Image
 	if name == "" {
