@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/command"
 	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/repo"
 	"github.com/cove-dev/cove/internal/store"
@@ -452,9 +453,9 @@ func shellQuote(s string) string {
 // disk prev, onto prev's own backing file (the image's root file system),
 // copying in what prev added: versions then never depend on each other.
 func flatten(ctx context.Context, disk, prev string) error {
-	out, err := exec.CommandContext(ctx, "qemu-img", "info", "-U", "--output=json", prev).Output()
+	out, err := command.Output(ctx, exec.CommandContext(ctx, "qemu-img", "info", "-U", "--output=json", prev))
 	if err != nil {
-		return fmt.Errorf("flatten: qemu-img info %s: %w", prev, err)
+		return fmt.Errorf("flatten: %w", err)
 	}
 	var info struct {
 		Backing string `json:"full-backing-filename"`
@@ -469,9 +470,8 @@ func flatten(ctx context.Context, disk, prev string) error {
 	if info.Format == "" {
 		info.Format = "raw"
 	}
-	cmd := exec.CommandContext(ctx, "qemu-img", "rebase", "-q", "-f", "qcow2", "-b", info.Backing, "-F", info.Format, disk)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("flatten: qemu-img rebase: %v: %s", err, strings.TrimSpace(string(out)))
+	if _, err := command.Output(ctx, exec.CommandContext(ctx, "qemu-img", "rebase", "-q", "-f", "qcow2", "-b", info.Backing, "-F", info.Format, disk)); err != nil {
+		return fmt.Errorf("flatten: %w", err)
 	}
 	return nil
 }

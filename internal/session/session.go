@@ -26,6 +26,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/agentproto"
+	"github.com/cove-dev/cove/internal/command"
 	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/trigger"
@@ -305,8 +306,8 @@ func (m *Manager) bootIn(ctx context.Context, dir string, rec store.Session, im 
 		return nil, err
 	}
 	disk := filepath.Join(dir, "disk.qcow2")
-	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", im.RootFS, "-F", "raw", disk).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("session: %s: create overlay: %v: %s", rec.ID, err, strings.TrimSpace(string(out)))
+	if _, err := command.Output(ctx, exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", im.RootFS, "-F", "raw", disk)); err != nil {
+		return nil, fmt.Errorf("session: %s: create overlay: %w", rec.ID, err)
 	}
 	spec := vmm.Spec{ID: rec.ID, Dir: dir, Kernel: k.Vmlinux, Initrd: initrd, Disk: disk, MemoryMiB: rec.MemoryMiB, CPUs: rec.CPUs}
 	bctx, cancel := context.WithTimeout(ctx, timeout)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/agentproto"
+	"github.com/cove-dev/cove/internal/command"
 	"github.com/cove-dev/cove/internal/repo"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/vmm/qemu"
@@ -399,8 +400,8 @@ func (m *Manager) cloneInto(ctx context.Context, mach machine, id, dir string) (
 		}
 	}()
 	disk := filepath.Join(dir, "disk.qcow2")
-	if out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", mach.Disk, "-F", "qcow2", disk).CombinedOutput(); err != nil {
-		return nil, fmt.Errorf("session: clone %s: overlay: %v: %s", id, err, strings.TrimSpace(string(out)))
+	if _, err := command.Output(ctx, exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", mach.Disk, "-F", "qcow2", disk)); err != nil {
+		return nil, fmt.Errorf("session: clone %s: overlay: %w", id, err)
 	}
 	state := mach.Parked.State
 	mach.Parked, mach.Disk = nil, disk
