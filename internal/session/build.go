@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -115,12 +116,7 @@ func (m *Manager) setFollow(t store.Template, on bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	names := m.follows[k]
-	i := -1
-	for j, n := range names {
-		if n == t.Name {
-			i = j
-		}
-	}
+	i := slices.Index(names, t.Name)
 	switch {
 	case on && i < 0:
 		m.follows[k] = append(names, t.Name)
