@@ -639,18 +639,3 @@ func Orphans(dirRoot string, keep func(id string) bool) []int {
 	}
 	return out
 }
-
-// HumanMonitor runs an HMP command (e.g. "info jit") through QMP and
-// returns its output: for diagnostics.
-func (vm *VM) HumanMonitor(ctx context.Context, cmd string) (string, error) {
-	if vm.qmp == nil {
-		return "", fmt.Errorf("qemu: %s: no QMP connection", vm.id)
-	}
-	raw, err := vm.qmp.Execute(ctx, "human-monitor-command", map[string]any{"command-line": cmd})
-	if err != nil {
-		return "", err
-	}
-	var out string
-	err = json.Unmarshal(raw, &out)
-	return out, err
-}
