@@ -112,13 +112,13 @@ func snapshotInfo(b []byte) *api.SnapshotInfo {
 // hangUp ends the session with the agent with its agreement (detach), for
 // a save: the guest then waits for the next sync on the port, and Detach
 // returns only once the guest says it does (its teardown is done before
-// the save, not left for the wake path). The connection itself stays
-// open until QEMU goes (its end closes the client), so the guest is saved with its host connected: the restore
-// connects before it loads the state (see qemu.Driver.Restore), and the
-// woken guest notices no hang-up or new connection, only the next sync
-// on the port it reads — the least guest code on the wake path. If the
-// guest does not agree in time, the connection is closed: the guest sees
-// it end before the save.
+// the save, not left for the wake path). The connection itself stays open
+// until QEMU goes (its end closes the client), so the guest is saved with
+// its host connected: the restore connects before it loads the state (see
+// qemu.Driver.Restore), and the woken guest notices no hang-up or new
+// connection, only the next sync on the port it reads — the least guest
+// code on the wake path. If the guest does not agree in time, the
+// connection is closed: the guest sees it end before the save.
 func (l *live) hangUp(ctx context.Context) {
 	dctx, cancel := context.WithTimeout(ctx, time.Second)
 	err := l.agent.Detach(dctx)

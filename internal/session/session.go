@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -451,25 +452,22 @@ func (m *Manager) List(ctx context.Context) ([]api.Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("session: list: %w", err)
 	}
+	parked := func(r store.Session) bool { return r.State == api.StateParked || r.State == api.StateParking }
 	// One query for every parked session's subscription.
-	var subs map[string]store.Subscription
-	for _, r := range recs {
-		if r.State == api.StateParked || r.State == api.StateParking {
-			list, err := m.cfg.Store.ListSubscriptions(ctx)
-			if err != nil {
-				return nil, fmt.Errorf("session: list: %w", err)
-			}
-			subs = make(map[string]store.Subscription, len(list))
-			for _, sub := range list {
-				subs[sub.SessionID] = sub
-			}
-			break
+	subs := map[string]store.Subscription{}
+	if slices.ContainsFunc(recs, parked) {
+		list, err := m.cfg.Store.ListSubscriptions(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("session: list: %w", err)
+		}
+		for _, sub := range list {
+			subs[sub.SessionID] = sub
 		}
 	}
 	out := make([]api.Session, 0, len(recs))
 	for _, r := range recs {
 		s := m.toAPI(r)
-		if sub, ok := subs[r.ID]; ok && (r.State == api.StateParked || r.State == api.StateParking) {
+		if sub, ok := subs[r.ID]; ok && parked(r) {
 			s.Waiting = waitingOf(sub)
 		}
 		out = append(out, s)
