@@ -418,15 +418,21 @@ func (f *fakeSessions) CreateTemplate(ctx context.Context, req api.CreateTemplat
 	return t, nil
 }
 
-func (f *fakeSessions) GetTemplate(ctx context.Context, name string) (api.Template, error) {
-	f.calls.Add(1)
-	f.mu.Lock()
-	defer f.mu.Unlock()
+// template returns the named template, as the manager answers an unknown
+// one. The caller holds f.mu.
+func (f *fakeSessions) template(name string) (api.Template, error) {
 	t, ok := f.templates[name]
 	if !ok {
 		return api.Template{}, api.Errorf(api.CodeNotFound, "template %q not found", name)
 	}
 	return t, nil
+}
+
+func (f *fakeSessions) GetTemplate(ctx context.Context, name string) (api.Template, error) {
+	f.calls.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.template(name)
 }
 
 func (f *fakeSessions) ListTemplates(ctx context.Context) ([]api.Template, error) {
@@ -554,9 +560,9 @@ func (f *fakeSessions) TemplateVersions(ctx context.Context, name string) ([]api
 	f.calls.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	t, ok := f.templates[name]
-	if !ok {
-		return nil, api.Errorf(api.CodeNotFound, "template %q not found", name)
+	t, err := f.template(name)
+	if err != nil {
+		return nil, err
 	}
 	return []api.TemplateVersion{{Version: max(t.Version, 1), State: api.VersionReady, Commit: t.Commit,
 		Reason: "create", Current: true, Snapshot: t.Snapshot}}, nil
@@ -567,9 +573,9 @@ func (f *fakeSessions) RebuildTemplate(ctx context.Context, name string) (api.Te
 	f.calls.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	t, ok := f.templates[name]
-	if !ok {
-		return api.Template{}, api.Errorf(api.CodeNotFound, "template %q not found", name)
+	t, err := f.template(name)
+	if err != nil {
+		return api.Template{}, err
 	}
 	t.Rebuilding = true
 	f.templates[name] = t
