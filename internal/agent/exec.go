@@ -6,13 +6,13 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
@@ -32,38 +32,61 @@ var defaultEnv = []string{
 
 // reaper waits for every child of the agent (as PID 1: every orphan too)
 // and hands exit statuses to the goroutines that started them.
+//
+// It waits in a blocking wait4, and SIGCHLD keeps its default action, so
+// the kernel drops the signal instead of delivering it: an exit wakes the
+// waiting thread directly. A delivered signal runs kernel and Go runtime
+// code that nothing else runs in a woken guest, and under emulation every
+// path run after a restore is translated afresh (about 500 blocks of the
+// first exec's exit).
 type reaper struct {
 	mu      sync.Mutex
 	waiters map[int]chan unix.WaitStatus // guarded by mu
-	early   map[int]unix.WaitStatus      // guarded by mu: reaped before registered
+	started chan struct{}                // a child may exist: wakes a reaper that saw none
 }
 
 func newReaper() *reaper {
-	r := &reaper{waiters: map[int]chan unix.WaitStatus{}, early: map[int]unix.WaitStatus{}}
-	sig := make(chan os.Signal, 16)
-	signal.Notify(sig, syscall.SIGCHLD)
-	go func() {
-		for {
-			r.reap()
-			<-sig
-		}
-	}()
+	r := &reaper{waiters: map[int]chan unix.WaitStatus{}, started: make(chan struct{}, 1)}
+	// Where this fails the runtime's handler gets the signal and ignores
+	// it (nothing asked for it): wait4 still sees every exit.
+	_ = defaultAction(unix.SIGCHLD)
+	go r.loop()
 	return r
 }
 
-func (r *reaper) reap() {
+// defaultAction sets sig's disposition to SIG_DFL behind the Go runtime,
+// which installs a handler for every signal.
+func defaultAction(sig unix.Signal) error {
+	// The kernel's struct sigaction: handler (SIG_DFL is 0), flags,
+	// restorer, mask.
+	var act [4]uint64
+	if _, _, errno := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&act)), 0, 8, 0, 0); errno != 0 {
+		return errno
+	}
+	return nil
+}
+
+// loop reaps children for as long as the agent runs. With no child left
+// (ECHILD) it waits for start: as PID 1 the agent is every process's
+// ancestor, so no orphan can appear before it starts something.
+func (r *reaper) loop() {
 	for {
 		var ws unix.WaitStatus
-		pid, err := unix.Wait4(-1, &ws, unix.WNOHANG, nil)
-		if err != nil || pid <= 0 {
-			return
+		pid, err := unix.Wait4(-1, &ws, 0, nil)
+		switch {
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			<-r.started
+			continue
 		}
+		// start holds mu from the fork until its waiter is registered,
+		// so a child that exits at once still finds it; an orphan has
+		// none, and its status goes.
 		r.mu.Lock()
 		if ch, ok := r.waiters[pid]; ok {
 			delete(r.waiters, pid)
 			ch <- ws
-		} else if len(r.early) < 4096 {
-			r.early[pid] = ws // an orphan, or a child not yet registered
 		}
 		r.mu.Unlock()
 	}
@@ -79,11 +102,10 @@ func (r *reaper) start(argv0 string, argv []string, attr *syscall.ProcAttr) (int
 		return 0, nil, err
 	}
 	ch := make(chan unix.WaitStatus, 1)
-	if ws, ok := r.early[pid]; ok {
-		delete(r.early, pid)
-		ch <- ws
-	} else {
-		r.waiters[pid] = ch
+	r.waiters[pid] = ch
+	select {
+	case r.started <- struct{}{}:
+	default: // a wake-up is pending already
 	}
 	return pid, ch, nil
 }
