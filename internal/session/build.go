@@ -327,7 +327,7 @@ func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.Te
 			return machine{}, fmt.Errorf("template %s: boot: %w", t.Name, err)
 		}
 	} else {
-		if l, err = m.cloneInto(ctx, *base, id, dir, ""); err != nil {
+		if l, err = m.cloneInto(ctx, *base, id, dir); err != nil {
 			return machine{}, fmt.Errorf("template %s: restore version %d: %w", t.Name, v.Base, err)
 		}
 	}
@@ -532,7 +532,6 @@ func removeVersionFiles(mach machine, dir string) {
 	}
 	if mach.Disk != "" {
 		os.Remove(mach.Disk)
-		os.Remove(spareDiskOf(mach.Disk))
 		if filepath.Dir(mach.Disk) == dir {
 			os.RemoveAll(dir)
 		}

@@ -21,7 +21,7 @@ func TestRemoveVersionFiles(t *testing.T) {
 	files := func(dir string) machine {
 		m := machine{Disk: filepath.Join(dir, "disk.qcow2"),
 			Parked: &parked{Mem: filepath.Join(dir, "mem"), State: filepath.Join(dir, "state")}}
-		for _, f := range []string{m.Disk, spareDiskOf(m.Disk), m.Parked.Mem, m.Parked.State} {
+		for _, f := range []string{m.Disk, m.Parked.Mem, m.Parked.State} {
 			if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
 				t.Fatal(err)
 			}
@@ -32,7 +32,7 @@ func TestRemoveVersionFiles(t *testing.T) {
 	files(filepath.Join(tpl, "v3"))
 
 	removeVersionFiles(legacy, filepath.Join(tpl, "v1"))
-	for _, f := range []string{legacy.Disk, spareDiskOf(legacy.Disk), legacy.Parked.Mem, legacy.Parked.State} {
+	for _, f := range []string{legacy.Disk, legacy.Parked.Mem, legacy.Parked.State} {
 		if _, err := os.Stat(f); !os.IsNotExist(err) {
 			t.Errorf("%s after removing version 1: %v", f, err)
 		}

@@ -278,11 +278,7 @@ func (m *Manager) DeleteTemplate(ctx context.Context, name string) error {
 	m.setFollow(t, false)
 	m.stopBuild(name)
 	m.drainPool(name)
-	tl := m.templateLock(name) // a clone's disk may be in preparation
-	tl.Lock()
-	err = os.RemoveAll(m.templateDir(t.Name))
-	tl.Unlock()
-	if err != nil {
+	if err := os.RemoveAll(m.templateDir(t.Name)); err != nil {
 		return fmt.Errorf("session: delete template %s: %w", name, err)
 	}
 	if err := m.cfg.Store.DeleteTemplate(ctx, name); err != nil && !errors.Is(err, store.ErrNotFound) {
@@ -353,57 +349,17 @@ func (m *Manager) clone(ctx context.Context, t store.Template, id string) (*live
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "template %s: %v", t.Name, err)
 	}
-	spare := spareDiskOf(mach.Disk)
-	l, err := m.cloneInto(ctx, mach, id, m.dir(id), spare)
-	go m.prepareDisk(t.Name, mach.Disk, spare)
+	l, err := m.cloneInto(ctx, mach, id, m.dir(id))
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "template %s: %v", t.Name, err)
 	}
 	return l, nil
 }
 
-// spareDiskOf is where the qcow2 overlay for the next clone of a template
-// version with disk base waits: beside base. Creating an overlay runs
-// qemu-img (about 10 ms here) on the clone's critical path; taking a
-// prepared one is a rename.
-func spareDiskOf(base string) string {
-	return filepath.Join(filepath.Dir(base), "next-clone.qcow2")
-}
-
-// prepareDisk makes the overlay on base that the next clone takes (see
-// spareDiskOf), unless one waits already. It holds template name's read
-// lock, so the version's files are not removed meanwhile.
-func (m *Manager) prepareDisk(name, base, spare string) {
-	tl := m.templateLock(name)
-	tl.RLock()
-	defer tl.RUnlock()
-	if _, err := os.Stat(spare); err == nil {
-		return
-	}
-	if _, err := os.Stat(base); err != nil {
-		return // the version is gone
-	}
-	tmp := spare + ".tmp-" + newID()
-	err := createOverlay(context.Background(), base, tmp)
-	if err == nil {
-		err = os.Rename(tmp, spare)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		m.cfg.Log.Warn("prepare the next clone's disk", "template", name, "err", err)
-	}
-}
-
-// createOverlay creates disk, a qcow2 overlay on the qcow2 disk base.
-func createOverlay(ctx context.Context, base, disk string) error {
-	_, err := command.Output(ctx, exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", base, "-F", "qcow2", disk))
-	return err
-}
-
 // cloneInto restores a new VM, named id, from the parked machine mach
 // into dir, which must not exist: a RAM file of its own, a qcow2 overlay
-// on mach's disk (the one at spare, moved, if it is there).
-func (m *Manager) cloneInto(ctx context.Context, mach machine, id, dir, spare string) (l *live, err error) {
+// on mach's disk.
+func (m *Manager) cloneInto(ctx context.Context, mach machine, id, dir string) (l *live, err error) {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("session: clone %s: %w", id, err)
 	}
@@ -444,10 +400,8 @@ func (m *Manager) cloneInto(ctx context.Context, mach machine, id, dir, spare st
 		}
 	}()
 	disk := filepath.Join(dir, "disk.qcow2")
-	if spare == "" || os.Rename(spare, disk) != nil {
-		if err := createOverlay(ctx, mach.Disk, disk); err != nil {
-			return nil, fmt.Errorf("session: clone %s: overlay: %w", id, err)
-		}
+	if _, err := command.Output(ctx, exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", mach.Disk, "-F", "qcow2", disk)); err != nil {
+		return nil, fmt.Errorf("session: clone %s: overlay: %w", id, err)
 	}
 	state := mach.Parked.State
 	mach.Parked, mach.Disk = nil, disk

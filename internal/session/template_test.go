@@ -2,12 +2,7 @@ package session_test
 
 import (
 	"context"
-	"errors"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -39,12 +34,7 @@ func TestTemplateClones(t *testing.T) {
 
 	var ids []string
 	randoms := map[string]bool{}
-	spare := filepath.Join(r.dir, "templates", "py", "v1", "next-clone.qcow2")
 	for i := 0; i < 3; i++ {
-		var prepared uint64 // the inode of the overlay a clone made for the next
-		if i > 0 {
-			prepared = waitInode(t, spare)
-		}
 		start := time.Now()
 		s, err := r.mgr.Create(ctx, api.CreateSessionRequest{Template: "py"})
 		if err != nil {
@@ -52,9 +42,6 @@ func TestTemplateClones(t *testing.T) {
 		}
 		t.Logf("clone %d ready after %s", i, time.Since(start).Round(time.Millisecond))
 		ids = append(ids, s.ID)
-		if got := inode(t, filepath.Join(r.dir, s.ID, "disk.qcow2")); i > 0 && got != prepared {
-			t.Fatalf("clone %d did not take the overlay the previous clone prepared (inode %d, prepared %d)", i, got, prepared)
-		}
 		if s.Template != "py" {
 			t.Fatalf("clone's template is %q", s.Template)
 		}
@@ -92,36 +79,8 @@ func TestTemplateClones(t *testing.T) {
 	if err := r.mgr.DeleteTemplate(ctx, "py"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(r.dir, "templates", "py")); !errors.Is(err, fs.ErrNotExist) {
-		t.Fatalf("the removed template's files remain: %v", err)
-	}
 	_, err = r.mgr.Create(ctx, api.CreateSessionRequest{Template: "py"})
 	wantCode(t, "clone of a removed template", err, api.CodeNotFound)
-}
-
-// waitInode waits for the file at path to exist and returns its inode.
-func waitInode(t *testing.T, path string) uint64 {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		fi, err := os.Stat(path)
-		if err == nil {
-			return fi.Sys().(*syscall.Stat_t).Ino
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never appeared: %v", path, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-func inode(t *testing.T, path string) uint64 {
-	t.Helper()
-	fi, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return fi.Sys().(*syscall.Stat_t).Ino
 }
 
 // TestWarmPool checks a template's pool fills, a create claims a ready
