@@ -35,7 +35,8 @@ func run(t *testing.T, c *agentproto.Client, argv ...string) string {
 func TestSaveRestoreKeepsProcesses(t *testing.T) {
 	d := newDriver(t)
 	vm, c, spec := bootTiny(t, d)
-	run(t, c, "sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.05; done) >/dev/null 2>&1 & echo $! > /tmp/pid")
+	// The count is renamed into place: a reader never sees it truncated.
+	run(t, c, "sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done) >/dev/null 2>&1 & echo $! > /tmp/pid")
 	time.Sleep(300 * time.Millisecond)
 	pid := run(t, c, "cat", "/tmp/pid")
 	c.Close()
