@@ -20,8 +20,9 @@ import (
 	"github.com/cove-dev/cove/internal/agentproto"
 )
 
-// drainGrace is how long output is still read after a command exits: a
-// background child that keeps the pipe open must not hold the exec forever.
+// drainGrace is how long output is still read after a command exits while
+// a pipe stays open for writing: a background child that keeps it open
+// must not hold the exec forever.
 const drainGrace = 500 * time.Millisecond
 
 var defaultEnv = []string{
@@ -385,10 +386,12 @@ func (a *Agent) supervise(r *running, timeoutMillis int64) {
 		defer t.Stop()
 	}
 	var wg sync.WaitGroup
-	for _, o := range p.outputs {
+	read := make([]atomic.Bool, len(p.outputs)) // output i was read to its end
+	for i, o := range p.outputs {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer read[i].Store(true)
 			buf := make([]byte, 32<<10)
 			for {
 				n, err := o.r.Read(buf)
@@ -404,9 +407,17 @@ func (a *Agent) supervise(r *running, timeoutMillis int64) {
 	ws := <-p.done
 	drained := make(chan struct{})
 	go func() { wg.Wait(); close(drained) }()
-	select {
-	case <-drained:
-	case <-time.After(drainGrace):
+	for waiting := true; waiting; {
+		select {
+		case <-drained:
+			waiting = false
+		case <-time.After(drainGrace):
+			// A pipe no one writes to any more that is not read to its
+			// end yet has a reader that has not run (a slow guest):
+			// wait on. One still open for writing is a background
+			// child's, which must not hold the exec.
+			waiting = p.unreadEnd(read)
+		}
 	}
 	p.closeOutputs()
 	<-drained
@@ -518,6 +529,31 @@ func (p *process) closeStdin() {
 	}
 	p.closed = true
 	p.stdin.Close()
+}
+
+// unreadEnd reports whether an output pipe that is not read to its end
+// (read[i] false) has no writer left: its end is there to be read.
+func (p *process) unreadEnd(read []atomic.Bool) bool {
+	for i, o := range p.outputs {
+		if read[i].Load() {
+			continue
+		}
+		rc, err := o.r.SyscallConn()
+		if err != nil {
+			continue
+		}
+		hungUp := false
+		_ = rc.Control(func(fd uintptr) {
+			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+			if n, err := unix.Poll(pfd, 0); err == nil && n > 0 {
+				hungUp = pfd[0].Revents&unix.POLLHUP != 0
+			}
+		})
+		if hungUp {
+			return true
+		}
+	}
+	return false
 }
 
 func (p *process) closeOutputs() {
