@@ -152,12 +152,19 @@ func (a *Agent) Serve(ctx context.Context, path string) error {
 // hostConnected reports whether the host side of the port is open: the
 // port polls as hung up while it is not.
 func hostConnected(fd int) bool {
+	ev, err := pollNow(fd)
+	return err == nil && ev&unix.POLLHUP == 0
+}
+
+// pollNow returns fd's poll events (asked for POLLIN) without waiting: 0
+// when none is pending.
+func pollNow(fd int) (int16, error) {
 	pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
 	n, err := unix.Poll(pfd, 0)
-	if err != nil {
-		return false
+	if err != nil || n == 0 {
+		return 0, err
 	}
-	return n == 0 || pfd[0].Revents&unix.POLLHUP == 0
+	return pfd[0].Revents, nil
 }
 
 // portConn lets yamux use the port without closing it: the port stays open

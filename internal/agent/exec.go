@@ -544,10 +544,8 @@ func (p *process) unreadEnd(read []atomic.Bool) bool {
 		}
 		hungUp := false
 		_ = rc.Control(func(fd uintptr) {
-			pfd := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
-			if n, err := unix.Poll(pfd, 0); err == nil && n > 0 {
-				hungUp = pfd[0].Revents&unix.POLLHUP != 0
-			}
+			ev, err := pollNow(int(fd))
+			hungUp = err == nil && ev&unix.POLLHUP != 0
 		})
 		if hungUp {
 			return true
