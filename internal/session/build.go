@@ -259,9 +259,7 @@ func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) 
 		if perr := m.cfg.Store.PutTemplateVersion(context.WithoutCancel(ctx), v); perr != nil {
 			log.Error("record failed build", "err", perr)
 		}
-		if os.Getenv("COVE_KEEP") == "" {
-			os.RemoveAll(m.versionDir(name, v.Version))
-		}
+		m.discardBuild(name, v.Version)
 	}
 	if t.Repo != "" {
 		commit, err := m.mirror(t).Fetch(ctx, t.Branch)
@@ -308,7 +306,7 @@ func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) 
 // checks out t's repo, runs the setup commands, (re)starts the start
 // command and saves the machine. It returns the saved machine, whose files
 // are then read-only. On error no VM is left running; the caller removes
-// the directory (unless COVE_KEEP asks to keep it).
+// the directory (discardBuild).
 func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.TemplateVersion, im image.Image, base *machine) (machine, error) {
 	dir := m.versionDir(t.Name, v.Version)
 	os.RemoveAll(dir)
@@ -390,6 +388,14 @@ func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.Te
 	mach := l.mach
 	mach.Parked = p
 	return mach, nil
+}
+
+// discardBuild removes the directory of template name's failed build of
+// version, unless COVE_KEEP asks to keep it for a post-mortem.
+func (m *Manager) discardBuild(name string, version int) {
+	if os.Getenv("COVE_KEEP") == "" {
+		os.RemoveAll(m.versionDir(name, version))
+	}
 }
 
 // checkout brings the guest's checkout of t's repo to commit (already in

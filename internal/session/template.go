@@ -112,9 +112,7 @@ func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequ
 		t.State, t.Error, t.UpdatedAt = api.TemplateFailed, err.Error(), time.Now().UTC()
 		v.State, v.Error, v.UpdatedAt = store.VersionFailed, err.Error(), t.UpdatedAt
 		_ = m.cfg.Store.SwapTemplateVersion(bctx, t, v)
-		if os.Getenv("COVE_KEEP") == "" {
-			os.RemoveAll(m.versionDir(t.Name, v.Version))
-		}
+		m.discardBuild(t.Name, v.Version)
 		return api.Template{}, err
 	}
 	if err := m.cfg.Store.PutTemplateVersion(ctx, v); err != nil {
