@@ -183,6 +183,12 @@ func (d *diffs) num(field string, got, want int64) {
 	}
 }
 
+func (d *diffs) bytes(field string, got, want []byte) {
+	if !bytes.Equal(got, want) {
+		*d = append(*d, fmt.Sprintf("%s = %q, want %q", field, got, want))
+	}
+}
+
 // checkTime reports whether got is want's instant, in UTC, without a
 // monotonic reading.
 func checkTime(field string, got, want time.Time) []string {
@@ -220,9 +226,7 @@ func diffSession(got, want store.Session) []string {
 	d = append(d, checkTime("UpdatedAt", got.UpdatedAt, want.UpdatedAt)...)
 	d.str("Error", got.Error, want.Error)
 	d.num("BootMillis", got.BootMillis, want.BootMillis)
-	if !bytes.Equal(got.Handle, want.Handle) {
-		d = append(d, fmt.Sprintf("Handle = %q, want %q", got.Handle, want.Handle))
-	}
+	d.bytes("Handle", got.Handle, want.Handle)
 	if got.IdleTimeout != want.IdleTimeout {
 		d = append(d, fmt.Sprintf("IdleTimeout = %v, want %v", got.IdleTimeout, want.IdleTimeout))
 	}
@@ -231,9 +235,7 @@ func diffSession(got, want store.Session) []string {
 	}
 	d.str("Template", got.Template, want.Template)
 	d.num("TemplateVersion", int64(got.TemplateVersion), int64(want.TemplateVersion))
-	if !bytes.Equal(got.Snapshot, want.Snapshot) {
-		d = append(d, fmt.Sprintf("Snapshot = %q, want %q", got.Snapshot, want.Snapshot))
-	}
+	d.bytes("Snapshot", got.Snapshot, want.Snapshot)
 	return d
 }
 
@@ -255,9 +257,7 @@ func diffTemplate(got, want store.Template) []string {
 	d.str("Error", got.Error, want.Error)
 	d = append(d, checkTime("CreatedAt", got.CreatedAt, want.CreatedAt)...)
 	d = append(d, checkTime("UpdatedAt", got.UpdatedAt, want.UpdatedAt)...)
-	if !bytes.Equal(got.Snapshot, want.Snapshot) {
-		d = append(d, fmt.Sprintf("Snapshot = %q, want %q", got.Snapshot, want.Snapshot))
-	}
+	d.bytes("Snapshot", got.Snapshot, want.Snapshot)
 	d.str("Repo", got.Repo, want.Repo)
 	d.str("Branch", got.Branch, want.Branch)
 	d.str("RepoDir", got.RepoDir, want.RepoDir)

@@ -90,9 +90,7 @@ func diffEvent(got, want store.Event) []string {
 	if !maps.Equal(got.Fields, want.Fields) {
 		d = append(d, fmt.Sprintf("Fields = %q, want %q", got.Fields, want.Fields))
 	}
-	if !bytes.Equal(got.Body, want.Body) {
-		d = append(d, fmt.Sprintf("Body = %q, want %q", got.Body, want.Body))
-	}
+	d.bytes("Body", got.Body, want.Body)
 	d = append(d, checkTime("Received", got.Received, want.Received)...)
 	return d
 }

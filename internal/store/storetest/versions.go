@@ -1,9 +1,7 @@
 package storetest
 
 import (
-	"bytes"
 	"errors"
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -40,9 +38,7 @@ func diffVersion(got, want store.TemplateVersion) []string {
 	d.num("BuildMillis", got.BuildMillis, want.BuildMillis)
 	d = append(d, checkTime("CreatedAt", got.CreatedAt, want.CreatedAt)...)
 	d = append(d, checkTime("UpdatedAt", got.UpdatedAt, want.UpdatedAt)...)
-	if !bytes.Equal(got.Snapshot, want.Snapshot) {
-		d = append(d, fmt.Sprintf("Snapshot = %q, want %q", got.Snapshot, want.Snapshot))
-	}
+	d.bytes("Snapshot", got.Snapshot, want.Snapshot)
 	return d
 }
 
