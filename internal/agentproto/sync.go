@@ -59,16 +59,16 @@ func nonce() string {
 func GuestSync(rw io.ReadWriter, hello func(Request) Hello) error {
 	var pending []byte
 	buf := make([]byte, 4096)
-	skipped := 0
 	for {
 		n, err := rw.Read(buf)
 		pending = append(pending, buf[:n]...)
 		for {
 			i := bytes.Index(pending, []byte(SyncMagic))
 			if i < 0 {
-				// Keep a tail that may be the start of the magic.
+				// Keep a tail that may be the start of the magic. The
+				// guest skips stale data for as long as it comes: only
+				// the host gives up (maxSkip).
 				if keep := len(SyncMagic); len(pending) > keep {
-					skipped += len(pending) - keep
 					pending = pending[len(pending)-keep:]
 				}
 				break
@@ -99,9 +99,6 @@ func GuestSync(rw io.ReadWriter, hello func(Request) Hello) error {
 			}
 			_, werr := rw.Write([]byte(ack + "\n"))
 			return werr
-		}
-		if skipped > maxSkip {
-			skipped = 0
 		}
 		if err != nil {
 			return err
