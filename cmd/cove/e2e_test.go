@@ -258,14 +258,7 @@ func (e *e2e) wantRunning(id string) {
 	}
 }
 
-func qemuOf(dir, id string) int {
-	for pid, cmd := range vmtest.QEMUProcs(dir) {
-		if strings.Contains(cmd, " cove-"+id+",") {
-			return pid
-		}
-	}
-	return 0
-}
+func qemuOf(dir, id string) int { return vmtest.QEMUOf(dir, id) }
 
 func TestEndToEnd(t *testing.T) {
 	e := newE2E(t)
@@ -536,9 +529,9 @@ git log --oneline`
 			t.Fatalf("sessions after rm of all: %v", ss)
 		}
 		deadline := time.Now().Add(10 * time.Second)
-		for len(vmtest.QEMUProcs(e.home)) > 0 {
+		for len(vmtest.VMProcs(e.home)) > 0 {
 			if time.Now().After(deadline) {
-				t.Fatalf("QEMU processes left under %s: %v", e.home, vmtest.QEMUProcs(e.home))
+				t.Fatalf("QEMU processes left under %s: %v", e.home, vmtest.VMProcs(e.home))
 			}
 			time.Sleep(50 * time.Millisecond)
 		}

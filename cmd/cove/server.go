@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -38,11 +39,22 @@ type serverConfig struct {
 	DefaultImage string
 	StopOnExit   bool
 	IdleTimeout  time.Duration
+	Spares       int // spare QEMU processes per machine shape; 0: none
 }
 
 func envOr(key, def string) string {
 	if v := os.Getenv(key); v != "" {
 		return v
+	}
+	return def
+}
+
+// envInt reads an integer from the environment, or def.
+func envInt(key string, def int) int {
+	if v := os.Getenv(key); v != "" {
+		if n, err := strconv.Atoi(v); err == nil {
+			return n
+		}
 	}
 	return def
 }
@@ -82,6 +94,7 @@ exits.`,
 	f.StringSliceVar(&cfg.Images, "build-images", nil, "images to build at start if missing (e.g. tiny,debian)")
 	f.StringVar(&cfg.DefaultImage, "default-image", "tiny", "image for sessions that name none")
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", envDuration("COVE_IDLE_TIMEOUT", 30*time.Minute), "park sessions idle this long (no API call, nothing attached); 0 never; a session's own --idle-timeout wins (COVE_IDLE_TIMEOUT)")
+	f.IntVar(&cfg.Spares, "spares", envInt("COVE_SPARES", 1), "QEMU processes kept started ahead for each machine shape woken lately, so a wake or a create from a template skips QEMU's start; 0 none (COVE_SPARES)")
 	f.BoolVar(&cfg.StopOnExit, "stop-on-exit", false, "stop every VM when the server exits (default: leave them for the next server to adopt)")
 	return cmd
 }
@@ -129,13 +142,21 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		}
 	}
 
-	driver, err := qemu.New(qemu.Config{Accel: cfg.Accel, User: cfg.QEMUUser, CgroupRoot: "/sys/fs/cgroup", Log: log})
+	sessions := filepath.Join(cfg.Home, "sessions")
+	qcfg := qemu.Config{Accel: cfg.Accel, User: cfg.QEMUUser, CgroupRoot: "/sys/fs/cgroup", Log: log}
+	if cfg.Spares > 0 {
+		// Beside the sessions: a claimed spare's sockets are renamed into
+		// its session's directory.
+		qcfg.SpareDir, qcfg.Spares = filepath.Join(sessions, ".spares"), cfg.Spares
+	}
+	driver, err := qemu.New(qcfg)
 	if err != nil {
 		return err
 	}
+	defer driver.Close()
 	metrics := apiserver.NewMetrics()
 	mgr, err := session.New(session.Config{
-		Store: st, Driver: driver, Images: builder, Dir: filepath.Join(cfg.Home, "sessions"), Log: log,
+		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
 		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout,
 	})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -124,12 +125,19 @@ func run(home, agent string, cfg config) error {
 		return err
 	}
 	defer st.Close()
-	driver, err := qemu.New(qemu.Config{Accel: envOr("COVE_ACCEL", "auto"), User: "cove-vm", CgroupRoot: "/sys/fs/cgroup", Log: log})
+	sessDir := filepath.Join(home, "sessions")
+	os.RemoveAll(sessDir)
+	// Wired as 'cove server' wires it: one spare QEMU process per shape
+	// unless COVE_SPARES says otherwise (0: none, for comparison).
+	qcfg := qemu.Config{Accel: envOr("COVE_ACCEL", "auto"), User: "cove-vm", CgroupRoot: "/sys/fs/cgroup", Log: log}
+	if n, err := strconv.Atoi(envOr("COVE_SPARES", "1")); err != nil || n > 0 {
+		qcfg.SpareDir, qcfg.Spares = filepath.Join(sessDir, ".spares"), max(n, 1)
+	}
+	driver, err := qemu.New(qcfg)
 	if err != nil {
 		return err
 	}
-	sessDir := filepath.Join(home, "sessions")
-	os.RemoveAll(sessDir)
+	defer driver.Close()
 	mgr, err := session.New(session.Config{Store: st, Driver: driver, Images: b, Dir: sessDir, Log: log})
 	if err != nil {
 		return err
@@ -327,11 +335,11 @@ func parkRows(ctx context.Context, c *api.Client, driver *qemu.Driver, b *image.
 	}
 
 	// Raw QEMU: save and restore through the driver alone, no cove.
-	rawSave, rawRestore, err := rawSnapshot(ctx, driver, b, sessDir, c, cfg.parks)
+	rawSave, rawRestore, rawSpare, err := rawSnapshot(ctx, driver, b, sessDir, c, cfg.parks)
 	if err != nil {
 		return nil, err
 	}
-	rows = append(rows, rawSave, rawRestore)
+	rows = append(rows, rawSave, rawRestore, rawSpare)
 
 	// Templates: create from template with the pool empty, then warm.
 	if _, err := c.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "bench", Setup: []string{"echo ready > /tmp/ready"}}); err != nil {
@@ -405,52 +413,75 @@ func waitPool(ctx context.Context, c *api.Client, name string, n int) error {
 
 // rawSnapshot boots a session, then saves and restores its VM through the
 // QEMU driver directly: QEMU's own time, without cove's bookkeeping, agent
-// reconnect or API.
-func rawSnapshot(ctx context.Context, driver *qemu.Driver, b *image.Builder, sessDir string, c *api.Client, n int) (row, row, error) {
+// or API. Restores alternate between a new QEMU process (a driver without
+// spares) and a spare of the bench's driver.
+func rawSnapshot(ctx context.Context, spares *qemu.Driver, b *image.Builder, sessDir string, c *api.Client, n int) (row, row, row, error) {
 	save := row{name: "raw QEMU save (migrate + fsync + quit)", unit: "ms"}
 	restore := row{name: "raw QEMU restore (spawn → running)", unit: "ms"}
+	spare := row{name: "raw QEMU restore into a spare process (claim → running)", unit: "ms"}
+	plain, err := qemu.New(qemu.Config{Accel: spares.Accel(), User: "cove-vm", CgroupRoot: "/sys/fs/cgroup"})
+	if err != nil {
+		return save, restore, spare, err
+	}
 	s, err := c.CreateSession(ctx, api.CreateSessionRequest{IdleTimeout: "0s"})
 	if err != nil {
-		return save, restore, err
+		return save, restore, spare, err
 	}
 	defer c.DeleteSession(context.Background(), s.ID)
 	// Take the VM over from the session manager by parking through the
-	// API once, then restore and save with the driver alone.
+	// API once, then restore and save with the drivers alone.
 	if _, err := c.ParkSession(ctx, s.ID); err != nil {
-		return save, restore, err
+		return save, restore, spare, err
 	}
 	dir := filepath.Join(sessDir, s.ID)
 	k, err := b.Kernel(ctx, func(string) {})
 	if err != nil {
-		return save, restore, err
+		return save, restore, spare, err
 	}
 	initrd, err := b.Initramfs(k)
 	if err != nil {
-		return save, restore, err
+		return save, restore, spare, err
 	}
 	spec := vmm.Spec{ID: s.ID, Dir: dir, Kernel: k.Vmlinux, Initrd: initrd, Disk: filepath.Join(dir, "disk.qcow2"),
 		MemoryMiB: s.MemoryMiB, CPUs: s.CPUs}
 	state := filepath.Join(dir, "state")
-	for i := 0; i < n; i++ {
-		vm, st, err := driver.Restore(ctx, spec, state)
-		if err != nil {
-			return save, restore, err
+	for i := 0; i < 2*n; i++ {
+		d, into := plain, &restore
+		if i%2 == 1 && !spares.HasSpares() {
+			continue
 		}
-		restore.samples = append(restore.samples, ms(st.Total))
-		time.Sleep(50 * time.Millisecond)
-		sst, err := driver.Save(ctx, vm, state)
+		if i%2 == 1 {
+			d, into = spares, &spare
+			for t0 := time.Now(); spares.ReadySpares(spec.MemoryMiB, spec.CPUs) == 0; time.Sleep(10 * time.Millisecond) {
+				if time.Since(t0) > 30*time.Second {
+					return save, restore, spare, errors.New("no spare QEMU process ready after 30s")
+				}
+			}
+		}
+		vm, st, err := d.Restore(ctx, spec, state)
 		if err != nil {
-			return save, restore, err
+			return save, restore, spare, err
+		}
+		if i%2 == 1 && !st.Spare {
+			return save, restore, spare, errors.New("a spare was ready but the restore did not use it")
+		}
+		into.samples = append(into.samples, ms(st.Total))
+		time.Sleep(50 * time.Millisecond)
+		sst, err := d.Save(ctx, vm, state)
+		if err != nil {
+			return save, restore, spare, err
 		}
 		save.samples = append(save.samples, ms(sst.Total))
 	}
-	return save, restore, nil
+	return save, restore, spare, nil
 }
 
 // qemuPID finds the QEMU process of a session from its command line.
 func qemuPID(sessDir, id string) int {
-	for _, pid := range qemu.Orphans(sessDir, func(got string) bool { return got != id }) {
-		return pid
+	for _, p := range qemu.Procs(sessDir) {
+		if !p.Spare && p.ID == id {
+			return p.PID
+		}
 	}
 	return 0
 }

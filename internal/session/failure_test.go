@@ -55,8 +55,8 @@ func TestBadRequestsChangeNothing(t *testing.T) {
 			t.Errorf("sessions after refused creates: %+v, %v", ss, err)
 		}
 	}
-	if ents, _ := os.ReadDir(r.dir); len(ents) != 0 {
-		t.Errorf("refused creates left %d entries in the sessions dir", len(ents))
+	if ents := sessionEntries(r.dir); len(ents) != 0 {
+		t.Errorf("refused creates left %v in the sessions dir", ents)
 	}
 }
 
@@ -172,12 +172,7 @@ func onlySession(t *testing.T, r *rig) api.Session {
 func wantGone(t *testing.T, r *rig, id string) {
 	t.Helper()
 	if !waitFor(10*time.Second, func() bool {
-		for _, cmd := range vmtest.QEMUProcs(r.dir) {
-			if strings.Contains(cmd, " cove-"+id+",") {
-				return false
-			}
-		}
-		return true
+		return vmtest.QEMUOf(r.dir, id) == 0
 	}) {
 		t.Errorf("QEMU of %s still runs", id)
 	}

@@ -3,7 +3,6 @@ package session_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -48,7 +47,7 @@ func TestEightSessionsAtOnce(t *testing.T) {
 		t.FailNow()
 	}
 	t.Logf("%d sessions created concurrently in %s", n, time.Since(start).Round(time.Millisecond))
-	if procs := vmtest.QEMUProcs(r.dir); len(procs) != n {
+	if procs := vmtest.VMProcs(r.dir); len(procs) != n {
 		t.Fatalf("%d QEMU processes for %d sessions", len(procs), n)
 	}
 	seen := map[string]bool{}
@@ -118,12 +117,11 @@ func TestEightSessionsAtOnce(t *testing.T) {
 	if ss, _ := r.mgr.List(ctx); len(ss) != 0 {
 		t.Fatalf("sessions left after deleting all: %+v", ss)
 	}
-	if procs := vmtest.QEMUProcs(r.dir); len(procs) != 0 {
+	if procs := vmtest.VMProcs(r.dir); len(procs) != 0 {
 		t.Fatalf("QEMU processes left after deleting all: %v", procs)
 	}
-	ents, _ := os.ReadDir(r.dir)
-	for _, e := range ents {
-		t.Errorf("left in the sessions dir after deleting all: %s", filepath.Join(r.dir, e.Name()))
+	for _, e := range sessionEntries(r.dir) {
+		t.Errorf("left in the sessions dir after deleting all: %s", filepath.Join(r.dir, e))
 	}
 	for _, id := range ids {
 		_, err := r.mgr.Get(ctx, id)

@@ -344,7 +344,7 @@ func (m *Manager) restore(ctx context.Context, id, dir string, mach machine, sta
 	}
 	restored := time.Now()
 	agent, err := m.connect(ctx, vm)
-	m.cfg.Log.Info("restored", "session", id, "spawn_ms", st.Spawn.Milliseconds(), "load_ms", st.Load.Milliseconds(),
+	m.cfg.Log.Info("restored", "session", id, "spare", st.Spare, "spawn_ms", st.Spawn.Milliseconds(), "load_ms", st.Load.Milliseconds(),
 		"qemu_ms", restored.Sub(start).Milliseconds(), "agent_ms", time.Since(restored).Milliseconds())
 	if err != nil {
 		tail := lastLines(vm.ConsoleTail(), 8)

@@ -43,7 +43,7 @@ func TestParkWakeIsExact(t *testing.T) {
 		if p.Snapshot.DiskBytes <= 0 || p.Snapshot.DiskBytes >= p.Snapshot.MemoryBytes {
 			t.Fatalf("cycle %d: snapshot takes %d bytes for %d bytes of RAM: want sparse (only touched pages)", i, p.Snapshot.DiskBytes, p.Snapshot.MemoryBytes)
 		}
-		if procs := vmtest.QEMUProcs(r.dir); len(procs) != 0 {
+		if procs := vmtest.VMProcs(r.dir); len(procs) != 0 {
 			t.Fatalf("cycle %d: QEMU still running while parked: %v", i, procs)
 		}
 		if i == 0 {
@@ -144,7 +144,7 @@ func TestCorruptSnapshotFailsClearly(t *testing.T) {
 	if got.State != api.StateFailed {
 		t.Fatalf("session is %s after a failed wake, want failed", got.State)
 	}
-	if len(vmtest.QEMUProcs(r.dir)) != 0 {
+	if len(vmtest.VMProcs(r.dir)) != 0 {
 		t.Fatal("a QEMU process runs after a failed wake")
 	}
 }

@@ -47,12 +47,7 @@ func TestRecoverAfterRestart(t *testing.T) {
 	}
 	if !waitFor(10*time.Second, func() bool {
 		_, alive := vmtest.QEMUProcs(a.dir)[keepPID]
-		for _, cmd := range vmtest.QEMUProcs(a.dir) {
-			if strings.Contains(cmd, " cove-"+lost.ID+",") {
-				return false
-			}
-		}
-		return alive
+		return alive && vmtest.QEMUOf(a.dir, lost.ID) == 0
 	}) {
 		t.Fatal("killed QEMU did not go away")
 	}

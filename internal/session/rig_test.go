@@ -7,7 +7,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -74,7 +73,10 @@ func openRig(t *testing.T, o rigOptions) *rig {
 	if os.Getenv("COVE_NOCG") != "" {
 		cg = ""
 	}
-	d, err := qemu.New(qemu.Config{Accel: os.Getenv("COVE_ACCEL"), User: "cove-vm", CgroupRoot: cg})
+	// Spare QEMU processes as 'cove server' keeps them (--spares 1): wakes
+	// and clones after the first restore of a shape claim one.
+	d, err := qemu.New(qemu.Config{Accel: os.Getenv("COVE_ACCEL"), User: "cove-vm", CgroupRoot: cg,
+		SpareDir: filepath.Join(o.dir, ".spares")})
 	if err != nil {
 		st.Close()
 		t.Fatal(err)
@@ -114,6 +116,7 @@ func openRig(t *testing.T, o rigOptions) *rig {
 			}
 		}
 		m.StopAll(ctx)
+		d.Close()
 		st.Close()
 	})
 	return r
@@ -129,6 +132,7 @@ func (r *rig) close() {
 	}
 	r.closed = true
 	r.mgr.Close()
+	r.driver.Close()
 	r.store.Close()
 }
 
@@ -218,13 +222,23 @@ func wantCode(t testing.TB, what string, err error, code string) {
 	}
 }
 
+// sessionEntries lists what dir holds besides the spares' directory.
+func sessionEntries(dir string) []string {
+	var out []string
+	ents, _ := os.ReadDir(dir)
+	for _, e := range ents {
+		if e.Name() != ".spares" {
+			out = append(out, e.Name())
+		}
+	}
+	return out
+}
+
 // qemuPID returns the PID of the QEMU process of session id under dir.
 func qemuPID(t testing.TB, dir, id string) int {
 	t.Helper()
-	for pid, cmd := range vmtest.QEMUProcs(dir) {
-		if strings.Contains(cmd, " cove-"+id+",") {
-			return pid
-		}
+	if pid := vmtest.QEMUOf(dir, id); pid != 0 {
+		return pid
 	}
 	t.Fatalf("no QEMU process for session %s under %s", id, dir)
 	return 0

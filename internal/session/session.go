@@ -593,6 +593,11 @@ func (m *Manager) Recover(ctx context.Context) error {
 	if err := m.recoverTemplates(ctx); err != nil {
 		return err
 	}
+	// A driver that keeps VMM processes started ahead starts one for the
+	// default machine now, so the first wake finds it.
+	if p, ok := m.cfg.Driver.(interface{ Prewarm(memMiB, cpus int) }); ok {
+		p.Prewarm(m.cfg.DefaultMemoryMiB, m.cfg.DefaultCPUs)
+	}
 	return m.startPools(ctx)
 }
 

@@ -100,7 +100,8 @@ type SaveStats struct {
 
 // RestoreStats says where a restore's time went.
 type RestoreStats struct {
-	Spawn time.Duration // process start to QMP ready
+	Spare bool          // a VMM process started ahead was used
+	Spawn time.Duration // process start (or a spare's claim) to QMP ready
 	Load  time.Duration // device state loaded
 	Total time.Duration
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/internal/image"
+	"github.com/cove-dev/cove/internal/vmm/qemu"
 )
 
 // CacheDir is where tests keep kernels, images and the agent binary.
@@ -191,8 +192,31 @@ func Dir(t testing.TB) string {
 	return d
 }
 
+// VMProcs returns the PIDs and command lines of the QEMU processes that
+// run a VM under dir: QEMUProcs without the spares no VM has claimed.
+func VMProcs(dir string) map[int]string {
+	out := map[int]string{}
+	for _, p := range qemu.Procs(dir) {
+		if !p.Spare {
+			out[p.PID] = strings.Join(p.Args, " ")
+		}
+	}
+	return out
+}
+
+// QEMUOf returns the PID of the QEMU process that runs VM id under dir
+// (one started for it, or a spare it claimed), or 0.
+func QEMUOf(dir, id string) int {
+	for _, p := range qemu.Procs(dir) {
+		if !p.Spare && p.ID == id {
+			return p.PID
+		}
+	}
+	return 0
+}
+
 // QEMUProcs returns the PIDs and command lines of the QEMU processes whose
-// command line mentions a path under dir.
+// command line mentions a path under dir, spares included.
 func QEMUProcs(dir string) map[int]string {
 	out := map[int]string{}
 	ents, _ := os.ReadDir("/proc")

@@ -37,8 +37,12 @@ const (
 	MemFile     = "mem"
 )
 
-// agentChardev is the id of the agent channel's chardev.
-const agentChardev = "agent"
+// Ids on QEMU's command line and in QMP.
+const (
+	agentChardev = "agent" // the agent channel's chardev
+	memBackend   = "mem"   // the guest RAM's memory backend
+	diskNode     = "root"  // the root disk's block node
+)
 
 // tbSizeMiB bounds TCG's translation cache per VM (QEMU's default is 1 GiB).
 const tbSizeMiB = 256
@@ -55,7 +59,14 @@ type Config struct {
 	// CgroupRoot is the cgroup v1 mount root ("/sys/fs/cgroup"); empty
 	// disables cgroup limits.
 	CgroupRoot string
-	Log        *slog.Logger
+	// SpareDir is where spare QEMU processes wait to be claimed by a
+	// restore (see Prewarm); it must be on the VMs' file system. Empty
+	// means no spares.
+	SpareDir string
+	// Spares is how many spares are kept ready for each machine shape
+	// restored lately; 0 means 1.
+	Spares int
+	Log    *slog.Logger
 }
 
 // Driver is the QEMU vmm.Driver.
@@ -64,7 +75,8 @@ type Driver struct {
 	accel       string
 	uid, gid    int // -1 when not changing user
 	cgroupsWork bool
-	tscKHz      int // host TSC rate passed to TCG guests; 0: unknown
+	tscKHz      int     // host TSC rate passed to TCG guests; 0: unknown
+	spares      *spares // nil without Config.SpareDir
 }
 
 // New returns a driver, choosing the accelerator (see DetectAccel) and
@@ -108,6 +120,16 @@ func New(cfg Config) (*Driver, error) {
 			cfg.Log.Warn("qemu runs without cgroup limits", "err", err)
 		}
 	}
+	if cfg.SpareDir != "" {
+		if d.cfg.Spares <= 0 {
+			d.cfg.Spares = 1
+		}
+		if err := os.MkdirAll(cfg.SpareDir, 0o711); err != nil {
+			return nil, fmt.Errorf("qemu: spare dir: %w", err)
+		}
+		d.cleanSpares()
+		d.spares = &spares{idle: map[shape][]*VM{}, starting: map[shape]int{}}
+	}
 	return d, nil
 }
 
@@ -144,6 +166,12 @@ func (d *Driver) Args(spec vmm.Spec) []string {
 }
 
 func args(accel string, tscKHz int, spec vmm.Spec) []string {
+	return machineArgs(accel, tscKHz, spec, true)
+}
+
+// machineArgs is QEMU's command line for spec; without guest, the machine
+// lacks its RAM, kernel and disk (a spare adds them by QMP when claimed).
+func machineArgs(accel string, tscKHz int, spec vmm.Spec, guest bool) []string {
 	path := func(name string) string { return filepath.Join(spec.Dir, name) }
 	// No crypto self-tests, CPU mitigations, audit or watchdog: each costs
 	// boot time (most under emulation) and the guest is a sandbox anyway.
@@ -181,33 +209,46 @@ func args(accel string, tscKHz int, spec vmm.Spec) []string {
 	if spec.Cmdline != "" {
 		cmdline += " " + spec.Cmdline
 	}
-	return []string{
+	machine := "microvm,x-option-roms=off,rtc=on"
+	if guest {
+		machine += ",memory-backend=" + memBackend
+	}
+	a := []string{
 		"-name", "cove-" + spec.ID + ",debug-threads=off",
-		"-M", "microvm,x-option-roms=off,rtc=on,memory-backend=mem",
+		"-M", machine,
 		"-accel", accelArg,
 		"-cpu", cpu,
 		"-smp", strconv.Itoa(spec.CPUs),
 		"-m", strconv.Itoa(spec.MemoryMiB) + "M",
-		"-object", fmt.Sprintf("memory-backend-file,id=mem,size=%dM,mem-path=%s,share=on", spec.MemoryMiB, path(MemFile)),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-kernel", spec.Kernel,
-		"-initrd", spec.Initrd,
-		"-append", cmdline,
-		"-drive", "file=" + spec.Disk + ",if=none,id=root,format=qcow2,discard=unmap,cache=writeback",
-		"-device", "virtio-blk-device,drive=root",
+	}
+	if guest {
+		a = append(a,
+			"-object", fmt.Sprintf("memory-backend-file,id=%s,size=%dM,mem-path=%s,share=on", memBackend, spec.MemoryMiB, path(MemFile)),
+			"-kernel", spec.Kernel,
+			"-initrd", spec.Initrd,
+			"-append", cmdline,
+			"-drive", "file="+spec.Disk+",if=none,id="+diskNode+",format=qcow2,discard=unmap,cache=writeback",
+			"-device", "virtio-blk-device,drive="+diskNode)
+	} else {
+		// The disk node is added by QMP before the devices are made;
+		// write-cache=on is what -drive's cache=writeback gives.
+		a = append(a, "-device", "virtio-blk-device,drive="+diskNode+",write-cache=on")
+	}
+	return append(a,
 		"-netdev", "user,id=net0,restrict=on",
 		"-device", "virtio-net-device,netdev=net0",
 		"-device", "virtio-rng-device",
 		"-device", "virtio-serial-device,max_ports=4",
 		// The kernel's console: errors and panics only (quiet), kept for
 		// error messages about guests that crash or never answer.
-		"-chardev", "file,id=console,path=" + path(ConsoleLog),
+		"-chardev", "file,id=console,path="+path(ConsoleLog),
 		"-serial", "chardev:console",
-		"-chardev", "socket,id=" + agentChardev + ",path=" + path(AgentSocket) + ",server=on,wait=off",
-		"-device", "virtserialport,chardev=" + agentChardev + ",name=" + agentproto.PortName,
-		"-qmp", "unix:" + path(QMPSocket) + ",server=on,wait=off",
+		"-chardev", "socket,id="+agentChardev+",path="+path(AgentSocket)+",server=on,wait=off",
+		"-device", "virtserialport,chardev="+agentChardev+",name="+agentproto.PortName,
+		"-qmp", "unix:"+path(QMPSocket)+",server=on,wait=off",
 		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
-	}
+	)
 }
 
 // hostTSCkHz is the host's TSC rate in kHz, from /proc/cpuinfo ("cpu
@@ -242,7 +283,8 @@ type handle struct {
 	ID        string `json:"id"`
 	Dir       string `json:"dir"`
 	PID       int    `json:"pid"`
-	StartTime uint64 `json:"start_time"` // /proc/PID/stat field 22: guards against PID reuse
+	StartTime uint64 `json:"start_time"`       // /proc/PID/stat field 22: guards against PID reuse
+	Cgroup    string `json:"cgroup,omitempty"` // where it differs from ID: a claimed spare's
 }
 
 const handleVersion = 1
@@ -255,14 +297,11 @@ func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) (vmm.VM, error) {
 	return d.spawn(ctx, spec, args(d.accel, d.tscKHz, spec), nil)
 }
 
-// spawn starts QEMU with argv and extra files and connects QMP.
+// spawn starts QEMU with argv and extra files in cgroups named for
+// spec.ID and connects QMP.
 func (d *Driver) spawn(ctx context.Context, spec vmm.Spec, argv []string, extra []*os.File) (*VM, error) {
-	if d.uid >= 0 {
-		for _, p := range []string{spec.Dir, spec.Disk, filepath.Join(spec.Dir, MemFile)} {
-			if err := os.Chown(p, d.uid, d.gid); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return nil, fmt.Errorf("qemu: %s: %w", spec.ID, err)
-			}
-		}
+	if err := d.own(spec); err != nil {
+		return nil, err
 	}
 	logf, err := os.OpenFile(filepath.Join(spec.Dir, QEMULog), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -283,12 +322,19 @@ func (d *Driver) spawn(ctx context.Context, spec vmm.Spec, argv []string, extra 
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("qemu: %s: start: %w", spec.ID, err)
 	}
-	vm := &VM{d: d, id: spec.ID, dir: spec.Dir, pid: cmd.Process.Pid, done: make(chan struct{})}
+	vm := &VM{d: d, id: spec.ID, dir: spec.Dir, cgroup: spec.ID, pid: cmd.Process.Pid, done: make(chan struct{})}
 	go func() {
 		_ = cmd.Wait()
 		// However QEMU ended (Stop, a crash, a failed start), its cgroups
-		// go with it, before anyone waiting on Done moves on.
-		d.unlimit(spec.ID)
+		// (and a spare's directory) go with it, before anyone waiting on
+		// Done moves on.
+		d.unlimit(vm.cgroup)
+		vm.mu.Lock()
+		spareDir := vm.spareDir
+		vm.mu.Unlock()
+		if spareDir != "" {
+			os.RemoveAll(spareDir)
+		}
 		close(vm.done)
 	}()
 	vm.start, _ = procStartTime(vm.pid)
@@ -329,7 +375,11 @@ func (d *Driver) Adopt(ctx context.Context, raw []byte) (vmm.VM, error) {
 	if err != nil {
 		return nil, fmt.Errorf("qemu: adopt %s: pidfd: %w", h.ID, err)
 	}
-	vm := &VM{d: d, id: h.ID, dir: h.Dir, pid: h.PID, start: h.StartTime, done: make(chan struct{})}
+	cgroup := h.ID
+	if h.Cgroup != "" {
+		cgroup = h.Cgroup
+	}
+	vm := &VM{d: d, id: h.ID, dir: h.Dir, cgroup: cgroup, pid: h.PID, start: h.StartTime, done: make(chan struct{})}
 	go func() {
 		defer unix.Close(pidfd)
 		for {
@@ -338,7 +388,7 @@ func (d *Driver) Adopt(ctx context.Context, raw []byte) (vmm.VM, error) {
 				break
 			}
 		}
-		d.unlimit(h.ID)
+		d.unlimit(cgroup)
 		close(vm.done)
 	}()
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -353,13 +403,21 @@ func (d *Driver) Adopt(ctx context.Context, raw []byte) (vmm.VM, error) {
 
 // VM is a QEMU process.
 type VM struct {
-	d     *Driver
-	id    string
-	dir   string
-	pid   int
-	start uint64
-	qmp   *qmp.Conn
-	done  chan struct{}
+	d *Driver
+	// id and dir change when a spare is claimed, before the VM is handed
+	// out; its cgroups keep the spare's name.
+	id     string
+	dir    string
+	cgroup string // the name of its cgroups
+	niced  bool   // a spare started at low priority
+	// mu guards spareDir, a spare's own directory (removed when QEMU
+	// exits), for the goroutine that waits on QEMU.
+	mu       sync.Mutex
+	spareDir string
+	pid      int
+	start    uint64
+	qmp      *qmp.Conn
+	done     chan struct{}
 
 	stopOnce sync.Once
 	stopErr  error
@@ -419,7 +477,11 @@ func (vm *VM) Done() <-chan struct{} { return vm.done }
 
 // Handle describes the VM for Adopt.
 func (vm *VM) Handle() []byte {
-	b, _ := json.Marshal(handle{V: handleVersion, ID: vm.id, Dir: vm.dir, PID: vm.pid, StartTime: vm.start})
+	h := handle{V: handleVersion, ID: vm.id, Dir: vm.dir, PID: vm.pid, StartTime: vm.start}
+	if vm.cgroup != vm.id {
+		h.Cgroup = vm.cgroup
+	}
+	b, _ := json.Marshal(h)
 	return b
 }
 
@@ -476,7 +538,7 @@ func (vm *VM) Stop(ctx context.Context) error {
 			vm.agent = nil
 		}
 		vm.early.Unlock()
-		vm.d.unlimit(vm.id)
+		vm.d.unlimit(vm.cgroup)
 	})
 	return vm.stopErr
 }
@@ -615,36 +677,4 @@ func (d *Driver) CleanCgroups(keep func(id string) bool) {
 			}
 		}
 	}
-}
-
-// Orphans returns the PIDs of QEMU processes booted by a cove driver
-// for VMs under dirRoot whose id keep reports false.
-func Orphans(dirRoot string, keep func(id string) bool) []int {
-	ents, _ := os.ReadDir("/proc")
-	var out []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		argv := strings.Split(string(b), "\x00")
-		id, under := "", false
-		for i, a := range argv {
-			if a == "-name" && i+1 < len(argv) {
-				name, _, _ := strings.Cut(argv[i+1], ",")
-				id, _ = strings.CutPrefix(name, "cove-")
-			}
-			if strings.Contains(a, "path="+dirRoot+"/") {
-				under = true
-			}
-		}
-		if id != "" && under && !keep(id) {
-			out = append(out, pid)
-		}
-	}
-	return out
 }

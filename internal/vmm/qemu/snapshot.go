@@ -188,10 +188,27 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, statePath string) (
 	if _, err := os.Stat(filepath.Join(spec.Dir, MemFile)); err != nil {
 		return nil, stats, fmt.Errorf("qemu: restore %s: memory file: %w", spec.ID, err)
 	}
-	a := append(d.Args(spec), "-incoming", "defer", "-S")
-	vm, err := d.spawn(ctx, spec, a, []*os.File{state})
-	if err != nil {
-		return nil, stats, err
+	sh := shape{spec.MemoryMiB, spec.CPUs}
+	defer d.refill(sh)
+	// The state file is the child's fd 3 (first of ExtraFiles), or a
+	// claimed spare's fd named stateFD.
+	uri := "fd:3"
+	vm := d.takeSpare(sh)
+	if vm != nil {
+		if err := d.claim(ctx, vm, spec, state); err != nil {
+			d.cfg.Log.Warn("qemu spare process unusable: starting a new one", "session", spec.ID, "err", err)
+			_ = vm.kill()
+			vm = nil
+		} else {
+			uri = "fd:" + stateFD
+			stats.Spare = true
+		}
+	}
+	if vm == nil {
+		a := append(d.Args(spec), "-incoming", "defer", "-S")
+		if vm, err = d.spawn(ctx, spec, a, []*os.File{state}); err != nil {
+			return nil, stats, err
+		}
 	}
 	stats.Spawn = time.Since(start)
 	fail := func(err error) (vmm.VM, vmm.RestoreStats, error) {
@@ -217,8 +234,7 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, statePath string) (
 	}
 	events := vm.qmp.Events()
 	loadStart := time.Now()
-	// The state file is the child's fd 3 (first of ExtraFiles).
-	if _, err := vm.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": "fd:3"}); err != nil {
+	if _, err := vm.qmp.Execute(ctx, "migrate-incoming", map[string]any{"uri": uri}); err != nil {
 		return fail(err)
 	}
 	if err := waitMigration(ctx, vm.qmp, events); err != nil {

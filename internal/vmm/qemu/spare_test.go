@@ -1,0 +1,187 @@
+package qemu_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/cove-dev/cove/internal/agentproto"
+	"github.com/cove-dev/cove/internal/vmm"
+	"github.com/cove-dev/cove/internal/vmm/qemu"
+	"github.com/cove-dev/cove/internal/vmtest"
+)
+
+func newSpareDriver(t *testing.T, dir string) *qemu.Driver {
+	t.Helper()
+	d, err := qemu.New(qemu.Config{Accel: os.Getenv("COVE_ACCEL"), User: "cove-vm", CgroupRoot: "/sys/fs/cgroup", SpareDir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	return d
+}
+
+func waitSpare(t *testing.T, d *qemu.Driver, spec vmm.Spec) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for d.ReadySpares(spec.MemoryMiB, spec.CPUs) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no spare QEMU process ready after 30s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func alive(pid int) bool {
+	_, err := os.Stat("/proc/" + strconv.Itoa(pid))
+	return err == nil
+}
+
+// TestRestoreIntoSpare restores a saved VM into spare QEMU processes,
+// several times: the guest must go on as after any restore (processes,
+// disk), the VM must be adoptable by a later driver and found by its id
+// as an orphan; spares left by a driver that died are killed, and a
+// restore passes over a spare that died.
+func TestRestoreIntoSpare(t *testing.T) {
+	spareDir := filepath.Join(vmtest.Dir(t), "spares")
+	d := newSpareDriver(t, spareDir)
+	vm, c, spec := bootTiny(t, d)
+	run(t, c, "sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done) >/dev/null 2>&1 & echo $! > /tmp/pid")
+	pid := run(t, c, "cat", "/tmp/pid")
+	c.Close()
+	d.Prewarm(spec.MemoryMiB, spec.CPUs)
+
+	ctx := context.Background()
+	state := filepath.Join(spec.Dir, "state")
+	for i := 0; i < 2; i++ {
+		if _, err := d.Save(ctx, vm, state); err != nil {
+			t.Fatal(err)
+		}
+		waitSpare(t, d, spec)
+		restored, st, err := d.Restore(ctx, spec, state)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { restored.Stop(context.Background()) })
+		vm = restored
+		if !st.Spare {
+			t.Fatalf("restore %d: a spare was ready but not used: %+v", i, st)
+		}
+		t.Logf("restore into spare: %+v", st)
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		c2, _, err := agentproto.Connect(cctx, vm.DialAgent)
+		cancel()
+		if err != nil {
+			t.Fatalf("connect after restore into spare: %v; console: %s", err, vm.ConsoleTail())
+		}
+		n1, _ := strconv.Atoi(run(t, c2, "cat", "/tmp/count"))
+		time.Sleep(200 * time.Millisecond)
+		n2, _ := strconv.Atoi(run(t, c2, "cat", "/tmp/count"))
+		if n1 == 0 || n2 <= n1 {
+			t.Fatalf("counter after restore %d then %d: want it still counting", n1, n2)
+		}
+		if got := run(t, c2, "sh", "-c", "kill -0 "+pid+" && echo alive"); got != "alive" {
+			t.Fatalf("background process %s gone after restore into spare", pid)
+		}
+		// The disk is the VM's: what was written before is there, and a
+		// write reaches the overlay.
+		run(t, c2, "sh", "-c", "echo "+strconv.Itoa(i)+" >> /root/log && sync")
+		if got := run(t, c2, "cat", "/root/log"); got != map[int]string{0: "0", 1: "0\n1"}[i] {
+			t.Fatalf("disk after restore %d: /root/log is %q", i, got)
+		}
+		c2.Close()
+	}
+	for _, f := range []string{qemu.QMPSocket, qemu.AgentSocket, qemu.ConsoleLog, qemu.QEMULog} {
+		if _, err := os.Stat(filepath.Join(spec.Dir, f)); err != nil {
+			t.Errorf("claimed spare's %s not in the VM's directory: %v", f, err)
+		}
+	}
+
+	// A later driver adopts it through the sockets moved into spec.Dir.
+	if err := vm.Release(); err != nil {
+		t.Fatal(err)
+	}
+	adopted, err := newDriver(t).Adopt(ctx, vm.Handle())
+	if err != nil {
+		t.Fatalf("adopt a VM restored into a spare: %v", err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	c3, _, err := agentproto.Connect(cctx, adopted.DialAgent)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := run(t, c3, "cat", "/root/log"); got != "0\n1" {
+		t.Fatalf("adopted VM: /root/log is %q", got)
+	}
+	c3.Close()
+
+	// Orphans knows it by the VM's id, not the spare's name.
+	var ids []string
+	orphans := qemu.Orphans(filepath.Dir(spec.Dir), func(id string) bool { ids = append(ids, id); return id == spec.ID })
+	for _, p := range orphans {
+		if p == adopted.PID() {
+			t.Fatalf("the VM in a claimed spare is an orphan; ids seen: %v", ids)
+		}
+	}
+	found := false
+	for _, p := range qemu.Orphans(filepath.Dir(spec.Dir), func(string) bool { return false }) {
+		found = found || p == adopted.PID()
+	}
+	if !found {
+		t.Fatal("Orphans does not find the VM in a claimed spare")
+	}
+
+	// A spare left by a driver that died is killed by the next one.
+	waitSpare(t, d, spec)
+	var left []int
+	for p := range vmtest.QEMUProcs(spareDir) {
+		if p != adopted.PID() {
+			left = append(left, p)
+		}
+	}
+	if len(left) != 1 {
+		t.Fatalf("want one idle spare, got processes %v", left)
+	}
+	newSpareDriver(t, spareDir)
+	deadline := time.Now().Add(10 * time.Second)
+	for alive(left[0]) {
+		if time.Now().After(deadline) {
+			t.Fatalf("leftover spare %d still running", left[0])
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !alive(adopted.PID()) {
+		t.Fatal("the next driver killed a claimed spare (a running VM)")
+	}
+	ents, _ := os.ReadDir(spareDir)
+	if len(ents) != 1 {
+		t.Fatalf("spare dir holds %d entries, want only the claimed spare's", len(ents))
+	}
+	// d's spare was killed by the driver after it: d passes it over and
+	// starts QEMU afresh.
+	if _, err := d.Save(ctx, adopted, state); err != nil {
+		t.Fatal(err)
+	}
+	restored, st, err := d.Restore(ctx, spec, state)
+	if err != nil {
+		t.Fatalf("restore with the spare killed: %v", err)
+	}
+	t.Cleanup(func() { restored.Stop(context.Background()) })
+	if st.Spare {
+		t.Fatal("restore claimed a killed spare")
+	}
+	cctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+	c4, _, err := agentproto.Connect(cctx, restored.DialAgent)
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := run(t, c4, "cat", "/root/log"); got != "0\n1" {
+		t.Fatalf("after a restore past a dead spare: /root/log is %q", got)
+	}
+	c4.Close()
+}
