@@ -2,9 +2,11 @@ package qemu_test
 
 import (
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -162,9 +164,25 @@ func TestRestoreIntoSpare(t *testing.T) {
 		t.Fatalf("spare dir holds %d entries, want only the claimed spare's", len(ents))
 	}
 	// d's spare was killed by the driver after it: d passes it over and
-	// starts QEMU afresh.
+	// starts QEMU afresh. The adopted VM's cgroups (named for its spare,
+	// which the handle records) go with it.
+	var h struct {
+		Cgroup string `json:"cgroup"`
+	}
+	if err := json.Unmarshal(adopted.Handle(), &h); err != nil || !strings.HasPrefix(h.Cgroup, "spare-") {
+		t.Fatalf("handle of a VM in a claimed spare: %s (%v): want its spare's cgroup", adopted.Handle(), err)
+	}
+	cg := "/sys/fs/cgroup/memory/cove/" + h.Cgroup
+	_, err = os.Stat(cg)
+	limited := err == nil
+	if _, err := os.Stat(filepath.Dir(cg)); err == nil && !limited {
+		t.Errorf("VM in a claimed spare runs outside its cgroup %s", cg)
+	}
 	if _, err := d.Save(ctx, adopted, state); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := os.Stat(cg); limited && err == nil {
+		t.Errorf("cgroup %s left after its VM stopped", h.Cgroup)
 	}
 	restored, st, err := d.Restore(ctx, spec, state)
 	if err != nil {
