@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -18,7 +19,8 @@ import (
 )
 
 // TestRecoverAfterRestart plays a server restart: manager A boots two
-// sessions and goes away leaving their VMs running; while no manager runs,
+// sessions (one then parked and woken into a spare QEMU process) and goes
+// away leaving their VMs running; while no manager runs,
 // one VM dies and an unrecorded QEMU appears under the sessions dir. A new
 // manager B on the same store file and dir re-adopts the live session
 // (state, files and exec intact), marks the dead one failed, and kills the
@@ -34,7 +36,23 @@ func TestRecoverAfterRestart(t *testing.T) {
 	// A command still running in the guest when the server goes.
 	r := a.run(t, keep.ID, api.ExecRequest{Argv: []string{"sh", "-c", "sleep 300 </dev/null >/dev/null 2>&1 & echo $!"}}, nil)
 	sleeper := strings.TrimSpace(r.stdout)
+	// keep runs in a claimed spare QEMU when the server goes: it is woken
+	// twice, the second time into the spare the first wake started.
+	for i := 0; i < 2; i++ {
+		if _, err := a.mgr.Park(ctx, keep.ID); err != nil {
+			t.Fatal(err)
+		}
+		if i == 1 && !waitFor(30*time.Second, func() bool { return a.driver.ReadySpares(256, 1) > 0 }) {
+			t.Fatal("no spare QEMU process ready 30s after a wake")
+		}
+		if _, err := a.mgr.Wake(ctx, keep.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
 	keepPID := qemuPID(t, a.dir, keep.ID)
+	if cmd, _ := os.ReadFile(filepath.Join("/proc", strconv.Itoa(keepPID), "cmdline")); !strings.Contains(string(cmd), "cove-spare-") {
+		t.Fatalf("the twice-woken session does not run in a claimed spare: %q", cmd)
+	}
 
 	a.close()
 	if qemuPID(t, a.dir, keep.ID) != keepPID {
