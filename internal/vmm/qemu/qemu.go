@@ -294,12 +294,19 @@ func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) (vmm.VM, error) {
 	if spec.CPUs <= 0 || spec.MemoryMiB <= 0 {
 		return nil, fmt.Errorf("qemu: boot %s: cpus and memory must be positive", spec.ID)
 	}
-	return d.spawn(ctx, spec, args(d.accel, d.tscKHz, spec), nil)
+	return d.spawn(ctx, spec, args(d.accel, d.tscKHz, spec), spawnOpts{})
 }
 
-// spawn starts QEMU with argv and extra files in cgroups named for
-// spec.ID and connects QMP.
-func (d *Driver) spawn(ctx context.Context, spec vmm.Spec, argv []string, extra []*os.File) (*VM, error) {
+// spawnOpts are what differs between the QEMU processes of one driver.
+type spawnOpts struct {
+	extra    []*os.File // inherited from fd 3 on
+	spareDir string     // a spare's own directory, removed when QEMU exits
+	nice     int        // the nice value it starts at (a spare's: 19)
+}
+
+// spawn starts QEMU with argv in cgroups named for spec.ID and connects
+// QMP.
+func (d *Driver) spawn(ctx context.Context, spec vmm.Spec, argv []string, opts spawnOpts) (*VM, error) {
 	if err := d.own(spec); err != nil {
 		return nil, err
 	}
@@ -312,7 +319,7 @@ func (d *Driver) spawn(ctx context.Context, spec vmm.Spec, argv []string, extra 
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = []string{"PATH=/usr/bin:/bin"}
-	cmd.ExtraFiles = extra
+	cmd.ExtraFiles = opts.extra
 	// Its own session: QEMU outlives a server that dies or restarts (the
 	// next one adopts it) and ignores the terminal's Ctrl-C.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
@@ -322,18 +329,21 @@ func (d *Driver) spawn(ctx context.Context, spec vmm.Spec, argv []string, extra 
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("qemu: %s: start: %w", spec.ID, err)
 	}
-	vm := &VM{d: d, id: spec.ID, dir: spec.Dir, cgroup: spec.ID, pid: cmd.Process.Pid, done: make(chan struct{})}
+	vm := &VM{d: d, id: spec.ID, dir: spec.Dir, cgroup: spec.ID, spareDir: opts.spareDir,
+		pid: cmd.Process.Pid, done: make(chan struct{})}
+	if opts.nice != 0 {
+		// The threads QEMU makes from now on inherit it.
+		setNice(vm.pid, opts.nice)
+		vm.niced = true
+	}
 	go func() {
 		_ = cmd.Wait()
 		// However QEMU ended (Stop, a crash, a failed start), its cgroups
 		// (and a spare's directory) go with it, before anyone waiting on
 		// Done moves on.
 		d.unlimit(vm.cgroup)
-		vm.mu.Lock()
-		spareDir := vm.spareDir
-		vm.mu.Unlock()
-		if spareDir != "" {
-			os.RemoveAll(spareDir)
+		if opts.spareDir != "" {
+			os.RemoveAll(opts.spareDir)
 		}
 		close(vm.done)
 	}()
@@ -406,14 +416,11 @@ type VM struct {
 	d *Driver
 	// id and dir change when a spare is claimed, before the VM is handed
 	// out; its cgroups keep the spare's name.
-	id     string
-	dir    string
-	cgroup string // the name of its cgroups
-	niced  bool   // a spare started at low priority
-	// mu guards spareDir, a spare's own directory (removed when QEMU
-	// exits), for the goroutine that waits on QEMU.
-	mu       sync.Mutex
-	spareDir string
+	id       string
+	dir      string
+	cgroup   string // the name of its cgroups
+	spareDir string // a spare's own directory
+	niced    bool   // started at low priority (a spare)
 	pid      int
 	start    uint64
 	qmp      *qmp.Conn

@@ -197,7 +197,7 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, statePath string) (
 	if vm != nil {
 		if err := d.claim(ctx, vm, spec, state); err != nil {
 			d.cfg.Log.Warn("qemu spare process unusable: starting a new one", "session", spec.ID, "err", err)
-			_ = vm.kill()
+			vm.discard()
 			vm = nil
 		} else {
 			uri = "fd:" + stateFD
@@ -206,7 +206,7 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, statePath string) (
 	}
 	if vm == nil {
 		a := append(d.Args(spec), "-incoming", "defer", "-S")
-		if vm, err = d.spawn(ctx, spec, a, []*os.File{state}); err != nil {
+		if vm, err = d.spawn(ctx, spec, a, spawnOpts{extra: []*os.File{state}}); err != nil {
 			return nil, stats, err
 		}
 	}

@@ -94,7 +94,7 @@ func (d *Driver) Close() {
 	s.mu.Unlock()
 	s.wg.Wait()
 	for _, vm := range idle {
-		_ = vm.kill()
+		vm.discard()
 	}
 }
 
@@ -111,6 +111,7 @@ func (d *Driver) takeSpare(sh shape) *VM {
 		s.idle[sh] = s.idle[sh][1:]
 		select {
 		case <-vm.done: // it died waiting
+			vm.qmp.Close()
 		default:
 			return vm
 		}
@@ -146,7 +147,7 @@ func (d *Driver) refill(sh shape) {
 	}
 	s.mu.Unlock()
 	for _, vm := range retired {
-		_ = vm.kill()
+		vm.discard()
 	}
 	if need <= 0 {
 		return
@@ -165,7 +166,7 @@ func (d *Driver) refill(sh shape) {
 			if err != nil {
 				d.cfg.Log.Warn("qemu spare process", "memory_mib", sh.memMiB, "cpus", sh.cpus, "err", err)
 			} else if !keep {
-				_ = vm.kill()
+				vm.discard()
 			}
 		}
 	}()
@@ -208,22 +209,25 @@ func (d *Driver) startSpare(sh shape) (*VM, error) {
 	spec := vmm.Spec{ID: name, Dir: dir, MemoryMiB: sh.memMiB, CPUs: sh.cpus}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	// Its cgroups are made now, with the limits of its shape.
-	vm, err := d.spawn(ctx, spec, spareArgs(d.accel, spec), nil)
+	// Its cgroups are made now, with the limits of its shape. It starts
+	// while a woken guest runs, so it yields the CPU; only root can give
+	// the priority back when it is claimed.
+	opts := spawnOpts{spareDir: dir}
+	if os.Geteuid() == 0 {
+		opts.nice = 19
+	}
+	vm, err := d.spawn(ctx, spec, spareArgs(d.accel, spec), opts)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
-	vm.mu.Lock()
-	vm.spareDir = dir
-	vm.mu.Unlock()
-	if os.Geteuid() == 0 {
-		// A spare starts while a woken guest runs: it yields the CPU.
-		// Only root can give the priority back when it is claimed.
-		setNice(vm.pid, 19)
-		vm.niced = true
-	}
 	return vm, nil
+}
+
+// discard ends a spare that is not (or no longer) to be claimed.
+func (vm *VM) discard() {
+	_ = vm.kill()
+	vm.qmp.Close()
 }
 
 // setNice sets the nice value of every thread of pid (nice is per thread
