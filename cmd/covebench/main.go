@@ -339,7 +339,10 @@ func parkRows(ctx context.Context, c *api.Client, driver *qemu.Driver, b *image.
 	if err != nil {
 		return nil, err
 	}
-	rows = append(rows, rawSave, rawRestore, rawSpare)
+	rows = append(rows, rawSave, rawRestore)
+	if len(rawSpare.samples) > 0 {
+		rows = append(rows, rawSpare)
+	}
 
 	// Templates: create from template with the pool empty, then warm.
 	if _, err := c.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "bench", Setup: []string{"echo ready > /tmp/ready"}}); err != nil {
