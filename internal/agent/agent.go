@@ -287,6 +287,15 @@ func (a *Agent) serveConn(ctx context.Context, conn io.ReadWriteCloser) {
 		a.kick = nil
 		a.mu.Unlock()
 		if quiet != "" {
+			// Write back what is dirty (data, and the journal's
+			// metadata: an atime, say) before the host saves the guest:
+			// the kernel would do it within seconds, and a woken guest
+			// would then do it in its first seconds, where under
+			// emulation the journal, block and virtio paths are all
+			// translated afresh (≈2.5k blocks, ≈30 ms, on the wake it
+			// hit). The park pays for it instead, while nobody waits on
+			// the guest.
+			unix.Sync()
 			_, _ = conn.Write([]byte(agentproto.QuietMagic + quiet + "\n"))
 		}
 	}()

@@ -120,7 +120,27 @@ func setupRoot() error {
 	if err := linkUp("lo"); err != nil {
 		return fmt.Errorf("init: loopback: %w", err)
 	}
+	quietKernel()
 	return nil
+}
+
+// quietKernel turns off periodic kernel work a sandbox has no use for:
+// it runs at times in every guest, idle ones too, and after every wake,
+// where under emulation each path run is translated afresh. Best effort:
+// a kernel without a knob keeps its default.
+func quietKernel() {
+	for _, k := range []struct{ path, value string }{
+		// Writeback throttling's latency timers on the root disk: the
+		// guest is the disk's only user.
+		{"/sys/block/" + filepath.Base(RootDevice) + "/queue/wbt_lat_usec", "0"},
+		// Proactive compaction: kcompactd wakes every half second.
+		{"/proc/sys/vm/compaction_proactiveness", "0"},
+		// The per-CPU statistics fold (vmstat_update): every 10 s, not
+		// every second.
+		{"/proc/sys/vm/stat_interval", "10"},
+	} {
+		_ = os.WriteFile(k.path, []byte(k.value), 0o644)
+	}
 }
 
 func mount(src, dst, fstype string, flags uintptr, data string) error {
