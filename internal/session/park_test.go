@@ -94,11 +94,12 @@ func TestParkWakeIsExact(t *testing.T) {
 }
 
 // TestParkedSessionSurvivesRestart parks a session, restarts the manager,
-// and wakes it.
+// and wakes it. The guest is parked with nothing left to write back: what
+// it wrote just before is on its disk, not pending in the woken guest.
 func TestParkedSessionSurvivesRestart(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	s := r.create(t, api.CreateSessionRequest{})
-	r.sh(t, s.ID, "echo before > /root/f")
+	r.sh(t, s.ID, "echo before > /root/f; head -c 4194304 /dev/urandom > /root/dirty")
 	ctx := context.Background()
 	if _, err := r.mgr.Park(ctx, s.ID); err != nil {
 		t.Fatal(err)
@@ -114,6 +115,13 @@ func TestParkedSessionSurvivesRestart(t *testing.T) {
 	}
 	if out := strings.TrimSpace(r2.sh(t, s.ID, "cat /root/f")); out != "before" {
 		t.Fatalf("file after restart and wake: %q", out)
+	}
+	out := strings.Fields(r2.sh(t, s.ID, "wc -c < /root/dirty; grep '^Dirty:' /proc/meminfo"))
+	if len(out) < 3 || out[0] != "4194304" {
+		t.Fatalf("after the wake: %q, want the 4 MiB file and the dirty memory", out)
+	}
+	if kb, err := strconv.Atoi(out[2]); err != nil || kb > 1024 {
+		t.Fatalf("the woken guest has %s kB to write back: the 4 MiB written before the park were not synced", out[2])
 	}
 }
 
