@@ -29,6 +29,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/trigger"
+	"github.com/cove-dev/cove/internal/vmm/qemu"
 	"github.com/cove-dev/cove/internal/vmtest"
 )
 
@@ -258,8 +259,6 @@ func (e *e2e) wantRunning(id string) {
 	}
 }
 
-func qemuOf(dir, id string) int { return vmtest.QEMUOf(dir, id) }
-
 func TestEndToEnd(t *testing.T) {
 	e := newE2E(t)
 	e.startServer()
@@ -345,7 +344,7 @@ func TestEndToEnd(t *testing.T) {
 		if _, ok := e.sessions()[s1]; ok {
 			t.Fatalf("%s still listed after rm", s1)
 		}
-		if pid := qemuOf(e.home, s1); pid != 0 {
+		if pid := qemu.PIDOf(e.home, s1); pid != 0 {
 			t.Fatalf("QEMU %d of %s still runs after rm", pid, s1)
 		}
 		if _, err := os.Stat(filepath.Join(e.home, "sessions", s1)); !errors.Is(err, fs.ErrNotExist) {
@@ -365,13 +364,13 @@ func TestEndToEnd(t *testing.T) {
 	if !t.Run("SessionsOutliveServerRestarts", func(t *testing.T) {
 		s2 = e.create("-e", "WHO=s2")
 		e.ok(nil, "exec", s2, "--", "sh", "-c", "echo kept > /root/state")
-		pid := qemuOf(e.home, s2)
+		pid := qemu.PIDOf(e.home, s2)
 
 		// A crash: the server dies at once, the VM runs on.
 		if err := e.stopServer(syscall.SIGKILL); err == nil {
 			t.Fatal("server killed with SIGKILL exited 0")
 		}
-		if qemuOf(e.home, s2) != pid || pid == 0 {
+		if qemu.PIDOf(e.home, s2) != pid || pid == 0 {
 			t.Fatalf("QEMU of %s did not outlive the server's SIGKILL", s2)
 		}
 		e.startServer()
@@ -384,7 +383,7 @@ func TestEndToEnd(t *testing.T) {
 		if err := e.stopServer(syscall.SIGTERM); err != nil {
 			t.Fatalf("server on SIGTERM: %v", err)
 		}
-		if qemuOf(e.home, s2) != pid {
+		if qemu.PIDOf(e.home, s2) != pid {
 			t.Fatalf("QEMU of %s did not outlive the server's SIGTERM", s2)
 		}
 		e.startServer()
@@ -392,7 +391,7 @@ func TestEndToEnd(t *testing.T) {
 		if got := e.ok(nil, "exec", s2, "--", "cat", "/root/state"); got != "kept\n" {
 			t.Fatalf("after SIGTERM and restart: %q", got)
 		}
-		if qemuOf(e.home, s2) != pid {
+		if qemu.PIDOf(e.home, s2) != pid {
 			t.Fatalf("%s runs in another QEMU after the restarts: want the same process", s2)
 		}
 	}) {

@@ -249,7 +249,7 @@ func run(home, agent string, cfg config) error {
 	rss := row{name: "peak RSS per idle VM (512 MiB guest)", unit: "MiB"}
 	pss := row{name: "PSS per idle VM", unit: "MiB"}
 	for _, id := range ids {
-		pid := qemuPID(sessDir, id)
+		pid := qemu.PIDOf(sessDir, id)
 		if pid == 0 {
 			return fmt.Errorf("no QEMU process for %s", id)
 		}
@@ -365,7 +365,7 @@ func parkRows(ctx context.Context, c *api.Client, driver *qemu.Driver, b *image.
 	time.Sleep(2 * time.Second)
 	pss := row{name: fmt.Sprintf("PSS per idle clone (%d clones of one template)", len(ids)), unit: "MiB"}
 	for _, id := range ids {
-		if pid := qemuPID(sessDir, id); pid != 0 {
+		if pid := qemu.PIDOf(sessDir, id); pid != 0 {
 			pss.samples = append(pss.samples, procKiB(pid, "smaps_rollup", "Pss:")/1024)
 		}
 	}
@@ -477,16 +477,6 @@ func rawSnapshot(ctx context.Context, spares *qemu.Driver, b *image.Builder, ses
 		save.samples = append(save.samples, ms(sst.Total))
 	}
 	return save, restore, spare, nil
-}
-
-// qemuPID finds the QEMU process of a session from its command line.
-func qemuPID(sessDir, id string) int {
-	for _, p := range qemu.Procs(sessDir) {
-		if !p.Spare && p.ID == id {
-			return p.PID
-		}
-	}
-	return 0
 }
 
 func procKiB(pid int, file, key string) float64 {

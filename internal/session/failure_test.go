@@ -14,6 +14,7 @@ import (
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/vmm"
+	"github.com/cove-dev/cove/internal/vmm/qemu"
 	"github.com/cove-dev/cove/internal/vmtest"
 )
 
@@ -172,7 +173,7 @@ func onlySession(t *testing.T, r *rig) api.Session {
 func wantGone(t *testing.T, r *rig, id string) {
 	t.Helper()
 	if !waitFor(10*time.Second, func() bool {
-		return vmtest.QEMUOf(r.dir, id) == 0
+		return qemu.PIDOf(r.dir, id) == 0
 	}) {
 		t.Errorf("QEMU of %s still runs", id)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/vmm"
+	"github.com/cove-dev/cove/internal/vmm/qemu"
 	"github.com/cove-dev/cove/internal/vmtest"
 )
 
@@ -65,7 +66,7 @@ func TestRecoverAfterRestart(t *testing.T) {
 	}
 	if !waitFor(10*time.Second, func() bool {
 		_, alive := vmtest.QEMUProcs(a.dir)[keepPID]
-		return alive && vmtest.QEMUOf(a.dir, lost.ID) == 0
+		return alive && qemu.PIDOf(a.dir, lost.ID) == 0
 	}) {
 		t.Fatal("killed QEMU did not go away")
 	}

@@ -237,7 +237,7 @@ func sessionEntries(dir string) []string {
 // qemuPID returns the PID of the QEMU process of session id under dir.
 func qemuPID(t testing.TB, dir, id string) int {
 	t.Helper()
-	if pid := vmtest.QEMUOf(dir, id); pid != 0 {
+	if pid := qemu.PIDOf(dir, id); pid != 0 {
 		return pid
 	}
 	t.Fatalf("no QEMU process for session %s under %s", id, dir)

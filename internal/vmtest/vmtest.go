@@ -204,17 +204,6 @@ func VMProcs(dir string) map[int]string {
 	return out
 }
 
-// QEMUOf returns the PID of the QEMU process that runs VM id under dir
-// (one started for it, or a spare it claimed), or 0.
-func QEMUOf(dir, id string) int {
-	for _, p := range qemu.Procs(dir) {
-		if !p.Spare && p.ID == id {
-			return p.PID
-		}
-	}
-	return 0
-}
-
 // QEMUProcs returns the PIDs and command lines of the QEMU processes whose
 // command line mentions a path under dir, spares included.
 func QEMUProcs(dir string) map[int]string {

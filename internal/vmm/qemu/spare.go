@@ -388,6 +388,17 @@ func (p Proc) dir() string {
 	return ""
 }
 
+// PIDOf returns the PID of the QEMU process that runs VM id under dirRoot
+// (one started for it, or a spare it claimed), or 0.
+func PIDOf(dirRoot, id string) int {
+	for _, p := range Procs(dirRoot) {
+		if !p.Spare && p.ID == id {
+			return p.PID
+		}
+	}
+	return 0
+}
+
 // Orphans returns the PIDs of QEMU processes started by a cove driver
 // for VMs under dirRoot whose id keep reports false; a spare is under
 // dirRoot when its directory is, and an unclaimed one is never kept.
