@@ -51,6 +51,20 @@ func bootTiny(t *testing.T, d *qemu.Driver) (vmm.VM, *agentproto.Client, vmm.Spe
 	return vm, c, spec
 }
 
+// connect connects to vm's agent (after a restore or an adoption, say:
+// what), failing the test with the guest's console if it does not answer
+// within 30s.
+func connect(t *testing.T, vm vmm.VM, what string) *agentproto.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, _, err := agentproto.Connect(ctx, vm.DialAgent)
+	if err != nil {
+		t.Fatalf("connect %s: %v; console: %s", what, err, vm.ConsoleTail())
+	}
+	return c
+}
+
 func TestBootRunsGuestKernel(t *testing.T) {
 	d := newDriver(t)
 	start := time.Now()

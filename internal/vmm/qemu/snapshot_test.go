@@ -60,12 +60,7 @@ func TestSaveRestoreKeepsProcesses(t *testing.T) {
 		}
 		t.Cleanup(func() { restored.Stop(context.Background()) })
 		vm = restored
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		c2, _, err := agentproto.Connect(cctx, vm.DialAgent)
-		cancel()
-		if err != nil {
-			t.Fatalf("reconnect after restore: %v", err)
-		}
+		c2 := connect(t, vm, "after restore")
 		t.Logf("restore: %+v", rstats)
 		n1, _ := strconv.Atoi(run(t, c2, "cat", "/tmp/count"))
 		time.Sleep(300 * time.Millisecond)

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cove-dev/cove/internal/agentproto"
 	"github.com/cove-dev/cove/internal/vmm"
 	"github.com/cove-dev/cove/internal/vmm/qemu"
 	"github.com/cove-dev/cove/internal/vmtest"
@@ -73,12 +72,7 @@ func TestRestoreIntoSpare(t *testing.T) {
 			t.Fatalf("restore %d: a spare was ready but not used: %+v", i, st)
 		}
 		t.Logf("restore into spare: %+v", st)
-		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		c2, _, err := agentproto.Connect(cctx, vm.DialAgent)
-		cancel()
-		if err != nil {
-			t.Fatalf("connect after restore into spare: %v; console: %s", err, vm.ConsoleTail())
-		}
+		c2 := connect(t, vm, "after restore into spare")
 		n1, _ := strconv.Atoi(run(t, c2, "cat", "/tmp/count"))
 		time.Sleep(200 * time.Millisecond)
 		n2, _ := strconv.Atoi(run(t, c2, "cat", "/tmp/count"))
@@ -110,12 +104,7 @@ func TestRestoreIntoSpare(t *testing.T) {
 	if err != nil {
 		t.Fatalf("adopt a VM restored into a spare: %v", err)
 	}
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	c3, _, err := agentproto.Connect(cctx, adopted.DialAgent)
-	cancel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c3 := connect(t, adopted, "adopted VM")
 	if got := run(t, c3, "cat", "/root/log"); got != "0\n1" {
 		t.Fatalf("adopted VM: /root/log is %q", got)
 	}
@@ -192,12 +181,7 @@ func TestRestoreIntoSpare(t *testing.T) {
 	if st.Spare {
 		t.Fatal("restore claimed a killed spare")
 	}
-	cctx, cancel = context.WithTimeout(ctx, 30*time.Second)
-	c4, _, err := agentproto.Connect(cctx, restored.DialAgent)
-	cancel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	c4 := connect(t, restored, "after a restore past a dead spare")
 	if got := run(t, c4, "cat", "/root/log"); got != "0\n1" {
 		t.Fatalf("after a restore past a dead spare: /root/log is %q", got)
 	}
