@@ -449,11 +449,12 @@ func rawSnapshot(ctx context.Context, spares *qemu.Driver, b *image.Builder, ses
 		MemoryMiB: s.MemoryMiB, CPUs: s.CPUs}
 	state := filepath.Join(dir, "state")
 	for i := 0; i < 2*n; i++ {
-		d, into := plain, &restore
-		if i%2 == 1 && !spares.HasSpares() {
+		intoSpare := i%2 == 1
+		if intoSpare && !spares.HasSpares() {
 			continue
 		}
-		if i%2 == 1 {
+		d, into := plain, &restore
+		if intoSpare {
 			d, into = spares, &spare
 			for t0 := time.Now(); spares.ReadySpares(spec.MemoryMiB, spec.CPUs) == 0; time.Sleep(10 * time.Millisecond) {
 				if time.Since(t0) > 30*time.Second {
@@ -465,7 +466,7 @@ func rawSnapshot(ctx context.Context, spares *qemu.Driver, b *image.Builder, ses
 		if err != nil {
 			return save, restore, spare, err
 		}
-		if i%2 == 1 && !st.Spare {
+		if intoSpare && !st.Spare {
 			return save, restore, spare, errors.New("a spare was ready but the restore did not use it")
 		}
 		into.samples = append(into.samples, ms(st.Total))

@@ -244,7 +244,7 @@ func setNice(pid, nice int) {
 // claim makes spare vm the VM of spec: it adds spec's memory file and
 // disk, leaves preconfig (QEMU then waits for the incoming state), moves
 // the spare's sockets and logs into spec.Dir and hands QEMU state, the
-// state file (named stateFD). On error the caller kills vm.
+// state file (named stateFD). On error the caller discards vm.
 func (d *Driver) claim(ctx context.Context, vm *VM, spec vmm.Spec, state *os.File) error {
 	if vm.niced {
 		setNice(vm.pid, 0)
