@@ -128,7 +128,7 @@ func New(cfg Config) (*Driver, error) {
 			return nil, fmt.Errorf("qemu: spare dir: %w", err)
 		}
 		d.cleanSpares()
-		d.spares = &spares{idle: map[shape][]*VM{}, starting: map[shape]int{}}
+		d.spares = &spares{idle: map[shape][]*VM{}, starting: map[shape]int{}, failures: map[shape]int{}}
 	}
 	return d, nil
 }

@@ -48,10 +48,23 @@ const maxShapes = 2
 
 type shape struct{ memMiB, cpus int }
 
+// spareStartTimeout bounds a spare's start. It starts at nice 19 and may
+// get little CPU while guests run, so it is generous.
+const spareStartTimeout = 2 * time.Minute
+
+// A failed spare start is tried again after spareRetryMin, doubling with
+// each failure in a row up to spareRetryMax, while its shape is among the
+// latest.
+const (
+	spareRetryMin = time.Second
+	spareRetryMax = 5 * time.Minute
+)
+
 type spares struct {
 	mu       sync.Mutex
 	idle     map[shape][]*VM // guarded by mu
 	starting map[shape]int   // guarded by mu
+	failures map[shape]int   // guarded by mu: failed starts in a row
 	recent   []shape         // guarded by mu: least recently used first
 	closed   bool            // guarded by mu
 	wg       sync.WaitGroup
@@ -122,17 +135,23 @@ func (d *Driver) takeSpare(sh shape) *VM {
 // refill starts spares of shape sh in the background until Config.Spares
 // are ready or starting, and retires the spares of shapes no longer among
 // the latest maxShapes.
-func (d *Driver) refill(sh shape) {
+func (d *Driver) refill(sh shape) { d.startSpares(sh, true) }
+
+// startSpares is refill; touch marks sh as restored now. A retry after a
+// failed start does not: it only goes on while sh is among the latest.
+func (d *Driver) startSpares(sh shape, touch bool) {
 	s := d.spares
 	if s == nil {
 		return
 	}
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || !touch && !containsShape(s.recent, sh) {
 		s.mu.Unlock()
 		return
 	}
-	s.recent = append(deleteShape(s.recent, sh), sh)
+	if touch {
+		s.recent = append(deleteShape(s.recent, sh), sh)
+	}
 	var retired []*VM
 	for len(s.recent) > maxShapes {
 		old := s.recent[0]
@@ -154,7 +173,7 @@ func (d *Driver) refill(sh shape) {
 	}
 	go func() {
 		defer s.wg.Done()
-		for range need {
+		for left := need; left > 0; left-- {
 			vm, err := d.startSpare(sh)
 			s.mu.Lock()
 			s.starting[sh]--
@@ -162,10 +181,23 @@ func (d *Driver) refill(sh shape) {
 			if keep {
 				s.idle[sh] = append(s.idle[sh], vm)
 			}
+			var retry time.Duration
+			if err != nil {
+				// The rest are not tried now: the retry starts them.
+				s.starting[sh] -= left - 1
+				retry = min(spareRetryMin<<min(s.failures[sh], 16), spareRetryMax)
+				s.failures[sh]++
+			} else {
+				delete(s.failures, sh)
+			}
 			s.mu.Unlock()
 			if err != nil {
-				d.cfg.Log.Warn("qemu spare process", "memory_mib", sh.memMiB, "cpus", sh.cpus, "err", err)
-			} else if !keep {
+				d.cfg.Log.Warn("qemu spare process did not start; trying again later", "memory_mib", sh.memMiB, "cpus", sh.cpus,
+					"retry_in", retry, "err", err)
+				time.AfterFunc(retry, func() { d.startSpares(sh, false) })
+				return
+			}
+			if !keep {
 				vm.discard()
 			}
 		}
@@ -207,7 +239,7 @@ func (d *Driver) startSpare(sh shape) (*VM, error) {
 		return nil, fmt.Errorf("qemu: spare: %w", err)
 	}
 	spec := vmm.Spec{ID: name, Dir: dir, MemoryMiB: sh.memMiB, CPUs: sh.cpus}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), spareStartTimeout)
 	defer cancel()
 	// Its cgroups are made now, with the limits of its shape. It starts
 	// while a woken guest runs, so it yields the CPU; only root can give

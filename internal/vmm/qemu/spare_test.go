@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -186,4 +187,33 @@ func TestRestoreIntoSpare(t *testing.T) {
 		t.Fatalf("after a restore past a dead spare: /root/log is %q", got)
 	}
 	c4.Close()
+}
+
+// TestSpareStartRetried: a spare that fails to start (here its QEMU exits
+// at once, the first time) is started again later, so spares come back
+// after a failure without a restore asking for one.
+func TestSpareStartRetried(t *testing.T) {
+	vmtest.Require(t)
+	bin, err := exec.LookPath("qemu-system-x86_64")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := vmtest.Dir(t)
+	failed := filepath.Join(dir, "failed-once")
+	wrapper := filepath.Join(dir, "qemu")
+	script := "#!/bin/sh\ncase \" $* \" in *' --preconfig '*) [ -e " + failed + " ] || { touch " + failed + "; exit 1; } ;; esac\nexec " + bin + " \"$@\"\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	d, err := qemu.New(qemu.Config{Binary: wrapper, Accel: os.Getenv("COVE_ACCEL"), SpareDir: filepath.Join(dir, "spares")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(d.Close)
+	spec := vmm.Spec{MemoryMiB: 256, CPUs: 1}
+	d.Prewarm(spec.MemoryMiB, spec.CPUs)
+	waitSpare(t, d, spec)
+	if _, err := os.Stat(failed); err != nil {
+		t.Fatalf("the first spare start did not fail as arranged: %v", err)
+	}
 }
