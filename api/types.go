@@ -122,11 +122,15 @@ type Template struct {
 	// Pool is how many clones are kept restored and ready.
 	Pool int `json:"pool"`
 	// PoolReady is how many are ready now.
-	PoolReady int           `json:"pool_ready"`
-	Error     string        `json:"error,omitempty"`
-	Snapshot  *SnapshotInfo `json:"snapshot,omitempty"`
-	CreatedAt time.Time     `json:"created_at"`
-	UpdatedAt time.Time     `json:"updated_at"`
+	PoolReady int `json:"pool_ready"`
+	// CloneFilesReady is how many sets of a clone's files (RAM file, disk
+	// overlay) are made ahead for the current version, for creates that
+	// find the pool empty (see the server's --clone-files).
+	CloneFilesReady int           `json:"clone_files_ready,omitempty"`
+	Error           string        `json:"error,omitempty"`
+	Snapshot        *SnapshotInfo `json:"snapshot,omitempty"`
+	CreatedAt       time.Time     `json:"created_at"`
+	UpdatedAt       time.Time     `json:"updated_at"`
 
 	// Repo is the git repository the template is built from, Branch the
 	// branch it follows and RepoDir the checkout's path in the guest.

@@ -40,6 +40,7 @@ type serverConfig struct {
 	StopOnExit   bool
 	IdleTimeout  time.Duration
 	Spares       int // spare QEMU processes per machine shape; 0: none
+	CloneFiles   int // clone files made ahead per template; 0: none
 }
 
 func envOr(key, def string) string {
@@ -95,6 +96,7 @@ exits.`,
 	f.StringVar(&cfg.DefaultImage, "default-image", "tiny", "image for sessions that name none")
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", envDuration("COVE_IDLE_TIMEOUT", 30*time.Minute), "park sessions idle this long (no API call, nothing attached); 0 never; a session's own --idle-timeout wins (COVE_IDLE_TIMEOUT)")
 	f.IntVar(&cfg.Spares, "spares", envInt("COVE_SPARES", 1), "QEMU processes kept started ahead for each machine shape woken lately, so a wake or a create from a template skips QEMU's start; 0 none (COVE_SPARES)")
+	f.IntVar(&cfg.CloneFiles, "clone-files", envInt("COVE_CLONE_FILES", 1), "sets of a clone's files (a copy of the template's RAM file, a disk overlay) kept made ahead for each ready template, so a create from an empty pool does not copy; 0 none (COVE_CLONE_FILES)")
 	f.BoolVar(&cfg.StopOnExit, "stop-on-exit", false, "stop every VM when the server exits (default: leave them for the next server to adopt)")
 	return cmd
 }
@@ -157,7 +159,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	metrics := apiserver.NewMetrics()
 	mgr, err := session.New(session.Config{
 		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
-		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout,
+		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout, CloneFiles: cfg.CloneFiles,
 	})
 	if err != nil {
 		return err

@@ -85,7 +85,7 @@ func ms(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e6 }
 
 type config struct {
 	boots, debianBoots, execs, files, idle, parks, clones int
-	rebuilds                                              int
+	rebuilds, cloneFiles                                  int
 	verbose, wakeOnly                                     bool
 }
 
@@ -138,7 +138,12 @@ func run(home, agent string, cfg config) error {
 		return err
 	}
 	defer driver.Close()
-	mgr, err := session.New(session.Config{Store: st, Driver: driver, Images: b, Dir: sessDir, Log: log})
+	// And one set of clone files made ahead per template unless
+	// COVE_CLONE_FILES says otherwise.
+	if cfg.cloneFiles, err = strconv.Atoi(envOr("COVE_CLONE_FILES", "1")); err != nil {
+		return fmt.Errorf("COVE_CLONE_FILES: %w", err)
+	}
+	mgr, err := session.New(session.Config{Store: st, Driver: driver, Images: b, Dir: sessDir, Log: log, CloneFiles: cfg.cloneFiles})
 	if err != nil {
 		return err
 	}
@@ -349,8 +354,16 @@ func parkRows(ctx context.Context, c *api.Client, driver *qemu.Driver, b *image.
 		return nil, err
 	}
 	cold := row{name: "create from template → first exec (pool empty)", unit: "ms", target: 350}
+	if cfg.cloneFiles > 0 {
+		cold.name = "create from template → first exec (pool empty, clone files made ahead)"
+	}
 	var ids []string
 	for i := 0; i < cfg.clones; i++ {
+		// As for the warm pool below: each create finds what the server
+		// keeps made ahead, here the clone files, ready.
+		if err := waitTemplate(ctx, c, "bench", "clone files", func(t api.Template) bool { return t.CloneFilesReady >= cfg.cloneFiles }); err != nil {
+			return nil, err
+		}
 		t0 := time.Now()
 		cs, err := c.CreateSession(ctx, api.CreateSessionRequest{Template: "bench"})
 		if err != nil {
@@ -380,7 +393,7 @@ func parkRows(ctx context.Context, c *api.Client, driver *qemu.Driver, b *image.
 	}
 	warm := row{name: "create from template → first exec (warm pool)", unit: "ms", target: 20}
 	for i := 0; i < 5; i++ {
-		if err := waitPool(ctx, c, "bench-pool", 2); err != nil {
+		if err := waitTemplate(ctx, c, "bench-pool", "pool", func(t api.Template) bool { return t.PoolReady >= 2 }); err != nil {
 			return nil, err
 		}
 		t0 := time.Now()
@@ -399,19 +412,20 @@ func parkRows(ctx context.Context, c *api.Client, driver *qemu.Driver, b *image.
 	return rows, nil
 }
 
-func waitPool(ctx context.Context, c *api.Client, name string, n int) error {
+// waitTemplate waits until ready(template name); what names it in the error.
+func waitTemplate(ctx context.Context, c *api.Client, name, what string, ready func(api.Template) bool) error {
 	deadline := time.Now().Add(2 * time.Minute)
 	for time.Now().Before(deadline) {
 		t, err := c.GetTemplate(ctx, name)
 		if err != nil {
 			return err
 		}
-		if t.PoolReady >= n {
+		if ready(t) {
 			return nil
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("pool of %s did not fill", name)
+	return fmt.Errorf("%s of template %s not ready after 2 minutes", what, name)
 }
 
 // rawSnapshot boots a session, then saves and restores its VM through the
@@ -457,8 +471,8 @@ func rawSnapshot(ctx context.Context, spares *qemu.Driver, b *image.Builder, ses
 		if intoSpare {
 			d, into = spares, &spare
 			for t0 := time.Now(); spares.ReadySpares(spec.MemoryMiB, spec.CPUs) == 0; time.Sleep(10 * time.Millisecond) {
-				if time.Since(t0) > 30*time.Second {
-					return save, restore, spare, errors.New("no spare QEMU process ready after 30s")
+				if time.Since(t0) > 2*time.Minute {
+					return save, restore, spare, errors.New("no spare QEMU process ready after 2 minutes")
 				}
 			}
 		}

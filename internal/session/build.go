@@ -297,7 +297,7 @@ func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) 
 	}
 	log.Info("template version live", "version", v.Version, "commit", v.Commit, "took", time.Since(start).Round(time.Millisecond))
 	m.drainPool(name)
-	m.ensurePool(t)
+	m.templateReady(t)
 	m.collectVersions(context.WithoutCancel(ctx), name)
 }
 
@@ -325,7 +325,7 @@ func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.Te
 			return machine{}, fmt.Errorf("template %s: boot: %w", t.Name, err)
 		}
 	} else {
-		if l, err = m.cloneInto(ctx, *base, id, dir); err != nil {
+		if l, err = m.cloneInto(ctx, *base, id, dir, ""); err != nil {
 			return machine{}, fmt.Errorf("template %s: restore version %d: %w", t.Name, v.Base, err)
 		}
 	}

@@ -91,7 +91,10 @@ func openRig(t *testing.T, o rigOptions) *rig {
 	}
 	// Templates go inside the rig's dir: the default (beside Dir) is shared
 	// by every test binary running at once.
-	cfg := session.Config{Store: st, Driver: drv, Images: images, Dir: o.dir, TemplateDir: filepath.Join(o.dir, "templates")}
+	// One set of clone files made ahead per template, as 'cove server'
+	// keeps: its maker runs once Recover is called.
+	cfg := session.Config{Store: st, Driver: drv, Images: images, Dir: o.dir, TemplateDir: filepath.Join(o.dir, "templates"),
+		CloneFiles: 1}
 	m, err := session.New(cfg)
 	if err != nil {
 		st.Close()
@@ -222,12 +225,13 @@ func wantCode(t testing.TB, what string, err error, code string) {
 	}
 }
 
-// sessionEntries lists what dir holds besides the spares' directory.
+// sessionEntries lists what dir holds besides the spares' and the clone
+// files' directories.
 func sessionEntries(dir string) []string {
 	var out []string
 	ents, _ := os.ReadDir(dir)
 	for _, e := range ents {
-		if e.Name() != ".spares" {
+		if e.Name() != ".spares" && e.Name() != ".clone-files" {
 			out = append(out, e.Name())
 		}
 	}

@@ -64,6 +64,11 @@ type Config struct {
 	// a session sets its own.
 	DefaultIdleTimeout time.Duration
 
+	// CloneFiles is how many sets of a clone's files (RAM file, disk
+	// overlay) are kept made ahead for each ready template, so a create
+	// from an empty pool does not copy; 0 none.
+	CloneFiles int
+
 	// OnBoot, if set, is told each successful boot's duration.
 	OnBoot func(time.Duration)
 }
@@ -82,6 +87,10 @@ type Manager struct {
 	builds  map[string]*builder      // guarded by mu: template builds queued or running, by name
 	follows map[string][]string      // guarded by mu: templates by the repo and branch they follow
 	tlocks  map[string]*sync.RWMutex // guarded by mu: read-held while a template version is cloned
+
+	cloneFiles  map[string][]cloneFiles // guarded by mu: sets made ahead, by template name
+	cloneWanted map[string]bool         // guarded by mu: templates whose sets the maker is to fill
+	cloneKick   chan struct{}           // wakes the maker
 
 	index     trigger.Index        // subscriptions of sessions parked until an event
 	deadlines map[string]time.Time // guarded by mu: when each subscription with a timeout times out
@@ -148,8 +157,8 @@ func New(cfg Config) (*Manager, error) {
 	m := &Manager{cfg: cfg, live: map[string]*live{}, locks: map[string]*sync.Mutex{},
 		pools: map[string]*pool{}, woke: map[string]chan struct{}{}, stop: make(chan struct{}),
 		builds: map[string]*builder{}, follows: map[string][]string{}, tlocks: map[string]*sync.RWMutex{},
-		deadlines: map[string]time.Time{},
-		deliver:   make(chan struct{}, 1)}
+		deadlines: map[string]time.Time{}, deliver: make(chan struct{}, 1),
+		cloneFiles: map[string][]cloneFiles{}, cloneWanted: map[string]bool{}, cloneKick: make(chan struct{}, 1)}
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
 	return m, nil
 }
@@ -586,9 +595,11 @@ func (m *Manager) Recover(ctx context.Context) error {
 	if err := m.loadSubscriptions(ctx); err != nil {
 		return err
 	}
-	m.bg.Add(2)
+	m.resetCloneFiles()
+	m.bg.Add(3)
 	go m.idleLoop()
 	go m.deliverLoop()
+	go m.cloneFilesLoop()
 	m.kickDeliveries() // deliveries left pending by the last server
 	if err := m.recoverTemplates(ctx); err != nil {
 		return err

@@ -60,6 +60,11 @@ func (m *Manager) templateAPI(t store.Template) api.Template {
 	if p := m.pools[t.Name]; p != nil {
 		out.PoolReady = len(p.ready)
 	}
+	for _, s := range m.cloneFiles[t.Name] {
+		if s.version == out.Version {
+			out.CloneFilesReady++
+		}
+	}
 	m.mu.Unlock()
 	return out
 }
@@ -139,7 +144,7 @@ func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequ
 	}
 	m.cfg.Log.Info("template ready", "template", t.Name, "commit", t.Commit, "took", time.Since(start).Round(time.Millisecond))
 	m.setFollow(t, true)
-	m.ensurePool(t)
+	m.templateReady(t)
 	return m.templateAPI(t), nil
 }
 
@@ -276,6 +281,11 @@ func (m *Manager) DeleteTemplate(ctx context.Context, name string) error {
 	m.setFollow(t, false)
 	m.stopBuild(name)
 	m.drainPool(name)
+	// Clones being made, and the maker of clone files, read the files.
+	tl := m.templateLock(name)
+	tl.Lock()
+	defer tl.Unlock()
+	m.dropCloneFiles(name, 0)
 	if err := os.RemoveAll(m.templateDir(t.Name)); err != nil {
 		return fmt.Errorf("session: delete template %s: %w", name, err)
 	}
@@ -341,13 +351,18 @@ func (m *Manager) createFromTemplate(ctx context.Context, req api.CreateSessionR
 	return m.toAPI(rec), nil
 }
 
-// clone restores a new VM from template t into the session dir of id.
+// clone restores a new VM from template t into the session dir of id,
+// from clone files made ahead where a set is ready.
 func (m *Manager) clone(ctx context.Context, t store.Template, id string) (*live, error) {
 	mach, err := parkedMachine(t.Snapshot)
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "template %s: %v", t.Name, err)
 	}
-	l, err := m.cloneInto(ctx, mach, id, m.dir(id))
+	files := m.takeCloneFiles(t.Name, max(t.Version, 1))
+	// The next set is made a little later: the copy takes CPU and
+	// memory bandwidth the new clone's first commands want.
+	time.AfterFunc(cloneFilesDelay, func() { m.wantCloneFiles(t.Name) })
+	l, err := m.cloneInto(ctx, mach, id, m.dir(id), files)
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "template %s: %v", t.Name, err)
 	}
@@ -356,50 +371,63 @@ func (m *Manager) clone(ctx context.Context, t store.Template, id string) (*live
 
 // cloneInto restores a new VM, named id, from the parked machine mach
 // into dir, which must not exist: a RAM file of its own, a qcow2 overlay
-// on mach's disk.
-func (m *Manager) cloneInto(ctx context.Context, mach machine, id, dir string) (l *live, err error) {
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("session: clone %s: %w", id, err)
+// on mach's disk. files, if not "", is a directory of both made ahead
+// (see takeCloneFiles), renamed to dir.
+func (m *Manager) cloneInto(ctx context.Context, mach machine, id, dir, files string) (l *live, err error) {
+	if files != "" {
+		if err := os.Rename(files, dir); err != nil {
+			m.cfg.Log.Warn("clone files made ahead unusable: copying", "session", id, "err", err)
+			os.RemoveAll(files)
+			files = ""
+		}
+	}
+	if files == "" {
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("session: clone %s: %w", id, err)
+		}
 	}
 	defer func() {
 		if err != nil {
 			os.RemoveAll(dir)
 		}
 	}()
-	// The RAM file: a reflink now where the file system has them; else
-	// its data is copied while QEMU starts, and QEMU loads the state
-	// only once the copy is done.
-	copyRest, err := startCopy(mach.Parked.Mem, filepath.Join(dir, qemu.MemFile))
-	if err != nil {
-		return nil, fmt.Errorf("session: clone %s: copy memory: %w", id, err)
-	}
-	copied := make(chan struct{})
-	var copyErr error // set before copied is closed
-	go func() {
-		start := time.Now()
-		copyErr = copyRest()
-		m.cfg.Log.Debug("clone memory copied", "session", id, "ms", time.Since(start).Milliseconds(), "err", copyErr)
-		close(copied)
-	}()
-	waitCopy := func(ctx context.Context) error {
-		select {
-		case <-copied:
-			if copyErr != nil {
-				return fmt.Errorf("copy memory: %w", copyErr)
-			}
-			return nil
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	defer func() {
+	disk := filepath.Join(dir, cloneOverlay)
+	var waitCopy func(context.Context) error
+	if files == "" {
+		// The RAM file: a reflink now where the file system has them;
+		// else its data is copied while QEMU starts, and QEMU loads the
+		// state only once the copy is done.
+		copyRest, err := startCopy(mach.Parked.Mem, filepath.Join(dir, qemu.MemFile))
 		if err != nil {
-			<-copied // the copy is done with the file before the dir goes
+			return nil, fmt.Errorf("session: clone %s: copy memory: %w", id, err)
 		}
-	}()
-	disk := filepath.Join(dir, "disk.qcow2")
-	if _, err := command.Output(ctx, exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", mach.Disk, "-F", "qcow2", disk)); err != nil {
-		return nil, fmt.Errorf("session: clone %s: overlay: %w", id, err)
+		copied := make(chan struct{})
+		var copyErr error // set before copied is closed
+		go func() {
+			start := time.Now()
+			copyErr = copyRest(false)
+			m.cfg.Log.Debug("clone memory copied", "session", id, "ms", time.Since(start).Milliseconds(), "err", copyErr)
+			close(copied)
+		}()
+		waitCopy = func(ctx context.Context) error {
+			select {
+			case <-copied:
+				if copyErr != nil {
+					return fmt.Errorf("copy memory: %w", copyErr)
+				}
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		defer func() {
+			if err != nil {
+				<-copied // the copy is done with the file before the dir goes
+			}
+		}()
+		if err := makeOverlay(ctx, mach.Disk, disk); err != nil {
+			return nil, fmt.Errorf("session: clone %s: %w", id, err)
+		}
 	}
 	state := mach.Parked.State
 	mach.Parked, mach.Disk = nil, disk
@@ -412,11 +440,20 @@ func (m *Manager) cloneInto(ctx context.Context, mach machine, id, dir string) (
 	return l, nil
 }
 
+// makeOverlay creates the qcow2 file disk, an overlay on backing.
+func makeOverlay(ctx context.Context, backing, disk string) error {
+	if _, err := command.Output(ctx, exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", disk)); err != nil {
+		return fmt.Errorf("overlay: %w", err)
+	}
+	return nil
+}
+
 // startCopy starts copying src to dst (created): it reflinks dst to src
 // where the file system supports it, and returns a no-op; else it gives
 // dst src's size and returns the function that copies src's data extents
-// (dst keeps src's holes). The returned function closes both files.
-func startCopy(src, dst string) (copyRest func() error, err error) {
+// (dst keeps src's holes) and, if sync, flushes dst to disk. The returned
+// function closes both files.
+func startCopy(src, dst string) (copyRest func(sync bool) error, err error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return nil, err
@@ -429,7 +466,7 @@ func startCopy(src, dst string) (copyRest func() error, err error) {
 	closeBoth := func() { in.Close(); out.Close() }
 	if unix.IoctlFileClone(int(out.Fd()), int(in.Fd())) == nil {
 		closeBoth()
-		return func() error { return nil }, nil
+		return func(bool) error { return nil }, nil
 	}
 	fi, err := in.Stat()
 	if err == nil {
@@ -439,9 +476,13 @@ func startCopy(src, dst string) (copyRest func() error, err error) {
 		closeBoth()
 		return nil, err
 	}
-	return func() error {
+	return func(sync bool) error {
 		defer closeBoth()
-		return copyExtents(in, out, fi.Size())
+		err := copyExtents(in, out, fi.Size())
+		if err == nil && sync {
+			err = out.Sync()
+		}
+		return err
 	}, nil
 }
 
@@ -498,9 +539,16 @@ func (m *Manager) startPools(ctx context.Context) error {
 		return fmt.Errorf("session: templates: %w", err)
 	}
 	for _, t := range ts {
-		m.ensurePool(t)
+		m.templateReady(t)
 	}
 	return nil
+}
+
+// templateReady starts what a ready template keeps going: its pool and
+// its clone files made ahead.
+func (m *Manager) templateReady(t store.Template) {
+	m.wantCloneFiles(t.Name)
+	m.ensurePool(t)
 }
 
 // ensurePool starts the filler of t's pool if it wants clones.

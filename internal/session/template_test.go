@@ -2,11 +2,15 @@ package session_test
 
 import (
 	"context"
+	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/vmm/qemu"
 )
 
 // TestTemplateClones builds a template, restores clones of it and checks
@@ -121,5 +125,104 @@ func TestWarmPool(t *testing.T) {
 	}
 	if err := r.mgr.DeleteTemplate(ctx, "warm"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestCloneFilesMadeAhead: a ready template gets a set of clone files (a
+// RAM file, a disk overlay) made ahead; a create renames it into the new
+// session instead of copying, and that clone is a clone like any other
+// (the setup's result, a disk of its own, park and wake); the set is made
+// again for the next create. A restart drops the sets it finds and makes
+// new ones; removing the template removes its set.
+func TestCloneFilesMadeAhead(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	ctx := context.Background()
+	if err := r.mgr.Recover(ctx); err != nil { // starts the maker
+		t.Fatal(err)
+	}
+	if _, err := r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "ahead", Setup: []string{"echo ready > /root/setup"}}); err != nil {
+		t.Fatal(err)
+	}
+	setsDir := filepath.Join(r.dir, ".clone-files")
+	sets := func() []string {
+		var out []string
+		ents, _ := os.ReadDir(setsDir)
+		for _, e := range ents {
+			out = append(out, e.Name())
+		}
+		return out
+	}
+	waitSet := func(r *rig, what string) string {
+		t.Helper()
+		made := waitFor(time.Minute, func() bool {
+			tp, err := r.mgr.GetTemplate(ctx, "ahead")
+			return err == nil && tp.CloneFilesReady == 1 && len(sets()) == 1
+		})
+		if !made {
+			tp, _ := r.mgr.GetTemplate(ctx, "ahead")
+			t.Fatalf("%s: no set of clone files made ahead (clone_files_ready %d, dir holds %v)", what, tp.CloneFilesReady, sets())
+		}
+		set := sets()[0]
+		for _, f := range []string{qemu.MemFile, "disk.qcow2"} {
+			if _, err := os.Stat(filepath.Join(setsDir, set, f)); err != nil {
+				t.Fatalf("%s: set %s: %v", what, set, err)
+			}
+		}
+		return set
+	}
+
+	first := waitSet(r, "template made")
+	a, err := r.mgr.Create(ctx, api.CreateSessionRequest{Template: "ahead"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(setsDir, first)); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the set made ahead is still in place after a create took it: %v", err)
+	}
+	if got := r.sh(t, a.ID, "cat /root/setup"); got != "ready\n" {
+		t.Fatalf("clone from the set made ahead: setup output %q", got)
+	}
+	second := waitSet(r, "after a create took the set")
+	if second == first {
+		t.Fatalf("the set taken (%s) is listed again", first)
+	}
+	r.sh(t, a.ID, "echo a > /root/me && sync")
+	b, err := r.mgr.Create(ctx, api.CreateSessionRequest{Template: "ahead"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.sh(t, b.ID, "cat /root/me 2>/dev/null || echo none"); got != "none\n" {
+		t.Fatalf("a second clone sees the first one's file: %q", got)
+	}
+	if _, err := r.mgr.Park(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.mgr.Wake(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.sh(t, a.ID, "cat /root/me"); got != "a\n" {
+		t.Fatalf("clone from a set made ahead, after park and wake: %q", got)
+	}
+
+	// A restart drops the set the last server left and makes a new one.
+	third := waitSet(r, "after the second create")
+	r.close()
+	r2 := openRig(t, rigOptions{dir: r.dir, db: r.db})
+	if err := r2.mgr.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := waitSet(r2, "after a restart"); got == third {
+		t.Fatalf("the set left by the last server (%s) is used after a restart", third)
+	}
+	for _, id := range []string{a.ID, b.ID} {
+		if err := r2.mgr.Delete(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r2.mgr.DeleteTemplate(ctx, "ahead"); err != nil {
+		t.Fatal(err)
+	}
+	if left := sets(); len(left) != 0 {
+		t.Fatalf("clone files left after the template was removed: %v", left)
 	}
 }
