@@ -366,6 +366,13 @@ func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.Te
 			return fail(fmt.Errorf("template %s: start command: exit %d: %v %s", t.Name, code, err, tail(out, 500)))
 		}
 	}
+	// The clones' first commands then find the guest's caches for a
+	// first command (the shell and the lookups in PATH) warm. Only for
+	// speed: a guest that cannot run them (no true in PATH) is saved
+	// as it is.
+	if err := warmUp(ctx, l); err != nil {
+		m.cfg.Log.Warn("template warm-up before the save failed; saving anyway", "template", t.Name, "err", err)
+	}
 	start := time.Now()
 	l.hangUp(ctx)
 	if _, err := m.snap.Save(bctx, l.vm, filepath.Join(dir, stateFile)); err != nil {
