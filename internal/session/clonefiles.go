@@ -25,8 +25,9 @@ import (
 // ahead for the current version of each ready template, each in a
 // directory of its own under <Dir>/.clone-files (on the sessions' file
 // system), made one at a time by one thread at nice 19. A create from the
-// template, or a pool refill, renames a set into the new session's
-// directory instead of copying. The sets are a cache: removed at start,
+// template that finds its pool empty renames a set into the new session's
+// directory instead of copying; pool refills copy (they are background
+// work already) and leave the sets to such creates. The sets are a cache: removed at start,
 // never used for another version than the one they were made from, and
 // dropped when the template's version changes or the template goes.
 

@@ -321,7 +321,7 @@ func (m *Manager) createFromTemplate(ctx context.Context, req api.CreateSessionR
 	id, l := m.claim(t.Name, t.Version)
 	if l == nil {
 		id = newID()
-		if l, err = m.clone(ctx, t, id); err != nil {
+		if l, err = m.clone(ctx, t, id, true); err != nil {
 			return api.Session{}, err
 		}
 	}
@@ -355,17 +355,22 @@ func (m *Manager) createFromTemplate(ctx context.Context, req api.CreateSessionR
 	return m.toAPI(rec), nil
 }
 
-// clone restores a new VM from template t into the session dir of id,
-// from clone files made ahead where a set is ready.
-func (m *Manager) clone(ctx context.Context, t store.Template, id string) (*live, error) {
+// clone restores a new VM from template t into the session dir of id.
+// With ahead, it uses a set of clone files made ahead if one is ready: a
+// create waits for the clone, a pool refill does not (and leaves the set
+// for a create that finds the pool empty).
+func (m *Manager) clone(ctx context.Context, t store.Template, id string, ahead bool) (*live, error) {
 	mach, err := parkedMachine(t.Snapshot)
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "template %s: %v", t.Name, err)
 	}
-	files := m.takeCloneFiles(t.Name, max(t.Version, 1))
-	// The next set is made a little later: the copy takes CPU and
-	// memory bandwidth the new clone's first commands want.
-	time.AfterFunc(cloneFilesDelay, func() { m.wantCloneFiles(t.Name) })
+	var files string
+	if ahead {
+		files = m.takeCloneFiles(t.Name, max(t.Version, 1))
+		// The next set is made a little later: the copy takes CPU and
+		// memory bandwidth the new clone's first commands want.
+		time.AfterFunc(cloneFilesDelay, func() { m.wantCloneFiles(t.Name) })
+	}
 	l, err := m.cloneInto(ctx, mach, id, m.dir(id), files)
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "template %s: %v", t.Name, err)
@@ -608,7 +613,7 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 			id := newID()
 			tl := m.templateLock(t.Name)
 			tl.RLock()
-			l, err := m.clone(context.Background(), t, id)
+			l, err := m.clone(context.Background(), t, id, false)
 			tl.RUnlock()
 			if err == nil {
 				// The listen stream opens now too, so that the claimed

@@ -226,3 +226,41 @@ func TestCloneFilesMadeAhead(t *testing.T) {
 		t.Fatalf("clone files left after the template was removed: %v", left)
 	}
 }
+
+// TestCloneFilesLeftToCreates: a pool refill restores without the set of
+// clone files made ahead; the set is kept for a create that finds the
+// pool empty.
+func TestCloneFilesLeftToCreates(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	ctx := context.Background()
+	if err := r.mgr.Recover(ctx); err != nil { // starts the maker
+		t.Fatal(err)
+	}
+	if _, err := r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "pooled", Pool: 1}); err != nil {
+		t.Fatal(err)
+	}
+	setsDir := filepath.Join(r.dir, ".clone-files")
+	ready := func(pool int) bool {
+		tp, err := r.mgr.GetTemplate(ctx, "pooled")
+		ents, _ := os.ReadDir(setsDir)
+		return err == nil && tp.PoolReady == pool && tp.CloneFilesReady == 1 && len(ents) == 1
+	}
+	if !waitFor(time.Minute, func() bool { return ready(1) }) {
+		t.Fatal("pool or clone files not ready")
+	}
+	ents, _ := os.ReadDir(setsDir)
+	set := ents[0].Name()
+	s, err := r.mgr.Create(ctx, api.CreateSessionRequest{Template: "pooled"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(time.Minute, func() bool { return ready(1) }) {
+		t.Fatal("pool did not refill")
+	}
+	if ents, _ := os.ReadDir(setsDir); len(ents) != 1 || ents[0].Name() != set {
+		t.Fatalf("after a claim and a pool refill the clone files are %v, want the set %s left as it was", ents, set)
+	}
+	if err := r.mgr.Delete(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+}
