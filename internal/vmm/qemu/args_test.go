@@ -209,8 +209,8 @@ func TestArgsFollowSpec(t *testing.T) {
 	if a, _ := value(tcg, "-accel", ""); !strings.HasPrefix(a, "tcg") {
 		t.Errorf("tcg: -accel %q", a)
 	}
-	if c, _ := value(tcg, "-cpu", ""); c != "max" {
-		t.Errorf("tcg: -cpu %q, want max (host needs KVM)", c)
+	if c, _ := value(tcg, "-cpu", ""); c != "max,erms=off" {
+		t.Errorf("tcg: -cpu %q, want max,erms=off (host needs KVM; ERMS makes TCG copy byte by byte)", c)
 	}
 
 	s := goldenSpec
