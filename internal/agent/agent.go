@@ -376,6 +376,12 @@ func (a *Agent) sayHello(req agentproto.Request) agentproto.Hello {
 				a.Log.Warn("set clock", "err", err)
 			}
 		}
+		if req.ClockStepNanos != 0 {
+			tv := unix.NsecToTimeval(time.Now().UnixNano() + req.ClockStepNanos)
+			if err := unix.Settimeofday(&tv); err != nil {
+				a.Log.Warn("step clock", "err", err)
+			}
+		}
 		if len(req.Seed) > 0 {
 			if err := a.reseed(req.Seed); err != nil {
 				a.Log.Warn("reseed", "err", err)
@@ -390,6 +396,7 @@ func (a *Agent) sayHello(req agentproto.Request) agentproto.Hello {
 		Kernel:       unix.ByteSliceToString(uts.Release[:]),
 		Version:      Version,
 		UptimeMillis: ts.Nano() / 1e6,
+		WallUnixNano: time.Now().UnixNano(),
 	}
 }
 

@@ -238,6 +238,33 @@ func (c *Client) Hello(ctx context.Context) (Hello, error) {
 	return *resp.Hello, nil
 }
 
+// A guest's clock that reads more than minClockLag behind the host's when
+// its hello's answer arrives is stepped; a lag over maxClockLag is not the
+// hello's latency (the host stalled on the way) and is left alone.
+const (
+	minClockLag = 5 * time.Millisecond
+	maxClockLag = time.Second
+)
+
+// fixClock steps the guest's clock by how far it lagged at hello. The
+// hello's time is the host's when the request was sent, and a guest just
+// restored under emulation applies it tens of milliseconds later (its
+// code is translated afresh), so its clock starts that far behind. The
+// answer carries the guest's clock once set: the difference to the host's
+// on arrival is the lag, plus the answer's own transit, a fraction of a
+// millisecond to a few. A step, unlike a second setting, does not depend
+// on how long the guest takes to apply it. A failure only leaves the lag.
+func (c *Client) fixClock(ctx context.Context, h Hello) {
+	if h.WallUnixNano == 0 { // an agent from before WallUnixNano
+		return
+	}
+	lag := time.Since(time.Unix(0, h.WallUnixNano))
+	if lag < minClockLag || lag > maxClockLag {
+		return
+	}
+	_, _ = c.call(ctx, Request{Op: OpHello, ClockStepNanos: lag.Nanoseconds()})
+}
+
 // Stat describes path without following a final symlink.
 func (c *Client) Stat(ctx context.Context, path string) (FileInfo, error) {
 	resp, err := c.call(ctx, Request{Op: OpStat, Path: path})

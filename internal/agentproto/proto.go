@@ -94,6 +94,9 @@ type Request struct {
 	// snapshot must not share random state).
 	TimeUnixNano int64  `json:"time_unix_nano,omitempty"`
 	Seed         []byte `json:"seed,omitempty"`
+	// hello: a step the guest adds to its clock, sent when the clock
+	// set by the hello before lagged (see Client.fixClock).
+	ClockStepNanos int64 `json:"clock_step_ns,omitempty"`
 
 	Exec *Exec `json:"exec,omitempty"`
 
@@ -173,6 +176,9 @@ type Hello struct {
 	Version string `json:"version"`
 	// UptimeMillis is the guest's uptime when it answered.
 	UptimeMillis int64 `json:"uptime_ms"`
+	// WallUnixNano is the guest's wall clock when it answered, once it
+	// had set it; 0 from agents before it.
+	WallUnixNano int64 `json:"wall_unix_nano,omitempty"`
 }
 
 // FileInfo describes a guest path.

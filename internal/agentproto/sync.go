@@ -251,6 +251,7 @@ func Connect(ctx context.Context, dial func(context.Context) (net.Conn, error)) 
 			return nil, Hello{}, err
 		}
 		if h != nil {
+			c.fixClock(ctx, *h)
 			return c, *h, nil
 		}
 		hello, err := c.Hello(ctx)
@@ -264,6 +265,7 @@ func Connect(ctx context.Context, dial func(context.Context) (net.Conn, error)) 
 			}
 			continue
 		}
+		c.fixClock(ctx, hello)
 		return c, hello, nil
 	}
 }

@@ -168,6 +168,8 @@ type fakeGuest struct {
 	hellos atomic.Int32 // said on a stream
 	// sayHello, if set, answers hellos on the sync line.
 	sayHello func(agentproto.Request) agentproto.Hello
+	// steps, if set, receives the clock steps hellos on streams ask for.
+	steps chan int64
 }
 
 func (g *fakeGuest) run(port net.Conn) {
@@ -192,6 +194,9 @@ func (g *fakeGuest) run(port net.Conn) {
 					return
 				}
 				g.hellos.Add(1)
+				if req.ClockStepNanos != 0 && g.steps != nil {
+					g.steps <- req.ClockStepNanos
+				}
 				agentproto.WriteJSON(st, agentproto.FrameResponse, agentproto.Response{
 					Hello: &agentproto.Hello{Kernel: "fake", Version: "test"},
 				})
@@ -453,5 +458,47 @@ func TestConnectFallsBackToThePlainSync(t *testing.T) {
 	defer c.Close()
 	if h.Kernel != "old" || dials != 2 {
 		t.Fatalf("hello %+v after %d dials, want the old guest's after 2", h, dials)
+	}
+}
+
+// TestConnectStepsALaggingClock: a guest whose clock, set at hello, reads
+// behind the host's when its answer arrives (a woken guest applies the
+// hello's time late) is stepped by that lag; one in step, or one so far
+// behind that the host must have stalled, is left alone.
+func TestConnectStepsALaggingClock(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		behind time.Duration
+		step   bool
+	}{
+		{"lagging", 40 * time.Millisecond, true},
+		{"in step", 0, false},
+		{"host stalled", time.Minute, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			host, guest := socketPair(t)
+			g := fakeGuest{steps: make(chan int64, 4), sayHello: func(agentproto.Request) agentproto.Hello {
+				return agentproto.Hello{Kernel: "inline", WallUnixNano: time.Now().Add(-tc.behind).UnixNano()}
+			}}
+			go g.run(guest)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, _, err := agentproto.Connect(ctx, func(context.Context) (net.Conn, error) { return hostPort{host}, nil })
+			if err != nil {
+				t.Fatalf("Connect: %v", err)
+			}
+			defer c.Close()
+			// Connect returns once a step is answered.
+			select {
+			case s := <-g.steps:
+				if d := time.Duration(s); !tc.step || d < tc.behind || d > tc.behind+time.Second {
+					t.Fatalf("guest %s behind stepped by %s", tc.behind, d)
+				}
+			default:
+				if tc.step {
+					t.Fatalf("guest %s behind not stepped", tc.behind)
+				}
+			}
+		})
 	}
 }

@@ -2,6 +2,7 @@ package session_test
 
 import (
 	"context"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -83,6 +84,15 @@ func TestParkWakeIsExact(t *testing.T) {
 			if d := time.Now().Unix() - guest; d < -1 || d > 1 {
 				t.Fatalf("guest clock is %d s off after wake", d)
 			}
+		}
+		if i < 2 { // after a wake and after an auto-wake
+			// Not behind: the hello's time is applied late by a woken
+			// guest, and the host steps the clock by that lag.
+			off := guestClockOffset(t, r, s.ID)
+			if off < -15*time.Millisecond || off > time.Second {
+				t.Fatalf("cycle %d: guest clock is %s off the host's after the wake", i, off)
+			}
+			t.Logf("cycle %d: guest clock %s off the host's after the wake", i, off)
 		}
 	}
 	// The counter kept counting after the last wake.
@@ -280,4 +290,38 @@ func TestPTYSurvivesPark(t *testing.T) {
 	if err != nil || st.Code != 5 {
 		t.Fatalf("shell ended with %+v, %v; want exit 5", st, err)
 	}
+}
+
+// guestClockOffset is how far the guest's wall clock is ahead of the
+// host's (behind when negative), to a few milliseconds: a guest shell
+// stamps a file as soon as it reads a line the host sends at a known time.
+// The stamp is the kernel's coarse time, up to a tick (4 ms) old.
+func guestClockOffset(t *testing.T, r *rig, id string) time.Duration {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p, err := r.mgr.Exec(ctx, id, api.ExecRequest{Argv: []string{"sh", "-c", "read x; touch /tmp/stamp; stat -c %y /tmp/stamp"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(p.Stdout())
+		out <- b
+	}()
+	go func() { _, _ = io.Copy(io.Discard, p.Stderr()) }()
+	time.Sleep(300 * time.Millisecond) // the shell waits in read
+	sent := time.Now()
+	if _, err := p.Stdin().Write([]byte("go\n")); err != nil {
+		t.Fatal(err)
+	}
+	b := <-out
+	if _, err := p.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	stamp, err := time.Parse("2006-01-02 15:04:05.999999999 -0700", strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatalf("guest stamp %q: %v", b, err)
+	}
+	return stamp.Sub(sent)
 }
