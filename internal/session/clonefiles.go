@@ -27,9 +27,10 @@ import (
 // system), made one at a time by one thread at nice 19. A create from the
 // template that finds its pool empty renames a set into the new session's
 // directory instead of copying; pool refills copy (they are background
-// work already) and leave the sets to such creates. The sets are a cache: removed at start,
-// never used for another version than the one they were made from, and
-// dropped when the template's version changes or the template goes.
+// work already) and leave the sets to such creates. The sets are a cache:
+// removed at start, never used for another version than the one they were
+// made from, and dropped when the template's version changes or the
+// template goes.
 
 // cloneFilesDir is the directory, in Config.Dir, of the sets.
 const cloneFilesDir = ".clone-files"
@@ -51,25 +52,15 @@ type cloneFiles struct {
 // version of template name, or "" if none is ready. The caller owns it
 // (renames or removes it). Sets of other versions are removed.
 func (m *Manager) takeCloneFiles(name string, version int) string {
+	m.dropCloneFiles(name, version)
 	m.mu.Lock()
-	var found string
-	var stale []string
+	defer m.mu.Unlock()
 	sets := m.cloneFiles[name]
-	for len(sets) > 0 && found == "" {
-		s := sets[0]
-		sets = sets[1:]
-		if s.version == version {
-			found = s.dir
-		} else {
-			stale = append(stale, s.dir)
-		}
+	if len(sets) == 0 {
+		return ""
 	}
-	m.cloneFiles[name] = sets
-	m.mu.Unlock()
-	for _, d := range stale {
-		os.RemoveAll(d)
-	}
-	return found
+	m.cloneFiles[name] = sets[1:]
+	return sets[0].dir
 }
 
 // dropCloneFiles removes the sets made for template name except those of
