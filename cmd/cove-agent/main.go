@@ -1,3 +1,9 @@
+// The guest's CPUs never change under the agent: no recount of them every
+// second (sched_getaffinity and cgroup reads, which a woken guest would run
+// afresh, translated, under emulation).
+//
+//go:debug updatemaxprocs=0
+
 // Command cove-agent is cove's guest agent. Started as PID 1 in a microVM it
 // sets the guest up (modules, root disk) and serves the host over the
 // virtio-serial port named agentproto.PortName.
