@@ -29,7 +29,8 @@ import (
 // one connection: writers queue in Go rather than meet SQLITE_BUSY, which at
 // cove's write rates costs nothing.
 type Store struct {
-	db *sql.DB
+	db     *sql.DB
+	events groupCommit // RecordEvent's batches
 }
 
 var _ store.Store = (*Store)(nil)

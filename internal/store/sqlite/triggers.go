@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/cove-dev/cove/internal/store"
@@ -36,6 +37,12 @@ func (s *Store) inTx(ctx context.Context, f func(tx *sql.Tx) error) (err error) 
 const eventColumns = `seq, source, id, name, fields, body, received`
 
 // RecordEvent implements store.Store.
+//
+// Events recorded at the same time share a transaction (a group commit):
+// each is written under a savepoint of its own, so one that fails or is a
+// duplicate leaves the others as they are, and all of them return once the
+// one commit is durable. Under a burst of webhooks the commit's WAL write
+// and fsync, most of an event's cost alone, are paid once per batch.
 func (s *Store) RecordEvent(ctx context.Context, ev store.Event, sessions []string) (store.Event, []string, bool, error) {
 	fail := func(err error) (store.Event, []string, bool, error) {
 		return store.Event{}, nil, false, fmt.Errorf("sqlite: record event %s/%s: %w", ev.Source, ev.ID, err)
@@ -48,73 +55,171 @@ func (s *Store) RecordEvent(ctx context.Context, ev store.Event, sessions []stri
 	if err != nil {
 		return fail(fmt.Errorf("received: %w", err))
 	}
+	if err := ctx.Err(); err != nil {
+		return fail(err)
+	}
+	r := &eventWrite{ctx: ctx, ev: ev, sessions: sessions, fields: fields, received: received,
+		lead: make(chan struct{}), done: make(chan struct{})}
+	s.events.run(ctx, r, s.writeEvents)
+	switch {
+	case errors.Is(r.err, errDup):
+		return r.rec, nil, true, nil
+	case r.err != nil:
+		return fail(r.err)
+	}
+	return r.rec, r.delivered, false, nil
+}
 
-	var (
-		rec       store.Event
-		delivered []string
-	)
-	err = s.inTx(ctx, func(tx *sql.Tx) error {
-		row := tx.QueryRowContext(ctx, `SELECT `+eventColumns+` FROM events
-			WHERE source = ? AND id = ?`, ev.Source, ev.ID)
-		old, err := scanEvent(row)
-		switch {
-		case err == nil:
-			// Seen before: change nothing (errDup rolls back a
-			// transaction that has written nothing).
-			rec = old
-			return errDup
-		case !errors.Is(err, sql.ErrNoRows):
-			return fmt.Errorf("look up: %w", err)
-		}
+// eventWrite is one RecordEvent waiting for, or in, a group commit.
+type eventWrite struct {
+	ctx      context.Context // the caller's: a write whose caller gave up is skipped
+	ev       store.Event
+	sessions []string
+	fields   any // encoded for the database
+	received any
 
-		res, err := tx.ExecContext(ctx, `INSERT INTO events (source, id, name, fields, body, received)
-			VALUES (?, ?, ?, ?, ?, ?)`,
-			ev.Source, ev.ID, ev.Name, fields, encodeBlob(ev.Body), received)
-		if err != nil {
-			return fmt.Errorf("insert: %w", err)
+	lead chan struct{} // closed when this write is to run the next batch
+	done chan struct{} // closed when the results below are set
+
+	rec       store.Event
+	delivered []string
+	err       error // errDup for a duplicate
+}
+
+// groupCommit batches the eventWrites that arrive while a batch commits.
+// The first write finding no batch under way runs one with everything
+// queued; when it is done it hands the lead to the oldest write queued
+// meanwhile, so no caller runs batches but its own.
+type groupCommit struct {
+	mu      sync.Mutex
+	queue   []*eventWrite // guarded by mu
+	leading bool          // guarded by mu: a batch is being written
+}
+
+// run queues w and returns once its results are set: by a batch another
+// write leads, or by one w leads itself. A batch does not stop for the
+// leader's context: the writes of others are in it.
+func (g *groupCommit) run(ctx context.Context, w *eventWrite, write func(context.Context, []*eventWrite)) {
+	g.mu.Lock()
+	g.queue = append(g.queue, w)
+	lead := !g.leading
+	g.leading = true
+	g.mu.Unlock()
+	if !lead {
+		select {
+		case <-w.done:
+			return
+		case <-w.lead:
 		}
-		seq, err := res.LastInsertId()
-		if err != nil {
-			return fmt.Errorf("insert: last insert id: %w", err)
-		}
-		for _, id := range sessions {
-			// Deleting the subscription claims it: a session listed twice,
-			// or one without a subscription, deletes nothing.
-			res, err := tx.ExecContext(ctx, `DELETE FROM subscriptions WHERE session_id = ?`, id)
-			if err != nil {
-				return fmt.Errorf("claim subscription of %s: %w", id, err)
+	}
+	g.mu.Lock()
+	batch := g.queue
+	g.queue = nil
+	g.mu.Unlock()
+	write(context.WithoutCancel(ctx), batch)
+	for _, b := range batch {
+		close(b.done)
+	}
+	g.mu.Lock()
+	if len(g.queue) > 0 {
+		close(g.queue[0].lead)
+	} else {
+		g.leading = false
+	}
+	g.mu.Unlock()
+}
+
+// writeEvents writes a batch of events in one transaction, each under a
+// savepoint, and sets each write's results. If the commit fails, every
+// write in the batch fails with it, duplicates too: one may be of an event
+// first written in this batch, and a sender told "duplicate" would not try
+// again.
+func (s *Store) writeEvents(ctx context.Context, batch []*eventWrite) {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		for _, w := range batch {
+			if w.err = w.ctx.Err(); w.err != nil {
+				continue // changes nothing
 			}
-			n, err := res.RowsAffected()
-			if err != nil {
-				return fmt.Errorf("claim subscription of %s: rows affected: %w", id, err)
+			if _, err := tx.ExecContext(ctx, `SAVEPOINT event`); err != nil {
+				return fmt.Errorf("savepoint: %w", err)
 			}
-			if n == 0 {
-				continue
+			w.rec, w.delivered, w.err = writeEvent(ctx, tx, w)
+			if w.err != nil {
+				w.delivered = nil
+				if _, err := tx.ExecContext(ctx, `ROLLBACK TO event`); err != nil {
+					return fmt.Errorf("roll back to savepoint: %w", err)
+				}
 			}
-			if _, err := tx.ExecContext(ctx, `INSERT INTO deliveries
-				(event_seq, session_id, state, error, created_at, updated_at)
-				VALUES (?, ?, ?, '', ?, ?)`,
-				seq, id, store.DeliveryPending, received, received); err != nil {
-				return fmt.Errorf("insert delivery to %s: %w", id, err)
+			if _, err := tx.ExecContext(ctx, `RELEASE event`); err != nil {
+				return fmt.Errorf("release savepoint: %w", err)
 			}
-			delivered = append(delivered, id)
-		}
-		// Read back what was written: it is a copy, in the form every
-		// other read gives.
-		rec, err = scanEvent(tx.QueryRowContext(ctx, `SELECT `+eventColumns+` FROM events
-			WHERE seq = ?`, seq))
-		if err != nil {
-			return fmt.Errorf("read back: %w", err)
 		}
 		return nil
 	})
-	if errors.Is(err, errDup) {
-		return rec, nil, true, nil
-	}
 	if err != nil {
-		return fail(err)
+		for _, w := range batch {
+			if w.ctx.Err() == nil || w.err == nil {
+				w.rec, w.delivered, w.err = store.Event{}, nil, err
+			}
+		}
 	}
-	return rec, delivered, false, nil
+}
+
+// writeEvent records one event and claims its sessions' subscriptions in
+// tx; errDup if the event was recorded before (then it wrote nothing).
+func writeEvent(ctx context.Context, tx *sql.Tx, w *eventWrite) (store.Event, []string, error) {
+	ev := w.ev
+	row := tx.QueryRowContext(ctx, `SELECT `+eventColumns+` FROM events
+		WHERE source = ? AND id = ?`, ev.Source, ev.ID)
+	old, err := scanEvent(row)
+	switch {
+	case err == nil:
+		return old, nil, errDup
+	case !errors.Is(err, sql.ErrNoRows):
+		return store.Event{}, nil, fmt.Errorf("look up: %w", err)
+	}
+
+	res, err := tx.ExecContext(ctx, `INSERT INTO events (source, id, name, fields, body, received)
+		VALUES (?, ?, ?, ?, ?, ?)`,
+		ev.Source, ev.ID, ev.Name, w.fields, encodeBlob(ev.Body), w.received)
+	if err != nil {
+		return store.Event{}, nil, fmt.Errorf("insert: %w", err)
+	}
+	seq, err := res.LastInsertId()
+	if err != nil {
+		return store.Event{}, nil, fmt.Errorf("insert: last insert id: %w", err)
+	}
+	var delivered []string
+	for _, id := range w.sessions {
+		// Deleting the subscription claims it: a session listed twice,
+		// or one without a subscription, deletes nothing.
+		res, err := tx.ExecContext(ctx, `DELETE FROM subscriptions WHERE session_id = ?`, id)
+		if err != nil {
+			return store.Event{}, nil, fmt.Errorf("claim subscription of %s: %w", id, err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return store.Event{}, nil, fmt.Errorf("claim subscription of %s: rows affected: %w", id, err)
+		}
+		if n == 0 {
+			continue
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO deliveries
+			(event_seq, session_id, state, error, created_at, updated_at)
+			VALUES (?, ?, ?, '', ?, ?)`,
+			seq, id, store.DeliveryPending, w.received, w.received); err != nil {
+			return store.Event{}, nil, fmt.Errorf("insert delivery to %s: %w", id, err)
+		}
+		delivered = append(delivered, id)
+	}
+	// Read back what was written: it is a copy, in the form every other
+	// read gives.
+	rec, err := scanEvent(tx.QueryRowContext(ctx, `SELECT `+eventColumns+` FROM events
+		WHERE seq = ?`, seq))
+	if err != nil {
+		return store.Event{}, nil, fmt.Errorf("read back: %w", err)
+	}
+	return rec, delivered, nil
 }
 
 // errDup ends RecordEvent's transaction, changing nothing, when the event

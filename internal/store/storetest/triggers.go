@@ -28,6 +28,7 @@ func (s *suite) runTriggers(t *testing.T) {
 	t.Run("EventCopiesInAndOut", s.eventCopiesInAndOut)
 	t.Run("ConcurrentDuplicateEvents", s.concurrentDuplicateEvents)
 	t.Run("EventsRaceForSubscription", s.eventsRaceForSubscription)
+	t.Run("EventBurst", s.eventBurst)
 	t.Run("SubscriptionRoundTrip", s.subscriptionRoundTrip)
 	t.Run("SubscriptionReplace", s.subscriptionReplace)
 	t.Run("ListSubscriptionsOrder", s.listSubscriptionsOrder)
@@ -475,6 +476,123 @@ func (s *suite) concurrentDuplicateEvents(t *testing.T) {
 	want.Seq = results[0].seq
 	wantEvent(t, st, want)
 	wantDeliveries(t, st, "", pending(want.Seq, "s", want.Received))
+	wantSubscriptionIDs(t, st)
+}
+
+// A burst of concurrent events (as webhooks arrive): distinct events,
+// pairs of one delivery sent twice, events for sessions that each have a
+// subscription, and callers that gave up before the call. Each event is
+// recorded once with a Seq of its own and claims its own session's
+// subscription; the duplicates are duplicates of it; the abandoned calls
+// fail and change nothing; and all of it survives a reopen.
+func (s *suite) eventBurst(t *testing.T) {
+	dir := t.TempDir()
+	st := s.open(t, dir)
+	const n = 48
+	for i := range n {
+		if i%3 == 0 {
+			mustSubscribe(t, st, fullSubscription(fmt.Sprintf("s-%d", i)))
+		}
+	}
+	canceled, cancel := context.WithCancel(t.Context())
+	cancel()
+	type result struct {
+		rec       store.Event
+		delivered []string
+		dup       bool
+		err       error
+	}
+	var (
+		wg      sync.WaitGroup
+		results [n][2]result // [i][0] first sender, [i][1] a second one for even i, or an abandoned call for i%4 == 1
+	)
+	for i := range n {
+		ev := fullEvent("github", fmt.Sprintf("burst-%d", i))
+		sessions := []string{fmt.Sprintf("s-%d", i)}
+		wg.Go(func() {
+			r := &results[i][0]
+			r.rec, r.delivered, r.dup, r.err = st.RecordEvent(t.Context(), ev, sessions)
+		})
+		switch {
+		case i%2 == 0:
+			wg.Go(func() {
+				r := &results[i][1]
+				r.rec, r.delivered, r.dup, r.err = st.RecordEvent(t.Context(), ev, sessions)
+			})
+		case i%4 == 1:
+			gone := fullEvent("github", fmt.Sprintf("gone-%d", i))
+			wg.Go(func() {
+				r := &results[i][1]
+				r.rec, r.delivered, r.dup, r.err = st.RecordEvent(canceled, gone, sessions)
+			})
+		}
+	}
+	wg.Wait()
+
+	seqs := map[int64]int{}
+	for i := range n {
+		first, second := results[i][0], results[i][1]
+		if i%2 == 0 {
+			if first.err != nil || second.err != nil {
+				t.Fatalf("event %d sent twice: errors %v, %v", i, first.err, second.err)
+			}
+			if first.dup == second.dup {
+				t.Fatalf("event %d sent twice: dup = %v and %v, want one new and one duplicate", i, first.dup, second.dup)
+			}
+			if first.dup {
+				first, second = second, first
+			}
+			if second.rec.Seq != first.rec.Seq || len(second.delivered) != 0 {
+				t.Fatalf("event %d: duplicate has Seq %d and delivered %q, want Seq %d and none",
+					i, second.rec.Seq, second.delivered, first.rec.Seq)
+			}
+		} else {
+			if first.err != nil || first.dup {
+				t.Fatalf("event %d: dup %v, err %v; want new", i, first.dup, first.err)
+			}
+			if i%4 == 1 && !errors.Is(second.err, context.Canceled) {
+				t.Fatalf("event %d: abandoned call = %v, want context.Canceled", i, second.err)
+			}
+		}
+		if j, ok := seqs[first.rec.Seq]; ok {
+			t.Fatalf("events %d and %d share Seq %d", j, i, first.rec.Seq)
+		}
+		seqs[first.rec.Seq] = i
+		var want []string
+		if i%3 == 0 {
+			want = []string{fmt.Sprintf("s-%d", i)}
+		}
+		if !slices.Equal(first.delivered, want) {
+			t.Fatalf("event %d delivered %q, want %q", i, first.delivered, want)
+		}
+	}
+
+	if err := st.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	st = s.open(t, dir)
+	defer st.Close()
+	for seq, i := range seqs {
+		want := fullEvent("github", fmt.Sprintf("burst-%d", i))
+		want.Seq = seq
+		wantEvent(t, st, want)
+	}
+	for i := range n {
+		if i%4 != 1 {
+			continue
+		}
+		_, _, dup, err := st.RecordEvent(t.Context(), fullEvent("github", fmt.Sprintf("gone-%d", i)), nil)
+		if err != nil || dup {
+			t.Fatalf("event abandoned before the call: recording it now gives dup %v, err %v; want new", dup, err)
+		}
+	}
+	ds, err := st.ListDeliveries(t.Context(), "")
+	if err != nil {
+		t.Fatalf("ListDeliveries: %v", err)
+	}
+	if want := (n + 2) / 3; len(ds) != want {
+		t.Fatalf("%d deliveries after reopen, want %d", len(ds), want)
+	}
 	wantSubscriptionIDs(t, st)
 }
 
