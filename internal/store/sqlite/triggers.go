@@ -116,17 +116,34 @@ func (g *groupCommit) run(ctx context.Context, w *eventWrite, write func(context
 	batch := g.queue
 	g.queue = nil
 	g.mu.Unlock()
+	// Whatever happens to the batch, its writes are answered and the lead
+	// passes on: a panic in it must not leave every later write waiting.
+	defer func() {
+		if p := recover(); p != nil {
+			for _, b := range batch {
+				b.rec, b.delivered, b.err = store.Event{}, nil, fmt.Errorf("group commit: panic: %v", p)
+			}
+			g.finish(batch)
+			panic(p)
+		}
+		g.finish(batch)
+	}()
 	write(context.WithoutCancel(ctx), batch)
+}
+
+// finish answers a written batch and hands the lead to the oldest write
+// queued meanwhile, if any.
+func (g *groupCommit) finish(batch []*eventWrite) {
 	for _, b := range batch {
 		close(b.done)
 	}
 	g.mu.Lock()
+	defer g.mu.Unlock()
 	if len(g.queue) > 0 {
 		close(g.queue[0].lead)
 	} else {
 		g.leading = false
 	}
-	g.mu.Unlock()
 }
 
 // writeEvents writes a batch of events in one transaction, each under a
