@@ -175,11 +175,18 @@ func (s *Store) writeEvents(ctx context.Context, batch []*eventWrite) {
 	})
 	if err != nil {
 		for _, w := range batch {
-			if w.ctx.Err() == nil || w.err == nil {
+			if !skipped(w) {
 				w.rec, w.delivered, w.err = store.Event{}, nil, err
 			}
 		}
 	}
+}
+
+// skipped reports whether w was left out of its batch because its caller
+// had given up: its error is its context's (the batch itself runs on a
+// context that is never canceled).
+func skipped(w *eventWrite) bool {
+	return errors.Is(w.err, context.Canceled) || errors.Is(w.err, context.DeadlineExceeded)
 }
 
 // writeEvent records one event and claims its sessions' subscriptions in
