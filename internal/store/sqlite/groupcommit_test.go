@@ -11,6 +11,23 @@ func newWrite(ctx context.Context) *eventWrite {
 	return &eventWrite{ctx: ctx, lead: make(chan struct{}), done: make(chan struct{})}
 }
 
+// waitGroupCommit waits up to 10 s for cond, checked under g's lock, and
+// fails the test with msg if it never holds.
+func waitGroupCommit(t *testing.T, g *groupCommit, msg string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		g.mu.Lock()
+		ok := cond()
+		g.mu.Unlock()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+	}
+}
+
 // A batch that panics still answers its writes and passes the lead on: the
 // write queued behind it runs, and later writes are not left waiting.
 func TestGroupCommitSurvivesPanic(t *testing.T) {
@@ -28,30 +45,10 @@ func TestGroupCommitSurvivesPanic(t *testing.T) {
 		})
 	}()
 	// Queue the second write while the first batch is being written.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		g.mu.Lock()
-		leading := g.leading
-		g.mu.Unlock()
-		if leading {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the first write never started its batch")
-		}
-	}
+	waitGroupCommit(t, &g, "the first write never started its batch", func() bool { return g.leading })
 	secondDone := make(chan []*eventWrite, 1)
 	go g.run(ctx, second, func(_ context.Context, batch []*eventWrite) { secondDone <- batch })
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		g.mu.Lock()
-		queued := len(g.queue)
-		g.mu.Unlock()
-		if queued == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the second write was never queued")
-		}
-	}
+	waitGroupCommit(t, &g, "the second write was never queued", func() bool { return len(g.queue) == 1 })
 	close(release)
 
 	select {
