@@ -6,7 +6,7 @@ COVE_HOME ?= /var/lib/cove
 LISTEN  ?= 127.0.0.1:7070
 export COVE_HOME
 
-.PHONY: all deps build run test bench lint clean
+.PHONY: all deps build run test soak bench lint clean
 
 all: build
 
@@ -22,10 +22,18 @@ build:
 run: deps build
 	./bin/cove server --listen $(LISTEN) --build-images tiny,debian
 
-# VM tests never skip where CI is set; -p 2 matches the two cores.
+# VM tests never skip where CI is set; -p 2 matches the two cores. The
+# tests over the fake VMM driver (named *Fake*) run again under the race
+# detector: they take seconds.
 test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -p 2 -timeout 45m ./...
+	$(GO) test -count=1 -race -timeout 10m -run Fake ./internal/session/ ./internal/vmm/...
+
+# The load test at full size: 32 clients on 20 sessions for 10 minutes
+# (make test runs it for 1 minute on 10).
+soak: deps
+	COVE_LOAD_STRICT=1 COVE_LOAD_DURATION=10m COVE_LOAD_SESSIONS=20 $(GO) test -count=1 -v -run '^TestLoad$$' -timeout 40m ./cmd/cove
 
 bench: deps build
 	$(GO) run ./cmd/covebench

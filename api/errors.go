@@ -17,6 +17,9 @@ const (
 	CodeInternal     = "internal"          // 500
 	CodeUnavailable  = "unavailable"       // 503
 	CodeTimeout      = "timeout"           // 504
+	// CodeInsufficientStorage: the guest's disk is full (a write or an
+	// upload found no space); the message says what was being written.
+	CodeInsufficientStorage = "insufficient_storage" // 507
 )
 
 // Error is an error with a code that maps to an HTTP status. Packages below
@@ -66,6 +69,8 @@ func Status(code string) int {
 		return http.StatusServiceUnavailable
 	case CodeTimeout:
 		return http.StatusGatewayTimeout
+	case CodeInsufficientStorage:
+		return http.StatusInsufficientStorage
 	default:
 		return http.StatusInternalServerError
 	}

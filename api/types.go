@@ -273,7 +273,7 @@ const (
 type FileInfo struct {
 	Name    string    `json:"name"`
 	Size    int64     `json:"size"`
-	Mode    uint32    `json:"mode"` // permission bits
+	Mode    uint32    `json:"mode"` // permission and special bits (0o4755)
 	IsDir   bool      `json:"is_dir"`
 	Symlink bool      `json:"symlink,omitempty"`
 	ModTime time.Time `json:"mod_time"`

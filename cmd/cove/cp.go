@@ -6,9 +6,11 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"math"
 	"os"
 	"path"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
@@ -16,8 +18,15 @@ import (
 	"github.com/cove-dev/cove/api"
 )
 
+// defaultMaxSize is how much a download may bring by default: the bytes of
+// the file, or of all the files in a directory. A guest can make a file of
+// any apparent size on a tiny disk (truncate -s 1T); the limit bounds what
+// a copy from it transfers and writes.
+const defaultMaxSize = 4 << 30
+
 func newCpCmd(c *cli) *cobra.Command {
-	return &cobra.Command{
+	maxSize := sizeFlag(defaultMaxSize)
+	cmd := &cobra.Command{
 		Use:   "cp SRC DST",
 		Short: "Copy files between the local machine and a session",
 		Long: `Copy files between the local machine and a session. Exactly one of SRC and
@@ -32,7 +41,10 @@ Download (cove cp ID:PATH LOCAL):
   a file goes to LOCAL, or into LOCAL/ if LOCAL is a directory;
   a directory P goes to LOCAL/<base of P> (LOCAL is created if missing);
   entries that would land outside LOCAL (absolute or ".." names, symlinks
-  pointing outside) stop the copy;
+  that lead outside, alone or through other links) stop the copy;
+  zero blocks are written as holes, so sparse files stay sparse;
+  a file, or a directory's files together, over --max-size (default 4G)
+  stop the copy;
   "-" as LOCAL writes a file to stdout, or a directory as a tar archive.`,
 		Args: usageArgs(cobra.ExactArgs(2)),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -47,9 +59,45 @@ Download (cove cp ID:PATH LOCAL):
 			if p.upload {
 				return c.upload(cmd.Context(), cl, p)
 			}
+			p.maxSize = int64(maxSize)
 			return c.download(cmd.Context(), cl, p)
 		},
 	}
+	cmd.Flags().Var(&maxSize, "max-size", "largest download, in bytes or with a K, M, G or T suffix (powers of 1024); 0 for no limit")
+	return cmd
+}
+
+// sizeFlag is a byte count given as 123, 64K, 512M, 4G or 1T.
+type sizeFlag int64
+
+func (s *sizeFlag) String() string { return strconv.FormatInt(int64(*s), 10) }
+func (s *sizeFlag) Type() string   { return "size" }
+
+func (s *sizeFlag) Set(v string) error {
+	n, err := parseSize(v)
+	if err != nil {
+		return err
+	}
+	*s = sizeFlag(n)
+	return nil
+}
+
+// parseSize parses a byte count with an optional K, M, G or T suffix
+// (powers of 1024; a trailing "iB" or "B" is allowed: 4GiB, 4GB, 4G).
+func parseSize(v string) (int64, error) {
+	num := strings.TrimSuffix(strings.TrimSuffix(strings.ToUpper(strings.TrimSpace(v)), "B"), "I")
+	shift := 0
+	if num != "" {
+		if i := strings.IndexByte("KMGT", num[len(num)-1]); i >= 0 {
+			shift = 10 * (i + 1)
+			num = num[:len(num)-1]
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > math.MaxInt64>>shift {
+		return 0, fmt.Errorf("size %q: want a byte count like 1048576, 512M or 4G", v)
+	}
+	return n << shift, nil
 }
 
 // copyPlan is a parsed "cove cp" command line.
@@ -58,6 +106,8 @@ type copyPlan struct {
 	id     string // session
 	remote string // absolute guest path, as given
 	local  string // local path, or "-" for stdin/stdout
+	// maxSize bounds a download's file bytes; 0 means no limit.
+	maxSize int64
 }
 
 // splitRemote splits "ID:PATH". As with docker cp, an argument is remote
@@ -166,10 +216,13 @@ func (c *cli) download(ctx context.Context, cl *api.Client, p copyPlan) error {
 		if err := os.MkdirAll(p.local, 0o755); err != nil {
 			return fmt.Errorf("cp: %w", err)
 		}
-		if err := extractTar(rc, p.local); err != nil {
-			return fmt.Errorf("cp: %w", err)
+		if err := extractTar(rc, p.local, p.maxSize); err != nil {
+			return fmt.Errorf("cp: %w%s", err, raiseHint(err))
 		}
 		return nil
+	}
+	if p.maxSize > 0 && fi.Size > p.maxSize {
+		return fmt.Errorf("cp: %s:%s is %d bytes, over the limit of %d (--max-size)", p.id, p.remote, fi.Size, p.maxSize)
 	}
 	rc, err := cl.ReadFile(ctx, p.id, p.remote)
 	if err != nil {
@@ -190,21 +243,53 @@ func (c *cli) download(ctx context.Context, cl *api.Client, p copyPlan) error {
 	if perm == 0 {
 		perm = 0o644
 	}
-	if err := writeFileAtomic(target, rc, perm); err != nil {
-		return fmt.Errorf("cp: %w", err)
+	if err := writeFileAtomic(target, &capReader{r: rc, max: p.maxSize}, perm); err != nil {
+		return fmt.Errorf("cp: %w%s", err, raiseHint(err))
 	}
 	return nil
 }
 
+// raiseHint says how to copy anyway when err is a size limit's.
+func raiseHint(err error) string {
+	if errors.Is(err, errTooLarge) {
+		return " (raise it with --max-size, or 0 for no limit)"
+	}
+	return ""
+}
+
+// capReader fails with errTooLarge once r gives more than max bytes (the
+// guest said how large the file was, but it need not tell the truth);
+// max 0 is no limit.
+type capReader struct {
+	r    io.Reader
+	max  int64
+	read int64
+}
+
+func (c *capReader) Read(p []byte) (int, error) {
+	if c.max <= 0 {
+		return c.r.Read(p)
+	}
+	if left := c.max - c.read + 1; int64(len(p)) > left {
+		p = p[:left] // one byte past the limit is enough to know
+	}
+	n, err := c.r.Read(p)
+	if c.read += int64(n); c.read > c.max {
+		return n, fmt.Errorf("%w: the file is more than %d bytes", errTooLarge, c.max)
+	}
+	return n, err
+}
+
 // writeFileAtomic writes r to a temporary file beside name and renames it
-// over name, so that a failed copy leaves name as it was.
+// over name, so that a failed copy leaves name as it was. Blocks of zeros
+// become holes.
 func writeFileAtomic(name string, r io.Reader, perm fs.FileMode) error {
 	f, err := os.CreateTemp(filepath.Dir(name), ".cove-cp-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(f.Name()) // after a successful rename, a no-op
-	if _, err := io.Copy(f, r); err != nil {
+	if _, err := writeSparse(f, r); err != nil {
 		f.Close()
 		return err
 	}

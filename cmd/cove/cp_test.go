@@ -112,7 +112,7 @@ func fakeFiles(t *testing.T, guest string) string {
 					fail(w, err)
 					return
 				}
-				if err := extractTar(r.Body, p); err != nil {
+				if err := extractTar(r.Body, p, 0); err != nil {
 					writeError(w, api.CodeInvalid, err.Error())
 					return
 				}

@@ -41,6 +41,10 @@ type e2e struct {
 	addr string // host:port the server listens on
 
 	srv *server
+	// seen holds every session id and spare name this home has listed:
+	// what the leftover checks look for among the host's cgroups, which
+	// other tests' VMs share.
+	seen map[string]bool
 }
 
 // server is a running 'cove server' child process.
@@ -95,7 +99,7 @@ func newE2E(t *testing.T) *e2e {
 			t.Fatal(err)
 		}
 	}
-	e := &e2e{t: t, cove: cove, home: home, addr: freeAddr(t)}
+	e := &e2e{t: t, cove: cove, home: home, addr: freeAddr(t), seen: map[string]bool{}}
 	// Registered first, so it runs last: whatever the test did, no QEMU
 	// of this home outlives it.
 	t.Cleanup(func() {
@@ -118,20 +122,13 @@ func freeAddr(t *testing.T) string {
 	return ln.Addr().String()
 }
 
-// startServer starts 'cove server' on e.home and waits for /healthz.
-func (e *e2e) startServer() {
+// startServer starts 'cove server' on e.home, with env added to its
+// environment, and waits for /healthz.
+func (e *e2e) startServer(env ...string) {
 	t := e.t
 	t.Helper()
-	s := &server{log: &lockedBuffer{}, done: make(chan struct{})}
-	s.cmd = exec.Command(e.cove, "server", "--listen", e.addr, "--home", e.home, "--build-images", "tiny")
-	s.cmd.Env = append(os.Environ(), "COVE_HOME="+e.home)
-	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	start := time.Now()
-	if err := s.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { s.err = s.cmd.Wait(); close(s.done) }()
-	e.srv = s
+	s := e.launchServer(env...)
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
 		select {
@@ -152,6 +149,23 @@ func (e *e2e) startServer() {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// launchServer starts 'cove server' on e.home, with env added to its
+// environment, and returns at once.
+func (e *e2e) launchServer(env ...string) *server {
+	t := e.t
+	t.Helper()
+	s := &server{log: &lockedBuffer{}, done: make(chan struct{})}
+	s.cmd = exec.Command(e.cove, "server", "--listen", e.addr, "--home", e.home, "--build-images", "tiny")
+	s.cmd.Env = append(append(os.Environ(), "COVE_HOME="+e.home), env...)
+	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
+	if err := s.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { s.err = s.cmd.Wait(); close(s.done) }()
+	e.srv = s
+	return s
 }
 
 // stopServer sends sig to the server and waits for it to exit; it returns
@@ -178,10 +192,9 @@ func (e *e2e) run(stdin []byte, args ...string) (stdout, stderr string, code int
 	e.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, e.cove, args...)
-	cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool {
-		return strings.HasPrefix(kv, "COVE_")
-	}), "COVE_ADDR="+e.addr, "COVE_HOME="+e.home)
+	cmd := e.command(args...)
+	cmd = exec.CommandContext(ctx, cmd.Path, cmd.Args[1:]...)
+	cmd.Env = e.clientEnv()
 	cmd.Stdin = bytes.NewReader(stdin)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -195,6 +208,19 @@ func (e *e2e) run(stdin []byte, args ...string) (stdout, stderr string, code int
 		e.t.Fatalf("cove %q: %v", args, err)
 	}
 	return out.String(), errb.String(), code
+}
+
+// command is a cove client command against e's server.
+func (e *e2e) command(args ...string) *exec.Cmd {
+	cmd := exec.Command(e.cove, args...)
+	cmd.Env = e.clientEnv()
+	return cmd
+}
+
+func (e *e2e) clientEnv() []string {
+	return append(slices.DeleteFunc(os.Environ(), func(kv string) bool {
+		return strings.HasPrefix(kv, "COVE_")
+	}), "COVE_ADDR="+e.addr, "COVE_HOME="+e.home)
 }
 
 // ok runs a cove command that must succeed and returns its stdout.
@@ -229,6 +255,7 @@ func (e *e2e) sessions() map[string]api.Session {
 	m := map[string]api.Session{}
 	for _, s := range ss {
 		m[s.ID] = s
+		e.seen[s.ID] = true
 	}
 	return m
 }

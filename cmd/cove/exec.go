@@ -9,6 +9,8 @@ import (
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -131,8 +133,20 @@ func (c *cli) exec(ctx context.Context, cl *api.Client, id string, req api.ExecR
 
 	go pumpStdin(c.stdin, conn)
 
+	var (
+		outMu  sync.Mutex // c.stderr is written by the loop and the watcher
+		events atomic.Int64
+	)
+	stopWatch := watchParked(ctx, cl, id, &events, func(msg string) {
+		outMu.Lock()
+		defer outMu.Unlock()
+		fmt.Fprintln(c.stderr, msg)
+	})
+	defer stopWatch()
+
 	for {
 		ev, err := conn.Recv()
+		events.Add(1)
 		if err != nil {
 			select {
 			case <-aborted:
@@ -148,7 +162,9 @@ func (c *cli) exec(ctx context.Context, cl *api.Client, id string, req api.ExecR
 		case api.EventStdout:
 			c.stdout.Write(ev.Data)
 		case api.EventStderr:
+			outMu.Lock()
 			c.stderr.Write(ev.Data)
+			outMu.Unlock()
 		case api.EventExit:
 			if code := exitCode(ev); code != 0 {
 				return &exitError{code: code}
@@ -161,6 +177,52 @@ func (c *cli) exec(ctx context.Context, cl *api.Client, id string, req api.ExecR
 			return startFailure(&api.Error{Code: ev.Error.Code, Message: ev.Error.Message})
 		}
 	}
+}
+
+// parkCheck is how long a command's stream stays silent before exec asks
+// whether its session was parked, and how often it asks again while the
+// silence lasts.
+const parkCheck = 5 * time.Second
+
+// watchParked tells the user, through say, when the command's stream has
+// been silent because its session is parked (or parking): the command is
+// paused in the frozen guest, not hung, and goes on when the session wakes.
+// events counts what the stream delivered; the session's state is only
+// asked for while it does not move. It says so once per park.
+func watchParked(ctx context.Context, cl *api.Client, id string, events *atomic.Int64, say func(string)) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		tick := time.NewTicker(parkCheck)
+		defer tick.Stop()
+		last, told := events.Load(), false
+		for {
+			select {
+			case <-done:
+				return
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			if n := events.Load(); n != last {
+				last, told = n, false
+				continue
+			}
+			s, err := cl.GetSession(ctx, id)
+			if err != nil {
+				continue
+			}
+			switch s.State {
+			case api.StateParking, api.StateParked:
+				if !told {
+					say(fmt.Sprintf("cove: session %s is %s: the command is paused until the session wakes (cove wake %s)", id, s.State, id))
+					told = true
+				}
+			case api.StateRunning:
+				told = false
+			}
+		}
+	}()
+	return func() { close(done) }
 }
 
 // eventSender is the half of *api.ExecConn that pumps use.

@@ -41,6 +41,15 @@ type serverConfig struct {
 	IdleTimeout  time.Duration
 	Spares       int // spare QEMU processes per machine shape; 0: none
 	CloneFiles   int // clone files made ahead per template; 0: none
+
+	CgroupRoot       string  // where VMs' cgroup limits go
+	AllowNoCgroups   bool    // run VMs without the limits the host cannot apply
+	MemoryOvercommit float64 // VM memory admitted per MiB of host memory
+	CPUOvercommit    float64 // vCPUs admitted per host CPU
+
+	// WebhookMemory bounds the memory of webhook bodies not yet
+	// authenticated, in MiB.
+	WebhookMemory int
 }
 
 func envOr(key, def string) string {
@@ -65,6 +74,16 @@ func envDuration(key string, def time.Duration) time.Duration {
 	if v := os.Getenv(key); v != "" {
 		if d, err := time.ParseDuration(v); err == nil {
 			return d
+		}
+	}
+	return def
+}
+
+// envFloat reads a number from the environment, or def.
+func envFloat(key string, def float64) float64 {
+	if v := os.Getenv(key); v != "" {
+		if f, err := strconv.ParseFloat(v, 64); err == nil {
+			return f
 		}
 	}
 	return def
@@ -97,6 +116,11 @@ exits.`,
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", envDuration("COVE_IDLE_TIMEOUT", 30*time.Minute), "park sessions idle this long (no API call, nothing attached); 0 never; a session's own --idle-timeout wins (COVE_IDLE_TIMEOUT)")
 	f.IntVar(&cfg.Spares, "spares", envInt("COVE_SPARES", 1), "QEMU processes kept started ahead for each machine shape woken lately, so a wake or a create from a template skips QEMU's start; 0 none (COVE_SPARES)")
 	f.IntVar(&cfg.CloneFiles, "clone-files", envInt("COVE_CLONE_FILES", 1), "sets of a clone's files (a copy of the template's RAM file, a disk overlay) kept made ahead for each ready template, so a create from an empty pool does not copy; 0 none (COVE_CLONE_FILES)")
+	f.IntVar(&cfg.WebhookMemory, "webhook-memory", envInt("COVE_WEBHOOK_MEMORY", trigger.DefaultMaxPendingMemory>>20), "MiB of memory all webhook bodies not yet authenticated may hold together (at most 64 KiB each; the rest waits in COVE_HOME/tmp, 1 GiB at most); more deliveries are answered 503 (COVE_WEBHOOK_MEMORY)")
+	f.StringVar(&cfg.CgroupRoot, "cgroup-root", envOr("COVE_CGROUP_ROOT", "/sys/fs/cgroup"), "where each VM's cgroup limits are set: the cgroup v1 mount root, or a cgroup v2 directory with memory, cpu and pids delegated (COVE_CGROUP_ROOT)")
+	f.BoolVar(&cfg.AllowNoCgroups, "allow-no-cgroups", os.Getenv("COVE_ALLOW_NO_CGROUPS") == "1", "run VMs without the cgroup limits this host cannot apply, instead of refusing to start (COVE_ALLOW_NO_CGROUPS=1)")
+	f.Float64Var(&cfg.MemoryOvercommit, "memory-overcommit", envFloat("COVE_MEMORY_OVERCOMMIT", session.DefaultMemoryOvercommit), "MiB of VM memory admitted per MiB of host memory (COVE_MEMORY_OVERCOMMIT)")
+	f.Float64Var(&cfg.CPUOvercommit, "cpu-overcommit", envFloat("COVE_CPU_OVERCOMMIT", session.DefaultCPUOvercommit), "vCPUs admitted per host CPU (COVE_CPU_OVERCOMMIT)")
 	f.BoolVar(&cfg.StopOnExit, "stop-on-exit", false, "stop every VM when the server exits (default: leave them for the next server to adopt)")
 	return cmd
 }
@@ -130,22 +154,10 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	}
 	defer st.Close()
 
-	builder := &image.Builder{Home: cfg.Home, AgentPath: cfg.AgentPath, Records: st}
-	progress := func(msg string) { log.Info(msg) }
-	if _, err := builder.Kernel(ctx, progress); err != nil {
-		return err
-	}
-	for _, name := range append([]string{cfg.DefaultImage}, cfg.Images...) {
-		if name = strings.TrimSpace(name); name == "" {
-			continue
-		}
-		if _, err := builder.BuildImage(ctx, name, progress); err != nil {
-			return err
-		}
-	}
-
 	sessions := filepath.Join(cfg.Home, "sessions")
-	qcfg := qemu.Config{Accel: cfg.Accel, User: cfg.QEMUUser, CgroupRoot: "/sys/fs/cgroup", Log: log}
+	crash := crashPoint(log)
+	qcfg := qemu.Config{Accel: cfg.Accel, User: cfg.QEMUUser, CgroupRoot: cfg.CgroupRoot, AllowNoCgroups: cfg.AllowNoCgroups,
+		Log: log, CrashPoint: crash}
 	if cfg.Spares > 0 {
 		// Beside the sessions: a claimed spare's sockets are renamed into
 		// its session's directory.
@@ -156,10 +168,39 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return err
 	}
 	defer driver.Close()
+	// QEMU runs as cfg.QEMUUser; a home it cannot reach would fail only
+	// at the first create. Checked before the kernel is fetched.
+	if err := qemuAccess(driver, cfg.Home, cfg.Home, sessions); err != nil {
+		return err
+	}
+
+	builder := &image.Builder{Home: cfg.Home, AgentPath: cfg.AgentPath, Records: st}
+	progress := func(msg string) { log.Info(msg) }
+	k, err := builder.Kernel(ctx, progress)
+	if err != nil {
+		return err
+	}
+	vmFiles := []string{k.Vmlinux} // what QEMU reads: its kernel, the images' root file systems
+	for _, name := range append([]string{cfg.DefaultImage}, cfg.Images...) {
+		if name = strings.TrimSpace(name); name == "" {
+			continue
+		}
+		im, err := builder.BuildImage(ctx, name, progress)
+		if err != nil {
+			return err
+		}
+		vmFiles = append(vmFiles, im.RootFS)
+	}
+	if err := qemuAccess(driver, cfg.Home, vmFiles...); err != nil {
+		return err
+	}
+
 	metrics := apiserver.NewMetrics()
 	mgr, err := session.New(session.Config{
 		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
 		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout, CloneFiles: cfg.CloneFiles,
+		CrashPoint: crash,
+		Admission:  session.Admission{MemoryOvercommit: cfg.MemoryOvercommit, CPUOvercommit: cfg.CPUOvercommit},
 	})
 	if err != nil {
 		return err
@@ -174,6 +215,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		}
 	}
 	hooks := &trigger.Receiver{Secrets: hookSecrets{st}, Sink: mgr, Log: log,
+		SpoolDir: filepath.Join(cfg.Home, "tmp"), MaxPendingMemory: int64(cfg.WebhookMemory) << 20,
 		OnReject: func(source, reason string, status int) {
 			log.Warn("webhook rejected", "hook", source, "status", status, "reason", reason)
 		}}
@@ -183,7 +225,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	if err != nil {
 		return fmt.Errorf("server: listen: %w", err)
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	hs := srv.HTTPServer() // the timeouts: apiserver.Timeouts
 	log.Info("cove server listening", "addr", "http://"+ln.Addr().String(), "home", cfg.Home, "accel", driver.Accel())
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
@@ -206,6 +248,44 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return err
 	}
 	return nil
+}
+
+// crashPointEnv names the step at which the server kills itself with
+// SIGKILL, for the crash-safety tests: only tests set it.
+const crashPointEnv = "COVE_TEST_CRASH_AT"
+
+// crashPoint returns the hook that kills the server at the step named by
+// COVE_TEST_CRASH_AT, or nil when it is unset.
+func crashPoint(log *slog.Logger) func(string) {
+	at := os.Getenv(crashPointEnv)
+	if at == "" {
+		return nil
+	}
+	log.Warn("test crash point armed: the server kills itself there", "env", crashPointEnv, "step", at)
+	return func(name string) {
+		if name != at {
+			return
+		}
+		fmt.Fprintf(os.Stderr, "crash point %s: SIGKILL\n", name)
+		_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+		select {} // SIGKILL is not delivered at once to every thread
+	}
+}
+
+// qemuAccess checks that QEMU's user can reach paths (see
+// qemu.Driver.CheckAccess). Where a directory above home blocks it, another
+// --home is offered besides the chmod.
+func qemuAccess(d *qemu.Driver, home string, paths ...string) error {
+	err := d.CheckAccess(paths...)
+	if err == nil {
+		return nil
+	}
+	if ae, ok := errors.AsType[*qemu.AccessError](err); ok && ae.Op == "enter" {
+		if real, rerr := filepath.EvalSymlinks(home); rerr == nil && strings.HasPrefix(real, strings.TrimSuffix(ae.Path, "/")+"/") {
+			return fmt.Errorf("server: %w, or choose a --home outside %s", err, ae.Path)
+		}
+	}
+	return fmt.Errorf("server: %w", err)
 }
 
 // hookSecrets gives the webhook receiver the secrets kept in the store.

@@ -3,10 +3,13 @@ package main
 import (
 	"archive/tar"
 	"bytes"
+	"errors"
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -47,8 +50,18 @@ func archive(t *testing.T, entries ...entry) *bytes.Buffer {
 }
 
 // TestExtractTarRefusesEscapes protects the local machine from archives
-// that name paths outside the destination, directly or through links.
+// that name paths outside the destination, directly or through links: no
+// write lands outside, and no link is left that leads outside, alone or
+// through the links beside it (a later copy into the tree would follow it).
 func TestExtractTarRefusesEscapes(t *testing.T) {
+	// The deep chain: up points back to the top of out, and
+	// results climbs from there, while its text reads as inside.
+	const depth = 19
+	var deep []string
+	for i := 1; i <= depth; i++ {
+		deep = append(deep, fmt.Sprintf("x%d", i))
+	}
+	chain := strings.Join(deep, "/")
 	tests := []struct {
 		name    string
 		entries []entry
@@ -59,10 +72,11 @@ func TestExtractTarRefusesEscapes(t *testing.T) {
 		{"dot-dot inside name", []entry{{name: "d/../../evil"}}, "leaves the destination"},
 		{"absolute symlink", []entry{{name: "l", typ: tar.TypeSymlink, link: "/etc"}}, "absolute path"},
 		{"escaping symlink", []entry{{name: "d/l", typ: tar.TypeSymlink, link: "../../evil"}}, "points outside"},
+		{"symlink to the parent", []entry{{name: "l", typ: tar.TypeSymlink, link: ".."}}, "points outside"},
 		{"escaping hard link", []entry{{name: "h", typ: tar.TypeLink, link: "../evil"}}, "leaves the destination"},
 		{
 			// Each link is inside taken alone; together m resolves above
-			// the destination. os.Root must refuse to write through it.
+			// the destination.
 			"symlink chain",
 			[]entry{
 				{name: "a/b/", typ: tar.TypeDir, mode: 0o755},
@@ -70,7 +84,70 @@ func TestExtractTarRefusesEscapes(t *testing.T) {
 				{name: "m", typ: tar.TypeSymlink, link: "a/b/l/.."},
 				{name: "m/evil", body: "x"},
 			},
-			"",
+			"steps back out of a symlink",
+		},
+		{
+			// The minimal case: b -> .. then a -> b/../../pwn.
+			"two levels through a link",
+			[]entry{
+				{name: "w/", typ: tar.TypeDir, mode: 0o755},
+				{name: "w/b", typ: tar.TypeSymlink, link: ".."},
+				{name: "w/a", typ: tar.TypeSymlink, link: "b/../../evil"},
+			},
+			"steps back out of a symlink",
+		},
+		{
+			"deep chain",
+			[]entry{
+				{name: "out/" + chain + "/", typ: tar.TypeDir, mode: 0o755},
+				{name: "out/" + chain + "/up", typ: tar.TypeSymlink, link: strings.Repeat("../", depth)},
+				{name: "out/results", typ: tar.TypeSymlink, link: chain + "/up/" + strings.Repeat("../", depth+1) + "tmp/evil-dir"},
+			},
+			"steps back out of a symlink",
+		},
+		{
+			// The order does not help: the link that makes the chain comes
+			// after the one that uses it.
+			"chain made after its use",
+			[]entry{
+				{name: "w/", typ: tar.TypeDir, mode: 0o755},
+				{name: "w/a", typ: tar.TypeSymlink, link: "b/../../evil"},
+				{name: "w/b", typ: tar.TypeSymlink, link: ".."},
+			},
+			"steps back out of a symlink or a missing path",
+		},
+		{
+			// A link to a link that climbs: l2's own text has no "..".
+			"link to link",
+			[]entry{
+				{name: "a/b/", typ: tar.TypeDir, mode: 0o755},
+				{name: "a/b/l1", typ: tar.TypeSymlink, link: "../.."},
+				{name: "l2", typ: tar.TypeSymlink, link: "a/b/l1"},
+				{name: "l3", typ: tar.TypeSymlink, link: "l2/../evil"},
+			},
+			"steps back out of a symlink",
+		},
+		{
+			// p/s is the top of the tree; a link placed "in" it would have
+			// its ".." taken from there.
+			"symlink under a symlink",
+			[]entry{
+				{name: "p/", typ: tar.TypeDir, mode: 0o755},
+				{name: "p/s", typ: tar.TypeSymlink, link: ".."},
+				{name: "p/s/l", typ: tar.TypeSymlink, link: "../evil"},
+			},
+			"not a real directory",
+		},
+		{
+			// A hard link to a symlink is the same link in another place,
+			// where its relative target means something else.
+			"hard link to a symlink",
+			[]entry{
+				{name: "d1/d2/", typ: tar.TypeDir, mode: 0o755},
+				{name: "d1/d2/s", typ: tar.TypeSymlink, link: "../../evil"},
+				{name: "h", typ: tar.TypeLink, link: "d1/d2/s"},
+			},
+			"not a regular file",
 		},
 	}
 	for _, tt := range tests {
@@ -80,7 +157,7 @@ func TestExtractTarRefusesEscapes(t *testing.T) {
 			if err := os.Mkdir(dest, 0o755); err != nil {
 				t.Fatal(err)
 			}
-			err := extractTar(archive(t, tt.entries...), dest)
+			err := extractTar(archive(t, tt.entries...), dest, 0)
 			if err == nil {
 				t.Fatal("extractTar accepted an escaping archive")
 			}
@@ -90,14 +167,125 @@ func TestExtractTarRefusesEscapes(t *testing.T) {
 			if testing.Verbose() {
 				t.Log(err)
 			}
-			filepath.WalkDir(parent, func(p string, d fs.DirEntry, err error) error {
-				if strings.Contains(p, "evil") {
-					t.Errorf("%s was written", p)
-				}
-				return nil
-			})
+			wantContained(t, parent, dest)
 		})
 	}
+}
+
+// wantContained fails the test if anything named evil was written in
+// parent outside dest, or a link under dest resolves outside dest.
+func wantContained(t *testing.T, parent, dest string) {
+	t.Helper()
+	filepath.WalkDir(parent, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return nil
+		}
+		inside := p == dest || strings.HasPrefix(p, dest+string(filepath.Separator))
+		if strings.Contains(d.Name(), "evil") && !inside {
+			t.Errorf("%s was written", p)
+		}
+		if inside && d.Type()&fs.ModeSymlink != 0 {
+			if r, err := filepath.EvalSymlinks(p); err == nil && r != dest && !strings.HasPrefix(r, dest+string(filepath.Separator)) {
+				t.Errorf("link %s was left, resolving outside the destination to %s", p, r)
+			}
+		}
+		return nil
+	})
+}
+
+// TestExtractTarKeepsInsideLinks protects what the escape checks must not
+// refuse: links up and across the tree, links to links, links made before
+// their targets, dangling links.
+func TestExtractTarKeepsInsideLinks(t *testing.T) {
+	parent := t.TempDir()
+	dest := filepath.Join(parent, "dest")
+	if err := os.Mkdir(dest, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	err := extractTar(archive(t,
+		entry{name: "p/node_modules/.bin/tsc", typ: tar.TypeSymlink, link: "../typescript/bin/tsc"},
+		entry{name: "p/node_modules/typescript/bin/tsc", body: "#!/usr/bin/env node\n", mode: 0o755},
+		entry{name: "p/lib", typ: tar.TypeSymlink, link: "node_modules"},
+		entry{name: "p/tsc", typ: tar.TypeSymlink, link: "lib/.bin/tsc"},
+		entry{name: "p/top", typ: tar.TypeSymlink, link: ".."},
+		entry{name: "p/dangling", typ: tar.TypeSymlink, link: "missing/file"},
+		entry{name: "p/d/", typ: tar.TypeDir, mode: 0o755},
+		entry{name: "p/d/back", typ: tar.TypeSymlink, link: "../d/./../tsc"},
+	), dest, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range []string{"p/node_modules/.bin/tsc", "p/tsc", "p/d/back"} {
+		if b, err := os.ReadFile(filepath.Join(dest, l)); err != nil || !strings.HasPrefix(string(b), "#!") {
+			t.Errorf("%s: %q, %v; want the script through the link", l, b, err)
+		}
+	}
+	wantContained(t, parent, dest)
+}
+
+// TestCopyIntoEarlierCopy protects the second half of the attack:
+// a later copy into a tree an earlier copy made cannot be led outside by
+// the links the earlier one left, whatever the order of the two.
+func TestCopyIntoEarlierCopy(t *testing.T) {
+	parent := t.TempDir()
+	dest := filepath.Join(parent, "dest")
+	if err := os.Mkdir(dest, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// x beside dest makes a link that escapes to it resolve, so that
+	// wantContained sees it.
+	if err := os.Mkdir(filepath.Join(parent, "x"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	// The first copy leaves a dangling r -> n/../x, harmless alone.
+	if err := extractTar(archive(t, entry{name: "r", typ: tar.TypeSymlink, link: "n/../x"}), dest, 0); err == nil {
+		t.Log("first copy kept r -> n/../x")
+	}
+	// The second makes n a link to the top: n/.. would be above it.
+	_ = extractTar(archive(t, entry{name: "n", typ: tar.TypeSymlink, link: "."}), dest, 0)
+	wantContained(t, parent, dest)
+	// A third writes a file through whatever is there.
+	_ = extractTar(archive(t, entry{name: "r/evil", body: "x"}), dest, 0)
+	wantContained(t, parent, dest)
+}
+
+// TestExtractTarSparseAndLimit protects the sparse download: zero
+// blocks stay holes on the local disk, and the files' sizes together are
+// bounded.
+func TestExtractTarSparseAndLimit(t *testing.T) {
+	body := make([]byte, 8<<20)
+	copy(body[3<<20:], "data in the middle")
+	copy(body[len(body)-5:], "tail!")
+	dest := t.TempDir()
+	if err := extractTar(archive(t, entry{name: "sparse", body: string(body)}), dest, 0); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dest, "sparse")
+	got, err := os.ReadFile(p)
+	if err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("sparse file read back as %d bytes (%v), want the %d written", len(got), err, len(body))
+	}
+	if used := diskUsage(t, p); used > 64<<10 {
+		t.Errorf("an 8 MiB file of 23 data bytes uses %d bytes of disk, want holes", used)
+	}
+
+	dest = t.TempDir()
+	err = extractTar(archive(t, entry{name: "a", body: "0123456789"}, entry{name: "b", body: "0123456789"}), dest, 15)
+	if !errors.Is(err, errTooLarge) {
+		t.Fatalf("20 bytes of files with a limit of 15: %v, want errTooLarge", err)
+	}
+	if _, err := os.Stat(filepath.Join(dest, "b")); err == nil {
+		t.Error("the file past the limit was written")
+	}
+}
+
+func diskUsage(t *testing.T, p string) int64 {
+	t.Helper()
+	var st syscall.Stat_t
+	if err := syscall.Stat(p, &st); err != nil {
+		t.Fatal(err)
+	}
+	return st.Blocks * 512
 }
 
 // TestExtractTar protects what a good archive becomes: files with their
@@ -123,7 +311,7 @@ func TestExtractTar(t *testing.T) {
 		entry{name: "d/h", typ: tar.TypeLink, link: "d/run.sh"},
 		entry{name: "was-link", body: "new"},
 		entry{name: "fifo", typ: tar.TypeFifo},
-	), dest)
+	), dest, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -202,7 +390,7 @@ func TestWriteTarRoundTrip(t *testing.T) {
 	}
 
 	dest := t.TempDir()
-	if err := extractTar(&buf, dest); err != nil {
+	if err := extractTar(&buf, dest, 0); err != nil {
 		t.Fatal(err)
 	}
 	if fi, err := os.Stat(filepath.Join(dest, "proj", "a.txt")); err != nil || fi.Mode().Perm() != 0o600 {

@@ -46,10 +46,27 @@ func main() {
 	clones := flag.Int("clones", 10, "clones of one template (create from template, PSS)")
 	rebuilds := flag.Int("rebuilds", 3, "pushes to a template that follows a repo, each timed until its new version is live (needs debian)")
 	wakeOnly := flag.Bool("wake-only", false, "after the cold boots and execs, measure park and wake only (no raw QEMU, templates or triggers)")
+	only := flag.String("only", "", "run one section alone: hostile (a quiet session's execs while its neighbour attacks)")
+	hostileExecs := flag.Int("hostile-execs", 30, "neighbour execs per phase of the hostile section (0 skips it)")
+	hostileEvery := flag.Duration("hostile-every", 500*time.Millisecond, "spacing of the neighbour's execs in the hostile section")
 	verbose := flag.Bool("v", false, "log at info level (the session manager's timings: restore spawn_ms, agent_ms, …)")
 	flag.Parse()
 	cfg := config{boots: *boots, debianBoots: *debianBoots, execs: *execs, files: *files, idle: *idle, parks: *parks, clones: *clones}
 	cfg.verbose, cfg.wakeOnly, cfg.rebuilds = *verbose, *wakeOnly, *rebuilds
+	cfg.only = *only
+	cfg.hostile = hostileConfig{execs: *hostileExecs, every: *hostileEvery, ramp: 2 * time.Second, attack: 20 * time.Second}
+	switch cfg.only {
+	case "":
+	case "hostile":
+		if cfg.hostile.execs <= 0 {
+			fmt.Fprintln(os.Stderr, "covebench: -only hostile needs -hostile-execs > 0")
+			os.Exit(2)
+		}
+		cfg.debianBoots = 0
+	default:
+		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: hostile\n", cfg.only)
+		os.Exit(2)
+	}
 	if err := run(*home, *agent, cfg); err != nil {
 		fmt.Fprintln(os.Stderr, "covebench:", err)
 		os.Exit(1)
@@ -69,6 +86,10 @@ type row struct {
 	samples []float64 // ms, or MiB for memory rows
 	unit    string
 	target  float64 // 0: none
+	// targetText and note, when set, replace the target and p50/target
+	// columns; cells, when set, replaces every column after the name.
+	targetText, note string
+	cells            []string
 }
 
 func pct(s []float64, p float64) float64 {
@@ -87,6 +108,8 @@ type config struct {
 	boots, debianBoots, execs, files, idle, parks, clones int
 	rebuilds, cloneFiles                                  int
 	verbose, wakeOnly                                     bool
+	only                                                  string // a section run alone
+	hostile                                               hostileConfig
 }
 
 func run(home, agent string, cfg config) error {
@@ -161,6 +184,13 @@ func run(home, agent string, cfg config) error {
 
 	fmt.Fprintf(os.Stderr, "bench: accelerator %s\n", driver.Accel())
 	var rows []row
+	if cfg.only == "hostile" {
+		if rows, err = hostileRows(ctx, c, srv.URL, cfg.hostile); err != nil {
+			return err
+		}
+		printTable(os.Stdout, driver.Accel(), rows)
+		return nil
+	}
 
 	coldBoot := func(name string, n int, target float64) error {
 		r := row{name: "cold boot → first exec (" + name + ")", unit: "ms", target: target}
@@ -284,6 +314,13 @@ func run(home, agent string, cfg config) error {
 			}
 			rows = append(rows, reb...)
 		}
+	}
+	if cfg.hostile.execs > 0 {
+		hos, err := hostileRows(ctx, c, srv.URL, cfg.hostile)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, hos...)
 	}
 	printTable(os.Stdout, driver.Accel(), rows)
 	return nil
@@ -517,11 +554,21 @@ func printTable(w io.Writer, accel string, rows []row) {
 	fmt.Fprintln(tw, "| what\t| n\t| p50\t| p95\t| target\t| p50/target\t|")
 	fmt.Fprintln(tw, "| ---\t| ---\t| ---\t| ---\t| ---\t| ---\t|")
 	for _, r := range rows {
+		if r.cells != nil {
+			fmt.Fprintf(tw, "| %s\t| %s\t|\n", r.name, strings.Join(r.cells, "\t| "))
+			continue
+		}
 		p50, p95 := pct(r.samples, 0.5), pct(r.samples, 0.95)
 		target, ratio := "–", "–"
 		if r.target > 0 {
 			target = fmt.Sprintf("≤ %.0f %s", r.target, r.unit)
 			ratio = fmt.Sprintf("%.2f", p50/r.target)
+		}
+		if r.targetText != "" {
+			target = r.targetText
+		}
+		if r.note != "" {
+			ratio = r.note
 		}
 		if r.unit == "/s" {
 			fmt.Fprintf(tw, "| %s\t| 1\t| %.0f/s\t| –\t| ≥ 2000/s\t| %.2f\t|\n", r.name, p50, 2000/p50)

@@ -410,12 +410,18 @@ func respondErr(w io.Writer, code string, err error) {
 
 // codeOf classifies a file system error.
 func codeOf(err error) string {
+	var ae *archiveError
 	switch {
+	case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT):
+		return agentproto.CodeNoSpace
+	case errors.As(err, &ae):
+		return agentproto.CodeInvalid
 	case errors.Is(err, os.ErrNotExist):
 		return agentproto.CodeNotFound
 	case errors.Is(err, os.ErrExist):
 		return agentproto.CodeExists
-	case errors.Is(err, unix.EISDIR), errors.Is(err, unix.ENOTDIR), errors.Is(err, os.ErrInvalid):
+	case errors.Is(err, unix.EISDIR), errors.Is(err, unix.ENOTDIR), errors.Is(err, os.ErrInvalid),
+		errors.Is(err, unix.E2BIG): // execve: argv and environment past the kernel's limit
 		return agentproto.CodeInvalid
 	default:
 		return agentproto.CodeInternal

@@ -14,10 +14,12 @@ import (
 	"context"
 	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -708,4 +710,146 @@ func TestDetachSettlesAndKeepsTheConnection(t *testing.T) {
 	if _, err := host.Write([]byte("y")); err == nil {
 		t.Fatal("host connection still open after Close")
 	}
+}
+
+// Reading a FIFO (or any non-regular file) is refused at once with a
+// clear error, not a read that waits for a writer forever.
+func TestFilesReadRefusesFIFO(t *testing.T) {
+	c := connect(t)
+	dir := t.TempDir()
+	if err := syscall.Mkfifo(dir+"/fifo", 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("fifo", dir+"/to-fifo"); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{dir + "/fifo", dir + "/to-fifo", "/dev/null"} {
+		_, err := c.Read(ctxT(t), p)
+		wantCode(t, err, agentproto.CodeInvalid)
+		if !strings.Contains(err.Error(), "not a regular file") {
+			t.Errorf("read %s: %v, want it to say not a regular file", p, err)
+		}
+	}
+	// A FIFO inside a directory is archived as a FIFO, not read.
+	rc, err := c.TarGet(ctxT(t), dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rc.Close()
+	tr := tar.NewReader(rc)
+	var fifo bool
+	for {
+		hdr, err := tr.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("tar of a directory holding a FIFO: %v", err)
+		}
+		fifo = fifo || hdr.Typeflag == tar.TypeFifo
+	}
+	if !fifo {
+		t.Error("the FIFO is missing from the archive")
+	}
+}
+
+// An upload is all or nothing: an archive that is garbage, ends early,
+// holds an escaping entry after good ones, or clashes with the
+// destination leaves the destination as it was, and is the request's
+// fault (invalid), not an internal error.
+func TestFilesTarPutIsAllOrNothing(t *testing.T) {
+	c := connect(t)
+	ctx := ctxT(t)
+	good := tarOf(t, "keep/", "", "keep/a.txt", "first entry", "keep/b.txt", "second entry")
+	escaping := tarOf(t, "new/", "", "new/ok.txt", "written first", "../escaped.txt", "gotcha")
+	truncated := good[:4*512+6] // headers and a.txt whole, b.txt cut in its data
+	tests := []struct {
+		name string
+		body []byte
+	}{
+		{"garbage", []byte(strings.Repeat("not a tar ", 1000))},
+		{"short garbage", []byte("not a tar")},
+		{"truncated", truncated},
+		{"escaping entry after good ones", escaping},
+		{"file where a directory is", tarOf(t, "new/x.txt", "x", "sub", "a file over the directory sub")},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			base := t.TempDir()
+			dst := base + "/dst"
+			if err := os.MkdirAll(dst+"/sub", 0o755); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(dst+"/old.txt", []byte("old"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			err := c.TarPut(ctx, dst, bytes.NewReader(tt.body))
+			wantCode(t, err, agentproto.CodeInvalid)
+			if got := treeOf(t, base); got != "dst/ dst/old.txt dst/sub/" {
+				t.Errorf("after the refused upload: %s, want dst as it was", got)
+			}
+		})
+	}
+	// Into a directory that did not exist: a refused upload removes the
+	// directories it made.
+	base := t.TempDir()
+	wantCode(t, c.TarPut(ctx, base+"/a/b", bytes.NewReader(escaping)), agentproto.CodeInvalid)
+	if got := treeOf(t, base); got != "" {
+		t.Errorf("after a refused upload into a new directory: %s, want nothing", got)
+	}
+	// A good one merges into what is there.
+	if err := c.TarPut(ctx, base+"/a", bytes.NewReader(good)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.TarPut(ctx, base+"/a", bytes.NewReader(tarOf(t, "keep/c.txt", "third"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := treeOf(t, base); got != "a/ a/keep/ a/keep/a.txt a/keep/b.txt a/keep/c.txt" {
+		t.Errorf("after two uploads: %s", got)
+	}
+}
+
+// tarOf makes an archive of name, content pairs; a name ending in "/" is
+// a directory.
+func tarOf(t *testing.T, pairs ...string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	for i := 0; i < len(pairs); i += 2 {
+		hdr := &tar.Header{Name: pairs[i], Mode: 0o644, Size: int64(len(pairs[i+1])), Typeflag: tar.TypeReg}
+		if strings.HasSuffix(pairs[i], "/") {
+			hdr.Mode, hdr.Size, hdr.Typeflag = 0o755, 0, tar.TypeDir
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.WriteString(tw, pairs[i+1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// treeOf lists what is under dir, directories with a trailing "/".
+func treeOf(t *testing.T, dir string) string {
+	t.Helper()
+	var names []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || p == dir {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		if d.IsDir() {
+			rel += "/"
+		}
+		names = append(names, rel)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.Join(names, " ")
 }

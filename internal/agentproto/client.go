@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -26,11 +27,24 @@ func Config() *yamux.Config {
 	return cfg
 }
 
+// AnswerTimeout bounds the wait for the guest's first answer to a
+// request (the start of a command, the header of a file): a guest that
+// does not answer in that time (frozen, or its VMM stopped) fails the call
+// with ErrNoAnswer. What follows the answer (a command's run, a transfer)
+// is not bounded by it.
+const AnswerTimeout = 30 * time.Second
+
+// ErrNoAnswer is returned by a call whose request the guest did not answer
+// within the client's answer timeout.
+var ErrNoAnswer = errors.New("agentproto: the guest agent did not answer")
+
 // Client is the host side of one connection to a guest agent. It is safe
 // for concurrent use; every call opens its own stream.
 type Client struct {
 	sess *yamux.Session
 	conn *hostConn
+	// answerTimeout is AnswerTimeout unless a test set it.
+	answerTimeout time.Duration
 }
 
 // NewClient starts a yamux client session over conn (the unix socket of the
@@ -41,8 +55,11 @@ func NewClient(conn net.Conn) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("agentproto: start session: %w", err)
 	}
-	return &Client{sess: s, conn: hc}, nil
+	return &Client{sess: s, conn: hc, answerTimeout: AnswerTimeout}, nil
 }
+
+// SetAnswerTimeout changes the client's answer timeout (see AnswerTimeout).
+func (c *Client) SetAnswerTimeout(d time.Duration) { c.answerTimeout = d }
 
 // Detach tells the guest this connection is ending on purpose (before a
 // park): the guest ends its side and waits for the next sync, so that the
@@ -56,7 +73,19 @@ func (c *Client) Detach(ctx context.Context) error {
 	n := nonce()
 	quiet := c.conn.expect([]byte(QuietMagic + n + "\n"))
 	if _, err := c.call(ctx, Request{Op: OpDetach, Nonce: n}); err != nil {
-		return err
+		select {
+		case <-quiet:
+			// The guest answered and its quiet line followed so soon that
+			// it ended this session (not yamux) before the call saw the
+			// answer: the detach is done.
+			c.sess.Close()
+			return nil
+		default:
+			if ctx.Err() != nil && !errors.Is(err, ErrNoAnswer) {
+				err = fmt.Errorf("%w: detach: %v", ErrNoAnswer, err)
+			}
+			return err
+		}
 	}
 	select {
 	case <-quiet:
@@ -179,7 +208,8 @@ func (c *Client) open(ctx context.Context, req Request) (*yamux.Stream, func(), 
 	if err != nil {
 		return nil, nil, fmt.Errorf("agentproto: open stream: %w", err)
 	}
-	stop := context.AfterFunc(ctx, func() { st.Close() })
+	// A half-closed stream does not end a pending read: the deadline does.
+	stop := context.AfterFunc(ctx, func() { _ = st.SetReadDeadline(time.Now()); st.Close() })
 	release := func() { stop(); st.Close() }
 	if err := WriteJSON(st, FrameRequest, req); err != nil {
 		release()
@@ -213,10 +243,17 @@ func (c *Client) answered(ctx context.Context, req Request) (*yamux.Stream, func
 		return nil, nil, Response{}, err
 	}
 	var resp Response
+	if c.answerTimeout > 0 {
+		_ = st.SetReadDeadline(time.Now().Add(c.answerTimeout))
+	}
 	if err := ReadJSON(st, FrameResponse, &resp); err != nil {
 		release()
+		if ctx.Err() == nil && (errors.Is(err, yamux.ErrTimeout) || errors.Is(err, os.ErrDeadlineExceeded)) {
+			return nil, nil, Response{}, fmt.Errorf("%w within %s (%s)", ErrNoAnswer, c.answerTimeout, req.Op)
+		}
 		return nil, nil, Response{}, ctxErr(ctx, fmt.Errorf("agentproto: %s: %w", req.Op, err))
 	}
+	_ = st.SetReadDeadline(time.Time{})
 	if err := resp.Err(); err != nil {
 		release()
 		return nil, nil, resp, err

@@ -83,6 +83,7 @@ const (
 	CodeNotFound = "not_found" // path or executable missing
 	CodeInvalid  = "invalid"   // bad request (e.g. path is a directory)
 	CodeExists   = "exists"
+	CodeNoSpace  = "no_space" // the guest's file system is full (ENOSPC, EDQUOT)
 	CodeInternal = "internal"
 )
 
@@ -331,4 +332,16 @@ func (d *DataReader) Read(p []byte) (int, error) {
 	n := copy(p, d.cur)
 	d.cur = d.cur[n:]
 	return n, nil
+}
+
+// ExecSize is the size of the payload of the request frame that starts
+// x: what must fit in MaxFrame. JSON escapes some bytes (control and
+// invalid UTF-8 bytes, '<', '>', '&') into six, so a size is measured,
+// not summed.
+func ExecSize(x Exec) int {
+	b, err := json.Marshal(Request{Op: OpExec, Exec: &x})
+	if err != nil {
+		return MaxFrame + 1 // cannot be sent at all
+	}
+	return len(b)
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"time"
 )
 
@@ -131,10 +132,28 @@ func helloRequest() Request {
 	return Request{Op: OpHello, TimeUnixNano: time.Now().UnixNano(), Seed: seed}
 }
 
-// hostSync sends a sync line on conn (carrying req, if not nil) and waits
-// up to wait for its answer. It returns a conn that yields whatever
-// followed the answer, and the Hello the answer carried, if any.
-func hostSync(ctx context.Context, conn net.Conn, wait time.Duration, req *Request) (net.Conn, *Hello, error) {
+// syncer is the host's side of the sync on one connection. A sync that
+// goes unanswered in time is sent again on the same connection once, with
+// a new nonce: the answer to any of them proves the guest reads this
+// connection. (Dialling anew at every miss would queue connections at the
+// VMM's socket faster than a slow guest works through them: it would
+// answer each one after the host left it.)
+type syncer struct {
+	conn    net.Conn
+	nonces  map[string]bool // sent on conn
+	latest  string          // the last one sent
+	pending []byte          // read, not yet matched
+	skipped int
+	// unanswered counts the syncs that went unanswered in time.
+	unanswered int
+}
+
+// sync sends a sync line (carrying req, if not nil) and waits up to wait
+// for an answer to it or to an earlier one on the connection. It returns a
+// conn that yields whatever followed the answer, and the Hello the answer
+// carried if it answered this sync (an older one's Hello is stale).
+func (s *syncer) sync(ctx context.Context, wait time.Duration, req *Request) (net.Conn, *Hello, error) {
+	conn := s.conn
 	n := nonce()
 	deadline := time.Now().Add(wait)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -155,29 +174,42 @@ func hostSync(ctx context.Context, conn net.Conn, wait time.Duration, req *Reque
 	if _, err := conn.Write([]byte(line + "\n")); err != nil {
 		return nil, nil, fmt.Errorf("agentproto: sync: %w", err)
 	}
-	want := []byte(AckMagic + n)
-	var pending []byte
+	if s.nonces == nil {
+		s.nonces = map[string]bool{}
+	}
+	s.nonces[n], s.latest = true, n
+	ack := []byte(AckMagic)
+	keep := len(ack) + nonceLen
 	buf := make([]byte, 4096)
-	skipped := 0
 	for {
 		k, err := conn.Read(buf)
-		pending = append(pending, buf[:k]...)
+		s.pending = append(s.pending, buf[:k]...)
 		for {
-			i := bytes.Index(pending, want)
+			i := bytes.Index(s.pending, ack)
 			if i < 0 {
-				if len(pending) > len(want) {
-					skipped += len(pending) - len(want)
-					pending = pending[len(pending)-len(want):]
+				if len(s.pending) > keep {
+					s.skipped += len(s.pending) - keep
+					s.pending = s.pending[len(s.pending)-keep:]
 				}
 				break
 			}
-			body := pending[i+len(want):]
+			body := s.pending[i+len(ack):]
+			if len(body) < nonceLen {
+				s.pending = s.pending[i:]
+				break
+			}
+			got := string(body[:nonceLen])
+			body = body[nonceLen:]
+			if !s.nonces[got] {
+				s.pending = body // not an answer to this connection's syncs
+				continue
+			}
 			j := bytes.IndexByte(body, '\n')
 			if j < 0 {
 				if len(body) > 1+maxHelloLine {
 					return nil, nil, errors.New("agentproto: sync: answer too long")
 				}
-				pending = pending[i:]
+				s.pending = s.pending[i:]
 				break
 			}
 			rest := append([]byte(nil), body[j+1:]...)
@@ -191,12 +223,15 @@ func hostSync(ctx context.Context, conn net.Conn, wait time.Duration, req *Reque
 					return nil, nil, fmt.Errorf("agentproto: sync: bad hello in the answer: %w", err)
 				}
 			default:
-				pending = body // not our answer after all
+				s.pending = body // not our answer after all
 				continue
+			}
+			if got != s.latest {
+				h = nil // it carries an older clock: say hello again
 			}
 			return &prefixConn{Conn: conn, r: io.MultiReader(bytes.NewReader(rest), conn)}, h, nil
 		}
-		if skipped > maxSkip {
+		if s.skipped > maxSkip {
 			return nil, nil, errors.New("agentproto: sync: too much stale data from the guest")
 		}
 		if err != nil {
@@ -205,6 +240,8 @@ func hostSync(ctx context.Context, conn net.Conn, wait time.Duration, req *Reque
 	}
 }
 
+// prefixConn is a connection whose first bytes were read already: they
+// are read again first.
 type prefixConn struct {
 	net.Conn
 	r io.Reader
@@ -212,9 +249,10 @@ type prefixConn struct {
 
 func (c *prefixConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 
-// Connect dials the guest agent (dial is called again for every attempt),
-// syncs the stream, starts the yamux session and says hello. It retries
-// until ctx ends; the wait for each sync answer grows from 1 s to 4 s,
+// Connect dials the guest agent, syncs the stream, starts the yamux
+// session and says hello. It retries until ctx ends, on the same
+// connection while it lasts (dial is called again only when it fails; see
+// syncer); the wait for each sync answer grows from 1 s to 4 s,
 // since a booting guest answers only once its agent runs, and a guest just
 // restored runs slowly at first under emulation. The hello rides on the
 // sync line; every other attempt uses the plain sync line that agents
@@ -222,6 +260,12 @@ func (c *prefixConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 func Connect(ctx context.Context, dial func(context.Context) (net.Conn, error)) (*Client, Hello, error) {
 	wait := time.Second
 	var lastErr error
+	var sy *syncer // the connection being synced
+	defer func() {
+		if sy != nil {
+			sy.conn.Close()
+		}
+	}()
 	for attempt := 0; ; attempt++ {
 		if ctx.Err() != nil {
 			if lastErr == nil {
@@ -229,22 +273,37 @@ func Connect(ctx context.Context, dial func(context.Context) (net.Conn, error)) 
 			}
 			return nil, Hello{}, fmt.Errorf("agentproto: connect: %w (last error: %v)", ctx.Err(), lastErr)
 		}
-		conn, err := dial(ctx)
-		if err != nil {
-			return nil, Hello{}, err
+		if sy == nil {
+			conn, err := dial(ctx)
+			if err != nil {
+				return nil, Hello{}, err
+			}
+			sy = &syncer{conn: conn}
 		}
 		var req *Request
 		if attempt%2 == 0 {
 			r := helloRequest()
 			req = &r
 		}
-		synced, h, err := hostSync(ctx, conn, wait, req)
+		synced, h, err := sy.sync(ctx, wait, req)
 		if err != nil {
-			conn.Close()
 			lastErr = err
 			wait = min(wait*2, 4*time.Second)
+			sy.unanswered++
+			// The connection itself failed (the VMM let it go, or too much
+			// garbage came), or it went unanswered twice: a new one. The
+			// guest may have missed the VMM's notice that a host is
+			// connected (virtio-serial drops it when the guest has no
+			// control buffer free at that instant); only a new
+			// connection sends it again.
+			if !errors.Is(err, os.ErrDeadlineExceeded) || ctx.Err() != nil || sy.unanswered >= 2 {
+				sy.conn.Close()
+				sy = nil
+			}
 			continue
 		}
+		conn := sy.conn
+		sy = nil
 		c, err := NewClient(synced)
 		if err != nil {
 			conn.Close()

@@ -542,6 +542,13 @@ func (f *fakeImages) List(ctx context.Context) ([]api.Image, error) {
 	return []api.Image{{Name: "tiny", Key: "k1", SizeBytes: 1 << 20}}, nil
 }
 
+func (f *fakeImages) Known(name string) error {
+	if name != "tiny" && name != "debian" {
+		return api.Errorf(api.CodeNotFound, "unknown image %q (known: tiny, debian)", name)
+	}
+	return nil
+}
+
 func (f *fakeImages) Build(ctx context.Context, name string, progress func(string)) (api.Image, error) {
 	f.mu.Lock()
 	steps, err := f.steps, f.err

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 
 	"github.com/cove-dev/cove/api"
 )
@@ -18,14 +19,30 @@ type fileList struct {
 }
 
 // getFile serves a regular file's bytes, or with format=tar an archive of
-// a file or directory.
+// a file or directory. With max_size, an answer is at most that many
+// bytes: a file the guest says is larger is refused (413) before any byte,
+// and a stream that runs past it (an archive, or a guest that said less
+// than it sends) is cut, so that the client sees a broken answer.
 func (s *Server) getFile(w http.ResponseWriter, r *http.Request) error {
 	p, err := guestPath(r)
 	if err != nil {
 		return err
 	}
+	maxSize, err := maxSizeParam(r)
+	if err != nil {
+		return err
+	}
 	liftDeadlines(w)
 	ctx, id := r.Context(), r.PathValue("id")
+	if maxSize > 0 && r.URL.Query().Get("format") != "tar" {
+		fi, err := s.sessions.Stat(ctx, id, p)
+		if err != nil {
+			return err
+		}
+		if !fi.IsDir && fi.Size > maxSize {
+			return api.Errorf(api.CodeTooLarge, "%s is %d bytes, over max_size %d", p, fi.Size, maxSize)
+		}
+	}
 	var rc io.ReadCloser
 	contentType := "application/octet-stream"
 	switch f := r.URL.Query().Get("format"); f {
@@ -48,10 +65,34 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) error {
 	}
 	w.Header().Set("Content-Type", contentType)
 	w.WriteHeader(http.StatusOK)
-	if _, err := io.Copy(w, br); err != nil {
+	if maxSize == 0 {
+		if _, err := io.Copy(w, br); err != nil {
+			return fmt.Errorf("file.read: copy %s: %w", p, err)
+		}
+		return nil
+	}
+	if _, err := io.Copy(w, io.LimitReader(br, maxSize)); err != nil {
 		return fmt.Errorf("file.read: copy %s: %w", p, err)
 	}
+	// One byte more, not sent, says whether the answer was whole.
+	if _, err := br.ReadByte(); !errors.Is(err, io.EOF) {
+		return fmt.Errorf("file.read: %s: the answer runs past max_size %d, or failed; cut", p, maxSize)
+	}
 	return nil
+}
+
+// maxSizeParam reads the optional max_size query parameter: a byte count,
+// 0 (or absent) for no limit.
+func maxSizeParam(r *http.Request) (int64, error) {
+	v := r.URL.Query().Get("max_size")
+	if v == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseInt(v, 10, 64)
+	if err != nil || n < 0 {
+		return 0, api.Errorf(api.CodeInvalid, "max_size %q: want a byte count", v)
+	}
+	return n, nil
 }
 
 // putFile writes a file from the raw body, or with Content-Type

@@ -127,8 +127,22 @@ func TestHooksNeedNoToken(t *testing.T) {
 		wantError(t, e.do("POST", "/v1/hooks/"+name, nil, "Authorization", ""), 404, api.CodeNotFound)
 	}
 	wantError(t, e.do("POST", "/v1/hooks/denied", nil, "Authorization", ""), 401, api.CodeUnauthorized)
-	// Other methods on a hook are not webhooks: they need the token.
-	wantError(t, e.do("GET", "/v1/hooks/github", nil, "Authorization", ""), 401, api.CodeUnauthorized)
+	// Other methods on a hook are refused as such, without asking for a
+	// token that would not help (issue 13, finding 14).
+	for _, p := range []string{"/v1/hooks/github", "/v1/hooks/ci"} {
+		for _, m := range []string{"GET", "PUT", "DELETE"} {
+			resp := e.do(m, p, nil, "Authorization", "")
+			if got := resp.Header.Get("Allow"); got != "POST" {
+				t.Errorf("%s %s: Allow %q, want POST", m, p, got)
+			}
+			if resp.Header.Get("WWW-Authenticate") != "" {
+				t.Errorf("%s %s asks for a token", m, p)
+			}
+			wantError(t, resp, 405, codeMethodNotAllowed)
+		}
+	}
+	// A path no route serves still needs the token to learn as much.
+	wantError(t, e.do("GET", "/v1/nosuch", nil, "Authorization", ""), 401, api.CodeUnauthorized)
 
 	want := []string{`github {"zen":"x"}`, "ci-1_x {}", "ci bad", "ci {}"}
 	if got := hooks.calls(); !slices.Equal(got, want) {

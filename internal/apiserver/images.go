@@ -35,6 +35,11 @@ func (s *Server) buildImage(w http.ResponseWriter, r *http.Request) error {
 	if s.images == nil {
 		return api.Errorf(api.CodeUnavailable, "image.build: this server has no image builder")
 	}
+	// Once the stream starts the status is 200; what is known to fail
+	// must fail before.
+	if err := s.images.Known(name); err != nil {
+		return err
+	}
 	liftDeadlines(w)
 	out := startNDJSON(w)
 	defer out.close()

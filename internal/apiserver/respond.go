@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/store"
 )
 
 // maxJSONBytes limits JSON request bodies.
@@ -72,9 +73,15 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, verb string,
 
 // errorBody is what a client is told about err. Internal errors are logged
 // in full and answered with the operation and a reference to the log line,
-// so that host details stay on the host.
+// so that host details stay on the host. A state store that cannot be used
+// for now (store.ErrUnavailable: locked by another process, read-only,
+// full) is no fault of the request and passes, so it is answered 503 with
+// the store's reason.
 func (s *Server) errorBody(ctx context.Context, verb string, err error) api.ErrorBody {
 	code := api.CodeOf(err)
+	if code == api.CodeInternal && errors.Is(err, store.ErrUnavailable) {
+		code = api.CodeUnavailable
+	}
 	if code != api.CodeInternal {
 		return api.ErrorBody{Code: code, Message: err.Error()}
 	}

@@ -16,9 +16,12 @@
 // deliveries instead, which Config.Hooks checks, and the gate still builds
 // their Action, calls Config.Authorize, logs and counts them.
 //
-// Exec, image builds, template builds, park, wake and file transfers may
-// outlast the http.Server's ReadTimeout and WriteTimeout: once a request is
-// authenticated, their handlers lift those deadlines for it.
+// The server's deadlines (Timeouts, applied by HTTPServer) hold for
+// everyone until the token is checked: once it is, the gate lifts the read
+// and write deadlines, so exec, image builds, template builds, park, wake
+// and file transfers outlast them. A webhook's body is paced instead (a
+// minimum rate after a grace period), and the Receiver bounds what
+// pending deliveries hold.
 package apiserver
 
 import (
@@ -70,6 +73,9 @@ type Config struct {
 	// MaxFileBytes limits the body of a file upload; 0 means
 	// DefaultMaxFileBytes.
 	MaxFileBytes int64
+	// Timeouts is how long the server waits on clients (see Timeouts and
+	// HTTPServer); zero fields take the defaults.
+	Timeouts Timeouts
 }
 
 // LogValue keeps the token out of logs.
@@ -137,6 +143,8 @@ type Server struct {
 	metrics      *Metrics
 	authorize    func(ctx context.Context, a Action) error
 	maxFileBytes int64
+	timeouts     Timeouts
+	publicPaths  map[string]bool // "METHOD PATTERN" of the routes served without the token
 	openAPIJSON  []byte
 	openAPIErr   error
 	mux          *http.ServeMux
@@ -158,6 +166,8 @@ func New(cfg Config) *Server {
 		metrics:      cfg.Metrics,
 		authorize:    cfg.Authorize,
 		maxFileBytes: cfg.MaxFileBytes,
+		timeouts:     cfg.Timeouts.withDefaults(),
+		publicPaths:  map[string]bool{},
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -180,8 +190,11 @@ func New(cfg Config) *Server {
 	s.mux = http.NewServeMux()
 	for _, rt := range routes {
 		s.mux.Handle(rt.Method+" "+rt.Path, s.gate(rt))
+		if rt.NoToken {
+			s.publicPaths[rt.Method+" "+rt.Path] = true
+		}
 	}
-	s.mux.Handle("/", s.gate(route{handle: (*Server).unmatched}))
+	s.mux.Handle("/", s.gate(route{}))
 	return s
 }
 
@@ -213,20 +226,40 @@ func (s *Server) gate(rt route) http.Handler {
 			act.Path = cleanPath(r.URL.Query().Get("path"))
 		}
 		// private: a /v1 request, matched or not. The unmatched route
-		// (no Path) needs the token under /v1.
+		// (no Path) needs the token under /v1, unless the path is served
+		// only without it (a webhook's): its 405 asks for no token.
 		private := isV1(rt.Path) || isV1(r.URL.Path)
 		needsToken := !rt.NoToken && (rt.Path != "" || private)
+		var allow []string
+		if rt.Path == "" {
+			var public bool
+			allow, public = s.allowed(r)
+			needsToken = needsToken && !public
+		}
 
 		var err error
 		if needsToken {
-			err = s.authenticate(rec, r)
+			if err = s.authenticate(rec, r); err == nil {
+				// The client holds the token: its request may take as
+				// long as it needs (see Timeouts).
+				liftDeadlines(rec)
+			} else {
+				// Answer at once and close: the server would otherwise
+				// wait for (some of) the body of a request it refuses.
+				rec.Header().Set("Connection", "close")
+			}
+		}
+		if rt.Verb == verbHookReceive {
+			paceHookBody(rec, r, s.timeouts)
 		}
 		if err == nil && private && s.authorize != nil && act.Verb != "" {
 			if err = s.authorize(r.Context(), act); err != nil {
 				err = fmt.Errorf("authorize %s: %w", act.Verb, err)
 			}
 		}
-		if err == nil {
+		if err == nil && rt.Path == "" {
+			err = unmatched(rec, r, allow)
+		} else if err == nil {
 			err = rt.handle(s, rec, r)
 		}
 		started := rec.status != 0 // the handler began its answer
@@ -287,10 +320,10 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// unmatched answers requests that no route matched: 405 if the path has
-// routes for other methods, else 404.
-func (s *Server) unmatched(w http.ResponseWriter, r *http.Request) error {
-	var allow []string
+// allowed returns the methods the mux serves r's path with, other than
+// r's, and whether every one of them is served without the token.
+func (s *Server) allowed(r *http.Request) (allow []string, public bool) {
+	public = true
 	for _, m := range []string{http.MethodGet, http.MethodPost, http.MethodPut, http.MethodDelete} {
 		if m == r.Method {
 			continue
@@ -299,8 +332,15 @@ func (s *Server) unmatched(w http.ResponseWriter, r *http.Request) error {
 		probe.Method = m
 		if _, pat := s.mux.Handler(probe); pat != "" && pat != "/" {
 			allow = append(allow, m)
+			public = public && s.publicPaths[pat]
 		}
 	}
+	return allow, public && len(allow) > 0
+}
+
+// unmatched answers requests that no route matched: 405 if the path has
+// routes for other methods (allow), else 404.
+func unmatched(w http.ResponseWriter, r *http.Request, allow []string) error {
 	if len(allow) > 0 {
 		w.Header().Set("Allow", strings.Join(allow, ", "))
 		return &statusError{

@@ -82,6 +82,9 @@ type Sessions interface {
 // Images is what the API server asks of the image builder.
 type Images interface {
 	List(ctx context.Context) ([]api.Image, error)
+	// Known reports whether name is an image the builder knows how to
+	// build: nil, or a CodeNotFound error that says which it knows.
+	Known(name string) error
 	// Build builds the named image, or reuses the cached one with the same
 	// inputs, calling progress with human-readable steps as it goes.
 	Build(ctx context.Context, name string, progress func(msg string)) (api.Image, error)

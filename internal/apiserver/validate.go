@@ -9,6 +9,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/repo"
+	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/trigger"
 )
 
@@ -52,10 +53,25 @@ func validateCreate(req api.CreateSessionRequest) error {
 	if err := validateEnv(req.Env); err != nil {
 		return err
 	}
-	if err := validateDuration("boot_timeout", req.BootTimeout); err != nil {
+	if err := session.CheckEnv("env", req.Env); err != nil {
+		return err
+	}
+	if err := validateBootTimeout(req.BootTimeout); err != nil {
 		return err
 	}
 	return validateIdleTimeout("idle_timeout", req.IdleTimeout)
+}
+
+// validateBootTimeout checks an optional boot timeout: at least
+// session.MinBootTimeout.
+func validateBootTimeout(s string) error {
+	if s == "" {
+		return nil
+	}
+	if d, err := time.ParseDuration(s); err != nil || d < session.MinBootTimeout {
+		return api.Errorf(api.CodeInvalid, "boot_timeout: %q is not a duration of at least %s (like \"60s\")", s, session.MinBootTimeout)
+	}
+	return nil
 }
 
 func validateCreateTemplate(req api.CreateTemplateRequest) error {
@@ -69,6 +85,9 @@ func validateCreateTemplate(req api.CreateTemplateRequest) error {
 		return err
 	}
 	if err := validateEnv(req.Env); err != nil {
+		return err
+	}
+	if err := session.CheckEnv("env", req.Env); err != nil {
 		return err
 	}
 	for i, cmd := range req.Setup {
@@ -148,6 +167,11 @@ func validateExec(req api.ExecRequest) error {
 		}
 	}
 	if err := validateEnv(req.Env); err != nil {
+		return err
+	}
+	// The session's environment is added later; what is too large alone
+	// is refused before a parked session is woken for it.
+	if err := session.CheckExec(req, nil); err != nil {
 		return err
 	}
 	if req.Cwd != "" {

@@ -29,7 +29,20 @@ func Output(ctx context.Context, cmd *exec.Cmd) ([]byte, error) {
 		if len(msg) > maxStderr {
 			msg = "…" + msg[len(msg)-maxStderr:]
 		}
-		return nil, fmt.Errorf("%s: %w: %s", strings.Join(cmd.Args, " "), err, msg)
+		return nil, &Error{Args: cmd.Args, Err: err, Stderr: msg}
 	}
 	return stdout.Bytes(), nil
 }
+
+// Error is a program that failed, as Output reports it.
+type Error struct {
+	Args   []string // the program and its arguments
+	Err    error    // the exit error, or the context's error
+	Stderr string   // the end of its stderr (at most maxStderr bytes), trimmed
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("%s: %v: %s", strings.Join(e.Args, " "), e.Err, e.Stderr)
+}
+
+func (e *Error) Unwrap() error { return e.Err }

@@ -11,6 +11,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -88,6 +89,17 @@ func (b *Builder) recipe(name string) (Recipe, error) {
 		names = append(names, r.Name)
 	}
 	return Recipe{}, api.Errorf(api.CodeInvalid, "unknown image %q (known: %s)", name, strings.Join(names, ", "))
+}
+
+// Known reports whether name is an image b has a recipe for: nil, or a
+// not-found error listing the images it knows.
+func (b *Builder) Known(name string) error {
+	_, err := b.recipe(name)
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return api.Errorf(api.CodeNotFound, "%s", ae.Message)
+	}
+	return err
 }
 
 // Manifest is written next to each built image.

@@ -174,9 +174,82 @@ func (m *Mirror) Fetch(ctx context.Context, branch string) (string, error) {
 	}
 	ref := "refs/heads/" + branch
 	if _, err := m.git(ctx, "fetch", "-q", "--no-tags", "--force", "--", m.URL, "+"+ref+":"+ref); err != nil {
-		return "", fmt.Errorf("repo: fetch %s from %s: %w", branch, m.URL, err)
+		return "", m.fetchError(branch, err)
 	}
 	return m.Resolve(ctx, branch)
+}
+
+// FetchError is a fetch that git could not do: the repository cannot be
+// reached or read, or has no such branch. Its message goes to API clients,
+// so it holds the URL (without a password), the branch and git's own
+// one-line reason, and none of the host's: no mirror path, no command
+// line. Err has all of it, for the server's log.
+type FetchError struct {
+	URL      string // redacted
+	Branch   string
+	NoBranch bool   // the repository was read and has no such branch
+	Reason   string // git's words, one line
+	Err      error
+}
+
+func (e *FetchError) Error() string {
+	if e.NoBranch {
+		return fmt.Sprintf("repository %s: no branch %q", e.URL, e.Branch)
+	}
+	return fmt.Sprintf("repository %s: not reachable: %s", e.URL, e.Reason)
+}
+
+func (e *FetchError) Unwrap() error { return e.Err }
+
+// maxReason bounds the reason a FetchError quotes from git.
+const maxReason = 300
+
+// fetchError makes the FetchError of a failed fetch of branch.
+func (m *Mirror) fetchError(branch string, err error) *FetchError {
+	u := m.URL
+	if p, perr := url.Parse(u); perr == nil && p.User != nil {
+		u = p.Redacted()
+	}
+	e := &FetchError{URL: u, Branch: branch, Err: fmt.Errorf("repo: fetch %s from %s: %w", branch, u, err)}
+	var ce *command.Error
+	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		e.Reason = "timed out"
+	case errors.Is(err, context.Canceled):
+		e.Reason = "cancelled"
+	case errors.As(err, &ce):
+		e.Reason = strings.ReplaceAll(gitReason(ce.Stderr, m.Dir), m.URL, u)
+		e.NoBranch = strings.Contains(ce.Stderr, "couldn't find remote ref")
+	default:
+		e.Reason = "git failed"
+	}
+	return e
+}
+
+// gitReason is the line of git's stderr that says why it failed: the
+// first "fatal:" or "error:" line (else the first line), without its
+// prefix, with the mirror's path hidden, at most maxReason bytes.
+func gitReason(stderr, mirror string) string {
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	line := lines[0]
+	for _, l := range lines {
+		if strings.HasPrefix(l, "fatal: ") || strings.HasPrefix(l, "error: ") {
+			line = l
+			break
+		}
+	}
+	line = strings.TrimPrefix(strings.TrimPrefix(line, "fatal: "), "error: ")
+	if mirror != "" {
+		line = strings.ReplaceAll(line, mirror, "the host's mirror")
+	}
+	line = strings.TrimSpace(line)
+	if len(line) > maxReason {
+		line = strings.ToValidUTF8(line[:maxReason], "") + "…"
+	}
+	if line == "" {
+		return "git failed without saying why"
+	}
+	return line
 }
 
 // Resolve returns the commit the mirror's branch names.

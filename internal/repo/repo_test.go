@@ -1,6 +1,7 @@
 package repo
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -122,6 +123,50 @@ func TestFetchErrors(t *testing.T) {
 	}
 	if _, err := m.Fetch(t.Context(), "--upload-pack=touch"); err == nil {
 		t.Error("Fetch of an option-like branch succeeded")
+	}
+}
+
+// TestFetchErrorHoldsNoHostDetail protects what API clients see of a
+// fetch that fails: the URL (its password hidden), the branch and git's
+// own one-line reason; never the mirror's path on the host or git's
+// command line, which stay in the wrapped error for the server's log.
+func TestFetchErrorHoldsNoHostDetail(t *testing.T) {
+	src := gitRepo(t)
+	missing := filepath.Join(t.TempDir(), "missing")
+	for _, tc := range []struct {
+		url, branch string
+		want        string // the whole message, or its start
+		whole       bool
+		reason      string // in the message
+	}{
+		{url: src, branch: "nope", want: "repository " + src + `: no branch "nope"`, whole: true},
+		{url: missing, branch: "main", want: "repository " + missing + ": not reachable: ", reason: "does not appear to be a git repository"},
+		{url: "file://" + missing, branch: "main", want: "repository file://" + missing + ": not reachable: ", reason: "does not appear to be a git repository"},
+		{url: "https://user:s3cret@127.0.0.1:1/acme/api.git", branch: "main",
+			want: "repository https://user:xxxxx@127.0.0.1:1/acme/api.git: not reachable: ", reason: "127.0.0.1"},
+	} {
+		m := &Mirror{Dir: filepath.Join(t.TempDir(), "mirror.git"), URL: tc.url}
+		_, err := m.Fetch(t.Context(), tc.branch)
+		if err == nil {
+			t.Errorf("Fetch(%s, %s) succeeded", tc.url, tc.branch)
+			continue
+		}
+		msg := err.Error()
+		if (tc.whole && msg != tc.want) || !strings.HasPrefix(msg, tc.want) || !strings.Contains(msg, tc.reason) ||
+			strings.Contains(msg, "\n") {
+			t.Errorf("Fetch(%s, %s) says %q, want %q… with %q, on one line", tc.url, tc.branch, msg, tc.want, tc.reason)
+		}
+		for _, host := range []string{m.Dir, filepath.Dir(m.Dir), "--git-dir", "protocol.", "fetch -q", "s3cret", "fatal:"} {
+			if strings.Contains(msg, host) {
+				t.Errorf("Fetch(%s, %s) says %q, which holds %q", tc.url, tc.branch, msg, host)
+			}
+		}
+		var fe *FetchError
+		if !errors.As(err, &fe) {
+			t.Errorf("Fetch(%s, %s) = %T, want a *FetchError", tc.url, tc.branch, err)
+		} else if detail := fe.Err.Error(); !strings.Contains(detail, "--git-dir") {
+			t.Errorf("the wrapped error %q does not keep git's command line for the log", detail)
+		}
 	}
 }
 

@@ -277,6 +277,7 @@ func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) 
 		log.Error("rebuild: record version", "err", err)
 		return
 	}
+	m.crashPoint("build.recorded")
 	log.Info("building template version", "version", v.Version, "base", v.Base, "commit", v.Commit)
 	base, err := parkedMachine(t.Snapshot)
 	if err != nil {
@@ -291,10 +292,12 @@ func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) 
 	}
 	v.State, v.Snapshot, v.BuildMillis, v.UpdatedAt = store.VersionReady, mach.encode(), time.Since(start).Milliseconds(), time.Now().UTC()
 	t.Version, t.Commit, t.Snapshot, t.UpdatedAt = v.Version, v.Commit, v.Snapshot, v.UpdatedAt
+	m.crashPoint("build.saved")
 	if err := m.cfg.Store.SwapTemplateVersion(context.WithoutCancel(ctx), t, v); err != nil {
 		failV(fmt.Errorf("record new version: %w", err))
 		return
 	}
+	m.crashPoint("build.swapped")
 	log.Info("template version live", "version", v.Version, "commit", v.Commit, "took", time.Since(start).Round(time.Millisecond))
 	m.drainPool(name)
 	m.templateReady(t)
@@ -332,7 +335,7 @@ func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.Te
 	l.env = t.Env
 	bctx := context.WithoutCancel(ctx)
 	fail := func(err error) (machine, error) {
-		l.agent.Close()
+		l.client().Close()
 		_ = l.vm.Stop(bctx)
 		return machine{}, err
 	}
@@ -357,12 +360,7 @@ func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.Te
 	if t.Start != "" {
 		// The exec's process group is the shell's: the start command
 		// runs on in it, and a rebuild stops the whole group.
-		script := ""
-		if base != nil {
-			script = "[ -f " + guestStartPG + " ] && kill -TERM -$(cat " + guestStartPG + ") 2>/dev/null; "
-		}
-		script += "echo $$ >" + guestStartPG + "; (" + t.Start + ") >" + guestStartLog + " 2>&1 </dev/null &"
-		if out, code, err := runShell(ctx, l, script); err != nil || code != 0 {
+		if out, code, err := runShell(ctx, l, startScript(t.Start, base != nil)); err != nil || code != 0 {
 			return fail(fmt.Errorf("template %s: start command: exit %d: %v %s", t.Name, code, err, tail(out, 500)))
 		}
 	}
@@ -374,7 +372,10 @@ func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.Te
 		m.cfg.Log.Warn("template warm-up before the save failed; saving anyway", "template", t.Name, "err", err)
 	}
 	start := time.Now()
-	l.hangUp(ctx)
+	if err := l.hangUp(ctx); err != nil {
+		_ = l.vm.Stop(bctx)
+		return machine{}, fmt.Errorf("template %s: save: %w", t.Name, err)
+	}
 	if _, err := m.snap.Save(bctx, l.vm, filepath.Join(dir, stateFile)); err != nil {
 		_ = l.vm.Stop(bctx)
 		return machine{}, fmt.Errorf("template %s: save: %w", t.Name, err)
@@ -395,6 +396,16 @@ func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.Te
 	mach := l.mach
 	mach.Parked = p
 	return mach, nil
+}
+
+// startScript is the shell script that starts a template's start command
+// in the background; a rebuild's (again) first stops the one running.
+func startScript(start string, again bool) string {
+	script := ""
+	if again {
+		script = "[ -f " + guestStartPG + " ] && kill -TERM -$(cat " + guestStartPG + ") 2>/dev/null; "
+	}
+	return script + "echo $$ >" + guestStartPG + "; (" + start + ") >" + guestStartLog + " 2>&1 </dev/null &"
 }
 
 // discardBuild removes the directory of template name's failed build of
@@ -424,7 +435,7 @@ func (m *Manager) checkout(ctx context.Context, l *live, t store.Template, commi
 	if err != nil {
 		return err
 	}
-	err = l.agent.Write(ctx, guestBundle, 0o600, f)
+	err = l.client().Write(ctx, guestBundle, 0o600, f)
 	f.Close()
 	if err != nil {
 		return fmt.Errorf("copy bundle into the guest: %w", err)

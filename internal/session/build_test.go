@@ -319,19 +319,35 @@ func TestTemplateFollowsRepo(t *testing.T) {
 }
 
 // TestTemplateRepoErrors checks that a template whose repository cannot be
-// fetched, or whose image has no git, fails with the reason and leaves no
-// files behind.
+// fetched, or whose image has no git, is refused with the reason, in a
+// message that holds nothing of the host (no path under its home, no git
+// command line), and that a refused create changes nothing: no record, no
+// files, and a retry is refused the same way (not 409).
 func TestTemplateRepoErrors(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
 	src := newGitRepo(t, "acme", "tools")
 	src.commit("README", "tools\n")
-	_, err := r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "nobranch", Repo: src.dir, Branch: "release"})
-	wantCode(t, "template on a branch that does not exist", err, api.CodeInvalid)
-	if !strings.Contains(err.Error(), "release") {
-		t.Errorf("error %q does not name the branch", err)
+	missing := filepath.Join(t.TempDir(), "gone.git")
+	for range 2 {
+		_, err := r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "nobranch", Repo: src.dir, Branch: "release"})
+		wantCode(t, "template on a branch that does not exist", err, api.CodeInvalid)
+		if want := "template nobranch: repository " + src.dir + `: no branch "release"`; err.Error() != want {
+			t.Errorf("error %q, want %q", err, want)
+		}
+		_, err = r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "unreachable", Repo: "file://" + missing})
+		wantCode(t, "template on a repository that does not exist", err, api.CodeInvalid)
+		if want := "template unreachable: repository file://" + missing + ": not reachable: "; !strings.HasPrefix(err.Error(), want) ||
+			!strings.Contains(err.Error(), "does not appear to be a git repository") {
+			t.Errorf("error %q, want %q and git's reason", err, want)
+		}
+		for _, host := range []string{r.dir, "git -c", "--git-dir", "repo.git"} {
+			if strings.Contains(err.Error(), host) {
+				t.Errorf("error %q holds %q", err, host)
+			}
+		}
 	}
-	_, err = r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "nogit", Image: "tiny", Repo: src.dir})
+	_, err := r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "nogit", Image: "tiny", Repo: src.dir})
 	wantCode(t, "template with a repo on an image without git", err, api.CodeInvalid)
 	for _, req := range []api.CreateTemplateRequest{
 		{Name: "bad1", Repo: "ext::sh -c id"},
@@ -343,16 +359,10 @@ func TestTemplateRepoErrors(t *testing.T) {
 		_, err := r.mgr.CreateTemplate(ctx, req)
 		wantCode(t, fmt.Sprintf("template %+v", req), err, api.CodeInvalid)
 	}
-	for _, n := range []string{"nobranch", "nogit"} {
-		tp, err := r.mgr.GetTemplate(ctx, n)
-		if err != nil || tp.State != api.TemplateFailed {
-			t.Errorf("template %s = %+v, %v; want failed", n, tp, err)
-		}
-		if ents, _ := os.ReadDir(filepath.Join(r.dir, "templates", n)); len(ents) > 1 {
-			t.Errorf("template %s left files: %v", n, ents)
-		}
-		if err := r.mgr.DeleteTemplate(ctx, n); err != nil {
-			t.Error(err)
-		}
+	if tps, err := r.mgr.ListTemplates(ctx); err != nil || len(tps) != 0 {
+		t.Errorf("templates after refused creates: %+v, %v; want none", tps, err)
+	}
+	if ents, err := os.ReadDir(filepath.Join(r.dir, "templates")); err == nil && len(ents) != 0 {
+		t.Errorf("refused creates left %v in the templates dir", ents)
 	}
 }

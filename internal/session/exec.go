@@ -9,10 +9,12 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/yamux"
 	"golang.org/x/sys/unix"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/agentproto"
+	"github.com/cove-dev/cove/internal/store"
 )
 
 // Process is one command running in a guest.
@@ -34,6 +36,10 @@ type Process interface {
 // guestErr turns an agent error into an API error. What names the
 // operation for messages.
 func guestErr(id, what string, err error) error {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return err // the session's state said it already (parked, failed, gone)
+	}
 	var re *agentproto.RemoteError
 	if errors.As(err, &re) {
 		switch re.Code {
@@ -41,9 +47,14 @@ func guestErr(id, what string, err error) error {
 			return api.Errorf(api.CodeNotFound, "%s", re.Message)
 		case agentproto.CodeInvalid, agentproto.CodeExists:
 			return api.Errorf(api.CodeInvalid, "%s", re.Message)
+		case agentproto.CodeNoSpace:
+			return api.Errorf(api.CodeInsufficientStorage, "session %s: %s", id, re.Message)
 		default:
 			return api.Errorf(api.CodeInternal, "%s: %s", what, re.Message)
 		}
+	}
+	if errors.Is(err, agentproto.ErrNoAnswer) {
+		return api.Errorf(api.CodeTimeout, "session %s: %s: %v", id, what, err)
 	}
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return fmt.Errorf("session %s: %s: %w", id, what, err)
@@ -53,11 +64,7 @@ func guestErr(id, what string, err error) error {
 
 // Exec starts a command in the session's guest.
 func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest) (Process, error) {
-	l, err := m.agent(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	x := agentproto.Exec{Argv: req.Argv, Env: envList(l.env, req.Env), Cwd: req.Cwd, TTY: req.TTY, Rows: req.Rows, Cols: req.Cols}
+	x := agentproto.Exec{Argv: req.Argv, Cwd: req.Cwd, TTY: req.TTY, Rows: req.Rows, Cols: req.Cols}
 	if req.Timeout != "" {
 		d, err := time.ParseDuration(req.Timeout)
 		if err != nil || d <= 0 {
@@ -65,10 +72,27 @@ func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest) (Pro
 		}
 		x.Timeout = d.Milliseconds()
 	}
-	l.inflight.Add(1)
-	p, err := l.agent.Exec(ctx, x)
+	var (
+		l *live
+		p *agentproto.Process
+	)
+	err := m.withAgent(ctx, id, func(al *live) (bool, error) {
+		if err := CheckExec(req, al.env); err != nil {
+			return false, err
+		}
+		x.Env = envList(al.env, req.Env)
+		al.inflight.Add(1)
+		var err error
+		if p, err = al.client().Exec(ctx, x); err != nil {
+			al.release()
+			// Sent again only if it never left: a command must not
+			// run twice.
+			return errors.Is(err, yamux.ErrSessionShutdown), err
+		}
+		l = al
+		return false, nil
+	})
 	if err != nil {
-		l.release()
 		var re *agentproto.RemoteError
 		if errors.As(err, &re) && re.Code == agentproto.CodeNotFound {
 			// A missing executable is the request's fault, not a missing
@@ -136,7 +160,11 @@ func (p *process) pump(ctx context.Context) {
 		// The stream ended before the command: a park, or the VM is gone.
 		next, nl, aerr := p.reattach(ctx)
 		if aerr != nil {
-			p.end(l, api.Errorf(api.CodeUnavailable, "exec: lost the guest before the command ended: %v", aerr))
+			code := api.CodeUnavailable
+			if c := api.CodeOf(aerr); c == api.CodeNotFound || c == api.CodeConflict {
+				code = c // removed, or failed, meanwhile
+			}
+			p.end(l, api.Errorf(code, "exec: lost the guest before the command ended: %v", aerr))
 			return
 		}
 		nl.inflight.Add(1)
@@ -155,7 +183,7 @@ func (p *process) reattach(ctx context.Context) (*agentproto.Process, *live, err
 		if err != nil {
 			return nil, nil, err
 		}
-		np, err := l.agent.Attach(ctx, p.pid)
+		np, err := l.client().Attach(ctx, p.pid)
 		if err == nil {
 			return np, l, nil
 		}
@@ -163,7 +191,13 @@ func (p *process) reattach(ctx context.Context) (*agentproto.Process, *live, err
 		if errors.As(err, &re) || ctx.Err() != nil {
 			return nil, nil, err // the guest no longer knows the command
 		}
-		// The connection went again (parked once more): wait anew.
+		// The connection went again (parked once more, or lost and being
+		// connected again): wait anew.
+		select {
+		case <-ctx.Done():
+			return nil, nil, err
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 
@@ -253,30 +287,118 @@ func (s stdin) Close() error {
 	return s.p.do(func(c *agentproto.Process) error { return c.CloseStdin() })
 }
 
+// withAgent runs f against the session's agent (waking a parked session
+// first, see agent). A call that failed because the connection was taken
+// away under it (a park, a reconnect) before it could have done anything
+// is run once more on the session's next connection, which waits for the
+// park and wakes it: callers see a pause, not an error. f reports whether
+// it may be retried (it sent no body yet).
+//
+// While f runs the call is counted in l.calls, taken under the manager's
+// lock with the check that the session is not being parked or removed: a
+// park waits for the calls counted (see Park), so a call never loses its
+// connection to a park; one that loses it to a removal is told so (404 or
+// 409, not a guest error).
+func (m *Manager) withAgent(ctx context.Context, id string, f func(l *live) (retry bool, err error)) error {
+	for try := 0; ; try++ {
+		l, err := m.agent(ctx, id)
+		if err != nil {
+			return err
+		}
+		m.mu.Lock()
+		moved := l.deleting || m.live[id] != l
+		if !moved {
+			l.calls.Add(1)
+		}
+		m.mu.Unlock()
+		if moved {
+			if try > 3 {
+				return api.Errorf(api.CodeConflict, "session %s is being parked or removed", id)
+			}
+			continue // agent waits for the park now
+		}
+		c := l.client()
+		retry, err := f(l)
+		l.calls.Add(-1)
+		if err == nil || ctx.Err() != nil {
+			return err
+		}
+		var re *agentproto.RemoteError
+		if errors.As(err, &re) || errors.Is(err, agentproto.ErrNoAnswer) {
+			return err
+		}
+		m.mu.Lock()
+		moved = l.deleting || m.live[id] != l
+		m.mu.Unlock()
+		if !moved && l.client() == c {
+			return err // the connection itself is the problem, not a park
+		}
+		if gone := m.goneErr(ctx, id); gone != nil {
+			return gone
+		}
+		if try > 0 || !retry {
+			return err
+		}
+	}
+}
+
+// goneErr is the API's error for a session whose connection went because
+// it is being removed (or failed) meanwhile, or nil.
+func (m *Manager) goneErr(ctx context.Context, id string) error {
+	rec, err := m.cfg.Store.GetSession(ctx, id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return api.Errorf(api.CodeNotFound, "session %q not found (removed meanwhile)", id)
+	case err != nil:
+		return nil
+	case rec.State == api.StateStopping || rec.State == api.StateFailed:
+		return api.Errorf(api.CodeConflict, "session %s is %s", id, rec.State)
+	}
+	return nil
+}
+
 // Open streams a regular file from the guest.
 func (m *Manager) Open(ctx context.Context, id, path string) (io.ReadCloser, error) {
-	l, err := m.agent(ctx, id)
+	var rc io.ReadCloser
+	err := m.withAgent(ctx, id, func(l *live) (bool, error) {
+		l.inflight.Add(1)
+		r, err := l.client().Read(ctx, path)
+		if err != nil {
+			l.release()
+			return true, err
+		}
+		l.calls.Add(1) // until the download is closed
+		rc = &releasing{ReadCloser: r, l: l, id: id, what: "read " + path}
+		return false, nil
+	})
 	if err != nil {
-		return nil, err
-	}
-	l.inflight.Add(1)
-	r, err := l.agent.Read(ctx, path)
-	if err != nil {
-		l.release()
 		return nil, guestErr(id, "read "+path, err)
 	}
-	return &releasing{ReadCloser: r, l: l}, nil
+	return rc, nil
+}
+
+// counting counts the bytes read through it: a body not read yet can be
+// sent again.
+type counting struct {
+	io.Reader
+	n int64
+}
+
+func (c *counting) Read(p []byte) (int, error) {
+	n, err := c.Reader.Read(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // WriteFile writes a regular file in the guest.
 func (m *Manager) WriteFile(ctx context.Context, id, path string, mode uint32, r io.Reader) error {
-	l, err := m.agent(ctx, id)
+	body := &counting{Reader: r}
+	err := m.withAgent(ctx, id, func(l *live) (bool, error) {
+		l.inflight.Add(1)
+		defer l.release()
+		return body.n == 0, l.client().Write(ctx, path, mode, body)
+	})
 	if err != nil {
-		return err
-	}
-	l.inflight.Add(1)
-	defer l.release()
-	if err := l.agent.Write(ctx, path, mode, r); err != nil {
 		return guestErr(id, "write "+path, err)
 	}
 	return nil
@@ -284,11 +406,12 @@ func (m *Manager) WriteFile(ctx context.Context, id, path string, mode uint32, r
 
 // Stat describes a guest path.
 func (m *Manager) Stat(ctx context.Context, id, path string) (api.FileInfo, error) {
-	l, err := m.agent(ctx, id)
-	if err != nil {
-		return api.FileInfo{}, err
-	}
-	fi, err := l.agent.Stat(ctx, path)
+	var fi agentproto.FileInfo
+	err := m.withAgent(ctx, id, func(l *live) (bool, error) {
+		var err error
+		fi, err = l.client().Stat(ctx, path)
+		return true, err
+	})
 	if err != nil {
 		return api.FileInfo{}, guestErr(id, "stat "+path, err)
 	}
@@ -301,11 +424,12 @@ func fileInfo(fi agentproto.FileInfo) api.FileInfo {
 
 // ListDir lists a guest directory.
 func (m *Manager) ListDir(ctx context.Context, id, path string) ([]api.FileInfo, error) {
-	l, err := m.agent(ctx, id)
-	if err != nil {
-		return nil, err
-	}
-	fis, err := l.agent.List(ctx, path)
+	var fis []agentproto.FileInfo
+	err := m.withAgent(ctx, id, func(l *live) (bool, error) {
+		var err error
+		fis, err = l.client().List(ctx, path)
+		return true, err
+	})
 	if err != nil {
 		return nil, guestErr(id, "list "+path, err)
 	}
@@ -318,11 +442,8 @@ func (m *Manager) ListDir(ctx context.Context, id, path string) ([]api.FileInfo,
 
 // Mkdir creates a guest directory and its parents.
 func (m *Manager) Mkdir(ctx context.Context, id, path string) error {
-	l, err := m.agent(ctx, id)
+	err := m.withAgent(ctx, id, func(l *live) (bool, error) { return true, l.client().Mkdir(ctx, path) })
 	if err != nil {
-		return err
-	}
-	if err := l.agent.Mkdir(ctx, path); err != nil {
 		return guestErr(id, "mkdir "+path, err)
 	}
 	return nil
@@ -330,11 +451,8 @@ func (m *Manager) Mkdir(ctx context.Context, id, path string) error {
 
 // Remove removes a guest path recursively.
 func (m *Manager) Remove(ctx context.Context, id, path string) error {
-	l, err := m.agent(ctx, id)
+	err := m.withAgent(ctx, id, func(l *live) (bool, error) { return true, l.client().Remove(ctx, path) })
 	if err != nil {
-		return err
-	}
-	if err := l.agent.Remove(ctx, path); err != nil {
 		return guestErr(id, "remove "+path, err)
 	}
 	return nil
@@ -342,42 +460,60 @@ func (m *Manager) Remove(ctx context.Context, id, path string) error {
 
 // GetTar streams a tar archive of a guest path.
 func (m *Manager) GetTar(ctx context.Context, id, path string) (io.ReadCloser, error) {
-	l, err := m.agent(ctx, id)
+	var rc io.ReadCloser
+	err := m.withAgent(ctx, id, func(l *live) (bool, error) {
+		l.inflight.Add(1)
+		r, err := l.client().TarGet(ctx, path)
+		if err != nil {
+			l.release()
+			return true, err
+		}
+		l.calls.Add(1) // until the download is closed
+		rc = &releasing{ReadCloser: r, l: l, id: id, what: "tar " + path}
+		return false, nil
+	})
 	if err != nil {
-		return nil, err
-	}
-	l.inflight.Add(1)
-	r, err := l.agent.TarGet(ctx, path)
-	if err != nil {
-		l.release()
 		return nil, guestErr(id, "tar "+path, err)
 	}
-	return &releasing{ReadCloser: r, l: l}, nil
+	return rc, nil
 }
 
 // PutTar extracts a tar archive into a guest directory.
 func (m *Manager) PutTar(ctx context.Context, id, dir string, r io.Reader) error {
-	l, err := m.agent(ctx, id)
+	body := &counting{Reader: r}
+	err := m.withAgent(ctx, id, func(l *live) (bool, error) {
+		l.inflight.Add(1)
+		defer l.release()
+		return body.n == 0, l.client().TarPut(ctx, dir, body)
+	})
 	if err != nil {
-		return err
-	}
-	l.inflight.Add(1)
-	defer l.release()
-	if err := l.agent.TarPut(ctx, dir, r); err != nil {
 		return guestErr(id, "untar into "+dir, err)
 	}
 	return nil
 }
 
-// releasing ends a streaming call's activity when the stream is closed.
+// releasing ends a streaming call's activity when the stream is closed,
+// and turns a stream cut short into the API's error.
 type releasing struct {
 	io.ReadCloser
-	l    *live
-	once sync.Once
+	l        *live
+	id, what string
+	once     sync.Once
+}
+
+func (r *releasing) Read(p []byte) (int, error) {
+	n, err := r.ReadCloser.Read(p)
+	if err != nil && !errors.Is(err, io.EOF) {
+		err = guestErr(r.id, r.what, err)
+	}
+	return n, err
 }
 
 func (r *releasing) Close() error {
 	err := r.ReadCloser.Close()
-	r.once.Do(r.l.release)
+	r.once.Do(func() {
+		r.l.calls.Add(-1)
+		r.l.release()
+	})
 	return err
 }

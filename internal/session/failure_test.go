@@ -61,17 +61,46 @@ func TestBadRequestsChangeNothing(t *testing.T) {
 	}
 }
 
-// TestBootTimeoutFailsCleanly gives a boot one millisecond: the create
-// fails with a timeout, the record says failed, and neither a QEMU process
-// nor the session's directory is left.
+// hangDriver boots guests whose kernel panics before init and then waits
+// forever (panic=0, last on the command line, wins): QEMU runs on, and
+// the agent never answers.
+type hangDriver struct{ vmm.Driver }
+
+func (d hangDriver) Boot(ctx context.Context, spec vmm.Spec) (vmm.VM, error) {
+	spec.Cmdline = strings.TrimSpace(spec.Cmdline + " rdinit=/no-such-init panic=0")
+	return d.Driver.Boot(ctx, spec)
+}
+
+// TestBootTimeoutFailsCleanly protects the two rules of a boot timeout. One
+// too short to be meant (under a second: "1ns", "1ms") is refused with 400
+// and leaves nothing. One that passes during the boot (a guest that never
+// answers) fails the create with a timeout and leaves the session failed
+// with the reason, for whoever asks later (the client may have gone), and
+// neither a QEMU process nor the session's directory.
 func TestBootTimeoutFailsCleanly(t *testing.T) {
-	r := newRig(t, rigOptions{})
+	r := newRig(t, rigOptions{driver: func(d vmm.Driver) vmm.Driver { return hangDriver{d} }})
 	ctx := context.Background()
-	_, err := r.mgr.Create(ctx, api.CreateSessionRequest{BootTimeout: "1ms"})
-	wantCode(t, "Create with a 1ms boot timeout", err, api.CodeTimeout)
+	for _, d := range []string{"1ns", "1ms", "999ms"} {
+		_, err := r.mgr.Create(ctx, api.CreateSessionRequest{BootTimeout: d})
+		wantCode(t, "Create with a "+d+" boot timeout", err, api.CodeInvalid)
+		if !strings.Contains(err.Error(), "at least 1s") {
+			t.Errorf("error %q does not say the minimum", err)
+		}
+	}
+	if ss, err := r.mgr.List(ctx); err != nil || len(ss) != 0 {
+		t.Fatalf("sessions after refused boot timeouts: %+v, %v; want none", ss, err)
+	}
+	if ents := sessionEntries(r.dir); len(ents) != 0 {
+		t.Errorf("refused creates left %v in the sessions dir", ents)
+	}
+	_, err := r.mgr.Create(ctx, api.CreateSessionRequest{BootTimeout: "2s"})
+	wantCode(t, "Create of a guest that never answers, with a 2s boot timeout", err, api.CodeTimeout)
+	if !strings.Contains(err.Error(), "did not answer within 2s") {
+		t.Errorf("error %q does not say which timeout passed", err)
+	}
 	s := onlySession(t, r)
-	if s.State != api.StateFailed || s.Error == "" {
-		t.Fatalf("record after a boot timeout: %+v, want failed with an error", s)
+	if s.State != api.StateFailed || !strings.Contains(s.Error, "did not answer within 2s") {
+		t.Fatalf("record after a boot timeout: %+v, want failed with the reason", s)
 	}
 	wantGone(t, r, s.ID)
 	_, err = r.mgr.Exec(ctx, s.ID, api.ExecRequest{Argv: []string{"true"}})

@@ -10,10 +10,12 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/agentproto"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/vmm"
 	"github.com/cove-dev/cove/internal/vmm/qemu"
@@ -39,6 +41,16 @@ import (
 // stateFile is the device state's name in a session dir.
 const stateFile = "state"
 
+// wokenFile is what a wake renames the state file to just before the
+// guest runs: from then on the RAM file changes, and the snapshot is
+// consumed. A session dir holding stateFile holds a snapshot whose guest
+// never ran since; one holding wokenFile, one whose guest did.
+const wokenFile = "state.woken"
+
+// parkTimeout bounds a park's save: the device state's migration and the
+// RAM file's sync.
+const parkTimeout = 2 * time.Minute
+
 const machineVersion = 1
 
 // machine is what the session package records about a session's VM in
@@ -60,7 +72,8 @@ type parked struct {
 	StateBytes  int64     `json:"state_bytes"`
 	Mem         string    `json:"mem"` // path of the RAM file
 	MemSize     int64     `json:"mem_size"`
-	DiskBytes   int64     `json:"disk_bytes"` // allocated: RAM file + state
+	MemSum      string    `json:"mem_sum,omitempty"` // see memChecksum; absent in manifests of older servers
+	DiskBytes   int64     `json:"disk_bytes"`        // allocated: RAM file + state
 	CreatedAt   time.Time `json:"created_at"`
 	ParkMillis  int64     `json:"park_ms"`
 }
@@ -119,14 +132,28 @@ func snapshotInfo(b []byte) *api.SnapshotInfo {
 // connection, only the next sync on the port it reads — the least guest
 // code on the wake path. If the guest does not agree in time, the
 // connection is closed: the guest sees it end before the save.
-func (l *live) hangUp(ctx context.Context) {
-	dctx, cancel := context.WithTimeout(ctx, time.Second)
-	err := l.agent.Detach(dctx)
+//
+// A guest that does not even answer the detach within detachTimeout (its
+// agent frozen or wedged) is not saved: hangUp returns an error wrapping
+// agentproto.ErrNoAnswer and the park is rolled back.
+func (l *live) hangUp(ctx context.Context) error {
+	dctx, cancel := context.WithTimeout(ctx, detachTimeout)
+	err := l.client().Detach(dctx)
 	cancel()
-	if err != nil {
-		l.agent.Close()
+	if errors.Is(err, agentproto.ErrNoAnswer) {
+		return err
 	}
+	if err != nil {
+		l.client().Close()
+	}
+	return nil
 }
+
+// detachTimeout bounds the wait for the guest's answer to a park's detach.
+const detachTimeout = 5 * time.Second
+
+// drainTimeout bounds a park's wait for the calls on the connection.
+const drainTimeout = 30 * time.Second
 
 func (mach machine) spec(id, dir string) vmm.Spec {
 	return vmm.Spec{ID: id, Dir: dir, Kernel: mach.Kernel, Initrd: mach.Initrd, Disk: mach.Disk,
@@ -172,6 +199,9 @@ func manifest(dir string, took time.Duration) (*parked, error) {
 		return nil, err
 	}
 	p.StateBytes, p.MemSize = sfi.Size(), mfi.Size()
+	if p.MemSum, err = memChecksum(p.Mem); err != nil {
+		return nil, fmt.Errorf("memory file checksum: %w", err)
+	}
 	p.DiskBytes = allocated(p.State) + allocated(p.Mem)
 	return p, nil
 }
@@ -202,6 +232,22 @@ func (p *parked) verify() error {
 	return nil
 }
 
+// verifyMem checks the RAM file's content against the manifest's
+// checksum (slower than verify: it reads the pages the guest touched).
+func (p *parked) verifyMem() error {
+	if p.MemSum == "" {
+		return nil
+	}
+	sum, err := memChecksum(p.Mem)
+	if err != nil {
+		return fmt.Errorf("snapshot memory file: %w", err)
+	}
+	if sum != p.MemSum {
+		return errors.New("snapshot memory file is corrupt (checksum mismatch)")
+	}
+	return nil
+}
+
 // Park saves the session's whole VM to disk and ends its QEMU process.
 func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 	rec, unlock, done, err := m.begin(ctx, "park", id, api.StateRunning, api.StateParked)
@@ -224,16 +270,40 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 		m.undelete(l)
 		return api.Session{}, fmt.Errorf("session: park %s: %w", id, err)
 	}
-	l.hangUp(ctx)
-	// The park must finish once started, even if the client goes away.
-	pctx := context.WithoutCancel(ctx)
+	m.crashPoint("park.recorded")
+	// Calls already on the connection finish first (new ones wait for
+	// the park, then wake the session); a transfer that outlasts
+	// drainTimeout is cut.
+	for deadline := time.Now().Add(drainTimeout); l.calls.Load() > 0 && time.Now().Before(deadline); {
+		time.Sleep(2 * time.Millisecond)
+	}
+	os.Remove(filepath.Join(m.dir(id), wokenFile)) // left by a wake cut short after its record
+	if err := l.hangUp(ctx); err != nil {
+		// Nothing was done to the VM: it runs on, as does the session.
+		m.undelete(l)
+		l.touch() // idle parking tries again only after another idle period
+		rec.State, rec.UpdatedAt = api.StateRunning, time.Now().UTC()
+		if uerr := m.cfg.Store.UpdateSession(context.WithoutCancel(ctx), rec); uerr != nil {
+			m.cfg.Log.Error("record rolled-back park", "session", id, "err", uerr)
+		}
+		go m.watchAgent(id, l)
+		m.cfg.Log.Warn("park rolled back: the guest agent did not answer", "session", id, "err", err)
+		return api.Session{}, api.Errorf(api.CodeTimeout, "park %s: the guest agent did not answer within %s (%v); the session keeps running", id, detachTimeout, err)
+	}
+	m.crashPoint("park.detached")
+	// The park must finish once started, even if the client goes away;
+	// a VMM that stops answering (frozen) fails it after parkTimeout.
+	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), parkTimeout)
+	defer cancel()
 	if _, err := m.snap.Save(pctx, l.vm, filepath.Join(m.dir(id), stateFile)); err != nil {
 		// The VM still runs: reconnect and carry on as running.
 		m.cfg.Log.Warn("park failed; session keeps running", "session", id, "err", err)
-		l.agent.Close() // the channel takes one connection at a time
+		l.client().Close() // the channel takes one connection at a time
 		if agent, cerr := m.connect(pctx, l.vm); cerr == nil {
-			l.agent = agent
+			l.setClient(agent)
 			m.undelete(l)
+			go m.serveGuest(id, l)
+			go m.watchAgent(id, l)
 			rec.State, rec.UpdatedAt = api.StateRunning, time.Now().UTC()
 			_ = m.cfg.Store.UpdateSession(pctx, rec)
 			return api.Session{}, fmt.Errorf("session: park %s: %w", id, err)
@@ -242,6 +312,7 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 		m.fail(id, "park failed and the VM did not answer afterwards: "+err.Error())
 		return api.Session{}, fmt.Errorf("session: park %s: %w", id, err)
 	}
+	m.crashPoint("park.saved")
 	p, err := manifest(m.dir(id), time.Since(start))
 	if err != nil {
 		m.fail(id, "park: snapshot incomplete: "+err.Error())
@@ -258,6 +329,7 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 	if err := m.cfg.Store.UpdateSession(pctx, rec); err != nil {
 		return api.Session{}, fmt.Errorf("session: park %s: record: %w", id, err)
 	}
+	m.crashPoint("park.done")
 	m.cfg.Log.Info("session parked", "session", id, "park_ms", p.ParkMillis, "disk_bytes", p.DiskBytes)
 	return m.toAPI(rec), nil
 }
@@ -305,39 +377,177 @@ func (m *Manager) Wake(ctx context.Context, id string) (api.Session, error) {
 		m.fail(id, msg)
 		return api.Session{}, api.Errorf(api.CodeUnavailable, "session %s: %s; the session is marked failed", id, msg)
 	}
+	release, err := m.admit("wake", mach.MemoryMiB, mach.CPUs)
+	if err != nil {
+		return api.Session{}, err
+	}
+	defer release()
 	rec.State, rec.UpdatedAt = api.StateWaking, time.Now().UTC()
 	if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
 		return api.Session{}, fmt.Errorf("session: wake %s: %w", id, err)
 	}
+	m.crashPoint("wake.recorded")
 	// Once the RAM file is mapped by a running guest the snapshot is
 	// consumed: finish even if the client goes away.
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), m.cfg.DefaultBootTimeout)
 	defer cancel()
-	l, err := m.restore(wctx, id, m.dir(id), mach, mach.Parked.State, nil)
+	dir := m.dir(id)
+	w := m.wakeSteps(rec, dir)
+	// The RAM file's content is checked while the VMM starts: the guest
+	// runs only once it passed.
+	go func() {
+		w.memErr = mach.Parked.verifyMem()
+		close(w.memChecked)
+	}()
+	l, err := m.restore(wctx, id, dir, mach, mach.Parked.State, hooks{started: w.started, beforeRun: w.beforeRun})
 	if err != nil {
-		msg := "wake failed: " + err.Error()
-		m.fail(id, msg)
-		return api.Session{}, api.Errorf(api.CodeUnavailable, "session %s: %s; the session is marked failed", id, msg)
+		if w.ran.Load() && errors.Is(err, vmm.ErrNotRun) {
+			// Told before it ran that the VMM was gone: the snapshot
+			// is intact after all.
+			if rerr := os.Rename(filepath.Join(dir, wokenFile), filepath.Join(dir, stateFile)); rerr == nil {
+				w.ran.Store(false)
+			}
+		}
+		if w.ran.Load() {
+			msg := "wake failed after the guest ran: " + err.Error()
+			m.fail(id, msg)
+			return api.Session{}, api.Errorf(api.CodeUnavailable, "session %s: %s; the session is marked failed", id, msg)
+		}
+		<-w.memChecked
+		if w.memErr != nil {
+			msg := "wake: " + w.memErr.Error()
+			w.settle()
+			m.killStray(context.Background(), id, 0)
+			m.fail(id, msg)
+			return api.Session{}, api.Errorf(api.CodeUnavailable, "session %s: %s; the session is marked failed", id, msg)
+		}
+		// The guest never ran: the snapshot is as good as before.
+		w.settle()
+		return api.Session{}, m.backToParked(id, err)
 	}
-	os.Remove(mach.Parked.State)
+	m.crashPoint("wake.connected")
 	mach.Parked = nil
-	l.mach = mach
+	l.mach, l.env = mach, rec.Env
 	rec.State, rec.Handle, rec.Snapshot, rec.Error, rec.UpdatedAt = api.StateRunning, l.vm.Handle(), mach.encode(), "", time.Now().UTC()
 	if err := m.cfg.Store.UpdateSession(wctx, rec); err != nil {
-		_ = l.vm.Stop(wctx)
+		// The guest runs and its snapshot is consumed: keep it running
+		// (a restart re-adopts it from the handle recorded before it
+		// ran) and say the record lags.
+		m.adoptLive(id, l)
 		return api.Session{}, fmt.Errorf("session: wake %s: record: %w", id, err)
 	}
+	os.Remove(filepath.Join(dir, wokenFile))
 	m.adoptLive(id, l)
 	return m.toAPI(rec), nil
 }
 
-// restore starts a VM from a state file and connects to its agent.
-// beforeLoad, if set, runs once QEMU runs and before it loads the state
-// (see vmm.Spec.BeforeLoad).
-func (m *Manager) restore(ctx context.Context, id, dir string, mach machine, state string, beforeLoad func(context.Context) error) (*live, error) {
+// wake is one wake's steps around the restore: the restored VMM's handle
+// is recorded while it loads (started), and waited for before the guest
+// runs (beforeRun), which renames the state file to wokenFile: a crash
+// from then on finds the VMM by that handle, and one before finds the
+// snapshot unchanged.
+type wake struct {
+	m         *Manager
+	rec       store.Session
+	dir       string
+	writing   atomic.Bool   // started began the handle's record
+	recorded  chan struct{} // closed once that record is written
+	recordErr error         // set before recorded is closed
+	ran       atomic.Bool   // the guest was let run
+
+	memChecked chan struct{} // closed once the RAM file is checked
+	memErr     error         // set before memChecked is closed
+}
+
+// settle waits for the handle's record begun by started, if any: a failed
+// wake records its outcome only after it.
+func (w *wake) settle() {
+	if w.writing.Load() {
+		<-w.recorded
+	}
+}
+
+func (m *Manager) wakeSteps(rec store.Session, dir string) *wake {
+	return &wake{m: m, rec: rec, dir: dir, recorded: make(chan struct{}), memChecked: make(chan struct{})}
+}
+
+// started records the handle in the background: the state loads
+// meanwhile.
+func (w *wake) started(ctx context.Context, handle []byte) error {
+	rec := w.rec
+	rec.Handle, rec.UpdatedAt = handle, time.Now().UTC()
+	w.writing.Store(true)
+	go func() {
+		w.recordErr = w.m.cfg.Store.UpdateSession(ctx, rec)
+		close(w.recorded)
+	}()
+	return nil
+}
+
+func (w *wake) beforeRun(ctx context.Context) error {
+	select {
+	case <-w.memChecked:
+		if w.memErr != nil {
+			return w.memErr
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if !w.writing.Load() {
+		return errors.New("the restored VM was never recorded")
+	}
+	select {
+	case <-w.recorded:
+		if w.recordErr != nil {
+			return fmt.Errorf("record the restored VM: %w", w.recordErr)
+		}
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	w.m.crashPoint("wake.handle-recorded")
+	if err := os.Rename(filepath.Join(w.dir, stateFile), filepath.Join(w.dir, wokenFile)); err != nil {
+		return fmt.Errorf("mark the snapshot consumed: %w", err)
+	}
+	w.ran.Store(true)
+	return nil
+}
+
+// backToParked records a session whose wake failed before its guest ran
+// as parked again (its snapshot is unchanged) and returns the wake's
+// error for the caller.
+func (m *Manager) backToParked(id string, cause error) error {
+	ctx := context.Background()
+	m.killStray(ctx, id, 0)
+	rec, err := m.cfg.Store.GetSession(ctx, id)
+	if err != nil {
+		return fmt.Errorf("session: wake %s: %w (and reading its record: %v)", id, cause, err)
+	}
+	if _, verr := parkedMachine(rec.Snapshot); verr != nil {
+		msg := "wake failed: " + cause.Error() + "; snapshot unusable: " + verr.Error()
+		m.fail(id, msg)
+		return api.Errorf(api.CodeUnavailable, "session %s: %s; the session is marked failed", id, msg)
+	}
+	rec.State, rec.Handle, rec.Error, rec.UpdatedAt = api.StateParked, nil, "wake failed: "+cause.Error(), time.Now().UTC()
+	if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+		return fmt.Errorf("session: wake %s: %w (and recording it parked: %v)", id, cause, err)
+	}
+	m.cfg.Log.Warn("wake failed before the guest ran; the session stays parked", "session", id, "err", cause)
+	return api.Errorf(api.CodeUnavailable, "session %s: wake failed: %v; the session stays parked, its snapshot intact", id, cause)
+}
+
+// hooks are a restore's steps (see vmm.Spec); nil ones are skipped.
+type hooks struct {
+	started    func(context.Context, []byte) error
+	beforeLoad func(context.Context) error
+	beforeRun  func(context.Context) error
+}
+
+// restore starts a VM from a state file and connects to its agent, with
+// the hooks h run at their steps.
+func (m *Manager) restore(ctx context.Context, id, dir string, mach machine, state string, h hooks) (*live, error) {
 	start := time.Now()
 	spec := mach.spec(id, dir)
-	spec.BeforeLoad = beforeLoad
+	spec.Started, spec.BeforeLoad, spec.BeforeRun = h.started, h.beforeLoad, h.beforeRun
 	vm, st, err := m.snap.Restore(ctx, spec, state)
 	if err != nil {
 		return nil, err
@@ -356,15 +566,18 @@ func (m *Manager) restore(ctx context.Context, id, dir string, mach machine, sta
 }
 
 // recoverParking settles a session whose park was cut by a server stop:
-// a complete snapshot makes it parked; a VM still running makes it running
-// again; anything else fails it.
+// a complete snapshot makes it parked; a VM still there runs on (a save
+// under way is cancelled, a guest paused by it continued) and the session
+// is running again; anything else fails it.
 func (m *Manager) recoverParking(ctx context.Context, rec store.Session) {
 	dir := m.dir(rec.ID)
+	os.Remove(filepath.Join(dir, stateFile+".tmp"))
 	if _, err := os.Stat(filepath.Join(dir, stateFile)); err == nil {
-		// The state file is renamed into place only after the RAM file is
-		// synced: the snapshot is complete. A VM left paused after the
-		// migration must not run on.
+		// The state file is renamed into place only after it and the RAM
+		// file are synced: the snapshot is complete. A VM left paused
+		// after the migration must not run on.
 		m.killLeftover(ctx, rec)
+		m.killStray(ctx, rec.ID, 0)
 		mach, err := decodeMachine(rec.Snapshot)
 		if err == nil {
 			mach.Parked, err = manifest(dir, 0)
@@ -377,21 +590,48 @@ func (m *Manager) recoverParking(ctx context.Context, rec store.Session) {
 		if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
 			m.cfg.Log.Error("record recovered park", "session", rec.ID, "err", err)
 		}
+		m.cfg.Log.Info("park cut short by a server stop: its snapshot was complete; session parked", "session", rec.ID)
 		return
 	}
-	if err := m.readopt(ctx, rec); err != nil {
-		m.fail(rec.ID, "server stopped while parking and the VM is gone: "+err.Error())
+	// No snapshot: the VM is the session. The save may have paused it (or
+	// still be migrating): resume it before its agent can answer.
+	if err := m.readopt(ctx, rec, true); err != nil {
+		m.killStray(ctx, rec.ID, 0)
+		m.fail(rec.ID, "server stopped while parking, before the snapshot was complete, and the VM is gone: "+err.Error())
 		return
 	}
-	// The save may have paused the guest before the server stopped.
-	m.mu.Lock()
-	l := m.live[rec.ID]
-	m.mu.Unlock()
-	if l != nil {
-		if r, ok := l.vm.(interface{ Resume(context.Context) error }); ok {
-			_ = r.Resume(ctx)
+	m.cfg.Log.Info("park cut short by a server stop: the VM runs on; session running", "session", rec.ID)
+}
+
+// recoverWaking settles a session whose wake was cut by a server stop.
+// While the state file is in place the guest never ran (see wokenFile):
+// any VMM started for it is stopped and the session is parked again, its
+// snapshot intact. Once it was renamed, the guest ran from the snapshot,
+// which is consumed: the VMM recorded before that (see wake.started) is
+// re-adopted and continued, or the session fails.
+func (m *Manager) recoverWaking(ctx context.Context, rec store.Session) {
+	dir := m.dir(rec.ID)
+	if _, err := os.Stat(filepath.Join(dir, stateFile)); err == nil {
+		m.killLeftover(ctx, rec)
+		m.killStray(ctx, rec.ID, 0)
+		if _, err := parkedMachine(rec.Snapshot); err != nil {
+			m.fail(rec.ID, "server stopped while the session was waking; snapshot unusable: "+err.Error())
+			return
 		}
+		rec.State, rec.Handle, rec.UpdatedAt = api.StateParked, nil, time.Now().UTC()
+		if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+			m.cfg.Log.Error("record recovered wake", "session", rec.ID, "err", err)
+		}
+		m.cfg.Log.Info("wake cut short by a server stop before the guest ran; session parked, snapshot intact", "session", rec.ID)
+		return
 	}
+	if err := m.readopt(ctx, rec, true); err != nil {
+		m.killStray(ctx, rec.ID, 0)
+		m.fail(rec.ID, "server stopped while the session was waking, after its guest ran from the snapshot (consumed), and the VM is gone: "+err.Error())
+		return
+	}
+	os.Remove(filepath.Join(dir, wokenFile))
+	m.cfg.Log.Info("wake cut short by a server stop after the guest ran: re-adopted; session running", "session", rec.ID)
 }
 
 // idleLoop parks sessions idle past their timeout: no API call for that

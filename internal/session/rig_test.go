@@ -39,6 +39,13 @@ type rigOptions struct {
 	driver func(vmm.Driver) vmm.Driver // wraps the QEMU driver
 	dir    string                      // reuse a sessions dir
 	db     string                      // reuse a SQLite file
+	// qemuStep, if set, is the QEMU driver's CrashPoint hook: called at
+	// each named step of a save and a restore.
+	qemuStep func(name string)
+	// answerTimeout is the manager's AnswerTimeout.
+	answerTimeout time.Duration
+	// admission is the manager's Admission.
+	admission session.Admission
 }
 
 // newRig builds a manager over fresh directories and registers cleanups
@@ -76,7 +83,7 @@ func openRig(t *testing.T, o rigOptions) *rig {
 	// Spare QEMU processes as 'cove server' keeps them (--spares 1): wakes
 	// and clones after the first restore of a shape claim one.
 	d, err := qemu.New(qemu.Config{Accel: os.Getenv("COVE_ACCEL"), User: "cove-vm", CgroupRoot: cg,
-		SpareDir: filepath.Join(o.dir, ".spares")})
+		SpareDir: filepath.Join(o.dir, ".spares"), CrashPoint: o.qemuStep})
 	if err != nil {
 		st.Close()
 		t.Fatal(err)
@@ -94,7 +101,7 @@ func openRig(t *testing.T, o rigOptions) *rig {
 	// One set of clone files made ahead per template, as 'cove server'
 	// keeps: its maker runs once Recover is called.
 	cfg := session.Config{Store: st, Driver: drv, Images: images, Dir: o.dir, TemplateDir: filepath.Join(o.dir, "templates"),
-		CloneFiles: 1}
+		CloneFiles: 1, AnswerTimeout: o.answerTimeout, Admission: o.admission}
 	m, err := session.New(cfg)
 	if err != nil {
 		st.Close()

@@ -19,6 +19,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -71,6 +72,21 @@ type Config struct {
 
 	// OnBoot, if set, is told each successful boot's duration.
 	OnBoot func(time.Duration)
+
+	// CrashPoint, if set, is called at each named step of the lifecycle
+	// operations (create, park, wake, clone, pool refill, template build,
+	// delivery, delete; see docs/ARCHITECTURE.md): the crash-safety tests
+	// kill the server there. Never set in production.
+	CrashPoint func(name string)
+
+	// AnswerTimeout bounds the wait for a guest agent's answer to a
+	// request (see agentproto.AnswerTimeout, the default): a frozen guest
+	// fails calls with 504 after it.
+	AnswerTimeout time.Duration
+
+	// Admission bounds what the sessions' VMs take of the host (see
+	// admit.go); the zero value is the defaults.
+	Admission Admission
 }
 
 // Manager manages sessions. It is safe for concurrent use.
@@ -98,14 +114,18 @@ type Manager struct {
 
 	stop chan struct{} // closed by Close/StopAll: ends background loops
 	bg   sync.WaitGroup
+
+	admitted admitted // room reserved by starts under way (admit.go)
 }
 
 // live is a session with a VM process.
 type live struct {
-	vm    vmm.VM
-	agent *agentproto.Client
-	env   map[string]string
-	mach  machine
+	vm   vmm.VM
+	env  map[string]string
+	mach machine
+
+	agentMu sync.Mutex
+	agent   *agentproto.Client // guarded by agentMu: replaced when a failed park reconnects
 	// deleting is set when the VM is being stopped on purpose (delete,
 	// park, shutdown): its exit is then no failure.
 	deleting bool // guarded by Manager.mu
@@ -116,6 +136,26 @@ type live struct {
 
 	lastActive atomic.Int64 // unix nanos of the last API call
 	inflight   atomic.Int32 // calls and execs in progress
+	// calls counts calls using the agent connection that cannot outlive
+	// it (a request waiting for its answer, a file transfer; not an
+	// attached command's stream, which re-attaches): a park waits for
+	// them before it hangs up. Taken only under Manager.mu while the
+	// session is not being parked or removed (see withAgent).
+	calls atomic.Int32
+}
+
+// client is the session's agent connection.
+func (l *live) client() *agentproto.Client {
+	l.agentMu.Lock()
+	defer l.agentMu.Unlock()
+	return l.agent
+}
+
+// setClient replaces the session's agent connection.
+func (l *live) setClient(c *agentproto.Client) {
+	l.agentMu.Lock()
+	l.agent = c
+	l.agentMu.Unlock()
 }
 
 // touch records API activity.
@@ -161,6 +201,13 @@ func New(cfg Config) (*Manager, error) {
 		cloneFiles: map[string][]cloneFiles{}, cloneWanted: map[string]bool{}, cloneKick: make(chan struct{}, 1)}
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
 	return m, nil
+}
+
+// crashPoint marks a named step for Config.CrashPoint.
+func (m *Manager) crashPoint(name string) {
+	if m.cfg.CrashPoint != nil {
+		m.cfg.CrashPoint(name)
+	}
 }
 
 // lock takes the session's lifecycle lock: create, park, wake and delete
@@ -210,6 +257,13 @@ func (m *Manager) Create(ctx context.Context, req api.CreateSessionRequest) (api
 	if err != nil {
 		return api.Session{}, err
 	}
+	timeout, err := checkBootTimeout(req.BootTimeout, m.cfg.DefaultBootTimeout)
+	if err != nil {
+		return api.Session{}, err
+	}
+	if err := CheckEnv("env", req.Env); err != nil {
+		return api.Session{}, err
+	}
 	if req.Template != "" {
 		return m.createFromTemplate(ctx, req, idle)
 	}
@@ -221,12 +275,6 @@ func (m *Manager) Create(ctx context.Context, req api.CreateSessionRequest) (api
 	if err != nil {
 		return api.Session{}, err
 	}
-	timeout := m.cfg.DefaultBootTimeout
-	if req.BootTimeout != "" {
-		if timeout, err = time.ParseDuration(req.BootTimeout); err != nil || timeout <= 0 {
-			return api.Session{}, api.Errorf(api.CodeInvalid, "boot_timeout %q: want a positive duration like 60s", req.BootTimeout)
-		}
-	}
 	now := time.Now().UTC()
 	rec := store.Session{
 		ID: newID(), State: api.StateCreating, Image: name,
@@ -234,9 +282,15 @@ func (m *Manager) Create(ctx context.Context, req api.CreateSessionRequest) (api
 		Env: req.Env, Accel: m.cfg.Driver.Accel(), CreatedAt: now, UpdatedAt: now,
 		IdleTimeout: idle, NoAutoWake: req.NoAutoWake,
 	}
+	release, err := m.admit("create", rec.MemoryMiB, rec.CPUs)
+	if err != nil {
+		return api.Session{}, err
+	}
+	defer release()
 	if err := m.cfg.Store.CreateSession(ctx, rec); err != nil {
 		return api.Session{}, fmt.Errorf("session: create: %w", err)
 	}
+	m.crashPoint("create.recorded")
 	log := m.cfg.Log.With("session", rec.ID)
 	log.Info("creating session", "image", name, "memory_mib", rec.MemoryMiB, "cpus", rec.CPUs)
 
@@ -253,6 +307,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateSessionRequest) (api
 		return api.Session{}, err
 	}
 	boot := time.Since(start)
+	m.crashPoint("create.booted")
 	rec.State, rec.Handle, rec.BootMillis, rec.UpdatedAt = api.StateRunning, l.vm.Handle(), boot.Milliseconds(), time.Now().UTC()
 	rec.Snapshot = l.mach.encode()
 	if err := m.cfg.Store.UpdateSession(context.Background(), rec); err != nil {
@@ -261,6 +316,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateSessionRequest) (api
 		return api.Session{}, fmt.Errorf("session: create %s: record: %w", rec.ID, err)
 	}
 	m.adoptLive(rec.ID, l)
+	m.crashPoint("create.done")
 	if m.cfg.OnBoot != nil {
 		m.cfg.OnBoot(boot)
 	}
@@ -391,6 +447,9 @@ func (m *Manager) connect(ctx context.Context, vm vmm.VM) (*agentproto.Client, e
 		}
 	}()
 	c, _, err := agentproto.Connect(ctx, vm.DialAgent)
+	if err == nil && m.cfg.AnswerTimeout > 0 {
+		c.SetAnswerTimeout(m.cfg.AnswerTimeout)
+	}
 	return c, err
 }
 
@@ -407,6 +466,7 @@ func (m *Manager) adoptLive(id string, l *live) {
 	if !l.serving {
 		go m.serveGuest(id, l)
 	}
+	go m.watchAgent(id, l)
 	go func() {
 		<-l.vm.Done()
 		m.mu.Lock()
@@ -415,7 +475,7 @@ func (m *Manager) adoptLive(id string, l *live) {
 			delete(m.live, id)
 		}
 		m.mu.Unlock()
-		l.agent.Close()
+		l.client().Close()
 		if deleting {
 			return
 		}
@@ -423,6 +483,88 @@ func (m *Manager) adoptLive(id string, l *live) {
 		m.cfg.Log.Warn("VM exited unexpectedly", "session", id, "console", tail)
 		m.fail(id, "VM exited unexpectedly; console: "+tail)
 	}()
+}
+
+// agentRetries is how many times in a row a lost agent connection is
+// connected again before the session is failed.
+const agentRetries = 3
+
+// watchAgent reconnects to the guest agent when its connection ends while
+// the VM runs and nobody ended it on purpose (a park, a delete, a
+// shutdown): a guest that corrupted its stream (garbage on its port) gets
+// a fresh, synced connection, and commands re-attach to it. A guest that
+// cannot be reached again is stopped and the session failed with the
+// reason. It returns when the VM goes or the session is let go.
+func (m *Manager) watchAgent(id string, l *live) {
+	failures := 0
+	for {
+		c := l.client()
+		select {
+		case <-c.Done():
+		case <-l.vm.Done():
+			return
+		case <-m.stop:
+			return
+		}
+		if vmGone(l.vm) {
+			return // the VM's own watcher says why
+		}
+		m.mu.Lock()
+		deleting := l.deleting || m.live[id] != l
+		m.mu.Unlock()
+		if deleting {
+			return
+		}
+		if l.client() != c {
+			continue // replaced already
+		}
+		m.cfg.Log.Warn("guest agent connection lost; connecting again", "session", id, "attempt", failures+1)
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		nc, err := m.connect(ctx, l.vm)
+		cancel()
+		m.mu.Lock()
+		deleting = l.deleting || m.live[id] != l
+		m.mu.Unlock()
+		if deleting {
+			if err == nil {
+				nc.Close()
+			}
+			return
+		}
+		if err != nil {
+			if vmGone(l.vm) {
+				return
+			}
+			failures++
+			if failures < agentRetries {
+				continue
+			}
+			msg := fmt.Sprintf("the guest agent's connection was lost and it did not answer %d reconnects: %v; console: %s", failures, err, lastLines(l.vm.ConsoleTail(), 8))
+			m.cfg.Log.Warn("guest agent unreachable; stopping the VM", "session", id, "err", err)
+			m.mu.Lock()
+			l.deleting = true
+			m.mu.Unlock()
+			_ = l.vm.Stop(context.Background())
+			m.fail(id, msg)
+			return
+		}
+		failures = 0
+		l.setClient(nc)
+		go m.serveGuest(id, l)
+		m.cfg.Log.Info("guest agent connected again", "session", id)
+	}
+}
+
+// vmGone reports whether vm's VMM process has exited, waiting a moment
+// for the exit to be noticed: a lost agent connection is often the first
+// sign of it.
+func vmGone(vm vmm.VM) bool {
+	select {
+	case <-vm.Done():
+		return true
+	case <-time.After(100 * time.Millisecond):
+		return false
+	}
 }
 
 func (m *Manager) fail(id, msg string) {
@@ -504,8 +646,9 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 			return fmt.Errorf("session: delete %s: %w", id, err)
 		}
 	}
+	m.crashPoint("rm.recorded")
 	if l != nil {
-		l.agent.Close()
+		l.client().Close()
 		if err := l.vm.Stop(ctx); err != nil {
 			return fmt.Errorf("session: delete %s: %w", id, err)
 		}
@@ -514,16 +657,10 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 			delete(m.live, id)
 		}
 		m.mu.Unlock()
-	} else {
-		m.killLeftover(ctx, rec)
 	}
-	if err := os.RemoveAll(m.dir(id)); err != nil {
-		return fmt.Errorf("session: delete %s: remove files: %w", id, err)
+	if err := m.removeStopped(ctx, rec); err != nil {
+		return err
 	}
-	if err := m.cfg.Store.DeleteSession(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
-		return fmt.Errorf("session: delete %s: %w", id, err)
-	}
-	m.dropTriggers(ctx, id)
 	m.mu.Lock()
 	delete(m.locks, id)
 	m.mu.Unlock()
@@ -532,6 +669,51 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	}
 	m.cfg.Log.Info("session removed", "session", id)
 	return nil
+}
+
+// removeStopped ends what is left of a session being deleted once the
+// manager holds no VM of it: any VMM process, its files, its record and
+// its triggers. A delete cut short by a crash is finished by it at
+// recovery.
+func (m *Manager) removeStopped(ctx context.Context, rec store.Session) error {
+	id := rec.ID
+	m.killLeftover(ctx, rec)
+	m.killStray(ctx, id, 0)
+	m.crashPoint("rm.stopped")
+	if err := os.RemoveAll(m.dir(id)); err != nil {
+		return fmt.Errorf("session: delete %s: remove files: %w", id, err)
+	}
+	m.crashPoint("rm.files-removed")
+	if err := m.cfg.Store.DeleteSession(ctx, id); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("session: delete %s: %w", id, err)
+	}
+	m.dropTriggers(ctx, id)
+	return nil
+}
+
+// killStray kills every VMM process of session id under the sessions dir
+// but keepPID (0: none), and waits for them to exit: processes no handle
+// names (a VMM started for a create, a wake or a clone cut short before
+// it was recorded).
+func (m *Manager) killStray(ctx context.Context, id string, keepPID int) {
+	var pids []int
+	for _, p := range qemu.Procs(m.cfg.Dir) {
+		if p.ID == id && !p.Spare && p.PID != keepPID {
+			pids = append(pids, p.PID)
+		}
+	}
+	for _, pid := range pids {
+		m.cfg.Log.Warn("killing a VMM process no record names", "session", id, "pid", pid)
+		_ = syscall.Kill(pid, syscall.SIGKILL)
+	}
+	for _, pid := range pids {
+		for ctx.Err() == nil {
+			if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid))); err != nil {
+				break
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
 }
 
 // killLeftover stops a VM the manager does not hold (a failed session
@@ -558,7 +740,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 		known[rec.ID] = true
 		switch rec.State {
 		case api.StateRunning:
-			if err := m.readopt(ctx, rec); err != nil {
+			if err := m.readopt(ctx, rec, false); err != nil {
 				m.cfg.Log.Warn("session lost across restart", "session", rec.ID, "err", err)
 				m.fail(rec.ID, "lost across server restart: "+err.Error())
 			} else {
@@ -567,17 +749,36 @@ func (m *Manager) Recover(ctx context.Context) error {
 		case api.StateParking:
 			m.recoverParking(ctx, rec)
 		case api.StateWaking:
-			if err := m.readopt(ctx, rec); err != nil {
-				m.fail(rec.ID, "server stopped while the session was waking; its snapshot was consumed: "+err.Error())
-			}
-		case api.StateCreating, api.StateStopping:
+			m.recoverWaking(ctx, rec)
+		case api.StateCreating:
+			// The boot never finished: nothing of it is kept.
 			m.killLeftover(ctx, rec)
-			m.fail(rec.ID, fmt.Sprintf("server stopped while the session was %s", rec.State))
+			m.killStray(ctx, rec.ID, 0)
+			os.RemoveAll(m.dir(rec.ID))
+			m.fail(rec.ID, "server stopped while the session was being created; nothing of it was kept")
+		case api.StateStopping:
+			// Finish the delete.
+			if err := m.removeStopped(ctx, rec); err != nil {
+				m.fail(rec.ID, "server stopped while the session was being removed, and finishing that failed: "+err.Error())
+			} else {
+				delete(known, rec.ID)
+				m.cfg.Log.Info("removal cut short by a server stop: finished", "session", rec.ID)
+			}
 		}
 	}
-	for _, pid := range qemu.Orphans(m.cfg.Dir, func(id string) bool { return known[id] }) {
-		m.cfg.Log.Warn("killing orphan QEMU process", "pid", pid)
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+	// VMM processes of sessions with no live VM here: no record owns
+	// them, or their session failed. Their spare directories and cgroups
+	// go with them.
+	m.mu.Lock()
+	alive := map[string]bool{}
+	for id := range m.live {
+		alive[id] = true
+	}
+	m.mu.Unlock()
+	if sw, ok := m.cfg.Driver.(interface {
+		Sweep(dirRoot string, keep func(id string) bool) []int
+	}); ok {
+		sw.Sweep(m.cfg.Dir, func(id string) bool { return alive[id] })
 	}
 	// Session dirs without a record (warm pool clones, a create cut
 	// short) hold a disk and a memory file: remove them.
@@ -588,9 +789,6 @@ func (m *Manager) Recover(ctx context.Context) error {
 				os.RemoveAll(filepath.Join(m.cfg.Dir, e.Name()))
 			}
 		}
-	}
-	if c, ok := m.cfg.Driver.(interface{ CleanCgroups(func(string) bool) }); ok {
-		c.CleanCgroups(func(id string) bool { return known[id] })
 	}
 	if err := m.loadSubscriptions(ctx); err != nil {
 		return err
@@ -612,10 +810,26 @@ func (m *Manager) Recover(ctx context.Context) error {
 	return m.startPools(ctx)
 }
 
-func (m *Manager) readopt(ctx context.Context, rec store.Session) error {
+// readopt re-adopts the VM of a session recorded with a handle, connects
+// to its agent and records the session running. With resume, a guest
+// left paused (by a save or a restore cut short) is let run first: its
+// agent cannot answer before.
+func (m *Manager) readopt(ctx context.Context, rec store.Session, resume bool) error {
+	if len(rec.Handle) == 0 {
+		return errors.New("no VM was recorded")
+	}
 	vm, err := m.cfg.Driver.Adopt(ctx, rec.Handle)
 	if err != nil {
 		return err
+	}
+	if resume {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := vm.Resume(rctx)
+		cancel()
+		if err != nil {
+			_ = vm.Stop(ctx)
+			return fmt.Errorf("resume: %w", err)
+		}
 	}
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
@@ -644,7 +858,7 @@ func (m *Manager) Close() {
 	defer m.mu.Unlock()
 	for id, l := range m.live {
 		l.deleting = true // their QEMU processes keep running
-		l.agent.Close()
+		l.client().Close()
 		_ = l.vm.Release()
 		delete(m.live, id)
 	}
@@ -666,7 +880,7 @@ func (m *Manager) StopAll(ctx context.Context) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			l.agent.Close()
+			l.client().Close()
 			_ = l.vm.Stop(ctx)
 			m.fail(id, "stopped with the server")
 		}()
@@ -697,7 +911,11 @@ func (m *Manager) waitRunning(ctx context.Context, id string) (*live, error) {
 			return nil, notFound(id, err)
 		}
 		if rec.State == api.StateFailed || rec.State == api.StateStopping {
-			return nil, api.Errorf(api.CodeUnavailable, "session %s is %s", id, rec.State)
+			msg := fmt.Sprintf("session %s is %s", id, rec.State)
+			if rec.Error != "" {
+				msg += ": " + rec.Error
+			}
+			return nil, api.Errorf(api.CodeConflict, "%s", msg)
 		}
 		select {
 		case <-ch:
@@ -725,6 +943,11 @@ func (m *Manager) stopLoops() {
 func (m *Manager) agent(ctx context.Context, id string) (*live, error) {
 	m.mu.Lock()
 	l := m.live[id]
+	if l != nil && l.deleting {
+		// Being parked or removed: the store says which, and a park is
+		// waited for (Wake takes the session's lock) and undone.
+		l = nil
+	}
 	m.mu.Unlock()
 	if l != nil {
 		l.touch()
@@ -740,6 +963,9 @@ func (m *Manager) agent(ctx context.Context, id string) (*live, error) {
 		}
 		m.mu.Lock()
 		l = m.live[id]
+		if l != nil && l.deleting {
+			l = nil
+		}
 		m.mu.Unlock()
 		if l != nil {
 			l.touch()

@@ -364,7 +364,10 @@ func testFiles(t *testing.T, r *rig, id string) {
 	})
 
 	t.Run("ModeBitsKept", func(t *testing.T) {
-		for _, mode := range []uint32{0o751, 0o600, 0o444} {
+		// Special bits too (mode=4755 once answered 204 and dropped the
+		// setuid bit): the agent writes as root, and what a guest's files
+		// may be is the guest's business.
+		for _, mode := range []uint32{0o751, 0o600, 0o444, 0o4755, 0o2750, 0o1777, 0o6711} {
 			p := fmt.Sprintf("/root/mode-%o", mode)
 			if err := r.mgr.WriteFile(ctx, id, p, mode, strings.NewReader("x")); err != nil {
 				t.Fatal(err)

@@ -85,6 +85,9 @@ func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequ
 	if err := repo.CheckSource(req.Repo, req.Branch, req.RepoDir); err != nil {
 		return api.Template{}, api.Errorf(api.CodeInvalid, "%v", err)
 	}
+	if err := checkTemplateCommands(req); err != nil {
+		return api.Template{}, err
+	}
 	if req.Repo != "" && req.Branch == "" {
 		req.Branch = defaultBranch
 	}
@@ -114,6 +117,16 @@ func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequ
 		CreatedAt: now, UpdatedAt: now}
 	bctx := context.WithoutCancel(ctx)
 	failT := func(err error) (api.Template, error) {
+		if status := api.Status(api.CodeOf(err)); status >= 400 && status < 500 {
+			// Refused (a repository that cannot be fetched, a setup
+			// step that fails): the request changes nothing, and a
+			// retry is a new create.
+			m.cfg.Log.Warn("template refused", "template", t.Name, "err", err)
+			if rerr := m.forgetTemplate(bctx, t.Name); rerr != nil {
+				m.cfg.Log.Error("forget refused template", "template", t.Name, "err", rerr)
+			}
+			return api.Template{}, err
+		}
 		t.State, t.Error, t.UpdatedAt = api.TemplateFailed, err.Error(), time.Now().UTC()
 		v.State, v.Error, v.UpdatedAt = store.VersionFailed, err.Error(), t.UpdatedAt
 		_ = m.cfg.Store.SwapTemplateVersion(bctx, t, v)
@@ -123,12 +136,18 @@ func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequ
 	if err := m.cfg.Store.PutTemplateVersion(ctx, v); err != nil {
 		return failT(fmt.Errorf("session: create template: %w", err))
 	}
+	m.crashPoint("template.recorded")
 	start := time.Now()
 	if err := m.makeTemplateDir(t.Name); err != nil {
 		return failT(err)
 	}
 	if t.Repo != "" {
 		if v.Commit, err = m.mirror(t).Fetch(ctx, t.Branch); err != nil {
+			var fe *repo.FetchError
+			if !errors.As(err, &fe) {
+				return failT(fmt.Errorf("template %s: %w", t.Name, err))
+			}
+			m.cfg.Log.Warn("template: fetch failed", "template", t.Name, "err", fe.Err)
 			return failT(api.Errorf(api.CodeInvalid, "template %s: %v", t.Name, err))
 		}
 		t.Commit = v.Commit
@@ -137,6 +156,7 @@ func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequ
 	if err != nil {
 		return failT(err)
 	}
+	m.crashPoint("template.built")
 	t.State, t.Snapshot, t.UpdatedAt = api.TemplateReady, mach.encode(), time.Now().UTC()
 	v.State, v.Snapshot, v.BuildMillis, v.UpdatedAt = store.VersionReady, t.Snapshot, time.Since(start).Milliseconds(), t.UpdatedAt
 	if err := m.cfg.Store.SwapTemplateVersion(bctx, t, v); err != nil {
@@ -146,6 +166,44 @@ func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequ
 	m.setFollow(t, true)
 	m.templateReady(t)
 	return m.templateAPI(t), nil
+}
+
+// checkTemplateCommands refuses a template whose environment, setup
+// commands or start command would not fit the request frame that runs
+// them in the guest (each runs as sh -c with the template's environment).
+func checkTemplateCommands(req api.CreateTemplateRequest) error {
+	if err := CheckEnv("env", req.Env); err != nil {
+		return err
+	}
+	cmds := append([]string(nil), req.Setup...)
+	if req.Start != "" {
+		cmds = append(cmds, startScript(req.Start, true)) // a rebuild's, the longer
+	}
+	for i, cmd := range cmds {
+		if err := checkExec(api.ExecRequest{Argv: []string{"sh", "-c", cmd}}, req.Env, "the template's"); err != nil {
+			field := fmt.Sprintf("setup[%d]", i)
+			if i == len(req.Setup) {
+				field = "start"
+			}
+			return api.Errorf(api.CodeInvalid, "%s: %v", field, err)
+		}
+	}
+	return nil
+}
+
+// forgetTemplate removes what a refused create of template name made: its
+// record (with its versions) and its directory (with the repo mirror).
+// No pool, follow or clone was made for it yet.
+func (m *Manager) forgetTemplate(ctx context.Context, name string) error {
+	if os.Getenv("COVE_KEEP") == "" { // kept for a post-mortem, as discardBuild
+		if err := os.RemoveAll(m.templateDir(name)); err != nil {
+			return fmt.Errorf("session: forget template %s: %w", name, err)
+		}
+	}
+	if err := m.cfg.Store.DeleteTemplate(ctx, name); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("session: forget template %s: %w", name, err)
+	}
+	return nil
 }
 
 // warmUp runs a few commands in a guest. In a restored clone: the first
@@ -161,7 +219,7 @@ func warmUp(ctx context.Context, l *live) error {
 		return err
 	}
 	for range 3 {
-		p, err := l.agent.Exec(ctx, agentproto.Exec{Argv: []string{"true"}, Env: envList(l.env, nil)})
+		p, err := l.client().Exec(ctx, agentproto.Exec{Argv: []string{"true"}, Env: envList(l.env, nil)})
 		if err != nil {
 			return err
 		}
@@ -190,7 +248,7 @@ func drain(p *agentproto.Process) error {
 // runShell runs cmd with sh -c and returns its combined output and exit
 // code.
 func runShell(ctx context.Context, l *live, cmd string) ([]byte, int, error) {
-	p, err := l.agent.Exec(ctx, agentproto.Exec{Argv: []string{"sh", "-c", cmd}, Env: envList(l.env, nil)})
+	p, err := l.client().Exec(ctx, agentproto.Exec{Argv: []string{"sh", "-c", cmd}, Env: envList(l.env, nil)})
 	if err != nil {
 		return nil, 0, err
 	}
@@ -317,14 +375,6 @@ func (m *Manager) createFromTemplate(ctx context.Context, req api.CreateSessionR
 	if t, err = m.template(ctx, req.Template); err != nil {
 		return api.Session{}, err
 	}
-	start := time.Now()
-	id, l := m.claim(t.Name, t.Version)
-	if l == nil {
-		id = newID()
-		if l, err = m.clone(ctx, t, id, true); err != nil {
-			return api.Session{}, err
-		}
-	}
 	env := t.Env
 	if len(req.Env) > 0 {
 		env = map[string]string{}
@@ -334,15 +384,32 @@ func (m *Manager) createFromTemplate(ctx context.Context, req api.CreateSessionR
 		for k, v := range req.Env {
 			env[k] = v
 		}
+		if err := CheckEnv("env (with template "+t.Name+"'s)", env); err != nil {
+			return api.Session{}, err
+		}
+	}
+	start := time.Now()
+	id, l := m.claim(t.Name, t.Version)
+	if l == nil {
+		release, err := m.admit("create", t.MemoryMiB, t.CPUs)
+		if err != nil {
+			return api.Session{}, err
+		}
+		defer release()
+		id = newID()
+		if l, err = m.clone(ctx, t, id, true); err != nil {
+			return api.Session{}, err
+		}
 	}
 	l.env = env
+	m.crashPoint("clone.restored")
 	now := time.Now().UTC()
 	rec := store.Session{ID: id, State: api.StateRunning, Image: t.Image, MemoryMiB: t.MemoryMiB, CPUs: t.CPUs,
 		Env: env, Accel: m.cfg.Driver.Accel(), CreatedAt: now, UpdatedAt: now,
 		BootMillis: time.Since(start).Milliseconds(), Handle: l.vm.Handle(), Snapshot: l.mach.encode(),
 		Template: t.Name, TemplateVersion: max(t.Version, 1), IdleTimeout: idle, NoAutoWake: req.NoAutoWake}
 	if err := m.cfg.Store.CreateSession(ctx, rec); err != nil {
-		l.agent.Close()
+		l.client().Close()
 		_ = l.vm.Stop(context.Background())
 		os.RemoveAll(m.dir(id))
 		return api.Session{}, fmt.Errorf("session: create from template %s: %w", t.Name, err)
@@ -442,7 +509,7 @@ func (m *Manager) cloneInto(ctx context.Context, mach machine, id, dir, files st
 	mach.Parked, mach.Disk = nil, disk
 	rctx, cancel := context.WithTimeout(ctx, m.cfg.DefaultBootTimeout)
 	defer cancel()
-	l, err = m.restore(rctx, id, dir, mach, state, waitCopy)
+	l, err = m.restore(rctx, id, dir, mach, state, hooks{beforeLoad: waitCopy})
 	if err != nil {
 		return nil, fmt.Errorf("restore clone: %w", err)
 	}
@@ -616,12 +683,13 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 			l, err := m.clone(context.Background(), t, id, false)
 			tl.RUnlock()
 			if err == nil {
+				m.crashPoint("pool.restored")
 				// The listen stream opens now too, so that the claimed
 				// clone's first command does not share the guest with it.
 				l.serving = true
 				go m.serveGuest(id, l)
 				if werr := warmUp(context.Background(), l); werr != nil {
-					l.agent.Close()
+					l.client().Close()
 					_ = l.vm.Stop(context.Background())
 					os.RemoveAll(m.dir(id))
 					err = werr
@@ -645,7 +713,7 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 			select {
 			case <-p.cancel:
 				m.mu.Unlock()
-				l.agent.Close()
+				l.client().Close()
 				_ = l.vm.Stop(context.Background())
 				os.RemoveAll(m.dir(id))
 				return
@@ -687,7 +755,7 @@ func (m *Manager) drainPool(name string) {
 	}
 	m.mu.Unlock()
 	for _, c := range ready {
-		c.l.agent.Close()
+		c.l.client().Close()
 		_ = c.l.vm.Stop(context.Background())
 		os.RemoveAll(m.dir(c.id))
 	}

@@ -35,6 +35,8 @@ func TestTemplateClones(t *testing.T) {
 	wantCode(t, "second template with the same name", err, api.CodeConflict)
 	_, err = r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "bad", Setup: []string{"exit 3"}})
 	wantCode(t, "template whose setup fails", err, api.CodeInvalid)
+	_, err = r.mgr.GetTemplate(ctx, "bad")
+	wantCode(t, "the refused template", err, api.CodeNotFound) // a refused create records nothing
 
 	var ids []string
 	randoms := map[string]bool{}

@@ -262,10 +262,14 @@ func (m *Manager) deliverOne(d store.Delivery) {
 	}
 	if rec.State == api.StateParked || rec.State == api.StateParking {
 		if _, err := m.Wake(ctx, d.SessionID); err != nil && !api.IsCode(err, api.CodeConflict) {
+			if isHostFull(err) {
+				return // no room on the host now: retried on the next round
+			}
 			finish(store.DeliveryFailed, "wake: "+err.Error())
 			return
 		}
 	}
+	m.crashPoint("deliver.woken")
 	m.mu.Lock()
 	l := m.live[d.SessionID]
 	m.mu.Unlock()
@@ -279,7 +283,7 @@ func (m *Manager) deliverOne(d store.Delivery) {
 	name := fmt.Sprintf("%020d.json", ev.Seq)
 	// Delivered already (a crash after the write, before the record)?
 	for _, p := range []string{path.Join(agent.EventsDir, name), path.Join(agent.EventsDir, "taken", name)} {
-		if _, err := l.agent.Stat(ctx, p); err == nil {
+		if _, err := l.client().Stat(ctx, p); err == nil {
 			finish(store.DeliveryDelivered, "")
 			return
 		}
@@ -291,10 +295,11 @@ func (m *Manager) deliverOne(d store.Delivery) {
 	b, _ := json.MarshalIndent(guestEvent{Seq: ev.Seq, Source: ev.Source, Name: ev.Name, ID: ev.ID, Fields: ev.Fields, Received: ev.Received, Body: body}, "", "  ")
 	// The agent writes to a dot-file and renames it into place: a waiter
 	// never reads half an event.
-	if err := l.agent.Write(ctx, path.Join(agent.EventsDir, name), 0o644, bytes.NewReader(append(b, '\n'))); err != nil {
+	if err := l.client().Write(ctx, path.Join(agent.EventsDir, name), 0o644, bytes.NewReader(append(b, '\n'))); err != nil {
 		m.cfg.Log.Warn("deliver event", "session", d.SessionID, "event", ev.Seq, "err", err)
 		return // retried on the next round
 	}
+	m.crashPoint("deliver.written")
 	l.touch()
 	finish(store.DeliveryDelivered, "")
 	m.cfg.Log.Info("event delivered", "session", d.SessionID, "event", ev.Seq, "name", ev.Source+":"+ev.Name)
@@ -330,7 +335,7 @@ func (m *Manager) dropTriggers(ctx context.Context, id string) {
 // serveGuest answers requests from tools inside the guest ('cove-agent
 // park --until …') for as long as the connection to its agent lasts.
 func (m *Manager) serveGuest(id string, l *live) {
-	_ = l.agent.Listen(context.Background(), func(req agentproto.GuestRequest) error {
+	_ = l.client().Listen(context.Background(), func(req agentproto.GuestRequest) error {
 		switch req.Kind {
 		case "park":
 			var timeout time.Duration

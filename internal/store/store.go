@@ -16,6 +16,11 @@ var (
 	ErrNotFound = errors.New("store: not found")
 	// ErrExists means a record with the given id already exists.
 	ErrExists = errors.New("store: already exists")
+	// ErrUnavailable means the store cannot be used for now: its database
+	// is locked by another process, read-only, out of space or failing.
+	// The call changed nothing, and the same call on the same store may
+	// succeed once the cause is gone.
+	ErrUnavailable = errors.New("state store unavailable")
 )
 
 // Store is the durable record of sessions, images, templates and triggers.
@@ -42,6 +47,10 @@ var (
 //   - A call whose ctx is already done fails with an error wrapping ctx.Err()
 //     and changes nothing.
 //   - Errors for missing or duplicate records wrap ErrNotFound or ErrExists.
+//   - Errors because the store cannot be used for now wrap ErrUnavailable
+//     and say why; a write that fails so changes nothing (a transaction,
+//     nothing of it), and the store needs no reopening once the cause is
+//     gone.
 //   - No method may be called after Close.
 type Store interface {
 	// CreateSession inserts s. It fails with ErrExists if a session with

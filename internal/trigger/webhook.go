@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"log/slog"
 	"mime"
@@ -71,7 +72,9 @@ var (
 // ErrNoSignature (header empty), ErrBadSignature (wrong prefix, bad hex,
 // wrong length) or ErrSignatureMismatch.
 func VerifySignature(secret, body []byte, header string) error {
-	return verifyParts(secret, header, body)
+	mac := hmac.New(sha256.New, secret)
+	mac.Write(body)
+	return checkSignature(header, mac.Sum(nil))
 }
 
 // Sign returns the HeaderSignature value a sender puts on body: "sha256="
@@ -82,31 +85,37 @@ func Sign(secret, body []byte) string {
 	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
 }
 
-// verify is VerifySignature over the concatenation of parts.
-func verifyParts(secret []byte, header string, parts ...[]byte) error {
+// checkSignature is VerifySignature given the HMAC sum of the signed
+// material, which the receiver computes while the body streams in.
+func checkSignature(header string, sum []byte) error {
+	got, err := parseSignature(header)
+	if err != nil {
+		return err
+	}
+	if !hmac.Equal(got, sum) {
+		return ErrSignatureMismatch
+	}
+	return nil
+}
+
+// parseSignature returns the digest a HeaderSignature value carries.
+func parseSignature(header string) ([]byte, error) {
 	if header == "" {
-		return ErrNoSignature
+		return nil, ErrNoSignature
 	}
 	const prefix = "sha256="
 	hexSum, ok := strings.CutPrefix(header, prefix)
 	if !ok {
-		return fmt.Errorf("%w: want prefix %q", ErrBadSignature, prefix)
+		return nil, fmt.Errorf("%w: want prefix %q", ErrBadSignature, prefix)
 	}
 	if len(hexSum) != 2*sha256.Size {
-		return fmt.Errorf("%w: want %d hex digits, got %d characters", ErrBadSignature, 2*sha256.Size, len(hexSum))
+		return nil, fmt.Errorf("%w: want %d hex digits, got %d characters", ErrBadSignature, 2*sha256.Size, len(hexSum))
 	}
 	got, err := hex.DecodeString(hexSum)
 	if err != nil {
-		return fmt.Errorf("%w: not hex", ErrBadSignature)
+		return nil, fmt.Errorf("%w: not hex", ErrBadSignature)
 	}
-	mac := hmac.New(sha256.New, secret)
-	for _, p := range parts {
-		mac.Write(p)
-	}
-	if !hmac.Equal(got, mac.Sum(nil)) {
-		return ErrSignatureMismatch
-	}
-	return nil
+	return got, nil
 }
 
 // Secrets says where hook secrets come from.
@@ -157,14 +166,39 @@ type Sink interface {
 // application/x-www-form-urlencoded with the JSON in the "payload" field
 // (GitHub's form option); the signature is over the raw body either way.
 //
+// Until its signature is checked a delivery is pending, and its sender
+// could be anyone: its body is hashed as it arrives, its first 64 KiB are
+// held in memory and the rest in an unlinked file in SpoolDir, and only
+// once the signature checks out is the body read into memory. Pending
+// deliveries are bounded all together (MaxPendingMemory, MaxPendingSpool:
+// 503 with Retry-After past them) and per sender, the remote IP address or
+// IPv6 /64 (MaxSenderPending deliveries, and twice MaxBody of body bytes:
+// 429 with Retry-After past them). How fast a body must arrive is the API
+// server's business: it sets the connection's read deadline, and a body
+// cut off by it is answered 408.
+//
 // The zero Receiver knows no hooks. Its fields must not change once it
-// serves.
+// serves, and it must not be copied.
 type Receiver struct {
 	Secrets Secrets // nil: no hook is known
 	Sink    Sink    // nil: every delivery is answered 503
 
 	// MaxBody limits the body in bytes; zero or less means DefaultMaxBody.
 	MaxBody int64
+	// SpoolDir is the directory, made when missing (0700), where a pending
+	// body past its first 64 KiB waits in an unlinked file; "" means
+	// os.TempDir().
+	SpoolDir string
+	// MaxPendingMemory bounds the memory the bodies of pending deliveries
+	// hold, all senders together (at most 64 KiB each); zero or less means
+	// DefaultMaxPendingMemory.
+	MaxPendingMemory int64
+	// MaxPendingSpool bounds the bytes pending bodies hold in SpoolDir, all
+	// senders together; zero or less means DefaultMaxPendingSpool.
+	MaxPendingSpool int64
+	// MaxSenderPending bounds the deliveries one sender has pending at
+	// once; zero or less means DefaultMaxSenderPending.
+	MaxSenderPending int
 	// Now is the clock for HeaderTimestamp and Event.Received; nil means
 	// time.Now.
 	Now func() time.Time
@@ -176,6 +210,8 @@ type Receiver struct {
 	// as the server would log it, and the status. It runs on the request's
 	// goroutine before the answer is written.
 	OnReject func(source string, reason string, status int)
+
+	pending pendingLoad
 }
 
 // hookRejection is a delivery the receiver refuses, with the answer.
@@ -207,17 +243,26 @@ type hookAnswer struct {
 //	401 unauthorized        missing, malformed or wrong signature; stale timestamp
 //	404 not_found           no secret configured for hook
 //	405 method_not_allowed  not POST
+//	408 request_timeout     the body did not arrive in time
 //	413 payload_too_large   body over MaxBody
 //	415 unsupported_media   neither JSON nor form-encoded
-//	503 unavailable         Secrets or Sink failed; the sender should retry
+//	429 too_many_requests   the sender's pending limits are reached (Retry-After)
+//	503 unavailable         Secrets or Sink failed, or the pending limits of
+//	                        all senders are reached; the sender should retry
 //
 // Errors are api.ErrorResponse bodies.
 func (r *Receiver) ServeHook(w http.ResponseWriter, req *http.Request, hook string) {
 	ans, rej := r.serve(w, req, hook)
 	if rej != nil {
 		r.rejected(req, hook, rej)
-		if rej.status == http.StatusMethodNotAllowed {
+		// The body may be unread: the server would otherwise wait for
+		// (some of) it before answering.
+		w.Header().Set("Connection", "close")
+		switch rej.status {
+		case http.StatusMethodNotAllowed:
 			w.Header().Set("Allow", http.MethodPost)
+		case http.StatusTooManyRequests, http.StatusServiceUnavailable:
+			w.Header().Set("Retry-After", "1")
 		}
 		writeHookJSON(w, rej.status, api.ErrorResponse{Error: api.ErrorBody{Code: rej.code, Message: rej.msg}})
 		return
@@ -242,24 +287,50 @@ func (r *Receiver) serve(w http.ResponseWriter, req *http.Request, hook string) 
 	if rej != nil {
 		return hookAnswer{}, rej
 	}
-	raw, rej := r.readBody(w, req)
+	// A delivery that cannot be signed right is refused unread.
+	if _, err := parseSignature(req.Header.Get(HeaderSignature)); err != nil {
+		return hookAnswer{}, hookReject(http.StatusUnauthorized, api.CodeUnauthorized, "%s", strings.TrimPrefix(err.Error(), "trigger: "))
+	}
+	// Until the signature checks out the sender is anyone: its body is
+	// hashed as it streams in and held within the pending limits (see
+	// Receiver), mostly on disk, and read into memory only once it is
+	// authenticated.
+	c, rej := r.admit(req)
 	if rej != nil {
 		return hookAnswer{}, rej
 	}
-
-	// Authenticate before anything in the body or headers is believed.
-	signed := [][]byte{raw}
+	defer c.release()
+	mac := hmac.New(sha256.New, secret)
+	hashes := []hash.Hash{mac}
+	var sum hash.Hash // the signed material's SHA-256: a generic hook's fallback delivery id
 	if hook != GitHubHook {
+		sum = sha256.New()
+		hashes = append(hashes, sum)
 		if ts := req.Header.Get(HeaderTimestamp); ts != "" {
 			if rej := r.checkTimestamp(ts); rej != nil {
 				return hookAnswer{}, rej
 			}
-			signed = [][]byte{[]byte(ts), []byte("."), raw}
+			for _, h := range hashes {
+				io.WriteString(h, ts+".")
+			}
 		}
 	}
-	if err := verifyParts(secret, req.Header.Get(HeaderSignature), signed...); err != nil {
+	body, rej := r.readBody(w, req, c, hashes)
+	if rej != nil {
+		return hookAnswer{}, rej
+	}
+	defer body.close()
+
+	// Authenticate before anything in the body or headers is believed.
+	if err := checkSignature(req.Header.Get(HeaderSignature), mac.Sum(nil)); err != nil {
 		return hookAnswer{}, hookReject(http.StatusUnauthorized, api.CodeUnauthorized, "%s", strings.TrimPrefix(err.Error(), "trigger: "))
 	}
+	raw, err := body.bytes()
+	if err != nil {
+		return hookAnswer{}, hookUnavailable("read back spooled body: " + err.Error())
+	}
+	body.close()
+	c.release() // authenticated: the body no longer counts as pending
 
 	var id, event string
 	if hook == GitHubHook {
@@ -275,10 +346,6 @@ func (r *Receiver) serve(w http.ResponseWriter, req *http.Request, hook string) 
 			id = req.Header.Get(HeaderRequestID)
 		}
 		if id == "" {
-			sum := sha256.New()
-			for _, p := range signed {
-				sum.Write(p)
-			}
 			id = "sha256:" + hex.EncodeToString(sum.Sum(nil))
 		}
 	}
@@ -296,7 +363,6 @@ func (r *Receiver) serve(w http.ResponseWriter, req *http.Request, hook string) 
 		}
 	}
 	var ev Event
-	var err error
 	if hook == GitHubHook {
 		ev, err = GitHubEvent(event, id, payload)
 	} else {
@@ -378,28 +444,6 @@ func hookFormPayload(raw []byte) ([]byte, *hookRejection) {
 		return nil, hookReject(http.StatusBadRequest, api.CodeInvalid, "form body has no payload field")
 	}
 	return []byte(p), nil
-}
-
-// readBody reads the whole body, at most MaxBody bytes.
-func (r *Receiver) readBody(w http.ResponseWriter, req *http.Request) ([]byte, *hookRejection) {
-	limit := r.MaxBody
-	if limit <= 0 {
-		limit = DefaultMaxBody
-	}
-	tooLarge := func() *hookRejection {
-		return hookReject(http.StatusRequestEntityTooLarge, api.CodeTooLarge, "body is larger than the limit of %d bytes", limit)
-	}
-	if req.ContentLength > limit {
-		return nil, tooLarge()
-	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, req.Body, limit))
-	if err != nil {
-		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
-			return nil, tooLarge()
-		}
-		return nil, hookReject(http.StatusBadRequest, api.CodeInvalid, "read body: %v", err)
-	}
-	return body, nil
 }
 
 // checkTimestamp checks a HeaderTimestamp value against the clock.

@@ -5,6 +5,7 @@ package vmm
 
 import (
 	"context"
+	"errors"
 	"net"
 	"time"
 )
@@ -27,11 +28,22 @@ type Spec struct {
 	MemoryMiB int
 	CPUs      int
 
+	// Started, if set, is called by Snapshotter.Restore as soon as the
+	// VMM process runs, with the handle Adopt takes, before anything is
+	// loaded: a caller records it so that a crash from then on finds the
+	// process. An error fails the restore.
+	Started func(ctx context.Context, handle []byte) error
 	// BeforeLoad, if set, is called by Snapshotter.Restore once the VMM
 	// process runs and before it loads the state; an error fails the
 	// restore. The RAM file may be completed meanwhile: a clone's copy of
 	// it overlaps the VMM's start.
 	BeforeLoad func(context.Context) error
+	// BeforeRun, if set, is called by Snapshotter.Restore once the state
+	// is loaded and before the guest runs: until then the snapshot's
+	// files are unchanged (a VMM killed earlier leaves the snapshot as
+	// good as before); from then on the guest changes its RAM file. An
+	// error fails the restore with the guest never run.
+	BeforeRun func(context.Context) error
 }
 
 // Driver boots VMs and re-adopts those that outlived the process that
@@ -49,6 +61,18 @@ type Driver interface {
 	// Accel names the accelerator the driver uses ("kvm" or "tcg").
 	Accel() string
 }
+
+// Status is what a VM is doing, for recovery after a crash.
+type Status string
+
+// Statuses. A guest that is Paused or Incoming has not run since the
+// state it holds was saved or loaded.
+const (
+	StatusRunning  Status = "running"  // the guest runs
+	StatusPaused   Status = "paused"   // stopped: after a save's migration, or never continued
+	StatusIncoming Status = "incoming" // waiting for, or loading, a saved state
+	StatusSaving   Status = "saving"   // a save's migration is under way
+)
 
 // VM is one running virtual machine.
 type VM interface {
@@ -71,6 +95,11 @@ type VM interface {
 	// ConsoleTail returns the last bytes the guest wrote to its console,
 	// for error messages about a guest that crashed or never answered.
 	ConsoleTail() string
+	// Status says what the VM is doing (see Status).
+	Status(ctx context.Context) (Status, error)
+	// Resume lets a Paused guest run again; a save's migration still under
+	// way is cancelled first. Resuming a running guest is a no-op.
+	Resume(ctx context.Context) error
 }
 
 // Snapshotter is implemented by drivers that can park a whole VM on disk
@@ -85,10 +114,18 @@ type VM interface {
 // must describe the same machine (devices, memory size, kernel), spec.Dir
 // must hold that VM's RAM file, and spec.Disk the disk as it was saved. The
 // guest runs when Restore returns.
+//
+// A Restore that fails after BeforeRun returns an error wrapping
+// ErrNotRun when it knows the guest never ran (the VMM was gone before it
+// was told to continue): the snapshot's files are then unchanged.
 type Snapshotter interface {
 	Save(ctx context.Context, vm VM, statePath string) (SaveStats, error)
 	Restore(ctx context.Context, spec Spec, statePath string) (VM, RestoreStats, error)
 }
+
+// ErrNotRun marks a failed Restore whose guest never ran (see
+// Snapshotter).
+var ErrNotRun = errors.New("the guest never ran")
 
 // SaveStats says where a save's time went.
 type SaveStats struct {

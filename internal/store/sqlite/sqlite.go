@@ -28,6 +28,11 @@ import (
 // returned survives a crash of the process or the machine. All calls share
 // one connection: writers queue in Go rather than meet SQLITE_BUSY, which at
 // cove's write rates costs nothing.
+//
+// When the database cannot be used for now (another process holds its lock
+// past the busy timeout, its files cannot be written, the disk is full),
+// calls fail with errors wrapping store.ErrUnavailable that say which, and
+// change nothing; once the cause is gone the same Store works again.
 type Store struct {
 	db     *sql.DB
 	events groupCommit // RecordEvent's batches
@@ -48,13 +53,13 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	}
 	abs, err := filepath.Abs(path)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+		return nil, errorf("sqlite: open %s: %w", path, err)
 	}
 	dir := filepath.Dir(abs)
 	if fi, err := os.Stat(dir); err != nil {
-		return nil, fmt.Errorf("sqlite: open %s: database directory: %w", path, err)
+		return nil, errorf("sqlite: open %s: database directory: %w", path, err)
 	} else if !fi.IsDir() {
-		return nil, fmt.Errorf("sqlite: open %s: database directory %s is not a directory", path, dir)
+		return nil, errorf("sqlite: open %s: database directory %s is not a directory", path, dir)
 	}
 	// Create the file before SQLite does, which would make it 0644. SQLite
 	// gives the -wal and -shm files the database file's mode.
@@ -63,19 +68,19 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		if pe, ok := errors.AsType[*fs.PathError](err); ok {
 			err = pe.Err // the path is already in the message
 		}
-		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+		return nil, errorf("sqlite: open %s: %w", path, err)
 	}
 	f.Close()
 
 	db, err := sql.Open("sqlite", dsn(abs))
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+		return nil, errorf("sqlite: open %s: %w", path, err)
 	}
 	db.SetMaxOpenConns(1)
 	s := &Store{db: db}
 	if err := s.init(ctx); err != nil {
 		db.Close()
-		return nil, fmt.Errorf("sqlite: open %s: %w", path, err)
+		return nil, errorf("sqlite: open %s: %w", path, err)
 	}
 	return s, nil
 }
@@ -127,7 +132,7 @@ func (s *Store) init(ctx context.Context) error {
 // Close closes the database.
 func (s *Store) Close() error {
 	if err := s.db.Close(); err != nil {
-		return fmt.Errorf("sqlite: close: %w", err)
+		return errorf("sqlite: close: %w", err)
 	}
 	return nil
 }
@@ -140,13 +145,13 @@ const sessionColumns = `id, state, image, memory_mib, cpus, env, accel,
 func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
 	args, err := sessionArgs(sess)
 	if err != nil {
-		return fmt.Errorf("sqlite: create session %s: %w", sess.ID, err)
+		return errorf("sqlite: create session %s: %w", sess.ID, err)
 	}
 	res, err := s.db.ExecContext(ctx, `INSERT INTO sessions (`+sessionColumns+`)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO NOTHING`, args...)
 	if err := oneRow(res, err, store.ErrExists); err != nil {
-		return fmt.Errorf("sqlite: create session %s: %w", sess.ID, err)
+		return errorf("sqlite: create session %s: %w", sess.ID, err)
 	}
 	return nil
 }
@@ -155,7 +160,7 @@ func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
 func (s *Store) UpdateSession(ctx context.Context, sess store.Session) error {
 	args, err := sessionArgs(sess)
 	if err != nil {
-		return fmt.Errorf("sqlite: update session %s: %w", sess.ID, err)
+		return errorf("sqlite: update session %s: %w", sess.ID, err)
 	}
 	// sessionArgs starts with the id; it goes last, in WHERE.
 	args = append(args[1:], sess.ID)
@@ -165,7 +170,7 @@ func (s *Store) UpdateSession(ctx context.Context, sess store.Session) error {
 		idle_timeout_ns = ?, no_auto_wake = ?, template = ?, snapshot = ?, template_version = ?
 		WHERE id = ?`, args...)
 	if err := oneRow(res, err, store.ErrNotFound); err != nil {
-		return fmt.Errorf("sqlite: update session %s: %w", sess.ID, err)
+		return errorf("sqlite: update session %s: %w", sess.ID, err)
 	}
 	return nil
 }
@@ -178,7 +183,7 @@ func (s *Store) GetSession(ctx context.Context, id string) (store.Session, error
 		err = store.ErrNotFound
 	}
 	if err != nil {
-		return store.Session{}, fmt.Errorf("sqlite: get session %s: %w", id, err)
+		return store.Session{}, errorf("sqlite: get session %s: %w", id, err)
 	}
 	return sess, nil
 }
@@ -189,19 +194,19 @@ func (s *Store) ListSessions(ctx context.Context) ([]store.Session, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+sessionColumns+` FROM sessions
 		ORDER BY created_at, id`)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: list sessions: %w", err)
+		return nil, errorf("sqlite: list sessions: %w", err)
 	}
 	defer rows.Close()
 	var list []store.Session
 	for rows.Next() {
 		sess, err := scanSession(rows)
 		if err != nil {
-			return nil, fmt.Errorf("sqlite: list sessions: %w", err)
+			return nil, errorf("sqlite: list sessions: %w", err)
 		}
 		list = append(list, sess)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlite: list sessions: %w", err)
+		return nil, errorf("sqlite: list sessions: %w", err)
 	}
 	return list, nil
 }
@@ -210,7 +215,7 @@ func (s *Store) ListSessions(ctx context.Context) ([]store.Session, error) {
 func (s *Store) DeleteSession(ctx context.Context, id string) error {
 	res, err := s.db.ExecContext(ctx, `DELETE FROM sessions WHERE id = ?`, id)
 	if err := oneRow(res, err, store.ErrNotFound); err != nil {
-		return fmt.Errorf("sqlite: delete session %s: %w", id, err)
+		return errorf("sqlite: delete session %s: %w", id, err)
 	}
 	return nil
 }
@@ -221,7 +226,7 @@ const imageColumns = `name, key, dir, size_bytes, created_at, build_millis`
 func (s *Store) PutImage(ctx context.Context, im store.Image) error {
 	created, err := encodeTime(im.CreatedAt)
 	if err != nil {
-		return fmt.Errorf("sqlite: put image %s: created_at: %w", im.Name, err)
+		return errorf("sqlite: put image %s: created_at: %w", im.Name, err)
 	}
 	_, err = s.db.ExecContext(ctx, `INSERT INTO images (`+imageColumns+`)
 		VALUES (?, ?, ?, ?, ?, ?)
@@ -230,7 +235,7 @@ func (s *Store) PutImage(ctx context.Context, im store.Image) error {
 			created_at = excluded.created_at, build_millis = excluded.build_millis`,
 		im.Name, im.Key, im.Dir, im.SizeBytes, created, im.BuildMillis)
 	if err != nil {
-		return fmt.Errorf("sqlite: put image %s: %w", im.Name, err)
+		return errorf("sqlite: put image %s: %w", im.Name, err)
 	}
 	return nil
 }
@@ -243,7 +248,7 @@ func (s *Store) GetImage(ctx context.Context, name string) (store.Image, error) 
 		err = store.ErrNotFound
 	}
 	if err != nil {
-		return store.Image{}, fmt.Errorf("sqlite: get image %s: %w", name, err)
+		return store.Image{}, errorf("sqlite: get image %s: %w", name, err)
 	}
 	return im, nil
 }
@@ -252,19 +257,19 @@ func (s *Store) GetImage(ctx context.Context, name string) (store.Image, error) 
 func (s *Store) ListImages(ctx context.Context) ([]store.Image, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+imageColumns+` FROM images ORDER BY name`)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: list images: %w", err)
+		return nil, errorf("sqlite: list images: %w", err)
 	}
 	defer rows.Close()
 	var list []store.Image
 	for rows.Next() {
 		im, err := scanImage(rows)
 		if err != nil {
-			return nil, fmt.Errorf("sqlite: list images: %w", err)
+			return nil, errorf("sqlite: list images: %w", err)
 		}
 		list = append(list, im)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlite: list images: %w", err)
+		return nil, errorf("sqlite: list images: %w", err)
 	}
 	return list, nil
 }
@@ -273,7 +278,7 @@ func (s *Store) ListImages(ctx context.Context) ([]store.Image, error) {
 func (s *Store) DeleteImage(ctx context.Context, name string) error {
 	res, err := s.db.ExecContext(ctx, `DELETE FROM images WHERE name = ?`, name)
 	if err := oneRow(res, err, store.ErrNotFound); err != nil {
-		return fmt.Errorf("sqlite: delete image %s: %w", name, err)
+		return errorf("sqlite: delete image %s: %w", name, err)
 	}
 	return nil
 }
@@ -285,13 +290,13 @@ const templateColumns = `name, state, image, memory_mib, cpus, env, setup, start
 func (s *Store) CreateTemplate(ctx context.Context, t store.Template) error {
 	args, err := templateArgs(t)
 	if err != nil {
-		return fmt.Errorf("sqlite: create template %s: %w", t.Name, err)
+		return errorf("sqlite: create template %s: %w", t.Name, err)
 	}
 	res, err := s.db.ExecContext(ctx, `INSERT INTO templates (`+templateColumns+`)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (name) DO NOTHING`, args...)
 	if err := oneRow(res, err, store.ErrExists); err != nil {
-		return fmt.Errorf("sqlite: create template %s: %w", t.Name, err)
+		return errorf("sqlite: create template %s: %w", t.Name, err)
 	}
 	return nil
 }
@@ -300,10 +305,10 @@ func (s *Store) CreateTemplate(ctx context.Context, t store.Template) error {
 func (s *Store) UpdateTemplate(ctx context.Context, t store.Template) error {
 	args, err := templateArgs(t)
 	if err != nil {
-		return fmt.Errorf("sqlite: update template %s: %w", t.Name, err)
+		return errorf("sqlite: update template %s: %w", t.Name, err)
 	}
 	if err := updateTemplate(ctx, s.db, args); err != nil {
-		return fmt.Errorf("sqlite: update template %s: %w", t.Name, err)
+		return errorf("sqlite: update template %s: %w", t.Name, err)
 	}
 	return nil
 }
@@ -333,7 +338,7 @@ func (s *Store) GetTemplate(ctx context.Context, name string) (store.Template, e
 		err = store.ErrNotFound
 	}
 	if err != nil {
-		return store.Template{}, fmt.Errorf("sqlite: get template %s: %w", name, err)
+		return store.Template{}, errorf("sqlite: get template %s: %w", name, err)
 	}
 	return t, nil
 }
@@ -342,19 +347,19 @@ func (s *Store) GetTemplate(ctx context.Context, name string) (store.Template, e
 func (s *Store) ListTemplates(ctx context.Context) ([]store.Template, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT `+templateColumns+` FROM templates ORDER BY name`)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: list templates: %w", err)
+		return nil, errorf("sqlite: list templates: %w", err)
 	}
 	defer rows.Close()
 	var list []store.Template
 	for rows.Next() {
 		t, err := scanTemplate(rows)
 		if err != nil {
-			return nil, fmt.Errorf("sqlite: list templates: %w", err)
+			return nil, errorf("sqlite: list templates: %w", err)
 		}
 		list = append(list, t)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlite: list templates: %w", err)
+		return nil, errorf("sqlite: list templates: %w", err)
 	}
 	return list, nil
 }
@@ -363,7 +368,7 @@ func (s *Store) ListTemplates(ctx context.Context) ([]store.Template, error) {
 func (s *Store) DeleteTemplate(ctx context.Context, name string) error {
 	res, err := s.db.ExecContext(ctx, `DELETE FROM templates WHERE name = ?`, name)
 	if err := oneRow(res, err, store.ErrNotFound); err != nil {
-		return fmt.Errorf("sqlite: delete template %s: %w", name, err)
+		return errorf("sqlite: delete template %s: %w", name, err)
 	}
 	return nil
 }

@@ -45,7 +45,7 @@ const eventColumns = `seq, source, id, name, fields, body, received`
 // and fsync, most of an event's cost alone, are paid once per batch.
 func (s *Store) RecordEvent(ctx context.Context, ev store.Event, sessions []string) (store.Event, []string, bool, error) {
 	fail := func(err error) (store.Event, []string, bool, error) {
-		return store.Event{}, nil, false, fmt.Errorf("sqlite: record event %s/%s: %w", ev.Source, ev.ID, err)
+		return store.Event{}, nil, false, errorf("sqlite: record event %s/%s: %w", ev.Source, ev.ID, err)
 	}
 	fields, err := encodeFields(ev.Fields)
 	if err != nil {
@@ -258,7 +258,7 @@ func (s *Store) GetEvent(ctx context.Context, seq int64) (store.Event, error) {
 		err = store.ErrNotFound
 	}
 	if err != nil {
-		return store.Event{}, fmt.Errorf("sqlite: get event %d: %w", seq, err)
+		return store.Event{}, errorf("sqlite: get event %d: %w", seq, err)
 	}
 	return ev, nil
 }
@@ -289,15 +289,15 @@ const subscriptionColumns = `session_id, until, deadline, created_at`
 func (s *Store) PutSubscription(ctx context.Context, sub store.Subscription) error {
 	until, err := encodeUntil(sub.Until)
 	if err != nil {
-		return fmt.Errorf("sqlite: put subscription %s: until: %w", sub.SessionID, err)
+		return errorf("sqlite: put subscription %s: until: %w", sub.SessionID, err)
 	}
 	deadline, err := encodeTime(sub.Deadline)
 	if err != nil {
-		return fmt.Errorf("sqlite: put subscription %s: deadline: %w", sub.SessionID, err)
+		return errorf("sqlite: put subscription %s: deadline: %w", sub.SessionID, err)
 	}
 	created, err := encodeTime(sub.CreatedAt)
 	if err != nil {
-		return fmt.Errorf("sqlite: put subscription %s: created_at: %w", sub.SessionID, err)
+		return errorf("sqlite: put subscription %s: created_at: %w", sub.SessionID, err)
 	}
 	_, err = s.db.ExecContext(ctx, `INSERT INTO subscriptions (`+subscriptionColumns+`)
 		VALUES (?, ?, ?, ?)
@@ -306,7 +306,7 @@ func (s *Store) PutSubscription(ctx context.Context, sub store.Subscription) err
 			created_at = excluded.created_at`,
 		sub.SessionID, until, deadline, created)
 	if err != nil {
-		return fmt.Errorf("sqlite: put subscription %s: %w", sub.SessionID, err)
+		return errorf("sqlite: put subscription %s: %w", sub.SessionID, err)
 	}
 	return nil
 }
@@ -320,7 +320,7 @@ func (s *Store) GetSubscription(ctx context.Context, sessionID string) (store.Su
 		err = store.ErrNotFound
 	}
 	if err != nil {
-		return store.Subscription{}, fmt.Errorf("sqlite: get subscription %s: %w", sessionID, err)
+		return store.Subscription{}, errorf("sqlite: get subscription %s: %w", sessionID, err)
 	}
 	return sub, nil
 }
@@ -329,7 +329,7 @@ func (s *Store) GetSubscription(ctx context.Context, sessionID string) (store.Su
 func (s *Store) DeleteSubscription(ctx context.Context, sessionID string) error {
 	res, err := s.db.ExecContext(ctx, `DELETE FROM subscriptions WHERE session_id = ?`, sessionID)
 	if err := oneRow(res, err, store.ErrNotFound); err != nil {
-		return fmt.Errorf("sqlite: delete subscription %s: %w", sessionID, err)
+		return errorf("sqlite: delete subscription %s: %w", sessionID, err)
 	}
 	return nil
 }
@@ -340,19 +340,19 @@ func (s *Store) ListSubscriptions(ctx context.Context) ([]store.Subscription, er
 	rows, err := s.db.QueryContext(ctx, `SELECT `+subscriptionColumns+` FROM subscriptions
 		ORDER BY created_at, session_id`)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: list subscriptions: %w", err)
+		return nil, errorf("sqlite: list subscriptions: %w", err)
 	}
 	defer rows.Close()
 	var list []store.Subscription
 	for rows.Next() {
 		sub, err := scanSubscription(rows)
 		if err != nil {
-			return nil, fmt.Errorf("sqlite: list subscriptions: %w", err)
+			return nil, errorf("sqlite: list subscriptions: %w", err)
 		}
 		list = append(list, sub)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlite: list subscriptions: %w", err)
+		return nil, errorf("sqlite: list subscriptions: %w", err)
 	}
 	return list, nil
 }
@@ -391,7 +391,7 @@ func (s *Store) ListDeliveries(ctx context.Context, state string) ([]store.Deliv
 			WHERE state = ? ORDER BY event_seq, session_id`, state)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: list deliveries %q: %w", state, err)
+		return nil, errorf("sqlite: list deliveries %q: %w", state, err)
 	}
 	defer rows.Close()
 	var list []store.Delivery
@@ -401,14 +401,14 @@ func (s *Store) ListDeliveries(ctx context.Context, state string) ([]store.Deliv
 			created, updated sql.NullInt64
 		)
 		if err := rows.Scan(&d.EventSeq, &d.SessionID, &d.State, &d.Error, &created, &updated); err != nil {
-			return nil, fmt.Errorf("sqlite: list deliveries %q: %w", state, err)
+			return nil, errorf("sqlite: list deliveries %q: %w", state, err)
 		}
 		d.CreatedAt = decodeTime(created)
 		d.UpdatedAt = decodeTime(updated)
 		list = append(list, d)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlite: list deliveries %q: %w", state, err)
+		return nil, errorf("sqlite: list deliveries %q: %w", state, err)
 	}
 	return list, nil
 }
@@ -417,13 +417,13 @@ func (s *Store) ListDeliveries(ctx context.Context, state string) ([]store.Deliv
 func (s *Store) UpdateDelivery(ctx context.Context, d store.Delivery) error {
 	updated, err := encodeTime(d.UpdatedAt)
 	if err != nil {
-		return fmt.Errorf("sqlite: update delivery %d/%s: updated_at: %w", d.EventSeq, d.SessionID, err)
+		return errorf("sqlite: update delivery %d/%s: updated_at: %w", d.EventSeq, d.SessionID, err)
 	}
 	res, err := s.db.ExecContext(ctx, `UPDATE deliveries SET state = ?, error = ?, updated_at = ?
 		WHERE event_seq = ? AND session_id = ?`,
 		d.State, d.Error, updated, d.EventSeq, d.SessionID)
 	if err := oneRow(res, err, store.ErrNotFound); err != nil {
-		return fmt.Errorf("sqlite: update delivery %d/%s: %w", d.EventSeq, d.SessionID, err)
+		return errorf("sqlite: update delivery %d/%s: %w", d.EventSeq, d.SessionID, err)
 	}
 	return nil
 }
@@ -440,7 +440,7 @@ func (s *Store) DeleteSessionTriggers(ctx context.Context, sessionID string) err
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("sqlite: delete triggers of session %s: %w", sessionID, err)
+		return errorf("sqlite: delete triggers of session %s: %w", sessionID, err)
 	}
 	return nil
 }
@@ -451,7 +451,7 @@ func (s *Store) PutHookSecret(ctx context.Context, name string, secret []byte) e
 		ON CONFLICT (name) DO UPDATE SET secret = excluded.secret`,
 		name, encodeBlob(secret))
 	if err != nil {
-		return fmt.Errorf("sqlite: put hook %s: %w", name, err)
+		return errorf("sqlite: put hook %s: %w", name, err)
 	}
 	return nil
 }
@@ -464,7 +464,7 @@ func (s *Store) GetHookSecret(ctx context.Context, name string) ([]byte, error) 
 		err = store.ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: get hook %s: %w", name, err)
+		return nil, errorf("sqlite: get hook %s: %w", name, err)
 	}
 	if len(secret) == 0 {
 		secret = nil
@@ -476,19 +476,19 @@ func (s *Store) GetHookSecret(ctx context.Context, name string) ([]byte, error) 
 func (s *Store) ListHooks(ctx context.Context) ([]string, error) {
 	rows, err := s.db.QueryContext(ctx, `SELECT name FROM hooks ORDER BY name`)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: list hooks: %w", err)
+		return nil, errorf("sqlite: list hooks: %w", err)
 	}
 	defer rows.Close()
 	var names []string
 	for rows.Next() {
 		var name string
 		if err := rows.Scan(&name); err != nil {
-			return nil, fmt.Errorf("sqlite: list hooks: %w", err)
+			return nil, errorf("sqlite: list hooks: %w", err)
 		}
 		names = append(names, name)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlite: list hooks: %w", err)
+		return nil, errorf("sqlite: list hooks: %w", err)
 	}
 	return names, nil
 }
@@ -497,7 +497,7 @@ func (s *Store) ListHooks(ctx context.Context) ([]string, error) {
 func (s *Store) DeleteHook(ctx context.Context, name string) error {
 	res, err := s.db.ExecContext(ctx, `DELETE FROM hooks WHERE name = ?`, name)
 	if err := oneRow(res, err, store.ErrNotFound); err != nil {
-		return fmt.Errorf("sqlite: delete hook %s: %w", name, err)
+		return errorf("sqlite: delete hook %s: %w", name, err)
 	}
 	return nil
 }

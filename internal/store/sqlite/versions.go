@@ -15,7 +15,7 @@ const versionColumns = `template, version, state, commit_sha, base, reason, erro
 // PutTemplateVersion implements store.Store.
 func (s *Store) PutTemplateVersion(ctx context.Context, v store.TemplateVersion) error {
 	if err := s.inTx(ctx, func(tx *sql.Tx) error { return putVersion(ctx, tx, v) }); err != nil {
-		return fmt.Errorf("sqlite: put template %s version %d: %w", v.Template, v.Version, err)
+		return errorf("sqlite: put template %s version %d: %w", v.Template, v.Version, err)
 	}
 	return nil
 }
@@ -23,11 +23,11 @@ func (s *Store) PutTemplateVersion(ctx context.Context, v store.TemplateVersion)
 // SwapTemplateVersion implements store.Store.
 func (s *Store) SwapTemplateVersion(ctx context.Context, t store.Template, v store.TemplateVersion) error {
 	if v.Template != t.Name {
-		return fmt.Errorf("sqlite: swap template %s: version is of template %q", t.Name, v.Template)
+		return errorf("sqlite: swap template %s: version is of template %q", t.Name, v.Template)
 	}
 	args, err := templateArgs(t)
 	if err != nil {
-		return fmt.Errorf("sqlite: swap template %s: %w", t.Name, err)
+		return errorf("sqlite: swap template %s: %w", t.Name, err)
 	}
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		if err := putVersion(ctx, tx, v); err != nil {
@@ -36,7 +36,7 @@ func (s *Store) SwapTemplateVersion(ctx context.Context, t store.Template, v sto
 		return updateTemplate(ctx, tx, args)
 	})
 	if err != nil {
-		return fmt.Errorf("sqlite: swap template %s to version %d: %w", t.Name, v.Version, err)
+		return errorf("sqlite: swap template %s to version %d: %w", t.Name, v.Version, err)
 	}
 	return nil
 }
@@ -46,7 +46,7 @@ func (s *Store) ListTemplateVersions(ctx context.Context, name string) ([]store.
 	rows, err := s.db.QueryContext(ctx, `SELECT `+versionColumns+` FROM template_versions
 		WHERE template = ? ORDER BY version`, name)
 	if err != nil {
-		return nil, fmt.Errorf("sqlite: list template %s versions: %w", name, err)
+		return nil, errorf("sqlite: list template %s versions: %w", name, err)
 	}
 	defer rows.Close()
 	list := []store.TemplateVersion{}
@@ -57,7 +57,7 @@ func (s *Store) ListTemplateVersions(ctx context.Context, name string) ([]store.
 		)
 		if err := rows.Scan(&v.Template, &v.Version, &v.State, &v.Commit, &v.Base, &v.Reason, &v.Error,
 			&v.BuildMillis, &created, &updated, &v.Snapshot); err != nil {
-			return nil, fmt.Errorf("sqlite: list template %s versions: %w", name, err)
+			return nil, errorf("sqlite: list template %s versions: %w", name, err)
 		}
 		v.CreatedAt, v.UpdatedAt = decodeTime(created), decodeTime(updated)
 		if len(v.Snapshot) == 0 {
@@ -66,7 +66,7 @@ func (s *Store) ListTemplateVersions(ctx context.Context, name string) ([]store.
 		list = append(list, v)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("sqlite: list template %s versions: %w", name, err)
+		return nil, errorf("sqlite: list template %s versions: %w", name, err)
 	}
 	return list, nil
 }

@@ -56,9 +56,18 @@ type Config struct {
 	// User runs QEMU as this unprivileged user when the server is root;
 	// empty means no change of user.
 	User string
-	// CgroupRoot is the cgroup v1 mount root ("/sys/fs/cgroup"); empty
-	// disables cgroup limits.
+	// CgroupRoot is where each VM's cgroup limits are set (see cgroup.go):
+	// "/sys/fs/cgroup" on cgroup v1 hosts (one hierarchy per controller)
+	// and cgroup v2 ones, or a delegated directory in a cgroup v2
+	// hierarchy. Empty means no cgroup limits, said once by New.
 	CgroupRoot string
+	// AllowNoCgroups lets VMs run without the limits the cgroup root
+	// cannot apply (said once by New). Without it, New fails then, and so
+	// does a start whose limits cannot be set.
+	AllowNoCgroups bool
+	// ConsoleMaxBytes bounds each of a VM's two console files (see
+	// console.go); 0 means DefaultConsoleMaxBytes.
+	ConsoleMaxBytes int64
 	// SpareDir is where spare QEMU processes wait to be claimed by a
 	// restore (see Prewarm); it must be on the VMs' file system. Empty
 	// means no spares.
@@ -67,16 +76,20 @@ type Config struct {
 	// restored lately; 0 means 1.
 	Spares int
 	Log    *slog.Logger
+	// CrashPoint, if set, is called at each named step of a save and a
+	// restore (see crashPoint): tests of crash safety kill the process
+	// there. Never set in production.
+	CrashPoint func(name string)
 }
 
 // Driver is the QEMU vmm.Driver.
 type Driver struct {
-	cfg         Config
-	accel       string
-	uid, gid    int // -1 when not changing user
-	cgroupsWork bool
-	tscKHz      int     // host TSC rate passed to TCG guests; 0: unknown
-	spares      *spares // nil without Config.SpareDir
+	cfg      Config
+	accel    string
+	uid, gid int      // -1 when not changing user
+	cgroups  *cgroups // nil: no cgroup limits
+	tscKHz   int      // host TSC rate passed to TCG guests; 0: unknown
+	spares   *spares  // nil without Config.SpareDir
 }
 
 // New returns a driver, choosing the accelerator (see DetectAccel) and
@@ -112,13 +125,8 @@ func New(cfg Config) (*Driver, error) {
 			d.gid, _ = strconv.Atoi(u.Gid)
 		}
 	}
-	if cfg.CgroupRoot != "" {
-		probe := filepath.Join(cfg.CgroupRoot, "memory", "cove")
-		if err := os.MkdirAll(probe, 0o755); err == nil {
-			d.cgroupsWork = true
-		} else {
-			cfg.Log.Warn("qemu runs without cgroup limits", "err", err)
-		}
+	if err := d.setupCgroups(); err != nil {
+		return nil, err
 	}
 	if cfg.SpareDir != "" {
 		if d.cfg.Spares <= 0 {
@@ -131,6 +139,13 @@ func New(cfg Config) (*Driver, error) {
 		d.spares = &spares{idle: map[shape][]*VM{}, starting: map[shape]int{}, failures: map[shape]int{}}
 	}
 	return d, nil
+}
+
+// crashPoint marks a named step for Config.CrashPoint.
+func (d *Driver) crashPoint(name string) {
+	if d.cfg.CrashPoint != nil {
+		d.cfg.CrashPoint(name)
+	}
 }
 
 // Accel returns "kvm" or "tcg".
@@ -247,8 +262,9 @@ func machineArgs(accel string, tscKHz int, spec vmm.Spec, guest bool) []string {
 		"-device", "virtio-rng-device",
 		"-device", "virtio-serial-device,max_ports=4",
 		// The kernel's console: errors and panics only (quiet), kept for
-		// error messages about guests that crash or never answer.
-		"-chardev", "file,id=console,path="+path(ConsoleLog),
+		// error messages about guests that crash or never answer. A
+		// socket the driver reads into capped files (console.go).
+		"-chardev", "socket,id=console,fd="+strconv.Itoa(consoleFD),
 		"-serial", "chardev:console",
 		"-chardev", "socket,id="+agentChardev+",path="+path(AgentSocket)+",server=on,wait=off",
 		"-device", "virtserialport,chardev="+agentChardev+",name="+agentproto.PortName,
@@ -321,22 +337,39 @@ func (d *Driver) spawn(ctx context.Context, spec vmm.Spec, argv []string, opts s
 		return nil, fmt.Errorf("qemu: %s: %w", spec.ID, err)
 	}
 	defer logf.Close()
+	conHost, conQEMU, err := consolePair()
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %s: %w", spec.ID, err)
+	}
+	extra, err := withConsole(opts.extra, conQEMU)
+	if err != nil {
+		conHost.Close()
+		conQEMU.Close()
+		return nil, fmt.Errorf("qemu: %s: %w", spec.ID, err)
+	}
 	cmd := exec.Command(d.cfg.Binary, argv...)
 	cmd.Dir = spec.Dir
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.Env = []string{"PATH=/usr/bin:/bin"}
-	cmd.ExtraFiles = opts.extra
+	cmd.ExtraFiles = extra
 	// Its own session: QEMU outlives a server that dies or restarts (the
 	// next one adopts it) and ignores the terminal's Ctrl-C.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if d.uid >= 0 {
 		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: uint32(d.uid), Gid: uint32(d.gid)}
 	}
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	// QEMU has its own copy: the copy of the host's console sees the end
+	// of the file when QEMU exits.
+	conQEMU.Close()
+	if err != nil {
+		conHost.Close()
 		return nil, fmt.Errorf("qemu: %s: start: %w", spec.ID, err)
 	}
 	vm := &VM{d: d, id: spec.ID, dir: spec.Dir, cgroup: spec.ID, spareDir: opts.spareDir,
 		pid: cmd.Process.Pid, done: make(chan struct{})}
+	con := startConsole(spec.Dir, d.consoleMax(), conHost)
+	vm.console = con
 	if opts.nice != 0 {
 		// The threads QEMU makes from now on inherit it.
 		setNice(vm.pid, opts.nice)
@@ -345,8 +378,9 @@ func (d *Driver) spawn(ctx context.Context, spec vmm.Spec, argv []string, opts s
 	go func() {
 		_ = cmd.Wait()
 		// However QEMU ended (Stop, a crash, a failed start), its cgroups
-		// (and a spare's directory) go with it, before anyone waiting on
-		// Done moves on.
+		// (and a spare's directory) go with it, and its last console
+		// output is written, before anyone waiting on Done moves on.
+		con.drain()
 		d.unlimit(vm.cgroup)
 		if opts.spareDir != "" {
 			os.RemoveAll(opts.spareDir)
@@ -354,9 +388,18 @@ func (d *Driver) spawn(ctx context.Context, spec vmm.Spec, argv []string, opts s
 		close(vm.done)
 	}()
 	vm.start, _ = procStartTime(vm.pid)
-	d.limit(spec, vm.pid)
+	if err := d.limit(spec, vm.pid); err != nil {
+		_ = vm.kill()
+		return nil, fmt.Errorf("qemu: %s: %w", spec.ID, err)
+	}
 
-	qctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	// QMP answers once QEMU has started: within the caller's deadline (a
+	// boot's timeout, say; a loaded host can take long), or 15 s.
+	limit := 15 * time.Second
+	if d, ok := ctx.Deadline(); ok {
+		limit = max(limit, time.Until(d))
+	}
+	qctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 	go func() {
 		select {
@@ -395,7 +438,12 @@ func (d *Driver) Adopt(ctx context.Context, raw []byte) (vmm.VM, error) {
 	if h.Cgroup != "" {
 		cgroup = h.Cgroup
 	}
-	vm := &VM{d: d, id: h.ID, dir: h.Dir, cgroup: cgroup, pid: h.PID, start: h.StartTime, done: make(chan struct{})}
+	// A claimed spare's own directory (its owner file) goes with it.
+	spareDir := ""
+	if strings.HasPrefix(cgroup, spareName) && d.cfg.SpareDir != "" && filepath.Base(cgroup) == cgroup {
+		spareDir = filepath.Join(d.cfg.SpareDir, cgroup)
+	}
+	vm := &VM{d: d, id: h.ID, dir: h.Dir, cgroup: cgroup, spareDir: spareDir, pid: h.PID, start: h.StartTime, done: make(chan struct{})}
 	go func() {
 		defer unix.Close(pidfd)
 		for {
@@ -405,6 +453,9 @@ func (d *Driver) Adopt(ctx context.Context, raw []byte) (vmm.VM, error) {
 			}
 		}
 		d.unlimit(cgroup)
+		if spareDir != "" {
+			os.RemoveAll(spareDir)
+		}
 		close(vm.done)
 	}()
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -414,6 +465,7 @@ func (d *Driver) Adopt(ctx context.Context, raw []byte) (vmm.VM, error) {
 		return nil, fmt.Errorf("qemu: adopt %s: %w", h.ID, err)
 	}
 	vm.qmp = conn
+	d.attachConsole(ctx, vm)
 	return vm, nil
 }
 
@@ -437,6 +489,9 @@ type VM struct {
 
 	early sync.Mutex
 	agent net.Conn // guarded by early: connected by Restore, for the first DialAgent
+
+	conMu   sync.Mutex
+	console *console // guarded by conMu: copies the console socket into its files; nil when not held
 }
 
 // connectAgentEarly connects to the agent's chardev and waits until QEMU
@@ -507,6 +562,9 @@ func (vm *VM) DialAgent(ctx context.Context) (net.Conn, error) {
 	if c != nil {
 		return c, nil
 	}
+	if err := vm.waitGuestPort(ctx); err != nil {
+		return nil, err
+	}
 	var d net.Dialer
 	for {
 		c, err := d.DialContext(ctx, "unix", filepath.Join(vm.dir, AgentSocket))
@@ -519,6 +577,45 @@ func (vm *VM) DialAgent(ctx context.Context) (net.Conn, error) {
 		case <-vm.done:
 			return nil, fmt.Errorf("qemu: dial agent of %s: qemu exited", vm.id)
 		case <-time.After(2 * time.Millisecond):
+		}
+	}
+}
+
+// waitGuestPort waits until the guest has its end of the agent's port open
+// (QMP: the chardev's frontend is open). A host that connects before that
+// is not safe: QEMU reads nothing from it until the guest opens the port,
+// a closed connection is then noticed late (the next ones queue behind
+// it), and its notice that a host is connected can be lost to a guest
+// whose control queue had no buffer free at that instant, after which the
+// guest cannot answer on the connection at all. A running guest has the
+// port open: this returns at once.
+func (vm *VM) waitGuestPort(ctx context.Context) error {
+	if vm.qmp == nil {
+		return nil
+	}
+	for {
+		raw, err := vm.qmp.Execute(ctx, "query-chardev", nil)
+		if err != nil {
+			return fmt.Errorf("qemu: agent port of %s: %w", vm.id, err)
+		}
+		var chardevs []struct {
+			Label        string `json:"label"`
+			FrontendOpen bool   `json:"frontend-open"`
+		}
+		if err := json.Unmarshal(raw, &chardevs); err != nil {
+			return fmt.Errorf("qemu: agent port of %s: query-chardev: %w", vm.id, err)
+		}
+		for _, cd := range chardevs {
+			if cd.Label == agentChardev && cd.FrontendOpen {
+				return nil
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("qemu: agent port of %s: the guest never opened it: %w", vm.id, ctx.Err())
+		case <-vm.done:
+			return fmt.Errorf("qemu: agent port of %s: qemu exited", vm.id)
+		case <-time.After(10 * time.Millisecond):
 		}
 	}
 }
@@ -576,24 +673,125 @@ func (vm *VM) kill() error {
 // Release closes the QMP connection and leaves QEMU running: QEMU serves
 // one QMP client at a time, and the next server adopts the VM.
 func (vm *VM) Release() error {
+	// The console's host end goes too: QEMU drops the guest's console
+	// output until the next server adopts it.
+	vm.setConsole(nil)
+	// So does an agent connection made for a restore and never taken:
+	// the channel takes one connection at a time.
+	vm.early.Lock()
+	if vm.agent != nil {
+		vm.agent.Close()
+		vm.agent = nil
+	}
+	vm.early.Unlock()
 	if vm.qmp == nil {
 		return nil
 	}
 	return vm.qmp.Close()
 }
 
-// Resume continues a paused guest (after an interrupted save, say).
+// Status says what the VM is doing, from QMP's query-status and
+// query-migrate.
+func (vm *VM) Status(ctx context.Context) (vmm.Status, error) {
+	if vm.qmp == nil {
+		return "", fmt.Errorf("qemu: status %s: no QMP connection", vm.id)
+	}
+	run, err := vm.runState(ctx)
+	if err != nil {
+		return "", err
+	}
+	switch run {
+	case "inmigrate", "prelaunch":
+		return vmm.StatusIncoming, nil
+	case "finish-migrate":
+		return vmm.StatusSaving, nil
+	}
+	mig, err := vm.migrationStatus(ctx)
+	if err != nil {
+		return "", err
+	}
+	if migrationActive(mig) {
+		return vmm.StatusSaving, nil
+	}
+	if run == "running" {
+		return vmm.StatusRunning, nil
+	}
+	return vmm.StatusPaused, nil
+}
+
+// runState is QEMU's run state (query-status).
+func (vm *VM) runState(ctx context.Context) (string, error) {
+	return vm.queryStatus(ctx, "query-status")
+}
+
+// migrationStatus is the state of the last migration (query-migrate).
+func (vm *VM) migrationStatus(ctx context.Context) (string, error) {
+	return vm.queryStatus(ctx, "query-migrate")
+}
+
+// queryStatus runs a QMP query whose answer has a "status".
+func (vm *VM) queryStatus(ctx context.Context, cmd string) (string, error) {
+	raw, err := vm.qmp.Execute(ctx, cmd, nil)
+	if err != nil {
+		return "", fmt.Errorf("qemu: status %s: %w", vm.id, err)
+	}
+	var st struct {
+		Status string `json:"status"`
+	}
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return "", fmt.Errorf("qemu: status %s: %s: %w", vm.id, cmd, err)
+	}
+	return st.Status, nil
+}
+
+// migrationActive reports whether a query-migrate status is of a
+// migration under way.
+func migrationActive(status string) bool {
+	switch status {
+	case "", "none", "completed", "failed", "cancelled":
+		return false
+	}
+	return true
+}
+
+// Resume lets a paused guest run again (after a save cut short, say): a
+// migration still under way is cancelled first, and waited for.
 func (vm *VM) Resume(ctx context.Context) error {
 	if vm.qmp == nil {
 		return fmt.Errorf("qemu: resume %s: no QMP connection", vm.id)
 	}
-	_, err := vm.qmp.Execute(ctx, "cont", nil)
-	return err
+	for i := 0; ; i++ {
+		mig, err := vm.migrationStatus(ctx)
+		if err != nil {
+			return err
+		}
+		if !migrationActive(mig) {
+			break
+		}
+		if i == 0 {
+			if _, err := vm.qmp.Execute(ctx, "migrate_cancel", nil); err != nil {
+				return fmt.Errorf("qemu: resume %s: %w", vm.id, err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("qemu: resume %s: migration still under way: %w", vm.id, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+	run, err := vm.runState(ctx)
+	if err != nil || run == "running" {
+		return err
+	}
+	if _, err := vm.qmp.Execute(ctx, "cont", nil); err != nil {
+		return fmt.Errorf("qemu: resume %s (%s): %w", vm.id, run, err)
+	}
+	return nil
 }
 
 // ConsoleTail returns the end of the guest console and QEMU's own log.
 func (vm *VM) ConsoleTail() string {
-	s := strings.TrimSpace(vm.logTail(ConsoleLog, 1500))
+	s := strings.TrimSpace(printable(vm.consoleBytes(1500)))
 	if q := strings.TrimSpace(vm.logTail(QEMULog, 500)); q != "" {
 		s += "\nqemu: " + q
 	}
@@ -614,12 +812,7 @@ func (vm *VM) logTail(name string, n int64) string {
 	buf := make([]byte, fi.Size()-off)
 	_, _ = f.ReadAt(buf, off)
 	// Guest output is hostile: keep printable text only.
-	return strings.Map(func(r rune) rune {
-		if r == '\n' || r == '\t' || (r >= 0x20 && r != 0x7f && r != 0xfffd) {
-			return r
-		}
-		return -1
-	}, string(buf))
+	return printable(buf)
 }
 
 // procStartTime reads a process's start time (clock ticks since boot).
@@ -641,53 +834,53 @@ func procStartTime(pid int) (uint64, error) {
 	return strconv.ParseUint(f[19], 10, 64)
 }
 
-// limit puts QEMU in per-VM memory and cpu cgroups (v1).
-func (d *Driver) limit(spec vmm.Spec, pid int) {
-	if !d.cgroupsWork {
-		return
+// setupCgroups finds the cgroup hierarchy under Config.CgroupRoot (see
+// cgroup.go) and says once what limits VMs get. Limits it cannot apply
+// fail New unless Config.AllowNoCgroups.
+func (d *Driver) setupCgroups() error {
+	if d.cfg.CgroupRoot == "" {
+		d.cfg.Log.Warn("qemu runs VMs without cgroup limits (no cgroup root configured): a guest can take all the host's memory and CPU")
+		return nil
 	}
-	mem := int64(spec.MemoryMiB+tbSizeMiB+256) << 20
-	set := func(ctrl, file, value string) error {
-		dir := filepath.Join(d.cfg.CgroupRoot, ctrl, "cove", spec.ID)
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return err
-		}
-		if file != "" {
-			if err := os.WriteFile(filepath.Join(dir, file), []byte(value), 0o644); err != nil {
-				return err
-			}
-		}
-		return os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644)
+	cg, err := detectCgroups(d.cfg.CgroupRoot)
+	d.cgroups = cg
+	if err != nil && !d.cfg.AllowNoCgroups {
+		return fmt.Errorf("qemu: cgroup limits cannot be applied: %w; run the server as root on a host with the memory, cpu and pids controllers "+
+			"(cgroup v1, or cgroup v2 with them delegated to the cgroup root), or start it with --allow-no-cgroups to run VMs without these limits", err)
 	}
-	if err := set("memory", "memory.limit_in_bytes", strconv.FormatInt(mem, 10)); err != nil {
-		d.cfg.Log.Warn("memory cgroup", "session", spec.ID, "err", err)
+	if err != nil {
+		d.cfg.Log.Warn("qemu runs VMs without some cgroup limits (--allow-no-cgroups): a guest can take more of the host than it was given", "err", err)
 	}
-	if err := set("cpu", "cpu.cfs_quota_us", strconv.Itoa(spec.CPUs*100000)); err != nil {
-		d.cfg.Log.Warn("cpu cgroup", "session", spec.ID, "err", err)
+	if cg != nil {
+		d.cfg.Log.Info("qemu cgroup limits", "where", cg.describe())
 	}
+	return nil
+}
+
+// limit puts QEMU in its VM's cgroups with spec's limits. It fails when
+// they cannot be set, unless Config.AllowNoCgroups.
+func (d *Driver) limit(spec vmm.Spec, pid int) error {
+	if d.cgroups == nil {
+		return nil
+	}
+	err := d.cgroups.place(spec.ID, spec, pid)
+	if err != nil && d.cfg.AllowNoCgroups {
+		d.cfg.Log.Warn("cgroup limits not set", "vm", spec.ID, "err", err)
+		return nil
+	}
+	return err
 }
 
 func (d *Driver) unlimit(id string) {
-	if !d.cgroupsWork {
-		return
-	}
-	for _, ctrl := range []string{"memory", "cpu"} {
-		_ = os.Remove(filepath.Join(d.cfg.CgroupRoot, ctrl, "cove", id))
+	if d.cgroups != nil {
+		d.cgroups.remove(id)
 	}
 }
 
 // CleanCgroups removes the per-VM cgroups whose VM id keep reports false
 // (left behind by VMs that died while no server ran).
 func (d *Driver) CleanCgroups(keep func(id string) bool) {
-	if !d.cgroupsWork {
-		return
-	}
-	for _, ctrl := range []string{"memory", "cpu"} {
-		ents, _ := os.ReadDir(filepath.Join(d.cfg.CgroupRoot, ctrl, "cove"))
-		for _, e := range ents {
-			if e.IsDir() && !keep(e.Name()) {
-				_ = os.Remove(filepath.Join(d.cfg.CgroupRoot, ctrl, "cove", e.Name()))
-			}
-		}
+	if d.cgroups != nil {
+		d.cgroups.clean(keep)
 	}
 }

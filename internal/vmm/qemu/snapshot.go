@@ -58,12 +58,14 @@ func (d *Driver) Save(ctx context.Context, v vmm.VM, statePath string) (vmm.Save
 	if _, err := vm.qmp.Execute(ctx, "migrate", map[string]any{"uri": "fd:migfd"}); err != nil {
 		return stats, fmt.Errorf("qemu: save %s: %w", vm.id, err)
 	}
+	d.crashPoint("save.migrating")
 	if err := waitMigration(ctx, vm.qmp, events); err != nil {
 		// The source resumes on a failed migration; make sure it runs.
 		_, _ = vm.qmp.Execute(context.Background(), "cont", nil)
 		return stats, fmt.Errorf("qemu: save %s: %w", vm.id, err)
 	}
 	stats.Migrate = time.Since(start)
+	d.crashPoint("save.migrated")
 	// The guest is paused now. Make both files durable before the VM goes.
 	if err := f.Sync(); err != nil {
 		return stats, fmt.Errorf("qemu: save %s: sync state: %w", vm.id, err)
@@ -76,10 +78,12 @@ func (d *Driver) Save(ctx context.Context, v vmm.VM, statePath string) (vmm.Save
 	if err := f.Close(); err != nil {
 		return stats, err
 	}
+	d.crashPoint("save.synced")
 	if err := os.Rename(tmp, statePath); err != nil {
 		return stats, fmt.Errorf("qemu: save %s: %w", vm.id, err)
 	}
 	syncDir(filepath.Dir(statePath))
+	d.crashPoint("save.renamed")
 	if fi, err := os.Stat(statePath); err == nil {
 		stats.StateBytes = fi.Size()
 	}
@@ -215,6 +219,12 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, statePath string) (
 		_ = vm.kill()
 		return nil, stats, fmt.Errorf("qemu: restore %s: %w; qemu said: %s", spec.ID, err, vm.logTail(QEMULog, 1000))
 	}
+	d.crashPoint("restore.spawned")
+	if spec.Started != nil {
+		if err := spec.Started(ctx, vm.Handle()); err != nil {
+			return fail(err)
+		}
+	}
 	if _, err := vm.qmp.Execute(ctx, "migrate-set-capabilities", migrationCaps); err != nil {
 		return fail(err)
 	}
@@ -241,9 +251,21 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, statePath string) (
 		return fail(err)
 	}
 	stats.Load = time.Since(loadStart)
+	d.crashPoint("restore.loaded")
+	if spec.BeforeRun != nil {
+		if err := spec.BeforeRun(ctx); err != nil {
+			return fail(err)
+		}
+		// A QEMU that died meanwhile never ran the guest: say so, the
+		// snapshot is unchanged.
+		if _, err := vm.runState(ctx); err != nil {
+			return fail(fmt.Errorf("%w: %w", vmm.ErrNotRun, err))
+		}
+	}
 	if _, err := vm.qmp.Execute(ctx, "cont", nil); err != nil {
 		return fail(err)
 	}
+	d.crashPoint("restore.continued")
 	stats.Total = time.Since(start)
 	return vm, stats, nil
 }

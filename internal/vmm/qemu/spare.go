@@ -306,8 +306,17 @@ func (d *Driver) claim(ctx context.Context, vm *VM, spec vmm.Spec, state *os.Fil
 			return fmt.Errorf("claim spare: %s: %w", s.cmd, err)
 		}
 	}
-	for _, f := range []string{QMPSocket, AgentSocket, ConsoleLog, QEMULog} {
+	for _, f := range []string{QMPSocket, AgentSocket, QEMULog} {
 		if err := os.Rename(filepath.Join(vm.dir, f), filepath.Join(spec.Dir, f)); err != nil {
+			return fmt.Errorf("claim spare: %w", err)
+		}
+	}
+	// The console's files are written where they are moved to.
+	vm.conMu.Lock()
+	con := vm.console
+	vm.conMu.Unlock()
+	if con != nil {
+		if err := con.move(spec.Dir); err != nil {
 			return fmt.Errorf("claim spare: %w", err)
 		}
 	}
@@ -340,14 +349,19 @@ func (d *Driver) own(spec vmm.Spec) error {
 // ones are VMs: their sessions adopt them, or Orphans finds them.
 func (d *Driver) cleanSpares() {
 	live := map[string]bool{}
+	var killed []int
 	for _, p := range Procs(d.cfg.SpareDir) {
 		if p.Spare {
 			d.cfg.Log.Warn("killing a spare QEMU process left by an earlier server", "pid", p.PID)
 			_ = unix.Kill(p.PID, unix.SIGKILL)
+			killed = append(killed, p.PID)
 		} else if name := filepath.Base(p.dir()); strings.HasPrefix(name, spareName) {
 			live[name] = true
 		}
 	}
+	// Gone before their cgroups are cleaned (Sweep): a cgroup with a
+	// process in it stays.
+	waitGone(killed, 10*time.Second)
 	ents, _ := os.ReadDir(d.cfg.SpareDir)
 	for _, e := range ents {
 		if !live[e.Name()] {
