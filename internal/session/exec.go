@@ -11,6 +11,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/agentproto"
@@ -101,11 +102,36 @@ func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest) (Pro
 		}
 		return nil, guestErr(id, "exec", err)
 	}
-	proc := &process{m: m, id: id, pid: p.PID, cur: p, l: l, done: make(chan struct{}), gone: ctx.Done()}
+	proc := &process{m: m, id: id, pid: p.PID, cur: p, l: l, done: make(chan struct{}), gone: ctx.Done(),
+		pace: rate.NewLimiter(execOutputRate, execOutputBurst)}
 	proc.stdoutR, proc.stdoutW = io.Pipe()
 	proc.stderrR, proc.stderrW = io.Pipe()
 	go proc.pump(ctx)
 	return proc, nil
+}
+
+// A command's output is relayed at up to execOutputRate: a guest that
+// floods its output (26 MiB/s of yes, relayed as NDJSON) would otherwise
+// take the host's CPU from its neighbours; past the rate the command's
+// writes wait in the guest.
+const (
+	execOutputRate  = 8 << 20 // bytes per second
+	execOutputBurst = 1 << 20
+)
+
+// paced writes to w no faster than its limiter allows.
+type paced struct {
+	w   io.Writer
+	lim *rate.Limiter
+}
+
+func (p paced) Write(b []byte) (int, error) {
+	for rest := b; len(rest) > 0; {
+		n := min(len(rest), p.lim.Burst())
+		_ = p.lim.WaitN(context.Background(), n)
+		rest = rest[n:]
+	}
+	return p.w.Write(b)
 }
 
 // process is a command in a guest, as the API sees it. Its streams outlive
@@ -125,6 +151,7 @@ type process struct {
 	stdoutR, stderrR *io.PipeReader
 	stdoutW, stderrW *io.PipeWriter
 
+	pace   *rate.Limiter   // the output's relay rate (see execOutputRate)
 	gone   <-chan struct{} // the caller's context ended
 	done   chan struct{}   // closed when the command ended (or was lost)
 	status api.ExitStatus  // set before done closes
@@ -145,8 +172,8 @@ func (p *process) pump(ctx context.Context) {
 		cur, l := p.current()
 		var wg sync.WaitGroup
 		wg.Add(2)
-		go func() { defer wg.Done(); _, _ = io.Copy(p.stdoutW, cur.Stdout()) }()
-		go func() { defer wg.Done(); _, _ = io.Copy(p.stderrW, cur.Stderr()) }()
+		go func() { defer wg.Done(); _, _ = io.Copy(paced{p.stdoutW, p.pace}, cur.Stdout()) }()
+		go func() { defer wg.Done(); _, _ = io.Copy(paced{p.stderrW, p.pace}, cur.Stderr()) }()
 		wg.Wait()
 		exit, err := cur.Wait()
 		if err == nil {
