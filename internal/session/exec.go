@@ -395,7 +395,7 @@ func (m *Manager) Open(ctx context.Context, id, path string) (io.ReadCloser, err
 			return true, err
 		}
 		l.calls.Add(1) // until the download is closed
-		rc = &releasing{ReadCloser: r, l: l, id: id, what: "read " + path}
+		rc = &releasing{ReadCloser: r, m: m, l: l, id: id, what: "read " + path}
 		return false, nil
 	})
 	if err != nil {
@@ -496,7 +496,7 @@ func (m *Manager) GetTar(ctx context.Context, id, path string) (io.ReadCloser, e
 			return true, err
 		}
 		l.calls.Add(1) // until the download is closed
-		rc = &releasing{ReadCloser: r, l: l, id: id, what: "tar " + path}
+		rc = &releasing{ReadCloser: r, m: m, l: l, id: id, what: "tar " + path}
 		return false, nil
 	})
 	if err != nil {
@@ -523,6 +523,7 @@ func (m *Manager) PutTar(ctx context.Context, id, dir string, r io.Reader) error
 // and turns a stream cut short into the API's error.
 type releasing struct {
 	io.ReadCloser
+	m        *Manager
 	l        *live
 	id, what string
 	once     sync.Once
@@ -531,7 +532,16 @@ type releasing struct {
 func (r *releasing) Read(p []byte) (int, error) {
 	n, err := r.ReadCloser.Read(p)
 	if err != nil && !errors.Is(err, io.EOF) {
-		err = guestErr(r.id, r.what, err)
+		// Cut by a removal (or a failure) of the session meanwhile: say
+		// that, not that the guest stopped answering.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		gone := r.m.goneErr(ctx, r.id)
+		cancel()
+		if gone != nil {
+			err = gone
+		} else {
+			err = guestErr(r.id, r.what, err)
+		}
 	}
 	return n, err
 }
