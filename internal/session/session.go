@@ -19,7 +19,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -706,14 +705,7 @@ func (m *Manager) killStray(ctx context.Context, id string, keepPID int) {
 		m.cfg.Log.Warn("killing a VMM process no record names", "session", id, "pid", pid)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
-	for _, pid := range pids {
-		for ctx.Err() == nil {
-			if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid))); err != nil {
-				break
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
+	qemu.WaitGone(ctx, pids)
 }
 
 // killLeftover stops a VM the manager does not hold (a failed session

@@ -361,7 +361,7 @@ func (d *Driver) cleanSpares() {
 	}
 	// Gone before their cgroups are cleaned (Sweep): a cgroup with a
 	// process in it stays.
-	waitGone(killed, 10*time.Second)
+	waitGoneFor(killed, 10*time.Second)
 	ents, _ := os.ReadDir(d.cfg.SpareDir)
 	for _, e := range ents {
 		if !live[e.Name()] {

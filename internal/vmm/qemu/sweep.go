@@ -1,6 +1,7 @@
 package qemu
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -21,7 +22,7 @@ func (d *Driver) Sweep(dirRoot string, keep func(id string) bool) []int {
 		d.cfg.Log.Warn("killing orphan QEMU process", "pid", pid)
 		_ = unix.Kill(pid, unix.SIGKILL)
 	}
-	waitGone(killed, 10*time.Second)
+	waitGoneFor(killed, 10*time.Second)
 	if d.cfg.SpareDir != "" {
 		used := map[string]bool{}
 		for _, p := range Procs(d.cfg.SpareDir) {
@@ -40,19 +41,26 @@ func (d *Driver) Sweep(dirRoot string, keep func(id string) bool) []int {
 	return killed
 }
 
-// waitGone waits up to limit for the processes pids to be gone. A killed
-// process is gone from /proc once reaped (QEMU's parent, an earlier
-// server, is gone: init reaps it); a zombie still holds its cgroup.
-func waitGone(pids []int, limit time.Duration) {
-	deadline := time.Now().Add(limit)
+// WaitGone waits until the processes pids are gone, or ctx ends. A
+// killed process is gone from /proc once reaped (QEMU's parent, an
+// earlier server, is gone: init reaps it); a zombie still holds its
+// cgroup.
+func WaitGone(ctx context.Context, pids []int) {
 	for _, pid := range pids {
-		for time.Now().Before(deadline) {
+		for ctx.Err() == nil {
 			if _, err := os.Stat(filepath.Join("/proc", strconv.Itoa(pid))); err != nil {
 				break
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
 	}
+}
+
+// waitGoneFor is WaitGone for at most limit.
+func waitGoneFor(pids []int, limit time.Duration) {
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	WaitGone(ctx, pids)
 }
 
 // ownSpare reports whether name is a spare of this driver's, idle or
