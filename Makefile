@@ -33,8 +33,10 @@ test: deps
 	$(GO) test -count=1 -race -timeout 10m -run Fake ./internal/session/ ./internal/vmm/...
 
 # The load test at full size: 32 clients on 20 sessions for 10 minutes
-# (make test runs it for 1 minute on 10).
+# (make test runs it for 1 minute on 10), after a boot storm: 3 rounds of
+# 30 guests booting at once (build tag soak).
 soak: deps
+	$(GO) test -count=1 -v -tags soak -run '^TestBootStorm$$' -timeout 30m ./internal/vmm/qemu
 	COVE_LOAD_STRICT=1 COVE_LOAD_DURATION=10m COVE_LOAD_SESSIONS=20 $(GO) test -count=1 -v -run '^TestLoad$$' -timeout 40m ./cmd/cove
 
 bench: deps build

@@ -62,6 +62,7 @@ func serve(log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	agent.Mark("port " + port + " found")
 	return a.Serve(context.Background(), port)
 }
 

@@ -317,8 +317,6 @@ func TestLoad(t *testing.T) {
 // (COVE_LOAD_STRICT) fails on them like on any other.
 func knownIssue(msg string) string {
 	switch {
-	case strings.Contains(msg, "the guest never opened it"):
-		return "a guest that never opens its agent port during a boot on a loaded host"
 	case strings.Contains(msg, "a park of the session was in flight") && duplicatedOutput(msg):
 		return "output replayed twice after a park cut its stream"
 	}

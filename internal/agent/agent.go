@@ -75,6 +75,7 @@ func (a *Agent) Serve(ctx context.Context, path string) error {
 		return fmt.Errorf("agent: open port: %w", err)
 	}
 	defer f.Close()
+	Mark("port opened")
 	// Not f.Fd(): that would put the port in blocking mode, and reads
 	// must honour deadlines (a detach interrupts the reader).
 	rc, err := f.SyscallConn()
