@@ -1,6 +1,7 @@
 package trigger
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"hash"
@@ -9,6 +10,8 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+
+	"golang.org/x/time/rate"
 
 	"github.com/cove-dev/cove/api"
 )
@@ -25,6 +28,11 @@ const (
 	// when it delivers at full speed (cove's benchmark sends from 32
 	// goroutines on one address).
 	DefaultMaxSenderPending = 64
+	// DefaultMaxPendingRate is the byte rate pending bodies are read at,
+	// all senders together: GitHub's largest payload (25 MB) in under two
+	// seconds from one sender, which gets half of it; a typical delivery
+	// (a few KiB) never waits.
+	DefaultMaxPendingRate = 32 << 20
 )
 
 // bodyHead is the most of a pending body held in memory; a larger body
@@ -42,6 +50,9 @@ const (
 
 // pendingLoad is what pending deliveries hold, all together and per sender.
 type pendingLoad struct {
+	rateOnce sync.Once
+	rate     *rate.Limiter // the read rate of all pending bodies; see pace
+
 	mu      sync.Mutex
 	memory  int64                  // guarded by mu; bytes of body heads
 	spool   int64                  // guarded by mu; bytes claimed in SpoolDir
@@ -49,8 +60,9 @@ type pendingLoad struct {
 }
 
 type senderLoad struct {
-	n     int   // pending deliveries
-	bytes int64 // their body bytes claimed, memory and spool
+	n     int           // pending deliveries
+	bytes int64         // their body bytes claimed, memory and spool
+	rate  *rate.Limiter // its share of the read rate (half of all)
 }
 
 // claim is what one pending delivery holds of the Receiver's limits; it
@@ -58,6 +70,7 @@ type senderLoad struct {
 type claim struct {
 	r      *Receiver
 	sender string
+	rate   *rate.Limiter // the sender's share of the read rate
 	memory int64
 	spool  int64
 	done   bool
@@ -93,7 +106,7 @@ func (r *Receiver) admit(req *http.Request) (*claim, *hookRejection) {
 		if p.senders == nil {
 			p.senders = map[string]*senderLoad{}
 		}
-		s = &senderLoad{}
+		s = &senderLoad{rate: rate.NewLimiter(rate.Limit(r.maxRate()/2), bodyHead)}
 		p.senders[sender] = s
 	}
 	if s.n >= limit {
@@ -102,7 +115,29 @@ func (r *Receiver) admit(req *http.Request) (*claim, *hookRejection) {
 			detail: fmt.Sprintf("sender %s has %d deliveries pending, the limit", sender, s.n)}
 	}
 	s.n++
-	return &claim{r: r, sender: sender}, nil
+	return &claim{r: r, sender: sender, rate: s.rate}, nil
+}
+
+func (r *Receiver) maxRate() int64 {
+	if r.MaxPendingRate > 0 {
+		return r.MaxPendingRate
+	}
+	return DefaultMaxPendingRate
+}
+
+// pace waits until n more body bytes may be read: within the sender's
+// share, then within the rate of all senders. Hashing and spooling what
+// anyone may send costs CPU the host's sessions need; paced, a flood of
+// unsigned bodies costs a bounded share of a core (the bench: a neighbour
+// session's exec round trip 9x slower under 20 senders at full speed,
+// unpaced). n is at most bodyHead, the limiters' burst.
+func (c *claim) pace(ctx context.Context, n int) error {
+	p := &c.r.pending
+	p.rateOnce.Do(func() { p.rate = rate.NewLimiter(rate.Limit(c.r.maxRate()), bodyHead) })
+	if err := c.rate.WaitN(ctx, n); err != nil {
+		return err
+	}
+	return p.rate.WaitN(ctx, n)
 }
 
 // take adds memory and spool bytes to the claim, within every limit.
@@ -215,6 +250,9 @@ func (r *Receiver) readBody(w http.ResponseWriter, req *http.Request, c *claim, 
 	}
 	buf := make([]byte, head)
 	n, err := io.ReadFull(src, buf)
+	if perr := c.pace(req.Context(), n); perr != nil {
+		return nil, hookReadError(perr, limit)
+	}
 	hashAll(hashes, buf[:n])
 	switch {
 	case int64(n) == declared || errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) && declared < 0:
@@ -244,6 +282,10 @@ func (r *Receiver) readBody(w http.ResponseWriter, req *http.Request, c *claim, 
 	for {
 		n, err := src.Read(buf)
 		if n > 0 {
+			if perr := c.pace(req.Context(), n); perr != nil {
+				b.close()
+				return nil, hookReadError(perr, limit)
+			}
 			if need := b.size + int64(n) - c.spool; need > 0 {
 				if rej := c.take(0, min(max(need, spoolStep), limit-c.spool)); rej != nil {
 					b.close()

@@ -173,7 +173,8 @@ type Sink interface {
 // deliveries are bounded all together (MaxPendingMemory, MaxPendingSpool:
 // 503 with Retry-After past them) and per sender, the remote IP address or
 // IPv6 /64 (MaxSenderPending deliveries, and twice MaxBody of body bytes:
-// 429 with Retry-After past them). How fast a body must arrive is the API
+// 429 with Retry-After past them). They are read no faster than
+// MaxPendingRate, one sender at half of it. How fast a body must arrive is the API
 // server's business: it sets the connection's read deadline, and a body
 // cut off by it is answered 408.
 //
@@ -199,6 +200,10 @@ type Receiver struct {
 	// MaxSenderPending bounds the deliveries one sender has pending at
 	// once; zero or less means DefaultMaxSenderPending.
 	MaxSenderPending int
+	// MaxPendingRate bounds the bytes a second pending bodies are read at,
+	// all senders together (one sender gets half); zero or less means
+	// DefaultMaxPendingRate.
+	MaxPendingRate int64
 	// Now is the clock for HeaderTimestamp and Event.Received; nil means
 	// time.Now.
 	Now func() time.Time

@@ -343,7 +343,7 @@ func (d *Driver) spawn(ctx context.Context, spec vmm.Spec, argv []string, opts s
 	}
 	extra, err := withConsole(opts.extra, conQEMU)
 	if err != nil {
-		conHost.Close()
+		unix.Close(conHost)
 		conQEMU.Close()
 		return nil, fmt.Errorf("qemu: %s: %w", spec.ID, err)
 	}
@@ -363,7 +363,7 @@ func (d *Driver) spawn(ctx context.Context, spec vmm.Spec, argv []string, opts s
 	// of the file when QEMU exits.
 	conQEMU.Close()
 	if err != nil {
-		conHost.Close()
+		unix.Close(conHost)
 		return nil, fmt.Errorf("qemu: %s: start: %w", spec.ID, err)
 	}
 	vm := &VM{d: d, id: spec.ID, dir: spec.Dir, cgroup: spec.ID, spareDir: opts.spareDir,
