@@ -37,7 +37,7 @@ test: deps
 # 30 guests booting at once (build tag soak).
 soak: deps
 	$(GO) test -count=1 -v -tags soak -run '^TestBootStorm$$' -timeout 30m ./internal/vmm/qemu
-	COVE_LOAD_STRICT=1 COVE_LOAD_DURATION=10m COVE_LOAD_SESSIONS=20 $(GO) test -count=1 -v -run '^TestLoad$$' -timeout 40m ./cmd/cove
+	COVE_LOAD_DURATION=10m COVE_LOAD_SESSIONS=20 $(GO) test -count=1 -v -run '^TestLoad$$' -timeout 40m ./cmd/cove
 
 bench: deps build
 	$(GO) run ./cmd/covebench

@@ -163,7 +163,7 @@ func TestLoad(t *testing.T) {
 	l.pool = slices.DeleteFunc(l.pool, func(s string) bool { return s == id })
 	l.mu.Unlock()
 	l.remove(context.Background(), id, "warm-up")
-	if l.failed() && !l.onlyKnown() {
+	if l.failed() {
 		t.Fatalf("warm-up failed:\n%s%s", strings.Join(l.failures, "\n"), e.serverLog())
 	}
 	tr.CloseIdleConnections()
@@ -184,7 +184,7 @@ func TestLoad(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if l.failed() && !l.onlyKnown() {
+	if l.failed() {
 		t.Fatalf("creating the pool failed:\n%s", strings.Join(l.failures, "\n"))
 	}
 	rssStart := rssOf(t, pid)
@@ -290,15 +290,8 @@ func TestLoad(t *testing.T) {
 		kindList = append(kindList, k)
 	}
 	slices.Sort(kindList)
-	strict := os.Getenv("COVE_LOAD_STRICT") != ""
 	for _, k := range kindList {
 		report := t.Errorf
-		if why := knownIssue(l.examples[k]); why != "" && !strict {
-			// Logged, not failed, outside make soak: see the README.
-			report = func(format string, args ...any) {
-				t.Logf("KNOWN ISSUE ("+why+"): "+format, args...)
-			}
-		}
 		if l.kinds[k] == 1 && l.examples[k] == k {
 			report("%s", k)
 			continue
@@ -310,38 +303,6 @@ func TestLoad(t *testing.T) {
 			t.Error(err)
 		}
 	}
-}
-
-// knownIssue names the open issue a failure is an instance of (the
-// README's known limits), or "": make test logs these, make soak
-// (COVE_LOAD_STRICT) fails on them like on any other.
-func knownIssue(msg string) string {
-	switch {
-	case strings.Contains(msg, "a park of the session was in flight") && duplicatedOutput(msg):
-		return "output replayed twice after a park cut its stream"
-	}
-	return ""
-}
-
-// duplicatedOutput reports whether an exec failure message says the
-// command's stdout was its expected output with a prefix of it repeated
-// (a chunk sent on a stream a park cut, then replayed from the backlog).
-func duplicatedOutput(msg string) bool {
-	var got, errOut, want string
-	var code int
-	i := strings.Index(msg, "exec: stdout ")
-	if i < 0 {
-		return false
-	}
-	if _, err := fmt.Sscanf(msg[i:], "exec: stdout %q stderr %q exit %d, want %q", &got, &errOut, &code, &want); err != nil {
-		return false
-	}
-	for n := 1; n < len(want); n++ {
-		if got == want[:n]+want {
-			return true
-		}
-	}
-	return false
 }
 
 func pickOp(rng *rand.Rand) string {
@@ -436,22 +397,6 @@ func (l *load) fail(format string, args ...any) {
 	l.failures = append(l.failures, msg)
 	l.kinds[msg]++
 	l.examples[msg] = msg
-}
-
-// onlyKnown reports whether every failure so far is a known issue (see
-// knownIssue) and the run is not strict.
-func (l *load) onlyKnown() bool {
-	if os.Getenv("COVE_LOAD_STRICT") != "" {
-		return false
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	for _, f := range l.failures {
-		if knownIssue(f) == "" {
-			return false
-		}
-	}
-	return true
 }
 
 func (l *load) failed() bool {

@@ -34,7 +34,7 @@ type Agent struct {
 	reaper *reaper
 
 	mu       sync.Mutex
-	running  map[int]*running   // guarded by mu: commands by PID, until their exit is delivered
+	running  map[int]*running   // guarded by mu: commands by PID, until the host acknowledged their exit
 	kick     func(nonce string) // guarded by mu: ends the current connection (a detach)
 	listener *listener          // guarded by mu: the host's listen stream, if any
 	hostBack chan struct{}      // guarded by mu: closed when a listen stream arrives

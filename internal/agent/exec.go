@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -222,12 +223,13 @@ func (a *Agent) exec(st io.ReadWriter, req agentproto.Request) {
 	r := &running{p: p}
 	a.track(r)
 	go a.supervise(r, x.Timeout)
-	a.attach(st, r)
+	a.attach(st, r, &agentproto.Offsets{})
 }
 
-// attachOp re-attaches a stream to a command whose stream ended before it
-// did (the host parked the VM, or restarted): the output produced meanwhile
-// is replayed first.
+// attachOp re-attaches a stream to a command whose stream ended before its
+// exit was acknowledged (the host parked the VM, or restarted): its output
+// is replayed from the host's offsets (see agentproto.OutputLog), then the
+// exit if it ended meanwhile.
 func (a *Agent) attachOp(st io.ReadWriter, req agentproto.Request) {
 	a.mu.Lock()
 	r := a.running[req.PID]
@@ -236,47 +238,36 @@ func (a *Agent) attachOp(st io.ReadWriter, req agentproto.Request) {
 		respondErr(st, agentproto.CodeNotFound, fmt.Errorf("attach: no command with pid %d", req.PID))
 		return
 	}
-	a.attach(st, r)
+	a.attach(st, r, req.Offsets)
 }
 
-// maxBacklog bounds the output kept for a detached command.
-const maxBacklog = 1 << 20
-
-type chunk struct {
-	typ  byte
-	data []byte
-}
-
-// running is a started command. Its output goes to the attached stream or,
-// while none is attached, into a bounded backlog that the next attach
-// replays. The command never depends on a stream: it runs on when the
-// host's connection ends.
+// running is a started command. Its output goes to its log (the last
+// agentproto.MaxOutputLog bytes of each stream, at their offsets) and to
+// the attached stream, if any; an attach replays the log from the host's
+// offsets. The command never depends on a stream: it runs on when the
+// host's connection ends, and once it ended it is kept until the host
+// acknowledges its exit (or agentproto.KeptExits newer ones wait).
 type running struct {
 	p *process
 
-	mu        sync.Mutex
-	sink      *frameWriter     // guarded by mu: the attached stream, nil while detached
-	ended     chan struct{}    // guarded by mu: closed when the attached stream got the exit
-	backlog   []chunk          // guarded by mu
-	backlogN  int              // guarded by mu: bytes in backlog
-	exit      *agentproto.Exit // guarded by mu: set once the command ended and its output drained
-	delivered bool             // guarded by mu: an attached stream got the exit
+	mu     sync.Mutex
+	sink   *frameWriter         // guarded by mu: the attached stream, nil while detached
+	out    agentproto.OutputLog // guarded by mu
+	exit   *agentproto.Exit     // guarded by mu: set once the command ended and its output drained
+	ended  time.Time            // guarded by mu: when exit was set
+	exitTo *frameWriter         // guarded by mu: the stream that took the exit, awaiting its ack
 }
 
 func (r *running) emit(typ byte, data []byte) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	end := r.out.Write(typ, data)
 	if r.sink != nil {
 		if r.sink.frame(typ, data) == nil {
+			r.out.Sent(typ, end)
 			return
 		}
-		r.sink = nil // the stream broke: keep the output for the next attach
-	}
-	r.backlog = append(r.backlog, chunk{typ, append([]byte(nil), data...)})
-	r.backlogN += len(data)
-	for r.backlogN > maxBacklog && len(r.backlog) > 1 {
-		r.backlogN -= len(r.backlog[0].data)
-		r.backlog = r.backlog[1:]
+		r.sink = nil // the stream broke: the log keeps the output for the next attach
 	}
 }
 
@@ -297,83 +288,124 @@ func (a *Agent) forget(r *running) {
 	}
 }
 
-// attach serves one stream for r: the PID, the backlog, then live output
-// and input until the exit is delivered or the stream breaks.
-func (a *Agent) attach(st io.ReadWriter, r *running) {
-	fw := &frameWriter{w: st}
-	r.mu.Lock()
-	if err := fw.json(agentproto.FrameResponse, agentproto.Response{PID: r.p.pid}); err != nil {
-		r.mu.Unlock()
-		return
-	}
-	for len(r.backlog) > 0 {
-		c := r.backlog[0]
-		if fw.frame(c.typ, c.data) != nil {
-			r.mu.Unlock()
-			return
-		}
-		r.backlog = r.backlog[1:]
-		r.backlogN -= len(c.data)
-	}
-	if r.exit != nil {
-		if fw.json(agentproto.FrameExit, *r.exit) == nil {
-			r.delivered = true
-		}
-		r.mu.Unlock()
-		if r.delivered {
-			a.forget(r)
-		}
-		return
-	}
-	r.sink = fw
-	ended := make(chan struct{})
-	r.ended = ended
-	r.mu.Unlock()
-
-	// Host → guest: stdin, resize, signals, until the stream ends.
-	input := make(chan struct{})
-	go func() {
-		defer close(input)
-		p := r.p
-		buf := make([]byte, 0, 64<<10)
-		for {
-			typ, payload, err := agentproto.ReadFrame(st, buf)
-			if err != nil {
-				return
-			}
-			switch typ {
-			case agentproto.FrameStdin:
-				if _, err := p.stdin.Write(payload); err != nil {
-					p.closeStdin()
-				}
-			case agentproto.FrameStdinEOF:
-				p.closeStdin()
-			case agentproto.FrameResize:
-				var sz agentproto.Size
-				if json.Unmarshal(payload, &sz) == nil && p.tty != nil {
-					_ = pty.Setsize(p.tty, &pty.Winsize{Rows: uint16(sz.Rows), Cols: uint16(sz.Cols)})
-				}
-			case agentproto.FrameSignal:
-				if len(payload) == 1 {
-					p.signal(unix.Signal(payload[0]))
-				}
-			}
-		}
-	}()
-	select {
-	case <-ended:
-		a.forget(r)
-	case <-input:
-		// The stream ended first: detach; the command runs on.
+// keepExits forgets the commands that ended longest ago while more than
+// agentproto.KeptExits wait for the host's acknowledgement (a host whose
+// ack was cut, or that predates acks).
+func (a *Agent) keepExits() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var exited []*running
+	ended := map[*running]time.Time{}
+	for _, r := range a.running {
 		r.mu.Lock()
-		if r.sink == fw {
-			r.sink = nil
+		if r.exit != nil {
+			exited = append(exited, r)
+			ended[r] = r.ended
 		}
 		r.mu.Unlock()
+	}
+	if len(exited) <= agentproto.KeptExits {
+		return
+	}
+	slices.SortFunc(exited, func(x, y *running) int { return ended[x].Compare(ended[y]) })
+	for _, r := range exited[:len(exited)-agentproto.KeptExits] {
+		delete(a.running, r.p.pid)
 	}
 }
 
-// supervise runs a command's life: output to its stream or backlog, the
+// attach serves one stream for r: the PID, the output from the host's
+// offsets (from; nil: what no stream took), then live output and input
+// until the host acknowledges the exit or the stream ends.
+func (a *Agent) attach(st io.ReadWriter, r *running, from *agentproto.Offsets) {
+	fw := &frameWriter{w: st}
+	r.mu.Lock()
+	replay, lost, err := r.out.Replay(from)
+	if err != nil {
+		r.mu.Unlock()
+		respondErr(st, agentproto.CodeInvalid, fmt.Errorf("attach: pid %d: %w", r.p.pid, err))
+		return
+	}
+	resp := agentproto.Response{PID: r.p.pid}
+	if lost != (agentproto.Offsets{}) {
+		resp.Lost = &lost
+	}
+	if err := fw.json(agentproto.FrameResponse, resp); err != nil {
+		r.mu.Unlock()
+		return
+	}
+	for _, c := range replay {
+		if fw.frame(c.Typ, c.Data) != nil {
+			r.mu.Unlock()
+			return
+		}
+		r.out.Sent(c.Typ, c.End)
+	}
+	if r.exit != nil {
+		if fw.json(agentproto.FrameExit, *r.exit) != nil {
+			r.mu.Unlock()
+			return
+		}
+		r.exitTo = fw
+	} else {
+		r.sink = fw
+	}
+	r.mu.Unlock()
+
+	if r.input(st, fw) {
+		a.forget(r)
+		return
+	}
+	// The stream ended first: detach; the command runs on, or its exit
+	// waits for the next attach.
+	r.mu.Lock()
+	if r.sink == fw {
+		r.sink = nil
+	}
+	r.mu.Unlock()
+}
+
+// input serves host → guest frames on a stream attached to r (stdin,
+// resize, signals) until the host acknowledges the exit this stream took
+// (true) or the stream ends (false).
+func (r *running) input(st io.Reader, fw *frameWriter) bool {
+	p := r.p
+	buf := make([]byte, 0, 64<<10)
+	for {
+		typ, payload, err := agentproto.ReadFrame(st, buf)
+		if err != nil {
+			return false
+		}
+		switch typ {
+		case agentproto.FrameStdin:
+			if _, err := p.stdin.Write(payload); err != nil {
+				p.closeStdin()
+			}
+		case agentproto.FrameStdinEOF:
+			p.closeStdin()
+		case agentproto.FrameResize:
+			var sz agentproto.Size
+			if json.Unmarshal(payload, &sz) == nil && p.tty != nil {
+				_ = pty.Setsize(p.tty, &pty.Winsize{Rows: uint16(sz.Rows), Cols: uint16(sz.Cols)})
+			}
+		case agentproto.FrameSignal:
+			r.mu.Lock()
+			ended := r.exit != nil // its PID may be another process's now
+			r.mu.Unlock()
+			if len(payload) == 1 && !ended {
+				p.signal(unix.Signal(payload[0]))
+			}
+		case agentproto.FrameExitAck:
+			r.mu.Lock()
+			took := r.exitTo == fw
+			r.mu.Unlock()
+			if took {
+				return true
+			}
+		}
+	}
+}
+
+// supervise runs a command's life: output to its log and stream, the
 // timeout, the exit.
 func (a *Agent) supervise(r *running, timeoutMillis int64) {
 	p := r.p
@@ -431,18 +463,13 @@ func (a *Agent) supervise(r *running, timeoutMillis int64) {
 		exit.Code = 128 + int(ws.Signal())
 	}
 	r.mu.Lock()
-	r.exit = &exit
+	r.exit, r.ended = &exit, time.Now()
 	if r.sink != nil && r.sink.json(agentproto.FrameExit, exit) == nil {
-		r.delivered = true
-		close(r.ended)
+		r.exitTo = r.sink // its attach forgets the command on the ack
 	}
 	r.sink = nil
-	delivered := r.delivered
 	r.mu.Unlock()
-	if !delivered {
-		// Kept for an attach; forgotten if none comes.
-		time.AfterFunc(10*time.Minute, func() { a.forget(r) })
-	}
+	a.keepExits()
 }
 
 type output struct {

@@ -404,9 +404,21 @@ func (c *Client) Exec(ctx context.Context, x Exec) (*Process, error) {
 }
 
 // Attach re-attaches to a command started by Exec whose stream ended
-// before the command did; output produced meanwhile comes first.
+// before its exit was acknowledged; the output no stream took comes first.
+// A caller that counts the output it received uses AttachAt, which cannot
+// lose or repeat any.
 func (c *Client) Attach(ctx context.Context, pid int) (*Process, error) {
 	return c.start(ctx, Request{Op: OpAttach, PID: pid})
+}
+
+// AttachAt re-attaches to a command started by Exec whose stream ended
+// before its exit was acknowledged. at is how much of its stdout and
+// stderr the caller received, over all its streams: the guest replays the
+// output from there, then the exit if the command ended meanwhile. If the
+// guest no longer kept all of it, the new Process's Lost says how much
+// the replay skips.
+func (c *Client) AttachAt(ctx context.Context, pid int, at Offsets) (*Process, error) {
+	return c.start(ctx, Request{Op: OpAttach, PID: pid, Offsets: &at})
 }
 
 func (c *Client) start(ctx context.Context, req Request) (*Process, error) {
@@ -415,6 +427,9 @@ func (c *Client) start(ctx context.Context, req Request) (*Process, error) {
 		return nil, err
 	}
 	p := &Process{PID: resp.PID, st: st, release: release, done: make(chan struct{})}
+	if resp.Lost != nil {
+		p.Lost = *resp.Lost
+	}
 	p.stdoutR, p.stdoutW = io.Pipe()
 	p.stderrR, p.stderrW = io.Pipe()
 	go p.readLoop()
@@ -423,7 +438,11 @@ func (c *Client) start(ctx context.Context, req Request) (*Process, error) {
 
 // Process is a command running in the guest.
 type Process struct {
-	PID     int
+	PID int
+	// Lost (AttachAt) is the output after the caller's offsets that the
+	// guest no longer kept: the stream resumes that much further on.
+	Lost Offsets
+
 	st      *yamux.Stream
 	release func()
 
@@ -456,12 +475,28 @@ func (p *Process) readLoop() {
 		case FrameExit:
 			if err := json.Unmarshal(payload, &p.exit); err != nil {
 				p.err = fmt.Errorf("agentproto: exec: bad exit frame: %w", err)
+			} else {
+				p.ack()
 			}
 			p.stdoutW.Close()
 			p.stderrW.Close()
 			return
 		}
 	}
+}
+
+// ackTimeout bounds the write of an exit's acknowledgement: one that
+// cannot be sent leaves the guest to forget the command by its bound
+// (KeptExits).
+const ackTimeout = 5 * time.Second
+
+// ack tells the guest the exit arrived: it forgets the command. Sent
+// before the stream is released, so it precedes the stream's close.
+func (p *Process) ack() {
+	p.wmu.Lock()
+	defer p.wmu.Unlock()
+	_ = p.st.SetWriteDeadline(time.Now().Add(ackTimeout))
+	_ = WriteFrame(p.st, FrameExitAck, nil)
 }
 
 // Stdout and Stderr are the command's output. The caller must read both

@@ -9,9 +9,12 @@
 //	          rides on the sync line that starts a connection: see SyncMagic)
 //	exec:     guest → FrameResponse (started or error); then guest → FrameStdout/
 //	          FrameStderr…, host → FrameStdin/FrameStdinEOF/FrameResize/FrameSignal…;
-//	          guest → FrameExit last
-//	attach:   as exec, for a command whose stream ended before it did (a park):
-//	          the output produced meanwhile comes first
+//	          guest → FrameExit last; host → FrameExitAck once it has the exit
+//	attach:   as exec, for a command whose stream ended before its exit was
+//	          acknowledged (a park cut it): the guest first replays its output
+//	          from the request's Offsets (the bytes of stdout and stderr the
+//	          host received, over all the command's streams), then the exit if
+//	          the command ended meanwhile
 //	read, tar_get: guest → FrameResponse; if ok, guest → FrameData… FrameEOF
 //	write, tar_put: host → FrameData… FrameEOF; guest → FrameResponse
 //	listen:   guest → FrameResponse; then guest → FrameRequest (a GuestRequest)
@@ -21,6 +24,18 @@
 //	detach:   guest → FrameResponse, then the guest ends the yamux session and
 //	          waits for the next sync (the host says it before a park, so
 //	          the frozen guest is ready for the next connection)
+//
+// A command's output is counted in bytes from its start, per stream. The
+// guest keeps the last MaxOutputLog bytes of each stream (OutputLog) whether
+// or not a stream is attached, so a re-attach resumes exactly where the
+// host's count stopped: a frame the guest sent but a cut kept from the host
+// is sent again, one the host got is not. Output older than what is kept
+// is gone: the attach's Response.Lost says how much the replay skips. The
+// guest keeps an ended command until the host acknowledges its exit
+// (FrameExitAck), or until more than KeptExits ended commands wait for
+// theirs (the oldest is forgotten). An attach without Offsets (a host from
+// before them) replays what no stream took, and a host that never
+// acknowledges leaves its ended commands to that bound.
 //
 // Frames are [type:1][length:4, big endian][payload]. Payloads are bounded
 // by MaxFrame: neither side trusts the other's lengths. The package uses the
@@ -59,6 +74,7 @@ const (
 	FrameExit     byte = 9 // JSON Exit
 	FrameData     byte = 10
 	FrameEOF      byte = 11
+	FrameExitAck  byte = 12 // host → guest, empty: the exit arrived, forget the command
 )
 
 // Operations.
@@ -106,6 +122,10 @@ type Request struct {
 
 	// attach: the PID of a command started by exec.
 	PID int `json:"pid,omitempty"`
+	// attach: how much of the command's output the host has received, over
+	// all its streams; the guest replays from there. Without it the guest
+	// replays the output no stream took (what agents before it did).
+	Offsets *Offsets `json:"offsets,omitempty"`
 
 	// detach: when set, the guest writes QuietMagic, this nonce and a
 	// newline on the port once its session has ended and it waits for the
@@ -153,6 +173,15 @@ type Response struct {
 	Info  *FileInfo  `json:"info,omitempty"`
 	Files []FileInfo `json:"files,omitempty"`
 	PID   int        `json:"pid,omitempty"`
+	// Lost (attach): the output between the request's Offsets and the
+	// oldest the guest still kept, which the replay skips; nil if none.
+	Lost *Offsets `json:"lost,omitempty"`
+}
+
+// Offsets counts bytes of a command's stdout and stderr from its start.
+type Offsets struct {
+	Stdout int64 `json:"stdout"`
+	Stderr int64 `json:"stderr"`
 }
 
 // Err returns the response's error, or nil.

@@ -134,11 +134,26 @@ func (p paced) Write(b []byte) (int, error) {
 	return p.w.Write(b)
 }
 
+// counted counts the bytes written through it into *n.
+type counted struct {
+	w io.Writer
+	n *int64
+}
+
+func (c counted) Write(b []byte) (int, error) {
+	n, err := c.w.Write(b)
+	*c.n += int64(n)
+	return n, err
+}
+
 // process is a command in a guest, as the API sees it. Its streams outlive
 // the agent connection they started on: when the session is parked the
 // command runs on in the frozen guest, and after the wake process
-// re-attaches to it (the agent replays the output produced meanwhile), so a
-// client attached to a PTY sees a pause, not an end.
+// re-attaches to it, so a client attached to a PTY sees a pause, not an
+// end. process counts the output it received and the re-attach resumes
+// from those offsets: the guest replays what a cut kept from the host,
+// and nothing twice (see agentproto.OutputLog); the exit is acknowledged
+// once read, and the guest keeps it until then.
 type process struct {
 	m   *Manager
 	id  string // the session
@@ -150,6 +165,11 @@ type process struct {
 
 	stdoutR, stderrR *io.PipeReader
 	stdoutW, stderrW *io.PipeWriter
+
+	// recv counts the bytes of stdout and stderr received over all
+	// attachments (and those the guest no longer had on a re-attach);
+	// only pump and its copies use it.
+	recv agentproto.Offsets
 
 	pace   *rate.Limiter   // the output's relay rate (see execOutputRate)
 	gone   <-chan struct{} // the caller's context ended
@@ -171,9 +191,11 @@ func (p *process) pump(ctx context.Context) {
 	for {
 		cur, l := p.current()
 		var wg sync.WaitGroup
-		wg.Add(2)
-		go func() { defer wg.Done(); _, _ = io.Copy(paced{p.stdoutW, p.pace}, cur.Stdout()) }()
-		go func() { defer wg.Done(); _, _ = io.Copy(paced{p.stderrW, p.pace}, cur.Stderr()) }()
+		relay := func(w *io.PipeWriter, n *int64, r io.Reader) {
+			wg.Go(func() { _, _ = io.Copy(counted{paced{w, p.pace}, n}, r) })
+		}
+		relay(p.stdoutW, &p.recv.Stdout, cur.Stdout())
+		relay(p.stderrW, &p.recv.Stderr, cur.Stderr())
 		wg.Wait()
 		exit, err := cur.Wait()
 		if err == nil {
@@ -199,7 +221,28 @@ func (p *process) pump(ctx context.Context) {
 		p.cur, p.l = next, nl
 		p.mu.Unlock()
 		l.release()
+		p.noteLost(next.Lost)
 	}
+}
+
+// noteLost counts the output a re-attach skipped because the guest no
+// longer had it, and says so on the command's stderr: a gap is never
+// silent.
+func (p *process) noteLost(lost agentproto.Offsets) {
+	if lost == (agentproto.Offsets{}) {
+		return
+	}
+	p.recv.Stdout += lost.Stdout
+	p.recv.Stderr += lost.Stderr
+	var what []string
+	if lost.Stdout > 0 {
+		what = append(what, fmt.Sprintf("%d bytes of stdout", lost.Stdout))
+	}
+	if lost.Stderr > 0 {
+		what = append(what, fmt.Sprintf("%d bytes of stderr", lost.Stderr))
+	}
+	_, _ = fmt.Fprintf(p.stderrW, "\n[cove: %s lost: written while a park had cut the command's stream, beyond the last %d KiB of each stream that the guest keeps]\n",
+		strings.Join(what, " and "), agentproto.MaxOutputLog>>10)
 }
 
 // reattach waits for the session to run again and re-attaches to the
@@ -210,7 +253,7 @@ func (p *process) reattach(ctx context.Context) (*agentproto.Process, *live, err
 		if err != nil {
 			return nil, nil, err
 		}
-		np, err := l.client().Attach(ctx, p.pid)
+		np, err := l.client().AttachAt(ctx, p.pid, p.recv)
 		if err == nil {
 			return np, l, nil
 		}

@@ -1,7 +1,6 @@
 package session_test
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -314,20 +313,14 @@ func TestFakeLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	go io.Copy(io.Discard, p.Stderr())
+	var out strings.Builder
+	copied := make(chan error, 1)
+	go func() { _, err := io.Copy(&out, p.Stdout()); copied <- err }()
 	if _, err := p.Stdin().Write([]byte("one\n")); err != nil {
 		t.Fatal(err)
 	}
-	// Its echo is read before the first park: output still in flight on
-	// the stream when the connection is torn down is not replayed (see
-	// the README's known limits).
-	stdout := bufio.NewReader(p.Stdout())
-	if line, err := stdout.ReadString('\n'); err != nil || line != "one\n" {
-		t.Fatalf("cat echoed %q, %v", line, err)
-	}
-	var out strings.Builder
-	out.WriteString("one\n")
-	copied := make(chan error, 1)
-	go func() { _, err := io.Copy(&out, stdout); copied <- err }()
+	// The first park may cut the stream with the echo on its way, or not
+	// yet read by the host: the re-attach sends it again, once.
 	for i := range 3 {
 		r.park(s.ID)
 		if vm := r.driver.Find(s.ID); vm != nil {

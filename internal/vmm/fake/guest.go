@@ -39,15 +39,27 @@ import (
 //	cat PATH...     prints the files (exit 1 and a message for a missing one)
 //	touch PATH...   creates the files that are missing, empty
 //	cat             copies stdin to stdout until stdin's EOF (exit 0) or a
-//	                signal N (exit 128+N): the one command that runs on, and
-//	                is saved with the guest, while its stream is detached
+//	                signal N (exit 128+N)
+//	count           prints 1, 2, 3…, a line every millisecond while the
+//	                guest runs, until stdin's EOF (exit 0) or a signal N
+//	                (exit 128+N)
 //	sh -c SCRIPT    SCRIPT split on blanks, run as one of the above (no
 //	                quoting, variables or pipes)
 //
 // Anything else is not found (CodeNotFound), as a missing executable is.
+// cat and count run on, and are saved with the guest, while their stream
+// is detached.
+//
+// A command's output is kept as the real agent keeps it (an
+// agentproto.OutputLog, saved with the guest), an attach replays it from
+// the host's offsets, and an ended command is kept until the host
+// acknowledges its exit, or agentproto.KeptExits newer ones wait. A
+// detach ends the session only once every stream's handler has read what
+// the host sent before it (a real guest's RAM keeps such frames across the
+// park; the fake guest's state file would not).
 
 // stateVersion versions the state file.
-const stateVersion = 1
+const stateVersion = 2
 
 // state is what a Save writes: the machine it belongs to, the files and
 // the commands not yet forgotten.
@@ -59,6 +71,8 @@ type state struct {
 	Files     map[string]*file `json:"files"`
 	Commands  []*command       `json:"commands,omitempty"`
 	NextPID   int              `json:"next_pid"`
+	// Exits counts the commands that ended: command.Ended orders them.
+	Exits int64 `json:"exits,omitempty"`
 }
 
 func newState() *state {
@@ -78,24 +92,19 @@ type file struct {
 	ModTime time.Time `json:"mod_time"`
 }
 
-// command is a command started by exec, kept until an attached stream got
-// its exit.
+// command is a command started by exec, kept until the host acknowledged
+// its exit (or agentproto.KeptExits newer ones wait).
 type command struct {
-	PID     int              `json:"pid"`
-	Argv    []string         `json:"argv"`
-	Backlog []chunk          `json:"backlog,omitempty"` // output while no stream was attached
-	Exit    *agentproto.Exit `json:"exit,omitempty"`
+	PID   int                  `json:"pid"`
+	Argv  []string             `json:"argv"`
+	Out   agentproto.OutputLog `json:"out"`
+	Exit  *agentproto.Exit     `json:"exit,omitempty"`
+	Ended int64                `json:"ended,omitempty"` // its place among the exits (state.Exits)
+	Count int                  `json:"count,omitempty"` // count: the last number printed
 
-	sink *frameWriter // the attached stream, nil while detached
+	sink   *frameWriter // the attached stream, nil while detached
+	exitTo *frameWriter // the stream that took the exit, awaiting its ack
 }
-
-type chunk struct {
-	Typ  byte   `json:"typ"`
-	Data []byte `json:"data"`
-}
-
-// maxBacklog bounds the output kept for a detached command.
-const maxBacklog = 1 << 20
 
 // guest is a running fake guest.
 type guest struct {
@@ -176,6 +185,13 @@ func (g *guest) snapshot(spec vmm.Spec) ([]byte, error) {
 
 // serve serves one agent connection at a time until the process exits.
 func (g *guest) serve() {
+	g.mu.Lock()
+	for _, c := range g.commands {
+		if c.Argv[0] == "count" && c.Exit == nil {
+			go g.count(c) // restored: counts on
+		}
+	}
+	g.mu.Unlock()
 	for {
 		select {
 		case c := <-g.p.agentCh:
@@ -254,15 +270,19 @@ func (g *guest) session(conn port) string {
 		sess.Close() // waits for yamux's reader to stop
 		quiet <- n
 	}()
+	var handlers sync.WaitGroup
 	for {
 		st, err := sess.AcceptStream()
 		if err != nil {
 			break
 		}
-		go g.handle(st)
+		handlers.Go(func() { g.handle(st) })
 	}
 	sess.Close()
 	n := <-quiet
+	// What the host sent before the session ended is read (a stream's
+	// frames outlive its session) before the guest can be saved.
+	handlers.Wait()
 	g.mu.Lock()
 	g.kick = nil
 	g.mu.Unlock()
@@ -319,7 +339,7 @@ func (g *guest) handle(st *yamux.Stream) {
 			respondErr(st, agentproto.CodeNotFound, fmt.Errorf("attach: no command with pid %d", req.PID))
 			return
 		}
-		g.attach(st, c)
+		g.attach(st, c, req.Offsets)
 	case agentproto.OpRead:
 		g.read(st, req)
 	case agentproto.OpWrite:
@@ -371,37 +391,41 @@ func (f *frameWriter) json(typ byte, v any) error {
 	return f.frame(typ, b)
 }
 
-// emit sends a command's output to its stream, or keeps it for the next
-// attach. Called with g.mu held.
+// emit keeps a command's output in its log and sends it to its stream, if
+// one is attached. Called with g.mu held.
 func (c *command) emit(typ byte, data []byte) {
+	end := c.Out.Write(typ, data)
 	if c.sink != nil {
 		if c.sink.frame(typ, data) == nil {
+			c.Out.Sent(typ, end)
 			return
 		}
 		c.sink = nil
 	}
-	c.Backlog = append(c.Backlog, chunk{Typ: typ, Data: append([]byte(nil), data...)})
-	n := 0
-	for _, ch := range c.Backlog {
-		n += len(ch.Data)
-	}
-	for n > maxBacklog && len(c.Backlog) > 1 {
-		n -= len(c.Backlog[0].Data)
-		c.Backlog = c.Backlog[1:]
-	}
 }
 
-// finish ends a command: its exit goes to the attached stream, or waits
-// for the next attach. It reports whether the exit was delivered. Called
-// with g.mu held.
-func (g *guest) finish(c *command, exit agentproto.Exit) bool {
-	c.Exit = &exit
+// finish ends a command: its exit goes to the attached stream, if any, and
+// is kept until the host acknowledges it. Called with g.mu held.
+func (g *guest) finish(c *command, exit agentproto.Exit) {
+	g.st.Exits++
+	c.Exit, c.Ended = &exit, g.st.Exits
 	if c.sink != nil && c.sink.json(agentproto.FrameExit, exit) == nil {
-		delete(g.commands, c.PID)
-		return true
+		c.exitTo = c.sink
 	}
 	c.sink = nil
-	return false
+	var ended []*command
+	for _, o := range g.commands {
+		if o.Exit != nil {
+			ended = append(ended, o)
+		}
+	}
+	if len(ended) <= agentproto.KeptExits {
+		return
+	}
+	sort.Slice(ended, func(i, j int) bool { return ended[i].Ended < ended[j].Ended })
+	for _, o := range ended[:len(ended)-agentproto.KeptExits] {
+		delete(g.commands, o.PID)
+	}
 }
 
 func (g *guest) exec(st *yamux.Stream, req agentproto.Request) {
@@ -418,7 +442,7 @@ func (g *guest) exec(st *yamux.Stream, req agentproto.Request) {
 		}
 	}
 	switch argv[0] {
-	case "true", "false", "exit", "echo", "env", "cat", "touch":
+	case "true", "false", "exit", "echo", "env", "cat", "touch", "count":
 	default:
 		respondErr(st, agentproto.CodeNotFound, fmt.Errorf("exec: %s: executable file not found in the fake guest", argv[0]))
 		return
@@ -431,13 +455,32 @@ func (g *guest) exec(st *yamux.Stream, req agentproto.Request) {
 	g.commands[c.PID] = c
 	if exit, done := g.runBuiltin(c, x.Env); done {
 		g.finish(c, exit)
+	} else if c.Argv[0] == "count" {
+		go g.count(c)
 	}
-	g.attach(st, c)
+	g.attach(st, c, &agentproto.Offsets{})
 }
 
-// runBuiltin runs a command that ends at once, its output kept in the
-// backlog; done is false for one that runs on (cat of stdin). Called with
-// g.mu held.
+// count prints c's numbers while the guest runs, until c ends.
+func (g *guest) count(c *command) {
+	for {
+		time.Sleep(time.Millisecond)
+		if !g.enter() {
+			return
+		}
+		if c.Exit != nil || g.commands[c.PID] != c {
+			g.mu.Unlock()
+			return
+		}
+		c.Count++
+		c.emit(agentproto.FrameStdout, []byte(strconv.Itoa(c.Count)+"\n"))
+		g.mu.Unlock()
+	}
+}
+
+// runBuiltin runs a command that ends at once, its output kept in its
+// log; done is false for one that runs on (cat of stdin, count). Called
+// with g.mu held.
 func (g *guest) runBuiltin(c *command, env []string) (exit agentproto.Exit, done bool) {
 	args := c.Argv[1:]
 	switch c.Argv[0] {
@@ -470,6 +513,8 @@ func (g *guest) runBuiltin(c *command, env []string) (exit agentproto.Exit, done
 				g.st.Files[p] = &file{Mode: 0o644, ModTime: time.Now().UTC()}
 			}
 		}
+	case "count":
+		return exit, false
 	case "cat":
 		if len(args) == 0 {
 			return exit, false
@@ -487,30 +532,42 @@ func (g *guest) runBuiltin(c *command, env []string) (exit agentproto.Exit, done
 	return exit, true
 }
 
-// attach serves one stream for c: its PID, its backlog, then its output
-// and input until the exit is delivered or the stream ends. Called with
+// attach serves one stream for c: its PID, its output from the host's
+// offsets (from; nil: what no stream took), then its output and input
+// until the host acknowledges the exit or the stream ends. Called with
 // g.mu held; it releases it.
-func (g *guest) attach(st io.ReadWriter, c *command) {
+func (g *guest) attach(st io.ReadWriter, c *command, from *agentproto.Offsets) {
 	fw := &frameWriter{w: st}
-	if fw.json(agentproto.FrameResponse, agentproto.Response{PID: c.PID}) != nil {
+	replay, lost, err := c.Out.Replay(from)
+	if err != nil {
+		g.mu.Unlock()
+		respondErr(st, agentproto.CodeInvalid, fmt.Errorf("attach: pid %d: %w", c.PID, err))
+		return
+	}
+	resp := agentproto.Response{PID: c.PID}
+	if lost != (agentproto.Offsets{}) {
+		resp.Lost = &lost
+	}
+	if fw.json(agentproto.FrameResponse, resp) != nil {
 		g.mu.Unlock()
 		return
 	}
-	for len(c.Backlog) > 0 {
-		if fw.frame(c.Backlog[0].Typ, c.Backlog[0].Data) != nil {
+	for _, r := range replay {
+		if fw.frame(r.Typ, r.Data) != nil {
 			g.mu.Unlock()
 			return
 		}
-		c.Backlog = c.Backlog[1:]
+		c.Out.Sent(r.Typ, r.End)
 	}
 	if c.Exit != nil {
-		if fw.json(agentproto.FrameExit, *c.Exit) == nil {
-			delete(g.commands, c.PID)
+		if fw.json(agentproto.FrameExit, *c.Exit) != nil {
+			g.mu.Unlock()
+			return
 		}
-		g.mu.Unlock()
-		return
+		c.exitTo = fw
+	} else {
+		c.sink = fw
 	}
-	c.sink = fw
 	g.mu.Unlock()
 	buf := make([]byte, 0, 64<<10)
 	for {
@@ -521,28 +578,30 @@ func (g *guest) attach(st io.ReadWriter, c *command) {
 		if !g.enter() {
 			return
 		}
-		if c.sink != fw || c.Exit != nil { // attached elsewhere meanwhile
+		switch {
+		case c.exitTo == fw: // ended: only its ack is read
+			if typ == agentproto.FrameExitAck {
+				delete(g.commands, c.PID)
+				g.mu.Unlock()
+				return
+			}
+		case c.sink != fw: // attached elsewhere meanwhile
 			g.mu.Unlock()
 			return
-		}
-		delivered := false
-		switch typ {
-		case agentproto.FrameStdin:
-			c.emit(agentproto.FrameStdout, payload)
-		case agentproto.FrameStdinEOF:
-			delivered = g.finish(c, agentproto.Exit{})
-		case agentproto.FrameSignal:
-			if len(payload) == 1 {
-				sig := int(payload[0])
-				delivered = g.finish(c, agentproto.Exit{Code: 128 + sig, Signal: sig})
+		case typ == agentproto.FrameStdin:
+			if c.Argv[0] == "cat" {
+				c.emit(agentproto.FrameStdout, payload)
 			}
+		case typ == agentproto.FrameStdinEOF:
+			g.finish(c, agentproto.Exit{})
+		case typ == agentproto.FrameSignal && len(payload) == 1:
+			sig := int(payload[0])
+			g.finish(c, agentproto.Exit{Code: 128 + sig, Signal: sig})
 		}
 		g.mu.Unlock()
-		if delivered {
-			return
-		}
 	}
-	// The stream ended before the command: it runs on, detached.
+	// The stream ended first: the command runs on, or its exit waits for
+	// the next attach.
 	g.mu.Lock()
 	if c.sink == fw {
 		c.sink = nil
