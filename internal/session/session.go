@@ -452,6 +452,14 @@ func (m *Manager) connect(ctx context.Context, vm vmm.VM) (*agentproto.Client, e
 	return c, err
 }
 
+// answerTimeout is how long a guest agent may take to answer a request.
+func (m *Manager) answerTimeout() time.Duration {
+	if m.cfg.AnswerTimeout > 0 {
+		return m.cfg.AnswerTimeout
+	}
+	return agentproto.AnswerTimeout
+}
+
 // adoptLive registers a running VM and watches for its unexpected end.
 func (m *Manager) adoptLive(id string, l *live) {
 	l.touch()
