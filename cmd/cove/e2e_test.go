@@ -331,6 +331,12 @@ func TestEndToEnd(t *testing.T) {
 	}) {
 		return
 	}
+	if !t.Run("UnknownSessionIs404", func(t *testing.T) { testUnknownSession(t, e) }) {
+		return
+	}
+	if !t.Run("ExecTTY", func(t *testing.T) { testExecTTY(t, e, s1) }) {
+		return
+	}
 
 	if !t.Run("CopyTreeInAndOut", func(t *testing.T) {
 		src := filepath.Join(t.TempDir(), "proj")
@@ -363,6 +369,9 @@ func TestEndToEnd(t *testing.T) {
 	}) {
 		return
 	}
+	if !t.Run("ParkWakeKeepsTheMachine", func(t *testing.T) { testParkWake(t, e, s1) }) {
+		return
+	}
 
 	if !t.Run("Remove", func(t *testing.T) {
 		if got := e.ok(nil, "rm", s1); got != s1+"\n" {
@@ -389,7 +398,9 @@ func TestEndToEnd(t *testing.T) {
 
 	var s2 string
 	if !t.Run("SessionsOutliveServerRestarts", func(t *testing.T) {
-		s2 = e.create("-e", "WHO=s2")
+		// With auto-wake off: NoAutoWake and ParkUntilSignedDelivery
+		// use it next, and it must stay off across the restarts.
+		s2 = e.create("-e", "WHO=s2", "--no-auto-wake")
 		e.ok(nil, "exec", s2, "--", "sh", "-c", "echo kept > /root/state")
 		pid := qemu.PIDOf(e.home, s2)
 
@@ -422,6 +433,12 @@ func TestEndToEnd(t *testing.T) {
 			t.Fatalf("%s runs in another QEMU after the restarts: want the same process", s2)
 		}
 	}) {
+		return
+	}
+	if !t.Run("NoAutoWakeIs409", func(t *testing.T) { testNoAutoWake(t, e, s2) }) {
+		return
+	}
+	if !t.Run("ParkUntilSignedDelivery", func(t *testing.T) { testParkUntilDelivery(t, e, s2) }) {
 		return
 	}
 
@@ -543,6 +560,9 @@ git log --oneline`
 		e.ok(nil, "rm", id)
 		e.ok(nil, "template", "rm", "web")
 	}) {
+		return
+	}
+	if !t.Run("FailedSessionIs409", func(t *testing.T) { testFailedSession(t, e, s3) }) {
 		return
 	}
 

@@ -35,6 +35,8 @@ type serverConfig struct {
 	Accel        string
 	AgentPath    string
 	QEMUUser     string
+	AllowRootVMs bool     // run QEMU as root when QEMUUser cannot be used
+	GuestCmdline string   // added to every guest's kernel command line
 	Images       []string // built at start when missing
 	DefaultImage string
 	StopOnExit   bool
@@ -111,6 +113,8 @@ exits.`,
 	f.StringVar(&cfg.Accel, "accel", envOr("COVE_ACCEL", "auto"), "accelerator: auto, kvm or tcg (COVE_ACCEL)")
 	f.StringVar(&cfg.AgentPath, "agent", os.Getenv("COVE_AGENT"), "static cove-agent binary (COVE_AGENT; default: next to this binary)")
 	f.StringVar(&cfg.QEMUUser, "qemu-user", envOr("COVE_QEMU_USER", "cove-vm"), "unprivileged user QEMU runs as when the server is root (COVE_QEMU_USER)")
+	f.BoolVar(&cfg.AllowRootVMs, "allow-root-vms", os.Getenv("COVE_ALLOW_ROOT_VMS") == "1", "run QEMU as root when the server is root and has no unprivileged user to run it as (--qemu-user empty, missing or root), instead of refusing to start (COVE_ALLOW_ROOT_VMS=1)")
+	f.StringVar(&cfg.GuestCmdline, "guest-cmdline", os.Getenv("COVE_GUEST_CMDLINE"), "added to the kernel command line of every guest booted; 'loglevel=7 cove.debug' puts the kernel's messages and the agent's boot progress marks on each guest's console (COVE_GUEST_CMDLINE)")
 	f.StringSliceVar(&cfg.Images, "build-images", nil, "images to build at start if missing (e.g. tiny,debian)")
 	f.StringVar(&cfg.DefaultImage, "default-image", "tiny", "image for sessions that name none")
 	f.DurationVar(&cfg.IdleTimeout, "idle-timeout", envDuration("COVE_IDLE_TIMEOUT", 30*time.Minute), "park sessions idle this long (no API call, nothing attached); 0 never; a session's own --idle-timeout wins (COVE_IDLE_TIMEOUT)")
@@ -156,8 +160,8 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 
 	sessions := filepath.Join(cfg.Home, "sessions")
 	crash := crashPoint(log)
-	qcfg := qemu.Config{Accel: cfg.Accel, User: cfg.QEMUUser, CgroupRoot: cfg.CgroupRoot, AllowNoCgroups: cfg.AllowNoCgroups,
-		Log: log, CrashPoint: crash}
+	qcfg := qemu.Config{Accel: cfg.Accel, User: cfg.QEMUUser, AllowRootVMs: cfg.AllowRootVMs, GuestCmdline: cfg.GuestCmdline,
+		CgroupRoot: cfg.CgroupRoot, AllowNoCgroups: cfg.AllowNoCgroups, Log: log, CrashPoint: crash}
 	if cfg.Spares > 0 {
 		// Beside the sessions: a claimed spare's sockets are renamed into
 		// its session's directory.
@@ -199,8 +203,8 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	mgr, err := session.New(session.Config{
 		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
 		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout, CloneFiles: cfg.CloneFiles,
-		CrashPoint: crash,
-		Admission:  session.Admission{MemoryOvercommit: cfg.MemoryOvercommit, CPUOvercommit: cfg.CPUOvercommit},
+		CrashPoint: crash, OnPark: metrics.ObservePark, OnWake: metrics.ObserveWake,
+		Admission: session.Admission{MemoryOvercommit: cfg.MemoryOvercommit, CPUOvercommit: cfg.CPUOvercommit},
 	})
 	if err != nil {
 		return err

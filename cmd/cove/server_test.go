@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cove-dev/cove/internal/testenv"
 	"github.com/cove-dev/cove/internal/vmtest"
 )
 
@@ -20,12 +21,13 @@ import (
 // it started and failed the first create with "fork/exec
 // /usr/bin/qemu-system-x86_64: permission denied".
 func TestServerRefusesHomeQEMUCannotReach(t *testing.T) {
+	// CI runs the tests as root, on a system with the user nobody.
 	if os.Geteuid() != 0 {
-		t.Skip("the server runs QEMU as another user only when it is root")
+		testenv.Skipf(t, "the server runs QEMU as another user only when it is root")
 	}
 	vmtest.Require(t) // qemu.New needs the QEMU binary
 	if _, err := user.Lookup("nobody"); err != nil {
-		t.Skipf("no user 'nobody' to run QEMU as: %v", err)
+		testenv.Skipf(t, "no user 'nobody' to run QEMU as: %v", err)
 	}
 	cove, err := vmtest.BuildCove(t.TempDir())
 	if err != nil {

@@ -54,10 +54,14 @@ const (
 	nonceB = "fedcba9876543210"
 )
 
-// readLine reads one line from c within a few seconds.
+// mustWithin bounds the waits for what must happen (an answer, a return):
+// generous, since it only decides when a broken protocol fails the test.
+const mustWithin = 30 * time.Second
+
+// readLine reads one line from c.
 func readLine(t *testing.T, c net.Conn) string {
 	t.Helper()
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	c.SetReadDeadline(time.Now().Add(mustWithin))
 	defer c.SetReadDeadline(time.Time{})
 	var b []byte
 	one := make([]byte, 1)
@@ -84,7 +88,7 @@ func wait(t *testing.T, errc <-chan error) error {
 	select {
 	case err := <-errc:
 		return err
-	case <-time.After(5 * time.Second):
+	case <-time.After(mustWithin):
 		t.Fatal("GuestSync did not return")
 		return nil
 	}
@@ -114,12 +118,16 @@ func TestGuestSyncAnswersOnlyTheNewestSync(t *testing.T) {
 	if err := wait(t, guestSync(guest)); err != nil {
 		t.Fatalf("GuestSync: %v", err)
 	}
-	if got, want := readLine(t, host), agentproto.AckMagic+nonceB+"\n"; got != want {
-		t.Fatalf("guest answered %q, want %q (the newer sync)", got, want)
+	// GuestSync has returned: all it answered is in the socket. Closing
+	// the guest's end lets the host read that to its end.
+	guest.Close()
+	host.SetReadDeadline(time.Now().Add(mustWithin))
+	all, err := io.ReadAll(host)
+	if err != nil {
+		t.Fatalf("read the guest's answers: %v", err)
 	}
-	host.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
-	if n, _ := host.Read(make([]byte, 64)); n != 0 {
-		t.Fatal("guest answered more than one sync")
+	if want := agentproto.AckMagic + nonceB + "\n"; string(all) != want {
+		t.Fatalf("guest answered %q, want only %q (the newer sync)", all, want)
 	}
 }
 
@@ -319,18 +327,45 @@ func TestConnectResyncsWhenFirstSyncIsUnanswered(t *testing.T) {
 	t.Logf("connected after %d syncs sent, %d guest syncs, %s", port.writes, g.syncs.Load(), time.Since(start).Round(time.Millisecond))
 }
 
+// startConnect runs Connect over conn in the background; its error comes
+// on the channel.
+func startConnect(ctx context.Context, conn net.Conn) <-chan error {
+	errc := make(chan error, 1)
+	go func() {
+		c, _, err := agentproto.Connect(ctx, func(context.Context) (net.Conn, error) { return hostPort{conn}, nil })
+		if c != nil {
+			c.Close()
+		}
+		errc <- err
+	}()
+	return errc
+}
+
+// connectErr returns Connect's error, failing if it has not returned
+// within mustWithin.
+func connectErr(t *testing.T, errc <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-errc:
+		return err
+	case <-time.After(mustWithin):
+		t.Fatalf("Connect did not return within %s of its context's end", mustWithin)
+		return nil
+	}
+}
+
+// A host that gets no answer sends sync lines again, each with a fresh
+// nonce, until its context ends: the guest reads three, all sync lines,
+// then the host is cancelled.
 func TestConnectSyncLinesCarryFreshNonces(t *testing.T) {
 	host, guest := socketPair(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 1200*time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	_, _, err := agentproto.Connect(ctx, func(context.Context) (net.Conn, error) { return hostPort{host}, nil })
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Connect to a silent guest: %v, want context.DeadlineExceeded", err)
-	}
-	guest.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	errc := startConnect(ctx, host)
+	guest.SetReadDeadline(time.Now().Add(mustWithin))
 	sc := bufio.NewScanner(guest)
 	seen := map[string]bool{}
-	for sc.Scan() {
+	for len(seen) < 3 && sc.Scan() {
 		line := sc.Text()
 		body, ok := strings.CutPrefix(line, agentproto.SyncMagic)
 		nonce, hello, _ := strings.Cut(body, " ")
@@ -342,8 +377,12 @@ func TestConnectSyncLinesCarryFreshNonces(t *testing.T) {
 		}
 		seen[nonce] = true
 	}
-	if len(seen) < 2 {
-		t.Fatalf("host sent %d sync lines in 1.2 s, want retries (250 ms, 500 ms, ...)", len(seen))
+	if len(seen) < 3 {
+		t.Fatalf("host sent %d sync lines to a silent guest (%v), want it to retry", len(seen), sc.Err())
+	}
+	cancel()
+	if err := connectErr(t, errc); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Connect to a silent guest: %v, want context.Canceled", err)
 	}
 }
 
@@ -357,17 +396,20 @@ func TestConnectReturnsDialError(t *testing.T) {
 	}
 }
 
+// A Connect waiting for a silent guest ends when its context is
+// cancelled: cancelled once its first sync line is out, it returns
+// context.Canceled rather than waiting on.
 func TestConnectHonoursCanceledContext(t *testing.T) {
-	host, _ := socketPair(t)
+	host, guest := socketPair(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	time.AfterFunc(100*time.Millisecond, cancel)
-	start := time.Now()
-	_, _, err := agentproto.Connect(ctx, func(context.Context) (net.Conn, error) { return hostPort{host}, nil })
-	if !errors.Is(err, context.Canceled) {
-		t.Fatalf("Connect: %v, want context.Canceled", err)
+	defer cancel()
+	errc := startConnect(ctx, host)
+	if line := readLine(t, guest); !strings.HasPrefix(line, agentproto.SyncMagic) {
+		t.Fatalf("host wrote %q, want a sync line", line)
 	}
-	if d := time.Since(start); d > 2*time.Second {
-		t.Fatalf("Connect took %s to notice its context ended", d)
+	cancel()
+	if err := connectErr(t, errc); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Connect: %v, want context.Canceled", err)
 	}
 }
 
@@ -491,8 +533,15 @@ func TestConnectFallsBackToThePlainSync(t *testing.T) {
 
 // TestConnectStepsALaggingClock: a guest whose clock, set at hello, reads
 // behind the host's when its answer arrives (a woken guest applies the
-// hello's time late) is stepped by that lag; one in step, or one so far
-// behind that the host must have stalled, is left alone.
+// hello's time late) is stepped forward by that lag; one ahead of the
+// host is never stepped back, and one so far behind that the host must
+// have stalled is left alone.
+//
+// What the host measures is the guest's lag plus the answer's transit,
+// which this test does not control: so the cases are far from the
+// cut-offs (a lag under 5 ms is left alone, as transit; one over 1 s is a
+// stall). A guest "in step", 0 behind, would be stepped or not depending
+// on the transit, so it is not a case here.
 func TestConnectStepsALaggingClock(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -500,7 +549,7 @@ func TestConnectStepsALaggingClock(t *testing.T) {
 		step   bool
 	}{
 		{"lagging", 40 * time.Millisecond, true},
-		{"in step", 0, false},
+		{"ahead", -time.Hour, false},
 		{"host stalled", time.Minute, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -509,14 +558,16 @@ func TestConnectStepsALaggingClock(t *testing.T) {
 				return agentproto.Hello{Kernel: "inline", WallUnixNano: time.Now().Add(-tc.behind).UnixNano()}
 			}}
 			go g.run(guest)
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), mustWithin)
 			defer cancel()
 			c, _, err := agentproto.Connect(ctx, func(context.Context) (net.Conn, error) { return hostPort{host}, nil })
 			if err != nil {
 				t.Fatalf("Connect: %v", err)
 			}
 			defer c.Close()
-			// Connect returns once a step is answered.
+			// Connect returns once a step is answered: a step sent is in
+			// the channel by now, and none is if none was sent (the
+			// "lagging" case shows this check sees one).
 			select {
 			case s := <-g.steps:
 				if d := time.Duration(s); !tc.step || d < tc.behind || d > tc.behind+time.Second {

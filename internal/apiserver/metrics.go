@@ -62,12 +62,12 @@ func NewMetrics() *Metrics {
 		}),
 		park: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "cove_park_seconds",
-			Help:    "Time to park a session (save its VM to disk and end it), as the API server saw it.",
+			Help:    "Time to park a session (save its VM to disk and end it): every park, whoever asked for it.",
 			Buckets: secondsBuckets,
 		}),
 		wake: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "cove_wake_seconds",
-			Help:    "Time to wake a parked session until its agent answers, as the API server saw it.",
+			Help:    "Time to wake a parked session until its agent answers: every wake, whoever asked for it (an exec's auto-wake, an event, a timeout too).",
 			Buckets: secondsBuckets,
 		}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -95,10 +95,10 @@ func NewMetrics() *Metrics {
 // calls this for boots the server does not see.
 func (m *Metrics) ObserveBoot(d time.Duration) { m.boot.Observe(d.Seconds()) }
 
-// ObservePark records one park. The API server records the parks and
-// wakes it serves (POST /v1/sessions/{id}/park and …/wake); the
-// session manager may call these for the ones the server does not see
-// (idle parks, wakes on exec).
+// ObservePark records one park. The session manager calls it (and
+// ObserveWake) for every park and wake it does, whoever asked: the API,
+// idle parking, an exec's auto-wake, an event (session.Config.OnPark and
+// OnWake); the server's handlers record none, so each counts once.
 func (m *Metrics) ObservePark(d time.Duration) { m.park.Observe(d.Seconds()) }
 
 // ObserveWake records one wake; see ObservePark.

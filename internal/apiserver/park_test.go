@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"context"
 	"net/http/httptest"
 	"slices"
 	"strings"
@@ -36,13 +37,16 @@ func TestParkAndWake(t *testing.T) {
 	wantError(t, e.do("POST", "/v1/sessions/nope/park", nil), 404, api.CodeNotFound)
 	wantError(t, e.do("POST", "/v1/sessions/nope/wake", nil), 404, api.CodeNotFound)
 
+	// A conflict passes through as 409 with the Sessions' message as it
+	// is. The message here is the fake's; the manager's own conflicts are
+	// TestManagerConflicts'.
 	e.fake.mu.Lock()
 	e.fake.sessions["f1"] = api.Session{ID: "f1", State: api.StateFailed}
 	e.fake.mu.Unlock()
-	for _, verb := range []string{"park", "wake"} {
+	for verb, call := range map[string]func(context.Context, string) (api.Session, error){"park": e.fake.Park, "wake": e.fake.Wake} {
 		msg := wantError(t, e.do("POST", "/v1/sessions/f1/"+verb, nil), 409, api.CodeConflict).Message
-		if !strings.Contains(msg, "session is failed") {
-			t.Errorf("%s: message %q does not pass the manager's through", verb, msg)
+		if _, want := call(context.Background(), "f1"); want == nil || msg != want.Error() {
+			t.Errorf("%s: message %q, want the Sessions' %v as it is", verb, msg, want)
 		}
 	}
 	wantError(t, e.do("GET", "/v1/sessions/s1/park", nil), 405, codeMethodNotAllowed)

@@ -138,7 +138,7 @@ func (l *logSink) String() string {
 // waitFor returns the log once it holds want, or fails after a while.
 func (l *logSink) waitFor(t *testing.T, want string) string {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(30 * time.Second) // generous: only a missing line waits it out
 	for {
 		s := l.String()
 		if strings.Contains(s, want) {

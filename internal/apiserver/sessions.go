@@ -81,7 +81,6 @@ func (s *Server) parkSession(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	liftDeadlines(w) // saving a large guest's RAM takes a while
-	start := time.Now()
 	id := r.PathValue("id")
 	var sess api.Session
 	if len(req.Until) == 0 && req.Timeout == "" {
@@ -92,7 +91,6 @@ func (s *Server) parkSession(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	s.metrics.ObservePark(time.Since(start))
 	return writeJSON(w, http.StatusOK, sess)
 }
 
@@ -102,11 +100,9 @@ func (s *Server) wakeSession(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	liftDeadlines(w)
-	start := time.Now()
 	sess, err := s.sessions.Wake(r.Context(), r.PathValue("id"))
 	if err != nil {
 		return err
 	}
-	s.metrics.ObserveWake(time.Since(start))
 	return writeJSON(w, http.StatusOK, sess)
 }

@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/cove-dev/cove/internal/testenv"
 )
 
 // writeModule writes a minimal ELF relocatable object with a .modinfo
@@ -151,80 +153,18 @@ func TestResolveModulesErrors(t *testing.T) {
 	}
 }
 
-// testCacheDir mirrors vmtest.CacheDir (vmtest imports this package).
-func testCacheDir() string {
-	if d := os.Getenv("COVE_TEST_CACHE"); d != "" {
-		return d
-	}
-	return "/var/tmp/cove-test"
-}
-
-// The kernel the VM tests boot: its order file must load every module
-// after the modules it depends on, or the guest's init fails.
-func TestRealKernelModuleOrder(t *testing.T) {
-	cur, err := os.ReadFile(filepath.Join(testCacheDir(), "kernels", "current"))
+// needXz skips when xz is absent (fails under CI) and returns its path.
+func needXz(t *testing.T) string {
+	t.Helper()
+	p, err := exec.LookPath("xz")
 	if err != nil {
-		t.Skipf("skipping: no kernel in the VM test cache yet (%v); the VM tests fetch it", err)
+		testenv.Skipf(t, "xz not found (install xz-utils; the kernel fetch needs it too)")
 	}
-	modDir := filepath.Join(testCacheDir(), "kernels", strings.TrimSpace(string(cur)), "modules")
-	order, err := os.ReadFile(filepath.Join(modDir, "order"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	names := strings.Fields(string(order))
-	norm := func(s string) string { return strings.ReplaceAll(strings.TrimSuffix(s, ".ko"), "-", "_") }
-	pos := map[string]int{}
-	for i, n := range names {
-		pos[norm(n)] = i
-	}
-	for _, r := range rootModules {
-		if _, ok := pos[r]; !ok {
-			t.Errorf("root module %s is not in the order file", r)
-		}
-	}
-	for i, n := range names {
-		deps, err := moduleDepends(filepath.Join(modDir, n))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, d := range deps {
-			j, ok := pos[d]
-			if !ok {
-				t.Errorf("%s depends on %s, which the initramfs does not carry", n, d)
-			} else if j >= i {
-				t.Errorf("%s (position %d) depends on %s, loaded later (position %d)", n, i, d, j)
-			}
-		}
-	}
-
-	// resolveModules over the same files gives the same order.
-	tree := t.TempDir()
-	os.MkdirAll(filepath.Join(tree, "kernel"), 0o755)
-	for _, n := range names {
-		if err := os.Symlink(filepath.Join(modDir, n), filepath.Join(tree, "kernel", n)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	got, err := resolveModules(tree, rootModules)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var gotNames []string
-	for _, p := range got {
-		gotNames = append(gotNames, filepath.Base(p))
-	}
-	if !slices.Equal(gotNames, names) {
-		t.Fatalf("resolveModules: %q\norder file:     %q", gotNames, names)
-	}
+	return p
 }
 
 func TestExtractVmlinux(t *testing.T) {
-	if _, err := exec.LookPath("xz"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatal("xz not found and CI is set")
-		}
-		t.Skip("skipping: xz not found (install xz-utils; the kernel fetch needs it too)")
-	}
+	needXz(t)
 	dir := t.TempDir()
 	// A bzImage stand-in: setup code, an xz stream holding an ELF, and
 	// trailing bytes after the stream.
@@ -253,25 +193,27 @@ func TestExtractVmlinux(t *testing.T) {
 
 func TestExtractVmlinuxRejectsNonKernels(t *testing.T) {
 	dir := t.TempDir()
-	cases := map[string][]byte{
-		"no xz stream":        []byte("MZ this is not a bzImage at all"),
-		"xz stream, no ELF":   append([]byte("setup\xfd7zXZ\x00"), bytes.Repeat([]byte("garbage"), 100)...),
-		"valid xz of not-ELF": nil, // filled below when xz exists
-		"empty file":          {},
+	fixed := func(b []byte) func(*testing.T) []byte { return func(*testing.T) []byte { return b } }
+	cases := map[string]func(*testing.T) []byte{
+		"no xz stream":      fixed([]byte("MZ this is not a bzImage at all")),
+		"xz stream, no ELF": fixed(append([]byte("setup\xfd7zXZ\x00"), bytes.Repeat([]byte("garbage"), 100)...)),
+		"valid xz of not-ELF": func(t *testing.T) []byte {
+			xz := needXz(t)
+			plain := filepath.Join(dir, "plain.txt")
+			if err := os.WriteFile(plain, []byte("just text, no kernel"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out, err := exec.Command(xz, "-c", plain).Output()
+			if err != nil {
+				t.Fatalf("xz: %v", err)
+			}
+			return append([]byte("setup"), out...)
+		},
+		"empty file": fixed([]byte{}),
 	}
-	if _, err := exec.LookPath("xz"); err == nil {
-		plain := filepath.Join(dir, "plain.txt")
-		os.WriteFile(plain, []byte("just text, no kernel"), 0o644)
-		xz, err := exec.Command("xz", "-c", plain).Output()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cases["valid xz of not-ELF"] = append([]byte("setup"), xz...)
-	} else {
-		delete(cases, "valid xz of not-ELF")
-	}
-	for name, data := range cases {
+	for name, makeData := range cases {
 		t.Run(name, func(t *testing.T) {
+			data := makeData(t)
 			in := filepath.Join(dir, strings.ReplaceAll(name, " ", "_"))
 			os.WriteFile(in, data, 0o644)
 			out := in + ".vmlinux"

@@ -38,7 +38,7 @@ func startQEMU(t *testing.T) (string, *exec.Cmd) {
 
 func dial(t *testing.T, sock string) *qmp.Conn {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), mustWithin)
 	defer cancel()
 	c, err := qmp.Dial(ctx, sock)
 	if err != nil {
@@ -55,7 +55,7 @@ type status struct {
 
 func queryStatus(t *testing.T, c *qmp.Conn) status {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), mustWithin)
 	defer cancel()
 	raw, err := c.Execute(ctx, "query-status", nil)
 	if err != nil {
@@ -70,7 +70,7 @@ func queryStatus(t *testing.T, c *qmp.Conn) status {
 
 func execute(t *testing.T, c *qmp.Conn, cmd string, args any) json.RawMessage {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), mustWithin)
 	defer cancel()
 	raw, err := c.Execute(ctx, cmd, args)
 	if err != nil {
@@ -79,10 +79,15 @@ func execute(t *testing.T, c *qmp.Conn, cmd string, args any) json.RawMessage {
 	return raw
 }
 
+// mustWithin bounds the waits for what must happen (an answer, an event,
+// a return): generous, since it only decides when a broken client fails
+// the test on a loaded machine; no test here measures speed.
+const mustWithin = 30 * time.Second
+
 // nextEvent returns the next event named name, skipping others.
 func nextEvent(t *testing.T, events <-chan qmp.Event, name string) qmp.Event {
 	t.Helper()
-	timeout := time.After(5 * time.Second)
+	timeout := time.After(mustWithin)
 	for {
 		select {
 		case ev, ok := <-events:
@@ -93,7 +98,7 @@ func nextEvent(t *testing.T, events <-chan qmp.Event, name string) qmp.Event {
 				return ev
 			}
 		case <-timeout:
-			t.Fatalf("no %s event within 5 s", name)
+			t.Fatalf("no %s event within %s", name, mustWithin)
 		}
 	}
 }
@@ -145,7 +150,7 @@ func TestQEMUConcurrentCommands(t *testing.T) {
 	errs := make(chan error, 64)
 	for i := range 64 {
 		wg.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), mustWithin)
 			defer cancel()
 			// Alternate two commands with different answers: a mixed-up
 			// id would hand one caller the other's answer.
@@ -180,7 +185,7 @@ func TestQEMUPassesFileDescriptors(t *testing.T) {
 	}
 	defer r.Close()
 	defer w.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), mustWithin)
 	defer cancel()
 	if _, err := c.ExecuteWithFile(ctx, "getfd", map[string]string{"fdname": "migfd"}, w); err != nil {
 		t.Fatalf("getfd with SCM_RIGHTS: %v", err)
@@ -202,13 +207,13 @@ func TestQEMUQuitEndsTheConnection(t *testing.T) {
 	sock, cmd := startQEMU(t)
 	c := dial(t, sock)
 	events := c.Events()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), mustWithin)
 	defer cancel()
 	// QEMU may answer quit or close first; either way the connection ends.
 	_, _ = c.Execute(ctx, "quit", nil)
 	select {
 	case <-c.Done():
-	case <-time.After(10 * time.Second):
+	case <-time.After(mustWithin):
 		t.Fatal("Done not closed after quit")
 	}
 	ev := nextEvent(t, events, "SHUTDOWN")
@@ -221,13 +226,20 @@ func TestQEMUQuitEndsTheConnection(t *testing.T) {
 	for range events { // closed with the connection
 	}
 
-	// A command after QEMU is gone fails at once, whatever ctx allows.
-	start := time.Now()
-	if _, err := c.Execute(context.Background(), "query-status", nil); err == nil {
-		t.Fatal("Execute after quit succeeded")
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Fatalf("Execute after quit took %s", d)
+	// A command after QEMU is gone fails, though its context never ends:
+	// it must not wait for an answer that cannot come.
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Execute(context.Background(), "query-status", nil)
+		errc <- err
+	}()
+	select {
+	case err := <-errc:
+		if err == nil {
+			t.Fatal("Execute after quit succeeded")
+		}
+	case <-time.After(mustWithin):
+		t.Fatalf("Execute after quit still waits after %s", mustWithin)
 	}
 	if ev, ok := <-c.Events(); ok {
 		t.Fatalf("a subscription after the end received %+v, want a closed channel", ev)
@@ -254,7 +266,7 @@ func TestQEMUKilledFailsPendingCommands(t *testing.T) {
 	go func() { wg.Wait(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(10 * time.Second):
+	case <-time.After(mustWithin):
 		t.Fatal("Execute calls hang after QEMU was killed")
 	}
 	close(errc)

@@ -7,13 +7,15 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cove-dev/cove/internal/testenv"
 )
 
 // gitRepo makes a repository with one commit on main and returns its path.
 func gitRepo(t *testing.T) string {
 	t.Helper()
 	if _, err := exec.LookPath("git"); err != nil {
-		t.Skip("git is not installed:", err)
+		testenv.Skipf(t, "git is not installed (the package is git): %v", err)
 	}
 	dir := filepath.Join(t.TempDir(), "acme", "api")
 	run(t, "", "git", "init", "-q", "-b", "main", dir)

@@ -5,16 +5,19 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/trigger"
 	"github.com/cove-dev/cove/internal/vmtest"
 )
@@ -197,15 +200,36 @@ func TestTemplateFollowsRepo(t *testing.T) {
 	c2 := src.commit("app.txt", "two\n")
 	p.push("acme/widgets", "feature", c1, c2)
 	p.push("acme/other", "main", c1, c2)
-	p.push("acme/widgets", "main", c1, strings.Repeat("0", 40))
-	time.Sleep(time.Second)
-	if tp, _ := r.mgr.GetTemplate(ctx, "widgets"); tp.Rebuilding || tp.Version != 1 || len(versions()) != 1 {
-		t.Fatalf("an unrelated push started a build: %+v, versions %+v", tp, versions())
+	// A push is matched to the templates that follow it before it is
+	// answered: a build it asks for is queued (the template shows
+	// rebuilding) by the time the 202 comes back, and stays so for the
+	// whole build. So each check below runs at once, with no wait; the
+	// push to main after them proves the same check sees a build.
+	queued := func() bool {
+		tp, err := r.mgr.GetTemplate(ctx, "widgets")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tp.Rebuilding || tp.Version != 1 || len(versions()) != 1
+	}
+	for _, u := range []struct{ what, repo, branch, head string }{
+		{"a push to another branch", "acme/widgets", "feature", c2},
+		{"a push to another repository", "acme/other", "main", c2},
+		{"a deleted branch", "acme/widgets", "main", strings.Repeat("0", 40)},
+	} {
+		p.push(u.repo, u.branch, c1, u.head)
+		if queued() {
+			tp, _ := r.mgr.GetTemplate(ctx, "widgets")
+			t.Fatalf("%s started a build: %+v, versions %+v", u.what, tp, versions())
+		}
 	}
 
 	// The push to main builds version 2 from version 1 (GitHub's
 	// owner/name are case-blind).
 	id := p.push("Acme/Widgets", "main", c1, c2)
+	if !queued() {
+		t.Fatal("the push to the followed branch did not queue a build by the time it was answered")
+	}
 	v2 := waitVersion(2)
 	if v2.State != api.VersionReady || v2.Commit != c2 || v2.Base != 1 || v2.Reason != "push "+id || !v2.Current {
 		t.Fatalf("version 2 = %+v", v2)
@@ -364,5 +388,147 @@ func TestTemplateRepoErrors(t *testing.T) {
 	}
 	if ents, err := os.ReadDir(filepath.Join(r.dir, "templates")); err == nil && len(ents) != 0 {
 		t.Errorf("refused creates left %v in the templates dir", ents)
+	}
+}
+
+// buildGate is a manager CrashPoint that holds the first template build
+// to reach the step "build.recorded" (its version recorded as building,
+// its commit fetched) until release, and counts the builds that reach
+// that step: the rebuilds that found something to build.
+type buildGate struct {
+	reached chan struct{} // closed when the first build is held
+	open    chan struct{} // closed by release
+	release func()        // lets the held build go on; safe to call more than once
+
+	mu      sync.Mutex
+	builds  int  // guarded by mu: builds that reached the step
+	holding bool // guarded by mu: the first one is held now
+	overlap bool // guarded by mu: a build reached the step while the first was held
+}
+
+func newBuildGate() *buildGate {
+	g := &buildGate{reached: make(chan struct{}), open: make(chan struct{})}
+	g.release = sync.OnceFunc(func() { close(g.open) })
+	return g
+}
+
+// step is the manager's CrashPoint.
+func (g *buildGate) step(name string) {
+	if name != "build.recorded" {
+		return
+	}
+	g.mu.Lock()
+	g.builds++
+	first := g.builds == 1
+	g.overlap = g.overlap || g.holding
+	if first {
+		g.holding = true
+	}
+	g.mu.Unlock()
+	if !first {
+		return
+	}
+	close(g.reached)
+	<-g.open
+	g.mu.Lock()
+	g.holding = false
+	g.mu.Unlock()
+}
+
+// counts is how many builds reached the step, and whether one did while
+// another was held.
+func (g *buildGate) counts() (int, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.builds, g.overlap
+}
+
+// TestPushesDuringABuildCoalesce holds a template's build half-way (its
+// version recorded, its commit fetched) while three more pushes to the
+// followed branch arrive, each with a new commit: once let go, the build
+// finishes, and exactly one more follows, at the last commit, for the
+// last push. No build runs beside the held one, and no further rebuild
+// runs (not even one that finds the branch up to date).
+func TestPushesDuringABuildCoalesce(t *testing.T) {
+	gate := newBuildGate()
+	book := &logBook{}
+	r := newRig(t, rigOptions{adjust: func(c *session.Config) {
+		c.CrashPoint = gate.step
+		c.Log = slog.New(book)
+	}})
+	// Registered after the rig's cleanups, so it runs first: a test that
+	// stops half-way must not leave the build held while the manager
+	// waits for it to stop.
+	t.Cleanup(gate.release)
+	vmtest.Get(t).Image(t, "debian")
+	ctx := context.Background()
+	if err := r.mgr.Recover(ctx); err != nil {
+		t.Fatal(err)
+	}
+	src := newGitRepo(t, "acme", "gadgets")
+	c1 := src.commit("app.txt", "one\n")
+	p := newPusher(t, r.mgr)
+	if _, err := r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{
+		Name: "gadgets", Image: "debian", Repo: src.dir, Setup: []string{"cat /workspace/app.txt > /var/built"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	versions := func() []api.TemplateVersion {
+		vs, err := r.mgr.TemplateVersions(ctx, "gadgets")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return vs
+	}
+
+	c2 := src.commit("app.txt", "two\n")
+	first := p.push("acme/gadgets", "main", c1, c2)
+	select {
+	case <-gate.reached:
+	case <-time.After(3 * time.Minute):
+		t.Fatalf("the build for the push never reached its recorded step; versions %+v; log: %s", versions(), book)
+	}
+	// Pushes while the build is held, each moving the branch.
+	before, last := c2, ""
+	for _, content := range []string{"three\n", "four\n", "five\n"} {
+		c := src.commit("app.txt", content)
+		last = p.push("acme/gadgets", "main", before, c)
+		before = c
+	}
+	c5 := before
+	if vs := versions(); len(vs) != 2 || vs[1].State != api.VersionBuilding || vs[1].Commit != c2 {
+		t.Fatalf("versions while the first build is held: %+v; want version 2 building at %s", vs, c2)
+	}
+	gate.release()
+
+	// The builder is gone only once no build is queued: nothing more can
+	// start after this.
+	if !waitFor(5*time.Minute, func() bool {
+		tp, err := r.mgr.GetTemplate(ctx, "gadgets")
+		return err == nil && !tp.Rebuilding
+	}) {
+		t.Fatalf("builds did not end; versions %+v; log: %s", versions(), book)
+	}
+	vs := versions()
+	if len(vs) != 3 {
+		t.Fatalf("versions after pushes during a build: %+v; want 1, 2 and one more", vs)
+	}
+	// Version 2 was built and went live; no session uses it, so it went
+	// when version 3 came.
+	if v := vs[1]; v.State != api.VersionRemoved || v.Error != "" || v.Commit != c2 || v.Reason != "push "+first {
+		t.Fatalf("version 2 = %+v; want built at %s for push %s, then removed", v, c2, first)
+	}
+	if v := vs[2]; v.State != api.VersionReady || v.Commit != c5 || v.Base != 2 || v.Reason != "push "+last || !v.Current {
+		t.Fatalf("version 3 = %+v; want current, at %s, from version 2, for the last push %s", v, c5, last)
+	}
+	builds, overlap := gate.counts()
+	if builds != 2 || overlap {
+		t.Fatalf("%d builds reached their recorded step (one beside the held build: %v); want 2, one after the other", builds, overlap)
+	}
+	if n := book.count("template is up to date"); n != 0 {
+		t.Fatalf("%d more rebuilds ran and found the branch up to date: the pushes were not coalesced; log: %s", n, book)
+	}
+	if n := book.count("building template version"); n != 2 {
+		t.Fatalf("%d builds logged, want 2; log: %s", n, book)
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/testenv"
 	"github.com/cove-dev/cove/internal/vmm/qemu"
 	"github.com/cove-dev/cove/internal/vmtest"
 )
@@ -70,7 +71,9 @@ func killQEMU(t *testing.T, dir, id string) {
 		return
 	}
 	_ = syscall.Kill(pid, syscall.SIGKILL)
-	waitFor(10*time.Second, func() bool { return qemu.PIDOf(dir, id) == 0 })
+	if !waitFor(time.Minute, func() bool { return qemu.PIDOf(dir, id) == 0 }) {
+		t.Errorf("QEMU process %d of %s still there a minute after SIGKILL", pid, id)
+	}
 }
 
 // TestQEMUKilled kills a session's QEMU process during a save (while the
@@ -215,6 +218,76 @@ func TestSnapshotDamaged(t *testing.T) {
 	}
 }
 
+// TestSnapshotMissing removes a parked session's snapshot files: the state
+// file, the RAM file, or both. The wake fails with the reason (the file
+// it misses) and the session is failed, not rebooted; nothing else is
+// hurt: no QEMU process runs for it, it can be removed, and a neighbour
+// parked all along wakes with its memory.
+func TestSnapshotMissing(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	ctx := context.Background()
+	neighbour := r.create(t, api.CreateSessionRequest{MemoryMiB: 256})
+	check := memoryMark(t, r, neighbour.ID)
+	if _, err := r.mgr.Park(ctx, neighbour.ID); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		missing []string
+		want    string
+	}{
+		{"state file", []string{"state"}, "snapshot state file"},
+		{"memory file", []string{qemu.MemFile}, "snapshot memory file"},
+		{"both", []string{"state", qemu.MemFile}, "snapshot state file"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			s := r.create(t, api.CreateSessionRequest{MemoryMiB: 256})
+			if _, err := r.mgr.Park(ctx, s.ID); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range c.missing {
+				if err := os.Remove(filepath.Join(r.dir, s.ID, f)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			_, err := r.mgr.Wake(ctx, s.ID)
+			wantCode(t, "wake of a snapshot with a file missing", err, api.CodeUnavailable)
+			for _, part := range []string{c.want, "no such file", "marked failed"} {
+				if !strings.Contains(err.Error(), part) {
+					t.Fatalf("wake of a snapshot with a file missing: %q does not say %q", err, part)
+				}
+			}
+			got, err := r.mgr.Get(ctx, s.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.State != api.StateFailed || !strings.Contains(got.Error, c.want) || !strings.Contains(got.Error, "no such file") {
+				t.Fatalf("after waking a snapshot with a file missing: %s (%q), want failed saying which file is missing", got.State, got.Error)
+			}
+			if pid := qemu.PIDOf(r.dir, s.ID); pid != 0 {
+				t.Fatalf("a QEMU process (%d) runs for the session whose snapshot is missing", pid)
+			}
+			// An exec finds the session failed; it does not boot it.
+			_, err = r.mgr.Exec(ctx, s.ID, api.ExecRequest{Argv: []string{"true"}})
+			wantCode(t, "exec in the failed session", err, api.CodeConflict)
+			if err := r.mgr.Delete(ctx, s.ID); err != nil {
+				t.Fatalf("remove the failed session: %v", err)
+			}
+			if _, err := os.Stat(filepath.Join(r.dir, s.ID)); !os.IsNotExist(err) {
+				t.Fatalf("the failed session's directory after its removal: %v", err)
+			}
+			if got, err := r.mgr.Get(ctx, neighbour.ID); err != nil || got.State != api.StateParked {
+				t.Fatalf("the parked neighbour: %+v, %v; want parked", got, err)
+			}
+		})
+	}
+	if _, err := r.mgr.Wake(ctx, neighbour.ID); err != nil {
+		t.Fatalf("wake the neighbour: %v", err)
+	}
+	check("the neighbour's wake, after the others' snapshots went missing")
+}
+
 // overwriteDataPage writes garbage over a page of path that holds data
 // (the guest touched it), in the middle of the first data extent.
 func overwriteDataPage(path string) error {
@@ -281,10 +354,7 @@ func TestGuestFrozen(t *testing.T) {
 // taken for a snapshot, and once there is room the park and wake work.
 func TestParkDiskFull(t *testing.T) {
 	if os.Geteuid() != 0 {
-		if os.Getenv("CI") != "" {
-			t.Fatal("mounting a size-limited tmpfs needs root, and CI runs as root")
-		}
-		t.Skip("mounting a size-limited tmpfs needs root")
+		testenv.Skipf(t, "mounting a size-limited tmpfs needs root")
 	}
 	vmtest.Get(t)
 	base := vmtest.Dir(t)

@@ -330,6 +330,9 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 	}
 	m.crashPoint("park.done")
 	m.cfg.Log.Info("session parked", "session", id, "park_ms", p.ParkMillis, "disk_bytes", p.DiskBytes)
+	if m.cfg.OnPark != nil {
+		m.cfg.OnPark(time.Since(start))
+	}
 	return m.toAPI(rec), nil
 }
 
@@ -370,6 +373,7 @@ func (m *Manager) Wake(ctx context.Context, id string) (api.Session, error) {
 		return m.toAPI(rec), err
 	}
 	defer unlock()
+	start := time.Now()
 	mach, err := parkedMachine(rec.Snapshot)
 	if err != nil {
 		msg := "wake: " + err.Error()
@@ -437,6 +441,9 @@ func (m *Manager) Wake(ctx context.Context, id string) (api.Session, error) {
 	}
 	os.Remove(filepath.Join(dir, wokenFile))
 	m.adoptLive(id, l)
+	if m.cfg.OnWake != nil {
+		m.cfg.OnWake(time.Since(start))
+	}
 	return m.toAPI(rec), nil
 }
 

@@ -46,6 +46,10 @@ type rigOptions struct {
 	answerTimeout time.Duration
 	// admission is the manager's Admission.
 	admission session.Admission
+	// adjust, if set, changes the manager's Config last, for a field the
+	// options above do not carry (a lifecycle CrashPoint, a server default
+	// idle timeout, a log to read).
+	adjust func(*session.Config)
 }
 
 // newRig builds a manager over fresh directories and registers cleanups
@@ -102,8 +106,12 @@ func openRig(t *testing.T, o rigOptions) *rig {
 	// keeps: its maker runs once Recover is called.
 	cfg := session.Config{Store: st, Driver: drv, Images: images, Dir: o.dir, TemplateDir: filepath.Join(o.dir, "templates"),
 		CloneFiles: 1, AnswerTimeout: o.answerTimeout, Admission: o.admission}
+	if o.adjust != nil {
+		o.adjust(&cfg)
+	}
 	m, err := session.New(cfg)
 	if err != nil {
+		d.Close()
 		st.Close()
 		t.Fatal(err)
 	}

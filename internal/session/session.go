@@ -71,6 +71,12 @@ type Config struct {
 
 	// OnBoot, if set, is told each successful boot's duration.
 	OnBoot func(time.Duration)
+	// OnPark and OnWake, if set, are told the duration of each park and
+	// wake done, whoever asked for it (the API, idle parking, park
+	// --until, an exec's auto-wake, an event, a timeout); a park of a
+	// parked session or a wake of a running one does nothing and is not
+	// told.
+	OnPark, OnWake func(time.Duration)
 
 	// CrashPoint, if set, is called at each named step of the lifecycle
 	// operations (create, park, wake, clone, pool refill, template build,
@@ -978,6 +984,9 @@ func (m *Manager) agent(ctx context.Context, id string) (*live, error) {
 	msg := fmt.Sprintf("session %s is %s", id, rec.State)
 	if rec.Error != "" {
 		msg += ": " + rec.Error
+	}
+	if rec.NoAutoWake && (rec.State == api.StateParked || rec.State == api.StateParking) {
+		msg += fmt.Sprintf(" and has auto-wake off: wake it first (cove wake %s)", id)
 	}
 	return nil, api.Errorf(api.CodeConflict, "%s", msg)
 }

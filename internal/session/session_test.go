@@ -100,14 +100,17 @@ func TestOneSession(t *testing.T) {
 	})
 
 	t.Run("TimeoutKillsCommand", func(t *testing.T) {
-		start := time.Now()
+		// The timeout kills the command (the run's own deadline is 2
+		// minutes), and not before it is up: the kill's answer comes
+		// after the instant the timeout ends, counted from before the
+		// request left (an order that load cannot break, only delay).
+		notBefore := time.Now().Add(time.Second)
 		res := r.run(t, id, api.ExecRequest{Argv: []string{"sleep", "100"}, Timeout: "1s"}, nil)
-		took := time.Since(start)
 		if !res.status.TimedOut || res.status.Signal != "KILL" {
 			t.Fatalf("sleep 100 with a 1s timeout ended %+v, want TimedOut and KILL", res.status)
 		}
-		if took < time.Second || took > 20*time.Second {
-			t.Fatalf("timed out after %s, want about 1s", took)
+		if now := time.Now(); now.Before(notBefore) {
+			t.Fatalf("sleep 100 with a 1s timeout was killed %s before its timeout was up", notBefore.Sub(now))
 		}
 		_, err := r.mgr.Exec(ctx, id, api.ExecRequest{Argv: []string{"true"}, Timeout: "soon"})
 		wantCode(t, "exec with a bad timeout", err, api.CodeInvalid)
@@ -125,19 +128,17 @@ func TestOneSession(t *testing.T) {
 		if err := p.Signal("NOSUCHSIG"); !api.IsCode(err, api.CodeInvalid) {
 			t.Errorf("Signal(NOSUCHSIG): %v, want invalid_argument", err)
 		}
-		start := time.Now()
 		if err := p.Signal("TERM"); err != nil {
 			t.Fatal(err)
 		}
+		// Ended by the signal, long before sleep's 100 s (which would
+		// end it with code 0) and within the exec's minute.
 		st, err := p.Wait()
 		if err != nil {
 			t.Fatal(err)
 		}
 		if st.Signal != "TERM" || st.Code != 128+15 {
 			t.Fatalf("sleep after TERM ended %+v, want signal TERM, code 143", st)
-		}
-		if took := time.Since(start); took > 10*time.Second {
-			t.Fatalf("TERM took %s to end sleep", took)
 		}
 	})
 
@@ -163,21 +164,18 @@ func TestOneSession(t *testing.T) {
 
 	t.Run("GuestClockFollowsHost", func(t *testing.T) {
 		// Guest timers run at the host's pace: a guess at the TSC's
-		// rate once made them 1.3x fast.
-		start := time.Now()
+		// rate once made them 1.3x fast. An order, not a speed: the
+		// answer to a guest 'sleep 2' comes after the instant 2 s (less
+		// the host timer's and the guest tick's slop) from before the
+		// request left; load can only make it later.
+		notBefore := time.Now().Add(1950 * time.Millisecond)
 		r.sh(t, id, "sleep 2")
-		if took := time.Since(start); took < 1950*time.Millisecond {
-			t.Errorf("guest sleep 2 took %s on the host", took)
+		if now := time.Now(); now.Before(notBefore) {
+			t.Errorf("guest sleep 2 ended %s early on the host's clock", notBefore.Sub(now))
 		}
 		// The guest's wall clock, set at boot, has not drifted since
 		// (the session is some seconds old by now).
-		var guest int64
-		if _, err := fmt.Sscan(r.sh(t, id, "date +%s"), &guest); err != nil {
-			t.Fatal(err)
-		}
-		if d := guest - time.Now().Unix(); d < -2 || d > 2 {
-			t.Errorf("guest clock is %ds off the host's %s after boot", d, time.Since(s.CreatedAt).Round(time.Second))
-		}
+		checkGuestClock(t, r, id, "some seconds after boot")
 	})
 
 	t.Run("TenConcurrentExecsKeepTheirOutput", func(t *testing.T) {
@@ -268,13 +266,11 @@ func testPTY(t *testing.T, r *rig, id string) {
 		}) {
 			t.Fatal("sleep never started in the interactive shell")
 		}
-		start := time.Now()
+		// The shell runs the next line only once Ctrl-C ended sleep
+		// (100 s; expect waits 20).
 		say("\x03")
 		say("echo alive$((6*7))\n")
 		expect("alive42")
-		if took := time.Since(start); took > 30*time.Second {
-			t.Fatalf("Ctrl-C took %s to end sleep", took)
-		}
 		if got := strings.TrimSpace(r.sh(t, id, "pidof sleep || true")); got != "" {
 			t.Fatalf("sleep still runs after Ctrl-C: pid %s", got)
 		}

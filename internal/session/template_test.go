@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -89,27 +90,56 @@ func TestTemplateClones(t *testing.T) {
 	wantCode(t, "clone of a removed template", err, api.CodeNotFound)
 }
 
-// TestWarmPool checks a template's pool fills, a create claims a ready
-// clone, and the pool refills.
+// TestWarmPool checks a template's pool fills, a create claims one of its
+// ready clones (the session is that clone: its id, its QEMU process), and
+// the pool refills with a new clone.
 func TestWarmPool(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
 	if _, err := r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "warm", Pool: 2}); err != nil {
 		t.Fatal(err)
 	}
-	ready := func(n int) bool {
+	// A pooled clone has a session id and a session dir from its restore
+	// on, but no record until a create claims it.
+	pooled := func() map[string]bool {
+		t.Helper()
+		ss, err := r.mgr.List(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]bool{}
+		for _, e := range sessionEntries(r.dir) {
+			if strings.HasPrefix(e, "s-") && !slices.ContainsFunc(ss, func(s api.Session) bool { return s.ID == e }) {
+				out[e] = true
+			}
+		}
+		return out
+	}
+	// full: two clones ready, and no third being restored.
+	full := func(clones map[string]bool) bool {
 		tpl, err := r.mgr.GetTemplate(ctx, "warm")
-		return err == nil && tpl.PoolReady >= n
+		return err == nil && tpl.PoolReady == 2 && len(clones) == 2
 	}
-	if !waitFor(time.Minute, func() bool { return ready(2) }) {
-		t.Fatal("pool did not fill")
+	if !waitFor(time.Minute, func() bool { return full(pooled()) }) {
+		tpl, _ := r.mgr.GetTemplate(ctx, "warm")
+		t.Fatalf("pool did not fill: %d ready, clone dirs %v", tpl.PoolReady, pooled())
 	}
-	start := time.Now()
+	before := pooled()
+	pids := map[string]int{}
+	for id := range before {
+		pids[id] = qemuPID(t, r.dir, id)
+	}
+
 	s, err := r.mgr.Create(ctx, api.CreateSessionRequest{Template: "warm"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("claimed a pooled clone in %s", time.Since(start))
+	if !before[s.ID] {
+		t.Fatalf("created session %s is none of the pooled clones %v: the create did not claim one", s.ID, before)
+	}
+	if pid := qemuPID(t, r.dir, s.ID); pid != pids[s.ID] {
+		t.Fatalf("the claimed clone runs in QEMU process %d, the pooled one ran in %d", pid, pids[s.ID])
+	}
 	if got := strings.TrimSpace(r.sh(t, s.ID, "echo hi")); got != "hi" {
 		t.Fatalf("pooled clone: %q", got)
 	}
@@ -119,8 +149,23 @@ func TestWarmPool(t *testing.T) {
 	if res.status.Code != 1 || !strings.Contains(res.stderr, "^") {
 		t.Fatalf("park with a bad expression from a pooled clone: exit %d, stderr %q", res.status.Code, res.stderr)
 	}
-	if !waitFor(time.Minute, func() bool { return ready(2) }) {
-		t.Fatal("pool did not refill")
+
+	// The refill restores a new clone beside the one left.
+	refilled := func() bool {
+		now := pooled()
+		if !full(now) {
+			return false
+		}
+		for id := range now {
+			if !before[id] {
+				return true
+			}
+		}
+		return false
+	}
+	if !waitFor(time.Minute, refilled) {
+		tpl, _ := r.mgr.GetTemplate(ctx, "warm")
+		t.Fatalf("pool did not refill: %d ready, clone dirs %v (before the claim: %v)", tpl.PoolReady, pooled(), before)
 	}
 	if err := r.mgr.Delete(ctx, s.ID); err != nil {
 		t.Fatal(err)

@@ -260,10 +260,21 @@ func (m *Manager) deliverOne(d store.Delivery) {
 		finish(store.DeliveryFailed, "session: "+err.Error())
 		return
 	}
-	if rec.State == api.StateParked || rec.State == api.StateParking {
+	if rec.State == api.StateParking {
+		// Not woken from here: the wake would wait for the park's end
+		// within this delivery's time, and a park can take longer. The
+		// next round finds it parked.
+		return
+	}
+	if rec.State == api.StateParked {
 		if _, err := m.Wake(ctx, d.SessionID); err != nil && !api.IsCode(err, api.CodeConflict) {
 			if isHostFull(err) {
 				return // no room on the host now: retried on the next round
+			}
+			if ctx.Err() != nil {
+				if r, gerr := m.cfg.Store.GetSession(context.Background(), d.SessionID); gerr == nil && r.State != api.StateFailed {
+					return // out of time, the session intact: retried on the next round
+				}
 			}
 			finish(store.DeliveryFailed, "wake: "+err.Error())
 			return

@@ -25,6 +25,8 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/store"
+	"github.com/cove-dev/cove/internal/store/sqlite"
 )
 
 var (
@@ -48,37 +50,84 @@ func githubSign(secret []byte, parts ...string) string {
 	return "sha256=" + hex.EncodeToString(mac.Sum(nil))
 }
 
-// memSink is a Sink in memory that dedupes by (Source, ID).
+// memSink is the receiver's Sink as cove server has it, less the
+// subscriptions: the session manager's Accept records each event with the
+// state store's RecordEvent, and the de-duplication by (Source, ID) is the
+// store's. So this sink does not de-duplicate: it hands every event to a
+// real SQLite store and answers what the store says. It keeps every event
+// it is handed, duplicates included, and the store's answer for each, so
+// that a test sees what the receiver passed on and what was recorded.
 type memSink struct {
+	st   *sqlite.Store
 	fail error // returned by Accept when set
 
-	mu     sync.Mutex
-	seen   map[[2]string]bool // guarded by mu
-	events []Event            // guarded by mu
+	mu       sync.Mutex
+	received []Event       // guarded by mu: every event handed to Accept
+	recorded []store.Event // guarded by mu: what the store recorded as new
 }
 
-func (s *memSink) Accept(_ context.Context, ev Event) (bool, error) {
+func newMemSink(t *testing.T) *memSink {
+	t.Helper()
+	st, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return &memSink{st: st}
+}
+
+func (s *memSink) Accept(ctx context.Context, ev Event) (bool, error) {
 	if s.fail != nil {
 		return false, s.fail
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	k := [2]string{ev.Source, ev.ID}
-	if s.seen[k] {
-		return true, nil
+	s.received = append(s.received, ev)
+	s.mu.Unlock()
+	// As session.Manager.Accept does, with no session subscribed.
+	rec, _, dup, err := s.st.RecordEvent(ctx, store.Event{Source: ev.Source, ID: ev.ID, Name: ev.Name,
+		Fields: ev.Fields, Body: ev.Body, Received: ev.Received.UTC()}, nil)
+	if err != nil {
+		return false, fmt.Errorf("record event: %w", err)
 	}
-	if s.seen == nil {
-		s.seen = map[[2]string]bool{}
+	if !dup {
+		s.mu.Lock()
+		s.recorded = append(s.recorded, rec)
+		s.mu.Unlock()
 	}
-	s.seen[k] = true
-	s.events = append(s.events, ev)
-	return false, nil
+	return dup, nil
 }
 
+// reset forgets the events handed to Accept so far (the store keeps
+// them).
+func (s *memSink) reset() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.received = nil
+}
+
+// got returns the events handed to Accept, duplicates included.
 func (s *memSink) got() []Event {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return append([]Event(nil), s.events...)
+	return append([]Event(nil), s.received...)
+}
+
+// stored returns the delivery ids the store recorded as new events, in
+// order, each checked against the store's copy (Seq 1, 2, ...: a
+// duplicate recorded in between would take a Seq).
+func (s *memSink) stored(t *testing.T) []string {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var ids []string
+	for i, rec := range s.recorded {
+		got, err := s.st.GetEvent(context.Background(), rec.Seq)
+		if err != nil || got.ID != rec.ID || got.Seq != int64(i+1) {
+			t.Fatalf("new event %d (%s) recorded with seq %d; the store has %q there (%v); want seq %d", i+1, rec.ID, rec.Seq, got.ID, err, i+1)
+		}
+		ids = append(ids, rec.ID)
+	}
+	return ids
 }
 
 // memSecrets is Secrets from a map; fail makes every lookup fail.
@@ -133,7 +182,7 @@ type hookEnv struct {
 
 func newHookEnv(t *testing.T) *hookEnv {
 	t.Helper()
-	e := &hookEnv{t: t, sink: &memSink{}, logs: &lockedBuffer{}}
+	e := &hookEnv{t: t, sink: newMemSink(t), logs: &lockedBuffer{}}
 	e.rcv = &Receiver{
 		Secrets: memSecrets{m: map[string][]byte{
 			GitHubHook: testGitHubSecret,
@@ -328,7 +377,9 @@ func TestReceiverExprFixtures(t *testing.T) {
 		t.Fatal(err)
 	}
 	if len(paths) == 0 {
-		t.Skip("no testdata/expr-github-*.json: the expression tests have no GitHub fixtures")
+		// They are part of the tree (expr_test.go reads them too): none
+		// found is a broken checkout, not a reason to skip.
+		t.Fatal("no testdata/expr-github-*.json: the expression tests' GitHub fixtures are missing")
 	}
 	for i, p := range paths {
 		stem := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(p), "expr-github-"), ".json")
@@ -357,28 +408,41 @@ func TestReceiverExprFixtures(t *testing.T) {
 	}
 }
 
-// A redelivery (same X-GitHub-Delivery) is answered 200 duplicate and the
-// sink records the event once.
+// A redelivery (same X-GitHub-Delivery) reaches the sink with the same
+// id, the store records the event once, and the receiver answers the
+// store's duplicate as 200 duplicate.
 func TestReceiverDuplicateDelivery(t *testing.T) {
 	e := newHookEnv(t)
 	body := readFixture(t, "check_suite")
 	const id = "0f6b2e80-cd7b-11f0-9a44-5e2b1f0c7d11"
-	e.send(githubDelivery("check_suite", id, body))
+	if a := e.send(githubDelivery("check_suite", id, body)); a.status != http.StatusAccepted {
+		t.Fatalf("first delivery answered %d %s, want 202", a.status, a.raw)
+	}
 	a := e.send(githubDelivery("check_suite", id, body))
 	if a.status != http.StatusOK || a.ok["ok"] != true || a.ok["duplicate"] != true || a.ok["id"] != id {
 		t.Fatalf(`answer %d %s, want 200 {"ok":true,"duplicate":true,"id":%q}`, a.status, a.raw, id)
 	}
-	if n := len(e.sink.got()); n != 1 {
-		t.Errorf("sink holds %d events, want 1", n)
+	// The receiver keeps no memory of deliveries of its own (it would
+	// not survive a restart): both reached the sink, as the same event.
+	if got := e.sink.got(); len(got) != 2 || got[0].ID != id || !reflect.DeepEqual(got[0], got[1]) {
+		t.Errorf("sink received %+v, want the same event twice", got)
+	}
+	if ids := e.sink.stored(t); len(ids) != 1 || ids[0] != id {
+		t.Errorf("store recorded %q, want %s once", ids, id)
 	}
 	if r := e.rejectCalls(); len(r) != 0 {
 		t.Errorf("OnReject called for a duplicate: %+v", r)
 	}
+	if !strings.Contains(e.logs.String(), "hook delivery duplicate") {
+		t.Errorf("no log line for the duplicate:\n%s", e.logs)
+	}
 	// Another delivery id of the same payload is a new event (GitHub's
 	// "redeliver" keeps the id; a new event gets a new one).
-	e.send(githubDelivery("check_suite", id+"-2", body))
-	if n := len(e.sink.got()); n != 2 {
-		t.Errorf("sink holds %d events after a new delivery id, want 2", n)
+	if a := e.send(githubDelivery("check_suite", id+"-2", body)); a.status != http.StatusAccepted {
+		t.Errorf("a new delivery id answered %d %s, want 202", a.status, a.raw)
+	}
+	if ids := e.sink.stored(t); len(ids) != 2 || ids[1] != id+"-2" {
+		t.Errorf("store recorded %q after a new delivery id, want %s then %s-2", ids, id, id)
 	}
 }
 
@@ -474,11 +538,16 @@ func TestReceiverGenericHookDeliveryID(t *testing.T) {
 				d.header[k] = v
 			}
 			a := e.send(d)
-			if a.status != http.StatusOK || a.ok["duplicate"] != true {
-				t.Errorf("replay answered %d %s, want 200 duplicate", a.status, a.raw)
+			if a.status != http.StatusOK || a.ok["duplicate"] != true || a.ok["id"] != tc.id {
+				t.Errorf("replay answered %d %s, want 200 duplicate of %s", a.status, a.raw, tc.id)
 			}
-			if n := len(e.sink.got()); n != 1 {
-				t.Errorf("sink holds %d events after a replay, want 1", n)
+			// The replay reached the store with the same id, which
+			// recorded it once.
+			if got := e.sink.got(); len(got) != 2 || got[1].ID != tc.id {
+				t.Errorf("sink received %+v, want the event twice with id %s", got, tc.id)
+			}
+			if ids := e.sink.stored(t); len(ids) != 1 || ids[0] != tc.id {
+				t.Errorf("store recorded %q after a replay, want %s once", ids, tc.id)
 			}
 		})
 	}

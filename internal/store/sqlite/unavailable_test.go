@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/internal/store"
+	"github.com/cove-dev/cove/internal/testenv"
 )
 
 // lockHelperEnv, set to a database path, makes the test binary a helper
@@ -258,14 +259,13 @@ func TestUnavailableWhileLockedByAnotherProcess(t *testing.T) {
 	s.wantWritesAgain(t)
 }
 
-// chattr runs chattr with args, skipping t if the file system or the
-// process cannot set the immutable flag.
-func chattr(t *testing.T, args ...string) {
-	t.Helper()
+// chattr runs chattr with args.
+func chattr(args ...string) error {
 	out, err := exec.Command("chattr", args...).CombinedOutput()
 	if err != nil {
-		t.Skipf("making files immutable needs chattr, CAP_LINUX_IMMUTABLE and a file system that has the flag: chattr %s: %v: %s", strings.Join(args, " "), err, out)
+		return fmt.Errorf("chattr %s: %w: %s", strings.Join(args, " "), err, out)
 	}
+	return nil
 }
 
 // When the database's files become read-only under a running server (made
@@ -276,7 +276,7 @@ func chattr(t *testing.T, args ...string) {
 // writable again the same Store writes again, without being reopened.
 func TestUnavailableWhileReadOnly(t *testing.T) {
 	if _, err := exec.LookPath("chattr"); err != nil {
-		t.Skip("making files immutable needs chattr (e2fsprogs), which is not installed")
+		testenv.Skipf(t, "making files immutable needs chattr (e2fsprogs), which is not installed")
 	}
 	s := seed(t)
 	// SQLite writes the WAL and, at checkpoints, the database file.
@@ -287,7 +287,11 @@ func TestUnavailableWhileReadOnly(t *testing.T) {
 		}
 	}
 	t.Cleanup(func() { exec.Command("chattr", append([]string{"-i"}, files...)...).Run() })
-	chattr(t, append([]string{"+i"}, files...)...)
+	if err := chattr(append([]string{"+i"}, files...)...); err != nil {
+		// Not root (CAP_LINUX_IMMUTABLE), or a file system without the
+		// flag under TMPDIR: 'make test' runs as root, on ext4.
+		testenv.Skipf(t, "making files immutable needs CAP_LINUX_IMMUTABLE and a file system that has the flag: %v", err)
+	}
 
 	errs := s.writeAll(t.Context())
 	t.Logf("read-only: %v", errs["SwapTemplateVersion"])
@@ -296,7 +300,9 @@ func TestUnavailableWhileReadOnly(t *testing.T) {
 		t.Errorf("reading while read-only: %+v, %v; want the session as it was", got, err)
 	}
 
-	chattr(t, append([]string{"-i"}, files...)...)
+	if err := chattr(append([]string{"-i"}, files...)...); err != nil {
+		t.Fatal(err) // it could set the flag, so it can clear it
+	}
 	s.wantUnchanged(t)
 	s.wantWritesAgain(t)
 }

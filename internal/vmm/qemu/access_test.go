@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/cove-dev/cove/internal/testenv"
 )
 
 // accessTree makes, in a directory every user can enter:
@@ -73,7 +75,7 @@ func accessTree(t *testing.T) string {
 // while a tree of 0711 directories passes, paths not made yet included.
 func TestCheckAccess(t *testing.T) {
 	if os.Geteuid() != 0 {
-		t.Skip("the check runs only when the server is root, and running it as another user needs root")
+		testenv.Skipf(t, "the check runs only when the server is root, and running it as another user needs root")
 	}
 	root := accessTree(t)
 	// Any unprivileged uid serves: setuid needs no passwd entry.

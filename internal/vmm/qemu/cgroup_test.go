@@ -4,39 +4,20 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/cove-dev/cove/internal/testenv"
 	"github.com/cove-dev/cove/internal/vmm/qemu"
+	"github.com/cove-dev/cove/internal/vmm/qemu/qemutest"
 )
-
-// procCgroups maps each hierarchy of /proc/PID/cgroup to the process's
-// cgroup in it: "memory", "cpu", … for v1 (a line "4:memory:/cove/ID"),
-// "" for v2 ("0::/cove/ID").
-func procCgroups(t *testing.T, pid int) map[string]string {
-	t.Helper()
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/cgroup")
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]string{}
-	for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
-		f := strings.SplitN(l, ":", 3)
-		if len(f) != 3 {
-			continue
-		}
-		for _, ctrl := range strings.Split(f[1], ",") {
-			out[ctrl] = f[2]
-		}
-	}
-	return out
-}
 
 func readTrim(t *testing.T, path string) string {
 	t.Helper()
@@ -47,63 +28,17 @@ func readTrim(t *testing.T, path string) string {
 	return strings.TrimSpace(string(b))
 }
 
-// TestCgroupLimitsOnRunningVM reads back, from the cgroups a running QEMU
-// process is in, the limits of its VM (256 MiB, 1 CPU): memory = RAM + 256
-// MiB of translation cache + 256 MiB for QEMU, one CPU's quota, 512 tasks.
-func TestCgroupLimitsOnRunningVM(t *testing.T) {
-	d := newDriver(t)
-	vm, c, spec := bootTiny(t, d)
-	defer c.Close()
-	const mem = (256 + 256 + 256) << 20
-	cg := procCgroups(t, vm.PID())
-	var st unix.Statfs_t
-	if err := unix.Statfs("/sys/fs/cgroup", &st); err != nil {
-		t.Fatal(err)
-	}
-	want := map[string]string{}
-	if st.Type == unix.CGROUP2_SUPER_MAGIC {
-		dir := filepath.Join("/sys/fs/cgroup", cg[""])
-		if filepath.Base(dir) != spec.ID {
-			t.Fatalf("QEMU's cgroup v2 is %q: want one named for the VM %s", cg[""], spec.ID)
-		}
-		want[filepath.Join(dir, "memory.max")] = strconv.Itoa(mem)
-		want[filepath.Join(dir, "cpu.max")] = "100000 100000"
-		want[filepath.Join(dir, "pids.max")] = "512"
-	} else {
-		for ctrl, kv := range map[string][2]string{
-			"memory": {"memory.limit_in_bytes", strconv.Itoa(mem)},
-			"cpu":    {"cpu.cfs_quota_us", "100000"},
-			"pids":   {"pids.max", "512"},
-		} {
-			if ctrl == "pids" {
-				if _, err := os.Stat("/sys/fs/cgroup/pids/cgroup.procs"); err != nil {
-					continue // no pids hierarchy: not required on v1
-				}
-			}
-			if filepath.Base(cg[ctrl]) != spec.ID {
-				t.Fatalf("QEMU's %s cgroup is %q: want one named for the VM %s", ctrl, cg[ctrl], spec.ID)
-			}
-			want[filepath.Join("/sys/fs/cgroup", ctrl, cg[ctrl], kv[0])] = kv[1]
-		}
-	}
-	for path, v := range want {
-		if got := readTrim(t, path); got != v {
-			t.Errorf("%s = %q, want %q", path, got, v)
-		}
-	}
-}
-
 // mountCgroup2 mounts a cgroup v2 hierarchy (on a v1 or hybrid host, the
 // one hierarchy v2 has, with the controllers v1 does not hold) and returns
 // a fresh directory in it.
 func mountCgroup2(t *testing.T) string {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("mounting a cgroup2 hierarchy needs root")
+		testenv.Skipf(t, "mounting a cgroup2 hierarchy needs root")
 	}
 	mnt := t.TempDir()
 	if out, err := exec.Command("mount", "-t", "cgroup2", "none", mnt).CombinedOutput(); err != nil {
-		t.Skipf("cannot mount cgroup2 here: %v: %s", err, out)
+		testenv.Skipf(t, "cannot mount cgroup2 here: %v: %s", err, out)
 	}
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
@@ -131,17 +66,21 @@ func mountCgroup2(t *testing.T) string {
 	return root
 }
 
-// TestCgroupV2 points the driver at a cgroup v2 hierarchy. It must see v2
-// (no "memory" or "cpu" directories made in it, as a v1 driver would),
-// refuse to start without the limits it cannot apply unless allowed, and
-// run a VM in a cgroup of its own there with the limits of the
-// controllers it has.
+// TestCgroupV2 points the driver at a cgroup v2 hierarchy on the host. It
+// must see v2 (no "memory" or "cpu" directories made in it, as a v1 driver
+// would), refuse to start without the limits it cannot apply unless
+// allowed, and run a VM in a cgroup of its own there with the limits of
+// the controllers the hierarchy has. A host whose controllers are bound to
+// cgroup v1 (as this one: its v2 hierarchy has none of them) cannot show
+// v2 limits in force, so the VM's guest, whose kernel gives its v2
+// hierarchy every controller, runs the driver's cgroup code on a process
+// of its own, in a hierarchy's root and in a delegated cgroup below it
+// (as systemd's Delegate=yes gives), and the limits are read back there.
 func TestCgroupV2(t *testing.T) {
 	root := mountCgroup2(t)
 	avail := strings.Fields(readTrim(t, filepath.Join(root, "cgroup.controllers")))
-	t.Logf("cgroup v2 controllers available: %q", avail)
-	has := func(c string) bool { return strings.Contains(" "+strings.Join(avail, " ")+" ", " "+c+" ") }
-	complete := has("memory") && has("cpu") && has("pids")
+	t.Logf("cgroup v2 controllers available on the host: %q", avail)
+	complete := slices.Contains(avail, "memory") && slices.Contains(avail, "cpu") && slices.Contains(avail, "pids")
 
 	// What drivers that took every hierarchy for v1 left in a v2 one.
 	for _, name := range []string{"memory", "cpu"} {
@@ -172,32 +111,126 @@ func TestCgroupV2(t *testing.T) {
 		t.Fatal(err)
 	}
 	vm, c, spec := bootTiny(t, d)
-	c.Close()
-	rel, err := filepath.Rel(filepath.Dir(root), filepath.Join(root, "cove", spec.ID))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := procCgroups(t, vm.PID())[""]; got != "/"+rel {
-		t.Fatalf("QEMU's cgroup v2 is %q, want %q", got, "/"+rel)
-	}
+	defer c.Close()
 	dir := filepath.Join(root, "cove", spec.ID)
-	for ctrl, kv := range map[string][2]string{
-		"memory": {"memory.max", strconv.Itoa((256 + 256 + 256) << 20)},
-		"cpu":    {"cpu.max", "100000 100000"},
-		"pids":   {"pids.max", "512"},
-	} {
-		if !has(ctrl) {
-			t.Logf("%s: not available in this hierarchy, not checked", ctrl)
-			continue
+	want := qemutest.Limits{Memory: strconv.Itoa((256 + 256 + 256) << 20), CPU: "100000 100000", Pids: "512"}
+	t.Run("VM on the host", func(t *testing.T) {
+		rel, err := filepath.Rel(filepath.Dir(root), dir)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if got := readTrim(t, filepath.Join(dir, kv[0])); got != kv[1] {
-			t.Errorf("%s = %q, want %q", kv[0], got, kv[1])
+		if got := v2Cgroup(t, vm.PID()); got != "/"+rel {
+			t.Fatalf("QEMU's cgroup v2 is %q, want %q", got, "/"+rel)
 		}
-	}
+		l, err := qemutest.ReadLimits(vm.PID())
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]string{"memory": l.Memory, "cpu": l.CPU, "pids": l.Pids}
+		for ctrl, v := range map[string]string{"memory": want.Memory, "cpu": want.CPU, "pids": want.Pids} {
+			if !slices.Contains(avail, ctrl) {
+				t.Logf("%s: bound to cgroup v1 on this host; its v2 limit is checked in the guest", ctrl)
+				continue
+			}
+			if got[ctrl] != v || !l.V2[ctrl] || l.Dirs[ctrl] != dir {
+				t.Errorf("%s: limit %s in %s (v2: %v), want %s in %s", ctrl, got[ctrl], l.Dirs[ctrl], l.V2[ctrl], v, dir)
+			}
+		}
+	})
+
+	t.Run("in a guest kernel", func(t *testing.T) {
+		// The limits of guestCgroups' process: a 256 MiB, 2 CPU VM's.
+		want := qemutest.Limits{Memory: strconv.Itoa((256 + 256 + 256) << 20), CPU: "200000 100000", Pids: "512"}
+		bin := guestTestBinary(t)
+		f, err := os.Open(bin)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		if err := c.Write(ctx, "/root/qemu.test", 0o755, f); err != nil {
+			t.Fatalf("copy the test binary into the guest: %v", err)
+		}
+		// A v2 hierarchy at the usual place, and below its root a cgroup
+		// with the controllers delegated to it and no process, as systemd
+		// hands a unit with Delegate=yes.
+		out, code := guestSh(t, c, `set -e
+mount -t cgroup2 none /sys/fs/cgroup
+echo "+memory +cpu +pids" > /sys/fs/cgroup/cgroup.subtree_control
+mkdir /sys/fs/cgroup/delegated
+cat /sys/fs/cgroup/cgroup.controllers`)
+		if code != 0 {
+			t.Fatalf("guest cgroup2 mount: exit %d: %s", code, out)
+		}
+		t.Logf("guest cgroup v2 controllers: %s", out)
+		roots := []string{"/sys/fs/cgroup", "/sys/fs/cgroup/delegated"}
+		out, code = guestSh(t, c, "/root/qemu.test", qemu.GuestCgroupsEnv+"="+strings.Join(roots, " "))
+		if code != 0 {
+			t.Fatalf("the driver's cgroup code in the guest: exit %d: %s", code, out)
+		}
+		dec := json.NewDecoder(strings.NewReader(out))
+		for _, root := range roots {
+			var res qemu.GuestCgroupResult
+			if err := dec.Decode(&res); err != nil {
+				t.Fatalf("the guest's result for %s: %v in %q", root, err, out)
+			}
+			t.Logf("guest: %+v", res)
+			dir := filepath.Join(root, "cove", "g-guest")
+			switch {
+			case res.Root != root:
+				t.Errorf("result for %s, want %s", res.Root, root)
+			case res.Setup != "" || res.Limit != "" || res.Read != "":
+				t.Errorf("%s: setup %q, limit %q, read %q: want no error", root, res.Setup, res.Limit, res.Read)
+			case !strings.HasPrefix(res.Where, "cgroup v2 at "+root+": memory, cpu, pids"):
+				t.Errorf("%s: the driver says %q, want cgroup v2 with memory, cpu and pids", root, res.Where)
+			}
+			l := res.Limits
+			if l.Memory != want.Memory || l.CPU != want.CPU || l.Pids != want.Pids {
+				t.Errorf("%s: limits in force: memory %s, cpu %s, pids %s; want %s, %s, %s", root, l.Memory, l.CPU, l.Pids, want.Memory, want.CPU, want.Pids)
+			}
+			for _, ctrl := range []string{"memory", "cpu", "pids"} {
+				if l.Dirs[ctrl] != dir || !l.V2[ctrl] {
+					t.Errorf("%s: the process's %s cgroup is %q (v2: %v), want %s", root, ctrl, l.Dirs[ctrl], l.V2[ctrl], dir)
+				}
+			}
+			if !res.Removed {
+				t.Errorf("%s: the cgroup %s is left after its process ended", root, dir)
+			}
+		}
+	})
+
 	if err := vm.Stop(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := os.Stat(dir); err == nil {
 		t.Errorf("VM's cgroup %s left after it stopped", dir)
 	}
+}
+
+// v2Cgroup is process pid's cgroup in the v2 hierarchy (/proc/PID/cgroup's
+// "0::PATH" line).
+func v2Cgroup(t *testing.T, pid int) string {
+	t.Helper()
+	for _, l := range strings.Split(readTrim(t, "/proc/"+strconv.Itoa(pid)+"/cgroup"), "\n") {
+		if p, ok := strings.CutPrefix(l, "0::"); ok {
+			return p
+		}
+	}
+	t.Fatalf("process %d is in no cgroup v2", pid)
+	return ""
+}
+
+// guestTestBinary builds this package's test binary statically (the tiny
+// guest has no C library), for a guest to run (see GuestCgroupsEnv).
+func guestTestBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "qemu.test")
+	// go test runs in the package's directory.
+	cmd := exec.Command("go", "test", "-c", "-ldflags=-s -w", "-o", bin, ".")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build the test binary for the guest: %v: %s", err, out)
+	}
+	return bin
 }

@@ -53,9 +53,13 @@ type Config struct {
 	Binary string
 	// Accel is "auto" (default), "kvm" or "tcg".
 	Accel string
-	// User runs QEMU as this unprivileged user when the server is root;
-	// empty means no change of user.
+	// User runs QEMU as this unprivileged user when the server is root.
+	// A server that is not root runs QEMU as itself.
 	User string
+	// AllowRootVMs lets a server that is root run QEMU as root when User
+	// is empty, missing or root itself. Without it New fails then: a
+	// guest that escaped QEMU would hold the host.
+	AllowRootVMs bool
 	// CgroupRoot is where each VM's cgroup limits are set (see cgroup.go):
 	// "/sys/fs/cgroup" on cgroup v1 hosts (one hierarchy per controller)
 	// and cgroup v2 ones, or a delegated directory in a cgroup v2
@@ -68,6 +72,11 @@ type Config struct {
 	// ConsoleMaxBytes bounds each of a VM's two console files (see
 	// console.go); 0 means DefaultConsoleMaxBytes.
 	ConsoleMaxBytes int64
+	// GuestCmdline is added to the kernel command line of every guest
+	// booted (before a Spec's own Cmdline): "loglevel=7 cove.debug", say,
+	// puts the kernel's messages and the agent's boot progress marks on
+	// each guest's console. A restore keeps the command line of its boot.
+	GuestCmdline string
 	// SpareDir is where spare QEMU processes wait to be claimed by a
 	// restore (see Prewarm); it must be on the VMs' file system. Empty
 	// means no spares.
@@ -116,13 +125,9 @@ func New(cfg Config) (*Driver, error) {
 			cfg.Log.Warn("host TSC rate unknown (no 'cpu MHz' in /proc/cpuinfo): guests boot slowly under TCG")
 		}
 	}
-	if cfg.User != "" && os.Geteuid() == 0 {
-		u, err := user.Lookup(cfg.User)
-		if err != nil {
-			cfg.Log.Warn("qemu runs as root: unprivileged user missing", "user", cfg.User, "err", err)
-		} else {
-			d.uid, _ = strconv.Atoi(u.Uid)
-			d.gid, _ = strconv.Atoi(u.Gid)
+	if os.Geteuid() == 0 {
+		if err := d.setUser(); err != nil {
+			return nil, err
 		}
 	}
 	if err := d.setupCgroups(); err != nil {
@@ -139,6 +144,41 @@ func New(cfg Config) (*Driver, error) {
 		d.spares = &spares{idle: map[shape][]*VM{}, starting: map[shape]int{}, failures: map[shape]int{}}
 	}
 	return d, nil
+}
+
+// setUser finds the unprivileged user a root server runs QEMU as. It fails
+// closed: with no such user (none named, none of that name, or one that is
+// root) it refuses, unless Config.AllowRootVMs, and says how to go on.
+func (d *Driver) setUser() error {
+	name := d.cfg.User
+	var why string
+	if name == "" {
+		why = "no unprivileged user is named for it"
+		name = "cove-vm"
+	} else if u, err := user.Lookup(name); err != nil {
+		why = fmt.Sprintf("user %s: %v", name, err)
+		if _, ok := errors.AsType[user.UnknownUserError](err); ok {
+			why = fmt.Sprintf("user %s does not exist", name)
+		}
+	} else {
+		uid, uerr := strconv.Atoi(u.Uid)
+		gid, gerr := strconv.Atoi(u.Gid)
+		switch {
+		case uerr != nil || gerr != nil:
+			why = fmt.Sprintf("user %s has uid %q and gid %q, not numbers", name, u.Uid, u.Gid)
+		case uid == 0:
+			why = fmt.Sprintf("user %s is root (uid 0)", name)
+		default:
+			d.uid, d.gid = uid, gid
+			return nil
+		}
+	}
+	if d.cfg.AllowRootVMs {
+		d.cfg.Log.Warn("qemu runs VMs as root (--allow-root-vms): a guest that escapes QEMU holds the host", "why", why)
+		return nil
+	}
+	return fmt.Errorf("qemu: refusing to run VMs as root: %s; create the user ('make deps' does, or: useradd --system --no-create-home --shell /usr/sbin/nologin %s), "+
+		"name another unprivileged user with --qemu-user, or start the server with --allow-root-vms to run QEMU as root", why, name)
 }
 
 // crashPoint marks a named step for Config.CrashPoint.
@@ -315,6 +355,9 @@ const handleVersion = 1
 func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) (vmm.VM, error) {
 	if spec.CPUs <= 0 || spec.MemoryMiB <= 0 {
 		return nil, fmt.Errorf("qemu: boot %s: cpus and memory must be positive", spec.ID)
+	}
+	if d.cfg.GuestCmdline != "" {
+		spec.Cmdline = strings.TrimSpace(d.cfg.GuestCmdline + " " + spec.Cmdline)
 	}
 	return d.spawn(ctx, spec, args(d.accel, d.tscKHz, spec), spawnOpts{})
 }

@@ -30,6 +30,27 @@ func run(t *testing.T, c *agentproto.Client, argv ...string) string {
 	return strings.TrimSpace(out.String())
 }
 
+// countPast waits until the guest's /tmp/count (written by a counting loop
+// the test started) is past n, and returns it: the loop runs.
+func countPast(t *testing.T, c *agentproto.Client, n int) int {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		out, _ := guestSh(t, c, "cat /tmp/count 2>/dev/null || echo 0")
+		v, err := strconv.Atoi(out)
+		if err != nil {
+			t.Fatalf("the guest's counter reads %q", out)
+		}
+		if v > n {
+			return v
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the guest's counter stays at %d for a minute, want it past %d: the counting process does not run", v, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // TestSaveRestoreKeepsProcesses parks a VM through Save and Restore and
 // checks a background process kept its PID and its in-memory count.
 func TestSaveRestoreKeepsProcesses(t *testing.T) {
@@ -37,7 +58,7 @@ func TestSaveRestoreKeepsProcesses(t *testing.T) {
 	vm, c, spec := bootTiny(t, d)
 	// The count is renamed into place: a reader never sees it truncated.
 	run(t, c, "sh", "-c", "(i=0; while true; do i=$((i+1)); echo $i > /tmp/count.new; mv /tmp/count.new /tmp/count; sleep 0.05; done) >/dev/null 2>&1 & echo $! > /tmp/pid")
-	time.Sleep(300 * time.Millisecond)
+	countPast(t, c, 0)
 	pid := run(t, c, "cat", "/tmp/pid")
 	c.Close()
 
@@ -62,12 +83,8 @@ func TestSaveRestoreKeepsProcesses(t *testing.T) {
 		vm = restored
 		c2 := connect(t, vm, "after restore")
 		t.Logf("restore: %+v", rstats)
-		n1, _ := strconv.Atoi(run(t, c2, "cat", "/tmp/count"))
-		time.Sleep(300 * time.Millisecond)
-		n2, _ := strconv.Atoi(run(t, c2, "cat", "/tmp/count"))
-		if n2 <= n1 || n1 == 0 {
-			t.Fatalf("counter after restore %d then %d: want it still counting", n1, n2)
-		}
+		// Still counting: past where it stood at the restore.
+		countPast(t, c2, countPast(t, c2, 0))
 		if got := run(t, c2, "sh", "-c", "kill -0 "+pid+" && echo alive"); got != "alive" {
 			t.Fatalf("background process %s gone after restore", pid)
 		}
