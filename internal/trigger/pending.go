@@ -251,7 +251,7 @@ func (r *Receiver) readBody(w http.ResponseWriter, req *http.Request, c *claim, 
 	buf := make([]byte, head)
 	n, err := io.ReadFull(src, buf)
 	if perr := c.pace(req.Context(), n); perr != nil {
-		return nil, hookReadError(perr, limit)
+		return nil, hookReadError(cause(err, perr), limit)
 	}
 	hashAll(hashes, buf[:n])
 	switch {
@@ -284,7 +284,7 @@ func (r *Receiver) readBody(w http.ResponseWriter, req *http.Request, c *claim, 
 		if n > 0 {
 			if perr := c.pace(req.Context(), n); perr != nil {
 				b.close()
-				return nil, hookReadError(perr, limit)
+				return nil, hookReadError(cause(err, perr), limit)
 			}
 			if need := b.size + int64(n) - c.spool; need > 0 {
 				if rej := c.take(0, min(max(need, spoolStep), limit-c.spool)); rej != nil {
@@ -307,6 +307,17 @@ func (r *Receiver) readBody(w http.ResponseWriter, req *http.Request, c *claim, 
 			return nil, hookReadError(err, limit)
 		}
 	}
+}
+
+// cause is the error to answer for a read that returned readErr and
+// whose pacing then failed with paceErr: the read's own failure (a body
+// cut off by its deadline cancels the request's context too, and is a 408,
+// not the context's end), else the pacing's.
+func cause(readErr, paceErr error) error {
+	if readErr != nil && !errors.Is(readErr, io.EOF) && !errors.Is(readErr, io.ErrUnexpectedEOF) {
+		return readErr
+	}
+	return paceErr
 }
 
 // spoolFile makes an unlinked file in SpoolDir: nothing is left behind,
