@@ -171,7 +171,10 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	if err != nil {
 		return err
 	}
-	defer driver.Close()
+	defer func() {
+		driver.Close()
+		log.Info("stopped: spare QEMU processes")
+	}()
 	// QEMU runs as cfg.QEMUUser; a home it cannot reach would fail only
 	// at the first create. Checked before the kernel is fetched.
 	if err := qemuAccess(driver, cfg.Home, cfg.Home, sessions); err != nil {
@@ -243,10 +246,13 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = hs.Shutdown(sctx)
+	log.Info("stopped: API")
 	if cfg.StopOnExit {
 		mgr.StopAll(sctx)
+		log.Info("stopped: sessions and their VMs")
 	} else {
 		mgr.Close()
+		log.Info("stopped: sessions (their VMs run on, for the next server to adopt)")
 	}
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err

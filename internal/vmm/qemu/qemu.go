@@ -142,6 +142,7 @@ func New(cfg Config) (*Driver, error) {
 		}
 		d.cleanSpares()
 		d.spares = &spares{idle: map[shape][]*VM{}, starting: map[shape]int{}, failures: map[shape]int{}}
+		d.spares.stop, d.spares.cancel = context.WithCancel(context.Background())
 	}
 	return d, nil
 }

@@ -68,6 +68,11 @@ type spares struct {
 	recent   []shape         // guarded by mu: least recently used first
 	closed   bool            // guarded by mu
 	wg       sync.WaitGroup
+	// stop ends the starts in flight when the driver closes: a spare
+	// starts at the lowest priority and, on a loaded host, could hold
+	// a server's exit for its whole start timeout.
+	stop   context.Context
+	cancel context.CancelFunc
 }
 
 // Prewarm starts spares for VMs of this shape (see Config.Spares), so the
@@ -90,8 +95,8 @@ func (d *Driver) ReadySpares(memMiB, cpus int) int {
 	return len(s.idle[shape{memMiB, cpus}])
 }
 
-// Close stops the spare processes and waits for those starting. VMs are
-// left running.
+// Close stops the spare processes and cuts short those starting (see
+// spares.stop). VMs are left running.
 func (d *Driver) Close() {
 	s := d.spares
 	if s == nil {
@@ -105,10 +110,11 @@ func (d *Driver) Close() {
 	}
 	s.idle = map[shape][]*VM{}
 	s.mu.Unlock()
-	s.wg.Wait()
+	s.cancel()
 	for _, vm := range idle {
 		vm.discard()
 	}
+	s.wg.Wait()
 }
 
 // takeSpare returns a ready spare of shape sh, or nil.
@@ -176,6 +182,10 @@ func (d *Driver) startSpares(sh shape, touch bool) {
 		for left := need; left > 0; left-- {
 			vm, err := d.startSpare(sh)
 			s.mu.Lock()
+			if err != nil && s.closed {
+				s.mu.Unlock()
+				return // cut short by Close
+			}
 			s.starting[sh]--
 			keep := err == nil && !s.closed && containsShape(s.recent, sh)
 			if keep {
@@ -239,7 +249,7 @@ func (d *Driver) startSpare(sh shape) (*VM, error) {
 		return nil, fmt.Errorf("qemu: spare: %w", err)
 	}
 	spec := vmm.Spec{ID: name, Dir: dir, MemoryMiB: sh.memMiB, CPUs: sh.cpus}
-	ctx, cancel := context.WithTimeout(context.Background(), spareStartTimeout)
+	ctx, cancel := context.WithTimeout(d.spares.stop, spareStartTimeout)
 	defer cancel()
 	// Its cgroups are made now, with the limits of its shape. It starts
 	// while a woken guest runs, so it yields the CPU; only root can give

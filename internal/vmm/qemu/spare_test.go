@@ -223,3 +223,65 @@ func TestSpareStartRetried(t *testing.T) {
 		t.Fatalf("the first spare start did not fail as arranged: %v", err)
 	}
 }
+
+// TestCloseCutsSpareStarts: Close does not wait out a spare's start. The
+// spare here is a stand-in for a QEMU that never answers QMP (a spare
+// starts at the lowest priority, and on a loaded host a real one took
+// longer than a server's exit may): Close must end it well within the
+// start's own timeout (2 minutes), and leave no process or directory.
+func TestCloseCutsSpareStarts(t *testing.T) {
+	vmtest.Require(t)
+	dir := vmtest.Dir(t)
+	mute := filepath.Join(dir, "mute-qemu")
+	if err := os.WriteFile(mute, []byte("#!/bin/sh\nexec sleep 600\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	spares := filepath.Join(dir, "spares")
+	d, err := qemu.New(qemu.Config{Binary: mute, Accel: "tcg", User: "cove-vm", CgroupRoot: "/sys/fs/cgroup", SpareDir: spares})
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Prewarm(256, 1)
+	var pid int
+	if !waitUntil(time.Minute, func() bool { pid = spareProcess(spares); return pid != 0 }) {
+		t.Fatal("the spare's process never started")
+	}
+	closed := make(chan struct{})
+	go func() { d.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(90 * time.Second):
+		t.Fatal("Close still waits for a spare's start after 90 s (its start timeout is 2 minutes)")
+	}
+	if !waitUntil(30*time.Second, func() bool { return !alive(pid) }) {
+		t.Errorf("the spare's process %d outlived Close", pid)
+	}
+	if entries, _ := os.ReadDir(spares); len(entries) != 0 {
+		t.Errorf("spare directories left after Close: %v", entries)
+	}
+}
+
+// spareProcess is the PID of a process running in a spare's directory
+// under dir (QEMU starts in its VM's directory), or 0.
+func spareProcess(dir string) int {
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if cwd, err := os.Readlink("/proc/" + e.Name() + "/cwd"); err == nil && strings.HasPrefix(cwd, dir+"/") {
+			return pid
+		}
+	}
+	return 0
+}
+
+func waitUntil(limit time.Duration, cond func() bool) bool {
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
+}
