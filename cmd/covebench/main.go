@@ -46,17 +46,26 @@ func main() {
 	clones := flag.Int("clones", 10, "clones of one template (create from template, PSS)")
 	rebuilds := flag.Int("rebuilds", 3, "pushes to a template that follows a repo, each timed until its new version is live (needs debian)")
 	wakeOnly := flag.Bool("wake-only", false, "after the cold boots and execs, measure park and wake only (no raw QEMU, templates or triggers)")
-	only := flag.String("only", "", "run one section alone: hostile (a quiet session's execs while its neighbour attacks)")
+	only := flag.String("only", "", "run one section alone: hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test)")
+	testJSON := flag.String("test-json", envOr("TESTJSON", filepath.Join(os.TempDir(), "cove-test.json")), "the go test -json record of the last make test, for the safety figures (TESTJSON)")
 	hostileExecs := flag.Int("hostile-execs", 30, "neighbour execs per phase of the hostile section (0 skips it)")
 	hostileEvery := flag.Duration("hostile-every", 500*time.Millisecond, "spacing of the neighbour's execs in the hostile section")
 	verbose := flag.Bool("v", false, "log at info level (the session manager's timings: restore spawn_ms, agent_ms, …)")
 	flag.Parse()
 	cfg := config{boots: *boots, debianBoots: *debianBoots, execs: *execs, files: *files, idle: *idle, parks: *parks, clones: *clones}
 	cfg.verbose, cfg.wakeOnly, cfg.rebuilds = *verbose, *wakeOnly, *rebuilds
-	cfg.only = *only
+	cfg.only, cfg.testJSON = *only, *testJSON
 	cfg.hostile = hostileConfig{execs: *hostileExecs, every: *hostileEvery, ramp: 2 * time.Second, attack: 20 * time.Second}
 	switch cfg.only {
 	case "":
+	case "safety":
+		rows, err := safetyRows(*testJSON)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "covebench:", err)
+			os.Exit(1)
+		}
+		printTable(os.Stdout, "tests", rows)
+		return
 	case "hostile":
 		if cfg.hostile.execs <= 0 {
 			fmt.Fprintln(os.Stderr, "covebench: -only hostile needs -hostile-execs > 0")
@@ -64,7 +73,7 @@ func main() {
 		}
 		cfg.debianBoots = 0
 	default:
-		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: hostile\n", cfg.only)
+		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: hostile, safety\n", cfg.only)
 		os.Exit(2)
 	}
 	if err := run(*home, *agent, cfg); err != nil {
@@ -109,6 +118,7 @@ type config struct {
 	rebuilds, cloneFiles                                  int
 	verbose, wakeOnly                                     bool
 	only                                                  string // a section run alone
+	testJSON                                              string // make test's go test -json record
 	hostile                                               hostileConfig
 }
 
@@ -321,6 +331,11 @@ func run(home, agent string, cfg config) error {
 			return err
 		}
 		rows = append(rows, hos...)
+	}
+	if saf, err := safetyRows(cfg.testJSON); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+	} else {
+		rows = append(rows, saf...)
 	}
 	printTable(os.Stdout, driver.Accel(), rows)
 	return nil
