@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -250,12 +251,16 @@ func (a *Agent) attachOp(st io.ReadWriter, req agentproto.Request) {
 type running struct {
 	p *process
 
-	mu     sync.Mutex
-	sink   *frameWriter         // guarded by mu: the attached stream, nil while detached
-	out    agentproto.OutputLog // guarded by mu
-	exit   *agentproto.Exit     // guarded by mu: set once the command ended and its output drained
-	ended  time.Time            // guarded by mu: when exit was set
-	exitTo *frameWriter         // guarded by mu: the stream that took the exit, awaiting its ack
+	mu    sync.Mutex
+	sink  *frameWriter         // guarded by mu: the attached stream, nil while detached
+	out   agentproto.OutputLog // guarded by mu
+	exit  *agentproto.Exit     // guarded by mu: set once the command ended and its output drained
+	ended time.Time            // guarded by mu: when exit was set
+	// endedAt is ended in Unix nanoseconds (0 while the command runs),
+	// for keepExits, which must not take mu: an emit holds it while it
+	// writes to a stream the host may not be reading.
+	endedAt atomic.Int64
+	exitTo  *frameWriter // guarded by mu: the stream that took the exit, awaiting its ack
 }
 
 func (r *running) emit(typ byte, data []byte) {
@@ -291,23 +296,24 @@ func (a *Agent) forget(r *running) {
 // keepExits forgets the commands that ended longest ago while more than
 // agentproto.KeptExits wait for the host's acknowledgement (a host whose
 // ack was cut, or that predates acks).
+//
+// It takes no command's mu under a.mu: an emit holds its command's mu
+// while it writes to a stream the host is not reading (its window full),
+// and every request that takes a.mu, a park's detach among them, would
+// wait behind it (make soak saw a detach unanswered for 30 s).
 func (a *Agent) keepExits() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	var exited []*running
-	ended := map[*running]time.Time{}
 	for _, r := range a.running {
-		r.mu.Lock()
-		if r.exit != nil {
+		if r.endedAt.Load() != 0 {
 			exited = append(exited, r)
-			ended[r] = r.ended
 		}
-		r.mu.Unlock()
 	}
 	if len(exited) <= agentproto.KeptExits {
 		return
 	}
-	slices.SortFunc(exited, func(x, y *running) int { return ended[x].Compare(ended[y]) })
+	slices.SortFunc(exited, func(x, y *running) int { return cmp.Compare(x.endedAt.Load(), y.endedAt.Load()) })
 	for _, r := range exited[:len(exited)-agentproto.KeptExits] {
 		delete(a.running, r.p.pid)
 	}
@@ -464,6 +470,7 @@ func (a *Agent) supervise(r *running, timeoutMillis int64) {
 	}
 	r.mu.Lock()
 	r.exit, r.ended = &exit, time.Now()
+	r.endedAt.Store(r.ended.UnixNano())
 	if r.sink != nil && r.sink.json(agentproto.FrameExit, exit) == nil {
 		r.exitTo = r.sink // its attach forgets the command on the ack
 	}
