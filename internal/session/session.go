@@ -452,8 +452,8 @@ func (m *Manager) connect(ctx context.Context, vm vmm.VM) (*agentproto.Client, e
 		}
 	}()
 	c, _, err := agentproto.Connect(ctx, vm.DialAgent)
-	if err == nil && m.cfg.AnswerTimeout > 0 {
-		c.SetAnswerTimeout(m.cfg.AnswerTimeout)
+	if err == nil {
+		c.SetAnswerTimeout(m.answerTimeout())
 	}
 	return c, err
 }

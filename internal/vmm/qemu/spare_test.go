@@ -29,12 +29,8 @@ func newSpareDriver(t *testing.T, dir string) *qemu.Driver {
 
 func waitSpare(t *testing.T, d *qemu.Driver, spec vmm.Spec) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for d.ReadySpares(spec.MemoryMiB, spec.CPUs) == 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("no spare QEMU process ready after 30s")
-		}
-		time.Sleep(20 * time.Millisecond)
+	if !waitUntil(30*time.Second, func() bool { return d.ReadySpares(spec.MemoryMiB, spec.CPUs) > 0 }) {
+		t.Fatal("no spare QEMU process ready after 30s")
 	}
 }
 
