@@ -58,6 +58,21 @@ func NewClient(conn net.Conn) (*Client, error) {
 	return &Client{sess: s, conn: hc, answerTimeout: AnswerTimeout}, nil
 }
 
+// Disconnected returns a client whose connection has already ended: its
+// calls fail and Done is closed. It stands for a guest that runs but has
+// not answered yet (a wake whose agent is late), so that the session's
+// watcher connects to it in the background.
+func Disconnected() *Client {
+	host, guest := net.Pipe()
+	guest.Close()
+	c, err := NewClient(host)
+	if err != nil {
+		panic(err) // yamux.Client fails only on a bad Config
+	}
+	c.Close()
+	return c
+}
+
 // SetAnswerTimeout changes the client's answer timeout (see AnswerTimeout).
 func (c *Client) SetAnswerTimeout(d time.Duration) { c.answerTimeout = d }
 

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -73,12 +74,18 @@ type fakeRig struct {
 	mgr   *session.Manager
 	store *sqlite.Store
 	crash *crashHook // the current manager's CrashPoint
+	// config, if set, changes each manager's configuration.
+	config func(*session.Config)
 }
 
-func newFakeRig(t *testing.T) *fakeRig {
+func newFakeRig(t *testing.T) *fakeRig { return newFakeRigWith(t, nil) }
+
+// newFakeRigWith is newFakeRig with config changing the managers'
+// configuration.
+func newFakeRigWith(t *testing.T, config func(*session.Config)) *fakeRig {
 	t.Helper()
 	r := &fakeRig{t: t, driver: fake.New(), images: newFakeImages(t), dir: t.TempDir(),
-		db: filepath.Join(t.TempDir(), "state.db")}
+		db: filepath.Join(t.TempDir(), "state.db"), config: config}
 	// Registered first, so it runs last: after the last manager removed
 	// its sessions, no fake VM may be left running.
 	t.Cleanup(func() {
@@ -101,9 +108,13 @@ func (r *fakeRig) open() {
 		t.Fatal(err)
 	}
 	r.crash = &crashHook{}
-	m, err := session.New(session.Config{Store: st, Driver: r.driver, Images: r.images, Dir: r.dir,
+	cfg := session.Config{Store: st, Driver: r.driver, Images: r.images, Dir: r.dir,
 		TemplateDir: filepath.Join(r.dir, "templates"), DefaultMemoryMiB: 64,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), CrashPoint: r.crash.step})
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), CrashPoint: r.crash.step}
+	if r.config != nil {
+		r.config(&cfg)
+	}
+	m, err := session.New(cfg)
 	if err != nil {
 		st.Close()
 		t.Fatal(err)
@@ -726,4 +737,67 @@ func TestFakeExecsAcrossParks(t *testing.T) {
 	}
 	r.wantFile(id, "/root/f", "kept\n")
 	r.wantState(id, api.StateRunning, "")
+}
+
+// TestFakeLateDetachAnswer parks a session whose guest answers the park's
+// detach only after the park gave up (a guest slow under load): the park
+// rolls back with 504, and once the guest runs again the session answers
+// again. The guest ended its side of the connection when it acted on the
+// late detach: a manager that kept using that connection would see every
+// later call go unanswered (make soak saw one session so for minutes).
+func TestFakeLateDetachAnswer(t *testing.T) {
+	r := newFakeRigWith(t, func(c *session.Config) { c.AnswerTimeout = 300 * time.Millisecond })
+	ctx := context.Background()
+	s := r.create(api.CreateSessionRequest{})
+	r.write(s.ID, "/root/kept", "before the park")
+	vm := r.vmOf(s.ID)
+	vm.Pause()
+	_, err := r.mgr.Park(ctx, s.ID)
+	wantCode(t, "park of a guest that answers too late", err, api.CodeTimeout)
+	if got := r.get(s.ID); got.State != api.StateRunning {
+		t.Fatalf("after the rolled-back park: %s (%q), want running", got.State, got.Error)
+	}
+	// The guest runs again and acts on the detach it read.
+	if err := vm.Resume(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r.eventually("the session answers again", func() bool {
+		res, err := runCmd(r.mgr, s.ID, api.ExecRequest{Argv: []string{"cat", "/root/kept"}}, nil)
+		return err == nil && res.stdout == "before the park"
+	})
+	// And it parks and wakes as any other.
+	r.park(s.ID)
+	if _, err := r.mgr.Wake(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	r.wantFile(s.ID, "/root/kept", "before the park")
+}
+
+// TestFakeWakeAgentLate wakes a session whose restored guest runs but
+// never answers its agent channel in time: its snapshot is consumed, so
+// the session is not failed or its VM stopped; it is running, the wake
+// says why it answered 503, and an rm ends it.
+func TestFakeWakeAgentLate(t *testing.T) {
+	r := newFakeRigWith(t, func(c *session.Config) { c.DefaultBootTimeout = 500 * time.Millisecond })
+	ctx := context.Background()
+	s := r.create(api.CreateSessionRequest{})
+	r.park(s.ID)
+	r.driver.HangNext()
+	_, err := r.mgr.Wake(ctx, s.ID)
+	wantCode(t, "wake of a guest whose agent is late", err, api.CodeUnavailable)
+	if !strings.Contains(err.Error(), "has not answered yet") {
+		t.Errorf("wake error %q does not say the agent is late", err)
+	}
+	if got := r.get(s.ID); got.State != api.StateRunning {
+		t.Fatalf("after a wake whose agent is late: %s (%q), want running", got.State, got.Error)
+	}
+	if ids := r.driver.Running(); !slices.Contains(ids, s.ID) {
+		t.Fatalf("the woken VM was stopped: running %v", ids)
+	}
+	if err := r.mgr.Delete(ctx, s.ID); err != nil {
+		t.Fatalf("rm of the session: %v", err)
+	}
+	if ids := r.driver.Running(); len(ids) != 0 {
+		t.Fatalf("VMs after rm: %v", ids)
+	}
 }

@@ -142,11 +142,17 @@ func (l *live) hangUp(ctx context.Context, limit time.Duration) error {
 	dctx, cancel := context.WithTimeout(ctx, limit)
 	err := l.client().Detach(dctx)
 	cancel()
+	if err != nil {
+		// No answer: the guest may still act on the detach once it runs
+		// again (slow under load), ending its side while this one stays
+		// open and every later call on it goes unanswered. The
+		// connection's state is unknown either way: end it; if the park
+		// rolls back, the session's watcher connects again (a fresh
+		// sync, whatever the guest did meanwhile).
+		l.client().Close()
+	}
 	if errors.Is(err, agentproto.ErrNoAnswer) {
 		return err
-	}
-	if err != nil {
-		l.client().Close()
 	}
 	return nil
 }
@@ -285,7 +291,6 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 		if uerr := m.cfg.Store.UpdateSession(context.WithoutCancel(ctx), rec); uerr != nil {
 			m.cfg.Log.Error("record rolled-back park", "session", id, "err", uerr)
 		}
-		go m.watchAgent(id, l)
 		m.cfg.Log.Warn("park rolled back: the guest agent did not answer", "session", id, "err", err)
 		return api.Session{}, api.Errorf(api.CodeTimeout, "park %s: the guest agent did not answer within %s (%v); the session keeps running", id, m.answerTimeout(), err)
 	}
@@ -298,17 +303,21 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 		// The VM still runs: reconnect and carry on as running.
 		m.cfg.Log.Warn("park failed; session keeps running", "session", id, "err", err)
 		l.client().Close() // the channel takes one connection at a time
-		if agent, cerr := m.connect(pctx, l.vm); cerr == nil {
-			l.setClient(agent)
-			m.undelete(l)
-			go m.serveGuest(id, l)
-			go m.watchAgent(id, l)
-			rec.State, rec.UpdatedAt = api.StateRunning, time.Now().UTC()
-			_ = m.cfg.Store.UpdateSession(pctx, rec)
+		if vmGone(l.vm) {
+			m.fail(id, "park failed and the VM is gone: "+err.Error())
 			return api.Session{}, fmt.Errorf("session: park %s: %w", id, err)
 		}
-		_ = l.vm.Stop(pctx)
-		m.fail(id, "park failed and the VM did not answer afterwards: "+err.Error())
+		// A guest that does not answer yet is left to the session's
+		// watcher, which connects to it in the background.
+		if agent, cerr := m.connect(pctx, l.vm); cerr == nil {
+			l.setClient(agent)
+			go m.serveGuest(id, l)
+		} else {
+			m.cfg.Log.Warn("guest agent not answering after a failed park; connecting in the background", "session", id, "err", cerr)
+		}
+		m.undelete(l)
+		rec.State, rec.UpdatedAt = api.StateRunning, time.Now().UTC()
+		_ = m.cfg.Store.UpdateSession(pctx, rec)
 		return api.Session{}, fmt.Errorf("session: park %s: %w", id, err)
 	}
 	m.crashPoint("park.saved")
@@ -402,8 +411,16 @@ func (m *Manager) Wake(ctx context.Context, id string) (api.Session, error) {
 		w.memErr = mach.Parked.verifyMem()
 		close(w.memChecked)
 	}()
-	l, err := m.restore(wctx, id, dir, mach, mach.Parked.State, hooks{started: w.started, beforeRun: w.beforeRun})
-	if err != nil {
+	l, err := m.restore(wctx, id, dir, mach, mach.Parked.State, hooks{started: w.started, beforeRun: w.beforeRun, keepLate: true})
+	late := errors.Is(err, errAgentLate)
+	if late {
+		// The guest runs from its consumed snapshot but is slow to
+		// answer (a host under load): it is the session now. It is
+		// recorded running and its watcher connects to it in the
+		// background; the caller is told.
+		m.cfg.Log.Warn("woken guest's agent late; the session runs and is connected in the background", "session", id, "err", err)
+		wctx = context.WithoutCancel(wctx)
+	} else if err != nil {
 		if w.ran.Load() && errors.Is(err, vmm.ErrNotRun) {
 			// Told before it ran that the VMM was gone: the snapshot
 			// is intact after all.
@@ -441,6 +458,9 @@ func (m *Manager) Wake(ctx context.Context, id string) (api.Session, error) {
 	}
 	os.Remove(filepath.Join(dir, wokenFile))
 	m.adoptLive(id, l)
+	if late {
+		return api.Session{}, api.Errorf(api.CodeUnavailable, "session %s: woke, but %v; the session runs and its agent is being connected", id, err)
+	}
 	if m.cfg.OnWake != nil {
 		m.cfg.OnWake(time.Since(start))
 	}
@@ -546,7 +566,15 @@ type hooks struct {
 	started    func(context.Context, []byte) error
 	beforeLoad func(context.Context) error
 	beforeRun  func(context.Context) error
+	// keepLate keeps a restored VM that runs but whose agent did not
+	// answer in time: restore returns it with a Disconnected client and
+	// an error wrapping errAgentLate.
+	keepLate bool
 }
+
+// errAgentLate says that a restored guest runs but its agent has not
+// answered yet.
+var errAgentLate = errors.New("the guest agent has not answered yet")
 
 // restore starts a VM from a state file and connects to its agent, with
 // the hooks h run at their steps.
@@ -564,6 +592,11 @@ func (m *Manager) restore(ctx context.Context, id, dir string, mach machine, sta
 		"qemu_ms", restored.Sub(start).Milliseconds(), "agent_ms", time.Since(restored).Milliseconds())
 	if err != nil {
 		tail := lastLines(vm.ConsoleTail(), 8)
+		if h.keepLate && !vmGone(vm) {
+			mach.Parked = nil
+			return &live{vm: vm, agent: agentproto.Disconnected(), mach: mach},
+				fmt.Errorf("%w after restore (%v); console: %s", errAgentLate, err, tail)
+		}
 		_ = vm.Stop(context.Background())
 		return nil, fmt.Errorf("agent did not answer after restore: %v; console: %s", err, tail)
 	}

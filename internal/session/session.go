@@ -498,16 +498,25 @@ func (m *Manager) adoptLive(id string, l *live) {
 	}()
 }
 
-// agentRetries is how many times in a row a lost agent connection is
-// connected again before the session is failed.
-const agentRetries = 3
+// reconnectBackoff bounds the pause between attempts to connect again to
+// a guest agent that does not answer.
+const reconnectBackoff = 30 * time.Second
 
-// watchAgent reconnects to the guest agent when its connection ends while
-// the VM runs and nobody ended it on purpose (a park, a delete, a
-// shutdown): a guest that corrupted its stream (garbage on its port) gets
-// a fresh, synced connection, and commands re-attach to it. A guest that
-// cannot be reached again is stopped and the session failed with the
-// reason. It returns when the VM goes or the session is let go.
+// watchAgent connects to the guest agent again whenever its connection
+// ends while the VM runs and nobody ended it on purpose: a guest that
+// corrupted its stream (garbage on its port) gets a fresh, synced
+// connection, and commands re-attach to it; so does a guest whose answer
+// to a park's detach came too late (its side of the connection may have
+// ended after the park gave up), and a woken guest whose agent was late.
+//
+// A connection that a park or an rm ends is theirs to settle: the watcher
+// waits for the outcome, and connects again only if the session runs on
+// (a rolled-back park). A guest that does not answer is tried again, with
+// a growing pause, for as long as its VM runs: its calls fail meanwhile,
+// but a slow or frozen guest is never stopped for it, and an rm ends it.
+//
+// One watcher runs per live VM, from adoptLive until the VM goes, the
+// session is let go (parked, removed) or the manager stops.
 func (m *Manager) watchAgent(id string, l *live) {
 	failures := 0
 	for {
@@ -522,49 +531,73 @@ func (m *Manager) watchAgent(id string, l *live) {
 		if vmGone(l.vm) {
 			return // the VM's own watcher says why
 		}
-		m.mu.Lock()
-		deleting := l.deleting || m.live[id] != l
-		m.mu.Unlock()
-		if deleting {
+		if !m.settled(id, l) {
 			return
 		}
 		if l.client() != c {
-			continue // replaced already
+			continue // a rolled-back park connected again already
 		}
-		m.cfg.Log.Warn("guest agent connection lost; connecting again", "session", id, "attempt", failures+1)
+		if failures == 0 {
+			m.cfg.Log.Warn("guest agent connection lost; connecting again", "session", id)
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		nc, err := m.connect(ctx, l.vm)
 		cancel()
-		m.mu.Lock()
-		deleting = l.deleting || m.live[id] != l
-		m.mu.Unlock()
-		if deleting {
-			if err == nil {
-				nc.Close()
-			}
-			return
-		}
 		if err != nil {
 			if vmGone(l.vm) {
 				return
 			}
 			failures++
-			if failures < agentRetries {
-				continue
+			pause := min(time.Duration(failures)*time.Second, reconnectBackoff)
+			m.cfg.Log.Warn("guest agent not answering; trying again", "session", id, "attempts", failures, "err", err, "next_in", pause)
+			select {
+			case <-time.After(pause):
+			case <-l.vm.Done():
+				return
+			case <-m.stop:
+				return
 			}
-			msg := fmt.Sprintf("the guest agent's connection was lost and it did not answer %d reconnects: %v; console: %s", failures, err, lastLines(l.vm.ConsoleTail(), 8))
-			m.cfg.Log.Warn("guest agent unreachable; stopping the VM", "session", id, "err", err)
-			m.mu.Lock()
-			l.deleting = true
-			m.mu.Unlock()
-			_ = l.vm.Stop(context.Background())
-			m.fail(id, msg)
-			return
+			continue
+		}
+		m.mu.Lock()
+		current := m.live[id] == l && !l.deleting
+		if current {
+			l.setClient(nc)
+		}
+		m.mu.Unlock()
+		if !current {
+			nc.Close()
+			if !m.settled(id, l) {
+				return
+			}
+			continue
 		}
 		failures = 0
-		l.setClient(nc)
 		go m.serveGuest(id, l)
 		m.cfg.Log.Info("guest agent connected again", "session", id)
+	}
+}
+
+// settled waits while a park or an rm of session id holds l (deleting),
+// and reports whether l is still the session's running VM afterwards.
+func (m *Manager) settled(id string, l *live) bool {
+	for {
+		m.mu.Lock()
+		current, deleting := m.live[id] == l, l.deleting
+		m.mu.Unlock()
+		if !current {
+			return false
+		}
+		if !deleting {
+			return true
+		}
+		select {
+		case <-time.After(20 * time.Millisecond):
+		case <-l.vm.Done():
+			return false
+		case <-m.stop:
+			return false
+		}
 	}
 }
 
