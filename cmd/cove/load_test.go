@@ -119,6 +119,11 @@ type load struct {
 	failures []string            // guarded by mu
 	fiveXX   int                 // guarded by mu
 	cgroups  map[string]bool     // guarded by mu: cgroups seen holding a QEMU of this home
+
+	diagnosing int             // guarded by mu: diagnoses begun (see diagnose)
+	diagnosed  map[string]bool // guarded by mu: sessions diagnosed
+	diagnoses  []string        // guarded by mu: their reports
+	diagWG     sync.WaitGroup
 }
 
 // opTally counts one kind of op's outcomes.
@@ -141,7 +146,8 @@ func TestLoad(t *testing.T) {
 	c := api.NewClient("http://"+e.addr, strings.TrimSpace(string(token)))
 	c.HTTP = &http.Client{Transport: tr}
 	l := &load{t: t, e: e, c: c, tr: tr, target: nSessions,
-		removing: map[string]bool{}, parks: map[string]int{}, parking: map[string]int{}, kinds: map[string]int{}, examples: map[string]string{}, ops: map[string]*opTally{}, cgroups: map[string]bool{}}
+		removing: map[string]bool{}, parks: map[string]int{}, parking: map[string]int{}, kinds: map[string]int{}, examples: map[string]string{}, ops: map[string]*opTally{}, cgroups: map[string]bool{},
+		diagnosed: map[string]bool{}}
 	pid := e.srv.cmd.Process.Pid
 
 	watchDone := make(chan struct{})
@@ -284,6 +290,10 @@ func TestLoad(t *testing.T) {
 		"sessions created %d, states at the end %v; server RSS %s at start, %s at end (peak %s, bound %s), %s after rm of all",
 		nClients, nSessions, dur, total, float64(total)/elapsed.Seconds(), strings.Join(kinds, ", "), c409, c404,
 		len(l.failures), l.fiveXX, leaks, len(l.cgroups), len(l.created), states, mib(rssStart), mib(rssEnd), mib(rssMax.Load()), mib(bound), mib(rssAfterRm))
+	l.diagWG.Wait()
+	for _, d := range l.diagnoses {
+		t.Log(d)
+	}
 	// One error per kind of failure, with its first occurrence.
 	var kindList []string
 	for k := range l.kinds {
@@ -452,6 +462,13 @@ func (l *load) judge(op, id string, before race, err error) {
 	l.kinds[kind]++
 	if what != "" {
 		what = " (" + what + ")"
+	}
+	if api.IsCode(err, api.CodeTimeout) && !now.removed {
+		l.diagWG.Add(1)
+		go func() {
+			defer l.diagWG.Done()
+			l.diagnose(id)
+		}()
 	}
 	msg := fmt.Sprintf("%s %s: %v [code %s]%s", op, id, err, api.CodeOf(err), what)
 	if api.Status(api.CodeOf(err)) >= 500 && l.fiveXX <= 10 && l.e.srv != nil {

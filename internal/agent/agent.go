@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 	"unsafe"
@@ -145,7 +146,7 @@ func (a *Agent) Serve(ctx context.Context, path string) error {
 		port.inSession = true
 		a.serveConn(ctx, port)
 		port.inSession = false
-		_ = f.SetReadDeadline(time.Time{}) // a detach may have set one
+		port.interrupted.Store(false) // a detach may have set it
 	}
 	return ctx.Err()
 }
@@ -182,7 +183,19 @@ type portConn struct {
 	fd        int    // f's descriptor, for poll (f stays non-blocking)
 	inSession bool   // a yamux session reads the port (set by Serve only)
 	pushback  []byte // read but not yet consumed; guarded by Serve's sequencing
+	// interrupted is set by interrupt (a detach stops the reader) until
+	// Serve clears it for the next connection.
+	interrupted atomic.Bool
 }
+
+// pollEvery bounds how long a read or a write of the port waits for the
+// kernel's wakeup before it tries the port again. make soak caught
+// freshly booted guests idle (their QEMU used no CPU) with host requests
+// unread for minutes: the agent waited on a readiness wakeup that never
+// came, while a plain read would have found the data (or a write the
+// room). Trying again every pollEvery costs an idle guest one wakeup per
+// period and bounds such a stall to it.
+const pollEvery = 2 * time.Second
 
 var errNewHost = errors.New("agent: a new host connection started")
 
@@ -195,7 +208,7 @@ func (c *portConn) Read(p []byte) (int, error) {
 		c.pushback = c.pushback[n:]
 		return n, nil
 	}
-	n, err := c.f.Read(p)
+	n, err := c.readPort(p)
 	if c.inSession && n == 0 && errors.Is(err, io.EOF) {
 		// The port reads as closed while the guest still believes the
 		// last host gone: the new host's open notice can trail its first
@@ -209,6 +222,24 @@ func (c *portConn) Read(p []byte) (int, error) {
 		return 0, errNewHost
 	}
 	return n, err
+}
+
+// readPort reads the port, trying again every pollEvery until data comes,
+// the port fails, or interrupt stops it.
+func (c *portConn) readPort(p []byte) (int, error) {
+	for {
+		if !c.interrupted.Load() {
+			_ = c.f.SetReadDeadline(time.Now().Add(pollEvery))
+			if c.interrupted.Load() { // interrupt ran meanwhile: keep its deadline
+				_ = c.f.SetReadDeadline(time.Now())
+			}
+		}
+		n, err := c.f.Read(p)
+		if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) && !c.interrupted.Load() {
+			continue
+		}
+		return n, err
+	}
 }
 
 // retryAfterEOF reads again if data or a connected host shows up within
@@ -235,12 +266,29 @@ func startsWithSync(b []byte) bool {
 	return string(b[:len(m)]) == m
 }
 
-func (c *portConn) Write(p []byte) (int, error) { return c.f.Write(p) }
-func (c *portConn) Close() error                { return nil }
+// Write writes all of p, trying the port again every pollEvery while it
+// has no room (see pollEvery).
+func (c *portConn) Write(p []byte) (int, error) {
+	written := 0
+	for {
+		_ = c.f.SetWriteDeadline(time.Now().Add(pollEvery))
+		n, err := c.f.Write(p[written:])
+		written += n
+		if errors.Is(err, os.ErrDeadlineExceeded) && written < len(p) {
+			continue
+		}
+		return written, err
+	}
+}
+
+func (c *portConn) Close() error { return nil }
 
 // interrupt makes a pending read return at once (the port is pollable, so
 // reads honour deadlines): it is how a detach stops the yamux reader.
-func (c *portConn) interrupt() { _ = c.f.SetReadDeadline(time.Now()) }
+func (c *portConn) interrupt() {
+	c.interrupted.Store(true)
+	_ = c.f.SetReadDeadline(time.Now())
+}
 
 // serveConn serves one yamux session on conn until it ends. When a detach
 // with a nonce ended it, it then says so on conn (QuietMagic): the host
