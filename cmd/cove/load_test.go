@@ -463,7 +463,7 @@ func (l *load) judge(op, id string, before race, err error) {
 	if what != "" {
 		what = " (" + what + ")"
 	}
-	if api.IsCode(err, api.CodeTimeout) && !now.removed {
+	if (api.IsCode(err, api.CodeTimeout) || strings.Contains(err.Error(), "has not answered yet")) && !now.removed {
 		l.diagWG.Add(1)
 		go func() {
 			defer l.diagWG.Done()

@@ -50,13 +50,24 @@ func (l *load) diagnose(id string) {
 			s, _ := strconv.ParseInt(f[14], 10, 64)
 			return u + s
 		}
+		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		before := map[string][]string{}
+		for _, t := range tasks {
+			before[t.Name()] = procTaskStat(pid, t.Name())
+		}
 		c0 := cpu()
 		time.Sleep(2 * time.Second)
 		c1 := cpu()
 		fmt.Fprintf(&b, "  QEMU %d: %d CPU ticks (1/100 s) in 2 s\n", pid, c1-c0)
-		tasks, _ := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
 		for _, t := range tasks {
 			f := procTaskStat(pid, t.Name())
+			if f0 := before[t.Name()]; len(f0) > 14 && len(f) > 14 {
+				u0, _ := strconv.Atoi(f0[13])
+				u1, _ := strconv.Atoi(f[13])
+				s0, _ := strconv.Atoi(f0[14])
+				s1, _ := strconv.Atoi(f[14])
+				fmt.Fprintf(&b, "  thread %s: %d ticks in the 2 s\n", t.Name(), u1-u0+s1-s0)
+			}
 			comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/comm", pid, t.Name()))
 			wchan, _ := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/wchan", pid, t.Name()))
 			if len(f) > 14 {
