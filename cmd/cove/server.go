@@ -20,6 +20,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cove-dev/cove/internal/apiserver"
+	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store"
@@ -227,7 +228,9 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 			log.Warn("webhook rejected", "hook", source, "status", status, "reason", reason)
 		}}
 	srv := apiserver.New(apiserver.Config{Sessions: mgr, Images: builder, Token: token, Log: log, Metrics: metrics,
-		Hooks: hooks, HookSecrets: st})
+		Hooks: hooks, HookSecrets: st,
+		Authenticator: identity.NewAuthenticator(identity.AuthConfig{AdminToken: token, Store: st, Log: log}),
+		Identities:    &identity.Directory{Store: st}})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("server: listen: %w", err)

@@ -70,4 +70,11 @@ var routes = []route{
 	{"GET", "/v1/hook-secrets", "hook.secret.list", bearer, (*Server).listHookSecrets},
 	{"PUT", "/v1/hook-secrets/{name}", "hook.secret.put", bearer, (*Server).putHookSecret},
 	{"DELETE", "/v1/hook-secrets/{name}", "hook.secret.delete", bearer, (*Server).deleteHookSecret},
+
+	{"POST", "/v1/users", "user.create", bearer, (*Server).createUser},
+	{"GET", "/v1/users", "user.list", bearer, (*Server).listUsers},
+	{"DELETE", "/v1/users/{name}", "user.delete", bearer, (*Server).deleteUser},
+	{"POST", "/v1/tokens", "token.create", bearer, (*Server).createToken},
+	{"GET", "/v1/tokens", "token.list", bearer, (*Server).listTokens},
+	{"POST", "/v1/tokens/{id}/revoke", "token.revoke", bearer, (*Server).revokeToken},
 }

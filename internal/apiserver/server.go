@@ -5,7 +5,10 @@
 //
 // Invariant: every request, whatever its route, passes through one function,
 // (*Server).gate. For every request under /v1 the gate checks the bearer
-// token (in constant time) before anything else; for every request that
+// token before anything else: the admin token (in constant time), else
+// through Config.Authenticator (API tokens, JWTs), and puts the
+// identity.Principal in the request's context (identity.FromContext);
+// without Config.Authorize only admins pass. For every request that
 // matched a /v1 route it then builds an Action from the URL and calls
 // Config.Authorize before the handler reads the body; and it logs every
 // request (method, path, status, duration, action) and counts it in
@@ -37,6 +40,7 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/trigger"
 )
 
@@ -56,9 +60,18 @@ type Config struct {
 	// HookSecrets keeps the webhook secrets (/v1/hook-secrets); nil
 	// answers those routes with 503.
 	HookSecrets HookSecrets
-	// Token is the bearer token every /v1 request must carry. An empty
-	// Token refuses every /v1 request.
+	// Token is the admin token: the bearer token every /v1 request must
+	// carry unless Authenticator accepts another. An empty Token accepts
+	// no admin token; without an Authenticator that refuses every /v1
+	// request.
 	Token string
+	// Authenticator, if set, is asked about every bearer credential that
+	// is not Token (API tokens, JWTs); nil accepts Token alone. Until
+	// Authorize is set, only admins get past the gate (403 for others).
+	Authenticator Authenticator
+	// Identities keeps users and API tokens (/v1/users, /v1/tokens); nil
+	// answers those routes with 503.
+	Identities Identities
 	// Log receives one line per request; nil discards.
 	Log *slog.Logger
 	// Metrics is where the server's metrics go; nil makes a new set. Pass
@@ -85,6 +98,8 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("images", c.Images != nil),
 		slog.Bool("hooks", c.Hooks != nil),
 		slog.Bool("hook_secrets", c.HookSecrets != nil),
+		slog.Bool("authenticator", c.Authenticator != nil),
+		slog.Bool("identities", c.Identities != nil),
 		slog.Bool("authorize", c.Authorize != nil),
 		slog.Int64("max_file_bytes", c.MaxFileBytes),
 	)
@@ -108,6 +123,10 @@ type Action struct {
 	// Hook is the hook name of a webhook route ("github" for
 	// POST /v1/hooks/github) or of a hook-secret route.
 	Hook string
+	// User is the {name} of a user route.
+	User string
+	// Token is the {id} of a token route.
+	Token string
 }
 
 // LogValue lists the action's non-empty fields.
@@ -128,6 +147,12 @@ func (a Action) LogValue() slog.Value {
 	if a.Hook != "" {
 		attrs = append(attrs, slog.String("hook", a.Hook))
 	}
+	if a.User != "" {
+		attrs = append(attrs, slog.String("user", a.User))
+	}
+	if a.Token != "" {
+		attrs = append(attrs, slog.String("token", a.Token))
+	}
 	return slog.GroupValue(attrs...)
 }
 
@@ -137,6 +162,8 @@ type Server struct {
 	images       Images
 	hooks        Hooks
 	hookSecrets  HookSecrets
+	identities   Identities
+	authn        Authenticator
 	tokenSum     [sha256.Size]byte
 	tokenSet     bool
 	log          *slog.Logger
@@ -160,6 +187,8 @@ func New(cfg Config) *Server {
 		images:       cfg.Images,
 		hooks:        cfg.Hooks,
 		hookSecrets:  cfg.HookSecrets,
+		identities:   cfg.Identities,
+		authn:        cfg.Authenticator,
 		tokenSum:     sha256.Sum256([]byte(cfg.Token)),
 		tokenSet:     cfg.Token != "",
 		log:          cfg.Log,
@@ -178,7 +207,7 @@ func New(cfg Config) *Server {
 	if s.maxFileBytes <= 0 {
 		s.maxFileBytes = DefaultMaxFileBytes
 	}
-	if !s.tokenSet {
+	if !s.tokenSet && s.authn == nil {
 		s.log.Warn("apiserver: no token configured; every /v1 request will be refused")
 	}
 	s.metrics.watchSessions(cfg.Sessions.List)
@@ -219,6 +248,10 @@ func (s *Server) gate(rt route) http.Handler {
 			if rt.Path == githubHookPath {
 				act.Hook = trigger.GitHubHook
 			}
+		case strings.HasPrefix(rt.Verb, "user."):
+			act.User = r.PathValue("name")
+		case strings.HasPrefix(rt.Verb, "token."):
+			act.SessionID, act.Token = "", r.PathValue("id")
 		default:
 			act.Image = r.PathValue("name")
 		}
@@ -239,7 +272,12 @@ func (s *Server) gate(rt route) http.Handler {
 
 		var err error
 		if needsToken {
-			if err = s.authenticate(rec, r); err == nil {
+			var p identity.Principal
+			if p, err = s.authenticate(rec, r); err == nil && s.authorize == nil {
+				err = adminsOnly(p)
+			}
+			if err == nil {
+				r = r.WithContext(identity.NewContext(r.Context(), p))
 				// The client holds the token: its request may take as
 				// long as it needs (see Timeouts).
 				liftDeadlines(rec)
@@ -304,20 +342,24 @@ func (s *Server) gate(rt route) http.Handler {
 	})
 }
 
-// authenticate checks the bearer token in constant time.
-func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) error {
+// authenticate checks the bearer token: the admin token in constant time,
+// then, if there is one, with the Authenticator.
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (identity.Principal, error) {
 	h := r.Header.Get("Authorization")
 	scheme, token, ok := strings.Cut(h, " ")
 	if !ok || !strings.EqualFold(scheme, "Bearer") || token == "" {
 		w.Header().Set("WWW-Authenticate", `Bearer realm="cove"`)
-		return api.Errorf(api.CodeUnauthorized, "missing bearer token (Authorization: Bearer TOKEN)")
+		return identity.Principal{}, api.Errorf(api.CodeUnauthorized, "missing bearer token (Authorization: Bearer TOKEN)")
 	}
 	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
-	if subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) != 1 || !s.tokenSet {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="cove", error="invalid_token"`)
-		return api.Errorf(api.CodeUnauthorized, "invalid bearer token")
+	if subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) == 1 && s.tokenSet {
+		return identity.Principal{Kind: identity.KindAdminToken}, nil
 	}
-	return nil
+	if s.authn == nil {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="cove", error="invalid_token"`)
+		return identity.Principal{}, api.Errorf(api.CodeUnauthorized, "invalid bearer token")
+	}
+	return authenticateWith(r.Context(), w, s.authn, strings.TrimSpace(token))
 }
 
 // allowed returns the methods the mux serves r's path with, other than

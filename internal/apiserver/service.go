@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/session"
 )
 
@@ -106,6 +107,35 @@ type HookSecrets interface {
 	ListHooks(ctx context.Context) ([]string, error)
 	// DeleteHook removes the named hook's secret.
 	DeleteHook(ctx context.Context, name string) error
+}
+
+// Authenticator says whom a bearer credential other than the admin token
+// names; *identity.Authenticator is one. Its refusals are errors for which
+// identity.IsRefusal holds (answered 401 with their reason); any other
+// error is the server's (a store that is unavailable: 503).
+type Authenticator interface {
+	Authenticate(ctx context.Context, bearer string) (identity.Principal, error)
+}
+
+// Identities keeps users and their API tokens; *identity.Directory is
+// one. Every method returns *api.Error (possibly wrapped) for failures a
+// client caused (malformed request → CodeInvalid, unknown user or token →
+// CodeNotFound, name in use → CodeConflict); anything else is a 500, or a
+// 503 for a store that is unavailable.
+type Identities interface {
+	AddUser(ctx context.Context, req api.CreateUserRequest) (api.User, error)
+	ListUsers(ctx context.Context) ([]api.User, error)
+	// RemoveUser removes the named user and revokes its tokens.
+	RemoveUser(ctx context.Context, name string) error
+	// CreateToken mints a token for req.User, which the server sets
+	// (the caller's own name when the request names none); the answer
+	// holds the secret, which nothing keeps.
+	CreateToken(ctx context.Context, req api.CreateTokenRequest) (api.CreatedToken, error)
+	// ListTokens lists the named user's tokens ("" for all) without
+	// their secrets.
+	ListTokens(ctx context.Context, user string) ([]api.Token, error)
+	// RevokeToken revokes a token and returns it.
+	RevokeToken(ctx context.Context, id string) (api.Token, error)
 }
 
 // Process is one running command in a guest (declared by the session

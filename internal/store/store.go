@@ -1,6 +1,6 @@
 // Package store declares cove's state store: the durable record of sessions,
-// images, templates and triggers (events, subscriptions, deliveries and hook
-// secrets).
+// images, templates, triggers (events, subscriptions, deliveries and hook
+// secrets) and identities (users, their teams and their API tokens).
 package store
 
 import (
@@ -23,7 +23,8 @@ var (
 	ErrUnavailable = errors.New("state store unavailable")
 )
 
-// Store is the durable record of sessions, images, templates and triggers.
+// Store is the durable record of sessions, images, templates, triggers and
+// identities.
 //
 // Its contract, which every implementation meets (package storetest checks
 // it):
@@ -32,16 +33,17 @@ var (
 //     a crash of the process and a reopen of the same store.
 //   - Records come back exactly as they were written: times are the same
 //     instant to the nanosecond, in UTC, with no monotonic reading; an Env,
-//     Setup, Handle, Snapshot, Fields, Body, Until or hook secret of length
-//     zero may come back nil. The zero
+//     Setup, Handle, Snapshot, Fields, Body, Until, Scopes or hook secret of
+//     length zero may come back nil. The zero
 //     time round-trips as the zero time. Times a store cannot represent make
 //     the write fail and change nothing.
 //   - Records passed in and handed out are copies: changing one afterwards
-//     (its Env or Fields map, Setup or Until slice, or Handle, Snapshot, Body
-//     or secret bytes) does not change what the store holds.
+//     (its Env or Fields map, Setup, Until or Scopes slice, or Handle,
+//     Snapshot, Body or secret bytes) does not change what the store holds.
 //   - The store never sets a field itself; callers set UpdatedAt and the rest.
 //     The exceptions are RecordEvent's, documented there: an event's Seq and
-//     the deliveries it creates.
+//     the deliveries it creates. Where a method changes a time (a token's
+//     RevokedAt or LastUsedAt), the caller passes it.
 //   - Every method is safe for concurrent use; concurrent writes all succeed
 //     or fail on their own merits, never because another writer was busy.
 //   - A call whose ctx is already done fails with an error wrapping ctx.Err()
@@ -163,6 +165,70 @@ type Store interface {
 	// DeleteHook removes the named hook, or fails with ErrNotFound if there
 	// is none.
 	DeleteHook(ctx context.Context, name string) error
+
+	// PutUser inserts u, or replaces every field of the user with the same
+	// ID. Names are unique, and so are OIDC identities: it fails with
+	// ErrExists, changing nothing, if another user has u.Name, or
+	// u.Issuer and u.Subject. Issuer and Subject are both set (an OIDC
+	// user) or both empty (a local user); a user with one of them fails
+	// and changes nothing.
+	PutUser(ctx context.Context, u User) error
+	// GetUser returns the user with the given id, or ErrNotFound.
+	GetUser(ctx context.Context, id string) (User, error)
+	// GetUserByName returns the user with the given name, or ErrNotFound.
+	GetUserByName(ctx context.Context, name string) (User, error)
+	// GetUserBySubject returns the user with the given OIDC issuer and
+	// subject, or ErrNotFound. Empty ones find no user.
+	GetUserBySubject(ctx context.Context, issuer, subject string) (User, error)
+	// ListUsers returns every user, ordered by Name (bytewise). An empty
+	// store gives a slice of length zero.
+	ListUsers(ctx context.Context) ([]User, error)
+	// DeleteUser removes the user with the given id and its team
+	// memberships and, in the same transaction, revokes its tokens: each
+	// that is not revoked yet gets RevokedAt at. The tokens stay, listed
+	// under the gone user's id, so that a name given to a new user later
+	// gains none of them. It fails with ErrNotFound if there is no such
+	// user, and a zero at fails; either changes nothing.
+	DeleteUser(ctx context.Context, id string, at time.Time) error
+
+	// AddTeamMember makes the user with the given id a member of team.
+	// Adding a member again is no error and changes nothing. It fails
+	// with ErrNotFound if there is no such user, and an empty team fails.
+	AddTeamMember(ctx context.Context, userID, team string) error
+	// RemoveTeamMember ends the user's membership of team, or fails with
+	// ErrNotFound if it is not a member.
+	RemoveTeamMember(ctx context.Context, userID, team string) error
+	// TeamsOf returns the teams of the user with the given id, sorted
+	// (bytewise). A user without teams, or no user, gives a slice of
+	// length zero.
+	TeamsOf(ctx context.Context, userID string) ([]string, error)
+
+	// PutToken inserts t. A token is written once; RevokeToken and
+	// TouchToken are the only changes to it. It fails with ErrExists if a
+	// token has t.ID or t.Hash, and with ErrNotFound if no user has
+	// t.UserID; either changes nothing.
+	PutToken(ctx context.Context, t Token) error
+	// GetToken returns the token with the given id, or ErrNotFound.
+	GetToken(ctx context.Context, id string) (Token, error)
+	// GetTokenByHash returns the token whose secret hashes to hash, or
+	// ErrNotFound. Revoked and expired tokens are returned too, as they
+	// are: the caller decides what they are worth (and can say why it
+	// refuses one).
+	GetTokenByHash(ctx context.Context, hash [32]byte) (Token, error)
+	// ListTokens returns the tokens of the user with the given id ("" for
+	// every token), revoked and expired ones included, ordered by
+	// CreatedAt and then by ID (bytewise). None gives a slice of length
+	// zero.
+	ListTokens(ctx context.Context, userID string) ([]Token, error)
+	// RevokeToken sets the RevokedAt of the token with the given id to at.
+	// A token revoked before keeps its RevokedAt, and that is no error. It
+	// fails with ErrNotFound if there is no such token, and a zero at
+	// fails; either changes nothing.
+	RevokeToken(ctx context.Context, id string, at time.Time) error
+	// TouchToken sets the LastUsedAt of the token with the given id to at
+	// if at is later (it never moves back). It fails with ErrNotFound if
+	// there is no such token.
+	TouchToken(ctx context.Context, id string, at time.Time) error
 
 	// Close releases the store's resources. Writes that returned before it
 	// are durable.
@@ -311,3 +377,45 @@ const (
 	DeliveryDelivered = "delivered"
 	DeliveryFailed    = "failed"
 )
+
+// User is one principal that signs in: an engineer, a service account (CI,
+// a bot) or an admin. A local user is made by an admin and has no OIDC
+// identity; an OIDC user has the issuer and subject of its ID tokens.
+type User struct {
+	ID   string
+	Name string // unique
+	Kind string // UserEngineer, UserService or UserAdmin
+	// Issuer and Subject are the user's OIDC identity (the "iss" and
+	// "sub" of its ID tokens), unique together; both empty for a local
+	// user.
+	Issuer    string
+	Subject   string
+	CreatedAt time.Time
+}
+
+// Kinds of user.
+const (
+	UserEngineer = "engineer"
+	UserService  = "service"
+	UserAdmin    = "admin"
+)
+
+// Token is an API token: a bearer secret that acts for its user. The store
+// keeps the SHA-256 hash of the secret, never the secret.
+type Token struct {
+	ID     string
+	Name   string
+	UserID string
+	// Hash is the SHA-256 of the whole secret; unique.
+	Hash [32]byte
+	// Scopes narrow what the token may do (their meaning is the policy's).
+	Scopes    []string
+	CreatedAt time.Time
+	// ExpiresAt is when the token stops working; zero: never.
+	ExpiresAt time.Time
+	// RevokedAt is when the token was revoked; zero: it is not.
+	RevokedAt time.Time
+	// LastUsedAt is when the token last authenticated a request, to
+	// about a minute; zero: never.
+	LastUsedAt time.Time
+}

@@ -130,6 +130,43 @@ var migrations = []string{
 	UPDATE sessions SET template_version = 1 WHERE template != '';
 	INSERT INTO template_versions
 		SELECT name, 1, state, '', 0, 'create', error, 0, created_at, updated_at, snapshot FROM templates;`,
+
+	// 5: identities. Users have unique names, and unique OIDC identities
+	// (issuer, subject), both NULL for a local user (NULLs never clash in
+	// a UNIQUE constraint); team memberships go with their user. Tokens
+	// keep the SHA-256 of their secret (a BLOB of 32 bytes, unique), their
+	// Scopes as a JSON array in TEXT, NULL when empty, and times NULL when
+	// zero. A token refers to its user by id without a foreign key: it
+	// outlives the user, revoked (DeleteUser), so that a later user of the
+	// same name gains nothing.
+	`CREATE TABLE users (
+		id         TEXT PRIMARY KEY,
+		name       TEXT NOT NULL UNIQUE,
+		kind       TEXT NOT NULL,
+		issuer     TEXT,
+		subject    TEXT,
+		created_at INTEGER,
+		UNIQUE (issuer, subject)
+	) STRICT;
+	CREATE TABLE team_members (
+		user_id TEXT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+		team    TEXT NOT NULL,
+		PRIMARY KEY (user_id, team)
+	) STRICT;
+	CREATE INDEX team_members_by_team ON team_members (team, user_id);
+	CREATE TABLE tokens (
+		id           TEXT PRIMARY KEY,
+		name         TEXT NOT NULL,
+		user_id      TEXT NOT NULL,
+		hash         BLOB NOT NULL UNIQUE,
+		scopes       TEXT,
+		created_at   INTEGER,
+		expires_at   INTEGER,
+		revoked_at   INTEGER,
+		last_used_at INTEGER
+	) STRICT;
+	CREATE INDEX tokens_by_created ON tokens (created_at, id);
+	CREATE INDEX tokens_by_user ON tokens (user_id, created_at, id);`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

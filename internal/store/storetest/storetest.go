@@ -56,6 +56,7 @@ func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	t.Run("DoneContext", s.doneContext)
 	t.Run("PersistsAcrossReopen", s.persistsAcrossReopen)
 	s.runTriggers(t)
+	s.runIdentity(t)
 }
 
 type suite struct {

@@ -1,0 +1,74 @@
+package apiserver
+
+import (
+	"net/http"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/identity"
+)
+
+// tokenList is the answer of GET /v1/tokens.
+type tokenList struct {
+	Tokens []api.Token `json:"tokens"`
+}
+
+// createToken mints a token. A request that names no user asks for the
+// caller's own, which the admin token, being no user, cannot have.
+func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
+	if err := requireAdmin(r.Context()); err != nil {
+		return err
+	}
+	var req api.CreateTokenRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	if req.User == "" {
+		p, _ := identity.FromContext(r.Context())
+		if p.Kind != identity.KindUser {
+			return api.Errorf(api.CodeInvalid, "user: missing; %s is no user, so name the token's user", who(p))
+		}
+		req.User = p.User.Name
+	}
+	if s.identities == nil {
+		return errNoIdentities
+	}
+	t, err := s.identities.CreateToken(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("Cache-Control", "no-store") // the answer holds the secret
+	return writeJSON(w, http.StatusCreated, t)
+}
+
+// listTokens lists tokens, of one user with ?user=NAME.
+func (s *Server) listTokens(w http.ResponseWriter, r *http.Request) error {
+	if err := requireAdmin(r.Context()); err != nil {
+		return err
+	}
+	if s.identities == nil {
+		return errNoIdentities
+	}
+	list, err := s.identities.ListTokens(r.Context(), r.URL.Query().Get("user"))
+	if err != nil {
+		return err
+	}
+	if list == nil {
+		list = []api.Token{}
+	}
+	return writeJSON(w, http.StatusOK, tokenList{list})
+}
+
+// revokeToken revokes a token at once; it stays listed, revoked.
+func (s *Server) revokeToken(w http.ResponseWriter, r *http.Request) error {
+	if err := requireAdmin(r.Context()); err != nil {
+		return err
+	}
+	if s.identities == nil {
+		return errNoIdentities
+	}
+	t, err := s.identities.RevokeToken(r.Context(), r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, t)
+}
