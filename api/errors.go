@@ -10,6 +10,7 @@ import (
 const (
 	CodeInvalid      = "invalid_argument"  // 400
 	CodeUnauthorized = "unauthorized"      // 401
+	CodeForbidden    = "forbidden"         // 403
 	CodeNotFound     = "not_found"         // 404
 	CodeConflict     = "conflict"          // 409
 	CodeTooLarge     = "payload_too_large" // 413
@@ -57,6 +58,8 @@ func Status(code string) int {
 		return http.StatusBadRequest
 	case CodeUnauthorized:
 		return http.StatusUnauthorized
+	case CodeForbidden:
+		return http.StatusForbidden
 	case CodeNotFound:
 		return http.StatusNotFound
 	case CodeConflict:

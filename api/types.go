@@ -50,7 +50,19 @@ type Session struct {
 	// Waiting is the pending subscription of a session parked until an
 	// event.
 	Waiting *Waiting `json:"waiting,omitempty"`
+
+	// Owner is the id of the user the session acts for: the user whose
+	// token created it (for a clone, its creator, not the template's
+	// owner), or OwnerAdmin when the admin token did.
+	Owner string `json:"owner"`
+	// Agent is the name of the agent the session runs (--agent), "" if
+	// none.
+	Agent string `json:"agent,omitempty"`
 }
+
+// OwnerAdmin is the Owner of sessions and templates made with the
+// server's admin token, which is no user (user ids start "u_").
+const OwnerAdmin = "admin"
 
 // Waiting is what a parked session waits for.
 type Waiting struct {
@@ -106,6 +118,10 @@ type CreateSessionRequest struct {
 	// NoAutoWake makes exec and file calls on a parked session fail with
 	// 409 instead of waking it.
 	NoAutoWake bool `json:"no_auto_wake,omitempty"`
+	// Agent names the agent the session runs ("review-bot"): lowercase
+	// letters, digits, '.', '_' or '-', at most 64. A clone's agent is
+	// the one named here, never its template's.
+	Agent string `json:"agent,omitempty"`
 }
 
 // Template is a booted, set-up machine saved as a snapshot; sessions
@@ -145,6 +161,11 @@ type Template struct {
 	Commit  string `json:"commit,omitempty"`
 	// Rebuilding says a build of a new version is queued or running.
 	Rebuilding bool `json:"rebuilding,omitempty"`
+
+	// Owner is the id of the user who created the template, or
+	// OwnerAdmin; Agent the agent name given at its create, "" if none.
+	Owner string `json:"owner"`
+	Agent string `json:"agent,omitempty"`
 }
 
 // TemplateVersion is one build of a template (GET
@@ -201,6 +222,9 @@ type CreateTemplateRequest struct {
 	Repo    string `json:"repo,omitempty"`
 	Branch  string `json:"branch,omitempty"`
 	RepoDir string `json:"repo_dir,omitempty"`
+	// Agent names the agent the template is made for, as in
+	// CreateSessionRequest; its clones do not inherit it.
+	Agent string `json:"agent,omitempty"`
 }
 
 // Template states.

@@ -42,21 +42,32 @@ func newLsCmd(c *cli, use string) *cobra.Command {
 	return cmd
 }
 
-// writeSessionTable writes sessions oldest first as ID STATE IMAGE AGE
-// SNAPSHOT, the last being the parked snapshot's size on disk, or "-".
+// writeSessionTable writes sessions oldest first as ID STATE IMAGE OWNER
+// AGENT AGE SNAPSHOT: OWNER is the owner's user id ("admin" for the admin
+// token's), AGENT the agent's name or "-", SNAPSHOT the parked snapshot's
+// size on disk, or "-".
 func writeSessionTable(w io.Writer, ss []api.Session, now time.Time) error {
 	ss = slices.Clone(ss)
 	slices.SortStableFunc(ss, func(a, b api.Session) int { return a.CreatedAt.Compare(b.CreatedAt) })
 	tw := tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSTATE\tIMAGE\tAGE\tSNAPSHOT")
+	fmt.Fprintln(tw, "ID\tSTATE\tIMAGE\tOWNER\tAGENT\tAGE\tSNAPSHOT")
 	for _, s := range ss {
 		snap := "-"
 		if s.State == api.StateParked && s.Snapshot != nil {
 			snap = humanBytes(s.Snapshot.DiskBytes)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", s.ID, s.State, s.Image, humanAge(now.Sub(s.CreatedAt)), snap)
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.ID, s.State, s.Image, dash(s.Owner), dash(s.Agent),
+			humanAge(now.Sub(s.CreatedAt)), snap)
 	}
 	return tw.Flush()
+}
+
+// dash is s for a table cell, "-" when it is empty.
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // humanAge renders d in its largest whole unit: 5s, 3m, 2h, 4d.

@@ -129,8 +129,10 @@ func TestExitStatuses(t *testing.T) {
 // TestSessionCommands protects create/ls/inspect/rm output against a fake
 // server.
 func TestSessionCommands(t *testing.T) {
-	s1 := api.Session{ID: "s1", State: api.StateRunning, Image: "tiny", CreatedAt: testNow.Add(-3 * time.Minute)}
-	s2 := api.Session{ID: "s2-long-id", State: api.StateCreating, Image: "dev", CreatedAt: testNow.Add(-5 * time.Second)}
+	s1 := api.Session{ID: "s1", State: api.StateRunning, Image: "tiny", CreatedAt: testNow.Add(-3 * time.Minute),
+		Owner: "u_alicealicealice", Agent: "review-bot"}
+	s2 := api.Session{ID: "s2-long-id", State: api.StateCreating, Image: "dev", CreatedAt: testNow.Add(-5 * time.Second),
+		Owner: api.OwnerAdmin}
 	s3 := api.Session{ID: "s3", State: api.StateParked, Image: "tiny", CreatedAt: testNow.Add(-2 * time.Hour),
 		Snapshot: &api.SnapshotInfo{DiskBytes: 96 << 20}}
 	var created api.CreateSessionRequest
@@ -184,6 +186,7 @@ func TestSessionCommands(t *testing.T) {
 				api.CreateSessionRequest{Template: "py", IdleTimeout: "10m0s", NoAutoWake: true, Env: map[string]string{"A": "1"}}},
 			{[]string{"--idle-timeout", "0s"}, api.CreateSessionRequest{IdleTimeout: "0s"}},
 			{[]string{"--idle-timeout", "0"}, api.CreateSessionRequest{IdleTimeout: "0s"}},
+			{[]string{"--template", "py", "--agent", "review-bot"}, api.CreateSessionRequest{Template: "py", Agent: "review-bot"}},
 		} {
 			created = api.CreateSessionRequest{}
 			code, out, errOut := runCLI(t, addr, "", append([]string{"session", "create"}, tt.args...)...)
@@ -198,10 +201,10 @@ func TestSessionCommands(t *testing.T) {
 	t.Run("ls", func(t *testing.T) {
 		code, out, _ := runCLI(t, addr, "", "ls")
 		want := "" +
-			"ID           STATE      IMAGE   AGE   SNAPSHOT\n" +
-			"s3           parked     tiny    2h    96MiB\n" +
-			"s1           running    tiny    3m    -\n" +
-			"s2-long-id   creating   dev     5s    -\n"
+			"ID           STATE      IMAGE   OWNER               AGENT        AGE   SNAPSHOT\n" +
+			"s3           parked     tiny    -                   -            2h    96MiB\n" +
+			"s1           running    tiny    u_alicealicealice   review-bot   3m    -\n" +
+			"s2-long-id   creating   dev     admin               -            5s    -\n"
 		if code != 0 || out != want {
 			t.Errorf("exit %d, stdout\n%s\nwant\n%s", code, out, want)
 		}
@@ -219,7 +222,8 @@ func TestSessionCommands(t *testing.T) {
 	})
 	t.Run("inspect", func(t *testing.T) {
 		code, out, _ := runCLI(t, addr, "", "session", "inspect", "s1")
-		if code != 0 || !strings.Contains(out, "\n  \"id\": \"s1\",\n") {
+		if code != 0 || !strings.Contains(out, "\n  \"id\": \"s1\",\n") ||
+			!strings.Contains(out, "\n  \"owner\": \"u_alicealicealice\",\n") || !strings.Contains(out, "\n  \"agent\": \"review-bot\"\n") {
 			t.Errorf("exit %d, stdout %q", code, out)
 		}
 		code, _, errOut := runCLI(t, addr, "", "session", "inspect", "zz")

@@ -22,6 +22,7 @@ import (
 	"github.com/cove-dev/cove/internal/apiserver"
 	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/image"
+	"github.com/cove-dev/cove/internal/policy"
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/store/sqlite"
@@ -53,6 +54,10 @@ type serverConfig struct {
 	// WebhookMemory bounds the memory of webhook bodies not yet
 	// authenticated, in MiB.
 	WebhookMemory int
+
+	// Policy is the Cedar policy file that decides every API action; "":
+	// the built-in default. SIGHUP reloads it.
+	Policy string
 }
 
 func envOr(key, def string) string {
@@ -102,7 +107,13 @@ here, state is kept in SQLite under COVE_HOME.
 
 QEMU processes outlive the server on purpose: a restarted server re-adopts
 the running sessions. Use --stop-on-exit to stop every VM when the server
-exits.`,
+exits.
+
+A Cedar policy decides every API action (--policy; the built-in one lets
+each engineer see and control its own sessions and templates, and admins
+everything). A policy file that does not check stops the server from
+starting; SIGHUP reloads it, and a file that does not check then leaves
+the policy in force.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return runServer(cmd.Context(), cfg)
@@ -127,6 +138,7 @@ exits.`,
 	f.Float64Var(&cfg.MemoryOvercommit, "memory-overcommit", envFloat("COVE_MEMORY_OVERCOMMIT", session.DefaultMemoryOvercommit), "MiB of VM memory admitted per MiB of host memory (COVE_MEMORY_OVERCOMMIT)")
 	f.Float64Var(&cfg.CPUOvercommit, "cpu-overcommit", envFloat("COVE_CPU_OVERCOMMIT", session.DefaultCPUOvercommit), "vCPUs admitted per host CPU (COVE_CPU_OVERCOMMIT)")
 	f.BoolVar(&cfg.StopOnExit, "stop-on-exit", false, "stop every VM when the server exits (default: leave them for the next server to adopt)")
+	f.StringVar(&cfg.Policy, "policy", os.Getenv("COVE_POLICY"), "Cedar policy file that decides every API action (default: the built-in policy: engineers see and control their own sessions, admins everything); check it with 'cove policy check'; SIGHUP reloads it, keeping the policy in force if the file does not check (COVE_POLICY)")
 	return cmd
 }
 
@@ -134,6 +146,14 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
+
+	// First: a policy that does not check stops the server before it
+	// touches anything.
+	policies, err := loadPolicy(ctx, cfg.Policy)
+	if err != nil {
+		return err
+	}
+	watchPolicy(ctx, policies, cfg.Policy, log)
 
 	if err := os.MkdirAll(cfg.Home, 0o711); err != nil {
 		return fmt.Errorf("server: data dir: %w", err)
@@ -230,13 +250,15 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	srv := apiserver.New(apiserver.Config{Sessions: mgr, Images: builder, Token: token, Log: log, Metrics: metrics,
 		Hooks: hooks, HookSecrets: st,
 		Authenticator: identity.NewAuthenticator(identity.AuthConfig{AdminToken: token, Store: st, Log: log}),
-		Identities:    &identity.Directory{Store: st}})
+		Identities:    &identity.Directory{Store: st},
+		Authorize:     (&apiserver.PolicyGate{Policy: policies, Records: st}).Authorize})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("server: listen: %w", err)
 	}
 	hs := srv.HTTPServer() // the timeouts: apiserver.Timeouts
-	log.Info("cove server listening", "addr", "http://"+ln.Addr().String(), "home", cfg.Home, "accel", driver.Accel())
+	policyName, _ := policies.Source()
+	log.Info("cove server listening", "addr", "http://"+ln.Addr().String(), "home", cfg.Home, "accel", driver.Accel(), "policy", policyName)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 
@@ -261,6 +283,60 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return err
 	}
 	return nil
+}
+
+// loadPolicy makes the policy engine the server starts with: the policy
+// in the file at path, or the built-in default when path is "". A file
+// that cannot be read or does not check is an error, each problem at its
+// line and column: the server does not start with another policy than
+// the one it was given.
+func loadPolicy(ctx context.Context, path string) (*policy.Engine, error) {
+	eng := policy.New()
+	if path == "" {
+		return eng, nil
+	}
+	if err := eng.Load(ctx, path); err != nil {
+		if pe, ok := errors.AsType[*policy.Error](err); ok {
+			return nil, fmt.Errorf("server: --policy %s does not check, so the server does not start:\n%w", path, pe)
+		}
+		return nil, fmt.Errorf("server: --policy: %w", err)
+	}
+	return eng, nil
+}
+
+// reloadPolicy loads the policy file at path into eng again, as SIGHUP
+// asks. A file that cannot be read or does not check changes nothing: the
+// policy in force stays, and the error, each problem at its line, is
+// logged and returned.
+func reloadPolicy(ctx context.Context, eng *policy.Engine, path string, log *slog.Logger) error {
+	if path == "" {
+		log.Info("policy: SIGHUP, but the server has no --policy file; the built-in policy stays")
+		return nil
+	}
+	if err := eng.Load(ctx, path); err != nil {
+		log.Error("policy: reload refused; the policy in force stays", "file", path, "err", err)
+		return err
+	}
+	log.Info("policy reloaded", "file", path)
+	return nil
+}
+
+// watchPolicy reloads the policy on every SIGHUP until ctx is done. The
+// signal is caught from the return on (unhandled, SIGHUP ends a process).
+func watchPolicy(ctx context.Context, eng *policy.Engine, path string, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	go func() {
+		defer signal.Stop(hup)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				_ = reloadPolicy(ctx, eng, path, log)
+			}
+		}
+	}()
 }
 
 // crashPointEnv names the step at which the server kills itself with

@@ -43,7 +43,11 @@ Unset flags take the server's defaults (image "tiny", 512 MiB, 1 CPU).
 With --template the session is a clone of that template's saved machine
 (restored, not booted); its image, memory and CPUs are the template's.
 --idle-timeout parks the session after that long without API activity
-(0s: never; unset: the server's default).`,
+(0s: never; unset: the server's default).
+
+The session is yours (its owner is the user of your token), and --agent
+names the agent it runs; 'cove ls' shows both. A clone is its creator's,
+with its own agent, whoever owns the template.`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
@@ -89,6 +93,7 @@ With --template the session is a clone of that template's saved machine
 	f.StringVar(&req.Template, "template", "", "clone this template instead of booting an image")
 	f.DurationVar(&idleTimeout, "idle-timeout", 0, "park the session after this long without API activity (0s: never; default: the server's)")
 	f.BoolVar(&req.NoAutoWake, "no-auto-wake", false, "make exec and file calls on the parked session fail instead of waking it")
+	f.StringVar(&req.Agent, "agent", "", "name of the agent the session runs, e.g. review-bot (lowercase letters, digits, '.', '_', '-')")
 	return cmd
 }
 

@@ -111,6 +111,7 @@ server's defaults, as for 'cove session create'.`,
 	f.StringVar(&req.Repo, "repo", "", "git repository to check out and follow (URL or absolute path on the server)")
 	f.StringVar(&req.Branch, "branch", "", "branch of --repo to build and follow (default main)")
 	f.StringVar(&req.RepoDir, "repo-dir", "", "where the checkout lives in the guest (default /workspace)")
+	f.StringVar(&req.Agent, "agent", "", "name of the agent the template is made for (its clones name their own)")
 	return cmd
 }
 

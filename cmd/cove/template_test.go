@@ -58,12 +58,13 @@ func TestTemplateCommands(t *testing.T) {
 
 	t.Run("create", func(t *testing.T) {
 		code, out, errOut := runCLI(t, addr, "", "template", "create", "py", "--image", "tiny", "--memory", "1024", "--cpus", "2",
-			"--env", "A=1", "--setup", "apk add python3", "--setup", "pip install 'x y'", "--start", "pyright --stdio", "--pool", "2")
+			"--env", "A=1", "--setup", "apk add python3", "--setup", "pip install 'x y'", "--start", "pyright --stdio", "--pool", "2",
+			"--agent", "builder")
 		if code != 0 || out != "py ready image=tiny snapshot=180MiB pool=2\n" || errOut != "building template py…\n" {
 			t.Fatalf("exit %d, stdout %q, stderr %q", code, out, errOut)
 		}
 		want := api.CreateTemplateRequest{Name: "py", Image: "tiny", MemoryMiB: 1024, CPUs: 2, Env: map[string]string{"A": "1"},
-			Setup: []string{"apk add python3", "pip install 'x y'"}, Start: "pyright --stdio", Pool: 2}
+			Setup: []string{"apk add python3", "pip install 'x y'"}, Start: "pyright --stdio", Pool: 2, Agent: "builder"}
 		if b1, b2 := mustJSON(got), mustJSON(want); b1 != b2 {
 			t.Errorf("server got %s, want %s", b1, b2)
 		}

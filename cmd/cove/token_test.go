@@ -7,11 +7,12 @@ import (
 )
 
 // TestTokenCommands protects token create, ls and revoke against the real
-// server: the secret is the last line of create's output and appears in
-// no listing; it works as COVE_TOKEN (an admin user's mints for itself, an
-// engineer's is refused 403 until a policy exists); revoked tokens and
-// those of removed users are refused saying so; bad flags are refused
-// before the server.
+// server under the default policy: the secret is the last line of
+// create's output and appears in no listing; it works as COVE_TOKEN (an
+// admin user's mints for itself and manages users; an engineer's mints
+// and lists its own, and is refused the users with the policy's reason);
+// revoked tokens and those of removed users are refused saying so; bad
+// flags are refused before the server.
 func TestTokenCommands(t *testing.T) {
 	addr := identityServer(t)
 	for _, args := range [][]string{{"user", "add", "alice", "--kind", "admin"}, {"user", "add", "bob"}} {
@@ -77,12 +78,20 @@ func TestTokenCommands(t *testing.T) {
 		t.Errorf("token ls --user alice:\n%s", out)
 	}
 
-	// The tokens at work: alice may, bob (an engineer) may not yet.
+	// The tokens at work: alice, an admin, manages users; bob, an
+	// engineer, his own sessions and tokens, and no users.
 	if code, out, errOut := runAs(t, addr, alice, "user", "ls"); code != 0 || !strings.Contains(out, "alice") {
 		t.Errorf("user ls as alice: exit %d, %q, %q", code, out, errOut)
 	}
-	if code, _, errOut := runAs(t, addr, bob, "ls"); code != 1 || !strings.Contains(errOut, `forbidden: user "bob" is not an admin`) {
+	if code, _, errOut := runAs(t, addr, bob, "ls"); code != 0 {
 		t.Errorf("ls as bob: exit %d, %q", code, errOut)
+	}
+	if code, _, errOut := runAs(t, addr, bob, "user", "ls"); code != 1 || !strings.Contains(errOut, "cove: no policy permits user.admin on Server cove for User u_") {
+		t.Errorf("user ls as bob: exit %d, %q", code, errOut)
+	}
+	bobOwnID, _ := create(bob, "--name", "own")
+	if code, out, errOut := runAs(t, addr, bob, "token", "ls"); code != 0 || !strings.Contains(out, bobOwnID) || !strings.Contains(out, bobID) || strings.Contains(out, aliceID) {
+		t.Errorf("token ls as bob: exit %d, stderr %q, want his two tokens only:\n%s", code, errOut, out)
 	}
 
 	code, out, errOut = runAs(t, addr, testToken, "token", "revoke", aliceID, "tok_nope")
@@ -97,7 +106,7 @@ func TestTokenCommands(t *testing.T) {
 		t.Errorf("removed user's token: exit %d, %q", code, errOut)
 	}
 	_, out, _ = runAs(t, addr, testToken, "token", "ls")
-	for _, want := range []string{aliceID + "   laptop   alice       revoked", bobID + "   ci       (removed)   revoked", selfID + "   self     alice       active"} {
+	for _, want := range []string{aliceID + "   laptop   alice       revoked", bobID + "   ci       (removed)   revoked", bobOwnID + "   own      (removed)   revoked", selfID + "   self     alice       active"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("token ls lacks %q:\n%s", want, out)
 		}

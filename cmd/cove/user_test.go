@@ -12,6 +12,7 @@ import (
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/apiserver"
 	"github.com/cove-dev/cove/internal/identity"
+	"github.com/cove-dev/cove/internal/policy"
 	"github.com/cove-dev/cove/internal/store/sqlite"
 )
 
@@ -37,6 +38,7 @@ func identityServer(t *testing.T) string {
 		Token:         testToken,
 		Identities:    &identity.Directory{Store: st, Now: now},
 		Authenticator: identity.NewAuthenticator(identity.AuthConfig{AdminToken: testToken, Store: st, Now: now}),
+		Authorize:     (&apiserver.PolicyGate{Policy: policy.New(), Records: st}).Authorize, // as cove server wires it
 	}).Handler())
 	t.Cleanup(srv.Close)
 	return srv.URL

@@ -12,11 +12,45 @@ import (
 
 // codeForbidden is the code of 403 answers: an authenticated principal
 // that may not do what it asked.
-const codeForbidden = "forbidden"
+const codeForbidden = api.CodeForbidden
 
 // forbidden is a 403 answer.
 func forbidden(format string, args ...any) error {
-	return &statusError{status: http.StatusForbidden, code: codeForbidden, msg: fmt.Sprintf(format, args...)}
+	return api.Errorf(api.CodeForbidden, format, args...)
+}
+
+// decide asks Config.Authorize again about what the handler learned from
+// the request's body (see Action): nil without Authorize, where only
+// admins passed the gate.
+func (s *Server) decide(ctx context.Context, a Action) error {
+	if s.authorize == nil {
+		return nil
+	}
+	return authorizeError(a.Verb, s.authorize(ctx, a))
+}
+
+// authorizeError is an error of Authorize as the client is told it: an
+// *api.Error as it is (a denial's message is the policy's reason alone),
+// anything else (a store that failed) wrapped with the verb, for the log.
+func authorizeError(verb string, err error) error {
+	if err == nil || api.CodeOf(err) != api.CodeInternal {
+		return err
+	}
+	return fmt.Errorf("authorize %s: %w", verb, err)
+}
+
+// visible reports whether a list may show the item that a (its read)
+// names: whether Authorize allows a. A denial hides it, and so does an
+// item gone since it was listed; any other error is returned.
+func (s *Server) visible(ctx context.Context, a Action) (bool, error) {
+	err := s.decide(ctx, a)
+	switch {
+	case err == nil:
+		return true, nil
+	case api.IsCode(err, api.CodeForbidden), api.IsCode(err, api.CodeNotFound):
+		return false, nil
+	}
+	return false, err
 }
 
 // authenticateWith asks a about a bearer credential that is not the admin
@@ -44,14 +78,15 @@ func adminsOnly(p identity.Principal) error {
 }
 
 // requireAdmin refuses a request whose principal is no admin. The user
-// and token routes are an admin's, whatever a policy says, for now.
+// routes are an admin's whatever a policy says: a policy that let others
+// through (user.admin) would let them make themselves admins.
 func requireAdmin(ctx context.Context) error {
 	p, ok := identity.FromContext(ctx)
 	if !ok {
 		return forbidden("forbidden: the request has no principal")
 	}
 	if !p.IsAdmin() {
-		return forbidden("forbidden: %s is not an admin; users and tokens are an admin's to manage", who(p))
+		return forbidden("forbidden: %s is not an admin; users are an admin's to manage", who(p))
 	}
 	return nil
 }
@@ -67,4 +102,12 @@ func who(p identity.Principal) string {
 		return fmt.Sprintf("user %q", p.User.Name)
 	}
 	return string(p.Kind)
+}
+
+// owner is what the request's principal creates is recorded as (see
+// identity.Principal.Owner); "" when the request has none, which the
+// gate lets through only for routes that need no token.
+func owner(ctx context.Context) string {
+	p, _ := identity.FromContext(ctx)
+	return p.Owner()
 }

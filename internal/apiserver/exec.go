@@ -29,10 +29,14 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) error {
 	if err := validateExec(req); err != nil {
 		return err
 	}
+	id := r.PathValue("id")
+	if err := s.decide(r.Context(), execAction(id, req)); err != nil {
+		return err
+	}
 	liftDeadlines(w)
 	ctx := r.Context()
 	start := time.Now()
-	proc, err := s.sessions.Exec(ctx, r.PathValue("id"), req)
+	proc, err := s.sessions.Exec(ctx, id, req)
 	if err != nil {
 		return err
 	}
@@ -53,6 +57,12 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) error {
 		return s.execStream(w, r, proc)
 	}
 	return s.execBuffered(w, proc, start)
+}
+
+// execAction is the second decision of an exec: with its command line
+// (never empty: validateExec requires a command).
+func execAction(id string, req api.ExecRequest) Action {
+	return Action{Verb: "session.exec", SessionID: id, Argv: req.Argv}
 }
 
 func (s *Server) execBuffered(w http.ResponseWriter, proc Process, start time.Time) error {

@@ -48,6 +48,9 @@ func (s *Server) execWS(w http.ResponseWriter, r *http.Request) error {
 	ws := &wsConn{c: c}
 
 	req, err := readExecRequest(ctx, c)
+	if err == nil {
+		err = s.decide(ctx, execAction(id, req))
+	}
 	if err != nil {
 		return ws.fail(ctx, s, err)
 	}

@@ -75,7 +75,7 @@ func (f *fakeSessions) check(id string) error {
 	return nil
 }
 
-func (f *fakeSessions) Create(ctx context.Context, req api.CreateSessionRequest) (api.Session, error) {
+func (f *fakeSessions) Create(ctx context.Context, owner string, req api.CreateSessionRequest) (api.Session, error) {
 	f.calls.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -85,7 +85,7 @@ func (f *fakeSessions) Create(ctx context.Context, req api.CreateSessionRequest)
 		}
 	}
 	s := api.Session{ID: fmt.Sprintf("s%d", len(f.sessions)+1), State: api.StateRunning, Image: req.Image, BootMillis: 120,
-		Template: req.Template, IdleTimeout: req.IdleTimeout, AutoWake: !req.NoAutoWake}
+		Template: req.Template, IdleTimeout: req.IdleTimeout, AutoWake: !req.NoAutoWake, Owner: owner, Agent: req.Agent}
 	f.sessions[s.ID] = s
 	return s, nil
 }
@@ -395,7 +395,7 @@ func (f *fakeSessions) Wake(ctx context.Context, id string) (api.Session, error)
 
 // CreateTemplate makes a ready template at once; a setup command "false"
 // fails it as the session manager would.
-func (f *fakeSessions) CreateTemplate(ctx context.Context, req api.CreateTemplateRequest) (api.Template, error) {
+func (f *fakeSessions) CreateTemplate(ctx context.Context, owner string, req api.CreateTemplateRequest) (api.Template, error) {
 	f.calls.Add(1)
 	if err := f.pause(ctx); err != nil {
 		return api.Template{}, err
@@ -413,7 +413,7 @@ func (f *fakeSessions) CreateTemplate(ctx context.Context, req api.CreateTemplat
 	}
 	t := api.Template{Name: req.Name, State: api.TemplateReady, Image: req.Image, MemoryMiB: req.MemoryMiB, CPUs: req.CPUs,
 		Env: req.Env, Setup: req.Setup, Start: req.Start, Pool: req.Pool, PoolReady: req.Pool,
-		Snapshot: &api.SnapshotInfo{DiskBytes: 180 << 20}}
+		Snapshot: &api.SnapshotInfo{DiskBytes: 180 << 20}, Owner: owner, Agent: req.Agent}
 	f.templates[req.Name] = t
 	return t, nil
 }

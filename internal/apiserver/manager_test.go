@@ -181,7 +181,7 @@ func TestManagerConflicts(t *testing.T) {
 		req := api.CreateTemplateRequest{Name: "py"}
 		decode[api.Template](t, e.doJSON("POST", "/v1/templates", req), 201)
 		got := wantError(t, e.doJSON("POST", "/v1/templates", req), 409, api.CodeConflict)
-		_, direct := mgr.CreateTemplate(ctx, req)
+		_, direct := mgr.CreateTemplate(ctx, "", req)
 		wantManagerConflict(t, got, direct, `"py"`)
 
 		clone := decode[api.Session](t, e.doJSON("POST", "/v1/sessions", api.CreateSessionRequest{Template: "py"}), 201)

@@ -8,9 +8,11 @@
 // token before anything else: the admin token (in constant time), else
 // through Config.Authenticator (API tokens, JWTs), and puts the
 // identity.Principal in the request's context (identity.FromContext);
-// without Config.Authorize only admins pass. For every request that
-// matched a /v1 route it then builds an Action from the URL and calls
-// Config.Authorize before the handler reads the body; and it logs every
+// without Config.Authorize only admins pass (cove server sets it to
+// (*PolicyGate).Authorize, which decides with a Cedar policy: authz.go).
+// For every request that matched a /v1 route it then builds an Action
+// from the URL and calls Config.Authorize before the handler reads the
+// body (handlers that read more ask it again; see Action); and it logs every
 // request (method, path, status, duration, action) and counts it in
 // cove_http_requests_total. Handlers are reached only through the gate, so
 // policy and audit hooks land in one place. Only GET /healthz,
@@ -79,9 +81,12 @@ type Config struct {
 	Metrics *Metrics
 	// Authorize, if set, is called for every request that matched a /v1
 	// route, after the token was checked (for routes that need one) and
-	// before the body is read. A
-	// non-nil error refuses the request: an *api.Error chooses the answer
-	// (CodeUnauthorized to deny); any other error is a 500.
+	// before the body is read; again by the handlers that read more of
+	// the request in their body, and for each item of a list (see
+	// Action). A non-nil error refuses the request: an *api.Error chooses
+	// the answer (CodeForbidden to deny, with the reason as its message);
+	// any other error is a 500. (*PolicyGate).Authorize decides with a
+	// policy.
 	Authorize func(ctx context.Context, a Action) error
 	// MaxFileBytes limits the body of a file upload; 0 means
 	// DefaultMaxFileBytes.
@@ -105,8 +110,14 @@ func (c Config) LogValue() slog.Value {
 	)
 }
 
-// Action is what a request asks to do, as Config.Authorize sees it. It is
-// built from the method and URL alone, before the body is read.
+// Action is what a request asks to do, as Config.Authorize sees it. The
+// gate builds it from the method and URL alone, before the body is read.
+// Where the body says more that a policy may weigh, the handler asks
+// Authorize again once it has read it, with the same verb and those
+// fields set: session.create with the Template a clone comes from,
+// session.exec with the Argv it runs, token.create with the User the
+// token is for. And the list routes ask about each item they would show
+// (session.get, template.get) and leave out those denied.
 type Action struct {
 	// Verb names the operation: "session.create", "session.exec",
 	// "file.write", … (the verb column of the route table in routes.go).
@@ -118,15 +129,20 @@ type Action struct {
 	// Image is the {name} of an image route.
 	Image string
 	// Template is the {name} of a template route. It is empty for
-	// "template.create", whose name is in the body.
+	// "template.create", whose name is in the body, and is the template
+	// of a clone in the second decision of "session.create".
 	Template string
 	// Hook is the hook name of a webhook route ("github" for
 	// POST /v1/hooks/github) or of a hook-secret route.
 	Hook string
-	// User is the {name} of a user route.
+	// User is the {name} of a user route, the ?user= of token.list, or
+	// the user named in the body of token.create (second decision).
 	User string
 	// Token is the {id} of a token route.
 	Token string
+	// Argv is the command line of session.exec: nil at the gate, set in
+	// the second decision.
+	Argv []string
 }
 
 // LogValue lists the action's non-empty fields.
@@ -152,6 +168,9 @@ func (a Action) LogValue() slog.Value {
 	}
 	if a.Token != "" {
 		attrs = append(attrs, slog.String("token", a.Token))
+	}
+	if a.Argv != nil {
+		attrs = append(attrs, slog.Any("argv", a.Argv))
 	}
 	return slog.GroupValue(attrs...)
 }
@@ -252,6 +271,9 @@ func (s *Server) gate(rt route) http.Handler {
 			act.User = r.PathValue("name")
 		case strings.HasPrefix(rt.Verb, "token."):
 			act.SessionID, act.Token = "", r.PathValue("id")
+			if rt.Verb == "token.list" {
+				act.User = r.URL.Query().Get("user")
+			}
 		default:
 			act.Image = r.PathValue("name")
 		}
@@ -291,9 +313,7 @@ func (s *Server) gate(rt route) http.Handler {
 			paceHookBody(rec, r, s.timeouts)
 		}
 		if err == nil && private && s.authorize != nil && act.Verb != "" {
-			if err = s.authorize(r.Context(), act); err != nil {
-				err = fmt.Errorf("authorize %s: %w", act.Verb, err)
-			}
+			err = authorizeError(act.Verb, s.authorize(r.Context(), act))
 		}
 		if err == nil && rt.Path == "" {
 			err = unmatched(rec, r, allow)

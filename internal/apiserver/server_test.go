@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
@@ -229,6 +230,7 @@ func TestAuthorizeSeesActionBeforeTheService(t *testing.T) {
 		{Verb: "session.wake", SessionID: "s1"},
 		{Verb: "template.create"}, // the name is in the body, read later
 		{Verb: "template.list"},
+		{Verb: "template.get", Template: "py"}, // the list asks about each item
 		{Verb: "template.get", Template: "py"},
 		{Verb: "template.delete", Template: "py"},
 		{Verb: "hook.secret.list"},
@@ -241,7 +243,7 @@ func TestAuthorizeSeesActionBeforeTheService(t *testing.T) {
 		t.Fatalf("Authorize saw %+v, want %+v", got, want)
 	}
 	for i := range want {
-		if got[i] != want[i] {
+		if !reflect.DeepEqual(got[i], want[i]) {
 			t.Errorf("action %d: %+v, want %+v", i, got[i], want[i])
 		}
 	}

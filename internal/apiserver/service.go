@@ -18,8 +18,10 @@ import (
 // should see (unknown id → CodeNotFound, bad request → CodeInvalid, guest
 // not answering → CodeUnavailable/CodeTimeout); anything else is a 500.
 type Sessions interface {
-	// Create boots a session and returns once its agent answers.
-	Create(ctx context.Context, req api.CreateSessionRequest) (api.Session, error)
+	// Create boots a session for owner (the id of the user it acts for,
+	// identity.Principal.Owner of the request's principal) and returns
+	// once its agent answers.
+	Create(ctx context.Context, owner string, req api.CreateSessionRequest) (api.Session, error)
 	Get(ctx context.Context, id string) (api.Session, error)
 	List(ctx context.Context) ([]api.Session, error)
 	// Delete stops the VM and removes the session's files and record.
@@ -61,10 +63,11 @@ type Sessions interface {
 	Wake(ctx context.Context, id string) (api.Session, error)
 
 	// CreateTemplate boots the template's image, runs its setup, starts
-	// its start command and saves the machine; it returns once the
-	// template is ready (seconds to minutes). A name in use is
-	// CodeConflict; a failed setup step is an error with its output.
-	CreateTemplate(ctx context.Context, req api.CreateTemplateRequest) (api.Template, error)
+	// its start command and saves the machine, for owner (as in Create);
+	// it returns once the template is ready (seconds to minutes). A name
+	// in use is CodeConflict; a failed setup step is an error with its
+	// output.
+	CreateTemplate(ctx context.Context, owner string, req api.CreateTemplateRequest) (api.Template, error)
 	// GetTemplate returns one template; an unknown name is CodeNotFound.
 	GetTemplate(ctx context.Context, name string) (api.Template, error)
 	ListTemplates(ctx context.Context) ([]api.Template, error)

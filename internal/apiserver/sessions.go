@@ -26,7 +26,12 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) error {
 	if err := validateCreate(req); err != nil {
 		return err
 	}
-	sess, err := s.sessions.Create(r.Context(), req)
+	if req.Template != "" {
+		if err := s.decide(r.Context(), Action{Verb: "session.create", Template: req.Template}); err != nil {
+			return err
+		}
+	}
+	sess, err := s.sessions.Create(r.Context(), owner(r.Context()), req)
 	if err != nil {
 		return err
 	}
@@ -36,15 +41,23 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) error {
 	return writeJSON(w, http.StatusCreated, sess)
 }
 
+// listSessions lists the sessions the caller may read (session.get).
 func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) error {
 	list, err := s.sessions.List(r.Context())
 	if err != nil {
 		return err
 	}
-	if list == nil {
-		list = []api.Session{}
+	shown := make([]api.Session, 0, len(list))
+	for _, sess := range list {
+		ok, err := s.visible(r.Context(), Action{Verb: "session.get", SessionID: sess.ID})
+		if err != nil {
+			return err
+		}
+		if ok {
+			shown = append(shown, sess)
+		}
 	}
-	return writeJSON(w, http.StatusOK, sessionList{list})
+	return writeJSON(w, http.StatusOK, sessionList{shown})
 }
 
 func (s *Server) getSession(w http.ResponseWriter, r *http.Request) error {

@@ -22,22 +22,30 @@ func (s *Server) createTemplate(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	liftDeadlines(w)
-	t, err := s.sessions.CreateTemplate(r.Context(), req)
+	t, err := s.sessions.CreateTemplate(r.Context(), owner(r.Context()), req)
 	if err != nil {
 		return err
 	}
 	return writeJSON(w, http.StatusCreated, t)
 }
 
+// listTemplates lists the templates the caller may read (template.get).
 func (s *Server) listTemplates(w http.ResponseWriter, r *http.Request) error {
 	list, err := s.sessions.ListTemplates(r.Context())
 	if err != nil {
 		return err
 	}
-	if list == nil {
-		list = []api.Template{}
+	shown := make([]api.Template, 0, len(list))
+	for _, t := range list {
+		ok, err := s.visible(r.Context(), Action{Verb: "template.get", Template: t.Name})
+		if err != nil {
+			return err
+		}
+		if ok {
+			shown = append(shown, t)
+		}
 	}
-	return writeJSON(w, http.StatusOK, templateList{list})
+	return writeJSON(w, http.StatusOK, templateList{shown})
 }
 
 func (s *Server) getTemplate(w http.ResponseWriter, r *http.Request) error {

@@ -62,7 +62,7 @@ func TestTemplatesCRUD(t *testing.T) {
 	// A failed setup step comes back with the Sessions' message as it is.
 	bad := api.CreateTemplateRequest{Name: "bad", Setup: []string{"true", "false"}}
 	msg = wantError(t, e.doJSON("POST", "/v1/templates", bad), 400, api.CodeInvalid).Message
-	if _, want := e.fake.CreateTemplate(context.Background(), bad); want == nil || msg != want.Error() {
+	if _, want := e.fake.CreateTemplate(context.Background(), "", bad); want == nil || msg != want.Error() {
 		t.Errorf("message %q, want the Sessions' %v as it is", msg, want)
 	}
 }

@@ -59,6 +59,9 @@ func validateCreate(req api.CreateSessionRequest) error {
 	if err := validateBootTimeout(req.BootTimeout); err != nil {
 		return err
 	}
+	if err := session.CheckAgent("agent", req.Agent); err != nil {
+		return err
+	}
 	return validateIdleTimeout("idle_timeout", req.IdleTimeout)
 }
 
@@ -107,7 +110,7 @@ func validateCreateTemplate(req api.CreateTemplateRequest) error {
 	if err := repo.CheckSource(req.Repo, req.Branch, req.RepoDir); err != nil {
 		return api.Errorf(api.CodeInvalid, "%v", err)
 	}
-	return nil
+	return session.CheckAgent("agent", req.Agent)
 }
 
 // validateMachine checks the optional image, memory and CPUs of a session

@@ -176,6 +176,32 @@ func TestAuthenticateAPIToken(t *testing.T) {
 	}
 }
 
+// What a principal creates is recorded as its user's, an agent's as the
+// user it acts for, and the admin token's as store.OwnerAdmin, which no
+// user's id can be.
+func TestPrincipalOwner(t *testing.T) {
+	e := newTestEnv(t)
+	alice := e.addUser(t, "alice", "")
+	tok := e.mint(t, api.CreateTokenRequest{Name: "laptop", User: "alice"})
+	p, err := e.auth.Authenticate(t.Context(), tok.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.Owner() != alice.ID {
+		t.Errorf("a user's Owner() = %q, want its id %q", p.Owner(), alice.ID)
+	}
+	if got := (Principal{Kind: KindAgent, User: p.User, Session: "s1"}).Owner(); got != alice.ID {
+		t.Errorf("an agent's Owner() = %q, want the id of the user it acts for, %q", got, alice.ID)
+	}
+	admin, err := e.auth.Authenticate(t.Context(), adminToken)
+	if err != nil || admin.Owner() != store.OwnerAdmin {
+		t.Errorf("the admin token's Owner() = %q (%v), want %q", admin.Owner(), err, store.OwnerAdmin)
+	}
+	if strings.HasPrefix(store.OwnerAdmin, "u_") || !strings.HasPrefix(alice.ID, "u_") {
+		t.Errorf("user id %q and OwnerAdmin %q could clash", alice.ID, store.OwnerAdmin)
+	}
+}
+
 // Each refusal has its own error, and none of them changes the token.
 func TestAuthenticateRefuses(t *testing.T) {
 	e := newTestEnv(t)

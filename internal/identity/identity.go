@@ -50,6 +50,16 @@ func (p Principal) IsAdmin() bool {
 	return p.Kind == KindAdminToken || p.Kind == KindUser && p.User.Kind == store.UserAdmin
 }
 
+// Owner is what is recorded as the owner of the sessions and templates p
+// creates: the user's id (KindUser), the id of the user an agent acts for
+// (KindAgent), or store.OwnerAdmin for the admin token, which is no user.
+func (p Principal) Owner() string {
+	if p.Kind == KindAdminToken {
+		return store.OwnerAdmin
+	}
+	return p.User.ID
+}
+
 // HasScope reports whether p's credential carries scope.
 func (p Principal) HasScope(scope string) bool { return slices.Contains(p.Scopes, scope) }
 

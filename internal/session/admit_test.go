@@ -21,9 +21,9 @@ func TestAdmissionRefusesWhatTheHostCannotHold(t *testing.T) {
 
 	// The real host's size: 64 GiB or 64 CPUs is more than a test host has.
 	r := newRig(t, rigOptions{})
-	_, err := r.mgr.Create(ctx, api.CreateSessionRequest{MemoryMiB: 1 << 30})
+	_, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{MemoryMiB: 1 << 30})
 	wantCode(t, "create with more memory than the host", err, api.CodeInvalid)
-	_, err = r.mgr.Create(ctx, api.CreateSessionRequest{MemoryMiB: 256, CPUs: 4096})
+	_, err = r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{MemoryMiB: 256, CPUs: 4096})
 	wantCode(t, "create with more CPUs than the host", err, api.CodeInvalid)
 	if ss, err := r.mgr.List(ctx); err != nil || len(ss) != 0 {
 		t.Fatalf("refused creates left sessions: %v (%v)", ss, err)
@@ -32,7 +32,7 @@ func TestAdmissionRefusesWhatTheHostCannotHold(t *testing.T) {
 
 	small := newRig(t, rigOptions{admission: session.Admission{HostMemoryMiB: 600, HostCPUs: 2, MemoryOvercommit: 1, CPUOvercommit: 1}})
 	a := small.create(t, api.CreateSessionRequest{MemoryMiB: 256})
-	_, err = small.mgr.Create(ctx, api.CreateSessionRequest{MemoryMiB: 256})
+	_, err = small.mgr.Create(ctx, testOwner, api.CreateSessionRequest{MemoryMiB: 256})
 	wantCode(t, "create beyond the host's room", err, api.CodeUnavailable)
 	if !strings.Contains(err.Error(), "host has 216 MiB left of 600 (memory overcommit 1)") {
 		t.Fatalf("refusal does not say what is left: %v", err)

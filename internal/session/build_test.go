@@ -140,7 +140,7 @@ func TestTemplateFollowsRepo(t *testing.T) {
 	c1 := src.commit("app.txt", "one\n")
 	p := newPusher(t, r.mgr)
 
-	tpl, err := r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{
+	tpl, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{
 		Name: "widgets", Image: "debian", Repo: src.dir, Pool: 1,
 		Setup: []string{
 			// The setup sees the checkout.
@@ -158,7 +158,7 @@ func TestTemplateFollowsRepo(t *testing.T) {
 	if tpl.Version != 1 || tpl.Commit != c1 || tpl.Branch != "main" || tpl.RepoDir != "/workspace" || tpl.RepoName != "acme/widgets" {
 		t.Fatalf("template = %+v; want version 1 at %s on main in /workspace, repo acme/widgets", tpl, c1)
 	}
-	s1, err := r.mgr.Create(ctx, api.CreateSessionRequest{Template: "widgets"})
+	s1, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{Template: "widgets"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,7 +238,7 @@ func TestTemplateFollowsRepo(t *testing.T) {
 	if vs := versions(); vs[0].State != api.VersionReady || vs[0].Current || vs[0].Sessions != 1 {
 		t.Fatalf("version 1 while a session uses it = %+v", vs[0])
 	}
-	s2, err := r.mgr.Create(ctx, api.CreateSessionRequest{Template: "widgets"})
+	s2, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{Template: "widgets"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -259,7 +259,7 @@ func TestTemplateFollowsRepo(t *testing.T) {
 	if !waitFor(2*time.Minute, func() bool { tp, _ := r.mgr.GetTemplate(ctx, "widgets"); return tp.PoolReady == 1 }) {
 		t.Fatal("pool did not refill after the swap")
 	}
-	s3, err := r.mgr.Create(ctx, api.CreateSessionRequest{Template: "widgets"})
+	s3, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{Template: "widgets"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -324,7 +324,7 @@ func TestTemplateFollowsRepo(t *testing.T) {
 	if v5.State != api.VersionReady || v5.Commit != c4 || v5.Base != 4 || v5.Reason != "rebuild" {
 		t.Fatalf("version 5 = %+v; want a rebuild of version 4", v5)
 	}
-	s4, err := r.mgr.Create(ctx, api.CreateSessionRequest{Template: "widgets"})
+	s4, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{Template: "widgets"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -354,12 +354,12 @@ func TestTemplateRepoErrors(t *testing.T) {
 	src.commit("README", "tools\n")
 	missing := filepath.Join(t.TempDir(), "gone.git")
 	for range 2 {
-		_, err := r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "nobranch", Repo: src.dir, Branch: "release"})
+		_, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "nobranch", Repo: src.dir, Branch: "release"})
 		wantCode(t, "template on a branch that does not exist", err, api.CodeInvalid)
 		if want := "template nobranch: repository " + src.dir + `: no branch "release"`; err.Error() != want {
 			t.Errorf("error %q, want %q", err, want)
 		}
-		_, err = r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "unreachable", Repo: "file://" + missing})
+		_, err = r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "unreachable", Repo: "file://" + missing})
 		wantCode(t, "template on a repository that does not exist", err, api.CodeInvalid)
 		if want := "template unreachable: repository file://" + missing + ": not reachable: "; !strings.HasPrefix(err.Error(), want) ||
 			!strings.Contains(err.Error(), "does not appear to be a git repository") {
@@ -371,7 +371,7 @@ func TestTemplateRepoErrors(t *testing.T) {
 			}
 		}
 	}
-	_, err := r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "nogit", Image: "tiny", Repo: src.dir})
+	_, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "nogit", Image: "tiny", Repo: src.dir})
 	wantCode(t, "template with a repo on an image without git", err, api.CodeInvalid)
 	for _, req := range []api.CreateTemplateRequest{
 		{Name: "bad1", Repo: "ext::sh -c id"},
@@ -380,7 +380,7 @@ func TestTemplateRepoErrors(t *testing.T) {
 		{Name: "bad4", Repo: src.dir, RepoDir: "relative"},
 		{Name: "bad5", Branch: "main"},
 	} {
-		_, err := r.mgr.CreateTemplate(ctx, req)
+		_, err := r.mgr.CreateTemplate(ctx, testOwner, req)
 		wantCode(t, fmt.Sprintf("template %+v", req), err, api.CodeInvalid)
 	}
 	if tps, err := r.mgr.ListTemplates(ctx); err != nil || len(tps) != 0 {
@@ -468,7 +468,7 @@ func TestPushesDuringABuildCoalesce(t *testing.T) {
 	src := newGitRepo(t, "acme", "gadgets")
 	c1 := src.commit("app.txt", "one\n")
 	p := newPusher(t, r.mgr)
-	if _, err := r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{
+	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{
 		Name: "gadgets", Image: "debian", Repo: src.dir, Setup: []string{"cat /workspace/app.txt > /var/built"},
 	}); err != nil {
 		t.Fatal(err)

@@ -41,18 +41,18 @@ func TestBadRequestsChangeNothing(t *testing.T) {
 	wantCode(t, "WriteFile in an unknown session", r.mgr.WriteFile(ctx, missing, "/x", 0o644, strings.NewReader("x")), api.CodeNotFound)
 	wantCode(t, "Delete of an unknown session", r.mgr.Delete(ctx, missing), api.CodeNotFound)
 
-	_, err = r.mgr.Create(ctx, api.CreateSessionRequest{Image: "no-such-image"})
+	_, err = r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{Image: "no-such-image"})
 	wantCode(t, "Create from an unknown image", err, api.CodeInvalid)
 	if !strings.Contains(err.Error(), "tiny") {
 		t.Errorf("unknown image error %q does not list the known images", err)
 	}
-	_, err = r.mgr.Create(ctx, api.CreateSessionRequest{BootTimeout: "soon"})
+	_, err = r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{BootTimeout: "soon"})
 	wantCode(t, "Create with a bad boot timeout", err, api.CodeInvalid)
 
 	// A known image that was never built: a builder over an empty home.
 	empty := &image.Builder{Home: t.TempDir(), AgentPath: vmtest.Get(t).Agent}
 	unbuilt := openRig(t, rigOptions{images: empty, dir: r.dir, db: filepath.Join(t.TempDir(), "state.db")})
-	_, err = unbuilt.mgr.Create(ctx, api.CreateSessionRequest{Image: "tiny"})
+	_, err = unbuilt.mgr.Create(ctx, testOwner, api.CreateSessionRequest{Image: "tiny"})
 	wantCode(t, "Create from an image not built", err, api.CodeNotFound)
 	if !strings.Contains(err.Error(), "cove image build tiny") {
 		t.Errorf("not-built error %q does not say how to build it", err)
@@ -88,7 +88,7 @@ func TestBootTimeoutFailsCleanly(t *testing.T) {
 	r := newRig(t, rigOptions{driver: func(d vmm.Driver) vmm.Driver { return hangDriver{d} }})
 	ctx := context.Background()
 	for _, d := range []string{"1ns", "1ms", "999ms"} {
-		_, err := r.mgr.Create(ctx, api.CreateSessionRequest{BootTimeout: d})
+		_, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{BootTimeout: d})
 		wantCode(t, "Create with a "+d+" boot timeout", err, api.CodeInvalid)
 		if !strings.Contains(err.Error(), "at least 1s") {
 			t.Errorf("error %q does not say the minimum", err)
@@ -100,7 +100,7 @@ func TestBootTimeoutFailsCleanly(t *testing.T) {
 	if ents := sessionEntries(r.dir); len(ents) != 0 {
 		t.Errorf("refused creates left %v in the sessions dir", ents)
 	}
-	_, err := r.mgr.Create(ctx, api.CreateSessionRequest{BootTimeout: "2s"})
+	_, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{BootTimeout: "2s"})
 	wantCode(t, "Create of a guest that never answers, with a 2s boot timeout", err, api.CodeTimeout)
 	// The boot timeout passes while the guest boots ("guest agent did not
 	// answer within 2s") or, on a loaded host, while QEMU itself starts
@@ -141,7 +141,7 @@ func TestKernelPanicAtBootFailsClearly(t *testing.T) {
 	// QEMU's exit would answer a timeout, not the panic: the code and the
 	// message tell, however long the guest takes to panic.
 	start := time.Now()
-	_, err := r.mgr.Create(ctx, api.CreateSessionRequest{BootTimeout: "5m"})
+	_, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{BootTimeout: "5m"})
 	wantCode(t, "Create of a guest that panics", err, api.CodeUnavailable)
 	t.Logf("panicking boot failed after %s: %v", time.Since(start).Round(time.Millisecond), err)
 	if !strings.Contains(err.Error(), "Kernel panic") {

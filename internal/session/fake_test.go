@@ -211,7 +211,7 @@ func (h *crashHook) step(name string) {
 
 func (r *fakeRig) create(req api.CreateSessionRequest) api.Session {
 	r.t.Helper()
-	s, err := r.mgr.Create(context.Background(), req)
+	s, err := r.mgr.Create(context.Background(), testOwner, req)
 	if err != nil {
 		r.t.Fatalf("create: %v", err)
 	}
@@ -437,7 +437,7 @@ func TestFakeRecoverCrashes(t *testing.T) {
 			r := newFakeRig(t)
 			var id string
 			if tc.op == nil { // the crash is in the create
-				r.crashAt(tc.step, nil, func(m *session.Manager) { _, _ = m.Create(ctx, api.CreateSessionRequest{}) })
+				r.crashAt(tc.step, nil, func(m *session.Manager) { _, _ = m.Create(ctx, testOwner, api.CreateSessionRequest{}) })
 				ss, err := r.mgr.List(ctx)
 				if err != nil || len(ss) != 1 {
 					t.Fatalf("sessions after a crashed create: %+v, %v", ss, err)
@@ -551,11 +551,11 @@ func TestFakeBootFailures(t *testing.T) {
 	r := newFakeRig(t)
 	ctx := context.Background()
 	r.driver.FailNext(fake.OpBoot, errors.New("no memory"))
-	if _, err := r.mgr.Create(ctx, api.CreateSessionRequest{}); err == nil || !strings.Contains(err.Error(), "no memory") {
+	if _, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{}); err == nil || !strings.Contains(err.Error(), "no memory") {
 		t.Fatalf("create with a failing boot: %v", err)
 	}
 	r.driver.HangNext()
-	_, err := r.mgr.Create(ctx, api.CreateSessionRequest{BootTimeout: "1s"})
+	_, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{BootTimeout: "1s"})
 	wantCode(t, "create of a hung guest", err, api.CodeTimeout)
 	ss, err := r.mgr.List(ctx)
 	if err != nil || len(ss) != 2 {
@@ -577,7 +577,7 @@ func TestFakeBootFailures(t *testing.T) {
 func TestFakeWarmPool(t *testing.T) {
 	r := newFakeRig(t)
 	ctx := context.Background()
-	tp, err := r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "web", Setup: []string{"touch /root/setup-ran"}, Pool: 2})
+	tp, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web", Setup: []string{"touch /root/setup-ran"}, Pool: 2})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,7 +30,7 @@ func TestCommandsThatCannotReachTheGuest(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
 
-	_, err := r.mgr.Create(ctx, api.CreateSessionRequest{Env: envOf("BIG", 20, 100<<10)})
+	_, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{Env: envOf("BIG", 20, 100<<10)})
 	wantCode(t, "Create with a 2 MiB environment", err, api.CodeInvalid)
 	if ss, err := r.mgr.List(ctx); err != nil || len(ss) != 0 {
 		t.Fatalf("sessions after a refused create: %+v, %v", ss, err)

@@ -30,7 +30,7 @@ func TestEightSessionsAtOnce(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s, err := r.mgr.Create(ctx, api.CreateSessionRequest{MemoryMiB: 256, BootTimeout: "3m"})
+			s, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{MemoryMiB: 256, BootTimeout: "3m"})
 			if err == nil && s.State != api.StateRunning {
 				err = fmt.Errorf("session %s is %s", s.ID, s.State)
 			}

@@ -160,7 +160,7 @@ func (r *rig) create(t *testing.T, req api.CreateSessionRequest) api.Session {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	start := time.Now()
-	s, err := r.mgr.Create(ctx, req)
+	s, err := r.mgr.Create(ctx, testOwner, req)
 	if err != nil {
 		t.Fatalf("create session: %v", err)
 	}

@@ -241,7 +241,7 @@ func (m *Manager) toAPI(s store.Session) api.Session {
 		Env: s.Env, Accel: s.Accel, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt,
 		Error: s.Error, BootMillis: s.BootMillis, Template: s.Template, TemplateVersion: s.TemplateVersion,
 		IdleTimeout: m.idleTimeout(s).String(), AutoWake: !s.NoAutoWake,
-		Snapshot: snapshotInfo(s.Snapshot),
+		Snapshot: snapshotInfo(s.Snapshot), Owner: s.Owner, Agent: s.Agent,
 	}
 	return out
 }
@@ -256,8 +256,12 @@ func (m *Manager) idleTimeout(s store.Session) time.Duration {
 
 func (m *Manager) dir(id string) string { return filepath.Join(m.cfg.Dir, id) }
 
-// Create boots a new session and returns once its agent answers.
-func (m *Manager) Create(ctx context.Context, req api.CreateSessionRequest) (api.Session, error) {
+// Create boots a new session for owner (the id of the user it acts for;
+// see owner.go) and returns once its agent answers.
+func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessionRequest) (api.Session, error) {
+	if err := CheckAgent("agent", req.Agent); err != nil {
+		return api.Session{}, err
+	}
 	idle, err := parseIdle(req.IdleTimeout)
 	if err != nil {
 		return api.Session{}, err
@@ -270,7 +274,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateSessionRequest) (api
 		return api.Session{}, err
 	}
 	if req.Template != "" {
-		return m.createFromTemplate(ctx, req, idle)
+		return m.createFromTemplate(ctx, owner, req, idle)
 	}
 	name := req.Image
 	if name == "" {
@@ -285,7 +289,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateSessionRequest) (api
 		ID: newID(), State: api.StateCreating, Image: name,
 		MemoryMiB: cmp(req.MemoryMiB, m.cfg.DefaultMemoryMiB), CPUs: cmp(req.CPUs, m.cfg.DefaultCPUs),
 		Env: req.Env, Accel: m.cfg.Driver.Accel(), CreatedAt: now, UpdatedAt: now,
-		IdleTimeout: idle, NoAutoWake: req.NoAutoWake,
+		IdleTimeout: idle, NoAutoWake: req.NoAutoWake, Owner: owner, Agent: req.Agent,
 	}
 	release, err := m.admit("create", rec.MemoryMiB, rec.CPUs)
 	if err != nil {
@@ -297,7 +301,7 @@ func (m *Manager) Create(ctx context.Context, req api.CreateSessionRequest) (api
 	}
 	m.crashPoint("create.recorded")
 	log := m.cfg.Log.With("session", rec.ID)
-	log.Info("creating session", "image", name, "memory_mib", rec.MemoryMiB, "cpus", rec.CPUs)
+	log.Info("creating session", "image", name, "memory_mib", rec.MemoryMiB, "cpus", rec.CPUs, "owner", owner, "agent", rec.Agent)
 
 	start := time.Now()
 	l, err := m.boot(ctx, rec, im, timeout)

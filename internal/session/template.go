@@ -51,7 +51,7 @@ func (m *Manager) templateAPI(t store.Template) api.Template {
 		Env: t.Env, Setup: t.Setup, Start: t.Start, Pool: t.Pool, Error: t.Error,
 		CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt,
 		Repo: t.Repo, Branch: t.Branch, RepoDir: t.RepoDir, Version: max(t.Version, 1), Commit: t.Commit,
-		Rebuilding: m.rebuilding(t.Name)}
+		Rebuilding: m.rebuilding(t.Name), Owner: t.Owner, Agent: t.Agent}
 	if t.Repo != "" {
 		out.RepoName = repo.FullName(t.Repo)
 	}
@@ -70,9 +70,10 @@ func (m *Manager) templateAPI(t store.Template) api.Template {
 }
 
 // CreateTemplate boots the template's image, runs its setup, starts its
-// start command and saves the machine. It returns when the template is
-// ready (or failed).
-func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequest) (api.Template, error) {
+// start command and saves the machine, for owner (the id of the user who
+// creates it; see owner.go). It returns when the template is ready (or
+// failed).
+func (m *Manager) CreateTemplate(ctx context.Context, owner string, req api.CreateTemplateRequest) (api.Template, error) {
 	if m.snap == nil {
 		return api.Template{}, api.Errorf(api.CodeUnavailable, "templates: the VMM driver cannot snapshot")
 	}
@@ -86,6 +87,9 @@ func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequ
 		return api.Template{}, api.Errorf(api.CodeInvalid, "%v", err)
 	}
 	if err := checkTemplateCommands(req); err != nil {
+		return api.Template{}, err
+	}
+	if err := CheckAgent("agent", req.Agent); err != nil {
 		return api.Template{}, err
 	}
 	if req.Repo != "" && req.Branch == "" {
@@ -106,7 +110,7 @@ func (m *Manager) CreateTemplate(ctx context.Context, req api.CreateTemplateRequ
 	t := store.Template{Name: req.Name, State: api.TemplateBuilding, Image: name,
 		MemoryMiB: cmp(req.MemoryMiB, m.cfg.DefaultMemoryMiB), CPUs: cmp(req.CPUs, m.cfg.DefaultCPUs),
 		Env: req.Env, Setup: req.Setup, Start: req.Start, Pool: req.Pool, CreatedAt: now, UpdatedAt: now,
-		Repo: req.Repo, Branch: req.Branch, RepoDir: req.RepoDir, Version: 1}
+		Repo: req.Repo, Branch: req.Branch, RepoDir: req.RepoDir, Version: 1, Owner: owner, Agent: req.Agent}
 	if err := m.cfg.Store.CreateTemplate(ctx, t); err != nil {
 		if errors.Is(err, store.ErrExists) {
 			return api.Template{}, api.Errorf(api.CodeConflict, "template %q exists", req.Name)
@@ -357,9 +361,11 @@ func (m *Manager) DeleteTemplate(ctx context.Context, name string) error {
 	return nil
 }
 
-// createFromTemplate creates a session as a clone of a template: from the
-// warm pool if one is ready, else restored now.
-func (m *Manager) createFromTemplate(ctx context.Context, req api.CreateSessionRequest, idle time.Duration) (api.Session, error) {
+// createFromTemplate creates a session for owner as a clone of a
+// template: from the warm pool if one is ready, else restored now. The
+// clone's owner and agent are its own (owner, req.Agent), not the
+// template's.
+func (m *Manager) createFromTemplate(ctx context.Context, owner string, req api.CreateSessionRequest, idle time.Duration) (api.Session, error) {
 	t, err := m.template(ctx, req.Template)
 	if err != nil {
 		return api.Session{}, err
@@ -407,7 +413,8 @@ func (m *Manager) createFromTemplate(ctx context.Context, req api.CreateSessionR
 	rec := store.Session{ID: id, State: api.StateRunning, Image: t.Image, MemoryMiB: t.MemoryMiB, CPUs: t.CPUs,
 		Env: env, Accel: m.cfg.Driver.Accel(), CreatedAt: now, UpdatedAt: now,
 		BootMillis: time.Since(start).Milliseconds(), Handle: l.vm.Handle(), Snapshot: l.mach.encode(),
-		Template: t.Name, TemplateVersion: max(t.Version, 1), IdleTimeout: idle, NoAutoWake: req.NoAutoWake}
+		Template: t.Name, TemplateVersion: max(t.Version, 1), IdleTimeout: idle, NoAutoWake: req.NoAutoWake,
+		Owner: owner, Agent: req.Agent}
 	if err := m.cfg.Store.CreateSession(ctx, rec); err != nil {
 		l.client().Close()
 		_ = l.vm.Stop(context.Background())
@@ -418,7 +425,7 @@ func (m *Manager) createFromTemplate(ctx context.Context, req api.CreateSessionR
 	// Refill a little later: restoring the next clone takes the CPU the
 	// new session's first commands want (2 cores here, TCG).
 	time.AfterFunc(250*time.Millisecond, func() { m.refill(t.Name) })
-	m.cfg.Log.Info("session cloned", "session", id, "template", t.Name, "ms", rec.BootMillis)
+	m.cfg.Log.Info("session cloned", "session", id, "template", t.Name, "ms", rec.BootMillis, "owner", owner, "agent", rec.Agent)
 	return m.toAPI(rec), nil
 }
 

@@ -21,7 +21,7 @@ import (
 func TestTemplateClones(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
-	tpl, err := r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{
+	tpl, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{
 		Name:  "py",
 		Setup: []string{"mkdir -p /work && echo ready > /work/setup", "echo second >> /work/setup"},
 		Start: "sleep 100000",
@@ -32,9 +32,9 @@ func TestTemplateClones(t *testing.T) {
 	if tpl.State != api.TemplateReady || tpl.Snapshot == nil {
 		t.Fatalf("template is %s, snapshot %v", tpl.State, tpl.Snapshot)
 	}
-	_, err = r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "py"})
+	_, err = r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "py"})
 	wantCode(t, "second template with the same name", err, api.CodeConflict)
-	_, err = r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "bad", Setup: []string{"exit 3"}})
+	_, err = r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "bad", Setup: []string{"exit 3"}})
 	wantCode(t, "template whose setup fails", err, api.CodeInvalid)
 	_, err = r.mgr.GetTemplate(ctx, "bad")
 	wantCode(t, "the refused template", err, api.CodeNotFound) // a refused create records nothing
@@ -43,7 +43,7 @@ func TestTemplateClones(t *testing.T) {
 	randoms := map[string]bool{}
 	for i := 0; i < 3; i++ {
 		start := time.Now()
-		s, err := r.mgr.Create(ctx, api.CreateSessionRequest{Template: "py"})
+		s, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{Template: "py"})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -86,7 +86,7 @@ func TestTemplateClones(t *testing.T) {
 	if err := r.mgr.DeleteTemplate(ctx, "py"); err != nil {
 		t.Fatal(err)
 	}
-	_, err = r.mgr.Create(ctx, api.CreateSessionRequest{Template: "py"})
+	_, err = r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{Template: "py"})
 	wantCode(t, "clone of a removed template", err, api.CodeNotFound)
 }
 
@@ -96,7 +96,7 @@ func TestTemplateClones(t *testing.T) {
 func TestWarmPool(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
-	if _, err := r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "warm", Pool: 2}); err != nil {
+	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "warm", Pool: 2}); err != nil {
 		t.Fatal(err)
 	}
 	// A pooled clone has a session id and a session dir from its restore
@@ -130,7 +130,7 @@ func TestWarmPool(t *testing.T) {
 		pids[id] = qemuPID(t, r.dir, id)
 	}
 
-	s, err := r.mgr.Create(ctx, api.CreateSessionRequest{Template: "warm"})
+	s, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{Template: "warm"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -187,7 +187,7 @@ func TestCloneFilesMadeAhead(t *testing.T) {
 	if err := r.mgr.Recover(ctx); err != nil { // starts the maker
 		t.Fatal(err)
 	}
-	if _, err := r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "ahead", Setup: []string{"echo ready > /root/setup"}}); err != nil {
+	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "ahead", Setup: []string{"echo ready > /root/setup"}}); err != nil {
 		t.Fatal(err)
 	}
 	setsDir := filepath.Join(r.dir, ".clone-files")
@@ -219,7 +219,7 @@ func TestCloneFilesMadeAhead(t *testing.T) {
 	}
 
 	first := waitSet(r, "template made")
-	a, err := r.mgr.Create(ctx, api.CreateSessionRequest{Template: "ahead"})
+	a, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{Template: "ahead"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +234,7 @@ func TestCloneFilesMadeAhead(t *testing.T) {
 		t.Fatalf("the set taken (%s) is listed again", first)
 	}
 	r.sh(t, a.ID, "echo a > /root/me && sync")
-	b, err := r.mgr.Create(ctx, api.CreateSessionRequest{Template: "ahead"})
+	b, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{Template: "ahead"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -283,7 +283,7 @@ func TestCloneFilesLeftToCreates(t *testing.T) {
 	if err := r.mgr.Recover(ctx); err != nil { // starts the maker
 		t.Fatal(err)
 	}
-	if _, err := r.mgr.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "pooled", Pool: 1}); err != nil {
+	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "pooled", Pool: 1}); err != nil {
 		t.Fatal(err)
 	}
 	setsDir := filepath.Join(r.dir, ".clone-files")
@@ -297,7 +297,7 @@ func TestCloneFilesLeftToCreates(t *testing.T) {
 	}
 	ents, _ := os.ReadDir(setsDir)
 	set := ents[0].Name()
-	s, err := r.mgr.Create(ctx, api.CreateSessionRequest{Template: "pooled"})
+	s, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{Template: "pooled"})
 	if err != nil {
 		t.Fatal(err)
 	}

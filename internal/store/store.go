@@ -268,7 +268,22 @@ type Session struct {
 	// Snapshot is the session package's versioned description of the
 	// session's parked snapshot (JSON); empty while the session has none.
 	Snapshot []byte
+
+	// Owner is the id of the user the session acts for: the one whose
+	// request created it (a clone's creator, not its template's owner),
+	// or OwnerAdmin for the bootstrap admin token; "" for none.
+	Owner string
+	// Agent is the name of the agent the session runs (--agent at
+	// create); "" for none.
+	Agent string
 }
+
+// OwnerAdmin is the Owner of the sessions and templates made with the
+// server's bootstrap admin token, which is no user. No user's id takes
+// this form (user ids start "u_"), and policies see it as the user
+// Cove::User::"admin" of kind admin. Sessions and templates from before
+// owners were recorded have it too.
+const OwnerAdmin = "admin"
 
 // Template is the stored record of one template: a booted, set-up session
 // saved as a snapshot that sessions are cloned from.
@@ -299,6 +314,12 @@ type Template struct {
 	// commit it was built from ("" without a repo).
 	Version int
 	Commit  string
+
+	// Owner is the id of the user who created the template, or
+	// OwnerAdmin (see Session.Owner); Agent the agent name given at its
+	// create, "" for none. Rebuilds keep both.
+	Owner string
+	Agent string
 }
 
 // TemplateVersion is one build of a template.

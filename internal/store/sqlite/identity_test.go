@@ -34,8 +34,8 @@ func TestUpgradeFromVersion4(t *testing.T) {
 		t.Fatalf("Open of a version-4 database: %v", err)
 	}
 	defer st.Close()
-	if v := userVersion(t, st.db); v != 5 || v != len(migrations) {
-		t.Errorf("user_version = %d, want 5 (of %d)", v, len(migrations))
+	if v := userVersion(t, st.db); v < 5 || v != len(migrations) {
+		t.Errorf("user_version = %d, want %d (at least 5)", v, len(migrations))
 	}
 	if s, err := st.GetSession(t.Context(), "old"); err != nil || s.State != "running" || !s.CreatedAt.Equal(created) {
 		t.Errorf("GetSession(old) = %+v, %v", s, err)

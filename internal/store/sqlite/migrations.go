@@ -167,6 +167,17 @@ var migrations = []string{
 	) STRICT;
 	CREATE INDEX tokens_by_created ON tokens (created_at, id);
 	CREATE INDEX tokens_by_user ON tokens (user_id, created_at, id);`,
+
+	// 6: owners. Sessions and templates record the id of the user who
+	// created them and the agent name given at create. Those from before
+	// were made with the admin token (the only credential that passed the
+	// gate), so they are the admin's (store.OwnerAdmin), with no agent.
+	`ALTER TABLE sessions ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+	ALTER TABLE sessions ADD COLUMN agent TEXT NOT NULL DEFAULT '';
+	ALTER TABLE templates ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+	ALTER TABLE templates ADD COLUMN agent TEXT NOT NULL DEFAULT '';
+	UPDATE sessions SET owner = 'admin';
+	UPDATE templates SET owner = 'admin';`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

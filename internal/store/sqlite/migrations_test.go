@@ -410,3 +410,79 @@ func TestUpgradeFromVersion2(t *testing.T) {
 		t.Errorf("DeleteSession(old): %v", err)
 	}
 }
+
+// A version-5 database, from before owners, upgrades to the current
+// schema: its sessions and templates keep every field and become the
+// admin's (store.OwnerAdmin), with no agent, since the admin token made
+// them; new ones keep the owner and agent they are given, and a rebuild's
+// swap keeps the template's.
+func TestUpgradeFromVersion5(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cove.db")
+	db := rawDB(t, path)
+	if err := migrate(t.Context(), db, migrations[:5]); err != nil {
+		t.Fatalf("migrate to 5: %v", err)
+	}
+	created := time.Date(2026, 3, 14, 15, 9, 26, 535897932, time.UTC)
+	// The rows as version 5's code wrote them.
+	if _, err := db.ExecContext(t.Context(), `INSERT INTO sessions
+		(id, state, image, memory_mib, cpus, accel, created_at, error, boot_millis,
+		 idle_timeout_ns, no_auto_wake, template, template_version)
+		VALUES ('old', 'parked', 'tiny', 512, 2, 'kvm', ?, '', 1234, 0, 0, 'py', 3)`,
+		created.UnixNano()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(t.Context(), `INSERT INTO templates
+		(name, state, image, memory_mib, cpus, start, pool, error, created_at, version)
+		VALUES ('py', 'ready', 'tiny', 1024, 4, '', 2, '', ?, 3)`, created.UnixNano()); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	st, err := Open(t.Context(), path)
+	if err != nil {
+		t.Fatalf("Open of a version-5 database: %v", err)
+	}
+	defer st.Close()
+	if v := userVersion(t, st.db); v != len(migrations) || v < 6 {
+		t.Errorf("user_version = %d, want %d (at least 6)", v, len(migrations))
+	}
+	got, err := st.GetSession(t.Context(), "old")
+	if err != nil {
+		t.Fatalf("GetSession(old): %v", err)
+	}
+	if got.Owner != store.OwnerAdmin || got.Agent != "" {
+		t.Errorf("upgraded session: owner %q, agent %q; want %q and none", got.Owner, got.Agent, store.OwnerAdmin)
+	}
+	checkUpgraded(t, got, store.Session{ID: "old", State: "parked", Image: "tiny", MemoryMiB: 512, CPUs: 2,
+		Accel: "kvm", CreatedAt: created, BootMillis: 1234, Template: "py", TemplateVersion: 3})
+	tm, err := st.GetTemplate(t.Context(), "py")
+	if err != nil || tm.Owner != store.OwnerAdmin || tm.Agent != "" || tm.Version != 3 || tm.Pool != 2 {
+		t.Errorf("upgraded template = %+v, %v; want the admin's, version 3, pool 2", tm, err)
+	}
+
+	// New rows keep their own owner and agent, apart from the old ones.
+	mine := store.Session{ID: "new", State: "running", Owner: "u_alice", Agent: "review-bot", CreatedAt: created.Add(time.Second)}
+	if err := st.CreateSession(t.Context(), mine); err != nil {
+		t.Fatalf("CreateSession: %v", err)
+	}
+	list, err := st.ListSessions(t.Context())
+	if err != nil || len(list) != 2 {
+		t.Fatalf("ListSessions = %+v, %v", list, err)
+	}
+	if list[0].Owner != store.OwnerAdmin || list[1].Owner != "u_alice" || list[1].Agent != "review-bot" {
+		t.Errorf("owners, agents listed: %q/%q, %q/%q", list[0].Owner, list[0].Agent, list[1].Owner, list[1].Agent)
+	}
+	tm.Owner, tm.Agent = "u_bob", "builder"
+	if err := st.UpdateTemplate(t.Context(), tm); err != nil {
+		t.Fatalf("UpdateTemplate: %v", err)
+	}
+	tm.Version++
+	if err := st.SwapTemplateVersion(t.Context(), tm, store.TemplateVersion{Template: "py", Version: tm.Version, State: store.VersionReady}); err != nil {
+		t.Fatalf("SwapTemplateVersion: %v", err)
+	}
+	if got, err := st.GetTemplate(t.Context(), "py"); err != nil || got.Owner != "u_bob" || got.Agent != "builder" || got.Version != 4 {
+		t.Errorf("template after update and swap = %+v, %v; want u_bob's, agent builder, version 4", got, err)
+	}
+}

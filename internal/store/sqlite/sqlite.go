@@ -139,7 +139,7 @@ func (s *Store) Close() error {
 
 const sessionColumns = `id, state, image, memory_mib, cpus, env, accel,
 	created_at, updated_at, error, boot_millis, handle,
-	idle_timeout_ns, no_auto_wake, template, snapshot, template_version`
+	idle_timeout_ns, no_auto_wake, template, snapshot, template_version, owner, agent`
 
 // CreateSession implements store.Store.
 func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
@@ -148,7 +148,7 @@ func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
 		return errorf("sqlite: create session %s: %w", sess.ID, err)
 	}
 	res, err := s.db.ExecContext(ctx, `INSERT INTO sessions (`+sessionColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO NOTHING`, args...)
 	if err := oneRow(res, err, store.ErrExists); err != nil {
 		return errorf("sqlite: create session %s: %w", sess.ID, err)
@@ -167,7 +167,8 @@ func (s *Store) UpdateSession(ctx context.Context, sess store.Session) error {
 	res, err := s.db.ExecContext(ctx, `UPDATE sessions SET
 		state = ?, image = ?, memory_mib = ?, cpus = ?, env = ?, accel = ?,
 		created_at = ?, updated_at = ?, error = ?, boot_millis = ?, handle = ?,
-		idle_timeout_ns = ?, no_auto_wake = ?, template = ?, snapshot = ?, template_version = ?
+		idle_timeout_ns = ?, no_auto_wake = ?, template = ?, snapshot = ?, template_version = ?,
+		owner = ?, agent = ?
 		WHERE id = ?`, args...)
 	if err := oneRow(res, err, store.ErrNotFound); err != nil {
 		return errorf("sqlite: update session %s: %w", sess.ID, err)
@@ -284,7 +285,8 @@ func (s *Store) DeleteImage(ctx context.Context, name string) error {
 }
 
 const templateColumns = `name, state, image, memory_mib, cpus, env, setup, start,
-	pool, error, created_at, updated_at, snapshot, repo, branch, repo_dir, version, commit_sha`
+	pool, error, created_at, updated_at, snapshot, repo, branch, repo_dir, version, commit_sha,
+	owner, agent`
 
 // CreateTemplate implements store.Store.
 func (s *Store) CreateTemplate(ctx context.Context, t store.Template) error {
@@ -293,7 +295,7 @@ func (s *Store) CreateTemplate(ctx context.Context, t store.Template) error {
 		return errorf("sqlite: create template %s: %w", t.Name, err)
 	}
 	res, err := s.db.ExecContext(ctx, `INSERT INTO templates (`+templateColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (name) DO NOTHING`, args...)
 	if err := oneRow(res, err, store.ErrExists); err != nil {
 		return errorf("sqlite: create template %s: %w", t.Name, err)
@@ -325,7 +327,8 @@ func updateTemplate(ctx context.Context, db execer, args []any) error {
 	res, err := db.ExecContext(ctx, `UPDATE templates SET
 		state = ?, image = ?, memory_mib = ?, cpus = ?, env = ?, setup = ?, start = ?,
 		pool = ?, error = ?, created_at = ?, updated_at = ?, snapshot = ?,
-		repo = ?, branch = ?, repo_dir = ?, version = ?, commit_sha = ?
+		repo = ?, branch = ?, repo_dir = ?, version = ?, commit_sha = ?,
+		owner = ?, agent = ?
 		WHERE name = ?`, args...)
 	return oneRow(res, err, store.ErrNotFound)
 }
@@ -410,6 +413,7 @@ func sessionArgs(sess store.Session) ([]any, error) {
 		sess.ID, sess.State, sess.Image, sess.MemoryMiB, sess.CPUs, env, sess.Accel,
 		created, updated, sess.Error, sess.BootMillis, encodeBlob(sess.Handle),
 		int64(sess.IdleTimeout), sess.NoAutoWake, sess.Template, encodeBlob(sess.Snapshot), sess.TemplateVersion,
+		sess.Owner, sess.Agent,
 	}, nil
 }
 
@@ -427,7 +431,8 @@ func scanSession(sc scanner) (store.Session, error) {
 	)
 	err := sc.Scan(&sess.ID, &sess.State, &sess.Image, &sess.MemoryMiB, &sess.CPUs, &env,
 		&sess.Accel, &created, &updated, &sess.Error, &sess.BootMillis, &sess.Handle,
-		&idle, &sess.NoAutoWake, &sess.Template, &sess.Snapshot, &sess.TemplateVersion)
+		&idle, &sess.NoAutoWake, &sess.Template, &sess.Snapshot, &sess.TemplateVersion,
+		&sess.Owner, &sess.Agent)
 	if err != nil {
 		return store.Session{}, err
 	}
@@ -468,6 +473,7 @@ func templateArgs(t store.Template) ([]any, error) {
 		t.Name, t.State, t.Image, t.MemoryMiB, t.CPUs, env, setup, t.Start,
 		t.Pool, t.Error, created, updated, encodeBlob(t.Snapshot),
 		t.Repo, t.Branch, t.RepoDir, t.Version, t.Commit,
+		t.Owner, t.Agent,
 	}, nil
 }
 
@@ -479,7 +485,8 @@ func scanTemplate(sc scanner) (store.Template, error) {
 	)
 	err := sc.Scan(&t.Name, &t.State, &t.Image, &t.MemoryMiB, &t.CPUs, &env, &setup, &t.Start,
 		&t.Pool, &t.Error, &created, &updated, &t.Snapshot,
-		&t.Repo, &t.Branch, &t.RepoDir, &t.Version, &t.Commit)
+		&t.Repo, &t.Branch, &t.RepoDir, &t.Version, &t.Commit,
+		&t.Owner, &t.Agent)
 	if err != nil {
 		return store.Template{}, err
 	}

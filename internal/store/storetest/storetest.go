@@ -119,6 +119,8 @@ func fullSession(id string) store.Session {
 		Snapshot:    []byte("{\"v\":1,\"dir\":\"/snap\"}\x00\xff"),
 
 		TemplateVersion: 7,
+		Owner:           "u_" + strings.Repeat("q", 16),
+		Agent:           "review-bot",
 	}
 }
 
@@ -154,6 +156,8 @@ func fullTemplate(name string) store.Template {
 		RepoDir:  "/workspace/api",
 		Version:  12,
 		Commit:   strings.Repeat("3f", 20),
+		Owner:    store.OwnerAdmin,
+		Agent:    "builder ☃",
 	}
 }
 
@@ -237,6 +241,8 @@ func diffSession(got, want store.Session) []string {
 	d.str("Template", got.Template, want.Template)
 	d.num("TemplateVersion", int64(got.TemplateVersion), int64(want.TemplateVersion))
 	d.bytes("Snapshot", got.Snapshot, want.Snapshot)
+	d.str("Owner", got.Owner, want.Owner)
+	d.str("Agent", got.Agent, want.Agent)
 	return d
 }
 
@@ -264,6 +270,8 @@ func diffTemplate(got, want store.Template) []string {
 	d.str("RepoDir", got.RepoDir, want.RepoDir)
 	d.num("Version", int64(got.Version), int64(want.Version))
 	d.str("Commit", got.Commit, want.Commit)
+	d.str("Owner", got.Owner, want.Owner)
+	d.str("Agent", got.Agent, want.Agent)
 	return d
 }
 
@@ -462,6 +470,8 @@ func (s *suite) update(t *testing.T) {
 		NoAutoWake:  false,
 		Template:    "other-template",
 		Snapshot:    []byte(`{"v":2}`),
+		Owner:       "u_someoneelse",
+		Agent:       "fixer",
 	}
 	if err := st.UpdateSession(t.Context(), upd); err != nil {
 		t.Fatalf("UpdateSession: %v", err)
@@ -478,6 +488,8 @@ func (s *suite) update(t *testing.T) {
 	cleared.IdleTimeout = 0
 	cleared.Template = ""
 	cleared.Snapshot = nil
+	cleared.Owner = ""
+	cleared.Agent = ""
 	if err := st.UpdateSession(t.Context(), cleared); err != nil {
 		t.Fatalf("UpdateSession(cleared): %v", err)
 	}
@@ -722,6 +734,8 @@ func (s *suite) templateUpdate(t *testing.T) {
 		CreatedAt: orig.CreatedAt.Add(-time.Hour),
 		UpdatedAt: at(31).Add(9),
 		Snapshot:  []byte(`{"v":2}`),
+		Owner:     "u_someoneelse",
+		Agent:     "fixer",
 	}
 	if err := st.UpdateTemplate(t.Context(), upd); err != nil {
 		t.Fatalf("UpdateTemplate: %v", err)
@@ -738,6 +752,8 @@ func (s *suite) templateUpdate(t *testing.T) {
 	cleared.Error = ""
 	cleared.UpdatedAt = time.Time{}
 	cleared.Snapshot = nil
+	cleared.Owner = ""
+	cleared.Agent = ""
 	if err := st.UpdateTemplate(t.Context(), cleared); err != nil {
 		t.Fatalf("UpdateTemplate(cleared): %v", err)
 	}
