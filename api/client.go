@@ -111,6 +111,14 @@ func (c *Client) WakeSession(ctx context.Context, id string) (Session, error) {
 	return s, err
 }
 
+// RevokeSession invalidates every identity token the session was given,
+// at once, without stopping it (the kill switch), and returns the session.
+func (c *Client) RevokeSession(ctx context.Context, id string) (Session, error) {
+	var s Session
+	err := c.doJSON(ctx, http.MethodPost, sessionPath(id, "/revoke"), nil, nil, &s)
+	return s, err
+}
+
 // Exec runs a command to completion and returns its buffered output (at
 // most 16 MiB of each stream; see ExecResult.Truncated). A command that
 // cannot be started is an *Error with CodeInvalid.

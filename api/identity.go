@@ -135,3 +135,45 @@ func (c *Client) RevokeToken(ctx context.Context, id string) (Token, error) {
 	err := c.doJSON(ctx, http.MethodPost, "/v1/tokens/"+url.PathEscape(id)+"/revoke", nil, nil, &t)
 	return t, err
 }
+
+// SignIn says how to sign in to a server (GET /auth/oidc, served without
+// a token): the OpenID Connect issuers whose ID tokens it accepts, each
+// with the client 'cove login' signs in as. None: API tokens only.
+type SignIn struct {
+	OIDC []OIDCIssuer `json:"oidc"`
+}
+
+// OIDCIssuer is an issuer whose ID tokens a server accepts.
+type OIDCIssuer struct {
+	// Issuer is the issuer's URL (its discovery document is below it).
+	Issuer string `json:"issuer"`
+	// ClientID is the audience its ID tokens must carry.
+	ClientID string `json:"client_id"`
+}
+
+// WhoAmI is whom a request's token acts for (GET /v1/whoami).
+type WhoAmI struct {
+	// Kind is "admin-token", "user" or "agent" (a session's own token).
+	Kind string `json:"kind"`
+	// User is the user, or the one an agent acts for; none for the admin
+	// token.
+	User *User `json:"user,omitempty"`
+	// Session is an agent's session.
+	Session string `json:"session,omitempty"`
+	// Scopes narrow an API token; none: all its user may do.
+	Scopes []string `json:"scopes"`
+}
+
+// SignIn returns how to sign in to the server. It needs no token.
+func (c *Client) SignIn(ctx context.Context) (SignIn, error) {
+	var s SignIn
+	err := c.doJSON(ctx, http.MethodGet, "/auth/oidc", nil, nil, &s)
+	return s, err
+}
+
+// WhoAmI returns whom the client's token acts for.
+func (c *Client) WhoAmI(ctx context.Context) (WhoAmI, error) {
+	var w WhoAmI
+	err := c.doJSON(ctx, http.MethodGet, "/v1/whoami", nil, nil, &w)
+	return w, err
+}

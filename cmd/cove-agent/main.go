@@ -85,6 +85,10 @@ const usage = `usage:
   cove-agent park --until EXPR… [--timeout D]
                                         park this session until an event matches;
                                         returns (prints) that event once woken
+  cove-agent token --audience AUD [--ttl D]
+                                        print this session's identity token (a JWT
+                                        for AUD, from the host; never written to
+                                        disk); as root only
   cove-agent version
 (As PID 1, cove-agent is the guest's init.)`
 
@@ -141,6 +145,27 @@ func command(args []string) int {
 		if len(ev) > 0 && ev[len(ev)-1] != '\n' {
 			fmt.Println()
 		}
+		return 0
+	case len(args) >= 1 && args[0] == "token":
+		fs := flag.NewFlagSet("token", flag.ContinueOnError)
+		audience := fs.String("audience", "", "the token's aud: who will verify it (required)")
+		ttl := fs.Duration("ttl", 0, "how long the token lives (the server's default if 0; at most 1h)")
+		if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 0 || *audience == "" || *ttl < 0 {
+			fmt.Fprintln(os.Stderr, usage)
+			return 2
+		}
+		var ttlArg string
+		if *ttl > 0 {
+			ttlArg = ttl.String()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		tok, err := agent.Token(ctx, *audience, ttlArg)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "cove-agent:", err)
+			return 1
+		}
+		fmt.Println(tok)
 		return 0
 	default:
 		fmt.Fprintln(os.Stderr, usage)

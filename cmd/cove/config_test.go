@@ -31,7 +31,7 @@ func TestClientConfig(t *testing.T) {
 		{name: "addr", env: map[string]string{"COVE_TOKEN": "x", "COVE_ADDR": "https://cove.example:8443"}, wantAddr: "https://cove.example:8443", wantToken: "x"},
 		{name: "addr without scheme", env: map[string]string{"COVE_TOKEN": "x", "COVE_ADDR": "10.0.0.1:7070"}, wantAddr: "http://10.0.0.1:7070", wantToken: "x"},
 		{name: "no token", env: map[string]string{"COVE_HOME": missing},
-			wantErr: "no token: set COVE_TOKEN or start the server (it writes " + filepath.Join(missing, "admin.token") + ")"},
+			wantErr: "no token: run 'cove login', set COVE_TOKEN, or start the server (it writes " + filepath.Join(missing, "admin.token") + ")"},
 		{name: "empty token file", env: map[string]string{"COVE_HOME": empty}, wantErr: "is empty"},
 	}
 	for _, tt := range tests {

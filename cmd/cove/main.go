@@ -1,6 +1,7 @@
 // Command cove runs AI coding agents in microVMs. "cove server" runs the
 // API server; every other subcommand is a client of it (see docs/HTTP.md),
-// configured by COVE_ADDR, COVE_TOKEN and COVE_HOME.
+// configured by COVE_ADDR, COVE_TOKEN (or what 'cove login' kept) and
+// COVE_HOME.
 package main
 
 import (
@@ -46,8 +47,9 @@ func newRootCmd(c *cli) *cobra.Command {
 		Long: `cove runs AI coding agents in QEMU microVMs ("sessions").
 
 The client commands talk to the server at $COVE_ADDR (default ` + defaultAddr + `)
-with the token in $COVE_TOKEN, or else the one the server wrote to
-$COVE_HOME/admin.token (COVE_HOME defaults to ` + defaultHome + `).`,
+with the token in $COVE_TOKEN, or else the credential 'cove login' kept for
+that address, or else the token the server wrote to $COVE_HOME/admin.token
+(COVE_HOME defaults to ` + defaultHome + `).`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 	})
@@ -67,6 +69,8 @@ $COVE_HOME/admin.token (COVE_HOME defaults to ` + defaultHome + `).`,
 		newHookCmd(c),
 		newUserCmd(c),
 		newTokenCmd(c),
+		newLoginCmd(c),
+		newLogoutCmd(c),
 		newPolicyCmd(c),
 		newVersionCmd(c),
 		newServerCmd(),

@@ -87,7 +87,7 @@ func TestExitStatuses(t *testing.T) {
 		{name: "exec command flags before --", args: []string{"exec", "s1", "ls", "-la"}, want: 2, wantErr: "cove: unknown shorthand flag: 'l' in -la (put the command and its flags after --)"},
 		{name: "exec without command", args: []string{"exec", "s1", "--"}, want: 2},
 		{name: "cp both local", args: []string{"cp", "a", "b"}, want: 2, wantErr: "one of SRC and DST must be ID:PATH"},
-		{name: "no token", args: []string{"ls"}, want: 1, wantErr: "cove: no token: set COVE_TOKEN or start the server (it writes "},
+		{name: "no token", args: []string{"ls"}, want: 1, wantErr: "cove: no token: run 'cove login', set COVE_TOKEN, or start the server (it writes "},
 		{name: "version needs no server", args: []string{"version"}, want: 0},
 		{name: "park without id", args: []string{"park"}, want: 2, wantErr: "Run 'cove park --help' for usage."},
 		{name: "wake without id", args: []string{"wake"}, want: 2, wantErr: "Run 'cove wake --help' for usage."},

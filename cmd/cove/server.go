@@ -58,6 +58,13 @@ type serverConfig struct {
 	// Policy is the Cedar policy file that decides every API action; "":
 	// the built-in default. SIGHUP reloads it.
 	Policy string
+	// OIDCIssuers are the OpenID Connect issuers whose ID tokens the API
+	// accepts, each ISSUER_URL=CLIENT_ID.
+	OIDCIssuers []string
+	// IssuerURL is the iss of the sessions' identity tokens, where
+	// verifiers fetch its keys; "": http:// and the listen address, if
+	// that is a loopback one.
+	IssuerURL string
 }
 
 func envOr(key, def string) string {
@@ -85,6 +92,14 @@ func envDuration(key string, def time.Duration) time.Duration {
 		}
 	}
 	return def
+}
+
+// envList reads a comma-separated list from the environment; nil if unset.
+func envList(key string) []string {
+	if v := os.Getenv(key); v != "" {
+		return strings.Split(v, ",")
+	}
+	return nil
 }
 
 // envFloat reads a number from the environment, or def.
@@ -138,6 +153,8 @@ the policy in force.`,
 	f.Float64Var(&cfg.MemoryOvercommit, "memory-overcommit", envFloat("COVE_MEMORY_OVERCOMMIT", session.DefaultMemoryOvercommit), "MiB of VM memory admitted per MiB of host memory (COVE_MEMORY_OVERCOMMIT)")
 	f.Float64Var(&cfg.CPUOvercommit, "cpu-overcommit", envFloat("COVE_CPU_OVERCOMMIT", session.DefaultCPUOvercommit), "vCPUs admitted per host CPU (COVE_CPU_OVERCOMMIT)")
 	f.BoolVar(&cfg.StopOnExit, "stop-on-exit", false, "stop every VM when the server exits (default: leave them for the next server to adopt)")
+	f.StringVar(&cfg.IssuerURL, "issuer-url", os.Getenv("COVE_ISSUER_URL"), "URL of cove as the OpenID issuer of the sessions' identity tokens (https, served at its root; verifiers fetch /.well-known/openid-configuration from it); default: http:// and --listen when that is a loopback address, else no session tokens (COVE_ISSUER_URL)")
+	f.StringArrayVar(&cfg.OIDCIssuers, "oidc-issuer", envList("COVE_OIDC_ISSUERS"), "accept the ID tokens of an OpenID Connect issuer as bearer tokens: ISSUER_URL=CLIENT_ID (https, or http on loopback; the client id is the audience its tokens carry, and the client 'cove login' signs in as); repeat for more; a user is made at its first sign-in, and the groups claim sets its teams (COVE_OIDC_ISSUERS, comma-separated)")
 	f.StringVar(&cfg.Policy, "policy", os.Getenv("COVE_POLICY"), "Cedar policy file that decides every API action (default: the built-in policy: engineers see and control their own sessions, admins everything); check it with 'cove policy check'; SIGHUP reloads it, keeping the policy in force if the file does not check (COVE_POLICY)")
 	return cmd
 }
@@ -154,6 +171,10 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return err
 	}
 	watchPolicy(ctx, policies, cfg.Policy, log)
+	oidcIssuers, err := parseOIDCIssuers(cfg.OIDCIssuers)
+	if err != nil {
+		return err
+	}
 
 	if err := os.MkdirAll(cfg.Home, 0o711); err != nil {
 		return fmt.Errorf("server: data dir: %w", err)
@@ -223,8 +244,16 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return err
 	}
 
+	tokens, err := newSessionTokens(cfg, st, log)
+	if err != nil {
+		return err
+	}
+	oidc, err := newServerOIDC(ctx, oidcIssuers, st, log)
+	if err != nil {
+		return err
+	}
 	metrics := apiserver.NewMetrics()
-	mgr, err := session.New(session.Config{
+	mgr, err := session.New(session.Config{Tokens: tokens.minter,
 		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
 		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout, CloneFiles: cfg.CloneFiles,
 		CrashPoint: crash, OnPark: metrics.ObservePark, OnWake: metrics.ObserveWake,
@@ -249,7 +278,9 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		}}
 	srv := apiserver.New(apiserver.Config{Sessions: mgr, Images: builder, Token: token, Log: log, Metrics: metrics,
 		Hooks: hooks, HookSecrets: st,
-		Authenticator: identity.NewAuthenticator(identity.AuthConfig{AdminToken: token, Store: st, Log: log}),
+		Issuer:        tokens.handler,
+		Authenticator: identity.NewAuthenticator(identity.AuthConfig{AdminToken: token, Store: st, Log: log, JWT: append(oidc.verifiers, tokens.verifiers...)}),
+		SignIn:        oidc.signIn,
 		Identities:    &identity.Directory{Store: st},
 		Authorize:     (&apiserver.PolicyGate{Policy: policies, Records: st}).Authorize})
 	ln, err := net.Listen("tcp", cfg.Listen)

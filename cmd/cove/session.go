@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -23,8 +24,26 @@ func newSessionCmd(c *cli) *cobra.Command {
 		newRmCmd(c, "rm"),
 		newParkCmd(c, "park"),
 		newWakeCmd(c, "wake"),
+		newSessionRevokeCmd(c),
 	)
 	return cmd
+}
+
+func newSessionRevokeCmd(c *cli) *cobra.Command {
+	return &cobra.Command{
+		Use:   "revoke ID...",
+		Short: "Invalidate sessions' identity tokens at once (the kill switch)",
+		Long: `Invalidate every identity token each session was given ('cove-agent token'
+in the guest), at once: cove's API and verifiers that ask it refuse them.
+The VM keeps running; tools in the guest get new tokens when they ask again.
+Prints "ID STATE" for each; every id is tried; cove exits 1 if any failed.`,
+		Args: usageArgs(cobra.MinimumNArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			return eachSession(c, cmd, "revoke", args, func(ctx context.Context, cl *api.Client, id string) (api.Session, error) {
+				return cl.RevokeSession(ctx, id)
+			})
+		},
+	}
 }
 
 func newSessionCreateCmd(c *cli) *cobra.Command {

@@ -35,9 +35,9 @@ func TestTokenCommands(t *testing.T) {
 		return id, secret
 	}
 
-	aliceID, alice := create(testToken, "--name", "laptop", "--user", "alice", "--expires", "30d", "--scope", "session:read", "--scope", "session:exec")
+	aliceID, alice := create(testToken, "--name", "laptop", "--user", "alice", "--expires", "30d", "--scope", "session.*", "--scope", "token.*", "--scope", "user.*")
 	_, out, _ := runAs(t, addr, testToken, "token", "ls")
-	if !strings.Contains(out, aliceID+"   laptop   alice   active   session:read,session:exec   0s    in 30d    never") {
+	if !strings.Contains(out, aliceID+"   laptop   alice   active   session.*,token.*,user.*   0s    in 30d    never") {
 		t.Errorf("token ls:\n%s", out)
 	}
 	// An admin user's token mints one for itself.

@@ -46,7 +46,8 @@ func main() {
 	clones := flag.Int("clones", 10, "clones of one template (create from template, PSS)")
 	rebuilds := flag.Int("rebuilds", 3, "pushes to a template that follows a repo, each timed until its new version is live (needs debian)")
 	wakeOnly := flag.Bool("wake-only", false, "after the cold boots and execs, measure park and wake only (no raw QEMU, templates or triggers)")
-	only := flag.String("only", "", "run one section alone: hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test)")
+	only := flag.String("only", "", "run one section alone: hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), identity (policy decisions, authentication, session-token minting; no VM)")
+	identitySamples := flag.Int("identity-samples", 2000, "samples of each identity figure")
 	testJSON := flag.String("test-json", envOr("TESTJSON", filepath.Join(os.TempDir(), "cove-test.json")), "the go test -json record of the last make test, for the safety figures (TESTJSON)")
 	hostileExecs := flag.Int("hostile-execs", 30, "neighbour execs per phase of the hostile section (0 skips it)")
 	hostileEvery := flag.Duration("hostile-every", 500*time.Millisecond, "spacing of the neighbour's execs in the hostile section")
@@ -56,8 +57,17 @@ func main() {
 	cfg.verbose, cfg.wakeOnly, cfg.rebuilds = *verbose, *wakeOnly, *rebuilds
 	cfg.only, cfg.testJSON = *only, *testJSON
 	cfg.hostile = hostileConfig{execs: *hostileExecs, every: *hostileEvery, ramp: 2 * time.Second, attack: 20 * time.Second}
+	cfg.identitySamples = *identitySamples
 	switch cfg.only {
 	case "":
+	case "identity":
+		rows, err := identityRows(context.Background(), cfg.identitySamples)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "covebench:", err)
+			os.Exit(1)
+		}
+		printTable(os.Stdout, "in-process", rows)
+		return
 	case "safety":
 		rows, err := safetyRows(*testJSON)
 		if err != nil {
@@ -73,7 +83,7 @@ func main() {
 		}
 		cfg.debianBoots = 0
 	default:
-		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: hostile, safety\n", cfg.only)
+		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: hostile, safety, identity\n", cfg.only)
 		os.Exit(2)
 	}
 	if err := run(*home, *agent, cfg); err != nil {
@@ -120,6 +130,7 @@ type config struct {
 	only                                                  string // a section run alone
 	testJSON                                              string // make test's go test -json record
 	hostile                                               hostileConfig
+	identitySamples                                       int // samples of each identity figure
 }
 
 func run(home, agent string, cfg config) error {
@@ -331,6 +342,11 @@ func run(home, agent string, cfg config) error {
 			return err
 		}
 		rows = append(rows, hos...)
+	}
+	if idr, err := identityRows(ctx, cfg.identitySamples); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+	} else {
+		rows = append(rows, idr...)
 	}
 	if saf, err := safetyRows(cfg.testJSON); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)

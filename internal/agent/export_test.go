@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"io"
+	"net"
 
 	"github.com/cove-dev/cove/internal/agentproto"
 )
@@ -13,3 +14,7 @@ func (a *Agent) ServeConn(ctx context.Context, conn io.ReadWriteCloser) { a.serv
 
 // SayHello answers a hello, as the sync line's hello does.
 func (a *Agent) SayHello(req agentproto.Request) agentproto.Hello { return a.sayHello(req) }
+
+// ServeTool answers one guest tool's connection, as ServeTools does for
+// each on SocketPath.
+func (a *Agent) ServeTool(ctx context.Context, c net.Conn) { a.serveTool(ctx, c) }

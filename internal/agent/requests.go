@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,39 +13,48 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/cove-dev/cove/internal/agentproto"
 )
 
-// SocketPath is where tools in the guest ('cove-agent park') reach the
-// agent.
+// SocketPath is where tools in the guest ('cove-agent park', 'cove-agent
+// token') reach the agent.
 const SocketPath = "/run/cove/agent.sock"
 
 // ToolRequest is one line a guest tool sends on SocketPath; ToolReply is
 // the line it gets back.
 type ToolRequest struct {
-	Kind    string   `json:"kind"` // "park"
+	Kind    string   `json:"kind"` // agentproto.GuestPark or GuestToken
 	Until   []string `json:"until,omitempty"`
 	Timeout string   `json:"timeout,omitempty"`
+	// Audience and TTL are a token request's.
+	Audience string `json:"audience,omitempty"`
+	TTL      string `json:"ttl,omitempty"`
 }
 
-// ToolReply carries the event that woke the session, or why the request
-// failed.
+// ToolReply carries the event that woke the session, the token asked
+// for, or why the request failed.
 type ToolReply struct {
 	Event json.RawMessage `json:"event,omitempty"`
+	Token string          `json:"token,omitempty"`
 	Error string          `json:"error,omitempty"`
 }
+
+// tokenAnswerTimeout bounds the wait for the host's token.
+const tokenAnswerTimeout = 30 * time.Second
 
 // listener is the host's listen stream: how guest requests reach it.
 type listener struct {
 	fw      *frameWriter
 	mu      sync.Mutex
-	nextID  int64                 // guarded by mu
-	waiters map[int64]chan string // guarded by mu: request id → the host's error
+	nextID  int64                                // guarded by mu
+	waiters map[int64]chan agentproto.GuestReply // guarded by mu: request id → the host's reply
 }
 
 // listen serves the host's listen stream until it ends.
 func (a *Agent) listen(st io.ReadWriter) {
-	l := &listener{fw: &frameWriter{w: st}, waiters: map[int64]chan string{}}
+	l := &listener{fw: &frameWriter{w: st}, waiters: map[int64]chan agentproto.GuestReply{}}
 	if l.fw.json(agentproto.FrameResponse, agentproto.Response{}) != nil {
 		return
 	}
@@ -66,7 +76,10 @@ func (a *Agent) listen(st io.ReadWriter) {
 		}
 		l.mu.Lock()
 		if ch := l.waiters[r.ID]; ch != nil {
-			ch <- r.Error
+			select {
+			case ch <- r:
+			default: // one reply per request; a second is the host's mistake
+			}
 		}
 		l.mu.Unlock()
 	}
@@ -135,22 +148,29 @@ func (a *Agent) serveTool(ctx context.Context, c net.Conn) {
 		return
 	}
 	var req ToolRequest
-	if err := json.Unmarshal(line, &req); err != nil || req.Kind != "park" {
-		reply(ToolReply{Error: "bad request: want {\"kind\":\"park\",…}"})
+	if err := json.Unmarshal(line, &req); err != nil || (req.Kind != agentproto.GuestPark && req.Kind != agentproto.GuestToken) {
+		reply(ToolReply{Error: "bad request: want {\"kind\":\"park\",…} or {\"kind\":\"token\",…}"})
 		return
+	}
+	if req.Kind == agentproto.GuestToken {
+		// The session's identity is root's in the guest: a token is
+		// handed only to a tool running as uid 0.
+		if err := peerIsRoot(c); err != nil {
+			reply(ToolReply{Error: "token: " + err.Error()})
+			return
+		}
 	}
 	l, err := a.currentListener(ctx, 10*time.Second)
 	if err != nil {
-		reply(ToolReply{Error: "park: " + err.Error()})
+		reply(ToolReply{Error: req.Kind + ": " + err.Error()})
 		return
 	}
-	l.mu.Lock()
-	l.nextID++
-	id := l.nextID
-	failed := make(chan string, 1)
-	l.waiters[id] = failed
-	l.mu.Unlock()
-	defer func() { l.mu.Lock(); delete(l.waiters, id); l.mu.Unlock() }()
+	id, answers := l.await()
+	defer l.forget(id)
+	if req.Kind == agentproto.GuestToken {
+		reply(a.token(ctx, l, id, answers, req))
+		return
+	}
 	// Look for the waking event, one delivered after this request (older
 	// pending events are for 'event wait'); the request itself freezes
 	// this guest until the event arrives.
@@ -163,17 +183,82 @@ func (a *Agent) serveTool(ctx context.Context, c net.Conn) {
 			events <- ev
 		}
 	}()
-	if err := l.fw.json(agentproto.FrameRequest, agentproto.GuestRequest{ID: id, Kind: "park", Until: req.Until, Timeout: req.Timeout}); err != nil {
+	if err := l.fw.json(agentproto.FrameRequest, agentproto.GuestRequest{ID: id, Kind: agentproto.GuestPark, Until: req.Until, Timeout: req.Timeout}); err != nil {
 		reply(ToolReply{Error: "park: the host went away"})
 		return
 	}
 	select {
-	case msg := <-failed:
-		reply(ToolReply{Error: "park: " + msg})
+	case r := <-answers:
+		reply(ToolReply{Error: "park: " + r.Error})
 	case ev := <-events:
 		reply(ToolReply{Event: ev})
 	case <-ctx.Done():
 	}
+}
+
+// await registers a request to the host and returns its id and where its
+// reply arrives; forget(id) drops it.
+func (l *listener) await() (int64, chan agentproto.GuestReply) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.nextID++
+	ch := make(chan agentproto.GuestReply, 1)
+	l.waiters[l.nextID] = ch
+	return l.nextID, ch
+}
+
+func (l *listener) forget(id int64) {
+	l.mu.Lock()
+	delete(l.waiters, id)
+	l.mu.Unlock()
+}
+
+// token asks the host for the session's identity token and returns the
+// tool's reply. The token passes through memory only: it is never written
+// anywhere in the guest but to the tool's socket.
+func (a *Agent) token(ctx context.Context, l *listener, id int64, answers chan agentproto.GuestReply, req ToolRequest) ToolReply {
+	greq := agentproto.GuestRequest{ID: id, Kind: agentproto.GuestToken, Audience: req.Audience, TTL: req.TTL}
+	if err := l.fw.json(agentproto.FrameRequest, greq); err != nil {
+		return ToolReply{Error: "token: the host went away"}
+	}
+	select {
+	case r := <-answers:
+		if r.Error != "" || r.Token == "" {
+			return ToolReply{Error: "token: " + cmp.Or(r.Error, "the host sent no token")}
+		}
+		return ToolReply{Token: r.Token}
+	case <-time.After(tokenAnswerTimeout):
+		return ToolReply{Error: fmt.Sprintf("token: the host did not answer within %s", tokenAnswerTimeout)}
+	case <-ctx.Done():
+		return ToolReply{Error: "token: the agent is stopping"}
+	}
+}
+
+// peerIsRoot reports whether the process at the other end of c runs as
+// root (SO_PEERCRED).
+func peerIsRoot(c net.Conn) error {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return errors.New("not a unix socket")
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var cred *unix.Ucred
+	var cerr error
+	if err := raw.Control(func(fd uintptr) {
+		cred, cerr = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	}); err != nil {
+		return err
+	}
+	if cerr != nil {
+		return fmt.Errorf("who is asking: %w", cerr)
+	}
+	if cred.Uid != 0 {
+		return fmt.Errorf("uid %d may not have the session's identity; run as root", cred.Uid)
+	}
+	return nil
 }
 
 // Park asks the host, through the agent, to park this session until an
@@ -197,4 +282,27 @@ func Park(ctx context.Context, until []string, timeout string) ([]byte, error) {
 		return nil, errors.New(r.Error)
 	}
 	return r.Event, nil
+}
+
+// Token asks the host, through the agent, for the session's identity
+// token for audience, living ttl ("" for the host's default), and returns
+// it. It is what 'cove-agent token' runs inside the guest (as root).
+func Token(ctx context.Context, audience, ttl string) (string, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "unix", SocketPath)
+	if err != nil {
+		return "", fmt.Errorf("token: the agent is not reachable: %w", err)
+	}
+	defer c.Close()
+	if err := json.NewEncoder(c).Encode(ToolRequest{Kind: agentproto.GuestToken, Audience: audience, TTL: ttl}); err != nil {
+		return "", err
+	}
+	var r ToolReply
+	if err := json.NewDecoder(c).Decode(&r); err != nil {
+		return "", fmt.Errorf("token: %w", err)
+	}
+	if r.Error != "" {
+		return "", errors.New(r.Error)
+	}
+	return r.Token, nil
 }

@@ -112,10 +112,12 @@ func (c *Client) Detach(ctx context.Context) error {
 }
 
 // Listen opens the stream on which the guest sends its requests (see
-// GuestRequest). handle is called for each, on Listen's goroutine; a
-// non-nil error is sent back as a GuestReply. Listen returns when the
+// GuestRequest). handle is called for each, on Listen's goroutine: a
+// non-nil error is sent back as a GuestReply's Error, else a non-nil
+// reply is sent (with the request's ID); a nil reply and error send
+// nothing (a park that froze the guest). Listen returns when the
 // connection ends.
-func (c *Client) Listen(ctx context.Context, handle func(GuestRequest) error) error {
+func (c *Client) Listen(ctx context.Context, handle func(GuestRequest) (*GuestReply, error)) error {
 	st, release, _, err := c.answered(ctx, Request{Op: OpListen})
 	if err != nil {
 		return err
@@ -126,10 +128,16 @@ func (c *Client) Listen(ctx context.Context, handle func(GuestRequest) error) er
 		if err := ReadJSON(st, FrameRequest, &req); err != nil {
 			return ctxErr(ctx, fmt.Errorf("agentproto: listen: %w", err))
 		}
-		if err := handle(req); err != nil {
-			if werr := WriteJSON(st, FrameResponse, GuestReply{ID: req.ID, Error: err.Error()}); werr != nil {
-				return werr
-			}
+		reply, err := handle(req)
+		if err != nil {
+			reply = &GuestReply{Error: err.Error()}
+		}
+		if reply == nil {
+			continue
+		}
+		reply.ID = req.ID
+		if werr := WriteJSON(st, FrameResponse, *reply); werr != nil {
+			return werr
 		}
 	}
 }

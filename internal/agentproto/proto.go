@@ -19,8 +19,8 @@
 //	write, tar_put: host → FrameData… FrameEOF; guest → FrameResponse
 //	listen:   guest → FrameResponse; then guest → FrameRequest (a GuestRequest)
 //	          whenever a tool in the guest asks the host for something, host →
-//	          FrameResponse (a GuestReply) when it cannot do it; the stream
-//	          lives as long as the connection
+//	          FrameResponse (a GuestReply) with the answer (a token) or why it
+//	          cannot do it; the stream lives as long as the connection
 //	detach:   guest → FrameResponse, then the guest ends the yamux session and
 //	          waits for the next sync (the host says it before a park, so
 //	          the frozen guest is ready for the next connection)
@@ -48,6 +48,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"time"
 )
 
@@ -147,21 +148,41 @@ type Exec struct {
 }
 
 // GuestRequest is a request from a tool in the guest to the host, sent on
-// the listen stream. The only kind today is "park": park this session until
-// an event matches one of Until, or Timeout (a Go duration) passes.
+// the listen stream. Its Kind is one of:
+//
+//   - GuestPark: park this session until an event matches one of Until, or
+//     Timeout (a Go duration) passes. A park that succeeds has no reply:
+//     the guest is frozen, and the tool's answer is the event that wakes it.
+//   - GuestToken: mint the session's identity token for Audience, living
+//     TTL (a Go duration; "" for the host's default). The host always
+//     replies: the token, or why not. The token exists only in memory: the
+//     agent hands it to the tool and keeps no copy.
 type GuestRequest struct {
-	ID      int64    `json:"id"`
-	Kind    string   `json:"kind"`
-	Until   []string `json:"until,omitempty"`
-	Timeout string   `json:"timeout,omitempty"`
+	ID       int64    `json:"id"`
+	Kind     string   `json:"kind"`
+	Until    []string `json:"until,omitempty"`
+	Timeout  string   `json:"timeout,omitempty"`
+	Audience string   `json:"audience,omitempty"`
+	TTL      string   `json:"ttl,omitempty"`
 }
 
-// GuestReply reports a guest request the host could not carry out. A park
-// that succeeds has no reply: the guest is frozen, and the tool's answer is
-// the event that wakes it.
+// Kinds of GuestRequest.
+const (
+	GuestPark  = "park"
+	GuestToken = "token"
+)
+
+// GuestReply answers a guest request: Error says why the host could not
+// carry it out; a token request that succeeded has its Token.
 type GuestReply struct {
 	ID    int64  `json:"id"`
-	Error string `json:"error"`
+	Error string `json:"error,omitempty"`
+	Token string `json:"token,omitempty"`
+}
+
+// LogValue keeps the token out of logs.
+func (r GuestReply) LogValue() slog.Value {
+	return slog.GroupValue(slog.Int64("id", r.ID), slog.String("error", r.Error), slog.Bool("token", r.Token != ""))
 }
 
 // Response answers a request.

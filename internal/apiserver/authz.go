@@ -86,6 +86,7 @@ var verbRules = map[string]verbRule{
 	"session.park":   {policy.SessionPark, onSession, false},
 	"session.wake":   {policy.SessionWake, onSession, false},
 	"session.exec":   {policy.SessionExec, onSession, false},
+	"session.revoke": {policy.SessionRevoke, onSession, false},
 
 	"file.read":   {policy.SessionFiles, onSession, false},
 	"file.stat":   {policy.SessionFiles, onSession, false},
@@ -119,10 +120,16 @@ var verbRules = map[string]verbRule{
 
 // publicVerbs are the route verbs no policy decides, each with why.
 var publicVerbs = map[string]string{
-	"health.get":    "served without a token, outside /v1",
-	"metrics.get":   "served without a token, outside /v1",
-	"openapi.get":   "the API's own description, for any authenticated caller",
-	verbHookReceive: "webhook senders sign each delivery, and Config.Hooks checks it",
+	"health.get":  "served without a token, outside /v1",
+	"metrics.get": "served without a token, outside /v1",
+	"openapi.get": "the API's own description, for any authenticated caller",
+	"signin.get":  "how to sign in, for a client that has no token yet; outside /v1",
+	"whoami.get":  "whom the caller's own token acts for, for any authenticated caller",
+	// Verifiers of session tokens (AWS, GCP, a company's APIs) fetch
+	// these anonymously.
+	"issuer.discovery": "cove's OpenID issuer metadata, public, outside /v1",
+	"issuer.jwks":      "cove's token-signing public keys, public, outside /v1",
+	verbHookReceive:    "webhook senders sign each delivery, and Config.Hooks checks it",
 }
 
 // Authorize decides a: nil to go on, a 403 forbidden error with the
@@ -140,6 +147,9 @@ func (g *PolicyGate) Authorize(ctx context.Context, a Action) error {
 	p, ok := identity.FromContext(ctx)
 	if !ok {
 		return forbidden("%s refused: the request has no principal", a.Verb)
+	}
+	if err := scopeError(p, a.Verb); err != nil {
+		return err
 	}
 	req, err := g.request(ctx, p, rule, a)
 	if err != nil {

@@ -231,8 +231,13 @@ func TestCrossEngineerDenied(t *testing.T) {
 		"GET /healthz":          {path: "/healthz", status: 200, public: true},
 		"GET /metrics":          {path: "/metrics", status: 200, public: true},
 		"GET /v1/openapi.json":  {path: "/v1/openapi.json", status: 200},
+		"GET /v1/whoami":        {path: "/v1/whoami", status: 200}, // bob himself
+		"GET /auth/oidc":        {path: "/auth/oidc", status: 200, public: true},
 		"POST /v1/hooks/github": {path: "/v1/hooks/github", status: 503, public: true}, // no receiver here
 		"POST /v1/hooks/{name}": {path: "/v1/hooks/deploys", status: 503, public: true},
+		// No issuer here (identity_test.go serves one).
+		"GET /.well-known/openid-configuration": {path: "/.well-known/openid-configuration", status: 404, public: true},
+		"GET /.well-known/jwks.json":            {path: "/.well-known/jwks.json", status: 404, public: true},
 
 		"POST /v1/sessions": {path: "/v1/sessions", body: api.CreateSessionRequest{Template: "alice-tpl"},
 			action: policy.SessionCreate, names: []string{tmpl, bobUser}},
@@ -241,6 +246,7 @@ func TestCrossEngineerDenied(t *testing.T) {
 		"DELETE /v1/sessions/{id}":           {path: "/v1/sessions/" + mine.ID, action: policy.SessionDelete, names: []string{sess, bobUser}},
 		"POST /v1/sessions/{id}/park":        {path: "/v1/sessions/" + mine.ID + "/park", action: policy.SessionPark, names: []string{sess, bobUser}},
 		"POST /v1/sessions/{id}/wake":        {path: "/v1/sessions/" + mine.ID + "/wake", action: policy.SessionWake, names: []string{sess, bobUser}},
+		"POST /v1/sessions/{id}/revoke":      {path: "/v1/sessions/" + mine.ID + "/revoke", action: policy.SessionRevoke, names: []string{sess, bobUser}},
 		"POST /v1/sessions/{id}/exec":        {path: "/v1/sessions/" + mine.ID + "/exec", body: api.ExecRequest{Argv: []string{"touch", "/tmp/bob"}}, action: policy.SessionExec, names: []string{sess, bobUser}},
 		"GET /v1/sessions/{id}/exec/ws":      {path: "/v1/sessions/" + mine.ID + "/exec/ws", action: policy.SessionExec, names: []string{sess, bobUser}},
 		"GET /v1/sessions/{id}/files":        {path: "/v1/sessions/" + mine.ID + "/files?path=/etc/hostname", action: policy.SessionFiles, names: []string{sess, bobUser}},
@@ -582,8 +588,8 @@ func TestPolicyRulesCoverTheRoutes(t *testing.T) {
 				t.Errorf("%s: verb %s is both decided (%s) and public (%s)", key, rt.Verb, rule.action, why)
 			case !mapped && !public:
 				t.Errorf("%s: verb %s has no policy action in verbRules and is not in publicVerbs", key, rt.Verb)
-			case public && !rt.NoToken && rt.Verb != "openapi.get":
-				t.Errorf("%s: verb %s is public but needs a token; only the API's description may be", key, rt.Verb)
+			case public && !rt.NoToken && rt.Verb != "openapi.get" && rt.Verb != "whoami.get":
+				t.Errorf("%s: verb %s is public but needs a token; only the API's description and whoami may be", key, rt.Verb)
 			case mapped && !slices.Contains(policy.Actions(), rule.action):
 				t.Errorf("%s: verb %s maps to %q, which is no policy action", key, rt.Verb, rule.action)
 			}

@@ -588,3 +588,13 @@ func (f *fakeSessions) RebuildTemplate(ctx context.Context, name string) (api.Te
 	f.templates[name] = t
 	return t, nil
 }
+
+// Revoke checks the session exists; the fake keeps no tokens.
+func (f *fakeSessions) Revoke(ctx context.Context, id string) (api.Session, error) {
+	if err := f.check(id); err != nil {
+		return api.Session{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.sessions[id], nil
+}

@@ -1,6 +1,10 @@
 package apiserver
 
-import "net/http"
+import (
+	"net/http"
+
+	"github.com/cove-dev/cove/internal/issuer"
+)
 
 // route is one row of the route table.
 type route struct {
@@ -37,6 +41,10 @@ var routes = []route{
 	{"GET", "/healthz", "health.get", noToken, (*Server).health},
 	{"GET", "/metrics", "metrics.get", noToken, (*Server).serveMetrics},
 	{"GET", "/v1/openapi.json", "openapi.get", bearer, (*Server).openAPI},
+	{"GET", "/auth/oidc", "signin.get", noToken, (*Server).serveSignIn},
+	{"GET", "/v1/whoami", "whoami.get", bearer, (*Server).whoAmI},
+	{"GET", issuer.DiscoveryPath, "issuer.discovery", noToken, (*Server).serveIssuer},
+	{"GET", issuer.JWKSPath, "issuer.jwks", noToken, (*Server).serveIssuer},
 
 	{"POST", "/v1/sessions", "session.create", bearer, (*Server).createSession},
 	{"GET", "/v1/sessions", "session.list", bearer, (*Server).listSessions},
@@ -44,6 +52,7 @@ var routes = []route{
 	{"DELETE", "/v1/sessions/{id}", "session.delete", bearer, (*Server).deleteSession},
 	{"POST", "/v1/sessions/{id}/park", "session.park", bearer, (*Server).parkSession},
 	{"POST", "/v1/sessions/{id}/wake", "session.wake", bearer, (*Server).wakeSession},
+	{"POST", "/v1/sessions/{id}/revoke", "session.revoke", bearer, (*Server).revokeSession},
 
 	{"POST", "/v1/sessions/{id}/exec", "session.exec", bearer, (*Server).exec},
 	{"GET", "/v1/sessions/{id}/exec/ws", "session.exec", bearer, (*Server).execWS},

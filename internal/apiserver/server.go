@@ -16,8 +16,9 @@
 // request (method, path, status, duration, action) and counts it in
 // cove_http_requests_total. Handlers are reached only through the gate, so
 // policy and audit hooks land in one place. Only GET /healthz,
-// GET /metrics and the webhook routes (POST /v1/hooks/…, marked NoToken in
-// the route table) are served without a token; webhook senders sign their
+// GET /metrics, GET /auth/oidc (how to sign in), cove's issuer documents
+// and the webhook routes (POST /v1/hooks/…, marked NoToken in the route
+// table) are served without a token; webhook senders sign their
 // deliveries instead, which Config.Hooks checks, and the gate still builds
 // their Action, calls Config.Authorize, logs and counts them.
 //
@@ -94,6 +95,14 @@ type Config struct {
 	// Timeouts is how long the server waits on clients (see Timeouts and
 	// HTTPServer); zero fields take the defaults.
 	Timeouts Timeouts
+	// SignIn lists the OIDC issuers whose ID tokens Authenticator
+	// accepts, which GET /auth/oidc tells 'cove login'; nil: none.
+	SignIn []api.OIDCIssuer
+	// Issuer serves cove's OpenID issuer documents, GET
+	// /.well-known/openid-configuration and /.well-known/jwks.json, to
+	// anyone ((*issuer.Issuer).Handler of an issuer whose URL has no
+	// path); nil answers them 404.
+	Issuer http.Handler
 }
 
 // LogValue keeps the token out of logs.
@@ -190,6 +199,8 @@ type Server struct {
 	authorize    func(ctx context.Context, a Action) error
 	maxFileBytes int64
 	timeouts     Timeouts
+	signIn       []api.OIDCIssuer
+	issuer       http.Handler
 	publicPaths  map[string]bool // "METHOD PATTERN" of the routes served without the token
 	openAPIJSON  []byte
 	openAPIErr   error
@@ -215,6 +226,8 @@ func New(cfg Config) *Server {
 		authorize:    cfg.Authorize,
 		maxFileBytes: cfg.MaxFileBytes,
 		timeouts:     cfg.Timeouts.withDefaults(),
+		signIn:       cfg.SignIn,
+		issuer:       cfg.Issuer,
 		publicPaths:  map[string]bool{},
 	}
 	if s.log == nil {
@@ -297,6 +310,9 @@ func (s *Server) gate(rt route) http.Handler {
 			var p identity.Principal
 			if p, err = s.authenticate(rec, r); err == nil && s.authorize == nil {
 				err = adminsOnly(p)
+				if err == nil {
+					err = scopeError(p, act.Verb)
+				}
 			}
 			if err == nil {
 				r = r.WithContext(identity.NewContext(r.Context(), p))

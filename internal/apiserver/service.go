@@ -57,6 +57,10 @@ type Sessions interface {
 	// timeout has passed (zero: never). until and timeout replace any
 	// earlier subscription; the answer's Waiting shows them.
 	ParkUntil(ctx context.Context, id string, until []string, timeout time.Duration) (api.Session, error)
+	// Revoke invalidates every identity token the session was given, at
+	// once, without stopping it (the kill switch), and returns the
+	// session; an unknown id is CodeNotFound.
+	Revoke(ctx context.Context, id string) (api.Session, error)
 	// Wake restores a parked session and returns it once its agent
 	// answers. Waking a running session returns it as it is; a session in
 	// any other state is CodeConflict.

@@ -26,13 +26,13 @@ func TestTokensEndToEnd(t *testing.T) {
 	e.addUser(t, "root", api.UserAdmin)
 	e.addUser(t, "bob", "")
 
-	resp := e.doJSON("POST", "/v1/tokens", api.CreateTokenRequest{Name: "ops", User: "root", Scopes: []string{"session:read"}})
+	resp := e.doJSON("POST", "/v1/tokens", api.CreateTokenRequest{Name: "ops", User: "root", Scopes: []string{"session.*", "token.create"}})
 	if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
 		t.Errorf("Cache-Control %q, want no-store", cc)
 	}
 	rootTok := decode[api.CreatedToken](t, resp, 201)
 	if !strings.HasPrefix(rootTok.Secret, "cove_") || rootTok.User != "root" || rootTok.State != api.TokenActive ||
-		len(rootTok.Scopes) != 1 || rootTok.ExpiresAt != nil {
+		len(rootTok.Scopes) != 2 || rootTok.ExpiresAt != nil {
 		t.Errorf("created %+v", rootTok.Token)
 	}
 

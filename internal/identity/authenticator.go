@@ -77,6 +77,7 @@ type Store interface {
 	ListUsers(ctx context.Context) ([]store.User, error)
 	DeleteUser(ctx context.Context, id string, at time.Time) error
 	AddTeamMember(ctx context.Context, userID, team string) error
+	RemoveTeamMember(ctx context.Context, userID, team string) error
 	TeamsOf(ctx context.Context, userID string) ([]string, error)
 	PutToken(ctx context.Context, t store.Token) error
 	GetToken(ctx context.Context, id string) (store.Token, error)
@@ -186,7 +187,11 @@ func (a *Authenticator) verifyJWT(ctx context.Context, raw string) (Principal, e
 	if len(a.jwt) == 0 {
 		return Principal{}, fmt.Errorf("%w: a JWT, and this server accepts none", ErrUnknownToken)
 	}
-	return Principal{}, fmt.Errorf("%w: a JWT that no configured issuer signed", ErrUnknownToken)
+	iss, err := unverifiedIssuer(raw)
+	if err != nil {
+		return Principal{}, err
+	}
+	return Principal{}, fmt.Errorf("%w: a JWT of issuer %q, which is not configured", ErrUnknownToken, iss)
 }
 
 // apiToken authenticates an API token's secret.

@@ -189,7 +189,8 @@ func (d *Directory) CreateToken(ctx context.Context, req api.CreateTokenRequest)
 	return api.CreatedToken{Token: tokenOut(tok, u.Name, now), Secret: secret}, nil
 }
 
-// checkScopes checks a token's scopes: well formed, each once.
+// checkScopes checks a token's scopes: well formed, each once, each an
+// action or a family of them (see ScopeAllows).
 func checkScopes(scopes []string) error {
 	if len(scopes) > maxScopes {
 		return api.Errorf(api.CodeInvalid, "scopes: %d; the limit is %d", len(scopes), maxScopes)
@@ -202,7 +203,7 @@ func checkScopes(scopes []string) error {
 			return api.Errorf(api.CodeInvalid, "scopes: %q is given twice", s)
 		}
 	}
-	return nil
+	return checkScopeNames(scopes)
 }
 
 // ListTokens returns the named user's tokens ("" for every user's), oldest

@@ -79,7 +79,7 @@ func TestCreateTokenKeepsOnlyTheHash(t *testing.T) {
 		t.Fatal(err)
 	}
 	created, err := d.CreateToken(t.Context(), api.CreateTokenRequest{Name: "laptop", User: "alice",
-		ExpiresIn: "720h", Scopes: []string{"session:read"}})
+		ExpiresIn: "720h", Scopes: []string{"session.read"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +159,7 @@ func TestTokenLifecycle(t *testing.T) {
 	e.clock.Advance(time.Second)
 	e.mint(t, api.CreateTokenRequest{Name: "a2", User: "alice", ExpiresIn: "1m"})
 	e.clock.Advance(time.Second)
-	b1 := e.mint(t, api.CreateTokenRequest{Name: "b1", User: "bob", Scopes: []string{"x"}})
+	b1 := e.mint(t, api.CreateTokenRequest{Name: "b1", User: "bob", Scopes: []string{"session.*"}})
 	e.clock.Advance(time.Minute)
 
 	revokedAt := e.clock.Now()

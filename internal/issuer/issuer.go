@@ -29,7 +29,7 @@ import (
 
 // Limits on what is minted and what is verified.
 const (
-	DefaultTTL   = 15 * time.Minute // a Mint with ttl 0
+	DefaultTTL   = 10 * time.Minute // a Mint with ttl 0
 	MaxTTL       = time.Hour        // the longest a token may live
 	MaxTokenSize = 8 << 10          // bytes; Verify refuses longer tokens unread
 	MaxAudience  = 256              // bytes of the aud claim
@@ -43,11 +43,16 @@ const (
 // refuses, whatever the reason; the message says which.
 var ErrInvalidToken = errors.New("invalid session token")
 
+// ErrExpired is wrapped, besides ErrInvalidToken, by Verify's refusal of a
+// token past its exp.
+var ErrExpired = errors.New("token is expired")
+
 // Claims is what a session token says: who the agent acts for, and which
 // session and agent it is.
 type Claims struct {
-	// Subject is the engineer the session acts for: "user:alice", or an
-	// OIDC issuer and subject. The token's sub.
+	// Subject is the engineer the session acts for: the id of the
+	// session's owner (a cove user id, "u_…", or "admin" for the
+	// bootstrap admin token). The token's sub.
 	Subject string
 	// Session is the session's id. The token's cove_session, and its
 	// act.sub as "session:<id>".
@@ -222,7 +227,11 @@ func (is *Issuer) Verify(token, audience string) (Claims, error) {
 	}
 	now := is.now()
 	if err := w.ValidateWithLeeway(jwt.Expected{Time: now}, Leeway); err != nil {
-		return Claims{}, invalid("%v (exp %s, now %s)", err, w.Expiry.Time().UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339))
+		exp, at := w.Expiry.Time().UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339)
+		if errors.Is(err, jwt.ErrExpired) {
+			return Claims{}, fmt.Errorf("issuer: %w: %w (exp %s, now %s)", ErrInvalidToken, ErrExpired, exp, at)
+		}
+		return Claims{}, invalid("%v (exp %s, now %s)", err, exp, at)
 	}
 	if life := w.Expiry.Time().Sub(w.IssuedAt.Time()); life > MaxTTL {
 		return Claims{}, invalid("lifetime %v is over the %v maximum", life, MaxTTL)

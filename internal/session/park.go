@@ -275,6 +275,17 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 		m.undelete(l)
 		return api.Session{}, fmt.Errorf("session: park %s: %w", id, err)
 	}
+	// Tokens the guest holds are about to go to disk with its memory:
+	// they die now (see token.go). None of the new generation is minted
+	// while the record says parking.
+	if _, err := m.cfg.Store.BumpTokenGen(ctx, id); err != nil {
+		m.undelete(l)
+		rec.State, rec.UpdatedAt = api.StateRunning, time.Now().UTC()
+		if uerr := m.cfg.Store.UpdateSession(context.WithoutCancel(ctx), rec); uerr != nil {
+			m.cfg.Log.Error("record rolled-back park", "session", id, "err", uerr)
+		}
+		return api.Session{}, fmt.Errorf("session: park %s: revoke its tokens: %w", id, err)
+	}
 	m.crashPoint("park.recorded")
 	// Calls already on the connection finish first (new ones wait for
 	// the park, then wake the session); a transfer that outlasts

@@ -92,6 +92,10 @@ type Config struct {
 	// Admission bounds what the sessions' VMs take of the host (see
 	// admit.go); the zero value is the defaults.
 	Admission Admission
+
+	// Tokens mints the sessions' identity tokens that tools in the guest
+	// ask for ('cove-agent token'); nil refuses those requests.
+	Tokens TokenMinter
 }
 
 // Manager manages sessions. It is safe for concurrent use.

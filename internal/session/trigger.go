@@ -344,16 +344,17 @@ func (m *Manager) dropTriggers(ctx context.Context, id string) {
 }
 
 // serveGuest answers requests from tools inside the guest ('cove-agent
-// park --until …') for as long as the connection to its agent lasts.
+// park --until …', 'cove-agent token') for as long as the connection to
+// its agent lasts.
 func (m *Manager) serveGuest(id string, l *live) {
-	_ = l.client().Listen(context.Background(), func(req agentproto.GuestRequest) error {
+	_ = l.client().Listen(context.Background(), func(req agentproto.GuestRequest) (*agentproto.GuestReply, error) {
 		switch req.Kind {
-		case "park":
+		case agentproto.GuestPark:
 			var timeout time.Duration
 			if req.Timeout != "" {
 				d, err := time.ParseDuration(req.Timeout)
 				if err != nil || d <= 0 {
-					return fmt.Errorf("timeout %q: want a positive duration like 6h", req.Timeout)
+					return nil, fmt.Errorf("timeout %q: want a positive duration like 6h", req.Timeout)
 				}
 				timeout = d
 			}
@@ -361,9 +362,15 @@ func (m *Manager) serveGuest(id string, l *live) {
 			// On success the guest is frozen and the connection gone: the
 			// tool's answer is the event that wakes it.
 			_, err := m.ParkUntil(context.Background(), id, req.Until, timeout)
-			return err
+			return nil, err
+		case agentproto.GuestToken:
+			tok, err := m.guestToken(id, req)
+			if err != nil {
+				return nil, err
+			}
+			return &agentproto.GuestReply{Token: tok}, nil
 		default:
-			return fmt.Errorf("unknown request %q", req.Kind)
+			return nil, fmt.Errorf("unknown request %q", req.Kind)
 		}
 	})
 }

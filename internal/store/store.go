@@ -69,6 +69,10 @@ type Store interface {
 	// DeleteSession removes the session with the given id, or fails with
 	// ErrNotFound if there is none.
 	DeleteSession(ctx context.Context, id string) error
+	// BumpTokenGen adds one to the session's TokenGen, at once and
+	// atomically, and returns the new generation: every token minted
+	// before is dead. It fails with ErrNotFound if there is no session.
+	BumpTokenGen(ctx context.Context, id string) (uint64, error)
 
 	// PutImage inserts im, or replaces every field of the image with the
 	// same Name.
@@ -276,6 +280,12 @@ type Session struct {
 	// Agent is the name of the agent the session runs (--agent at
 	// create); "" for none.
 	Agent string
+	// TokenGen is the session's identity-token generation: a session
+	// token is good only while the generation it carries is this one.
+	// CreateSession stores it; UpdateSession leaves the stored one as it
+	// is (a stale copy must never bring dead tokens back), and only
+	// BumpTokenGen changes it.
+	TokenGen uint64
 }
 
 // OwnerAdmin is the Owner of the sessions and templates made with the

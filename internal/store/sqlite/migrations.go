@@ -178,6 +178,10 @@ var migrations = []string{
 	ALTER TABLE templates ADD COLUMN agent TEXT NOT NULL DEFAULT '';
 	UPDATE sessions SET owner = 'admin';
 	UPDATE templates SET owner = 'admin';`,
+
+	// 7: session token generations. Bumped on park, revoke: a session
+	// token carrying an older one is dead.
+	`ALTER TABLE sessions ADD COLUMN token_gen INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

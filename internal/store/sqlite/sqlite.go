@@ -139,7 +139,8 @@ func (s *Store) Close() error {
 
 const sessionColumns = `id, state, image, memory_mib, cpus, env, accel,
 	created_at, updated_at, error, boot_millis, handle,
-	idle_timeout_ns, no_auto_wake, template, snapshot, template_version, owner, agent`
+	idle_timeout_ns, no_auto_wake, template, snapshot, template_version, owner, agent,
+	token_gen`
 
 // CreateSession implements store.Store.
 func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
@@ -147,8 +148,11 @@ func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
 	if err != nil {
 		return errorf("sqlite: create session %s: %w", sess.ID, err)
 	}
+	// UpdateSession never writes token_gen (BumpTokenGen does); a
+	// create stores it.
+	args = append(args, int64(sess.TokenGen))
 	res, err := s.db.ExecContext(ctx, `INSERT INTO sessions (`+sessionColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO NOTHING`, args...)
 	if err := oneRow(res, err, store.ErrExists); err != nil {
 		return errorf("sqlite: create session %s: %w", sess.ID, err)
@@ -187,6 +191,20 @@ func (s *Store) GetSession(ctx context.Context, id string) (store.Session, error
 		return store.Session{}, errorf("sqlite: get session %s: %w", id, err)
 	}
 	return sess, nil
+}
+
+// BumpTokenGen implements store.Store.
+func (s *Store) BumpTokenGen(ctx context.Context, id string) (uint64, error) {
+	var gen int64
+	err := s.db.QueryRowContext(ctx, `UPDATE sessions SET token_gen = token_gen + 1
+		WHERE id = ? RETURNING token_gen`, id).Scan(&gen)
+	if errors.Is(err, sql.ErrNoRows) {
+		err = store.ErrNotFound
+	}
+	if err != nil {
+		return 0, errorf("sqlite: bump token generation of session %s: %w", id, err)
+	}
+	return uint64(gen), nil
 }
 
 // ListSessions implements store.Store.
@@ -395,7 +413,8 @@ func oneRow(res sql.Result, err, ifNone error) error {
 	return nil
 }
 
-// sessionArgs are sess's column values, in sessionColumns order.
+// sessionArgs are sess's column values, in sessionColumns order, but for
+// token_gen, which only CreateSession and BumpTokenGen write.
 func sessionArgs(sess store.Session) ([]any, error) {
 	env, err := encodeEnv(sess.Env)
 	if err != nil {
@@ -427,15 +446,16 @@ func scanSession(sc scanner) (store.Session, error) {
 		sess             store.Session
 		env              sql.NullString
 		created, updated sql.NullInt64
-		idle             int64
+		idle, gen        int64
 	)
 	err := sc.Scan(&sess.ID, &sess.State, &sess.Image, &sess.MemoryMiB, &sess.CPUs, &env,
 		&sess.Accel, &created, &updated, &sess.Error, &sess.BootMillis, &sess.Handle,
 		&idle, &sess.NoAutoWake, &sess.Template, &sess.Snapshot, &sess.TemplateVersion,
-		&sess.Owner, &sess.Agent)
+		&sess.Owner, &sess.Agent, &gen)
 	if err != nil {
 		return store.Session{}, err
 	}
+	sess.TokenGen = uint64(gen)
 	if sess.Env, err = decodeEnv(env); err != nil {
 		return store.Session{}, fmt.Errorf("session %s: env: %w", sess.ID, err)
 	}

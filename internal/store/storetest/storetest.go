@@ -34,6 +34,7 @@ func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	t.Run("ListSessionsOrder", s.listSessionsOrder)
 	t.Run("DeleteSession", s.deleteSession)
 	t.Run("DeleteSessionMissing", s.deleteSessionMissing)
+	t.Run("TokenGen", s.tokenGen)
 	t.Run("CopiesInAndOut", s.copiesInAndOut)
 	t.Run("ImageRoundTrip", s.imageRoundTrip)
 	t.Run("ImageUpsert", s.imageUpsert)
@@ -121,6 +122,7 @@ func fullSession(id string) store.Session {
 		TemplateVersion: 7,
 		Owner:           "u_" + strings.Repeat("q", 16),
 		Agent:           "review-bot",
+		TokenGen:        1<<40 + 3,
 	}
 }
 
@@ -243,6 +245,9 @@ func diffSession(got, want store.Session) []string {
 	d.bytes("Snapshot", got.Snapshot, want.Snapshot)
 	d.str("Owner", got.Owner, want.Owner)
 	d.str("Agent", got.Agent, want.Agent)
+	if got.TokenGen != want.TokenGen {
+		d = append(d, fmt.Sprintf("TokenGen = %d, want %d", got.TokenGen, want.TokenGen))
+	}
 	return d
 }
 
@@ -472,6 +477,7 @@ func (s *suite) update(t *testing.T) {
 		Snapshot:    []byte(`{"v":2}`),
 		Owner:       "u_someoneelse",
 		Agent:       "fixer",
+		TokenGen:    orig.TokenGen, // UpdateSession never changes it: see tokenGen
 	}
 	if err := st.UpdateSession(t.Context(), upd); err != nil {
 		t.Fatalf("UpdateSession: %v", err)
@@ -545,6 +551,42 @@ func (s *suite) listSessionsOrder(t *testing.T) {
 }
 
 // A deleted session is gone from Get and List; others stay.
+// BumpTokenGen adds one to a session's token generation and returns it;
+// UpdateSession, even with a stale or zeroed copy, leaves the stored one
+// as it is (a revoke stays in force); a reopened store keeps it; a missing
+// session is ErrNotFound and changes nothing.
+func (s *suite) tokenGen(t *testing.T) {
+	dir := t.TempDir()
+	st := s.open(t, dir)
+	orig := fullSession("g")
+	mustCreate(t, st, orig)
+	mustCreate(t, st, fullSession("other"))
+	for i := uint64(1); i <= 2; i++ {
+		gen, err := st.BumpTokenGen(t.Context(), "g")
+		if err != nil || gen != orig.TokenGen+i {
+			t.Fatalf("BumpTokenGen #%d = %d, %v; want %d", i, gen, err, orig.TokenGen+i)
+		}
+	}
+	stale := orig
+	stale.State, stale.TokenGen = "parked", 0
+	if err := st.UpdateSession(t.Context(), stale); err != nil {
+		t.Fatalf("UpdateSession: %v", err)
+	}
+	stale.TokenGen = orig.TokenGen + 2
+	wantSession(t, st, stale)
+	wantSession(t, st, fullSession("other"))
+	if gen, err := st.BumpTokenGen(t.Context(), "missing"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("BumpTokenGen(missing) = %d, %v; want ErrNotFound", gen, err)
+	}
+	if _, err := st.GetSession(t.Context(), "missing"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("BumpTokenGen(missing) created it: %v", err)
+	}
+	if err := st.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	wantSession(t, s.openIn(t, dir), stale)
+}
+
 func (s *suite) deleteSession(t *testing.T) {
 	st := s.fresh(t)
 	mustCreate(t, st, fullSession("keep"))

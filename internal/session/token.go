@@ -1,0 +1,92 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/agentproto"
+	"github.com/cove-dev/cove/internal/store"
+)
+
+// A session's identity tokens. A tool in the guest asks for one
+// ('cove-agent token --audience AUD') over the agent's listen stream; the
+// manager mints it through Config.Tokens from the session's record, so
+// it names the session's own owner, agent and id (a clone's, never its
+// template's) and carries the session's token generation
+// (store.Session.TokenGen). A token is honoured only while the session
+// runs and its generation is unchanged, and the generation moves on:
+//
+//   - on park, once the park is recorded and before the guest is cut off
+//     and saved: guest memory goes to disk, and a token captured in the
+//     snapshot must be dead when the snapshot wakes (or is read). The
+//     guest asks again after the wake, and gets a fresh token;
+//   - on Revoke, the kill switch, at once, without stopping the VM;
+//   - a removed session has no record, so none of its tokens holds.
+//
+// Tokens are minted only while the session's record says running: one
+// minted during a park would carry the new generation into the snapshot.
+
+// TokenMinter mints sessions' identity tokens; sessiontoken.Minter is one.
+// Its methods must be safe for concurrent use.
+type TokenMinter interface {
+	// MintSessionToken signs a token for the session rec, its Owner as
+	// sub, its Agent and ID as act, its TokenGen, for audience, living
+	// ttl (0: the minter's default). A ttl or audience out of bounds, or
+	// a session with no owner, is an error that says why.
+	MintSessionToken(rec store.Session, audience string, ttl time.Duration) (string, error)
+}
+
+// guestToken mints a token for session id, as the guest's req asks.
+func (m *Manager) guestToken(id string, req agentproto.GuestRequest) (string, error) {
+	if m.cfg.Tokens == nil {
+		return "", errors.New("token: this server issues no session tokens")
+	}
+	if req.Audience == "" {
+		return "", errors.New("token: no audience given")
+	}
+	var ttl time.Duration
+	if req.TTL != "" {
+		d, err := time.ParseDuration(req.TTL)
+		if err != nil || d <= 0 {
+			return "", fmt.Errorf("token: ttl %q: want a positive duration like 10m", req.TTL)
+		}
+		ttl = d
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), m.answerTimeout())
+	defer cancel()
+	rec, err := m.cfg.Store.GetSession(ctx, id)
+	if err != nil {
+		return "", fmt.Errorf("token: session %s: %w", id, err)
+	}
+	if rec.State != api.StateRunning {
+		return "", fmt.Errorf("token: session %s is %s; tokens are minted only while it runs", id, rec.State)
+	}
+	tok, err := m.cfg.Tokens.MintSessionToken(rec, req.Audience, ttl)
+	if err != nil {
+		return "", fmt.Errorf("token: %w", err)
+	}
+	m.cfg.Log.Info("session token minted", "session", id, "owner", rec.Owner, "agent", rec.Agent,
+		"audience", req.Audience, "generation", rec.TokenGen)
+	return tok, nil
+}
+
+// Revoke invalidates every identity token session id was given, at once
+// (the kill switch): it bumps the session's token generation. The VM
+// runs on; tools in the guest get tokens of the new generation when they
+// ask again. It takes no lifecycle lock, so it is not held up by a park
+// or wake under way. An unknown id is CodeNotFound.
+func (m *Manager) Revoke(ctx context.Context, id string) (api.Session, error) {
+	gen, err := m.cfg.Store.BumpTokenGen(ctx, id)
+	if err != nil {
+		return api.Session{}, notFound(id, err)
+	}
+	m.cfg.Log.Info("session tokens revoked", "session", id, "generation", gen)
+	rec, err := m.cfg.Store.GetSession(ctx, id)
+	if err != nil {
+		return api.Session{}, notFound(id, err)
+	}
+	return m.toAPI(rec), nil
+}
