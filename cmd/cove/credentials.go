@@ -129,6 +129,27 @@ func saveCredentials(path string, creds credentials) error {
 	return nil
 }
 
+// updateCredentials changes the credentials file under its lock (the one
+// renewals take): it reads the file afresh, applies change and writes it
+// back, so that what another cove command saved meanwhile (a renewed
+// sign-in to another server, say) is kept, not overwritten with what this
+// one read before. A change that fails writes nothing.
+func updateCredentials(path string, change func(*credentials) error) error {
+	unlock, err := lockCredentials(path)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	creds, err := loadCredentials(path)
+	if err != nil {
+		return err
+	}
+	if err := change(&creds); err != nil {
+		return err
+	}
+	return saveCredentials(path, creds)
+}
+
 // refreshBefore is how long before its expiry a saved ID token is renewed.
 const refreshBefore = time.Minute
 
@@ -188,7 +209,9 @@ func fresh(cr *credential) bool {
 }
 
 // lockCredentials takes the lock beside the credentials file (flock on
-// credentials.json.lock), held while an ID token is renewed.
+// credentials.json.lock), held while the file is read and written again:
+// while an ID token is renewed, and by login and logout
+// (updateCredentials).
 func lockCredentials(path string) (unlock func(), err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("credentials: %w", err)

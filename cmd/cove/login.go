@@ -70,16 +70,19 @@ func newLogoutCmd(c *cli) *cobra.Command {
 			if path == "" {
 				return errors.New("logout: no config dir (HOME is not set)")
 			}
-			creds, err := loadCredentials(path)
-			if err != nil {
-				return err
-			}
-			if creds.Servers[addr] == nil {
+			errNotIn := errors.New("not signed in")
+			err := updateCredentials(path, func(creds *credentials) error {
+				if creds.Servers[addr] == nil {
+					return errNotIn
+				}
+				delete(creds.Servers, addr)
+				return nil
+			})
+			switch {
+			case errors.Is(err, errNotIn):
 				fmt.Fprintf(c.stdout, "Not signed in to %s.\n", addr)
 				return nil
-			}
-			delete(creds.Servers, addr)
-			if err := saveCredentials(path, creds); err != nil {
+			case err != nil:
 				return err
 			}
 			fmt.Fprintf(c.stdout, "Signed out of %s.\n", addr)
@@ -95,11 +98,12 @@ func (c *cli) login(ctx context.Context, withToken bool, issuer string, scopes [
 	if path == "" {
 		return errors.New("login: no config dir to keep the credential in (HOME is not set)")
 	}
-	creds, err := loadCredentials(path) // a broken file stops login before the server is asked
-	if err != nil {
+	// A broken file stops login before the server is asked.
+	if _, err := loadCredentials(path); err != nil {
 		return err
 	}
 	var cr *credential
+	var err error
 	if withToken {
 		cr, err = c.tokenLogin()
 	} else {
@@ -112,8 +116,11 @@ func (c *cli) login(ctx context.Context, withToken bool, issuer string, scopes [
 	if err != nil {
 		return fmt.Errorf("login: %s refuses the credential: %w", addr, err)
 	}
-	creds.Servers[addr] = cr
-	if err := saveCredentials(path, creds); err != nil {
+	// Signing in may take minutes: save into the file as it is now.
+	if err := updateCredentials(path, func(creds *credentials) error {
+		creds.Servers[addr] = cr
+		return nil
+	}); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.stdout, "Signed in to %s as %s; the credential is in %s.\n", addr, describeWho(who), path)

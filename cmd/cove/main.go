@@ -68,6 +68,7 @@ that address, or else the token the server wrote to $COVE_HOME/admin.token
 		newTemplateCmd(c),
 		newHookCmd(c),
 		newUserCmd(c),
+		newTeamCmd(c),
 		newTokenCmd(c),
 		newLoginCmd(c),
 		newLogoutCmd(c),

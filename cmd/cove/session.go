@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -25,6 +28,7 @@ func newSessionCmd(c *cli) *cobra.Command {
 		newParkCmd(c, "park"),
 		newWakeCmd(c, "wake"),
 		newSessionRevokeCmd(c),
+		newSessionEventsCmd(c),
 	)
 	return cmd
 }
@@ -34,9 +38,12 @@ func newSessionRevokeCmd(c *cli) *cobra.Command {
 		Use:   "revoke ID...",
 		Short: "Invalidate sessions' identity tokens at once (the kill switch)",
 		Long: `Invalidate every identity token each session was given ('cove-agent token'
-in the guest), at once: cove's API and verifiers that ask it refuse them.
-The VM keeps running; tools in the guest get new tokens when they ask again.
-Prints "ID STATE" for each; every id is tried; cove exits 1 if any failed.`,
+in the guest), at once and for good: cove's API refuses them, and the session
+gets no token again ('cove-agent token' says its identity was revoked). The
+VM keeps running. Systems outside cove check only a token's signature and
+exp: there a token already handed out holds until its exp (5m by default,
+1h at most). Prints "ID STATE" for each; every id is tried; cove exits 1 if
+any failed.`,
 		Args: usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return eachSession(c, cmd, "revoke", args, func(ctx context.Context, cl *api.Client, id string) (api.Session, error) {
@@ -44,6 +51,53 @@ Prints "ID STATE" for each; every id is tried; cove exits 1 if any failed.`,
 			})
 		},
 	}
+}
+
+func newSessionEventsCmd(c *cli) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "events ID",
+		Short: "List the events due to a session and their deliveries",
+		Long: `List the incoming events (webhook deliveries, timeouts) that matched what the
+session parked until, oldest first, with the state of each one's delivery:
+pending, delivered (written into the guest), or failed with the reason.
+--json prints them as a JSON array, each with its body as the guest got it.
+The session's owner and admins may read them, and so may the session's own
+identity token ('cove-agent token').`,
+		Args: usageArgs(cobra.ExactArgs(1)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := c.client()
+			if err != nil {
+				return err
+			}
+			evs, err := cl.AllSessionEvents(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				if evs == nil {
+					evs = []api.SessionEvent{}
+				}
+				return printJSON(c, evs)
+			}
+			return writeEventTable(c.stdout, evs, c.now())
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the events as a JSON array, with their bodies")
+	return cmd
+}
+
+// writeEventTable writes a session's events as SEQ EVENT ID STATE AGE
+// ERROR: EVENT is source:name, ID the sender's delivery id, AGE how long
+// ago the event arrived, ERROR why a failed delivery failed, or "-".
+func writeEventTable(w io.Writer, evs []api.SessionEvent, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)
+	fmt.Fprintln(tw, "SEQ\tEVENT\tID\tSTATE\tAGE\tERROR")
+	for _, e := range evs {
+		fmt.Fprintf(tw, "%d\t%s:%s\t%s\t%s\t%s\t%s\n", e.Seq, e.Source, e.Name, dash(e.ID), e.State,
+			humanAge(now.Sub(e.Received)), dash(strings.Join(strings.Fields(e.Error), " ")))
+	}
+	return tw.Flush()
 }
 
 func newSessionCreateCmd(c *cli) *cobra.Command {

@@ -39,7 +39,11 @@ user, so it must name one). The token is the last line of the output, and
 is shown this once: store it now.
 
 --expires takes a duration such as 90d, 720h or 30m; without it the token
-works until it is revoked.`,
+works until it is revoked.
+
+--scope narrows the token to an action (session.read) or a family of them
+(session.*). A scoped token mints only scoped tokens, each scope within
+its own, that expire with it at the latest.`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if req.Name == "" {

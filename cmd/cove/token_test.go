@@ -40,8 +40,11 @@ func TestTokenCommands(t *testing.T) {
 	if !strings.Contains(out, aliceID+"   laptop   alice   active   session.*,token.*,user.*   0s    in 30d    never") {
 		t.Errorf("token ls:\n%s", out)
 	}
-	// An admin user's token mints one for itself.
-	selfID, _ := create(alice, "--name", "self", "--expires", "90m")
+	// An admin user's token mints one for itself, within its own scopes.
+	selfID, _ := create(alice, "--name", "self", "--expires", "90m", "--scope", "session.*", "--scope", "token.create")
+	if code, _, errOut := runAs(t, addr, alice, "token", "create", "--name", "wide"); code != 1 || !strings.Contains(errOut, "cove: token.create refused: the token you use is scoped (session.*, token.*, user.*), so the token it mints must be too") {
+		t.Errorf("a scoped token mints an unscoped one: exit %d, %q", code, errOut)
+	}
 	bobID, bob := create(testToken, "--name", "ci", "--user", "bob")
 
 	code, out, errOut := runAs(t, addr, testToken, "token", "create", "--name", "x")

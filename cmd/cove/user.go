@@ -34,7 +34,9 @@ func newUserAddCmd(c *cli) *cobra.Command {
 		Use:   "add NAME [--kind engineer|service|admin] [--team TEAM]...",
 		Short: "Add a local user",
 		Long: `Add a local user and print its name. NAME is lower case: letters, digits
-and . _ @ -. A user is an engineer unless --kind says otherwise.`,
+and . _ @ -. A user is an engineer unless --kind says otherwise. A NAME that
+was an OIDC user's until 'cove user rm' re-adds that user: its sign-in
+works again, as the new user.`,
 		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			switch kind {
@@ -110,8 +112,9 @@ func newUserRmCmd(c *cli) *cobra.Command {
 		Aliases: []string{"remove", "delete"},
 		Short:   "Remove users and revoke their tokens",
 		Long: `Remove users, printing each removed name. Their API tokens are revoked at
-once (they stay in 'cove token ls', revoked). Every name is tried; cove
-exits 1 if any failed.`,
+once (they stay in 'cove token ls', revoked). An OIDC user stays out: its
+sign-in is refused until an admin runs 'cove user add NAME' again. Every
+name is tried; cove exits 1 if any failed.`,
 		Args: usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl, err := c.client()

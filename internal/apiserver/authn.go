@@ -19,9 +19,18 @@ func forbidden(format string, args ...any) error {
 	return api.Errorf(api.CodeForbidden, format, args...)
 }
 
-// decide asks Config.Authorize again about what the handler learned from
-// the request's body (see Action): nil without Authorize, where only
-// admins passed the gate.
+// decidedByHandler are the verbs whose policy decision needs the body:
+// the gate checks only the token's scopes, and their handlers always call
+// decide, on every path, before they act (see Action).
+var decidedByHandler = map[string]bool{
+	"session.create": true, // the template a clone comes from
+	"session.exec":   true, // the command line, over HTTP and the WebSocket
+	"token.create":   true, // the user the token is for
+}
+
+// decide asks Config.Authorize about what the handler learned from the
+// request's body (see Action): nil without Authorize, where only admins
+// passed the gate.
 func (s *Server) decide(ctx context.Context, a Action) error {
 	if s.authorize == nil {
 		return nil

@@ -55,8 +55,9 @@ const (
 	onSession
 	// onTemplate: the template Action.Template names.
 	onTemplate
-	// onClone: session.create's: the Server at the gate, and the template
-	// Action.Template names once the body asks for a clone of it.
+	// onClone: session.create's, decided by its handler: the template
+	// Action.Template names when the body asks for a clone of it, else
+	// the Server.
 	onClone
 	// onTokenUser: the user whose tokens they are: Action.User (by name),
 	// else the user of the token Action.Token, else the caller itself.
@@ -87,6 +88,7 @@ var verbRules = map[string]verbRule{
 	"session.wake":   {policy.SessionWake, onSession, false},
 	"session.exec":   {policy.SessionExec, onSession, false},
 	"session.revoke": {policy.SessionRevoke, onSession, false},
+	"session.events": {policy.SessionEvents, onSession, false},
 
 	"file.read":   {policy.SessionFiles, onSession, false},
 	"file.stat":   {policy.SessionFiles, onSession, false},
@@ -112,6 +114,10 @@ var verbRules = map[string]verbRule{
 	"user.create": {policy.UserAdmin, onServer, false},
 	"user.list":   {policy.UserAdmin, onServer, false},
 	"user.delete": {policy.UserAdmin, onServer, false},
+
+	"team.list":          {policy.UserAdmin, onServer, false},
+	"team.member.add":    {policy.UserAdmin, onServer, false},
+	"team.member.remove": {policy.UserAdmin, onServer, false},
 
 	"token.create": {policy.TokenCreate, onTokenUser, false},
 	"token.list":   {policy.TokenList, onTokenUser, false},

@@ -198,6 +198,9 @@ type crossCase struct {
 	names  []string
 	status int // for allowed and public routes: the answer
 	public bool
+	// ws: the route is a WebSocket whose first message (body) is
+	// decided: the 403 comes in-band, as an error message.
+	ws bool
 }
 
 // TestCrossEngineerDenied walks the OpenAPI document: engineer bob, with
@@ -247,8 +250,9 @@ func TestCrossEngineerDenied(t *testing.T) {
 		"POST /v1/sessions/{id}/park":        {path: "/v1/sessions/" + mine.ID + "/park", action: policy.SessionPark, names: []string{sess, bobUser}},
 		"POST /v1/sessions/{id}/wake":        {path: "/v1/sessions/" + mine.ID + "/wake", action: policy.SessionWake, names: []string{sess, bobUser}},
 		"POST /v1/sessions/{id}/revoke":      {path: "/v1/sessions/" + mine.ID + "/revoke", action: policy.SessionRevoke, names: []string{sess, bobUser}},
+		"GET /v1/sessions/{id}/events":       {path: "/v1/sessions/" + mine.ID + "/events", action: policy.SessionEvents, names: []string{sess, bobUser}},
 		"POST /v1/sessions/{id}/exec":        {path: "/v1/sessions/" + mine.ID + "/exec", body: api.ExecRequest{Argv: []string{"touch", "/tmp/bob"}}, action: policy.SessionExec, names: []string{sess, bobUser}},
-		"GET /v1/sessions/{id}/exec/ws":      {path: "/v1/sessions/" + mine.ID + "/exec/ws", action: policy.SessionExec, names: []string{sess, bobUser}},
+		"GET /v1/sessions/{id}/exec/ws":      {path: "/v1/sessions/" + mine.ID + "/exec/ws", body: api.ExecRequest{Argv: []string{"touch", "/tmp/bob"}}, ws: true, action: policy.SessionExec, names: []string{sess, bobUser}},
 		"GET /v1/sessions/{id}/files":        {path: "/v1/sessions/" + mine.ID + "/files?path=/etc/hostname", action: policy.SessionFiles, names: []string{sess, bobUser}},
 		"PUT /v1/sessions/{id}/files":        {path: "/v1/sessions/" + mine.ID + "/files?path=/tmp/bob", body: []byte("bob was here"), action: policy.SessionFiles, names: []string{sess, bobUser}},
 		"DELETE /v1/sessions/{id}/files":     {path: "/v1/sessions/" + mine.ID + "/files?path=/tmp", action: policy.SessionFiles, names: []string{sess, bobUser}},
@@ -272,6 +276,11 @@ func TestCrossEngineerDenied(t *testing.T) {
 		"POST /v1/tokens":                    {path: "/v1/tokens", body: api.CreateTokenRequest{Name: "stolen", User: "alice"}, action: policy.TokenCreate, names: []string{aliceUser, bobUser}},
 		"GET /v1/tokens":                     {path: "/v1/tokens?user=alice", action: policy.TokenList, names: []string{aliceUser, bobUser}},
 		"POST /v1/tokens/{id}/revoke":        {path: "/v1/tokens/" + aliceTok.ID + "/revoke", action: policy.TokenRevoke, names: []string{aliceUser, bobUser}},
+
+		// Teams are an admin's to manage, as users are.
+		"GET /v1/teams":                          {path: "/v1/teams", action: policy.UserAdmin, names: []string{server, bobUser}},
+		"PUT /v1/teams/{team}/members/{user}":    {path: "/v1/teams/platform/members/bob", action: policy.UserAdmin, names: []string{server, bobUser}},
+		"DELETE /v1/teams/{team}/members/{user}": {path: "/v1/teams/platform/members/alice", action: policy.UserAdmin, names: []string{server, bobUser}},
 	}
 
 	doc, _ := loadOpenAPI(t)
@@ -289,6 +298,10 @@ func TestCrossEngineerDenied(t *testing.T) {
 			}
 			walked++
 			t.Run(key, func(t *testing.T) {
+				if c.ws {
+					wsDenied(t, e.with(t), c.path, bob.token, c.body, fmt.Sprintf("no policy permits %s on %s for %s", c.action, c.names[0], c.names[1]))
+					return
+				}
 				hdr := bob.auth()
 				if c.public {
 					hdr = []string{"Authorization", ""}
@@ -347,6 +360,9 @@ func TestCrossEngineerDenied(t *testing.T) {
 	if users := decode[userList](t, e.do("GET", "/v1/users", nil), 200).Users; len(users) != 3 {
 		t.Errorf("users after bob's attempts: %+v", users)
 	}
+	if teams := decode[teamList](t, e.do("GET", "/v1/teams", nil), 200).Teams; len(teams) != 0 {
+		t.Errorf("teams after bob's attempts: %+v", teams)
+	}
 
 	t.Run("the owner may", func(t *testing.T) {
 		e := &policyEnv{testEnv: e.with(t), st: e.st, mgr: e.mgr, engine: e.engine}
@@ -404,6 +420,29 @@ func TestCrossEngineerDenied(t *testing.T) {
 	})
 }
 
+// wsDenied dials the exec WebSocket at path with token, sends req and
+// wants a forbidden error message saying msg, then close 1008.
+func wsDenied(t *testing.T, e *testEnv, path, token string, req any, msg string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	c, resp, err := websocket.Dial(ctx, wsURL(e, path), &websocket.DialOptions{
+		HTTPHeader: http.Header{"Authorization": {"Bearer " + token}},
+	})
+	if err != nil {
+		t.Fatalf("dial %s: %v (%v)", path, err, resp)
+	}
+	defer c.CloseNow()
+	wsSend(t, c, req)
+	ev, err := wsRead(t, c)
+	if err != nil || ev.Type != api.EventError || ev.Error == nil || ev.Error.Code != api.CodeForbidden || ev.Error.Message != msg {
+		t.Fatalf("first message after the request: %+v (%+v), %v; want a forbidden error %q", ev, ev.Error, err, msg)
+	}
+	if _, err := wsRead(t, c); websocket.CloseStatus(err) != websocket.StatusPolicyViolation {
+		t.Errorf("after the refusal: %v, want close 1008", err)
+	}
+}
+
 // ownerMay runs the session routes but delete as p on session id, which p
 // may use: each answers 2xx.
 func ownerMay(t *testing.T, e *policyEnv, p person, id string) {
@@ -417,6 +456,7 @@ func ownerMay(t *testing.T, e *policyEnv, p person, id string) {
 		}
 	}
 	ok(e.do("GET", base, nil, p.auth()...))
+	ok(e.do("GET", base+"/events", nil, p.auth()...))
 	ok(e.do("PUT", base+"/files?path=/tmp/mine", strings.NewReader("mine"), p.auth()...))
 	ok(e.do("GET", base+"/files?path=/tmp/mine", nil, p.auth()...))
 	ok(e.do("GET", base+"/files/stat?path=/tmp/mine", nil, p.auth()...))

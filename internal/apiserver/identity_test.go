@@ -118,7 +118,8 @@ func (e *issuerEnv) token(t *testing.T, id, aud string) string {
 // else: another session of the same owner, reading, exec and revoking
 // are 403 with the reason. The park kills it (401, saying why); a fresh
 // one after the wake holds until the owner revokes it, which another
-// engineer may not; a token for another audience is refused.
+// engineer may not; after the revoke no token is minted for the session;
+// a token for another audience is refused.
 func TestSessionTokenOnTheAPI(t *testing.T) {
 	e := newIssuerEnv(t)
 	alice := e.person(t, "alice", "")
@@ -169,6 +170,9 @@ func TestSessionTokenOnTheAPI(t *testing.T) {
 	decode[api.Session](t, e.do("POST", "/v1/sessions/"+mine.ID+"/wake", nil, alice.auth()...), 200)
 
 	fresh := e.token(t, mine.ID, e.srv.URL)
+	if body := wantError(t, e.do("POST", "/v1/sessions/"+mine.ID+"/park", nil, authAs(e.token(t, mine.ID, "https://api.example.com"))...), http.StatusUnauthorized, api.CodeUnauthorized); !strings.Contains(body.Message, "audience") {
+		t.Errorf("a token for another audience: %q; want it to name the audience", body.Message)
+	}
 	wantError(t, e.do("POST", "/v1/sessions/"+mine.ID+"/revoke", nil, bob.auth()...), http.StatusForbidden, api.CodeForbidden)
 	revoked := decode[api.Session](t, e.do("POST", "/v1/sessions/"+mine.ID+"/revoke", nil, alice.auth()...), 200)
 	if revoked.State != api.StateRunning {
@@ -177,7 +181,11 @@ func TestSessionTokenOnTheAPI(t *testing.T) {
 	if body := wantError(t, e.do("POST", "/v1/sessions/"+mine.ID+"/park", nil, authAs(fresh)...), http.StatusUnauthorized, api.CodeUnauthorized); !strings.Contains(body.Message, "revoked") {
 		t.Errorf("the token after revoke: %q; want revoked", body.Message)
 	}
-	if body := wantError(t, e.do("POST", "/v1/sessions/"+mine.ID+"/park", nil, authAs(e.token(t, mine.ID, "https://api.example.com"))...), http.StatusUnauthorized, api.CodeUnauthorized); !strings.Contains(body.Message, "audience") {
-		t.Errorf("a token for another audience: %q; want it to name the audience", body.Message)
+	rec, err := e.st.GetSession(ctx, mine.ID)
+	if err != nil || rec.TokensRevokedAt.IsZero() {
+		t.Fatalf("the record after revoke: %+v, %v; want it marked revoked", rec, err)
+	}
+	if tok, err := e.minter.MintSessionToken(rec, e.srv.URL, 0); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Errorf("a token for the revoked session: %.20q, %v; want refused", tok, err)
 	}
 }

@@ -53,6 +53,7 @@ var routes = []route{
 	{"POST", "/v1/sessions/{id}/park", "session.park", bearer, (*Server).parkSession},
 	{"POST", "/v1/sessions/{id}/wake", "session.wake", bearer, (*Server).wakeSession},
 	{"POST", "/v1/sessions/{id}/revoke", "session.revoke", bearer, (*Server).revokeSession},
+	{"GET", "/v1/sessions/{id}/events", "session.events", bearer, (*Server).sessionEvents},
 
 	{"POST", "/v1/sessions/{id}/exec", "session.exec", bearer, (*Server).exec},
 	{"GET", "/v1/sessions/{id}/exec/ws", "session.exec", bearer, (*Server).execWS},
@@ -83,6 +84,9 @@ var routes = []route{
 	{"POST", "/v1/users", "user.create", bearer, (*Server).createUser},
 	{"GET", "/v1/users", "user.list", bearer, (*Server).listUsers},
 	{"DELETE", "/v1/users/{name}", "user.delete", bearer, (*Server).deleteUser},
+	{"GET", "/v1/teams", "team.list", bearer, (*Server).listTeams},
+	{"PUT", "/v1/teams/{team}/members/{user}", "team.member.add", bearer, (*Server).addTeamMember},
+	{"DELETE", "/v1/teams/{team}/members/{user}", "team.member.remove", bearer, (*Server).removeTeamMember},
 	{"POST", "/v1/tokens", "token.create", bearer, (*Server).createToken},
 	{"GET", "/v1/tokens", "token.list", bearer, (*Server).listTokens},
 	{"POST", "/v1/tokens/{id}/revoke", "token.revoke", bearer, (*Server).revokeToken},

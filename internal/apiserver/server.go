@@ -12,7 +12,11 @@
 // (*PolicyGate).Authorize, which decides with a Cedar policy: authz.go).
 // For every request that matched a /v1 route it then builds an Action
 // from the URL and calls Config.Authorize before the handler reads the
-// body (handlers that read more ask it again; see Action); and it logs every
+// body (handlers that read more ask it again; see Action) — except for the
+// verbs whose decision needs the body (session.create, session.exec,
+// token.create: decidedByHandler), where it checks only the token's
+// scopes and the handler, always, decides once it has read the body; and
+// it logs every
 // request (method, path, status, duration, action) and counts it in
 // cove_http_requests_total. Handlers are reached only through the gate, so
 // policy and audit hooks land in one place. Only GET /healthz,
@@ -84,7 +88,9 @@ type Config struct {
 	// route, after the token was checked (for routes that need one) and
 	// before the body is read; again by the handlers that read more of
 	// the request in their body, and for each item of a list (see
-	// Action). A non-nil error refuses the request: an *api.Error chooses
+	// Action). For session.create, session.exec and token.create, whose
+	// decision needs the body, only the handler calls it, once it has
+	// read the body. A non-nil error refuses the request: an *api.Error chooses
 	// the answer (CodeForbidden to deny, with the reason as its message);
 	// any other error is a 500. (*PolicyGate).Authorize decides with a
 	// policy.
@@ -121,12 +127,14 @@ func (c Config) LogValue() slog.Value {
 
 // Action is what a request asks to do, as Config.Authorize sees it. The
 // gate builds it from the method and URL alone, before the body is read.
-// Where the body says more that a policy may weigh, the handler asks
-// Authorize again once it has read it, with the same verb and those
-// fields set: session.create with the Template a clone comes from,
+// Where the body says what a policy weighs, the handler, not the gate,
+// asks Authorize once it has read it, with the same verb and those fields
+// set: session.create with the Template a clone comes from ("" for none),
 // session.exec with the Argv it runs, token.create with the User the
-// token is for. And the list routes ask about each item they would show
-// (session.get, template.get) and leave out those denied.
+// token is for ("" for the caller). A permit that depends on them (a
+// command, a template) can thus allow what the URL alone would not. And
+// the list routes ask about each item they would show (session.get,
+// template.get) and leave out those denied.
 type Action struct {
 	// Verb names the operation: "session.create", "session.exec",
 	// "file.write", … (the verb column of the route table in routes.go).
@@ -149,8 +157,8 @@ type Action struct {
 	User string
 	// Token is the {id} of a token route.
 	Token string
-	// Argv is the command line of session.exec: nil at the gate, set in
-	// the second decision.
+	// Argv is the command line of session.exec, which its handler
+	// decides with.
 	Argv []string
 }
 
@@ -329,7 +337,14 @@ func (s *Server) gate(rt route) http.Handler {
 			paceHookBody(rec, r, s.timeouts)
 		}
 		if err == nil && private && s.authorize != nil && act.Verb != "" {
-			err = authorizeError(act.Verb, s.authorize(r.Context(), act))
+			if decidedByHandler[act.Verb] {
+				// The policy may weigh the body, which the handler
+				// reads and then decides with; here, the scopes only.
+				p, _ := identity.FromContext(r.Context())
+				err = scopeError(p, act.Verb)
+			} else {
+				err = authorizeError(act.Verb, s.authorize(r.Context(), act))
+			}
 		}
 		if err == nil && rt.Path == "" {
 			err = unmatched(rec, r, allow)

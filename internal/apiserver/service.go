@@ -134,15 +134,24 @@ type Identities interface {
 	ListUsers(ctx context.Context) ([]api.User, error)
 	// RemoveUser removes the named user and revokes its tokens.
 	RemoveUser(ctx context.Context, name string) error
-	// CreateToken mints a token for req.User, which the server sets
-	// (the caller's own name when the request names none); the answer
+	// MintToken mints a token for req.User, which the server sets
+	// (the caller's own name when the request names none), within the
+	// limits of caller's credential: a scoped caller mints only a token
+	// within its scopes and its expiry (else CodeForbidden); the answer
 	// holds the secret, which nothing keeps.
-	CreateToken(ctx context.Context, req api.CreateTokenRequest) (api.CreatedToken, error)
+	MintToken(ctx context.Context, caller identity.Principal, req api.CreateTokenRequest) (api.CreatedToken, error)
 	// ListTokens lists the named user's tokens ("" for all) without
 	// their secrets.
 	ListTokens(ctx context.Context, user string) ([]api.Token, error)
 	// RevokeToken revokes a token and returns it.
 	RevokeToken(ctx context.Context, id string) (api.Token, error)
+	// ListTeams lists every team with its members' names.
+	ListTeams(ctx context.Context) ([]api.Team, error)
+	// AddTeamMember puts the named user in team (idempotent).
+	AddTeamMember(ctx context.Context, team, user string) error
+	// RemoveTeamMember takes the named user out of team; an unknown
+	// user, or one not in it, is CodeNotFound.
+	RemoveTeamMember(ctx context.Context, team, user string) error
 }
 
 // Process is one running command in a guest (declared by the session

@@ -26,10 +26,10 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) error {
 	if err := validateCreate(req); err != nil {
 		return err
 	}
-	if req.Template != "" {
-		if err := s.decide(r.Context(), Action{Verb: "session.create", Template: req.Template}); err != nil {
-			return err
-		}
+	// The gate left the decision here (decidedByHandler): on the
+	// template a clone comes from, or on the Server.
+	if err := s.decide(r.Context(), Action{Verb: "session.create", Template: req.Template}); err != nil {
+		return err
 	}
 	sess, err := s.sessions.Create(r.Context(), owner(r.Context()), req)
 	if err != nil {

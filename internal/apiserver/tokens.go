@@ -17,20 +17,21 @@ type tokenList struct {
 // manages its own tokens and an admin everyone's. Without a policy, only
 // admins pass the gate.
 
-// createToken mints a token. A request that names no user asks for the
-// caller's own, which the admin token, being no user, cannot have; one
-// that names a user is decided again for that user.
+// createToken mints a token. The policy decides here, once the body says
+// whose token it is (the gate leaves token.create to it): the user the
+// request names, or the caller itself, whose own it then is (the admin
+// token, being no user, cannot have one). A scoped caller mints only
+// within its scopes (Identities.MintToken).
 func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
 	var req api.CreateTokenRequest
 	if err := decodeJSON(w, r, &req); err != nil {
 		return err
 	}
-	if req.User != "" {
-		if err := s.decide(r.Context(), Action{Verb: "token.create", User: req.User}); err != nil {
-			return err
-		}
-	} else {
-		p, _ := identity.FromContext(r.Context())
+	if err := s.decide(r.Context(), Action{Verb: "token.create", User: req.User}); err != nil {
+		return err
+	}
+	p, _ := identity.FromContext(r.Context())
+	if req.User == "" {
 		if p.Kind != identity.KindUser {
 			return api.Errorf(api.CodeInvalid, "user: missing; %s is no user, so name the token's user", who(p))
 		}
@@ -39,7 +40,7 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
 	if s.identities == nil {
 		return errNoIdentities
 	}
-	t, err := s.identities.CreateToken(r.Context(), req)
+	t, err := s.identities.MintToken(r.Context(), p, req)
 	if err != nil {
 		return err
 	}

@@ -36,11 +36,42 @@ func TestTokensEndToEnd(t *testing.T) {
 		t.Errorf("created %+v", rootTok.Token)
 	}
 
-	// The admin user's token: sessions, and a token of its own.
+	// The admin user's token: sessions, and a token of its own, scoped
+	// within its own scopes: it cannot mint a wider one.
 	decode[sessionList](t, e.do("GET", "/v1/sessions", nil, authAs(rootTok.Secret)...), 200)
-	own := decode[api.CreatedToken](t, e.doJSON("POST", "/v1/tokens", api.CreateTokenRequest{Name: "second", ExpiresIn: "1h"}, authAs(rootTok.Secret)...), 201)
-	if own.User != "root" || own.ExpiresAt == nil || !own.ExpiresAt.Equal(e.now().Add(time.Hour)) {
+	before, _ := e.st.ListTokens(t.Context(), "")
+	for _, tc := range []struct {
+		scopes []string
+		msg    string
+	}{
+		{nil, "token.create refused: the token you use is scoped (session.*, token.create), so the token it mints must be too"},
+		{[]string{"session.read", "image.build"}, `token.create refused: scope "image.build" is beyond the scopes of the token you use (session.*, token.create)`},
+		{[]string{"token.*"}, `token.create refused: scope "token.*" is beyond the scopes`},
+	} {
+		body := wantError(t, e.doJSON("POST", "/v1/tokens", api.CreateTokenRequest{Name: "wide", Scopes: tc.scopes}, authAs(rootTok.Secret)...), 403, api.CodeForbidden)
+		if !strings.HasPrefix(body.Message, tc.msg) {
+			t.Errorf("scoped token mints scopes %q: %q, want %q…", tc.scopes, body.Message, tc.msg)
+		}
+	}
+	if after, _ := e.st.ListTokens(t.Context(), ""); len(after) != len(before) {
+		t.Errorf("refused mints stored tokens: %d before, %d after", len(before), len(after))
+	}
+	own := decode[api.CreatedToken](t, e.doJSON("POST", "/v1/tokens", api.CreateTokenRequest{Name: "second", ExpiresIn: "1h",
+		Scopes: []string{"session.list", "session.*", "token.create"}}, authAs(rootTok.Secret)...), 201)
+	if own.User != "root" || own.ExpiresAt == nil || !own.ExpiresAt.Equal(e.now().Add(time.Hour)) || len(own.Scopes) != 3 {
 		t.Errorf("token minted by root for itself: %+v", own.Token)
+	}
+	// A scoped token's mints expire with it at the latest.
+	for _, expires := range []string{"", "2h"} {
+		sub := decode[api.CreatedToken](t, e.doJSON("POST", "/v1/tokens", api.CreateTokenRequest{Name: "sub", ExpiresIn: expires,
+			Scopes: []string{"session.read"}}, authAs(own.Secret)...), 201)
+		if sub.ExpiresAt == nil || !sub.ExpiresAt.Equal(*own.ExpiresAt) {
+			t.Errorf("minted with expires_in %q by a token that expires at %s: expires at %v", expires, own.ExpiresAt, sub.ExpiresAt)
+		}
+	}
+	if sub := decode[api.CreatedToken](t, e.doJSON("POST", "/v1/tokens", api.CreateTokenRequest{Name: "sub", ExpiresIn: "30m",
+		Scopes: []string{"session.read"}}, authAs(own.Secret)...), 201); sub.ExpiresAt == nil || !sub.ExpiresAt.Equal(e.now().Add(30*time.Minute)) {
+		t.Errorf("minted with expires_in 30m by a token with an hour left: expires at %v", sub.ExpiresAt)
 	}
 	// The admin token is no user: it names one.
 	body := wantError(t, e.doJSON("POST", "/v1/tokens", api.CreateTokenRequest{Name: "x"}), 400, api.CodeInvalid)
@@ -97,7 +128,7 @@ func TestTokensEndToEnd(t *testing.T) {
 		{"expired", own.Secret, "invalid bearer token: token expired: token " + own.ID},
 		{"unknown", unknown, "invalid bearer token: unknown token: no such API token"},
 		{"garbage", "nope", "invalid bearer token: unknown token"},
-		{"too large", strings.Repeat("x", 5000), "invalid bearer token: token too large: 5000 bytes; the limit is 4096"},
+		{"too large", strings.Repeat("x", 17000), "invalid bearer token: token too large: 17000 bytes; the limit is 16384"},
 	} {
 		resp := e.do("GET", "/v1/sessions", nil, authAs(tc.token)...)
 		body := wantError(t, resp, 401, api.CodeUnauthorized)

@@ -33,9 +33,12 @@ var (
 )
 
 // MaxBearerBytes bounds a bearer credential. API tokens are 48 bytes and
-// JWTs a few hundred to a couple of thousand; anything longer is refused
-// before it is hashed, parsed or looked up.
-const MaxBearerBytes = 4 << 10
+// JWTs a few hundred to a couple of thousand, but an ID token with a large
+// groups claim (Azure AD, Okta: a user in a hundred groups) runs to over
+// 10 KiB, and cove's own session tokens to issuer.MaxTokenSize (8 KiB);
+// anything longer than 16 KiB is refused before it is hashed, parsed or
+// looked up.
+const MaxBearerBytes = 16 << 10
 
 // IsRefusal reports whether err, from Authenticate, refuses the credential
 // (it wraps one of the Err… above), rather than saying that it could not
@@ -76,6 +79,8 @@ type Store interface {
 	GetUserBySubject(ctx context.Context, issuer, subject string) (store.User, error)
 	ListUsers(ctx context.Context) ([]store.User, error)
 	DeleteUser(ctx context.Context, id string, at time.Time) error
+	GetRemovedUser(ctx context.Context, issuer, subject string) (store.RemovedUser, error)
+	GetRemovedUserByName(ctx context.Context, name string) (store.RemovedUser, error)
 	AddTeamMember(ctx context.Context, userID, team string) error
 	RemoveTeamMember(ctx context.Context, userID, team string) error
 	TeamsOf(ctx context.Context, userID string) ([]string, error)
@@ -227,5 +232,5 @@ func (a *Authenticator) apiToken(ctx context.Context, secret string) (Principal,
 			a.log.Warn("identity: record a token's use", "token", tok.ID, "err", err)
 		}
 	}
-	return Principal{Kind: KindUser, User: u, Teams: teams, Scopes: tok.Scopes}, nil
+	return Principal{Kind: KindUser, User: u, Teams: teams, Scopes: tok.Scopes, ExpiresAt: tok.ExpiresAt}, nil
 }

@@ -239,7 +239,7 @@ func TestAuthenticateRefuses(t *testing.T) {
 	wantErr("a token cut short", live.Secret[:47], ErrUnknownToken, "neither")
 	wantErr("revoked", revoked.Secret, ErrRevoked, revoked.ID)
 	wantErr("user removed", bobs.Secret, ErrRevoked, "revoked at")
-	wantErr("too large", "cove_"+strings.Repeat("a", MaxBearerBytes), ErrTooLarge, "4101 bytes; the limit is 4096")
+	wantErr("too large", "cove_"+strings.Repeat("a", MaxBearerBytes), ErrTooLarge, "16389 bytes; the limit is 16384")
 	wantErr("at the limit", strings.Repeat("a", MaxBearerBytes), ErrUnknownToken, "neither")
 
 	if _, err := e.auth.Authenticate(t.Context(), expiring.Secret); err != nil {

@@ -49,7 +49,10 @@ func (d *Directory) now() time.Time {
 }
 
 // AddUser makes a local user: of kind engineer unless req says otherwise,
-// in the teams req names.
+// in the teams req names. A name that was an OIDC user's until an admin
+// removed it re-adds that user: the new user takes the removed one's
+// issuer and subject (the last removed of that name), so that their
+// sign-in works again and is this user.
 func (d *Directory) AddUser(ctx context.Context, req api.CreateUserRequest) (api.User, error) {
 	if !userName.MatchString(req.Name) {
 		return api.User{}, api.Errorf(api.CodeInvalid, "name: %q is not a user name (%s)", req.Name, userName)
@@ -67,6 +70,11 @@ func (d *Directory) AddUser(ctx context.Context, req api.CreateUserRequest) (api
 		return api.User{}, err
 	}
 	u := store.User{ID: newID("u_"), Name: req.Name, Kind: kind, CreatedAt: d.now().UTC()}
+	if gone, err := d.Store.GetRemovedUserByName(ctx, req.Name); err == nil {
+		u.Issuer, u.Subject = gone.Issuer, gone.Subject // PutUser lifts the removal
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return api.User{}, fmt.Errorf("add user %s: %w", req.Name, err)
+	}
 	if err := d.Store.PutUser(ctx, u); err != nil {
 		if errors.Is(err, store.ErrExists) {
 			return api.User{}, api.Errorf(api.CodeConflict, "user %q exists", req.Name)
@@ -147,8 +155,35 @@ func (d *Directory) user(ctx context.Context, name string) (store.User, error) {
 
 // CreateToken mints an API token for the user req names (which must be
 // set: the caller's own name, when it asks for itself). The answer holds
-// the secret; only its hash is kept.
+// the secret; only its hash is kept. It applies no caller's limits, as
+// for an admin; the API mints with MintToken.
 func (d *Directory) CreateToken(ctx context.Context, req api.CreateTokenRequest) (api.CreatedToken, error) {
+	return d.createToken(ctx, req, time.Time{})
+}
+
+// MintToken is CreateToken for caller, who asked for the token and whom
+// the policy allowed to. A caller whose credential is scoped (an API
+// token's Scopes) mints only a scoped token, each scope within its own
+// (else CodeForbidden, saying why), that expires no later than its own
+// token: an expiry past that, or none, becomes its token's ExpiresAt. So
+// a scoped token cannot widen itself, nor outlive itself by minting.
+func (d *Directory) MintToken(ctx context.Context, caller Principal, req api.CreateTokenRequest) (api.CreatedToken, error) {
+	if err := checkScopes(req.Scopes); err != nil { // a typo is a typo, not a scope too wide
+		return api.CreatedToken{}, err
+	}
+	if err := caller.checkMint(req.Scopes); err != nil {
+		return api.CreatedToken{}, err
+	}
+	var notAfter time.Time
+	if len(caller.Scopes) > 0 {
+		notAfter = caller.ExpiresAt
+	}
+	return d.createToken(ctx, req, notAfter)
+}
+
+// createToken mints req's token, expiring at notAfter at the latest
+// (zero: no limit).
+func (d *Directory) createToken(ctx context.Context, req api.CreateTokenRequest, notAfter time.Time) (api.CreatedToken, error) {
 	if !tokenName.MatchString(req.Name) {
 		return api.CreatedToken{}, api.Errorf(api.CodeInvalid, "name: %q is not a token name (%s)", req.Name, tokenName)
 	}
@@ -179,6 +214,9 @@ func (d *Directory) CreateToken(ctx context.Context, req api.CreateTokenRequest)
 		Scopes: slices.Clone(req.Scopes), CreatedAt: now}
 	if expiresIn > 0 {
 		tok.ExpiresAt = now.Add(expiresIn)
+	}
+	if !notAfter.IsZero() && (tok.ExpiresAt.IsZero() || tok.ExpiresAt.After(notAfter)) {
+		tok.ExpiresAt = notAfter.UTC()
 	}
 	if err := d.Store.PutToken(ctx, tok); err != nil {
 		if errors.Is(err, store.ErrNotFound) { // the user was removed meanwhile

@@ -236,3 +236,51 @@ func TestStoreErrorsPassThrough(t *testing.T) {
 		t.Errorf("Authenticate: %v is a refusal", err)
 	}
 }
+
+// MintToken keeps a scoped caller within its scopes: a scope is covered
+// by itself or its family, a family only by itself; a token with no scope
+// (all its user may) is refused; an unscoped caller mints anything. A
+// refusal is CodeForbidden and stores nothing.
+func TestMintTokenWithinTheCallersScopes(t *testing.T) {
+	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "cove.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	d := &Directory{Store: st}
+	if _, err := d.AddUser(t.Context(), api.CreateUserRequest{Name: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	scoped := Principal{Kind: KindUser, Scopes: []string{"session.*", "token.create", "template.read"}}
+	for _, tc := range []struct {
+		caller Principal
+		scopes []string
+		ok     bool
+	}{
+		{scoped, []string{"session.exec", "token.create"}, true},
+		{scoped, []string{"session.*"}, true},
+		{scoped, []string{"template.read"}, true},
+		{scoped, nil, false},
+		{scoped, []string{"template.*"}, false}, // a family it holds one action of
+		{scoped, []string{"template.delete"}, false},
+		{scoped, []string{"session.read", "user.admin"}, false},
+		{Principal{Kind: KindUser}, nil, true},
+		{Principal{Kind: KindUser}, []string{"user.*"}, true},
+	} {
+		before, _ := st.ListTokens(t.Context(), "")
+		_, err := d.MintToken(t.Context(), tc.caller, api.CreateTokenRequest{Name: "t", User: "alice", Scopes: tc.scopes})
+		after, _ := st.ListTokens(t.Context(), "")
+		switch {
+		case tc.ok && err != nil:
+			t.Errorf("caller %q mints %q: %v", tc.caller.Scopes, tc.scopes, err)
+		case !tc.ok && !api.IsCode(err, api.CodeForbidden):
+			t.Errorf("caller %q mints %q: %v, want forbidden", tc.caller.Scopes, tc.scopes, err)
+		case !tc.ok && len(after) != len(before):
+			t.Errorf("caller %q mints %q: refused, and stored a token", tc.caller.Scopes, tc.scopes)
+		}
+	}
+	// A typo is a malformed scope, not one beyond the caller's.
+	if _, err := d.MintToken(t.Context(), scoped, api.CreateTokenRequest{Name: "t", User: "alice", Scopes: []string{"sesion.read"}}); !api.IsCode(err, api.CodeInvalid) {
+		t.Errorf("a misspelt scope: %v, want invalid", err)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"context"
 	"log/slog"
 	"slices"
+	"time"
 
 	"github.com/cove-dev/cove/internal/store"
 )
@@ -42,6 +43,9 @@ type Principal struct {
 	// Scopes narrow what the credential may do (an API token's scopes);
 	// none: all that its user may.
 	Scopes []string
+	// ExpiresAt is when an API token expires; zero: never, or not an API
+	// token. A scoped token mints none that outlives it (MintToken).
+	ExpiresAt time.Time
 }
 
 // IsAdmin reports whether p has an admin's powers: the admin token, or a

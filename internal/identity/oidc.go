@@ -91,7 +91,10 @@ type OIDCConfig struct {
 //
 // An ID token names its user by issuer and subject. The first token of a
 // subject makes its user: an engineer, named by the token's
-// preferred_username or else its email (lower-cased). When the token has
+// preferred_username or else its email (lower-cased). A subject whose
+// user an admin removed ('cove user rm') makes none: its tokens are
+// refused (ErrRevoked) until an admin re-adds the user by name ('cove
+// user add NAME', see Directory.AddUser). When the token has
 // a groups claim, the user's teams become those groups (each a valid team
 // name, lower-cased), added and removed in the store; without one, its
 // teams stay as they are.
@@ -251,7 +254,8 @@ type idClaims struct {
 // Verify checks an ID token of a configured issuer and returns its user,
 // made on its first sign-in, with its teams. A token of another issuer
 // (or none) is ErrUnknownToken; a wrong signature, audience or claim
-// ErrInvalidToken; one past its exp ErrExpired. When the issuer's
+// ErrInvalidToken; one past its exp ErrExpired; one of a removed user
+// ErrRevoked. When the issuer's
 // discovery document or keys cannot be fetched, the error is an
 // *api.Error with CodeUnavailable and no refusal: the token may be good.
 // A user name taken by another user is a CodeConflict.
@@ -342,7 +346,7 @@ func parseGroups(raw json.RawMessage) (groups []string, has bool, err error) {
 }
 
 // user returns the user of the token's issuer and subject, making it on
-// its first sign-in.
+// its first sign-in, unless an admin removed it.
 func (o *OIDC) user(ctx context.Context, iss string, c idClaims) (store.User, error) {
 	if c.Subject == "" {
 		return store.User{}, fmt.Errorf("%w: ID token of %s has no subject", ErrInvalidToken, iss)
@@ -352,6 +356,13 @@ func (o *OIDC) user(ctx context.Context, iss string, c idClaims) (store.User, er
 		return u, nil
 	}
 	if !errors.Is(err, store.ErrNotFound) {
+		return store.User{}, fmt.Errorf("identity: oidc sign-in: %w", err)
+	}
+	gone, err := o.store.GetRemovedUser(ctx, iss, c.Subject)
+	if err == nil {
+		return store.User{}, fmt.Errorf("%w: ID token of %s for subject %q: user %q was removed (at %s); an admin must re-add them (cove user add %s)",
+			ErrRevoked, iss, c.Subject, gone.Name, gone.RemovedAt.Format(time.RFC3339), gone.Name)
+	} else if !errors.Is(err, store.ErrNotFound) {
 		return store.User{}, fmt.Errorf("identity: oidc sign-in: %w", err)
 	}
 	name := signInName(c)

@@ -154,6 +154,50 @@ func TestOIDCRefusals(t *testing.T) {
 	}
 }
 
+// A user that an admin removed cannot sign in again by OIDC: its next ID
+// token, whatever name it carries, is refused (ErrRevoked, saying how to
+// re-add it) and makes no user; another subject of the issuer signs in
+// as before. An admin's 'cove user add' of the name re-adds it, with its
+// issuer and subject, and its sign-in works again as that user.
+func TestOIDCRemovedUserStaysOut(t *testing.T) {
+	p := newProvider(t, oidctest.Config{})
+	e, _ := oidcEnv(t, p)
+	ctx := t.Context()
+	alice := idToken(t, p, oidctest.Claims{Subject: "sub-1", PreferredUsername: "alice", Groups: []string{"platform"}})
+	first, err := e.auth.Authenticate(ctx, alice)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.dir.RemoveUser(ctx, "alice"); err != nil {
+		t.Fatal(err)
+	}
+	for name, tok := range map[string]string{
+		"the same token": alice,
+		"a new name":     idToken(t, p, oidctest.Claims{Subject: "sub-1", PreferredUsername: "alice2"}),
+	} {
+		_, err := e.auth.Authenticate(ctx, tok)
+		if !errors.Is(err, ErrRevoked) || !IsRefusal(err) || !strings.Contains(err.Error(), `user "alice" was removed`) ||
+			!strings.Contains(err.Error(), "an admin must re-add them (cove user add alice)") {
+			t.Errorf("%s after rm: %v; want ErrRevoked saying alice was removed and how to re-add", name, err)
+		}
+	}
+	if us := users(t, e); len(us) != 0 {
+		t.Fatalf("users after refused sign-ins: %+v; want none", us)
+	}
+	if pr, err := e.auth.Authenticate(ctx, idToken(t, p, oidctest.Claims{Subject: "sub-2", PreferredUsername: "bob"})); err != nil || pr.User.Name != "bob" {
+		t.Errorf("another subject: %+v, %v", pr, err)
+	}
+
+	back := e.addUser(t, "alice", "")
+	if back.Issuer != p.URL || back.Subject != "sub-1" || back.ID == first.User.ID {
+		t.Errorf("re-added %+v; want a new id with issuer %s, subject sub-1", back, p.URL)
+	}
+	pr, err := e.auth.Authenticate(ctx, alice)
+	if err != nil || pr.User.ID != back.ID || pr.User.Name != "alice" || !slices.Equal(pr.Teams, []string{"platform"}) {
+		t.Errorf("sign-in after re-add: %+v, %v; want user %s in platform", pr, err, back.ID)
+	}
+}
+
 // An issuer whose keys or discovery document cannot be fetched makes no
 // refusal: the token may be good, so the answer is CodeUnavailable (503),
 // and once the keys are back the same token signs in.

@@ -61,6 +61,27 @@ func checkScopeNames(scopes []string) error {
 	return nil
 }
 
+// checkMint refuses a token that p, if its credential is scoped, may not
+// mint: one without scopes (which could do all its user may), or with a
+// scope that p's own scopes do not cover. An action is covered by itself
+// or its family ("session.read" by "session.*"), a family only by itself.
+// An unscoped p may mint any.
+func (p Principal) checkMint(scopes []string) error {
+	if len(p.Scopes) == 0 {
+		return nil
+	}
+	mine := strings.Join(p.Scopes, ", ")
+	if len(scopes) == 0 {
+		return api.Errorf(api.CodeForbidden, "token.create refused: the token you use is scoped (%s), so the token it mints must be too: give it scopes within those", mine)
+	}
+	for _, s := range scopes {
+		if !slices.Contains(p.Scopes, s) && !slices.Contains(p.Scopes, actionFamily(s)+".*") {
+			return api.Errorf(api.CodeForbidden, "token.create refused: scope %q is beyond the scopes of the token you use (%s); a scoped token mints only tokens within its own scopes", s, mine)
+		}
+	}
+	return nil
+}
+
 // ScopeAllows reports whether p's credential may take action (a policy
 // action, such as "session.exec") as far as its scopes go: always when it
 // has none, else when a scope names the action or its family. The policy

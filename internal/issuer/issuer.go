@@ -29,11 +29,15 @@ import (
 
 // Limits on what is minted and what is verified.
 const (
-	DefaultTTL   = 10 * time.Minute // a Mint with ttl 0
-	MaxTTL       = time.Hour        // the longest a token may live
-	MaxTokenSize = 8 << 10          // bytes; Verify refuses longer tokens unread
-	MaxAudience  = 256              // bytes of the aud claim
-	MaxClaim     = 512              // bytes of Subject, Session and Agent each
+	// DefaultTTL is the life of a Mint with ttl 0. It is short because
+	// systems outside cove check only a token's signature and exp: there,
+	// a token outlives a park, revoke or removal of its session until
+	// its exp.
+	DefaultTTL   = 5 * time.Minute
+	MaxTTL       = time.Hour // the longest a token may live
+	MaxTokenSize = 8 << 10   // bytes; Verify refuses longer tokens unread
+	MaxAudience  = 256       // bytes of the aud claim
+	MaxClaim     = 512       // bytes of Subject, Session and Agent each
 
 	// Leeway is the clock skew Verify allows on exp, nbf and iat.
 	Leeway = 30 * time.Second

@@ -18,8 +18,8 @@ const (
 	// SessionRead shows one session (get, inspect). Resource: the Session.
 	SessionRead Action = "session.read"
 	// SessionExec runs a command in a session, over HTTP or a WebSocket.
-	// Resource: the Session; Context.Argv is the command line where the
-	// caller has it (it is empty when the decision precedes the body).
+	// Resource: the Session; Context.Argv is the command line (the API
+	// decides exec once it has read it, so a permit may depend on it).
 	SessionExec Action = "session.exec"
 	// SessionFiles reads or changes files in a session (read, stat, list,
 	// write, remove, mkdir). Resource: the Session; Context.Path is the

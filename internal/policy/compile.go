@@ -140,10 +140,29 @@ func compile(name string, src []byte) (*compiled, error) {
 			}
 		}
 	}
+	if problems == nil && !hasPermit(list) {
+		// An empty or truncated file would deny every request, admins'
+		// included, and lock everyone out until the file is fixed.
+		problems = append(problems, Problem{Msg: noPermit})
+	}
 	if problems != nil {
 		return nil, &Error{File: name, Problems: problems}
 	}
 	return c, nil
+}
+
+// noPermit is the problem of a document without a permit.
+const noPermit = "the policy has no permit, so it would deny every request, " +
+	"admins' included (an empty or cut-short file?); start from the built-in one, internal/policy/default.cedar"
+
+// hasPermit reports whether list holds a permit.
+func hasPermit(list cedar.PolicyList) bool {
+	for _, p := range list {
+		if p.Effect() == cedar.Permit {
+			return true
+		}
+	}
+	return false
 }
 
 // policyID is a policy's @id, or "line N" for one without; label is how

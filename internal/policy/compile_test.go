@@ -97,6 +97,21 @@ func TestCheckReportsPositions(t *testing.T) {
 			want: []Problem{{Line: 2, Column: 1, Policy: "x", Msg: "another policy has this @id"}},
 		},
 		{
+			name: "empty",
+			src:  "",
+			want: []Problem{{Msg: "the policy has no permit, so it would deny every request"}},
+		},
+		{
+			name: "comments only",
+			src:  "// cove's policy\n\n// (cut short here)\n",
+			want: []Problem{{Msg: "the policy has no permit"}},
+		},
+		{
+			name: "forbids only",
+			src:  "@id(\"no-sudo\") forbid (principal, action == Cove::Action::\"session.exec\", resource) when { context.command == \"sudo\" };",
+			want: []Problem{{Msg: "the policy has no permit"}},
+		},
+		{
 			name: "too large",
 			src:  "// " + strings.Repeat("x", MaxPolicyBytes),
 			want: []Problem{{Msg: "the limit is 1048576"}},
@@ -175,6 +190,10 @@ func TestLoadKeepsPolicyInForce(t *testing.T) {
 	if err := os.WriteFile(large, append(append([]byte{}, defaultPolicy...), bytes.Repeat([]byte("\n"), MaxPolicyBytes)...), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	empty := filepath.Join(dir, "empty.cedar") // truncated, then SIGHUP
+	if err := os.WriteFile(empty, []byte("// cove policy\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	syntax := filepath.Join(dir, "syntax.cedar")
 	if err := os.WriteFile(syntax, []byte("permit (principal, action, resource)\nwhen { principal == };\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -188,6 +207,7 @@ func TestLoadKeepsPolicyInForce(t *testing.T) {
 	}{
 		{ctx, bad, bad + ":" + strconv.Itoa(badLine) + fmt.Sprintf(":1: attribute `nope` in context for Cove::Action::\"hook.admin\" and %d other actions not found", len(Actions())-1)},
 		{ctx, syntax, syntax + ":2:22: syntax error at \";\": invalid primary"},
+		{ctx, empty, empty + ": the policy has no permit"},
 		{ctx, large, "the limit is 1048576"},
 		{ctx, filepath.Join(dir, "missing.cedar"), "no such file"},
 		{ctx, dir, "is a directory"},

@@ -62,8 +62,8 @@ func (e *Engine) LoadDefault() {
 }
 
 // Load reads the policy document at path, checks it and puts it in force.
-// On any error (unreadable, too large, a syntax or validation problem) the
-// policy in force stays and the error says why; a document that does not
+// On any error (unreadable, too large, a syntax or validation problem, no
+// permit at all) the policy in force stays and the error says why; a document that does not
 // check returns an *Error whose problems name their lines and columns.
 func (e *Engine) Load(ctx context.Context, path string) error {
 	if err := ctx.Err(); err != nil {
@@ -93,7 +93,8 @@ func readPolicy(path string) ([]byte, error) {
 }
 
 // Check parses src and validates it against the schema, as Load would,
-// without putting it in force. A document that does not check returns an
+// without putting it in force. A document with no permit (empty, only
+// comments or forbids: it would deny everyone) does not check. A document that does not check returns an
 // *Error (File "") listing every problem with its line and column.
 func (e *Engine) Check(src []byte) error {
 	_, err := compile("", src)

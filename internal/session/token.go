@@ -17,17 +17,27 @@ import (
 // it names the session's own owner, agent and id (a clone's, never its
 // template's) and carries the session's token generation
 // (store.Session.TokenGen). A token is honoured only while the session
-// runs and its generation is unchanged, and the generation moves on:
+// runs, is not revoked, and its generation is unchanged, and the
+// generation moves on:
 //
 //   - on park, once the park is recorded and before the guest is cut off
 //     and saved: guest memory goes to disk, and a token captured in the
 //     snapshot must be dead when the snapshot wakes (or is read). The
 //     guest asks again after the wake, and gets a fresh token;
-//   - on Revoke, the kill switch, at once, without stopping the VM;
+//   - on Revoke, the kill switch, at once, without stopping the VM. A
+//     revoke also marks the session's record (store.Session.
+//     TokensRevokedAt) for the rest of its life: no token is minted for
+//     it again, and none of its tokens is honoured, whoever asks;
 //   - a removed session has no record, so none of its tokens holds.
 //
-// Tokens are minted only while the session's record says running: one
-// minted during a park would carry the new generation into the snapshot.
+// Tokens are minted only while the session's record says running and
+// not revoked: one minted during a park would carry the new generation
+// into the snapshot.
+//
+// Cove's own API checks all of this at each call; systems outside cove
+// check only a token's signature and exp, so there a token minted before
+// a park, revoke or removal holds until its exp (issuer.DefaultTTL, at
+// most issuer.MaxTTL).
 
 // TokenMinter mints sessions' identity tokens; sessiontoken.Minter is one.
 // Its methods must be safe for concurrent use.
@@ -61,6 +71,10 @@ func (m *Manager) guestToken(id string, req agentproto.GuestRequest) (string, er
 	if err != nil {
 		return "", fmt.Errorf("token: session %s: %w", id, err)
 	}
+	if !rec.TokensRevokedAt.IsZero() {
+		return "", fmt.Errorf("token: this session's identity was revoked (cove session revoke, at %s); it gets no tokens again",
+			rec.TokensRevokedAt.Format(time.RFC3339))
+	}
 	if rec.State != api.StateRunning {
 		return "", fmt.Errorf("token: session %s is %s; tokens are minted only while it runs", id, rec.State)
 	}
@@ -74,12 +88,15 @@ func (m *Manager) guestToken(id string, req agentproto.GuestRequest) (string, er
 }
 
 // Revoke invalidates every identity token session id was given, at once
-// (the kill switch): it bumps the session's token generation. The VM
-// runs on; tools in the guest get tokens of the new generation when they
-// ask again. It takes no lifecycle lock, so it is not held up by a park
-// or wake under way. An unknown id is CodeNotFound.
+// (the kill switch), and for good: it bumps the session's token
+// generation and marks its record revoked (store.RevokeSessionTokens).
+// The VM runs on, but the session gets no identity token again: a tool
+// in the guest that asks is refused. A clone has its own record and
+// identity: another session's revoke does not carry over to it.
+// It takes no lifecycle lock, so it is not held up by a park or wake
+// under way. An unknown id is CodeNotFound.
 func (m *Manager) Revoke(ctx context.Context, id string) (api.Session, error) {
-	gen, err := m.cfg.Store.BumpTokenGen(ctx, id)
+	gen, err := m.cfg.Store.RevokeSessionTokens(ctx, id, time.Now().UTC())
 	if err != nil {
 		return api.Session{}, notFound(id, err)
 	}

@@ -20,8 +20,9 @@ import (
 // session's owner and agent, a clone's own (not its template's); a park
 // kills the tokens minted before it (the snapshot holds them) and none is
 // minted while parked; after the wake a fresh one holds; revoke kills
-// them at once and the VM runs on; a clone woken by an event still acts
-// for its owner; rm kills them.
+// them at once and for good (the guest gets no new one, even after a park
+// and wake), and the VM runs on; a clone woken by an event still acts for
+// its owner; rm kills them.
 func TestFakeSessionTokens(t *testing.T) {
 	const url = "https://cove.example.com"
 	is, err := issuer.New(t.TempDir(), url)
@@ -85,7 +86,18 @@ func TestFakeSessionTokens(t *testing.T) {
 	if got := r.get(s.ID); got.State != api.StateRunning {
 		t.Errorf("revoke left the session %s, want running", got.State)
 	}
-	live(mint(s.ID), s.ID, testOwner)
+	refused := func(when string) {
+		t.Helper()
+		if tok, err := r.mgr.GuestToken(s.ID, url); err == nil || !strings.Contains(err.Error(), "this session's identity was revoked") {
+			t.Errorf("a token %s: %.20q, %v; want refused: this session's identity was revoked", when, tok, err)
+		}
+	}
+	refused("after revoke")
+	r.park(s.ID)
+	if _, err := r.mgr.Wake(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	refused("after revoke, a park and a wake")
 	if _, err := r.mgr.Revoke(ctx, "nope"); !api.IsCode(err, api.CodeNotFound) {
 		t.Errorf("revoke of an unknown session: %v", err)
 	}

@@ -2,9 +2,10 @@
 // sessions: Minter mints a session's identity token from the session's
 // record (its owner as sub, its agent and id as act, its token
 // generation), and Verifier accepts such a token on cove's own API while
-// its session runs at the generation the token carries. A park, a revoke
-// (the kill switch) or the session's removal kills every token minted
-// before (see internal/session/token.go).
+// its session runs, unrevoked, at the generation the token carries. A
+// park or the session's removal kills every token minted before; a
+// revoke (the kill switch) kills them and every later one, for the
+// session's life (see internal/session/token.go).
 package sessiontoken
 
 import (
@@ -30,10 +31,14 @@ type Minter struct {
 
 // MintSessionToken signs a token for session rec: sub its Owner, act its
 // ID and Agent, cove_gen its TokenGen, aud audience, living ttl (0:
-// issuer.DefaultTTL, at most issuer.MaxTTL).
+// issuer.DefaultTTL, at most issuer.MaxTTL). A revoked session
+// (TokensRevokedAt set) gets none.
 func (m Minter) MintSessionToken(rec store.Session, audience string, ttl time.Duration) (string, error) {
 	if rec.Owner == "" {
 		return "", fmt.Errorf("sessiontoken: session %s has no owner to act for", rec.ID)
+	}
+	if !rec.TokensRevokedAt.IsZero() {
+		return "", fmt.Errorf("sessiontoken: session %s's identity was revoked", rec.ID)
 	}
 	return m.Issuer.Mint(issuer.Claims{Subject: rec.Owner, Session: rec.ID, Agent: rec.Agent, Generation: rec.TokenGen}, audience, ttl)
 }
@@ -67,8 +72,9 @@ var _ identity.JWTVerifier = (*Verifier)(nil)
 // v.Issuer's is ErrUnknownToken (another verifier's to judge); one that
 // is v.Issuer's but wrongly signed, audienced or shaped is
 // ErrInvalidToken, past its exp ErrExpired; one whose session is gone,
-// not running, or at another token generation (parked or revoked since),
-// or whose owner is gone, is ErrRevoked. Errors of the store are
+// revoked (TokensRevokedAt set, whatever the token's generation), not
+// running, or at another token generation (parked since), or whose owner
+// is gone, is ErrRevoked. Errors of the store are
 // returned wrapped, and are no refusal.
 func (v *Verifier) Verify(ctx context.Context, raw string) (identity.Principal, error) {
 	iss, ok := unverifiedIssuer(raw)
@@ -90,6 +96,9 @@ func (v *Verifier) Verify(ctx context.Context, raw string) (identity.Principal, 
 		return identity.Principal{}, fmt.Errorf("%w: session token of session %s, which is gone", identity.ErrRevoked, c.Session)
 	case err != nil:
 		return identity.Principal{}, fmt.Errorf("sessiontoken: verify: %w", err)
+	case !rec.TokensRevokedAt.IsZero():
+		return identity.Principal{}, fmt.Errorf("%w: session token of session %s, whose identity was revoked at %s (cove session revoke)",
+			identity.ErrRevoked, c.Session, rec.TokensRevokedAt.Format(time.RFC3339))
 	case rec.TokenGen != c.Generation:
 		return identity.Principal{}, fmt.Errorf("%w: session token of generation %d; session %s was parked or revoked since (now at %d)",
 			identity.ErrRevoked, c.Generation, c.Session, rec.TokenGen)

@@ -84,7 +84,7 @@ func (r *rig) mint(t *testing.T, id, aud string, ttl time.Duration) string {
 // TestSessionTokenVerifiesWithOIDC: a session token verifies with
 // coreos/go-oidc against cove's discovery document and JWKS fetched over
 // HTTP, as a company's API would, with sub the session's owner, act its
-// session and agent, aud as asked, and a lifetime of the default 10
+// session and agent, aud as asked, and a lifetime of the default 5
 // minutes.
 func TestSessionTokenVerifiesWithOIDC(t *testing.T) {
 	r := newRig(t)
@@ -116,8 +116,8 @@ func TestSessionTokenVerifiesWithOIDC(t *testing.T) {
 	if c.Sub != r.alice.ID || c.Act.Sub != "session:s-1" || c.Act.Agent != "review-bot" || c.Session != "s-1" || c.Gen != 4 || c.JTI == "" {
 		t.Errorf("claims %+v; want sub %s, act session:s-1 review-bot, generation 4, a jti", c, r.alice.ID)
 	}
-	if life := time.Duration(c.Exp-c.Iat) * time.Second; life != 10*time.Minute {
-		t.Errorf("lifetime %v, want 10m", life)
+	if life := time.Duration(c.Exp-c.Iat) * time.Second; life != 5*time.Minute {
+		t.Errorf("lifetime %v, want the default 5m", life)
 	}
 	if _, err := prov.Verifier(&oidc.Config{ClientID: "https://other.example.com"}).Verify(ctx, tok); err == nil {
 		t.Error("go-oidc accepted the token for another audience")
@@ -127,9 +127,11 @@ func TestSessionTokenVerifiesWithOIDC(t *testing.T) {
 // TestVerifierAcceptsOnlyLiveTokens: cove's API takes a session token of
 // a running session at its current generation, as that session's agent
 // acting for its owner; it refuses, with the reason, tokens expired,
-// revoked, from before a park, of a removed session, of a gone owner, for
+// from before a park, of a revoked session (even of its current
+// generation, and for good), of a removed session, of a gone owner, for
 // another audience, signed by another key under cove's name; and passes
-// on (ErrUnknownToken) tokens of issuers it is not.
+// on (ErrUnknownToken) tokens of issuers it is not. The minter mints none
+// for a revoked session.
 func TestVerifierAcceptsOnlyLiveTokens(t *testing.T) {
 	r := newRig(t)
 	ctx := t.Context()
@@ -181,17 +183,18 @@ func TestVerifierAcceptsOnlyLiveTokens(t *testing.T) {
 		}
 	}
 
-	// Revoke: the token in hand dies at once; a new one holds.
+	// A new generation (as a park makes): the token in hand dies at
+	// once; a new one holds.
 	before := r.mint(t, "s-1", r.url, 0)
 	if _, err := r.st.BumpTokenGen(ctx, "s-1"); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.v.Verify(ctx, before); !errors.Is(err, identity.ErrRevoked) || !strings.Contains(err.Error(), "generation 4") {
-		t.Errorf("after revoke: %v; want ErrRevoked naming generation 4", err)
+		t.Errorf("after a new generation: %v; want ErrRevoked naming generation 4", err)
 	}
 	after := r.mint(t, "s-1", r.url, 0)
 	if _, err := r.v.Verify(ctx, after); err != nil {
-		t.Errorf("a token minted after the revoke: %v", err)
+		t.Errorf("a token minted after the new generation: %v", err)
 	}
 
 	// A parked session takes no token, even one of its generation.
@@ -204,8 +207,37 @@ func TestVerifierAcceptsOnlyLiveTokens(t *testing.T) {
 		t.Errorf("while parked: %v; want ErrRevoked saying parked", err)
 	}
 
-	// Removed: dead.
+	// Revoked: the token in hand dies, the minter refuses the session,
+	// and a token of its new generation (signed by cove's own key) is
+	// refused too, whatever happens to the session after.
 	tok2 := r.mint(t, "s-2", r.url, 0)
+	gen, err := r.st.RevokeSessionTokens(ctx, "s-2", time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	revokedRec, err := r.st.GetSession(ctx, "s-2")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.minter.MintSessionToken(revokedRec, r.url, 0); err == nil || !strings.Contains(err.Error(), "revoked") {
+		t.Errorf("minting for a revoked session: %v; want refused saying revoked", err)
+	}
+	current, err := r.is.Mint(issuer.Claims{Subject: r.alice.ID, Session: "s-2", Generation: gen}, r.url, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	revokedRec.State = api.StateRunning // a stale write of the record (a wake's)
+	revokedRec.TokensRevokedAt = time.Time{}
+	if err := r.st.UpdateSession(ctx, revokedRec); err != nil {
+		t.Fatal(err)
+	}
+	for name, tok := range map[string]string{"from before the revoke": tok2, "of the current generation": current} {
+		if _, err := r.v.Verify(ctx, tok); !errors.Is(err, identity.ErrRevoked) || !strings.Contains(err.Error(), "revoked at") {
+			t.Errorf("a token %s of a revoked session: %v; want ErrRevoked saying revoked at", name, err)
+		}
+	}
+
+	// Removed: dead.
 	if err := r.st.DeleteSession(ctx, "s-2"); err != nil {
 		t.Fatal(err)
 	}

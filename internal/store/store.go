@@ -73,6 +73,13 @@ type Store interface {
 	// atomically, and returns the new generation: every token minted
 	// before is dead. It fails with ErrNotFound if there is no session.
 	BumpTokenGen(ctx context.Context, id string) (uint64, error)
+	// RevokeSessionTokens is the kill switch: at once and atomically, it
+	// adds one to the session's TokenGen, as BumpTokenGen does, and sets
+	// its TokensRevokedAt to at (a session revoked before keeps its
+	// first TokensRevokedAt), and returns the new generation. It fails
+	// with ErrNotFound if there is no session, and a zero at fails;
+	// either changes nothing.
+	RevokeSessionTokens(ctx context.Context, id string, at time.Time) (uint64, error)
 
 	// PutImage inserts im, or replaces every field of the image with the
 	// same Name.
@@ -175,7 +182,8 @@ type Store interface {
 	// ErrExists, changing nothing, if another user has u.Name, or
 	// u.Issuer and u.Subject. Issuer and Subject are both set (an OIDC
 	// user) or both empty (a local user); a user with one of them fails
-	// and changes nothing.
+	// and changes nothing. Putting an OIDC user deletes the RemovedUser
+	// record of its Issuer and Subject, if any, in the same transaction.
 	PutUser(ctx context.Context, u User) error
 	// GetUser returns the user with the given id, or ErrNotFound.
 	GetUser(ctx context.Context, id string) (User, error)
@@ -191,9 +199,19 @@ type Store interface {
 	// memberships and, in the same transaction, revokes its tokens: each
 	// that is not revoked yet gets RevokedAt at. The tokens stay, listed
 	// under the gone user's id, so that a name given to a new user later
-	// gains none of them. It fails with ErrNotFound if there is no such
-	// user, and a zero at fails; either changes nothing.
+	// gains none of them. An OIDC user (with Issuer and Subject) leaves a
+	// RemovedUser record of them, RemovedAt at, replacing any before. It
+	// fails with ErrNotFound if there is no such user, and a zero at
+	// fails; either changes nothing.
 	DeleteUser(ctx context.Context, id string, at time.Time) error
+	// GetRemovedUser returns the RemovedUser record of the OIDC issuer
+	// and subject, or ErrNotFound if there is none (never removed, or
+	// put back since).
+	GetRemovedUser(ctx context.Context, issuer, subject string) (RemovedUser, error)
+	// GetRemovedUserByName returns the RemovedUser record of the given
+	// name removed last (latest RemovedAt, then the greatest ID), or
+	// ErrNotFound if there is none.
+	GetRemovedUserByName(ctx context.Context, name string) (RemovedUser, error)
 
 	// AddTeamMember makes the user with the given id a member of team.
 	// Adding a member again is no error and changes nothing. It fails
@@ -286,6 +304,12 @@ type Session struct {
 	// is (a stale copy must never bring dead tokens back), and only
 	// BumpTokenGen changes it.
 	TokenGen uint64
+	// TokensRevokedAt is when the session's identity was revoked (the
+	// kill switch); zero: it was not. Once set, no token of the session
+	// is minted or honoured again, for the rest of its life. Like
+	// TokenGen, CreateSession stores it, UpdateSession leaves the stored
+	// one as it is, and only RevokeSessionTokens sets it.
+	TokensRevokedAt time.Time
 }
 
 // OwnerAdmin is the Owner of the sessions and templates made with the
@@ -422,6 +446,18 @@ type User struct {
 	Issuer    string
 	Subject   string
 	CreatedAt time.Time
+}
+
+// RemovedUser records that an OIDC user was removed (DeleteUser), so
+// that its issuer and subject cannot sign in and make a user again until
+// an admin puts a user with them back (PutUser).
+type RemovedUser struct {
+	Issuer  string
+	Subject string
+	// ID and Name are the removed user's.
+	ID        string
+	Name      string
+	RemovedAt time.Time
 }
 
 // Kinds of user.

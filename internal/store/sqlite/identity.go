@@ -46,6 +46,11 @@ func (s *Store) PutUser(ctx context.Context, u store.User) error {
 				name = excluded.name, kind = excluded.kind, issuer = excluded.issuer,
 				subject = excluded.subject, created_at = excluded.created_at`,
 			u.ID, u.Name, u.Kind, nullString(u.Issuer), nullString(u.Subject), created)
+		if err != nil || u.Issuer == "" {
+			return err
+		}
+		// Put back: the issuer and subject may sign in again.
+		_, err = tx.ExecContext(ctx, `DELETE FROM removed_users WHERE issuer = ? AND subject = ?`, u.Issuer, u.Subject)
 		return err
 	})
 	if err != nil {
@@ -123,6 +128,15 @@ func (s *Store) DeleteUser(ctx context.Context, id string, at time.Time) error {
 		return errorf("sqlite: delete user %s: %w", id, err)
 	}
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		// An OIDC user leaves a record of its issuer and subject, so that
+		// its next ID token makes no new user.
+		_, err := tx.ExecContext(ctx, `INSERT INTO removed_users (issuer, subject, id, name, removed_at)
+			SELECT issuer, subject, id, name, ? FROM users WHERE id = ? AND issuer IS NOT NULL
+			ON CONFLICT (issuer, subject) DO UPDATE SET
+				id = excluded.id, name = excluded.name, removed_at = excluded.removed_at`, revoked, id)
+		if err != nil {
+			return err
+		}
 		// Its team memberships go with it (ON DELETE CASCADE).
 		res, err := tx.ExecContext(ctx, `DELETE FROM users WHERE id = ?`, id)
 		if err := oneRow(res, err, store.ErrNotFound); err != nil {
@@ -135,6 +149,47 @@ func (s *Store) DeleteUser(ctx context.Context, id string, at time.Time) error {
 		return errorf("sqlite: delete user %s: %w", id, err)
 	}
 	return nil
+}
+
+const removedUserColumns = `issuer, subject, id, name, removed_at`
+
+// GetRemovedUser implements store.Store.
+func (s *Store) GetRemovedUser(ctx context.Context, issuer, subject string) (store.RemovedUser, error) {
+	row := s.db.QueryRowContext(ctx, `SELECT `+removedUserColumns+` FROM removed_users
+		WHERE issuer = ? AND subject = ?`, issuer, subject)
+	r, err := scanRemovedUser(row)
+	if err != nil {
+		return store.RemovedUser{}, errorf("sqlite: get removed user of issuer %q subject %q: %w", issuer, subject, err)
+	}
+	return r, nil
+}
+
+// GetRemovedUserByName implements store.Store.
+func (s *Store) GetRemovedUserByName(ctx context.Context, name string) (store.RemovedUser, error) {
+	// NULL, the zero time, sorts first, as the zero time is earliest.
+	row := s.db.QueryRowContext(ctx, `SELECT `+removedUserColumns+` FROM removed_users
+		WHERE name = ? ORDER BY removed_at DESC, id DESC LIMIT 1`, name)
+	r, err := scanRemovedUser(row)
+	if err != nil {
+		return store.RemovedUser{}, errorf("sqlite: get removed user named %q: %w", name, err)
+	}
+	return r, nil
+}
+
+func scanRemovedUser(row *sql.Row) (store.RemovedUser, error) {
+	var (
+		r       store.RemovedUser
+		removed sql.NullInt64
+	)
+	err := row.Scan(&r.Issuer, &r.Subject, &r.ID, &r.Name, &removed)
+	if errors.Is(err, sql.ErrNoRows) {
+		return store.RemovedUser{}, store.ErrNotFound
+	}
+	if err != nil {
+		return store.RemovedUser{}, err
+	}
+	r.RemovedAt = decodeTime(removed)
+	return r, nil
 }
 
 // AddTeamMember implements store.Store.

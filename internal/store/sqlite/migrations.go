@@ -182,6 +182,21 @@ var migrations = []string{
 	// 7: session token generations. Bumped on park, revoke: a session
 	// token carrying an older one is dead.
 	`ALTER TABLE sessions ADD COLUMN token_gen INTEGER NOT NULL DEFAULT 0;`,
+
+	// 8: revocations that stay. A revoked session's identity stays dead
+	// (tokens_revoked_at, NULL: not revoked), and a removed OIDC user's
+	// issuer and subject cannot sign in again until an admin re-adds
+	// them (removed_users).
+	`ALTER TABLE sessions ADD COLUMN tokens_revoked_at INTEGER;
+	CREATE TABLE removed_users (
+		issuer     TEXT NOT NULL,
+		subject    TEXT NOT NULL,
+		id         TEXT NOT NULL,
+		name       TEXT NOT NULL,
+		removed_at INTEGER,
+		PRIMARY KEY (issuer, subject)
+	) STRICT;
+	CREATE INDEX removed_users_by_name ON removed_users (name, removed_at, id);`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

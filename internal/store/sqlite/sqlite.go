@@ -140,7 +140,7 @@ func (s *Store) Close() error {
 const sessionColumns = `id, state, image, memory_mib, cpus, env, accel,
 	created_at, updated_at, error, boot_millis, handle,
 	idle_timeout_ns, no_auto_wake, template, snapshot, template_version, owner, agent,
-	token_gen`
+	token_gen, tokens_revoked_at`
 
 // CreateSession implements store.Store.
 func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
@@ -148,11 +148,15 @@ func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
 	if err != nil {
 		return errorf("sqlite: create session %s: %w", sess.ID, err)
 	}
-	// UpdateSession never writes token_gen (BumpTokenGen does); a
-	// create stores it.
-	args = append(args, int64(sess.TokenGen))
+	// UpdateSession never writes token_gen or tokens_revoked_at
+	// (BumpTokenGen and RevokeSessionTokens do); a create stores them.
+	revoked, err := encodeTime(sess.TokensRevokedAt)
+	if err != nil {
+		return errorf("sqlite: create session %s: tokens_revoked_at: %w", sess.ID, err)
+	}
+	args = append(args, int64(sess.TokenGen), revoked)
 	res, err := s.db.ExecContext(ctx, `INSERT INTO sessions (`+sessionColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO NOTHING`, args...)
 	if err := oneRow(res, err, store.ErrExists); err != nil {
 		return errorf("sqlite: create session %s: %w", sess.ID, err)
@@ -203,6 +207,28 @@ func (s *Store) BumpTokenGen(ctx context.Context, id string) (uint64, error) {
 	}
 	if err != nil {
 		return 0, errorf("sqlite: bump token generation of session %s: %w", id, err)
+	}
+	return uint64(gen), nil
+}
+
+// RevokeSessionTokens implements store.Store.
+func (s *Store) RevokeSessionTokens(ctx context.Context, id string, at time.Time) (uint64, error) {
+	if at.IsZero() {
+		return 0, errorf("sqlite: revoke tokens of session %s: zero time", id)
+	}
+	revoked, err := encodeTime(at)
+	if err != nil {
+		return 0, errorf("sqlite: revoke tokens of session %s: %w", id, err)
+	}
+	var gen int64
+	err = s.db.QueryRowContext(ctx, `UPDATE sessions SET token_gen = token_gen + 1,
+		tokens_revoked_at = COALESCE(tokens_revoked_at, ?)
+		WHERE id = ? RETURNING token_gen`, revoked, id).Scan(&gen)
+	if errors.Is(err, sql.ErrNoRows) {
+		err = store.ErrNotFound
+	}
+	if err != nil {
+		return 0, errorf("sqlite: revoke tokens of session %s: %w", id, err)
 	}
 	return uint64(gen), nil
 }
@@ -414,7 +440,8 @@ func oneRow(res sql.Result, err, ifNone error) error {
 }
 
 // sessionArgs are sess's column values, in sessionColumns order, but for
-// token_gen, which only CreateSession and BumpTokenGen write.
+// token_gen and tokens_revoked_at, which only CreateSession,
+// BumpTokenGen and RevokeSessionTokens write.
 func sessionArgs(sess store.Session) ([]any, error) {
 	env, err := encodeEnv(sess.Env)
 	if err != nil {
@@ -447,15 +474,17 @@ func scanSession(sc scanner) (store.Session, error) {
 		env              sql.NullString
 		created, updated sql.NullInt64
 		idle, gen        int64
+		revoked          sql.NullInt64
 	)
 	err := sc.Scan(&sess.ID, &sess.State, &sess.Image, &sess.MemoryMiB, &sess.CPUs, &env,
 		&sess.Accel, &created, &updated, &sess.Error, &sess.BootMillis, &sess.Handle,
 		&idle, &sess.NoAutoWake, &sess.Template, &sess.Snapshot, &sess.TemplateVersion,
-		&sess.Owner, &sess.Agent, &gen)
+		&sess.Owner, &sess.Agent, &gen, &revoked)
 	if err != nil {
 		return store.Session{}, err
 	}
 	sess.TokenGen = uint64(gen)
+	sess.TokensRevokedAt = decodeTime(revoked)
 	if sess.Env, err = decodeEnv(env); err != nil {
 		return store.Session{}, fmt.Errorf("session %s: env: %w", sess.ID, err)
 	}

@@ -24,6 +24,7 @@ func (s *suite) runIdentity(t *testing.T) {
 	t.Run("ConcurrentUsersOfOneName", s.concurrentUsersOfOneName)
 	t.Run("TeamMembers", s.teamMembers)
 	t.Run("DeleteUserRevokesItsTokens", s.deleteUserRevokesItsTokens)
+	t.Run("RemovedUsers", s.removedUsers)
 	t.Run("TokenRoundTrip", s.tokenRoundTrip)
 	t.Run("TokenDuplicate", s.tokenDuplicate)
 	t.Run("TokenOfMissingUser", s.tokenOfMissingUser)
@@ -468,6 +469,96 @@ func (s *suite) deleteUserRevokesItsTokens(t *testing.T) {
 	}
 }
 
+// wantRemoved checks the RemovedUser record of issuer and subject, by
+// them and (when byName) as the last removed of its name.
+func wantRemoved(t *testing.T, st store.Store, want store.RemovedUser, byName bool) {
+	t.Helper()
+	check := func(how string, got store.RemovedUser, err error) {
+		t.Helper()
+		if err != nil || got.Issuer != want.Issuer || got.Subject != want.Subject || got.ID != want.ID ||
+			got.Name != want.Name || !got.RemovedAt.Equal(want.RemovedAt) || got.RemovedAt.Location() != time.UTC {
+			t.Errorf("%s = %+v, %v; want %+v (in UTC)", how, got, err, want)
+		}
+	}
+	got, err := st.GetRemovedUser(t.Context(), want.Issuer, want.Subject)
+	check("GetRemovedUser", got, err)
+	if byName {
+		got, err = st.GetRemovedUserByName(t.Context(), want.Name)
+		check("GetRemovedUserByName", got, err)
+	}
+}
+
+// wantNotRemoved checks that issuer and subject have no RemovedUser record.
+func wantNotRemoved(t *testing.T, st store.Store, issuer, subject string) {
+	t.Helper()
+	if r, err := st.GetRemovedUser(t.Context(), issuer, subject); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetRemovedUser(%q, %q) = %+v, %v; want ErrNotFound", issuer, subject, r, err)
+	}
+}
+
+// Deleting an OIDC user leaves a RemovedUser record of its issuer and
+// subject, id and name, at the time given; a local user, a failed delete
+// and a missing user leave none. The last removed of a name is found by
+// name. Putting a user with the issuer and subject back deletes their
+// record (and no other); records survive a reopen.
+func (s *suite) removedUsers(t *testing.T) {
+	dir := t.TempDir()
+	st := s.open(t, dir)
+	alice, bob := fullUser("u-1", "alice"), localUser("u-2", "bob")
+	mustPutUser(t, st, alice)
+	mustPutUser(t, st, bob)
+	wantNotRemoved(t, st, alice.Issuer, alice.Subject)
+	if r, err := st.GetRemovedUserByName(t.Context(), "alice"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetRemovedUserByName(never removed) = %+v, %v; want ErrNotFound", r, err)
+	}
+
+	if err := st.DeleteUser(t.Context(), "u-1", time.Time{}); err == nil {
+		t.Error("DeleteUser with a zero time succeeded")
+	}
+	wantNotRemoved(t, st, alice.Issuer, alice.Subject)
+	if err := st.DeleteUser(t.Context(), "u-9", at(70)); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("DeleteUser(missing) = %v, want ErrNotFound", err)
+	}
+
+	when := at(71).Add(7)
+	if err := st.DeleteUser(t.Context(), "u-1", when); err != nil {
+		t.Fatalf("DeleteUser: %v", err)
+	}
+	first := store.RemovedUser{Issuer: alice.Issuer, Subject: alice.Subject, ID: "u-1", Name: "alice", RemovedAt: when}
+	wantRemoved(t, st, first, true)
+	if err := st.DeleteUser(t.Context(), "u-2", when); err != nil {
+		t.Fatalf("DeleteUser(local): %v", err)
+	}
+	if r, err := st.GetRemovedUserByName(t.Context(), "bob"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("GetRemovedUserByName(a local user) = %+v, %v; want ErrNotFound", r, err)
+	}
+
+	// Another subject takes the name, and is removed later: the name
+	// finds it; the first subject's record stays.
+	other := fullUser("u-3", "alice")
+	mustPutUser(t, st, other)
+	if err := st.DeleteUser(t.Context(), "u-3", at(72)); err != nil {
+		t.Fatalf("DeleteUser(u-3): %v", err)
+	}
+	second := store.RemovedUser{Issuer: other.Issuer, Subject: other.Subject, ID: "u-3", Name: "alice", RemovedAt: at(72)}
+	wantRemoved(t, st, second, true)
+	wantRemoved(t, st, first, false)
+
+	// The first subject is put back under a new id: its record goes.
+	back := fullUser("u-4", "alice")
+	back.Subject = alice.Subject
+	mustPutUser(t, st, back)
+	wantNotRemoved(t, st, alice.Issuer, alice.Subject)
+	wantRemoved(t, st, second, true)
+	if err := st.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	st = s.openIn(t, dir)
+	wantRemoved(t, st, second, true)
+	wantNotRemoved(t, st, alice.Issuer, alice.Subject)
+	wantUser(t, st, back)
+}
+
 // Every field of a token, the hash's 32 bytes and the scopes' order (an
 // empty scope included) among them, comes back exactly, by id and by
 // hash; a token of zero times round-trips too.
@@ -710,6 +801,10 @@ func (s *suite) identityDoneContext(t *testing.T) {
 	check("ListTokens", err)
 	check("RevokeToken", st.RevokeToken(ctx, "t-1", at(60)))
 	check("TouchToken", st.TouchToken(ctx, "t-1", at(60)))
+	_, err = st.GetRemovedUser(ctx, u.Issuer, u.Subject)
+	check("GetRemovedUser", err)
+	_, err = st.GetRemovedUserByName(ctx, "alice")
+	check("GetRemovedUserByName", err)
 
 	wantUserNames(t, st, "alice")
 	wantUser(t, st, u)

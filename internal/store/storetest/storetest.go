@@ -35,6 +35,7 @@ func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	t.Run("DeleteSession", s.deleteSession)
 	t.Run("DeleteSessionMissing", s.deleteSessionMissing)
 	t.Run("TokenGen", s.tokenGen)
+	t.Run("RevokeSessionTokens", s.revokeSessionTokens)
 	t.Run("CopiesInAndOut", s.copiesInAndOut)
 	t.Run("ImageRoundTrip", s.imageRoundTrip)
 	t.Run("ImageUpsert", s.imageUpsert)
@@ -123,6 +124,7 @@ func fullSession(id string) store.Session {
 		Owner:           "u_" + strings.Repeat("q", 16),
 		Agent:           "review-bot",
 		TokenGen:        1<<40 + 3,
+		TokensRevokedAt: at(4).Add(9),
 	}
 }
 
@@ -248,6 +250,7 @@ func diffSession(got, want store.Session) []string {
 	if got.TokenGen != want.TokenGen {
 		d = append(d, fmt.Sprintf("TokenGen = %d, want %d", got.TokenGen, want.TokenGen))
 	}
+	d = append(d, checkTime("TokensRevokedAt", got.TokensRevokedAt, want.TokensRevokedAt)...)
 	return d
 }
 
@@ -478,6 +481,8 @@ func (s *suite) update(t *testing.T) {
 		Owner:       "u_someoneelse",
 		Agent:       "fixer",
 		TokenGen:    orig.TokenGen, // UpdateSession never changes it: see tokenGen
+		// Nor this: see revokeSessionTokens.
+		TokensRevokedAt: orig.TokensRevokedAt,
 	}
 	if err := st.UpdateSession(t.Context(), upd); err != nil {
 		t.Fatalf("UpdateSession: %v", err)
@@ -585,6 +590,66 @@ func (s *suite) tokenGen(t *testing.T) {
 		t.Fatalf("Close: %v", err)
 	}
 	wantSession(t, s.openIn(t, dir), stale)
+}
+
+// RevokeSessionTokens bumps the token generation and sets
+// TokensRevokedAt, once: a second revoke bumps again and keeps the first
+// time. UpdateSession, even with a stale copy that has no mark, leaves
+// it, and a reopened store keeps it. A zero time, or a missing session,
+// fails and changes nothing; other sessions are untouched.
+func (s *suite) revokeSessionTokens(t *testing.T) {
+	dir := t.TempDir()
+	st := s.open(t, dir)
+	orig := fullSession("r")
+	orig.TokensRevokedAt = time.Time{}
+	mustCreate(t, st, orig)
+	mustCreate(t, st, fullSession("other"))
+
+	if gen, err := st.RevokeSessionTokens(t.Context(), "r", time.Time{}); err == nil {
+		t.Errorf("RevokeSessionTokens with a zero time = %d, nil; want an error", gen)
+	}
+	wantSession(t, st, orig)
+
+	first := at(50).Add(3)
+	gen, err := st.RevokeSessionTokens(t.Context(), "r", first)
+	if err != nil || gen != orig.TokenGen+1 {
+		t.Fatalf("RevokeSessionTokens = %d, %v; want %d", gen, err, orig.TokenGen+1)
+	}
+	want := orig
+	want.TokenGen, want.TokensRevokedAt = gen, first
+	wantSession(t, st, want)
+
+	if gen, err = st.RevokeSessionTokens(t.Context(), "r", at(55)); err != nil || gen != orig.TokenGen+2 {
+		t.Fatalf("second RevokeSessionTokens = %d, %v; want %d", gen, err, orig.TokenGen+2)
+	}
+	want.TokenGen = gen
+	wantSession(t, st, want)
+
+	stale := orig // as read before the revoke: not revoked
+	stale.State = "parked"
+	if err := st.UpdateSession(t.Context(), stale); err != nil {
+		t.Fatalf("UpdateSession: %v", err)
+	}
+	want.State = "parked"
+	wantSession(t, st, want)
+	wantSession(t, st, fullSession("other"))
+
+	if gen, err := st.RevokeSessionTokens(t.Context(), "missing", at(56)); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("RevokeSessionTokens(missing) = %d, %v; want ErrNotFound", gen, err)
+	}
+	if _, err := st.GetSession(t.Context(), "missing"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("RevokeSessionTokens(missing) created it: %v", err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	if _, err := st.RevokeSessionTokens(ctx, "other", at(57)); !errors.Is(err, context.Canceled) {
+		t.Errorf("RevokeSessionTokens with canceled ctx = %v, want context.Canceled", err)
+	}
+	wantSession(t, st, fullSession("other"))
+	if err := st.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	wantSession(t, s.openIn(t, dir), want)
 }
 
 func (s *suite) deleteSession(t *testing.T) {
