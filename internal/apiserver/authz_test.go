@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -21,12 +20,10 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/identity"
-	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/policy"
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/store/sqlite"
-	"github.com/cove-dev/cove/internal/vmm/fake"
 )
 
 // The policy gate as cove server wires it: users, their teams and API
@@ -34,25 +31,6 @@ import (
 // identity.Authenticator and Directory; the real session manager over the
 // in-process fake VMM driver; a PolicyGate over a policy.Engine; a real
 // HTTP server on loopback.
-
-// blankImages gives the manager one image, "tiny", whose files are empty:
-// the fake driver's guests read none of them (qemu-img overlays the root).
-type blankImages struct{ dir string }
-
-func (f blankImages) Get(_ context.Context, name string) (image.Image, error) {
-	if name != "tiny" {
-		return image.Image{}, api.Errorf(api.CodeInvalid, "unknown image %q (known: tiny)", name)
-	}
-	return image.Image{Manifest: image.Manifest{Name: name}, RootFS: filepath.Join(f.dir, "rootfs.raw")}, nil
-}
-
-func (f blankImages) Kernel(context.Context, func(string)) (image.Kernel, error) {
-	return image.Kernel{Version: "fake", Vmlinux: filepath.Join(f.dir, "vmlinux")}, nil
-}
-
-func (f blankImages) Initramfs(image.Kernel) (string, error) {
-	return filepath.Join(f.dir, "initrd"), nil
-}
 
 type policyEnv struct {
 	*testEnv
@@ -63,58 +41,7 @@ type policyEnv struct {
 
 func newPolicyEnv(t *testing.T) *policyEnv {
 	t.Helper()
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("qemu-img not found: %v", err)
-		}
-		t.Skip("qemu-img not found (install qemu-utils): the manager makes each session's disk overlay with it")
-	}
-	imgDir := t.TempDir()
-	for _, f := range []string{"rootfs.raw", "vmlinux", "initrd"} {
-		if err := os.WriteFile(filepath.Join(imgDir, f), nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	driver := fake.New()
-	dir := t.TempDir()
-	mgr, err := session.New(session.Config{Store: st, Driver: driver, Images: blankImages{imgDir}, Dir: dir,
-		TemplateDir: filepath.Join(dir, "templates"), DefaultMemoryMiB: 64,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		st.Close()
-		t.Fatal(err)
-	}
-	if err := mgr.Recover(ctx); err != nil {
-		t.Fatalf("recover: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if ss, err := mgr.List(ctx); err == nil {
-			for _, s := range ss {
-				if err := mgr.Delete(ctx, s.ID); err != nil {
-					t.Errorf("cleanup: delete %s: %v", s.ID, err)
-				}
-			}
-		}
-		if ts, err := mgr.ListTemplates(ctx); err == nil {
-			for _, tp := range ts {
-				if err := mgr.DeleteTemplate(ctx, tp.Name); err != nil {
-					t.Errorf("cleanup: delete template %s: %v", tp.Name, err)
-				}
-			}
-		}
-		mgr.StopAll(ctx)
-		st.Close()
-		if ids := driver.Running(); len(ids) != 0 {
-			t.Errorf("fake VMs left running: %v", ids)
-		}
-	})
+	mgr, st, _ := newFakeManager(t, nil)
 	e := &policyEnv{testEnv: &testEnv{t: t, images: &fakeImages{}, logs: &logSink{}}, st: st, mgr: mgr, engine: policy.New()}
 	e.server = New(Config{Sessions: mgr, Images: e.images, Token: testToken,
 		Authenticator: identity.NewAuthenticator(identity.AuthConfig{AdminToken: testToken, Store: st}),

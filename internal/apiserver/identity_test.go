@@ -1,17 +1,11 @@
 package apiserver
 
 import (
-	"context"
-	"io"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/coreos/go-oidc/v3/oidc"
 
@@ -21,8 +15,6 @@ import (
 	"github.com/cove-dev/cove/internal/policy"
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/sessiontoken"
-	"github.com/cove-dev/cove/internal/store/sqlite"
-	"github.com/cove-dev/cove/internal/vmm/fake"
 )
 
 // issuerEnv is cove server as cmd/cove wires it with its issuer: the
@@ -35,23 +27,6 @@ type issuerEnv struct {
 
 func newIssuerEnv(t *testing.T) *issuerEnv {
 	t.Helper()
-	if _, err := exec.LookPath("qemu-img"); err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("qemu-img not found: %v", err)
-		}
-		t.Skip("qemu-img not found (install qemu-utils): the manager makes each session's disk overlay with it")
-	}
-	imgDir := t.TempDir()
-	for _, f := range []string{"rootfs.raw", "vmlinux", "initrd"} {
-		if err := os.WriteFile(filepath.Join(imgDir, f), nil, 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "state.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	srv := httptest.NewUnstartedServer(nil)
 	srv.Start()
 	t.Cleanup(srv.Close)
@@ -60,31 +35,7 @@ func newIssuerEnv(t *testing.T) *issuerEnv {
 		t.Fatal(err)
 	}
 	minter := sessiontoken.Minter{Issuer: is}
-	driver := fake.New()
-	dir := t.TempDir()
-	mgr, err := session.New(session.Config{Store: st, Driver: driver, Images: blankImages{imgDir}, Dir: dir,
-		TemplateDir: filepath.Join(dir, "templates"), DefaultMemoryMiB: 64, Tokens: minter,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		st.Close()
-		t.Fatal(err)
-	}
-	if err := mgr.Recover(ctx); err != nil {
-		t.Fatalf("recover: %v", err)
-	}
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		if ss, err := mgr.List(ctx); err == nil {
-			for _, s := range ss {
-				if err := mgr.Delete(ctx, s.ID); err != nil {
-					t.Errorf("cleanup: delete %s: %v", s.ID, err)
-				}
-			}
-		}
-		mgr.StopAll(ctx)
-		st.Close()
-	})
+	mgr, st, _ := newFakeManager(t, func(c *session.Config) { c.Tokens = minter })
 	e := &policyEnv{testEnv: &testEnv{t: t, images: &fakeImages{}, logs: &logSink{}}, st: st, mgr: mgr, engine: policy.New()}
 	verifier := &sessiontoken.Verifier{Issuer: is, Audience: is.URL(), Records: st}
 	e.server = New(Config{Sessions: mgr, Images: e.images, Token: testToken, Issuer: is.Handler(),

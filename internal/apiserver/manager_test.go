@@ -49,8 +49,13 @@ func (f emptyImages) Initramfs(image.Kernel) (string, error) {
 	return filepath.Join(f.dir, "initrd"), nil
 }
 
-// newManagerEnv serves the real session manager over the fake driver.
-func newManagerEnv(t *testing.T) (*testEnv, *session.Manager, *fake.Driver) {
+// newFakeManager starts the real session manager, as cove server wires it,
+// over the fake driver and a real SQLite store in the test's temporary
+// folders; adjust, when not nil, changes the config first (hooks, a token
+// minter). At cleanup it deletes every session and template the test left,
+// stops the manager, closes the store and fails the test if a fake VM is
+// still running.
+func newFakeManager(t *testing.T, adjust func(*session.Config)) (*session.Manager, *sqlite.Store, *fake.Driver) {
 	t.Helper()
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		testenv.Skipf(t, "qemu-img not found (install qemu-utils): the manager makes each session's disk overlay with it")
@@ -68,11 +73,13 @@ func newManagerEnv(t *testing.T) (*testEnv, *session.Manager, *fake.Driver) {
 	}
 	driver := fake.New()
 	dir := t.TempDir()
-	metrics := NewMetrics() // wired as cove server wires it
-	mgr, err := session.New(session.Config{Store: st, Driver: driver, Images: emptyImages{imgDir}, Dir: dir,
+	cfg := session.Config{Store: st, Driver: driver, Images: emptyImages{imgDir}, Dir: dir,
 		TemplateDir: filepath.Join(dir, "templates"), DefaultMemoryMiB: 64,
-		OnPark: metrics.ObservePark, OnWake: metrics.ObserveWake,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	if adjust != nil {
+		adjust(&cfg)
+	}
+	mgr, err := session.New(cfg)
 	if err != nil {
 		st.Close()
 		t.Fatal(err)
@@ -102,6 +109,16 @@ func newManagerEnv(t *testing.T) (*testEnv, *session.Manager, *fake.Driver) {
 		if ids := driver.Running(); len(ids) != 0 {
 			t.Errorf("fake VMs left running: %v", ids)
 		}
+	})
+	return mgr, st, driver
+}
+
+// newManagerEnv serves the real session manager over the fake driver.
+func newManagerEnv(t *testing.T) (*testEnv, *session.Manager, *fake.Driver) {
+	t.Helper()
+	metrics := NewMetrics() // wired as cove server wires it
+	mgr, _, driver := newFakeManager(t, func(c *session.Config) {
+		c.OnPark, c.OnWake = metrics.ObservePark, metrics.ObserveWake
 	})
 	e := &testEnv{t: t, images: &fakeImages{}, logs: &logSink{}}
 	e.server = New(Config{Sessions: mgr, Images: e.images, Token: testToken, Metrics: metrics,

@@ -1,7 +1,6 @@
 package storetest
 
 import (
-	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -767,14 +766,7 @@ func (s *suite) identityDoneContext(t *testing.T) {
 	tok := liveToken("t-1", "u-1")
 	mustPutToken(t, st, tok)
 
-	ctx, cancel := context.WithCancel(t.Context())
-	cancel()
-	check := func(op string, err error) {
-		t.Helper()
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("%s with canceled ctx = %v, want context.Canceled", op, err)
-		}
-	}
+	ctx, check := canceled(t)
 	changed := u
 	changed.Kind = store.UserAdmin
 	check("PutUser", st.PutUser(ctx, changed))
@@ -839,15 +831,7 @@ func (s *suite) identityPersistsAcrossReopen(t *testing.T) {
 		st.TouchToken(ctx, "t-1", at(71)),
 		st.DeleteUser(ctx, "u-3", at(72)),
 	}
-	for i, err := range steps {
-		if err != nil {
-			st.Close()
-			t.Fatalf("write step %d: %v", i, err)
-		}
-	}
-	if err := st.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	closeAfterWrites(t, st, steps)
 
 	st = s.openIn(t, dir)
 	wantUserNames(t, st, "alice", "bob")

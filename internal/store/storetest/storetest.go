@@ -382,6 +382,35 @@ func mustCreateTemplate(t *testing.T, st store.Store, tm store.Template) {
 	}
 }
 
+// canceled returns a context that is done already and a check that op,
+// called with it, failed with context.Canceled.
+func canceled(t *testing.T) (context.Context, func(op string, err error)) {
+	ctx, cancel := context.WithCancel(t.Context())
+	cancel()
+	return ctx, func(op string, err error) {
+		t.Helper()
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("%s with canceled ctx = %v, want context.Canceled", op, err)
+		}
+	}
+}
+
+// closeAfterWrites fails the test at the first of steps (the errors of
+// writes to st) that failed, closing st first; then it closes st, so that
+// the test can reopen the store and check what it kept.
+func closeAfterWrites(t *testing.T, st store.Store, steps []error) {
+	t.Helper()
+	for i, err := range steps {
+		if err != nil {
+			st.Close()
+			t.Fatalf("write step %d: %v", i, err)
+		}
+	}
+	if err := st.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+}
+
 func mustCreate(t *testing.T, st store.Store, s store.Session) {
 	t.Helper()
 	if err := st.CreateSession(t.Context(), s); err != nil {
@@ -555,7 +584,6 @@ func (s *suite) listSessionsOrder(t *testing.T) {
 	wantSessionIDs(t, st, "zero", "early", "z", "b", "y", "B", "a", "c")
 }
 
-// A deleted session is gone from Get and List; others stay.
 // BumpTokenGen adds one to a session's token generation and returns it;
 // UpdateSession, even with a stale or zeroed copy, leaves the stored one
 // as it is (a revoke stays in force); a reopened store keeps it; a missing
@@ -652,6 +680,7 @@ func (s *suite) revokeSessionTokens(t *testing.T) {
 	wantSession(t, s.openIn(t, dir), want)
 }
 
+// A deleted session is gone from Get and List; others stay.
 func (s *suite) deleteSession(t *testing.T) {
 	st := s.fresh(t)
 	mustCreate(t, st, fullSession("keep"))
@@ -1042,14 +1071,7 @@ func (s *suite) doneContext(t *testing.T) {
 	mustPut(t, st, fullImage("there"))
 	mustCreateTemplate(t, st, fullTemplate("there"))
 
-	ctx, cancel := context.WithCancel(t.Context())
-	cancel()
-	check := func(op string, err error) {
-		t.Helper()
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("%s with canceled ctx = %v, want context.Canceled", op, err)
-		}
-	}
+	ctx, check := canceled(t)
 	check("CreateSession", st.CreateSession(ctx, fullSession("new")))
 	changed := fullSession("there")
 	changed.State = "failed"
@@ -1122,15 +1144,7 @@ func (s *suite) persistsAcrossReopen(t *testing.T) {
 	changedTmpl.Setup = []string{"only"}
 	changedTmpl.Snapshot = nil
 	steps = append(steps, st.UpdateTemplate(t.Context(), changedTmpl))
-	for i, err := range steps {
-		if err != nil {
-			st.Close()
-			t.Fatalf("write step %d: %v", i, err)
-		}
-	}
-	if err := st.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	closeAfterWrites(t, st, steps)
 
 	st = s.openIn(t, dir)
 	wantSessionIDs(t, st, "b", "a", "updated")

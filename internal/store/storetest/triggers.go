@@ -963,14 +963,7 @@ func (s *suite) triggersDoneContext(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithCancel(t.Context())
-	cancel()
-	check := func(op string, err error) {
-		t.Helper()
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("%s with canceled ctx = %v, want context.Canceled", op, err)
-		}
-	}
+	ctx, check := canceled(t)
 	_, _, _, err := st.RecordEvent(ctx, fullEvent("github", "new"), []string{"there"})
 	check("RecordEvent", err)
 	_, _, _, err = st.RecordEvent(ctx, ev, nil)
@@ -1044,14 +1037,7 @@ func (s *suite) triggersPersistAcrossReopen(t *testing.T) {
 		st.PutHookSecret(t.Context(), "gone", []byte("x")),
 		st.DeleteHook(t.Context(), "gone"),
 	}
-	for i, err := range steps {
-		if err != nil {
-			fail("write step %d: %v", i, err)
-		}
-	}
-	if err := st.Close(); err != nil {
-		t.Fatalf("Close: %v", err)
-	}
+	closeAfterWrites(t, st, steps)
 
 	st = s.openIn(t, dir)
 	want := ev
