@@ -100,7 +100,7 @@ func testParkWake(t *testing.T, e *e2e, id string) {
 		t.Fatalf("QEMU %d of %s runs on after the park", pid, id)
 	}
 	table := e.ok(nil, "ls")
-	if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(id) + `\s+parked\s+tiny\s+\S+\s+[0-9.]+[KMG]iB$`).MatchString(table) {
+	if !regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(id) + `\s+parked\s+tiny\s+\S+\s+\S+\s+\S+\s+[0-9.]+[KMG]iB$`).MatchString(table) {
 		t.Errorf("ls does not show %s parked with its snapshot's size:\n%s", id, table)
 	}
 	e.wantMetrics(e.metrics(), map[string]float64{
