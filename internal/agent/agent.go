@@ -189,12 +189,11 @@ type portConn struct {
 }
 
 // pollEvery bounds how long a read or a write of the port waits for the
-// kernel's wakeup before it tries the port again. make soak caught
-// freshly booted guests idle (their QEMU used no CPU) with host requests
-// unread for minutes: the agent waited on a readiness wakeup that never
-// came, while a plain read would have found the data (or a write the
-// room). Trying again every pollEvery costs an idle guest one wakeup per
-// period and bounds such a stall to it.
+// kernel's readiness wakeup before it tries the port again: a missed
+// wakeup costs at most this long, and an idle guest one wakeup per
+// period. (make soak's idle guests with host requests unread, for which
+// it was added, turned out to be something else: most likely guest disk
+// I/O that never completes; see the README's known issue.)
 const pollEvery = 2 * time.Second
 
 var errNewHost = errors.New("agent: a new host connection started")
