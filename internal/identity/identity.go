@@ -20,8 +20,9 @@ type Kind string
 
 // Kinds of principal.
 const (
-	// KindAdminToken is the holder of the server's admin token: it only
-	// bootstraps (makes the first users and tokens), and is no user.
+	// KindAdminToken is the holder of the server's admin token: it is
+	// no user; it makes the first users and tokens, and the policy lets
+	// it act as an admin (recorded as owner store.OwnerAdmin).
 	KindAdminToken Kind = "admin-token"
 	// KindUser is a user, by an API token or an OIDC ID token.
 	KindUser Kind = "user"
