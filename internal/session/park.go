@@ -279,11 +279,7 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 	// they die now (see token.go). None of the new generation is minted
 	// while the record says parking.
 	if _, err := m.cfg.Store.BumpTokenGen(ctx, id); err != nil {
-		m.undelete(l)
-		rec.State, rec.UpdatedAt = api.StateRunning, time.Now().UTC()
-		if uerr := m.cfg.Store.UpdateSession(context.WithoutCancel(ctx), rec); uerr != nil {
-			m.cfg.Log.Error("record rolled-back park", "session", id, "err", uerr)
-		}
+		m.rollBackPark(ctx, l, rec)
 		return api.Session{}, fmt.Errorf("session: park %s: revoke its tokens: %w", id, err)
 	}
 	m.crashPoint("park.recorded")
@@ -296,12 +292,8 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 	os.Remove(filepath.Join(m.dir(id), wokenFile)) // left by a wake cut short after its record
 	if err := l.hangUp(ctx, m.answerTimeout()); err != nil {
 		// Nothing was done to the VM: it runs on, as does the session.
-		m.undelete(l)
 		l.touch() // idle parking tries again only after another idle period
-		rec.State, rec.UpdatedAt = api.StateRunning, time.Now().UTC()
-		if uerr := m.cfg.Store.UpdateSession(context.WithoutCancel(ctx), rec); uerr != nil {
-			m.cfg.Log.Error("record rolled-back park", "session", id, "err", uerr)
-		}
+		m.rollBackPark(ctx, l, rec)
 		m.cfg.Log.Warn("park rolled back: the guest agent did not answer", "session", id, "err", err)
 		return api.Session{}, api.Errorf(api.CodeTimeout, "park %s: the guest agent did not answer within %s (%v); the session keeps running", id, m.answerTimeout(), err)
 	}
@@ -326,9 +318,7 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 		} else {
 			m.cfg.Log.Warn("guest agent not answering after a failed park; connecting in the background", "session", id, "err", cerr)
 		}
-		m.undelete(l)
-		rec.State, rec.UpdatedAt = api.StateRunning, time.Now().UTC()
-		_ = m.cfg.Store.UpdateSession(pctx, rec)
+		m.rollBackPark(ctx, l, rec)
 		return api.Session{}, fmt.Errorf("session: park %s: %w", id, err)
 	}
 	m.crashPoint("park.saved")
@@ -354,6 +344,17 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 		m.cfg.OnPark(time.Since(start))
 	}
 	return m.toAPI(rec), nil
+}
+
+// rollBackPark records a park that left the VM running (nothing was
+// saved) as running again, and lets the session's calls and watcher have
+// its VM back.
+func (m *Manager) rollBackPark(ctx context.Context, l *live, rec store.Session) {
+	m.undelete(l)
+	rec.State, rec.UpdatedAt = api.StateRunning, time.Now().UTC()
+	if err := m.cfg.Store.UpdateSession(context.WithoutCancel(ctx), rec); err != nil {
+		m.cfg.Log.Error("record rolled-back park", "session", rec.ID, "err", err)
+	}
 }
 
 // begin starts a park or wake (op) of session id: it takes the session's
