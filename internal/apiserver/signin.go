@@ -29,12 +29,8 @@ func (s *Server) whoAmI(w http.ResponseWriter, r *http.Request) error {
 		out.Scopes = []string{}
 	}
 	if p.User.ID != "" {
-		teams := p.Teams
-		if teams == nil {
-			teams = []string{}
-		}
-		out.User = &api.User{ID: p.User.ID, Name: p.User.Name, Kind: p.User.Kind, Teams: teams,
-			Issuer: p.User.Issuer, Subject: p.User.Subject, CreatedAt: p.User.CreatedAt}
+		u := identity.UserOut(p.User, p.Teams)
+		out.User = &u
 	}
 	return writeJSON(w, http.StatusOK, out)
 }

@@ -192,7 +192,7 @@ func (a *Authenticator) verifyJWT(ctx context.Context, raw string) (Principal, e
 	if len(a.jwt) == 0 {
 		return Principal{}, fmt.Errorf("%w: a JWT, and this server accepts none", ErrUnknownToken)
 	}
-	iss, err := unverifiedIssuer(raw)
+	iss, err := UnverifiedIssuer(raw)
 	if err != nil {
 		return Principal{}, err
 	}

@@ -90,7 +90,7 @@ func (d *Directory) AddUser(ctx context.Context, req api.CreateUserRequest) (api
 			return api.User{}, fmt.Errorf("add user %s to team %s: %w", req.Name, team, err)
 		}
 	}
-	return userOut(u, teams), nil
+	return UserOut(u, teams), nil
 }
 
 // checkTeams checks team names and returns them sorted, each once.
@@ -120,7 +120,7 @@ func (d *Directory) ListUsers(ctx context.Context) ([]api.User, error) {
 		if err != nil {
 			return nil, fmt.Errorf("list users: %w", err)
 		}
-		out = append(out, userOut(u, teams))
+		out = append(out, UserOut(u, teams))
 	}
 	return out, nil
 }
@@ -297,7 +297,7 @@ func (d *Directory) RevokeToken(ctx context.Context, id string) (api.Token, erro
 	return tokenOut(tok, name, d.now()), nil
 }
 
-func userOut(u store.User, teams []string) api.User {
+func UserOut(u store.User, teams []string) api.User {
 	if teams == nil {
 		teams = []string{}
 	}

@@ -260,7 +260,7 @@ type idClaims struct {
 // *api.Error with CodeUnavailable and no refusal: the token may be good.
 // A user name taken by another user is a CodeConflict.
 func (o *OIDC) Verify(ctx context.Context, raw string) (Principal, error) {
-	iss, err := unverifiedIssuer(raw)
+	iss, err := UnverifiedIssuer(raw)
 	if err != nil {
 		return Principal{}, err
 	}
@@ -309,9 +309,10 @@ func unavailable(iss string) error {
 	return api.Errorf(api.CodeUnavailable, "OIDC issuer %s cannot be reached to check its ID token (its discovery document or signing keys); try again later", iss)
 }
 
-// unverifiedIssuer reads the iss of a JWT-shaped token before any check,
-// to choose its verifier. Nothing else of it is trusted.
-func unverifiedIssuer(raw string) (string, error) {
+// UnverifiedIssuer reads the iss of a JWT-shaped token before any check,
+// to choose its verifier (an error wrapping ErrUnknownToken when it has
+// none). Nothing else of it is trusted.
+func UnverifiedIssuer(raw string) (string, error) {
 	parts := strings.Split(raw, ".")
 	if len(parts) != 3 {
 		return "", fmt.Errorf("%w: not a JWT", ErrUnknownToken)

@@ -10,8 +10,6 @@ package sessiontoken
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -77,8 +75,8 @@ var _ identity.JWTVerifier = (*Verifier)(nil)
 // is gone, is ErrRevoked. Errors of the store are
 // returned wrapped, and are no refusal.
 func (v *Verifier) Verify(ctx context.Context, raw string) (identity.Principal, error) {
-	iss, ok := unverifiedIssuer(raw)
-	if !ok || iss != v.Issuer.URL() {
+	iss, err := unverifiedIssuer(raw)
+	if err != nil || iss != v.Issuer.URL() {
 		return identity.Principal{}, fmt.Errorf("%w: not a session token of issuer %s", identity.ErrUnknownToken, v.Issuer.URL())
 	}
 	c, err := v.Issuer.Verify(raw, v.Audience)
@@ -133,20 +131,9 @@ func trim(err error) string {
 
 // unverifiedIssuer reads the iss claim of a compact JWS without checking
 // anything: only to tell whose token it is.
-func unverifiedIssuer(raw string) (string, bool) {
-	parts := strings.Split(raw, ".")
-	if len(parts) != 3 || len(parts[1]) > issuer.MaxTokenSize {
-		return "", false
+func unverifiedIssuer(raw string) (string, error) {
+	if parts := strings.SplitN(raw, ".", 3); len(parts) == 3 && len(parts[1]) > issuer.MaxTokenSize {
+		return "", errors.New("payload too large for a session token")
 	}
-	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
-	if err != nil {
-		return "", false
-	}
-	var c struct {
-		Issuer string `json:"iss"`
-	}
-	if json.Unmarshal(payload, &c) != nil {
-		return "", false
-	}
-	return c.Issuer, true
+	return identity.UnverifiedIssuer(raw)
 }
