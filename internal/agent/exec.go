@@ -251,14 +251,13 @@ func (a *Agent) attachOp(st io.ReadWriter, req agentproto.Request) {
 type running struct {
 	p *process
 
-	mu    sync.Mutex
-	sink  *frameWriter         // guarded by mu: the attached stream, nil while detached
-	out   agentproto.OutputLog // guarded by mu
-	exit  *agentproto.Exit     // guarded by mu: set once the command ended and its output drained
-	ended time.Time            // guarded by mu: when exit was set
-	// endedAt is ended in Unix nanoseconds (0 while the command runs),
-	// for keepExits, which must not take mu: an emit holds it while it
-	// writes to a stream the host may not be reading.
+	mu   sync.Mutex
+	sink *frameWriter         // guarded by mu: the attached stream, nil while detached
+	out  agentproto.OutputLog // guarded by mu
+	exit *agentproto.Exit     // guarded by mu: set once the command ended and its output drained
+	// endedAt is when exit was set, in Unix nanoseconds (0 while the
+	// command runs), for keepExits, which must not take mu: an emit holds
+	// it while it writes to a stream the host may not be reading.
 	endedAt atomic.Int64
 	exitTo  *frameWriter // guarded by mu: the stream that took the exit, awaiting its ack
 }
@@ -469,8 +468,8 @@ func (a *Agent) supervise(r *running, timeoutMillis int64) {
 		exit.Code = 128 + int(ws.Signal())
 	}
 	r.mu.Lock()
-	r.exit, r.ended = &exit, time.Now()
-	r.endedAt.Store(r.ended.UnixNano())
+	r.exit = &exit
+	r.endedAt.Store(time.Now().UnixNano())
 	if r.sink != nil && r.sink.json(agentproto.FrameExit, exit) == nil {
 		r.exitTo = r.sink // its attach forgets the command on the ack
 	}

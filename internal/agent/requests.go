@@ -265,44 +265,36 @@ func peerIsRoot(c net.Conn) error {
 // event matches one of until (or timeout passes), and returns that event.
 // It is what 'cove-agent park' runs inside the guest.
 func Park(ctx context.Context, until []string, timeout string) ([]byte, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "unix", SocketPath)
-	if err != nil {
-		return nil, fmt.Errorf("park: the agent is not reachable: %w", err)
-	}
-	defer c.Close()
-	if err := json.NewEncoder(c).Encode(ToolRequest{Kind: "park", Until: until, Timeout: timeout}); err != nil {
-		return nil, err
-	}
-	var r ToolReply
-	if err := json.NewDecoder(c).Decode(&r); err != nil {
-		return nil, fmt.Errorf("park: %w", err)
-	}
-	if r.Error != "" {
-		return nil, errors.New(r.Error)
-	}
-	return r.Event, nil
+	r, err := askAgent(ctx, ToolRequest{Kind: agentproto.GuestPark, Until: until, Timeout: timeout})
+	return r.Event, err
 }
 
 // Token asks the host, through the agent, for the session's identity
 // token for audience, living ttl ("" for the host's default), and returns
 // it. It is what 'cove-agent token' runs inside the guest (as root).
 func Token(ctx context.Context, audience, ttl string) (string, error) {
+	r, err := askAgent(ctx, ToolRequest{Kind: agentproto.GuestToken, Audience: audience, TTL: ttl})
+	return r.Token, err
+}
+
+// askAgent sends req to the agent's tools socket and returns its reply;
+// a reply's Error is returned as an error (and the reply zero).
+func askAgent(ctx context.Context, req ToolRequest) (ToolReply, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", SocketPath)
 	if err != nil {
-		return "", fmt.Errorf("token: the agent is not reachable: %w", err)
+		return ToolReply{}, fmt.Errorf("%s: the agent is not reachable: %w", req.Kind, err)
 	}
 	defer c.Close()
-	if err := json.NewEncoder(c).Encode(ToolRequest{Kind: agentproto.GuestToken, Audience: audience, TTL: ttl}); err != nil {
-		return "", err
+	if err := json.NewEncoder(c).Encode(req); err != nil {
+		return ToolReply{}, err
 	}
 	var r ToolReply
 	if err := json.NewDecoder(c).Decode(&r); err != nil {
-		return "", fmt.Errorf("token: %w", err)
+		return ToolReply{}, fmt.Errorf("%s: %w", req.Kind, err)
 	}
 	if r.Error != "" {
-		return "", errors.New(r.Error)
+		return ToolReply{}, errors.New(r.Error)
 	}
-	return r.Token, nil
+	return r, nil
 }
