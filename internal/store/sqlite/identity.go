@@ -3,11 +3,9 @@ package sqlite
 import (
 	"context"
 	"database/sql"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
-	"unicode/utf8"
 
 	"github.com/cove-dev/cove/internal/store"
 )
@@ -395,7 +393,7 @@ func (s *Store) setTokenTime(ctx context.Context, id, column string, at time.Tim
 
 // tokenArgs are t's column values, in tokenColumns order.
 func tokenArgs(t store.Token) ([]any, error) {
-	scopes, err := encodeScopes(t.Scopes)
+	scopes, err := encodeStrings("scope", t.Scopes)
 	if err != nil {
 		return nil, fmt.Errorf("scopes: %w", err)
 	}
@@ -429,42 +427,12 @@ func scanToken(sc scanner) (store.Token, error) {
 		return store.Token{}, fmt.Errorf("token %s: hash of %d bytes, want %d", t.ID, len(hash), len(t.Hash))
 	}
 	copy(t.Hash[:], hash)
-	if t.Scopes, err = decodeScopes(scopes); err != nil {
+	if t.Scopes, err = decodeStrings(scopes); err != nil {
 		return store.Token{}, fmt.Errorf("token %s: scopes: %w", t.ID, err)
 	}
 	t.CreatedAt, t.ExpiresAt = decodeTime(created), decodeTime(expires)
 	t.RevokedAt, t.LastUsedAt = decodeTime(revoked), decodeTime(used)
 	return t, nil
-}
-
-// encodeScopes is scopes as a JSON array, or NULL if there are none. As
-// with encodeEnv, scopes that are not UTF-8 are refused.
-func encodeScopes(scopes []string) (any, error) {
-	if len(scopes) == 0 {
-		return nil, nil
-	}
-	for i, sc := range scopes {
-		if !utf8.ValidString(sc) {
-			return nil, fmt.Errorf("scope %d is not valid UTF-8", i)
-		}
-	}
-	b, err := json.Marshal(scopes)
-	if err != nil {
-		return nil, err
-	}
-	return string(b), nil
-}
-
-// decodeScopes undoes encodeScopes.
-func decodeScopes(s sql.NullString) ([]string, error) {
-	if !s.Valid {
-		return nil, nil
-	}
-	var scopes []string
-	if err := json.Unmarshal([]byte(s.String), &scopes); err != nil {
-		return nil, err
-	}
-	return scopes, nil
 }
 
 // nullString is s, or NULL if it is empty.

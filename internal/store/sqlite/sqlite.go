@@ -506,7 +506,7 @@ func templateArgs(t store.Template) ([]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("env: %w", err)
 	}
-	setup, err := encodeSetup(t.Setup)
+	setup, err := encodeStrings("command", t.Setup)
 	if err != nil {
 		return nil, fmt.Errorf("setup: %w", err)
 	}
@@ -542,7 +542,7 @@ func scanTemplate(sc scanner) (store.Template, error) {
 	if t.Env, err = decodeEnv(env); err != nil {
 		return store.Template{}, fmt.Errorf("template %s: env: %w", t.Name, err)
 	}
-	if t.Setup, err = decodeSetup(setup); err != nil {
+	if t.Setup, err = decodeStrings(setup); err != nil {
 		return store.Template{}, fmt.Errorf("template %s: setup: %w", t.Name, err)
 	}
 	t.CreatedAt = decodeTime(created)
@@ -620,34 +620,35 @@ func decodeEnv(s sql.NullString) (map[string]string, error) {
 	return env, nil
 }
 
-// encodeSetup is setup as a JSON array, or NULL if it is empty. As with
-// encodeEnv, commands that are not UTF-8 are refused.
-func encodeSetup(setup []string) (any, error) {
-	if len(setup) == 0 {
+// encodeStrings is ss as a JSON array, or NULL if it is empty. As with
+// encodeEnv, strings that are not UTF-8 are refused; what names one in
+// the error ("command", "expression", "scope").
+func encodeStrings(what string, ss []string) (any, error) {
+	if len(ss) == 0 {
 		return nil, nil
 	}
-	for i, c := range setup {
-		if !utf8.ValidString(c) {
-			return nil, fmt.Errorf("command %d is not valid UTF-8", i)
+	for i, v := range ss {
+		if !utf8.ValidString(v) {
+			return nil, fmt.Errorf("%s %d is not valid UTF-8", what, i)
 		}
 	}
-	b, err := json.Marshal(setup)
+	b, err := json.Marshal(ss)
 	if err != nil {
 		return nil, err
 	}
 	return string(b), nil
 }
 
-// decodeSetup undoes encodeSetup.
-func decodeSetup(s sql.NullString) ([]string, error) {
+// decodeStrings undoes encodeStrings.
+func decodeStrings(s sql.NullString) ([]string, error) {
 	if !s.Valid {
 		return nil, nil
 	}
-	var setup []string
-	if err := json.Unmarshal([]byte(s.String), &setup); err != nil {
+	var ss []string
+	if err := json.Unmarshal([]byte(s.String), &ss); err != nil {
 		return nil, err
 	}
-	return setup, nil
+	return ss, nil
 }
 
 // encodeBlob is b, or NULL if it is empty.

@@ -287,7 +287,7 @@ const subscriptionColumns = `session_id, until, deadline, created_at`
 
 // PutSubscription implements store.Store.
 func (s *Store) PutSubscription(ctx context.Context, sub store.Subscription) error {
-	until, err := encodeUntil(sub.Until)
+	until, err := encodeStrings("expression", sub.Until)
 	if err != nil {
 		return errorf("sqlite: put subscription %s: until: %w", sub.SessionID, err)
 	}
@@ -367,7 +367,7 @@ func scanSubscription(sc scanner) (store.Subscription, error) {
 		return store.Subscription{}, err
 	}
 	var err error
-	if sub.Until, err = decodeUntil(until); err != nil {
+	if sub.Until, err = decodeStrings(until); err != nil {
 		return store.Subscription{}, fmt.Errorf("subscription %s: until: %w", sub.SessionID, err)
 	}
 	sub.Deadline = decodeTime(deadline)
@@ -523,27 +523,4 @@ func encodeFields(fields map[string]string) (any, error) {
 // decodeFields undoes encodeFields.
 func decodeFields(s sql.NullString) (map[string]string, error) {
 	return decodeEnv(s) // the same encoding
-}
-
-// encodeUntil is until as a JSON array, or NULL if it is empty. As with
-// encodeFields, expressions that are not UTF-8 are refused.
-func encodeUntil(until []string) (any, error) {
-	if len(until) == 0 {
-		return nil, nil
-	}
-	for i, e := range until {
-		if !utf8.ValidString(e) {
-			return nil, fmt.Errorf("expression %d is not valid UTF-8", i)
-		}
-	}
-	b, err := json.Marshal(until)
-	if err != nil {
-		return nil, err
-	}
-	return string(b), nil
-}
-
-// decodeUntil undoes encodeUntil.
-func decodeUntil(s sql.NullString) ([]string, error) {
-	return decodeSetup(s) // the same encoding
 }
