@@ -467,15 +467,17 @@ func (a *Agent) supervise(r *running, timeoutMillis int64) {
 		exit.Signal = int(ws.Signal())
 		exit.Code = 128 + int(ws.Signal())
 	}
+	// Bound the kept exits before the exit goes out: a host that read it
+	// and attaches to the oldest at once finds that one already forgotten.
+	r.endedAt.Store(time.Now().UnixNano())
+	a.keepExits()
 	r.mu.Lock()
 	r.exit = &exit
-	r.endedAt.Store(time.Now().UnixNano())
 	if r.sink != nil && r.sink.json(agentproto.FrameExit, exit) == nil {
 		r.exitTo = r.sink // its attach forgets the command on the ack
 	}
 	r.sink = nil
 	r.mu.Unlock()
-	a.keepExits()
 }
 
 type output struct {
