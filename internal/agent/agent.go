@@ -40,12 +40,23 @@ type Agent struct {
 	listener *listener          // guarded by mu: the host's listen stream, if any
 	hostBack chan struct{}      // guarded by mu: closed when a listen stream arrives
 	urandom  int                // guarded by mu: /dev/urandom for reseeding, once opened (else -1)
+
+	// syncFS writes back what is dirty before a park's quiet line
+	// (unix.Sync; tests replace it), and syncLimit bounds the wait for it.
+	syncFS    func()
+	syncLimit time.Duration
 }
+
+// syncLimit bounds a detach's write-back: a guest whose disk does not
+// complete (a lost completion was seen under load) must still say it is
+// quiet, and serve the next connection, rather than wait in sync() for
+// ever; the write-back goes on behind.
+const syncLimit = 10 * time.Second
 
 // New returns an agent. It starts the child reaper: as PID 1 the agent is
 // the parent of every orphan in the guest.
 func New(log *slog.Logger) *Agent {
-	return &Agent{Log: log, reaper: newReaper(), urandom: -1}
+	return &Agent{Log: log, reaper: newReaper(), urandom: -1, syncFS: unix.Sync, syncLimit: syncLimit}
 }
 
 // FindPort returns the device path of the virtio-serial port named name,
@@ -343,7 +354,7 @@ func (a *Agent) serveConn(ctx context.Context, conn io.ReadWriteCloser) {
 			// translated afresh (≈2.5k blocks, ≈30 ms, on the wake it
 			// hit). The park pays for it instead, while nobody waits on
 			// the guest.
-			unix.Sync()
+			a.writeBack()
 			_, _ = conn.Write([]byte(agentproto.QuietMagic + quiet + "\n"))
 		}
 	}()
@@ -353,6 +364,21 @@ func (a *Agent) serveConn(ctx context.Context, conn io.ReadWriteCloser) {
 			return
 		}
 		go a.handle(st)
+	}
+}
+
+// writeBack syncs the file systems, waiting a.syncLimit at most: the sync
+// is left to finish on its own thread if the disk does not answer.
+func (a *Agent) writeBack() {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.syncFS()
+	}()
+	select {
+	case <-done:
+	case <-time.After(a.syncLimit):
+		a.Log.Warn("sync did not return; the disk is not completing writes", "waited", a.syncLimit)
 	}
 }
 

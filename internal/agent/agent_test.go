@@ -720,6 +720,40 @@ func TestDetachSettlesAndKeepsTheConnection(t *testing.T) {
 	}
 }
 
+// TestDetachSettlesWhileTheDiskHangs: a guest whose sync() never returns
+// (its disk lost a completion) still says it is quiet within the bound,
+// so the park goes on, and its connection's serve returns to take the
+// next one, as a woken guest must, instead of waiting in sync() for ever.
+func TestDetachSettlesWhileTheDiskHangs(t *testing.T) {
+	a := agent.New(slog.New(slog.NewTextHandler(io.Discard, nil)))
+	stuck := make(chan struct{})
+	t.Cleanup(func() { close(stuck) })
+	a.SetSync(func() { <-stuck }, 50*time.Millisecond)
+	host, guest := socketPair(t)
+	ended := make(chan struct{})
+	go func() {
+		defer close(ended)
+		a.ServeConn(context.Background(), keepOpen{guest})
+	}()
+	c, err := agentproto.NewClient(host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Hello(ctxT(t)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Detach(ctxT(t)); err != nil {
+		t.Fatalf("detach with a sync that never returns: %v", err)
+	}
+	// The connection's serve returned: the agent's loop is free to take
+	// the next connection (a woken guest's).
+	select {
+	case <-ended:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the guest session still runs after the detach returned")
+	}
+}
+
 // Reading a FIFO (or any non-regular file) is refused at once with a
 // clear error, not a read that waits for a writer forever.
 func TestFilesReadRefusesFIFO(t *testing.T) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"time"
 
 	"github.com/cove-dev/cove/internal/agentproto"
 )
@@ -18,3 +19,6 @@ func (a *Agent) SayHello(req agentproto.Request) agentproto.Hello { return a.say
 // ServeTool answers one guest tool's connection, as ServeTools does for
 // each on SocketPath.
 func (a *Agent) ServeTool(ctx context.Context, c net.Conn) { a.serveTool(ctx, c) }
+
+// SetSync replaces the detach's write-back (unix.Sync) and its bound.
+func (a *Agent) SetSync(sync func(), limit time.Duration) { a.syncFS, a.syncLimit = sync, limit }

@@ -372,7 +372,7 @@ func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.Te
 		m.cfg.Log.Warn("template warm-up before the save failed; saving anyway", "template", t.Name, "err", err)
 	}
 	start := time.Now()
-	if err := l.hangUp(ctx, m.answerTimeout()); err != nil {
+	if err := l.hangUp(ctx, m.answerTimeout(), m.cfg.Log.With("template", t.Name)); err != nil {
 		_ = l.vm.Stop(bctx)
 		return machine{}, fmt.Errorf("template %s: save: %w", t.Name, err)
 	}

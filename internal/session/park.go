@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"sync/atomic"
@@ -138,10 +139,17 @@ func snapshotInfo(b []byte) *api.SnapshotInfo {
 // returns an error wrapping agentproto.ErrNoAnswer and the park is rolled
 // back. (A limit of 5 s rolled back 1 park of 58 in a 10-minute soak: a
 // guest slow under load, not frozen.)
-func (l *live) hangUp(ctx context.Context, limit time.Duration) error {
+//
+// A guest that answers but does not settle in time is saved anyway, and
+// log says so with what QEMU knows of it (its agent bounds its own
+// write-back, so this is a guest stuck below the agent).
+func (l *live) hangUp(ctx context.Context, limit time.Duration, log *slog.Logger) error {
 	dctx, cancel := context.WithTimeout(ctx, limit)
 	err := l.client().Detach(dctx)
 	cancel()
+	if err != nil && !errors.Is(err, agentproto.ErrNoAnswer) {
+		log.Warn("the guest did not settle before its save; saving it as it is", "err", err, "vmm", l.vm.Diagnose(ctx))
+	}
 	if err != nil {
 		// No answer: the guest may still act on the detach once it runs
 		// again (slow under load), ending its side while this one stays
@@ -290,7 +298,7 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 		time.Sleep(2 * time.Millisecond)
 	}
 	os.Remove(filepath.Join(m.dir(id), wokenFile)) // left by a wake cut short after its record
-	if err := l.hangUp(ctx, m.answerTimeout()); err != nil {
+	if err := l.hangUp(ctx, m.answerTimeout(), m.cfg.Log.With("session", id)); err != nil {
 		// Nothing was done to the VM: it runs on, as does the session.
 		l.touch() // idle parking tries again only after another idle period
 		m.rollBackPark(ctx, l, rec)
@@ -604,6 +612,7 @@ func (m *Manager) restore(ctx context.Context, id, dir string, mach machine, sta
 		"qemu_ms", restored.Sub(start).Milliseconds(), "agent_ms", time.Since(restored).Milliseconds())
 	if err != nil {
 		tail := lastLines(vm.ConsoleTail(), 8)
+		m.cfg.Log.Warn("woken guest's agent did not answer", "session", id, "err", err, "vmm", vm.Diagnose(ctx))
 		if h.keepLate && !vmGone(vm) {
 			mach.Parked = nil
 			return &live{vm: vm, agent: agentproto.Disconnected(), mach: mach},

@@ -401,6 +401,9 @@ func (m *Manager) bootIn(ctx context.Context, dir string, rec store.Session, im 
 	agent, err := m.connect(bctx, vm)
 	if err != nil {
 		tail := vm.ConsoleTail()
+		if ctx.Err() == nil {
+			m.cfg.Log.Warn("booted guest's agent did not answer", "session", rec.ID, "err", err, "vmm", vm.Diagnose(context.Background()))
+		}
 		_ = vm.Stop(context.Background())
 		exited := false
 		select {
@@ -557,7 +560,11 @@ func (m *Manager) watchAgent(id string, l *live) {
 			}
 			failures++
 			pause := min(time.Duration(failures)*time.Second, reconnectBackoff)
-			m.cfg.Log.Warn("guest agent not answering; trying again", "session", id, "attempts", failures, "err", err, "next_in", pause)
+			log := m.cfg.Log.With("session", id, "attempts", failures, "err", err, "next_in", pause)
+			if failures%10 == 1 { // what QEMU knows, now and then: it costs a few QMP calls
+				log = log.With("vmm", l.vm.Diagnose(context.Background()))
+			}
+			log.Warn("guest agent not answering; trying again")
 			select {
 			case <-time.After(pause):
 			case <-l.vm.Done():

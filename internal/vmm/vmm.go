@@ -95,6 +95,10 @@ type VM interface {
 	// ConsoleTail returns the last bytes the guest wrote to its console,
 	// for error messages about a guest that crashed or never answered.
 	ConsoleTail() string
+	// Diagnose says what the VMM knows of a guest that does not answer
+	// (run state, device queues, interrupts), for the log: one line,
+	// never an error (what it cannot find out, it says).
+	Diagnose(ctx context.Context) string
 	// Status says what the VM is doing (see Status).
 	Status(ctx context.Context) (Status, error)
 	// Resume lets a Paused guest run again; a save's migration still under

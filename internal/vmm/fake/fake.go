@@ -452,6 +452,16 @@ func (vm *VM) Release() error {
 // Done is closed when the VM's process exits.
 func (vm *VM) Done() <-chan struct{} { return vm.p.done }
 
+// Diagnose says the fake VM's state: it has no devices to look into.
+func (vm *VM) Diagnose(context.Context) string {
+	select {
+	case <-vm.Done():
+		return "fake VM: stopped"
+	default:
+		return "fake VM: running"
+	}
+}
+
 // ConsoleTail returns the last lines the fake VM logged.
 func (vm *VM) ConsoleTail() string {
 	vm.p.mu.Lock()

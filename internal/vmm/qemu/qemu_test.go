@@ -110,6 +110,16 @@ func TestBootRunsGuestKernel(t *testing.T) {
 	if tail := vm.ConsoleTail(); !strings.Contains(tail, "cove-agent: root switched") || !strings.Contains(tail, "cove-agent: port opened") {
 		t.Errorf("console has no boot progress marks with cove.debug:\n%s", tail)
 	}
+	// What the driver says of a guest that does not answer: its run
+	// state, the disk's and the agent port's rings (used by now), and
+	// the level-triggered pins of the virtio devices.
+	diag := vm.Diagnose(ctx)
+	t.Logf("diagnosis of a running guest: %s", diag)
+	for _, want := range []string{"run state running", "virtio-blk isr=", "virtio-serial isr=", " q0 avail=", "level", "ISR"} {
+		if !strings.Contains(diag, want) {
+			t.Errorf("Diagnose lacks %q: %s", want, diag)
+		}
+	}
 	if err := vm.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -117,5 +127,8 @@ func TestBootRunsGuestKernel(t *testing.T) {
 	case <-vm.Done():
 	default:
 		t.Fatal("qemu still running after Stop")
+	}
+	if diag := vm.Diagnose(ctx); !strings.Contains(diag, "run state: ") {
+		t.Errorf("Diagnose of a stopped VM: %q, want the run state's error", diag)
 	}
 }
