@@ -396,6 +396,9 @@ func (m *Manager) bootIn(ctx context.Context, dir string, rec store.Session, im 
 		if bctx.Err() != nil && ctx.Err() == nil {
 			return nil, api.Errorf(api.CodeTimeout, "session %s: VMM did not start within %s", rec.ID, timeout)
 		}
+		if errors.Is(err, vmm.ErrGuestStalled) {
+			return nil, api.Errorf(api.CodeUnavailable, "session %s: %v", rec.ID, err)
+		}
 		return nil, fmt.Errorf("session: %s: %w", rec.ID, err)
 	}
 	agent, err := m.connect(bctx, vm)

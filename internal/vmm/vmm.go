@@ -127,6 +127,11 @@ type Snapshotter interface {
 	Restore(ctx context.Context, spec Spec, statePath string) (VM, RestoreStats, error)
 }
 
+// ErrGuestStalled marks a Boot whose guest came up unable to run on (under
+// TCG: without a timer) as often as the driver tried: the host is too
+// loaded to boot it now.
+var ErrGuestStalled = errors.New("the guest stalled in its boot")
+
 // ErrNotRun marks a failed Restore whose guest never ran (see
 // Snapshotter).
 var ErrNotRun = errors.New("the guest never ran")

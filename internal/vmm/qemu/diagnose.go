@@ -101,11 +101,7 @@ func (vm *VM) virtioQueues(ctx context.Context) string {
 func (vm *VM) interrupts(ctx context.Context) string {
 	var out []string
 	for _, cmd := range []string{"info pic", "info lapic"} {
-		raw, err := vm.qmp.Execute(ctx, "human-monitor-command", map[string]any{"command-line": cmd})
-		var text string
-		if err == nil {
-			err = json.Unmarshal(raw, &text)
-		}
+		text, err := vm.hmp(ctx, cmd)
 		if err != nil {
 			out = append(out, fmt.Sprintf("%s: %v", cmd, err))
 			continue
@@ -116,7 +112,7 @@ func (vm *VM) interrupts(ctx context.Context) string {
 			case strings.HasPrefix(line, "pin ") && !strings.Contains(line, "masked"),
 				strings.HasPrefix(line, "IRR"), strings.HasPrefix(line, "ISR"),
 				strings.HasPrefix(line, "Remote IRR"), strings.HasPrefix(line, "APR"),
-				strings.HasPrefix(line, "Timer"):
+				strings.HasPrefix(line, "Timer"), strings.HasPrefix(line, "LVTT"):
 				out = append(out, line)
 			}
 		}

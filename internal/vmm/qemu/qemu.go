@@ -360,6 +360,9 @@ func (d *Driver) Boot(ctx context.Context, spec vmm.Spec) (vmm.VM, error) {
 	if d.cfg.GuestCmdline != "" {
 		spec.Cmdline = strings.TrimSpace(d.cfg.GuestCmdline + " " + spec.Cmdline)
 	}
+	if d.accel == "tcg" {
+		return d.bootWatched(ctx, spec, args(d.accel, d.tscKHz, spec))
+	}
 	return d.spawn(ctx, spec, args(d.accel, d.tscKHz, spec), spawnOpts{})
 }
 

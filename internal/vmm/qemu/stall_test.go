@@ -1,0 +1,53 @@
+package qemu_test
+
+import (
+	"context"
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cove-dev/cove/internal/vmm"
+	"github.com/cove-dev/cove/internal/vmm/qemu"
+	"github.com/cove-dev/cove/internal/vmtest"
+)
+
+// TestBootRetriesATimerlessGuest: under TCG a guest kernel whose APIC
+// timer calibration a loaded host cut short comes up without a timer and
+// halts for good (see timer.go). The driver boots such a guest again, a
+// bounded number of times, and then fails the boot with
+// vmm.ErrGuestStalled instead of leaving a guest that never answers.
+// nolapic_timer makes every boot of the guest timerless: the same state,
+// on purpose.
+func TestBootRetriesATimerlessGuest(t *testing.T) {
+	env := vmtest.Get(t)
+	// TCG, whatever the host has: the watch is for TCG guests (a KVM
+	// guest has a TSC-deadline timer and calibrates nothing).
+	d, err := qemu.New(qemu.Config{Accel: "tcg", User: "cove-vm", CgroupRoot: "/sys/fs/cgroup", GuestCmdline: "nolapic_timer"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	im := env.Image(t, "tiny")
+	dir := vmtest.Dir(t)
+	disk := filepath.Join(dir, "disk.qcow2")
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", im.RootFS, "-F", "raw", disk).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
+	spec := vmm.Spec{ID: "t" + filepath.Base(dir)[len(filepath.Base(dir))-6:], Dir: dir, Kernel: env.Kernel.Vmlinux, Initrd: env.Initrd, Disk: disk, MemoryMiB: 256, CPUs: 1}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	vm, err := d.Boot(ctx, spec)
+	if err == nil {
+		vm.Stop(context.Background())
+		t.Fatal("a guest booted without a timer: Boot returned it, want ErrGuestStalled")
+	}
+	if !errors.Is(err, vmm.ErrGuestStalled) || !strings.Contains(err.Error(), "without a timer") || !strings.Contains(err.Error(), "3 times") {
+		t.Fatalf("Boot of a timerless guest: %v; want ErrGuestStalled after 3 boots", err)
+	}
+	// No QEMU of the guest's is left behind.
+	if out, err := exec.Command("pgrep", "-f", "cove-"+spec.ID+",").Output(); err == nil {
+		t.Errorf("QEMU processes left: %s", out)
+	}
+}

@@ -1,0 +1,161 @@
+package qemu
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"time"
+
+	"github.com/cove-dev/cove/internal/vmm"
+)
+
+// Under TCG a guest kernel can come up without a timer, and then never
+// boots. Its local APIC timer's rate is unknown to it (no TSC-deadline
+// mode, no CPUID leaf that gives the rate, and microvm's hardware-reduced
+// ACPI leaves it no PIT or HPET to fall back on), so it measures the rate
+// once, early in boot: it reads the APIC timer, waits 25 jiffies by the
+// TSC, and reads it again. The wait catches up on TSC time it missed, so
+// when the host leaves the vCPU thread off a CPU for 100 ms or more just
+// after the wait began (a loaded host), both reads come microseconds
+// apart, the rate looks absurdly slow, and the kernel disables the timer
+// ("APIC frequency too slow"). It boots on until the first sleep and then
+// halts for good, waiting for a tick that never comes. make soak and the
+// stress runs saw it in about 1 create in 20 at load 20 on 2 CPUs: the
+// guest's console stops a second or two in, every virtio queue unused.
+//
+// The driver cannot give the kernel the rate, so it watches for that
+// state and boots such a guest again: the vCPU halted (a kernel halts
+// only once it has nothing to run) while its APIC timer is still masked
+// (here, as the calibration left it: periodic, the full count). A kernel
+// that passed the calibration unmasks the timer, and the watch ends
+// there.
+
+// bootAttempts bounds the boots of one guest that came up without a timer.
+const bootAttempts = 3
+
+// timerPoll is how often the watch looks; timerStuck is how long the
+// timerless state must last before the guest is booted again.
+const (
+	timerPoll  = 100 * time.Millisecond
+	timerStuck = time.Second
+)
+
+// errNoTimer marks a guest found halted without a timer.
+var errNoTimer = errors.New("the guest kernel came up without a timer (its APIC timer calibration was cut short by the host) and halted")
+
+// bootWatched boots spec under TCG, watching each attempt until its
+// kernel has a timer, and boots again (bootAttempts in all) one that
+// halted without one. The watch ends early, leaving the guest to boot on,
+// when ctx ends or QEMU cannot say (the caller's own wait for the agent
+// then reports it).
+func (d *Driver) bootWatched(ctx context.Context, spec vmm.Spec, argv []string) (*VM, error) {
+	for attempt := 1; ; attempt++ {
+		vm, err := d.spawn(ctx, spec, argv, spawnOpts{})
+		if err != nil {
+			return nil, err
+		}
+		err = vm.waitTimer(ctx)
+		if !errors.Is(err, errNoTimer) {
+			return vm, nil
+		}
+		_ = vm.Stop(context.Background())
+		if attempt == bootAttempts {
+			return nil, fmt.Errorf("qemu: boot %s: %w, %d times: %w", spec.ID, err, attempt, vmm.ErrGuestStalled)
+		}
+		d.cfg.Log.Warn("guest kernel came up without a timer; booting it again", "vm", spec.ID, "attempt", attempt,
+			"why", "its APIC timer calibration was cut short by the host (a loaded host)")
+		// A fresh RAM file: the next guest starts from zeroed memory, as
+		// the first did.
+		if err := os.Remove(filepath.Join(spec.Dir, MemFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("qemu: boot %s: %w", spec.ID, err)
+		}
+	}
+}
+
+// waitTimer returns nil once the guest's kernel has set up its APIC timer,
+// errNoTimer once it has been halted without one for timerStuck, and the
+// error that stopped it from looking otherwise.
+func (vm *VM) waitTimer(ctx context.Context) error {
+	var since time.Time
+	for {
+		st, err := vm.timerState(ctx)
+		if err != nil {
+			return err
+		}
+		switch {
+		case st.armed:
+			return nil
+		case st.halted:
+			if since.IsZero() {
+				since = time.Now()
+			} else if time.Since(since) >= timerStuck {
+				return errNoTimer
+			}
+		default:
+			since = time.Time{}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-vm.done:
+			return errors.New("qemu exited")
+		case <-time.After(timerPoll):
+		}
+	}
+}
+
+// timerState is what the watch reads from the guest's CPU 0.
+type timerState struct {
+	armed  bool // the APIC timer is unmasked: the kernel has its tick
+	halted bool // the vCPU is halted (HLT)
+}
+
+var (
+	lvttRE = regexp.MustCompile(`(?m)^LVTT\s+0x([0-9a-f]+)`)
+	hltRE  = regexp.MustCompile(`\bHLT=(\d)`)
+)
+
+// lvtMasked is the mask bit of an APIC local vector table entry.
+const lvtMasked = 1 << 16
+
+func (vm *VM) timerState(ctx context.Context) (timerState, error) {
+	lapic, err := vm.hmp(ctx, "info lapic")
+	if err != nil {
+		return timerState{}, err
+	}
+	m := lvttRE.FindStringSubmatch(lapic)
+	if m == nil {
+		return timerState{}, fmt.Errorf("info lapic: no LVTT in %q", lapic)
+	}
+	lvtt, err := strconv.ParseUint(m[1], 16, 32)
+	if err != nil {
+		return timerState{}, fmt.Errorf("info lapic: LVTT: %w", err)
+	}
+	if lvtt&lvtMasked == 0 {
+		return timerState{armed: true}, nil
+	}
+	regs, err := vm.hmp(ctx, "info registers")
+	if err != nil {
+		return timerState{}, err
+	}
+	h := hltRE.FindStringSubmatch(regs)
+	return timerState{halted: h != nil && h[1] == "1"}, nil
+}
+
+// hmp runs a human monitor command over QMP and returns its text.
+func (vm *VM) hmp(ctx context.Context, cmd string) (string, error) {
+	raw, err := vm.qmp.Execute(ctx, "human-monitor-command", map[string]any{"command-line": cmd})
+	if err != nil {
+		return "", err
+	}
+	var text string
+	if err := json.Unmarshal(raw, &text); err != nil {
+		return "", fmt.Errorf("%s: %w", cmd, err)
+	}
+	return text, nil
+}
