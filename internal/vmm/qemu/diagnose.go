@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"strings"
 	"time"
 )
@@ -32,7 +33,29 @@ func (vm *VM) Diagnose(ctx context.Context) string {
 	b.WriteString(vm.virtioQueues(ctx))
 	b.WriteString("; ")
 	b.WriteString(vm.interrupts(ctx))
+	b.WriteString("; vCPU 0: ")
+	b.WriteString(vm.cpuState(ctx))
 	return b.String()
+}
+
+var ripRE = regexp.MustCompile(`\bRIP=([0-9a-f]+)`)
+
+// cpuState is where vCPU 0 is (RIP: a kernel address; nokaslr makes it
+// one System.map names) and whether it is halted (HLT=1: the guest idles,
+// waiting for an interrupt).
+func (vm *VM) cpuState(ctx context.Context) string {
+	regs, err := vm.hmp(ctx, "info registers")
+	if err != nil {
+		return "info registers: " + err.Error()
+	}
+	var parts []string
+	if m := ripRE.FindStringSubmatch(regs); m != nil {
+		parts = append(parts, "RIP="+m[1])
+	}
+	if m := hltRE.FindStringSubmatch(regs); m != nil {
+		parts = append(parts, "HLT="+m[1])
+	}
+	return strings.Join(parts, " ")
 }
 
 // virtioQueues lists each virtio device's ISR and, per queue, the indices

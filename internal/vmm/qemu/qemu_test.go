@@ -115,7 +115,7 @@ func TestBootRunsGuestKernel(t *testing.T) {
 	// the level-triggered pins of the virtio devices.
 	diag := vm.Diagnose(ctx)
 	t.Logf("diagnosis of a running guest: %s", diag)
-	for _, want := range []string{"run state running", "virtio-blk isr=", "virtio-serial isr=", " q0 avail=", "level", "ISR"} {
+	for _, want := range []string{"run state running", "virtio-blk isr=", "virtio-serial isr=", " q0 avail=", "level", "ISR", "vCPU 0: RIP=", "HLT="} {
 		if !strings.Contains(diag, want) {
 			t.Errorf("Diagnose lacks %q: %s", want, diag)
 		}
