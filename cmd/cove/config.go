@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -18,13 +19,33 @@ const (
 	tokenFile   = "admin.token"
 )
 
-// client returns an API client configured from the environment.
-func (c *cli) client() (*api.Client, error) {
-	addr, token, err := clientConfig(c.getenv)
+// client returns an API client configured from the environment
+// (clientConfig). Where that finds only the admin token, which only
+// bootstraps, it signs in as the server's first admin user first
+// (bootstrapSignIn) and uses that credential.
+func (c *cli) client(ctx context.Context) (*api.Client, error) {
+	conf, err := clientConfig(c.getenv)
 	if err != nil {
 		return nil, err
 	}
-	return api.NewClient(addr, token), nil
+	if conf.adminFile != "" {
+		if conf.token, err = c.bootstrapSignIn(ctx, conf); err != nil {
+			return nil, err
+		}
+	}
+	return api.NewClient(conf.addr, conf.token), nil
+}
+
+// identityClient is client for the user, team and token commands: where
+// the environment has only the admin token, they use it as it is, as it
+// may do just what they do. So an operator can make an admin with it when
+// the server has none to sign in as.
+func (c *cli) identityClient() (*api.Client, error) {
+	conf, err := clientConfig(c.getenv)
+	if err != nil {
+		return nil, err
+	}
+	return api.NewClient(conf.addr, conf.token), nil
 }
 
 // clientAddr is the server address: COVE_ADDR (default defaultAddr),
@@ -40,17 +61,28 @@ func clientAddr(getenv func(string) string) string {
 	return addr
 }
 
+// clientConf is where the CLI finds its server, and with what token.
+type clientConf struct {
+	addr  string
+	token string
+	// adminFile is the file token was read from when it is the admin
+	// token the server wrote ($COVE_HOME/admin.token); "" otherwise.
+	adminFile string
+}
+
 // clientConfig reads the server address (clientAddr) and the token, the
 // first of: COVE_TOKEN; what 'cove login' saved for that address (an ID
 // token renewed first if it is near its expiry); the admin token the
-// server wrote to $COVE_HOME/admin.token.
-func clientConfig(getenv func(string) string) (addr, token string, err error) {
-	addr = clientAddr(getenv)
-	if token = strings.TrimSpace(getenv("COVE_TOKEN")); token != "" {
-		return addr, token, nil
+// server wrote to $COVE_HOME/admin.token (adminFile set).
+func clientConfig(getenv func(string) string) (clientConf, error) {
+	conf := clientConf{addr: clientAddr(getenv)}
+	if conf.token = strings.TrimSpace(getenv("COVE_TOKEN")); conf.token != "" {
+		return conf, nil
 	}
-	if token, ok, err := savedToken(getenv, addr); err != nil || ok {
-		return addr, token, err
+	token, ok, err := savedToken(getenv, conf.addr)
+	if err != nil || ok {
+		conf.token = token
+		return conf, err
 	}
 	home := getenv("COVE_HOME")
 	if home == "" {
@@ -59,13 +91,14 @@ func clientConfig(getenv func(string) string) (addr, token string, err error) {
 	p := filepath.Join(home, tokenFile)
 	b, err := os.ReadFile(p)
 	if errors.Is(err, fs.ErrNotExist) {
-		return "", "", fmt.Errorf("no token: run 'cove login', set COVE_TOKEN, or start the server (it writes %s)", p)
+		return clientConf{}, fmt.Errorf("no token: run 'cove login', set COVE_TOKEN, or start the server (it writes %s)", p)
 	}
 	if err != nil {
-		return "", "", fmt.Errorf("read token: %w (set COVE_TOKEN instead?)", err)
+		return clientConf{}, fmt.Errorf("read token: %w (set COVE_TOKEN instead?)", err)
 	}
-	if token = strings.TrimSpace(string(b)); token == "" {
-		return "", "", fmt.Errorf("no token: %s is empty; set COVE_TOKEN", p)
+	if conf.token = strings.TrimSpace(string(b)); conf.token == "" {
+		return clientConf{}, fmt.Errorf("no token: %s is empty; set COVE_TOKEN", p)
 	}
-	return addr, token, nil
+	conf.adminFile = p
+	return conf, nil
 }

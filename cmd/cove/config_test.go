@@ -24,10 +24,11 @@ func TestClientConfig(t *testing.T) {
 		env       map[string]string
 		wantAddr  string
 		wantToken string
+		wantAdmin bool // the token is the admin token, read from the file
 		wantErr   string
 	}{
 		{name: "env token", env: map[string]string{"COVE_TOKEN": "envtok", "COVE_HOME": withToken}, wantAddr: defaultAddr, wantToken: "envtok"},
-		{name: "token file", env: map[string]string{"COVE_HOME": withToken}, wantAddr: defaultAddr, wantToken: "filetok"},
+		{name: "token file", env: map[string]string{"COVE_HOME": withToken}, wantAddr: defaultAddr, wantToken: "filetok", wantAdmin: true},
 		{name: "addr", env: map[string]string{"COVE_TOKEN": "x", "COVE_ADDR": "https://cove.example:8443"}, wantAddr: "https://cove.example:8443", wantToken: "x"},
 		{name: "addr without scheme", env: map[string]string{"COVE_TOKEN": "x", "COVE_ADDR": "10.0.0.1:7070"}, wantAddr: "http://10.0.0.1:7070", wantToken: "x"},
 		{name: "no token", env: map[string]string{"COVE_HOME": missing},
@@ -36,15 +37,18 @@ func TestClientConfig(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			addr, token, err := clientConfig(func(k string) string { return tt.env[k] })
+			conf, err := clientConfig(func(k string) string { return tt.env[k] })
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("err = %v, want %q", err, tt.wantErr)
 				}
 				return
 			}
-			if err != nil || addr != tt.wantAddr || token != tt.wantToken {
-				t.Errorf("got %q, %q, %v; want %q, %q", addr, token, err, tt.wantAddr, tt.wantToken)
+			if err != nil || conf.addr != tt.wantAddr || conf.token != tt.wantToken {
+				t.Errorf("got %q, %q, %v; want %q, %q", conf.addr, conf.token, err, tt.wantAddr, tt.wantToken)
+			}
+			if want := filepath.Join(tt.env["COVE_HOME"], "admin.token"); (conf.adminFile == want) != tt.wantAdmin || !tt.wantAdmin && conf.adminFile != "" {
+				t.Errorf("adminFile %q; want it set (to %s): %v", conf.adminFile, want, tt.wantAdmin)
 			}
 		})
 	}

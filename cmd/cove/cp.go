@@ -52,7 +52,7 @@ Download (cove cp ID:PATH LOCAL):
 			if err != nil {
 				return usagef(cmd, "%v", err)
 			}
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}

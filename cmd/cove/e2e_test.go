@@ -39,6 +39,13 @@ type e2e struct {
 	cove string // the cove binary
 	home string // COVE_HOME
 	addr string // host:port the server listens on
+	// config is the client commands' XDG_CONFIG_HOME: where the CLI keeps
+	// the sign-in it bootstraps from the admin token (never the real
+	// home's).
+	config string
+	// token is the operator's API token that the CLI signed in with
+	// (userToken); "" until asked for.
+	token string
 
 	srv *server
 	// seen holds every session id and spare name this home has listed:
@@ -99,7 +106,7 @@ func newE2E(t *testing.T) *e2e {
 			t.Fatal(err)
 		}
 	}
-	e := &e2e{t: t, cove: cove, home: home, addr: freeAddr(t), seen: map[string]bool{}}
+	e := &e2e{t: t, cove: cove, home: home, addr: freeAddr(t), config: t.TempDir(), seen: map[string]bool{}}
 	// Registered first, so it runs last: whatever the test did, no QEMU
 	// of this home outlives it.
 	t.Cleanup(func() {
@@ -220,7 +227,35 @@ func (e *e2e) command(args ...string) *exec.Cmd {
 func (e *e2e) clientEnv() []string {
 	return append(slices.DeleteFunc(os.Environ(), func(kv string) bool {
 		return strings.HasPrefix(kv, "COVE_")
-	}), "COVE_ADDR="+e.addr, "COVE_HOME="+e.home)
+	}), "COVE_ADDR="+e.addr, "COVE_HOME="+e.home, "XDG_CONFIG_HOME="+e.config)
+}
+
+// userToken is the API token of the server's first admin user that the
+// CLI signed in with, bootstrapping from the admin token as on an
+// operator's host (a 'cove ls' signs in first if none did): what tests
+// that speak HTTP themselves act with, as the admin token only
+// bootstraps.
+func (e *e2e) userToken() string {
+	e.t.Helper()
+	if e.token != "" {
+		return e.token
+	}
+	e.ok(nil, "ls")
+	path := filepath.Join(e.config, "cove", "credentials.json")
+	b, err := os.ReadFile(path)
+	if err != nil {
+		e.t.Fatalf("the CLI's sign-in: %v", err)
+	}
+	var creds struct {
+		Servers map[string]struct {
+			Token string `json:"token"`
+		} `json:"servers"`
+	}
+	if err := json.Unmarshal(b, &creds); err != nil || creds.Servers["http://"+e.addr].Token == "" {
+		e.t.Fatalf("%s holds no sign-in to http://%s (%v): %s", path, e.addr, err, b)
+	}
+	e.token = creds.Servers["http://"+e.addr].Token
+	return e.token
 }
 
 // ok runs a cove command that must succeed and returns its stdout.

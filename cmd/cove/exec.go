@@ -61,7 +61,7 @@ on to the command; a second SIGINT makes cove give up at once.`,
 			if timeout > 0 {
 				req.Timeout = timeout.String()
 			}
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}

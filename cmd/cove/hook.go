@@ -41,7 +41,7 @@ secret never appears on the command line.`,
 			if err != nil {
 				return err
 			}
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -88,7 +88,7 @@ func newHookLsCmd(c *cli) *cobra.Command {
 		Short:   "List webhooks by name",
 		Args:    usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -113,7 +113,7 @@ func newHookRmCmd(c *cli) *cobra.Command {
 refused from then on. Every name is tried; cove exits 1 if any failed.`,
 		Args: usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -210,15 +210,11 @@ func (e *e2e) put(id, p, contentType string, body []byte) *http.Response {
 
 func (e *e2e) request(method, path, contentType string, body []byte) *http.Response {
 	e.t.Helper()
-	token, err := os.ReadFile(filepath.Join(e.home, "admin.token"))
-	if err != nil {
-		e.t.Fatal(err)
-	}
 	req, err := http.NewRequest(method, "http://"+e.addr+path, bytes.NewReader(body))
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+	req.Header.Set("Authorization", "Bearer "+e.userToken())
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}

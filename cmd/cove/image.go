@@ -29,7 +29,7 @@ func newImageLsCmd(c *cli) *cobra.Command {
 		Short:   "List built images",
 		Args:    usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -58,7 +58,7 @@ func newImageBuildCmd(c *cli) *cobra.Command {
 Progress goes to stderr as it comes; the image key is printed alone on stdout.`,
 		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -138,12 +138,8 @@ func TestLoad(t *testing.T) {
 
 	e := newE2E(t)
 	e.startServer()
-	token, err := os.ReadFile(filepath.Join(e.home, "admin.token"))
-	if err != nil {
-		t.Fatal(err)
-	}
 	tr := &http.Transport{MaxIdleConnsPerHost: nClients * 2}
-	c := api.NewClient("http://"+e.addr, strings.TrimSpace(string(token)))
+	c := api.NewClient("http://"+e.addr, e.userToken())
 	c.HTTP = &http.Client{Transport: tr}
 	l := &load{t: t, e: e, c: c, tr: tr, target: nSessions,
 		removing: map[string]bool{}, parks: map[string]int{}, parking: map[string]int{}, kinds: map[string]int{}, examples: map[string]string{}, ops: map[string]*opTally{}, cgroups: map[string]bool{},

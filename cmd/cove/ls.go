@@ -21,7 +21,7 @@ func newLsCmd(c *cli, use string) *cobra.Command {
 		Short:   "List sessions",
 		Args:    usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -48,8 +48,13 @@ func newRootCmd(c *cli) *cobra.Command {
 
 The client commands talk to the server at $COVE_ADDR (default ` + defaultAddr + `)
 with the token in $COVE_TOKEN, or else the credential 'cove login' kept for
-that address, or else the token the server wrote to $COVE_HOME/admin.token
-(COVE_HOME defaults to ` + defaultHome + `).`,
+that address, or else, on the server's host, a sign-in made with the admin
+token the server wrote to $COVE_HOME/admin.token (COVE_HOME defaults to
+` + defaultHome + `): the admin token only bootstraps (users, teams,
+tokens), so the first command mints an API token for the server's first
+admin user with it and keeps it as 'cove login --token' would ('cove
+logout' forgets it). The user, team and token commands use the admin
+token as it is.`,
 		SilenceErrors: true,
 		SilenceUsage:  true,
 	})

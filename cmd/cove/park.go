@@ -87,7 +87,7 @@ Every id is tried; cove exits 1 if any failed.`,
 // status 1 if any did.
 func eachSession(c *cli, cmd *cobra.Command, verb string, ids []string,
 	fn func(ctx context.Context, cl *api.Client, id string) (api.Session, error)) error {
-	cl, err := c.client()
+	cl, err := c.client(cmd.Context())
 	if err != nil {
 		return err
 	}

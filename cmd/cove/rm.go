@@ -16,7 +16,7 @@ func newRmCmd(c *cli, use string) *cobra.Command {
 cove exits 1 if any failed.`,
 		Args: usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/apiserver"
 	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/image"
@@ -252,6 +253,10 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	if err != nil {
 		return err
 	}
+	dir := &identity.Directory{Store: st}
+	if err := firstAdmin(ctx, dir, log); err != nil {
+		return err
+	}
 	metrics := apiserver.NewMetrics()
 	mgr, err := session.New(session.Config{Tokens: tokens.minter,
 		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
@@ -281,7 +286,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		Issuer:        tokens.handler,
 		Authenticator: identity.NewAuthenticator(identity.AuthConfig{AdminToken: token, Store: st, Log: log, JWT: append(oidc.verifiers, tokens.verifiers...)}),
 		SignIn:        oidc.signIn,
-		Identities:    &identity.Directory{Store: st},
+		Identities:    dir,
 		Authorize:     (&apiserver.PolicyGate{Policy: policies, Records: st}).Authorize})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -420,6 +425,25 @@ func (h hookSecrets) Secret(ctx context.Context, hook string) ([]byte, bool, err
 		return nil, false, err
 	}
 	return b, true, nil
+}
+
+// firstAdmin makes the server's first admin user (named admin) while no
+// user is an admin: the admin token only bootstraps, and the CLI on this
+// host signs in as this user (bootstrapSignIn). A name taken by a user of
+// another kind is logged with how to make an admin, and the server starts
+// regardless: the admin token can.
+func firstAdmin(ctx context.Context, dir *identity.Directory, log *slog.Logger) error {
+	u, made, err := dir.FirstAdmin(ctx)
+	switch {
+	case api.IsCode(err, api.CodeConflict):
+		log.Warn("no admin user", "err", err)
+		return nil
+	case err != nil:
+		return fmt.Errorf("server: %w", err)
+	case made:
+		log.Info("made the first admin user", "user", u.Name, "id", u.ID)
+	}
+	return nil
 }
 
 // adminToken reads the admin token, creating it (0600) on first start.

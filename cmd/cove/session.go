@@ -66,7 +66,7 @@ The session's owner and admins may read them, and so may the session's own
 identity token ('cove-agent token').`,
 		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -142,7 +142,7 @@ with its own agent, whoever owns the template.`,
 				}
 				req.IdleTimeout = idleTimeout.String()
 			}
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -176,7 +176,7 @@ func newSessionInspectCmd(c *cli) *cobra.Command {
 		Short: "Print a session as JSON",
 		Args:  usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}

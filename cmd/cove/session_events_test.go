@@ -5,12 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"net/http/httptest"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/apiserver"
+	"github.com/cove-dev/cove/internal/identity"
+	"github.com/cove-dev/cove/internal/store/sqlite"
 )
 
 // eventSessions serves one session, s1, whose events come in pages of
@@ -50,10 +53,17 @@ func TestSessionEventsCommand(t *testing.T) {
 		{Seq: 7, Source: "deploys", Name: "deploy-done", ID: "d1", Received: at, State: api.DeliveryFailed, Error: "wake: no room\non the host"},
 		{Seq: 9, Source: "cove", Name: "timeout", ID: "t1", Received: at, State: api.DeliveryPending},
 	}
-	srv := httptest.NewServer(apiserver.New(apiserver.Config{Sessions: eventSessions{events: evs}, Token: testToken}).Handler())
+	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	srv := httptest.NewServer(apiserver.New(apiserver.Config{Sessions: eventSessions{events: evs}, Token: testToken,
+		Identities: &identity.Directory{Store: st}, Authenticator: identity.NewAuthenticator(identity.AuthConfig{Store: st})}).Handler())
 	t.Cleanup(srv.Close)
+	token := adminUserToken(t, srv.URL)
 
-	code, out, errOut := runAs(t, srv.URL, testToken, "session", "events", "s1")
+	code, out, errOut := runAs(t, srv.URL, token, "session", "events", "s1")
 	want := "SEQ   EVENT                          ID   STATE       AGE   ERROR\n" +
 		"3     github:check_suite.completed   g1   delivered   3m    -\n" +
 		"7     deploys:deploy-done            d1   failed      3m    wake: no room on the host\n" +
@@ -62,7 +72,7 @@ func TestSessionEventsCommand(t *testing.T) {
 		t.Errorf("session events: exit %d, stderr %q, stdout\n%s\nwant\n%s", code, errOut, out, want)
 	}
 
-	code, out, _ = runAs(t, srv.URL, testToken, "session", "events", "s1", "--json")
+	code, out, _ = runAs(t, srv.URL, token, "session", "events", "s1", "--json")
 	var got []api.SessionEvent
 	if err := json.Unmarshal([]byte(out), &got); code != 0 || err != nil {
 		t.Fatalf("session events --json: exit %d, %v: %s", code, err, out)
@@ -75,10 +85,10 @@ func TestSessionEventsCommand(t *testing.T) {
 		t.Errorf("session events --json: %+v", got)
 	}
 
-	if code, out, errOut := runAs(t, srv.URL, testToken, "session", "events", "nope"); code != 1 || out != "" || !strings.Contains(errOut, `session "nope" not found`) {
+	if code, out, errOut := runAs(t, srv.URL, token, "session", "events", "nope"); code != 1 || out != "" || !strings.Contains(errOut, `session "nope" not found`) {
 		t.Errorf("unknown session: exit %d, %q, %q", code, out, errOut)
 	}
-	if code, _, errOut := runAs(t, srv.URL, testToken, "session", "events"); code != 2 || !strings.Contains(errOut, "Run 'cove session events --help' for usage.") {
+	if code, _, errOut := runAs(t, srv.URL, token, "session", "events"); code != 2 || !strings.Contains(errOut, "Run 'cove session events --help' for usage.") {
 		t.Errorf("no id: exit %d, %q", code, errOut)
 	}
 }

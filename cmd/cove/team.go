@@ -35,7 +35,7 @@ func newTeamLsCmd(c *cli) *cobra.Command {
 		Short:   "List teams and their members",
 		Args:    usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.identityClient()
 			if err != nil {
 				return err
 			}
@@ -76,7 +76,7 @@ error. TEAM is lower case: letters, digits and . _ -. Every user is
 tried; cove exits 1 if any failed.`,
 		Args: usageArgs(cobra.MinimumNArgs(2)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.identityClient()
 			if err != nil {
 				return err
 			}
@@ -98,7 +98,7 @@ the team is refused to them from their next request. A user not in the
 team is an error. Every user is tried; cove exits 1 if any failed.`,
 		Args: usageArgs(cobra.MinimumNArgs(2)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.identityClient()
 			if err != nil {
 				return err
 			}

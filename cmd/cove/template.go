@@ -84,7 +84,7 @@ server's defaults, as for 'cove session create'.`,
 			if req.Repo == "" && (req.Branch != "" || req.RepoDir != "") {
 				return usagef(cmd, "--branch and --repo-dir need --repo")
 			}
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -150,7 +150,7 @@ func newTemplateLsCmd(c *cli) *cobra.Command {
 		Short:   "List templates",
 		Args:    usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -209,7 +209,7 @@ took, WHY it was built (create, push DELIVERY-ID, rebuild, restart) and its
 AGE. A failed build's error follows its row.`,
 		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -276,7 +276,7 @@ the build runs even if the branch has not moved). It returns at once unless
 version it made, exiting 1 if the build failed.`,
 		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -328,7 +328,7 @@ func newTemplateInspectCmd(c *cli) *cobra.Command {
 		Short: "Print a template as JSON",
 		Args:  usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -351,7 +351,7 @@ template that sessions were cloned from cannot be removed while they exist.
 Every name is tried; cove exits 1 if any failed.`,
 		Args: usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.client(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -56,7 +56,7 @@ its own, that expire with it at the latest.`,
 				}
 				req.ExpiresIn = d.String()
 			}
-			cl, err := c.client()
+			cl, err := c.identityClient()
 			if err != nil {
 				return err
 			}
@@ -109,7 +109,7 @@ func newTokenLsCmd(c *cli) *cobra.Command {
 		Short:   "List API tokens (never their values)",
 		Args:    usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.identityClient()
 			if err != nil {
 				return err
 			}
@@ -169,7 +169,7 @@ are refused from the next request on. Every id is tried; cove exits 1 if
 any failed.`,
 		Args: usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.identityClient()
 			if err != nil {
 				return err
 			}

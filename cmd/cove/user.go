@@ -44,7 +44,7 @@ works again, as the new user.`,
 			default:
 				return usagef(cmd, "--kind %q is not one of engineer, service, admin", kind)
 			}
-			cl, err := c.client()
+			cl, err := c.identityClient()
 			if err != nil {
 				return err
 			}
@@ -70,7 +70,7 @@ func newUserLsCmd(c *cli) *cobra.Command {
 		Short:   "List users",
 		Args:    usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.identityClient()
 			if err != nil {
 				return err
 			}
@@ -117,7 +117,7 @@ sign-in is refused until an admin runs 'cove user add NAME' again. Every
 name is tried; cove exits 1 if any failed.`,
 		Args: usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cl, err := c.client()
+			cl, err := c.identityClient()
 			if err != nil {
 				return err
 			}

@@ -44,6 +44,23 @@ func identityServer(t *testing.T) string {
 	return srv.URL
 }
 
+// adminUserToken makes an admin user named operator on the server at
+// addr with the admin token (testToken), through the API as an operator
+// would, and returns an API token of its: what tests act with beyond
+// users, teams and tokens, as the admin token only bootstraps.
+func adminUserToken(t *testing.T, addr string) string {
+	t.Helper()
+	admin := api.NewClient(addr, testToken)
+	if _, err := admin.AddUser(t.Context(), api.CreateUserRequest{Name: "operator", Kind: api.UserAdmin}); err != nil {
+		t.Fatalf("add the operator: %v", err)
+	}
+	tok, err := admin.CreateToken(t.Context(), api.CreateTokenRequest{Name: "test", User: "operator"})
+	if err != nil {
+		t.Fatalf("mint the operator's token: %v", err)
+	}
+	return tok.Secret
+}
+
 // runAs runs one cove command line in-process against addr with token.
 func runAs(t *testing.T, addr, token string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()

@@ -26,6 +26,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/apiserver"
+	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store/sqlite"
@@ -199,9 +200,13 @@ func run(home, agent string, cfg config) error {
 		return err
 	}
 	hooks := &trigger.Receiver{Secrets: benchSecrets{}, Sink: mgr}
-	srv := httptest.NewServer(apiserver.New(apiserver.Config{Sessions: mgr, Images: b, Token: "bench", Hooks: hooks}).Handler())
+	srv := httptest.NewServer(apiserver.New(apiserver.Config{Sessions: mgr, Images: b, Token: "bench", Hooks: hooks,
+		Identities: &identity.Directory{Store: st}, Authenticator: identity.NewAuthenticator(identity.AuthConfig{Store: st})}).Handler())
 	defer srv.Close()
-	c := api.NewClient(srv.URL, "bench")
+	c, err := benchClient(ctx, srv.URL, "bench")
+	if err != nil {
+		return err
+	}
 
 	fmt.Fprintf(os.Stderr, "bench: accelerator %s\n", driver.Accel())
 	var rows []row
@@ -740,4 +745,20 @@ func countJSON(files []api.FileInfo) int {
 		}
 	}
 	return n
+}
+
+// benchClient is a client of the server at url that acts as an admin
+// user, made with the admin token through the API: the admin token only
+// bootstraps (users, teams, tokens), so the benchmark runs as an operator
+// would.
+func benchClient(ctx context.Context, url, adminToken string) (*api.Client, error) {
+	admin := api.NewClient(url, adminToken)
+	if _, err := admin.AddUser(ctx, api.CreateUserRequest{Name: "bench", Kind: api.UserAdmin}); err != nil {
+		return nil, fmt.Errorf("bench: add the admin user: %w", err)
+	}
+	tok, err := admin.CreateToken(ctx, api.CreateTokenRequest{Name: "bench", User: "bench"})
+	if err != nil {
+		return nil, fmt.Errorf("bench: mint its token: %w", err)
+	}
+	return api.NewClient(url, tok.Secret), nil
 }

@@ -77,6 +77,35 @@ func authenticateWith(ctx context.Context, w http.ResponseWriter, a Authenticato
 	return identity.Principal{}, fmt.Errorf("authenticate: %w", err)
 }
 
+// bootstrapVerbs are all the admin token may do: make the first users,
+// put them in teams, and mint, list and revoke their tokens (whoami says
+// whom a token acts for). It is no user; everything else (sessions,
+// templates, images, hooks) is a user's. The routes served without a
+// token are not in it: the admin token is not asked for there.
+var bootstrapVerbs = map[string]bool{
+	"user.create":        true,
+	"user.list":          true,
+	"user.delete":        true,
+	"team.list":          true,
+	"team.member.add":    true,
+	"team.member.remove": true,
+	"token.create":       true,
+	"token.list":         true,
+	"token.revoke":       true,
+	"whoami.get":         true,
+}
+
+// bootstrapOnly refuses the admin token any verb outside bootstrapVerbs.
+// The gate checks it before, and whatever, Config.Authorize says, so that
+// no policy (a permissive one, "permit(principal, action, resource);")
+// widens what the admin token may do.
+func bootstrapOnly(p identity.Principal, verb string) error {
+	if p.Kind != identity.KindAdminToken || bootstrapVerbs[verb] {
+		return nil
+	}
+	return forbidden("forbidden: the admin token only bootstraps (users, teams, tokens), not %s; act as a user: 'cove login', or a token from 'cove token create --user NAME'", verb)
+}
+
 // adminsOnly is the rule while no policy (Config.Authorize) decides: the
 // admin token and admin users may do everything, anyone else nothing.
 func adminsOnly(p identity.Principal) error {

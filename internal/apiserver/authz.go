@@ -197,8 +197,9 @@ func (g *PolicyGate) request(ctx context.Context, p identity.Principal, rule ver
 	return req, err
 }
 
-// principal is p as the policy sees it. The admin token is the admin user
-// store.OwnerAdmin, so that what it creates is its own.
+// principal is p as the policy sees it. The admin token is an admin named
+// store.OwnerAdmin; it gets here only for the identity verbs, as the gate
+// refuses it all others first (bootstrapOnly).
 func (g *PolicyGate) principal(ctx context.Context, p identity.Principal) (policy.Principal, error) {
 	switch p.Kind {
 	case identity.KindAdminToken:

@@ -60,7 +60,7 @@ func TestHandlersDecideWithTheBody(t *testing.T) {
 			mu.Unlock()
 			calls := e.fake.calls.Load()
 			if tc.ws {
-				wsDenied(t, e.with(t), tc.path, testToken, tc.body, "denied session.exec")
+				wsDenied(t, e.with(t), tc.path, e.userToken(), tc.body, "denied session.exec")
 				calls++ // the upgrade looks the session up (a 404 before it)
 			} else {
 				body := wantError(t, e.with(t).doJSON("POST", tc.path, tc.body), http.StatusForbidden, api.CodeForbidden)

@@ -102,7 +102,7 @@ func TestExecClientGoneKillsTheCommand(t *testing.T) {
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "POST", e.srv.URL+"/v1/sessions/s1/exec",
 		strings.NewReader(`{"argv":["sleep","1000"]}`))
-	req.Header.Set("Authorization", "Bearer "+testToken)
+	req.Header.Set("Authorization", "Bearer "+e.userToken())
 	req.Header.Set("Accept", "application/x-ndjson")
 	resp, err := e.srv.Client().Do(req)
 	if err != nil {
@@ -137,7 +137,7 @@ func dialExec(t *testing.T, e *testEnv, id string) *websocket.Conn {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	c, resp, err := websocket.Dial(ctx, wsURL(e, "/v1/sessions/"+id+"/exec/ws"), &websocket.DialOptions{
-		HTTPHeader: http.Header{"Authorization": {"Bearer " + testToken}},
+		HTTPHeader: http.Header{"Authorization": {"Bearer " + e.userToken()}},
 	})
 	if err != nil {
 		t.Fatalf("dial: %v (status %v)", err, resp)
@@ -273,7 +273,7 @@ func TestExecWebSocketUpgradeNeedsTokenAndSession(t *testing.T) {
 		t.Fatalf("dial without token: err %v, resp %v", err, resp)
 	}
 	_, resp, err = websocket.Dial(ctx, wsURL(e, "/v1/sessions/nope/exec/ws"), &websocket.DialOptions{
-		HTTPHeader: http.Header{"Authorization": {"Bearer " + testToken}},
+		HTTPHeader: http.Header{"Authorization": {"Bearer " + e.userToken()}},
 	})
 	if err == nil || resp == nil || resp.StatusCode != 404 {
 		t.Fatalf("dial unknown session: err %v, resp %v", err, resp)

@@ -36,7 +36,7 @@ func newIssuerEnv(t *testing.T) *issuerEnv {
 	}
 	minter := sessiontoken.Minter{Issuer: is}
 	mgr, st, _ := newFakeManager(t, func(c *session.Config) { c.Tokens = minter })
-	e := &policyEnv{testEnv: &testEnv{t: t, images: &fakeImages{}, logs: &logSink{}}, st: st, mgr: mgr, engine: policy.New()}
+	e := &policyEnv{testEnv: &testEnv{t: t, images: &fakeImages{}, logs: &logSink{}, admin: &harnessAdmin{dir: &identity.Directory{Store: st}}}, st: st, mgr: mgr, engine: policy.New()}
 	verifier := &sessiontoken.Verifier{Issuer: is, Audience: is.URL(), Records: st}
 	e.server = New(Config{Sessions: mgr, Images: e.images, Token: testToken, Issuer: is.Handler(),
 		Authenticator: identity.NewAuthenticator(identity.AuthConfig{AdminToken: testToken, Store: st, JWT: []identity.JWTVerifier{verifier}}),

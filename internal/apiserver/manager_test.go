@@ -117,12 +117,14 @@ func newFakeManager(t *testing.T, adjust func(*session.Config)) (*session.Manage
 func newManagerEnv(t *testing.T) (*testEnv, *session.Manager, *fake.Driver) {
 	t.Helper()
 	metrics := NewMetrics() // wired as cove server wires it
-	mgr, _, driver := newFakeManager(t, func(c *session.Config) {
+	mgr, st, driver := newFakeManager(t, func(c *session.Config) {
 		c.OnPark, c.OnWake = metrics.ObservePark, metrics.ObserveWake
 	})
 	e := &testEnv{t: t, images: &fakeImages{}, logs: &logSink{}}
-	e.server = New(Config{Sessions: mgr, Images: e.images, Token: testToken, Metrics: metrics,
-		Log: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))})
+	cfg := Config{Sessions: mgr, Images: e.images, Token: testToken, Metrics: metrics,
+		Log: slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))}
+	e.admin = withIdentities(&cfg, st)
+	e.server = New(cfg)
 	e.srv = httptest.NewServer(e.server.Handler())
 	t.Cleanup(e.srv.Close)
 	return e, mgr, driver

@@ -10,6 +10,9 @@
 // identity.Principal in the request's context (identity.FromContext);
 // without Config.Authorize only admins pass (cove server sets it to
 // (*PolicyGate).Authorize, which decides with a Cedar policy: authz.go).
+// The admin token only bootstraps: whatever Authorize would say, the gate
+// refuses it every verb but the identity ones (bootstrapVerbs: users,
+// teams, tokens, whoami) with 403.
 // For every request that matched a /v1 route it then builds an Action
 // from the URL and calls Config.Authorize before the handler reads the
 // body (handlers that read more ask it again; see Action) — except for the
@@ -316,7 +319,11 @@ func (s *Server) gate(rt route) http.Handler {
 		var err error
 		if needsToken {
 			var p identity.Principal
-			if p, err = s.authenticate(rec, r); err == nil && s.authorize == nil {
+			p, err = s.authenticate(rec, r)
+			if err == nil && rt.Path != "" { // unmatched: 404 or 405 below
+				err = bootstrapOnly(p, act.Verb)
+			}
+			if err == nil && s.authorize == nil {
 				err = adminsOnly(p)
 				if err == nil {
 					err = scopeError(p, act.Verb)

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
 	"reflect"
 	"strings"
 	"sync"
@@ -16,6 +17,8 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/identity"
+	"github.com/cove-dev/cove/internal/store/sqlite"
 )
 
 const testToken = "s3cret-token"
@@ -27,10 +30,90 @@ type testEnv struct {
 	images *fakeImages
 	server *Server
 	logs   *logSink
+	// admin is the admin user the requests act as (see do); the copies
+	// that with makes share it.
+	admin *harnessAdmin
 }
 
-// newEnv starts a real HTTP server over a fake session manager. edit, if
-// given, adjusts the Config first.
+// harnessAdmin is the admin user whose API token the tests' requests
+// carry: the admin token only bootstraps (users, teams, tokens), so
+// everything else is done as a user, as an operator would. It is made on
+// first need in dir, the Directory behind the server's identity routes
+// and its Authenticator, and not through the API, so that what a test
+// counts (requests, users, Authorize's calls) is its own;
+// TestAdminTokenOnlyBootstraps makes users and tokens through the API
+// with the admin token.
+type harnessAdmin struct {
+	dir   *identity.Directory
+	mu    sync.Mutex
+	token string // guarded by mu; "" until made
+}
+
+// harnessAdminName is the harness's admin user.
+const harnessAdminName = "harness-admin"
+
+// bootstrapPaths are the routes of what the admin token may do
+// (bootstrapVerbs), which do sends with the admin token itself.
+var bootstrapPaths = []string{"/v1/users", "/v1/teams", "/v1/tokens", "/v1/whoami"}
+
+// isBootstrapPath reports whether path is one of bootstrapPaths or under
+// one.
+func isBootstrapPath(path string) bool {
+	for _, p := range bootstrapPaths {
+		if path == p || strings.HasPrefix(path, p+"/") || strings.HasPrefix(path, p+"?") {
+			return true
+		}
+	}
+	return false
+}
+
+// userToken is the harness admin user's API token, made (with the admin
+// token, through the API) on first use.
+func (e *testEnv) userToken() string {
+	e.t.Helper()
+	if e.admin == nil {
+		e.t.Fatal("testEnv: no harness admin (make the env with newEnv, or set admin)")
+	}
+	e.admin.mu.Lock()
+	defer e.admin.mu.Unlock()
+	if e.admin.token == "" {
+		ctx := context.Background()
+		if _, err := e.admin.dir.AddUser(ctx, api.CreateUserRequest{Name: harnessAdminName, Kind: api.UserAdmin}); err != nil {
+			e.t.Fatalf("harness admin: %v", err)
+		}
+		tok, err := e.admin.dir.CreateToken(ctx, api.CreateTokenRequest{Name: "harness", User: harnessAdminName})
+		if err != nil {
+			e.t.Fatalf("harness admin's token: %v", err)
+		}
+		e.admin.token = tok.Secret
+	}
+	return e.admin.token
+}
+
+// identityStore opens a real SQLite store for the users and tokens of a
+// test's server, closed at cleanup.
+func identityStore(t *testing.T) *sqlite.Store {
+	t.Helper()
+	st, err := sqlite.Open(t.Context(), filepath.Join(t.TempDir(), "identity.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// withIdentities wires st's users and tokens into c, as cove server does,
+// and returns the harness admin to be made there.
+func withIdentities(c *Config, st *sqlite.Store) *harnessAdmin {
+	dir := &identity.Directory{Store: st}
+	c.Identities = dir
+	c.Authenticator = identity.NewAuthenticator(identity.AuthConfig{Store: st})
+	return &harnessAdmin{dir: dir}
+}
+
+// newEnv starts a real HTTP server over a fake session manager, its users
+// and tokens in a real SQLite store. edit, if given, adjusts the Config
+// first.
 func newEnv(t *testing.T, edit ...func(*Config)) *testEnv {
 	t.Helper()
 	e := &testEnv{t: t, fake: newFakeSessions(), images: &fakeImages{}, logs: &logSink{}}
@@ -40,8 +123,12 @@ func newEnv(t *testing.T, edit ...func(*Config)) *testEnv {
 		Token:    testToken,
 		Log:      slog.New(slog.NewTextHandler(e.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
 	}
+	e.admin = withIdentities(&cfg, identityStore(t))
 	for _, f := range edit {
 		f(&cfg)
+	}
+	if d, ok := cfg.Identities.(*identity.Directory); ok { // an edit's own (newIDEnv's)
+		e.admin.dir = d
 	}
 	e.server = New(cfg)
 	e.srv = httptest.NewServer(e.server.Handler())
@@ -56,15 +143,22 @@ func (e *testEnv) with(t *testing.T) *testEnv {
 	return &c
 }
 
-// do sends a request with the test token unless hdr sets Authorization
-// (to "" for none).
+// do sends a request unless hdr sets Authorization (to "" for none) with
+// the admin token to the routes it may use (bootstrapPaths), else as the
+// harness's admin user (userToken).
 func (e *testEnv) do(method, path string, body io.Reader, hdr ...string) *http.Response {
 	e.t.Helper()
 	req, err := http.NewRequest(method, e.srv.URL+path, body)
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	req.Header.Set("Authorization", "Bearer "+testToken)
+	if !setsAuth(hdr) {
+		token := testToken
+		if !isBootstrapPath(path) {
+			token = e.userToken()
+		}
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
 	for i := 0; i+1 < len(hdr); i += 2 {
 		if hdr[i+1] == "" {
 			req.Header.Del(hdr[i])
@@ -78,6 +172,16 @@ func (e *testEnv) do(method, path string, body io.Reader, hdr ...string) *http.R
 	}
 	e.t.Cleanup(func() { resp.Body.Close() })
 	return resp
+}
+
+// setsAuth reports whether the header pairs hdr set Authorization.
+func setsAuth(hdr []string) bool {
+	for i := 0; i+1 < len(hdr); i += 2 {
+		if http.CanonicalHeaderKey(hdr[i]) == "Authorization" {
+			return true
+		}
+	}
+	return false
 }
 
 // doJSON sends v as a JSON body.
@@ -185,7 +289,7 @@ func TestAuthRefusesMissingAndWrongTokens(t *testing.T) {
 		})
 	}
 	// The scheme is case-insensitive.
-	decode[sessionList](t, e.do("GET", "/v1/sessions", nil, "Authorization", "bearer "+testToken), 200)
+	decode[sessionList](t, e.do("GET", "/v1/sessions", nil, "Authorization", "bearer "+e.userToken()), 200)
 }
 
 func TestEmptyTokenRefusesEverything(t *testing.T) {

@@ -146,7 +146,7 @@ permit (principal is Cove::User, action == Cove::Action::"user.admin", resource 
 
 // TestTeamRoutesUnconfigured: without Identities the team routes are 503.
 func TestTeamRoutesUnconfigured(t *testing.T) {
-	e := newEnv(t)
+	e := newEnv(t, func(c *Config) { c.Identities = nil })
 	for _, rq := range []struct{ method, path string }{
 		{"GET", "/v1/teams"},
 		{"PUT", "/v1/teams/platform/members/alice"},

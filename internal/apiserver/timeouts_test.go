@@ -65,6 +65,7 @@ func newServedEnv(t *testing.T, to Timeouts, edit ...func(*Config)) *testEnv {
 		HookSecrets: st,
 		Timeouts:    to,
 	}
+	e.admin = withIdentities(&cfg, st)
 	for _, f := range edit {
 		f(&cfg)
 	}
@@ -205,7 +206,7 @@ func TestAuthenticatedRequestsOutlastTimeouts(t *testing.T) {
 		conn := e.dialFrom("127.0.0.1")
 		body := `{"argv":["echo","slow"]}`
 		if _, err := io.WriteString(conn, "POST /v1/sessions/s1/exec HTTP/1.1\r\nHost: cove\r\nContent-Type: application/json\r\n"+
-			"Authorization: Bearer "+testToken+"\r\nConnection: close\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"); err != nil {
+			"Authorization: Bearer "+e.userToken()+"\r\nConnection: close\r\nContent-Length: "+strconv.Itoa(len(body))+"\r\n\r\n"); err != nil {
 			t.Fatal(err)
 		}
 		// The body takes three times Read to arrive.

@@ -193,5 +193,5 @@ func TestAuthenticatorFailuresAreNotRefusals(t *testing.T) {
 		t.Errorf("the session manager was called %d times", n)
 	}
 	// The admin token never reaches the Authenticator.
-	decode[sessionList](t, e.do("GET", "/v1/sessions", nil), 200)
+	decode[userList](t, e.do("GET", "/v1/users", nil, authAs(testToken)...), 200)
 }

@@ -125,7 +125,7 @@ func TestUsersCRUD(t *testing.T) {
 // A server without Identities answers the user and token routes 503,
 // once the caller is known to be an admin.
 func TestIdentityRoutesUnconfigured(t *testing.T) {
-	e := newEnv(t)
+	e := newEnv(t, func(c *Config) { c.Identities = nil })
 	for _, rq := range []struct{ method, path, body string }{
 		{"POST", "/v1/users", `{"name":"a"}`},
 		{"GET", "/v1/users", ""},

@@ -93,6 +93,38 @@ func (d *Directory) AddUser(ctx context.Context, req api.CreateUserRequest) (api
 	return UserOut(u, teams), nil
 }
 
+// FirstAdminName is the name of the admin user FirstAdmin makes.
+const FirstAdminName = "admin"
+
+// FirstAdmin makes sure the server has an admin user, as the admin token
+// only bootstraps: while no user is of kind admin, it adds a local one
+// named FirstAdminName and returns it with made true; once one is, it
+// returns the first of them by name, made false (so that a restart makes
+// no second). Where no user is an admin but the name is another kind of
+// user's, it changes nothing and returns an error of CodeConflict that
+// says how to make one; other errors are the store's.
+func (d *Directory) FirstAdmin(ctx context.Context) (u api.User, made bool, err error) {
+	users, err := d.ListUsers(ctx)
+	if err != nil {
+		return api.User{}, false, fmt.Errorf("first admin: %w", err)
+	}
+	for _, u := range users {
+		if u.Kind == store.UserAdmin {
+			return u, false, nil
+		}
+	}
+	u, err = d.AddUser(ctx, api.CreateUserRequest{Name: FirstAdminName, Kind: store.UserAdmin})
+	if api.IsCode(err, api.CodeConflict) {
+		return api.User{}, false, api.Errorf(api.CodeConflict,
+			"no user is an admin, and the name %q is a user's that is not; make one with the admin token: "+
+				"'cove user add NAME --kind admin' (COVE_TOKEN=$(cat $COVE_HOME/admin.token))", FirstAdminName)
+	}
+	if err != nil {
+		return api.User{}, false, fmt.Errorf("first admin: %w", err)
+	}
+	return u, true, nil
+}
+
 // checkTeams checks team names and returns them sorted, each once.
 func checkTeams(teams []string) ([]string, error) {
 	if len(teams) > maxTeams {

@@ -284,3 +284,41 @@ func TestMintTokenWithinTheCallersScopes(t *testing.T) {
 		t.Errorf("a misspelt scope: %v, want invalid", err)
 	}
 }
+
+// FirstAdmin makes an admin user named admin while no user is an admin,
+// once: called again (a restart) it makes no second, and where another
+// admin exists it makes none; where no user is an admin but "admin" is an
+// engineer's name, it changes nothing and says how to make one.
+func TestFirstAdmin(t *testing.T) {
+	ctx := context.Background()
+	e := newTestEnv(t)
+	e.addUser(t, "alice", "")
+	u, made, err := e.dir.FirstAdmin(ctx)
+	if err != nil || !made || u.Name != FirstAdminName || u.Kind != api.UserAdmin {
+		t.Fatalf("FirstAdmin = %+v, %v, %v; want a new admin named %s", u, made, err, FirstAdminName)
+	}
+	again, made, err := e.dir.FirstAdmin(ctx)
+	if err != nil || made || again.ID != u.ID {
+		t.Errorf("FirstAdmin again = %+v, %v, %v; want the same user, not made", again, made, err)
+	}
+	if users, _ := e.dir.ListUsers(ctx); len(users) != 2 {
+		t.Errorf("users %+v, want alice and one admin", users)
+	}
+
+	other := newTestEnv(t)
+	root := other.addUser(t, "root", api.UserAdmin)
+	if got, made, err := other.dir.FirstAdmin(ctx); err != nil || made || got.ID != root.ID {
+		t.Errorf("with an admin root: %+v, %v, %v; want root, not made", got, made, err)
+	}
+
+	taken := newTestEnv(t)
+	taken.addUser(t, FirstAdminName, api.UserEngineer)
+	_, made, err = taken.dir.FirstAdmin(ctx)
+	wantCode(t, "admin is an engineer", err, api.CodeConflict, "cove user add NAME --kind admin")
+	if made {
+		t.Error("made an admin where the name is taken")
+	}
+	if users, _ := taken.dir.ListUsers(ctx); len(users) != 1 || users[0].Kind != api.UserEngineer {
+		t.Errorf("users %+v, want the engineer named admin alone, unchanged", users)
+	}
+}

@@ -21,8 +21,9 @@ type Kind string
 // Kinds of principal.
 const (
 	// KindAdminToken is the holder of the server's admin token: it is
-	// no user; it makes the first users and tokens, and the policy lets
-	// it act as an admin (recorded as owner store.OwnerAdmin).
+	// no user; it only bootstraps: it adds users, puts them in teams and
+	// mints, lists and revokes their tokens, and the API server refuses
+	// it everything else (sessions, templates, images, hooks).
 	KindAdminToken Kind = "admin-token"
 	// KindUser is a user, by an API token or an OIDC ID token.
 	KindUser Kind = "user"
@@ -57,7 +58,9 @@ func (p Principal) IsAdmin() bool {
 
 // Owner is what is recorded as the owner of the sessions and templates p
 // creates: the user's id (KindUser), the id of the user an agent acts for
-// (KindAgent), or store.OwnerAdmin for the admin token, which is no user.
+// (KindAgent), or store.OwnerAdmin for the admin token, which is no user
+// (it creates no sessions or templates now; those that earlier versions
+// let it create keep that owner).
 func (p Principal) Owner() string {
 	if p.Kind == KindAdminToken {
 		return store.OwnerAdmin
