@@ -30,10 +30,10 @@ import (
 //
 // The driver cannot give the kernel the rate, so it watches for that
 // state and boots such a guest again: the vCPU halted (a kernel halts
-// only once it has nothing to run) while its APIC timer is still masked
-// (here, as the calibration left it: periodic, the full count). A kernel
-// that passed the calibration unmasks the timer, and the watch ends
-// there.
+// only once it has nothing to run) while its APIC timer is still as the
+// calibration left it (periodic, masked, the full count: a calibration
+// under way busy-waits, it does not halt). A kernel that passed the
+// calibration unmasks the timer, and the watch ends there.
 
 // bootAttempts bounds the boots of one guest that came up without a timer.
 const bootAttempts = 3
@@ -63,12 +63,13 @@ func (d *Driver) bootWatched(ctx context.Context, spec vmm.Spec, argv []string) 
 		if !errors.Is(err, errNoTimer) {
 			return vm, nil
 		}
+		diag := vm.Diagnose(ctx)
 		_ = vm.Stop(context.Background())
 		if attempt == bootAttempts {
 			return nil, fmt.Errorf("qemu: boot %s: %w, %d times: %w", spec.ID, err, attempt, vmm.ErrGuestStalled)
 		}
 		d.cfg.Log.Warn("guest kernel came up without a timer; booting it again", "vm", spec.ID, "attempt", attempt,
-			"why", "its APIC timer calibration was cut short by the host (a loaded host)")
+			"why", "its APIC timer calibration was cut short by the host (a loaded host)", "vmm", diag)
 		// A fresh RAM file: the next guest starts from zeroed memory, as
 		// the first did.
 		if err := os.Remove(filepath.Join(spec.Dir, MemFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -90,7 +91,7 @@ func (vm *VM) waitTimer(ctx context.Context) error {
 		switch {
 		case st.armed:
 			return nil
-		case st.halted:
+		case st.calibrating && st.halted:
 			if since.IsZero() {
 				since = time.Now()
 			} else if time.Since(since) >= timerStuck {
@@ -111,17 +112,26 @@ func (vm *VM) waitTimer(ctx context.Context) error {
 
 // timerState is what the watch reads from the guest's CPU 0.
 type timerState struct {
-	armed  bool // the APIC timer is unmasked: the kernel has its tick
-	halted bool // the vCPU is halted (HLT)
+	armed       bool // the APIC timer is unmasked: the kernel has its tick
+	calibrating bool // the APIC timer is as the calibration sets it
+	halted      bool // the vCPU is halted (HLT)
 }
 
 var (
-	lvttRE = regexp.MustCompile(`(?m)^LVTT\s+0x([0-9a-f]+)`)
-	hltRE  = regexp.MustCompile(`\bHLT=(\d)`)
+	lvttRE  = regexp.MustCompile(`(?m)^LVTT\s+0x([0-9a-f]+)`)
+	countRE = regexp.MustCompile(`initial_count = (\d+)`)
+	hltRE   = regexp.MustCompile(`\bHLT=(\d)`)
 )
 
-// lvtMasked is the mask bit of an APIC local vector table entry.
-const lvtMasked = 1 << 16
+// APIC timer bits, and the count the kernel's calibration loads (the
+// largest, over its divisor of 16). A masked timer alone says nothing: an
+// idle kernel with no timer pending masks it too (its clockevent
+// stopped), and a loaded host can leave such a guest halted for seconds.
+const (
+	lvtMasked      = 1 << 16
+	lvtPeriodic    = 1 << 17
+	calibrateCount = 0xffffffff / 16
+)
 
 func (vm *VM) timerState(ctx context.Context) (timerState, error) {
 	lapic, err := vm.hmp(ctx, "info lapic")
@@ -139,12 +149,16 @@ func (vm *VM) timerState(ctx context.Context) (timerState, error) {
 	if lvtt&lvtMasked == 0 {
 		return timerState{armed: true}, nil
 	}
+	c := countRE.FindStringSubmatch(lapic)
+	if lvtt&lvtPeriodic == 0 || c == nil || c[1] != strconv.Itoa(calibrateCount) {
+		return timerState{}, nil
+	}
 	regs, err := vm.hmp(ctx, "info registers")
 	if err != nil {
 		return timerState{}, err
 	}
 	h := hltRE.FindStringSubmatch(regs)
-	return timerState{halted: h != nil && h[1] == "1"}, nil
+	return timerState{calibrating: true, halted: h != nil && h[1] == "1"}, nil
 }
 
 // hmp runs a human monitor command over QMP and returns its text.
