@@ -684,27 +684,7 @@ func (k keepOpen) Close() error { return k.SetReadDeadline(time.Now()) }
 // once the guest's session is over (the guest says so on the port), and
 // that the connection under it stays open, as a park needs.
 func TestDetachSettlesAndKeepsTheConnection(t *testing.T) {
-	host, guest := socketPair(t)
-	ended := make(chan struct{})
-	go func() {
-		defer close(ended)
-		sharedAgent().ServeConn(context.Background(), keepOpen{guest})
-	}()
-	c, err := agentproto.NewClient(host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.Hello(ctxT(t)); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Detach(ctxT(t)); err != nil {
-		t.Fatalf("detach: %v", err)
-	}
-	select {
-	case <-ended:
-	case <-time.After(10 * time.Second):
-		t.Fatal("the guest session still runs after the detach returned")
-	}
+	host, guest, c := detachOn(t, sharedAgent())
 	// The connection is still open both ways.
 	if _, err := guest.Write([]byte("x")); err != nil {
 		t.Fatalf("guest write after detach: %v", err)
@@ -729,7 +709,16 @@ func TestDetachSettlesWhileTheDiskHangs(t *testing.T) {
 	stuck := make(chan struct{})
 	t.Cleanup(func() { close(stuck) })
 	a.SetSync(func() { <-stuck }, 50*time.Millisecond)
-	host, guest := socketPair(t)
+	detachOn(t, a)
+}
+
+// detachOn serves one connection with a, says hello and detaches, and
+// checks that the detach returned and then that the connection's serve
+// ended (the agent's loop is free to take the next connection); it
+// returns both ends and the client.
+func detachOn(t *testing.T, a *agent.Agent) (host, guest net.Conn, c *agentproto.Client) {
+	t.Helper()
+	host, guest = socketPair(t)
 	ended := make(chan struct{})
 	go func() {
 		defer close(ended)
@@ -743,15 +732,14 @@ func TestDetachSettlesWhileTheDiskHangs(t *testing.T) {
 		t.Fatal(err)
 	}
 	if err := c.Detach(ctxT(t)); err != nil {
-		t.Fatalf("detach with a sync that never returns: %v", err)
+		t.Fatalf("detach: %v", err)
 	}
-	// The connection's serve returned: the agent's loop is free to take
-	// the next connection (a woken guest's).
 	select {
 	case <-ended:
 	case <-time.After(10 * time.Second):
 		t.Fatal("the guest session still runs after the detach returned")
 	}
+	return host, guest, c
 }
 
 // Reading a FIFO (or any non-regular file) is refused at once with a

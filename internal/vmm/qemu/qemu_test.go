@@ -6,7 +6,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +13,6 @@ import (
 	"github.com/cove-dev/cove/internal/agentproto"
 	"github.com/cove-dev/cove/internal/vmm"
 	"github.com/cove-dev/cove/internal/vmm/qemu"
-	"github.com/cove-dev/cove/internal/vmtest"
 )
 
 func newDriver(t *testing.T) *qemu.Driver {
@@ -29,14 +27,7 @@ func newDriver(t *testing.T) *qemu.Driver {
 // bootTiny boots the tiny image and returns the VM and a connected agent.
 func bootTiny(t *testing.T, d *qemu.Driver) (vmm.VM, *agentproto.Client, vmm.Spec) {
 	t.Helper()
-	env := vmtest.Get(t)
-	im := env.Image(t, "tiny")
-	dir := vmtest.Dir(t)
-	disk := filepath.Join(dir, "disk.qcow2")
-	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", im.RootFS, "-F", "raw", disk).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img: %v: %s", err, out)
-	}
-	spec := vmm.Spec{ID: "t" + filepath.Base(dir)[len(filepath.Base(dir))-6:], Dir: dir, Kernel: env.Kernel.Vmlinux, Initrd: env.Initrd, Disk: disk, MemoryMiB: 256, CPUs: 1}
+	spec := tinySpec(t)
 	// A generous deadline: other tests' guests share the host's CPUs.
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()

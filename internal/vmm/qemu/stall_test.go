@@ -4,14 +4,12 @@ import (
 	"context"
 	"errors"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cove-dev/cove/internal/vmm"
 	"github.com/cove-dev/cove/internal/vmm/qemu"
-	"github.com/cove-dev/cove/internal/vmtest"
 )
 
 // TestBootRetriesATimerlessGuest: under TCG a guest kernel whose APIC
@@ -23,20 +21,13 @@ import (
 // driver's own) makes every boot's calibration wait microseconds, as a
 // host stall does: the same timerless state, on purpose.
 func TestBootRetriesATimerlessGuest(t *testing.T) {
-	env := vmtest.Get(t)
 	// TCG, whatever the host has: the watch is for TCG guests (a KVM
 	// guest has a TSC-deadline timer and calibrates nothing).
 	d, err := qemu.New(qemu.Config{Accel: "tcg", User: "cove-vm", CgroupRoot: "/sys/fs/cgroup", GuestCmdline: "tsc_early_khz=1000"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	im := env.Image(t, "tiny")
-	dir := vmtest.Dir(t)
-	disk := filepath.Join(dir, "disk.qcow2")
-	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", im.RootFS, "-F", "raw", disk).CombinedOutput(); err != nil {
-		t.Fatalf("qemu-img: %v: %s", err, out)
-	}
-	spec := vmm.Spec{ID: "t" + filepath.Base(dir)[len(filepath.Base(dir))-6:], Dir: dir, Kernel: env.Kernel.Vmlinux, Initrd: env.Initrd, Disk: disk, MemoryMiB: 256, CPUs: 1}
+	spec := tinySpec(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	vm, err := d.Boot(ctx, spec)
