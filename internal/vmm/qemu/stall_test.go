@@ -19,11 +19,23 @@ import (
 // vmm.ErrGuestStalled instead of leaving a guest that never answers.
 // A TSC rate told 2600 times too low (tsc_early_khz=1000, after the
 // driver's own) makes every boot's calibration wait microseconds, as a
-// host stall does: the same timerless state, on purpose.
+// host stall does: the same timerless state, on purpose, in its two
+// forms.
 func TestBootRetriesATimerlessGuest(t *testing.T) {
+	// Halted: the kernel waits for a tick. Spinning (idle=poll: its idle
+	// loop polls instead of halting): it burns CPU waiting.
+	for _, c := range []struct{ name, cmdline string }{
+		{"halted", "tsc_early_khz=1000"},
+		{"spinning", "tsc_early_khz=1000 idle=poll"},
+	} {
+		t.Run(c.name, func(t *testing.T) { bootTimerless(t, c.cmdline) })
+	}
+}
+
+func bootTimerless(t *testing.T, cmdline string) {
 	// TCG, whatever the host has: the watch is for TCG guests (a KVM
 	// guest has a TSC-deadline timer and calibrates nothing).
-	d, err := qemu.New(qemu.Config{Accel: "tcg", User: "cove-vm", CgroupRoot: "/sys/fs/cgroup", GuestCmdline: "tsc_early_khz=1000"})
+	d, err := qemu.New(qemu.Config{Accel: "tcg", User: "cove-vm", CgroupRoot: "/sys/fs/cgroup", GuestCmdline: cmdline})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/cove-dev/cove/internal/vmm"
@@ -28,18 +29,19 @@ import (
 // stress runs saw it in about 1 create in 20 at load 20 on 2 CPUs: the
 // guest's console stops a second or two in, every virtio queue unused.
 //
+// Some such kernels spin instead, polling a jiffies count that no longer
+// moves (the soak met one: RIP in the kernel, HLT=0, for 3 minutes).
+//
 // The driver cannot give the kernel the rate, so it watches for that
-// state and boots such a guest again: the vCPU halted (a kernel halts
-// only once it has nothing to run) while its APIC timer is still as the
-// calibration left it (periodic, masked, the full count: a calibration
-// under way busy-waits, it does not halt). A kernel that passed the
-// calibration unmasks the timer, and the watch ends there.
+// state and boots such a guest again (see waitTimer). A kernel that
+// passed the calibration unmasks the timer, and the watch ends there.
 
 // bootAttempts bounds the boots of one guest that came up without a timer.
 const bootAttempts = 3
 
 // timerPoll is how often the watch looks; timerStuck is how long the
-// timerless state must last before the guest is booted again.
+// timerless state must last (halted) or how much CPU it must burn
+// (spinning) before the guest is booted again.
 const (
 	timerPoll  = 100 * time.Millisecond
 	timerStuck = time.Second
@@ -79,10 +81,17 @@ func (d *Driver) bootWatched(ctx context.Context, spec vmm.Spec, argv []string) 
 }
 
 // waitTimer returns nil once the guest's kernel has set up its APIC timer,
-// errNoTimer once it has been halted without one for timerStuck, and the
-// error that stopped it from looking otherwise.
+// errNoTimer once it is found timerless, and the error that stopped it
+// from looking otherwise. Timerless is the APIC timer as the calibration
+// left it while the vCPU either stays halted for timerStuck (the kernel
+// waits for a tick) or spends timerStuck of CPU time (it spins, polling a
+// jiffies count that no longer moves): a calibration under way busy-waits
+// 25 jiffies by the TSC, 100 ms of wall time, so it never halts and never
+// burns a second of CPU. CPU time, not wall time, so that a vCPU thread a
+// loaded host starves for seconds is not taken for one.
 func (vm *VM) waitTimer(ctx context.Context) error {
 	var since time.Time
+	var cpuAt time.Duration
 	for {
 		st, err := vm.timerState(ctx)
 		if err != nil {
@@ -91,11 +100,18 @@ func (vm *VM) waitTimer(ctx context.Context) error {
 		switch {
 		case st.armed:
 			return nil
-		case st.calibrating && st.halted:
-			if since.IsZero() {
-				since = time.Now()
-			} else if time.Since(since) >= timerStuck {
+		case st.calibrating:
+			cpu, err := vm.vcpuTime(ctx)
+			if err != nil {
+				return err
+			}
+			switch {
+			case since.IsZero():
+				since, cpuAt = time.Now(), cpu
+			case st.halted && time.Since(since) >= timerStuck, cpu-cpuAt >= timerStuck:
 				return errNoTimer
+			case !st.halted:
+				since = time.Now() // a halt must last timerStuck unbroken; CPU time adds up
 			}
 		default:
 			since = time.Time{}
@@ -108,6 +124,39 @@ func (vm *VM) waitTimer(ctx context.Context) error {
 		case <-time.After(timerPoll):
 		}
 	}
+}
+
+// vcpuTime is the CPU time vCPU 0's thread has used (its thread id from
+// QMP's query-cpus-fast, its times from /proc).
+func (vm *VM) vcpuTime(ctx context.Context) (time.Duration, error) {
+	raw, err := vm.qmp.Execute(ctx, "query-cpus-fast", nil)
+	if err != nil {
+		return 0, err
+	}
+	var cpus []struct {
+		ThreadID int `json:"thread-id"`
+	}
+	if err := json.Unmarshal(raw, &cpus); err != nil || len(cpus) == 0 {
+		return 0, fmt.Errorf("query-cpus-fast: %q: %v", raw, err)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", vm.pid, cpus[0].ThreadID))
+	if err != nil {
+		return 0, fmt.Errorf("vCPU thread: %w", err)
+	}
+	// The fields after the command's closing parenthesis, from the
+	// state: utime and stime are the 12th and 13th, in USER_HZ (100)
+	// ticks.
+	_, rest, ok := strings.Cut(string(b), ") ")
+	f := strings.Fields(rest)
+	if !ok || len(f) < 13 {
+		return 0, fmt.Errorf("vCPU thread: stat %q", b)
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("vCPU thread: stat %q", b)
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
 }
 
 // timerState is what the watch reads from the guest's CPU 0.
