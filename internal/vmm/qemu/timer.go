@@ -98,6 +98,7 @@ func (d *Driver) bootWatched(ctx context.Context, spec vmm.Spec, argv []string) 
 func (vm *VM) waitTimer(ctx context.Context) error {
 	var since time.Time
 	var cpuAt time.Duration
+	tid := 0 // vCPU 0's thread, looked up once
 	for {
 		st, err := vm.timerState(ctx)
 		if err != nil {
@@ -107,7 +108,12 @@ func (vm *VM) waitTimer(ctx context.Context) error {
 		case st.armed:
 			return nil
 		case st.calibrating:
-			cpu, err := vm.vcpuTime(ctx)
+			if tid == 0 {
+				if tid, err = vm.vcpuThread(ctx); err != nil {
+					return err
+				}
+			}
+			cpu, err := vm.threadTime(tid)
 			if err != nil {
 				return err
 			}
@@ -132,9 +138,8 @@ func (vm *VM) waitTimer(ctx context.Context) error {
 	}
 }
 
-// vcpuTime is the CPU time vCPU 0's thread has used (its thread id from
-// QMP's query-cpus-fast, its times from /proc).
-func (vm *VM) vcpuTime(ctx context.Context) (time.Duration, error) {
+// vcpuThread is vCPU 0's thread id (QMP's query-cpus-fast).
+func (vm *VM) vcpuThread(ctx context.Context) (int, error) {
 	raw, err := vm.qmp.Execute(ctx, "query-cpus-fast", nil)
 	if err != nil {
 		return 0, err
@@ -145,7 +150,12 @@ func (vm *VM) vcpuTime(ctx context.Context) (time.Duration, error) {
 	if err := json.Unmarshal(raw, &cpus); err != nil || len(cpus) == 0 {
 		return 0, fmt.Errorf("query-cpus-fast: %q: %v", raw, err)
 	}
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", vm.pid, cpus[0].ThreadID))
+	return cpus[0].ThreadID, nil
+}
+
+// threadTime is the CPU time QEMU's thread tid has used (from /proc).
+func (vm *VM) threadTime(tid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/stat", vm.pid, tid))
 	if err != nil {
 		return 0, fmt.Errorf("vCPU thread: %w", err)
 	}
