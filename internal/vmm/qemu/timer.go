@@ -48,9 +48,17 @@ const bootAttempts = 3
 // boot storm's guests came up timerless 15 times in 90 (all of them
 // booted again), where earlier storms without the watch met none, so the
 // watch looks seldom.
+//
+// timerSpin is the CPU time a spinning timerless guest must burn: a
+// calibration busy-waits by the TSC for 100 ms of wall time, so it burns
+// 100 ms of CPU at most, however the host starves it. 300 ms leaves 3x
+// that; at a second (what it was), the soak's load met creates whose three
+// boots each took so long to burn it (a vCPU given a tenth of a core burns
+// a second in ten) that they ran out of their 3-minute boot timeout.
 const (
 	timerPoll  = time.Second
 	timerStuck = time.Second
+	timerSpin  = 300 * time.Millisecond
 )
 
 // errNoTimer marks a guest found halted without a timer.
@@ -90,10 +98,10 @@ func (d *Driver) bootWatched(ctx context.Context, spec vmm.Spec, argv []string) 
 // errNoTimer once it is found timerless, and the error that stopped it
 // from looking otherwise. Timerless is the APIC timer as the calibration
 // left it while the vCPU either stays halted for timerStuck (the kernel
-// waits for a tick) or spends timerStuck of CPU time (it spins, polling a
+// waits for a tick) or spends timerSpin of CPU time (it spins, polling a
 // jiffies count that no longer moves): a calibration under way busy-waits
 // 25 jiffies by the TSC, 100 ms of wall time, so it never halts and never
-// burns a second of CPU. CPU time, not wall time, so that a vCPU thread a
+// burns more than 100 ms of CPU. CPU time, not wall time, so that a vCPU thread a
 // loaded host starves for seconds is not taken for one.
 func (vm *VM) waitTimer(ctx context.Context) error {
 	var since time.Time
@@ -120,7 +128,7 @@ func (vm *VM) waitTimer(ctx context.Context) error {
 			switch {
 			case since.IsZero():
 				since, cpuAt = time.Now(), cpu
-			case st.halted && time.Since(since) >= timerStuck, cpu-cpuAt >= timerStuck:
+			case st.halted && time.Since(since) >= timerStuck, cpu-cpuAt >= timerSpin:
 				return errNoTimer
 			case !st.halted:
 				since = time.Now() // a halt must last timerStuck unbroken; CPU time adds up
