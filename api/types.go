@@ -58,6 +58,10 @@ type Session struct {
 	// Agent is the name of the agent the session runs (--agent), "" if
 	// none.
 	Agent string `json:"agent,omitempty"`
+	// Allow is the egress the session's create allowed (see
+	// CreateSessionRequest.Allow); its template's and the operator's
+	// rules apply as well.
+	Allow []string `json:"allow,omitempty"`
 }
 
 // OwnerAdmin is the Owner of sessions and templates made with the
@@ -122,6 +126,12 @@ type CreateSessionRequest struct {
 	// letters, digits, '.', '_' or '-', at most 64. A clone's agent is
 	// the one named here, never its template's.
 	Agent string `json:"agent,omitempty"`
+	// Allow is the egress the session may use, through the host's proxy:
+	// rules in the form "[METHOD,…] HOST[:PORT,…][/PATH]" ("github.com",
+	// "*.pypi.org", "GET api.github.com/repos/"; no port: 80 and 443).
+	// Nothing else is reached: the default is no egress at all. A
+	// clone's template adds its rules, and the operator's (--egress-allow).
+	Allow []string `json:"allow,omitempty"`
 }
 
 // Template is a booted, set-up machine saved as a snapshot; sessions
@@ -166,6 +176,8 @@ type Template struct {
 	// OwnerAdmin; Agent the agent name given at its create, "" if none.
 	Owner string `json:"owner"`
 	Agent string `json:"agent,omitempty"`
+	// Allow is the egress its sessions may use (see CreateTemplateRequest).
+	Allow []string `json:"allow,omitempty"`
 }
 
 // TemplateVersion is one build of a template (GET
@@ -225,6 +237,10 @@ type CreateTemplateRequest struct {
 	// Agent names the agent the template is made for, as in
 	// CreateSessionRequest; its clones do not inherit it.
 	Agent string `json:"agent,omitempty"`
+	// Allow is the egress the template's sessions may use, on top of
+	// their own: rules in the form "[METHOD,…] HOST[:PORT,…][/PATH]"
+	// ("github.com", "*.pypi.org", "GET api.github.com/repos/").
+	Allow []string `json:"allow,omitempty"`
 }
 
 // Template states.

@@ -24,6 +24,7 @@ import (
 	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/policy"
+	"github.com/cove-dev/cove/internal/secret"
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/store/sqlite"
@@ -33,6 +34,12 @@ import (
 
 // serverConfig is everything 'cove server' is configured with.
 type serverConfig struct {
+	// EgressAllow are rules every session may use; UpstreamCA a PEM
+	// bundle of CAs upstreams may also be signed by.
+	EgressAllow   []string
+	UpstreamCA    string
+	EgressResolve []string
+
 	Listen       string
 	Home         string
 	Accel        string
@@ -66,6 +73,10 @@ type serverConfig struct {
 	// verifiers fetch its keys; "": http:// and the listen address, if
 	// that is a loopback one.
 	IssuerURL string
+	// SecretKey is the file of the key that seals secrets; "":
+	// Home/secret.key, made at the first start. COVE_SECRET_KEY, when
+	// set, wins over either.
+	SecretKey string
 }
 
 func envOr(key, def string) string {
@@ -156,6 +167,10 @@ the policy in force.`,
 	f.BoolVar(&cfg.StopOnExit, "stop-on-exit", false, "stop every VM when the server exits (default: leave them for the next server to adopt)")
 	f.StringVar(&cfg.IssuerURL, "issuer-url", os.Getenv("COVE_ISSUER_URL"), "URL of cove as the OpenID issuer of the sessions' identity tokens (https, served at its root; verifiers fetch /.well-known/openid-configuration from it); default: http:// and --listen when that is a loopback address, else no session tokens (COVE_ISSUER_URL)")
 	f.StringArrayVar(&cfg.OIDCIssuers, "oidc-issuer", envList("COVE_OIDC_ISSUERS"), "accept the ID tokens of an OpenID Connect issuer as bearer tokens: ISSUER_URL=CLIENT_ID (https, or http on loopback; the client id is the audience its tokens carry, and the client 'cove login' signs in as); repeat for more; a user is made at its first sign-in, and the groups claim sets its teams (COVE_OIDC_ISSUERS, comma-separated)")
+	f.StringArrayVar(&cfg.EgressAllow, "egress-allow", envList("COVE_EGRESS_ALLOW"), "egress every session may use, on top of its own --allow and its template's: '[METHOD,…] HOST[:PORT,…][/PATH]' (repeatable; COVE_EGRESS_ALLOW, comma-separated)")
+	f.StringArrayVar(&cfg.EgressResolve, "egress-resolve", envList("COVE_EGRESS_RESOLVE"), "HOST=IP: the egress proxy reaches HOST at IP instead of asking DNS, as curl's --resolve does (split-horizon names, internal services); repeatable (COVE_EGRESS_RESOLVE, comma-separated)")
+	f.StringVar(&cfg.UpstreamCA, "upstream-ca", os.Getenv("COVE_UPSTREAM_CA"), "PEM file of CAs that upstreams reached through the egress proxy may also be signed by, besides the system's roots: internal services with a private CA (COVE_UPSTREAM_CA)")
+	f.StringVar(&cfg.SecretKey, "secret-key", os.Getenv("COVE_SECRET_KEY_FILE"), "file of the key that encrypts secrets at rest: base64 of 32 bytes, mode 0600, best kept apart from --home's database (default: HOME/secret.key, made at the first start; the environment variable "+secret.EnvKey+", base64 of 32 bytes, wins over the file) (COVE_SECRET_KEY_FILE)")
 	f.StringVar(&cfg.Policy, "policy", os.Getenv("COVE_POLICY"), "Cedar policy file that decides every API action (default: the built-in policy: engineers see and control their own sessions, admins everything); check it with 'cove policy check'; SIGHUP reloads it, keeping the policy in force if the file does not check (COVE_POLICY)")
 	return cmd
 }
@@ -184,6 +199,10 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	if err != nil {
 		return err
 	}
+	secrets, err := secretBox(cfg)
+	if err != nil {
+		return err
+	}
 	if cfg.AgentPath == "" {
 		exe, err := os.Executable()
 		if err != nil {
@@ -200,6 +219,11 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return err
 	}
 	defer st.Close()
+	// A lost or replaced key leaves secrets no one can open: say so now,
+	// not at a session's first request.
+	if n, err := (&secret.Resolver{Store: st, Box: secrets}).Check(ctx); err != nil {
+		log.Error("secrets: stored secrets do not open with this key; sessions' requests go without them until the key they were sealed with is back (--secret-key, "+secret.EnvKey+")", "secrets", n, "err", err)
+	}
 
 	sessions := filepath.Join(cfg.Home, "sessions")
 	crash := crashPoint(log)
@@ -257,8 +281,12 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	if err := firstAdmin(ctx, dir, log); err != nil {
 		return err
 	}
+	egressBroker, err := newEgress(cfg, st, secretCredentials{&secret.Resolver{Store: st, Box: secrets}}, policies, log)
+	if err != nil {
+		return err
+	}
 	metrics := apiserver.NewMetrics()
-	mgr, err := session.New(session.Config{Tokens: tokens.minter,
+	mgr, err := session.New(session.Config{Tokens: tokens.minter, Egress: egressBroker,
 		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
 		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout, CloneFiles: cfg.CloneFiles,
 		CrashPoint: crash, OnPark: metrics.ObservePark, OnWake: metrics.ObserveWake,
@@ -287,6 +315,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		Authenticator: identity.NewAuthenticator(identity.AuthConfig{AdminToken: token, Store: st, Log: log, JWT: append(oidc.verifiers, tokens.verifiers...)}),
 		SignIn:        oidc.signIn,
 		Identities:    dir,
+		Secrets:       &secret.Keeper{Store: st, Box: secrets},
 		Authorize:     (&apiserver.PolicyGate{Policy: policies, Records: st}).Authorize})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -319,6 +348,25 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return err
 	}
 	return nil
+}
+
+// secretBox is the Box that seals secrets, with the key of
+// secret.EnvKey, else of --secret-key, which must exist, else of
+// HOME/secret.key, made at the first start.
+func secretBox(cfg serverConfig) (*secret.Box, error) {
+	load, path := secret.LoadKey, cfg.SecretKey
+	if path == "" {
+		load, path = secret.LoadOrCreateKey, filepath.Join(cfg.Home, "secret.key")
+	}
+	key, err := load(path)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	box, err := secret.NewBox(key)
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	return box, nil
 }
 
 // loadPolicy makes the policy engine the server starts with: the policy

@@ -167,6 +167,7 @@ with its own agent, whoever owns the template.`,
 	f.DurationVar(&idleTimeout, "idle-timeout", 0, "park the session after this long without API activity (0s: never; default: the server's)")
 	f.BoolVar(&req.NoAutoWake, "no-auto-wake", false, "make exec and file calls on the parked session fail instead of waking it")
 	f.StringVar(&req.Agent, "agent", "", "name of the agent the session runs, e.g. review-bot (lowercase letters, digits, '.', '_', '-')")
+	f.StringArrayVar(&req.Allow, "allow", nil, "egress the session may use, through the host's proxy: '[METHOD,…] HOST[:PORT,…][/PATH]', e.g. github.com, '*.pypi.org', 'GET api.github.com/repos/' (repeatable; default: none)")
 	return cmd
 }
 

@@ -47,7 +47,8 @@ func main() {
 	clones := flag.Int("clones", 10, "clones of one template (create from template, PSS)")
 	rebuilds := flag.Int("rebuilds", 3, "pushes to a template that follows a repo, each timed until its new version is live (needs debian)")
 	wakeOnly := flag.Bool("wake-only", false, "after the cold boots and execs, measure park and wake only (no raw QEMU, templates or triggers)")
-	only := flag.String("only", "", "run one section alone: hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), identity (policy decisions, authentication, session-token minting; no VM)")
+	egressSamples := flag.Int("egress-samples", 20, "samples of the egress figures' small requests (0 skips them; the rest: 3 each; needs debian)")
+	only := flag.String("only", "", "run one section alone: egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), identity (policy decisions, authentication, session-token minting; no VM)")
 	identitySamples := flag.Int("identity-samples", 2000, "samples of each identity figure")
 	testJSON := flag.String("test-json", envOr("TESTJSON", filepath.Join(os.TempDir(), "cove-test.json")), "the go test -json record of the last make test, for the safety figures (TESTJSON)")
 	hostileExecs := flag.Int("hostile-execs", 30, "neighbour execs per phase of the hostile section (0 skips it)")
@@ -58,7 +59,7 @@ func main() {
 	cfg.verbose, cfg.wakeOnly, cfg.rebuilds = *verbose, *wakeOnly, *rebuilds
 	cfg.only, cfg.testJSON = *only, *testJSON
 	cfg.hostile = hostileConfig{execs: *hostileExecs, every: *hostileEvery, ramp: 2 * time.Second, attack: 20 * time.Second}
-	cfg.identitySamples = *identitySamples
+	cfg.identitySamples, cfg.egressSamples = *identitySamples, *egressSamples
 	switch cfg.only {
 	case "":
 	case "identity":
@@ -77,6 +78,12 @@ func main() {
 		}
 		printTable(os.Stdout, "tests", rows)
 		return
+	case "egress":
+		if cfg.egressSamples <= 0 {
+			fmt.Fprintln(os.Stderr, "covebench: -only egress needs -egress-samples > 0")
+			os.Exit(2)
+		}
+		cfg.debianBoots = 1 // builds the image; no cold boots are timed
 	case "hostile":
 		if cfg.hostile.execs <= 0 {
 			fmt.Fprintln(os.Stderr, "covebench: -only hostile needs -hostile-execs > 0")
@@ -84,7 +91,7 @@ func main() {
 		}
 		cfg.debianBoots = 0
 	default:
-		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: hostile, safety, identity\n", cfg.only)
+		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: egress, hostile, safety, identity\n", cfg.only)
 		os.Exit(2)
 	}
 	if err := run(*home, *agent, cfg); err != nil {
@@ -132,6 +139,7 @@ type config struct {
 	testJSON                                              string // make test's go test -json record
 	hostile                                               hostileConfig
 	identitySamples                                       int // samples of each identity figure
+	egressSamples                                         int // samples of the egress figures' small requests
 }
 
 func run(home, agent string, cfg config) error {
@@ -188,7 +196,12 @@ func run(home, agent string, cfg config) error {
 	if cfg.cloneFiles, err = strconv.Atoi(envOr("COVE_CLONE_FILES", "1")); err != nil {
 		return fmt.Errorf("COVE_CLONE_FILES: %w", err)
 	}
-	mgr, err := session.New(session.Config{Store: st, Driver: driver, Images: b, Dir: sessDir, Log: log, CloneFiles: cfg.cloneFiles})
+	eb, err := newEgressBench(home, st, log)
+	if err != nil {
+		return err
+	}
+	defer eb.close()
+	mgr, err := session.New(session.Config{Store: st, Driver: driver, Images: b, Dir: sessDir, Log: log, CloneFiles: cfg.cloneFiles, Egress: eb.broker})
 	if err != nil {
 		return err
 	}
@@ -210,6 +223,13 @@ func run(home, agent string, cfg config) error {
 
 	fmt.Fprintf(os.Stderr, "bench: accelerator %s\n", driver.Accel())
 	var rows []row
+	if cfg.only == "egress" {
+		if rows, err = egressRows(ctx, c, eb, cfg.egressSamples); err != nil {
+			return err
+		}
+		printTable(os.Stdout, driver.Accel(), rows)
+		return nil
+	}
 	if cfg.only == "hostile" {
 		if rows, err = hostileRows(ctx, c, srv.URL, cfg.hostile); err != nil {
 			return err
@@ -347,6 +367,13 @@ func run(home, agent string, cfg config) error {
 			return err
 		}
 		rows = append(rows, hos...)
+	}
+	if debianBoots > 0 && cfg.egressSamples > 0 {
+		egr, err := egressRows(ctx, c, eb, cfg.egressSamples)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, egr...)
 	}
 	if idr, err := identityRows(ctx, cfg.identitySamples); err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -38,8 +39,18 @@ type Agent struct {
 	running  map[int]*running   // guarded by mu: commands by PID, until the host acknowledged their exit
 	kick     func(nonce string) // guarded by mu: ends the current connection (a detach)
 	listener *listener          // guarded by mu: the host's listen stream, if any
-	hostBack chan struct{}      // guarded by mu: closed when a listen stream arrives
+	hostBack chan struct{}      // guarded by mu: closed when a listen stream or a host's session arrives
+	sess     *yamux.Session     // guarded by mu: the current host's session, if any
+	egressCA []byte             // guarded by mu: the egress CA set up, if any
+	egressLn net.Listener       // guarded by mu: the egress listener, once set up
 	urandom  int                // guarded by mu: /dev/urandom for reseeding, once opened (else -1)
+
+	// egressRoot prefixes the files egress setup writes and egressAddr is
+	// where it listens: "" and agentproto.EgressAddr in a guest (tests
+	// change them). egressAddr is guarded by mu.
+	egressRoot string
+	egressAddr string
+	egressMu   sync.Mutex // serializes egress setups
 
 	// syncFS writes back what is dirty before a park's quiet line
 	// (unix.Sync; tests replace it), and syncLimit bounds the wait for it.
@@ -56,7 +67,8 @@ const syncLimit = 10 * time.Second
 // New returns an agent. It starts the child reaper: as PID 1 the agent is
 // the parent of every orphan in the guest.
 func New(log *slog.Logger) *Agent {
-	return &Agent{Log: log, reaper: newReaper(), urandom: -1, syncFS: unix.Sync, syncLimit: syncLimit}
+	return &Agent{Log: log, reaper: newReaper(), urandom: -1, syncFS: unix.Sync, syncLimit: syncLimit,
+		egressAddr: agentproto.EgressAddr}
 }
 
 // FindPort returns the device path of the virtio-serial port named name,
@@ -316,6 +328,7 @@ func (a *Agent) serveConn(ctx context.Context, conn io.ReadWriteCloser) {
 	// connection (a park may freeze the guest between any two steps).
 	detach := make(chan string, 1)
 	a.mu.Lock()
+	a.sess = sess
 	a.kick = func(nonce string) {
 		select {
 		case detach <- nonce:
@@ -323,6 +336,7 @@ func (a *Agent) serveConn(ctx context.Context, conn io.ReadWriteCloser) {
 		}
 	}
 	a.mu.Unlock()
+	a.listenerChanged()
 	var watcher sync.WaitGroup
 	watcher.Add(1)
 	go func() {
@@ -344,6 +358,9 @@ func (a *Agent) serveConn(ctx context.Context, conn io.ReadWriteCloser) {
 		watcher.Wait()
 		a.mu.Lock()
 		a.kick = nil
+		if a.sess == sess {
+			a.sess = nil
+		}
 		a.mu.Unlock()
 		if quiet != "" {
 			// Write back what is dirty (data, and the journal's
@@ -403,6 +420,12 @@ func (a *Agent) handle(st *yamux.Stream) {
 		a.attachOp(st, req)
 	case agentproto.OpListen:
 		a.listen(st)
+	case agentproto.OpEgressSetup:
+		if err := a.setupEgress(req.Egress); err != nil {
+			respondErr(st, agentproto.CodeInternal, err)
+			return
+		}
+		respond(st, agentproto.Response{})
 	case agentproto.OpDetach:
 		// The answer is on the port once Write returns; then end this
 		// connection (see serveConn).

@@ -150,9 +150,9 @@ func executable(p string) error {
 	return nil
 }
 
-func mergeEnv(env []string) []string {
+func mergeEnv(env, defaults []string) []string {
 	out := append([]string(nil), env...)
-	for _, d := range defaultEnv {
+	for _, d := range defaults {
 		k, _, _ := strings.Cut(d, "=")
 		found := false
 		for _, kv := range env {
@@ -195,9 +195,15 @@ func (a *Agent) exec(st io.ReadWriter, req agentproto.Request) {
 		respondErr(st, agentproto.CodeInvalid, errors.New("exec: empty argv"))
 		return
 	}
-	env := mergeEnv(x.Env)
+	env := mergeEnv(x.Env, defaultEnv)
 	if x.TTY {
-		env = mergeEnv(append(env, "TERM=xterm-256color"))
+		env = mergeEnv(env, []string{"TERM=xterm-256color"})
+	}
+	a.mu.Lock()
+	egress, addr := a.egressLn != nil, a.egressAddr
+	a.mu.Unlock()
+	if egress {
+		env = mergeEnv(env, egressEnv(addr))
 	}
 	bin, err := lookPath(x.Argv[0], env)
 	if err != nil {

@@ -22,3 +22,18 @@ func (a *Agent) ServeTool(ctx context.Context, c net.Conn) { a.serveTool(ctx, c)
 
 // SetSync replaces the detach's write-back (unix.Sync) and its bound.
 func (a *Agent) SetSync(sync func(), limit time.Duration) { a.syncFS, a.syncLimit = sync, limit }
+
+// SetEgress makes egress setup write its files under root and listen on
+// addr (127.0.0.1:0 for any port) instead of the guest's.
+func (a *Agent) SetEgress(root, addr string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.egressRoot, a.egressAddr = root, addr
+}
+
+// EgressAddr is where the egress listener listens, once set up.
+func (a *Agent) EgressAddr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.egressAddr
+}

@@ -98,24 +98,33 @@ func (a *Agent) listenerChanged() {
 // currentListener returns the host's listen stream, waiting up to limit
 // for one (the host reconnects after a wake).
 func (a *Agent) currentListener(ctx context.Context, limit time.Duration) (*listener, error) {
+	var l *listener
+	err := a.waitHost(ctx, limit, func() bool { l = a.listener; return l != nil })
+	return l, err
+}
+
+// waitHost waits up to limit until found (called under a.mu) says the
+// host is there: listenerChanged wakes it when a host's session or listen
+// stream arrives.
+func (a *Agent) waitHost(ctx context.Context, limit time.Duration, found func() bool) error {
 	deadline := time.After(limit)
 	for {
 		a.mu.Lock()
-		l := a.listener
-		if l == nil && a.hostBack == nil {
+		ok := found()
+		if !ok && a.hostBack == nil {
 			a.hostBack = make(chan struct{})
 		}
 		back := a.hostBack
 		a.mu.Unlock()
-		if l != nil {
-			return l, nil
+		if ok {
+			return nil
 		}
 		select {
 		case <-back:
 		case <-deadline:
-			return nil, errors.New("no host is connected")
+			return errors.New("no host is connected")
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return ctx.Err()
 		}
 	}
 }

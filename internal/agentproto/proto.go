@@ -21,6 +21,8 @@
 //	          whenever a tool in the guest asks the host for something, host →
 //	          FrameResponse (a GuestReply) with the answer (a token) or why it
 //	          cannot do it; the stream lives as long as the connection
+//	egress_setup: guest → FrameResponse; the request's Egress says how the
+//	          guest reaches the host's egress proxy (see EgressSetup)
 //	detach:   guest → FrameResponse, then the guest ends the yamux session and
 //	          waits for the next sync (the host says it before a park, so
 //	          the frozen guest is ready for the next connection)
@@ -36,6 +38,13 @@
 // theirs (the oldest is forgotten). An attach without Offsets (a host from
 // before them) replays what no stream took, and a host that never
 // acknowledges leaves its ended commands to that bound.
+//
+// One kind of stream is opened by the guest, not the host: each TCP
+// connection a guest program makes to the in-guest egress address
+// (EgressAddr) is carried on a stream of its own, which starts with a
+// FrameRequest{Op: OpConnect} from the guest and then carries the
+// connection's bytes both ways, unframed, to the host's egress proxy. The
+// host knows the session from the connection the stream arrives on.
 //
 // Frames are [type:1][length:4, big endian][payload]. Payloads are bounded
 // by MaxFrame: neither side trusts the other's lengths. The package uses the
@@ -93,7 +102,23 @@ const (
 	OpRemove = "remove"
 	OpTarGet = "tar_get"
 	OpTarPut = "tar_put"
+
+	OpEgressSetup = "egress_setup"
+	OpConnect     = "connect" // guest → host: an egress connection (see the package doc)
 )
+
+// EgressAddr is where programs in the guest reach the host's egress proxy:
+// the agent listens there once the host has sent OpEgressSetup, and sets
+// the proxy environment (HTTP_PROXY…) of every command to it.
+const EgressAddr = "127.0.0.1:3128"
+
+// EgressSetup is what the guest needs to use the host's egress proxy: the
+// certificate of the CA that signs the proxy's certificates for the hosts
+// it intercepts (PEM), which the guest adds to its trust store. It holds
+// nothing secret: the CA's key and every credential stay on the host.
+type EgressSetup struct {
+	CACert []byte `json:"ca_cert"`
+}
 
 // Error codes in Response.Code.
 const (
@@ -127,6 +152,9 @@ type Request struct {
 	// all its streams; the guest replays from there. Without it the guest
 	// replays the output no stream took (what agents before it did).
 	Offsets *Offsets `json:"offsets,omitempty"`
+
+	// egress_setup: how the guest reaches the egress proxy.
+	Egress *EgressSetup `json:"egress,omitempty"`
 
 	// detach: when set, the guest writes QuietMagic, this nonce and a
 	// newline on the port once its session has ended and it waits for the

@@ -26,6 +26,7 @@ var decidedByHandler = map[string]bool{
 	"session.create": true, // the template a clone comes from
 	"session.exec":   true, // the command line, over HTTP and the WebSocket
 	"token.create":   true, // the user the token is for
+	"secret.put":     true, // the owner (user, team, template) the secret is for
 }
 
 // decide asks Config.Authorize about what the handler learned from the

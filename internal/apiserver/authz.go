@@ -64,6 +64,11 @@ const (
 	// An admin's token.list that names no user is of every user's tokens,
 	// and is decided as user.admin on the Server.
 	onTokenUser
+	// onSecretOwner: the owner whose secrets they are: the Team
+	// Action.Team names, the Template Action.Template names, the user
+	// Action.User names, else the caller itself; with Action.All, the
+	// Server.
+	onSecretOwner
 )
 
 // verbRule is what decides one route verb.
@@ -122,6 +127,10 @@ var verbRules = map[string]verbRule{
 	"token.create": {policy.TokenCreate, onTokenUser, false},
 	"token.list":   {policy.TokenList, onTokenUser, false},
 	"token.revoke": {policy.TokenRevoke, onTokenUser, false},
+
+	"secret.put":    {policy.SecretWrite, onSecretOwner, false},
+	"secret.list":   {policy.SecretList, onSecretOwner, false},
+	"secret.delete": {policy.SecretDelete, onSecretOwner, false},
 }
 
 // publicVerbs are the route verbs no policy decides, each with why.
@@ -193,6 +202,8 @@ func (g *PolicyGate) request(ctx context.Context, p identity.Principal, rule ver
 		if a.Verb == "token.list" && a.User == "" && p.IsAdmin() {
 			req.Action, req.Resource = policy.UserAdmin, policy.Resource{}
 		}
+	case onSecretOwner:
+		req.Resource, err = g.secretOwner(ctx, p, principal, a)
 	}
 	return req, err
 }
@@ -292,6 +303,30 @@ func (g *PolicyGate) tokenUser(ctx context.Context, p identity.Principal, princi
 		return policy.Resource{}, err
 	}
 	return policy.Resource{Type: policy.ResourceUser, ID: u.ID, Kind: policy.Kind(u.Kind), Teams: teams}, nil
+}
+
+// secretOwner is the owner whose secrets a secret verb is about (see
+// onSecretOwner); the caller is principal. A request that names more than
+// one owner is a 400.
+func (g *PolicyGate) secretOwner(ctx context.Context, p identity.Principal, principal policy.Principal, a Action) (policy.Resource, error) {
+	named := 0
+	for _, s := range []string{a.User, a.Team, a.Template} {
+		if s != "" {
+			named++
+		}
+	}
+	switch {
+	case named > 1 || (a.All && named > 0):
+		return policy.Resource{}, api.Errorf(api.CodeInvalid, "owner: name at most one of user, team, template and all")
+	case a.All:
+		return policy.Resource{}, nil
+	case a.Team != "":
+		return policy.Resource{Type: policy.ResourceTeam, ID: a.Team}, nil
+	case a.Template != "":
+		return g.template(ctx, a.Template)
+	}
+	// A user's: the one named, else the caller (as for tokens).
+	return g.tokenUser(ctx, p, principal, Action{Verb: a.Verb, User: a.User})
 }
 
 // teams are the teams of the user with id owner: none for the admin and

@@ -204,6 +204,12 @@ func TestCrossEngineerDenied(t *testing.T) {
 		"GET /v1/tokens":                     {path: "/v1/tokens?user=alice", action: policy.TokenList, names: []string{aliceUser, bobUser}},
 		"POST /v1/tokens/{id}/revoke":        {path: "/v1/tokens/" + aliceTok.ID + "/revoke", action: policy.TokenRevoke, names: []string{aliceUser, bobUser}},
 
+		// Secrets: alice's own, and her template's.
+		"PUT /v1/secrets/{name}": {path: "/v1/secrets/github", body: api.PutSecretRequest{Value: "ghp_bob", Hosts: []string{"github.com"},
+			Header: "Authorization: Bearer {{value}}", User: "alice"}, action: policy.SecretWrite, names: []string{aliceUser, bobUser}},
+		"GET /v1/secrets":           {path: "/v1/secrets?template=alice-tpl", action: policy.SecretList, names: []string{tmpl, bobUser}},
+		"DELETE /v1/secrets/{name}": {path: "/v1/secrets/github?user=alice", action: policy.SecretDelete, names: []string{aliceUser, bobUser}},
+
 		// Teams are an admin's to manage, as users are.
 		"GET /v1/teams":                          {path: "/v1/teams", action: policy.UserAdmin, names: []string{server, bobUser}},
 		"PUT /v1/teams/{team}/members/{user}":    {path: "/v1/teams/platform/members/bob", action: policy.UserAdmin, names: []string{server, bobUser}},

@@ -21,7 +21,8 @@ import (
 // TestHandlersDecideWithTheBody: for the verbs whose decision needs the
 // body (decidedByHandler), Authorize is asked exactly once per request,
 // by the handler, with what the body says (the clone's template, the
-// command line, the token's user; empty where the body names none), never
+// command line, the token's user, the secret's owner; empty where the
+// body names none), never
 // by the gate with an empty context; on every path (with and without a
 // template or a user, over HTTP and the WebSocket) its denial is the
 // answer, and the session manager is never asked to act.
@@ -44,15 +45,24 @@ func TestHandlersDecideWithTheBody(t *testing.T) {
 		body       any
 		ws         bool
 		want       Action
+		method     string // "": POST
 	}{
-		{"create", "/v1/sessions", api.CreateSessionRequest{}, false, Action{Verb: "session.create"}},
-		{"clone", "/v1/sessions", api.CreateSessionRequest{Template: "web"}, false, Action{Verb: "session.create", Template: "web"}},
+		{"create", "/v1/sessions", api.CreateSessionRequest{}, false, Action{Verb: "session.create"}, ""},
+		{"clone", "/v1/sessions", api.CreateSessionRequest{Template: "web"}, false, Action{Verb: "session.create", Template: "web"}, ""},
 		{"exec", "/v1/sessions/s1/exec", api.ExecRequest{Argv: []string{"ls", "-l"}}, false,
-			Action{Verb: "session.exec", SessionID: "s1", Argv: []string{"ls", "-l"}}},
+			Action{Verb: "session.exec", SessionID: "s1", Argv: []string{"ls", "-l"}}, ""},
 		{"exec over the WebSocket", "/v1/sessions/s1/exec/ws", api.ExecRequest{Argv: []string{"ls"}}, true,
-			Action{Verb: "session.exec", SessionID: "s1", Argv: []string{"ls"}}},
-		{"own token", "/v1/tokens", api.CreateTokenRequest{Name: "ci"}, false, Action{Verb: "token.create"}},
-		{"token for a user", "/v1/tokens", api.CreateTokenRequest{Name: "ci", User: "bob"}, false, Action{Verb: "token.create", User: "bob"}},
+			Action{Verb: "session.exec", SessionID: "s1", Argv: []string{"ls"}}, ""},
+		{"own token", "/v1/tokens", api.CreateTokenRequest{Name: "ci"}, false, Action{Verb: "token.create"}, ""},
+		{"token for a user", "/v1/tokens", api.CreateTokenRequest{Name: "ci", User: "bob"}, false, Action{Verb: "token.create", User: "bob"}, ""},
+		{"own secret", "/v1/secrets/gh", api.PutSecretRequest{Value: "v", Hosts: []string{"github.com"}, Header: "A: {{value}}"}, false,
+			Action{Verb: "secret.put", Secret: "gh"}, "PUT"},
+		{"a user's secret", "/v1/secrets/gh", api.PutSecretRequest{Value: "v", User: "bob"}, false,
+			Action{Verb: "secret.put", Secret: "gh", User: "bob"}, "PUT"},
+		{"a team's secret", "/v1/secrets/gh", api.PutSecretRequest{Value: "v", Team: "platform"}, false,
+			Action{Verb: "secret.put", Secret: "gh", Team: "platform"}, "PUT"},
+		{"a template's secret", "/v1/secrets/gh", api.PutSecretRequest{Value: "v", Template: "web"}, false,
+			Action{Verb: "secret.put", Secret: "gh", Template: "web"}, "PUT"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			mu.Lock()
@@ -63,7 +73,11 @@ func TestHandlersDecideWithTheBody(t *testing.T) {
 				wsDenied(t, e.with(t), tc.path, e.userToken(), tc.body, "denied session.exec")
 				calls++ // the upgrade looks the session up (a 404 before it)
 			} else {
-				body := wantError(t, e.with(t).doJSON("POST", tc.path, tc.body), http.StatusForbidden, api.CodeForbidden)
+				method := tc.method
+				if method == "" {
+					method = "POST"
+				}
+				body := wantError(t, e.with(t).doJSON(method, tc.path, tc.body), http.StatusForbidden, api.CodeForbidden)
 				if body.Message != "denied "+tc.want.Verb {
 					t.Errorf("403 %q", body.Message)
 				}
@@ -82,7 +96,7 @@ func TestHandlersDecideWithTheBody(t *testing.T) {
 
 func sameAction(a, b Action) bool {
 	return a.Verb == b.Verb && a.SessionID == b.SessionID && a.Template == b.Template && a.User == b.User &&
-		slices.Equal(a.Argv, b.Argv)
+		a.Secret == b.Secret && a.Team == b.Team && a.All == b.All && slices.Equal(a.Argv, b.Argv)
 }
 
 // TestPermitOnTheCommandLine: a permit that depends on the command

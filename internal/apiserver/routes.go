@@ -90,4 +90,8 @@ var routes = []route{
 	{"POST", "/v1/tokens", "token.create", bearer, (*Server).createToken},
 	{"GET", "/v1/tokens", "token.list", bearer, (*Server).listTokens},
 	{"POST", "/v1/tokens/{id}/revoke", "token.revoke", bearer, (*Server).revokeToken},
+
+	{"PUT", "/v1/secrets/{name}", "secret.put", bearer, (*Server).putSecret},
+	{"GET", "/v1/secrets", "secret.list", bearer, (*Server).listSecrets},
+	{"DELETE", "/v1/secrets/{name}", "secret.delete", bearer, (*Server).deleteSecret},
 }

@@ -17,7 +17,7 @@
 // from the URL and calls Config.Authorize before the handler reads the
 // body (handlers that read more ask it again; see Action) — except for the
 // verbs whose decision needs the body (session.create, session.exec,
-// token.create: decidedByHandler), where it checks only the token's
+// token.create, secret.put: decidedByHandler), where it checks only the token's
 // scopes and the handler, always, decides once it has read the body; and
 // it logs every
 // request (method, path, status, duration, action) and counts it in
@@ -82,6 +82,9 @@ type Config struct {
 	// Identities keeps users and API tokens (/v1/users, /v1/tokens); nil
 	// answers those routes with 503.
 	Identities Identities
+	// Secrets keeps the secrets the egress proxy adds to sessions'
+	// requests (/v1/secrets); nil answers those routes with 503.
+	Secrets Secrets
 	// Log receives one line per request; nil discards.
 	Log *slog.Logger
 	// Metrics is where the server's metrics go; nil makes a new set. Pass
@@ -91,8 +94,8 @@ type Config struct {
 	// route, after the token was checked (for routes that need one) and
 	// before the body is read; again by the handlers that read more of
 	// the request in their body, and for each item of a list (see
-	// Action). For session.create, session.exec and token.create, whose
-	// decision needs the body, only the handler calls it, once it has
+	// Action). For session.create, session.exec, token.create and
+	// secret.put, whose decision needs the body, only the handler calls it, once it has
 	// read the body. A non-nil error refuses the request: an *api.Error chooses
 	// the answer (CodeForbidden to deny, with the reason as its message);
 	// any other error is a 500. (*PolicyGate).Authorize decides with a
@@ -123,6 +126,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("hook_secrets", c.HookSecrets != nil),
 		slog.Bool("authenticator", c.Authenticator != nil),
 		slog.Bool("identities", c.Identities != nil),
+		slog.Bool("secrets", c.Secrets != nil),
 		slog.Bool("authorize", c.Authorize != nil),
 		slog.Int64("max_file_bytes", c.MaxFileBytes),
 	)
@@ -134,7 +138,8 @@ func (c Config) LogValue() slog.Value {
 // asks Authorize once it has read it, with the same verb and those fields
 // set: session.create with the Template a clone comes from ("" for none),
 // session.exec with the Argv it runs, token.create with the User the
-// token is for ("" for the caller). A permit that depends on them (a
+// token is for ("" for the caller), secret.put with the User, Team or
+// Template whose secret it is (none: the caller's own). A permit that depends on them (a
 // command, a template) can thus allow what the URL alone would not. And
 // the list routes ask about each item they would show (session.get,
 // template.get) and leave out those denied.
@@ -163,6 +168,15 @@ type Action struct {
 	// Argv is the command line of session.exec, which its handler
 	// decides with.
 	Argv []string
+	// Secret is the {name} of a secret route. Its owner is the ?user=,
+	// ?team= or ?template= of secret.list and secret.delete, or what the
+	// body of secret.put names (second decision), in User, Team or
+	// Template; none of them: the caller's own.
+	Secret string
+	// Team is the team whose secrets a secret route is about.
+	Team string
+	// All is secret.list's ?all=true: every owner's secrets.
+	All bool
 }
 
 // LogValue lists the action's non-empty fields.
@@ -192,6 +206,15 @@ func (a Action) LogValue() slog.Value {
 	if a.Argv != nil {
 		attrs = append(attrs, slog.Any("argv", a.Argv))
 	}
+	if a.Secret != "" {
+		attrs = append(attrs, slog.String("secret", a.Secret))
+	}
+	if a.Team != "" {
+		attrs = append(attrs, slog.String("team", a.Team))
+	}
+	if a.All {
+		attrs = append(attrs, slog.Bool("all", true))
+	}
 	return slog.GroupValue(attrs...)
 }
 
@@ -202,6 +225,7 @@ type Server struct {
 	hooks        Hooks
 	hookSecrets  HookSecrets
 	identities   Identities
+	secrets      Secrets
 	authn        Authenticator
 	tokenSum     [sha256.Size]byte
 	tokenSet     bool
@@ -229,6 +253,7 @@ func New(cfg Config) *Server {
 		hooks:        cfg.Hooks,
 		hookSecrets:  cfg.HookSecrets,
 		identities:   cfg.Identities,
+		secrets:      cfg.Secrets,
 		authn:        cfg.Authenticator,
 		tokenSum:     sha256.Sum256([]byte(cfg.Token)),
 		tokenSet:     cfg.Token != "",
@@ -293,6 +318,11 @@ func (s *Server) gate(rt route) http.Handler {
 			}
 		case strings.HasPrefix(rt.Verb, "user."):
 			act.User = r.PathValue("name")
+		case strings.HasPrefix(rt.Verb, "secret."):
+			q := r.URL.Query()
+			act.Secret = r.PathValue("name")
+			act.User, act.Team, act.Template = q.Get("user"), q.Get("team"), q.Get("template")
+			act.All = q.Get("all") == "true"
 		case strings.HasPrefix(rt.Verb, "token."):
 			act.SessionID, act.Token = "", r.PathValue("id")
 			if rt.Verb == "token.list" {

@@ -154,6 +154,25 @@ type Identities interface {
 	RemoveTeamMember(ctx context.Context, team, user string) error
 }
 
+// Secrets keeps the secrets that the egress proxy adds to sessions'
+// requests; *secret.Keeper is one. Each names whose secrets with an
+// api.SecretOwner (the server fills in the caller's own user when a
+// request names none). Every method returns *api.Error (possibly
+// wrapped) for failures a client caused (a bad name, header, host or
+// value → CodeInvalid, an unknown owner or secret → CodeNotFound);
+// anything else is a 500, or a 503 for a store that is unavailable. No
+// answer and no error holds a secret's value.
+type Secrets interface {
+	// Put validates req, seals its value and creates or replaces the
+	// named secret of the owner req names; it answers the secret
+	// without its value.
+	Put(ctx context.Context, name string, req api.PutSecretRequest) (api.Secret, error)
+	// List lists owner's secrets (owner.All: everyone's) without values.
+	List(ctx context.Context, owner api.SecretOwner) ([]api.Secret, error)
+	// Delete removes owner's named secret.
+	Delete(ctx context.Context, name string, owner api.SecretOwner) error
+}
+
 // Process is one running command in a guest (declared by the session
 // manager, which returns it).
 type Process = session.Process

@@ -62,6 +62,9 @@ func validateCreate(req api.CreateSessionRequest) error {
 	if err := session.CheckAgent("agent", req.Agent); err != nil {
 		return err
 	}
+	if _, err := session.CheckAllow("allow", req.Allow); err != nil {
+		return err
+	}
 	return validateIdleTimeout("idle_timeout", req.IdleTimeout)
 }
 
@@ -109,6 +112,9 @@ func validateCreateTemplate(req api.CreateTemplateRequest) error {
 	}
 	if err := repo.CheckSource(req.Repo, req.Branch, req.RepoDir); err != nil {
 		return api.Errorf(api.CodeInvalid, "%v", err)
+	}
+	if _, err := session.CheckAllow("allow", req.Allow); err != nil {
+		return err
 	}
 	return session.CheckAgent("agent", req.Agent)
 }

@@ -137,6 +137,7 @@ var agentBanned = []struct{ prefix, why string }{
 	{"github.com/cove-dev/cove/internal/qmp", "host-side VMM control"},
 	{"github.com/cove-dev/cove/internal/vmm", "host-side VMM control"},
 	{"github.com/cove-dev/cove/internal/image", "host-side image building"},
+	{"github.com/cove-dev/cove/internal/secret", "a secret's value is only ever opened on the host, for the egress proxy"},
 }
 
 func TestAgentHasNoServerDependencies(t *testing.T) {

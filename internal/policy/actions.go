@@ -78,6 +78,28 @@ const (
 
 	// PolicyRead shows the policy in force. Resource: the Server.
 	PolicyRead Action = "policy.read"
+
+	// SecretWrite sets (creates or replaces) a secret, the credential the
+	// egress proxy adds to a session's requests. Resource: the secret's
+	// owner: the User (its own, or another's when an admin sets one), the
+	// Team, or the Template whose secret it is.
+	SecretWrite Action = "secret.write"
+	// SecretList lists secrets (their names, hosts and headers, never
+	// their values). Resource: the owner whose secrets they are, as for
+	// SecretWrite, or the Server for every secret of every owner.
+	SecretList Action = "secret.list"
+	// SecretDelete removes a secret. Resource: its owner, as for
+	// SecretWrite.
+	SecretDelete Action = "secret.delete"
+
+	// SessionEgress is a connection or request a session's guest makes
+	// through the egress proxy; no API route asks it. Principal: the
+	// session's Agent; resource: the Session; Context.Host, Port, Method,
+	// Path say where it goes, and Context.Allowed whether the session's
+	// rules (its own, its template's, the operator's) allow it. The
+	// default policy follows the rules; a forbid narrows them, a permit
+	// widens them.
+	SessionEgress Action = "session.egress"
 )
 
 // Actions returns every action, in the order of the constants above.
@@ -90,5 +112,7 @@ func Actions() []Action {
 		HookAdmin, UserAdmin,
 		TokenCreate, TokenList, TokenRevoke,
 		PolicyRead,
+		SecretWrite, SecretList, SecretDelete,
+		SessionEgress,
 	}
 }

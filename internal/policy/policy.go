@@ -16,6 +16,7 @@
 //	Cove::Agent::"SESSION"    a session's own identity token: session, owner, name
 //	Cove::Session::"ID"       owner, agent, template; in its owner's teams
 //	Cove::Template::"NAME"    owner; in its owner's teams
+//	Cove::Team::"NAME"        a team; the resource of its secrets
 //	Cove::Server::"cove"      the resource of server-wide actions
 //	Cove::Action::"NAME"      one per Action constant
 package policy
@@ -210,6 +211,8 @@ func describeResource(r Resource) string {
 		return "Template " + r.ID
 	case ResourceUser:
 		return "User " + r.ID
+	case ResourceTeam:
+		return "Team " + r.ID
 	default:
 		return "Server " + ServerID
 	}

@@ -38,6 +38,8 @@ var (
 	carolTmpl    = Resource{Type: ResourceTemplate, ID: "spark", Owner: "carol", Teams: []string{"data"}}
 	aliceUser    = Resource{Type: ResourceUser, ID: "alice", Kind: KindEngineer, Teams: []string{"platform"}}
 	bobUser      = Resource{Type: ResourceUser, ID: "bob", Kind: KindEngineer, Teams: []string{"platform"}}
+	platform     = Resource{Type: ResourceTeam, ID: "platform"}
+	data         = Resource{Type: ResourceTeam, ID: "data"}
 )
 
 // sessionActions are the actions on a Session resource.
@@ -100,6 +102,25 @@ func defaultCases() []decisionCase {
 		add("admin, another's tokens", root, a, bobUser, true, "admin-all")
 		add("agent, tokens", aliceAgent, a, aliceUser, false, "")
 	}
+	for _, a := range []Action{SecretWrite, SecretList, SecretDelete} {
+		add("own secrets", alice, a, aliceUser, true, "owner-secrets")
+		add("service account, own secrets", ci, a, Resource{Type: ResourceUser, ID: "ci", Kind: KindService}, true, "owner-secrets")
+		add("another's secrets, same team", alice, a, bobUser, false, "")
+		add("admin, another's secrets", root, a, bobUser, true, "admin-all")
+		add("own template's secrets", alice, a, aliceTmpl, true, "owner-template-secrets")
+		add("another's template's secrets", carol, a, aliceTmpl, false, "")
+		add("teammate's template's secrets", bob, a, aliceTmpl, false, "")
+		add("admin, a template's secrets", root, a, carolTmpl, true, "admin-all")
+		add("another team's secrets", carol, a, platform, false, "")
+		add("admin, a team's secrets", root, a, data, true, "admin-all")
+		add("agent, secrets", aliceAgent, a, aliceUser, false, "")
+	}
+	// A team's members list its secrets; only admins change them.
+	add("member lists the team's secrets", alice, SecretList, platform, true, "member-team-secrets")
+	add("member sets a team secret", alice, SecretWrite, platform, false, "")
+	add("member removes a team secret", bob, SecretDelete, platform, false, "")
+	add("engineer lists every secret", alice, SecretList, server, false, "")
+	add("admin lists every secret", root, SecretList, server, true, "admin-all")
 	return cases
 }
 
@@ -147,7 +168,7 @@ func TestReasons(t *testing.T) {
 		{Request{Principal: aliceAgent, Action: SessionPark, Resource: bobSession},
 			"no policy permits session.park on Session s-456 for the agent of Session s-123"},
 		{Request{Principal: aliceAgent, Action: SessionExec, Resource: aliceSession},
-			"a session's identity token may not session.exec (only session.events, session.park)"},
+			"a session's identity token may not session.exec (only session.egress, session.events, session.park)"},
 		{Request{Principal: alice, Action: SessionExec, Resource: server},
 			"session.exec does not apply to Server cove"},
 		{Request{Principal: alice, Action: ImageBuild, Resource: server},
@@ -173,14 +194,15 @@ func TestReasons(t *testing.T) {
 
 // TestAgentConfinedWhateverThePolicy protects the limit on a session's
 // identity token: even a policy that permits everything to every principal
-// gives an Agent nothing but session.park and session.events.
+// gives an Agent nothing but session.park, session.events and
+// session.egress (which no API route asks: only the egress proxy does).
 func TestAgentConfinedWhateverThePolicy(t *testing.T) {
 	e := New()
 	if err := e.Load(context.Background(), writePolicy(t, "open.cedar", `@id("open") permit (principal, action, resource);`)); err != nil {
 		t.Fatal(err)
 	}
 	for _, a := range Actions() {
-		want := a == SessionPark || a == SessionEvents
+		want := a == SessionPark || a == SessionEvents || a == SessionEgress
 		r := aliceSession
 		switch {
 		case strings.HasPrefix(string(a), "token."):
@@ -485,4 +507,36 @@ func errorsAs(t *testing.T, err error) *Error {
 		t.Fatalf("error %v (%T) is not a *policy.Error", err, err)
 	}
 	return pe
+}
+
+// TestEgressFollowsTheRulesAndThePolicy: by default a session's egress is
+// what its rules allow (context.allowed), for its own agent only; an
+// operator's forbid narrows that and a permit widens it.
+func TestEgressFollowsTheRulesAndThePolicy(t *testing.T) {
+	e := New()
+	e.LoadDefault()
+	to := func(host string, allowed bool) Request {
+		return Request{Principal: aliceAgent, Action: SessionEgress, Resource: aliceSession,
+			Context: Context{Host: host, Port: 443, Method: "GET", Path: "/", Allowed: allowed}}
+	}
+	checkDecision(t, e, decisionCase{name: "rules allow", req: to("github.com", true), want: true, by: "egress-rules"})
+	checkDecision(t, e, decisionCase{name: "rules deny", req: to("github.com", false), want: false})
+	other := to("github.com", true)
+	other.Resource = Resource{Type: ResourceSession, ID: "s-other", Owner: "bob"}
+	checkDecision(t, e, decisionCase{name: "another session's agent", req: other, want: false})
+
+	src := string(Default()) + `
+@id("no-paste")
+forbid (principal, action == Cove::Action::"session.egress", resource)
+when { context.host like "*.pastebin.example" };
+@id("docs-for-all")
+permit (principal is Cove::Agent, action == Cove::Action::"session.egress", resource)
+when { context.host == "docs.example" && context.method == "GET" && context.port == 443 };
+`
+	if err := e.Load(context.Background(), writePolicy(t, "egress.cedar", src)); err != nil {
+		t.Fatal(err)
+	}
+	checkDecision(t, e, decisionCase{name: "forbidden host the rules allow", req: to("x.pastebin.example", true), want: false, by: "no-paste"})
+	checkDecision(t, e, decisionCase{name: "permitted host the rules deny", req: to("docs.example", false), want: true, by: "docs-for-all"})
+	checkDecision(t, e, decisionCase{name: "rules still allow the rest", req: to("github.com", true), want: true, by: "egress-rules"})
 }

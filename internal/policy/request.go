@@ -68,16 +68,20 @@ const (
 	ResourceSession
 	// ResourceTemplate is Cove::Template::"NAME".
 	ResourceTemplate
-	// ResourceUser is Cove::User::"ID", the resource of the token actions.
+	// ResourceUser is Cove::User::"ID", the resource of the token actions
+	// and of a user's own secrets.
 	ResourceUser
+	// ResourceTeam is Cove::Team::"NAME", the resource of a team's
+	// secrets. A user is in it when the user is a member.
+	ResourceTeam
 )
 
 // Resource is what a request acts on; which one each action takes is in
 // its doc. The zero Resource is the Server.
 type Resource struct {
 	Type ResourceType
-	// ID is the session's id, the template's name or the user's id; the
-	// Server's is always ServerID.
+	// ID is the session's id, the template's name, the user's id or the
+	// team's name; the Server's is always ServerID.
 	ID string
 	// Owner is the user who owns a session or template.
 	Owner string
@@ -106,6 +110,13 @@ type Context struct {
 	// Write is whether a session.files call changes files
 	// (context.write).
 	Write bool
+	// Host, Port and Method are where a session.egress goes
+	// (context.host, context.port, context.method; Path is its path),
+	// and Allowed whether the session's rules allow it (context.allowed).
+	Host    string
+	Port    int
+	Method  string
+	Allowed bool
 }
 
 // Request is one decision to make.
@@ -152,6 +163,8 @@ func (r Resource) uid() cedar.EntityUID {
 		return cedar.NewEntityUID(typeTemplate, cedar.String(r.ID))
 	case ResourceUser:
 		return cedar.NewEntityUID(typeUser, cedar.String(r.ID))
+	case ResourceTeam:
+		return cedar.NewEntityUID(typeTeam, cedar.String(r.ID))
 	default:
 		return cedar.NewEntityUID(typeServer, ServerID)
 	}
@@ -195,6 +208,10 @@ func (c Context) record() cedar.Record {
 		"template": cedar.String(c.Template),
 		"path":     cedar.String(c.Path),
 		"write":    cedar.Boolean(c.Write),
+		"host":     cedar.String(c.Host),
+		"port":     cedar.Long(c.Port),
+		"method":   cedar.String(c.Method),
+		"allowed":  cedar.Boolean(c.Allowed),
 	})
 }
 

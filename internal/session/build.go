@@ -333,6 +333,9 @@ func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.Te
 		}
 	}
 	l.env = t.Env
+	// The setup commands reach what the template allows, with its owner's
+	// credentials.
+	go m.serveBuildEgress(t.Name, l.client())
 	bctx := context.WithoutCancel(ctx)
 	fail := func(err error) (machine, error) {
 		l.client().Close()

@@ -88,6 +88,9 @@ type Config struct {
 	// request (see agentproto.AnswerTimeout, the default): a frozen guest
 	// fails calls with 504 after it.
 	AnswerTimeout time.Duration
+	// Egress serves the guests' network connections; nil: sessions have
+	// no network at all.
+	Egress Egress
 
 	// Admission bounds what the sessions' VMs take of the host (see
 	// admit.go); the zero value is the defaults.
@@ -245,7 +248,7 @@ func (m *Manager) toAPI(s store.Session) api.Session {
 		Env: s.Env, Accel: s.Accel, CreatedAt: s.CreatedAt, UpdatedAt: s.UpdatedAt,
 		Error: s.Error, BootMillis: s.BootMillis, Template: s.Template, TemplateVersion: s.TemplateVersion,
 		IdleTimeout: m.idleTimeout(s).String(), AutoWake: !s.NoAutoWake,
-		Snapshot: snapshotInfo(s.Snapshot), Owner: s.Owner, Agent: s.Agent,
+		Snapshot: snapshotInfo(s.Snapshot), Owner: s.Owner, Agent: s.Agent, Allow: s.Allow,
 	}
 	return out
 }
@@ -277,6 +280,9 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 	if err := CheckEnv("env", req.Env); err != nil {
 		return api.Session{}, err
 	}
+	if req.Allow, err = CheckAllow("allow", req.Allow); err != nil {
+		return api.Session{}, err
+	}
 	if req.Template != "" {
 		return m.createFromTemplate(ctx, owner, req, idle)
 	}
@@ -293,7 +299,7 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 		ID: newID(), State: api.StateCreating, Image: name,
 		MemoryMiB: cmp(req.MemoryMiB, m.cfg.DefaultMemoryMiB), CPUs: cmp(req.CPUs, m.cfg.DefaultCPUs),
 		Env: req.Env, Accel: m.cfg.Driver.Accel(), CreatedAt: now, UpdatedAt: now,
-		IdleTimeout: idle, NoAutoWake: req.NoAutoWake, Owner: owner, Agent: req.Agent,
+		IdleTimeout: idle, NoAutoWake: req.NoAutoWake, Owner: owner, Agent: req.Agent, Allow: req.Allow,
 	}
 	release, err := m.admit("create", rec.MemoryMiB, rec.CPUs)
 	if err != nil {
@@ -423,6 +429,16 @@ func (m *Manager) bootIn(ctx context.Context, dir string, rec store.Session, im 
 			return nil, api.Errorf(api.CodeTimeout, "session %s: guest agent did not answer within %s (%v); console: %s", rec.ID, timeout, err, lastLines(tail, 8))
 		default:
 			return nil, api.Errorf(api.CodeUnavailable, "session %s: guest agent: %v", rec.ID, err)
+		}
+	}
+	if m.cfg.Egress != nil {
+		// Before the session is handed out: its first command already
+		// has the proxy's environment. Clones and woken guests keep the
+		// setup their memory holds.
+		if err := agent.SetupEgress(bctx, m.cfg.Egress.Setup()); err != nil {
+			agent.Close()
+			_ = vm.Stop(context.Background())
+			return nil, api.Errorf(api.CodeUnavailable, "session %s: %v", rec.ID, err)
 		}
 	}
 	return &live{vm: vm, agent: agent, env: rec.Env, mach: machine{V: machineVersion, Kernel: k.Vmlinux,

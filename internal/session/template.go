@@ -51,7 +51,7 @@ func (m *Manager) templateAPI(t store.Template) api.Template {
 		Env: t.Env, Setup: t.Setup, Start: t.Start, Pool: t.Pool, Error: t.Error,
 		CreatedAt: t.CreatedAt, UpdatedAt: t.UpdatedAt,
 		Repo: t.Repo, Branch: t.Branch, RepoDir: t.RepoDir, Version: max(t.Version, 1), Commit: t.Commit,
-		Rebuilding: m.rebuilding(t.Name), Owner: t.Owner, Agent: t.Agent}
+		Rebuilding: m.rebuilding(t.Name), Owner: t.Owner, Agent: t.Agent, Allow: t.Allow}
 	if t.Repo != "" {
 		out.RepoName = repo.FullName(t.Repo)
 	}
@@ -92,6 +92,10 @@ func (m *Manager) CreateTemplate(ctx context.Context, owner string, req api.Crea
 	if err := CheckAgent("agent", req.Agent); err != nil {
 		return api.Template{}, err
 	}
+	allow, err := CheckAllow("allow", req.Allow)
+	if err != nil {
+		return api.Template{}, err
+	}
 	if req.Repo != "" && req.Branch == "" {
 		req.Branch = defaultBranch
 	}
@@ -110,7 +114,7 @@ func (m *Manager) CreateTemplate(ctx context.Context, owner string, req api.Crea
 	t := store.Template{Name: req.Name, State: api.TemplateBuilding, Image: name,
 		MemoryMiB: cmp(req.MemoryMiB, m.cfg.DefaultMemoryMiB), CPUs: cmp(req.CPUs, m.cfg.DefaultCPUs),
 		Env: req.Env, Setup: req.Setup, Start: req.Start, Pool: req.Pool, CreatedAt: now, UpdatedAt: now,
-		Repo: req.Repo, Branch: req.Branch, RepoDir: req.RepoDir, Version: 1, Owner: owner, Agent: req.Agent}
+		Repo: req.Repo, Branch: req.Branch, RepoDir: req.RepoDir, Version: 1, Owner: owner, Agent: req.Agent, Allow: allow}
 	if err := m.cfg.Store.CreateTemplate(ctx, t); err != nil {
 		if errors.Is(err, store.ErrExists) {
 			return api.Template{}, api.Errorf(api.CodeConflict, "template %q exists", req.Name)
@@ -414,7 +418,7 @@ func (m *Manager) createFromTemplate(ctx context.Context, owner string, req api.
 		Env: env, Accel: m.cfg.Driver.Accel(), CreatedAt: now, UpdatedAt: now,
 		BootMillis: time.Since(start).Milliseconds(), Handle: l.vm.Handle(), Snapshot: l.mach.encode(),
 		Template: t.Name, TemplateVersion: max(t.Version, 1), IdleTimeout: idle, NoAutoWake: req.NoAutoWake,
-		Owner: owner, Agent: req.Agent}
+		Owner: owner, Agent: req.Agent, Allow: req.Allow}
 	if err := m.cfg.Store.CreateSession(ctx, rec); err != nil {
 		l.client().Close()
 		_ = l.vm.Stop(context.Background())

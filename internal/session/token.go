@@ -101,6 +101,12 @@ func (m *Manager) Revoke(ctx context.Context, id string) (api.Session, error) {
 		return api.Session{}, notFound(id, err)
 	}
 	m.cfg.Log.Info("session tokens revoked", "session", id, "generation", gen)
+	if m.cfg.Egress != nil {
+		// The kill switch cuts the session's egress too: its open
+		// connections now, and new ones are refused for good (the
+		// egress server reads the revocation from the record).
+		m.cfg.Egress.Cut(id)
+	}
 	rec, err := m.cfg.Store.GetSession(ctx, id)
 	if err != nil {
 		return api.Session{}, notFound(id, err)

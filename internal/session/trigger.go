@@ -347,7 +347,9 @@ func (m *Manager) dropTriggers(ctx context.Context, id string) {
 // park --until …', 'cove-agent token') for as long as the connection to
 // its agent lasts.
 func (m *Manager) serveGuest(id string, l *live) {
-	_ = l.client().Listen(context.Background(), func(req agentproto.GuestRequest) (*agentproto.GuestReply, error) {
+	c := l.client()
+	go m.serveEgress(id, c)
+	_ = c.Listen(context.Background(), func(req agentproto.GuestRequest) (*agentproto.GuestReply, error) {
 		switch req.Kind {
 		case agentproto.GuestPark:
 			var timeout time.Duration

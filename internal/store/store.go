@@ -1,11 +1,13 @@
 // Package store declares cove's state store: the durable record of sessions,
 // images, templates, triggers (events, subscriptions, deliveries and hook
-// secrets) and identities (users, their teams and their API tokens).
+// secrets), identities (users, their teams and their API tokens) and the
+// sealed secrets the egress proxy adds to sessions' requests.
 package store
 
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"time"
 )
 
@@ -33,16 +35,17 @@ var (
 //     a crash of the process and a reopen of the same store.
 //   - Records come back exactly as they were written: times are the same
 //     instant to the nanosecond, in UTC, with no monotonic reading; an Env,
-//     Setup, Handle, Snapshot, Fields, Body, Until, Scopes or hook secret of
-//     length zero may come back nil. The zero
+//     Setup, Handle, Snapshot, Fields, Body, Until, Scopes, Hosts, Sealed or
+//     hook secret of length zero may come back nil. The zero
 //     time round-trips as the zero time. Times a store cannot represent make
 //     the write fail and change nothing.
 //   - Records passed in and handed out are copies: changing one afterwards
-//     (its Env or Fields map, Setup, Until or Scopes slice, or Handle,
-//     Snapshot, Body or secret bytes) does not change what the store holds.
+//     (its Env or Fields map, Setup, Until, Scopes or Hosts slice, or
+//     Handle, Snapshot, Body, Sealed or hook secret bytes) does not change what the store holds.
 //   - The store never sets a field itself; callers set UpdatedAt and the rest.
 //     The exceptions are RecordEvent's, documented there: an event's Seq and
-//     the deliveries it creates. Where a method changes a time (a token's
+//     the deliveries it creates; and PutSecret keeps a replaced secret's
+//     CreatedAt. Where a method changes a time (a token's
 //     RevokedAt or LastUsedAt), the caller passes it.
 //   - Every method is safe for concurrent use; concurrent writes all succeed
 //     or fail on their own merits, never because another writer was busy.
@@ -104,8 +107,9 @@ type Store interface {
 	// ListTemplates returns every template, ordered by Name (bytewise). An
 	// empty store gives a slice of length zero.
 	ListTemplates(ctx context.Context) ([]Template, error)
-	// DeleteTemplate removes the template with the given name and all its
-	// versions, or fails with ErrNotFound if there is none.
+	// DeleteTemplate removes the template with the given name, all its
+	// versions and its secrets, or fails with ErrNotFound if there is
+	// none.
 	DeleteTemplate(ctx context.Context, name string) error
 
 	// PutTemplateVersion inserts v, or replaces every field of the version
@@ -195,8 +199,9 @@ type Store interface {
 	// ListUsers returns every user, ordered by Name (bytewise). An empty
 	// store gives a slice of length zero.
 	ListUsers(ctx context.Context) ([]User, error)
-	// DeleteUser removes the user with the given id and its team
-	// memberships and, in the same transaction, revokes its tokens: each
+	// DeleteUser removes the user with the given id, its team
+	// memberships and its secrets and, in the same transaction, revokes
+	// its tokens: each
 	// that is not revoked yet gets RevokedAt at. The tokens stay, listed
 	// under the gone user's id, so that a name given to a new user later
 	// gains none of them. An OIDC user (with Issuer and Subject) leaves a
@@ -251,6 +256,33 @@ type Store interface {
 	// if at is later (it never moves back). It fails with ErrNotFound if
 	// there is no such token.
 	TouchToken(ctx context.Context, id string, at time.Time) error
+
+	// PutSecret inserts s, or replaces the secret with the same
+	// OwnerKind, Owner and Name: every field but CreatedAt, which keeps
+	// the first put's (s.CreatedAt is stored only by an insert). An
+	// OwnerKind other than SecretOwnerUser, SecretOwnerTeam and
+	// SecretOwnerTemplate, or an empty Owner or Name, fails and changes
+	// nothing. The store keeps Sealed as it is given: sealing is the
+	// caller's (package secret), and no plaintext reaches the store.
+	PutSecret(ctx context.Context, s Secret) error
+	// GetSecret returns the secret (ownerKind, owner, name), or
+	// ErrNotFound.
+	GetSecret(ctx context.Context, ownerKind, owner, name string) (Secret, error)
+	// ListSecrets returns the secrets of one owner (ownerKind and owner
+	// both set), of every owner of a kind (owner ""), or every secret
+	// (both ""), ordered by OwnerKind, Owner and Name (bytewise). None
+	// gives a slice of length zero. An owner without a kind fails.
+	ListSecrets(ctx context.Context, ownerKind, owner string) ([]Secret, error)
+	// DeleteSecret removes the secret (ownerKind, owner, name), or fails
+	// with ErrNotFound if there is none.
+	//
+	// Secrets also go with their owner: DeleteUser removes the user's
+	// and DeleteTemplate the template's, in the same transaction, so
+	// that a later user or template of the same name gains none of them.
+	// A team's stay when its last member leaves (a team is a name that
+	// members share, and the next member finds them again); an admin
+	// removes them with DeleteSecret.
+	DeleteSecret(ctx context.Context, ownerKind, owner, name string) error
 
 	// Close releases the store's resources. Writes that returned before it
 	// are durable.
@@ -310,6 +342,10 @@ type Session struct {
 	// TokenGen, CreateSession stores it, UpdateSession leaves the stored
 	// one as it is, and only RevokeSessionTokens sets it.
 	TokensRevokedAt time.Time
+	// Allow is the egress the session's own request allowed: rules in
+	// the text form of egress.Rule ("github.com", "*.pypi.org:443"…);
+	// its template's rules and the operator's add to them. Empty: none.
+	Allow []string
 }
 
 // OwnerAdmin is the Owner of the sessions and templates made with the
@@ -354,6 +390,9 @@ type Template struct {
 	// create, "" for none. Rebuilds keep both.
 	Owner string
 	Agent string
+	// Allow is the egress the template's sessions are allowed, on top of
+	// their own (see Session.Allow).
+	Allow []string
 }
 
 // TemplateVersion is one build of a template.
@@ -485,4 +524,49 @@ type Token struct {
 	// LastUsedAt is when the token last authenticated a request, to
 	// about a minute; zero: never.
 	LastUsedAt time.Time
+}
+
+// Secret owner kinds: whose a secret is, and so which sessions' requests
+// carry it (see package secret).
+const (
+	// SecretOwnerUser: the Owner is a user's id.
+	SecretOwnerUser = "user"
+	// SecretOwnerTeam: the Owner is a team's name.
+	SecretOwnerTeam = "team"
+	// SecretOwnerTemplate: the Owner is a template's name.
+	SecretOwnerTemplate = "template"
+)
+
+// Secret is a credential that the egress proxy adds, as a header, to the
+// requests that its owner's sessions make to its hosts. Its value is
+// sealed (package secret): the store holds only ciphertext, bound to the
+// record's OwnerKind, Owner and Name.
+type Secret struct {
+	// Name is unique per owner.
+	Name string
+	// OwnerKind is SecretOwnerUser, SecretOwnerTeam or
+	// SecretOwnerTemplate, and Owner the user's id, the team's name or
+	// the template's name.
+	OwnerKind string
+	Owner     string
+	// Hosts are where the secret may go: exact host names or
+	// "*.suffix" patterns.
+	Hosts []string
+	// Header is the header template, "Authorization: Bearer {{value}}".
+	Header string
+	// Sealed is the value, encrypted.
+	Sealed    []byte
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// LogValue keeps the sealed bytes out of logs: they are ciphertext, but
+// a log is no place for them either.
+func (s Secret) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("name", s.Name),
+		slog.String("owner_kind", s.OwnerKind),
+		slog.String("owner", s.Owner),
+		slog.Any("hosts", s.Hosts),
+	)
 }

@@ -141,6 +141,10 @@ func (s *Store) DeleteUser(ctx context.Context, id string, at time.Time) error {
 			return err
 		}
 		_, err = tx.ExecContext(ctx, `UPDATE tokens SET revoked_at = ? WHERE user_id = ? AND revoked_at IS NULL`, revoked, id)
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM secrets WHERE owner_kind = ? AND owner = ?`, store.SecretOwnerUser, id)
 		return err
 	})
 	if err != nil {

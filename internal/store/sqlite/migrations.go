@@ -197,6 +197,28 @@ var migrations = []string{
 		PRIMARY KEY (issuer, subject)
 	) STRICT;
 	CREATE INDEX removed_users_by_name ON removed_users (name, removed_at, id);`,
+
+	// 9: egress allowlists: the rules (egress.Rule's text form, a JSON
+	// array; NULL: none) a session and a template allow.
+	`ALTER TABLE sessions ADD COLUMN allow TEXT;
+	ALTER TABLE templates ADD COLUMN allow TEXT;`,
+
+	// 10: secrets, sealed by package secret (sealed: its ciphertext, never
+	// a plaintext), keyed by their owner (kind: user, team or template)
+	// and name. Hosts are a JSON array as TEXT. No foreign keys: owners
+	// are of three kinds, and DeleteUser and DeleteTemplate remove their
+	// owner's secrets themselves.
+	`CREATE TABLE secrets (
+		owner_kind TEXT NOT NULL,
+		owner      TEXT NOT NULL,
+		name       TEXT NOT NULL,
+		hosts      TEXT,
+		header     TEXT NOT NULL,
+		sealed     BLOB,
+		created_at INTEGER,
+		updated_at INTEGER,
+		PRIMARY KEY (owner_kind, owner, name)
+	) STRICT;`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

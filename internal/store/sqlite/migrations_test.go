@@ -486,3 +486,58 @@ func TestUpgradeFromVersion5(t *testing.T) {
 		t.Errorf("template after update and swap = %+v, %v; want u_bob's, agent builder, version 4", got, err)
 	}
 }
+
+// TestUpgradeFromVersion8 protects databases made before secrets: a
+// version-8 database with a user and a template opens, gains the secrets
+// table with none in it, and then keeps secrets, which go with the user
+// and the template that own them.
+func TestUpgradeFromVersion8(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cove.db")
+	db := rawDB(t, path)
+	if err := migrate(t.Context(), db, migrations[:8]); err != nil {
+		t.Fatalf("migrate to 8: %v", err)
+	}
+	if _, err := db.ExecContext(t.Context(), `INSERT INTO users (id, name, kind) VALUES ('u_a', 'alice', 'engineer')`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(t.Context(), `INSERT INTO templates
+		(name, state, image, memory_mib, cpus, start, pool, error, version, owner)
+		VALUES ('py', 'ready', 'tiny', 1024, 4, '', 0, '', 1, 'u_a')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	st, err := Open(t.Context(), path)
+	if err != nil {
+		t.Fatalf("Open of a version-8 database: %v", err)
+	}
+	defer st.Close()
+	if v := userVersion(t, st.db); v != len(migrations) || v < 9 {
+		t.Errorf("user_version = %d, want %d (at least 9)", v, len(migrations))
+	}
+	if list, err := st.ListSecrets(t.Context(), "", ""); err != nil || len(list) != 0 {
+		t.Fatalf("secrets of an upgraded database: %+v, %v; want none", list, err)
+	}
+	if u, err := st.GetUser(t.Context(), "u_a"); err != nil || u.Name != "alice" {
+		t.Errorf("upgraded user: %+v, %v", u, err)
+	}
+	for _, sec := range []store.Secret{
+		{Name: "gh", OwnerKind: store.SecretOwnerUser, Owner: "u_a", Header: "Authorization: Bearer {{value}}", Sealed: []byte{1, 2}},
+		{Name: "pypi", OwnerKind: store.SecretOwnerTemplate, Owner: "py", Header: "Authorization: Basic {{value}}", Sealed: []byte{3}},
+	} {
+		if err := st.PutSecret(t.Context(), sec); err != nil {
+			t.Fatalf("PutSecret(%s): %v", sec.Name, err)
+		}
+	}
+	if err := st.DeleteUser(t.Context(), "u_a", time.Date(2026, 12, 5, 0, 0, 0, 0, time.UTC)); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteTemplate(t.Context(), "py"); err != nil {
+		t.Fatal(err)
+	}
+	if list, err := st.ListSecrets(t.Context(), "", ""); err != nil || len(list) != 0 {
+		t.Errorf("secrets after their user and template went: %+v, %v; want none", list, err)
+	}
+}

@@ -139,7 +139,7 @@ func (s *Store) Close() error {
 
 const sessionColumns = `id, state, image, memory_mib, cpus, env, accel,
 	created_at, updated_at, error, boot_millis, handle,
-	idle_timeout_ns, no_auto_wake, template, snapshot, template_version, owner, agent,
+	idle_timeout_ns, no_auto_wake, template, snapshot, template_version, owner, agent, allow,
 	token_gen, tokens_revoked_at`
 
 // CreateSession implements store.Store.
@@ -156,7 +156,7 @@ func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
 	}
 	args = append(args, int64(sess.TokenGen), revoked)
 	res, err := s.db.ExecContext(ctx, `INSERT INTO sessions (`+sessionColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO NOTHING`, args...)
 	if err := oneRow(res, err, store.ErrExists); err != nil {
 		return errorf("sqlite: create session %s: %w", sess.ID, err)
@@ -176,7 +176,7 @@ func (s *Store) UpdateSession(ctx context.Context, sess store.Session) error {
 		state = ?, image = ?, memory_mib = ?, cpus = ?, env = ?, accel = ?,
 		created_at = ?, updated_at = ?, error = ?, boot_millis = ?, handle = ?,
 		idle_timeout_ns = ?, no_auto_wake = ?, template = ?, snapshot = ?, template_version = ?,
-		owner = ?, agent = ?
+		owner = ?, agent = ?, allow = ?
 		WHERE id = ?`, args...)
 	if err := oneRow(res, err, store.ErrNotFound); err != nil {
 		return errorf("sqlite: update session %s: %w", sess.ID, err)
@@ -330,7 +330,7 @@ func (s *Store) DeleteImage(ctx context.Context, name string) error {
 
 const templateColumns = `name, state, image, memory_mib, cpus, env, setup, start,
 	pool, error, created_at, updated_at, snapshot, repo, branch, repo_dir, version, commit_sha,
-	owner, agent`
+	owner, agent, allow`
 
 // CreateTemplate implements store.Store.
 func (s *Store) CreateTemplate(ctx context.Context, t store.Template) error {
@@ -339,7 +339,7 @@ func (s *Store) CreateTemplate(ctx context.Context, t store.Template) error {
 		return errorf("sqlite: create template %s: %w", t.Name, err)
 	}
 	res, err := s.db.ExecContext(ctx, `INSERT INTO templates (`+templateColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (name) DO NOTHING`, args...)
 	if err := oneRow(res, err, store.ErrExists); err != nil {
 		return errorf("sqlite: create template %s: %w", t.Name, err)
@@ -372,7 +372,7 @@ func updateTemplate(ctx context.Context, db execer, args []any) error {
 		state = ?, image = ?, memory_mib = ?, cpus = ?, env = ?, setup = ?, start = ?,
 		pool = ?, error = ?, created_at = ?, updated_at = ?, snapshot = ?,
 		repo = ?, branch = ?, repo_dir = ?, version = ?, commit_sha = ?,
-		owner = ?, agent = ?
+		owner = ?, agent = ?, allow = ?
 		WHERE name = ?`, args...)
 	return oneRow(res, err, store.ErrNotFound)
 }
@@ -413,8 +413,16 @@ func (s *Store) ListTemplates(ctx context.Context) ([]store.Template, error) {
 
 // DeleteTemplate implements store.Store.
 func (s *Store) DeleteTemplate(ctx context.Context, name string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM templates WHERE name = ?`, name)
-	if err := oneRow(res, err, store.ErrNotFound); err != nil {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		// Its versions go with it (ON DELETE CASCADE); its secrets here.
+		res, err := tx.ExecContext(ctx, `DELETE FROM templates WHERE name = ?`, name)
+		if err := oneRow(res, err, store.ErrNotFound); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM secrets WHERE owner_kind = ? AND owner = ?`, store.SecretOwnerTemplate, name)
+		return err
+	})
+	if err != nil {
 		return errorf("sqlite: delete template %s: %w", name, err)
 	}
 	return nil
@@ -455,11 +463,15 @@ func sessionArgs(sess store.Session) ([]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("updated_at: %w", err)
 	}
+	allow, err := encodeStrings("rule", sess.Allow)
+	if err != nil {
+		return nil, fmt.Errorf("allow: %w", err)
+	}
 	return []any{
 		sess.ID, sess.State, sess.Image, sess.MemoryMiB, sess.CPUs, env, sess.Accel,
 		created, updated, sess.Error, sess.BootMillis, encodeBlob(sess.Handle),
 		int64(sess.IdleTimeout), sess.NoAutoWake, sess.Template, encodeBlob(sess.Snapshot), sess.TemplateVersion,
-		sess.Owner, sess.Agent,
+		sess.Owner, sess.Agent, allow,
 	}, nil
 }
 
@@ -475,16 +487,20 @@ func scanSession(sc scanner) (store.Session, error) {
 		created, updated sql.NullInt64
 		idle, gen        int64
 		revoked          sql.NullInt64
+		allow            sql.NullString
 	)
 	err := sc.Scan(&sess.ID, &sess.State, &sess.Image, &sess.MemoryMiB, &sess.CPUs, &env,
 		&sess.Accel, &created, &updated, &sess.Error, &sess.BootMillis, &sess.Handle,
 		&idle, &sess.NoAutoWake, &sess.Template, &sess.Snapshot, &sess.TemplateVersion,
-		&sess.Owner, &sess.Agent, &gen, &revoked)
+		&sess.Owner, &sess.Agent, &allow, &gen, &revoked)
 	if err != nil {
 		return store.Session{}, err
 	}
 	sess.TokenGen = uint64(gen)
 	sess.TokensRevokedAt = decodeTime(revoked)
+	if sess.Allow, err = decodeStrings(allow); err != nil {
+		return store.Session{}, fmt.Errorf("session %s: allow: %w", sess.ID, err)
+	}
 	if sess.Env, err = decodeEnv(env); err != nil {
 		return store.Session{}, fmt.Errorf("session %s: env: %w", sess.ID, err)
 	}
@@ -518,24 +534,28 @@ func templateArgs(t store.Template) ([]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("updated_at: %w", err)
 	}
+	allow, err := encodeStrings("rule", t.Allow)
+	if err != nil {
+		return nil, fmt.Errorf("allow: %w", err)
+	}
 	return []any{
 		t.Name, t.State, t.Image, t.MemoryMiB, t.CPUs, env, setup, t.Start,
 		t.Pool, t.Error, created, updated, encodeBlob(t.Snapshot),
 		t.Repo, t.Branch, t.RepoDir, t.Version, t.Commit,
-		t.Owner, t.Agent,
+		t.Owner, t.Agent, allow,
 	}, nil
 }
 
 func scanTemplate(sc scanner) (store.Template, error) {
 	var (
-		t                store.Template
-		env, setup       sql.NullString
-		created, updated sql.NullInt64
+		t                 store.Template
+		env, setup, allow sql.NullString
+		created, updated  sql.NullInt64
 	)
 	err := sc.Scan(&t.Name, &t.State, &t.Image, &t.MemoryMiB, &t.CPUs, &env, &setup, &t.Start,
 		&t.Pool, &t.Error, &created, &updated, &t.Snapshot,
 		&t.Repo, &t.Branch, &t.RepoDir, &t.Version, &t.Commit,
-		&t.Owner, &t.Agent)
+		&t.Owner, &t.Agent, &allow)
 	if err != nil {
 		return store.Template{}, err
 	}
@@ -544,6 +564,9 @@ func scanTemplate(sc scanner) (store.Template, error) {
 	}
 	if t.Setup, err = decodeStrings(setup); err != nil {
 		return store.Template{}, fmt.Errorf("template %s: setup: %w", t.Name, err)
+	}
+	if t.Allow, err = decodeStrings(allow); err != nil {
+		return store.Template{}, fmt.Errorf("template %s: allow: %w", t.Name, err)
 	}
 	t.CreatedAt = decodeTime(created)
 	t.UpdatedAt = decodeTime(updated)

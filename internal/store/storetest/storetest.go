@@ -59,6 +59,7 @@ func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	t.Run("PersistsAcrossReopen", s.persistsAcrossReopen)
 	s.runTriggers(t)
 	s.runIdentity(t)
+	s.runSecrets(t)
 }
 
 type suite struct {
@@ -125,6 +126,7 @@ func fullSession(id string) store.Session {
 		Agent:           "review-bot",
 		TokenGen:        1<<40 + 3,
 		TokensRevokedAt: at(4).Add(9),
+		Allow:           []string{"github.com", "*.pypi.org:443", "GET,HEAD files.ünï.example/packages/"},
 	}
 }
 
@@ -162,6 +164,7 @@ func fullTemplate(name string) store.Template {
 		Commit:   strings.Repeat("3f", 20),
 		Owner:    store.OwnerAdmin,
 		Agent:    "builder ☃",
+		Allow:    []string{"registry.npmjs.org", "api.github.com/repos/"},
 	}
 }
 
@@ -509,6 +512,7 @@ func (s *suite) update(t *testing.T) {
 		Snapshot:    []byte(`{"v":2}`),
 		Owner:       "u_someoneelse",
 		Agent:       "fixer",
+		Allow:       []string{"example.org:8443"},
 		TokenGen:    orig.TokenGen, // UpdateSession never changes it: see tokenGen
 		// Nor this: see revokeSessionTokens.
 		TokensRevokedAt: orig.TokensRevokedAt,
@@ -872,6 +876,7 @@ func (s *suite) templateUpdate(t *testing.T) {
 		Snapshot:  []byte(`{"v":2}`),
 		Owner:     "u_someoneelse",
 		Agent:     "fixer",
+		Allow:     []string{"*.example.org"},
 	}
 	if err := st.UpdateTemplate(t.Context(), upd); err != nil {
 		t.Fatalf("UpdateTemplate: %v", err)

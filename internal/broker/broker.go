@@ -1,0 +1,167 @@
+// Package broker ties sessions to the egress proxy: for each connection a
+// guest makes, it reads the session's record and builds what the proxy
+// needs of it — the rules it may use (its own, its template's and the
+// operator's), the credentials of its owner that the proxy adds on the
+// way out, and whether its egress was revoked. It implements
+// session.Egress.
+package broker
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+
+	"github.com/cove-dev/cove/internal/agentproto"
+	"github.com/cove-dev/cove/internal/egress"
+	"github.com/cove-dev/cove/internal/store"
+)
+
+// Credentials resolves the credentials a session's requests carry: those
+// of its owner (the user, the user's teams) and of its template.
+type Credentials interface {
+	For(ctx context.Context, owner, template string) ([]egress.Credential, error)
+}
+
+// Config is what a Broker works with.
+type Config struct {
+	Proxy *egress.Proxy
+	CA    *egress.CA
+	Store store.Store
+	// Credentials may be nil: no request carries a credential.
+	Credentials Credentials
+	// Operator are rules every session may use (cove server --egress-allow).
+	Operator egress.Rules
+	// Authorize, when set, has the last word on each decision (the
+	// operator's policy); see egress.Session.Authorize.
+	Authorize func(ctx context.Context, rec store.Session, t egress.Target, ruleAllowed bool, ruleReason string) (bool, string)
+	Log       *slog.Logger
+}
+
+// Broker implements session.Egress.
+type Broker struct {
+	cfg Config
+}
+
+// New returns a broker.
+func New(cfg Config) *Broker {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Broker{cfg: cfg}
+}
+
+// Setup is what a guest needs: the CA whose certificates it must trust.
+func (b *Broker) Setup() agentproto.EgressSetup {
+	return agentproto.EgressSetup{CACert: b.cfg.CA.CertPEM()}
+}
+
+// Cut closes session id's open connections.
+func (b *Broker) Cut(id string) {
+	if n := b.cfg.Proxy.Cut(id); n > 0 {
+		b.cfg.Log.Info("egress cut", "session", id, "connections", n)
+	}
+}
+
+// Serve serves one egress connection of session id.
+func (b *Broker) Serve(ctx context.Context, c net.Conn, id string) {
+	rec, err := b.cfg.Store.GetSession(ctx, id)
+	if err != nil {
+		// A warm pool's clone has no record until it is claimed; a
+		// session being removed has none any more: nothing is allowed.
+		rec = store.Session{ID: id}
+	}
+	s, err := b.session(ctx, rec)
+	if err != nil {
+		b.cfg.Log.Warn("egress: session rules", "session", id, "err", err)
+		s = &egress.Session{ID: id, Owner: rec.Owner}
+	}
+	b.cfg.Proxy.ServeConn(ctx, c, s)
+}
+
+// ServeBuild serves one egress connection of a build of template name:
+// the template's rules and the operator's, its owner's credentials.
+func (b *Broker) ServeBuild(ctx context.Context, c net.Conn, name string) {
+	id := "build of template " + name
+	t, err := b.cfg.Store.GetTemplate(ctx, name)
+	var s *egress.Session
+	if err == nil {
+		s, err = b.build(t)
+	}
+	if err != nil {
+		b.cfg.Log.Warn("egress: template rules", "template", name, "err", err)
+		s = &egress.Session{ID: id, Owner: t.Owner}
+	}
+	b.cfg.Proxy.ServeConn(ctx, c, s)
+}
+
+func (b *Broker) build(t store.Template) (*egress.Session, error) {
+	rules, err := parseRules(t.Allow)
+	if err != nil {
+		return nil, fmt.Errorf("template %s: %w", t.Name, err)
+	}
+	s := &egress.Session{ID: "build of template " + t.Name, Owner: t.Owner, Rules: append(append(egress.Rules(nil), b.cfg.Operator...), rules...)}
+	if b.cfg.Credentials != nil && t.Owner != "" {
+		owner, name := t.Owner, t.Name
+		s.Credentials = func(ctx context.Context) ([]egress.Credential, error) {
+			return b.cfg.Credentials.For(ctx, owner, name)
+		}
+	}
+	return s, nil
+}
+
+// session is what the proxy knows of rec.
+func (b *Broker) session(ctx context.Context, rec store.Session) (*egress.Session, error) {
+	rules := append(egress.Rules(nil), b.cfg.Operator...)
+	own, err := parseRules(rec.Allow)
+	if err != nil {
+		return nil, fmt.Errorf("session %s: %w", rec.ID, err)
+	}
+	rules = append(rules, own...)
+	if rec.Template != "" {
+		t, err := b.cfg.Store.GetTemplate(ctx, rec.Template)
+		if err == nil {
+			tr, err := parseRules(t.Allow)
+			if err != nil {
+				return nil, fmt.Errorf("template %s: %w", t.Name, err)
+			}
+			rules = append(rules, tr...)
+		}
+	}
+	s := &egress.Session{ID: rec.ID, Owner: rec.Owner, Rules: rules}
+	if b.cfg.Credentials != nil && rec.Owner != "" {
+		owner, template := rec.Owner, rec.Template
+		s.Credentials = func(ctx context.Context) ([]egress.Credential, error) {
+			return b.cfg.Credentials.For(ctx, owner, template)
+		}
+	}
+	id := rec.ID
+	s.Authorize = func(ctx context.Context, t egress.Target, ok bool, why string) (bool, string) {
+		// The record is read again for each decision: a revoke refuses
+		// the next request of a connection that is still open.
+		cur, err := b.cfg.Store.GetSession(ctx, id)
+		if err != nil {
+			return false, "the session is gone: " + err.Error()
+		}
+		if !cur.TokensRevokedAt.IsZero() {
+			return false, "the session's identity and egress were revoked (cove session revoke)"
+		}
+		if b.cfg.Authorize != nil {
+			return b.cfg.Authorize(ctx, cur, t, ok, why)
+		}
+		return ok, why
+	}
+	return s, nil
+}
+
+func parseRules(ss []string) (egress.Rules, error) {
+	var rules egress.Rules
+	for _, s := range ss {
+		r, err := egress.ParseRule(s)
+		if err != nil {
+			return nil, fmt.Errorf("rule %q: %w", s, err)
+		}
+		rules = append(rules, r)
+	}
+	return rules, nil
+}
