@@ -247,8 +247,9 @@ git push -q origin HEAD:main`)
 			{"host not allowed", "curl -fsS --max-time 60 https://other.example.com/", "403"},
 			{"direct IP", "curl -fsS --max-time 60 http://192.0.2.7/", "403"},
 			{"CONNECT to a non-HTTPS port", "curl -fsS --max-time 60 -p http://example.com:22/", "403"},
-			{"raw TCP", "exec 3<>/dev/tcp/192.0.2.7/80", "unreachable"},
-			{"outside DNS", "getent hosts example.com || { echo no-resolve >&2; exit 2; }", "no-resolve"},
+			{"raw TCP to an address", "exec 3<>/dev/tcp/192.0.2.7/80", "unreachable"},
+			{"raw TCP to a name", "exec 3<>/dev/tcp/raw.example.org/22", "raw.example.org"},
+			{"outside DNS", "getent hosts dns.example.org || { echo no-resolve >&2; exit 2; }", "no-resolve"},
 		} {
 			start := time.Now()
 			out, errOut, code := sh(c.script)
@@ -260,6 +261,22 @@ git push -q origin HEAD:main`)
 		// The refusals are recorded with the session, the engineer and
 		// the target.
 		log := e.srv.log.String()
+		// A name the guest tried to resolve itself is recorded as such
+		// (a raw connection to an address never leaves the guest: it has
+		// no route, so there is nothing on the host to record).
+		for _, name := range []string{"raw.example.org", "dns.example.org"} {
+			// The guest reports it as it refuses the lookup, so it may
+			// arrive just after the program has failed.
+			re := regexp.MustCompile(`egress denied.*session=` + id + `.*method=DNS host=` + regexp.QuoteMeta(name))
+			deadline := time.Now().Add(30 * time.Second)
+			for !re.MatchString(e.srv.log.String()) {
+				if time.Now().After(deadline) {
+					t.Errorf("no refused lookup of %s recorded for session %s", name, id)
+					break
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}
 		for _, target := range []string{"other.example.com", "192.0.2.7", "example.com"} {
 			if !regexp.MustCompile(`egress denied.*session=`+id+`.*`+regexp.QuoteMeta(target)).MatchString(log) &&
 				!regexp.MustCompile(`egress.*denied.*`+regexp.QuoteMeta(target)+`.*session=`+id).MatchString(log) {

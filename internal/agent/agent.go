@@ -50,6 +50,7 @@ type Agent struct {
 	// change them). egressAddr is guarded by mu.
 	egressRoot string
 	egressAddr string
+	dnsAddr    string // guarded by mu: where the agent answers DNS (see dns.go)
 	egressMu   sync.Mutex // serializes egress setups
 
 	// syncFS writes back what is dirty before a park's quiet line
@@ -68,7 +69,7 @@ const syncLimit = 10 * time.Second
 // the parent of every orphan in the guest.
 func New(log *slog.Logger) *Agent {
 	return &Agent{Log: log, reaper: newReaper(), urandom: -1, syncFS: unix.Sync, syncLimit: syncLimit,
-		egressAddr: agentproto.EgressAddr}
+		egressAddr: agentproto.EgressAddr, dnsAddr: dnsAddr}
 }
 
 // FindPort returns the device path of the virtio-serial port named name,

@@ -71,9 +71,16 @@ func (a *Agent) setupEgress(s *agentproto.EgressSetup) error {
 			a.mu.Unlock()
 			return fmt.Errorf("egress setup: listen: %w", err)
 		}
+		pc, err := net.ListenPacket("udp", a.dnsAddr)
+		if err != nil {
+			ln.Close()
+			a.mu.Unlock()
+			return fmt.Errorf("egress setup: dns: %w", err)
+		}
 		a.egressLn = ln
-		a.egressAddr = ln.Addr().String()
+		a.egressAddr, a.dnsAddr = ln.Addr().String(), pc.LocalAddr().String()
 		go a.serveEgress(ln)
+		go a.serveDNS(pc)
 	}
 	same := bytes.Equal(a.egressCA, s.CACert)
 	root, addr := a.egressRoot, a.egressAddr
@@ -109,6 +116,9 @@ func installEgress(root string, ca []byte, addr string) error {
 	for _, kv := range egressEnv(addr) {
 		k, v, _ := strings.Cut(kv, "=")
 		fmt.Fprintf(&profile, "export %s=%q\n", k, v)
+	}
+	if err := writeFileAtomic(root+resolvConf, []byte(resolvConfText), 0o644); err != nil {
+		return err
 	}
 	if err := writeFileAtomic(root+egressProfile, []byte(profile.String()), 0o644); err != nil {
 		return err

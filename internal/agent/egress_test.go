@@ -3,12 +3,15 @@ package agent_test
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"errors"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/yamux"
 
@@ -82,11 +85,12 @@ func TestEgressSetupAndForwarding(t *testing.T) {
 	// The host echoes each connection, upper-cased, with what it read
 	// first: the bytes arrive unframed, and the program's half-close
 	// reaches the host.
+	resolved := make(chan string, 16)
 	go c.ServeConnects(ctxT(t), func(conn net.Conn) {
 		defer conn.Close()
 		all, _ := io.ReadAll(conn)
 		conn.Write(bytes.ToUpper(all))
-	})
+	}, func(name string) { resolved <- name })
 	for i := 0; i < 3; i++ {
 		conn, err := net.Dial("tcp", addr)
 		if err != nil {
@@ -102,6 +106,29 @@ func TestEgressSetupAndForwarding(t *testing.T) {
 		if err != nil || string(got) != strings.ToUpper(msg) {
 			t.Fatalf("connection %d: got %d bytes (%v), want %d upper-cased", i, len(got), err, len(msg))
 		}
+	}
+
+	// The guest's resolver is the agent, which refuses at once and tells
+	// the host the name.
+	if b, _ := os.ReadFile(filepath.Join(root, "/etc/resolv.conf")); !strings.Contains(string(b), "nameserver 127.0.0.1") {
+		t.Errorf("resolv.conf:\n%s", b)
+	}
+	r2 := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, "udp", sharedAgent().DNSAddr())
+	}}
+	_, err := r2.LookupHost(ctxT(t), "GitHub.com")
+	var de *net.DNSError
+	if !errors.As(err, &de) || de.IsNotFound || de.IsTimeout {
+		t.Fatalf("lookup through the agent: %v, want a refusal (not a timeout, not NXDOMAIN)", err)
+	}
+	select {
+	case name := <-resolved:
+		if name != "github.com" {
+			t.Errorf("the host was told %q, want github.com", name)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the host was not told of the refused lookup")
 	}
 }
 
@@ -119,7 +146,7 @@ func TestServeConnectsRefusesOtherStreams(t *testing.T) {
 		defer conn.Close()
 		b, _ := io.ReadAll(conn)
 		served <- string(b)
-	})
+	}, nil)
 	gs, err := yamux.Server(guest, agentproto.Config())
 	if err != nil {
 		t.Fatal(err)

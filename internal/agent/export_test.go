@@ -28,7 +28,14 @@ func (a *Agent) SetSync(sync func(), limit time.Duration) { a.syncFS, a.syncLimi
 func (a *Agent) SetEgress(root, addr string) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.egressRoot, a.egressAddr = root, addr
+	a.egressRoot, a.egressAddr, a.dnsAddr = root, addr, "127.0.0.1:0"
+}
+
+// DNSAddr is where the agent answers DNS, once egress is set up.
+func (a *Agent) DNSAddr() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.dnsAddr
 }
 
 // EgressAddr is where the egress listener listens, once set up.

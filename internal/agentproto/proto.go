@@ -105,6 +105,11 @@ const (
 
 	OpEgressSetup = "egress_setup"
 	OpConnect     = "connect" // guest → host: an egress connection (see the package doc)
+	// OpResolve, guest → host: a program asked the guest's resolver for
+	// Name, and the guest refused it (names are resolved by the egress
+	// proxy, on the host); the host records it. The stream carries
+	// nothing else.
+	OpResolve = "resolve"
 )
 
 // EgressAddr is where programs in the guest reach the host's egress proxy:
@@ -155,6 +160,8 @@ type Request struct {
 
 	// egress_setup: how the guest reaches the egress proxy.
 	Egress *EgressSetup `json:"egress,omitempty"`
+	// resolve: the name a program in the guest tried to resolve.
+	Name string `json:"name,omitempty"`
 
 	// detach: when set, the guest writes QuietMagic, this nonce and a
 	// newline on the port once its session has ended and it waits for the

@@ -79,6 +79,22 @@ func (b *Broker) Serve(ctx context.Context, c net.Conn, id string) {
 	b.cfg.Proxy.ServeConn(ctx, c, s)
 }
 
+// Resolved records that a program in session id's guest tried to
+// resolve name itself.
+func (b *Broker) Resolved(ctx context.Context, id, name string) {
+	rec, err := b.cfg.Store.GetSession(ctx, id)
+	if err != nil {
+		rec = store.Session{ID: id}
+	}
+	b.cfg.Proxy.RefuseResolve(&egress.Session{ID: id, Owner: rec.Owner}, name)
+}
+
+// ResolvedBuild is Resolved for a build of template name.
+func (b *Broker) ResolvedBuild(ctx context.Context, name, host string) {
+	t, _ := b.cfg.Store.GetTemplate(ctx, name)
+	b.cfg.Proxy.RefuseResolve(&egress.Session{ID: "build of template " + name, Owner: t.Owner}, host)
+}
+
 // ServeBuild serves one egress connection of a build of template name:
 // the template's rules and the operator's, its owner's credentials.
 func (b *Broker) ServeBuild(ctx context.Context, c net.Conn, name string) {

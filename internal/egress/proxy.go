@@ -272,6 +272,14 @@ func (p *Proxy) decide(ctx context.Context, s *Session, t Target) verdict {
 }
 
 // record reports a decision to OnDecision and the log.
+// RefuseResolve records that a program in session s's guest tried to
+// resolve name itself, which the guest refused: a guest has no DNS, and
+// names are resolved here, for the programs that use the proxy.
+func (p *Proxy) RefuseResolve(s *Session, name string) {
+	p.record(s, Decision{Method: "DNS", Host: name,
+		Reason: "the guest has no DNS: names are resolved by the egress proxy, for programs that use it (HTTP_PROXY, HTTPS_PROXY); no other connection leaves the guest"})
+}
+
 func (p *Proxy) record(s *Session, d Decision) {
 	d.Time = time.Now()
 	d.Session, d.Owner = s.ID, s.Owner

@@ -23,6 +23,11 @@ type Egress interface {
 	// template (its setup commands), with the template's rules and its
 	// owner's credentials.
 	ServeBuild(ctx context.Context, c net.Conn, template string)
+	// Resolved records that a program in session id's guest tried to
+	// resolve name itself (the guest has no DNS); ResolvedBuild, in a
+	// build of template.
+	Resolved(ctx context.Context, id, name string)
+	ResolvedBuild(ctx context.Context, template, name string)
 	// Cut closes the open connections of session id now.
 	Cut(id string)
 }
@@ -58,7 +63,8 @@ func CheckAllow(field string, rules []string) ([]string, error) {
 // egress when it booted: see bootIn.)
 func (m *Manager) serveEgress(id string, c *agentproto.Client) {
 	if e := m.cfg.Egress; e != nil {
-		serveConnects(c, func(ctx context.Context, conn net.Conn) { e.Serve(ctx, conn, id) })
+		serveConnects(c, func(ctx context.Context, conn net.Conn) { e.Serve(ctx, conn, id) },
+			func(ctx context.Context, name string) { e.Resolved(ctx, id, name) })
 	}
 }
 
@@ -66,11 +72,12 @@ func (m *Manager) serveEgress(id string, c *agentproto.Client) {
 // template name.
 func (m *Manager) serveBuildEgress(name string, c *agentproto.Client) {
 	if e := m.cfg.Egress; e != nil {
-		serveConnects(c, func(ctx context.Context, conn net.Conn) { e.ServeBuild(ctx, conn, name) })
+		serveConnects(c, func(ctx context.Context, conn net.Conn) { e.ServeBuild(ctx, conn, name) },
+			func(ctx context.Context, host string) { e.ResolvedBuild(ctx, name, host) })
 	}
 }
 
-func serveConnects(c *agentproto.Client, serve func(context.Context, net.Conn)) {
+func serveConnects(c *agentproto.Client, serve func(context.Context, net.Conn), resolved func(context.Context, string)) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() {
@@ -80,5 +87,5 @@ func serveConnects(c *agentproto.Client, serve func(context.Context, net.Conn)) 
 		case <-ctx.Done():
 		}
 	}()
-	_ = c.ServeConnects(ctx, func(conn net.Conn) { serve(ctx, conn) })
+	_ = c.ServeConnects(ctx, func(conn net.Conn) { serve(ctx, conn) }, func(name string) { resolved(ctx, name) })
 }
