@@ -30,7 +30,7 @@ var ErrNotCommitted = errors.New("audit: entry not yet covered by a checkpoint")
 // Defaults for Options.
 const (
 	DefaultCheckpointInterval = time.Second
-	DefaultBatchMaxAge        = time.Millisecond
+	DefaultBatchMaxAge        = 200 * time.Microsecond
 	DefaultBatchMaxSize       = 256
 	DefaultAppendTimeout      = 10 * time.Second
 )
@@ -46,9 +46,9 @@ type Options struct {
 	// CheckpointInterval is how often a grown log gets a new signed
 	// checkpoint; default 1 s (never over 2 s: Open refuses more).
 	CheckpointInterval time.Duration
-	// BatchMaxAge is how long the first entry of a batch waits for others
-	// before the batch is sequenced; default 1 ms. Larger batches make for
-	// more appends/s and more latency per append.
+	// BatchMaxAge is how long tessera waits, after the first entry of a
+	// group, before it sequences the group; default 200 µs. Groups are
+	// formed by Append (see there), so this only needs to cover a burst.
 	BatchMaxAge time.Duration
 	// BatchMaxSize sequences a batch at once when it reaches this many
 	// entries; default 256.
@@ -78,6 +78,9 @@ type Log struct {
 	appendTTL time.Duration
 	log       *slog.Logger
 	crash     func(string)
+
+	submit    chan pending  // to the committer; closed by Close
+	committed chan struct{} // closed when the committer is done
 
 	mu     sync.RWMutex
 	closed bool // guarded by mu
@@ -191,7 +194,7 @@ func open(ctx context.Context, dir string, o Options, lock *os.File) (*Log, erro
 		stop()
 		return nil, fmt.Errorf("audit: open %s: %w", dir, err)
 	}
-	return &Log{
+	l := &Log{
 		dir:       dir,
 		signer:    signer,
 		verifier:  verifier,
@@ -204,7 +207,11 @@ func open(ctx context.Context, dir string, o Options, lock *os.File) (*Log, erro
 		appendTTL: o.AppendTimeout,
 		log:       o.Log,
 		crash:     o.CrashPoint,
-	}, nil
+		submit:    make(chan pending, 4*o.BatchMaxSize),
+		committed: make(chan struct{}),
+	}
+	go l.commit(bg, int(o.BatchMaxSize))
+	return l, nil
 }
 
 // VerifierKey returns the note verifier key of the log's checkpoints, what
@@ -220,11 +227,13 @@ func (l *Log) Origin() string { return l.signer.Name() }
 // place, and their directory fsynced. A checkpoint that commits to it is
 // published within Options.CheckpointInterval (see WaitCheckpoint).
 //
-// A zero e.Time is set to now. Concurrent appends are batched. Any error
-// but an invalid entry (ErrInvalidEntry) wraps ErrUnavailable, and then the
-// caller must not perform the action. An append that is cancelled or times
-// out may still be sequenced later: an announcement without an outcome
-// entry is an action that did not happen, or whose end was not seen.
+// A zero e.Time is set to now. Concurrent appends are committed in groups:
+// those that arrive while a group is being written go together in the
+// next. Any error but an invalid entry (ErrInvalidEntry) wraps
+// ErrUnavailable, and then the caller must not perform the action. An
+// append that is cancelled or times out may still be sequenced later: an
+// announcement without an outcome entry is an action that did not happen,
+// or whose end was not seen.
 func (l *Log) Append(ctx context.Context, e Entry) (uint64, error) {
 	if e.Time.IsZero() {
 		e.Time = time.Now()
@@ -233,36 +242,81 @@ func (l *Log) Append(ctx context.Context, e Entry) (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	l.mu.RLock()
-	closed := l.closed
-	l.mu.RUnlock()
-	if closed {
-		return 0, fmt.Errorf("audit: append %s: log closed: %w", e.Action, ErrUnavailable)
-	}
 	ctx, cancel := context.WithTimeout(ctx, l.appendTTL)
 	defer cancel()
+	p := pending{data: data, done: make(chan result, 1)}
 
-	future := l.add(ctx, tessera.NewEntry(data))
-	type result struct {
-		idx tessera.Index
-		err error
+	l.mu.RLock()
+	if l.closed {
+		l.mu.RUnlock()
+		return 0, fmt.Errorf("audit: append %s: log closed: %w", e.Action, ErrUnavailable)
 	}
-	done := make(chan result, 1)
-	go func() {
-		idx, err := future()
-		done <- result{idx, err}
-	}()
 	select {
-	case r := <-done:
+	case l.submit <- p:
+		l.mu.RUnlock()
+	case <-ctx.Done():
+		l.mu.RUnlock()
+		return 0, fmt.Errorf("audit: append %s: %w: %w", e.Action, ErrUnavailable, ctx.Err())
+	}
+	select {
+	case r := <-p.done:
 		if r.err != nil {
 			return 0, fmt.Errorf("audit: append %s: %w: %w", e.Action, ErrUnavailable, r.err)
 		}
 		if l.crash != nil {
 			l.crash("audit.appended")
 		}
-		return r.idx.Index, nil
+		return r.idx, nil
 	case <-ctx.Done():
 		return 0, fmt.Errorf("audit: append %s: %w: %w", e.Action, ErrUnavailable, ctx.Err())
+	}
+}
+
+type pending struct {
+	data []byte
+	done chan result // buffered: the committer never waits on an Append gone
+}
+
+type result struct {
+	idx uint64
+	err error
+}
+
+// commit hands tessera groups of entries, one group at a time: all the
+// entries waiting when the previous group is durable go in one burst,
+// which tessera sequences as one batch (BatchMaxAge after its first entry,
+// or at once at BatchMaxSize). An idle log thus writes an entry after
+// BatchMaxAge, and a busy one writes many per flush.
+func (l *Log) commit(ctx context.Context, maxGroup int) {
+	defer close(l.committed)
+	group := make([]pending, 0, maxGroup)
+	futures := make([]tessera.IndexFuture, 0, maxGroup)
+	for {
+		p, ok := <-l.submit
+		if !ok {
+			return
+		}
+		group = append(group[:0], p)
+	drain:
+		for len(group) < maxGroup {
+			select {
+			case p, ok := <-l.submit:
+				if !ok {
+					break drain
+				}
+				group = append(group, p)
+			default:
+				break drain
+			}
+		}
+		futures = futures[:0]
+		for _, p := range group {
+			futures = append(futures, l.add(ctx, tessera.NewEntry(p.data)))
+		}
+		for i, f := range futures {
+			idx, err := f()
+			group[i].done <- result{idx.Index, err}
+		}
 	}
 }
 
@@ -275,8 +329,15 @@ func (l *Log) Close(ctx context.Context) error {
 		return nil
 	}
 	l.closed = true
+	close(l.submit)
 	l.mu.Unlock()
-	err := l.shutdown(ctx)
+	var err error
+	select {
+	case <-l.committed:
+		err = l.shutdown(ctx)
+	case <-ctx.Done():
+		err = fmt.Errorf("appends still in flight: %w", ctx.Err())
+	}
 	l.stop()
 	l.lock.Close()
 	if err != nil {
