@@ -162,9 +162,9 @@ func Verify(ctx context.Context, dir, verifierKey, statePath string) (Report, er
 	entriesRoot, _ := fromEntries.GetRootHash(nil)
 	tilesRoot, _ := fromTiles.GetRootHash(nil)
 	// Entries prove out only against a root the key signed.
-	entriesOK := signed && fromEntries.End() == cp.Size && bytes.Equal(entriesRoot, cp.Hash)
+	rootOK := fromEntries.End() == cp.Size && bytes.Equal(entriesRoot, cp.Hash)
 	switch {
-	case entriesOK:
+	case signed && rootOK:
 		// The entries prove out: what disagrees is the tiles.
 		for _, p := range entryProblems {
 			if p.Kind != ProblemUnread {
@@ -175,7 +175,7 @@ func Verify(ctx context.Context, dir, verifierKey, statePath string) (Report, er
 		}
 	default:
 		rep.Problems = append(rep.Problems, entryProblems...)
-		if len(entryProblems) == 0 {
+		if len(entryProblems) == 0 && !rootOK {
 			detail := fmt.Sprintf("%d entries hash to %x, the checkpoint says %d entries, %x", fromEntries.End(), entriesRoot, cp.Size, cp.Hash)
 			if !bytes.Equal(tilesRoot, cp.Hash) {
 				detail += "; the hash tiles do not match it either"

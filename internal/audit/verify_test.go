@@ -160,6 +160,36 @@ func TestVerifyTampering(t *testing.T) {
 			writeEntries(t, p, es)
 			resign(t, dir, testOrigin)
 		}, map[string][]int64{ProblemSignature: {-1}, ProblemAltered: {295, 296, 297, 298, 299}}},
+		{"rebuild the tail, tiles too, and re-sign with another key", func(t *testing.T, dir string) {
+			p := filepath.Join(dir, rel(b1))
+			es := readEntries(t, p)
+			var tile []byte
+			for i := range es {
+				if i >= 295-256 {
+					es[i], _ = testEntry(fmt.Sprintf("rewritten-%d", i)).Marshal()
+				}
+				tile = append(tile, rfc6962.DefaultHasher.HashLeaf(es[i])...)
+			}
+			writeEntries(t, p, es)
+			tp := filepath.Join(dir, layout.TilePath(0, 1, layout.PartialTileSize(0, 1, fixtureSize)))
+			if err := os.WriteFile(tp, tile, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			resign(t, dir, testOrigin)
+		}, map[string][]int64{ProblemSignature: {-1}}},
+		{"alter an entry and its tile hash to match", func(t *testing.T, dir string) {
+			p := filepath.Join(dir, rel(b0))
+			es := readEntries(t, p)
+			es[7], _ = testEntry("rewritten").Marshal()
+			writeEntries(t, p, es)
+			tp := filepath.Join(dir, layout.TilePath(0, 0, 0))
+			tile, err := os.ReadFile(tp)
+			if err != nil {
+				t.Fatal(err)
+			}
+			copy(tile[7*32:], rfc6962.DefaultHasher.HashLeaf(es[7]))
+			os.WriteFile(tp, tile, 0o644)
+		}, map[string][]int64{ProblemRoot: {-1}}},
 		{"alter a hash tile only", func(t *testing.T, dir string) {
 			p := filepath.Join(dir, layout.TilePath(0, 0, 0))
 			raw, err := os.ReadFile(p)
