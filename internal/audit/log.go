@@ -313,9 +313,16 @@ func (l *Log) commit(ctx context.Context, maxGroup int) {
 		for _, p := range group {
 			futures = append(futures, l.add(ctx, tessera.NewEntry(p.data)))
 		}
+		var failed error
 		for i, f := range futures {
 			idx, err := f()
+			if err != nil {
+				failed = err
+			}
 			group[i].done <- result{idx.Index, err}
+		}
+		if failed != nil {
+			l.log.Warn("audit: appends refused: the log cannot be written", "dir", l.dir, "entries", len(group), "err", failed)
 		}
 	}
 }
