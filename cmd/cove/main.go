@@ -79,6 +79,7 @@ token as it is.`,
 		newLoginCmd(c),
 		newLogoutCmd(c),
 		newPolicyCmd(c),
+		newAuditCmd(c),
 		newVersionCmd(c),
 		newServerCmd(),
 	)
