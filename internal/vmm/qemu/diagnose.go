@@ -135,7 +135,7 @@ func (vm *VM) interrupts(ctx context.Context) string {
 			case strings.HasPrefix(line, "pin ") && !strings.Contains(line, "masked"),
 				strings.HasPrefix(line, "IRR"), strings.HasPrefix(line, "ISR"),
 				strings.HasPrefix(line, "Remote IRR"), strings.HasPrefix(line, "APR"),
-				strings.HasPrefix(line, "Timer"), strings.HasPrefix(line, "LVTT"):
+				strings.HasPrefix(line, "Timer"), strings.HasPrefix(line, "LVTT "):
 				out = append(out, line)
 			}
 		}

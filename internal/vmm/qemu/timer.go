@@ -61,6 +61,9 @@ const (
 	timerSpin  = 300 * time.Millisecond
 )
 
+// errQEMUExited ends a watch whose QEMU is gone (the caller says why).
+var errQEMUExited = errors.New("qemu exited")
+
 // errNoTimer marks a guest found halted without a timer.
 var errNoTimer = errors.New("the guest kernel came up without a timer (its APIC timer calibration was cut short by the host) and halted")
 
@@ -77,6 +80,11 @@ func (d *Driver) bootWatched(ctx context.Context, spec vmm.Spec, argv []string) 
 		}
 		err = vm.waitTimer(ctx)
 		if !errors.Is(err, errNoTimer) {
+			if err != nil && ctx.Err() == nil && !errors.Is(err, errQEMUExited) {
+				// The guest boots on unwatched: say so, or a QEMU whose
+				// monitor speaks otherwise would lose the watch unseen.
+				d.cfg.Log.Warn("cannot watch the guest's timer; it boots on unwatched", "vm", spec.ID, "err", err)
+			}
 			return vm, nil
 		}
 		diag := vm.Diagnose(ctx)
@@ -140,7 +148,7 @@ func (vm *VM) waitTimer(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-vm.done:
-			return errors.New("qemu exited")
+			return errQEMUExited
 		case <-time.After(timerPoll):
 		}
 	}
