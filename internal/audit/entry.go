@@ -69,6 +69,9 @@ type Target struct {
 	Secret   string   `json:"secret,omitempty"`  // the secret's name, never its value
 	Token    string   `json:"token,omitempty"`   // the token's id, never the token
 	Trigger  string   `json:"trigger,omitempty"` // a trigger's id
+	Image    string   `json:"image,omitempty"`   // an image's name (image.build)
+	Team     string   `json:"team,omitempty"`    // a team's name (members, team secrets)
+	Hook     string   `json:"hook,omitempty"`    // a webhook's name (hook secrets)
 }
 
 // Outcome is how it ended. A nil pointer is "not known", which differs from
@@ -173,7 +176,8 @@ func (e Entry) Marshal() ([]byte, error) {
 func (t Target) isZero() bool {
 	return t.Session == "" && t.Template == "" && t.User == "" && t.Path == "" &&
 		t.Host == "" && t.Port == 0 && t.Method == "" && len(t.Argv) == 0 &&
-		t.Cwd == "" && t.Secret == "" && t.Token == "" && t.Trigger == ""
+		t.Cwd == "" && t.Secret == "" && t.Token == "" && t.Trigger == "" &&
+		t.Image == "" && t.Team == "" && t.Hook == ""
 }
 
 // ParseEntry reads an entry's canonical JSON; unknown fields are an error.
