@@ -296,8 +296,9 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	mgr, err := session.New(session.Config{Tokens: tokens.minter, Egress: egressBroker,
 		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
 		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout, CloneFiles: cfg.CloneFiles,
-		CrashPoint: crash, OnPark: metrics.ObservePark, OnWake: metrics.ObserveWake,
-		Admission: session.Admission{MemoryOvercommit: cfg.MemoryOvercommit, CPUOvercommit: cfg.CPUOvercommit},
+		CrashPoint: crash,
+		OnEvent:    session.Hooks(session.AuditEvents(auditLog), session.ObserveDurations(metrics.ObservePark, metrics.ObserveWake)),
+		Admission:  session.Admission{MemoryOvercommit: cfg.MemoryOvercommit, CPUOvercommit: cfg.CPUOvercommit},
 	})
 	if err != nil {
 		return err
