@@ -288,7 +288,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	if err := firstAdmin(ctx, dir, log); err != nil {
 		return err
 	}
-	egressBroker, err := newEgress(cfg, st, secretCredentials{&secret.Resolver{Store: st, Box: secrets}}, policies, log)
+	egressBroker, err := newEgress(cfg, st, secretCredentials{&secret.Resolver{Store: st, Box: secrets}}, policies, auditLog, log)
 	if err != nil {
 		return err
 	}
