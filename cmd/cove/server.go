@@ -325,6 +325,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		Identities:    dir,
 		Secrets:       &secret.Keeper{Store: st, Box: secrets},
 		Audit:         auditLog,
+		AuditLog:      auditLog,
 		Authorize:     (&apiserver.PolicyGate{Policy: policies, Records: st}).Authorize})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {

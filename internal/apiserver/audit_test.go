@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"io/fs"
 	"net/http"
 	"os"
@@ -36,7 +37,7 @@ func newAuditEnv(t *testing.T) *auditEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = l.Close(context.Background()) })
-	e := newEnv(t, func(c *Config) { c.Audit = l })
+	e := newEnv(t, func(c *Config) { c.Audit, c.AuditLog = l, l })
 	return &auditEnv{testEnv: e, log: l, dir: dir}
 }
 
@@ -258,4 +259,71 @@ func TestAuditFailsClosed(t *testing.T) {
 	if runs.Load() != 2 || sessions() != before+1 {
 		t.Errorf("log back: %d runs (want 2), %d sessions (want %d)", runs.Load(), sessions(), before+1)
 	}
+}
+
+// TestAuditReadRoutes: an admin reads the entries (filtered by session),
+// an entry's inclusion proof that verifies with the key the API gives,
+// the checkpoint, and the export stream; an engineer is refused.
+func TestAuditReadRoutes(t *testing.T) {
+	e := newAuditEnv(t)
+	e.fake.setRun(func(p *fakeProc, req api.ExecRequest) ExitStatus { return ExitStatus{} })
+	decode[api.ExecResult](t, e.doJSON("POST", "/v1/sessions/s1/exec", api.ExecRequest{Argv: []string{"true"}}), 200)
+	decode[api.Session](t, e.doJSON("POST", "/v1/sessions", api.CreateSessionRequest{}), 201)
+
+	page := decode[api.AuditPage](t, e.do("GET", "/v1/audit/entries?session=s1", nil), 200)
+	if len(page.Entries) != 2 {
+		t.Fatalf("entries of s1: %+v, want the exec's announcement and outcome", page.Entries)
+	}
+	all := decode[api.AuditPage](t, e.do("GET", "/v1/audit/entries?n=1&from=1", nil), 200)
+	if len(all.Entries) != 1 || all.Entries[0].Index != 1 || all.Next != 2 {
+		t.Fatalf("one entry from 1: %+v", all)
+	}
+	key := decode[api.AuditKey](t, e.do("GET", "/v1/audit/key", nil), 200).Key
+	if key != e.log.VerifierKey() {
+		t.Fatalf("key %q, want the log's", key)
+	}
+	if _, err := e.log.WaitCheckpoint(t.Context(), 2); err != nil {
+		t.Fatal(err)
+	}
+	cp := decode[api.AuditCheckpoint](t, e.do("GET", "/v1/audit/checkpoint", nil), 200)
+	if cp.Size < 2 || cp.Note == "" {
+		t.Fatalf("checkpoint %+v", cp)
+	}
+	pr := decode[api.AuditProof](t, e.do("GET", "/v1/audit/proof/1", nil), 200)
+	p := audit.Proof{Index: pr.Index, Checkpoint: audit.Checkpoint{Note: []byte(pr.Checkpoint.Note)}}
+	for _, h := range pr.Hashes {
+		b, _ := hex.DecodeString(h)
+		p.Hashes = append(p.Hashes, b)
+	}
+	if err := p.Verify(key, page.Entries[1].Entry); err != nil {
+		t.Fatalf("the proof of entry 1 does not verify: %v", err)
+	}
+	wantError(t, e.do("GET", "/v1/audit/proof/999", nil), 404, api.CodeNotFound)
+
+	resp := e.do("GET", "/v1/audit/export", nil)
+	var lines int
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var rec api.AuditRecord
+		if err := dec.Decode(&rec); err != nil {
+			break
+		}
+		if rec.Index != uint64(lines) {
+			t.Fatalf("export line %d is entry %d", lines, rec.Index)
+		}
+		lines++
+	}
+	if lines < 4 {
+		t.Fatalf("export gave %d entries, want at least 4", lines)
+	}
+
+	ctx := context.Background()
+	if _, err := e.admin.dir.AddUser(ctx, api.CreateUserRequest{Name: "eng", Kind: api.UserEngineer}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := e.admin.dir.CreateToken(ctx, api.CreateTokenRequest{Name: "eng", User: "eng"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantError(t, e.do("GET", "/v1/audit/entries", nil, authAs(tok.Secret)...), 403, api.CodeForbidden)
 }

@@ -120,6 +120,9 @@ type Config struct {
 	// refusals (see auditedVerbs): a request whose announcement cannot be
 	// logged is refused with 503 and does not happen. nil logs nothing.
 	Audit Auditor
+	// AuditLog is the audit log the /v1/audit routes read (policy action
+	// audit.read, admins only by default); nil answers them with 503.
+	AuditLog AuditLog
 }
 
 // LogValue keeps the token out of logs.
@@ -254,6 +257,7 @@ type Server struct {
 	signIn       []api.OIDCIssuer
 	issuer       http.Handler
 	auditor      Auditor
+	auditLog     AuditLog
 	publicPaths  map[string]bool // "METHOD PATTERN" of the routes served without the token
 	openAPIJSON  []byte
 	openAPIErr   error
@@ -283,6 +287,7 @@ func New(cfg Config) *Server {
 		signIn:       cfg.SignIn,
 		issuer:       cfg.Issuer,
 		auditor:      cfg.Audit,
+		auditLog:     cfg.AuditLog,
 		publicPaths:  map[string]bool{},
 	}
 	if s.log == nil {
