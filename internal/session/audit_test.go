@@ -3,6 +3,7 @@ package session_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -14,7 +15,9 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/audit"
+	"github.com/cove-dev/cove/internal/issuer"
 	"github.com/cove-dev/cove/internal/session"
+	"github.com/cove-dev/cove/internal/sessiontoken"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/trigger"
 )
@@ -169,4 +172,59 @@ func TestFakeAuditRefusesIdlePark(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.eventually("the idle session is parked once the log is back", func() bool { return r.get(id).State == api.StateParked })
+}
+
+// TestFakeAuditGuestToken: a guest's token is logged, by its agent, before
+// it is minted, with its audience; while the log cannot be written no
+// token is minted, and once it can, one is.
+func TestFakeAuditGuestToken(t *testing.T) {
+	const url = "https://cove.example.com"
+	is, err := issuer.New(t.TempDir(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(t.TempDir(), "audit")
+	l, err := audit.Open(t.Context(), dir, audit.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Close(context.Background()) })
+	r := newFakeRigWith(t, func(c *session.Config) {
+		c.Tokens = sessiontoken.Minter{Issuer: is}
+		c.OnEvent = session.AuditEvents(l)
+	})
+	id := r.create(api.CreateSessionRequest{}).ID
+	tok, err := r.mgr.GuestToken(id, url)
+	if err != nil || tok == "" {
+		t.Fatalf("token: %q, %v", tok, err)
+	}
+	var ann []audit.Entry
+	for _, rec := range auditRecords(t, l) {
+		if rec.Entry.Action == "token.mint" && rec.Entry.Decision == audit.Allow {
+			ann = append(ann, rec.Entry)
+		}
+	}
+	if len(ann) != 1 || ann[0].Actor.Kind != audit.ActorAgent || ann[0].Actor.Session != id || ann[0].Target.Audience != url {
+		t.Fatalf("token.mint announcements %+v, want one by %s's agent for %s", ann, id, url)
+	}
+
+	entries := filepath.Join(dir, "tile", "entries")
+	if err := os.Rename(entries, entries+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(entries, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := r.mgr.GuestToken(id, url); err == nil || tok != "" || !errors.Is(err, session.ErrRefused) {
+		t.Fatalf("token with the log unavailable: %q, %v; want none, refused", tok, err)
+	}
+	if err := os.Remove(entries); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(entries+".away", entries); err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := r.mgr.GuestToken(id, url); err != nil || tok == "" {
+		t.Fatalf("token once the log is back: %q, %v", tok, err)
+	}
 }
