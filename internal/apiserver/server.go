@@ -18,7 +18,11 @@
 // body (handlers that read more ask it again; see Action) — except for the
 // verbs whose decision needs the body (session.create, session.exec,
 // token.create, secret.put: decidedByHandler), where it checks only the token's
-// scopes and the handler, always, decides once it has read the body; and
+// scopes and the handler, always, decides once it has read the body. Once
+// a verb that changes or reveals something (auditedVerbs) is allowed, its
+// announcement is sequenced in Config.Audit's log before the handler acts
+// (by decide, for the decidedByHandler verbs), or the request is refused
+// with 503; 401s and 403s are logged as denials; and
 // it logs every
 // request (method, path, status, duration, action) and counts it in
 // cove_http_requests_total. Handlers are reached only through the gate, so
