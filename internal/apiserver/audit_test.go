@@ -327,3 +327,46 @@ func TestAuditReadRoutes(t *testing.T) {
 	}
 	wantError(t, e.do("GET", "/v1/audit/entries", nil, authAs(tok.Secret)...), 403, api.CodeForbidden)
 }
+
+// TestAuditPTYAttach: a terminal exec over the WebSocket is announced as
+// session.pty with its argv before it runs, and its outcome has the exit
+// code; with the log unavailable the client gets an in-band unavailable
+// error and the command does not run.
+func TestAuditPTYAttach(t *testing.T) {
+	e := newAuditEnv(t)
+	var runs atomic.Int64
+	e.fake.setRun(func(p *fakeProc, req api.ExecRequest) ExitStatus { runs.Add(1); return ExitStatus{Code: 4} })
+	attach := func() api.ExecEvent {
+		c := dialExec(t, e.testEnv, "s1")
+		wsSend(t, c, api.ExecRequest{Argv: []string{"bash", "-l"}, TTY: true, Rows: 24, Cols: 80})
+		for {
+			ev, err := wsRead(t, c)
+			if err != nil {
+				t.Fatalf("read: %v", err)
+			}
+			if ev.Type == api.EventExit || ev.Type == api.EventError {
+				return ev
+			}
+		}
+	}
+	if ev := attach(); ev.Type != api.EventExit || ev.ExitCode != 4 {
+		t.Fatalf("attach: %+v", ev)
+	}
+	recs := e.records(t)
+	ann, out := find(recs, "session.pty", audit.Allow), find(recs, "session.pty", "")
+	if len(ann) != 1 || len(out) != 1 || strings.Join(ann[0].Entry.Target.Argv, " ") != "bash -l" ||
+		out[0].Entry.Outcome == nil || out[0].Entry.Outcome.ExitCode == nil || *out[0].Entry.Outcome.ExitCode != 4 || *out[0].Entry.Ref != ann[0].Index {
+		t.Fatalf("session.pty entries: %+v", recs)
+	}
+
+	entries := filepath.Join(e.dir, "tile", "entries")
+	if err := os.Rename(entries, entries+".away"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(entries, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if ev := attach(); ev.Type != api.EventError || ev.Error == nil || ev.Error.Code != api.CodeUnavailable || runs.Load() != 1 {
+		t.Fatalf("attach with the log unavailable: %+v (%d runs), want an unavailable error and no run", ev, runs.Load())
+	}
+}
