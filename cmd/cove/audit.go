@@ -23,9 +23,9 @@ const exitTampered = 3
 func newAuditCmd(c *cli) *cobra.Command {
 	cmd := groupCmd(&cobra.Command{
 		Use:   "audit",
-		Short: "Check the tamper-evident audit log",
+		Short: "Read and check the tamper-evident audit log",
 	})
-	cmd.AddCommand(newAuditVerifyCmd(c), newAuditKeyCmd(c))
+	cmd.AddCommand(newAuditVerifyCmd(c), newAuditKeyCmd(c), newAuditLogCmd(c), newAuditProofCmd(c), newAuditExportCmd(c))
 	return cmd
 }
 
@@ -97,17 +97,24 @@ func newAuditKeyCmd(c *cli) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "key [--home DIR]",
 		Short: "Print the audit log's verifier key",
-		Long: `key prints the note verifier key of the audit log's checkpoints, read
-from the signing key in the data directory (--home, default $COVE_HOME or
-` + defaultHome + `): what 'cove audit verify --key' takes. It needs read
-access to the signing key, so it runs on the server's host.`,
+		Long: `key prints the note verifier key of the audit log's checkpoints: what
+'cove audit verify --key' takes. With --home it reads it offline from the
+signing key in that data directory (read access to the key is needed, so
+on the server's host); without, it asks the server (GET /v1/audit/key,
+admins).`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if home == "" {
-				home = c.getenv("COVE_HOME")
-			}
-			if home == "" {
-				home = defaultHome
+				cl, err := c.client(cmd.Context())
+				if err != nil {
+					return err
+				}
+				vkey, err := cl.AuditKey(cmd.Context())
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(c.stdout, vkey)
+				return nil
 			}
 			vkey, err := audit.VerifierKeyFromFile(audit.DefaultKeyPath(filepath.Join(home, auditDir)))
 			if err != nil {
@@ -117,6 +124,6 @@ access to the signing key, so it runs on the server's host.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringVar(&home, "home", "", "the server's data directory (COVE_HOME)")
+	cmd.Flags().StringVar(&home, "home", "", "read the key offline from this data directory (the server's COVE_HOME)")
 	return cmd
 }

@@ -36,8 +36,10 @@ func (s secretCredentials) For(ctx context.Context, owner, template string) ([]e
 
 // newEgress builds the egress proxy and its broker: the installation's CA
 // (made at first start under COVE_HOME), the roots upstreams are verified
-// against (the system's and --upstream-ca), and the operator's rules.
-func newEgress(cfg serverConfig, st store.Store, creds broker.Credentials, policies *policy.Engine, log *slog.Logger) (*broker.Broker, error) {
+// against (the system's and --upstream-ca), and the operator's rules. Each
+// decision goes to the audit log: an allow before it takes effect (and not
+// at all if the log cannot take it), a deny best effort.
+func newEgress(cfg serverConfig, st store.Store, creds broker.Credentials, policies *policy.Engine, auditLog broker.Auditor, log *slog.Logger) (*broker.Broker, error) {
 	ca, err := egress.LoadOrCreateCA(cfg.Home)
 	if err != nil {
 		return nil, fmt.Errorf("server: egress: %w", err)
@@ -67,12 +69,13 @@ func newEgress(cfg serverConfig, st store.Store, creds broker.Credentials, polic
 	if err != nil {
 		return nil, err
 	}
-	proxy, err := egress.New(egress.Config{CA: ca, UpstreamRoots: roots, Log: log, DialContext: dial})
+	proxy, err := egress.New(egress.Config{CA: ca, UpstreamRoots: roots, Log: log, DialContext: dial,
+		OnDecision: broker.AuditDenials(auditLog, log)})
 	if err != nil {
 		return nil, fmt.Errorf("server: egress: %w", err)
 	}
 	return broker.New(broker.Config{Proxy: proxy, CA: ca, Store: st, Credentials: creds, Operator: operator, Log: log,
-		Authorize: egressPolicy(st, policies)}), nil
+		Authorize: egressPolicy(st, policies), Audit: auditLog}), nil
 }
 
 // egressPolicy gives the policy the last word on each egress decision:

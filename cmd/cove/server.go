@@ -18,9 +18,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"k8s.io/klog/v2"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/apiserver"
+	"github.com/cove-dev/cove/internal/audit"
 	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/policy"
@@ -227,6 +229,11 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 
 	sessions := filepath.Join(cfg.Home, "sessions")
 	crash := crashPoint(log)
+	auditLog, err := openAuditLog(ctx, cfg.Home, log, crash)
+	if err != nil {
+		return err
+	}
+	defer closeAuditLog(auditLog, log)
 	qcfg := qemu.Config{Accel: cfg.Accel, User: cfg.QEMUUser, AllowRootVMs: cfg.AllowRootVMs, GuestCmdline: cfg.GuestCmdline,
 		CgroupRoot: cfg.CgroupRoot, AllowNoCgroups: cfg.AllowNoCgroups, Log: log, CrashPoint: crash}
 	if cfg.Spares > 0 {
@@ -281,7 +288,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	if err := firstAdmin(ctx, dir, log); err != nil {
 		return err
 	}
-	egressBroker, err := newEgress(cfg, st, secretCredentials{&secret.Resolver{Store: st, Box: secrets}}, policies, log)
+	egressBroker, err := newEgress(cfg, st, secretCredentials{&secret.Resolver{Store: st, Box: secrets}}, policies, auditLog, log)
 	if err != nil {
 		return err
 	}
@@ -289,8 +296,9 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	mgr, err := session.New(session.Config{Tokens: tokens.minter, Egress: egressBroker,
 		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
 		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout, CloneFiles: cfg.CloneFiles,
-		CrashPoint: crash, OnPark: metrics.ObservePark, OnWake: metrics.ObserveWake,
-		Admission: session.Admission{MemoryOvercommit: cfg.MemoryOvercommit, CPUOvercommit: cfg.CPUOvercommit},
+		CrashPoint: crash,
+		OnEvent:    session.Hooks(session.AuditEvents(auditLog), session.ObserveDurations(metrics.ObservePark, metrics.ObserveWake)),
+		Admission:  session.Admission{MemoryOvercommit: cfg.MemoryOvercommit, CPUOvercommit: cfg.CPUOvercommit},
 	})
 	if err != nil {
 		return err
@@ -316,6 +324,8 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		SignIn:        oidc.signIn,
 		Identities:    dir,
 		Secrets:       &secret.Keeper{Store: st, Box: secrets},
+		Audit:         auditLog,
+		AuditLog:      auditLog,
 		Authorize:     (&apiserver.PolicyGate{Policy: policies, Records: st}).Authorize})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -421,6 +431,33 @@ func watchPolicy(ctx context.Context, eng *policy.Engine, path string, log *slog
 			}
 		}
 	}()
+}
+
+// openAuditLog opens the audit log at HOME/audit, its key at
+// audit.DefaultKeyPath, made at the first start. It is always on: a server
+// that cannot open it does not start. tessera logs through klog, which is
+// sent to log.
+func openAuditLog(ctx context.Context, home string, log *slog.Logger, crash func(string)) (*audit.Log, error) {
+	klog.SetSlogLogger(log.With("from", "tessera"))
+	dir := filepath.Join(home, "audit")
+	l, err := audit.Open(ctx, dir, audit.Options{Log: log, CrashPoint: crash})
+	if err != nil {
+		return nil, fmt.Errorf("server: %w", err)
+	}
+	log.Info("audit log open", "dir", dir, "key", audit.DefaultKeyPath(dir), "verifier_key", l.VerifierKey())
+	return l, nil
+}
+
+// closeAuditLog publishes the last checkpoint and closes the log, waiting
+// at most 15 s.
+func closeAuditLog(l *audit.Log, log *slog.Logger) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if err := l.Close(ctx); err != nil {
+		log.Error("audit log: close", "err", err)
+		return
+	}
+	log.Info("stopped: audit log")
 }
 
 // crashPointEnv names the step at which the server kills itself with

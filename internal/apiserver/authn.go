@@ -31,12 +31,18 @@ var decidedByHandler = map[string]bool{
 
 // decide asks Config.Authorize about what the handler learned from the
 // request's body (see Action): nil without Authorize, where only admins
-// passed the gate.
+// passed the gate. An allowed decidedByHandler verb is then announced in
+// the audit log (announce), and refused with 503 if it cannot be.
 func (s *Server) decide(ctx context.Context, a Action) error {
-	if s.authorize == nil {
-		return nil
+	if s.authorize != nil {
+		if err := authorizeError(a.Verb, s.authorize(ctx, a)); err != nil {
+			return err
+		}
 	}
-	return authorizeError(a.Verb, s.authorize(ctx, a))
+	if decidedByHandler[a.Verb] {
+		return s.announce(ctx, a)
+	}
+	return nil
 }
 
 // authorizeError is an error of Authorize as the client is told it: an

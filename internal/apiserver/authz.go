@@ -131,6 +131,12 @@ var verbRules = map[string]verbRule{
 	"secret.put":    {policy.SecretWrite, onSecretOwner, false},
 	"secret.list":   {policy.SecretList, onSecretOwner, false},
 	"secret.delete": {policy.SecretDelete, onSecretOwner, false},
+
+	"audit.entries":    {policy.AuditRead, onServer, false},
+	"audit.proof":      {policy.AuditRead, onServer, false},
+	"audit.checkpoint": {policy.AuditRead, onServer, false},
+	"audit.key":        {policy.AuditRead, onServer, false},
+	"audit.export":     {policy.AuditRead, onServer, false},
 }
 
 // publicVerbs are the route verbs no policy decides, each with why.

@@ -214,6 +214,13 @@ func TestCrossEngineerDenied(t *testing.T) {
 		"GET /v1/teams":                          {path: "/v1/teams", action: policy.UserAdmin, names: []string{server, bobUser}},
 		"PUT /v1/teams/{team}/members/{user}":    {path: "/v1/teams/platform/members/bob", action: policy.UserAdmin, names: []string{server, bobUser}},
 		"DELETE /v1/teams/{team}/members/{user}": {path: "/v1/teams/platform/members/alice", action: policy.UserAdmin, names: []string{server, bobUser}},
+
+		// The audit log is an admin's to read.
+		"GET /v1/audit/entries":       {path: "/v1/audit/entries", action: policy.AuditRead, names: []string{server, bobUser}},
+		"GET /v1/audit/proof/{index}": {path: "/v1/audit/proof/0", action: policy.AuditRead, names: []string{server, bobUser}},
+		"GET /v1/audit/checkpoint":    {path: "/v1/audit/checkpoint", action: policy.AuditRead, names: []string{server, bobUser}},
+		"GET /v1/audit/key":           {path: "/v1/audit/key", action: policy.AuditRead, names: []string{server, bobUser}},
+		"GET /v1/audit/export":        {path: "/v1/audit/export", action: policy.AuditRead, names: []string{server, bobUser}},
 	}
 
 	doc, _ := loadOpenAPI(t)

@@ -30,7 +30,8 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	id := r.PathValue("id")
-	if err := s.decide(r.Context(), execAction(id, req)); err != nil {
+	act := execAction(id, req)
+	if err := s.decide(r.Context(), act); err != nil {
 		return err
 	}
 	liftDeadlines(w)
@@ -38,8 +39,12 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) error {
 	start := time.Now()
 	proc, err := s.sessions.Exec(ctx, id, req)
 	if err != nil {
+		s.outcome(ctx, act, execOutcome(ExitStatus{}, err, start))
 		return err
 	}
+	proc = &auditedProcess{Process: proc, done: func(st ExitStatus, err error) {
+		s.outcome(ctx, act, execOutcome(st, err, start))
+	}}
 	defer func() { s.metrics.exec.Observe(time.Since(start).Seconds()) }()
 	// The client going away kills the command (ctx, which the session
 	// manager also watches, is the request's).
@@ -62,7 +67,20 @@ func (s *Server) exec(w http.ResponseWriter, r *http.Request) error {
 // execAction is the second decision of an exec: with its command line
 // (never empty: validateExec requires a command).
 func execAction(id string, req api.ExecRequest) Action {
-	return Action{Verb: "session.exec", SessionID: id, Argv: req.Argv}
+	return Action{Verb: "session.exec", SessionID: id, Argv: req.Argv, Cwd: req.Cwd, TTY: req.TTY}
+}
+
+// auditedProcess records the command's end in the audit log when Wait
+// returns it.
+type auditedProcess struct {
+	Process
+	done func(ExitStatus, error)
+}
+
+func (p *auditedProcess) Wait() (ExitStatus, error) {
+	st, err := p.Process.Wait()
+	p.done(st, err)
+	return st, err
 }
 
 func (s *Server) execBuffered(w http.ResponseWriter, proc Process, start time.Time) error {

@@ -48,8 +48,9 @@ func (s *Server) execWS(w http.ResponseWriter, r *http.Request) error {
 	ws := &wsConn{c: c}
 
 	req, err := readExecRequest(ctx, c)
+	act := execAction(id, req)
 	if err == nil {
-		err = s.decide(ctx, execAction(id, req))
+		err = s.decide(ctx, act)
 	}
 	if err != nil {
 		return ws.fail(ctx, s, err)
@@ -57,8 +58,12 @@ func (s *Server) execWS(w http.ResponseWriter, r *http.Request) error {
 	start := time.Now()
 	proc, err := s.sessions.Exec(ctx, id, req)
 	if err != nil {
+		s.outcome(ctx, act, execOutcome(ExitStatus{}, err, start))
 		return ws.fail(ctx, s, err)
 	}
+	proc = &auditedProcess{Process: proc, done: func(st ExitStatus, err error) {
+		s.outcome(ctx, act, execOutcome(st, err, start))
+	}}
 	defer func() { s.metrics.exec.Observe(time.Since(start).Seconds()) }()
 	stopKill := context.AfterFunc(ctx, func() { _ = proc.Signal("KILL") })
 	defer stopKill()

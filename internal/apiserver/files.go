@@ -23,7 +23,7 @@ type fileList struct {
 // bytes: a file the guest says is larger is refused (413) before any byte,
 // and a stream that runs past it (an archive, or a guest that said less
 // than it sends) is cut, so that the client sees a broken answer.
-func (s *Server) getFile(w http.ResponseWriter, r *http.Request) error {
+func (s *Server) getFile(w http.ResponseWriter, r *http.Request) (err error) {
 	p, err := guestPath(r)
 	if err != nil {
 		return err
@@ -58,6 +58,10 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	defer rc.Close()
+	// What reaches the client, counted and hashed for the audit log.
+	moved := newDigest()
+	defer func() { s.outcome(ctx, Action{Verb: "file.read", SessionID: id, Path: p}, moved.outcome(err)) }()
+	out := io.MultiWriter(w, moved)
 	// A failure that shows on the first read is still a proper error answer.
 	br := bufio.NewReaderSize(rc, 64<<10)
 	if _, err := br.Peek(1); err != nil && !errors.Is(err, io.EOF) {
@@ -66,12 +70,12 @@ func (s *Server) getFile(w http.ResponseWriter, r *http.Request) error {
 	w.Header().Set("Content-Type", contentType)
 	w.WriteHeader(http.StatusOK)
 	if maxSize == 0 {
-		if _, err := io.Copy(w, br); err != nil {
+		if _, err := io.Copy(out, br); err != nil {
 			return fmt.Errorf("file.read: copy %s: %w", p, err)
 		}
 		return nil
 	}
-	if _, err := io.Copy(w, io.LimitReader(br, maxSize)); err != nil {
+	if _, err := io.Copy(out, io.LimitReader(br, maxSize)); err != nil {
 		return fmt.Errorf("file.read: copy %s: %w", p, err)
 	}
 	// One byte more, not sent, says whether the answer was whole.
@@ -107,7 +111,9 @@ func (s *Server) putFile(w http.ResponseWriter, r *http.Request) error {
 		return tooLarge
 	}
 	liftDeadlines(w)
-	body := &limitReader{r: http.MaxBytesReader(unwrap(w), r.Body, s.maxFileBytes)}
+	// What the client sent, counted and hashed for the audit log.
+	moved := newDigest()
+	body := &limitReader{r: moved.reader(http.MaxBytesReader(unwrap(w), r.Body, s.maxFileBytes))}
 	ctx, id := r.Context(), r.PathValue("id")
 	if mediaType(r) == tarType {
 		err = s.sessions.PutTar(ctx, id, p, body)
@@ -118,6 +124,7 @@ func (s *Server) putFile(w http.ResponseWriter, r *http.Request) error {
 		}
 		err = s.sessions.WriteFile(ctx, id, p, mode, body)
 	}
+	s.outcome(ctx, Action{Verb: "file.write", SessionID: id, Path: p}, moved.outcome(err))
 	if body.hit {
 		return tooLarge
 	}

@@ -118,7 +118,7 @@ func newManagerEnv(t *testing.T) (*testEnv, *session.Manager, *fake.Driver) {
 	t.Helper()
 	metrics := NewMetrics() // wired as cove server wires it
 	mgr, st, driver := newFakeManager(t, func(c *session.Config) {
-		c.OnPark, c.OnWake = metrics.ObservePark, metrics.ObserveWake
+		c.OnEvent = session.ObserveDurations(metrics.ObservePark, metrics.ObserveWake)
 	})
 	e := &testEnv{t: t, images: &fakeImages{}, logs: &logSink{}}
 	cfg := Config{Sessions: mgr, Images: e.images, Token: testToken, Metrics: metrics,

@@ -97,8 +97,9 @@ func (m *Metrics) ObserveBoot(d time.Duration) { m.boot.Observe(d.Seconds()) }
 
 // ObservePark records one park. The session manager calls it (and
 // ObserveWake) for every park and wake it does, whoever asked: the API,
-// idle parking, an exec's auto-wake, an event (session.Config.OnPark and
-// OnWake); the server's handlers record none, so each counts once.
+// idle parking, an exec's auto-wake, an event (session.Config.OnEvent,
+// through session.ObserveDurations); the server's handlers record none, so
+// each counts once.
 func (m *Metrics) ObservePark(d time.Duration) { m.park.Observe(d.Seconds()) }
 
 // ObserveWake records one wake; see ObservePark.

@@ -94,4 +94,10 @@ var routes = []route{
 	{"PUT", "/v1/secrets/{name}", "secret.put", bearer, (*Server).putSecret},
 	{"GET", "/v1/secrets", "secret.list", bearer, (*Server).listSecrets},
 	{"DELETE", "/v1/secrets/{name}", "secret.delete", bearer, (*Server).deleteSecret},
+
+	{"GET", "/v1/audit/entries", "audit.entries", bearer, (*Server).auditEntries},
+	{"GET", "/v1/audit/proof/{index}", "audit.proof", bearer, (*Server).auditProof},
+	{"GET", "/v1/audit/checkpoint", "audit.checkpoint", bearer, (*Server).auditCheckpointGet},
+	{"GET", "/v1/audit/key", "audit.key", bearer, (*Server).auditKey},
+	{"GET", "/v1/audit/export", "audit.export", bearer, (*Server).auditExport},
 }

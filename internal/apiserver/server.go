@@ -18,7 +18,11 @@
 // body (handlers that read more ask it again; see Action) — except for the
 // verbs whose decision needs the body (session.create, session.exec,
 // token.create, secret.put: decidedByHandler), where it checks only the token's
-// scopes and the handler, always, decides once it has read the body; and
+// scopes and the handler, always, decides once it has read the body. Once
+// a verb that changes or reveals something (auditedVerbs) is allowed, its
+// announcement is sequenced in Config.Audit's log before the handler acts
+// (by decide, for the decidedByHandler verbs), or the request is refused
+// with 503; 401s and 403s are logged as denials; and
 // it logs every
 // request (method, path, status, duration, action) and counts it in
 // cove_http_requests_total. Handlers are reached only through the gate, so
@@ -115,6 +119,14 @@ type Config struct {
 	// anyone ((*issuer.Issuer).Handler of an issuer whose URL has no
 	// path); nil answers them 404.
 	Issuer http.Handler
+	// Audit, if set, sequences every action that changes or reveals
+	// something in the audit log before it takes effect, and the gate's
+	// refusals (see auditedVerbs): a request whose announcement cannot be
+	// logged is refused with 503 and does not happen. nil logs nothing.
+	Audit Auditor
+	// AuditLog is the audit log the /v1/audit routes read (policy action
+	// audit.read, admins only by default); nil answers them with 503.
+	AuditLog AuditLog
 }
 
 // LogValue keeps the token out of logs.
@@ -129,6 +141,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Bool("secrets", c.Secrets != nil),
 		slog.Bool("authorize", c.Authorize != nil),
 		slog.Int64("max_file_bytes", c.MaxFileBytes),
+		slog.Bool("audit", c.Audit != nil),
 	)
 }
 
@@ -168,6 +181,11 @@ type Action struct {
 	// Argv is the command line of session.exec, which its handler
 	// decides with.
 	Argv []string
+	// Cwd and TTY are session.exec's working directory and whether it
+	// runs on a terminal (a PTY attach): not weighed by the policy, but
+	// recorded in the audit log.
+	Cwd string
+	TTY bool
 	// Secret is the {name} of a secret route. Its owner is the ?user=,
 	// ?team= or ?template= of secret.list and secret.delete, or what the
 	// body of secret.put names (second decision), in User, Team or
@@ -215,6 +233,12 @@ func (a Action) LogValue() slog.Value {
 	if a.All {
 		attrs = append(attrs, slog.Bool("all", true))
 	}
+	if a.Cwd != "" {
+		attrs = append(attrs, slog.String("cwd", a.Cwd))
+	}
+	if a.TTY {
+		attrs = append(attrs, slog.Bool("tty", true))
+	}
 	return slog.GroupValue(attrs...)
 }
 
@@ -236,6 +260,8 @@ type Server struct {
 	timeouts     Timeouts
 	signIn       []api.OIDCIssuer
 	issuer       http.Handler
+	auditor      Auditor
+	auditLog     AuditLog
 	publicPaths  map[string]bool // "METHOD PATTERN" of the routes served without the token
 	openAPIJSON  []byte
 	openAPIErr   error
@@ -264,6 +290,8 @@ func New(cfg Config) *Server {
 		timeouts:     cfg.Timeouts.withDefaults(),
 		signIn:       cfg.SignIn,
 		issuer:       cfg.Issuer,
+		auditor:      cfg.Audit,
+		auditLog:     cfg.AuditLog,
 		publicPaths:  map[string]bool{},
 	}
 	if s.log == nil {
@@ -307,6 +335,8 @@ func (s *Server) gate(rt route) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &recorder{ResponseWriter: w}
+		audited := &auditState{}
+		r = r.WithContext(context.WithValue(r.Context(), auditKey{}, audited))
 		act := Action{Verb: rt.Verb, SessionID: r.PathValue("id")}
 		switch {
 		case strings.HasPrefix(rt.Verb, "template."):
@@ -350,6 +380,9 @@ func (s *Server) gate(rt route) http.Handler {
 		if needsToken {
 			var p identity.Principal
 			p, err = s.authenticate(rec, r)
+			if err == nil {
+				audited.actor = auditActor(p)
+			}
 			if err == nil && rt.Path != "" { // unmatched: 404 or 405 below
 				err = bootstrapOnly(p, act.Verb)
 			}
@@ -383,10 +416,18 @@ func (s *Server) gate(rt route) http.Handler {
 				err = authorizeError(act.Verb, s.authorize(r.Context(), act))
 			}
 		}
+		if err == nil && private && rt.Path != "" && !decidedByHandler[act.Verb] {
+			// Allowed: sequenced in the audit log before the handler
+			// acts, or refused (decidedByHandler verbs: in decide).
+			err = s.announce(r.Context(), act)
+		}
 		if err == nil && rt.Path == "" {
 			err = unmatched(rec, r, allow)
 		} else if err == nil {
 			err = rt.handle(s, rec, r)
+		}
+		if err != nil {
+			s.auditRefusal(r.Context(), act, err)
 		}
 		started := rec.status != 0 // the handler began its answer
 		if err != nil && !started {

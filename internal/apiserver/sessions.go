@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"github.com/cove-dev/cove/internal/audit"
 	"net/http"
 	"time"
 
@@ -31,10 +32,14 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) error {
 	if err := s.decide(r.Context(), Action{Verb: "session.create", Template: req.Template}); err != nil {
 		return err
 	}
+	act := Action{Verb: "session.create", Template: req.Template}
 	sess, err := s.sessions.Create(r.Context(), owner(r.Context()), req)
 	if err != nil {
+		s.outcome(r.Context(), act, audit.Outcome{Error: err.Error()})
 		return err
 	}
+	act.SessionID = sess.ID
+	s.outcome(r.Context(), act, audit.Outcome{})
 	if sess.BootMillis > 0 {
 		s.metrics.ObserveBoot(time.Duration(sess.BootMillis) * time.Millisecond)
 	}

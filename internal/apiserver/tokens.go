@@ -1,6 +1,7 @@
 package apiserver
 
 import (
+	"github.com/cove-dev/cove/internal/audit"
 	"net/http"
 
 	"github.com/cove-dev/cove/api"
@@ -44,6 +45,8 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	// The token's id and name, never its secret.
+	s.outcome(r.Context(), Action{Verb: "token.create", User: t.User, Token: t.ID}, audit.Outcome{})
 	w.Header().Set("Cache-Control", "no-store") // the answer holds the secret
 	return writeJSON(w, http.StatusCreated, t)
 }

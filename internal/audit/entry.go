@@ -64,11 +64,15 @@ type Target struct {
 	Host     string   `json:"host,omitempty"`
 	Port     int      `json:"port,omitempty"`
 	Method   string   `json:"method,omitempty"`
-	Argv     []string `json:"argv,omitempty"`    // exec; the caller keeps secrets out of argv's record (see the package doc)
-	Cwd      string   `json:"cwd,omitempty"`     // exec
-	Secret   string   `json:"secret,omitempty"`  // the secret's name, never its value
-	Token    string   `json:"token,omitempty"`   // the token's id, never the token
-	Trigger  string   `json:"trigger,omitempty"` // a trigger's id
+	Argv     []string `json:"argv,omitempty"`     // exec; the caller keeps secrets out of argv's record (see the package doc)
+	Cwd      string   `json:"cwd,omitempty"`      // exec
+	Secret   string   `json:"secret,omitempty"`   // the secret's name, never its value
+	Token    string   `json:"token,omitempty"`    // the token's id, never the token
+	Trigger  string   `json:"trigger,omitempty"`  // a trigger's id
+	Image    string   `json:"image,omitempty"`    // an image's name (image.build)
+	Team     string   `json:"team,omitempty"`     // a team's name (members, team secrets)
+	Hook     string   `json:"hook,omitempty"`     // a webhook's name (hook secrets)
+	Audience string   `json:"audience,omitempty"` // a minted identity token's audience
 }
 
 // Outcome is how it ended. A nil pointer is "not known", which differs from
@@ -173,7 +177,8 @@ func (e Entry) Marshal() ([]byte, error) {
 func (t Target) isZero() bool {
 	return t.Session == "" && t.Template == "" && t.User == "" && t.Path == "" &&
 		t.Host == "" && t.Port == 0 && t.Method == "" && len(t.Argv) == 0 &&
-		t.Cwd == "" && t.Secret == "" && t.Token == "" && t.Trigger == ""
+		t.Cwd == "" && t.Secret == "" && t.Token == "" && t.Trigger == "" &&
+		t.Image == "" && t.Team == "" && t.Hook == "" && t.Audience == ""
 }
 
 // ParseEntry reads an entry's canonical JSON; unknown fields are an error.

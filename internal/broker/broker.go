@@ -11,8 +11,10 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 
 	"github.com/cove-dev/cove/internal/agentproto"
+	"github.com/cove-dev/cove/internal/audit"
 	"github.com/cove-dev/cove/internal/egress"
 	"github.com/cove-dev/cove/internal/store"
 )
@@ -35,8 +37,72 @@ type Config struct {
 	// Authorize, when set, has the last word on each decision (the
 	// operator's policy); see egress.Session.Authorize.
 	Authorize func(ctx context.Context, rec store.Session, t egress.Target, ruleAllowed bool, ruleReason string) (bool, string)
-	Log       *slog.Logger
+	// Audit, when set, sequences each allow in the audit log before it
+	// takes effect (egress.Session.Admit): an allow the log cannot take
+	// is a deny, "audit log unavailable". Denies are logged by
+	// AuditDenials, best effort.
+	Audit Auditor
+	Log   *slog.Logger
 }
+
+// Auditor sequences entries in the audit log; *audit.Log is one.
+type Auditor interface {
+	Append(ctx context.Context, e audit.Entry) (uint64, error)
+}
+
+// egressEntry is an egress decision in the audit log: by the session's
+// agent (or, for a template's build, cove itself), to a host, port,
+// method and path, with the names of the credentials it carries.
+func egressEntry(d egress.Decision, template string) audit.Entry {
+	e := audit.Entry{Time: d.Time, Action: "egress",
+		Actor:  audit.Actor{Kind: audit.ActorAgent, Session: d.Session, User: d.Owner},
+		Target: audit.Target{Session: d.Session, Host: d.Host, Port: d.Port, Method: d.Method, Path: d.Path, Secret: d.Credential},
+	}
+	if template != "" {
+		e.Actor = audit.Actor{Kind: audit.ActorCove}
+		e.Target.Session, e.Target.Template = "", template
+	}
+	e.Decision = audit.Allow
+	if !d.Allowed {
+		e.Decision, e.Outcome = audit.Deny, &audit.Outcome{Error: d.Reason}
+	}
+	return e
+}
+
+// admit is an egress.Session.Admit that sequences each allow in the log.
+func (b *Broker) admit(template string) func(ctx context.Context, d egress.Decision) error {
+	if b.cfg.Audit == nil {
+		return nil
+	}
+	return func(ctx context.Context, d egress.Decision) error {
+		if _, err := b.cfg.Audit.Append(ctx, egressEntry(d, template)); err != nil {
+			b.cfg.Log.Error("egress refused: the audit log cannot record it", "session", d.Session, "host", d.Host, "err", err)
+			return fmt.Errorf("audit log unavailable: the request cannot be recorded, so it is refused")
+		}
+		return nil
+	}
+}
+
+// AuditDenials is an egress.Config.OnDecision that appends each deny to
+// a's log, best effort (a failure is logged): the allows were sequenced
+// before they took effect (Config.Audit).
+func AuditDenials(a Auditor, log *slog.Logger) func(egress.Decision) {
+	return func(d egress.Decision) {
+		if d.Allowed {
+			return
+		}
+		template, ok := strings.CutPrefix(d.Session, buildPrefix)
+		if !ok {
+			template = ""
+		}
+		if _, err := a.Append(context.Background(), egressEntry(d, template)); err != nil {
+			log.Error("audit: egress denial not logged", "session", d.Session, "host", d.Host, "err", err)
+		}
+	}
+}
+
+// buildPrefix starts the egress session id of a template's build.
+const buildPrefix = "build of template "
 
 // Broker implements session.Egress.
 type Broker struct {
@@ -116,7 +182,8 @@ func (b *Broker) build(t store.Template) (*egress.Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("template %s: %w", t.Name, err)
 	}
-	s := &egress.Session{ID: "build of template " + t.Name, Owner: t.Owner, Rules: append(append(egress.Rules(nil), b.cfg.Operator...), rules...)}
+	s := &egress.Session{ID: buildPrefix + t.Name, Owner: t.Owner, Rules: append(append(egress.Rules(nil), b.cfg.Operator...), rules...),
+		Admit: b.admit(t.Name)}
 	if b.cfg.Credentials != nil && t.Owner != "" {
 		owner, name := t.Owner, t.Name
 		s.Credentials = func(ctx context.Context) ([]egress.Credential, error) {
@@ -144,7 +211,7 @@ func (b *Broker) session(ctx context.Context, rec store.Session) (*egress.Sessio
 			rules = append(rules, tr...)
 		}
 	}
-	s := &egress.Session{ID: rec.ID, Owner: rec.Owner, Rules: rules}
+	s := &egress.Session{ID: rec.ID, Owner: rec.Owner, Rules: rules, Admit: b.admit("")}
 	if b.cfg.Credentials != nil && rec.Owner != "" {
 		owner, template := rec.Owner, rec.Template
 		s.Credentials = func(ctx context.Context) ([]egress.Credential, error) {

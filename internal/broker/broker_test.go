@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -32,12 +33,20 @@ type world struct {
 	up      *httptest.Server
 	port    string
 	caPool  *x509.CertPool
-	serveAs func(net.Conn) // how the listener serves a connection
+	serveAs atomic.Pointer[func(net.Conn)] // how the listener serves a connection (setServe)
 	proxy   *url.URL
 	creds   map[string][]egress.Credential // by owner
+	// upstreamSaw, if set, is called with each request the upstream gets.
+	upstreamSaw atomic.Pointer[func(*http.Request)]
 }
 
 func newWorld(t *testing.T, authorize func(context.Context, store.Session, egress.Target, bool, string) (bool, string)) *world {
+	return newAuditedWorld(t, authorize, nil)
+}
+
+// newAuditedWorld is newWorld with the broker's decisions going to the
+// audit log aud, as cove server wires it (nil: none).
+func newAuditedWorld(t *testing.T, authorize func(context.Context, store.Session, egress.Target, bool, string) (bool, string), aud broker.Auditor) *world {
 	t.Helper()
 	ctx := t.Context()
 	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "state.db"))
@@ -47,6 +56,9 @@ func newWorld(t *testing.T, authorize func(context.Context, store.Session, egres
 	t.Cleanup(func() { st.Close() })
 	w := &world{st: st, creds: map[string][]egress.Credential{}}
 	w.up = httptest.NewTLSServer(http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		if saw := w.upstreamSaw.Load(); saw != nil {
+			(*saw)(r)
+		}
 		fmt.Fprintf(rw, "auth=%q", r.Header.Get("Authorization"))
 	}))
 	t.Cleanup(w.up.Close)
@@ -61,16 +73,20 @@ func newWorld(t *testing.T, authorize func(context.Context, store.Session, egres
 	w.caPool = x509.NewCertPool()
 	w.caPool.AppendCertsFromPEM(ca.CertPEM())
 	var d net.Dialer
-	proxy, err := egress.New(egress.Config{CA: ca, UpstreamRoots: roots, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	pcfg := egress.Config{CA: ca, UpstreamRoots: roots, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
 			return d.DialContext(ctx, network, u.Host)
-		}})
+		}}
+	if aud != nil {
+		pcfg.OnDecision = broker.AuditDenials(aud, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	}
+	proxy, err := egress.New(pcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	operator, _ := egress.ParseRule("operator.example.com")
 	w.b = broker.New(broker.Config{Proxy: proxy, CA: ca, Store: st, Credentials: w, Operator: egress.Rules{operator},
-		Authorize: authorize, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+		Authorize: authorize, Audit: aud, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -82,12 +98,15 @@ func newWorld(t *testing.T, authorize func(context.Context, store.Session, egres
 			if err != nil {
 				return
 			}
-			go w.serveAs(c)
+			go (*w.serveAs.Load())(c)
 		}
 	}()
 	w.proxy, _ = url.Parse("http://" + ln.Addr().String())
 	return w
 }
+
+// setServe sets how the listener serves the connections accepted next.
+func (w *world) setServe(fn func(net.Conn)) { w.serveAs.Store(&fn) }
 
 // For implements broker.Credentials.
 func (w *world) For(_ context.Context, owner, template string) ([]egress.Credential, error) {
@@ -97,7 +116,7 @@ func (w *world) For(_ context.Context, owner, template string) ([]egress.Credent
 // get asks for https://host:PORT/ through the proxy, as session id.
 func (w *world) get(t *testing.T, id, host string) (int, string) {
 	t.Helper()
-	w.serveAs = func(c net.Conn) { w.b.Serve(context.Background(), c, id) }
+	w.setServe(func(c net.Conn) { w.b.Serve(context.Background(), c, id) })
 	return w.do(t, host)
 }
 
@@ -171,7 +190,7 @@ func TestRevokedSessionIsRefused(t *testing.T) {
 		t.Fatalf("before the revoke: %d, want 200", code)
 	}
 	// One connection kept open across the revoke.
-	w.serveAs = func(c net.Conn) { w.b.Serve(context.Background(), c, "s-1") }
+	w.setServe(func(c net.Conn) { w.b.Serve(context.Background(), c, "s-1") })
 	tr := &http.Transport{Proxy: http.ProxyURL(w.proxy), TLSClientConfig: &tls.Config{RootCAs: w.caPool}}
 	defer tr.CloseIdleConnections()
 	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
@@ -232,7 +251,7 @@ func TestBuildUsesTheTemplate(t *testing.T) {
 		t.Fatal(err)
 	}
 	w.creds["u_tpl"] = []egress.Credential{{Name: "gh", Hosts: []string{"tpl.example.com"}, Header: "Authorization", Value: "Bearer template-owner"}}
-	w.serveAs = func(c net.Conn) { w.b.ServeBuild(context.Background(), c, "web") }
+	w.setServe(func(c net.Conn) { w.b.ServeBuild(context.Background(), c, "web") })
 	if code, body := w.do(t, "tpl.example.com"); code != 200 || body != `auth="Bearer template-owner"` {
 		t.Errorf("build: %d %q, want the template owner's credential", code, body)
 	}

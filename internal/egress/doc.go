@@ -10,6 +10,8 @@
 //   - A credential's value is only ever written into an upstream request
 //     over verified TLS; never over plain HTTP, never in a log line, an error,
 //     a decision record or a response the proxy writes itself.
-//   - Every allow and deny is reported through Config.OnDecision and logged.
+//   - Every allow and deny is reported through Config.OnDecision and logged;
+//     each allow is first told to Session.Admit, which may still refuse it
+//     (the broker records it in the audit log there).
 //   - The proxy never listens: its caller owns the transport.
 package egress

@@ -88,6 +88,13 @@ type Session struct {
 	// the rules). A host allowed by Authorize alone is treated as a wildcard
 	// match: it may not reach a private address.
 	Authorize func(ctx context.Context, t Target, ruleAllowed bool, ruleReason string) (allowed bool, reason string)
+	// Admit, when set, is told each allow before it takes effect: a
+	// CONNECT before the tunnel is opened, a request, with the names of
+	// the credentials it carries, before it is sent upstream. An error
+	// turns the allow into a deny, with the error as its reason (the
+	// broker sequences it in the audit log, and refuses what the log
+	// cannot take).
+	Admit func(ctx context.Context, d Decision) error
 }
 
 // Decision is one allow or deny, handed to Config.OnDecision.
@@ -489,6 +496,14 @@ func (cc *clientConn) connect(w http.ResponseWriter, r *http.Request) {
 		v = p.decide(r.Context(), cc.sess, t)
 	}
 	d.Allowed, d.Reason = v.allowed, v.reason
+	if v.allowed && cc.sess.Admit != nil {
+		a := d
+		a.Time, a.Session, a.Owner = time.Now(), cc.sess.ID, cc.sess.Owner
+		if err := cc.sess.Admit(r.Context(), a); err != nil {
+			v.allowed, v.reason = false, err.Error()
+			d.Allowed, d.Reason = false, v.reason
+		}
+	}
 	p.record(cc.sess, d)
 	if !v.allowed {
 		rawResponse(w, http.StatusForbidden, fmt.Sprintf("cove egress: %s not allowed", net.JoinHostPort(host, strconv.Itoa(port))),
@@ -606,6 +621,14 @@ func (cc *clientConn) forward(w http.ResponseWriter, r *http.Request, scheme, ho
 	d.Credential = strings.Join(names, ",")
 	if len(withheld) > 0 {
 		d.Reason += fmt.Sprintf("; credential %s withheld over plain http", strings.Join(withheld, ","))
+	}
+	if cc.sess.Admit != nil {
+		a := d
+		a.Time, a.Session, a.Owner, a.Allowed = time.Now(), cc.sess.ID, cc.sess.Owner, true
+		if err := cc.sess.Admit(ctx, a); err != nil {
+			deny(http.StatusServiceUnavailable, err.Error())
+			return
+		}
 	}
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {

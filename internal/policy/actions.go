@@ -79,6 +79,11 @@ const (
 	// PolicyRead shows the policy in force. Resource: the Server.
 	PolicyRead Action = "policy.read"
 
+	// AuditRead reads the audit log: its entries, inclusion proofs,
+	// checkpoint and verifier key, and the export stream. Resource: the
+	// Server. The default policy grants it to admins only.
+	AuditRead Action = "audit.read"
+
 	// SecretWrite sets (creates or replaces) a secret, the credential the
 	// egress proxy adds to a session's requests. Resource: the secret's
 	// owner: the User (its own, or another's when an admin sets one), the
@@ -111,7 +116,7 @@ func Actions() []Action {
 		ImageBuild, ImageList,
 		HookAdmin, UserAdmin,
 		TokenCreate, TokenList, TokenRevoke,
-		PolicyRead,
+		PolicyRead, AuditRead,
 		SecretWrite, SecretList, SecretDelete,
 		SessionEgress,
 	}

@@ -85,7 +85,7 @@ func defaultCases() []decisionCase {
 		add("any user, server-wide", carol, a, server, true, "users-create")
 		add("agent, server-wide", aliceAgent, a, server, false, "")
 	}
-	for _, a := range []Action{ImageBuild, HookAdmin, UserAdmin} {
+	for _, a := range []Action{ImageBuild, HookAdmin, UserAdmin, AuditRead} {
 		add("engineer, admin action", alice, a, server, false, "")
 		add("service account, admin action", ci, a, server, false, "")
 		add("admin, admin action", root, a, server, true, "admin-all")

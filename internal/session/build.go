@@ -253,7 +253,9 @@ func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) 
 	now := time.Now().UTC()
 	v := store.TemplateVersion{Template: name, Version: next, State: store.VersionBuilding,
 		Base: max(t.Version, 1), Reason: reason, CreatedAt: now, UpdatedAt: now}
+	var built error // the build's end, for the event hook
 	failV := func(err error) {
+		built = err
 		log.Warn("template build failed; the current version keeps serving", "version", v.Version, "err", err)
 		v.State, v.Error, v.UpdatedAt = store.VersionFailed, err.Error(), time.Now().UTC()
 		if perr := m.cfg.Store.PutTemplateVersion(context.WithoutCancel(ctx), v); perr != nil {
@@ -273,8 +275,15 @@ func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) 
 		}
 		v.Commit = commit
 	}
+	ev, err := m.beginEvent(ctx, rebuildEvent(name, reason))
+	if err != nil {
+		log.Warn("rebuild refused", "err", err)
+		return
+	}
+	defer func(start time.Time) { m.doneEvent(ctx, ev, start, built) }(time.Now())
 	if err := m.cfg.Store.PutTemplateVersion(ctx, v); err != nil {
 		log.Error("rebuild: record version", "err", err)
+		built = err
 		return
 	}
 	m.crashPoint("build.recorded")
@@ -302,6 +311,19 @@ func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) 
 	m.drainPool(name)
 	m.templateReady(t)
 	m.collectVersions(context.WithoutCancel(ctx), name)
+}
+
+// rebuildEvent is the event of a rebuild for reason: a push (the server's
+// own, on a webhook event), the API's rebuild, or a restart's.
+func rebuildEvent(name, reason string) Event {
+	ev := Event{Kind: EventRebuild, Cause: CauseRestart, Template: name}
+	switch {
+	case strings.HasPrefix(reason, "push "):
+		ev.Cause, ev.Trigger = CauseEvent, reason
+	case reason == "rebuild":
+		ev.Cause = CauseAPI
+	}
+	return ev
 }
 
 // buildVersion builds version v of template t into its directory: from a

@@ -263,11 +263,21 @@ func (p *parked) verifyMem() error {
 
 // Park saves the session's whole VM to disk and ends its QEMU process.
 func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
+	return m.park(ctx, id, CauseAPI)
+}
+
+// park is Park for cause (see Event).
+func (m *Manager) park(ctx context.Context, id string, cause Cause) (_ api.Session, err error) {
 	rec, unlock, done, err := m.begin(ctx, "park", id, api.StateRunning, api.StateParked)
 	if err != nil || done {
 		return m.toAPI(rec), err
 	}
 	defer unlock()
+	ev, err := m.beginEvent(ctx, Event{Kind: EventPark, Cause: cause, Session: id})
+	if err != nil {
+		return api.Session{}, err
+	}
+	defer func(start time.Time) { m.doneEvent(ctx, ev, start, err) }(time.Now())
 	m.mu.Lock()
 	l := m.live[id]
 	if l != nil {
@@ -348,9 +358,6 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 	}
 	m.crashPoint("park.done")
 	m.cfg.Log.Info("session parked", "session", id, "park_ms", p.ParkMillis, "disk_bytes", p.DiskBytes)
-	if m.cfg.OnPark != nil {
-		m.cfg.OnPark(time.Since(start))
-	}
 	return m.toAPI(rec), nil
 }
 
@@ -397,12 +404,22 @@ func (m *Manager) undelete(l *live) {
 
 // Wake restores a parked session in a fresh QEMU process.
 func (m *Manager) Wake(ctx context.Context, id string) (api.Session, error) {
+	return m.wake(ctx, id, CauseAPI, "")
+}
+
+// wake is Wake for cause (see Event); trigger names the event that woke
+// it, if one did.
+func (m *Manager) wake(ctx context.Context, id string, cause Cause, trigger string) (_ api.Session, err error) {
 	rec, unlock, done, err := m.begin(ctx, "wake", id, api.StateParked, api.StateRunning)
 	if err != nil || done {
 		return m.toAPI(rec), err
 	}
 	defer unlock()
-	start := time.Now()
+	ev, err := m.beginEvent(ctx, Event{Kind: EventWake, Cause: cause, Session: id, Trigger: trigger})
+	if err != nil {
+		return api.Session{}, err
+	}
+	defer func(start time.Time) { m.doneEvent(ctx, ev, start, err) }(time.Now())
 	mach, err := parkedMachine(rec.Snapshot)
 	if err != nil {
 		msg := "wake: " + err.Error()
@@ -480,9 +497,6 @@ func (m *Manager) Wake(ctx context.Context, id string) (api.Session, error) {
 	m.adoptLive(id, l)
 	if late {
 		return api.Session{}, api.Errorf(api.CodeUnavailable, "session %s: woke, but %v; the session runs and its agent is being connected", id, err)
-	}
-	if m.cfg.OnWake != nil {
-		m.cfg.OnWake(time.Since(start))
 	}
 	return m.toAPI(rec), nil
 }
@@ -729,7 +743,7 @@ func (m *Manager) idleLoop() {
 				continue
 			}
 			m.cfg.Log.Info("parking idle session", "session", rec.ID, "idle_timeout", idle)
-			if _, err := m.Park(ctx, rec.ID); err != nil {
+			if _, err := m.park(ctx, rec.ID, CauseIdle); err != nil {
 				m.cfg.Log.Warn("idle park failed", "session", rec.ID, "err", err)
 			}
 		}

@@ -71,12 +71,15 @@ type Config struct {
 
 	// OnBoot, if set, is told each successful boot's duration.
 	OnBoot func(time.Duration)
-	// OnPark and OnWake, if set, are told the duration of each park and
-	// wake done, whoever asked for it (the API, idle parking, park
-	// --until, an exec's auto-wake, an event, a timeout); a park of a
-	// parked session or a wake of a running one does nothing and is not
-	// told.
-	OnPark, OnWake func(time.Duration)
+	// OnEvent, if set, is told what the session layer does, whoever
+	// asked for it (the API, idle parking, park --until, an exec's
+	// auto-wake, an event, a timeout, a guest, a restart): each park,
+	// wake and guest token before it takes effect (an error refuses it)
+	// and when it ended; a park of a parked session or a wake of a
+	// running one does nothing and is not told. Metrics
+	// (ObserveDurations) and the audit log (AuditEvents) consume it;
+	// Hooks tells several. It must be safe for concurrent use.
+	OnEvent func(context.Context, Event) error
 
 	// CrashPoint, if set, is called at each named step of the lifecycle
 	// operations (create, park, wake, clone, pool refill, template build,
@@ -813,12 +816,15 @@ func (m *Manager) Recover(ctx context.Context) error {
 		known[rec.ID] = true
 		switch rec.State {
 		case api.StateRunning:
-			if err := m.readopt(ctx, rec, false); err != nil {
+			start := time.Now()
+			err := m.readopt(ctx, rec, false)
+			if err != nil {
 				m.cfg.Log.Warn("session lost across restart", "session", rec.ID, "err", err)
 				m.fail(rec.ID, "lost across server restart: "+err.Error())
 			} else {
 				m.cfg.Log.Info("session re-adopted", "session", rec.ID)
 			}
+			m.doneEvent(ctx, Event{Kind: EventRecover, Cause: CauseRestart, Session: rec.ID}, start, err)
 		case api.StateParking:
 			m.recoverParking(ctx, rec)
 		case api.StateWaking:
@@ -1031,7 +1037,7 @@ func (m *Manager) agent(ctx context.Context, id string) (*live, error) {
 		return nil, notFound(id, err)
 	}
 	if (rec.State == api.StateParked || rec.State == api.StateParking || rec.State == api.StateWaking) && !rec.NoAutoWake {
-		if _, err := m.Wake(ctx, id); err != nil && !api.IsCode(err, api.CodeConflict) {
+		if _, err := m.wake(ctx, id, CauseExec, ""); err != nil && !api.IsCode(err, api.CodeConflict) {
 			return nil, err
 		}
 		m.mu.Lock()

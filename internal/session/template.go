@@ -689,10 +689,15 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 				break fill
 			}
 			id := newID()
-			tl := m.templateLock(t.Name)
-			tl.RLock()
-			l, err := m.clone(context.Background(), t, id, false)
-			tl.RUnlock()
+			ev, err := m.beginEvent(context.Background(), Event{Kind: EventRefill, Cause: CausePool, Template: t.Name, Session: id})
+			var l *live
+			start := time.Now()
+			if err == nil {
+				tl := m.templateLock(t.Name)
+				tl.RLock()
+				l, err = m.clone(context.Background(), t, id, false)
+				tl.RUnlock()
+			}
 			if err == nil {
 				m.crashPoint("pool.restored")
 				// The listen stream opens now too, so that the claimed
@@ -705,6 +710,9 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 					os.RemoveAll(m.dir(id))
 					err = werr
 				}
+			}
+			if !errors.Is(err, ErrRefused) {
+				m.doneEvent(context.Background(), ev, start, err)
 			}
 			if err != nil {
 				select {

@@ -78,7 +78,13 @@ func (m *Manager) guestToken(id string, req agentproto.GuestRequest) (string, er
 	if rec.State != api.StateRunning {
 		return "", fmt.Errorf("token: session %s is %s; tokens are minted only while it runs", id, rec.State)
 	}
+	// Recorded before it is minted: no token leaves unlogged.
+	ev, err := m.beginEvent(ctx, Event{Kind: EventToken, Cause: CauseGuest, Session: id, Audience: req.Audience})
+	if err != nil {
+		return "", fmt.Errorf("token: %w", err)
+	}
 	tok, err := m.cfg.Tokens.MintSessionToken(rec, req.Audience, ttl)
+	m.doneEvent(ctx, ev, time.Now(), err)
 	if err != nil {
 		return "", fmt.Errorf("token: %w", err)
 	}

@@ -39,6 +39,11 @@ const timeoutSource = "cove"
 // expressions, or until timeout passes (0: no timeout); then it is woken
 // and the event is delivered into the guest.
 func (m *Manager) ParkUntil(ctx context.Context, id string, until []string, timeout time.Duration) (api.Session, error) {
+	return m.parkUntil(ctx, id, until, timeout, CauseAPI)
+}
+
+// parkUntil is ParkUntil for cause (see Event).
+func (m *Manager) parkUntil(ctx context.Context, id string, until []string, timeout time.Duration, cause Cause) (api.Session, error) {
 	var exprs []trigger.Expr
 	for _, s := range until {
 		e, err := trigger.Parse(s)
@@ -48,7 +53,7 @@ func (m *Manager) ParkUntil(ctx context.Context, id string, until []string, time
 		exprs = append(exprs, e)
 	}
 	if len(exprs) == 0 && timeout <= 0 {
-		return m.Park(ctx, id)
+		return m.park(ctx, id, cause)
 	}
 	rec, err := m.cfg.Store.GetSession(ctx, id)
 	if err != nil {
@@ -66,7 +71,7 @@ func (m *Manager) ParkUntil(ctx context.Context, id string, until []string, time
 		return api.Session{}, fmt.Errorf("session: park %s: record subscription: %w", id, err)
 	}
 	m.subscribe(id, exprs, sub.Deadline)
-	return m.Park(ctx, id)
+	return m.park(ctx, id, cause)
 }
 
 // Accept records an incoming event and the deliveries it causes; it is
@@ -267,9 +272,9 @@ func (m *Manager) deliverOne(d store.Delivery) {
 		return
 	}
 	if rec.State == api.StateParked {
-		if _, err := m.Wake(ctx, d.SessionID); err != nil && !api.IsCode(err, api.CodeConflict) {
-			if isHostFull(err) {
-				return // no room on the host now: retried on the next round
+		if _, err := m.wake(ctx, d.SessionID, CauseEvent, fmt.Sprintf("event %d", d.EventSeq)); err != nil && !api.IsCode(err, api.CodeConflict) {
+			if isHostFull(err) || errors.Is(err, ErrRefused) {
+				return // no room on the host, or the audit log cannot record the wake, now: retried on the next round
 			}
 			if ctx.Err() != nil {
 				if r, gerr := m.cfg.Store.GetSession(context.Background(), d.SessionID); gerr == nil && r.State != api.StateFailed {
@@ -363,7 +368,7 @@ func (m *Manager) serveGuest(id string, l *live) {
 			m.cfg.Log.Info("guest asks to park", "session", id, "until", req.Until, "timeout", req.Timeout)
 			// On success the guest is frozen and the connection gone: the
 			// tool's answer is the event that wakes it.
-			_, err := m.ParkUntil(context.Background(), id, req.Until, timeout)
+			_, err := m.parkUntil(context.Background(), id, req.Until, timeout, CauseGuest)
 			return nil, err
 		case agentproto.GuestToken:
 			tok, err := m.guestToken(id, req)
