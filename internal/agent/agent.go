@@ -50,7 +50,7 @@ type Agent struct {
 	// change them). egressAddr is guarded by mu.
 	egressRoot string
 	egressAddr string
-	dnsAddr    string // guarded by mu: where the agent answers DNS (see dns.go)
+	dnsAddr    string     // guarded by mu: where the agent answers DNS (see dns.go)
 	egressMu   sync.Mutex // serializes egress setups
 
 	// syncFS writes back what is dirty before a park's quiet line
