@@ -25,13 +25,11 @@ const (
 	lockChildEnv  = "COVE_AUDIT_LOCK_CHILD" // the lock file to hold
 )
 
-// TestCrashChild is the appender that TestCrashRestart kills: 4 goroutines
-// append until killed and print "INDEX NAME" for each Append that returned.
-func TestCrashChild(t *testing.T) {
-	dir := os.Getenv(crashChildEnv)
-	if dir == "" {
-		t.Skip("helper process of TestCrashRestart, which runs it")
-	}
+// crashChild is the appender that TestCrashRestart kills (TestMain runs it
+// in the test binary started with crashChildEnv set to the log's dir): 4
+// goroutines append until killed and print "INDEX NAME" for each Append
+// that returned.
+func crashChild(dir string) {
 	l, err := Open(context.Background(), dir, Options{Origin: testOrigin})
 	if err != nil {
 		fmt.Println("error", err)
@@ -121,12 +119,12 @@ func TestCrashRestart(t *testing.T) {
 	}
 }
 
-// runAndKill runs TestCrashChild on dir, SIGKILLs it once it has reported
+// runAndKill runs crashChild on dir, SIGKILLs it once it has reported
 // killAfter appends, and returns every line it wrote (those after the kill
 // signal included: their appends had returned too).
 func runAndKill(t *testing.T, dir string, round, killAfter int) ([]string, string) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashChild$", "-test.count=1")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), crashChildEnv+"="+dir, fmt.Sprintf("%s=%d", crashRoundEnv, round))
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -154,13 +152,10 @@ func runAndKill(t *testing.T, dir string, round, killAfter int) ([]string, strin
 	return lines, stderr.String()
 }
 
-// TestLockChild holds tessera's tree-state lock on a log until killed, as a
-// stuck writer or a hung disk would.
-func TestLockChild(t *testing.T) {
-	p := os.Getenv(lockChildEnv)
-	if p == "" {
-		t.Skip("helper process of TestAppendTimesOut, which runs it")
-	}
+// lockChild holds tessera's tree-state lock file p until killed, as a
+// stuck writer or a hung disk would (TestMain runs it in the test binary
+// started with lockChildEnv set to p).
+func lockChild(p string) {
 	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		fmt.Println("error", err)
@@ -185,7 +180,7 @@ func TestAppendTimesOut(t *testing.T) {
 	if _, err := l.Append(ctx, testEntry("before")); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestLockChild$", "-test.count=1")
+	cmd := exec.Command(os.Args[0])
 	cmd.Env = append(os.Environ(), lockChildEnv+"="+filepath.Join(dir, ".state", "treeState.lock"))
 	out, _ := cmd.StdoutPipe()
 	if err := cmd.Start(); err != nil {
