@@ -48,7 +48,7 @@ func main() {
 	rebuilds := flag.Int("rebuilds", 3, "pushes to a template that follows a repo, each timed until its new version is live (needs debian)")
 	wakeOnly := flag.Bool("wake-only", false, "after the cold boots and execs, measure park and wake only (no raw QEMU, templates or triggers)")
 	egressSamples := flag.Int("egress-samples", 20, "samples of the egress figures' small requests (0 skips them; the rest: 3 each; needs debian)")
-	only := flag.String("only", "", "run one section alone: egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), identity (policy decisions, authentication, session-token minting; no VM)")
+	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), identity (policy decisions, authentication, session-token minting; no VM)")
 	identitySamples := flag.Int("identity-samples", 2000, "samples of each identity figure")
 	testJSON := flag.String("test-json", envOr("TESTJSON", filepath.Join(os.TempDir(), "cove-test.json")), "the go test -json record of the last make test, for the safety figures (TESTJSON)")
 	hostileExecs := flag.Int("hostile-execs", 30, "neighbour execs per phase of the hostile section (0 skips it)")
@@ -78,6 +78,8 @@ func main() {
 		}
 		printTable(os.Stdout, "tests", rows)
 		return
+	case "audit":
+		cfg.debianBoots = 0
 	case "egress":
 		if cfg.egressSamples <= 0 {
 			fmt.Fprintln(os.Stderr, "covebench: -only egress needs -egress-samples > 0")
@@ -91,7 +93,7 @@ func main() {
 		}
 		cfg.debianBoots = 0
 	default:
-		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: egress, hostile, safety, identity\n", cfg.only)
+		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: audit, egress, hostile, safety, identity\n", cfg.only)
 		os.Exit(2)
 	}
 	if err := run(*home, *agent, cfg); err != nil {
@@ -213,16 +215,24 @@ func run(home, agent string, cfg config) error {
 		return err
 	}
 	hooks := &trigger.Receiver{Secrets: benchSecrets{}, Sink: mgr}
-	srv := httptest.NewServer(apiserver.New(apiserver.Config{Sessions: mgr, Images: b, Token: "bench", Hooks: hooks,
-		Identities: &identity.Directory{Store: st}, Authenticator: identity.NewAuthenticator(identity.AuthConfig{Store: st})}).Handler())
+	apiCfg := apiserver.Config{Sessions: mgr, Images: b, Token: "bench", Hooks: hooks,
+		Identities: &identity.Directory{Store: st}, Authenticator: identity.NewAuthenticator(identity.AuthConfig{Store: st})}
+	srv := httptest.NewServer(apiserver.New(apiCfg).Handler())
 	defer srv.Close()
-	c, err := benchClient(ctx, srv.URL, "bench")
+	c, token, err := benchClient(ctx, srv.URL, "bench")
 	if err != nil {
 		return err
 	}
 
 	fmt.Fprintf(os.Stderr, "bench: accelerator %s\n", driver.Accel())
 	var rows []row
+	if cfg.only == "audit" {
+		if rows, err = auditRows(ctx, home, c, token, apiCfg, cfg.execs); err != nil {
+			return err
+		}
+		printTable(os.Stdout, driver.Accel(), rows)
+		return nil
+	}
 	if cfg.only == "egress" {
 		if rows, err = egressRows(ctx, c, eb, cfg.egressSamples); err != nil {
 			return err
@@ -367,6 +377,11 @@ func run(home, agent string, cfg config) error {
 			return err
 		}
 		rows = append(rows, hos...)
+	}
+	if aud, err := auditRows(ctx, home, c, token, apiCfg, cfg.execs); err != nil {
+		return err
+	} else {
+		rows = append(rows, aud...)
 	}
 	if debianBoots > 0 && cfg.egressSamples > 0 {
 		egr, err := egressRows(ctx, c, eb, cfg.egressSamples)
@@ -778,14 +793,14 @@ func countJSON(files []api.FileInfo) int {
 // user, made with the admin token through the API: the admin token only
 // bootstraps (users, teams, tokens), so the benchmark runs as an operator
 // would.
-func benchClient(ctx context.Context, url, adminToken string) (*api.Client, error) {
+func benchClient(ctx context.Context, url, adminToken string) (*api.Client, string, error) {
 	admin := api.NewClient(url, adminToken)
 	if _, err := admin.AddUser(ctx, api.CreateUserRequest{Name: "bench", Kind: api.UserAdmin}); err != nil {
-		return nil, fmt.Errorf("bench: add the admin user: %w", err)
+		return nil, "", fmt.Errorf("bench: add the admin user: %w", err)
 	}
 	tok, err := admin.CreateToken(ctx, api.CreateTokenRequest{Name: "bench", User: "bench"})
 	if err != nil {
-		return nil, fmt.Errorf("bench: mint its token: %w", err)
+		return nil, "", fmt.Errorf("bench: mint its token: %w", err)
 	}
-	return api.NewClient(url, tok.Secret), nil
+	return api.NewClient(url, tok.Secret), tok.Secret, nil
 }
