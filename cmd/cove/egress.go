@@ -57,13 +57,9 @@ func newEgress(cfg serverConfig, st store.Store, creds broker.Credentials, polic
 			return nil, fmt.Errorf("server: --upstream-ca %s: no PEM certificate in it", cfg.UpstreamCA)
 		}
 	}
-	var operator egress.Rules
-	for _, s := range cfg.EgressAllow {
-		r, err := egress.ParseRule(s)
-		if err != nil {
-			return nil, fmt.Errorf("server: --egress-allow %q: %w", s, err)
-		}
-		operator = append(operator, r)
+	operator, err := egress.ParseRules(cfg.EgressAllow)
+	if err != nil {
+		return nil, fmt.Errorf("server: --egress-allow: %w", err)
 	}
 	dial, err := resolveDialer(cfg.EgressResolve)
 	if err != nil {

@@ -153,12 +153,10 @@ func (b *egressBench) hostRows(ctx context.Context, n int) ([]row, error) {
 		return nil, err
 	}
 	defer ln.Close()
-	rules := egress.Rules{}
-	r, err := egress.ParseRule(b.allow())
+	rules, err := egress.ParseRules([]string{b.allow()})
 	if err != nil {
 		return nil, err
 	}
-	rules = append(rules, r)
 	sess := &egress.Session{ID: "bench", Owner: "bench", Rules: rules}
 	go func() {
 		for {

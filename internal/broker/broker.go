@@ -158,13 +158,13 @@ func (b *Broker) Resolved(ctx context.Context, id, name string) {
 // ResolvedBuild is Resolved for a build of template name.
 func (b *Broker) ResolvedBuild(ctx context.Context, name, host string) {
 	t, _ := b.cfg.Store.GetTemplate(ctx, name)
-	b.cfg.Proxy.RefuseResolve(&egress.Session{ID: "build of template " + name, Owner: t.Owner}, host)
+	b.cfg.Proxy.RefuseResolve(&egress.Session{ID: buildPrefix + name, Owner: t.Owner}, host)
 }
 
 // ServeBuild serves one egress connection of a build of template name:
 // the template's rules and the operator's, its owner's credentials.
 func (b *Broker) ServeBuild(ctx context.Context, c net.Conn, name string) {
-	id := "build of template " + name
+	id := buildPrefix + name
 	t, err := b.cfg.Store.GetTemplate(ctx, name)
 	var s *egress.Session
 	if err == nil {
@@ -178,25 +178,29 @@ func (b *Broker) ServeBuild(ctx context.Context, c net.Conn, name string) {
 }
 
 func (b *Broker) build(t store.Template) (*egress.Session, error) {
-	rules, err := parseRules(t.Allow)
+	rules, err := egress.ParseRules(t.Allow)
 	if err != nil {
 		return nil, fmt.Errorf("template %s: %w", t.Name, err)
 	}
-	s := &egress.Session{ID: buildPrefix + t.Name, Owner: t.Owner, Rules: append(append(egress.Rules(nil), b.cfg.Operator...), rules...),
-		Admit: b.admit(t.Name)}
-	if b.cfg.Credentials != nil && t.Owner != "" {
-		owner, name := t.Owner, t.Name
-		s.Credentials = func(ctx context.Context) ([]egress.Credential, error) {
-			return b.cfg.Credentials.For(ctx, owner, name)
-		}
+	return &egress.Session{ID: buildPrefix + t.Name, Owner: t.Owner, Rules: append(append(egress.Rules(nil), b.cfg.Operator...), rules...),
+		Admit: b.admit(t.Name), Credentials: b.credentials(t.Owner, t.Name)}, nil
+}
+
+// credentials gives the proxy owner's credentials and template's, looked
+// up at each request; nil when there are none to look up.
+func (b *Broker) credentials(owner, template string) func(context.Context) ([]egress.Credential, error) {
+	if b.cfg.Credentials == nil || owner == "" {
+		return nil
 	}
-	return s, nil
+	return func(ctx context.Context) ([]egress.Credential, error) {
+		return b.cfg.Credentials.For(ctx, owner, template)
+	}
 }
 
 // session is what the proxy knows of rec.
 func (b *Broker) session(ctx context.Context, rec store.Session) (*egress.Session, error) {
 	rules := append(egress.Rules(nil), b.cfg.Operator...)
-	own, err := parseRules(rec.Allow)
+	own, err := egress.ParseRules(rec.Allow)
 	if err != nil {
 		return nil, fmt.Errorf("session %s: %w", rec.ID, err)
 	}
@@ -204,20 +208,15 @@ func (b *Broker) session(ctx context.Context, rec store.Session) (*egress.Sessio
 	if rec.Template != "" {
 		t, err := b.cfg.Store.GetTemplate(ctx, rec.Template)
 		if err == nil {
-			tr, err := parseRules(t.Allow)
+			tr, err := egress.ParseRules(t.Allow)
 			if err != nil {
 				return nil, fmt.Errorf("template %s: %w", t.Name, err)
 			}
 			rules = append(rules, tr...)
 		}
 	}
-	s := &egress.Session{ID: rec.ID, Owner: rec.Owner, Rules: rules, Admit: b.admit("")}
-	if b.cfg.Credentials != nil && rec.Owner != "" {
-		owner, template := rec.Owner, rec.Template
-		s.Credentials = func(ctx context.Context) ([]egress.Credential, error) {
-			return b.cfg.Credentials.For(ctx, owner, template)
-		}
-	}
+	s := &egress.Session{ID: rec.ID, Owner: rec.Owner, Rules: rules, Admit: b.admit(""),
+		Credentials: b.credentials(rec.Owner, rec.Template)}
 	id := rec.ID
 	s.Authorize = func(ctx context.Context, t egress.Target, ok bool, why string) (bool, string) {
 		// The record is read again for each decision: a revoke refuses
@@ -235,16 +234,4 @@ func (b *Broker) session(ctx context.Context, rec store.Session) (*egress.Sessio
 		return ok, why
 	}
 	return s, nil
-}
-
-func parseRules(ss []string) (egress.Rules, error) {
-	var rules egress.Rules
-	for _, s := range ss {
-		r, err := egress.ParseRule(s)
-		if err != nil {
-			return nil, fmt.Errorf("rule %q: %w", s, err)
-		}
-		rules = append(rules, r)
-	}
-	return rules, nil
 }

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -64,12 +65,7 @@ func (c Credential) LogValue() slog.Value {
 
 // matches reports whether the credential is for host (normalized).
 func (c Credential) matches(host string) bool {
-	for _, h := range c.Hosts {
-		if ok, _ := matchHost(canonicalRuleHost(h), host); ok {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(c.Hosts, func(h string) bool { return MatchHost(h, host) })
 }
 
 // Session is what the proxy knows of a connection's session.

@@ -166,6 +166,15 @@ func splitHostPorts(s string) (host, ports string, err error) {
 // canonicalRuleHost lower-cases a rule's host, drops one trailing dot and
 // writes an IP literal in its canonical form, so that ParseRule accepts what
 // an engineer types; Validate then insists on that form.
+// MatchHost reports whether host (a request's, without port) is one that
+// pattern names: the same name, or for "*.suffix" any name below suffix
+// (never suffix itself, never an IP literal). Names compare without case;
+// a trailing dot is ignored.
+func MatchHost(pattern, host string) bool {
+	ok, _ := matchHost(canonicalRuleHost(pattern), canonicalRuleHost(host))
+	return ok
+}
+
 func canonicalRuleHost(h string) string {
 	h = strings.TrimSuffix(strings.ToLower(h), ".")
 	if ip, err := netip.ParseAddr(h); err == nil {
@@ -308,7 +317,8 @@ func matchHost(pattern, host string) (ok, exact bool) {
 	if !wild || net.ParseIP(host) != nil {
 		return false, false
 	}
-	return strings.HasSuffix(host, "."+suffix), false
+	// A name below suffix: at least one character before its dot.
+	return strings.HasSuffix(host, "."+suffix) && len(host) > len(suffix)+1, false
 }
 
 func (r Rule) ports() []int {

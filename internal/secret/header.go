@@ -6,6 +6,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+
+	"github.com/cove-dev/cove/internal/egress"
 )
 
 // Placeholder is where a header template takes the secret's value.
@@ -190,12 +192,7 @@ func validHost(h string) error {
 }
 
 // MatchHost reports whether host (a request's, without port) is one that
-// pattern names: the same name, or for "*.suffix" any name below suffix.
-// Names compare without case; a trailing dot on host is ignored.
-func MatchHost(pattern, host string) bool {
-	host = strings.ToLower(strings.TrimSuffix(host, "."))
-	if suffix, ok := strings.CutPrefix(pattern, "*."); ok {
-		return strings.HasSuffix(host, "."+suffix) && len(host) > len(suffix)+1
-	}
-	return host == pattern
-}
+// pattern names, as the egress proxy matches a credential's hosts
+// (egress.MatchHost): the same name, or for "*.suffix" any name below
+// suffix. Names compare without case; a trailing dot on host is ignored.
+func MatchHost(pattern, host string) bool { return egress.MatchHost(pattern, host) }
