@@ -145,3 +145,40 @@ func (c *Client) AuditExport(ctx context.Context, from uint64, follow bool, fn f
 		}
 	}
 }
+
+// AuditWitness is a witness the log hands its checkpoints to (C2SP
+// tlog-witness), to be co-signed.
+type AuditWitness struct {
+	// URL is the witness's base URL; the log posts to URL/add-checkpoint.
+	URL string `json:"url"`
+	// Key is the witness's cosignature/v1 note verifier key.
+	Key string `json:"key"`
+	// Name is the key's name (read only).
+	Name string `json:"name,omitempty"`
+	// Cosigned says whether the latest published checkpoint carries this
+	// witness's cosignature (read only).
+	Cosigned bool `json:"cosigned"`
+}
+
+// AuditWitnesses lists the witnesses (GET /v1/audit/witnesses).
+func (c *Client) AuditWitnesses(ctx context.Context) ([]AuditWitness, error) {
+	var out []AuditWitness
+	err := c.doJSON(ctx, http.MethodGet, "/v1/audit/witnesses", nil, nil, &out)
+	return out, err
+}
+
+// AddAuditWitness makes the log hand its checkpoints to w from the next one
+// on (POST /v1/audit/witnesses); a witness already there by URL gets the
+// new key.
+func (c *Client) AddAuditWitness(ctx context.Context, w AuditWitness) (AuditWitness, error) {
+	var out AuditWitness
+	err := c.doJSON(ctx, http.MethodPost, "/v1/audit/witnesses", nil, w, &out)
+	return out, err
+}
+
+// RemoveAuditWitness stops handing checkpoints to the witness at url
+// (DELETE /v1/audit/witnesses?url=); an unknown one is an *Error with
+// CodeNotFound.
+func (c *Client) RemoveAuditWitness(ctx context.Context, witnessURL string) error {
+	return c.doJSON(ctx, http.MethodDelete, "/v1/audit/witnesses", url.Values{"url": {witnessURL}}, nil, nil)
+}

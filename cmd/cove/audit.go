@@ -25,14 +25,15 @@ func newAuditCmd(c *cli) *cobra.Command {
 		Use:   "audit",
 		Short: "Read and check the tamper-evident audit log",
 	})
-	cmd.AddCommand(newAuditVerifyCmd(c), newAuditKeyCmd(c), newAuditLogCmd(c), newAuditProofCmd(c), newAuditExportCmd(c))
+	cmd.AddCommand(newAuditVerifyCmd(c), newAuditKeyCmd(c), newAuditLogCmd(c), newAuditProofCmd(c), newAuditExportCmd(c), newAuditWitnessCmd(c))
 	return cmd
 }
 
 func newAuditVerifyCmd(c *cli) *cobra.Command {
 	var dir, key, state string
+	var witnesses []string
 	cmd := &cobra.Command{
-		Use:   "verify --dir DIR --key KEY [--state FILE]",
+		Use:   "verify --dir DIR --key KEY [--state FILE] [--witness KEY…]",
 		Short: "Verify a copy of the audit log, offline",
 		Long: `verify checks a copy of an audit log directory with no server: the
 checkpoint's signature by KEY (a note verifier key, as 'cove audit key'
@@ -43,6 +44,10 @@ altered, removed, inserted or reordered entry by index.
 With --state, it also refuses a checkpoint older than the last one it
 verified there (a rollback) or a log that no longer extends it (a fork),
 and records the checkpoint there when all checks pass.
+
+Each --witness KEY (a witness's cosignature verifier key, or a file holding
+it) must have co-signed the checkpoint: a witness co-signs only checkpoints
+consistent with all it co-signed before, so a forked log fails here.
 
 Exit status: 0 verified; 3 the log fails a check; 1 it could not be
 checked; 2 usage.`,
@@ -55,7 +60,15 @@ checked; 2 usage.`,
 			if err != nil {
 				return err
 			}
-			rep, err := audit.Verify(cmd.Context(), dir, vkey, state)
+			wkeys := make([]string, 0, len(witnesses))
+			for _, w := range witnesses {
+				k, err := readVerifierKey(w)
+				if err != nil {
+					return err
+				}
+				wkeys = append(wkeys, k)
+			}
+			rep, err := audit.Verify(cmd.Context(), dir, vkey, state, wkeys...)
 			for _, p := range rep.Problems {
 				fmt.Fprintln(c.stdout, p)
 			}
@@ -69,6 +82,9 @@ checked; 2 usage.`,
 			if rep.PreviousSize > 0 {
 				fmt.Fprintf(c.stdout, ", extending the %d verified before", rep.PreviousSize)
 			}
+			if len(rep.Witnesses) > 0 {
+				fmt.Fprintf(c.stdout, ", co-signed by %s", strings.Join(rep.Witnesses, ", "))
+			}
 			fmt.Fprintln(c.stdout)
 			return nil
 		},
@@ -77,6 +93,7 @@ checked; 2 usage.`,
 	f.StringVar(&dir, "dir", "", "the copy of the audit log directory")
 	f.StringVar(&key, "key", "", "the log's verifier key, or a file holding it")
 	f.StringVar(&state, "state", "", "file keeping the last verified checkpoint")
+	f.StringArrayVar(&witnesses, "witness", nil, "a witness's verifier key, or a file holding it, whose cosignature is required (repeatable)")
 	return cmd
 }
 

@@ -80,6 +80,7 @@ token as it is.`,
 		newLogoutCmd(c),
 		newPolicyCmd(c),
 		newAuditCmd(c),
+		newWitnessCmd(c),
 		newVersionCmd(c),
 		newServerCmd(),
 	)

@@ -47,6 +47,8 @@ var auditedVerbs = map[string]bool{
 	"token.create": true, "token.revoke": true,
 
 	"secret.put": true, "secret.delete": true,
+
+	"audit.witness.add": true, "audit.witness.remove": true,
 }
 
 // auditAction is the entry's action for a verb: the verb itself, but for
@@ -93,7 +95,7 @@ func auditActor(p identity.Principal) audit.Actor {
 // env and stdin are not.
 func auditTarget(a Action) audit.Target {
 	return audit.Target{Session: a.SessionID, Template: a.Template, User: a.User, Path: a.Path,
-		Argv: a.Argv, Cwd: a.Cwd, Secret: a.Secret, Token: a.Token, Image: a.Image, Team: a.Team, Hook: a.Hook}
+		Argv: a.Argv, Cwd: a.Cwd, Secret: a.Secret, Token: a.Token, Image: a.Image, Team: a.Team, Hook: a.Hook, Witness: a.Witness}
 }
 
 // announce appends a's announcement (decision allow) when its verb is

@@ -9,14 +9,18 @@ import (
 	"encoding/json"
 	"io/fs"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/audit"
+	"github.com/cove-dev/cove/internal/audit/audittest"
+	"github.com/cove-dev/cove/internal/witness"
 )
 
 // The audit log as cove server wires it: a real tessera log in a
@@ -224,13 +228,7 @@ func TestAuditFailsClosed(t *testing.T) {
 	}
 	before := sessions()
 
-	entries := filepath.Join(e.dir, "tile", "entries")
-	if err := os.Rename(entries, entries+".away"); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(entries, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	repair := audittest.Break(t, e.log, e.dir)
 	body := wantError(t, exec(), 503, api.CodeUnavailable)
 	if !strings.HasPrefix(body.Message, "audit log unavailable: ") {
 		t.Errorf("503 message %q", body.Message)
@@ -242,12 +240,7 @@ func TestAuditFailsClosed(t *testing.T) {
 		t.Errorf("with the log unavailable: %d runs (want 1), %d sessions (want %d)", runs.Load(), sessions(), before)
 	}
 
-	if err := os.Remove(entries); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(entries+".away", entries); err != nil {
-		t.Fatal(err)
-	}
+	repair()
 	if resp := e.do("GET", "/v1/sessions/s1/files/stat?path=/refused", nil); resp.StatusCode != 404 {
 		t.Errorf("the refused write made the file: stat answers %d", resp.StatusCode)
 	}
@@ -359,14 +352,63 @@ func TestAuditPTYAttach(t *testing.T) {
 		t.Fatalf("session.pty entries: %+v", recs)
 	}
 
-	entries := filepath.Join(e.dir, "tile", "entries")
-	if err := os.Rename(entries, entries+".away"); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(entries, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	audittest.Break(t, e.log, e.dir)
 	if ev := attach(); ev.Type != api.EventError || ev.Error == nil || ev.Error.Code != api.CodeUnavailable || runs.Load() != 1 {
 		t.Fatalf("attach with the log unavailable: %+v (%d runs), want an unavailable error and no run", ev, runs.Load())
+	}
+}
+
+// TestAuditWitnessRoutes: an admin adds a witness (a real one, on
+// loopback), whose cosignature the next checkpoints carry; the change is
+// in the log, with the witness's URL; a bad key is a 400 that changes
+// nothing; an engineer may not add one; removing an unknown one is a 404.
+func TestAuditWitnessRoutes(t *testing.T) {
+	e := newAuditEnv(t)
+	w, err := witness.New(t.TempDir(), "witness.test/w", []string{e.log.VerifierKey()}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ws := httptest.NewServer(w)
+	t.Cleanup(ws.Close)
+
+	wantError(t, e.doJSON("POST", "/v1/audit/witnesses", api.AuditWitness{URL: ws.URL, Key: "nope"}), 400, api.CodeInvalid)
+	wantError(t, e.doJSON("POST", "/v1/audit/witnesses", api.AuditWitness{URL: "ftp://x", Key: w.VerifierKey()}), 400, api.CodeInvalid)
+	if got := decode[[]api.AuditWitness](t, e.do("GET", "/v1/audit/witnesses", nil), 200); len(got) != 0 {
+		t.Fatalf("witnesses after refused adds: %+v", got)
+	}
+	added := decode[api.AuditWitness](t, e.doJSON("POST", "/v1/audit/witnesses", api.AuditWitness{URL: ws.URL, Key: w.VerifierKey()}), 201)
+	if added.Name != "witness.test/w" || added.URL != ws.URL {
+		t.Fatalf("added %+v", added)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		got := decode[[]api.AuditWitness](t, e.do("GET", "/v1/audit/witnesses", nil), 200)
+		if len(got) == 1 && got[0].Cosigned {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the witness never co-signed a checkpoint: %+v", got)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if a := find(e.records(t), "audit.witness.add", ""); len(a) != 1 || a[0].Entry.Target.Witness != ws.URL {
+		t.Fatalf("audit.witness.add outcomes: %+v", a)
+	}
+
+	ctx := context.Background()
+	if _, err := e.admin.dir.AddUser(ctx, api.CreateUserRequest{Name: "eng", Kind: api.UserEngineer}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := e.admin.dir.CreateToken(ctx, api.CreateTokenRequest{Name: "eng", User: "eng"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantError(t, e.doJSON("POST", "/v1/audit/witnesses", api.AuditWitness{URL: "http://127.0.0.1:1", Key: w.VerifierKey()}, authAs(tok.Secret)...), 403, api.CodeForbidden)
+	wantError(t, e.do("DELETE", "/v1/audit/witnesses?url=http://nowhere", nil), 404, api.CodeNotFound)
+	if resp := e.do("DELETE", "/v1/audit/witnesses?url="+ws.URL, nil); resp.StatusCode != 204 {
+		t.Fatalf("remove: %d", resp.StatusCode)
+	}
+	if got := decode[[]api.AuditWitness](t, e.do("GET", "/v1/audit/witnesses", nil), 200); len(got) != 0 {
+		t.Fatalf("witnesses after remove: %+v", got)
 	}
 }

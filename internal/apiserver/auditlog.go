@@ -22,6 +22,9 @@ type AuditLog interface {
 	InclusionProof(ctx context.Context, index uint64) (audit.Proof, error)
 	Checkpoint(ctx context.Context) (audit.Checkpoint, error)
 	VerifierKey() string
+	Witnesses(ctx context.Context) ([]audit.WitnessStatus, error)
+	AddWitness(ctx context.Context, w audit.Witness) error
+	RemoveWitness(ctx context.Context, url string) (bool, error)
 }
 
 // Page sizes of GET /v1/audit/entries.
@@ -187,4 +190,74 @@ func uintParam(v, name string) (uint64, error) {
 		return 0, api.Errorf(api.CodeInvalid, "%s %q: want an entry index", name, v)
 	}
 	return n, nil
+}
+
+func auditWitness(w audit.WitnessStatus) api.AuditWitness {
+	return api.AuditWitness{URL: w.URL, Key: w.Key, Name: w.Name, Cosigned: w.Cosigned}
+}
+
+// auditWitnesses serves GET /v1/audit/witnesses.
+func (s *Server) auditWitnesses(w http.ResponseWriter, r *http.Request) error {
+	if s.auditLog == nil {
+		return errNoAuditLog
+	}
+	ws, err := s.auditLog.Witnesses(r.Context())
+	if err != nil {
+		return err
+	}
+	out := make([]api.AuditWitness, 0, len(ws))
+	for _, x := range ws {
+		out = append(out, auditWitness(x))
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
+// addAuditWitness serves POST /v1/audit/witnesses.
+func (s *Server) addAuditWitness(w http.ResponseWriter, r *http.Request) error {
+	if s.auditLog == nil {
+		return errNoAuditLog
+	}
+	var in api.AuditWitness
+	if err := decodeJSON(w, r, &in); err != nil {
+		return err
+	}
+	err := s.auditLog.AddWitness(r.Context(), audit.Witness{URL: in.URL, Key: in.Key})
+	if errors.Is(err, audit.ErrInvalidWitness) {
+		return api.Errorf(api.CodeInvalid, "%v", err)
+	}
+	if err != nil {
+		return err
+	}
+	s.outcome(r.Context(), Action{Verb: "audit.witness.add", Witness: in.URL}, audit.Outcome{})
+	ws, err := s.auditLog.Witnesses(r.Context())
+	if err != nil {
+		return err
+	}
+	for _, x := range ws {
+		if x.URL == in.URL {
+			return writeJSON(w, http.StatusCreated, auditWitness(x))
+		}
+	}
+	return fmt.Errorf("audit witness %s: added, then not listed", in.URL)
+}
+
+// removeAuditWitness serves DELETE /v1/audit/witnesses?url=.
+func (s *Server) removeAuditWitness(w http.ResponseWriter, r *http.Request) error {
+	if s.auditLog == nil {
+		return errNoAuditLog
+	}
+	u := r.URL.Query().Get("url")
+	if u == "" {
+		return api.Errorf(api.CodeInvalid, "url: the witness's URL is required")
+	}
+	ok, err := s.auditLog.RemoveWitness(r.Context(), u)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return api.Errorf(api.CodeNotFound, "no audit witness at %s", u)
+	}
+	s.outcome(r.Context(), Action{Verb: "audit.witness.remove", Witness: u}, audit.Outcome{})
+	w.WriteHeader(http.StatusNoContent)
+	return nil
 }

@@ -137,6 +137,10 @@ var verbRules = map[string]verbRule{
 	"audit.checkpoint": {policy.AuditRead, onServer, false},
 	"audit.key":        {policy.AuditRead, onServer, false},
 	"audit.export":     {policy.AuditRead, onServer, false},
+
+	"audit.witness.list":   {policy.AuditRead, onServer, false},
+	"audit.witness.add":    {policy.AuditAdmin, onServer, false},
+	"audit.witness.remove": {policy.AuditAdmin, onServer, false},
 }
 
 // publicVerbs are the route verbs no policy decides, each with why.

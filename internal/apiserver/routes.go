@@ -100,4 +100,7 @@ var routes = []route{
 	{"GET", "/v1/audit/checkpoint", "audit.checkpoint", bearer, (*Server).auditCheckpointGet},
 	{"GET", "/v1/audit/key", "audit.key", bearer, (*Server).auditKey},
 	{"GET", "/v1/audit/export", "audit.export", bearer, (*Server).auditExport},
+	{"GET", "/v1/audit/witnesses", "audit.witness.list", bearer, (*Server).auditWitnesses},
+	{"POST", "/v1/audit/witnesses", "audit.witness.add", bearer, (*Server).addAuditWitness},
+	{"DELETE", "/v1/audit/witnesses", "audit.witness.remove", bearer, (*Server).removeAuditWitness},
 }

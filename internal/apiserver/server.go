@@ -178,6 +178,9 @@ type Action struct {
 	User string
 	// Token is the {id} of a token route.
 	Token string
+	// Witness is the URL of an audit witness: the ?url= of
+	// audit.witness.remove, the body's of audit.witness.add (its outcome).
+	Witness string
 	// Argv is the command line of session.exec, which its handler
 	// decides with.
 	Argv []string
@@ -358,6 +361,8 @@ func (s *Server) gate(rt route) http.Handler {
 			if rt.Verb == "token.list" {
 				act.User = r.URL.Query().Get("user")
 			}
+		case strings.HasPrefix(rt.Verb, "audit.witness."):
+			act.Witness = r.URL.Query().Get("url")
 		default:
 			act.Image = r.PathValue("name")
 		}

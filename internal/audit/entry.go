@@ -73,6 +73,7 @@ type Target struct {
 	Team     string   `json:"team,omitempty"`     // a team's name (members, team secrets)
 	Hook     string   `json:"hook,omitempty"`     // a webhook's name (hook secrets)
 	Audience string   `json:"audience,omitempty"` // a minted identity token's audience
+	Witness  string   `json:"witness,omitempty"`  // an audit witness's URL
 }
 
 // Outcome is how it ended. A nil pointer is "not known", which differs from
@@ -174,11 +175,11 @@ func (e Entry) Marshal() ([]byte, error) {
 	return out, nil
 }
 
+// isZero says whether t names nothing. Every field is omitempty, so the
+// JSON form says it for any field added later, too.
 func (t Target) isZero() bool {
-	return t.Session == "" && t.Template == "" && t.User == "" && t.Path == "" &&
-		t.Host == "" && t.Port == 0 && t.Method == "" && len(t.Argv) == 0 &&
-		t.Cwd == "" && t.Secret == "" && t.Token == "" && t.Trigger == "" &&
-		t.Image == "" && t.Team == "" && t.Hook == "" && t.Audience == ""
+	b, err := json.Marshal(t)
+	return err == nil && string(b) == "{}"
 }
 
 // ParseEntry reads an entry's canonical JSON; unknown fields are an error.

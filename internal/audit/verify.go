@@ -10,7 +10,9 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/cove-dev/cove/internal/keyfile"
 	f_log "github.com/transparency-dev/formats/log"
+	f_note "github.com/transparency-dev/formats/note"
 	"github.com/transparency-dev/merkle/compact"
 	"github.com/transparency-dev/merkle/rfc6962"
 	"github.com/transparency-dev/tessera/api/layout"
@@ -31,6 +33,7 @@ const (
 	ProblemRoot      = "root"      // the entries do not hash to the checkpoint's root
 	ProblemRollback  = "rollback"  // the checkpoint is older than the last verified one
 	ProblemFork      = "fork"      // the log no longer extends the last verified one
+	ProblemWitness   = "witness"   // a required witness has not co-signed the checkpoint
 	ProblemUnread    = "unreadable"
 )
 
@@ -53,7 +56,8 @@ type Report struct {
 	Origin       string
 	Size         uint64 // the checkpoint's size: the entries checked
 	Root         []byte
-	PreviousSize uint64 // the last verified size, from the state file
+	PreviousSize uint64   // the last verified size, from the state file
+	Witnesses    []string // the names of the required witnesses that co-signed
 	Problems     []Problem
 }
 
@@ -72,15 +76,26 @@ type verifiedState struct {
 // root. With statePath, it also refuses a checkpoint smaller than the last
 // one verified there (rollback) or a tree whose first entries no longer
 // hash to that one's root (fork: the consistency check, done on the leaves
-// themselves), and records the checkpoint there once all passed.
+// themselves), and records the checkpoint there once all passed. Each of
+// witnessKeys (cosignature/v1 verifier keys) must have co-signed the
+// checkpoint: a witness co-signs only a checkpoint consistent with all it
+// co-signed before, so a log forked to show two histories fails here.
 //
 // The error wraps ErrTampered when a check failed (Report.Problems says
 // which); another error is a failure to verify at all.
-func Verify(ctx context.Context, dir, verifierKey, statePath string) (Report, error) {
+func Verify(ctx context.Context, dir, verifierKey, statePath string, witnessKeys ...string) (Report, error) {
 	var rep Report
 	v, err := note.NewVerifier(verifierKey)
 	if err != nil {
 		return rep, fmt.Errorf("audit: verify: verifier key: %w", err)
+	}
+	witnesses := make([]note.Verifier, 0, len(witnessKeys))
+	for _, k := range witnessKeys {
+		wv, err := f_note.NewVerifierForCosignatureV1(k)
+		if err != nil {
+			return rep, fmt.Errorf("audit: verify: witness key %q: %w", k, err)
+		}
+		witnesses = append(witnesses, wv)
 	}
 	raw, err := os.ReadFile(filepath.Join(dir, layout.CheckpointPath))
 	if err != nil {
@@ -98,6 +113,13 @@ func Verify(ctx context.Context, dir, verifierKey, statePath string) (Report, er
 		}
 	}
 	rep.Size, rep.Root = cp.Size, cp.Hash
+	for _, wv := range witnesses {
+		if cosignedBy(raw, wv) {
+			rep.Witnesses = append(rep.Witnesses, wv.Name())
+		} else {
+			rep.Problems = append(rep.Problems, Problem{-1, ProblemWitness, fmt.Sprintf("the checkpoint of size %d has no valid cosignature of witness %s", cp.Size, wv.Name())})
+		}
+	}
 
 	var prev *verifiedState
 	if statePath != "" {
@@ -314,24 +336,8 @@ func writeState(path string, st verifiedState) error {
 	if err != nil {
 		return fmt.Errorf("audit: verify: state: %w", err)
 	}
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
-	if err != nil {
+	if err := keyfile.WriteFile(path, append(b, '\n'), 0o644); err != nil {
 		return fmt.Errorf("audit: verify: state: %w", err)
 	}
-	_, err = f.Write(append(b, '\n'))
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, path)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("audit: verify: state: %w", err)
-	}
-	return syncDir(filepath.Dir(path))
+	return nil
 }

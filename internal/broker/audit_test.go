@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/cove-dev/cove/internal/audit"
+	"github.com/cove-dev/cove/internal/audit/audittest"
 	"github.com/cove-dev/cove/internal/egress"
 	"github.com/cove-dev/cove/internal/store"
 )
@@ -72,22 +73,11 @@ func TestEgressIsSequencedBeforeItGoes(t *testing.T) {
 		t.Errorf("the deny's entries: %+v, want one deny", d)
 	}
 
-	entries := filepath.Join(dir, "tile", "entries")
-	if err := os.Rename(entries, entries+".away"); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(entries, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	repair := audittest.Break(t, l, dir)
 	if code, body := w.get(t, "s-1", "own.example.com"); code == 200 || reached.Load() != 1 {
 		t.Fatalf("with the log unavailable: %d %q, upstream reached %d times; want refused, 1", code, body, reached.Load())
 	}
-	if err := os.Remove(entries); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(entries+".away", entries); err != nil {
-		t.Fatal(err)
-	}
+	repair()
 	if code, _ := w.get(t, "s-1", "own.example.com"); code != 200 || reached.Load() != 2 {
 		t.Fatalf("log back: %d, upstream reached %d times; want 200, 2", code, reached.Load())
 	}

@@ -83,6 +83,10 @@ const (
 	// checkpoint and verifier key, and the export stream. Resource: the
 	// Server. The default policy grants it to admins only.
 	AuditRead Action = "audit.read"
+	// AuditAdmin adds and removes the witnesses the audit log hands its
+	// checkpoints to. Resource: the Server. The default policy grants it
+	// to admins only.
+	AuditAdmin Action = "audit.admin"
 
 	// SecretWrite sets (creates or replaces) a secret, the credential the
 	// egress proxy adds to a session's requests. Resource: the secret's
@@ -116,7 +120,7 @@ func Actions() []Action {
 		ImageBuild, ImageList,
 		HookAdmin, UserAdmin,
 		TokenCreate, TokenList, TokenRevoke,
-		PolicyRead, AuditRead,
+		PolicyRead, AuditRead, AuditAdmin,
 		SecretWrite, SecretList, SecretDelete,
 		SessionEgress,
 	}

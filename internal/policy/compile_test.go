@@ -205,7 +205,7 @@ func TestLoadKeepsPolicyInForce(t *testing.T) {
 		path string
 		want string
 	}{
-		{ctx, bad, bad + ":" + strconv.Itoa(badLine) + fmt.Sprintf(":1: attribute `nope` in context for Cove::Action::\"audit.read\" and %d other actions not found", len(Actions())-1)},
+		{ctx, bad, bad + ":" + strconv.Itoa(badLine) + fmt.Sprintf(":1: attribute `nope` in context for Cove::Action::\"audit.admin\" and %d other actions not found", len(Actions())-1)},
 		{ctx, syntax, syntax + ":2:22: syntax error at \";\": invalid primary"},
 		{ctx, empty, empty + ": the policy has no permit"},
 		{ctx, large, "the limit is 1048576"},

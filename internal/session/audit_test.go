@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/audit"
+	"github.com/cove-dev/cove/internal/audit/audittest"
 	"github.com/cove-dev/cove/internal/issuer"
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/sessiontoken"
@@ -146,13 +146,7 @@ func TestFakeAuditRefusesIdlePark(t *testing.T) {
 	if _, err := l.Append(t.Context(), audit.Entry{Actor: audit.Actor{Kind: audit.ActorCove}, Action: "test.start"}); err != nil {
 		t.Fatal(err)
 	}
-	entries := filepath.Join(dir, "tile", "entries")
-	if err := os.Rename(entries, entries+".away"); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(entries, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	repair := audittest.Break(t, l, dir)
 	logs := &lockedLog{}
 	r := newFakeRigWith(t, func(c *session.Config) {
 		c.DefaultIdleTimeout = time.Second
@@ -165,12 +159,7 @@ func TestFakeAuditRefusesIdlePark(t *testing.T) {
 	})
 	r.wantState(id, api.StateRunning, "")
 
-	if err := os.Remove(entries); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(entries+".away", entries); err != nil {
-		t.Fatal(err)
-	}
+	repair()
 	r.eventually("the idle session is parked once the log is back", func() bool { return r.get(id).State == api.StateParked })
 }
 
@@ -208,22 +197,11 @@ func TestFakeAuditGuestToken(t *testing.T) {
 		t.Fatalf("token.mint announcements %+v, want one by %s's agent for %s", ann, id, url)
 	}
 
-	entries := filepath.Join(dir, "tile", "entries")
-	if err := os.Rename(entries, entries+".away"); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(entries, nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	repair := audittest.Break(t, l, dir)
 	if tok, err := r.mgr.GuestToken(id, url); err == nil || tok != "" || !errors.Is(err, session.ErrRefused) {
 		t.Fatalf("token with the log unavailable: %q, %v; want none, refused", tok, err)
 	}
-	if err := os.Remove(entries); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(entries+".away", entries); err != nil {
-		t.Fatal(err)
-	}
+	repair()
 	if tok, err := r.mgr.GuestToken(id, url); err != nil || tok == "" {
 		t.Fatalf("token once the log is back: %q, %v", tok, err)
 	}
