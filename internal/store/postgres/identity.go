@@ -91,7 +91,7 @@ func (s *Store) GetUserBySubject(ctx context.Context, issuer, subject string) (s
 
 // ListUsers implements store.Store.
 func (s *Store) ListUsers(ctx context.Context) ([]store.User, error) {
-	out, err := list(ctx, s.pool, scanUser, `SELECT `+userColumns+` FROM users ORDER BY name`)
+	out, err := query(ctx, s, scanUser, `SELECT `+userColumns+` FROM users ORDER BY name`)
 	if err != nil {
 		return nil, s.errorf("postgres: list users: %w", err)
 	}
@@ -207,7 +207,7 @@ func (s *Store) RemoveTeamMember(ctx context.Context, userID, team string) error
 
 // TeamsOf implements store.Store.
 func (s *Store) TeamsOf(ctx context.Context, userID string) ([]string, error) {
-	out, err := list(ctx, s.pool, scanString, `SELECT team FROM team_members WHERE user_id = $1 ORDER BY team`, userID)
+	out, err := query(ctx, s, scanString, `SELECT team FROM team_members WHERE user_id = $1 ORDER BY team`, userID)
 	if err != nil {
 		return nil, s.errorf("postgres: teams of user %s: %w", userID, err)
 	}
@@ -301,7 +301,7 @@ func (s *Store) ListTokens(ctx context.Context, userID string) ([]store.Token, e
 	if userID != "" {
 		q, args = `SELECT `+tokenColumns+` FROM tokens WHERE user_id = $1 ORDER BY created_at NULLS FIRST, id`, []any{userID}
 	}
-	out, err := list(ctx, s.pool, scanToken, q, args...)
+	out, err := query(ctx, s, scanToken, q, args...)
 	if err != nil {
 		return nil, s.errorf("postgres: list tokens: %w", err)
 	}

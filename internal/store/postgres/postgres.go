@@ -151,30 +151,45 @@ type querier interface {
 
 // exec runs a statement outside a transaction; a done ctx changes nothing.
 func (s *Store) exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
-	if err := ctx.Err(); err != nil {
-		return pgconn.CommandTag{}, err
-	}
-	return s.pool.Exec(ctx, sql, args...)
+	var tag pgconn.CommandTag
+	err := s.again(ctx, func() (err error) {
+		tag, err = s.pool.Exec(ctx, sql, args...)
+		return err
+	})
+	return tag, err
 }
 
-// queryRow runs a query of one row outside a transaction.
+// queryRow runs a query of one row outside a transaction, when its Scan
+// is called.
 func (s *Store) queryRow(ctx context.Context, sql string, args ...any) pgx.Row {
-	if err := ctx.Err(); err != nil {
-		return errRow{err}
-	}
-	return s.pool.QueryRow(ctx, sql, args...)
+	return againRow{s, ctx, sql, args}
 }
 
-// errRow is a pgx.Row whose Scan fails with err.
-type errRow struct{ err error }
+// againRow is a pgx.Row whose Scan runs its query, through again.
+type againRow struct {
+	s    *Store
+	ctx  context.Context
+	sql  string
+	args []any
+}
 
-func (r errRow) Scan(...any) error { return r.err }
+func (r againRow) Scan(dest ...any) error {
+	return r.s.again(r.ctx, func() error { return r.s.pool.QueryRow(r.ctx, r.sql, r.args...).Scan(dest...) })
+}
+
+// query runs a query outside a transaction, through again, and scans
+// each row with scan.
+func query[T any](ctx context.Context, s *Store, scan func(pgx.Row) (T, error), sql string, args ...any) ([]T, error) {
+	var out []T
+	err := s.again(ctx, func() (err error) {
+		out, err = list(ctx, s.pool, scan, sql, args...)
+		return err
+	})
+	return out, err
+}
 
 // list runs a query and scans each row with scan.
 func list[T any](ctx context.Context, q querier, scan func(pgx.Row) (T, error), sql string, args ...any) ([]T, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
 	rows, err := q.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, err
@@ -194,24 +209,67 @@ func list[T any](ctx context.Context, q querier, scan func(pgx.Row) (T, error), 
 	return out, nil
 }
 
+// again runs f, a call outside a transaction, unless ctx is done; if f
+// fails on a connection that the server had ended, it runs f once more
+// on a new one (see reconnect).
+func (s *Store) again(ctx context.Context, f func() error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	err := f()
+	if s.reconnect(ctx, err) {
+		err = f()
+	}
+	return err
+}
+
+// reconnect reports whether a call that failed with err is to be made
+// again on a new connection, and if so drops the pool's connections.
+//
+// That is so when the statement never ran: it was not sent
+// (pgconn.SafeToRetry), or the server's answer was that it had ended
+// the session (admin_shutdown, crash_shutdown: a fast shutdown or a
+// restart, which abort every open transaction, or a server still
+// starting). A pooled connection to a server that has restarted since
+// its last use fails so; the other pooled ones are as stale, hence the
+// reset. A second failure is the call's.
+func (s *Store) reconnect(ctx context.Context, err error) bool {
+	if err == nil || ctx.Err() != nil {
+		return false
+	}
+	pe, ok := errors.AsType[*pgconn.PgError](err)
+	if !pgconn.SafeToRetry(err) && !(ok && (pe.Code == "57P01" || pe.Code == "57P02" || pe.Code == "57P03")) {
+		return false
+	}
+	s.pool.Reset()
+	return true
+}
+
 // txRetries is how many times inTx runs a transaction that the server
 // aborted for a conflict with another (a deadlock, a serialization
 // failure) before it gives up.
 const txRetries = 5
 
 // inTx runs f in a transaction, committing if it returns nil and rolling
-// back otherwise. A transaction the server aborts for a conflict with
-// another is run again, from the start: f must do nothing outside tx.
+// back otherwise. A transaction the server aborted for a conflict with
+// another is run again, from the start, and so is one that failed as
+// again's calls are made again: f must do nothing outside tx.
 func (s *Store) inTx(ctx context.Context, f func(tx pgx.Tx) error) error {
 	var err error
+	reconnected := false
 	for range txRetries {
 		if err = ctx.Err(); err != nil {
 			return err
 		}
 		err = s.tryTx(ctx, f)
-		if pe, ok := errors.AsType[*pgconn.PgError](err); !ok || (pe.Code != "40001" && pe.Code != "40P01") {
-			return err
+		if pe, ok := errors.AsType[*pgconn.PgError](err); ok && (pe.Code == "40001" || pe.Code == "40P01") {
+			continue
 		}
+		if !reconnected && s.reconnect(ctx, err) {
+			reconnected = true
+			continue
+		}
+		return err
 	}
 	return err
 }
@@ -346,7 +404,7 @@ func (s *Store) RevokeSessionTokens(ctx context.Context, id string, at time.Time
 // ListSessions implements store.Store.
 func (s *Store) ListSessions(ctx context.Context) ([]store.Session, error) {
 	// NULL, the zero time, sorts first, as the zero time is earliest.
-	out, err := list(ctx, s.pool, scanSession, `SELECT `+sessionColumns+` FROM sessions
+	out, err := query(ctx, s, scanSession, `SELECT `+sessionColumns+` FROM sessions
 		ORDER BY created_at NULLS FIRST, id`)
 	if err != nil {
 		return nil, s.errorf("postgres: list sessions: %w", err)
@@ -394,7 +452,7 @@ func (s *Store) GetImage(ctx context.Context, name string) (store.Image, error) 
 
 // ListImages implements store.Store.
 func (s *Store) ListImages(ctx context.Context) ([]store.Image, error) {
-	out, err := list(ctx, s.pool, scanImage, `SELECT `+imageColumns+` FROM images ORDER BY name`)
+	out, err := query(ctx, s, scanImage, `SELECT `+imageColumns+` FROM images ORDER BY name`)
 	if err != nil {
 		return nil, s.errorf("postgres: list images: %w", err)
 	}
@@ -466,7 +524,7 @@ func (s *Store) GetTemplate(ctx context.Context, name string) (store.Template, e
 
 // ListTemplates implements store.Store.
 func (s *Store) ListTemplates(ctx context.Context) ([]store.Template, error) {
-	out, err := list(ctx, s.pool, scanTemplate, `SELECT `+templateColumns+` FROM templates ORDER BY name`)
+	out, err := query(ctx, s, scanTemplate, `SELECT `+templateColumns+` FROM templates ORDER BY name`)
 	if err != nil {
 		return nil, s.errorf("postgres: list templates: %w", err)
 	}

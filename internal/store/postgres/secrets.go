@@ -83,7 +83,7 @@ func (s *Store) ListSecrets(ctx context.Context, ownerKind, owner string) ([]sto
 	case ownerKind != "":
 		q, args = q+` WHERE owner_kind = $1`, []any{ownerKind}
 	}
-	out, err := list(ctx, s.pool, scanSecret, q+` ORDER BY owner_kind, owner, name`, args...)
+	out, err := query(ctx, s, scanSecret, q+` ORDER BY owner_kind, owner, name`, args...)
 	if err != nil {
 		return fail(err)
 	}

@@ -176,7 +176,7 @@ func (s *Store) DeleteSubscription(ctx context.Context, sessionID string) error 
 // ListSubscriptions implements store.Store.
 func (s *Store) ListSubscriptions(ctx context.Context) ([]store.Subscription, error) {
 	// NULL, the zero time, sorts first, as the zero time is earliest.
-	out, err := list(ctx, s.pool, scanSubscription, `SELECT `+subscriptionColumns+` FROM subscriptions
+	out, err := query(ctx, s, scanSubscription, `SELECT `+subscriptionColumns+` FROM subscriptions
 		ORDER BY created_at NULLS FIRST, session_id`)
 	if err != nil {
 		return nil, s.errorf("postgres: list subscriptions: %w", err)
@@ -210,7 +210,7 @@ func (s *Store) ListDeliveries(ctx context.Context, state string) ([]store.Deliv
 	if state != "" {
 		q, args = `SELECT `+deliveryColumns+` FROM deliveries WHERE state = $1 ORDER BY event_seq, session_id`, []any{state}
 	}
-	out, err := list(ctx, s.pool, scanDelivery, q, args...)
+	out, err := query(ctx, s, scanDelivery, q, args...)
 	if err != nil {
 		return nil, s.errorf("postgres: list deliveries %q: %w", state, err)
 	}
@@ -287,7 +287,7 @@ func (s *Store) GetHookSecret(ctx context.Context, name string) ([]byte, error) 
 
 // ListHooks implements store.Store.
 func (s *Store) ListHooks(ctx context.Context) ([]string, error) {
-	out, err := list(ctx, s.pool, scanString, `SELECT name FROM hooks ORDER BY name`)
+	out, err := query(ctx, s, scanString, `SELECT name FROM hooks ORDER BY name`)
 	if err != nil {
 		return nil, s.errorf("postgres: list hooks: %w", err)
 	}

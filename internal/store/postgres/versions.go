@@ -43,7 +43,7 @@ func (s *Store) SwapTemplateVersion(ctx context.Context, t store.Template, v sto
 
 // ListTemplateVersions implements store.Store.
 func (s *Store) ListTemplateVersions(ctx context.Context, name string) ([]store.TemplateVersion, error) {
-	out, err := list(ctx, s.pool, scanVersion, `SELECT `+versionColumns+` FROM template_versions
+	out, err := query(ctx, s, scanVersion, `SELECT `+versionColumns+` FROM template_versions
 		WHERE template = $1 ORDER BY version`, name)
 	if err != nil {
 		return nil, s.errorf("postgres: list template %s versions: %w", name, err)
