@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -55,7 +56,7 @@ const connectTimeout = 10 * time.Second
 func Open(ctx context.Context, dbURL string) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(dbURL)
 	if err != nil {
-		return nil, redact(fmt.Errorf("postgres: open: bad database URL: %w", err), dbURL, "")
+		return nil, badURL(err, dbURL)
 	}
 	where := describe(cfg.ConnConfig.Config)
 	fail := func(err error) (*Store, error) {
@@ -90,7 +91,9 @@ func describe(cfg pgconn.Config) string {
 	return fmt.Sprintf("database %q on %s:%d as user %q", cfg.Database, host, cfg.Port, cfg.User)
 }
 
-// explain adds, to a failure to connect, what it most likely means.
+// explain adds, to a failure to connect, what it most likely means. One
+// that may pass by itself (no server there yet, one starting) wraps
+// store.ErrUnavailable; a wrong password or a missing database does not.
 func explain(err error) error {
 	if pe, ok := errors.AsType[*pgconn.PgError](err); ok {
 		switch pe.Code {
@@ -101,10 +104,13 @@ func explain(err error) error {
 		case "3D000":
 			return fmt.Errorf("the database does not exist (create it, e.g. createdb): %w", err)
 		}
+		if why := unavailableCode(pe.Code); why != "" {
+			return fmt.Errorf("%w: %s: %w", store.ErrUnavailable, why, err)
+		}
 		return err
 	}
 	if isConnect(err) {
-		return fmt.Errorf("cannot reach the server (is it running, and listening there?): %w", err)
+		return fmt.Errorf("%w: cannot reach the server (is it running, and listening there?): %w", store.ErrUnavailable, err)
 	}
 	return err
 }
@@ -134,6 +140,45 @@ func redact(err error, dbURL, password string) error {
 		}
 	}
 	return &redactedError{msg: msg, err: err}
+}
+
+// badURL is the error for dbURL, which pgx could not parse with err. Its
+// text leaves out the URL (pgx's quotes it, redacted as best it can) and
+// whatever in pgx's reason may be part of the password.
+func badURL(err error, dbURL string) error {
+	msg := err.Error()
+	if strings.HasPrefix(msg, "cannot parse `") {
+		if i := strings.LastIndex(msg, "`: "); i >= 0 {
+			msg = msg[i+len("`: "):]
+		}
+	}
+	for _, p := range passwordGuesses(dbURL) {
+		msg = strings.ReplaceAll(msg, p, "xxxxx")
+	}
+	return &redactedError{msg: "postgres: open: bad database URL: " + msg, err: err}
+}
+
+// passwordGuesses returns what, in a database URL that does not parse,
+// may be its password or a part of one, longest first: the URL's user
+// information after its first ':' up to its last '@', or what follows
+// password= in the keyword=value form, and their pieces.
+func passwordGuesses(dbURL string) []string {
+	var pw string
+	if _, rest, ok := strings.Cut(dbURL, "://"); ok {
+		if at := strings.LastIndex(rest, "@"); at >= 0 {
+			_, pw, _ = strings.Cut(rest[:at], ":")
+		}
+	} else {
+		_, pw, _ = strings.Cut(dbURL, "password=")
+	}
+	guesses := []string{pw}
+	for _, f := range strings.FieldsFunc(pw, func(r rune) bool { return strings.ContainsRune("@:/ '\"", r) }) {
+		if len(f) >= 3 {
+			guesses = append(guesses, f)
+		}
+	}
+	slices.SortFunc(guesses, func(a, b string) int { return len(b) - len(a) })
+	return slices.DeleteFunc(guesses, func(g string) bool { return g == "" })
 }
 
 // Close closes the pool's connections.
