@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -109,6 +110,18 @@ func encodeBlob(b []byte) any {
 	return b
 }
 
+// errorText is s, an Error field, as PostgreSQL's text can hold it. An
+// error may quote what a guest printed, and text holds neither NUL nor
+// bytes that are not UTF-8 (SQLite keeps them): those become U+FFFD, as
+// the API's JSON shows them anyway, rather than fail the write of, say,
+// a session's failure. Any other s is kept exactly.
+func errorText(s string) string {
+	if utf8.ValidString(s) && !strings.ContainsRune(s, 0) {
+		return s
+	}
+	return strings.ReplaceAll(strings.ToValidUTF8(s, "\uFFFD"), "\x00", "\uFFFD")
+}
+
 // nullString is s, or NULL if it is empty.
 func nullString(s string) any {
 	if s == "" {
@@ -139,7 +152,7 @@ func sessionArgs(sess store.Session) ([]any, error) {
 	}
 	return []any{
 		sess.ID, sess.State, sess.Image, sess.MemoryMiB, sess.CPUs, env, sess.Accel,
-		created, updated, sess.Error, sess.BootMillis, encodeBlob(sess.Handle),
+		created, updated, errorText(sess.Error), sess.BootMillis, encodeBlob(sess.Handle),
 		int64(sess.IdleTimeout), sess.NoAutoWake, sess.Template, encodeBlob(sess.Snapshot), sess.TemplateVersion,
 		sess.Owner, sess.Agent, allow,
 	}, nil
@@ -203,7 +216,7 @@ func templateArgs(t store.Template) ([]any, error) {
 	}
 	return []any{
 		t.Name, t.State, t.Image, t.MemoryMiB, t.CPUs, env, setup, t.Start,
-		t.Pool, t.Error, created, updated, encodeBlob(t.Snapshot),
+		t.Pool, errorText(t.Error), created, updated, encodeBlob(t.Snapshot),
 		t.Repo, t.Branch, t.RepoDir, t.Version, t.Commit,
 		t.Owner, t.Agent, allow,
 	}, nil

@@ -238,7 +238,7 @@ func (s *Store) UpdateDelivery(ctx context.Context, d store.Delivery) error {
 	}
 	tag, err := s.exec(ctx, `UPDATE deliveries SET state = $1, error = $2, updated_at = $3
 		WHERE event_seq = $4 AND session_id = $5`,
-		d.State, d.Error, updated, d.EventSeq, d.SessionID)
+		d.State, errorText(d.Error), updated, d.EventSeq, d.SessionID)
 	if err := oneRow(tag, err, store.ErrNotFound); err != nil {
 		return s.errorf("postgres: update delivery %d/%s: %w", d.EventSeq, d.SessionID, err)
 	}

@@ -51,6 +51,8 @@ func (s *Store) classify(err error) error {
 			return fmt.Errorf("%w (%s)", store.ErrExists, pe.ConstraintName)
 		case pe.Code == "23503": // foreign_key_violation
 			return fmt.Errorf("%w (%s)", store.ErrNotFound, pe.ConstraintName)
+		case pe.Code == "22021" || pe.Code == "22P05": // character_not_in_repertoire, untranslatable_character
+			return fmt.Errorf("a text field holds a NUL or bytes that are not UTF-8, which PostgreSQL's text cannot: %w", err)
 		}
 		why := unavailableCode(pe.Code)
 		if why == "" {

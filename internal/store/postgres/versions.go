@@ -90,7 +90,7 @@ func putVersion(ctx context.Context, tx pgx.Tx, v store.TemplateVersion) error {
 			state = excluded.state, commit_sha = excluded.commit_sha, base = excluded.base,
 			reason = excluded.reason, error = excluded.error, build_millis = excluded.build_millis,
 			created_at = excluded.created_at, updated_at = excluded.updated_at, snapshot = excluded.snapshot`,
-		v.Template, v.Version, v.State, v.Commit, v.Base, v.Reason, v.Error,
+		v.Template, v.Version, v.State, v.Commit, v.Base, v.Reason, errorText(v.Error),
 		v.BuildMillis, created, updated, encodeBlob(v.Snapshot))
 	return err
 }
