@@ -139,7 +139,7 @@ func Start(ctx context.Context) (_ *Server, err error) {
 	ctx, cancel := context.WithTimeout(ctx, startTimeout)
 	defer cancel()
 
-	dir, err := os.MkdirTemp("", dirPrefix)
+	dir, err := os.MkdirTemp(baseDir(), dirPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: %w", err)
 	}
@@ -186,6 +186,22 @@ func Start(ctx context.Context) (_ *Server, err error) {
 		err = s.Restart(ctx)
 		if err == nil || try == 2 || !strings.Contains(err.Error(), "could not bind") {
 			return s, err
+		}
+	}
+}
+
+// baseDir is where servers' directories go: the temporary directory, if
+// every directory down to it lets others through (the server may run as
+// another user), else /tmp.
+func baseDir() string {
+	dir := os.TempDir()
+	for d := dir; ; d = filepath.Dir(d) {
+		fi, err := os.Stat(d)
+		if err != nil || fi.Mode().Perm()&0o001 == 0 {
+			return "/tmp"
+		}
+		if d == filepath.Dir(d) {
+			return dir
 		}
 	}
 }
@@ -353,7 +369,7 @@ func (s *Server) LogTail() string {
 // binaries no longer running left behind (a binary killed before its
 // server's parent-death signal was set, or one whose server survived it).
 func CleanStale() {
-	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
+	dirs, _ := filepath.Glob(filepath.Join(baseDir(), dirPrefix+"*"))
 	for _, dir := range dirs {
 		b, err := os.ReadFile(filepath.Join(dir, "owner"))
 		if err != nil {
