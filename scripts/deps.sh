@@ -18,6 +18,10 @@ want git git
 # The tiny image needs the static busybox (the dynamic one would need libc).
 bb_status=$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null || true)
 [[ $bb_status == *"ok installed"* ]] || need_pkgs+=(busybox-static)
+# The PostgreSQL store's tests start their own server (package pgtest);
+# initdb and postgres are not on PATH, so ask dpkg.
+pg_status=$(dpkg-query -W -f='${Status}' postgresql-15 2>/dev/null || true)
+[[ $pg_status == *"ok installed"* ]] || need_pkgs+=(postgresql-15)
 
 if ! command -v go >/dev/null 2>&1; then
 	echo "deps: Go is missing: install Go 1.26 (this machine image ships it at /usr/local/go)" >&2
@@ -39,6 +43,10 @@ if [ ${#need_pkgs[@]} -gt 0 ] || ! lists_ok; then
 	apt-get update -q >/dev/null
 fi
 if [ ${#need_pkgs[@]} -gt 0 ]; then
+	# Debian makes and starts a "main" PostgreSQL cluster when it installs
+	# the server; the tests start their own, so none is made.
+	mkdir -p /etc/postgresql-common/createcluster.d
+	echo "create_main_cluster = off" >/etc/postgresql-common/createcluster.d/cove.conf
 	echo "deps: installing ${need_pkgs[*]}"
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need_pkgs[@]}" >/dev/null
 fi
@@ -46,4 +54,8 @@ fi
 if ! id cove-vm >/dev/null 2>&1; then
 	echo "deps: creating user cove-vm (QEMU runs as it)"
 	useradd --system --no-create-home --shell /usr/sbin/nologin cove-vm
+fi
+if ! id cove-pg >/dev/null 2>&1; then
+	echo "deps: creating user cove-pg (the PostgreSQL store's tests run their server as it)"
+	useradd --system --no-create-home --shell /usr/sbin/nologin cove-pg
 fi

@@ -29,7 +29,6 @@ import (
 	"github.com/cove-dev/cove/internal/secret"
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store"
-	"github.com/cove-dev/cove/internal/store/sqlite"
 	"github.com/cove-dev/cove/internal/trigger"
 	"github.com/cove-dev/cove/internal/vmm/qemu"
 )
@@ -44,6 +43,7 @@ type serverConfig struct {
 
 	Listen       string
 	Home         string
+	DB           string // "sqlite" (Home/state.db) or a postgres:// URL
 	Accel        string
 	AgentPath    string
 	QEMUUser     string
@@ -151,6 +151,7 @@ the policy in force.`,
 	f := cmd.Flags()
 	f.StringVar(&cfg.Listen, "listen", envOr("COVE_LISTEN", "127.0.0.1:7070"), "address to listen on (COVE_LISTEN)")
 	f.StringVar(&cfg.Home, "home", envOr("COVE_HOME", defaultHome), "data directory (COVE_HOME)")
+	f.StringVar(&cfg.DB, "db", envOr("COVE_DB", "sqlite"), "state store: sqlite (HOME/state.db, this server's) or a postgres://USER:PASSWORD@HOST:PORT/DATABASE URL that servers share (COVE_DB; prefer it, or PGPASSWORD, to keep the password out of ps)")
 	f.StringVar(&cfg.Accel, "accel", envOr("COVE_ACCEL", "auto"), "accelerator: auto, kvm or tcg (COVE_ACCEL)")
 	f.StringVar(&cfg.AgentPath, "agent", os.Getenv("COVE_AGENT"), "static cove-agent binary (COVE_AGENT; default: next to this binary)")
 	f.StringVar(&cfg.QEMUUser, "qemu-user", envOr("COVE_QEMU_USER", "cove-vm"), "unprivileged user QEMU runs as when the server is root (COVE_QEMU_USER)")
@@ -216,7 +217,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return fmt.Errorf("server: guest agent binary: %w (build it with 'make build' or pass --agent)", err)
 	}
 
-	st, err := sqlite.Open(ctx, filepath.Join(cfg.Home, "state.db"))
+	st, err := openStore(ctx, cfg.DB, cfg.Home, log)
 	if err != nil {
 		return err
 	}
@@ -499,7 +500,7 @@ func qemuAccess(d *qemu.Driver, home string, paths ...string) error {
 }
 
 // hookSecrets gives the webhook receiver the secrets kept in the store.
-type hookSecrets struct{ st *sqlite.Store }
+type hookSecrets struct{ st store.Store }
 
 func (h hookSecrets) Secret(ctx context.Context, hook string) ([]byte, bool, error) {
 	b, err := h.st.GetHookSecret(ctx, hook)

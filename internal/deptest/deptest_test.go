@@ -127,6 +127,7 @@ func firstLine(s string) string {
 var agentBanned = []struct{ prefix, why string }{
 	{"net/http", "the guest serves the host over virtio-serial, not HTTP"},
 	{"modernc.org/sqlite", "the state store lives on the host"},
+	{"github.com/jackc/pgx/", "the state store lives on the host"},
 	{"github.com/prometheus/", "metrics are the server's"},
 	{"github.com/spf13/cobra", "the CLI is the host's"},
 	{"github.com/coder/websocket", "WebSockets end at the API server"},

@@ -1,0 +1,46 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"path/filepath"
+	"strings"
+
+	"github.com/cove-dev/cove/internal/store"
+	"github.com/cove-dev/cove/internal/store/postgres"
+	"github.com/cove-dev/cove/internal/store/sqlite"
+)
+
+// openStore opens the state store that --db names: "sqlite" (or "") for
+// the SQLite file state.db in home, one server's; a postgres:// or
+// postgresql:// URL for a PostgreSQL database that servers can share.
+func openStore(ctx context.Context, db, home string, log *slog.Logger) (store.Store, error) {
+	switch {
+	case db == "" || db == "sqlite":
+		path := filepath.Join(home, "state.db")
+		st, err := sqlite.Open(ctx, path)
+		if err != nil {
+			return nil, err
+		}
+		log.Info("state store: SQLite", "path", path)
+		return st, nil
+	case strings.HasPrefix(db, "postgres://") || strings.HasPrefix(db, "postgresql://"):
+		st, err := postgres.Open(ctx, db)
+		if err != nil {
+			return nil, fmt.Errorf("server: --db: %w", err)
+		}
+		where := "PostgreSQL"
+		if u, err := url.Parse(db); err == nil {
+			where = u.Redacted()
+		}
+		log.Info("state store: PostgreSQL", "db", where)
+		return st, nil
+	}
+	shown := db // a mistyped scheme must not show a password either
+	if u, err := url.Parse(db); err == nil && u.User != nil {
+		shown = u.Redacted()
+	}
+	return nil, fmt.Errorf("server: --db %q: want sqlite, or a postgres://USER:PASSWORD@HOST:PORT/DATABASE URL", shown)
+}

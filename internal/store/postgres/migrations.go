@@ -1,0 +1,232 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// migrations are the schema, in order. Migration i takes the database from
+// schema_version i to i+1. Append only: never edit or reorder one that has
+// shipped.
+//
+// The encodings are the SQLite store's, so that the two stores keep the
+// same records the same way: times are BIGINT unix nanoseconds, NULL for
+// the zero time (timestamptz holds only microseconds); maps and lists are
+// JSON as TEXT, NULL when empty (the bytes Go wrote, where jsonb would
+// refuse a \u0000); opaque bytes are BYTEA, NULL when empty. Text that
+// lists are ordered by, or that keys are, is COLLATE "C", so that order is
+// bytewise whatever the database's locale. Nothing refers to sessions by
+// foreign key (see the SQLite store's migration 3), and tokens outlive
+// their user (its migration 5).
+var migrations = []string{
+	// 1: the SQLite store's schema as of its migration 10.
+	`CREATE TABLE sessions (
+		id                TEXT COLLATE "C" PRIMARY KEY,
+		state             TEXT NOT NULL,
+		image             TEXT NOT NULL,
+		memory_mib        BIGINT NOT NULL,
+		cpus              BIGINT NOT NULL,
+		env               TEXT,
+		accel             TEXT NOT NULL,
+		created_at        BIGINT,
+		updated_at        BIGINT,
+		error             TEXT NOT NULL,
+		boot_millis       BIGINT NOT NULL,
+		handle            BYTEA,
+		idle_timeout_ns   BIGINT NOT NULL,
+		no_auto_wake      BOOLEAN NOT NULL,
+		template          TEXT NOT NULL,
+		snapshot          BYTEA,
+		template_version  BIGINT NOT NULL,
+		owner             TEXT NOT NULL,
+		agent             TEXT NOT NULL,
+		allow             TEXT,
+		token_gen         BIGINT NOT NULL DEFAULT 0,
+		tokens_revoked_at BIGINT
+	);
+	CREATE INDEX sessions_by_created ON sessions (created_at NULLS FIRST, id);
+	CREATE TABLE images (
+		name         TEXT COLLATE "C" PRIMARY KEY,
+		key          TEXT NOT NULL,
+		dir          TEXT NOT NULL,
+		size_bytes   BIGINT NOT NULL,
+		created_at   BIGINT,
+		build_millis BIGINT NOT NULL
+	);
+	CREATE TABLE templates (
+		name        TEXT COLLATE "C" PRIMARY KEY,
+		state       TEXT NOT NULL,
+		image       TEXT NOT NULL,
+		memory_mib  BIGINT NOT NULL,
+		cpus        BIGINT NOT NULL,
+		env         TEXT,
+		setup       TEXT,
+		start       TEXT NOT NULL,
+		pool        BIGINT NOT NULL,
+		error       TEXT NOT NULL,
+		created_at  BIGINT,
+		updated_at  BIGINT,
+		snapshot    BYTEA,
+		repo        TEXT NOT NULL,
+		branch      TEXT NOT NULL,
+		repo_dir    TEXT NOT NULL,
+		version     BIGINT NOT NULL,
+		commit_sha  TEXT NOT NULL,
+		owner       TEXT NOT NULL,
+		agent       TEXT NOT NULL,
+		allow       TEXT
+	);
+	CREATE TABLE template_versions (
+		template     TEXT COLLATE "C" NOT NULL REFERENCES templates (name) ON DELETE CASCADE,
+		version      BIGINT NOT NULL,
+		state        TEXT NOT NULL,
+		commit_sha   TEXT NOT NULL,
+		base         BIGINT NOT NULL,
+		reason       TEXT NOT NULL,
+		error        TEXT NOT NULL,
+		build_millis BIGINT NOT NULL,
+		created_at   BIGINT,
+		updated_at   BIGINT,
+		snapshot     BYTEA,
+		PRIMARY KEY (template, version)
+	);
+	CREATE TABLE events (
+		seq      BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+		source   TEXT NOT NULL,
+		id       TEXT NOT NULL,
+		name     TEXT NOT NULL,
+		fields   TEXT,
+		body     BYTEA,
+		received BIGINT,
+		UNIQUE (source, id)
+	);
+	CREATE TABLE subscriptions (
+		session_id TEXT COLLATE "C" PRIMARY KEY,
+		until      TEXT,
+		deadline   BIGINT,
+		created_at BIGINT
+	);
+	CREATE INDEX subscriptions_by_created ON subscriptions (created_at NULLS FIRST, session_id);
+	CREATE TABLE deliveries (
+		event_seq  BIGINT NOT NULL,
+		session_id TEXT COLLATE "C" NOT NULL,
+		state      TEXT NOT NULL,
+		error      TEXT NOT NULL,
+		created_at BIGINT,
+		updated_at BIGINT,
+		PRIMARY KEY (event_seq, session_id)
+	);
+	CREATE INDEX deliveries_by_state ON deliveries (state, event_seq, session_id);
+	CREATE INDEX deliveries_by_session ON deliveries (session_id);
+	CREATE TABLE hooks (
+		name   TEXT COLLATE "C" PRIMARY KEY,
+		secret BYTEA
+	);
+	CREATE TABLE users (
+		id         TEXT COLLATE "C" PRIMARY KEY,
+		name       TEXT COLLATE "C" NOT NULL UNIQUE,
+		kind       TEXT NOT NULL,
+		issuer     TEXT,
+		subject    TEXT,
+		created_at BIGINT,
+		UNIQUE (issuer, subject)
+	);
+	CREATE TABLE team_members (
+		user_id TEXT COLLATE "C" NOT NULL REFERENCES users (id) ON DELETE CASCADE,
+		team    TEXT COLLATE "C" NOT NULL,
+		PRIMARY KEY (user_id, team)
+	);
+	CREATE INDEX team_members_by_team ON team_members (team, user_id);
+	CREATE TABLE tokens (
+		id           TEXT COLLATE "C" PRIMARY KEY,
+		name         TEXT NOT NULL,
+		user_id      TEXT COLLATE "C" NOT NULL,
+		hash         BYTEA NOT NULL UNIQUE,
+		scopes       TEXT,
+		created_at   BIGINT,
+		expires_at   BIGINT,
+		revoked_at   BIGINT,
+		last_used_at BIGINT
+	);
+	CREATE INDEX tokens_by_created ON tokens (created_at NULLS FIRST, id);
+	CREATE INDEX tokens_by_user ON tokens (user_id, created_at NULLS FIRST, id);
+	CREATE TABLE removed_users (
+		issuer     TEXT NOT NULL,
+		subject    TEXT NOT NULL,
+		id         TEXT COLLATE "C" NOT NULL,
+		name       TEXT COLLATE "C" NOT NULL,
+		removed_at BIGINT,
+		PRIMARY KEY (issuer, subject)
+	);
+	CREATE INDEX removed_users_by_name ON removed_users (name, removed_at DESC NULLS LAST, id DESC);
+	CREATE TABLE secrets (
+		owner_kind TEXT COLLATE "C" NOT NULL,
+		owner      TEXT COLLATE "C" NOT NULL,
+		name       TEXT COLLATE "C" NOT NULL,
+		hosts      TEXT,
+		header     TEXT NOT NULL,
+		sealed     BYTEA,
+		created_at BIGINT,
+		updated_at BIGINT,
+		PRIMARY KEY (owner_kind, owner, name)
+	);`,
+}
+
+// migrationLock is the key of the advisory lock that migrations hold, so
+// that servers starting at once against one database migrate it one after
+// the other ("cove" in ASCII).
+const migrationLock = 0x636f7665
+
+// migrate brings the database's schema up to len(steps), applying in one
+// transaction the steps it has not had yet, as the schema_version table
+// records. The transaction holds migrationLock from its start: a second
+// server starting at once waits, then finds the schema up to date. A
+// database newer than steps is refused, not touched.
+func migrate(ctx context.Context, pool *pgxpool.Pool, steps []string) (err error) {
+	tx, err := pool.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("begin: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			tx.Rollback(context.WithoutCancel(ctx))
+		}
+	}()
+	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, int64(migrationLock)); err != nil {
+		return fmt.Errorf("take the migration lock: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_version (
+		one     BOOLEAN PRIMARY KEY DEFAULT true CHECK (one),
+		version INTEGER NOT NULL
+	)`); err != nil {
+		return fmt.Errorf("make schema_version: %w", err)
+	}
+	var version int
+	err = tx.QueryRow(ctx, `SELECT version FROM schema_version`).Scan(&version)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("read schema_version: %w", err)
+	}
+	switch {
+	case version > len(steps):
+		return fmt.Errorf("database schema version %d is newer than this binary's %d", version, len(steps))
+	case version == len(steps):
+		return tx.Commit(ctx)
+	}
+	for i := version; i < len(steps); i++ {
+		if _, err := tx.Exec(ctx, steps[i]); err != nil {
+			return fmt.Errorf("apply migration %d: %w", i+1, err)
+		}
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO schema_version (version) VALUES ($1)
+		ON CONFLICT (one) DO UPDATE SET version = excluded.version`, len(steps)); err != nil {
+		return fmt.Errorf("set schema_version: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
