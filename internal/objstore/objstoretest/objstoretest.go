@@ -28,6 +28,7 @@ func Run(t *testing.T, open func(t *testing.T) objstore.Store) {
 		{"List", testList},
 		{"ConcurrentWritersOfOneKey", testConcurrentWriters},
 		{"ShortReaderStoresNothing", testShortReader},
+		{"FailedOverwriteKeepsOld", testFailedOverwrite},
 		{"BadKeys", testBadKeys},
 	}
 	for _, tc := range tests {
@@ -190,6 +191,20 @@ func testShortReader(t *testing.T, s objstore.Store) {
 	}
 	if _, err := s.Stat(ctx, "short"); !errors.Is(err, objstore.ErrNotFound) {
 		t.Fatalf("stat after a failed put: %v, want ErrNotFound", err)
+	}
+}
+
+// A Put that fails over an existing object leaves that object whole: the
+// new one is installed at once or not at all.
+func testFailedOverwrite(t *testing.T, s objstore.Store) {
+	old := bytes.Repeat([]byte("old"), 1000)
+	put(t, s, "k", old)
+	err := s.Put(context.Background(), "k", io.MultiReader(bytes.NewReader([]byte("new")), errReader{}), 3000)
+	if err == nil {
+		t.Fatal("put from a failing reader succeeded")
+	}
+	if got := get(t, s, "k"); !bytes.Equal(got, old) {
+		t.Fatalf("after a failed overwrite: %d bytes, want the old %d", len(got), len(old))
 	}
 }
 
