@@ -297,3 +297,25 @@ func (s *Server) Stop() {
 	<-s.exited
 	os.RemoveAll(s.dir)
 }
+
+// CPUTime is the user and system time the server has used so far, read
+// from /proc: benchmarks add it to their own to count the whole cost.
+func (s *Server) CPUTime() (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", s.cmd.Process.Pid))
+	if err != nil {
+		return 0, fmt.Errorf("s3test: %w", err)
+	}
+	// Fields after the command name, which ends at the last ')':
+	// state is field 3; utime and stime are fields 14 and 15.
+	f := strings.Fields(string(b[bytes.LastIndexByte(b, ')')+1:]))
+	if len(f) < 13 {
+		return 0, fmt.Errorf("s3test: short /proc stat")
+	}
+	ut, err1 := strconv.ParseInt(f[11], 10, 64)
+	st, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, fmt.Errorf("s3test: /proc stat: %w", err)
+	}
+	const hz = 100 // USER_HZ on Linux
+	return time.Duration(ut+st) * time.Second / hz, nil
+}
