@@ -1,6 +1,7 @@
 package cas_test
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -20,7 +22,41 @@ import (
 	"github.com/cove-dev/cove/internal/s3test"
 )
 
-func TestMain(m *testing.M) { s3test.Main(m) }
+func TestMain(m *testing.M) {
+	if arg := os.Getenv(crashChildEnv); arg != "" {
+		crashChild(arg)
+		return
+	}
+	s3test.Main(m)
+}
+
+// crashChildEnv, set to "URL PATH", makes the test binary an uploader of
+// the file at PATH to the store at URL that TestUploadKilledResumes kills.
+const crashChildEnv = "COVE_CAS_CRASH_CHILD"
+
+// crashChild uploads with one chunk at a time, prints "half" once half the
+// data is stored, and then waits to be killed.
+func crashChild(arg string) {
+	url, path, _ := strings.Cut(arg, " ")
+	objs, err := objstore.Open(context.Background(), url)
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(2)
+	}
+	s, err := cas.New(cas.Config{Objects: objs, Parallel: 1})
+	if err != nil {
+		fmt.Println("error", err)
+		os.Exit(2)
+	}
+	_, _, err = s.Upload(context.Background(), []cas.Source{{Name: "mem", Path: path}}, func(p cas.Progress) {
+		if p.Done >= p.Total/2 {
+			fmt.Println("half")
+			select {}
+		}
+	})
+	fmt.Println("error: upload returned", err)
+	os.Exit(3)
+}
 
 // backends runs fn on an empty file:// store and an empty prefix of the
 // S3 server: one suite, two backends.
@@ -470,6 +506,62 @@ func TestInterruptedUploadResumes(t *testing.T) {
 		t.Logf("rerun: %+v", st2)
 		if st2.ChunksReused != stored || st2.ChunksAdded != 64-stored {
 			t.Errorf("rerun reused %d and added %d chunks; want %d and %d", st2.ChunksReused, st2.ChunksAdded, stored, 64-stored)
+		}
+		dst := t.TempDir()
+		if _, err := newStore(t, objs, cas.Config{}).Restore(context.Background(), m, dst, cas.RestoreOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		sameFile(t, mem, filepath.Join(dst, "mem"))
+	})
+}
+
+// An uploader SIGKILLed halfway leaves chunks and no manifest; a new
+// upload of the same file adds only the chunks that are not there.
+func TestUploadKilledResumes(t *testing.T) {
+	backends(t, func(t *testing.T, objs objstore.Store) {
+		dir := t.TempDir()
+		mem := filepath.Join(dir, "mem")
+		var data []int64
+		for i := range int64(64) {
+			data = append(data, 2*i)
+		}
+		ramFile(t, mem, 16<<20, data, 8)
+		cmd := exec.Command(os.Args[0])
+		cmd.Env = append(os.Environ(), crashChildEnv+"="+objs.String()+" "+mem)
+		cmd.Stderr = os.Stderr
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		line, err := bufio.NewReader(out).ReadString('\n')
+		if line != "half\n" {
+			cmd.Process.Kill()
+			cmd.Wait()
+			t.Fatalf("uploader said %q (%v), want half", line, err)
+		}
+		if err := cmd.Process.Kill(); err != nil {
+			t.Fatal(err)
+		}
+		cmd.Wait()
+		if n := manifestCount(t, objs); n != 0 {
+			t.Fatalf("a killed upload left %d manifests", n)
+		}
+		stored := len(chunkKeys(t, objs))
+		if stored == 0 || stored >= 64 {
+			t.Fatalf("the killed upload stored %d of 64 chunks; want some, not all", stored)
+		}
+		m, st, err := newStore(t, objs, cas.Config{}).Upload(context.Background(), []cas.Source{{Name: "mem", Path: mem}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("killed after %d chunks; rerun: %+v", stored, st)
+		// A put the kill cut short may still land after the listing: the
+		// rerun reuses at least what was listed.
+		if st.ChunksReused < stored || st.ChunksAdded+st.ChunksReused != 64 {
+			t.Errorf("rerun reused %d and added %d chunks; want at least %d reused and 64 in all", st.ChunksReused, st.ChunksAdded, stored)
 		}
 		dst := t.TempDir()
 		if _, err := newStore(t, objs, cas.Config{}).Restore(context.Background(), m, dst, cas.RestoreOptions{}); err != nil {
