@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Dir is a Store in a local directory: the object under key "a/b" is the
@@ -153,8 +154,24 @@ func (d *Dir) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
+// staleTemp is the age past which a temporary file is taken to be left by
+// a Put that crashed: no Put of a live process takes a day.
+const staleTemp = 24 * time.Hour
+
+// removeStaleTemp removes the temporary file at p if a crashed Put left
+// it.
+func removeStaleTemp(p string, e fs.DirEntry) {
+	if !strings.HasPrefix(e.Name(), ".tmp-") {
+		return
+	}
+	if fi, err := e.Info(); err == nil && time.Since(fi.ModTime()) > staleTemp {
+		os.Remove(p)
+	}
+}
+
 // List implements Store. It walks only the directories the prefix can
-// reach, and skips temporary files of Puts in flight.
+// reach and skips temporary files of Puts in flight, removing those that
+// crashed Puts left more than a day ago.
 func (d *Dir) List(ctx context.Context, prefix string, fn func(Info) error) error {
 	if err := checkPrefix(prefix); err != nil {
 		return fmt.Errorf("objstore: list: %w", err)
@@ -177,6 +194,7 @@ func (d *Dir) List(ctx context.Context, prefix string, fn func(Info) error) erro
 			if e.IsDir() {
 				return fs.SkipDir
 			}
+			removeStaleTemp(p, e)
 			return nil
 		}
 		rel, err := filepath.Rel(d.root, p)

@@ -190,3 +190,39 @@ func closedPort(t *testing.T) string {
 	l.Close()
 	return addr
 }
+
+// A Put killed mid-write leaves a temporary file: List skips it, and
+// removes it once it is a day old.
+func TestDirListRemovesStaleTemporaryFiles(t *testing.T) {
+	dir := t.TempDir()
+	s, err := objstore.Open(context.Background(), "file://"+dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Put(context.Background(), "a/b", strings.NewReader("b"), 1); err != nil {
+		t.Fatal(err)
+	}
+	stale, young := filepath.Join(dir, "a", ".tmp-stale"), filepath.Join(dir, "a", ".tmp-young")
+	for _, p := range []string{stale, young} {
+		if err := os.WriteFile(p, []byte("part"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	old := time.Now().Add(-48 * time.Hour)
+	if err := os.Chtimes(stale, old, old); err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	if err := s.List(context.Background(), "", func(i objstore.Info) error { keys = append(keys, i.Key); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 1 || keys[0] != "a/b" {
+		t.Errorf("list = %q, want [a/b]", keys)
+	}
+	if _, err := os.Stat(stale); err == nil {
+		t.Error("a two-day-old temporary file survived List")
+	}
+	if _, err := os.Stat(young); err != nil {
+		t.Errorf("a young temporary file (a Put in flight) was removed: %v", err)
+	}
+}
