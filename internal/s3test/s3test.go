@@ -101,9 +101,14 @@ func build(ctx context.Context, dir string, progress io.Writer) error {
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	cmd := exec.CommandContext(ctx, "go", "build", "-v", "-o", filepath.Join(tmp, "weed"), "./weed")
+	argv := []string{"go", "build", "-v", "-o", filepath.Join(tmp, "weed"), "./weed"}
+	if _, err := exec.LookPath("nice"); err == nil {
+		// Tests that boot VMs may run beside this build: it yields.
+		argv = append([]string{"nice", "-n", "10"}, argv...)
+	}
+	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	cmd.Dir = mod.Dir
-	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod", "CGO_ENABLED=0")
+	cmd.Env = append(os.Environ(), "GOWORK=off", "GOFLAGS=-mod=mod -buildvcs=false")
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return err
@@ -127,6 +132,9 @@ func build(ctx context.Context, dir string, progress io.Writer) error {
 	}
 	if err := cmd.Wait(); err != nil {
 		return fmt.Errorf("go build: %w\n%s", err, strings.Join(tail, "\n"))
+	}
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return err
 	}
 	if err := os.Rename(tmp, dir); err != nil {
 		return err
