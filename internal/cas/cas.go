@@ -30,9 +30,19 @@ import (
 
 // DefaultChunkSize is 64 KiB: 16 guest pages. Smaller chunks dedup a
 // clone's scattered dirty pages better, but each costs an object (a PUT,
-// a GET, a manifest entry) and compresses worse; at 64 KiB a 110 MiB
-// touched RAM file is about 1,800 objects, and one dirty page in a chunk
-// costs at most 64 KiB before compression.
+// a GET, a manifest entry) and compresses worse; larger ones carry more
+// clean pages along with each dirty one. Measured on a tiny template's RAM
+// file (256 MiB, 108 MiB touched) and a session cloned from it and run:
+//
+//	chunk    template stored   clone added   clone's new objects
+//	4 KiB    21.9 MiB          4.17 MiB      5037
+//	16 KiB   19.5 MiB          3.99 MiB      1770
+//	64 KiB   18.6 MiB          4.41 MiB       545
+//	256 KiB  18.2 MiB          4.63 MiB       157
+//	1 MiB    18.1 MiB          6.60 MiB        52
+//
+// 64 KiB adds within 10% of the fewest bytes with a tenth of the objects
+// of 4 KiB.
 const DefaultChunkSize = 64 << 10
 
 // pageSize is the alignment of chunk sizes: a chunk never splits a page.
