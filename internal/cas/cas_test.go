@@ -217,6 +217,9 @@ func TestUploadRestoreRoundTrip(t *testing.T) {
 		sameFile(t, filepath.Join(src, "mem"), filepath.Join(dst, "mem"))
 		sameFile(t, filepath.Join(src, "state"), filepath.Join(dst, "sub/state"))
 		sameFile(t, filepath.Join(src, "empty"), filepath.Join(dst, "empty"))
+		if fi, err := os.Stat(filepath.Join(dst, "sub/state")); err != nil || fi.Mode().Perm() != 0o644 {
+			t.Errorf("restored state: %v, %v; want mode 0644 as uploaded", fi.Mode(), err)
+		}
 		var sys syscall.Stat_t
 		if err := syscall.Stat(filepath.Join(dst, "mem"), &sys); err != nil {
 			t.Fatal(err)

@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"io/fs"
 	"path/filepath"
 )
 
@@ -23,8 +24,9 @@ type Manifest struct {
 
 // File is one file of a Manifest.
 type File struct {
-	Name string `json:"name"` // slash-separated path relative to the restore directory
-	Size int64  `json:"size"`
+	Name string      `json:"name"` // slash-separated path relative to the restore directory
+	Size int64       `json:"size"`
+	Mode fs.FileMode `json:"mode"` // permission bits; the owner is the restorer's business
 	// Chunks holds the hash of each ChunkSize piece of the file, in
 	// order, the last maybe shorter; "" for a piece that is all zero.
 	Chunks []string `json:"chunks"`
@@ -57,6 +59,9 @@ func (m Manifest) validate() error {
 	}
 	names := map[string]bool{}
 	for _, f := range m.Files {
+		if f.Mode&^fs.ModePerm != 0 {
+			return fmt.Errorf("file %s: mode %v: permission bits only", f.Name, f.Mode)
+		}
 		if !filepath.IsLocal(filepath.FromSlash(f.Name)) || names[f.Name] {
 			return fmt.Errorf("file name %q: not local, or repeated", f.Name)
 		}

@@ -48,8 +48,9 @@ type place struct {
 	n   int
 }
 
-// Restore writes the manifest's files into dir: each to a temporary file
-// beside its target, sparse where the manifest has zero chunks, and only
+// Restore writes the manifest's files into dir, with their permission
+// bits and owned by the caller: each to a temporary file beside its
+// target, sparse where the manifest has zero chunks, and only
 // once every chunk of every file is written and synced are they renamed
 // into place. Each chunk is taken from a seed or fetched from the store,
 // and verified against its hash before use; a chunk that is missing or
@@ -91,6 +92,9 @@ func (s *Store) Restore(ctx context.Context, m Manifest, dir string, opts Restor
 		return r.stats(st), err
 	}
 	for fi, f := range m.Files {
+		if err := r.tmps[fi].Chmod(f.Mode); err != nil {
+			return r.stats(st), fmt.Errorf("cas: restore %s: %w", f.Name, err)
+		}
 		if err := r.tmps[fi].Sync(); err != nil {
 			return r.stats(st), fmt.Errorf("cas: restore %s: %w", f.Name, err)
 		}

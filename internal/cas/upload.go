@@ -70,7 +70,7 @@ func (s *Store) Upload(ctx context.Context, files []Source, progress func(Progre
 		}
 		size := info.Size()
 		n := int((size + int64(s.cfg.ChunkSize) - 1) / int64(s.cfg.ChunkSize))
-		m.Files[fi] = File{Name: src.Name, Size: size, Chunks: make([]string, n)}
+		m.Files[fi] = File{Name: src.Name, Size: size, Mode: info.Mode().Perm(), Chunks: make([]string, n)}
 		data, err := dataChunks(f, size, s.cfg.ChunkSize)
 		if err != nil {
 			return Manifest{}, st, fmt.Errorf("cas: upload %s: find data: %w", src.Path, err)
