@@ -49,6 +49,7 @@ type Server struct {
 	exited   chan struct{} // closed once the process has been waited for
 	waitErr  error         // set before exited is closed
 	log      string        // the server's output file
+	sockets  []string      // files weed makes outside dir, removed by Stop
 }
 
 // Binary returns the path of the weed binary, building it first if the
@@ -202,7 +203,7 @@ func start(ctx context.Context, bin, dir string) (*Server, error) {
 	if err := os.WriteFile(filepath.Join(dir, "s3.json"), b, 0o600); err != nil {
 		return nil, fmt.Errorf("s3test: %w", err)
 	}
-	p, err := freePorts(8)
+	p, err := freePorts(10)
 	if err != nil {
 		return nil, fmt.Errorf("s3test: free ports: %w", err)
 	}
@@ -217,6 +218,7 @@ func start(ctx context.Context, bin, dir string) (*Server, error) {
 		"-filer.port=" + strconv.Itoa(p[4]), "-filer.port.grpc=" + strconv.Itoa(p[5]),
 		"-s3.port=" + strconv.Itoa(p[6]), "-s3.port.grpc=" + strconv.Itoa(p[7]),
 		"-s3.port.iceberg=0", "-s3.port.lance=0", "-s3.config=" + filepath.Join(dir, "s3.json"),
+		"-admin.port=" + strconv.Itoa(p[8]), "-admin.port.grpc=" + strconv.Itoa(p[9]), "-admin.port.legacy=0",
 		"-webdav=false", "-admin.ui=false", "-master.telemetry=false",
 		"-filer.localSocket=" + filepath.Join(dir, "filer.sock"),
 		"-s3.localSocket=" + filepath.Join(dir, "s3.sock"),
@@ -236,6 +238,13 @@ func start(ctx context.Context, bin, dir string) (*Server, error) {
 		return nil, fmt.Errorf("s3test: start weed: %w", err)
 	}
 	s := &Server{Endpoint: "127.0.0.1:" + strconv.Itoa(p[6]), dir: dir, cmd: cmd, exited: make(chan struct{}), log: logPath}
+	// weed mini puts a gRPC socket per service in /tmp, named by port.
+	for _, svc := range []struct {
+		name string
+		port int
+	}{{"master", p[1]}, {"volume", p[3]}, {"filer", p[5]}, {"s3", p[7]}, {"admin", p[9]}} {
+		s.sockets = append(s.sockets, fmt.Sprintf("/tmp/seaweedfs-%s-grpc-%d.sock", svc.name, svc.port))
+	}
 	go func() { s.waitErr = cmd.Wait(); close(s.exited) }()
 	if err := s.ready(ctx); err != nil {
 		s.Stop()
@@ -299,11 +308,15 @@ func (s *Server) Log() string {
 	return string(b)
 }
 
-// Stop kills the server, waits for it to exit and removes its data.
+// Stop kills the server, waits for it to exit and removes its data and
+// sockets.
 func (s *Server) Stop() {
 	_ = s.cmd.Process.Kill()
 	<-s.exited
 	os.RemoveAll(s.dir)
+	for _, p := range s.sockets {
+		os.Remove(p)
+	}
 }
 
 // CPUTime is the user and system time the server has used so far, read
