@@ -29,7 +29,9 @@ run: deps build
 # boots on this 2-core machine. The tests over the fake VMM driver (named
 # *Fake*) run again under the race detector: they take seconds.
 # gotestsum (a go tool of this module) prints each package as it ends and
-# the output of failed tests only.
+# the output of failed tests only. The S3 tests' server, SeaweedFS's weed,
+# is built by internal/s3test on first use from the Go module proxy (about
+# 4 minutes on 2 cores) and cached in /var/tmp/cove-test.
 TESTJSON ?= $(or $(TMPDIR),/tmp)/cove-test.json
 SKIPPED = grep '"Action":"skip","Package":"[^"]*","Test":' $(TESTJSON)
 test: deps

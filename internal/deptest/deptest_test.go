@@ -139,6 +139,9 @@ var agentBanned = []struct{ prefix, why string }{
 	{"github.com/cove-dev/cove/internal/vmm", "host-side VMM control"},
 	{"github.com/cove-dev/cove/internal/image", "host-side image building"},
 	{"github.com/cove-dev/cove/internal/secret", "a secret's value is only ever opened on the host, for the egress proxy"},
+	{"github.com/cove-dev/cove/internal/objstore", "snapshots reach the object store from the host"},
+	{"github.com/cove-dev/cove/internal/cas", "snapshots reach the object store from the host"},
+	{"github.com/minio/", "the S3 client is the host's"},
 }
 
 func TestAgentHasNoServerDependencies(t *testing.T) {
