@@ -130,9 +130,9 @@ func newServerCmd() *cobra.Command {
 	cfg := serverConfig{}
 	cmd := &cobra.Command{
 		Use:   "server",
-		Short: "Run the API server and the local node (one host, SQLite, local snapshots)",
+		Short: "Run the API server and the local node (one host, SQLite or PostgreSQL, local snapshots)",
 		Long: `Run the cove API server on this host: sessions are QEMU microVMs started
-here, state is kept in SQLite under COVE_HOME.
+here, state is kept in SQLite under COVE_HOME (or in PostgreSQL: --db).
 
 QEMU processes outlive the server on purpose: a restarted server re-adopts
 the running sessions. Use --stop-on-exit to stop every VM when the server
