@@ -196,10 +196,12 @@ func (e *e2e) leftovers() []string {
 			live[id] = true
 		}
 	}
+	tag := qemu.CgroupTag(e.home) + "."
 	for _, ctrl := range []string{"memory", "cpu"} {
 		cg, _ := os.ReadDir(filepath.Join("/sys/fs/cgroup", ctrl, "cove"))
 		for _, d := range cg {
-			if d.IsDir() && e.seen[d.Name()] && !live[d.Name()] {
+			id, ours := strings.CutPrefix(d.Name(), tag)
+			if d.IsDir() && ours && e.seen[id] && !live[id] {
 				out = append(out, "cgroup "+ctrl+"/cove/"+d.Name()+" of no VM")
 			}
 		}

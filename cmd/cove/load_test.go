@@ -40,6 +40,7 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/vmm/qemu"
 	"github.com/cove-dev/cove/internal/vmtest"
 )
 
@@ -810,8 +811,9 @@ func (l *load) watchCgroups(done chan struct{}) chan struct{} {
 	return stop
 }
 
-// qemuCgroups returns the names of the per-VM memory cgroups
-// (/sys/fs/cgroup/memory/cove/NAME) of the QEMU processes of home.
+// qemuCgroups returns the VM ids of the per-VM memory cgroups
+// (/sys/fs/cgroup/memory/cove/TAG.ID, TAG the server's tag for home) of
+// the QEMU processes of home.
 func qemuCgroups(home string) map[string]bool {
 	out := map[string]bool{}
 	for pid := range vmtest.QEMUProcs(home) {
@@ -822,12 +824,20 @@ func qemuCgroups(home string) map[string]bool {
 		for _, line := range strings.Split(string(b), "\n") {
 			// hierarchy-ID:controllers:path
 			f := strings.SplitN(line, ":", 3)
-			if len(f) == 3 && slices.Contains(strings.Split(f[1], ","), "memory") && strings.HasPrefix(f[2], "/cove/") {
-				out[strings.TrimPrefix(f[2], "/cove/")] = true
+			if len(f) == 3 && slices.Contains(strings.Split(f[1], ","), "memory") {
+				if id, ok := strings.CutPrefix(f[2], "/cove/"+qemu.CgroupTag(home)+"."); ok {
+					out[id] = true
+				}
 			}
 		}
 	}
 	return out
+}
+
+// vmCgroupDir is the v1 cgroup of VM id of the server on home, in the
+// hierarchy of ctrl.
+func vmCgroupDir(home, ctrl, id string) string {
+	return filepath.Join("/sys/fs/cgroup", ctrl, "cove", qemu.CgroupTag(home)+"."+id)
 }
 
 // serverSample is what the server holds at one moment.
@@ -934,8 +944,8 @@ func (l *load) checkLeaks(base serverSample, pid int) int {
 			continue
 		}
 		for _, ctrl := range []string{"memory", "cpu"} {
-			if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", ctrl, "cove", name)); err == nil {
-				leak("cgroup %s/cove/%s of a VM that is gone", ctrl, name)
+			if _, err := os.Stat(vmCgroupDir(l.e.home, ctrl, name)); err == nil {
+				leak("cgroup %s of a VM that is gone", vmCgroupDir(l.e.home, ctrl, name))
 			}
 		}
 	}
@@ -1015,9 +1025,9 @@ func (l *load) checkStopped() int {
 	defer l.mu.Unlock()
 	for name := range l.cgroups {
 		for _, ctrl := range []string{"memory", "cpu"} {
-			if _, err := os.Stat(filepath.Join("/sys/fs/cgroup", ctrl, "cove", name)); err == nil {
+			if _, err := os.Stat(vmCgroupDir(l.e.home, ctrl, name)); err == nil {
 				leaks++
-				msg := fmt.Sprintf("leak: cgroup %s/cove/%s after the server's clean stop", ctrl, name)
+				msg := fmt.Sprintf("leak: cgroup %s after the server's clean stop", vmCgroupDir(l.e.home, ctrl, name))
 				l.failures = append(l.failures, msg)
 				l.kinds[msg]++
 				l.examples[msg] = msg

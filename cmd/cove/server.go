@@ -236,7 +236,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	}
 	defer closeAuditLog(auditLog, log)
 	qcfg := qemu.Config{Accel: cfg.Accel, User: cfg.QEMUUser, AllowRootVMs: cfg.AllowRootVMs, GuestCmdline: cfg.GuestCmdline,
-		CgroupRoot: cfg.CgroupRoot, AllowNoCgroups: cfg.AllowNoCgroups, Log: log, CrashPoint: crash}
+		CgroupRoot: cfg.CgroupRoot, CgroupTag: qemu.CgroupTag(cfg.Home), AllowNoCgroups: cfg.AllowNoCgroups, Log: log, CrashPoint: crash}
 	if cfg.Spares > 0 {
 		// Beside the sessions: a claimed spare's sockets are renamed into
 		// its session's directory.

@@ -221,6 +221,10 @@ func TestCrossEngineerDenied(t *testing.T) {
 		"GET /v1/audit/checkpoint":    {path: "/v1/audit/checkpoint", action: policy.AuditRead, names: []string{server, bobUser}},
 		"GET /v1/audit/key":           {path: "/v1/audit/key", action: policy.AuditRead, names: []string{server, bobUser}},
 		"GET /v1/audit/export":        {path: "/v1/audit/export", action: policy.AuditRead, names: []string{server, bobUser}},
+		"GET /v1/audit/witnesses":     {path: "/v1/audit/witnesses", action: policy.AuditRead, names: []string{server, bobUser}},
+		"POST /v1/audit/witnesses": {path: "/v1/audit/witnesses", body: api.AuditWitness{URL: "http://127.0.0.1:1", Key: "w+00000000+BAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"},
+			action: policy.AuditAdmin, names: []string{server, bobUser}},
+		"DELETE /v1/audit/witnesses": {path: "/v1/audit/witnesses?url=http://127.0.0.1:1", action: policy.AuditAdmin, names: []string{server, bobUser}},
 	}
 
 	doc, _ := loadOpenAPI(t)

@@ -1,6 +1,8 @@
 package qemu
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
@@ -44,6 +46,27 @@ type cgroups struct {
 	v2    bool
 	root  string
 	ctrls []string // the controllers that limit: "memory", "cpu", "pids"
+	tag   string   // Config.CgroupTag: a VM's cgroup is "TAG.ID", or "ID" when empty
+}
+
+// CgroupTag is the tag of the cgroups of the VMs of a server whose data
+// directory is home (Config.CgroupTag): 8 hex digits of the SHA-256 of its
+// absolute path, so that servers of different homes on one host never
+// sweep each other's cgroups.
+func CgroupTag(home string) string {
+	if abs, err := filepath.Abs(home); err == nil {
+		home = abs
+	}
+	sum := sha256.Sum256([]byte(home))
+	return hex.EncodeToString(sum[:4])
+}
+
+// cgroupName is the name of VM id's cgroup.
+func (cg *cgroups) cgroupName(id string) string {
+	if cg.tag == "" {
+		return id
+	}
+	return cg.tag + "." + id
 }
 
 // wantCtrls are the controllers VMs are limited by; on v1, pids is used
@@ -153,7 +176,8 @@ func removeV1Leftovers(root string) {
 }
 
 // dirs are the cgroup directories of the VM cgroup name.
-func (cg *cgroups) dirs(name string) []string {
+func (cg *cgroups) dirs(id string) []string {
+	name := cg.cgroupName(id)
 	if cg.v2 {
 		return []string{filepath.Join(cg.root, cgroupSubtree, name)}
 	}
@@ -209,7 +233,7 @@ func (cg *cgroups) place(name string, spec vmm.Spec, pid int) error {
 		return nil
 	}
 	for _, ctrl := range cg.ctrls {
-		if err := set(filepath.Join(cg.root, ctrl, cgroupSubtree, name), []string{ctrl}); err != nil {
+		if err := set(filepath.Join(cg.root, ctrl, cgroupSubtree, cg.cgroupName(name)), []string{ctrl}); err != nil {
 			return fmt.Errorf("cgroup v1 %s %s: %w", ctrl, name, err)
 		}
 	}
@@ -236,7 +260,14 @@ func (cg *cgroups) clean(keep func(name string) bool) {
 	for _, p := range parents {
 		ents, _ := os.ReadDir(p)
 		for _, e := range ents {
-			if e.IsDir() && !keep(e.Name()) {
+			id := e.Name()
+			if cg.tag != "" {
+				var ours bool
+				if id, ours = strings.CutPrefix(id, cg.tag+"."); !ours {
+					continue // another home's VM
+				}
+			}
+			if e.IsDir() && !keep(id) {
 				_ = os.Remove(filepath.Join(p, e.Name()))
 			}
 		}

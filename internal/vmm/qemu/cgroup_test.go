@@ -234,3 +234,36 @@ func guestTestBinary(t *testing.T) string {
 	}
 	return bin
 }
+
+// TestCgroupSweepKeepsOtherHomes: a driver with a cgroup tag (a server's,
+// CgroupTag of its home) sweeps only its own empty VM cgroups, never those
+// of a server on another home, which may be booting a VM into one.
+func TestCgroupSweepKeepsOtherHomes(t *testing.T) {
+	root := mountCgroup2(t)
+	tagA, tagB := qemu.CgroupTag("/srv/cove-a"), qemu.CgroupTag("/srv/cove-b")
+	if tagA == tagB || tagA != qemu.CgroupTag("/srv/cove-a/") {
+		t.Fatalf("tags: %q %q", tagA, tagB)
+	}
+	d, err := qemu.New(qemu.Config{Accel: os.Getenv("COVE_ACCEL"), User: "cove-vm", CgroupRoot: root, CgroupTag: tagA, AllowNoCgroups: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine := filepath.Join(root, "cove", tagA+".s-1")
+	theirs := filepath.Join(root, "cove", tagB+".s-2")
+	untagged := filepath.Join(root, "cove", "s-3")
+	for _, dir := range []string{mine, theirs, untagged} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Remove(dir) })
+	}
+	d.CleanCgroups(func(string) bool { return false })
+	if _, err := os.Stat(mine); err == nil {
+		t.Error("the driver's own empty cgroup is left")
+	}
+	for _, dir := range []string{theirs, untagged} {
+		if _, err := os.Stat(dir); err != nil {
+			t.Errorf("another home's cgroup %s was swept: %v", filepath.Base(dir), err)
+		}
+	}
+}

@@ -69,6 +69,11 @@ type Config struct {
 	// cannot apply (said once by New). Without it, New fails then, and so
 	// does a start whose limits cannot be set.
 	AllowNoCgroups bool
+	// CgroupTag, when set, names each VM's cgroup "TAG.ID" and makes
+	// Sweep remove only the cgroups with this tag: a server passes
+	// CgroupTag(home). Empty: bare ids, and Sweep removes every empty VM
+	// cgroup on the host.
+	CgroupTag string
 	// ConsoleMaxBytes bounds each of a VM's two console files (see
 	// console.go); 0 means DefaultConsoleMaxBytes.
 	ConsoleMaxBytes int64
@@ -890,6 +895,9 @@ func (d *Driver) setupCgroups() error {
 		return nil
 	}
 	cg, err := detectCgroups(d.cfg.CgroupRoot)
+	if cg != nil {
+		cg.tag = d.cfg.CgroupTag
+	}
 	d.cgroups = cg
 	if err != nil && !d.cfg.AllowNoCgroups {
 		return fmt.Errorf("qemu: cgroup limits cannot be applied: %w; run the server as root on a host with the memory, cpu and pids controllers "+
