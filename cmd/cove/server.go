@@ -304,7 +304,8 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
 		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout, CloneFiles: cfg.CloneFiles,
 		CrashPoint: crash, Objects: objects,
-		OnEvent:   session.Hooks(session.AuditEvents(auditLog), session.ObserveDurations(metrics.ObservePark, metrics.ObserveWake)),
+		OnEvent: session.Hooks(session.AuditEvents(auditLog), session.ObserveDurations(metrics.ObservePark, metrics.ObserveWake),
+			session.ObserveStores(metrics.ObserveStore)),
 		Admission: session.Admission{MemoryOvercommit: cfg.MemoryOvercommit, CPUOvercommit: cfg.CPUOvercommit},
 	})
 	if err != nil {

@@ -132,6 +132,18 @@ func ObserveDurations(park, wake func(time.Duration)) func(context.Context, Even
 	}
 }
 
+// ObserveStores is an OnEvent that tells store the duration of each
+// snapshot upload done (EventStore) and the bytes it added to the object
+// store.
+func ObserveStores(store func(time.Duration, int64)) func(context.Context, Event) error {
+	return func(_ context.Context, ev Event) error {
+		if ev.Phase == Done && ev.Err == nil && ev.Kind == EventStore {
+			store(ev.Duration, ev.Bytes)
+		}
+		return nil
+	}
+}
+
 // Hooks is an OnEvent that tells each of hooks, in order; the first error
 // is returned, and a Begin refused by one is not told to the rest.
 func Hooks(hooks ...func(context.Context, Event) error) func(context.Context, Event) error {

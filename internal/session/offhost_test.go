@@ -59,7 +59,15 @@ func (r *objectsRig) waitStored(id string) api.Session {
 // exec's) restores it from the object store with the guest's files; the
 // woken session is no longer stored, and its next park stores it again.
 func TestFakeStoredSurvivesLostFiles(t *testing.T) {
-	r := newObjectsRig(t, nil)
+	stores := make(chan session.Event, 16)
+	r := newObjectsRig(t, func(c *session.Config) {
+		c.OnEvent = func(_ context.Context, ev session.Event) error {
+			if ev.Kind == session.EventStore {
+				stores <- ev
+			}
+			return nil
+		}
+	})
 	s := r.create(api.CreateSessionRequest{})
 	r.write(s.ID, "/root/f", "kept off the host\n")
 	if p := r.park(s.ID); p.Stored {
@@ -68,6 +76,14 @@ func TestFakeStoredSurvivesLostFiles(t *testing.T) {
 	st := r.waitStored(s.ID)
 	if st.StoredBytes <= 0 {
 		t.Errorf("stored_bytes = %d, want > 0", st.StoredBytes)
+	}
+	// The upload is told to the event hook (the audit log, the metrics)
+	// before it starts and once it is done, with the bytes it added.
+	if ev := <-stores; ev.Phase != session.Begin || ev.Session != s.ID || ev.Cause != session.CausePark {
+		t.Errorf("first store event: %+v, want the upload's begin, caused by the park", ev)
+	}
+	if ev := <-stores; ev.Phase != session.Done || ev.Err != nil || ev.Bytes != st.StoredBytes {
+		t.Errorf("second store event: %+v, want the upload done, with %d bytes added", ev, st.StoredBytes)
 	}
 	if err := os.RemoveAll(filepath.Join(r.dir, s.ID)); err != nil {
 		t.Fatal(err)
