@@ -192,21 +192,35 @@ func TestFakeStoredAfterRestart(t *testing.T) {
 	r.wantFile(s.ID, "/root/f", "parked before the restart\n")
 }
 
-// TestFakeWakeDuringUpload: a wake while the snapshot's upload runs wins:
-// the upload ends (or its result is dropped), the session runs and is not
-// stored; its next park stores it again. Whichever comes first, the
-// wake's cancel or the upload's end, the outcome is the same.
-func TestFakeWakeDuringUpload(t *testing.T) {
-	reached, release := make(chan struct{}), make(chan struct{})
+// holdAt makes a rig whose CrashPoint holds the first upload to reach
+// step until release is closed, and whose event hook passes on the
+// uploads' Done events.
+func holdAt(t *testing.T, step string) (r *objectsRig, reached, release chan struct{}, done chan session.Event) {
+	reached, release, done = make(chan struct{}), make(chan struct{}), make(chan session.Event, 16)
 	var once atomic.Bool
-	r := newObjectsRig(t, func(c *session.Config) {
+	r = newObjectsRig(t, func(c *session.Config) {
 		c.CrashPoint = func(name string) {
-			if name == "upload.partial" && once.CompareAndSwap(false, true) {
+			if name == step && once.CompareAndSwap(false, true) {
 				close(reached)
 				<-release
 			}
 		}
+		c.OnEvent = func(_ context.Context, ev session.Event) error {
+			if ev.Kind == session.EventStore && ev.Phase == session.Done {
+				done <- ev
+			}
+			return nil
+		}
 	})
+	return r, reached, release, done
+}
+
+// TestFakeWakeDuringUpload: a wake while the snapshot's upload reads the
+// files wins: the upload ends (or its result is dropped), the session
+// runs and is not stored; its next park stores it again. Whichever comes
+// first, the wake's cancel or the upload's end, the outcome is the same.
+func TestFakeWakeDuringUpload(t *testing.T) {
+	r, reached, release, done := holdAt(t, "upload.partial")
 	s := r.create(api.CreateSessionRequest{})
 	r.write(s.ID, "/root/f", "v1\n")
 	r.park(s.ID)
@@ -220,6 +234,7 @@ func TestFakeWakeDuringUpload(t *testing.T) {
 	if err := <-woke; err != nil {
 		t.Fatalf("wake during the upload: %v", err)
 	}
+	<-done
 	if got := r.get(s.ID); got.State != api.StateRunning || got.Stored {
 		t.Fatalf("woken during its upload: state %s, stored %v", got.State, got.Stored)
 	}
@@ -228,19 +243,30 @@ func TestFakeWakeDuringUpload(t *testing.T) {
 	r.waitStored(s.ID)
 }
 
+// TestFakeWakeBeforeUploadRecorded: an upload whose manifest is durable
+// but not yet recorded when a wake comes records nothing: a running
+// session is never stored, whatever its last upload did.
+func TestFakeWakeBeforeUploadRecorded(t *testing.T) {
+	r, reached, release, done := holdAt(t, "upload.durable")
+	s := r.create(api.CreateSessionRequest{})
+	r.park(s.ID)
+	<-reached
+	if _, err := r.mgr.Wake(context.Background(), s.ID); err != nil {
+		t.Fatalf("wake while the upload's record waits: %v", err)
+	}
+	close(release)
+	if ev := <-done; ev.Err == nil {
+		t.Errorf("the upload of a snapshot woken before its record was recorded: %+v", ev)
+	}
+	if got := r.get(s.ID); got.State != api.StateRunning || got.Stored {
+		t.Fatalf("woken before its upload was recorded: state %s, stored %v", got.State, got.Stored)
+	}
+}
+
 // TestFakeDeleteDuringUpload: a delete while the upload runs removes the
 // session; the upload records nothing.
 func TestFakeDeleteDuringUpload(t *testing.T) {
-	reached, release := make(chan struct{}), make(chan struct{})
-	var once atomic.Bool
-	r := newObjectsRig(t, func(c *session.Config) {
-		c.CrashPoint = func(name string) {
-			if name == "upload.partial" && once.CompareAndSwap(false, true) {
-				close(reached)
-				<-release
-			}
-		}
-	})
+	r, reached, release, done := holdAt(t, "upload.partial")
 	s := r.create(api.CreateSessionRequest{})
 	r.park(s.ID)
 	<-reached
@@ -250,6 +276,7 @@ func TestFakeDeleteDuringUpload(t *testing.T) {
 	if err := <-deleted; err != nil {
 		t.Fatalf("delete during the upload: %v", err)
 	}
+	<-done
 	if _, err := r.mgr.Get(context.Background(), s.ID); err == nil {
 		t.Fatal("session still there after its delete")
 	}
