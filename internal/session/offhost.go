@@ -54,9 +54,18 @@ type SnapshotStore interface {
 	Restore(ctx context.Context, m cas.Manifest, dir string, opts cas.RestoreOptions) (cas.RestoreStats, error)
 }
 
+// uploadsAtOnce is how many snapshot uploads run at once; each reads and
+// hashes with cas.Config.Parallel goroutines.
+const uploadsAtOnce = 2
+
 // uploads are the snapshot uploads under way, and the manifests of the
 // template versions uploaded as clones' bases.
 type uploads struct {
+	// slots bounds the uploads that run at once (a restart may find
+	// thousands of parked sessions to upload); the others wait their
+	// turn, cancellable.
+	slots chan struct{}
+
 	mu      sync.Mutex
 	running map[string]*upload    // guarded by mu: by session id
 	bases   map[string]*baseEntry // guarded by mu: by "template/version"
@@ -142,6 +151,13 @@ func (m *Manager) startUpload(rec store.Session, cause Cause) {
 // the record.
 func (m *Manager) runUpload(ctx context.Context, rec store.Session, u *upload, cause Cause) {
 	log := m.cfg.Log.With("session", rec.ID)
+	select {
+	case m.ups.slots <- struct{}{}:
+		defer func() { <-m.ups.slots }()
+	case <-ctx.Done():
+		close(u.done)
+		return
+	}
 	ev, err := m.beginEvent(ctx, Event{Kind: EventStore, Cause: cause, Session: rec.ID})
 	if err != nil {
 		close(u.done)

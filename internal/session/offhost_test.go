@@ -2,6 +2,7 @@ package session_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -171,25 +172,32 @@ func TestFakeStoredCorruptChunk(t *testing.T) {
 	r.wantFile(s.ID, "/root/f", "precious\n")
 }
 
-// TestFakeStoredAfterRestart: a session parked by a server that had no
-// object store (as one killed before its upload finished leaves it) is
-// uploaded by the next server's Recover.
+// TestFakeStoredAfterRestart: sessions parked by a server that had no
+// object store (as one killed before its uploads finished leaves them)
+// are uploaded by the next server's Recover, more of them than upload at
+// once.
 func TestFakeStoredAfterRestart(t *testing.T) {
 	var objects session.SnapshotStore
 	r := newObjectsRig(t, func(c *session.Config) { c.Objects = objects })
-	s := r.create(api.CreateSessionRequest{})
-	r.write(s.ID, "/root/f", "parked before the restart\n")
-	r.park(s.ID)
-	if got := r.get(s.ID); got.Stored {
-		t.Fatalf("stored without an object store: %+v", got)
+	var ids []string
+	for i := range 5 {
+		s := r.create(api.CreateSessionRequest{})
+		r.write(s.ID, "/root/f", fmt.Sprintf("parked before the restart: %d\n", i))
+		r.park(s.ID)
+		if got := r.get(s.ID); got.Stored {
+			t.Fatalf("stored without an object store: %+v", got)
+		}
+		ids = append(ids, s.ID)
 	}
 	objects = r.cas
 	r.restart()
-	r.waitStored(s.ID)
-	if err := os.RemoveAll(filepath.Join(r.dir, s.ID)); err != nil {
-		t.Fatal(err)
+	for i, id := range ids {
+		r.waitStored(id)
+		if err := os.RemoveAll(filepath.Join(r.dir, id)); err != nil {
+			t.Fatal(err)
+		}
+		r.wantFile(id, "/root/f", fmt.Sprintf("parked before the restart: %d\n", i))
 	}
-	r.wantFile(s.ID, "/root/f", "parked before the restart\n")
 }
 
 // holdAt makes a rig whose CrashPoint holds the first upload to reach

@@ -219,7 +219,7 @@ func New(cfg Config) (*Manager, error) {
 		builds: map[string]*builder{}, follows: map[string][]string{}, tlocks: map[string]*sync.RWMutex{},
 		deadlines: map[string]time.Time{}, deliver: make(chan struct{}, 1),
 		cloneFiles: map[string][]cloneFiles{}, cloneWanted: map[string]bool{}, cloneKick: make(chan struct{}, 1),
-		ups: uploads{running: map[string]*upload{}, bases: map[string]*baseEntry{}}}
+		ups: uploads{slots: make(chan struct{}, uploadsAtOnce), running: map[string]*upload{}, bases: map[string]*baseEntry{}}}
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
 	return m, nil
 }
