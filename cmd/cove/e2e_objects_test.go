@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -97,6 +98,9 @@ func TestObjectsS3SurvivesLostFiles(t *testing.T) {
 	e.loseFiles(id)
 	m.wantIntact(e, "after a second loss of its files (an exec woke it)")
 	e.ok(nil, "rm", id)
+	if err := e.stopServer(syscall.SIGTERM); err != nil { // it stops its spare QEMUs
+		t.Fatalf("server stop: %v", err)
+	}
 }
 
 // TestObjectsFileCloneCorruptChunk, on the default store (file://
@@ -141,6 +145,9 @@ func TestObjectsFileCloneCorruptChunk(t *testing.T) {
 	}
 	e.checkMemory(s, "a wake from the store once the chunk was whole again")
 	e.ok(nil, "rm", s.id)
+	if err := e.stopServer(syscall.SIGTERM); err != nil { // it stops its spare QEMUs
+		t.Fatalf("server stop: %v", err)
+	}
 }
 
 // ownChunk returns a chunk that the newest manifest in the file store at
@@ -217,4 +224,7 @@ func TestObjectsUploadCrash(t *testing.T) {
 	e.loseFiles(s.id)
 	e.checkMemory(s, "a crash mid-upload, a restart and the loss of its files")
 	e.ok(nil, "rm", s.id)
+	if err := e.stopServer(syscall.SIGTERM); err != nil { // it stops its spare QEMUs
+		t.Fatalf("server stop: %v", err)
+	}
 }
