@@ -62,6 +62,16 @@ type Session struct {
 	// CreateSessionRequest.Allow); its template's and the operator's
 	// rules apply as well.
 	Allow []string `json:"allow,omitempty"`
+
+	// Stored says whether the parked session's snapshot is durable in
+	// the object store: it then wakes even where this host's files of it
+	// are gone. A park's upload runs after the park returns; a wake ends
+	// it (the next park uploads again).
+	Stored bool `json:"stored"`
+	// StoredBytes is what the stored snapshot's upload added to the
+	// object store: chunks no earlier upload had put there, compressed,
+	// and the manifest.
+	StoredBytes int64 `json:"stored_bytes,omitempty"`
 }
 
 // OwnerAdmin is the Owner of sessions and templates made with the

@@ -44,6 +44,7 @@ type serverConfig struct {
 	Listen       string
 	Home         string
 	DB           string // "sqlite" (Home/state.db) or a postgres:// URL
+	Objects      string // where snapshots go off the host: "" (file://Home/objects), file:// or s3:// URL
 	Accel        string
 	AgentPath    string
 	QEMUUser     string
@@ -152,6 +153,7 @@ the policy in force.`,
 	f.StringVar(&cfg.Listen, "listen", envOr("COVE_LISTEN", "127.0.0.1:7070"), "address to listen on (COVE_LISTEN)")
 	f.StringVar(&cfg.Home, "home", envOr("COVE_HOME", defaultHome), "data directory (COVE_HOME)")
 	f.StringVar(&cfg.DB, "db", envOr("COVE_DB", "sqlite"), "state store: sqlite (HOME/state.db, this server's) or a postgres://USER:PASSWORD@HOST:PORT/DATABASE URL that servers share (COVE_DB; prefer it, or PGPASSWORD, to keep the password out of ps)")
+	f.StringVar(&cfg.Objects, "objects", os.Getenv("COVE_OBJECTS"), "object store that parked sessions' snapshots are uploaded to: file:///DIR or s3://BUCKET/PREFIX?endpoint=HOST:PORT&region=R (credentials from AWS_* or ~/.aws/credentials, never the URL) (COVE_OBJECTS; default: file://HOME/objects)")
 	f.StringVar(&cfg.Accel, "accel", envOr("COVE_ACCEL", "auto"), "accelerator: auto, kvm or tcg (COVE_ACCEL)")
 	f.StringVar(&cfg.AgentPath, "agent", os.Getenv("COVE_AGENT"), "static cove-agent binary (COVE_AGENT; default: next to this binary)")
 	f.StringVar(&cfg.QEMUUser, "qemu-user", envOr("COVE_QEMU_USER", "cove-vm"), "unprivileged user QEMU runs as when the server is root (COVE_QEMU_USER)")
@@ -222,6 +224,10 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return err
 	}
 	defer st.Close()
+	objects, err := openObjects(ctx, cfg.Objects, cfg.Home, log)
+	if err != nil {
+		return err
+	}
 	// A lost or replaced key leaves secrets no one can open: say so now,
 	// not at a session's first request.
 	if n, err := (&secret.Resolver{Store: st, Box: secrets}).Check(ctx); err != nil {
@@ -297,9 +303,10 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	mgr, err := session.New(session.Config{Tokens: tokens.minter, Egress: egressBroker,
 		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
 		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout, CloneFiles: cfg.CloneFiles,
-		CrashPoint: crash,
-		OnEvent:    session.Hooks(session.AuditEvents(auditLog), session.ObserveDurations(metrics.ObservePark, metrics.ObserveWake)),
-		Admission:  session.Admission{MemoryOvercommit: cfg.MemoryOvercommit, CPUOvercommit: cfg.CPUOvercommit},
+		CrashPoint: crash, Objects: objects,
+		OnEvent: session.Hooks(session.AuditEvents(auditLog), session.ObserveDurations(metrics.ObservePark, metrics.ObserveWake),
+			session.ObserveStores(metrics.ObserveStore)),
+		Admission: session.Admission{MemoryOvercommit: cfg.MemoryOvercommit, CPUOvercommit: cfg.CPUOvercommit},
 	})
 	if err != nil {
 		return err

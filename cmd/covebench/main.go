@@ -48,7 +48,7 @@ func main() {
 	rebuilds := flag.Int("rebuilds", 3, "pushes to a template that follows a repo, each timed until its new version is live (needs debian)")
 	wakeOnly := flag.Bool("wake-only", false, "after the cold boots and execs, measure park and wake only (no raw QEMU, templates or triggers)")
 	egressSamples := flag.Int("egress-samples", 20, "samples of the egress figures' small requests (0 skips them; the rest: 3 each; needs debian)")
-	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), identity (policy decisions, authentication, session-token minting; no VM)")
+	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), store (snapshots in a loopback S3 store: bytes a parked clone adds, a second park adds, wake with the local files gone), identity (policy decisions, authentication, session-token minting; no VM)")
 	identitySamples := flag.Int("identity-samples", 2000, "samples of each identity figure")
 	testJSON := flag.String("test-json", envOr("TESTJSON", filepath.Join(os.TempDir(), "cove-test.json")), "the go test -json record of the last make test, for the safety figures (TESTJSON)")
 	hostileExecs := flag.Int("hostile-execs", 30, "neighbour execs per phase of the hostile section (0 skips it)")
@@ -78,7 +78,7 @@ func main() {
 		}
 		printTable(os.Stdout, "tests", rows)
 		return
-	case "audit":
+	case "audit", "store":
 		cfg.debianBoots = 0
 	case "egress":
 		if cfg.egressSamples <= 0 {
@@ -93,7 +93,7 @@ func main() {
 		}
 		cfg.debianBoots = 0
 	default:
-		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: audit, egress, hostile, safety, identity\n", cfg.only)
+		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: audit, egress, hostile, safety, store, identity\n", cfg.only)
 		os.Exit(2)
 	}
 	if err := run(*home, *agent, cfg); err != nil {
@@ -203,7 +203,16 @@ func run(home, agent string, cfg config) error {
 		return err
 	}
 	defer eb.close()
-	mgr, err := session.New(session.Config{Store: st, Driver: driver, Images: b, Dir: sessDir, Log: log, CloneFiles: cfg.cloneFiles, Egress: eb.broker})
+	scfg := session.Config{Store: st, Driver: driver, Images: b, Dir: sessDir, Log: log, CloneFiles: cfg.cloneFiles, Egress: eb.broker}
+	if cfg.only == "store" {
+		objects, stop, err := storeObjects(ctx)
+		if err != nil {
+			return err
+		}
+		defer stop()
+		scfg.Objects = objects
+	}
+	mgr, err := session.New(scfg)
 	if err != nil {
 		return err
 	}
@@ -235,6 +244,13 @@ func run(home, agent string, cfg config) error {
 	}
 	if cfg.only == "egress" {
 		if rows, err = egressRows(ctx, c, eb, cfg.egressSamples); err != nil {
+			return err
+		}
+		printTable(os.Stdout, driver.Accel(), rows)
+		return nil
+	}
+	if cfg.only == "store" {
+		if rows, err = storeRows(ctx, c, sessDir, cfg.clones); err != nil {
 			return err
 		}
 		printTable(os.Stdout, driver.Accel(), rows)

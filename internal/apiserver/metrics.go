@@ -29,6 +29,9 @@ const listTimeout = 5 * time.Second
 //	cove_exec_seconds                   histogram of exec durations (start to exit)
 //	cove_park_seconds                   histogram of successful parks
 //	cove_wake_seconds                   histogram of successful wakes
+//	cove_store_seconds                  histogram of parked sessions' snapshot uploads
+//	                                    to the object store, done (durable)
+//	cove_store_added_bytes_total        what those uploads added to the object store
 //	cove_http_requests_total{code,method}
 //	cove_webhooks_total{code}           webhook deliveries (POST /v1/hooks/…)
 //	                                    by the status they were answered with
@@ -41,6 +44,8 @@ type Metrics struct {
 	exec     prometheus.Histogram
 	park     prometheus.Histogram
 	wake     prometheus.Histogram
+	store    prometheus.Histogram
+	added    prometheus.Counter
 	requests *prometheus.CounterVec
 	webhooks *prometheus.CounterVec
 	sessions *sessionsCollector
@@ -70,6 +75,15 @@ func NewMetrics() *Metrics {
 			Help:    "Time to wake a parked session until its agent answers: every wake, whoever asked for it (an exec's auto-wake, an event, a timeout too).",
 			Buckets: secondsBuckets,
 		}),
+		store: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "cove_store_seconds",
+			Help:    "Time to upload a parked session's snapshot to the object store until it is durable there (stored): every upload done, after a park or at a restart.",
+			Buckets: secondsBuckets,
+		}),
+		added: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cove_store_added_bytes_total",
+			Help: "Bytes the snapshot uploads added to the object store: new chunks, compressed, and manifests.",
+		}),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cove_http_requests_total",
 			Help: "HTTP requests answered by the API server, by status code and method.",
@@ -81,7 +95,7 @@ func NewMetrics() *Metrics {
 		sessions: &sessionsCollector{desc: prometheus.NewDesc(
 			"cove_sessions", "Sessions by state, at scrape time.", []string{"state"}, nil)},
 	}
-	m.reg.MustRegister(m.boot, m.exec, m.park, m.wake, m.requests, m.webhooks, m.sessions,
+	m.reg.MustRegister(m.boot, m.exec, m.park, m.wake, m.store, m.added, m.requests, m.webhooks, m.sessions,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
@@ -104,6 +118,13 @@ func (m *Metrics) ObservePark(d time.Duration) { m.park.Observe(d.Seconds()) }
 
 // ObserveWake records one wake; see ObservePark.
 func (m *Metrics) ObserveWake(d time.Duration) { m.wake.Observe(d.Seconds()) }
+
+// ObserveStore records one snapshot upload done and the bytes it added to
+// the object store; see ObservePark.
+func (m *Metrics) ObserveStore(d time.Duration, added int64) {
+	m.store.Observe(d.Seconds())
+	m.added.Add(float64(max(added, 0)))
+}
 
 // watchSessions makes cove_sessions count the sessions list returns. The
 // last call wins.

@@ -32,6 +32,8 @@ type Event struct {
 	Audience string
 	// Duration is how long it took (Done).
 	Duration time.Duration
+	// Bytes is what an EventStore added to the object store (Done).
+	Bytes int64
 	// Err is why it failed (Done); nil if it was done.
 	Err error
 }
@@ -47,6 +49,7 @@ const (
 	EventRecover EventKind = "session.recover"  // a session found at a restart: adopted, or failed (Err)
 	EventRefill  EventKind = "template.refill"  // a pool clone made ahead
 	EventRebuild EventKind = "template.rebuild" // a template's next version built (a push, the API, a restart)
+	EventStore   EventKind = "session.store"    // a parked session's snapshot uploaded to the object store (after its park, or at a restart)
 )
 
 // Phase says whether an action is about to happen or has ended.
@@ -72,6 +75,7 @@ const (
 	CauseGuest   Cause = "guest"   // a tool in the guest (cove-agent park, token)
 	CauseRestart Cause = "restart" // the server's restart
 	CausePool    Cause = "pool"    // a template's warm pool
+	CausePark    Cause = "park"    // a park done: its snapshot's upload follows it
 )
 
 // ErrRefused is wrapped by the error of an action that Config.OnEvent
@@ -123,6 +127,18 @@ func ObserveDurations(park, wake func(time.Duration)) func(context.Context, Even
 			park(ev.Duration)
 		case EventWake:
 			wake(ev.Duration)
+		}
+		return nil
+	}
+}
+
+// ObserveStores is an OnEvent that tells store the duration of each
+// snapshot upload done (EventStore) and the bytes it added to the object
+// store.
+func ObserveStores(store func(time.Duration, int64)) func(context.Context, Event) error {
+	return func(_ context.Context, ev Event) error {
+		if ev.Phase == Done && ev.Err == nil && ev.Kind == EventStore {
+			store(ev.Duration, ev.Bytes)
 		}
 		return nil
 	}

@@ -353,11 +353,13 @@ func (m *Manager) park(ctx context.Context, id string, cause Cause) (_ api.Sessi
 	mach := l.mach
 	mach.Parked = p
 	rec.State, rec.Handle, rec.Snapshot, rec.UpdatedAt = api.StateParked, nil, mach.encode(), time.Now().UTC()
+	rec.StoredManifest, rec.StoredBytes = "", 0 // until this snapshot's upload is durable
 	if err := m.cfg.Store.UpdateSession(pctx, rec); err != nil {
 		return api.Session{}, fmt.Errorf("session: park %s: record: %w", id, err)
 	}
 	m.crashPoint("park.done")
 	m.cfg.Log.Info("session parked", "session", id, "park_ms", p.ParkMillis, "disk_bytes", p.DiskBytes)
+	m.startUpload(rec, CausePark)
 	return m.toAPI(rec), nil
 }
 
@@ -420,6 +422,11 @@ func (m *Manager) wake(ctx context.Context, id string, cause Cause, trigger stri
 		return api.Session{}, err
 	}
 	defer func(start time.Time) { m.doneEvent(ctx, ev, start, err) }(time.Now())
+	// The woken guest writes its RAM file: an upload of it ends first.
+	m.stopUpload(id)
+	if err := m.fetchSnapshot(ctx, rec); err != nil {
+		return api.Session{}, err
+	}
 	mach, err := parkedMachine(rec.Snapshot)
 	if err != nil {
 		msg := "wake: " + err.Error()
@@ -486,6 +493,7 @@ func (m *Manager) wake(ctx context.Context, id string, cause Cause, trigger stri
 	mach.Parked = nil
 	l.mach, l.env = mach, rec.Env
 	rec.State, rec.Handle, rec.Snapshot, rec.Error, rec.UpdatedAt = api.StateRunning, l.vm.Handle(), mach.encode(), "", time.Now().UTC()
+	rec.StoredManifest, rec.StoredBytes = "", 0 // the snapshot is consumed; the next park uploads again
 	if err := m.cfg.Store.UpdateSession(wctx, rec); err != nil {
 		// The guest runs and its snapshot is consumed: keep it running
 		// (a restart re-adopts it from the handle recorded before it
@@ -661,6 +669,7 @@ func (m *Manager) recoverParking(ctx context.Context, rec store.Session) {
 			return
 		}
 		rec.State, rec.Handle, rec.Snapshot, rec.UpdatedAt = api.StateParked, nil, mach.encode(), time.Now().UTC()
+		rec.StoredManifest, rec.StoredBytes = "", 0 // Recover uploads it (uploadParked)
 		if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
 			m.cfg.Log.Error("record recovered park", "session", rec.ID, "err", err)
 		}

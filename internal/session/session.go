@@ -102,6 +102,10 @@ type Config struct {
 	// Tokens mints the sessions' identity tokens that tools in the guest
 	// ask for ('cove-agent token'); nil refuses those requests.
 	Tokens TokenMinter
+
+	// Objects is where parked sessions' snapshots go off the host (see
+	// offhost.go); nil: they stay on this host only.
+	Objects SnapshotStore
 }
 
 // Manager manages sessions. It is safe for concurrent use.
@@ -131,6 +135,7 @@ type Manager struct {
 	bg   sync.WaitGroup
 
 	admitted admitted // room reserved by starts under way (admit.go)
+	ups      uploads  // snapshot uploads to Config.Objects (offhost.go)
 }
 
 // live is a session with a VM process.
@@ -213,7 +218,8 @@ func New(cfg Config) (*Manager, error) {
 		pools: map[string]*pool{}, woke: map[string]chan struct{}{}, stop: make(chan struct{}),
 		builds: map[string]*builder{}, follows: map[string][]string{}, tlocks: map[string]*sync.RWMutex{},
 		deadlines: map[string]time.Time{}, deliver: make(chan struct{}, 1),
-		cloneFiles: map[string][]cloneFiles{}, cloneWanted: map[string]bool{}, cloneKick: make(chan struct{}, 1)}
+		cloneFiles: map[string][]cloneFiles{}, cloneWanted: map[string]bool{}, cloneKick: make(chan struct{}, 1),
+		ups: uploads{slots: make(chan struct{}, uploadsAtOnce), running: map[string]*upload{}, bases: map[string]*baseEntry{}}}
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
 	return m, nil
 }
@@ -252,6 +258,7 @@ func (m *Manager) toAPI(s store.Session) api.Session {
 		Error: s.Error, BootMillis: s.BootMillis, Template: s.Template, TemplateVersion: s.TemplateVersion,
 		IdleTimeout: m.idleTimeout(s).String(), AutoWake: !s.NoAutoWake,
 		Snapshot: snapshotInfo(s.Snapshot), Owner: s.Owner, Agent: s.Agent, Allow: s.Allow,
+		Stored: s.StoredManifest != "", StoredBytes: s.StoredBytes,
 	}
 	return out
 }
@@ -717,6 +724,7 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	if err != nil {
 		return notFound(id, err)
 	}
+	m.stopUpload(id) // its files are about to go
 	m.mu.Lock()
 	l := m.live[id]
 	if l != nil {
@@ -886,6 +894,8 @@ func (m *Manager) Recover(ctx context.Context) error {
 	if p, ok := m.cfg.Driver.(interface{ Prewarm(memMiB, cpus int) }); ok {
 		p.Prewarm(m.cfg.DefaultMemoryMiB, m.cfg.DefaultCPUs)
 	}
+	// Parked sessions whose upload a stop cut short (or never began).
+	m.uploadParked(ctx)
 	return m.startPools(ctx)
 }
 
@@ -922,6 +932,7 @@ func (m *Manager) readopt(ctx context.Context, rec store.Session, resume bool) e
 	m.adoptLive(rec.ID, &live{vm: vm, agent: agent, env: rec.Env, mach: mach})
 	if rec.State != api.StateRunning {
 		rec.State, rec.Error, rec.UpdatedAt, rec.Snapshot = api.StateRunning, "", time.Now().UTC(), mach.encode()
+		rec.StoredManifest, rec.StoredBytes = "", 0 // its snapshot is consumed
 		if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
 			return err
 		}
@@ -1014,6 +1025,7 @@ func (m *Manager) stopLoops() {
 		close(m.stop)
 	}
 	m.mu.Unlock()
+	m.stopUploads() // the next server uploads those snapshots again
 	m.bg.Wait()
 }
 

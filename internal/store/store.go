@@ -346,6 +346,15 @@ type Session struct {
 	// the text form of egress.Rule ("github.com", "*.pypi.org:443"…);
 	// its template's rules and the operator's add to them. Empty: none.
 	Allow []string
+
+	// StoredManifest is the ID of the manifest (package cas) of the
+	// session's parked snapshot in the object store, set once every
+	// chunk it names and the manifest itself are durable there; "" while
+	// the snapshot is not stored (not parked, not yet uploaded, or woken
+	// since). StoredBytes is what that snapshot's upload added to the
+	// object store (new chunks, compressed, and the manifest).
+	StoredManifest string
+	StoredBytes    int64
 }
 
 // OwnerAdmin is the Owner of the sessions and templates made with the

@@ -174,6 +174,11 @@ var migrations = []string{
 		updated_at BIGINT,
 		PRIMARY KEY (owner_kind, owner, name)
 	);`,
+
+	// 2: the SQLite store's migration 11: a parked session's snapshot in
+	// the object store.
+	`ALTER TABLE sessions ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';
+	ALTER TABLE sessions ADD COLUMN stored_bytes BIGINT NOT NULL DEFAULT 0;`,
 }
 
 // migrationLock is the key of the advisory lock that migrations hold, so

@@ -92,7 +92,8 @@ func TestReopenAndNewerSchema(t *testing.T) {
 	}
 	st.Close()
 
-	sql(t, url, `UPDATE schema_version SET version = 999`)
+	sql(t, url, `CREATE TABLE saved_version AS SELECT version FROM schema_version;
+		UPDATE schema_version SET version = 999`)
 	st, err := postgres.Open(t.Context(), url)
 	if err == nil {
 		st.Close()
@@ -102,7 +103,7 @@ func TestReopenAndNewerSchema(t *testing.T) {
 		t.Errorf("Open error = %v, want it to say the schema (999) is newer", err)
 	}
 	t.Log(err)
-	sql(t, url, `UPDATE schema_version SET version = 1`)
+	sql(t, url, `UPDATE schema_version SET version = (SELECT version FROM saved_version)`)
 	st = mustOpen(t, url)
 	defer st.Close()
 	if _, err := st.GetSession(t.Context(), "kept"); err != nil {

@@ -219,6 +219,12 @@ var migrations = []string{
 		updated_at INTEGER,
 		PRIMARY KEY (owner_kind, owner, name)
 	) STRICT;`,
+
+	// 11: snapshots in the object store: the manifest (package cas) of
+	// a parked session's snapshot once it is durable there ('': not
+	// stored), and the bytes its upload added.
+	`ALTER TABLE sessions ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';
+	ALTER TABLE sessions ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0;`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

@@ -127,6 +127,8 @@ func fullSession(id string) store.Session {
 		TokenGen:        1<<40 + 3,
 		TokensRevokedAt: at(4).Add(9),
 		Allow:           []string{"github.com", "*.pypi.org:443", "GET,HEAD files.ünï.example/packages/"},
+		StoredManifest:  strings.Repeat("0f", 32),
+		StoredBytes:     1<<34 + 5,
 	}
 }
 
@@ -250,6 +252,8 @@ func diffSession(got, want store.Session) []string {
 	d.bytes("Snapshot", got.Snapshot, want.Snapshot)
 	d.str("Owner", got.Owner, want.Owner)
 	d.str("Agent", got.Agent, want.Agent)
+	d.str("StoredManifest", got.StoredManifest, want.StoredManifest)
+	d.num("StoredBytes", got.StoredBytes, want.StoredBytes)
 	if got.TokenGen != want.TokenGen {
 		d = append(d, fmt.Sprintf("TokenGen = %d, want %d", got.TokenGen, want.TokenGen))
 	}
@@ -513,7 +517,10 @@ func (s *suite) update(t *testing.T) {
 		Owner:       "u_someoneelse",
 		Agent:       "fixer",
 		Allow:       []string{"example.org:8443"},
-		TokenGen:    orig.TokenGen, // UpdateSession never changes it: see tokenGen
+		// A snapshot stored again: another manifest.
+		StoredManifest: strings.Repeat("e1", 32),
+		StoredBytes:    17,
+		TokenGen:       orig.TokenGen, // UpdateSession never changes it: see tokenGen
 		// Nor this: see revokeSessionTokens.
 		TokensRevokedAt: orig.TokensRevokedAt,
 	}

@@ -1,0 +1,414 @@
+package session
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/cas"
+	"github.com/cove-dev/cove/internal/store"
+)
+
+// Snapshots off the host (issue 18).
+//
+// Once a park has returned, the snapshot's files (RAM file, device state,
+// disk overlay) are uploaded to the object store in the background
+// (cas.Upload: content-addressed chunks, so what a store already holds is
+// not sent again). When the manifest is durable the session's record gets
+// its ID (store.Session.StoredManifest): the session is "stored". A wake
+// that finds the session's files gone from this host restores them first
+// (cas.Restore, every chunk verified), seeded by its template version's
+// files where this host has them.
+//
+// A clone's snapshot shares most of its RAM with its template version's:
+// before a clone's first upload, the version's own files are uploaded
+// (once per version and server; a rerun only hashes, cas skips the chunks
+// stored), so that the clone adds only what it changed.
+//
+// The upload reads the files a wake would change (the woken guest writes
+// its RAM file) and a delete removes: both end it, and wait for it to
+// let go of the files, before they go on. Its record is written under
+// the session's lifecycle lock, and only while the record still names the
+// snapshot the upload read: a woken (or parked again, or removed) session
+// never gets a stale manifest. A server stopped mid-upload leaves the
+// session parked, not stored: Recover uploads it again.
+
+// SnapshotStore is what the manager needs of the object store; *cas.Store
+// is one.
+type SnapshotStore interface {
+	// Upload stores files and returns their manifest once it and every
+	// chunk it names are durable; cancelled, it writes no manifest.
+	Upload(ctx context.Context, files []cas.Source, progress func(cas.Progress)) (cas.Manifest, cas.Stats, error)
+	// LoadManifest reads a manifest Upload wrote.
+	LoadManifest(ctx context.Context, id string) (cas.Manifest, error)
+	// Restore writes a manifest's files into dir, every chunk verified;
+	// nothing is put in place unless all of them are whole.
+	Restore(ctx context.Context, m cas.Manifest, dir string, opts cas.RestoreOptions) (cas.RestoreStats, error)
+}
+
+// uploadsAtOnce is how many snapshot uploads run at once; each reads and
+// hashes with cas.Config.Parallel goroutines.
+const uploadsAtOnce = 2
+
+// uploads are the snapshot uploads under way, and the manifests of the
+// template versions uploaded as clones' bases.
+type uploads struct {
+	// slots bounds the uploads that run at once (a restart may find
+	// thousands of parked sessions to upload); the others wait their
+	// turn, cancellable.
+	slots chan struct{}
+
+	mu      sync.Mutex
+	running map[string]*upload    // guarded by mu: by session id
+	bases   map[string]*baseEntry // guarded by mu: by "template/version"
+}
+
+// upload is one session's snapshot upload.
+type upload struct {
+	cancel context.CancelFunc
+	done   chan struct{} // closed once the upload no longer reads the files
+}
+
+// baseEntry is one template version's upload, done once.
+type baseEntry struct {
+	mu sync.Mutex
+	m  *cas.Manifest // guarded by mu: nil until uploaded
+}
+
+// stopUpload ends session id's upload, if one runs, and returns once it
+// no longer reads the session's files. The caller holds the session's
+// lock.
+func (m *Manager) stopUpload(id string) {
+	m.ups.mu.Lock()
+	u := m.ups.running[id]
+	m.ups.mu.Unlock()
+	if u == nil {
+		return
+	}
+	u.cancel()
+	<-u.done
+}
+
+// stopUploads ends every upload (the server stops): the next server
+// uploads those sessions again.
+func (m *Manager) stopUploads() {
+	m.ups.mu.Lock()
+	running := make([]*upload, 0, len(m.ups.running))
+	for _, u := range m.ups.running {
+		running = append(running, u)
+	}
+	m.ups.mu.Unlock()
+	for _, u := range running {
+		u.cancel()
+		<-u.done
+	}
+}
+
+// startUpload uploads the snapshot of parked session rec in the
+// background. The caller holds the session's lock.
+func (m *Manager) startUpload(rec store.Session, cause Cause) {
+	if m.cfg.Objects == nil {
+		return
+	}
+	m.mu.Lock()
+	select {
+	case <-m.stop:
+		m.mu.Unlock()
+		return // the server stops: the next one uploads it
+	default:
+	}
+	m.bg.Add(1) // under mu: never after stopLoops closed stop
+	m.mu.Unlock()
+	ctx, cancel := context.WithCancel(context.Background())
+	u := &upload{cancel: cancel, done: make(chan struct{})}
+	m.ups.mu.Lock()
+	if old := m.ups.running[rec.ID]; old != nil {
+		old.cancel() // a snapshot the record no longer names
+	}
+	m.ups.running[rec.ID] = u
+	m.ups.mu.Unlock()
+	go func() {
+		defer m.bg.Done()
+		defer cancel()
+		m.runUpload(ctx, rec, u, cause)
+		m.ups.mu.Lock()
+		if m.ups.running[rec.ID] == u {
+			delete(m.ups.running, rec.ID)
+		}
+		m.ups.mu.Unlock()
+	}()
+}
+
+// runUpload is one upload: the clone's base first, then the files, then
+// the record.
+func (m *Manager) runUpload(ctx context.Context, rec store.Session, u *upload, cause Cause) {
+	log := m.cfg.Log.With("session", rec.ID)
+	select {
+	case m.ups.slots <- struct{}{}:
+		defer func() { <-m.ups.slots }()
+	case <-ctx.Done():
+		close(u.done)
+		return
+	}
+	ev, err := m.beginEvent(ctx, Event{Kind: EventStore, Cause: cause, Session: rec.ID})
+	if err != nil {
+		close(u.done)
+		log.Warn("snapshot upload refused; the session stays on this host only until its next park or a restart", "err", err)
+		return
+	}
+	start := time.Now()
+	man, st, err := m.uploadFiles(ctx, rec, log)
+	close(u.done)
+	if err == nil {
+		m.crashPoint("upload.durable")
+		err = m.recordStored(rec, man.ID, st.BytesAdded)
+	}
+	ev.Bytes = st.BytesAdded
+	m.doneEvent(context.Background(), ev, start, err)
+	switch {
+	case err == nil:
+		log.Info("snapshot stored", "manifest", man.ID, "bytes", st.Bytes, "bytes_added", st.BytesAdded,
+			"chunks_added", st.ChunksAdded, "chunks_reused", st.ChunksReused, "ms", time.Since(start).Milliseconds())
+	case ctx.Err() != nil || errors.Is(err, errSnapshotMoved):
+		log.Info("snapshot upload ended: the session was woken, parked again or removed", "err", err)
+	default:
+		log.Warn("snapshot upload failed; the session stays on this host only until its next park or a restart", "err", err)
+	}
+}
+
+// errSnapshotMoved says that a finished upload's session no longer has
+// the snapshot it uploaded.
+var errSnapshotMoved = errors.New("the session's record names another snapshot now")
+
+// snapshotSources are the files of parked session id's snapshot, named as
+// in its directory: a restore writes them back there.
+func (m *Manager) snapshotSources(id string, mach machine) ([]cas.Source, error) {
+	if mach.Parked == nil {
+		return nil, errors.New("no snapshot recorded")
+	}
+	dir := m.dir(id)
+	var srcs []cas.Source
+	for _, p := range []string{mach.Parked.Mem, mach.Parked.State, mach.Disk} {
+		if filepath.Dir(p) != dir {
+			return nil, fmt.Errorf("snapshot file %s is not in the session's directory %s", p, dir)
+		}
+		srcs = append(srcs, cas.Source{Name: filepath.Base(p), Path: p})
+	}
+	return srcs, nil
+}
+
+// uploadFiles uploads session rec's snapshot files.
+func (m *Manager) uploadFiles(ctx context.Context, rec store.Session, log *slog.Logger) (cas.Manifest, cas.Stats, error) {
+	mach, err := decodeMachine(rec.Snapshot)
+	if err != nil {
+		return cas.Manifest{}, cas.Stats{}, err
+	}
+	srcs, err := m.snapshotSources(rec.ID, mach)
+	if err != nil {
+		return cas.Manifest{}, cas.Stats{}, err
+	}
+	if rec.Template != "" {
+		// The clone's dedup base: a failure only costs bytes.
+		if _, _, err := m.templateBase(ctx, rec.Template, rec.TemplateVersion); err != nil && ctx.Err() == nil {
+			log.Warn("template version not uploaded; the clone's snapshot is uploaded whole", "template", rec.Template, "version", rec.TemplateVersion, "err", err)
+		}
+	}
+	crashed := false
+	return m.cfg.Objects.Upload(ctx, srcs, func(p cas.Progress) {
+		if !crashed && p.Done >= p.Total/2 {
+			crashed = true
+			m.crashPoint("upload.partial")
+		}
+	})
+}
+
+// recordStored records that session id's snapshot, as rec read it, is
+// stored under manifest: only if its record still names that snapshot.
+func (m *Manager) recordStored(rec store.Session, manifest string, added int64) error {
+	unlock := m.lock(rec.ID)
+	defer unlock()
+	ctx := context.Background()
+	cur, err := m.cfg.Store.GetSession(ctx, rec.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		return errSnapshotMoved
+	}
+	if err != nil {
+		return fmt.Errorf("session: record stored snapshot of %s: %w", rec.ID, err)
+	}
+	if cur.State != api.StateParked || !bytes.Equal(cur.Snapshot, rec.Snapshot) {
+		return errSnapshotMoved
+	}
+	cur.StoredManifest, cur.StoredBytes = manifest, added
+	if err := m.cfg.Store.UpdateSession(ctx, cur); err != nil {
+		return fmt.Errorf("session: record stored snapshot of %s: %w", rec.ID, err)
+	}
+	return nil
+}
+
+// templateBase returns the manifest of a template version's files,
+// uploading them the first time, and the directory they lie in.
+func (m *Manager) templateBase(ctx context.Context, name string, version int) (cas.Manifest, string, error) {
+	key := name + "/" + strconv.Itoa(version)
+	m.ups.mu.Lock()
+	b := m.ups.bases[key]
+	if b == nil {
+		b = &baseEntry{}
+		m.ups.bases[key] = b
+	}
+	m.ups.mu.Unlock()
+	mach, err := m.versionMachine(ctx, name, version)
+	if err != nil {
+		return cas.Manifest{}, "", err
+	}
+	dir := filepath.Dir(mach.Parked.Mem)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.m != nil {
+		return *b.m, dir, nil
+	}
+	var srcs []cas.Source
+	for _, p := range []string{mach.Parked.Mem, mach.Parked.State, mach.Disk} {
+		if filepath.Dir(p) != dir {
+			return cas.Manifest{}, "", fmt.Errorf("template %s version %d: file %s is not in %s", name, version, p, dir)
+		}
+		srcs = append(srcs, cas.Source{Name: filepath.Base(p), Path: p})
+	}
+	man, st, err := m.cfg.Objects.Upload(ctx, srcs, nil)
+	if err != nil {
+		return cas.Manifest{}, "", fmt.Errorf("template %s version %d: %w", name, version, err)
+	}
+	m.cfg.Log.Info("template version stored", "template", name, "version", version, "manifest", man.ID, "bytes_added", st.BytesAdded)
+	b.m = &man
+	return man, dir, nil
+}
+
+// versionMachine is the machine of a template's version, whose files
+// must be on this host.
+func (m *Manager) versionMachine(ctx context.Context, name string, version int) (machine, error) {
+	vs, err := m.cfg.Store.ListTemplateVersions(ctx, name)
+	if err != nil {
+		return machine{}, err
+	}
+	for _, v := range vs {
+		if v.Version != version {
+			continue
+		}
+		mach, err := parkedMachine(v.Snapshot)
+		if err != nil {
+			return machine{}, fmt.Errorf("template %s version %d: %w", name, version, err)
+		}
+		return mach, nil
+	}
+	return machine{}, fmt.Errorf("template %s has no version %d", name, version)
+}
+
+// filesGone reports whether a parked machine's files are missing from
+// this host, all or some.
+func filesGone(mach machine) bool {
+	for _, p := range []string{mach.Parked.State, mach.Parked.Mem, mach.Disk} {
+		if _, err := os.Stat(p); errors.Is(err, os.ErrNotExist) {
+			return true
+		}
+	}
+	return false
+}
+
+// fetchSnapshot puts back a stored session's snapshot files where they
+// are missing from this host (removed, or evicted from its cache), from
+// the object store; the caller holds the session's lock and the record
+// still says parked. A session whose files are here, or that is not
+// stored, is left to the wake as it is. A restore that fails (a chunk
+// missing or corrupt, the store unreachable) leaves the files as they
+// were and the session parked, with the reason in its record: the store
+// may have the data again later, and no bad byte is ever used.
+func (m *Manager) fetchSnapshot(ctx context.Context, rec store.Session) error {
+	mach, err := decodeMachine(rec.Snapshot)
+	if err != nil || mach.Parked == nil || rec.StoredManifest == "" || m.cfg.Objects == nil || !filesGone(mach) {
+		return nil
+	}
+	log := m.cfg.Log.With("session", rec.ID, "manifest", rec.StoredManifest)
+	log.Info("snapshot files gone from this host: restoring them from the object store")
+	start := time.Now()
+	st, err := m.restoreFiles(ctx, rec, mach, log)
+	if err != nil {
+		msg := "wake: restore the snapshot from the object store: " + err.Error()
+		rec.Error, rec.UpdatedAt = msg, time.Now().UTC()
+		if uerr := m.cfg.Store.UpdateSession(context.WithoutCancel(ctx), rec); uerr != nil {
+			log.Error("record failed restore", "err", uerr)
+		}
+		log.Warn("restore from the object store failed; the session stays parked", "err", err)
+		return api.Errorf(api.CodeUnavailable, "session %s: %s; the session stays parked", rec.ID, msg)
+	}
+	log.Info("snapshot restored from the object store", "chunks_fetched", st.ChunksFetched, "bytes_fetched", st.BytesFetched,
+		"chunks_from_seeds", st.ChunksFromSeeds, "ms", time.Since(start).Milliseconds())
+	return nil
+}
+
+// restoreFiles restores session rec's stored snapshot into its directory,
+// seeded by its template version's files when this host has them.
+func (m *Manager) restoreFiles(ctx context.Context, rec store.Session, mach machine, log *slog.Logger) (cas.RestoreStats, error) {
+	if _, err := m.snapshotSources(rec.ID, mach); err != nil {
+		return cas.RestoreStats{}, err
+	}
+	man, err := m.cfg.Objects.LoadManifest(ctx, rec.StoredManifest)
+	if err != nil {
+		return cas.RestoreStats{}, err
+	}
+	var opts cas.RestoreOptions
+	if rec.Template != "" {
+		if base, dir, err := m.templateBase(ctx, rec.Template, rec.TemplateVersion); err == nil {
+			opts.Seeds = []cas.Seed{{Manifest: base, Dir: dir}}
+		} else {
+			log.Info("no local seed for the restore: fetching every chunk", "err", err)
+		}
+	}
+	next := int64(0)
+	opts.Progress = func(p cas.Progress) {
+		if p.Done >= next {
+			log.Info("restoring from the object store", "done_bytes", p.Done, "total_bytes", p.Total)
+			next = p.Done + p.Total/4
+		}
+	}
+	if err := os.MkdirAll(m.dir(rec.ID), 0o700); err != nil {
+		return cas.RestoreStats{}, err
+	}
+	return m.cfg.Objects.Restore(ctx, man, m.dir(rec.ID), opts)
+}
+
+// uploadParked starts the uploads of parked sessions not stored (a server
+// stopped mid-upload, or one that ran without an object store) whose
+// files are on this host.
+func (m *Manager) uploadParked(ctx context.Context) {
+	if m.cfg.Objects == nil {
+		return
+	}
+	recs, err := m.cfg.Store.ListSessions(ctx)
+	if err != nil {
+		m.cfg.Log.Warn("parked sessions not uploaded: list sessions", "err", err)
+		return
+	}
+	for _, rec := range recs {
+		if rec.State != api.StateParked || rec.StoredManifest != "" {
+			continue
+		}
+		unlock := m.lock(rec.ID)
+		// Read again under the lock: a wake may have come first.
+		rec, err := m.cfg.Store.GetSession(ctx, rec.ID)
+		if err == nil && rec.State == api.StateParked && rec.StoredManifest == "" {
+			if mach, err := decodeMachine(rec.Snapshot); err == nil && mach.Parked != nil && !filesGone(mach) {
+				m.startUpload(rec, CauseRestart)
+			}
+		}
+		unlock()
+	}
+}
+
+var _ SnapshotStore = (*cas.Store)(nil)
