@@ -223,7 +223,7 @@ func TestSessionCommands(t *testing.T) {
 	t.Run("inspect", func(t *testing.T) {
 		code, out, _ := runCLI(t, addr, "", "session", "inspect", "s1")
 		if code != 0 || !strings.Contains(out, "\n  \"id\": \"s1\",\n") ||
-			!strings.Contains(out, "\n  \"owner\": \"u_alicealicealice\",\n") || !strings.Contains(out, "\n  \"agent\": \"review-bot\"\n") {
+			!strings.Contains(out, "\n  \"owner\": \"u_alicealicealice\",\n") || !strings.Contains(out, "\n  \"agent\": \"review-bot\",\n") || !strings.Contains(out, "\n  \"stored\": false\n") {
 			t.Errorf("exit %d, stdout %q", code, out)
 		}
 		code, _, errOut := runCLI(t, addr, "", "session", "inspect", "zz")
