@@ -196,11 +196,10 @@ func (e *e2e) leftovers() []string {
 			live[id] = true
 		}
 	}
-	tag := qemu.CgroupTag(e.home) + "."
 	for _, ctrl := range []string{"memory", "cpu"} {
 		cg, _ := os.ReadDir(filepath.Join("/sys/fs/cgroup", ctrl, "cove"))
 		for _, d := range cg {
-			id, ours := strings.CutPrefix(d.Name(), tag)
+			id, ours := qemu.CgroupID(e.home, d.Name())
 			if d.IsDir() && ours && e.seen[id] && !live[id] {
 				out = append(out, "cgroup "+ctrl+"/cove/"+d.Name()+" of no VM")
 			}

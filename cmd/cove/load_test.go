@@ -825,8 +825,10 @@ func qemuCgroups(home string) map[string]bool {
 			// hierarchy-ID:controllers:path
 			f := strings.SplitN(line, ":", 3)
 			if len(f) == 3 && slices.Contains(strings.Split(f[1], ","), "memory") {
-				if id, ok := strings.CutPrefix(f[2], "/cove/"+qemu.CgroupTag(home)+"."); ok {
-					out[id] = true
+				if name, ok := strings.CutPrefix(f[2], "/cove/"); ok {
+					if id, ok := qemu.CgroupID(home, name); ok {
+						out[id] = true
+					}
 				}
 			}
 		}
@@ -837,7 +839,7 @@ func qemuCgroups(home string) map[string]bool {
 // vmCgroupDir is the v1 cgroup of VM id of the server on home, in the
 // hierarchy of ctrl.
 func vmCgroupDir(home, ctrl, id string) string {
-	return filepath.Join("/sys/fs/cgroup", ctrl, "cove", qemu.CgroupTag(home)+"."+id)
+	return filepath.Join("/sys/fs/cgroup", ctrl, "cove", qemu.CgroupName(home, id))
 }
 
 // serverSample is what the server holds at one moment.

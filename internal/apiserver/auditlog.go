@@ -23,7 +23,7 @@ type AuditLog interface {
 	Checkpoint(ctx context.Context) (audit.Checkpoint, error)
 	VerifierKey() string
 	Witnesses(ctx context.Context) ([]audit.WitnessStatus, error)
-	AddWitness(ctx context.Context, w audit.Witness) error
+	AddWitness(ctx context.Context, w audit.Witness) (audit.WitnessStatus, error)
 	RemoveWitness(ctx context.Context, url string) (bool, error)
 }
 
@@ -221,7 +221,7 @@ func (s *Server) addAuditWitness(w http.ResponseWriter, r *http.Request) error {
 	if err := decodeJSON(w, r, &in); err != nil {
 		return err
 	}
-	err := s.auditLog.AddWitness(r.Context(), audit.Witness{URL: in.URL, Key: in.Key})
+	st, err := s.auditLog.AddWitness(r.Context(), audit.Witness{URL: in.URL, Key: in.Key})
 	if errors.Is(err, audit.ErrInvalidWitness) {
 		return api.Errorf(api.CodeInvalid, "%v", err)
 	}
@@ -229,16 +229,7 @@ func (s *Server) addAuditWitness(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	s.outcome(r.Context(), Action{Verb: "audit.witness.add", Witness: in.URL}, audit.Outcome{})
-	ws, err := s.auditLog.Witnesses(r.Context())
-	if err != nil {
-		return err
-	}
-	for _, x := range ws {
-		if x.URL == in.URL {
-			return writeJSON(w, http.StatusCreated, auditWitness(x))
-		}
-	}
-	return fmt.Errorf("audit witness %s: added, then not listed", in.URL)
+	return writeJSON(w, http.StatusCreated, auditWitness(st))
 }
 
 // removeAuditWitness serves DELETE /v1/audit/witnesses?url=.

@@ -691,6 +691,13 @@ func (l *Log) Entries(ctx context.Context, from uint64, n int) ([]Record, error)
 	if err != nil {
 		return nil, err
 	}
+	return l.entries(ctx, from, n, size)
+}
+
+// entries is Entries within a tree of the given size, which the caller
+// has already waited for (Size waits for the tree to take in the
+// journal: Scan's pages must not each wait again).
+func (l *Log) entries(ctx context.Context, from uint64, n int, size uint64) ([]Record, error) {
 	var out []Record
 	for i := from; i < size && len(out) < n; {
 		bundle, err := readBundle(ctx, l.reader.ReadEntryBundle, i/bundleWidth, size)
@@ -737,7 +744,7 @@ func (l *Log) Scan(ctx context.Context, from uint64, f Filter, fn func(Record) e
 		return err
 	}
 	for from < size {
-		recs, err := l.Entries(ctx, from, int(min(size-from, bundleWidth)))
+		recs, err := l.entries(ctx, from, int(min(size-from, bundleWidth)), size)
 		if err != nil {
 			return err
 		}

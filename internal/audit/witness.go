@@ -144,23 +144,29 @@ func cosignedBy(cp []byte, v note.Verifier) bool {
 
 // AddWitness makes the log hand its checkpoints to w from the next one on,
 // and keeps w for the next Open. Adding a witness already there (by URL)
-// replaces its key.
-func (l *Log) AddWitness(ctx context.Context, w Witness) error {
+// replaces its key. It returns the witness's status, as Witnesses would
+// list it.
+func (l *Log) AddWitness(ctx context.Context, w Witness) (WitnessStatus, error) {
 	e, err := parseWitness(w)
 	if err != nil {
-		return err
+		return WitnessStatus{}, err
 	}
 	ws := l.witnesses
 	ws.mu.Lock()
-	defer ws.mu.Unlock()
 	list := slices.DeleteFunc(slices.Clone(ws.list), func(x witnessEntry) bool { return x.URL == w.URL })
 	list = append(list, e)
 	if err := ws.save(list); err != nil {
-		return err
+		ws.mu.Unlock()
+		return WitnessStatus{}, err
 	}
 	ws.list = list
+	ws.mu.Unlock()
 	l.log.InfoContext(ctx, "audit: witness added: checkpoints from now on go to it", "url", w.URL, "witness", e.verifier.Name())
-	return nil
+	cp, err := l.latestCheckpoint(ctx)
+	if err != nil {
+		return WitnessStatus{}, err
+	}
+	return e.status(cp), nil
 }
 
 // RemoveWitness stops handing checkpoints to the witness at url; false if
@@ -187,13 +193,27 @@ func (l *Log) Witnesses(ctx context.Context) ([]WitnessStatus, error) {
 	l.witnesses.mu.Lock()
 	list := l.witnesses.list
 	l.witnesses.mu.Unlock()
+	cp, err := l.latestCheckpoint(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]WitnessStatus, 0, len(list))
+	for _, e := range list {
+		out = append(out, e.status(cp))
+	}
+	return out, nil
+}
+
+// latestCheckpoint is the published checkpoint, nil before the first.
+func (l *Log) latestCheckpoint(ctx context.Context) ([]byte, error) {
 	cp, err := l.reader.ReadCheckpoint(ctx)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("audit: read checkpoint: %w", err)
 	}
-	out := make([]WitnessStatus, 0, len(list))
-	for _, e := range list {
-		out = append(out, WitnessStatus{Witness: e.Witness, Name: e.verifier.Name(), Cosigned: cp != nil && cosignedBy(cp, e.verifier)})
-	}
-	return out, nil
+	return cp, nil
+}
+
+// status is e's status against the checkpoint cp (nil: none yet).
+func (e witnessEntry) status(cp []byte) WitnessStatus {
+	return WitnessStatus{Witness: e.Witness, Name: e.verifier.Name(), Cosigned: cp != nil && cosignedBy(cp, e.verifier)}
 }

@@ -87,7 +87,7 @@ func TestWitnessCosignsAndRefusesFork(t *testing.T) {
 	dirA := filepath.Join(base, "a")
 	a := openLog(t, dirA, keyPath)
 	w, url := startWitness(t, filepath.Join(base, "witness"), a.VerifierKey())
-	if err := a.AddWitness(t.Context(), audit.Witness{URL: url, Key: w.VerifierKey()}); err != nil {
+	if _, err := a.AddWitness(t.Context(), audit.Witness{URL: url, Key: w.VerifierKey()}); err != nil {
 		t.Fatal(err)
 	}
 	size := appendN(t, a, 3, "a")
@@ -117,7 +117,7 @@ func TestWitnessCosignsAndRefusesFork(t *testing.T) {
 	// The fork: the same key signs another history, longer than A's.
 	dirB := filepath.Join(base, "b")
 	b := openLog(t, dirB, keyPath)
-	if err := b.AddWitness(t.Context(), audit.Witness{URL: url, Key: w.VerifierKey()}); err != nil {
+	if _, err := b.AddWitness(t.Context(), audit.Witness{URL: url, Key: w.VerifierKey()}); err != nil {
 		t.Fatal(err)
 	}
 	sizeB := appendN(t, b, int(size)+5, "b")

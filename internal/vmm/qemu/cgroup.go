@@ -61,13 +61,26 @@ func CgroupTag(home string) string {
 	return hex.EncodeToString(sum[:4])
 }
 
-// cgroupName is the name of VM id's cgroup.
-func (cg *cgroups) cgroupName(id string) string {
-	if cg.tag == "" {
+// CgroupName is the name of the cgroup (under the cove subtree) of VM id
+// of the server whose data directory is home.
+func CgroupName(home, id string) string { return taggedName(CgroupTag(home), id) }
+
+// CgroupID is the VM id of the cgroup named name, when it belongs to the
+// server whose data directory is home.
+func CgroupID(home, name string) (id string, ok bool) {
+	return strings.CutPrefix(name, CgroupTag(home)+".")
+}
+
+// taggedName is the cgroup name of VM id under tag ("" for none).
+func taggedName(tag, id string) string {
+	if tag == "" {
 		return id
 	}
-	return cg.tag + "." + id
+	return tag + "." + id
 }
+
+// cgroupName is the name of VM id's cgroup.
+func (cg *cgroups) cgroupName(id string) string { return taggedName(cg.tag, id) }
 
 // wantCtrls are the controllers VMs are limited by; on v1, pids is used
 // where mounted but not required.
