@@ -26,6 +26,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/apiserver"
+	"github.com/cove-dev/cove/internal/cas"
 	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/session"
@@ -204,13 +205,14 @@ func run(home, agent string, cfg config) error {
 	}
 	defer eb.close()
 	scfg := session.Config{Store: st, Driver: driver, Images: b, Dir: sessDir, Log: log, CloneFiles: cfg.cloneFiles, Egress: eb.broker}
+	var freshObjects func(context.Context) (*cas.Store, error)
 	if cfg.only == "store" {
-		objects, stop, err := storeObjects(ctx)
+		objects, fresh, stop, err := storeObjects(ctx)
 		if err != nil {
 			return err
 		}
 		defer stop()
-		scfg.Objects = objects
+		scfg.Objects, freshObjects = objects, fresh
 	}
 	mgr, err := session.New(scfg)
 	if err != nil {
@@ -250,7 +252,7 @@ func run(home, agent string, cfg config) error {
 		return nil
 	}
 	if cfg.only == "store" {
-		if rows, err = storeRows(ctx, c, sessDir, cfg.clones); err != nil {
+		if rows, err = storeRows(ctx, c, sessDir, cfg.clones, freshObjects); err != nil {
 			return err
 		}
 		printTable(os.Stdout, driver.Accel(), rows)

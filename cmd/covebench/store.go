@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/cove-dev/cove/api"
@@ -14,27 +15,94 @@ import (
 )
 
 // storeObjects is the object store of the store section: a real S3
-// server (SeaweedFS, s3test) on loopback, as the figures ask; its
+// server (SeaweedFS, s3test) on loopback, as the figures ask, and
+// a way to open further empty stores on it (for the throughput rows); its
 // stop func ends it.
-func storeObjects(ctx context.Context) (*cas.Store, func(), error) {
+func storeObjects(ctx context.Context) (*cas.Store, func(context.Context) (*cas.Store, error), func(), error) {
 	srv, err := s3test.Start(ctx, os.Stderr)
 	if err != nil {
-		return nil, nil, fmt.Errorf("store: S3 server: %w", err)
+		return nil, nil, nil, fmt.Errorf("store: S3 server: %w", err)
 	}
 	for k, v := range srv.Env() {
 		os.Setenv(k, v)
 	}
-	objs, err := objstore.Open(ctx, srv.URL(fmt.Sprintf("bench-%d", time.Now().UnixNano())))
+	fresh := func(ctx context.Context) (*cas.Store, error) {
+		return openCAS(ctx, srv.URL(fmt.Sprintf("bench-%d", time.Now().UnixNano())))
+	}
+	st, err := fresh(ctx)
 	if err != nil {
 		srv.Stop()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	st, err := cas.New(cas.Config{Objects: objs})
+	return st, fresh, srv.Stop, nil
+}
+
+// openCAS opens a content-addressed store over the object store at url.
+func openCAS(ctx context.Context, url string) (*cas.Store, error) {
+	objs, err := objstore.Open(ctx, url)
 	if err != nil {
-		srv.Stop()
-		return nil, nil, err
+		return nil, err
 	}
-	return st, srv.Stop, nil
+	return cas.New(cas.Config{Objects: objs})
+}
+
+// uploadRows measures upload throughput and its CPU cost: the files of
+// parked session dir (RAM file, device state, disk overlay) put into an
+// empty store n times, on S3 (fresh) and on file:// (under tmp), so that
+// every chunk is hashed, compressed and sent. MB/s counts the data read
+// (a RAM file's holes are skipped, not read); CPU is this process's user
+// and system time, which is cove's side of an upload (the S3 server runs
+// apart).
+func uploadRows(ctx context.Context, fresh func(context.Context) (*cas.Store, error), tmp, dir string, n int) ([]row, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var files []cas.Source
+	for _, e := range ents {
+		if e.Type().IsRegular() {
+			files = append(files, cas.Source{Name: e.Name(), Path: filepath.Join(dir, e.Name())})
+		}
+	}
+	var rows []row
+	for _, backend := range []string{"S3", "file://"} {
+		rate := row{name: "upload throughput to an empty " + backend + " store (a parked tiny session's data)", unit: "MB/s"}
+		cpu := row{name: "CPU per MB uploaded to " + backend + " (hash, zstd, send)", unit: "ms"}
+		ratio := row{name: "bytes sent / data read, " + backend + " (zstd)", unit: "%"}
+		for i := 0; i < n; i++ {
+			var st *cas.Store
+			if backend == "S3" {
+				st, err = fresh(ctx)
+			} else {
+				st, err = openCAS(ctx, "file://"+filepath.Join(tmp, fmt.Sprintf("upload-%d", i)))
+			}
+			if err != nil {
+				return nil, err
+			}
+			cpu0, t0 := cpuTime(), time.Now()
+			_, stats, err := st.Upload(ctx, files, nil)
+			if err != nil {
+				return nil, err
+			}
+			wall, used := time.Since(t0), cpuTime()-cpu0
+			mb := float64(stats.BytesRead) / 1e6
+			rate.samples = append(rate.samples, mb/wall.Seconds())
+			cpu.samples = append(cpu.samples, ms(used)/mb)
+			ratio.samples = append(ratio.samples, 100*float64(stats.BytesAdded)/float64(stats.BytesRead))
+			fmt.Fprintf(os.Stderr, "bench: upload %s %d/%d: %.0f MB read in %v, %.0f MB/s, CPU %v\n", backend, i+1, n, mb, wall.Round(time.Millisecond), mb/wall.Seconds(), used.Round(time.Millisecond))
+		}
+		rows = append(rows, rate, cpu, ratio)
+	}
+	return rows, nil
+}
+
+// cpuTime is the user and system CPU time this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // storeRows measures snapshots off the host: the bytes a parked clone of
@@ -43,7 +111,7 @@ func storeObjects(ctx context.Context) (*cas.Store, func(), error) {
 // session's local files gone (a cold cache) until its first exec
 // answers. The template version is uploaded before the first clone's
 // snapshot and is not counted.
-func storeRows(ctx context.Context, c *api.Client, sessDir string, n int) ([]row, error) {
+func storeRows(ctx context.Context, c *api.Client, sessDir string, n int, fresh func(context.Context) (*cas.Store, error)) ([]row, error) {
 	if _, err := c.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "bench-store"}); err != nil {
 		return nil, err
 	}
@@ -52,6 +120,7 @@ func storeRows(ctx context.Context, c *api.Client, sessDir string, n int) ([]row
 	wake := row{name: "wake from the store (local files gone) → first exec, tiny", unit: "ms", target: 1500}
 	park := row{name: "park of a clone, with uploads to the store on (its own starts after it)", unit: "ms", target: 150}
 	upload := row{name: "park returned → stored (upload in the background, polled every 50 ms)", unit: "ms"}
+	var throughput []row
 	for i := 0; i < n; i++ {
 		s, err := c.CreateSession(ctx, api.CreateSessionRequest{Template: "bench-store"})
 		if err != nil {
@@ -77,6 +146,19 @@ func storeRows(ctx context.Context, c *api.Client, sessDir string, n int) ([]row
 			if j == 0 {
 				continue
 			}
+			if i == 0 {
+				// The throughput rows use the first clone's files, parked
+				// and stored (the background upload is done).
+				tmp, err := os.MkdirTemp(filepath.Dir(sessDir), "upload-bench-")
+				if err != nil {
+					return nil, err
+				}
+				throughput, err = uploadRows(ctx, fresh, tmp, filepath.Join(sessDir, s.ID), max(n/2, 3))
+				os.RemoveAll(tmp)
+				if err != nil {
+					return nil, err
+				}
+			}
 			if err := os.RemoveAll(filepath.Join(sessDir, s.ID)); err != nil {
 				return nil, err
 			}
@@ -99,7 +181,7 @@ func storeRows(ctx context.Context, c *api.Client, sessDir string, n int) ([]row
 	if err := c.DeleteTemplate(ctx, "bench-store"); err != nil {
 		return nil, err
 	}
-	return []row{first, second, park, upload, wake}, nil
+	return append([]row{first, second, park, upload, wake}, throughput...), nil
 }
 
 // waitStored polls session id until its snapshot is stored.
