@@ -26,7 +26,6 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/apiserver"
-	"github.com/cove-dev/cove/internal/cas"
 	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/session"
@@ -49,11 +48,15 @@ func main() {
 	rebuilds := flag.Int("rebuilds", 3, "pushes to a template that follows a repo, each timed until its new version is live (needs debian)")
 	wakeOnly := flag.Bool("wake-only", false, "after the cold boots and execs, measure park and wake only (no raw QEMU, templates or triggers)")
 	egressSamples := flag.Int("egress-samples", 20, "samples of the egress figures' small requests (0 skips them; the rest: 3 each; needs debian)")
-	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), store (snapshots in a loopback S3 store: bytes a parked clone adds, a second park adds, wake with the local files gone), identity (policy decisions, authentication, session-token minting; no VM)")
+	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), store (snapshots in a loopback S3 store: bytes a parked clone adds, a second park adds, wake with the local files gone, upload throughput), scale (make bench-scale: -storm clones parked and woken at once, then -scale-clones parked and stored under -cache-size-mib), identity (policy decisions, authentication, session-token minting; no VM)")
 	identitySamples := flag.Int("identity-samples", 2000, "samples of each identity figure")
 	testJSON := flag.String("test-json", envOr("TESTJSON", filepath.Join(os.TempDir(), "cove-test.json")), "the go test -json record of the last make test, for the safety figures (TESTJSON)")
 	hostileExecs := flag.Int("hostile-execs", 30, "neighbour execs per phase of the hostile section (0 skips it)")
 	hostileEvery := flag.Duration("hostile-every", 500*time.Millisecond, "spacing of the neighbour's execs in the hostile section")
+	storm := flag.Int("storm", 64, "-only scale: clones parked at once, then woken at once")
+	scaleClones := flag.Int("scale-clones", 1000, "-only scale: clones made and parked in the long run")
+	scaleParallel := flag.Int("scale-parallel", 4, "-only scale: clones made and parked at once in the long run")
+	cacheSize := flag.Int64("cache-size-mib", 2048, "-only scale: the node cache bound for session files, MiB (0: none)")
 	verbose := flag.Bool("v", false, "log at info level (the session manager's timings: restore spawn_ms, agent_ms, …)")
 	flag.Parse()
 	cfg := config{boots: *boots, debianBoots: *debianBoots, execs: *execs, files: *files, idle: *idle, parks: *parks, clones: *clones}
@@ -61,6 +64,7 @@ func main() {
 	cfg.only, cfg.testJSON = *only, *testJSON
 	cfg.hostile = hostileConfig{execs: *hostileExecs, every: *hostileEvery, ramp: 2 * time.Second, attack: 20 * time.Second}
 	cfg.identitySamples, cfg.egressSamples = *identitySamples, *egressSamples
+	cfg.scale = scaleConfig{storm: *storm, clones: *scaleClones, parallel: *scaleParallel, cacheSize: *cacheSize << 20}
 	switch cfg.only {
 	case "":
 	case "identity":
@@ -79,7 +83,7 @@ func main() {
 		}
 		printTable(os.Stdout, "tests", rows)
 		return
-	case "audit", "store":
+	case "audit", "store", "scale":
 		cfg.debianBoots = 0
 	case "egress":
 		if cfg.egressSamples <= 0 {
@@ -94,7 +98,7 @@ func main() {
 		}
 		cfg.debianBoots = 0
 	default:
-		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: audit, egress, hostile, safety, store, identity\n", cfg.only)
+		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: audit, egress, hostile, safety, store, scale, identity\n", cfg.only)
 		os.Exit(2)
 	}
 	if err := run(*home, *agent, cfg); err != nil {
@@ -142,6 +146,7 @@ type config struct {
 	testJSON                                              string // make test's go test -json record
 	hostile                                               hostileConfig
 	identitySamples                                       int // samples of each identity figure
+	scale                                                 scaleConfig
 	egressSamples                                         int // samples of the egress figures' small requests
 }
 
@@ -205,14 +210,19 @@ func run(home, agent string, cfg config) error {
 	}
 	defer eb.close()
 	scfg := session.Config{Store: st, Driver: driver, Images: b, Dir: sessDir, Log: log, CloneFiles: cfg.cloneFiles, Egress: eb.broker}
-	var freshObjects func(context.Context) (*cas.Store, error)
-	if cfg.only == "store" {
-		objects, fresh, stop, err := storeObjects(ctx)
-		if err != nil {
+	if cfg.only == "scale" {
+		// A storm runs more tiny VMs at once than the default overcommit
+		// admits on a small host (16 vCPUs per core, 1.5× memory); a
+		// tiny guest touches about a fifth of its 512 MiB.
+		scfg.Admission = session.Admission{CPUOvercommit: 64, MemoryOvercommit: 3}
+	}
+	var objects *benchObjects
+	if cfg.only == "store" || cfg.only == "scale" {
+		if objects, err = storeObjects(ctx); err != nil {
 			return err
 		}
-		defer stop()
-		scfg.Objects, freshObjects = objects, fresh
+		defer objects.stop()
+		scfg.Objects = objects.cas
 	}
 	mgr, err := session.New(scfg)
 	if err != nil {
@@ -251,8 +261,15 @@ func run(home, agent string, cfg config) error {
 		printTable(os.Stdout, driver.Accel(), rows)
 		return nil
 	}
+	if cfg.only == "scale" {
+		if rows, err = scaleRows(ctx, c, objects.objs, sessDir, cfg.scale); err != nil {
+			return err
+		}
+		printTable(os.Stdout, driver.Accel(), rows)
+		return nil
+	}
 	if cfg.only == "store" {
-		if rows, err = storeRows(ctx, c, sessDir, cfg.clones, freshObjects); err != nil {
+		if rows, err = storeRows(ctx, c, sessDir, cfg.clones, objects.fresh); err != nil {
 			return err
 		}
 		printTable(os.Stdout, driver.Accel(), rows)

@@ -18,32 +18,42 @@ import (
 // server (SeaweedFS, s3test) on loopback, as the figures ask, and
 // a way to open further empty stores on it (for the throughput rows); its
 // stop func ends it.
-func storeObjects(ctx context.Context) (*cas.Store, func(context.Context) (*cas.Store, error), func(), error) {
+func storeObjects(ctx context.Context) (*benchObjects, error) {
 	srv, err := s3test.Start(ctx, os.Stderr)
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("store: S3 server: %w", err)
+		return nil, fmt.Errorf("store: S3 server: %w", err)
 	}
 	for k, v := range srv.Env() {
 		os.Setenv(k, v)
 	}
-	fresh := func(ctx context.Context) (*cas.Store, error) {
-		return openCAS(ctx, srv.URL(fmt.Sprintf("bench-%d", time.Now().UnixNano())))
+	o := &benchObjects{stop: srv.Stop}
+	o.fresh = func(ctx context.Context) (*cas.Store, error) {
+		st, _, err := openCAS(ctx, srv.URL(fmt.Sprintf("bench-%d", time.Now().UnixNano())))
+		return st, err
 	}
-	st, err := fresh(ctx)
-	if err != nil {
+	if o.cas, o.objs, err = openCAS(ctx, srv.URL(fmt.Sprintf("bench-%d", time.Now().UnixNano()))); err != nil {
 		srv.Stop()
-		return nil, nil, nil, err
+		return nil, err
 	}
-	return st, fresh, srv.Stop, nil
+	return o, nil
+}
+
+// benchObjects is the object store the manager uploads to, and more.
+type benchObjects struct {
+	cas   *cas.Store
+	objs  objstore.Store                            // what cas holds its objects in
+	fresh func(context.Context) (*cas.Store, error) // opens another, empty store
+	stop  func()
 }
 
 // openCAS opens a content-addressed store over the object store at url.
-func openCAS(ctx context.Context, url string) (*cas.Store, error) {
+func openCAS(ctx context.Context, url string) (*cas.Store, objstore.Store, error) {
 	objs, err := objstore.Open(ctx, url)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return cas.New(cas.Config{Objects: objs})
+	st, err := cas.New(cas.Config{Objects: objs})
+	return st, objs, err
 }
 
 // uploadRows measures upload throughput and its CPU cost: the files of
@@ -74,7 +84,7 @@ func uploadRows(ctx context.Context, fresh func(context.Context) (*cas.Store, er
 			if backend == "S3" {
 				st, err = fresh(ctx)
 			} else {
-				st, err = openCAS(ctx, "file://"+filepath.Join(tmp, fmt.Sprintf("upload-%d", i)))
+				st, _, err = openCAS(ctx, "file://"+filepath.Join(tmp, fmt.Sprintf("upload-%d", i)))
 			}
 			if err != nil {
 				return nil, err
