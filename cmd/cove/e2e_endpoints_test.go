@@ -77,7 +77,8 @@ func serverRefuses(t *testing.T, cove string, env []string, args ...string) (lin
 // does not answer, a bucket that is missing or credentials it refuses,
 // or with a PostgreSQL that does not answer or refuses the password,
 // stops before it serves, with one line naming the flag, the endpoint and
-// the bucket (or the database's host), and without the secret.
+// the bucket (or the database's host), and without the secret; so does
+// a COVE_CACHE_SIZE that does not parse.
 func TestServerRefusesBadEndpoints(t *testing.T) {
 	cove, err := vmtest.BuildCove(t.TempDir())
 	if err != nil {
@@ -115,6 +116,13 @@ func TestServerRefusesBadEndpoints(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("cache size that does not parse", func(t *testing.T) {
+		line, _ := serverRefuses(t, cove, []string{"COVE_CACHE_SIZE=2XB"})
+		if !strings.Contains(line, "COVE_CACHE_SIZE") || !strings.Contains(line, "2XB") {
+			t.Errorf("the error does not name COVE_CACHE_SIZE and its value: %s", line)
+		}
+	})
 
 	pg := pgtest.Fresh(t)
 	db, err := pg.CreateDatabase(t.Context(), "t_cove_endpoints")
