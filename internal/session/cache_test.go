@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/session"
@@ -263,4 +265,68 @@ func (b *syncBuffer) String() string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.buf.String()
+}
+
+// TestFakeCacheRacesWakes: with a bound of one byte, every stored parked
+// session is evicted as soon as a pass sees it, while its session is
+// parked, woken and parked again from several goroutines: whichever comes
+// first, the eviction or the wake, each wake finds the session as its
+// last park left it (from the host's files or from the object store).
+func TestFakeCacheRacesWakes(t *testing.T) {
+	h := &cacheHooks{refuse: map[string]bool{}, evicted: map[string]session.Event{}}
+	r := newObjectsRig(t, func(c *session.Config) {
+		c.CacheSize = 1
+		c.OnEvent = h.onEvent
+	})
+	const sessions, rounds = 4, 6
+	var ids []string
+	for range sessions {
+		ids = append(ids, r.create(api.CreateSessionRequest{}).ID)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, sessions*rounds)
+	for _, id := range ids {
+		wg.Go(func() {
+			ctx := context.Background()
+			for i := range rounds {
+				want := fmt.Sprintf("%s round %d\n", id, i)
+				if err := r.mgr.WriteFile(ctx, id, "/root/marker", 0o644, strings.NewReader(want)); err != nil {
+					errs <- fmt.Errorf("%s: write round %d: %w", id, i, err)
+					return
+				}
+				if _, err := r.mgr.Park(ctx, id); err != nil {
+					errs <- fmt.Errorf("%s: park round %d: %w", id, i, err)
+					return
+				}
+				if i%2 == 1 { // every other round, wait to be evicted first
+					if !waitFor(30*time.Second, func() bool {
+						s, err := r.mgr.Get(ctx, id)
+						return err == nil && s.Evicted
+					}) {
+						errs <- fmt.Errorf("%s: not evicted in round %d", id, i)
+						return
+					}
+				}
+				rc, err := r.mgr.Open(ctx, id, "/root/marker") // wakes it
+				if err != nil {
+					errs <- fmt.Errorf("%s: open round %d: %w", id, i, err)
+					return
+				}
+				b, err := io.ReadAll(rc)
+				rc.Close()
+				if err != nil || string(b) != want {
+					errs <- fmt.Errorf("%s: round %d: the marker is %q (%v), want %q", id, i, b, err, want)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if h.evictionCount() < sessions*rounds/2 {
+		t.Errorf("%d evictions, want at least %d (every other round of each session)", h.evictionCount(), sessions*rounds/2)
+	}
 }
