@@ -125,3 +125,42 @@ func TestObjectsCacheEvicts(t *testing.T) {
 		t.Fatalf("server stop: %v", err)
 	}
 }
+
+// TestObjectsCacheEvictsClone: with a bound of one byte, a clone of a
+// template is evicted as soon as it is stored; its wake fetches only the
+// chunks that its template version's files on the host lack (the log's
+// restore line: most chunks from the seed), with memory and background
+// process intact.
+func TestObjectsCacheEvictsClone(t *testing.T) {
+	e := newE2E(t)
+	e.startServer("COVE_CACHE_SIZE=1")
+	e.ok(nil, "template", "create", "cached", "--memory", "256")
+	s := e.newMemorySession("--template", "cached")
+	e.ok(nil, "park", s.id)
+	e.waitStored(s.id)
+	e.waitEvicted(s.id)
+	if n := e.localBytes(s.id); n != 0 {
+		t.Fatalf("clone %s evicted, but %d bytes of its snapshot are on the host", s.id, n)
+	}
+	e.checkMemory(s, "its eviction and a wake seeded by its template version's files")
+	var fetched, seeded int
+	for l := range strings.SplitSeq(e.srv.log.String(), "\n") {
+		if strings.Contains(l, "snapshot restored from the object store") && strings.Contains(l, "session="+s.id) {
+			if _, err := fmt.Sscanf(l[strings.Index(l, "chunks_fetched="):], "chunks_fetched=%d", &fetched); err != nil {
+				t.Fatalf("restore line %q: %v", l, err)
+			}
+			if _, err := fmt.Sscanf(l[strings.Index(l, "chunks_from_seeds="):], "chunks_from_seeds=%d", &seeded); err != nil {
+				t.Fatalf("restore line %q: %v", l, err)
+			}
+		}
+	}
+	t.Logf("restore of the evicted clone: %d chunks fetched, %d from its template version's files", fetched, seeded)
+	if seeded == 0 || fetched >= seeded {
+		t.Errorf("the evicted clone's restore fetched %d chunks and took %d from the template version's files; want most from the files%s",
+			fetched, seeded, e.serverLog())
+	}
+	e.ok(nil, "rm", s.id)
+	if err := e.stopServer(syscall.SIGTERM); err != nil { // it stops its spare QEMUs
+		t.Fatalf("server stop: %v", err)
+	}
+}
