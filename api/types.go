@@ -72,6 +72,10 @@ type Session struct {
 	// object store: chunks no earlier upload had put there, compressed,
 	// and the manifest.
 	StoredBytes int64 `json:"stored_bytes,omitempty"`
+	// Evicted says that the stored parked session's snapshot files are
+	// not on the server's host (evicted from its cache, --cache-size):
+	// its wake restores them from the object store first.
+	Evicted bool `json:"evicted,omitempty"`
 }
 
 // OwnerAdmin is the Owner of sessions and templates made with the

@@ -43,8 +43,9 @@ type serverConfig struct {
 
 	Listen       string
 	Home         string
-	DB           string // "sqlite" (Home/state.db) or a postgres:// URL
-	Objects      string // where snapshots go off the host: "" (file://Home/objects), file:// or s3:// URL
+	DB           string   // "sqlite" (Home/state.db) or a postgres:// URL
+	Objects      string   // where snapshots go off the host: "" (file://Home/objects), file:// or s3:// URL
+	CacheSize    sizeFlag // bound on parked sessions' snapshot files here; 0: none
 	Accel        string
 	AgentPath    string
 	QEMUUser     string
@@ -127,6 +128,19 @@ func envFloat(key string, def float64) float64 {
 	return def
 }
 
+// envCacheSize sets size from COVE_CACHE_SIZE unless --cache-size was
+// given; a value that does not parse stops the server.
+func envCacheSize(cmd *cobra.Command, size *sizeFlag) error {
+	v := os.Getenv("COVE_CACHE_SIZE")
+	if v == "" || cmd.Flags().Changed("cache-size") {
+		return nil
+	}
+	if err := size.Set(v); err != nil {
+		return fmt.Errorf("server: COVE_CACHE_SIZE: %w", err)
+	}
+	return nil
+}
+
 func newServerCmd() *cobra.Command {
 	cfg := serverConfig{}
 	cmd := &cobra.Command{
@@ -146,6 +160,9 @@ starting; SIGHUP reloads it, and a file that does not check then leaves
 the policy in force.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := envCacheSize(cmd, &cfg.CacheSize); err != nil {
+				return err
+			}
 			return runServer(cmd.Context(), cfg)
 		},
 	}
@@ -154,6 +171,7 @@ the policy in force.`,
 	f.StringVar(&cfg.Home, "home", envOr("COVE_HOME", defaultHome), "data directory (COVE_HOME)")
 	f.StringVar(&cfg.DB, "db", envOr("COVE_DB", "sqlite"), "state store: sqlite (HOME/state.db, this server's) or a postgres://USER:PASSWORD@HOST:PORT/DATABASE URL that servers share (COVE_DB; prefer it, or PGPASSWORD, to keep the password out of ps)")
 	f.StringVar(&cfg.Objects, "objects", os.Getenv("COVE_OBJECTS"), "object store that parked sessions' snapshots are uploaded to: file:///DIR or s3://BUCKET/PREFIX?endpoint=HOST:PORT&region=R (credentials from AWS_* or ~/.aws/credentials, never the URL) (COVE_OBJECTS; default: file://HOME/objects)")
+	f.Var(&cfg.CacheSize, "cache-size", "node cache: the most bytes that parked sessions' snapshot files (RAM file, device state, disk overlay; allocated blocks) may take on this host, e.g. 2GiB, 500MiB or a byte count; past it, the files of parked sessions stored in --objects are removed, least recently parked first, and a wake fetches them back (COVE_CACHE_SIZE; default 0: no bound)")
 	f.StringVar(&cfg.Accel, "accel", envOr("COVE_ACCEL", "auto"), "accelerator: auto, kvm or tcg (COVE_ACCEL)")
 	f.StringVar(&cfg.AgentPath, "agent", os.Getenv("COVE_AGENT"), "static cove-agent binary (COVE_AGENT; default: next to this binary)")
 	f.StringVar(&cfg.QEMUUser, "qemu-user", envOr("COVE_QEMU_USER", "cove-vm"), "unprivileged user QEMU runs as when the server is root (COVE_QEMU_USER)")
@@ -303,9 +321,9 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	mgr, err := session.New(session.Config{Tokens: tokens.minter, Egress: egressBroker,
 		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
 		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout, CloneFiles: cfg.CloneFiles,
-		CrashPoint: crash, Objects: objects,
+		CrashPoint: crash, Objects: objects, CacheSize: int64(cfg.CacheSize),
 		OnEvent: session.Hooks(session.AuditEvents(auditLog), session.ObserveDurations(metrics.ObservePark, metrics.ObserveWake),
-			session.ObserveStores(metrics.ObserveStore)),
+			session.ObserveStores(metrics.ObserveStore), session.ObserveEvictions(metrics.ObserveEviction)),
 		Admission: session.Admission{MemoryOvercommit: cfg.MemoryOvercommit, CPUOvercommit: cfg.CPUOvercommit},
 	})
 	if err != nil {
@@ -313,6 +331,13 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	}
 	if err := mgr.Recover(ctx); err != nil {
 		return err
+	}
+	if cfg.CacheSize > 0 {
+		metrics.WatchCache(func() (int64, int64) {
+			u := mgr.CacheUsage()
+			return u.Bytes, u.Limit
+		})
+		log.Info("node cache: stored parked sessions' files are evicted past its bound", "cache_size", int64(cfg.CacheSize))
 	}
 
 	if secret := os.Getenv("COVE_GITHUB_WEBHOOK_SECRET"); secret != "" {

@@ -32,6 +32,13 @@ const listTimeout = 5 * time.Second
 //	cove_store_seconds                  histogram of parked sessions' snapshot uploads
 //	                                    to the object store, done (durable)
 //	cove_store_added_bytes_total        what those uploads added to the object store
+//	cove_cache_evictions_total          parked sessions' snapshot files evicted from
+//	                                    the node cache (--cache-size)
+//	cove_cache_evicted_bytes_total      the bytes those evictions freed
+//	cove_cache_bytes                    gauge: what parked sessions' snapshot files take
+//	                                    on the host, as the evictor last counted
+//	cove_cache_size_bytes               gauge: the bound (--cache-size); both only
+//	                                    with a bound (WatchCache)
 //	cove_http_requests_total{code,method}
 //	cove_webhooks_total{code}           webhook deliveries (POST /v1/hooks/…)
 //	                                    by the status they were answered with
@@ -46,6 +53,9 @@ type Metrics struct {
 	wake     prometheus.Histogram
 	store    prometheus.Histogram
 	added    prometheus.Counter
+	evicts   prometheus.Counter
+	evicted  prometheus.Counter
+	cache    *cacheCollector
 	requests *prometheus.CounterVec
 	webhooks *prometheus.CounterVec
 	sessions *sessionsCollector
@@ -84,6 +94,18 @@ func NewMetrics() *Metrics {
 			Name: "cove_store_added_bytes_total",
 			Help: "Bytes the snapshot uploads added to the object store: new chunks, compressed, and manifests.",
 		}),
+		evicts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cove_cache_evictions_total",
+			Help: "Stored parked sessions whose snapshot files were removed from this host's node cache (--cache-size).",
+		}),
+		evicted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "cove_cache_evicted_bytes_total",
+			Help: "Bytes (allocated blocks) those evictions freed on this host.",
+		}),
+		cache: &cacheCollector{
+			bytes: prometheus.NewDesc("cove_cache_bytes", "Bytes (allocated blocks) that parked sessions' snapshot files take on this host, as the node cache's evictor last counted them.", nil, nil),
+			size:  prometheus.NewDesc("cove_cache_size_bytes", "The node cache's bound (--cache-size).", nil, nil),
+		},
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "cove_http_requests_total",
 			Help: "HTTP requests answered by the API server, by status code and method.",
@@ -95,7 +117,8 @@ func NewMetrics() *Metrics {
 		sessions: &sessionsCollector{desc: prometheus.NewDesc(
 			"cove_sessions", "Sessions by state, at scrape time.", []string{"state"}, nil)},
 	}
-	m.reg.MustRegister(m.boot, m.exec, m.park, m.wake, m.store, m.added, m.requests, m.webhooks, m.sessions,
+	m.reg.MustRegister(m.boot, m.exec, m.park, m.wake, m.store, m.added, m.evicts, m.evicted, m.cache,
+		m.requests, m.webhooks, m.sessions,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m.handler = promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{
@@ -124,6 +147,22 @@ func (m *Metrics) ObserveWake(d time.Duration) { m.wake.Observe(d.Seconds()) }
 func (m *Metrics) ObserveStore(d time.Duration, added int64) {
 	m.store.Observe(d.Seconds())
 	m.added.Add(float64(max(added, 0)))
+}
+
+// ObserveEviction records one eviction from the node cache and the bytes
+// it freed; see ObservePark.
+func (m *Metrics) ObserveEviction(freed int64) {
+	m.evicts.Inc()
+	m.evicted.Add(float64(max(freed, 0)))
+}
+
+// WatchCache makes cove_cache_bytes and cove_cache_size_bytes report what
+// usage returns at scrape time: the bytes the node cache holds and its
+// bound. Without it they are not reported. The last call wins.
+func (m *Metrics) WatchCache(usage func() (bytes, size int64)) {
+	m.cache.mu.Lock()
+	m.cache.usage = usage
+	m.cache.mu.Unlock()
 }
 
 // watchSessions makes cove_sessions count the sessions list returns. The
@@ -187,4 +226,26 @@ func (c *sessionsCollector) Collect(ch chan<- prometheus.Metric) {
 	for st, n := range counts {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), st)
 	}
+}
+
+// cacheCollector reports the node cache's gauges from its usage at scrape
+// time.
+type cacheCollector struct {
+	bytes, size *prometheus.Desc
+	mu          sync.Mutex
+	usage       func() (bytes, size int64) // guarded by mu
+}
+
+func (c *cacheCollector) Describe(ch chan<- *prometheus.Desc) { ch <- c.bytes; ch <- c.size }
+
+func (c *cacheCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	usage := c.usage
+	c.mu.Unlock()
+	if usage == nil {
+		return
+	}
+	b, size := usage()
+	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.GaugeValue, float64(b))
+	ch <- prometheus.MustNewConstMetric(c.size, prometheus.GaugeValue, float64(size))
 }

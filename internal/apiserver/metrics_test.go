@@ -58,3 +58,36 @@ func TestMetricsExposeSessionsExecAndRequests(t *testing.T) {
 		}
 	}
 }
+
+// The node cache's metrics: evictions counted with the bytes they freed,
+// and its gauges only once WatchCache gives them a source.
+func TestMetricsCache(t *testing.T) {
+	e := newEnv(t)
+	scrape := func() string {
+		t.Helper()
+		resp := e.do("GET", "/metrics", nil, "Authorization", "")
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			t.Fatalf("metrics: %d %s", resp.StatusCode, body)
+		}
+		return string(body)
+	}
+	if text := scrape(); strings.Contains(text, "cove_cache_bytes") || !strings.Contains(text, "cove_cache_evictions_total 0") {
+		t.Errorf("metrics before any eviction, with no cache watched:\n%s", text)
+	}
+	m := e.server.Metrics()
+	m.ObserveEviction(3 << 20)
+	m.ObserveEviction(1 << 20)
+	m.WatchCache(func() (int64, int64) { return 5 << 20, 8 << 20 })
+	text := scrape()
+	for _, want := range []string{
+		"cove_cache_evictions_total 2",
+		"cove_cache_evicted_bytes_total 4.194304e+06",
+		"cove_cache_bytes 5.24288e+06",
+		"cove_cache_size_bytes 8.388608e+06",
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+}

@@ -32,7 +32,8 @@ type Event struct {
 	Audience string
 	// Duration is how long it took (Done).
 	Duration time.Duration
-	// Bytes is what an EventStore added to the object store (Done).
+	// Bytes is what an EventStore added to the object store, or what an
+	// EventEvict freed on this host (Done).
 	Bytes int64
 	// Err is why it failed (Done); nil if it was done.
 	Err error
@@ -50,6 +51,7 @@ const (
 	EventRefill  EventKind = "template.refill"  // a pool clone made ahead
 	EventRebuild EventKind = "template.rebuild" // a template's next version built (a push, the API, a restart)
 	EventStore   EventKind = "session.store"    // a parked session's snapshot uploaded to the object store (after its park, or at a restart)
+	EventEvict   EventKind = "session.evict"    // a stored parked session's snapshot files removed from this host's cache (Config.CacheSize)
 )
 
 // Phase says whether an action is about to happen or has ended.
@@ -76,6 +78,7 @@ const (
 	CauseRestart Cause = "restart" // the server's restart
 	CausePool    Cause = "pool"    // a template's warm pool
 	CausePark    Cause = "park"    // a park done: its snapshot's upload follows it
+	CauseCache   Cause = "cache"   // the node cache over its bound (Config.CacheSize)
 )
 
 // ErrRefused is wrapped by the error of an action that Config.OnEvent
@@ -139,6 +142,17 @@ func ObserveStores(store func(time.Duration, int64)) func(context.Context, Event
 	return func(_ context.Context, ev Event) error {
 		if ev.Phase == Done && ev.Err == nil && ev.Kind == EventStore {
 			store(ev.Duration, ev.Bytes)
+		}
+		return nil
+	}
+}
+
+// ObserveEvictions is an OnEvent that tells evict the bytes each eviction
+// from the node cache freed (EventEvict, done).
+func ObserveEvictions(evict func(bytes int64)) func(context.Context, Event) error {
+	return func(_ context.Context, ev Event) error {
+		if ev.Phase == Done && ev.Err == nil && ev.Kind == EventEvict {
+			evict(ev.Bytes)
 		}
 		return nil
 	}

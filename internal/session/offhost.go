@@ -144,6 +144,7 @@ func (m *Manager) startUpload(rec store.Session, cause Cause) {
 			delete(m.ups.running, rec.ID)
 		}
 		m.ups.mu.Unlock()
+		m.kickCache() // the session may be evictable now (cache.go)
 	}()
 }
 

@@ -106,6 +106,10 @@ type Config struct {
 	// Objects is where parked sessions' snapshots go off the host (see
 	// offhost.go); nil: they stay on this host only.
 	Objects SnapshotStore
+	// CacheSize bounds the bytes of parked sessions' snapshot files on
+	// this host: past it, stored sessions' files are evicted, least
+	// recently parked first (see cache.go); 0: no bound.
+	CacheSize int64
 }
 
 // Manager manages sessions. It is safe for concurrent use.
@@ -134,8 +138,9 @@ type Manager struct {
 	stop chan struct{} // closed by Close/StopAll: ends background loops
 	bg   sync.WaitGroup
 
-	admitted admitted // room reserved by starts under way (admit.go)
-	ups      uploads  // snapshot uploads to Config.Objects (offhost.go)
+	admitted admitted  // room reserved by starts under way (admit.go)
+	ups      uploads   // snapshot uploads to Config.Objects (offhost.go)
+	cache    nodeCache // the evictor of Config.CacheSize (cache.go)
 }
 
 // live is a session with a VM process.
@@ -219,7 +224,8 @@ func New(cfg Config) (*Manager, error) {
 		builds: map[string]*builder{}, follows: map[string][]string{}, tlocks: map[string]*sync.RWMutex{},
 		deadlines: map[string]time.Time{}, deliver: make(chan struct{}, 1),
 		cloneFiles: map[string][]cloneFiles{}, cloneWanted: map[string]bool{}, cloneKick: make(chan struct{}, 1),
-		ups: uploads{slots: make(chan struct{}, uploadsAtOnce), running: map[string]*upload{}, bases: map[string]*baseEntry{}}}
+		ups:   uploads{slots: make(chan struct{}, uploadsAtOnce), running: map[string]*upload{}, bases: map[string]*baseEntry{}},
+		cache: nodeCache{kick: make(chan struct{}, 1)}}
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
 	return m, nil
 }
@@ -258,7 +264,7 @@ func (m *Manager) toAPI(s store.Session) api.Session {
 		Error: s.Error, BootMillis: s.BootMillis, Template: s.Template, TemplateVersion: s.TemplateVersion,
 		IdleTimeout: m.idleTimeout(s).String(), AutoWake: !s.NoAutoWake,
 		Snapshot: snapshotInfo(s.Snapshot), Owner: s.Owner, Agent: s.Agent, Allow: s.Allow,
-		Stored: s.StoredManifest != "", StoredBytes: s.StoredBytes,
+		Stored: s.StoredManifest != "", StoredBytes: s.StoredBytes, Evicted: evicted(s),
 	}
 	return out
 }
@@ -896,6 +902,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 	}
 	// Parked sessions whose upload a stop cut short (or never began).
 	m.uploadParked(ctx)
+	m.startCache()
 	return m.startPools(ctx)
 }
 
