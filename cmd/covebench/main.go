@@ -215,6 +215,7 @@ func run(home, agent string, cfg config) error {
 		// admits on a small host (16 vCPUs per core, 1.5× memory); a
 		// tiny guest touches about a fifth of its 512 MiB.
 		scfg.Admission = session.Admission{CPUOvercommit: 64, MemoryOvercommit: 3}
+		scfg.CacheSize = cfg.scale.cacheSize
 	}
 	var objects *benchObjects
 	if cfg.only == "store" || cfg.only == "scale" {
