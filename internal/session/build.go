@@ -302,7 +302,7 @@ func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) 
 	v.State, v.Snapshot, v.BuildMillis, v.UpdatedAt = store.VersionReady, mach.encode(), time.Since(start).Milliseconds(), time.Now().UTC()
 	t.Version, t.Commit, t.Snapshot, t.UpdatedAt = v.Version, v.Commit, v.Snapshot, v.UpdatedAt
 	m.crashPoint("build.saved")
-	if err := m.cfg.Store.SwapTemplateVersion(context.WithoutCancel(ctx), t, v); err != nil {
+	if err := m.cfg.Store.SwapTemplateVersion(context.WithoutCancel(ctx), &t, v); err != nil {
 		failV(fmt.Errorf("record new version: %w", err))
 		return
 	}
@@ -643,7 +643,7 @@ func (m *Manager) recoverTemplates(ctx context.Context) error {
 		}
 		if t.State == api.TemplateBuilding {
 			t.State, t.Error, t.UpdatedAt = api.TemplateFailed, "server stopped during the build", now
-			if err := m.cfg.Store.UpdateTemplate(ctx, t); err != nil {
+			if err := m.cfg.Store.UpdateTemplate(ctx, &t); err != nil {
 				return fmt.Errorf("session: template %s: %w", t.Name, err)
 			}
 			continue

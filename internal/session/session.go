@@ -316,7 +316,7 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 		return api.Session{}, err
 	}
 	defer release()
-	if err := m.cfg.Store.CreateSession(ctx, rec); err != nil {
+	if err := m.cfg.Store.CreateSession(ctx, &rec); err != nil {
 		return api.Session{}, fmt.Errorf("session: create: %w", err)
 	}
 	m.crashPoint("create.recorded")
@@ -330,7 +330,7 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 		rec.State, rec.Error, rec.UpdatedAt = api.StateFailed, err.Error(), time.Now().UTC()
 		// A background context: the record must say failed even when the
 		// client went away.
-		if uerr := m.cfg.Store.UpdateSession(context.Background(), rec); uerr != nil {
+		if uerr := m.cfg.Store.UpdateSession(context.Background(), &rec); uerr != nil {
 			log.Error("record failed boot", "err", uerr)
 		}
 		return api.Session{}, err
@@ -339,7 +339,7 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 	m.crashPoint("create.booted")
 	rec.State, rec.Handle, rec.BootMillis, rec.UpdatedAt = api.StateRunning, l.vm.Handle(), boot.Milliseconds(), time.Now().UTC()
 	rec.Snapshot = l.mach.encode()
-	if err := m.cfg.Store.UpdateSession(context.Background(), rec); err != nil {
+	if err := m.cfg.Store.UpdateSession(context.Background(), &rec); err != nil {
 		_ = l.vm.Stop(context.Background())
 		os.RemoveAll(m.dir(rec.ID))
 		return api.Session{}, fmt.Errorf("session: create %s: record: %w", rec.ID, err)
@@ -664,7 +664,7 @@ func (m *Manager) fail(id, msg string) {
 		return
 	}
 	rec.State, rec.Error, rec.UpdatedAt = api.StateFailed, msg, time.Now().UTC()
-	if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+	if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
 		m.cfg.Log.Error("record failure", "session", id, "err", err)
 	}
 }
@@ -733,7 +733,7 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	m.mu.Unlock()
 	if rec.State != api.StateStopping {
 		rec.State, rec.UpdatedAt = api.StateStopping, time.Now().UTC()
-		if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+		if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
 			return fmt.Errorf("session: delete %s: %w", id, err)
 		}
 	}
@@ -933,7 +933,7 @@ func (m *Manager) readopt(ctx context.Context, rec store.Session, resume bool) e
 	if rec.State != api.StateRunning {
 		rec.State, rec.Error, rec.UpdatedAt, rec.Snapshot = api.StateRunning, "", time.Now().UTC(), mach.encode()
 		rec.StoredManifest, rec.StoredBytes = "", 0 // its snapshot is consumed
-		if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+		if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
 			return err
 		}
 	}

@@ -115,7 +115,7 @@ func (m *Manager) CreateTemplate(ctx context.Context, owner string, req api.Crea
 		MemoryMiB: cmp(req.MemoryMiB, m.cfg.DefaultMemoryMiB), CPUs: cmp(req.CPUs, m.cfg.DefaultCPUs),
 		Env: req.Env, Setup: req.Setup, Start: req.Start, Pool: req.Pool, CreatedAt: now, UpdatedAt: now,
 		Repo: req.Repo, Branch: req.Branch, RepoDir: req.RepoDir, Version: 1, Owner: owner, Agent: req.Agent, Allow: allow}
-	if err := m.cfg.Store.CreateTemplate(ctx, t); err != nil {
+	if err := m.cfg.Store.CreateTemplate(ctx, &t); err != nil {
 		if errors.Is(err, store.ErrExists) {
 			return api.Template{}, api.Errorf(api.CodeConflict, "template %q exists", req.Name)
 		}
@@ -137,7 +137,7 @@ func (m *Manager) CreateTemplate(ctx context.Context, owner string, req api.Crea
 		}
 		t.State, t.Error, t.UpdatedAt = api.TemplateFailed, err.Error(), time.Now().UTC()
 		v.State, v.Error, v.UpdatedAt = store.VersionFailed, err.Error(), t.UpdatedAt
-		_ = m.cfg.Store.SwapTemplateVersion(bctx, t, v)
+		_ = m.cfg.Store.SwapTemplateVersion(bctx, &t, v)
 		m.discardBuild(t.Name, v.Version)
 		return api.Template{}, err
 	}
@@ -167,7 +167,7 @@ func (m *Manager) CreateTemplate(ctx context.Context, owner string, req api.Crea
 	m.crashPoint("template.built")
 	t.State, t.Snapshot, t.UpdatedAt = api.TemplateReady, mach.encode(), time.Now().UTC()
 	v.State, v.Snapshot, v.BuildMillis, v.UpdatedAt = store.VersionReady, t.Snapshot, time.Since(start).Milliseconds(), t.UpdatedAt
-	if err := m.cfg.Store.SwapTemplateVersion(bctx, t, v); err != nil {
+	if err := m.cfg.Store.SwapTemplateVersion(bctx, &t, v); err != nil {
 		return failT(err)
 	}
 	m.cfg.Log.Info("template ready", "template", t.Name, "commit", t.Commit, "took", time.Since(start).Round(time.Millisecond))
@@ -419,7 +419,7 @@ func (m *Manager) createFromTemplate(ctx context.Context, owner string, req api.
 		BootMillis: time.Since(start).Milliseconds(), Handle: l.vm.Handle(), Snapshot: l.mach.encode(),
 		Template: t.Name, TemplateVersion: max(t.Version, 1), IdleTimeout: idle, NoAutoWake: req.NoAutoWake,
 		Owner: owner, Agent: req.Agent, Allow: req.Allow}
-	if err := m.cfg.Store.CreateSession(ctx, rec); err != nil {
+	if err := m.cfg.Store.CreateSession(ctx, &rec); err != nil {
 		l.client().Close()
 		_ = l.vm.Stop(context.Background())
 		os.RemoveAll(m.dir(id))
