@@ -763,10 +763,22 @@ func (m *Manager) idleLoop() {
 			if l == nil || l.inflight.Load() > 0 || time.Since(time.Unix(0, l.lastActive.Load())) < idle {
 				continue
 			}
-			m.cfg.Log.Info("parking idle session", "session", rec.ID, "idle_timeout", idle)
-			if _, err := m.park(ctx, rec.ID, CauseIdle); err != nil {
-				m.cfg.Log.Warn("idle park failed", "session", rec.ID, "err", err)
-			}
+			m.idlePark(ctx, rec.ID, idle)
 		}
+	}
+}
+
+// idlePark parks an idle session under the claim park/ID (see claim.go):
+// of servers that both hold its VM (until issue 19, each that re-adopted
+// it), one parks it.
+func (m *Manager) idlePark(ctx context.Context, id string, idle time.Duration) {
+	ctx, release, ok := m.lease(ctx, "park/"+id)
+	if !ok {
+		return
+	}
+	defer release()
+	m.cfg.Log.Info("parking idle session", "session", id, "idle_timeout", idle)
+	if _, err := m.park(ctx, id, CauseIdle); err != nil {
+		m.cfg.Log.Warn("idle park failed", "session", id, "err", err)
 	}
 }

@@ -106,6 +106,15 @@ type Config struct {
 	// Objects is where parked sessions' snapshots go off the host (see
 	// offhost.go); nil: they stay on this host only.
 	Objects SnapshotStore
+
+	// ServerID names this manager to the other servers sharing its
+	// store: it owns the work it claims there (see claim.go). Empty: a
+	// random one, made by New.
+	ServerID string
+	// LeaseTTL is how long a claim of work lasts unless renewed: a
+	// server that dies holding one lets go of it after that long. 0:
+	// 30 s.
+	LeaseTTL time.Duration
 }
 
 // Manager manages sessions. It is safe for concurrent use.
@@ -130,6 +139,8 @@ type Manager struct {
 	index     trigger.Index        // subscriptions of sessions parked until an event
 	deadlines map[string]time.Time // guarded by mu: when each subscription with a timeout times out
 	deliver   chan struct{}        // kicks the deliverer
+
+	leases map[string]bool // guarded by mu: keys of the work this manager holds claimed (claim.go)
 
 	stop chan struct{} // closed by Close/StopAll: ends background loops
 	bg   sync.WaitGroup
@@ -207,6 +218,9 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.TemplateDir == "" {
 		cfg.TemplateDir = filepath.Join(filepath.Dir(cfg.Dir), "templates")
 	}
+	if cfg.ServerID == "" {
+		cfg.ServerID = newServerID()
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o711); err != nil {
 		return nil, fmt.Errorf("session: %w", err)
 	}
@@ -217,7 +231,7 @@ func New(cfg Config) (*Manager, error) {
 	m := &Manager{cfg: cfg, live: map[string]*live{}, locks: map[string]*sync.Mutex{},
 		pools: map[string]*pool{}, woke: map[string]chan struct{}{}, stop: make(chan struct{}),
 		builds: map[string]*builder{}, follows: map[string][]string{}, tlocks: map[string]*sync.RWMutex{},
-		deadlines: map[string]time.Time{}, deliver: make(chan struct{}, 1),
+		deadlines: map[string]time.Time{}, deliver: make(chan struct{}, 1), leases: map[string]bool{},
 		cloneFiles: map[string][]cloneFiles{}, cloneWanted: map[string]bool{}, cloneKick: make(chan struct{}, 1),
 		ups: uploads{slots: make(chan struct{}, uploadsAtOnce), running: map[string]*upload{}, bases: map[string]*baseEntry{}}}
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
@@ -815,6 +829,7 @@ func (m *Manager) killLeftover(ctx context.Context, rec store.Session) {
 // server restart), marks those it cannot re-adopt failed, and kills QEMU
 // processes under the session dir that no session owns.
 func (m *Manager) Recover(ctx context.Context) error {
+	m.cfg.Log.Info("session manager starting", "server", m.cfg.ServerID)
 	recs, err := m.cfg.Store.ListSessions(ctx)
 	if err != nil {
 		return fmt.Errorf("session: recover: %w", err)
