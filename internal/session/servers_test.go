@@ -39,6 +39,8 @@ func TestFakeTwoServers(t *testing.T) {
 		{"BuildRunsOnce", twoServersBuildRunsOnce},
 		{"StaleWriteRefused", twoServersStaleWriteRefused},
 		{"PoolKeptOnce", twoServersPoolKeptOnce},
+		{"IdleParkWaitsForClaim", twoServersIdleParkWaitsForClaim},
+		{"TimeoutWaitsForClaim", twoServersTimeoutWaitsForClaim},
 	}
 	t.Run("sqlite", func(t *testing.T) {
 		for _, c := range cases {
@@ -491,4 +493,76 @@ func twoServersPoolKeptOnce(t *testing.T, open func(t *testing.T) store.Store) {
 	if vms := r.driver.Running(); len(vms) != 1 {
 		t.Fatalf("VMs running %v; want B's one clone", vms)
 	}
+}
+
+// An idle park is claimed: while another server holds the session's park
+// claim, this one leaves the idle session running; once the claim is
+// released, it parks it, once.
+func twoServersIdleParkWaitsForClaim(t *testing.T, open func(t *testing.T) store.Store) {
+	r := newTwoRig(t, open)
+	logA := &syncBuffer{}
+	a := r.server("srv-a", nil, logA)
+	other := r.open(t) // another server's store
+	defer other.Close()
+	ctx := context.Background()
+	s, err := a.Create(ctx, testOwner, api.CreateSessionRequest{IdleTimeout: "5s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "park/" + s.ID
+	if ok, err := other.Claim(ctx, key, "srv-x", time.Hour); err != nil || !ok {
+		t.Fatalf("claim %s for another server: %v, %v", key, ok, err)
+	}
+	r.eventually("server A finds the idle park claimed", func() bool {
+		return logA.has("work held by another server", "key="+key)
+	})
+	if got, err := a.Get(ctx, s.ID); err != nil || got.State != api.StateRunning {
+		t.Fatalf("while another server holds its park, the session is %s (%v), want running", got.State, err)
+	}
+	if err := other.Release(ctx, key, "srv-x"); err != nil {
+		t.Fatal(err)
+	}
+	r.eventually("the idle session is parked", func() bool {
+		got, err := a.Get(ctx, s.ID)
+		return err == nil && got.State == api.StateParked
+	})
+	if n := r.begins(session.EventPark); n != 1 {
+		t.Fatalf("%d parks begun, want 1", n)
+	}
+}
+
+// A subscription's timeout is claimed: while another server holds it,
+// this one records no timeout event; once it is released, the timeout
+// fires and wakes the session.
+func twoServersTimeoutWaitsForClaim(t *testing.T, open func(t *testing.T) store.Store) {
+	r := newTwoRig(t, open)
+	logA := &syncBuffer{}
+	a := r.server("srv-a", nil, logA)
+	other := r.open(t) // another server's store
+	defer other.Close()
+	ctx := context.Background()
+	s, err := a.Create(ctx, testOwner, api.CreateSessionRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := "timeout/" + s.ID
+	if ok, err := other.Claim(ctx, key, "srv-x", time.Hour); err != nil || !ok {
+		t.Fatalf("claim %s for another server: %v, %v", key, ok, err)
+	}
+	if _, err := a.ParkUntil(ctx, s.ID, nil, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	r.eventually("server A finds the timeout claimed", func() bool {
+		return logA.has("work held by another server", "key="+key)
+	})
+	if ds, err := other.ListDeliveries(ctx, ""); err != nil || len(ds) != 0 {
+		t.Fatalf("while another server holds the timeout, deliveries: %+v (%v); want none", ds, err)
+	}
+	if err := other.Release(ctx, key, "srv-x"); err != nil {
+		t.Fatal(err)
+	}
+	r.eventually("the timeout wakes the session", func() bool {
+		got, err := a.Get(ctx, s.ID)
+		return err == nil && got.State == api.StateRunning
+	})
 }
