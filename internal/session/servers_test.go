@@ -41,6 +41,7 @@ func TestFakeTwoServers(t *testing.T) {
 		{"PoolKeptOnce", twoServersPoolKeptOnce},
 		{"IdleParkWaitsForClaim", twoServersIdleParkWaitsForClaim},
 		{"TimeoutWaitsForClaim", twoServersTimeoutWaitsForClaim},
+		{"LostClaimStopsWork", twoServersLostClaimStopsWork},
 	}
 	t.Run("sqlite", func(t *testing.T) {
 		for _, c := range cases {
@@ -565,4 +566,68 @@ func twoServersTimeoutWaitsForClaim(t *testing.T, open func(t *testing.T) store.
 		got, err := a.Get(ctx, s.ID)
 		return err == nil && got.State == api.StateRunning
 	})
+}
+
+// A server that loses its claim while it works (its lease taken over:
+// here released in its name and claimed by another, as an expiry would
+// let happen) stops the work: the delivery it was about to make stays
+// pending, the session parked, until the claim is free again.
+func twoServersLostClaimStopsWork(t *testing.T, open func(t *testing.T) store.Store) {
+	r := newTwoRig(t, open)
+	ga := &gate{}
+	logA := &syncBuffer{}
+	a := r.server("srv-a", ga, logA)
+	other := r.open(t) // another server's store
+	defer other.Close()
+	ctx := context.Background()
+	s, err := a.Create(ctx, testOwner, api.CreateSessionRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.ParkUntil(ctx, s.ID, []string{"deploys:done"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	reached, openA := ga.arm("deliver.claimed")
+	defer openA()
+	ev, err := trigger.GenericEvent("deploys", []byte(`{"event":"done"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.ID, ev.Received = "d1", time.Now()
+	if _, err := a.Accept(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	waitReached(t, "deliver.claimed", reached)
+	key := "deliver/" + s.ID
+	if err := other.Release(ctx, key, "srv-a"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := other.Claim(ctx, key, "srv-x", time.Hour); err != nil || !ok {
+		t.Fatalf("claim %s for another server: %v, %v", key, ok, err)
+	}
+	r.eventually("server A notices its claim is lost", func() bool {
+		return logA.has("claimed work taken over by another server", "key="+key)
+	})
+	openA()
+	// A's delivery round ends without delivering; its next rounds find
+	// the claim held.
+	r.eventually("server A finds the delivery claimed", func() bool {
+		return logA.has("work held by another server", "key="+key)
+	})
+	if got, err := a.Get(ctx, s.ID); err != nil || got.State != api.StateParked {
+		t.Fatalf("after A lost its claim, the session is %s (%v), want parked", got.State, err)
+	}
+	if ds, err := other.ListDeliveries(ctx, store.DeliveryPending); err != nil || len(ds) != 1 {
+		t.Fatalf("after A lost its claim, pending deliveries: %+v (%v); want the one", ds, err)
+	}
+	if err := other.Release(ctx, key, "srv-x"); err != nil {
+		t.Fatal(err)
+	}
+	r.eventually("the event is delivered", func() bool {
+		ds, err := other.ListDeliveries(ctx, store.DeliveryDelivered)
+		return err == nil && len(ds) == 1
+	})
+	if n := r.begins(session.EventWake); n != 1 {
+		t.Fatalf("%d wakes begun, want 1", n)
+	}
 }

@@ -184,7 +184,9 @@ type Store interface {
 	ListDeliveries(ctx context.Context, state string) ([]Delivery, error)
 	// UpdateDelivery replaces the State, Error and UpdatedAt of the
 	// delivery (d.EventSeq, d.SessionID), leaving its CreatedAt; it fails
-	// with ErrNotFound if there is none, creating nothing.
+	// with ErrNotFound if there is none, creating nothing. It is no
+	// compare-and-swap: a session's deliveries are written only by the
+	// server holding their claim (see Claim; package session).
 	UpdateDelivery(ctx context.Context, d Delivery) error
 	// DeleteSessionTriggers removes a session's subscription and its
 	// deliveries (when the session is removed); it is no error if there
