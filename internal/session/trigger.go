@@ -166,13 +166,15 @@ func (m *Manager) deliverLoop() {
 			m.cfg.Log.Warn("list deliveries", "err", err)
 			continue
 		}
-		bySession := map[string][]store.Delivery{}
+		// The sessions with pending deliveries, in the order of their
+		// first; deliverTo reads each one's deliveries again.
+		seen := map[string]bool{}
 		var order []string
 		for _, d := range ds {
-			if _, ok := bySession[d.SessionID]; !ok {
+			if !seen[d.SessionID] {
+				seen[d.SessionID] = true
 				order = append(order, d.SessionID)
 			}
-			bySession[d.SessionID] = append(bySession[d.SessionID], d)
 		}
 		for _, id := range order {
 			mu.Lock()
