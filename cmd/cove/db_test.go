@@ -46,7 +46,7 @@ func TestOpenStore(t *testing.T) {
 	if _, ok := st.(*postgres.Store); !ok {
 		t.Errorf("--db postgres://…: a %T, want *postgres.Store", st)
 	}
-	if err := st.CreateSession(t.Context(), store.Session{ID: "s"}); err != nil {
+	if err := st.CreateSession(t.Context(), &store.Session{ID: "s"}); err != nil {
 		t.Error(err)
 	}
 	st.Close()

@@ -205,7 +205,7 @@ func TestLoginDeviceFlow(t *testing.T) {
 		t.Fatalf("bob's user: %+v, %v", bobUser, err)
 	}
 	now := time.Now().UTC()
-	if err := st.CreateSession(t.Context(), store.Session{ID: "s-bob", State: api.StateRunning, Image: "tiny", Owner: bobUser.ID, CreatedAt: now, UpdatedAt: now}); err != nil {
+	if err := st.CreateSession(t.Context(), &store.Session{ID: "s-bob", State: api.StateRunning, Image: "tiny", Owner: bobUser.ID, CreatedAt: now, UpdatedAt: now}); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {

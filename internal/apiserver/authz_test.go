@@ -609,7 +609,7 @@ func TestPolicyGateAgentAndUnknowns(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, s := range []store.Session{{ID: "s-1", Owner: alice.ID, Agent: "review-bot"}, {ID: "s-2", Owner: alice.ID}} {
-		if err := st.CreateSession(ctx, s); err != nil {
+		if err := st.CreateSession(ctx, &s); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -660,7 +660,7 @@ func BenchmarkPolicyGate(b *testing.B) {
 	if err := st.AddTeamMember(ctx, alice.ID, "platform"); err != nil {
 		b.Fatal(err)
 	}
-	if err := st.CreateSession(ctx, store.Session{ID: "s-1", Owner: alice.ID}); err != nil {
+	if err := st.CreateSession(ctx, &store.Session{ID: "s-1", Owner: alice.ID}); err != nil {
 		b.Fatal(err)
 	}
 	g := &PolicyGate{Policy: policy.New(), Records: st}

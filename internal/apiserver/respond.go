@@ -76,11 +76,17 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, verb string,
 // so that host details stay on the host. A state store that cannot be used
 // for now (store.ErrUnavailable: locked by another process, read-only,
 // full) is no fault of the request and passes, so it is answered 503 with
-// the store's reason.
+// the store's reason. A write refused because the record changed since it
+// was read (store.ErrConflict: another request or server wrote it first)
+// is answered 409 with the record it names; the client reads again.
 func (s *Server) errorBody(ctx context.Context, verb string, err error) api.ErrorBody {
 	code := api.CodeOf(err)
-	if code == api.CodeInternal && errors.Is(err, store.ErrUnavailable) {
+	switch {
+	case code != api.CodeInternal:
+	case errors.Is(err, store.ErrUnavailable):
 		code = api.CodeUnavailable
+	case errors.Is(err, store.ErrConflict):
+		code = api.CodeConflict
 	}
 	if code != api.CodeInternal {
 		return api.ErrorBody{Code: code, Message: err.Error()}

@@ -256,7 +256,7 @@ func TestSecretsTeamsAndTemplates(t *testing.T) {
 	e := newSecretEnv(t)
 	alice := e.person(t, "alice", "", "platform")
 	bob := e.person(t, "bob", "")
-	if err := e.st.CreateTemplate(t.Context(), store.Template{Name: "alice-tpl", State: "ready", Owner: alice.ID}); err != nil {
+	if err := e.st.CreateTemplate(t.Context(), &store.Template{Name: "alice-tpl", State: "ready", Owner: alice.ID}); err != nil {
 		t.Fatal(err)
 	}
 	bobUser := "User " + bob.ID

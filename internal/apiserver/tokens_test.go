@@ -195,3 +195,17 @@ func TestAuthenticatorFailuresAreNotRefusals(t *testing.T) {
 	// The admin token never reaches the Authenticator.
 	decode[userList](t, e.do("GET", "/v1/users", nil, authAs(testToken)...), 200)
 }
+
+// A write the store refused because the record changed since it was read
+// (another request or server wrote it first) is a 409 that names the
+// record, not a 500: the client reads again and decides afresh.
+func TestStoreConflictIs409(t *testing.T) {
+	e := newEnv(t)
+	e.fake.setCreate(func() error {
+		return fmt.Errorf("session: create s-abc: record: sqlite: update session s-abc: %w (generation 3, the copy's 2)", store.ErrConflict)
+	})
+	body := wantError(t, e.doJSON("POST", "/v1/sessions", api.CreateSessionRequest{}), 409, api.CodeConflict)
+	if !strings.Contains(body.Message, "session s-abc") || !strings.Contains(body.Message, "changed since it was read") {
+		t.Errorf("conflict message = %q, want it to name the session and say it changed", body.Message)
+	}
+}

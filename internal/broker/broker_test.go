@@ -139,7 +139,7 @@ func (w *world) do(t *testing.T, host string) (int, string) {
 func (w *world) session(t *testing.T, s store.Session) {
 	t.Helper()
 	s.State = "running"
-	if err := w.st.CreateSession(t.Context(), s); err != nil {
+	if err := w.st.CreateSession(t.Context(), &s); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -151,7 +151,7 @@ func (w *world) session(t *testing.T, s store.Session) {
 func TestRulesAndCredentialsComeFromTheRecord(t *testing.T) {
 	w := newWorld(t, nil)
 	ctx := t.Context()
-	if err := w.st.CreateTemplate(ctx, store.Template{Name: "web", State: "ready", Owner: "u_tpl", Allow: []string{"tpl.example.com:" + w.port}}); err != nil {
+	if err := w.st.CreateTemplate(ctx, &store.Template{Name: "web", State: "ready", Owner: "u_tpl", Allow: []string{"tpl.example.com:" + w.port}}); err != nil {
 		t.Fatal(err)
 	}
 	w.creds["u_alice"] = []egress.Credential{{Name: "gh", Hosts: []string{"own.example.com"}, Header: "Authorization", Value: "Bearer alice"}}
@@ -247,7 +247,7 @@ func TestAuthorizeHasTheLastWord(t *testing.T) {
 // credentials.
 func TestBuildUsesTheTemplate(t *testing.T) {
 	w := newWorld(t, nil)
-	if err := w.st.CreateTemplate(t.Context(), store.Template{Name: "web", State: "building", Owner: "u_tpl", Allow: []string{"tpl.example.com:" + w.port}}); err != nil {
+	if err := w.st.CreateTemplate(t.Context(), &store.Template{Name: "web", State: "building", Owner: "u_tpl", Allow: []string{"tpl.example.com:" + w.port}}); err != nil {
 		t.Fatal(err)
 	}
 	w.creds["u_tpl"] = []egress.Credential{{Name: "gh", Hosts: []string{"tpl.example.com"}, Header: "Authorization", Value: "Bearer template-owner"}}

@@ -22,6 +22,7 @@ import (
 	"os/exec"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -236,17 +237,30 @@ func (s *Server) Restart(ctx context.Context) error {
 		// Test data need not survive a crash of the machine.
 		"-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off")
 	cmd.Stdout, cmd.Stderr = logf, logf
-	// Killed when this process dies, however it dies.
+	// Killed when this process dies, however it dies. The parent-death
+	// signal comes when the thread that started it ends, not the
+	// process: the Go runtime ends the thread of a goroutine that exits
+	// locked to it (the session manager's clone-files loop does), and
+	// such a goroutine may have run on the thread that started the
+	// server. So it is started from a thread of its own, locked for as
+	// long as the server runs.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: s.cred, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	started := make(chan error, 1)
+	done := make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		err := cmd.Start()
+		started <- err
+		if err == nil {
+			cmd.Wait()
+		}
+		close(done)
+	}()
+	if err := <-started; err != nil {
 		s.mu.Unlock()
 		return fmt.Errorf("pgtest: start postgres: %w", err)
 	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(done)
-	}()
 	s.proc, s.done = cmd, done
 	s.mu.Unlock()
 

@@ -41,7 +41,7 @@ func newResolveEnv(t *testing.T) *resolveEnv {
 			t.Fatal(err)
 		}
 	}
-	if err := st.CreateTemplate(ctx, store.Template{Name: "go-dev", State: "ready", Owner: "u_bob"}); err != nil {
+	if err := st.CreateTemplate(ctx, &store.Template{Name: "go-dev", State: "ready", Owner: "u_bob"}); err != nil {
 		t.Fatal(err)
 	}
 	box := newBox(t)

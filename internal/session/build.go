@@ -3,6 +3,7 @@ package session
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -232,6 +233,15 @@ func (m *Manager) rebuilding(name string) bool {
 // and swaps it in; with force unset, only if its branch has moved.
 func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) {
 	log := m.cfg.Log.With("template", name, "reason", reason)
+	// One server builds a template at a time (see claim.go); the one
+	// that holds the claim builds from the latest commit anyway.
+	ctx, release, ok := m.lease(ctx, "build/"+name)
+	if !ok {
+		log.Info("rebuild: another server is building the template; skipped")
+		return
+	}
+	defer release()
+	m.crashPoint("build.claimed")
 	t, err := m.cfg.Store.GetTemplate(ctx, name)
 	if err != nil {
 		log.Warn("rebuild: template gone", "err", err)
@@ -302,7 +312,7 @@ func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) 
 	v.State, v.Snapshot, v.BuildMillis, v.UpdatedAt = store.VersionReady, mach.encode(), time.Since(start).Milliseconds(), time.Now().UTC()
 	t.Version, t.Commit, t.Snapshot, t.UpdatedAt = v.Version, v.Commit, v.Snapshot, v.UpdatedAt
 	m.crashPoint("build.saved")
-	if err := m.cfg.Store.SwapTemplateVersion(context.WithoutCancel(ctx), t, v); err != nil {
+	if err := m.cfg.Store.SwapTemplateVersion(context.WithoutCancel(ctx), &t, v); err != nil {
 		failV(fmt.Errorf("record new version: %w", err))
 		return
 	}
@@ -625,37 +635,71 @@ func (m *Manager) recoverTemplates(ctx context.Context) error {
 	}
 	now := time.Now().UTC()
 	for _, t := range ts {
-		vs, err := m.cfg.Store.ListTemplateVersions(ctx, t.Name)
-		if err != nil {
-			return fmt.Errorf("session: template %s versions: %w", t.Name, err)
-		}
-		for _, v := range vs {
-			if v.State != store.VersionBuilding {
-				continue
-			}
-			v.State, v.Error, v.UpdatedAt = store.VersionFailed, "server stopped during the build", now
-			if err := m.cfg.Store.PutTemplateVersion(ctx, v); err != nil {
-				return fmt.Errorf("session: template %s version %d: %w", t.Name, v.Version, err)
-			}
-			// Never the current one: a version turns current and ready
-			// in one transaction.
-			os.RemoveAll(m.versionDir(t.Name, v.Version))
-		}
-		if t.State == api.TemplateBuilding {
-			t.State, t.Error, t.UpdatedAt = api.TemplateFailed, "server stopped during the build", now
-			if err := m.cfg.Store.UpdateTemplate(ctx, t); err != nil {
-				return fmt.Errorf("session: template %s: %w", t.Name, err)
-			}
-			continue
-		}
-		if t.State != api.TemplateReady {
-			continue
-		}
-		m.setFollow(t, true)
-		m.collectVersions(ctx, t.Name)
-		if t.Repo != "" {
-			m.requestBuild(t.Name, "restart", false)
+		if err := m.recoverTemplate(ctx, t, now); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// recoverTemplate settles template t's builds cut short by a server stop,
+// and starts what a ready template keeps going. A build another server
+// holds (see claim.go) is under way, not cut short: it is left alone.
+func (m *Manager) recoverTemplate(ctx context.Context, t store.Template, now time.Time) error {
+	_, release, ok := m.lease(ctx, "build/"+t.Name)
+	if !ok {
+		m.cfg.Log.Info("template being built by another server; left to it", "template", t.Name)
+		return nil
+	}
+	// Read again under the claim: a build that ended since the list
+	// changed the record.
+	t, err := m.cfg.Store.GetTemplate(ctx, t.Name)
+	if errors.Is(err, store.ErrNotFound) {
+		release()
+		return nil
+	}
+	if err != nil {
+		release()
+		return fmt.Errorf("session: template %s: %w", t.Name, err)
+	}
+	rebuild, err := m.settleBuilds(ctx, t, now)
+	release()
+	if rebuild {
+		m.requestBuild(t.Name, "restart", false)
+	}
+	return err
+}
+
+// settleBuilds marks template t's builds cut short failed, and reports
+// whether t is to be rebuilt (a ready template that follows a repo).
+func (m *Manager) settleBuilds(ctx context.Context, t store.Template, now time.Time) (rebuild bool, err error) {
+	vs, err := m.cfg.Store.ListTemplateVersions(ctx, t.Name)
+	if err != nil {
+		return false, fmt.Errorf("session: template %s versions: %w", t.Name, err)
+	}
+	for _, v := range vs {
+		if v.State != store.VersionBuilding {
+			continue
+		}
+		v.State, v.Error, v.UpdatedAt = store.VersionFailed, "server stopped during the build", now
+		if err := m.cfg.Store.PutTemplateVersion(ctx, v); err != nil {
+			return false, fmt.Errorf("session: template %s version %d: %w", t.Name, v.Version, err)
+		}
+		// Never the current one: a version turns current and ready
+		// in one transaction.
+		os.RemoveAll(m.versionDir(t.Name, v.Version))
+	}
+	if t.State == api.TemplateBuilding {
+		t.State, t.Error, t.UpdatedAt = api.TemplateFailed, "server stopped during the build", now
+		if err := m.cfg.Store.UpdateTemplate(ctx, &t); err != nil {
+			return false, fmt.Errorf("session: template %s: %w", t.Name, err)
+		}
+		return false, nil
+	}
+	if t.State != api.TemplateReady {
+		return false, nil
+	}
+	m.setFollow(t, true)
+	m.collectVersions(ctx, t.Name)
+	return t.Repo != "", nil
 }

@@ -248,7 +248,7 @@ func (m *Manager) recordStored(rec store.Session, manifest string, added int64) 
 		return errSnapshotMoved
 	}
 	cur.StoredManifest, cur.StoredBytes = manifest, added
-	if err := m.cfg.Store.UpdateSession(ctx, cur); err != nil {
+	if err := m.cfg.Store.UpdateSession(ctx, &cur); err != nil {
 		return fmt.Errorf("session: record stored snapshot of %s: %w", rec.ID, err)
 	}
 	return nil
@@ -342,7 +342,7 @@ func (m *Manager) fetchSnapshot(ctx context.Context, rec store.Session) error {
 	if err != nil {
 		msg := "wake: restore the snapshot from the object store: " + err.Error()
 		rec.Error, rec.UpdatedAt = msg, time.Now().UTC()
-		if uerr := m.cfg.Store.UpdateSession(context.WithoutCancel(ctx), rec); uerr != nil {
+		if uerr := m.cfg.Store.UpdateSession(context.WithoutCancel(ctx), &rec); uerr != nil {
 			log.Error("record failed restore", "err", uerr)
 		}
 		log.Warn("restore from the object store failed; the session stays parked", "err", err)

@@ -289,7 +289,7 @@ func (m *Manager) park(ctx context.Context, id string, cause Cause) (_ api.Sessi
 	}
 	start := time.Now()
 	rec.State, rec.UpdatedAt = api.StateParking, time.Now().UTC()
-	if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+	if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
 		m.undelete(l)
 		return api.Session{}, fmt.Errorf("session: park %s: %w", id, err)
 	}
@@ -354,7 +354,7 @@ func (m *Manager) park(ctx context.Context, id string, cause Cause) (_ api.Sessi
 	mach.Parked = p
 	rec.State, rec.Handle, rec.Snapshot, rec.UpdatedAt = api.StateParked, nil, mach.encode(), time.Now().UTC()
 	rec.StoredManifest, rec.StoredBytes = "", 0 // until this snapshot's upload is durable
-	if err := m.cfg.Store.UpdateSession(pctx, rec); err != nil {
+	if err := m.cfg.Store.UpdateSession(pctx, &rec); err != nil {
 		return api.Session{}, fmt.Errorf("session: park %s: record: %w", id, err)
 	}
 	m.crashPoint("park.done")
@@ -369,7 +369,7 @@ func (m *Manager) park(ctx context.Context, id string, cause Cause) (_ api.Sessi
 func (m *Manager) rollBackPark(ctx context.Context, l *live, rec store.Session) {
 	m.undelete(l)
 	rec.State, rec.UpdatedAt = api.StateRunning, time.Now().UTC()
-	if err := m.cfg.Store.UpdateSession(context.WithoutCancel(ctx), rec); err != nil {
+	if err := m.cfg.Store.UpdateSession(context.WithoutCancel(ctx), &rec); err != nil {
 		m.cfg.Log.Error("record rolled-back park", "session", rec.ID, "err", err)
 	}
 }
@@ -439,7 +439,7 @@ func (m *Manager) wake(ctx context.Context, id string, cause Cause, trigger stri
 	}
 	defer release()
 	rec.State, rec.UpdatedAt = api.StateWaking, time.Now().UTC()
-	if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+	if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
 		return api.Session{}, fmt.Errorf("session: wake %s: %w", id, err)
 	}
 	m.crashPoint("wake.recorded")
@@ -490,11 +490,12 @@ func (m *Manager) wake(ctx context.Context, id string, cause Cause, trigger stri
 		return api.Session{}, m.backToParked(id, err)
 	}
 	m.crashPoint("wake.connected")
+	rec.Gen = w.gen(rec.Gen)
 	mach.Parked = nil
 	l.mach, l.env = mach, rec.Env
 	rec.State, rec.Handle, rec.Snapshot, rec.Error, rec.UpdatedAt = api.StateRunning, l.vm.Handle(), mach.encode(), "", time.Now().UTC()
 	rec.StoredManifest, rec.StoredBytes = "", 0 // the snapshot is consumed; the next park uploads again
-	if err := m.cfg.Store.UpdateSession(wctx, rec); err != nil {
+	if err := m.cfg.Store.UpdateSession(wctx, &rec); err != nil {
 		// The guest runs and its snapshot is consumed: keep it running
 		// (a restart re-adopts it from the handle recorded before it
 		// ran) and say the record lags.
@@ -542,14 +543,25 @@ func (m *Manager) wakeSteps(rec store.Session, dir string) *wake {
 // started records the handle in the background: the state loads
 // meanwhile.
 func (w *wake) started(ctx context.Context, handle []byte) error {
-	rec := w.rec
-	rec.Handle, rec.UpdatedAt = handle, time.Now().UTC()
+	w.rec.Handle, w.rec.UpdatedAt = handle, time.Now().UTC()
 	w.writing.Store(true)
 	go func() {
-		w.recordErr = w.m.cfg.Store.UpdateSession(ctx, rec)
+		// w.rec's generation moves on with the write; the wake's last
+		// write starts from it (see gen).
+		w.recordErr = w.m.cfg.Store.UpdateSession(ctx, &w.rec)
 		close(w.recorded)
 	}()
 	return nil
+}
+
+// gen is the generation of the session's record after the wake's own
+// writes so far: the handle's, once settled.
+func (w *wake) gen(read int64) int64 {
+	w.settle()
+	if w.writing.Load() && w.recordErr == nil {
+		return w.rec.Gen
+	}
+	return read
 }
 
 func (w *wake) beforeRun(ctx context.Context) error {
@@ -596,7 +608,7 @@ func (m *Manager) backToParked(id string, cause error) error {
 		return api.Errorf(api.CodeUnavailable, "session %s: %s; the session is marked failed", id, msg)
 	}
 	rec.State, rec.Handle, rec.Error, rec.UpdatedAt = api.StateParked, nil, "wake failed: "+cause.Error(), time.Now().UTC()
-	if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+	if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
 		return fmt.Errorf("session: wake %s: %w (and recording it parked: %v)", id, cause, err)
 	}
 	m.cfg.Log.Warn("wake failed before the guest ran; the session stays parked", "session", id, "err", cause)
@@ -670,7 +682,7 @@ func (m *Manager) recoverParking(ctx context.Context, rec store.Session) {
 		}
 		rec.State, rec.Handle, rec.Snapshot, rec.UpdatedAt = api.StateParked, nil, mach.encode(), time.Now().UTC()
 		rec.StoredManifest, rec.StoredBytes = "", 0 // Recover uploads it (uploadParked)
-		if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+		if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
 			m.cfg.Log.Error("record recovered park", "session", rec.ID, "err", err)
 		}
 		m.cfg.Log.Info("park cut short by a server stop: its snapshot was complete; session parked", "session", rec.ID)
@@ -702,7 +714,7 @@ func (m *Manager) recoverWaking(ctx context.Context, rec store.Session) {
 			return
 		}
 		rec.State, rec.Handle, rec.UpdatedAt = api.StateParked, nil, time.Now().UTC()
-		if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+		if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
 			m.cfg.Log.Error("record recovered wake", "session", rec.ID, "err", err)
 		}
 		m.cfg.Log.Info("wake cut short by a server stop before the guest ran; session parked, snapshot intact", "session", rec.ID)
@@ -751,10 +763,22 @@ func (m *Manager) idleLoop() {
 			if l == nil || l.inflight.Load() > 0 || time.Since(time.Unix(0, l.lastActive.Load())) < idle {
 				continue
 			}
-			m.cfg.Log.Info("parking idle session", "session", rec.ID, "idle_timeout", idle)
-			if _, err := m.park(ctx, rec.ID, CauseIdle); err != nil {
-				m.cfg.Log.Warn("idle park failed", "session", rec.ID, "err", err)
-			}
+			m.idlePark(ctx, rec.ID, idle)
 		}
+	}
+}
+
+// idlePark parks an idle session under the claim park/ID (see claim.go):
+// of servers that both hold its VM (until issue 19, each that re-adopted
+// it), one parks it.
+func (m *Manager) idlePark(ctx context.Context, id string, idle time.Duration) {
+	ctx, release, ok := m.lease(ctx, "park/"+id)
+	if !ok {
+		return
+	}
+	defer release()
+	m.cfg.Log.Info("parking idle session", "session", id, "idle_timeout", idle)
+	if _, err := m.park(ctx, id, CauseIdle); err != nil {
+		m.cfg.Log.Warn("idle park failed", "session", id, "err", err)
 	}
 }

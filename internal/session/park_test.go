@@ -203,7 +203,7 @@ func TestInterruptedParkRecovers(t *testing.T) {
 			t.Fatal(err)
 		}
 		rec.State = api.StateParking // as if the server stopped mid-park
-		if err := st.UpdateSession(ctx, rec); err != nil {
+		if err := st.UpdateSession(ctx, &rec); err != nil {
 			t.Fatal(err)
 		}
 	}

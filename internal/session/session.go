@@ -110,6 +110,15 @@ type Config struct {
 	// this host: past it, stored sessions' files are evicted, least
 	// recently parked first (see cache.go); 0: no bound.
 	CacheSize int64
+
+	// ServerID names this manager to the other servers sharing its
+	// store: it owns the work it claims there (see claim.go). Empty: a
+	// random one, made by New.
+	ServerID string
+	// LeaseTTL is how long a claim of work lasts unless renewed: a
+	// server that dies holding one lets go of it after that long. 0:
+	// 30 s.
+	LeaseTTL time.Duration
 }
 
 // Manager manages sessions. It is safe for concurrent use.
@@ -134,6 +143,8 @@ type Manager struct {
 	index     trigger.Index        // subscriptions of sessions parked until an event
 	deadlines map[string]time.Time // guarded by mu: when each subscription with a timeout times out
 	deliver   chan struct{}        // kicks the deliverer
+
+	leases map[string]bool // guarded by mu: keys of the work this manager holds claimed (claim.go)
 
 	stop chan struct{} // closed by Close/StopAll: ends background loops
 	bg   sync.WaitGroup
@@ -212,6 +223,9 @@ func New(cfg Config) (*Manager, error) {
 	if cfg.TemplateDir == "" {
 		cfg.TemplateDir = filepath.Join(filepath.Dir(cfg.Dir), "templates")
 	}
+	if cfg.ServerID == "" {
+		cfg.ServerID = newServerID()
+	}
 	if err := os.MkdirAll(cfg.Dir, 0o711); err != nil {
 		return nil, fmt.Errorf("session: %w", err)
 	}
@@ -222,7 +236,7 @@ func New(cfg Config) (*Manager, error) {
 	m := &Manager{cfg: cfg, live: map[string]*live{}, locks: map[string]*sync.Mutex{},
 		pools: map[string]*pool{}, woke: map[string]chan struct{}{}, stop: make(chan struct{}),
 		builds: map[string]*builder{}, follows: map[string][]string{}, tlocks: map[string]*sync.RWMutex{},
-		deadlines: map[string]time.Time{}, deliver: make(chan struct{}, 1),
+		deadlines: map[string]time.Time{}, deliver: make(chan struct{}, 1), leases: map[string]bool{},
 		cloneFiles: map[string][]cloneFiles{}, cloneWanted: map[string]bool{}, cloneKick: make(chan struct{}, 1),
 		ups:   uploads{slots: make(chan struct{}, uploadsAtOnce), running: map[string]*upload{}, bases: map[string]*baseEntry{}},
 		cache: nodeCache{kick: make(chan struct{}, 1)}}
@@ -322,7 +336,7 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 		return api.Session{}, err
 	}
 	defer release()
-	if err := m.cfg.Store.CreateSession(ctx, rec); err != nil {
+	if err := m.cfg.Store.CreateSession(ctx, &rec); err != nil {
 		return api.Session{}, fmt.Errorf("session: create: %w", err)
 	}
 	m.crashPoint("create.recorded")
@@ -336,7 +350,7 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 		rec.State, rec.Error, rec.UpdatedAt = api.StateFailed, err.Error(), time.Now().UTC()
 		// A background context: the record must say failed even when the
 		// client went away.
-		if uerr := m.cfg.Store.UpdateSession(context.Background(), rec); uerr != nil {
+		if uerr := m.cfg.Store.UpdateSession(context.Background(), &rec); uerr != nil {
 			log.Error("record failed boot", "err", uerr)
 		}
 		return api.Session{}, err
@@ -345,7 +359,7 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 	m.crashPoint("create.booted")
 	rec.State, rec.Handle, rec.BootMillis, rec.UpdatedAt = api.StateRunning, l.vm.Handle(), boot.Milliseconds(), time.Now().UTC()
 	rec.Snapshot = l.mach.encode()
-	if err := m.cfg.Store.UpdateSession(context.Background(), rec); err != nil {
+	if err := m.cfg.Store.UpdateSession(context.Background(), &rec); err != nil {
 		_ = l.vm.Stop(context.Background())
 		os.RemoveAll(m.dir(rec.ID))
 		return api.Session{}, fmt.Errorf("session: create %s: record: %w", rec.ID, err)
@@ -670,7 +684,7 @@ func (m *Manager) fail(id, msg string) {
 		return
 	}
 	rec.State, rec.Error, rec.UpdatedAt = api.StateFailed, msg, time.Now().UTC()
-	if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+	if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
 		m.cfg.Log.Error("record failure", "session", id, "err", err)
 	}
 }
@@ -739,7 +753,7 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	m.mu.Unlock()
 	if rec.State != api.StateStopping {
 		rec.State, rec.UpdatedAt = api.StateStopping, time.Now().UTC()
-		if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+		if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
 			return fmt.Errorf("session: delete %s: %w", id, err)
 		}
 	}
@@ -821,6 +835,7 @@ func (m *Manager) killLeftover(ctx context.Context, rec store.Session) {
 // server restart), marks those it cannot re-adopt failed, and kills QEMU
 // processes under the session dir that no session owns.
 func (m *Manager) Recover(ctx context.Context) error {
+	m.cfg.Log.Info("session manager starting", "server", m.cfg.ServerID)
 	recs, err := m.cfg.Store.ListSessions(ctx)
 	if err != nil {
 		return fmt.Errorf("session: recover: %w", err)
@@ -940,7 +955,7 @@ func (m *Manager) readopt(ctx context.Context, rec store.Session, resume bool) e
 	if rec.State != api.StateRunning {
 		rec.State, rec.Error, rec.UpdatedAt, rec.Snapshot = api.StateRunning, "", time.Now().UTC(), mach.encode()
 		rec.StoredManifest, rec.StoredBytes = "", 0 // its snapshot is consumed
-		if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+		if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
 			return err
 		}
 	}

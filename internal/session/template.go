@@ -115,7 +115,7 @@ func (m *Manager) CreateTemplate(ctx context.Context, owner string, req api.Crea
 		MemoryMiB: cmp(req.MemoryMiB, m.cfg.DefaultMemoryMiB), CPUs: cmp(req.CPUs, m.cfg.DefaultCPUs),
 		Env: req.Env, Setup: req.Setup, Start: req.Start, Pool: req.Pool, CreatedAt: now, UpdatedAt: now,
 		Repo: req.Repo, Branch: req.Branch, RepoDir: req.RepoDir, Version: 1, Owner: owner, Agent: req.Agent, Allow: allow}
-	if err := m.cfg.Store.CreateTemplate(ctx, t); err != nil {
+	if err := m.cfg.Store.CreateTemplate(ctx, &t); err != nil {
 		if errors.Is(err, store.ErrExists) {
 			return api.Template{}, api.Errorf(api.CodeConflict, "template %q exists", req.Name)
 		}
@@ -123,6 +123,12 @@ func (m *Manager) CreateTemplate(ctx context.Context, owner string, req api.Crea
 	}
 	v := store.TemplateVersion{Template: t.Name, Version: 1, State: store.VersionBuilding, Reason: "create",
 		CreatedAt: now, UpdatedAt: now}
+	// The build is claimed (see claim.go), so that a server starting
+	// meanwhile leaves it alone (recoverTemplates). The name was free: a
+	// claim held is one a server that removed a template of that name
+	// did not release.
+	ctx, release, ok := m.lease(ctx, "build/"+t.Name)
+	defer release()
 	bctx := context.WithoutCancel(ctx)
 	failT := func(err error) (api.Template, error) {
 		if status := api.Status(api.CodeOf(err)); status >= 400 && status < 500 {
@@ -137,9 +143,12 @@ func (m *Manager) CreateTemplate(ctx context.Context, owner string, req api.Crea
 		}
 		t.State, t.Error, t.UpdatedAt = api.TemplateFailed, err.Error(), time.Now().UTC()
 		v.State, v.Error, v.UpdatedAt = store.VersionFailed, err.Error(), t.UpdatedAt
-		_ = m.cfg.Store.SwapTemplateVersion(bctx, t, v)
+		_ = m.cfg.Store.SwapTemplateVersion(bctx, &t, v)
 		m.discardBuild(t.Name, v.Version)
 		return api.Template{}, err
+	}
+	if !ok {
+		return failT(api.Errorf(api.CodeConflict, "template %s: another server holds its build; try again", t.Name))
 	}
 	if err := m.cfg.Store.PutTemplateVersion(ctx, v); err != nil {
 		return failT(fmt.Errorf("session: create template: %w", err))
@@ -167,7 +176,7 @@ func (m *Manager) CreateTemplate(ctx context.Context, owner string, req api.Crea
 	m.crashPoint("template.built")
 	t.State, t.Snapshot, t.UpdatedAt = api.TemplateReady, mach.encode(), time.Now().UTC()
 	v.State, v.Snapshot, v.BuildMillis, v.UpdatedAt = store.VersionReady, t.Snapshot, time.Since(start).Milliseconds(), t.UpdatedAt
-	if err := m.cfg.Store.SwapTemplateVersion(bctx, t, v); err != nil {
+	if err := m.cfg.Store.SwapTemplateVersion(bctx, &t, v); err != nil {
 		return failT(err)
 	}
 	m.cfg.Log.Info("template ready", "template", t.Name, "commit", t.Commit, "took", time.Since(start).Round(time.Millisecond))
@@ -419,7 +428,7 @@ func (m *Manager) createFromTemplate(ctx context.Context, owner string, req api.
 		BootMillis: time.Since(start).Milliseconds(), Handle: l.vm.Handle(), Snapshot: l.mach.encode(),
 		Template: t.Name, TemplateVersion: max(t.Version, 1), IdleTimeout: idle, NoAutoWake: req.NoAutoWake,
 		Owner: owner, Agent: req.Agent, Allow: req.Allow}
-	if err := m.cfg.Store.CreateSession(ctx, rec); err != nil {
+	if err := m.cfg.Store.CreateSession(ctx, &rec); err != nil {
 		l.client().Close()
 		_ = l.vm.Stop(context.Background())
 		os.RemoveAll(m.dir(id))
@@ -669,8 +678,45 @@ func (m *Manager) refill(name string) {
 	}
 }
 
+// fillLoop keeps t's pool filled while this manager holds the claim
+// pool/NAME (see claim.go): it claims it again before each clone and on a
+// tick (a third of the claim's ttl), which renews it while it is held
+// and takes it over once another server let it go. A server that does
+// not hold it keeps no clones.
 func (m *Manager) fillLoop(t store.Template, p *pool) {
 	defer m.bg.Done()
+	key := "pool/" + t.Name
+	held := false
+	defer func() {
+		if held {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := m.cfg.Store.Release(ctx, key, m.cfg.ServerID); err != nil {
+				m.cfg.Log.Warn("release pool claim; it is free once it expires", "template", t.Name, "err", err)
+			}
+		}
+	}()
+	// hold claims the pool again and reports whether it is this
+	// manager's; a pool lost to another server drops its clones.
+	hold := func() bool {
+		ok, err := m.cfg.Store.Claim(context.Background(), key, m.cfg.ServerID, m.leaseTTL())
+		if err != nil {
+			m.cfg.Log.Warn("claim pool", "template", t.Name, "err", err)
+		}
+		if held && err == nil && !ok {
+			m.cfg.Log.Warn("pool taken over by another server; dropping this one's clones", "template", t.Name)
+			m.dropReady(p)
+		}
+		if err == nil && !ok {
+			m.cfg.Log.Debug("pool kept by another server", "template", t.Name, "server", m.cfg.ServerID)
+		}
+		if err == nil {
+			held = ok
+		}
+		return ok
+	}
+	tick := time.NewTicker(m.leaseTTL() / 3)
+	defer tick.Stop()
 	for {
 		select {
 		case <-m.stop:
@@ -679,13 +725,14 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 		case <-p.cancel:
 			return
 		case <-p.wake:
+		case <-tick.C:
 		}
 	fill:
 		for {
 			m.mu.Lock()
 			n := len(p.ready)
 			m.mu.Unlock()
-			if n >= p.want {
+			if !hold() || n >= p.want {
 				break fill
 			}
 			id := newID()
@@ -756,6 +803,19 @@ func (m *Manager) claim(name string, version int) (string, *live) {
 	c := p.ready[0]
 	p.ready = p.ready[1:]
 	return c.id, c.l
+}
+
+// dropReady stops the ready clones of pool p, which stays.
+func (m *Manager) dropReady(p *pool) {
+	m.mu.Lock()
+	ready := p.ready
+	p.ready = nil
+	m.mu.Unlock()
+	for _, c := range ready {
+		c.l.client().Close()
+		_ = c.l.vm.Stop(context.Background())
+		os.RemoveAll(m.dir(c.id))
+	}
 }
 
 // drainPool stops a template's pool and its ready clones.

@@ -166,13 +166,15 @@ func (m *Manager) deliverLoop() {
 			m.cfg.Log.Warn("list deliveries", "err", err)
 			continue
 		}
-		bySession := map[string][]store.Delivery{}
+		// The sessions with pending deliveries, in the order of their
+		// first; deliverTo reads each one's deliveries again.
+		seen := map[string]bool{}
 		var order []string
 		for _, d := range ds {
-			if _, ok := bySession[d.SessionID]; !ok {
+			if !seen[d.SessionID] {
+				seen[d.SessionID] = true
 				order = append(order, d.SessionID)
 			}
-			bySession[d.SessionID] = append(bySession[d.SessionID], d)
 		}
 		for _, id := range order {
 			mu.Lock()
@@ -183,14 +185,39 @@ func (m *Manager) deliverLoop() {
 			busy[id] = true
 			mu.Unlock()
 			m.bg.Add(1)
-			go func(id string, ds []store.Delivery) {
+			go func(id string) {
 				defer m.bg.Done()
 				defer func() { mu.Lock(); delete(busy, id); mu.Unlock() }()
-				for _, d := range ds { // in arrival order
-					m.deliverOne(d)
-				}
-			}(id, bySession[id])
+				m.deliverTo(id)
+			}(id)
 		}
+	}
+}
+
+// deliverTo delivers the pending deliveries of session id, in arrival
+// order, under the claim deliver/ID (see claim.go): another server
+// holding it is delivering them. They are read again once claimed: a
+// list read before may name deliveries that server has made since.
+func (m *Manager) deliverTo(id string) {
+	ctx, release, ok := m.lease(context.Background(), "deliver/"+id)
+	if !ok {
+		return
+	}
+	defer release()
+	m.crashPoint("deliver.claimed")
+	ds, err := m.cfg.Store.ListDeliveries(ctx, store.DeliveryPending)
+	if err != nil {
+		m.cfg.Log.Warn("list deliveries", "session", id, "err", err)
+		return
+	}
+	for _, d := range ds {
+		if d.SessionID != id {
+			continue
+		}
+		if ctx.Err() != nil {
+			return // the claim was lost: the next holder delivers the rest
+		}
+		m.deliverOne(ctx, d)
 	}
 }
 
@@ -209,27 +236,38 @@ func (m *Manager) fireTimeouts() {
 	}
 	m.mu.Unlock()
 	for _, id := range due {
-		s, err := m.cfg.Store.GetSubscription(ctx, id)
-		if errors.Is(err, store.ErrNotFound) {
-			m.unsubscribe(id)
-			continue
-		}
-		if err != nil || s.Deadline.IsZero() || now.Before(s.Deadline) {
-			continue
-		}
-		body, _ := json.Marshal(map[string]any{"session": s.SessionID, "until": s.Until, "deadline": s.Deadline})
-		ev := trigger.Event{Source: timeoutSource, Name: "timeout", ID: "timeout:" + s.SessionID + ":" + s.CreatedAt.Format(time.RFC3339Nano),
-			Fields: map[string]string{"session": s.SessionID}, Body: body, Received: now}
-		_, delivered, _, err := m.cfg.Store.RecordEvent(ctx, storeEvent(ev), []string{s.SessionID})
-		if err != nil {
-			m.cfg.Log.Warn("record timeout", "session", s.SessionID, "err", err)
-			continue
-		}
-		for _, id := range delivered {
-			m.unsubscribe(id)
-		}
-		m.kickDeliveries()
+		m.fireTimeout(ctx, id, now)
 	}
+}
+
+// fireTimeout records the timeout event of session id's subscription if
+// its deadline passed, under the claim timeout/ID (see claim.go).
+func (m *Manager) fireTimeout(ctx context.Context, id string, now time.Time) {
+	ctx, release, ok := m.lease(ctx, "timeout/"+id)
+	if !ok {
+		return
+	}
+	defer release()
+	s, err := m.cfg.Store.GetSubscription(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		m.unsubscribe(id)
+		return
+	}
+	if err != nil || s.Deadline.IsZero() || now.Before(s.Deadline) {
+		return
+	}
+	body, _ := json.Marshal(map[string]any{"session": s.SessionID, "until": s.Until, "deadline": s.Deadline})
+	ev := trigger.Event{Source: timeoutSource, Name: "timeout", ID: "timeout:" + s.SessionID + ":" + s.CreatedAt.Format(time.RFC3339Nano),
+		Fields: map[string]string{"session": s.SessionID}, Body: body, Received: now}
+	_, delivered, _, err := m.cfg.Store.RecordEvent(ctx, storeEvent(ev), []string{s.SessionID})
+	if err != nil {
+		m.cfg.Log.Warn("record timeout", "session", s.SessionID, "err", err)
+		return
+	}
+	for _, id := range delivered {
+		m.unsubscribe(id)
+	}
+	m.kickDeliveries()
 }
 
 // guestEvent is what the guest finds in its events directory.
@@ -246,8 +284,8 @@ type guestEvent struct {
 // deliverOne wakes the session and writes the event into the guest. A
 // session that cannot be woken fails the delivery (the wake has already
 // marked the session failed with the reason).
-func (m *Manager) deliverOne(d store.Delivery) {
-	ctx, cancel := context.WithTimeout(context.Background(), m.cfg.DefaultBootTimeout)
+func (m *Manager) deliverOne(parent context.Context, d store.Delivery) {
+	ctx, cancel := context.WithTimeout(parent, m.cfg.DefaultBootTimeout)
 	defer cancel()
 	finish := func(state, msg string) {
 		d.State, d.Error, d.UpdatedAt = state, msg, time.Now().UTC()

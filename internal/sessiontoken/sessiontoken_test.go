@@ -59,7 +59,7 @@ func newRig(t *testing.T) *rig {
 		{ID: "s-1", State: api.StateRunning, Owner: alice.ID, Agent: "review-bot", TokenGen: 4},
 		{ID: "s-2", State: api.StateRunning, Owner: alice.ID},
 	} {
-		if err := st.CreateSession(ctx, s); err != nil {
+		if err := st.CreateSession(ctx, &s); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -200,7 +200,7 @@ func TestVerifierAcceptsOnlyLiveTokens(t *testing.T) {
 	// A parked session takes no token, even one of its generation.
 	rec, _ := r.st.GetSession(ctx, "s-1")
 	rec.State = api.StateParked
-	if err := r.st.UpdateSession(ctx, rec); err != nil {
+	if err := r.st.UpdateSession(ctx, &rec); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := r.v.Verify(ctx, after); !errors.Is(err, identity.ErrRevoked) || !strings.Contains(err.Error(), "parked") {
@@ -228,7 +228,7 @@ func TestVerifierAcceptsOnlyLiveTokens(t *testing.T) {
 	}
 	revokedRec.State = api.StateRunning // a stale write of the record (a wake's)
 	revokedRec.TokensRevokedAt = time.Time{}
-	if err := r.st.UpdateSession(ctx, revokedRec); err != nil {
+	if err := r.st.UpdateSession(ctx, &revokedRec); err != nil {
 		t.Fatal(err)
 	}
 	for name, tok := range map[string]string{"from before the revoke": tok2, "of the current generation": current} {
@@ -310,7 +310,7 @@ func BenchmarkVerifySessionToken(b *testing.B) {
 		b.Fatal(err)
 	}
 	rec := store.Session{ID: "s-1", State: api.StateRunning, Owner: "u_alice"}
-	if err := st.CreateSession(ctx, rec); err != nil {
+	if err := st.CreateSession(ctx, &rec); err != nil {
 		b.Fatal(err)
 	}
 	tok, err := sessiontoken.Minter{Issuer: is}.MintSessionToken(rec, url, 0)

@@ -23,6 +23,10 @@ var (
 	// The call changed nothing, and the same call on the same store may
 	// succeed once the cause is gone.
 	ErrUnavailable = errors.New("state store unavailable")
+	// ErrConflict means an update was made from a stale copy: the record
+	// was changed (its Gen moved on) since the caller read it. The call
+	// changed nothing; read the record again and decide afresh.
+	ErrConflict = errors.New("store: changed since it was read")
 )
 
 // Store is the durable record of sessions, images, templates, triggers and
@@ -56,14 +60,26 @@ var (
 //     and say why; a write that fails so changes nothing (a transaction,
 //     nothing of it), and the store needs no reopening once the cause is
 //     gone.
+//   - Every update of a session or a template is a compare-and-swap on
+//     its generation (Gen): it is made only if the stored record is still
+//     the one the caller read, and fails with ErrConflict, changing
+//     nothing, if another writer (another goroutine, another server)
+//     changed it since. The last writer never silently wins.
+//   - Work that one server must do alone is claimed (Claim): a lease,
+//     held until it is released or expires.
 //   - No method may be called after Close.
 type Store interface {
-	// CreateSession inserts s. It fails with ErrExists if a session with
-	// s.ID exists, leaving that session unchanged.
-	CreateSession(ctx context.Context, s Session) error
-	// UpdateSession replaces the session with id s.ID by s, every field.
-	// It fails with ErrNotFound if there is none, creating nothing.
-	UpdateSession(ctx context.Context, s Session) error
+	// CreateSession inserts s at generation 1, whatever s.Gen, and sets
+	// s.Gen to 1. It fails with ErrExists if a session with s.ID exists,
+	// leaving that session unchanged.
+	CreateSession(ctx context.Context, s *Session) error
+	// UpdateSession replaces the session with id s.ID by s, every field
+	// but TokenGen and TokensRevokedAt, if its stored generation is
+	// s.Gen: it stores generation s.Gen+1 and, on success only, sets
+	// s.Gen to it. It fails with ErrConflict if the stored generation is
+	// another (the record changed since s was read), and with ErrNotFound
+	// if there is no such session; either changes nothing.
+	UpdateSession(ctx context.Context, s *Session) error
 	// GetSession returns the session with the given id, or ErrNotFound.
 	GetSession(ctx context.Context, id string) (Session, error)
 	// ListSessions returns every session, ordered by CreatedAt and then by
@@ -96,12 +112,16 @@ type Store interface {
 	// ErrNotFound if there is none.
 	DeleteImage(ctx context.Context, name string) error
 
-	// CreateTemplate inserts t. It fails with ErrExists if a template with
-	// t.Name exists, leaving that template unchanged.
-	CreateTemplate(ctx context.Context, t Template) error
+	// CreateTemplate inserts t at generation 1, whatever t.Gen, and sets
+	// t.Gen to 1. It fails with ErrExists if a template with t.Name
+	// exists, leaving that template unchanged.
+	CreateTemplate(ctx context.Context, t *Template) error
 	// UpdateTemplate replaces the template with name t.Name by t, every
-	// field. It fails with ErrNotFound if there is none, creating nothing.
-	UpdateTemplate(ctx context.Context, t Template) error
+	// field, if its stored generation is t.Gen, as UpdateSession does:
+	// on success the stored generation, and t.Gen, are t.Gen+1. It fails
+	// with ErrConflict if the stored generation is another, and with
+	// ErrNotFound if there is no such template; either changes nothing.
+	UpdateTemplate(ctx context.Context, t *Template) error
 	// GetTemplate returns the template with the given name, or ErrNotFound.
 	GetTemplate(ctx context.Context, name string) (Template, error)
 	// ListTemplates returns every template, ordered by Name (bytewise). An
@@ -122,9 +142,11 @@ type Store interface {
 	ListTemplateVersions(ctx context.Context, name string) ([]TemplateVersion, error)
 	// SwapTemplateVersion makes v the current version of t in one
 	// transaction: it writes v as PutTemplateVersion does and replaces the
-	// template with name t.Name by t, as UpdateTemplate does. Either both
-	// are written or neither. v.Template must be t.Name.
-	SwapTemplateVersion(ctx context.Context, t Template, v TemplateVersion) error
+	// template with name t.Name by t, as UpdateTemplate does (a
+	// compare-and-swap on t.Gen, which it advances on success). Either
+	// both are written or neither: an ErrConflict writes no version.
+	// v.Template must be t.Name.
+	SwapTemplateVersion(ctx context.Context, t *Template, v TemplateVersion) error
 
 	// RecordEvent records ev and, in the same transaction, a pending
 	// delivery for each of sessions that still has a subscription at
@@ -162,7 +184,9 @@ type Store interface {
 	ListDeliveries(ctx context.Context, state string) ([]Delivery, error)
 	// UpdateDelivery replaces the State, Error and UpdatedAt of the
 	// delivery (d.EventSeq, d.SessionID), leaving its CreatedAt; it fails
-	// with ErrNotFound if there is none, creating nothing.
+	// with ErrNotFound if there is none, creating nothing. It is no
+	// compare-and-swap: a session's deliveries are written only by the
+	// server holding their claim (see Claim; package session).
 	UpdateDelivery(ctx context.Context, d Delivery) error
 	// DeleteSessionTriggers removes a session's subscription and its
 	// deliveries (when the session is removed); it is no error if there
@@ -284,6 +308,25 @@ type Store interface {
 	// removes them with DeleteSecret.
 	DeleteSecret(ctx context.Context, ownerKind, owner, name string) error
 
+	// Claim takes, or renews, the lease named key for owner, for ttl
+	// from now by the store's clock, and reports whether owner holds it
+	// now. A lease is free when no one holds it or its holder's ttl has
+	// passed (a holder that died lets go by expiring); owner renews its
+	// own by claiming it again. Of owners claiming one free lease at
+	// once, exactly one gets it. Empty key or owner, or ttl <= 0, fail.
+	//
+	// Leases are how servers sharing a store split the work that one of
+	// them must do alone (a pending delivery, a timeout, a template
+	// build, a pool refill): the work is done only by the lease's holder,
+	// and must be safe to do again by the next holder should the first
+	// die midway (the lease expires; the work is not rolled back).
+	Claim(ctx context.Context, key, owner string, ttl time.Duration) (bool, error)
+	// Release ends owner's lease named key, so that another owner may
+	// claim it at once. A lease owner does not hold (never claimed,
+	// released, or expired and taken by another) is left as it is, and
+	// that is no error.
+	Release(ctx context.Context, key, owner string) error
+
 	// Close releases the store's resources. Writes that returned before it
 	// are durable.
 	Close() error
@@ -292,7 +335,13 @@ type Store interface {
 // Session is the stored record of one session: its public fields (see
 // api.Session) plus what the server needs to find its VM again.
 type Session struct {
-	ID        string
+	ID string
+	// Gen is the record's generation: 1 when created, one more at each
+	// UpdateSession, which succeeds only from a copy of the current
+	// generation (see Store). BumpTokenGen and RevokeSessionTokens, which
+	// change only TokenGen and TokensRevokedAt at once and atomically,
+	// leave it as it is.
+	Gen       int64
 	State     string
 	Image     string
 	MemoryMiB int
@@ -367,7 +416,10 @@ const OwnerAdmin = "admin"
 // Template is the stored record of one template: a booted, set-up session
 // saved as a snapshot that sessions are cloned from.
 type Template struct {
-	Name      string
+	Name string
+	// Gen is the record's generation, as Session.Gen: 1 when created,
+	// one more at each UpdateTemplate or SwapTemplateVersion.
+	Gen       int64
 	State     string // "building", "ready", "failed"
 	Image     string
 	MemoryMiB int

@@ -168,7 +168,7 @@ func scanSession(sc pgx.Row) (store.Session, error) {
 	err := sc.Scan(&sess.ID, &sess.State, &sess.Image, &sess.MemoryMiB, &sess.CPUs, &env,
 		&sess.Accel, &created, &updated, &sess.Error, &sess.BootMillis, &sess.Handle,
 		&idle, &sess.NoAutoWake, &sess.Template, &sess.Snapshot, &sess.TemplateVersion,
-		&sess.Owner, &sess.Agent, &allow, &sess.StoredManifest, &sess.StoredBytes, &gen, &revoked)
+		&sess.Owner, &sess.Agent, &allow, &sess.StoredManifest, &sess.StoredBytes, &gen, &revoked, &sess.Gen)
 	if err != nil {
 		return store.Session{}, err
 	}
@@ -231,7 +231,7 @@ func scanTemplate(sc pgx.Row) (store.Template, error) {
 	err := sc.Scan(&t.Name, &t.State, &t.Image, &t.MemoryMiB, &t.CPUs, &env, &setup, &t.Start,
 		&t.Pool, &t.Error, &created, &updated, &t.Snapshot,
 		&t.Repo, &t.Branch, &t.RepoDir, &t.Version, &t.Commit,
-		&t.Owner, &t.Agent, &allow)
+		&t.Owner, &t.Agent, &allow, &t.Gen)
 	if err != nil {
 		return store.Template{}, err
 	}

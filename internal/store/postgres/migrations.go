@@ -179,6 +179,17 @@ var migrations = []string{
 	// the object store.
 	`ALTER TABLE sessions ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';
 	ALTER TABLE sessions ADD COLUMN stored_bytes BIGINT NOT NULL DEFAULT 0;`,
+
+	// 3: the SQLite store's migration 12: generations for
+	// compare-and-swap, and leases. A lease's expiry is by the database
+	// server's clock, the one clock every server sharing it agrees on.
+	`ALTER TABLE sessions ADD COLUMN gen BIGINT NOT NULL DEFAULT 1;
+	ALTER TABLE templates ADD COLUMN gen BIGINT NOT NULL DEFAULT 1;
+	CREATE TABLE leases (
+		key     TEXT COLLATE "C" PRIMARY KEY,
+		owner   TEXT NOT NULL,
+		expires TIMESTAMPTZ NOT NULL
+	);`,
 }
 
 // migrationLock is the key of the advisory lock that migrations hold, so

@@ -65,7 +65,7 @@ func TestConcurrentOpenMigratesOnce(t *testing.T) {
 		if err != nil || rows != 1 || version < 1 {
 			t.Fatalf("round %d: schema_version has %d rows, version %d (%v); want one row", round, rows, version, err)
 		}
-		if err := stores[0].CreateSession(t.Context(), store.Session{ID: "s"}); err != nil {
+		if err := stores[0].CreateSession(t.Context(), &store.Session{ID: "s"}); err != nil {
 			t.Fatal(err)
 		}
 		for i, st := range stores {
@@ -82,7 +82,7 @@ func TestConcurrentOpenMigratesOnce(t *testing.T) {
 func TestReopenAndNewerSchema(t *testing.T) {
 	url := pgtest.NewDatabase(t)
 	st := mustOpen(t, url)
-	if err := st.CreateSession(t.Context(), store.Session{ID: "kept"}); err != nil {
+	if err := st.CreateSession(t.Context(), &store.Session{ID: "kept"}); err != nil {
 		t.Fatal(err)
 	}
 	st.Close()

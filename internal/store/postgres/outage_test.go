@@ -25,7 +25,7 @@ func TestServerOutage(t *testing.T) {
 	st := mustOpen(t, srv.URL(name))
 	defer st.Close()
 	want := store.Session{ID: "s", State: "running", Image: "tiny", CreatedAt: time.Unix(1, 2).UTC()}
-	if err := st.CreateSession(ctx, want); err != nil {
+	if err := st.CreateSession(ctx, &want); err != nil {
 		t.Fatal(err)
 	}
 	if err := srv.Stop(ctx); err != nil {
@@ -48,7 +48,7 @@ func TestServerOutage(t *testing.T) {
 	}
 	_, err = st.GetSession(down, "s")
 	unavailable("GetSession", err)
-	unavailable("CreateSession", st.CreateSession(down, store.Session{ID: "t"}))
+	unavailable("CreateSession", st.CreateSession(down, &store.Session{ID: "t"}))
 	_, err = st.ListSessions(down)
 	unavailable("ListSessions", err)
 	_, _, _, err = st.RecordEvent(down, store.Event{Source: "github", ID: "e"}, []string{"s"})
@@ -85,7 +85,7 @@ func TestServerRestartWhileIdle(t *testing.T) {
 	}
 	st := mustOpen(t, srv.URL(name))
 	defer st.Close()
-	if err := st.CreateSession(ctx, store.Session{ID: "s"}); err != nil {
+	if err := st.CreateSession(ctx, &store.Session{ID: "s"}); err != nil {
 		t.Fatal(err)
 	}
 	calls := []struct {
@@ -93,7 +93,7 @@ func TestServerRestartWhileIdle(t *testing.T) {
 		call func() error
 	}{
 		{"GetSession", func() error { _, err := st.GetSession(ctx, "s"); return err }},
-		{"UpdateSession", func() error { return st.UpdateSession(ctx, store.Session{ID: "s", State: "parked"}) }},
+		{"UpdateSession", func() error { return st.UpdateSession(ctx, &store.Session{ID: "s", State: "parked", Gen: 1}) }},
 		{"ListSessions", func() error { _, err := st.ListSessions(ctx); return err }},
 		{"RecordEvent", func() error {
 			_, _, _, err := st.RecordEvent(ctx, store.Event{Source: "github", ID: fmt.Sprint(time.Now().UnixNano())}, []string{"s"})

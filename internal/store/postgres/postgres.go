@@ -364,11 +364,11 @@ func notFound(err error) error {
 const sessionColumns = `id, state, image, memory_mib, cpus, env, accel,
 	created_at, updated_at, error, boot_millis, handle,
 	idle_timeout_ns, no_auto_wake, template, snapshot, template_version, owner, agent, allow,
-	stored_manifest, stored_bytes, token_gen, tokens_revoked_at`
+	stored_manifest, stored_bytes, token_gen, tokens_revoked_at, gen`
 
 // CreateSession implements store.Store.
-func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
-	args, err := sessionArgs(sess)
+func (s *Store) CreateSession(ctx context.Context, sess *store.Session) error {
+	args, err := sessionArgs(*sess)
 	if err != nil {
 		return s.errorf("postgres: create session %s: %w", sess.ID, err)
 	}
@@ -380,30 +380,53 @@ func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
 	}
 	args = append(args, int64(sess.TokenGen), revoked)
 	tag, err := s.exec(ctx, `INSERT INTO sessions (`+sessionColumns+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, 1)
 		ON CONFLICT (id) DO NOTHING`, args...)
 	if err := oneRow(tag, err, store.ErrExists); err != nil {
 		return s.errorf("postgres: create session %s: %w", sess.ID, err)
 	}
+	sess.Gen = 1
 	return nil
 }
 
-// UpdateSession implements store.Store.
-func (s *Store) UpdateSession(ctx context.Context, sess store.Session) error {
-	args, err := sessionArgs(sess)
+// UpdateSession implements store.Store. The one UPDATE checks and
+// advances the generation under the row's lock: of two servers updating
+// from the same read, the second waits for the first's commit, then
+// finds the generation moved on and changes nothing.
+func (s *Store) UpdateSession(ctx context.Context, sess *store.Session) error {
+	args, err := sessionArgs(*sess)
 	if err != nil {
 		return s.errorf("postgres: update session %s: %w", sess.ID, err)
 	}
+	args = append(args, sess.Gen)
 	tag, err := s.exec(ctx, `UPDATE sessions SET
 		state = $2, image = $3, memory_mib = $4, cpus = $5, env = $6, accel = $7,
 		created_at = $8, updated_at = $9, error = $10, boot_millis = $11, handle = $12,
 		idle_timeout_ns = $13, no_auto_wake = $14, template = $15, snapshot = $16, template_version = $17,
-		owner = $18, agent = $19, allow = $20, stored_manifest = $21, stored_bytes = $22
-		WHERE id = $1`, args...)
-	if err := oneRow(tag, err, store.ErrNotFound); err != nil {
+		owner = $18, agent = $19, allow = $20, stored_manifest = $21, stored_bytes = $22,
+		gen = gen + 1
+		WHERE id = $1 AND gen = $23`, args...)
+	if err := oneRow(tag, err, nil); err != nil {
 		return s.errorf("postgres: update session %s: %w", sess.ID, err)
 	}
+	if tag.RowsAffected() == 0 {
+		return s.errorf("postgres: update session %s: %w", sess.ID, s.staleOrGone(ctx, s.pool, "sessions", "id", sess.ID, sess.Gen))
+	}
+	sess.Gen++
 	return nil
+}
+
+// staleOrGone says why an update of the row of table whose column col is
+// key, at generation gen, changed nothing: ErrNotFound if there is no
+// such row, else ErrConflict with the generation it has.
+func (s *Store) staleOrGone(ctx context.Context, q querier, table, col, key string, gen int64) error {
+	var cur int64
+	// table and col are constants of this package, never input.
+	err := q.QueryRow(ctx, `SELECT gen FROM `+table+` WHERE `+col+` = $1`, key).Scan(&cur)
+	if err != nil {
+		return notFound(err)
+	}
+	return fmt.Errorf("%w (generation %d, the copy's %d)", store.ErrConflict, cur, gen)
 }
 
 // GetSession implements store.Store.
@@ -515,47 +538,59 @@ func (s *Store) DeleteImage(ctx context.Context, name string) error {
 
 const templateColumns = `name, state, image, memory_mib, cpus, env, setup, start,
 	pool, error, created_at, updated_at, snapshot, repo, branch, repo_dir, version, commit_sha,
-	owner, agent, allow`
+	owner, agent, allow, gen`
 
 // CreateTemplate implements store.Store.
-func (s *Store) CreateTemplate(ctx context.Context, t store.Template) error {
-	args, err := templateArgs(t)
+func (s *Store) CreateTemplate(ctx context.Context, t *store.Template) error {
+	args, err := templateArgs(*t)
 	if err != nil {
 		return s.errorf("postgres: create template %s: %w", t.Name, err)
 	}
 	tag, err := s.exec(ctx, `INSERT INTO templates (`+templateColumns+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, 1)
 		ON CONFLICT (name) DO NOTHING`, args...)
 	if err := oneRow(tag, err, store.ErrExists); err != nil {
 		return s.errorf("postgres: create template %s: %w", t.Name, err)
 	}
+	t.Gen = 1
 	return nil
 }
 
 // UpdateTemplate implements store.Store.
-func (s *Store) UpdateTemplate(ctx context.Context, t store.Template) error {
-	args, err := templateArgs(t)
+func (s *Store) UpdateTemplate(ctx context.Context, t *store.Template) error {
+	args, err := templateArgs(*t)
 	if err != nil {
 		return s.errorf("postgres: update template %s: %w", t.Name, err)
 	}
-	if err := ctx.Err(); err != nil {
+	if err := s.inTx(ctx, func(tx pgx.Tx) error { return updateTemplate(ctx, tx, args, t.Gen) }); err != nil {
 		return s.errorf("postgres: update template %s: %w", t.Name, err)
 	}
-	if err := updateTemplate(ctx, s.pool, args); err != nil {
-		return s.errorf("postgres: update template %s: %w", t.Name, err)
-	}
+	t.Gen++
 	return nil
 }
 
-// updateTemplate replaces a template's row by args (templateArgs).
-func updateTemplate(ctx context.Context, q querier, args []any) error {
+// updateTemplate replaces a template's row by args (templateArgs) if its
+// generation is gen, advancing it; else it fails with ErrConflict or
+// ErrNotFound.
+func updateTemplate(ctx context.Context, q querier, args []any, gen int64) error {
+	args = append(args, gen)
 	tag, err := q.Exec(ctx, `UPDATE templates SET
 		state = $2, image = $3, memory_mib = $4, cpus = $5, env = $6, setup = $7, start = $8,
 		pool = $9, error = $10, created_at = $11, updated_at = $12, snapshot = $13,
 		repo = $14, branch = $15, repo_dir = $16, version = $17, commit_sha = $18,
-		owner = $19, agent = $20, allow = $21
-		WHERE name = $1`, args...)
-	return oneRow(tag, err, store.ErrNotFound)
+		owner = $19, agent = $20, allow = $21, gen = gen + 1
+		WHERE name = $1 AND gen = $22`, args...)
+	if err := oneRow(tag, err, nil); err != nil {
+		return err
+	}
+	if tag.RowsAffected() == 0 {
+		var cur int64
+		if err := q.QueryRow(ctx, `SELECT gen FROM templates WHERE name = $1`, args[0]).Scan(&cur); err != nil {
+			return notFound(err)
+		}
+		return fmt.Errorf("%w (generation %d, the copy's %d)", store.ErrConflict, cur, gen)
+	}
+	return nil
 }
 
 // GetTemplate implements store.Store.

@@ -36,7 +36,7 @@ func twoServers(t *testing.T) [2]*postgres.Store {
 // own.
 func TestBumpTokenGenAcrossServers(t *testing.T) {
 	st := twoServers(t)
-	if err := st[0].CreateSession(t.Context(), store.Session{ID: "s"}); err != nil {
+	if err := st[0].CreateSession(t.Context(), &store.Session{ID: "s"}); err != nil {
 		t.Fatal(err)
 	}
 	const workers, each = 8, 25 // per server

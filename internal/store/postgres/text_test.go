@@ -19,13 +19,13 @@ func TestTextPostgresCannotHold(t *testing.T) {
 	odd := "boot: \x00\xffpanic ☃"
 	const shown = "boot: \uFFFD\uFFFDpanic ☃"
 
-	if err := st.CreateSession(ctx, store.Session{ID: "s", State: "failed", Error: odd}); err != nil {
+	if err := st.CreateSession(ctx, &store.Session{ID: "s", State: "failed", Error: odd}); err != nil {
 		t.Fatalf("CreateSession with an odd Error: %v", err)
 	}
 	if got, err := st.GetSession(ctx, "s"); err != nil || got.Error != shown {
 		t.Errorf("Error read back = %q, %v; want %q", got.Error, err, shown)
 	}
-	if err := st.CreateTemplate(ctx, store.Template{Name: "t", Error: odd}); err != nil {
+	if err := st.CreateTemplate(ctx, &store.Template{Name: "t", Error: odd}); err != nil {
 		t.Fatalf("CreateTemplate with an odd Error: %v", err)
 	}
 	if err := st.PutTemplateVersion(ctx, store.TemplateVersion{Template: "t", Version: 1, Error: odd}); err != nil {
@@ -36,7 +36,7 @@ func TestTextPostgresCannotHold(t *testing.T) {
 		t.Errorf("ListTemplateVersions = %+v, %v; want one with Error %q", vs, err, shown)
 	}
 
-	err = st.CreateSession(ctx, store.Session{ID: "u", State: odd})
+	err = st.CreateSession(ctx, &store.Session{ID: "u", State: odd})
 	if err == nil {
 		t.Fatal("CreateSession with a NUL in its State succeeded")
 	}

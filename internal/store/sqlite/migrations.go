@@ -225,6 +225,18 @@ var migrations = []string{
 	// stored), and the bytes its upload added.
 	`ALTER TABLE sessions ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';
 	ALTER TABLE sessions ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0;`,
+
+	// 12: compare-and-swap and claims. Sessions and templates get a
+	// generation that each update checks and advances (rows from before
+	// start at 1, as a create does); leases are work claimed by one
+	// owner until expires (unix nanoseconds by the store's clock).
+	`ALTER TABLE sessions ADD COLUMN gen INTEGER NOT NULL DEFAULT 1;
+	ALTER TABLE templates ADD COLUMN gen INTEGER NOT NULL DEFAULT 1;
+	CREATE TABLE leases (
+		key     TEXT PRIMARY KEY,
+		owner   TEXT NOT NULL,
+		expires INTEGER NOT NULL
+	) STRICT;`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

@@ -246,7 +246,8 @@ func TestUpgradeFromVersion1(t *testing.T) {
 	want.NoAutoWake = true
 	want.Template = "py"
 	want.Snapshot = []byte(`{"v":1}`)
-	if err := st.UpdateSession(t.Context(), want); err != nil {
+	want.Gen = 1 // rows from before start at generation 1
+	if err := st.UpdateSession(t.Context(), &want); err != nil {
 		t.Fatalf("UpdateSession: %v", err)
 	}
 	if got, err = st.GetSession(t.Context(), "old"); err != nil {
@@ -255,7 +256,7 @@ func TestUpgradeFromVersion1(t *testing.T) {
 	checkUpgraded(t, got, want)
 
 	tm := store.Template{Name: "py", State: "ready", Setup: []string{"true"}, CreatedAt: created}
-	if err := st.CreateTemplate(t.Context(), tm); err != nil {
+	if err := st.CreateTemplate(t.Context(), &tm); err != nil {
 		t.Fatalf("CreateTemplate: %v", err)
 	}
 	if gt, err := st.GetTemplate(t.Context(), "py"); err != nil || gt.State != "ready" ||
@@ -464,7 +465,7 @@ func TestUpgradeFromVersion5(t *testing.T) {
 
 	// New rows keep their own owner and agent, apart from the old ones.
 	mine := store.Session{ID: "new", State: "running", Owner: "u_alice", Agent: "review-bot", CreatedAt: created.Add(time.Second)}
-	if err := st.CreateSession(t.Context(), mine); err != nil {
+	if err := st.CreateSession(t.Context(), &mine); err != nil {
 		t.Fatalf("CreateSession: %v", err)
 	}
 	list, err := st.ListSessions(t.Context())
@@ -475,11 +476,11 @@ func TestUpgradeFromVersion5(t *testing.T) {
 		t.Errorf("owners, agents listed: %q/%q, %q/%q", list[0].Owner, list[0].Agent, list[1].Owner, list[1].Agent)
 	}
 	tm.Owner, tm.Agent = "u_bob", "builder"
-	if err := st.UpdateTemplate(t.Context(), tm); err != nil {
+	if err := st.UpdateTemplate(t.Context(), &tm); err != nil {
 		t.Fatalf("UpdateTemplate: %v", err)
 	}
 	tm.Version++
-	if err := st.SwapTemplateVersion(t.Context(), tm, store.TemplateVersion{Template: "py", Version: tm.Version, State: store.VersionReady}); err != nil {
+	if err := st.SwapTemplateVersion(t.Context(), &tm, store.TemplateVersion{Template: "py", Version: tm.Version, State: store.VersionReady}); err != nil {
 		t.Fatalf("SwapTemplateVersion: %v", err)
 	}
 	if got, err := st.GetTemplate(t.Context(), "py"); err != nil || got.Owner != "u_bob" || got.Agent != "builder" || got.Version != 4 {

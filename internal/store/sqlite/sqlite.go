@@ -140,11 +140,11 @@ func (s *Store) Close() error {
 const sessionColumns = `id, state, image, memory_mib, cpus, env, accel,
 	created_at, updated_at, error, boot_millis, handle,
 	idle_timeout_ns, no_auto_wake, template, snapshot, template_version, owner, agent, allow,
-	stored_manifest, stored_bytes, token_gen, tokens_revoked_at`
+	stored_manifest, stored_bytes, token_gen, tokens_revoked_at, gen`
 
 // CreateSession implements store.Store.
-func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
-	args, err := sessionArgs(sess)
+func (s *Store) CreateSession(ctx context.Context, sess *store.Session) error {
+	args, err := sessionArgs(*sess)
 	if err != nil {
 		return errorf("sqlite: create session %s: %w", sess.ID, err)
 	}
@@ -154,34 +154,66 @@ func (s *Store) CreateSession(ctx context.Context, sess store.Session) error {
 	if err != nil {
 		return errorf("sqlite: create session %s: tokens_revoked_at: %w", sess.ID, err)
 	}
-	args = append(args, int64(sess.TokenGen), revoked)
+	args = append(args, int64(sess.TokenGen), revoked, 1)
 	res, err := s.db.ExecContext(ctx, `INSERT INTO sessions (`+sessionColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO NOTHING`, args...)
 	if err := oneRow(res, err, store.ErrExists); err != nil {
 		return errorf("sqlite: create session %s: %w", sess.ID, err)
 	}
+	sess.Gen = 1
 	return nil
 }
 
 // UpdateSession implements store.Store.
-func (s *Store) UpdateSession(ctx context.Context, sess store.Session) error {
-	args, err := sessionArgs(sess)
+func (s *Store) UpdateSession(ctx context.Context, sess *store.Session) error {
+	args, err := sessionArgs(*sess)
 	if err != nil {
 		return errorf("sqlite: update session %s: %w", sess.ID, err)
 	}
-	// sessionArgs starts with the id; it goes last, in WHERE.
-	args = append(args[1:], sess.ID)
+	// sessionArgs starts with the id; it goes last, in WHERE, with the
+	// generation read.
+	args = append(args[1:], sess.ID, sess.Gen)
 	res, err := s.db.ExecContext(ctx, `UPDATE sessions SET
 		state = ?, image = ?, memory_mib = ?, cpus = ?, env = ?, accel = ?,
 		created_at = ?, updated_at = ?, error = ?, boot_millis = ?, handle = ?,
 		idle_timeout_ns = ?, no_auto_wake = ?, template = ?, snapshot = ?, template_version = ?,
-		owner = ?, agent = ?, allow = ?, stored_manifest = ?, stored_bytes = ?
-		WHERE id = ?`, args...)
-	if err := oneRow(res, err, store.ErrNotFound); err != nil {
+		owner = ?, agent = ?, allow = ?, stored_manifest = ?, stored_bytes = ?,
+		gen = gen + 1
+		WHERE id = ? AND gen = ?`, args...)
+	if err := oneRow(res, err, nil); err != nil {
 		return errorf("sqlite: update session %s: %w", sess.ID, err)
 	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return errorf("sqlite: update session %s: %w", sess.ID, s.staleOrGone(ctx, "sessions", "id", sess.ID, sess.Gen))
+	}
+	sess.Gen++
 	return nil
+}
+
+// staleOrGone says why an update of the row of table whose column col is
+// key, at generation gen, changed nothing: ErrNotFound if there is no
+// such row, else ErrConflict with the generation it has.
+func (s *Store) staleOrGone(ctx context.Context, table, col, key string, gen int64) error {
+	return staleOrGone(ctx, s.db, table, col, key, gen)
+}
+
+// querier is a *sql.DB or *sql.Tx.
+type querier interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func staleOrGone(ctx context.Context, db querier, table, col, key string, gen int64) error {
+	var cur int64
+	// table and col are constants of this package, never input.
+	err := db.QueryRowContext(ctx, `SELECT gen FROM `+table+` WHERE `+col+` = ?`, key).Scan(&cur)
+	switch {
+	case errors.Is(err, sql.ErrNoRows):
+		return store.ErrNotFound
+	case err != nil:
+		return err
+	}
+	return fmt.Errorf("%w (generation %d, the copy's %d)", store.ErrConflict, cur, gen)
 }
 
 // GetSession implements store.Store.
@@ -330,51 +362,65 @@ func (s *Store) DeleteImage(ctx context.Context, name string) error {
 
 const templateColumns = `name, state, image, memory_mib, cpus, env, setup, start,
 	pool, error, created_at, updated_at, snapshot, repo, branch, repo_dir, version, commit_sha,
-	owner, agent, allow`
+	owner, agent, allow, gen`
 
 // CreateTemplate implements store.Store.
-func (s *Store) CreateTemplate(ctx context.Context, t store.Template) error {
-	args, err := templateArgs(t)
+func (s *Store) CreateTemplate(ctx context.Context, t *store.Template) error {
+	args, err := templateArgs(*t)
 	if err != nil {
 		return errorf("sqlite: create template %s: %w", t.Name, err)
 	}
 	res, err := s.db.ExecContext(ctx, `INSERT INTO templates (`+templateColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
 		ON CONFLICT (name) DO NOTHING`, args...)
 	if err := oneRow(res, err, store.ErrExists); err != nil {
 		return errorf("sqlite: create template %s: %w", t.Name, err)
 	}
+	t.Gen = 1
 	return nil
 }
 
 // UpdateTemplate implements store.Store.
-func (s *Store) UpdateTemplate(ctx context.Context, t store.Template) error {
-	args, err := templateArgs(t)
+func (s *Store) UpdateTemplate(ctx context.Context, t *store.Template) error {
+	args, err := templateArgs(*t)
 	if err != nil {
 		return errorf("sqlite: update template %s: %w", t.Name, err)
 	}
-	if err := updateTemplate(ctx, s.db, args); err != nil {
+	err = s.inTx(ctx, func(tx *sql.Tx) error { return updateTemplate(ctx, tx, args, t.Gen) })
+	if err != nil {
 		return errorf("sqlite: update template %s: %w", t.Name, err)
 	}
+	t.Gen++
 	return nil
 }
 
 // execer is a *sql.DB or *sql.Tx.
 type execer interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	querier
 }
 
-// updateTemplate replaces a template's row by args (templateArgs).
-func updateTemplate(ctx context.Context, db execer, args []any) error {
-	// templateArgs starts with the name; it goes last, in WHERE.
-	args = append(args[1:], args[0])
+// updateTemplate replaces a template's row by args (templateArgs) if its
+// generation is gen, advancing it; else it fails with ErrConflict or
+// ErrNotFound.
+func updateTemplate(ctx context.Context, db execer, args []any, gen int64) error {
+	name := args[0].(string)
+	// templateArgs starts with the name; it goes last, in WHERE, with the
+	// generation read.
+	args = append(args[1:], name, gen)
 	res, err := db.ExecContext(ctx, `UPDATE templates SET
 		state = ?, image = ?, memory_mib = ?, cpus = ?, env = ?, setup = ?, start = ?,
 		pool = ?, error = ?, created_at = ?, updated_at = ?, snapshot = ?,
 		repo = ?, branch = ?, repo_dir = ?, version = ?, commit_sha = ?,
-		owner = ?, agent = ?, allow = ?
-		WHERE name = ?`, args...)
-	return oneRow(res, err, store.ErrNotFound)
+		owner = ?, agent = ?, allow = ?, gen = gen + 1
+		WHERE name = ? AND gen = ?`, args...)
+	if err := oneRow(res, err, nil); err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return staleOrGone(ctx, db, "templates", "name", name, gen)
+	}
+	return nil
 }
 
 // GetTemplate implements store.Store.
@@ -492,7 +538,7 @@ func scanSession(sc scanner) (store.Session, error) {
 	err := sc.Scan(&sess.ID, &sess.State, &sess.Image, &sess.MemoryMiB, &sess.CPUs, &env,
 		&sess.Accel, &created, &updated, &sess.Error, &sess.BootMillis, &sess.Handle,
 		&idle, &sess.NoAutoWake, &sess.Template, &sess.Snapshot, &sess.TemplateVersion,
-		&sess.Owner, &sess.Agent, &allow, &sess.StoredManifest, &sess.StoredBytes, &gen, &revoked)
+		&sess.Owner, &sess.Agent, &allow, &sess.StoredManifest, &sess.StoredBytes, &gen, &revoked, &sess.Gen)
 	if err != nil {
 		return store.Session{}, err
 	}
@@ -555,7 +601,7 @@ func scanTemplate(sc scanner) (store.Template, error) {
 	err := sc.Scan(&t.Name, &t.State, &t.Image, &t.MemoryMiB, &t.CPUs, &env, &setup, &t.Start,
 		&t.Pool, &t.Error, &created, &updated, &t.Snapshot,
 		&t.Repo, &t.Branch, &t.RepoDir, &t.Version, &t.Commit,
-		&t.Owner, &t.Agent, &allow)
+		&t.Owner, &t.Agent, &allow, &t.Gen)
 	if err != nil {
 		return store.Template{}, err
 	}

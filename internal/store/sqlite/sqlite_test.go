@@ -117,7 +117,7 @@ func TestFileMode(t *testing.T) {
 		t.Fatalf("Open: %v", err)
 	}
 	defer st.Close()
-	if err := st.CreateSession(t.Context(), store.Session{ID: "x", CreatedAt: time.Now()}); err != nil {
+	if err := st.CreateSession(t.Context(), &store.Session{ID: "x", CreatedAt: time.Now()}); err != nil {
 		t.Fatalf("CreateSession: %v", err)
 	}
 	for _, p := range []string{path, path + "-wal", path + "-shm"} {
@@ -137,7 +137,7 @@ func TestTimeOutOfRange(t *testing.T) {
 	st := open(t, t.TempDir())
 	defer st.Close()
 	far := time.Date(3000, 1, 1, 0, 0, 0, 0, time.UTC)
-	err := st.CreateSession(t.Context(), store.Session{ID: "far", CreatedAt: far})
+	err := st.CreateSession(t.Context(), &store.Session{ID: "far", CreatedAt: far})
 	if err == nil || !strings.Contains(err.Error(), "created_at") {
 		t.Errorf("CreateSession(year 3000) = %v, want a created_at error", err)
 	}
@@ -148,17 +148,17 @@ func TestTimeOutOfRange(t *testing.T) {
 	if err == nil {
 		t.Error("PutImage(year 1600) succeeded")
 	}
-	err = st.CreateTemplate(t.Context(), store.Template{Name: "far", UpdatedAt: far})
+	err = st.CreateTemplate(t.Context(), &store.Template{Name: "far", UpdatedAt: far})
 	if err == nil || !strings.Contains(err.Error(), "updated_at") {
 		t.Errorf("CreateTemplate(year 3000) = %v, want an updated_at error", err)
 	}
 	if _, err := st.GetTemplate(t.Context(), "far"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("GetTemplate after failed create = %v, want ErrNotFound", err)
 	}
-	if err := st.CreateTemplate(t.Context(), store.Template{Name: "near"}); err != nil {
+	if err := st.CreateTemplate(t.Context(), &store.Template{Name: "near"}); err != nil {
 		t.Fatalf("CreateTemplate: %v", err)
 	}
-	err = st.UpdateTemplate(t.Context(), store.Template{Name: "near", State: "x", CreatedAt: far})
+	err = st.UpdateTemplate(t.Context(), &store.Template{Name: "near", State: "x", CreatedAt: far})
 	if err == nil || !strings.Contains(err.Error(), "created_at") {
 		t.Errorf("UpdateTemplate(year 3000) = %v, want a created_at error", err)
 	}
@@ -169,7 +169,7 @@ func TestTimeOutOfRange(t *testing.T) {
 	// The edges of the range are fine.
 	for i, tm := range []time.Time{time.Unix(0, -1<<63), time.Unix(0, 1<<63-1), time.Unix(0, 0)} {
 		id := string(rune('a' + i))
-		if err := st.CreateSession(t.Context(), store.Session{ID: id, CreatedAt: tm}); err != nil {
+		if err := st.CreateSession(t.Context(), &store.Session{ID: id, CreatedAt: tm}); err != nil {
 			t.Fatalf("CreateSession(%v): %v", tm, err)
 		}
 		got, err := st.GetSession(t.Context(), id)
@@ -187,7 +187,7 @@ func TestTimeOutOfRange(t *testing.T) {
 func TestEnvNotUTF8(t *testing.T) {
 	st := open(t, t.TempDir())
 	defer st.Close()
-	err := st.CreateSession(t.Context(), store.Session{ID: "x", Env: map[string]string{"K": "\xff"}})
+	err := st.CreateSession(t.Context(), &store.Session{ID: "x", Env: map[string]string{"K": "\xff"}})
 	if err == nil {
 		t.Fatal("CreateSession with a non-UTF-8 env value succeeded")
 	}
@@ -199,7 +199,7 @@ func TestEnvNotUTF8(t *testing.T) {
 		{Name: "env", Env: map[string]string{"K": "\xff"}},
 		{Name: "setup", Setup: []string{"true", "echo \xff"}},
 	} {
-		err := st.CreateTemplate(t.Context(), tm)
+		err := st.CreateTemplate(t.Context(), &tm)
 		if err == nil || !strings.Contains(err.Error(), tm.Name+": "+tm.Name) {
 			t.Errorf("CreateTemplate(%s not UTF-8) = %v, want an error naming %s", tm.Name, err, tm.Name)
 		}
@@ -225,14 +225,14 @@ func TestErrorsNameOperation(t *testing.T) {
 	if got, want := err.Error(), "sqlite: get template py: store: not found"; got != want {
 		t.Errorf("GetTemplate error = %q, want %q", got, want)
 	}
-	err = st.UpdateTemplate(t.Context(), store.Template{Name: "py"})
+	err = st.UpdateTemplate(t.Context(), &store.Template{Name: "py"})
 	if got, want := err.Error(), "sqlite: update template py: store: not found"; got != want {
 		t.Errorf("UpdateTemplate error = %q, want %q", got, want)
 	}
-	if err := st.CreateTemplate(t.Context(), store.Template{Name: "py"}); err != nil {
+	if err := st.CreateTemplate(t.Context(), &store.Template{Name: "py"}); err != nil {
 		t.Fatal(err)
 	}
-	err = st.CreateTemplate(t.Context(), store.Template{Name: "py"})
+	err = st.CreateTemplate(t.Context(), &store.Template{Name: "py"})
 	if got, want := err.Error(), "sqlite: create template py: store: already exists"; got != want {
 		t.Errorf("CreateTemplate error = %q, want %q", got, want)
 	}

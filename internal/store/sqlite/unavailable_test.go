@@ -123,9 +123,9 @@ func seed(t *testing.T) *seeded {
 			t.Fatal(err)
 		}
 	}
-	must(st.CreateSession(ctx, store.Session{ID: "s1", State: "parked", Image: "tiny", MemoryMiB: 512, CPUs: 1, CreatedAt: at, UpdatedAt: at}))
+	must(st.CreateSession(ctx, &store.Session{ID: "s1", State: "parked", Image: "tiny", MemoryMiB: 512, CPUs: 1, CreatedAt: at, UpdatedAt: at}))
 	must(st.PutSubscription(ctx, store.Subscription{SessionID: "s1", Until: []string{"github.push"}, CreatedAt: at}))
-	must(st.CreateTemplate(ctx, store.Template{Name: "t1", State: "ready", Image: "tiny", MemoryMiB: 512, CPUs: 1, Version: 1, CreatedAt: at, UpdatedAt: at}))
+	must(st.CreateTemplate(ctx, &store.Template{Name: "t1", State: "ready", Image: "tiny", MemoryMiB: 512, CPUs: 1, Version: 1, CreatedAt: at, UpdatedAt: at}))
 	must(st.PutTemplateVersion(ctx, store.TemplateVersion{Template: "t1", Version: 1, State: store.VersionReady, CreatedAt: at, UpdatedAt: at}))
 	s := &seeded{st: st, path: path}
 	var err1, err2, err3 error
@@ -145,11 +145,11 @@ func (s *seeded) writeAll(ctx context.Context) map[string]error {
 	errs := map[string]error{}
 	up := s.sess
 	up.State, up.UpdatedAt = "running", at
-	errs["UpdateSession"] = s.st.UpdateSession(ctx, up)
-	errs["CreateSession"] = s.st.CreateSession(ctx, store.Session{ID: "s2", State: "creating", Image: "tiny", CreatedAt: at, UpdatedAt: at})
+	errs["UpdateSession"] = s.st.UpdateSession(ctx, &up)
+	errs["CreateSession"] = s.st.CreateSession(ctx, &store.Session{ID: "s2", State: "creating", Image: "tiny", CreatedAt: at, UpdatedAt: at})
 	t := s.tmpl
 	t.Version, t.UpdatedAt = 2, at
-	errs["SwapTemplateVersion"] = s.st.SwapTemplateVersion(ctx, t, store.TemplateVersion{Template: "t1", Version: 2, State: store.VersionReady, Base: 1, CreatedAt: at, UpdatedAt: at})
+	errs["SwapTemplateVersion"] = s.st.SwapTemplateVersion(ctx, &t, store.TemplateVersion{Template: "t1", Version: 2, State: store.VersionReady, Base: 1, CreatedAt: at, UpdatedAt: at})
 
 	var mu sync.Mutex
 	var wg sync.WaitGroup

@@ -21,11 +21,11 @@ func (s *Store) PutTemplateVersion(ctx context.Context, v store.TemplateVersion)
 }
 
 // SwapTemplateVersion implements store.Store.
-func (s *Store) SwapTemplateVersion(ctx context.Context, t store.Template, v store.TemplateVersion) error {
+func (s *Store) SwapTemplateVersion(ctx context.Context, t *store.Template, v store.TemplateVersion) error {
 	if v.Template != t.Name {
 		return errorf("sqlite: swap template %s: version is of template %q", t.Name, v.Template)
 	}
-	args, err := templateArgs(t)
+	args, err := templateArgs(*t)
 	if err != nil {
 		return errorf("sqlite: swap template %s: %w", t.Name, err)
 	}
@@ -33,11 +33,12 @@ func (s *Store) SwapTemplateVersion(ctx context.Context, t store.Template, v sto
 		if err := putVersion(ctx, tx, v); err != nil {
 			return err
 		}
-		return updateTemplate(ctx, tx, args)
+		return updateTemplate(ctx, tx, args, t.Gen)
 	})
 	if err != nil {
 		return errorf("sqlite: swap template %s to version %d: %w", t.Name, v.Version, err)
 	}
+	t.Gen++
 	return nil
 }
 

@@ -22,7 +22,9 @@ import (
 //
 // open returns a store kept in dir, a fresh t.TempDir() per subtest. Run may
 // call open again with the same dir after closing the store, and must then
-// get the same data back. Run closes every store it opens; open must not.
+// get the same data back, and may call it with a dir whose store is still
+// open: both stores are then over the same data, as two servers sharing
+// one database are. Run closes every store it opens; open must not.
 func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	s := &suite{open: open}
 	t.Run("SessionRoundTrip", s.sessionRoundTrip)
@@ -57,6 +59,7 @@ func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	t.Run("ConcurrentWriters", s.concurrentWriters)
 	t.Run("DoneContext", s.doneContext)
 	t.Run("PersistsAcrossReopen", s.persistsAcrossReopen)
+	s.runGen(t)
 	s.runTriggers(t)
 	s.runIdentity(t)
 	s.runSecrets(t)
@@ -384,7 +387,7 @@ func wantTemplateNames(t *testing.T, st store.Store, want ...string) []store.Tem
 
 func mustCreateTemplate(t *testing.T, st store.Store, tm store.Template) {
 	t.Helper()
-	if err := st.CreateTemplate(t.Context(), tm); err != nil {
+	if err := st.CreateTemplate(t.Context(), &tm); err != nil {
 		t.Fatalf("CreateTemplate(%q): %v", tm.Name, err)
 	}
 }
@@ -420,7 +423,7 @@ func closeAfterWrites(t *testing.T, st store.Store, steps []error) {
 
 func mustCreate(t *testing.T, st store.Store, s store.Session) {
 	t.Helper()
-	if err := st.CreateSession(t.Context(), s); err != nil {
+	if err := st.CreateSession(t.Context(), &s); err != nil {
 		t.Fatalf("CreateSession(%q): %v", s.ID, err)
 	}
 }
@@ -466,7 +469,7 @@ func (s *suite) createDuplicate(t *testing.T) {
 	second.Handle = nil
 	second.Snapshot = nil
 	second.NoAutoWake = false
-	err := st.CreateSession(t.Context(), second)
+	err := st.CreateSession(t.Context(), &second)
 	if !errors.Is(err, store.ErrExists) {
 		t.Fatalf("second CreateSession = %v, want ErrExists", err)
 	}
@@ -498,6 +501,7 @@ func (s *suite) update(t *testing.T) {
 
 	upd := store.Session{
 		ID:         "u",
+		Gen:        1, // a copy of the record as created
 		State:      "failed",
 		Image:      "big",
 		MemoryMiB:  4096,
@@ -524,7 +528,7 @@ func (s *suite) update(t *testing.T) {
 		// Nor this: see revokeSessionTokens.
 		TokensRevokedAt: orig.TokensRevokedAt,
 	}
-	if err := st.UpdateSession(t.Context(), upd); err != nil {
+	if err := st.UpdateSession(t.Context(), &upd); err != nil {
 		t.Fatalf("UpdateSession: %v", err)
 	}
 	wantSession(t, st, upd)
@@ -541,20 +545,20 @@ func (s *suite) update(t *testing.T) {
 	cleared.Snapshot = nil
 	cleared.Owner = ""
 	cleared.Agent = ""
-	if err := st.UpdateSession(t.Context(), cleared); err != nil {
+	if err := st.UpdateSession(t.Context(), &cleared); err != nil {
 		t.Fatalf("UpdateSession(cleared): %v", err)
 	}
 	wantSession(t, st, cleared)
 
 	// The flag turns back on.
 	cleared.NoAutoWake = true
-	if err := st.UpdateSession(t.Context(), cleared); err != nil {
+	if err := st.UpdateSession(t.Context(), &cleared); err != nil {
 		t.Fatalf("UpdateSession(NoAutoWake): %v", err)
 	}
 	wantSession(t, st, cleared)
 
 	// Writing the same record again is not "not found".
-	if err := st.UpdateSession(t.Context(), cleared); err != nil {
+	if err := st.UpdateSession(t.Context(), &cleared); err != nil {
 		t.Fatalf("UpdateSession(unchanged): %v", err)
 	}
 }
@@ -562,7 +566,7 @@ func (s *suite) update(t *testing.T) {
 // Updating a missing session fails with ErrNotFound and creates nothing.
 func (s *suite) updateMissing(t *testing.T) {
 	st := s.fresh(t)
-	err := st.UpdateSession(t.Context(), fullSession("ghost"))
+	err := st.UpdateSession(t.Context(), ptr(fullSession("ghost")))
 	if !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("UpdateSession(missing) = %v, want ErrNotFound", err)
 	}
@@ -612,8 +616,9 @@ func (s *suite) tokenGen(t *testing.T) {
 		}
 	}
 	stale := orig
+	stale.Gen = 1 // current: the token calls leave the generation
 	stale.State, stale.TokenGen = "parked", 0
-	if err := st.UpdateSession(t.Context(), stale); err != nil {
+	if err := st.UpdateSession(t.Context(), &stale); err != nil {
 		t.Fatalf("UpdateSession: %v", err)
 	}
 	stale.TokenGen = orig.TokenGen + 2
@@ -665,8 +670,9 @@ func (s *suite) revokeSessionTokens(t *testing.T) {
 	wantSession(t, st, want)
 
 	stale := orig // as read before the revoke: not revoked
+	stale.Gen = 1 // and current: the token calls leave the generation
 	stale.State = "parked"
-	if err := st.UpdateSession(t.Context(), stale); err != nil {
+	if err := st.UpdateSession(t.Context(), &stale); err != nil {
 		t.Fatalf("UpdateSession: %v", err)
 	}
 	want.State = "parked"
@@ -851,7 +857,7 @@ func (s *suite) templateCreateDuplicate(t *testing.T) {
 	second.State = "failed"
 	second.Setup = []string{"other"}
 	second.Snapshot = nil
-	err := st.CreateTemplate(t.Context(), second)
+	err := st.CreateTemplate(t.Context(), &second)
 	if !errors.Is(err, store.ErrExists) {
 		t.Fatalf("second CreateTemplate = %v, want ErrExists", err)
 	}
@@ -868,6 +874,7 @@ func (s *suite) templateUpdate(t *testing.T) {
 	mustCreateTemplate(t, st, other)
 
 	upd := store.Template{
+		Gen:       1, // a copy of the record as created
 		Name:      "u",
 		State:     "failed",
 		Image:     "big",
@@ -885,7 +892,7 @@ func (s *suite) templateUpdate(t *testing.T) {
 		Agent:     "fixer",
 		Allow:     []string{"*.example.org"},
 	}
-	if err := st.UpdateTemplate(t.Context(), upd); err != nil {
+	if err := st.UpdateTemplate(t.Context(), &upd); err != nil {
 		t.Fatalf("UpdateTemplate: %v", err)
 	}
 	wantTemplate(t, st, upd)
@@ -902,13 +909,13 @@ func (s *suite) templateUpdate(t *testing.T) {
 	cleared.Snapshot = nil
 	cleared.Owner = ""
 	cleared.Agent = ""
-	if err := st.UpdateTemplate(t.Context(), cleared); err != nil {
+	if err := st.UpdateTemplate(t.Context(), &cleared); err != nil {
 		t.Fatalf("UpdateTemplate(cleared): %v", err)
 	}
 	wantTemplate(t, st, cleared)
 
 	// Writing the same record again is not "not found".
-	if err := st.UpdateTemplate(t.Context(), cleared); err != nil {
+	if err := st.UpdateTemplate(t.Context(), &cleared); err != nil {
 		t.Fatalf("UpdateTemplate(unchanged): %v", err)
 	}
 	wantTemplateNames(t, st, "other", "u")
@@ -917,7 +924,7 @@ func (s *suite) templateUpdate(t *testing.T) {
 // Updating a missing template fails with ErrNotFound and creates nothing.
 func (s *suite) templateUpdateMissing(t *testing.T) {
 	st := s.fresh(t)
-	err := st.UpdateTemplate(t.Context(), fullTemplate("ghost"))
+	err := st.UpdateTemplate(t.Context(), ptr(fullTemplate("ghost")))
 	if !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("UpdateTemplate(missing) = %v, want ErrNotFound", err)
 	}
@@ -983,7 +990,8 @@ func (s *suite) templateCopiesInAndOut(t *testing.T) {
 	wantTemplate(t, st, want)
 
 	upd := fullTemplate("copy")
-	if err := st.UpdateTemplate(t.Context(), upd); err != nil {
+	upd.Gen = 1
+	if err := st.UpdateTemplate(t.Context(), &upd); err != nil {
 		t.Fatalf("UpdateTemplate: %v", err)
 	}
 	upd.Env["PATH"] = "/changed"
@@ -1020,12 +1028,12 @@ func (s *suite) concurrentWriters(t *testing.T) {
 			id := fmt.Sprintf("s-%02d", i)
 			sess := fullSession(id)
 			sess.CreatedAt = at(0).Add(time.Duration(i))
-			if err := st.CreateSession(ctx, sess); err != nil {
+			if err := st.CreateSession(ctx, &sess); err != nil {
 				errs <- fmt.Errorf("CreateSession(%s): %w", id, err)
 				return
 			}
 			sess.State = "stopping"
-			if err := st.UpdateSession(ctx, sess); err != nil {
+			if err := st.UpdateSession(ctx, &sess); err != nil {
 				errs <- fmt.Errorf("UpdateSession(%s): %w", id, err)
 			}
 			if _, err := st.ListSessions(ctx); err != nil {
@@ -1039,12 +1047,12 @@ func (s *suite) concurrentWriters(t *testing.T) {
 				errs <- fmt.Errorf("PutImage(%s): %w", id, err)
 			}
 			tm := fullTemplate(id)
-			if err := st.CreateTemplate(ctx, tm); err != nil {
+			if err := st.CreateTemplate(ctx, &tm); err != nil {
 				errs <- fmt.Errorf("CreateTemplate(%s): %w", id, err)
 				return
 			}
 			tm.State = "failed"
-			if err := st.UpdateTemplate(ctx, tm); err != nil {
+			if err := st.UpdateTemplate(ctx, &tm); err != nil {
 				errs <- fmt.Errorf("UpdateTemplate(%s): %w", id, err)
 			}
 		})
@@ -1084,10 +1092,10 @@ func (s *suite) doneContext(t *testing.T) {
 	mustCreateTemplate(t, st, fullTemplate("there"))
 
 	ctx, check := canceled(t)
-	check("CreateSession", st.CreateSession(ctx, fullSession("new")))
+	check("CreateSession", st.CreateSession(ctx, ptr(fullSession("new"))))
 	changed := fullSession("there")
 	changed.State = "failed"
-	check("UpdateSession", st.UpdateSession(ctx, changed))
+	check("UpdateSession", st.UpdateSession(ctx, &changed))
 	check("DeleteSession", st.DeleteSession(ctx, "there"))
 	_, err := st.GetSession(ctx, "there")
 	check("GetSession", err)
@@ -1099,10 +1107,10 @@ func (s *suite) doneContext(t *testing.T) {
 	check("GetImage", err)
 	_, err = st.ListImages(ctx)
 	check("ListImages", err)
-	check("CreateTemplate", st.CreateTemplate(ctx, fullTemplate("new")))
+	check("CreateTemplate", st.CreateTemplate(ctx, ptr(fullTemplate("new"))))
 	changedTemplate := fullTemplate("there")
 	changedTemplate.State = "failed"
-	check("UpdateTemplate", st.UpdateTemplate(ctx, changedTemplate))
+	check("UpdateTemplate", st.UpdateTemplate(ctx, &changedTemplate))
 	check("DeleteTemplate", st.DeleteTemplate(ctx, "there"))
 	_, err = st.GetTemplate(ctx, "there")
 	check("GetTemplate", err)
@@ -1129,8 +1137,9 @@ func (s *suite) persistsAcrossReopen(t *testing.T) {
 	b.IdleTimeout, b.NoAutoWake, b.Template = 0, false, ""
 	deleted := fullSession("deleted")
 	updated := fullSession("updated")
+	updated.Gen = 1 // as created below
 	for _, sess := range []store.Session{a, b, deleted, updated} {
-		if err := st.CreateSession(t.Context(), sess); err != nil {
+		if err := st.CreateSession(t.Context(), &sess); err != nil {
 			st.Close()
 			t.Fatalf("CreateSession(%s): %v", sess.ID, err)
 		}
@@ -1142,20 +1151,20 @@ func (s *suite) persistsAcrossReopen(t *testing.T) {
 	zeroTmpl := store.Template{Name: "zero"}
 	changedTmpl := fullTemplate("changed")
 	steps := []error{
-		st.UpdateSession(t.Context(), updated),
+		st.UpdateSession(t.Context(), &updated),
 		st.DeleteSession(t.Context(), "deleted"),
 		st.PutImage(t.Context(), im),
 		st.PutImage(t.Context(), fullImage("gone")),
 		st.DeleteImage(t.Context(), "gone"),
-		st.CreateTemplate(t.Context(), tmpl),
-		st.CreateTemplate(t.Context(), zeroTmpl),
-		st.CreateTemplate(t.Context(), changedTmpl),
-		st.CreateTemplate(t.Context(), fullTemplate("gone")),
+		st.CreateTemplate(t.Context(), &tmpl),
+		st.CreateTemplate(t.Context(), &zeroTmpl),
+		st.CreateTemplate(t.Context(), &changedTmpl),
+		st.CreateTemplate(t.Context(), ptr(fullTemplate("gone"))),
 		st.DeleteTemplate(t.Context(), "gone"),
 	}
 	changedTmpl.Setup = []string{"only"}
 	changedTmpl.Snapshot = nil
-	steps = append(steps, st.UpdateTemplate(t.Context(), changedTmpl))
+	steps = append(steps, st.UpdateTemplate(t.Context(), &changedTmpl))
 	closeAfterWrites(t, st, steps)
 
 	st = s.openIn(t, dir)
@@ -1172,11 +1181,14 @@ func (s *suite) persistsAcrossReopen(t *testing.T) {
 
 	// The reopened store takes writes.
 	mustCreate(t, st, fullSession("after"))
-	if err := st.CreateSession(t.Context(), a); !errors.Is(err, store.ErrExists) {
+	if err := st.CreateSession(t.Context(), &a); !errors.Is(err, store.ErrExists) {
 		t.Errorf("CreateSession(existing after reopen) = %v, want ErrExists", err)
 	}
 	mustCreateTemplate(t, st, fullTemplate("after"))
-	if err := st.CreateTemplate(t.Context(), tmpl); !errors.Is(err, store.ErrExists) {
+	if err := st.CreateTemplate(t.Context(), &tmpl); !errors.Is(err, store.ErrExists) {
 		t.Errorf("CreateTemplate(existing after reopen) = %v, want ErrExists", err)
 	}
 }
+
+// ptr is a pointer to a copy of v.
+func ptr[T any](v T) *T { return &v }

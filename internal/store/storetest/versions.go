@@ -118,11 +118,12 @@ func (s *suite) swapTemplateVersion(t *testing.T) {
 	st := s.fresh(t)
 	tm := fullTemplate("api")
 	mustCreateTemplate(t, st, tm)
+	tm.Gen = 1 // as created
 	v1 := fullVersion("api", 1)
 	mustPutVersion(t, st, v1)
 	v2 := fullVersion("api", 2)
 	tm.Version, tm.Commit, tm.Snapshot, tm.UpdatedAt = 2, v2.Commit, v2.Snapshot, at(10)
-	if err := st.SwapTemplateVersion(t.Context(), tm, v2); err != nil {
+	if err := st.SwapTemplateVersion(t.Context(), &tm, v2); err != nil {
 		t.Fatalf("SwapTemplateVersion: %v", err)
 	}
 	wantTemplate(t, st, tm)
@@ -132,7 +133,7 @@ func (s *suite) swapTemplateVersion(t *testing.T) {
 // A swap that cannot write the template writes nothing.
 func (s *suite) swapTemplateVersionMissing(t *testing.T) {
 	st := s.fresh(t)
-	err := st.SwapTemplateVersion(t.Context(), fullTemplate("ghost"), fullVersion("ghost", 1))
+	err := st.SwapTemplateVersion(t.Context(), ptr(fullTemplate("ghost")), fullVersion("ghost", 1))
 	if !errors.Is(err, store.ErrNotFound) {
 		t.Fatalf("SwapTemplateVersion of a missing template = %v, want ErrNotFound", err)
 	}
@@ -142,7 +143,7 @@ func (s *suite) swapTemplateVersionMissing(t *testing.T) {
 	// A version of another template is refused, and nothing changes.
 	tm := fullTemplate("ghost")
 	tm.Version = 9
-	if err := st.SwapTemplateVersion(t.Context(), tm, fullVersion("other", 9)); err == nil {
+	if err := st.SwapTemplateVersion(t.Context(), &tm, fullVersion("other", 9)); err == nil {
 		t.Fatal("SwapTemplateVersion with another template's version succeeded")
 	}
 	wantTemplate(t, st, fullTemplate("ghost"))
