@@ -175,31 +175,11 @@ func (u *upload) stats(st Stats) Stats {
 }
 
 func (u *upload) run(ctx context.Context, jobs []job) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	ch := make(chan job)
-	var wg sync.WaitGroup
-	for range u.s.cfg.Parallel {
-		wg.Go(func() {
-			buf := make([]byte, u.s.cfg.ChunkSize)
-			for j := range ch {
-				if err := u.chunk(ctx, j, buf); err != nil {
-					cancel(err)
-				}
-			}
-		})
-	}
-	for _, j := range jobs {
-		select {
-		case ch <- j:
-			continue
-		case <-ctx.Done():
-		}
-		break
-	}
-	close(ch)
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil {
+	err := forEach(ctx, u.s.cfg.Parallel, jobs, func() func(context.Context, job) error {
+		buf := make([]byte, u.s.cfg.ChunkSize)
+		return func(ctx context.Context, j job) error { return u.chunk(ctx, j, buf) }
+	})
+	if err != nil {
 		return fmt.Errorf("cas: upload: %w", err)
 	}
 	return nil
