@@ -732,3 +732,53 @@ func TestLoadManifestRefusesCorruptManifest(t *testing.T) {
 		}
 	})
 }
+
+// A manifest's bases (an image under a template version, a version under
+// a session) are kept as long as a kept manifest names them, however old
+// they are and though no caller names them; they go
+// with the last manifest that names them. An upload on a base that is not
+// in the store writes no manifest.
+func TestGCKeepsBases(t *testing.T) {
+	backends(t, func(t *testing.T, objs objstore.Store) {
+		ctx := context.Background()
+		dir := t.TempDir()
+		img, top := filepath.Join(dir, "img"), filepath.Join(dir, "top")
+		ramFile(t, img, 1<<20, []int64{0, 2, 4}, 8)
+		ramFile(t, top, 1<<20, []int64{1, 3}, 9)
+		s := newStore(t, objs, cas.Config{})
+		base, _, err := s.Upload(ctx, []cas.Source{{Name: "rootfs", Path: img}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bogus := strings.Repeat("ab", 32)
+		if _, _, err := s.UploadWith(ctx, []cas.Source{{Name: "disk", Path: top}}, cas.UploadOptions{Bases: []string{bogus}}); err == nil {
+			t.Fatal("upload on a base that is not in the store succeeded")
+		}
+		m, _, err := s.UploadWith(ctx, []cas.Source{{Name: "disk", Path: top}}, cas.UploadOptions{Bases: []string{base.ID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.LoadManifest(ctx, m.ID); err != nil || len(got.Bases) != 1 || got.Bases[0] != base.ID {
+			t.Fatalf("manifest read back: bases %v, %v; want [%s]", got.Bases, err, base.ID)
+		}
+		old := newStore(t, objs, cas.Config{Now: later(2 * grace)})
+		st, err := old.GC(ctx, []string{m.ID}, grace)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.ManifestsDeleted != 0 || st.ChunksDeleted != 0 || st.ManifestsLive != 2 {
+			t.Fatalf("gc with the top manifest live: %+v; want both manifests kept and every chunk", st)
+		}
+		if _, err := s.Restore(ctx, base, t.TempDir(), cas.RestoreOptions{}); err != nil {
+			t.Fatalf("restore of the base after gc: %v", err)
+		}
+		// Once nothing names either, both go.
+		st, err = newStore(t, objs, cas.Config{Now: later(4 * grace)}).GC(ctx, nil, grace)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.ManifestsDeleted != 2 || st.ChunksDeleted != 5 {
+			t.Fatalf("gc with nothing live, all old: %+v; want 2 manifests and 5 chunks deleted", st)
+		}
+	})
+}

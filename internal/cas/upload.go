@@ -46,7 +46,24 @@ type job struct{ f, i int }
 // change during the upload. progress, if not nil, is called from several
 // goroutines, one call at a time.
 func (s *Store) Upload(ctx context.Context, files []Source, progress func(Progress)) (Manifest, Stats, error) {
-	m := Manifest{ChunkSize: s.cfg.ChunkSize, Files: make([]File, len(files))}
+	return s.UploadWith(ctx, files, UploadOptions{Progress: progress})
+}
+
+// UploadOptions are UploadWith's optional inputs.
+type UploadOptions struct {
+	// Bases are recorded in the manifest (Manifest.Bases): the manifests
+	// the files rest on, which must be in the store already.
+	Bases []string
+	// Progress, if not nil, is called from several goroutines, one call
+	// at a time.
+	Progress func(Progress)
+}
+
+// UploadWith is Upload with options. It checks that each base is a
+// manifest in the store before it writes the manifest that names it.
+func (s *Store) UploadWith(ctx context.Context, files []Source, opts UploadOptions) (Manifest, Stats, error) {
+	progress := opts.Progress
+	m := Manifest{ChunkSize: s.cfg.ChunkSize, Files: make([]File, len(files)), Bases: opts.Bases}
 	var st Stats
 	var jobs []job
 	var total int64
@@ -98,6 +115,11 @@ func (s *Store) Upload(ctx context.Context, files []Source, progress func(Progre
 			if c == "" {
 				st.ChunksZero++
 			}
+		}
+	}
+	for _, b := range m.Bases {
+		if _, err := s.cfg.Objects.Stat(ctx, manifestKey(b)); err != nil {
+			return Manifest{}, st, fmt.Errorf("cas: upload: base manifest %s: %w", b, err)
 		}
 	}
 	b, id := m.encode()
