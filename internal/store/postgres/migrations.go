@@ -179,6 +179,11 @@ var migrations = []string{
 	// the object store.
 	`ALTER TABLE sessions ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';
 	ALTER TABLE sessions ADD COLUMN stored_bytes BIGINT NOT NULL DEFAULT 0;`,
+
+	// 3: the SQLite store's migration 12: template versions and images
+	// in the object store.
+	`ALTER TABLE template_versions ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';
+	ALTER TABLE images ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';`,
 }
 
 // migrationLock is the key of the advisory lock that migrations hold, so

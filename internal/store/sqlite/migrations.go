@@ -225,6 +225,11 @@ var migrations = []string{
 	// stored), and the bytes its upload added.
 	`ALTER TABLE sessions ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';
 	ALTER TABLE sessions ADD COLUMN stored_bytes INTEGER NOT NULL DEFAULT 0;`,
+
+	// 12: template versions and images in the object store: the
+	// manifest of their files once durable there ('': not stored).
+	`ALTER TABLE template_versions ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';
+	ALTER TABLE images ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction
