@@ -72,6 +72,17 @@ type Session struct {
 	// object store: chunks no earlier upload had put there, compressed,
 	// and the manifest.
 	StoredBytes int64 `json:"stored_bytes,omitempty"`
+	// Restore is set while a wake puts the session's files back from
+	// the object store, because they (or its template version's, or its
+	// image's) are gone from this host: bytes written so far of all it
+	// restores.
+	Restore *RestoreProgress `json:"restore,omitempty"`
+}
+
+// RestoreProgress is a wake's restore from the object store under way.
+type RestoreProgress struct {
+	DoneBytes  int64 `json:"done_bytes"`
+	TotalBytes int64 `json:"total_bytes"`
 }
 
 // OwnerAdmin is the Owner of sessions and templates made with the
@@ -181,6 +192,10 @@ type Template struct {
 	Commit  string `json:"commit,omitempty"`
 	// Rebuilding says a build of a new version is queued or running.
 	Rebuilding bool `json:"rebuilding,omitempty"`
+	// Stored says whether the current version's files are durable in the
+	// object store (set by GET /v1/templates/{name} only; see
+	// TemplateVersion.Stored).
+	Stored bool `json:"stored,omitempty"`
 
 	// Owner is the id of the user who created the template, or
 	// OwnerAdmin; Agent the agent name given at its create, "" if none.
@@ -208,7 +223,10 @@ type TemplateVersion struct {
 	// Current marks the version new sessions are cloned from.
 	Current bool `json:"current"`
 	// Sessions counts the sessions cloned from this version that exist.
-	Sessions  int           `json:"sessions"`
+	Sessions int `json:"sessions"`
+	// Stored says whether the version's files are durable in the object
+	// store, so that its clones wake on hosts that lack them.
+	Stored    bool          `json:"stored"`
 	Snapshot  *SnapshotInfo `json:"snapshot,omitempty"`
 	CreatedAt time.Time     `json:"created_at"`
 	UpdatedAt time.Time     `json:"updated_at"`
@@ -338,6 +356,9 @@ type Image struct {
 	SizeBytes int64     `json:"size_bytes"`
 	CreatedAt time.Time `json:"created_at"`
 	BuildMs   int64     `json:"build_ms,omitempty"`
+	// Stored says whether the image's files are durable in the object
+	// store, so that what rests on it wakes on hosts that lack them.
+	Stored bool `json:"stored"`
 }
 
 // ImageBuildEvent is one line of the NDJSON progress stream of

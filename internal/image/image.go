@@ -198,7 +198,11 @@ func (b *Builder) List(ctx context.Context) ([]api.Image, error) {
 		if err != nil {
 			continue
 		}
-		out = append(out, im.API())
+		a := im.API()
+		if rec, err := b.getRecord(ctx, im.Name); err == nil && rec.Key == im.Key {
+			a.Stored = rec.StoredManifest != ""
+		}
+		out = append(out, a)
 	}
 	return out, nil
 }

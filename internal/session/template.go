@@ -171,6 +171,7 @@ func (m *Manager) CreateTemplate(ctx context.Context, owner string, req api.Crea
 		return failT(err)
 	}
 	m.cfg.Log.Info("template ready", "template", t.Name, "commit", t.Commit, "took", time.Since(start).Round(time.Millisecond))
+	m.startVersionUpload(t.Name, v.Version)
 	m.setFollow(t, true)
 	m.templateReady(t)
 	return m.templateAPI(t), nil
@@ -311,7 +312,11 @@ func (m *Manager) GetTemplate(ctx context.Context, name string) (api.Template, e
 	if err != nil {
 		return api.Template{}, err
 	}
-	return m.templateAPI(t), nil
+	out := m.templateAPI(t)
+	if v, _, err := m.version(ctx, t.Name, max(t.Version, 1)); err == nil {
+		out.Stored = v.StoredManifest != ""
+	}
+	return out, nil
 }
 
 // ListTemplates returns every template.
