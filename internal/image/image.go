@@ -252,6 +252,12 @@ func (b *Builder) BuildImage(ctx context.Context, name string, progress func(str
 		b.record(ctx, im)
 		return im, nil
 	}
+	// Stored by an earlier build of the same inputs: the very bytes the
+	// overlays resting on it were made on, which a new build (file
+	// system UUIDs, times) would not give.
+	if im, ok := b.fetchStored(ctx, name, k, progress); ok {
+		return im, nil
+	}
 	start := time.Now()
 	progress(fmt.Sprintf("%s: building (key %s)", name, k))
 	parent := filepath.Join(b.imagesDir(), name)

@@ -152,6 +152,17 @@ func (b *Builder) Fetch(ctx context.Context, m cas.Manifest, progress func(cas.P
 		return cas.RestoreStats{}, err
 	}
 	defer unlock()
+	st, err := b.restore(ctx, m, name, key, progress)
+	if err != nil {
+		return st, err
+	}
+	b.remember(key, m.ID)
+	return st, nil
+}
+
+// restore writes image manifest m's files (image name, key) into the
+// images directory; the caller holds the build locks.
+func (b *Builder) restore(ctx context.Context, m cas.Manifest, name, key string, progress func(cas.Progress)) (cas.RestoreStats, error) {
 	// QEMU, which runs as another user, reads the root file system.
 	for _, d := range []string{b.imagesDir(), filepath.Join(b.imagesDir(), name), filepath.Join(b.imagesDir(), name, key)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
@@ -165,8 +176,38 @@ func (b *Builder) Fetch(ctx context.Context, m cas.Manifest, progress func(cas.P
 	if err != nil {
 		return st, fmt.Errorf("image: fetch %s (key %s): %w", name, key, err)
 	}
-	b.remember(key, m.ID)
 	return st, nil
+}
+
+// fetchStored restores image name built with key k from the object store
+// if its record says it is stored there; the caller holds the build
+// locks. It reports whether the image is in place.
+func (b *Builder) fetchStored(ctx context.Context, name, k string, progress func(string)) (Image, bool) {
+	rec, err := b.getRecord(ctx, name)
+	if err != nil || b.Objects == nil || rec.Key != k || rec.StoredManifest == "" {
+		return Image{}, false
+	}
+	progress(fmt.Sprintf("%s: fetching from the object store (key %s, manifest %s)", name, k, rec.StoredManifest))
+	fail := func(err error) (Image, bool) {
+		progress(fmt.Sprintf("%s: not fetched from the object store, building it: %v", name, err))
+		return Image{}, false
+	}
+	m, err := b.Objects.LoadManifest(ctx, rec.StoredManifest)
+	if err != nil {
+		return fail(err)
+	}
+	if n, key, err := imageOfManifest(m); err != nil || n != name || key != k {
+		return fail(fmt.Errorf("manifest %s is not of %s/%s", m.ID, name, k))
+	}
+	if _, err := b.restore(ctx, m, name, k, nil); err != nil {
+		return fail(err)
+	}
+	im, err := b.load(name, k)
+	if err != nil {
+		return fail(err)
+	}
+	b.remember(k, m.ID)
+	return im, true
 }
 
 // imageOfManifest checks that an image manifest's files are one image

@@ -139,6 +139,23 @@ func TestStoreAndFetchImage(t *testing.T) {
 		t.Fatalf("restored image does not load: %v", err)
 	}
 
+	// A build of the same inputs on a host that lost them (a server
+	// start) fetches the stored bytes rather than building new ones.
+	if err := os.RemoveAll(b.imagesDir()); err != nil {
+		t.Fatal(err)
+	}
+	var said []string
+	got2, ok := b2.fetchStored(ctx, "tiny", "0123456789abcdef", func(s string) { said = append(said, s) })
+	if !ok || got2.RootFS != im.RootFS {
+		t.Fatalf("fetchStored: %+v, %v (%q); want the image back", got2, ok, said)
+	}
+	if got, err := os.ReadFile(im.RootFS); err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("root file system fetched at a build: %d bytes, %v; want the stored bytes", len(got), err)
+	}
+	if _, ok := b2.fetchStored(ctx, "tiny", "1111111111111111", func(string) {}); ok {
+		t.Fatal("fetchStored of a key the record does not name succeeded")
+	}
+
 	// Rebuilt with other inputs: the record names the new build, not
 	// the old one's manifest.
 	fakeBuilt(t, b, "tiny", "fedcba9876543210")
