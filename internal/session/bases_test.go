@@ -395,3 +395,43 @@ func TestFakeGC(t *testing.T) {
 		t.Error("the template version's or the image's manifest was collected while their records name them")
 	}
 }
+
+// TestFakeVersionStoredAfterRestart: a template version made by a server
+// without an object store is uploaded by the next server's Recover, before
+// any clone parks; a rebuild's new version is uploaded once it is live,
+// and the version it replaced, once removed, leaves the live set (its
+// record names no manifest).
+func TestFakeVersionStoredAfterRestart(t *testing.T) {
+	var objects session.SnapshotStore
+	r := newObjectsRig(t, func(c *session.Config) { c.Objects = objects })
+	ctx := context.Background()
+	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	vs, err := r.mgr.TemplateVersions(ctx, "web")
+	if err != nil || len(vs) != 1 || vs[0].Stored {
+		t.Fatalf("versions without an object store: %+v, %v; want one, not stored", vs, err)
+	}
+	objects = r.cas
+	r.restart()
+	r.eventually("version 1 stored by the restarted server", func() bool {
+		vs, err := r.mgr.TemplateVersions(ctx, "web")
+		return err == nil && len(vs) == 1 && vs[0].Stored
+	})
+	tp, err := r.mgr.GetTemplate(ctx, "web")
+	if err != nil || !tp.Stored {
+		t.Fatalf("template inspect: stored %v, %v; want true", tp.Stored, err)
+	}
+	if _, err := r.mgr.RebuildTemplate(ctx, "web"); err != nil {
+		t.Fatal(err)
+	}
+	r.eventually("version 2 live and stored, version 1 removed", func() bool {
+		vs, err := r.store.ListTemplateVersions(ctx, "web")
+		return err == nil && len(vs) == 2 && vs[1].State == "ready" && vs[1].StoredManifest != "" &&
+			vs[0].State == "removed"
+	})
+	vs1, _ := r.store.ListTemplateVersions(ctx, "web")
+	if vs1[0].StoredManifest != "" {
+		t.Errorf("removed version 1 still names manifest %s: a GC would keep it", vs1[0].StoredManifest)
+	}
+}
