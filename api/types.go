@@ -79,6 +79,21 @@ type Session struct {
 	Restore *RestoreProgress `json:"restore,omitempty"`
 }
 
+// GCResult is the answer of POST /v1/admin/gc: what one garbage
+// collection of the object store did.
+type GCResult struct {
+	// ManifestsKept counts the manifests kept: named by a record, a base
+	// of one kept, or younger than the grace period.
+	ManifestsKept    int `json:"manifests_kept"`
+	ManifestsDeleted int `json:"manifests_deleted"`
+	// ChunksKept are named by a kept manifest; ChunksYoung by none, but
+	// younger than the grace period.
+	ChunksKept    int   `json:"chunks_kept"`
+	ChunksYoung   int   `json:"chunks_young"`
+	ChunksDeleted int   `json:"chunks_deleted"`
+	BytesDeleted  int64 `json:"bytes_deleted"`
+}
+
 // RestoreProgress is a wake's restore from the object store under way.
 type RestoreProgress struct {
 	DoneBytes  int64 `json:"done_bytes"`

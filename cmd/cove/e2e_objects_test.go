@@ -385,6 +385,12 @@ func TestObjectsBareHost(t *testing.T) {
 	if got := e.ok(nil, "exec", clone, "--", "cat", "/root/on-disk"); got != diskToken+"\n" {
 		t.Fatalf("the clone's disk file after the restart: %q, want %q", got, diskToken)
 	}
+	// A GC now deletes nothing: what no record names (the clone's first
+	// snapshot, consumed by its wake) is younger than the grace.
+	if out := e.ok(nil, "admin", "gc"); !strings.HasPrefix(out, "deleted 0 manifests and 0 chunks") {
+		t.Errorf("admin gc: %q; want nothing deleted", out)
+	}
+	m.wantIntact(e, "after a GC")
 	e.ok(nil, "rm", clone, plain.id)
 	e.ok(nil, "template", "rm", "bare")
 	if err := e.stopServer(syscall.SIGTERM); err != nil { // it stops its spare QEMUs

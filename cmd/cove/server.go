@@ -336,6 +336,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		SignIn:        oidc.signIn,
 		Identities:    dir,
 		Secrets:       &secret.Keeper{Store: st, Box: secrets},
+		GC:            mgr.GC,
 		Audit:         auditLog,
 		AuditLog:      auditLog,
 		Authorize:     (&apiserver.PolicyGate{Policy: policies, Records: st}).Authorize})

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/cas"
 )
 
@@ -121,4 +122,14 @@ func (m *Manager) gcLoop() {
 			_, _ = m.CollectGarbage(ctx)
 		}
 	}
+}
+
+// GC is CollectGarbage for the API (POST /v1/admin/gc).
+func (m *Manager) GC(ctx context.Context) (api.GCResult, error) {
+	st, err := m.CollectGarbage(ctx)
+	if err != nil {
+		return api.GCResult{}, err
+	}
+	return api.GCResult{ManifestsKept: st.ManifestsLive, ManifestsDeleted: st.ManifestsDeleted,
+		ChunksKept: st.ChunksKept, ChunksYoung: st.ChunksYoung, ChunksDeleted: st.ChunksDeleted, BytesDeleted: st.BytesDeleted}, nil
 }
