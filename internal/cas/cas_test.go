@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -761,13 +762,35 @@ func TestGCKeepsBases(t *testing.T) {
 		if got, err := s.LoadManifest(ctx, m.ID); err != nil || len(got.Bases) != 1 || got.Bases[0] != base.ID {
 			t.Fatalf("manifest read back: bases %v, %v; want [%s]", got.Bases, err, base.ID)
 		}
+		// An upload on a base older than the refresh age writes the
+		// base again: a GC cannot take it from under the new manifest.
+		puts := &countingStore{Store: objs}
+		top2 := filepath.Join(dir, "top2")
+		ramFile(t, top2, 1<<20, []int64{6}, 10)
+		if _, _, err := newStore(t, puts, cas.Config{}).UploadWith(ctx, []cas.Source{{Name: "disk", Path: top2}}, cas.UploadOptions{Bases: []string{base.ID}}); err != nil {
+			t.Fatal(err)
+		}
+		if n := puts.count("manifests/" + base.ID); n != 0 {
+			t.Errorf("a fresh base was written again %d times", n)
+		}
+		m2, _, err := newStore(t, puts, cas.Config{Now: later(13 * time.Hour)}).UploadWith(ctx, []cas.Source{{Name: "disk", Path: top2}}, cas.UploadOptions{Bases: []string{base.ID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := puts.count("manifests/" + base.ID); n != 1 {
+			t.Errorf("a base older than the refresh age was written again %d times, want once", n)
+		}
+		if err := objs.Delete(ctx, "manifests/"+m2.ID); err != nil {
+			t.Fatal(err)
+		}
+
 		old := newStore(t, objs, cas.Config{Now: later(2 * grace)})
 		st, err := old.GC(ctx, []string{m.ID}, grace)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st.ManifestsDeleted != 0 || st.ChunksDeleted != 0 || st.ManifestsLive != 2 {
-			t.Fatalf("gc with the top manifest live: %+v; want both manifests kept and every chunk", st)
+		if st.ManifestsDeleted != 0 || st.ChunksDeleted != 1 || st.ManifestsLive != 2 {
+			t.Fatalf("gc with the top manifest live: %+v; want both manifests kept and every chunk but top2's", st)
 		}
 		if _, err := s.Restore(ctx, base, t.TempDir(), cas.RestoreOptions{}); err != nil {
 			t.Fatalf("restore of the base after gc: %v", err)
@@ -781,4 +804,27 @@ func TestGCKeepsBases(t *testing.T) {
 			t.Fatalf("gc with nothing live, all old: %+v; want 2 manifests and 5 chunks deleted", st)
 		}
 	})
+}
+
+// countingStore counts the Puts of each key.
+type countingStore struct {
+	objstore.Store
+	mu   sync.Mutex
+	puts map[string]int
+}
+
+func (c *countingStore) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	c.mu.Lock()
+	if c.puts == nil {
+		c.puts = map[string]int{}
+	}
+	c.puts[key]++
+	c.mu.Unlock()
+	return c.Store.Put(ctx, key, r, size)
+}
+
+func (c *countingStore) count(key string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.puts[key]
 }

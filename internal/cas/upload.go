@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -60,7 +61,9 @@ type UploadOptions struct {
 }
 
 // UploadWith is Upload with options. It checks that each base is a
-// manifest in the store before it writes the manifest that names it.
+// manifest in the store before it writes the manifest that names it, and
+// writes a base older than Config.RefreshAfter again, as it does chunks,
+// so that a GC cannot take it from under the new manifest.
 func (s *Store) UploadWith(ctx context.Context, files []Source, opts UploadOptions) (Manifest, Stats, error) {
 	progress := opts.Progress
 	m := Manifest{ChunkSize: s.cfg.ChunkSize, Files: make([]File, len(files)), Bases: opts.Bases}
@@ -118,7 +121,7 @@ func (s *Store) UploadWith(ctx context.Context, files []Source, opts UploadOptio
 		}
 	}
 	for _, b := range m.Bases {
-		if _, err := s.cfg.Objects.Stat(ctx, manifestKey(b)); err != nil {
+		if err := s.refreshManifest(ctx, b); err != nil {
 			return Manifest{}, st, fmt.Errorf("cas: upload: base manifest %s: %w", b, err)
 		}
 	}
@@ -131,6 +134,28 @@ func (s *Store) UploadWith(ctx context.Context, files []Source, opts UploadOptio
 	s.cfg.Log.Info("cas: uploaded", "manifest", id, "files", len(files), "bytes", st.Bytes,
 		"bytes_added", st.BytesAdded, "chunks_added", st.ChunksAdded, "chunks_reused", st.ChunksReused)
 	return m, st, nil
+}
+
+// refreshManifest checks that manifest id is in the store, and writes it
+// again if it is older than RefreshAfter.
+func (s *Store) refreshManifest(ctx context.Context, id string) error {
+	info, err := s.cfg.Objects.Stat(ctx, manifestKey(id))
+	if err != nil || s.fresh(info.ModTime) {
+		return err
+	}
+	r, err := s.cfg.Objects.Get(ctx, manifestKey(id))
+	if err != nil {
+		return err
+	}
+	b, err := io.ReadAll(io.LimitReader(r, 256<<20))
+	r.Close()
+	if err != nil {
+		return err
+	}
+	if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != id {
+		return fmt.Errorf("corrupt: its bytes hash to %x", sum)
+	}
+	return s.cfg.Objects.Put(ctx, manifestKey(id), bytes.NewReader(b), int64(len(b)))
 }
 
 // dataChunks marks the chunks of f that hold data, using SEEK_DATA and
