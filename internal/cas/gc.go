@@ -31,8 +31,8 @@ type GCStats struct {
 // corrupt.
 //
 // GC is safe against uploads in flight: an upload puts its chunks, or
-// refreshes those it reuses that are older than Config.RefreshAfter,
-// before its manifest, so until the manifest is written every chunk it
+// refreshes those it reuses that are older than Config.RefreshAfter (and
+// so its bases: UploadWith), before its manifest, so until the manifest is written every chunk it
 // names is younger than RefreshAfter plus the upload's duration, and once
 // written the manifest is young. grace must therefore exceed RefreshAfter
 // by more than the longest upload, and the caller must record a manifest
