@@ -276,7 +276,8 @@ func (e *e2e) loseHost(ids ...string) {
 	}
 }
 
-// TestObjectsBareHost, on a real S3 server: a clone of a template (memory
+// TestObjectsBareHost, on a real S3 server and on the default file://
+// store: a clone of a template (memory
 // marker, a background process, a file on its disk) and a session booted
 // from the image are parked and stored, with what they rest on (the
 // template version, the image: 'template history' and 'image ls' say
@@ -288,13 +289,20 @@ func (e *e2e) loseHost(ids ...string) {
 // (which fetches the image from the store at its start instead of
 // building new bytes) wakes both sessions intact.
 func TestObjectsBareHost(t *testing.T) {
-	s3 := s3test.Shared(t)
+	t.Run("s3", func(t *testing.T) {
+		s3 := s3test.Shared(t)
+		env := []string{"COVE_OBJECTS=" + s3.URL("bare-"+randomToken())}
+		for k, v := range s3.Env() {
+			env = append(env, k+"="+v)
+		}
+		testBareHost(t, env)
+	})
+	t.Run("file", func(t *testing.T) { testBareHost(t, nil) })
+}
+
+func testBareHost(t *testing.T, env []string) {
 	e := newE2E(t)
 	e.privateImages()
-	env := []string{"COVE_OBJECTS=" + s3.URL("bare-"+randomToken())}
-	for k, v := range s3.Env() {
-		env = append(env, k+"="+v)
-	}
 	e.startServer(env...)
 	e.ok(nil, "template", "create", "bare", "--memory", "256")
 	clone := e.create("--template", "bare")
