@@ -24,12 +24,12 @@ import (
 // its ID (store.Session.StoredManifest): the session is "stored". A wake
 // that finds the session's files gone from this host restores them first
 // (cas.Restore, every chunk verified), seeded by its template version's
-// files where this host has them.
+// files where this host has them, after what they rest on (bases.go).
 //
 // A clone's snapshot shares most of its RAM with its template version's:
-// before a clone's first upload, the version's own files are uploaded
-// (once per version and server; a rerun only hashes, cas skips the chunks
-// stored), so that the clone adds only what it changed.
+// the version's own files are stored first (bases.go: once it is ready,
+// or at the latest before the clone's upload, which names it as its
+// base), so that the clone adds only what it changed.
 //
 // The upload reads the files a wake would change (the woken guest writes
 // its RAM file) and a delete removes: both end it, and wait for it to
