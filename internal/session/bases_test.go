@@ -250,6 +250,24 @@ func TestFakeChainSurvivesLostHost(t *testing.T) {
 	if fi, err := os.Stat(vdir); err != nil || fi.Mode().Perm() != 0o711 {
 		t.Errorf("restored version directory: %v, %v; want mode 0711 (QEMU's user reaches the disk through it)", fi.Mode(), err)
 	}
+	// Only the image gone (the session's and the version's files here):
+	// the wake finds it missing through the version disk's backing file
+	// and restores it alone.
+	r.park(s.ID)
+	r.waitStored(s.ID)
+	if err := os.RemoveAll(imagesDir); err != nil {
+		t.Fatal(err)
+	}
+	seen = nil
+	r.onRestore.Store(&watch)
+	r.wantFile(s.ID, "/root/f", "clone's own\n")
+	r.onRestore.Store(nil)
+	if len(seen) != 1 {
+		t.Errorf("with only the image gone, the wake restored %d manifests (%+v); want the image's alone", len(seen), seen)
+	}
+	if _, err := os.Stat(r.images.rootFS); err != nil {
+		t.Errorf("image not restored: %v", err)
+	}
 	// A second clone of the restored version works from the restored
 	// files.
 	s2 := r.create(api.CreateSessionRequest{Template: "web"})
