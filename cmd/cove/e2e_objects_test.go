@@ -287,7 +287,8 @@ func (e *e2e) loseHost(ids ...string) {
 // runs) and the guest is intact. Then the clone is parked again, the
 // server stops, the host loses everything once more, and a new server
 // (which fetches the image from the store at its start instead of
-// building new bytes) wakes both sessions intact.
+// building new bytes) makes a new clone (the version's files fetched
+// first) and wakes both sessions intact.
 func TestObjectsBareHost(t *testing.T) {
 	t.Run("s3", func(t *testing.T) {
 		s3 := s3test.Shared(t)
@@ -385,6 +386,11 @@ func testBareHost(t *testing.T, env []string) {
 	if got := fileSum(t, builds[0]); got != rootSum {
 		t.Errorf("the root file system at the new server's start is other bytes than the overlays rest on (sha256 %x, was %x)", got, rootSum)
 	}
+	// A create from the template first gets its version's files back.
+	fresh := e.create("--template", "bare")
+	if got := e.ok(nil, "exec", fresh, "--", "echo", "cloned"); got != "cloned\n" {
+		t.Fatalf("exec in a clone made on a bare host: %q", got)
+	}
 	e.checkMemory(plain, "a restart on a host that had none of its files")
 	if got := e.ok(nil, "exec", plain.id, "--", "cat", "/root/on-disk"); got != plain.token+"\n" {
 		t.Fatalf("the plain session's disk file: %q, want %q", got, plain.token)
@@ -399,7 +405,7 @@ func testBareHost(t *testing.T, env []string) {
 		t.Errorf("admin gc: %q; want nothing deleted", out)
 	}
 	m.wantIntact(e, "after a GC")
-	e.ok(nil, "rm", clone, plain.id)
+	e.ok(nil, "rm", clone, plain.id, fresh)
 	e.ok(nil, "template", "rm", "bare")
 	if err := e.stopServer(syscall.SIGTERM); err != nil { // it stops its spare QEMUs
 		t.Fatalf("server stop: %v", err)

@@ -513,6 +513,47 @@ func (m *Manager) restoreSteps(ctx context.Context, rec store.Session, mach mach
 	return steps, nil
 }
 
+// fetchVersion puts back template name's version's files, and its
+// image's, where they are missing from this host and the version is
+// stored: a create from the template on a host that lost them (or never
+// had them) clones as usual. The caller holds no template lock.
+func (m *Manager) fetchVersion(ctx context.Context, name string, version int) error {
+	if m.cfg.Objects == nil {
+		return nil
+	}
+	v, vmach, err := m.version(ctx, name, version)
+	if err != nil || v.StoredManifest == "" || !chainGone(vmach, nil) {
+		return nil // the clone says what is wrong, if anything
+	}
+	log := m.cfg.Log.With("template", name, "version", version, "manifest", v.StoredManifest)
+	log.Info("template version's files gone from this host: restoring them from the object store")
+	man, err := m.cfg.Objects.LoadManifest(ctx, v.StoredManifest)
+	if err != nil {
+		return err
+	}
+	if is := m.imageStore(); is != nil && len(man.Bases) > 0 {
+		img, err := m.cfg.Objects.LoadManifest(ctx, man.Bases[0])
+		if err != nil {
+			return fmt.Errorf("image: %w", err)
+		}
+		if is.Missing(img) {
+			if _, err := is.Fetch(ctx, img, nil); err != nil {
+				return err
+			}
+		}
+	}
+	_, dir, err := versionFiles(name, version, vmach)
+	if err != nil {
+		return err
+	}
+	st, err := m.restoreVersion(ctx, name, vmach, man, dir, nil)
+	if err != nil {
+		return err
+	}
+	log.Info("template version restored from the object store", "chunks_fetched", st.ChunksFetched, "bytes_fetched", st.BytesFetched)
+	return checkBacking(vmach.Disk)
+}
+
 // restoreVersion puts a template version's files back into dir, under
 // the template's lock (clones read them), unless another wake did.
 func (m *Manager) restoreVersion(ctx context.Context, name string, vmach machine, man cas.Manifest, dir string, progress func(cas.Progress)) (cas.RestoreStats, error) {

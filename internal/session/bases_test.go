@@ -268,11 +268,21 @@ func TestFakeChainSurvivesLostHost(t *testing.T) {
 	if _, err := os.Stat(r.images.rootFS); err != nil {
 		t.Errorf("image not restored: %v", err)
 	}
-	// A second clone of the restored version works from the restored
-	// files.
+	// A create from the template on a host without its version's and
+	// image's files restores them first, then clones.
+	for _, d := range []string{filepath.Join(r.dir, "templates"), imagesDir} {
+		if err := os.RemoveAll(d); err != nil {
+			t.Fatal(err)
+		}
+	}
 	s2 := r.create(api.CreateSessionRequest{Template: "web"})
 	if _, err := r.mgr.Stat(ctx, s2.ID, "/root/setup-ran"); err != nil {
 		t.Errorf("a new clone of the restored version lacks its template's file: %v", err)
+	}
+	for _, p := range []string{r.images.rootFS, filepath.Join(vdir, "state")} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("not restored for the create: %v", err)
+		}
 	}
 }
 

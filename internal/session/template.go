@@ -382,6 +382,11 @@ func (m *Manager) createFromTemplate(ctx context.Context, owner string, req api.
 	if t.State != api.TemplateReady {
 		return api.Session{}, api.Errorf(api.CodeConflict, "template %q is %s", t.Name, t.State)
 	}
+	// A host that lost the version's files (or never had them) gets them
+	// back from the object store first.
+	if err := m.fetchVersion(ctx, t.Name, max(t.Version, 1)); err != nil {
+		return api.Session{}, api.Errorf(api.CodeUnavailable, "template %s: restore its files from the object store: %v", t.Name, err)
+	}
 	// The version stays on disk until the session's record names it; read
 	// again under the lock, a swap may have removed the one read above.
 	tl := m.templateLock(t.Name)
