@@ -391,6 +391,9 @@ func testBareHost(t *testing.T, env []string) {
 	if got := e.ok(nil, "exec", fresh, "--", "echo", "cloned"); got != "cloned\n" {
 		t.Fatalf("exec in a clone made on a bare host: %q", got)
 	}
+	if !strings.Contains(e.srv.log.String(), "template version restored from the object store") {
+		t.Errorf("the create did not restore the template version from the store:%s", e.serverLog())
+	}
 	e.checkMemory(plain, "a restart on a host that had none of its files")
 	if got := e.ok(nil, "exec", plain.id, "--", "cat", "/root/on-disk"); got != plain.token+"\n" {
 		t.Fatalf("the plain session's disk file: %q, want %q", got, plain.token)
