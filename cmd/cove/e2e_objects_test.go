@@ -347,7 +347,12 @@ func testBareHost(t *testing.T, env []string) {
 			time.Sleep(20 * time.Millisecond) // a poll's pace, not a wait for the restore
 		}
 	}
-	t.Logf("restore progress seen through inspect: %+v", seen)
+	t.Logf("restore progress seen through inspect: %d samples, last %+v", len(seen), seen[max(len(seen)-1, 0):])
+	for _, l := range strings.Split(e.srv.log.String(), "\n") {
+		if strings.Contains(l, "snapshot restored from the object store") || (strings.Contains(l, "restoring from the object store") && strings.Contains(l, " what=")) {
+			t.Logf("server: %s", l[strings.Index(l, "msg="):])
+		}
+	}
 	for _, p := range seen {
 		if p.TotalBytes <= 0 || p.DoneBytes > p.TotalBytes {
 			t.Errorf("inspect's restore progress %+v: want done within a total > 0", p)

@@ -414,7 +414,7 @@ func (m *Manager) restoreChain(ctx context.Context, rec store.Session, mach mach
 	var sum cas.RestoreStats
 	next := int64(0)
 	for _, s := range steps {
-		log.Info("restoring from the object store", "what", s.what, "manifest", s.man.ID, "bytes", dataBytes(s.man))
+		log.Info("restoring from the object store", "what", s.what, "what_manifest", s.man.ID, "bytes", dataBytes(s.man))
 		base := p.done.Load()
 		st, err := s.run(ctx, func(pr cas.Progress) {
 			done := base + pr.Done
