@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -461,5 +462,86 @@ func TestFakeVersionStoredAfterRestart(t *testing.T) {
 	vs1, _ := r.store.ListTemplateVersions(ctx, "web")
 	if vs1[0].StoredManifest != "" {
 		t.Errorf("removed version 1 still names manifest %s: a GC would keep it", vs1[0].StoredManifest)
+	}
+}
+
+// TestFakeChainCorruptVersionChunk: a corrupt chunk of the template
+// version's files fails a bare host's wake naming the chunk; what was
+// restored before it (the image) stays, nothing of the version or the
+// session is put in place, and the session stays parked. With the chunk
+// whole again, the next wake restores only what is still missing.
+func TestFakeChainCorruptVersionChunk(t *testing.T) {
+	r := newChainRig(t)
+	ctx := context.Background()
+	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	vid := r.versionManifest("web")
+	s := r.create(api.CreateSessionRequest{Template: "web"})
+	r.write(s.ID, "/root/f", "kept\n")
+	r.park(s.ID)
+	r.waitStored(s.ID)
+	// A chunk of the version's state file (no other manifest has it).
+	var chunk string
+	for _, f := range r.manifest(vid).Files {
+		if f.Name == "state" {
+			for _, c := range f.Chunks {
+				if c != "" {
+					chunk = c
+					break
+				}
+			}
+		}
+	}
+	if chunk == "" {
+		t.Fatal("the version's state file has no data chunk")
+	}
+	path := filepath.Join(r.objDir, "chunks", chunk[:2], chunk)
+	good, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bad := append([]byte(nil), good...)
+	bad[len(bad)/2] ^= 0xff
+	if err := os.WriteFile(path, bad, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	imagesDir := filepath.Join(r.images.b.Home, "images")
+	vdir := filepath.Join(r.dir, "templates", "web", "v1")
+	for _, d := range []string{filepath.Join(r.dir, s.ID), filepath.Join(r.dir, "templates"), imagesDir} {
+		if err := os.RemoveAll(d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, err = r.mgr.Wake(ctx, s.ID)
+	if err == nil || !strings.Contains(err.Error(), chunk) || !strings.Contains(err.Error(), "template web version 1") {
+		t.Fatalf("wake with a corrupt chunk of the version: %v; want an error naming the version and chunk %s", err, chunk)
+	}
+	r.wantState(s.ID, api.StateParked, chunk)
+	if _, err := os.Stat(r.images.rootFS); err != nil {
+		t.Errorf("the image, restored before the failure, is gone: %v", err)
+	}
+	for _, p := range []string{filepath.Join(vdir, "state"), filepath.Join(r.dir, s.ID, "state")} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s after a failed restore: %v; want it absent", p, err)
+		}
+	}
+	if err := os.WriteFile(path, good, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	var seen []api.RestoreProgress
+	watch := func() {
+		if got := r.get(s.ID).Restore; got != nil {
+			seen = append(seen, *got)
+		}
+	}
+	r.onRestore.Store(&watch)
+	r.wantFile(s.ID, "/root/f", "kept\n")
+	r.onRestore.Store(nil)
+	if len(seen) != 2 {
+		t.Errorf("the second wake restored %d manifests; want 2 (the version and the snapshot; the image is there)", len(seen))
+	}
+	if got := r.get(s.ID); got.Error != "" {
+		t.Errorf("error after the wake: %q", got.Error)
 	}
 }
