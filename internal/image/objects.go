@@ -172,7 +172,8 @@ func (b *Builder) restore(ctx context.Context, m cas.Manifest, name, key string,
 			return cas.RestoreStats{}, fmt.Errorf("image: fetch %s: %w", name, err)
 		}
 	}
-	st, err := b.Objects.Restore(ctx, m, b.imagesDir(), cas.RestoreOptions{Progress: progress})
+	// A file of it still here is read for the chunks it holds.
+	st, err := b.Objects.Restore(ctx, m, b.imagesDir(), cas.RestoreOptions{Progress: progress, Seeds: []cas.Seed{{Manifest: m, Dir: b.imagesDir()}}})
 	if err != nil {
 		return st, fmt.Errorf("image: fetch %s (key %s): %w", name, key, err)
 	}

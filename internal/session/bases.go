@@ -498,9 +498,11 @@ func (m *Manager) restoreSteps(ctx context.Context, rec store.Session, mach mach
 		if _, err := m.snapshotSources(rec.ID, mach); err != nil {
 			return nil, err
 		}
-		opts := cas.RestoreOptions{}
+		// Its own files still here (some of them may be) and its
+		// version's are read for the chunks they hold.
+		opts := cas.RestoreOptions{Seeds: []cas.Seed{{Manifest: own, Dir: m.dir(rec.ID)}}}
 		if ver != nil {
-			opts.Seeds = []cas.Seed{{Manifest: *ver, Dir: vdir}}
+			opts.Seeds = append(opts.Seeds, cas.Seed{Manifest: *ver, Dir: vdir})
 		}
 		steps = append(steps, restoreStep{what: "snapshot", man: own, run: func(ctx context.Context, p func(cas.Progress)) (cas.RestoreStats, error) {
 			if err := os.MkdirAll(m.dir(rec.ID), 0o700); err != nil {
@@ -573,5 +575,7 @@ func (m *Manager) restoreVersion(ctx context.Context, name string, vmach machine
 	if err := os.Chmod(dir, 0o711); err != nil {
 		return cas.RestoreStats{}, err
 	}
-	return m.cfg.Objects.Restore(ctx, man, dir, cas.RestoreOptions{Progress: progress})
+	// Its files still here (some of them may be) are read for the chunks
+	// they hold.
+	return m.cfg.Objects.Restore(ctx, man, dir, cas.RestoreOptions{Progress: progress, Seeds: []cas.Seed{{Manifest: man, Dir: dir}}})
 }

@@ -69,10 +69,11 @@ func (s *storedImages) Fetch(ctx context.Context, m cas.Manifest, p func(cas.Pro
 }
 
 // watchedStore is a SnapshotStore that calls onRestore at the first
-// progress of each Restore.
+// progress of each Restore, and onRestored with each one's stats.
 type watchedStore struct {
 	*cas.Store
-	onRestore func()
+	onRestore  func()
+	onRestored func(cas.RestoreStats)
 }
 
 func (w watchedStore) Restore(ctx context.Context, m cas.Manifest, dir string, opts cas.RestoreOptions) (cas.RestoreStats, error) {
@@ -84,7 +85,11 @@ func (w watchedStore) Restore(ctx context.Context, m cas.Manifest, dir string, o
 			inner(p)
 		}
 	}
-	return w.Store.Restore(ctx, m, dir, opts)
+	st, err := w.Store.Restore(ctx, m, dir, opts)
+	if w.onRestored != nil {
+		w.onRestored(st)
+	}
+	return st, err
 }
 
 // chainRig is an objects rig whose image is kept in the store too, and
@@ -97,6 +102,9 @@ type chainRig struct {
 	later     atomic.Int64 // nanoseconds the store's clock is ahead
 	onRestore atomic.Pointer[func()]
 	onStep    atomic.Pointer[func(string)] // called at each crash point
+
+	mu       sync.Mutex
+	restored []cas.RestoreStats // guarded by mu: each Restore's
 }
 
 func newChainRig(t *testing.T) *chainRig {
@@ -114,6 +122,10 @@ func newChainRig(t *testing.T) *chainRig {
 		if f := r.onRestore.Load(); f != nil {
 			(*f)()
 		}
+	}, onRestored: func(st cas.RestoreStats) {
+		r.mu.Lock()
+		r.restored = append(r.restored, st)
+		r.mu.Unlock()
 	}}
 	r.images = newStoredImages(t, watched)
 	r.fakeRig = newFakeRigWith(t, func(c *session.Config) {
@@ -543,5 +555,81 @@ func TestFakeChainCorruptVersionChunk(t *testing.T) {
 	}
 	if got := r.get(s.ID); got.Error != "" {
 		t.Errorf("error after the wake: %q", got.Error)
+	}
+}
+
+// TestFakeRestoreSeedsFromWhatIsLeft: a wake that finds some of a
+// session's files gone (the RAM file and the state, the disk overlay
+// left) and some of its template version's (the state alone) reads the
+// chunks of the files left instead of fetching them.
+func TestFakeRestoreSeedsFromWhatIsLeft(t *testing.T) {
+	r := newChainRig(t)
+	ctx := context.Background()
+	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web"}); err != nil {
+		t.Fatal(err)
+	}
+	vid := r.versionManifest("web")
+	s := r.create(api.CreateSessionRequest{Template: "web"})
+	r.write(s.ID, "/root/f", "kept\n")
+	r.park(s.ID)
+	r.waitStored(s.ID)
+	vdir := filepath.Join(r.dir, "templates", "web", "v1")
+	for _, p := range []string{filepath.Join(vdir, "state"), filepath.Join(r.dir, s.ID, "state"), filepath.Join(r.dir, s.ID, "mem")} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+	}
+	stored := r.storedManifest(s.ID)
+	r.wantFile(s.ID, "/root/f", "kept\n")
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.restored) != 2 {
+		t.Fatalf("restores: %+v; want the version's and the session's", r.restored)
+	}
+	vman := r.manifest(vid)
+	for i, st := range r.restored {
+		if st.ChunksFromSeeds == 0 {
+			t.Errorf("restore %d read no chunk from the files left: %+v", i, st)
+		}
+	}
+	var vDisk int
+	for _, f := range vman.Files {
+		if f.Name != "state" {
+			for _, c := range f.Chunks {
+				if c != "" {
+					vDisk++
+				}
+			}
+		}
+	}
+	if got := r.restored[0]; got.ChunksFromSeeds < vDisk {
+		t.Errorf("version restore: %+v; want at least its %d chunks of the files left read from them", got, vDisk)
+	}
+	// The session's: only the chunks neither its disk overlay (left)
+	// nor its version's files hold are fetched.
+	local := map[string]bool{}
+	for _, f := range vman.Files {
+		for _, c := range f.Chunks {
+			local[c] = true
+		}
+	}
+	own := r.manifest(stored)
+	for _, f := range own.Files {
+		if f.Name == "disk.qcow2" {
+			for _, c := range f.Chunks {
+				local[c] = true
+			}
+		}
+	}
+	need := map[string]bool{}
+	for _, f := range own.Files {
+		for _, c := range f.Chunks {
+			if c != "" && !local[c] {
+				need[c] = true
+			}
+		}
+	}
+	if got := r.restored[1]; got.ChunksFetched != len(need) {
+		t.Errorf("session restore: %+v; want %d chunks fetched, those no file left holds", got, len(need))
 	}
 }
