@@ -410,6 +410,14 @@ func (c *Client) RebuildTemplate(ctx context.Context, name string) (Template, er
 	return t, err
 }
 
+// CollectGarbage runs a garbage collection of the object store now and
+// returns what it did.
+func (c *Client) CollectGarbage(ctx context.Context) (GCResult, error) {
+	var out GCResult
+	err := c.doJSON(ctx, http.MethodPost, "/v1/admin/gc", nil, nil, &out)
+	return out, err
+}
+
 // PutHookSecret creates the named webhook, or replaces its secret: the
 // HMAC key its senders sign deliveries with. "github" is GitHub's hook.
 func (c *Client) PutHookSecret(ctx context.Context, name, secret string) error {

@@ -76,6 +76,32 @@ type Session struct {
 	// not on the server's host (evicted from its cache, --cache-size):
 	// its wake restores them from the object store first.
 	Evicted bool `json:"evicted,omitempty"`
+	// Restore is set while a wake puts the session's files back from
+	// the object store, because they (or its template version's, or its
+	// image's) are gone from this host: bytes written so far of all it
+	// restores.
+	Restore *RestoreProgress `json:"restore,omitempty"`
+}
+
+// GCResult is the answer of POST /v1/admin/gc: what one garbage
+// collection of the object store did.
+type GCResult struct {
+	// ManifestsKept counts the manifests kept: named by a record, a base
+	// of one kept, or younger than the grace period.
+	ManifestsKept    int `json:"manifests_kept"`
+	ManifestsDeleted int `json:"manifests_deleted"`
+	// ChunksKept are named by a kept manifest; ChunksYoung by none, but
+	// younger than the grace period.
+	ChunksKept    int   `json:"chunks_kept"`
+	ChunksYoung   int   `json:"chunks_young"`
+	ChunksDeleted int   `json:"chunks_deleted"`
+	BytesDeleted  int64 `json:"bytes_deleted"`
+}
+
+// RestoreProgress is a wake's restore from the object store under way.
+type RestoreProgress struct {
+	DoneBytes  int64 `json:"done_bytes"`
+	TotalBytes int64 `json:"total_bytes"`
 }
 
 // OwnerAdmin is the Owner of sessions and templates made with the
@@ -185,6 +211,10 @@ type Template struct {
 	Commit  string `json:"commit,omitempty"`
 	// Rebuilding says a build of a new version is queued or running.
 	Rebuilding bool `json:"rebuilding,omitempty"`
+	// Stored says whether the current version's files are durable in the
+	// object store (set by GET /v1/templates/{name} only; see
+	// TemplateVersion.Stored).
+	Stored bool `json:"stored,omitempty"`
 
 	// Owner is the id of the user who created the template, or
 	// OwnerAdmin; Agent the agent name given at its create, "" if none.
@@ -212,7 +242,10 @@ type TemplateVersion struct {
 	// Current marks the version new sessions are cloned from.
 	Current bool `json:"current"`
 	// Sessions counts the sessions cloned from this version that exist.
-	Sessions  int           `json:"sessions"`
+	Sessions int `json:"sessions"`
+	// Stored says whether the version's files are durable in the object
+	// store, so that its clones wake on hosts that lack them.
+	Stored    bool          `json:"stored"`
 	Snapshot  *SnapshotInfo `json:"snapshot,omitempty"`
 	CreatedAt time.Time     `json:"created_at"`
 	UpdatedAt time.Time     `json:"updated_at"`
@@ -342,6 +375,9 @@ type Image struct {
 	SizeBytes int64     `json:"size_bytes"`
 	CreatedAt time.Time `json:"created_at"`
 	BuildMs   int64     `json:"build_ms,omitempty"`
+	// Stored says whether the image's files are durable in the object
+	// store, so that what rests on it wakes on hosts that lack them.
+	Stored bool `json:"stored"`
 }
 
 // ImageBuildEvent is one line of the NDJSON progress stream of

@@ -74,18 +74,27 @@ Progress goes to stderr as it comes; the image key is printed alone on stdout.`,
 	}
 }
 
-// writeImageTable writes images as NAME KEY SIZE AGE, keys cut to 12.
+// writeImageTable writes images as NAME KEY SIZE STORED AGE, keys cut to
+// 12.
 func writeImageTable(w io.Writer, imgs []api.Image, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tKEY\tSIZE\tAGE")
+	fmt.Fprintln(tw, "NAME\tKEY\tSIZE\tSTORED\tAGE")
 	for _, img := range imgs {
 		key := img.Key
 		if len(key) > 12 {
 			key = key[:12]
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", img.Name, key, humanBytes(img.SizeBytes), humanAge(now.Sub(img.CreatedAt)))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", img.Name, key, humanBytes(img.SizeBytes), yesNo(img.Stored), humanAge(now.Sub(img.CreatedAt)))
 	}
 	return tw.Flush()
+}
+
+// yesNo is "yes" or "no": whether something is in the object store.
+func yesNo(b bool) string {
+	if b {
+		return "yes"
+	}
+	return "no"
 }
 
 // humanBytes renders n in binary units: 512B, 1.5KiB, 20MiB, 1.2GiB.

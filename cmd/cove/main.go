@@ -81,6 +81,7 @@ token as it is.`,
 		newPolicyCmd(c),
 		newAuditCmd(c),
 		newWitnessCmd(c),
+		newAdminCmd(c),
 		newVersionCmd(c),
 		newServerCmd(),
 	)

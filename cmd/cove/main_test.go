@@ -254,7 +254,7 @@ func TestSessionCommands(t *testing.T) {
 
 // TestImageCommands protects image ls and build output.
 func TestImageCommands(t *testing.T) {
-	img := api.Image{Name: "tiny", Key: "0123456789abcdef", SizeBytes: 20 << 20, CreatedAt: testNow.Add(-50 * time.Hour)}
+	img := api.Image{Name: "tiny", Key: "0123456789abcdef", SizeBytes: 20 << 20, CreatedAt: testNow.Add(-50 * time.Hour), Stored: true}
 	addr := fakeAPI(t, map[string]http.HandlerFunc{
 		"GET /v1/images": func(w http.ResponseWriter, r *http.Request) {
 			writeJSON(w, 200, map[string]any{"images": []api.Image{img}})
@@ -271,7 +271,7 @@ func TestImageCommands(t *testing.T) {
 		},
 	})
 	code, out, _ := runCLI(t, addr, "", "image", "ls")
-	want := "NAME   KEY            SIZE    AGE\ntiny   0123456789ab   20MiB   2d\n"
+	want := "NAME   KEY            SIZE    STORED   AGE\ntiny   0123456789ab   20MiB   yes      2d\n"
 	if code != 0 || out != want {
 		t.Errorf("image ls: exit %d, stdout\n%s\nwant\n%s", code, out, want)
 	}

@@ -43,9 +43,11 @@ type serverConfig struct {
 
 	Listen       string
 	Home         string
-	DB           string   // "sqlite" (Home/state.db) or a postgres:// URL
-	Objects      string   // where snapshots go off the host: "" (file://Home/objects), file:// or s3:// URL
-	CacheSize    sizeFlag // bound on parked sessions' snapshot files here; 0: none
+	DB           string        // "sqlite" (Home/state.db) or a postgres:// URL
+	Objects      string        // where snapshots go off the host: "" (file://Home/objects), file:// or s3:// URL
+	CacheSize    sizeFlag      // bound on parked sessions' snapshot files here; 0: none
+	GCInterval   time.Duration // how often the object store's garbage is collected; 0 never
+	GCGrace      time.Duration // how old unnamed objects must be before a GC deletes them
 	Accel        string
 	AgentPath    string
 	QEMUUser     string
@@ -172,6 +174,8 @@ the policy in force.`,
 	f.StringVar(&cfg.DB, "db", envOr("COVE_DB", "sqlite"), "state store: sqlite (HOME/state.db, this server's) or a postgres://USER:PASSWORD@HOST:PORT/DATABASE URL that servers share (COVE_DB; prefer it, or PGPASSWORD, to keep the password out of ps)")
 	f.StringVar(&cfg.Objects, "objects", os.Getenv("COVE_OBJECTS"), "object store that parked sessions' snapshots are uploaded to: file:///DIR or s3://BUCKET/PREFIX?endpoint=HOST:PORT&region=R (credentials from AWS_* or ~/.aws/credentials, never the URL) (COVE_OBJECTS; default: file://HOME/objects)")
 	f.Var(&cfg.CacheSize, "cache-size", "node cache: the most bytes that parked sessions' snapshot files (RAM file, device state, disk overlay; allocated blocks) may take on this host, e.g. 2GiB, 500MiB or a byte count; past it, the files of parked sessions stored in --objects are removed, least recently parked first, and a wake fetches them back (COVE_CACHE_SIZE; default 0: no bound)")
+	f.DurationVar(&cfg.GCInterval, "gc-interval", envDuration("COVE_GC_INTERVAL", time.Hour), "how often the object store's garbage is collected: manifests and chunks no session, template version or image record names (nor what they rest on), once older than --gc-grace; 0 never (COVE_GC_INTERVAL)")
+	f.DurationVar(&cfg.GCGrace, "gc-grace", envDuration("COVE_GC_GRACE", session.DefaultGCGrace), "how old an object no record names must be before a GC deletes it; uploads under way are safe as long as they take less than half of it (at least 1h) (COVE_GC_GRACE)")
 	f.StringVar(&cfg.Accel, "accel", envOr("COVE_ACCEL", "auto"), "accelerator: auto, kvm or tcg (COVE_ACCEL)")
 	f.StringVar(&cfg.AgentPath, "agent", os.Getenv("COVE_AGENT"), "static cove-agent binary (COVE_AGENT; default: next to this binary)")
 	f.StringVar(&cfg.QEMUUser, "qemu-user", envOr("COVE_QEMU_USER", "cove-vm"), "unprivileged user QEMU runs as when the server is root (COVE_QEMU_USER)")
@@ -242,7 +246,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return err
 	}
 	defer st.Close()
-	objects, err := openObjects(ctx, cfg.Objects, cfg.Home, log)
+	objects, err := openObjectStore(ctx, cfg.Objects, cfg.Home, cfg.GCGrace, log)
 	if err != nil {
 		return err
 	}
@@ -280,7 +284,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return err
 	}
 
-	builder := &image.Builder{Home: cfg.Home, AgentPath: cfg.AgentPath, Records: st}
+	builder := &image.Builder{Home: cfg.Home, AgentPath: cfg.AgentPath, Records: st, Objects: objects, Log: log}
 	progress := func(msg string) { log.Info(msg) }
 	k, err := builder.Kernel(ctx, progress)
 	if err != nil {
@@ -321,7 +325,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	mgr, err := session.New(session.Config{Tokens: tokens.minter, Egress: egressBroker,
 		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
 		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout, CloneFiles: cfg.CloneFiles,
-		CrashPoint: crash, Objects: objects, CacheSize: int64(cfg.CacheSize),
+		CrashPoint: crash, Objects: objects, CacheSize: int64(cfg.CacheSize), GCInterval: cfg.GCInterval, GCGrace: cfg.GCGrace,
 		OnEvent: session.Hooks(session.AuditEvents(auditLog), session.ObserveDurations(metrics.ObservePark, metrics.ObserveWake),
 			session.ObserveStores(metrics.ObserveStore), session.ObserveEvictions(metrics.ObserveEviction)),
 		Admission: session.Admission{MemoryOvercommit: cfg.MemoryOvercommit, CPUOvercommit: cfg.CPUOvercommit},
@@ -357,6 +361,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		SignIn:        oidc.signIn,
 		Identities:    dir,
 		Secrets:       &secret.Keeper{Store: st, Box: secrets},
+		GC:            mgr.GC,
 		Audit:         auditLog,
 		AuditLog:      auditLog,
 		Authorize:     (&apiserver.PolicyGate{Policy: policies, Records: st}).Authorize})

@@ -234,7 +234,7 @@ AGE. A failed build's error follows its row.`,
 // writeVersionTable writes a template's versions, oldest first.
 func writeVersionTable(w io.Writer, vs []api.TemplateVersion, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)
-	fmt.Fprintln(tw, "VERSION\tSTATE\tCOMMIT\tBASE\tSESSIONS\tBUILD\tWHY\tAGE")
+	fmt.Fprintln(tw, "VERSION\tSTATE\tCOMMIT\tBASE\tSESSIONS\tBUILD\tSTORED\tWHY\tAGE")
 	var errs []string
 	for _, v := range vs {
 		num := fmt.Sprint(v.Version)
@@ -248,8 +248,8 @@ func writeVersionTable(w io.Writer, vs []api.TemplateVersion, now time.Time) err
 		if v.BuildMillis > 0 {
 			build = (time.Duration(v.BuildMillis) * time.Millisecond).Round(100 * time.Millisecond).String()
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", num, v.State, shortCommit(v.Commit), base, v.Sessions,
-			build, v.Reason, humanAge(now.Sub(v.CreatedAt)))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", num, v.State, shortCommit(v.Commit), base, v.Sessions,
+			build, yesNo(v.Stored), v.Reason, humanAge(now.Sub(v.CreatedAt)))
 		if v.Error != "" {
 			errs = append(errs, fmt.Sprintf("version %d: %s", v.Version, v.Error))
 		}

@@ -128,7 +128,7 @@ func TestTemplateRepoCommands(t *testing.T) {
 		Snapshot: &api.SnapshotInfo{DiskBytes: 200 << 20}, CreatedAt: testNow.Add(-2 * time.Hour)}
 	versions := []api.TemplateVersion{
 		{Version: 1, State: api.VersionRemoved, Commit: c1, Reason: "create", BuildMillis: 9100, CreatedAt: testNow.Add(-2 * time.Hour)},
-		{Version: 2, State: api.VersionReady, Commit: c2, Base: 1, Reason: "push d-7", BuildMillis: 2300, Current: true, Sessions: 3, CreatedAt: testNow.Add(-time.Hour)},
+		{Version: 2, State: api.VersionReady, Commit: c2, Base: 1, Reason: "push d-7", BuildMillis: 2300, Current: true, Sessions: 3, Stored: true, CreatedAt: testNow.Add(-time.Hour)},
 		{Version: 3, State: api.VersionFailed, Commit: c1, Base: 2, Reason: "rebuild", Error: "setup step 1 (\"make\") exited 2: boom", CreatedAt: testNow.Add(-time.Minute)},
 	}
 	var got api.CreateTemplateRequest
@@ -187,9 +187,9 @@ func TestTemplateRepoCommands(t *testing.T) {
 		mu.Unlock()
 		code, out, _ := runCLI(t, addr, "", "template", "history", "api")
 		want := "" +
-			"VERSION   STATE     COMMIT         BASE   SESSIONS   BUILD   WHY        AGE\n" +
-			"1         removed   a1a1a1a1a1a1   -      0          9.1s    create     2h\n" +
-			"2*        ready     b2b2b2b2b2b2   1      3          2.3s    push d-7   1h\n"
+			"VERSION   STATE     COMMIT         BASE   SESSIONS   BUILD   STORED   WHY        AGE\n" +
+			"1         removed   a1a1a1a1a1a1   -      0          9.1s    no       create     2h\n" +
+			"2*        ready     b2b2b2b2b2b2   1      3          2.3s    yes      push d-7   1h\n"
 		if code != 0 || out != want {
 			t.Errorf("exit %d, stdout\n%s\nwant\n%s", code, out, want)
 		}

@@ -49,6 +49,8 @@ var auditedVerbs = map[string]bool{
 	"secret.put": true, "secret.delete": true,
 
 	"audit.witness.add": true, "audit.witness.remove": true,
+
+	"objects.gc": true,
 }
 
 // auditAction is the entry's action for a verb: the verb itself, but for

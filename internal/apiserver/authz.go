@@ -141,6 +141,8 @@ var verbRules = map[string]verbRule{
 	"audit.witness.list":   {policy.AuditRead, onServer, false},
 	"audit.witness.add":    {policy.AuditAdmin, onServer, false},
 	"audit.witness.remove": {policy.AuditAdmin, onServer, false},
+
+	"objects.gc": {policy.ObjectsAdmin, onServer, false},
 }
 
 // publicVerbs are the route verbs no policy decides, each with why.

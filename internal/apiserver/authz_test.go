@@ -225,6 +225,7 @@ func TestCrossEngineerDenied(t *testing.T) {
 		"POST /v1/audit/witnesses": {path: "/v1/audit/witnesses", body: api.AuditWitness{URL: "http://127.0.0.1:1", Key: "w+00000000+BAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"},
 			action: policy.AuditAdmin, names: []string{server, bobUser}},
 		"DELETE /v1/audit/witnesses": {path: "/v1/audit/witnesses?url=http://127.0.0.1:1", action: policy.AuditAdmin, names: []string{server, bobUser}},
+		"POST /v1/admin/gc":          {path: "/v1/admin/gc", action: policy.ObjectsAdmin, names: []string{server, bobUser}},
 	}
 
 	doc, _ := loadOpenAPI(t)

@@ -103,4 +103,6 @@ var routes = []route{
 	{"GET", "/v1/audit/witnesses", "audit.witness.list", bearer, (*Server).auditWitnesses},
 	{"POST", "/v1/audit/witnesses", "audit.witness.add", bearer, (*Server).addAuditWitness},
 	{"DELETE", "/v1/audit/witnesses", "audit.witness.remove", bearer, (*Server).removeAuditWitness},
+
+	{"POST", "/v1/admin/gc", "objects.gc", bearer, (*Server).collectGarbage},
 }

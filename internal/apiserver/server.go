@@ -89,6 +89,9 @@ type Config struct {
 	// Secrets keeps the secrets the egress proxy adds to sessions'
 	// requests (/v1/secrets); nil answers those routes with 503.
 	Secrets Secrets
+	// GC runs a garbage collection of the object store now (POST
+	// /v1/admin/gc); nil answers that route with 503.
+	GC func(ctx context.Context) (api.GCResult, error)
 	// Log receives one line per request; nil discards.
 	Log *slog.Logger
 	// Metrics is where the server's metrics go; nil makes a new set. Pass
@@ -253,6 +256,7 @@ type Server struct {
 	hookSecrets  HookSecrets
 	identities   Identities
 	secrets      Secrets
+	gc           func(ctx context.Context) (api.GCResult, error)
 	authn        Authenticator
 	tokenSum     [sha256.Size]byte
 	tokenSet     bool
@@ -283,6 +287,7 @@ func New(cfg Config) *Server {
 		hookSecrets:  cfg.HookSecrets,
 		identities:   cfg.Identities,
 		secrets:      cfg.Secrets,
+		gc:           cfg.GC,
 		authn:        cfg.Authenticator,
 		tokenSum:     sha256.Sum256([]byte(cfg.Token)),
 		tokenSet:     cfg.Token != "",

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -731,4 +732,99 @@ func TestLoadManifestRefusesCorruptManifest(t *testing.T) {
 			t.Fatalf("load of a corrupt manifest: %v, want a corrupt error", err)
 		}
 	})
+}
+
+// A manifest's bases (an image under a template version, a version under
+// a session) are kept as long as a kept manifest names them, however old
+// they are and though no caller names them; they go
+// with the last manifest that names them. An upload on a base that is not
+// in the store writes no manifest.
+func TestGCKeepsBases(t *testing.T) {
+	backends(t, func(t *testing.T, objs objstore.Store) {
+		ctx := context.Background()
+		dir := t.TempDir()
+		img, top := filepath.Join(dir, "img"), filepath.Join(dir, "top")
+		ramFile(t, img, 1<<20, []int64{0, 2, 4}, 8)
+		ramFile(t, top, 1<<20, []int64{1, 3}, 9)
+		s := newStore(t, objs, cas.Config{})
+		base, _, err := s.Upload(ctx, []cas.Source{{Name: "rootfs", Path: img}}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bogus := strings.Repeat("ab", 32)
+		if _, _, err := s.UploadWith(ctx, []cas.Source{{Name: "disk", Path: top}}, cas.UploadOptions{Bases: []string{bogus}}); err == nil {
+			t.Fatal("upload on a base that is not in the store succeeded")
+		}
+		m, _, err := s.UploadWith(ctx, []cas.Source{{Name: "disk", Path: top}}, cas.UploadOptions{Bases: []string{base.ID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.LoadManifest(ctx, m.ID); err != nil || len(got.Bases) != 1 || got.Bases[0] != base.ID {
+			t.Fatalf("manifest read back: bases %v, %v; want [%s]", got.Bases, err, base.ID)
+		}
+		// An upload on a base older than the refresh age writes the
+		// base again: a GC cannot take it from under the new manifest.
+		puts := &countingStore{Store: objs}
+		top2 := filepath.Join(dir, "top2")
+		ramFile(t, top2, 1<<20, []int64{6}, 10)
+		if _, _, err := newStore(t, puts, cas.Config{}).UploadWith(ctx, []cas.Source{{Name: "disk", Path: top2}}, cas.UploadOptions{Bases: []string{base.ID}}); err != nil {
+			t.Fatal(err)
+		}
+		if n := puts.count("manifests/" + base.ID); n != 0 {
+			t.Errorf("a fresh base was written again %d times", n)
+		}
+		m2, _, err := newStore(t, puts, cas.Config{Now: later(13 * time.Hour)}).UploadWith(ctx, []cas.Source{{Name: "disk", Path: top2}}, cas.UploadOptions{Bases: []string{base.ID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := puts.count("manifests/" + base.ID); n != 1 {
+			t.Errorf("a base older than the refresh age was written again %d times, want once", n)
+		}
+		if err := objs.Delete(ctx, "manifests/"+m2.ID); err != nil {
+			t.Fatal(err)
+		}
+
+		old := newStore(t, objs, cas.Config{Now: later(2 * grace)})
+		st, err := old.GC(ctx, []string{m.ID}, grace)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.ManifestsDeleted != 0 || st.ChunksDeleted != 1 || st.ManifestsLive != 2 {
+			t.Fatalf("gc with the top manifest live: %+v; want both manifests kept and every chunk but top2's", st)
+		}
+		if _, err := s.Restore(ctx, base, t.TempDir(), cas.RestoreOptions{}); err != nil {
+			t.Fatalf("restore of the base after gc: %v", err)
+		}
+		// Once nothing names either, both go.
+		st, err = newStore(t, objs, cas.Config{Now: later(4 * grace)}).GC(ctx, nil, grace)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.ManifestsDeleted != 2 || st.ChunksDeleted != 5 {
+			t.Fatalf("gc with nothing live, all old: %+v; want 2 manifests and 5 chunks deleted", st)
+		}
+	})
+}
+
+// countingStore counts the Puts of each key.
+type countingStore struct {
+	objstore.Store
+	mu   sync.Mutex
+	puts map[string]int
+}
+
+func (c *countingStore) Put(ctx context.Context, key string, r io.Reader, size int64) error {
+	c.mu.Lock()
+	if c.puts == nil {
+		c.puts = map[string]int{}
+	}
+	c.puts[key]++
+	c.mu.Unlock()
+	return c.Store.Put(ctx, key, r, size)
+}
+
+func (c *countingStore) count(key string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.puts[key]
 }

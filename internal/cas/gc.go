@@ -20,17 +20,19 @@ type GCStats struct {
 }
 
 // GC deletes what no live manifest needs:
-//   - manifests not in live that are older than grace;
-//   - chunks named by no manifest in live and by no manifest younger than
-//     grace, once they are older than grace themselves.
+//   - manifests older than grace that are neither in live nor a base
+//     (Manifest.Bases) of one kept;
+//   - chunks named by no manifest kept (those in live, those younger
+//     than grace, and the bases of either, in turn), once they are older
+//     than grace themselves.
 //
 // live must name every manifest still wanted (every snapshot, template
 // version and image); GC fails, deleting nothing, if one is missing or
 // corrupt.
 //
 // GC is safe against uploads in flight: an upload puts its chunks, or
-// refreshes those it reuses that are older than Config.RefreshAfter,
-// before its manifest, so until the manifest is written every chunk it
+// refreshes those it reuses that are older than Config.RefreshAfter (and
+// so its bases: UploadWith), before its manifest, so until the manifest is written every chunk it
 // names is younger than RefreshAfter plus the upload's duration, and once
 // written the manifest is young. grace must therefore exceed RefreshAfter
 // by more than the longest upload, and the caller must record a manifest
@@ -44,40 +46,57 @@ func (s *Store) GC(ctx context.Context, live []string, grace time.Duration) (GCS
 	now := s.cfg.Now()
 	old := func(t time.Time) bool { return now.Sub(t) > grace }
 	keep := map[Hash]bool{}
-	mark := func(id string) error {
+	isLive := map[string]bool{}
+	// mark keeps manifest id, the chunks it names and, in turn, the
+	// manifests it rests on (Manifest.Bases).
+	var mark func(id string) error
+	mark = func(id string) error {
+		if isLive[id] {
+			return nil
+		}
+		isLive[id] = true
 		m, err := s.LoadManifest(ctx, id)
 		if err != nil {
 			return err
 		}
 		st.ManifestsLive++
-		return m.Hashes(func(h Hash) { keep[h] = true })
-	}
-	isLive := map[string]bool{}
-	for _, id := range live {
-		if isLive[id] {
-			continue
+		if err := m.Hashes(func(h Hash) { keep[h] = true }); err != nil {
+			return err
 		}
-		isLive[id] = true
+		for _, b := range m.Bases {
+			if err := mark(b); err != nil {
+				return fmt.Errorf("base of %s: %w", id, err)
+			}
+		}
+		return nil
+	}
+	for _, id := range live {
 		if err := mark(id); err != nil {
 			return st, fmt.Errorf("cas: gc: live manifest: %w", err)
 		}
 	}
-	var dead []string
+	var stored []objstore.Info
 	err := s.cfg.Objects.List(ctx, "manifests/", func(i objstore.Info) error {
-		id := strings.TrimPrefix(i.Key, "manifests/")
-		switch {
-		case isLive[id]:
-		case old(i.ModTime):
-			dead = append(dead, i.Key)
-		default:
-			// Young: perhaps an upload whose caller has not yet
-			// recorded it. Its chunks stay.
-			return mark(id)
-		}
+		stored = append(stored, i)
 		return nil
 	})
 	if err != nil {
 		return st, fmt.Errorf("cas: gc: %w", err)
+	}
+	for _, i := range stored {
+		if !old(i.ModTime) {
+			// Young: perhaps an upload whose caller has not yet
+			// recorded it. It, its chunks and its bases stay.
+			if err := mark(strings.TrimPrefix(i.Key, "manifests/")); err != nil {
+				return st, fmt.Errorf("cas: gc: young manifest: %w", err)
+			}
+		}
+	}
+	var dead []string
+	for _, i := range stored {
+		if !isLive[strings.TrimPrefix(i.Key, "manifests/")] {
+			dead = append(dead, i.Key)
+		}
 	}
 	// Delete the dead manifests first: a chunk is deleted only once no
 	// manifest in the store that could be restored names it.

@@ -20,6 +20,12 @@ type Manifest struct {
 	ID        string `json:"-"`
 	ChunkSize int    `json:"chunk_size"`
 	Files     []File `json:"files"`
+	// Bases are the IDs of the manifests whose files this one's rest on
+	// (a disk overlay's backing file: a session's on its template
+	// version's disk, a version's on its image's root file system). GC
+	// keeps a base as long as it keeps a manifest that names it, and a
+	// restore of this one's files needs theirs in place.
+	Bases []string `json:"bases,omitempty"`
 }
 
 // File is one file of a Manifest.
@@ -56,6 +62,11 @@ func (m Manifest) Hashes(fn func(Hash)) error {
 func (m Manifest) validate() error {
 	if m.ChunkSize < pageSize || m.ChunkSize%pageSize != 0 {
 		return fmt.Errorf("chunk size %d", m.ChunkSize)
+	}
+	for _, b := range m.Bases {
+		if _, err := ParseHash(b); err != nil {
+			return fmt.Errorf("base %q: not a manifest id", b)
+		}
 	}
 	names := map[string]bool{}
 	for _, f := range m.Files {

@@ -188,30 +188,10 @@ func (r *restore) cleanup() {
 }
 
 func (r *restore) run(ctx context.Context, order []string, byHash map[string][]place) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	ch := make(chan string)
-	var wg sync.WaitGroup
-	for range r.s.cfg.Parallel {
-		wg.Go(func() {
-			for c := range ch {
-				if err := r.chunk(ctx, c, byHash[c]); err != nil {
-					cancel(err)
-				}
-			}
-		})
-	}
-	for _, c := range order {
-		select {
-		case ch <- c:
-			continue
-		case <-ctx.Done():
-		}
-		break
-	}
-	close(ch)
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil {
+	err := forEach(ctx, r.s.cfg.Parallel, order, func() func(context.Context, string) error {
+		return func(ctx context.Context, c string) error { return r.chunk(ctx, c, byHash[c]) }
+	})
+	if err != nil {
 		return fmt.Errorf("cas: restore %s: %w", r.m.ID, err)
 	}
 	return nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -46,7 +47,26 @@ type job struct{ f, i int }
 // change during the upload. progress, if not nil, is called from several
 // goroutines, one call at a time.
 func (s *Store) Upload(ctx context.Context, files []Source, progress func(Progress)) (Manifest, Stats, error) {
-	m := Manifest{ChunkSize: s.cfg.ChunkSize, Files: make([]File, len(files))}
+	return s.UploadWith(ctx, files, UploadOptions{Progress: progress})
+}
+
+// UploadOptions are UploadWith's optional inputs.
+type UploadOptions struct {
+	// Bases are recorded in the manifest (Manifest.Bases): the manifests
+	// the files rest on, which must be in the store already.
+	Bases []string
+	// Progress, if not nil, is called from several goroutines, one call
+	// at a time.
+	Progress func(Progress)
+}
+
+// UploadWith is Upload with options. It checks that each base is a
+// manifest in the store before it writes the manifest that names it, and
+// writes a base older than Config.RefreshAfter again, as it does chunks,
+// so that a GC cannot take it from under the new manifest.
+func (s *Store) UploadWith(ctx context.Context, files []Source, opts UploadOptions) (Manifest, Stats, error) {
+	progress := opts.Progress
+	m := Manifest{ChunkSize: s.cfg.ChunkSize, Files: make([]File, len(files)), Bases: opts.Bases}
 	var st Stats
 	var jobs []job
 	var total int64
@@ -100,6 +120,11 @@ func (s *Store) Upload(ctx context.Context, files []Source, progress func(Progre
 			}
 		}
 	}
+	for _, b := range m.Bases {
+		if err := s.refreshManifest(ctx, b); err != nil {
+			return Manifest{}, st, fmt.Errorf("cas: upload: base manifest %s: %w", b, err)
+		}
+	}
 	b, id := m.encode()
 	if err := s.cfg.Objects.Put(ctx, manifestKey(id), bytes.NewReader(b), int64(len(b))); err != nil {
 		return Manifest{}, st, fmt.Errorf("cas: upload: write manifest: %w", err)
@@ -109,6 +134,28 @@ func (s *Store) Upload(ctx context.Context, files []Source, progress func(Progre
 	s.cfg.Log.Info("cas: uploaded", "manifest", id, "files", len(files), "bytes", st.Bytes,
 		"bytes_added", st.BytesAdded, "chunks_added", st.ChunksAdded, "chunks_reused", st.ChunksReused)
 	return m, st, nil
+}
+
+// refreshManifest checks that manifest id is in the store, and writes it
+// again if it is older than RefreshAfter.
+func (s *Store) refreshManifest(ctx context.Context, id string) error {
+	info, err := s.cfg.Objects.Stat(ctx, manifestKey(id))
+	if err != nil || s.fresh(info.ModTime) {
+		return err
+	}
+	r, err := s.cfg.Objects.Get(ctx, manifestKey(id))
+	if err != nil {
+		return err
+	}
+	b, err := io.ReadAll(io.LimitReader(r, 256<<20))
+	r.Close()
+	if err != nil {
+		return err
+	}
+	if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != id {
+		return fmt.Errorf("corrupt: its bytes hash to %x", sum)
+	}
+	return s.cfg.Objects.Put(ctx, manifestKey(id), bytes.NewReader(b), int64(len(b)))
 }
 
 // dataChunks marks the chunks of f that hold data, using SEEK_DATA and
@@ -175,31 +222,11 @@ func (u *upload) stats(st Stats) Stats {
 }
 
 func (u *upload) run(ctx context.Context, jobs []job) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	ch := make(chan job)
-	var wg sync.WaitGroup
-	for range u.s.cfg.Parallel {
-		wg.Go(func() {
-			buf := make([]byte, u.s.cfg.ChunkSize)
-			for j := range ch {
-				if err := u.chunk(ctx, j, buf); err != nil {
-					cancel(err)
-				}
-			}
-		})
-	}
-	for _, j := range jobs {
-		select {
-		case ch <- j:
-			continue
-		case <-ctx.Done():
-		}
-		break
-	}
-	close(ch)
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil {
+	err := forEach(ctx, u.s.cfg.Parallel, jobs, func() func(context.Context, job) error {
+		buf := make([]byte, u.s.cfg.ChunkSize)
+		return func(ctx context.Context, j job) error { return u.chunk(ctx, j, buf) }
+	})
+	if err != nil {
 		return fmt.Errorf("cas: upload: %w", err)
 	}
 	return nil

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -43,25 +44,54 @@ type Builder struct {
 	// Records, if set, is told of every image built or found cached, so
 	// the state store lists them.
 	Records Records
+	// Objects, if set, is where images' files are kept off the host (see
+	// objects.go: Store, Fetch).
+	Objects Objects
+	// Log, if set, is told of images stored.
+	Log *slog.Logger
 
 	kmu    sync.Mutex
 	kernel *Kernel // guarded by kmu
 
 	bmu    sync.Mutex
 	builds map[string]*sync.Mutex // guarded by bmu: one build per image name
+	stored map[string]string      // guarded by bmu: manifest IDs by image key
 }
 
 // Records keeps image records (the state store does).
 type Records interface {
 	PutImage(ctx context.Context, im store.Image) error
+	GetImage(ctx context.Context, name string) (store.Image, error)
 }
 
+// record records im, keeping the manifest of its files in the object
+// store when the record names the same build.
 func (b *Builder) record(ctx context.Context, im Image) {
 	if b.Records == nil {
 		return
 	}
-	_ = b.Records.PutImage(ctx, store.Image{Name: im.Name, Key: im.Key, Dir: filepath.Dir(im.RootFS),
-		SizeBytes: im.SizeBytes, CreatedAt: im.CreatedAt, BuildMillis: im.BuildMs})
+	rec := store.Image{Name: im.Name, Key: im.Key, Dir: filepath.Dir(im.RootFS),
+		SizeBytes: im.SizeBytes, CreatedAt: im.CreatedAt, BuildMillis: im.BuildMs}
+	if old, err := b.Records.GetImage(ctx, im.Name); err == nil && old.Key == im.Key {
+		rec.StoredManifest = old.StoredManifest
+	}
+	_ = b.Records.PutImage(ctx, rec)
+}
+
+// buildLock is the lock of image name's builds (and uploads, and
+// restores).
+func (b *Builder) buildLock(name string) *sync.Mutex {
+	b.bmu.Lock()
+	defer b.bmu.Unlock()
+	if b.builds == nil {
+		b.builds = map[string]*sync.Mutex{}
+	}
+	mu := b.builds[name]
+	if mu == nil {
+		mu = &sync.Mutex{}
+		b.builds[name] = mu
+	}
+	return mu
 }
 
 // Recipe describes how an image is built.
@@ -168,7 +198,11 @@ func (b *Builder) List(ctx context.Context) ([]api.Image, error) {
 		if err != nil {
 			continue
 		}
-		out = append(out, im.API())
+		a := im.API()
+		if rec, err := b.getRecord(ctx, im.Name); err == nil && rec.Key == im.Key {
+			a.Stored = rec.StoredManifest != ""
+		}
+		out = append(out, a)
 	}
 	return out, nil
 }
@@ -197,16 +231,7 @@ func (b *Builder) BuildImage(ctx context.Context, name string, progress func(str
 	if err != nil {
 		return Image{}, err
 	}
-	b.bmu.Lock()
-	if b.builds == nil {
-		b.builds = map[string]*sync.Mutex{}
-	}
-	mu := b.builds[name]
-	if mu == nil {
-		mu = &sync.Mutex{}
-		b.builds[name] = mu
-	}
-	b.bmu.Unlock()
+	mu := b.buildLock(name)
 	mu.Lock()
 	defer mu.Unlock()
 	// Other processes (a second server, parallel test binaries) share
@@ -225,6 +250,12 @@ func (b *Builder) BuildImage(ctx context.Context, name string, progress func(str
 	if im, err := b.load(name, k); err == nil {
 		progress(fmt.Sprintf("%s: cached (key %s)", name, k))
 		b.record(ctx, im)
+		return im, nil
+	}
+	// Stored by an earlier build of the same inputs: the very bytes the
+	// overlays resting on it were made on, which a new build (file
+	// system UUIDs, times) would not give.
+	if im, ok := b.fetchStored(ctx, name, k, progress); ok {
 		return im, nil
 	}
 	start := time.Now()

@@ -88,6 +88,10 @@ const (
 	// to admins only.
 	AuditAdmin Action = "audit.admin"
 
+	// ObjectsAdmin runs a garbage collection of the object store now.
+	// Resource: the Server. The default policy grants it to admins only.
+	ObjectsAdmin Action = "objects.admin"
+
 	// SecretWrite sets (creates or replaces) a secret, the credential the
 	// egress proxy adds to a session's requests. Resource: the secret's
 	// owner: the User (its own, or another's when an admin sets one), the
@@ -120,7 +124,7 @@ func Actions() []Action {
 		ImageBuild, ImageList,
 		HookAdmin, UserAdmin,
 		TokenCreate, TokenList, TokenRevoke,
-		PolicyRead, AuditRead, AuditAdmin,
+		PolicyRead, AuditRead, AuditAdmin, ObjectsAdmin,
 		SecretWrite, SecretList, SecretDelete,
 		SessionEgress,
 	}

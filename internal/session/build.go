@@ -318,6 +318,7 @@ func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) 
 	}
 	m.crashPoint("build.swapped")
 	log.Info("template version live", "version", v.Version, "commit", v.Commit, "took", time.Since(start).Round(time.Millisecond))
+	m.startVersionUpload(name, v.Version)
 	m.drainPool(name)
 	m.templateReady(t)
 	m.collectVersions(context.WithoutCancel(ctx), name)
@@ -556,7 +557,9 @@ func (m *Manager) collectVersions(ctx context.Context, name string) {
 		if mach, err := decodeMachine(v.Snapshot); err == nil {
 			removeVersionFiles(mach, m.versionDir(name, v.Version))
 		}
-		v.State, v.Snapshot, v.UpdatedAt = store.VersionRemoved, nil, time.Now().UTC()
+		// Its manifest in the object store goes with it: no session
+		// rests on it, so a GC may collect it.
+		v.State, v.Snapshot, v.StoredManifest, v.UpdatedAt = store.VersionRemoved, nil, "", time.Now().UTC()
 		if err := m.cfg.Store.PutTemplateVersion(ctx, v); err != nil {
 			m.cfg.Log.Error("record removed template version", "template", name, "version", v.Version, "err", err)
 			continue
@@ -615,7 +618,8 @@ func (m *Manager) TemplateVersions(ctx context.Context, name string) ([]api.Temp
 	for _, v := range vs {
 		out = append(out, api.TemplateVersion{Version: v.Version, State: v.State, Commit: v.Commit, Base: v.Base,
 			Reason: v.Reason, Error: v.Error, BuildMillis: v.BuildMillis, Current: v.Version == t.Version && t.State == api.TemplateReady,
-			Sessions: used[v.Version], Snapshot: snapshotInfo(v.Snapshot), CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt})
+			Sessions: used[v.Version], Stored: v.StoredManifest != "", Snapshot: snapshotInfo(v.Snapshot),
+			CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt})
 	}
 	return out, nil
 }

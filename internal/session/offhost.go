@@ -5,10 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"time"
 
@@ -26,12 +24,12 @@ import (
 // its ID (store.Session.StoredManifest): the session is "stored". A wake
 // that finds the session's files gone from this host restores them first
 // (cas.Restore, every chunk verified), seeded by its template version's
-// files where this host has them.
+// files where this host has them, after what they rest on (bases.go).
 //
 // A clone's snapshot shares most of its RAM with its template version's:
-// before a clone's first upload, the version's own files are uploaded
-// (once per version and server; a rerun only hashes, cas skips the chunks
-// stored), so that the clone adds only what it changed.
+// the version's own files are stored first (bases.go: once it is ready,
+// or at the latest before the clone's upload, which names it as its
+// base), so that the clone adds only what it changed.
 //
 // The upload reads the files a wake would change (the woken guest writes
 // its RAM file) and a delete removes: both end it, and wait for it to
@@ -44,31 +42,37 @@ import (
 // SnapshotStore is what the manager needs of the object store; *cas.Store
 // is one.
 type SnapshotStore interface {
-	// Upload stores files and returns their manifest once it and every
-	// chunk it names are durable; cancelled, it writes no manifest.
-	Upload(ctx context.Context, files []cas.Source, progress func(cas.Progress)) (cas.Manifest, cas.Stats, error)
+	// UploadWith stores files and returns their manifest once it and
+	// every chunk it names are durable; cancelled, it writes no
+	// manifest. The manifest names opts.Bases, which must be stored.
+	UploadWith(ctx context.Context, files []cas.Source, opts cas.UploadOptions) (cas.Manifest, cas.Stats, error)
 	// LoadManifest reads a manifest Upload wrote.
 	LoadManifest(ctx context.Context, id string) (cas.Manifest, error)
 	// Restore writes a manifest's files into dir, every chunk verified;
 	// nothing is put in place unless all of them are whole.
 	Restore(ctx context.Context, m cas.Manifest, dir string, opts cas.RestoreOptions) (cas.RestoreStats, error)
+	// GC deletes the manifests and chunks that neither live nor any
+	// manifest younger than grace needs, once older than grace.
+	GC(ctx context.Context, live []string, grace time.Duration) (cas.GCStats, error)
 }
 
 // uploadsAtOnce is how many snapshot uploads run at once; each reads and
 // hashes with cas.Config.Parallel goroutines.
 const uploadsAtOnce = 2
 
-// uploads are the snapshot uploads under way, and the manifests of the
-// template versions uploaded as clones' bases.
+// uploads are the snapshot uploads under way (and the template versions'),
+// the manifests of the template versions uploaded as clones' bases, and
+// the restores under way.
 type uploads struct {
 	// slots bounds the uploads that run at once (a restart may find
 	// thousands of parked sessions to upload); the others wait their
 	// turn, cancellable.
 	slots chan struct{}
 
-	mu      sync.Mutex
-	running map[string]*upload    // guarded by mu: by session id
-	bases   map[string]*baseEntry // guarded by mu: by "template/version"
+	mu        sync.Mutex
+	running   map[string]*upload          // guarded by mu: by session id, or "template NAME/VERSION"
+	bases     map[string]*baseEntry       // guarded by mu: by "template/version"
+	restoring map[string]*restoreProgress // guarded by mu: by session id
 }
 
 // upload is one session's snapshot upload.
@@ -80,7 +84,7 @@ type upload struct {
 // baseEntry is one template version's upload, done once.
 type baseEntry struct {
 	mu sync.Mutex
-	m  *cas.Manifest // guarded by mu: nil until uploaded
+	m  *cas.Manifest // guarded by mu: the last manifest read or uploaded
 }
 
 // stopUpload ends session id's upload, if one runs, and returns once it
@@ -166,7 +170,7 @@ func (m *Manager) runUpload(ctx context.Context, rec store.Session, u *upload, c
 		return
 	}
 	start := time.Now()
-	man, st, err := m.uploadFiles(ctx, rec, log)
+	man, st, err := m.uploadFiles(ctx, rec)
 	close(u.done)
 	if err == nil {
 		m.crashPoint("upload.durable")
@@ -207,7 +211,7 @@ func (m *Manager) snapshotSources(id string, mach machine) ([]cas.Source, error)
 }
 
 // uploadFiles uploads session rec's snapshot files.
-func (m *Manager) uploadFiles(ctx context.Context, rec store.Session, log *slog.Logger) (cas.Manifest, cas.Stats, error) {
+func (m *Manager) uploadFiles(ctx context.Context, rec store.Session) (cas.Manifest, cas.Stats, error) {
 	mach, err := decodeMachine(rec.Snapshot)
 	if err != nil {
 		return cas.Manifest{}, cas.Stats{}, err
@@ -216,19 +220,32 @@ func (m *Manager) uploadFiles(ctx context.Context, rec store.Session, log *slog.
 	if err != nil {
 		return cas.Manifest{}, cas.Stats{}, err
 	}
+	// What the snapshot rests on is stored first: a clone's template
+	// version (the base its chunks dedup against), or the image.
+	var opts cas.UploadOptions
 	if rec.Template != "" {
-		// The clone's dedup base: a failure only costs bytes.
-		if _, _, err := m.templateBase(ctx, rec.Template, rec.TemplateVersion); err != nil && ctx.Err() == nil {
-			log.Warn("template version not uploaded; the clone's snapshot is uploaded whole", "template", rec.Template, "version", rec.TemplateVersion, "err", err)
+		base, _, err := m.templateBase(ctx, rec.Template, rec.TemplateVersion)
+		if err != nil {
+			return cas.Manifest{}, cas.Stats{}, fmt.Errorf("the template version it rests on: %w", err)
+		}
+		opts.Bases = []string{base.ID}
+	} else {
+		img, err := m.imageBase(ctx, mach.Disk)
+		if err != nil {
+			return cas.Manifest{}, cas.Stats{}, fmt.Errorf("the image it rests on: %w", err)
+		}
+		if img != "" {
+			opts.Bases = []string{img}
 		}
 	}
 	crashed := false
-	return m.cfg.Objects.Upload(ctx, srcs, func(p cas.Progress) {
+	opts.Progress = func(p cas.Progress) {
 		if !crashed && p.Done >= p.Total/2 {
 			crashed = true
 			m.crashPoint("upload.partial")
 		}
-	})
+	}
+	return m.cfg.Objects.UploadWith(ctx, srcs, opts)
 }
 
 // recordStored records that session id's snapshot, as rec read it, is
@@ -254,63 +271,6 @@ func (m *Manager) recordStored(rec store.Session, manifest string, added int64) 
 	return nil
 }
 
-// templateBase returns the manifest of a template version's files,
-// uploading them the first time, and the directory they lie in.
-func (m *Manager) templateBase(ctx context.Context, name string, version int) (cas.Manifest, string, error) {
-	key := name + "/" + strconv.Itoa(version)
-	m.ups.mu.Lock()
-	b := m.ups.bases[key]
-	if b == nil {
-		b = &baseEntry{}
-		m.ups.bases[key] = b
-	}
-	m.ups.mu.Unlock()
-	mach, err := m.versionMachine(ctx, name, version)
-	if err != nil {
-		return cas.Manifest{}, "", err
-	}
-	dir := filepath.Dir(mach.Parked.Mem)
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.m != nil {
-		return *b.m, dir, nil
-	}
-	var srcs []cas.Source
-	for _, p := range []string{mach.Parked.Mem, mach.Parked.State, mach.Disk} {
-		if filepath.Dir(p) != dir {
-			return cas.Manifest{}, "", fmt.Errorf("template %s version %d: file %s is not in %s", name, version, p, dir)
-		}
-		srcs = append(srcs, cas.Source{Name: filepath.Base(p), Path: p})
-	}
-	man, st, err := m.cfg.Objects.Upload(ctx, srcs, nil)
-	if err != nil {
-		return cas.Manifest{}, "", fmt.Errorf("template %s version %d: %w", name, version, err)
-	}
-	m.cfg.Log.Info("template version stored", "template", name, "version", version, "manifest", man.ID, "bytes_added", st.BytesAdded)
-	b.m = &man
-	return man, dir, nil
-}
-
-// versionMachine is the machine of a template's version, whose files
-// must be on this host.
-func (m *Manager) versionMachine(ctx context.Context, name string, version int) (machine, error) {
-	vs, err := m.cfg.Store.ListTemplateVersions(ctx, name)
-	if err != nil {
-		return machine{}, err
-	}
-	for _, v := range vs {
-		if v.Version != version {
-			continue
-		}
-		mach, err := parkedMachine(v.Snapshot)
-		if err != nil {
-			return machine{}, fmt.Errorf("template %s version %d: %w", name, version, err)
-		}
-		return mach, nil
-	}
-	return machine{}, fmt.Errorf("template %s has no version %d", name, version)
-}
-
 // filesGone reports whether a parked machine's files are missing from
 // this host, all or some.
 func filesGone(mach machine) bool {
@@ -322,23 +282,33 @@ func filesGone(mach machine) bool {
 	return false
 }
 
-// fetchSnapshot puts back a stored session's snapshot files where they
-// are missing from this host (removed, or evicted from its cache), from
-// the object store; the caller holds the session's lock and the record
-// still says parked. A session whose files are here, or that is not
-// stored, is left to the wake as it is. A restore that fails (a chunk
-// missing or corrupt, the store unreachable) leaves the files as they
-// were and the session parked, with the reason in its record: the store
-// may have the data again later, and no bad byte is ever used.
+// fetchSnapshot puts back a stored session's snapshot files, and what
+// they rest on, where they are missing from this host (removed, evicted
+// from its cache, or never here), from the object store (see bases.go);
+// the caller holds the session's lock and the record still says parked.
+// A session whose files are all here, or that is not stored, is left to
+// the wake as it is. A restore that fails (a chunk missing or corrupt,
+// the store unreachable) leaves the files as they were and the session
+// parked, with the reason in its record: the store may have the data
+// again later, and no bad byte is ever used.
 func (m *Manager) fetchSnapshot(ctx context.Context, rec store.Session) error {
 	mach, err := decodeMachine(rec.Snapshot)
-	if err != nil || mach.Parked == nil || rec.StoredManifest == "" || m.cfg.Objects == nil || !filesGone(mach) {
+	if err != nil || mach.Parked == nil || rec.StoredManifest == "" || m.cfg.Objects == nil {
+		return nil
+	}
+	var ver *machine
+	if rec.Template != "" {
+		if _, vm, err := m.version(ctx, rec.Template, rec.TemplateVersion); err == nil {
+			ver = &vm
+		}
+	}
+	if !chainGone(mach, ver) {
 		return nil
 	}
 	log := m.cfg.Log.With("session", rec.ID, "manifest", rec.StoredManifest)
 	log.Info("snapshot files gone from this host: restoring them from the object store")
 	start := time.Now()
-	st, err := m.restoreFiles(ctx, rec, mach, log)
+	st, err := m.restoreChain(ctx, rec, mach, log)
 	if err != nil {
 		msg := "wake: restore the snapshot from the object store: " + err.Error()
 		rec.Error, rec.UpdatedAt = msg, time.Now().UTC()
@@ -351,37 +321,6 @@ func (m *Manager) fetchSnapshot(ctx context.Context, rec store.Session) error {
 	log.Info("snapshot restored from the object store", "chunks_fetched", st.ChunksFetched, "bytes_fetched", st.BytesFetched,
 		"chunks_from_seeds", st.ChunksFromSeeds, "ms", time.Since(start).Milliseconds())
 	return nil
-}
-
-// restoreFiles restores session rec's stored snapshot into its directory,
-// seeded by its template version's files when this host has them.
-func (m *Manager) restoreFiles(ctx context.Context, rec store.Session, mach machine, log *slog.Logger) (cas.RestoreStats, error) {
-	if _, err := m.snapshotSources(rec.ID, mach); err != nil {
-		return cas.RestoreStats{}, err
-	}
-	man, err := m.cfg.Objects.LoadManifest(ctx, rec.StoredManifest)
-	if err != nil {
-		return cas.RestoreStats{}, err
-	}
-	var opts cas.RestoreOptions
-	if rec.Template != "" {
-		if base, dir, err := m.templateBase(ctx, rec.Template, rec.TemplateVersion); err == nil {
-			opts.Seeds = []cas.Seed{{Manifest: base, Dir: dir}}
-		} else {
-			log.Info("no local seed for the restore: fetching every chunk", "err", err)
-		}
-	}
-	next := int64(0)
-	opts.Progress = func(p cas.Progress) {
-		if p.Done >= next {
-			log.Info("restoring from the object store", "done_bytes", p.Done, "total_bytes", p.Total)
-			next = p.Done + p.Total/4
-		}
-	}
-	if err := os.MkdirAll(m.dir(rec.ID), 0o700); err != nil {
-		return cas.RestoreStats{}, err
-	}
-	return m.cfg.Objects.Restore(ctx, man, m.dir(rec.ID), opts)
 }
 
 // uploadParked starts the uploads of parked sessions not stored (a server

@@ -104,7 +104,9 @@ type Config struct {
 	Tokens TokenMinter
 
 	// Objects is where parked sessions' snapshots go off the host (see
-	// offhost.go); nil: they stay on this host only.
+	// offhost.go), with their template versions' files and, when Images
+	// is an ImageStore, their images' (bases.go); nil: they stay on this
+	// host only.
 	Objects SnapshotStore
 	// CacheSize bounds the bytes of parked sessions' snapshot files on
 	// this host: past it, stored sessions' files are evicted, least
@@ -119,6 +121,13 @@ type Config struct {
 	// server that dies holding one lets go of it after that long. 0:
 	// 30 s.
 	LeaseTTL time.Duration
+
+	// GCInterval is how often the object store's garbage is collected
+	// (gc.go); 0: never on a schedule (CollectGarbage still runs one).
+	// GCGrace is how old unnamed objects must be before a GC deletes
+	// them; 0 means DefaultGCGrace.
+	GCInterval time.Duration
+	GCGrace    time.Duration
 }
 
 // Manager manages sessions. It is safe for concurrent use.
@@ -149,9 +158,10 @@ type Manager struct {
 	stop chan struct{} // closed by Close/StopAll: ends background loops
 	bg   sync.WaitGroup
 
-	admitted admitted  // room reserved by starts under way (admit.go)
-	ups      uploads   // snapshot uploads to Config.Objects (offhost.go)
-	cache    nodeCache // the evictor of Config.CacheSize (cache.go)
+	admitted admitted   // room reserved by starts under way (admit.go)
+	ups      uploads    // snapshot uploads to Config.Objects (offhost.go)
+	cache    nodeCache  // the evictor of Config.CacheSize (cache.go)
+	gcMu     sync.Mutex // held by a GC run (gc.go)
 }
 
 // live is a session with a VM process.
@@ -238,7 +248,8 @@ func New(cfg Config) (*Manager, error) {
 		builds: map[string]*builder{}, follows: map[string][]string{}, tlocks: map[string]*sync.RWMutex{},
 		deadlines: map[string]time.Time{}, deliver: make(chan struct{}, 1), leases: map[string]bool{},
 		cloneFiles: map[string][]cloneFiles{}, cloneWanted: map[string]bool{}, cloneKick: make(chan struct{}, 1),
-		ups:   uploads{slots: make(chan struct{}, uploadsAtOnce), running: map[string]*upload{}, bases: map[string]*baseEntry{}},
+		ups: uploads{slots: make(chan struct{}, uploadsAtOnce), running: map[string]*upload{}, bases: map[string]*baseEntry{},
+			restoring: map[string]*restoreProgress{}},
 		cache: nodeCache{kick: make(chan struct{}, 1)}}
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
 	return m, nil
@@ -279,6 +290,7 @@ func (m *Manager) toAPI(s store.Session) api.Session {
 		IdleTimeout: m.idleTimeout(s).String(), AutoWake: !s.NoAutoWake,
 		Snapshot: snapshotInfo(s.Snapshot), Owner: s.Owner, Agent: s.Agent, Allow: s.Allow,
 		Stored: s.StoredManifest != "", StoredBytes: s.StoredBytes, Evicted: evicted(s),
+		Restore: m.restoring(s.ID),
 	}
 	return out
 }
@@ -906,6 +918,10 @@ func (m *Manager) Recover(ctx context.Context) error {
 	go m.idleLoop()
 	go m.deliverLoop()
 	go m.cloneFilesLoop()
+	if m.cfg.Objects != nil && m.cfg.GCInterval > 0 {
+		m.bg.Add(1)
+		go m.gcLoop()
+	}
 	m.kickDeliveries() // deliveries left pending by the last server
 	if err := m.recoverTemplates(ctx); err != nil {
 		return err
@@ -915,7 +931,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 	if p, ok := m.cfg.Driver.(interface{ Prewarm(memMiB, cpus int) }); ok {
 		p.Prewarm(m.cfg.DefaultMemoryMiB, m.cfg.DefaultCPUs)
 	}
-	// Parked sessions whose upload a stop cut short (or never began).
+	// Template versions, and parked sessions, whose upload a stop cut
+	// short (or never began).
+	m.uploadVersions(ctx)
 	m.uploadParked(ctx)
 	m.startCache()
 	return m.startPools(ctx)

@@ -180,6 +180,7 @@ func (m *Manager) CreateTemplate(ctx context.Context, owner string, req api.Crea
 		return failT(err)
 	}
 	m.cfg.Log.Info("template ready", "template", t.Name, "commit", t.Commit, "took", time.Since(start).Round(time.Millisecond))
+	m.startVersionUpload(t.Name, v.Version)
 	m.setFollow(t, true)
 	m.templateReady(t)
 	return m.templateAPI(t), nil
@@ -320,7 +321,11 @@ func (m *Manager) GetTemplate(ctx context.Context, name string) (api.Template, e
 	if err != nil {
 		return api.Template{}, err
 	}
-	return m.templateAPI(t), nil
+	out := m.templateAPI(t)
+	if v, _, err := m.version(ctx, t.Name, max(t.Version, 1)); err == nil {
+		out.Stored = v.StoredManifest != ""
+	}
+	return out, nil
 }
 
 // ListTemplates returns every template.
@@ -385,6 +390,11 @@ func (m *Manager) createFromTemplate(ctx context.Context, owner string, req api.
 	}
 	if t.State != api.TemplateReady {
 		return api.Session{}, api.Errorf(api.CodeConflict, "template %q is %s", t.Name, t.State)
+	}
+	// A host that lost the version's files (or never had them) gets them
+	// back from the object store first.
+	if err := m.fetchVersion(ctx, t.Name, max(t.Version, 1)); err != nil {
+		return api.Session{}, api.Errorf(api.CodeUnavailable, "template %s: restore its files from the object store: %v", t.Name, err)
 	}
 	// The version stays on disk until the session's record names it; read
 	// again under the lock, a swap may have removed the one read above.

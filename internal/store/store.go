@@ -474,6 +474,11 @@ type TemplateVersion struct {
 	UpdatedAt   time.Time
 	// Snapshot is as in Template: the version's machine.
 	Snapshot []byte
+	// StoredManifest is the ID of the manifest (package cas) of the
+	// version's files (RAM file, device state, disk) in the object
+	// store, set once they are durable there; "" while they are not. Its
+	// clones' snapshots rest on it (cas.Manifest.Bases).
+	StoredManifest string
 }
 
 // Template version states.
@@ -494,6 +499,10 @@ type Image struct {
 	SizeBytes   int64
 	CreatedAt   time.Time
 	BuildMillis int64
+	// StoredManifest is the ID of the manifest (package cas) of the
+	// image's files as built with Key in the object store, set once they
+	// are durable there; "" while they are not.
+	StoredManifest string
 }
 
 // Event is a recorded incoming event (a webhook delivery).

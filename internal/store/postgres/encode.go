@@ -257,7 +257,7 @@ func scanImage(sc pgx.Row) (store.Image, error) {
 		im      store.Image
 		created *int64
 	)
-	if err := sc.Scan(&im.Name, &im.Key, &im.Dir, &im.SizeBytes, &created, &im.BuildMillis); err != nil {
+	if err := sc.Scan(&im.Name, &im.Key, &im.Dir, &im.SizeBytes, &created, &im.BuildMillis, &im.StoredManifest); err != nil {
 		return store.Image{}, err
 	}
 	im.CreatedAt = decodeTime(created)

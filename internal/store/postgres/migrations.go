@@ -190,6 +190,10 @@ var migrations = []string{
 		owner   TEXT NOT NULL,
 		expires TIMESTAMPTZ NOT NULL
 	);`,
+	// 4: the SQLite store's migration 13: template versions and images
+	// in the object store.
+	`ALTER TABLE template_versions ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';
+	ALTER TABLE images ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';`,
 }
 
 // migrationLock is the key of the advisory lock that migrations hold, so

@@ -489,7 +489,7 @@ func (s *Store) DeleteSession(ctx context.Context, id string) error {
 	return nil
 }
 
-const imageColumns = `name, key, dir, size_bytes, created_at, build_millis`
+const imageColumns = `name, key, dir, size_bytes, created_at, build_millis, stored_manifest`
 
 // PutImage implements store.Store.
 func (s *Store) PutImage(ctx context.Context, im store.Image) error {
@@ -498,11 +498,12 @@ func (s *Store) PutImage(ctx context.Context, im store.Image) error {
 		return s.errorf("postgres: put image %s: created_at: %w", im.Name, err)
 	}
 	_, err = s.exec(ctx, `INSERT INTO images (`+imageColumns+`)
-		VALUES ($1, $2, $3, $4, $5, $6)
+		VALUES ($1, $2, $3, $4, $5, $6, $7)
 		ON CONFLICT (name) DO UPDATE SET
 			key = excluded.key, dir = excluded.dir, size_bytes = excluded.size_bytes,
-			created_at = excluded.created_at, build_millis = excluded.build_millis`,
-		im.Name, im.Key, im.Dir, im.SizeBytes, created, im.BuildMillis)
+			created_at = excluded.created_at, build_millis = excluded.build_millis,
+			stored_manifest = excluded.stored_manifest`,
+		im.Name, im.Key, im.Dir, im.SizeBytes, created, im.BuildMillis, im.StoredManifest)
 	if err != nil {
 		return s.errorf("postgres: put image %s: %w", im.Name, err)
 	}

@@ -237,6 +237,10 @@ var migrations = []string{
 		owner   TEXT NOT NULL,
 		expires INTEGER NOT NULL
 	) STRICT;`,
+	// 13: template versions and images in the object store: the
+	// manifest of their files once durable there ('': not stored).
+	`ALTER TABLE template_versions ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';
+	ALTER TABLE images ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

@@ -297,7 +297,7 @@ func (s *Store) DeleteSession(ctx context.Context, id string) error {
 	return nil
 }
 
-const imageColumns = `name, key, dir, size_bytes, created_at, build_millis`
+const imageColumns = `name, key, dir, size_bytes, created_at, build_millis, stored_manifest`
 
 // PutImage implements store.Store.
 func (s *Store) PutImage(ctx context.Context, im store.Image) error {
@@ -306,11 +306,12 @@ func (s *Store) PutImage(ctx context.Context, im store.Image) error {
 		return errorf("sqlite: put image %s: created_at: %w", im.Name, err)
 	}
 	_, err = s.db.ExecContext(ctx, `INSERT INTO images (`+imageColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (name) DO UPDATE SET
 			key = excluded.key, dir = excluded.dir, size_bytes = excluded.size_bytes,
-			created_at = excluded.created_at, build_millis = excluded.build_millis`,
-		im.Name, im.Key, im.Dir, im.SizeBytes, created, im.BuildMillis)
+			created_at = excluded.created_at, build_millis = excluded.build_millis,
+			stored_manifest = excluded.stored_manifest`,
+		im.Name, im.Key, im.Dir, im.SizeBytes, created, im.BuildMillis, im.StoredManifest)
 	if err != nil {
 		return errorf("sqlite: put image %s: %w", im.Name, err)
 	}
@@ -627,7 +628,7 @@ func scanImage(sc scanner) (store.Image, error) {
 		im      store.Image
 		created sql.NullInt64
 	)
-	if err := sc.Scan(&im.Name, &im.Key, &im.Dir, &im.SizeBytes, &created, &im.BuildMillis); err != nil {
+	if err := sc.Scan(&im.Name, &im.Key, &im.Dir, &im.SizeBytes, &created, &im.BuildMillis, &im.StoredManifest); err != nil {
 		return store.Image{}, err
 	}
 	im.CreatedAt = decodeTime(created)

@@ -181,6 +181,8 @@ func fullImage(name string) store.Image {
 		SizeBytes:   1 << 33,
 		CreatedAt:   at(3),
 		BuildMillis: 98765,
+
+		StoredManifest: strings.Repeat("1a", 32),
 	}
 }
 
@@ -301,6 +303,7 @@ func diffImage(got, want store.Image) []string {
 	d.num("SizeBytes", got.SizeBytes, want.SizeBytes)
 	d = append(d, checkTime("CreatedAt", got.CreatedAt, want.CreatedAt)...)
 	d.num("BuildMillis", got.BuildMillis, want.BuildMillis)
+	d.str("StoredManifest", got.StoredManifest, want.StoredManifest)
 	return d
 }
 

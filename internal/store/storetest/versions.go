@@ -23,6 +23,8 @@ func fullVersion(name string, version int) store.TemplateVersion {
 		CreatedAt:   at(7),
 		UpdatedAt:   at(8).Add(time.Nanosecond),
 		Snapshot:    []byte("{\"v\":1}\x00\xff\xfe"),
+
+		StoredManifest: strings.Repeat("5e", 32),
 	}
 }
 
@@ -39,6 +41,7 @@ func diffVersion(got, want store.TemplateVersion) []string {
 	d = append(d, checkTime("CreatedAt", got.CreatedAt, want.CreatedAt)...)
 	d = append(d, checkTime("UpdatedAt", got.UpdatedAt, want.UpdatedAt)...)
 	d.bytes("Snapshot", got.Snapshot, want.Snapshot)
+	d.str("StoredManifest", got.StoredManifest, want.StoredManifest)
 	return d
 }
 
@@ -84,6 +87,7 @@ func (s *suite) templateVersions(t *testing.T) {
 
 	// A second put replaces every field, clearing some.
 	v3.State, v3.Error, v3.Snapshot, v3.Commit, v3.UpdatedAt = store.VersionFailed, "", nil, "", at(9)
+	v3.StoredManifest = ""
 	mustPutVersion(t, st, v3)
 	wantVersions(t, st, "api", v1, v3)
 	wantVersions(t, st, "web", fullVersion("web", 2))
