@@ -248,7 +248,6 @@ func TestFakeCacheOverBoundWarnsOnce(t *testing.T) {
 	}
 }
 
-
 // TestFakeCacheRacesWakes: with a bound of one byte, every stored parked
 // session is evicted as soon as a pass sees it, while its session is
 // parked, woken and parked again from several goroutines: whichever comes
