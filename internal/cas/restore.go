@@ -143,6 +143,12 @@ func seedIndex(seeds []Seed) map[string]seedChunk {
 			if !filepath.IsLocal(filepath.FromSlash(f.Name)) {
 				continue
 			}
+			// A seed file that is gone (or cut short) must not shadow
+			// another seed holding the same chunk: only the first seed
+			// of a chunk is tried.
+			if fi, err := os.Stat(path); err != nil || !fi.Mode().IsRegular() || fi.Size() < f.Size {
+				continue
+			}
 			for i, c := range f.Chunks {
 				if _, ok := idx[c]; ok || c == "" {
 					continue
