@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
@@ -25,6 +26,7 @@ import (
 	"github.com/cove-dev/cove/internal/audit"
 	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/image"
+	"github.com/cove-dev/cove/internal/keyfile"
 	"github.com/cove-dev/cove/internal/policy"
 	"github.com/cove-dev/cove/internal/secret"
 	"github.com/cove-dev/cove/internal/session"
@@ -322,7 +324,11 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return err
 	}
 	metrics := apiserver.NewMetrics()
-	mgr, err := session.New(session.Config{Tokens: tokens.minter, Egress: egressBroker,
+	serverID, err := homeServerID(cfg.Home)
+	if err != nil {
+		return err
+	}
+	mgr, err := session.New(session.Config{Tokens: tokens.minter, Egress: egressBroker, ServerID: serverID,
 		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
 		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout, CloneFiles: cfg.CloneFiles,
 		CrashPoint: crash, Objects: objects, CacheSize: int64(cfg.CacheSize), GCInterval: cfg.GCInterval, GCGrace: cfg.GCGrace,
@@ -593,4 +599,28 @@ func adminToken(path string) (string, error) {
 		return "", err
 	}
 	return tok, nil
+}
+
+// homeServerID is the id the server on home goes by in its store: the
+// owner of the work it claims there (session.Config.ServerID). It is made
+// once and kept in HOME/server-id, so that a server restarted on the same
+// home, after a crash too, still owns the claims its last run held (a
+// template build cut short is its own to settle, not another server's to
+// wait for until the lease expires).
+func homeServerID(home string) (string, error) {
+	p := filepath.Join(home, "server-id")
+	for range 2 {
+		id, err := keyfile.Read(p)
+		if err == nil && id != "" {
+			return id, nil
+		}
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return "", fmt.Errorf("server id: %w", err)
+		}
+		err = keyfile.Create(p, []byte("srv-"+rand.Text()[:12]+"\n"))
+		if err != nil && !errors.Is(err, fs.ErrExist) {
+			return "", fmt.Errorf("server id: %w", err)
+		}
+	}
+	return "", fmt.Errorf("server id: %s is empty", p)
 }
