@@ -79,6 +79,7 @@ const (
 	CausePool    Cause = "pool"    // a template's warm pool
 	CausePark    Cause = "park"    // a park done: its snapshot's upload follows it
 	CauseCache   Cause = "cache"   // the node cache over its bound (Config.CacheSize)
+	CauseRetry   Cause = "retry"   // a failed upload, tried again
 )
 
 // ErrRefused is wrapped by the error of an action that Config.OnEvent

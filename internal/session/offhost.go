@@ -73,6 +73,7 @@ type uploads struct {
 	running   map[string]*upload          // guarded by mu: by session id, or "template NAME/VERSION"
 	bases     map[string]*baseEntry       // guarded by mu: by "template/version"
 	restoring map[string]*restoreProgress // guarded by mu: by session id
+	failures  map[string]int              // guarded by mu: failed uploads in a row, by session id
 }
 
 // upload is one session's snapshot upload.
@@ -166,7 +167,7 @@ func (m *Manager) runUpload(ctx context.Context, rec store.Session, u *upload, c
 	ev, err := m.beginEvent(ctx, Event{Kind: EventStore, Cause: cause, Session: rec.ID})
 	if err != nil {
 		close(u.done)
-		log.Warn("snapshot upload refused; the session stays on this host only until its next park or a restart", "err", err)
+		log.Warn("snapshot upload refused; tried again later", "err", err, "retry_in", m.uploadFailed(rec))
 		return
 	}
 	start := time.Now()
@@ -180,13 +181,82 @@ func (m *Manager) runUpload(ctx context.Context, rec store.Session, u *upload, c
 	m.doneEvent(context.Background(), ev, start, err)
 	switch {
 	case err == nil:
+		m.uploadEnded(rec.ID)
 		log.Info("snapshot stored", "manifest", man.ID, "bytes", st.Bytes, "bytes_added", st.BytesAdded,
 			"chunks_added", st.ChunksAdded, "chunks_reused", st.ChunksReused, "ms", time.Since(start).Milliseconds())
 	case ctx.Err() != nil || errors.Is(err, errSnapshotMoved):
+		m.uploadEnded(rec.ID)
 		log.Info("snapshot upload ended: the session was woken, parked again or removed", "err", err)
 	default:
-		log.Warn("snapshot upload failed; the session stays on this host only until its next park or a restart", "err", err)
+		log.Warn("snapshot upload failed; tried again later", "err", err, "retry_in", m.uploadFailed(rec))
 	}
+}
+
+// Retries. An upload that fails (the object store unreachable or
+// refusing, the audit log refusing the event) leaves the session parked
+// on this host only, and is tried again after a delay that doubles with
+// each failure in a row, from Config.UploadRetry (10 s) to 10 minutes;
+// a wake, a new park or a removal ends the series (the retry finds
+// another snapshot, or none), and so does a success.
+
+// maxUploadRetry is the longest wait between tries of a failing upload.
+const maxUploadRetry = 10 * time.Minute
+
+// uploadFailed counts a failure of session rec's upload and schedules
+// the next try; it returns the wait.
+func (m *Manager) uploadFailed(rec store.Session) time.Duration {
+	m.ups.mu.Lock()
+	n := m.ups.failures[rec.ID]
+	m.ups.failures[rec.ID] = n + 1
+	m.ups.mu.Unlock()
+	wait := m.cfg.UploadRetry
+	if wait <= 0 {
+		wait = 10 * time.Second
+	}
+	for range min(n, 16) {
+		wait = min(2*wait, maxUploadRetry)
+	}
+	time.AfterFunc(wait, func() { m.retryUpload(rec.ID, rec.Snapshot) })
+	return wait
+}
+
+// uploadEnded ends session id's series of failed uploads.
+func (m *Manager) uploadEnded(id string) {
+	m.ups.mu.Lock()
+	delete(m.ups.failures, id)
+	m.ups.mu.Unlock()
+}
+
+// retryUpload tries session id's upload again if it still is what failed:
+// parked, not stored, with the same snapshot, its files here, and no
+// upload of it running.
+func (m *Manager) retryUpload(id string, snapshot []byte) {
+	select {
+	case <-m.stop:
+		return // the server stops: the next one uploads it
+	default:
+	}
+	unlock := m.lock(id)
+	defer unlock()
+	m.ups.mu.Lock()
+	running := m.ups.running[id] != nil
+	m.ups.mu.Unlock()
+	rec, err := m.cfg.Store.GetSession(context.Background(), id)
+	if running || err != nil || rec.State != api.StateParked || rec.StoredManifest != "" || !bytes.Equal(rec.Snapshot, snapshot) {
+		if err == nil || errors.Is(err, store.ErrNotFound) {
+			m.uploadEnded(id)
+		} else {
+			// The store is unreachable too: try later.
+			m.cfg.Log.Warn("snapshot upload not retried: read the session", "session", id, "err", err,
+				"retry_in", m.uploadFailed(store.Session{ID: id, Snapshot: snapshot}))
+		}
+		return
+	}
+	if mach, err := decodeMachine(rec.Snapshot); err != nil || mach.Parked == nil || filesGone(mach) {
+		m.uploadEnded(id)
+		return
+	}
+	m.startUpload(rec, CauseRetry)
 }
 
 // errSnapshotMoved says that a finished upload's session no longer has

@@ -128,6 +128,10 @@ type Config struct {
 	// them; 0 means DefaultGCGrace.
 	GCInterval time.Duration
 	GCGrace    time.Duration
+	// UploadRetry is the wait before a failed snapshot upload is tried
+	// again; it doubles with each failure in a row, up to 10 minutes.
+	// 0: 10 s.
+	UploadRetry time.Duration
 }
 
 // Manager manages sessions. It is safe for concurrent use.
@@ -249,7 +253,7 @@ func New(cfg Config) (*Manager, error) {
 		deadlines: map[string]time.Time{}, deliver: make(chan struct{}, 1), leases: map[string]bool{},
 		cloneFiles: map[string][]cloneFiles{}, cloneWanted: map[string]bool{}, cloneKick: make(chan struct{}, 1),
 		ups: uploads{slots: make(chan struct{}, uploadsAtOnce), running: map[string]*upload{}, bases: map[string]*baseEntry{},
-			restoring: map[string]*restoreProgress{}},
+			restoring: map[string]*restoreProgress{}, failures: map[string]int{}},
 		cache: nodeCache{kick: make(chan struct{}, 1)}}
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
 	return m, nil
