@@ -28,6 +28,7 @@ import (
 //   - build/TEMPLATE: a template's build (create, rebuild), and the
 //     restart's clean-up of builds cut short: a server starting while
 //     another builds leaves that build alone.
+//   - gc: a garbage collection of the object store (gc.go).
 //   - pool/TEMPLATE: keeping the template's warm pool. The holder keeps
 //     it (renewing the lease for as long as its pool runs); the other
 //     servers keep none, and take over once the lease is free.

@@ -86,6 +86,13 @@ func (m *Manager) CollectGarbage(ctx context.Context) (cas.GCStats, error) {
 	}
 	m.gcMu.Lock()
 	defer m.gcMu.Unlock()
+	// One server of those sharing the store collects at a time: two
+	// would be safe, but would read and delete the same objects twice.
+	ctx, release, ok := m.lease(ctx, "gc")
+	if !ok {
+		return cas.GCStats{}, api.Errorf(api.CodeConflict, "gc: another server is collecting the object store's garbage now (or the store could not say): try again later")
+	}
+	defer release()
 	start := time.Now()
 	live, err := m.liveManifests(ctx)
 	if err != nil {

@@ -92,3 +92,25 @@ func TestFakeUploadRetried(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestFakeGCClaimed: a garbage collection is work one server of those
+// sharing a store does at a time: while another server holds the claim,
+// a GC here is refused as a conflict and deletes nothing; once it is
+// released, it runs.
+func TestFakeGCClaimed(t *testing.T) {
+	r := newObjectsRig(t, nil)
+	ctx := context.Background()
+	ok, err := r.store.Claim(ctx, "gc", "srv-other", time.Minute)
+	if err != nil || !ok {
+		t.Fatalf("claim gc for another server: %v, %v", ok, err)
+	}
+	if _, err := r.mgr.CollectGarbage(ctx); api.CodeOf(err) != api.CodeConflict {
+		t.Fatalf("gc while another server holds its claim: %v; want a conflict", err)
+	}
+	if err := r.store.Release(ctx, "gc", "srv-other"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.mgr.CollectGarbage(ctx); err != nil {
+		t.Fatalf("gc once the claim is free: %v", err)
+	}
+}
