@@ -157,6 +157,8 @@ var publicVerbs = map[string]string{
 	"issuer.discovery": "cove's OpenID issuer metadata, public, outside /v1",
 	"issuer.jwks":      "cove's token-signing public keys, public, outside /v1",
 	verbHookReceive:    "webhook senders sign each delivery, and Config.Hooks checks it",
+	verbNodeJoin:       "a node joins with the join token, which Config.NodeLink checks",
+	verbNodeConnect:    "a node connects with its credential, which Config.NodeLink checks",
 }
 
 // Authorize decides a: nil to go on, a 403 forbidden error with the

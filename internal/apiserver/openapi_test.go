@@ -37,7 +37,7 @@ func loadOpenAPI(t *testing.T) (openAPIDoc, map[string]any) {
 
 // The route table, the mux and the OpenAPI document describe the same
 // routes, and the document marks exactly the routes that need no token:
-// those outside /v1 and the webhooks.
+// those outside /v1, the webhooks and the nodes' join and connect.
 func TestOpenAPIMatchesRoutes(t *testing.T) {
 	doc, _ := loadOpenAPI(t)
 	if !strings.HasPrefix(doc.OpenAPI, "3.1") {
@@ -82,8 +82,8 @@ func TestOpenAPIMatchesRoutes(t *testing.T) {
 		if public[key] != rt.NoToken {
 			t.Errorf("route %s: document says public=%v, server says %v", key, public[key], rt.NoToken)
 		}
-		if rt.NoToken && isV1(rt.Path) && rt.Verb != verbHookReceive {
-			t.Errorf("route %s: only webhooks go without the token under /v1", key)
+		if rt.NoToken && isV1(rt.Path) && rt.Verb != verbHookReceive && rt.Verb != verbNodeJoin && rt.Verb != verbNodeConnect {
+			t.Errorf("route %s: only webhooks and nodes' join and connect go without the token under /v1", key)
 		}
 		// The mux serves the route with its own pattern.
 		concrete := strings.NewReplacer("{id}", "s1", "{name}", "tiny").Replace(rt.Path)

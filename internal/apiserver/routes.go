@@ -36,7 +36,9 @@ const verbHookReceive = "hook.receive"
 
 // routes is the whole HTTP surface. A test checks it against
 // api/openapi.yaml both ways: every path under /v1 needs the token except
-// the webhooks, whose senders sign their deliveries instead.
+// the webhooks, whose senders sign their deliveries instead, and the
+// nodes' join and connect, which carry the join token or the node's
+// credential instead.
 var routes = []route{
 	{"GET", "/healthz", "health.get", noToken, (*Server).health},
 	{"GET", "/metrics", "metrics.get", noToken, (*Server).serveMetrics},
@@ -105,4 +107,9 @@ var routes = []route{
 	{"DELETE", "/v1/audit/witnesses", "audit.witness.remove", bearer, (*Server).removeAuditWitness},
 
 	{"POST", "/v1/admin/gc", "objects.gc", bearer, (*Server).collectGarbage},
+
+	// Nodes: a join carries the join token, a connect the node's
+	// credential, which Config.NodeLink checks.
+	{"POST", "/v1/nodes/join", verbNodeJoin, noToken, (*Server).joinNode},
+	{"GET", "/v1/nodes/connect", verbNodeConnect, noToken, (*Server).connectNode},
 }

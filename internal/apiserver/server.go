@@ -130,6 +130,9 @@ type Config struct {
 	// AuditLog is the audit log the /v1/audit routes read (policy action
 	// audit.read, admins only by default); nil answers them with 503.
 	AuditLog AuditLog
+	// NodeLink serves the nodes' join and connect routes, which take no
+	// API token; nil refuses joins (403) and connects (503).
+	NodeLink NodeLink
 }
 
 // LogValue keeps the token out of logs.
@@ -269,6 +272,7 @@ type Server struct {
 	issuer       http.Handler
 	auditor      Auditor
 	auditLog     AuditLog
+	nodeLink     NodeLink
 	publicPaths  map[string]bool // "METHOD PATTERN" of the routes served without the token
 	openAPIJSON  []byte
 	openAPIErr   error
@@ -300,6 +304,7 @@ func New(cfg Config) *Server {
 		issuer:       cfg.Issuer,
 		auditor:      cfg.Audit,
 		auditLog:     cfg.AuditLog,
+		nodeLink:     cfg.NodeLink,
 		publicPaths:  map[string]bool{},
 	}
 	if s.log == nil {

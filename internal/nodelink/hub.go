@@ -1,0 +1,442 @@
+package nodelink
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/hashicorp/yamux"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/store"
+)
+
+// Store is what the hub needs of the state store (store.Store has it).
+type Store interface {
+	CreateNode(ctx context.Context, n *store.Node) error
+	UpdateNode(ctx context.Context, n *store.Node) error
+	GetNodeByName(ctx context.Context, name string) (store.Node, error)
+	GetNodeByCredential(ctx context.Context, hash string) (store.Node, error)
+	HeartbeatNode(ctx context.Context, id string, at time.Time, c store.NodeCapacity) error
+}
+
+// HubConfig wires a Hub.
+type HubConfig struct {
+	// Store keeps the nodes' records.
+	Store Store
+	// JoinToken is the secret a node joins with; "" refuses every join
+	// (403), while nodes that joined before still connect.
+	JoinToken string
+	// Handler is the server's node-facing handler, which nodes call over
+	// their connection (NodeID tells which); HeartbeatPath is served
+	// before it. nil answers 404.
+	Handler http.Handler
+	// Log receives connects, drops and refusals; nil discards.
+	Log *slog.Logger
+	// Now is the clock of joins and heartbeats; nil is time.Now.
+	Now func() time.Time
+}
+
+// Hub is the server's end of the nodes' control connections: it serves
+// the join and connect routes, keeps one connection per node, and calls
+// the nodes through them (Client).
+type Hub struct {
+	cfg       HubConfig
+	log       *slog.Logger
+	transport *http.Transport
+
+	mu    sync.Mutex
+	links map[string]*link // by node id; guarded by mu
+}
+
+// link is one node's control connection.
+type link struct {
+	nodeID string
+	name   string
+	sess   *yamux.Session
+}
+
+// NewHub makes a Hub.
+func NewHub(cfg HubConfig) *Hub {
+	h := &Hub{cfg: cfg, log: cfg.Log, links: map[string]*link{}}
+	if h.log == nil {
+		h.log = slog.New(slog.DiscardHandler)
+	}
+	if h.cfg.Now == nil {
+		h.cfg.Now = time.Now
+	}
+	h.transport = streamTransport(func(_ context.Context, id string) (*yamux.Session, error) {
+		h.mu.Lock()
+		l := h.links[id]
+		h.mu.Unlock()
+		if l == nil {
+			return nil, fmt.Errorf("node %s: %w", id, ErrNotConnected)
+		}
+		return l.sess, nil
+	})
+	return h
+}
+
+// Connected reports whether node id has a control connection to this
+// server now.
+func (h *Hub) Connected(id string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	l := h.links[id]
+	return l != nil && !l.sess.IsClosed()
+}
+
+// Client returns an HTTP client whose requests go to node id's handler
+// over its control connection, whatever the URL's host: use
+// "http://node/PATH". While the node is not connected, requests fail
+// with ErrNotConnected.
+func (h *Hub) Client(id string) *http.Client {
+	return &http.Client{Transport: nodeTransport{id: id, next: h.transport}}
+}
+
+// nodeTransport sends every request to one node.
+type nodeTransport struct {
+	id   string
+	next http.RoundTripper
+}
+
+func (t nodeTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.URL.Scheme, r.URL.Host, r.Host = "http", t.id, t.id
+	return t.next.RoundTrip(r)
+}
+
+// Close drops every control connection (the nodes reconnect to another
+// server, or to this one once it is back).
+func (h *Hub) Close() {
+	h.mu.Lock()
+	links := h.links
+	h.links = map[string]*link{}
+	h.mu.Unlock()
+	for _, l := range links {
+		_ = l.sess.Close()
+	}
+}
+
+// ServeHTTP serves the join and connect routes alone, each error as the
+// API's error envelope; apiserver mounts Join and Connect in its own
+// route table instead.
+func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	var err error
+	switch {
+	case r.Method == http.MethodPost && r.URL.Path == JoinPath:
+		err = h.Join(w, r)
+	case r.Method == http.MethodGet && r.URL.Path == ConnectPath:
+		err = h.Connect(w, r)
+	default:
+		err = api.Errorf(api.CodeNotFound, "%s %s: no such route", r.Method, r.URL.Path)
+	}
+	if err != nil && !started(err) {
+		writeError(w, err)
+	}
+}
+
+// Join serves POST /v1/nodes/join: it checks the join token, makes or
+// finds the node's record by name, issues a new credential (replacing the
+// last one's hash) and answers JoinResponse. It writes only success; an
+// error (an *api.Error for the client's faults) is for the caller to
+// answer, and changed nothing.
+func (h *Hub) Join(w http.ResponseWriter, r *http.Request) error {
+	if h.cfg.JoinToken == "" {
+		return api.Errorf(api.CodeForbidden, "joining is disabled: start the server with --join-token-file")
+	}
+	tok := bearer(r)
+	if tok == "" {
+		return api.Errorf(api.CodeUnauthorized, "join: no join token: send it as the bearer token (cove node --join-token)")
+	}
+	if !tokenEqual(tok, h.cfg.JoinToken) {
+		h.log.Warn("nodelink: join refused: wrong join token", "remote", r.RemoteAddr)
+		return api.Errorf(api.CodeUnauthorized, "join: wrong join token")
+	}
+	var req JoinRequest
+	if err := decodeJSON(w, r, MaxJoinBytes, &req); err != nil {
+		return err
+	}
+	if err := ValidName(req.Name); err != nil {
+		return err
+	}
+	if err := ValidLabels(req.Labels); err != nil {
+		return err
+	}
+	n, cred, err := h.join(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	h.log.Info("nodelink: node joined; new credential issued", "node", n.ID, "name", n.Name, "labels", n.Labels)
+	return writeJSON(w, http.StatusOK, JoinResponse{NodeID: n.ID, Credential: cred})
+}
+
+// join makes node req.Name's record, or updates the one of that name,
+// with a new credential.
+func (h *Hub) join(ctx context.Context, req JoinRequest) (store.Node, Credential, error) {
+	cred, err := NewCredential()
+	if err != nil {
+		return store.Node{}, "", err
+	}
+	now := h.cfg.Now().UTC()
+	for range 8 { // each turn lost a race to a concurrent join of the name
+		n, err := h.cfg.Store.GetNodeByName(ctx, req.Name)
+		if errors.Is(err, store.ErrNotFound) {
+			id, err := newNodeID()
+			if err != nil {
+				return store.Node{}, "", err
+			}
+			n = store.Node{ID: id, Name: req.Name, Labels: req.Labels, Capacity: req.Capacity,
+				CredentialHash: cred.Hash(), JoinedAt: now, HeartbeatAt: now}
+			err = h.cfg.Store.CreateNode(ctx, &n)
+			if errors.Is(err, store.ErrExists) {
+				continue
+			}
+			if err != nil {
+				return store.Node{}, "", fmt.Errorf("join: %w", err)
+			}
+			return n, cred, nil
+		}
+		if err != nil {
+			return store.Node{}, "", fmt.Errorf("join: %w", err)
+		}
+		if n.Embedded {
+			return store.Node{}, "", api.Errorf(api.CodeConflict, "join: %q is the name of a server's embedded node; give this node another --name", req.Name)
+		}
+		n.Labels, n.Capacity, n.CredentialHash = req.Labels, req.Capacity, cred.Hash()
+		err = h.cfg.Store.UpdateNode(ctx, &n)
+		if errors.Is(err, store.ErrConflict) || errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return store.Node{}, "", fmt.Errorf("join: %w", err)
+		}
+		h.dropOld(n.ID, "the node joined again")
+		return n, cred, nil
+	}
+	return store.Node{}, "", api.Errorf(api.CodeConflict, "join: node %q is being joined concurrently; try again", req.Name)
+}
+
+// dropOld closes node id's connection, which a rejoin made stale.
+func (h *Hub) dropOld(id, why string) {
+	h.mu.Lock()
+	l := h.links[id]
+	delete(h.links, id)
+	h.mu.Unlock()
+	if l != nil {
+		h.log.Info("nodelink: connection dropped", "node", id, "why", why)
+		_ = l.sess.Close()
+	}
+}
+
+// newNodeID makes a node id: "node-" and 12 random base32 characters.
+func newNodeID() (string, error) {
+	const alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+	b := make([]byte, 12)
+	if _, err := rand.Read(b); err != nil {
+		return "", fmt.Errorf("join: node id: %w", err)
+	}
+	for i := range b {
+		b[i] = alphabet[b[i]&31]
+	}
+	return "node-" + string(b), nil
+}
+
+// Connect serves GET /v1/nodes/connect: it checks the node's credential,
+// upgrades to a WebSocket, runs the node's yamux session over it and
+// serves the node's streams until the connection ends. A node's earlier
+// connection is closed. Errors before the upgrade are for the caller to
+// answer.
+func (h *Hub) Connect(w http.ResponseWriter, r *http.Request) error {
+	cred := Credential(bearer(r))
+	if cred == "" {
+		return api.Errorf(api.CodeUnauthorized, "connect: no node credential: send it as the bearer token")
+	}
+	if !cred.Valid() {
+		return api.Errorf(api.CodeUnauthorized, "connect: the node credential is not valid")
+	}
+	n, err := h.cfg.Store.GetNodeByCredential(r.Context(), cred.Hash())
+	if errors.Is(err, store.ErrNotFound) {
+		h.log.Warn("nodelink: connect refused: unknown credential", "remote", r.RemoteAddr)
+		return api.Errorf(api.CodeUnauthorized, "connect: the server knows no node with this credential: the node was removed, or joined again since; join it again")
+	}
+	if err != nil {
+		return fmt.Errorf("connect: %w", err)
+	}
+	// The node holds its credential: the connection lasts as long as it
+	// does, past the server's read and write deadlines.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Time{})
+	_ = rc.SetWriteDeadline(time.Time{})
+	w.Header().Set(HeaderNodeID, n.ID)
+	c, err := websocket.Accept(w, r, nil)
+	if err != nil {
+		return startedError{fmt.Errorf("connect: node %s: %w", n.ID, err)}
+	}
+	sess, err := yamux.Server(overWebSocket(c), yamuxConfig())
+	if err != nil {
+		_ = c.CloseNow()
+		return startedError{fmt.Errorf("connect: node %s: %w", n.ID, err)}
+	}
+	l := &link{nodeID: n.ID, name: n.Name, sess: sess}
+	h.attach(l)
+	h.log.Info("nodelink: node connected", "node", n.ID, "name", n.Name, "remote", r.RemoteAddr)
+	base := context.WithValue(context.Background(), nodeKey{}, n.ID)
+	serveStreams(sess, h.nodeHandler(l), base)
+	if h.detach(l) {
+		h.log.Warn("nodelink: node disconnected", "node", n.ID, "name", n.Name)
+	}
+	return nil
+}
+
+// attach makes l its node's connection, closing the one it replaces.
+func (h *Hub) attach(l *link) {
+	h.mu.Lock()
+	old := h.links[l.nodeID]
+	h.links[l.nodeID] = l
+	h.mu.Unlock()
+	if old != nil {
+		h.log.Warn("nodelink: node connected again; its previous connection is closed", "node", l.nodeID, "name", l.name)
+		_ = old.sess.Close()
+	}
+}
+
+// detach forgets l if it is still its node's connection, and reports
+// whether it was.
+func (h *Hub) detach(l *link) bool {
+	_ = l.sess.Close()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.links[l.nodeID] != l {
+		return false
+	}
+	delete(h.links, l.nodeID)
+	return true
+}
+
+// nodeKey is the context key of the node a request came from.
+type nodeKey struct{}
+
+// NodeID returns the id of the node whose control connection carried the
+// request of ctx, for the server's node-facing handler.
+func NodeID(ctx context.Context) (string, bool) {
+	id, ok := ctx.Value(nodeKey{}).(string)
+	return id, ok
+}
+
+// nodeHandler is what the server serves to the node of l.
+func (h *Hub) nodeHandler(l *link) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != HeartbeatPath {
+			if h.cfg.Handler == nil {
+				writeError(w, api.Errorf(api.CodeNotFound, "%s %s: no such route", r.Method, r.URL.Path))
+				return
+			}
+			h.cfg.Handler.ServeHTTP(w, r)
+			return
+		}
+		if err := h.heartbeat(w, r, l); err != nil {
+			writeError(w, err)
+		}
+	})
+}
+
+// heartbeat stores a node's heartbeat. A node removed meanwhile is told
+// 401, and its connection is closed.
+func (h *Hub) heartbeat(w http.ResponseWriter, r *http.Request, l *link) error {
+	if r.Method != http.MethodPost {
+		return api.Errorf(api.CodeInvalid, "heartbeat: POST it")
+	}
+	var c store.NodeCapacity
+	if err := decodeJSON(w, r, MaxJoinBytes, &c); err != nil {
+		return err
+	}
+	err := h.cfg.Store.HeartbeatNode(r.Context(), l.nodeID, h.cfg.Now().UTC(), c)
+	if errors.Is(err, store.ErrNotFound) {
+		h.log.Warn("nodelink: heartbeat of a removed node; its connection is closed", "node", l.nodeID, "name", l.name)
+		go func() { // once the answer is out
+			time.Sleep(time.Second)
+			if h.detach(l) {
+				h.log.Info("nodelink: connection dropped", "node", l.nodeID, "why", "the node was removed")
+			}
+		}()
+		return api.Errorf(api.CodeUnauthorized, "heartbeat: node %s was removed; join it again", l.nodeID)
+	}
+	if err != nil {
+		h.log.Error("nodelink: heartbeat not stored", "node", l.nodeID, "err", err)
+		return api.Errorf(api.CodeUnavailable, "heartbeat: not stored: %v", err)
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// decodeJSON reads r's JSON body, at most max bytes, into v: 413 past
+// max, 400 for what does not parse or has unknown fields.
+func decodeJSON(w http.ResponseWriter, r *http.Request, max int64, v any) error {
+	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
+		return api.Errorf(api.CodeUnsupported, "body must be application/json, not %s", ct)
+	}
+	body := http.MaxBytesReader(w, r.Body, max)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return api.Errorf(api.CodeTooLarge, "body over %d bytes", max)
+		}
+		return api.Errorf(api.CodeInvalid, "body is not valid JSON: %v", err)
+	}
+	if _, err := io.Copy(io.Discard, body); err != nil {
+		if _, ok := errors.AsType[*http.MaxBytesError](err); ok {
+			return api.Errorf(api.CodeTooLarge, "body over %d bytes", max)
+		}
+	}
+	return nil
+}
+
+// writeJSON answers v as JSON.
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return fmt.Errorf("encode answer: %w", err)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, err = w.Write(append(b, '\n'))
+	if err != nil {
+		return startedError{err}
+	}
+	return nil
+}
+
+// writeError answers err in the API's error envelope; errors that are
+// not *api.Error are answered as internal, without their text.
+func writeError(w http.ResponseWriter, err error) {
+	code := api.CodeOf(err)
+	msg := err.Error()
+	if code == api.CodeInternal {
+		msg = "internal error"
+	}
+	_ = writeJSON(w, api.Status(code), api.ErrorResponse{Error: api.ErrorBody{Code: code, Message: msg}})
+}
+
+// startedError is an error after the answer began (a failed upgrade
+// answers by itself): nothing more can be written.
+type startedError struct{ err error }
+
+func (e startedError) Error() string { return e.err.Error() }
+func (e startedError) Unwrap() error { return e.err }
+
+// started reports whether err came after the answer began.
+func started(err error) bool {
+	_, ok := errors.AsType[startedError](err)
+	return ok
+}
