@@ -327,6 +327,40 @@ type Store interface {
 	// that is no error.
 	Release(ctx context.Context, key, owner string) error
 
+	// CreateNode inserts n at generation 1, whatever n.Gen, and sets
+	// n.Gen to 1. It fails with ErrExists if a node has n.ID or n.Name,
+	// changing nothing.
+	CreateNode(ctx context.Context, n *Node) error
+	// UpdateNode replaces the node with id n.ID by n, every field, if its
+	// stored generation is n.Gen, as UpdateSession does: on success the
+	// stored generation, and n.Gen, are n.Gen+1. It fails with
+	// ErrConflict if the stored generation is another, with ErrNotFound
+	// if there is no such node, and with ErrExists if another node has
+	// n.Name; any of them changes nothing.
+	UpdateNode(ctx context.Context, n *Node) error
+	// GetNode returns the node with the given id, or ErrNotFound.
+	GetNode(ctx context.Context, id string) (Node, error)
+	// GetNodeByName returns the node with the given name, or ErrNotFound.
+	GetNodeByName(ctx context.Context, name string) (Node, error)
+	// GetNodeByCredential returns the node whose CredentialHash is hash,
+	// or ErrNotFound; an empty hash finds no node (the embedded node has
+	// none).
+	GetNodeByCredential(ctx context.Context, hash string) (Node, error)
+	// ListNodes returns every node, ordered by Name (bytewise). An empty
+	// store gives a slice of length zero.
+	ListNodes(ctx context.Context) ([]Node, error)
+	// DeleteNode removes the node with the given id, or fails with
+	// ErrNotFound if there is none. Its sessions are the caller's to
+	// deal with first.
+	DeleteNode(ctx context.Context, id string) error
+	// HeartbeatNode records that the node with the given id is alive at
+	// at with capacity c: it sets HeartbeatAt and Capacity and clears
+	// Dead, at once, with no compare-and-swap and without advancing Gen
+	// (heartbeats are frequent and must not make an operator's cordon,
+	// read before, conflict). It fails with ErrNotFound if there is no
+	// such node, changing nothing.
+	HeartbeatNode(ctx context.Context, id string, at time.Time, c NodeCapacity) error
+
 	// Close releases the store's resources. Writes that returned before it
 	// are durable.
 	Close() error
@@ -404,6 +438,11 @@ type Session struct {
 	// object store (new chunks, compressed, and the manifest).
 	StoredManifest string
 	StoredBytes    int64
+
+	// Node is the id of the node (see Node) that holds the session: runs
+	// its VM, or keeps its parked snapshot's files. "" for records made
+	// before nodes existed, which the embedded node holds.
+	Node string
 }
 
 // OwnerAdmin is the Owner of the sessions and templates made with the
@@ -638,5 +677,83 @@ func (s Secret) LogValue() slog.Value {
 		slog.String("owner_kind", s.OwnerKind),
 		slog.String("owner", s.Owner),
 		slog.Any("hosts", s.Hosts),
+	)
+}
+
+// NodeCapacity is what a node reports about its host (package nodeinfo
+// probes it).
+type NodeCapacity struct {
+	VCPUs     int   `json:"vcpus"`
+	MemoryMiB int64 `json:"memory_mib"`
+	// DiskBytes is the free bytes under the node's COVE_HOME.
+	DiskBytes int64 `json:"disk_bytes"`
+	// Accel is "kvm" or "tcg".
+	Accel    string   `json:"accel"`
+	CPUModel string   `json:"cpu_model"`
+	CPUFlags []string `json:"cpu_flags"`
+	// QEMUVersion and KernelVersion (the host's, uname -r) matter because
+	// a snapshot restores only on a compatible machine.
+	QEMUVersion   string `json:"qemu_version"`
+	KernelVersion string `json:"kernel_version"`
+}
+
+// Node is one VM host: the embedded node of a `cove server`, or a `cove
+// node` agent that joined.
+type Node struct {
+	// ID is "node-" and 12 random lowercase characters; never reused.
+	ID string
+	// Name is unique: a node that joins again with the same name gets
+	// the same record.
+	Name     string
+	Labels   map[string]string
+	Capacity NodeCapacity
+	// Admin is set by an operator: "" (schedulable), NodeCordoned or
+	// NodeDraining.
+	Admin string
+	// Dead is set by the sweeper once HeartbeatAt is older than the
+	// grace; a heartbeat clears it.
+	Dead bool
+	// Embedded marks the node inside a `cove server` process.
+	Embedded bool
+	// CredentialHash is the hex SHA-256 of the node's credential; "" for
+	// the embedded node, which has none.
+	CredentialHash string
+	JoinedAt       time.Time
+	HeartbeatAt    time.Time
+	// Gen is the record's generation, as Session.Gen. HeartbeatNode
+	// leaves it as it is.
+	Gen int64
+}
+
+// Node admin states (Node.Admin); "" is schedulable.
+const (
+	NodeCordoned = "cordoned"
+	NodeDraining = "draining"
+)
+
+// Node shown states (api.Node.State), from NodeState.
+const (
+	NodeReady = "ready"
+	NodeDead  = "dead"
+)
+
+// NodeState is the state a node is shown in: NodeDead if Dead, else its
+// Admin (NodeDraining, NodeCordoned) if set, else NodeReady.
+func NodeState(n Node) string {
+	switch {
+	case n.Dead:
+		return NodeDead
+	case n.Admin != "":
+		return n.Admin
+	}
+	return NodeReady
+}
+
+// LogValue keeps the credential hash out of logs.
+func (n Node) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.String("id", n.ID),
+		slog.String("name", n.Name),
+		slog.String("state", NodeState(n)),
 	)
 }

@@ -194,6 +194,24 @@ var migrations = []string{
 	// in the object store.
 	`ALTER TABLE template_versions ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';
 	ALTER TABLE images ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';`,
+	// 5: the SQLite store's migration 14: nodes, and the node that holds
+	// each session.
+	`ALTER TABLE sessions ADD COLUMN node TEXT COLLATE "C" NOT NULL DEFAULT '';
+	CREATE INDEX sessions_by_node ON sessions (node);
+	CREATE TABLE nodes (
+		id              TEXT COLLATE "C" PRIMARY KEY,
+		name            TEXT COLLATE "C" NOT NULL UNIQUE,
+		labels          TEXT,
+		capacity        TEXT NOT NULL,
+		admin           TEXT NOT NULL,
+		dead            BOOLEAN NOT NULL,
+		embedded        BOOLEAN NOT NULL,
+		credential_hash TEXT COLLATE "C" NOT NULL,
+		joined_at       BIGINT,
+		heartbeat_at    BIGINT,
+		gen             BIGINT NOT NULL
+	);
+	CREATE UNIQUE INDEX nodes_by_credential ON nodes (credential_hash) WHERE credential_hash <> '';`,
 }
 
 // migrationLock is the key of the advisory lock that migrations hold, so

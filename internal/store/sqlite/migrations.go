@@ -241,6 +241,27 @@ var migrations = []string{
 	// manifest of their files once durable there ('': not stored).
 	`ALTER TABLE template_versions ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';
 	ALTER TABLE images ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';`,
+	// 14: nodes, the VM hosts. Sessions name the node that holds them
+	// ('': the embedded node, as every session from before was). A
+	// node's Labels are a JSON object as TEXT, NULL when empty; its
+	// Capacity a JSON object as TEXT. Credential hashes are unique but
+	// for the embedded node's ''.
+	`ALTER TABLE sessions ADD COLUMN node TEXT NOT NULL DEFAULT '';
+	CREATE INDEX sessions_by_node ON sessions (node);
+	CREATE TABLE nodes (
+		id              TEXT PRIMARY KEY,
+		name            TEXT NOT NULL UNIQUE,
+		labels          TEXT,
+		capacity        TEXT NOT NULL,
+		admin           TEXT NOT NULL,
+		dead            INTEGER NOT NULL,
+		embedded        INTEGER NOT NULL,
+		credential_hash TEXT NOT NULL,
+		joined_at       INTEGER,
+		heartbeat_at    INTEGER,
+		gen             INTEGER NOT NULL
+	) STRICT;
+	CREATE UNIQUE INDEX nodes_by_credential ON nodes (credential_hash) WHERE credential_hash != '';`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

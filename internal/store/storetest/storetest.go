@@ -63,6 +63,7 @@ func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	s.runTriggers(t)
 	s.runIdentity(t)
 	s.runSecrets(t)
+	s.runNodes(t)
 }
 
 type suite struct {
@@ -132,6 +133,7 @@ func fullSession(id string) store.Session {
 		Allow:           []string{"github.com", "*.pypi.org:443", "GET,HEAD files.ünï.example/packages/"},
 		StoredManifest:  strings.Repeat("0f", 32),
 		StoredBytes:     1<<34 + 5,
+		Node:            "node-abcdefghijkl",
 	}
 }
 
@@ -259,6 +261,7 @@ func diffSession(got, want store.Session) []string {
 	d.str("Agent", got.Agent, want.Agent)
 	d.str("StoredManifest", got.StoredManifest, want.StoredManifest)
 	d.num("StoredBytes", got.StoredBytes, want.StoredBytes)
+	d.str("Node", got.Node, want.Node)
 	if got.TokenGen != want.TokenGen {
 		d = append(d, fmt.Sprintf("TokenGen = %d, want %d", got.TokenGen, want.TokenGen))
 	}
@@ -527,7 +530,8 @@ func (s *suite) update(t *testing.T) {
 		// A snapshot stored again: another manifest.
 		StoredManifest: strings.Repeat("e1", 32),
 		StoredBytes:    17,
-		TokenGen:       orig.TokenGen, // UpdateSession never changes it: see tokenGen
+		Node:           "node-mnopqrstuvwx", // moved to another node
+		TokenGen:       orig.TokenGen,       // UpdateSession never changes it: see tokenGen
 		// Nor this: see revokeSessionTokens.
 		TokensRevokedAt: orig.TokensRevokedAt,
 	}
@@ -548,6 +552,7 @@ func (s *suite) update(t *testing.T) {
 	cleared.Snapshot = nil
 	cleared.Owner = ""
 	cleared.Agent = ""
+	cleared.Node = ""
 	if err := st.UpdateSession(t.Context(), &cleared); err != nil {
 		t.Fatalf("UpdateSession(cleared): %v", err)
 	}
