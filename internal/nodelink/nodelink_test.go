@@ -120,12 +120,15 @@ func (f *fixture) runAgent(home, joinToken string, heartbeat time.Duration) (*Ag
 			fmt.Fprintf(w, "node answered %s %s", r.Method, r.URL.Path)
 		})})
 	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- a.Run(ctx) }()
+	done, finished := make(chan error, 1), make(chan struct{})
+	go func() {
+		done <- a.Run(ctx)
+		close(finished)
+	}()
 	f.t.Cleanup(func() {
 		cancel()
 		select {
-		case <-done:
+		case <-finished:
 		case <-time.After(10 * time.Second):
 			f.t.Error("agent did not stop")
 		}
