@@ -84,6 +84,7 @@ token as it is.`,
 		newAdminCmd(c),
 		newVersionCmd(c),
 		newServerCmd(),
+		newNodeCmd(c),
 	)
 	return root
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/keyfile"
+	"github.com/cove-dev/cove/internal/nodelink"
 	"github.com/cove-dev/cove/internal/policy"
 	"github.com/cove-dev/cove/internal/secret"
 	"github.com/cove-dev/cove/internal/session"
@@ -85,6 +86,9 @@ type serverConfig struct {
 	// Home/secret.key, made at the first start. COVE_SECRET_KEY, when
 	// set, wins over either.
 	SecretKey string
+	// JoinTokenFile is the file of the secret nodes join with; "":
+	// joining is disabled (nodes that joined before still connect).
+	JoinTokenFile string
 }
 
 func envOr(key, def string) string {
@@ -200,6 +204,7 @@ the policy in force.`,
 	f.StringArrayVar(&cfg.EgressResolve, "egress-resolve", envList("COVE_EGRESS_RESOLVE"), "HOST=IP: the egress proxy reaches HOST at IP instead of asking DNS, as curl's --resolve does (split-horizon names, internal services); repeatable (COVE_EGRESS_RESOLVE, comma-separated)")
 	f.StringVar(&cfg.UpstreamCA, "upstream-ca", os.Getenv("COVE_UPSTREAM_CA"), "PEM file of CAs that upstreams reached through the egress proxy may also be signed by, besides the system's roots: internal services with a private CA (COVE_UPSTREAM_CA)")
 	f.StringVar(&cfg.SecretKey, "secret-key", os.Getenv("COVE_SECRET_KEY_FILE"), "file of the key that encrypts secrets at rest: base64 of 32 bytes, mode 0600, best kept apart from --home's database (default: HOME/secret.key, made at the first start; the environment variable "+secret.EnvKey+", base64 of 32 bytes, wins over the file) (COVE_SECRET_KEY_FILE)")
+	f.StringVar(&cfg.JoinTokenFile, "join-token-file", os.Getenv("COVE_JOIN_TOKEN_FILE"), "file that holds the secret 'cove node' agents join with (mode 0600; a trailing newline is not part of it); without it, joining is disabled, while nodes that joined before still connect (COVE_JOIN_TOKEN_FILE)")
 	f.StringVar(&cfg.Policy, "policy", os.Getenv("COVE_POLICY"), "Cedar policy file that decides every API action (default: the built-in policy: engineers see and control their own sessions, admins everything); check it with 'cove policy check'; SIGHUP reloads it, keeping the policy in force if the file does not check (COVE_POLICY)")
 	return cmd
 }
@@ -219,6 +224,12 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	oidcIssuers, err := parseOIDCIssuers(cfg.OIDCIssuers)
 	if err != nil {
 		return err
+	}
+	var joinToken string
+	if cfg.JoinTokenFile != "" {
+		if joinToken, err = readJoinTokenFile(cfg.JoinTokenFile); err != nil {
+			return fmt.Errorf("server: --join-token-file: %w", err)
+		}
 	}
 
 	if err := os.MkdirAll(cfg.Home, 0o711); err != nil {
@@ -360,6 +371,11 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		OnReject: func(source, reason string, status int) {
 			log.Warn("webhook rejected", "hook", source, "status", status, "reason", reason)
 		}}
+	hub := nodelink.NewHub(nodelink.HubConfig{Store: st, JoinToken: joinToken, Log: log})
+	defer hub.Close()
+	if joinToken == "" {
+		log.Info("nodes: joining is disabled (no --join-token-file); nodes that joined before still connect")
+	}
 	srv := apiserver.New(apiserver.Config{Sessions: mgr, Images: builder, Token: token, Log: log, Metrics: metrics,
 		Hooks: hooks, HookSecrets: st,
 		Issuer:        tokens.handler,
@@ -370,6 +386,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		GC:            mgr.GC,
 		Audit:         auditLog,
 		AuditLog:      auditLog,
+		NodeLink:      hub,
 		Authorize:     (&apiserver.PolicyGate{Policy: policies, Records: st}).Authorize})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -390,6 +407,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_ = hs.Shutdown(sctx)
+	hub.Close() // the nodes' connections, which Shutdown does not track
 	log.Info("stopped: API")
 	if cfg.StopOnExit {
 		mgr.StopAll(sctx)
