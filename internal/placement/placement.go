@@ -181,3 +181,22 @@ func ratio(r float64) float64 {
 	}
 	return r
 }
+
+// Session is what one session takes of the node that holds it, for Use.
+type Session struct {
+	Node string
+	Resources
+}
+
+// Use sums what sessions take, by node id.
+func Use(sessions []Session) map[string]Resources {
+	use := map[string]Resources{}
+	for _, s := range sessions {
+		u := use[s.Node]
+		u.MemoryMiB += s.MemoryMiB
+		u.VCPUs += s.VCPUs
+		u.DiskBytes += s.DiskBytes
+		use[s.Node] = u
+	}
+	return use
+}

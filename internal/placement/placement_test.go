@@ -236,3 +236,19 @@ func BenchmarkChoose1000Nodes(b *testing.B) {
 		}
 	}
 }
+
+// Use sums each node's sessions.
+func TestUse(t *testing.T) {
+	got := placement.Use([]placement.Session{
+		{Node: "a", Resources: placement.Resources{MemoryMiB: 512, VCPUs: 1, DiskBytes: 10}},
+		{Node: "b", Resources: placement.Resources{MemoryMiB: 256, VCPUs: 2}},
+		{Node: "a", Resources: placement.Resources{MemoryMiB: 1024, VCPUs: 2, DiskBytes: 5}},
+	})
+	want := map[string]placement.Resources{
+		"a": {MemoryMiB: 1536, VCPUs: 3, DiskBytes: 15},
+		"b": {MemoryMiB: 256, VCPUs: 2},
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("Use = %v, want %v", got, want)
+	}
+}
