@@ -81,6 +81,9 @@ type Session struct {
 	// image's) are gone from this host: bytes written so far of all it
 	// restores.
 	Restore *RestoreProgress `json:"restore,omitempty"`
+	// Node is the id of the node that holds the session: runs its VM,
+	// or keeps its parked snapshot's files.
+	Node string `json:"node,omitempty"`
 }
 
 // GCResult is the answer of POST /v1/admin/gc: what one garbage
