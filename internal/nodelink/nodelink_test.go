@@ -326,6 +326,7 @@ func TestJoinRefusals(t *testing.T) {
 		{"unknown field", f, testJoinToken, `{"name":"n1","credential":"x"}`, 400, "not valid JSON"},
 		{"invalid name", f, testJoinToken, `{"name":"Bad Name!"}`, 400, "node name"},
 		{"no name", f, testJoinToken, `{}`, 400, "node name"},
+		{"reserved name", f, testJoinToken, `{"name":"connect"}`, 400, "reserved"},
 		{"invalid label", f, testJoinToken, `{"name":"n1","labels":{"a b":"c"}}`, 400, "label key"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

@@ -124,10 +124,14 @@ const maxLabels = 64
 
 // ValidName checks a node's name: 1 to 63 lowercase letters, digits,
 // dots and dashes, starting and ending with a letter or digit (a host
-// name's label, dots allowed).
+// name's label, dots allowed), and not "join" or "connect", which
+// /v1/nodes/{id} could not tell from the routes of those names.
 func ValidName(name string) error {
 	if !nameRE.MatchString(name) {
 		return api.Errorf(api.CodeInvalid, "node name %q is not valid: 1 to 63 lowercase letters, digits, '.' and '-', starting and ending with a letter or digit", name)
+	}
+	if name == "join" || name == "connect" {
+		return api.Errorf(api.CodeInvalid, "node name %q is reserved: choose another", name)
 	}
 	return nil
 }
