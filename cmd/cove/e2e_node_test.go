@@ -1,0 +1,163 @@
+package main_test
+
+// The node agent end to end: a real 'cove server --join-token-file' and a
+// real 'cove node' process with its own home (no VMs are made).
+
+import (
+	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/nodelink"
+)
+
+// nodeProc is a running 'cove node' child process.
+type nodeProc struct {
+	cmd  *exec.Cmd
+	log  *lockedBuffer
+	done chan struct{} // closed when it exited; err is then set
+	err  error
+}
+
+// startNode starts 'cove node' against e's server with home and args.
+func (e *e2e) startNode(home string, args ...string) *nodeProc {
+	e.t.Helper()
+	p := &nodeProc{log: &lockedBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(e.cove, append([]string{"node", "--server", "http://" + e.addr, "--home", home}, args...)...)
+	p.cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "COVE_") })
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	if err := p.cmd.Start(); err != nil {
+		e.t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	e.t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	})
+	return p
+}
+
+// nodes lists the nodes through the API.
+func (e *e2e) nodes() map[string]api.Node {
+	e.t.Helper()
+	req, err := http.NewRequest("GET", "http://"+e.addr+"/v1/nodes", nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+e.userToken())
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var list api.NodeList
+	if resp.StatusCode != http.StatusOK {
+		e.t.Fatalf("GET /v1/nodes: %s", resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
+		e.t.Fatal(err)
+	}
+	m := map[string]api.Node{}
+	for _, n := range list.Nodes {
+		m[n.Name] = n
+	}
+	return m
+}
+
+// waitFor polls cond until it holds; a hang fails after two minutes.
+func waitFor(t *testing.T, what string, log func() string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting: %s\n%s", what, log())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func TestNodeAgentEndToEnd(t *testing.T) {
+	e := newE2E(t)
+	tokenFile := filepath.Join(t.TempDir(), "join.token")
+	if err := os.WriteFile(tokenFile, []byte("e2e-join-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	serverEnv := []string{"COVE_JOIN_TOKEN_FILE=" + tokenFile, "COVE_NODE_GRACE=3s"}
+	e.startServer(serverEnv...)
+
+	nodeHome := t.TempDir()
+	node := e.startNode(nodeHome, "--join-token-file", tokenFile, "--name", "node-b", "--labels", "zone=z1", "--heartbeat", "200ms")
+	logs := func() string { return "node log:\n" + node.log.String() + e.serverLog() }
+
+	var joined api.Node
+	waitFor(t, "node-b joins and is ready", logs, func() bool {
+		joined = e.nodes()["node-b"]
+		return joined.State == api.NodeReady && joined.Connected
+	})
+	if joined.Labels["zone"] != "z1" || joined.Capacity.VCPUs == 0 {
+		t.Errorf("node-b as listed: %+v; want its label and capacity", joined)
+	}
+	ls := e.ok(nil, "node", "ls")
+	if !strings.Contains(ls, "node-b") || !strings.Contains(ls, "ready") {
+		t.Errorf("cove node ls does not show node-b ready:\n%s", ls)
+	}
+	embedded := false
+	for _, n := range e.nodes() {
+		embedded = embedded || n.Embedded
+	}
+	if !embedded {
+		t.Errorf("cove node ls lists no embedded node:\n%s", ls)
+	}
+	cred, err := os.ReadFile(filepath.Join(nodeHome, nodelink.CredentialFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c := strings.TrimSpace(string(cred)); strings.Contains(node.log.String(), c) || strings.Contains(e.serverLog(), c) {
+		t.Error("the node's credential is in a log")
+	}
+
+	t.Run("ServerKilledAndRestarted", func(t *testing.T) {
+		if err := e.stopServer(syscall.SIGKILL); err == nil {
+			t.Log("server exited cleanly on SIGKILL?")
+		}
+		before := joined.HeartbeatAt
+		e.startServer(serverEnv...)
+		waitFor(t, "node-b reconnects and heartbeats again", logs, func() bool {
+			n := e.nodes()["node-b"]
+			return n.Connected && n.HeartbeatAt.After(before)
+		})
+	})
+
+	t.Run("NodeKilledBecomesDead", func(t *testing.T) {
+		_ = node.cmd.Process.Signal(syscall.SIGKILL)
+		<-node.done
+		waitFor(t, "node-b becomes dead", logs, func() bool {
+			n := e.nodes()["node-b"]
+			return n.State == api.NodeDead && !n.Connected
+		})
+	})
+
+	t.Run("RemovedNodeStops", func(t *testing.T) {
+		again := e.startNode(nodeHome, "--heartbeat", "200ms") // no join token: its credential suffices
+		waitFor(t, "node-b comes back", func() string { return again.log.String() + e.serverLog() }, func() bool {
+			return e.nodes()["node-b"].State == api.NodeReady
+		})
+		e.ok(nil, "node", "rm", "node-b")
+		select {
+		case <-again.done:
+		case <-time.After(2 * time.Minute):
+			t.Fatalf("a removed node runs on:\n%s", again.log.String())
+		}
+		if again.err == nil || !strings.Contains(again.log.String(), "join it again") {
+			t.Errorf("removed node exited with %v; want an error saying to join again:\n%s", again.err, again.log.String())
+		}
+	})
+}
