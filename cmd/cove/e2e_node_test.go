@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/nodelink"
 )
 
@@ -45,8 +44,21 @@ func (e *e2e) startNode(home string, args ...string) *nodeProc {
 	return p
 }
 
-// nodes lists the nodes through the API.
-func (e *e2e) nodes() map[string]api.Node {
+// listedNode is what the e2e test reads of a node in GET /v1/nodes.
+type listedNode struct {
+	Name     string            `json:"name"`
+	State    string            `json:"state"`
+	Labels   map[string]string `json:"labels"`
+	Capacity struct {
+		VCPUs int `json:"vcpus"`
+	} `json:"capacity"`
+	Embedded    bool      `json:"embedded"`
+	Connected   bool      `json:"connected"`
+	HeartbeatAt time.Time `json:"heartbeat_at"`
+}
+
+// nodes lists the nodes through the API, by name.
+func (e *e2e) nodes() map[string]listedNode {
 	e.t.Helper()
 	req, err := http.NewRequest("GET", "http://"+e.addr+"/v1/nodes", nil)
 	if err != nil {
@@ -58,14 +70,16 @@ func (e *e2e) nodes() map[string]api.Node {
 		e.t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var list api.NodeList
+	var list struct {
+		Nodes []listedNode `json:"nodes"`
+	}
 	if resp.StatusCode != http.StatusOK {
 		e.t.Fatalf("GET /v1/nodes: %s", resp.Status)
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
 		e.t.Fatal(err)
 	}
-	m := map[string]api.Node{}
+	m := map[string]listedNode{}
 	for _, n := range list.Nodes {
 		m[n.Name] = n
 	}
@@ -97,10 +111,10 @@ func TestNodeAgentEndToEnd(t *testing.T) {
 	node := e.startNode(nodeHome, "--join-token-file", tokenFile, "--name", "node-b", "--labels", "zone=z1", "--heartbeat", "200ms")
 	logs := func() string { return "node log:\n" + node.log.String() + e.serverLog() }
 
-	var joined api.Node
+	var joined listedNode
 	waitFor(t, "node-b joins and is ready", logs, func() bool {
 		joined = e.nodes()["node-b"]
-		return joined.State == api.NodeReady && joined.Connected
+		return joined.State == "ready" && joined.Connected
 	})
 	if joined.Labels["zone"] != "z1" || joined.Capacity.VCPUs == 0 {
 		t.Errorf("node-b as listed: %+v; want its label and capacity", joined)
@@ -141,14 +155,14 @@ func TestNodeAgentEndToEnd(t *testing.T) {
 		<-node.done
 		waitFor(t, "node-b becomes dead", logs, func() bool {
 			n := e.nodes()["node-b"]
-			return n.State == api.NodeDead && !n.Connected
+			return n.State == "dead" && !n.Connected
 		})
 	})
 
 	t.Run("RemovedNodeStops", func(t *testing.T) {
 		again := e.startNode(nodeHome, "--heartbeat", "200ms") // no join token: its credential suffices
 		waitFor(t, "node-b comes back", func() string { return again.log.String() + e.serverLog() }, func() bool {
-			return e.nodes()["node-b"].State == api.NodeReady
+			return e.nodes()["node-b"].State == "ready"
 		})
 		e.ok(nil, "node", "rm", "node-b")
 		select {
