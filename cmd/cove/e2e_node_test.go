@@ -104,13 +104,19 @@ func TestNodeAgentEndToEnd(t *testing.T) {
 	if err := os.WriteFile(tokenFile, []byte("e2e-join-secret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	serverEnv := []string{"COVE_JOIN_TOKEN_FILE=" + tokenFile, "COVE_NODE_GRACE=3s"}
+	// No VM is made: no spare QEMU either, which a SIGKILLed server
+	// would leave behind.
+	serverEnv := []string{"COVE_JOIN_TOKEN_FILE=" + tokenFile, "COVE_NODE_GRACE=3s", "COVE_SPARES=0"}
 	e.startServer(serverEnv...)
 
 	nodeHome := t.TempDir()
 	node := e.startNode(nodeHome, "--join-token-file", tokenFile, "--name", "node-b", "--labels", "zone=z1", "--heartbeat", "200ms")
 	logs := func() string { return "node log:\n" + node.log.String() + e.serverLog() }
 
+	waitFor(t, "node-b keeps a credential", logs, func() bool {
+		_, err := os.Stat(filepath.Join(nodeHome, nodelink.CredentialFile))
+		return err == nil
+	})
 	var joined listedNode
 	waitFor(t, "node-b joins and is ready", logs, func() bool {
 		joined = e.nodes()["node-b"]
