@@ -272,11 +272,8 @@ func (h *Hub) Connect(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return fmt.Errorf("connect: %w", err)
 	}
-	// The node holds its credential: the connection lasts as long as it
-	// does, past the server's read and write deadlines.
-	rc := http.NewResponseController(w)
-	_ = rc.SetReadDeadline(time.Time{})
-	_ = rc.SetWriteDeadline(time.Time{})
+	// The connection lasts as long as the node keeps it: net/http clears
+	// the server's read and write deadlines when Accept hijacks it.
 	w.Header().Set(HeaderNodeID, n.ID)
 	c, err := websocket.Accept(w, r, nil)
 	if err != nil {
