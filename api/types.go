@@ -175,6 +175,9 @@ type CreateSessionRequest struct {
 	// Nothing else is reached: the default is no egress at all. A
 	// clone's template adds its rules, and the operator's (--egress-allow).
 	Allow []string `json:"allow,omitempty"`
+	// NodeSelector places the session only on a node with these labels
+	// (each key with this value).
+	NodeSelector map[string]string `json:"node_selector,omitempty"`
 }
 
 // Template is a booted, set-up machine saved as a snapshot; sessions

@@ -80,6 +80,7 @@ const (
 	CausePark    Cause = "park"    // a park done: its snapshot's upload follows it
 	CauseCache   Cause = "cache"   // the node cache over its bound (Config.CacheSize)
 	CauseRetry   Cause = "retry"   // a failed upload, tried again
+	CauseDrain   Cause = "drain"   // an operator's drain of the session's node
 )
 
 // ErrRefused is wrapped by the error of an action that Config.OnEvent

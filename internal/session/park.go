@@ -417,6 +417,9 @@ func (m *Manager) wake(ctx context.Context, id string, cause Cause, trigger stri
 		return m.toAPI(rec), err
 	}
 	defer unlock()
+	if err := m.takesVMs("wake " + id); err != nil {
+		return api.Session{}, err
+	}
 	ev, err := m.beginEvent(ctx, Event{Kind: EventWake, Cause: cause, Session: id, Trigger: trigger})
 	if err != nil {
 		return api.Session{}, err

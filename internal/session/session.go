@@ -132,6 +132,26 @@ type Config struct {
 	// again; it doubles with each failure in a row, up to 10 minutes.
 	// 0: 10 s.
 	UploadRetry time.Duration
+
+	// Node is the id of this server's embedded node (see
+	// RegisterEmbeddedNode; node.go): the sessions it creates record it,
+	// creates are placed (package placement) over the registered nodes,
+	// and Recover adopts only the sessions it holds and those recorded
+	// before nodes existed (writing its id into them). "": no node
+	// registry (tools, tests): sessions record no node.
+	Node string
+	// NoNode says this server runs no VMs (cove server --node=false):
+	// creates and wakes fail with 503, saying why no node fits, and
+	// Recover adopts no session.
+	NoNode bool
+	// NodeProbe reports the embedded node's capacity at each heartbeat,
+	// every NodeHeartbeat (0: 10 s); nil: no heartbeats.
+	NodeProbe     func(context.Context) (store.NodeCapacity, error)
+	NodeHeartbeat time.Duration
+	// NodeGrace is how long a node may go without a heartbeat before the
+	// sweeper, which runs every third of it, marks it dead; 0: no
+	// sweeper.
+	NodeGrace time.Duration
 }
 
 // Manager manages sessions. It is safe for concurrent use.
@@ -294,7 +314,7 @@ func (m *Manager) toAPI(s store.Session) api.Session {
 		IdleTimeout: m.idleTimeout(s).String(), AutoWake: !s.NoAutoWake,
 		Snapshot: snapshotInfo(s.Snapshot), Owner: s.Owner, Agent: s.Agent, Allow: s.Allow,
 		Stored: s.StoredManifest != "", StoredBytes: s.StoredBytes, Evicted: evicted(s),
-		Restore: m.restoring(s.ID),
+		Restore: m.restoring(s.ID), Node: s.Node,
 	}
 	return out
 }
@@ -329,6 +349,9 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 	if req.Allow, err = CheckAllow("allow", req.Allow); err != nil {
 		return api.Session{}, err
 	}
+	if err := checkSelector("node_selector", req.NodeSelector); err != nil {
+		return api.Session{}, err
+	}
 	if req.Template != "" {
 		return m.createFromTemplate(ctx, owner, req, idle)
 	}
@@ -346,6 +369,9 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 		MemoryMiB: cmp(req.MemoryMiB, m.cfg.DefaultMemoryMiB), CPUs: cmp(req.CPUs, m.cfg.DefaultCPUs),
 		Env: req.Env, Accel: m.cfg.Driver.Accel(), CreatedAt: now, UpdatedAt: now,
 		IdleTimeout: idle, NoAutoWake: req.NoAutoWake, Owner: owner, Agent: req.Agent, Allow: req.Allow,
+	}
+	if rec.Node, err = m.place(ctx, rec.MemoryMiB, rec.CPUs, req.NodeSelector, ""); err != nil {
+		return api.Session{}, err
 	}
 	release, err := m.admit("create", rec.MemoryMiB, rec.CPUs)
 	if err != nil {
@@ -859,6 +885,17 @@ func (m *Manager) Recover(ctx context.Context) error {
 	known := map[string]bool{}
 	for _, rec := range recs {
 		known[rec.ID] = true
+		// Only the embedded node's sessions are this server's to adopt;
+		// those from before nodes are its too.
+		if m.cfg.NoNode {
+			continue
+		}
+		if m.cfg.Node != "" {
+			m.adoptLegacy(ctx, &rec)
+			if !m.holds(rec, m.cfg.Node) {
+				continue
+			}
+		}
 		switch rec.State {
 		case api.StateRunning:
 			start := time.Now()
@@ -926,13 +963,14 @@ func (m *Manager) Recover(ctx context.Context) error {
 		m.bg.Add(1)
 		go m.gcLoop()
 	}
+	m.startNodeLoops()
 	m.kickDeliveries() // deliveries left pending by the last server
 	if err := m.recoverTemplates(ctx); err != nil {
 		return err
 	}
 	// A driver that keeps VMM processes started ahead starts one for the
 	// default machine now, so the first wake finds it.
-	if p, ok := m.cfg.Driver.(interface{ Prewarm(memMiB, cpus int) }); ok {
+	if p, ok := m.cfg.Driver.(interface{ Prewarm(memMiB, cpus int) }); ok && !m.cfg.NoNode {
 		p.Prewarm(m.cfg.DefaultMemoryMiB, m.cfg.DefaultCPUs)
 	}
 	// Template versions, and parked sessions, whose upload a stop cut

@@ -417,6 +417,10 @@ func (m *Manager) createFromTemplate(ctx context.Context, owner string, req api.
 			return api.Session{}, err
 		}
 	}
+	node, err := m.place(ctx, t.MemoryMiB, t.CPUs, req.NodeSelector, t.Name)
+	if err != nil {
+		return api.Session{}, err
+	}
 	start := time.Now()
 	id, l := m.claim(t.Name, t.Version)
 	if l == nil {
@@ -437,7 +441,7 @@ func (m *Manager) createFromTemplate(ctx context.Context, owner string, req api.
 		Env: env, Accel: m.cfg.Driver.Accel(), CreatedAt: now, UpdatedAt: now,
 		BootMillis: time.Since(start).Milliseconds(), Handle: l.vm.Handle(), Snapshot: l.mach.encode(),
 		Template: t.Name, TemplateVersion: max(t.Version, 1), IdleTimeout: idle, NoAutoWake: req.NoAutoWake,
-		Owner: owner, Agent: req.Agent, Allow: req.Allow}
+		Owner: owner, Agent: req.Agent, Allow: req.Allow, Node: node}
 	if err := m.cfg.Store.CreateSession(ctx, &rec); err != nil {
 		l.client().Close()
 		_ = l.vm.Stop(context.Background())
@@ -653,6 +657,9 @@ func (m *Manager) startPools(ctx context.Context) error {
 // templateReady starts what a ready template keeps going: its pool and
 // its clone files made ahead.
 func (m *Manager) templateReady(t store.Template) {
+	if m.cfg.NoNode {
+		return // no VMs here: no clones to make ahead
+	}
 	m.wantCloneFiles(t.Name)
 	m.ensurePool(t)
 }
@@ -743,6 +750,11 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 			n := len(p.ready)
 			m.mu.Unlock()
 			if !hold() || n >= p.want {
+				break fill
+			}
+			// A cordoned or draining node keeps no more clones; a
+			// draining one keeps none (DrainNode dropped them).
+			if !m.nodeSchedulable(context.Background()) {
 				break fill
 			}
 			id := newID()

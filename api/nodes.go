@@ -1,0 +1,61 @@
+package api
+
+import "time"
+
+// Node states (Node.State): dead if the node stopped heartbeating for
+// longer than the server's grace, else draining or cordoned as an
+// operator set it, else ready.
+const (
+	NodeReady    = "ready"
+	NodeCordoned = "cordoned"
+	NodeDraining = "draining"
+	NodeDead     = "dead"
+)
+
+// NodeCapacity is what a node reports about its host.
+type NodeCapacity struct {
+	VCPUs     int   `json:"vcpus"`
+	MemoryMiB int64 `json:"memory_mib"`
+	// DiskBytes is the bytes free under the node's COVE_HOME.
+	DiskBytes int64 `json:"disk_bytes"`
+	// Accel is "kvm" or "tcg".
+	Accel    string   `json:"accel"`
+	CPUModel string   `json:"cpu_model"`
+	CPUFlags []string `json:"cpu_flags,omitempty"`
+	// QEMUVersion and KernelVersion (the host's): a snapshot restores
+	// only on a compatible machine.
+	QEMUVersion   string `json:"qemu_version"`
+	KernelVersion string `json:"kernel_version"`
+}
+
+// Node is one VM host: the embedded node of a `cove server`, or a `cove
+// node` agent that joined.
+type Node struct {
+	ID       string            `json:"id"`
+	Name     string            `json:"name"`
+	State    string            `json:"state"`
+	Labels   map[string]string `json:"labels,omitempty"`
+	Capacity NodeCapacity      `json:"capacity"`
+	// Embedded marks the node inside a `cove server` process.
+	Embedded    bool      `json:"embedded"`
+	JoinedAt    time.Time `json:"joined_at"`
+	HeartbeatAt time.Time `json:"heartbeat_at"`
+	// Sessions counts the sessions the node holds (any state);
+	// Running those whose VM runs there now.
+	Sessions int `json:"sessions"`
+	Running  int `json:"running"`
+}
+
+// NodeList is the answer of GET /v1/nodes.
+type NodeList struct {
+	Nodes []Node `json:"nodes"`
+}
+
+// DrainResult is the answer of POST /v1/nodes/{id}/drain: the node, now
+// draining, and how many of its running sessions the drain parked.
+type DrainResult struct {
+	Node   Node `json:"node"`
+	Parked int  `json:"parked"`
+	// Errors are the sessions the drain could not park, and why.
+	Errors []string `json:"errors,omitempty"`
+}

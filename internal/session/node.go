@@ -1,0 +1,510 @@
+package session
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/placement"
+	"github.com/cove-dev/cove/internal/store"
+)
+
+// Nodes: the VM hosts sessions run on.
+//
+// This server's own VMs run on its embedded node (Config.Node), which
+// cmd/cove registers at start (RegisterEmbeddedNode) and which this
+// manager heartbeats. New sessions are placed (package placement) over
+// the registered nodes: in this version only the embedded node takes
+// them, and remote nodes are listed with the reason they do not (their
+// sessions are not routed yet). A cordoned or draining node takes no new
+// session, and a draining node keeps no warm pool.
+//
+// The sweeper (every third of Config.NodeGrace, under the claim
+// nodes/sweep) marks dead the nodes whose last heartbeat is older than
+// the grace. The sessions of a dead node are left as they are, and
+// logged: their recovery elsewhere comes with routing.
+
+// NewNodeID is a new, random node id: "node-" and 12 lowercase base32
+// characters.
+func NewNodeID() string { return "node-" + strings.ToLower(rand.Text()[:12]) }
+
+// RegisterEmbeddedNode records the embedded node named name in st, with
+// capacity c, and returns it: the record of that name if there is one
+// (a restarted server keeps its node's id), heartbeated now, else a new
+// one. A node of that name that joined as a remote node is an error: two
+// hosts would share one record.
+func RegisterEmbeddedNode(ctx context.Context, st store.Store, name string, c store.NodeCapacity) (store.Node, error) {
+	if name == "" {
+		return store.Node{}, errors.New("node: register: empty name")
+	}
+	now := time.Now().UTC()
+	n, err := st.GetNodeByName(ctx, name)
+	switch {
+	case err == nil:
+		if !n.Embedded {
+			return store.Node{}, fmt.Errorf("node: register %q: a remote node joined with that name (%s); give this server's node another (--node-name)", name, n.ID)
+		}
+		if err := st.HeartbeatNode(ctx, n.ID, now, c); err != nil {
+			return store.Node{}, fmt.Errorf("node: register %q: %w", name, err)
+		}
+		return st.GetNode(ctx, n.ID)
+	case !errors.Is(err, store.ErrNotFound):
+		return store.Node{}, fmt.Errorf("node: register %q: %w", name, err)
+	}
+	n = store.Node{ID: NewNodeID(), Name: name, Capacity: c, Embedded: true, JoinedAt: now, HeartbeatAt: now}
+	if err := st.CreateNode(ctx, &n); err != nil {
+		return store.Node{}, fmt.Errorf("node: register %q: %w", name, err)
+	}
+	return n, nil
+}
+
+// startNodeLoops starts the embedded node's heartbeats and the sweeper,
+// as configured.
+func (m *Manager) startNodeLoops() {
+	if m.cfg.Node != "" && m.cfg.NodeProbe != nil {
+		m.bg.Add(1)
+		go m.heartbeatLoop()
+	}
+	if m.cfg.NodeGrace > 0 {
+		m.bg.Add(1)
+		go m.sweepLoop()
+	}
+}
+
+// heartbeatLoop heartbeats the embedded node with a fresh probe every
+// Config.NodeHeartbeat until the manager stops.
+func (m *Manager) heartbeatLoop() {
+	defer m.bg.Done()
+	every := m.cfg.NodeHeartbeat
+	if every <= 0 {
+		every = 10 * time.Second
+	}
+	tick := time.NewTicker(every)
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), every)
+		c, err := m.cfg.NodeProbe(ctx)
+		if err == nil {
+			err = m.cfg.Store.HeartbeatNode(ctx, m.cfg.Node, time.Now().UTC(), c)
+		}
+		cancel()
+		if err != nil {
+			m.cfg.Log.Warn("node heartbeat", "node", m.cfg.Node, "err", err)
+		}
+	}
+}
+
+// sweepLoop runs sweepNodes every third of the grace until the manager
+// stops.
+func (m *Manager) sweepLoop() {
+	defer m.bg.Done()
+	tick := time.NewTicker(max(m.cfg.NodeGrace/3, time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-tick.C:
+		}
+		m.SweepNodes(context.Background())
+	}
+}
+
+// SweepNodes marks dead, under the claim nodes/sweep, every node whose
+// last heartbeat is older than Config.NodeGrace, and returns their ids.
+// A server that finds the claim held by another does nothing: that one
+// sweeps.
+func (m *Manager) SweepNodes(ctx context.Context) []string {
+	if m.cfg.NodeGrace <= 0 {
+		return nil
+	}
+	lctx, release, ok := m.lease(ctx, "nodes/sweep")
+	if !ok {
+		return nil
+	}
+	defer release()
+	nodes, err := m.cfg.Store.ListNodes(lctx)
+	if err != nil {
+		m.cfg.Log.Warn("node sweep", "err", err)
+		return nil
+	}
+	var dead []string
+	now := time.Now()
+	for _, n := range nodes {
+		last := n.HeartbeatAt
+		if last.IsZero() {
+			last = n.JoinedAt
+		}
+		if n.Dead || last.IsZero() || now.Sub(last) <= m.cfg.NodeGrace {
+			continue
+		}
+		n.Dead = true
+		// A conflict is an operator's change since the read: the next
+		// round sees it. A heartbeat moves no generation, so one that
+		// came since is overwritten; the node's next heartbeat clears
+		// Dead again.
+		if err := m.cfg.Store.UpdateNode(lctx, &n); err != nil {
+			m.cfg.Log.Warn("node sweep: mark dead", "node", n.ID, "err", err)
+			continue
+		}
+		dead = append(dead, n.ID)
+		m.cfg.Log.Warn("node marked dead: no heartbeat for longer than the grace", "node", n.ID, "name", n.Name,
+			"last_heartbeat", last, "grace", m.cfg.NodeGrace, "running_sessions", m.countRunning(lctx, n.ID))
+	}
+	return dead
+}
+
+// countRunning counts the sessions of node that are recorded running
+// (for the log), or -1 if the store cannot say.
+func (m *Manager) countRunning(ctx context.Context, node string) int {
+	recs, err := m.cfg.Store.ListSessions(ctx)
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, r := range recs {
+		if m.holds(r, node) && r.State == api.StateRunning {
+			n++
+		}
+	}
+	return n
+}
+
+// holds reports whether node holds the session of rec: its recorded
+// node, or the embedded node for records from before nodes.
+func (m *Manager) holds(rec store.Session, node string) bool {
+	return rec.Node == node || rec.Node == "" && node == m.cfg.Node && node != ""
+}
+
+// takesVMs reports whether this server runs VMs: false with
+// Config.NoNode, when op ("create", "wake") fails with 503.
+func (m *Manager) takesVMs(op string) error {
+	if !m.cfg.NoNode {
+		return nil
+	}
+	return api.Errorf(api.CodeUnavailable, "%s: no node fits: this server runs no node (--node=false), and sessions are not routed to remote nodes yet", op)
+}
+
+// holdsVM reports whether a session's VM state is on its node: every
+// state but parked and failed (a parked session holds only files).
+func holdsVM(state string) bool {
+	return state != api.StateParked && state != api.StateFailed
+}
+
+// place chooses the node for a new session of memMiB and cpus, cloned
+// from template ("" for a boot), on a node with the selector's labels.
+// Without a node registry (Config.Node "" and not NoNode) it places
+// nothing and returns "". Only the embedded node takes sessions in this
+// version; the error of a refusal (503) says why each node did not.
+func (m *Manager) place(ctx context.Context, memMiB, cpus int, selector map[string]string, template string) (string, error) {
+	if m.cfg.Node == "" && !m.cfg.NoNode {
+		return "", nil
+	}
+	nodes, err := m.cfg.Store.ListNodes(ctx)
+	if err != nil {
+		return "", fmt.Errorf("session: place: %w", err)
+	}
+	recs, err := m.cfg.Store.ListSessions(ctx)
+	if err != nil {
+		return "", fmt.Errorf("session: place: %w", err)
+	}
+	use := make([]placement.Session, 0, len(recs))
+	for _, r := range recs {
+		if !holdsVM(r.State) {
+			continue
+		}
+		node := r.Node
+		if node == "" {
+			node = m.cfg.Node
+		}
+		use = append(use, placement.Session{Node: node, Resources: placement.Resources{MemoryMiB: int64(r.MemoryMiB), VCPUs: int64(r.CPUs)}})
+	}
+	used := placement.Use(use)
+	cands := make([]placement.Node, len(nodes))
+	for i, n := range nodes {
+		cands[i] = placement.Node{ID: n.ID, Name: n.Name, Labels: n.Labels, Admin: n.Admin, Dead: n.Dead, Used: used[n.ID],
+			Capacity: placement.Resources{MemoryMiB: n.Capacity.MemoryMiB, VCPUs: int64(n.Capacity.VCPUs), DiskBytes: n.Capacity.DiskBytes}}
+		if n.ID != m.cfg.Node || m.cfg.NoNode {
+			cands[i].Unusable = "remote nodes take no sessions yet"
+		}
+		if template != "" && n.ID == m.cfg.Node {
+			m.mu.Lock()
+			cands[i].Pooled = m.pools[template] != nil
+			m.mu.Unlock()
+		}
+	}
+	id, err := placement.Choose(cands, placement.Request{
+		Resources: placement.Resources{MemoryMiB: int64(memMiB), VCPUs: int64(cpus)},
+		Selector:  selector, Template: template,
+		MemoryOvercommit: m.cfg.Admission.memoryOvercommit(), CPUOvercommit: m.cfg.Admission.cpuOvercommit(),
+	})
+	if err != nil {
+		return "", api.Errorf(api.CodeUnavailable, "%v", err)
+	}
+	return id, nil
+}
+
+// checkSelector checks a create's node selector: label keys are
+// non-empty and neither keys nor values hold '=' or ','.
+func checkSelector(field string, sel map[string]string) error {
+	for k, v := range sel {
+		if k == "" || strings.ContainsAny(k, "=,") || strings.ContainsAny(v, ",") {
+			return api.Errorf(api.CodeInvalid, "%s: label %q=%q: want KEY=VALUE, with a non-empty key and no ',' (nor '=' in the key)", field, k, v)
+		}
+	}
+	return nil
+}
+
+// nodeSchedulable reports whether the embedded node takes new sessions
+// and keeps warm pools: not cordoned, draining or dead. Without a node
+// registry it always does; a store that cannot say counts as yes (the
+// pool is kept as before).
+func (m *Manager) nodeSchedulable(ctx context.Context) bool {
+	if m.cfg.Node == "" {
+		return !m.cfg.NoNode
+	}
+	n, err := m.cfg.Store.GetNode(ctx, m.cfg.Node)
+	if err != nil {
+		return !errors.Is(err, store.ErrNotFound)
+	}
+	return n.Admin == "" && !n.Dead
+}
+
+// Nodes lists the registered nodes, ordered by name, with their
+// sessions counted.
+func (m *Manager) Nodes(ctx context.Context) ([]api.Node, error) {
+	nodes, err := m.cfg.Store.ListNodes(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("session: nodes: %w", err)
+	}
+	recs, err := m.cfg.Store.ListSessions(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("session: nodes: %w", err)
+	}
+	out := make([]api.Node, len(nodes))
+	for i, n := range nodes {
+		out[i] = m.nodeAPI(n, recs)
+	}
+	return out, nil
+}
+
+// Node returns the node with the given id or name.
+func (m *Manager) Node(ctx context.Context, idOrName string) (api.Node, error) {
+	n, err := m.node(ctx, idOrName)
+	if err != nil {
+		return api.Node{}, err
+	}
+	recs, err := m.cfg.Store.ListSessions(ctx)
+	if err != nil {
+		return api.Node{}, fmt.Errorf("session: node %s: %w", idOrName, err)
+	}
+	return m.nodeAPI(n, recs), nil
+}
+
+// node reads the node with the given id or name: 404 if none.
+func (m *Manager) node(ctx context.Context, idOrName string) (store.Node, error) {
+	n, err := m.cfg.Store.GetNode(ctx, idOrName)
+	if errors.Is(err, store.ErrNotFound) {
+		n, err = m.cfg.Store.GetNodeByName(ctx, idOrName)
+	}
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Node{}, api.Errorf(api.CodeNotFound, "no node %q", idOrName)
+	}
+	if err != nil {
+		return store.Node{}, fmt.Errorf("session: node %s: %w", idOrName, err)
+	}
+	return n, nil
+}
+
+func (m *Manager) nodeAPI(n store.Node, recs []store.Session) api.Node {
+	out := api.Node{ID: n.ID, Name: n.Name, State: store.NodeState(n), Labels: n.Labels, Embedded: n.Embedded,
+		JoinedAt: n.JoinedAt, HeartbeatAt: n.HeartbeatAt,
+		Capacity: api.NodeCapacity{VCPUs: n.Capacity.VCPUs, MemoryMiB: n.Capacity.MemoryMiB, DiskBytes: n.Capacity.DiskBytes,
+			Accel: n.Capacity.Accel, CPUModel: n.Capacity.CPUModel, CPUFlags: n.Capacity.CPUFlags,
+			QEMUVersion: n.Capacity.QEMUVersion, KernelVersion: n.Capacity.KernelVersion}}
+	for _, r := range recs {
+		if m.holds(r, n.ID) {
+			out.Sessions++
+			if r.State == api.StateRunning {
+				out.Running++
+			}
+		}
+	}
+	return out
+}
+
+// setAdmin sets the node's Admin to admin, reading it again on a
+// conflict (a sweep, another operator), and returns it.
+func (m *Manager) setAdmin(ctx context.Context, idOrName, admin string) (store.Node, error) {
+	for range 5 {
+		n, err := m.node(ctx, idOrName)
+		if err != nil {
+			return store.Node{}, err
+		}
+		if n.Admin == admin {
+			return n, nil
+		}
+		n.Admin = admin
+		err = m.cfg.Store.UpdateNode(ctx, &n)
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return store.Node{}, fmt.Errorf("session: node %s: %w", idOrName, err)
+		}
+		m.cfg.Log.Info("node admin state set", "node", n.ID, "name", n.Name, "admin", admin)
+		return n, nil
+	}
+	return store.Node{}, api.Errorf(api.CodeConflict, "node %s: changed by others while being set %q; try again", idOrName, admin)
+}
+
+// CordonNode stops the node from taking new sessions; its sessions stay.
+func (m *Manager) CordonNode(ctx context.Context, idOrName string) (api.Node, error) {
+	if _, err := m.setAdmin(ctx, idOrName, store.NodeCordoned); err != nil {
+		return api.Node{}, err
+	}
+	return m.Node(ctx, idOrName)
+}
+
+// UncordonNode lets the node take new sessions again (from cordoned or
+// draining).
+func (m *Manager) UncordonNode(ctx context.Context, idOrName string) (api.Node, error) {
+	if _, err := m.setAdmin(ctx, idOrName, ""); err != nil {
+		return api.Node{}, err
+	}
+	m.refillAll()
+	return m.Node(ctx, idOrName)
+}
+
+// DrainNode sets the node draining (no new sessions, no warm pool) and
+// parks every session running on it. Only the embedded node's sessions
+// are parked in this version: a remote node is only set draining. The
+// result counts what was parked; a session that could not be is listed
+// in its Errors, and a drain may be run again.
+func (m *Manager) DrainNode(ctx context.Context, idOrName string) (api.DrainResult, error) {
+	n, err := m.setAdmin(ctx, idOrName, store.NodeDraining)
+	if err != nil {
+		return api.DrainResult{}, err
+	}
+	var res api.DrainResult
+	if n.ID == m.cfg.Node && !m.cfg.NoNode {
+		m.dropPools()
+		recs, err := m.cfg.Store.ListSessions(ctx)
+		if err != nil {
+			return api.DrainResult{}, fmt.Errorf("session: drain %s: %w", n.ID, err)
+		}
+		for _, r := range recs {
+			if !m.holds(r, n.ID) || r.State != api.StateRunning {
+				continue
+			}
+			if _, err := m.park(ctx, r.ID, CauseDrain); err != nil {
+				res.Errors = append(res.Errors, r.ID+": "+err.Error())
+				continue
+			}
+			res.Parked++
+		}
+		m.cfg.Log.Info("node drained", "node", n.ID, "parked", res.Parked, "failed", len(res.Errors))
+	}
+	if res.Node, err = m.Node(ctx, n.ID); err != nil {
+		return api.DrainResult{}, err
+	}
+	return res, nil
+}
+
+// RemoveNode deletes the node's record. A node that holds sessions is
+// refused (409) unless it is dead: its sessions then keep naming it.
+func (m *Manager) RemoveNode(ctx context.Context, idOrName string) error {
+	n, err := m.node(ctx, idOrName)
+	if err != nil {
+		return err
+	}
+	if !n.Dead {
+		recs, err := m.cfg.Store.ListSessions(ctx)
+		if err != nil {
+			return fmt.Errorf("session: remove node %s: %w", n.ID, err)
+		}
+		held := 0
+		for _, r := range recs {
+			if m.holds(r, n.ID) {
+				held++
+			}
+		}
+		if held > 0 {
+			return api.Errorf(api.CodeConflict, "node %s holds %d sessions: drain it and remove them first, or wait until it is dead", n.Name, held)
+		}
+	}
+	if err := m.cfg.Store.DeleteNode(ctx, n.ID); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return api.Errorf(api.CodeNotFound, "no node %q", idOrName)
+		}
+		return fmt.Errorf("session: remove node %s: %w", n.ID, err)
+	}
+	m.cfg.Log.Info("node removed", "node", n.ID, "name", n.Name)
+	return nil
+}
+
+// dropPools stops the ready clones of every warm pool (a draining node
+// keeps none); the pools' fillers stay, and refill once the node is
+// schedulable again.
+func (m *Manager) dropPools() {
+	m.mu.Lock()
+	pools := make([]*pool, 0, len(m.pools))
+	for _, p := range m.pools {
+		pools = append(pools, p)
+	}
+	m.mu.Unlock()
+	for _, p := range pools {
+		m.dropReady(p)
+	}
+}
+
+// refillAll kicks every pool's filler.
+func (m *Manager) refillAll() {
+	m.mu.Lock()
+	names := make([]string, 0, len(m.pools))
+	for name := range m.pools {
+		names = append(names, name)
+	}
+	m.mu.Unlock()
+	for _, name := range names {
+		m.refill(name)
+	}
+}
+
+// adoptLegacy writes the embedded node's id into a session recorded
+// before nodes existed (Node ""), which the embedded node holds.
+func (m *Manager) adoptLegacy(ctx context.Context, rec *store.Session) {
+	if m.cfg.Node == "" || m.cfg.NoNode || rec.Node != "" {
+		return
+	}
+	rec.Node = m.cfg.Node
+	if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+		rec.Node = ""
+		m.cfg.Log.Warn("adopt session into the embedded node", "session", rec.ID, "err", err)
+	}
+}
+
+// memoryOvercommit and cpuOvercommit are the ratios admit uses, for
+// placement.
+func (a Admission) memoryOvercommit() float64 {
+	if a.MemoryOvercommit > 0 {
+		return a.MemoryOvercommit
+	}
+	return DefaultMemoryOvercommit
+}
+
+func (a Admission) cpuOvercommit() float64 {
+	if a.CPUOvercommit > 0 {
+		return a.CPUOvercommit
+	}
+	return DefaultCPUOvercommit
+}

@@ -1,0 +1,286 @@
+package session_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/session"
+	"github.com/cove-dev/cove/internal/store"
+)
+
+// The embedded node over the fake driver: what a `cove server` with its
+// node does with sessions, cordon, drain, restarts and dead nodes.
+
+var fakeCapacity = store.NodeCapacity{VCPUs: 4, MemoryMiB: 4096, DiskBytes: 1 << 40, Accel: "tcg"}
+
+// nodeRig is a fake rig whose managers run the embedded node "host-a",
+// registered at each open as `cove server` does; nodeID is its id.
+func nodeRig(t *testing.T, more func(*session.Config)) (*fakeRig, *string) {
+	t.Helper()
+	id := new(string)
+	r := newFakeRigWith(t, func(c *session.Config) {
+		n, err := session.RegisterEmbeddedNode(context.Background(), c.Store, "host-a", fakeCapacity)
+		if err != nil {
+			t.Fatalf("register: %v", err)
+		}
+		*id = n.ID
+		c.Node = n.ID
+		c.NodeProbe = func(context.Context) (store.NodeCapacity, error) { return fakeCapacity, nil }
+		if more != nil {
+			more(c)
+		}
+	})
+	return r, id
+}
+
+// A session records the node it runs on, and the node counts it; a
+// restarted server keeps its node's id.
+func TestFakeNodeSessionsRecordTheirNode(t *testing.T) {
+	r, id := nodeRig(t, nil)
+	first := *id
+	if !strings.HasPrefix(first, "node-") || len(first) != len("node-")+12 {
+		t.Fatalf("node id %q, want node- and 12 characters", first)
+	}
+	s := r.create(api.CreateSessionRequest{})
+	if s.Node != first {
+		t.Errorf("created session's node = %q, want %q", s.Node, first)
+	}
+	nodes, err := r.mgr.Nodes(context.Background())
+	if err != nil || len(nodes) != 1 {
+		t.Fatalf("Nodes = %v, %v; want the embedded node", nodes, err)
+	}
+	n := nodes[0]
+	if n.ID != first || n.Name != "host-a" || n.State != api.NodeReady || !n.Embedded ||
+		n.Sessions != 1 || n.Running != 1 || n.Capacity.MemoryMiB != 4096 {
+		t.Errorf("node = %+v, want host-a ready, embedded, 1 session running, 4096 MiB", n)
+	}
+	r.restart()
+	if *id != first {
+		t.Errorf("node id after a restart = %q, want %q", *id, first)
+	}
+	if got := r.get(s.ID); got.Node != first || got.State != api.StateRunning {
+		t.Errorf("after a restart the session is %s on %q, want running on %q", got.State, got.Node, first)
+	}
+}
+
+// A cordoned node takes no new session, and says so; uncordoned, it does.
+func TestFakeNodeCordon(t *testing.T) {
+	r, id := nodeRig(t, nil)
+	ctx := context.Background()
+	n, err := r.mgr.CordonNode(ctx, "host-a")
+	if err != nil || n.State != api.NodeCordoned {
+		t.Fatalf("cordon = %+v, %v; want cordoned", n, err)
+	}
+	_, err = r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{})
+	wantCode(t, "create on a cordoned node", err, api.CodeUnavailable)
+	if !strings.Contains(err.Error(), "no node fits: host-a: cordoned") {
+		t.Errorf("refusal %q does not say why", err)
+	}
+	if n, err = r.mgr.UncordonNode(ctx, *id); err != nil || n.State != api.NodeReady {
+		t.Fatalf("uncordon = %+v, %v; want ready", n, err)
+	}
+	r.create(api.CreateSessionRequest{})
+}
+
+// The node selector must match the node's labels; a malformed one is
+// refused before anything happens.
+func TestFakeNodeSelector(t *testing.T) {
+	r, id := nodeRig(t, nil)
+	ctx := context.Background()
+	_, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{NodeSelector: map[string]string{"gpu": "yes"}})
+	wantCode(t, "create with an unmatched selector", err, api.CodeUnavailable)
+	if !strings.Contains(err.Error(), "labels do not match gpu=yes") {
+		t.Errorf("refusal %q does not say why", err)
+	}
+	_, err = r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{NodeSelector: map[string]string{"": "x"}})
+	wantCode(t, "create with an empty label key", err, api.CodeInvalid)
+
+	n, err := r.store.GetNode(ctx, *id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Labels = map[string]string{"gpu": "yes"}
+	if err := r.store.UpdateNode(ctx, &n); err != nil {
+		t.Fatal(err)
+	}
+	r.create(api.CreateSessionRequest{NodeSelector: map[string]string{"gpu": "yes"}})
+	if ss, _ := r.mgr.List(ctx); len(ss) != 1 {
+		t.Errorf("%d sessions, want the one that matched", len(ss))
+	}
+}
+
+// A node full of sessions refuses the next with what is left.
+func TestFakeNodeFull(t *testing.T) {
+	r, _ := nodeRig(t, func(c *session.Config) {
+		c.Admission = session.Admission{MemoryOvercommit: 1, CPUOvercommit: 1}
+	})
+	_, err := r.mgr.Create(context.Background(), testOwner, api.CreateSessionRequest{MemoryMiB: 8192})
+	wantCode(t, "create larger than the node", err, api.CodeUnavailable)
+	if !strings.Contains(err.Error(), "host-a: 4096 MiB free < 8192 MiB asked") {
+		t.Errorf("refusal %q does not say why", err)
+	}
+}
+
+// Drain sets the node draining and parks its running sessions: they
+// keep their state, and the node takes no new one until uncordoned.
+func TestFakeNodeDrain(t *testing.T) {
+	r, id := nodeRig(t, nil)
+	ctx := context.Background()
+	a := r.create(api.CreateSessionRequest{})
+	b := r.create(api.CreateSessionRequest{})
+	r.write(a.ID, "/tmp/kept", "before the drain")
+	r.park(b.ID) // parked already: left as it is
+	res, err := r.mgr.DrainNode(ctx, *id)
+	if err != nil {
+		t.Fatalf("drain: %v", err)
+	}
+	if res.Parked != 1 || len(res.Errors) != 0 || res.Node.State != api.NodeDraining || res.Node.Running != 0 {
+		t.Fatalf("drain = %+v, want 1 parked, node draining with none running", res)
+	}
+	r.wantState(a.ID, api.StateParked, "")
+	_, err = r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{})
+	wantCode(t, "create on a draining node", err, api.CodeUnavailable)
+	if !strings.Contains(err.Error(), "host-a: draining") {
+		t.Errorf("refusal %q does not say why", err)
+	}
+	if _, err := r.mgr.UncordonNode(ctx, "host-a"); err != nil {
+		t.Fatal(err)
+	}
+	r.wantFile(a.ID, "/tmp/kept", "before the drain") // wakes it, memory intact
+}
+
+// Removing a node that holds sessions is refused unless it is dead; an
+// unknown node is 404.
+func TestFakeNodeRemove(t *testing.T) {
+	r, id := nodeRig(t, nil)
+	ctx := context.Background()
+	r.create(api.CreateSessionRequest{})
+	wantCode(t, "remove a node holding sessions", r.mgr.RemoveNode(ctx, *id), api.CodeConflict)
+	wantCode(t, "remove an unknown node", r.mgr.RemoveNode(ctx, "node-nosuchnode00"), api.CodeNotFound)
+	_, err := r.mgr.Node(ctx, "nope")
+	wantCode(t, "inspect an unknown node", err, api.CodeNotFound)
+
+	dead := store.Node{ID: "node-deaddeaddead", Name: "gone", Dead: true, CredentialHash: "ab"}
+	if err := r.store.CreateNode(ctx, &dead); err != nil {
+		t.Fatal(err)
+	}
+	rec := store.Session{ID: "s-onthedeadnode", State: api.StateParked, Image: "tiny", Node: dead.ID, CreatedAt: time.Now().UTC()}
+	if err := r.store.CreateSession(ctx, &rec); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.mgr.RemoveNode(ctx, "gone"); err != nil {
+		t.Fatalf("remove a dead node holding a session: %v", err)
+	}
+	if err := r.store.DeleteSession(ctx, rec.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Recover adopts the sessions recorded before nodes into the embedded
+// node, and leaves another node's sessions alone.
+func TestFakeNodeRecoverAdopts(t *testing.T) {
+	var node string
+	r := newFakeRigWith(t, func(c *session.Config) { c.Node = node })
+	legacy := r.create(api.CreateSessionRequest{})
+	if legacy.Node != "" {
+		t.Fatalf("a session made without a node registry records node %q", legacy.Node)
+	}
+	ctx := context.Background()
+	other := store.Session{ID: "s-elsewhere0000", State: api.StateRunning, Image: "tiny", Node: "node-someotherone",
+		Handle: []byte(`{"v":1}`), CreatedAt: time.Now().UTC()}
+	if err := r.store.CreateSession(ctx, &other); err != nil {
+		t.Fatal(err)
+	}
+	n, err := session.RegisterEmbeddedNode(ctx, r.store, "host-a", fakeCapacity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	node = n.ID
+	r.restart()
+	if got := r.get(legacy.ID); got.Node != node || got.State != api.StateRunning {
+		t.Errorf("legacy session after Recover: %s on %q, want running on %q", got.State, got.Node, node)
+	}
+	r.echo(legacy.ID)
+	got, err := r.store.GetSession(ctx, other.ID)
+	if err != nil || got.State != api.StateRunning || got.Gen != 1 {
+		t.Errorf("another node's session after Recover: %+v, %v; want it untouched", got, err)
+	}
+	if err := r.store.DeleteSession(ctx, other.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A server without a node runs no VMs: a create says no node fits, and
+// why.
+func TestFakeNoNode(t *testing.T) {
+	r := newFakeRigWith(t, func(c *session.Config) { c.NoNode = true })
+	_, err := r.mgr.Create(context.Background(), testOwner, api.CreateSessionRequest{})
+	wantCode(t, "create without a node", err, api.CodeUnavailable)
+	if !strings.Contains(err.Error(), "no node fits: no node is registered") {
+		t.Errorf("refusal %q does not say why", err)
+	}
+	if _, err := session.RegisterEmbeddedNode(context.Background(), r.store, "other-host", fakeCapacity); err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.mgr.Create(context.Background(), testOwner, api.CreateSessionRequest{})
+	if !strings.Contains(err.Error(), "no node fits: other-host: remote nodes take no sessions yet") {
+		t.Errorf("refusal %q does not say why", err)
+	}
+}
+
+// The sweeper marks dead a node whose heartbeat is older than the grace,
+// and leaves one that heartbeats; a heartbeat brings a dead node back.
+func TestFakeNodeSweep(t *testing.T) {
+	r, id := nodeRig(t, func(c *session.Config) { c.NodeGrace = time.Hour })
+	ctx := context.Background()
+	old := time.Now().UTC().Add(-2 * time.Hour)
+	silent := store.Node{ID: "node-silent000000", Name: "silent", JoinedAt: old, HeartbeatAt: old, CredentialHash: "cd"}
+	if err := r.store.CreateNode(ctx, &silent); err != nil {
+		t.Fatal(err)
+	}
+	dead := r.mgr.SweepNodes(ctx)
+	if len(dead) != 1 || dead[0] != silent.ID {
+		t.Fatalf("swept %q, want only %q", dead, silent.ID)
+	}
+	n, err := r.mgr.Node(ctx, "silent")
+	if err != nil || n.State != api.NodeDead {
+		t.Fatalf("silent node = %+v, %v; want dead", n, err)
+	}
+	if n, _ := r.mgr.Node(ctx, *id); n.State != api.NodeReady {
+		t.Errorf("embedded node is %s, want ready", n.State)
+	}
+	if again := r.mgr.SweepNodes(ctx); len(again) != 0 {
+		t.Errorf("a second sweep marked %q again", again)
+	}
+	if err := r.store.HeartbeatNode(ctx, silent.ID, time.Now().UTC(), fakeCapacity); err != nil {
+		t.Fatal(err)
+	}
+	if n, _ := r.mgr.Node(ctx, "silent"); n.State != api.NodeReady {
+		t.Errorf("heartbeated node is %s, want ready", n.State)
+	}
+}
+
+// The embedded node heartbeats on its own, with a fresh probe.
+func TestFakeNodeHeartbeats(t *testing.T) {
+	probed := make(chan struct{}, 1)
+	r, id := nodeRig(t, func(c *session.Config) {
+		c.NodeHeartbeat = 10 * time.Millisecond
+		c.NodeProbe = func(context.Context) (store.NodeCapacity, error) {
+			select {
+			case probed <- struct{}{}:
+			default:
+			}
+			c := fakeCapacity
+			c.DiskBytes = 12345
+			return c, nil
+		}
+	})
+	<-probed
+	r.eventually("a heartbeat with the fresh probe", func() bool {
+		n, err := r.store.GetNode(context.Background(), *id)
+		return err == nil && n.Capacity.DiskBytes == 12345
+	})
+}
