@@ -44,6 +44,13 @@ type Node struct {
 	// Running those whose VM runs there now.
 	Sessions int `json:"sessions"`
 	Running  int `json:"running"`
+	// Connected: the node has a control connection to the server that
+	// answered (its own embedded node always has).
+	Connected bool `json:"connected"`
+	// Version is the node agent's version, which GET /v1/nodes/{id}
+	// asks the node over its connection; "" in lists, for a node not
+	// connected to the server that answered, and for embedded nodes.
+	Version string `json:"version,omitempty"`
 }
 
 // NodeList is the answer of GET /v1/nodes.

@@ -40,6 +40,9 @@ type HubConfig struct {
 	// their connection (NodeID tells which); HeartbeatPath is served
 	// before it. nil answers 404.
 	Handler http.Handler
+	// Local is the id of this server's embedded node, which needs no
+	// connection: Connected reports it connected. "" when there is none.
+	Local string
 	// Log receives connects, drops and refusals; nil discards.
 	Log *slog.Logger
 	// Now is the clock of joins and heartbeats; nil is time.Now.
@@ -87,8 +90,11 @@ func NewHub(cfg HubConfig) *Hub {
 }
 
 // Connected reports whether node id has a control connection to this
-// server now.
+// server now, or is this server's embedded node (HubConfig.Local).
 func (h *Hub) Connected(id string) bool {
+	if id != "" && id == h.cfg.Local {
+		return true
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	l := h.links[id]
@@ -101,6 +107,28 @@ func (h *Hub) Connected(id string) bool {
 // with ErrNotConnected.
 func (h *Hub) Client(id string) *http.Client {
 	return &http.Client{Transport: nodeTransport{id: id, next: h.transport}}
+}
+
+// Info asks node id who it is (GET /node/v1/info) over its connection:
+// ErrNotConnected while it has none.
+func (h *Hub) Info(ctx context.Context, id string) (Info, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://node"+InfoPath, nil)
+	if err != nil {
+		return Info{}, err
+	}
+	resp, err := h.Client(id).Do(req)
+	if err != nil {
+		return Info{}, fmt.Errorf("node %s: info: %w", id, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return Info{}, fmt.Errorf("node %s: info: %w", id, answerError(resp, "info"))
+	}
+	var info Info
+	if err := json.NewDecoder(io.LimitReader(resp.Body, MaxJoinBytes)).Decode(&info); err != nil {
+		return Info{}, fmt.Errorf("node %s: info: %w", id, err)
+	}
+	return info, nil
 }
 
 // nodeTransport sends every request to one node.

@@ -113,10 +113,15 @@ func testCapacity(disk int64) store.NodeCapacity {
 func (f *fixture) runAgent(home, joinToken string, heartbeat time.Duration) (*Agent, <-chan error) {
 	f.t.Helper()
 	var probes atomic.Int64
-	a := NewAgent(AgentConfig{Server: f.srv.URL, JoinToken: joinToken, Name: "node-a", Labels: map[string]string{"zone": "z1"},
+	var a *Agent
+	a = NewAgent(AgentConfig{Server: f.srv.URL, JoinToken: joinToken, Name: "node-a", Labels: map[string]string{"zone": "z1"},
 		Home: home, Heartbeat: heartbeat, Log: slog.New(slog.NewTextHandler(f.logs, nil)),
 		Probe: func(context.Context) (store.NodeCapacity, error) { return testCapacity(1000 + probes.Add(1)), nil },
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == InfoPath {
+				json.NewEncoder(w).Encode(Info{ID: a.NodeID(), Name: "node-a", Version: "test"})
+				return
+			}
 			fmt.Fprintf(w, "node answered %s %s", r.Method, r.URL.Path)
 		})})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -198,8 +203,15 @@ func TestJoinConnectCallBothWaysHeartbeat(t *testing.T) {
 		t.Error("the store holds the credential itself")
 	}
 
-	if got := get(t, f.hub.Client(id), "http://node"+InfoPath); got != "node answered GET "+InfoPath {
+	if got := get(t, f.hub.Client(id), "http://node/hello"); got != "node answered GET /hello" {
 		t.Errorf("server → node: %q", got)
+	}
+	info, err := f.hub.Info(ctx, id)
+	if err != nil || info.ID != id || info.Version != "test" {
+		t.Errorf("Info: %+v, %v; want the node's id and version", info, err)
+	}
+	if _, err := f.hub.Info(ctx, "node-unknown"); !errors.Is(err, ErrNotConnected) {
+		t.Errorf("Info of a node not connected: %v; want ErrNotConnected", err)
 	}
 	if got := get(t, a.Client(), "http://server/hello"); got != "server saw GET /hello from "+id {
 		t.Errorf("node → server: %q", got)
@@ -490,5 +502,14 @@ func TestAgentJoinRefused(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(home, CredentialFile)); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("credential file after a refused join: %v", err)
+	}
+}
+
+// The server's own embedded node counts as connected; others only while
+// their connection is up.
+func TestLocalNodeIsConnected(t *testing.T) {
+	h := NewHub(HubConfig{Store: openStore(t), Local: "node-local"})
+	if !h.Connected("node-local") || h.Connected("node-other") || h.Connected("") {
+		t.Error("Connected: want the local node only")
 	}
 }
