@@ -226,6 +226,11 @@ func TestCrossEngineerDenied(t *testing.T) {
 			action: policy.AuditAdmin, names: []string{server, bobUser}},
 		"DELETE /v1/audit/witnesses": {path: "/v1/audit/witnesses?url=http://127.0.0.1:1", action: policy.AuditAdmin, names: []string{server, bobUser}},
 		"POST /v1/admin/gc":          {path: "/v1/admin/gc", action: policy.ObjectsAdmin, names: []string{server, bobUser}},
+
+		// Nodes join with the join token and connect with their
+		// credential, not an API token; no NodeLink here.
+		"POST /v1/nodes/join":   {path: "/v1/nodes/join", status: 403, public: true},
+		"GET /v1/nodes/connect": {path: "/v1/nodes/connect", status: 503, public: true},
 	}
 
 	doc, _ := loadOpenAPI(t)
