@@ -105,4 +105,11 @@ var routes = []route{
 	{"DELETE", "/v1/audit/witnesses", "audit.witness.remove", bearer, (*Server).removeAuditWitness},
 
 	{"POST", "/v1/admin/gc", "objects.gc", bearer, (*Server).collectGarbage},
+
+	{"GET", "/v1/nodes", "node.list", bearer, (*Server).listNodes},
+	{"GET", "/v1/nodes/{id}", "node.get", bearer, (*Server).getNode},
+	{"POST", "/v1/nodes/{id}/cordon", "node.cordon", bearer, (*Server).cordonNode},
+	{"POST", "/v1/nodes/{id}/uncordon", "node.uncordon", bearer, (*Server).uncordonNode},
+	{"POST", "/v1/nodes/{id}/drain", "node.drain", bearer, (*Server).drainNode},
+	{"DELETE", "/v1/nodes/{id}", "node.remove", bearer, (*Server).removeNode},
 }
