@@ -82,6 +82,7 @@ token as it is.`,
 		newAuditCmd(c),
 		newWitnessCmd(c),
 		newAdminCmd(c),
+		newNodeCmd(c),
 		newVersionCmd(c),
 		newServerCmd(),
 	)
