@@ -560,3 +560,49 @@ func eventError(b *ErrorBody) *Error {
 	}
 	return &Error{Code: b.Code, Message: b.Message}
 }
+
+// nodePath returns /v1/nodes/{id} followed by suffix.
+func nodePath(idOrName, suffix string) string {
+	return "/v1/nodes/" + url.PathEscape(idOrName) + suffix
+}
+
+// ListNodes lists the nodes, ordered by name.
+func (c *Client) ListNodes(ctx context.Context) ([]Node, error) {
+	var out NodeList
+	err := c.doJSON(ctx, http.MethodGet, "/v1/nodes", nil, nil, &out)
+	return out.Nodes, err
+}
+
+// GetNode returns the node with the given id or name.
+func (c *Client) GetNode(ctx context.Context, idOrName string) (Node, error) {
+	var n Node
+	err := c.doJSON(ctx, http.MethodGet, nodePath(idOrName, ""), nil, nil, &n)
+	return n, err
+}
+
+// CordonNode stops the node from taking new sessions.
+func (c *Client) CordonNode(ctx context.Context, idOrName string) (Node, error) {
+	var n Node
+	err := c.doJSON(ctx, http.MethodPost, nodePath(idOrName, "/cordon"), nil, nil, &n)
+	return n, err
+}
+
+// UncordonNode lets the node take new sessions again.
+func (c *Client) UncordonNode(ctx context.Context, idOrName string) (Node, error) {
+	var n Node
+	err := c.doJSON(ctx, http.MethodPost, nodePath(idOrName, "/uncordon"), nil, nil, &n)
+	return n, err
+}
+
+// DrainNode sets the node draining and parks its running sessions.
+func (c *Client) DrainNode(ctx context.Context, idOrName string) (DrainResult, error) {
+	var res DrainResult
+	err := c.doJSON(ctx, http.MethodPost, nodePath(idOrName, "/drain"), nil, nil, &res)
+	return res, err
+}
+
+// RemoveNode removes the node's record: refused (409) while it holds
+// sessions, unless it is dead.
+func (c *Client) RemoveNode(ctx context.Context, idOrName string) error {
+	return c.doJSON(ctx, http.MethodDelete, nodePath(idOrName, ""), nil, nil, nil)
+}

@@ -4,8 +4,6 @@ package main_test
 // real 'cove node' process with its own home (no VMs are made).
 
 import (
-	"encoding/json"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/nodelink"
 )
 
@@ -44,43 +43,11 @@ func (e *e2e) startNode(home string, args ...string) *nodeProc {
 	return p
 }
 
-// listedNode is what the e2e test reads of a node in GET /v1/nodes.
-type listedNode struct {
-	Name     string            `json:"name"`
-	State    string            `json:"state"`
-	Labels   map[string]string `json:"labels"`
-	Capacity struct {
-		VCPUs int `json:"vcpus"`
-	} `json:"capacity"`
-	Embedded    bool      `json:"embedded"`
-	Connected   bool      `json:"connected"`
-	HeartbeatAt time.Time `json:"heartbeat_at"`
-}
-
-// nodes lists the nodes through the API, by name.
-func (e *e2e) nodes() map[string]listedNode {
+// nodesByName runs 'cove node ls --json', by name.
+func (e *e2e) nodesByName() map[string]api.Node {
 	e.t.Helper()
-	req, err := http.NewRequest("GET", "http://"+e.addr+"/v1/nodes", nil)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+e.userToken())
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var list struct {
-		Nodes []listedNode `json:"nodes"`
-	}
-	if resp.StatusCode != http.StatusOK {
-		e.t.Fatalf("GET /v1/nodes: %s", resp.Status)
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&list); err != nil {
-		e.t.Fatal(err)
-	}
-	m := map[string]listedNode{}
-	for _, n := range list.Nodes {
+	m := map[string]api.Node{}
+	for _, n := range e.nodes() {
 		m[n.Name] = n
 	}
 	return m
@@ -106,7 +73,7 @@ func TestNodeAgentEndToEnd(t *testing.T) {
 	}
 	// No VM is made: no spare QEMU either, which a SIGKILLed server
 	// would leave behind.
-	serverEnv := []string{"COVE_JOIN_TOKEN_FILE=" + tokenFile, "COVE_NODE_GRACE=3s", "COVE_SPARES=0"}
+	serverEnv := []string{"COVE_JOIN_TOKEN_FILE=" + tokenFile, "COVE_NODE_GRACE=3s", "COVE_NODE_HEARTBEAT=1s", "COVE_SPARES=0"}
 	e.startServer(serverEnv...)
 
 	nodeHome := t.TempDir()
@@ -117,16 +84,16 @@ func TestNodeAgentEndToEnd(t *testing.T) {
 		_, err := os.Stat(filepath.Join(nodeHome, nodelink.CredentialFile))
 		return err == nil
 	})
-	var joined listedNode
+	var joined api.Node
 	waitFor(t, "node-b joins and is ready", logs, func() bool {
-		joined = e.nodes()["node-b"]
-		return joined.State == "ready" && joined.Connected
+		joined = e.nodesByName()["node-b"]
+		return joined.State == api.NodeReady && joined.Connected
 	})
 	if joined.Labels["zone"] != "z1" || joined.Capacity.VCPUs == 0 {
 		t.Errorf("node-b as listed: %+v; want its label and capacity", joined)
 	}
 	ls := e.ok(nil, "node", "ls")
-	if !strings.Contains(ls, "node-b") || !strings.Contains(ls, "ready") {
+	if !strings.Contains(ls, "node-b") || !strings.Contains(ls, api.NodeReady) {
 		t.Errorf("cove node ls does not show node-b ready:\n%s", ls)
 	}
 	embedded := false
@@ -151,7 +118,7 @@ func TestNodeAgentEndToEnd(t *testing.T) {
 		before := joined.HeartbeatAt
 		e.startServer(serverEnv...)
 		waitFor(t, "node-b reconnects and heartbeats again", logs, func() bool {
-			n := e.nodes()["node-b"]
+			n := e.nodesByName()["node-b"]
 			return n.Connected && n.HeartbeatAt.After(before)
 		})
 	})
@@ -160,15 +127,15 @@ func TestNodeAgentEndToEnd(t *testing.T) {
 		_ = node.cmd.Process.Signal(syscall.SIGKILL)
 		<-node.done
 		waitFor(t, "node-b becomes dead", logs, func() bool {
-			n := e.nodes()["node-b"]
-			return n.State == "dead" && !n.Connected
+			n := e.nodesByName()["node-b"]
+			return n.State == api.NodeDead && !n.Connected
 		})
 	})
 
 	t.Run("RemovedNodeStops", func(t *testing.T) {
 		again := e.startNode(nodeHome, "--heartbeat", "200ms") // no join token: its credential suffices
 		waitFor(t, "node-b comes back", func() string { return again.log.String() + e.serverLog() }, func() bool {
-			return e.nodes()["node-b"].State == "ready"
+			return e.nodesByName()["node-b"].State == api.NodeReady
 		})
 		e.ok(nil, "node", "rm", "node-b")
 		select {

@@ -82,9 +82,9 @@ token as it is.`,
 		newAuditCmd(c),
 		newWitnessCmd(c),
 		newAdminCmd(c),
+		newNodeCmd(c),
 		newVersionCmd(c),
 		newServerCmd(),
-		newNodeCmd(c),
 	)
 	return root
 }

@@ -27,6 +27,7 @@ import (
 	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/keyfile"
+	"github.com/cove-dev/cove/internal/nodeinfo"
 	"github.com/cove-dev/cove/internal/nodelink"
 	"github.com/cove-dev/cove/internal/policy"
 	"github.com/cove-dev/cove/internal/secret"
@@ -82,6 +83,14 @@ type serverConfig struct {
 	// verifiers fetch its keys; "": http:// and the listen address, if
 	// that is a loopback one.
 	IssuerURL string
+	// Node runs the embedded node (this host runs VMs), registered as
+	// NodeName, heartbeating every NodeHeartbeat; NodeGrace is how long
+	// any node may go without a heartbeat before it is marked dead.
+	Node          bool
+	NodeName      string
+	NodeHeartbeat time.Duration
+	NodeGrace     time.Duration
+
 	// SecretKey is the file of the key that seals secrets; "":
 	// Home/secret.key, made at the first start. COVE_SECRET_KEY, when
 	// set, wins over either.
@@ -204,6 +213,10 @@ the policy in force.`,
 	f.StringArrayVar(&cfg.EgressResolve, "egress-resolve", envList("COVE_EGRESS_RESOLVE"), "HOST=IP: the egress proxy reaches HOST at IP instead of asking DNS, as curl's --resolve does (split-horizon names, internal services); repeatable (COVE_EGRESS_RESOLVE, comma-separated)")
 	f.StringVar(&cfg.UpstreamCA, "upstream-ca", os.Getenv("COVE_UPSTREAM_CA"), "PEM file of CAs that upstreams reached through the egress proxy may also be signed by, besides the system's roots: internal services with a private CA (COVE_UPSTREAM_CA)")
 	f.StringVar(&cfg.SecretKey, "secret-key", os.Getenv("COVE_SECRET_KEY_FILE"), "file of the key that encrypts secrets at rest: base64 of 32 bytes, mode 0600, best kept apart from --home's database (default: HOME/secret.key, made at the first start; the environment variable "+secret.EnvKey+", base64 of 32 bytes, wins over the file) (COVE_SECRET_KEY_FILE)")
+	f.BoolVar(&cfg.Node, "node", envOr("COVE_NODE", "true") != "false", "run the embedded node: this server runs sessions' VMs on this host; --node=false runs none (an API server only: in this version its creates fail with 'no node fits', as remote nodes are not routed to yet) (COVE_NODE)")
+	f.StringVar(&cfg.NodeName, "node-name", envOr("COVE_NODE_NAME", hostname()), "name of the embedded node, unique among the nodes sharing the store; a restarted server with the same name keeps its node (COVE_NODE_NAME; default: the host name)")
+	f.DurationVar(&cfg.NodeHeartbeat, "node-heartbeat", envDuration("COVE_NODE_HEARTBEAT", 10*time.Second), "how often the embedded node heartbeats, with a fresh probe of its capacity (COVE_NODE_HEARTBEAT)")
+	f.DurationVar(&cfg.NodeGrace, "node-grace", envDuration("COVE_NODE_GRACE", 30*time.Second), "how long a node may go without a heartbeat before it is marked dead; one server sharing the store sweeps, every third of it (COVE_NODE_GRACE)")
 	f.StringVar(&cfg.JoinTokenFile, "join-token-file", os.Getenv("COVE_JOIN_TOKEN_FILE"), "file that holds the secret 'cove node' agents join with (mode 0600; a trailing newline is not part of it); without it, joining is disabled, while nodes that joined before still connect (COVE_JOIN_TOKEN_FILE)")
 	f.StringVar(&cfg.Policy, "policy", os.Getenv("COVE_POLICY"), "Cedar policy file that decides every API action (default: the built-in policy: engineers see and control their own sessions, admins everything); check it with 'cove policy check'; SIGHUP reloads it, keeping the policy in force if the file does not check (COVE_POLICY)")
 	return cmd
@@ -339,7 +352,15 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	if err != nil {
 		return err
 	}
+	node, err := embeddedNode(ctx, cfg, st, driver.Accel(), log)
+	if err != nil {
+		return err
+	}
 	mgr, err := session.New(session.Config{Tokens: tokens.minter, Egress: egressBroker, ServerID: serverID,
+		Node: node, NoNode: !cfg.Node, NodeHeartbeat: cfg.NodeHeartbeat, NodeGrace: cfg.NodeGrace,
+		NodeProbe: func(ctx context.Context) (store.NodeCapacity, error) {
+			return nodeinfo.Probe(ctx, cfg.Home, driver.Accel())
+		},
 		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
 		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout, CloneFiles: cfg.CloneFiles,
 		CrashPoint: crash, Objects: objects, CacheSize: int64(cfg.CacheSize), GCInterval: cfg.GCInterval, GCGrace: cfg.GCGrace,
@@ -371,7 +392,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		OnReject: func(source, reason string, status int) {
 			log.Warn("webhook rejected", "hook", source, "status", status, "reason", reason)
 		}}
-	hub := nodelink.NewHub(nodelink.HubConfig{Store: st, JoinToken: joinToken, Log: log})
+	hub := nodelink.NewHub(nodelink.HubConfig{Store: st, JoinToken: joinToken, Local: node, Log: log})
 	defer hub.Close()
 	if joinToken == "" {
 		log.Info("nodes: joining is disabled (no --join-token-file); nodes that joined before still connect")
@@ -384,6 +405,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		Identities:    dir,
 		Secrets:       &secret.Keeper{Store: st, Box: secrets},
 		GC:            mgr.GC,
+		Nodes:         mgr,
 		Audit:         auditLog,
 		AuditLog:      auditLog,
 		NodeLink:      hub,
@@ -394,7 +416,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	}
 	hs := srv.HTTPServer() // the timeouts: apiserver.Timeouts
 	policyName, _ := policies.Source()
-	log.Info("cove server listening", "addr", "http://"+ln.Addr().String(), "home", cfg.Home, "accel", driver.Accel(), "policy", policyName)
+	log.Info("cove server listening", "addr", "http://"+ln.Addr().String(), "home", cfg.Home, "accel", driver.Accel(), "policy", policyName, "node", node)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 
@@ -641,4 +663,35 @@ func homeServerID(home string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("server id: %s is empty", p)
+}
+
+// hostname is this host's name, the embedded node's default name; "cove"
+// if it has none.
+func hostname() string {
+	if h, err := os.Hostname(); err == nil && h != "" {
+		return h
+	}
+	return "cove"
+}
+
+// embeddedNode registers the server's embedded node (--node) with a
+// probe of this host and returns its id; "" with --node=false.
+func embeddedNode(ctx context.Context, cfg serverConfig, st store.Store, accel string, log *slog.Logger) (string, error) {
+	if !cfg.Node {
+		log.Info("no embedded node (--node=false): this server runs no VMs")
+		return "", nil
+	}
+	if cfg.NodeHeartbeat <= 0 || cfg.NodeGrace <= cfg.NodeHeartbeat {
+		return "", fmt.Errorf("server: --node-grace (%v) must be longer than --node-heartbeat (%v), which must be positive", cfg.NodeGrace, cfg.NodeHeartbeat)
+	}
+	c, err := nodeinfo.Probe(ctx, cfg.Home, accel)
+	if err != nil {
+		return "", fmt.Errorf("server: %w", err)
+	}
+	n, err := session.RegisterEmbeddedNode(ctx, st, cfg.NodeName, c)
+	if err != nil {
+		return "", fmt.Errorf("server: %w", err)
+	}
+	log.Info("embedded node registered", "node", n.ID, "name", n.Name, "vcpus", c.VCPUs, "memory_mib", c.MemoryMiB, "accel", c.Accel)
+	return n.ID, nil
 }

@@ -104,6 +104,7 @@ func newSessionCreateCmd(c *cli) *cobra.Command {
 	var (
 		req         api.CreateSessionRequest
 		env         []string
+		selector    []string
 		bootTimeout time.Duration
 		idleTimeout time.Duration
 	)
@@ -125,6 +126,9 @@ with its own agent, whoever owns the template.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
 			if req.Env, err = parseEnv(env); err != nil {
+				return usagef(cmd, "%v", err)
+			}
+			if req.NodeSelector, err = parseLabels("--node-selector", selector); err != nil {
 				return usagef(cmd, "%v", err)
 			}
 			if bootTimeout < 0 {
@@ -167,6 +171,7 @@ with its own agent, whoever owns the template.`,
 	f.DurationVar(&idleTimeout, "idle-timeout", 0, "park the session after this long without API activity (0s: never; default: the server's)")
 	f.BoolVar(&req.NoAutoWake, "no-auto-wake", false, "make exec and file calls on the parked session fail instead of waking it")
 	f.StringVar(&req.Agent, "agent", "", "name of the agent the session runs, e.g. review-bot (lowercase letters, digits, '.', '_', '-')")
+	f.StringArrayVar(&selector, "node-selector", nil, "place the session only on a node with this label: KEY=VALUE (repeatable, or comma-separated; see 'cove node ls')")
 	f.StringArrayVar(&req.Allow, "allow", nil, "egress the session may use, through the host's proxy: '[METHOD,…] HOST[:PORT,…][/PATH]', e.g. github.com, '*.pypi.org', 'GET api.github.com/repos/' (repeatable; default: none)")
 	return cmd
 }

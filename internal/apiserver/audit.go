@@ -51,6 +51,8 @@ var auditedVerbs = map[string]bool{
 	"audit.witness.add": true, "audit.witness.remove": true,
 
 	"objects.gc": true,
+
+	"node.cordon": true, "node.uncordon": true, "node.drain": true, "node.remove": true,
 }
 
 // auditAction is the entry's action for a verb: the verb itself, but for
@@ -97,7 +99,7 @@ func auditActor(p identity.Principal) audit.Actor {
 // env and stdin are not.
 func auditTarget(a Action) audit.Target {
 	return audit.Target{Session: a.SessionID, Template: a.Template, User: a.User, Path: a.Path,
-		Argv: a.Argv, Cwd: a.Cwd, Secret: a.Secret, Token: a.Token, Image: a.Image, Team: a.Team, Hook: a.Hook, Witness: a.Witness}
+		Argv: a.Argv, Cwd: a.Cwd, Secret: a.Secret, Token: a.Token, Image: a.Image, Team: a.Team, Hook: a.Hook, Witness: a.Witness, Node: a.Node}
 }
 
 // announce appends a's announcement (decision allow) when its verb is

@@ -143,6 +143,13 @@ var verbRules = map[string]verbRule{
 	"audit.witness.remove": {policy.AuditAdmin, onServer, false},
 
 	"objects.gc": {policy.ObjectsAdmin, onServer, false},
+
+	"node.list":     {policy.NodesAdmin, onServer, false},
+	"node.get":      {policy.NodesAdmin, onServer, false},
+	"node.cordon":   {policy.NodesAdmin, onServer, false},
+	"node.uncordon": {policy.NodesAdmin, onServer, false},
+	"node.drain":    {policy.NodesAdmin, onServer, false},
+	"node.remove":   {policy.NodesAdmin, onServer, false},
 }
 
 // publicVerbs are the route verbs no policy decides, each with why.

@@ -224,8 +224,14 @@ func TestCrossEngineerDenied(t *testing.T) {
 		"GET /v1/audit/witnesses":     {path: "/v1/audit/witnesses", action: policy.AuditRead, names: []string{server, bobUser}},
 		"POST /v1/audit/witnesses": {path: "/v1/audit/witnesses", body: api.AuditWitness{URL: "http://127.0.0.1:1", Key: "w+00000000+BAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"},
 			action: policy.AuditAdmin, names: []string{server, bobUser}},
-		"DELETE /v1/audit/witnesses": {path: "/v1/audit/witnesses?url=http://127.0.0.1:1", action: policy.AuditAdmin, names: []string{server, bobUser}},
-		"POST /v1/admin/gc":          {path: "/v1/admin/gc", action: policy.ObjectsAdmin, names: []string{server, bobUser}},
+		"DELETE /v1/audit/witnesses":   {path: "/v1/audit/witnesses?url=http://127.0.0.1:1", action: policy.AuditAdmin, names: []string{server, bobUser}},
+		"POST /v1/admin/gc":            {path: "/v1/admin/gc", action: policy.ObjectsAdmin, names: []string{server, bobUser}},
+		"GET /v1/nodes":                {path: "/v1/nodes", action: policy.NodesAdmin, names: []string{server, bobUser}},
+		"GET /v1/nodes/{id}":           {path: "/v1/nodes/host-a", action: policy.NodesAdmin, names: []string{server, bobUser}},
+		"DELETE /v1/nodes/{id}":        {path: "/v1/nodes/host-a", action: policy.NodesAdmin, names: []string{server, bobUser}},
+		"POST /v1/nodes/{id}/cordon":   {path: "/v1/nodes/host-a/cordon", action: policy.NodesAdmin, names: []string{server, bobUser}},
+		"POST /v1/nodes/{id}/uncordon": {path: "/v1/nodes/host-a/uncordon", action: policy.NodesAdmin, names: []string{server, bobUser}},
+		"POST /v1/nodes/{id}/drain":    {path: "/v1/nodes/host-a/drain", action: policy.NodesAdmin, names: []string{server, bobUser}},
 
 		// Nodes join with the join token and connect with their
 		// credential, not an API token; no NodeLink here.

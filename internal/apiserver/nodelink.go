@@ -1,9 +1,12 @@
 package apiserver
 
 import (
+	"context"
 	"net/http"
+	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/nodelink"
 )
 
 // NodeLink serves the routes nodes use to join and to open their
@@ -18,6 +21,41 @@ type NodeLink interface {
 	// Connect serves GET /v1/nodes/connect, a WebSocket upgrade that
 	// lasts as long as the node's connection.
 	Connect(w http.ResponseWriter, r *http.Request) error
+	// Connected reports whether node id has a control connection to
+	// this server (its own embedded node always has).
+	Connected(id string) bool
+	// Info asks node id who it is over its connection.
+	Info(ctx context.Context, id string) (nodelink.Info, error)
+}
+
+// nodeInfoTimeout bounds how long an inspect waits for the node's own
+// answer, which it goes without past it.
+const nodeInfoTimeout = 2 * time.Second
+
+// linkState sets n.Connected from the node's control connection to this
+// server.
+func (s *Server) linkState(n *api.Node) {
+	if s.nodeLink != nil {
+		n.Connected = s.nodeLink.Connected(n.ID)
+	}
+}
+
+// askNode sets n.Connected and, for a remote node connected here, the
+// agent's version, asked over its connection; a node that does not
+// answer in time is shown without it, and the failure logged.
+func (s *Server) askNode(ctx context.Context, n *api.Node) {
+	s.linkState(n)
+	if !n.Connected || n.Embedded {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, nodeInfoTimeout)
+	defer cancel()
+	info, err := s.nodeLink.Info(ctx, n.ID)
+	if err != nil {
+		s.log.Warn("node inspect: the node did not say who it is", "node", n.ID, "err", err)
+		return
+	}
+	n.Version = info.Version
 }
 
 // Verbs of the node routes, which no policy decides (publicVerbs).

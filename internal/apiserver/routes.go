@@ -108,6 +108,13 @@ var routes = []route{
 
 	{"POST", "/v1/admin/gc", "objects.gc", bearer, (*Server).collectGarbage},
 
+	{"GET", "/v1/nodes", "node.list", bearer, (*Server).listNodes},
+	{"GET", "/v1/nodes/{id}", "node.get", bearer, (*Server).getNode},
+	{"POST", "/v1/nodes/{id}/cordon", "node.cordon", bearer, (*Server).cordonNode},
+	{"POST", "/v1/nodes/{id}/uncordon", "node.uncordon", bearer, (*Server).uncordonNode},
+	{"POST", "/v1/nodes/{id}/drain", "node.drain", bearer, (*Server).drainNode},
+	{"DELETE", "/v1/nodes/{id}", "node.remove", bearer, (*Server).removeNode},
+
 	// Nodes: a join carries the join token, a connect the node's
 	// credential, which Config.NodeLink checks.
 	{"POST", "/v1/nodes/join", verbNodeJoin, noToken, (*Server).joinNode},

@@ -92,6 +92,9 @@ type Config struct {
 	// GC runs a garbage collection of the object store now (POST
 	// /v1/admin/gc); nil answers that route with 503.
 	GC func(ctx context.Context) (api.GCResult, error)
+	// Nodes manages the nodes (/v1/nodes); nil answers those routes
+	// with 503.
+	Nodes Nodes
 	// Log receives one line per request; nil discards.
 	Log *slog.Logger
 	// Metrics is where the server's metrics go; nil makes a new set. Pass
@@ -184,6 +187,8 @@ type Action struct {
 	User string
 	// Token is the {id} of a token route.
 	Token string
+	// Node is the {id} of a node route: a node's id or name.
+	Node string
 	// Witness is the URL of an audit witness: the ?url= of
 	// audit.witness.remove, the body's of audit.witness.add (its outcome).
 	Witness string
@@ -230,6 +235,9 @@ func (a Action) LogValue() slog.Value {
 	if a.Token != "" {
 		attrs = append(attrs, slog.String("token", a.Token))
 	}
+	if a.Node != "" {
+		attrs = append(attrs, slog.String("node", a.Node))
+	}
 	if a.Argv != nil {
 		attrs = append(attrs, slog.Any("argv", a.Argv))
 	}
@@ -260,6 +268,7 @@ type Server struct {
 	identities   Identities
 	secrets      Secrets
 	gc           func(ctx context.Context) (api.GCResult, error)
+	nodes        Nodes
 	authn        Authenticator
 	tokenSum     [sha256.Size]byte
 	tokenSet     bool
@@ -292,6 +301,7 @@ func New(cfg Config) *Server {
 		identities:   cfg.Identities,
 		secrets:      cfg.Secrets,
 		gc:           cfg.GC,
+		nodes:        cfg.Nodes,
 		authn:        cfg.Authenticator,
 		tokenSum:     sha256.Sum256([]byte(cfg.Token)),
 		tokenSet:     cfg.Token != "",
@@ -373,6 +383,8 @@ func (s *Server) gate(rt route) http.Handler {
 			}
 		case strings.HasPrefix(rt.Verb, "audit.witness."):
 			act.Witness = r.URL.Query().Get("url")
+		case strings.HasPrefix(rt.Verb, "node."):
+			act.SessionID, act.Node = "", r.PathValue("id")
 		default:
 			act.Image = r.PathValue("name")
 		}

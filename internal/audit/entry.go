@@ -74,6 +74,7 @@ type Target struct {
 	Hook     string   `json:"hook,omitempty"`     // a webhook's name (hook secrets)
 	Audience string   `json:"audience,omitempty"` // a minted identity token's audience
 	Witness  string   `json:"witness,omitempty"`  // an audit witness's URL
+	Node     string   `json:"node,omitempty"`     // a node's id or name (node cordon, drain, remove)
 }
 
 // Outcome is how it ended. A nil pointer is "not known", which differs from

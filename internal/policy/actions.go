@@ -92,6 +92,11 @@ const (
 	// Resource: the Server. The default policy grants it to admins only.
 	ObjectsAdmin Action = "objects.admin"
 
+	// NodesAdmin lists, inspects, cordons, uncordons, drains and removes
+	// the nodes (the VM hosts). Resource: the Server. The default policy
+	// grants it to admins only.
+	NodesAdmin Action = "nodes.admin"
+
 	// SecretWrite sets (creates or replaces) a secret, the credential the
 	// egress proxy adds to a session's requests. Resource: the secret's
 	// owner: the User (its own, or another's when an admin sets one), the
@@ -124,7 +129,7 @@ func Actions() []Action {
 		ImageBuild, ImageList,
 		HookAdmin, UserAdmin,
 		TokenCreate, TokenList, TokenRevoke,
-		PolicyRead, AuditRead, AuditAdmin, ObjectsAdmin,
+		PolicyRead, AuditRead, AuditAdmin, ObjectsAdmin, NodesAdmin,
 		SecretWrite, SecretList, SecretDelete,
 		SessionEgress,
 	}
