@@ -4,6 +4,7 @@ package main_test
 // real 'cove node' process with its own home (no VMs are made).
 
 import (
+	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -92,6 +93,13 @@ func TestNodeAgentEndToEnd(t *testing.T) {
 	if joined.Labels["zone"] != "z1" || joined.Capacity.VCPUs == 0 {
 		t.Errorf("node-b as listed: %+v; want its label and capacity", joined)
 	}
+	var inspected api.Node
+	if err := json.Unmarshal([]byte(e.ok(nil, "node", "inspect", "node-b")), &inspected); err != nil {
+		t.Fatal(err)
+	}
+	if !inspected.Connected || inspected.Version == "" {
+		t.Errorf("cove node inspect node-b: connected %v, version %q; want connected, with the version it was asked over its connection", inspected.Connected, inspected.Version)
+	}
 	ls := e.ok(nil, "node", "ls")
 	if !strings.Contains(ls, "node-b") || !strings.Contains(ls, api.NodeReady) {
 		t.Errorf("cove node ls does not show node-b ready:\n%s", ls)
@@ -115,11 +123,11 @@ func TestNodeAgentEndToEnd(t *testing.T) {
 		if err := e.stopServer(syscall.SIGKILL); err == nil {
 			t.Log("server exited cleanly on SIGKILL?")
 		}
-		before := joined.HeartbeatAt
+		killed := time.Now()
 		e.startServer(serverEnv...)
 		waitFor(t, "node-b reconnects and heartbeats again", logs, func() bool {
 			n := e.nodesByName()["node-b"]
-			return n.Connected && n.HeartbeatAt.After(before)
+			return n.Connected && n.HeartbeatAt.After(killed)
 		})
 	})
 
