@@ -513,3 +513,15 @@ func TestLocalNodeIsConnected(t *testing.T) {
 		t.Error("Connected: want the local node only")
 	}
 }
+
+// The wait before a reconnect is the backoff less at most half of it, so
+// that nodes dropped at once spread out, and never more than it.
+func TestJitterStaysWithinTheBackoff(t *testing.T) {
+	for _, d := range []time.Duration{minBackoff, time.Second, maxBackoff} {
+		for range 1000 {
+			if j := jitter(d); j < d/2 || j > d {
+				t.Fatalf("jitter(%v) = %v, want within [%v, %v]", d, j, d/2, d)
+			}
+		}
+	}
+}
