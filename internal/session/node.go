@@ -97,7 +97,10 @@ func (m *Manager) heartbeatLoop() {
 			err = m.cfg.Store.HeartbeatNode(ctx, m.cfg.Node, time.Now().UTC(), c)
 		}
 		cancel()
-		if err != nil {
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			m.cfg.Log.Error("node heartbeat: this server's node was removed (cove node rm); it registers again at the server's next start", "node", m.cfg.Node)
+		case err != nil:
 			m.cfg.Log.Warn("node heartbeat", "node", m.cfg.Node, "err", err)
 		}
 	}

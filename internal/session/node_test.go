@@ -284,3 +284,43 @@ func TestFakeNodeHeartbeats(t *testing.T) {
 		return err == nil && n.Capacity.DiskBytes == 12345
 	})
 }
+
+// A clone records its node, from the pool or not; a drain drops the
+// node's warm clones with its sessions parked, a cordoned node's clones
+// are refused, and an uncordoned node fills its pool again.
+func TestFakeNodePools(t *testing.T) {
+	r, id := nodeRig(t, nil)
+	ctx := context.Background()
+	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web", Pool: 1}); err != nil {
+		t.Fatal(err)
+	}
+	poolReady := func(n int) func() bool {
+		return func() bool { tp, err := r.mgr.GetTemplate(ctx, "web"); return err == nil && tp.PoolReady == n }
+	}
+	r.eventually("the pool filled", poolReady(1))
+	c := r.create(api.CreateSessionRequest{Template: "web"})
+	if c.Node != *id {
+		t.Errorf("pooled clone's node %q, want %q", c.Node, *id)
+	}
+	r.eventually("the pool filled again", poolReady(1))
+
+	res, err := r.mgr.DrainNode(ctx, "host-a")
+	if err != nil || res.Parked != 1 {
+		t.Fatalf("drain = %+v, %v; want the clone parked", res, err)
+	}
+	if !poolReady(0)() {
+		t.Error("a drained node keeps warm clones")
+	}
+	_, err = r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{Template: "web"})
+	wantCode(t, "clone on a draining node", err, api.CodeUnavailable)
+	if !strings.Contains(err.Error(), "host-a: draining") {
+		t.Errorf("refusal %q does not say why", err)
+	}
+	if _, err := r.mgr.UncordonNode(ctx, "host-a"); err != nil {
+		t.Fatal(err)
+	}
+	r.eventually("the pool filled after the uncordon", poolReady(1))
+	if c2 := r.create(api.CreateSessionRequest{Template: "web"}); c2.Node != *id {
+		t.Errorf("clone's node %q, want %q", c2.Node, *id)
+	}
+}

@@ -391,6 +391,11 @@ func (m *Manager) createFromTemplate(ctx context.Context, owner string, req api.
 	if t.State != api.TemplateReady {
 		return api.Session{}, api.Errorf(api.CodeConflict, "template %q is %s", t.Name, t.State)
 	}
+	// Placed first: a node that takes no session fetches nothing.
+	node, err := m.place(ctx, t.MemoryMiB, t.CPUs, req.NodeSelector, t.Name)
+	if err != nil {
+		return api.Session{}, err
+	}
 	// A host that lost the version's files (or never had them) gets them
 	// back from the object store first.
 	if err := m.fetchVersion(ctx, t.Name, max(t.Version, 1)); err != nil {
@@ -416,10 +421,6 @@ func (m *Manager) createFromTemplate(ctx context.Context, owner string, req api.
 		if err := CheckEnv("env (with template "+t.Name+"'s)", env); err != nil {
 			return api.Session{}, err
 		}
-	}
-	node, err := m.place(ctx, t.MemoryMiB, t.CPUs, req.NodeSelector, t.Name)
-	if err != nil {
-		return api.Session{}, err
 	}
 	start := time.Now()
 	id, l := m.claim(t.Name, t.Version)
