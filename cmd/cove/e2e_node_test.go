@@ -106,7 +106,12 @@ func TestNodeAgentEndToEnd(t *testing.T) {
 	}
 	embedded := false
 	for _, n := range e.nodes() {
-		embedded = embedded || n.Embedded
+		if n.Embedded {
+			embedded = true
+			if !n.Connected || n.State != api.NodeReady {
+				t.Errorf("the embedded node as listed: %+v; want ready and connected", n)
+			}
+		}
 	}
 	if !embedded {
 		t.Errorf("cove node ls lists no embedded node:\n%s", ls)
