@@ -155,6 +155,7 @@ func auditTarget(t audit.Target) string {
 	add("token", t.Token)
 	add("trigger", t.Trigger)
 	add("audience", t.Audience)
+	add("node", t.Node)
 	return strings.Join(parts, " ")
 }
 

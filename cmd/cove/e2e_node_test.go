@@ -116,6 +116,9 @@ func TestNodeAgentEndToEnd(t *testing.T) {
 	if !embedded {
 		t.Errorf("cove node ls lists no embedded node:\n%s", ls)
 	}
+	if log := e.ok(nil, "audit", "log"); !strings.Contains(log, "node.join") || !strings.Contains(log, "node-b") {
+		t.Errorf("the audit log shows no join of node-b:\n%s", log)
+	}
 	cred, err := os.ReadFile(filepath.Join(nodeHome, nodelink.CredentialFile))
 	if err != nil {
 		t.Fatal(err)

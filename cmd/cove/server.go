@@ -392,7 +392,13 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		OnReject: func(source, reason string, status int) {
 			log.Warn("webhook rejected", "hook", source, "status", status, "reason", reason)
 		}}
-	hub := nodelink.NewHub(nodelink.HubConfig{Store: st, JoinToken: joinToken, Local: node, Log: log})
+	hub := nodelink.NewHub(nodelink.HubConfig{Store: st, JoinToken: joinToken, Local: node, Log: log,
+		Announce: func(ctx context.Context, name string) error {
+			// The node has no identity yet: it holds the join token.
+			_, err := auditLog.Append(ctx, audit.Entry{Actor: audit.Actor{Kind: audit.ActorAnonymous, Issuer: "join-token"},
+				Action: "node.join", Target: audit.Target{Node: name}, Decision: audit.Allow})
+			return err
+		}})
 	defer hub.Close()
 	if joinToken == "" {
 		log.Info("nodes: joining is disabled (no --join-token-file); nodes that joined before still connect")

@@ -40,6 +40,11 @@ type HubConfig struct {
 	// their connection (NodeID tells which); HeartbeatPath is served
 	// before it. nil answers 404.
 	Handler http.Handler
+	// Announce, if set, is called for each join whose token and body
+	// passed, before the node's record or credential change (cove server
+	// sequences it in the audit log); an error refuses the join with 503
+	// and changes nothing.
+	Announce func(ctx context.Context, name string) error
 	// Local is the id of this server's embedded node, which needs no
 	// connection: Connected reports it connected. "" when there is none.
 	Local string
@@ -199,6 +204,12 @@ func (h *Hub) Join(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := ValidLabels(req.Labels); err != nil {
 		return err
+	}
+	if h.cfg.Announce != nil {
+		if err := h.cfg.Announce(r.Context(), req.Name); err != nil {
+			h.log.Error("nodelink: join refused: it cannot be announced", "name", req.Name, "err", err)
+			return api.Errorf(api.CodeUnavailable, "join: refused, as it cannot be recorded in the audit log; try again later")
+		}
 	}
 	n, cred, err := h.join(r.Context(), req)
 	if err != nil {

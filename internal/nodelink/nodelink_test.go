@@ -525,3 +525,37 @@ func TestJitterStaysWithinTheBackoff(t *testing.T) {
 		}
 	}
 }
+
+// A join is announced (the audit log) before it changes anything; one
+// that cannot be announced is refused with 503 and stores nothing.
+func TestJoinAnnouncedFirst(t *testing.T) {
+	st := openStore(t)
+	var announced []string
+	fail := false
+	hub := NewHub(HubConfig{Store: st, JoinToken: testJoinToken, Announce: func(ctx context.Context, name string) error {
+		if fail {
+			return errors.New("log unavailable")
+		}
+		if _, err := st.GetNodeByName(ctx, name); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("announce of %s: the node is already stored (%v)", name, err)
+		}
+		announced = append(announced, name)
+		return nil
+	}})
+	srv := httptest.NewServer(hub)
+	t.Cleanup(srv.Close)
+	f := &fixture{t: t, st: st, hub: hub, srv: srv}
+	joinHTTP(t, f, "node-a", testJoinToken)
+	if len(announced) != 1 || announced[0] != "node-a" {
+		t.Errorf("announced %v, want [node-a]", announced)
+	}
+	fail = true
+	resp := postJoin(t, f, testJoinToken, `{"name":"node-b"}`)
+	if resp.StatusCode != http.StatusServiceUnavailable {
+		t.Errorf("join with the log down: %s, want 503", resp.Status)
+	}
+	resp.Body.Close()
+	if _, err := st.GetNodeByName(context.Background(), "node-b"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("a join that could not be announced stored its node (%v)", err)
+	}
+}
