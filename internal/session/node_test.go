@@ -324,3 +324,30 @@ func TestFakeNodePools(t *testing.T) {
 		t.Errorf("clone's node %q, want %q", c2.Node, *id)
 	}
 }
+
+// A server started under another node name (--node-name) leaves the old
+// node's running sessions alone, their VMs running: started again under
+// the old name, it adopts them as they were.
+func TestFakeNodeRenameLeavesVMs(t *testing.T) {
+	name := "host-a"
+	r := newFakeRigWith(t, func(c *session.Config) {
+		n, err := session.RegisterEmbeddedNode(context.Background(), c.Store, name, fakeCapacity)
+		if err != nil {
+			t.Fatalf("register: %v", err)
+		}
+		c.Node = n.ID
+	})
+	s := r.create(api.CreateSessionRequest{})
+	r.write(s.ID, "/tmp/f", "still here")
+	name = "host-b"
+	r.restart()
+	if got := r.get(s.ID); got.State != api.StateRunning || got.Node != s.Node {
+		t.Errorf("another node's session after a restart: %s on %q, want running on %q", got.State, got.Node, s.Node)
+	}
+	if running := r.driver.Running(); len(running) != 1 || running[0] != s.ID {
+		t.Fatalf("fake VMs running %q, want the other node's %s left alone", running, s.ID)
+	}
+	name = "host-a"
+	r.restart()
+	r.wantFile(s.ID, "/tmp/f", "still here")
+}

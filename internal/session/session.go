@@ -883,16 +883,22 @@ func (m *Manager) Recover(ctx context.Context) error {
 		return fmt.Errorf("session: recover: %w", err)
 	}
 	known := map[string]bool{}
+	// others are the sessions another node holds: not this server's to
+	// adopt, nor to kill a VM of (a node renamed on this host, --node-name,
+	// leaves its sessions' VMs running here, unadopted).
+	others := map[string]bool{}
 	for _, rec := range recs {
 		known[rec.ID] = true
 		// Only the embedded node's sessions are this server's to adopt;
 		// those from before nodes are its too.
 		if m.cfg.NoNode {
+			others[rec.ID] = true
 			continue
 		}
 		if m.cfg.Node != "" {
 			m.adoptLegacy(ctx, &rec)
 			if !m.holds(rec, m.cfg.Node) {
+				others[rec.ID] = true
 				continue
 			}
 		}
@@ -931,7 +937,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 	// them, or their session failed. Their spare directories and cgroups
 	// go with them.
 	m.mu.Lock()
-	alive := map[string]bool{}
+	alive := others
 	for id := range m.live {
 		alive[id] = true
 	}

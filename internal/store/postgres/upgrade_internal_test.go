@@ -28,11 +28,13 @@ func TestUpgradeGivesRowsGeneration1(t *testing.T) {
 	s := &Store{pool: pool}
 	old := store.Session{ID: "old", State: "parked"}
 	tm := store.Template{Name: "old-tpl", State: "ready"}
-	// Written as the schema-2 binary did, without the gen column.
+	// Written as the schema-2 binary did, without the gen column (nor
+	// node, which sessionArgs ends with since schema 5).
 	sargs, err := sessionArgs(old)
 	if err != nil {
 		t.Fatal(err)
 	}
+	sargs = sargs[:22]
 	if _, err := pool.Exec(t.Context(), `INSERT INTO sessions (id, state, image, memory_mib, cpus, env, accel,
 		created_at, updated_at, error, boot_millis, handle, idle_timeout_ns, no_auto_wake, template, snapshot,
 		template_version, owner, agent, allow, stored_manifest, stored_bytes)
@@ -56,8 +58,8 @@ func TestUpgradeGivesRowsGeneration1(t *testing.T) {
 	}
 	defer st.Close()
 	got, err := st.GetSession(t.Context(), "old")
-	if err != nil || got.Gen != 1 {
-		t.Fatalf("upgraded session: gen %d, %v; want 1", got.Gen, err)
+	if err != nil || got.Gen != 1 || got.Node != "" {
+		t.Fatalf("upgraded session: gen %d, node %q, %v; want 1, no node", got.Gen, got.Node, err)
 	}
 	never := got
 	never.Gen = 0
