@@ -194,6 +194,17 @@ var migrations = []string{
 	// in the object store.
 	`ALTER TABLE template_versions ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';
 	ALTER TABLE images ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';`,
+	// 5: the SQLite store's migration 14: checkpoints of running
+	// sessions, removed with their session.
+	`CREATE TABLE checkpoints (
+		session_id TEXT COLLATE "C" NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+		name       TEXT COLLATE "C" NOT NULL,
+		created_at BIGINT,
+		bytes      BIGINT NOT NULL,
+		pause_ms   BIGINT NOT NULL,
+		manifest   BYTEA,
+		PRIMARY KEY (session_id, name)
+	);`,
 }
 
 // migrationLock is the key of the advisory lock that migrations hold, so

@@ -241,6 +241,17 @@ var migrations = []string{
 	// manifest of their files once durable there ('': not stored).
 	`ALTER TABLE template_versions ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';
 	ALTER TABLE images ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';`,
+	// 14: checkpoints of running sessions, named uniquely per session;
+	// a session's removal removes them (DeleteSession).
+	`CREATE TABLE checkpoints (
+		session_id TEXT NOT NULL,
+		name       TEXT NOT NULL,
+		created_at INTEGER,
+		bytes      INTEGER NOT NULL,
+		pause_ms   INTEGER NOT NULL,
+		manifest   BLOB,
+		PRIMARY KEY (session_id, name)
+	) STRICT;`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

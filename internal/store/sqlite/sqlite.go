@@ -290,8 +290,15 @@ func (s *Store) ListSessions(ctx context.Context) ([]store.Session, error) {
 
 // DeleteSession implements store.Store.
 func (s *Store) DeleteSession(ctx context.Context, id string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM sessions WHERE id = ?`, id)
-	if err := oneRow(res, err, store.ErrNotFound); err != nil {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE id = ?`, id)
+		if err := oneRow(res, err, store.ErrNotFound); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM checkpoints WHERE session_id = ?`, id)
+		return err
+	})
+	if err != nil {
 		return errorf("sqlite: delete session %s: %w", id, err)
 	}
 	return nil

@@ -36,6 +36,7 @@ func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	t.Run("ListSessionsOrder", s.listSessionsOrder)
 	t.Run("DeleteSession", s.deleteSession)
 	t.Run("DeleteSessionMissing", s.deleteSessionMissing)
+	t.Run("Checkpoints", s.checkpoints)
 	t.Run("TokenGen", s.tokenGen)
 	t.Run("RevokeSessionTokens", s.revokeSessionTokens)
 	t.Run("CopiesInAndOut", s.copiesInAndOut)
