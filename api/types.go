@@ -408,3 +408,33 @@ type ExitStatus struct {
 	Signal   string
 	TimedOut bool
 }
+
+// Checkpoint is a saved whole machine of a running session (memory,
+// processes, disk), taken while it ran on: the session can be rolled back
+// to it, and forked from it.
+type Checkpoint struct {
+	Session   string    `json:"session"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+	// Bytes is the disk space the checkpoint's own files take: the
+	// sparse RAM copy, the device state and the disk layer it froze (the
+	// writes since the layer beneath). What lies beneath (earlier
+	// layers, the template's or image's disk) is shared.
+	Bytes int64 `json:"bytes"`
+	// PauseMillis is how long the session's guest was paused to take it.
+	PauseMillis int64 `json:"pause_ms"`
+}
+
+// CheckpointRequest is the body of POST /v1/sessions/{id}/checkpoints.
+type CheckpointRequest struct {
+	// Name names the checkpoint, unique in the session ([a-z0-9][a-z0-9._-]*,
+	// at most 64 characters); "" gives ckpt-N, N one more than the
+	// session's checkpoints so far.
+	Name string `json:"name,omitempty"`
+}
+
+// RollbackRequest is the body of POST /v1/sessions/{id}/rollback.
+type RollbackRequest struct {
+	// Checkpoint names the checkpoint to go back to.
+	Checkpoint string `json:"checkpoint"`
+}

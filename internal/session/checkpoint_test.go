@@ -1,0 +1,225 @@
+package session_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/session"
+	"github.com/cove-dev/cove/internal/vmm/fake"
+)
+
+func (r *fakeRig) checkpoint(id, name string) api.Checkpoint {
+	r.t.Helper()
+	c, err := r.mgr.CreateCheckpoint(context.Background(), id, api.CheckpointRequest{Name: name})
+	if err != nil {
+		r.t.Fatalf("checkpoint %s: %v", id, err)
+	}
+	return c
+}
+
+func (r *fakeRig) checkpointNames(id string) string {
+	r.t.Helper()
+	list, err := r.mgr.ListCheckpoints(context.Background(), id)
+	if err != nil {
+		r.t.Fatalf("list checkpoints: %v", err)
+	}
+	var names []string
+	for _, c := range list {
+		names = append(names, c.Name)
+	}
+	return strings.Join(names, ",")
+}
+
+// TestFakeCheckpointRollback takes checkpoints of a running session that
+// runs on meanwhile, and rolls it back to each: files and commands are the
+// checkpoint's, later writes and commands gone; the id, owner and
+// checkpoints are kept, and a command attached at the rollback ends with
+// a message that says so.
+func TestFakeCheckpointRollback(t *testing.T) {
+	r := newFakeRig(t)
+	ctx := context.Background()
+	s := r.create(api.CreateSessionRequest{Agent: "claude"})
+	r.write(s.ID, "/root/f", "one\n")
+	c1 := r.checkpoint(s.ID, "")
+	if c1.Name != "ckpt-1" || c1.Session != s.ID || c1.Bytes <= 0 || c1.CreatedAt.IsZero() {
+		t.Fatalf("first checkpoint: %+v", c1)
+	}
+	r.wantState(s.ID, api.StateRunning, "")
+	r.write(s.ID, "/root/f", "two\n")
+	r.write(s.ID, "/root/later", "x")
+	r.checkpoint(s.ID, "second")
+	r.write(s.ID, "/root/f", "three\n")
+	if got := r.checkpointNames(s.ID); got != "ckpt-1,second" {
+		t.Fatalf("checkpoints: %s", got)
+	}
+	// A command attached when the session is rolled back.
+	p, err := r.mgr.Exec(ctx, s.ID, api.ExecRequest{Argv: []string{"cat"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go io.Copy(io.Discard, p.Stderr())
+	ended := make(chan error, 1)
+	go func() { _, err := io.Copy(io.Discard, p.Stdout()); ended <- err }()
+
+	got, err := r.mgr.Rollback(ctx, s.ID, "ckpt-1")
+	if err != nil {
+		t.Fatalf("rollback: %v", err)
+	}
+	if got.ID != s.ID || got.State != api.StateRunning || got.Owner != s.Owner || got.Agent != "claude" {
+		t.Fatalf("rolled-back session: %+v", got)
+	}
+	if err := <-ended; err == nil || !strings.Contains(err.Error(), "rolled back to checkpoint ckpt-1") {
+		t.Fatalf("attached command's stream ended with %v, want the rollback said", err)
+	}
+	r.wantFile(s.ID, "/root/f", "one\n")
+	if _, err := r.mgr.Stat(ctx, s.ID, "/root/later"); err == nil {
+		t.Fatal("/root/later, written after the checkpoint, is there after the rollback")
+	}
+	r.echo(s.ID)
+	// Forward again, to the later checkpoint, after a park.
+	r.park(s.ID)
+	if _, err := r.mgr.Rollback(ctx, s.ID, "second"); err != nil {
+		t.Fatalf("rollback of a parked session: %v", err)
+	}
+	r.wantFile(s.ID, "/root/f", "two\n")
+	r.wantFile(s.ID, "/root/later", "x")
+	if got := r.checkpointNames(s.ID); got != "ckpt-1,second" {
+		t.Fatalf("checkpoints after rollbacks: %s", got)
+	}
+	// A checkpoint after rollbacks, then park and wake: the disk chain
+	// holds.
+	r.checkpoint(s.ID, "")
+	r.park(s.ID)
+	r.wantFile(s.ID, "/root/f", "two\n")
+	if err := r.mgr.DeleteCheckpoint(ctx, s.ID, "ckpt-1"); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.checkpointNames(s.ID); got != "second,ckpt-3" {
+		t.Fatalf("checkpoints after rm: %s", got)
+	}
+	if _, err := os.Stat(filepath.Join(r.dir, s.ID, "checkpoints", "ckpt-1")); !os.IsNotExist(err) {
+		t.Errorf("removed checkpoint's files: %v", err)
+	}
+}
+
+// TestFakeCheckpointErrors: bad input gets a clear error and changes
+// nothing.
+func TestFakeCheckpointErrors(t *testing.T) {
+	r := newFakeRig(t)
+	ctx := context.Background()
+	s := r.create(api.CreateSessionRequest{})
+	_, err := r.mgr.CreateCheckpoint(ctx, "s-nope", api.CheckpointRequest{})
+	wantCode(t, "checkpoint of an unknown session", err, api.CodeNotFound)
+	for _, bad := range []string{"Upper", "-x", "a/b", "..", strings.Repeat("a", 65)} {
+		_, err := r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{Name: bad})
+		wantCode(t, "checkpoint named "+bad, err, api.CodeInvalid)
+	}
+	r.checkpoint(s.ID, "one")
+	_, err = r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{Name: "one"})
+	wantCode(t, "duplicate name", err, api.CodeConflict)
+	_, err = r.mgr.Rollback(ctx, s.ID, "two")
+	wantCode(t, "rollback to an unknown checkpoint", err, api.CodeNotFound)
+	wantCode(t, "rm of an unknown checkpoint", r.mgr.DeleteCheckpoint(ctx, s.ID, "two"), api.CodeNotFound)
+	_, err = r.mgr.Rollback(ctx, "s-nope", "one")
+	wantCode(t, "rollback of an unknown session", err, api.CodeNotFound)
+	r.park(s.ID)
+	_, err = r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{})
+	wantCode(t, "checkpoint of a parked session", err, api.CodeConflict)
+	if !strings.Contains(err.Error(), "parked: wake it first") {
+		t.Errorf("parked: %v", err)
+	}
+	r.wantState(s.ID, api.StateParked, "")
+	if got := r.checkpointNames(s.ID); got != "one" {
+		t.Fatalf("checkpoints: %s", got)
+	}
+	// A failed checkpoint leaves the session running, on a disk that
+	// works.
+	if _, err := r.mgr.Wake(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	r.driver.FailNext(fake.OpCheckpoint, errors.New("on demand"))
+	if _, err := r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{}); err == nil {
+		t.Fatal("a failed checkpoint succeeded")
+	}
+	r.wantState(s.ID, api.StateRunning, "")
+	r.echo(s.ID)
+	if got := r.checkpointNames(s.ID); got != "one" {
+		t.Fatalf("checkpoints after a failed one: %s", got)
+	}
+	r.park(s.ID)
+	r.echo(s.ID)
+}
+
+// TestFakeCheckpointCrashes kills the server at each step of a checkpoint
+// and of a rollback: the session is running or parked after the restart,
+// on the disk its VM writes, with no half-made checkpoint, and works.
+func TestFakeCheckpointCrashes(t *testing.T) {
+	for _, step := range []string{"checkpoint.recorded", "checkpoint.paused", "checkpoint.switched", "checkpoint.renamed"} {
+		t.Run(step, func(t *testing.T) {
+			r := newFakeRig(t)
+			s := r.create(api.CreateSessionRequest{})
+			r.write(s.ID, "/root/f", "before\n")
+			r.crashAt(step, nil, func(m *session.Manager) {
+				_, _ = m.CreateCheckpoint(context.Background(), s.ID, api.CheckpointRequest{Name: "c"})
+			})
+			r.wantState(s.ID, api.StateRunning, "")
+			r.echo(s.ID)
+			if got := r.checkpointNames(s.ID); got != "" {
+				t.Fatalf("checkpoints after the crash: %q", got)
+			}
+			ents, _ := os.ReadDir(filepath.Join(r.dir, s.ID, "checkpoints"))
+			if len(ents) != 0 {
+				t.Fatalf("checkpoint dirs left: %v", ents)
+			}
+			// The record names the disk the VM writes: a park and wake,
+			// and another checkpoint and rollback, work.
+			r.write(s.ID, "/root/f", "after\n")
+			r.park(s.ID)
+			r.wantFile(s.ID, "/root/f", "after\n")
+			r.checkpoint(s.ID, "c")
+			r.write(s.ID, "/root/f", "later\n")
+			if _, err := r.mgr.Rollback(context.Background(), s.ID, "c"); err != nil {
+				t.Fatal(err)
+			}
+			r.wantFile(s.ID, "/root/f", "after\n")
+		})
+	}
+	for _, step := range []string{"rollback.staged", "rollback.recorded", "rollback.stopped", "rollback.moving"} {
+		t.Run(step, func(t *testing.T) {
+			r := newFakeRig(t)
+			s := r.create(api.CreateSessionRequest{})
+			r.write(s.ID, "/root/f", "checkpointed\n")
+			r.checkpoint(s.ID, "c")
+			r.write(s.ID, "/root/f", "later\n")
+			r.crashAt(step, nil, func(m *session.Manager) {
+				_, _ = m.Rollback(context.Background(), s.ID, "c")
+			})
+			got := r.get(s.ID)
+			want := "checkpointed\n"
+			switch got.State {
+			case api.StateRunning:
+				want = "later\n" // cut before its record: not rolled back
+				if step != "rollback.staged" {
+					t.Fatalf("after a crash at %s the session runs unrolled", step)
+				}
+			case api.StateParked:
+			default:
+				t.Fatalf("session is %s (%s) after the crash", got.State, got.Error)
+			}
+			r.wantFile(s.ID, "/root/f", want)
+			if _, err := os.Stat(filepath.Join(r.dir, s.ID, "rollback.tmp")); !os.IsNotExist(err) {
+				t.Errorf("staged rollback left: %v", err)
+			}
+			if _, err := r.mgr.Rollback(context.Background(), s.ID, "c"); err != nil {
+				t.Fatal(err)
+			}
+			r.wantFile(s.ID, "/root/f", "checkpointed\n")
+		})
+	}
+}
