@@ -402,6 +402,12 @@ type Session struct {
 	// session's parked snapshot (JSON); empty while the session has none.
 	Snapshot []byte
 
+	// Parent is the session a fork was made from, and FromCheckpoint the
+	// parent's checkpoint it was restored from; "" for a session that is
+	// no fork.
+	Parent         string
+	FromCheckpoint string
+
 	// Owner is the id of the user the session acts for: the one whose
 	// request created it (a clone's creator, not its template's owner),
 	// or OwnerAdmin for the bootstrap admin token; "" for none.

@@ -195,8 +195,10 @@ var migrations = []string{
 	`ALTER TABLE template_versions ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';
 	ALTER TABLE images ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';`,
 	// 5: the SQLite store's migration 14: checkpoints of running
-	// sessions, removed with their session.
-	`CREATE TABLE checkpoints (
+	// sessions, removed with their session; forks' parents.
+	`ALTER TABLE sessions ADD COLUMN parent TEXT NOT NULL DEFAULT '';
+	ALTER TABLE sessions ADD COLUMN from_checkpoint TEXT NOT NULL DEFAULT '';
+	CREATE TABLE checkpoints (
 		session_id TEXT COLLATE "C" NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
 		name       TEXT COLLATE "C" NOT NULL,
 		created_at BIGINT,

@@ -242,8 +242,11 @@ var migrations = []string{
 	`ALTER TABLE template_versions ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';
 	ALTER TABLE images ADD COLUMN stored_manifest TEXT NOT NULL DEFAULT '';`,
 	// 14: checkpoints of running sessions, named uniquely per session;
-	// a session's removal removes them (DeleteSession).
-	`CREATE TABLE checkpoints (
+	// a session's removal removes them (DeleteSession). Forks name their
+	// parent session and its checkpoint they were made from.
+	`ALTER TABLE sessions ADD COLUMN parent TEXT NOT NULL DEFAULT '';
+	ALTER TABLE sessions ADD COLUMN from_checkpoint TEXT NOT NULL DEFAULT '';
+	CREATE TABLE checkpoints (
 		session_id TEXT NOT NULL,
 		name       TEXT NOT NULL,
 		created_at INTEGER,
