@@ -58,6 +58,11 @@ type Session struct {
 	// Agent is the name of the agent the session runs (--agent), "" if
 	// none.
 	Agent string `json:"agent,omitempty"`
+	// Parent is the session this one was forked from, and FromCheckpoint
+	// the parent's checkpoint it was restored from; both "" if it is no
+	// fork.
+	Parent         string `json:"parent,omitempty"`
+	FromCheckpoint string `json:"from_checkpoint,omitempty"`
 	// Allow is the egress the session's create allowed (see
 	// CreateSessionRequest.Allow); its template's and the operator's
 	// rules apply as well.
@@ -437,4 +442,18 @@ type CheckpointRequest struct {
 type RollbackRequest struct {
 	// Checkpoint names the checkpoint to go back to.
 	Checkpoint string `json:"checkpoint"`
+}
+
+// ForkRequest is the body of POST /v1/sessions/{id}/fork.
+type ForkRequest struct {
+	// N is how many forks to make: 1 (the default) to 16.
+	N int `json:"n,omitempty"`
+	// From names the checkpoint to fork from; "" takes one of the running
+	// session now (an ordinary checkpoint, named as a default one is).
+	From string `json:"from,omitempty"`
+}
+
+// ForkResponse is the answer to POST /v1/sessions/{id}/fork.
+type ForkResponse struct {
+	Sessions []Session `json:"sessions"`
 }

@@ -206,6 +206,12 @@ func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, na
 		return store.Checkpoint{}, fmt.Errorf("session: checkpoint %s: %w; the session runs on", id, err)
 	}
 	m.crashPoint("checkpoint.switched")
+	// Tokens the guest holds went into the checkpoint's memory, which a
+	// rollback or a fork brings back: they die now, as at a park (the
+	// guest's tools ask again).
+	if _, err := m.cfg.Store.BumpTokenGen(ctx, id); err != nil {
+		return store.Checkpoint{}, fmt.Errorf("session: checkpoint %s: revoke the tokens it holds: %w", id, err)
+	}
 	// The RAM copy and the frozen layer are made durable while the guest
 	// runs; the state file is synced already.
 	for _, f := range []string{filepath.Join(tmp, qemu.MemFile), layer} {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -221,5 +222,105 @@ func TestFakeCheckpointCrashes(t *testing.T) {
 			}
 			r.wantFile(s.ID, "/root/f", "checkpointed\n")
 		})
+	}
+}
+
+func (r *fakeRig) fork(id string, req api.ForkRequest) []api.Session {
+	r.t.Helper()
+	ss, err := r.mgr.Fork(context.Background(), id, req)
+	if err != nil {
+		r.t.Fatalf("fork %s: %v", id, err)
+	}
+	return ss
+}
+
+// TestFakeFork makes forks of a running session and of a checkpoint:
+// each is a session of its own (id, files, park and wake), owned as its
+// parent, naming its parent and checkpoint; files written in one are
+// absent in the others; removing the parent leaves them working.
+func TestFakeFork(t *testing.T) {
+	r := newFakeRig(t)
+	ctx := context.Background()
+	p := r.create(api.CreateSessionRequest{Agent: "claude", Env: map[string]string{"K": "v"}})
+	r.write(p.ID, "/root/f", "at fork\n")
+	forks := r.fork(p.ID, api.ForkRequest{N: 2})
+	if len(forks) != 2 || forks[0].ID == forks[1].ID || forks[0].ID == p.ID {
+		t.Fatalf("forks: %+v", forks)
+	}
+	// The implicit checkpoint is an ordinary one of the parent.
+	if got := r.checkpointNames(p.ID); got != "ckpt-1" {
+		t.Fatalf("parent's checkpoints: %q", got)
+	}
+	for i, f := range forks {
+		if f.State != api.StateRunning || f.Owner != p.Owner || f.Agent != "claude" || f.Env["K"] != "v" ||
+			f.Parent != p.ID || f.FromCheckpoint != "ckpt-1" {
+			t.Fatalf("fork %d: %+v", i, f)
+		}
+		if got := r.get(f.ID); got.Parent != p.ID || got.FromCheckpoint != "ckpt-1" {
+			t.Fatalf("inspect of fork %d: parent %q from %q", i, got.Parent, got.FromCheckpoint)
+		}
+		r.wantFile(f.ID, "/root/f", "at fork\n")
+	}
+	r.write(forks[0].ID, "/root/only0", "0")
+	for _, id := range []string{forks[1].ID, p.ID} {
+		if _, err := r.mgr.Stat(ctx, id, "/root/only0"); err == nil {
+			t.Fatalf("a file written in fork 0 is in %s", id)
+		}
+	}
+	// A fork from a named checkpoint of a parked parent.
+	r.write(p.ID, "/root/f", "later\n")
+	r.checkpoint(p.ID, "named")
+	r.write(p.ID, "/root/f", "latest\n")
+	r.park(p.ID)
+	more := r.fork(p.ID, api.ForkRequest{From: "named"})
+	if len(more) != 1 || more[0].FromCheckpoint != "named" {
+		t.Fatalf("fork from named: %+v", more)
+	}
+	r.wantFile(more[0].ID, "/root/f", "later\n")
+	r.wantState(p.ID, api.StateParked, "")
+	// The parent goes; its forks run on, park and wake.
+	if err := r.mgr.Delete(ctx, p.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range append(forks, more...) {
+		r.echo(f.ID)
+		r.park(f.ID)
+		r.echo(f.ID)
+		// A fork's own checkpoint, rollback and fork.
+		r.checkpoint(f.ID, "mine")
+		if _, err := r.mgr.Rollback(ctx, f.ID, "mine"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	grand := r.fork(more[0].ID, api.ForkRequest{From: "mine"})
+	r.wantFile(grand[0].ID, "/root/f", "later\n")
+}
+
+// TestFakeForkErrors: a fork beyond the bounds, the host's room, or of
+// an unknown session or checkpoint is refused and makes nothing.
+func TestFakeForkErrors(t *testing.T) {
+	r := newFakeRigWith(t, func(c *session.Config) {
+		c.Admission = session.Admission{HostMemoryMiB: 1024, HostCPUs: 4, MemoryOvercommit: 1, CPUOvercommit: 1}
+	})
+	ctx := context.Background()
+	p := r.create(api.CreateSessionRequest{})
+	for _, n := range []int{-1, 17} {
+		_, err := r.mgr.Fork(ctx, p.ID, api.ForkRequest{N: n})
+		wantCode(t, "fork -n "+strconv.Itoa(n), err, api.CodeInvalid)
+	}
+	_, err := r.mgr.Fork(ctx, p.ID, api.ForkRequest{N: 16})
+	wantCode(t, "fork beyond the host's room", err, api.CodeUnavailable)
+	_, err = r.mgr.Fork(ctx, p.ID, api.ForkRequest{From: "nope"})
+	wantCode(t, "fork from an unknown checkpoint", err, api.CodeNotFound)
+	_, err = r.mgr.Fork(ctx, "s-nope", api.ForkRequest{})
+	wantCode(t, "fork of an unknown session", err, api.CodeNotFound)
+	r.park(p.ID)
+	_, err = r.mgr.Fork(ctx, p.ID, api.ForkRequest{})
+	wantCode(t, "fork of a parked session without a checkpoint", err, api.CodeConflict)
+	if ss, _ := r.mgr.List(ctx); len(ss) != 1 {
+		t.Fatalf("sessions after refused forks: %d", len(ss))
+	}
+	if got := r.checkpointNames(p.ID); got != "" {
+		t.Fatalf("checkpoints after refused forks: %q", got)
 	}
 }

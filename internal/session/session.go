@@ -297,6 +297,7 @@ func (m *Manager) toAPI(s store.Session) api.Session {
 		Error: s.Error, BootMillis: s.BootMillis, Template: s.Template, TemplateVersion: s.TemplateVersion,
 		IdleTimeout: m.idleTimeout(s).String(), AutoWake: !s.NoAutoWake,
 		Snapshot: snapshotInfo(s.Snapshot), Owner: s.Owner, Agent: s.Agent, Allow: s.Allow,
+		Parent: s.Parent, FromCheckpoint: s.FromCheckpoint,
 		Stored: s.StoredManifest != "", StoredBytes: s.StoredBytes, Evicted: evicted(s),
 		Restore: m.restoring(s.ID),
 	}
