@@ -68,7 +68,8 @@ func (d *Driver) Checkpoint(ctx context.Context, v vmm.VM, req vmm.CheckpointReq
 	d.crashPoint("checkpoint.paused")
 	start := time.Now()
 	if _, err := vm.qmp.Execute(ctx, "blockdev-snapshot-sync", map[string]any{
-		"node-name": node, "snapshot-file": req.NewDisk, "format": "qcow2", "mode": "absolute-paths",
+		"node-name": node, "snapshot-file": req.NewDisk, "snapshot-node-name": fmt.Sprintf("disk-%d", time.Now().UnixNano()),
+		"format": "qcow2", "mode": "absolute-paths",
 	}); err != nil {
 		return fail("switch the disk", err)
 	}
