@@ -356,3 +356,14 @@ func (m *Manager) settleDisk(ctx context.Context, id string, vm vmm.VM, mach *ma
 	m.cfg.Log.Info("checkpoint cut short by a server stop: the session runs on", "session", id, "disk", filepath.Base(mach.Disk))
 	return true
 }
+
+// layered reports whether session rec's disk rests on a layer in its own
+// dir (it took checkpoints, or is a fork of a session that did).
+func (m *Manager) layered(rec store.Session) bool {
+	mach, err := decodeMachine(rec.Snapshot)
+	if err != nil || mach.Disk == "" {
+		return false
+	}
+	b, err := backingFile(mach.Disk)
+	return err == nil && b != "" && filepath.Dir(b) == filepath.Dir(mach.Disk)
+}

@@ -195,6 +195,11 @@ func forkFiles(ctx context.Context, parent string, c store.Checkpoint, dir strin
 		if err == nil {
 			err = copyRest(true)
 		}
+		if err == nil {
+			// Read by the VMM, which may run as another user (the top
+			// layer alone is given to it): as qemu-img makes layers.
+			err = os.Chmod(dst, 0o644)
+		}
 		if err != nil {
 			return "", fmt.Errorf("copy disk layer %s: %w", filepath.Base(l), err)
 		}
