@@ -324,3 +324,32 @@ func TestFakeForkErrors(t *testing.T) {
 		t.Fatalf("checkpoints after refused forks: %q", got)
 	}
 }
+
+// TestFakeForkCrash kills the server once a fork's VM runs, before its
+// record: after the restart the parent runs, no fork is recorded, and no
+// fork VM or dir is left.
+func TestFakeForkCrash(t *testing.T) {
+	r := newFakeRig(t)
+	p := r.create(api.CreateSessionRequest{})
+	r.checkpoint(p.ID, "c")
+	r.crashAt("fork.restored", nil, func(m *session.Manager) {
+		_, _ = m.Fork(context.Background(), p.ID, api.ForkRequest{From: "c"})
+	})
+	r.wantState(p.ID, api.StateRunning, "")
+	r.echo(p.ID)
+	ss, err := r.mgr.List(context.Background())
+	if err != nil || len(ss) != 1 {
+		t.Fatalf("sessions after the crash: %d, %v", len(ss), err)
+	}
+	if running := r.driver.Running(); len(running) != 1 {
+		t.Fatalf("VMs after the crash: %v", running)
+	}
+	ents, _ := os.ReadDir(r.dir)
+	for _, e := range ents {
+		if strings.HasPrefix(e.Name(), "s-") && e.Name() != p.ID {
+			t.Errorf("a half-made fork's dir is left: %s", e.Name())
+		}
+	}
+	// Forking again works.
+	r.fork(p.ID, api.ForkRequest{From: "c"})
+}
