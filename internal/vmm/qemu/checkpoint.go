@@ -65,7 +65,7 @@ func (d *Driver) Checkpoint(ctx context.Context, v vmm.VM, req vmm.CheckpointReq
 		}
 		stats.Pause = time.Since(paused)
 	}()
-	d.crashPoint("checkpoint.paused")
+	d.crashPoint("checkpoint.stopped")
 	start := time.Now()
 	if _, err := vm.qmp.Execute(ctx, "blockdev-snapshot-sync", map[string]any{
 		"node-name": node, "snapshot-file": req.NewDisk, "snapshot-node-name": fmt.Sprintf("disk-%d", time.Now().UnixNano()),
