@@ -22,7 +22,7 @@ makes new sessions from it. Checkpoints share unchanged disk data with
 each other, with the session and with its template or image. They live on
 the server's host.`,
 	})
-	cmd.AddCommand(newCheckpointCreateCmd(c), newCheckpointLsCmd(c), newCheckpointRmCmd(c))
+	cmd.AddCommand(newCheckpointCreateCmd(c), newCheckpointLsCmd(c), newCheckpointInspectCmd(c), newCheckpointRmCmd(c))
 	return cmd
 }
 
@@ -87,6 +87,25 @@ func writeCheckpointTable(w io.Writer, list []api.Checkpoint, now time.Time) err
 		fmt.Fprintf(tw, "%s\t%s ago\t%s\t%dms\n", ck.Name, humanAge(now.Sub(ck.CreatedAt)), humanBytes(ck.Bytes), ck.PauseMillis)
 	}
 	return tw.Flush()
+}
+
+func newCheckpointInspectCmd(c *cli) *cobra.Command {
+	return &cobra.Command{
+		Use:   "inspect ID NAME",
+		Short: "Print a checkpoint as JSON (its size and the pause it took)",
+		Args:  usageArgs(cobra.ExactArgs(2)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			cl, err := c.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			ck, err := cl.GetCheckpoint(cmd.Context(), args[0], args[1])
+			if err != nil {
+				return err
+			}
+			return printJSON(c, ck)
+		},
+	}
 }
 
 func newCheckpointRmCmd(c *cli) *cobra.Command {

@@ -31,6 +31,9 @@ func TestCheckpointCommands(t *testing.T) {
 				{Session: "s1", Name: "before-migration", CreatedAt: testNow.Add(-5 * time.Second), Bytes: 2 << 20, PauseMillis: 51},
 			})
 		},
+		"GET /v1/sessions/{id}/checkpoints/{name}": func(w http.ResponseWriter, r *http.Request) {
+			writeJSON(w, 200, api.Checkpoint{Session: "s1", Name: r.PathValue("name"), Bytes: 7, PauseMillis: 48})
+		},
 		"DELETE /v1/sessions/{id}/checkpoints/{name}": func(w http.ResponseWriter, r *http.Request) {
 			if r.PathValue("name") != "ckpt-1" {
 				writeError(w, api.CodeNotFound, "session s1 has no checkpoint \""+r.PathValue("name")+"\"")
@@ -57,6 +60,9 @@ func TestCheckpointCommands(t *testing.T) {
 	want := "NAME               CREATED   SIZE     PAUSE\nckpt-1             2h ago    110MiB   48ms\nbefore-migration   5s ago    2.0MiB   51ms\n"
 	if code != 0 || out != want {
 		t.Fatalf("ls: exit %d, stdout\n%s\nwant\n%s", code, out, want)
+	}
+	if code, out, _ := runCLI(t, addr, "", "checkpoint", "inspect", "s1", "c"); code != 0 || !strings.Contains(out, `"pause_ms": 48`) {
+		t.Fatalf("inspect: exit %d, stdout %q", code, out)
 	}
 	if code, out, errOut := runCLI(t, addr, "", "checkpoint", "rm", "s1", "ckpt-1", "nope"); code != 1 || out != "s1 ckpt-1 removed\n" || !strings.Contains(errOut, `no checkpoint "nope"`) {
 		t.Fatalf("rm: exit %d, stdout %q, stderr %q", code, out, errOut)
