@@ -276,6 +276,18 @@ func TestCrashPoints(t *testing.T) {
 			}
 			walked = append(walked, p)
 		}
+		// A fork is recorded once it runs, as a clone is: a crash before
+		// leaves no session, and nothing of it.
+		for _, p := range []string{"restore.spawned", "restore.loaded", "restore.continued", "fork.restored"} {
+			before := e.sessions()
+			e.crashAt(p, func() { e.run(nil, "fork", s.id, "--from", "good") })
+			if ids := newIDs(before, e.sessions()); len(ids) != 0 {
+				t.Fatalf("after a crash at %s during a fork: sessions %v appeared, want none", p, ids)
+			}
+			e.checkMemory(s, "a crash at "+p+" during a fork")
+			e.checkClean("a crash at " + p + " during a fork")
+			walked = append(walked, "fork:"+p)
+		}
 		e.ok(nil, "checkpoint", "rm", s.id, "good")
 	})
 	t.Run("create", func(t *testing.T) {
