@@ -113,7 +113,9 @@ func newCheckpointRmCmd(c *cli) *cobra.Command {
 		Use:   "rm ID NAME...",
 		Short: "Remove checkpoints of a session",
 		Long: `Remove checkpoints of a session. Every name is tried; cove exits 1 if any
-failed. Forks made from a checkpoint keep working (they have copies).`,
+failed. A checkpoint's disk layer goes too unless the session or another
+checkpoint rests on it. Forks made from a checkpoint keep working (they
+have copies).`,
 		Args: usageArgs(cobra.MinimumNArgs(2)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl, err := c.client(cmd.Context())

@@ -31,9 +31,9 @@ import (
 // the template's or image's disk; disk-N.qcow2 stacked by checkpoints),
 // and checkpoints/NAME/{state,mem}. Checkpoints share every layer beneath
 // their own, with each other and with the session, and the template's or
-// image's disk beneath all. A layer is removed only with the session: a
-// checkpoint's removal drops its state and RAM copy, not its layer (the
-// session's disk may rest on it).
+// image's disk beneath all. A layer goes once neither the session's disk
+// nor a checkpoint rests on it (collectLayers, after a checkpoint's
+// removal and after a rollback), or with the session.
 //
 // Durability: the disk the VM will be switched to is recorded first
 // (machine.NextDisk); the checkpoint is made in checkpoints/.tmp-NAME,
@@ -288,8 +288,8 @@ func (m *Manager) GetCheckpoint(ctx context.Context, id, name string) (api.Check
 }
 
 // DeleteCheckpoint removes checkpoint name of session id: its record,
-// then its state and RAM copy. Its disk layer stays while the session
-// does (the session's disk, or a later checkpoint's, may rest on it).
+// then its state and RAM copy, and its disk layer unless the session's
+// disk or another checkpoint rests on it (collectLayers).
 func (m *Manager) DeleteCheckpoint(ctx context.Context, id, name string) error {
 	unlock := m.lock(id)
 	defer unlock()
@@ -302,6 +302,7 @@ func (m *Manager) DeleteCheckpoint(ctx context.Context, id, name string) error {
 	if err := os.RemoveAll(m.checkpointDir(id, name)); err != nil {
 		m.cfg.Log.Warn("checkpoint files not removed (swept at the next start)", "session", id, "checkpoint", name, "err", err)
 	}
+	m.collectLayers(ctx, id)
 	m.cfg.Log.Info("checkpoint removed", "session", id, "checkpoint", name)
 	return nil
 }
@@ -368,4 +369,54 @@ func (m *Manager) layered(rec store.Session) bool {
 	}
 	b, err := backingFile(mach.Disk)
 	return err == nil && b != "" && filepath.Dir(b) == filepath.Dir(mach.Disk)
+}
+
+// collectLayers removes the disk layers in session id's dir that neither
+// its disk nor any of its checkpoints rests on: the tops a rollback left
+// behind, and the layers of removed checkpoints that nothing stacked on.
+// It runs under the session's lock; where it cannot tell (a record it
+// cannot read, a layer whose header it cannot read), it removes nothing.
+func (m *Manager) collectLayers(ctx context.Context, id string) {
+	rec, err := m.cfg.Store.GetSession(ctx, id)
+	if err != nil {
+		return
+	}
+	dir := m.dir(id)
+	keep := map[string]bool{}
+	walk := func(disk string) bool {
+		for l := disk; filepath.Dir(l) == dir; {
+			keep[l] = true
+			b, err := backingFile(l)
+			if err != nil {
+				return false
+			}
+			l = b
+		}
+		return true
+	}
+	mach, err := decodeMachine(rec.Snapshot)
+	if err != nil || mach.Disk == "" || mach.NextDisk != "" || mach.Rollback != "" || !walk(mach.Disk) {
+		return
+	}
+	list, err := m.cfg.Store.ListCheckpoints(ctx, id)
+	if err != nil {
+		return
+	}
+	for _, c := range list {
+		cm, err := decodeMachine(c.Manifest)
+		if err != nil || !walk(cm.Disk) {
+			return
+		}
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		if strings.HasPrefix(e.Name(), "disk") && strings.HasSuffix(e.Name(), ".qcow2") && !keep[p] {
+			m.cfg.Log.Info("removing a disk layer nothing rests on", "session", id, "layer", e.Name())
+			os.Remove(p)
+		}
+	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -352,4 +353,59 @@ func TestFakeForkCrash(t *testing.T) {
 	}
 	// Forking again works.
 	r.fork(p.ID, api.ForkRequest{From: "c"})
+}
+
+// diskLayers lists the qcow2 layers in session id's dir.
+func (r *fakeRig) diskLayers(id string) []string {
+	r.t.Helper()
+	ms, err := filepath.Glob(filepath.Join(r.dir, id, "disk*.qcow2"))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return ms
+}
+
+// TestFakeLayersCollected: the layers a rollback abandons, and those of
+// removed checkpoints, go once nothing rests on them; the session and its
+// remaining checkpoints keep working.
+func TestFakeLayersCollected(t *testing.T) {
+	r := newFakeRig(t)
+	ctx := context.Background()
+	s := r.create(api.CreateSessionRequest{})
+	r.write(s.ID, "/root/f", "a\n")
+	r.checkpoint(s.ID, "a") // layers: disk.qcow2 (a's), top
+	r.write(s.ID, "/root/f", "b\n")
+	r.checkpoint(s.ID, "b") // a's, b's, top
+	if n := len(r.diskLayers(s.ID)); n != 3 {
+		t.Fatalf("layers after two checkpoints: %d, want 3", n)
+	}
+	if _, err := r.mgr.Rollback(ctx, s.ID, "a"); err != nil {
+		t.Fatal(err)
+	}
+	// The old top went; b's layer stays (b rests on it).
+	if n := len(r.diskLayers(s.ID)); n != 3 {
+		t.Fatalf("layers after the rollback: %d, want 3 (a's, b's, the new top)", n)
+	}
+	if err := r.mgr.DeleteCheckpoint(ctx, s.ID, "b"); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(r.diskLayers(s.ID)); n != 2 {
+		t.Fatalf("layers after b's removal: %d, want 2 (a's, the top)", n)
+	}
+	r.wantFile(s.ID, "/root/f", "a\n")
+	r.park(s.ID)
+	r.wantFile(s.ID, "/root/f", "a\n")
+	// a's layer holds the session's disk: removing a keeps it.
+	if err := r.mgr.DeleteCheckpoint(ctx, s.ID, "a"); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(r.diskLayers(s.ID)); n != 2 {
+		t.Fatalf("layers after a's removal: %d, want 2", n)
+	}
+	for _, l := range r.diskLayers(s.ID) {
+		if out, err := exec.Command("qemu-img", "info", "--backing-chain", l).CombinedOutput(); err != nil {
+			t.Fatalf("layer %s: %v: %s", l, err, out)
+		}
+	}
+	r.echo(s.ID)
 }

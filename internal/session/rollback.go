@@ -133,7 +133,11 @@ func (m *Manager) rollbackToParked(ctx context.Context, id, name string) error {
 	}
 	m.killStray(ctx, id, 0)
 	m.crashPoint("rollback.stopped")
-	return m.finishRollback(ctx, rec, mach)
+	if err := m.finishRollback(ctx, rec, mach); err != nil {
+		return err
+	}
+	m.collectLayers(ctx, id) // the top it left, unless a checkpoint rests on it
+	return nil
 }
 
 // stageRollback puts into stage (created) a copy of checkpoint cm's RAM
