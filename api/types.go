@@ -293,6 +293,11 @@ type CreateTemplateRequest struct {
 	// their own: rules in the form "[METHOD,…] HOST[:PORT,…][/PATH]"
 	// ("github.com", "*.pypi.org", "GET api.github.com/repos/").
 	Allow []string `json:"allow,omitempty"`
+	// FromCheckpoint, "SESSION:NAME", makes the template's first version
+	// from that checkpoint of a session instead of a boot and setup: its
+	// machine (image, memory, CPUs) and env are the session's; Image,
+	// MemoryMiB, CPUs, Setup, Start and Repo must be empty.
+	FromCheckpoint string `json:"from_checkpoint,omitempty"`
 }
 
 // Template states.

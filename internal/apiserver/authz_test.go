@@ -282,6 +282,11 @@ func TestCrossEngineerDenied(t *testing.T) {
 		t.Errorf("walked %d routes of the OpenAPI document, and this test has %d: a route is gone from the document", walked, len(cases))
 	}
 
+	// A template from alice's checkpoint would be her session's whole
+	// machine: bob is refused, as for her checkpoints themselves.
+	wantDenied(t, e.doJSON("POST", "/v1/templates", api.CreateTemplateRequest{Name: "bob-steal", FromCheckpoint: mine.ID + ":c"}, bob.auth()...),
+		policy.SessionCheckpoint, sess, bobUser)
+
 	// Lists show bob his own only.
 	if got := e.sessionIDs(t, bob.auth()...); !slices.Equal(got, []string{bobs.ID}) {
 		t.Errorf("bob lists sessions %q, want only his %s", got, bobs.ID)

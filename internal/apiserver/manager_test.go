@@ -240,6 +240,15 @@ func TestManagerCheckpoints(t *testing.T) {
 	if got := decode[api.Session](t, e.doJSON("POST", base+"/rollback", api.RollbackRequest{Checkpoint: "one"}), 200); got.ID != s.ID || got.State != api.StateRunning {
 		t.Fatalf("rollback: %+v", got)
 	}
+	tp := decode[api.Template](t, e.doJSON("POST", "/v1/templates", api.CreateTemplateRequest{Name: "from-one", FromCheckpoint: s.ID + ":one"}), 201)
+	if tp.State != api.TemplateReady || tp.Image != s.Image {
+		t.Fatalf("template from a checkpoint: %+v", tp)
+	}
+	wantError(t, e.doJSON("POST", "/v1/templates", api.CreateTemplateRequest{Name: "from-two", FromCheckpoint: s.ID + ":two"}), 404, api.CodeNotFound)
+	wantError(t, e.doJSON("POST", "/v1/templates", api.CreateTemplateRequest{Name: "from-x", FromCheckpoint: s.ID + ":one", Setup: []string{"true"}}), 400, api.CodeInvalid)
+	if resp := e.do("DELETE", "/v1/templates/from-one", nil); resp.StatusCode != 204 {
+		t.Fatalf("delete template: %d", resp.StatusCode)
+	}
 	forks := decode[api.ForkResponse](t, e.doJSON("POST", base+"/fork", api.ForkRequest{N: 2, From: "one"}), 201)
 	if len(forks.Sessions) != 2 || forks.Sessions[0].Parent != s.ID || forks.Sessions[1].FromCheckpoint != "one" {
 		t.Fatalf("fork: %+v", forks)

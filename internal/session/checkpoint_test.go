@@ -409,3 +409,46 @@ func TestFakeLayersCollected(t *testing.T) {
 	}
 	r.echo(s.ID)
 }
+
+// TestFakeTemplateFromCheckpoint makes a template from a checkpoint: its
+// clones find the checkpoint's files, and go on working once the session
+// is gone; a bad reference makes no template.
+func TestFakeTemplateFromCheckpoint(t *testing.T) {
+	r := newFakeRig(t)
+	ctx := context.Background()
+	s := r.create(api.CreateSessionRequest{Env: map[string]string{"K": "v"}})
+	r.write(s.ID, "/root/f", "checkpointed\n")
+	r.checkpoint(s.ID, "c")
+	r.write(s.ID, "/root/f", "later\n")
+	for _, bad := range []struct {
+		from, code string
+		req        api.CreateTemplateRequest
+	}{
+		{"nocolon", api.CodeInvalid, api.CreateTemplateRequest{}},
+		{s.ID + ":nope", api.CodeNotFound, api.CreateTemplateRequest{}},
+		{"s-none:c", api.CodeNotFound, api.CreateTemplateRequest{}},
+		{s.ID + ":c", api.CodeInvalid, api.CreateTemplateRequest{Setup: []string{"true"}}},
+	} {
+		req := bad.req
+		req.Name, req.FromCheckpoint = "t", bad.from
+		_, err := r.mgr.CreateTemplate(ctx, testOwner, req)
+		wantCode(t, "template from "+bad.from, err, bad.code)
+	}
+	if ts, _ := r.mgr.ListTemplates(ctx); len(ts) != 0 {
+		t.Fatalf("templates after refused creates: %+v", ts)
+	}
+	tp, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "t", FromCheckpoint: s.ID + ":c"})
+	if err != nil {
+		t.Fatalf("template from a checkpoint: %v", err)
+	}
+	if tp.State != api.TemplateReady || tp.MemoryMiB != s.MemoryMiB || tp.Env["K"] != "v" {
+		t.Fatalf("template: %+v", tp)
+	}
+	if err := r.mgr.Delete(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	clone := r.create(api.CreateSessionRequest{Template: "t"})
+	r.wantFile(clone.ID, "/root/f", "checkpointed\n")
+	r.park(clone.ID)
+	r.wantFile(clone.ID, "/root/f", "checkpointed\n")
+}

@@ -15,7 +15,8 @@ import (
 // checkpoint's, the new process is gone, the old one runs (same PID).
 // Then it forks the checkpoint two ways: the forks read different random
 // bytes, a file written in one is absent in the other and in the parent,
-// and they still answer once the parent is removed.
+// and they still answer once the parent is removed. A template made from
+// the checkpoint clones to the checkpoint's state.
 func TestCheckpointRollbackForkIsExact(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
@@ -94,7 +95,25 @@ echo $! > /ck/holder`)
 			t.Fatalf("a file written in fork %s is in %s", forks[0].ID, id)
 		}
 	}
+	// A template made from the checkpoint: its clones are the checkpoint,
+	// and rest on nothing of the session's.
+	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "from-c1", FromCheckpoint: s.ID + ":c1"}); err != nil {
+		t.Fatalf("template from the checkpoint: %v", err)
+	}
 	if err := r.mgr.Delete(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	clone := r.create(t, api.CreateSessionRequest{Template: "from-c1"})
+	if got := r.sh(t, clone.ID, "cat /ck/t /root/d"); got != "T1\nD1\n" {
+		t.Fatalf("clone of the template from the checkpoint: %q", got)
+	}
+	if got := dump(clone.ID); got != "before" {
+		t.Fatalf("clone of the template from the checkpoint: holder's value %q", got)
+	}
+	if err := r.mgr.Delete(ctx, clone.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.mgr.DeleteTemplate(ctx, "from-c1"); err != nil {
 		t.Fatal(err)
 	}
 	for _, f := range forks {
