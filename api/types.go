@@ -58,6 +58,11 @@ type Session struct {
 	// Agent is the name of the agent the session runs (--agent), "" if
 	// none.
 	Agent string `json:"agent,omitempty"`
+	// Parent is the session this one was forked from, and FromCheckpoint
+	// the parent's checkpoint it was restored from; both "" if it is no
+	// fork.
+	Parent         string `json:"parent,omitempty"`
+	FromCheckpoint string `json:"from_checkpoint,omitempty"`
 	// Allow is the egress the session's create allowed (see
 	// CreateSessionRequest.Allow); its template's and the operator's
 	// rules apply as well.
@@ -294,6 +299,11 @@ type CreateTemplateRequest struct {
 	// their own: rules in the form "[METHOD,…] HOST[:PORT,…][/PATH]"
 	// ("github.com", "*.pypi.org", "GET api.github.com/repos/").
 	Allow []string `json:"allow,omitempty"`
+	// FromCheckpoint, "SESSION:NAME", makes the template's first version
+	// from that checkpoint of a session instead of a boot and setup: its
+	// machine (image, memory, CPUs) and env are the session's; Image,
+	// MemoryMiB, CPUs, Setup, Start and Repo must be empty.
+	FromCheckpoint string `json:"from_checkpoint,omitempty"`
 }
 
 // Template states.
@@ -413,4 +423,48 @@ type ExitStatus struct {
 	// Signal names the signal that killed the command ("KILL"), if one did.
 	Signal   string
 	TimedOut bool
+}
+
+// Checkpoint is a saved whole machine of a running session (memory,
+// processes, disk), taken while it ran on: the session can be rolled back
+// to it, and forked from it.
+type Checkpoint struct {
+	Session   string    `json:"session"`
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+	// Bytes is the disk space the checkpoint's own files take: the
+	// sparse RAM copy, the device state and the disk layer it froze (the
+	// writes since the layer beneath). What lies beneath (earlier
+	// layers, the template's or image's disk) is shared.
+	Bytes int64 `json:"bytes"`
+	// PauseMillis is how long the session's guest was paused to take it.
+	PauseMillis int64 `json:"pause_ms"`
+}
+
+// CheckpointRequest is the body of POST /v1/sessions/{id}/checkpoints.
+type CheckpointRequest struct {
+	// Name names the checkpoint, unique in the session ([a-z0-9][a-z0-9._-]*,
+	// at most 64 characters); "" gives ckpt-N, N one more than the
+	// session's checkpoints so far.
+	Name string `json:"name,omitempty"`
+}
+
+// RollbackRequest is the body of POST /v1/sessions/{id}/rollback.
+type RollbackRequest struct {
+	// Checkpoint names the checkpoint to go back to.
+	Checkpoint string `json:"checkpoint"`
+}
+
+// ForkRequest is the body of POST /v1/sessions/{id}/fork.
+type ForkRequest struct {
+	// N is how many forks to make: 1 (the default) to 16.
+	N int `json:"n,omitempty"`
+	// From names the checkpoint to fork from; "" takes one of the running
+	// session now (an ordinary checkpoint, named as a default one is).
+	From string `json:"from,omitempty"`
+}
+
+// ForkResponse is the answer to POST /v1/sessions/{id}/fork.
+type ForkResponse struct {
+	Sessions []Session `json:"sessions"`
 }

@@ -247,6 +247,49 @@ func TestCrashPoints(t *testing.T) {
 			walked = append(walked, p)
 		}
 	})
+	t.Run("checkpoint", func(t *testing.T) {
+		ckpts := filepath.Join(e.home, "sessions", s.id, "checkpoints")
+		for _, p := range []string{"checkpoint.recorded", "checkpoint.stopped", "checkpoint.disk-switched", "checkpoint.migrated",
+			"checkpoint.paused", "checkpoint.switched", "checkpoint.renamed"} {
+			e.crashAt(p, func() { e.run(nil, "checkpoint", "create", s.id) })
+			e.checkMemory(s, "a crash at "+p)
+			e.checkClean("a crash at " + p)
+			if out := e.ok(nil, "checkpoint", "ls", s.id); strings.Count(out, "\n") != 1 {
+				t.Fatalf("after a crash at %s: checkpoints listed:\n%s", p, out)
+			}
+			if ents, _ := os.ReadDir(ckpts); len(ents) != 0 {
+				t.Fatalf("after a crash at %s: %d checkpoint dirs left (%s…)", p, len(ents), ents[0].Name())
+			}
+			// The record names the disk the VM writes: a park and wake
+			// keep the memory (and the disk).
+			e.ok(nil, "park", s.id)
+			e.checkMemory(s, "a park and wake after a crash at "+p)
+			walked = append(walked, p)
+		}
+		e.ok(nil, "checkpoint", "create", s.id, "--name", "good")
+		for _, p := range []string{"rollback.staged", "rollback.recorded", "rollback.stopped", "rollback.moving"} {
+			e.crashAt(p, func() { e.run(nil, "rollback", s.id, "good") })
+			e.checkMemory(s, "a crash at "+p)
+			e.checkClean("a crash at " + p)
+			if _, err := os.Stat(filepath.Join(e.home, "sessions", s.id, "rollback.tmp")); err == nil {
+				t.Fatalf("after a crash at %s: the staged rollback is left", p)
+			}
+			walked = append(walked, p)
+		}
+		// A fork is recorded once it runs, as a clone is: a crash before
+		// leaves no session, and nothing of it.
+		for _, p := range []string{"restore.spawned", "restore.loaded", "restore.continued", "fork.restored"} {
+			before := e.sessions()
+			e.crashAt(p, func() { e.run(nil, "fork", s.id, "--from", "good") })
+			if ids := newIDs(before, e.sessions()); len(ids) != 0 {
+				t.Fatalf("after a crash at %s during a fork: sessions %v appeared, want none", p, ids)
+			}
+			e.checkMemory(s, "a crash at "+p+" during a fork")
+			e.checkClean("a crash at " + p + " during a fork")
+			walked = append(walked, "fork:"+p)
+		}
+		e.ok(nil, "checkpoint", "rm", s.id, "good")
+	})
 	t.Run("create", func(t *testing.T) {
 		for _, p := range []string{"create.recorded", "create.booted", "create.done"} {
 			before := e.sessions()

@@ -112,6 +112,7 @@ server's defaults, as for 'cove session create'.`,
 	f.StringVar(&req.Branch, "branch", "", "branch of --repo to build and follow (default main)")
 	f.StringVar(&req.RepoDir, "repo-dir", "", "where the checkout lives in the guest (default /workspace)")
 	f.StringVar(&req.Agent, "agent", "", "name of the agent the template is made for (its clones name their own)")
+	f.StringVar(&req.FromCheckpoint, "from-checkpoint", "", "make the template from a session's checkpoint, ID:NAME (its machine and env; no --image, --memory, --cpus, --setup, --start or --repo)")
 	f.StringArrayVar(&req.Allow, "allow", nil, "egress its sessions may use, on top of their own (as session create --allow; repeatable)")
 	return cmd
 }

@@ -48,7 +48,7 @@ func main() {
 	rebuilds := flag.Int("rebuilds", 3, "pushes to a template that follows a repo, each timed until its new version is live (needs debian)")
 	wakeOnly := flag.Bool("wake-only", false, "after the cold boots and execs, measure park and wake only (no raw QEMU, templates or triggers)")
 	egressSamples := flag.Int("egress-samples", 20, "samples of the egress figures' small requests (0 skips them; the rest: 3 each; needs debian)")
-	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), store (snapshots in a loopback S3 store: bytes a parked clone adds, a second park adds, wake with the local files gone, upload throughput), scale (make bench-scale: -storm clones parked and woken at once, then -scale-clones parked and stored under -cache-size-mib), identity (policy decisions, authentication, session-token minting; no VM), placement (placement decisions over 1,000 simulated nodes holding 100,000 sessions; no VM), nodelink (what a node's control connection adds to a server → node call; no VM)")
+	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), checkpoint (a running session's checkpoint pause, bytes added, rollback → exec, fork -forks → all answering), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), store (snapshots in a loopback S3 store: bytes a parked clone adds, a second park adds, wake with the local files gone, upload throughput), scale (make bench-scale: -storm clones parked and woken at once, then -scale-clones parked and stored under -cache-size-mib), identity (policy decisions, authentication, session-token minting; no VM), placement (placement decisions over 1,000 simulated nodes holding 100,000 sessions; no VM), nodelink (what a node's control connection adds to a server → node call; no VM)")
 	placementSamples := flag.Int("placement-samples", 5000, "-only placement: decisions timed")
 	nodelinkSamples := flag.Int("nodelink-samples", 2000, "-only nodelink: round trips timed each way")
 	identitySamples := flag.Int("identity-samples", 2000, "samples of each identity figure")
@@ -59,6 +59,8 @@ func main() {
 	scaleClones := flag.Int("scale-clones", 1000, "-only scale: clones made and parked in the long run")
 	scaleParallel := flag.Int("scale-parallel", 4, "-only scale: clones made and parked at once in the long run")
 	cacheSize := flag.Int64("cache-size-mib", 2048, "-only scale: the node cache bound for session files, MiB (0: none)")
+	checkpoints := flag.Int("checkpoints", 10, "checkpoint → rollback cycles (0 skips the checkpoint rows)")
+	forks := flag.Int("forks", 4, "forks made at once from a checkpoint")
 	verbose := flag.Bool("v", false, "log at info level (the session manager's timings: restore spawn_ms, agent_ms, …)")
 	flag.Parse()
 	cfg := config{boots: *boots, debianBoots: *debianBoots, execs: *execs, files: *files, idle: *idle, parks: *parks, clones: *clones}
@@ -66,6 +68,7 @@ func main() {
 	cfg.only, cfg.testJSON = *only, *testJSON
 	cfg.hostile = hostileConfig{execs: *hostileExecs, every: *hostileEvery, ramp: 2 * time.Second, attack: 20 * time.Second}
 	cfg.identitySamples, cfg.egressSamples = *identitySamples, *egressSamples
+	cfg.checkpoints, cfg.forks = *checkpoints, *forks
 	cfg.scale = scaleConfig{storm: *storm, clones: *scaleClones, parallel: *scaleParallel, cacheSize: *cacheSize << 20}
 	switch cfg.only {
 	case "":
@@ -101,7 +104,7 @@ func main() {
 		}
 		printTable(os.Stdout, "tests", rows)
 		return
-	case "audit", "store", "scale":
+	case "audit", "store", "scale", "checkpoint":
 		cfg.debianBoots = 0
 	case "egress":
 		if cfg.egressSamples <= 0 {
@@ -116,7 +119,7 @@ func main() {
 		}
 		cfg.debianBoots = 0
 	default:
-		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: audit, egress, hostile, safety, store, scale, identity, placement, nodelink\n", cfg.only)
+		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: audit, checkpoint, egress, hostile, safety, store, scale, identity, placement, nodelink\n", cfg.only)
 		os.Exit(2)
 	}
 	if err := run(*home, *agent, cfg); err != nil {
@@ -166,6 +169,7 @@ type config struct {
 	identitySamples                                       int // samples of each identity figure
 	scale                                                 scaleConfig
 	egressSamples                                         int // samples of the egress figures' small requests
+	checkpoints, forks                                    int // checkpoint → rollback cycles; forks at once
 }
 
 func run(home, agent string, cfg config) error {
@@ -294,6 +298,13 @@ func run(home, agent string, cfg config) error {
 		printTable(os.Stdout, driver.Accel(), rows)
 		return nil
 	}
+	if cfg.only == "checkpoint" {
+		if rows, err = checkpointRows(ctx, c, max(cfg.checkpoints, 1), max(cfg.forks, 1)); err != nil {
+			return err
+		}
+		printTable(os.Stdout, driver.Accel(), rows)
+		return nil
+	}
 	if cfg.only == "hostile" {
 		if rows, err = hostileRows(ctx, c, srv.URL, cfg.hostile); err != nil {
 			return err
@@ -417,6 +428,13 @@ func run(home, agent string, cfg config) error {
 			return err
 		}
 		rows = append(rows, trig...)
+		if cfg.checkpoints > 0 {
+			ck, err := checkpointRows(ctx, c, cfg.checkpoints, max(cfg.forks, 1))
+			if err != nil {
+				return err
+			}
+			rows = append(rows, ck...)
+		}
 		if debianBoots > 0 && cfg.rebuilds > 0 {
 			reb, err := rebuildRows(ctx, c, srv.URL, cfg.rebuilds)
 			if err != nil {

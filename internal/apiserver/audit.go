@@ -32,6 +32,7 @@ type Auditor interface {
 var auditedVerbs = map[string]bool{
 	"session.create": true, "session.delete": true, "session.park": true,
 	"session.wake": true, "session.revoke": true, "session.exec": true,
+	"session.checkpoint": true, "session.checkpoint.delete": true, "session.rollback": true, "session.fork": true,
 
 	"file.read": true, "file.write": true, "file.list": true, "file.stat": true,
 	"file.remove": true, "file.mkdir": true,

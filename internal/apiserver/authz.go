@@ -95,6 +95,13 @@ var verbRules = map[string]verbRule{
 	"session.revoke": {policy.SessionRevoke, onSession, false},
 	"session.events": {policy.SessionEvents, onSession, false},
 
+	"session.checkpoint":        {policy.SessionCheckpoint, onSession, false},
+	"session.checkpoint.list":   {policy.SessionRead, onSession, false},
+	"session.checkpoint.get":    {policy.SessionRead, onSession, false},
+	"session.checkpoint.delete": {policy.SessionCheckpoint, onSession, false},
+	"session.rollback":          {policy.SessionCheckpoint, onSession, false},
+	"session.fork":              {policy.SessionCheckpoint, onSession, false},
+
 	"file.read":   {policy.SessionFiles, onSession, false},
 	"file.stat":   {policy.SessionFiles, onSession, false},
 	"file.list":   {policy.SessionFiles, onSession, false},

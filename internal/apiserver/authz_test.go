@@ -171,38 +171,44 @@ func TestCrossEngineerDenied(t *testing.T) {
 
 		"POST /v1/sessions": {path: "/v1/sessions", body: api.CreateSessionRequest{Template: "alice-tpl"},
 			action: policy.SessionCreate, names: []string{tmpl, bobUser}},
-		"GET /v1/sessions":                   {path: "/v1/sessions", status: 200}, // checked below: without alice's
-		"GET /v1/sessions/{id}":              {path: "/v1/sessions/" + mine.ID, action: policy.SessionRead, names: []string{sess, bobUser}},
-		"DELETE /v1/sessions/{id}":           {path: "/v1/sessions/" + mine.ID, action: policy.SessionDelete, names: []string{sess, bobUser}},
-		"POST /v1/sessions/{id}/park":        {path: "/v1/sessions/" + mine.ID + "/park", action: policy.SessionPark, names: []string{sess, bobUser}},
-		"POST /v1/sessions/{id}/wake":        {path: "/v1/sessions/" + mine.ID + "/wake", action: policy.SessionWake, names: []string{sess, bobUser}},
-		"POST /v1/sessions/{id}/revoke":      {path: "/v1/sessions/" + mine.ID + "/revoke", action: policy.SessionRevoke, names: []string{sess, bobUser}},
-		"GET /v1/sessions/{id}/events":       {path: "/v1/sessions/" + mine.ID + "/events", action: policy.SessionEvents, names: []string{sess, bobUser}},
-		"POST /v1/sessions/{id}/exec":        {path: "/v1/sessions/" + mine.ID + "/exec", body: api.ExecRequest{Argv: []string{"touch", "/tmp/bob"}}, action: policy.SessionExec, names: []string{sess, bobUser}},
-		"GET /v1/sessions/{id}/exec/ws":      {path: "/v1/sessions/" + mine.ID + "/exec/ws", body: api.ExecRequest{Argv: []string{"touch", "/tmp/bob"}}, ws: true, action: policy.SessionExec, names: []string{sess, bobUser}},
-		"GET /v1/sessions/{id}/files":        {path: "/v1/sessions/" + mine.ID + "/files?path=/etc/hostname", action: policy.SessionFiles, names: []string{sess, bobUser}},
-		"PUT /v1/sessions/{id}/files":        {path: "/v1/sessions/" + mine.ID + "/files?path=/tmp/bob", body: []byte("bob was here"), action: policy.SessionFiles, names: []string{sess, bobUser}},
-		"DELETE /v1/sessions/{id}/files":     {path: "/v1/sessions/" + mine.ID + "/files?path=/tmp", action: policy.SessionFiles, names: []string{sess, bobUser}},
-		"GET /v1/sessions/{id}/files/stat":   {path: "/v1/sessions/" + mine.ID + "/files/stat?path=/", action: policy.SessionFiles, names: []string{sess, bobUser}},
-		"GET /v1/sessions/{id}/files/list":   {path: "/v1/sessions/" + mine.ID + "/files/list?path=/", action: policy.SessionFiles, names: []string{sess, bobUser}},
-		"POST /v1/sessions/{id}/files/mkdir": {path: "/v1/sessions/" + mine.ID + "/files/mkdir?path=/tmp/bobdir", action: policy.SessionFiles, names: []string{sess, bobUser}},
-		"GET /v1/images":                     {path: "/v1/images", status: 200}, // base images are everyone's
-		"POST /v1/images/{name}/build":       {path: "/v1/images/tiny/build", action: policy.ImageBuild, names: []string{server, bobUser}},
-		"POST /v1/templates":                 {path: "/v1/templates", body: api.CreateTemplateRequest{Name: "bob-tpl"}, status: 201}, // his own
-		"GET /v1/templates":                  {path: "/v1/templates", status: 200},                                                   // checked below: without alice's
-		"GET /v1/templates/{name}":           {path: "/v1/templates/alice-tpl", action: policy.TemplateRead, names: []string{tmpl, bobUser}},
-		"DELETE /v1/templates/{name}":        {path: "/v1/templates/alice-tpl", action: policy.TemplateDelete, names: []string{tmpl, bobUser}},
-		"GET /v1/templates/{name}/versions":  {path: "/v1/templates/alice-tpl/versions", action: policy.TemplateRead, names: []string{tmpl, bobUser}},
-		"POST /v1/templates/{name}/rebuild":  {path: "/v1/templates/alice-tpl/rebuild", action: policy.TemplateRebuild, names: []string{tmpl, bobUser}},
-		"GET /v1/hook-secrets":               {path: "/v1/hook-secrets", action: policy.HookAdmin, names: []string{server, bobUser}},
-		"PUT /v1/hook-secrets/{name}":        {path: "/v1/hook-secrets/deploys", body: api.HookSecretRequest{Secret: "s"}, action: policy.HookAdmin, names: []string{server, bobUser}},
-		"DELETE /v1/hook-secrets/{name}":     {path: "/v1/hook-secrets/deploys", action: policy.HookAdmin, names: []string{server, bobUser}},
-		"POST /v1/users":                     {path: "/v1/users", body: api.CreateUserRequest{Name: "mallory", Kind: api.UserAdmin}, action: policy.UserAdmin, names: []string{server, bobUser}},
-		"GET /v1/users":                      {path: "/v1/users", action: policy.UserAdmin, names: []string{server, bobUser}},
-		"DELETE /v1/users/{name}":            {path: "/v1/users/alice", action: policy.UserAdmin, names: []string{server, bobUser}},
-		"POST /v1/tokens":                    {path: "/v1/tokens", body: api.CreateTokenRequest{Name: "stolen", User: "alice"}, action: policy.TokenCreate, names: []string{aliceUser, bobUser}},
-		"GET /v1/tokens":                     {path: "/v1/tokens?user=alice", action: policy.TokenList, names: []string{aliceUser, bobUser}},
-		"POST /v1/tokens/{id}/revoke":        {path: "/v1/tokens/" + aliceTok.ID + "/revoke", action: policy.TokenRevoke, names: []string{aliceUser, bobUser}},
+		"GET /v1/sessions":                            {path: "/v1/sessions", status: 200}, // checked below: without alice's
+		"GET /v1/sessions/{id}":                       {path: "/v1/sessions/" + mine.ID, action: policy.SessionRead, names: []string{sess, bobUser}},
+		"DELETE /v1/sessions/{id}":                    {path: "/v1/sessions/" + mine.ID, action: policy.SessionDelete, names: []string{sess, bobUser}},
+		"POST /v1/sessions/{id}/park":                 {path: "/v1/sessions/" + mine.ID + "/park", action: policy.SessionPark, names: []string{sess, bobUser}},
+		"POST /v1/sessions/{id}/wake":                 {path: "/v1/sessions/" + mine.ID + "/wake", action: policy.SessionWake, names: []string{sess, bobUser}},
+		"POST /v1/sessions/{id}/revoke":               {path: "/v1/sessions/" + mine.ID + "/revoke", action: policy.SessionRevoke, names: []string{sess, bobUser}},
+		"GET /v1/sessions/{id}/events":                {path: "/v1/sessions/" + mine.ID + "/events", action: policy.SessionEvents, names: []string{sess, bobUser}},
+		"POST /v1/sessions/{id}/checkpoints":          {path: "/v1/sessions/" + mine.ID + "/checkpoints", body: api.CheckpointRequest{}, action: policy.SessionCheckpoint, names: []string{sess, bobUser}},
+		"GET /v1/sessions/{id}/checkpoints":           {path: "/v1/sessions/" + mine.ID + "/checkpoints", action: policy.SessionRead, names: []string{sess, bobUser}},
+		"GET /v1/sessions/{id}/checkpoints/{name}":    {path: "/v1/sessions/" + mine.ID + "/checkpoints/c", action: policy.SessionRead, names: []string{sess, bobUser}},
+		"DELETE /v1/sessions/{id}/checkpoints/{name}": {path: "/v1/sessions/" + mine.ID + "/checkpoints/c", action: policy.SessionCheckpoint, names: []string{sess, bobUser}},
+		"POST /v1/sessions/{id}/rollback":             {path: "/v1/sessions/" + mine.ID + "/rollback", body: api.RollbackRequest{Checkpoint: "c"}, action: policy.SessionCheckpoint, names: []string{sess, bobUser}},
+		"POST /v1/sessions/{id}/fork":                 {path: "/v1/sessions/" + mine.ID + "/fork", body: api.ForkRequest{}, action: policy.SessionCheckpoint, names: []string{sess, bobUser}},
+		"POST /v1/sessions/{id}/exec":                 {path: "/v1/sessions/" + mine.ID + "/exec", body: api.ExecRequest{Argv: []string{"touch", "/tmp/bob"}}, action: policy.SessionExec, names: []string{sess, bobUser}},
+		"GET /v1/sessions/{id}/exec/ws":               {path: "/v1/sessions/" + mine.ID + "/exec/ws", body: api.ExecRequest{Argv: []string{"touch", "/tmp/bob"}}, ws: true, action: policy.SessionExec, names: []string{sess, bobUser}},
+		"GET /v1/sessions/{id}/files":                 {path: "/v1/sessions/" + mine.ID + "/files?path=/etc/hostname", action: policy.SessionFiles, names: []string{sess, bobUser}},
+		"PUT /v1/sessions/{id}/files":                 {path: "/v1/sessions/" + mine.ID + "/files?path=/tmp/bob", body: []byte("bob was here"), action: policy.SessionFiles, names: []string{sess, bobUser}},
+		"DELETE /v1/sessions/{id}/files":              {path: "/v1/sessions/" + mine.ID + "/files?path=/tmp", action: policy.SessionFiles, names: []string{sess, bobUser}},
+		"GET /v1/sessions/{id}/files/stat":            {path: "/v1/sessions/" + mine.ID + "/files/stat?path=/", action: policy.SessionFiles, names: []string{sess, bobUser}},
+		"GET /v1/sessions/{id}/files/list":            {path: "/v1/sessions/" + mine.ID + "/files/list?path=/", action: policy.SessionFiles, names: []string{sess, bobUser}},
+		"POST /v1/sessions/{id}/files/mkdir":          {path: "/v1/sessions/" + mine.ID + "/files/mkdir?path=/tmp/bobdir", action: policy.SessionFiles, names: []string{sess, bobUser}},
+		"GET /v1/images":                              {path: "/v1/images", status: 200}, // base images are everyone's
+		"POST /v1/images/{name}/build":                {path: "/v1/images/tiny/build", action: policy.ImageBuild, names: []string{server, bobUser}},
+		"POST /v1/templates":                          {path: "/v1/templates", body: api.CreateTemplateRequest{Name: "bob-tpl"}, status: 201}, // his own
+		"GET /v1/templates":                           {path: "/v1/templates", status: 200},                                                   // checked below: without alice's
+		"GET /v1/templates/{name}":                    {path: "/v1/templates/alice-tpl", action: policy.TemplateRead, names: []string{tmpl, bobUser}},
+		"DELETE /v1/templates/{name}":                 {path: "/v1/templates/alice-tpl", action: policy.TemplateDelete, names: []string{tmpl, bobUser}},
+		"GET /v1/templates/{name}/versions":           {path: "/v1/templates/alice-tpl/versions", action: policy.TemplateRead, names: []string{tmpl, bobUser}},
+		"POST /v1/templates/{name}/rebuild":           {path: "/v1/templates/alice-tpl/rebuild", action: policy.TemplateRebuild, names: []string{tmpl, bobUser}},
+		"GET /v1/hook-secrets":                        {path: "/v1/hook-secrets", action: policy.HookAdmin, names: []string{server, bobUser}},
+		"PUT /v1/hook-secrets/{name}":                 {path: "/v1/hook-secrets/deploys", body: api.HookSecretRequest{Secret: "s"}, action: policy.HookAdmin, names: []string{server, bobUser}},
+		"DELETE /v1/hook-secrets/{name}":              {path: "/v1/hook-secrets/deploys", action: policy.HookAdmin, names: []string{server, bobUser}},
+		"POST /v1/users":                              {path: "/v1/users", body: api.CreateUserRequest{Name: "mallory", Kind: api.UserAdmin}, action: policy.UserAdmin, names: []string{server, bobUser}},
+		"GET /v1/users":                               {path: "/v1/users", action: policy.UserAdmin, names: []string{server, bobUser}},
+		"DELETE /v1/users/{name}":                     {path: "/v1/users/alice", action: policy.UserAdmin, names: []string{server, bobUser}},
+		"POST /v1/tokens":                             {path: "/v1/tokens", body: api.CreateTokenRequest{Name: "stolen", User: "alice"}, action: policy.TokenCreate, names: []string{aliceUser, bobUser}},
+		"GET /v1/tokens":                              {path: "/v1/tokens?user=alice", action: policy.TokenList, names: []string{aliceUser, bobUser}},
+		"POST /v1/tokens/{id}/revoke":                 {path: "/v1/tokens/" + aliceTok.ID + "/revoke", action: policy.TokenRevoke, names: []string{aliceUser, bobUser}},
 
 		// Secrets: alice's own, and her template's.
 		"PUT /v1/secrets/{name}": {path: "/v1/secrets/github", body: api.PutSecretRequest{Value: "ghp_bob", Hosts: []string{"github.com"},
@@ -286,6 +292,11 @@ func TestCrossEngineerDenied(t *testing.T) {
 	if walked != len(cases) {
 		t.Errorf("walked %d routes of the OpenAPI document, and this test has %d: a route is gone from the document", walked, len(cases))
 	}
+
+	// A template from alice's checkpoint would be her session's whole
+	// machine: bob is refused, as for her checkpoints themselves.
+	wantDenied(t, e.doJSON("POST", "/v1/templates", api.CreateTemplateRequest{Name: "bob-steal", FromCheckpoint: mine.ID + ":c"}, bob.auth()...),
+		policy.SessionCheckpoint, sess, bobUser)
 
 	// Lists show bob his own only.
 	if got := e.sessionIDs(t, bob.auth()...); !slices.Equal(got, []string{bobs.ID}) {

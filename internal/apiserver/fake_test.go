@@ -598,3 +598,30 @@ func (f *fakeSessions) Revoke(ctx context.Context, id string) (api.Session, erro
 	defer f.mu.Unlock()
 	return f.sessions[id], nil
 }
+
+// The fake has no checkpoints: these calls say so (manager_test.go runs
+// them against the real session manager).
+
+func (f *fakeSessions) CreateCheckpoint(ctx context.Context, id string, req api.CheckpointRequest) (api.Checkpoint, error) {
+	return api.Checkpoint{}, api.Errorf(api.CodeUnavailable, "fake: no checkpoints")
+}
+
+func (f *fakeSessions) ListCheckpoints(ctx context.Context, id string) ([]api.Checkpoint, error) {
+	return nil, api.Errorf(api.CodeUnavailable, "fake: no checkpoints")
+}
+
+func (f *fakeSessions) GetCheckpoint(ctx context.Context, id, name string) (api.Checkpoint, error) {
+	return api.Checkpoint{}, api.Errorf(api.CodeUnavailable, "fake: no checkpoints")
+}
+
+func (f *fakeSessions) DeleteCheckpoint(ctx context.Context, id, name string) error {
+	return api.Errorf(api.CodeUnavailable, "fake: no checkpoints")
+}
+
+func (f *fakeSessions) Rollback(ctx context.Context, id, name string) (api.Session, error) {
+	return api.Session{}, api.Errorf(api.CodeUnavailable, "fake: no checkpoints")
+}
+
+func (f *fakeSessions) Fork(ctx context.Context, id string, req api.ForkRequest) ([]api.Session, error) {
+	return nil, api.Errorf(api.CodeUnavailable, "fake: no checkpoints")
+}

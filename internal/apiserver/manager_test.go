@@ -214,3 +214,59 @@ func TestManagerConflicts(t *testing.T) {
 		}
 	})
 }
+
+// TestManagerCheckpoints: the checkpoint, rollback and fork routes in
+// front of the real manager: what each answers, and the errors a client
+// gets for bad input (a bad or used name, a parked session, an unknown
+// checkpoint, a fork beyond 16), each changing nothing.
+func TestManagerCheckpoints(t *testing.T) {
+	e, _, _ := newManagerEnv(t)
+	s := decode[api.Session](t, e.doJSON("POST", "/v1/sessions", api.CreateSessionRequest{}), 201)
+	base := "/v1/sessions/" + s.ID
+	c := decode[api.Checkpoint](t, e.doJSON("POST", base+"/checkpoints", api.CheckpointRequest{Name: "one"}), 201)
+	if c.Name != "one" || c.Session != s.ID {
+		t.Fatalf("checkpoint: %+v", c)
+	}
+	wantError(t, e.doJSON("POST", base+"/checkpoints", api.CheckpointRequest{Name: "one"}), 409, api.CodeConflict)
+	wantError(t, e.doJSON("POST", base+"/checkpoints", api.CheckpointRequest{Name: "Bad Name"}), 400, api.CodeInvalid)
+	wantError(t, e.doJSON("POST", "/v1/sessions/s-none/checkpoints", api.CheckpointRequest{}), 404, api.CodeNotFound)
+	wantError(t, e.doJSON("POST", base+"/rollback", api.RollbackRequest{Checkpoint: "two"}), 404, api.CodeNotFound)
+	wantError(t, e.doJSON("POST", base+"/rollback", api.RollbackRequest{}), 400, api.CodeInvalid)
+	wantError(t, e.do("GET", base+"/checkpoints/two", nil), 404, api.CodeNotFound)
+	wantError(t, e.doJSON("POST", base+"/fork", api.ForkRequest{N: 17}), 400, api.CodeInvalid)
+	if list := decode[[]api.Checkpoint](t, e.do("GET", base+"/checkpoints", nil), 200); len(list) != 1 || list[0].Name != "one" {
+		t.Fatalf("checkpoints: %+v", list)
+	}
+	if got := decode[api.Session](t, e.doJSON("POST", base+"/rollback", api.RollbackRequest{Checkpoint: "one"}), 200); got.ID != s.ID || got.State != api.StateRunning {
+		t.Fatalf("rollback: %+v", got)
+	}
+	tp := decode[api.Template](t, e.doJSON("POST", "/v1/templates", api.CreateTemplateRequest{Name: "from-one", FromCheckpoint: s.ID + ":one"}), 201)
+	if tp.State != api.TemplateReady || tp.Image != s.Image {
+		t.Fatalf("template from a checkpoint: %+v", tp)
+	}
+	wantError(t, e.doJSON("POST", "/v1/templates", api.CreateTemplateRequest{Name: "from-two", FromCheckpoint: s.ID + ":two"}), 404, api.CodeNotFound)
+	wantError(t, e.doJSON("POST", "/v1/templates", api.CreateTemplateRequest{Name: "from-x", FromCheckpoint: s.ID + ":one", Setup: []string{"true"}}), 400, api.CodeInvalid)
+	if resp := e.do("DELETE", "/v1/templates/from-one", nil); resp.StatusCode != 204 {
+		t.Fatalf("delete template: %d", resp.StatusCode)
+	}
+	forks := decode[api.ForkResponse](t, e.doJSON("POST", base+"/fork", api.ForkRequest{N: 2, From: "one"}), 201)
+	if len(forks.Sessions) != 2 || forks.Sessions[0].Parent != s.ID || forks.Sessions[1].FromCheckpoint != "one" {
+		t.Fatalf("fork: %+v", forks)
+	}
+	if resp := e.do("POST", base+"/park", nil); resp.StatusCode != 200 {
+		t.Fatalf("park: %d", resp.StatusCode)
+	}
+	got := wantError(t, e.doJSON("POST", base+"/checkpoints", api.CheckpointRequest{}), 409, api.CodeConflict)
+	if !strings.Contains(got.Message, "parked: wake it first") {
+		t.Errorf("checkpoint of a parked session: %q", got.Message)
+	}
+	if resp := e.do("DELETE", base+"/checkpoints/one", nil); resp.StatusCode != 204 {
+		t.Fatalf("rm checkpoint: %d", resp.StatusCode)
+	}
+	wantError(t, e.do("DELETE", base+"/checkpoints/one", nil), 404, api.CodeNotFound)
+	for _, f := range append(forks.Sessions, s) {
+		if resp := e.do("DELETE", "/v1/sessions/"+f.ID, nil); resp.StatusCode != 204 {
+			t.Fatalf("delete %s: %d", f.ID, resp.StatusCode)
+		}
+	}
+}

@@ -56,6 +56,12 @@ var routes = []route{
 	{"POST", "/v1/sessions/{id}/wake", "session.wake", bearer, (*Server).wakeSession},
 	{"POST", "/v1/sessions/{id}/revoke", "session.revoke", bearer, (*Server).revokeSession},
 	{"GET", "/v1/sessions/{id}/events", "session.events", bearer, (*Server).sessionEvents},
+	{"POST", "/v1/sessions/{id}/checkpoints", "session.checkpoint", bearer, (*Server).createCheckpoint},
+	{"GET", "/v1/sessions/{id}/checkpoints", "session.checkpoint.list", bearer, (*Server).listCheckpoints},
+	{"GET", "/v1/sessions/{id}/checkpoints/{name}", "session.checkpoint.get", bearer, (*Server).getCheckpoint},
+	{"DELETE", "/v1/sessions/{id}/checkpoints/{name}", "session.checkpoint.delete", bearer, (*Server).deleteCheckpoint},
+	{"POST", "/v1/sessions/{id}/rollback", "session.rollback", bearer, (*Server).rollbackSession},
+	{"POST", "/v1/sessions/{id}/fork", "session.fork", bearer, (*Server).forkSession},
 
 	{"POST", "/v1/sessions/{id}/exec", "session.exec", bearer, (*Server).exec},
 	{"GET", "/v1/sessions/{id}/exec/ws", "session.exec", bearer, (*Server).execWS},

@@ -66,6 +66,24 @@ type Sessions interface {
 	// any other state is CodeConflict.
 	Wake(ctx context.Context, id string) (api.Session, error)
 
+	// CreateCheckpoint saves a running session's whole machine while it
+	// runs on; a parked session is CodeConflict, a name in use too, a
+	// bad name CodeInvalid.
+	CreateCheckpoint(ctx context.Context, id string, req api.CheckpointRequest) (api.Checkpoint, error)
+	// ListCheckpoints lists a session's checkpoints, oldest first.
+	ListCheckpoints(ctx context.Context, id string) ([]api.Checkpoint, error)
+	// GetCheckpoint returns one; an unknown name is CodeNotFound.
+	GetCheckpoint(ctx context.Context, id, name string) (api.Checkpoint, error)
+	// DeleteCheckpoint removes one; an unknown name is CodeNotFound.
+	DeleteCheckpoint(ctx context.Context, id, name string) error
+	// Rollback puts a running or parked session back to its checkpoint
+	// and returns it running; an unknown name is CodeNotFound and
+	// changes nothing.
+	Rollback(ctx context.Context, id, name string) (api.Session, error)
+	// Fork makes sessions restored from a checkpoint of the session (or
+	// one taken now) and returns them running.
+	Fork(ctx context.Context, id string, req api.ForkRequest) ([]api.Session, error)
+
 	// CreateTemplate boots the template's image, runs its setup, starts
 	// its start command and saves the machine, for owner (as in Create);
 	// it returns once the template is ready (seconds to minutes). A name

@@ -2,6 +2,7 @@ package apiserver
 
 import (
 	"net/http"
+	"strings"
 
 	"github.com/cove-dev/cove/api"
 )
@@ -20,6 +21,13 @@ func (s *Server) createTemplate(w http.ResponseWriter, r *http.Request) error {
 	}
 	if err := validateCreateTemplate(req); err != nil {
 		return err
+	}
+	if id, _, ok := strings.Cut(req.FromCheckpoint, ":"); ok {
+		// The template holds the session's whole machine: taking it is
+		// the session's checkpoint action.
+		if err := s.decide(r.Context(), Action{Verb: "session.checkpoint", SessionID: id}); err != nil {
+			return err
+		}
 	}
 	liftDeadlines(w)
 	t, err := s.sessions.CreateTemplate(r.Context(), owner(r.Context()), req)

@@ -35,6 +35,10 @@ const (
 	// SessionRevoke invalidates a session's identity tokens without
 	// stopping it (the kill switch). Resource: the Session.
 	SessionRevoke Action = "session.revoke"
+	// SessionCheckpoint takes, removes and rolls back to a session's
+	// checkpoints, and forks the session (a fork is a copy of its whole
+	// machine, owned as it is). Resource: the Session.
+	SessionCheckpoint Action = "session.checkpoint"
 	// SessionEvents reads a session's events. Resource: the Session. A
 	// session's agent may read its own events.
 	SessionEvents Action = "session.events"
@@ -124,7 +128,7 @@ const (
 func Actions() []Action {
 	return []Action{
 		SessionCreate, SessionList, SessionRead, SessionExec, SessionFiles,
-		SessionPark, SessionWake, SessionDelete, SessionRevoke, SessionEvents,
+		SessionPark, SessionWake, SessionDelete, SessionRevoke, SessionEvents, SessionCheckpoint,
 		TemplateCreate, TemplateList, TemplateRead, TemplateDelete, TemplateRebuild,
 		ImageBuild, ImageList,
 		HookAdmin, UserAdmin,

@@ -45,7 +45,7 @@ var (
 // sessionActions are the actions on a Session resource.
 var sessionActions = []Action{
 	SessionRead, SessionExec, SessionFiles, SessionPark, SessionWake,
-	SessionDelete, SessionRevoke, SessionEvents,
+	SessionDelete, SessionRevoke, SessionEvents, SessionCheckpoint,
 }
 
 type decisionCase struct {

@@ -102,7 +102,7 @@ func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest) (Pro
 		}
 		return nil, guestErr(id, "exec", err)
 	}
-	proc := &process{m: m, id: id, pid: p.PID, cur: p, l: l, done: make(chan struct{}), gone: ctx.Done(),
+	proc := &process{m: m, id: id, pid: p.PID, cur: p, l: l, done: make(chan struct{}), gone: ctx.Done(), rollbacks: m.rollbackGen(id),
 		pace: rate.NewLimiter(execOutputRate, execOutputBurst)}
 	proc.stdoutR, proc.stdoutW = io.Pipe()
 	proc.stderrR, proc.stderrW = io.Pipe()
@@ -158,6 +158,9 @@ type process struct {
 	m   *Manager
 	id  string // the session
 	pid int    // in the guest
+	// rollbacks is the session's rollback count when the command started
+	// (see Manager.rolledBack): after a rollback its stream ends.
+	rollbacks int
 
 	mu  sync.Mutex
 	cur *agentproto.Process // guarded by mu: the current attachment
@@ -206,7 +209,12 @@ func (p *process) pump(ctx context.Context) {
 			p.end(l, nil)
 			return
 		}
-		// The stream ended before the command: a park, or the VM is gone.
+		// The stream ended before the command: a park, a rollback, or the
+		// VM is gone.
+		if name, ok := p.m.rolledBack(p.id, p.rollbacks); ok {
+			p.end(l, api.Errorf(api.CodeConflict, "exec: session %s was rolled back to checkpoint %s: this command's stream ends", p.id, name))
+			return
+		}
 		next, nl, aerr := p.reattach(ctx)
 		if aerr != nil {
 			code := api.CodeUnavailable

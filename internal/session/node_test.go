@@ -351,3 +351,26 @@ func TestFakeNodeRenameLeavesVMs(t *testing.T) {
 	r.restart()
 	r.wantFile(s.ID, "/tmp/f", "still here")
 }
+
+// TestFakeNodeForks: forks are recorded on the parent's node, and a
+// cordoned node refuses them as it refuses creates.
+func TestFakeNodeForks(t *testing.T) {
+	r, id := nodeRig(t, nil)
+	ctx := context.Background()
+	p := r.create(api.CreateSessionRequest{})
+	forks, err := r.mgr.Fork(ctx, p.ID, api.ForkRequest{N: 1})
+	if err != nil || len(forks) != 1 {
+		t.Fatalf("fork = %v, %v", forks, err)
+	}
+	if forks[0].Node != *id {
+		t.Errorf("fork's node = %q, want %q", forks[0].Node, *id)
+	}
+	if _, err := r.mgr.CordonNode(ctx, "host-a"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.mgr.Fork(ctx, p.ID, api.ForkRequest{N: 1})
+	wantCode(t, "fork on a cordoned node", err, api.CodeUnavailable)
+	if err != nil && !strings.Contains(err.Error(), "no node fits") {
+		t.Errorf("refusal %q does not say why", err)
+	}
+}

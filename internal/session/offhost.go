@@ -123,6 +123,12 @@ func (m *Manager) startUpload(rec store.Session, cause Cause) {
 	if m.cfg.Objects == nil {
 		return
 	}
+	if m.layered(rec) {
+		// Its disk is a chain of layers in its dir (checkpoints): the
+		// store keeps a disk on its template's or image's alone.
+		m.cfg.Log.Info("snapshot not uploaded: the session's disk has checkpoint layers; it stays on this host", "session", rec.ID)
+		return
+	}
 	m.mu.Lock()
 	select {
 	case <-m.stop:

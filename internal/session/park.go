@@ -64,6 +64,13 @@ type machine struct {
 	MemoryMiB int     `json:"memory_mib"`
 	CPUs      int     `json:"cpus"`
 	Parked    *parked `json:"parked,omitempty"`
+	// NextDisk is set while a checkpoint is under way: the disk the VM
+	// is being switched to (see checkpoint.go). A server that finds it
+	// set after a crash asks the VM which disk it writes.
+	NextDisk string `json:"next_disk,omitempty"`
+	// Rollback is set while a rollback is under way: the directory that
+	// holds the checkpoint's files staged for the session (rollback.go).
+	Rollback string `json:"rollback,omitempty"`
 }
 
 // parked is the manifest of a parked session's snapshot.
@@ -667,6 +674,9 @@ func (m *Manager) restore(ctx context.Context, id, dir string, mach machine, sta
 // under way is cancelled, a guest paused by it continued) and the session
 // is running again; anything else fails it.
 func (m *Manager) recoverParking(ctx context.Context, rec store.Session) {
+	if m.recoverRollback(ctx, rec) {
+		return
+	}
 	dir := m.dir(rec.ID)
 	os.Remove(filepath.Join(dir, stateFile+".tmp"))
 	if _, err := os.Stat(filepath.Join(dir, stateFile)); err == nil {

@@ -157,13 +157,16 @@ type Config struct {
 // Manager manages sessions. It is safe for concurrent use.
 type Manager struct {
 	cfg  Config
-	snap vmm.Snapshotter // nil when the driver cannot snapshot
+	snap vmm.Snapshotter  // nil when the driver cannot snapshot
+	ckpt vmm.Checkpointer // nil when the driver cannot checkpoint
 
 	mu    sync.Mutex
 	live  map[string]*live         // guarded by mu: sessions with a VM
 	locks map[string]*sync.Mutex   // guarded by mu: one lifecycle operation per session at a time
 	pools map[string]*pool         // guarded by mu: warm pools by template name
 	woke  map[string]chan struct{} // guarded by mu: closed when the session runs again
+
+	rollbacks map[string]rollbackMark // guarded by mu: each session's last rollback (rollback.go)
 
 	builds  map[string]*builder      // guarded by mu: template builds queued or running, by name
 	follows map[string][]string      // guarded by mu: templates by the repo and branch they follow
@@ -268,7 +271,7 @@ func New(cfg Config) (*Manager, error) {
 		return nil, fmt.Errorf("session: %w", err)
 	}
 	m := &Manager{cfg: cfg, live: map[string]*live{}, locks: map[string]*sync.Mutex{},
-		pools: map[string]*pool{}, woke: map[string]chan struct{}{}, stop: make(chan struct{}),
+		pools: map[string]*pool{}, woke: map[string]chan struct{}{}, stop: make(chan struct{}), rollbacks: map[string]rollbackMark{},
 		builds: map[string]*builder{}, follows: map[string][]string{}, tlocks: map[string]*sync.RWMutex{},
 		deadlines: map[string]time.Time{}, deliver: make(chan struct{}, 1), leases: map[string]bool{},
 		cloneFiles: map[string][]cloneFiles{}, cloneWanted: map[string]bool{}, cloneKick: make(chan struct{}, 1),
@@ -276,6 +279,7 @@ func New(cfg Config) (*Manager, error) {
 			restoring: map[string]*restoreProgress{}, failures: map[string]int{}},
 		cache: nodeCache{kick: make(chan struct{}, 1)}}
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
+	m.ckpt, _ = cfg.Driver.(vmm.Checkpointer)
 	return m, nil
 }
 
@@ -313,6 +317,7 @@ func (m *Manager) toAPI(s store.Session) api.Session {
 		Error: s.Error, BootMillis: s.BootMillis, Template: s.Template, TemplateVersion: s.TemplateVersion,
 		IdleTimeout: m.idleTimeout(s).String(), AutoWake: !s.NoAutoWake,
 		Snapshot: snapshotInfo(s.Snapshot), Owner: s.Owner, Agent: s.Agent, Allow: s.Allow,
+		Parent: s.Parent, FromCheckpoint: s.FromCheckpoint,
 		Stored: s.StoredManifest != "", StoredBytes: s.StoredBytes, Evicted: evicted(s),
 		Restore: m.restoring(s.ID), Node: s.Node,
 	}
@@ -905,7 +910,9 @@ func (m *Manager) Recover(ctx context.Context) error {
 		switch rec.State {
 		case api.StateRunning:
 			start := time.Now()
-			err := m.readopt(ctx, rec, false)
+			// A checkpoint cut short may have left the guest paused.
+			mach, _ := decodeMachine(rec.Snapshot)
+			err := m.readopt(ctx, rec, mach.NextDisk != "")
 			if err != nil {
 				m.cfg.Log.Warn("session lost across restart", "session", rec.ID, "err", err)
 				m.fail(rec.ID, "lost across server restart: "+err.Error())
@@ -933,6 +940,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 			}
 		}
 	}
+	m.recoverCheckpoints(ctx, recs)
 	// VMM processes of sessions with no live VM here: no record owns
 	// them, or their session failed. Their spare directories and cgroups
 	// go with them.
@@ -1017,8 +1025,9 @@ func (m *Manager) readopt(ctx context.Context, rec store.Session, resume bool) e
 	}
 	mach, _ := decodeMachine(rec.Snapshot)
 	mach.Parked = nil
+	settled := m.settleDisk(ctx, rec.ID, vm, &mach)
 	m.adoptLive(rec.ID, &live{vm: vm, agent: agent, env: rec.Env, mach: mach})
-	if rec.State != api.StateRunning {
+	if rec.State != api.StateRunning || settled {
 		rec.State, rec.Error, rec.UpdatedAt, rec.Snapshot = api.StateRunning, "", time.Now().UTC(), mach.encode()
 		rec.StoredManifest, rec.StoredBytes = "", 0 // its snapshot is consumed
 		if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {

@@ -102,6 +102,12 @@ func (m *Manager) CreateTemplate(ctx context.Context, owner string, req api.Crea
 	if req.Repo != "" && req.RepoDir == "" {
 		req.RepoDir = defaultRepoDir
 	}
+	var from *checkpointRef
+	if req.FromCheckpoint != "" {
+		if from, err = m.checkpointForTemplate(ctx, &req); err != nil {
+			return api.Template{}, err
+		}
+	}
 	name := req.Image
 	if name == "" {
 		name = m.cfg.DefaultImage
@@ -169,7 +175,12 @@ func (m *Manager) CreateTemplate(ctx context.Context, owner string, req api.Crea
 		}
 		t.Commit = v.Commit
 	}
-	mach, err := m.buildVersion(ctx, t, v, im, nil)
+	var mach machine
+	if from != nil {
+		mach, err = m.versionFromCheckpoint(ctx, t, v, *from)
+	} else {
+		mach, err = m.buildVersion(ctx, t, v, im, nil)
+	}
 	if err != nil {
 		return failT(err)
 	}

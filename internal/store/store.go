@@ -85,9 +85,24 @@ type Store interface {
 	// ListSessions returns every session, ordered by CreatedAt and then by
 	// ID (bytewise). An empty store gives a slice of length zero.
 	ListSessions(ctx context.Context) ([]Session, error)
-	// DeleteSession removes the session with the given id, or fails with
-	// ErrNotFound if there is none.
+	// DeleteSession removes the session with the given id and its
+	// checkpoints, or fails with ErrNotFound if there is none.
 	DeleteSession(ctx context.Context, id string) error
+
+	// CreateCheckpoint records c. It fails with ErrNotFound if there is no
+	// session c.SessionID, and with ErrExists if that session has a
+	// checkpoint named c.Name; either changes nothing.
+	CreateCheckpoint(ctx context.Context, c Checkpoint) error
+	// GetCheckpoint returns the named checkpoint of a session, or
+	// ErrNotFound.
+	GetCheckpoint(ctx context.Context, sessionID, name string) (Checkpoint, error)
+	// ListCheckpoints returns a session's checkpoints, ordered by
+	// CreatedAt and then by Name (bytewise). A session without any, or
+	// no session of that id, gives a slice of length zero.
+	ListCheckpoints(ctx context.Context, sessionID string) ([]Checkpoint, error)
+	// DeleteCheckpoint removes the named checkpoint of a session, or fails
+	// with ErrNotFound if there is none.
+	DeleteCheckpoint(ctx context.Context, sessionID, name string) error
 	// BumpTokenGen adds one to the session's TokenGen, at once and
 	// atomically, and returns the new generation: every token minted
 	// before is dead. It fails with ErrNotFound if there is no session.
@@ -366,6 +381,21 @@ type Store interface {
 	Close() error
 }
 
+// Checkpoint is the record of one checkpoint of a running session: its
+// whole machine saved while it ran on (package session).
+type Checkpoint struct {
+	SessionID string
+	Name      string
+	CreatedAt time.Time
+	// Bytes is the disk space the checkpoint's own files take.
+	Bytes int64
+	// PauseMillis is how long the session's guest was paused to take it.
+	PauseMillis int64
+	// Manifest is package session's description of the checkpoint's
+	// files (opaque to the store).
+	Manifest []byte
+}
+
 // Session is the stored record of one session: its public fields (see
 // api.Session) plus what the server needs to find its VM again.
 type Session struct {
@@ -405,6 +435,12 @@ type Session struct {
 	// Snapshot is the session package's versioned description of the
 	// session's parked snapshot (JSON); empty while the session has none.
 	Snapshot []byte
+
+	// Parent is the session a fork was made from, and FromCheckpoint the
+	// parent's checkpoint it was restored from; "" for a session that is
+	// no fork.
+	Parent         string
+	FromCheckpoint string
 
 	// Owner is the id of the user the session acts for: the one whose
 	// request created it (a clone's creator, not its template's owner),

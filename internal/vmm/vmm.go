@@ -151,3 +151,43 @@ type RestoreStats struct {
 	Load  time.Duration // device state loaded
 	Total time.Duration
 }
+
+// Checkpointer is implemented by drivers that can save a running VM's
+// whole machine without ending it: a checkpoint, which Snapshotter.Restore
+// takes as it takes a parked VM's state.
+//
+// Checkpoint pauses vm and, while it is paused: switches its disk to
+// req.NewDisk, a new qcow2 overlay (which the driver creates) whose
+// backing file is the disk vm wrote until then, so that disk is never
+// written again and becomes the checkpoint's; writes the device state to
+// req.State (complete or absent, synced); and calls req.WhilePaused, which
+// copies the RAM file (Spec.Dir's) while nothing changes it. Then the
+// guest runs again. Whatever fails, the guest runs on when Checkpoint
+// returns if its VMM does; Disk says which disk it writes then.
+//
+// Disk returns the path of the disk vm writes now: after a checkpoint it
+// is the last NewDisk that took, whatever Checkpoint returned (a server
+// that died in one asks the VM).
+type Checkpointer interface {
+	Checkpoint(ctx context.Context, vm VM, req CheckpointRequest) (CheckpointStats, error)
+	Disk(ctx context.Context, vm VM) (string, error)
+}
+
+// CheckpointRequest says where a checkpoint's files go (see Checkpointer).
+type CheckpointRequest struct {
+	State   string // device state file, created
+	NewDisk string // the VM's new disk, created: an overlay on its current one
+	// WhilePaused, if set, runs while the guest is paused, once the state
+	// is written; an error fails the checkpoint (the guest runs on, on
+	// NewDisk).
+	WhilePaused func(context.Context) error
+}
+
+// CheckpointStats says where a checkpoint's time went.
+type CheckpointStats struct {
+	Pause      time.Duration // the guest paused: what a running session sees
+	Disk       time.Duration // the disk switched
+	Migrate    time.Duration // device state written
+	Copy       time.Duration // WhilePaused
+	StateBytes int64
+}

@@ -154,7 +154,7 @@ func sessionArgs(sess store.Session) ([]any, error) {
 		sess.ID, sess.State, sess.Image, sess.MemoryMiB, sess.CPUs, env, sess.Accel,
 		created, updated, errorText(sess.Error), sess.BootMillis, encodeBlob(sess.Handle),
 		int64(sess.IdleTimeout), sess.NoAutoWake, sess.Template, encodeBlob(sess.Snapshot), sess.TemplateVersion,
-		sess.Owner, sess.Agent, allow, sess.StoredManifest, sess.StoredBytes, sess.Node,
+		sess.Owner, sess.Agent, allow, sess.StoredManifest, sess.StoredBytes, sess.Node, sess.Parent, sess.FromCheckpoint,
 	}, nil
 }
 
@@ -168,7 +168,7 @@ func scanSession(sc pgx.Row) (store.Session, error) {
 	err := sc.Scan(&sess.ID, &sess.State, &sess.Image, &sess.MemoryMiB, &sess.CPUs, &env,
 		&sess.Accel, &created, &updated, &sess.Error, &sess.BootMillis, &sess.Handle,
 		&idle, &sess.NoAutoWake, &sess.Template, &sess.Snapshot, &sess.TemplateVersion,
-		&sess.Owner, &sess.Agent, &allow, &sess.StoredManifest, &sess.StoredBytes, &sess.Node, &gen, &revoked, &sess.Gen)
+		&sess.Owner, &sess.Agent, &allow, &sess.StoredManifest, &sess.StoredBytes, &sess.Node, &sess.Parent, &sess.FromCheckpoint, &gen, &revoked, &sess.Gen)
 	if err != nil {
 		return store.Session{}, err
 	}

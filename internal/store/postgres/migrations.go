@@ -212,6 +212,19 @@ var migrations = []string{
 		gen             BIGINT NOT NULL
 	);
 	CREATE UNIQUE INDEX nodes_by_credential ON nodes (credential_hash) WHERE credential_hash <> '';`,
+	// 6: the SQLite store's migration 15: checkpoints of running
+	// sessions, removed with their session; forks' parents.
+	`ALTER TABLE sessions ADD COLUMN parent TEXT NOT NULL DEFAULT '';
+	ALTER TABLE sessions ADD COLUMN from_checkpoint TEXT NOT NULL DEFAULT '';
+	CREATE TABLE checkpoints (
+		session_id TEXT COLLATE "C" NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
+		name       TEXT COLLATE "C" NOT NULL,
+		created_at BIGINT,
+		bytes      BIGINT NOT NULL,
+		pause_ms   BIGINT NOT NULL,
+		manifest   BYTEA,
+		PRIMARY KEY (session_id, name)
+	);`,
 }
 
 // migrationLock is the key of the advisory lock that migrations hold, so

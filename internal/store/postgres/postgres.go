@@ -364,7 +364,7 @@ func notFound(err error) error {
 const sessionColumns = `id, state, image, memory_mib, cpus, env, accel,
 	created_at, updated_at, error, boot_millis, handle,
 	idle_timeout_ns, no_auto_wake, template, snapshot, template_version, owner, agent, allow,
-	stored_manifest, stored_bytes, node, token_gen, tokens_revoked_at, gen`
+	stored_manifest, stored_bytes, node, parent, from_checkpoint, token_gen, tokens_revoked_at, gen`
 
 // CreateSession implements store.Store.
 func (s *Store) CreateSession(ctx context.Context, sess *store.Session) error {
@@ -380,7 +380,7 @@ func (s *Store) CreateSession(ctx context.Context, sess *store.Session) error {
 	}
 	args = append(args, int64(sess.TokenGen), revoked)
 	tag, err := s.exec(ctx, `INSERT INTO sessions (`+sessionColumns+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, 1)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, 1)
 		ON CONFLICT (id) DO NOTHING`, args...)
 	if err := oneRow(tag, err, store.ErrExists); err != nil {
 		return s.errorf("postgres: create session %s: %w", sess.ID, err)
@@ -403,9 +403,9 @@ func (s *Store) UpdateSession(ctx context.Context, sess *store.Session) error {
 		state = $2, image = $3, memory_mib = $4, cpus = $5, env = $6, accel = $7,
 		created_at = $8, updated_at = $9, error = $10, boot_millis = $11, handle = $12,
 		idle_timeout_ns = $13, no_auto_wake = $14, template = $15, snapshot = $16, template_version = $17,
-		owner = $18, agent = $19, allow = $20, stored_manifest = $21, stored_bytes = $22, node = $23,
+		owner = $18, agent = $19, allow = $20, stored_manifest = $21, stored_bytes = $22, node = $23, parent = $24, from_checkpoint = $25,
 		gen = gen + 1
-		WHERE id = $1 AND gen = $24`, args...)
+		WHERE id = $1 AND gen = $26`, args...)
 	if err := oneRow(tag, err, nil); err != nil {
 		return s.errorf("postgres: update session %s: %w", sess.ID, err)
 	}

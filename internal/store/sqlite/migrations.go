@@ -262,6 +262,20 @@ var migrations = []string{
 		gen             INTEGER NOT NULL
 	) STRICT;
 	CREATE UNIQUE INDEX nodes_by_credential ON nodes (credential_hash) WHERE credential_hash != '';`,
+	// 15: checkpoints of running sessions, named uniquely per session;
+	// a session's removal removes them (DeleteSession). Forks name their
+	// parent session and its checkpoint they were made from.
+	`ALTER TABLE sessions ADD COLUMN parent TEXT NOT NULL DEFAULT '';
+	ALTER TABLE sessions ADD COLUMN from_checkpoint TEXT NOT NULL DEFAULT '';
+	CREATE TABLE checkpoints (
+		session_id TEXT NOT NULL,
+		name       TEXT NOT NULL,
+		created_at INTEGER,
+		bytes      INTEGER NOT NULL,
+		pause_ms   INTEGER NOT NULL,
+		manifest   BLOB,
+		PRIMARY KEY (session_id, name)
+	) STRICT;`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

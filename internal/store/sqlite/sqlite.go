@@ -140,7 +140,7 @@ func (s *Store) Close() error {
 const sessionColumns = `id, state, image, memory_mib, cpus, env, accel,
 	created_at, updated_at, error, boot_millis, handle,
 	idle_timeout_ns, no_auto_wake, template, snapshot, template_version, owner, agent, allow,
-	stored_manifest, stored_bytes, node, token_gen, tokens_revoked_at, gen`
+	stored_manifest, stored_bytes, node, parent, from_checkpoint, token_gen, tokens_revoked_at, gen`
 
 // CreateSession implements store.Store.
 func (s *Store) CreateSession(ctx context.Context, sess *store.Session) error {
@@ -156,7 +156,7 @@ func (s *Store) CreateSession(ctx context.Context, sess *store.Session) error {
 	}
 	args = append(args, int64(sess.TokenGen), revoked, 1)
 	res, err := s.db.ExecContext(ctx, `INSERT INTO sessions (`+sessionColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (id) DO NOTHING`, args...)
 	if err := oneRow(res, err, store.ErrExists); err != nil {
 		return errorf("sqlite: create session %s: %w", sess.ID, err)
@@ -178,7 +178,7 @@ func (s *Store) UpdateSession(ctx context.Context, sess *store.Session) error {
 		state = ?, image = ?, memory_mib = ?, cpus = ?, env = ?, accel = ?,
 		created_at = ?, updated_at = ?, error = ?, boot_millis = ?, handle = ?,
 		idle_timeout_ns = ?, no_auto_wake = ?, template = ?, snapshot = ?, template_version = ?,
-		owner = ?, agent = ?, allow = ?, stored_manifest = ?, stored_bytes = ?, node = ?,
+		owner = ?, agent = ?, allow = ?, stored_manifest = ?, stored_bytes = ?, node = ?, parent = ?, from_checkpoint = ?,
 		gen = gen + 1
 		WHERE id = ? AND gen = ?`, args...)
 	if err := oneRow(res, err, nil); err != nil {
@@ -290,8 +290,15 @@ func (s *Store) ListSessions(ctx context.Context) ([]store.Session, error) {
 
 // DeleteSession implements store.Store.
 func (s *Store) DeleteSession(ctx context.Context, id string) error {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM sessions WHERE id = ?`, id)
-	if err := oneRow(res, err, store.ErrNotFound); err != nil {
+	err := s.inTx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `DELETE FROM sessions WHERE id = ?`, id)
+		if err := oneRow(res, err, store.ErrNotFound); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM checkpoints WHERE session_id = ?`, id)
+		return err
+	})
+	if err != nil {
 		return errorf("sqlite: delete session %s: %w", id, err)
 	}
 	return nil
@@ -518,7 +525,7 @@ func sessionArgs(sess store.Session) ([]any, error) {
 		sess.ID, sess.State, sess.Image, sess.MemoryMiB, sess.CPUs, env, sess.Accel,
 		created, updated, sess.Error, sess.BootMillis, encodeBlob(sess.Handle),
 		int64(sess.IdleTimeout), sess.NoAutoWake, sess.Template, encodeBlob(sess.Snapshot), sess.TemplateVersion,
-		sess.Owner, sess.Agent, allow, sess.StoredManifest, sess.StoredBytes, sess.Node,
+		sess.Owner, sess.Agent, allow, sess.StoredManifest, sess.StoredBytes, sess.Node, sess.Parent, sess.FromCheckpoint,
 	}, nil
 }
 
@@ -539,7 +546,7 @@ func scanSession(sc scanner) (store.Session, error) {
 	err := sc.Scan(&sess.ID, &sess.State, &sess.Image, &sess.MemoryMiB, &sess.CPUs, &env,
 		&sess.Accel, &created, &updated, &sess.Error, &sess.BootMillis, &sess.Handle,
 		&idle, &sess.NoAutoWake, &sess.Template, &sess.Snapshot, &sess.TemplateVersion,
-		&sess.Owner, &sess.Agent, &allow, &sess.StoredManifest, &sess.StoredBytes, &sess.Node, &gen, &revoked, &sess.Gen)
+		&sess.Owner, &sess.Agent, &allow, &sess.StoredManifest, &sess.StoredBytes, &sess.Node, &sess.Parent, &sess.FromCheckpoint, &gen, &revoked, &sess.Gen)
 	if err != nil {
 		return store.Session{}, err
 	}

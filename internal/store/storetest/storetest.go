@@ -36,6 +36,7 @@ func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	t.Run("ListSessionsOrder", s.listSessionsOrder)
 	t.Run("DeleteSession", s.deleteSession)
 	t.Run("DeleteSessionMissing", s.deleteSessionMissing)
+	t.Run("Checkpoints", s.checkpoints)
 	t.Run("TokenGen", s.tokenGen)
 	t.Run("RevokeSessionTokens", s.revokeSessionTokens)
 	t.Run("CopiesInAndOut", s.copiesInAndOut)
@@ -128,6 +129,8 @@ func fullSession(id string) store.Session {
 		TemplateVersion: 7,
 		Owner:           "u_" + strings.Repeat("q", 16),
 		Agent:           "review-bot",
+		Parent:          "s-parent",
+		FromCheckpoint:  "before-migration",
 		TokenGen:        1<<40 + 3,
 		TokensRevokedAt: at(4).Add(9),
 		Allow:           []string{"github.com", "*.pypi.org:443", "GET,HEAD files.ünï.example/packages/"},
@@ -527,6 +530,9 @@ func (s *suite) update(t *testing.T) {
 		Owner:       "u_someoneelse",
 		Agent:       "fixer",
 		Allow:       []string{"example.org:8443"},
+		// Parent and FromCheckpoint are written by an update too.
+		Parent:         "s-other",
+		FromCheckpoint: "",
 		// A snapshot stored again: another manifest.
 		StoredManifest: strings.Repeat("e1", 32),
 		StoredBytes:    17,

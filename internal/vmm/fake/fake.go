@@ -202,6 +202,7 @@ type process struct {
 	conns   []net.Conn // guarded by mu: both ends of every agent connection
 	hosts   []net.Conn // guarded by mu: the host ends not yet closed by Disconnect
 	console []string   // guarded by mu
+	curDisk string     // guarded by mu: the disk a checkpoint switched to, if any
 }
 
 // spawn starts a process for spec in status st; its guest is set later.

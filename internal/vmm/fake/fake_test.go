@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -17,6 +18,10 @@ import (
 
 func spec(t *testing.T) vmm.Spec {
 	dir := t.TempDir()
+	// A real qcow2 disk: a checkpoint stacks an overlay on it.
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", filepath.Join(dir, "disk.qcow2"), "64M").CombinedOutput(); err != nil {
+		t.Fatalf("qemu-img: %v: %s", err, out)
+	}
 	return vmm.Spec{ID: "s-" + filepath.Base(dir), Dir: dir, Kernel: "/fake/vmlinux", Initrd: "/fake/initrd",
 		Disk: filepath.Join(dir, "disk.qcow2"), MemoryMiB: 64, CPUs: 1}
 }
@@ -34,6 +39,7 @@ func harness(t *testing.T) vmmtest.Harness {
 		Kill:    func(t *testing.T, vm vmm.VM) { vm.(*fake.VM).Kill() },
 		Pause:   func(t *testing.T, _ vmm.Spec, vm vmm.VM) { vm.(*fake.VM).Pause() },
 		Timeout: 30 * time.Second,
+		MemFile: fake.MemFile,
 	}
 }
 

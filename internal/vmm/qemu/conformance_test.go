@@ -30,6 +30,7 @@ func TestQEMUConformance(t *testing.T) {
 				}
 			},
 			Pause:   pauseOverQMP,
+			MemFile: qemu.MemFile,
 			Timeout: 2 * time.Minute,
 		}
 	})

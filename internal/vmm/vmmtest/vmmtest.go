@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -36,6 +38,8 @@ type Harness struct {
 	// Timeout bounds each wait on a guest: a connection, an exit. Zero
 	// means a minute.
 	Timeout time.Duration
+	// MemFile is the name of a VM's RAM file in its directory.
+	MemFile string
 }
 
 // Run checks the driver that newHarness returns against vmm's contract.
@@ -51,6 +55,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 	t.Run("SaveRestoreKeepsGuest", s.saveRestoreKeepsGuest)
 	t.Run("RestoreHooksInOrder", s.restoreHooksInOrder)
 	t.Run("FailedRestoreKeepsSnapshot", s.failedRestoreKeepsSnapshot)
+	t.Run("CheckpointRunsOn", s.checkpointRunsOn)
 }
 
 type suite struct {
@@ -499,4 +504,85 @@ func (s suite) failedRestoreKeepsSnapshot(t *testing.T) {
 	if got := r.readFile(c2, "/tmp/snap"); got != "still here\n" {
 		t.Fatalf("file after failed restores: %q", got)
 	}
+}
+
+// A checkpoint (vmm.Checkpointer) lets the guest run on, on the new disk,
+// and Restore takes it as it takes a saved VM's state: a VM restored from
+// it, with a copy of the RAM file made while paused and an overlay on the
+// old disk, finds the guest as it was, while the original has moved on.
+func (s suite) checkpointRunsOn(t *testing.T) {
+	r := s.rig(t)
+	ck, ok := r.Driver.(vmm.Checkpointer)
+	if !ok {
+		t.Skipf("%T is not a vmm.Checkpointer: it has no checkpoints to check", r.Driver)
+	}
+	vm, spec := r.boot()
+	c := r.connect(vm, "after boot")
+	r.writeFile(c, "/tmp/kept", "at the checkpoint\n")
+	saved := filepath.Join(t.TempDir(), "state")
+	mem := filepath.Join(t.TempDir(), r.MemFile)
+	next := filepath.Join(spec.Dir, "next.qcow2")
+	paused := false
+	_, err := ck.Checkpoint(r.ctx(), vm, vmm.CheckpointRequest{State: saved, NewDisk: next,
+		WhilePaused: func(context.Context) error {
+			paused = r.status(vm) != vmm.StatusRunning
+			return copyFile(filepath.Join(spec.Dir, r.MemFile), mem)
+		}})
+	if err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	if !paused {
+		t.Error("WhilePaused ran while the guest ran")
+	}
+	if st := r.status(vm); st != vmm.StatusRunning {
+		t.Fatalf("status after the checkpoint: %s, want running", st)
+	}
+	if d, err := ck.Disk(r.ctx(), vm); err != nil || d != next {
+		t.Fatalf("Disk after the checkpoint: %q, %v; want %q", d, err, next)
+	}
+	r.writeFile(c, "/tmp/kept", "moved on\n")
+	if got := r.readFile(c, "/tmp/kept"); got != "moved on\n" {
+		t.Fatalf("the guest after its checkpoint: %q", got)
+	}
+
+	rspec := r.Spec(t)
+	if err := os.Remove(rspec.Disk); err != nil && !errors.Is(err, os.ErrNotExist) {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", spec.Disk, "-F", "qcow2", rspec.Disk).CombinedOutput(); err != nil {
+		t.Fatalf("overlay on the checkpoint's disk: %v: %s", err, out)
+	}
+	if err := copyFile(mem, filepath.Join(rspec.Dir, r.MemFile)); err != nil {
+		t.Fatal(err)
+	}
+	restored, _, err := r.snap.Restore(r.ctx(), rspec, saved)
+	if err != nil {
+		t.Fatalf("restore the checkpoint: %v", err)
+	}
+	t.Cleanup(func() { _ = restored.Stop(context.Background()) })
+	c2 := r.connect(restored, "restored from the checkpoint")
+	if got := r.readFile(c2, "/tmp/kept"); got != "at the checkpoint\n" {
+		t.Fatalf("the restored checkpoint: %q, want the file as it was", got)
+	}
+	if got := r.readFile(c, "/tmp/kept"); got != "moved on\n" {
+		t.Fatalf("the original after the restore: %q", got)
+	}
+}
+
+// copyFile copies src to dst (created, 0600; holes are written as data).
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }

@@ -1,0 +1,131 @@
+package session_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+)
+
+// TestCheckpointRollbackForkIsExact holds state in a live process's
+// memory, in tmpfs and on disk; checkpoints the running session; changes
+// all of it and starts a new process; rolls back: everything is the
+// checkpoint's, the new process is gone, the old one runs (same PID).
+// Then it forks the checkpoint two ways: the forks read different random
+// bytes, a file written in one is absent in the other and in the parent,
+// and they still answer once the parent is removed. A template made from
+// the checkpoint clones to the checkpoint's state.
+func TestCheckpointRollbackForkIsExact(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	ctx := context.Background()
+	s := r.create(t, api.CreateSessionRequest{})
+	// The holder keeps a value in its memory only; USR2 changes it, USR1
+	// writes it to /root/dump.
+	r.sh(t, s.ID, `mkdir -p /dev/shm/ck && ln -s /dev/shm/ck /ck && echo T1 > /ck/t && echo D1 > /root/d && sync
+(v=before; trap 'echo $v > /root/dump' USR1; trap 'v=changed' USR2; while true; do sleep 0.1; done) </dev/null >/dev/null 2>&1 &
+echo $! > /ck/holder`)
+	holder := strings.TrimSpace(r.sh(t, s.ID, "cat /ck/holder"))
+	dump := func(id string) string {
+		t.Helper()
+		r.sh(t, id, "rm -f /root/dump; kill -USR1 "+holder)
+		if !waitFor(time.Minute, func() bool {
+			return r.run(t, id, api.ExecRequest{Argv: []string{"test", "-s", "/root/dump"}}, nil).status.Code == 0
+		}) {
+			t.Fatalf("%s: the holder never wrote its value", id)
+		}
+		return strings.TrimSpace(r.sh(t, id, "cat /root/dump; rm -f /root/dump"))
+	}
+	if got := dump(s.ID); got != "before" {
+		t.Fatalf("holder's value: %q", got)
+	}
+
+	c, err := r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{Name: "c1"})
+	if err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	t.Logf("checkpoint %s: %d bytes, paused %d ms", c.Name, c.Bytes, c.PauseMillis)
+	// The session ran on: change everything.
+	r.sh(t, s.ID, "kill -USR2 "+holder+"; echo T2 > /ck/t; echo D2 > /root/d; echo new > /root/new; sync")
+	r.sh(t, s.ID, "sleep 10007 </dev/null >/dev/null 2>&1 & echo $! > /root/newpid")
+	newPID := strings.TrimSpace(r.sh(t, s.ID, "cat /root/newpid"))
+	if got := dump(s.ID); got != "changed" {
+		t.Fatalf("holder's value after USR2: %q", got)
+	}
+
+	start := time.Now()
+	if _, err := r.mgr.Rollback(ctx, s.ID, "c1"); err != nil {
+		t.Fatalf("rollback: %v", err)
+	}
+	t.Logf("rollback took %s", time.Since(start).Round(time.Millisecond))
+	if got := r.sh(t, s.ID, "cat /ck/t /root/d; test -e /root/new || echo gone"); got != "T1\nD1\ngone\n" {
+		t.Fatalf("after the rollback: tmpfs, disk, and a file written since: %q, want T1, D1, gone", got)
+	}
+	if got := dump(s.ID); got != "before" {
+		t.Fatalf("holder's value after the rollback: %q, want before", got)
+	}
+	if got := r.sh(t, s.ID, "cat /proc/"+newPID+"/cmdline 2>/dev/null | tr '\\0' ' '; echo"); strings.Contains(got, "10007") {
+		t.Fatalf("the process started after the checkpoint runs after the rollback: %q", got)
+	}
+
+	forks, err := r.mgr.Fork(ctx, s.ID, api.ForkRequest{N: 2, From: "c1"})
+	if err != nil {
+		t.Fatalf("fork: %v", err)
+	}
+	random := map[string]bool{}
+	for _, f := range forks {
+		if f.Parent != s.ID || f.FromCheckpoint != "c1" || f.Owner != s.Owner {
+			t.Fatalf("fork %+v", f)
+		}
+		if got := r.sh(t, f.ID, "cat /ck/t /root/d"); got != "T1\nD1\n" {
+			t.Fatalf("fork %s: %q", f.ID, got)
+		}
+		if got := dump(f.ID); got != "before" {
+			t.Fatalf("fork %s: holder's value %q", f.ID, got)
+		}
+		random[r.sh(t, f.ID, "head -c 16 /dev/urandom | od -An -tx1")] = true
+	}
+	if len(random) != 2 {
+		t.Fatalf("the forks read the same random bytes: %v", random)
+	}
+	r.sh(t, forks[0].ID, "echo mine > /root/only0; sync")
+	for _, id := range []string{forks[1].ID, s.ID} {
+		if res := r.run(t, id, api.ExecRequest{Argv: []string{"test", "-e", "/root/only0"}}, nil); res.status.Code == 0 {
+			t.Fatalf("a file written in fork %s is in %s", forks[0].ID, id)
+		}
+	}
+	// A template made from the checkpoint: its clones are the checkpoint,
+	// and rest on nothing of the session's.
+	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "from-c1", FromCheckpoint: s.ID + ":c1"}); err != nil {
+		t.Fatalf("template from the checkpoint: %v", err)
+	}
+	if err := r.mgr.Delete(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	clone := r.create(t, api.CreateSessionRequest{Template: "from-c1"})
+	if got := r.sh(t, clone.ID, "cat /ck/t /root/d"); got != "T1\nD1\n" {
+		t.Fatalf("clone of the template from the checkpoint: %q", got)
+	}
+	if got := dump(clone.ID); got != "before" {
+		t.Fatalf("clone of the template from the checkpoint: holder's value %q", got)
+	}
+	if err := r.mgr.Delete(ctx, clone.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.mgr.DeleteTemplate(ctx, "from-c1"); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range forks {
+		if got := r.sh(t, f.ID, "cat /root/d; echo ok > /root/after; cat /root/after"); got != "D1\nok\n" {
+			t.Fatalf("fork %s after its parent's removal: %q", f.ID, got)
+		}
+	}
+	// A fork parks and wakes as any session.
+	if _, err := r.mgr.Park(ctx, forks[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.sh(t, forks[0].ID, "cat /root/only0"); got != "mine\n" {
+		t.Fatalf("fork after park and wake: %q", got)
+	}
+}
