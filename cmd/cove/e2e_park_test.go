@@ -36,9 +36,17 @@ type machine struct {
 // process (a reader waits for it: a lost process hangs the read, which
 // 'timeout' ends), that process's PID and start time (in clock ticks since
 // boot) and the kernel's boot id.
+//
+// The token is read by the shell's read builtin, which takes a pipe one
+// byte at a time and so never more than its line: the holder opens the
+// FIFO again as soon as it has written, and may write its next line while
+// the reader still holds it open. A reader that read ahead (head reads a
+// block) left the start of that next line consumed and its rest in the
+// FIFO for the next probe, which then printed a token cut short (CI saw
+// it once after a wake).
 const probeScript = `set -e
 sha256sum /dev/shm/blob | cut -d' ' -f1
-timeout 30 head -n1 /run/holder.fifo
+timeout 30 sh -c 'read -r line < /run/holder.fifo && echo "$line"'
 pid=$(cat /run/holder.pid)
 echo "$pid $(cut -d' ' -f22 /proc/$pid/stat)"
 cat /proc/sys/kernel/random/boot_id`

@@ -508,8 +508,12 @@ func TestInterruptedUploadResumes(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("rerun: %+v", st2)
-		if st2.ChunksReused != stored || st2.ChunksAdded != 64-stored {
-			t.Errorf("rerun reused %d and added %d chunks; want %d and %d", st2.ChunksReused, st2.ChunksAdded, stored, 64-stored)
+		// A chunk whose PUT was under way when the upload was cancelled
+		// may still land in the store after the count above (an S3
+		// server finishes a request whose client went away): the rerun
+		// reuses at least what was counted, and adds only the rest.
+		if st2.ChunksReused < stored || st2.ChunksReused+st2.ChunksAdded != 64 {
+			t.Errorf("rerun reused %d and added %d chunks; want at least %d reused and 64 in all", st2.ChunksReused, st2.ChunksAdded, stored)
 		}
 		dst := t.TempDir()
 		if _, err := newStore(t, objs, cas.Config{}).Restore(context.Background(), m, dst, cas.RestoreOptions{}); err != nil {
