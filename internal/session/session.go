@@ -1042,9 +1042,13 @@ func (m *Manager) readopt(ctx context.Context, rec store.Session, resume bool) e
 	}
 	mach, _ := decodeMachine(rec.Snapshot)
 	mach.Parked = nil
+	// A wake cut short after its guest ran, from a rollback's record: the
+	// guest is yet to be told (see guestckpt.go).
+	restore := mach.Restore
+	mach.Restore = nil
 	settled := m.settleDisk(ctx, rec.ID, vm, &mach)
-	m.adoptLive(rec.ID, &live{vm: vm, agent: agent, env: rec.Env, mach: mach})
-	if rec.State != api.StateRunning || settled {
+	m.adoptLive(rec.ID, &live{vm: vm, agent: agent, env: rec.Env, mach: mach, restore: restore})
+	if rec.State != api.StateRunning || settled || restore != nil {
 		rec.State, rec.Error, rec.UpdatedAt, rec.Snapshot = api.StateRunning, "", time.Now().UTC(), mach.encode()
 		rec.StoredManifest, rec.StoredBytes = "", 0 // its snapshot is consumed
 		if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
