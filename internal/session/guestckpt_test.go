@@ -211,23 +211,31 @@ func TestFakeGuestCheckpointConcurrent(t *testing.T) {
 
 // TestFakeGuestRollbackCrash: a server that dies during a rollback the
 // guest asked for, once it is recorded, leaves the session parked at the
-// checkpoint; its wake tells the guest, as the rollback's own would have.
+// checkpoint, or running from it if its wake had let the guest run; its
+// wake, or its re-adoption, tells the guest, as the rollback's own wake
+// would have.
 func TestFakeGuestRollbackCrash(t *testing.T) {
-	r := newFakeRig(t)
-	s := r.create(api.CreateSessionRequest{})
-	r.write(s.ID, "/root/f", "checkpointed\n")
-	if _, err := r.mgr.GuestCheckpoint(s.ID, "c", 5); err != nil {
-		t.Fatal(err)
-	}
-	r.write(s.ID, "/root/f", "later\n")
-	r.crashAt("rollback.stopped", nil, func(m *session.Manager) { _ = m.GuestRollback(s.ID, "c") })
-	r.wantState(s.ID, api.StateParked, "")
-	if _, err := r.mgr.Wake(context.Background(), s.ID); err != nil {
-		t.Fatal(err)
-	}
-	r.wantFile(s.ID, "/root/f", "checkpointed\n")
-	if w := r.restoredWord(s.ID); w != (agentproto.Restored{Kind: agentproto.RestoredRollback, Checkpoint: "c", Request: 5}) {
-		t.Fatalf("guest woken after the crash told %+v", w)
+	for _, step := range []string{"rollback.stopped", "wake.connected"} {
+		t.Run(step, func(t *testing.T) {
+			r := newFakeRig(t)
+			s := r.create(api.CreateSessionRequest{})
+			r.write(s.ID, "/root/f", "checkpointed\n")
+			if _, err := r.mgr.GuestCheckpoint(s.ID, "c", 5); err != nil {
+				t.Fatal(err)
+			}
+			r.write(s.ID, "/root/f", "later\n")
+			r.crashAt(step, nil, func(m *session.Manager) { _ = m.GuestRollback(s.ID, "c") })
+			if r.get(s.ID).State == api.StateParked {
+				if _, err := r.mgr.Wake(context.Background(), s.ID); err != nil {
+					t.Fatal(err)
+				}
+			}
+			r.wantState(s.ID, api.StateRunning, "")
+			r.wantFile(s.ID, "/root/f", "checkpointed\n")
+			if w := r.restoredWord(s.ID); w != (agentproto.Restored{Kind: agentproto.RestoredRollback, Checkpoint: "c", Request: 5}) {
+				t.Fatalf("guest told %+v", w)
+			}
+		})
 	}
 }
 
