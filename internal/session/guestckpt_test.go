@@ -109,7 +109,7 @@ func TestFakeGuestCheckpointErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.write(s.ID, "/root/f", "two\n")
-	vm := r.vmOf(s.ID)
+	pid := r.vmOf(s.ID).PID()
 
 	_, err := r.mgr.GuestCheckpoint(s.ID, "Bad Name", 2)
 	wantCode(t, "guest checkpoint named 'Bad Name'", err, api.CodeInvalid)
@@ -128,7 +128,7 @@ func TestFakeGuestCheckpointErrors(t *testing.T) {
 	}
 	// Nothing changed: the same VM runs, with the same files.
 	r.wantState(s.ID, api.StateRunning, "")
-	if r.vmOf(s.ID) != vm {
+	if r.vmOf(s.ID).PID() != pid {
 		t.Fatal("a refused guest request replaced the VM")
 	}
 	r.wantFile(s.ID, "/root/f", "two\n")
