@@ -20,7 +20,8 @@ import (
 // exiting 3; the rollback the line then asks for is refused (exit 3,
 // nothing done) rather than going round again: the line ends with 3, and
 // the disk is the checkpoint's. A rollback to an unknown name fails (exit
-// 1) and changes nothing.
+// 1) and changes nothing. In a fork of the checkpoint the same call
+// returns "forked from" the session (exit 4).
 func TestGuestCheckpointsAndRollsBackItself(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
@@ -81,5 +82,23 @@ sh /root/line.sh </dev/null >/dev/null 2>&1 &`)
 	}
 	if s2, err := r.mgr.Get(ctx, s.ID); err != nil || s2.ID != s.ID || s2.State != api.StateRunning {
 		t.Fatalf("session after the rollback: %+v, %v", s2, err)
+	}
+
+	// A fork of the checkpoint: there the same call returns "forked"
+	// (exit 4), and the line's rollback fails: the fork has no
+	// checkpoint of that name.
+	forks, err := r.mgr.Fork(ctx, s.ID, api.ForkRequest{From: "before"})
+	if err != nil {
+		t.Fatalf("fork: %v", err)
+	}
+	f := forks[0].ID
+	if !waitFor(3*time.Minute, func() bool { return ok(f, "test -e /dev/shm/line.rc") }) {
+		t.Fatal("the line never ended in the fork")
+	}
+	if got, want := r.sh(t, f, "cat /dev/shm/line.rc /dev/shm/ck.out /root/state"), "1\nforked from "+s.ID+" at before\nbefore\n"; got != want {
+		t.Fatalf("fork: the line's status, checkpoint's output, the state: %q, want %q", got, want)
+	}
+	if err := r.mgr.Delete(ctx, f); err != nil {
+		t.Fatal(err)
 	}
 }
