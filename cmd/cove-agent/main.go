@@ -89,8 +89,27 @@ const usage = `usage:
                                         print this session's identity token (a JWT
                                         for AUD, from the host; never written to
                                         disk); as root only
+  cove-agent checkpoint [--name N]      checkpoint this session (its whole machine;
+                                        paused meanwhile) and print the name: exit 0.
+                                        In a guest later rolled back to it, the
+                                        same call returns again, printing "rolled
+                                        back to N": exit 3; in a fork made from
+                                        it, "forked from SESSION at N": exit 4
+  cove-agent rollback [--again] N       roll this session back to its checkpoint
+                                        N: this guest stops and N's goes on (see
+                                        checkpoint). Refused (exit 3, nothing
+                                        done) where checkpoint said "rolled back
+                                        to N" and no checkpoint was taken since,
+                                        unless --again; an unknown N: exit 1
   cove-agent version
 (As PID 1, cove-agent is the guest's init.)`
+
+// Exit statuses of 'cove-agent checkpoint' in a guest restored from its
+// checkpoint, and of a 'cove-agent rollback' refused there.
+const (
+	exitRolledBack = 3
+	exitForked     = 4
+)
 
 // command runs cove-agent as a tool inside the guest and returns its exit
 // status.
@@ -146,6 +165,27 @@ func command(args []string) int {
 			fmt.Println()
 		}
 		return 0
+	case len(args) >= 1 && args[0] == "checkpoint":
+		fs := flag.NewFlagSet("checkpoint", flag.ContinueOnError)
+		name := fs.String("name", "", "the checkpoint's name (default: the host's ckpt-N)")
+		if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 0 {
+			fmt.Fprintln(os.Stderr, usage)
+			return 2
+		}
+		return checkpoint(*name)
+	case len(args) >= 1 && args[0] == "rollback":
+		fs := flag.NewFlagSet("rollback", flag.ContinueOnError)
+		again := fs.Bool("again", false, "roll back even to the checkpoint this guest was rolled back to already")
+		if err := fs.Parse(args[1:]); err != nil || fs.NArg() != 1 || fs.Arg(0) == "" {
+			fmt.Fprintln(os.Stderr, usage)
+			return 2
+		}
+		err := agent.Rollback(context.Background(), fs.Arg(0), *again)
+		fmt.Fprintln(os.Stderr, "cove-agent:", err)
+		if errors.Is(err, agent.ErrAlreadyRolledBack) {
+			return exitRolledBack
+		}
+		return 1
 	case len(args) >= 1 && args[0] == "token":
 		fs := flag.NewFlagSet("token", flag.ContinueOnError)
 		audience := fs.String("audience", "", "the token's aud: who will verify it (required)")
@@ -170,6 +210,27 @@ func command(args []string) int {
 	default:
 		fmt.Fprintln(os.Stderr, usage)
 		return 2
+	}
+}
+
+// checkpoint runs 'cove-agent checkpoint': see usage for what it prints
+// and returns in each timeline.
+func checkpoint(name string) int {
+	r, err := agent.Checkpoint(context.Background(), name)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "cove-agent:", err)
+		return 1
+	}
+	switch r.Restored {
+	case agentproto.RestoredRollback:
+		fmt.Println("rolled back to", r.Name)
+		return exitRolledBack
+	case agentproto.RestoredFork:
+		fmt.Printf("forked from %s at %s\n", r.Parent, r.Name)
+		return exitForked
+	default:
+		fmt.Println(r.Name)
+		return 0
 	}
 }
 

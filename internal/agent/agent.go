@@ -45,6 +45,18 @@ type Agent struct {
 	egressLn net.Listener       // guarded by mu: the egress listener, once set up
 	urandom  int                // guarded by mu: /dev/urandom for reseeding, once opened (else -1)
 
+	// reqSeq numbers the requests tools send the host: unique in this
+	// memory, which a rollback restores with it (agentproto.GuestRequest).
+	reqSeq atomic.Int64
+	// restoring holds the checkpoint calls waiting for their answer, by
+	// request id: a guest restored from the checkpoint hears on it
+	// (checkpoint.go). guarded by mu.
+	restoring map[int64]chan agentproto.Restored
+	// rolledBackTo is the checkpoint this guest's checkpoint call said it
+	// was rolled back to, until its next checkpoint (see rollbackGuard).
+	// guarded by mu.
+	rolledBackTo string
+
 	// egressRoot prefixes the files egress setup writes and egressAddr is
 	// where it listens: "" and agentproto.EgressAddr in a guest (tests
 	// change them). egressAddr is guarded by mu.
@@ -421,6 +433,8 @@ func (a *Agent) handle(st *yamux.Stream) {
 		a.attachOp(st, req)
 	case agentproto.OpListen:
 		a.listen(st)
+	case agentproto.OpRestored:
+		a.restored(st, req)
 	case agentproto.OpEgressSetup:
 		if err := a.setupEgress(req.Egress); err != nil {
 			respondErr(st, agentproto.CodeInternal, err)

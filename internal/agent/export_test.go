@@ -44,3 +44,10 @@ func (a *Agent) EgressAddr() string {
 	defer a.mu.Unlock()
 	return a.egressAddr
 }
+
+// Listening reports whether a host's listen stream is open.
+func (a *Agent) Listening() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.listener != nil
+}

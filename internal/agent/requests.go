@@ -19,42 +19,60 @@ import (
 )
 
 // SocketPath is where tools in the guest ('cove-agent park', 'cove-agent
-// token') reach the agent.
+// token', 'cove-agent checkpoint', 'cove-agent rollback') reach the agent.
 const SocketPath = "/run/cove/agent.sock"
 
 // ToolRequest is one line a guest tool sends on SocketPath; ToolReply is
 // the line it gets back.
 type ToolRequest struct {
-	Kind    string   `json:"kind"` // agentproto.GuestPark or GuestToken
+	Kind    string   `json:"kind"` // agentproto.GuestPark, GuestToken, GuestCheckpoint or GuestRollback
 	Until   []string `json:"until,omitempty"`
 	Timeout string   `json:"timeout,omitempty"`
 	// Audience and TTL are a token request's.
 	Audience string `json:"audience,omitempty"`
 	TTL      string `json:"ttl,omitempty"`
+	// Name is a checkpoint's (checkpoint, rollback); Again asks a
+	// rollback to go back to the checkpoint this guest was rolled back
+	// to already (see rollbackGuard).
+	Name  string `json:"name,omitempty"`
+	Again bool   `json:"again,omitempty"`
 }
 
 // ToolReply carries the event that woke the session, the token asked
-// for, or why the request failed.
+// for, the checkpoint made or restored, or why the request failed.
 type ToolReply struct {
 	Event json.RawMessage `json:"event,omitempty"`
 	Token string          `json:"token,omitempty"`
 	Error string          `json:"error,omitempty"`
+	// Checkpoint is the checkpoint a checkpoint call made, or, in a guest
+	// restored from it, the one it was restored from (Restored says how,
+	// Parent is the session a fork was made from); for a rollback that
+	// Already refused, the checkpoint this guest is back at.
+	Checkpoint string `json:"checkpoint,omitempty"`
+	Restored   string `json:"restored,omitempty"`
+	Parent     string `json:"parent,omitempty"`
+	Already    bool   `json:"already,omitempty"`
 }
 
 // tokenAnswerTimeout bounds the wait for the host's token.
 const tokenAnswerTimeout = 30 * time.Second
 
+// hostReturnLimit bounds the wait for a host to come back to a guest
+// whose connection ended while a checkpoint or a rollback it asked for
+// was unanswered: how it learns what became of it.
+const hostReturnLimit = 2 * time.Minute
+
 // listener is the host's listen stream: how guest requests reach it.
 type listener struct {
 	fw      *frameWriter
+	done    chan struct{} // closed once the stream ended (and a.listener is no longer it)
 	mu      sync.Mutex
-	nextID  int64                                // guarded by mu
 	waiters map[int64]chan agentproto.GuestReply // guarded by mu: request id → the host's reply
 }
 
 // listen serves the host's listen stream until it ends.
 func (a *Agent) listen(st io.ReadWriter) {
-	l := &listener{fw: &frameWriter{w: st}, waiters: map[int64]chan agentproto.GuestReply{}}
+	l := &listener{fw: &frameWriter{w: st}, done: make(chan struct{}), waiters: map[int64]chan agentproto.GuestReply{}}
 	if l.fw.json(agentproto.FrameResponse, agentproto.Response{}) != nil {
 		return
 	}
@@ -68,6 +86,7 @@ func (a *Agent) listen(st io.ReadWriter) {
 			a.listener = nil
 		}
 		a.mu.Unlock()
+		close(l.done)
 	}()
 	for {
 		var r agentproto.GuestReply
@@ -129,6 +148,14 @@ func (a *Agent) waitHost(ctx context.Context, limit time.Duration, found func() 
 	}
 }
 
+// nextListener returns the host's next listen stream, one other than
+// old, waiting up to limit for it.
+func (a *Agent) nextListener(ctx context.Context, old *listener, limit time.Duration) (*listener, error) {
+	var l *listener
+	err := a.waitHost(ctx, limit, func() bool { l = a.listener; return l != nil && l != old })
+	return l, err
+}
+
 // ServeTools answers guest tools on SocketPath until ctx ends.
 func (a *Agent) ServeTools(ctx context.Context) error {
 	_ = os.Remove(SocketPath)
@@ -157,9 +184,19 @@ func (a *Agent) serveTool(ctx context.Context, c net.Conn) {
 		return
 	}
 	var req ToolRequest
-	if err := json.Unmarshal(line, &req); err != nil || (req.Kind != agentproto.GuestPark && req.Kind != agentproto.GuestToken) {
-		reply(ToolReply{Error: "bad request: want {\"kind\":\"park\",…} or {\"kind\":\"token\",…}"})
+	if err := json.Unmarshal(line, &req); err != nil || !toolKinds[req.Kind] {
+		reply(ToolReply{Error: "bad request: want {\"kind\":K,…}, K one of park, token, checkpoint, rollback"})
 		return
+	}
+	if req.Kind == agentproto.GuestRollback {
+		if req.Name == "" {
+			reply(ToolReply{Error: "rollback: no checkpoint named"})
+			return
+		}
+		if r, refused := a.rollbackGuard(req); refused {
+			reply(r)
+			return
+		}
 	}
 	if req.Kind == agentproto.GuestToken {
 		// The session's identity is root's in the guest: a token is
@@ -174,10 +211,18 @@ func (a *Agent) serveTool(ctx context.Context, c net.Conn) {
 		reply(ToolReply{Error: req.Kind + ": " + err.Error()})
 		return
 	}
-	id, answers := l.await()
+	id := a.reqSeq.Add(1)
+	answers := l.await(id)
 	defer l.forget(id)
-	if req.Kind == agentproto.GuestToken {
+	switch req.Kind {
+	case agentproto.GuestToken:
 		reply(a.token(ctx, l, id, answers, req))
+		return
+	case agentproto.GuestCheckpoint:
+		reply(a.checkpoint(ctx, l, id, answers, req))
+		return
+	case agentproto.GuestRollback:
+		reply(a.rollback(ctx, l, id, answers, req))
 		return
 	}
 	// Look for the waking event, one delivered after this request (older
@@ -205,15 +250,18 @@ func (a *Agent) serveTool(ctx context.Context, c net.Conn) {
 	}
 }
 
-// await registers a request to the host and returns its id and where its
-// reply arrives; forget(id) drops it.
-func (l *listener) await() (int64, chan agentproto.GuestReply) {
+// toolKinds are the requests a guest tool may make.
+var toolKinds = map[string]bool{agentproto.GuestPark: true, agentproto.GuestToken: true,
+	agentproto.GuestCheckpoint: true, agentproto.GuestRollback: true}
+
+// await registers request id to the host and returns where its reply
+// arrives; forget(id) drops it.
+func (l *listener) await(id int64) chan agentproto.GuestReply {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	l.nextID++
 	ch := make(chan agentproto.GuestReply, 1)
-	l.waiters[l.nextID] = ch
-	return l.nextID, ch
+	l.waiters[id] = ch
+	return ch
 }
 
 func (l *listener) forget(id int64) {

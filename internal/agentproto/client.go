@@ -142,6 +142,13 @@ func (c *Client) Listen(ctx context.Context, handle func(GuestRequest) (*GuestRe
 	}
 }
 
+// Restored tells the guest what it was restored from (OpRestored). Send
+// it before Listen: see the package doc.
+func (c *Client) Restored(ctx context.Context, r Restored) error {
+	_, err := c.call(ctx, Request{Op: OpRestored, Restored: &r})
+	return err
+}
+
 // Close closes the session and the connection under it.
 func (c *Client) Close() error {
 	err := c.sess.Close()

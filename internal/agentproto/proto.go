@@ -19,8 +19,15 @@
 //	write, tar_put: host → FrameData… FrameEOF; guest → FrameResponse
 //	listen:   guest → FrameResponse; then guest → FrameRequest (a GuestRequest)
 //	          whenever a tool in the guest asks the host for something, host →
-//	          FrameResponse (a GuestReply) with the answer (a token) or why it
-//	          cannot do it; the stream lives as long as the connection
+//	          FrameResponse (a GuestReply) with the answer (a token, a
+//	          checkpoint's name) or why it cannot do it; the stream lives as
+//	          long as the connection
+//	restored: guest → FrameResponse; the request's Restored tells a guest
+//	          restored from a checkpoint that a tool asked for (a rollback,
+//	          a fork) which of its requests that checkpoint answers (see
+//	          Restored). The host sends it before it opens the connection's
+//	          listen stream, so a guest whose listen stream was replaced
+//	          without one knows that none is coming
 //	egress_setup: guest → FrameResponse; the request's Egress says how the
 //	          guest reaches the host's egress proxy (see EgressSetup)
 //	detach:   guest → FrameResponse, then the guest ends the yamux session and
@@ -110,6 +117,9 @@ const (
 	// proxy, on the host); the host records it. The stream carries
 	// nothing else.
 	OpResolve = "resolve"
+	// OpRestored, host → guest: the guest was restored from a checkpoint
+	// that one of its tools asked for (see Restored).
+	OpRestored = "restored"
 )
 
 // EgressAddr is where programs in the guest reach the host's egress proxy:
@@ -163,6 +173,9 @@ type Request struct {
 	// resolve: the name a program in the guest tried to resolve.
 	Name string `json:"name,omitempty"`
 
+	// restored: what the guest was restored from.
+	Restored *Restored `json:"restored,omitempty"`
+
 	// detach: when set, the guest writes QuietMagic, this nonce and a
 	// newline on the port once its session has ended and it waits for the
 	// next sync (see Client.Detach).
@@ -192,6 +205,19 @@ type Exec struct {
 //     TTL (a Go duration; "" for the host's default). The host always
 //     replies: the token, or why not. The token exists only in memory: the
 //     agent hands it to the tool and keeps no copy.
+//   - GuestCheckpoint: checkpoint this session (named Name, or the host's
+//     default name if ""). The guest is paused while its machine is
+//     saved, this request still unanswered: the host replies once the
+//     checkpoint is made (its Checkpoint) or why not. A guest restored
+//     from that checkpoint later (a rollback, a fork) has the request
+//     unanswered still: the host tells it so with OpRestored.
+//   - GuestRollback: roll this session back to its checkpoint Name. The
+//     host replies only if it cannot (an unknown name, a parked session:
+//     nothing changed); a rollback that succeeds has no reply: this
+//     guest is stopped, and the one restored from the checkpoint goes on.
+//
+// ID is unique among the requests of one guest's memory (a rollback
+// restores the count), so a Restored can name the request it answers.
 type GuestRequest struct {
 	ID       int64    `json:"id"`
 	Kind     string   `json:"kind"`
@@ -199,26 +225,51 @@ type GuestRequest struct {
 	Timeout  string   `json:"timeout,omitempty"`
 	Audience string   `json:"audience,omitempty"`
 	TTL      string   `json:"ttl,omitempty"`
+	// Name is a checkpoint's name (checkpoint, rollback).
+	Name string `json:"name,omitempty"`
 }
 
 // Kinds of GuestRequest.
 const (
-	GuestPark  = "park"
-	GuestToken = "token"
+	GuestPark       = "park"
+	GuestToken      = "token"
+	GuestCheckpoint = "checkpoint"
+	GuestRollback   = "rollback"
 )
 
 // GuestReply answers a guest request: Error says why the host could not
-// carry it out; a token request that succeeded has its Token.
+// carry it out; a token request that succeeded has its Token, a
+// checkpoint request its Checkpoint's name.
 type GuestReply struct {
-	ID    int64  `json:"id"`
-	Error string `json:"error,omitempty"`
-	Token string `json:"token,omitempty"`
+	ID         int64  `json:"id"`
+	Error      string `json:"error,omitempty"`
+	Token      string `json:"token,omitempty"`
+	Checkpoint string `json:"checkpoint,omitempty"`
 }
 
 // LogValue keeps the token out of logs.
 func (r GuestReply) LogValue() slog.Value {
-	return slog.GroupValue(slog.Int64("id", r.ID), slog.String("error", r.Error), slog.Bool("token", r.Token != ""))
+	return slog.GroupValue(slog.Int64("id", r.ID), slog.String("error", r.Error), slog.Bool("token", r.Token != ""),
+		slog.String("checkpoint", r.Checkpoint))
 }
+
+// Restored tells a guest that it was restored from Checkpoint, a
+// checkpoint its GuestCheckpoint request Request asked for (and that the
+// guest's memory holds unanswered): by a rollback of its session
+// (RestoredRollback), or as a new session forked from Parent's
+// (RestoredFork).
+type Restored struct {
+	Kind       string `json:"kind"`
+	Checkpoint string `json:"checkpoint"`
+	Request    int64  `json:"request"`
+	Parent     string `json:"parent,omitempty"`
+}
+
+// Kinds of Restored.
+const (
+	RestoredRollback = "rollback"
+	RestoredFork     = "fork"
+)
 
 // Response answers a request.
 type Response struct {

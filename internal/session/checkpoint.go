@@ -79,6 +79,12 @@ func checkpointNotFound(id, name string, err error) error {
 // CreateCheckpoint saves running session id's whole machine as a
 // checkpoint named req.Name (default ckpt-N); the session runs on.
 func (m *Manager) CreateCheckpoint(ctx context.Context, id string, req api.CheckpointRequest) (api.Checkpoint, error) {
+	return m.createCheckpoint(ctx, id, req, 0)
+}
+
+// createCheckpoint is CreateCheckpoint; guestReq is the request of the
+// guest tool that asks for it, if one does (machine.GuestRequest).
+func (m *Manager) createCheckpoint(ctx context.Context, id string, req api.CheckpointRequest, guestReq int64) (api.Checkpoint, error) {
 	if m.ckpt == nil || m.snap == nil {
 		return api.Checkpoint{}, api.Errorf(api.CodeUnavailable, "checkpoint: the VMM driver cannot checkpoint")
 	}
@@ -108,7 +114,7 @@ func (m *Manager) CreateCheckpoint(ctx context.Context, id string, req api.Check
 	if err != nil {
 		return api.Checkpoint{}, err
 	}
-	c, err := m.checkpoint(context.WithoutCancel(ctx), rec, l, name)
+	c, err := m.checkpoint(context.WithoutCancel(ctx), rec, l, name, guestReq)
 	if err != nil {
 		return api.Checkpoint{}, err
 	}
@@ -141,8 +147,9 @@ func (m *Manager) newCheckpointName(ctx context.Context, id, want string) (strin
 }
 
 // checkpoint takes checkpoint name of the running session rec, whose VM l
-// holds, under the session's lock.
-func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, name string) (store.Checkpoint, error) {
+// holds, under the session's lock; guestReq is the guest's request for
+// it, if any (machine.GuestRequest).
+func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, name string, guestReq int64) (store.Checkpoint, error) {
 	ctx, cancel := context.WithTimeout(ctx, checkpointTimeout)
 	defer cancel()
 	id, dir := rec.ID, m.dir(rec.ID)
@@ -228,6 +235,7 @@ func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, na
 	m.crashPoint("checkpoint.renamed")
 	cmach := l.mach
 	cmach.Disk, cmach.NextDisk, cmach.Rollback = layer, "", ""
+	cmach.GuestRequest, cmach.Restore = guestReq, nil
 	p, err := manifest(final, stats.Pause)
 	if err == nil {
 		cmach.Parked = p

@@ -21,10 +21,10 @@ func TestCheckpointRollbackForkIsExact(t *testing.T) {
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
 	s := r.create(t, api.CreateSessionRequest{})
-	// The holder keeps a value in its memory only; USR2 changes it, USR1
-	// writes it to /root/dump.
+	// The holder keeps a value in its memory only; USR2 changes it (and
+	// says so in /ck/usr2), USR1 writes it to /root/dump.
 	r.sh(t, s.ID, `mkdir -p /dev/shm/ck && ln -s /dev/shm/ck /ck && echo T1 > /ck/t && echo D1 > /root/d && sync
-(v=before; trap 'echo $v > /root/dump' USR1; trap 'v=changed' USR2; while true; do sleep 0.1; done) </dev/null >/dev/null 2>&1 &
+(v=before; trap 'echo $v > /root/dump' USR1; trap 'v=changed; : > /ck/usr2' USR2; while true; do sleep 0.1; done) </dev/null >/dev/null 2>&1 &
 echo $! > /ck/holder`)
 	holder := strings.TrimSpace(r.sh(t, s.ID, "cat /ck/holder"))
 	dump := func(id string) string {
@@ -48,6 +48,13 @@ echo $! > /ck/holder`)
 	t.Logf("checkpoint %s: %d bytes, paused %d ms", c.Name, c.Bytes, c.PauseMillis)
 	// The session ran on: change everything.
 	r.sh(t, s.ID, "kill -USR2 "+holder+"; echo T2 > /ck/t; echo D2 > /root/d; echo new > /root/new; sync")
+	// A USR1 pending with the USR2 would be handled first (the shell runs
+	// traps in signal order): wait until the value changed.
+	if !waitFor(time.Minute, func() bool {
+		return r.run(t, s.ID, api.ExecRequest{Argv: []string{"test", "-e", "/ck/usr2"}}, nil).status.Code == 0
+	}) {
+		t.Fatal("the holder never took USR2")
+	}
 	r.sh(t, s.ID, "sleep 10007 </dev/null >/dev/null 2>&1 & echo $! > /root/newpid")
 	newPID := strings.TrimSpace(r.sh(t, s.ID, "cat /root/newpid"))
 	if got := dump(s.ID); got != "changed" {

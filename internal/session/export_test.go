@@ -7,3 +7,16 @@ import "github.com/cove-dev/cove/internal/agentproto"
 func (m *Manager) GuestToken(id, audience string) (string, error) {
 	return m.guestToken(id, agentproto.GuestRequest{Kind: agentproto.GuestToken, Audience: audience})
 }
+
+// GuestCheckpoint is what a tool in session id's guest gets when it asks,
+// as its request reqID, for a checkpoint named name ('cove-agent
+// checkpoint'), without the guest.
+func (m *Manager) GuestCheckpoint(id, name string, reqID int64) (string, error) {
+	return m.guestCheckpoint(id, agentproto.GuestRequest{ID: reqID, Kind: agentproto.GuestCheckpoint, Name: name})
+}
+
+// GuestRollback is what session id's host does when a tool in its guest
+// asks to roll back to name ('cove-agent rollback'), without the guest.
+func (m *Manager) GuestRollback(id, name string) error {
+	return m.guestRollback(id, agentproto.GuestRequest{Kind: agentproto.GuestRollback, Name: name})
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/agentproto"
 	"github.com/cove-dev/cove/internal/command"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/vmm/qemu"
@@ -137,7 +138,7 @@ func (m *Manager) prepareForks(ctx context.Context, id, from string, n int) (par
 		if err != nil {
 			return parent, c, cm, nil, nil, err
 		}
-		if c, err = m.checkpoint(context.WithoutCancel(ctx), parent, l, name); err != nil {
+		if c, err = m.checkpoint(context.WithoutCancel(ctx), parent, l, name, 0); err != nil {
 			return parent, c, cm, nil, nil, err
 		}
 	} else if c, err = m.cfg.Store.GetCheckpoint(ctx, id, from); err != nil {
@@ -247,6 +248,7 @@ func (m *Manager) startFork(ctx context.Context, parent store.Session, from stri
 	start := time.Now()
 	mach := cm
 	mach.Parked, mach.NextDisk, mach.Rollback = nil, "", ""
+	mach.GuestRequest, mach.Restore = 0, nil
 	mach.Disk = filepath.Join(dir, f.disk)
 	rctx, cancel := context.WithTimeout(ctx, m.cfg.DefaultBootTimeout)
 	defer cancel()
@@ -258,6 +260,10 @@ func (m *Manager) startFork(ctx context.Context, parent store.Session, from stri
 	os.Remove(filepath.Join(dir, forkState))
 	m.crashPoint("fork.restored")
 	l.env = parent.Env
+	if cm.GuestRequest != 0 {
+		// The guest's 'cove-agent checkpoint' waits in the fork too.
+		l.setRestore(&agentproto.Restored{Kind: agentproto.RestoredFork, Checkpoint: from, Request: cm.GuestRequest, Parent: parent.ID})
+	}
 	now := time.Now().UTC()
 	rec := store.Session{ID: id, State: api.StateRunning, Image: parent.Image, MemoryMiB: parent.MemoryMiB, CPUs: parent.CPUs,
 		Env: parent.Env, Accel: m.cfg.Driver.Accel(), CreatedAt: now, UpdatedAt: now,

@@ -52,6 +52,11 @@ const (
 	EventRebuild EventKind = "template.rebuild" // a template's next version built (a push, the API, a restart)
 	EventStore   EventKind = "session.store"    // a parked session's snapshot uploaded to the object store (after its park, or at a restart)
 	EventEvict   EventKind = "session.evict"    // a stored parked session's snapshot files removed from this host's cache (Config.CacheSize)
+	// A checkpoint taken, and a rollback, that the guest asked for
+	// ('cove-agent checkpoint', 'cove-agent rollback'; the API server
+	// logs the API's own).
+	EventCheckpoint EventKind = "session.checkpoint"
+	EventRollback   EventKind = "session.rollback"
 )
 
 // Phase says whether an action is about to happen or has ended.
@@ -74,7 +79,7 @@ const (
 	CauseIdle    Cause = "idle"    // idle parking
 	CauseEvent   Cause = "event"   // a webhook event or a park --until timeout, delivered
 	CauseExec    Cause = "exec"    // an exec into a parked session woke it
-	CauseGuest   Cause = "guest"   // a tool in the guest (cove-agent park, token)
+	CauseGuest   Cause = "guest"   // a tool in the guest (cove-agent park, token, checkpoint, rollback)
 	CauseRestart Cause = "restart" // the server's restart
 	CausePool    Cause = "pool"    // a template's warm pool
 	CausePark    Cause = "park"    // a park done: its snapshot's upload follows it

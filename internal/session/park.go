@@ -71,6 +71,14 @@ type machine struct {
 	// Rollback is set while a rollback is under way: the directory that
 	// holds the checkpoint's files staged for the session (rollback.go).
 	Rollback string `json:"rollback,omitempty"`
+	// GuestRequest, in a checkpoint's manifest, is the request of the
+	// guest tool that asked for it ('cove-agent checkpoint'), which the
+	// checkpoint's memory holds unanswered; 0 if the API asked.
+	GuestRequest int64 `json:"guest_request,omitempty"`
+	// Restore, in a session parked by a rollback to such a checkpoint, is
+	// what its wake tells the guest (agentproto.OpRestored; see
+	// guestckpt.go).
+	Restore *agentproto.Restored `json:"restore,omitempty"`
 }
 
 // parked is the manifest of a parked session's snapshot.
@@ -502,6 +510,12 @@ func (m *Manager) wake(ctx context.Context, id string, cause Cause, trigger stri
 	m.crashPoint("wake.connected")
 	rec.Gen = w.gen(rec.Gen)
 	mach.Parked = nil
+	if mach.Restore != nil {
+		// Told once the guest is served (serveGuest); a server stop
+		// before then leaves the guest's tool to its own devices.
+		l.setRestore(mach.Restore)
+		mach.Restore = nil
+	}
 	l.mach, l.env = mach, rec.Env
 	rec.State, rec.Handle, rec.Snapshot, rec.Error, rec.UpdatedAt = api.StateRunning, l.vm.Handle(), mach.encode(), "", time.Now().UTC()
 	rec.StoredManifest, rec.StoredBytes = "", 0 // the snapshot is consumed; the next park uploads again

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/agentproto"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/vmm/qemu"
 )
@@ -61,13 +62,18 @@ func (m *Manager) rolledBack(id string, gen int) (string, bool) {
 // and disk as they were when it was taken. The session must be running
 // or parked; it runs when Rollback returns.
 func (m *Manager) Rollback(ctx context.Context, id, name string) (api.Session, error) {
+	return m.rollback(ctx, id, name, CauseAPI)
+}
+
+// rollback is Rollback for cause (see Event).
+func (m *Manager) rollback(ctx context.Context, id, name string, cause Cause) (api.Session, error) {
 	if m.ckpt == nil || m.snap == nil {
 		return api.Session{}, api.Errorf(api.CodeUnavailable, "rollback: the VMM driver cannot checkpoint")
 	}
-	if err := m.rollbackToParked(ctx, id, name); err != nil {
+	if err := m.rollbackToParked(ctx, id, name, cause == CauseGuest); err != nil {
 		return api.Session{}, err
 	}
-	s, err := m.wake(ctx, id, CauseAPI, "")
+	s, err := m.wake(ctx, id, cause, "")
 	if err != nil {
 		return api.Session{}, fmt.Errorf("session: rollback %s to %s: the session is parked at the checkpoint, and its wake failed: %w", id, name, err)
 	}
@@ -75,13 +81,18 @@ func (m *Manager) Rollback(ctx context.Context, id, name string) (api.Session, e
 	return s, nil
 }
 
-// rollbackToParked makes session id parked at its checkpoint name.
-func (m *Manager) rollbackToParked(ctx context.Context, id, name string) error {
+// rollbackToParked makes session id parked at its checkpoint name. With
+// running, only a running session is (a guest asked, from the VM it
+// would stop).
+func (m *Manager) rollbackToParked(ctx context.Context, id, name string, running bool) error {
 	unlock := m.lock(id)
 	defer unlock()
 	rec, err := m.cfg.Store.GetSession(ctx, id)
 	if err != nil {
 		return notFound(id, err)
+	}
+	if running && rec.State != api.StateRunning {
+		return api.Errorf(api.CodeConflict, "rollback %s: session is %s", id, rec.State)
 	}
 	if rec.State != api.StateRunning && rec.State != api.StateParked {
 		return api.Errorf(api.CodeConflict, "rollback %s: session is %s", id, rec.State)
@@ -108,6 +119,12 @@ func (m *Manager) rollbackToParked(ctx context.Context, id, name string) error {
 	mach := cm
 	mach.Parked, mach.NextDisk = nil, ""
 	mach.Disk, mach.Rollback = filepath.Join(dir, disk), stage
+	mach.GuestRequest, mach.Restore = 0, nil
+	if cm.GuestRequest != 0 {
+		// The checkpoint's guest waits in 'cove-agent checkpoint': its
+		// wake tells it where it is.
+		mach.Restore = &agentproto.Restored{Kind: agentproto.RestoredRollback, Checkpoint: name, Request: cm.GuestRequest}
+	}
 	rec.State, rec.Snapshot, rec.UpdatedAt = api.StateParking, mach.encode(), time.Now().UTC()
 	if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
 		os.RemoveAll(stage)

@@ -199,6 +199,9 @@ type live struct {
 
 	agentMu sync.Mutex
 	agent   *agentproto.Client // guarded by agentMu: replaced when a failed park reconnects
+	// restore is what the guest must be told it was restored from
+	// before its requests are served (see serveGuest); nil once told.
+	restore *agentproto.Restored // guarded by agentMu
 	// deleting is set when the VM is being stopped on purpose (delete,
 	// park, shutdown): its exit is then no failure.
 	deleting bool // guarded by Manager.mu
@@ -229,6 +232,20 @@ func (l *live) setClient(c *agentproto.Client) {
 	l.agentMu.Lock()
 	l.agent = c
 	l.agentMu.Unlock()
+}
+
+// setRestore records what the guest must be told it was restored from.
+func (l *live) setRestore(r *agentproto.Restored) {
+	l.agentMu.Lock()
+	l.restore = r
+	l.agentMu.Unlock()
+}
+
+// pendingRestore returns what the guest is yet to be told, if anything.
+func (l *live) pendingRestore() *agentproto.Restored {
+	l.agentMu.Lock()
+	defer l.agentMu.Unlock()
+	return l.restore
 }
 
 // touch records API activity.
@@ -1025,9 +1042,13 @@ func (m *Manager) readopt(ctx context.Context, rec store.Session, resume bool) e
 	}
 	mach, _ := decodeMachine(rec.Snapshot)
 	mach.Parked = nil
+	// A wake cut short after its guest ran, from a rollback's record: the
+	// guest is yet to be told (see guestckpt.go).
+	restore := mach.Restore
+	mach.Restore = nil
 	settled := m.settleDisk(ctx, rec.ID, vm, &mach)
-	m.adoptLive(rec.ID, &live{vm: vm, agent: agent, env: rec.Env, mach: mach})
-	if rec.State != api.StateRunning || settled {
+	m.adoptLive(rec.ID, &live{vm: vm, agent: agent, env: rec.Env, mach: mach, restore: restore})
+	if rec.State != api.StateRunning || settled || restore != nil {
 		rec.State, rec.Error, rec.UpdatedAt, rec.Snapshot = api.StateRunning, "", time.Now().UTC(), mach.encode()
 		rec.StoredManifest, rec.StoredBytes = "", 0 // its snapshot is consumed
 		if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {

@@ -387,11 +387,14 @@ func (m *Manager) dropTriggers(ctx context.Context, id string) {
 }
 
 // serveGuest answers requests from tools inside the guest ('cove-agent
-// park --until …', 'cove-agent token') for as long as the connection to
-// its agent lasts.
+// park --until …', 'cove-agent token', 'cove-agent checkpoint',
+// 'cove-agent rollback') for as long as the connection to its agent
+// lasts. A guest restored from a checkpoint one of its tools asked for is
+// told so first (see guestckpt.go).
 func (m *Manager) serveGuest(id string, l *live) {
 	c := l.client()
 	go m.serveEgress(id, c)
+	m.tellRestored(id, l, c)
 	_ = c.Listen(context.Background(), func(req agentproto.GuestRequest) (*agentproto.GuestReply, error) {
 		switch req.Kind {
 		case agentproto.GuestPark:
@@ -414,6 +417,15 @@ func (m *Manager) serveGuest(id string, l *live) {
 				return nil, err
 			}
 			return &agentproto.GuestReply{Token: tok}, nil
+		case agentproto.GuestCheckpoint:
+			name, err := m.guestCheckpoint(id, req)
+			if err != nil {
+				return nil, err
+			}
+			return &agentproto.GuestReply{Checkpoint: name}, nil
+		case agentproto.GuestRollback:
+			// On success this guest is gone: nothing to answer.
+			return nil, m.guestRollback(id, req)
 		default:
 			return nil, fmt.Errorf("unknown request %q", req.Kind)
 		}

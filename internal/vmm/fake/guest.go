@@ -24,7 +24,10 @@ import (
 //
 // It serves the operations the session manager uses: hello (on the sync
 // line too), detach (with its quiet line), listen, exec and attach, read,
-// write, stat, list, mkdir and remove. tar_get and tar_put are refused.
+// write, stat, list, mkdir and remove. tar_get and tar_put are refused. A
+// restored request (the host's word that the guest was restored from a
+// checkpoint a tool asked for) is kept, as JSON, in the file RestoredPath,
+// for tests to read: no tool waits in the fake guest.
 //
 // Files live in memory: a map from clean absolute path to content; "/",
 // "/root" and "/tmp" exist at boot, and a write creates missing parent
@@ -57,6 +60,10 @@ import (
 // detach ends the session only once every stream's handler has read what
 // the host sent before it (a real guest's RAM keeps such frames across the
 // park; the fake guest's state file would not).
+
+// RestoredPath is where the fake guest keeps the last restored request
+// it got (see the top of this file).
+const RestoredPath = "/tmp/cove-restored.json"
 
 // stateVersion versions the state file.
 const stateVersion = 2
@@ -327,6 +334,18 @@ func (g *guest) handle(st *yamux.Stream) {
 		}
 	case agentproto.OpListen:
 		g.listen(st)
+	case agentproto.OpRestored:
+		b, err := json.Marshal(req.Restored)
+		if err != nil || req.Restored == nil {
+			respondErr(st, agentproto.CodeInvalid, errors.New("restored: from what?"))
+			return
+		}
+		if !g.enter() {
+			return
+		}
+		g.st.Files[RestoredPath] = &file{Data: b, Mode: 0o644, ModTime: time.Now().UTC()}
+		g.mu.Unlock()
+		respond(st, agentproto.Response{})
 	case agentproto.OpExec:
 		g.exec(st, req)
 	case agentproto.OpAttach:
