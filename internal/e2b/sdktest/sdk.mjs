@@ -123,6 +123,23 @@ await sbx.setTimeout(3_600_000)
 const later = await sbx.getInfo()
 assert.ok(later.endAt.getTime() > sinfo.endAt.getTime(), `${later.endAt} after ${sinfo.endAt}`)
 
+step('pty: input, resize, kill')
+let ptyOut = ''
+const term = await sbx.pty.create({
+  cols: 80,
+  rows: 24,
+  timeoutMs: 0,
+  onData: (d) => {
+    ptyOut += new TextDecoder().decode(d)
+  },
+})
+await sbx.pty.sendInput(term.pid, new TextEncoder().encode('echo pty-$((6*7))\n'))
+await until('the PTY echo', () => ptyOut.includes('pty-42'))
+await sbx.pty.resize(term.pid, { cols: 100, rows: 30 })
+await sbx.pty.sendInput(term.pid, new TextEncoder().encode('stty size\n'))
+await until('the new size', () => ptyOut.includes('30 100'))
+assert.equal(await sbx.pty.kill(term.pid), true)
+
 step('pause with a background process, then connect')
 let out = ''
 const counter = await sbx.commands.run('n=0; while read l; do n=$((n+1)); echo "count $n"; done', {
@@ -163,3 +180,5 @@ assert.ok(!page.some((s) => s.sandboxId === sbx.sandboxId))
 
 summary.ok = true
 console.log(JSON.stringify(summary))
+// Pooled keep-alive connections would hold the process a while.
+process.exit(0)
