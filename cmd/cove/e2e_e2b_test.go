@@ -19,6 +19,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -340,4 +341,7 @@ func TestE2BSDK(t *testing.T) {
 		}
 		t.Logf("the SDK script's steps:\n%s", out)
 	})
+	if err := e.stopServer(syscall.SIGTERM); err != nil { // it stops its spare QEMUs
+		t.Errorf("cove server on SIGTERM: %v%s", err, e.serverLog())
+	}
 }

@@ -23,7 +23,12 @@ async function until(what, cond, ms = 120_000) {
   }
 }
 
+// ms since t0, for the summary's timings (informative, not asserted).
+const since = (t0) => Math.round(performance.now() - t0)
+summary.ms = {}
+
 step('create')
+let t0 = performance.now()
 const sbx = await Sandbox.create('base', {
   timeoutMs: 1_800_000,
   metadata: { suite: 'sdk', 'a b': 'c&d' },
@@ -31,12 +36,15 @@ const sbx = await Sandbox.create('base', {
   ...slow,
 })
 summary.sandboxId = sbx.sandboxId
+summary.ms.create = since(t0)
 
 step('run: stdout, stderr, env, cwd')
+t0 = performance.now()
 let r = await sbx.commands.run('echo out; echo err >&2; echo $GREETING $EXTRA; pwd', {
   envs: { EXTRA: 'there' },
   cwd: '/tmp',
 })
+summary.ms.firstRun = since(t0)
 assert.equal(r.exitCode, 0)
 assert.equal(r.stdout, 'out\nhello there\n/tmp\n')
 assert.equal(r.stderr, 'err\n')
@@ -153,11 +161,18 @@ const counter = await sbx.commands.run('n=0; while read l; do n=$((n+1)); echo "
 await sbx.commands.sendStdin(counter.pid, 'a\nb\n')
 await until('count 2', () => out.includes('count 2'))
 await sbx.files.write('/tmp/e2b/before-pause', 'kept')
+t0 = performance.now()
 assert.equal(await sbx.pause(), true)
+summary.ms.pause = since(t0)
 assert.equal(await sbx.isRunning(), false)
 page = await Sandbox.list({ query: { state: ['paused'] } }).nextItems()
 assert.ok(page.some((s) => s.sandboxId === sbx.sandboxId))
+t0 = performance.now()
 const again = await Sandbox.connect(sbx.sandboxId, slow)
+summary.ms.connect = since(t0)
+t0 = performance.now()
+assert.equal((await again.commands.run('echo back')).stdout, 'back\n')
+summary.ms.runAfterConnect = since(t0)
 assert.equal(await again.isRunning(), true)
 assert.equal(await sbx.isRunning(), true) // the same access token
 await again.commands.sendStdin(counter.pid, 'c\n')
