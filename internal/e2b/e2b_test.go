@@ -147,4 +147,6 @@ func TestSandboxRouting(t *testing.T) {
 	}
 }
 
-func apiExit(code int, signal string) api.ExitStatus { return api.ExitStatus{Code: code, Signal: signal} }
+func apiExit(code int, signal string) api.ExitStatus {
+	return api.ExitStatus{Code: code, Signal: signal}
+}
