@@ -22,13 +22,13 @@ import (
 // envd URLs, signed file URLs included, land at the root where envd's
 // routes are (see package e2b). Its access tokens are signed with the key
 // in HOME/e2b.key, made at the first start. Close stops it.
-func serveE2B(ctx context.Context, cfg serverConfig, mgr *session.Manager, st store.Store, authn *identity.Authenticator,
+func serveE2B(ctx context.Context, cfg serverConfig, serverID string, mgr *session.Manager, st store.Store, authn *identity.Authenticator,
 	authorize func(context.Context, apiserver.Action) error, auditor apiserver.Auditor, log *slog.Logger, errc chan<- error) (*http.Server, error) {
 	key, err := secret.LoadOrCreateKey(filepath.Join(cfg.Home, "e2b.key"))
 	if err != nil {
 		return nil, fmt.Errorf("server: e2b: %w", err)
 	}
-	h, err := e2b.New(e2b.Config{Sessions: mgr, Records: st, Authenticator: authn, Authorize: authorize, Audit: auditor,
+	h, err := e2b.New(e2b.Config{Sessions: mgr, Records: st, Authenticator: authn, Authorize: authorize, Audit: auditor, ServerID: serverID,
 		Key: key, BaseImage: cfg.E2BBaseImage, Log: log.With("api", "e2b")})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)

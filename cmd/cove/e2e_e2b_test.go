@@ -308,6 +308,32 @@ func TestE2BSDK(t *testing.T) {
 		return
 	}
 
+	t.Run("EndTime", func(t *testing.T) {
+		// A sandbox ends at its end time, one made by cove's API too;
+		// the sweep looks every second.
+		id := e.create()
+		defer e.run(nil, "rm", id) // if it is still there
+		status, _, body := e2bCall(t, "POST", api+"/sandboxes/"+id+"/timeout",
+			map[string]string{"X-API-KEY": key["X-API-KEY"], "Content-Type": "application/json"}, []byte(`{"timeout":1}`))
+		if status != http.StatusNoContent {
+			t.Fatalf("setTimeout: %d %s", status, body)
+		}
+		deadline := time.Now().Add(2 * time.Minute)
+		for {
+			status, _, body := e2bCall(t, "GET", api+"/sandboxes/"+id, key, nil)
+			if status == http.StatusNotFound {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("sandbox %s still there 2 minutes after its end time: %d %s%s", id, status, body, e.serverLog())
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if _, ok := e.sessions()[id]; ok {
+			t.Errorf("session %s is still listed by cove ls after its end time", id)
+		}
+	})
+
 	t.Run("SDK", func(t *testing.T) {
 		ctx, cancel := context.WithTimeout(t.Context(), 20*time.Minute)
 		defer cancel()

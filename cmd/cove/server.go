@@ -436,7 +436,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	if cfg.E2BListen != "" {
-		e2bSrv, err := serveE2B(ctx, cfg, mgr, st, authn, authorize, auditLog, log, errc)
+		e2bSrv, err := serveE2B(ctx, cfg, serverID, mgr, st, authn, authorize, auditLog, log, errc)
 		if err != nil {
 			return err
 		}

@@ -90,12 +90,16 @@ type Sessions interface {
 	Remove(ctx context.Context, id, path string) error
 }
 
-// Records keeps the sandboxes' E2B records; store.Store is one.
+// Records keeps the sandboxes' E2B records, and the lease of the
+// end-time sweep; store.Store is one.
 type Records interface {
 	PutE2BSandbox(ctx context.Context, x store.E2BSandbox) error
 	GetE2BSandbox(ctx context.Context, sessionID string) (store.E2BSandbox, error)
 	ListE2BSandboxes(ctx context.Context) ([]store.E2BSandbox, error)
 	DeleteE2BSandbox(ctx context.Context, sessionID string) error
+	// Claim takes or renews a lease (see store.Store): of the servers
+	// sharing a store, the one holding expireLease ends sandboxes.
+	Claim(ctx context.Context, key, owner string, ttl time.Duration) (bool, error)
 }
 
 // Authenticator says whom an API key names; *identity.Authenticator is
@@ -114,6 +118,9 @@ type Config struct {
 	// does ((*apiserver.PolicyGate).Authorize), with the principal in
 	// ctx (identity.FromContext).
 	Authorize func(ctx context.Context, a apiserver.Action) error
+	// ServerID names this server in the store's leases (session.Config's
+	// ServerID); "" means "e2b".
+	ServerID string
 	// Key signs the sandboxes' access tokens (at least 32 bytes).
 	Key []byte
 	// BaseImage is the image of the template "base" (the SDK's default)
@@ -162,6 +169,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.ServerID == "" {
+		cfg.ServerID = "e2b"
 	}
 	log := cfg.Log
 	if log == nil {

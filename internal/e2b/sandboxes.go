@@ -541,8 +541,18 @@ func (s *Server) Run(ctx context.Context, interval time.Duration) {
 	}
 }
 
+// expireLease is the lease of the end-time sweep: one server of those
+// sharing a store ends sandboxes, the holder, renewing it each sweep.
+const expireLease = "e2b/expire"
+
 // expire ends the running sandboxes past their end time.
 func (s *Server) expire(ctx context.Context) {
+	if ok, err := s.cfg.Records.Claim(ctx, expireLease, s.cfg.ServerID, 30*time.Second); err != nil || !ok {
+		if err != nil {
+			s.log.WarnContext(ctx, "e2b: claim the end-time sweep", "err", err)
+		}
+		return
+	}
 	xs, err := s.cfg.Records.ListE2BSandboxes(ctx)
 	if err != nil {
 		s.log.WarnContext(ctx, "e2b: list sandboxes for their end times", "err", err)
