@@ -269,6 +269,13 @@ func TestE2BSDK(t *testing.T) {
 			t.Errorf("Start's stream: flags %v, messages:\n%s", flags, all)
 		}
 
+		// That command is in the audit log, as done by the session's owner
+		// with its access token.
+		if log := e.ok(nil, "audit", "log", "--session", a, "--json"); !strings.Contains(log, `"session.exec"`) ||
+			!strings.Contains(log, `"e2b-access-token"`) || !strings.Contains(log, `echo hi; echo oops`) {
+			t.Errorf("the audit log of %s has no session.exec with the access token's issuer:\n%s", a, log)
+		}
+
 		// Malformed envelopes: the stream ends at once with
 		// invalid_argument, and nothing runs.
 		for name, body := range map[string][]byte{
