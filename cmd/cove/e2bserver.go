@@ -29,7 +29,7 @@ func serveE2B(ctx context.Context, cfg serverConfig, serverID string, mgr *sessi
 		return nil, fmt.Errorf("server: e2b: %w", err)
 	}
 	h, err := e2b.New(e2b.Config{Sessions: mgr, Records: st, Authenticator: authn, Authorize: authorize, Audit: auditor, ServerID: serverID,
-		Key: key, BaseImage: cfg.E2BBaseImage, Log: log.With("api", "e2b")})
+		Key: key, BaseImage: cfg.E2BBaseImage, MaxFileBytes: int64(cfg.E2BMaxUpload), Log: log.With("api", "e2b")})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}

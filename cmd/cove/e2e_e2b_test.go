@@ -187,7 +187,7 @@ func TestE2BSDK(t *testing.T) {
 	dir := sdkDir(t)
 	e := newE2E(t)
 	e2bAddr := freeAddr(t)
-	e.startServer("COVE_E2B_LISTEN=" + e2bAddr)
+	e.startServer("COVE_E2B_LISTEN="+e2bAddr, "COVE_E2B_MAX_UPLOAD=1MiB")
 	e.ok(nil, "image", "build", "debian") // the template base's image; cached across runs
 	env := e2bEnv(t, e.ok(nil, "e2b", "env", "--url", "http://"+e2bAddr))
 	api := env["E2B_API_URL"]
@@ -290,6 +290,12 @@ func TestE2BSDK(t *testing.T) {
 				t.Errorf("Start with %s: %d, flags %v, %q; want one end-of-stream with invalid_argument", name, status, flags, msgs)
 			}
 		}
+		// An upload over the limit (--e2b-max-upload) is 413 and writes
+		// nothing.
+		status, _, body = envd(a, ta, "POST", "/files?path=/root/big", "application/octet-stream", make([]byte, 1<<20+1))
+		wantCode(t, "an upload over the limit", status, body, http.StatusRequestEntityTooLarge, 413)
+		status, _, body = envd(a, ta, "POST", "/filesystem.Filesystem/Stat", "application/json", []byte(`{"path":"/root/big"}`))
+		wantCode(t, "stat of a refused upload", status, body, http.StatusNotFound, "not_found")
 		status, _, body = envd(a, ta, "POST", "/process.Process/List", "application/json", []byte(`{"process":`))
 		wantCode(t, "a unary call with broken JSON", status, body, http.StatusBadRequest, "invalid_argument")
 		status, _, body = envd(a, ta, "POST", "/filesystem.Filesystem/Stat", "application/json", []byte(`{"path":"/no/such/file"}`))

@@ -104,6 +104,9 @@ type serverConfig struct {
 	// where no cove template has that name.
 	E2BListen    string
 	E2BBaseImage string
+	// E2BMaxUpload limits one upload to envd's /files; 0: the API's
+	// default (4 GiB).
+	E2BMaxUpload sizeFlag
 }
 
 func envOr(key, def string) string {
@@ -186,6 +189,11 @@ the policy in force.`,
 			if err := envCacheSize(cmd, &cfg.CacheSize); err != nil {
 				return err
 			}
+			if v := os.Getenv("COVE_E2B_MAX_UPLOAD"); v != "" && !cmd.Flags().Changed("e2b-max-upload") {
+				if err := cfg.E2BMaxUpload.Set(v); err != nil {
+					return fmt.Errorf("server: COVE_E2B_MAX_UPLOAD: %w", err)
+				}
+			}
 			return runServer(cmd.Context(), cfg)
 		},
 	}
@@ -225,6 +233,7 @@ the policy in force.`,
 	f.DurationVar(&cfg.NodeGrace, "node-grace", envDuration("COVE_NODE_GRACE", 30*time.Second), "how long a node may go without a heartbeat before it is marked dead; one server sharing the store sweeps, every third of it (COVE_NODE_GRACE)")
 	f.StringVar(&cfg.JoinTokenFile, "join-token-file", os.Getenv("COVE_JOIN_TOKEN_FILE"), "file that holds the secret 'cove node' agents join with (mode 0600; a trailing newline is not part of it); without it, joining is disabled, while nodes that joined before still connect (COVE_JOIN_TOKEN_FILE)")
 	f.StringVar(&cfg.E2BListen, "e2b-listen", os.Getenv("COVE_E2B_LISTEN"), "address of the E2B-compatible API, control plane and envd on one port (the official E2B SDKs run against it: 'cove e2b env' prints their settings); default: not served (COVE_E2B_LISTEN)")
+	f.Var(&cfg.E2BMaxUpload, "e2b-max-upload", "the largest upload to the E2B API's /files: 4GiB, 500MiB or a byte count; larger ones are 413 and write nothing (COVE_E2B_MAX_UPLOAD; default 4GiB)")
 	f.StringVar(&cfg.E2BBaseImage, "e2b-base-image", envOr("COVE_E2B_BASE_IMAGE", "debian"), "image of the E2B template 'base' (the SDK's default; it needs bash) where no cove template is named base (COVE_E2B_BASE_IMAGE)")
 	f.StringVar(&cfg.Policy, "policy", os.Getenv("COVE_POLICY"), "Cedar policy file that decides every API action (default: the built-in policy: engineers see and control their own sessions, admins everything); check it with 'cove policy check'; SIGHUP reloads it, keeping the policy in force if the file does not check (COVE_POLICY)")
 	return cmd

@@ -142,6 +142,13 @@ type writtenFile struct {
 // created, files replaced.
 func (s *Server) writeFiles(w http.ResponseWriter, r *http.Request) {
 	id, ctx := sandboxID(r), r.Context()
+	if r.ContentLength > s.cfg.MaxFileBytes {
+		// Refused before a byte is written. A body of unknown length
+		// is cut at the limit instead, which may leave the file being
+		// written short.
+		writeEnvdError(w, http.StatusRequestEntityTooLarge, "upload of %d bytes: the limit is %d", r.ContentLength, s.cfg.MaxFileBytes)
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxFileBytes)
 	dest := r.URL.Query().Get("path")
 	var out []writtenFile
