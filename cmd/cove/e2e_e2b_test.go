@@ -254,6 +254,15 @@ func TestE2BSDK(t *testing.T) {
 			wantCode(t, "file read with "+name, status, body, http.StatusUnauthorized, 401)
 		}
 
+		// Refusals are in the audit log: the API keys' and the access
+		// tokens' (by the sandbox they named).
+		if log := e.ok(nil, "audit", "log", "--json"); !strings.Contains(log, `"auth.failed"`) || !strings.Contains(log, `"e2b-api-key"`) {
+			t.Errorf("the audit log has no auth.failed for the refused API keys:\n%s", log)
+		}
+		if log := e.ok(nil, "audit", "log", "--session", b, "--json"); !strings.Contains(log, `"auth.failed"`) || !strings.Contains(log, `"e2b-access-token"`) {
+			t.Errorf("the audit log of %s has no auth.failed for another sandbox's token:\n%s", b, log)
+		}
+
 		// A command over the Connect protocol, envelope by envelope (the
 		// tiny image has no bash: sh).
 		status, hdr, body := envd(a, ta, "POST", "/process.Process/Start", "application/connect+json",

@@ -51,3 +51,17 @@ func (s *Server) announceEnvd(r *http.Request, action string, target audit.Targe
 	owner, _ := r.Context().Value(ownerKey{}).(string)
 	return s.announce(r.Context(), audit.Actor{Kind: audit.ActorUser, User: owner, Issuer: accessTokenIssuer}, action, target)
 }
+
+// refused appends a deny entry, best effort (the answer is the same
+// whatever the log says): a refused API key or access token as
+// auth.failed by an anonymous actor, a policy's denial as the verb by the
+// principal.
+func (s *Server) refused(ctx context.Context, actor audit.Actor, action string, target audit.Target, why string) {
+	if s.cfg.Audit == nil {
+		return
+	}
+	e := audit.Entry{Actor: actor, Action: action, Target: target, Decision: audit.Deny, Outcome: &audit.Outcome{Error: why}}
+	if _, err := s.cfg.Audit.Append(context.WithoutCancel(ctx), e); err != nil {
+		s.log.ErrorContext(ctx, "e2b: audit: refusal not logged", "action", action, "err", err)
+	}
+}

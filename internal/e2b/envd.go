@@ -50,6 +50,8 @@ func (s *Server) serveEnvd(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 	if !s.tokenOK(id, r.Header.Get("X-Access-Token")) {
+		s.refused(r.Context(), audit.Actor{Kind: audit.ActorAnonymous, Issuer: accessTokenIssuer}, "auth.failed",
+			audit.Target{Session: id}, "wrong or missing access token")
 		if isRPC(r) {
 			writeUnaryError(w, rpcErrorf(codeUnauthenticated, "wrong or missing access token for sandbox %q", id))
 		} else {

@@ -85,6 +85,7 @@ func (s *Server) principal(w http.ResponseWriter, r *http.Request) (context.Cont
 	p, err := s.cfg.Authenticator.Authenticate(r.Context(), key)
 	if err != nil {
 		if identity.IsRefusal(err) {
+			s.refused(r.Context(), audit.Actor{Kind: audit.ActorAnonymous, Issuer: "e2b-api-key"}, "auth.failed", audit.Target{}, err.Error())
 			writeControlError(w, http.StatusUnauthorized, "invalid API key: %v", err)
 			return nil, false
 		}
@@ -110,6 +111,10 @@ func (s *Server) allowed(ctx context.Context, w http.ResponseWriter, r *http.Req
 		return true
 	}
 	if c := api.CodeOf(err); c == api.CodeForbidden || c == api.CodeNotFound {
+		if c == api.CodeForbidden {
+			p, _ := identity.FromContext(ctx)
+			s.refused(ctx, actorOf(p), a.Verb, audit.Target{Session: a.SessionID, Template: a.Template}, err.Error())
+		}
 		writeControlError(w, api.Status(c), "%s", err.Error())
 		return false
 	}
