@@ -31,7 +31,10 @@ run: deps build
 # gotestsum (a go tool of this module) prints each package as it ends and
 # the output of failed tests only. The S3 tests' server, SeaweedFS's weed,
 # is built by internal/s3test on first use from the Go module proxy (about
-# 4 minutes on 2 cores) and cached in /var/tmp/cove-test.
+# 4 minutes on 2 cores) and cached in /var/tmp/cove-test. The E2B SDK
+# test (TestE2BSDK, cmd/cove) installs the official SDK with npm ci from
+# internal/e2b/sdktest/package-lock.json where it is missing, cached there
+# too (the npm registry must be reachable the first time).
 TESTJSON ?= $(or $(TMPDIR),/tmp)/cove-test.json
 SKIPPED = grep '"Action":"skip","Package":"[^"]*","Test":' $(TESTJSON)
 test: deps

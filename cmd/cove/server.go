@@ -98,6 +98,15 @@ type serverConfig struct {
 	// JoinTokenFile is the file of the secret nodes join with; "":
 	// joining is disabled (nodes that joined before still connect).
 	JoinTokenFile string
+
+	// E2BListen is the address of the E2B-compatible API (package e2b);
+	// "": not served. E2BBaseImage is the image of its template "base"
+	// where no cove template has that name.
+	E2BListen    string
+	E2BBaseImage string
+	// E2BMaxUpload limits one upload to envd's /files; 0: the API's
+	// default (4 GiB).
+	E2BMaxUpload sizeFlag
 }
 
 func envOr(key, def string) string {
@@ -180,6 +189,11 @@ the policy in force.`,
 			if err := envCacheSize(cmd, &cfg.CacheSize); err != nil {
 				return err
 			}
+			if v := os.Getenv("COVE_E2B_MAX_UPLOAD"); v != "" && !cmd.Flags().Changed("e2b-max-upload") {
+				if err := cfg.E2BMaxUpload.Set(v); err != nil {
+					return fmt.Errorf("server: COVE_E2B_MAX_UPLOAD: %w", err)
+				}
+			}
 			return runServer(cmd.Context(), cfg)
 		},
 	}
@@ -218,6 +232,9 @@ the policy in force.`,
 	f.DurationVar(&cfg.NodeHeartbeat, "node-heartbeat", envDuration("COVE_NODE_HEARTBEAT", 10*time.Second), "how often the embedded node heartbeats, with a fresh probe of its capacity (COVE_NODE_HEARTBEAT)")
 	f.DurationVar(&cfg.NodeGrace, "node-grace", envDuration("COVE_NODE_GRACE", 30*time.Second), "how long a node may go without a heartbeat before it is marked dead; one server sharing the store sweeps, every third of it (COVE_NODE_GRACE)")
 	f.StringVar(&cfg.JoinTokenFile, "join-token-file", os.Getenv("COVE_JOIN_TOKEN_FILE"), "file that holds the secret 'cove node' agents join with (mode 0600; a trailing newline is not part of it); without it, joining is disabled, while nodes that joined before still connect (COVE_JOIN_TOKEN_FILE)")
+	f.StringVar(&cfg.E2BListen, "e2b-listen", os.Getenv("COVE_E2B_LISTEN"), "address of the E2B-compatible API, control plane and envd on one port (the official E2B SDKs run against it: 'cove e2b env' prints their settings); default: not served (COVE_E2B_LISTEN)")
+	f.Var(&cfg.E2BMaxUpload, "e2b-max-upload", "the largest upload to the E2B API's /files: 4GiB, 500MiB or a byte count; larger ones are 413 and write nothing (COVE_E2B_MAX_UPLOAD; default 4GiB)")
+	f.StringVar(&cfg.E2BBaseImage, "e2b-base-image", envOr("COVE_E2B_BASE_IMAGE", "debian"), "image of the E2B template 'base' (the SDK's default; it needs bash) where no cove template is named base (COVE_E2B_BASE_IMAGE)")
 	f.StringVar(&cfg.Policy, "policy", os.Getenv("COVE_POLICY"), "Cedar policy file that decides every API action (default: the built-in policy: engineers see and control their own sessions, admins everything); check it with 'cove policy check'; SIGHUP reloads it, keeping the policy in force if the file does not check (COVE_POLICY)")
 	return cmd
 }
@@ -403,10 +420,12 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	if joinToken == "" {
 		log.Info("nodes: joining is disabled (no --join-token-file); nodes that joined before still connect")
 	}
+	authn := identity.NewAuthenticator(identity.AuthConfig{AdminToken: token, Store: st, Log: log, JWT: append(oidc.verifiers, tokens.verifiers...)})
+	authorize := (&apiserver.PolicyGate{Policy: policies, Records: st}).Authorize
 	srv := apiserver.New(apiserver.Config{Sessions: mgr, Images: builder, Token: token, Log: log, Metrics: metrics,
 		Hooks: hooks, HookSecrets: st,
 		Issuer:        tokens.handler,
-		Authenticator: identity.NewAuthenticator(identity.AuthConfig{AdminToken: token, Store: st, Log: log, JWT: append(oidc.verifiers, tokens.verifiers...)}),
+		Authenticator: authn,
 		SignIn:        oidc.signIn,
 		Identities:    dir,
 		Secrets:       &secret.Keeper{Store: st, Box: secrets},
@@ -415,7 +434,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		Audit:         auditLog,
 		AuditLog:      auditLog,
 		NodeLink:      hub,
-		Authorize:     (&apiserver.PolicyGate{Policy: policies, Records: st}).Authorize})
+		Authorize:     authorize})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("server: listen: %w", err)
@@ -425,6 +444,13 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	log.Info("cove server listening", "addr", "http://"+ln.Addr().String(), "home", cfg.Home, "accel", driver.Accel(), "policy", policyName, "node", node)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
+	if cfg.E2BListen != "" {
+		e2bSrv, err := serveE2B(ctx, cfg, serverID, mgr, st, authn, authorize, auditLog, log, errc)
+		if err != nil {
+			return err
+		}
+		defer e2bSrv.Close()
+	}
 
 	select {
 	case err := <-errc:

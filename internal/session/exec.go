@@ -346,6 +346,10 @@ func (p *process) Signal(name string) error {
 	return p.do(func(c *agentproto.Process) error { return c.Signal(int(sig)) })
 }
 
+// PID is the command's process id in the guest: what the guest's own
+// tools (ps, kill) call it. It stays the same across a park and wake.
+func (p *process) PID() int { return p.pid }
+
 func (p *process) Wait() (api.ExitStatus, error) {
 	<-p.done
 	return p.status, p.err

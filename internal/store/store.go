@@ -103,6 +103,19 @@ type Store interface {
 	// DeleteCheckpoint removes the named checkpoint of a session, or fails
 	// with ErrNotFound if there is none.
 	DeleteCheckpoint(ctx context.Context, sessionID, name string) error
+	// PutE2BSandbox inserts or replaces the E2B record of the session
+	// x.SessionID. It fails with ErrNotFound if there is no such session,
+	// changing nothing. DeleteSession removes it with its session.
+	PutE2BSandbox(ctx context.Context, x E2BSandbox) error
+	// GetE2BSandbox returns the E2B record of a session, or ErrNotFound.
+	GetE2BSandbox(ctx context.Context, sessionID string) (E2BSandbox, error)
+	// ListE2BSandboxes returns every E2B record, ordered by SessionID
+	// (bytewise). None gives a slice of length zero.
+	ListE2BSandboxes(ctx context.Context) ([]E2BSandbox, error)
+	// DeleteE2BSandbox removes the E2B record of a session, or fails with
+	// ErrNotFound if there is none; the session stays.
+	DeleteE2BSandbox(ctx context.Context, sessionID string) error
+
 	// BumpTokenGen adds one to the session's TokenGen, at once and
 	// atomically, and returns the new generation: every token minted
 	// before is dead. It fails with ErrNotFound if there is no session.
@@ -379,6 +392,16 @@ type Store interface {
 	// Close releases the store's resources. Writes that returned before it
 	// are durable.
 	Close() error
+}
+
+// E2BSandbox is what the E2B-compatible API (package e2b) keeps of a
+// session it made, beyond the session itself: the sandbox's template
+// name, metadata, environment and end time, in Record.
+type E2BSandbox struct {
+	SessionID string
+	// Record is package e2b's description of the sandbox (opaque to the
+	// store).
+	Record []byte
 }
 
 // Checkpoint is the record of one checkpoint of a running session: its

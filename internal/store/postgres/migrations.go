@@ -225,6 +225,12 @@ var migrations = []string{
 		manifest   BYTEA,
 		PRIMARY KEY (session_id, name)
 	);`,
+	// 7: the SQLite store's migration 16: what the E2B-compatible API
+	// keeps of the sessions it made, removed with their session.
+	`CREATE TABLE e2b_sandboxes (
+		session_id TEXT COLLATE "C" PRIMARY KEY REFERENCES sessions (id) ON DELETE CASCADE,
+		record     BYTEA NOT NULL
+	);`,
 }
 
 // migrationLock is the key of the advisory lock that migrations hold, so

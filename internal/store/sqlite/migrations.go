@@ -276,6 +276,12 @@ var migrations = []string{
 		manifest   BLOB,
 		PRIMARY KEY (session_id, name)
 	) STRICT;`,
+	// 16: what the E2B-compatible API keeps of the sessions it made
+	// (store.E2BSandbox); a session's removal removes it (DeleteSession).
+	`CREATE TABLE e2b_sandboxes (
+		session_id TEXT PRIMARY KEY,
+		record     BLOB NOT NULL
+	) STRICT;`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

@@ -295,7 +295,10 @@ func (s *Store) DeleteSession(ctx context.Context, id string) error {
 		if err := oneRow(res, err, store.ErrNotFound); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `DELETE FROM checkpoints WHERE session_id = ?`, id)
+		if _, err = tx.ExecContext(ctx, `DELETE FROM checkpoints WHERE session_id = ?`, id); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `DELETE FROM e2b_sandboxes WHERE session_id = ?`, id)
 		return err
 	})
 	if err != nil {

@@ -1,0 +1,403 @@
+package e2b
+
+import (
+	"compress/gzip"
+	"context"
+	"errors"
+	"io"
+	"io/fs"
+	"mime"
+	"net/http"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/audit"
+)
+
+// homeDir is where relative guest paths and commands without a working
+// directory start: the home of root, whom sessions' commands run as.
+const homeDir = "/root"
+
+// guestPath makes p absolute and clean: relative to homeDir, "~" being
+// homeDir.
+func guestPath(p string) string {
+	switch {
+	case p == "" || p == "~":
+		return homeDir
+	case strings.HasPrefix(p, "~/"):
+		p = homeDir + p[1:]
+	case !path.IsAbs(p):
+		p = path.Join(homeDir, p)
+	}
+	return path.Clean(p)
+}
+
+// isRPC says whether the request is a Connect call (answered with Connect
+// errors) rather than one of envd's plain HTTP routes.
+func isRPC(r *http.Request) bool {
+	return strings.HasPrefix(r.URL.Path, "/process.Process/") || strings.HasPrefix(r.URL.Path, "/filesystem.Filesystem/")
+}
+
+// serveEnvd checks the access token and that the sandbox runs, then
+// serves envd's routes for it. A sandbox that is gone, paused or not
+// running answers 502, as E2B's proxy does: the SDK's isRunning() reads
+// that as false, and its RPCs as unavailable.
+func (s *Server) serveEnvd(w http.ResponseWriter, r *http.Request, id string) {
+	if r.URL.Query().Has("signature") {
+		writeEnvdError(w, http.StatusUnauthorized, "signed file URLs are not supported by cove yet: send X-Access-Token")
+		return
+	}
+	if !s.tokenOK(id, r.Header.Get("X-Access-Token")) {
+		s.refused(r.Context(), audit.Actor{Kind: audit.ActorAnonymous, Issuer: accessTokenIssuer}, "auth.failed",
+			audit.Target{Session: id}, "wrong or missing access token")
+		if isRPC(r) {
+			writeUnaryError(w, rpcErrorf(codeUnauthenticated, "wrong or missing access token for sandbox %q", id))
+		} else {
+			writeEnvdError(w, http.StatusUnauthorized, "wrong or missing access token for sandbox %q", id)
+		}
+		return
+	}
+	ss, err := s.cfg.Sessions.Get(r.Context(), id)
+	switch {
+	case api.IsCode(err, api.CodeNotFound):
+		writeEnvdError(w, http.StatusBadGateway, "sandbox %q not found", id)
+		return
+	case err != nil:
+		status, msg := s.statusOf(r, "envd", err)
+		writeEnvdError(w, status, "%s", msg)
+		return
+	case ss.State != api.StateRunning:
+		writeEnvdError(w, http.StatusBadGateway, "sandbox %q is %s, not running: connect to resume it", id, state(ss))
+		return
+	}
+	ctx := context.WithValue(context.WithValue(r.Context(), sandboxKey{}, id), ownerKey{}, ss.Owner)
+	s.envd.ServeHTTP(w, r.WithContext(ctx))
+}
+
+type (
+	sandboxKey struct{}
+	ownerKey   struct{}
+)
+
+// sandboxID is the sandbox serveEnvd routed the request to.
+func sandboxID(r *http.Request) string {
+	id, _ := r.Context().Value(sandboxKey{}).(string)
+	return id
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// fileError answers a /files error with the status the SDK maps (404
+// FileNotFoundError, 400 InvalidArgumentError, 507 NotEnoughSpaceError).
+func (s *Server) fileError(w http.ResponseWriter, r *http.Request, what string, err error) {
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		writeEnvdError(w, http.StatusRequestEntityTooLarge, "%s: the upload is over the limit of %d bytes", what, mbe.Limit)
+		return
+	}
+	status, msg := s.statusOf(r, what, err)
+	writeEnvdError(w, status, "%s", msg)
+}
+
+func (s *Server) readFile(w http.ResponseWriter, r *http.Request) {
+	id, p := sandboxID(r), guestPath(r.URL.Query().Get("path"))
+	if err := s.announceEnvd(r, "file.read", audit.Target{Path: p}); err != nil {
+		s.fileError(w, r, "read "+p, err)
+		return
+	}
+	fi, err := s.cfg.Sessions.Stat(r.Context(), id, p)
+	if err != nil {
+		s.fileError(w, r, "read "+p, err)
+		return
+	}
+	if fi.IsDir {
+		writeEnvdError(w, http.StatusBadRequest, "read %s: is a directory", p)
+		return
+	}
+	rc, err := s.cfg.Sessions.Open(r.Context(), id, p)
+	if err != nil {
+		s.fileError(w, r, "read "+p, err)
+		return
+	}
+	defer rc.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Disposition", mime.FormatMediaType("attachment", map[string]string{"filename": path.Base(p)}))
+	if _, err := io.Copy(w, rc); err != nil {
+		s.log.WarnContext(r.Context(), "e2b: read file", "session", id, "path", p, "err", err)
+	}
+}
+
+// writtenFile is one entry of POST /files' answer.
+type writtenFile struct {
+	Name string `json:"name"`
+	Type string `json:"type"`
+	Path string `json:"path"`
+}
+
+// writeFiles takes multipart/form-data (each part named "file", its
+// filename the destination unless ?path= names it) or an octet-stream
+// body (to ?path=, gzip if Content-Encoding says so). Parents are
+// created, files replaced.
+func (s *Server) writeFiles(w http.ResponseWriter, r *http.Request) {
+	id, ctx := sandboxID(r), r.Context()
+	if r.ContentLength > s.cfg.MaxFileBytes {
+		// Refused before a byte is written. A body of unknown length
+		// is cut at the limit instead, which may leave the file being
+		// written short.
+		writeEnvdError(w, http.StatusRequestEntityTooLarge, "upload of %d bytes: the limit is %d", r.ContentLength, s.cfg.MaxFileBytes)
+		return
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxFileBytes)
+	dest := r.URL.Query().Get("path")
+	var out []writtenFile
+	write := func(p string, body io.Reader) bool {
+		p = guestPath(p)
+		if err := s.announceEnvd(r, "file.write", audit.Target{Path: p}); err != nil {
+			s.fileError(w, r, "write "+p, err)
+			return false
+		}
+		if err := s.cfg.Sessions.WriteFile(ctx, id, p, 0o644, body); err != nil {
+			s.fileError(w, r, "write "+p, err)
+			return false
+		}
+		out = append(out, writtenFile{Name: path.Base(p), Type: "file", Path: p})
+		return true
+	}
+	switch mt := mediaType(r); mt {
+	case "multipart/form-data":
+		mr, err := r.MultipartReader()
+		if err != nil {
+			writeEnvdError(w, http.StatusBadRequest, "multipart body: %v", err)
+			return
+		}
+		for {
+			part, err := mr.NextRawPart()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				s.fileError(w, r, "multipart body", api.Errorf(api.CodeInvalid, "multipart body: %v", err))
+				return
+			}
+			if part.FormName() != "file" {
+				continue
+			}
+			// The raw filename: Part.FileName keeps only its base.
+			_, params, _ := mime.ParseMediaType(part.Header.Get("Content-Disposition"))
+			p := dest
+			if p == "" {
+				p = params["filename"]
+			}
+			if p == "" {
+				writeEnvdError(w, http.StatusBadRequest, "a file part names no destination: send ?path= or a filename")
+				return
+			}
+			if !write(p, part) {
+				return
+			}
+		}
+	case "application/octet-stream":
+		if dest == "" {
+			writeEnvdError(w, http.StatusBadRequest, "an octet-stream upload needs ?path=")
+			return
+		}
+		var body io.Reader = r.Body
+		switch enc := r.Header.Get("Content-Encoding"); enc {
+		case "", "identity":
+		case "gzip":
+			zr, err := gzip.NewReader(r.Body)
+			if err != nil {
+				writeEnvdError(w, http.StatusBadRequest, "gzip body: %v", err)
+				return
+			}
+			body = zr
+		default:
+			writeEnvdError(w, http.StatusBadRequest, "Content-Encoding %q: want gzip or none", enc)
+			return
+		}
+		if !write(dest, body) {
+			return
+		}
+	default:
+		writeEnvdError(w, http.StatusBadRequest, "content type %q: want multipart/form-data or application/octet-stream", mt)
+		return
+	}
+	if len(out) == 0 {
+		writeEnvdError(w, http.StatusBadRequest, "no file in the upload: send parts named \"file\"")
+		return
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// entryInfo is filesystem.EntryInfo in its JSON form.
+type entryInfo struct {
+	Name         string `json:"name"`
+	Type         string `json:"type"`
+	Path         string `json:"path"`
+	Size         int64  `json:"size"`
+	Mode         uint32 `json:"mode"`
+	Permissions  string `json:"permissions"`
+	Owner        string `json:"owner"`
+	Group        string `json:"group"`
+	ModifiedTime string `json:"modifiedTime"`
+}
+
+func entryOf(p string, fi api.FileInfo) entryInfo {
+	mode := fs.FileMode(fi.Mode & 0o777)
+	typ := "FILE_TYPE_FILE"
+	switch {
+	case fi.Symlink:
+		mode |= fs.ModeSymlink
+		typ = "FILE_TYPE_SYMLINK"
+	case fi.IsDir:
+		mode |= fs.ModeDir
+		typ = "FILE_TYPE_DIRECTORY"
+	}
+	return entryInfo{Name: path.Base(p), Type: typ, Path: p, Size: fi.Size, Mode: uint32(mode), Permissions: mode.String(),
+		Owner: "root", Group: "root", ModifiedTime: fi.ModTime.UTC().Format(time.RFC3339Nano)}
+}
+
+// fileVerbs are the audit log's actions of the filesystem calls (those
+// of cove's own file routes; a move is a write).
+var fileVerbs = map[string]string{"Stat": "file.stat", "ListDir": "file.list", "MakeDir": "file.mkdir", "Remove": "file.remove", "Move": "file.write"}
+
+// filesystemRPC serves the filesystem.Filesystem service's unary calls;
+// the watch calls are not implemented yet.
+func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
+	id, ctx, method := sandboxID(r), r.Context(), r.PathValue("method")
+	var req struct {
+		Path        string `json:"path"`
+		Depth       uint32 `json:"depth"`
+		Source      string `json:"source"`
+		Destination string `json:"destination"`
+	}
+	switch method {
+	case "Stat", "MakeDir", "Move", "ListDir", "Remove":
+	default:
+		writeUnaryError(w, rpcErrorf(codeUnimplemented, "filesystem.Filesystem/%s is not implemented by cove yet", method))
+		return
+	}
+	if e := readUnary(r, &req); e != nil {
+		writeUnaryError(w, e)
+		return
+	}
+	fail := func(what string, err error) { writeUnaryError(w, s.asRPC(r, what, err)) }
+	p := guestPath(req.Path)
+	verb, target := fileVerbs[method], audit.Target{Path: p}
+	if method == "Move" {
+		target.Path = guestPath(req.Source) + " -> " + guestPath(req.Destination)
+	}
+	if err := s.announceEnvd(r, verb, target); err != nil {
+		fail(verb, err)
+		return
+	}
+	switch method {
+	case "Stat":
+		fi, err := s.cfg.Sessions.Stat(ctx, id, p)
+		if err != nil {
+			fail("stat "+p, err)
+			return
+		}
+		writeUnary(w, map[string]any{"entry": entryOf(p, fi)})
+	case "ListDir":
+		depth := max(req.Depth, 1)
+		entries := []entryInfo{}
+		if err := s.listDir(ctx, id, p, depth, &entries); err != nil {
+			fail("list "+p, err)
+			return
+		}
+		writeUnary(w, map[string]any{"entries": entries})
+	case "MakeDir":
+		if _, err := s.cfg.Sessions.Stat(ctx, id, p); err == nil {
+			writeUnaryError(w, rpcErrorf(codeAlreadyExists, "%s already exists", p))
+			return
+		} else if !api.IsCode(err, api.CodeNotFound) {
+			fail("make directory "+p, err)
+			return
+		}
+		if err := s.cfg.Sessions.Mkdir(ctx, id, p); err != nil {
+			fail("make directory "+p, err)
+			return
+		}
+		fi, err := s.cfg.Sessions.Stat(ctx, id, p)
+		if err != nil {
+			fail("make directory "+p, err)
+			return
+		}
+		writeUnary(w, map[string]any{"entry": entryOf(p, fi)})
+	case "Remove":
+		if _, err := s.cfg.Sessions.Stat(ctx, id, p); err != nil {
+			fail("remove "+p, err)
+			return
+		}
+		if err := s.cfg.Sessions.Remove(ctx, id, p); err != nil {
+			fail("remove "+p, err)
+			return
+		}
+		writeUnary(w, struct{}{})
+	case "Move":
+		src, dst := guestPath(req.Source), guestPath(req.Destination)
+		if err := s.move(ctx, id, src, dst); err != nil {
+			fail("move "+src, err)
+			return
+		}
+		fi, err := s.cfg.Sessions.Stat(ctx, id, dst)
+		if err != nil {
+			fail("move "+src, err)
+			return
+		}
+		writeUnary(w, map[string]any{"entry": entryOf(dst, fi)})
+	}
+}
+
+// listDir appends the entries of dir, and of its subdirectories down to
+// depth levels, to out.
+func (s *Server) listDir(ctx context.Context, id, dir string, depth uint32, out *[]entryInfo) error {
+	fis, err := s.cfg.Sessions.ListDir(ctx, id, dir)
+	if err != nil {
+		return err
+	}
+	for _, fi := range fis {
+		p := path.Join(dir, fi.Name)
+		*out = append(*out, entryOf(p, fi))
+		if fi.IsDir && !fi.Symlink && depth > 1 {
+			if err := s.listDir(ctx, id, p, depth-1, out); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// move renames src to dst in the guest with mv: the agent has no rename
+// of its own yet.
+func (s *Server) move(ctx context.Context, id, src, dst string) error {
+	if _, err := s.cfg.Sessions.Stat(ctx, id, src); err != nil {
+		return err
+	}
+	p, err := s.cfg.Sessions.Exec(ctx, id, api.ExecRequest{Argv: []string{"mv", "-f", "--", src, dst}, Timeout: "60s"})
+	if err != nil {
+		return err
+	}
+	_ = p.Stdin().Close()
+	errOut := make(chan []byte, 1)
+	go func() {
+		b, _ := io.ReadAll(io.LimitReader(p.Stderr(), 4096))
+		_, _ = io.Copy(io.Discard, p.Stderr())
+		errOut <- b
+	}()
+	_, _ = io.Copy(io.Discard, p.Stdout())
+	msg := <-errOut
+	st, err := p.Wait()
+	if err != nil {
+		return err
+	}
+	if st.Code != 0 || st.Signal != "" {
+		return api.Errorf(api.CodeInvalid, "mv %s %s: %s", src, dst, strings.TrimSpace(string(msg)))
+	}
+	return nil
+}

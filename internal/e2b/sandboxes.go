@@ -1,0 +1,596 @@
+package e2b
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/apiserver"
+	"github.com/cove-dev/cove/internal/audit"
+	"github.com/cove-dev/cove/internal/identity"
+	"github.com/cove-dev/cove/internal/store"
+)
+
+// record is what a store.E2BSandbox's Record holds (JSON).
+type record struct {
+	TemplateID string            `json:"templateID"`
+	Metadata   map[string]string `json:"metadata,omitempty"`
+	EnvVars    map[string]string `json:"envVars,omitempty"`
+	StartedAt  time.Time         `json:"startedAt"`
+	// EndAt is when the sandbox ends (or is parked, with AutoPause);
+	// zero: never.
+	EndAt     time.Time `json:"endAt"`
+	AutoPause bool      `json:"autoPause,omitempty"`
+}
+
+// createRequest is the body of POST /v2/sandboxes (fields the SDK may send
+// that cove does not act on yet are accepted and ignored).
+type createRequest struct {
+	TemplateID string            `json:"templateID"`
+	Timeout    *int64            `json:"timeout"` // seconds
+	Metadata   map[string]string `json:"metadata"`
+	EnvVars    map[string]string `json:"envVars"`
+	AutoPause  bool              `json:"autoPause"`
+}
+
+// sandbox is the control plane's answer to create and connect.
+type sandbox struct {
+	SandboxID       string `json:"sandboxID"`
+	TemplateID      string `json:"templateID"`
+	ClientID        string `json:"clientID"`
+	EnvdVersion     string `json:"envdVersion"`
+	EnvdAccessToken string `json:"envdAccessToken"`
+}
+
+// listed is one sandbox of GET /v2/sandboxes, and with detail's fields the
+// answer of GET /sandboxes/{id}.
+type listed struct {
+	SandboxID   string            `json:"sandboxID"`
+	TemplateID  string            `json:"templateID"`
+	ClientID    string            `json:"clientID"`
+	Metadata    map[string]string `json:"metadata"`
+	StartedAt   time.Time         `json:"startedAt"`
+	EndAt       time.Time         `json:"endAt"`
+	State       string            `json:"state"`
+	CPUCount    int               `json:"cpuCount"`
+	MemoryMB    int               `json:"memoryMB"`
+	DiskSizeMB  int               `json:"diskSizeMB"`
+	EnvdVersion string            `json:"envdVersion"`
+	VolumeMount []any             `json:"volumeMounts"`
+}
+
+type detail struct {
+	listed
+	EnvdAccessToken string `json:"envdAccessToken"`
+}
+
+// principal authenticates the request's API key and returns its context
+// with the principal in it; it has answered when ok is false.
+func (s *Server) principal(w http.ResponseWriter, r *http.Request) (context.Context, bool) {
+	key := r.Header.Get("X-API-KEY")
+	if key == "" {
+		writeControlError(w, http.StatusUnauthorized, "missing X-API-KEY: set E2B_API_KEY to a cove API token ('cove e2b env' prints one)")
+		return nil, false
+	}
+	p, err := s.cfg.Authenticator.Authenticate(r.Context(), key)
+	if err != nil {
+		if identity.IsRefusal(err) {
+			s.refused(r.Context(), audit.Actor{Kind: audit.ActorAnonymous, Issuer: "e2b-api-key"}, "auth.failed", audit.Target{}, err.Error())
+			writeControlError(w, http.StatusUnauthorized, "invalid API key: %v", err)
+			return nil, false
+		}
+		s.log.ErrorContext(r.Context(), "e2b: authenticate", "err", err)
+		writeControlError(w, http.StatusServiceUnavailable, "cannot check the API key now")
+		return nil, false
+	}
+	if p.Kind == identity.KindAdminToken {
+		writeControlError(w, http.StatusForbidden, "the admin token only bootstraps: use a user's API token ('cove e2b env' mints one)")
+		return nil, false
+	}
+	return identity.NewContext(r.Context(), p), true
+}
+
+// allowed asks Authorize about a and answers the refusal itself.
+func (s *Server) allowed(ctx context.Context, w http.ResponseWriter, r *http.Request, a apiserver.Action) bool {
+	err := s.cfg.Authorize(ctx, a)
+	if err == nil && auditedVerbs[a.Verb] {
+		p, _ := identity.FromContext(ctx)
+		err = s.announce(ctx, actorOf(p), a.Verb, audit.Target{Session: a.SessionID, Template: a.Template})
+	}
+	if err == nil {
+		return true
+	}
+	if c := api.CodeOf(err); c == api.CodeForbidden || c == api.CodeNotFound {
+		if c == api.CodeForbidden {
+			p, _ := identity.FromContext(ctx)
+			s.refused(ctx, actorOf(p), a.Verb, audit.Target{Session: a.SessionID, Template: a.Template}, err.Error())
+		}
+		writeControlError(w, api.Status(c), "%s", err.Error())
+		return false
+	}
+	s.fail(w, r, a.Verb, err)
+	return false
+}
+
+// readRecord returns the E2B record of a session, or the one a session
+// made through cove's own API has: its template (or image), no metadata,
+// no end time.
+func (s *Server) readRecord(ctx context.Context, ss api.Session) (record, error) {
+	x, err := s.cfg.Records.GetE2BSandbox(ctx, ss.ID)
+	if errors.Is(err, store.ErrNotFound) {
+		return record{TemplateID: cmp.Or(ss.Template, ss.Image), StartedAt: ss.CreatedAt}, nil
+	}
+	if err != nil {
+		return record{}, err
+	}
+	var rec record
+	if err := json.Unmarshal(x.Record, &rec); err != nil {
+		return record{}, fmt.Errorf("e2b: record of %s: %w", ss.ID, err)
+	}
+	return rec, nil
+}
+
+func (s *Server) writeRecord(ctx context.Context, id string, rec record) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	return s.cfg.Records.PutE2BSandbox(ctx, store.E2BSandbox{SessionID: id, Record: b})
+}
+
+// decodeBody decodes an optional JSON body into v.
+func decodeBody(r *http.Request, v any) error {
+	body := http.MaxBytesReader(nil, r.Body, 1<<20)
+	dec := json.NewDecoder(body)
+	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
+		return fmt.Errorf("request body: %v", err)
+	}
+	return nil
+}
+
+func seconds(n int64) time.Duration { return time.Duration(n) * time.Second }
+
+func (s *Server) create(w http.ResponseWriter, r *http.Request) {
+	ctx, ok := s.principal(w, r)
+	if !ok {
+		return
+	}
+	var req createRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeControlError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	if req.TemplateID == "" {
+		req.TemplateID = "base"
+	}
+	timeout := DefaultTimeout
+	if req.Timeout != nil {
+		if *req.Timeout < 0 {
+			writeControlError(w, http.StatusBadRequest, "timeout %d: want seconds ≥ 0", *req.Timeout)
+			return
+		}
+		timeout = seconds(*req.Timeout)
+	}
+	creq := api.CreateSessionRequest{Env: req.EnvVars, IdleTimeout: "0s"}
+	switch _, err := s.cfg.Sessions.GetTemplate(ctx, req.TemplateID); {
+	case err == nil:
+		creq.Template = req.TemplateID
+	case api.IsCode(err, api.CodeNotFound) && req.TemplateID == "base":
+		creq.Image = s.cfg.BaseImage
+	case api.IsCode(err, api.CodeNotFound):
+		writeControlError(w, http.StatusNotFound, "template '%s' not found: cove has no template of that name ('base' is built in)", req.TemplateID)
+		return
+	default:
+		s.fail(w, r, "create sandbox", err)
+		return
+	}
+	if !s.allowed(ctx, w, r, apiserver.Action{Verb: "session.create", Template: creq.Template}) {
+		return
+	}
+	p, _ := identity.FromContext(ctx)
+	ss, err := s.cfg.Sessions.Create(ctx, p.Owner(), creq)
+	if err != nil {
+		s.fail(w, r, "create sandbox", err)
+		return
+	}
+	now := s.cfg.Now().UTC()
+	rec := record{TemplateID: req.TemplateID, Metadata: req.Metadata, EnvVars: req.EnvVars, StartedAt: now, AutoPause: req.AutoPause}
+	if timeout > 0 {
+		rec.EndAt = now.Add(timeout)
+	}
+	if err := s.writeRecord(ctx, ss.ID, rec); err != nil {
+		// A sandbox the API cannot describe is not left behind.
+		if derr := s.cfg.Sessions.Delete(context.WithoutCancel(ctx), ss.ID); derr != nil {
+			s.log.ErrorContext(ctx, "e2b: remove the session of a failed create", "session", ss.ID, "err", derr)
+		}
+		s.fail(w, r, "create sandbox", err)
+		return
+	}
+	s.log.InfoContext(ctx, "e2b: sandbox created", "session", ss.ID, "template", req.TemplateID, "end_at", rec.EndAt)
+	writeJSON(w, http.StatusCreated, s.sandboxAnswer(ss.ID, rec))
+}
+
+func (s *Server) sandboxAnswer(id string, rec record) sandbox {
+	return sandbox{SandboxID: id, TemplateID: rec.TemplateID, ClientID: "cove", EnvdVersion: EnvdVersion, EnvdAccessToken: s.AccessToken(id)}
+}
+
+// state is the E2B state of a session: paused while parked (or being
+// parked or woken), else running.
+func state(ss api.Session) string {
+	switch ss.State {
+	case api.StateParked, api.StateParking, api.StateWaking:
+		return "paused"
+	}
+	return "running"
+}
+
+func (s *Server) listedOf(ss api.Session, rec record) listed {
+	md := rec.Metadata
+	if md == nil {
+		md = map[string]string{}
+	}
+	return listed{SandboxID: ss.ID, TemplateID: rec.TemplateID, ClientID: "cove", Metadata: md,
+		StartedAt: rec.StartedAt, EndAt: rec.EndAt, State: state(ss), CPUCount: ss.CPUs, MemoryMB: ss.MemoryMiB,
+		EnvdVersion: EnvdVersion, VolumeMount: []any{}}
+}
+
+// lookup reads a session the request names and its record, after asking
+// Authorize about verb; it has answered when ok is false (an unknown
+// sandbox: 404 with code 404, which the SDK turns into
+// SandboxNotFoundError, or false for kill).
+func (s *Server) lookup(ctx context.Context, w http.ResponseWriter, r *http.Request, verb string) (api.Session, record, bool) {
+	id := r.PathValue("id")
+	if !s.allowed(ctx, w, r, apiserver.Action{Verb: verb, SessionID: id}) {
+		return api.Session{}, record{}, false
+	}
+	ss, err := s.cfg.Sessions.Get(ctx, id)
+	if err != nil {
+		if api.IsCode(err, api.CodeNotFound) {
+			writeControlError(w, http.StatusNotFound, "sandbox %q not found", id)
+		} else {
+			s.fail(w, r, verb, err)
+		}
+		return api.Session{}, record{}, false
+	}
+	rec, err := s.readRecord(ctx, ss)
+	if err != nil {
+		s.fail(w, r, verb, err)
+		return api.Session{}, record{}, false
+	}
+	return ss, rec, true
+}
+
+func (s *Server) get(w http.ResponseWriter, r *http.Request) {
+	ctx, ok := s.principal(w, r)
+	if !ok {
+		return
+	}
+	ss, rec, ok := s.lookup(ctx, w, r, "session.get")
+	if !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, detail{listed: s.listedOf(ss, rec), EnvdAccessToken: s.AccessToken(ss.ID)})
+}
+
+// parseMetadata reads the list's metadata filter, which the SDK encodes
+// twice: the parameter is a query string whose keys and values are
+// themselves URL-encoded.
+func parseMetadata(q string) (map[string]string, error) {
+	if q == "" {
+		return nil, nil
+	}
+	vals, err := url.ParseQuery(q)
+	if err != nil {
+		return nil, fmt.Errorf("metadata %q: %v", q, err)
+	}
+	out := map[string]string{}
+	for k, vs := range vals {
+		key, err := url.QueryUnescape(k)
+		if err != nil {
+			return nil, fmt.Errorf("metadata key %q: %v", k, err)
+		}
+		val, err := url.QueryUnescape(vs[len(vs)-1])
+		if err != nil {
+			return nil, fmt.Errorf("metadata value %q: %v", vs[len(vs)-1], err)
+		}
+		out[key] = val
+	}
+	return out, nil
+}
+
+// maxListLimit bounds a page of the list.
+const maxListLimit = 1000
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request) {
+	ctx, ok := s.principal(w, r)
+	if !ok {
+		return
+	}
+	q := r.URL.Query()
+	md, err := parseMetadata(q.Get("metadata"))
+	if err != nil {
+		writeControlError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	var states []string
+	if v := q.Get("state"); v != "" {
+		for st := range strings.SplitSeq(v, ",") {
+			if st != "running" && st != "paused" {
+				writeControlError(w, http.StatusBadRequest, "state %q: want running or paused", st)
+				return
+			}
+			states = append(states, st)
+		}
+	}
+	limit := 100
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > maxListLimit {
+			writeControlError(w, http.StatusBadRequest, "limit %q: want 1 to %d", v, maxListLimit)
+			return
+		}
+		limit = n
+	}
+	sessions, err := s.cfg.Sessions.List(ctx)
+	if err != nil {
+		s.fail(w, r, "list sandboxes", err)
+		return
+	}
+	var out []listed
+	for _, ss := range sessions {
+		if ss.State == api.StateFailed {
+			continue
+		}
+		if s.cfg.Authorize(ctx, apiserver.Action{Verb: "session.get", SessionID: ss.ID}) != nil {
+			continue
+		}
+		rec, err := s.readRecord(ctx, ss)
+		if err != nil {
+			s.fail(w, r, "list sandboxes", err)
+			return
+		}
+		l := s.listedOf(ss, rec)
+		if len(states) > 0 && !slices.Contains(states, l.State) {
+			continue
+		}
+		match := true
+		for k, v := range md {
+			if got, ok := rec.Metadata[k]; !ok || got != v {
+				match = false
+			}
+		}
+		if match {
+			out = append(out, l)
+		}
+	}
+	// Newest first; the id breaks ties, and is the page token.
+	slices.SortFunc(out, func(a, b listed) int {
+		return cmp.Or(b.StartedAt.Compare(a.StartedAt), strings.Compare(a.SandboxID, b.SandboxID))
+	})
+	if next := q.Get("nextToken"); next != "" {
+		i := slices.IndexFunc(out, func(l listed) bool { return l.SandboxID == next })
+		if i < 0 {
+			out = nil // the page's first sandbox is gone: so is the rest's order
+		} else {
+			out = out[i:]
+		}
+	}
+	if len(out) > limit {
+		w.Header().Set("X-Next-Token", out[limit].SandboxID)
+		out = out[:limit]
+	}
+	if out == nil {
+		out = []listed{}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) kill(w http.ResponseWriter, r *http.Request) {
+	ctx, ok := s.principal(w, r)
+	if !ok {
+		return
+	}
+	ss, _, ok := s.lookup(ctx, w, r, "session.delete")
+	if !ok {
+		return
+	}
+	if err := s.remove(ctx, ss.ID); err != nil {
+		if api.IsCode(err, api.CodeNotFound) {
+			writeControlError(w, http.StatusNotFound, "sandbox %q not found", ss.ID)
+			return
+		}
+		s.fail(w, r, "kill sandbox", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// remove deletes a sandbox's session (its record goes with it) and ends
+// its process streams.
+func (s *Server) remove(ctx context.Context, id string) error {
+	err := s.cfg.Sessions.Delete(ctx, id)
+	s.dropProcs(id)
+	return err
+}
+
+func (s *Server) setTimeout(w http.ResponseWriter, r *http.Request) {
+	ctx, ok := s.principal(w, r)
+	if !ok {
+		return
+	}
+	var req struct {
+		Timeout *int64 `json:"timeout"`
+	}
+	if err := decodeBody(r, &req); err != nil {
+		writeControlError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	if req.Timeout == nil || *req.Timeout < 0 {
+		writeControlError(w, http.StatusBadRequest, "timeout: want seconds ≥ 0")
+		return
+	}
+	// Changing a sandbox's lifetime is as much as parking it.
+	ss, rec, ok := s.lookup(ctx, w, r, "session.park")
+	if !ok {
+		return
+	}
+	rec.EndAt = time.Time{}
+	if *req.Timeout > 0 {
+		rec.EndAt = s.cfg.Now().UTC().Add(seconds(*req.Timeout))
+	}
+	if err := s.writeRecord(ctx, ss.ID, rec); err != nil {
+		s.fail(w, r, "set timeout", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) pause(w http.ResponseWriter, r *http.Request) {
+	ctx, ok := s.principal(w, r)
+	if !ok {
+		return
+	}
+	ss, _, ok := s.lookup(ctx, w, r, "session.park")
+	if !ok {
+		return
+	}
+	if state(ss) == "paused" {
+		writeControlError(w, http.StatusConflict, "sandbox %q is already paused", ss.ID)
+		return
+	}
+	if _, err := s.cfg.Sessions.Park(ctx, ss.ID); err != nil {
+		s.fail(w, r, "pause sandbox", err)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
+	ctx, ok := s.principal(w, r)
+	if !ok {
+		return
+	}
+	var req struct {
+		Timeout *int64 `json:"timeout"`
+	}
+	if err := decodeBody(r, &req); err != nil {
+		writeControlError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	ss, rec, ok := s.lookup(ctx, w, r, "session.wake")
+	if !ok {
+		return
+	}
+	status := http.StatusOK
+	if ss.State != api.StateRunning {
+		if _, err := s.cfg.Sessions.Wake(ctx, ss.ID); err != nil {
+			s.fail(w, r, "resume sandbox", err)
+			return
+		}
+		status = http.StatusCreated
+	}
+	now := s.cfg.Now().UTC()
+	switch {
+	case req.Timeout != nil && *req.Timeout > 0:
+		// A connect extends the lifetime, never shortens it; a resume
+		// starts it afresh.
+		end := now.Add(seconds(*req.Timeout))
+		if status == http.StatusCreated || !rec.EndAt.IsZero() && end.After(rec.EndAt) {
+			rec.EndAt = end
+		}
+	case status == http.StatusCreated && !rec.EndAt.IsZero() && rec.EndAt.Before(now.Add(ResumeTimeout)):
+		// Resumed past its end time: not ended again at once.
+		rec.EndAt = now.Add(ResumeTimeout)
+	}
+	if err := s.writeRecord(ctx, ss.ID, rec); err != nil {
+		s.fail(w, r, "connect sandbox", err)
+		return
+	}
+	writeJSON(w, status, s.sandboxAnswer(ss.ID, rec))
+}
+
+// metrics answers no samples: cove does not sample guests' usage yet.
+func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
+	ctx, ok := s.principal(w, r)
+	if !ok {
+		return
+	}
+	if _, _, ok := s.lookup(ctx, w, r, "session.get"); !ok {
+		return
+	}
+	writeJSON(w, http.StatusOK, []any{})
+}
+
+// Run ends sandboxes at their end time (parks those that asked for
+// auto-pause) until ctx is done, looking every interval.
+func (s *Server) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.expire(ctx)
+		}
+	}
+}
+
+// expireLease is the lease of the end-time sweep: one server of those
+// sharing a store ends sandboxes, the holder, renewing it each sweep.
+const expireLease = "e2b/expire"
+
+// expire ends the running sandboxes past their end time.
+func (s *Server) expire(ctx context.Context) {
+	if ok, err := s.cfg.Records.Claim(ctx, expireLease, s.cfg.ServerID, 30*time.Second); err != nil || !ok {
+		if err != nil {
+			s.log.WarnContext(ctx, "e2b: claim the end-time sweep", "err", err)
+		}
+		return
+	}
+	xs, err := s.cfg.Records.ListE2BSandboxes(ctx)
+	if err != nil {
+		s.log.WarnContext(ctx, "e2b: list sandboxes for their end times", "err", err)
+		return
+	}
+	now := s.cfg.Now()
+	for _, x := range xs {
+		var rec record
+		if err := json.Unmarshal(x.Record, &rec); err != nil || rec.EndAt.IsZero() || now.Before(rec.EndAt) {
+			continue
+		}
+		ss, err := s.cfg.Sessions.Get(ctx, x.SessionID)
+		if err != nil || ss.State != api.StateRunning {
+			continue
+		}
+		if rec.AutoPause {
+			if err := s.announce(ctx, audit.Actor{Kind: audit.ActorCove}, "session.park", audit.Target{Session: ss.ID}); err != nil {
+				continue
+			}
+			if _, err := s.cfg.Sessions.Park(ctx, ss.ID); err != nil {
+				s.log.WarnContext(ctx, "e2b: auto-pause at the sandbox's end time", "session", ss.ID, "err", err)
+			} else {
+				s.log.InfoContext(ctx, "e2b: sandbox paused at its end time", "session", ss.ID)
+			}
+			continue
+		}
+		if err := s.announce(ctx, audit.Actor{Kind: audit.ActorCove}, "session.delete", audit.Target{Session: ss.ID}); err != nil {
+			continue
+		}
+		if err := s.remove(ctx, ss.ID); err != nil && !api.IsCode(err, api.CodeNotFound) {
+			s.log.WarnContext(ctx, "e2b: end a sandbox at its end time", "session", ss.ID, "err", err)
+			continue
+		}
+		s.log.InfoContext(ctx, "e2b: sandbox ended at its end time", "session", ss.ID)
+	}
+}

@@ -1,0 +1,199 @@
+// Drives cove's E2B-compatible API with the official SDK, as a user's
+// program would: E2B_API_URL, E2B_SANDBOX_URL and E2B_API_KEY come from
+// the environment ('cove e2b env'). Each step prints "step: NAME"; a
+// failed assertion exits non-zero with the step it was in. The last line
+// is a JSON summary for the Go test (cmd/cove TestE2BSDK).
+import assert from 'node:assert/strict'
+import { Sandbox, CommandExitError } from 'e2b'
+
+// Boots and wakes take seconds to tens of seconds under TCG.
+const slow = { requestTimeoutMs: 600_000 }
+const summary = {}
+
+function step(name) {
+  console.log('step: ' + name)
+}
+
+// until waits for cond() to hold, polling; it fails after ms.
+async function until(what, cond, ms = 120_000) {
+  const end = Date.now() + ms
+  while (!cond()) {
+    if (Date.now() > end) throw new Error('timed out waiting for ' + what)
+    await new Promise((r) => setTimeout(r, 50))
+  }
+}
+
+// ms since t0, for the summary's timings (informative, not asserted).
+const since = (t0) => Math.round(performance.now() - t0)
+summary.ms = {}
+
+step('create')
+let t0 = performance.now()
+const sbx = await Sandbox.create('base', {
+  timeoutMs: 1_800_000,
+  metadata: { suite: 'sdk', 'a b': 'c&d' },
+  envs: { GREETING: 'hello' },
+  ...slow,
+})
+summary.sandboxId = sbx.sandboxId
+summary.ms.create = since(t0)
+
+step('run: stdout, stderr, env, cwd')
+t0 = performance.now()
+let r = await sbx.commands.run('echo out; echo err >&2; echo $GREETING $EXTRA; pwd', {
+  envs: { EXTRA: 'there' },
+  cwd: '/tmp',
+})
+summary.ms.firstRun = since(t0)
+assert.equal(r.exitCode, 0)
+assert.equal(r.stdout, 'out\nhello there\n/tmp\n')
+assert.equal(r.stderr, 'err\n')
+
+step('run: exit code')
+await assert.rejects(sbx.commands.run('echo failing >&2; exit 3'), (e) => {
+  assert.ok(e instanceof CommandExitError, `want CommandExitError, got ${e}`)
+  assert.equal(e.exitCode, 3)
+  assert.equal(e.stderr, 'failing\n')
+  return true
+})
+
+step('run: stdin')
+const cat = await sbx.commands.run('cat', { background: true, stdin: true })
+await sbx.commands.sendStdin(cat.pid, 'piped\n')
+await sbx.commands.closeStdin(cat.pid)
+r = await cat.wait()
+assert.equal(r.stdout, 'piped\n')
+
+step('background command, list, kill')
+const sleeper = await sbx.commands.run('sleep 600', { background: true, timeoutMs: 0 })
+assert.ok(sleeper.pid > 0)
+let procs = await sbx.commands.list()
+assert.ok(procs.some((p) => p.pid === sleeper.pid && p.cmd === '/bin/bash'), JSON.stringify(procs))
+assert.equal(await sbx.commands.kill(sleeper.pid), true)
+await assert.rejects(sleeper.wait(), CommandExitError)
+assert.equal(await sbx.commands.kill(sleeper.pid), false)
+r = await sbx.commands.run(`kill -0 ${sleeper.pid} 2>/dev/null && echo alive || echo gone`)
+assert.equal(r.stdout, 'gone\n')
+
+step('files: text and binary')
+await sbx.files.write('/tmp/e2b/hello.txt', 'hello file')
+assert.equal(await sbx.files.read('/tmp/e2b/hello.txt'), 'hello file')
+const bin = Uint8Array.from({ length: 70_000 }, (_, i) => (i * 7 + (i >> 8)) & 0xff)
+await sbx.files.write('/tmp/e2b/bin.dat', bin.buffer)
+assert.deepEqual(Buffer.from(await sbx.files.read('/tmp/e2b/bin.dat', { format: 'bytes' })), Buffer.from(bin))
+r = await sbx.commands.run('cat /tmp/e2b/hello.txt; wc -c < /tmp/e2b/bin.dat')
+assert.equal(r.stdout, 'hello file70000\n')
+
+step('files: multi-file write, relative paths')
+const written = await sbx.files.write([
+  { path: '/tmp/e2b/m1', data: 'one' },
+  { path: '/tmp/e2b/sub/m2', data: 'two' },
+])
+assert.deepEqual(written.map((w) => w.path).sort(), ['/tmp/e2b/m1', '/tmp/e2b/sub/m2'])
+assert.equal(await sbx.files.read('/tmp/e2b/sub/m2'), 'two')
+await sbx.files.write('rel.txt', 'in home')
+assert.equal((await sbx.commands.run('cat /root/rel.txt')).stdout, 'in home')
+
+step('files: exists, makeDir, list, getInfo, rename, remove')
+assert.equal(await sbx.files.exists('/tmp/e2b/m1'), true)
+assert.equal(await sbx.files.exists('/tmp/e2b/nope'), false)
+assert.equal(await sbx.files.makeDir('/tmp/e2b/dir'), true)
+assert.equal(await sbx.files.makeDir('/tmp/e2b/dir'), false)
+const names = (await sbx.files.list('/tmp/e2b')).map((e) => `${e.name}:${e.type}`).sort()
+assert.deepEqual(names, ['bin.dat:file', 'dir:dir', 'hello.txt:file', 'm1:file', 'sub:dir'])
+const info = await sbx.files.getInfo('/tmp/e2b/hello.txt')
+assert.equal(info.size, 10)
+assert.equal(info.path, '/tmp/e2b/hello.txt')
+const moved = await sbx.files.rename('/tmp/e2b/m1', '/tmp/e2b/renamed')
+assert.equal(moved.path, '/tmp/e2b/renamed')
+assert.equal(await sbx.files.exists('/tmp/e2b/m1'), false)
+assert.equal(await sbx.files.read('/tmp/e2b/renamed'), 'one')
+await sbx.files.remove('/tmp/e2b/renamed')
+assert.equal(await sbx.files.exists('/tmp/e2b/renamed'), false)
+await assert.rejects(sbx.files.read('/tmp/e2b/renamed'))
+await assert.rejects(sbx.files.remove('/tmp/e2b/renamed'))
+
+step('getInfo, list with filters')
+const sinfo = await sbx.getInfo()
+assert.equal(sinfo.sandboxId, sbx.sandboxId)
+assert.equal(sinfo.templateId, 'base')
+assert.equal(sinfo.state, 'running')
+assert.deepEqual(sinfo.metadata, { suite: 'sdk', 'a b': 'c&d' })
+let page = await Sandbox.list({ query: { metadata: { 'a b': 'c&d' } } }).nextItems()
+assert.deepEqual(page.map((s) => s.sandboxId), [sbx.sandboxId])
+page = await Sandbox.list({ query: { metadata: { suite: 'other' } } }).nextItems()
+assert.deepEqual(page, [])
+page = await Sandbox.list({ query: { state: ['paused'] } }).nextItems()
+assert.ok(!page.some((s) => s.sandboxId === sbx.sandboxId))
+
+step('setTimeout')
+await sbx.setTimeout(3_600_000)
+const later = await sbx.getInfo()
+assert.ok(later.endAt.getTime() > sinfo.endAt.getTime(), `${later.endAt} after ${sinfo.endAt}`)
+
+step('pty: input, resize, kill')
+let ptyOut = ''
+const term = await sbx.pty.create({
+  cols: 80,
+  rows: 24,
+  timeoutMs: 0,
+  onData: (d) => {
+    ptyOut += new TextDecoder().decode(d)
+  },
+})
+await sbx.pty.sendInput(term.pid, new TextEncoder().encode('echo pty-$((6*7))\n'))
+await until('the PTY echo', () => ptyOut.includes('pty-42'))
+await sbx.pty.resize(term.pid, { cols: 100, rows: 30 })
+await sbx.pty.sendInput(term.pid, new TextEncoder().encode('stty size\n'))
+await until('the new size', () => ptyOut.includes('30 100'))
+assert.equal(await sbx.pty.kill(term.pid), true)
+
+step('pause with a background process, then connect')
+let out = ''
+const counter = await sbx.commands.run('n=0; while read l; do n=$((n+1)); echo "count $n"; done', {
+  background: true,
+  stdin: true,
+  timeoutMs: 0,
+  onStdout: (d) => {
+    out += d
+  },
+})
+await sbx.commands.sendStdin(counter.pid, 'a\nb\n')
+await until('count 2', () => out.includes('count 2'))
+await sbx.files.write('/tmp/e2b/before-pause', 'kept')
+t0 = performance.now()
+assert.equal(await sbx.pause(), true)
+summary.ms.pause = since(t0)
+assert.equal(await sbx.isRunning(), false)
+page = await Sandbox.list({ query: { state: ['paused'] } }).nextItems()
+assert.ok(page.some((s) => s.sandboxId === sbx.sandboxId))
+t0 = performance.now()
+const again = await Sandbox.connect(sbx.sandboxId, slow)
+summary.ms.connect = since(t0)
+t0 = performance.now()
+assert.equal((await again.commands.run('echo back')).stdout, 'back\n')
+summary.ms.runAfterConnect = since(t0)
+assert.equal(await again.isRunning(), true)
+assert.equal(await sbx.isRunning(), true) // the same access token
+await again.commands.sendStdin(counter.pid, 'c\n')
+await until('count 3 after the resume', () => out.includes('count 3'))
+assert.equal(out, 'count 1\ncount 2\ncount 3\n')
+assert.equal(await again.files.read('/tmp/e2b/before-pause'), 'kept')
+procs = await again.commands.list()
+assert.ok(procs.some((p) => p.pid === counter.pid))
+assert.equal(await again.commands.kill(counter.pid), true)
+
+step('kill, and after kill')
+assert.equal(await sbx.kill(), true)
+assert.equal(await Sandbox.kill(sbx.sandboxId), false)
+assert.equal(await sbx.isRunning(), false)
+await assert.rejects(sbx.commands.run('true'))
+await assert.rejects(Sandbox.getInfo(sbx.sandboxId))
+await assert.rejects(Sandbox.connect(sbx.sandboxId))
+page = await Sandbox.list().nextItems()
+assert.ok(!page.some((s) => s.sandboxId === sbx.sandboxId))
+
+summary.ok = true
+console.log(JSON.stringify(summary))
+// Pooled keep-alive connections would hold the process a while.
+process.exit(0)
