@@ -14,7 +14,6 @@ import (
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/vmm"
-	"github.com/cove-dev/cove/internal/vmm/qemu"
 )
 
 // Checkpoints.
@@ -176,7 +175,7 @@ func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, na
 		WhilePaused: func(context.Context) error {
 			m.crashPoint("checkpoint.paused")
 			// The copy is written back after the guest runs again.
-			copyRest, err := startCopy(filepath.Join(dir, qemu.MemFile), filepath.Join(tmp, qemu.MemFile))
+			copyRest, err := startCopy(filepath.Join(dir, vmm.MemFile), filepath.Join(tmp, vmm.MemFile))
 			if err != nil {
 				return fmt.Errorf("copy memory: %w", err)
 			}
@@ -214,7 +213,7 @@ func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, na
 	}
 	// The RAM copy and the frozen layer are made durable while the guest
 	// runs; the state file is synced already.
-	for _, f := range []string{filepath.Join(tmp, qemu.MemFile), layer} {
+	for _, f := range []string{filepath.Join(tmp, vmm.MemFile), layer} {
 		if err := syncPath(f); err != nil {
 			return store.Checkpoint{}, fmt.Errorf("session: checkpoint %s: sync %s: %w", id, filepath.Base(f), err)
 		}
