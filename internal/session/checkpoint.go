@@ -361,12 +361,12 @@ func (m *Manager) settleDisk(ctx context.Context, id string, vm vmm.VM, mach *ma
 
 // layered reports whether session rec's disk rests on a layer in its own
 // dir (it took checkpoints, or is a fork of a session that did).
-func (m *Manager) layered(rec store.Session) bool {
+func (m *Manager) layered(ctx context.Context, rec store.Session) bool {
 	mach, err := decodeMachine(rec.Snapshot)
 	if err != nil || mach.Disk == "" {
 		return false
 	}
-	b, err := backingFile(mach.Disk)
+	b, err := m.backingFile(ctx, mach.Disk)
 	return err == nil && b != "" && filepath.Dir(b) == filepath.Dir(mach.Disk)
 }
 
@@ -385,7 +385,7 @@ func (m *Manager) collectLayers(ctx context.Context, id string) {
 	walk := func(disk string) bool {
 		for l := disk; filepath.Dir(l) == dir; {
 			keep[l] = true
-			b, err := backingFile(l)
+			b, err := m.backingFile(ctx, l)
 			if err != nil {
 				return false
 			}

@@ -111,8 +111,8 @@ func (m *Manager) versionFromCheckpoint(ctx context.Context, t store.Template, v
 func flattenOnto(ctx context.Context, disks vmm.Disks, src, disk string) error {
 	base := src
 	for range 128 {
-		b, err := backingFile(base)
-		if errors.Is(err, errNotQcow2) {
+		b, _, err := disks.Backing(ctx, base)
+		if errors.Is(err, vmm.ErrNotQcow2) {
 			break
 		}
 		if err != nil {

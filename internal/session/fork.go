@@ -186,7 +186,7 @@ func forkFiles(ctx context.Context, disks vmm.Disks, parent string, c store.Chec
 	var layers []string
 	for l := cm.Disk; filepath.Dir(l) == parent; {
 		layers = append(layers, l)
-		b, err := backingFile(l)
+		b, _, err := disks.Backing(ctx, l)
 		if err != nil {
 			return "", fmt.Errorf("disk layer %s: %w", filepath.Base(l), err)
 		}

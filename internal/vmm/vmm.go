@@ -114,9 +114,15 @@ type Disks interface {
 	// holds above base is copied into dst, so dst rests on base alone.
 	Flatten(ctx context.Context, src, dst, base, baseFormat string) error
 	// Backing returns the backing file the qcow2 file path rests on, made
-	// absolute, and its format; "" when it rests on none.
+	// absolute, and its format ("" where the file does not record it);
+	// "" when it rests on none. A file that is not qcow2 (a raw base,
+	// which rests on nothing) gives an error wrapping ErrNotQcow2.
 	Backing(ctx context.Context, path string) (file, format string, err error)
 }
+
+// ErrNotQcow2 marks a disk file that is not a qcow2 file (see
+// Disks.Backing).
+var ErrNotQcow2 = errors.New("not a qcow2 file")
 
 // Status is what a VM is doing, for recovery after a crash.
 type Status string

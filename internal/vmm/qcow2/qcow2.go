@@ -5,8 +5,11 @@ package qcow2
 
 import (
 	"context"
-	"encoding/json"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 
@@ -52,19 +55,76 @@ func (Disks) Flatten(ctx context.Context, src, dst, base, baseFormat string) err
 	return nil
 }
 
-// Backing implements vmm.Disks. -U reads a file a running VMM holds
-// locked.
+// Backing implements vmm.Disks. It reads the file's header itself (no
+// program runs): the session layer asks it of every layer it walks.
 func (Disks) Backing(ctx context.Context, path string) (file, format string, err error) {
-	out, err := qemuImg(ctx, "info", "-U", "--output=json", path)
+	return BackingFile(path)
+}
+
+// Offsets and limits of the qcow2 header (QEMU's docs/interop/qcow2.txt).
+const (
+	magic            = "QFI\xfb"
+	v2HeaderLen      = 72
+	maxHeaderRead    = 64 << 10 // extensions and the backing name sit in the first cluster
+	maxBackingName   = 1023     // QEMU's limit
+	extEnd           = 0
+	extBackingFormat = 0xE2792ACA
+)
+
+// BackingFile returns the backing file the qcow2 file at path names, made
+// absolute against path's directory, and the backing format its header
+// extension records ("" if none); "" for no backing file. A file that is
+// not qcow2 gives an error wrapping vmm.ErrNotQcow2.
+func BackingFile(path string) (file, format string, err error) {
+	f, err := os.Open(path)
 	if err != nil {
-		return "", "", fmt.Errorf("qcow2: info %s: %w", filepath.Base(path), err)
+		return "", "", fmt.Errorf("qcow2: %w", err)
 	}
-	var info struct {
-		Backing string `json:"full-backing-filename"`
-		Format  string `json:"backing-filename-format"`
+	defer f.Close()
+	h := make([]byte, maxHeaderRead)
+	n, err := f.ReadAt(h, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return "", "", fmt.Errorf("qcow2: header of %s: %w", path, err)
 	}
-	if err := json.Unmarshal(out, &info); err != nil {
-		return "", "", fmt.Errorf("qcow2: info %s: %w", path, err)
+	h = h[:n]
+	if len(h) < v2HeaderLen || string(h[:4]) != magic {
+		return "", "", fmt.Errorf("qcow2: %s: %w", path, vmm.ErrNotQcow2)
 	}
-	return info.Backing, info.Format, nil
+	off, size := binary.BigEndian.Uint64(h[8:16]), binary.BigEndian.Uint32(h[16:20])
+	if off == 0 || size == 0 {
+		return "", "", nil
+	}
+	if size > maxBackingName {
+		return "", "", fmt.Errorf("qcow2: header of %s: backing file name of %d bytes", path, size)
+	}
+	name := make([]byte, size)
+	if _, err := f.ReadAt(name, int64(off)); err != nil {
+		return "", "", fmt.Errorf("qcow2: backing file name of %s: %w", path, err)
+	}
+	file = string(name)
+	if !filepath.IsAbs(file) {
+		file = filepath.Join(filepath.Dir(path), file)
+	}
+	return file, backingFormat(h), nil
+}
+
+// backingFormat returns the backing format that the header extensions in
+// h (the start of a qcow2 file) record, or "".
+func backingFormat(h []byte) string {
+	at := uint64(v2HeaderLen)
+	if binary.BigEndian.Uint32(h[4:8]) >= 3 && len(h) >= 104 {
+		at = uint64(binary.BigEndian.Uint32(h[100:104]))
+	}
+	for at+8 <= uint64(len(h)) {
+		typ, n := binary.BigEndian.Uint32(h[at:]), uint64(binary.BigEndian.Uint32(h[at+4:]))
+		at += 8
+		if typ == extEnd || at+n > uint64(len(h)) {
+			return ""
+		}
+		if typ == extBackingFormat {
+			return string(h[at : at+n])
+		}
+		at += (n + 7) &^ 7
+	}
+	return ""
 }

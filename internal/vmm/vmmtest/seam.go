@@ -2,11 +2,14 @@ package vmmtest
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/cove-dev/cove/internal/vmm"
 )
 
 // KillVMs ends the VMM process of a VM under the directory it is given
@@ -73,7 +76,9 @@ func (s suite) disksStackAndFlatten(t *testing.T) {
 	}
 	wantBacking(at("l1.qcow2"), at("base.raw"), "raw")
 	wantBacking(at("l2.qcow2"), at("l1.qcow2"), "qcow2")
-	wantBacking(at("base.raw"), "", "")
+	if _, _, err := d.Backing(ctx, at("base.raw")); !errors.Is(err, vmm.ErrNotQcow2) {
+		t.Fatalf("Backing of a raw file: %v, want vmm.ErrNotQcow2", err)
+	}
 
 	want := readDisk(t, at("l2.qcow2"))
 	if !bytes.Equal(want[4096:4096+65536], bytes.Repeat([]byte{0x5a}, 65536)) {
