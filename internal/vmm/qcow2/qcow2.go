@@ -47,9 +47,21 @@ func (Disks) Rebase(ctx context.Context, path, backing, backingFormat string, co
 	return nil
 }
 
-// Flatten implements vmm.Disks.
-func (Disks) Flatten(ctx context.Context, src, dst, base, baseFormat string) error {
-	if _, err := qemuImg(ctx, "convert", "-q", "-f", "qcow2", "-O", "qcow2", "-B", base, "-F", baseFormat, src, dst); err != nil {
+// Flatten implements vmm.Disks. qemu-img convert -B would copy only what
+// src's own file holds (QEMU 7.2 reads the top layer's allocation alone
+// when the target has a backing file), losing what the layers between
+// src and base hold; so dst is made an overlay on src and rebased onto
+// base, which copies in what the whole chain above base holds.
+func (d Disks) Flatten(ctx context.Context, src, dst, base, baseFormat string) error {
+	abs, err := filepath.Abs(src)
+	if err != nil {
+		return fmt.Errorf("qcow2: flatten %s: %w", filepath.Base(src), err)
+	}
+	if _, err := qemuImg(ctx, "create", "-q", "-f", "qcow2", "-b", abs, "-F", "qcow2", dst); err != nil {
+		return fmt.Errorf("qcow2: flatten %s: %w", filepath.Base(src), err)
+	}
+	if _, err := qemuImg(ctx, "rebase", "-q", "-f", "qcow2", "-b", base, "-F", baseFormat, dst); err != nil {
+		os.Remove(dst)
 		return fmt.Errorf("qcow2: flatten %s: %w", filepath.Base(src), err)
 	}
 	return nil
