@@ -3,10 +3,8 @@ package session
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -16,6 +14,7 @@ import (
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/cas"
 	"github.com/cove-dev/cove/internal/store"
+	"github.com/cove-dev/cove/internal/vmm"
 )
 
 // Template versions and images in the object store (issue 18).
@@ -64,51 +63,21 @@ func (m *Manager) imageStore() ImageStore {
 	return is
 }
 
-// errNotQcow2 says that a disk file is not a qcow2 overlay (a raw root
-// file system, which rests on nothing).
-var errNotQcow2 = errors.New("not a qcow2 file")
-
-// backingFile returns the backing file the qcow2 file at path names, made
-// absolute against path's directory; "" for none.
-func backingFile(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	var h [20]byte
-	if _, err := io.ReadFull(f, h[:]); errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
-		return "", fmt.Errorf("%s: %w", path, errNotQcow2)
-	} else if err != nil {
-		return "", fmt.Errorf("qcow2 header of %s: %w", path, err)
-	}
-	if string(h[:4]) != "QFI\xfb" {
-		return "", fmt.Errorf("%s: %w", path, errNotQcow2)
-	}
-	off, n := binary.BigEndian.Uint64(h[8:16]), binary.BigEndian.Uint32(h[16:20])
-	if off == 0 || n == 0 {
-		return "", nil
-	}
-	if n > 1023 {
-		return "", fmt.Errorf("qcow2 header of %s: backing file name of %d bytes", path, n)
-	}
-	name := make([]byte, n)
-	if _, err := f.ReadAt(name, int64(off)); err != nil {
-		return "", fmt.Errorf("qcow2 backing file name of %s: %w", path, err)
-	}
-	p := string(name)
-	if !filepath.IsAbs(p) {
-		p = filepath.Join(filepath.Dir(path), p)
-	}
-	return p, nil
+// backingFile returns the backing file the qcow2 file at path rests on,
+// as the driver's Disks read it: absolute, "" for none, an error wrapping
+// vmm.ErrNotQcow2 for a file that is not qcow2 (a raw root file system,
+// which rests on nothing).
+func (m *Manager) backingFile(ctx context.Context, path string) (string, error) {
+	b, _, err := m.disks.Backing(ctx, path)
+	return b, err
 }
 
 // checkBacking follows disk's chain of backing files and fails, naming
 // it, at the first one missing.
-func checkBacking(disk string) error {
+func (m *Manager) checkBacking(ctx context.Context, disk string) error {
 	for range 8 {
-		b, err := backingFile(disk)
-		if errors.Is(err, errNotQcow2) {
+		b, err := m.backingFile(ctx, disk)
+		if errors.Is(err, vmm.ErrNotQcow2) {
 			return nil
 		}
 		if err != nil || b == "" {
@@ -130,7 +99,7 @@ func (m *Manager) imageBase(ctx context.Context, disk string) (string, error) {
 	if is == nil {
 		return "", nil
 	}
-	backing, err := backingFile(disk)
+	backing, err := m.backingFile(ctx, disk)
 	if err != nil || backing == "" {
 		return "", err
 	}
@@ -372,7 +341,7 @@ type restoreStep struct {
 // chainGone reports whether a file that parked machine mach rests on is
 // missing from this host: its own, its template version's (ver, if a
 // clone) or the image's root file system.
-func chainGone(mach machine, ver *machine) bool {
+func (m *Manager) chainGone(ctx context.Context, mach machine, ver *machine) bool {
 	if filesGone(mach) {
 		return true
 	}
@@ -383,7 +352,7 @@ func chainGone(mach machine, ver *machine) bool {
 		}
 		base = ver.Disk
 	}
-	b, err := backingFile(base)
+	b, err := m.backingFile(ctx, base)
 	if err != nil || b == "" {
 		return false // the wake says what is wrong
 	}
@@ -433,7 +402,7 @@ func (m *Manager) restoreChain(ctx context.Context, rec store.Session, mach mach
 		}
 		p.done.Store(base + dataBytes(s.man))
 	}
-	if err := checkBacking(mach.Disk); err != nil {
+	if err := m.checkBacking(ctx, mach.Disk); err != nil {
 		return sum, err
 	}
 	return sum, nil
@@ -524,7 +493,7 @@ func (m *Manager) fetchVersion(ctx context.Context, name string, version int) er
 		return nil
 	}
 	v, vmach, err := m.version(ctx, name, version)
-	if err != nil || v.StoredManifest == "" || !chainGone(vmach, nil) {
+	if err != nil || v.StoredManifest == "" || !m.chainGone(ctx, vmach, nil) {
 		return nil // the clone says what is wrong, if anything
 	}
 	log := m.cfg.Log.With("template", name, "version", version, "manifest", v.StoredManifest)
@@ -553,7 +522,7 @@ func (m *Manager) fetchVersion(ctx context.Context, name string, version int) er
 		return err
 	}
 	log.Info("template version restored from the object store", "chunks_fetched", st.ChunksFetched, "bytes_fetched", st.BytesFetched)
-	return checkBacking(vmach.Disk)
+	return m.checkBacking(ctx, vmach.Disk)
 }
 
 // restoreVersion puts a template version's files back into dir, under

@@ -2,26 +2,22 @@ package session
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/cove-dev/cove/api"
-	"github.com/cove-dev/cove/internal/command"
 	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/repo"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/trigger"
-	"github.com/cove-dev/cove/internal/vmm/qemu"
+	"github.com/cove-dev/cove/internal/vmm"
 )
 
 // Template versions.
@@ -421,7 +417,7 @@ func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.Te
 		return machine{}, fmt.Errorf("template %s: %w", t.Name, err)
 	}
 	if base != nil {
-		if err := flatten(bctx, l.mach.Disk, base.Disk); err != nil {
+		if err := flatten(bctx, m.disks, l.mach.Disk, base.Disk); err != nil {
 			return machine{}, fmt.Errorf("template %s: %w", t.Name, err)
 		}
 	}
@@ -508,25 +504,18 @@ func shellQuote(s string) string {
 // flatten rebases the qcow2 overlay disk, built on the previous version's
 // disk prev, onto prev's own backing file (the image's root file system),
 // copying in what prev added: versions then never depend on each other.
-func flatten(ctx context.Context, disk, prev string) error {
-	out, err := command.Output(ctx, exec.CommandContext(ctx, "qemu-img", "info", "-U", "--output=json", prev))
+func flatten(ctx context.Context, disks vmm.Disks, disk, prev string) error {
+	backing, format, err := disks.Backing(ctx, prev)
 	if err != nil {
 		return fmt.Errorf("flatten: %w", err)
 	}
-	var info struct {
-		Backing string `json:"full-backing-filename"`
-		Format  string `json:"backing-filename-format"`
-	}
-	if err := json.Unmarshal(out, &info); err != nil {
-		return fmt.Errorf("flatten: qemu-img info %s: %w", prev, err)
-	}
-	if info.Backing == "" {
+	if backing == "" {
 		return fmt.Errorf("flatten: %s has no backing file", prev)
 	}
-	if info.Format == "" {
-		info.Format = "raw"
+	if format == "" {
+		format = "raw"
 	}
-	if _, err := command.Output(ctx, exec.CommandContext(ctx, "qemu-img", "rebase", "-q", "-f", "qcow2", "-b", info.Backing, "-F", info.Format, disk)); err != nil {
+	if err := disks.Rebase(ctx, disk, backing, format, true); err != nil {
 		return fmt.Errorf("flatten: %w", err)
 	}
 	return nil
@@ -629,9 +618,8 @@ func (m *Manager) TemplateVersions(ctx context.Context, name string) ([]api.Temp
 // follow index is filled, templates that follow a repo are checked for
 // pushes missed while the server was down, and unused versions removed.
 func (m *Manager) recoverTemplates(ctx context.Context) error {
-	for _, pid := range qemu.Orphans(m.cfg.TemplateDir, func(string) bool { return false }) {
-		m.cfg.Log.Warn("killing QEMU process of a template build cut short", "pid", pid)
-		_ = syscall.Kill(pid, syscall.SIGKILL)
+	for _, pid := range m.cfg.Driver.KillVMs(ctx, m.cfg.TemplateDir, func(string) bool { return true }) {
+		m.cfg.Log.Warn("killed a VMM process of a template build cut short", "pid", pid)
 	}
 	ts, err := m.cfg.Store.ListTemplates(ctx)
 	if err != nil {

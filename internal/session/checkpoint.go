@@ -14,7 +14,6 @@ import (
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/vmm"
-	"github.com/cove-dev/cove/internal/vmm/qemu"
 )
 
 // Checkpoints.
@@ -183,7 +182,7 @@ func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, na
 		WhilePaused: func(context.Context) error {
 			m.crashPoint("checkpoint.paused")
 			// The copy is written back after the guest runs again.
-			copyRest, err := startCopy(filepath.Join(dir, qemu.MemFile), filepath.Join(tmp, qemu.MemFile))
+			copyRest, err := startCopy(filepath.Join(dir, vmm.MemFile), filepath.Join(tmp, vmm.MemFile))
 			if err != nil {
 				return fmt.Errorf("copy memory: %w", err)
 			}
@@ -221,7 +220,7 @@ func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, na
 	}
 	// The RAM copy and the frozen layer are made durable while the guest
 	// runs; the state file is synced already.
-	for _, f := range []string{filepath.Join(tmp, qemu.MemFile), layer} {
+	for _, f := range []string{filepath.Join(tmp, vmm.MemFile), layer} {
 		if err := syncPath(f); err != nil {
 			return store.Checkpoint{}, fmt.Errorf("session: checkpoint %s: sync %s: %w", id, filepath.Base(f), err)
 		}
@@ -370,12 +369,12 @@ func (m *Manager) settleDisk(ctx context.Context, id string, vm vmm.VM, mach *ma
 
 // layered reports whether session rec's disk rests on a layer in its own
 // dir (it took checkpoints, or is a fork of a session that did).
-func (m *Manager) layered(rec store.Session) bool {
+func (m *Manager) layered(ctx context.Context, rec store.Session) bool {
 	mach, err := decodeMachine(rec.Snapshot)
 	if err != nil || mach.Disk == "" {
 		return false
 	}
-	b, err := backingFile(mach.Disk)
+	b, err := m.backingFile(ctx, mach.Disk)
 	return err == nil && b != "" && filepath.Dir(b) == filepath.Dir(mach.Disk)
 }
 
@@ -394,7 +393,7 @@ func (m *Manager) collectLayers(ctx context.Context, id string) {
 	walk := func(disk string) bool {
 		for l := disk; filepath.Dir(l) == dir; {
 			keep[l] = true
-			b, err := backingFile(l)
+			b, err := m.backingFile(ctx, l)
 			if err != nil {
 				return false
 			}

@@ -136,3 +136,42 @@ echo $! > /ck/holder`)
 		t.Fatalf("fork after park and wake: %q", got)
 	}
 }
+
+// TestTemplateFromALaterCheckpointKeepsEveryLayer makes a template from a
+// session's second checkpoint, whose disk is a chain of two layers on the
+// image: a clone of it reads, from its disk (the guest's caches dropped),
+// what was written before the first checkpoint as well as after it. The
+// flattening once copied the top layer only.
+func TestTemplateFromALaterCheckpointKeepsEveryLayer(t *testing.T) {
+	r := newRig(t, rigOptions{})
+	ctx := context.Background()
+	s := r.create(t, api.CreateSessionRequest{})
+	// A MiB of random bytes: data blocks of their own (a few bytes would
+	// sit in the inode, whose block the later writes copy up anyway).
+	r.sh(t, s.ID, "head -c 1048576 /dev/urandom > /root/first; sync")
+	sum := r.sh(t, s.ID, "sha256sum /root/first")
+	if _, err := r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{Name: "c1"}); err != nil {
+		t.Fatalf("checkpoint c1: %v", err)
+	}
+	r.sh(t, s.ID, "echo second > /root/second; sync")
+	if _, err := r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{Name: "c2"}); err != nil {
+		t.Fatalf("checkpoint c2: %v", err)
+	}
+	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "from-c2", FromCheckpoint: s.ID + ":c2"}); err != nil {
+		t.Fatalf("template from c2: %v", err)
+	}
+	if err := r.mgr.Delete(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	clone := r.create(t, api.CreateSessionRequest{Template: "from-c2"})
+	got := r.sh(t, clone.ID, "sync; echo 3 > /proc/sys/vm/drop_caches; sha256sum /root/first 2>&1; cat /root/second 2>&1")
+	if want := sum + "second\n"; got != want {
+		t.Fatalf("clone of the template from the second checkpoint, read from its disk: %q, want %q", got, want)
+	}
+	if err := r.mgr.Delete(ctx, clone.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.mgr.DeleteTemplate(ctx, "from-c2"); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -5,14 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 
 	"github.com/cove-dev/cove/api"
-	"github.com/cove-dev/cove/internal/command"
 	"github.com/cove-dev/cove/internal/store"
-	"github.com/cove-dev/cove/internal/vmm/qemu"
+	"github.com/cove-dev/cove/internal/vmm"
 )
 
 // Templates from checkpoints.
@@ -22,7 +20,7 @@ import (
 // setup: its RAM file and state are copied into the version's dir, and its
 // disk, a chain of layers in the session's dir on the template's or
 // image's disk, becomes one overlay on the image's root file system
-// (qemu-img convert with that backing), as every template version's disk
+// (the driver's Disks.Flatten onto that backing), as every template version's disk
 // is: it rests on nothing the session or another template may remove.
 
 // checkpointRef names a checkpoint of a session.
@@ -79,7 +77,7 @@ func (m *Manager) versionFromCheckpoint(ctx context.Context, t store.Template, v
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return machine{}, fmt.Errorf("template %s: %w", t.Name, err)
 	}
-	copyRest, err := startCopy(cm.Parked.Mem, filepath.Join(dir, qemu.MemFile))
+	copyRest, err := startCopy(cm.Parked.Mem, filepath.Join(dir, vmm.MemFile))
 	if err == nil {
 		err = copyRest(true)
 	}
@@ -90,7 +88,7 @@ func (m *Manager) versionFromCheckpoint(ctx context.Context, t store.Template, v
 		return machine{}, fmt.Errorf("template %s: copy the checkpoint: %w", t.Name, err)
 	}
 	disk := filepath.Join(dir, cloneOverlay)
-	if err := flattenOnto(ctx, cm.Disk, disk); err != nil {
+	if err := flattenOnto(ctx, m.disks, cm.Disk, disk); err != nil {
 		return machine{}, fmt.Errorf("template %s: %w", t.Name, err)
 	}
 	p, err := manifest(dir, 0)
@@ -113,11 +111,11 @@ func (m *Manager) versionFromCheckpoint(ctx context.Context, t store.Template, v
 // flattenOnto writes disk (created) as a qcow2 overlay, on the raw file
 // at the bottom of src's chain (the image's root file system), holding
 // what src's chain holds above it.
-func flattenOnto(ctx context.Context, src, disk string) error {
+func flattenOnto(ctx context.Context, disks vmm.Disks, src, disk string) error {
 	base := src
 	for range 128 {
-		b, err := backingFile(base)
-		if errors.Is(err, errNotQcow2) {
+		b, _, err := disks.Backing(ctx, base)
+		if errors.Is(err, vmm.ErrNotQcow2) {
 			break
 		}
 		if err != nil {
@@ -131,8 +129,7 @@ func flattenOnto(ctx context.Context, src, disk string) error {
 	if base == src {
 		return fmt.Errorf("flatten: %s is not a qcow2 overlay", src)
 	}
-	if _, err := command.Output(ctx, exec.CommandContext(ctx, "qemu-img", "convert", "-q", "-f", "qcow2", "-O", "qcow2",
-		"-B", base, "-F", "raw", src, disk)); err != nil {
+	if err := disks.Flatten(ctx, src, disk, base, "raw"); err != nil {
 		return fmt.Errorf("flatten: %w", err)
 	}
 	return nil

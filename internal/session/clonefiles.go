@@ -11,7 +11,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/cove-dev/cove/api"
-	"github.com/cove-dev/cove/internal/vmm/qemu"
+	"github.com/cove-dev/cove/internal/vmm"
 )
 
 // Clone files made ahead.
@@ -21,7 +21,7 @@ import (
 // a copy of the template's touched pages (≈110 MiB for a tiny guest):
 // tens of milliseconds, and hundreds on a host that backs fresh memory
 // lazily (a VM whose free pages go back to its host). The overlay is a
-// qemu-img run. So the manager keeps Config.CloneFiles sets of both made
+// program run (the driver's Disks.Overlay). So the manager keeps Config.CloneFiles sets of both made
 // ahead for the current version of each ready template, each in a
 // directory of its own under <Dir>/.clone-files (on the sessions' file
 // system), made one at a time by one thread at nice 19. A create from the
@@ -45,7 +45,7 @@ const cloneOverlay = "disk.qcow2"
 // cloneFiles is one set made ahead.
 type cloneFiles struct {
 	version int    // the template version it is a copy of
-	dir     string // holds qemu.MemFile and cloneOverlay
+	dir     string // holds vmm.MemFile and cloneOverlay
 }
 
 // takeCloneFiles returns the directory of a set made ahead for the given
@@ -105,7 +105,7 @@ func (m *Manager) wantCloneFiles(name string) {
 // cloneFilesLoop makes the sets wanted, one at a time, until the manager
 // stops. Its thread runs at nice 19 for its whole life (the Go runtime
 // ends a thread whose goroutine exits locked to it), so the copies yield
-// the CPU to guests, and so do the qemu-img processes it starts.
+// the CPU to guests, and so do the programs the driver's Disks start.
 func (m *Manager) cloneFilesLoop() {
 	defer m.bg.Done()
 	runtime.LockOSThread()
@@ -191,7 +191,7 @@ func (m *Manager) makeCloneFiles(ctx context.Context, name string, mach machine)
 	if err != nil {
 		return "", err
 	}
-	mem := filepath.Join(dir, qemu.MemFile)
+	mem := filepath.Join(dir, vmm.MemFile)
 	copyRest, err := startCopy(mach.Parked.Mem, mem)
 	if err == nil {
 		// Written back now, off the create's path: a guest's first
@@ -201,7 +201,7 @@ func (m *Manager) makeCloneFiles(ctx context.Context, name string, mach machine)
 		err = copyRest(true)
 	}
 	if err == nil {
-		err = makeOverlay(ctx, mach.Disk, filepath.Join(dir, cloneOverlay))
+		err = makeOverlay(ctx, m.disks, mach.Disk, filepath.Join(dir, cloneOverlay))
 	}
 	if err != nil {
 		os.RemoveAll(dir)

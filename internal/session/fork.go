@@ -5,16 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/agentproto"
-	"github.com/cove-dev/cove/internal/command"
 	"github.com/cove-dev/cove/internal/store"
-	"github.com/cove-dev/cove/internal/vmm/qemu"
+	"github.com/cove-dev/cove/internal/vmm"
 )
 
 // Forks.
@@ -157,7 +155,7 @@ func (m *Manager) prepareForks(ctx context.Context, id, from string, n int) (par
 			return parent, c, cm, nil, nil, fmt.Errorf("session: fork %s: %w", id, err)
 		}
 		made = append(made, forkDir{dir: d})
-		if made[len(made)-1].disk, err = forkFiles(ctx, m.dir(id), c, d); err != nil {
+		if made[len(made)-1].disk, err = forkFiles(ctx, m.disks, m.dir(id), c, d); err != nil {
 			return parent, c, cm, nil, nil, fmt.Errorf("session: fork %s: %w", id, err)
 		}
 	}
@@ -170,12 +168,12 @@ func (m *Manager) prepareForks(ctx context.Context, id, from string, n int) (par
 // new overlay on them, whose name it returns (a name in dir: the dir is
 // renamed to the fork's session dir, and the layers' backing names are
 // made relative to their own dir, so they hold there).
-func forkFiles(ctx context.Context, parent string, c store.Checkpoint, dir string) (string, error) {
+func forkFiles(ctx context.Context, disks vmm.Disks, parent string, c store.Checkpoint, dir string) (string, error) {
 	cm, err := parkedMachine(c.Manifest)
 	if err != nil {
 		return "", err
 	}
-	copyRest, err := startCopy(cm.Parked.Mem, filepath.Join(dir, qemu.MemFile))
+	copyRest, err := startCopy(cm.Parked.Mem, filepath.Join(dir, vmm.MemFile))
 	if err == nil {
 		err = copyRest(true)
 	}
@@ -189,7 +187,7 @@ func forkFiles(ctx context.Context, parent string, c store.Checkpoint, dir strin
 	var layers []string
 	for l := cm.Disk; filepath.Dir(l) == parent; {
 		layers = append(layers, l)
-		b, err := backingFile(l)
+		b, _, err := disks.Backing(ctx, l)
 		if err != nil {
 			return "", fmt.Errorf("disk layer %s: %w", filepath.Base(l), err)
 		}
@@ -206,7 +204,7 @@ func forkFiles(ctx context.Context, parent string, c store.Checkpoint, dir strin
 		}
 		if err == nil {
 			// Read by the VMM, which may run as another user (the top
-			// layer alone is given to it): as qemu-img makes layers.
+			// layer alone is given to it): as the driver makes layers.
 			err = os.Chmod(dst, 0o644)
 		}
 		if err != nil {
@@ -214,8 +212,7 @@ func forkFiles(ctx context.Context, parent string, c store.Checkpoint, dir strin
 		}
 		if i+1 < len(layers) {
 			// Relative: resolved against the layer's own dir.
-			if _, err := command.Output(ctx, exec.CommandContext(ctx, "qemu-img", "rebase", "-u", "-f", "qcow2",
-				"-b", filepath.Base(layers[i+1]), "-F", "qcow2", dst)); err != nil {
+			if err := disks.Rebase(ctx, dst, filepath.Base(layers[i+1]), "qcow2", false); err != nil {
 				return "", fmt.Errorf("rebase disk layer %s: %w", filepath.Base(l), err)
 			}
 		}
@@ -223,10 +220,9 @@ func forkFiles(ctx context.Context, parent string, c store.Checkpoint, dir strin
 	top := fmt.Sprintf("disk-%d.qcow2", time.Now().UnixNano())
 	if len(layers) == 0 {
 		// The checkpoint's disk is outside the parent's dir: rest on it.
-		return top, makeOverlay(ctx, cm.Disk, filepath.Join(dir, top))
+		return top, makeOverlay(ctx, disks, cm.Disk, filepath.Join(dir, top))
 	}
-	if _, err := command.Output(ctx, exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2",
-		"-b", filepath.Base(layers[0]), "-F", "qcow2", filepath.Join(dir, top))); err != nil {
+	if err := disks.Overlay(ctx, filepath.Join(dir, top), filepath.Base(layers[0]), "qcow2"); err != nil {
 		return "", fmt.Errorf("overlay: %w", err)
 	}
 	return top, nil

@@ -123,7 +123,7 @@ func (m *Manager) startUpload(rec store.Session, cause Cause) {
 	if m.cfg.Objects == nil {
 		return
 	}
-	if m.layered(rec) {
+	if m.layered(context.Background(), rec) { // a header read: nothing to wait on
 		// Its disk is a chain of layers in its dir (checkpoints): the
 		// store keeps a disk on its template's or image's alone.
 		m.cfg.Log.Info("snapshot not uploaded: the session's disk has checkpoint layers; it stays on this host", "session", rec.ID)
@@ -378,7 +378,7 @@ func (m *Manager) fetchSnapshot(ctx context.Context, rec store.Session) error {
 			ver = &vm
 		}
 	}
-	if !chainGone(mach, ver) {
+	if !m.chainGone(ctx, mach, ver) {
 		return nil
 	}
 	log := m.cfg.Log.With("session", rec.ID, "manifest", rec.StoredManifest)

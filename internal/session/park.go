@@ -19,7 +19,6 @@ import (
 	"github.com/cove-dev/cove/internal/agentproto"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/vmm"
-	"github.com/cove-dev/cove/internal/vmm/qemu"
 )
 
 // Park and wake.
@@ -144,7 +143,7 @@ func snapshotInfo(b []byte) *api.SnapshotInfo {
 // the save, not left for the wake path). The connection itself stays open
 // until QEMU goes (its end closes the client), so the guest is saved with
 // its host connected: the restore connects before it loads the state (see
-// qemu.Driver.Restore), and the woken guest notices no hang-up or new
+// the QEMU driver's Restore), and the woken guest notices no hang-up or new
 // connection, only the next sync on the port it reads — the least guest
 // code on the wake path. If the guest does not agree in time, the
 // connection is closed: the guest sees it end before the save.
@@ -211,7 +210,7 @@ func fileSHA256(path string) (string, error) {
 
 // manifest describes the snapshot files of a session dir.
 func manifest(dir string, took time.Duration) (*parked, error) {
-	p := &parked{State: filepath.Join(dir, stateFile), Mem: filepath.Join(dir, qemu.MemFile),
+	p := &parked{State: filepath.Join(dir, stateFile), Mem: filepath.Join(dir, vmm.MemFile),
 		CreatedAt: time.Now().UTC(), ParkMillis: took.Milliseconds()}
 	sum, err := fileSHA256(p.State)
 	if err != nil {
@@ -499,7 +498,7 @@ func (m *Manager) wake(ctx context.Context, id string, cause Cause, trigger stri
 		if w.memErr != nil {
 			msg := "wake: " + w.memErr.Error()
 			w.settle()
-			m.killStray(context.Background(), id, 0)
+			m.killStray(context.Background(), id)
 			m.fail(id, msg)
 			return api.Session{}, api.Errorf(api.CodeUnavailable, "session %s: %s; the session is marked failed", id, msg)
 		}
@@ -621,7 +620,7 @@ func (w *wake) beforeRun(ctx context.Context) error {
 // error for the caller.
 func (m *Manager) backToParked(id string, cause error) error {
 	ctx := context.Background()
-	m.killStray(ctx, id, 0)
+	m.killStray(ctx, id)
 	rec, err := m.cfg.Store.GetSession(ctx, id)
 	if err != nil {
 		return fmt.Errorf("session: wake %s: %w (and reading its record: %v)", id, cause, err)
@@ -698,7 +697,7 @@ func (m *Manager) recoverParking(ctx context.Context, rec store.Session) {
 		// file are synced: the snapshot is complete. A VM left paused
 		// after the migration must not run on.
 		m.killLeftover(ctx, rec)
-		m.killStray(ctx, rec.ID, 0)
+		m.killStray(ctx, rec.ID)
 		mach, err := decodeMachine(rec.Snapshot)
 		if err == nil {
 			mach.Parked, err = manifest(dir, 0)
@@ -718,7 +717,7 @@ func (m *Manager) recoverParking(ctx context.Context, rec store.Session) {
 	// No snapshot: the VM is the session. The save may have paused it (or
 	// still be migrating): resume it before its agent can answer.
 	if err := m.readopt(ctx, rec, true); err != nil {
-		m.killStray(ctx, rec.ID, 0)
+		m.killStray(ctx, rec.ID)
 		m.fail(rec.ID, "server stopped while parking, before the snapshot was complete, and the VM is gone: "+err.Error())
 		return
 	}
@@ -735,7 +734,7 @@ func (m *Manager) recoverWaking(ctx context.Context, rec store.Session) {
 	dir := m.dir(rec.ID)
 	if _, err := os.Stat(filepath.Join(dir, stateFile)); err == nil {
 		m.killLeftover(ctx, rec)
-		m.killStray(ctx, rec.ID, 0)
+		m.killStray(ctx, rec.ID)
 		if _, err := parkedMachine(rec.Snapshot); err != nil {
 			m.fail(rec.ID, "server stopped while the session was waking; snapshot unusable: "+err.Error())
 			return
@@ -748,7 +747,7 @@ func (m *Manager) recoverWaking(ctx context.Context, rec store.Session) {
 		return
 	}
 	if err := m.readopt(ctx, rec, true); err != nil {
-		m.killStray(ctx, rec.ID, 0)
+		m.killStray(ctx, rec.ID)
 		m.fail(rec.ID, "server stopped while the session was waking, after its guest ran from the snapshot (consumed), and the VM is gone: "+err.Error())
 		return
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/agentproto"
 	"github.com/cove-dev/cove/internal/store"
-	"github.com/cove-dev/cove/internal/vmm/qemu"
+	"github.com/cove-dev/cove/internal/vmm"
 )
 
 // Rollback.
@@ -110,7 +110,7 @@ func (m *Manager) rollbackToParked(ctx context.Context, id, name string, running
 	dir := m.dir(id)
 	stage := filepath.Join(dir, rollbackStage)
 	disk := fmt.Sprintf("disk-%d.qcow2", time.Now().UnixNano())
-	if err := stageRollback(ctx, cm, stage, disk); err != nil {
+	if err := stageRollback(ctx, m.disks, cm, stage, disk); err != nil {
 		os.RemoveAll(stage)
 		return fmt.Errorf("session: rollback %s to %s: %w", id, name, err)
 	}
@@ -148,7 +148,7 @@ func (m *Manager) rollbackToParked(ctx context.Context, id, name string, running
 			m.cfg.Log.Warn("rollback: stop the VM", "session", id, "err", err)
 		}
 	}
-	m.killStray(ctx, id, 0)
+	m.killStray(ctx, id)
 	m.crashPoint("rollback.stopped")
 	if err := m.finishRollback(ctx, rec, mach); err != nil {
 		return err
@@ -160,12 +160,12 @@ func (m *Manager) rollbackToParked(ctx context.Context, id, name string, running
 // stageRollback puts into stage (created) a copy of checkpoint cm's RAM
 // file and state, and a new overlay, named disk, on its disk layer; all
 // synced.
-func stageRollback(ctx context.Context, cm machine, stage, disk string) error {
+func stageRollback(ctx context.Context, disks vmm.Disks, cm machine, stage, disk string) error {
 	os.RemoveAll(stage)
 	if err := os.Mkdir(stage, 0o700); err != nil {
 		return err
 	}
-	copyRest, err := startCopy(cm.Parked.Mem, filepath.Join(stage, qemu.MemFile))
+	copyRest, err := startCopy(cm.Parked.Mem, filepath.Join(stage, vmm.MemFile))
 	if err == nil {
 		err = copyRest(true)
 	}
@@ -175,7 +175,7 @@ func stageRollback(ctx context.Context, cm machine, stage, disk string) error {
 	if err := copyFileSync(cm.Parked.State, filepath.Join(stage, stateFile)); err != nil {
 		return fmt.Errorf("copy state: %w", err)
 	}
-	if err := makeOverlay(ctx, cm.Disk, filepath.Join(stage, disk)); err != nil {
+	if err := makeOverlay(ctx, disks, cm.Disk, filepath.Join(stage, disk)); err != nil {
 		return err
 	}
 	syncDirPath(stage)
@@ -211,7 +211,7 @@ func (m *Manager) finishRollback(ctx context.Context, rec store.Session, mach ma
 	id, dir, stage := rec.ID, m.dir(rec.ID), mach.Rollback
 	moves := [][2]string{
 		{filepath.Join(stage, filepath.Base(mach.Disk)), mach.Disk},
-		{filepath.Join(stage, qemu.MemFile), filepath.Join(dir, qemu.MemFile)},
+		{filepath.Join(stage, vmm.MemFile), filepath.Join(dir, vmm.MemFile)},
 		{filepath.Join(stage, stateFile), filepath.Join(dir, stateFile)},
 	}
 	os.Remove(filepath.Join(dir, wokenFile))
@@ -220,7 +220,7 @@ func (m *Manager) finishRollback(ctx context.Context, rec store.Session, mach ma
 			m.fail(id, "rollback: move the checkpoint's files in: "+err.Error())
 			return fmt.Errorf("session: rollback %s: %w", id, err)
 		}
-		if mv[1] == filepath.Join(dir, qemu.MemFile) {
+		if mv[1] == filepath.Join(dir, vmm.MemFile) {
 			m.crashPoint("rollback.moving")
 		}
 	}
@@ -249,7 +249,7 @@ func (m *Manager) recoverRollback(ctx context.Context, rec store.Session) bool {
 		return false
 	}
 	m.killLeftover(ctx, rec)
-	m.killStray(ctx, rec.ID, 0)
+	m.killStray(ctx, rec.ID)
 	if err := m.finishRollback(ctx, rec, mach); err != nil {
 		m.cfg.Log.Error("rollback cut short by a server stop, and finishing it failed", "session", rec.ID, "err", err)
 		return true

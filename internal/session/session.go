@@ -15,24 +15,20 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/agentproto"
-	"github.com/cove-dev/cove/internal/command"
 	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/trigger"
 	"github.com/cove-dev/cove/internal/vmm"
-	"github.com/cove-dev/cove/internal/vmm/qemu"
 )
 
 // Images is what the manager needs of the image builder.
@@ -156,9 +152,10 @@ type Config struct {
 
 // Manager manages sessions. It is safe for concurrent use.
 type Manager struct {
-	cfg  Config
-	snap vmm.Snapshotter  // nil when the driver cannot snapshot
-	ckpt vmm.Checkpointer // nil when the driver cannot checkpoint
+	cfg   Config
+	disks vmm.Disks        // the driver's: makes the sessions' disk files
+	snap  vmm.Snapshotter  // nil when the driver cannot snapshot
+	ckpt  vmm.Checkpointer // nil when the driver cannot checkpoint
 
 	mu    sync.Mutex
 	live  map[string]*live         // guarded by mu: sessions with a VM
@@ -295,6 +292,7 @@ func New(cfg Config) (*Manager, error) {
 		ups: uploads{slots: make(chan struct{}, uploadsAtOnce), running: map[string]*upload{}, bases: map[string]*baseEntry{},
 			restoring: map[string]*restoreProgress{}, failures: map[string]int{}},
 		cache: nodeCache{kick: make(chan struct{}, 1)}}
+	m.disks = cfg.Driver.Disks()
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
 	m.ckpt, _ = cfg.Driver.(vmm.Checkpointer)
 	return m, nil
@@ -485,7 +483,7 @@ func (m *Manager) bootIn(ctx context.Context, dir string, rec store.Session, im 
 		return nil, err
 	}
 	disk := filepath.Join(dir, "disk.qcow2")
-	if _, err := command.Output(ctx, exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", im.RootFS, "-F", "raw", disk)); err != nil {
+	if err := m.disks.Overlay(ctx, disk, im.RootFS, "raw"); err != nil {
 		return nil, fmt.Errorf("session: %s: create overlay: %w", rec.ID, err)
 	}
 	spec := vmm.Spec{ID: rec.ID, Dir: dir, Kernel: k.Vmlinux, Initrd: initrd, Disk: disk, MemoryMiB: rec.MemoryMiB, CPUs: rec.CPUs}
@@ -853,7 +851,7 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 func (m *Manager) removeStopped(ctx context.Context, rec store.Session) error {
 	id := rec.ID
 	m.killLeftover(ctx, rec)
-	m.killStray(ctx, id, 0)
+	m.killStray(ctx, id)
 	m.crashPoint("rm.stopped")
 	if err := os.RemoveAll(m.dir(id)); err != nil {
 		return fmt.Errorf("session: delete %s: remove files: %w", id, err)
@@ -866,22 +864,14 @@ func (m *Manager) removeStopped(ctx context.Context, rec store.Session) error {
 	return nil
 }
 
-// killStray kills every VMM process of session id under the sessions dir
-// but keepPID (0: none), and waits for them to exit: processes no handle
-// names (a VMM started for a create, a wake or a clone cut short before
-// it was recorded).
-func (m *Manager) killStray(ctx context.Context, id string, keepPID int) {
-	var pids []int
-	for _, p := range qemu.Procs(m.cfg.Dir) {
-		if p.ID == id && !p.Spare && p.PID != keepPID {
-			pids = append(pids, p.PID)
-		}
+// killStray has the driver kill every VMM process of session id under the
+// sessions dir, and waits for them to exit: processes no handle names (a
+// VMM started for a create, a wake or a clone cut short before it was
+// recorded).
+func (m *Manager) killStray(ctx context.Context, id string) {
+	for _, pid := range m.cfg.Driver.KillVMs(ctx, m.cfg.Dir, func(vm string) bool { return vm == id }) {
+		m.cfg.Log.Warn("killed a VMM process no record names", "session", id, "pid", pid)
 	}
-	for _, pid := range pids {
-		m.cfg.Log.Warn("killing a VMM process no record names", "session", id, "pid", pid)
-		_ = syscall.Kill(pid, syscall.SIGKILL)
-	}
-	qemu.WaitGone(ctx, pids)
 }
 
 // killLeftover stops a VM the manager does not hold (a failed session
@@ -944,7 +934,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 		case api.StateCreating:
 			// The boot never finished: nothing of it is kept.
 			m.killLeftover(ctx, rec)
-			m.killStray(ctx, rec.ID, 0)
+			m.killStray(ctx, rec.ID)
 			os.RemoveAll(m.dir(rec.ID))
 			m.fail(rec.ID, "server stopped while the session was being created; nothing of it was kept")
 		case api.StateStopping:
@@ -967,9 +957,7 @@ func (m *Manager) Recover(ctx context.Context) error {
 		alive[id] = true
 	}
 	m.mu.Unlock()
-	if sw, ok := m.cfg.Driver.(interface {
-		Sweep(dirRoot string, keep func(id string) bool) []int
-	}); ok {
+	if sw, ok := m.cfg.Driver.(vmm.Sweeper); ok {
 		sw.Sweep(m.cfg.Dir, func(id string) bool { return alive[id] })
 	}
 	// Session dirs without a record (warm pool clones, a create cut

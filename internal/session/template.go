@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -18,10 +17,9 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/agentproto"
-	"github.com/cove-dev/cove/internal/command"
 	"github.com/cove-dev/cove/internal/repo"
 	"github.com/cove-dev/cove/internal/store"
-	"github.com/cove-dev/cove/internal/vmm/qemu"
+	"github.com/cove-dev/cove/internal/vmm"
 )
 
 // Templates.
@@ -519,7 +517,7 @@ func (m *Manager) cloneInto(ctx context.Context, mach machine, id, dir, files st
 		// The RAM file: a reflink now where the file system has them;
 		// else its data is copied while QEMU starts, and QEMU loads the
 		// state only once the copy is done.
-		copyRest, err := startCopy(mach.Parked.Mem, filepath.Join(dir, qemu.MemFile))
+		copyRest, err := startCopy(mach.Parked.Mem, filepath.Join(dir, vmm.MemFile))
 		if err != nil {
 			return nil, fmt.Errorf("session: clone %s: copy memory: %w", id, err)
 		}
@@ -547,7 +545,7 @@ func (m *Manager) cloneInto(ctx context.Context, mach machine, id, dir, files st
 				<-copied // the copy is done with the file before the dir goes
 			}
 		}()
-		if err := makeOverlay(ctx, mach.Disk, disk); err != nil {
+		if err := makeOverlay(ctx, m.disks, mach.Disk, disk); err != nil {
 			return nil, fmt.Errorf("session: clone %s: %w", id, err)
 		}
 	}
@@ -562,9 +560,10 @@ func (m *Manager) cloneInto(ctx context.Context, mach machine, id, dir, files st
 	return l, nil
 }
 
-// makeOverlay creates the qcow2 file disk, an overlay on backing.
-func makeOverlay(ctx context.Context, backing, disk string) error {
-	if _, err := command.Output(ctx, exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", backing, "-F", "qcow2", disk)); err != nil {
+// makeOverlay has disks create the qcow2 file disk, an overlay on the
+// qcow2 file backing.
+func makeOverlay(ctx context.Context, disks vmm.Disks, backing, disk string) error {
+	if err := disks.Overlay(ctx, disk, backing, "qcow2"); err != nil {
 		return fmt.Errorf("overlay: %w", err)
 	}
 	return nil

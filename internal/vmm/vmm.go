@@ -1,6 +1,10 @@
 // Package vmm declares the seam between cove and a virtual machine
-// monitor: a Driver boots and re-adopts VMs; a VM is one running guest.
-// The QEMU implementation lives in vmm/qemu.
+// monitor: a Driver boots and re-adopts VMs, makes their disk files
+// (Disks) and ends VMM processes no handle names; a VM is one running
+// guest. The QEMU implementation lives in vmm/qemu, an in-process one for
+// tests in vmm/fake. The session layer reaches the VMM, the disk files'
+// format and the VMM processes only through these interfaces (a test in
+// internal/deptest holds it to that).
 package vmm
 
 import (
@@ -10,13 +14,20 @@ import (
 	"time"
 )
 
+// MemFile is the name of a VM's RAM file in its directory (Spec.Dir): the
+// guest's memory, mapped shared by the VMM, so that a save writes only the
+// device state and a parked VM is its RAM file, its state and its disk.
+// Every driver keeps it there under this name: the session layer copies it
+// (a clone's, a fork's, a checkpoint's) and checks it.
+const MemFile = "mem"
+
 // Spec is everything a driver needs to boot one VM.
 type Spec struct {
 	// ID names the VM (the session id); it appears in the VMM's command
 	// line so leftover processes can be found.
 	ID string
 	// Dir is the VM's private directory (0700): sockets, logs, overlay
-	// disk and memory file live there.
+	// disk and memory file (MemFile) live there.
 	Dir string
 
 	Kernel  string // uncompressed ELF kernel
@@ -55,12 +66,63 @@ type Spec struct {
 // Adopt takes a handle from VM.Handle (possibly written by an earlier
 // server process) and returns the VM if its process still runs, or an error
 // if it is gone or the handle is of an unknown version.
+//
+// KillVMs ends the VMM processes that run VMs whose directory is under
+// dirRoot and whose id match reports true, whether or not a handle names
+// them (one started for a boot or a restore cut short before its caller
+// recorded it, one an earlier process left), and returns once they are
+// gone or ctx ends, with the PIDs it killed. A VMM process started ahead
+// that runs no VM yet (a spare) is never killed by it.
 type Driver interface {
 	Boot(ctx context.Context, spec Spec) (VM, error)
 	Adopt(ctx context.Context, handle []byte) (VM, error)
 	// Accel names the accelerator the driver uses ("kvm" or "tcg").
 	Accel() string
+	// Disks makes and changes the VMs' disk files.
+	Disks() Disks
+	KillVMs(ctx context.Context, dirRoot string, match func(id string) bool) []int
 }
+
+// Sweeper is implemented by drivers that clean up after VMs an earlier
+// process left: Sweep ends the VMM processes under dirRoot whose VM id
+// keep reports false (and any started ahead that no VM claimed), waits for
+// them, removes what they held (a spare's directory, cgroups), and returns
+// the PIDs it killed.
+type Sweeper interface {
+	Sweep(dirRoot string, keep func(id string) bool) []int
+}
+
+// Disks makes and changes the VMs' disk files: qcow2 overlays stacked on a
+// read-only base (an image's raw root file system, or a qcow2 file). A
+// path may be relative only where it is said to be; a relative backing
+// file name is resolved, as the VMM resolves it, against the directory of
+// the file that names it. Every method leaves its files as they were when
+// it fails, but a file it was to create may be left partly written.
+type Disks interface {
+	// Overlay creates path, an empty qcow2 overlay on backing, a file of
+	// format backingFormat ("raw" or "qcow2"); backing may be relative.
+	Overlay(ctx context.Context, path, backing, backingFormat string) error
+	// Rebase makes the overlay path rest on backing (format
+	// backingFormat; it may be relative) instead of its current backing
+	// file. With copy, what path's current chain holds that backing lacks
+	// is copied into path first, so that path reads the same after;
+	// without it only the name path records changes: the caller vouches
+	// that backing holds what the old one did.
+	Rebase(ctx context.Context, path, backing, backingFormat string, copy bool) error
+	// Flatten writes dst (created), a qcow2 overlay on base (format
+	// baseFormat) that reads as the qcow2 file src does: what src's chain
+	// holds above base is copied into dst, so dst rests on base alone.
+	Flatten(ctx context.Context, src, dst, base, baseFormat string) error
+	// Backing returns the backing file the qcow2 file path rests on, made
+	// absolute, and its format ("" where the file does not record it);
+	// "" when it rests on none. A file that is not qcow2 (a raw base,
+	// which rests on nothing) gives an error wrapping ErrNotQcow2.
+	Backing(ctx context.Context, path string) (file, format string, err error)
+}
+
+// ErrNotQcow2 marks a disk file that is not a qcow2 file (see
+// Disks.Backing).
+var ErrNotQcow2 = errors.New("not a qcow2 file")
 
 // Status is what a VM is doing, for recovery after a crash.
 type Status string

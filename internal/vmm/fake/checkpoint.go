@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"time"
 
 	"github.com/cove-dev/cove/internal/vmm"
@@ -19,7 +18,7 @@ var _ vmm.Checkpointer = (*Driver)(nil)
 
 // Checkpoint implements vmm.Checkpointer as the QEMU driver does: the
 // guest is paused, its disk switched to req.NewDisk (a real qcow2
-// overlay, made with qemu-img, on the old disk: the session manager
+// overlay, made as Disks makes it, on the old disk: the session manager
 // copies and stacks on such chains), its state written to req.State,
 // req.WhilePaused called, and the guest let run again.
 func (d *Driver) Checkpoint(ctx context.Context, v vmm.VM, req vmm.CheckpointRequest) (stats vmm.CheckpointStats, err error) {
@@ -50,9 +49,8 @@ func (d *Driver) Checkpoint(ctx context.Context, v vmm.VM, req vmm.CheckpointReq
 	}()
 	old := p.disk()
 	start := time.Now()
-	out, err := exec.CommandContext(ctx, "qemu-img", "create", "-q", "-f", "qcow2", "-b", old, "-F", "qcow2", req.NewDisk).CombinedOutput()
-	if err != nil {
-		return stats, fmt.Errorf("fake: checkpoint %s: new disk: %w: %s", p.id, err, out)
+	if err := d.Disks().Overlay(ctx, req.NewDisk, old, "qcow2"); err != nil {
+		return stats, fmt.Errorf("fake: checkpoint %s: new disk: %w", p.id, err)
 	}
 	p.mu.Lock()
 	p.curDisk = req.NewDisk

@@ -14,8 +14,10 @@
 // value, so a new session.Manager over the same Driver plays a server
 // restart: it re-adopts the VMs from their handles (Disconnect first drops
 // the agent connections the dead server held). Running and Find let a test
-// see and reach the VMs; Sweep is the QEMU driver's orphan sweep. The
-// guest's command set is documented in guest.go.
+// see and reach the VMs; KillVMs and Sweep end VMs as the QEMU driver's
+// end their processes. Disks are real qcow2 files made with qemu-img, as
+// the QEMU driver makes them. The guest's command set is documented in
+// guest.go.
 package fake
 
 import (
@@ -35,11 +37,12 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/internal/vmm"
+	"github.com/cove-dev/cove/internal/vmm/qcow2"
 )
 
-// MemFile is the VM's RAM file in its directory, as the QEMU driver names
-// it (qemu.MemFile): the session manager copies and checks it.
-const MemFile = "mem"
+// MemFile is the VM's RAM file in its directory (vmm.MemFile): the
+// session manager copies and checks it.
+const MemFile = vmm.MemFile
 
 // Op names what FailNext fails.
 type Op string
@@ -127,21 +130,37 @@ func (d *Driver) Find(id string) *VM {
 	return nil
 }
 
+// Disks makes real qcow2 files with qemu-img, as the QEMU driver does:
+// the session manager stacks overlays on them and reads their headers.
+func (d *Driver) Disks() vmm.Disks { return qcow2.Disks{} }
+
 // Sweep ends the VMs under dirRoot whose id keep does not keep, as the
 // QEMU driver's Sweep kills the orphan processes a server left, and
 // returns their PIDs.
 func (d *Driver) Sweep(dirRoot string, keep func(id string) bool) []int {
+	return d.end(dirRoot, func(id string) bool { return !keep(id) }, "swept")
+}
+
+// KillVMs implements vmm.Driver: it ends the VMs under dirRoot whose id
+// match reports true, as the QEMU driver kills their processes.
+func (d *Driver) KillVMs(ctx context.Context, dirRoot string, match func(id string) bool) []int {
+	return d.end(dirRoot, match, "killed")
+}
+
+// end ends the VMs under dirRoot whose id match reports true and returns
+// their PIDs, sorted.
+func (d *Driver) end(dirRoot string, match func(id string) bool, why string) []int {
 	d.mu.Lock()
 	var gone []*process
 	for _, p := range d.procs {
-		if rel, err := filepath.Rel(dirRoot, p.dir); err == nil && !strings.HasPrefix(rel, "..") && !keep(p.id) {
+		if rel, err := filepath.Rel(dirRoot, p.dir); err == nil && !strings.HasPrefix(rel, "..") && match(p.id) {
 			gone = append(gone, p)
 		}
 	}
 	d.mu.Unlock()
 	var pids []int
 	for _, p := range gone {
-		p.exit("swept")
+		p.exit(why)
 		pids = append(pids, p.pid)
 	}
 	slices.Sort(pids)

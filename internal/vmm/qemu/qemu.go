@@ -26,6 +26,7 @@ import (
 	"github.com/cove-dev/cove/internal/agentproto"
 	"github.com/cove-dev/cove/internal/qmp"
 	"github.com/cove-dev/cove/internal/vmm"
+	"github.com/cove-dev/cove/internal/vmm/qcow2"
 )
 
 // Files in a VM's directory.
@@ -34,7 +35,7 @@ const (
 	AgentSocket = "agent.sock"
 	ConsoleLog  = "console.log"
 	QEMULog     = "qemu.log"
-	MemFile     = "mem"
+	MemFile     = vmm.MemFile
 )
 
 // Ids on QEMU's command line and in QMP.
@@ -196,6 +197,9 @@ func (d *Driver) crashPoint(name string) {
 
 // Accel returns "kvm" or "tcg".
 func (d *Driver) Accel() string { return d.accel }
+
+// Disks makes the VMs' qcow2 disk files with qemu-img.
+func (d *Driver) Disks() vmm.Disks { return qcow2.Disks{} }
 
 // DetectAccel resolves "auto" (or "") to kvm or tcg and says why. KVM is
 // used only where it is usable: /dev/kvm must open, and not be provided by

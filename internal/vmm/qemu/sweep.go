@@ -41,6 +41,23 @@ func (d *Driver) Sweep(dirRoot string, keep func(id string) bool) []int {
 	return killed
 }
 
+// KillVMs implements vmm.Driver: it SIGKILLs the QEMU processes that run
+// VMs under dirRoot (started for them, or spares they claimed) whose id
+// match reports true, and waits until they are gone.
+func (d *Driver) KillVMs(ctx context.Context, dirRoot string, match func(id string) bool) []int {
+	var pids []int
+	for _, p := range Procs(dirRoot) {
+		if !p.Spare && match(p.ID) {
+			pids = append(pids, p.PID)
+		}
+	}
+	for _, pid := range pids {
+		_ = unix.Kill(pid, unix.SIGKILL)
+	}
+	WaitGone(ctx, pids)
+	return pids
+}
+
 // WaitGone waits until the processes pids are gone, or ctx ends. A
 // killed process is gone from /proc once reaped (QEMU's parent, an
 // earlier server, is gone: init reaps it); a zombie still holds its

@@ -56,6 +56,8 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 	t.Run("RestoreHooksInOrder", s.restoreHooksInOrder)
 	t.Run("FailedRestoreKeepsSnapshot", s.failedRestoreKeepsSnapshot)
 	t.Run("CheckpointRunsOn", s.checkpointRunsOn)
+	t.Run("KillVMsEndsOnlyMatching", s.killVMsEndsOnlyMatching)
+	t.Run("DisksStackAndFlatten", s.disksStackAndFlatten)
 }
 
 type suite struct {
