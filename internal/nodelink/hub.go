@@ -2,7 +2,6 @@ package nodelink
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -230,11 +229,7 @@ func (h *Hub) join(ctx context.Context, req JoinRequest) (store.Node, Credential
 	for range 8 { // each turn lost a race to a concurrent join of the name
 		n, err := h.cfg.Store.GetNodeByName(ctx, req.Name)
 		if errors.Is(err, store.ErrNotFound) {
-			id, err := newNodeID()
-			if err != nil {
-				return store.Node{}, "", err
-			}
-			n = store.Node{ID: id, Name: req.Name, Labels: req.Labels, Capacity: req.Capacity,
+			n = store.Node{ID: store.NewNodeID(), Name: req.Name, Labels: req.Labels, Capacity: req.Capacity,
 				CredentialHash: cred.Hash(), JoinedAt: now, HeartbeatAt: now}
 			err = h.cfg.Store.CreateNode(ctx, &n)
 			if errors.Is(err, store.ErrExists) {
@@ -275,19 +270,6 @@ func (h *Hub) dropOld(id, why string) {
 		h.log.Info("nodelink: connection dropped", "node", id, "why", why)
 		_ = l.sess.Close()
 	}
-}
-
-// newNodeID makes a node id: "node-" and 12 random base32 characters.
-func newNodeID() (string, error) {
-	const alphabet = "abcdefghijklmnopqrstuvwxyz234567"
-	b := make([]byte, 12)
-	if _, err := rand.Read(b); err != nil {
-		return "", fmt.Errorf("join: node id: %w", err)
-	}
-	for i := range b {
-		b[i] = alphabet[b[i]&31]
-	}
-	return "node-" + string(b), nil
 }
 
 // Connect serves GET /v1/nodes/connect: it checks the node's credential,

@@ -2,7 +2,6 @@ package session
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"strings"
@@ -28,10 +27,6 @@ import (
 // the grace. The sessions of a dead node are left as they are, and
 // logged: their recovery elsewhere comes with routing.
 
-// NewNodeID is a new, random node id: "node-" and 12 lowercase base32
-// characters.
-func NewNodeID() string { return "node-" + strings.ToLower(rand.Text()[:12]) }
-
 // RegisterEmbeddedNode records the embedded node named name in st, with
 // capacity c, and returns it: the record of that name if there is one
 // (a restarted server keeps its node's id), heartbeated now, else a new
@@ -55,7 +50,7 @@ func RegisterEmbeddedNode(ctx context.Context, st store.Store, name string, c st
 	case !errors.Is(err, store.ErrNotFound):
 		return store.Node{}, fmt.Errorf("node: register %q: %w", name, err)
 	}
-	n = store.Node{ID: NewNodeID(), Name: name, Capacity: c, Embedded: true, JoinedAt: now, HeartbeatAt: now}
+	n = store.Node{ID: store.NewNodeID(), Name: name, Capacity: c, Embedded: true, JoinedAt: now, HeartbeatAt: now}
 	if err := st.CreateNode(ctx, &n); err != nil {
 		return store.Node{}, fmt.Errorf("node: register %q: %w", name, err)
 	}

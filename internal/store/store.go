@@ -6,8 +6,10 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"log/slog"
+	"strings"
 	"time"
 )
 
@@ -755,6 +757,10 @@ type NodeCapacity struct {
 	QEMUVersion   string `json:"qemu_version"`
 	KernelVersion string `json:"kernel_version"`
 }
+
+// NewNodeID is a new, random node id: "node-" and 12 lowercase base32
+// characters; the embedded node and joining agents both take theirs here.
+func NewNodeID() string { return "node-" + strings.ToLower(rand.Text()[:12]) }
 
 // Node is one VM host: the embedded node of a `cove server`, or a `cove
 // node` agent that joined.
