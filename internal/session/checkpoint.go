@@ -151,6 +151,9 @@ func (m *Manager) newCheckpointName(ctx context.Context, id, want string) (strin
 func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, name string, guestReq int64) (store.Checkpoint, error) {
 	ctx, cancel := context.WithTimeout(ctx, checkpointTimeout)
 	defer cancel()
+	if err := m.settleLive(ctx, &rec, l); err != nil {
+		return store.Checkpoint{}, err
+	}
 	id, dir := rec.ID, m.dir(rec.ID)
 	root := filepath.Join(dir, checkpointsDir)
 	if err := os.MkdirAll(root, 0o700); err != nil {
@@ -189,19 +192,16 @@ func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, na
 			return copyRest(false)
 		},
 	})
-	// Whatever happened, the record names the disk the VM writes now.
-	disk, derr := m.ckpt.Disk(ctx, l.vm)
-	switch {
-	case derr != nil && err == nil:
-		disk = next
-	case derr != nil:
-		disk = layer
+	// Whatever happened, the record names the disk the VM writes now. A
+	// checkpoint that succeeded switched it; one that failed may have,
+	// and only the VM can say: where it does not, NextDisk stays
+	// recorded and both disks are kept (see settleDisk).
+	if err == nil {
+		mach.Disk, mach.NextDisk = next, ""
+	} else if _, derr := m.settleDisk(ctx, id, l.vm, &mach); derr != nil {
+		m.cfg.Log.Warn("checkpoint failed and the VM does not say which disk it writes; both are kept", "session", id, "err", derr)
 	}
-	if disk != next {
-		os.Remove(next)
-	}
-	l.mach.Disk = disk
-	mach.Disk, mach.NextDisk = disk, ""
+	l.mach.Disk, l.mach.NextDisk = mach.Disk, mach.NextDisk
 	rec.Snapshot, rec.UpdatedAt = mach.encode(), time.Now().UTC()
 	if rerr := m.cfg.Store.UpdateSession(ctx, &rec); rerr != nil {
 		// A restart asks the VM (NextDisk is still recorded).
@@ -344,27 +344,48 @@ func (m *Manager) recoverCheckpoints(ctx context.Context, recs []store.Session) 
 	}
 }
 
-// settleDisk corrects the machine record of a session whose checkpoint a
-// server stop cut short (NextDisk set): the VM, adopted, says which disk
-// it writes. It returns whether mach changed.
-func (m *Manager) settleDisk(ctx context.Context, id string, vm vmm.VM, mach *machine) bool {
+// settleDisk corrects the machine record of a session whose checkpoint
+// was cut short (NextDisk set) by asking its VM which disk it writes. It
+// returns whether mach changed. Where the VM does not say, nothing
+// changes: both disks are kept and NextDisk stays recorded, so that the
+// next park, checkpoint or restart asks again (removing either disk
+// could remove the one the guest writes).
+func (m *Manager) settleDisk(ctx context.Context, id string, vm vmm.VM, mach *machine) (bool, error) {
 	if mach.NextDisk == "" {
-		return false
+		return false, nil
 	}
-	next := mach.NextDisk
-	mach.NextDisk = ""
-	if m.ckpt != nil {
-		if disk, err := m.ckpt.Disk(ctx, vm); err == nil {
-			mach.Disk = disk
-		} else {
-			m.cfg.Log.Warn("checkpoint cut short: cannot ask the VM for its disk; keeping the recorded one", "session", id, "err", err)
-		}
+	if m.ckpt == nil {
+		return false, errors.New("the VMM driver cannot say which disk its VM writes")
 	}
-	if mach.Disk != next {
-		os.Remove(next)
+	disk, err := m.ckpt.Disk(ctx, vm)
+	if err != nil {
+		return false, fmt.Errorf("ask the VM for its disk: %w", err)
 	}
-	m.cfg.Log.Info("checkpoint cut short by a server stop: the session runs on", "session", id, "disk", filepath.Base(mach.Disk))
-	return true
+	if disk != mach.NextDisk {
+		os.Remove(mach.NextDisk)
+	}
+	mach.Disk, mach.NextDisk = disk, ""
+	m.cfg.Log.Info("a checkpoint cut short is settled: the session runs on", "session", id, "disk", filepath.Base(disk))
+	return true, nil
+}
+
+// settleLive settles the disk of running session rec, held by l, before
+// an operation that needs to know it (a park, a checkpoint), and records
+// the answer. The caller holds the session's lock.
+func (m *Manager) settleLive(ctx context.Context, rec *store.Session, l *live) error {
+	if l.mach.NextDisk == "" {
+		return nil
+	}
+	mach := l.mach
+	if _, err := m.settleDisk(ctx, rec.ID, l.vm, &mach); err != nil {
+		return api.Errorf(api.CodeUnavailable, "session %s: a checkpoint cut short left which disk its VM writes unknown, and the VM does not say (%v); both disks are kept: try again", rec.ID, err)
+	}
+	rec.Snapshot, rec.UpdatedAt = mach.encode(), time.Now().UTC()
+	if err := m.cfg.Store.UpdateSession(ctx, rec); err != nil {
+		return fmt.Errorf("session %s: record its disk: %w", rec.ID, err)
+	}
+	l.mach = mach
+	return nil
 }
 
 // layered reports whether session rec's disk rests on a layer in its own

@@ -452,3 +452,46 @@ func TestFakeTemplateFromCheckpoint(t *testing.T) {
 	r.park(clone.ID)
 	r.wantFile(clone.ID, "/root/f", "checkpointed\n")
 }
+
+// A server stopped while a checkpoint had switched the guest to a new
+// disk, restarted where the VM then does not say which disk it writes,
+// keeps both disks and asks again before the park: the disk the guest
+// writes is never removed, and the parked session wakes on it.
+func TestFakeCheckpointUnsettledDisk(t *testing.T) {
+	r := newFakeRig(t)
+	s := r.create(api.CreateSessionRequest{})
+	r.write(s.ID, "/root/f", "before\n")
+	r.crashAt("checkpoint.paused", func() { r.driver.FailNext(fake.OpDisk, nil) }, func(m *session.Manager) {
+		_, _ = m.CreateCheckpoint(context.Background(), s.ID, api.CheckpointRequest{Name: "c"})
+	})
+	r.wantState(s.ID, api.StateRunning, "")
+	disk := func() string {
+		t.Helper()
+		vm := r.driver.Find(s.ID)
+		if vm == nil {
+			t.Fatal("the session's VM is gone")
+		}
+		d, err := r.driver.Disk(context.Background(), vm)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(d); err != nil {
+			t.Fatalf("the disk the guest writes is gone: %v", err)
+		}
+		return d
+	}
+	writes := disk()
+	r.write(s.ID, "/root/f", "after\n")
+	r.park(s.ID)
+	r.wantFile(s.ID, "/root/f", "after\n") // wakes it
+	if got := disk(); got != writes {
+		t.Fatalf("woken on disk %s, the guest wrote %s", filepath.Base(got), filepath.Base(writes))
+	}
+	// Settled: the next checkpoint and rollback work.
+	r.checkpoint(s.ID, "c")
+	r.write(s.ID, "/root/f", "later\n")
+	if _, err := r.mgr.Rollback(context.Background(), s.ID, "c"); err != nil {
+		t.Fatal(err)
+	}
+	r.wantFile(s.ID, "/root/f", "after\n")
+}

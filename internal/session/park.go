@@ -301,6 +301,11 @@ func (m *Manager) park(ctx context.Context, id string, cause Cause) (_ api.Sessi
 	if l == nil {
 		return api.Session{}, api.Errorf(api.CodeConflict, "park %s: no running VM", id)
 	}
+	// The parked record must name the disk the guest writes.
+	if err := m.settleLive(ctx, &rec, l); err != nil {
+		m.undelete(l)
+		return api.Session{}, err
+	}
 	start := time.Now()
 	rec.State, rec.UpdatedAt = api.StateParking, time.Now().UTC()
 	if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {

@@ -1034,7 +1034,10 @@ func (m *Manager) readopt(ctx context.Context, rec store.Session, resume bool) e
 	// guest is yet to be told (see guestckpt.go).
 	restore := mach.Restore
 	mach.Restore = nil
-	settled := m.settleDisk(ctx, rec.ID, vm, &mach)
+	settled, err := m.settleDisk(ctx, rec.ID, vm, &mach)
+	if err != nil {
+		m.cfg.Log.Warn("a checkpoint cut short by a server stop: the VM does not say which disk it writes; both are kept until it does", "session", rec.ID, "err", err)
+	}
 	m.adoptLive(rec.ID, &live{vm: vm, agent: agent, env: rec.Env, mach: mach, restore: restore})
 	if rec.State != api.StateRunning || settled || restore != nil {
 		rec.State, rec.Error, rec.UpdatedAt, rec.Snapshot = api.StateRunning, "", time.Now().UTC(), mach.encode()

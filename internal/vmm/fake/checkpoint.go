@@ -14,6 +14,10 @@ import (
 // on, on its old disk.
 const OpCheckpoint Op = "checkpoint"
 
+// OpDisk fails Disk: the VM does not say which disk it writes, as a QEMU
+// that does not answer its QMP socket.
+const OpDisk Op = "disk"
+
 var _ vmm.Checkpointer = (*Driver)(nil)
 
 // Checkpoint implements vmm.Checkpointer as the QEMU driver does: the
@@ -84,6 +88,9 @@ func (d *Driver) Disk(ctx context.Context, v vmm.VM) (string, error) {
 	}
 	if err := vm.control("disk"); err != nil {
 		return "", err
+	}
+	if err := d.failure(OpDisk); err != nil {
+		return "", fmt.Errorf("fake: disk %s: %w", vm.p.id, err)
 	}
 	return vm.p.disk(), nil
 }
