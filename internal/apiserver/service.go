@@ -76,7 +76,7 @@ type Sessions interface {
 	GetCheckpoint(ctx context.Context, id, name string) (api.Checkpoint, error)
 	// DeleteCheckpoint removes one; an unknown name is CodeNotFound.
 	DeleteCheckpoint(ctx context.Context, id, name string) error
-	// Rollback puts a running or parked session back to its checkpoint
+	// Rollback puts a running, parked or failed session back to its checkpoint
 	// and returns it running; an unknown name is CodeNotFound and
 	// changes nothing.
 	Rollback(ctx context.Context, id, name string) (api.Session, error)

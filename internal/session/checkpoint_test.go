@@ -495,3 +495,33 @@ func TestFakeCheckpointUnsettledDisk(t *testing.T) {
 	}
 	r.wantFile(s.ID, "/root/f", "after\n")
 }
+
+// A session whose VMM died comes back from its last checkpoint: the
+// rollback of a failed session runs it again at the checkpoint, with its
+// id and its checkpoints; a failed session with no such checkpoint is
+// told so and stays failed.
+func TestFakeRollbackFailedSession(t *testing.T) {
+	r := newFakeRig(t)
+	s := r.create(api.CreateSessionRequest{})
+	r.write(s.ID, "/root/f", "checkpointed\n")
+	r.checkpoint(s.ID, "c")
+	r.write(s.ID, "/root/f", "later\n")
+	r.vmOf(s.ID).Kill()
+	r.eventually("the killed session fails", func() bool { return r.get(s.ID).State == api.StateFailed })
+	_, err := r.mgr.Rollback(context.Background(), s.ID, "nope")
+	wantCode(t, "rollback to an unknown checkpoint", err, api.CodeNotFound)
+	r.wantState(s.ID, api.StateFailed, "")
+	got, err := r.mgr.Rollback(context.Background(), s.ID, "c")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.State != api.StateRunning || got.Error != "" {
+		t.Fatalf("after the rollback the session is %s (error %q)", got.State, got.Error)
+	}
+	r.wantFile(s.ID, "/root/f", "checkpointed\n")
+	r.park(s.ID)
+	r.wantFile(s.ID, "/root/f", "checkpointed\n")
+	if names := r.checkpointNames(s.ID); names != "c" {
+		t.Fatalf("checkpoints: %q", names)
+	}
+}

@@ -3,6 +3,7 @@ package session_test
 import (
 	"context"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -74,6 +75,27 @@ echo $! > /ck/holder`)
 	}
 	if got := r.sh(t, s.ID, "cat /proc/"+newPID+"/cmdline 2>/dev/null | tr '\\0' ' '; echo"); strings.Contains(got, "10007") {
 		t.Fatalf("the process started after the checkpoint runs after the rollback: %q", got)
+	}
+
+	// Its QEMU killed, the session fails; the checkpoint brings it back.
+	r.sh(t, s.ID, "echo D3 > /root/d; sync")
+	if err := syscall.Kill(qemuPID(t, r.dir, s.ID), syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(time.Minute, func() bool {
+		got, err := r.mgr.Get(ctx, s.ID)
+		return err == nil && got.State == api.StateFailed
+	}) {
+		t.Fatal("the session whose QEMU was killed never failed")
+	}
+	if _, err := r.mgr.Rollback(ctx, s.ID, "c1"); err != nil {
+		t.Fatalf("rollback of the failed session: %v", err)
+	}
+	if got := r.sh(t, s.ID, "cat /ck/t /root/d"); got != "T1\nD1\n" {
+		t.Fatalf("after the rollback of the failed session: %q, want T1, D1", got)
+	}
+	if got := dump(s.ID); got != "before" {
+		t.Fatalf("holder's value after the rollback of the failed session: %q, want before", got)
 	}
 
 	forks, err := r.mgr.Fork(ctx, s.ID, api.ForkRequest{N: 2, From: "c1"})
