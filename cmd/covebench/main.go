@@ -86,6 +86,12 @@ func main() {
 			fmt.Fprintln(os.Stderr, "covebench:", err)
 			os.Exit(1)
 		}
+		usage, err := storeUsageRows(context.Background(), 20, 1000, 100000)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "covebench:", err)
+			os.Exit(1)
+		}
+		rows = append(rows, usage...)
 		printTable(os.Stdout, "in-process", rows)
 		return
 	case "nodelink":

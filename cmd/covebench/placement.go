@@ -1,10 +1,16 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/cove-dev/cove/internal/placement"
+	"github.com/cove-dev/cove/internal/store"
+	"github.com/cove-dev/cove/internal/store/sqlite"
 )
 
 // placementRows measures placement.Choose over a simulated fleet of
@@ -75,4 +81,76 @@ func placementRows(n, nodes, sessions int) ([]row, error) {
 		summed.samples = append(summed.samples, ms(time.Since(t)))
 	}
 	return []row{decide, perSec, summed}, nil
+}
+
+// storeUsageRows measures what a manager reads from a real SQLite store
+// for each placement: the use of every node summed by the store
+// (Store.SessionUsage, what it reads now) against every session record
+// listed and summed in Go (what it read before), over sessions records
+// spread over nodes nodes; n samples each, in ms.
+func storeUsageRows(ctx context.Context, n, nodes, sessions int) ([]row, error) {
+	dir, err := os.MkdirTemp("", "covebench-usage-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	st, err := sqlite.Open(ctx, filepath.Join(dir, "cove.db"))
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	fmt.Fprintf(os.Stderr, "covebench: storing %d session records over %d nodes…\n", sessions, nodes)
+	states := []string{"running", "running", "parked", "parked", "parked", "failed"}
+	var (
+		wg   sync.WaitGroup
+		errs = make(chan error, 16)
+	)
+	for w := range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < sessions; i += 16 {
+				s := store.Session{ID: fmt.Sprintf("s-%08d", i), Node: fmt.Sprintf("node-%06d", (i*7919)%nodes),
+					State: states[i%len(states)], Image: "tiny", MemoryMiB: 512 + i%4*256, CPUs: 1,
+					Snapshot: make([]byte, 600)} // a parked record's machine, about its size
+				if err := st.CreateSession(ctx, &s); err != nil {
+					errs <- err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		return nil, fmt.Errorf("store sessions: %w", err)
+	}
+	label := fmt.Sprintf("SQLite, %d sessions on %d nodes", sessions, nodes)
+	usage := row{name: "placement's read of node use: SessionUsage (" + label + ")", unit: "ms"}
+	list := row{name: "the same read by listing every session (" + label + ")", unit: "ms"}
+	for range n {
+		t := time.Now()
+		u, err := st.SessionUsage(ctx)
+		if err != nil {
+			return nil, err
+		}
+		usage.samples = append(usage.samples, ms(time.Since(t)))
+		if len(u) == 0 {
+			return nil, fmt.Errorf("session usage: no rows")
+		}
+		t = time.Now()
+		recs, err := st.ListSessions(ctx)
+		if err != nil {
+			return nil, err
+		}
+		use := map[string]placement.Resources{}
+		for _, r := range recs {
+			x := use[r.Node]
+			x.MemoryMiB += int64(r.MemoryMiB)
+			x.VCPUs += int64(r.CPUs)
+			use[r.Node] = x
+		}
+		list.samples = append(list.samples, ms(time.Since(t)))
+	}
+	return []row{usage, list}, nil
 }

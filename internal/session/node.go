@@ -164,14 +164,14 @@ func (m *Manager) SweepNodes(ctx context.Context) []string {
 // countRunning counts the sessions of node that are recorded running
 // (for the log), or -1 if the store cannot say.
 func (m *Manager) countRunning(ctx context.Context, node string) int {
-	recs, err := m.cfg.Store.ListSessions(ctx)
+	usage, err := m.cfg.Store.SessionUsage(ctx)
 	if err != nil {
 		return -1
 	}
 	n := 0
-	for _, r := range recs {
-		if m.holds(r, node) && r.State == api.StateRunning {
-			n++
+	for _, u := range usage {
+		if m.holds(store.Session{Node: u.Node}, node) && u.State == api.StateRunning {
+			n += u.Sessions
 		}
 	}
 	return n
@@ -211,22 +211,24 @@ func (m *Manager) place(ctx context.Context, memMiB, cpus int, selector map[stri
 	if err != nil {
 		return "", fmt.Errorf("session: place: %w", err)
 	}
-	recs, err := m.cfg.Store.ListSessions(ctx)
+	usage, err := m.cfg.Store.SessionUsage(ctx)
 	if err != nil {
 		return "", fmt.Errorf("session: place: %w", err)
 	}
-	use := make([]placement.Session, 0, len(recs))
-	for _, r := range recs {
-		if !holdsVM(r.State) {
+	used := map[string]placement.Resources{}
+	for _, u := range usage {
+		if !holdsVM(u.State) {
 			continue
 		}
-		node := r.Node
+		node := u.Node
 		if node == "" {
 			node = m.cfg.Node
 		}
-		use = append(use, placement.Session{Node: node, Resources: placement.Resources{MemoryMiB: int64(r.MemoryMiB), VCPUs: int64(r.CPUs)}})
+		r := used[node]
+		r.MemoryMiB += u.MemoryMiB
+		r.VCPUs += u.CPUs
+		used[node] = r
 	}
-	used := placement.Use(use)
 	cands := make([]placement.Node, len(nodes))
 	for i, n := range nodes {
 		cands[i] = placement.Node{ID: n.ID, Name: n.Name, Labels: n.Labels, Admin: n.Admin, Dead: n.Dead, Used: used[n.ID],
@@ -284,13 +286,13 @@ func (m *Manager) Nodes(ctx context.Context) ([]api.Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("session: nodes: %w", err)
 	}
-	recs, err := m.cfg.Store.ListSessions(ctx)
+	usage, err := m.cfg.Store.SessionUsage(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("session: nodes: %w", err)
 	}
 	out := make([]api.Node, len(nodes))
 	for i, n := range nodes {
-		out[i] = m.nodeAPI(n, recs)
+		out[i] = m.nodeAPI(n, usage)
 	}
 	return out, nil
 }
@@ -301,11 +303,11 @@ func (m *Manager) Node(ctx context.Context, idOrName string) (api.Node, error) {
 	if err != nil {
 		return api.Node{}, err
 	}
-	recs, err := m.cfg.Store.ListSessions(ctx)
+	usage, err := m.cfg.Store.SessionUsage(ctx)
 	if err != nil {
 		return api.Node{}, fmt.Errorf("session: node %s: %w", idOrName, err)
 	}
-	return m.nodeAPI(n, recs), nil
+	return m.nodeAPI(n, usage), nil
 }
 
 // node reads the node with the given id or name: 404 if none.
@@ -323,17 +325,17 @@ func (m *Manager) node(ctx context.Context, idOrName string) (store.Node, error)
 	return n, nil
 }
 
-func (m *Manager) nodeAPI(n store.Node, recs []store.Session) api.Node {
+func (m *Manager) nodeAPI(n store.Node, usage []store.SessionUsage) api.Node {
 	out := api.Node{ID: n.ID, Name: n.Name, State: store.NodeState(n), Labels: n.Labels, Embedded: n.Embedded,
 		JoinedAt: n.JoinedAt, HeartbeatAt: n.HeartbeatAt,
 		Capacity: api.NodeCapacity{VCPUs: n.Capacity.VCPUs, MemoryMiB: n.Capacity.MemoryMiB, DiskBytes: n.Capacity.DiskBytes,
 			Accel: n.Capacity.Accel, CPUModel: n.Capacity.CPUModel, CPUFlags: n.Capacity.CPUFlags,
 			QEMUVersion: n.Capacity.QEMUVersion, KernelVersion: n.Capacity.KernelVersion}}
-	for _, r := range recs {
-		if m.holds(r, n.ID) {
-			out.Sessions++
-			if r.State == api.StateRunning {
-				out.Running++
+	for _, u := range usage {
+		if m.holds(store.Session{Node: u.Node}, n.ID) {
+			out.Sessions += u.Sessions
+			if u.State == api.StateRunning {
+				out.Running += u.Sessions
 			}
 		}
 	}

@@ -87,6 +87,12 @@ type Store interface {
 	// ListSessions returns every session, ordered by CreatedAt and then by
 	// ID (bytewise). An empty store gives a slice of length zero.
 	ListSessions(ctx context.Context) ([]Session, error)
+	// SessionUsage sums the sessions by the node that holds them and by
+	// state: one row per (Node, State) pair that has sessions, ordered by
+	// Node and then State (bytewise); an empty store gives a slice of
+	// length zero. It reads no record whole: placement calls it on every
+	// create, and node listings on every call.
+	SessionUsage(ctx context.Context) ([]SessionUsage, error)
 	// DeleteSession removes the session with the given id and its
 	// checkpoints, or fails with ErrNotFound if there is none.
 	DeleteSession(ctx context.Context, id string) error
@@ -394,6 +400,18 @@ type Store interface {
 	// Close releases the store's resources. Writes that returned before it
 	// are durable.
 	Close() error
+}
+
+// SessionUsage is what the sessions that one node holds in one state add
+// up to (Store.SessionUsage).
+type SessionUsage struct {
+	// Node is Session.Node: "" for sessions from before nodes.
+	Node  string
+	State string
+	// Sessions counts them; MemoryMiB and CPUs sum theirs.
+	Sessions  int
+	MemoryMiB int64
+	CPUs      int64
 }
 
 // E2BSandbox is what the E2B-compatible API (package e2b) keeps of a

@@ -231,6 +231,10 @@ var migrations = []string{
 		session_id TEXT COLLATE "C" PRIMARY KEY REFERENCES sessions (id) ON DELETE CASCADE,
 		record     BYTEA NOT NULL
 	);`,
+	// 8: the SQLite store's migration 17: node use read from an index
+	// alone (SessionUsage).
+	`CREATE INDEX sessions_by_node_state ON sessions (node, state) INCLUDE (memory_mib, cpus);
+	DROP INDEX sessions_by_node;`,
 }
 
 // migrationLock is the key of the advisory lock that migrations hold, so

@@ -480,6 +480,22 @@ func (s *Store) ListSessions(ctx context.Context) ([]store.Session, error) {
 	return out, nil
 }
 
+// SessionUsage implements store.Store.
+func (s *Store) SessionUsage(ctx context.Context) ([]store.SessionUsage, error) {
+	out, err := query(ctx, s, func(r pgx.Row) (u store.SessionUsage, err error) {
+		err = r.Scan(&u.Node, &u.State, &u.Sessions, &u.MemoryMiB, &u.CPUs)
+		return u, err
+	}, `SELECT node, state, COUNT(*), SUM(memory_mib)::BIGINT, SUM(cpus)::BIGINT FROM sessions
+		GROUP BY node, state ORDER BY node, state`)
+	if err != nil {
+		return nil, s.errorf("postgres: session usage: %w", err)
+	}
+	if out == nil {
+		out = []store.SessionUsage{}
+	}
+	return out, nil
+}
+
 // DeleteSession implements store.Store.
 func (s *Store) DeleteSession(ctx context.Context, id string) error {
 	tag, err := s.exec(ctx, `DELETE FROM sessions WHERE id = $1`, id)

@@ -282,6 +282,12 @@ var migrations = []string{
 		session_id TEXT PRIMARY KEY,
 		record     BLOB NOT NULL
 	) STRICT;`,
+
+	// 17: node use read from an index alone (SessionUsage, on every
+	// placement): its key covers every column the sums read, and the
+	// node-only index it replaces is a prefix of it.
+	`CREATE INDEX sessions_by_node_state ON sessions (node, state, memory_mib, cpus);
+	DROP INDEX sessions_by_node;`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

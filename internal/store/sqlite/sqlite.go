@@ -288,6 +288,28 @@ func (s *Store) ListSessions(ctx context.Context) ([]store.Session, error) {
 	return list, nil
 }
 
+// SessionUsage implements store.Store.
+func (s *Store) SessionUsage(ctx context.Context) ([]store.SessionUsage, error) {
+	rows, err := s.db.QueryContext(ctx, `SELECT node, state, COUNT(*), SUM(memory_mib), SUM(cpus) FROM sessions
+		GROUP BY node, state ORDER BY node, state`)
+	if err != nil {
+		return nil, errorf("sqlite: session usage: %w", err)
+	}
+	defer rows.Close()
+	out := []store.SessionUsage{}
+	for rows.Next() {
+		var u store.SessionUsage
+		if err := rows.Scan(&u.Node, &u.State, &u.Sessions, &u.MemoryMiB, &u.CPUs); err != nil {
+			return nil, errorf("sqlite: session usage: %w", err)
+		}
+		out = append(out, u)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, errorf("sqlite: session usage: %w", err)
+	}
+	return out, nil
+}
+
 // DeleteSession implements store.Store.
 func (s *Store) DeleteSession(ctx context.Context, id string) error {
 	err := s.inTx(ctx, func(tx *sql.Tx) error {

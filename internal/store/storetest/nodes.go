@@ -28,6 +28,7 @@ func (s *suite) runNodes(t *testing.T) {
 	t.Run("NodeCopiesInAndOut", s.nodeCopiesInAndOut)
 	t.Run("NodeDoneContext", s.nodeDoneContext)
 	t.Run("NodesPersistAcrossReopen", s.nodesPersistAcrossReopen)
+	t.Run("SessionUsage", s.sessionUsage)
 }
 
 // fullNode has every field set to a value that is not the zero value.
@@ -422,4 +423,62 @@ func (s *suite) nodesPersistAcrossReopen(t *testing.T) {
 	st = s.openIn(t, dir)
 	wantNode(t, st, a)
 	wantNode(t, st, b)
+}
+
+// SessionUsage sums sessions by node and state, in order, and follows
+// updates and removals.
+func (s *suite) sessionUsage(t *testing.T) {
+	st := s.fresh(t)
+	usage := func() []store.SessionUsage {
+		t.Helper()
+		u, err := st.SessionUsage(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u
+	}
+	if u := usage(); u == nil || len(u) != 0 {
+		t.Fatalf("empty store: %#v, want an empty slice", u)
+	}
+	for i, x := range []struct {
+		node, state string
+		mem, cpus   int
+	}{
+		{"node-b", "running", 512, 2},
+		{"node-a", "running", 1024, 1},
+		{"node-b", "parked", 256, 4},
+		{"node-b", "running", 2048, 8},
+		{"", "running", 128, 1},
+	} {
+		mustCreate(t, st, store.Session{ID: fmt.Sprintf("s-%d", i), Node: x.node, State: x.state, MemoryMiB: x.mem, CPUs: x.cpus})
+	}
+	want := []store.SessionUsage{
+		{Node: "", State: "running", Sessions: 1, MemoryMiB: 128, CPUs: 1},
+		{Node: "node-a", State: "running", Sessions: 1, MemoryMiB: 1024, CPUs: 1},
+		{Node: "node-b", State: "parked", Sessions: 1, MemoryMiB: 256, CPUs: 4},
+		{Node: "node-b", State: "running", Sessions: 2, MemoryMiB: 2560, CPUs: 10},
+	}
+	if got := usage(); !slices.Equal(got, want) {
+		t.Fatalf("usage:\n got %+v\nwant %+v", got, want)
+	}
+	// One of node-b's running sessions parks, node-a's goes away.
+	got, err := st.GetSession(t.Context(), "s-3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got.State = "parked"
+	if err := st.UpdateSession(t.Context(), &got); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.DeleteSession(t.Context(), "s-1"); err != nil {
+		t.Fatal(err)
+	}
+	want = []store.SessionUsage{
+		{Node: "", State: "running", Sessions: 1, MemoryMiB: 128, CPUs: 1},
+		{Node: "node-b", State: "parked", Sessions: 2, MemoryMiB: 2304, CPUs: 12},
+		{Node: "node-b", State: "running", Sessions: 1, MemoryMiB: 512, CPUs: 2},
+	}
+	if got := usage(); !slices.Equal(got, want) {
+		t.Fatalf("usage after a park and a removal:\n got %+v\nwant %+v", got, want)
+	}
 }
