@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 
@@ -116,12 +117,42 @@ func cpuInfo() (model string, flags []string, err error) {
 }
 
 // qemuVersion is the first line of `qemu-system-x86_64 --version`, or ""
-// if it cannot be run.
+// if it cannot be run. Probe runs at every heartbeat: the answer is kept
+// for as long as the binary found in PATH is the same file, unchanged (an
+// upgrade replaces it), so a heartbeat starts no process.
 func qemuVersion(ctx context.Context) string {
-	out, err := exec.CommandContext(ctx, QEMUBinary, "--version").Output()
+	path, err := exec.LookPath(QEMUBinary)
+	if err != nil {
+		return ""
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return ""
+	}
+	key := versionKey{path: path, size: fi.Size(), mtime: fi.ModTime().UnixNano()}
+	versionCache.Lock()
+	defer versionCache.Unlock()
+	if v, ok := versionCache.m[key]; ok {
+		return v
+	}
+	out, err := exec.CommandContext(ctx, path, "--version").Output()
 	if err != nil {
 		return ""
 	}
 	line, _, _ := bytes.Cut(out, []byte("\n"))
-	return strings.TrimSpace(string(line))
+	v := strings.TrimSpace(string(line))
+	versionCache.m = map[versionKey]string{key: v} // the newest binary only
+	return v
+}
+
+// versionKey is a QEMU binary as it is on disk.
+type versionKey struct {
+	path        string
+	size, mtime int64
+}
+
+// versionCache holds the version of the QEMU binary last asked.
+var versionCache struct {
+	sync.Mutex
+	m map[versionKey]string
 }

@@ -1,7 +1,9 @@
 package nodeinfo_test
 
 import (
+	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"strings"
@@ -52,5 +54,50 @@ func TestProbeThisHost(t *testing.T) {
 func TestProbeMissingHome(t *testing.T) {
 	if _, err := nodeinfo.Probe(t.Context(), t.TempDir()+"/missing", "tcg"); err == nil {
 		t.Fatal("Probe of a missing home succeeded")
+	}
+}
+
+// A heartbeat's probe asks the QEMU binary its version once, not at every
+// probe, and asks again once the binary is replaced (an upgrade).
+func TestProbeAsksQEMUOnce(t *testing.T) {
+	dir := t.TempDir()
+	calls := filepath.Join(dir, "calls")
+	bin := filepath.Join(dir, nodeinfo.QEMUBinary)
+	write := func(version string) {
+		t.Helper()
+		script := "#!/bin/sh\necho run >> " + calls + "\necho 'QEMU emulator version " + version + "'\necho 'Copyright'\n"
+		tmp := bin + ".new"
+		if err := os.WriteFile(tmp, []byte(script), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, bin); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runs := func() int {
+		b, _ := os.ReadFile(calls)
+		return strings.Count(string(b), "run")
+	}
+	t.Setenv("PATH", dir)
+	write("7.2.22")
+	for range 3 {
+		c, err := nodeinfo.Probe(t.Context(), dir, "tcg")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.QEMUVersion != "QEMU emulator version 7.2.22" {
+			t.Fatalf("QEMU version %q", c.QEMUVersion)
+		}
+	}
+	if n := runs(); n != 1 {
+		t.Fatalf("QEMU asked %d times for its version over three probes, want once", n)
+	}
+	write("9.2.0-upgraded")
+	c, err := nodeinfo.Probe(t.Context(), dir, "tcg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.QEMUVersion != "QEMU emulator version 9.2.0-upgraded" || runs() != 2 {
+		t.Fatalf("after an upgrade: version %q, asked %d times", c.QEMUVersion, runs())
 	}
 }
