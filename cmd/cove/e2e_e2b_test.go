@@ -409,12 +409,17 @@ func TestE2BSDK(t *testing.T) {
 			last = sc.Text()
 		}
 		var summary struct {
-			OK        bool   `json:"ok"`
-			SandboxID string `json:"sandboxId"`
+			OK        bool             `json:"ok"`
+			SandboxID string           `json:"sandboxId"`
+			MS        map[string]int64 `json:"ms"`
 		}
 		if err := json.Unmarshal([]byte(last), &summary); err != nil || !summary.OK {
 			t.Fatalf("the script's last line %q is no summary (%v):\n%s", last, err, out)
 		}
+		// How long the SDK waited (informative, not asserted).
+		t.Logf("SDK timings: createSnapshot %dms, create from a snapshot %dms, fork %dms, fork of 2 %dms; create %dms, pause %dms, connect %dms",
+			summary.MS["createSnapshot"], summary.MS["createFromSnapshot"], summary.MS["fork"], summary.MS["fork2"],
+			summary.MS["create"], summary.MS["pause"], summary.MS["connect"])
 		// Killed through the SDK: gone for cove's own API too.
 		if _, ok := e.sessions()[summary.SandboxID]; ok {
 			t.Errorf("sandbox %s is still listed by cove ls after its kill", summary.SandboxID)
