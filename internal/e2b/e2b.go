@@ -1,5 +1,6 @@
 // Package e2b serves the E2B API on cove: the control plane (create, list,
-// get, kill, timeout, pause, connect) and envd (the process and filesystem
+// get, kill, timeout, pause, connect; snapshots and forks, which are
+// cove's checkpoints and forks: snapshots.go) and envd (the process and filesystem
 // services over the Connect protocol with the JSON codec, GET/POST /files,
 // GET /health), so that the official E2B SDKs and the tools built on them
 // run on cove unchanged, given a base URL and an API key.
