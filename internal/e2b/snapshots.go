@@ -208,6 +208,9 @@ func (s *Server) createFromSnapshot(ctx context.Context, w http.ResponseWriter, 
 	if !s.allowed(ctx, w, r, apiserver.Action{Verb: "session.fork", SessionID: id}) {
 		return
 	}
+	// A client gone meanwhile leaves no fork without its record (and so
+	// without its end time).
+	ctx = context.WithoutCancel(ctx)
 	forks, err := s.cfg.Sessions.Fork(ctx, id, api.ForkRequest{N: 1, From: name})
 	if err != nil {
 		s.fail(w, r, "create sandbox from snapshot "+req.TemplateID, err)
@@ -274,13 +277,17 @@ func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
 		writeControlError(w, http.StatusConflict, "sandbox %q is paused: connect to it (which resumes it) before a fork", parent.ID)
 		return
 	}
+	// From here the fork is finished whether or not the client waits: a
+	// client gone meanwhile leaves no fork without its record (and so
+	// without its end time), and no checkpoint behind.
+	ctx = context.WithoutCancel(ctx)
 	c, err := s.cfg.Sessions.CreateCheckpoint(ctx, parent.ID, api.CheckpointRequest{})
 	if err != nil {
 		s.fail(w, r, "fork sandbox", err)
 		return
 	}
 	defer func() {
-		if err := s.cfg.Sessions.DeleteCheckpoint(context.WithoutCancel(ctx), parent.ID, c.Name); err != nil {
+		if err := s.cfg.Sessions.DeleteCheckpoint(ctx, parent.ID, c.Name); err != nil {
 			s.log.WarnContext(ctx, "e2b: remove a fork's checkpoint", "session", parent.ID, "checkpoint", c.Name, "err", err)
 		}
 	}()
