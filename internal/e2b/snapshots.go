@@ -3,6 +3,8 @@ package e2b
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"net/http"
 	"slices"
 	"strconv"
@@ -281,7 +283,7 @@ func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
 	// client gone meanwhile leaves no fork without its record (and so
 	// without its end time), and no checkpoint behind.
 	ctx = context.WithoutCancel(ctx)
-	c, err := s.cfg.Sessions.CreateCheckpoint(ctx, parent.ID, api.CheckpointRequest{})
+	c, err := s.cfg.Sessions.CreateCheckpoint(ctx, parent.ID, api.CheckpointRequest{Name: forkCheckpointName()})
 	if err != nil {
 		s.fail(w, r, "fork sandbox", err)
 		return
@@ -299,6 +301,16 @@ func (s *Server) fork(w http.ResponseWriter, r *http.Request) {
 	wg.Wait()
 	s.log.InfoContext(ctx, "e2b: sandbox forked", "session", parent.ID, "count", count)
 	writeJSON(w, http.StatusCreated, out)
+}
+
+// forkCheckpointName names the checkpoint a fork is made from, for the
+// moment it lives (or in 'cove checkpoint ls', if a server died before
+// removing it): fork- and 8 random hex digits, clear of the default
+// ckpt-N names the snapshots take.
+func forkCheckpointName() string {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return "fork-" + hex.EncodeToString(b)
 }
 
 // forkOne makes one fork of session id from its checkpoint name, with the

@@ -383,6 +383,12 @@ func TestFakeSnapshotsAndForks(t *testing.T) {
 	e.ok(nil, http.StatusNoContent, e.alice, "POST", "/sandboxes/"+sbx.SandboxID+"/pause", "")
 	e.refused("snapshot of a paused sandbox", http.StatusConflict, e.alice, "POST", "/sandboxes/"+sbx.SandboxID+"/snapshots", `{}`)
 	e.refused("fork of a paused sandbox", http.StatusConflict, e.alice, "POST", "/sandboxes/"+sbx.SandboxID+"/fork", `{}`)
+	// Its snapshots still make sandboxes.
+	var fromPaused sandboxAnswer
+	e.ok(&fromPaused, http.StatusCreated, e.alice, "POST", "/v2/sandboxes", `{"templateID":"`+named.SnapshotID+`"}`)
+	if info := e.info(fromPaused.SandboxID); info.State != "running" || info.TemplateID != named.SnapshotID {
+		t.Errorf("a sandbox from a paused sandbox's snapshot: %+v", info)
+	}
 
 	// deleteSnapshot: 204, then 404 (the SDK's false).
 	e.ok(nil, http.StatusNoContent, e.alice, "DELETE", "/templates/"+named.SnapshotID, "")
