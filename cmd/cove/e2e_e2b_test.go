@@ -226,6 +226,34 @@ func TestE2BSDK(t *testing.T) {
 		wantCode(t, "pause of an unknown sandbox", status, body, http.StatusNotFound, 404)
 		status, _, body = e2bCall(t, "DELETE", api+"/sandboxes/no-such-sandbox", key, nil)
 		wantCode(t, "kill of an unknown sandbox", status, body, http.StatusNotFound, 404)
+		// Snapshots and forks: unknown ids, bad bodies, a bad count.
+		jsonKey := map[string]string{"X-API-KEY": key["X-API-KEY"], "Content-Type": "application/json"}
+		for name, c := range map[string]struct {
+			method, path, body string
+			status             int
+		}{
+			"snapshot of an unknown sandbox":   {"POST", "/sandboxes/no-such-sandbox/snapshots", `{}`, 404},
+			"fork of an unknown sandbox":       {"POST", "/sandboxes/no-such-sandbox/fork", `{}`, 404},
+			"create from an unknown snapshot":  {"POST", "/v2/sandboxes", `{"templateID":"no-such-sandbox:ckpt-1"}`, 404},
+			"create from a missing checkpoint": {"POST", "/v2/sandboxes", `{"templateID":"` + a + `:no-such"}`, 404},
+			"delete of an unknown snapshot":    {"DELETE", "/templates/" + a + ":no-such", ``, 404},
+			"delete of a template id":          {"DELETE", "/templates/base", ``, 404},
+			"snapshot with broken JSON":        {"POST", "/sandboxes/" + a + "/snapshots", `{"name":`, 400},
+			"snapshot with a bad name":         {"POST", "/sandboxes/" + a + "/snapshots", `{"name":"Not A Name"}`, 400},
+			"fork with broken JSON":            {"POST", "/sandboxes/" + a + "/fork", `{"count":`, 400},
+			"fork of no sandboxes":             {"POST", "/sandboxes/" + a + "/fork", `{"count":0}`, 400},
+			"fork of too many":                 {"POST", "/sandboxes/" + a + "/fork", `{"count":17}`, 400},
+			"fork with a negative timeout":     {"POST", "/sandboxes/" + a + "/fork", `{"timeout":-1}`, 400},
+			"snapshot with an oversized body":  {"POST", "/sandboxes/" + a + "/snapshots", `{"name":"` + strings.Repeat("x", 1<<20) + `"}`, 400},
+			"snapshot list with a bad limit":   {"GET", "/snapshots?limit=0", ``, 400},
+		} {
+			status, _, body := e2bCall(t, c.method, api+c.path, jsonKey, []byte(c.body))
+			wantCode(t, name, status, body, c.status, c.status)
+		}
+		status, _, body = e2bCall(t, "GET", api+"/snapshots", key, nil)
+		if status != http.StatusOK || string(body) != "[]" {
+			t.Errorf("snapshots after refused requests: %d %s, want 200 []", status, body)
+		}
 		if n := len(e.sessions()); n != before {
 			t.Errorf("refused requests changed the sessions: %d, then %d", before, n)
 		}
@@ -318,6 +346,10 @@ func TestE2BSDK(t *testing.T) {
 		}
 		status, _, body = e2bCall(t, "POST", api+"/sandboxes/"+b+"/pause", key, nil)
 		wantCode(t, "pause of a paused sandbox", status, body, http.StatusConflict, 409)
+		status, _, body = e2bCall(t, "POST", api+"/sandboxes/"+b+"/snapshots", key, nil)
+		wantCode(t, "snapshot of a paused sandbox", status, body, http.StatusConflict, 409)
+		status, _, body = e2bCall(t, "POST", api+"/sandboxes/"+b+"/fork", key, nil)
+		wantCode(t, "fork of a paused sandbox", status, body, http.StatusConflict, 409)
 		status, _, body = e2bCall(t, "POST", api+"/v2/sandboxes/"+b+"/connect", map[string]string{"X-API-KEY": key["X-API-KEY"], "Content-Type": "application/json"}, []byte(`{"timeout":60}`))
 		if status != http.StatusCreated || !strings.Contains(string(body), tb) {
 			t.Errorf("connect of a paused sandbox: %d %s; want 201 with its unchanged token", status, body)
@@ -377,12 +409,17 @@ func TestE2BSDK(t *testing.T) {
 			last = sc.Text()
 		}
 		var summary struct {
-			OK        bool   `json:"ok"`
-			SandboxID string `json:"sandboxId"`
+			OK        bool             `json:"ok"`
+			SandboxID string           `json:"sandboxId"`
+			MS        map[string]int64 `json:"ms"`
 		}
 		if err := json.Unmarshal([]byte(last), &summary); err != nil || !summary.OK {
 			t.Fatalf("the script's last line %q is no summary (%v):\n%s", last, err, out)
 		}
+		// How long the SDK waited (informative, not asserted).
+		t.Logf("SDK timings: createSnapshot %dms, create from a snapshot %dms, fork %dms, fork of 2 %dms; create %dms, pause %dms, connect %dms",
+			summary.MS["createSnapshot"], summary.MS["createFromSnapshot"], summary.MS["fork"], summary.MS["fork2"],
+			summary.MS["create"], summary.MS["pause"], summary.MS["connect"])
 		// Killed through the SDK: gone for cove's own API too.
 		if _, ok := e.sessions()[summary.SandboxID]; ok {
 			t.Errorf("sandbox %s is still listed by cove ls after its kill", summary.SandboxID)

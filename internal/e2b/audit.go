@@ -18,7 +18,8 @@ const accessTokenIssuer = "e2b-access-token"
 // auditedVerbs are the control plane's verbs that change something: each
 // is announced in the audit log before it is done (as cove's API gate
 // does), or refused with 503.
-var auditedVerbs = map[string]bool{"session.create": true, "session.delete": true, "session.park": true, "session.wake": true}
+var auditedVerbs = map[string]bool{"session.create": true, "session.delete": true, "session.park": true, "session.wake": true,
+	"session.checkpoint": true, "session.checkpoint.delete": true, "session.fork": true}
 
 // actorOf is p in the audit log (as apiserver words it).
 func actorOf(p identity.Principal) audit.Actor {

@@ -1,5 +1,6 @@
 // Package e2b serves the E2B API on cove: the control plane (create, list,
-// get, kill, timeout, pause, connect) and envd (the process and filesystem
+// get, kill, timeout, pause, connect; snapshots and forks, which are
+// cove's checkpoints and forks: snapshots.go) and envd (the process and filesystem
 // services over the Connect protocol with the JSON codec, GET/POST /files,
 // GET /health), so that the official E2B SDKs and the tools built on them
 // run on cove unchanged, given a base URL and an API key.
@@ -80,6 +81,12 @@ type Sessions interface {
 	Park(ctx context.Context, id string) (api.Session, error)
 	Wake(ctx context.Context, id string) (api.Session, error)
 	GetTemplate(ctx context.Context, name string) (api.Template, error)
+
+	// Snapshots are checkpoints, and forks are made from them.
+	CreateCheckpoint(ctx context.Context, id string, req api.CheckpointRequest) (api.Checkpoint, error)
+	ListCheckpoints(ctx context.Context, id string) ([]api.Checkpoint, error)
+	DeleteCheckpoint(ctx context.Context, id, name string) error
+	Fork(ctx context.Context, id string, req api.ForkRequest) ([]api.Session, error)
 
 	Exec(ctx context.Context, id string, req api.ExecRequest) (session.Process, error)
 	Open(ctx context.Context, id, path string) (io.ReadCloser, error)
@@ -188,6 +195,10 @@ func New(cfg Config) (*Server, error) {
 	s.control.HandleFunc("POST /sandboxes/{id}/pause", s.pause)
 	s.control.HandleFunc("POST /v2/sandboxes/{id}/connect", s.connect)
 	s.control.HandleFunc("GET /sandboxes/{id}/metrics", s.metrics)
+	s.control.HandleFunc("POST /sandboxes/{id}/snapshots", s.createSnapshot)
+	s.control.HandleFunc("GET /snapshots", s.listSnapshots)
+	s.control.HandleFunc("DELETE /templates/{id}", s.deleteSnapshot)
+	s.control.HandleFunc("POST /sandboxes/{id}/fork", s.fork)
 	s.control.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeControlError(w, http.StatusNotFound, "no such route: %s %s", r.Method, r.URL.Path)
 	})

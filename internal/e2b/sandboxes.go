@@ -181,6 +181,15 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		}
 		timeout = seconds(*req.Timeout)
 	}
+	if strings.Contains(req.TemplateID, ":") {
+		now := s.cfg.Now().UTC()
+		rec := record{TemplateID: req.TemplateID, Metadata: req.Metadata, EnvVars: req.EnvVars, StartedAt: now, AutoPause: req.AutoPause}
+		if timeout > 0 {
+			rec.EndAt = now.Add(timeout)
+		}
+		s.createFromSnapshot(ctx, w, r, req, rec)
+		return
+	}
 	creq := api.CreateSessionRequest{Env: req.EnvVars, IdleTimeout: "0s"}
 	switch _, err := s.cfg.Sessions.GetTemplate(ctx, req.TemplateID); {
 	case err == nil:
@@ -210,9 +219,7 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	}
 	if err := s.writeRecord(ctx, ss.ID, rec); err != nil {
 		// A sandbox the API cannot describe is not left behind.
-		if derr := s.cfg.Sessions.Delete(context.WithoutCancel(ctx), ss.ID); derr != nil {
-			s.log.ErrorContext(ctx, "e2b: remove the session of a failed create", "session", ss.ID, "err", derr)
-		}
+		s.discard(ctx, ss.ID)
 		s.fail(w, r, "create sandbox", err)
 		return
 	}

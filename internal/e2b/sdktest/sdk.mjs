@@ -4,7 +4,7 @@
 // failed assertion exits non-zero with the step it was in. The last line
 // is a JSON summary for the Go test (cmd/cove TestE2BSDK).
 import assert from 'node:assert/strict'
-import { Sandbox, CommandExitError } from 'e2b'
+import { Sandbox, CommandExitError, SandboxNotFoundError } from 'e2b'
 
 // Boots and wakes take seconds to tens of seconds under TCG.
 const slow = { requestTimeoutMs: 600_000 }
@@ -183,6 +183,74 @@ procs = await again.commands.list()
 assert.ok(procs.some((p) => p.pid === counter.pid))
 assert.equal(await again.commands.kill(counter.pid), true)
 
+step('createSnapshot, listSnapshots, deleteSnapshot')
+await again.files.write('/tmp/e2b/snap.txt', 'in the snapshot')
+const bg = await again.commands.run('sleep 900', { background: true, timeoutMs: 0 })
+t0 = performance.now()
+const snap = await again.createSnapshot(slow)
+summary.ms.createSnapshot = since(t0)
+assert.ok(snap.snapshotId.startsWith(sbx.sandboxId + ':'), snap.snapshotId)
+assert.deepEqual(snap.names, [snap.snapshotId])
+assert.equal(await again.isRunning(), true) // it runs on
+const named = await again.createSnapshot({ name: 'named', ...slow })
+assert.equal(named.snapshotId, sbx.sandboxId + ':named')
+await assert.rejects(again.createSnapshot({ name: 'named' })) // a name is unique in its sandbox: 409
+await assert.rejects(again.createSnapshot({ name: 'Not A Name' })) // 400
+let snaps = await again.listSnapshots().nextItems()
+assert.deepEqual(snaps.map((s) => s.snapshotId).sort(), [snap.snapshotId, named.snapshotId].sort())
+snaps = await Sandbox.listSnapshots({ name: 'named' }).nextItems()
+assert.deepEqual(snaps.map((s) => s.snapshotId), [named.snapshotId])
+const pager = Sandbox.listSnapshots({ sandboxId: sbx.sandboxId, limit: 1 })
+const page1 = await pager.nextItems()
+assert.equal(pager.hasNext, true)
+const page2 = await pager.nextItems()
+assert.equal(pager.hasNext, false)
+assert.deepEqual([...page1, ...page2].map((s) => s.snapshotId), [named.snapshotId, snap.snapshotId]) // newest first
+assert.equal(await Sandbox.deleteSnapshot(named.snapshotId), true)
+assert.equal(await Sandbox.deleteSnapshot(named.snapshotId), false)
+assert.deepEqual((await again.listSnapshots().nextItems()).map((s) => s.snapshotId), [snap.snapshotId])
+
+step('create from a snapshot')
+await again.files.write('/tmp/e2b/snap.txt', 'changed after')
+t0 = performance.now()
+const fromSnap = await Sandbox.create(snap.snapshotId, { timeoutMs: 600_000, metadata: { from: 'snapshot' }, ...slow })
+summary.ms.createFromSnapshot = since(t0)
+assert.notEqual(fromSnap.sandboxId, sbx.sandboxId)
+assert.equal(await fromSnap.files.read('/tmp/e2b/snap.txt'), 'in the snapshot')
+assert.equal((await fromSnap.commands.run(`kill -0 ${bg.pid} && echo alive`)).stdout, 'alive\n')
+const fsInfo = await fromSnap.getInfo()
+assert.equal(fsInfo.templateId, snap.snapshotId)
+assert.deepEqual(fsInfo.metadata, { from: 'snapshot' })
+await assert.rejects(Sandbox.create(named.snapshotId)) // deleted: 404
+assert.equal(await fromSnap.kill(), true)
+
+step('fork')
+t0 = performance.now()
+const [one] = await again.fork({ timeoutMs: 600_000, ...slow })
+summary.ms.fork = since(t0)
+assert.ok(one instanceof Sandbox, String(one))
+t0 = performance.now()
+const forks = await Sandbox.fork(sbx.sandboxId, { count: 2, timeoutMs: 600_000, ...slow })
+summary.ms.fork2 = since(t0)
+assert.equal(forks.length, 2)
+for (const f of [one, ...forks]) {
+  assert.ok(f instanceof Sandbox, String(f))
+  assert.ok(f.sandboxId !== sbx.sandboxId)
+  assert.equal(await f.files.read('/tmp/e2b/snap.txt'), 'changed after')
+  assert.equal((await f.commands.run(`kill -0 ${bg.pid} && echo alive`)).stdout, 'alive\n')
+  assert.deepEqual((await f.getInfo()).metadata, { suite: 'sdk', 'a b': 'c&d' })
+}
+assert.equal(new Set([one, ...forks].map((f) => f.sandboxId)).size, 3)
+await one.files.write('/tmp/e2b/fork-only', 'mine')
+assert.equal(await one.files.read('/tmp/e2b/fork-only'), 'mine')
+assert.equal(await again.files.exists('/tmp/e2b/fork-only'), false)
+assert.equal(await forks[0].files.exists('/tmp/e2b/fork-only'), false)
+// A fork's checkpoint is not left as a snapshot.
+assert.deepEqual((await again.listSnapshots().nextItems()).map((s) => s.snapshotId), [snap.snapshotId])
+await assert.rejects(Sandbox.fork('s-nosuchsandbox'), SandboxNotFoundError)
+for (const f of [one, ...forks]) assert.equal(await f.kill(), true)
+assert.equal(await again.commands.kill(bg.pid), true)
+
 step('kill, and after kill')
 assert.equal(await sbx.kill(), true)
 assert.equal(await Sandbox.kill(sbx.sandboxId), false)
@@ -192,6 +260,8 @@ await assert.rejects(Sandbox.getInfo(sbx.sandboxId))
 await assert.rejects(Sandbox.connect(sbx.sandboxId))
 page = await Sandbox.list().nextItems()
 assert.ok(!page.some((s) => s.sandboxId === sbx.sandboxId))
+// A snapshot is its sandbox's checkpoint, and goes with it.
+assert.deepEqual(await Sandbox.listSnapshots({ sandboxId: sbx.sandboxId }).nextItems(), [])
 
 summary.ok = true
 console.log(JSON.stringify(summary))
