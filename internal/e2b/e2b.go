@@ -102,7 +102,8 @@ type Sessions interface {
 type Records interface {
 	PutE2BSandbox(ctx context.Context, x store.E2BSandbox) error
 	GetE2BSandbox(ctx context.Context, sessionID string) (store.E2BSandbox, error)
-	ListE2BSandboxes(ctx context.Context) ([]store.E2BSandbox, error)
+	DueE2BSandboxes(ctx context.Context, at time.Time, limit int) ([]store.E2BSandbox, error)
+	SetE2BSandboxDue(ctx context.Context, sessionID string, was, due time.Time) (bool, error)
 	DeleteE2BSandbox(ctx context.Context, sessionID string) error
 	// Claim takes or renews a lease (see store.Store): of the servers
 	// sharing a store, the one holding expireLease ends sandboxes.

@@ -145,7 +145,8 @@ func (s *Server) writeRecord(ctx context.Context, id string, rec record) error {
 	if err != nil {
 		return err
 	}
-	return s.cfg.Records.PutE2BSandbox(ctx, store.E2BSandbox{SessionID: id, Record: b})
+	// The end-time sweep looks at the sandbox at its end time (see expire).
+	return s.cfg.Records.PutE2BSandbox(ctx, store.E2BSandbox{SessionID: id, Record: b, DueAt: rec.EndAt})
 }
 
 // decodeBody decodes an optional JSON body into v.
@@ -557,7 +558,17 @@ func (s *Server) Run(ctx context.Context, interval time.Duration) {
 // sharing a store ends sandboxes, the holder, renewing it each sweep.
 const expireLease = "e2b/expire"
 
-// expire ends the running sandboxes past their end time.
+// expireBatch is how many due sandboxes one sweep takes at most; the
+// rest wait for the next.
+const expireBatch = 256
+
+// expire ends the running sandboxes past their end time. It reads only
+// the records due (store.E2BSandbox.DueAt, their end time, from an
+// index), not every record: a sandbox is looked at when its end time
+// comes, then not again until a write gives it a new one. One that does
+// not run then (paused, failed) is not due any more: a sandbox woken
+// other than through this API (cove's own wake) runs on until a connect
+// or setTimeout gives it an end time again.
 func (s *Server) expire(ctx context.Context) {
 	if ok, err := s.cfg.Records.Claim(ctx, expireLease, s.cfg.ServerID, 30*time.Second); err != nil || !ok {
 		if err != nil {
@@ -565,39 +576,72 @@ func (s *Server) expire(ctx context.Context) {
 		}
 		return
 	}
-	xs, err := s.cfg.Records.ListE2BSandboxes(ctx)
+	now := s.cfg.Now()
+	xs, err := s.cfg.Records.DueE2BSandboxes(ctx, now, expireBatch)
 	if err != nil {
-		s.log.WarnContext(ctx, "e2b: list sandboxes for their end times", "err", err)
+		s.log.WarnContext(ctx, "e2b: read the sandboxes due at their end time", "err", err)
 		return
 	}
-	now := s.cfg.Now()
 	for _, x := range xs {
-		var rec record
-		if err := json.Unmarshal(x.Record, &rec); err != nil || rec.EndAt.IsZero() || now.Before(rec.EndAt) {
-			continue
-		}
-		ss, err := s.cfg.Sessions.Get(ctx, x.SessionID)
-		if err != nil || ss.State != api.StateRunning {
-			continue
-		}
-		if rec.AutoPause {
-			if err := s.announce(ctx, audit.Actor{Kind: audit.ActorCove}, "session.park", audit.Target{Session: ss.ID}); err != nil {
-				continue
-			}
-			if _, err := s.cfg.Sessions.Park(ctx, ss.ID); err != nil {
-				s.log.WarnContext(ctx, "e2b: auto-pause at the sandbox's end time", "session", ss.ID, "err", err)
-			} else {
-				s.log.InfoContext(ctx, "e2b: sandbox paused at its end time", "session", ss.ID)
-			}
-			continue
-		}
-		if err := s.announce(ctx, audit.Actor{Kind: audit.ActorCove}, "session.delete", audit.Target{Session: ss.ID}); err != nil {
-			continue
-		}
-		if err := s.remove(ctx, ss.ID); err != nil && !api.IsCode(err, api.CodeNotFound) {
-			s.log.WarnContext(ctx, "e2b: end a sandbox at its end time", "session", ss.ID, "err", err)
-			continue
-		}
-		s.log.InfoContext(ctx, "e2b: sandbox ended at its end time", "session", ss.ID)
+		s.expireOne(ctx, x, now)
 	}
+}
+
+// expireOne ends sandbox x, due at now: parks it (auto-pause) or removes
+// it if it runs past its end time, then records it not due, or due at
+// its end time where that is still to come. A record written since it
+// was read keeps its own due time.
+func (s *Server) expireOne(ctx context.Context, x store.E2BSandbox, now time.Time) {
+	var (
+		rec  record
+		next time.Time // not due again, unless…
+	)
+	defer func() {
+		if _, err := s.cfg.Records.SetE2BSandboxDue(ctx, x.SessionID, x.DueAt, next); err != nil && !errors.Is(err, store.ErrNotFound) {
+			s.log.WarnContext(ctx, "e2b: record the sandbox's next end-time check", "session", x.SessionID, "err", err)
+		}
+	}()
+	if err := json.Unmarshal(x.Record, &rec); err != nil || rec.EndAt.IsZero() {
+		return
+	}
+	if now.Before(rec.EndAt) {
+		next = rec.EndAt
+		return
+	}
+	ss, err := s.cfg.Sessions.Get(ctx, x.SessionID)
+	switch {
+	case err != nil && api.IsCode(err, api.CodeNotFound):
+		return
+	case err != nil:
+		next = x.DueAt // look again at the next sweep
+		return
+	case ss.State == api.StateParked || ss.State == api.StateFailed:
+		return
+	case ss.State != api.StateRunning:
+		next = x.DueAt // a park or wake under way: look again
+		return
+	}
+	if rec.AutoPause {
+		if err := s.announce(ctx, audit.Actor{Kind: audit.ActorCove}, "session.park", audit.Target{Session: ss.ID}); err != nil {
+			next = x.DueAt
+			return
+		}
+		if _, err := s.cfg.Sessions.Park(ctx, ss.ID); err != nil {
+			s.log.WarnContext(ctx, "e2b: auto-pause at the sandbox's end time", "session", ss.ID, "err", err)
+			next = x.DueAt
+		} else {
+			s.log.InfoContext(ctx, "e2b: sandbox paused at its end time", "session", ss.ID)
+		}
+		return
+	}
+	if err := s.announce(ctx, audit.Actor{Kind: audit.ActorCove}, "session.delete", audit.Target{Session: ss.ID}); err != nil {
+		next = x.DueAt
+		return
+	}
+	if err := s.remove(ctx, ss.ID); err != nil && !api.IsCode(err, api.CodeNotFound) {
+		s.log.WarnContext(ctx, "e2b: end a sandbox at its end time", "session", ss.ID, "err", err)
+		next = x.DueAt
+		return
+	}
+	s.log.InfoContext(ctx, "e2b: sandbox ended at its end time", "session", ss.ID)
 }

@@ -61,6 +61,7 @@ type fakeEnv struct {
 	mgr    *session.Manager
 	driver *fake.Driver
 	e2b    *e2b.Server
+	st     *sqlite.Store
 	alice  string // API keys
 	bob    string
 }
@@ -130,7 +131,7 @@ func newFakeEnv(t *testing.T) *fakeEnv {
 			t.Errorf("fake VMs left running: %v", ids)
 		}
 	})
-	return &fakeEnv{t: t, url: hs.URL, mgr: mgr, driver: driver, e2b: srv, alice: keys["alice"], bob: keys["bob"]}
+	return &fakeEnv{t: t, url: hs.URL, mgr: mgr, driver: driver, e2b: srv, st: st, alice: keys["alice"], bob: keys["bob"]}
 }
 
 // call makes one control-plane request with key and returns the status
@@ -404,5 +405,51 @@ func TestFakeSnapshotsAndForks(t *testing.T) {
 	}
 	if info := e.info(from.SandboxID); info.State != "running" {
 		t.Errorf("the sandbox from a snapshot after its parent's kill: %+v", info)
+	}
+}
+
+// The end-time sweep reads only the sandboxes due: a sandbox past its end
+// time is removed, or paused with autoPause, and then is due no more; a
+// connect gives it an end time, and so a due time, again.
+func TestFakeEndTimeSweepReadsOnlyWhatIsDue(t *testing.T) {
+	e := newFakeEnv(t)
+	ctx := t.Context()
+	var ends, pauses, stays struct {
+		SandboxID string `json:"sandboxID"`
+	}
+	e.ok(&ends, http.StatusCreated, e.alice, "POST", "/v2/sandboxes", `{"templateID":"base","timeout":1}`)
+	e.ok(&pauses, http.StatusCreated, e.alice, "POST", "/v2/sandboxes", `{"templateID":"base","timeout":1,"autoPause":true}`)
+	e.ok(&stays, http.StatusCreated, e.alice, "POST", "/v2/sandboxes", `{"templateID":"base","timeout":3600}`)
+	x, err := e.st.GetE2BSandbox(ctx, stays.SandboxID)
+	if err != nil || x.DueAt.IsZero() {
+		t.Fatalf("a running sandbox's record: %+v, %v; want due at its end time", x, err)
+	}
+	go e.e2b.Run(ctx, 50*time.Millisecond)
+	deadline := time.Now().Add(time.Minute)
+	for {
+		_, err := e.mgr.Get(ctx, ends.SandboxID)
+		p, perr := e.mgr.Get(ctx, pauses.SandboxID)
+		if api.IsCode(err, api.CodeNotFound) && perr == nil && p.State == api.StateParked {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a minute after their end time: %v; paused sandbox %s (%v)", err, p.State, perr)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Nothing is due any more before the third's end time: the paused
+	// one is not looked at again.
+	due, err := e.st.DueE2BSandboxes(ctx, time.Now().Add(30*time.Minute), 10)
+	if err != nil || len(due) != 0 {
+		t.Fatalf("due after the sweep: %+v, %v; want none", due, err)
+	}
+	// A connect resumes it with a new end time: due again.
+	e.ok(nil, http.StatusCreated, e.alice, "POST", "/v2/sandboxes/"+pauses.SandboxID+"/connect", `{"timeout":600}`)
+	due, err = e.st.DueE2BSandboxes(ctx, time.Now().Add(30*time.Minute), 10)
+	if err != nil || len(due) != 1 || due[0].SessionID != pauses.SandboxID {
+		t.Fatalf("due after the connect: %+v, %v; want the resumed sandbox", due, err)
+	}
+	if s, err := e.mgr.Get(ctx, stays.SandboxID); err != nil || s.State != api.StateRunning {
+		t.Fatalf("the sandbox not yet at its end time: %+v, %v", s, err)
 	}
 }

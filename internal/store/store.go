@@ -123,6 +123,15 @@ type Store interface {
 	// DeleteE2BSandbox removes the E2B record of a session, or fails with
 	// ErrNotFound if there is none; the session stays.
 	DeleteE2BSandbox(ctx context.Context, sessionID string) error
+	// DueE2BSandboxes returns at most limit E2B records whose DueAt is
+	// set and not after at, ordered by DueAt and then by SessionID
+	// (bytewise): the end-time sweep's work, read from an index.
+	DueE2BSandboxes(ctx context.Context, at time.Time, limit int) ([]E2BSandbox, error)
+	// SetE2BSandboxDue sets the DueAt of a session's E2B record to due
+	// (zero: never) if it is still was, and reports whether it did: a
+	// record written since (a new end time) keeps its own. It fails with
+	// ErrNotFound if there is no such record.
+	SetE2BSandboxDue(ctx context.Context, sessionID string, was, due time.Time) (bool, error)
 
 	// BumpTokenGen adds one to the session's TokenGen, at once and
 	// atomically, and returns the new generation: every token minted
@@ -422,6 +431,9 @@ type E2BSandbox struct {
 	// Record is package e2b's description of the sandbox (opaque to the
 	// store).
 	Record []byte
+	// DueAt is when the end-time sweep looks at the sandbox next (its
+	// end time while it runs); zero: never.
+	DueAt time.Time
 }
 
 // Checkpoint is the record of one checkpoint of a running session: its

@@ -235,6 +235,11 @@ var migrations = []string{
 	// alone (SessionUsage).
 	`CREATE INDEX sessions_by_node_state ON sessions (node, state) INCLUDE (memory_mib, cpus);
 	DROP INDEX sessions_by_node;`,
+	// 9: the SQLite store's migration 18: the E2B end-time sweep reads
+	// the sandboxes due from an index; those from before are due at once.
+	`ALTER TABLE e2b_sandboxes ADD COLUMN due_at BIGINT;
+	UPDATE e2b_sandboxes SET due_at = 0;
+	CREATE INDEX e2b_sandboxes_by_due ON e2b_sandboxes (due_at, session_id) WHERE due_at IS NOT NULL;`,
 }
 
 // migrationLock is the key of the advisory lock that migrations hold, so

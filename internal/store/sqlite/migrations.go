@@ -288,6 +288,14 @@ var migrations = []string{
 	// node-only index it replaces is a prefix of it.
 	`CREATE INDEX sessions_by_node_state ON sessions (node, state, memory_mib, cpus);
 	DROP INDEX sessions_by_node;`,
+
+	// 18: the E2B end-time sweep reads the sandboxes due from an index
+	// (DueE2BSandboxes) rather than every record each second. due_at is
+	// unix nanoseconds, NULL for never; the records from before are due at
+	// once (0): the first sweep sets each its own.
+	`ALTER TABLE e2b_sandboxes ADD COLUMN due_at INTEGER;
+	UPDATE e2b_sandboxes SET due_at = 0;
+	CREATE INDEX e2b_sandboxes_by_due ON e2b_sandboxes (due_at, session_id) WHERE due_at IS NOT NULL;`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

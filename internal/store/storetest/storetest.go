@@ -38,6 +38,7 @@ func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	t.Run("DeleteSessionMissing", s.deleteSessionMissing)
 	t.Run("Checkpoints", s.checkpoints)
 	t.Run("E2BSandboxes", s.e2bSandboxes)
+	t.Run("E2BSandboxesDue", s.e2bSandboxesDue)
 	t.Run("TokenGen", s.tokenGen)
 	t.Run("RevokeSessionTokens", s.revokeSessionTokens)
 	t.Run("CopiesInAndOut", s.copiesInAndOut)
