@@ -104,6 +104,11 @@ type GCResult struct {
 	ChunksYoung   int   `json:"chunks_young"`
 	ChunksDeleted int   `json:"chunks_deleted"`
 	BytesDeleted  int64 `json:"bytes_deleted"`
+	// Broken lists the manifests records name that are missing or
+	// corrupt in the object store: they can restore nothing (a wake of
+	// such a session needs its local files), and the collection went on
+	// without them.
+	Broken []string `json:"broken,omitempty"`
 }
 
 // RestoreProgress is a wake's restore from the object store under way.

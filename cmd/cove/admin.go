@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 )
@@ -39,6 +40,9 @@ on, are deleted once older than --gc-grace. Uploads under way are safe.`,
 			}
 			_, err = fmt.Fprintf(c.stdout, "deleted %d manifests and %d chunks (%s); kept %d manifests, %d chunks, %d chunks younger than the grace\n",
 				res.ManifestsDeleted, res.ChunksDeleted, humanBytes(res.BytesDeleted), res.ManifestsKept, res.ChunksKept, res.ChunksYoung)
+			if err == nil && len(res.Broken) > 0 {
+				_, err = fmt.Fprintf(c.stdout, "missing or corrupt in the object store (they can restore nothing; collected without them): %s\n", strings.Join(res.Broken, ", "))
+			}
 			return err
 		},
 	}

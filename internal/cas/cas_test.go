@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -640,9 +641,18 @@ func TestGC(t *testing.T) {
 			t.Errorf("store holds %d chunks after gc, want a's 3", n)
 		}
 
-		// A live manifest that is missing stops GC before it deletes.
-		if _, err := old.GC(ctx, []string{ma.ID, mb.ID}, grace); err == nil {
-			t.Error("gc with a missing live manifest succeeded")
+		// A live manifest that is missing (lost for good: it can
+		// restore nothing) does not stop the collection: it is
+		// reported, and what the others name is kept.
+		st, err = old.GC(ctx, []string{ma.ID, mb.ID}, grace)
+		if err != nil {
+			t.Fatalf("gc with a missing live manifest: %v", err)
+		}
+		if !slices.Equal(st.Broken, []string{mb.ID}) || st.ChunksKept != 3 || st.ChunksDeleted != 0 {
+			t.Errorf("gc with a missing live manifest: %+v; want b reported broken, a's 3 chunks kept", st)
+		}
+		if _, err := s.Restore(ctx, ma, t.TempDir(), cas.RestoreOptions{}); err != nil {
+			t.Fatalf("restore of the live manifest after a gc with a broken one: %v", err)
 		}
 		if _, err := old.GC(ctx, nil, time.Hour); err == nil {
 			t.Error("gc with a grace under the refresh age succeeded")

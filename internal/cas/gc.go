@@ -2,6 +2,7 @@ package cas
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -17,6 +18,10 @@ type GCStats struct {
 	ChunksYoung      int // named by none, but younger than the grace period
 	ChunksDeleted    int
 	BytesDeleted     int64
+	// Broken lists the live (or young) manifests, or bases of one, that
+	// are missing or corrupt: they can restore nothing, and the run went
+	// on without them (see GC).
+	Broken []string
 }
 
 // GC deletes what no live manifest needs:
@@ -27,8 +32,12 @@ type GCStats struct {
 //     than grace themselves.
 //
 // live must name every manifest still wanted (every snapshot, template
-// version and image); GC fails, deleting nothing, if one is missing or
-// corrupt.
+// version and image). One that is missing or corrupt (ErrNotFound,
+// ErrBadManifest) can restore nothing, whatever is kept for it: it is
+// listed in GCStats.Broken and the run goes on without it (a corrupt one
+// is not deleted: it is left for inspection), so that one lost object
+// does not stop every later collection. Any other error reading it (the
+// store unreachable) fails the run before it deletes anything.
 //
 // GC is safe against uploads in flight: an upload puts its chunks, or
 // refreshes those it reuses that are older than Config.RefreshAfter (and
@@ -70,8 +79,18 @@ func (s *Store) GC(ctx context.Context, live []string, grace time.Duration) (GCS
 		}
 		return nil
 	}
+	// broken reports whether err, marking id, says a manifest is lost
+	// for good (see above), and records it.
+	broken := func(id string, err error) bool {
+		if !errors.Is(err, objstore.ErrNotFound) && !errors.Is(err, ErrBadManifest) {
+			return false
+		}
+		st.Broken = append(st.Broken, id)
+		s.cfg.Log.Warn("cas: gc: a manifest that can restore nothing (missing or corrupt); collecting without it", "manifest", id, "err", err)
+		return true
+	}
 	for _, id := range live {
-		if err := mark(id); err != nil {
+		if err := mark(id); err != nil && !broken(id, err) {
 			return st, fmt.Errorf("cas: gc: live manifest: %w", err)
 		}
 	}
@@ -87,7 +106,8 @@ func (s *Store) GC(ctx context.Context, live []string, grace time.Duration) (GCS
 		if !old(i.ModTime) {
 			// Young: perhaps an upload whose caller has not yet
 			// recorded it. It, its chunks and its bases stay.
-			if err := mark(strings.TrimPrefix(i.Key, "manifests/")); err != nil {
+			id := strings.TrimPrefix(i.Key, "manifests/")
+			if err := mark(id); err != nil && !broken(id, err) {
 				return st, fmt.Errorf("cas: gc: young manifest: %w", err)
 			}
 		}
@@ -132,6 +152,6 @@ func (s *Store) GC(ctx context.Context, live []string, grace time.Duration) (GCS
 		return st, fmt.Errorf("cas: gc: %w", err)
 	}
 	s.cfg.Log.Info("cas: gc", "manifests_live", st.ManifestsLive, "manifests_deleted", st.ManifestsDeleted,
-		"chunks_deleted", st.ChunksDeleted, "bytes_deleted", st.BytesDeleted, "chunks_young", st.ChunksYoung)
+		"chunks_deleted", st.ChunksDeleted, "bytes_deleted", st.BytesDeleted, "chunks_young", st.ChunksYoung, "broken", len(st.Broken))
 	return st, nil
 }

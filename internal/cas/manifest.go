@@ -104,17 +104,17 @@ func (s *Store) LoadManifest(ctx context.Context, id string) (Manifest, error) {
 		return Manifest{}, fmt.Errorf("cas: load manifest %s: %w", id, err)
 	}
 	if sum := sha256.Sum256(b); hex.EncodeToString(sum[:]) != id {
-		return Manifest{}, fmt.Errorf("cas: load manifest %s: corrupt: its bytes hash to %x", id, sum)
+		return Manifest{}, fmt.Errorf("cas: load manifest %s: %w: its bytes hash to %x", id, ErrBadManifest, sum)
 	}
 	var m Manifest
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&m); err != nil {
-		return Manifest{}, fmt.Errorf("cas: load manifest %s: %w", id, err)
+		return Manifest{}, fmt.Errorf("cas: load manifest %s: %w: %w", id, ErrBadManifest, err)
 	}
 	m.ID = id
 	if err := m.validate(); err != nil {
-		return Manifest{}, fmt.Errorf("cas: load manifest %s: %w", id, err)
+		return Manifest{}, fmt.Errorf("cas: load manifest %s: %w: %w", id, ErrBadManifest, err)
 	}
 	return m, nil
 }

@@ -41,6 +41,11 @@ type RestoreStats struct {
 // bytes do not decompress to bytes with its hash.
 var ErrCorrupt = errors.New("corrupt chunk")
 
+// ErrBadManifest is returned (wrapped) by LoadManifest for a manifest
+// whose stored bytes do not hash to its id or do not describe files: it
+// can restore nothing, whatever is tried again.
+var ErrBadManifest = errors.New("corrupt manifest")
+
 // place is where one chunk goes: file f at offset off, n bytes.
 type place struct {
 	f   int

@@ -78,8 +78,9 @@ func (m *Manager) liveManifests(ctx context.Context) ([]string, error) {
 
 // CollectGarbage runs one GC of the object store over the live set the
 // records name (see above), and returns what it did. GC runs one at a
-// time; a run that fails (a live manifest missing or corrupt, the store
-// unreachable) deletes nothing further and is logged.
+// time; a run that fails (the store unreachable) deletes nothing further
+// and is logged. A live manifest missing or corrupt does not stop it: it
+// can restore nothing, and is reported (GCStats.Broken).
 func (m *Manager) CollectGarbage(ctx context.Context) (cas.GCStats, error) {
 	if m.cfg.Objects == nil {
 		return cas.GCStats{}, fmt.Errorf("session: gc: no object store")
@@ -105,7 +106,7 @@ func (m *Manager) CollectGarbage(ctx context.Context) (cas.GCStats, error) {
 	}
 	m.cfg.Log.Info("object store gc", "live", len(live), "manifests_kept", st.ManifestsLive, "manifests_deleted", st.ManifestsDeleted,
 		"chunks_deleted", st.ChunksDeleted, "bytes_deleted", st.BytesDeleted, "chunks_young", st.ChunksYoung,
-		"ms", time.Since(start).Milliseconds())
+		"broken", st.Broken, "ms", time.Since(start).Milliseconds())
 	return st, nil
 }
 
@@ -138,5 +139,6 @@ func (m *Manager) GC(ctx context.Context) (api.GCResult, error) {
 		return api.GCResult{}, err
 	}
 	return api.GCResult{ManifestsKept: st.ManifestsLive, ManifestsDeleted: st.ManifestsDeleted,
-		ChunksKept: st.ChunksKept, ChunksYoung: st.ChunksYoung, ChunksDeleted: st.ChunksDeleted, BytesDeleted: st.BytesDeleted}, nil
+		ChunksKept: st.ChunksKept, ChunksYoung: st.ChunksYoung, ChunksDeleted: st.ChunksDeleted, BytesDeleted: st.BytesDeleted,
+		Broken: st.Broken}, nil
 }
