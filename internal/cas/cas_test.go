@@ -842,3 +842,39 @@ func (c *countingStore) count(key string) int {
 	defer c.mu.Unlock()
 	return c.puts[key]
 }
+
+// The temp files of a restore cut short (a server killed mid-restore:
+// each as large as its file) are removed by the next restore into the
+// dir, which then puts the files in place; other files stay.
+func TestRestoreRemovesTempsOfOneCutShort(t *testing.T) {
+	backends(t, func(t *testing.T, objs objstore.Store) {
+		m, dst := uploadedFixture(t, objs)
+		stale := []string{".mem.restore-1234", ".mem.restore-99999"}
+		for _, name := range append(stale, ".other.restore-1", "keep") {
+			if err := os.WriteFile(filepath.Join(dst, name), bytes.Repeat([]byte{1}, 4096), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := newStore(t, objs, cas.Config{}).Restore(context.Background(), m, dst, cas.RestoreOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		ents, err := os.ReadDir(dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for _, e := range ents {
+			names = append(names, e.Name())
+		}
+		for _, name := range stale {
+			if slices.Contains(names, name) {
+				t.Errorf("stale temp %s left after the restore: %v", name, names)
+			}
+		}
+		for _, name := range []string{".other.restore-1", "keep", "mem"} {
+			if !slices.Contains(names, name) {
+				t.Errorf("%s is gone after the restore: %v", name, names)
+			}
+		}
+	})
+}

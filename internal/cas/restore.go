@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -60,7 +61,9 @@ type place struct {
 // into place. Each chunk is taken from a seed or fetched from the store,
 // and verified against its hash before use; a chunk that is missing or
 // corrupt fails the Restore with an error naming the chunk and the file,
-// and leaves the targets as they were.
+// and leaves the targets as they were. The temp files of a target that a
+// restore cut short left (a process killed mid-restore) are removed
+// first; the caller runs one restore into a dir at a time.
 func (s *Store) Restore(ctx context.Context, m Manifest, dir string, opts RestoreOptions) (RestoreStats, error) {
 	var st RestoreStats
 	if err := m.validate(); err != nil {
@@ -117,11 +120,24 @@ func (s *Store) Restore(ctx context.Context, m Manifest, dir string, opts Restor
 	return r.stats(st), nil
 }
 
+// tempBeside creates the temp file a restore writes target into, beside
+// it, first removing those of target that an earlier restore cut short
+// left (a server killed mid-restore): each is as large as the file, and
+// nothing else would ever remove them. The caller runs one restore into a
+// dir at a time (the session's lock, the template's).
 func tempBeside(target string) (*os.File, error) {
-	if err := os.MkdirAll(filepath.Dir(target), 0o750); err != nil {
+	dir, prefix := filepath.Dir(target), "."+filepath.Base(target)+".restore-"
+	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, err
 	}
-	return os.CreateTemp(filepath.Dir(target), "."+filepath.Base(target)+".restore-*")
+	if ents, err := os.ReadDir(dir); err == nil {
+		for _, e := range ents {
+			if strings.HasPrefix(e.Name(), prefix) && e.Type().IsRegular() {
+				os.Remove(filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+	return os.CreateTemp(dir, prefix+"*")
 }
 
 func syncDir(dir string) error {
