@@ -111,6 +111,15 @@ func (c *Client) WakeSession(ctx context.Context, id string) (Session, error) {
 	return s, err
 }
 
+// WakeSessionFromLastSnapshot brings a lost or failed session back from
+// its last stored snapshot (the work since is gone) and returns it
+// running.
+func (c *Client) WakeSessionFromLastSnapshot(ctx context.Context, id string) (Session, error) {
+	var s Session
+	err := c.doJSON(ctx, http.MethodPost, sessionPath(id, "/wake"), nil, WakeRequest{FromLastSnapshot: true}, &s)
+	return s, err
+}
+
 // RevokeSession invalidates every identity token the session was given,
 // at once, without stopping it (the kill switch), and returns the session.
 func (c *Client) RevokeSession(ctx context.Context, id string) (Session, error) {

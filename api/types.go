@@ -15,6 +15,10 @@ const (
 	StateWaking   = "waking"
 	StateStopping = "stopping"
 	StateFailed   = "failed"
+	// StateLost is a session whose VM ran on a node that died: its
+	// Error says since when, and whether it has a stored snapshot that
+	// a wake --from-last-snapshot goes back to.
+	StateLost = "lost"
 )
 
 // States lists every session state.
@@ -47,6 +51,10 @@ type Session struct {
 	AutoWake bool `json:"auto_wake"`
 	// Snapshot describes the parked snapshot while the session is parked.
 	Snapshot *SnapshotInfo `json:"snapshot,omitempty"`
+	// LastSnapshotAt is when the session's last stored snapshot that a
+	// wake consumed was taken: what wake --from-last-snapshot brings a
+	// lost or failed session back to. Absent if there is none.
+	LastSnapshotAt *time.Time `json:"last_snapshot_at,omitempty"`
 	// Waiting is the pending subscription of a session parked until an
 	// event.
 	Waiting *Waiting `json:"waiting,omitempty"`
@@ -142,6 +150,16 @@ type ParkRequest struct {
 // HookSecretRequest is the body of PUT /v1/hook-secrets/{name}.
 type HookSecretRequest struct {
 	Secret string `json:"secret"`
+}
+
+// WakeRequest is the body of POST /v1/sessions/{id}/wake; empty (or
+// absent) for a plain wake of a parked session.
+type WakeRequest struct {
+	// FromLastSnapshot brings a lost session (its node died while it
+	// ran), or a failed one, back from its last stored snapshot, on the
+	// node of the server asked: the work done since that snapshot is
+	// gone.
+	FromLastSnapshot bool `json:"from_last_snapshot,omitempty"`
 }
 
 // SnapshotInfo describes a parked session's snapshot.

@@ -67,19 +67,30 @@ first webhook delivery matching any --until expression, or the end of
 
 // newWakeCmd is "cove wake" and "cove session wake".
 func newWakeCmd(c *cli, use string) *cobra.Command {
-	return &cobra.Command{
+	var fromLast bool
+	cmd := &cobra.Command{
 		Use:   use + " ID...",
 		Short: "Restore parked sessions",
 		Long: `Wake parked sessions: restore each VM from its snapshot and wait for its
 agent. Prints "ID STATE" for each; a running session is left as it is.
-Every id is tried; cove exits 1 if any failed.`,
+Every id is tried; cove exits 1 if any failed.
+
+With --from-last-snapshot, a lost session (its node died while it ran) or a
+failed one comes back from its last stored snapshot instead: the work done
+since that snapshot is gone ('cove session inspect' shows its time as
+last_snapshot_at).`,
 		Args: usageArgs(cobra.MinimumNArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			return eachSession(c, cmd, "wake", args, func(ctx context.Context, cl *api.Client, id string) (api.Session, error) {
+				if fromLast {
+					return cl.WakeSessionFromLastSnapshot(ctx, id)
+				}
 				return cl.WakeSession(ctx, id)
 			})
 		},
 	}
+	cmd.Flags().BoolVar(&fromLast, "from-last-snapshot", false, "bring a lost or failed session back from its last stored snapshot (the work since is lost)")
+	return cmd
 }
 
 // eachSession calls fn for every id in turn, printing "ID STATE" for each

@@ -369,6 +369,14 @@ func (f *fakeSessions) ParkUntil(ctx context.Context, id string, until []string,
 	return s, nil
 }
 
+// WakeFromLastSnapshot: the fake keeps no stored snapshots.
+func (f *fakeSessions) WakeFromLastSnapshot(ctx context.Context, id string) (api.Session, error) {
+	if err := f.check(id); err != nil {
+		return api.Session{}, err
+	}
+	return api.Session{}, api.Errorf(api.CodeConflict, "wake %s --from-last-snapshot: the session has no stored snapshot to go back to", id)
+}
+
 // Wake wakes a parked session (a running one is returned as it is); any
 // other state is a conflict.
 func (f *fakeSessions) Wake(ctx context.Context, id string) (api.Session, error) {

@@ -65,6 +65,10 @@ type Sessions interface {
 	// answers. Waking a running session returns it as it is; a session in
 	// any other state is CodeConflict.
 	Wake(ctx context.Context, id string) (api.Session, error)
+	// WakeFromLastSnapshot brings a lost or failed session back from its
+	// last stored snapshot; a session in another state, or without one,
+	// is CodeConflict.
+	WakeFromLastSnapshot(ctx context.Context, id string) (api.Session, error)
 
 	// CreateCheckpoint saves a running session's whole machine while it
 	// runs on; a parked session is CodeConflict, a name in use too, a

@@ -81,11 +81,10 @@ func (s *Server) deleteSession(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// wakeRequest is the body of POST /v1/sessions/{id}/wake: empty for now
+// The body of POST /v1/sessions/{id}/wake, api.WakeRequest, may be empty
 // (or {}); unknown fields are refused so that later options cannot be
 // silently ignored by an older server. The park body, api.ParkRequest, is
 // decoded the same way.
-type wakeRequest struct{}
 
 // parkSession parks a session; with until or timeout in the body it parks
 // it until an event (Sessions.ParkUntil).
@@ -113,12 +112,18 @@ func (s *Server) parkSession(w http.ResponseWriter, r *http.Request) error {
 }
 
 func (s *Server) wakeSession(w http.ResponseWriter, r *http.Request) error {
-	var req wakeRequest
+	var req api.WakeRequest
 	if err := decodeJSON(w, r, &req); err != nil {
 		return err
 	}
 	liftDeadlines(w)
-	sess, err := s.sessions.Wake(r.Context(), r.PathValue("id"))
+	var sess api.Session
+	var err error
+	if req.FromLastSnapshot {
+		sess, err = s.sessions.WakeFromLastSnapshot(r.Context(), r.PathValue("id"))
+	} else {
+		sess, err = s.sessions.Wake(r.Context(), r.PathValue("id"))
+	}
 	if err != nil {
 		return err
 	}

@@ -52,6 +52,11 @@ func (m *Manager) liveManifests(ctx context.Context) ([]string, error) {
 	}
 	for _, r := range recs {
 		add(r.StoredManifest)
+		// The last stored snapshot a wake consumed: what a session lost
+		// with its node goes back to (lost.go).
+		if mach, err := decodeMachine(r.Snapshot); err == nil && mach.LastStored != nil {
+			add(mach.LastStored.Manifest)
+		}
 	}
 	ts, err := m.cfg.Store.ListTemplates(ctx)
 	if err != nil {

@@ -97,6 +97,10 @@ func (m *Manager) heartbeatLoop() {
 			m.cfg.Log.Error("node heartbeat: this server's node was removed (cove node rm); it registers again at the server's next start", "node", m.cfg.Node)
 		case err != nil:
 			m.cfg.Log.Warn("node heartbeat", "node", m.cfg.Node, "err", err)
+		default:
+			fctx, cancel := context.WithTimeout(context.Background(), every)
+			m.fence(fctx)
+			cancel()
 		}
 	}
 }
@@ -157,6 +161,7 @@ func (m *Manager) SweepNodes(ctx context.Context) []string {
 		dead = append(dead, n.ID)
 		m.cfg.Log.Warn("node marked dead: no heartbeat for longer than the grace", "node", n.ID, "name", n.Name,
 			"last_heartbeat", last, "grace", m.cfg.NodeGrace, "running_sessions", m.countRunning(lctx, n.ID))
+		m.loseSessions(lctx, n, last)
 	}
 	return dead
 }
@@ -195,7 +200,7 @@ func (m *Manager) takesVMs(op string) error {
 // holdsVM reports whether a session's VM state is on its node: every
 // state but parked and failed (a parked session holds only files).
 func holdsVM(state string) bool {
-	return state != api.StateParked && state != api.StateFailed
+	return state != api.StateParked && state != api.StateFailed && state != api.StateLost
 }
 
 // place chooses the node for a new session of memMiB and cpus, cloned

@@ -78,6 +78,10 @@ type machine struct {
 	// what its wake tells the guest (agentproto.OpRestored; see
 	// guestckpt.go).
 	Restore *agentproto.Restored `json:"restore,omitempty"`
+	// LastStored is the last snapshot of the session stored in the
+	// object store that a wake consumed since: what a session lost with
+	// its node goes back to (lost.go). The object store keeps it.
+	LastStored *lastStored `json:"last_stored,omitempty"`
 }
 
 // parked is the manifest of a parked session's snapshot.
@@ -444,6 +448,10 @@ func (m *Manager) wake(ctx context.Context, id string, cause Cause, trigger stri
 		return api.Session{}, err
 	}
 	defer func(start time.Time) { m.doneEvent(ctx, ev, start, err) }(time.Now())
+	// A session of a dead node wakes here from its stored snapshot.
+	if err := m.wakeHere(ctx, &rec); err != nil {
+		return api.Session{}, err
+	}
 	// The woken guest writes its RAM file: an upload of it ends first.
 	m.stopUpload(id)
 	if err := m.fetchSnapshot(ctx, rec); err != nil {
@@ -513,6 +521,7 @@ func (m *Manager) wake(ctx context.Context, id string, cause Cause, trigger stri
 	}
 	m.crashPoint("wake.connected")
 	rec.Gen = w.gen(rec.Gen)
+	keepStored(rec, mach, &mach)
 	mach.Parked = nil
 	if mach.Restore != nil {
 		// Told once the guest is served (serveGuest); a server stop

@@ -336,6 +336,12 @@ func (m *Manager) toAPI(s store.Session) api.Session {
 		Stored: s.StoredManifest != "", StoredBytes: s.StoredBytes, Evicted: evicted(s),
 		Restore: m.restoring(s.ID), Node: s.Node,
 	}
+	if s.State == api.StateLost || s.State == api.StateFailed {
+		if mach, err := decodeMachine(s.Snapshot); err == nil && mach.LastStored != nil {
+			at := mach.LastStored.At
+			out.LastSnapshotAt = &at
+		}
+	}
 	return out
 }
 
@@ -1109,7 +1115,7 @@ func (m *Manager) waitRunning(ctx context.Context, id string) (*live, error) {
 		if err != nil {
 			return nil, notFound(id, err)
 		}
-		if rec.State == api.StateFailed || rec.State == api.StateStopping {
+		if rec.State == api.StateFailed || rec.State == api.StateStopping || rec.State == api.StateLost {
 			msg := fmt.Sprintf("session %s is %s", id, rec.State)
 			if rec.Error != "" {
 				msg += ": " + rec.Error

@@ -1,0 +1,266 @@
+package session
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/store"
+)
+
+// Node loss (issue 19).
+//
+// A node marked dead (node.go's sweeper) holds sessions in two kinds:
+//   - Parked ones keep their snapshot in its files and, once stored, in
+//     the object store: a wake through any server whose node takes VMs
+//     moves the session there (Session.Node) and restores the stored
+//     snapshot (wakeHere, then fetchSnapshot). One never stored cannot
+//     wake elsewhere, and says so.
+//   - Running ones (and those mid-create, -park or -wake) are lost: their
+//     VM ran on the dead node. The sweeper records them StateLost with the
+//     reason and the time of their last stored snapshot. Nothing brings
+//     one back silently: WakeFromLastSnapshot (cove wake
+//     --from-last-snapshot) restores that snapshot here, which drops the
+//     work done since, as asked; a session that never had one stored can
+//     only be removed.
+//
+// The last stored snapshot of a running session is kept for that: a wake
+// of a stored snapshot records it in machine.LastStored (its manifest,
+// and the parked machine that goes with it) rather than forgetting it,
+// and GC keeps it live (liveManifests).
+//
+// Fencing: a node that comes back (a partition healed, a server
+// restarted) must not run a session another node took over. A restart
+// does not adopt lost sessions (their VMs are swept as orphans), and a
+// live node checks at each heartbeat that the sessions it runs are still
+// recorded its and not lost (fence), and stops the VMs of the others. A
+// node cut off from the store keeps its VMs running until it can tell
+// (it cannot tell a partition from a store outage), so a session woken
+// from its last snapshot elsewhere may run twice until the old node's
+// next heartbeat after the partition heals.
+
+// lastStored is a session's last stored snapshot, kept after the wake
+// that consumed it (machine.LastStored).
+type lastStored struct {
+	Manifest string `json:"manifest"`
+	Bytes    int64  `json:"bytes"`
+	// Machine is the parked machine that the snapshot restores.
+	Machine json.RawMessage `json:"machine"`
+	// At is when the snapshot was taken (its park).
+	At time.Time `json:"at"`
+}
+
+// keepStored records in mach, the machine a wake of parked record rec
+// runs, the snapshot the wake consumes if it was stored, as the last
+// stored one; one not stored leaves the earlier record.
+func keepStored(rec store.Session, parkedMach machine, mach *machine) {
+	if rec.StoredManifest == "" || parkedMach.Parked == nil {
+		return
+	}
+	pm := parkedMach
+	pm.LastStored = nil
+	mach.LastStored = &lastStored{Manifest: rec.StoredManifest, Bytes: rec.StoredBytes, Machine: pm.encode(), At: pm.Parked.CreatedAt}
+}
+
+// holdsElsewhere says whether session state s is one whose VM runs, or
+// is being made, saved or restored, on its node: what a node loss loses.
+func holdsElsewhere(s string) bool {
+	switch s {
+	case api.StateRunning, api.StateCreating, api.StateParking, api.StateWaking:
+		return true
+	}
+	return false
+}
+
+// loseSessions records lost every session of dead node n whose VM was on
+// it, with the reason and its last stored snapshot's time.
+func (m *Manager) loseSessions(ctx context.Context, n store.Node, last time.Time) {
+	recs, err := m.cfg.Store.ListSessions(ctx)
+	if err != nil {
+		m.cfg.Log.Warn("node sweep: list the dead node's sessions", "node", n.ID, "err", err)
+		return
+	}
+	for _, rec := range recs {
+		if rec.Node != n.ID || !holdsElsewhere(rec.State) {
+			continue
+		}
+		m.loseSession(ctx, rec.ID, n, last)
+	}
+}
+
+func (m *Manager) loseSession(ctx context.Context, id string, n store.Node, last time.Time) {
+	unlock := m.lock(id)
+	defer unlock()
+	for range 3 {
+		rec, err := m.cfg.Store.GetSession(ctx, id)
+		if err != nil || rec.Node != n.ID || !holdsElsewhere(rec.State) {
+			return
+		}
+		msg := fmt.Sprintf("node %s (%s) lost: no heartbeat since %s", n.Name, n.ID, last.UTC().Format(time.RFC3339))
+		if mach, err := decodeMachine(rec.Snapshot); err == nil && mach.LastStored != nil {
+			msg += fmt.Sprintf("; its last stored snapshot is from %s: 'cove wake %s --from-last-snapshot' goes back to it (the work since is lost)",
+				mach.LastStored.At.UTC().Format(time.RFC3339), id)
+		} else {
+			msg += "; it has no stored snapshot to go back to"
+		}
+		was := rec.State
+		rec.State, rec.Error, rec.Handle, rec.UpdatedAt = api.StateLost, msg, nil, time.Now().UTC()
+		err = m.cfg.Store.UpdateSession(ctx, &rec)
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			m.cfg.Log.Warn("node sweep: record a session lost", "session", id, "err", err)
+			return
+		}
+		m.cfg.Log.Warn("session lost with its node", "session", id, "node", n.ID, "was", was)
+		return
+	}
+}
+
+// wakeHere makes parked session rec this node's to wake, where another
+// node holds it: one that is dead (or removed) gives it up if its
+// snapshot is stored (rec.Node is set to this node, recorded with the
+// wake's next update); a live one keeps it.
+func (m *Manager) wakeHere(ctx context.Context, rec *store.Session) error {
+	if m.cfg.Node == "" || rec.Node == "" || rec.Node == m.cfg.Node {
+		return nil
+	}
+	n, err := m.cfg.Store.GetNode(ctx, rec.Node)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		n = store.Node{ID: rec.Node, Name: "(removed)", Dead: true}
+	case err != nil:
+		return fmt.Errorf("session: wake %s: its node: %w", rec.ID, err)
+	}
+	if !n.Dead {
+		return api.Errorf(api.CodeConflict, "wake %s: the session is held by node %s (%s), which is alive: wake it through that node's server (calls are not routed to other nodes yet)", rec.ID, n.Name, n.ID)
+	}
+	if rec.StoredManifest == "" {
+		return api.Errorf(api.CodeUnavailable, "wake %s: its snapshot's files are on node %s (%s), which is dead, and were never stored in the object store: it cannot wake elsewhere", rec.ID, n.Name, n.ID)
+	}
+	if !m.nodeSchedulable(ctx) {
+		return api.Errorf(api.CodeUnavailable, "wake %s: no node fits: node %s takes no new sessions (cordoned, draining or dead)", rec.ID, m.cfg.Node)
+	}
+	m.cfg.Log.Info("waking a session of a dead node here, from its stored snapshot", "session", rec.ID, "from_node", n.ID, "node", m.cfg.Node)
+	rec.Node = m.cfg.Node
+	return nil
+}
+
+// WakeFromLastSnapshot brings back a lost session (its node died while
+// it ran), or a failed one, from its last stored snapshot, on this node:
+// the work done since that snapshot is gone, as the caller asks. The
+// session keeps its id, owner and policy; it runs when this returns.
+func (m *Manager) WakeFromLastSnapshot(ctx context.Context, id string) (api.Session, error) {
+	if err := m.takesVMs("wake " + id); err != nil {
+		return api.Session{}, err
+	}
+	if err := m.toLastSnapshot(ctx, id); err != nil {
+		return api.Session{}, err
+	}
+	s, err := m.wake(ctx, id, CauseAPI, "")
+	if err != nil {
+		return api.Session{}, fmt.Errorf("session: wake %s from its last snapshot: the session is parked at that snapshot, and its wake failed: %w", id, err)
+	}
+	m.cfg.Log.Info("session woken from its last stored snapshot", "session", id)
+	return s, nil
+}
+
+// toLastSnapshot records lost or failed session id parked at its last
+// stored snapshot, on this node.
+func (m *Manager) toLastSnapshot(ctx context.Context, id string) error {
+	unlock := m.lock(id)
+	defer unlock()
+	rec, err := m.cfg.Store.GetSession(ctx, id)
+	if err != nil {
+		return notFound(id, err)
+	}
+	if rec.State != api.StateLost && rec.State != api.StateFailed {
+		return api.Errorf(api.CodeConflict, "wake %s --from-last-snapshot: the session is %s: only a lost or failed session goes back to its last stored snapshot", id, rec.State)
+	}
+	mach, err := decodeMachine(rec.Snapshot)
+	if err != nil || mach.LastStored == nil {
+		return api.Errorf(api.CodeConflict, "wake %s --from-last-snapshot: the session has no stored snapshot to go back to", id)
+	}
+	ls := *mach.LastStored
+	pm, err := decodeMachine(ls.Machine)
+	if err == nil && pm.Parked == nil {
+		err = errors.New("no snapshot recorded")
+	}
+	if err != nil {
+		return api.Errorf(api.CodeUnavailable, "wake %s --from-last-snapshot: its last stored snapshot's record: %v", id, err)
+	}
+	if m.cfg.Objects == nil {
+		return api.Errorf(api.CodeUnavailable, "wake %s --from-last-snapshot: this server has no object store", id)
+	}
+	if !m.nodeSchedulable(ctx) {
+		return api.Errorf(api.CodeUnavailable, "wake %s: no node fits: node %s takes no new sessions (cordoned, draining or dead)", id, m.cfg.Node)
+	}
+	m.mu.Lock()
+	l := m.live[id]
+	m.mu.Unlock()
+	if l != nil {
+		return api.Errorf(api.CodeConflict, "wake %s --from-last-snapshot: its VM still runs here", id)
+	}
+	// What is here of the session's files is newer than the snapshot (a
+	// disk written since): it goes, so that the wake restores the
+	// snapshot whole from the object store.
+	for _, p := range []string{pm.Parked.Mem, pm.Parked.State, pm.Disk, filepath.Join(m.dir(id), wokenFile)} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("session: wake %s from its last snapshot: %w", id, err)
+		}
+	}
+	pm.LastStored = &ls // kept, should this wake fail
+	rec.State, rec.Error, rec.Handle, rec.UpdatedAt = api.StateParked, "", nil, time.Now().UTC()
+	rec.Snapshot, rec.StoredManifest, rec.StoredBytes = pm.encode(), ls.Manifest, ls.Bytes
+	if m.cfg.Node != "" {
+		rec.Node = m.cfg.Node
+	}
+	if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
+		return fmt.Errorf("session: wake %s from its last snapshot: %w", id, err)
+	}
+	m.cfg.Log.Warn("session goes back to its last stored snapshot", "session", id, "snapshot_at", ls.At, "manifest", ls.Manifest)
+	return nil
+}
+
+// fence stops the VMs this node runs for sessions that are no longer its
+// own (woken on another node since) or are recorded lost (its node was
+// taken for dead): after a partition, one session never runs twice for
+// longer than a heartbeat.
+func (m *Manager) fence(ctx context.Context) {
+	m.mu.Lock()
+	ids := make([]string, 0, len(m.live))
+	for id, l := range m.live {
+		if !l.deleting {
+			ids = append(ids, id)
+		}
+	}
+	m.mu.Unlock()
+	for _, id := range ids {
+		rec, err := m.cfg.Store.GetSession(ctx, id)
+		if err != nil || rec.State != api.StateLost && (rec.Node == "" || rec.Node == m.cfg.Node) {
+			continue
+		}
+		unlock := m.lock(id)
+		m.mu.Lock()
+		l := m.live[id]
+		if l != nil {
+			l.deleting = true
+			delete(m.live, id)
+		}
+		m.mu.Unlock()
+		if l != nil {
+			l.client().Close()
+			if err := l.vm.Stop(ctx); err != nil {
+				m.cfg.Log.Warn("fence: stop the VM", "session", id, "err", err)
+			}
+			m.cfg.Log.Warn("fenced: stopped the VM of a session this node lost or another node runs", "session", id, "state", rec.State, "node", rec.Node)
+		}
+		unlock()
+	}
+}
