@@ -784,27 +784,47 @@ func (m *Manager) idleLoop() {
 		if m.snap == nil {
 			continue
 		}
-		ctx := context.Background()
-		recs, err := m.cfg.Store.ListSessions(ctx)
-		if err != nil {
+		m.parkIdle(context.Background())
+	}
+}
+
+// parkIdle parks the sessions this server runs that are idle past their
+// timeout. It looks at the VMs it holds, not at every record: a tick
+// costs in proportion to the running sessions here, and reads the store
+// only for a session's timeout, once, and for one found idle.
+func (m *Manager) parkIdle(ctx context.Context) {
+	m.mu.Lock()
+	type cand struct {
+		id string
+		l  *live
+	}
+	cands := make([]cand, 0, len(m.live))
+	for id, l := range m.live {
+		if !l.deleting && l.inflight.Load() == 0 {
+			cands = append(cands, cand{id, l})
+		}
+	}
+	m.mu.Unlock()
+	for _, c := range cands {
+		idle := time.Duration(c.l.idle.Load())
+		if idle == 0 {
+			rec, err := m.cfg.Store.GetSession(ctx, c.id)
+			if err != nil {
+				continue
+			}
+			idle = max(m.idleTimeout(rec), -1)
+			if idle == 0 {
+				idle = -1
+			}
+			c.l.idle.Store(int64(idle))
+		}
+		if idle < 0 || c.l.inflight.Load() > 0 || time.Since(time.Unix(0, c.l.lastActive.Load())) < idle {
 			continue
 		}
-		for _, rec := range recs {
-			if rec.State != api.StateRunning {
-				continue
-			}
-			idle := m.idleTimeout(rec)
-			if idle <= 0 {
-				continue
-			}
-			m.mu.Lock()
-			l := m.live[rec.ID]
-			m.mu.Unlock()
-			if l == nil || l.inflight.Load() > 0 || time.Since(time.Unix(0, l.lastActive.Load())) < idle {
-				continue
-			}
-			m.idlePark(ctx, rec.ID, idle)
+		if rec, err := m.cfg.Store.GetSession(ctx, c.id); err != nil || rec.State != api.StateRunning {
+			continue
 		}
+		m.idlePark(ctx, c.id, idle)
 	}
 }
 

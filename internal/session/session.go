@@ -209,6 +209,10 @@ type live struct {
 
 	lastActive atomic.Int64 // unix nanos of the last API call
 	inflight   atomic.Int32 // calls and execs in progress
+	// idle is the session's idle timeout in nanoseconds, read from its
+	// record by the idle loop the first time it needs it (a session's
+	// timeout does not change while it runs): 0 unread, -1 never.
+	idle atomic.Int64
 	// calls counts calls using the agent connection that cannot outlive
 	// it (a request waiting for its answer, a file transfer; not an
 	// attached command's stream, which re-attaches): a park waits for
