@@ -59,8 +59,9 @@ func (m *Manager) rolledBack(id string, gen int) (string, bool) {
 }
 
 // Rollback puts session id back to its checkpoint name: memory, processes
-// and disk as they were when it was taken. The session must be running
-// or parked; it runs when Rollback returns.
+// and disk as they were when it was taken. The session must be running,
+// parked or failed (a checkpoint is a failed session's way back); it runs
+// when Rollback returns.
 func (m *Manager) Rollback(ctx context.Context, id, name string) (api.Session, error) {
 	return m.rollback(ctx, id, name, CauseAPI)
 }
@@ -94,7 +95,9 @@ func (m *Manager) rollbackToParked(ctx context.Context, id, name string, running
 	if running && rec.State != api.StateRunning {
 		return api.Errorf(api.CodeConflict, "rollback %s: session is %s", id, rec.State)
 	}
-	if rec.State != api.StateRunning && rec.State != api.StateParked {
+	// A failed session is put back too: its checkpoints are its last
+	// good states (its VM is gone, or is ended here).
+	if rec.State != api.StateRunning && rec.State != api.StateParked && rec.State != api.StateFailed {
 		return api.Errorf(api.CodeConflict, "rollback %s: session is %s", id, rec.State)
 	}
 	c, err := m.cfg.Store.GetCheckpoint(ctx, id, name)

@@ -614,6 +614,19 @@ func (m *Manager) adoptLive(id string, l *live) {
 		if deleting {
 			return
 		}
+		// Under the session's lock: an operation that holds it (a
+		// checkpoint, a rollback) writes the record from what it read,
+		// and would write over a failure recorded meanwhile; it may also
+		// have put the session elsewhere (a rollback parks it, a wake
+		// runs a new VM), and then this VM's end is no news.
+		unlock := m.lock(id)
+		defer unlock()
+		m.mu.Lock()
+		moved := l.deleting || m.live[id] != nil
+		m.mu.Unlock()
+		if rec, err := m.cfg.Store.GetSession(context.Background(), id); moved || err != nil || rec.State != api.StateRunning {
+			return
+		}
 		tail := lastLines(l.vm.ConsoleTail(), 8)
 		m.cfg.Log.Warn("VM exited unexpectedly", "session", id, "console", tail)
 		m.fail(id, "VM exited unexpectedly; console: "+tail)
