@@ -3,14 +3,17 @@ package session_test
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/session"
+	"github.com/cove-dev/cove/internal/testenv"
 )
 
 // Attacks on checkpoints, rollbacks and forks: their VMM killed at each
@@ -295,4 +298,156 @@ func TestFakeVMKilledMidFork(t *testing.T) {
 		r.echo(p.ID)
 		r.fork(p.ID, api.ForkRequest{From: "c"})
 	})
+}
+
+// smallDisk mounts a size-limited tmpfs for the sessions of a fake rig
+// and returns its path and a fill function, which leaves about leave
+// bytes free, and a free function.
+func smallDisk(t *testing.T, size string) (dir string, fill func(leave int64), free func() int64, unfill func()) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		testenv.Skipf(t, "mounting a size-limited tmpfs needs root")
+	}
+	dir = t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size+",mode=0711", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", dir).CombinedOutput(); err != nil {
+			t.Logf("umount: %v: %s", err, out)
+		}
+	})
+	free = func() int64 {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(dir, &st); err != nil {
+			t.Fatal(err)
+		}
+		return int64(st.Bavail) * st.Bsize
+	}
+	filler := filepath.Join(dir, "filler")
+	fill = func(leave int64) {
+		t.Helper()
+		f, err := os.OpenFile(filler, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		buf := make([]byte, 1<<20)
+		for left := free() - leave; left > 0; {
+			n, err := f.Write(buf[:min(int64(len(buf)), left)])
+			left -= int64(n)
+			if err != nil {
+				break
+			}
+		}
+	}
+	unfill = func() {
+		if err := os.Remove(filler); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir, fill, free, unfill
+}
+
+// dirtyMem writes n bytes of data into the RAM file of session id (the
+// fake guest keeps its state elsewhere: this stands for the memory a
+// real guest touched, which a checkpoint and a fork copy).
+func (r *fakeRig) dirtyMem(id string, n int) {
+	r.t.Helper()
+	f, err := os.OpenFile(filepath.Join(r.dir, id, "mem"), os.O_WRONLY, 0)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer f.Close()
+	buf := make([]byte, 1<<20)
+	for i := range buf {
+		buf[i] = byte(i*7 + 1)
+	}
+	for off := 0; off < n; off += len(buf) {
+		if _, err := f.WriteAt(buf, int64(off)); err != nil {
+			r.t.Fatal(err)
+		}
+	}
+}
+
+// TestFakeDiskFullCheckpointAndFork fills the sessions' file system (a
+// size-limited tmpfs) so that a checkpoint's RAM copy, then a fork's
+// copies, find no room: each fails saying so, the session runs on with
+// its files, no checkpoint or fork is listed, nothing is kept (the
+// request is refused, 507, before the guest pauses or a copy starts), and
+// once there is room again both work.
+func TestFakeDiskFullCheckpointAndFork(t *testing.T) {
+	dir, fill, free, unfill := smallDisk(t, "96m")
+	r := newFakeRigWith(t, func(c *session.Config) {
+		c.Dir, c.TemplateDir = filepath.Join(dir, "sessions"), filepath.Join(dir, "templates")
+	})
+	r.dir = filepath.Join(dir, "sessions")
+	ctx := context.Background()
+	s := r.create(api.CreateSessionRequest{})
+	r.write(s.ID, "/root/f", "one\n")
+	r.dirtyMem(s.ID, 16<<20)
+	listed := func(want int) {
+		t.Helper()
+		if ss, err := r.mgr.List(ctx); err != nil || len(ss) != want {
+			t.Fatalf("sessions: %d, %v; want %d", len(ss), err, want)
+		}
+	}
+
+	fill(8 << 20)
+	before, layers := free(), r.diskLayers(s.ID)
+	_, err := r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{Name: "full"})
+	wantCode(t, "checkpoint on a full disk", err, api.CodeInsufficientStorage)
+	if !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("checkpoint on a full disk: %v, want the cause (no space left)", err)
+	}
+	r.wantState(s.ID, api.StateRunning, "")
+	r.wantFile(s.ID, "/root/f", "one\n")
+	if names := r.wantCheckpointsWhole(s.ID); len(names) != 0 {
+		t.Fatalf("checkpoints after one that found the disk full: %v", names)
+	}
+	// Refused before the disk switched: no layer more, no byte kept.
+	if got := r.diskLayers(s.ID); !slices.Equal(got, layers) {
+		t.Fatalf("disk layers after a checkpoint that found the disk full: %v, before %v", got, layers)
+	}
+	if got := free(); got != before {
+		t.Fatalf("a checkpoint that found the disk full kept %d bytes", before-got)
+	}
+
+	unfill()
+	r.checkpoint(s.ID, "c")
+	r.write(s.ID, "/root/f", "two\n")
+	fill(8 << 20)
+	before = free()
+	_, err = r.mgr.Fork(ctx, s.ID, api.ForkRequest{From: "c", N: 2})
+	wantCode(t, "fork on a full disk", err, api.CodeInsufficientStorage)
+	if err == nil || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("fork on a full disk: %v, want the cause (no space left)", err)
+	}
+	listed(1)
+	r.wantState(s.ID, api.StateRunning, "")
+	r.wantFile(s.ID, "/root/f", "two\n")
+	if got := free(); got != before {
+		t.Fatalf("a fork that found the disk full kept %d bytes", before-got)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(r.dir, ".clone-files")); len(ents) != 0 {
+		t.Fatalf("a fork that found the disk full left %d dirs", len(ents))
+	}
+	// A fork that takes its own checkpoint: refused the same way, and
+	// the checkpoint it took is whole or not listed.
+	_, err = r.mgr.Fork(ctx, s.ID, api.ForkRequest{})
+	wantCode(t, "fork (checkpoint now) on a full disk", err, api.CodeInsufficientStorage)
+	if err == nil || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("fork (checkpoint now) on a full disk: %v, want the cause (no space left)", err)
+	}
+	listed(1)
+	r.wantCheckpointsWhole(s.ID)
+	r.wantState(s.ID, api.StateRunning, "")
+
+	unfill()
+	forks := r.fork(s.ID, api.ForkRequest{From: "c"})
+	r.wantFile(forks[0].ID, "/root/f", "one\n")
+	if _, err := r.mgr.Rollback(ctx, s.ID, "c"); err != nil {
+		t.Fatal(err)
+	}
+	r.wantFile(s.ID, "/root/f", "one\n")
 }

@@ -167,6 +167,11 @@ func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, na
 			os.RemoveAll(tmp)
 		}
 	}()
+	// Its RAM copy needs room: refused before the guest pauses or its
+	// disk switches, rather than failing part way.
+	if err := roomFor(root, allocated(filepath.Join(dir, vmm.MemFile)), "checkpoint "+id); err != nil {
+		return store.Checkpoint{}, err
+	}
 	layer := l.mach.Disk // the checkpoint's disk, once switched away from
 	next := filepath.Join(dir, fmt.Sprintf("disk-%d.qcow2", time.Now().UnixNano()))
 	mach := l.mach
