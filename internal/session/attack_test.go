@@ -2,6 +2,7 @@ package session_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/session"
@@ -450,4 +452,116 @@ func TestFakeDiskFullCheckpointAndFork(t *testing.T) {
 		t.Fatal(err)
 	}
 	r.wantFile(s.ID, "/root/f", "one\n")
+}
+
+// TestFakeGuestFloodsCheckpoints has guests ask for checkpoints and
+// rollbacks far more than they may, and with names that are paths: a bad
+// name is refused (400) without counting; past its burst a guest's
+// requests are refused with nothing done while the API's go on; a session
+// holds at most MaxCheckpoints, which the guest cannot pass; at most two
+// guests' checkpoints run at once on the host; and another session's
+// guest is not held back by the flood.
+func TestFakeGuestFloodsCheckpoints(t *testing.T) {
+	var (
+		mu           sync.Mutex
+		inside, most int
+	)
+	r := newFakeRigWith(t, func(c *session.Config) {
+		c.MaxCheckpoints, c.GuestCheckpointBurst, c.GuestCheckpointEvery = 5, 3, time.Hour
+		prev := c.CrashPoint
+		c.CrashPoint = func(name string) {
+			if name == "checkpoint.paused" {
+				mu.Lock()
+				inside++
+				most = max(most, inside)
+				mu.Unlock()
+				// Long enough for the others to come in, were they let.
+				time.Sleep(50 * time.Millisecond)
+				mu.Lock()
+				inside--
+				mu.Unlock()
+			}
+			prev(name)
+		}
+	})
+	ctx := context.Background()
+	s := r.create(api.CreateSessionRequest{})
+	other := r.create(api.CreateSessionRequest{})
+	third := r.create(api.CreateSessionRequest{})
+	r.write(s.ID, "/root/f", "one\n")
+	pid := r.vmOf(s.ID).PID()
+
+	for _, bad := range []string{"../x", "/etc/passwd", "a/../../b", "x\x00y", strings.Repeat("a", 4096), ".tmp-c", "."} {
+		_, err := r.mgr.GuestCheckpoint(s.ID, bad, 1)
+		wantCode(t, fmt.Sprintf("guest checkpoint named %.40q", bad), err, api.CodeInvalid)
+		err = r.mgr.GuestRollback(s.ID, bad)
+		wantCode(t, fmt.Sprintf("guest rollback to %.40q", bad), err, api.CodeInvalid)
+		_, err = r.mgr.Rollback(ctx, s.ID, bad)
+		wantCode(t, fmt.Sprintf("rollback to %.40q", bad), err, api.CodeInvalid)
+	}
+	if got := r.checkpointNames(s.ID); got != "" {
+		t.Fatalf("checkpoints after bad names: %q", got)
+	}
+
+	// The flood: 40 requests at once from the guest of s, while the
+	// guests of the two others ask for one each.
+	var wg sync.WaitGroup
+	errs := make([]error, 40)
+	for i := range errs {
+		wg.Go(func() { _, errs[i] = r.mgr.GuestCheckpoint(s.ID, "", int64(10+i)) })
+	}
+	for _, id := range []string{other.ID, third.ID} {
+		wg.Go(func() {
+			if _, err := r.mgr.GuestCheckpoint(id, "mine", 1); err != nil {
+				t.Errorf("the guest of %s, during another's flood: %v", id, err)
+			}
+		})
+	}
+	wg.Wait()
+	took := 0
+	for _, err := range errs {
+		switch {
+		case err == nil:
+			took++
+		case !strings.Contains(err.Error(), "too many checkpoint and rollback requests"):
+			t.Fatalf("a flooding guest's request: %v, want refused as too many", err)
+		}
+	}
+	if took != 3 {
+		t.Fatalf("a flooding guest took %d checkpoints, want its burst (3)", took)
+	}
+	if most > 2 {
+		t.Fatalf("%d guest checkpoints ran at once on the host, want at most 2", most)
+	}
+	// Refused, nothing done: the same VM, its files, three checkpoints.
+	if err := r.mgr.GuestRollback(s.ID, "ckpt-1"); err == nil || !strings.Contains(err.Error(), "too many") {
+		t.Fatalf("a rollback past the guest's burst: %v, want refused", err)
+	}
+	r.wantState(s.ID, api.StateRunning, "")
+	if r.vmOf(s.ID).PID() != pid {
+		t.Fatal("a refused guest request replaced the VM")
+	}
+	r.wantFile(s.ID, "/root/f", "one\n")
+	if got := r.checkpointNames(s.ID); got != "ckpt-1,ckpt-2,ckpt-3" {
+		t.Fatalf("checkpoints after the flood: %q", got)
+	}
+	r.wantCheckpointsWhole(s.ID)
+	// The owner's API is not the guest's bucket, but the cap holds for
+	// both.
+	r.checkpoint(s.ID, "")
+	r.checkpoint(s.ID, "")
+	_, err := r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{})
+	wantCode(t, "a checkpoint past the most a session holds", err, api.CodeConflict)
+	if !strings.Contains(err.Error(), "the most it may") {
+		t.Fatalf("past the cap: %v", err)
+	}
+	_, err = r.mgr.Fork(ctx, s.ID, api.ForkRequest{})
+	wantCode(t, "a fork needing a checkpoint past the cap", err, api.CodeConflict)
+	r.wantCheckpointsWhole(s.ID)
+	// Removing one makes room.
+	if err := r.mgr.DeleteCheckpoint(ctx, s.ID, "ckpt-1"); err != nil {
+		t.Fatal(err)
+	}
+	r.checkpoint(s.ID, "")
+	r.echo(other.ID)
 }

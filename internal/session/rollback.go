@@ -71,6 +71,12 @@ func (m *Manager) rollback(ctx context.Context, id, name string, cause Cause) (a
 	if m.ckpt == nil || m.snap == nil {
 		return api.Session{}, api.Errorf(api.CodeUnavailable, "rollback: the VMM driver cannot checkpoint")
 	}
+	if name == "" {
+		return api.Session{}, api.Errorf(api.CodeInvalid, "rollback %s: no checkpoint named", id)
+	}
+	if err := validCheckpointName(name); err != nil {
+		return api.Session{}, err
+	}
 	if err := m.rollbackToParked(ctx, id, name, cause == CauseGuest); err != nil {
 		return api.Session{}, err
 	}

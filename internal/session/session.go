@@ -23,6 +23,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/agentproto"
 	"github.com/cove-dev/cove/internal/image"
@@ -148,6 +150,15 @@ type Config struct {
 	// sweeper, which runs every third of it, marks it dead; 0: no
 	// sweeper.
 	NodeGrace time.Duration
+
+	// MaxCheckpoints bounds the checkpoints one session holds (each keeps
+	// a RAM copy); 0: DefaultMaxCheckpoints.
+	MaxCheckpoints int
+	// GuestCheckpointBurst and GuestCheckpointEvery bound the checkpoint
+	// and rollback requests of one session's guest: Burst at once, then
+	// one per Every (guestlimit.go); 0: the defaults.
+	GuestCheckpointBurst int
+	GuestCheckpointEvery time.Duration
 }
 
 // Manager manages sessions. It is safe for concurrent use.
@@ -164,6 +175,8 @@ type Manager struct {
 	woke  map[string]chan struct{} // guarded by mu: closed when the session runs again
 
 	rollbacks map[string]rollbackMark // guarded by mu: each session's last rollback (rollback.go)
+	guestRate map[string]*rate.Limiter // guarded by mu: each session's guest checkpoint and rollback requests (guestlimit.go)
+	guestWork chan struct{}            // a slot per guest checkpoint or rollback under way, host-wide (guestlimit.go)
 
 	builds  map[string]*builder      // guarded by mu: template builds queued or running, by name
 	follows map[string][]string      // guarded by mu: templates by the repo and branch they follow
@@ -286,6 +299,7 @@ func New(cfg Config) (*Manager, error) {
 	}
 	m := &Manager{cfg: cfg, live: map[string]*live{}, locks: map[string]*sync.Mutex{},
 		pools: map[string]*pool{}, woke: map[string]chan struct{}{}, stop: make(chan struct{}), rollbacks: map[string]rollbackMark{},
+		guestRate: map[string]*rate.Limiter{}, guestWork: make(chan struct{}, guestWorkAtOnce),
 		builds: map[string]*builder{}, follows: map[string][]string{}, tlocks: map[string]*sync.RWMutex{},
 		deadlines: map[string]time.Time{}, deliver: make(chan struct{}, 1), leases: map[string]bool{},
 		cloneFiles: map[string][]cloneFiles{}, cloneWanted: map[string]bool{}, cloneKick: make(chan struct{}, 1),
