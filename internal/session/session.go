@@ -174,7 +174,7 @@ type Manager struct {
 	pools map[string]*pool         // guarded by mu: warm pools by template name
 	woke  map[string]chan struct{} // guarded by mu: closed when the session runs again
 
-	rollbacks map[string]rollbackMark // guarded by mu: each session's last rollback (rollback.go)
+	rollbacks map[string]rollbackMark  // guarded by mu: each session's last rollback (rollback.go)
 	guestRate map[string]*rate.Limiter // guarded by mu: each session's guest checkpoint and rollback requests (guestlimit.go)
 	guestWork chan struct{}            // a slot per guest checkpoint or rollback under way, host-wide (guestlimit.go)
 
