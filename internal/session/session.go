@@ -863,6 +863,7 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	}
 	m.mu.Lock()
 	delete(m.locks, id)
+	delete(m.guestRate, id)
 	m.mu.Unlock()
 	if rec.Template != "" {
 		m.collectVersions(context.WithoutCancel(ctx), rec.Template)
