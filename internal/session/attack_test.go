@@ -377,12 +377,39 @@ func (r *fakeRig) dirtyMem(id string, n int) {
 // copies, find no room: each fails saying so, the session runs on with
 // its files, no checkpoint or fork is listed, nothing is kept (the
 // request is refused, 507, before the guest pauses or a copy starts), and
-// once there is room again both work.
+// once there is room again both work. The disk filled by another writer
+// after that check, during the copies, fails them the same way and gives
+// back what they wrote.
 func TestFakeDiskFullCheckpointAndFork(t *testing.T) {
 	dir, fill, free, unfill := smallDisk(t, "96m")
+	// At a step armed here the disk fills: after the check for room,
+	// before the copies (a disk that another writer fills meanwhile).
+	var (
+		fillMu sync.Mutex
+		fillAt string
+	)
 	r := newFakeRigWith(t, func(c *session.Config) {
 		c.Dir, c.TemplateDir = filepath.Join(dir, "sessions"), filepath.Join(dir, "templates")
+		prev := c.CrashPoint
+		c.CrashPoint = func(name string) {
+			fillMu.Lock()
+			hit := name == fillAt
+			if hit {
+				fillAt = ""
+			}
+			fillMu.Unlock()
+			if hit {
+				fill(8 << 20)
+
+			}
+			prev(name)
+		}
 	})
+	fillWhen := func(step string) {
+		fillMu.Lock()
+		fillAt = step
+		fillMu.Unlock()
+	}
 	r.dir = filepath.Join(dir, "sessions")
 	ctx := context.Background()
 	s := r.create(api.CreateSessionRequest{})
@@ -416,6 +443,25 @@ func TestFakeDiskFullCheckpointAndFork(t *testing.T) {
 	}
 
 	unfill()
+
+	// The disk fills after the check, during the RAM copy: the copy
+	// fails saying so, and what it wrote goes; the session runs on (on
+	// the new overlay its disk switched to, which is all it keeps).
+	before = free()
+	fillWhen("checkpoint.recorded")
+	_, err = r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{Name: "filled"})
+	if err == nil || !strings.Contains(err.Error(), "no space left") || !strings.Contains(err.Error(), "copy memory") {
+		t.Fatalf("checkpoint whose RAM copy fills the disk: %v, want the cause (no space left, copying memory)", err)
+	}
+	unfill()
+	r.wantState(s.ID, api.StateRunning, "")
+	r.wantFile(s.ID, "/root/f", "one\n")
+	if names := r.wantCheckpointsWhole(s.ID); len(names) != 0 {
+		t.Fatalf("checkpoints after one whose copy filled the disk: %v", names)
+	}
+	if got := free(); got < before-(1<<20) {
+		t.Fatalf("a checkpoint whose copy filled the disk kept %d bytes", before-got)
+	}
 	r.checkpoint(s.ID, "c")
 	r.write(s.ID, "/root/f", "two\n")
 	fill(8 << 20)
@@ -446,6 +492,22 @@ func TestFakeDiskFullCheckpointAndFork(t *testing.T) {
 	r.wantState(s.ID, api.StateRunning, "")
 
 	unfill()
+
+	// The disk fills after the check, during the forks' copies.
+	before = free()
+	fillWhen("fork.copying")
+	_, err = r.mgr.Fork(ctx, s.ID, api.ForkRequest{From: "c", N: 2})
+	if err == nil || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("fork whose copies fill the disk: %v, want the cause (no space left)", err)
+	}
+	unfill()
+	listed(1)
+	if got := free(); got != before {
+		t.Fatalf("a fork whose copies filled the disk kept %d bytes", before-got)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(r.dir, ".clone-files")); len(ents) != 0 {
+		t.Fatalf("a fork whose copies filled the disk left %d dirs", len(ents))
+	}
 	forks := r.fork(s.ID, api.ForkRequest{From: "c"})
 	r.wantFile(forks[0].ID, "/root/f", "one\n")
 	if _, err := r.mgr.Rollback(ctx, s.ID, "c"); err != nil {

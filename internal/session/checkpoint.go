@@ -201,10 +201,13 @@ func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, na
 			m.crashPoint("checkpoint.paused")
 			// The copy is written back after the guest runs again.
 			copyRest, err := startCopy(filepath.Join(dir, vmm.MemFile), filepath.Join(tmp, vmm.MemFile))
+			if err == nil {
+				err = copyRest(false)
+			}
 			if err != nil {
 				return fmt.Errorf("copy memory: %w", err)
 			}
-			return copyRest(false)
+			return nil
 		},
 	})
 	// Whatever happened, the record names the disk the VM writes now.

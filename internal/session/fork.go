@@ -152,6 +152,7 @@ func (m *Manager) prepareForks(ctx context.Context, id, from string, n int) (par
 	if err := roomFor(root, int64(n)*m.forkBytes(ctx, id, cm), "fork "+id); err != nil {
 		return parent, c, cm, nil, nil, err
 	}
+	m.crashPoint("fork.copying")
 	for range n {
 		d, err := os.MkdirTemp(root, "fork-")
 		if err != nil {
