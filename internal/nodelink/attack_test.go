@@ -126,6 +126,29 @@ func TestHostileNode(t *testing.T) {
 		stillServes("a text message")
 	})
 
+	t.Run("a connect that is no WebSocket, or drops at once", func(t *testing.T) {
+		req, err := http.NewRequest("GET", f.srv.URL+ConnectPath, strings.NewReader("garbage"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("Authorization", "Bearer "+string(bad.Credential))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode < 400 || resp.StatusCode >= 500 {
+			t.Fatalf("a connect without an upgrade: %s, want a 4xx", resp.Status)
+		}
+		if f.hub.Connected(bad.NodeID) {
+			t.Fatal("a connect without an upgrade connected the node")
+		}
+		c := dialWS()
+		c.CloseNow()
+		eventually(t, "a dropped connection is forgotten", func() bool { return !f.hub.Connected(bad.NodeID) })
+		stillServes("a connect that is no WebSocket, or drops at once")
+	})
+
 	t.Run("yamux frames for streams never opened", func(t *testing.T) {
 		c := dialWS()
 		frame := func(typ byte, flags uint16, id, length uint32, body string) []byte {
