@@ -171,6 +171,9 @@ func TestFakeVMKilledMidCheckpoint(t *testing.T) {
 			if again := r.wantCheckpointsWhole(s.ID); !slices.Equal(again, names) {
 				t.Fatalf("after a restart: checkpoints %v, before %v", again, names)
 			}
+			// A failed session's checkpoints fork, too.
+			forks := r.fork(s.ID, api.ForkRequest{From: "good"})
+			r.wantFile(forks[0].ID, "/root/f", "good\n")
 			// The last good states bring it back.
 			if slices.Contains(names, "cut") {
 				if _, err := r.mgr.Rollback(ctx, s.ID, "cut"); err != nil {
@@ -186,6 +189,11 @@ func TestFakeVMKilledMidCheckpoint(t *testing.T) {
 			r.park(s.ID)
 			r.wantFile(s.ID, "/root/f", "good\n")
 			r.wantCheckpointsWhole(s.ID)
+			// No orphan layer: one per checkpoint (the first's is
+			// disk.qcow2), and the session's top.
+			if got := r.diskLayers(s.ID); len(got) != len(names)+1 {
+				t.Fatalf("disk layers %v, want %d (the checkpoints' and the top)", got, len(names)+1)
+			}
 		})
 	}
 }
