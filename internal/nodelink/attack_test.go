@@ -209,6 +209,26 @@ func TestHostileNode(t *testing.T) {
 		sess.Close()
 	})
 
+	t.Run("an answer with a huge header, or a huge body", func(t *testing.T) {
+		sess := dialLink(t, f, bad.Credential, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if r.URL.Path == InfoPath {
+				w.Header().Set("X-Big", strings.Repeat("a", 2*maxHeaderBytes))
+			}
+			w.Write([]byte(`{"id":"` + strings.Repeat("b", 2*MaxJoinBytes) + `"}`))
+		}))
+		eventually(t, "the bad node connects", func() bool { return f.hub.Connected(bad.NodeID) })
+		if _, err := f.hub.Info(ctx, bad.NodeID); err == nil || !strings.Contains(err.Error(), "header") {
+			t.Fatalf("info answered with a huge header: %v, want refused", err)
+		}
+		resp, err := f.hub.Client(bad.NodeID).Get("http://node/other")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close() // the caller bounds what it reads; closing frees the stream
+		stillServes("a huge answer")
+		sess.Close()
+	})
+
 	t.Run("an answer sent as a request", func(t *testing.T) {
 		sess := dialLink(t, f, bad.Credential, answer("bad"))
 		st, err := sess.Open()

@@ -118,8 +118,9 @@ func streamTransport(sess func(ctx context.Context, host string) (*yamux.Session
 			}
 			return s.Open()
 		},
-		DisableKeepAlives:  true,
-		DisableCompression: true,
-		ForceAttemptHTTP2:  false,
+		DisableKeepAlives:      true,
+		DisableCompression:     true,
+		ForceAttemptHTTP2:      false,
+		MaxResponseHeaderBytes: maxHeaderBytes, // the peer's answers are bounded as its requests are
 	}
 }
