@@ -499,6 +499,16 @@ func TestFakeDiskFullCheckpointAndFork(t *testing.T) {
 	r.wantCheckpointsWhole(s.ID)
 	r.wantState(s.ID, api.StateRunning, "")
 
+	// A rollback stages a copy of the checkpoint's RAM file: refused the
+	// same way, the session running on as it was.
+	_, err = r.mgr.Rollback(ctx, s.ID, "c")
+	wantCode(t, "rollback on a full disk", err, api.CodeInsufficientStorage)
+	r.wantState(s.ID, api.StateRunning, "")
+	r.wantFile(s.ID, "/root/f", "two\n")
+	if got := free(); got != before {
+		t.Fatalf("a rollback that found the disk full kept %d bytes", before-got)
+	}
+	r.wantCheckpointsWhole(s.ID)
 	unfill()
 
 	// The disk fills after the check, during the forks' copies.

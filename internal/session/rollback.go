@@ -117,6 +117,9 @@ func (m *Manager) rollbackToParked(ctx context.Context, id, name string, running
 	// The staging must finish once begun, even if the client goes away.
 	ctx = context.WithoutCancel(ctx)
 	dir := m.dir(id)
+	if err := roomFor(dir, allocated(cm.Parked.Mem), "rollback "+id); err != nil {
+		return err
+	}
 	stage := filepath.Join(dir, rollbackStage)
 	disk := fmt.Sprintf("disk-%d.qcow2", time.Now().UnixNano())
 	if err := stageRollback(ctx, m.disks, cm, stage, disk); err != nil {
