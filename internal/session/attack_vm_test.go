@@ -3,15 +3,19 @@ package session_test
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/session"
+	"github.com/cove-dev/cove/internal/testenv"
 	"github.com/cove-dev/cove/internal/vmm/qemu"
+	"github.com/cove-dev/cove/internal/vmtest"
 )
 
 // TestQEMUKilledMidCheckpoint SIGKILLs a session's QEMU during a
@@ -120,4 +124,104 @@ func TestQEMUKilledMidRollback(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(r.dir, s.ID, "rollback.tmp")); !os.IsNotExist(err) {
 		t.Fatalf("a staged rollback is left: %v", err)
 	}
+}
+
+// TestCheckpointDiskFull checkpoints a real guest whose sessions dir (a
+// size-limited tmpfs) has room for the device state but not for the RAM
+// copy: refused (507) before the guest pauses, nothing kept; then with the
+// disk filled by another writer after that check, during the RAM copy:
+// the checkpoint fails saying so and gives back what it wrote. Each time
+// the session runs on with its memory and disk, and once there is room
+// the checkpoint and a rollback to it work.
+func TestCheckpointDiskFull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testenv.Skipf(t, "mounting a size-limited tmpfs needs root")
+	}
+	vmtest.Get(t)
+	base := vmtest.Dir(t)
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=640m,mode=0711", "tmpfs", base).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("umount", "-l", base).CombinedOutput(); err != nil {
+			t.Logf("umount: %v: %s", err, out)
+		}
+	})
+	hook := &stepHook{}
+	r := newRig(t, rigOptions{dir: filepath.Join(base, "sessions"), adjust: func(c *session.Config) { c.CrashPoint = hook.step }})
+	ctx := context.Background()
+	s := r.create(t, api.CreateSessionRequest{MemoryMiB: 256})
+	check := memoryMark(t, r, s.ID)
+	// Nothing dirty left in the guest: a guest disk write that finds no
+	// room pauses the VM (werror=enospc), which is not this test's case.
+	r.sh(t, s.ID, "echo one > /root/f; sync; sync")
+	filler := filepath.Join(base, "filler")
+	free := func() int64 {
+		var st syscall.Statfs_t
+		if err := syscall.Statfs(base, &st); err != nil {
+			t.Fatal(err)
+		}
+		return int64(st.Bavail) * st.Bsize
+	}
+	fill := func(leave int64) {
+		f, err := os.OpenFile(filler, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer f.Close()
+		buf := make([]byte, 1<<20)
+		for left := free() - leave; left > 0; {
+			n, err := f.Write(buf[:min(int64(len(buf)), left)])
+			left -= int64(n)
+			if err != nil {
+				break
+			}
+		}
+	}
+	layers := func() []string {
+		ms, _ := filepath.Glob(filepath.Join(r.dir, s.ID, "disk*.qcow2"))
+		return ms
+	}
+	fill(32 << 20)
+	before, was := free(), layers()
+	_, err := r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{Name: "full"})
+	wantCode(t, "checkpoint on a full disk", err, api.CodeInsufficientStorage)
+	if got := free(); got != before {
+		t.Errorf("a checkpoint refused for room kept %d bytes", before-got)
+	}
+	if got := layers(); !slices.Equal(got, was) {
+		t.Errorf("disk layers after a checkpoint refused for room: %v, before %v", got, was)
+	}
+	os.Remove(filler)
+	check("a checkpoint refused for room")
+
+	hook.arm("checkpoint.recorded", func() { fill(32 << 20) })
+	_, err = r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{Name: "filled"})
+	os.Remove(filler)
+	if err == nil || !strings.Contains(err.Error(), "no space left") || !strings.Contains(err.Error(), "copy memory") {
+		t.Fatalf("checkpoint whose RAM copy filled the disk: %v, want the cause", err)
+	}
+	if got, _ := r.mgr.Get(ctx, s.ID); got.State != api.StateRunning {
+		t.Fatalf("after a checkpoint whose RAM copy filled the disk: %s (%q), want running", got.State, got.Error)
+	}
+	if list, _ := r.mgr.ListCheckpoints(ctx, s.ID); len(list) != 0 {
+		t.Fatalf("checkpoints after failed ones: %+v", list)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(r.dir, s.ID, "checkpoints")); len(ents) != 0 {
+		t.Fatalf("a failed checkpoint left %d dirs", len(ents))
+	}
+	check("a checkpoint whose RAM copy filled the disk")
+
+	if _, err := r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{Name: "c"}); err != nil {
+		t.Fatalf("checkpoint once there is room: %v", err)
+	}
+	r.sh(t, s.ID, "echo two > /root/f; sync")
+	if _, err := r.mgr.Rollback(ctx, s.ID, "c"); err != nil {
+		t.Fatal(err)
+	}
+	if out := r.sh(t, s.ID, "cat /root/f"); out != "one\n" {
+		t.Fatalf("after the rollback: %q", out)
+	}
+	check("a checkpoint and a rollback once there was room")
 }
