@@ -24,15 +24,25 @@ import (
 // or is listed whole; the session is failed with the reason (never
 // running without a VM); no half-made checkpoint dir is left; and a
 // rollback brings it back, memory and disk, from its earlier checkpoint
-// (and from the cut one, if it was listed).
+// (and from the cut one, if it was listed), after a restarted server
+// found the same.
 func TestQEMUKilledMidCheckpoint(t *testing.T) {
 	hook := &stepHook{}
-	r := newRig(t, rigOptions{qemuStep: hook.step, adjust: func(c *session.Config) { c.CrashPoint = hook.step }})
+	opts := rigOptions{qemuStep: hook.step, adjust: func(c *session.Config) { c.CrashPoint = hook.step }}
+	r := newRig(t, opts)
+	top := t // a restarted rig outlives the subtest that restarts it
 	ctx := context.Background()
 	for _, step := range []string{"checkpoint.disk-switched", "checkpoint.migrated", "checkpoint.paused"} {
 		t.Run(step, func(t *testing.T) {
 			s := r.create(t, api.CreateSessionRequest{MemoryMiB: 256})
-			check := memoryMark(t, r, s.ID)
+			// As memoryMark, on whichever rig r is by then.
+			pid := strings.TrimSpace(r.sh(t, s.ID, "echo "+step+" > /dev/shm/marker; sleep 100000 </dev/null >/dev/null 2>&1 & echo $!"))
+			check := func(after string) {
+				t.Helper()
+				if out := r.sh(t, s.ID, "cat /dev/shm/marker; kill -0 "+pid+" && echo alive"); out != step+"\nalive\n" {
+					t.Fatalf("after %s: guest memory lost: %q", after, out)
+				}
+			}
 			r.sh(t, s.ID, "echo good > /root/f; sync")
 			if _, err := r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{Name: "good"}); err != nil {
 				t.Fatal(err)
@@ -69,6 +79,24 @@ func TestQEMUKilledMidCheckpoint(t *testing.T) {
 			}
 			if !slices.Equal(dirs, names) {
 				t.Fatalf("checkpoint dirs %v, listed %v", dirs, names)
+			}
+			// A restarted server agrees.
+			r.close()
+			opts.dir, opts.db = r.dir, r.db
+			r = openRig(top, opts)
+			if err := r.mgr.Recover(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := r.mgr.Get(ctx, s.ID); got.State != api.StateFailed {
+				t.Fatalf("after a restart: %s (%q), want failed", got.State, got.Error)
+			}
+			again, _ := r.mgr.ListCheckpoints(ctx, s.ID)
+			if len(again) != len(names) {
+				t.Fatalf("after a restart: %d checkpoints, before %v", len(again), names)
+			}
+			ents, _ = os.ReadDir(filepath.Join(r.dir, s.ID, "checkpoints"))
+			if len(ents) != len(names) {
+				t.Fatalf("after a restart: %d checkpoint dirs, listed %v", len(ents), names)
 			}
 			if slices.Contains(names, "cut") {
 				if _, err := r.mgr.Rollback(ctx, s.ID, "cut"); err != nil {
