@@ -645,3 +645,26 @@ func TestFakeGuestFloodsCheckpoints(t *testing.T) {
 	r.checkpoint(s.ID, "")
 	r.echo(other.ID)
 }
+
+// TestFakeForkCrashWhileCopying kills the server while a fork's files are
+// copied (the first of three made): after the restart no fork is recorded, its copies are gone, the
+// parent runs, and a fork works.
+func TestFakeForkCrashWhileCopying(t *testing.T) {
+	r := newFakeRig(t)
+	p := r.create(api.CreateSessionRequest{})
+	r.write(p.ID, "/root/f", "at fork\n")
+	r.checkpoint(p.ID, "c")
+	r.crashAt("fork.copied", nil, func(m *session.Manager) {
+		_, _ = m.Fork(context.Background(), p.ID, api.ForkRequest{From: "c", N: 3})
+	})
+	r.wantState(p.ID, api.StateRunning, "")
+	if ss, err := r.mgr.List(context.Background()); err != nil || len(ss) != 1 {
+		t.Fatalf("sessions after the crash: %d, %v", len(ss), err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(r.dir, ".clone-files")); len(ents) != 0 {
+		t.Fatalf("a fork cut short left %d dirs of copies", len(ents))
+	}
+	r.wantCheckpointsWhole(p.ID)
+	forks := r.fork(p.ID, api.ForkRequest{From: "c"})
+	r.wantFile(forks[0].ID, "/root/f", "at fork\n")
+}

@@ -162,6 +162,7 @@ func (m *Manager) prepareForks(ctx context.Context, id, from string, n int) (par
 		if made[len(made)-1].disk, err = forkFiles(ctx, m.disks, m.dir(id), c, d); err != nil {
 			return parent, c, cm, nil, nil, fmt.Errorf("session: fork %s: %w", id, err)
 		}
+		m.crashPoint("fork.copied")
 	}
 	return parent, c, cm, made, cleanup, nil
 }
