@@ -253,3 +253,49 @@ func TestCheckpointDiskFull(t *testing.T) {
 	}
 	check("a checkpoint and a rollback once there was room")
 }
+
+// TestGuestFloodsCheckpointsForReal has a real guest run twenty
+// 'cove-agent checkpoint' at once, and ask with names that are paths:
+// its burst (3) is taken, the rest refused with a clear message, the bad
+// names refused before counting, a rollback past the burst refused too;
+// the guest runs on with its memory, and the server answers meanwhile.
+func TestGuestFloodsCheckpointsForReal(t *testing.T) {
+	r := newRig(t, rigOptions{adjust: func(c *session.Config) {
+		c.GuestCheckpointBurst, c.GuestCheckpointEvery = 3, time.Hour
+	}})
+	ctx := context.Background()
+	s := r.create(t, api.CreateSessionRequest{MemoryMiB: 256})
+	check := memoryMark(t, r, s.ID)
+	out := r.sh(t, s.ID, `for n in ../x /etc/passwd "$(printf 'a%.0s' $(seq 100))"; do cove-agent checkpoint --name "$n" >/dev/null 2>/tmp/bad.err; echo "rc=$? $(cat /tmp/bad.err)"; done`)
+	if strings.Count(out, "rc=1 ") != 3 || strings.Count(out, "checkpoint name") != 3 {
+		t.Fatalf("checkpoints named as paths: %q, want each refused (1) for its name", out)
+	}
+	r.sh(t, s.ID, `mkdir -p /tmp/flood; for i in $(seq 20); do (cove-agent checkpoint >/tmp/flood/$i.out 2>/tmp/flood/$i.err; echo $? >/tmp/flood/$i.rc) </dev/null >/dev/null 2>&1 & done`)
+	if !waitFor(5*time.Minute, func() bool {
+		return strings.TrimSpace(r.sh(t, s.ID, "ls /tmp/flood/*.rc 2>/dev/null | wc -l")) == "20"
+	}) {
+		t.Fatal("the flood's tools never all ended")
+	}
+	if _, err := r.mgr.List(ctx); err != nil {
+		t.Fatalf("list during the flood: %v", err)
+	}
+	rcs := r.sh(t, s.ID, "cat /tmp/flood/*.rc | sort | uniq -c | tr -s ' '")
+	if !strings.Contains(rcs, " 3 0\n") || !strings.Contains(rcs, " 17 1\n") {
+		t.Fatalf("exit codes of 20 checkpoints at once: %q, want 3 taken and 17 refused", rcs)
+	}
+	if errs := r.sh(t, s.ID, "cat /tmp/flood/*.err"); strings.Count(errs, "too many checkpoint and rollback requests") != 17 {
+		t.Fatalf("the refused tools said: %q", errs)
+	}
+	list, err := r.mgr.ListCheckpoints(ctx, s.ID)
+	if err != nil || len(list) != 3 {
+		t.Fatalf("checkpoints after the flood: %+v, %v; want 3", list, err)
+	}
+	res := r.run(t, s.ID, api.ExecRequest{Argv: []string{"cove-agent", "rollback", list[0].Name}}, nil)
+	if res.status.Code == 0 || !strings.Contains(res.stderr, "too many") {
+		t.Fatalf("a rollback past the burst: exit %+v, stderr %q; want refused", res.status, res.stderr)
+	}
+	if got, _ := r.mgr.Get(ctx, s.ID); got.State != api.StateRunning {
+		t.Fatalf("after the flood: %s (%q)", got.State, got.Error)
+	}
+	check("a guest's flood of checkpoints")
+}
