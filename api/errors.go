@@ -19,7 +19,9 @@ const (
 	CodeUnavailable  = "unavailable"       // 503
 	CodeTimeout      = "timeout"           // 504
 	// CodeInsufficientStorage: the guest's disk is full (a write or an
-	// upload found no space); the message says what was being written.
+	// upload found no space), or the host's has no room for a
+	// checkpoint's or a fork's copies; the message says what was being
+	// written.
 	CodeInsufficientStorage = "insufficient_storage" // 507
 )
 

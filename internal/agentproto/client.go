@@ -115,8 +115,11 @@ func (c *Client) Detach(ctx context.Context) error {
 // GuestRequest). handle is called for each, on Listen's goroutine: a
 // non-nil error is sent back as a GuestReply's Error, else a non-nil
 // reply is sent (with the request's ID); a nil reply and error send
-// nothing (a park that froze the guest). Listen returns when the
-// connection ends.
+// nothing (a park that froze the guest). A frame the guest should not
+// send there (another type, a payload that is not a request) is refused
+// with a GuestReply whose ID is 0, and handle does not see it. Listen
+// returns when the connection ends, or when the guest breaks the stream's
+// framing (a frame longer than MaxFrame): nothing after it can be read.
 func (c *Client) Listen(ctx context.Context, handle func(GuestRequest) (*GuestReply, error)) error {
 	st, release, _, err := c.answered(ctx, Request{Op: OpListen})
 	if err != nil {
@@ -124,13 +127,25 @@ func (c *Client) Listen(ctx context.Context, handle func(GuestRequest) (*GuestRe
 	}
 	defer release()
 	for {
-		var req GuestRequest
-		if err := ReadJSON(st, FrameRequest, &req); err != nil {
+		typ, p, err := ReadFrame(st, nil)
+		if err != nil {
 			return ctxErr(ctx, fmt.Errorf("agentproto: listen: %w", err))
 		}
-		reply, err := handle(req)
-		if err != nil {
-			reply = &GuestReply{Error: err.Error()}
+		var (
+			req   GuestRequest
+			reply *GuestReply
+		)
+		switch {
+		case typ != FrameRequest:
+			reply = &GuestReply{Error: fmt.Sprintf("listen: a frame of type %d where a request was due: refused", typ)}
+		case json.Unmarshal(p, &req) != nil:
+			req = GuestRequest{} // what a failed decode left is no one's ID
+			reply = &GuestReply{Error: "listen: a request that is not a JSON object of a guest request: refused"}
+		default:
+			reply, err = handle(req)
+			if err != nil {
+				reply = &GuestReply{Error: err.Error()}
+			}
 		}
 		if reply == nil {
 			continue

@@ -60,6 +60,15 @@ const checkpointTimeout = 2 * time.Minute
 // checkpointName is what a checkpoint's name must match.
 var checkpointName = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
 
+// validCheckpointName refuses a name a checkpoint cannot have ("" is the
+// default's).
+func validCheckpointName(name string) error {
+	if name != "" && !checkpointName.MatchString(name) {
+		return api.Errorf(api.CodeInvalid, "checkpoint name %q: want 1 to 64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit", name)
+	}
+	return nil
+}
+
 func (m *Manager) checkpointDir(id, name string) string {
 	return filepath.Join(m.dir(id), checkpointsDir, name)
 }
@@ -87,8 +96,8 @@ func (m *Manager) createCheckpoint(ctx context.Context, id string, req api.Check
 	if m.ckpt == nil || m.snap == nil {
 		return api.Checkpoint{}, api.Errorf(api.CodeUnavailable, "checkpoint: the VMM driver cannot checkpoint")
 	}
-	if req.Name != "" && !checkpointName.MatchString(req.Name) {
-		return api.Checkpoint{}, api.Errorf(api.CodeInvalid, "checkpoint name %q: want 1 to 64 of a-z, 0-9, '.', '_', '-', starting with a letter or digit", req.Name)
+	if err := validCheckpointName(req.Name); err != nil {
+		return api.Checkpoint{}, err
 	}
 	unlock := m.lock(id)
 	defer unlock()
@@ -122,11 +131,15 @@ func (m *Manager) createCheckpoint(ctx context.Context, id string, req api.Check
 }
 
 // newCheckpointName returns want if session id has no checkpoint of that
-// name, or the first free ckpt-N from N = its count + 1 if want is "".
+// name, or the first free ckpt-N from N = its count + 1 if want is "";
+// it refuses a session that holds the most checkpoints it may.
 func (m *Manager) newCheckpointName(ctx context.Context, id, want string) (string, error) {
 	list, err := m.cfg.Store.ListCheckpoints(ctx, id)
 	if err != nil {
 		return "", fmt.Errorf("session: checkpoint %s: %w", id, err)
+	}
+	if most := m.maxCheckpoints(); len(list) >= most {
+		return "", api.Errorf(api.CodeConflict, "checkpoint %s: the session holds %d checkpoints, the most it may: remove one first", id, most)
 	}
 	taken := map[string]bool{}
 	for _, c := range list {
@@ -170,6 +183,11 @@ func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, na
 			os.RemoveAll(tmp)
 		}
 	}()
+	// Its RAM copy needs room: refused before the guest pauses or its
+	// disk switches, rather than failing part way.
+	if err := roomFor(root, allocated(filepath.Join(dir, vmm.MemFile)), "checkpoint "+id); err != nil {
+		return store.Checkpoint{}, err
+	}
 	layer := l.mach.Disk // the checkpoint's disk, once switched away from
 	next := filepath.Join(dir, fmt.Sprintf("disk-%d.qcow2", time.Now().UnixNano()))
 	mach := l.mach
@@ -186,10 +204,13 @@ func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, na
 			m.crashPoint("checkpoint.paused")
 			// The copy is written back after the guest runs again.
 			copyRest, err := startCopy(filepath.Join(dir, vmm.MemFile), filepath.Join(tmp, vmm.MemFile))
+			if err == nil {
+				err = copyRest(false)
+			}
 			if err != nil {
 				return fmt.Errorf("copy memory: %w", err)
 			}
-			return copyRest(false)
+			return nil
 		},
 	})
 	// Whatever happened, the record names the disk the VM writes now. A

@@ -149,6 +149,10 @@ func (m *Manager) prepareForks(ctx context.Context, id, from string, n int) (par
 	if err := os.MkdirAll(root, 0o700); err != nil {
 		return parent, c, cm, nil, nil, fmt.Errorf("session: fork %s: %w", id, err)
 	}
+	if err := roomFor(root, int64(n)*m.forkBytes(ctx, id, cm), "fork "+id); err != nil {
+		return parent, c, cm, nil, nil, err
+	}
+	m.crashPoint("fork.copying")
 	for range n {
 		d, err := os.MkdirTemp(root, "fork-")
 		if err != nil {
@@ -158,6 +162,7 @@ func (m *Manager) prepareForks(ctx context.Context, id, from string, n int) (par
 		if made[len(made)-1].disk, err = forkFiles(ctx, m.disks, m.dir(id), c, d); err != nil {
 			return parent, c, cm, nil, nil, fmt.Errorf("session: fork %s: %w", id, err)
 		}
+		m.crashPoint("fork.copied")
 	}
 	return parent, c, cm, made, cleanup, nil
 }
@@ -226,6 +231,22 @@ func forkFiles(ctx context.Context, disks vmm.Disks, parent string, c store.Chec
 		return "", fmt.Errorf("overlay: %w", err)
 	}
 	return top, nil
+}
+
+// forkBytes is what forkFiles copies for one fork of checkpoint cm of
+// session id: its RAM file's data and its disk layers in the session's
+// dir (as far as their headers can be read).
+func (m *Manager) forkBytes(ctx context.Context, id string, cm machine) int64 {
+	n := allocated(cm.Parked.Mem)
+	for l, i := cm.Disk, 0; filepath.Dir(l) == m.dir(id) && i <= 64; i++ {
+		n += allocated(l)
+		b, _, err := m.disks.Backing(ctx, l)
+		if err != nil {
+			break
+		}
+		l = b
+	}
+	return n
 }
 
 // forkDir is a fork's files made ahead: its dir, and its disk's name in

@@ -34,6 +34,18 @@ import (
 // request req and returns its name.
 func (m *Manager) guestCheckpoint(id string, req agentproto.GuestRequest) (string, error) {
 	ctx := context.Background()
+	// A bad name costs the host nothing: refused before it counts.
+	if err := validCheckpointName(req.Name); err != nil {
+		return "", err
+	}
+	if err := m.guestAllowed(id, "checkpoint"); err != nil {
+		return "", err
+	}
+	done, err := m.guestTurn(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer done()
 	ev, err := m.beginEvent(ctx, Event{Kind: EventCheckpoint, Cause: CauseGuest, Session: id})
 	if err != nil {
 		return "", err
@@ -56,9 +68,20 @@ func (m *Manager) guestRollback(id string, req agentproto.GuestRequest) error {
 	if req.Name == "" {
 		return errors.New("rollback: no checkpoint named")
 	}
+	if err := validCheckpointName(req.Name); err != nil {
+		return err
+	}
 	if _, err := m.cfg.Store.GetCheckpoint(ctx, id, req.Name); err != nil {
 		return checkpointNotFound(id, req.Name, err)
 	}
+	if err := m.guestAllowed(id, "rollback"); err != nil {
+		return err
+	}
+	done, err := m.guestTurn(ctx)
+	if err != nil {
+		return err
+	}
+	defer done()
 	ev, err := m.beginEvent(ctx, Event{Kind: EventRollback, Cause: CauseGuest, Session: id})
 	if err != nil {
 		return err

@@ -60,8 +60,8 @@ func (m *Manager) rolledBack(id string, gen int) (string, bool) {
 
 // Rollback puts session id back to its checkpoint name: memory, processes
 // and disk as they were when it was taken. The session must be running,
-// parked, or failed (its VMM died: the checkpoint is how it comes back);
-// it runs when Rollback returns.
+// parked or failed (a checkpoint is a failed session's way back); it runs
+// when Rollback returns.
 func (m *Manager) Rollback(ctx context.Context, id, name string) (api.Session, error) {
 	return m.rollback(ctx, id, name, CauseAPI)
 }
@@ -70,6 +70,12 @@ func (m *Manager) Rollback(ctx context.Context, id, name string) (api.Session, e
 func (m *Manager) rollback(ctx context.Context, id, name string, cause Cause) (api.Session, error) {
 	if m.ckpt == nil || m.snap == nil {
 		return api.Session{}, api.Errorf(api.CodeUnavailable, "rollback: the VMM driver cannot checkpoint")
+	}
+	if name == "" {
+		return api.Session{}, api.Errorf(api.CodeInvalid, "rollback %s: no checkpoint named", id)
+	}
+	if err := validCheckpointName(name); err != nil {
+		return api.Session{}, err
 	}
 	if err := m.rollbackToParked(ctx, id, name, cause == CauseGuest); err != nil {
 		return api.Session{}, err
@@ -95,9 +101,9 @@ func (m *Manager) rollbackToParked(ctx context.Context, id, name string, running
 	if running && rec.State != api.StateRunning {
 		return api.Errorf(api.CodeConflict, "rollback %s: session is %s", id, rec.State)
 	}
-	switch rec.State {
-	case api.StateRunning, api.StateParked, api.StateFailed:
-	default:
+	// A failed session is put back too: its checkpoints are its last
+	// good states (its VM is gone, or is ended here).
+	if rec.State != api.StateRunning && rec.State != api.StateParked && rec.State != api.StateFailed {
 		return api.Errorf(api.CodeConflict, "rollback %s: session is %s", id, rec.State)
 	}
 	c, err := m.cfg.Store.GetCheckpoint(ctx, id, name)
@@ -111,6 +117,9 @@ func (m *Manager) rollbackToParked(ctx context.Context, id, name string, running
 	// The staging must finish once begun, even if the client goes away.
 	ctx = context.WithoutCancel(ctx)
 	dir := m.dir(id)
+	if err := roomFor(dir, allocated(cm.Parked.Mem), "rollback "+id); err != nil {
+		return err
+	}
 	stage := filepath.Join(dir, rollbackStage)
 	disk := fmt.Sprintf("disk-%d.qcow2", time.Now().UnixNano())
 	if err := stageRollback(ctx, m.disks, cm, stage, disk); err != nil {

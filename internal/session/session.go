@@ -23,6 +23,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/agentproto"
 	"github.com/cove-dev/cove/internal/image"
@@ -148,6 +150,15 @@ type Config struct {
 	// sweeper, which runs every third of it, marks it dead; 0: no
 	// sweeper.
 	NodeGrace time.Duration
+
+	// MaxCheckpoints bounds the checkpoints one session holds (each keeps
+	// a RAM copy); 0: DefaultMaxCheckpoints.
+	MaxCheckpoints int
+	// GuestCheckpointBurst and GuestCheckpointEvery bound the checkpoint
+	// and rollback requests of one session's guest: Burst at once, then
+	// one per Every (guestlimit.go); 0: the defaults.
+	GuestCheckpointBurst int
+	GuestCheckpointEvery time.Duration
 }
 
 // Manager manages sessions. It is safe for concurrent use.
@@ -163,7 +174,9 @@ type Manager struct {
 	pools map[string]*pool         // guarded by mu: warm pools by template name
 	woke  map[string]chan struct{} // guarded by mu: closed when the session runs again
 
-	rollbacks map[string]rollbackMark // guarded by mu: each session's last rollback (rollback.go)
+	rollbacks map[string]rollbackMark  // guarded by mu: each session's last rollback (rollback.go)
+	guestRate map[string]*rate.Limiter // guarded by mu: each session's guest checkpoint and rollback requests (guestlimit.go)
+	guestWork chan struct{}            // a slot per guest checkpoint or rollback under way, host-wide (guestlimit.go)
 
 	builds  map[string]*builder      // guarded by mu: template builds queued or running, by name
 	follows map[string][]string      // guarded by mu: templates by the repo and branch they follow
@@ -290,6 +303,7 @@ func New(cfg Config) (*Manager, error) {
 	}
 	m := &Manager{cfg: cfg, live: map[string]*live{}, locks: map[string]*sync.Mutex{},
 		pools: map[string]*pool{}, woke: map[string]chan struct{}{}, stop: make(chan struct{}), rollbacks: map[string]rollbackMark{},
+		guestRate: map[string]*rate.Limiter{}, guestWork: make(chan struct{}, guestWorkAtOnce),
 		builds: map[string]*builder{}, follows: map[string][]string{}, tlocks: map[string]*sync.RWMutex{},
 		deadlines: map[string]time.Time{}, deliver: make(chan struct{}, 1), leases: map[string]bool{},
 		cloneFiles: map[string][]cloneFiles{}, cloneWanted: map[string]bool{}, cloneKick: make(chan struct{}, 1),
@@ -624,6 +638,19 @@ func (m *Manager) adoptLive(id string, l *live) {
 		if deleting {
 			return
 		}
+		// Under the session's lock: an operation that holds it (a
+		// checkpoint, a rollback) writes the record from what it read,
+		// and would write over a failure recorded meanwhile; it may also
+		// have put the session elsewhere (a rollback parks it, a wake
+		// runs a new VM), and then this VM's end is no news.
+		unlock := m.lock(id)
+		defer unlock()
+		m.mu.Lock()
+		moved := l.deleting || m.live[id] != nil
+		m.mu.Unlock()
+		if rec, err := m.cfg.Store.GetSession(context.Background(), id); moved || err != nil || rec.State != api.StateRunning {
+			return
+		}
 		tail := lastLines(l.vm.ConsoleTail(), 8)
 		m.cfg.Log.Warn("VM exited unexpectedly", "session", id, "console", tail)
 		m.fail(id, "VM exited unexpectedly; console: "+tail)
@@ -846,6 +873,7 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	}
 	m.mu.Lock()
 	delete(m.locks, id)
+	delete(m.guestRate, id)
 	m.mu.Unlock()
 	if rec.Template != "" {
 		m.collectVersions(context.WithoutCancel(ctx), rec.Template)
