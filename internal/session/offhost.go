@@ -341,6 +341,12 @@ func (m *Manager) recordStored(rec store.Session, manifest string, added int64) 
 		return errSnapshotMoved
 	}
 	cur.StoredManifest, cur.StoredBytes = manifest, added
+	// This snapshot is the last stored one now: the one a wake consumed
+	// before (lost.go) is garbage.
+	if mach, err := decodeMachine(cur.Snapshot); err == nil && mach.LastStored != nil {
+		mach.LastStored = nil
+		cur.Snapshot = mach.encode()
+	}
 	if err := m.cfg.Store.UpdateSession(ctx, &cur); err != nil {
 		return fmt.Errorf("session: record stored snapshot of %s: %w", rec.ID, err)
 	}
