@@ -118,6 +118,16 @@ type Disks interface {
 	// "" when it rests on none. A file that is not qcow2 (a raw base,
 	// which rests on nothing) gives an error wrapping ErrNotQcow2.
 	Backing(ctx context.Context, path string) (file, format string, err error)
+	// Diff creates path, a qcow2 file on backing (format backingFormat;
+	// it may be relative) that reads as the raw file src does and holds
+	// only the clusters in which src differs from what backing reads: a
+	// RAM file kept as the pages that changed since another. Synced.
+	Diff(ctx context.Context, path, src, backing, backingFormat string) error
+	// Raw writes dst (created), a raw sparse file that reads as the file
+	// src of format srcFormat ("qcow2", with its chain, or "raw") does;
+	// synced. The format is never probed: a raw RAM file holds what the
+	// guest wrote, which may look like a qcow2 header.
+	Raw(ctx context.Context, src, srcFormat, dst string) error
 }
 
 // ErrNotQcow2 marks a disk file that is not a qcow2 file (see

@@ -67,6 +67,53 @@ func (d Disks) Flatten(ctx context.Context, src, dst, base, baseFormat string) e
 	return nil
 }
 
+// Diff implements vmm.Disks. qemu-img convert -B writes every allocated
+// cluster of a raw source, alike or not; a copying rebase compares: path
+// is made an empty overlay on src and rebased onto backing, which writes
+// into it only what src reads differently from backing.
+func (Disks) Diff(ctx context.Context, path, src, backing, backingFormat string) error {
+	fail := func(err error) error {
+		os.Remove(path)
+		return fmt.Errorf("qcow2: diff %s: %w", filepath.Base(path), err)
+	}
+	abs, err := filepath.Abs(src)
+	if err != nil {
+		return fail(err)
+	}
+	if _, err := qemuImg(ctx, "create", "-q", "-f", "qcow2", "-b", abs, "-F", "raw", path); err != nil {
+		return fail(err)
+	}
+	if _, err := qemuImg(ctx, "rebase", "-q", "-f", "qcow2", "-b", backing, "-F", backingFormat, path); err != nil {
+		return fail(err)
+	}
+	if err := syncFile(path); err != nil {
+		return fail(err)
+	}
+	return nil
+}
+
+// Raw implements vmm.Disks: qemu-img convert leaves zero blocks as holes.
+func (Disks) Raw(ctx context.Context, src, srcFormat, dst string) error {
+	if _, err := qemuImg(ctx, "convert", "-q", "-f", srcFormat, "-O", "raw", src, dst); err != nil {
+		os.Remove(dst)
+		return fmt.Errorf("qcow2: raw %s: %w", filepath.Base(src), err)
+	}
+	if err := syncFile(dst); err != nil {
+		os.Remove(dst)
+		return fmt.Errorf("qcow2: raw %s: %w", filepath.Base(src), err)
+	}
+	return nil
+}
+
+func syncFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
+}
+
 // Backing implements vmm.Disks. It reads the file's header itself (no
 // program runs): the session layer asks it of every layer it walks.
 func (Disks) Backing(ctx context.Context, path string) (file, format string, err error) {
