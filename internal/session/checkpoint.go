@@ -243,6 +243,7 @@ func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, na
 		if err = m.cfg.Store.CreateCheckpoint(ctx, c); err == nil {
 			m.cfg.Log.Info("checkpoint files", "session", id, "checkpoint", name, "disk_ms", stats.Disk.Milliseconds(),
 				"migrate_ms", stats.Migrate.Milliseconds(), "copy_ms", stats.Copy.Milliseconds(), "state_bytes", stats.StateBytes)
+			m.encodeLater(id, name) // once this lock is let go
 			return c, nil
 		}
 	}
@@ -303,6 +304,18 @@ func (m *Manager) DeleteCheckpoint(ctx context.Context, id, name string) error {
 	if _, err := m.cfg.Store.GetSession(ctx, id); err != nil {
 		return notFound(id, err)
 	}
+	c, err := m.cfg.Store.GetCheckpoint(ctx, id, name)
+	if err != nil {
+		return checkpointNotFound(id, name, err)
+	}
+	list, err := m.cfg.Store.ListCheckpoints(ctx, id)
+	if err != nil {
+		return fmt.Errorf("session: remove checkpoint %s of %s: %w", name, id, err)
+	}
+	// The RAM of later checkpoints may rest on this one's: rebased first.
+	if err := m.rebaseMemChildren(context.WithoutCancel(ctx), id, c, list); err != nil {
+		return fmt.Errorf("session: remove checkpoint %s of %s: %w; it is kept", name, id, err)
+	}
 	if err := m.cfg.Store.DeleteCheckpoint(ctx, id, name); err != nil {
 		return checkpointNotFound(id, name, err)
 	}
@@ -341,6 +354,7 @@ func (m *Manager) recoverCheckpoints(ctx context.Context, recs []store.Session) 
 				os.RemoveAll(filepath.Join(root, e.Name()))
 			}
 		}
+		m.recoverMemFiles(rec.ID, list)
 	}
 }
 

@@ -77,10 +77,7 @@ func (m *Manager) versionFromCheckpoint(ctx context.Context, t store.Template, v
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return machine{}, fmt.Errorf("template %s: %w", t.Name, err)
 	}
-	copyRest, err := startCopy(cm.Parked.Mem, filepath.Join(dir, vmm.MemFile))
-	if err == nil {
-		err = copyRest(true)
-	}
+	err = m.copyMem(ctx, cm.Parked, filepath.Join(dir, vmm.MemFile))
 	if err == nil {
 		err = copyFileSync(cm.Parked.State, filepath.Join(dir, stateFile))
 	}

@@ -88,6 +88,9 @@ type parked struct {
 	Mem         string    `json:"mem"` // path of the RAM file
 	MemSize     int64     `json:"mem_size"`
 	MemSum      string    `json:"mem_sum,omitempty"` // see memChecksum; absent in manifests of older servers
+	// MemFormat is "qcow2" where Mem is a checkpoint's RAM re-encoded
+	// onto another's (memchain.go); "" for a raw RAM file.
+	MemFormat string `json:"mem_format,omitempty"`
 	DiskBytes   int64     `json:"disk_bytes"`        // allocated: RAM file + state
 	CreatedAt   time.Time `json:"created_at"`
 	ParkMillis  int64     `json:"park_ms"`
@@ -253,7 +256,7 @@ func (p *parked) verify() error {
 	if err != nil {
 		return fmt.Errorf("snapshot memory file: %w", err)
 	}
-	if mfi.Size() != p.MemSize {
+	if p.MemFormat != memQcow2 && mfi.Size() != p.MemSize {
 		return fmt.Errorf("snapshot memory file is %d bytes, manifest says %d", mfi.Size(), p.MemSize)
 	}
 	return nil

@@ -180,6 +180,9 @@ type Manager struct {
 	leases map[string]bool // guarded by mu: keys of the work this manager holds claimed (claim.go)
 
 	stop chan struct{} // closed by Close/StopAll: ends background loops
+
+	encodeQ  []ckptRef // guarded by mu: checkpoints whose RAM is to be re-encoded (memchain.go)
+	encoding bool      // guarded by mu: encodeLoop runs
 	bg   sync.WaitGroup
 
 	admitted admitted   // room reserved by starts under way (admit.go)

@@ -38,6 +38,9 @@ func (Disks) Overlay(ctx context.Context, path, backing, backingFormat string) e
 // Rebase implements vmm.Disks.
 func (Disks) Rebase(ctx context.Context, path, backing, backingFormat string, copy bool) error {
 	args := []string{"rebase", "-q", "-f", "qcow2", "-b", backing, "-F", backingFormat, path}
+	if backing == "" {
+		args = []string{"rebase", "-q", "-f", "qcow2", "-b", "", path}
+	}
 	if !copy {
 		args = append([]string{"rebase", "-u"}, args[1:]...)
 	}
@@ -80,11 +83,18 @@ func (Disks) Diff(ctx context.Context, path, src, backing, backingFormat string)
 	if err != nil {
 		return fail(err)
 	}
-	if _, err := qemuImg(ctx, "create", "-q", "-f", "qcow2", "-b", abs, "-F", "raw", path); err != nil {
-		return fail(err)
-	}
-	if _, err := qemuImg(ctx, "rebase", "-q", "-f", "qcow2", "-b", backing, "-F", backingFormat, path); err != nil {
-		return fail(err)
+	if backing == "" {
+		// Nothing to differ from: all the data, zero blocks left out.
+		if _, err := qemuImg(ctx, "convert", "-q", "-f", "raw", "-O", "qcow2", abs, path); err != nil {
+			return fail(err)
+		}
+	} else {
+		if _, err := qemuImg(ctx, "create", "-q", "-f", "qcow2", "-b", abs, "-F", "raw", path); err != nil {
+			return fail(err)
+		}
+		if _, err := qemuImg(ctx, "rebase", "-q", "-f", "qcow2", "-b", backing, "-F", backingFormat, path); err != nil {
+			return fail(err)
+		}
 	}
 	if err := syncFile(path); err != nil {
 		return fail(err)

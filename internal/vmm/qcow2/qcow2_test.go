@@ -114,6 +114,19 @@ func TestDiffHoldsOnlyTheChangesAndRawReadsItBack(t *testing.T) {
 	}
 	wantRaw(at("two.qcow2"), "qcow2", at("two"))
 
+	// No base: all of it, and a rebase onto none keeps what it reads.
+	if err := d.Diff(ctx, at("solo.qcow2"), at("two"), "", ""); err != nil {
+		t.Fatalf("diff on no base: %v", err)
+	}
+	wantRaw(at("solo.qcow2"), "qcow2", at("two"))
+	if err := d.Rebase(ctx, at("two.qcow2"), "", "", true); err != nil {
+		t.Fatalf("rebase onto none: %v", err)
+	}
+	if err := os.Remove(at("base")); err != nil {
+		t.Fatal(err)
+	}
+	wantRaw(at("two.qcow2"), "qcow2", at("two"))
+
 	// A raw file is never probed: one that looks like a qcow2 file reads
 	// as its bytes.
 	mk("fake")
