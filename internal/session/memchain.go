@@ -106,12 +106,38 @@ func (m *Manager) encodeLater(id, name string) {
 		return
 	}
 	m.encoding = true
-	m.bg.Add(1)
+	m.encodeWG.Add(1)
 	go m.encodeLoop()
 }
 
+// encodeStopWait bounds how long a stopping manager waits for a
+// re-encoding, cancelled, to end: one cut short is redone at the next
+// start, so nothing waits on a stuck one.
+const encodeStopWait = 2 * time.Second
+
+// stopEncodes cancels the re-encoding under way (m.stop is closed) and
+// waits for it, at most encodeStopWait.
+func (m *Manager) stopEncodes() {
+	done := make(chan struct{})
+	go func() { m.encodeWG.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(encodeStopWait):
+		m.cfg.Log.Warn("a checkpoint's memory re-encoding did not end in time; it is redone at the next start")
+	}
+}
+
 func (m *Manager) encodeLoop() {
-	defer m.bg.Done()
+	defer m.encodeWG.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-m.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
 	for {
 		m.mu.Lock()
 		stopped := false
@@ -128,7 +154,7 @@ func (m *Manager) encodeLoop() {
 		c := m.encodeQ[0]
 		m.encodeQ = m.encodeQ[1:]
 		m.mu.Unlock()
-		if err := m.encodeMem(context.Background(), c.session, c.name); err != nil {
+		if err := m.encodeMem(ctx, c.session, c.name); err != nil {
 			m.cfg.Log.Warn("checkpoint memory not re-encoded; it keeps its full copy", "session", c.session, "checkpoint", c.name, "err", err)
 		}
 	}

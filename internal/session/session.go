@@ -183,6 +183,7 @@ type Manager struct {
 
 	encodeQ  []ckptRef // guarded by mu: checkpoints whose RAM is to be re-encoded (memchain.go)
 	encoding bool      // guarded by mu: encodeLoop runs
+	encodeWG sync.WaitGroup
 	bg   sync.WaitGroup
 
 	admitted admitted   // room reserved by starts under way (admit.go)
@@ -1136,6 +1137,7 @@ func (m *Manager) stopLoops() {
 	m.mu.Unlock()
 	m.stopUploads() // the next server uploads those snapshots again
 	m.bg.Wait()
+	m.stopEncodes()
 }
 
 // agent returns the live agent of a running session, waking a parked one
