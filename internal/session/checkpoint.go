@@ -65,7 +65,11 @@ func (m *Manager) checkpointDir(id, name string) string {
 }
 
 func checkpointAPI(c store.Checkpoint) api.Checkpoint {
-	return api.Checkpoint{Session: c.SessionID, Name: c.Name, CreatedAt: c.CreatedAt, Bytes: c.Bytes, PauseMillis: c.PauseMillis}
+	out := api.Checkpoint{Session: c.SessionID, Name: c.Name, CreatedAt: c.CreatedAt, Bytes: c.Bytes, PauseMillis: c.PauseMillis}
+	if cm, err := decodeMachine(c.Manifest); err == nil && cm.Parked != nil {
+		out.MemShared = cm.Parked.MemFormat == memQcow2
+	}
+	return out
 }
 
 func checkpointNotFound(id, name string, err error) error {

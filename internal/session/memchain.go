@@ -225,8 +225,12 @@ func (m *Manager) encodeMem(ctx context.Context, id, name string) error {
 	}
 	m.crashPoint("memchain.recorded")
 	os.Remove(raw)
+	base := "none"
+	if backing != "" {
+		base = filepath.Base(filepath.Dir(backing)) + "/" + filepath.Base(backing)
+	}
 	m.cfg.Log.Info("checkpoint memory re-encoded", "session", id, "checkpoint", name,
-		"base", filepath.Base(filepath.Dir(backing))+"/"+filepath.Base(backing), "bytes", allocated(final), "ms", time.Since(start).Milliseconds())
+		"base", base, "bytes", allocated(final), "ms", time.Since(start).Milliseconds())
 	return nil
 }
 

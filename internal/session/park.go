@@ -82,18 +82,18 @@ type machine struct {
 
 // parked is the manifest of a parked session's snapshot.
 type parked struct {
-	State       string    `json:"state"` // path of the device state file
-	StateSHA256 string    `json:"state_sha256"`
-	StateBytes  int64     `json:"state_bytes"`
-	Mem         string    `json:"mem"` // path of the RAM file
-	MemSize     int64     `json:"mem_size"`
-	MemSum      string    `json:"mem_sum,omitempty"` // see memChecksum; absent in manifests of older servers
+	State       string `json:"state"` // path of the device state file
+	StateSHA256 string `json:"state_sha256"`
+	StateBytes  int64  `json:"state_bytes"`
+	Mem         string `json:"mem"` // path of the RAM file
+	MemSize     int64  `json:"mem_size"`
+	MemSum      string `json:"mem_sum,omitempty"` // see memChecksum; absent in manifests of older servers
 	// MemFormat is "qcow2" where Mem is a checkpoint's RAM re-encoded
 	// onto another's (memchain.go); "" for a raw RAM file.
-	MemFormat string `json:"mem_format,omitempty"`
-	DiskBytes   int64     `json:"disk_bytes"`        // allocated: RAM file + state
-	CreatedAt   time.Time `json:"created_at"`
-	ParkMillis  int64     `json:"park_ms"`
+	MemFormat  string    `json:"mem_format,omitempty"`
+	DiskBytes  int64     `json:"disk_bytes"` // allocated: RAM file + state
+	CreatedAt  time.Time `json:"created_at"`
+	ParkMillis int64     `json:"park_ms"`
 }
 
 func (m machine) encode() []byte {

@@ -184,7 +184,7 @@ type Manager struct {
 	encodeQ  []ckptRef // guarded by mu: checkpoints whose RAM is to be re-encoded (memchain.go)
 	encoding bool      // guarded by mu: encodeLoop runs
 	encodeWG sync.WaitGroup
-	bg   sync.WaitGroup
+	bg       sync.WaitGroup
 
 	admitted admitted   // room reserved by starts under way (admit.go)
 	ups      uploads    // snapshot uploads to Config.Objects (offhost.go)
