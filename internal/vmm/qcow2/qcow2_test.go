@@ -72,6 +72,8 @@ func TestDiffHoldsOnlyTheChangesAndRawReadsItBack(t *testing.T) {
 	mk("two")
 	writeAt(t, at("two"), 5<<20, []byte("changed after the base"))
 	writeAt(t, at("two"), 40<<20, []byte("a page the guest touched later"))
+	// Memory the guest zeroed where its base holds data.
+	writeAt(t, at("two"), 6<<20, make([]byte, 128<<10))
 
 	if err := d.Diff(ctx, at("one.qcow2"), at("one"), at("base"), "raw"); err != nil {
 		t.Fatalf("diff: %v", err)
