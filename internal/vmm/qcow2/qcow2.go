@@ -85,11 +85,11 @@ func (Disks) Diff(ctx context.Context, path, src, backing, backingFormat string)
 	}
 	if backing == "" {
 		// Nothing to differ from: all the data, zero blocks left out.
-		if _, err := qemuImg(ctx, "convert", "-q", "-f", "raw", "-O", "qcow2", abs, path); err != nil {
+		if _, err := qemuImg(ctx, "convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "cluster_size="+memCluster, abs, path); err != nil {
 			return fail(err)
 		}
 	} else {
-		if _, err := qemuImg(ctx, "create", "-q", "-f", "qcow2", "-b", abs, "-F", "raw", path); err != nil {
+		if _, err := qemuImg(ctx, "create", "-q", "-f", "qcow2", "-o", "cluster_size="+memCluster, "-b", abs, "-F", "raw", path); err != nil {
 			return fail(err)
 		}
 		if _, err := qemuImg(ctx, "rebase", "-q", "-f", "qcow2", "-b", backing, "-F", backingFormat, path); err != nil {
@@ -197,3 +197,10 @@ func backingFormat(h []byte) string {
 	}
 	return ""
 }
+
+// memCluster is the cluster size of the RAM diffs Diff writes: a page.
+// The guest's changes between two checkpoints are scattered pages; with
+// qcow2's default 64 KiB clusters each took a whole cluster (measured on
+// a tiny guest after a 4 KiB write: 9.7 MiB added, against 2.5 MiB with
+// 4 KiB clusters, the re-encoding and the read back as fast).
+const memCluster = "4096"
