@@ -51,14 +51,6 @@ const (
 // memQcow2 is parked.MemFormat of a RAM file kept as a qcow2 file.
 const memQcow2 = "qcow2"
 
-// memFormat is p's RAM file's format for vmm.Disks.Raw.
-func (p *parked) memFormat() string {
-	if p.MemFormat == memQcow2 {
-		return memQcow2
-	}
-	return "raw"
-}
-
 // copyMem writes dst (created), a raw sparse copy of the RAM that the
 // snapshot p holds, synced. A re-encoded RAM is checked against p's
 // checksum: a chain that reads other than the checkpoint's RAM is refused.
