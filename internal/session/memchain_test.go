@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -247,5 +248,40 @@ func TestFakeMemoryEncodeCrashes(t *testing.T) {
 			}
 			r.wantMem(s.ID, "rollback to c3 after c2's removal", want3)
 		})
+	}
+}
+
+// TestFakeCorruptMemoryChainRefused: a checkpoint whose RAM no longer
+// reads as it was taken (its base changed under it) is refused by a
+// rollback and a fork with a clear error, and the session runs on as it
+// was.
+func TestFakeCorruptMemoryChainRefused(t *testing.T) {
+	if _, err := exec.LookPath("qemu-io"); err != nil {
+		t.Skip("qemu-io not installed")
+	}
+	r := newFakeRig(t)
+	ctx := context.Background()
+	s := r.create(api.CreateSessionRequest{})
+	r.touchMem(s.ID, 4<<20, guestData(touched, 4))
+	r.checkpoint(s.ID, "c1")
+	r.touchMem(s.ID, 5<<20, []byte("changed"))
+	r.checkpoint(s.ID, "c2")
+	r.mgr.WaitMemEncodes()
+	r.write(s.ID, "/root/f", "now\n")
+	now := r.readMem(s.ID)
+	// c1's RAM, c2's base, altered where c2 holds nothing of its own.
+	base := filepath.Join(r.dir, s.ID, "checkpoints", "c1", "mem.qcow2")
+	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", "write -P 0x11 8M 4k", base).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io: %v: %s", err, out)
+	}
+	_, err := r.mgr.Rollback(ctx, s.ID, "c2")
+	if err == nil || !strings.Contains(err.Error(), "checksum mismatch") {
+		t.Fatalf("rollback to a checkpoint whose RAM changed: %v, want a checksum mismatch", err)
+	}
+	r.wantState(s.ID, api.StateRunning, "")
+	r.wantFile(s.ID, "/root/f", "now\n")
+	r.wantMem(s.ID, "after the refused rollback", now)
+	if _, err := r.mgr.Fork(ctx, s.ID, api.ForkRequest{From: "c2"}); err == nil || !strings.Contains(err.Error(), "checksum mismatch") {
+		t.Fatalf("fork from a checkpoint whose RAM changed: %v, want a checksum mismatch", err)
 	}
 }
