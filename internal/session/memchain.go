@@ -41,11 +41,12 @@ import (
 // (and its template version's) alone: a fork materializes its RAM, so it
 // rests on nothing of its parent's.
 
-// Names, in a checkpoint's dir, of its RAM re-encoded and of that file
-// being written (or a child being rebased).
+// Names, in a checkpoint's dir, of its RAM re-encoded, of that file being
+// written, and of it being rebased (before a removal of its base).
 const (
-	memDiffFile = "mem.qcow2"
-	memDiffTmp  = "mem.qcow2.tmp"
+	memDiffFile  = "mem.qcow2"
+	memEncodeTmp = "mem.qcow2.enc"
+	memDiffTmp   = "mem.qcow2.tmp"
 )
 
 // memQcow2 is parked.MemFormat of a RAM file kept as a qcow2 file.
@@ -153,50 +154,47 @@ func (m *Manager) encodeLoop() {
 }
 
 // encodeMem re-encodes the raw RAM copy of session id's checkpoint name
-// onto its base (see above), under the session's lock. A checkpoint gone
+// onto its base (see above). The base is chosen, and the result recorded,
+// under the session's lock; the encoding itself runs without it, so that
+// a rollback, checkpoint or park of the session does not wait for it:
+// what it reads stays meanwhile or is replaced by files that read the
+// same (rebaseMemChildren), and a base removed meanwhile is found at the
+// record, which then queues the encoding again. A checkpoint gone
 // meanwhile, or encoded already, is left.
 func (m *Manager) encodeMem(ctx context.Context, id, name string) error {
-	unlock := m.lock(id)
-	defer unlock()
 	ctx, cancel := context.WithTimeout(ctx, checkpointTimeout)
 	defer cancel()
-	rec, err := m.cfg.Store.GetSession(ctx, id)
-	if errors.Is(err, store.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	list, err := m.cfg.Store.ListCheckpoints(ctx, id)
-	if err != nil {
-		return err
-	}
-	var c store.Checkpoint
-	found := false
-	for _, x := range list {
-		if x.Name == name {
-			c, found = x, true
-		}
-	}
-	if !found {
-		return nil
-	}
-	cm, err := decodeMachine(c.Manifest)
+	unlock := m.lock(id)
+	c, cm, backing, format, err := m.planEncode(ctx, id, name)
+	unlock()
 	if err != nil || cm.Parked == nil {
-		return fmt.Errorf("manifest: %v", err)
-	}
-	if cm.Parked.MemFormat == memQcow2 {
-		return nil
+		return err
 	}
 	start := time.Now()
 	dir := filepath.Dir(cm.Parked.Mem)
-	backing, format := m.memBase(ctx, rec, c, list)
-	tmp := filepath.Join(dir, memDiffTmp)
+	tmp := filepath.Join(dir, memEncodeTmp)
 	os.Remove(tmp)
-	if err := m.disks.Diff(ctx, tmp, cm.Parked.Mem, backing, format); err != nil {
-		return err
+	derr := m.disks.Diff(ctx, tmp, cm.Parked.Mem, backing, format)
+	if derr == nil {
+		m.crashPoint("memchain.encoded")
 	}
-	m.crashPoint("memchain.encoded")
+
+	unlock = m.lock(id)
+	defer unlock()
+	again, c2, cm2, backing2, _, err := m.replanEncode(ctx, id, name, backing)
+	switch {
+	case err != nil || cm2.Parked == nil:
+		os.Remove(tmp)
+		return err
+	case again:
+		os.Remove(tmp)
+		m.cfg.Log.Info("checkpoint memory: its base went meanwhile; re-encoding it again", "session", id, "checkpoint", name)
+		m.encodeLater(id, name)
+		return nil
+	case derr != nil:
+		return derr
+	}
+	c, cm, backing = c2, cm2, backing2
 	final := filepath.Join(dir, memDiffFile)
 	if err := os.Rename(tmp, final); err != nil {
 		os.Remove(tmp)
@@ -224,6 +222,49 @@ func (m *Manager) encodeMem(ctx context.Context, id, name string) error {
 	m.cfg.Log.Info("checkpoint memory re-encoded", "session", id, "checkpoint", name,
 		"base", base, "bytes", allocated(final), "ms", time.Since(start).Milliseconds())
 	return nil
+}
+
+// planEncode returns, under session id's lock, its checkpoint name still
+// kept raw and the base to encode its RAM onto (memBase); cm.Parked is nil
+// where there is nothing to do (the session or checkpoint gone, or the
+// RAM encoded already).
+func (m *Manager) planEncode(ctx context.Context, id, name string) (c store.Checkpoint, cm machine, backing, format string, err error) {
+	rec, err := m.cfg.Store.GetSession(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return c, cm, "", "", nil
+	}
+	if err != nil {
+		return c, cm, "", "", err
+	}
+	list, err := m.cfg.Store.ListCheckpoints(ctx, id)
+	if err != nil {
+		return c, cm, "", "", err
+	}
+	found := false
+	for _, x := range list {
+		if x.Name == name {
+			c, found = x, true
+		}
+	}
+	if !found {
+		return c, machine{}, "", "", nil
+	}
+	if cm, err = decodeMachine(c.Manifest); err != nil || cm.Parked == nil {
+		return c, machine{}, "", "", fmt.Errorf("manifest: %v", err)
+	}
+	if cm.Parked.MemFormat == memQcow2 {
+		return c, machine{}, "", "", nil
+	}
+	backing, format = m.memBase(ctx, rec, c, list)
+	return c, cm, backing, format, nil
+}
+
+// replanEncode is planEncode again, at the record of an encoding made
+// onto backing: again is set where the base it would choose now differs
+// (the one used went meanwhile).
+func (m *Manager) replanEncode(ctx context.Context, id, name, backing string) (again bool, c store.Checkpoint, cm machine, now, format string, err error) {
+	c, cm, now, format, err = m.planEncode(ctx, id, name)
+	return err == nil && cm.Parked != nil && now != backing, c, cm, now, format, err
 }
 
 // memBase returns the file checkpoint c's RAM is re-encoded onto, and its
@@ -338,6 +379,7 @@ func (m *Manager) recoverMemFiles(id string, list []store.Checkpoint) {
 		}
 		dir := filepath.Dir(cm.Parked.Mem)
 		os.Remove(filepath.Join(dir, memDiffTmp))
+		os.Remove(filepath.Join(dir, memEncodeTmp))
 		for _, f := range []string{vmm.MemFile, memDiffFile} {
 			if p := filepath.Join(dir, f); p != cm.Parked.Mem {
 				if err := os.Remove(p); err == nil {
