@@ -245,6 +245,7 @@ func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, na
 		c := store.Checkpoint{SessionID: id, Name: name, CreatedAt: p.CreatedAt,
 			Bytes: p.DiskBytes + allocated(layer), PauseMillis: stats.Pause.Milliseconds(), Manifest: cmach.encode()}
 		if err = m.cfg.Store.CreateCheckpoint(ctx, c); err == nil {
+			l.mach.MemFrom = name // recorded with the machine's next record
 			m.cfg.Log.Info("checkpoint files", "session", id, "checkpoint", name, "disk_ms", stats.Disk.Milliseconds(),
 				"migrate_ms", stats.Migrate.Milliseconds(), "copy_ms", stats.Copy.Milliseconds(), "state_bytes", stats.StateBytes)
 			m.encodeLater(id, name) // once this lock is let go

@@ -250,6 +250,7 @@ func (m *Manager) startFork(ctx context.Context, parent store.Session, from stri
 	mach := cm
 	mach.Parked, mach.NextDisk, mach.Rollback = nil, "", ""
 	mach.GuestRequest, mach.Restore = 0, nil
+	mach.MemFrom = "" // the parent's checkpoints are not the fork's
 	mach.Disk = filepath.Join(dir, f.disk)
 	rctx, cancel := context.WithTimeout(ctx, m.cfg.DefaultBootTimeout)
 	defer cancel()

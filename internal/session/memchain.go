@@ -19,7 +19,8 @@ import (
 // the guest runs again and the checkpoint is recorded, a background step
 // (encodeMem) re-encodes that copy as a qcow2 file, mem.qcow2, holding
 // only the clusters in which it differs from its base: the RAM of the
-// session's latest earlier checkpoint kept so (relative name
+// checkpoint the session's RAM last was (machine.MemFrom: taken, or rolled
+// back to), else of its latest earlier checkpoint, kept so (relative name
 // ../NAME/mem.qcow2), else the session's template version's RAM file (raw;
 // the version stays while the session names it), else nothing. So a
 // checkpoint after a small change adds about the pages that changed.
@@ -268,10 +269,19 @@ func (m *Manager) replanEncode(ctx context.Context, id, name, backing string) (a
 }
 
 // memBase returns the file checkpoint c's RAM is re-encoded onto, and its
-// format: the RAM of the latest checkpoint of list (session rec's) taken
-// before c and kept as qcow2, named relative to c's dir; else rec's
-// template version's RAM file; else "" (the encoding holds all of it).
+// format: the RAM of the checkpoint c's session's RAM last was (c's
+// machine.MemFrom: taken before c, or rolled back to), if it is kept as
+// qcow2; else that of the latest checkpoint of list (session rec's) taken
+// before c and kept so; named relative to c's dir; else rec's template
+// version's RAM file; else "" (the encoding holds all of it).
 func (m *Manager) memBase(ctx context.Context, rec store.Session, c store.Checkpoint, list []store.Checkpoint) (file, format string) {
+	if cm, err := decodeMachine(c.Manifest); err == nil && cm.MemFrom != "" && cm.MemFrom != c.Name {
+		for _, x := range list {
+			if xm, err := decodeMachine(x.Manifest); err == nil && x.Name == cm.MemFrom && xm.Parked != nil && xm.Parked.MemFormat == memQcow2 {
+				return filepath.Join("..", x.Name, memDiffFile), memQcow2
+			}
+		}
+	}
 	for i := len(list) - 1; i >= 0; i-- {
 		x := list[i]
 		if x.Name == c.Name || x.CreatedAt.After(c.CreatedAt) {

@@ -285,3 +285,34 @@ func TestFakeCorruptMemoryChainRefused(t *testing.T) {
 		t.Fatalf("fork from a checkpoint whose RAM changed: %v, want a checksum mismatch", err)
 	}
 }
+
+// TestFakeCheckpointAfterRollbackRestsOnItsOrigin: a checkpoint taken
+// after a rollback to an older one keeps what changed since that one, not
+// since the latest (whose changes the rollback undid); also across a park.
+func TestFakeCheckpointAfterRollbackRestsOnItsOrigin(t *testing.T) {
+	r := newFakeRig(t)
+	ctx := context.Background()
+	s := r.create(api.CreateSessionRequest{})
+	r.touchMem(s.ID, 4<<20, guestData(touched, 5))
+	r.checkpoint(s.ID, "c1")
+	// A large change, kept in c2, then undone by a rollback to c1.
+	r.touchMem(s.ID, 16<<20, guestData(4<<20, 6))
+	r.checkpoint(s.ID, "c2")
+	if _, err := r.mgr.Rollback(ctx, s.ID, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	r.park(s.ID)
+	r.echo(s.ID)
+	r.touchMem(s.ID, 5<<20, []byte("a small change after the rollback"))
+	want := r.readMem(s.ID)
+	r.checkpoint(s.ID, "c3")
+	r.mgr.WaitMemEncodes()
+	if c := r.getCheckpoint(s.ID, "c3"); c.Bytes > 1<<20 {
+		t.Errorf("c3 adds %d bytes after a small change since c1 (c2's 4 MiB change undone)", c.Bytes)
+	}
+	r.touchMem(s.ID, 5<<20, []byte("changed"))
+	if _, err := r.mgr.Rollback(ctx, s.ID, "c3"); err != nil {
+		t.Fatal(err)
+	}
+	r.wantMem(s.ID, "rollback to c3", want)
+}

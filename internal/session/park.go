@@ -78,6 +78,11 @@ type machine struct {
 	// what its wake tells the guest (agentproto.OpRestored; see
 	// guestckpt.go).
 	Restore *agentproto.Restored `json:"restore,omitempty"`
+	// MemFrom names the session's checkpoint whose RAM its RAM last was
+	// (taken, or rolled back to): the base its next checkpoint's RAM is
+	// re-encoded onto (memchain.go). In a checkpoint's manifest, the
+	// session's at the time it was taken.
+	MemFrom string `json:"mem_from,omitempty"`
 }
 
 // parked is the manifest of a parked session's snapshot.

@@ -119,7 +119,7 @@ func (m *Manager) rollbackToParked(ctx context.Context, id, name string, running
 	mach := cm
 	mach.Parked, mach.NextDisk = nil, ""
 	mach.Disk, mach.Rollback = filepath.Join(dir, disk), stage
-	mach.GuestRequest, mach.Restore = 0, nil
+	mach.GuestRequest, mach.Restore, mach.MemFrom = 0, nil, name
 	if cm.GuestRequest != 0 {
 		// The checkpoint's guest waits in 'cove-agent checkpoint': its
 		// wake tells it where it is.
