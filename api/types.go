@@ -458,10 +458,15 @@ type Checkpoint struct {
 	// Bytes is the disk space the checkpoint's own files take: the
 	// sparse RAM copy, the device state and the disk layer it froze (the
 	// writes since the layer beneath). What lies beneath (earlier
-	// layers, the template's or image's disk) is shared.
+	// layers, the template's or image's disk) is shared. Once MemShared,
+	// the RAM copy counts only what differs from the RAM beneath it.
 	Bytes int64 `json:"bytes"`
 	// PauseMillis is how long the session's guest was paused to take it.
 	PauseMillis int64 `json:"pause_ms"`
+	// MemShared says the RAM copy was re-encoded, after the pause, as
+	// the pages that differ from the RAM of the session's checkpoint
+	// before it (or of its template); until then it is a full copy.
+	MemShared bool `json:"mem_shared,omitempty"`
 }
 
 // CheckpointRequest is the body of POST /v1/sessions/{id}/checkpoints.

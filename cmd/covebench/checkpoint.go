@@ -22,12 +22,18 @@ func checkpointRows(ctx context.Context, c *api.Client, n, forks int) ([]row, er
 	defer func() { _ = c.DeleteSession(context.WithoutCancel(ctx), s.ID) }()
 	pause := row{name: "checkpoint: the guest's pause", unit: "ms", target: 150}
 	create := row{name: "checkpoint create (API call)", unit: "ms"}
-	added := row{name: "checkpoint: bytes it adds after a 4 KiB write", unit: "MiB"}
+	full := row{name: "checkpoint: bytes it adds after a 4 KiB write, at its create (a full RAM copy)", unit: "MiB"}
+	added := row{name: "checkpoint: bytes it adds after a 4 KiB write, its RAM shared", unit: "MiB"}
+	encode := row{name: "checkpoint: create → its RAM shared (background)", unit: "ms"}
 	back := row{name: "checkpoint → rollback → first exec", unit: "ms"}
 	fork := row{name: fmt.Sprintf("fork -n %d → all %d answering an exec", forks, forks), unit: "ms"}
 	// A first checkpoint holds all the guest touched since boot; the
-	// next ones, what changed since the one before.
+	// next ones, once their RAM is re-encoded, what changed since the one
+	// before.
 	if _, err := c.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{Name: "base"}); err != nil {
+		return nil, err
+	}
+	if _, err := waitShared(ctx, c, s.ID, "base"); err != nil {
 		return nil, err
 	}
 	for i := range n {
@@ -41,7 +47,14 @@ func checkpointRows(ctx context.Context, c *api.Client, n, forks int) ([]row, er
 		}
 		create.samples = append(create.samples, ms(time.Since(t0)))
 		pause.samples = append(pause.samples, float64(ck.PauseMillis))
+		full.samples = append(full.samples, float64(ck.Bytes)/(1<<20))
+		t0 = time.Now()
+		if ck, err = waitShared(ctx, c, s.ID, ck.Name); err != nil {
+			return nil, err
+		}
+		encode.samples = append(encode.samples, ms(time.Since(t0)))
 		added.samples = append(added.samples, float64(ck.Bytes)/(1<<20))
+		// The rollback reads the RAM back from the chain.
 		t0 = time.Now()
 		if _, err := c.Rollback(ctx, s.ID, ck.Name); err != nil {
 			return nil, err
@@ -75,5 +88,21 @@ func checkpointRows(ctx context.Context, c *api.Client, n, forks int) ([]row, er
 		}
 		fmt.Fprintf(os.Stderr, "bench: fork -n %d\n", forks)
 	}
-	return []row{pause, create, added, back, fork}, nil
+	return []row{pause, create, full, added, encode, back, fork}, nil
+}
+
+// waitShared returns checkpoint name of session id once its RAM is
+// re-encoded (mem_shared), polling.
+func waitShared(ctx context.Context, c *api.Client, id, name string) (api.Checkpoint, error) {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		ck, err := c.GetCheckpoint(ctx, id, name)
+		if err != nil || ck.MemShared {
+			return ck, err
+		}
+		if time.Now().After(deadline) {
+			return ck, fmt.Errorf("checkpoint %s of %s: its RAM was not re-encoded in 2 minutes", name, id)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

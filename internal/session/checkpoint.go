@@ -74,7 +74,11 @@ func (m *Manager) checkpointDir(id, name string) string {
 }
 
 func checkpointAPI(c store.Checkpoint) api.Checkpoint {
-	return api.Checkpoint{Session: c.SessionID, Name: c.Name, CreatedAt: c.CreatedAt, Bytes: c.Bytes, PauseMillis: c.PauseMillis}
+	out := api.Checkpoint{Session: c.SessionID, Name: c.Name, CreatedAt: c.CreatedAt, Bytes: c.Bytes, PauseMillis: c.PauseMillis}
+	if cm, err := decodeMachine(c.Manifest); err == nil && cm.Parked != nil {
+		out.MemShared = cm.Parked.MemFormat == memQcow2
+	}
+	return out
 }
 
 func checkpointNotFound(id, name string, err error) error {
@@ -262,8 +266,10 @@ func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, na
 		c := store.Checkpoint{SessionID: id, Name: name, CreatedAt: p.CreatedAt,
 			Bytes: p.DiskBytes + allocated(layer), PauseMillis: stats.Pause.Milliseconds(), Manifest: cmach.encode()}
 		if err = m.cfg.Store.CreateCheckpoint(ctx, c); err == nil {
+			l.mach.MemFrom = name // recorded with the machine's next record
 			m.cfg.Log.Info("checkpoint files", "session", id, "checkpoint", name, "disk_ms", stats.Disk.Milliseconds(),
 				"migrate_ms", stats.Migrate.Milliseconds(), "copy_ms", stats.Copy.Milliseconds(), "state_bytes", stats.StateBytes)
+			m.encodeLater(id, name) // once this lock is let go
 			return c, nil
 		}
 	}
@@ -324,6 +330,18 @@ func (m *Manager) DeleteCheckpoint(ctx context.Context, id, name string) error {
 	if _, err := m.cfg.Store.GetSession(ctx, id); err != nil {
 		return notFound(id, err)
 	}
+	c, err := m.cfg.Store.GetCheckpoint(ctx, id, name)
+	if err != nil {
+		return checkpointNotFound(id, name, err)
+	}
+	list, err := m.cfg.Store.ListCheckpoints(ctx, id)
+	if err != nil {
+		return fmt.Errorf("session: remove checkpoint %s of %s: %w", name, id, err)
+	}
+	// The RAM of later checkpoints may rest on this one's: rebased first.
+	if err := m.rebaseMemChildren(context.WithoutCancel(ctx), id, c, list); err != nil {
+		return fmt.Errorf("session: remove checkpoint %s of %s: %w; it is kept", name, id, err)
+	}
 	if err := m.cfg.Store.DeleteCheckpoint(ctx, id, name); err != nil {
 		return checkpointNotFound(id, name, err)
 	}
@@ -362,6 +380,7 @@ func (m *Manager) recoverCheckpoints(ctx context.Context, recs []store.Session) 
 				os.RemoveAll(filepath.Join(root, e.Name()))
 			}
 		}
+		m.recoverMemFiles(rec.ID, list)
 	}
 }
 

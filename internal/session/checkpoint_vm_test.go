@@ -2,6 +2,8 @@ package session_test
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -47,6 +49,25 @@ echo $! > /ck/holder`)
 		t.Fatalf("checkpoint: %v", err)
 	}
 	t.Logf("checkpoint %s: %d bytes, paused %d ms", c.Name, c.Bytes, c.PauseMillis)
+	// A second after a small change: once re-encoded onto the first, its
+	// RAM adds about the pages that changed. Each rollback and fork
+	// below reads RAM back from such a chain.
+	r.sh(t, s.ID, "echo small > /root/small; sync")
+	if _, err := r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{Name: "c2"}); err != nil {
+		t.Fatalf("checkpoint: %v", err)
+	}
+	r.mgr.WaitMemEncodes()
+	c1, _ := r.mgr.GetCheckpoint(ctx, s.ID, "c1")
+	c2, _ := r.mgr.GetCheckpoint(ctx, s.ID, "c2")
+	t.Logf("re-encoded: c1 %d bytes, c2 %d bytes (%d MiB of RAM)", c1.Bytes, c2.Bytes, s.MemoryMiB)
+	for _, name := range []string{"c1", "c2"} {
+		if _, err := os.Stat(filepath.Join(r.dir, s.ID, "checkpoints", name, "mem.qcow2")); err != nil {
+			t.Fatalf("checkpoint %s's RAM not re-encoded: %v", name, err)
+		}
+	}
+	if c2.Bytes*4 > c1.Bytes {
+		t.Errorf("a checkpoint after a small change adds %d bytes; the one before it holds %d", c2.Bytes, c1.Bytes)
+	}
 	// The session ran on: change everything.
 	r.sh(t, s.ID, "kill -USR2 "+holder+"; echo T2 > /ck/t; echo D2 > /root/d; echo new > /root/new; sync")
 	// A USR1 pending with the USR2 would be handled first (the shell runs
@@ -128,6 +149,20 @@ echo $! > /ck/holder`)
 	// and rest on nothing of the session's.
 	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "from-c1", FromCheckpoint: s.ID + ":c1"}); err != nil {
 		t.Fatalf("template from the checkpoint: %v", err)
+	}
+	// c1 goes: c2's RAM, which rests on it, is rebased first; a
+	// rollback to c2 is exact.
+	if err := r.mgr.DeleteCheckpoint(ctx, s.ID, "c1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.mgr.Rollback(ctx, s.ID, "c2"); err != nil {
+		t.Fatalf("rollback to c2: %v", err)
+	}
+	if got := r.sh(t, s.ID, "cat /ck/t /root/d /root/small"); got != "T1\nD1\nsmall\n" {
+		t.Fatalf("after the rollback to c2: %q", got)
+	}
+	if got := dump(s.ID); got != "before" {
+		t.Fatalf("holder's value after the rollback to c2: %q, want before", got)
 	}
 	if err := r.mgr.Delete(ctx, s.ID); err != nil {
 		t.Fatal(err)

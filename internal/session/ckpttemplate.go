@@ -77,10 +77,7 @@ func (m *Manager) versionFromCheckpoint(ctx context.Context, t store.Template, v
 	if err := os.MkdirAll(dir, 0o711); err != nil {
 		return machine{}, fmt.Errorf("template %s: %w", t.Name, err)
 	}
-	copyRest, err := startCopy(cm.Parked.Mem, filepath.Join(dir, vmm.MemFile))
-	if err == nil {
-		err = copyRest(true)
-	}
+	err = m.copyMem(ctx, cm.Parked, filepath.Join(dir, vmm.MemFile))
 	if err == nil {
 		err = copyFileSync(cm.Parked.State, filepath.Join(dir, stateFile))
 	}
@@ -103,7 +100,7 @@ func (m *Manager) versionFromCheckpoint(ctx context.Context, t store.Template, v
 	mach.Disk, mach.Parked, mach.NextDisk, mach.Rollback = disk, p, "", ""
 	// A guest tool waiting in the checkpoint is not told of clones: it
 	// fails there as one whose host went away.
-	mach.GuestRequest, mach.Restore = 0, nil
+	mach.GuestRequest, mach.Restore, mach.MemFrom = 0, nil, ""
 	m.cfg.Log.Info("template version made from a checkpoint", "template", t.Name, "session", from.session, "checkpoint", from.name)
 	return mach, nil
 }

@@ -1,6 +1,10 @@
 package session
 
-import "github.com/cove-dev/cove/internal/agentproto"
+import (
+	"time"
+
+	"github.com/cove-dev/cove/internal/agentproto"
+)
 
 // GuestToken is what a tool in session id's guest gets when it asks for a
 // token for audience ('cove-agent token'), without the guest.
@@ -19,4 +23,18 @@ func (m *Manager) GuestCheckpoint(id, name string, reqID int64) (string, error) 
 // asks to roll back to name ('cove-agent rollback'), without the guest.
 func (m *Manager) GuestRollback(id, name string) error {
 	return m.guestRollback(id, agentproto.GuestRequest{Kind: agentproto.GuestRollback, Name: name})
+}
+
+// WaitMemEncodes returns once no checkpoint's RAM is queued for, or in,
+// its re-encoding (memchain.go).
+func (m *Manager) WaitMemEncodes() {
+	for {
+		m.mu.Lock()
+		idle := !m.encoding && len(m.encodeQ) == 0
+		m.mu.Unlock()
+		if idle {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

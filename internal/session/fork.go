@@ -153,36 +153,41 @@ func (m *Manager) prepareForks(ctx context.Context, id, from string, n int) (par
 		return parent, c, cm, nil, nil, err
 	}
 	m.crashPoint("fork.copying")
+	var mem *parked // once one fork holds the RAM raw, the others copy it
 	for range n {
 		d, err := os.MkdirTemp(root, "fork-")
 		if err != nil {
 			return parent, c, cm, nil, nil, fmt.Errorf("session: fork %s: %w", id, err)
 		}
 		made = append(made, forkDir{dir: d})
-		if made[len(made)-1].disk, err = forkFiles(ctx, m.disks, m.dir(id), c, d); err != nil {
+		if made[len(made)-1].disk, err = m.forkFiles(ctx, m.dir(id), c, d, mem); err != nil {
 			return parent, c, cm, nil, nil, fmt.Errorf("session: fork %s: %w", id, err)
 		}
 		m.crashPoint("fork.copied")
+		if mem == nil && cm.Parked.MemFormat == memQcow2 {
+			mem = &parked{Mem: filepath.Join(d, vmm.MemFile)}
+		}
 	}
 	return parent, c, cm, made, cleanup, nil
 }
 
 // forkFiles makes in dir a fork's files from checkpoint c of the session
-// whose dir is parent: the RAM file, the state (forkState), and copies of
+// whose dir is parent: the RAM file (copied from mem if set: a raw file
+// that holds the checkpoint's RAM, another fork's), the state (forkState), and copies of
 // the disk layers in parent that the checkpoint's disk rests on, with a
 // new overlay on them, whose name it returns (a name in dir: the dir is
 // renamed to the fork's session dir, and the layers' backing names are
 // made relative to their own dir, so they hold there).
-func forkFiles(ctx context.Context, disks vmm.Disks, parent string, c store.Checkpoint, dir string) (string, error) {
+func (m *Manager) forkFiles(ctx context.Context, parent string, c store.Checkpoint, dir string, mem *parked) (string, error) {
+	disks := m.disks
 	cm, err := parkedMachine(c.Manifest)
 	if err != nil {
 		return "", err
 	}
-	copyRest, err := startCopy(cm.Parked.Mem, filepath.Join(dir, vmm.MemFile))
-	if err == nil {
-		err = copyRest(true)
+	if mem == nil {
+		mem = cm.Parked
 	}
-	if err != nil {
+	if err := m.copyMem(ctx, mem, filepath.Join(dir, vmm.MemFile)); err != nil {
 		return "", fmt.Errorf("copy memory: %w", err)
 	}
 	if err := copyFileSync(cm.Parked.State, filepath.Join(dir, forkState)); err != nil {
@@ -237,7 +242,7 @@ func forkFiles(ctx context.Context, disks vmm.Disks, parent string, c store.Chec
 // session id: its RAM file's data and its disk layers in the session's
 // dir (as far as their headers can be read).
 func (m *Manager) forkBytes(ctx context.Context, id string, cm machine) int64 {
-	n := allocated(cm.Parked.Mem)
+	n := m.memBytes(ctx, cm.Parked)
 	for l, i := cm.Disk, 0; filepath.Dir(l) == m.dir(id) && i <= 64; i++ {
 		n += allocated(l)
 		b, _, err := m.disks.Backing(ctx, l)
@@ -266,6 +271,7 @@ func (m *Manager) startFork(ctx context.Context, parent store.Session, from stri
 	mach := cm
 	mach.Parked, mach.NextDisk, mach.Rollback = nil, "", ""
 	mach.GuestRequest, mach.Restore = 0, nil
+	mach.MemFrom = "" // the parent's checkpoints are not the fork's
 	mach.Disk = filepath.Join(dir, f.disk)
 	rctx, cancel := context.WithTimeout(ctx, m.cfg.DefaultBootTimeout)
 	defer cancel()

@@ -82,19 +82,27 @@ type machine struct {
 	// object store that a wake consumed since: what a session lost with
 	// its node goes back to (lost.go). The object store keeps it.
 	LastStored *lastStored `json:"last_stored,omitempty"`
+	// MemFrom names the session's checkpoint whose RAM its RAM last was
+	// (taken, or rolled back to): the base its next checkpoint's RAM is
+	// re-encoded onto (memchain.go). In a checkpoint's manifest, the
+	// session's at the time it was taken.
+	MemFrom string `json:"mem_from,omitempty"`
 }
 
 // parked is the manifest of a parked session's snapshot.
 type parked struct {
-	State       string    `json:"state"` // path of the device state file
-	StateSHA256 string    `json:"state_sha256"`
-	StateBytes  int64     `json:"state_bytes"`
-	Mem         string    `json:"mem"` // path of the RAM file
-	MemSize     int64     `json:"mem_size"`
-	MemSum      string    `json:"mem_sum,omitempty"` // see memChecksum; absent in manifests of older servers
-	DiskBytes   int64     `json:"disk_bytes"`        // allocated: RAM file + state
-	CreatedAt   time.Time `json:"created_at"`
-	ParkMillis  int64     `json:"park_ms"`
+	State       string `json:"state"` // path of the device state file
+	StateSHA256 string `json:"state_sha256"`
+	StateBytes  int64  `json:"state_bytes"`
+	Mem         string `json:"mem"` // path of the RAM file
+	MemSize     int64  `json:"mem_size"`
+	MemSum      string `json:"mem_sum,omitempty"` // see memChecksum; absent in manifests of older servers
+	// MemFormat is "qcow2" where Mem is a checkpoint's RAM re-encoded
+	// onto another's (memchain.go); "" for a raw RAM file.
+	MemFormat  string    `json:"mem_format,omitempty"`
+	DiskBytes  int64     `json:"disk_bytes"` // allocated: RAM file + state
+	CreatedAt  time.Time `json:"created_at"`
+	ParkMillis int64     `json:"park_ms"`
 }
 
 func (m machine) encode() []byte {
@@ -257,7 +265,7 @@ func (p *parked) verify() error {
 	if err != nil {
 		return fmt.Errorf("snapshot memory file: %w", err)
 	}
-	if mfi.Size() != p.MemSize {
+	if p.MemFormat != memQcow2 && mfi.Size() != p.MemSize {
 		return fmt.Errorf("snapshot memory file is %d bytes, manifest says %d", mfi.Size(), p.MemSize)
 	}
 	return nil

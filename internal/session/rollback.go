@@ -117,12 +117,12 @@ func (m *Manager) rollbackToParked(ctx context.Context, id, name string, running
 	// The staging must finish once begun, even if the client goes away.
 	ctx = context.WithoutCancel(ctx)
 	dir := m.dir(id)
-	if err := roomFor(dir, allocated(cm.Parked.Mem), "rollback "+id); err != nil {
+	if err := roomFor(dir, m.memBytes(ctx, cm.Parked), "rollback "+id); err != nil {
 		return err
 	}
 	stage := filepath.Join(dir, rollbackStage)
 	disk := fmt.Sprintf("disk-%d.qcow2", time.Now().UnixNano())
-	if err := stageRollback(ctx, m.disks, cm, stage, disk); err != nil {
+	if err := m.stageRollback(ctx, cm, stage, disk); err != nil {
 		os.RemoveAll(stage)
 		return fmt.Errorf("session: rollback %s to %s: %w", id, name, err)
 	}
@@ -131,7 +131,7 @@ func (m *Manager) rollbackToParked(ctx context.Context, id, name string, running
 	mach := cm
 	mach.Parked, mach.NextDisk = nil, ""
 	mach.Disk, mach.Rollback = filepath.Join(dir, disk), stage
-	mach.GuestRequest, mach.Restore = 0, nil
+	mach.GuestRequest, mach.Restore, mach.MemFrom = 0, nil, name
 	if cm.GuestRequest != 0 {
 		// The checkpoint's guest waits in 'cove-agent checkpoint': its
 		// wake tells it where it is.
@@ -172,22 +172,18 @@ func (m *Manager) rollbackToParked(ctx context.Context, id, name string, running
 // stageRollback puts into stage (created) a copy of checkpoint cm's RAM
 // file and state, and a new overlay, named disk, on its disk layer; all
 // synced.
-func stageRollback(ctx context.Context, disks vmm.Disks, cm machine, stage, disk string) error {
+func (m *Manager) stageRollback(ctx context.Context, cm machine, stage, disk string) error {
 	os.RemoveAll(stage)
 	if err := os.Mkdir(stage, 0o700); err != nil {
 		return err
 	}
-	copyRest, err := startCopy(cm.Parked.Mem, filepath.Join(stage, vmm.MemFile))
-	if err == nil {
-		err = copyRest(true)
-	}
-	if err != nil {
+	if err := m.copyMem(ctx, cm.Parked, filepath.Join(stage, vmm.MemFile)); err != nil {
 		return fmt.Errorf("copy memory: %w", err)
 	}
 	if err := copyFileSync(cm.Parked.State, filepath.Join(stage, stateFile)); err != nil {
 		return fmt.Errorf("copy state: %w", err)
 	}
-	if err := makeOverlay(ctx, disks, cm.Disk, filepath.Join(stage, disk)); err != nil {
+	if err := makeOverlay(ctx, m.disks, cm.Disk, filepath.Join(stage, disk)); err != nil {
 		return err
 	}
 	syncDirPath(stage)

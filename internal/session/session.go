@@ -193,7 +193,11 @@ type Manager struct {
 	leases map[string]bool // guarded by mu: keys of the work this manager holds claimed (claim.go)
 
 	stop chan struct{} // closed by Close/StopAll: ends background loops
-	bg   sync.WaitGroup
+
+	encodeQ  []ckptRef // guarded by mu: checkpoints whose RAM is to be re-encoded (memchain.go)
+	encoding bool      // guarded by mu: encodeLoop runs
+	encodeWG sync.WaitGroup
+	bg       sync.WaitGroup
 
 	admitted admitted   // room reserved by starts under way (admit.go)
 	ups      uploads    // snapshot uploads to Config.Objects (offhost.go)
@@ -1174,6 +1178,7 @@ func (m *Manager) stopLoops() {
 	m.mu.Unlock()
 	m.stopUploads() // the next server uploads those snapshots again
 	m.bg.Wait()
+	m.stopEncodes()
 }
 
 // agent returns the live agent of a running session, waking a parked one

@@ -108,6 +108,10 @@ type Store interface {
 	// CreatedAt and then by Name (bytewise). A session without any, or
 	// no session of that id, gives a slice of length zero.
 	ListCheckpoints(ctx context.Context, sessionID string) ([]Checkpoint, error)
+	// UpdateCheckpoint replaces the Bytes and Manifest of the checkpoint
+	// c.SessionID/c.Name (its files were re-encoded), or fails with
+	// ErrNotFound if there is none.
+	UpdateCheckpoint(ctx context.Context, c Checkpoint) error
 	// DeleteCheckpoint removes the named checkpoint of a session, or fails
 	// with ErrNotFound if there is none.
 	DeleteCheckpoint(ctx context.Context, sessionID, name string) error

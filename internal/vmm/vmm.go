@@ -107,7 +107,8 @@ type Disks interface {
 	// file. With copy, what path's current chain holds that backing lacks
 	// is copied into path first, so that path reads the same after;
 	// without it only the name path records changes: the caller vouches
-	// that backing holds what the old one did.
+	// that backing holds what the old one did. A backing of "" (with
+	// copy) leaves path resting on nothing, holding all it reads.
 	Rebase(ctx context.Context, path, backing, backingFormat string, copy bool) error
 	// Flatten writes dst (created), a qcow2 overlay on base (format
 	// baseFormat) that reads as the qcow2 file src does: what src's chain
@@ -118,6 +119,17 @@ type Disks interface {
 	// "" when it rests on none. A file that is not qcow2 (a raw base,
 	// which rests on nothing) gives an error wrapping ErrNotQcow2.
 	Backing(ctx context.Context, path string) (file, format string, err error)
+	// Diff creates path, a qcow2 file on backing (format backingFormat;
+	// it may be relative) that reads as the raw file src does and holds
+	// only the clusters in which src differs from what backing reads: a
+	// RAM file kept as the pages that changed since another. With backing
+	// "", path rests on nothing and holds src's non-zero data. Synced.
+	Diff(ctx context.Context, path, src, backing, backingFormat string) error
+	// Raw writes dst (created), a raw sparse file that reads as the file
+	// src of format srcFormat ("qcow2", with its chain, or "raw") does;
+	// synced. The format is never probed: a raw RAM file holds what the
+	// guest wrote, which may look like a qcow2 header.
+	Raw(ctx context.Context, src, srcFormat, dst string) error
 }
 
 // ErrNotQcow2 marks a disk file that is not a qcow2 file (see

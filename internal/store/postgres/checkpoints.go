@@ -56,6 +56,16 @@ func (s *Store) ListCheckpoints(ctx context.Context, sessionID string) ([]store.
 	return out, nil
 }
 
+// UpdateCheckpoint implements store.Store.
+func (s *Store) UpdateCheckpoint(ctx context.Context, c store.Checkpoint) error {
+	tag, err := s.exec(ctx, `UPDATE checkpoints SET bytes = $3, manifest = $4 WHERE session_id = $1 AND name = $2`,
+		c.SessionID, c.Name, c.Bytes, c.Manifest)
+	if err := oneRow(tag, err, store.ErrNotFound); err != nil {
+		return s.errorf("postgres: update checkpoint %s of %s: %w", c.Name, c.SessionID, err)
+	}
+	return nil
+}
+
 // DeleteCheckpoint implements store.Store.
 func (s *Store) DeleteCheckpoint(ctx context.Context, sessionID, name string) error {
 	tag, err := s.exec(ctx, `DELETE FROM checkpoints WHERE session_id = $1 AND name = $2`, sessionID, name)

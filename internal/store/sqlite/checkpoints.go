@@ -70,6 +70,16 @@ func (s *Store) ListCheckpoints(ctx context.Context, sessionID string) ([]store.
 	return list, nil
 }
 
+// UpdateCheckpoint implements store.Store.
+func (s *Store) UpdateCheckpoint(ctx context.Context, c store.Checkpoint) error {
+	res, err := s.db.ExecContext(ctx, `UPDATE checkpoints SET bytes = ?, manifest = ? WHERE session_id = ? AND name = ?`,
+		c.Bytes, c.Manifest, c.SessionID, c.Name)
+	if err := oneRow(res, err, store.ErrNotFound); err != nil {
+		return errorf("sqlite: update checkpoint %s of %s: %w", c.Name, c.SessionID, err)
+	}
+	return nil
+}
+
 // DeleteCheckpoint implements store.Store.
 func (s *Store) DeleteCheckpoint(ctx context.Context, sessionID, name string) error {
 	res, err := s.db.ExecContext(ctx, `DELETE FROM checkpoints WHERE session_id = ? AND name = ?`, sessionID, name)

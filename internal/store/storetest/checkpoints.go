@@ -54,6 +54,21 @@ func (s *suite) checkpoints(t *testing.T) {
 		t.Errorf("GetCheckpoint(missing) = %v, want ErrNotFound", err)
 	}
 
+	// An update replaces the bytes and manifest only.
+	up := c1
+	up.Bytes, up.Manifest, up.PauseMillis = 4096, []byte(`{"v":1,"mem":"qcow2"}`), 1
+	if err := st.UpdateCheckpoint(ctx, up); err != nil {
+		t.Fatalf("UpdateCheckpoint: %v", err)
+	}
+	want := c1
+	want.Bytes, want.Manifest = up.Bytes, up.Manifest
+	if got, err := st.GetCheckpoint(ctx, "a", "ckpt-1"); err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("after UpdateCheckpoint: %+v, %v; want %+v", got, err, want)
+	}
+	if err := st.UpdateCheckpoint(ctx, store.Checkpoint{SessionID: "a", Name: "nope"}); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("UpdateCheckpoint(missing) = %v, want ErrNotFound", err)
+	}
+
 	if err := st.DeleteCheckpoint(ctx, "a", "before-migration"); err != nil {
 		t.Fatalf("DeleteCheckpoint: %v", err)
 	}

@@ -38,6 +38,9 @@ func (Disks) Overlay(ctx context.Context, path, backing, backingFormat string) e
 // Rebase implements vmm.Disks.
 func (Disks) Rebase(ctx context.Context, path, backing, backingFormat string, copy bool) error {
 	args := []string{"rebase", "-q", "-f", "qcow2", "-b", backing, "-F", backingFormat, path}
+	if backing == "" {
+		args = []string{"rebase", "-q", "-f", "qcow2", "-b", "", path}
+	}
 	if !copy {
 		args = append([]string{"rebase", "-u"}, args[1:]...)
 	}
@@ -65,6 +68,60 @@ func (d Disks) Flatten(ctx context.Context, src, dst, base, baseFormat string) e
 		return fmt.Errorf("qcow2: flatten %s: %w", filepath.Base(src), err)
 	}
 	return nil
+}
+
+// Diff implements vmm.Disks. qemu-img convert -B writes every allocated
+// cluster of a raw source, alike or not; a copying rebase compares: path
+// is made an empty overlay on src and rebased onto backing, which writes
+// into it only what src reads differently from backing.
+func (Disks) Diff(ctx context.Context, path, src, backing, backingFormat string) error {
+	fail := func(err error) error {
+		os.Remove(path)
+		return fmt.Errorf("qcow2: diff %s: %w", filepath.Base(path), err)
+	}
+	abs, err := filepath.Abs(src)
+	if err != nil {
+		return fail(err)
+	}
+	if backing == "" {
+		// Nothing to differ from: all the data, zero blocks left out.
+		if _, err := qemuImg(ctx, "convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "cluster_size="+memCluster, abs, path); err != nil {
+			return fail(err)
+		}
+	} else {
+		if _, err := qemuImg(ctx, "create", "-q", "-f", "qcow2", "-o", "cluster_size="+memCluster, "-b", abs, "-F", "raw", path); err != nil {
+			return fail(err)
+		}
+		if _, err := qemuImg(ctx, "rebase", "-q", "-f", "qcow2", "-b", backing, "-F", backingFormat, path); err != nil {
+			return fail(err)
+		}
+	}
+	if err := syncFile(path); err != nil {
+		return fail(err)
+	}
+	return nil
+}
+
+// Raw implements vmm.Disks: qemu-img convert leaves zero blocks as holes.
+func (Disks) Raw(ctx context.Context, src, srcFormat, dst string) error {
+	if _, err := qemuImg(ctx, "convert", "-q", "-f", srcFormat, "-O", "raw", src, dst); err != nil {
+		os.Remove(dst)
+		return fmt.Errorf("qcow2: raw %s: %w", filepath.Base(src), err)
+	}
+	if err := syncFile(dst); err != nil {
+		os.Remove(dst)
+		return fmt.Errorf("qcow2: raw %s: %w", filepath.Base(src), err)
+	}
+	return nil
+}
+
+func syncFile(path string) error {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }
 
 // Backing implements vmm.Disks. It reads the file's header itself (no
@@ -140,3 +197,10 @@ func backingFormat(h []byte) string {
 	}
 	return ""
 }
+
+// memCluster is the cluster size of the RAM diffs Diff writes: a page.
+// The guest's changes between two checkpoints are scattered pages; with
+// qcow2's default 64 KiB clusters each took a whole cluster (measured on
+// a tiny guest after a 4 KiB write: 9.7 MiB added, against 2.5 MiB with
+// 4 KiB clusters, the re-encoding and the read back as fast).
+const memCluster = "4096"
