@@ -126,10 +126,14 @@ func (r *fakeRig) wantCheckpointsWhole(id string) []string {
 		r.t.Fatalf("session %s: checkpoint dirs %v, listed %v", id, onDisk, want)
 	}
 	for _, n := range names {
-		for _, f := range []string{"state", "mem"} {
-			if _, err := os.Stat(filepath.Join(root, n, f)); err != nil {
-				r.t.Fatalf("listed checkpoint %s lacks its %s file: %v", n, f, err)
-			}
+		if _, err := os.Stat(filepath.Join(root, n, "state")); err != nil {
+			r.t.Fatalf("listed checkpoint %s lacks its state file: %v", n, err)
+		}
+		// Its RAM: the copy the pause took, or that copy re-encoded onto
+		// a base (memchain.go).
+		_, err := os.Stat(filepath.Join(root, n, "mem"))
+		if _, qerr := os.Stat(filepath.Join(root, n, "mem.qcow2")); err != nil && qerr != nil {
+			r.t.Fatalf("listed checkpoint %s lacks its RAM file (mem or mem.qcow2): %v", n, err)
 		}
 	}
 	if _, err := os.Stat(filepath.Join(r.dir, id, "rollback.tmp")); !os.IsNotExist(err) {
@@ -471,6 +475,12 @@ func TestFakeDiskFullCheckpointAndFork(t *testing.T) {
 		t.Fatalf("a checkpoint whose copy filled the disk kept %d bytes", before-got)
 	}
 	r.checkpoint(s.ID, "c")
+	// Its RAM is re-encoded in the background (memchain.go): done before
+	// the free space is measured.
+	r.eventually("checkpoint c's RAM shared", func() bool {
+		list, err := r.mgr.ListCheckpoints(ctx, s.ID)
+		return err == nil && len(list) == 1 && list[0].MemShared
+	})
 	r.write(s.ID, "/root/f", "two\n")
 	fill(8 << 20)
 	before = free()

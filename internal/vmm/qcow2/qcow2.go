@@ -12,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+	"syscall"
 
 	"github.com/cove-dev/cove/internal/command"
 	"github.com/cove-dev/cove/internal/vmm"
@@ -24,7 +26,13 @@ var _ vmm.Disks = Disks{}
 
 // qemuImg runs qemu-img with args.
 func qemuImg(ctx context.Context, args ...string) ([]byte, error) {
-	return command.Output(ctx, exec.CommandContext(ctx, "qemu-img", args...))
+	out, err := command.Output(ctx, exec.CommandContext(ctx, "qemu-img", args...))
+	if err != nil && strings.Contains(err.Error(), "No space left on device") {
+		// The file system is full: said as the errno, which callers
+		// test for (errors.Is) and which reads "no space left on device".
+		err = fmt.Errorf("%w: %w", syscall.ENOSPC, err)
+	}
+	return out, err
 }
 
 // Overlay implements vmm.Disks.
