@@ -210,7 +210,22 @@ func (m *Manager) encodeMem(ctx context.Context, id, name string) error {
 	cm.Parked = &p
 	c.Bytes = p.DiskBytes + allocated(cm.Disk)
 	c.Manifest = cm.encode()
-	if err := m.cfg.Store.UpdateCheckpoint(ctx, c); err != nil {
+	// Recorded even if the manager stops meanwhile: the file is in place.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if err := m.cfg.Store.UpdateCheckpoint(rctx, c); err != nil {
+		// The write may have been made all the same (an error after its
+		// commit): the record says which file to keep. Where it cannot
+		// be read, both stay, and the next start removes the one it does
+		// not name (recoverMemFiles).
+		cur, gerr := m.cfg.Store.GetCheckpoint(rctx, id, name)
+		if gerr != nil {
+			return err
+		}
+		if xm, derr := decodeMachine(cur.Manifest); derr == nil && xm.Parked != nil && xm.Parked.Mem == final {
+			os.Remove(raw)
+			return nil
+		}
 		os.Remove(final) // the record names the raw copy still
 		return err
 	}
