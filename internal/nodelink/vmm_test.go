@@ -1,0 +1,70 @@
+package nodelink
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cove-dev/cove/internal/agentproto"
+	"github.com/cove-dev/cove/internal/vmm"
+	"github.com/cove-dev/cove/internal/vmm/fake"
+	"github.com/cove-dev/cove/internal/vmm/remote"
+)
+
+// The server drives a node's VMM driver over the node's control
+// connection (Hub.Dial): a boot, the guest agent's protocol end to end,
+// a disk call whose error keeps its meaning, a stop that ends the VM.
+func TestFakeDriverOverTheLink(t *testing.T) {
+	f := newFixture(t, openStore(t), testJoinToken)
+	fd := fake.New()
+	f.nodeHandler = remote.Handler(fd, remote.HandlerConfig{})
+	a, _ := f.runAgent(t.TempDir(), testJoinToken, time.Hour)
+	eventually(t, "node connected", func() bool { return a.NodeID() != "" && f.hub.Connected(a.NodeID()) })
+	id := a.NodeID()
+	d := remote.New(func(ctx context.Context) (net.Conn, error) { return f.hub.Dial(ctx, id) })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if got := d.Accel(); got != "fake" {
+		t.Errorf("Accel over the link: %q", got)
+	}
+	dir := t.TempDir()
+	vm, err := d.Boot(ctx, vmm.Spec{ID: "s1", Dir: dir, Kernel: "/fake/vmlinux", Disk: filepath.Join(dir, "disk.qcow2"), MemoryMiB: 64, CPUs: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, _, err := agentproto.Connect(ctx, vm.DialAgent)
+	if err != nil {
+		t.Fatalf("agent over the link: %v", err)
+	}
+	if err := c.Write(ctx, "/tmp/f", 0o644, strings.NewReader("over the link")); err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	raw := filepath.Join(dir, "base.raw")
+	if err := os.WriteFile(raw, make([]byte, 4096), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := d.Disks().Backing(ctx, raw); !errors.Is(err, vmm.ErrNotQcow2) {
+		t.Errorf("Backing of a raw file over the link: %v, want vmm.ErrNotQcow2", err)
+	}
+	if err := vm.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-vm.Done():
+	default:
+		t.Error("Done not closed when Stop returned")
+	}
+	if ids := fd.Running(); len(ids) != 0 {
+		t.Errorf("VMs left running on the node: %v", ids)
+	}
+	if _, err := f.hub.Dial(ctx, "node-unknown"); !errors.Is(err, ErrNotConnected) {
+		t.Errorf("Dial of a node not connected: %v, want ErrNotConnected", err)
+	}
+}
