@@ -61,9 +61,14 @@ func Handler(d vmm.Driver, cfg HandlerConfig) http.Handler {
 	mux := http.NewServeMux()
 	route := func(method, path string, fn func(w http.ResponseWriter, r *http.Request) error) {
 		mux.HandleFunc(method+" "+Prefix+strings.ReplaceAll(path, "%s", "{ref}"), func(w http.ResponseWriter, r *http.Request) {
-			if err := fn(w, r); err != nil && !errors.Is(err, errAnswered) {
-				writeError(w, err)
+			err := fn(w, r)
+			if err == nil || errors.Is(err, errAnswered) {
+				return
 			}
+			if code := api.CodeOf(err); code == api.CodeInternal {
+				h.log.Warn("remote vmm: call failed", "method", r.Method, "path", r.URL.Path, "err", err)
+			}
+			writeError(w, err)
 		})
 	}
 	route("GET", pathInfo, h.info)
@@ -546,4 +551,12 @@ func hijack(w http.ResponseWriter, proto string) (net.Conn, *bufio.ReadWriter, e
 		return nil, nil, fmt.Errorf("remote vmm: upgrade: %w", err)
 	}
 	return conn, brw, nil
+}
+
+// Unavailable serves Prefix for a node that has no driver to serve (QEMU
+// missing, say): every call is answered 503 with why.
+func Unavailable(why string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, api.Errorf(api.CodeUnavailable, "this node runs no VMs: %s", why))
+	})
 }
