@@ -211,7 +211,15 @@ func (h *handler) adopt(w http.ResponseWriter, r *http.Request) error {
 	if err := decode(w, r, &req); err != nil {
 		return err
 	}
+	if len(req.Handle) == 0 {
+		return invalid("adopt: no handle")
+	}
 	vm, err := h.d.Adopt(r.Context(), req.Handle)
+	if err != nil && r.Context().Err() == nil {
+		// The handle names no VM the driver can take here: garbage, a
+		// version it does not know, or a VMM process that is gone.
+		return coded{api.Errorf(api.CodeNotFound, "adopt: %v", err), err}
+	}
 	if err != nil {
 		return err
 	}

@@ -118,6 +118,8 @@ func TestFakeRemoteBadInput(t *testing.T) {
 		{"overlay bad format", "disks/overlay", `{"path":"` + sp.Dir + `/o.qcow2","backing":"` + sp.Disk + `","backing_format":"vmdk"}`, 400},
 		{"overlay relative path", "disks/overlay", `{"path":"o.qcow2","backing":"` + sp.Disk + `","backing_format":"qcow2"}`, 400},
 		{"restore without upgrade", "restore", `{"spec":` + good[len(`{"spec":`):len(good)-1] + `,"state":"/s"}`, 400},
+		{"adopt without a handle", "adopt", `{}`, 400},
+		{"adopt of garbage", "adopt", `{"handle":"Z2FyYmFnZQ=="}`, 404},
 		{"unknown VM", "vms/nosuch/stop", `{}`, 404},
 		{"unknown VM status", "vms/nosuch/resume", ``, 404},
 		{"unknown route", "nosuch", `{}`, 404},

@@ -311,6 +311,16 @@ func (w *wireError) decode(extra ...error) *Error {
 	return e
 }
 
+// coded is err with an API code: its message is code's, and errors.Is
+// finds what err wraps.
+type coded struct {
+	code *api.Error
+	err  error
+}
+
+func (c coded) Error() string   { return c.code.Message }
+func (c coded) Unwrap() []error { return []error{c.code, c.err} }
+
 func invalid(format string, args ...any) error {
 	return api.Errorf(api.CodeInvalid, format, args...)
 }
