@@ -16,7 +16,8 @@ import (
 	"github.com/cove-dev/cove/internal/vmm"
 )
 
-// Driver is a vmm.Driver (and vmm.Snapshotter, vmm.Checkpointer) whose VMs
+// Driver is a vmm.Driver (and vmm.Snapshotter, vmm.Checkpointer,
+// vmm.Sweeper) whose VMs
 // run on a node that serves Handler: the server's end. Each call opens a
 // new connection with the dial function it was made with (on a node's
 // control connection, a new stream); the paths in specs and disk calls
@@ -35,6 +36,7 @@ var (
 	_ vmm.Driver       = (*Driver)(nil)
 	_ vmm.Snapshotter  = (*Driver)(nil)
 	_ vmm.Checkpointer = (*Driver)(nil)
+	_ vmm.Sweeper      = (*Driver)(nil)
 )
 
 // New returns the driver a node serves, reached by connections that dial
@@ -139,6 +141,36 @@ func (d *Driver) KillVMs(ctx context.Context, dirRoot string, match func(id stri
 		return nil
 	}
 	return out.PIDs
+}
+
+// sweepTimeout bounds a Sweep, which takes no context.
+const sweepTimeout = 2 * time.Minute
+
+// Sweep runs the node driver's Sweep (vmm.Sweeper; a driver that is none
+// sweeps nothing) with keep called back here. A node that cannot be
+// reached kills nothing: nil.
+func (d *Driver) Sweep(dirRoot string, keep func(id string) bool) []int {
+	ctx, cancel := context.WithTimeout(context.Background(), sweepTimeout)
+	defer cancel()
+	var out killResp
+	err := d.call(ctx, pathSweep, killReq{DirRoot: dirRoot}, func(_ context.Context, m callMsg) (callMsg, error) {
+		if m.Call != cbKeep {
+			return callMsg{}, fmt.Errorf("unexpected callback %q", m.Call)
+		}
+		return callMsg{Match: keep(m.ID)}, nil
+	}, &out)
+	if err != nil {
+		return nil
+	}
+	return out.PIDs
+}
+
+// Prewarm asks the node's driver to start VMM processes for VMs of this
+// shape ahead, if it does that; it returns once the node has the hint.
+func (d *Driver) Prewarm(memMiB, cpus int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = d.do(ctx, http.MethodPost, pathPrewarm, prewarmReq{MemoryMiB: memMiB, CPUs: cpus}, nil)
 }
 
 // Disks makes and changes disk files on the node.

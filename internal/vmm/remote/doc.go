@@ -1,7 +1,7 @@
 // Package remote carries the vmm seam over a connection: Handler serves a
 // node's vmm.Driver (the QEMU driver, or the in-process fake) over HTTP,
-// and New gives the server a vmm.Driver (a vmm.Snapshotter and
-// vmm.Checkpointer too) that calls it. Each call is one HTTP/1.1 exchange
+// and New gives the server a vmm.Driver (a vmm.Snapshotter,
+// vmm.Checkpointer and vmm.Sweeper too) that calls it. Each call is one HTTP/1.1 exchange
 // on a connection of its own (a yamux stream of the node's control
 // connection, see package nodelink); VMs are named by a ref the node
 // gives them.
@@ -11,7 +11,8 @@
 //     guest agent's channel, so the agent protocol (and its deadlines)
 //     runs end to end over it.
 //   - Calls whose arguments hold functions (Snapshotter.Restore's hooks,
-//     Checkpointer.Checkpoint's WhilePaused, Driver.KillVMs's match) run
+//     Checkpointer.Checkpoint's WhilePaused, Driver.KillVMs's match,
+//     Sweeper.Sweep's keep) run
 //     on a call stream: the node calls each function back over it and
 //     waits for its answer, so they run on the server in the order the
 //     node's driver calls them, with the VMM process waiting as it would

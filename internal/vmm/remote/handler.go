@@ -75,6 +75,8 @@ func Handler(d vmm.Driver, cfg HandlerConfig) http.Handler {
 	route("POST", pathBoot, h.boot)
 	route("POST", pathAdopt, h.adopt)
 	route("POST", pathKillVMs, h.killVMs)
+	route("POST", pathSweep, h.sweep)
+	route("POST", pathPrewarm, h.prewarm)
 	route("POST", pathOverlay, h.overlay)
 	route("POST", pathRebase, h.rebase)
 	route("POST", pathFlatten, h.flatten)
@@ -241,6 +243,47 @@ func (h *handler) killVMs(w http.ResponseWriter, r *http.Request) error {
 		})
 		return killResp{PIDs: pids}, nil
 	})
+}
+
+// sweep runs the driver's Sweep, if it is a vmm.Sweeper (else it kills
+// nothing), with keep called back.
+func (h *handler) sweep(w http.ResponseWriter, r *http.Request) error {
+	var req killReq
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if err := absolute(map[string]string{"dir_root": req.DirRoot}); err != nil {
+		return err
+	}
+	sw, _ := h.d.(vmm.Sweeper)
+	return serveCall(w, r, func(ctx context.Context, c *callbacks) (any, error) {
+		if sw == nil {
+			return killResp{}, nil
+		}
+		pids := sw.Sweep(req.DirRoot, func(id string) bool {
+			m, err := c.ask(ctx, callMsg{Call: cbKeep, ID: id})
+			// A caller gone keeps everything: a sweep kills only what it
+			// was told it may.
+			return err != nil || m.Match
+		})
+		return killResp{PIDs: pids}, nil
+	})
+}
+
+// prewarm passes a hint to a driver that starts VMM processes ahead; it
+// answers at once.
+func (h *handler) prewarm(w http.ResponseWriter, r *http.Request) error {
+	var req prewarmReq
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	if req.MemoryMiB <= 0 || req.CPUs <= 0 {
+		return invalid("prewarm: memory_mib and cpus must be positive")
+	}
+	if p, ok := h.d.(interface{ Prewarm(memMiB, cpus int) }); ok {
+		p.Prewarm(req.MemoryMiB, req.CPUs)
+	}
+	return ok(w, nil)
 }
 
 // format checks a disk format name.

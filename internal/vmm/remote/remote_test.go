@@ -255,3 +255,40 @@ func TestFakeRemoteCancelReachesTheNode(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Sweep crosses the wire with keep called back: under the root it is
+// given, the node's driver ends the VM keep refuses and spares the other.
+func TestFakeRemoteSweep(t *testing.T) {
+	fd := fake.New()
+	d, _ := serve(t, fd)
+	ctx := context.Background()
+	root := t.TempDir()
+	boot := func(name string) vmm.VM {
+		sp := fakeSpec(t)
+		sp.ID, sp.Dir = name, filepath.Join(root, name)
+		if err := os.Mkdir(sp.Dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		vm, err := d.Boot(ctx, sp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = vm.Stop(context.Background()) })
+		return vm
+	}
+	kept, swept := boot("s-kept"), boot("s-swept")
+	var asked []string
+	pids := d.Sweep(root, func(id string) bool { asked = append(asked, id); return id == "s-kept" })
+	if len(pids) != 1 || pids[0] != swept.PID() {
+		t.Fatalf("Sweep killed %v, want [%d]; keep asked about %v", pids, swept.PID(), asked)
+	}
+	select {
+	case <-swept.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the swept VM's Done did not close")
+	}
+	if st, err := kept.Status(ctx); err != nil || st != vmm.StatusRunning {
+		t.Fatalf("the kept VM: %s, %v", st, err)
+	}
+	d.Prewarm(64, 1) // the fake starts nothing ahead: a no-op, answered
+}

@@ -25,6 +25,8 @@ const (
 	pathBoot       = "boot"              // POST bootReq → vmInfo
 	pathAdopt      = "adopt"             // POST adoptReq → vmInfo
 	pathKillVMs    = "kill"              // call killReq; callbacks "match" → killResp
+	pathSweep      = "sweep"             // call killReq; callbacks "keep" → killResp
+	pathPrewarm    = "prewarm"           // POST prewarmReq
 	pathOverlay    = "disks/overlay"     // POST overlayReq
 	pathRebase     = "disks/rebase"      // POST rebaseReq
 	pathFlatten    = "disks/flatten"     // POST flattenReq
@@ -111,6 +113,11 @@ type adoptReq struct {
 
 type killReq struct {
 	DirRoot string `json:"dir_root"`
+}
+
+type prewarmReq struct {
+	MemoryMiB int `json:"memory_mib"`
+	CPUs      int `json:"cpus"`
 }
 
 type killResp struct {
@@ -206,7 +213,7 @@ type callMsg struct {
 	Handle []byte          `json:"handle,omitempty"` // "started": the VM's handle
 	ID     string          `json:"id,omitempty"`     // "match": the VM id
 	Reply  bool            `json:"reply,omitempty"`  // caller → node: the answer to the last callback
-	Match  bool            `json:"match,omitempty"`  // the answer to "match"
+	Match  bool            `json:"match,omitempty"`  // the answer to "match" or "keep"
 	Done   bool            `json:"done,omitempty"`   // node → caller: the call's outcome
 	Result json.RawMessage `json:"result,omitempty"`
 	Error  *wireError      `json:"error,omitempty"` // a failed callback (Reply), or call (Done)
@@ -218,6 +225,7 @@ const (
 	cbBeforeLoad  = "before_load"
 	cbBeforeRun   = "before_run"
 	cbMatch       = "match"
+	cbKeep        = "keep"
 	cbWhilePaused = "while_paused"
 )
 
