@@ -292,3 +292,54 @@ func TestFakeRemoteSweep(t *testing.T) {
 	}
 	d.Prewarm(64, 1) // the fake starts nothing ahead: a no-op, answered
 }
+
+// blockingDriver is the fake whose VMs' Status waits for its context to
+// end and reports that it did: a call in flight on the node.
+type blockingDriver struct {
+	vmm.Driver
+	ended chan error
+}
+
+func (d blockingDriver) Boot(ctx context.Context, spec vmm.Spec) (vmm.VM, error) {
+	vm, err := d.Driver.Boot(ctx, spec)
+	if err != nil {
+		return nil, err
+	}
+	return blockingVM{vm, d.ended}, nil
+}
+
+type blockingVM struct {
+	vmm.VM
+	ended chan error
+}
+
+func (vm blockingVM) Status(ctx context.Context) (vmm.Status, error) {
+	<-ctx.Done()
+	vm.ended <- ctx.Err()
+	return "", ctx.Err()
+}
+
+// A plain call's cancelled context ends the call on the node too, and
+// the caller's error is context.Canceled.
+func TestFakeRemotePlainCallCancelReachesTheNode(t *testing.T) {
+	bd := blockingDriver{Driver: fake.New(), ended: make(chan error, 1)}
+	d, _ := serve(t, bd)
+	vm, err := d.Boot(context.Background(), fakeSpec(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = vm.Stop(context.Background()) })
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(50*time.Millisecond, cancel)
+	if _, err := vm.Status(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Status whose caller went: %v, want context.Canceled", err)
+	}
+	select {
+	case err := <-bd.ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("the node's call ended with %v, want context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the node's call runs on after its caller went")
+	}
+}
