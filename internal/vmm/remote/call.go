@@ -24,7 +24,6 @@ import (
 
 // callbacks is the node's end of a call stream.
 type callbacks struct {
-	conn    net.Conn
 	replies <-chan callMsg // closed when the caller is gone
 
 	mu  sync.Mutex // one callback at a time: a reply answers the last
@@ -84,7 +83,7 @@ func serveCall(w http.ResponseWriter, r *http.Request, fn func(context.Context, 
 			}
 		}
 	}()
-	c := &callbacks{conn: conn, replies: replies, enc: json.NewEncoder(conn)}
+	c := &callbacks{replies: replies, enc: json.NewEncoder(conn)}
 	res, err := fn(ctx, c)
 	out := callMsg{Done: true}
 	if err != nil {

@@ -37,12 +37,7 @@ type handler struct {
 	log *slog.Logger
 
 	mu  sync.Mutex
-	vms map[string]*entry // by ref; guarded by mu
-}
-
-// entry is a VM the node holds for its callers.
-type entry struct {
-	vm vmm.VM
+	vms map[string]vmm.VM // by ref; guarded by mu
 }
 
 // Handler serves d to a remote caller (New's Driver) under Prefix: the
@@ -54,7 +49,7 @@ type entry struct {
 // a relative path, an unknown VM ref) is answered 4xx and changes
 // nothing.
 func Handler(d vmm.Driver, cfg HandlerConfig) http.Handler {
-	h := &handler{d: d, log: cfg.Log, vms: map[string]*entry{}}
+	h := &handler{d: d, log: cfg.Log, vms: map[string]vmm.VM{}}
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
@@ -147,7 +142,7 @@ func (h *handler) add(vm vmm.VM) vmInfo {
 	_, _ = rand.Read(b[:])
 	ref := hex.EncodeToString(b[:])
 	h.mu.Lock()
-	h.vms[ref] = &entry{vm: vm}
+	h.vms[ref] = vm
 	h.mu.Unlock()
 	go func() {
 		<-vm.Done()
@@ -163,12 +158,12 @@ func (h *handler) add(vm vmm.VM) vmInfo {
 func (h *handler) vm(r *http.Request) (vmm.VM, error) {
 	ref := r.PathValue("ref")
 	h.mu.Lock()
-	e := h.vms[ref]
+	vm := h.vms[ref]
 	h.mu.Unlock()
-	if e == nil {
+	if vm == nil {
 		return nil, fmt.Errorf("vm %q: %w", ref, ErrUnknownVM)
 	}
-	return e.vm, nil
+	return vm, nil
 }
 
 func (h *handler) snapshotter() (vmm.Snapshotter, error) {

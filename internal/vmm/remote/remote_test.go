@@ -343,3 +343,21 @@ func TestFakeRemotePlainCallCancelReachesTheNode(t *testing.T) {
 		t.Fatal("the node's call runs on after its caller went")
 	}
 }
+
+// A node with no driver to serve answers every call 503 with why.
+func TestFakeRemoteUnavailable(t *testing.T) {
+	srv := httptest.NewServer(remote.Unavailable("qemu-system-x86_64 not found"))
+	t.Cleanup(srv.Close)
+	d := remote.New(func(ctx context.Context) (net.Conn, error) {
+		var dl net.Dialer
+		return dl.DialContext(ctx, "tcp", srv.Listener.Addr().String())
+	})
+	_, err := d.Boot(context.Background(), fakeSpec(t))
+	var re *remote.Error
+	if !errors.As(err, &re) || re.Code != api.CodeUnavailable || !strings.Contains(re.Message, "qemu-system-x86_64 not found") {
+		t.Fatalf("Boot on a node without a driver: %v, want unavailable with the reason", err)
+	}
+	if got := d.Accel(); got != "" {
+		t.Errorf("Accel of a node without a driver: %q, want \"\"", got)
+	}
+}
