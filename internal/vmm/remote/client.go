@@ -184,7 +184,7 @@ func (d *Driver) Save(ctx context.Context, v vmm.VM, statePath string) (vmm.Save
 		return vmm.SaveStats{}, err
 	}
 	var stats vmm.SaveStats
-	if err := d.do(ctx, http.MethodPost, vm.path(pathSave), saveReq{State: statePath}, &stats); err != nil {
+	if err := vm.do(ctx, http.MethodPost, pathSave, saveReq{State: statePath}, &stats); err != nil {
 		return vmm.SaveStats{}, err
 	}
 	vm.markDone()
@@ -222,7 +222,8 @@ func (d *Driver) Checkpoint(ctx context.Context, v vmm.VM, req vmm.CheckpointReq
 		return vmm.CheckpointStats{}, err
 	}
 	var out checkpointResp
-	err = d.call(ctx, vm.path(pathCheckpoint), checkpointReq{State: req.State, NewDisk: req.NewDisk, WhilePaused: req.WhilePaused != nil},
+	path, _ := vm.path(pathCheckpoint)
+	err = d.call(ctx, path, checkpointReq{State: req.State, NewDisk: req.NewDisk, WhilePaused: req.WhilePaused != nil},
 		func(ctx context.Context, m callMsg) (callMsg, error) {
 			if m.Call != cbWhilePaused || req.WhilePaused == nil {
 				return callMsg{}, fmt.Errorf("unexpected callback %q", m.Call)
@@ -243,7 +244,7 @@ func (d *Driver) Disk(ctx context.Context, v vmm.VM) (string, error) {
 		return "", err
 	}
 	var out diskResp
-	if err := d.do(ctx, http.MethodGet, vm.path(pathDisk), nil, &out); err != nil {
+	if err := vm.do(ctx, http.MethodGet, pathDisk, nil, &out); err != nil {
 		return "", err
 	}
 	return out.Disk, nil
@@ -282,30 +283,82 @@ func (k disks) Backing(ctx context.Context, path string) (string, string, error)
 }
 
 // VM is a VM on the node. Its Done is a long poll on the node, made again
-// after a dropped connection until the node answers; it closes also when
-// the node no longer knows the VM.
+// after a dropped connection until the node answers.
+//
+// A node that restarted has forgotten its refs: a VM not released is then
+// adopted again on the node by its handle (once per call that finds its
+// ref unknown) and the call sent again; one whose VMM is gone meanwhile
+// reads as Done. A released VM is not adopted again (another process may
+// hold it): its Done closes when the node forgets it.
 type VM struct {
 	d   *Driver
-	ref string
 	pid int
 
 	done     chan struct{}
 	doneOnce sync.Once
 
-	mu     sync.Mutex
-	handle []byte // guarded by mu
+	adopting sync.Mutex // one adoption again at a time
+
+	mu       sync.Mutex
+	ref      string // the node's name for it; guarded by mu
+	handle   []byte // guarded by mu
+	released bool   // guarded by mu
 }
 
 var _ vmm.VM = (*VM)(nil)
 
 func (d *Driver) newVM(info vmInfo) *VM {
-	vm := &VM{d: d, ref: info.Ref, pid: info.PID, handle: info.Handle, done: make(chan struct{})}
+	vm := &VM{d: d, pid: info.PID, ref: info.Ref, handle: info.Handle, done: make(chan struct{})}
 	go vm.watch()
 	return vm
 }
 
-// path is the vms/ route p of vm.
-func (vm *VM) path(p string) string { return fmt.Sprintf(p, vm.ref) }
+// path is the vms/ route p of vm, and the ref it names.
+func (vm *VM) path(p string) (string, string) {
+	vm.mu.Lock()
+	defer vm.mu.Unlock()
+	return fmt.Sprintf(p, vm.ref), vm.ref
+}
+
+// do sends a call about vm (route p); a ref the node no longer knows is
+// adopted again, and the call sent again.
+func (vm *VM) do(ctx context.Context, method, p string, in, out any) error {
+	path, ref := vm.path(p)
+	err := vm.d.do(ctx, method, path, in, out)
+	if !errors.Is(err, ErrUnknownVM) || !vm.readopt(ctx, ref) {
+		return err
+	}
+	path, _ = vm.path(p)
+	return vm.d.do(ctx, method, path, in, out)
+}
+
+// readopt adopts vm again on the node by its handle, after the node
+// answered that it does not know ref, and reports whether vm has a ref
+// the node knows now.
+func (vm *VM) readopt(ctx context.Context, ref string) bool {
+	vm.adopting.Lock()
+	defer vm.adopting.Unlock()
+	vm.mu.Lock()
+	released, handle, now := vm.released, vm.handle, vm.ref
+	vm.mu.Unlock()
+	if now != ref {
+		return true // another call adopted it meanwhile
+	}
+	if released || vm.isDone() {
+		return false
+	}
+	var info vmInfo
+	if err := vm.d.do(ctx, http.MethodPost, pathAdopt, adoptReq{Handle: handle}, &info); err != nil {
+		return false
+	}
+	if info.PID != vm.pid {
+		return false // not the process this VM was: leave it be
+	}
+	vm.mu.Lock()
+	vm.ref = info.Ref
+	vm.mu.Unlock()
+	return true
+}
 
 func (vm *VM) markDone() { vm.doneOnce.Do(func() { close(vm.done) }) }
 
@@ -332,9 +385,9 @@ func (vm *VM) watch() {
 	}()
 	wait := 100 * time.Millisecond
 	for {
-		err := vm.d.do(ctx, http.MethodGet, vm.path(pathDone), nil, nil)
-		if err == nil || errors.Is(err, ErrUnknownVM) {
-			vm.markDone()
+		err := vm.do(ctx, http.MethodGet, pathDone, nil, nil)
+		if err == nil || (errors.Is(err, ErrUnknownVM) && ctx.Err() == nil) {
+			vm.markDone() // the VMM exited, or the node forgot a VM it cannot adopt again
 			return
 		}
 		select {
@@ -350,7 +403,12 @@ func (vm *VM) watch() {
 // over one connection (stream) to the node, which relays them to the
 // agent's channel. The connection keeps its deadlines.
 func (vm *VM) DialAgent(ctx context.Context) (net.Conn, error) {
-	conn, br, err := vm.d.upgrade(ctx, vm.path(pathAgent), struct{}{}, protoAgent)
+	path, ref := vm.path(pathAgent)
+	conn, br, err := vm.d.upgrade(ctx, path, struct{}{}, protoAgent)
+	if errors.Is(err, ErrUnknownVM) && vm.readopt(ctx, ref) {
+		path, _ = vm.path(pathAgent)
+		conn, br, err = vm.d.upgrade(ctx, path, struct{}{}, protoAgent)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -406,7 +464,7 @@ func (vm *VM) Stop(ctx context.Context) error {
 		ctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), grace+stopSlack)
 		defer cancel()
 	}
-	err := vm.d.do(ctx, http.MethodPost, vm.path(pathStop), req, nil)
+	err := vm.do(ctx, http.MethodPost, pathStop, req, nil)
 	if err != nil && !errors.Is(err, ErrUnknownVM) {
 		return err
 	}
@@ -417,9 +475,13 @@ func (vm *VM) Stop(ctx context.Context) error {
 // Release lets go of the VM on the node; Done still closes when its VMM
 // process exits.
 func (vm *VM) Release() error {
+	vm.mu.Lock()
+	vm.released = true
+	vm.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	return vm.d.do(ctx, http.MethodPost, vm.path(pathRelease), nil, nil)
+	path, _ := vm.path(pathRelease)
+	return vm.d.do(ctx, http.MethodPost, path, nil, nil)
 }
 
 // Done is closed when the VMM process exits (or the node no longer knows
@@ -432,7 +494,7 @@ func (vm *VM) ConsoleTail() string {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	var out consoleResp
-	if err := vm.d.do(ctx, http.MethodGet, vm.path(pathConsole), nil, &out); err != nil {
+	if err := vm.do(ctx, http.MethodGet, pathConsole, nil, &out); err != nil {
 		return fmt.Sprintf("(no console: %v)", err)
 	}
 	return out.Tail
@@ -441,7 +503,7 @@ func (vm *VM) ConsoleTail() string {
 // Diagnose asks the node's driver; what went wrong asking, if it cannot.
 func (vm *VM) Diagnose(ctx context.Context) string {
 	var out diagnoseResp
-	if err := vm.d.do(ctx, http.MethodGet, vm.path(pathDiagnose), nil, &out); err != nil {
+	if err := vm.do(ctx, http.MethodGet, pathDiagnose, nil, &out); err != nil {
 		return fmt.Sprintf("remote vmm: no diagnosis: %v", err)
 	}
 	return out.Line
@@ -450,7 +512,7 @@ func (vm *VM) Diagnose(ctx context.Context) string {
 // Status asks the node what the VM is doing.
 func (vm *VM) Status(ctx context.Context) (vmm.Status, error) {
 	var out statusResp
-	if err := vm.d.do(ctx, http.MethodGet, vm.path(pathStatus), nil, &out); err != nil {
+	if err := vm.do(ctx, http.MethodGet, pathStatus, nil, &out); err != nil {
 		return "", err
 	}
 	return out.Status, nil
@@ -458,5 +520,5 @@ func (vm *VM) Status(ctx context.Context) (vmm.Status, error) {
 
 // Resume resumes the VM's guest on the node.
 func (vm *VM) Resume(ctx context.Context) error {
-	return vm.d.do(ctx, http.MethodPost, vm.path(pathResume), nil, nil)
+	return vm.do(ctx, http.MethodPost, pathResume, nil, nil)
 }

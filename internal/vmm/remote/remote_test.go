@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -359,5 +360,81 @@ func TestFakeRemoteUnavailable(t *testing.T) {
 	}
 	if got := d.Accel(); got != "" {
 		t.Errorf("Accel of a node without a driver: %q, want \"\"", got)
+	}
+}
+
+// A node that restarts forgets its refs, not its VMs: a VM the server
+// holds is adopted again by its handle at its next call, its agent answers
+// as before, its Done stays open while it runs and closes when it ends.
+func TestFakeRemoteNodeRestartAdoptsAgain(t *testing.T) {
+	fd := fake.New()
+	var cur atomic.Value // the node's handler now
+	cur.Store(remote.Handler(fd, remote.HandlerConfig{}))
+	var polls atomic.Int64 // Done's long polls in flight
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/done") {
+			polls.Add(1)
+			defer polls.Add(-1)
+		}
+		cur.Load().(http.Handler).ServeHTTP(w, r)
+	}))
+	t.Cleanup(func() { srv.CloseClientConnections(); srv.Close() })
+	d := remote.New(func(ctx context.Context) (net.Conn, error) {
+		var dl net.Dialer
+		return dl.DialContext(ctx, "tcp", srv.Listener.Addr().String())
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	sp := fakeSpec(t)
+	vm, err := d.Boot(ctx, sp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = vm.Stop(context.Background()) })
+	c, _, err := agentproto.Connect(ctx, vm.DialAgent)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Write(ctx, "/tmp/kept", 0o644, strings.NewReader("kept")); err != nil {
+		t.Fatal(err)
+	}
+
+	// The node restarts: a handler with no refs; its connections, the
+	// agent's included, dropped.
+	cur.Store(remote.Handler(fd, remote.HandlerConfig{}))
+	srv.CloseClientConnections()
+	fd.Disconnect()
+	c.Close()
+
+	if st, err := vm.Status(ctx); err != nil || st != vmm.StatusRunning {
+		t.Fatalf("status after the node's restart: %s, %v; want running (adopted again)", st, err)
+	}
+	c2, _, err := agentproto.Connect(ctx, vm.DialAgent)
+	if err != nil {
+		t.Fatalf("agent after the node's restart: %v", err)
+	}
+	defer c2.Close()
+	rc, err := c2.Read(ctx, "/tmp/kept")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(rc)
+	rc.Close()
+	if string(b) != "kept" {
+		t.Fatalf("the guest after the node's restart: %q", b)
+	}
+	for polls.Load() == 0 && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond) // Done's poll comes back after the drop
+	}
+	select {
+	case <-vm.Done():
+		t.Fatal("Done closed for a VM that runs on after its node restarted")
+	default:
+	}
+	findFake(t, fd, vm.PID()).Kill()
+	select {
+	case <-vm.Done():
+	case <-ctx.Done():
+		t.Fatal("Done not closed when the VM ended after the node's restart")
 	}
 }
