@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/vmm"
 )
 
@@ -325,7 +326,10 @@ func (vm *VM) path(p string) (string, string) {
 func (vm *VM) do(ctx context.Context, method, p string, in, out any) error {
 	path, ref := vm.path(p)
 	err := vm.d.do(ctx, method, path, in, out)
-	if !errors.Is(err, ErrUnknownVM) || !vm.readopt(ctx, ref) {
+	if !errors.Is(err, ErrUnknownVM) {
+		return err
+	}
+	if err := vm.readopt(ctx, ref); err != nil {
 		return err
 	}
 	path, _ = vm.path(p)
@@ -333,31 +337,38 @@ func (vm *VM) do(ctx context.Context, method, p string, in, out any) error {
 }
 
 // readopt adopts vm again on the node by its handle, after the node
-// answered that it does not know ref, and reports whether vm has a ref
-// the node knows now.
-func (vm *VM) readopt(ctx context.Context, ref string) bool {
+// answered that it does not know ref. It returns nil once vm has a ref
+// the node knows; an error wrapping ErrUnknownVM where the node cannot
+// adopt it (its VMM is gone) or must not (vm was released); another error
+// where the node could not be asked.
+func (vm *VM) readopt(ctx context.Context, ref string) error {
 	vm.adopting.Lock()
 	defer vm.adopting.Unlock()
 	vm.mu.Lock()
 	released, handle, now := vm.released, vm.handle, vm.ref
 	vm.mu.Unlock()
-	if now != ref {
-		return true // another call adopted it meanwhile
-	}
-	if released || vm.isDone() {
-		return false
+	switch {
+	case now != ref:
+		return nil // another call adopted it meanwhile
+	case released:
+		return fmt.Errorf("remote vmm: vm %s: released, and the node no longer knows it: %w", ref, ErrUnknownVM)
+	case vm.isDone():
+		return fmt.Errorf("remote vmm: vm %s: gone: %w", ref, ErrUnknownVM)
 	}
 	var info vmInfo
 	if err := vm.d.do(ctx, http.MethodPost, pathAdopt, adoptReq{Handle: handle}, &info); err != nil {
-		return false
+		if re, ok := errors.AsType[*Error](err); ok && re.Code == api.CodeNotFound {
+			return fmt.Errorf("remote vmm: vm %s: the node no longer knows it and cannot adopt it again: %w (%w)", ref, ErrUnknownVM, err)
+		}
+		return err
 	}
 	if info.PID != vm.pid {
-		return false // not the process this VM was: leave it be
+		return fmt.Errorf("remote vmm: vm %s: adopted again as PID %d, was %d: %w", ref, info.PID, vm.pid, ErrUnknownVM)
 	}
 	vm.mu.Lock()
 	vm.ref = info.Ref
 	vm.mu.Unlock()
-	return true
+	return nil
 }
 
 func (vm *VM) markDone() { vm.doneOnce.Do(func() { close(vm.done) }) }
@@ -372,7 +383,7 @@ func (vm *VM) isDone() bool {
 }
 
 // watch closes done once the node says the VMM process exited, or that it
-// no longer knows the VM.
+// no longer knows the VM and cannot adopt it again.
 func (vm *VM) watch() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -387,7 +398,7 @@ func (vm *VM) watch() {
 	for {
 		err := vm.do(ctx, http.MethodGet, pathDone, nil, nil)
 		if err == nil || (errors.Is(err, ErrUnknownVM) && ctx.Err() == nil) {
-			vm.markDone() // the VMM exited, or the node forgot a VM it cannot adopt again
+			vm.markDone() // the VMM exited, or the node forgot a VM it cannot (or must not) adopt again
 			return
 		}
 		select {
@@ -405,9 +416,11 @@ func (vm *VM) watch() {
 func (vm *VM) DialAgent(ctx context.Context) (net.Conn, error) {
 	path, ref := vm.path(pathAgent)
 	conn, br, err := vm.d.upgrade(ctx, path, struct{}{}, protoAgent)
-	if errors.Is(err, ErrUnknownVM) && vm.readopt(ctx, ref) {
-		path, _ = vm.path(pathAgent)
-		conn, br, err = vm.d.upgrade(ctx, path, struct{}{}, protoAgent)
+	if errors.Is(err, ErrUnknownVM) {
+		if err = vm.readopt(ctx, ref); err == nil {
+			path, _ = vm.path(pathAgent)
+			conn, br, err = vm.d.upgrade(ctx, path, struct{}{}, protoAgent)
+		}
 	}
 	if err != nil {
 		return nil, err
