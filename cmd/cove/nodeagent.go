@@ -19,6 +19,7 @@ import (
 	"github.com/cove-dev/cove/internal/nodelink"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/vmm/qemu"
+	"github.com/cove-dev/cove/internal/vmm/remote"
 )
 
 // nodeAgentConfig is what 'cove node' (the agent, run bare) is
@@ -32,6 +33,12 @@ type nodeAgentConfig struct {
 	Home          string
 	Accel         string
 	Heartbeat     time.Duration
+	// The QEMU driver the node serves the server (as 'cove server' has).
+	QEMUUser       string
+	AllowRootVMs   bool
+	GuestCmdline   string
+	CgroupRoot     string
+	AllowNoCgroups bool
 }
 
 // nodeAgentLong is the help of the agent, which 'cove node' runs when
@@ -40,7 +47,11 @@ const nodeAgentLong = `Run bare, 'cove node --server URL' runs this host's node 
 foreground: it joins the server with the join token (once: the credential
 it is issued is kept in HOME/node.credential, 0600), then keeps a control
 connection to the server up, reconnecting after any drop (0.5 s doubling
-to 30 s), and heartbeats with this host's capacity every --heartbeat. The
+to 30 s), and heartbeats with this host's capacity every --heartbeat. Over that
+connection it serves the server this host's QEMU driver (boot, adopt,
+stop, save, restore, checkpoint, disk files, the guest agent's channel),
+under /node/v1/vmm/; the --qemu-user, --cgroup-root and related flags
+configure it as they do 'cove server'. The
 node dials the server, so a node behind NAT works. A node that was
 removed ('cove node rm') stops with an error: remove its credential file
 and start it with the join token to join again.`
@@ -65,6 +76,11 @@ func addNodeAgent(cmd *cobra.Command) {
 	f.StringVar(&cfg.Home, "home", envOr("COVE_HOME", defaultHome), "the node's data directory, where its credential is kept (COVE_HOME)")
 	f.StringVar(&cfg.Accel, "accel", envOr("COVE_ACCEL", "auto"), "accelerator this node reports: auto, kvm or tcg (COVE_ACCEL)")
 	f.DurationVar(&cfg.Heartbeat, "heartbeat", envDuration("COVE_HEARTBEAT", nodelink.DefaultHeartbeat), "interval of the node's heartbeats (COVE_HEARTBEAT)")
+	f.StringVar(&cfg.QEMUUser, "qemu-user", envOr("COVE_QEMU_USER", "cove-vm"), "unprivileged user QEMU runs as when the node is root (COVE_QEMU_USER)")
+	f.BoolVar(&cfg.AllowRootVMs, "allow-root-vms", os.Getenv("COVE_ALLOW_ROOT_VMS") == "1", "run QEMU as root when the node is root and has no unprivileged user to run it as (COVE_ALLOW_ROOT_VMS=1)")
+	f.StringVar(&cfg.GuestCmdline, "guest-cmdline", os.Getenv("COVE_GUEST_CMDLINE"), "added to the kernel command line of every guest this node boots (COVE_GUEST_CMDLINE)")
+	f.StringVar(&cfg.CgroupRoot, "cgroup-root", envOr("COVE_CGROUP_ROOT", "/sys/fs/cgroup"), "where each VM's cgroup limits are set (COVE_CGROUP_ROOT)")
+	f.BoolVar(&cfg.AllowNoCgroups, "allow-no-cgroups", os.Getenv("COVE_ALLOW_NO_CGROUPS") == "1", "run VMs without the cgroup limits this host cannot apply (COVE_ALLOW_NO_CGROUPS=1)")
 }
 
 // runNodeAgent runs the node agent until a signal, or until the server
@@ -114,6 +130,18 @@ func runNodeAgent(ctx context.Context, cfg nodeAgentConfig) error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(nodelink.Info{ID: agent.NodeID(), Name: name, Labels: labels, Capacity: c, Version: versionString()})
 	})
+	// The server drives this host's VMs through the driver's routes. A
+	// host that cannot run QEMU still joins and heartbeats (its capacity
+	// says what it lacks); its driver's routes say why they fail.
+	driver, err := qemu.New(qemu.Config{Accel: cfg.Accel, User: cfg.QEMUUser, AllowRootVMs: cfg.AllowRootVMs, GuestCmdline: cfg.GuestCmdline,
+		CgroupRoot: cfg.CgroupRoot, CgroupTag: qemu.CgroupTag(cfg.Home), AllowNoCgroups: cfg.AllowNoCgroups, Log: log})
+	if err != nil {
+		log.Error("node: no QEMU driver: the server cannot run VMs here", "err", err)
+		mux.Handle(remote.Prefix, remote.Unavailable(err.Error()))
+	} else {
+		defer driver.Close()
+		mux.Handle(remote.Prefix, remote.Handler(driver, remote.HandlerConfig{Log: log}))
+	}
 	agent = nodelink.NewAgent(nodelink.AgentConfig{Server: cfg.Server, JoinToken: token, Name: name, Labels: labels,
 		Home: cfg.Home, Heartbeat: cfg.Heartbeat, Probe: probe, Handler: mux, Log: log})
 	log.Info("cove node starting", "name", name, "server", cfg.Server, "home", cfg.Home, "accel", accel, "labels", labels)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -81,16 +82,39 @@ func NewHub(cfg HubConfig) *Hub {
 	if h.cfg.Now == nil {
 		h.cfg.Now = time.Now
 	}
-	h.transport = streamTransport(func(_ context.Context, id string) (*yamux.Session, error) {
-		h.mu.Lock()
-		l := h.links[id]
-		h.mu.Unlock()
-		if l == nil {
-			return nil, fmt.Errorf("node %s: %w", id, ErrNotConnected)
-		}
-		return l.sess, nil
-	})
+	h.transport = streamTransport(func(_ context.Context, id string) (*yamux.Session, error) { return h.session(id) })
 	return h
+}
+
+// session is node id's control connection.
+func (h *Hub) session(id string) (*yamux.Session, error) {
+	h.mu.Lock()
+	l := h.links[id]
+	h.mu.Unlock()
+	if l == nil {
+		return nil, fmt.Errorf("node %s: %w", id, ErrNotConnected)
+	}
+	return l.sess, nil
+}
+
+// Dial opens a stream to node id's handler over its control connection,
+// on which the caller speaks HTTP/1.1 itself: one exchange, or one that
+// upgrades and keeps the stream (vmm/remote's agent connections and call
+// streams take it as their dial function). The stream keeps deadlines.
+// While the node is not connected it fails with ErrNotConnected.
+func (h *Hub) Dial(ctx context.Context, id string) (net.Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	sess, err := h.session(id)
+	if err != nil {
+		return nil, err
+	}
+	st, err := sess.Open()
+	if err != nil {
+		return nil, fmt.Errorf("node %s: open a stream: %w", id, err)
+	}
+	return st, nil
 }
 
 // Connected reports whether node id has a control connection to this

@@ -53,6 +53,8 @@ type fixture struct {
 	hub  *Hub
 	srv  *httptest.Server
 	logs *syncBuffer
+	// nodeHandler, if set, is what runAgent's node serves.
+	nodeHandler http.Handler
 }
 
 func openStore(t *testing.T) *sqlite.Store {
@@ -114,16 +116,20 @@ func (f *fixture) runAgent(home, joinToken string, heartbeat time.Duration) (*Ag
 	f.t.Helper()
 	var probes atomic.Int64
 	var a *Agent
-	a = NewAgent(AgentConfig{Server: f.srv.URL, JoinToken: joinToken, Name: "node-a", Labels: map[string]string{"zone": "z1"},
-		Home: home, Heartbeat: heartbeat, Log: slog.New(slog.NewTextHandler(f.logs, nil)),
-		Probe: func(context.Context) (store.NodeCapacity, error) { return testCapacity(1000 + probes.Add(1)), nil },
-		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	handler := f.nodeHandler
+	if handler == nil {
+		handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.URL.Path == InfoPath {
 				json.NewEncoder(w).Encode(Info{ID: a.NodeID(), Name: "node-a", Version: "test"})
 				return
 			}
 			fmt.Fprintf(w, "node answered %s %s", r.Method, r.URL.Path)
-		})})
+		})
+	}
+	a = NewAgent(AgentConfig{Server: f.srv.URL, JoinToken: joinToken, Name: "node-a", Labels: map[string]string{"zone": "z1"},
+		Home: home, Heartbeat: heartbeat, Log: slog.New(slog.NewTextHandler(f.logs, nil)),
+		Probe:   func(context.Context) (store.NodeCapacity, error) { return testCapacity(1000 + probes.Add(1)), nil },
+		Handler: handler})
 	ctx, cancel := context.WithCancel(context.Background())
 	done, finished := make(chan error, 1), make(chan struct{})
 	go func() {

@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"syscall"
 	"testing"
 
 	"github.com/cove-dev/cove/internal/vmm"
@@ -113,6 +114,53 @@ func (s suite) disksStackAndFlatten(t *testing.T) {
 	}
 	if !bytes.Equal(readDisk(t, at("l2.qcow2")), want) {
 		t.Fatal("the rebased disk does not read as before")
+	}
+}
+
+// disksDiffAndRaw keeps a RAM-like raw file as what differs from another
+// (Diff) and reads it back raw (Raw): the difference holds little more
+// than the page that changed, a chain of two reads back exactly, and a
+// zeroed page over the base's data reads as zeros.
+func (s suite) disksDiffAndRaw(t *testing.T) {
+	r := s.rig(t)
+	d := r.Driver.Disks()
+	ctx := r.ctx()
+	dir := t.TempDir()
+	at := func(name string) string { return filepath.Join(dir, name) }
+	a := bytes.Repeat([]byte{0x11}, 4<<20)
+	b := bytes.Clone(a)
+	copy(b[1<<20:], bytes.Repeat([]byte{0x22}, 4096)) // one page changed
+	c := bytes.Clone(b)
+	clear(c[2<<20 : 2<<20+4096]) // one page zeroed
+	for name, data := range map[string][]byte{"a.raw": a, "b.raw": b, "c.raw": c} {
+		if err := os.WriteFile(at(name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.Diff(ctx, at("b.qcow2"), at("b.raw"), at("a.raw"), "raw"); err != nil {
+		t.Fatalf("diff on a raw base: %v", err)
+	}
+	if err := d.Diff(ctx, at("c.qcow2"), at("c.raw"), at("b.qcow2"), "qcow2"); err != nil {
+		t.Fatalf("diff on a qcow2 base: %v", err)
+	}
+	for name, want := range map[string][]byte{"b": b, "c": c} {
+		if err := d.Raw(ctx, at(name+".qcow2"), "qcow2", at(name+".out")); err != nil {
+			t.Fatalf("raw of %s: %v", name, err)
+		}
+		got, err := os.ReadFile(at(name + ".out"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want) {
+			t.Fatalf("%s read back raw differs from what it was", name)
+		}
+	}
+	var st syscall.Stat_t
+	if err := syscall.Stat(at("b.qcow2"), &st); err != nil {
+		t.Fatal(err)
+	}
+	if used := st.Blocks * 512; used > 1<<20 {
+		t.Errorf("the difference of one page takes %d bytes, want well under the 4 MiB file", used)
 	}
 }
 

@@ -58,6 +58,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 	t.Run("CheckpointRunsOn", s.checkpointRunsOn)
 	t.Run("KillVMsEndsOnlyMatching", s.killVMsEndsOnlyMatching)
 	t.Run("DisksStackAndFlatten", s.disksStackAndFlatten)
+	t.Run("DisksDiffAndRaw", s.disksDiffAndRaw)
 }
 
 type suite struct {
