@@ -9,89 +9,35 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/cove-dev/cove/internal/e2b/sdktest"
 	"github.com/cove-dev/cove/internal/testenv"
 	"github.com/cove-dev/cove/internal/vmtest"
 )
 
-// sdkDir is the SDK test's directory with node_modules installed by npm ci
-// from its package-lock.json, once per lock file, under the test cache.
+// sdkDir is a directory holding the SDK test's script beside the SDK,
+// installed by npm ci from its package-lock.json once per lock file under
+// the test cache (package sdktest).
 func sdkDir(t *testing.T) string {
 	t.Helper()
-	for _, tool := range []string{"node", "npm"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			testenv.Skipf(t, "%s is missing (make deps installs it): %v", tool, err)
-		}
-	}
-	src, err := filepath.Abs("../../internal/e2b/sdktest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lock, err := os.ReadFile(filepath.Join(src, "package-lock.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	sum := sha256.Sum256(lock)
-	cache := filepath.Join(vmtest.CacheDir(), "e2b-sdk", hex.EncodeToString(sum[:8]))
-	if _, err := os.Stat(filepath.Join(cache, "node_modules", "e2b", "package.json")); err != nil {
-		if err := os.MkdirAll(filepath.Dir(cache), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		tmp, err := os.MkdirTemp(filepath.Dir(cache), "install-")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer os.RemoveAll(tmp)
-		for _, f := range []string{"package.json", "package-lock.json"} {
-			b, err := os.ReadFile(filepath.Join(src, f))
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(tmp, f), b, 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		start := time.Now()
-		cmd := exec.Command("npm", "ci", "--no-audit", "--no-fund", "--loglevel=error")
-		cmd.Dir = tmp
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("npm ci in %s: %v\n%s", tmp, err, out)
-		}
-		t.Logf("npm ci: the E2B SDK installed in %s", time.Since(start).Round(time.Millisecond))
-		// Into place whole, or not at all: a concurrent install that won
-		// is as good.
-		if err := os.Rename(tmp, cache); err != nil {
-			if _, serr := os.Stat(filepath.Join(cache, "node_modules", "e2b", "package.json")); serr != nil {
-				t.Fatalf("install the SDK into %s: %v", cache, err)
-			}
-		}
-	}
-	// The script next to the cached node_modules, where Node resolves 'e2b'.
 	dir := t.TempDir()
-	if err := os.Symlink(filepath.Join(cache, "node_modules"), filepath.Join(dir, "node_modules")); err != nil {
-		t.Fatal(err)
+	err := sdktest.Prepare(vmtest.CacheDir(), dir, func(msg string) { t.Log(msg) })
+	if errors.Is(err, sdktest.ErrNoNode) {
+		testenv.Skipf(t, "%v (make deps installs them)", err)
 	}
-	for _, f := range []string{"package.json", "sdk.mjs"} {
-		b, err := os.ReadFile(filepath.Join(src, f))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, f), b, 0o644); err != nil {
-			t.Fatal(err)
-		}
+	if err != nil {
+		t.Fatal(err)
 	}
 	return dir
 }

@@ -26,6 +26,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/apiserver"
+	"github.com/cove-dev/cove/internal/e2b/sdktest"
 	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/session"
@@ -48,7 +49,7 @@ func main() {
 	rebuilds := flag.Int("rebuilds", 3, "pushes to a template that follows a repo, each timed until its new version is live (needs debian)")
 	wakeOnly := flag.Bool("wake-only", false, "after the cold boots and execs, measure park and wake only (no raw QEMU, templates or triggers)")
 	egressSamples := flag.Int("egress-samples", 20, "samples of the egress figures' small requests (0 skips them; the rest: 3 each; needs debian)")
-	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), checkpoint (a running session's checkpoint pause, bytes added, rollback → exec, fork -forks → all answering), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), store (snapshots in a loopback S3 store: bytes a parked clone adds, a second park adds, wake with the local files gone, upload throughput), scale (make bench-scale: -storm clones parked and woken at once, then -scale-clones parked and stored under -cache-size-mib), identity (policy decisions, authentication, session-token minting; no VM), placement (placement decisions over 1,000 simulated nodes holding 100,000 sessions; no VM), nodelink (what a node's control connection adds to a server → node call, and to a call of the node's driver and a guest agent round trip over it; the fake VMM, no VM)")
+	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), checkpoint (a running session's checkpoint pause, bytes added, rollback → exec, fork -forks → all answering), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), store (snapshots in a loopback S3 store: bytes a parked clone adds, a second park adds, wake with the local files gone, upload throughput), scale (make bench-scale: -storm clones parked and woken at once, then -scale-clones parked and stored under -cache-size-mib), identity (policy decisions, authentication, session-token minting; no VM), placement (placement decisions over 1,000 simulated nodes holding 100,000 sessions; no VM), e2b (the official E2B SDK: create → first run with and without a warm pool, pause, connect → run, a command round trip against cove's own exec; needs debian and node), nodelink (what a node's control connection adds to a server → node call, and to a call of the node's driver and a guest agent round trip over it; the fake VMM, no VM)")
 	placementSamples := flag.Int("placement-samples", 5000, "-only placement: decisions timed")
 	nodelinkSamples := flag.Int("nodelink-samples", 2000, "-only nodelink: round trips timed each way")
 	identitySamples := flag.Int("identity-samples", 2000, "samples of each identity figure")
@@ -60,7 +61,9 @@ func main() {
 	scaleParallel := flag.Int("scale-parallel", 4, "-only scale: clones made and parked at once in the long run")
 	cacheSize := flag.Int64("cache-size-mib", 2048, "-only scale: the node cache bound for session files, MiB (0: none)")
 	checkpoints := flag.Int("checkpoints", 10, "checkpoint → rollback cycles (0 skips the checkpoint rows)")
-	forks := flag.Int("forks", 4, "forks made at once from a checkpoint")
+	forks := flag.Int("forks", 8, "forks made at once from a checkpoint")
+	e2bSandboxes := flag.Int("e2b-sandboxes", 3, "E2B SDK sandboxes made each way, with no pool and with a warm one (0 skips the E2B rows; needs debian, node)")
+	e2bRuns := flag.Int("e2b-runs", 20, "E2B SDK commands.run round trips in each sandbox")
 	verbose := flag.Bool("v", false, "log at info level (the session manager's timings: restore spawn_ms, agent_ms, …)")
 	flag.Parse()
 	cfg := config{boots: *boots, debianBoots: *debianBoots, execs: *execs, files: *files, idle: *idle, parks: *parks, clones: *clones}
@@ -69,6 +72,7 @@ func main() {
 	cfg.hostile = hostileConfig{execs: *hostileExecs, every: *hostileEvery, ramp: 2 * time.Second, attack: 20 * time.Second}
 	cfg.identitySamples, cfg.egressSamples = *identitySamples, *egressSamples
 	cfg.checkpoints, cfg.forks = *checkpoints, *forks
+	cfg.e2bSandboxes, cfg.e2bRuns = *e2bSandboxes, *e2bRuns
 	cfg.scale = scaleConfig{storm: *storm, clones: *scaleClones, parallel: *scaleParallel, cacheSize: *cacheSize << 20}
 	switch cfg.only {
 	case "":
@@ -112,6 +116,12 @@ func main() {
 		return
 	case "audit", "store", "scale", "checkpoint":
 		cfg.debianBoots = 0
+	case "e2b":
+		if cfg.e2bSandboxes <= 0 {
+			fmt.Fprintln(os.Stderr, "covebench: -only e2b needs -e2b-sandboxes > 0")
+			os.Exit(2)
+		}
+		cfg.debianBoots = 1 // builds the image; no cold boots are timed
 	case "egress":
 		if cfg.egressSamples <= 0 {
 			fmt.Fprintln(os.Stderr, "covebench: -only egress needs -egress-samples > 0")
@@ -125,7 +135,7 @@ func main() {
 		}
 		cfg.debianBoots = 0
 	default:
-		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: audit, checkpoint, egress, hostile, safety, store, scale, identity, placement, nodelink\n", cfg.only)
+		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: audit, checkpoint, e2b, egress, hostile, safety, store, scale, identity, placement, nodelink\n", cfg.only)
 		os.Exit(2)
 	}
 	if err := run(*home, *agent, cfg); err != nil {
@@ -176,6 +186,7 @@ type config struct {
 	scale                                                 scaleConfig
 	egressSamples                                         int // samples of the egress figures' small requests
 	checkpoints, forks                                    int // checkpoint → rollback cycles; forks at once
+	e2bSandboxes, e2bRuns                                 int // E2B SDK sandboxes each way; round trips in each
 }
 
 func run(home, agent string, cfg config) error {
@@ -299,6 +310,13 @@ func run(home, agent string, cfg config) error {
 	}
 	if cfg.only == "store" {
 		if rows, err = storeRows(ctx, c, sessDir, cfg.clones, objects.fresh); err != nil {
+			return err
+		}
+		printTable(os.Stdout, driver.Accel(), rows)
+		return nil
+	}
+	if cfg.only == "e2b" {
+		if rows, err = e2bRows(ctx, home, mgr, st, c, token, cfg.e2bSandboxes, max(cfg.e2bRuns, 1), log); err != nil {
 			return err
 		}
 		printTable(os.Stdout, driver.Accel(), rows)
@@ -440,6 +458,16 @@ func run(home, agent string, cfg config) error {
 				return err
 			}
 			rows = append(rows, ck...)
+		}
+		if debianBoots > 0 && cfg.e2bSandboxes > 0 {
+			e, err := e2bRows(ctx, home, mgr, st, c, token, cfg.e2bSandboxes, max(cfg.e2bRuns, 1), log)
+			switch {
+			case errors.Is(err, sdktest.ErrNoNode):
+				fmt.Fprintln(os.Stderr, "bench: the E2B rows are skipped:", err)
+			case err != nil:
+				return err
+			}
+			rows = append(rows, e...)
 		}
 		if debianBoots > 0 && cfg.rebuilds > 0 {
 			reb, err := rebuildRows(ctx, c, srv.URL, cfg.rebuilds)
