@@ -110,6 +110,10 @@ type dirWatch struct {
 
 	dirs   map[int]string // wd → the directory's path relative to root; only read's goroutine after the start
 	rootWd int
+	// writes are the agent's own file writes under way (see putFile):
+	// the cookie of the temporary file's move → whether the file it
+	// replaces is new. Only read's goroutine.
+	writes map[uint32]bool
 
 	mu      sync.Mutex
 	queue   []agentproto.WatchEvent // guarded by mu
@@ -131,7 +135,7 @@ func newDirWatch(root string, recursive, entries bool) (*dirWatch, error) {
 		return nil, fmt.Errorf("watch %s: inotify: %w", root, err)
 	}
 	w := &dirWatch{root: filepath.Clean(root), recursive: recursive, entries: entries, f: os.NewFile(uintptr(fd), "inotify"),
-		dirs: map[int]string{}, ready: make(chan struct{}, 1)}
+		dirs: map[int]string{}, writes: map[uint32]bool{}, ready: make(chan struct{}, 1)}
 	wd, err := unix.InotifyAddWatch(fd, w.root, watchMask)
 	if err != nil {
 		w.close()
@@ -211,7 +215,7 @@ func (w *dirWatch) read() {
 			}
 			name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:nameEnd]), "\x00")
 			off = nameEnd
-			if !w.event(int(ev.Wd), ev.Mask, name) {
+			if !w.event(int(ev.Wd), ev.Mask, ev.Cookie, name) {
 				return
 			}
 		}
@@ -220,7 +224,7 @@ func (w *dirWatch) read() {
 
 // event queues what one inotify event says; false once the watched
 // directory is gone.
-func (w *dirWatch) event(wd int, mask uint32, name string) bool {
+func (w *dirWatch) event(wd int, mask, cookie uint32, name string) bool {
 	if mask&unix.IN_Q_OVERFLOW != 0 {
 		w.push(agentproto.WatchEvent{Op: agentproto.WatchOverflow})
 		return true
@@ -244,6 +248,26 @@ func (w *dirWatch) event(wd int, mask uint32, name string) bool {
 	}
 	rel := path.Join(dir, name)
 	isDir := mask&unix.IN_ISDIR != 0
+	// The agent writes a file as a temporary one renamed over it: what
+	// a watcher sees is the file's write (its create too if it is new),
+	// as for a write in place; the temporary file is not reported.
+	if strings.HasPrefix(name, writeTemp) && !isDir {
+		if mask&unix.IN_MOVED_FROM != 0 {
+			if len(w.writes) >= 64 { // moves whose other half never came
+				clear(w.writes)
+			}
+			w.writes[cookie] = strings.HasPrefix(name, writeTempNew)
+		}
+		return true
+	}
+	if isNew, ok := w.writes[cookie]; ok && cookie != 0 && mask&unix.IN_MOVED_TO != 0 {
+		delete(w.writes, cookie)
+		if isNew {
+			w.push(w.entry(rel, agentproto.WatchCreate))
+		}
+		w.push(w.entry(rel, agentproto.WatchWrite))
+		return true
+	}
 	var op string
 	switch {
 	case mask&(unix.IN_CREATE|unix.IN_MOVED_TO) != 0:
@@ -268,14 +292,20 @@ func (w *dirWatch) event(wd int, mask uint32, name string) bool {
 	default:
 		return true
 	}
+	w.push(w.entry(rel, op))
+	return true
+}
+
+// entry is the event op of rel, with its FileInfo if the watch asked for
+// it and rel is there.
+func (w *dirWatch) entry(rel, op string) agentproto.WatchEvent {
 	ev := agentproto.WatchEvent{Name: rel, Op: op}
 	if w.entries && op != agentproto.WatchRemove && op != agentproto.WatchRename {
 		if fi, err := os.Lstat(filepath.Join(w.root, rel)); err == nil {
 			ev.Info = info(path.Base(rel), fi)
 		}
 	}
-	w.push(ev)
-	return true
+	return ev
 }
 
 // push queues ev, or counts it dropped if the queue is full.

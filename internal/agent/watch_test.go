@@ -161,3 +161,37 @@ func TestWatchOverflow(t *testing.T) {
 	}
 	watchUntil(t, w, "create last")
 }
+
+// The agent writes a file through a temporary one renamed over it; a
+// watcher sees what a write in place shows: the file's create (if new)
+// and its write, and nothing of the temporary file.
+func TestWatchAgentWrites(t *testing.T) {
+	c := connect(t)
+	dir := t.TempDir()
+	w, err := c.Watch(ctxT(t), dir, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	f := filepath.Join(dir, "f.txt")
+	if err := c.Write(ctxT(t), f, 0o644, strings.NewReader("one")); err != nil {
+		t.Fatal(err)
+	}
+	evs := watchUntil(t, w, "create f.txt", "write f.txt")
+	if err := c.Write(ctxT(t), f, 0o644, strings.NewReader("two")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "mark"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	evs = append(evs, watchUntil(t, w, "create mark")...)
+	var got []string
+	for _, ev := range evs {
+		if ev.Name != "mark" {
+			got = append(got, ev.Op+" "+ev.Name)
+		}
+	}
+	if want := []string{"create f.txt", "write f.txt", "write f.txt"}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("events %q, want %q", got, want)
+	}
+}

@@ -95,6 +95,7 @@ type Sessions interface {
 	ListDir(ctx context.Context, id, path string) ([]api.FileInfo, error)
 	Mkdir(ctx context.Context, id, path string) error
 	Remove(ctx context.Context, id, path string) error
+	Watch(ctx context.Context, id, path string, recursive, entries bool) (session.Watcher, error)
 }
 
 // Records keeps the sandboxes' E2B records, and the lease of the

@@ -265,10 +265,18 @@ func entryOf(p string, fi api.FileInfo) entryInfo {
 // of cove's own file routes; a move is a write).
 var fileVerbs = map[string]string{"Stat": "file.stat", "ListDir": "file.list", "MakeDir": "file.mkdir", "Remove": "file.remove", "Move": "file.write"}
 
-// filesystemRPC serves the filesystem.Filesystem service's unary calls;
-// the watch calls are not implemented yet.
+// filesystemRPC serves the filesystem.Filesystem service (the watches
+// in watch.go).
 func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 	id, ctx, method := sandboxID(r), r.Context(), r.PathValue("method")
+	switch method {
+	case "WatchDir":
+		s.watchDir(w, r)
+		return
+	case "CreateWatcher", "GetWatcherEvents", "RemoveWatcher":
+		s.watcherRPC(w, r, method)
+		return
+	}
 	var req struct {
 		Path        string `json:"path"`
 		Depth       uint32 `json:"depth"`
