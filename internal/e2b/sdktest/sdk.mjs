@@ -4,7 +4,7 @@
 // failed assertion exits non-zero with the step it was in. The last line
 // is a JSON summary for the Go test (cmd/cove TestE2BSDK).
 import assert from 'node:assert/strict'
-import { Sandbox, CommandExitError, SandboxNotFoundError } from 'e2b'
+import { Sandbox, CommandExitError, SandboxNotFoundError, getSignature } from 'e2b'
 
 // Boots and wakes take seconds to tens of seconds under TCG.
 const slow = { requestTimeoutMs: 600_000 }
@@ -146,6 +146,38 @@ assert.equal(flat.length, flatSeen, 'events after stop: ' + JSON.stringify(flat.
 await hDeep.stop()
 await assert.rejects(sbx.files.watchDir('/tmp/w/nope', () => {}), (e) => e.name === 'FileNotFoundError' || String(e))
 await assert.rejects(sbx.files.watchDir('/tmp/w/by-cmd.txt', () => {}), (e) => e.name === 'InvalidArgumentError' || String(e))
+
+step('signed file URLs: uploadUrl, downloadUrl, expiry, refusals')
+const upUrl = await sbx.uploadUrl('/tmp/e2b/signed.txt')
+assert.ok(new URL(upUrl).searchParams.get('signature').startsWith('v1_'), upUrl)
+const form = new FormData()
+form.append('file', new Blob(['signed upload']), 'signed.txt')
+let res = await fetch(upUrl, { method: 'POST', body: form })
+assert.equal(res.status, 200, await res.text())
+const downUrl = await sbx.downloadUrl('/tmp/e2b/signed.txt', { useSignatureExpiration: 600 })
+assert.ok(new URL(downUrl).searchParams.get('signature_expiration'), downUrl)
+res = await fetch(downUrl)
+assert.equal(await res.text(), 'signed upload')
+// A read URL does not write; another path is not signed; a past
+// expiration is refused.
+res = await fetch(downUrl, { method: 'POST', body: form })
+assert.equal(res.status, 401, await res.text())
+const otherPath = new URL(downUrl)
+otherPath.searchParams.set('path', '/etc/hostname')
+res = await fetch(otherPath)
+assert.equal(res.status, 401, await res.text())
+const expired = await getSignature({
+  path: '/tmp/e2b/signed.txt',
+  operation: 'read',
+  expirationInSeconds: -60,
+  envdAccessToken: sbx.envdAccessToken,
+})
+const expiredUrl = new URL(downUrl)
+expiredUrl.searchParams.set('signature', expired.signature)
+expiredUrl.searchParams.set('signature_expiration', String(expired.expiration))
+res = await fetch(expiredUrl)
+assert.equal(res.status, 401, await res.text())
+assert.equal(await sbx.files.read('/tmp/e2b/signed.txt'), 'signed upload')
 
 step('getInfo, list with filters')
 const sinfo = await sbx.getInfo()
