@@ -60,6 +60,12 @@ func (s *Server) signedSandbox(r *http.Request, named string) (string, error) {
 		}
 		expAt = n
 	}
+	sig, p, user := q.Get("signature"), q.Get("path"), q.Get("username")
+	// "v1_" and 43 base64 characters: anything else matches no sandbox,
+	// and costs no scan.
+	if len(sig) != 46 || !strings.HasPrefix(sig, "v1_") {
+		return "", &errSignature{"malformed signature: want v1_ and an unpadded base64 SHA-256"}
+	}
 	candidates := []string{named}
 	if named == "" {
 		ss, err := s.cfg.Sessions.List(r.Context())
@@ -71,7 +77,6 @@ func (s *Server) signedSandbox(r *http.Request, named string) (string, error) {
 			candidates = append(candidates, x.ID)
 		}
 	}
-	sig, p, user := q.Get("signature"), q.Get("path"), q.Get("username")
 	for _, id := range candidates {
 		want := signatureOf(p, op, user, s.AccessToken(id), exp)
 		if subtle.ConstantTimeCompare([]byte(want), []byte(sig)) != 1 {
