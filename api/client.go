@@ -615,3 +615,35 @@ func (c *Client) DrainNode(ctx context.Context, idOrName string) (DrainResult, e
 func (c *Client) RemoveNode(ctx context.Context, idOrName string) error {
 	return c.doJSON(ctx, http.MethodDelete, nodePath(idOrName, ""), nil, nil, nil)
 }
+
+// Watch follows the changes under directory path in session id's guest
+// (and its subdirectories if recursive), calling fn with each, until ctx
+// ends, fn returns an error (returned), or the watch ends: the session
+// parked or stopped, or the directory went away (nil).
+func (c *Client) Watch(ctx context.Context, id, path string, recursive bool, fn func(WatchEvent) error) error {
+	q := pathQuery(path)
+	if recursive {
+		q.Set("recursive", "1")
+	}
+	resp, err := c.do(ctx, http.MethodGet, sessionPath(id, "/files/watch"), q, nil, "", contentNDJSON)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var ev WatchEvent
+		if err := dec.Decode(&ev); err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return fmt.Errorf("watch %s: read stream: %w", path, err)
+		}
+		if err := fn(ev); err != nil {
+			return err
+		}
+	}
+}

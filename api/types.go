@@ -405,6 +405,19 @@ type FileInfo struct {
 	ModTime time.Time `json:"mod_time"`
 }
 
+// WatchEvent is one change under a watched guest directory. Name is the
+// changed entry's path relative to the watched directory; Type is one of
+// create, write, remove, rename (moved away), chmod, or overflow: then
+// Dropped events (0: an unknown number) were lost before it, because the
+// watcher fell behind. Info describes the entry where the watch asked for
+// it and the entry still existed.
+type WatchEvent struct {
+	Name    string    `json:"name,omitempty"`
+	Type    string    `json:"type"`
+	Info    *FileInfo `json:"info,omitempty"`
+	Dropped int64     `json:"dropped,omitempty"`
+}
+
 // Image is a read-only base disk that sessions boot from.
 type Image struct {
 	Name string `json:"name"`

@@ -44,6 +44,7 @@ type Agent struct {
 	egressCA []byte             // guarded by mu: the egress CA set up, if any
 	egressLn net.Listener       // guarded by mu: the egress listener, once set up
 	urandom  int                // guarded by mu: /dev/urandom for reseeding, once opened (else -1)
+	watches  int                // guarded by mu: directory watches open (see watch.go)
 
 	// reqSeq numbers the requests tools send the host: unique in this
 	// memory, which a rollback restores with it (agentproto.GuestRequest).
@@ -467,6 +468,8 @@ func (a *Agent) handle(st *yamux.Stream) {
 		tarGet(st, req)
 	case agentproto.OpTarPut:
 		tarPut(st, req)
+	case agentproto.OpWatch:
+		a.watch(st, req)
 	default:
 		respondErr(st, agentproto.CodeInvalid, fmt.Errorf("unknown op %q", req.Op))
 	}

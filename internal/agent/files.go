@@ -133,6 +133,14 @@ func writeFile(st io.ReadWriter, req agentproto.Request) {
 	respond(st, agentproto.Response{})
 }
 
+// The names of putFile's temporary files start with writeTemp, then
+// says whether the file they replace existed.
+const (
+	writeTemp    = ".cove-write-"
+	writeTempNew = writeTemp + "new-"
+	writeTempOld = writeTemp + "old-"
+)
+
 // putFile writes r to a temporary file beside name and renames it over
 // name: a failed write (the guest's disk full, the stream cut) leaves name
 // as it was, and removes the parent directories it made.
@@ -140,15 +148,23 @@ func putFile(name string, mode fs.FileMode, r io.Reader) error {
 	if mode == 0 {
 		mode = 0o644
 	}
-	if fi, err := os.Stat(name); err == nil && fi.IsDir() {
+	fi, err := os.Stat(name)
+	if err == nil && fi.IsDir() {
 		return fmt.Errorf("write %s: is a directory: %w", name, os.ErrInvalid)
+	}
+	// The temporary file's name says whether name existed: a watch
+	// reports the rename as the write of name (and its create if new),
+	// as a write in place would be (see dirWatch.event).
+	pattern := writeTempNew
+	if err == nil {
+		pattern = writeTempOld
 	}
 	undo, err := mkdirAll(filepath.Dir(name))
 	if err != nil {
 		return fmt.Errorf("write %s: %w", name, err)
 	}
 	err = func() error {
-		tmp, err := os.CreateTemp(filepath.Dir(name), ".cove-write-*")
+		tmp, err := os.CreateTemp(filepath.Dir(name), pattern+"*")
 		if err != nil {
 			return cause(err)
 		}

@@ -441,6 +441,56 @@ func (c *Client) TarPut(ctx context.Context, dir string, r io.Reader) error {
 	return c.upload(ctx, Request{Op: OpTarPut, Path: dir}, r)
 }
 
+// Watch watches directory path in the guest (and its subdirectories if
+// recursive); entries asks for each event's FileInfo. The watch lasts
+// until Close, ctx's end, or the connection's: a park ends it.
+func (c *Client) Watch(ctx context.Context, path string, recursive, entries bool) (*Watch, error) {
+	st, release, _, err := c.answered(ctx, Request{Op: OpWatch, Path: path, Recursive: recursive, Entries: entries})
+	if err != nil {
+		return nil, err
+	}
+	return &Watch{st: st, release: release}, nil
+}
+
+// Watch is a directory watch in the guest.
+type Watch struct {
+	st      *yamux.Stream
+	release func()
+	buf     []byte
+}
+
+// Next waits for the next events. It returns io.EOF once the guest ended
+// the watch (the directory went away), and the stream's error once the
+// watch or its connection was closed.
+func (w *Watch) Next() ([]WatchEvent, error) {
+	for {
+		typ, p, err := ReadFrame(w.st, w.buf)
+		if err != nil {
+			return nil, fmt.Errorf("agentproto: watch: %w", err)
+		}
+		if cap(p) > cap(w.buf) {
+			w.buf = p[:0]
+		}
+		switch typ {
+		case FrameEvents:
+			var evs []WatchEvent
+			if err := json.Unmarshal(p, &evs); err != nil {
+				return nil, fmt.Errorf("agentproto: watch: bad events frame: %w", err)
+			}
+			if len(evs) > 0 {
+				return evs, nil
+			}
+		case FrameEOF:
+			return nil, io.EOF
+		default:
+			return nil, fmt.Errorf("agentproto: watch: unexpected frame type %d", typ)
+		}
+	}
+}
+
+// Close ends the watch.
+func (w *Watch) Close() { w.release() }
+
 // Exec starts a command. The returned Process streams its output until it
 // exits; ctx's end closes the stream (the guest then kills nothing: call
 // Signal first if the command must die).

@@ -30,6 +30,13 @@
 //	          without one knows that none is coming
 //	egress_setup: guest → FrameResponse; the request's Egress says how the
 //	          guest reaches the host's egress proxy (see EgressSetup)
+//	watch:    guest → FrameResponse (watching, or why not); then guest →
+//	          FrameEvents… (JSON []WatchEvent) for as long as the host keeps
+//	          the stream open; guest → FrameEOF if the watch ends on the
+//	          guest's side (the directory went away). The host ends a watch
+//	          by closing the stream. The guest queues at most MaxWatchQueue
+//	          events per watch; past that it drops them and says how many
+//	          with a WatchOverflow event (see WatchEvent)
 //	detach:   guest → FrameResponse, then the guest ends the yamux session and
 //	          waits for the next sync (the host says it before a park, so
 //	          the frozen guest is ready for the next connection)
@@ -92,6 +99,7 @@ const (
 	FrameData     byte = 10
 	FrameEOF      byte = 11
 	FrameExitAck  byte = 12 // host → guest, empty: the exit arrived, forget the command
+	FrameEvents   byte = 13 // guest → host: JSON []WatchEvent
 )
 
 // Operations.
@@ -109,6 +117,7 @@ const (
 	OpRemove = "remove"
 	OpTarGet = "tar_get"
 	OpTarPut = "tar_put"
+	OpWatch  = "watch"
 
 	OpEgressSetup = "egress_setup"
 	OpConnect     = "connect" // guest → host: an egress connection (see the package doc)
@@ -167,6 +176,12 @@ type Request struct {
 	// all its streams; the guest replays from there. Without it the guest
 	// replays the output no stream took (what agents before it did).
 	Offsets *Offsets `json:"offsets,omitempty"`
+
+	// watch: Recursive watches the subdirectories of Path too (those
+	// made later included); Entries asks for each event's FileInfo
+	// where the entry still exists.
+	Recursive bool `json:"recursive,omitempty"`
+	Entries   bool `json:"entries,omitempty"`
 
 	// egress_setup: how the guest reaches the egress proxy.
 	Egress *EgressSetup `json:"egress,omitempty"`
@@ -327,6 +342,36 @@ type FileInfo struct {
 	Symlink bool      `json:"symlink,omitempty"`
 	ModTime time.Time `json:"mod_time"`
 }
+
+// WatchEvent is one change under a watched directory. Name is the
+// changed entry's path relative to the watched directory; Op is one of
+// the Watch* kinds. A WatchOverflow event names nothing: Dropped events
+// were lost before it (the guest's queue was full, or the kernel's).
+type WatchEvent struct {
+	Name    string    `json:"name,omitempty"`
+	Op      string    `json:"op"`
+	Info    *FileInfo `json:"info,omitempty"`
+	Dropped int64     `json:"dropped,omitempty"`
+}
+
+// Kinds of WatchEvent, those of E2B's envd (and fsnotify's): a move into
+// the directory is a create, a move out of it a rename.
+const (
+	WatchCreate   = "create"
+	WatchWrite    = "write"
+	WatchRemove   = "remove"
+	WatchRename   = "rename"
+	WatchChmod    = "chmod"
+	WatchOverflow = "overflow"
+)
+
+// MaxWatchQueue bounds the events one watch holds in the guest while the
+// host has not taken them: a directory written faster than the events
+// drain costs no more memory than that.
+const MaxWatchQueue = 4096
+
+// MaxWatches bounds the watches one guest keeps at a time.
+const MaxWatches = 64
 
 // Size is a terminal size.
 type Size struct {

@@ -191,6 +191,7 @@ func TestCrossEngineerDenied(t *testing.T) {
 		"DELETE /v1/sessions/{id}/files":              {path: "/v1/sessions/" + mine.ID + "/files?path=/tmp", action: policy.SessionFiles, names: []string{sess, bobUser}},
 		"GET /v1/sessions/{id}/files/stat":            {path: "/v1/sessions/" + mine.ID + "/files/stat?path=/", action: policy.SessionFiles, names: []string{sess, bobUser}},
 		"GET /v1/sessions/{id}/files/list":            {path: "/v1/sessions/" + mine.ID + "/files/list?path=/", action: policy.SessionFiles, names: []string{sess, bobUser}},
+		"GET /v1/sessions/{id}/files/watch":           {path: "/v1/sessions/" + mine.ID + "/files/watch?path=/", action: policy.SessionFiles, names: []string{sess, bobUser}},
 		"POST /v1/sessions/{id}/files/mkdir":          {path: "/v1/sessions/" + mine.ID + "/files/mkdir?path=/tmp/bobdir", action: policy.SessionFiles, names: []string{sess, bobUser}},
 		"GET /v1/images":                              {path: "/v1/images", status: 200}, // base images are everyone's
 		"POST /v1/images/{name}/build":                {path: "/v1/images/tiny/build", action: policy.ImageBuild, names: []string{server, bobUser}},

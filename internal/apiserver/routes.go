@@ -71,6 +71,7 @@ var routes = []route{
 	{"DELETE", "/v1/sessions/{id}/files", "file.remove", bearer, (*Server).removeFile},
 	{"GET", "/v1/sessions/{id}/files/stat", "file.stat", bearer, (*Server).statFile},
 	{"GET", "/v1/sessions/{id}/files/list", "file.list", bearer, (*Server).listDir},
+	{"GET", "/v1/sessions/{id}/files/watch", "file.list", bearer, (*Server).watchDir},
 	{"POST", "/v1/sessions/{id}/files/mkdir", "file.mkdir", bearer, (*Server).mkdir},
 
 	{"GET", "/v1/images", "image.list", bearer, (*Server).listImages},

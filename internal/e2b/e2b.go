@@ -95,6 +95,7 @@ type Sessions interface {
 	ListDir(ctx context.Context, id, path string) ([]api.FileInfo, error)
 	Mkdir(ctx context.Context, id, path string) error
 	Remove(ctx context.Context, id, path string) error
+	Watch(ctx context.Context, id, path string, recursive, entries bool) (session.Watcher, error)
 }
 
 // Records keeps the sandboxes' E2B records, and the lease of the
@@ -224,6 +225,10 @@ var envdHost = regexp.MustCompile(`^(\d+)-([a-z0-9-]+)\.`)
 // ServeHTTP routes a request to envd when it names a sandbox (the
 // E2b-Sandbox-Id header, or an envd host name), else to the control plane.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/files" && r.URL.Query().Has("signature") {
+		s.serveSigned(w, r) // it may name no sandbox: see signed.go
+		return
+	}
 	if id := sandboxOf(r); id != "" {
 		s.serveEnvd(w, r, id)
 		return

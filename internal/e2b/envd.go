@@ -45,10 +45,6 @@ func isRPC(r *http.Request) bool {
 // running answers 502, as E2B's proxy does: the SDK's isRunning() reads
 // that as false, and its RPCs as unavailable.
 func (s *Server) serveEnvd(w http.ResponseWriter, r *http.Request, id string) {
-	if r.URL.Query().Has("signature") {
-		writeEnvdError(w, http.StatusUnauthorized, "signed file URLs are not supported by cove yet: send X-Access-Token")
-		return
-	}
 	if !s.tokenOK(id, r.Header.Get("X-Access-Token")) {
 		s.refused(r.Context(), audit.Actor{Kind: audit.ActorAnonymous, Issuer: accessTokenIssuer}, "auth.failed",
 			audit.Target{Session: id}, "wrong or missing access token")
@@ -59,6 +55,11 @@ func (s *Server) serveEnvd(w http.ResponseWriter, r *http.Request, id string) {
 		}
 		return
 	}
+	s.serveSandbox(w, r, id)
+}
+
+// serveSandbox serves an authorised envd request for sandbox id.
+func (s *Server) serveSandbox(w http.ResponseWriter, r *http.Request, id string) {
 	ss, err := s.cfg.Sessions.Get(r.Context(), id)
 	switch {
 	case api.IsCode(err, api.CodeNotFound):
@@ -265,10 +266,18 @@ func entryOf(p string, fi api.FileInfo) entryInfo {
 // of cove's own file routes; a move is a write).
 var fileVerbs = map[string]string{"Stat": "file.stat", "ListDir": "file.list", "MakeDir": "file.mkdir", "Remove": "file.remove", "Move": "file.write"}
 
-// filesystemRPC serves the filesystem.Filesystem service's unary calls;
-// the watch calls are not implemented yet.
+// filesystemRPC serves the filesystem.Filesystem service (the watches
+// in watch.go).
 func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 	id, ctx, method := sandboxID(r), r.Context(), r.PathValue("method")
+	switch method {
+	case "WatchDir":
+		s.watchDir(w, r)
+		return
+	case "CreateWatcher", "GetWatcherEvents", "RemoveWatcher":
+		s.watcherRPC(w, r, method)
+		return
+	}
 	var req struct {
 		Path        string `json:"path"`
 		Depth       uint32 `json:"depth"`

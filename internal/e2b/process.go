@@ -78,8 +78,9 @@ type procTable struct {
 	ctx    context.Context // the processes' lifetime: the sandbox's here
 	cancel context.CancelFunc
 
-	mu    sync.Mutex
-	procs map[uint32]*proc // guarded by mu
+	mu       sync.Mutex
+	procs    map[uint32]*proc   // guarded by mu
+	watchers map[string]*polled // guarded by mu: CreateWatcher's, by id
 }
 
 // proc is one started process.
@@ -108,14 +109,15 @@ func (s *Server) table(id string) *procTable {
 	defer s.mu.Unlock()
 	t := s.procs[id]
 	if t == nil {
-		t = &procTable{procs: map[uint32]*proc{}}
+		t = &procTable{procs: map[uint32]*proc{}, watchers: map[string]*polled{}}
 		t.ctx, t.cancel = context.WithCancel(s.ctx)
 		s.procs[id] = t
 	}
 	return t
 }
 
-// dropProcs ends the streams of a removed sandbox's processes.
+// dropProcs ends the streams of a removed sandbox's processes, and its
+// watches.
 func (s *Server) dropProcs(id string) {
 	s.mu.Lock()
 	t := s.procs[id]

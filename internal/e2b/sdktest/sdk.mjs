@@ -4,7 +4,7 @@
 // failed assertion exits non-zero with the step it was in. The last line
 // is a JSON summary for the Go test (cmd/cove TestE2BSDK).
 import assert from 'node:assert/strict'
-import { Sandbox, CommandExitError, SandboxNotFoundError } from 'e2b'
+import { Sandbox, CommandExitError, SandboxNotFoundError, getSignature } from 'e2b'
 
 // Boots and wakes take seconds to tens of seconds under TCG.
 const slow = { requestTimeoutMs: 600_000 }
@@ -113,6 +113,72 @@ assert.equal(await sbx.files.exists('/tmp/e2b/renamed'), false)
 await assert.rejects(sbx.files.read('/tmp/e2b/renamed'))
 await assert.rejects(sbx.files.remove('/tmp/e2b/renamed'))
 
+step('files: watchDir, recursive and not, stop')
+await sbx.files.makeDir('/tmp/w/sub')
+const flat = []
+const deep = []
+let flatExit
+const hFlat = await sbx.files.watchDir('/tmp/w', (e) => flat.push(`${e.type} ${e.name}`), {
+  onExit: (err) => {
+    flatExit = err ? String(err) : 'clean'
+  },
+})
+const hDeep = await sbx.files.watchDir('/tmp/w', (e) => deep.push(`${e.type} ${e.name}`), { recursive: true, timeoutMs: 0 })
+await sbx.files.write('/tmp/w/by-sdk.txt', 'x')
+await sbx.commands.run('echo y > /tmp/w/sub/by-cmd.txt; echo z > /tmp/w/by-cmd.txt; chmod 600 /tmp/w/by-cmd.txt')
+await until('the flat watch sees both writes', () =>
+  ['create by-sdk.txt', 'write by-sdk.txt', 'create by-cmd.txt', 'write by-cmd.txt', 'chmod by-cmd.txt'].every((e) => flat.includes(e)),
+)
+await until('the recursive watch sees the write in sub/', () =>
+  ['create sub/by-cmd.txt', 'write sub/by-cmd.txt', 'write by-sdk.txt'].every((e) => deep.includes(e)),
+)
+assert.ok(!flat.some((e) => e.includes('sub/')), JSON.stringify(flat))
+assert.ok(!deep.some((e) => e.includes('.cove-write')), JSON.stringify(deep))
+await hFlat.stop()
+await until('the stopped watch exits', () => flatExit !== undefined)
+const flatSeen = flat.length
+await sbx.files.rename('/tmp/w/by-sdk.txt', '/tmp/w/renamed.txt')
+await sbx.files.remove('/tmp/w/renamed.txt')
+await until('rename and remove', () =>
+  ['rename by-sdk.txt', 'create renamed.txt', 'remove renamed.txt'].every((e) => deep.includes(e)),
+)
+assert.equal(flat.length, flatSeen, 'events after stop: ' + JSON.stringify(flat.slice(flatSeen)))
+await hDeep.stop()
+await assert.rejects(sbx.files.watchDir('/tmp/w/nope', () => {}), (e) => e.name === 'FileNotFoundError' || String(e))
+await assert.rejects(sbx.files.watchDir('/tmp/w/by-cmd.txt', () => {}), (e) => e.name === 'InvalidArgumentError' || String(e))
+
+step('signed file URLs: uploadUrl, downloadUrl, expiry, refusals')
+const upUrl = await sbx.uploadUrl('/tmp/e2b/signed.txt')
+assert.ok(new URL(upUrl).searchParams.get('signature').startsWith('v1_'), upUrl)
+const form = new FormData()
+form.append('file', new Blob(['signed upload']), 'signed.txt')
+let res = await fetch(upUrl, { method: 'POST', body: form })
+assert.equal(res.status, 200, await res.text())
+const downUrl = await sbx.downloadUrl('/tmp/e2b/signed.txt', { useSignatureExpiration: 600 })
+assert.ok(new URL(downUrl).searchParams.get('signature_expiration'), downUrl)
+res = await fetch(downUrl)
+assert.equal(await res.text(), 'signed upload')
+// A read URL does not write; another path is not signed; a past
+// expiration is refused.
+res = await fetch(downUrl, { method: 'POST', body: form })
+assert.equal(res.status, 401, await res.text())
+const otherPath = new URL(downUrl)
+otherPath.searchParams.set('path', '/etc/hostname')
+res = await fetch(otherPath)
+assert.equal(res.status, 401, await res.text())
+const expired = await getSignature({
+  path: '/tmp/e2b/signed.txt',
+  operation: 'read',
+  expirationInSeconds: -60,
+  envdAccessToken: sbx.envdAccessToken,
+})
+const expiredUrl = new URL(downUrl)
+expiredUrl.searchParams.set('signature', expired.signature)
+expiredUrl.searchParams.set('signature_expiration', String(expired.expiration))
+res = await fetch(expiredUrl)
+assert.equal(res.status, 401, await res.text())
+assert.equal(await sbx.files.read('/tmp/e2b/signed.txt'), 'signed upload')
+
 step('getInfo, list with filters')
 const sinfo = await sbx.getInfo()
 assert.equal(sinfo.sandboxId, sbx.sandboxId)
@@ -161,9 +227,19 @@ const counter = await sbx.commands.run('n=0; while read l; do n=$((n+1)); echo "
 await sbx.commands.sendStdin(counter.pid, 'a\nb\n')
 await until('count 2', () => out.includes('count 2'))
 await sbx.files.write('/tmp/e2b/before-pause', 'kept')
+// A watch open across the pause ends cleanly with it.
+let parkWatchExit
+await sbx.files.watchDir('/tmp/w', () => {}, {
+  timeoutMs: 0,
+  onExit: (err) => {
+    parkWatchExit = err ? String(err) : 'clean'
+  },
+})
 t0 = performance.now()
 assert.equal(await sbx.pause(), true)
 summary.ms.pause = since(t0)
+await until('the watch ends with the pause', () => parkWatchExit !== undefined)
+assert.equal(parkWatchExit, 'clean')
 assert.equal(await sbx.isRunning(), false)
 page = await Sandbox.list({ query: { state: ['paused'] } }).nextItems()
 assert.ok(page.some((s) => s.sandboxId === sbx.sandboxId))

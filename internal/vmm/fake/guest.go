@@ -24,7 +24,8 @@ import (
 //
 // It serves the operations the session manager uses: hello (on the sync
 // line too), detach (with its quiet line), listen, exec and attach, read,
-// write, stat, list, mkdir and remove. tar_get and tar_put are refused. A
+// write, stat, list, mkdir, remove and watch (the guest's own file changes
+// are the events: watch.go). tar_get and tar_put are refused. A
 // restored request (the host's word that the guest was restored from a
 // checkpoint a tool asked for) is kept, as JSON, in the file RestoredPath,
 // for tests to read: no tool waits in the fake guest.
@@ -120,12 +121,13 @@ type guest struct {
 	booted time.Time
 
 	mu       sync.Mutex
-	cond     *sync.Cond         // signalled when paused or stopped change
-	paused   bool               // guarded by mu
-	stopped  bool               // guarded by mu
-	st       *state             // guarded by mu; st.Commands is rebuilt from commands on save
-	commands map[int]*command   // guarded by mu
-	kick     func(nonce string) // guarded by mu: ends the current session (a detach)
+	cond     *sync.Cond              // signalled when paused or stopped change
+	paused   bool                    // guarded by mu
+	stopped  bool                    // guarded by mu
+	st       *state                  // guarded by mu; st.Commands is rebuilt from commands on save
+	commands map[int]*command        // guarded by mu
+	kick     func(nonce string)      // guarded by mu: ends the current session (a detach)
+	watches  map[*fakeWatch]struct{} // guarded by mu: directory watches (watch.go)
 }
 
 func newGuest(p *process, st *state, hang bool) *guest {
@@ -363,6 +365,8 @@ func (g *guest) handle(st *yamux.Stream) {
 		g.read(st, req)
 	case agentproto.OpWrite:
 		g.write(st, req)
+	case agentproto.OpWatch:
+		g.watch(st, req)
 	case agentproto.OpStat, agentproto.OpList, agentproto.OpMkdir, agentproto.OpRemove:
 		if !g.enter() {
 			return
@@ -529,6 +533,7 @@ func (g *guest) runBuiltin(c *command, env []string) (exit agentproto.Exit, done
 				continue
 			}
 			if g.st.Files[p] == nil {
+				g.notify(p, agentproto.WatchCreate)
 				g.st.Files[p] = &file{Mode: 0o644, ModTime: time.Now().UTC()}
 			}
 		}
@@ -686,6 +691,7 @@ func (g *guest) fileOp(req agentproto.Request) agentproto.Response {
 		for q := range files {
 			if q == p || strings.HasPrefix(q, p+"/") {
 				delete(files, q)
+				g.notify(q, agentproto.WatchRemove)
 			}
 		}
 		return agentproto.Response{}
@@ -704,6 +710,7 @@ func (g *guest) mkdirAll(p string) error {
 		return err
 	}
 	g.st.Files[p] = &file{Dir: true, Mode: 0o755, ModTime: time.Now().UTC()}
+	g.notify(p, agentproto.WatchCreate)
 	return nil
 }
 
@@ -765,6 +772,10 @@ func (g *guest) write(st *yamux.Stream, req agentproto.Request) {
 	if mode == 0 {
 		mode = 0o644
 	}
+	if g.st.Files[p] == nil {
+		g.notify(p, agentproto.WatchCreate)
+	}
 	g.st.Files[p] = &file{Data: data, Mode: mode, ModTime: time.Now().UTC()}
+	g.notify(p, agentproto.WatchWrite)
 	respond(st, agentproto.Response{})
 }

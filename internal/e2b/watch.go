@@ -1,0 +1,299 @@
+package e2b
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"io"
+	"net/http"
+	"path"
+	"sync"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/audit"
+	"github.com/cove-dev/cove/internal/session"
+)
+
+// Directory watches: filesystem.Filesystem's WatchDir (a server stream,
+// what the JavaScript SDK's files.watchDir uses) and the polling trio
+// CreateWatcher, GetWatcherEvents and RemoveWatcher (the Python SDK's
+// synchronous watch), both on the session manager's Watch (inotify in the
+// guest agent). A watch ends when the sandbox parks: the stream ends
+// cleanly, and a polled watcher answers its last events, then not_found.
+// The guest's overflow notices (events it dropped because the watcher
+// fell behind) have no E2B form and are not passed on.
+
+// fsEvent is filesystem.FilesystemEvent.
+type fsEvent struct {
+	Name  string     `json:"name"`
+	Type  string     `json:"type"`
+	Entry *entryInfo `json:"entry,omitempty"`
+}
+
+// eventTypes are filesystem.EventType's names of the guest's kinds.
+var eventTypes = map[string]string{"create": "EVENT_TYPE_CREATE", "write": "EVENT_TYPE_WRITE", "remove": "EVENT_TYPE_REMOVE",
+	"rename": "EVENT_TYPE_RENAME", "chmod": "EVENT_TYPE_CHMOD"}
+
+// fsEvents turns the guest's events into envd's, dropping overflow
+// notices.
+func fsEvents(dir string, evs []api.WatchEvent) []fsEvent {
+	out := make([]fsEvent, 0, len(evs))
+	for _, ev := range evs {
+		typ, ok := eventTypes[ev.Type]
+		if !ok {
+			continue
+		}
+		e := fsEvent{Name: ev.Name, Type: typ}
+		if ev.Info != nil {
+			ei := entryOf(path.Join(dir, ev.Name), *ev.Info)
+			e.Entry = &ei
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// watchRequest is WatchDirRequest and CreateWatcherRequest.
+type watchRequest struct {
+	Path               string `json:"path"`
+	Recursive          bool   `json:"recursive"`
+	IncludeEntry       bool   `json:"includeEntry"`
+	AllowNetworkMounts bool   `json:"allowNetworkMounts"`
+}
+
+// startWatch checks that the request names a directory and watches it.
+// A watch is audited as a listing: it shows the directory's entries.
+func (s *Server) startWatch(ctx context.Context, r *http.Request, req watchRequest) (session.Watcher, string, *rpcError) {
+	p := guestPath(req.Path)
+	if err := s.announceEnvd(r, "file.list", audit.Target{Path: p}); err != nil {
+		return nil, p, s.asRPC(r, "watch "+p, err)
+	}
+	id := sandboxID(r)
+	fi, err := s.cfg.Sessions.Stat(ctx, id, p)
+	if err != nil {
+		return nil, p, s.asRPC(r, "watch "+p, err)
+	}
+	if !fi.IsDir {
+		return nil, p, rpcErrorf(codeInvalidArgument, "watch %s: not a directory", p)
+	}
+	w, err := s.cfg.Sessions.Watch(ctx, id, p, req.Recursive, req.IncludeEntry)
+	if err != nil {
+		return nil, p, s.asRPC(r, "watch "+p, err)
+	}
+	return w, p, nil
+}
+
+type watchDirMsg struct {
+	Start      *struct{} `json:"start,omitempty"`
+	Filesystem *fsEvent  `json:"filesystem,omitempty"`
+	Keepalive  *struct{} `json:"keepalive,omitempty"`
+}
+
+// watchDir serves WatchDir: the start event, then the directory's events
+// until the client goes, the Connect-Timeout-Ms deadline passes
+// (deadline_exceeded, as envd), or the watch ends (the sandbox paused,
+// the directory went: a clean end).
+func (s *Server) watchDir(w http.ResponseWriter, r *http.Request) {
+	st := newStream(w)
+	var req watchRequest
+	if e := readEnvelope(r, &req); e != nil {
+		_ = st.end(e)
+		return
+	}
+	timeout, e := connectTimeout(r)
+	if e != nil {
+		_ = st.end(e)
+		return
+	}
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	if timeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	wt, dir, e := s.startWatch(ctx, r, req)
+	if e != nil {
+		_ = st.end(e)
+		return
+	}
+	defer wt.Close()
+	if st.send(watchDirMsg{Start: &struct{}{}}) != nil {
+		return
+	}
+	type batch struct {
+		evs []api.WatchEvent
+		err error
+	}
+	next := make(chan batch)
+	go func() {
+		for {
+			evs, err := wt.Next()
+			select {
+			case next <- batch{evs, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	ka := time.NewTicker(keepaliveInterval(r))
+	defer ka.Stop()
+	for {
+		select {
+		case b := <-next:
+			if b.err != nil {
+				if errors.Is(b.err, io.EOF) {
+					_ = st.end(nil)
+				} else {
+					_ = st.end(s.asRPC(r, "watch "+dir, b.err))
+				}
+				return
+			}
+			for _, ev := range fsEvents(dir, b.evs) {
+				if st.send(watchDirMsg{Filesystem: &ev}) != nil {
+					return
+				}
+			}
+		case <-ka.C:
+			if st.send(watchDirMsg{Keepalive: &struct{}{}}) != nil {
+				return
+			}
+		case <-ctx.Done():
+			if r.Context().Err() == nil { // the deadline, not the client's leave
+				_ = st.end(rpcErrorf(codeDeadlineExceeded, "the watch of %s reached its Connect-Timeout-Ms", dir))
+			}
+			return
+		}
+	}
+}
+
+// Bounds of the polled watchers: per sandbox, and the events one holds
+// until polled (the oldest are kept, later ones dropped).
+const (
+	maxPolledWatchers = 16
+	maxPolledEvents   = 4096
+)
+
+// polled is a watcher made by CreateWatcher: its events wait for
+// GetWatcherEvents.
+type polled struct {
+	id  string
+	dir string
+	w   session.Watcher
+
+	mu     sync.Mutex
+	events []fsEvent // guarded by mu
+	ended  bool      // guarded by mu: the watch ended; the events left are the last
+	err    *rpcError // guarded by mu: why, if not cleanly
+}
+
+// pump collects the watch's events until it ends.
+func (pw *polled) pump(s *Server, r *http.Request) {
+	for {
+		evs, err := pw.w.Next()
+		pw.mu.Lock()
+		if err != nil {
+			pw.ended = true
+			if !errors.Is(err, io.EOF) {
+				pw.err = s.asRPC(r, "watch "+pw.dir, err)
+			}
+			pw.mu.Unlock()
+			return
+		}
+		for _, ev := range fsEvents(pw.dir, evs) {
+			if len(pw.events) < maxPolledEvents {
+				pw.events = append(pw.events, ev)
+			}
+		}
+		pw.mu.Unlock()
+	}
+}
+
+// watcherRPC serves CreateWatcher, GetWatcherEvents and RemoveWatcher.
+func (s *Server) watcherRPC(w http.ResponseWriter, r *http.Request, method string) {
+	var req struct {
+		watchRequest
+		WatcherID string `json:"watcherId"`
+	}
+	if e := readUnary(r, &req); e != nil {
+		writeUnaryError(w, e)
+		return
+	}
+	t := s.table(sandboxID(r))
+	switch method {
+	case "CreateWatcher":
+		t.mu.Lock()
+		for id, pw := range t.watchers { // ended and drained: nobody gets more from it
+			pw.mu.Lock()
+			if pw.ended && len(pw.events) == 0 {
+				delete(t.watchers, id)
+			}
+			pw.mu.Unlock()
+		}
+		full := len(t.watchers) >= maxPolledWatchers
+		t.mu.Unlock()
+		if full {
+			writeUnaryError(w, rpcErrorf(codeResourceExhausted, "the sandbox has %d watchers, the most it keeps: remove one", maxPolledWatchers))
+			return
+		}
+		// The watch outlives this request: it lasts as the sandbox's
+		// processes do, until RemoveWatcher or the sandbox's end.
+		wt, dir, e := s.startWatch(t.ctx, r, req.watchRequest)
+		if e != nil {
+			writeUnaryError(w, e)
+			return
+		}
+		var b [8]byte
+		_, _ = rand.Read(b[:])
+		pw := &polled{id: hex.EncodeToString(b[:]), dir: dir, w: wt}
+		t.mu.Lock()
+		if len(t.watchers) >= maxPolledWatchers {
+			t.mu.Unlock()
+			wt.Close()
+			writeUnaryError(w, rpcErrorf(codeResourceExhausted, "the sandbox has %d watchers, the most it keeps: remove one", maxPolledWatchers))
+			return
+		}
+		t.watchers[pw.id] = pw
+		t.mu.Unlock()
+		go pw.pump(s, r.WithContext(context.WithoutCancel(r.Context())))
+		writeUnary(w, map[string]string{"watcherId": pw.id})
+	case "GetWatcherEvents", "RemoveWatcher":
+		t.mu.Lock()
+		pw := t.watchers[req.WatcherID]
+		if pw != nil && method == "RemoveWatcher" {
+			delete(t.watchers, pw.id)
+		}
+		t.mu.Unlock()
+		if pw == nil {
+			writeUnaryError(w, rpcErrorf(codeNotFound, "watcher %q not found", req.WatcherID))
+			return
+		}
+		if method == "RemoveWatcher" {
+			pw.w.Close()
+			writeUnary(w, struct{}{})
+			return
+		}
+		pw.mu.Lock()
+		evs, ended, err := pw.events, pw.ended, pw.err
+		pw.events = nil
+		pw.mu.Unlock()
+		if ended && len(evs) == 0 {
+			t.mu.Lock()
+			delete(t.watchers, pw.id)
+			t.mu.Unlock()
+			if err == nil {
+				err = rpcErrorf(codeNotFound, "watcher %q ended: the sandbox paused, or the directory went away", pw.id)
+			}
+			writeUnaryError(w, err)
+			return
+		}
+		if evs == nil {
+			evs = []fsEvent{}
+		}
+		writeUnary(w, map[string]any{"events": evs})
+	}
+}
