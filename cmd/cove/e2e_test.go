@@ -507,6 +507,45 @@ git log --oneline`
 		return
 	}
 
+	t.Run("ForksReseedPythonRandom", func(t *testing.T) {
+		// A Python process running when the session is forked is in
+		// every fork with the same generator state; once it reseeds
+		// (random.seed(), from the kernel's pool, which each fork's is
+		// reseeded), each fork draws its own numbers.
+		script := `import os, random, signal, time
+def draw(sig, frame):
+    before = random.random()
+    random.seed()
+    open('/root/py-random', 'w').write('%r %r\n' % (before, random.random()))
+signal.signal(signal.SIGUSR1, draw)
+open('/root/py-ready', 'w').write(str(os.getpid()))
+while True:
+    time.sleep(0.1)
+`
+		e.ok([]byte(script), "exec", s3, "--", "bash", "-c", "cat > /root/pyrand.py")
+		e.ok(nil, "exec", s3, "--", "bash", "-c",
+			"setsid python3 /root/pyrand.py </dev/null >/dev/null 2>&1 & for i in $(seq 200); do test -s /root/py-ready && break; sleep 0.1; done; test -s /root/py-ready")
+		forks := strings.Fields(e.ok(nil, "fork", s3, "-n", "2"))
+		if len(forks) != 2 {
+			t.Fatalf("fork -n 2 printed %q", forks)
+		}
+		var before, after []string
+		for _, f := range forks {
+			out := e.ok(nil, "exec", f, "--", "bash", "-c",
+				"kill -USR1 $(cat /root/py-ready); for i in $(seq 200); do test -s /root/py-random && break; sleep 0.1; done; cat /root/py-random")
+			fields := strings.Fields(out)
+			if len(fields) != 2 {
+				t.Fatalf("fork %s: the Python process printed %q", f, out)
+			}
+			before, after = append(before, fields[0]), append(after, fields[1])
+			e.ok(nil, "rm", f)
+		}
+		t.Logf("Python's random in the two forks: before a reseed %v, after %v", before, after)
+		if after[0] == after[1] {
+			t.Fatalf("the forks drew the same number after random.seed(): %v", after)
+		}
+	})
+
 	if !t.Run("TemplateFollowsRepoPushes", func(t *testing.T) {
 		// A repository on the server's host, and GitHub's hook secret.
 		src := filepath.Join(t.TempDir(), "acme", "web")
