@@ -246,6 +246,9 @@ func TestFakeVMKilledMidFork(t *testing.T) {
 		r.write(p.ID, "/root/f", "at fork\n")
 		kill.arm("checkpoint.paused", only(p.ID))
 		forks, ferr := r.mgr.Fork(ctx, p.ID, api.ForkRequest{N: 2})
+		// The VMM's end is recorded by the session's watcher, which may
+		// come after the fork returns.
+		r.eventually("the parent whose VMM was killed fails", func() bool { return r.get(p.ID).State == api.StateFailed })
 		r.wantState(p.ID, api.StateFailed, "exited unexpectedly")
 		names := r.wantCheckpointsWhole(p.ID)
 		if ferr != nil {
