@@ -213,6 +213,10 @@ func (p *Proxy) Cut(sessionID string) int {
 	for cc := range p.sessions[sessionID] {
 		conns = append(conns, cc)
 	}
+	// Taken out of the count now, not when each one's goroutine ends:
+	// a second Cut finds nothing of them, and they hold no room under
+	// the session's limit while they close.
+	delete(p.sessions, sessionID)
 	p.mu.Unlock()
 	for _, cc := range conns {
 		cc.cut()
