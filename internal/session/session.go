@@ -895,7 +895,18 @@ func (m *Manager) removeStopped(ctx context.Context, rec store.Session) error {
 	m.killLeftover(ctx, rec)
 	m.killStray(ctx, id)
 	m.crashPoint("rm.stopped")
-	if err := os.RemoveAll(m.dir(id)); err != nil {
+	// A checkpoint's RAM re-encoding runs without the session's lock
+	// (memchain.go) and may create its temp file in a checkpoint's dir
+	// while the dir is removed: it finds the dir gone once it records,
+	// and another pass removes what it left.
+	var err error
+	for range 20 {
+		if err = os.RemoveAll(m.dir(id)); err == nil {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err != nil {
 		return fmt.Errorf("session: delete %s: remove files: %w", id, err)
 	}
 	m.crashPoint("rm.files-removed")
