@@ -96,7 +96,7 @@ func (m *Manager) prepareForks(ctx context.Context, id, from string, n int) (par
 	// Forks are made where the parent's files are: on this server's
 	// node, which must take new sessions.
 	if !m.nodeSchedulable(ctx) {
-		return parent, c, cm, nil, nil, api.Errorf(api.CodeUnavailable, "fork %s: no node fits: node %s takes no new sessions (cordoned, draining or dead)", id, m.cfg.Node)
+		return parent, c, cm, nil, nil, m.notSchedulable("fork " + id)
 	}
 	var (
 		releases []func()
@@ -242,16 +242,8 @@ func (m *Manager) forkFiles(ctx context.Context, parent string, c store.Checkpoi
 // session id: its RAM file's data and its disk layers in the session's
 // dir (as far as their headers can be read).
 func (m *Manager) forkBytes(ctx context.Context, id string, cm machine) int64 {
-	n := m.memBytes(ctx, cm.Parked)
-	for l, i := cm.Disk, 0; filepath.Dir(l) == m.dir(id) && i <= 64; i++ {
-		n += allocated(l)
-		b, _, err := m.disks.Backing(ctx, l)
-		if err != nil {
-			break
-		}
-		l = b
-	}
-	return n
+	dir := m.dir(id)
+	return m.memBytes(ctx, cm.Parked) + m.chainBytes(ctx, cm.Disk, func(l string) bool { return filepath.Dir(l) == dir })
 }
 
 // forkDir is a fork's files made ahead: its dir, and its disk's name in

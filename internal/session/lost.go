@@ -145,7 +145,7 @@ func (m *Manager) wakeHere(ctx context.Context, rec *store.Session) error {
 		return api.Errorf(api.CodeUnavailable, "wake %s: its snapshot's files are on node %s (%s), which is dead, and were never stored in the object store: it cannot wake elsewhere", rec.ID, n.Name, n.ID)
 	}
 	if !m.nodeSchedulable(ctx) {
-		return api.Errorf(api.CodeUnavailable, "wake %s: no node fits: node %s takes no new sessions (cordoned, draining or dead)", rec.ID, m.cfg.Node)
+		return m.notSchedulable("wake " + rec.ID)
 	}
 	m.cfg.Log.Info("waking a session of a dead node here, from its stored snapshot", "session", rec.ID, "from_node", n.ID, "node", m.cfg.Node)
 	rec.Node = m.cfg.Node
@@ -199,7 +199,7 @@ func (m *Manager) toLastSnapshot(ctx context.Context, id string) error {
 		return api.Errorf(api.CodeUnavailable, "wake %s --from-last-snapshot: this server has no object store", id)
 	}
 	if !m.nodeSchedulable(ctx) {
-		return api.Errorf(api.CodeUnavailable, "wake %s: no node fits: node %s takes no new sessions (cordoned, draining or dead)", id, m.cfg.Node)
+		return m.notSchedulable("wake " + id)
 	}
 	m.mu.Lock()
 	l := m.live[id]

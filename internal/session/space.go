@@ -45,17 +45,31 @@ func (m *Manager) memBytes(ctx context.Context, p *parked) int64 {
 	if p.MemFormat != memQcow2 {
 		return allocated(p.Mem)
 	}
-	var n int64
-	for l, i := p.Mem, 0; l != "" && i <= 64; i++ {
-		n += allocated(l)
-		b, _, err := m.disks.Backing(ctx, l)
-		if err != nil {
-			break // a raw base (not qcow2), or a header not read: counted
-		}
-		l = b
-	}
+	n := m.chainBytes(ctx, p.Mem, func(l string) bool { return l != "" })
 	if p.MemSize > 0 {
 		n = min(n, p.MemSize)
 	}
 	return n
+}
+
+// chainBytes is what the files of the qcow2 chain from top down take, as
+// far as within holds for them and their headers can be read (a raw base
+// is counted, then ends it), at most 65 files.
+func (m *Manager) chainBytes(ctx context.Context, top string, within func(string) bool) int64 {
+	var n int64
+	for l, i := top, 0; within(l) && i <= 64; i++ {
+		n += allocated(l)
+		b, _, err := m.disks.Backing(ctx, l)
+		if err != nil {
+			break
+		}
+		l = b
+	}
+	return n
+}
+
+// notSchedulable is the refusal of op on this server's node while it
+// takes no new sessions.
+func (m *Manager) notSchedulable(op string) error {
+	return api.Errorf(api.CodeUnavailable, "%s: no node fits: node %s takes no new sessions (cordoned, draining or dead)", op, m.cfg.Node)
 }
