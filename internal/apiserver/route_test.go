@@ -24,6 +24,7 @@ import (
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/store/sqlite"
 	"github.com/cove-dev/cove/internal/testenv"
+	"github.com/cove-dev/cove/internal/trigger"
 	"github.com/cove-dev/cove/internal/vmm/fake"
 )
 
@@ -448,4 +449,57 @@ func do(t *testing.T, req *http.Request) *http.Response {
 	}
 	t.Cleanup(func() { resp.Body.Close() })
 	return resp
+}
+
+// TestFakeRouteDelivery: a session on B parks until an event, through
+// the API server C (routed to B); the event arrives at A (the webhook
+// receiver's sink there), which learns B's subscription from the store.
+// B, whose node holds the session, wakes it and writes the event into
+// its guest.
+func TestFakeRouteDelivery(t *testing.T) {
+	r := newRouteRig(t)
+	a, b, c := r.server("host-a", true), r.server("host-b", true), r.server("api-c", false)
+	ctx := context.Background()
+	r.cordon(a)
+	s, err := c.client.CreateSession(ctx, api.CreateSessionRequest{})
+	if err != nil || s.Node != b.node {
+		t.Fatalf("create: %+v, %v; want it on B", s, err)
+	}
+	if p, err := c.client.ParkSessionUntil(ctx, s.ID, api.ParkRequest{Until: []string{"deploys:done"}}); err != nil || p.State != api.StateParked {
+		t.Fatalf("park --until through C: %+v, %v", p, err)
+	}
+	ev, err := trigger.GenericEvent("deploys", []byte(`{"event":"done"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.ID, ev.Received = "d1", time.Now()
+	if dup, err := a.mgr.Accept(ctx, ev); err != nil || dup {
+		t.Fatalf("accept at A: %v, %v", dup, err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ds, err := a.st.ListDeliveries(ctx, store.DeliveryDelivered)
+		if err == nil && len(ds) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			failed, _ := a.st.ListDeliveries(ctx, store.DeliveryFailed)
+			t.Fatalf("the event was not delivered: %v, failed %+v", err, failed)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	got, err := a.client.GetSession(ctx, s.ID)
+	if err != nil || got.State != api.StateRunning || got.Node != b.node {
+		t.Fatalf("after the delivery: %+v, %v; want running on B", got, err)
+	}
+	files, err := a.client.ListDir(ctx, s.ID, "/run/cove/events")
+	if err != nil || len(files) != 1 {
+		t.Fatalf("events in the guest: %+v, %v; want one", files, err)
+	}
+	if strings.Contains(a.logs.String(), "event delivered") || !strings.Contains(b.logs.String(), "event delivered") {
+		t.Errorf("the delivery was not B's alone")
+	}
+	if err := c.client.DeleteSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
 }
