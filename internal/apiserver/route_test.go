@@ -33,14 +33,13 @@ var routeCapacity = store.NodeCapacity{VCPUs: 8, MemoryMiB: 16 << 10, DiskBytes:
 
 // routeRig is several cove servers over one store (a shared SQLite
 // file, each server with its own connection), one object store and one
-// fake driver and one sessions dir (nodes share the home path; a test
-// removes what a lost host held): each server is a session manager and
-// an API server on a real HTTP listener, wired as cove server wires them
-// (Route on, a routing.Router, its node advertising its URL).
+// fake driver (one host's): each server is a session manager, with its
+// own sessions dir, and an API server on a real HTTP listener, wired as
+// cove server wires them (Route on, a routing.Router, its node
+// advertising its URL).
 type routeRig struct {
 	t       *testing.T
 	db      string
-	dir     string // the sessions dir: nodes share the home path (README, Nodes)
 	imgDir  string
 	driver  *fake.Driver
 	objects *cas.Store
@@ -54,6 +53,7 @@ type routeRig struct {
 type routeServer struct {
 	name   string
 	node   string // its embedded node's id; "" for --node=false
+	dir    string // its sessions dir
 	st     *sqlite.Store
 	mgr    *session.Manager
 	srv    *httptest.Server
@@ -66,7 +66,7 @@ func newRouteRig(t *testing.T) *routeRig {
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		testenv.Skipf(t, "qemu-img not found (install qemu-utils): the manager makes each session's disk overlay with it")
 	}
-	r := &routeRig{t: t, db: filepath.Join(t.TempDir(), "state.db"), dir: t.TempDir(), imgDir: t.TempDir(), driver: fake.New(),
+	r := &routeRig{t: t, db: filepath.Join(t.TempDir(), "state.db"), imgDir: t.TempDir(), driver: fake.New(),
 		servers: map[string]*routeServer{}}
 	for _, f := range []string{"rootfs.raw", "vmlinux", "initrd"} {
 		if err := os.WriteFile(filepath.Join(r.imgDir, f), nil, 0o644); err != nil {
@@ -137,8 +137,9 @@ func (r *routeRig) server(name string, withNode bool) *routeServer {
 		s.node = n.ID
 	}
 	log := slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	mgr, err := session.New(session.Config{Store: s.st, Driver: r.driver, Images: emptyImages{r.imgDir}, Dir: r.dir,
-		TemplateDir: filepath.Join(r.dir, "templates"), DefaultMemoryMiB: 64, Objects: r.objects,
+	s.dir = t.TempDir()
+	mgr, err := session.New(session.Config{Store: s.st, Driver: r.driver, Images: emptyImages{r.imgDir}, Dir: s.dir,
+		TemplateDir: filepath.Join(s.dir, "templates"), DefaultMemoryMiB: 64, Objects: r.objects,
 		Node: s.node, NoNode: !withNode, Route: true, NodeGrace: time.Hour, ServerID: name, Log: log})
 	if err != nil {
 		t.Fatal(err)
@@ -403,7 +404,7 @@ func TestFakeRouteServerDown(t *testing.T) {
 	// alive.
 	b.srv.Close()
 	b.mgr.Close()
-	if err := os.RemoveAll(filepath.Join(r.dir, s.ID)); err != nil {
+	if err := os.RemoveAll(filepath.Join(b.dir, s.ID)); err != nil {
 		t.Fatal(err)
 	}
 	_, err = a.client.WakeSession(ctx, s.ID)
@@ -425,6 +426,9 @@ func TestFakeRouteServerDown(t *testing.T) {
 	w, err := c.client.WakeSession(ctx, s.ID)
 	if err != nil || w.State != api.StateRunning || w.Node != a.node {
 		t.Fatalf("wake through C once B is dead: %+v, %v; want running on A", w, err)
+	}
+	if _, err := os.Stat(filepath.Join(a.dir, s.ID)); err != nil {
+		t.Errorf("the session's files are not in A's sessions dir: %v", err)
 	}
 	rc, err := c.client.ReadFile(ctx, s.ID, "/root/kept")
 	if err != nil {

@@ -149,6 +149,9 @@ func (m *Manager) wakeHere(ctx context.Context, rec *store.Session) error {
 	}
 	m.cfg.Log.Info("waking a session of a dead node here, from its stored snapshot", "session", rec.ID, "from_node", n.ID, "node", m.cfg.Node)
 	rec.Node = m.cfg.Node
+	// Its files are restored into this node's session dir (the other
+	// node's, on another host, is not here to read).
+	rec.Snapshot = rehome(rec.Snapshot, sessionDirOf(rec.Snapshot), m.dir(rec.ID))
 	return nil
 }
 
