@@ -44,7 +44,8 @@ func (e *e2e) sibling() *e2e {
 // (A cordoned) lands on B; exec through each server; a park through A
 // and a wake through C. Then B is SIGKILLed with the session parked and
 // stored: a wake through C is a 503 naming B until B is marked dead,
-// then comes back on A with its memory and processes intact.
+// then comes back on A, from the S3 store into A's home, with its memory
+// and processes intact.
 func TestEndToEndRouting(t *testing.T) {
 	pg := pgtest.Fresh(t)
 	db, err := pg.CreateDatabase(t.Context(), "t_cove_route")
@@ -140,6 +141,9 @@ func TestEndToEndRouting(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 	}
 	t.Logf("%d wakes refused (503 naming route-b) before B was marked dead", refusals)
+	if !strings.Contains(a.srv.log.String(), "snapshot restored from the object store") {
+		t.Errorf("A did not restore the snapshot from the object store:%s", a.serverLog())
+	}
 	m.wantIntact(c, "woken on A after B's death")
 
 	if err := cc.DeleteSession(ctx, s.ID); err != nil {
