@@ -72,7 +72,15 @@ func (s *Server) routeSession(w http.ResponseWriter, r *http.Request, act Action
 	if err != nil || !ok {
 		return r, err != nil, err
 	}
-	return r, true, s.forward(w, r, act, t)
+	err = s.forward(w, r, act, t)
+	if act.Verb == "session.get" && api.IsCode(err, api.CodeUnavailable) {
+		// An inspect reads the shared store: answered here when the
+		// holder's server cannot be (what only that node knows, such as
+		// whether its files were evicted, is as the record says).
+		s.log.Warn("inspect answered here: the holder's server could not be reached", "session", act.SessionID, "node", t.NodeID, "err", err)
+		return r, false, nil
+	}
+	return r, true, err
 }
 
 // forward carries r to t's server and copies its answer back; a server

@@ -411,8 +411,9 @@ func TestFakeRouteServerDown(t *testing.T) {
 	if !api.IsCode(err, api.CodeUnavailable) || !strings.Contains(err.Error(), "host-b") || !strings.Contains(err.Error(), "could not be reached") {
 		t.Fatalf("wake through A with B's server down: %v; want 503 naming host-b", err)
 	}
-	if got, err := a.mgr.Get(ctx, s.ID); err != nil || got.State != api.StateParked || got.Node != b.node {
-		t.Fatalf("after the refused wake: %+v, %v; want parked on B", got, err)
+	// An inspect reads the store: answered by A itself.
+	if got, err := a.client.GetSession(ctx, s.ID); err != nil || got.State != api.StateParked || got.Node != b.node {
+		t.Fatalf("inspect through A after the refused wake: %+v, %v; want parked on B", got, err)
 	}
 
 	// B's node is marked dead; the retry through C goes through, on A.
