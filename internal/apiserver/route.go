@@ -51,6 +51,12 @@ func (s *Server) routeSession(w http.ResponseWriter, r *http.Request, act Action
 		return r, false, nil
 	}
 	if by := r.Header.Get(routing.Header); by != "" {
+		if node := s.router.Node(); by == node && node != "" {
+			// Forwarded by this very server: another node advertises a
+			// URL that reaches this one (two hosts each advertising
+			// 127.0.0.1, say).
+			return r, true, api.Errorf(api.CodeUnavailable, "session %s: the call was routed to another node's server and reached this one (node %s) again: that node's advertised URL (--advertise-url) reaches this server; set each server's to an address the others reach it at", act.SessionID, node)
+		}
 		r = r.WithContext(session.Here(r.Context()))
 		if act.SessionID == "" {
 			return r, false, nil

@@ -348,6 +348,19 @@ func TestFakeRouteNoLoop(t *testing.T) {
 		t.Errorf("after the refused park: %+v, %v; want running", got, err)
 	}
 
+	// B advertises A's URL (two hosts both advertising 127.0.0.1, say):
+	// A's call about B's session comes back to A, which says so.
+	if err := session.AdvertiseNode(ctx, a.st, b.node, a.srv.URL); err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.client.ParkSession(ctx, s.ID)
+	if !api.IsCode(err, api.CodeUnavailable) || !strings.Contains(err.Error(), "reaches this server") {
+		t.Errorf("park through A with B advertising A's URL: %v; want a 503 saying the URL reaches A", err)
+	}
+	if err := session.AdvertiseNode(ctx, a.st, b.node, b.srv.URL); err != nil {
+		t.Fatal(err)
+	}
+
 	req, _ = http.NewRequest("POST", a.srv.URL+"/v1/sessions", strings.NewReader("{}"))
 	req.Header.Set("Authorization", "Bearer "+r.token)
 	req.Header.Set("Content-Type", "application/json")
