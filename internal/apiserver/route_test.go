@@ -242,7 +242,8 @@ func TestFakeRouteCalls(t *testing.T) {
 		}
 	}
 
-	// The exec WebSocket, through the API server.
+	// The exec WebSocket, through the API server: what the command
+	// writes comes back while it runs (nothing held back by the hop).
 	conn, err := c.client.ExecInteractive(ctx, s.ID, api.ExecRequest{Argv: []string{"cat"}})
 	if err != nil {
 		t.Fatalf("exec ws through C: %v", err)
@@ -250,10 +251,20 @@ func TestFakeRouteCalls(t *testing.T) {
 	if err := conn.Send(api.ExecEvent{Type: api.EventStdin, Data: []byte("over the socket\n")}); err != nil {
 		t.Fatal(err)
 	}
+	var ws bytes.Buffer
+	for ws.String() != "over the socket\n" {
+		ev, err := conn.Recv()
+		if err != nil || ev.Type != api.EventStdout {
+			t.Fatalf("exec ws through C, while cat runs: %+v, %v (so far %q)", ev, err, ws.String())
+		}
+		ws.Write(ev.Data)
+	}
+	if err := conn.Send(api.ExecEvent{Type: api.EventStdin, Data: []byte("and again\n")}); err != nil {
+		t.Fatal(err)
+	}
 	if err := conn.Send(api.ExecEvent{Type: api.EventStdinClose}); err != nil {
 		t.Fatal(err)
 	}
-	var ws bytes.Buffer
 	for {
 		ev, err := conn.Recv()
 		if err != nil {
@@ -267,7 +278,7 @@ func TestFakeRouteCalls(t *testing.T) {
 		}
 	}
 	conn.Close()
-	if ws.String() != "over the socket\n" {
+	if ws.String() != "over the socket\nand again\n" {
 		t.Errorf("exec ws through C: %q", ws.String())
 	}
 
@@ -285,9 +296,38 @@ func TestFakeRouteCalls(t *testing.T) {
 		t.Errorf("read through A: %q", got)
 	}
 
+	// A watch through C streams the events of writes through A while
+	// it runs; it ends, without an error, with the park through A.
+	if err := c.client.Mkdir(ctx, s.ID, "/tmp/w"); err != nil {
+		t.Fatal(err)
+	}
+	events := make(chan string, 1024)
+	done := make(chan error, 1)
+	go func() {
+		done <- c.client.Watch(ctx, s.ID, "/tmp/w", false, func(ev api.WatchEvent) error {
+			events <- ev.Type + " " + ev.Name
+			return nil
+		})
+	}()
+	for seen := false; !seen; {
+		if err := a.client.WriteFile(ctx, s.ID, "/tmp/w/mark", 0o644, strings.NewReader("x")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-events:
+			seen = true
+		case err := <-done:
+			t.Fatalf("the watch through C ended at once: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+
 	// Park through A, wake through C: on B all along.
 	if p, err := a.client.ParkSession(ctx, s.ID); err != nil || p.State != api.StateParked || p.Node != b.node {
 		t.Fatalf("park through A: %+v, %v", p, err)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("the watch through C across the park ended with %v, want none", err)
 	}
 	if w, err := c.client.WakeSession(ctx, s.ID); err != nil || w.State != api.StateRunning || w.Node != b.node {
 		t.Fatalf("wake through C: %+v, %v", w, err)
