@@ -561,3 +561,29 @@ func TestFakeRouteDelivery(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFakeRouteClone: a template made through A; a clone of it asked
+// through the API server C, with A cordoned, is placed on B and made by
+// B's server, and runs there.
+func TestFakeRouteClone(t *testing.T) {
+	r := newRouteRig(t)
+	a, b, c := r.server("host-a", true), r.server("host-b", true), r.server("api-c", false)
+	ctx := context.Background()
+	if _, err := a.client.CreateTemplate(ctx, api.CreateTemplateRequest{Name: "py"}); err != nil {
+		t.Fatalf("template through A: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := a.mgr.DeleteTemplate(context.Background(), "py"); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	r.cordon(a)
+	s, err := c.client.CreateSession(ctx, api.CreateSessionRequest{Template: "py"})
+	if err != nil || s.Node != b.node || s.Template != "py" {
+		t.Fatalf("clone through C: %+v, %v; want a clone of py on B", s, err)
+	}
+	c.echo(t, s.ID, "cloned")
+	if err := c.client.DeleteSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+}
