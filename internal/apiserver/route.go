@@ -6,8 +6,10 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httputil"
+	"time"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/routing"
@@ -31,6 +33,20 @@ import (
 // naming the node and why: the call changed nothing, and a retry through
 // any server (once that one is back, or its node is marked dead and the
 // session moves) goes through.
+
+// routeDialTimeout bounds the connect to another server: one that cannot
+// be reached (down, or cut off) is a 503 in seconds, not in the
+// system's minutes.
+const routeDialTimeout = 5 * time.Second
+
+// newRouteTransport is http.DefaultTransport's settings with the connect
+// bounded by routeDialTimeout.
+func newRouteTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	d := &net.Dialer{Timeout: routeDialTimeout, KeepAlive: 30 * time.Second}
+	t.DialContext = d.DialContext
+	return t
+}
 
 // Router says which server carries out a call about a session;
 // *routing.Router is one.

@@ -139,8 +139,8 @@ type Config struct {
 	// Router, if set, routes each call about a session to the server
 	// whose node holds it (route.go); nil carries out every call here.
 	Router Router
-	// RouteTransport carries routed calls; nil: a clone of
-	// http.DefaultTransport.
+	// RouteTransport carries routed calls; nil: http.DefaultTransport's
+	// settings, with a connect given up after routeDialTimeout.
 	RouteTransport http.RoundTripper
 }
 
@@ -328,7 +328,7 @@ func New(cfg Config) *Server {
 		publicPaths:    map[string]bool{},
 	}
 	if s.routeTransport == nil {
-		s.routeTransport = http.DefaultTransport.(*http.Transport).Clone()
+		s.routeTransport = newRouteTransport()
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
