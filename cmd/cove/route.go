@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 
 	"github.com/cove-dev/cove/internal/routing"
 	"github.com/cove-dev/cove/internal/session"
@@ -36,6 +37,16 @@ func advertiseURL(flag, listen string, addr net.Addr) (string, error) {
 		return "", nil
 	}
 	return "http://" + net.JoinHostPort(host, port), nil
+}
+
+// here serves h's requests on this server's node alone (session.Here):
+// the E2B-compatible API is not routed between servers yet, so its
+// creates are placed on this node, as before routing, rather than
+// refused as placed on another server's.
+func here(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(w, r.WithContext(session.Here(r.Context())))
+	})
 }
 
 // advertise records the URL of this server in its embedded node's record
