@@ -37,7 +37,11 @@ type Node struct {
 	Labels   map[string]string `json:"labels,omitempty"`
 	Capacity NodeCapacity      `json:"capacity"`
 	// Embedded marks the node inside a `cove server` process.
-	Embedded    bool      `json:"embedded"`
+	Embedded bool `json:"embedded"`
+	// URL is where the other API servers reach an embedded node's
+	// server to route its sessions' calls (its --advertise-url); "" for
+	// none.
+	URL         string    `json:"url,omitempty"`
 	JoinedAt    time.Time `json:"joined_at"`
 	HeartbeatAt time.Time `json:"heartbeat_at"`
 	// Sessions counts the sessions the node holds (any state);

@@ -40,7 +40,7 @@ func serveE2B(ctx context.Context, cfg serverConfig, serverID string, mgr *sessi
 	}
 	// Streams (a command's output) and transfers have no deadline;
 	// headers do.
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	hs := &http.Server{Handler: here(h), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	hs.RegisterOnShutdown(h.Close)
 	go h.Run(ctx, time.Second)
 	go func() {

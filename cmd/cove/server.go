@@ -30,6 +30,7 @@ import (
 	"github.com/cove-dev/cove/internal/nodeinfo"
 	"github.com/cove-dev/cove/internal/nodelink"
 	"github.com/cove-dev/cove/internal/policy"
+	"github.com/cove-dev/cove/internal/routing"
 	"github.com/cove-dev/cove/internal/secret"
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store"
@@ -90,6 +91,10 @@ type serverConfig struct {
 	NodeName      string
 	NodeHeartbeat time.Duration
 	NodeGrace     time.Duration
+	// AdvertiseURL is where the other servers sharing the store reach
+	// this one, to route calls about its node's sessions here; "":
+	// http:// and --listen when that names a host.
+	AdvertiseURL string
 
 	// SecretKey is the file of the key that seals secrets; "":
 	// Home/secret.key, made at the first start. COVE_SECRET_KEY, when
@@ -227,10 +232,11 @@ the policy in force.`,
 	f.StringArrayVar(&cfg.EgressResolve, "egress-resolve", envList("COVE_EGRESS_RESOLVE"), "HOST=IP: the egress proxy reaches HOST at IP instead of asking DNS, as curl's --resolve does (split-horizon names, internal services); repeatable (COVE_EGRESS_RESOLVE, comma-separated)")
 	f.StringVar(&cfg.UpstreamCA, "upstream-ca", os.Getenv("COVE_UPSTREAM_CA"), "PEM file of CAs that upstreams reached through the egress proxy may also be signed by, besides the system's roots: internal services with a private CA (COVE_UPSTREAM_CA)")
 	f.StringVar(&cfg.SecretKey, "secret-key", os.Getenv("COVE_SECRET_KEY_FILE"), "file of the key that encrypts secrets at rest: base64 of 32 bytes, mode 0600, best kept apart from --home's database (default: HOME/secret.key, made at the first start; the environment variable "+secret.EnvKey+", base64 of 32 bytes, wins over the file) (COVE_SECRET_KEY_FILE)")
-	f.BoolVar(&cfg.Node, "node", envOr("COVE_NODE", "true") != "false", "run the embedded node: this server runs sessions' VMs on this host; --node=false runs none (an API server only: in this version its creates fail with 'no node fits', as remote nodes are not routed to yet) (COVE_NODE)")
+	f.BoolVar(&cfg.Node, "node", envOr("COVE_NODE", "true") != "false", "run the embedded node: this server runs sessions' VMs on this host; --node=false runs none: an API server only, which routes every call about a session, and every create, to the server of a node that advertises a URL (--advertise-url) (COVE_NODE)")
 	f.StringVar(&cfg.NodeName, "node-name", envOr("COVE_NODE_NAME", hostname()), "name of the embedded node, unique among the nodes sharing the store; a restarted server with the same name keeps its node (COVE_NODE_NAME; default: the host name)")
 	f.DurationVar(&cfg.NodeHeartbeat, "node-heartbeat", envDuration("COVE_NODE_HEARTBEAT", 10*time.Second), "how often the embedded node heartbeats, with a fresh probe of its capacity (COVE_NODE_HEARTBEAT)")
 	f.DurationVar(&cfg.NodeGrace, "node-grace", envDuration("COVE_NODE_GRACE", 30*time.Second), "how long a node may go without a heartbeat before it is marked dead; one server sharing the store sweeps, every third of it (COVE_NODE_GRACE)")
+	f.StringVar(&cfg.AdvertiseURL, "advertise-url", os.Getenv("COVE_ADVERTISE_URL"), "URL the other servers sharing the store reach this one at (http:// or https://HOST:PORT): any server answers any call, and routes a call about a session to the server whose node holds it (default: http:// and --listen when that names a host; with 0.0.0.0 or none, set it, or this node's sessions are reached only through this server) (COVE_ADVERTISE_URL)")
 	f.StringVar(&cfg.JoinTokenFile, "join-token-file", os.Getenv("COVE_JOIN_TOKEN_FILE"), "file that holds the secret 'cove node' agents join with (mode 0600; a trailing newline is not part of it); without it, joining is disabled, while nodes that joined before still connect (COVE_JOIN_TOKEN_FILE)")
 	f.StringVar(&cfg.E2BListen, "e2b-listen", os.Getenv("COVE_E2B_LISTEN"), "address of the E2B-compatible API, control plane and envd on one port (the official E2B SDKs run against it: 'cove e2b env' prints their settings); default: not served (COVE_E2B_LISTEN)")
 	f.Var(&cfg.E2BMaxUpload, "e2b-max-upload", "the largest upload to the E2B API's /files: 4GiB, 500MiB or a byte count; larger ones are 413 and write nothing (COVE_E2B_MAX_UPLOAD; default 4GiB)")
@@ -374,7 +380,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return err
 	}
 	mgr, err := session.New(session.Config{Tokens: tokens.minter, Egress: egressBroker, ServerID: serverID,
-		Node: node, NoNode: !cfg.Node, NodeHeartbeat: cfg.NodeHeartbeat, NodeGrace: cfg.NodeGrace,
+		Node: node, NoNode: !cfg.Node, Route: true, NodeHeartbeat: cfg.NodeHeartbeat, NodeGrace: cfg.NodeGrace,
 		NodeProbe: func(ctx context.Context) (store.NodeCapacity, error) {
 			return nodeinfo.Probe(ctx, cfg.Home, driver.Accel())
 		},
@@ -434,10 +440,19 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		Audit:         auditLog,
 		AuditLog:      auditLog,
 		NodeLink:      hub,
+		Router:        routing.New(st, node),
 		Authorize:     authorize})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("server: listen: %w", err)
+	}
+	advertised, err := advertiseURL(cfg.AdvertiseURL, cfg.Listen, ln.Addr())
+	if err == nil {
+		err = advertise(ctx, st, node, advertised, log)
+	}
+	if err != nil {
+		ln.Close()
+		return err
 	}
 	hs := srv.HTTPServer() // the timeouts: apiserver.Timeouts
 	policyName, _ := policies.Source()

@@ -136,6 +136,12 @@ type Config struct {
 	// NodeLink serves the nodes' join and connect routes, which take no
 	// API token; nil refuses joins (403) and connects (503).
 	NodeLink NodeLink
+	// Router, if set, routes each call about a session to the server
+	// whose node holds it (route.go); nil carries out every call here.
+	Router Router
+	// RouteTransport carries routed calls; nil: http.DefaultTransport's
+	// settings, with a connect given up after routeDialTimeout.
+	RouteTransport http.RoundTripper
 }
 
 // LogValue keeps the token out of logs.
@@ -261,31 +267,33 @@ func (a Action) LogValue() slog.Value {
 
 // Server is cove's HTTP API. Make one with New.
 type Server struct {
-	sessions     Sessions
-	images       Images
-	hooks        Hooks
-	hookSecrets  HookSecrets
-	identities   Identities
-	secrets      Secrets
-	gc           func(ctx context.Context) (api.GCResult, error)
-	nodes        Nodes
-	authn        Authenticator
-	tokenSum     [sha256.Size]byte
-	tokenSet     bool
-	log          *slog.Logger
-	metrics      *Metrics
-	authorize    func(ctx context.Context, a Action) error
-	maxFileBytes int64
-	timeouts     Timeouts
-	signIn       []api.OIDCIssuer
-	issuer       http.Handler
-	auditor      Auditor
-	auditLog     AuditLog
-	nodeLink     NodeLink
-	publicPaths  map[string]bool // "METHOD PATTERN" of the routes served without the token
-	openAPIJSON  []byte
-	openAPIErr   error
-	mux          *http.ServeMux
+	sessions       Sessions
+	images         Images
+	hooks          Hooks
+	hookSecrets    HookSecrets
+	identities     Identities
+	secrets        Secrets
+	gc             func(ctx context.Context) (api.GCResult, error)
+	nodes          Nodes
+	authn          Authenticator
+	tokenSum       [sha256.Size]byte
+	tokenSet       bool
+	log            *slog.Logger
+	metrics        *Metrics
+	authorize      func(ctx context.Context, a Action) error
+	maxFileBytes   int64
+	timeouts       Timeouts
+	signIn         []api.OIDCIssuer
+	issuer         http.Handler
+	auditor        Auditor
+	auditLog       AuditLog
+	nodeLink       NodeLink
+	router         Router
+	routeTransport http.RoundTripper
+	publicPaths    map[string]bool // "METHOD PATTERN" of the routes served without the token
+	openAPIJSON    []byte
+	openAPIErr     error
+	mux            *http.ServeMux
 }
 
 // New makes a Server. It panics if cfg.Sessions is nil.
@@ -294,28 +302,33 @@ func New(cfg Config) *Server {
 		panic("apiserver: New: Config.Sessions is nil")
 	}
 	s := &Server{
-		sessions:     cfg.Sessions,
-		images:       cfg.Images,
-		hooks:        cfg.Hooks,
-		hookSecrets:  cfg.HookSecrets,
-		identities:   cfg.Identities,
-		secrets:      cfg.Secrets,
-		gc:           cfg.GC,
-		nodes:        cfg.Nodes,
-		authn:        cfg.Authenticator,
-		tokenSum:     sha256.Sum256([]byte(cfg.Token)),
-		tokenSet:     cfg.Token != "",
-		log:          cfg.Log,
-		metrics:      cfg.Metrics,
-		authorize:    cfg.Authorize,
-		maxFileBytes: cfg.MaxFileBytes,
-		timeouts:     cfg.Timeouts.withDefaults(),
-		signIn:       cfg.SignIn,
-		issuer:       cfg.Issuer,
-		auditor:      cfg.Audit,
-		auditLog:     cfg.AuditLog,
-		nodeLink:     cfg.NodeLink,
-		publicPaths:  map[string]bool{},
+		sessions:       cfg.Sessions,
+		images:         cfg.Images,
+		hooks:          cfg.Hooks,
+		hookSecrets:    cfg.HookSecrets,
+		identities:     cfg.Identities,
+		secrets:        cfg.Secrets,
+		gc:             cfg.GC,
+		nodes:          cfg.Nodes,
+		authn:          cfg.Authenticator,
+		tokenSum:       sha256.Sum256([]byte(cfg.Token)),
+		tokenSet:       cfg.Token != "",
+		log:            cfg.Log,
+		metrics:        cfg.Metrics,
+		authorize:      cfg.Authorize,
+		maxFileBytes:   cfg.MaxFileBytes,
+		timeouts:       cfg.Timeouts.withDefaults(),
+		signIn:         cfg.SignIn,
+		issuer:         cfg.Issuer,
+		auditor:        cfg.Audit,
+		auditLog:       cfg.AuditLog,
+		nodeLink:       cfg.NodeLink,
+		router:         cfg.Router,
+		routeTransport: cfg.RouteTransport,
+		publicPaths:    map[string]bool{},
+	}
+	if s.routeTransport == nil {
+		s.routeTransport = newRouteTransport()
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -433,7 +446,17 @@ func (s *Server) gate(rt route) http.Handler {
 		if rt.Verb == verbHookReceive {
 			paceHookBody(rec, r, s.timeouts)
 		}
-		if err == nil && private && s.authorize != nil && act.Verb != "" {
+		// Routed: carried out by the server whose node holds the
+		// session, which decides and audits it (route.go).
+		var routed bool
+		var createBody []byte
+		if err == nil && needsToken && rt.Path != "" {
+			r, routed, err = s.routeSession(rec, r, act)
+			if err == nil && !routed {
+				createBody, err = s.bufferCreate(r, act)
+			}
+		}
+		if err == nil && !routed && private && s.authorize != nil && act.Verb != "" {
 			if decidedByHandler[act.Verb] {
 				// The policy may weigh the body, which the handler
 				// reads and then decides with; here, the scopes only.
@@ -443,15 +466,18 @@ func (s *Server) gate(rt route) http.Handler {
 				err = authorizeError(act.Verb, s.authorize(r.Context(), act))
 			}
 		}
-		if err == nil && private && rt.Path != "" && !decidedByHandler[act.Verb] {
+		if err == nil && !routed && private && rt.Path != "" && !decidedByHandler[act.Verb] {
 			// Allowed: sequenced in the audit log before the handler
 			// acts, or refused (decidedByHandler verbs: in decide).
 			err = s.announce(r.Context(), act)
 		}
 		if err == nil && rt.Path == "" {
 			err = unmatched(rec, r, allow)
-		} else if err == nil {
+		} else if err == nil && !routed {
 			err = rt.handle(s, rec, r)
+			if err != nil && rec.status == 0 {
+				err = s.forwardCreate(rec, r, act, createBody, err)
+			}
 		}
 		if err != nil {
 			s.auditRefusal(r.Context(), act, err)

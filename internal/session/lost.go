@@ -139,7 +139,7 @@ func (m *Manager) wakeHere(ctx context.Context, rec *store.Session) error {
 		return fmt.Errorf("session: wake %s: its node: %w", rec.ID, err)
 	}
 	if !n.Dead {
-		return api.Errorf(api.CodeConflict, "wake %s: the session is held by node %s (%s), which is alive: wake it through that node's server (calls are not routed to other nodes yet)", rec.ID, n.Name, n.ID)
+		return api.Errorf(api.CodeConflict, "wake %s: the session is held by node %s (%s), which is alive: its server wakes it (a server that advertises a URL routes the call there)", rec.ID, n.Name, n.ID)
 	}
 	if rec.StoredManifest == "" {
 		return api.Errorf(api.CodeUnavailable, "wake %s: its snapshot's files are on node %s (%s), which is dead, and were never stored in the object store: it cannot wake elsewhere", rec.ID, n.Name, n.ID)
@@ -149,6 +149,9 @@ func (m *Manager) wakeHere(ctx context.Context, rec *store.Session) error {
 	}
 	m.cfg.Log.Info("waking a session of a dead node here, from its stored snapshot", "session", rec.ID, "from_node", n.ID, "node", m.cfg.Node)
 	rec.Node = m.cfg.Node
+	// Its files are restored into this node's session dir (the other
+	// node's, on another host, is not here to read).
+	rec.Snapshot = rehome(rec.Snapshot, sessionDirOf(rec.Snapshot), m.dir(rec.ID))
 	return nil
 }
 

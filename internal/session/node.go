@@ -17,9 +17,10 @@ import (
 // This server's own VMs run on its embedded node (Config.Node), which
 // cmd/cove registers at start (RegisterEmbeddedNode) and which this
 // manager heartbeats. New sessions are placed (package placement) over
-// the registered nodes: in this version only the embedded node takes
-// them, and remote nodes are listed with the reason they do not (their
-// sessions are not routed yet). A cordoned or draining node takes no new
+// the registered nodes: this server's embedded node and, with
+// Config.Route, other servers' embedded nodes that advertise a URL (see
+// route.go); remote nodes are listed with the reason they do not take
+// any yet. A cordoned or draining node takes no new
 // session, and a draining node keeps no warm pool.
 //
 // The sweeper (every third of Config.NodeGrace, under the claim
@@ -194,7 +195,10 @@ func (m *Manager) takesVMs(op string) error {
 	if !m.cfg.NoNode {
 		return nil
 	}
-	return api.Errorf(api.CodeUnavailable, "%s: no node fits: this server runs no node (--node=false), and sessions are not routed to remote nodes yet", op)
+	if m.cfg.Route {
+		return api.Errorf(api.CodeUnavailable, "%s: this server runs no node (--node=false), and no live node whose server advertises a URL could take it", op)
+	}
+	return api.Errorf(api.CodeUnavailable, "%s: no node fits: this server runs no node (--node=false), and calls are not routed to other servers (none of them advertises a URL: --advertise-url)", op)
 }
 
 // holdsVM reports whether a session's VM state is on its node: every
@@ -206,8 +210,9 @@ func holdsVM(state string) bool {
 // place chooses the node for a new session of memMiB and cpus, cloned
 // from template ("" for a boot), on a node with the selector's labels.
 // Without a node registry (Config.Node "" and not NoNode) it places
-// nothing and returns "". Only the embedded node takes sessions in this
-// version; the error of a refusal (503) says why each node did not.
+// nothing and returns "". Another server's node is returned as an
+// *ElsewhereError (see unusable); the error of a refusal (503) says why
+// each node did not.
 func (m *Manager) place(ctx context.Context, memMiB, cpus int, selector map[string]string, template string) (string, error) {
 	if m.cfg.Node == "" && !m.cfg.NoNode {
 		return "", nil
@@ -238,9 +243,7 @@ func (m *Manager) place(ctx context.Context, memMiB, cpus int, selector map[stri
 	for i, n := range nodes {
 		cands[i] = placement.Node{ID: n.ID, Name: n.Name, Labels: n.Labels, Admin: n.Admin, Dead: n.Dead, Used: used[n.ID],
 			Capacity: placement.Resources{MemoryMiB: n.Capacity.MemoryMiB, VCPUs: int64(n.Capacity.VCPUs), DiskBytes: n.Capacity.DiskBytes}}
-		if n.ID != m.cfg.Node || m.cfg.NoNode {
-			cands[i].Unusable = "remote nodes take no sessions yet"
-		}
+		cands[i].Unusable = m.unusable(ctx, n)
 		if template != "" && n.ID == m.cfg.Node {
 			m.mu.Lock()
 			cands[i].Pooled = m.pools[template] != nil
@@ -254,6 +257,13 @@ func (m *Manager) place(ctx context.Context, memMiB, cpus int, selector map[stri
 	})
 	if err != nil {
 		return "", api.Errorf(api.CodeUnavailable, "%v", err)
+	}
+	if id != m.cfg.Node || m.cfg.NoNode {
+		for _, n := range nodes {
+			if n.ID == id {
+				return "", &ElsewhereError{Node: n}
+			}
+		}
 	}
 	return id, nil
 }
@@ -332,7 +342,7 @@ func (m *Manager) node(ctx context.Context, idOrName string) (store.Node, error)
 
 func (m *Manager) nodeAPI(n store.Node, usage []store.SessionUsage) api.Node {
 	out := api.Node{ID: n.ID, Name: n.Name, State: store.NodeState(n), Labels: n.Labels, Embedded: n.Embedded,
-		JoinedAt: n.JoinedAt, HeartbeatAt: n.HeartbeatAt,
+		URL: n.URL, JoinedAt: n.JoinedAt, HeartbeatAt: n.HeartbeatAt,
 		Capacity: api.NodeCapacity{VCPUs: n.Capacity.VCPUs, MemoryMiB: n.Capacity.MemoryMiB, DiskBytes: n.Capacity.DiskBytes,
 			Accel: n.Capacity.Accel, CPUModel: n.Capacity.CPUModel, CPUFlags: n.Capacity.CPUFlags,
 			QEMUVersion: n.Capacity.QEMUVersion, KernelVersion: n.Capacity.KernelVersion}}

@@ -226,7 +226,7 @@ func TestFakeNoNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = r.mgr.Create(context.Background(), testOwner, api.CreateSessionRequest{})
-	if !strings.Contains(err.Error(), "no node fits: other-host: remote nodes take no sessions yet") {
+	if !strings.Contains(err.Error(), "no node fits: other-host: calls are not routed to other servers") {
 		t.Errorf("refusal %q does not say why", err)
 	}
 }

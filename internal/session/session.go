@@ -142,6 +142,14 @@ type Config struct {
 	// creates and wakes fail with 503, saying why no node fits, and
 	// Recover adopts no session.
 	NoNode bool
+	// Route says that calls are routed between the servers sharing the
+	// store (cove server --advertise-url, package route): the embedded
+	// nodes of other servers that advertise a URL take new sessions too,
+	// and a create placed on one fails here with *ElsewhereError, for the
+	// API server to carry it there; a delivery is made by the server
+	// whose node holds its session. Without it only this server's node
+	// takes sessions.
+	Route bool
 	// NodeProbe reports the embedded node's capacity at each heartbeat,
 	// every NodeHeartbeat (0: 10 s); nil: no heartbeats.
 	NodeProbe     func(context.Context) (store.NodeCapacity, error)

@@ -77,6 +77,15 @@ func (m *Manager) parkUntil(ctx context.Context, id string, until []string, time
 // Accept records an incoming event and the deliveries it causes; it is
 // the webhook receiver's sink (trigger.Sink).
 func (m *Manager) Accept(ctx context.Context, ev trigger.Event) (bool, error) {
+	if m.cfg.Route {
+		// Another server's sessions subscribe through it: the index
+		// learns theirs from the store first. An entry removed since
+		// costs nothing (RecordEvent delivers only to a subscription
+		// still stored).
+		if err := m.loadSubscriptions(ctx); err != nil {
+			return false, err
+		}
+	}
 	sessions := m.index.Match(ev)
 	_, delivered, dup, err := m.cfg.Store.RecordEvent(ctx, storeEvent(ev), sessions)
 	if err != nil {
@@ -199,6 +208,9 @@ func (m *Manager) deliverLoop() {
 // holding it is delivering them. They are read again once claimed: a
 // list read before may name deliveries that server has made since.
 func (m *Manager) deliverTo(id string) {
+	if !m.deliversFor(context.Background(), id) {
+		return // the server of the node that holds it delivers
+	}
 	ctx, release, ok := m.lease(context.Background(), "deliver/"+id)
 	if !ok {
 		return

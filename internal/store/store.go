@@ -817,8 +817,12 @@ type Node struct {
 	// CredentialHash is the hex SHA-256 of the node's credential; "" for
 	// the embedded node, which has none.
 	CredentialHash string
-	JoinedAt       time.Time
-	HeartbeatAt    time.Time
+	// URL is where the other API servers reach the server of an embedded
+	// node (its --advertise-url) to route a call of one of its sessions
+	// there; "" for a remote node and for a server that advertises none.
+	URL         string
+	JoinedAt    time.Time
+	HeartbeatAt time.Time
 	// Gen is the record's generation, as Session.Gen. HeartbeatNode
 	// leaves it as it is.
 	Gen int64

@@ -240,6 +240,9 @@ var migrations = []string{
 	`ALTER TABLE e2b_sandboxes ADD COLUMN due_at BIGINT;
 	UPDATE e2b_sandboxes SET due_at = 0;
 	CREATE INDEX e2b_sandboxes_by_due ON e2b_sandboxes (due_at, session_id) WHERE due_at IS NOT NULL;`,
+	// 10: the SQLite store's migration 19: where the other API servers
+	// reach an embedded node's server (Node.URL).
+	`ALTER TABLE nodes ADD COLUMN url TEXT NOT NULL DEFAULT '';`,
 }
 
 // migrationLock is the key of the advisory lock that migrations hold, so

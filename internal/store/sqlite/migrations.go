@@ -296,6 +296,11 @@ var migrations = []string{
 	`ALTER TABLE e2b_sandboxes ADD COLUMN due_at INTEGER;
 	UPDATE e2b_sandboxes SET due_at = 0;
 	CREATE INDEX e2b_sandboxes_by_due ON e2b_sandboxes (due_at, session_id) WHERE due_at IS NOT NULL;`,
+
+	// 19: where the other API servers reach an embedded node's server
+	// (Node.URL, its --advertise-url), to route its sessions' calls
+	// there; '' for none.
+	`ALTER TABLE nodes ADD COLUMN url TEXT NOT NULL DEFAULT '';`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

@@ -51,6 +51,7 @@ func fullNode(id, name string) store.Node {
 		Dead:           true,
 		Embedded:       true,
 		CredentialHash: strings.Repeat("ab", 32) + name,
+		URL:            "http://10.0.0.7:7070/" + name,
 		JoinedAt:       at(5),
 		HeartbeatAt:    at(6).Add(3),
 	}
@@ -77,6 +78,7 @@ func diffNode(got, want store.Node) []string {
 		d = append(d, fmt.Sprintf("Embedded = %v, want %v", got.Embedded, want.Embedded))
 	}
 	d.str("CredentialHash", got.CredentialHash, want.CredentialHash)
+	d.str("URL", got.URL, want.URL)
 	d = append(d, checkTime("JoinedAt", got.JoinedAt, want.JoinedAt)...)
 	d = append(d, checkTime("HeartbeatAt", got.HeartbeatAt, want.HeartbeatAt)...)
 	d.num("Gen", got.Gen, want.Gen)
@@ -194,6 +196,7 @@ func (s *suite) nodeUpdateCAS(t *testing.T) {
 	upd.Dead = false
 	upd.Embedded = false
 	upd.CredentialHash = ""
+	upd.URL = "https://moved.example:8443"
 	upd.JoinedAt = at(20)
 	upd.HeartbeatAt = at(21)
 	if err := st.UpdateNode(t.Context(), &upd); err != nil {

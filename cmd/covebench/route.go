@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/apiserver"
+	"github.com/cove-dev/cove/internal/identity"
+	"github.com/cove-dev/cove/internal/image"
+	"github.com/cove-dev/cove/internal/routing"
+	"github.com/cove-dev/cove/internal/session"
+	"github.com/cove-dev/cove/internal/store"
+	"github.com/cove-dev/cove/internal/store/sqlite"
+	"github.com/cove-dev/cove/internal/vmm/fake"
+)
+
+// routeRows measures what routing adds to an exec round trip: n execs
+// (echo, the buffered form) of one session on node B through server A,
+// which forwards each to B, against n straight to B, alternated. Two
+// in-process servers (session manager, API server on a loopback
+// listener) over one SQLite file, the fake VMM (the hop's cost is
+// measured, not a guest's). qemu-img makes the session's disk.
+func routeRows(n int) ([]row, error) {
+	if n <= 0 {
+		return nil, fmt.Errorf("route: %d samples", n)
+	}
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "covebench-route-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	imgDir := filepath.Join(dir, "image")
+	if err := os.MkdirAll(imgDir, 0o755); err != nil {
+		return nil, err
+	}
+	for _, f := range []string{"rootfs.raw", "vmlinux", "initrd"} {
+		if err := os.WriteFile(filepath.Join(imgDir, f), nil, 0o644); err != nil {
+			return nil, err
+		}
+	}
+	db := filepath.Join(dir, "state.db")
+	driver := fake.New()
+	capacity := store.NodeCapacity{VCPUs: 8, MemoryMiB: 16 << 10, DiskBytes: 1 << 40, Accel: "tcg"}
+	log := slog.New(slog.DiscardHandler)
+
+	type server struct {
+		url string
+		mgr *session.Manager
+	}
+	start := func(name string) (*server, func(), error) {
+		st, err := sqlite.Open(ctx, db)
+		if err != nil {
+			return nil, nil, err
+		}
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			st.Close()
+			return nil, nil, err
+		}
+		url := "http://" + ln.Addr().String()
+		n, err := session.RegisterEmbeddedNode(ctx, st, name, capacity)
+		if err == nil {
+			err = session.AdvertiseNode(ctx, st, n.ID, url)
+		}
+		if err != nil {
+			st.Close()
+			ln.Close()
+			return nil, nil, err
+		}
+		sdir := filepath.Join(dir, name)
+		mgr, err := session.New(session.Config{Store: st, Driver: driver, Images: benchImages{imgDir}, Dir: sdir,
+			TemplateDir: filepath.Join(sdir, "templates"), DefaultMemoryMiB: 64, Node: n.ID, Route: true, ServerID: name, Log: log})
+		if err != nil {
+			st.Close()
+			ln.Close()
+			return nil, nil, err
+		}
+		srv := apiserver.New(apiserver.Config{Sessions: mgr, Log: log, Nodes: mgr, Router: routing.New(st, n.ID),
+			Authenticator: identity.NewAuthenticator(identity.AuthConfig{Store: st})})
+		go func() { _ = http.Serve(ln, srv.Handler()) }()
+		return &server{url: url, mgr: mgr}, func() {
+			ln.Close()
+			mgr.StopAll(context.Background())
+			mgr.Close()
+			st.Close()
+		}, nil
+	}
+	a, stopA, err := start("bench-a")
+	if err != nil {
+		return nil, fmt.Errorf("route: %w", err)
+	}
+	defer stopA()
+	b, stopB, err := start("bench-b")
+	if err != nil {
+		return nil, fmt.Errorf("route: %w", err)
+	}
+	defer stopB()
+
+	st, err := sqlite.Open(ctx, db)
+	if err != nil {
+		return nil, err
+	}
+	defer st.Close()
+	ids := &identity.Directory{Store: st}
+	if _, err := ids.AddUser(ctx, api.CreateUserRequest{Name: "bench", Kind: api.UserAdmin}); err != nil {
+		return nil, fmt.Errorf("route: %w", err)
+	}
+	tok, err := ids.CreateToken(ctx, api.CreateTokenRequest{Name: "bench", User: "bench"})
+	if err != nil {
+		return nil, fmt.Errorf("route: %w", err)
+	}
+	via, direct := api.NewClient(a.url, tok.Secret), api.NewClient(b.url, tok.Secret)
+	s, err := direct.CreateSession(ctx, api.CreateSessionRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("route: create on B: %w", err)
+	}
+	defer b.mgr.Delete(context.Background(), s.ID)
+
+	routed := row{name: "exec round trip through another server, routed to the holder's", unit: "ms"}
+	plain := row{name: "the same exec, straight to the holder's server", unit: "ms"}
+	exec := func(c *api.Client) (float64, error) {
+		t := time.Now()
+		res, err := c.Exec(ctx, s.ID, api.ExecRequest{Argv: []string{"echo", "routed"}})
+		if err == nil && string(res.Stdout) != "routed\n" {
+			err = fmt.Errorf("echo answered %q", res.Stdout)
+		}
+		return ms(time.Since(t)), err
+	}
+	for i := range n + 20 { // the first 20 of each warm up
+		y, err := exec(direct)
+		if err != nil {
+			return nil, fmt.Errorf("route: direct: %w", err)
+		}
+		x, err := exec(via)
+		if err != nil {
+			return nil, fmt.Errorf("route: through A: %w", err)
+		}
+		if i >= 20 {
+			routed.samples, plain.samples = append(routed.samples, x), append(plain.samples, y)
+		}
+	}
+	added50 := pct(routed.samples, 0.5) - pct(plain.samples, 0.5)
+	added95 := pct(routed.samples, 0.95) - pct(plain.samples, 0.95)
+	added := row{name: "added by routing (p50, p95 differences)",
+		cells: []string{fmt.Sprint(n), fmt.Sprintf("%.3f ms", added50), fmt.Sprintf("%.3f ms", added95), "≤ 2 ms at p50", fmt.Sprintf("%.2f", added50/2)}}
+	return []row{routed, plain, added}, nil
+}
+
+// benchImages gives the manager one image whose files are empty: the
+// fake driver reads none of them.
+type benchImages struct{ dir string }
+
+func (f benchImages) Get(_ context.Context, name string) (image.Image, error) {
+	return image.Image{Manifest: image.Manifest{Name: name}, RootFS: filepath.Join(f.dir, "rootfs.raw")}, nil
+}
+
+func (f benchImages) Kernel(context.Context, func(string)) (image.Kernel, error) {
+	return image.Kernel{Version: "fake", Vmlinux: filepath.Join(f.dir, "vmlinux")}, nil
+}
+
+func (f benchImages) Initramfs(image.Kernel) (string, error) {
+	return filepath.Join(f.dir, "initrd"), nil
+}

@@ -1,0 +1,171 @@
+package apiserver
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/routing"
+	"github.com/cove-dev/cove/internal/session"
+)
+
+// Routing (issue 19): any server answers any call, and each call about a
+// session is carried out by the server whose embedded node holds it.
+//
+// The gate asks Config.Router, once the bearer token is checked and
+// before the policy decides, where a call about a session goes; one for
+// another server is forwarded there unchanged (its Authorization header
+// too: identities are in the shared store, so that server authenticates
+// it the same, decides with its policy and sequences it in its audit
+// log) by httputil.ReverseProxy, which carries streams (flushed at once)
+// and upgrades (the exec WebSocket). A create that placement puts on
+// another server's node (*session.ElsewhereError) is forwarded there
+// with the body it came with. What is forwarded carries routing.Header;
+// a server that receives it acts on its own node or refuses (409),
+// never forwarding again. A server that cannot be reached is a 503
+// naming the node and why: the call changed nothing, and a retry through
+// any server (once that one is back, or its node is marked dead and the
+// session moves) goes through.
+
+// routeDialTimeout bounds the connect to another server: one that cannot
+// be reached (down, or cut off) is a 503 in seconds, not in the
+// system's minutes.
+const routeDialTimeout = 5 * time.Second
+
+// newRouteTransport is http.DefaultTransport's settings with the connect
+// bounded by routeDialTimeout.
+func newRouteTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	d := &net.Dialer{Timeout: routeDialTimeout, KeepAlive: 30 * time.Second}
+	t.DialContext = d.DialContext
+	return t
+}
+
+// Router says which server carries out a call about a session;
+// *routing.Router is one.
+type Router interface {
+	// Session returns the target of a call about session id, or ok
+	// false for this server.
+	Session(ctx context.Context, id string) (t routing.Target, ok bool, err error)
+	// Node is this server's embedded node ("" for none), sent in
+	// routing.Header.
+	Node() string
+}
+
+// routeSession forwards r, a call about act.SessionID, to the server
+// Router names, if another: handled says it was (or was refused); r
+// comes back marked session.Here when another server forwarded it here.
+func (s *Server) routeSession(w http.ResponseWriter, r *http.Request, act Action) (_ *http.Request, handled bool, err error) {
+	if s.router == nil {
+		return r, false, nil
+	}
+	if by := r.Header.Get(routing.Header); by != "" {
+		if node := s.router.Node(); by == node && node != "" {
+			// Forwarded by this very server: another node advertises a
+			// URL that reaches this one (two hosts each advertising
+			// 127.0.0.1, say).
+			return r, true, api.Errorf(api.CodeUnavailable, "session %s: the call was routed to another node's server and reached this one (node %s) again: that node's advertised URL (--advertise-url) reaches this server; set each server's to an address the others reach it at", act.SessionID, node)
+		}
+		r = r.WithContext(session.Here(r.Context()))
+		if act.SessionID == "" {
+			return r, false, nil
+		}
+		t, ok, err := s.router.Session(r.Context(), act.SessionID)
+		if err == nil && !ok {
+			return r, false, nil
+		}
+		where := "another node"
+		if ok {
+			where = "node " + t.NodeName + " (" + t.NodeID + ")"
+		}
+		return r, true, api.Errorf(api.CodeConflict, "session %s: the call was routed here by %s, but %s holds the session: not routed again (retry: the next call is routed afresh)", act.SessionID, by, where)
+	}
+	if act.SessionID == "" {
+		return r, false, nil
+	}
+	t, ok, err := s.router.Session(r.Context(), act.SessionID)
+	if err != nil || !ok {
+		return r, err != nil, err
+	}
+	err = s.forward(w, r, act, t)
+	if act.Verb == "session.get" && api.IsCode(err, api.CodeUnavailable) {
+		// An inspect reads the shared store: answered here when the
+		// holder's server cannot be (what only that node knows, such as
+		// whether its files were evicted, is as the record says).
+		s.log.Warn("inspect answered here: the holder's server could not be reached", "session", act.SessionID, "node", t.NodeID, "err", err)
+		return r, false, nil
+	}
+	return r, true, err
+}
+
+// forward carries r to t's server and copies its answer back; a server
+// that cannot be reached is an error (503) for the gate to answer, as
+// nothing was written then.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, act Action, t routing.Target) error {
+	by := s.router.Node()
+	if by == "" {
+		by = "-"
+	}
+	var failed error
+	p := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(t.URL)
+			pr.Out.Header.Set(routing.Header, by)
+		},
+		Transport:     s.routeTransport,
+		FlushInterval: -1,
+		ErrorLog:      slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ErrorHandler: func(_ http.ResponseWriter, _ *http.Request, err error) {
+			failed = err
+		},
+	}
+	s.log.Debug("routing a call", "action", act, "node", t.NodeID, "name", t.NodeName, "to", t.URL.String())
+	p.ServeHTTP(w, r)
+	if failed == nil {
+		return nil
+	}
+	if errors.Is(failed, context.Canceled) && r.Context().Err() != nil {
+		return reported(failed) // the client went away
+	}
+	return api.Errorf(api.CodeUnavailable, "node %s (%s): its server %s could not be reached: %v; the call changed nothing here: retry (through any server)",
+		t.NodeName, t.NodeID, t.URL.Redacted(), failed)
+}
+
+// bufferCreate reads the body of a create that may be forwarded, and
+// gives r a copy to decode; nil when the create is not routed.
+func (s *Server) bufferCreate(r *http.Request, act Action) ([]byte, error) {
+	if s.router == nil || act.Verb != "session.create" || r.Header.Get(routing.Header) != "" {
+		return nil, nil
+	}
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxJSONBytes+1))
+	if err != nil {
+		return nil, api.Errorf(api.CodeInvalid, "read the request body: %v", err)
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return body, nil
+}
+
+// forwardCreate carries a create that placement put on another server's
+// node (err a *session.ElsewhereError) there, with its body; other
+// errors come back as they are.
+func (s *Server) forwardCreate(w http.ResponseWriter, r *http.Request, act Action, body []byte, err error) error {
+	var e *session.ElsewhereError
+	if body == nil || !errors.As(err, &e) {
+		return err
+	}
+	t, terr := routing.TargetOf(e.Node)
+	if terr != nil {
+		return terr
+	}
+	r2 := r.Clone(r.Context())
+	r2.Body = io.NopCloser(bytes.NewReader(body))
+	r2.ContentLength = int64(len(body))
+	return s.forward(w, r2, act, t)
+}

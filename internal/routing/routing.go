@@ -1,0 +1,148 @@
+// Package routing says which API server carries out a call about a
+// session: the one whose embedded node holds it (issue 19). Several `cove
+// server` processes share one store; each one with an embedded node
+// advertises the URL the others reach it at (store.Node.URL), and the API
+// server (apiserver's Config.Router) forwards a call about another node's
+// session there, unchanged.
+//
+// The rules, for a call reaching server S about session X held by node N:
+//   - N is S's own node (or X names none, from before nodes): S.
+//   - N is alive and another server's embedded node: that server, at
+//     N.URL; one that advertises none is a 503 saying so.
+//   - N is dead or removed: S, whose session layer moves a parked session
+//     to its own node (or records it lost); a server that runs no node
+//     sends the call to a live node's server instead (the first by name
+//     that is not cordoned or draining and advertises a URL).
+//   - N is a remote node (`cove node`): S (remote nodes take no sessions
+//     yet).
+package routing
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/store"
+)
+
+// Header marks a request one server forwarded to another. Its value is
+// the forwarding server's node id ("-" for a server that runs none). A
+// request that carries it is carried out where it arrives, or refused:
+// never forwarded again.
+const Header = "Cove-Routed-By"
+
+// Lookup is what a Router reads of the store.
+type Lookup interface {
+	GetSession(ctx context.Context, id string) (store.Session, error)
+	GetNode(ctx context.Context, id string) (store.Node, error)
+	ListNodes(ctx context.Context) ([]store.Node, error)
+}
+
+// Target is the server a call is forwarded to: the node's name and id,
+// for errors and logs, and its server's URL.
+type Target struct {
+	NodeID   string
+	NodeName string
+	URL      *url.URL
+}
+
+// TargetOf is the target of node n, which must advertise a URL.
+func TargetOf(n store.Node) (Target, error) {
+	u, err := ParseURL(n.URL)
+	if err != nil {
+		return Target{}, api.Errorf(api.CodeUnavailable, "node %s (%s): its server's URL: %v", n.Name, n.ID, err)
+	}
+	return Target{NodeID: n.ID, NodeName: n.Name, URL: u}, nil
+}
+
+// ParseURL checks an advertised URL: http or https, a host, no query or
+// fragment.
+func ParseURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("advertised URL %q: %w", s, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return nil, fmt.Errorf("advertised URL %q: want http://HOST:PORT or https://HOST:PORT (a path at most)", s)
+	}
+	return u, nil
+}
+
+// Router decides where session calls go. Make one with New.
+type Router struct {
+	st   Lookup
+	node string // this server's embedded node; "" when it runs none
+}
+
+// New makes a Router over st for a server whose embedded node is node
+// ("" for a server that runs none).
+func New(st Lookup, node string) *Router { return &Router{st: st, node: node} }
+
+// Node is this server's embedded node ("" for none): the value of Header
+// on what it forwards.
+func (r *Router) Node() string { return r.node }
+
+// Session says where a call about session id is carried out: ok false
+// for this server (an unknown session included: this server answers
+// 404), else the target. An error is a store that cannot say, or a node
+// that cannot be reached by routing (its server advertises no URL), as
+// an *api.Error.
+func (r *Router) Session(ctx context.Context, id string) (t Target, ok bool, err error) {
+	rec, err := r.st.GetSession(ctx, id)
+	if errors.Is(err, store.ErrNotFound) {
+		return Target{}, false, nil
+	}
+	if err != nil {
+		return Target{}, false, fmt.Errorf("route: session %s: %w", id, err)
+	}
+	if rec.Node == r.node && r.node != "" {
+		return Target{}, false, nil
+	}
+	if rec.Node == "" {
+		if r.node != "" {
+			return Target{}, false, nil
+		}
+		return r.anyNode(ctx, id)
+	}
+	n, err := r.st.GetNode(ctx, rec.Node)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		n = store.Node{ID: rec.Node, Dead: true}
+	case err != nil:
+		return Target{}, false, fmt.Errorf("route: session %s: its node %s: %w", id, rec.Node, err)
+	}
+	switch {
+	case n.Dead && r.node != "":
+		return Target{}, false, nil
+	case n.Dead:
+		return r.anyNode(ctx, id)
+	case !n.Embedded:
+		return Target{}, false, nil
+	case n.URL == "":
+		return Target{}, false, api.Errorf(api.CodeUnavailable,
+			"session %s is held by node %s (%s), whose server advertises no URL (--advertise-url): call that server", id, n.Name, n.ID)
+	}
+	t, err = TargetOf(n)
+	return t, err == nil, err
+}
+
+// anyNode is the target of a call about session id, whose node is gone,
+// from a server that runs none: the first live node by name that takes
+// sessions and advertises a URL.
+func (r *Router) anyNode(ctx context.Context, id string) (Target, bool, error) {
+	nodes, err := r.st.ListNodes(ctx)
+	if err != nil {
+		return Target{}, false, fmt.Errorf("route: session %s: nodes: %w", id, err)
+	}
+	for _, n := range nodes {
+		if n.Embedded && !n.Dead && n.Admin == "" && n.URL != "" {
+			if t, err := TargetOf(n); err == nil {
+				return t, true, nil
+			}
+		}
+	}
+	// Carried out here: this server's session layer says why it cannot.
+	return Target{}, false, nil
+}

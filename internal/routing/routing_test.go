@@ -1,0 +1,97 @@
+package routing_test
+
+import (
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/routing"
+	"github.com/cove-dev/cove/internal/store"
+	"github.com/cove-dev/cove/internal/store/sqlite"
+)
+
+// Where a call about a session goes, for each kind of node that holds
+// it, from a server with a node and from one without.
+func TestSession(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now().UTC()
+	nodes := []store.Node{
+		{ID: "node-here", Name: "here", Embedded: true, URL: "http://10.0.0.1:7070"},
+		{ID: "node-other", Name: "other", Embedded: true, URL: "http://10.0.0.2:7070"},
+		{ID: "node-nourl", Name: "nourl", Embedded: true},
+		{ID: "node-dead", Name: "dead", Embedded: true, URL: "http://10.0.0.4:7070", Dead: true},
+		{ID: "node-remote", Name: "remote", CredentialHash: "ab"},
+		{ID: "node-cordoned", Name: "a-cordoned", Embedded: true, URL: "http://10.0.0.6:7070", Admin: store.NodeCordoned},
+	}
+	for i := range nodes {
+		nodes[i].JoinedAt, nodes[i].HeartbeatAt = now, now
+		if err := st.CreateNode(ctx, &nodes[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range []string{"here", "other", "nourl", "dead", "remote", "gone", ""} {
+		node := "node-" + n
+		if n == "" {
+			node = ""
+		}
+		s := store.Session{ID: "s-" + n, State: api.StateParked, Image: "tiny", MemoryMiB: 64, CPUs: 1, Node: node, CreatedAt: now, UpdatedAt: now}
+		if err := st.CreateSession(ctx, &s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := []struct {
+		from, session string
+		want          string // "" here, else the target's URL
+		err           string
+	}{
+		{"node-here", "s-here", "", ""},
+		{"node-here", "s-other", "http://10.0.0.2:7070", ""},
+		{"node-here", "s-nourl", "", "advertises no URL"},
+		{"node-here", "s-dead", "", ""},   // moved here by the wake
+		{"node-here", "s-gone", "", ""},   // a removed node: as a dead one
+		{"node-here", "s-remote", "", ""}, // remote nodes hold none yet
+		{"node-here", "s-", "", ""},       // from before nodes: the embedded node's
+		{"node-here", "s-unknown", "", ""},
+		{"", "s-other", "http://10.0.0.2:7070", ""},
+		{"", "s-dead", "http://10.0.0.1:7070", ""}, // the first live node that takes sessions, by name
+		{"", "s-gone", "http://10.0.0.1:7070", ""},
+		{"", "s-", "http://10.0.0.1:7070", ""},
+	}
+	for _, c := range cases {
+		r := routing.New(st, c.from)
+		got, ok, err := r.Session(ctx, c.session)
+		switch {
+		case c.err != "":
+			if err == nil || !strings.Contains(err.Error(), c.err) || !api.IsCode(err, api.CodeUnavailable) {
+				t.Errorf("from %q, %s: %v, want a 503 saying %q", c.from, c.session, err, c.err)
+			}
+		case err != nil:
+			t.Errorf("from %q, %s: %v", c.from, c.session, err)
+		case c.want == "" && ok:
+			t.Errorf("from %q, %s: routed to %s, want here", c.from, c.session, got.URL)
+		case c.want != "" && (!ok || got.URL.String() != c.want):
+			t.Errorf("from %q, %s: %+v (%v), want %s", c.from, c.session, got, ok, c.want)
+		}
+	}
+}
+
+func TestParseURL(t *testing.T) {
+	for _, ok := range []string{"http://10.0.0.1:7070", "https://cove-a.internal", "http://h:1/prefix"} {
+		if _, err := routing.ParseURL(ok); err != nil {
+			t.Errorf("ParseURL(%q): %v", ok, err)
+		}
+	}
+	for _, bad := range []string{"", "10.0.0.1:7070", "ftp://h", "http://", "http://h?x=1", "http://u:p@h"} {
+		if _, err := routing.ParseURL(bad); err == nil {
+			t.Errorf("ParseURL(%q) accepted", bad)
+		}
+	}
+}

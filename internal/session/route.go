@@ -1,0 +1,166 @@
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+
+	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/store"
+)
+
+// Routing between the servers that share a store (issue 19).
+//
+// Each server with an embedded node advertises the URL other servers
+// reach it at (Node.URL, AdvertiseNode). A call about a session is
+// carried out by the server whose node holds it: the API server forwards
+// it there (package route, apiserver's Config.Router). The manager's part
+// is placement, which with Config.Route may choose another server's node
+// for a new session and says so with *ElsewhereError, and deliveries,
+// which the holder's server makes (deliversFor). A call forwarded here is
+// marked (Here): it acts on this node or not at all, so that a call is
+// forwarded once and never loops.
+
+// ElsewhereError is the refusal of a create that placement put on Node,
+// another server's embedded node: the API server carries the request
+// there (unchanged) rather than failing it. Unwrapped as an *api.Error
+// (503, naming the node) by a caller that does not route.
+type ElsewhereError struct {
+	Node store.Node
+}
+
+func (e *ElsewhereError) Error() string {
+	return fmt.Sprintf("placed on node %s (%s), whose server is %s: the call is carried out there", e.Node.Name, e.Node.ID, e.Node.URL)
+}
+
+// Unwrap makes the refusal an api.Error for callers that do not route.
+func (e *ElsewhereError) Unwrap() error {
+	return api.Errorf(api.CodeUnavailable, "%s", e.Error())
+}
+
+// hereKey marks a context routed here.
+type hereKey struct{}
+
+// Here marks ctx as the context of a call another server routed to this
+// one: it is carried out on this server's node, or refused, never
+// forwarded again (placement then considers this node alone).
+func Here(ctx context.Context) context.Context { return context.WithValue(ctx, hereKey{}, true) }
+
+// routedHere reports whether ctx is marked by Here.
+func routedHere(ctx context.Context) bool {
+	v, _ := ctx.Value(hereKey{}).(bool)
+	return v
+}
+
+// unusable is why node n takes no new session from this server ("" if
+// it does): this server's own node does, unless it runs none; another
+// server's embedded node does when calls are routed (Config.Route), it
+// advertises a URL and the call was not routed here already.
+func (m *Manager) unusable(ctx context.Context, n store.Node) string {
+	switch {
+	case n.ID == m.cfg.Node && !m.cfg.NoNode:
+		return ""
+	case routedHere(ctx):
+		return "the call was routed to another node's server"
+	case !n.Embedded:
+		return "remote nodes take no sessions yet"
+	case !m.cfg.Route:
+		return "calls are not routed to other servers (this server advertises no URL: --advertise-url)"
+	case n.URL == "":
+		return "its server advertises no URL (--advertise-url)"
+	}
+	return ""
+}
+
+// AdvertiseNode records url as where the other servers reach the server
+// of node id (Node.URL), reading the node again on a conflict; "" says
+// it cannot be reached (its sessions are not routed to).
+func AdvertiseNode(ctx context.Context, st store.Store, id, url string) error {
+	for range 5 {
+		n, err := st.GetNode(ctx, id)
+		if err != nil {
+			return fmt.Errorf("node: advertise %s: %w", id, err)
+		}
+		if n.URL == url {
+			return nil
+		}
+		n.URL = url
+		err = st.UpdateNode(ctx, &n)
+		if errors.Is(err, store.ErrConflict) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("node: advertise %s: %w", id, err)
+		}
+		return nil
+	}
+	return fmt.Errorf("node: advertise %s: changed by others while being set; try again", id)
+}
+
+// deliversFor reports whether this server makes the deliveries of
+// session id: its node holds it (or no node registry is used), or the
+// node that holds it is dead or removed and this server runs VMs (the
+// wake moves the session here). Another live node's server makes them.
+func (m *Manager) deliversFor(ctx context.Context, id string) bool {
+	if m.cfg.Node == "" && !m.cfg.NoNode {
+		return true
+	}
+	rec, err := m.cfg.Store.GetSession(ctx, id)
+	if err != nil {
+		return !m.cfg.NoNode // the delivery fails, saying why
+	}
+	if m.holds(rec, m.cfg.Node) && !m.cfg.NoNode {
+		return true
+	}
+	n, err := m.cfg.Store.GetNode(ctx, rec.Node)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return !m.cfg.NoNode
+	case err != nil:
+		return false
+	}
+	return n.Dead && !m.cfg.NoNode
+}
+
+// rehome moves the paths of a parked session's machine record that lie
+// in its session dir on another node (from) into this node's (to): a
+// session that wakes here from a dead node's stored snapshot has its
+// files restored from the object store into this node's dir, not read
+// from where the other node kept them. Paths outside from (the kernel,
+// an image, a template version) are left as they are (nodes share
+// --home's layout). The last stored snapshot's record moves the same.
+func rehome(b []byte, from, to string) []byte {
+	mach, err := decodeMachine(b)
+	if err != nil || from == to || from == "" {
+		return b
+	}
+	move := func(p *string) {
+		if rel, err := filepath.Rel(from, *p); err == nil && *p != "" && filepath.IsLocal(rel) {
+			*p = filepath.Join(to, rel)
+		}
+	}
+	for _, p := range []*string{&mach.Disk, &mach.NextDisk, &mach.Rollback, &mach.MemFrom} {
+		move(p)
+	}
+	if mach.Parked != nil {
+		move(&mach.Parked.State)
+		move(&mach.Parked.Mem)
+	}
+	if mach.LastStored != nil {
+		ls := *mach.LastStored
+		ls.Machine = rehome(ls.Machine, from, to)
+		mach.LastStored = &ls
+	}
+	return mach.encode()
+}
+
+// sessionDirOf is the session dir a parked machine record names: that of
+// its RAM file; "" if it names none.
+func sessionDirOf(b []byte) string {
+	mach, err := decodeMachine(b)
+	if err != nil || mach.Parked == nil || mach.Parked.Mem == "" {
+		return ""
+	}
+	return filepath.Dir(mach.Parked.Mem)
+}
