@@ -105,7 +105,8 @@ func wantCode(t *testing.T, what string, status int, body []byte, wantStatus int
 	}
 }
 
-// envelopes splits a Connect stream's body into its envelopes.
+// envelopes splits a Connect stream's body into its envelopes, each
+// JSON message compacted (protojson's spacing varies from build to build).
 func envelopes(t *testing.T, body []byte) (flags []byte, msgs []string) {
 	t.Helper()
 	for len(body) > 0 {
@@ -117,7 +118,12 @@ func envelopes(t *testing.T, body []byte) (flags []byte, msgs []string) {
 			t.Fatalf("stream: envelope of %d bytes, %d left", n, len(body)-5)
 		}
 		flags = append(flags, body[0])
-		msgs = append(msgs, string(body[5:5+n]))
+		msg := body[5 : 5+n]
+		var c bytes.Buffer
+		if json.Compact(&c, msg) == nil {
+			msg = c.Bytes()
+		}
+		msgs = append(msgs, string(msg))
 		body = body[5+n:]
 	}
 	return flags, msgs

@@ -10,10 +10,13 @@ import (
 	"net/http"
 	"path"
 	"strings"
-	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/audit"
+	fspb "github.com/cove-dev/cove/internal/e2b/envdpb/filesystem"
 )
 
 // homeDir is where relative guest paths and commands without a working
@@ -234,42 +237,38 @@ func (s *Server) writeFiles(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// entryInfo is filesystem.EntryInfo in its JSON form.
-type entryInfo struct {
-	Name         string `json:"name"`
-	Type         string `json:"type"`
-	Path         string `json:"path"`
-	Size         int64  `json:"size"`
-	Mode         uint32 `json:"mode"`
-	Permissions  string `json:"permissions"`
-	Owner        string `json:"owner"`
-	Group        string `json:"group"`
-	ModifiedTime string `json:"modifiedTime"`
-}
-
-func entryOf(p string, fi api.FileInfo) entryInfo {
+// entryOf is the filesystem.EntryInfo of the guest file p.
+func entryOf(p string, fi api.FileInfo) *fspb.EntryInfo {
 	mode := fs.FileMode(fi.Mode & 0o777)
-	typ := "FILE_TYPE_FILE"
+	typ := fspb.FileType_FILE_TYPE_FILE
 	switch {
 	case fi.Symlink:
 		mode |= fs.ModeSymlink
-		typ = "FILE_TYPE_SYMLINK"
+		typ = fspb.FileType_FILE_TYPE_SYMLINK
 	case fi.IsDir:
 		mode |= fs.ModeDir
-		typ = "FILE_TYPE_DIRECTORY"
+		typ = fspb.FileType_FILE_TYPE_DIRECTORY
 	}
-	return entryInfo{Name: path.Base(p), Type: typ, Path: p, Size: fi.Size, Mode: uint32(mode), Permissions: mode.String(),
-		Owner: "root", Group: "root", ModifiedTime: fi.ModTime.UTC().Format(time.RFC3339Nano)}
+	return &fspb.EntryInfo{Name: path.Base(p), Type: typ, Path: p, Size: fi.Size, Mode: uint32(mode), Permissions: mode.String(),
+		Owner: "root", Group: "root", ModifiedTime: timestamppb.New(fi.ModTime)}
 }
 
 // fileVerbs are the audit log's actions of the filesystem calls (those
 // of cove's own file routes; a move is a write).
 var fileVerbs = map[string]string{"Stat": "file.stat", "ListDir": "file.list", "MakeDir": "file.mkdir", "Remove": "file.remove", "Move": "file.write"}
 
+// fsRequest is the request of a unary filesystem call but the watchers':
+// each names a path, a move two.
+type fsRequest interface {
+	proto.Message
+	GetPath() string
+}
+
 // filesystemRPC serves the filesystem.Filesystem service (the watches
 // in watch.go).
 func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 	id, ctx, method := sandboxID(r), r.Context(), r.PathValue("method")
+	var req proto.Message
 	switch method {
 	case "WatchDir":
 		s.watchDir(w, r)
@@ -277,50 +276,54 @@ func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 	case "CreateWatcher", "GetWatcherEvents", "RemoveWatcher":
 		s.watcherRPC(w, r, method)
 		return
-	}
-	var req struct {
-		Path        string `json:"path"`
-		Depth       uint32 `json:"depth"`
-		Source      string `json:"source"`
-		Destination string `json:"destination"`
-	}
-	switch method {
-	case "Stat", "MakeDir", "Move", "ListDir", "Remove":
+	case "Stat":
+		req = &fspb.StatRequest{}
+	case "MakeDir":
+		req = &fspb.MakeDirRequest{}
+	case "Move":
+		req = &fspb.MoveRequest{}
+	case "ListDir":
+		req = &fspb.ListDirRequest{}
+	case "Remove":
+		req = &fspb.RemoveRequest{}
 	default:
 		writeUnaryError(w, rpcErrorf(codeUnimplemented, "filesystem.Filesystem/%s is not implemented by cove yet", method))
 		return
 	}
-	if e := readUnary(r, &req); e != nil {
+	c, e := readUnary(r, req)
+	if e != nil {
 		writeUnaryError(w, e)
 		return
 	}
 	fail := func(what string, err error) { writeUnaryError(w, s.asRPC(r, what, err)) }
-	p := guestPath(req.Path)
+	var p string
+	if pr, ok := req.(fsRequest); ok {
+		p = guestPath(pr.GetPath())
+	}
 	verb, target := fileVerbs[method], audit.Target{Path: p}
-	if method == "Move" {
-		target.Path = guestPath(req.Source) + " -> " + guestPath(req.Destination)
+	if mv, ok := req.(*fspb.MoveRequest); ok {
+		target.Path = guestPath(mv.Source) + " -> " + guestPath(mv.Destination)
 	}
 	if err := s.announceEnvd(r, verb, target); err != nil {
 		fail(verb, err)
 		return
 	}
-	switch method {
-	case "Stat":
+	switch req := req.(type) {
+	case *fspb.StatRequest:
 		fi, err := s.cfg.Sessions.Stat(ctx, id, p)
 		if err != nil {
 			fail("stat "+p, err)
 			return
 		}
-		writeUnary(w, map[string]any{"entry": entryOf(p, fi)})
-	case "ListDir":
-		depth := max(req.Depth, 1)
-		entries := []entryInfo{}
-		if err := s.listDir(ctx, id, p, depth, &entries); err != nil {
+		writeUnary(w, c, &fspb.StatResponse{Entry: entryOf(p, fi)})
+	case *fspb.ListDirRequest:
+		out := &fspb.ListDirResponse{}
+		if err := s.listDir(ctx, id, p, max(req.Depth, 1), &out.Entries); err != nil {
 			fail("list "+p, err)
 			return
 		}
-		writeUnary(w, map[string]any{"entries": entries})
-	case "MakeDir":
+		writeUnary(w, c, out)
+	case *fspb.MakeDirRequest:
 		if _, err := s.cfg.Sessions.Stat(ctx, id, p); err == nil {
 			writeUnaryError(w, rpcErrorf(codeAlreadyExists, "%s already exists", p))
 			return
@@ -337,8 +340,8 @@ func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 			fail("make directory "+p, err)
 			return
 		}
-		writeUnary(w, map[string]any{"entry": entryOf(p, fi)})
-	case "Remove":
+		writeUnary(w, c, &fspb.MakeDirResponse{Entry: entryOf(p, fi)})
+	case *fspb.RemoveRequest:
 		if _, err := s.cfg.Sessions.Stat(ctx, id, p); err != nil {
 			fail("remove "+p, err)
 			return
@@ -347,8 +350,8 @@ func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 			fail("remove "+p, err)
 			return
 		}
-		writeUnary(w, struct{}{})
-	case "Move":
+		writeUnary(w, c, &fspb.RemoveResponse{})
+	case *fspb.MoveRequest:
 		src, dst := guestPath(req.Source), guestPath(req.Destination)
 		if err := s.move(ctx, id, src, dst); err != nil {
 			fail("move "+src, err)
@@ -359,13 +362,13 @@ func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 			fail("move "+src, err)
 			return
 		}
-		writeUnary(w, map[string]any{"entry": entryOf(dst, fi)})
+		writeUnary(w, c, &fspb.MoveResponse{Entry: entryOf(dst, fi)})
 	}
 }
 
 // listDir appends the entries of dir, and of its subdirectories down to
 // depth levels, to out.
-func (s *Server) listDir(ctx context.Context, id, dir string, depth uint32, out *[]entryInfo) error {
+func (s *Server) listDir(ctx context.Context, id, dir string, depth uint32, out *[]*fspb.EntryInfo) error {
 	fis, err := s.cfg.Sessions.ListDir(ctx, id, dir)
 	if err != nil {
 		return err
