@@ -53,10 +53,13 @@ import (
 )
 
 // EnvdVersion is the envd version the control plane reports. The SDK
-// switches features on by it (PROTOCOL.md §5): 0.5.7 enables stdin:false,
-// closeStdin and octet-stream uploads, and makes the SDK send a user only
-// when its caller names one.
-const EnvdVersion = "0.5.7"
+// switches features on by it: 0.5.7 enables stdin:false, closeStdin and
+// octet-stream uploads, and makes the SDK send a user only when its
+// caller names one; 0.6.3 lets watchDir ask for includeEntry. 0.6.2's
+// file metadata (X-Metadata-* on a write) comes with it, and is refused
+// (400): cove keeps no metadata of guest files. 0.6.4's
+// allowNetworkMounts is left off.
+const EnvdVersion = "0.6.3"
 
 // EnvdPort is the port the SDK names in E2b-Sandbox-Port and in envd host
 // names (49983-ID.domain).
@@ -157,9 +160,10 @@ type Server struct {
 	ctx    context.Context // ends with Close: the processes' lifetime
 	cancel context.CancelFunc
 
-	mu    sync.Mutex
-	procs map[string]*procTable // by session id; guarded by mu
-	pids  atomic.Uint32         // pids given where the guest's are unknown
+	mu      sync.Mutex
+	procs   map[string]*procTable // by session id; guarded by mu
+	samples samples               // metrics.go
+	pids    atomic.Uint32         // pids given where the guest's are unknown
 }
 
 // New makes a Server from cfg.

@@ -233,3 +233,17 @@ func TestSandboxRouting(t *testing.T) {
 func apiExit(code int, signal string) api.ExitStatus {
 	return api.ExitStatus{Code: code, Signal: signal}
 }
+
+// CPU use is the busy share of the jiffies between two reads of
+// /proc/stat: idle and iowait are not busy, guest time is within user.
+func TestCPUTimes(t *testing.T) {
+	b1, t1, n := cpuTimes([]byte("cpu  100 0 50 800 50 0 0 0 30 0\ncpu0 100 0 50 800 50 0 0 0 30 0\n"))
+	b2, t2, _ := cpuTimes([]byte("cpu  160 0 70 820 50 0 0 0 30 0\ncpu0 160 0 70 820 50 0 0 0 30 0\n"))
+	if n != 1 || b1 != 150 || t1 != 1000 || b2-b1 != 80 || t2-t1 != 100 {
+		t.Errorf("cpuTimes: busy %d→%d, total %d→%d, %d CPUs; want 150→230, 1000→1100, 1", b1, b2, t1, t2, n)
+	}
+	mem := meminfoBytes([]byte("MemTotal:  2048 kB\nHugePages_Total:  3\nbroken line\n"))
+	if mem["MemTotal"] != 2048*1024 || mem["HugePages_Total"] != 3 {
+		t.Errorf("meminfoBytes = %v", mem)
+	}
+}

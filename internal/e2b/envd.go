@@ -155,6 +155,14 @@ func (s *Server) writeFiles(w http.ResponseWriter, r *http.Request) {
 		writeEnvdError(w, http.StatusRequestEntityTooLarge, "upload of %d bytes: the limit is %d", r.ContentLength, s.cfg.MaxFileBytes)
 		return
 	}
+	for k := range r.Header {
+		if strings.HasPrefix(k, "X-Metadata-") {
+			// envd 0.6.2's file metadata, which the SDK sends since
+			// cove reports 0.6.3: refused rather than dropped.
+			writeEnvdError(w, http.StatusBadRequest, "file metadata (%s): cove keeps no metadata of guest files", k)
+			return
+		}
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxFileBytes)
 	dest := r.URL.Query().Get("path")
 	var out []writtenFile
@@ -391,25 +399,6 @@ func (s *Server) move(ctx context.Context, id, src, dst string) error {
 	if _, err := s.cfg.Sessions.Stat(ctx, id, src); err != nil {
 		return err
 	}
-	p, err := s.cfg.Sessions.Exec(ctx, id, api.ExecRequest{Argv: []string{"mv", "-f", "--", src, dst}, Timeout: "60s"})
-	if err != nil {
-		return err
-	}
-	_ = p.Stdin().Close()
-	errOut := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(io.LimitReader(p.Stderr(), 4096))
-		_, _ = io.Copy(io.Discard, p.Stderr())
-		errOut <- b
-	}()
-	_, _ = io.Copy(io.Discard, p.Stdout())
-	msg := <-errOut
-	st, err := p.Wait()
-	if err != nil {
-		return err
-	}
-	if st.Code != 0 || st.Signal != "" {
-		return api.Errorf(api.CodeInvalid, "mv %s %s: %s", src, dst, strings.TrimSpace(string(msg)))
-	}
-	return nil
+	_, err := s.output(ctx, id, []string{"mv", "-f", "--", src, dst})
+	return err
 }

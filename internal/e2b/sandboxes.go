@@ -428,6 +428,7 @@ func (s *Server) kill(w http.ResponseWriter, r *http.Request) {
 func (s *Server) remove(ctx context.Context, id string) error {
 	err := s.cfg.Sessions.Delete(ctx, id)
 	s.dropProcs(id)
+	s.samples.drop(id)
 	return err
 }
 
@@ -528,17 +529,6 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 }
 
 // metrics answers no samples: cove does not sample guests' usage yet.
-func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
-	ctx, ok := s.principal(w, r)
-	if !ok {
-		return
-	}
-	if _, _, ok := s.lookup(ctx, w, r, "session.get"); !ok {
-		return
-	}
-	writeJSON(w, http.StatusOK, []any{})
-}
-
 // Run ends sandboxes at their end time (parks those that asked for
 // auto-pause) until ctx is done, looking every interval.
 func (s *Server) Run(ctx context.Context, interval time.Duration) {

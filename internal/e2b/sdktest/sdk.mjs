@@ -144,6 +144,19 @@ await until('rename and remove', () =>
 )
 assert.equal(flat.length, flatSeen, 'events after stop: ' + JSON.stringify(flat.slice(flatSeen)))
 await hDeep.stop()
+// includeEntry (envd 0.6.3): each event carries the entry as it is then.
+const withEntry = []
+const hEntry = await sbx.files.watchDir('/tmp/w', (e) => withEntry.push(e), { includeEntry: true, timeoutMs: 0 })
+await sbx.files.write('/tmp/w/entry.txt', 'four')
+await until('an event with its entry', () => withEntry.some((e) => e.type === 'write' && e.entry?.size === 4))
+const ev = withEntry.find((e) => e.type === 'write' && e.entry?.size === 4)
+assert.equal(ev.entry.name, 'entry.txt')
+assert.equal(ev.entry.path, '/tmp/w/entry.txt')
+assert.equal(ev.entry.type, 'file')
+await hEntry.stop()
+// File metadata (envd 0.6.2) is refused, not dropped.
+await assert.rejects(sbx.files.write('/tmp/w/meta.txt', 'x', { metadata: { k: 'v' } }), (e) => e.name === 'InvalidArgumentError' || String(e))
+assert.equal(await sbx.files.exists('/tmp/w/meta.txt'), false)
 await assert.rejects(sbx.files.watchDir('/tmp/w/nope', () => {}), (e) => e.name === 'FileNotFoundError' || String(e))
 await assert.rejects(sbx.files.watchDir('/tmp/w/by-cmd.txt', () => {}), (e) => e.name === 'InvalidArgumentError' || String(e))
 
@@ -191,6 +204,20 @@ page = await Sandbox.list({ query: { metadata: { suite: 'other' } } }).nextItems
 assert.deepEqual(page, [])
 page = await Sandbox.list({ query: { state: ['paused'] } }).nextItems()
 assert.ok(!page.some((s) => s.sandboxId === sbx.sandboxId))
+
+step('getMetrics')
+let samples = await sbx.getMetrics()
+assert.equal(samples.length, 1, JSON.stringify(samples))
+let sample = samples[0]
+assert.ok(sample.timestamp instanceof Date && !isNaN(sample.timestamp), JSON.stringify(sample))
+assert.ok(sample.cpuCount >= 1 && sample.cpuUsedPct >= 0 && sample.cpuUsedPct <= 100, JSON.stringify(sample))
+assert.ok(sample.memTotal > 100 * 2 ** 20 && sample.memUsed > 0 && sample.memUsed < sample.memTotal, JSON.stringify(sample))
+assert.ok(sample.diskTotal > 0 && sample.diskUsed > 0 && sample.diskUsed < sample.diskTotal, JSON.stringify(sample))
+samples = await sbx.getMetrics({ start: new Date(sample.timestamp.getTime() - 60_000) })
+assert.equal(samples.length, 2, JSON.stringify(samples))
+samples = await sbx.getMetrics({ start: new Date(Date.now() + 3_600_000), end: new Date(Date.now() + 7_200_000) })
+assert.equal(samples.length, 0, JSON.stringify(samples))
+summary.metrics = sample
 
 step('setTimeout')
 await sbx.setTimeout(3_600_000)
