@@ -92,6 +92,8 @@ type Sessions interface {
 	Fork(ctx context.Context, id string, req api.ForkRequest) ([]api.Session, error)
 
 	Exec(ctx context.Context, id string, req api.ExecRequest) (session.Process, error)
+	// Attach attaches to a command a restarted server's Exec started.
+	Attach(ctx context.Context, id string, pid int) (session.Process, error)
 	Open(ctx context.Context, id, path string) (io.ReadCloser, error)
 	WriteFile(ctx context.Context, id, path string, mode uint32, r io.Reader) error
 	Stat(ctx context.Context, id, path string) (api.FileInfo, error)

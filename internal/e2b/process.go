@@ -22,9 +22,19 @@ import (
 // sandbox's table, not to the stream that started it: it runs on when the
 // stream ends, any number of Connect streams follow its output from then
 // on, and it is listed, signalled and fed stdin by pid (its pid in the
-// guest) until it exits. The table lives in this server's memory: a
-// restarted server has lost it (the guest's processes run on, but cannot
-// be reconnected through the E2B API).
+// guest) until it exits.
+//
+// The table lives in this server's memory, and each entry in a file of
+// the guest's too (tableDir/PID: the pid, tag, config and PTY flag),
+// written when the process starts and removed when its end is read. A
+// restarted server rebuilds a sandbox's table from those files on the
+// first process call for it, attaching to each command again
+// (session.Manager.Attach): the processes are listed, connected to,
+// signalled and fed stdin by pid as before (a connect streams from then
+// on, as envd's does: output written while no server followed the
+// command is not replayed). The files live as long as the guest's
+// memory (through pause and resume, as its processes do); they hold
+// nothing the guest's processes do not already see.
 
 // procTable is one sandbox's started processes.
 type procTable struct {
@@ -34,6 +44,11 @@ type procTable struct {
 	mu       sync.Mutex
 	procs    map[uint32]*proc   // guarded by mu
 	watchers map[string]*polled // guarded by mu: CreateWatcher's, by id
+
+	// recovering is held while the table is rebuilt from the guest's
+	// files; recovered says it was (see recover).
+	recovering sync.Mutex
+	recovered  bool // guarded by recovering
 }
 
 // proc is one started process.
@@ -43,6 +58,8 @@ type proc struct {
 	cfg *processpb.ProcessConfig
 	p   session.Process
 	tty bool
+	// saved says the process has its file in the guest (tableDir).
+	saved bool
 
 	mu    sync.Mutex
 	subs  map[*sub]struct{} // guarded by mu; nil once ended
@@ -149,7 +166,7 @@ func (p *proc) finish(err *rpcError) {
 
 // pump relays the process's output to its listeners, then its end, and
 // takes it out of the table.
-func (t *procTable) pump(p *proc) {
+func (s *Server) pump(t *procTable, id string, p *proc) {
 	var wg sync.WaitGroup
 	relay := func(r io.Reader, data func([]byte) *processpb.ProcessEvent_DataEvent) {
 		wg.Go(func() {
@@ -182,6 +199,9 @@ func (t *procTable) pump(p *proc) {
 	t.mu.Lock()
 	delete(t.procs, p.pid)
 	t.mu.Unlock()
+	if err == nil && p.saved {
+		s.forget(t.ctx, id, p.pid)
+	}
 	if err != nil {
 		p.finish(rpcErrorf(codeUnavailable, "process %d: %v", p.pid, err))
 		return
@@ -219,6 +239,8 @@ func signalWords(name string) string {
 
 // processRPC serves the process.Process service.
 func (s *Server) processRPC(w http.ResponseWriter, r *http.Request) {
+	id := sandboxID(r)
+	s.recover(r.Context(), id, s.table(id))
 	switch method := r.PathValue("method"); method {
 	case "Start":
 		s.startProcess(w, r)
@@ -283,7 +305,13 @@ func (s *Server) startProcess(w http.ResponseWriter, r *http.Request) {
 	t.mu.Lock()
 	t.procs[p.pid] = p
 	t.mu.Unlock()
-	go t.pump(p)
+	go func() {
+		// The guest's copy of the entry is written before the pump
+		// can remove it, in the pump's goroutine: the start event
+		// does not wait for it.
+		p.saved = s.save(t.ctx, id, p)
+		s.pump(t, id, p)
+	}()
 	s.follow(r, st, p, sb, func(ev *processpb.ProcessEvent) proto.Message { return &processpb.StartResponse{Event: ev} })
 }
 
