@@ -247,3 +247,49 @@ func TestCPUTimes(t *testing.T) {
 		t.Errorf("meminfoBytes = %v", mem)
 	}
 }
+
+// The user a request names: RPCs in Authorization: Basic
+// base64("USER:"), /files in ?username=.
+func TestRequestedUser(t *testing.T) {
+	for _, c := range []struct {
+		path, auth, want string
+		bad              bool
+	}{
+		{"/process.Process/Start", "", "", false},
+		{"/process.Process/Start", "Basic dXNlcjo=", "user", false}, // "user:"
+		{"/filesystem.Filesystem/Stat", "Basic cm9vdDo=", "root", false},
+		{"/process.Process/List", "Bearer x", "", true},
+		{"/process.Process/List", "Basic !!!", "", true},
+		{"/files?path=/x&username=user", "", "user", false},
+		{"/files?path=/x", "Basic dXNlcjo=", "", false}, // /files reads only ?username=
+	} {
+		r := httptest.NewRequest("POST", c.path, nil)
+		if c.auth != "" {
+			r.Header.Set("Authorization", c.auth)
+		}
+		got, err := requestedUser(r)
+		if got != c.want || (err != nil) != c.bad {
+			t.Errorf("%s with %q: %q, %v; want %q (error: %v)", c.path, c.auth, got, err, c.want, c.bad)
+		}
+	}
+	passwd := []byte("root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\nodd:x:a:b::/:/bin/sh\n")
+	if u, ok := lookupPasswd(passwd, "user"); !ok || u != (guestUser{Name: "user", UID: 1000, GID: 1000, Home: "/home/user"}) {
+		t.Errorf("lookupPasswd(user) = %+v, %v", u, ok)
+	}
+	for _, name := range []string{"odd", "nobody", "us"} {
+		if u, ok := lookupPasswd(passwd, name); ok {
+			t.Errorf("lookupPasswd(%s) = %+v", name, u)
+		}
+	}
+	for name, want := range map[string]bool{"user": true, "a.b_c-1": true, "-rf": false, "a/b": false, "": false, "x y": false} {
+		if validUserName(name) != want {
+			t.Errorf("validUserName(%q) = %v", name, !want)
+		}
+	}
+	if got := asUser(guestUser{Name: "user", UID: 1000, GID: 1001}, []string{"id"}); strings.Join(got, " ") != "setpriv --reuid=1000 --regid=1001 --init-groups -- id" {
+		t.Errorf("asUser = %q", got)
+	}
+	if got := asUser(rootUser, []string{"id"}); len(got) != 1 {
+		t.Errorf("asUser(root) = %q", got)
+	}
+}

@@ -23,16 +23,20 @@ import (
 // directory start: the home of root, whom sessions' commands run as.
 const homeDir = "/root"
 
-// guestPath makes p absolute and clean: relative to homeDir, "~" being
-// homeDir.
-func guestPath(p string) string {
+// guestPath makes p absolute and clean for root: relative to homeDir,
+// "~" being homeDir.
+func guestPath(p string) string { return guestPathIn(homeDir, p) }
+
+// guestPathIn makes p absolute and clean: relative to home, "~" being
+// home.
+func guestPathIn(home, p string) string {
 	switch {
 	case p == "" || p == "~":
-		return homeDir
+		return home
 	case strings.HasPrefix(p, "~/"):
-		p = homeDir + p[1:]
+		p = home + p[1:]
 	case !path.IsAbs(p):
-		p = path.Join(homeDir, p)
+		p = path.Join(home, p)
 	}
 	return path.Clean(p)
 }
@@ -76,7 +80,28 @@ func (s *Server) serveSandbox(w http.ResponseWriter, r *http.Request, id string)
 		writeEnvdError(w, http.StatusBadGateway, "sandbox %q is %s, not running: connect to resume it", id, state(ss))
 		return
 	}
-	ctx := context.WithValue(context.WithValue(r.Context(), sandboxKey{}, id), ownerKey{}, ss.Owner)
+	name, err := requestedUser(r)
+	var u guestUser
+	if err == nil {
+		u, err = s.resolveUser(r.Context(), id, name)
+	}
+	var unknown *errUnknownUser
+	switch {
+	case err == nil:
+	case isRPC(r) && errors.As(err, &unknown):
+		writeUnaryError(w, rpcErrorf(codeUnauthenticated, "%v", err))
+		return
+	case isRPC(r):
+		writeUnaryError(w, s.asRPC(r, "user "+name, err))
+		return
+	case errors.As(err, &unknown):
+		writeEnvdError(w, http.StatusUnauthorized, "%v", err)
+		return
+	default:
+		s.fileError(w, r, "user "+name, err)
+		return
+	}
+	ctx := context.WithValue(context.WithValue(context.WithValue(r.Context(), sandboxKey{}, id), ownerKey{}, ss.Owner), userKey{}, u)
 	s.envd.ServeHTTP(w, r.WithContext(ctx))
 }
 
@@ -108,7 +133,7 @@ func (s *Server) fileError(w http.ResponseWriter, r *http.Request, what string, 
 }
 
 func (s *Server) readFile(w http.ResponseWriter, r *http.Request) {
-	id, p := sandboxID(r), guestPath(r.URL.Query().Get("path"))
+	id, p := sandboxID(r), s.path(r, r.URL.Query().Get("path"))
 	if err := s.announceEnvd(r, "file.read", audit.Target{Path: p}); err != nil {
 		s.fileError(w, r, "read "+p, err)
 		return
@@ -121,6 +146,14 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request) {
 	if fi.IsDir {
 		writeEnvdError(w, http.StatusBadRequest, "read %s: is a directory", p)
 		return
+	}
+	if u := userOf(r); u.UID != 0 {
+		// The guest's permissions decide: head opens the file as
+		// the user.
+		if _, err := s.output(r.Context(), id, asUser(u, []string{"head", "-c", "0", "--", p}), nil); err != nil {
+			s.fileError(w, r, "read "+p, asUserFailed(err))
+			return
+		}
 	}
 	rc, err := s.cfg.Sessions.Open(r.Context(), id, p)
 	if err != nil {
@@ -167,12 +200,18 @@ func (s *Server) writeFiles(w http.ResponseWriter, r *http.Request) {
 	dest := r.URL.Query().Get("path")
 	var out []writtenFile
 	write := func(p string, body io.Reader) bool {
-		p = guestPath(p)
+		p = s.path(r, p)
 		if err := s.announceEnvd(r, "file.write", audit.Target{Path: p}); err != nil {
 			s.fileError(w, r, "write "+p, err)
 			return false
 		}
-		if err := s.cfg.Sessions.WriteFile(ctx, id, p, 0o644, body); err != nil {
+		var err error
+		if u := userOf(r); u.UID != 0 {
+			err = s.writeAs(ctx, id, u, p, body)
+		} else {
+			err = s.cfg.Sessions.WriteFile(ctx, id, p, 0o644, body)
+		}
+		if err != nil {
 			s.fileError(w, r, "write "+p, err)
 			return false
 		}
@@ -306,11 +345,11 @@ func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 	fail := func(what string, err error) { writeUnaryError(w, s.asRPC(r, what, err)) }
 	var p string
 	if pr, ok := req.(fsRequest); ok {
-		p = guestPath(pr.GetPath())
+		p = s.path(r, pr.GetPath())
 	}
 	verb, target := fileVerbs[method], audit.Target{Path: p}
 	if mv, ok := req.(*fspb.MoveRequest); ok {
-		target.Path = guestPath(mv.Source) + " -> " + guestPath(mv.Destination)
+		target.Path = s.path(r, mv.Source) + " -> " + s.path(r, mv.Destination)
 	}
 	if err := s.announceEnvd(r, verb, target); err != nil {
 		fail(verb, err)
@@ -339,7 +378,7 @@ func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 			fail("make directory "+p, err)
 			return
 		}
-		if err := s.cfg.Sessions.Mkdir(ctx, id, p); err != nil {
+		if err := s.mkdirAs(ctx, id, userOf(r), p); err != nil {
 			fail("make directory "+p, err)
 			return
 		}
@@ -354,14 +393,14 @@ func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 			fail("remove "+p, err)
 			return
 		}
-		if err := s.cfg.Sessions.Remove(ctx, id, p); err != nil {
+		if err := s.removeAs(ctx, id, userOf(r), p); err != nil {
 			fail("remove "+p, err)
 			return
 		}
 		writeUnary(w, c, &fspb.RemoveResponse{})
 	case *fspb.MoveRequest:
-		src, dst := guestPath(req.Source), guestPath(req.Destination)
-		if err := s.move(ctx, id, src, dst); err != nil {
+		src, dst := s.path(r, req.Source), s.path(r, req.Destination)
+		if err := s.move(ctx, id, userOf(r), src, dst); err != nil {
 			fail("move "+src, err)
 			return
 		}
@@ -393,12 +432,30 @@ func (s *Server) listDir(ctx context.Context, id, dir string, depth uint32, out 
 	return nil
 }
 
-// move renames src to dst in the guest with mv: the agent has no rename
-// of its own yet.
-func (s *Server) move(ctx context.Context, id, src, dst string) error {
+// move renames src to dst in the guest with mv, as u: the agent has no
+// rename of its own yet.
+func (s *Server) move(ctx context.Context, id string, u guestUser, src, dst string) error {
 	if _, err := s.cfg.Sessions.Stat(ctx, id, src); err != nil {
 		return err
 	}
-	_, err := s.output(ctx, id, []string{"mv", "-f", "--", src, dst})
-	return err
+	_, err := s.output(ctx, id, asUser(u, []string{"mv", "-f", "--", src, dst}), nil)
+	return asUserFailed(err)
+}
+
+// mkdirAs makes the directory p and its parents, as u.
+func (s *Server) mkdirAs(ctx context.Context, id string, u guestUser, p string) error {
+	if u.UID == 0 {
+		return s.cfg.Sessions.Mkdir(ctx, id, p)
+	}
+	_, err := s.output(ctx, id, asUser(u, []string{"mkdir", "-p", "--", p}), nil)
+	return asUserFailed(err)
+}
+
+// removeAs removes p, a directory with what it holds, as u.
+func (s *Server) removeAs(ctx context.Context, id string, u guestUser, p string) error {
+	if u.UID == 0 {
+		return s.cfg.Sessions.Remove(ctx, id, p)
+	}
+	_, err := s.output(ctx, id, asUser(u, []string{"rm", "-rf", "--", p}), nil)
+	return asUserFailed(err)
 }

@@ -240,7 +240,7 @@ func meminfoBytes(b []byte) map[string]int64 {
 
 // diskUse runs df on the guest's root filesystem: used and total bytes.
 func (s *Server) diskUse(ctx context.Context, id string) (used, total int64, err error) {
-	out, err := s.output(ctx, id, []string{"df", "-P", "-k", "/"})
+	out, err := s.output(ctx, id, []string{"df", "-P", "-k", "/"}, nil)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -257,15 +257,32 @@ func (s *Server) diskUse(ctx context.Context, id string) (used, total int64, err
 	return u * 1024, t * 1024, nil
 }
 
-// output runs argv in the guest (60 s at most) and returns its stdout
-// (at most 64 KiB); a command that fails is an api.CodeInvalid error with
-// its stderr.
-func (s *Server) output(ctx context.Context, id string, argv []string) (string, error) {
-	p, err := s.cfg.Sessions.Exec(ctx, id, api.ExecRequest{Argv: argv, Timeout: "60s"})
+// output runs argv in the guest and returns its stdout (at most 64 KiB);
+// a command that fails is an api.CodeInvalid error with its stderr. A
+// command without stdin (nil: it reads EOF) runs 60 s at most; one with
+// lasts as ctx does.
+func (s *Server) output(ctx context.Context, id string, argv []string, stdin io.Reader) (string, error) {
+	req := api.ExecRequest{Argv: argv}
+	if stdin == nil {
+		req.Timeout = "60s"
+	}
+	p, err := s.cfg.Sessions.Exec(ctx, id, req)
 	if err != nil {
 		return "", err
 	}
-	_ = p.Stdin().Close()
+	if stdin == nil {
+		_ = p.Stdin().Close()
+	} else {
+		go func() {
+			_, err := io.Copy(p.Stdin(), stdin)
+			if err != nil {
+				// The command must not take a cut body for a
+				// whole one: it dies, and its exit says why.
+				_ = p.Signal("KILL")
+			}
+			_ = p.Stdin().Close()
+		}()
+	}
 	errOut := make(chan []byte, 1)
 	go func() {
 		b, _ := io.ReadAll(io.LimitReader(p.Stderr(), 4096))

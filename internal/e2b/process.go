@@ -272,9 +272,13 @@ func (s *Server) startProcess(w http.ResponseWriter, r *http.Request) {
 	}
 	id := sandboxID(r)
 	t := s.table(id)
-	xreq := api.ExecRequest{Argv: append([]string{cfg.GetCmd()}, cfg.GetArgs()...), Env: cfg.GetEnvs(), Cwd: homeDir}
+	u := userOf(r)
+	xreq := api.ExecRequest{Argv: asUser(u, append([]string{cfg.GetCmd()}, cfg.GetArgs()...)), Env: cfg.GetEnvs(), Cwd: u.Home}
+	if u.UID != 0 {
+		xreq.Env = userEnv(u, xreq.Env)
+	}
 	if cfg.GetCwd() != "" {
-		xreq.Cwd = guestPath(cfg.GetCwd())
+		xreq.Cwd = s.path(r, cfg.GetCwd())
 	}
 	if timeout > 0 {
 		xreq.Timeout = timeout.String()

@@ -60,7 +60,7 @@ type watchRequest interface {
 // startWatch checks that the request names a directory and watches it.
 // A watch is audited as a listing: it shows the directory's entries.
 func (s *Server) startWatch(ctx context.Context, r *http.Request, req watchRequest) (session.Watcher, string, *rpcError) {
-	p := guestPath(req.GetPath())
+	p := s.path(r, req.GetPath())
 	if err := s.announceEnvd(r, "file.list", audit.Target{Path: p}); err != nil {
 		return nil, p, s.asRPC(r, "watch "+p, err)
 	}

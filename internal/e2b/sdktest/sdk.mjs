@@ -113,6 +113,30 @@ assert.equal(await sbx.files.exists('/tmp/e2b/renamed'), false)
 await assert.rejects(sbx.files.read('/tmp/e2b/renamed'))
 await assert.rejects(sbx.files.remove('/tmp/e2b/renamed'))
 
+step('users: root by default, user, an unknown one')
+r = await sbx.commands.run('id -un; pwd')
+assert.equal(r.stdout, 'root\n/root\n')
+r = await sbx.commands.run('id -un; pwd; echo $HOME $USER', { user: 'user' }) // made on first use
+assert.equal(r.stdout, 'user\n/home/user\n/home/user user\n')
+await sbx.files.write('owned.txt', 'mine', { user: 'user' }) // relative: in the user's home
+await sbx.files.write('/tmp/u/deep/owned.txt', 'deep', { user: 'user' })
+r = await sbx.commands.run('stat -c %U:%G /home/user/owned.txt /tmp/u /tmp/u/deep/owned.txt')
+assert.equal(r.stdout, 'user:user\nuser:user\nuser:user\n')
+assert.equal(await sbx.files.read('owned.txt', { user: 'user' }), 'mine')
+assert.equal(await sbx.files.makeDir('made', { user: 'user' }), true)
+assert.equal((await sbx.commands.run('stat -c %U /home/user/made')).stdout, 'user\n')
+await sbx.files.rename('owned.txt', 'moved.txt', { user: 'user' })
+assert.equal(await sbx.files.read('/home/user/moved.txt'), 'mine')
+// The guest's permissions hold: root's home and files are not the user's.
+await assert.rejects(sbx.files.read('/root/rel.txt', { user: 'user' }))
+await assert.rejects(sbx.files.write('/root/not-yours.txt', 'x', { user: 'user' }))
+await assert.rejects(sbx.files.remove('/tmp/e2b/hello.txt', { user: 'user' }))
+assert.equal(await sbx.files.exists('/root/not-yours.txt'), false)
+assert.equal(await sbx.files.exists('/tmp/e2b/hello.txt'), true)
+await assert.rejects(sbx.commands.run('touch /root/x', { user: 'user' }), CommandExitError)
+await assert.rejects(sbx.commands.run('true', { user: 'nosuchuser' }), (e) => e.name === 'AuthenticationError' || String(e))
+await assert.rejects(sbx.files.read('/etc/hostname', { user: 'nosuchuser' }), (e) => e.name === 'AuthenticationError' || String(e))
+
 step('files: watchDir, recursive and not, stop')
 await sbx.files.makeDir('/tmp/w/sub')
 const flat = []
