@@ -82,6 +82,9 @@ type Sessions interface {
 	List(ctx context.Context) ([]api.Session, error)
 	Delete(ctx context.Context, id string) error
 	Park(ctx context.Context, id string) (api.Session, error)
+	// ParkUntil parks until an event matches one of until, or timeout
+	// passes (0: none): the triggers extension of pause.
+	ParkUntil(ctx context.Context, id string, until []string, timeout time.Duration) (api.Session, error)
 	Wake(ctx context.Context, id string) (api.Session, error)
 	GetTemplate(ctx context.Context, name string) (api.Template, error)
 
