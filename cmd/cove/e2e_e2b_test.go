@@ -16,6 +16,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -105,7 +106,8 @@ func wantCode(t *testing.T, what string, status int, body []byte, wantStatus int
 	}
 }
 
-// envelopes splits a Connect stream's body into its envelopes.
+// envelopes splits a Connect stream's body into its envelopes, each
+// JSON message compacted (protojson's spacing varies from build to build).
 func envelopes(t *testing.T, body []byte) (flags []byte, msgs []string) {
 	t.Helper()
 	for len(body) > 0 {
@@ -117,7 +119,12 @@ func envelopes(t *testing.T, body []byte) (flags []byte, msgs []string) {
 			t.Fatalf("stream: envelope of %d bytes, %d left", n, len(body)-5)
 		}
 		flags = append(flags, body[0])
-		msgs = append(msgs, string(body[5:5+n]))
+		msg := body[5 : 5+n]
+		var c bytes.Buffer
+		if json.Compact(&c, msg) == nil {
+			msg = c.Bytes()
+		}
+		msgs = append(msgs, string(msg))
 		body = body[5+n:]
 	}
 	return flags, msgs
@@ -371,6 +378,47 @@ func TestE2BSDK(t *testing.T) {
 			t.Errorf("sandbox %s is still listed by cove ls after its kill", summary.SandboxID)
 		}
 		t.Logf("the SDK script's steps:\n%s", out)
+	})
+	if t.Failed() {
+		return
+	}
+
+	t.Run("ServerRestart", func(t *testing.T) {
+		// A background command started through the SDK is listed,
+		// connected to, fed stdin and killed by pid after cove server
+		// restarts (its sessions and their VMs run on).
+		node := func(args ...string) string {
+			t.Helper()
+			ctx, cancel := context.WithTimeout(t.Context(), 10*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, "node", append([]string{"restart.mjs"}, args...)...)
+			cmd.Dir = dir
+			cmd.Env = os.Environ()
+			for k, v := range env {
+				cmd.Env = append(cmd.Env, k+"="+v)
+			}
+			cmd.Env = append(cmd.Env, "E2B_DEBUG=")
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("node restart.mjs %v: %v\n%s%s", args, err, out, e.serverLog())
+			}
+			lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+			return lines[len(lines)-1]
+		}
+		var started struct {
+			SandboxID string `json:"sandboxId"`
+			PID       int    `json:"pid"`
+		}
+		if last := node("start"); json.Unmarshal([]byte(last), &started) != nil || started.SandboxID == "" || started.PID == 0 {
+			t.Fatalf("restart.mjs start: last line %q", last)
+		}
+		if err := e.stopServer(syscall.SIGTERM); err != nil {
+			t.Fatalf("cove server on SIGTERM: %v%s", err, e.serverLog())
+		}
+		e.startServer("COVE_E2B_LISTEN="+e2bAddr, "COVE_E2B_MAX_UPLOAD=1MiB")
+		if last := node("after", started.SandboxID, strconv.Itoa(started.PID)); last != `{"ok":true}` {
+			t.Errorf("restart.mjs after: last line %q", last)
+		}
 	})
 	if err := e.stopServer(syscall.SIGTERM); err != nil { // it stops its spare QEMUs
 		t.Errorf("cove server on SIGTERM: %v%s", err, e.serverLog())

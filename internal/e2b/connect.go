@@ -12,13 +12,17 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
 	"github.com/cove-dev/cove/api"
 )
 
 // The Connect protocol (connectrpc.com/docs/protocol) with the JSON codec,
-// as the SDK speaks it: unary calls are a JSON body each way; server
-// streams answer one request envelope with envelopes of
-// [flags u8][length u32 BE][JSON], the last one flagged end-of-stream.
+// as the SDK speaks it, and the binary one (which other Connect clients
+// may choose): unary calls are a message body each way; server streams
+// answer one request envelope with envelopes of [flags u8][length u32
+// BE][message], the last one flagged end-of-stream (its body JSON).
 
 // Connect error codes (the ones cove answers).
 const (
@@ -114,28 +118,79 @@ func mediaType(r *http.Request) string {
 	return mt
 }
 
-// readUnary decodes a unary call's JSON body into v.
-func readUnary(r *http.Request, v any) *rpcError {
-	if mt := mediaType(r); mt != "application/json" {
-		return rpcErrorf(codeInvalidArgument, "content type %q: this server speaks the Connect protocol with the JSON codec only (application/json)", mt)
+// codec is a Connect codec: the messages are cove's generated envd types
+// (package envdpb, from its .proto files), encoded as protojson (what
+// the SDKs send) or as protobuf's binary form.
+type codec struct{ binary bool }
+
+// The JSON codec reads what a newer SDK may add (unknown fields are
+// dropped, as connect-go's codec does), and writes proto3 JSON: zero
+// values left out, enums by name, 64-bit integers as strings.
+var (
+	jsonIn  = protojson.UnmarshalOptions{DiscardUnknown: true}
+	jsonOut = protojson.MarshalOptions{}
+)
+
+func (c codec) unmarshal(b []byte, m proto.Message) error {
+	if c.binary {
+		return proto.Unmarshal(b, m)
+	}
+	return jsonIn.Unmarshal(b, m)
+}
+
+func (c codec) marshal(m proto.Message) ([]byte, error) {
+	if c.binary {
+		return proto.Marshal(m)
+	}
+	return jsonOut.Marshal(m)
+}
+
+// unaryCodecs and streamCodecs are the Content-Types of the Connect
+// codecs served: JSON and binary protobuf.
+var (
+	unaryCodecs  = map[string]codec{"application/json": {}, "application/proto": {binary: true}}
+	streamCodecs = map[string]codec{"application/connect+json": {}, "application/connect+proto": {binary: true}}
+)
+
+// readUnary decodes a unary call's body into m, by its Content-Type's
+// codec, which the answer is to use.
+func readUnary(r *http.Request, m proto.Message) (codec, *rpcError) {
+	mt := mediaType(r)
+	c, ok := unaryCodecs[mt]
+	if !ok {
+		return codec{}, rpcErrorf(codeInvalidArgument, "content type %q: a unary call takes application/json or application/proto", mt)
 	}
 	b, err := io.ReadAll(io.LimitReader(r.Body, maxMessageBytes+1))
 	if err != nil {
-		return rpcErrorf(codeInvalidArgument, "read request: %v", err)
+		return c, rpcErrorf(codeInvalidArgument, "read request: %v", err)
 	}
 	if len(b) > maxMessageBytes {
-		return rpcErrorf(codeResourceExhausted, "request message over %d bytes", maxMessageBytes)
+		return c, rpcErrorf(codeResourceExhausted, "request message over %d bytes", maxMessageBytes)
 	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return rpcErrorf(codeInvalidArgument, "request message: %v", err)
+	if err := c.unmarshal(b, m); err != nil {
+		return c, rpcErrorf(codeInvalidArgument, "request message: %v", err)
 	}
-	return nil
+	return c, nil
 }
 
-func writeUnary(w http.ResponseWriter, v any) {
-	writeJSON(w, http.StatusOK, v)
+// writeUnary answers a unary call with m in codec c.
+func writeUnary(w http.ResponseWriter, c codec, m proto.Message) {
+	b, err := c.marshal(m)
+	if err != nil {
+		writeUnaryError(w, rpcErrorf(codeInternal, "encode answer: %v", err))
+		return
+	}
+	ct := "application/json"
+	if c.binary {
+		ct = "application/proto"
+	}
+	w.Header().Set("Content-Type", ct)
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write(b)
 }
 
+// writeUnaryError answers a unary call's error, in JSON whatever the
+// codec (the Connect protocol's rule).
 func writeUnaryError(w http.ResponseWriter, e *rpcError) {
 	writeJSON(w, httpStatus(e.Code), e)
 }
@@ -147,11 +202,15 @@ const (
 )
 
 // readEnvelope reads a server stream's request: one uncompressed
-// envelope holding a JSON message, decoded into v.
-func readEnvelope(r *http.Request, v any) *rpcError {
-	if mt := mediaType(r); mt != "application/connect+json" {
-		return rpcErrorf(codeInvalidArgument, "content type %q: a streaming call takes application/connect+json", mt)
+// envelope holding a message, decoded into m by the Content-Type's codec,
+// which the stream then answers in (st takes it).
+func readEnvelope(r *http.Request, st *stream, m proto.Message) *rpcError {
+	mt := mediaType(r)
+	c, ok := streamCodecs[mt]
+	if !ok {
+		return rpcErrorf(codeInvalidArgument, "content type %q: a streaming call takes application/connect+json or application/connect+proto", mt)
 	}
+	st.codec = c
 	var hdr [5]byte
 	if _, err := io.ReadFull(r.Body, hdr[:]); err != nil {
 		return rpcErrorf(codeInvalidArgument, "malformed envelope: want a 5-byte prefix (%v)", err)
@@ -170,7 +229,7 @@ func readEnvelope(r *http.Request, v any) *rpcError {
 	if _, err := io.ReadFull(r.Body, b); err != nil {
 		return rpcErrorf(codeInvalidArgument, "malformed envelope: %d bytes announced, fewer sent (%v)", n, err)
 	}
-	if err := json.Unmarshal(b, v); err != nil {
+	if err := c.unmarshal(b, m); err != nil {
 		return rpcErrorf(codeInvalidArgument, "request message: %v", err)
 	}
 	return nil
@@ -178,6 +237,8 @@ func readEnvelope(r *http.Request, v any) *rpcError {
 
 // stream writes a server stream's envelopes; safe for concurrent use.
 type stream struct {
+	codec codec // the request's, set by readEnvelope before the first write
+
 	mu    sync.Mutex
 	w     http.ResponseWriter
 	rc    *http.ResponseController
@@ -190,15 +251,16 @@ func newStream(w http.ResponseWriter) *stream {
 }
 
 // send writes one message envelope and flushes it.
-func (st *stream) send(v any) error {
-	b, err := json.Marshal(v)
+func (st *stream) send(m proto.Message) error {
+	b, err := st.codec.marshal(m)
 	if err != nil {
 		return err
 	}
 	return st.write(0, b)
 }
 
-// end writes the end-of-stream envelope: {} or {"error":…}.
+// end writes the end-of-stream envelope, JSON whatever the codec (the
+// Connect protocol's rule): {} or {"error":…}.
 func (st *stream) end(e *rpcError) error {
 	body := []byte("{}")
 	if e != nil {
@@ -217,7 +279,11 @@ func (st *stream) write(flags byte, b []byte) error {
 	}
 	if !st.begun {
 		st.begun = true
-		st.w.Header().Set("Content-Type", "application/connect+json")
+		ct := "application/connect+json"
+		if st.codec.binary {
+			ct = "application/connect+proto"
+		}
+		st.w.Header().Set("Content-Type", ct)
 		st.w.WriteHeader(http.StatusOK)
 	}
 	var hdr [5]byte

@@ -53,10 +53,13 @@ import (
 )
 
 // EnvdVersion is the envd version the control plane reports. The SDK
-// switches features on by it (PROTOCOL.md §5): 0.5.7 enables stdin:false,
-// closeStdin and octet-stream uploads, and makes the SDK send a user only
-// when its caller names one.
-const EnvdVersion = "0.5.7"
+// switches features on by it: 0.5.7 enables stdin:false, closeStdin and
+// octet-stream uploads, and makes the SDK send a user only when its
+// caller names one; 0.6.3 lets watchDir ask for includeEntry. 0.6.2's
+// file metadata (X-Metadata-* on a write) comes with it, and is refused
+// (400): cove keeps no metadata of guest files. 0.6.4's
+// allowNetworkMounts is left off.
+const EnvdVersion = "0.6.3"
 
 // EnvdPort is the port the SDK names in E2b-Sandbox-Port and in envd host
 // names (49983-ID.domain).
@@ -79,6 +82,9 @@ type Sessions interface {
 	List(ctx context.Context) ([]api.Session, error)
 	Delete(ctx context.Context, id string) error
 	Park(ctx context.Context, id string) (api.Session, error)
+	// ParkUntil parks until an event matches one of until, or timeout
+	// passes (0: none): the triggers extension of pause.
+	ParkUntil(ctx context.Context, id string, until []string, timeout time.Duration) (api.Session, error)
 	Wake(ctx context.Context, id string) (api.Session, error)
 	GetTemplate(ctx context.Context, name string) (api.Template, error)
 
@@ -89,6 +95,8 @@ type Sessions interface {
 	Fork(ctx context.Context, id string, req api.ForkRequest) ([]api.Session, error)
 
 	Exec(ctx context.Context, id string, req api.ExecRequest) (session.Process, error)
+	// Attach attaches to a command a restarted server's Exec started.
+	Attach(ctx context.Context, id string, pid int) (session.Process, error)
 	Open(ctx context.Context, id, path string) (io.ReadCloser, error)
 	WriteFile(ctx context.Context, id, path string, mode uint32, r io.Reader) error
 	Stat(ctx context.Context, id, path string) (api.FileInfo, error)
@@ -157,9 +165,10 @@ type Server struct {
 	ctx    context.Context // ends with Close: the processes' lifetime
 	cancel context.CancelFunc
 
-	mu    sync.Mutex
-	procs map[string]*procTable // by session id; guarded by mu
-	pids  atomic.Uint32         // pids given where the guest's are unknown
+	mu      sync.Mutex
+	procs   map[string]*procTable // by session id; guarded by mu
+	samples samples               // metrics.go
+	pids    atomic.Uint32         // pids given where the guest's are unknown
 }
 
 // New makes a Server from cfg.

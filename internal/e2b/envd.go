@@ -10,26 +10,33 @@ import (
 	"net/http"
 	"path"
 	"strings"
-	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/audit"
+	fspb "github.com/cove-dev/cove/internal/e2b/envdpb/filesystem"
 )
 
 // homeDir is where relative guest paths and commands without a working
 // directory start: the home of root, whom sessions' commands run as.
 const homeDir = "/root"
 
-// guestPath makes p absolute and clean: relative to homeDir, "~" being
-// homeDir.
-func guestPath(p string) string {
+// guestPath makes p absolute and clean for root: relative to homeDir,
+// "~" being homeDir.
+func guestPath(p string) string { return guestPathIn(homeDir, p) }
+
+// guestPathIn makes p absolute and clean: relative to home, "~" being
+// home.
+func guestPathIn(home, p string) string {
 	switch {
 	case p == "" || p == "~":
-		return homeDir
+		return home
 	case strings.HasPrefix(p, "~/"):
-		p = homeDir + p[1:]
+		p = home + p[1:]
 	case !path.IsAbs(p):
-		p = path.Join(homeDir, p)
+		p = path.Join(home, p)
 	}
 	return path.Clean(p)
 }
@@ -73,7 +80,28 @@ func (s *Server) serveSandbox(w http.ResponseWriter, r *http.Request, id string)
 		writeEnvdError(w, http.StatusBadGateway, "sandbox %q is %s, not running: connect to resume it", id, state(ss))
 		return
 	}
-	ctx := context.WithValue(context.WithValue(r.Context(), sandboxKey{}, id), ownerKey{}, ss.Owner)
+	name, err := requestedUser(r)
+	var u guestUser
+	if err == nil {
+		u, err = s.resolveUser(r.Context(), id, name)
+	}
+	var unknown *errUnknownUser
+	switch {
+	case err == nil:
+	case isRPC(r) && errors.As(err, &unknown):
+		writeUnaryError(w, rpcErrorf(codeUnauthenticated, "%v", err))
+		return
+	case isRPC(r):
+		writeUnaryError(w, s.asRPC(r, "user "+name, err))
+		return
+	case errors.As(err, &unknown):
+		writeEnvdError(w, http.StatusUnauthorized, "%v", err)
+		return
+	default:
+		s.fileError(w, r, "user "+name, err)
+		return
+	}
+	ctx := context.WithValue(context.WithValue(context.WithValue(r.Context(), sandboxKey{}, id), ownerKey{}, ss.Owner), userKey{}, u)
 	s.envd.ServeHTTP(w, r.WithContext(ctx))
 }
 
@@ -105,7 +133,7 @@ func (s *Server) fileError(w http.ResponseWriter, r *http.Request, what string, 
 }
 
 func (s *Server) readFile(w http.ResponseWriter, r *http.Request) {
-	id, p := sandboxID(r), guestPath(r.URL.Query().Get("path"))
+	id, p := sandboxID(r), s.path(r, r.URL.Query().Get("path"))
 	if err := s.announceEnvd(r, "file.read", audit.Target{Path: p}); err != nil {
 		s.fileError(w, r, "read "+p, err)
 		return
@@ -118,6 +146,14 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request) {
 	if fi.IsDir {
 		writeEnvdError(w, http.StatusBadRequest, "read %s: is a directory", p)
 		return
+	}
+	if u := userOf(r); u.UID != 0 {
+		// The guest's permissions decide: head opens the file as
+		// the user.
+		if _, err := s.output(r.Context(), id, asUser(u, []string{"head", "-c", "0", "--", p}), nil); err != nil {
+			s.fileError(w, r, "read "+p, asUserFailed(err))
+			return
+		}
 	}
 	rc, err := s.cfg.Sessions.Open(r.Context(), id, p)
 	if err != nil {
@@ -152,16 +188,30 @@ func (s *Server) writeFiles(w http.ResponseWriter, r *http.Request) {
 		writeEnvdError(w, http.StatusRequestEntityTooLarge, "upload of %d bytes: the limit is %d", r.ContentLength, s.cfg.MaxFileBytes)
 		return
 	}
+	for k := range r.Header {
+		if strings.HasPrefix(k, "X-Metadata-") {
+			// envd 0.6.2's file metadata, which the SDK sends since
+			// cove reports 0.6.3: refused rather than dropped.
+			writeEnvdError(w, http.StatusBadRequest, "file metadata (%s): cove keeps no metadata of guest files", k)
+			return
+		}
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxFileBytes)
 	dest := r.URL.Query().Get("path")
 	var out []writtenFile
 	write := func(p string, body io.Reader) bool {
-		p = guestPath(p)
+		p = s.path(r, p)
 		if err := s.announceEnvd(r, "file.write", audit.Target{Path: p}); err != nil {
 			s.fileError(w, r, "write "+p, err)
 			return false
 		}
-		if err := s.cfg.Sessions.WriteFile(ctx, id, p, 0o644, body); err != nil {
+		var err error
+		if u := userOf(r); u.UID != 0 {
+			err = s.writeAs(ctx, id, u, p, body)
+		} else {
+			err = s.cfg.Sessions.WriteFile(ctx, id, p, 0o644, body)
+		}
+		if err != nil {
 			s.fileError(w, r, "write "+p, err)
 			return false
 		}
@@ -234,42 +284,38 @@ func (s *Server) writeFiles(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// entryInfo is filesystem.EntryInfo in its JSON form.
-type entryInfo struct {
-	Name         string `json:"name"`
-	Type         string `json:"type"`
-	Path         string `json:"path"`
-	Size         int64  `json:"size"`
-	Mode         uint32 `json:"mode"`
-	Permissions  string `json:"permissions"`
-	Owner        string `json:"owner"`
-	Group        string `json:"group"`
-	ModifiedTime string `json:"modifiedTime"`
-}
-
-func entryOf(p string, fi api.FileInfo) entryInfo {
+// entryOf is the filesystem.EntryInfo of the guest file p.
+func entryOf(p string, fi api.FileInfo) *fspb.EntryInfo {
 	mode := fs.FileMode(fi.Mode & 0o777)
-	typ := "FILE_TYPE_FILE"
+	typ := fspb.FileType_FILE_TYPE_FILE
 	switch {
 	case fi.Symlink:
 		mode |= fs.ModeSymlink
-		typ = "FILE_TYPE_SYMLINK"
+		typ = fspb.FileType_FILE_TYPE_SYMLINK
 	case fi.IsDir:
 		mode |= fs.ModeDir
-		typ = "FILE_TYPE_DIRECTORY"
+		typ = fspb.FileType_FILE_TYPE_DIRECTORY
 	}
-	return entryInfo{Name: path.Base(p), Type: typ, Path: p, Size: fi.Size, Mode: uint32(mode), Permissions: mode.String(),
-		Owner: "root", Group: "root", ModifiedTime: fi.ModTime.UTC().Format(time.RFC3339Nano)}
+	return &fspb.EntryInfo{Name: path.Base(p), Type: typ, Path: p, Size: fi.Size, Mode: uint32(mode), Permissions: mode.String(),
+		Owner: "root", Group: "root", ModifiedTime: timestamppb.New(fi.ModTime)}
 }
 
 // fileVerbs are the audit log's actions of the filesystem calls (those
 // of cove's own file routes; a move is a write).
 var fileVerbs = map[string]string{"Stat": "file.stat", "ListDir": "file.list", "MakeDir": "file.mkdir", "Remove": "file.remove", "Move": "file.write"}
 
+// fsRequest is the request of a unary filesystem call but the watchers':
+// each names a path, a move two.
+type fsRequest interface {
+	proto.Message
+	GetPath() string
+}
+
 // filesystemRPC serves the filesystem.Filesystem service (the watches
 // in watch.go).
 func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 	id, ctx, method := sandboxID(r), r.Context(), r.PathValue("method")
+	var req proto.Message
 	switch method {
 	case "WatchDir":
 		s.watchDir(w, r)
@@ -277,50 +323,54 @@ func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 	case "CreateWatcher", "GetWatcherEvents", "RemoveWatcher":
 		s.watcherRPC(w, r, method)
 		return
-	}
-	var req struct {
-		Path        string `json:"path"`
-		Depth       uint32 `json:"depth"`
-		Source      string `json:"source"`
-		Destination string `json:"destination"`
-	}
-	switch method {
-	case "Stat", "MakeDir", "Move", "ListDir", "Remove":
+	case "Stat":
+		req = &fspb.StatRequest{}
+	case "MakeDir":
+		req = &fspb.MakeDirRequest{}
+	case "Move":
+		req = &fspb.MoveRequest{}
+	case "ListDir":
+		req = &fspb.ListDirRequest{}
+	case "Remove":
+		req = &fspb.RemoveRequest{}
 	default:
 		writeUnaryError(w, rpcErrorf(codeUnimplemented, "filesystem.Filesystem/%s is not implemented by cove yet", method))
 		return
 	}
-	if e := readUnary(r, &req); e != nil {
+	c, e := readUnary(r, req)
+	if e != nil {
 		writeUnaryError(w, e)
 		return
 	}
 	fail := func(what string, err error) { writeUnaryError(w, s.asRPC(r, what, err)) }
-	p := guestPath(req.Path)
+	var p string
+	if pr, ok := req.(fsRequest); ok {
+		p = s.path(r, pr.GetPath())
+	}
 	verb, target := fileVerbs[method], audit.Target{Path: p}
-	if method == "Move" {
-		target.Path = guestPath(req.Source) + " -> " + guestPath(req.Destination)
+	if mv, ok := req.(*fspb.MoveRequest); ok {
+		target.Path = s.path(r, mv.Source) + " -> " + s.path(r, mv.Destination)
 	}
 	if err := s.announceEnvd(r, verb, target); err != nil {
 		fail(verb, err)
 		return
 	}
-	switch method {
-	case "Stat":
+	switch req := req.(type) {
+	case *fspb.StatRequest:
 		fi, err := s.cfg.Sessions.Stat(ctx, id, p)
 		if err != nil {
 			fail("stat "+p, err)
 			return
 		}
-		writeUnary(w, map[string]any{"entry": entryOf(p, fi)})
-	case "ListDir":
-		depth := max(req.Depth, 1)
-		entries := []entryInfo{}
-		if err := s.listDir(ctx, id, p, depth, &entries); err != nil {
+		writeUnary(w, c, &fspb.StatResponse{Entry: entryOf(p, fi)})
+	case *fspb.ListDirRequest:
+		out := &fspb.ListDirResponse{}
+		if err := s.listDir(ctx, id, p, max(req.Depth, 1), &out.Entries); err != nil {
 			fail("list "+p, err)
 			return
 		}
-		writeUnary(w, map[string]any{"entries": entries})
-	case "MakeDir":
+		writeUnary(w, c, out)
+	case *fspb.MakeDirRequest:
 		if _, err := s.cfg.Sessions.Stat(ctx, id, p); err == nil {
 			writeUnaryError(w, rpcErrorf(codeAlreadyExists, "%s already exists", p))
 			return
@@ -328,7 +378,7 @@ func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 			fail("make directory "+p, err)
 			return
 		}
-		if err := s.cfg.Sessions.Mkdir(ctx, id, p); err != nil {
+		if err := s.mkdirAs(ctx, id, userOf(r), p); err != nil {
 			fail("make directory "+p, err)
 			return
 		}
@@ -337,20 +387,20 @@ func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 			fail("make directory "+p, err)
 			return
 		}
-		writeUnary(w, map[string]any{"entry": entryOf(p, fi)})
-	case "Remove":
+		writeUnary(w, c, &fspb.MakeDirResponse{Entry: entryOf(p, fi)})
+	case *fspb.RemoveRequest:
 		if _, err := s.cfg.Sessions.Stat(ctx, id, p); err != nil {
 			fail("remove "+p, err)
 			return
 		}
-		if err := s.cfg.Sessions.Remove(ctx, id, p); err != nil {
+		if err := s.removeAs(ctx, id, userOf(r), p); err != nil {
 			fail("remove "+p, err)
 			return
 		}
-		writeUnary(w, struct{}{})
-	case "Move":
-		src, dst := guestPath(req.Source), guestPath(req.Destination)
-		if err := s.move(ctx, id, src, dst); err != nil {
+		writeUnary(w, c, &fspb.RemoveResponse{})
+	case *fspb.MoveRequest:
+		src, dst := s.path(r, req.Source), s.path(r, req.Destination)
+		if err := s.move(ctx, id, userOf(r), src, dst); err != nil {
 			fail("move "+src, err)
 			return
 		}
@@ -359,13 +409,13 @@ func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 			fail("move "+src, err)
 			return
 		}
-		writeUnary(w, map[string]any{"entry": entryOf(dst, fi)})
+		writeUnary(w, c, &fspb.MoveResponse{Entry: entryOf(dst, fi)})
 	}
 }
 
 // listDir appends the entries of dir, and of its subdirectories down to
 // depth levels, to out.
-func (s *Server) listDir(ctx context.Context, id, dir string, depth uint32, out *[]entryInfo) error {
+func (s *Server) listDir(ctx context.Context, id, dir string, depth uint32, out *[]*fspb.EntryInfo) error {
 	fis, err := s.cfg.Sessions.ListDir(ctx, id, dir)
 	if err != nil {
 		return err
@@ -382,31 +432,30 @@ func (s *Server) listDir(ctx context.Context, id, dir string, depth uint32, out 
 	return nil
 }
 
-// move renames src to dst in the guest with mv: the agent has no rename
-// of its own yet.
-func (s *Server) move(ctx context.Context, id, src, dst string) error {
+// move renames src to dst in the guest with mv, as u: the agent has no
+// rename of its own yet.
+func (s *Server) move(ctx context.Context, id string, u guestUser, src, dst string) error {
 	if _, err := s.cfg.Sessions.Stat(ctx, id, src); err != nil {
 		return err
 	}
-	p, err := s.cfg.Sessions.Exec(ctx, id, api.ExecRequest{Argv: []string{"mv", "-f", "--", src, dst}, Timeout: "60s"})
-	if err != nil {
-		return err
+	_, err := s.output(ctx, id, asUser(u, []string{"mv", "-f", "--", src, dst}), nil)
+	return asUserFailed(err)
+}
+
+// mkdirAs makes the directory p and its parents, as u.
+func (s *Server) mkdirAs(ctx context.Context, id string, u guestUser, p string) error {
+	if u.UID == 0 {
+		return s.cfg.Sessions.Mkdir(ctx, id, p)
 	}
-	_ = p.Stdin().Close()
-	errOut := make(chan []byte, 1)
-	go func() {
-		b, _ := io.ReadAll(io.LimitReader(p.Stderr(), 4096))
-		_, _ = io.Copy(io.Discard, p.Stderr())
-		errOut <- b
-	}()
-	_, _ = io.Copy(io.Discard, p.Stdout())
-	msg := <-errOut
-	st, err := p.Wait()
-	if err != nil {
-		return err
+	_, err := s.output(ctx, id, asUser(u, []string{"mkdir", "-p", "--", p}), nil)
+	return asUserFailed(err)
+}
+
+// removeAs removes p, a directory with what it holds, as u.
+func (s *Server) removeAs(ctx context.Context, id string, u guestUser, p string) error {
+	if u.UID == 0 {
+		return s.cfg.Sessions.Remove(ctx, id, p)
 	}
-	if st.Code != 0 || st.Signal != "" {
-		return api.Errorf(api.CodeInvalid, "mv %s %s: %s", src, dst, strings.TrimSpace(string(msg)))
-	}
-	return nil
+	_, err := s.output(ctx, id, asUser(u, []string{"rm", "-rf", "--", p}), nil)
+	return asUserFailed(err)
 }

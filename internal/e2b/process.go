@@ -10,8 +10,11 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/audit"
+	processpb "github.com/cove-dev/cove/internal/e2b/envdpb/process"
 	"github.com/cove-dev/cove/internal/session"
 )
 
@@ -19,59 +22,19 @@ import (
 // sandbox's table, not to the stream that started it: it runs on when the
 // stream ends, any number of Connect streams follow its output from then
 // on, and it is listed, signalled and fed stdin by pid (its pid in the
-// guest) until it exits. The table lives in this server's memory: a
-// restarted server has lost it (the guest's processes run on, but cannot
-// be reconnected through the E2B API).
-
-// processConfig is process.ProcessConfig.
-type processConfig struct {
-	Cmd  string            `json:"cmd"`
-	Args []string          `json:"args"`
-	Envs map[string]string `json:"envs"`
-	Cwd  *string           `json:"cwd,omitempty"`
-}
-
-// selector is process.ProcessSelector.
-type selector struct {
-	PID *uint32 `json:"pid,omitempty"`
-	Tag *string `json:"tag,omitempty"`
-}
-
-type ptySize struct {
-	Size struct {
-		Cols uint32 `json:"cols"`
-		Rows uint32 `json:"rows"`
-	} `json:"size"`
-}
-
-type processEvent struct {
-	Start     *startEvent `json:"start,omitempty"`
-	Data      *dataEvent  `json:"data,omitempty"`
-	End       *endEvent   `json:"end,omitempty"`
-	Keepalive *struct{}   `json:"keepalive,omitempty"`
-}
-
-type startEvent struct {
-	PID uint32 `json:"pid"`
-}
-
-type dataEvent struct {
-	Stdout []byte `json:"stdout,omitempty"`
-	Stderr []byte `json:"stderr,omitempty"`
-	Pty    []byte `json:"pty,omitempty"`
-}
-
-type endEvent struct {
-	ExitCode int32  `json:"exitCode"`
-	Exited   bool   `json:"exited"`
-	Status   string `json:"status"`
-	Error    string `json:"error,omitempty"`
-}
-
-// eventMsg is StartResponse and ConnectResponse.
-type eventMsg struct {
-	Event processEvent `json:"event"`
-}
+// guest) until it exits.
+//
+// The table lives in this server's memory, and each entry in a file of
+// the guest's too (tableDir/PID: the pid, tag, config and PTY flag),
+// written when the process starts and removed when its end is read. A
+// restarted server rebuilds a sandbox's table from those files on the
+// first process call for it, attaching to each command again
+// (session.Manager.Attach): the processes are listed, connected to,
+// signalled and fed stdin by pid as before (a connect streams from then
+// on, as envd's does: output written while no server followed the
+// command is not replayed). The files live as long as the guest's
+// memory (through pause and resume, as its processes do); they hold
+// nothing the guest's processes do not already see.
 
 // procTable is one sandbox's started processes.
 type procTable struct {
@@ -81,15 +44,22 @@ type procTable struct {
 	mu       sync.Mutex
 	procs    map[uint32]*proc   // guarded by mu
 	watchers map[string]*polled // guarded by mu: CreateWatcher's, by id
+
+	// recovering is held while the table is rebuilt from the guest's
+	// files; recovered says it was (see recover).
+	recovering sync.Mutex
+	recovered  bool // guarded by recovering
 }
 
 // proc is one started process.
 type proc struct {
 	pid uint32
 	tag string
-	cfg processConfig
+	cfg *processpb.ProcessConfig
 	p   session.Process
 	tty bool
+	// saved says the process has its file in the guest (tableDir).
+	saved bool
 
 	mu    sync.Mutex
 	subs  map[*sub]struct{} // guarded by mu; nil once ended
@@ -99,8 +69,8 @@ type proc struct {
 
 // sub is one stream following a process's events.
 type sub struct {
-	ch   chan eventMsg // closed after the last event
-	gone chan struct{} // closed when the stream stops listening
+	ch   chan *processpb.ProcessEvent // closed after the last event
+	gone chan struct{}                // closed when the stream stops listening
 }
 
 // table returns the sandbox's process table, made on first use.
@@ -128,15 +98,15 @@ func (s *Server) dropProcs(id string) {
 	}
 }
 
-func (t *procTable) find(sel selector) *proc {
+func (t *procTable) find(sel *processpb.ProcessSelector) *proc {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if sel.PID != nil {
-		return t.procs[*sel.PID]
-	}
-	if sel.Tag != nil {
+	switch x := sel.GetSelector().(type) {
+	case *processpb.ProcessSelector_Pid:
+		return t.procs[x.Pid]
+	case *processpb.ProcessSelector_Tag:
 		for _, p := range t.procs {
-			if p.tag == *sel.Tag {
+			if p.tag == x.Tag {
 				return p
 			}
 		}
@@ -151,7 +121,7 @@ func (p *proc) subscribe() *sub {
 	if p.subs == nil {
 		return nil
 	}
-	sb := &sub{ch: make(chan eventMsg, 16), gone: make(chan struct{})}
+	sb := &sub{ch: make(chan *processpb.ProcessEvent, 16), gone: make(chan struct{})}
 	p.subs[sb] = struct{}{}
 	return sb
 }
@@ -167,7 +137,7 @@ func (p *proc) unsubscribe(sb *sub) {
 
 // publish gives ev to every listener, waiting for each (a slow stream
 // slows the command's output, as a pipe would) unless it leaves.
-func (p *proc) publish(ev eventMsg) {
+func (p *proc) publish(ev *processpb.ProcessEvent) {
 	p.mu.Lock()
 	subs := make([]*sub, 0, len(p.subs))
 	for sb := range p.subs {
@@ -196,15 +166,15 @@ func (p *proc) finish(err *rpcError) {
 
 // pump relays the process's output to its listeners, then its end, and
 // takes it out of the table.
-func (t *procTable) pump(p *proc) {
+func (s *Server) pump(t *procTable, id string, p *proc) {
 	var wg sync.WaitGroup
-	relay := func(r io.Reader, data func([]byte) *dataEvent) {
+	relay := func(r io.Reader, data func([]byte) *processpb.ProcessEvent_DataEvent) {
 		wg.Go(func() {
 			buf := make([]byte, 32<<10)
 			for {
 				n, err := r.Read(buf)
 				if n > 0 {
-					p.publish(eventMsg{Event: processEvent{Data: data(append([]byte(nil), buf[:n]...))}})
+					p.publish(&processpb.ProcessEvent{Event: &processpb.ProcessEvent_Data{Data: data(append([]byte(nil), buf[:n]...))}})
 				}
 				if err != nil {
 					return
@@ -213,33 +183,42 @@ func (t *procTable) pump(p *proc) {
 		})
 	}
 	if p.tty {
-		relay(p.p.Stdout(), func(b []byte) *dataEvent { return &dataEvent{Pty: b} })
+		relay(p.p.Stdout(), func(b []byte) *processpb.ProcessEvent_DataEvent {
+			return &processpb.ProcessEvent_DataEvent{Output: &processpb.ProcessEvent_DataEvent_Pty{Pty: b}}
+		})
 	} else {
-		relay(p.p.Stdout(), func(b []byte) *dataEvent { return &dataEvent{Stdout: b} })
+		relay(p.p.Stdout(), func(b []byte) *processpb.ProcessEvent_DataEvent {
+			return &processpb.ProcessEvent_DataEvent{Output: &processpb.ProcessEvent_DataEvent_Stdout{Stdout: b}}
+		})
 	}
-	relay(p.p.Stderr(), func(b []byte) *dataEvent { return &dataEvent{Stderr: b} })
+	relay(p.p.Stderr(), func(b []byte) *processpb.ProcessEvent_DataEvent {
+		return &processpb.ProcessEvent_DataEvent{Output: &processpb.ProcessEvent_DataEvent_Stderr{Stderr: b}}
+	})
 	wg.Wait()
 	st, err := p.p.Wait()
 	t.mu.Lock()
 	delete(t.procs, p.pid)
 	t.mu.Unlock()
+	if err == nil && p.saved {
+		s.forget(t.ctx, id, p.pid)
+	}
 	if err != nil {
 		p.finish(rpcErrorf(codeUnavailable, "process %d: %v", p.pid, err))
 		return
 	}
-	p.publish(eventMsg{Event: processEvent{End: endOf(st)}})
+	p.publish(&processpb.ProcessEvent{Event: &processpb.ProcessEvent_End{End: endOf(st)}})
 	p.finish(nil)
 }
 
 // endOf is the end event of an exit status, as envd words it.
-func endOf(st api.ExitStatus) *endEvent {
+func endOf(st api.ExitStatus) *processpb.ProcessEvent_EndEvent {
 	if st.Signal != "" {
 		status := "signal: " + signalWords(st.Signal)
-		return &endEvent{ExitCode: -1, Exited: false, Status: status, Error: status}
+		return &processpb.ProcessEvent_EndEvent{ExitCode: -1, Exited: false, Status: status, Error: &status}
 	}
-	e := &endEvent{ExitCode: int32(st.Code), Exited: true, Status: fmt.Sprintf("exit status %d", st.Code)}
+	e := &processpb.ProcessEvent_EndEvent{ExitCode: int32(st.Code), Exited: true, Status: fmt.Sprintf("exit status %d", st.Code)}
 	if st.Code != 0 {
-		e.Error = e.Status
+		e.Error = &e.Status
 	}
 	return e
 }
@@ -260,6 +239,8 @@ func signalWords(name string) string {
 
 // processRPC serves the process.Process service.
 func (s *Server) processRPC(w http.ResponseWriter, r *http.Request) {
+	id := sandboxID(r)
+	s.recover(r.Context(), id, s.table(id))
 	switch method := r.PathValue("method"); method {
 	case "Start":
 		s.startProcess(w, r)
@@ -274,17 +255,13 @@ func (s *Server) processRPC(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) startProcess(w http.ResponseWriter, r *http.Request) {
 	st := newStream(w)
-	var req struct {
-		Process processConfig `json:"process"`
-		Pty     *ptySize      `json:"pty,omitempty"`
-		Tag     *string       `json:"tag,omitempty"`
-		Stdin   *bool         `json:"stdin,omitempty"`
-	}
-	if e := readEnvelope(r, &req); e != nil {
+	req := &processpb.StartRequest{}
+	if e := readEnvelope(r, st, req); e != nil {
 		_ = st.end(e)
 		return
 	}
-	if req.Process.Cmd == "" {
+	cfg := req.GetProcess()
+	if cfg.GetCmd() == "" {
 		_ = st.end(rpcErrorf(codeInvalidArgument, "process.cmd is empty"))
 		return
 	}
@@ -295,84 +272,89 @@ func (s *Server) startProcess(w http.ResponseWriter, r *http.Request) {
 	}
 	id := sandboxID(r)
 	t := s.table(id)
-	xreq := api.ExecRequest{Argv: append([]string{req.Process.Cmd}, req.Process.Args...), Env: req.Process.Envs, Cwd: homeDir}
-	if req.Process.Cwd != nil && *req.Process.Cwd != "" {
-		xreq.Cwd = guestPath(*req.Process.Cwd)
+	u := userOf(r)
+	xreq := api.ExecRequest{Argv: asUser(u, append([]string{cfg.GetCmd()}, cfg.GetArgs()...)), Env: cfg.GetEnvs(), Cwd: u.Home}
+	if u.UID != 0 {
+		xreq.Env = userEnv(u, xreq.Env)
+	}
+	if cfg.GetCwd() != "" {
+		xreq.Cwd = s.path(r, cfg.GetCwd())
 	}
 	if timeout > 0 {
 		xreq.Timeout = timeout.String()
 	}
 	if req.Pty != nil {
-		xreq.TTY, xreq.Rows, xreq.Cols = true, int(req.Pty.Size.Rows), int(req.Pty.Size.Cols)
+		xreq.TTY, xreq.Rows, xreq.Cols = true, int(req.Pty.GetSize().GetRows()), int(req.Pty.GetSize().GetCols())
 	}
 	if err := s.announceEnvd(r, "session.exec", audit.Target{Argv: xreq.Argv, Cwd: xreq.Cwd}); err != nil {
-		_ = st.end(s.asRPC(r, "start "+req.Process.Cmd, err))
+		_ = st.end(s.asRPC(r, "start "+cfg.GetCmd(), err))
 		return
 	}
 	xp, err := s.cfg.Sessions.Exec(t.ctx, id, xreq)
 	if err != nil {
-		_ = st.end(s.asRPC(r, "start "+req.Process.Cmd, err))
+		_ = st.end(s.asRPC(r, "start "+cfg.GetCmd(), err))
 		return
 	}
-	p := &proc{cfg: req.Process, p: xp, tty: req.Pty != nil, subs: map[*sub]struct{}{}}
-	if req.Tag != nil {
-		p.tag = *req.Tag
-	}
+	p := &proc{cfg: cfg, tag: req.GetTag(), p: xp, tty: req.Pty != nil, subs: map[*sub]struct{}{}}
 	if g, ok := xp.(interface{ PID() int }); ok {
 		p.pid = uint32(g.PID())
 	} else {
 		p.pid = s.pids.Add(1) // a driver without guest pids (the fake's)
 	}
-	if req.Stdin == nil || !*req.Stdin {
-		if req.Pty == nil {
-			// No stdin asked for: the command reads EOF, not a wait.
-			_ = xp.Stdin().Close()
-		}
+	if !req.GetStdin() && req.Pty == nil {
+		// No stdin asked for: the command reads EOF, not a wait.
+		_ = xp.Stdin().Close()
 	}
 	sb := p.subscribe()
 	t.mu.Lock()
 	t.procs[p.pid] = p
 	t.mu.Unlock()
-	go t.pump(p)
-	s.follow(r, st, p, sb)
+	go func() {
+		// The guest's copy of the entry is written before the pump
+		// can remove it, in the pump's goroutine: the start event
+		// does not wait for it.
+		p.saved = s.save(t.ctx, id, p)
+		s.pump(t, id, p)
+	}()
+	s.follow(r, st, p, sb, func(ev *processpb.ProcessEvent) proto.Message { return &processpb.StartResponse{Event: ev} })
 }
 
 func (s *Server) connectProcess(w http.ResponseWriter, r *http.Request) {
 	st := newStream(w)
-	var req struct {
-		Process selector `json:"process"`
-	}
-	if e := readEnvelope(r, &req); e != nil {
+	req := &processpb.ConnectRequest{}
+	if e := readEnvelope(r, st, req); e != nil {
 		_ = st.end(e)
 		return
 	}
-	p := s.table(sandboxID(r)).find(req.Process)
+	p := s.table(sandboxID(r)).find(req.GetProcess())
 	var sb *sub
 	if p != nil {
 		sb = p.subscribe()
 	}
 	if sb == nil {
-		_ = st.end(rpcErrorf(codeNotFound, "process %s not found", selectorString(req.Process)))
+		_ = st.end(rpcErrorf(codeNotFound, "process %s not found", selectorString(req.GetProcess())))
 		return
 	}
-	s.follow(r, st, p, sb)
+	s.follow(r, st, p, sb, func(ev *processpb.ProcessEvent) proto.Message { return &processpb.ConnectResponse{Event: ev} })
 }
 
-func selectorString(sel selector) string {
-	switch {
-	case sel.PID != nil:
-		return fmt.Sprintf("with pid %d", *sel.PID)
-	case sel.Tag != nil:
-		return fmt.Sprintf("with tag %q", *sel.Tag)
+func selectorString(sel *processpb.ProcessSelector) string {
+	switch x := sel.GetSelector().(type) {
+	case *processpb.ProcessSelector_Pid:
+		return fmt.Sprintf("with pid %d", x.Pid)
+	case *processpb.ProcessSelector_Tag:
+		return fmt.Sprintf("with tag %q", x.Tag)
 	}
 	return "(no pid or tag given)"
 }
 
-// follow streams a process's events to one client: the start event, the
-// output, the end, then the end of the stream; keepalives while quiet.
-func (s *Server) follow(r *http.Request, st *stream, p *proc, sb *sub) {
+// follow streams a process's events to one client, each wrapped in the
+// call's response message: the start event, the output, the end, then the
+// end of the stream; keepalives while quiet.
+func (s *Server) follow(r *http.Request, st *stream, p *proc, sb *sub, wrap func(*processpb.ProcessEvent) proto.Message) {
 	defer p.unsubscribe(sb)
-	if st.send(eventMsg{Event: processEvent{Start: &startEvent{PID: p.pid}}}) != nil {
+	start := &processpb.ProcessEvent{Event: &processpb.ProcessEvent_Start{Start: &processpb.ProcessEvent_StartEvent{Pid: p.pid}}}
+	if st.send(wrap(start)) != nil {
 		return
 	}
 	ka := time.NewTicker(keepaliveInterval(r))
@@ -387,11 +369,12 @@ func (s *Server) follow(r *http.Request, st *stream, p *proc, sb *sub) {
 				_ = st.end(e)
 				return
 			}
-			if st.send(ev) != nil {
+			if st.send(wrap(ev)) != nil {
 				return
 			}
 		case <-ka.C:
-			if st.send(eventMsg{Event: processEvent{Keepalive: &struct{}{}}}) != nil {
+			keepalive := &processpb.ProcessEvent{Event: &processpb.ProcessEvent_Keepalive{Keepalive: &processpb.ProcessEvent_KeepAlive{}}}
+			if st.send(wrap(keepalive)) != nil {
 				return
 			}
 		case <-r.Context().Done():
@@ -400,78 +383,101 @@ func (s *Server) follow(r *http.Request, st *stream, p *proc, sb *sub) {
 	}
 }
 
-var signals = map[string]string{"SIGNAL_SIGKILL": "KILL", "SIGNAL_SIGTERM": "TERM", "9": "KILL", "15": "TERM"}
+var signals = map[processpb.Signal]string{processpb.Signal_SIGNAL_SIGKILL: "KILL", processpb.Signal_SIGNAL_SIGTERM: "TERM"}
 
+// processUnary serves the unary calls: each has its request message, and
+// all but List name a process.
 func (s *Server) processUnary(w http.ResponseWriter, r *http.Request, method string) {
-	var req struct {
-		Process selector `json:"process"`
-		Input   *struct {
-			Stdin []byte `json:"stdin,omitempty"`
-			Pty   []byte `json:"pty,omitempty"`
-		} `json:"input,omitempty"`
-		Signal any      `json:"signal,omitempty"`
-		Pty    *ptySize `json:"pty,omitempty"`
+	var req interface {
+		proto.Message
+		GetProcess() *processpb.ProcessSelector
 	}
-	if e := readUnary(r, &req); e != nil {
+	switch method {
+	case "List":
+		s.listProcesses(w, r)
+		return
+	case "SendInput":
+		req = &processpb.SendInputRequest{}
+	case "CloseStdin":
+		req = &processpb.CloseStdinRequest{}
+	case "SendSignal":
+		req = &processpb.SendSignalRequest{}
+	case "Update":
+		req = &processpb.UpdateRequest{}
+	}
+	c, e := readUnary(r, req)
+	if e != nil {
 		writeUnaryError(w, e)
 		return
 	}
-	t := s.table(sandboxID(r))
-	if method == "List" {
-		t.mu.Lock()
-		list := make([]map[string]any, 0, len(t.procs))
-		for _, p := range t.procs {
-			info := map[string]any{"pid": p.pid, "config": p.cfg}
-			if p.tag != "" {
-				info["tag"] = p.tag
-			}
-			list = append(list, info)
-		}
-		t.mu.Unlock()
-		sort.Slice(list, func(i, j int) bool { return list[i]["pid"].(uint32) < list[j]["pid"].(uint32) })
-		writeUnary(w, map[string]any{"processes": list})
-		return
-	}
-	p := t.find(req.Process)
+	p := s.table(sandboxID(r)).find(req.GetProcess())
 	if p == nil {
-		writeUnaryError(w, rpcErrorf(codeNotFound, "process %s not found", selectorString(req.Process)))
+		writeUnaryError(w, rpcErrorf(codeNotFound, "process %s not found", selectorString(req.GetProcess())))
 		return
 	}
-	var err error
-	switch method {
-	case "SendInput":
+	var (
+		err error
+		out proto.Message
+	)
+	switch req := req.(type) {
+	case *processpb.SendInputRequest:
 		if req.Input == nil {
 			writeUnaryError(w, rpcErrorf(codeInvalidArgument, "input is missing"))
 			return
 		}
 		p.stdin.Lock()
-		_, err = p.p.Stdin().Write(append(req.Input.Stdin, req.Input.Pty...))
+		_, err = p.p.Stdin().Write(append(req.Input.GetStdin(), req.Input.GetPty()...))
 		p.stdin.Unlock()
-	case "CloseStdin":
+		out = &processpb.SendInputResponse{}
+	case *processpb.CloseStdinRequest:
 		p.stdin.Lock()
 		err = p.p.Stdin().Close()
 		p.stdin.Unlock()
-	case "SendSignal":
-		name, ok := signals[strings.TrimSpace(fmt.Sprint(req.Signal))]
+		out = &processpb.CloseStdinResponse{}
+	case *processpb.SendSignalRequest:
+		name, ok := signals[req.GetSignal()]
 		if !ok {
-			writeUnaryError(w, rpcErrorf(codeInvalidArgument, "signal %v: want SIGNAL_SIGKILL or SIGNAL_SIGTERM", req.Signal))
+			writeUnaryError(w, rpcErrorf(codeInvalidArgument, "signal %v: want SIGNAL_SIGKILL or SIGNAL_SIGTERM", req.GetSignal()))
 			return
 		}
 		err = p.p.Signal(name)
-	case "Update":
+		out = &processpb.SendSignalResponse{}
+	case *processpb.UpdateRequest:
+		out = &processpb.UpdateResponse{}
 		if req.Pty == nil {
-			writeUnary(w, struct{}{})
-			return
+			break
 		}
 		if !p.tty {
 			writeUnaryError(w, rpcErrorf(codeFailedPrecondition, "process %d has no PTY", p.pid))
 			return
 		}
-		err = p.p.Resize(int(req.Pty.Size.Rows), int(req.Pty.Size.Cols))
+		err = p.p.Resize(int(req.Pty.GetSize().GetRows()), int(req.Pty.GetSize().GetCols()))
 	}
 	if err != nil {
 		writeUnaryError(w, s.asRPC(r, strings.ToLower(method), err))
 		return
 	}
-	writeUnary(w, struct{}{})
+	writeUnary(w, c, out)
+}
+
+// listProcesses serves List: the sandbox's processes by pid.
+func (s *Server) listProcesses(w http.ResponseWriter, r *http.Request) {
+	c, e := readUnary(r, &processpb.ListRequest{})
+	if e != nil {
+		writeUnaryError(w, e)
+		return
+	}
+	t := s.table(sandboxID(r))
+	out := &processpb.ListResponse{}
+	t.mu.Lock()
+	for _, p := range t.procs {
+		info := &processpb.ProcessInfo{Pid: p.pid, Config: p.cfg}
+		if p.tag != "" {
+			info.Tag = &p.tag
+		}
+		out.Processes = append(out.Processes, info)
+	}
+	t.mu.Unlock()
+	sort.Slice(out.Processes, func(i, j int) bool { return out.Processes[i].Pid < out.Processes[j].Pid })
+	writeUnary(w, c, out)
 }

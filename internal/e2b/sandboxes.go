@@ -31,6 +31,10 @@ type record struct {
 	// zero: never.
 	EndAt     time.Time `json:"endAt"`
 	AutoPause bool      `json:"autoPause,omitempty"`
+	// EventWake says the sandbox was paused until an event (the
+	// triggers extension): once it runs again, whoever woke it, it has
+	// ResumeTimeout more before it ends (see expireOne).
+	EventWake bool `json:"eventWake,omitempty"`
 }
 
 // createRequest is the body of POST /v2/sandboxes (fields the SDK may send
@@ -72,6 +76,14 @@ type listed struct {
 type detail struct {
 	listed
 	EnvdAccessToken string `json:"envdAccessToken"`
+	// Cove is the triggers extension's view (the SDK reads only the
+	// fields it knows): what a paused sandbox waits for.
+	Cove *coveDetail `json:"cove,omitempty"`
+}
+
+// coveDetail is cove's own part of GET /sandboxes/{id}.
+type coveDetail struct {
+	Waiting *api.Waiting `json:"waiting,omitempty"`
 }
 
 // principal authenticates the request's API key and returns its context
@@ -287,7 +299,11 @@ func (s *Server) get(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	writeJSON(w, http.StatusOK, detail{listed: s.listedOf(ss, rec), EnvdAccessToken: s.AccessToken(ss.ID)})
+	d := detail{listed: s.listedOf(ss, rec), EnvdAccessToken: s.AccessToken(ss.ID)}
+	if ss.Waiting != nil {
+		d.Cove = &coveDetail{Waiting: ss.Waiting}
+	}
+	writeJSON(w, http.StatusOK, d)
 }
 
 // parseMetadata reads the list's metadata filter, which the SDK encodes
@@ -428,6 +444,7 @@ func (s *Server) kill(w http.ResponseWriter, r *http.Request) {
 func (s *Server) remove(ctx context.Context, id string) error {
 	err := s.cfg.Sessions.Delete(ctx, id)
 	s.dropProcs(id)
+	s.samples.drop(id)
 	return err
 }
 
@@ -463,12 +480,68 @@ func (s *Server) setTimeout(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// pauseRequest is the body of POST /sandboxes/{id}/pause: the SDK's
+// {"memory": false} (cove's pause keeps the memory always), and cove's
+// triggers extension, which the SDK never sends.
+type pauseRequest struct {
+	Memory *bool         `json:"memory"`
+	Cove   *pauseTrigger `json:"cove"`
+}
+
+// pauseTrigger parks the sandbox until an event: cove's park --until
+// (the README's trigger expressions) and --timeout (a Go duration, a
+// "cove:timeout" event then).
+type pauseTrigger struct {
+	Until   []string `json:"until"`
+	Timeout string   `json:"timeout"`
+}
+
+// Bounds of the triggers extension, as cove's own park has them.
+const (
+	maxPauseUntil   = 32
+	maxPauseTimeout = 30 * 24 * time.Hour
+)
+
+// eventWakePoll is how often the end-time sweep looks at a sandbox
+// paused until an event, to give it its time when it runs again.
+const eventWakePoll = 5 * time.Second
+
+func (t *pauseTrigger) timeout() (time.Duration, error) {
+	if n := len(t.Until); n > maxPauseUntil {
+		return 0, fmt.Errorf("cove.until: %d expressions; the limit is %d", n, maxPauseUntil)
+	}
+	if len(t.Until) == 0 && t.Timeout == "" {
+		return 0, errors.New("cove: name the events to wait for (until) or a timeout")
+	}
+	if t.Timeout == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(t.Timeout)
+	if err != nil || d <= 0 || d > maxPauseTimeout {
+		return 0, fmt.Errorf("cove.timeout %q: want a duration like \"6h\", more than 0s and at most 720h", t.Timeout)
+	}
+	return d, nil
+}
+
 func (s *Server) pause(w http.ResponseWriter, r *http.Request) {
 	ctx, ok := s.principal(w, r)
 	if !ok {
 		return
 	}
-	ss, _, ok := s.lookup(ctx, w, r, "session.park")
+	var req pauseRequest
+	if err := decodeBody(r, &req); err != nil {
+		writeControlError(w, http.StatusBadRequest, "%v", err)
+		return
+	}
+	var timeout time.Duration
+	if req.Cove != nil {
+		var err error
+		if timeout, err = req.Cove.timeout(); err != nil {
+			writeControlError(w, http.StatusBadRequest, "%v", err)
+			return
+		}
+	}
+	ss, rec, ok := s.lookup(ctx, w, r, "session.park")
 	if !ok {
 		return
 	}
@@ -476,9 +549,28 @@ func (s *Server) pause(w http.ResponseWriter, r *http.Request) {
 		writeControlError(w, http.StatusConflict, "sandbox %q is already paused", ss.ID)
 		return
 	}
-	if _, err := s.cfg.Sessions.Park(ctx, ss.ID); err != nil {
-		s.fail(w, r, "pause sandbox", err)
+	if req.Cove == nil {
+		if _, err := s.cfg.Sessions.Park(ctx, ss.ID); err != nil {
+			s.fail(w, r, "pause sandbox", err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
 		return
+	}
+	if _, err := s.cfg.Sessions.ParkUntil(ctx, ss.ID, req.Cove.Until, timeout); err != nil {
+		s.fail(w, r, "pause sandbox until an event", err)
+		return
+	}
+	// The sweep looks at it until it runs again (see expireOne).
+	rec.EventWake = true
+	b, err := json.Marshal(rec)
+	if err == nil {
+		err = s.cfg.Records.PutE2BSandbox(ctx, store.E2BSandbox{SessionID: ss.ID, Record: b, DueAt: s.cfg.Now().Add(eventWakePoll)})
+	}
+	if err != nil {
+		// Paused and waiting all the same: only the end time after
+		// the wake is lost.
+		s.log.WarnContext(ctx, "e2b: record the sandbox's pause until an event", "session", ss.ID, "err", err)
 	}
 	w.WriteHeader(http.StatusNoContent)
 }
@@ -520,23 +612,12 @@ func (s *Server) connect(w http.ResponseWriter, r *http.Request) {
 		// Resumed past its end time: not ended again at once.
 		rec.EndAt = now.Add(ResumeTimeout)
 	}
+	rec.EventWake = false // its time is set here
 	if err := s.writeRecord(ctx, ss.ID, rec); err != nil {
 		s.fail(w, r, "connect sandbox", err)
 		return
 	}
 	writeJSON(w, status, s.sandboxAnswer(ss.ID, rec))
-}
-
-// metrics answers no samples: cove does not sample guests' usage yet.
-func (s *Server) metrics(w http.ResponseWriter, r *http.Request) {
-	ctx, ok := s.principal(w, r)
-	if !ok {
-		return
-	}
-	if _, _, ok := s.lookup(ctx, w, r, "session.get"); !ok {
-		return
-	}
-	writeJSON(w, http.StatusOK, []any{})
 }
 
 // Run ends sandboxes at their end time (parks those that asked for
@@ -601,7 +682,14 @@ func (s *Server) expireOne(ctx context.Context, x store.E2BSandbox, now time.Tim
 			s.log.WarnContext(ctx, "e2b: record the sandbox's next end-time check", "session", x.SessionID, "err", err)
 		}
 	}()
-	if err := json.Unmarshal(x.Record, &rec); err != nil || rec.EndAt.IsZero() {
+	if err := json.Unmarshal(x.Record, &rec); err != nil {
+		return
+	}
+	if rec.EventWake {
+		s.eventWake(ctx, x, rec, now, &next)
+		return
+	}
+	if rec.EndAt.IsZero() {
 		return
 	}
 	if now.Before(rec.EndAt) {
@@ -644,4 +732,30 @@ func (s *Server) expireOne(ctx context.Context, x store.E2BSandbox, now time.Tim
 		return
 	}
 	s.log.InfoContext(ctx, "e2b: sandbox ended at its end time", "session", ss.ID)
+}
+
+// eventWake looks at sandbox x, paused until an event: while it waits it
+// is looked at again every eventWakePoll; once it runs (an event, a
+// timeout, a connect or cove wake woke it) it gets ResumeTimeout more (or
+// its end time, if later), as a resume by connect does, and the sweep
+// takes it from there.
+func (s *Server) eventWake(ctx context.Context, x store.E2BSandbox, rec record, now time.Time, next *time.Time) {
+	ss, err := s.cfg.Sessions.Get(ctx, x.SessionID)
+	switch {
+	case err != nil && api.IsCode(err, api.CodeNotFound):
+		return
+	case err != nil, ss.State != api.StateRunning:
+		*next = now.Add(eventWakePoll)
+		return
+	}
+	rec.EventWake = false
+	if !rec.EndAt.IsZero() && rec.EndAt.Before(now.Add(ResumeTimeout)) {
+		rec.EndAt = now.Add(ResumeTimeout)
+	}
+	if err := s.writeRecord(ctx, ss.ID, rec); err != nil {
+		s.log.WarnContext(ctx, "e2b: record the end time of a sandbox woken by an event", "session", ss.ID, "err", err)
+		*next = now.Add(eventWakePoll)
+	}
+	// Written: the record's due time is its end time, which the
+	// deferred compare-and-set leaves alone.
 }

@@ -11,8 +11,11 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/audit"
+	fspb "github.com/cove-dev/cove/internal/e2b/envdpb/filesystem"
 	"github.com/cove-dev/cove/internal/session"
 )
 
@@ -25,30 +28,22 @@ import (
 // The guest's overflow notices (events it dropped because the watcher
 // fell behind) have no E2B form and are not passed on.
 
-// fsEvent is filesystem.FilesystemEvent.
-type fsEvent struct {
-	Name  string     `json:"name"`
-	Type  string     `json:"type"`
-	Entry *entryInfo `json:"entry,omitempty"`
-}
-
-// eventTypes are filesystem.EventType's names of the guest's kinds.
-var eventTypes = map[string]string{"create": "EVENT_TYPE_CREATE", "write": "EVENT_TYPE_WRITE", "remove": "EVENT_TYPE_REMOVE",
-	"rename": "EVENT_TYPE_RENAME", "chmod": "EVENT_TYPE_CHMOD"}
+// eventTypes are filesystem.EventType's of the guest's kinds.
+var eventTypes = map[string]fspb.EventType{"create": fspb.EventType_EVENT_TYPE_CREATE, "write": fspb.EventType_EVENT_TYPE_WRITE,
+	"remove": fspb.EventType_EVENT_TYPE_REMOVE, "rename": fspb.EventType_EVENT_TYPE_RENAME, "chmod": fspb.EventType_EVENT_TYPE_CHMOD}
 
 // fsEvents turns the guest's events into envd's, dropping overflow
 // notices.
-func fsEvents(dir string, evs []api.WatchEvent) []fsEvent {
-	out := make([]fsEvent, 0, len(evs))
+func fsEvents(dir string, evs []api.WatchEvent) []*fspb.FilesystemEvent {
+	out := make([]*fspb.FilesystemEvent, 0, len(evs))
 	for _, ev := range evs {
 		typ, ok := eventTypes[ev.Type]
 		if !ok {
 			continue
 		}
-		e := fsEvent{Name: ev.Name, Type: typ}
+		e := &fspb.FilesystemEvent{Name: ev.Name, Type: typ}
 		if ev.Info != nil {
-			ei := entryOf(path.Join(dir, ev.Name), *ev.Info)
-			e.Entry = &ei
+			e.Entry = entryOf(path.Join(dir, ev.Name), *ev.Info)
 		}
 		out = append(out, e)
 	}
@@ -56,17 +51,16 @@ func fsEvents(dir string, evs []api.WatchEvent) []fsEvent {
 }
 
 // watchRequest is WatchDirRequest and CreateWatcherRequest.
-type watchRequest struct {
-	Path               string `json:"path"`
-	Recursive          bool   `json:"recursive"`
-	IncludeEntry       bool   `json:"includeEntry"`
-	AllowNetworkMounts bool   `json:"allowNetworkMounts"`
+type watchRequest interface {
+	GetPath() string
+	GetRecursive() bool
+	GetIncludeEntry() bool
 }
 
 // startWatch checks that the request names a directory and watches it.
 // A watch is audited as a listing: it shows the directory's entries.
 func (s *Server) startWatch(ctx context.Context, r *http.Request, req watchRequest) (session.Watcher, string, *rpcError) {
-	p := guestPath(req.Path)
+	p := s.path(r, req.GetPath())
 	if err := s.announceEnvd(r, "file.list", audit.Target{Path: p}); err != nil {
 		return nil, p, s.asRPC(r, "watch "+p, err)
 	}
@@ -78,17 +72,11 @@ func (s *Server) startWatch(ctx context.Context, r *http.Request, req watchReque
 	if !fi.IsDir {
 		return nil, p, rpcErrorf(codeInvalidArgument, "watch %s: not a directory", p)
 	}
-	w, err := s.cfg.Sessions.Watch(ctx, id, p, req.Recursive, req.IncludeEntry)
+	w, err := s.cfg.Sessions.Watch(ctx, id, p, req.GetRecursive(), req.GetIncludeEntry())
 	if err != nil {
 		return nil, p, s.asRPC(r, "watch "+p, err)
 	}
 	return w, p, nil
-}
-
-type watchDirMsg struct {
-	Start      *struct{} `json:"start,omitempty"`
-	Filesystem *fsEvent  `json:"filesystem,omitempty"`
-	Keepalive  *struct{} `json:"keepalive,omitempty"`
 }
 
 // watchDir serves WatchDir: the start event, then the directory's events
@@ -97,8 +85,8 @@ type watchDirMsg struct {
 // the directory went: a clean end).
 func (s *Server) watchDir(w http.ResponseWriter, r *http.Request) {
 	st := newStream(w)
-	var req watchRequest
-	if e := readEnvelope(r, &req); e != nil {
+	req := &fspb.WatchDirRequest{}
+	if e := readEnvelope(r, st, req); e != nil {
 		_ = st.end(e)
 		return
 	}
@@ -119,7 +107,7 @@ func (s *Server) watchDir(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer wt.Close()
-	if st.send(watchDirMsg{Start: &struct{}{}}) != nil {
+	if st.send(&fspb.WatchDirResponse{Event: &fspb.WatchDirResponse_Start{Start: &fspb.WatchDirResponse_StartEvent{}}}) != nil {
 		return
 	}
 	type batch struct {
@@ -154,12 +142,12 @@ func (s *Server) watchDir(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 			for _, ev := range fsEvents(dir, b.evs) {
-				if st.send(watchDirMsg{Filesystem: &ev}) != nil {
+				if st.send(&fspb.WatchDirResponse{Event: &fspb.WatchDirResponse_Filesystem{Filesystem: ev}}) != nil {
 					return
 				}
 			}
 		case <-ka.C:
-			if st.send(watchDirMsg{Keepalive: &struct{}{}}) != nil {
+			if st.send(&fspb.WatchDirResponse{Event: &fspb.WatchDirResponse_Keepalive{Keepalive: &fspb.WatchDirResponse_KeepAlive{}}}) != nil {
 				return
 			}
 		case <-ctx.Done():
@@ -186,9 +174,9 @@ type polled struct {
 	w   session.Watcher
 
 	mu     sync.Mutex
-	events []fsEvent // guarded by mu
-	ended  bool      // guarded by mu: the watch ended; the events left are the last
-	err    *rpcError // guarded by mu: why, if not cleanly
+	events []*fspb.FilesystemEvent // guarded by mu
+	ended  bool                    // guarded by mu: the watch ended; the events left are the last
+	err    *rpcError               // guarded by mu: why, if not cleanly
 }
 
 // pump collects the watch's events until it ends.
@@ -215,13 +203,24 @@ func (pw *polled) pump(s *Server, r *http.Request) {
 
 // watcherRPC serves CreateWatcher, GetWatcherEvents and RemoveWatcher.
 func (s *Server) watcherRPC(w http.ResponseWriter, r *http.Request, method string) {
-	var req struct {
-		watchRequest
-		WatcherID string `json:"watcherId"`
+	var req proto.Message
+	create := &fspb.CreateWatcherRequest{}
+	switch method {
+	case "CreateWatcher":
+		req = create
+	case "GetWatcherEvents":
+		req = &fspb.GetWatcherEventsRequest{}
+	case "RemoveWatcher":
+		req = &fspb.RemoveWatcherRequest{}
 	}
-	if e := readUnary(r, &req); e != nil {
+	c, e := readUnary(r, req)
+	if e != nil {
 		writeUnaryError(w, e)
 		return
+	}
+	var watcherID string
+	if x, ok := req.(interface{ GetWatcherId() string }); ok {
+		watcherID = x.GetWatcherId()
 	}
 	t := s.table(sandboxID(r))
 	switch method {
@@ -242,7 +241,7 @@ func (s *Server) watcherRPC(w http.ResponseWriter, r *http.Request, method strin
 		}
 		// The watch outlives this request: it lasts as the sandbox's
 		// processes do, until RemoveWatcher or the sandbox's end.
-		wt, dir, e := s.startWatch(t.ctx, r, req.watchRequest)
+		wt, dir, e := s.startWatch(t.ctx, r, create)
 		if e != nil {
 			writeUnaryError(w, e)
 			return
@@ -260,21 +259,21 @@ func (s *Server) watcherRPC(w http.ResponseWriter, r *http.Request, method strin
 		t.watchers[pw.id] = pw
 		t.mu.Unlock()
 		go pw.pump(s, r.WithContext(context.WithoutCancel(r.Context())))
-		writeUnary(w, map[string]string{"watcherId": pw.id})
+		writeUnary(w, c, &fspb.CreateWatcherResponse{WatcherId: pw.id})
 	case "GetWatcherEvents", "RemoveWatcher":
 		t.mu.Lock()
-		pw := t.watchers[req.WatcherID]
+		pw := t.watchers[watcherID]
 		if pw != nil && method == "RemoveWatcher" {
 			delete(t.watchers, pw.id)
 		}
 		t.mu.Unlock()
 		if pw == nil {
-			writeUnaryError(w, rpcErrorf(codeNotFound, "watcher %q not found", req.WatcherID))
+			writeUnaryError(w, rpcErrorf(codeNotFound, "watcher %q not found", watcherID))
 			return
 		}
 		if method == "RemoveWatcher" {
 			pw.w.Close()
-			writeUnary(w, struct{}{})
+			writeUnary(w, c, &fspb.RemoveWatcherResponse{})
 			return
 		}
 		pw.mu.Lock()
@@ -291,9 +290,6 @@ func (s *Server) watcherRPC(w http.ResponseWriter, r *http.Request, method strin
 			writeUnaryError(w, err)
 			return
 		}
-		if evs == nil {
-			evs = []fsEvent{}
-		}
-		writeUnary(w, map[string]any{"events": evs})
+		writeUnary(w, c, &fspb.GetWatcherEventsResponse{Events: evs})
 	}
 }

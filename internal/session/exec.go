@@ -110,6 +110,44 @@ func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest) (Pro
 	return proc, nil
 }
 
+// Attach attaches to a command running in the session's guest whose
+// stream was cut before its exit was read, by its guest pid: a command
+// started by Exec through a server that has since restarted (a process
+// outlives the host's connection; the agent keeps its output and exit).
+// The output the guest kept (the last agentproto.MaxOutputLog bytes of
+// each stream) is replayed first, then the rest and the exit. An
+// unknown pid is CodeNotFound. Another Process still attached to the
+// command loses it to this one.
+func (m *Manager) Attach(ctx context.Context, id string, pid int) (Process, error) {
+	var (
+		l *live
+		p *agentproto.Process
+	)
+	err := m.withAgent(ctx, id, func(al *live) (bool, error) {
+		al.inflight.Add(1)
+		var err error
+		if p, err = al.client().AttachAt(ctx, pid, agentproto.Offsets{}); err != nil {
+			al.release()
+			return errors.Is(err, yamux.ErrSessionShutdown), err
+		}
+		l = al
+		return false, nil
+	})
+	if err != nil {
+		return nil, guestErr(id, "attach", err)
+	}
+	proc := &process{m: m, id: id, pid: pid, cur: p, l: l, done: make(chan struct{}), gone: ctx.Done(), rollbacks: m.rollbackGen(id),
+		pace: rate.NewLimiter(execOutputRate, execOutputBurst)}
+	// The replay starts where the guest's log does: what it no longer
+	// kept counts as received, and, unlike a gap after a park, is not
+	// news (this caller never had a stream of it).
+	proc.recv = p.Lost
+	proc.stdoutR, proc.stdoutW = io.Pipe()
+	proc.stderrR, proc.stderrW = io.Pipe()
+	go proc.pump(ctx)
+	return proc, nil
+}
+
 // A command's output is relayed at up to execOutputRate: a guest that
 // floods its output (26 MiB/s of yes, relayed as NDJSON) would otherwise
 // take the host's CPU from its neighbours; past the rate the command's

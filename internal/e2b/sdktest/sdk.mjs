@@ -113,6 +113,30 @@ assert.equal(await sbx.files.exists('/tmp/e2b/renamed'), false)
 await assert.rejects(sbx.files.read('/tmp/e2b/renamed'))
 await assert.rejects(sbx.files.remove('/tmp/e2b/renamed'))
 
+step('users: root by default, user, an unknown one')
+r = await sbx.commands.run('id -un; pwd')
+assert.equal(r.stdout, 'root\n/root\n')
+r = await sbx.commands.run('id -un; pwd; echo $HOME $USER', { user: 'user' }) // made on first use
+assert.equal(r.stdout, 'user\n/home/user\n/home/user user\n')
+await sbx.files.write('owned.txt', 'mine', { user: 'user' }) // relative: in the user's home
+await sbx.files.write('/tmp/u/deep/owned.txt', 'deep', { user: 'user' })
+r = await sbx.commands.run('stat -c %U:%G /home/user/owned.txt /tmp/u /tmp/u/deep/owned.txt')
+assert.equal(r.stdout, 'user:user\nuser:user\nuser:user\n')
+assert.equal(await sbx.files.read('owned.txt', { user: 'user' }), 'mine')
+assert.equal(await sbx.files.makeDir('made', { user: 'user' }), true)
+assert.equal((await sbx.commands.run('stat -c %U /home/user/made')).stdout, 'user\n')
+await sbx.files.rename('owned.txt', 'moved.txt', { user: 'user' })
+assert.equal(await sbx.files.read('/home/user/moved.txt'), 'mine')
+// The guest's permissions hold: root's home and files are not the user's.
+await assert.rejects(sbx.files.read('/root/rel.txt', { user: 'user' }))
+await assert.rejects(sbx.files.write('/root/not-yours.txt', 'x', { user: 'user' }))
+await assert.rejects(sbx.files.remove('/tmp/e2b/hello.txt', { user: 'user' }))
+assert.equal(await sbx.files.exists('/root/not-yours.txt'), false)
+assert.equal(await sbx.files.exists('/tmp/e2b/hello.txt'), true)
+await assert.rejects(sbx.commands.run('touch /root/x', { user: 'user' }), CommandExitError)
+await assert.rejects(sbx.commands.run('true', { user: 'nosuchuser' }), (e) => e.name === 'AuthenticationError' || String(e))
+await assert.rejects(sbx.files.read('/etc/hostname', { user: 'nosuchuser' }), (e) => e.name === 'AuthenticationError' || String(e))
+
 step('files: watchDir, recursive and not, stop')
 await sbx.files.makeDir('/tmp/w/sub')
 const flat = []
@@ -144,6 +168,19 @@ await until('rename and remove', () =>
 )
 assert.equal(flat.length, flatSeen, 'events after stop: ' + JSON.stringify(flat.slice(flatSeen)))
 await hDeep.stop()
+// includeEntry (envd 0.6.3): each event carries the entry as it is then.
+const withEntry = []
+const hEntry = await sbx.files.watchDir('/tmp/w', (e) => withEntry.push(e), { includeEntry: true, timeoutMs: 0 })
+await sbx.files.write('/tmp/w/entry.txt', 'four')
+await until('an event with its entry', () => withEntry.some((e) => e.type === 'write' && e.entry?.size === 4))
+const ev = withEntry.find((e) => e.type === 'write' && e.entry?.size === 4)
+assert.equal(ev.entry.name, 'entry.txt')
+assert.equal(ev.entry.path, '/tmp/w/entry.txt')
+assert.equal(ev.entry.type, 'file')
+await hEntry.stop()
+// File metadata (envd 0.6.2) is refused, not dropped.
+await assert.rejects(sbx.files.write('/tmp/w/meta.txt', 'x', { metadata: { k: 'v' } }), (e) => e.name === 'InvalidArgumentError' || String(e))
+assert.equal(await sbx.files.exists('/tmp/w/meta.txt'), false)
 await assert.rejects(sbx.files.watchDir('/tmp/w/nope', () => {}), (e) => e.name === 'FileNotFoundError' || String(e))
 await assert.rejects(sbx.files.watchDir('/tmp/w/by-cmd.txt', () => {}), (e) => e.name === 'InvalidArgumentError' || String(e))
 
@@ -191,6 +228,20 @@ page = await Sandbox.list({ query: { metadata: { suite: 'other' } } }).nextItems
 assert.deepEqual(page, [])
 page = await Sandbox.list({ query: { state: ['paused'] } }).nextItems()
 assert.ok(!page.some((s) => s.sandboxId === sbx.sandboxId))
+
+step('getMetrics')
+let samples = await sbx.getMetrics()
+assert.equal(samples.length, 1, JSON.stringify(samples))
+let sample = samples[0]
+assert.ok(sample.timestamp instanceof Date && !isNaN(sample.timestamp), JSON.stringify(sample))
+assert.ok(sample.cpuCount >= 1 && sample.cpuUsedPct >= 0 && sample.cpuUsedPct <= 100, JSON.stringify(sample))
+assert.ok(sample.memTotal > 100 * 2 ** 20 && sample.memUsed > 0 && sample.memUsed < sample.memTotal, JSON.stringify(sample))
+assert.ok(sample.diskTotal > 0 && sample.diskUsed > 0 && sample.diskUsed < sample.diskTotal, JSON.stringify(sample))
+samples = await sbx.getMetrics({ start: new Date(sample.timestamp.getTime() - 60_000) })
+assert.equal(samples.length, 2, JSON.stringify(samples))
+samples = await sbx.getMetrics({ start: new Date(Date.now() + 3_600_000), end: new Date(Date.now() + 7_200_000) })
+assert.equal(samples.length, 0, JSON.stringify(samples))
+summary.metrics = sample
 
 step('setTimeout')
 await sbx.setTimeout(3_600_000)

@@ -1,6 +1,6 @@
 // Package sdktest holds the official E2B SDK's scripts that drive cove's
-// E2B-compatible API: sdk.mjs, which cmd/cove's TestE2BSDK runs, and
-// bench.mjs, which covebench -only e2b runs. The SDK itself (npm e2b,
+// E2B-compatible API: sdk.mjs and restart.mjs, which cmd/cove's
+// TestE2BSDK runs, and bench.mjs, which covebench -only e2b runs. The SDK itself (npm e2b,
 // pinned by package-lock.json) is installed once per lock file with npm
 // ci under a cache directory, and each run gets a directory holding the
 // scripts beside a link to it, where Node resolves 'e2b'.
@@ -26,6 +26,8 @@ var (
 	sdkScript []byte
 	//go:embed bench.mjs
 	benchScript []byte
+	//go:embed restart.mjs
+	restartScript []byte
 )
 
 // ErrNoNode says node or npm is missing (make deps installs them).
@@ -54,7 +56,7 @@ func Prepare(cache, dir string, progress func(string)) error {
 	if err := os.Symlink(filepath.Join(inst, "node_modules"), filepath.Join(dir, "node_modules")); err != nil {
 		return fmt.Errorf("sdktest: %w", err)
 	}
-	for name, b := range map[string][]byte{"package.json": packageJSON, "sdk.mjs": sdkScript, "bench.mjs": benchScript} {
+	for name, b := range map[string][]byte{"package.json": packageJSON, "sdk.mjs": sdkScript, "bench.mjs": benchScript, "restart.mjs": restartScript} {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
 			return fmt.Errorf("sdktest: %w", err)
 		}

@@ -1,0 +1,62 @@
+package e2b_test
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// TestFakeUnknownUser: a user the guest lacks is unauthenticated, on RPCs
+// (Authorization: Basic) and /files (?username=), and changes nothing;
+// "user", which E2B's sandboxes have, is made on first use, and where
+// the guest cannot (the fake guest has no useradd) it is unknown too.
+// Root, named or not, is served as before.
+func TestFakeUnknownUser(t *testing.T) {
+	e := newFakeEnv(t)
+	var sbx sandboxAnswer
+	e.ok(&sbx, http.StatusCreated, e.alice, "POST", "/v2/sandboxes", `{"templateID":"base","timeout":600}`)
+	if st, b := e.envd(sbx, "POST", "/files?path=/etc/passwd", "application/octet-stream", "root:x:0:0:root:/root:/bin/sh\n"); st != http.StatusOK {
+		t.Fatalf("write /etc/passwd: %d %s", st, b)
+	}
+	rpcAs := func(user, method, body string) (int, string) {
+		t.Helper()
+		req, err := http.NewRequest("POST", e.url+"/filesystem.Filesystem/"+method, strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("E2b-Sandbox-Id", sbx.SandboxID)
+		req.Header.Set("X-Access-Token", sbx.EnvdAccessToken)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(user+":")))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var eb struct {
+			Code string `json:"code"`
+		}
+		_ = json.NewDecoder(resp.Body).Decode(&eb)
+		return resp.StatusCode, eb.Code
+	}
+	for _, user := range []string{"nosuchuser", "user", "-rf"} {
+		if st, code := rpcAs(user, "MakeDir", `{"path":"/tmp/by-`+user+`"}`); st != http.StatusUnauthorized || code != "unauthenticated" {
+			t.Errorf("MakeDir as %s: %d %s, want 401 unauthenticated", user, st, code)
+		}
+		if st, b := e.envd(sbx, "GET", "/files?path=/etc/passwd&username="+user, "", ""); st != http.StatusUnauthorized {
+			t.Errorf("read as %s: %d %s, want 401", user, st, b)
+		}
+		if st, b := e.envd(sbx, "POST", "/files?path=/tmp/by-"+user+"&username="+user, "application/octet-stream", "x"); st != http.StatusUnauthorized {
+			t.Errorf("write as %s: %d %s, want 401", user, st, b)
+		}
+		e.rpcCode("after the refusals", sbx, "Stat", `{"path":"/tmp/by-`+user+`"}`, http.StatusNotFound, "not_found")
+	}
+	if st, code := rpcAs("root", "MakeDir", `{"path":"/tmp/by-root"}`); st != http.StatusOK {
+		t.Errorf("MakeDir as root: %d %s", st, code)
+	}
+	if st, b := e.envd(sbx, "GET", "/files?path=/etc/passwd&username=root", "", ""); st != http.StatusOK || !strings.HasPrefix(string(b), "root:") {
+		t.Errorf("read as root: %d %s", st, b)
+	}
+}
