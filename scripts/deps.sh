@@ -18,6 +18,8 @@ want git git
 # The E2B-compatible API's tests drive the official E2B SDK (npm 'e2b').
 want node nodejs
 want npm npm
+# The dashboard's tests drive a headless browser (chromedp).
+want chromium chromium
 # The tiny image needs the static busybox (the dynamic one would need libc).
 bb_status=$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null || true)
 [[ $bb_status == *"ok installed"* ]] || need_pkgs+=(busybox-static)
