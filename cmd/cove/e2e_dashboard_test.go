@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/browser"
+	"github.com/chromedp/cdproto/cdp"
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 	"github.com/coder/websocket"
 
@@ -57,6 +59,11 @@ func browserCtx(t *testing.T, bin string) (context.Context, string) {
 	t.Cleanup(func() { cancelB(); cancelA() })
 	_, err := chromedp.CallBrowser(ctx, browser.SetDownloadBehavior, browser.SetDownloadBehaviorParams{
 		Behavior: browser.SetDownloadBehaviorBehaviorAllow, DownloadPath: downloads})
+	if err == nil {
+		// The first action makes the tab, which lives as long as the
+		// context of that call: this one, with no timeout.
+		err = chromedp.Do(ctx, chromedp.Navigate("about:blank"))
+	}
 	if err != nil {
 		t.Fatalf("start chromium: %v", err)
 	}
@@ -84,7 +91,9 @@ func jsWait(ctx context.Context, what, expr string, limit time.Duration) error {
 // artifact directory.
 func shot(t *testing.T, ctx context.Context, name string) {
 	t.Helper()
-	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(90))
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	png, err := chromedp.Run(ctx, chromedp.FullScreenshot(100)) // 100: PNG
 	if err != nil {
 		t.Errorf("screenshot %s: %v", name, err)
 		return
@@ -116,6 +125,11 @@ func TestDashboard(t *testing.T) {
 	bin := chromium(t)
 	e := newE2E(t)
 	e.startServer()
+	t.Cleanup(func() { // before newE2E's, which finds no QEMU left then
+		for id := range e.seen {
+			e.run(nil, "rm", id)
+		}
+	})
 
 	page, err := http.Get("http://" + e.addr + "/")
 	if err != nil {
@@ -168,7 +182,8 @@ func TestDashboard(t *testing.T) {
 	shot(t, ctx, "signin")
 	step("a wrong token", chromedp.SendKeys(chromedp.ID("signin-token"), "cove_wrong"), chromedp.Click(chromedp.ID("signin-submit")))
 	wait("the refusal", `!document.getElementById('signin-error').hidden && document.getElementById('signin-error').textContent.includes('invalid')`, 30*time.Second)
-	step("sign in", chromedp.SetValue(chromedp.ID("signin-token"), ""), chromedp.SendKeys(chromedp.ID("signin-token"), ann), chromedp.Click(chromedp.ID("signin-submit")))
+	evalIn[string](t, ctx, `document.getElementById('signin-token').value = ''`)
+	step("sign in", chromedp.SendKeys(chromedp.ID("signin-token"), ann), chromedp.Click(chromedp.ID("signin-submit")))
 	wait("the sessions list", `!document.getElementById('view-list').hidden && document.getElementById('who').textContent.includes('ann')`, 30*time.Second)
 
 	// The CSP blocks an inline script the page's DOM would run.
@@ -178,7 +193,7 @@ func TestDashboard(t *testing.T) {
 	}
 
 	// Create a session from the page; it appears in the list.
-	step("create", chromedp.SetValue(chromedp.ID("create-name"), "tiny"), chromedp.Click(chromedp.ID("create-submit")))
+	step("create", chromedp.SendKeys(chromedp.ID("create-name"), "tiny"), chromedp.Click(chromedp.ID("create-submit")))
 	wait("the session view", `location.hash.startsWith('#/s/')`, 3*time.Minute)
 	hash := evalIn[string](t, ctx, `location.hash`)
 	id := strings.TrimPrefix(hash, "#/s/")
@@ -202,7 +217,7 @@ func TestDashboard(t *testing.T) {
 	// The terminal: echo hi.
 	step("open the session", chromedp.Navigate(base+"#/s/"+id))
 	wait("the terminal", `document.getElementById('term-status').textContent === 'Connected.' && document.querySelector('#terminal .xterm-rows') !== null`, time.Minute)
-	step("type", chromedp.Click(chromedp.ID("terminal")), chromedp.KeyEvent("echo hi\r"))
+	step("type", chromedp.Click(chromedp.ID("terminal")), typeKeys("echo hi\r"))
 	wait("hi", termHasLine("hi"), time.Minute)
 	wait("running", stateIs("running"), 30*time.Second)
 	shot(t, ctx, "session")
@@ -213,7 +228,7 @@ func TestDashboard(t *testing.T) {
 	wait("the terminal disconnected", `document.getElementById('term-status').textContent.includes('Press a key')`, time.Minute)
 	shot(t, ctx, "parked")
 	// Typing into the parked session's terminal wakes it.
-	step("type into the parked session", chromedp.Click(chromedp.ID("terminal")), chromedp.KeyEvent("echo woke\r"))
+	step("type into the parked session", chromedp.Click(chromedp.ID("terminal")), typeKeys("echo woke\r"))
 	wait("woke", termHasLine("woke"), 3*time.Minute)
 	wait("running again", stateIs("running"), time.Minute)
 
@@ -298,6 +313,28 @@ func signInHTTP(t *testing.T, addr, token string) string {
 	}
 	t.Fatalf("sign-in: %d %s: no cookie", resp.StatusCode, b.String())
 	return ""
+}
+
+// typeKeys types text into the focused element as a person would: one
+// keyDown (with its text) and one keyUp per key. (chromedp.KeyEvent also
+// sends a char event, which xterm.js takes as a second key press.)
+func typeKeys(text string) chromedp.Action[chromedp.Void] {
+	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		for _, r := range text {
+			down := input.DispatchKeyEventParams{Type: input.DispatchKeyEventTypeKeyDown, Key: string(r), Text: string(r)}
+			if r == '\r' {
+				down.Key, down.Code, down.WindowsVirtualKeyCode = "Enter", "Enter", 13
+			}
+			if _, err := cdp.Call(ctx, t, input.DispatchKeyEvent, down); err != nil {
+				return err
+			}
+			up := input.DispatchKeyEventParams{Type: input.DispatchKeyEventTypeKeyUp, Key: down.Key, Code: down.Code, WindowsVirtualKeyCode: down.WindowsVirtualKeyCode}
+			if _, err := cdp.Call(ctx, t, input.DispatchKeyEvent, up); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // evalIn evaluates a JavaScript expression in the page.

@@ -175,7 +175,7 @@ function openList() {
 
 async function refreshList() {
   try {
-    sessionsCache = (await apiJSON('/v1/sessions')) || [];
+    sessionsCache = ((await apiJSON('/v1/sessions')) || {}).sessions || [];
     banner('');
     renderList();
   } catch (e) {
