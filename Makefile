@@ -6,16 +6,27 @@ COVE_HOME ?= /var/lib/cove
 LISTEN  ?= 127.0.0.1:7070
 export COVE_HOME
 
-.PHONY: all deps build run test soak bench bench-scale lint clean
+.PHONY: all deps build dashboard run test soak bench bench-scale lint clean
 
 all: build
 
 deps:
 	@bash scripts/deps.sh
 
-build:
+build: dashboard
 	$(GO) build -o bin/cove ./cmd/cove
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w" -o bin/cove-agent ./cmd/cove-agent
+
+# The dashboard's assets, embedded in bin/cove (internal/dashboard/dist,
+# ignored by git): xterm.js bundled by esbuild, both pinned by
+# package-lock.json and installed by npm ci into web/node_modules only
+# when the lock file changed.
+DASH = internal/dashboard
+dashboard: $(DASH)/dist/app.js
+$(DASH)/web/node_modules/.package-lock.json: $(DASH)/web/package-lock.json
+	cd $(DASH)/web && npm ci --no-audit --no-fund --loglevel=error
+$(DASH)/dist/app.js: $(DASH)/web/node_modules/.package-lock.json $(wildcard $(DASH)/web/src/*) $(DASH)/web/package.json
+	cd $(DASH)/web && npm run --silent build
 
 # Builds the default images if missing (with progress), then serves in the
 # foreground.
@@ -37,7 +48,7 @@ run: deps build
 # too (the npm registry must be reachable the first time).
 TESTJSON ?= $(or $(TMPDIR),/tmp)/cove-test.json
 SKIPPED = grep '"Action":"skip","Package":"[^"]*","Test":' $(TESTJSON)
-test: deps
+test: deps dashboard
 	$(GO) vet ./...
 	$(GO) tool gotestsum --format pkgname-and-test-fails --format-hide-empty-pkg --jsonfile $(TESTJSON) -- -count=1 -p 1 -timeout 45m ./...
 	@n=$$($(SKIPPED) | wc -l); echo "skipped tests: $$n"; \

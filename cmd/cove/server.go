@@ -455,6 +455,9 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return err
 	}
 	hs := srv.HTTPServer() // the timeouts: apiserver.Timeouts
+	if hs.Handler, err = newDashboard(cfg.Home, hs.Handler, log); err != nil {
+		return err
+	}
 	policyName, _ := policies.Source()
 	log.Info("cove server listening", "addr", "http://"+ln.Addr().String(), "home", cfg.Home, "accel", driver.Accel(), "policy", policyName, "node", node)
 	errc := make(chan error, 1)

@@ -1,0 +1,571 @@
+// cove's dashboard: one page, views chosen by the URL's fragment
+// (#/ the sessions, #/s/ID one session). It speaks cove's JSON API under
+// /v1 with the sign-in cookie (internal/dashboard puts the token behind it
+// into the Authorization header), so the server's policy decides what it
+// shows. Text from the server goes into the page as text only (never
+// innerHTML).
+import { Terminal } from '@xterm/xterm';
+import { FitAddon } from '@xterm/addon-fit';
+
+const POLL_MS = 2000;
+const $ = (id) => document.getElementById(id);
+
+let me = null; // {kind, user, csrf, expires} once signed in
+let pollTimer = null;
+let sessionsCache = [];
+let current = null; // the session view's state: {id, term, fit, ws, ...}
+
+class APIError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+// api calls the JSON API with the cookie; state-changing calls carry the
+// CSRF token. A 401 (sign-in expired, token revoked) goes back to the
+// sign-in form, saying why.
+async function api(path, opts = {}) {
+  const o = { credentials: 'same-origin', ...opts, headers: { ...(opts.headers || {}) } };
+  const method = (o.method || 'GET').toUpperCase();
+  if (method !== 'GET' && method !== 'HEAD' && me) o.headers['X-Cove-CSRF'] = me.csrf;
+  let r;
+  try {
+    r = await fetch(path, o);
+  } catch (e) {
+    throw new APIError(0, 'unreachable', 'the server cannot be reached (' + e.message + '); retrying');
+  }
+  if (r.ok) return r;
+  let code = 'http_' + r.status;
+  let msg = r.status + ' ' + r.statusText;
+  try {
+    const body = await r.json();
+    if (body && body.error) {
+      code = body.error.code;
+      msg = body.error.message;
+    }
+  } catch (e) { /* not JSON: keep the status */ }
+  if (r.status === 401) signedOut(msg);
+  throw new APIError(r.status, code, msg);
+}
+
+async function apiJSON(path, opts) {
+  const r = await api(path, opts);
+  if (r.status === 204) return null;
+  return r.json();
+}
+
+function banner(msg) {
+  const b = $('banner');
+  b.textContent = msg || '';
+  b.hidden = !msg;
+}
+
+function show(view) {
+  for (const v of ['loading', 'signin', 'list', 'session']) $('view-' + v).hidden = v !== view;
+}
+
+// ---- sign-in ----
+
+function signedOut(msg) {
+  me = null;
+  stopPolling();
+  closeSession();
+  $('who').hidden = true;
+  $('signout').hidden = true;
+  show('signin');
+  const e = $('signin-error');
+  e.textContent = msg || '';
+  e.hidden = !msg;
+  banner('');
+}
+
+function signedIn(who) {
+  me = who;
+  const name = who.user ? who.user.name : who.kind;
+  $('who').textContent = 'Signed in as ' + name;
+  $('who').hidden = false;
+  $('signout').hidden = false;
+  $('signin-error').hidden = true;
+  route();
+}
+
+async function start() {
+  try {
+    const r = await fetch('/dash/me', { credentials: 'same-origin' });
+    if (r.ok) {
+      signedIn(await r.json());
+      return;
+    }
+    let msg = '';
+    if (r.status !== 401) msg = 'the server answered ' + r.status;
+    else {
+      try { msg = (await r.json()).error.message; } catch (e) { /* none */ }
+      if (msg.startsWith('not signed in')) msg = '';
+    }
+    signedOut(msg);
+  } catch (e) {
+    show('loading');
+    banner('The server cannot be reached; retrying…');
+    setTimeout(start, POLL_MS);
+  }
+}
+
+$('signin-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const err = $('signin-error');
+  err.hidden = true;
+  $('signin-submit').disabled = true;
+  try {
+    const body = new URLSearchParams({ token: $('signin-token').value });
+    const r = await fetch('/dash/signin', { method: 'POST', body, credentials: 'same-origin' });
+    const j = await r.json();
+    if (!r.ok) throw new Error(j.error ? j.error.message : 'sign-in failed: ' + r.status);
+    $('signin-token').value = '';
+    signedIn(j);
+  } catch (e) {
+    err.textContent = e.message;
+    err.hidden = false;
+  } finally {
+    $('signin-submit').disabled = false;
+  }
+});
+
+$('signout').addEventListener('click', async () => {
+  try {
+    await fetch('/dash/signout', { method: 'POST', credentials: 'same-origin', headers: { 'X-Cove-CSRF': me ? me.csrf : '' } });
+  } finally {
+    signedOut('Signed out.');
+  }
+});
+
+// ---- routing ----
+
+function route() {
+  if (!me) return;
+  const m = location.hash.match(/^#\/s\/([A-Za-z0-9._-]+)$/);
+  if (m) openSession(m[1]);
+  else openList();
+}
+window.addEventListener('hashchange', route);
+
+function stopPolling() {
+  if (pollTimer) clearTimeout(pollTimer);
+  pollTimer = null;
+}
+
+function poll(fn) {
+  stopPolling();
+  const tick = async () => {
+    await fn();
+    if (me) pollTimer = setTimeout(tick, POLL_MS);
+  };
+  tick();
+}
+
+// ---- the sessions list ----
+
+function openList() {
+  closeSession();
+  show('list');
+  document.title = 'Sessions · cove';
+  poll(refreshList);
+}
+
+async function refreshList() {
+  try {
+    sessionsCache = ((await apiJSON('/v1/sessions')) || {}).sessions || [];
+    banner('');
+    renderList();
+  } catch (e) {
+    if (e.status !== 401) banner(e.message);
+  }
+}
+
+function age(t) {
+  const s = Math.max(0, (Date.now() - Date.parse(t)) / 1000);
+  if (s < 60) return Math.floor(s) + 's';
+  if (s < 3600) return Math.floor(s / 60) + 'm';
+  if (s < 86400) return Math.floor(s / 3600) + 'h';
+  return Math.floor(s / 86400) + 'd';
+}
+
+function bytes(n) {
+  if (!n) return '';
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  while (n >= 1024 && i < u.length - 1) { n /= 1024; i++; }
+  return (i ? n.toFixed(1) : n) + ' ' + u[i];
+}
+
+function waitsFor(s) {
+  if (!s.waiting) return s.state === 'parked' ? (s.auto_wake ? 'a wake or an exec' : 'a wake') : '';
+  let w = (s.waiting.until || []).join(' or ');
+  if (s.waiting.deadline) w += (w ? '; ' : '') + 'timeout ' + new Date(s.waiting.deadline).toLocaleString();
+  return w;
+}
+
+function snapshotSize(s) {
+  if (s.stored_bytes) return bytes(s.stored_bytes) + ' stored';
+  if (s.snapshot && s.snapshot.disk_bytes) return bytes(s.snapshot.disk_bytes);
+  return s.stored ? 'stored' : '';
+}
+
+function rowText(s) {
+  return [s.id, s.state, s.owner, s.agent, s.template, s.node, s.image].join(' ').toLowerCase();
+}
+
+function cell(text) {
+  const td = document.createElement('td');
+  td.textContent = text == null ? '' : String(text);
+  return td;
+}
+
+function actionButton(label, fn, cls) {
+  const b = document.createElement('button');
+  b.type = 'button';
+  b.textContent = label;
+  if (cls) b.className = cls;
+  b.addEventListener('click', async () => {
+    b.disabled = true;
+    try { await fn(); } catch (e) { if (e.status !== 401) banner(e.message); } finally { b.disabled = false; }
+  });
+  return b;
+}
+
+function renderList() {
+  const q = $('filter').value.trim().toLowerCase();
+  const rows = sessionsCache.filter((s) => !q || rowText(s).includes(q));
+  const tbody = $('sessions').querySelector('tbody');
+  const out = [];
+  for (const s of rows) {
+    const tr = document.createElement('tr');
+    tr.dataset.id = s.id;
+    const idc = document.createElement('td');
+    const a = document.createElement('a');
+    a.href = '#/s/' + encodeURIComponent(s.id);
+    a.textContent = s.id;
+    idc.appendChild(a);
+    tr.appendChild(idc);
+    const st = cell(s.state);
+    st.className = 'state-cell';
+    st.dataset.state = s.state;
+    tr.appendChild(st);
+    tr.appendChild(cell(s.owner));
+    tr.appendChild(cell(s.agent));
+    tr.appendChild(cell(s.template ? s.template + (s.template_version ? ' v' + s.template_version : '') : ''));
+    tr.appendChild(cell(s.node));
+    tr.appendChild(cell(age(s.created_at)));
+    tr.appendChild(cell(s.memory_mib ? s.memory_mib + ' MiB' : ''));
+    tr.appendChild(cell(snapshotSize(s)));
+    tr.appendChild(cell(waitsFor(s)));
+    const act = document.createElement('td');
+    act.className = 'actions';
+    act.appendChild(actionButton('Park', () => park(s.id)));
+    act.appendChild(actionButton('Wake', () => wake(s.id)));
+    act.appendChild(actionButton('Remove', () => remove(s.id), 'danger'));
+    tr.appendChild(act);
+    out.push(tr);
+  }
+  tbody.replaceChildren(...out);
+  $('empty').hidden = sessionsCache.length !== 0;
+  $('count').textContent = rows.length + ' of ' + sessionsCache.length;
+}
+$('filter').addEventListener('input', renderList);
+
+async function park(id) {
+  await api('/v1/sessions/' + encodeURIComponent(id) + '/park', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' });
+  refreshCurrent();
+}
+
+async function wake(id) {
+  await api('/v1/sessions/' + encodeURIComponent(id) + '/wake', { method: 'POST' });
+  refreshCurrent();
+}
+
+async function remove(id) {
+  if (!window.confirm('Remove session ' + id + '? Its VM and files are deleted.')) return;
+  await api('/v1/sessions/' + encodeURIComponent(id), { method: 'DELETE' });
+  if (current && current.id === id) location.hash = '#/';
+  else refreshCurrent();
+}
+
+function refreshCurrent() {
+  if (current) refreshSession();
+  else refreshList();
+}
+
+$('create-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const kind = $('create-kind').value;
+  const name = $('create-name').value.trim();
+  const req = {};
+  if (name) req[kind] = name;
+  const agent = $('create-agent').value.trim();
+  if (agent) req.agent = agent;
+  const b = $('create-submit');
+  b.disabled = true;
+  banner('Creating a session…');
+  try {
+    const s = await apiJSON('/v1/sessions', { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(req) });
+    banner('');
+    location.hash = '#/s/' + encodeURIComponent(s.id);
+  } catch (e) {
+    if (e.status !== 401) banner('Create: ' + e.message);
+  } finally {
+    b.disabled = false;
+  }
+});
+
+// ---- one session ----
+
+function closeSession() {
+  if (!current) return;
+  current.closed = true;
+  if (current.ws) current.ws.close();
+  window.removeEventListener('resize', current.onResize);
+  current.term.dispose();
+  current = null;
+}
+
+function openSession(id) {
+  closeSession();
+  stopPolling();
+  show('session');
+  document.title = id + ' · cove';
+  $('s-id').textContent = id;
+  $('s-state').textContent = '';
+  $('s-detail').textContent = '';
+  $('files').querySelector('tbody').replaceChildren();
+  $('events').replaceChildren();
+  const term = new Terminal({ cursorBlink: true, fontSize: 14, scrollback: 5000, convertEol: false });
+  const fit = new FitAddon();
+  term.loadAddon(fit);
+  const el = $('terminal');
+  el.replaceChildren();
+  term.open(el);
+  fit.fit();
+  current = { id, term, fit, ws: null, open: false, pending: [], closed: false, state: '' };
+  current.onResize = () => { try { fit.fit(); } catch (e) { /* hidden */ } };
+  window.addEventListener('resize', current.onResize);
+  term.onData((d) => typed(d));
+  term.onResize(({ rows, cols }) => sendEvent({ type: 'resize', rows, cols }));
+  poll(refreshSession);
+  listFiles();
+  loadEvents();
+  connect();
+  term.focus();
+}
+
+async function refreshSession() {
+  const c = current;
+  if (!c) return;
+  try {
+    const s = await apiJSON('/v1/sessions/' + encodeURIComponent(c.id));
+    if (c !== current) return;
+    c.state = s.state;
+    const st = $('s-state');
+    st.textContent = s.state;
+    st.className = 'state state-' + s.state;
+    const parts = [s.template ? 'template ' + s.template : 'image ' + s.image, 'owner ' + s.owner];
+    if (s.agent) parts.push('agent ' + s.agent);
+    if (s.node) parts.push('node ' + s.node);
+    parts.push(s.memory_mib + ' MiB', 'age ' + age(s.created_at));
+    const w = waitsFor(s);
+    if (w) parts.push('waits for ' + w);
+    if (s.error) parts.push('error: ' + s.error);
+    $('s-detail').textContent = parts.join(' · ');
+    banner('');
+  } catch (e) {
+    if (c !== current || e.status === 401) return;
+    if (e.status === 404) {
+      banner('Session ' + c.id + ' no longer exists (removed, or not yours to see).');
+      $('s-state').textContent = 'gone';
+      stopPolling();
+      return;
+    }
+    banner(e.message);
+  }
+}
+
+$('s-park').addEventListener('click', () => current && park(current.id).catch((e) => banner(e.message)));
+$('s-wake').addEventListener('click', () => current && wake(current.id).catch((e) => banner(e.message)));
+$('s-remove').addEventListener('click', () => current && remove(current.id).catch((e) => banner(e.message)));
+
+// The terminal: a shell on a PTY over the exec WebSocket. When it ends
+// (the shell exits, the session parks, the server restarts), a key
+// opens a new one: an exec wakes a parked session that wakes on use.
+
+function b64encode(str) {
+  const b = new TextEncoder().encode(str);
+  let s = '';
+  for (const x of b) s += String.fromCharCode(x);
+  return btoa(s);
+}
+
+function b64decode(s) {
+  const bin = atob(s);
+  const out = new Uint8Array(bin.length);
+  for (let i = 0; i < bin.length; i++) out[i] = bin.charCodeAt(i);
+  return out;
+}
+
+function termStatus(msg) {
+  $('term-status').textContent = msg;
+}
+
+function sendEvent(ev) {
+  const c = current;
+  if (!c || !c.ws || !c.open) return false;
+  c.ws.send(JSON.stringify(ev));
+  return true;
+}
+
+function typed(d) {
+  const c = current;
+  if (!c) return;
+  if (c.open) {
+    sendEvent({ type: 'stdin', data: b64encode(d) });
+    return;
+  }
+  c.pending.push(d);
+  if (!c.ws) connect();
+}
+
+function connect() {
+  const c = current;
+  if (!c || c.ws) return;
+  const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
+  const ws = new WebSocket(proto + '//' + location.host + '/v1/sessions/' + encodeURIComponent(c.id) + '/exec/ws');
+  c.ws = ws;
+  c.exited = null;
+  termStatus(c.state === 'parked' ? 'Waking the session and connecting…' : 'Connecting…');
+  ws.onopen = () => {
+    ws.send(JSON.stringify({ argv: ['/bin/sh', '-l'], tty: true, rows: c.term.rows, cols: c.term.cols, env: { TERM: 'xterm-256color' } }));
+    c.open = true;
+    termStatus('Connected.');
+    for (const d of c.pending.splice(0)) ws.send(JSON.stringify({ type: 'stdin', data: b64encode(d) }));
+  };
+  ws.onmessage = (m) => {
+    let ev;
+    try { ev = JSON.parse(m.data); } catch (e) { return; }
+    switch (ev.type) {
+      case 'stdout':
+      case 'stderr':
+        if (ev.data) c.term.write(b64decode(ev.data));
+        break;
+      case 'exit':
+        c.exited = ev.signal ? 'signal ' + ev.signal : 'exit ' + ev.exit_code;
+        break;
+      case 'error':
+        c.term.write('\r\n\x1b[31m' + (ev.error ? ev.error.message : 'error') + '\x1b[0m\r\n');
+        break;
+      default:
+    }
+  };
+  ws.onclose = (ev) => {
+    if (c.ws !== ws) return;
+    c.ws = null;
+    c.open = false;
+    if (c.closed) return;
+    const why = c.exited ? 'The shell ended (' + c.exited + ').' : 'Disconnected' + (ev.reason ? ': ' + ev.reason : '') + '.';
+    termStatus(why + ' Press a key to start a new shell.');
+    c.term.write('\r\n\x1b[2m[' + why + ' Press a key to reconnect.]\x1b[0m\r\n');
+    refreshSession();
+  };
+}
+
+// ---- files ----
+
+function dirPath() {
+  let p = $('files-path').value.trim() || '/';
+  if (!p.startsWith('/')) p = '/' + p;
+  return p.replace(/\/+$/, '') || '/';
+}
+
+function joinPath(dir, name) {
+  return (dir === '/' ? '' : dir) + '/' + name;
+}
+
+async function listFiles() {
+  const c = current;
+  if (!c) return;
+  const dir = dirPath();
+  const tbody = $('files').querySelector('tbody');
+  try {
+    const j = await apiJSON('/v1/sessions/' + encodeURIComponent(c.id) + '/files/list?path=' + encodeURIComponent(dir));
+    const rows = [];
+    for (const f of j.files || []) {
+      const tr = document.createElement('tr');
+      const td = document.createElement('td');
+      if (f.is_dir) {
+        const b = document.createElement('button');
+        b.type = 'button';
+        b.textContent = f.name + '/';
+        b.addEventListener('click', () => { $('files-path').value = joinPath(dir, f.name); listFiles(); });
+        td.appendChild(b);
+      } else {
+        const a = document.createElement('a');
+        a.href = '/v1/sessions/' + encodeURIComponent(c.id) + '/files?path=' + encodeURIComponent(joinPath(dir, f.name));
+        a.download = f.name;
+        a.textContent = f.name;
+        td.appendChild(a);
+      }
+      tr.appendChild(td);
+      tr.appendChild(cell(f.is_dir ? '' : bytes(f.size) || '0 B'));
+      tr.appendChild(cell(new Date(f.mod_time).toLocaleString()));
+      rows.push(tr);
+    }
+    tbody.replaceChildren(...rows);
+  } catch (e) {
+    if (e.status !== 401) banner('Files: ' + e.message);
+  }
+}
+
+$('files-form').addEventListener('submit', (ev) => { ev.preventDefault(); listFiles(); });
+
+$('upload-form').addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const c = current;
+  const file = $('upload-file').files[0];
+  if (!c || !file) { banner('Choose a file to upload.'); return; }
+  const b = $('upload-submit');
+  b.disabled = true;
+  try {
+    const p = joinPath(dirPath(), file.name);
+    await api('/v1/sessions/' + encodeURIComponent(c.id) + '/files?path=' + encodeURIComponent(p), { method: 'PUT', body: file, headers: { 'Content-Type': 'application/octet-stream' } });
+    banner('Uploaded ' + p + '.');
+    listFiles();
+  } catch (e) {
+    if (e.status !== 401) banner('Upload: ' + e.message);
+  } finally {
+    b.disabled = false;
+  }
+});
+
+// ---- events ----
+
+async function loadEvents() {
+  const c = current;
+  if (!c) return;
+  try {
+    const page = await apiJSON('/v1/sessions/' + encodeURIComponent(c.id) + '/events');
+    const items = (page.events || []).slice(-50).reverse().map((e) => {
+      const li = document.createElement('li');
+      li.textContent = new Date(e.received).toLocaleString() + ' ' + e.source + ' ' + e.name + ' (' + e.state + (e.error ? ': ' + e.error : '') + ')';
+      return li;
+    });
+    if (items.length === 0) {
+      const li = document.createElement('li');
+      li.className = 'muted';
+      li.textContent = 'No events.';
+      items.push(li);
+    }
+    $('events').replaceChildren(...items);
+  } catch (e) {
+    if (e.status !== 401) banner('Events: ' + e.message);
+  }
+}
+
+start();
