@@ -442,6 +442,7 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 		// client went away.
 		if uerr := m.cfg.Store.UpdateSession(context.Background(), &rec); uerr != nil {
 			log.Error("record failed boot", "err", uerr)
+			m.recordFollows(rec)
 		}
 		return api.Session{}, err
 	}
@@ -452,6 +453,9 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 	if err := m.cfg.Store.UpdateSession(context.Background(), &rec); err != nil {
 		_ = l.vm.Stop(context.Background())
 		os.RemoveAll(m.dir(rec.ID))
+		rec.State, rec.Handle = api.StateFailed, nil
+		rec.Error = "create: the running VM could not be recorded (it was stopped): " + err.Error()
+		m.recordFollows(rec)
 		return api.Session{}, fmt.Errorf("session: create %s: record: %w", rec.ID, err)
 	}
 	m.adoptLive(rec.ID, l)
@@ -789,6 +793,7 @@ func (m *Manager) fail(id, msg string) {
 	rec.State, rec.Error, rec.UpdatedAt = api.StateFailed, msg, time.Now().UTC()
 	if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
 		m.cfg.Log.Error("record failure", "session", id, "err", err)
+		m.recordFollows(rec)
 	}
 }
 
@@ -857,6 +862,9 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	if rec.State != api.StateStopping {
 		rec.State, rec.UpdatedAt = api.StateStopping, time.Now().UTC()
 		if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
+			if l != nil {
+				m.undelete(l) // refused before anything was done: it runs on
+			}
 			return fmt.Errorf("session: delete %s: %w", id, err)
 		}
 	}
