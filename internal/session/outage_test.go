@@ -3,6 +3,7 @@ package session_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -47,6 +48,27 @@ func (o outageStore) DeleteSession(ctx context.Context, id string) error {
 		return err
 	}
 	return o.Store.DeleteSession(ctx, id)
+}
+
+func (o outageStore) CreateCheckpoint(ctx context.Context, c store.Checkpoint) error {
+	if err := o.fail("create checkpoint"); err != nil {
+		return err
+	}
+	return o.Store.CreateCheckpoint(ctx, c)
+}
+
+func (o outageStore) UpdateCheckpoint(ctx context.Context, c store.Checkpoint) error {
+	if err := o.fail("update checkpoint"); err != nil {
+		return err
+	}
+	return o.Store.UpdateCheckpoint(ctx, c)
+}
+
+func (o outageStore) DeleteCheckpoint(ctx context.Context, sessionID, name string) error {
+	if err := o.fail("delete checkpoint"); err != nil {
+		return err
+	}
+	return o.Store.DeleteCheckpoint(ctx, sessionID, name)
 }
 
 // TestFakeStoreOutageMidOperation: the state store stops taking writes
@@ -211,4 +233,91 @@ func TestFakeStoreOutageMidCreate(t *testing.T) {
 			r.wantNoOrphans(nil)
 		})
 	}
+}
+
+// TestFakeStoreOutageMidCheckpoint: the state store stops taking writes at
+// each step of a checkpoint, a rollback and a fork, and comes back once it
+// has answered (an error). The session comes out of it whole, without a
+// restart: running (or parked at the checkpoint, for a rollback that
+// stopped its VM), its checkpoints listed only whole, no fork left half
+// made; its disk is the one its guest writes (a write survives a park and
+// a wake), it rolls back to its checkpoint, and a restarted server agrees.
+func TestFakeStoreOutageMidCheckpoint(t *testing.T) {
+	ctx := context.Background()
+	steps := []string{"checkpoint.recorded", "checkpoint.paused", "checkpoint.switched", "checkpoint.renamed",
+		"rollback.staged", "rollback.recorded", "rollback.stopped", "rollback.moving",
+		"fork.copying", "fork.copied", "fork.restored"}
+	for _, step := range steps {
+		t.Run(step, func(t *testing.T) {
+			var down atomic.Bool
+			var at atomic.Pointer[string]
+			r := newFakeRigWith(t, func(c *session.Config) {
+				c.Store = outageStore{Store: c.Store, down: &down}
+				c.CrashPoint = func(name string) {
+					if p := at.Load(); p != nil && *p == name {
+						down.Store(true)
+					}
+				}
+			})
+			s := r.create(api.CreateSessionRequest{})
+			r.write(s.ID, "/root/f", "checkpointed\n")
+			r.checkpoint(s.ID, "c")
+			r.write(s.ID, "/root/f", "later\n")
+			at.Store(&step)
+			var err error
+			switch strings.Split(step, ".")[0] {
+			case "checkpoint":
+				_, err = r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{Name: "d"})
+			case "rollback":
+				_, err = r.mgr.Rollback(ctx, s.ID, "c")
+			case "fork":
+				_, err = r.mgr.Fork(ctx, s.ID, api.ForkRequest{From: "c", N: 1})
+			}
+			at.Store(nil)
+			if !down.Swap(false) {
+				t.Fatalf("step %s not reached", step)
+			}
+			if err == nil {
+				t.Fatal("the operation succeeded while the store took no writes")
+			}
+			t.Logf("with the store down from %s: %v", step, err)
+			check := func(when string) {
+				t.Helper()
+				var got api.Session
+				r.eventually(when+": the record follows the VM", func() bool {
+					got = r.get(s.ID)
+					return got.State == api.StateRunning || got.State == api.StateParked
+				})
+				if (got.State == api.StateRunning) != (r.driver.Find(s.ID) != nil) {
+					t.Fatalf("%s: the session is %s; its VM runs: %v", when, got.State, r.driver.Find(s.ID) != nil)
+				}
+				if ss, err := r.mgr.List(ctx); err != nil || len(ss) != 1 {
+					t.Fatalf("%s: sessions %+v (%v), want only the one (no fork half made)", when, ss, err)
+				}
+				if names := r.wantCheckpointsWhole(s.ID); !slices.Contains(names, "c") {
+					t.Fatalf("%s: checkpoints %v lack c", when, names)
+				}
+				r.wantNoOrphans([]string{s.ID}, runningIf(got.State, s.ID)...)
+				r.echo(s.ID)
+				r.write(s.ID, "/root/g", when)
+				r.park(s.ID)
+				r.wantFile(s.ID, "/root/g", when)
+				if _, err := r.mgr.Rollback(ctx, s.ID, "c"); err != nil {
+					t.Fatalf("%s: rollback: %v", when, err)
+				}
+				r.wantFile(s.ID, "/root/f", "checkpointed\n")
+			}
+			check("once the store is back")
+			r.restart()
+			check("after a restart")
+		})
+	}
+}
+
+// runningIf is ids if state is running, else none.
+func runningIf(state string, ids ...string) []string {
+	if state == api.StateRunning {
+		return ids
+	}
+	return nil
 }
