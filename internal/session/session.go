@@ -1170,7 +1170,7 @@ func (m *Manager) waitRunning(ctx context.Context, id string) (*live, error) {
 		if err != nil {
 			return nil, notFound(id, err)
 		}
-		if rec.State == api.StateFailed || rec.State == api.StateStopping || rec.State == api.StateLost {
+		if cannotServe(rec.State) {
 			msg := fmt.Sprintf("session %s is %s", id, rec.State)
 			if rec.Error != "" {
 				msg += ": " + rec.Error
@@ -1184,6 +1184,15 @@ func (m *Manager) waitRunning(ctx context.Context, id string) (*live, error) {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// cannotServe reports whether a session in state has no VM to serve a
+// call and gets none without being asked: it is being removed (stopping),
+// its VM failed, or its node was lost. A call that needs its VM is
+// refused (409) instead of waited for or woken, and an event for it is
+// not delivered.
+func cannotServe(state string) bool {
+	return state == api.StateStopping || state == api.StateFailed || state == api.StateLost
 }
 
 // stopLoops ends the background loops (idle parking, pool refills) once.
