@@ -159,6 +159,10 @@ type Config struct {
 	// one per Every (guestlimit.go); 0: the defaults.
 	GuestCheckpointBurst int
 	GuestCheckpointEvery time.Duration
+	// GuestCheckpointsAtOnce bounds the guests' checkpoints and rollbacks
+	// under way on the host, all sessions together (the others wait
+	// their turn); 0: DefaultGuestCheckpointsAtOnce.
+	GuestCheckpointsAtOnce int
 }
 
 // Manager manages sessions. It is safe for concurrent use.
@@ -307,7 +311,7 @@ func New(cfg Config) (*Manager, error) {
 	}
 	m := &Manager{cfg: cfg, live: map[string]*live{}, locks: map[string]*sync.Mutex{},
 		pools: map[string]*pool{}, woke: map[string]chan struct{}{}, stop: make(chan struct{}), rollbacks: map[string]rollbackMark{},
-		guestRate: map[string]*rate.Limiter{}, guestWork: make(chan struct{}, guestWorkAtOnce),
+		guestRate: map[string]*rate.Limiter{}, guestWork: make(chan struct{}, cmp(cfg.GuestCheckpointsAtOnce, DefaultGuestCheckpointsAtOnce)),
 		builds: map[string]*builder{}, follows: map[string][]string{}, tlocks: map[string]*sync.RWMutex{},
 		deadlines: map[string]time.Time{}, deliver: make(chan struct{}, 1), leases: map[string]bool{},
 		cloneFiles: map[string][]cloneFiles{}, cloneWanted: map[string]bool{}, cloneKick: make(chan struct{}, 1),
