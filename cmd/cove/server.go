@@ -685,28 +685,36 @@ func firstAdmin(ctx context.Context, dir *identity.Directory, log *slog.Logger) 
 
 // adminToken reads the admin token, creating it (0600) on first start.
 func adminToken(path string) (string, error) {
-	if b, err := os.ReadFile(path); err == nil {
-		if tok := strings.TrimSpace(string(b)); tok != "" {
-			return tok, nil
+	for range 2 {
+		b, err := os.ReadFile(path)
+		switch {
+		case err == nil:
+			if tok := strings.TrimSpace(string(b)); tok != "" {
+				return tok, nil
+			}
+			// Empty: left by a server killed between its create and its
+			// write (before the file was written whole): made anew.
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return "", fmt.Errorf("server: admin token: %w", err)
+			}
+		case !errors.Is(err, fs.ErrNotExist):
+			return "", fmt.Errorf("server: admin token: %w", err)
 		}
+		r := make([]byte, 32)
+		if _, err := rand.Read(r); err != nil {
+			return "", err
+		}
+		tok := hex.EncodeToString(r)
+		// Whole or not at all, 0600, durable; never over another's.
+		if err := keyfile.Create(path, []byte(tok+"\n")); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				continue // another server on this home made it first: its token
+			}
+			return "", fmt.Errorf("server: admin token: %w", err)
+		}
+		return tok, nil
 	}
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		return "", err
-	}
-	tok := hex.EncodeToString(b)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return "", fmt.Errorf("server: admin token: %w", err)
-	}
-	if _, err := f.WriteString(tok + "\n"); err != nil {
-		f.Close()
-		return "", err
-	}
-	if err := f.Close(); err != nil {
-		return "", err
-	}
-	return tok, nil
+	return "", fmt.Errorf("server: admin token: %s is empty", path)
 }
 
 // homeServerID is the id the server on home goes by in its store: the
