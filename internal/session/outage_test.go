@@ -2,6 +2,7 @@ package session_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -320,4 +321,44 @@ func runningIf(state string, ids ...string) []string {
 		return ids
 	}
 	return nil
+}
+
+// TestFakeStoreOutageRefusesClones: a clone (from a warm pool, and
+// restored then) while the state store takes no writes is refused, and
+// leaves nothing: no session, no VM, no files (the pooled clone it took is
+// gone with it). Once the store is back the pool fills again and a clone
+// works.
+func TestFakeStoreOutageRefusesClones(t *testing.T) {
+	ctx := context.Background()
+	for _, pool := range []int{0, 1} {
+		t.Run(fmt.Sprintf("pool=%d", pool), func(t *testing.T) {
+			var down atomic.Bool
+			r := newFakeRigWith(t, func(c *session.Config) { c.Store = outageStore{Store: c.Store, down: &down} })
+			if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web", Setup: []string{"touch /root/setup-ran"}, Pool: pool}); err != nil {
+				t.Fatal(err)
+			}
+			poolReady := func() bool {
+				tp, err := r.mgr.GetTemplate(ctx, "web")
+				return err == nil && tp.PoolReady == pool
+			}
+			r.eventually("the pool fills", poolReady)
+			down.Store(true)
+			_, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{Template: "web"})
+			down.Store(false)
+			if !errors.Is(err, store.ErrUnavailable) {
+				t.Fatalf("a clone while the store takes no writes: %v, want store.ErrUnavailable (503)", err)
+			}
+			if ss, err := r.mgr.List(ctx); err != nil || len(ss) != 0 {
+				t.Fatalf("sessions after a refused clone: %+v (%v)", ss, err)
+			}
+			if pool == 0 {
+				r.wantNoOrphans(nil)
+			}
+			r.eventually("the pool fills again", poolReady)
+			s := r.create(api.CreateSessionRequest{Template: "web"})
+			if _, err := r.mgr.Stat(ctx, s.ID, "/root/setup-ran"); err != nil {
+				t.Fatalf("a clone once the store is back: %v", err)
+			}
+		})
+	}
 }
