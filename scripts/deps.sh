@@ -18,16 +18,13 @@ want git git
 # The E2B-compatible API's tests drive the official E2B SDK (npm 'e2b').
 want node nodejs
 want npm npm
-<<<<<<< HEAD
 # Regenerating envd's Go from cove's .proto files (go generate
 # ./internal/e2b/envdpb): protoc, with the well-known types' .proto files.
 want protoc protobuf-compiler
 wkt_status=$(dpkg-query -W -f='${Status}' libprotobuf-dev 2>/dev/null || true)
 [[ $wkt_status == *"ok installed"* ]] || need_pkgs+=(libprotobuf-dev)
-=======
 # The dashboard's tests drive a headless browser (chromedp).
 want chromium chromium
->>>>>>> dash
 # The tiny image needs the static busybox (the dynamic one would need libc).
 bb_status=$(dpkg-query -W -f='${Status}' busybox-static 2>/dev/null || true)
 [[ $bb_status == *"ok installed"* ]] || need_pkgs+=(busybox-static)

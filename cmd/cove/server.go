@@ -70,6 +70,15 @@ type serverConfig struct {
 	MemoryOvercommit float64 // VM memory admitted per MiB of host memory
 	CPUOvercommit    float64 // vCPUs admitted per host CPU
 
+	// Bounds on what a guest asks for itself (session/guestlimit.go):
+	// checkpoints one session holds, its guest's checkpoint and rollback
+	// requests (a burst, then one per period), and those under way on
+	// the host at once. 0: the session package's defaults.
+	MaxCheckpoints         int
+	GuestCheckpointBurst   int
+	GuestCheckpointEvery   time.Duration
+	GuestCheckpointsAtOnce int
+
 	// WebhookMemory bounds the memory of webhook bodies not yet
 	// authenticated, in MiB.
 	WebhookMemory int
@@ -194,6 +203,9 @@ the policy in force.`,
 			if err := envCacheSize(cmd, &cfg.CacheSize); err != nil {
 				return err
 			}
+			if err := checkGuestLimits(cfg); err != nil {
+				return err
+			}
 			if v := os.Getenv("COVE_E2B_MAX_UPLOAD"); v != "" && !cmd.Flags().Changed("e2b-max-upload") {
 				if err := cfg.E2BMaxUpload.Set(v); err != nil {
 					return fmt.Errorf("server: COVE_E2B_MAX_UPLOAD: %w", err)
@@ -225,6 +237,10 @@ the policy in force.`,
 	f.BoolVar(&cfg.AllowNoCgroups, "allow-no-cgroups", os.Getenv("COVE_ALLOW_NO_CGROUPS") == "1", "run VMs without the cgroup limits this host cannot apply, instead of refusing to start (COVE_ALLOW_NO_CGROUPS=1)")
 	f.Float64Var(&cfg.MemoryOvercommit, "memory-overcommit", envFloat("COVE_MEMORY_OVERCOMMIT", session.DefaultMemoryOvercommit), "MiB of VM memory admitted per MiB of host memory (COVE_MEMORY_OVERCOMMIT)")
 	f.Float64Var(&cfg.CPUOvercommit, "cpu-overcommit", envFloat("COVE_CPU_OVERCOMMIT", session.DefaultCPUOvercommit), "vCPUs admitted per host CPU (COVE_CPU_OVERCOMMIT)")
+	f.IntVar(&cfg.MaxCheckpoints, "max-checkpoints", envInt("COVE_MAX_CHECKPOINTS", session.DefaultMaxCheckpoints), "the most checkpoints one session holds, its guest's and the API's together; one more is refused (COVE_MAX_CHECKPOINTS)")
+	f.IntVar(&cfg.GuestCheckpointBurst, "guest-checkpoint-burst", envInt("COVE_GUEST_CHECKPOINT_BURST", session.DefaultGuestCheckpointBurst), "checkpoint and rollback requests a session's guest may make at once ('cove-agent checkpoint', 'cove-agent rollback'), then one per --guest-checkpoint-every; the rest are refused with nothing done (COVE_GUEST_CHECKPOINT_BURST)")
+	f.DurationVar(&cfg.GuestCheckpointEvery, "guest-checkpoint-every", envDuration("COVE_GUEST_CHECKPOINT_EVERY", session.DefaultGuestCheckpointEvery), "how often a session's guest may make one more checkpoint or rollback request once its burst is spent (COVE_GUEST_CHECKPOINT_EVERY)")
+	f.IntVar(&cfg.GuestCheckpointsAtOnce, "guest-checkpoints-at-once", envInt("COVE_GUEST_CHECKPOINTS_AT_ONCE", session.DefaultGuestCheckpointsAtOnce), "guests' checkpoints and rollbacks under way on this host at once, all sessions together; the others wait their turn (COVE_GUEST_CHECKPOINTS_AT_ONCE)")
 	f.BoolVar(&cfg.StopOnExit, "stop-on-exit", false, "stop every VM when the server exits (default: leave them for the next server to adopt)")
 	f.StringVar(&cfg.IssuerURL, "issuer-url", os.Getenv("COVE_ISSUER_URL"), "URL of cove as the OpenID issuer of the sessions' identity tokens (https, served at its root; verifiers fetch /.well-known/openid-configuration from it); default: http:// and --listen when that is a loopback address, else no session tokens (COVE_ISSUER_URL)")
 	f.StringArrayVar(&cfg.OIDCIssuers, "oidc-issuer", envList("COVE_OIDC_ISSUERS"), "accept the ID tokens of an OpenID Connect issuer as bearer tokens: ISSUER_URL=CLIENT_ID (https, or http on loopback; the client id is the audience its tokens carry, and the client 'cove login' signs in as); repeat for more; a user is made at its first sign-in, and the groups claim sets its teams (COVE_OIDC_ISSUERS, comma-separated)")
@@ -243,6 +259,24 @@ the policy in force.`,
 	f.StringVar(&cfg.E2BBaseImage, "e2b-base-image", envOr("COVE_E2B_BASE_IMAGE", "debian"), "image of the E2B template 'base' (the SDK's default; it needs bash) where no cove template is named base (COVE_E2B_BASE_IMAGE)")
 	f.StringVar(&cfg.Policy, "policy", os.Getenv("COVE_POLICY"), "Cedar policy file that decides every API action (default: the built-in policy: engineers see and control their own sessions, admins everything); check it with 'cove policy check'; SIGHUP reloads it, keeping the policy in force if the file does not check (COVE_POLICY)")
 	return cmd
+}
+
+// checkGuestLimits refuses bounds on guests' requests that would bound
+// nothing or refuse everything: each at least 1 (a period, 1s).
+func checkGuestLimits(cfg serverConfig) error {
+	for _, c := range []struct {
+		flag string
+		n    int
+	}{{"--max-checkpoints", cfg.MaxCheckpoints}, {"--guest-checkpoint-burst", cfg.GuestCheckpointBurst},
+		{"--guest-checkpoints-at-once", cfg.GuestCheckpointsAtOnce}} {
+		if c.n < 1 {
+			return fmt.Errorf("server: %s is %d: it must be at least 1", c.flag, c.n)
+		}
+	}
+	if cfg.GuestCheckpointEvery < time.Second {
+		return fmt.Errorf("server: --guest-checkpoint-every is %v: it must be at least 1s", cfg.GuestCheckpointEvery)
+	}
+	return nil
 }
 
 func runServer(ctx context.Context, cfg serverConfig) error {
@@ -389,7 +423,9 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		CrashPoint: crash, Objects: objects, CacheSize: int64(cfg.CacheSize), GCInterval: cfg.GCInterval, GCGrace: cfg.GCGrace,
 		OnEvent: session.Hooks(session.AuditEvents(auditLog), session.ObserveDurations(metrics.ObservePark, metrics.ObserveWake),
 			session.ObserveStores(metrics.ObserveStore), session.ObserveEvictions(metrics.ObserveEviction)),
-		Admission: session.Admission{MemoryOvercommit: cfg.MemoryOvercommit, CPUOvercommit: cfg.CPUOvercommit},
+		Admission:      session.Admission{MemoryOvercommit: cfg.MemoryOvercommit, CPUOvercommit: cfg.CPUOvercommit},
+		MaxCheckpoints: cfg.MaxCheckpoints, GuestCheckpointBurst: cfg.GuestCheckpointBurst,
+		GuestCheckpointEvery: cfg.GuestCheckpointEvery, GuestCheckpointsAtOnce: cfg.GuestCheckpointsAtOnce,
 	})
 	if err != nil {
 		return err
@@ -667,28 +703,36 @@ func firstAdmin(ctx context.Context, dir *identity.Directory, log *slog.Logger) 
 
 // adminToken reads the admin token, creating it (0600) on first start.
 func adminToken(path string) (string, error) {
-	if b, err := os.ReadFile(path); err == nil {
-		if tok := strings.TrimSpace(string(b)); tok != "" {
-			return tok, nil
+	for range 2 {
+		b, err := os.ReadFile(path)
+		switch {
+		case err == nil:
+			if tok := strings.TrimSpace(string(b)); tok != "" {
+				return tok, nil
+			}
+			// Empty: left by a server killed between its create and its
+			// write (before the file was written whole): made anew.
+			if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return "", fmt.Errorf("server: admin token: %w", err)
+			}
+		case !errors.Is(err, fs.ErrNotExist):
+			return "", fmt.Errorf("server: admin token: %w", err)
 		}
+		r := make([]byte, 32)
+		if _, err := rand.Read(r); err != nil {
+			return "", err
+		}
+		tok := hex.EncodeToString(r)
+		// Whole or not at all, 0600, durable; never over another's.
+		if err := keyfile.Create(path, []byte(tok+"\n")); err != nil {
+			if errors.Is(err, fs.ErrExist) {
+				continue // another server on this home made it first: its token
+			}
+			return "", fmt.Errorf("server: admin token: %w", err)
+		}
+		return tok, nil
 	}
-	b := make([]byte, 32)
-	if _, err := rand.Read(b); err != nil {
-		return "", err
-	}
-	tok := hex.EncodeToString(b)
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		return "", fmt.Errorf("server: admin token: %w", err)
-	}
-	if _, err := f.WriteString(tok + "\n"); err != nil {
-		f.Close()
-		return "", err
-	}
-	if err := f.Close(); err != nil {
-		return "", err
-	}
-	return tok, nil
+	return "", fmt.Errorf("server: admin token: %s is empty", path)
 }
 
 // homeServerID is the id the server on home goes by in its store: the

@@ -403,3 +403,34 @@ func TestWriteTarRoundTrip(t *testing.T) {
 		t.Errorf("empty dir: %v", err)
 	}
 }
+
+// TestExtractTarDropsSetuidSetgidSticky: a guest's archive asks for a
+// setuid and a setgid file and setgid and sticky directories (a guest's
+// files may be anything); on the host, where 'cove cp' may run as root,
+// none of those bits is set: only the permission bits are kept.
+func TestExtractTarDropsSetuidSetgidSticky(t *testing.T) {
+	dest := t.TempDir()
+	a := archive(t,
+		entry{name: "d/", typ: tar.TypeDir, mode: 0o2755},
+		entry{name: "shared/", typ: tar.TypeDir, mode: 0o1777},
+		entry{name: "d/suid", body: "#!/bin/sh\n", mode: 0o4755},
+		entry{name: "d/sgid", body: "#!/bin/sh\n", mode: 0o2711},
+		entry{name: "shared/both", body: "x", mode: 0o6777},
+	)
+	if err := extractTar(a, dest, 0); err != nil {
+		t.Fatal(err)
+	}
+	for name, perm := range map[string]fs.FileMode{"d": 0o755, "shared": 0o777, "d/suid": 0o755, "d/sgid": 0o711, "shared/both": 0o777} {
+		var st syscall.Stat_t
+		if err := syscall.Lstat(filepath.Join(dest, name), &st); err != nil {
+			t.Fatal(err)
+		}
+		if special := st.Mode & (syscall.S_ISUID | syscall.S_ISGID | syscall.S_ISVTX); special != 0 {
+			t.Errorf("%s has mode %o on the host: setuid, setgid or sticky (%o) kept", name, st.Mode&0o7777, special)
+		}
+		// The umask may take bits away, never add them.
+		if got := fs.FileMode(st.Mode & 0o777); got&^perm != 0 {
+			t.Errorf("%s has permissions %o, more than the archive's %o", name, got, perm)
+		}
+	}
+}

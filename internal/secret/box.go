@@ -25,7 +25,10 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"strings"
+
+	"github.com/cove-dev/cove/internal/keyfile"
 )
 
 // KeySize is the length of a key: AES-256's.
@@ -153,30 +156,39 @@ func LoadOrCreateKey(path string) ([]byte, error) {
 	if path == "" {
 		return nil, fmt.Errorf("secret: no key: %s is unset and no key file is given", EnvKey)
 	}
-	key := make([]byte, KeySize)
-	if _, err := rand.Read(key); err != nil {
-		return nil, fmt.Errorf("secret: new key: %w", err)
-	}
-	// O_EXCL: two servers starting at once keep one key, not one each.
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, fs.ErrExist) {
-		return LoadKey(path)
-	}
-	if err != nil {
+	if _, err := os.Stat(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("secret: new key file: %w", err)
 	}
-	_, err = f.WriteString(base64.StdEncoding.EncodeToString(key) + "\n")
-	if err == nil {
-		err = f.Sync()
+	for range 2 {
+		if fi, err := os.Stat(path); err == nil && fi.Mode().IsRegular() && fi.Size() == 0 {
+			// Left by a server killed between creating the file and
+			// writing it (before keys were written whole): no secret was
+			// ever sealed with a key never written, so it is made anew.
+			// A file with anything in it is never replaced.
+			if err := os.Remove(path); err != nil {
+				return nil, fmt.Errorf("secret: empty key file: %w", err)
+			}
+		}
+		key := make([]byte, KeySize)
+		if _, err := rand.Read(key); err != nil {
+			return nil, fmt.Errorf("secret: new key: %w", err)
+		}
+		// Whole or not at all (a temporary file, fsynced, linked into
+		// place), and never over another's: two servers starting at once
+		// keep one key, not one each.
+		err := keyfile.Create(path, []byte(base64.StdEncoding.EncodeToString(key)+"\n"))
+		if errors.Is(err, fs.ErrExist) {
+			if fi, serr := os.Stat(path); serr == nil && fi.Size() == 0 {
+				continue // an empty one, from before: made anew
+			}
+			return LoadKey(path)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("secret: new key file %s: %w", path, err)
+		}
+		return key, nil
 	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		os.Remove(path) // half a key would be refused at the next start
-		return nil, fmt.Errorf("secret: new key file %s: %w", path, err)
-	}
-	return key, nil
+	return nil, fmt.Errorf("secret: key file %s stays empty", path)
 }
 
 // envKey is the key EnvKey holds, ok false when it is unset.

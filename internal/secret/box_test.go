@@ -219,3 +219,41 @@ func TestLoadOrCreateKey(t *testing.T) {
 		t.Error("LoadOrCreateKey in a missing directory: no error")
 	}
 }
+
+// A key file left empty (a server killed between creating and writing it)
+// is made anew at the next start: no secret was sealed with a key never
+// written. A key file with anything else in it is never replaced: a
+// damaged key is refused, saying so, and stays as it is.
+func TestLoadOrCreateKeyAfterACrash(t *testing.T) {
+	t.Setenv(EnvKey, "")
+	os.Unsetenv(EnvKey)
+	dir := t.TempDir()
+	p := filepath.Join(dir, "secret.key")
+	if err := os.WriteFile(p, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	k, err := LoadOrCreateKey(p)
+	if err != nil || len(k) != KeySize {
+		t.Fatalf("LoadOrCreateKey over an empty file = %x, %v; want a new key", k, err)
+	}
+	if again, err := LoadKey(p); err != nil || !bytes.Equal(again, k) {
+		t.Fatalf("LoadKey after = %x, %v; want the new key", again, err)
+	}
+	if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v, %v; want mode 0600", fi, err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".key-*")); len(left) != 0 {
+		t.Fatalf("temporary files left: %v", left)
+	}
+
+	damaged := []byte("c2hvcnQ=\n") // base64, but not 32 bytes
+	if err := os.WriteFile(p, damaged, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if k, err := LoadOrCreateKey(p); err == nil {
+		t.Fatalf("LoadOrCreateKey over a damaged key = %x; want it refused", k)
+	}
+	if b, _ := os.ReadFile(p); !bytes.Equal(b, damaged) {
+		t.Fatalf("the damaged key file was changed: %q", b)
+	}
+}

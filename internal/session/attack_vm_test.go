@@ -35,14 +35,7 @@ func TestQEMUKilledMidCheckpoint(t *testing.T) {
 	for _, step := range []string{"checkpoint.disk-switched", "checkpoint.migrated", "checkpoint.paused"} {
 		t.Run(step, func(t *testing.T) {
 			s := r.create(t, api.CreateSessionRequest{MemoryMiB: 256})
-			// As memoryMark, on whichever rig r is by then.
-			pid := strings.TrimSpace(r.sh(t, s.ID, "echo "+step+" > /dev/shm/marker; sleep 100000 </dev/null >/dev/null 2>&1 & echo $!"))
-			check := func(after string) {
-				t.Helper()
-				if out := r.sh(t, s.ID, "cat /dev/shm/marker; kill -0 "+pid+" && echo alive"); out != step+"\nalive\n" {
-					t.Fatalf("after %s: guest memory lost: %q", after, out)
-				}
-			}
+			check := memoryMarkOn(t, func() *rig { return r }, s.ID) // whichever rig r is by then
 			r.sh(t, s.ID, "echo good > /root/f; sync")
 			if _, err := r.mgr.CreateCheckpoint(ctx, s.ID, api.CheckpointRequest{Name: "good"}); err != nil {
 				t.Fatal(err)

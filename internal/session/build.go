@@ -252,6 +252,13 @@ func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) 
 		log.Error("rebuild: versions", "err", err)
 		return
 	}
+	// Under the claim, a version still building is one a server cut
+	// short whose restart did not settle it (it ran under another server
+	// id while the dead one's claim held).
+	if err := m.failCutBuilds(ctx, name, vs, time.Now().UTC()); err != nil {
+		log.Error("rebuild: settle builds cut short", "err", err)
+		return
+	}
 	next := max(t.Version, 1) + 1
 	for _, v := range vs {
 		next = max(next, v.Version+1)
@@ -662,6 +669,25 @@ func (m *Manager) recoverTemplate(ctx context.Context, t store.Template, now tim
 	return err
 }
 
+// failCutBuilds marks template name's versions in vs that are still
+// building failed, and removes their files: the caller holds the
+// template's build claim, so no build of them is under way.
+func (m *Manager) failCutBuilds(ctx context.Context, name string, vs []store.TemplateVersion, now time.Time) error {
+	for _, v := range vs {
+		if v.State != store.VersionBuilding {
+			continue
+		}
+		v.State, v.Error, v.UpdatedAt = store.VersionFailed, "server stopped during the build", now
+		if err := m.cfg.Store.PutTemplateVersion(ctx, v); err != nil {
+			return fmt.Errorf("session: template %s version %d: %w", name, v.Version, err)
+		}
+		// Never the current one: a version turns current and ready
+		// in one transaction.
+		os.RemoveAll(m.versionDir(name, v.Version))
+	}
+	return nil
+}
+
 // settleBuilds marks template t's builds cut short failed, and reports
 // whether t is to be rebuilt (a ready template that follows a repo).
 func (m *Manager) settleBuilds(ctx context.Context, t store.Template, now time.Time) (rebuild bool, err error) {
@@ -669,17 +695,8 @@ func (m *Manager) settleBuilds(ctx context.Context, t store.Template, now time.T
 	if err != nil {
 		return false, fmt.Errorf("session: template %s versions: %w", t.Name, err)
 	}
-	for _, v := range vs {
-		if v.State != store.VersionBuilding {
-			continue
-		}
-		v.State, v.Error, v.UpdatedAt = store.VersionFailed, "server stopped during the build", now
-		if err := m.cfg.Store.PutTemplateVersion(ctx, v); err != nil {
-			return false, fmt.Errorf("session: template %s version %d: %w", t.Name, v.Version, err)
-		}
-		// Never the current one: a version turns current and ready
-		// in one transaction.
-		os.RemoveAll(m.versionDir(t.Name, v.Version))
+	if err := m.failCutBuilds(ctx, t.Name, vs, now); err != nil {
+		return false, err
 	}
 	if t.State == api.TemplateBuilding {
 		t.State, t.Error, t.UpdatedAt = api.TemplateFailed, "server stopped during the build", now

@@ -471,7 +471,7 @@ func (m *Manager) goneErr(ctx context.Context, id string) error {
 		return api.Errorf(api.CodeNotFound, "session %q not found (removed meanwhile)", id)
 	case err != nil:
 		return nil
-	case rec.State == api.StateStopping || rec.State == api.StateFailed || rec.State == api.StateLost:
+	case cannotServe(rec.State):
 		return api.Errorf(api.CodeConflict, "session %s is %s", id, rec.State)
 	}
 	return nil

@@ -38,3 +38,24 @@ func (m *Manager) WaitMemEncodes() {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// Crash plays the death of the server's process, as a SIGKILL would end
+// it: its background loops are told to stop (one stuck at a crash point
+// stays there for good, its deferred work never run), its agent
+// connections close and its VMs run on, and nothing waits for the work
+// under way, unlike Close, which waits for the loops to end.
+func (m *Manager) Crash() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	select {
+	case <-m.stop:
+	default:
+		close(m.stop)
+	}
+	for id, l := range m.live {
+		l.deleting = true // their VMs keep running
+		l.client().Close()
+		_ = l.vm.Release()
+		delete(m.live, id)
+	}
+}

@@ -26,11 +26,18 @@ import (
 // the one saved. It returns the check.
 func memoryMark(t *testing.T, r *rig, id string) func(after string) {
 	t.Helper()
+	return memoryMarkOn(t, func() *rig { return r }, id)
+}
+
+// memoryMarkOn is memoryMark on the rig that on returns at each use: a
+// test that restarts its server (a new rig) checks on the new one.
+func memoryMarkOn(t *testing.T, on func() *rig, id string) func(after string) {
+	t.Helper()
 	token := strings.ReplaceAll(t.Name(), "/", "-")
-	pid := strings.TrimSpace(r.sh(t, id, "echo "+token+" > /dev/shm/marker; sleep 100000 </dev/null >/dev/null 2>&1 & echo $!"))
+	pid := strings.TrimSpace(on().sh(t, id, "echo "+token+" > /dev/shm/marker; sleep 100000 </dev/null >/dev/null 2>&1 & echo $!"))
 	return func(after string) {
 		t.Helper()
-		if out := r.sh(t, id, "cat /dev/shm/marker; kill -0 "+pid+" && echo alive"); out != token+"\nalive\n" {
+		if out := on().sh(t, id, "cat /dev/shm/marker; kill -0 "+pid+" && echo alive"); out != token+"\nalive\n" {
 			t.Fatalf("after %s: guest memory lost: %q", after, out)
 		}
 	}

@@ -18,23 +18,21 @@ import (
 // cannot remove any); its guest's checkpoint and rollback requests pass a
 // token bucket (Config.GuestCheckpointBurst at once, then one per
 // Config.GuestCheckpointEvery), the rest refused with nothing done; and
-// at most guestWorkAtOnce of them run at once on the host, the others
-// waiting their turn (a guest's requests are served one at a time, so
-// the waiters are at most one per session). API requests are the owner's,
+// at most Config.GuestCheckpointsAtOnce of them run at once on the host,
+// the others waiting their turn (a guest's requests are served one at a
+// time, so the waiters are at most one per session). API requests are the owner's,
 // bounded by policy, and not counted here.
 
 // DefaultMaxCheckpoints is Config.MaxCheckpoints's default.
 const DefaultMaxCheckpoints = 32
 
-// Defaults of Config.GuestCheckpointBurst and GuestCheckpointEvery.
+// Defaults of Config.GuestCheckpointBurst, GuestCheckpointEvery and
+// GuestCheckpointsAtOnce.
 const (
-	DefaultGuestCheckpointBurst = 8
-	DefaultGuestCheckpointEvery = 15 * time.Second
+	DefaultGuestCheckpointBurst   = 8
+	DefaultGuestCheckpointEvery   = 15 * time.Second
+	DefaultGuestCheckpointsAtOnce = 2
 )
-
-// guestWorkAtOnce bounds the guest checkpoints and rollbacks under way
-// on the host.
-const guestWorkAtOnce = 2
 
 func (m *Manager) maxCheckpoints() int {
 	if m.cfg.MaxCheckpoints > 0 {

@@ -386,7 +386,8 @@ func (m *Manager) park(ctx context.Context, id string, cause Cause) (_ api.Sessi
 	rec.State, rec.Handle, rec.Snapshot, rec.UpdatedAt = api.StateParked, nil, mach.encode(), time.Now().UTC()
 	rec.StoredManifest, rec.StoredBytes = "", 0 // until this snapshot's upload is durable
 	if err := m.cfg.Store.UpdateSession(pctx, &rec); err != nil {
-		return api.Session{}, fmt.Errorf("session: park %s: record: %w", id, err)
+		m.recordFollows(rec)
+		return api.Session{}, fmt.Errorf("session: park %s: the session is parked, but its record is not written yet (tried again until the store takes it): %w", id, err)
 	}
 	m.crashPoint("park.done")
 	m.cfg.Log.Info("session parked", "session", id, "park_ms", p.ParkMillis, "disk_bytes", p.DiskBytes)
@@ -402,6 +403,7 @@ func (m *Manager) rollBackPark(ctx context.Context, l *live, rec store.Session) 
 	rec.State, rec.UpdatedAt = api.StateRunning, time.Now().UTC()
 	if err := m.cfg.Store.UpdateSession(context.WithoutCancel(ctx), &rec); err != nil {
 		m.cfg.Log.Error("record rolled-back park", "session", rec.ID, "err", err)
+		m.recordFollows(rec)
 	}
 }
 
@@ -543,9 +545,11 @@ func (m *Manager) wake(ctx context.Context, id string, cause Cause, trigger stri
 	if err := m.cfg.Store.UpdateSession(wctx, &rec); err != nil {
 		// The guest runs and its snapshot is consumed: keep it running
 		// (a restart re-adopts it from the handle recorded before it
-		// ran) and say the record lags.
+		// ran), say the record lags, and write it once the store is
+		// back.
 		m.adoptLive(id, l)
-		return api.Session{}, fmt.Errorf("session: wake %s: record: %w", id, err)
+		m.recordFollows(rec)
+		return api.Session{}, fmt.Errorf("session: wake %s: the session runs, but its record is not written yet (tried again until the store takes it): %w", id, err)
 	}
 	os.Remove(filepath.Join(dir, wokenFile))
 	m.adoptLive(id, l)
@@ -654,7 +658,8 @@ func (m *Manager) backToParked(id string, cause error) error {
 	}
 	rec.State, rec.Handle, rec.Error, rec.UpdatedAt = api.StateParked, nil, "wake failed: "+cause.Error(), time.Now().UTC()
 	if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
-		return fmt.Errorf("session: wake %s: %w (and recording it parked: %v)", id, cause, err)
+		m.recordFollows(rec)
+		return fmt.Errorf("session: wake %s: %w (and recording it parked, tried again until the store takes it: %w)", id, cause, err)
 	}
 	m.cfg.Log.Warn("wake failed before the guest ran; the session stays parked", "session", id, "err", cause)
 	return api.Errorf(api.CodeUnavailable, "session %s: wake failed: %v; the session stays parked, its snapshot intact", id, cause)

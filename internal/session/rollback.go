@@ -243,7 +243,8 @@ func (m *Manager) finishRollback(ctx context.Context, rec store.Session, mach ma
 	rec.State, rec.Handle, rec.Snapshot, rec.Error, rec.UpdatedAt = api.StateParked, nil, mach.encode(), "", time.Now().UTC()
 	rec.StoredManifest, rec.StoredBytes = "", 0
 	if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
-		return fmt.Errorf("session: rollback %s: record: %w", id, err)
+		m.recordFollows(rec)
+		return fmt.Errorf("session: rollback %s: the session is parked at the checkpoint, but its record is not written yet (tried again until the store takes it): %w", id, err)
 	}
 	return nil
 }

@@ -167,6 +167,10 @@ type Config struct {
 	// one per Every (guestlimit.go); 0: the defaults.
 	GuestCheckpointBurst int
 	GuestCheckpointEvery time.Duration
+	// GuestCheckpointsAtOnce bounds the guests' checkpoints and rollbacks
+	// under way on the host, all sessions together (the others wait
+	// their turn); 0: DefaultGuestCheckpointsAtOnce.
+	GuestCheckpointsAtOnce int
 }
 
 // Manager manages sessions. It is safe for concurrent use.
@@ -315,7 +319,7 @@ func New(cfg Config) (*Manager, error) {
 	}
 	m := &Manager{cfg: cfg, live: map[string]*live{}, locks: map[string]*sync.Mutex{},
 		pools: map[string]*pool{}, woke: map[string]chan struct{}{}, stop: make(chan struct{}), rollbacks: map[string]rollbackMark{},
-		guestRate: map[string]*rate.Limiter{}, guestWork: make(chan struct{}, guestWorkAtOnce),
+		guestRate: map[string]*rate.Limiter{}, guestWork: make(chan struct{}, cmp(cfg.GuestCheckpointsAtOnce, DefaultGuestCheckpointsAtOnce)),
 		builds: map[string]*builder{}, follows: map[string][]string{}, tlocks: map[string]*sync.RWMutex{},
 		deadlines: map[string]time.Time{}, deliver: make(chan struct{}, 1), leases: map[string]bool{},
 		cloneFiles: map[string][]cloneFiles{}, cloneWanted: map[string]bool{}, cloneKick: make(chan struct{}, 1),
@@ -450,6 +454,7 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 		// client went away.
 		if uerr := m.cfg.Store.UpdateSession(context.Background(), &rec); uerr != nil {
 			log.Error("record failed boot", "err", uerr)
+			m.recordFollows(rec)
 		}
 		return api.Session{}, err
 	}
@@ -460,6 +465,9 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 	if err := m.cfg.Store.UpdateSession(context.Background(), &rec); err != nil {
 		_ = l.vm.Stop(context.Background())
 		os.RemoveAll(m.dir(rec.ID))
+		rec.State, rec.Handle = api.StateFailed, nil
+		rec.Error = "create: the running VM could not be recorded (it was stopped): " + err.Error()
+		m.recordFollows(rec)
 		return api.Session{}, fmt.Errorf("session: create %s: record: %w", rec.ID, err)
 	}
 	m.adoptLive(rec.ID, l)
@@ -797,6 +805,7 @@ func (m *Manager) fail(id, msg string) {
 	rec.State, rec.Error, rec.UpdatedAt = api.StateFailed, msg, time.Now().UTC()
 	if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
 		m.cfg.Log.Error("record failure", "session", id, "err", err)
+		m.recordFollows(rec)
 	}
 }
 
@@ -865,6 +874,9 @@ func (m *Manager) Delete(ctx context.Context, id string) error {
 	if rec.State != api.StateStopping {
 		rec.State, rec.UpdatedAt = api.StateStopping, time.Now().UTC()
 		if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
+			if l != nil {
+				m.undelete(l) // refused before anything was done: it runs on
+			}
 			return fmt.Errorf("session: delete %s: %w", id, err)
 		}
 	}
@@ -1170,7 +1182,7 @@ func (m *Manager) waitRunning(ctx context.Context, id string) (*live, error) {
 		if err != nil {
 			return nil, notFound(id, err)
 		}
-		if rec.State == api.StateFailed || rec.State == api.StateStopping || rec.State == api.StateLost {
+		if cannotServe(rec.State) {
 			msg := fmt.Sprintf("session %s is %s", id, rec.State)
 			if rec.Error != "" {
 				msg += ": " + rec.Error
@@ -1184,6 +1196,15 @@ func (m *Manager) waitRunning(ctx context.Context, id string) (*live, error) {
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// cannotServe reports whether a session in state has no VM to serve a
+// call and gets none without being asked: it is being removed (stopping),
+// its VM failed, or its node was lost. A call that needs its VM is
+// refused (409) instead of waited for or woken, and an event for it is
+// not delivered.
+func cannotServe(state string) bool {
+	return state == api.StateStopping || state == api.StateFailed || state == api.StateLost
 }
 
 // stopLoops ends the background loops (idle parking, pool refills) once.

@@ -327,7 +327,7 @@ func (m *Manager) deliverOne(parent context.Context, d store.Delivery) {
 				return // no room on the host, or the audit log cannot record the wake, now: retried on the next round
 			}
 			if ctx.Err() != nil {
-				if r, gerr := m.cfg.Store.GetSession(context.Background(), d.SessionID); gerr == nil && r.State != api.StateFailed && r.State != api.StateLost {
+				if r, gerr := m.cfg.Store.GetSession(context.Background(), d.SessionID); gerr == nil && !cannotServe(r.State) {
 					return // out of time, the session intact: retried on the next round
 				}
 			}
@@ -341,7 +341,7 @@ func (m *Manager) deliverOne(parent context.Context, d store.Delivery) {
 	m.mu.Unlock()
 	if l == nil {
 		r, _ := m.cfg.Store.GetSession(ctx, d.SessionID)
-		if r.State == api.StateFailed || r.State == api.StateStopping || r.State == api.StateLost {
+		if cannotServe(r.State) {
 			finish(store.DeliveryFailed, "session is "+r.State+": "+r.Error)
 		}
 		return // not running yet (still parking): retried on the next round

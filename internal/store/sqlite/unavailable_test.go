@@ -13,6 +13,7 @@ import (
 	"reflect"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -109,8 +110,14 @@ type seeded struct {
 
 func seed(t *testing.T) *seeded {
 	t.Helper()
+	return seedIn(t, t.TempDir())
+}
+
+// seedIn is seed with the database in dir.
+func seedIn(t *testing.T, dir string) *seeded {
+	t.Helper()
 	ctx := t.Context()
-	path := filepath.Join(t.TempDir(), "cove.db")
+	path := filepath.Join(dir, "cove.db")
 	st, err := Open(ctx, path)
 	if err != nil {
 		t.Fatal(err)
@@ -302,6 +309,50 @@ func TestUnavailableWhileReadOnly(t *testing.T) {
 
 	if err := chattr(append([]string{"-i"}, files...)...); err != nil {
 		t.Fatal(err) // it could set the flag, so it can clear it
+	}
+	s.wantUnchanged(t)
+	s.wantWritesAgain(t)
+}
+
+// When the disk that holds the database fills up under a running server
+// (a 4 MiB tmpfs, filled by another file to the last block), every kind
+// of write fails with store.ErrUnavailable, saying the disk is full, and
+// writes nothing; reads still answer. Once there is room again the same
+// Store writes again, without being reopened.
+func TestUnavailableOnAFullDisk(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testenv.Skipf(t, "mounting a size-limited tmpfs needs root")
+	}
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+	s := seedIn(t, dir)
+	filler := filepath.Join(dir, "filler")
+	f, err := os.Create(filler)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for chunk := make([]byte, 4096); ; {
+		if _, err := f.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
+			break
+		}
+	}
+	f.Close()
+
+	errs := s.writeAll(t.Context())
+	t.Logf("full: %v", errs["SwapTemplateVersion"])
+	wantUnavailable(t, errs, "the disk holding the database is full")
+	if got, err := s.st.GetSession(t.Context(), "s1"); err != nil || !reflect.DeepEqual(got, s.sess) {
+		t.Errorf("reading on a full disk: %+v, %v; want the session as it was", got, err)
+	}
+
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
 	}
 	s.wantUnchanged(t)
 	s.wantWritesAgain(t)
