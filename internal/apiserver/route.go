@@ -9,7 +9,10 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/routing"
@@ -34,16 +37,37 @@ import (
 // any server (once that one is back, or its node is marked dead and the
 // session moves) goes through.
 
-// routeDialTimeout bounds the connect to another server: one that cannot
-// be reached (down, or cut off) is a 503 in seconds, not in the
-// system's minutes.
-const routeDialTimeout = 5 * time.Second
+// How soon a routed call finds its server gone: a connect is given up
+// after routeDialTimeout, and a connection (a kept-alive one that a
+// call reuses included) whose peer stops acknowledging (a partition, a
+// host gone without a word) fails after routeDeadPeer: what was sent
+// is not acknowledged by then, or the keepalive probes, every
+// routeDialTimeout while a call waits on a quiet command, go
+// unanswered. Either is a 503 in seconds, not in TCP's minutes.
+const (
+	routeDialTimeout = 5 * time.Second
+	routeDeadPeer    = 15 * time.Second
+)
 
-// newRouteTransport is http.DefaultTransport's settings with the connect
-// bounded by routeDialTimeout.
+// newRouteTransport is http.DefaultTransport's settings with a dialer
+// bounded as above.
 func newRouteTransport() *http.Transport {
 	t := http.DefaultTransport.(*http.Transport).Clone()
-	d := &net.Dialer{Timeout: routeDialTimeout, KeepAlive: 30 * time.Second}
+	d := &net.Dialer{
+		Timeout: routeDialTimeout,
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: routeDialTimeout, Interval: routeDialTimeout,
+			Count: int(routeDeadPeer / routeDialTimeout)},
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(routeDeadPeer.Milliseconds()))
+			})
+			if err != nil {
+				return err
+			}
+			return serr
+		},
+	}
 	t.DialContext = d.DialContext
 	return t
 }

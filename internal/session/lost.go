@@ -210,6 +210,11 @@ func (m *Manager) toLastSnapshot(ctx context.Context, id string) error {
 	if l != nil {
 		return api.Errorf(api.CodeConflict, "wake %s --from-last-snapshot: its VM still runs here", id)
 	}
+	// Restored into this node's session dir (the node it ran on kept it
+	// in its own).
+	if moved, err := decodeMachine(rehome(ls.Machine, sessionDirOf(ls.Machine), m.dir(id))); err == nil && moved.Parked != nil {
+		pm = moved
+	}
 	// What is here of the session's files is newer than the snapshot (a
 	// disk written since): it goes, so that the wake restores the
 	// snapshot whole from the object store.

@@ -6,14 +6,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sys/unix"
 
 	"github.com/cove-dev/cove/internal/store"
 )
@@ -44,6 +47,34 @@ var _ store.Store = (*Store)(nil)
 // URL sets connect_timeout.
 const connectTimeout = 10 * time.Second
 
+// deadPeer is how long a connection to the database server may go with
+// what it sent unacknowledged, or its keepalive probes unanswered,
+// before it fails: a partition from the server (or a host gone without
+// a word) fails the queries it holds in seconds, and the pool connects
+// afresh once the network is back, rather than waiting on TCP's
+// retransmissions for minutes.
+const deadPeer = 30 * time.Second
+
+// dialer is the pool's dialer: TCP keepalive probes every tenth of
+// deadPeer once idle that long, and TCP_USER_TIMEOUT of deadPeer.
+func dialer() *net.Dialer {
+	return &net.Dialer{
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: deadPeer / 10, Interval: deadPeer / 10, Count: 10},
+		Control: func(network, _ string, c syscall.RawConn) error {
+			if !strings.HasPrefix(network, "tcp") {
+				return nil // a unix socket: no peer to lose
+			}
+			var serr error
+			if err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(deadPeer.Milliseconds()))
+			}); err != nil {
+				return err
+			}
+			return serr
+		},
+	}
+}
+
 // Open connects to the database at dbURL (postgres://user:password@host:port/db?…
 // or libpq's keyword=value form; PG* environment variables fill in what it
 // leaves out) and brings its schema up to date. Servers opening one
@@ -65,6 +96,7 @@ func Open(ctx context.Context, dbURL string) (*Store, error) {
 	if _, set := cfg.ConnConfig.RuntimeParams["connect_timeout"]; !set && !strings.Contains(dbURL, "connect_timeout") {
 		cfg.ConnConfig.ConnectTimeout = connectTimeout
 	}
+	cfg.ConnConfig.DialFunc = dialer().DialContext
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return fail(err)
