@@ -16,7 +16,7 @@ import (
 )
 
 func info(name string, fi fs.FileInfo) *agentproto.FileInfo {
-	return &agentproto.FileInfo{
+	x := &agentproto.FileInfo{
 		Name:    name,
 		Size:    fi.Size(),
 		Mode:    unixMode(fi.Mode()),
@@ -24,6 +24,10 @@ func info(name string, fi fs.FileInfo) *agentproto.FileInfo {
 		Symlink: fi.Mode()&fs.ModeSymlink != 0,
 		ModTime: fi.ModTime().UTC(),
 	}
+	if st, ok := fi.Sys().(*unix.Stat_t); ok {
+		x.UID, x.GID = int(st.Uid), int(st.Gid)
+	}
+	return x
 }
 
 // unixMode is m's permission and special bits as a Unix mode (0o4755).
