@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -24,7 +25,7 @@ func info(name string, fi fs.FileInfo) *agentproto.FileInfo {
 		Symlink: fi.Mode()&fs.ModeSymlink != 0,
 		ModTime: fi.ModTime().UTC(),
 	}
-	if st, ok := fi.Sys().(*unix.Stat_t); ok {
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok { // os's FileInfo has syscall's, not unix's
 		x.UID, x.GID = int(st.Uid), int(st.Gid)
 	}
 	return x
