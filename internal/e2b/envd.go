@@ -82,10 +82,16 @@ func (s *Server) serveSandbox(w http.ResponseWriter, r *http.Request, id string)
 		return
 	}
 	name, err := requestedUser(r)
-	var u guestUser
-	if err == nil {
-		u, err = s.resolveUser(r.Context(), id, name)
+	if err != nil {
+		// A malformed Authorization names nobody: as an unknown user.
+		if isRPC(r) {
+			writeUnaryError(w, rpcErrorf(codeUnauthenticated, "%v", err))
+		} else {
+			writeEnvdError(w, http.StatusUnauthorized, "%v", err)
+		}
+		return
 	}
+	u, err := s.resolveUser(r.Context(), id, name)
 	var unknown *errUnknownUser
 	switch {
 	case err == nil:
