@@ -403,6 +403,9 @@ type FileInfo struct {
 	IsDir   bool      `json:"is_dir"`
 	Symlink bool      `json:"symlink,omitempty"`
 	ModTime time.Time `json:"mod_time"`
+	// UID and GID own the file in the guest.
+	UID int `json:"uid"`
+	GID int `json:"gid"`
 }
 
 // WatchEvent is one change under a watched guest directory. Name is the

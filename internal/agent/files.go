@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 
@@ -16,7 +17,7 @@ import (
 )
 
 func info(name string, fi fs.FileInfo) *agentproto.FileInfo {
-	return &agentproto.FileInfo{
+	x := &agentproto.FileInfo{
 		Name:    name,
 		Size:    fi.Size(),
 		Mode:    unixMode(fi.Mode()),
@@ -24,6 +25,10 @@ func info(name string, fi fs.FileInfo) *agentproto.FileInfo {
 		Symlink: fi.Mode()&fs.ModeSymlink != 0,
 		ModTime: fi.ModTime().UTC(),
 	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok { // os's FileInfo has syscall's, not unix's
+		x.UID, x.GID = int(st.Uid), int(st.Gid)
+	}
+	return x
 }
 
 // unixMode is m's permission and special bits as a Unix mode (0o4755).

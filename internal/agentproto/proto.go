@@ -341,6 +341,10 @@ type FileInfo struct {
 	IsDir   bool      `json:"is_dir"`
 	Symlink bool      `json:"symlink,omitempty"`
 	ModTime time.Time `json:"mod_time"`
+	// UID and GID own the file (0, root, from an agent that predates
+	// them).
+	UID int `json:"uid,omitempty"`
+	GID int `json:"gid,omitempty"`
 }
 
 // WatchEvent is one change under a watched directory. Name is the

@@ -87,6 +87,10 @@ type Sessions interface {
 	ParkUntil(ctx context.Context, id string, until []string, timeout time.Duration) (api.Session, error)
 	Wake(ctx context.Context, id string) (api.Session, error)
 	GetTemplate(ctx context.Context, name string) (api.Template, error)
+	// Templates keep the snapshots of removed sandboxes (kept.go).
+	CreateTemplate(ctx context.Context, owner string, req api.CreateTemplateRequest) (api.Template, error)
+	ListTemplates(ctx context.Context) ([]api.Template, error)
+	DeleteTemplate(ctx context.Context, name string) error
 
 	// Snapshots are checkpoints, and forks are made from them.
 	CreateCheckpoint(ctx context.Context, id string, req api.CheckpointRequest) (api.Checkpoint, error)

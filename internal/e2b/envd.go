@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"path"
+	"strconv"
 	"strings"
 
 	"google.golang.org/protobuf/proto"
@@ -81,10 +82,16 @@ func (s *Server) serveSandbox(w http.ResponseWriter, r *http.Request, id string)
 		return
 	}
 	name, err := requestedUser(r)
-	var u guestUser
-	if err == nil {
-		u, err = s.resolveUser(r.Context(), id, name)
+	if err != nil {
+		// A malformed Authorization names nobody: as an unknown user.
+		if isRPC(r) {
+			writeUnaryError(w, rpcErrorf(codeUnauthenticated, "%v", err))
+		} else {
+			writeEnvdError(w, http.StatusUnauthorized, "%v", err)
+		}
+		return
 	}
+	u, err := s.resolveUser(r.Context(), id, name)
 	var unknown *errUnknownUser
 	switch {
 	case err == nil:
@@ -284,8 +291,9 @@ func (s *Server) writeFiles(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, out)
 }
 
-// entryOf is the filesystem.EntryInfo of the guest file p.
-func entryOf(p string, fi api.FileInfo) *fspb.EntryInfo {
+// entryOf is the filesystem.EntryInfo of the guest file p, its owner and
+// group named by n.
+func entryOf(p string, fi api.FileInfo, n *owners) *fspb.EntryInfo {
 	mode := fs.FileMode(fi.Mode & 0o777)
 	typ := fspb.FileType_FILE_TYPE_FILE
 	switch {
@@ -297,7 +305,74 @@ func entryOf(p string, fi api.FileInfo) *fspb.EntryInfo {
 		typ = fspb.FileType_FILE_TYPE_DIRECTORY
 	}
 	return &fspb.EntryInfo{Name: path.Base(p), Type: typ, Path: p, Size: fi.Size, Mode: uint32(mode), Permissions: mode.String(),
-		Owner: "root", Group: "root", ModifiedTime: timestamppb.New(fi.ModTime)}
+		Owner: n.user(fi.UID), Group: n.group(fi.GID), ModifiedTime: timestamppb.New(fi.ModTime)}
+}
+
+// owners names the uids and gids of one sandbox's files from its
+// /etc/passwd and /etc/group, read once, when a file not root's is
+// first named. An id without a name is named by its number.
+type owners struct {
+	s   *Server
+	ctx context.Context
+	id  string
+
+	loaded        bool
+	users, groups map[int]string
+}
+
+func (s *Server) owners(ctx context.Context, id string) *owners {
+	return &owners{s: s, ctx: ctx, id: id}
+}
+
+func (n *owners) load() {
+	if n.loaded {
+		return
+	}
+	n.loaded = true
+	n.users, n.groups = idNames(n.s, n.ctx, n.id, "/etc/passwd"), idNames(n.s, n.ctx, n.id, "/etc/group")
+}
+
+// idNames reads NAME:x:ID:… lines of a guest file.
+func idNames(s *Server, ctx context.Context, id, p string) map[int]string {
+	out := map[int]string{}
+	b, err := s.guestFile(ctx, id, p)
+	if err != nil {
+		return out
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		f := strings.Split(l, ":")
+		if len(f) < 3 {
+			continue
+		}
+		if n, err := strconv.Atoi(f[2]); err == nil {
+			if _, dup := out[n]; !dup {
+				out[n] = f[0]
+			}
+		}
+	}
+	return out
+}
+
+func (n *owners) user(uid int) string {
+	if uid == 0 {
+		return "root"
+	}
+	n.load()
+	if name, ok := n.users[uid]; ok {
+		return name
+	}
+	return strconv.Itoa(uid)
+}
+
+func (n *owners) group(gid int) string {
+	if gid == 0 {
+		return "root"
+	}
+	n.load()
+	if name, ok := n.groups[gid]; ok {
+		return name
+	}
+	return strconv.Itoa(gid)
 }
 
 // fileVerbs are the audit log's actions of the filesystem calls (those
@@ -343,6 +418,7 @@ func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	fail := func(what string, err error) { writeUnaryError(w, s.asRPC(r, what, err)) }
+	names := s.owners(ctx, id)
 	var p string
 	if pr, ok := req.(fsRequest); ok {
 		p = s.path(r, pr.GetPath())
@@ -362,10 +438,10 @@ func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 			fail("stat "+p, err)
 			return
 		}
-		writeUnary(w, c, &fspb.StatResponse{Entry: entryOf(p, fi)})
+		writeUnary(w, c, &fspb.StatResponse{Entry: entryOf(p, fi, names)})
 	case *fspb.ListDirRequest:
 		out := &fspb.ListDirResponse{}
-		if err := s.listDir(ctx, id, p, max(req.Depth, 1), &out.Entries); err != nil {
+		if err := s.listDir(ctx, id, p, max(req.Depth, 1), names, &out.Entries); err != nil {
 			fail("list "+p, err)
 			return
 		}
@@ -387,7 +463,7 @@ func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 			fail("make directory "+p, err)
 			return
 		}
-		writeUnary(w, c, &fspb.MakeDirResponse{Entry: entryOf(p, fi)})
+		writeUnary(w, c, &fspb.MakeDirResponse{Entry: entryOf(p, fi, names)})
 	case *fspb.RemoveRequest:
 		if _, err := s.cfg.Sessions.Stat(ctx, id, p); err != nil {
 			fail("remove "+p, err)
@@ -409,22 +485,22 @@ func (s *Server) filesystemRPC(w http.ResponseWriter, r *http.Request) {
 			fail("move "+src, err)
 			return
 		}
-		writeUnary(w, c, &fspb.MoveResponse{Entry: entryOf(dst, fi)})
+		writeUnary(w, c, &fspb.MoveResponse{Entry: entryOf(dst, fi, names)})
 	}
 }
 
 // listDir appends the entries of dir, and of its subdirectories down to
 // depth levels, to out.
-func (s *Server) listDir(ctx context.Context, id, dir string, depth uint32, out *[]*fspb.EntryInfo) error {
+func (s *Server) listDir(ctx context.Context, id, dir string, depth uint32, names *owners, out *[]*fspb.EntryInfo) error {
 	fis, err := s.cfg.Sessions.ListDir(ctx, id, dir)
 	if err != nil {
 		return err
 	}
 	for _, fi := range fis {
 		p := path.Join(dir, fi.Name)
-		*out = append(*out, entryOf(p, fi))
+		*out = append(*out, entryOf(p, fi, names))
 		if fi.IsDir && !fi.Symlink && depth > 1 {
-			if err := s.listDir(ctx, id, p, depth-1, out); err != nil {
+			if err := s.listDir(ctx, id, p, depth-1, names, out); err != nil {
 				return err
 			}
 		}

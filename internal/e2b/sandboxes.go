@@ -216,6 +216,17 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, "create sandbox", err)
 		return
 	}
+	now := s.cfg.Now().UTC()
+	rec := record{TemplateID: req.TemplateID, Metadata: req.Metadata, EnvVars: req.EnvVars, StartedAt: now, AutoPause: req.AutoPause}
+	if timeout > 0 {
+		rec.EndAt = now.Add(timeout)
+	}
+	s.createFrom(ctx, w, r, creq, rec)
+}
+
+// createFrom makes the sandbox of creq (an image or a template) with the
+// record rec.
+func (s *Server) createFrom(ctx context.Context, w http.ResponseWriter, r *http.Request, creq api.CreateSessionRequest, rec record) {
 	if !s.allowed(ctx, w, r, apiserver.Action{Verb: "session.create", Template: creq.Template}) {
 		return
 	}
@@ -225,18 +236,13 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		s.fail(w, r, "create sandbox", err)
 		return
 	}
-	now := s.cfg.Now().UTC()
-	rec := record{TemplateID: req.TemplateID, Metadata: req.Metadata, EnvVars: req.EnvVars, StartedAt: now, AutoPause: req.AutoPause}
-	if timeout > 0 {
-		rec.EndAt = now.Add(timeout)
-	}
 	if err := s.writeRecord(ctx, ss.ID, rec); err != nil {
 		// A sandbox the API cannot describe is not left behind.
 		s.discard(ctx, ss.ID)
 		s.fail(w, r, "create sandbox", err)
 		return
 	}
-	s.log.InfoContext(ctx, "e2b: sandbox created", "session", ss.ID, "template", req.TemplateID, "end_at", rec.EndAt)
+	s.log.InfoContext(ctx, "e2b: sandbox created", "session", ss.ID, "template", rec.TemplateID, "end_at", rec.EndAt)
 	writeJSON(w, http.StatusCreated, s.sandboxAnswer(ss.ID, rec))
 }
 
@@ -440,8 +446,9 @@ func (s *Server) kill(w http.ResponseWriter, r *http.Request) {
 }
 
 // remove deletes a sandbox's session (its record goes with it) and ends
-// its process streams.
+// its process streams; its snapshots are kept as templates first.
 func (s *Server) remove(ctx context.Context, id string) error {
+	s.keepSnapshots(ctx, id)
 	err := s.cfg.Sessions.Delete(ctx, id)
 	s.dropProcs(id)
 	s.samples.drop(id)

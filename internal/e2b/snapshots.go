@@ -28,10 +28,9 @@ import (
 // (snapshotId) is. listSnapshots lists the checkpoints of the caller's
 // sandboxes; deleteSnapshot (DELETE /templates/{id}) removes one.
 //
-// What differs from E2B: a checkpoint is its session's, and goes with it,
-// so a snapshot lives as long as its sandbox (E2B's outlive theirs); for
-// one that outlives the sandbox, make a template of it (cove template
-// create NAME --from-checkpoint SESSION:NAME) and create from NAME. A
+// A checkpoint is its session's, and goes with it; E2B's snapshots
+// outlive their sandbox: a sandbox's removal first keeps each of its
+// snapshots as a template under the same snapshot id (kept.go). A
 // snapshot's name is a checkpoint name ([a-z0-9][a-z0-9._-]*), unique in
 // its sandbox: a second with the same name is 409 (E2B adds a build to
 // the named template).
@@ -152,6 +151,28 @@ func (s *Server) listSnapshots(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}
+	// The snapshots of removed sandboxes, kept as templates.
+	kept, err := s.cfg.Sessions.ListTemplates(ctx)
+	if err != nil {
+		s.fail(w, r, "list snapshots", err)
+		return
+	}
+	for _, t := range kept {
+		id, cname, ok := parseKept(t.Name)
+		if !ok || q.Get("sandboxID") != "" && q.Get("sandboxID") != id {
+			continue
+		}
+		if s.cfg.Authorize(ctx, apiserver.Action{Verb: "template.get", Template: t.Name}) != nil {
+			continue
+		}
+		if _, err := s.cfg.Sessions.Get(ctx, id); err == nil {
+			continue // a sandbox of that id lives: its checkpoints are its snapshots
+		}
+		info := snapshotOf(id, cname)
+		if name == "" || name == cname || name == info.SnapshotID {
+			out = append(out, found{info, api.Checkpoint{Name: cname, CreatedAt: t.CreatedAt}})
+		}
+	}
 	// Newest first; the id breaks ties, and is the page token.
 	slices.SortFunc(out, func(a, b found) int {
 		return cmp.Or(b.c.CreatedAt.Compare(a.c.CreatedAt), strings.Compare(a.info.SnapshotID, b.info.SnapshotID))
@@ -189,6 +210,18 @@ func (s *Server) deleteSnapshot(w http.ResponseWriter, r *http.Request) {
 		writeControlError(w, http.StatusNotFound, "no snapshot %q: a snapshot id is SANDBOX:NAME (cove templates are deleted with 'cove template delete')", ref)
 		return
 	}
+	if kept, ok := s.keptTemplate(ctx, id, name); ok {
+		// Its sandbox is gone: the snapshot is the template keeping it.
+		if !s.allowed(ctx, w, r, apiserver.Action{Verb: "template.delete", Template: kept}) {
+			return
+		}
+		if err := s.cfg.Sessions.DeleteTemplate(ctx, kept); err != nil {
+			s.fail(w, r, "delete snapshot", err)
+			return
+		}
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
 	if !s.allowed(ctx, w, r, apiserver.Action{Verb: "session.checkpoint.delete", SessionID: id}) {
 		return
 	}
@@ -205,6 +238,11 @@ func (s *Server) createFromSnapshot(ctx context.Context, w http.ResponseWriter, 
 	id, name, ok := parseSnapshotID(req.TemplateID)
 	if !ok {
 		writeControlError(w, http.StatusNotFound, "template '%s' not found: a snapshot id is SANDBOX:NAME", req.TemplateID)
+		return
+	}
+	if kept, ok := s.keptTemplate(ctx, id, name); ok {
+		// Its sandbox is gone: a create from the template keeping it.
+		s.createFrom(ctx, w, r, api.CreateSessionRequest{Template: kept, Env: req.EnvVars, IdleTimeout: "0s"}, rec)
 		return
 	}
 	if !s.allowed(ctx, w, r, apiserver.Action{Verb: "session.fork", SessionID: id}) {
@@ -337,4 +375,20 @@ func (s *Server) forkOne(ctx context.Context, r *http.Request, id, name string, 
 	}
 	a := s.sandboxAnswer(ss.ID, rec)
 	return forkResult{Sandbox: &a}
+}
+
+// keptTemplate is the template keeping snapshot name of sandbox id, if
+// the sandbox is gone and the template is there.
+func (s *Server) keptTemplate(ctx context.Context, id, name string) (string, bool) {
+	if _, err := s.cfg.Sessions.Get(ctx, id); !api.IsCode(err, api.CodeNotFound) {
+		return "", false
+	}
+	t, ok := keptName(id, name)
+	if !ok {
+		return "", false
+	}
+	if _, err := s.cfg.Sessions.GetTemplate(ctx, t); err != nil {
+		return "", false
+	}
+	return t, true
 }

@@ -399,13 +399,36 @@ func TestFakeSnapshotsAndForks(t *testing.T) {
 		t.Errorf("after the delete: %v", got)
 	}
 
-	// A snapshot goes with its sandbox; its forks stay.
+	// A snapshot outlives its sandbox (kept as a template, under the
+	// same id), and so do its forks.
 	e.ok(nil, http.StatusNoContent, e.alice, "DELETE", "/sandboxes/"+sbx.SandboxID, "")
-	if got := e.snapshots(e.alice, ""); len(got) != 0 {
-		t.Errorf("snapshots after the kill: %v", got)
+	if got := e.snapshots(e.alice, ""); !slices.Equal(got, []string{snap.SnapshotID}) {
+		t.Errorf("snapshots after the kill: %v, want %s kept", got, snap.SnapshotID)
+	}
+	if got := e.snapshots(e.alice, "?sandboxID="+sbx.SandboxID); !slices.Equal(got, []string{snap.SnapshotID}) {
+		t.Errorf("the killed sandbox's snapshots: %v, want %s kept", got, snap.SnapshotID)
+	}
+	if got := e.snapshots(e.bob, ""); len(got) != 0 {
+		t.Errorf("bob sees alice's kept snapshots: %v", got)
 	}
 	if info := e.info(from.SandboxID); info.State != "running" {
 		t.Errorf("the sandbox from a snapshot after its parent's kill: %+v", info)
+	}
+	e.refused("the killed sandbox", http.StatusNotFound, e.alice, "GET", "/sandboxes/"+sbx.SandboxID, "")
+	var fromKept sandboxAnswer
+	e.ok(&fromKept, http.StatusCreated, e.alice, "POST", "/v2/sandboxes", `{"templateID":"`+snap.SnapshotID+`","metadata":{"from":"kept"}}`)
+	if info := e.info(fromKept.SandboxID); info.State != "running" || info.TemplateID != snap.SnapshotID {
+		t.Errorf("a sandbox from a kept snapshot: %+v", info)
+	}
+	e.refused("bob's create from alice's kept snapshot", http.StatusForbidden, e.bob, "POST", "/v2/sandboxes", `{"templateID":"`+snap.SnapshotID+`"}`)
+	e.refused("bob's delete of alice's kept snapshot", http.StatusForbidden, e.bob, "DELETE", "/templates/"+snap.SnapshotID, "")
+	// Deleted once no sandbox is made from it any more (409 before).
+	e.refused("delete of a kept snapshot with a sandbox from it", http.StatusConflict, e.alice, "DELETE", "/templates/"+snap.SnapshotID, "")
+	e.ok(nil, http.StatusNoContent, e.alice, "DELETE", "/sandboxes/"+fromKept.SandboxID, "")
+	e.ok(nil, http.StatusNoContent, e.alice, "DELETE", "/templates/"+snap.SnapshotID, "")
+	e.refused("a second delete of the kept snapshot", http.StatusNotFound, e.alice, "DELETE", "/templates/"+snap.SnapshotID, "")
+	if got := e.snapshots(e.alice, ""); len(got) != 0 {
+		t.Errorf("snapshots after the kept one's delete: %v", got)
 	}
 }
 

@@ -53,6 +53,23 @@ func TestFakeUnknownUser(t *testing.T) {
 		}
 		e.rpcCode("after the refusals", sbx, "Stat", `{"path":"/tmp/by-`+user+`"}`, http.StatusNotFound, "not_found")
 	}
+	// A malformed Authorization names nobody.
+	req, err := http.NewRequest("POST", e.url+"/filesystem.Filesystem/Stat", strings.NewReader(`{"path":"/tmp"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("E2b-Sandbox-Id", sbx.SandboxID)
+	req.Header.Set("X-Access-Token", sbx.EnvdAccessToken)
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer not-a-user")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("Stat with a Bearer Authorization: %d, want 401", resp.StatusCode)
+	}
 	if st, code := rpcAs("root", "MakeDir", `{"path":"/tmp/by-root"}`); st != http.StatusOK {
 		t.Errorf("MakeDir as root: %d %s", st, code)
 	}

@@ -34,7 +34,7 @@ var eventTypes = map[string]fspb.EventType{"create": fspb.EventType_EVENT_TYPE_C
 
 // fsEvents turns the guest's events into envd's, dropping overflow
 // notices.
-func fsEvents(dir string, evs []api.WatchEvent) []*fspb.FilesystemEvent {
+func fsEvents(dir string, evs []api.WatchEvent, names *owners) []*fspb.FilesystemEvent {
 	out := make([]*fspb.FilesystemEvent, 0, len(evs))
 	for _, ev := range evs {
 		typ, ok := eventTypes[ev.Type]
@@ -43,7 +43,7 @@ func fsEvents(dir string, evs []api.WatchEvent) []*fspb.FilesystemEvent {
 		}
 		e := &fspb.FilesystemEvent{Name: ev.Name, Type: typ}
 		if ev.Info != nil {
-			e.Entry = entryOf(path.Join(dir, ev.Name), *ev.Info)
+			e.Entry = entryOf(path.Join(dir, ev.Name), *ev.Info, names)
 		}
 		out = append(out, e)
 	}
@@ -128,6 +128,7 @@ func (s *Server) watchDir(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 	}()
+	names := s.owners(ctx, sandboxID(r))
 	ka := time.NewTicker(keepaliveInterval(r))
 	defer ka.Stop()
 	for {
@@ -141,7 +142,7 @@ func (s *Server) watchDir(w http.ResponseWriter, r *http.Request) {
 				}
 				return
 			}
-			for _, ev := range fsEvents(dir, b.evs) {
+			for _, ev := range fsEvents(dir, b.evs, names) {
 				if st.send(&fspb.WatchDirResponse{Event: &fspb.WatchDirResponse_Filesystem{Filesystem: ev}}) != nil {
 					return
 				}
@@ -181,6 +182,7 @@ type polled struct {
 
 // pump collects the watch's events until it ends.
 func (pw *polled) pump(s *Server, r *http.Request) {
+	names := s.owners(r.Context(), sandboxID(r))
 	for {
 		evs, err := pw.w.Next()
 		pw.mu.Lock()
@@ -192,7 +194,7 @@ func (pw *polled) pump(s *Server, r *http.Request) {
 			pw.mu.Unlock()
 			return
 		}
-		for _, ev := range fsEvents(pw.dir, evs) {
+		for _, ev := range fsEvents(pw.dir, evs, names) {
 			if len(pw.events) < maxPolledEvents {
 				pw.events = append(pw.events, ev)
 			}

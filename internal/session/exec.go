@@ -539,7 +539,7 @@ func (m *Manager) Stat(ctx context.Context, id, path string) (api.FileInfo, erro
 }
 
 func fileInfo(fi agentproto.FileInfo) api.FileInfo {
-	return api.FileInfo{Name: fi.Name, Size: fi.Size, Mode: fi.Mode, IsDir: fi.IsDir, Symlink: fi.Symlink, ModTime: fi.ModTime}
+	return api.FileInfo{Name: fi.Name, Size: fi.Size, Mode: fi.Mode, IsDir: fi.IsDir, Symlink: fi.Symlink, ModTime: fi.ModTime, UID: fi.UID, GID: fi.GID}
 }
 
 // ListDir lists a guest directory.

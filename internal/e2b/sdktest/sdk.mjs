@@ -127,6 +127,10 @@ assert.equal(await sbx.files.makeDir('made', { user: 'user' }), true)
 assert.equal((await sbx.commands.run('stat -c %U /home/user/made')).stdout, 'user\n')
 await sbx.files.rename('owned.txt', 'moved.txt', { user: 'user' })
 assert.equal(await sbx.files.read('/home/user/moved.txt'), 'mine')
+const owned = await sbx.files.getInfo('/home/user/moved.txt')
+assert.equal(`${owned.owner}:${owned.group}`, 'user:user')
+const rootOwned = (await sbx.files.list('/tmp/e2b')).find((e) => e.name === 'hello.txt')
+assert.equal(`${rootOwned.owner}:${rootOwned.group}`, 'root:root')
 // The guest's permissions hold: root's home and files are not the user's.
 await assert.rejects(sbx.files.read('/root/rel.txt', { user: 'user' }))
 await assert.rejects(sbx.files.write('/root/not-yours.txt', 'x', { user: 'user' }))
@@ -387,7 +391,19 @@ await assert.rejects(Sandbox.getInfo(sbx.sandboxId))
 await assert.rejects(Sandbox.connect(sbx.sandboxId))
 page = await Sandbox.list().nextItems()
 assert.ok(!page.some((s) => s.sandboxId === sbx.sandboxId))
-// A snapshot is its sandbox's checkpoint, and goes with it.
+// A snapshot outlives its sandbox: kept (as a cove template), it still
+// makes sandboxes, until it is deleted.
+let kept = await Sandbox.listSnapshots({ sandboxId: sbx.sandboxId }).nextItems()
+assert.deepEqual(kept.map((s) => s.snapshotId), [snap.snapshotId])
+t0 = performance.now()
+const fromKept = await Sandbox.create(snap.snapshotId, { timeoutMs: 600_000, ...slow })
+summary.ms.createFromKeptSnapshot = since(t0)
+assert.equal(await fromKept.files.read('/tmp/e2b/snap.txt'), 'in the snapshot')
+assert.equal((await fromKept.commands.run(`kill -0 ${bg.pid} && echo alive`)).stdout, 'alive\n')
+assert.equal((await fromKept.getInfo()).templateId, snap.snapshotId)
+assert.equal(await fromKept.kill(), true)
+assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), true)
+assert.equal(await Sandbox.deleteSnapshot(snap.snapshotId), false)
 assert.deepEqual(await Sandbox.listSnapshots({ sandboxId: sbx.sandboxId }).nextItems(), [])
 
 summary.ok = true
