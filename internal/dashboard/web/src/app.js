@@ -376,6 +376,13 @@ async function refreshSession() {
     if (w) parts.push('waits for ' + w);
     if (s.error) parts.push('error: ' + s.error);
     $('s-detail').textContent = parts.join(' · ');
+    // An exec stream outlives a park: the shell is paused, and what is
+    // typed into it wakes the session (unless it wakes on no exec).
+    if (c.open) {
+      if (s.state === 'parked') termStatus('The session is parked: the shell is paused' + (s.auto_wake ? '; typing wakes it.' : '.'));
+      else if (s.state === 'waking') termStatus('Waking the session…');
+      else if (s.state === 'running') termStatus('Connected.');
+    }
     banner('');
   } catch (e) {
     if (c !== current || e.status === 401) return;
