@@ -337,6 +337,7 @@ function openSession(id) {
   $('s-id').textContent = id;
   $('s-state').textContent = '';
   $('s-detail').textContent = '';
+  for (const b of ['s-park', 's-wake', 's-remove']) $(b).disabled = false;
   $('files').querySelector('tbody').replaceChildren();
   $('events').replaceChildren();
   const term = new Terminal({ cursorBlink: true, fontSize: 14, scrollback: 5000, convertEol: false });
@@ -389,6 +390,9 @@ async function refreshSession() {
     if (e.status === 404) {
       banner('Session ' + c.id + ' no longer exists (removed, or not yours to see).');
       $('s-state').textContent = 'gone';
+      c.gone = true;
+      for (const b of ['s-park', 's-wake', 's-remove']) $(b).disabled = true;
+      termStatus('The session no longer exists.');
       stopPolling();
       return;
     }
@@ -436,6 +440,7 @@ function typed(d) {
     sendEvent({ type: 'stdin', data: b64encode(d) });
     return;
   }
+  if (c.gone) return;
   c.pending.push(d);
   if (!c.ws) connect();
 }
@@ -475,7 +480,7 @@ function connect() {
     if (c.ws !== ws) return;
     c.ws = null;
     c.open = false;
-    if (c.closed) return;
+    if (c.closed || c.gone) return;
     const why = c.exited ? 'The shell ended (' + c.exited + ').' : 'Disconnected' + (ev.reason ? ': ' + ev.reason : '') + '.';
     termStatus(why + ' Press a key to start a new shell.');
     c.term.write('\r\n\x1b[2m[' + why + ' Press a key to reconnect.]\x1b[0m\r\n');
