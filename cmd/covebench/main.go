@@ -49,7 +49,7 @@ func main() {
 	rebuilds := flag.Int("rebuilds", 3, "pushes to a template that follows a repo, each timed until its new version is live (needs debian)")
 	wakeOnly := flag.Bool("wake-only", false, "after the cold boots and execs, measure park and wake only (no raw QEMU, templates or triggers)")
 	egressSamples := flag.Int("egress-samples", 20, "samples of the egress figures' small requests (0 skips them; the rest: 3 each; needs debian)")
-	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), checkpoint (a running session's checkpoint pause, bytes added, rollback → exec, fork -forks → all answering), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), store (snapshots in a loopback S3 store: bytes a parked clone adds, a second park adds, wake with the local files gone, upload throughput), scale (make bench-scale: -storm clones parked and woken at once, then -scale-clones parked and stored under -cache-size-mib), identity (policy decisions, authentication, session-token minting; no VM), placement (placement decisions over 1,000 simulated nodes holding 100,000 sessions; no VM), e2b (the official E2B SDK: create → first run with and without a warm pool, pause, connect → run, a command round trip against cove's own exec; needs debian and node), nodelink (what a node's control connection adds to a server → node call, and to a call of the node's driver and a guest agent round trip over it; the fake VMM, no VM), route (what routing through another server adds to an exec round trip; two in-process servers, the fake VMM, no VM)")
+	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), checkpoint (a running session's checkpoint pause, bytes added, rollback → exec, fork -forks → all answering), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), store (snapshots in a loopback S3 store: bytes a parked clone adds, a second park adds, wake with the local files gone, upload throughput), scale (make bench-scale: -storm clones parked and woken at once, then -scale-clones parked and stored under -cache-size-mib), identity (policy decisions, authentication, session-token minting; no VM), placement (placement decisions over 1,000 simulated nodes holding 100,000 sessions; no VM), e2b (the official E2B SDK: create → first run with and without a warm pool, pause, connect → run, a command round trip against cove's own exec; needs debian and node), nodelink (what a node's control connection adds to a server → node call, and to a call of the node's driver and a guest agent round trip over it; the fake VMM, no VM), dashboard (the web dashboard in headless chromium: first load, terminal keystroke → echo against the exec WebSocket's; needs chromium and make build), route (what routing through another server adds to an exec round trip; two in-process servers, the fake VMM, no VM)")
 	placementSamples := flag.Int("placement-samples", 5000, "-only placement: decisions timed")
 	nodelinkSamples := flag.Int("nodelink-samples", 2000, "-only nodelink: round trips timed each way")
 	routeSamples := flag.Int("route-samples", 1000, "-only route: exec round trips timed each way")
@@ -65,10 +65,13 @@ func main() {
 	forks := flag.Int("forks", 8, "forks made at once from a checkpoint")
 	e2bSandboxes := flag.Int("e2b-sandboxes", 3, "E2B SDK sandboxes made each way, with no pool and with a warm one (0 skips the E2B rows; needs debian, node)")
 	e2bRuns := flag.Int("e2b-runs", 20, "E2B SDK commands.run round trips in each sandbox")
+	dashLoads := flag.Int("dashboard-loads", 10, "-only dashboard: page loads timed")
+	dashKeys := flag.Int("dashboard-keys", 100, "-only dashboard: keystrokes timed each way")
 	verbose := flag.Bool("v", false, "log at info level (the session manager's timings: restore spawn_ms, agent_ms, …)")
 	flag.Parse()
 	cfg := config{boots: *boots, debianBoots: *debianBoots, execs: *execs, files: *files, idle: *idle, parks: *parks, clones: *clones}
 	cfg.verbose, cfg.wakeOnly, cfg.rebuilds = *verbose, *wakeOnly, *rebuilds
+	cfg.dashLoads, cfg.dashKeys = max(*dashLoads, 1), max(*dashKeys, 1)
 	cfg.only, cfg.testJSON = *only, *testJSON
 	cfg.hostile = hostileConfig{execs: *hostileExecs, every: *hostileEvery, ramp: 2 * time.Second, attack: 20 * time.Second}
 	cfg.identitySamples, cfg.egressSamples = *identitySamples, *egressSamples
@@ -123,7 +126,7 @@ func main() {
 		}
 		printTable(os.Stdout, "tests", rows)
 		return
-	case "audit", "store", "scale", "checkpoint":
+	case "audit", "store", "scale", "checkpoint", "dashboard":
 		cfg.debianBoots = 0
 	case "e2b":
 		if cfg.e2bSandboxes <= 0 {
@@ -144,7 +147,7 @@ func main() {
 		}
 		cfg.debianBoots = 0
 	default:
-		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: audit, checkpoint, e2b, egress, hostile, safety, store, scale, identity, placement, nodelink, route\n", cfg.only)
+		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: audit, checkpoint, e2b, egress, hostile, safety, store, scale, identity, placement, nodelink, route, dashboard\n", cfg.only)
 		os.Exit(2)
 	}
 	if err := run(*home, *agent, cfg); err != nil {
@@ -196,6 +199,7 @@ type config struct {
 	egressSamples                                         int // samples of the egress figures' small requests
 	checkpoints, forks                                    int // checkpoint → rollback cycles; forks at once
 	e2bSandboxes, e2bRuns                                 int // E2B SDK sandboxes each way; round trips in each
+	dashLoads, dashKeys                                   int // dashboard page loads; keystrokes each way
 }
 
 func run(home, agent string, cfg config) error {
@@ -326,6 +330,13 @@ func run(home, agent string, cfg config) error {
 	}
 	if cfg.only == "e2b" {
 		if rows, err = e2bRows(ctx, home, mgr, st, c, token, cfg.e2bSandboxes, max(cfg.e2bRuns, 1), log); err != nil {
+			return err
+		}
+		printTable(os.Stdout, driver.Accel(), rows)
+		return nil
+	}
+	if cfg.only == "dashboard" {
+		if rows, err = dashboardRows(ctx, c, token, apiCfg, cfg.dashLoads, cfg.dashKeys); err != nil {
 			return err
 		}
 		printTable(os.Stdout, driver.Accel(), rows)
