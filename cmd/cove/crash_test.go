@@ -339,7 +339,7 @@ func TestCrashPoints(t *testing.T) {
 		}
 	})
 	t.Run("build", func(t *testing.T) {
-		for _, p := range []string{"build.recorded", "build.saved", "build.swapped"} {
+		for _, p := range []string{"build.claimed", "build.recorded", "build.saved", "build.swapped"} {
 			e.crashAt(p, func() { e.run(nil, "template", "rebuild", "t1", "--wait", "5m") })
 			var tpl api.Template
 			if err := json.Unmarshal([]byte(e.ok(nil, "template", "inspect", "t1")), &tpl); err != nil {
@@ -392,7 +392,7 @@ func TestCrashPoints(t *testing.T) {
 			t.Fatal(err)
 		}
 		e.ok(nil, "hook", "add", "ci", "--secret-file", secret)
-		for i, p := range []string{"deliver.woken", "deliver.written"} {
+		for i, p := range []string{"deliver.claimed", "deliver.woken", "deliver.written"} {
 			name := fmt.Sprintf("done-%d", i)
 			e.ok(nil, "park", s.id, "--until", "ci:"+name)
 			e.crashAt(p, func() {

@@ -12,8 +12,9 @@ import (
 	"github.com/cove-dev/cove/api"
 )
 
-// Admission control: a VM is started (created, cloned, woken) only if the
-// host can hold it beside the VMs already running here.
+// Admission control: a VM is started (created, cloned, woken, or restored
+// into a warm pool) only if the host can hold it beside the VMs already
+// running here.
 //
 //   - A request larger than the host itself (more memory than the host
 //     has, more vCPUs than it has CPUs) is invalid: 400.

@@ -78,3 +78,38 @@ func TestFakeRefusedWakeKeepsTheEventPending(t *testing.T) {
 		t.Fatalf("%d failed deliveries", f)
 	}
 }
+
+// TestFakePoolRefillsAreAdmitted: a warm pool larger than the host's room
+// fills only as far as the room goes (its refills are admitted as
+// creates are), and a clone from it is made while a create beyond the
+// room is refused.
+func TestFakePoolRefillsAreAdmitted(t *testing.T) {
+	ctx := context.Background()
+	// Two 64 MiB VMs (+128 MiB each for the VMM) fit in 400 MiB, three do not.
+	r := newFakeRigWith(t, func(c *session.Config) {
+		c.Admission = session.Admission{HostMemoryMiB: 400, HostCPUs: 4, MemoryOvercommit: 1, CPUOvercommit: 1}
+	})
+	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web", Setup: []string{"true"}, Pool: 3}); err != nil {
+		t.Fatal(err)
+	}
+	ready := func() int {
+		tp, err := r.mgr.GetTemplate(ctx, "web")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tp.PoolReady
+	}
+	r.eventually("the pool fills as far as the room goes", func() bool { return ready() == 2 })
+	time.Sleep(2 * time.Second) // its refills go on being tried
+	if n, vms := ready(), len(r.driver.Running()); n != 2 || vms != 2 {
+		t.Fatalf("a pool of 3 on a host with room for 2: %d ready, %d VMs", n, vms)
+	}
+	if _, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{}); !api.IsCode(err, api.CodeUnavailable) {
+		t.Fatalf("a create while the pool holds the room: %v, want 503", err)
+	}
+	s := r.create(api.CreateSessionRequest{Template: "web"}) // claims a pooled clone
+	r.echo(s.ID)
+	if vms := len(r.driver.Running()); vms != 2 {
+		t.Fatalf("%d VMs after a clone from the pool, want 2", vms)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/session"
@@ -21,6 +22,16 @@ import (
 type outageStore struct {
 	store.Store
 	down *atomic.Bool
+	// reads, if set, makes GetSession fail too while it is set, as a
+	// database that cannot be reached at all does.
+	reads *atomic.Bool
+}
+
+func (o outageStore) GetSession(ctx context.Context, id string) (store.Session, error) {
+	if o.reads != nil && o.reads.Load() {
+		return store.Session{}, fmt.Errorf("test store: get session: %w: the database cannot be reached", store.ErrUnavailable)
+	}
+	return o.Store.GetSession(ctx, id)
 }
 
 func (o outageStore) fail(op string) error {
@@ -361,4 +372,27 @@ func TestFakeStoreOutageRefusesClones(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestFakeStoreOutageWhenAVMDies: a session's VM dies while the state
+// store can be neither read nor written (a database that cannot be
+// reached). Once the store is back the session is recorded failed, with
+// the reason, without a restart (it said running, for good, of a VM that
+// was gone), and calls on it are 409; its neighbour runs on.
+func TestFakeStoreOutageWhenAVMDies(t *testing.T) {
+	var down, reads atomic.Bool
+	r := newFakeRigWith(t, func(c *session.Config) { c.Store = outageStore{Store: c.Store, down: &down, reads: &reads} })
+	id := r.create(api.CreateSessionRequest{}).ID
+	other := r.create(api.CreateSessionRequest{}).ID
+	down.Store(true)
+	reads.Store(true)
+	r.vmOf(id).Kill()
+	time.Sleep(time.Second) // the VM's end is seen, and the store asked, meanwhile
+	down.Store(false)
+	reads.Store(false)
+	r.eventually("the session is recorded failed once the store is back", func() bool { return r.get(id).State == api.StateFailed })
+	r.wantState(id, api.StateFailed, "exited unexpectedly")
+	_, err := r.mgr.Exec(context.Background(), id, api.ExecRequest{Argv: []string{"true"}})
+	wantCode(t, "exec in the session whose VM died", err, api.CodeConflict)
+	r.echo(other)
 }

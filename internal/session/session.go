@@ -646,35 +646,68 @@ func (m *Manager) adoptLive(id string, l *live) {
 		go m.serveGuest(id, l)
 	}
 	go m.watchAgent(id, l)
-	go func() {
-		<-l.vm.Done()
-		m.mu.Lock()
-		deleting := l.deleting
-		if m.live[id] == l {
-			delete(m.live, id)
-		}
-		m.mu.Unlock()
-		l.client().Close()
-		if deleting {
+	go m.watchVMEnd(id, l)
+}
+
+// watchVMEnd records session id failed when its VM l ends unexpectedly.
+// A store that cannot say for now whether the session still runs there
+// (a full disk, a database restarting) is asked again until it can: the
+// record must not say running, for good, of a VM that is gone.
+func (m *Manager) watchVMEnd(id string, l *live) {
+	<-l.vm.Done()
+	m.mu.Lock()
+	deleting := l.deleting
+	if m.live[id] == l {
+		delete(m.live, id)
+	}
+	m.mu.Unlock()
+	l.client().Close()
+	if deleting {
+		return
+	}
+	for pause := followRetry; ; pause = min(2*pause, followRetryMax) {
+		if done := m.recordVMEnd(id, l); done {
 			return
 		}
-		// Under the session's lock: an operation that holds it (a
-		// checkpoint, a rollback) writes the record from what it read,
-		// and would write over a failure recorded meanwhile; it may also
-		// have put the session elsewhere (a rollback parks it, a wake
-		// runs a new VM), and then this VM's end is no news.
-		unlock := m.lock(id)
-		defer unlock()
-		m.mu.Lock()
-		moved := l.deleting || m.live[id] != nil
-		m.mu.Unlock()
-		if rec, err := m.cfg.Store.GetSession(context.Background(), id); moved || err != nil || rec.State != api.StateRunning {
-			return
+		select {
+		case <-m.stop:
+			return // the next server finds the VM gone
+		case <-time.After(pause):
 		}
-		tail := lastLines(l.vm.ConsoleTail(), 8)
-		m.cfg.Log.Warn("VM exited unexpectedly", "session", id, "console", tail)
-		m.fail(id, "VM exited unexpectedly; console: "+tail)
-	}()
+	}
+}
+
+// recordVMEnd records session id failed if its record still says it runs
+// on the VM l, which ended; done is false when the store could not say.
+func (m *Manager) recordVMEnd(id string, l *live) (done bool) {
+	// Under the session's lock: an operation that holds it (a checkpoint,
+	// a rollback) writes the record from what it read, and would write
+	// over a failure recorded meanwhile; it may also have put the session
+	// elsewhere (a rollback parks it, a wake runs a new VM), and then this
+	// VM's end is no news.
+	unlock := m.lock(id)
+	defer unlock()
+	m.mu.Lock()
+	moved := l.deleting || m.live[id] != nil
+	m.mu.Unlock()
+	if moved {
+		return true
+	}
+	rec, err := m.cfg.Store.GetSession(context.Background(), id)
+	if errors.Is(err, store.ErrUnavailable) {
+		return false
+	}
+	if err != nil || rec.State != api.StateRunning {
+		return true
+	}
+	tail := lastLines(l.vm.ConsoleTail(), 8)
+	m.cfg.Log.Warn("VM exited unexpectedly", "session", id, "console", tail)
+	rec.State, rec.Error, rec.UpdatedAt = api.StateFailed, "VM exited unexpectedly; console: "+tail, time.Now().UTC()
+	if err := m.cfg.Store.UpdateSession(context.Background(), &rec); err != nil {
+		m.cfg.Log.Error("record failure", "session", id, "err", err)
+		m.recordFollows(rec)
+	}
+	return true
 }
 
 // reconnectBackoff bounds the pause between attempts to connect again to

@@ -768,6 +768,14 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 			if !m.nodeSchedulable(context.Background()) {
 				break fill
 			}
+			// Admitted as a create is: a pool does not crowd the host
+			// past its room (creates and wakes would find none). Refused,
+			// it waits for its next round.
+			release, aerr := m.admit("pool refill", t.MemoryMiB, t.CPUs)
+			if aerr != nil {
+				m.cfg.Log.Debug("pool refill waits for room", "template", t.Name, "err", aerr)
+				break fill
+			}
 			id := newID()
 			ev, err := m.beginEvent(context.Background(), Event{Kind: EventRefill, Cause: CausePool, Template: t.Name, Session: id})
 			var l *live
@@ -795,6 +803,7 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 				m.doneEvent(context.Background(), ev, start, err)
 			}
 			if err != nil {
+				release()
 				select {
 				case <-p.cancel:
 					return // the template is going away
@@ -815,11 +824,13 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 				l.client().Close()
 				_ = l.vm.Stop(context.Background())
 				os.RemoveAll(m.dir(id))
+				release()
 				return
 			default:
 			}
 			p.ready = append(p.ready, pooled{id: id, version: t.Version, l: l})
 			m.mu.Unlock()
+			release() // counted as the pool's now
 		}
 	}
 }
