@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/cove-dev/cove/internal/testenv"
 )
 
 // The tests run as root, so a directory's mode does not stop a write; what
@@ -108,7 +110,7 @@ func TestAppendFailsClosedWhenFull(t *testing.T) {
 	ctx := context.Background()
 	mnt := t.TempDir()
 	if err := syscall.Mount("tmpfs", mnt, "tmpfs", 0, "size=1m"); err != nil {
-		t.Skipf("cannot mount a small tmpfs to fill (%v): the full-disk case needs CAP_SYS_ADMIN", err)
+		testenv.Skipf(t, "cannot mount a small tmpfs to fill (%v): the full-disk case needs CAP_SYS_ADMIN", err)
 	}
 	t.Cleanup(func() { syscall.Unmount(mnt, syscall.MNT_DETACH) })
 	dir := filepath.Join(mnt, "audit")

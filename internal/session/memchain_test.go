@@ -11,6 +11,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/session"
+	"github.com/cove-dev/cove/internal/testenv"
 )
 
 // touched is the RAM the tests' guests hold: 8 MiB of data.
@@ -257,7 +258,7 @@ func TestFakeMemoryEncodeCrashes(t *testing.T) {
 // was.
 func TestFakeCorruptMemoryChainRefused(t *testing.T) {
 	if _, err := exec.LookPath("qemu-io"); err != nil {
-		t.Skip("qemu-io not installed")
+		testenv.Skipf(t, "qemu-io not installed")
 	}
 	r := newFakeRig(t)
 	ctx := context.Background()

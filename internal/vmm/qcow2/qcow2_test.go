@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/cove-dev/cove/internal/testenv"
 	"github.com/cove-dev/cove/internal/vmm/qcow2"
 )
 
@@ -46,7 +47,7 @@ func writeAt(t *testing.T, path string, off int64, b []byte) {
 // removed) keeps what it reads.
 func TestDiffHoldsOnlyTheChangesAndRawReadsItBack(t *testing.T) {
 	if _, err := exec.LookPath("qemu-img"); err != nil {
-		t.Skip("qemu-img not installed")
+		testenv.Skipf(t, "qemu-img not installed")
 	}
 	ctx := context.Background()
 	d := qcow2.Disks{}
