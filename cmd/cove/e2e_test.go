@@ -48,6 +48,8 @@ type e2e struct {
 	token string
 
 	srv *server
+	// serverArgs are added to the command line of each server started.
+	serverArgs []string
 	// seen holds every session id and spare name this home has listed:
 	// what the leftover checks look for among the host's cgroups, which
 	// other tests' VMs share.
@@ -164,7 +166,7 @@ func (e *e2e) launchServer(env ...string) *server {
 	t := e.t
 	t.Helper()
 	s := &server{log: &lockedBuffer{}, done: make(chan struct{})}
-	s.cmd = exec.Command(e.cove, "server", "--listen", e.addr, "--home", e.home, "--build-images", "tiny")
+	s.cmd = exec.Command(e.cove, append([]string{"server", "--listen", e.addr, "--home", e.home, "--build-images", "tiny"}, e.serverArgs...)...)
 	s.cmd.Env = append(append(os.Environ(), "COVE_HOME="+e.home), env...)
 	s.cmd.Stdout, s.cmd.Stderr = s.log, s.log
 	if err := s.cmd.Start(); err != nil {

@@ -648,6 +648,9 @@ func (m *Manager) recoverTemplate(ctx context.Context, t store.Template, now tim
 	_, release, ok := m.lease(ctx, "build/"+t.Name)
 	if !ok {
 		m.cfg.Log.Info("template being built by another server; left to it", "template", t.Name)
+		if t.State == api.TemplateBuilding {
+			m.settleLater(t.Name)
+		}
 		return nil
 	}
 	// Read again under the claim: a build that ended since the list
@@ -686,6 +689,49 @@ func (m *Manager) failCutBuilds(ctx context.Context, name string, vs []store.Tem
 		os.RemoveAll(m.versionDir(name, v.Version))
 	}
 	return nil
+}
+
+// settleLater settles template name's first build once this manager can
+// claim it (see recoverTemplate): the server that held the build when
+// this one started may have died, and its claim then expires; a template
+// left building for good could be neither cloned nor built again. A
+// build that ends meanwhile leaves nothing to settle.
+func (m *Manager) settleLater(name string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	select {
+	case <-m.stop:
+		return
+	default:
+	}
+	m.bg.Add(1) // under mu: never after stopLoops closed stop
+	go func() {
+		defer m.bg.Done()
+		tick := time.NewTicker(m.leaseTTL() / 3)
+		defer tick.Stop()
+		for {
+			select {
+			case <-m.stop:
+				return
+			case <-tick.C:
+			}
+			ctx := context.Background()
+			_, release, ok := m.lease(ctx, "build/"+name)
+			if !ok {
+				continue
+			}
+			t, err := m.cfg.Store.GetTemplate(ctx, name)
+			if err == nil && t.State == api.TemplateBuilding {
+				_, err = m.settleBuilds(ctx, t, time.Now().UTC())
+			}
+			release()
+			if err != nil && !errors.Is(err, store.ErrNotFound) {
+				m.cfg.Log.Warn("settle a template build cut short", "template", name, "err", err)
+				continue
+			}
+			return
+		}
+	}()
 }
 
 // settleBuilds marks template t's builds cut short failed, and reports

@@ -288,6 +288,26 @@ func TestFakeCrashAtLateSteps(t *testing.T) {
 			t.Fatalf("the cut version's files: %v, want them removed", err)
 		}
 	})
+	// The same for a template's first build: the template is failed
+	// once the dead server's claim has expired, and can be removed and
+	// made again.
+	t.Run("template.built/another-server", func(t *testing.T) {
+		r := newFakeRigWith(t, func(c *session.Config) { c.LeaseTTL = time.Second })
+		r.crashRestart("template.built", func(m *session.Manager) {
+			_, _ = m.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web", Setup: []string{"touch /root/setup-ran"}})
+		})
+		r.eventually("the cut template is failed once the dead server's claim expired", func() bool {
+			tp, err := r.mgr.GetTemplate(ctx, "web")
+			return err == nil && tp.State == api.TemplateFailed && strings.Contains(tp.Error, "server stopped")
+		})
+		r.wantNoOrphans(nil)
+		if err := r.mgr.DeleteTemplate(ctx, "web"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web", Setup: []string{"touch /root/setup-ran"}}); err != nil {
+			t.Fatalf("create the template again: %v", err)
+		}
+	})
 	for _, step := range []string{"deliver.claimed", "deliver.woken", "deliver.written"} {
 		t.Run(step, func(t *testing.T) {
 			r := newFakeRigWith(t, sameServer)

@@ -13,6 +13,7 @@ import (
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store"
+	"github.com/cove-dev/cove/internal/trigger"
 )
 
 // outageStore is a state store whose session writes fail with
@@ -25,6 +26,13 @@ type outageStore struct {
 	// reads, if set, makes GetSession fail too while it is set, as a
 	// database that cannot be reached at all does.
 	reads *atomic.Bool
+}
+
+func (o outageStore) GetEvent(ctx context.Context, seq int64) (store.Event, error) {
+	if o.reads != nil && o.reads.Load() {
+		return store.Event{}, fmt.Errorf("test store: get event: %w: the database cannot be reached", store.ErrUnavailable)
+	}
+	return o.Store.GetEvent(ctx, seq)
 }
 
 func (o outageStore) GetSession(ctx context.Context, id string) (store.Session, error) {
@@ -395,4 +403,54 @@ func TestFakeStoreOutageWhenAVMDies(t *testing.T) {
 	_, err := r.mgr.Exec(context.Background(), id, api.ExecRequest{Argv: []string{"true"}})
 	wantCode(t, "exec in the session whose VM died", err, api.CodeConflict)
 	r.echo(other)
+}
+
+// TestFakeStoreOutageKeepsDeliveriesPending: while the state store cannot
+// be read (a database restarting), and then while it refuses the wake's
+// writes (a full disk), a pending webhook delivery is neither made nor
+// failed: it stays pending, and is made, into the guest once, when the
+// store works again. (A wake the store refused used to fail the delivery
+// for good, the session left parked.)
+func TestFakeStoreOutageKeepsDeliveriesPending(t *testing.T) {
+	ctx := context.Background()
+	var down, reads atomic.Bool
+	r := newFakeRigWith(t, func(c *session.Config) { c.Store = outageStore{Store: c.Store, down: &down, reads: &reads} })
+	t.Cleanup(func() { reads.Store(false); down.Store(false) }) // before the rig's: its removals need the store
+	id := r.create(api.CreateSessionRequest{}).ID
+	if _, err := r.mgr.ParkUntil(ctx, id, []string{"deploys:done"}, 0); err != nil {
+		t.Fatal(err)
+	}
+	ev, err := trigger.GenericEvent("deploys", []byte(`{"event":"done"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.ID, ev.Received = "d1", time.Now()
+	reads.Store(true)
+	if _, err := r.mgr.Accept(ctx, ev); err != nil {
+		t.Fatal(err)
+	}
+	pending := func(when string) {
+		t.Helper()
+		time.Sleep(2500 * time.Millisecond) // the deliverer's rounds, once a second
+		for state, want := range map[string]int{store.DeliveryPending: 1, store.DeliveryFailed: 0, store.DeliveryDelivered: 0} {
+			if ds, err := r.store.ListDeliveries(ctx, state); err != nil || len(ds) != want {
+				t.Fatalf("%s: %d deliveries %s (%v), want %d", when, len(ds), state, err, want)
+			}
+		}
+	}
+	pending("while the store cannot be read")
+	reads.Store(false)
+	down.Store(true)
+	pending("while the store refuses the wake's writes")
+	r.wantState(id, api.StateParked, "")
+	down.Store(false)
+	r.eventually("the event is delivered once the store works", func() bool {
+		ds, err := r.store.ListDeliveries(ctx, store.DeliveryDelivered)
+		return err == nil && len(ds) == 1
+	})
+	r.wantState(id, api.StateRunning, "")
+	files, err := r.mgr.ListDir(ctx, id, "/run/cove/events")
+	if err != nil || len(files) != 1 {
+		t.Fatalf("events in the guest: %+v (%v), want one", files, err)
+	}
 }

@@ -305,12 +305,20 @@ func (m *Manager) deliverOne(parent context.Context, d store.Delivery) {
 			m.cfg.Log.Error("record delivery", "session", d.SessionID, "event", d.EventSeq, "err", err)
 		}
 	}
+	// A store that cannot answer for now (a database restarting) fails
+	// no delivery: it is tried again on the next round.
 	ev, err := m.cfg.Store.GetEvent(ctx, d.EventSeq)
+	if errors.Is(err, store.ErrUnavailable) {
+		return
+	}
 	if err != nil {
 		finish(store.DeliveryFailed, "event: "+err.Error())
 		return
 	}
 	rec, err := m.cfg.Store.GetSession(ctx, d.SessionID)
+	if errors.Is(err, store.ErrUnavailable) {
+		return
+	}
 	if err != nil {
 		finish(store.DeliveryFailed, "session: "+err.Error())
 		return
@@ -323,8 +331,8 @@ func (m *Manager) deliverOne(parent context.Context, d store.Delivery) {
 	}
 	if rec.State == api.StateParked {
 		if _, err := m.wake(ctx, d.SessionID, CauseEvent, fmt.Sprintf("event %d", d.EventSeq)); err != nil && !api.IsCode(err, api.CodeConflict) {
-			if isHostFull(err) || errors.Is(err, ErrRefused) {
-				return // no room on the host, or the audit log cannot record the wake, now: retried on the next round
+			if isHostFull(err) || errors.Is(err, ErrRefused) || errors.Is(err, store.ErrUnavailable) {
+				return // no room on the host, the audit log cannot record the wake or the store cannot be used, now: retried on the next round
 			}
 			if ctx.Err() != nil {
 				if r, gerr := m.cfg.Store.GetSession(context.Background(), d.SessionID); gerr == nil && !cannotServe(r.State) {

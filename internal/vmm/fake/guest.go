@@ -1,6 +1,7 @@
 package fake
 
 import (
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,6 +66,11 @@ import (
 // RestoredPath is where the fake guest keeps the last restored request
 // it got (see the top of this file).
 const RestoredPath = "/tmp/cove-restored.json"
+
+// SeedsPath is where the fake guest keeps the entropy of each hello it
+// answered, a line of hex each (an empty line: a hello with none), as the
+// real agent reseeds its RNG from it.
+const SeedsPath = "/tmp/cove-seeds"
 
 // stateVersion versions the state file.
 const stateVersion = 2
@@ -298,9 +304,20 @@ func (g *guest) session(conn port) string {
 	return n
 }
 
-// hello answers a hello, on the sync line or on a stream.
-func (g *guest) hello(agentproto.Request) agentproto.Hello {
-	g.running()
+// hello answers a hello, on the sync line or on a stream. The entropy it
+// brings is kept as the real agent mixes it into its RNG: a line of hex
+// appended to SeedsPath, for tests to read.
+func (g *guest) hello(req agentproto.Request) agentproto.Hello {
+	if g.enter() {
+		f := g.st.Files[SeedsPath]
+		if f == nil {
+			f = &file{Mode: 0o644}
+			g.st.Files[SeedsPath] = f
+		}
+		f.Data = append(f.Data, hex.EncodeToString(req.Seed)+"\n"...)
+		f.ModTime = time.Now().UTC()
+		g.mu.Unlock()
+	}
 	return agentproto.Hello{Kernel: "fake", Version: "fake", UptimeMillis: time.Since(g.booted).Milliseconds(),
 		WallUnixNano: time.Now().UnixNano()}
 }
