@@ -102,7 +102,10 @@ func (s *Server) routeSession(w http.ResponseWriter, r *http.Request, act Action
 			return r, false, nil
 		}
 		t, ok, err := s.router.Session(r.Context(), act.SessionID)
-		if err == nil && !ok {
+		switch {
+		case err != nil && api.CodeOf(err) == api.CodeInternal:
+			return r, true, err // the store cannot say (503 when unavailable)
+		case err == nil && !ok:
 			return r, false, nil
 		}
 		where := "another node"
