@@ -146,7 +146,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, act Action, t r
 			pr.SetURL(t.URL)
 			pr.Out.Header.Set(routing.Header, by)
 		},
-		Transport:     s.routeTransport,
+		Transport:     s.routeRT,
 		FlushInterval: -1,
 		ErrorLog:      slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 		ErrorHandler: func(_ http.ResponseWriter, _ *http.Request, err error) {
