@@ -172,6 +172,7 @@ type Server struct {
 	mu      sync.Mutex
 	procs   map[string]*procTable // by session id; guarded by mu
 	samples samples               // metrics.go
+	pumps   sync.WaitGroup        // the processes' pumps (process.go)
 	pids    atomic.Uint32         // pids given where the guest's are unknown
 }
 
@@ -229,8 +230,20 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Close ends the server's process streams; the guests' processes run on.
-func (s *Server) Close() { s.cancel() }
+// Close ends the server's process streams, and waits (10 s at most) for
+// their ends: no attachment of this server's to a guest's command is left
+// (one could take the command from the next server's); the guests'
+// processes run on.
+func (s *Server) Close() {
+	s.cancel()
+	done := make(chan struct{})
+	go func() { s.pumps.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		s.log.Warn("e2b: close: process streams still ending after 10 s")
+	}
+}
 
 // envdHost matches an envd host name, 49983-ID.domain.
 var envdHost = regexp.MustCompile(`^(\d+)-([a-z0-9-]+)\.`)

@@ -58,8 +58,9 @@ type proc struct {
 	cfg *processpb.ProcessConfig
 	p   session.Process
 	tty bool
-	// saved says the process has its file in the guest (tableDir).
-	saved bool
+	// saved delivers whether the process has its file in the guest
+	// (tableDir), once written.
+	saved chan bool
 
 	mu    sync.Mutex
 	subs  map[*sub]struct{} // guarded by mu; nil once ended
@@ -199,7 +200,7 @@ func (s *Server) pump(t *procTable, id string, p *proc) {
 	t.mu.Lock()
 	delete(t.procs, p.pid)
 	t.mu.Unlock()
-	if err == nil && p.saved {
+	if err == nil && <-p.saved {
 		s.forget(t.ctx, id, p.pid)
 	}
 	if err != nil {
@@ -309,13 +310,12 @@ func (s *Server) startProcess(w http.ResponseWriter, r *http.Request) {
 	t.mu.Lock()
 	t.procs[p.pid] = p
 	t.mu.Unlock()
-	go func() {
-		// The guest's copy of the entry is written before the pump
-		// can remove it, in the pump's goroutine: the start event
-		// does not wait for it.
-		p.saved = s.save(t.ctx, id, p)
-		s.pump(t, id, p)
-	}()
+	// The guest's copy of the entry is written beside the relay of the
+	// output (neither the start event nor the output waits for it),
+	// and before the pump can remove it.
+	p.saved = make(chan bool, 1)
+	go func() { p.saved <- s.save(t.ctx, id, p) }()
+	s.pumps.Go(func() { s.pump(t, id, p) })
 	s.follow(r, st, p, sb, func(ev *processpb.ProcessEvent) proto.Message { return &processpb.StartResponse{Event: ev} })
 }
 

@@ -107,11 +107,12 @@ func (s *Server) recover(ctx context.Context, id string, t *procTable) {
 			s.log.WarnContext(ctx, "e2b: attach to a process of the guest's table", "session", id, "pid", pid, "err", err)
 			return
 		}
-		p := &proc{pid: uint32(pid), tag: sp.Tag, cfg: cfg, p: xp, tty: sp.TTY, saved: true, subs: map[*sub]struct{}{}}
+		p := &proc{pid: uint32(pid), tag: sp.Tag, cfg: cfg, p: xp, tty: sp.TTY, saved: make(chan bool, 1), subs: map[*sub]struct{}{}}
+		p.saved <- true
 		t.mu.Lock()
 		t.procs[p.pid] = p
 		t.mu.Unlock()
-		go s.pump(t, id, p)
+		s.pumps.Go(func() { s.pump(t, id, p) })
 	}
 	t.recovered = true
 }

@@ -174,3 +174,69 @@ func itoa(n int) string {
 	b, _ := json.Marshal(n)
 	return string(b)
 }
+
+// TestFakeForkHasTheParentsProcesses: a fork's guest is a copy of its
+// parent's, the guest's copy of the process table included, so the fork's
+// table holds the parent's commands (the fork's copies, same pids), which
+// are connected to and fed in the fork alone.
+func TestFakeForkHasTheParentsProcesses(t *testing.T) {
+	e := newFakeEnv(t)
+	var sbx sandboxAnswer
+	e.ok(&sbx, http.StatusCreated, e.alice, "POST", "/v2/sandboxes", `{"templateID":"base","timeout":600}`)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	next := e.connectStream(ctx, sbx, "Start", `{"process":{"cmd":"cat"},"tag":"t","stdin":true}`)
+	_, m := next()
+	var start struct {
+		Event struct {
+			Start struct {
+				PID int `json:"pid"`
+			} `json:"start"`
+		} `json:"event"`
+	}
+	if err := json.Unmarshal([]byte(m), &start); err != nil || start.Event.Start.PID == 0 {
+		t.Fatalf("Start: first message %s", m)
+	}
+	pid := itoa(start.Event.Start.PID)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		if st, _ := e.rpc(sbx, "Stat", `{"path":"/run/cove-e2b/procs/`+pid+`"}`); st == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no entry of the process in the guest a minute after its start")
+		}
+	}
+	var forks []forkAnswer
+	e.ok(&forks, http.StatusCreated, e.alice, "POST", "/sandboxes/"+sbx.SandboxID+"/fork", `{}`)
+	if len(forks) != 1 || forks[0].Sandbox == nil {
+		t.Fatalf("fork: %+v", forks)
+	}
+	f := *forks[0].Sandbox
+	st, b := e.envd(f, "POST", "/process.Process/List", "application/json", "{}")
+	var c bytes.Buffer
+	_ = json.Compact(&c, b)
+	if want := `{"processes":[{"config":{"cmd":"cat"},"pid":` + pid + `,"tag":"t"}]}`; st != http.StatusOK || c.String() != want {
+		t.Fatalf("the fork's List: %d %s, want %s", st, c.String(), want)
+	}
+	nextF := e.connectStream(context.Background(), f, "Connect", `{"process":{"pid":`+pid+`}}`)
+	if _, m := nextF(); !strings.Contains(m, `"start":{"pid":`+pid+`}`) {
+		t.Fatalf("Connect in the fork: %s", m)
+	}
+	if st, b := e.envd(f, "POST", "/process.Process/SendInput", "application/json", `{"process":{"pid":`+pid+`},"input":{"stdin":"Zm9yawo="}}`); st != http.StatusOK {
+		t.Fatalf("SendInput in the fork: %d %s", st, b)
+	}
+	for {
+		end, m := nextF()
+		if end {
+			t.Fatalf("the fork's stream ended before the echo: %s", m)
+		}
+		if strings.Contains(m, `"stdout":"Zm9yawo="`) {
+			break
+		}
+	}
+	// The parent's command is its own: still listed there.
+	st, b = e.envd(sbx, "POST", "/process.Process/List", "application/json", "{}")
+	if st != http.StatusOK || !strings.Contains(string(b), pid) {
+		t.Errorf("the parent's List: %d %s", st, b)
+	}
+}
