@@ -297,3 +297,38 @@ func TestFakeRouteE2BNoLoop(t *testing.T) {
 		t.Errorf("a forwarded create with no node fitting: %d %s, want 503", resp.StatusCode, body)
 	}
 }
+
+// The end-time sweep of each server ends only its own node's sandboxes:
+// A's sweep leaves B's sandbox, past its end time, to B's, which ends it
+// (A's session manager would remove the record and leave B's VM running).
+func TestFakeRouteE2BEndTime(t *testing.T) {
+	a, b := twoE2BServers(t)
+	a.setAdmin(t, store.NodeCordoned)
+	var sbx sandboxAnswer
+	a.env.ok(&sbx, http.StatusCreated, a.env.alice, "POST", "/v2/sandboxes", `{"templateID":"base","timeout":1}`)
+	if got := nodeOf(t, a.st, sbx.SandboxID); got != b.node {
+		t.Fatalf("the sandbox is on node %q, want B's %q", got, b.node)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	go a.env.e2b.Run(ctx, 20*time.Millisecond)
+	// A's sweep sees the record due and leaves it: still due, still
+	// running, once A has swept past the end time a few times.
+	time.Sleep(1500 * time.Millisecond)
+	if ss, err := b.mgr.Get(ctx, sbx.SandboxID); err != nil || ss.State != api.StateRunning {
+		t.Fatalf("after A's sweeps: %+v, %v; want running (B's to end)", ss, err)
+	}
+	if due, err := a.st.DueE2BSandboxes(ctx, time.Now(), 10); err != nil || len(due) != 1 {
+		t.Fatalf("due after A's sweeps: %+v, %v; want the sandbox still due", due, err)
+	}
+	go b.env.e2b.Run(ctx, 20*time.Millisecond)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(20 * time.Millisecond) {
+		ss, err := b.mgr.Get(ctx, sbx.SandboxID)
+		if api.IsCode(err, api.CodeNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("a minute after B's sweep started: %+v, %v; want it ended", ss, err)
+		}
+	}
+}

@@ -695,8 +695,16 @@ const expireBatch = 256
 // not run then (paused, failed) is not due any more: a sandbox woken
 // other than through this API (cove's own wake) runs on until a connect
 // or setTimeout gives it an end time again.
+//
+// With a Router, each server's sweep ends the sandboxes its node holds
+// (its own lease, per node) and leaves the others' to their servers':
+// only the holder's session manager can pause or stop a sandbox's VM.
 func (s *Server) expire(ctx context.Context) {
-	if ok, err := s.cfg.Records.Claim(ctx, expireLease, s.cfg.ServerID, 30*time.Second); err != nil || !ok {
+	lease := expireLease
+	if s.cfg.Router != nil {
+		lease += "/" + s.cfg.Router.Node()
+	}
+	if ok, err := s.cfg.Records.Claim(ctx, lease, s.cfg.ServerID, 30*time.Second); err != nil || !ok {
 		if err != nil {
 			s.log.WarnContext(ctx, "e2b: claim the end-time sweep", "err", err)
 		}
@@ -709,6 +717,11 @@ func (s *Server) expire(ctx context.Context) {
 		return
 	}
 	for _, x := range xs {
+		if s.cfg.Router != nil {
+			if _, elsewhere, err := s.cfg.Router.Session(ctx, x.SessionID); err != nil || elsewhere {
+				continue // another server's node's (or the store cannot say now)
+			}
+		}
 		s.expireOne(ctx, x, now)
 	}
 }
