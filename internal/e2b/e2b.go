@@ -225,7 +225,7 @@ func New(cfg Config) (*Server, error) {
 	s.control.HandleFunc("GET /sandboxes/{id}/metrics", s.routed(s.metrics))
 	s.control.HandleFunc("POST /sandboxes/{id}/snapshots", s.routed(s.createSnapshot))
 	s.control.HandleFunc("GET /snapshots", s.listSnapshots)
-	s.control.HandleFunc("DELETE /templates/{id}", s.deleteSnapshot)
+	s.control.HandleFunc("DELETE /templates/{id}", s.routedBy(snapshotSandbox, s.deleteSnapshot))
 	s.control.HandleFunc("POST /sandboxes/{id}/fork", s.routed(s.fork))
 	s.control.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeControlError(w, http.StatusNotFound, "no such route: %s %s", r.Method, r.URL.Path)

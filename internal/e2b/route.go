@@ -54,17 +54,32 @@ func routedHere(r *http.Request) bool { return r.Header.Get(routing.Header) != "
 // holder if that is another server, else h serves it (with the principal
 // in its context: principal() does not check the key again).
 func (s *Server) routed(h http.HandlerFunc) http.HandlerFunc {
+	return s.routedBy(func(r *http.Request) string { return r.PathValue("id") }, h)
+}
+
+// routedBy is routed for a route whose sandbox idOf says ("" for none:
+// served here).
+func (s *Server) routedBy(idOf func(*http.Request) string, h http.HandlerFunc) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		ctx, ok := s.principal(w, r)
 		if !ok {
 			return
 		}
 		r = r.WithContext(context.WithValue(ctx, authedKey{}, true))
-		if s.route(w, r, r.PathValue("id"), false) {
+		if s.route(w, r, idOf(r), false) {
 			return
 		}
 		h(w, r)
 	}
+}
+
+// snapshotSandbox is the sandbox of the snapshot id SANDBOX:NAME in the
+// path ("" for another id): its checkpoint is on the sandbox's node.
+func snapshotSandbox(r *http.Request) string {
+	if id, _, ok := parseSnapshotID(r.PathValue("id")); ok {
+		return id
+	}
+	return ""
 }
 
 // route forwards r, a call about sandbox id, to its holder's server if

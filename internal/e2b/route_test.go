@@ -221,6 +221,24 @@ func TestFakeRouteE2B(t *testing.T) {
 	if info := a.env.info(sbx.SandboxID); info.State != "running" || info.Metadata["via"] != "a" {
 		t.Errorf("get through A: %+v", info)
 	}
+	// Snapshots (checkpoints on B's node) through A: taken, a sandbox
+	// made from one (a fork, on B), a fork, the snapshot deleted.
+	var snap snapshotAnswer
+	a.env.ok(&snap, http.StatusCreated, a.env.alice, "POST", "/sandboxes/"+sbx.SandboxID+"/snapshots", `{"name":"routed"}`)
+	var from sandboxAnswer
+	a.env.ok(&from, http.StatusCreated, a.env.alice, "POST", "/v2/sandboxes", `{"templateID":"`+snap.SnapshotID+`","timeout":600}`)
+	if got := nodeOf(t, a.st, from.SandboxID); got != b.node || from.EnvdAccessToken != b.env.e2b.AccessToken(from.SandboxID) {
+		t.Errorf("the sandbox made from B's snapshot through A: on %q, want B's %q, with B's token", got, b.node)
+	}
+	var forks []forkAnswer
+	a.env.ok(&forks, http.StatusCreated, a.env.alice, "POST", "/sandboxes/"+sbx.SandboxID+"/fork", `{"count":1,"timeout":600}`)
+	if len(forks) != 1 || forks[0].Sandbox == nil || nodeOf(t, a.st, forks[0].Sandbox.SandboxID) != b.node {
+		t.Errorf("fork through A: %+v; want one sandbox on B", forks)
+	}
+	a.env.ok(nil, http.StatusNoContent, a.env.alice, "DELETE", "/templates/"+snap.SnapshotID, "")
+	if got := b.env.snapshots(b.env.alice, "?sandboxID="+sbx.SandboxID); len(got) != 0 {
+		t.Errorf("snapshots after the delete through A: %v", got)
+	}
 	a.env.ok(nil, http.StatusNoContent, a.env.alice, "POST", "/sandboxes/"+sbx.SandboxID+"/pause", "")
 	if info := b.env.info(sbx.SandboxID); info.State != "paused" {
 		t.Errorf("after a pause through A, B says %q", info.State)
