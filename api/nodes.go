@@ -41,7 +41,10 @@ type Node struct {
 	// URL is where the other API servers reach an embedded node's
 	// server to route its sessions' calls (its --advertise-url); "" for
 	// none.
-	URL         string    `json:"url,omitempty"`
+	URL string `json:"url,omitempty"`
+	// E2BURL is where they reach its server's E2B API (its
+	// --e2b-advertise-url) to route its sandboxes' E2B calls; "" for none.
+	E2BURL      string    `json:"e2b_url,omitempty"`
 	JoinedAt    time.Time `json:"joined_at"`
 	HeartbeatAt time.Time `json:"heartbeat_at"`
 	// Sessions counts the sessions the node holds (any state);

@@ -12,6 +12,7 @@ import (
 	"github.com/cove-dev/cove/internal/apiserver"
 	"github.com/cove-dev/cove/internal/e2b"
 	"github.com/cove-dev/cove/internal/identity"
+	"github.com/cove-dev/cove/internal/routing"
 	"github.com/cove-dev/cove/internal/secret"
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store"
@@ -22,14 +23,15 @@ import (
 // envd URLs, signed file URLs included, land at the root where envd's
 // routes are (see package e2b). Its access tokens are signed with the key
 // in HOME/e2b.key, made at the first start. Close stops it.
-func serveE2B(ctx context.Context, cfg serverConfig, serverID string, mgr *session.Manager, st store.Store, authn *identity.Authenticator,
+func serveE2B(ctx context.Context, cfg serverConfig, serverID, node string, mgr *session.Manager, st store.Store, authn *identity.Authenticator,
 	authorize func(context.Context, apiserver.Action) error, auditor apiserver.Auditor, log *slog.Logger, errc chan<- error) (*http.Server, error) {
 	key, err := secret.LoadOrCreateKey(filepath.Join(cfg.Home, "e2b.key"))
 	if err != nil {
 		return nil, fmt.Errorf("server: e2b: %w", err)
 	}
 	h, err := e2b.New(e2b.Config{Sessions: mgr, Records: st, Authenticator: authn, Authorize: authorize, Audit: auditor, ServerID: serverID,
-		Key: key, BaseImage: cfg.E2BBaseImage, MaxFileBytes: int64(cfg.E2BMaxUpload), Log: log.With("api", "e2b")})
+		Key: key, BaseImage: cfg.E2BBaseImage, MaxFileBytes: int64(cfg.E2BMaxUpload), Log: log.With("api", "e2b"),
+		Router: routing.NewE2B(st, node)})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
@@ -38,9 +40,18 @@ func serveE2B(ctx context.Context, cfg serverConfig, serverID string, mgr *sessi
 		h.Close()
 		return nil, fmt.Errorf("server: e2b listen: %w", err)
 	}
+	url, err := advertised("--e2b-advertise-url", cfg.E2BAdvertiseURL, cfg.E2BListen, ln.Addr())
+	if err == nil {
+		err = advertiseE2B(ctx, st, node, url, log)
+	}
+	if err != nil {
+		ln.Close()
+		h.Close()
+		return nil, err
+	}
 	// Streams (a command's output) and transfers have no deadline;
 	// headers do.
-	hs := &http.Server{Handler: here(h), ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
 	hs.RegisterOnShutdown(h.Close)
 	go h.Run(ctx, time.Second)
 	go func() {

@@ -116,8 +116,12 @@ type serverConfig struct {
 	// E2BListen is the address of the E2B-compatible API (package e2b);
 	// "": not served. E2BBaseImage is the image of its template "base"
 	// where no cove template has that name.
-	E2BListen    string
-	E2BBaseImage string
+	E2BListen string
+	// E2BAdvertiseURL is where the other servers sharing the store reach
+	// this one's E2B API ("": http:// and --e2b-listen when that names a
+	// host).
+	E2BAdvertiseURL string
+	E2BBaseImage    string
 	// E2BMaxUpload limits one upload to envd's /files; 0: the API's
 	// default (4 GiB).
 	E2BMaxUpload sizeFlag
@@ -255,6 +259,7 @@ the policy in force.`,
 	f.StringVar(&cfg.AdvertiseURL, "advertise-url", os.Getenv("COVE_ADVERTISE_URL"), "URL the other servers sharing the store reach this one at (http:// or https://HOST:PORT): any server answers any call, and routes a call about a session to the server whose node holds it (default: http:// and --listen when that names a host; with 0.0.0.0 or none, set it, or this node's sessions are reached only through this server) (COVE_ADVERTISE_URL)")
 	f.StringVar(&cfg.JoinTokenFile, "join-token-file", os.Getenv("COVE_JOIN_TOKEN_FILE"), "file that holds the secret 'cove node' agents join with (mode 0600; a trailing newline is not part of it); without it, joining is disabled, while nodes that joined before still connect (COVE_JOIN_TOKEN_FILE)")
 	f.StringVar(&cfg.E2BListen, "e2b-listen", os.Getenv("COVE_E2B_LISTEN"), "address of the E2B-compatible API, control plane and envd on one port (the official E2B SDKs run against it: 'cove e2b env' prints their settings); default: not served (COVE_E2B_LISTEN)")
+	f.StringVar(&cfg.E2BAdvertiseURL, "e2b-advertise-url", os.Getenv("COVE_E2B_ADVERTISE_URL"), "URL the other servers sharing the store reach this one's E2B API at (http:// or https://HOST:PORT): they route the E2B calls about this node's sandboxes, and the E2B creates placed on it, here (default: http:// and --e2b-listen when that names a host) (COVE_E2B_ADVERTISE_URL)")
 	f.Var(&cfg.E2BMaxUpload, "e2b-max-upload", "the largest upload to the E2B API's /files: 4GiB, 500MiB or a byte count; larger ones are 413 and write nothing (COVE_E2B_MAX_UPLOAD; default 4GiB)")
 	f.StringVar(&cfg.E2BBaseImage, "e2b-base-image", envOr("COVE_E2B_BASE_IMAGE", "debian"), "image of the E2B template 'base' (the SDK's default; it needs bash) where no cove template is named base (COVE_E2B_BASE_IMAGE)")
 	f.StringVar(&cfg.Policy, "policy", os.Getenv("COVE_POLICY"), "Cedar policy file that decides every API action (default: the built-in policy: engineers see and control their own sessions, admins everything); check it with 'cove policy check'; SIGHUP reloads it, keeping the policy in force if the file does not check (COVE_POLICY)")
@@ -499,7 +504,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	if cfg.E2BListen != "" {
-		e2bSrv, err := serveE2B(ctx, cfg, serverID, mgr, st, authn, authorize, auditLog, log, errc)
+		e2bSrv, err := serveE2B(ctx, cfg, serverID, node, mgr, st, authn, authorize, auditLog, log, errc)
 		if err != nil {
 			return err
 		}

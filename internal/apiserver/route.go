@@ -5,14 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
-	"net/http/httputil"
-	"syscall"
-	"time"
-
-	"golang.org/x/sys/unix"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/routing"
@@ -37,40 +30,9 @@ import (
 // any server (once that one is back, or its node is marked dead and the
 // session moves) goes through.
 
-// How soon a routed call finds its server gone: a connect is given up
-// after routeDialTimeout, and a connection (a kept-alive one that a
-// call reuses included) whose peer stops acknowledging (a partition, a
-// host gone without a word) fails after routeDeadPeer: what was sent
-// is not acknowledged by then, or the keepalive probes, every
-// routeDialTimeout while a call waits on a quiet command, go
-// unanswered. Either is a 503 in seconds, not in TCP's minutes.
-const (
-	routeDialTimeout = 5 * time.Second
-	routeDeadPeer    = 15 * time.Second
-)
-
-// newRouteTransport is http.DefaultTransport's settings with a dialer
-// bounded as above.
-func newRouteTransport() *http.Transport {
-	t := http.DefaultTransport.(*http.Transport).Clone()
-	d := &net.Dialer{
-		Timeout: routeDialTimeout,
-		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: routeDialTimeout, Interval: routeDialTimeout,
-			Count: int(routeDeadPeer / routeDialTimeout)},
-		Control: func(_, _ string, c syscall.RawConn) error {
-			var serr error
-			err := c.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(routeDeadPeer.Milliseconds()))
-			})
-			if err != nil {
-				return err
-			}
-			return serr
-		},
-	}
-	t.DialContext = d.DialContext
-	return t
-}
+// newRouteTransport is the transport of routed calls (bounded dial and
+// dead-peer detection: routing.NewTransport).
+func newRouteTransport() *http.Transport { return routing.NewTransport() }
 
 // Router says which server carries out a call about a session;
 // *routing.Router is one.
@@ -140,25 +102,12 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, act Action, t r
 	if by == "" {
 		by = "-"
 	}
-	var failed error
-	p := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.SetURL(t.URL)
-			pr.Out.Header.Set(routing.Header, by)
-		},
-		Transport:     s.routeRT,
-		FlushInterval: -1,
-		ErrorLog:      slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
-		ErrorHandler: func(_ http.ResponseWriter, _ *http.Request, err error) {
-			failed = err
-		},
-	}
 	s.log.Debug("routing a call", "action", act, "node", t.NodeID, "name", t.NodeName, "to", t.URL.String())
-	p.ServeHTTP(w, r)
+	failed := routing.Forward(w, r, t, by, s.routeRT, s.log)
 	if failed == nil {
 		return nil
 	}
-	if errors.Is(failed, context.Canceled) && r.Context().Err() != nil {
+	if errors.Is(failed, context.Canceled) {
 		return reported(failed) // the client went away
 	}
 	return api.Errorf(api.CodeUnavailable, "node %s (%s): its server %s could not be reached: %v; the call changed nothing here: retry (through any server)",

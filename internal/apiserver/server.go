@@ -144,7 +144,7 @@ type Config struct {
 	// whose node holds it (route.go); nil carries out every call here.
 	Router Router
 	// RouteTransport carries routed calls; nil: http.DefaultTransport's
-	// settings, with a connect given up after routeDialTimeout.
+	// settings, with a connect given up after routing.DialTimeout.
 	RouteTransport http.RoundTripper
 }
 

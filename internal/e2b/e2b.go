@@ -48,6 +48,7 @@ import (
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/apiserver"
 	"github.com/cove-dev/cove/internal/identity"
+	"github.com/cove-dev/cove/internal/routing"
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store"
 )
@@ -157,6 +158,13 @@ type Config struct {
 	Log          *slog.Logger
 	// Now is the clock of end times; nil: time.Now.
 	Now func() time.Time
+	// Router, if set, routes each call about a sandbox, and each create
+	// placed on another server's node, to that server's E2B API
+	// (route.go; routing.NewE2B). nil carries out every call here, and
+	// places creates on this server's node alone.
+	Router Router
+	// RouteTransport carries routed calls; nil: routing.NewTransport().
+	RouteTransport http.RoundTripper
 }
 
 // Server is the E2B API's http.Handler.
@@ -174,6 +182,7 @@ type Server struct {
 	samples samples               // metrics.go
 	pumps   sync.WaitGroup        // the processes' pumps (process.go)
 	pids    atomic.Uint32         // pids given where the guest's are unknown
+	routeRT http.RoundTripper     // routed calls' (route.go)
 }
 
 // New makes a Server from cfg.
@@ -200,21 +209,24 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log, procs: map[string]*procTable{}}
+	s := &Server{cfg: cfg, log: log, procs: map[string]*procTable{}, routeRT: cfg.RouteTransport}
+	if s.routeRT == nil {
+		s.routeRT = routing.NewTransport()
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.control = http.NewServeMux()
 	s.control.HandleFunc("POST /v2/sandboxes", s.create)
 	s.control.HandleFunc("GET /v2/sandboxes", s.list)
-	s.control.HandleFunc("GET /sandboxes/{id}", s.get)
-	s.control.HandleFunc("DELETE /sandboxes/{id}", s.kill)
-	s.control.HandleFunc("POST /sandboxes/{id}/timeout", s.setTimeout)
-	s.control.HandleFunc("POST /sandboxes/{id}/pause", s.pause)
-	s.control.HandleFunc("POST /v2/sandboxes/{id}/connect", s.connect)
-	s.control.HandleFunc("GET /sandboxes/{id}/metrics", s.metrics)
-	s.control.HandleFunc("POST /sandboxes/{id}/snapshots", s.createSnapshot)
+	s.control.HandleFunc("GET /sandboxes/{id}", s.routed(s.get))
+	s.control.HandleFunc("DELETE /sandboxes/{id}", s.routed(s.kill))
+	s.control.HandleFunc("POST /sandboxes/{id}/timeout", s.routed(s.setTimeout))
+	s.control.HandleFunc("POST /sandboxes/{id}/pause", s.routed(s.pause))
+	s.control.HandleFunc("POST /v2/sandboxes/{id}/connect", s.routed(s.connect))
+	s.control.HandleFunc("GET /sandboxes/{id}/metrics", s.routed(s.metrics))
+	s.control.HandleFunc("POST /sandboxes/{id}/snapshots", s.routed(s.createSnapshot))
 	s.control.HandleFunc("GET /snapshots", s.listSnapshots)
-	s.control.HandleFunc("DELETE /templates/{id}", s.deleteSnapshot)
-	s.control.HandleFunc("POST /sandboxes/{id}/fork", s.fork)
+	s.control.HandleFunc("DELETE /templates/{id}", s.routedBy(snapshotSandbox, s.deleteSnapshot))
+	s.control.HandleFunc("POST /sandboxes/{id}/fork", s.routed(s.fork))
 	s.control.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeControlError(w, http.StatusNotFound, "no such route: %s %s", r.Method, r.URL.Path)
 	})
@@ -250,12 +262,24 @@ var envdHost = regexp.MustCompile(`^(\d+)-([a-z0-9-]+)\.`)
 
 // ServeHTTP routes a request to envd when it names a sandbox (the
 // E2b-Sandbox-Id header, or an envd host name), else to the control plane.
+//
+// A call another server forwarded here (routing.Header), and every call
+// when no Router is set, acts on this server's node alone (session.Here).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Router == nil || routedHere(r) {
+		r = r.WithContext(session.Here(r.Context()))
+	}
 	if r.URL.Path == "/files" && r.URL.Query().Has("signature") {
+		if s.route(w, r, sandboxOf(r), true) {
+			return
+		}
 		s.serveSigned(w, r) // it may name no sandbox: see signed.go
 		return
 	}
 	if id := sandboxOf(r); id != "" {
+		if s.route(w, r, id, true) {
+			return
+		}
 		s.serveEnvd(w, r, id)
 		return
 	}

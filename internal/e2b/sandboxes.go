@@ -1,6 +1,7 @@
 package e2b
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -89,6 +90,9 @@ type coveDetail struct {
 // principal authenticates the request's API key and returns its context
 // with the principal in it; it has answered when ok is false.
 func (s *Server) principal(w http.ResponseWriter, r *http.Request) (context.Context, bool) {
+	if r.Context().Value(authedKey{}) != nil {
+		return r.Context(), true // checked by routed()
+	}
 	key := r.Header.Get("X-API-KEY")
 	if key == "" {
 		writeControlError(w, http.StatusUnauthorized, "missing X-API-KEY: set E2B_API_KEY to a cove API token ('cove e2b env' prints one)")
@@ -161,9 +165,15 @@ func (s *Server) writeRecord(ctx context.Context, id string, rec record) error {
 	return s.cfg.Records.PutE2BSandbox(ctx, store.E2BSandbox{SessionID: id, Record: b, DueAt: rec.EndAt})
 }
 
+// maxBody bounds a control-plane request's JSON body.
+const maxBody = 1 << 20
+
+// bodyKey holds a create's body in its request's context, to forward.
+type bodyKey struct{}
+
 // decodeBody decodes an optional JSON body into v.
 func decodeBody(r *http.Request, v any) error {
-	body := http.MaxBytesReader(nil, r.Body, 1<<20)
+	body := http.MaxBytesReader(nil, r.Body, maxBody)
 	dec := json.NewDecoder(body)
 	if err := dec.Decode(v); err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("request body: %v", err)
@@ -178,11 +188,20 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
+	// A create placed on another server's node is forwarded there with
+	// the body it came with (route.go).
+	body, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		writeControlError(w, http.StatusBadRequest, "request body: %v", err)
+		return
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
 	var req createRequest
 	if err := decodeBody(r, &req); err != nil {
 		writeControlError(w, http.StatusBadRequest, "%v", err)
 		return
 	}
+	r = r.WithContext(context.WithValue(r.Context(), bodyKey{}, body))
 	if req.TemplateID == "" {
 		req.TemplateID = "base"
 	}
@@ -195,6 +214,15 @@ func (s *Server) create(w http.ResponseWriter, r *http.Request) {
 		timeout = seconds(*req.Timeout)
 	}
 	if strings.Contains(req.TemplateID, ":") {
+		// A snapshot is a checkpoint on its sandbox's node: the create is
+		// carried out by that node's server.
+		if id, _, ok := parseSnapshotID(req.TemplateID); ok {
+			r.Body = io.NopCloser(bytes.NewReader(body))
+			r.ContentLength = int64(len(body))
+			if s.route(w, r.WithContext(ctx), id, false) {
+				return
+			}
+		}
 		now := s.cfg.Now().UTC()
 		rec := record{TemplateID: req.TemplateID, Metadata: req.Metadata, EnvVars: req.EnvVars, StartedAt: now, AutoPause: req.AutoPause}
 		if timeout > 0 {
@@ -232,6 +260,16 @@ func (s *Server) createFrom(ctx context.Context, w http.ResponseWriter, r *http.
 	}
 	p, _ := identity.FromContext(ctx)
 	ss, err := s.cfg.Sessions.Create(ctx, p.Owner(), creq)
+	if body, _ := r.Context().Value(bodyKey{}).([]byte); err != nil && body != nil {
+		handled, here := s.createElsewhere(ctx, w, r, body, err)
+		if handled {
+			return
+		}
+		if here != nil {
+			ctx = here
+			ss, err = s.cfg.Sessions.Create(ctx, p.Owner(), creq)
+		}
+	}
 	if err != nil {
 		s.fail(w, r, "create sandbox", err)
 		return
@@ -657,8 +695,16 @@ const expireBatch = 256
 // not run then (paused, failed) is not due any more: a sandbox woken
 // other than through this API (cove's own wake) runs on until a connect
 // or setTimeout gives it an end time again.
+//
+// With a Router, each server's sweep ends the sandboxes its node holds
+// (its own lease, per node) and leaves the others' to their servers':
+// only the holder's session manager can pause or stop a sandbox's VM.
 func (s *Server) expire(ctx context.Context) {
-	if ok, err := s.cfg.Records.Claim(ctx, expireLease, s.cfg.ServerID, 30*time.Second); err != nil || !ok {
+	lease := expireLease
+	if s.cfg.Router != nil {
+		lease += "/" + s.cfg.Router.Node()
+	}
+	if ok, err := s.cfg.Records.Claim(ctx, lease, s.cfg.ServerID, 30*time.Second); err != nil || !ok {
 		if err != nil {
 			s.log.WarnContext(ctx, "e2b: claim the end-time sweep", "err", err)
 		}
@@ -671,6 +717,11 @@ func (s *Server) expire(ctx context.Context) {
 		return
 	}
 	for _, x := range xs {
+		if s.cfg.Router != nil {
+			if _, elsewhere, err := s.cfg.Router.Session(ctx, x.SessionID); err != nil || elsewhere {
+				continue // another server's node's (or the store cannot say now)
+			}
+		}
 		s.expireOne(ctx, x, now)
 	}
 }

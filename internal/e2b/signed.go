@@ -111,5 +111,8 @@ func (s *Server) serveSigned(w http.ResponseWriter, r *http.Request) {
 		writeEnvdError(w, http.StatusServiceUnavailable, "the signed URL cannot be checked now; try again")
 		return
 	}
+	if named == "" && s.route(w, r, id, true) {
+		return // found among all sandboxes, held by another server's node
+	}
 	s.serveSandbox(w, r, id)
 }

@@ -18,8 +18,12 @@ import (
 // Users. The SDK names the guest user a call runs as where its caller
 // passes `user`: RPCs send Authorization: Basic base64("USER:"), /files
 // sends ?username=USER. A call that names none runs as root, as every
-// cove command does (E2B's envd defaults to its template's user; cove's
-// templates have root). Another user's commands run through setpriv
+// cove command does. E2B's envd defaults to its template's user, "user"
+// on E2B's templates (the SDK, given envd 0.4.0 or later, sends no user
+// and leaves it to envd); cove keeps root on purpose: cove exec, the
+// guest agent and template builds work as root, so both doors make
+// files owned alike, and cove's images have no sudo, which E2B's "user"
+// would need for what root does directly (see README, E2B, Users). Another user's commands run through setpriv
 // (its uid, gid and groups, HOME, USER and LOGNAME, starting in its home),
 // and the file calls that change something run as commands of that user,
 // so the guest's permissions hold and what they make is the user's: a

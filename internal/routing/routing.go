@@ -70,15 +70,41 @@ func ParseURL(s string) (*url.URL, error) {
 	return u, nil
 }
 
-// Router decides where session calls go. Make one with New.
+// Router decides where session calls go. Make one with New (cove's API)
+// or NewE2B (the E2B-compatible API).
 type Router struct {
 	st   Lookup
 	node string // this server's embedded node; "" when it runs none
+	e2b  bool   // targets are the nodes' E2B URLs (Node.E2BURL)
 }
 
 // New makes a Router over st for a server whose embedded node is node
 // ("" for a server that runs none).
 func New(st Lookup, node string) *Router { return &Router{st: st, node: node} }
+
+// NewE2B is New for the E2B-compatible API: its targets are the URLs of
+// the holders' servers' E2B APIs (Node.E2BURL, --e2b-advertise-url).
+func NewE2B(st Lookup, node string) *Router { return &Router{st: st, node: node, e2b: true} }
+
+// urlOf is the URL of n's server that this router's calls go to, and
+// the flag that sets it.
+func (r *Router) urlOf(n store.Node) (url, flag string) {
+	if r.e2b {
+		return n.E2BURL, "--e2b-advertise-url"
+	}
+	return n.URL, "--advertise-url"
+}
+
+// Target is the target of node n for this router's calls: an *api.Error
+// (503) when n's server advertises no URL for them.
+func (r *Router) Target(n store.Node) (Target, error) {
+	u, flag := r.urlOf(n)
+	if u == "" {
+		return Target{}, api.Errorf(api.CodeUnavailable, "node %s (%s): its server advertises no URL for this API (%s)", n.Name, n.ID, flag)
+	}
+	n.URL = u
+	return TargetOf(n)
+}
 
 // Node is this server's embedded node ("" for none): the value of Header
 // on what it forwards.
@@ -120,11 +146,12 @@ func (r *Router) Session(ctx context.Context, id string) (t Target, ok bool, err
 		return r.anyNode(ctx, id)
 	case !n.Embedded:
 		return Target{}, false, nil
-	case n.URL == "":
-		return Target{}, false, api.Errorf(api.CodeUnavailable,
-			"session %s is held by node %s (%s), whose server advertises no URL (--advertise-url): call that server", id, n.Name, n.ID)
 	}
-	t, err = TargetOf(n)
+	if u, flag := r.urlOf(n); u == "" {
+		return Target{}, false, api.Errorf(api.CodeUnavailable,
+			"session %s is held by node %s (%s), whose server advertises no URL (%s): call that server", id, n.Name, n.ID, flag)
+	}
+	t, err = r.Target(n)
 	return t, err == nil, err
 }
 
@@ -137,8 +164,8 @@ func (r *Router) anyNode(ctx context.Context, id string) (Target, bool, error) {
 		return Target{}, false, fmt.Errorf("route: session %s: nodes: %w", id, err)
 	}
 	for _, n := range nodes {
-		if n.Embedded && !n.Dead && n.Admin == "" && n.URL != "" {
-			if t, err := TargetOf(n); err == nil {
+		if u, _ := r.urlOf(n); n.Embedded && !n.Dead && n.Admin == "" && u != "" {
+			if t, err := r.Target(n); err == nil {
 				return t, true, nil
 			}
 		}

@@ -24,8 +24,8 @@ func TestSession(t *testing.T) {
 	defer st.Close()
 	now := time.Now().UTC()
 	nodes := []store.Node{
-		{ID: "node-here", Name: "here", Embedded: true, URL: "http://10.0.0.1:7070"},
-		{ID: "node-other", Name: "other", Embedded: true, URL: "http://10.0.0.2:7070"},
+		{ID: "node-here", Name: "here", Embedded: true, URL: "http://10.0.0.1:7070", E2BURL: "http://10.0.0.1:3000"},
+		{ID: "node-other", Name: "other", Embedded: true, URL: "http://10.0.0.2:7070", E2BURL: "http://10.0.0.2:3000"},
 		{ID: "node-nourl", Name: "nourl", Embedded: true},
 		{ID: "node-dead", Name: "dead", Embedded: true, URL: "http://10.0.0.4:7070", Dead: true},
 		{ID: "node-remote", Name: "remote", CredentialHash: "ab"},
@@ -51,22 +51,33 @@ func TestSession(t *testing.T) {
 		from, session string
 		want          string // "" here, else the target's URL
 		err           string
+		e2b           bool // NewE2B's: to the nodes' E2B URLs
 	}{
-		{"node-here", "s-here", "", ""},
-		{"node-here", "s-other", "http://10.0.0.2:7070", ""},
-		{"node-here", "s-nourl", "", "advertises no URL"},
-		{"node-here", "s-dead", "", ""},   // moved here by the wake
-		{"node-here", "s-gone", "", ""},   // a removed node: as a dead one
-		{"node-here", "s-remote", "", ""}, // remote nodes hold none yet
-		{"node-here", "s-", "", ""},       // from before nodes: the embedded node's
-		{"node-here", "s-unknown", "", ""},
-		{"", "s-other", "http://10.0.0.2:7070", ""},
-		{"", "s-dead", "http://10.0.0.1:7070", ""}, // the first live node that takes sessions, by name
-		{"", "s-gone", "http://10.0.0.1:7070", ""},
-		{"", "s-", "http://10.0.0.1:7070", ""},
+		{"node-here", "s-here", "", "", false},
+		{"node-here", "s-other", "http://10.0.0.2:7070", "", false},
+		{"node-here", "s-nourl", "", "advertises no URL (--advertise-url)", false},
+		{"node-here", "s-dead", "", "", false},   // moved here by the wake
+		{"node-here", "s-gone", "", "", false},   // a removed node: as a dead one
+		{"node-here", "s-remote", "", "", false}, // remote nodes hold none yet
+		{"node-here", "s-", "", "", false},       // from before nodes: the embedded node's
+		{"node-here", "s-unknown", "", "", false},
+		{"", "s-other", "http://10.0.0.2:7070", "", false},
+		{"", "s-dead", "http://10.0.0.1:7070", "", false}, // the first live node that takes sessions, by name
+		{"", "s-gone", "http://10.0.0.1:7070", "", false},
+		{"", "s-", "http://10.0.0.1:7070", "", false},
+		// The E2B API's: the same holders, at their E2B URLs.
+		{"node-here", "s-here", "", "", true},
+		{"node-here", "s-other", "http://10.0.0.2:3000", "", true},
+		{"node-here", "s-nourl", "", "--e2b-advertise-url", true},
+		{"node-here", "s-dead", "", "", true},
+		{"", "s-other", "http://10.0.0.2:3000", "", true},
+		{"", "s-dead", "http://10.0.0.1:3000", "", true},
 	}
 	for _, c := range cases {
 		r := routing.New(st, c.from)
+		if c.e2b {
+			r = routing.NewE2B(st, c.from)
+		}
 		got, ok, err := r.Session(ctx, c.session)
 		switch {
 		case c.err != "":

@@ -342,7 +342,7 @@ func (m *Manager) node(ctx context.Context, idOrName string) (store.Node, error)
 
 func (m *Manager) nodeAPI(n store.Node, usage []store.SessionUsage) api.Node {
 	out := api.Node{ID: n.ID, Name: n.Name, State: store.NodeState(n), Labels: n.Labels, Embedded: n.Embedded,
-		URL: n.URL, JoinedAt: n.JoinedAt, HeartbeatAt: n.HeartbeatAt,
+		URL: n.URL, E2BURL: n.E2BURL, JoinedAt: n.JoinedAt, HeartbeatAt: n.HeartbeatAt,
 		Capacity: api.NodeCapacity{VCPUs: n.Capacity.VCPUs, MemoryMiB: n.Capacity.MemoryMiB, DiskBytes: n.Capacity.DiskBytes,
 			Accel: n.Capacity.Accel, CPUModel: n.Capacity.CPUModel, CPUFlags: n.Capacity.CPUFlags,
 			QEMUVersion: n.Capacity.QEMUVersion, KernelVersion: n.Capacity.KernelVersion}}

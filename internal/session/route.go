@@ -77,15 +77,27 @@ func (m *Manager) unusable(ctx context.Context, n store.Node) string {
 // of node id (Node.URL), reading the node again on a conflict; "" says
 // it cannot be reached (its sessions are not routed to).
 func AdvertiseNode(ctx context.Context, st store.Store, id, url string) error {
+	return advertiseNode(ctx, st, id, func(n *store.Node) *string { return &n.URL }, url)
+}
+
+// AdvertiseNodeE2B records url as where the other servers reach the E2B
+// API of node id's server (store.Node.E2BURL), as AdvertiseNode does.
+func AdvertiseNodeE2B(ctx context.Context, st store.Store, id, url string) error {
+	return advertiseNode(ctx, st, id, func(n *store.Node) *string { return &n.E2BURL }, url)
+}
+
+// advertiseNode sets the field of node id's record that field points to
+// to url, retrying a lost compare-and-swap.
+func advertiseNode(ctx context.Context, st store.Store, id string, field func(*store.Node) *string, url string) error {
 	for range 5 {
 		n, err := st.GetNode(ctx, id)
 		if err != nil {
 			return fmt.Errorf("node: advertise %s: %w", id, err)
 		}
-		if n.URL == url {
+		if *field(&n) == url {
 			return nil
 		}
-		n.URL = url
+		*field(&n) = url
 		err = st.UpdateNode(ctx, &n)
 		if errors.Is(err, store.ErrConflict) {
 			continue

@@ -820,7 +820,12 @@ type Node struct {
 	// URL is where the other API servers reach the server of an embedded
 	// node (its --advertise-url) to route a call of one of its sessions
 	// there; "" for a remote node and for a server that advertises none.
-	URL         string
+	URL string
+	// E2BURL is where the other API servers reach the E2B API
+	// (--e2b-listen) of an embedded node's server (its
+	// --e2b-advertise-url), to route an E2B call about one of its
+	// sandboxes there; "" for none.
+	E2BURL      string
 	JoinedAt    time.Time
 	HeartbeatAt time.Time
 	// Gen is the record's generation, as Session.Gen. HeartbeatNode

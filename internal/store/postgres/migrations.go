@@ -243,6 +243,9 @@ var migrations = []string{
 	// 10: the SQLite store's migration 19: where the other API servers
 	// reach an embedded node's server (Node.URL).
 	`ALTER TABLE nodes ADD COLUMN url TEXT NOT NULL DEFAULT '';`,
+	// 11: the SQLite store's migration 20: where the other API servers
+	// reach an embedded node's server's E2B API (Node.E2BURL).
+	`ALTER TABLE nodes ADD COLUMN e2b_url TEXT NOT NULL DEFAULT '';`,
 }
 
 // migrationLock is the key of the advisory lock that migrations hold, so

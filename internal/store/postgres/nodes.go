@@ -13,7 +13,7 @@ import (
 )
 
 const nodeColumns = `id, name, labels, capacity, admin, dead, embedded, credential_hash,
-	joined_at, heartbeat_at, url, gen`
+	joined_at, heartbeat_at, url, e2b_url, gen`
 
 // CreateNode implements store.Store. ON CONFLICT DO NOTHING covers every
 // unique column (id, name, credential hash): a clash, even with a writer
@@ -24,7 +24,7 @@ func (s *Store) CreateNode(ctx context.Context, n *store.Node) error {
 		return s.errorf("postgres: create node %s: %w", n.ID, err)
 	}
 	tag, err := s.exec(ctx, `INSERT INTO nodes (`+nodeColumns+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, 1) ON CONFLICT DO NOTHING`, args...)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 1) ON CONFLICT DO NOTHING`, args...)
 	if err := oneRow(tag, err, store.ErrExists); err != nil {
 		return s.errorf("postgres: create node %s (%q): %w", n.ID, n.Name, err)
 	}
@@ -53,8 +53,8 @@ func (s *Store) UpdateNode(ctx context.Context, n *store.Node) error {
 		}
 		tag, err := tx.Exec(ctx, `UPDATE nodes SET
 			name = $2, labels = $3, capacity = $4, admin = $5, dead = $6, embedded = $7,
-			credential_hash = $8, joined_at = $9, heartbeat_at = $10, url = $11, gen = gen + 1
-			WHERE id = $1 AND gen = $12`, args...)
+			credential_hash = $8, joined_at = $9, heartbeat_at = $10, url = $11, e2b_url = $12, gen = gen + 1
+			WHERE id = $1 AND gen = $13`, args...)
 		if err := oneRow(tag, err, nil); err != nil {
 			return s.classify(err)
 		}
@@ -152,7 +152,7 @@ func nodeArgs(n store.Node) ([]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat_at: %w", err)
 	}
-	return []any{n.ID, n.Name, labels, capacity, n.Admin, n.Dead, n.Embedded, n.CredentialHash, joined, hb, n.URL}, nil
+	return []any{n.ID, n.Name, labels, capacity, n.Admin, n.Dead, n.Embedded, n.CredentialHash, joined, hb, n.URL, n.E2BURL}, nil
 }
 
 // encodeCapacity is c as a JSON object.
@@ -172,7 +172,7 @@ func scanNode(sc pgx.Row) (store.Node, error) {
 		joined, hb *int64
 	)
 	err := sc.Scan(&n.ID, &n.Name, &labels, &capacity, &n.Admin, &n.Dead, &n.Embedded,
-		&n.CredentialHash, &joined, &hb, &n.URL, &n.Gen)
+		&n.CredentialHash, &joined, &hb, &n.URL, &n.E2BURL, &n.Gen)
 	if err != nil {
 		return store.Node{}, err
 	}

@@ -301,6 +301,11 @@ var migrations = []string{
 	// (Node.URL, its --advertise-url), to route its sessions' calls
 	// there; '' for none.
 	`ALTER TABLE nodes ADD COLUMN url TEXT NOT NULL DEFAULT '';`,
+
+	// 20: where the other API servers reach an embedded node's server's
+	// E2B API (Node.E2BURL), to route its sandboxes' E2B calls there;
+	// '' for none.
+	`ALTER TABLE nodes ADD COLUMN e2b_url TEXT NOT NULL DEFAULT '';`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

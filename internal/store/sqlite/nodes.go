@@ -12,7 +12,7 @@ import (
 )
 
 const nodeColumns = `id, name, labels, capacity, admin, dead, embedded, credential_hash,
-	joined_at, heartbeat_at, url, gen`
+	joined_at, heartbeat_at, url, e2b_url, gen`
 
 // CreateNode implements store.Store. ON CONFLICT DO NOTHING covers every
 // unique column (id, name, credential hash): a clash inserts nothing.
@@ -22,7 +22,7 @@ func (s *Store) CreateNode(ctx context.Context, n *store.Node) error {
 		return errorf("sqlite: create node %s: %w", n.ID, err)
 	}
 	res, err := s.db.ExecContext(ctx, `INSERT INTO nodes (`+nodeColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT DO NOTHING`, args...)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1) ON CONFLICT DO NOTHING`, args...)
 	if err := oneRow(res, err, store.ErrExists); err != nil {
 		return errorf("sqlite: create node %s (%q): %w", n.ID, n.Name, err)
 	}
@@ -51,7 +51,7 @@ func (s *Store) UpdateNode(ctx context.Context, n *store.Node) error {
 		args = append(args[1:], n.ID, n.Gen)
 		res, err := tx.ExecContext(ctx, `UPDATE nodes SET
 			name = ?, labels = ?, capacity = ?, admin = ?, dead = ?, embedded = ?,
-			credential_hash = ?, joined_at = ?, heartbeat_at = ?, url = ?, gen = gen + 1
+			credential_hash = ?, joined_at = ?, heartbeat_at = ?, url = ?, e2b_url = ?, gen = gen + 1
 			WHERE id = ? AND gen = ?`, args...)
 		if err := oneRow(res, err, nil); err != nil {
 			return err
@@ -165,7 +165,7 @@ func nodeArgs(n store.Node) ([]any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("heartbeat_at: %w", err)
 	}
-	return []any{n.ID, n.Name, labels, capacity, n.Admin, n.Dead, n.Embedded, n.CredentialHash, joined, hb, n.URL}, nil
+	return []any{n.ID, n.Name, labels, capacity, n.Admin, n.Dead, n.Embedded, n.CredentialHash, joined, hb, n.URL, n.E2BURL}, nil
 }
 
 // encodeCapacity is c as a JSON object.
@@ -185,7 +185,7 @@ func scanNode(sc scanner) (store.Node, error) {
 		joined, hb sql.NullInt64
 	)
 	err := sc.Scan(&n.ID, &n.Name, &labels, &capacity, &n.Admin, &n.Dead, &n.Embedded,
-		&n.CredentialHash, &joined, &hb, &n.URL, &n.Gen)
+		&n.CredentialHash, &joined, &hb, &n.URL, &n.E2BURL, &n.Gen)
 	if err != nil {
 		return store.Node{}, err
 	}

@@ -52,6 +52,7 @@ func fullNode(id, name string) store.Node {
 		Embedded:       true,
 		CredentialHash: strings.Repeat("ab", 32) + name,
 		URL:            "http://10.0.0.7:7070/" + name,
+		E2BURL:         "http://10.0.0.7:3000",
 		JoinedAt:       at(5),
 		HeartbeatAt:    at(6).Add(3),
 	}
@@ -79,6 +80,7 @@ func diffNode(got, want store.Node) []string {
 	}
 	d.str("CredentialHash", got.CredentialHash, want.CredentialHash)
 	d.str("URL", got.URL, want.URL)
+	d.str("E2BURL", got.E2BURL, want.E2BURL)
 	d = append(d, checkTime("JoinedAt", got.JoinedAt, want.JoinedAt)...)
 	d = append(d, checkTime("HeartbeatAt", got.HeartbeatAt, want.HeartbeatAt)...)
 	d.num("Gen", got.Gen, want.Gen)
@@ -197,6 +199,7 @@ func (s *suite) nodeUpdateCAS(t *testing.T) {
 	upd.Embedded = false
 	upd.CredentialHash = ""
 	upd.URL = "https://moved.example:8443"
+	upd.E2BURL = "https://moved.example:3443"
 	upd.JoinedAt = at(20)
 	upd.HeartbeatAt = at(21)
 	if err := st.UpdateNode(t.Context(), &upd); err != nil {

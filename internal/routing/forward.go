@@ -1,0 +1,79 @@
+package routing
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// How soon a routed call finds its server gone: a connect is given up
+// after DialTimeout, and a connection (a kept-alive one that a call
+// reuses included) whose peer stops acknowledging (a partition, a host
+// gone without a word) fails after DeadPeer: what was sent is not
+// acknowledged by then, or the keepalive probes, every DialTimeout while
+// a call waits on a quiet command, go unanswered. Either is a 503 in
+// seconds, not in TCP's minutes.
+const (
+	DialTimeout = 5 * time.Second
+	DeadPeer    = 15 * time.Second
+)
+
+// NewTransport is http.DefaultTransport's settings with a dialer bounded
+// as above: the transport of routed calls.
+func NewTransport() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	d := &net.Dialer{
+		Timeout: DialTimeout,
+		KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: DialTimeout, Interval: DialTimeout,
+			Count: int(DeadPeer / DialTimeout)},
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(DeadPeer.Milliseconds()))
+			})
+			if err != nil {
+				return err
+			}
+			return serr
+		},
+	}
+	t.DialContext = d.DialContext
+	return t
+}
+
+// Forward carries r, unchanged but for Header (set to by: the forwarding
+// server's node, "-" for none), to t's server over rt, and copies its
+// answer to w as it comes (streams flushed at once, upgrades carried).
+// It returns nil once the answer is written, else why t's server could
+// not be reached (nothing written then: the caller answers); a client
+// gone away is context.Canceled.
+func Forward(w http.ResponseWriter, r *http.Request, t Target, by string, rt http.RoundTripper, log *slog.Logger) error {
+	if by == "" {
+		by = "-"
+	}
+	var failed error
+	p := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.SetURL(t.URL)
+			pr.Out.Header.Set(Header, by)
+		},
+		Transport:     rt,
+		FlushInterval: -1,
+		ErrorLog:      slog.NewLogLogger(log.Handler(), slog.LevelWarn),
+		ErrorHandler: func(_ http.ResponseWriter, _ *http.Request, err error) {
+			failed = err
+		},
+	}
+	p.ServeHTTP(w, r)
+	if failed != nil && errors.Is(failed, context.Canceled) && r.Context().Err() != nil {
+		return context.Canceled
+	}
+	return failed
+}
