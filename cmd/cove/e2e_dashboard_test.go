@@ -205,6 +205,12 @@ func TestDashboard(t *testing.T) {
 	step("back to the list", chromedp.Navigate(base+"#/"))
 	wait("the session in the list", `!!document.querySelector('#sessions tr[data-id="`+id+`"] td[data-state="running"]')`, time.Minute)
 	shot(t, ctx, "sessions")
+	// At a phone's width the page does not scroll sideways (the table
+	// scrolls in its own box).
+	step("phone width", chromedp.EmulateViewport(390, 844))
+	wait("no sideways scroll", `document.documentElement.scrollWidth <= window.innerWidth`, 30*time.Second)
+	shot(t, ctx, "sessions-phone")
+	step("laptop width", chromedp.EmulateViewport(1280, 900))
 
 	// Ben's session never reaches ann's browser: not in the page, not in
 	// what the API answers the page's cookie, not on its own page.
