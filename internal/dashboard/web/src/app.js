@@ -81,6 +81,29 @@ function signedOut(msg) {
   banner('');
 }
 
+// The OpenID Connect issuers the server offers (GET /dash/oidc): a link
+// each, to /dash/oidc/start, which goes on to the issuer and back.
+async function listIssuers() {
+  try {
+    const r = await fetch('/dash/oidc', { credentials: 'same-origin' });
+    if (!r.ok) return;
+    const list = await r.json();
+    const ul = $('signin-oidc-list');
+    ul.replaceChildren();
+    for (const is of list) {
+      const a = document.createElement('a');
+      a.href = is.start;
+      a.className = 'button';
+      a.textContent = 'Sign in with ' + is.issuer;
+      const li = document.createElement('li');
+      li.append(a);
+      ul.append(li);
+    }
+    $('signin-oidc').hidden = list.length === 0;
+  } catch (e) { /* the form still works */ }
+}
+
+
 function signedIn(who) {
   me = who;
   const name = who.user ? who.user.name : who.kind;
@@ -92,6 +115,13 @@ function signedIn(who) {
 }
 
 async function start() {
+  // A failed OpenID Connect sign-in comes back as #signin-error=MESSAGE.
+  let oidcError = '';
+  if (location.hash.startsWith('#signin-error=')) {
+    oidcError = new URLSearchParams(location.hash.slice(1)).get('signin-error') || '';
+    history.replaceState(null, '', '/');
+  }
+  listIssuers();
   try {
     const r = await fetch('/dash/me', { credentials: 'same-origin' });
     if (r.ok) {
@@ -104,7 +134,7 @@ async function start() {
       try { msg = (await r.json()).error.message; } catch (e) { /* none */ }
       if (msg.startsWith('not signed in')) msg = '';
     }
-    signedOut(msg);
+    signedOut(oidcError || msg);
   } catch (e) {
     show('loading');
     banner('The server cannot be reached; retrying…');
