@@ -170,6 +170,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.signOut(w, r)
 	case p == "/dash/me":
 		h.me(w, r)
+	case p == "/dash/audit/verify":
+		h.auditVerify(w, r)
 	case p == "/dash/oidc":
 		h.oidcList(w, r)
 	case p == "/dash/oidc/start":
