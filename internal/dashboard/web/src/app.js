@@ -1,5 +1,5 @@
 // cove's dashboard: one page, views chosen by the URL's fragment
-// (#/ the sessions, #/s/ID one session). It speaks cove's JSON API under
+// (#/ the sessions, #/s/ID one session, #/templates, #/audit, #/nodes). It speaks cove's JSON API under
 // /v1 with the sign-in cookie (internal/dashboard puts the token behind it
 // into the Authorization header), so the server's policy decides what it
 // shows. Text from the server goes into the page as text only (never
@@ -63,7 +63,7 @@ function banner(msg) {
 }
 
 function show(view) {
-  for (const v of ['loading', 'signin', 'list', 'session']) $('view-' + v).hidden = v !== view;
+  for (const v of ['loading', 'signin', 'list', 'session', 'templates', 'audit', 'nodes']) $('view-' + v).hidden = v !== view;
 }
 
 // ---- sign-in ----
@@ -176,6 +176,9 @@ function route() {
   if (!me) return;
   const m = location.hash.match(/^#\/s\/([A-Za-z0-9._-]+)$/);
   if (m) openSession(m[1]);
+  else if (location.hash === '#/templates') openTemplates();
+  else if (location.hash === '#/audit') openAudit();
+  else if (location.hash === '#/nodes') openNodes();
   else openList();
 }
 window.addEventListener('hashchange', route);
@@ -609,6 +612,218 @@ async function loadEvents() {
     $('events').replaceChildren(...items);
   } catch (e) {
     if (e.status !== 401) banner('Events: ' + e.message);
+  }
+}
+
+// ---- templates, audit, nodes ----
+// Each page reads the API with the cookie like the sessions list; what the
+// policy refuses (403) is said on the page, in its error line.
+
+function refused(el, e) {
+  if (e.status === 401) return;
+  if (e.status === 0) { banner(e.message); return; }
+  el.textContent = (e.status === 403 ? 'Not allowed: ' : '') + e.message;
+  el.hidden = false;
+}
+
+function when(t) {
+  return t ? new Date(t).toLocaleString() : '';
+}
+
+let templateShown = '';
+
+function openTemplates() {
+  closeSession();
+  show('templates');
+  document.title = 'Templates · cove';
+  poll(refreshTemplates);
+}
+
+async function refreshTemplates() {
+  const err = $('t-error');
+  try {
+    const list = ((await apiJSON('/v1/templates')) || {}).templates || [];
+    err.hidden = true;
+    banner('');
+    const rows = list.map((t) => {
+      const tr = document.createElement('tr');
+      tr.dataset.name = t.name;
+      const nc = document.createElement('td');
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = 'link';
+      b.textContent = t.name;
+      b.addEventListener('click', () => { templateShown = t.name; refreshVersions(); });
+      nc.append(b);
+      tr.append(nc);
+      const st = cell(t.state + (t.rebuilding ? ' (rebuilding)' : ''));
+      st.className = 'state-cell';
+      st.dataset.state = t.state;
+      tr.append(st, cell(t.version ? 'v' + t.version : ''), cell((t.commit || '').slice(0, 12)),
+        cell(t.image), cell(t.pool ? t.pool_ready + ' of ' + t.pool + ' warm' : 'none'), cell(when(t.updated_at)));
+      const act = document.createElement('td');
+      act.className = 'actions';
+      act.append(actionButton('Rebuild', async () => {
+        await api('/v1/templates/' + encodeURIComponent(t.name) + '/rebuild', { method: 'POST' });
+        refreshTemplates();
+      }));
+      tr.append(act);
+      return tr;
+    });
+    $('templates').querySelector('tbody').replaceChildren(...rows);
+    $('t-empty').hidden = list.length !== 0;
+    if (templateShown) refreshVersions(list.find((t) => t.name === templateShown));
+  } catch (e) {
+    refused(err, e);
+  }
+}
+
+async function refreshVersions(tpl) {
+  const name = templateShown;
+  try {
+    const vs = ((await apiJSON('/v1/templates/' + encodeURIComponent(name) + '/versions')) || {}).versions || [];
+    $('t-name').textContent = name;
+    const rows = vs.map((v) => {
+      const tr = document.createElement('tr');
+      const st = cell(v.state + (v.current ? ' (current)' : ''));
+      st.className = 'state-cell';
+      st.dataset.state = v.state;
+      tr.append(cell('v' + v.version), st, cell(v.commit || ''), cell(v.reason),
+        cell(v.build_ms ? (v.build_ms / 1000).toFixed(1) + ' s' : ''), cell(v.sessions), cell(when(v.created_at)));
+      return tr;
+    });
+    $('versions').querySelector('tbody').replaceChildren(...rows);
+    // The API keeps a build's output when it fails (the template's and
+    // each version's error); a good build logs nothing there.
+    const logs = vs.filter((v) => v.error).map((v) => 'v' + v.version + ': ' + v.error);
+    if (tpl && tpl.error) logs.unshift(tpl.error);
+    $('t-log').textContent = logs.length ? logs.join('\n\n') : 'No failed build: the API keeps the output of failed builds only.';
+    $('t-detail').hidden = false;
+  } catch (e) {
+    refused($('t-error'), e);
+  }
+}
+
+let auditNext = 0;
+
+function openAudit() {
+  closeSession();
+  stopPolling();
+  show('audit');
+  document.title = 'Audit · cove';
+  loadAudit(true);
+}
+
+$('audit-form').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  loadAudit(true);
+});
+$('a-more').addEventListener('click', () => loadAudit(false));
+
+function actorText(a) {
+  if (!a) return '';
+  return [a.kind, a.user || a.subject || '', a.session ? 'in ' + a.session : ''].filter(Boolean).join(' ');
+}
+
+function targetText(t) {
+  if (!t) return '';
+  return Object.entries(t).map(([k, v]) => k + ' ' + (Array.isArray(v) ? v.join(',') : v)).join(', ');
+}
+
+async function loadAudit(fresh) {
+  const err = $('a-error');
+  const tbody = $('audit').querySelector('tbody');
+  if (fresh) {
+    auditNext = 0;
+    tbody.replaceChildren();
+  }
+  const q = new URLSearchParams({ n: '50', from: String(auditNext) });
+  const sess = $('audit-session').value.trim();
+  const actor = $('audit-actor').value.trim();
+  if (sess) q.set('session', sess);
+  if (actor) q.set('actor', actor);
+  try {
+    const [page, cp] = await Promise.all([apiJSON('/v1/audit/entries?' + q), apiJSON('/v1/audit/checkpoint')]);
+    err.hidden = true;
+    $('a-checkpoint').textContent = 'Latest signed checkpoint: ' + cp.size + ' entries (' + cp.origin + ').';
+    const entries = page.entries || [];
+    const rows = entries.map((r) => {
+      const e = r.entry || {};
+      const tr = document.createElement('tr');
+      tr.dataset.index = r.index;
+      const v = cell('checking…');
+      v.className = 'verify';
+      tr.append(cell(r.index), cell(when(e.time)), cell(actorText(e.actor)), cell(e.action), cell(targetText(e.target)),
+        cell(e.decision || (e.outcome ? 'outcome' : '')), v);
+      return { tr, v, index: r.index };
+    });
+    tbody.append(...rows.map((x) => x.tr));
+    $('a-empty').hidden = tbody.children.length !== 0;
+    $('a-more').hidden = entries.length < 50;
+    auditNext = page.next;
+    for (const x of rows) await verifyRow(x);
+  } catch (e) {
+    refused(err, e);
+  }
+}
+
+// verifyRow asks the server to check the entry's inclusion proof against
+// the signed checkpoint (/dash/audit/verify).
+async function verifyRow(x) {
+  try {
+    const r = await fetch('/dash/audit/verify?index=' + x.index, { credentials: 'same-origin' });
+    const j = await r.json();
+    if (r.status === 503) x.v.textContent = 'not yet';
+    else if (!r.ok) x.v.textContent = j.error ? j.error.message : String(r.status);
+    else x.v.textContent = j.verified ? 'verified (size ' + j.checkpoint_size + ')' : 'NOT verified: ' + j.error;
+    x.v.dataset.verified = r.ok && j.verified ? 'yes' : 'no';
+  } catch (e) {
+    x.v.textContent = 'unknown';
+  }
+}
+
+function openNodes() {
+  closeSession();
+  show('nodes');
+  document.title = 'Nodes · cove';
+  poll(refreshNodes);
+}
+
+async function refreshNodes() {
+  const err = $('n-error');
+  try {
+    const list = ((await apiJSON('/v1/nodes')) || {}).nodes || [];
+    err.hidden = true;
+    banner('');
+    const rows = list.map((n) => {
+      const tr = document.createElement('tr');
+      tr.dataset.id = n.id;
+      const st = cell(n.state + (n.connected || n.embedded ? '' : ' (not connected)'));
+      st.className = 'state-cell';
+      st.dataset.state = n.state;
+      const c = n.capacity || {};
+      tr.append(cell(n.name || n.id), st, cell(c.vcpus), cell(c.memory_mib ? c.memory_mib + ' MiB' : ''),
+        cell(bytes(c.disk_bytes)), cell(n.sessions), cell(n.running), cell(n.embedded ? 'embedded' : age(n.heartbeat_at) + ' ago'));
+      const act = document.createElement('td');
+      act.className = 'actions';
+      const post = (verb) => async () => {
+        try {
+          await api('/v1/nodes/' + encodeURIComponent(n.id) + '/' + verb, { method: 'POST' });
+          err.hidden = true;
+        } catch (e) { refused(err, e); }
+        refreshNodes();
+      };
+      if (n.state === 'cordoned' || n.state === 'draining') act.append(actionButton('Uncordon', post('uncordon')));
+      else act.append(actionButton('Cordon', post('cordon')));
+      act.append(actionButton('Drain', async () => {
+        if (window.confirm('Drain ' + (n.name || n.id) + '? It takes no new sessions and parks the ones it runs.')) await post('drain')();
+      }, 'danger'));
+      tr.append(act);
+      return tr;
+    });
+    $('nodes').querySelector('tbody').replaceChildren(...rows);
+  } catch (e) {
+    refused(err, e);
   }
 }
 
