@@ -375,6 +375,7 @@ function openSession(id) {
   for (const b of ['s-park', 's-wake', 's-remove']) $(b).disabled = false;
   $('files').querySelector('tbody').replaceChildren();
   $('events').replaceChildren();
+  $('commands').replaceChildren();
   const term = new Terminal({ cursorBlink: true, fontSize: 14, scrollback: 5000, convertEol: false });
   const fit = new FitAddon();
   term.loadAddon(fit);
@@ -412,6 +413,10 @@ async function refreshSession() {
     if (w) parts.push('waits for ' + w);
     if (s.error) parts.push('error: ' + s.error);
     $('s-detail').textContent = parts.join(' · ');
+    if (!c.since) {
+      c.since = s.created_at;
+      loadCommands();
+    }
     // An exec stream outlives a park: the shell is paused, and what is
     // typed into it wakes the session (unless it wakes on no exec).
     if (c.open) {
@@ -615,6 +620,57 @@ async function loadEvents() {
   }
 }
 
+// loadCommands lists the session's recent commands and their exit codes
+// from the audit log (an exec or PTY's announcement, and the outcome that
+// refers to it): the API keeps them nowhere else. Reading the log is
+// audit.read, admins' by the default policy; others are told so.
+async function loadCommands() {
+  const c = current;
+  if (!c || !c.since) return;
+  const out = $('commands');
+  try {
+    const q = new URLSearchParams({ session: c.id, since: c.since, n: '1000' });
+    const page = await apiJSON('/v1/audit/entries?' + q);
+    if (c !== current) return;
+    const byIndex = new Map();
+    const cmds = [];
+    for (const r of page.entries || []) {
+      const e = r.entry || {};
+      if ((e.action === 'session.exec' || e.action === 'session.pty') && e.decision === 'allow' && e.target && e.target.argv) {
+        const cmd = { index: r.index, time: e.time, argv: e.target.argv, pty: e.action === 'session.pty', exit: null, error: '' };
+        byIndex.set(r.index, cmd);
+        cmds.push(cmd);
+      } else if (e.ref != null && e.outcome && byIndex.has(e.ref)) {
+        const cmd = byIndex.get(e.ref);
+        if (e.outcome.exit_code != null) cmd.exit = e.outcome.exit_code;
+        if (e.outcome.error) cmd.error = e.outcome.error;
+      }
+    }
+    const items = cmds.slice(-20).reverse().map((cmd) => {
+      const li = document.createElement('li');
+      let status = 'running or no outcome';
+      if (cmd.exit != null) status = 'exit ' + cmd.exit;
+      else if (cmd.error) status = cmd.error;
+      li.textContent = when(cmd.time) + ' ' + (cmd.pty ? '(terminal) ' : '') + cmd.argv.join(' ') + ' → ' + status;
+      li.dataset.exit = cmd.exit == null ? '' : String(cmd.exit);
+      return li;
+    });
+    if (items.length === 0) {
+      const li = document.createElement('li');
+      li.className = 'muted';
+      li.textContent = 'No commands.';
+      items.push(li);
+    }
+    out.replaceChildren(...items);
+  } catch (e) {
+    if (e.status === 401) return;
+    const li = document.createElement('li');
+    li.className = 'muted';
+    li.textContent = e.status === 403 ? 'The policy does not let you read the audit log, where commands are kept: ' + e.message : 'Commands: ' + e.message;
+    out.replaceChildren(li);
+  }
+}
+
 // ---- templates, audit, nodes ----
 // Each page reads the API with the cookie like the sessions list; what the
 // policy refuses (403) is said on the page, in its error line.
@@ -719,6 +775,7 @@ $('audit-form').addEventListener('submit', (ev) => {
   loadAudit(true);
 });
 $('a-more').addEventListener('click', () => loadAudit(false));
+$('commands-refresh').addEventListener('click', () => loadCommands());
 
 function actorText(a) {
   if (!a) return '';
