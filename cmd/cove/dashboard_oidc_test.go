@@ -109,7 +109,7 @@ func TestDashboardOIDCSignIn(t *testing.T) {
 		t.Fatalf("open the page: %v", err)
 	}
 	wait("the issuer's link", `!document.getElementById('signin-oidc').hidden && document.querySelector('#signin-oidc-list a').textContent.includes(`+jsString(p.URL)+`)`)
-	if err := chromedp.Do(ctx, chromedp.Click(chromedp.Search(`#signin-oidc-list a`))); err != nil {
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#signin-oidc-list a`))); err != nil {
 		t.Fatalf("follow the issuer's link: %v", err)
 	}
 	wait("signed in as alice", `!document.getElementById('view-list').hidden && document.getElementById('who').textContent === 'Signed in as alice'`)
@@ -136,7 +136,7 @@ func TestDashboardOIDCSignIn(t *testing.T) {
 	wait("signed out", `!document.getElementById('view-signin').hidden`)
 	p.SetLoginUser("")
 	wait("the issuer's link again", `!document.getElementById('signin-oidc').hidden`)
-	if err := chromedp.Do(ctx, chromedp.Click(chromedp.Search(`#signin-oidc-list a`))); err != nil {
+	if err := chromedp.Do(ctx, chromedp.Click(chromedp.CSS(`#signin-oidc-list a`))); err != nil {
 		t.Fatal(err)
 	}
 	wait("the refusal", `!document.getElementById('view-signin').hidden && document.getElementById('signin-error').textContent.includes('access_denied')`)
