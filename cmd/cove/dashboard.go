@@ -11,19 +11,21 @@ import (
 	"path/filepath"
 
 	"github.com/cove-dev/cove/internal/dashboard"
+	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/keyfile"
 )
 
 // newDashboard serves the web dashboard at / in front of the API's
 // handler (internal/dashboard), its sign-in cookies sealed with
 // HOME/dashboard.key (made at the first start, kept so that sign-ins
-// outlast a restart).
-func newDashboard(home string, apiHandler http.Handler, log *slog.Logger) (http.Handler, error) {
+// outlast a restart). Its sign-in form offers the OpenID Connect issuers
+// the API accepts (--oidc-issuer), in the authorization code flow.
+func newDashboard(home string, apiHandler http.Handler, issuers []identity.OIDCIssuer, log *slog.Logger) (http.Handler, error) {
 	key, err := dashboardKey(filepath.Join(home, "dashboard.key"))
 	if err != nil {
 		return nil, err
 	}
-	h, err := dashboard.New(dashboard.Config{API: apiHandler, Key: key, Log: log})
+	h, err := dashboard.New(dashboard.Config{API: apiHandler, Key: key, Log: log, OIDC: issuers})
 	if err != nil {
 		return nil, err
 	}

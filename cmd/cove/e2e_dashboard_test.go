@@ -122,6 +122,9 @@ func stateIs(state string) string {
 // page and wakes it by typing, uploads and downloads a file and signs
 // out; another engineer's session never reaches the browser, a WebSocket
 // from another origin is refused, and the page's CSP blocks inline script.
+// The templates page lists; the audit and nodes pages say the policy
+// refuses the engineer, and show the admin the log (entries verified
+// against the signed checkpoint) and the node (cordon, uncordon).
 func TestDashboard(t *testing.T) {
 	bin := chromium(t)
 	e := newE2E(t)
@@ -252,6 +255,21 @@ func TestDashboard(t *testing.T) {
 	wait("uploaded", `document.getElementById('banner').textContent === 'Uploaded /tmp/up.txt.'`, time.Minute)
 	wait("listed", `Array.from(document.querySelectorAll('#files a')).some(a => a.textContent === 'up.txt')`, 30*time.Second)
 	shot(t, ctx, "files")
+
+	// The pages the policy limits, as the engineer ann: the templates
+	// are listed; a session's commands, the audit log and the nodes are
+	// admins' (audit.read, nodes.admin), and each page says so.
+	wait("the commands refused", `document.getElementById('commands').textContent.includes('does not let you read the audit log')`, 30*time.Second)
+	step("templates", chromedp.Navigate(base+"#/templates"))
+	wait("the templates page", `!document.getElementById('view-templates').hidden && document.getElementById('t-error').hidden && (document.querySelectorAll('#templates tbody tr').length > 0 || !document.getElementById('t-empty').hidden)`, 30*time.Second)
+	shot(t, ctx, "templates")
+	step("audit as ann", chromedp.Navigate(base+"#/audit"))
+	wait("the audit log refused", `!document.getElementById('a-error').hidden && document.getElementById('a-error').textContent.startsWith('Not allowed')`, 30*time.Second)
+	shot(t, ctx, "audit-refused")
+	step("nodes as ann", chromedp.Navigate(base+"#/nodes"))
+	wait("the nodes refused", `!document.getElementById('n-error').hidden && document.getElementById('n-error').textContent.startsWith('Not allowed')`, 30*time.Second)
+	step("back to the session", chromedp.Navigate(base+"#/s/"+id))
+	wait("the terminal again", `document.getElementById('term-status').textContent === 'Connected.'`, time.Minute)
 	step("download", chromedp.Click(chromedp.Search(`//table[@id="files"]//a[text()="up.txt"]`)))
 	var got []byte
 	deadline := time.Now().Add(time.Minute)
@@ -311,6 +329,24 @@ func TestDashboard(t *testing.T) {
 		t.Fatalf("GET /v1/sessions after sign-out: %d, want 401", status)
 	}
 	shot(t, ctx, "signedout")
+
+	// The admin: the audit log filtered by ann's session, each entry
+	// verified against the signed checkpoint; the nodes, cordoned and
+	// uncordoned from the page.
+	evalIn[string](t, ctx, `document.getElementById('signin-token').value = ''`)
+	step("sign in as the admin", chromedp.SendKeys(chromedp.ID("signin-token"), e.userToken()), chromedp.Click(chromedp.ID("signin-submit")))
+	wait("the admin's list", `!document.getElementById('view-list').hidden`, 30*time.Second)
+	step("audit", chromedp.Navigate(base+"#/audit"))
+	step("filter by session", chromedp.SendKeys(chromedp.ID("audit-session"), id), chromedp.Click(chromedp.Search(`//form[@id="audit-form"]//button`)))
+	wait("the session's entries, verified", `Array.from(document.querySelectorAll('#audit tbody tr')).some(tr => tr.textContent.includes('session.pty')) && Array.from(document.querySelectorAll('#audit td.verify')).some(td => td.dataset.verified === 'yes') && !Array.from(document.querySelectorAll('#audit td.verify')).some(td => td.textContent.startsWith('NOT'))`, time.Minute)
+	shot(t, ctx, "audit")
+	step("nodes", chromedp.Navigate(base+"#/nodes"))
+	wait("the node", `document.querySelectorAll('#nodes tbody tr').length > 0 && document.getElementById('n-error').hidden`, 30*time.Second)
+	step("cordon", chromedp.Click(chromedp.Search(`//table[@id="nodes"]//button[text()="Cordon"]`)))
+	wait("cordoned", `!!document.querySelector('#nodes td[data-state="cordoned"]')`, 30*time.Second)
+	shot(t, ctx, "nodes")
+	step("uncordon", chromedp.Click(chromedp.Search(`//table[@id="nodes"]//button[text()="Uncordon"]`)))
+	wait("uncordoned", `!document.querySelector('#nodes td[data-state="cordoned"]')`, 30*time.Second)
 
 }
 

@@ -496,7 +496,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		return err
 	}
 	hs := srv.HTTPServer() // the timeouts: apiserver.Timeouts
-	if hs.Handler, err = newDashboard(cfg.Home, hs.Handler, log); err != nil {
+	if hs.Handler, err = newDashboard(cfg.Home, hs.Handler, oidcIssuers, log); err != nil {
 		return err
 	}
 	policyName, _ := policies.Source()

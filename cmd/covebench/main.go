@@ -49,7 +49,7 @@ func main() {
 	rebuilds := flag.Int("rebuilds", 3, "pushes to a template that follows a repo, each timed until its new version is live (needs debian)")
 	wakeOnly := flag.Bool("wake-only", false, "after the cold boots and execs, measure park and wake only (no raw QEMU, templates or triggers)")
 	egressSamples := flag.Int("egress-samples", 20, "samples of the egress figures' small requests (0 skips them; the rest: 3 each; needs debian)")
-	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), checkpoint (a running session's checkpoint pause, bytes added, rollback → exec, fork -forks → all answering), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), store (snapshots in a loopback S3 store: bytes a parked clone adds, a second park adds, wake with the local files gone, upload throughput), scale (make bench-scale: -storm clones parked and woken at once, then -scale-clones parked and stored under -cache-size-mib), identity (policy decisions, authentication, session-token minting; no VM), placement (placement decisions over 1,000 simulated nodes holding 100,000 sessions; no VM), e2b (the official E2B SDK: create → first run with and without a warm pool, pause, connect → run, a command round trip against cove's own exec; needs debian and node), nodelink (what a node's control connection adds to a server → node call, and to a call of the node's driver and a guest agent round trip over it; the fake VMM, no VM), dashboard (the web dashboard in headless chromium: first load, terminal keystroke → echo against the exec WebSocket's; needs chromium and make build), route (what routing through another server adds to an exec round trip; two in-process servers, the fake VMM, no VM)")
+	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), checkpoint (a running session's checkpoint pause, bytes added, rollback → exec, fork -forks → all answering), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), store (snapshots in a loopback S3 store: bytes a parked clone adds, a second park adds, wake with the local files gone, upload throughput), scale (make bench-scale: -storm clones parked and woken at once, then -scale-clones parked and stored under -cache-size-mib), identity (policy decisions, authentication, session-token minting; no VM), placement (placement decisions over 1,000 simulated nodes holding 100,000 sessions; no VM), e2b (the official E2B SDK: create → first run with and without a warm pool, pause, connect → run, a command round trip against cove's own exec; needs debian and node), nodelink (what a node's control connection adds to a server → node call, and to a call of the node's driver and a guest agent round trip over it; the fake VMM, no VM), dashboard (the web dashboard in headless chromium: first load, terminal keystroke → echo against the exec WebSocket's, then the list of -dashboard-sessions sessions; needs chromium and make build), dashboard-list (that list alone: -dashboard-sessions sessions on the fake VMM, load, render, update latency; no VM), route (what routing through another server adds to an exec round trip; two in-process servers, the fake VMM, no VM)")
 	placementSamples := flag.Int("placement-samples", 5000, "-only placement: decisions timed")
 	nodelinkSamples := flag.Int("nodelink-samples", 2000, "-only nodelink: round trips timed each way")
 	routeSamples := flag.Int("route-samples", 1000, "-only route: exec round trips timed each way")
@@ -67,11 +67,12 @@ func main() {
 	e2bRuns := flag.Int("e2b-runs", 20, "E2B SDK commands.run round trips in each sandbox")
 	dashLoads := flag.Int("dashboard-loads", 10, "-only dashboard: page loads timed")
 	dashKeys := flag.Int("dashboard-keys", 100, "-only dashboard: keystrokes timed each way")
+	dashSessions := flag.Int("dashboard-sessions", 1000, "-only dashboard, dashboard-list: sessions in the timed list (fake VMM)")
 	verbose := flag.Bool("v", false, "log at info level (the session manager's timings: restore spawn_ms, agent_ms, …)")
 	flag.Parse()
 	cfg := config{boots: *boots, debianBoots: *debianBoots, execs: *execs, files: *files, idle: *idle, parks: *parks, clones: *clones}
 	cfg.verbose, cfg.wakeOnly, cfg.rebuilds = *verbose, *wakeOnly, *rebuilds
-	cfg.dashLoads, cfg.dashKeys = max(*dashLoads, 1), max(*dashKeys, 1)
+	cfg.dashLoads, cfg.dashKeys, cfg.dashSessions = max(*dashLoads, 1), max(*dashKeys, 1), max(*dashSessions, 1)
 	cfg.only, cfg.testJSON = *only, *testJSON
 	cfg.hostile = hostileConfig{execs: *hostileExecs, every: *hostileEvery, ramp: 2 * time.Second, attack: 20 * time.Second}
 	cfg.identitySamples, cfg.egressSamples = *identitySamples, *egressSamples
@@ -100,6 +101,14 @@ func main() {
 			os.Exit(1)
 		}
 		rows = append(rows, usage...)
+		printTable(os.Stdout, "in-process", rows)
+		return
+	case "dashboard-list":
+		rows, err := dashboardListRows(context.Background(), max(*dashSessions, 1), cfg.dashLoads, 10)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "covebench:", err)
+			os.Exit(1)
+		}
 		printTable(os.Stdout, "in-process", rows)
 		return
 	case "route":
@@ -200,6 +209,7 @@ type config struct {
 	checkpoints, forks                                    int // checkpoint → rollback cycles; forks at once
 	e2bSandboxes, e2bRuns                                 int // E2B SDK sandboxes each way; round trips in each
 	dashLoads, dashKeys                                   int // dashboard page loads; keystrokes each way
+	dashSessions                                          int // sessions in the dashboard's timed list
 }
 
 func run(home, agent string, cfg config) error {
@@ -339,6 +349,11 @@ func run(home, agent string, cfg config) error {
 		if rows, err = dashboardRows(ctx, c, token, apiCfg, cfg.dashLoads, cfg.dashKeys); err != nil {
 			return err
 		}
+		list, err := dashboardListRows(ctx, cfg.dashSessions, cfg.dashLoads, 10)
+		if err != nil {
+			return err
+		}
+		rows = append(rows, list...)
 		printTable(os.Stdout, driver.Accel(), rows)
 		return nil
 	}

@@ -1,7 +1,8 @@
 // Package dashboard serves cove's web dashboard at / on the API's address:
 // the page and its assets (built from npm packages by 'make build' and
-// embedded in the binary), sign-in with an API token, and the translation
-// of its cookie into the API's bearer token.
+// embedded in the binary), sign-in with an API token or with an OpenID
+// Connect issuer (authorization code with PKCE), and the translation of
+// its cookie into the API's bearer token.
 //
 // The dashboard has no API of its own. Its script calls the JSON API under
 // /v1 (and the exec WebSocket) with the sign-in cookie; Handler puts the
@@ -43,7 +44,10 @@ import (
 	"sync"
 	"time"
 
+	"golang.org/x/oauth2"
+
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/identity"
 )
 
 // CookieName is the sign-in cookie.
@@ -85,6 +89,13 @@ type Config struct {
 	Log *slog.Logger
 	// Now is the clock; nil: time.Now.
 	Now func() time.Time
+	// OIDC are the OpenID Connect issuers the sign-in form offers
+	// (authorization code with PKCE); the API must accept their ID tokens
+	// (cove server's --oidc-issuer configures both).
+	OIDC []identity.OIDCIssuer
+	// HTTPClient reaches the issuers (discovery, token endpoint); nil: one
+	// with a 10 s timeout.
+	HTTPClient *http.Client
 }
 
 // Handler serves the dashboard and passes everything else to the API.
@@ -97,6 +108,7 @@ type Handler struct {
 	assets  fs.FS
 	log     *slog.Logger
 	now     func() time.Time
+	oidc    *oidcClients
 
 	mu sync.Mutex
 	// signedOut holds the ids of cookies signed out before they expire,
@@ -130,6 +142,10 @@ func New(cfg Config) (*Handler, error) {
 	if h.now == nil {
 		h.now = time.Now
 	}
+	h.oidc = &oidcClients{issuers: cfg.OIDC, client: cfg.HTTPClient, endpoints: map[string]oauth2.Endpoint{}}
+	if h.oidc.client == nil {
+		h.oidc.client = &http.Client{Timeout: 10 * time.Second}
+	}
 	return h, nil
 }
 
@@ -154,6 +170,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		h.signOut(w, r)
 	case p == "/dash/me":
 		h.me(w, r)
+	case p == "/dash/audit/verify":
+		h.auditVerify(w, r)
+	case p == "/dash/oidc":
+		h.oidcList(w, r)
+	case p == "/dash/oidc/start":
+		h.oidcStart(w, r)
+	case p == CallbackPath:
+		h.oidcCallback(w, r)
 	case (p == "/v1" || strings.HasPrefix(p, "/v1/")) && r.Header.Get("Authorization") == "":
 		h.viaCookie(w, r)
 	default:

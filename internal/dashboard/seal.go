@@ -39,29 +39,38 @@ func newSealer(key []byte) (*sealer, error) {
 	return &sealer{aead: aead}, nil
 }
 
-func (s *sealer) seal(c cookie) (string, error) {
-	plain, err := json.Marshal(c)
+func (s *sealer) seal(c cookie) (string, error) { return s.sealAs(c, cookieAD) }
+
+func (s *sealer) open(v string) (cookie, error) {
+	var c cookie
+	err := s.openAs(v, cookieAD, &c)
+	return c, err
+}
+
+// sealAs seals v's JSON, bound to ad.
+func (s *sealer) sealAs(v any, ad []byte) (string, error) {
+	plain, err := json.Marshal(v)
 	if err != nil {
 		return "", fmt.Errorf("dashboard: seal cookie: %w", err)
 	}
 	nonce := make([]byte, s.aead.NonceSize())
 	_, _ = rand.Read(nonce)
-	return base64.RawURLEncoding.EncodeToString(s.aead.Seal(nonce, nonce, plain, cookieAD)), nil
+	return base64.RawURLEncoding.EncodeToString(s.aead.Seal(nonce, nonce, plain, ad)), nil
 }
 
-func (s *sealer) open(v string) (cookie, error) {
-	var c cookie
-	b, err := base64.RawURLEncoding.DecodeString(v)
+// openAs opens what sealAs sealed with ad into v.
+func (s *sealer) openAs(sealed string, ad []byte, v any) error {
+	b, err := base64.RawURLEncoding.DecodeString(sealed)
 	if err != nil || len(b) < s.aead.NonceSize() {
-		return c, errors.New("dashboard: cookie: not a sealed value")
+		return errors.New("dashboard: cookie: not a sealed value")
 	}
 	n := s.aead.NonceSize()
-	plain, err := s.aead.Open(nil, b[:n], b[n:], cookieAD)
+	plain, err := s.aead.Open(nil, b[:n], b[n:], ad)
 	if err != nil {
-		return c, fmt.Errorf("dashboard: cookie: %w", err)
+		return fmt.Errorf("dashboard: cookie: %w", err)
 	}
-	if err := json.Unmarshal(plain, &c); err != nil {
-		return c, fmt.Errorf("dashboard: cookie: %w", err)
+	if err := json.Unmarshal(plain, v); err != nil {
+		return fmt.Errorf("dashboard: cookie: %w", err)
 	}
-	return c, nil
+	return nil
 }

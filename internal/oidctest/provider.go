@@ -1,10 +1,13 @@
 // Package oidctest runs a real OpenID Connect provider on loopback, for
 // tests and benchmarks of sign-in: zitadel/oidc's OP (pkg/op), serving
-// discovery, its JWKS, the token endpoint (device code and refresh token
-// grants) and RFC 8628 device authorization, over a small in-memory store
-// of users and grants kept here. A test plays the user's part: it reads
-// the user code of each device authorization (DeviceRequests) and approves
-// it for a user (Approve). IDToken and Forge sign ID tokens directly, for
+// discovery, its JWKS, the token endpoint (authorization code with PKCE,
+// device code and refresh token grants), the authorization endpoint and
+// RFC 8628 device authorization, over a small in-memory store of users and
+// grants kept here. A test plays the user's part: it reads the user code
+// of each device authorization (DeviceRequests) and approves it for a user
+// (Approve); in the authorization code flow the provider's login step
+// signs in the user SetLoginUser names without a page to fill in (or
+// refuses with access_denied when none is named). IDToken and Forge sign ID tokens directly, for
 // the claims no flow would give (expired, wrongly signed, wrong audience).
 package oidctest
 
@@ -15,11 +18,13 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"sync/atomic"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/zitadel/oidc/v3/pkg/oidc"
 	"github.com/zitadel/oidc/v3/pkg/op"
 )
 
@@ -44,7 +49,14 @@ type Config struct {
 	NoDeviceFlow bool
 	// IDTokenLifetime is how long its ID tokens live; 0: an hour.
 	IDTokenLifetime time.Duration
+	// RedirectURIs are the client's redirect URIs of the authorization
+	// code flow. A loopback one (http://127.0.0.1/PATH) matches that
+	// path on any port (RFC 8252, 7.3).
+	RedirectURIs []string
 }
+
+// loginPath is the provider's login step of the authorization code flow.
+const loginPath = "/login"
 
 // Provider is a running OpenID Connect provider. Its methods are safe for
 // concurrent use.
@@ -59,6 +71,8 @@ type Provider struct {
 	st       *storage
 	keysDown atomic.Bool
 	down     atomic.Bool
+	// loginUser is the subject the login step signs in; "" refuses.
+	loginUser atomic.Pointer[string]
 }
 
 // New starts a provider on a loopback port. Close it when done.
@@ -73,7 +87,7 @@ func New(c Config) (*Provider, error) {
 	if err != nil {
 		return nil, fmt.Errorf("oidctest: key: %w", err)
 	}
-	st := newStorage(key, client{id: c.ClientID, idTokenLifetime: c.IDTokenLifetime})
+	st := newStorage(key, client{id: c.ClientID, idTokenLifetime: c.IDTokenLifetime, redirectURIs: slices.Clone(c.RedirectURIs)})
 	srv := httptest.NewUnstartedServer(nil)
 	issuer := "http://" + srv.Listener.Addr().String()
 	cfg := &op.Config{
@@ -101,10 +115,44 @@ func New(c Config) (*Provider, error) {
 			http.Error(w, "down (oidctest)", http.StatusServiceUnavailable)
 			return
 		}
+		if r.URL.Path == loginPath {
+			p.login(w, r, prov)
+			return
+		}
 		prov.ServeHTTP(w, r)
 	})
 	srv.Start()
 	return p, nil
+}
+
+// SetLoginUser names the user (by subject) the login step of the
+// authorization code flow signs in, as if they had typed their password;
+// "" makes it refuse (the client gets error=access_denied).
+func (p *Provider) SetLoginUser(subject string) { p.loginUser.Store(&subject) }
+
+// login is the login step: the provider sends the browser here with the
+// authorization request's id, and from here back to its callback, which
+// redirects to the client with a code.
+func (p *Provider) login(w http.ResponseWriter, r *http.Request, prov *op.Provider) {
+	id := r.URL.Query().Get("id")
+	subject := ""
+	if s := p.loginUser.Load(); s != nil {
+		subject = *s
+	}
+	if subject == "" {
+		a, err := prov.Storage().AuthRequestByID(r.Context(), id)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		op.AuthRequestError(w, r, a, oidc.ErrAccessDenied().WithDescription("oidctest: no login user"), prov)
+		return
+	}
+	if _, err := p.st.login(id, subject); err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	http.Redirect(w, r, op.AuthCallbackURL(prov)(op.ContextWithIssuer(r.Context(), p.URL), id), http.StatusFound)
 }
 
 // Close stops the provider.

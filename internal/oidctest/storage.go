@@ -6,6 +6,7 @@ import (
 	"crypto/rsa"
 	"errors"
 	"fmt"
+	"net/url"
 	"slices"
 	"sync"
 	"time"
@@ -18,8 +19,8 @@ import (
 // keyID is the kid of the provider's one signing key.
 const keyID = "oidctest-1"
 
-// errUnsupported answers what the provider does not do: the
-// authorization code flow, JWT profile grants, introspection.
+// errUnsupported answers what the provider does not do: JWT profile
+// grants, introspection.
 var errUnsupported = errors.New("oidctest: not supported")
 
 // storage is the provider's state: op.Storage and
@@ -33,6 +34,8 @@ type storage struct {
 	users   map[string]User          // by subject; guarded by mu
 	devices map[string]*deviceGrant  // by device code; guarded by mu
 	refresh map[string]*refreshGrant // by refresh token; guarded by mu
+	auths   map[string]*authRequest  // by id; guarded by mu
+	codes   map[string]string        // authorization code → request id; guarded by mu
 }
 
 // deviceGrant is one device authorization.
@@ -43,7 +46,8 @@ type deviceGrant struct {
 
 func newStorage(key *rsa.PrivateKey, c client) *storage {
 	return &storage{key: key, client: c, requests: make(chan DeviceRequest, 16),
-		users: map[string]User{}, devices: map[string]*deviceGrant{}, refresh: map[string]*refreshGrant{}}
+		users: map[string]User{}, devices: map[string]*deviceGrant{}, refresh: map[string]*refreshGrant{},
+		auths: map[string]*authRequest{}, codes: map[string]string{}}
 }
 
 // decide approves (as subject) or denies the device grant with userCode.
@@ -254,28 +258,128 @@ func (s *storage) ValidateJWTProfileScopes(ctx context.Context, userID string, s
 	return nil, errUnsupported
 }
 
-func (s *storage) CreateAuthRequest(context.Context, *oidc.AuthRequest, string) (op.AuthRequest, error) {
-	return nil, errUnsupported
+// authRequest is one authorization request of the code flow, from
+// /authorize through the login step to the code's exchange.
+type authRequest struct {
+	id       string
+	req      oidc.AuthRequest
+	subject  string
+	authTime time.Time
+	done     bool
 }
-func (s *storage) AuthRequestByID(context.Context, string) (op.AuthRequest, error) {
-	return nil, errUnsupported
-}
-func (s *storage) AuthRequestByCode(context.Context, string) (op.AuthRequest, error) {
-	return nil, errUnsupported
-}
-func (s *storage) SaveAuthCode(context.Context, string, string) error { return errUnsupported }
-func (s *storage) DeleteAuthRequest(context.Context, string) error    { return errUnsupported }
-func (s *storage) Health(context.Context) error                       { return nil }
 
-// client is the provider's one client: public, native, allowed the device
-// code and refresh token grants.
+func (a *authRequest) GetID() string          { return a.id }
+func (a *authRequest) GetACR() string         { return "" }
+func (a *authRequest) GetAMR() []string       { return []string{"pwd"} }
+func (a *authRequest) GetAudience() []string  { return []string{a.req.ClientID} }
+func (a *authRequest) GetAuthTime() time.Time { return a.authTime }
+func (a *authRequest) GetClientID() string    { return a.req.ClientID }
+func (a *authRequest) GetNonce() string       { return a.req.Nonce }
+func (a *authRequest) GetRedirectURI() string { return a.req.RedirectURI }
+func (a *authRequest) GetScopes() []string    { return a.req.Scopes }
+func (a *authRequest) GetState() string       { return a.req.State }
+func (a *authRequest) GetSubject() string     { return a.subject }
+func (a *authRequest) Done() bool             { return a.done }
+func (a *authRequest) GetResponseMode() oidc.ResponseMode {
+	return a.req.ResponseMode
+}
+func (a *authRequest) GetResponseType() oidc.ResponseType {
+	return a.req.ResponseType
+}
+func (a *authRequest) GetCodeChallenge() *oidc.CodeChallenge {
+	if a.req.CodeChallenge == "" {
+		return nil
+	}
+	m := a.req.CodeChallengeMethod
+	if m == "" {
+		m = oidc.CodeChallengeMethodPlain
+	}
+	return &oidc.CodeChallenge{Challenge: a.req.CodeChallenge, Method: m}
+}
+
+// CreateAuthRequest keeps a new authorization request until its code is
+// exchanged (or it is refused).
+func (s *storage) CreateAuthRequest(ctx context.Context, req *oidc.AuthRequest, userID string) (op.AuthRequest, error) {
+	a := &authRequest{id: rand.Text(), req: *req}
+	a.req.Scopes = slices.Clone(req.Scopes)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.auths[a.id] = a
+	return a, nil
+}
+
+func (s *storage) AuthRequestByID(ctx context.Context, id string) (op.AuthRequest, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.auths[id]
+	if !ok {
+		return nil, errors.New("oidctest: no such authorization request")
+	}
+	return a, nil
+}
+
+func (s *storage) AuthRequestByCode(ctx context.Context, code string) (op.AuthRequest, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.auths[s.codes[code]]
+	if !ok {
+		return nil, errors.New("oidctest: no such authorization code")
+	}
+	return a, nil
+}
+
+func (s *storage) SaveAuthCode(ctx context.Context, id, code string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.auths[id]; !ok {
+		return errors.New("oidctest: no such authorization request")
+	}
+	s.codes[code] = id
+	return nil
+}
+
+// DeleteAuthRequest forgets a request once its code was exchanged: a
+// code works once.
+func (s *storage) DeleteAuthRequest(ctx context.Context, id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.auths, id)
+	for c, a := range s.codes {
+		if a == id {
+			delete(s.codes, c)
+		}
+	}
+	return nil
+}
+
+// login completes the authorization request id as the user subject, as
+// the user would at a login page.
+func (s *storage) login(id, subject string) (*authRequest, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	a, ok := s.auths[id]
+	if !ok {
+		return nil, errors.New("oidctest: no such authorization request")
+	}
+	if _, ok := s.users[subject]; !ok {
+		return a, fmt.Errorf("oidctest: no user %q", subject)
+	}
+	a.subject, a.authTime, a.done = subject, time.Now(), true
+	return a, nil
+}
+
+func (s *storage) Health(context.Context) error { return nil }
+
+// client is the provider's one client: public, native, allowed the
+// authorization code (with PKCE), device code and refresh token grants.
 type client struct {
 	id              string
 	idTokenLifetime time.Duration
+	redirectURIs    []string
 }
 
 func (c client) GetID() string                       { return c.id }
-func (c client) RedirectURIs() []string              { return nil }
+func (c client) RedirectURIs() []string              { return c.redirectURIs }
 func (c client) PostLogoutRedirectURIs() []string    { return nil }
 func (c client) ApplicationType() op.ApplicationType { return op.ApplicationTypeNative }
 func (c client) AuthMethod() oidc.AuthMethod         { return oidc.AuthMethodNone }
@@ -283,9 +387,9 @@ func (c client) ResponseTypes() []oidc.ResponseType {
 	return []oidc.ResponseType{oidc.ResponseTypeCode}
 }
 func (c client) GrantTypes() []oidc.GrantType {
-	return []oidc.GrantType{oidc.GrantTypeDeviceCode, oidc.GrantTypeRefreshToken}
+	return []oidc.GrantType{oidc.GrantTypeCode, oidc.GrantTypeDeviceCode, oidc.GrantTypeRefreshToken}
 }
-func (c client) LoginURL(string) string                                   { return "" }
+func (c client) LoginURL(id string) string                                { return loginPath + "?id=" + url.QueryEscape(id) }
 func (c client) AccessTokenType() op.AccessTokenType                      { return op.AccessTokenTypeBearer }
 func (c client) IDTokenLifetime() time.Duration                           { return c.idTokenLifetime }
 func (c client) DevMode() bool                                            { return true }

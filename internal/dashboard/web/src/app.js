@@ -1,5 +1,5 @@
 // cove's dashboard: one page, views chosen by the URL's fragment
-// (#/ the sessions, #/s/ID one session). It speaks cove's JSON API under
+// (#/ the sessions, #/s/ID one session, #/templates, #/audit, #/nodes). It speaks cove's JSON API under
 // /v1 with the sign-in cookie (internal/dashboard puts the token behind it
 // into the Authorization header), so the server's policy decides what it
 // shows. Text from the server goes into the page as text only (never
@@ -63,7 +63,7 @@ function banner(msg) {
 }
 
 function show(view) {
-  for (const v of ['loading', 'signin', 'list', 'session']) $('view-' + v).hidden = v !== view;
+  for (const v of ['loading', 'signin', 'list', 'session', 'templates', 'audit', 'nodes']) $('view-' + v).hidden = v !== view;
 }
 
 // ---- sign-in ----
@@ -81,6 +81,29 @@ function signedOut(msg) {
   banner('');
 }
 
+// The OpenID Connect issuers the server offers (GET /dash/oidc): a link
+// each, to /dash/oidc/start, which goes on to the issuer and back.
+async function listIssuers() {
+  try {
+    const r = await fetch('/dash/oidc', { credentials: 'same-origin' });
+    if (!r.ok) return;
+    const list = await r.json();
+    const ul = $('signin-oidc-list');
+    ul.replaceChildren();
+    for (const is of list) {
+      const a = document.createElement('a');
+      a.href = is.start;
+      a.className = 'button';
+      a.textContent = 'Sign in with ' + is.issuer;
+      const li = document.createElement('li');
+      li.append(a);
+      ul.append(li);
+    }
+    $('signin-oidc').hidden = list.length === 0;
+  } catch (e) { /* the form still works */ }
+}
+
+
 function signedIn(who) {
   me = who;
   const name = who.user ? who.user.name : who.kind;
@@ -92,6 +115,13 @@ function signedIn(who) {
 }
 
 async function start() {
+  // A failed OpenID Connect sign-in comes back as #signin-error=MESSAGE.
+  let oidcError = '';
+  if (location.hash.startsWith('#signin-error=')) {
+    oidcError = new URLSearchParams(location.hash.slice(1)).get('signin-error') || '';
+    history.replaceState(null, '', '/');
+  }
+  listIssuers();
   try {
     const r = await fetch('/dash/me', { credentials: 'same-origin' });
     if (r.ok) {
@@ -104,7 +134,7 @@ async function start() {
       try { msg = (await r.json()).error.message; } catch (e) { /* none */ }
       if (msg.startsWith('not signed in')) msg = '';
     }
-    signedOut(msg);
+    signedOut(oidcError || msg);
   } catch (e) {
     show('loading');
     banner('The server cannot be reached; retrying…');
@@ -146,6 +176,9 @@ function route() {
   if (!me) return;
   const m = location.hash.match(/^#\/s\/([A-Za-z0-9._-]+)$/);
   if (m) openSession(m[1]);
+  else if (location.hash === '#/templates') openTemplates();
+  else if (location.hash === '#/audit') openAudit();
+  else if (location.hash === '#/nodes') openNodes();
   else openList();
 }
 window.addEventListener('hashchange', route);
@@ -235,6 +268,7 @@ function actionButton(label, fn, cls) {
 }
 
 function renderList() {
+  const t0 = performance.now();
   const q = $('filter').value.trim().toLowerCase();
   const rows = sessionsCache.filter((s) => !q || rowText(s).includes(q));
   const tbody = $('sessions').querySelector('tbody');
@@ -271,8 +305,11 @@ function renderList() {
   tbody.replaceChildren(...out);
   $('empty').hidden = sessionsCache.length !== 0;
   $('count').textContent = rows.length + ' of ' + sessionsCache.length;
-  // The moment the list first shows (covebench -only dashboard reads it).
+  // The moment the list first shows, and how long each render took to
+  // build and swap the rows (covebench -only dashboard reads them).
   if (performance.getEntriesByName('cove:list').length === 0) performance.mark('cove:list');
+  performance.clearMeasures('cove:render'); // the last only: a page stays open for days
+  performance.measure('cove:render', { start: t0, end: performance.now() });
 }
 $('filter').addEventListener('input', renderList);
 
@@ -342,6 +379,7 @@ function openSession(id) {
   for (const b of ['s-park', 's-wake', 's-remove']) $(b).disabled = false;
   $('files').querySelector('tbody').replaceChildren();
   $('events').replaceChildren();
+  $('commands').replaceChildren();
   const term = new Terminal({ cursorBlink: true, fontSize: 14, scrollback: 5000, convertEol: false });
   const fit = new FitAddon();
   term.loadAddon(fit);
@@ -379,6 +417,10 @@ async function refreshSession() {
     if (w) parts.push('waits for ' + w);
     if (s.error) parts.push('error: ' + s.error);
     $('s-detail').textContent = parts.join(' · ');
+    if (!c.since) {
+      c.since = s.created_at;
+      loadCommands();
+    }
     // An exec stream outlives a park: the shell is paused, and what is
     // typed into it wakes the session (unless it wakes on no exec).
     if (c.open) {
@@ -579,6 +621,270 @@ async function loadEvents() {
     $('events').replaceChildren(...items);
   } catch (e) {
     if (e.status !== 401) banner('Events: ' + e.message);
+  }
+}
+
+// loadCommands lists the session's recent commands and their exit codes
+// from the audit log (an exec or PTY's announcement, and the outcome that
+// refers to it): the API keeps them nowhere else. Reading the log is
+// audit.read, admins' by the default policy; others are told so.
+async function loadCommands() {
+  const c = current;
+  if (!c || !c.since) return;
+  const out = $('commands');
+  try {
+    const q = new URLSearchParams({ session: c.id, since: c.since, n: '1000' });
+    const page = await apiJSON('/v1/audit/entries?' + q);
+    if (c !== current) return;
+    const byIndex = new Map();
+    const cmds = [];
+    for (const r of page.entries || []) {
+      const e = r.entry || {};
+      if ((e.action === 'session.exec' || e.action === 'session.pty') && e.decision === 'allow' && e.target && e.target.argv) {
+        const cmd = { index: r.index, time: e.time, argv: e.target.argv, pty: e.action === 'session.pty', exit: null, error: '' };
+        byIndex.set(r.index, cmd);
+        cmds.push(cmd);
+      } else if (e.ref != null && e.outcome && byIndex.has(e.ref)) {
+        const cmd = byIndex.get(e.ref);
+        if (e.outcome.exit_code != null) cmd.exit = e.outcome.exit_code;
+        if (e.outcome.error) cmd.error = e.outcome.error;
+      }
+    }
+    const items = cmds.slice(-20).reverse().map((cmd) => {
+      const li = document.createElement('li');
+      let status = 'running or no outcome';
+      if (cmd.exit != null) status = 'exit ' + cmd.exit;
+      else if (cmd.error) status = cmd.error;
+      li.textContent = when(cmd.time) + ' ' + (cmd.pty ? '(terminal) ' : '') + cmd.argv.join(' ') + ' → ' + status;
+      li.dataset.exit = cmd.exit == null ? '' : String(cmd.exit);
+      return li;
+    });
+    if (items.length === 0) {
+      const li = document.createElement('li');
+      li.className = 'muted';
+      li.textContent = 'No commands.';
+      items.push(li);
+    }
+    out.replaceChildren(...items);
+  } catch (e) {
+    if (e.status === 401) return;
+    const li = document.createElement('li');
+    li.className = 'muted';
+    li.textContent = e.status === 403 ? 'The policy does not let you read the audit log, where commands are kept: ' + e.message : 'Commands: ' + e.message;
+    out.replaceChildren(li);
+  }
+}
+
+// ---- templates, audit, nodes ----
+// Each page reads the API with the cookie like the sessions list; what the
+// policy refuses (403) is said on the page, in its error line.
+
+function refused(el, e) {
+  if (e.status === 401) return;
+  if (e.status === 0) { banner(e.message); return; }
+  el.textContent = (e.status === 403 ? 'Not allowed: ' : '') + e.message;
+  el.hidden = false;
+}
+
+function when(t) {
+  return t ? new Date(t).toLocaleString() : '';
+}
+
+let templateShown = '';
+
+function openTemplates() {
+  closeSession();
+  show('templates');
+  document.title = 'Templates · cove';
+  poll(refreshTemplates);
+}
+
+async function refreshTemplates() {
+  const err = $('t-error');
+  try {
+    const list = ((await apiJSON('/v1/templates')) || {}).templates || [];
+    err.hidden = true;
+    banner('');
+    const rows = list.map((t) => {
+      const tr = document.createElement('tr');
+      tr.dataset.name = t.name;
+      const nc = document.createElement('td');
+      const b = document.createElement('button');
+      b.type = 'button';
+      b.className = 'link';
+      b.textContent = t.name;
+      b.addEventListener('click', () => { templateShown = t.name; refreshVersions(); });
+      nc.append(b);
+      tr.append(nc);
+      const st = cell(t.state + (t.rebuilding ? ' (rebuilding)' : ''));
+      st.className = 'state-cell';
+      st.dataset.state = t.state;
+      tr.append(st, cell(t.version ? 'v' + t.version : ''), cell((t.commit || '').slice(0, 12)),
+        cell(t.image), cell(t.pool ? t.pool_ready + ' of ' + t.pool + ' warm' : 'none'), cell(when(t.updated_at)));
+      const act = document.createElement('td');
+      act.className = 'actions';
+      act.append(actionButton('Rebuild', async () => {
+        await api('/v1/templates/' + encodeURIComponent(t.name) + '/rebuild', { method: 'POST' });
+        refreshTemplates();
+      }));
+      tr.append(act);
+      return tr;
+    });
+    $('templates').querySelector('tbody').replaceChildren(...rows);
+    $('t-empty').hidden = list.length !== 0;
+    if (templateShown) refreshVersions(list.find((t) => t.name === templateShown));
+  } catch (e) {
+    refused(err, e);
+  }
+}
+
+async function refreshVersions(tpl) {
+  const name = templateShown;
+  try {
+    const vs = ((await apiJSON('/v1/templates/' + encodeURIComponent(name) + '/versions')) || {}).versions || [];
+    $('t-name').textContent = name;
+    const rows = vs.map((v) => {
+      const tr = document.createElement('tr');
+      const st = cell(v.state + (v.current ? ' (current)' : ''));
+      st.className = 'state-cell';
+      st.dataset.state = v.state;
+      tr.append(cell('v' + v.version), st, cell(v.commit || ''), cell(v.reason),
+        cell(v.build_ms ? (v.build_ms / 1000).toFixed(1) + ' s' : ''), cell(v.sessions), cell(when(v.created_at)));
+      return tr;
+    });
+    $('versions').querySelector('tbody').replaceChildren(...rows);
+    // The API keeps a build's output when it fails (the template's and
+    // each version's error); a good build logs nothing there.
+    const logs = vs.filter((v) => v.error).map((v) => 'v' + v.version + ': ' + v.error);
+    if (tpl && tpl.error) logs.unshift(tpl.error);
+    $('t-log').textContent = logs.length ? logs.join('\n\n') : 'No failed build: the API keeps the output of failed builds only.';
+    $('t-detail').hidden = false;
+  } catch (e) {
+    refused($('t-error'), e);
+  }
+}
+
+let auditNext = 0;
+
+function openAudit() {
+  closeSession();
+  stopPolling();
+  show('audit');
+  document.title = 'Audit · cove';
+  loadAudit(true);
+}
+
+$('audit-form').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  loadAudit(true);
+});
+$('a-more').addEventListener('click', () => loadAudit(false));
+$('commands-refresh').addEventListener('click', () => loadCommands());
+
+function actorText(a) {
+  if (!a) return '';
+  return [a.kind, a.user || a.subject || '', a.session ? 'in ' + a.session : ''].filter(Boolean).join(' ');
+}
+
+function targetText(t) {
+  if (!t) return '';
+  return Object.entries(t).map(([k, v]) => k + ' ' + (Array.isArray(v) ? v.join(',') : v)).join(', ');
+}
+
+async function loadAudit(fresh) {
+  const err = $('a-error');
+  const tbody = $('audit').querySelector('tbody');
+  if (fresh) {
+    auditNext = 0;
+    tbody.replaceChildren();
+  }
+  const q = new URLSearchParams({ n: '50', from: String(auditNext) });
+  const sess = $('audit-session').value.trim();
+  const actor = $('audit-actor').value.trim();
+  if (sess) q.set('session', sess);
+  if (actor) q.set('actor', actor);
+  try {
+    const [page, cp] = await Promise.all([apiJSON('/v1/audit/entries?' + q), apiJSON('/v1/audit/checkpoint')]);
+    err.hidden = true;
+    $('a-checkpoint').textContent = 'Latest signed checkpoint: ' + cp.size + ' entries (' + cp.origin + ').';
+    const entries = page.entries || [];
+    const rows = entries.map((r) => {
+      const e = r.entry || {};
+      const tr = document.createElement('tr');
+      tr.dataset.index = r.index;
+      const v = cell('checking…');
+      v.className = 'verify';
+      tr.append(cell(r.index), cell(when(e.time)), cell(actorText(e.actor)), cell(e.action), cell(targetText(e.target)),
+        cell(e.decision || (e.outcome ? 'outcome' : '')), v);
+      return { tr, v, index: r.index };
+    });
+    tbody.append(...rows.map((x) => x.tr));
+    $('a-empty').hidden = tbody.children.length !== 0;
+    $('a-more').hidden = entries.length < 50;
+    auditNext = page.next;
+    for (const x of rows) await verifyRow(x);
+  } catch (e) {
+    refused(err, e);
+  }
+}
+
+// verifyRow asks the server to check the entry's inclusion proof against
+// the signed checkpoint (/dash/audit/verify).
+async function verifyRow(x) {
+  try {
+    const r = await fetch('/dash/audit/verify?index=' + x.index, { credentials: 'same-origin' });
+    const j = await r.json();
+    if (r.status === 503) x.v.textContent = 'not yet';
+    else if (!r.ok) x.v.textContent = j.error ? j.error.message : String(r.status);
+    else x.v.textContent = j.verified ? 'verified (size ' + j.checkpoint_size + ')' : 'NOT verified: ' + j.error;
+    x.v.dataset.verified = r.ok && j.verified ? 'yes' : 'no';
+  } catch (e) {
+    x.v.textContent = 'unknown';
+  }
+}
+
+function openNodes() {
+  closeSession();
+  show('nodes');
+  document.title = 'Nodes · cove';
+  poll(refreshNodes);
+}
+
+async function refreshNodes() {
+  const err = $('n-error');
+  try {
+    const list = ((await apiJSON('/v1/nodes')) || {}).nodes || [];
+    err.hidden = true;
+    banner('');
+    const rows = list.map((n) => {
+      const tr = document.createElement('tr');
+      tr.dataset.id = n.id;
+      const st = cell(n.state + (n.connected || n.embedded ? '' : ' (not connected)'));
+      st.className = 'state-cell';
+      st.dataset.state = n.state;
+      const c = n.capacity || {};
+      tr.append(cell(n.name || n.id), st, cell(c.vcpus), cell(c.memory_mib ? c.memory_mib + ' MiB' : ''),
+        cell(bytes(c.disk_bytes)), cell(n.sessions), cell(n.running), cell(n.embedded ? 'embedded' : age(n.heartbeat_at) + ' ago'));
+      const act = document.createElement('td');
+      act.className = 'actions';
+      const post = (verb) => async () => {
+        try {
+          await api('/v1/nodes/' + encodeURIComponent(n.id) + '/' + verb, { method: 'POST' });
+          err.hidden = true;
+        } catch (e) { refused(err, e); }
+        refreshNodes();
+      };
+      if (n.state === 'cordoned' || n.state === 'draining') act.append(actionButton('Uncordon', post('uncordon')));
+      else act.append(actionButton('Cordon', post('cordon')));
+      act.append(actionButton('Drain', async () => {
+        if (window.confirm('Drain ' + (n.name || n.id) + '? It takes no new sessions and parks the ones it runs.')) await post('drain')();
+      }, 'danger'));
+      tr.append(act);
+      return tr;
+    });
+    $('nodes').querySelector('tbody').replaceChildren(...rows);
+  } catch (e) {
+    refused(err, e);
   }
 }
 
