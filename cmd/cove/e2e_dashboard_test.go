@@ -333,6 +333,10 @@ func TestDashboard(t *testing.T) {
 	// The admin: the audit log filtered by ann's session, each entry
 	// verified against the signed checkpoint; the nodes, cordoned and
 	// uncordoned from the page.
+	// Signed out on the removed session's page: back to the list first,
+	// so that the sign-in lands there.
+	step("to the list", chromedp.Navigate(base+"#/"))
+	wait("the sign-in form again", `!document.getElementById('view-signin').hidden`, 30*time.Second)
 	evalIn[string](t, ctx, `document.getElementById('signin-token').value = ''`)
 	step("sign in as the admin", chromedp.SendKeys(chromedp.ID("signin-token"), e.userToken()), chromedp.Click(chromedp.ID("signin-submit")))
 	wait("the admin's list", `!document.getElementById('view-list').hidden`, 30*time.Second)
