@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -333,11 +334,12 @@ func wakeWhenDead(t *testing.T, c *api.Client, id, dead, want string) int {
 	}
 }
 
-// qemuOf lists the QEMU processes of session id under home.
+// qemuOf lists the QEMU processes of session id in home's sessions dir
+// (another home's QEMU may name this home's kernel).
 func qemuOf(home, id string) []string {
 	var out []string
 	for _, cmd := range vmtest.QEMUProcs(home) {
-		if strings.Contains(cmd, "/"+id+"/") {
+		if strings.Contains(cmd, filepath.Join(home, "sessions", id)+"/") {
 			out = append(out, cmd)
 		}
 	}

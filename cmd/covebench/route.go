@@ -151,7 +151,29 @@ func routeRows(n int) ([]row, error) {
 	added95 := pct(routed.samples, 0.95) - pct(plain.samples, 0.95)
 	added := row{name: "added by routing (p50, p95 differences)",
 		cells: []string{fmt.Sprint(n), fmt.Sprintf("%.3f ms", added50), fmt.Sprintf("%.3f ms", added95), "≤ 2 ms at p50", fmt.Sprintf("%.2f", added50/2)}}
-	return []row{routed, plain, added}, nil
+
+	// An inspect, the simplest call that is routed: no guest involved.
+	rget := row{name: "inspect through another server, routed to the holder's", unit: "ms"}
+	pget := row{name: "the same inspect, straight to the holder's server", unit: "ms"}
+	get := func(c *api.Client) (float64, error) {
+		t := time.Now()
+		_, err := c.GetSession(ctx, s.ID)
+		return ms(time.Since(t)), err
+	}
+	for i := range n + 20 {
+		y, err := get(direct)
+		if err != nil {
+			return nil, fmt.Errorf("route: inspect direct: %w", err)
+		}
+		x, err := get(via)
+		if err != nil {
+			return nil, fmt.Errorf("route: inspect through A: %w", err)
+		}
+		if i >= 20 {
+			rget.samples, pget.samples = append(rget.samples, x), append(pget.samples, y)
+		}
+	}
+	return []row{routed, plain, added, rget, pget}, nil
 }
 
 // benchImages gives the manager one image whose files are empty: the

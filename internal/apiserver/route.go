@@ -102,7 +102,10 @@ func (s *Server) routeSession(w http.ResponseWriter, r *http.Request, act Action
 			return r, false, nil
 		}
 		t, ok, err := s.router.Session(r.Context(), act.SessionID)
-		if err == nil && !ok {
+		switch {
+		case err != nil && api.CodeOf(err) == api.CodeInternal:
+			return r, true, err // the store cannot say (503 when unavailable)
+		case err == nil && !ok:
 			return r, false, nil
 		}
 		where := "another node"
@@ -143,7 +146,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, act Action, t r
 			pr.SetURL(t.URL)
 			pr.Out.Header.Set(routing.Header, by)
 		},
-		Transport:     s.routeTransport,
+		Transport:     s.routeRT,
 		FlushInterval: -1,
 		ErrorLog:      slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 		ErrorHandler: func(_ http.ResponseWriter, _ *http.Request, err error) {

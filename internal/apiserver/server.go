@@ -33,6 +33,10 @@
 // deliveries instead, which Config.Hooks checks, and the gate still builds
 // their Action, calls Config.Authorize, logs and counts them.
 //
+// With Config.Router, a call about a session that another server's node
+// holds is forwarded there once its token is checked here, before
+// Authorize: that server decides, audits and carries it out (route.go).
+//
 // The server's deadlines (Timeouts, applied by HTTPServer) hold for
 // everyone until the token is checked: once it is, the gate lifts the read
 // and write deadlines, so exec, image builds, template builds, park, wake
@@ -267,33 +271,33 @@ func (a Action) LogValue() slog.Value {
 
 // Server is cove's HTTP API. Make one with New.
 type Server struct {
-	sessions       Sessions
-	images         Images
-	hooks          Hooks
-	hookSecrets    HookSecrets
-	identities     Identities
-	secrets        Secrets
-	gc             func(ctx context.Context) (api.GCResult, error)
-	nodes          Nodes
-	authn          Authenticator
-	tokenSum       [sha256.Size]byte
-	tokenSet       bool
-	log            *slog.Logger
-	metrics        *Metrics
-	authorize      func(ctx context.Context, a Action) error
-	maxFileBytes   int64
-	timeouts       Timeouts
-	signIn         []api.OIDCIssuer
-	issuer         http.Handler
-	auditor        Auditor
-	auditLog       AuditLog
-	nodeLink       NodeLink
-	router         Router
-	routeTransport http.RoundTripper
-	publicPaths    map[string]bool // "METHOD PATTERN" of the routes served without the token
-	openAPIJSON    []byte
-	openAPIErr     error
-	mux            *http.ServeMux
+	sessions     Sessions
+	images       Images
+	hooks        Hooks
+	hookSecrets  HookSecrets
+	identities   Identities
+	secrets      Secrets
+	gc           func(ctx context.Context) (api.GCResult, error)
+	nodes        Nodes
+	authn        Authenticator
+	tokenSum     [sha256.Size]byte
+	tokenSet     bool
+	log          *slog.Logger
+	metrics      *Metrics
+	authorize    func(ctx context.Context, a Action) error
+	maxFileBytes int64
+	timeouts     Timeouts
+	signIn       []api.OIDCIssuer
+	issuer       http.Handler
+	auditor      Auditor
+	auditLog     AuditLog
+	nodeLink     NodeLink
+	router       Router
+	routeRT      http.RoundTripper
+	publicPaths  map[string]bool // "METHOD PATTERN" of the routes served without the token
+	openAPIJSON  []byte
+	openAPIErr   error
+	mux          *http.ServeMux
 }
 
 // New makes a Server. It panics if cfg.Sessions is nil.
@@ -302,33 +306,33 @@ func New(cfg Config) *Server {
 		panic("apiserver: New: Config.Sessions is nil")
 	}
 	s := &Server{
-		sessions:       cfg.Sessions,
-		images:         cfg.Images,
-		hooks:          cfg.Hooks,
-		hookSecrets:    cfg.HookSecrets,
-		identities:     cfg.Identities,
-		secrets:        cfg.Secrets,
-		gc:             cfg.GC,
-		nodes:          cfg.Nodes,
-		authn:          cfg.Authenticator,
-		tokenSum:       sha256.Sum256([]byte(cfg.Token)),
-		tokenSet:       cfg.Token != "",
-		log:            cfg.Log,
-		metrics:        cfg.Metrics,
-		authorize:      cfg.Authorize,
-		maxFileBytes:   cfg.MaxFileBytes,
-		timeouts:       cfg.Timeouts.withDefaults(),
-		signIn:         cfg.SignIn,
-		issuer:         cfg.Issuer,
-		auditor:        cfg.Audit,
-		auditLog:       cfg.AuditLog,
-		nodeLink:       cfg.NodeLink,
-		router:         cfg.Router,
-		routeTransport: cfg.RouteTransport,
-		publicPaths:    map[string]bool{},
+		sessions:     cfg.Sessions,
+		images:       cfg.Images,
+		hooks:        cfg.Hooks,
+		hookSecrets:  cfg.HookSecrets,
+		identities:   cfg.Identities,
+		secrets:      cfg.Secrets,
+		gc:           cfg.GC,
+		nodes:        cfg.Nodes,
+		authn:        cfg.Authenticator,
+		tokenSum:     sha256.Sum256([]byte(cfg.Token)),
+		tokenSet:     cfg.Token != "",
+		log:          cfg.Log,
+		metrics:      cfg.Metrics,
+		authorize:    cfg.Authorize,
+		maxFileBytes: cfg.MaxFileBytes,
+		timeouts:     cfg.Timeouts.withDefaults(),
+		signIn:       cfg.SignIn,
+		issuer:       cfg.Issuer,
+		auditor:      cfg.Audit,
+		auditLog:     cfg.AuditLog,
+		nodeLink:     cfg.NodeLink,
+		router:       cfg.Router,
+		routeRT:      cfg.RouteTransport,
+		publicPaths:  map[string]bool{},
 	}
-	if s.routeTransport == nil {
-		s.routeTransport = newRouteTransport()
+	if s.routeRT == nil {
+		s.routeRT = newRouteTransport()
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
