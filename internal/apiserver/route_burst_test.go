@@ -3,11 +3,14 @@ package apiserver
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/session"
@@ -156,5 +159,223 @@ func checkPlaced(t *testing.T, r *routeRig, servers []*routeServer, made []api.S
 		if _, ok := byID[id]; !ok {
 			t.Errorf("VM %s runs with no session recorded", id)
 		}
+	}
+}
+
+// TestFakeRouteParkWake: one session on node B, parked and woken at
+// once, round after round, through three servers (A with its own node,
+// B its holder, C with none). Each call either does what it asks or is
+// refused as a conflict (409: the session is not in a state for it, or
+// another call is moving it) or with a 503; after each round the session
+// is parked or running, on B, with exactly one VM when running and
+// none when parked, and answers an exec (woken for it if parked) through
+// each server with what was written into it before.
+func TestFakeRouteParkWake(t *testing.T) {
+	r := newRouteRig(t)
+	a, b, c := r.server("host-a", true), r.server("host-b", true), r.server("api-c", false)
+	ctx := context.Background()
+	r.cordon(a)
+	s, err := c.client.CreateSession(ctx, api.CreateSessionRequest{})
+	if err != nil || s.Node != b.node {
+		t.Fatalf("create: %+v, %v; want it on B", s, err)
+	}
+	if _, err := a.client.UncordonNode(ctx, a.node); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.client.WriteFile(ctx, s.ID, "/root/kept", 0o644, strings.NewReader("kept\n")); err != nil {
+		t.Fatal(err)
+	}
+	servers := []*routeServer{a, b, c}
+	for round := range 8 {
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i, via := range servers {
+			for _, park := range []bool{true, false} {
+				wg.Go(func() {
+					<-start
+					var err error
+					op := "wake"
+					if park {
+						op = "park"
+						_, err = via.client.ParkSession(ctx, s.ID)
+					} else {
+						_, err = via.client.WakeSession(ctx, s.ID)
+					}
+					if err != nil && !api.IsCode(err, api.CodeConflict) && !api.IsCode(err, api.CodeUnavailable) {
+						t.Errorf("round %d: %s through %s (%d): %v; want it done, or 409/503", round, op, via.name, i, err)
+					}
+				})
+			}
+		}
+		close(start)
+		wg.Wait()
+		got, err := c.client.GetSession(ctx, s.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Node != b.node {
+			t.Fatalf("round %d: the session moved to %s; want it on B", round, got.Node)
+		}
+		vms := 0
+		for _, id := range r.driver.Running() {
+			if id == s.ID {
+				vms++
+			}
+		}
+		switch got.State {
+		case api.StateRunning:
+			if vms != 1 {
+				t.Fatalf("round %d: running with %d VMs", round, vms)
+			}
+		case api.StateParked:
+			if vms != 0 {
+				t.Fatalf("round %d: parked with %d VMs", round, vms)
+			}
+		default:
+			t.Fatalf("round %d: the calls done, the session is %s (%s); want running or parked", round, got.State, got.Error)
+		}
+		t.Logf("round %d: %s", round, got.State)
+		via := servers[round%3]
+		rc, err := via.client.ReadFile(ctx, s.ID, "/root/kept")
+		if err != nil {
+			t.Fatalf("round %d: read through %s (was %s): %v", round, via.name, got.State, err)
+		}
+		data, _ := io.ReadAll(rc)
+		rc.Close()
+		if string(data) != "kept\n" {
+			t.Fatalf("round %d: /root/kept = %q", round, data)
+		}
+		via.echo(t, s.ID, fmt.Sprint("round", round))
+	}
+	if _, err := c.client.ParkSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.client.WakeSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	b.echo(t, s.ID, "end")
+	if err := a.client.DeleteSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFakeRouteWakeMoveRace: node B, holding a parked (and stored)
+// session, is marked dead; wakes through A and through D (each server
+// with its own node, each of which moves the session to its node) and
+// through C (none: routed to a live node's server) at once, round after
+// round. The session ends running on one node, A or D, with one VM, and
+// its files; the wakes that lost are refused (409/503) or answer the
+// winner's session.
+func TestFakeRouteWakeMoveRace(t *testing.T) {
+	r := newRouteRig(t)
+	a, b, c, d := r.server("host-a", true), r.server("host-b", true), r.server("api-c", false), r.server("host-d", true)
+	ctx := context.Background()
+	for round := range 4 {
+		r.cordon(a)
+		r.cordon(d)
+		s, err := b.client.CreateSession(ctx, api.CreateSessionRequest{})
+		if err != nil || s.Node != b.node {
+			t.Fatalf("create: %+v, %v; want it on B", s, err)
+		}
+		for _, n := range []*routeServer{a, d} {
+			if _, err := n.client.UncordonNode(ctx, n.node); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.client.WriteFile(ctx, s.ID, "/root/kept", 0o644, strings.NewReader("kept\n")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.client.ParkSession(ctx, s.ID); err != nil {
+			t.Fatal(err)
+		}
+		waitStored(t, c, s.ID)
+		// B's node is dead (its server still answers: a wake through B
+		// is not among the racers).
+		if err := a.st.HeartbeatNode(ctx, b.node, time.Now().UTC().Add(-2*time.Hour), burstCapacity); err != nil {
+			t.Fatal(err)
+		}
+		if dead := a.mgr.SweepNodes(ctx); !slices.Contains(dead, b.node) {
+			t.Fatalf("sweep: %v, want B dead", dead)
+		}
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for _, via := range []*routeServer{a, c, d, a, c, d} {
+			wg.Go(func() {
+				<-start
+				w, err := via.client.WakeSession(ctx, s.ID)
+				switch {
+				case err == nil && w.State == api.StateRunning && (w.Node == a.node || w.Node == d.node):
+				case api.IsCode(err, api.CodeConflict), api.IsCode(err, api.CodeUnavailable):
+				default:
+					t.Errorf("round %d: wake through %s: %+v, %v; want running on A or D, or 409/503", round, via.name, w, err)
+				}
+			})
+		}
+		close(start)
+		wg.Wait()
+		got, err := c.client.GetSession(ctx, s.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var holder *routeServer
+		switch got.Node {
+		case a.node:
+			holder = a
+		case d.node:
+			holder = d
+		default:
+			t.Fatalf("round %d: after the wakes the session is on %s (%s); want A or D", round, got.Node, got.State)
+		}
+		t.Logf("round %d: %s on %s", round, got.State, holder.name)
+		vms := 0
+		for _, id := range r.driver.Running() {
+			if id == s.ID {
+				vms++
+			}
+		}
+		if got.State != api.StateRunning || vms != 1 {
+			t.Fatalf("round %d: %s with %d VMs; want running, one VM", round, got.State, vms)
+		}
+		// The loser's files fetched to move it are removed (B's, the
+		// dead node's, are its host's).
+		for _, other := range []*routeServer{a, d} {
+			if other != holder {
+				if _, err := os.Stat(filepath.Join(other.dir, s.ID)); err == nil {
+					t.Errorf("round %d: the session's files are left on %s too", round, other.name)
+				}
+			}
+		}
+		rc, err := c.client.ReadFile(ctx, s.ID, "/root/kept")
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, _ := io.ReadAll(rc)
+		rc.Close()
+		if string(data) != "kept\n" {
+			t.Fatalf("round %d: /root/kept = %q", round, data)
+		}
+		if err := c.client.DeleteSession(ctx, s.ID); err != nil {
+			t.Fatal(err)
+		}
+		// B back for the next round.
+		if err := a.st.HeartbeatNode(ctx, b.node, time.Now().UTC(), burstCapacity); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// waitStored waits until session id's snapshot is in the object store.
+func waitStored(t *testing.T, via *routeServer, id string) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		got, err := via.client.GetSession(context.Background(), id)
+		if err == nil && got.Stored {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the parked session %s was not stored: %+v, %v", id, got, err)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
