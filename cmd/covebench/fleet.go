@@ -22,6 +22,7 @@ import (
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/store/sqlite"
+	"github.com/cove-dev/cove/internal/vmm"
 	"github.com/cove-dev/cove/internal/vmm/fake"
 )
 
@@ -34,10 +35,12 @@ type fleet struct {
 	dir     string
 	db      string
 	imgDir  string
-	driver  *fake.Driver
-	objects *cas.Store
+	driver  vmm.Driver
+	images  session.Images
+	objects session.SnapshotStore
 	token   string
 	log     *slog.Logger
+	keep    bool // close leaves dir (not the fleet's own)
 }
 
 // fleetCapacity is what each node of a fleet offers.
@@ -63,6 +66,7 @@ func newFleet(ctx context.Context) (*fleet, error) {
 	}
 	f := &fleet{dir: dir, db: filepath.Join(dir, "state.db"), imgDir: filepath.Join(dir, "image"), driver: fake.New(),
 		log: slog.New(slog.DiscardHandler)}
+	f.images = benchImages{f.imgDir}
 	if err := f.init(ctx); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -86,6 +90,11 @@ func (f *fleet) init(ctx context.Context) error {
 	if f.objects, err = cas.New(cas.Config{Objects: objs}); err != nil {
 		return err
 	}
+	return f.admin(ctx)
+}
+
+// admin makes the fleet's admin user and its token.
+func (f *fleet) admin(ctx context.Context) error {
 	st, err := sqlite.Open(ctx, f.db)
 	if err != nil {
 		return err
@@ -103,7 +112,11 @@ func (f *fleet) init(ctx context.Context) error {
 	return nil
 }
 
-func (f *fleet) close() { os.RemoveAll(f.dir) }
+func (f *fleet) close() {
+	if !f.keep {
+		os.RemoveAll(f.dir)
+	}
+}
 
 // server starts server name with its embedded node; heartbeat and grace,
 // when not 0, start its heartbeats and its sweeper.
@@ -127,7 +140,7 @@ func (f *fleet) server(ctx context.Context, name string, heartbeat, grace time.D
 		return nil, err
 	}
 	s.node = n.ID
-	cfg := session.Config{Store: st, Driver: f.driver, Images: benchImages{f.imgDir}, Dir: filepath.Join(f.dir, name),
+	cfg := session.Config{Store: st, Driver: f.driver, Images: f.images, Dir: filepath.Join(f.dir, name),
 		TemplateDir: filepath.Join(f.dir, name, "templates"), DefaultMemoryMiB: 64, Objects: f.objects,
 		Node: n.ID, Route: true, ServerID: name, Log: f.log, NodeHeartbeat: heartbeat, NodeGrace: grace,
 		Admission: session.Admission{HostMemoryMiB: int(fleetCapacity.MemoryMiB), HostCPUs: fleetCapacity.VCPUs}}
@@ -372,4 +385,101 @@ func apiLoadRows(clients, rounds, sessions int) ([]row, error) {
 		{name: "calls per second, all three" + tag, cells: []string{fmt.Sprint(len(inspect) + len(list) + len(exec)),
 			fmt.Sprintf("%.0f/s", float64(len(inspect)+len(list)+len(exec))/took.Seconds()), "–", "–", "–"}},
 	}, nil
+}
+
+// crossWakeRows measures a cross-host wake with real VMs: n times, a
+// session (tiny) made on node B and parked there, its snapshot stored in
+// objects (S3); B marked dead; then a wake through server A, whose node
+// has none of the session's files (its own sessions dir): the session
+// moves to A, its snapshot is fetched from the object store and
+// restored; timed until its first exec (through A) answers. Two
+// in-process servers over one SQLite file in home, driver and images as
+// the rest of the bench's.
+func crossWakeRows(ctx context.Context, home string, driver vmm.Driver, images session.Images, objects session.SnapshotStore, log *slog.Logger, n int) ([]row, error) {
+	if n <= 0 {
+		return nil, fmt.Errorf("crosswake: %d samples", n)
+	}
+	dir := filepath.Join(home, "crosswake")
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o711); err != nil {
+		return nil, err
+	}
+	f := &fleet{dir: dir, db: filepath.Join(dir, "state.db"), driver: driver, images: images, objects: objects, log: log}
+	defer f.close()
+	if err := f.admin(ctx); err != nil {
+		return nil, fmt.Errorf("crosswake: %w", err)
+	}
+	a, err := f.server(ctx, "bench-a", 0, time.Hour)
+	if err != nil {
+		return nil, fmt.Errorf("crosswake: %w", err)
+	}
+	defer a.stop()
+	b, err := f.server(ctx, "bench-b", 0, 0)
+	if err != nil {
+		return nil, fmt.Errorf("crosswake: %w", err)
+	}
+	defer b.stop()
+	ca, cb := f.client(a), f.client(b)
+	wake := row{name: "cross-host wake (snapshot not on the node: fetched from S3) → first exec, tiny", unit: "ms"}
+	only := row{name: "that wake's call alone (move, fetch, restore)", unit: "ms"}
+	for i := range n {
+		if _, err := ca.CordonNode(ctx, a.node); err != nil {
+			return nil, fmt.Errorf("crosswake: %w", err)
+		}
+		s, err := cb.CreateSession(ctx, api.CreateSessionRequest{})
+		if err == nil && s.Node != b.node {
+			err = fmt.Errorf("placed on %s, not B", s.Node)
+		}
+		if err == nil {
+			_, err = ca.UncordonNode(ctx, a.node)
+		}
+		if err == nil {
+			_, err = cb.Exec(ctx, s.ID, api.ExecRequest{Argv: []string{"sh", "-c", fmt.Sprintf("echo %d > /root/marker", i)}})
+		}
+		if err == nil {
+			_, err = cb.ParkSession(ctx, s.ID)
+		}
+		for err == nil {
+			var got api.Session
+			if got, err = cb.GetSession(ctx, s.ID); err == nil && got.Stored {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if err == nil {
+			err = a.st.HeartbeatNode(ctx, b.node, time.Now().UTC().Add(-2*time.Hour), fleetCapacity)
+		}
+		if err == nil && len(a.mgr.SweepNodes(ctx)) != 1 {
+			err = errors.New("B was not marked dead")
+		}
+		if err != nil {
+			return nil, fmt.Errorf("crosswake: sample %d: %w", i, err)
+		}
+		t := time.Now()
+		w, err := ca.WakeSession(ctx, s.ID)
+		if err == nil && w.Node != a.node {
+			err = fmt.Errorf("woke on %s, not A", w.Node)
+		}
+		woke := time.Since(t)
+		var res *api.ExecResult
+		if err == nil {
+			res, err = ca.Exec(ctx, s.ID, api.ExecRequest{Argv: []string{"cat", "/root/marker"}})
+		}
+		if err == nil && string(res.Stdout) != fmt.Sprintf("%d\n", i) {
+			err = fmt.Errorf("marker %q after the wake", res.Stdout)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("crosswake: sample %d: %w", i, err)
+		}
+		wake.samples = append(wake.samples, ms(time.Since(t)))
+		only.samples = append(only.samples, ms(woke))
+		if err := ca.DeleteSession(ctx, s.ID); err != nil {
+			return nil, fmt.Errorf("crosswake: %w", err)
+		}
+		os.RemoveAll(filepath.Join(dir, "bench-b", s.ID)) // B's copy: no one's now
+		if err := a.st.HeartbeatNode(ctx, b.node, time.Now().UTC(), fleetCapacity); err != nil {
+			return nil, fmt.Errorf("crosswake: %w", err)
+		}
+	}
+	return []row{wake, only}, nil
 }
