@@ -248,6 +248,10 @@ func nodeLossRows(n int, heartbeat, grace time.Duration) ([]row, error) {
 			b.stop()
 			return nil, fmt.Errorf("nodeloss: sample %d: %w", i, err)
 		}
+		// B stops at a random point of A's sweep period, as a real
+		// node would (each sample would otherwise start just after the
+		// sweep that ended the last one, in the same phase).
+		time.Sleep(rand.N(grace / 3))
 		b.close()
 		nb, err := a.st.GetNode(ctx, b.node)
 		if err != nil {
