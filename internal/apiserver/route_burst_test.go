@@ -379,3 +379,54 @@ func waitStored(t *testing.T, via *routeServer, id string) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestFakeRouteDrain: a drain of node B asked of C (a server with no
+// node) and of A (another node's server), by name and by id, is carried
+// out by B's server: B's running sessions are parked, B is draining, and
+// its warm work stops; a drain of C's own absent node is a 404.
+func TestFakeRouteDrain(t *testing.T) {
+	r := newRouteRig(t)
+	a, b, c := r.server("host-a", true), r.server("host-b", true), r.server("api-c", false)
+	ctx := context.Background()
+	r.cordon(a)
+	var ids []string
+	for range 2 {
+		s, err := c.client.CreateSession(ctx, api.CreateSessionRequest{})
+		if err != nil || s.Node != b.node {
+			t.Fatalf("create: %+v, %v; want it on B", s, err)
+		}
+		ids = append(ids, s.ID)
+	}
+	if _, err := a.client.UncordonNode(ctx, a.node); err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.client.DrainNode(ctx, "host-b")
+	if err != nil {
+		t.Fatalf("drain B through C: %v", err)
+	}
+	if res.Parked != 2 || len(res.Errors) != 0 || res.Node.State != "draining" {
+		t.Fatalf("drain B through C: %+v; want 2 parked, B draining", res)
+	}
+	if !strings.Contains(b.logs.String(), "node drained") || strings.Contains(c.logs.String(), "node drained") {
+		t.Errorf("the drain was not carried out by B's server alone")
+	}
+	for _, id := range ids {
+		got, err := a.client.GetSession(ctx, id)
+		if err != nil || got.State != api.StateParked || got.Node != b.node {
+			t.Errorf("after the drain, session %s: %+v, %v; want parked on B", id, got, err)
+		}
+	}
+	// Again through A, by id: nothing left to park.
+	res, err = a.client.DrainNode(ctx, b.node)
+	if err != nil || res.Parked != 0 || res.Node.State != "draining" {
+		t.Fatalf("drain B again through A: %+v, %v", res, err)
+	}
+	if _, err := c.client.DrainNode(ctx, "no-such-node"); !api.IsCode(err, api.CodeNotFound) {
+		t.Fatalf("drain of an unknown node: %v; want 404", err)
+	}
+	for _, id := range ids {
+		if err := c.client.DeleteSession(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
