@@ -454,7 +454,7 @@ func crossWakeRows(ctx context.Context, home string, driver vmm.Driver, images s
 			err = a.st.HeartbeatNode(ctx, b.node, time.Now().UTC().Add(-2*time.Hour), fleetCapacity)
 		}
 		if err == nil && len(a.mgr.SweepNodes(ctx)) != 1 {
-			err = errors.New("B was not marked dead")
+			err = errors.New("node B was not marked dead")
 		}
 		if err != nil {
 			return nil, fmt.Errorf("crosswake: sample %d: %w", i, err)
