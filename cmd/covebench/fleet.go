@@ -376,7 +376,7 @@ func apiLoadRows(clients, rounds, sessions int) ([]row, error) {
 	wg.Wait()
 	took := time.Since(began)
 	if firstErr != nil {
-		return nil, fmt.Errorf("apiload: %w", errors.Join(firstErr))
+		return nil, fmt.Errorf("apiload: %w", firstErr)
 	}
 	cells := func(s []float64) []string {
 		return []string{fmt.Sprint(len(s)), fmt.Sprintf("%.1f ms", pct(s, 0.5)), fmt.Sprintf("p99 %.1f ms", pct(s, 0.99)), "–", "–"}
