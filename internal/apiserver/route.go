@@ -70,8 +70,16 @@ func newRouteTransport() *http.Transport {
 		},
 	}
 	t.DialContext = d.DialContext
+	// Many clients' calls go to the same few servers at once: keep their
+	// connections for reuse (the default keeps 2 per server, and a burst
+	// of routed calls would dial, and leave in TIME_WAIT, one each).
+	t.MaxIdleConnsPerHost = routeIdlePerServer
 	return t
 }
+
+// routeIdlePerServer is how many idle connections to each other server
+// a server keeps for routed calls.
+const routeIdlePerServer = 256
 
 // Router says which server carries out a call about a session;
 // *routing.Router is one.
