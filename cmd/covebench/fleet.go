@@ -41,6 +41,7 @@ type fleet struct {
 	token   string
 	log     *slog.Logger
 	keep    bool // close leaves dir (not the fleet's own)
+	memMiB  int  // each session's memory; 0: the manager's default
 }
 
 // fleetCapacity is what each node of a fleet offers.
@@ -65,7 +66,7 @@ func newFleet(ctx context.Context) (*fleet, error) {
 		return nil, err
 	}
 	f := &fleet{dir: dir, db: filepath.Join(dir, "state.db"), imgDir: filepath.Join(dir, "image"), driver: fake.New(),
-		log: slog.New(slog.DiscardHandler)}
+		log: slog.New(slog.DiscardHandler), memMiB: 64}
 	f.images = benchImages{f.imgDir}
 	if err := f.init(ctx); err != nil {
 		os.RemoveAll(dir)
@@ -141,7 +142,7 @@ func (f *fleet) server(ctx context.Context, name string, heartbeat, grace time.D
 	}
 	s.node = n.ID
 	cfg := session.Config{Store: st, Driver: f.driver, Images: f.images, Dir: filepath.Join(f.dir, name),
-		TemplateDir: filepath.Join(f.dir, name, "templates"), DefaultMemoryMiB: 64, Objects: f.objects,
+		TemplateDir: filepath.Join(f.dir, name, "templates"), DefaultMemoryMiB: f.memMiB, Objects: f.objects,
 		Node: n.ID, Route: true, ServerID: name, Log: f.log, NodeHeartbeat: heartbeat, NodeGrace: grace,
 		Admission: session.Admission{HostMemoryMiB: int(fleetCapacity.MemoryMiB), HostCPUs: fleetCapacity.VCPUs}}
 	if heartbeat > 0 {

@@ -297,6 +297,8 @@ func run(home, agent string, cfg config) error {
 		scfg.Objects = objects.cas
 	}
 	if cfg.only == "crosswake" {
+		// A stored snapshot names the image it rests on, stored first.
+		b.Objects, b.Records = objects.cas, st
 		rows, err := crossWakeRows(ctx, home, driver, b, objects.cas, log, cfg.parks)
 		if err != nil {
 			return err
