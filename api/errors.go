@@ -8,16 +8,19 @@ import (
 
 // Error codes, each with one HTTP status (see Status).
 const (
-	CodeInvalid      = "invalid_argument"  // 400
-	CodeUnauthorized = "unauthorized"      // 401
-	CodeForbidden    = "forbidden"         // 403
-	CodeNotFound     = "not_found"         // 404
-	CodeConflict     = "conflict"          // 409
-	CodeTooLarge     = "payload_too_large" // 413
-	CodeUnsupported  = "unsupported_media" // 415
-	CodeInternal     = "internal"          // 500
-	CodeUnavailable  = "unavailable"       // 503
-	CodeTimeout      = "timeout"           // 504
+	CodeInvalid      = "invalid_argument" // 400
+	CodeUnauthorized = "unauthorized"     // 401
+	CodeForbidden    = "forbidden"        // 403
+	CodeNotFound     = "not_found"        // 404
+	CodeConflict     = "conflict"         // 409
+	// CodeTooManyRequests: the caller is over a rate limit (its answer
+	// says when to try again, Retry-After).
+	CodeTooManyRequests = "too_many_requests" // 429
+	CodeTooLarge        = "payload_too_large" // 413
+	CodeUnsupported     = "unsupported_media" // 415
+	CodeInternal        = "internal"          // 500
+	CodeUnavailable     = "unavailable"       // 503
+	CodeTimeout         = "timeout"           // 504
 	// CodeInsufficientStorage: the guest's disk is full (a write or an
 	// upload found no space), or the host's has no room for a
 	// checkpoint's or a fork's copies; the message says what was being
@@ -66,6 +69,8 @@ func Status(code string) int {
 		return http.StatusNotFound
 	case CodeConflict:
 		return http.StatusConflict
+	case CodeTooManyRequests:
+		return http.StatusTooManyRequests
 	case CodeTooLarge:
 		return http.StatusRequestEntityTooLarge
 	case CodeUnsupported:

@@ -49,10 +49,15 @@ func main() {
 	rebuilds := flag.Int("rebuilds", 3, "pushes to a template that follows a repo, each timed until its new version is live (needs debian)")
 	wakeOnly := flag.Bool("wake-only", false, "after the cold boots and execs, measure park and wake only (no raw QEMU, templates or triggers)")
 	egressSamples := flag.Int("egress-samples", 20, "samples of the egress figures' small requests (0 skips them; the rest: 3 each; needs debian)")
-	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), checkpoint (a running session's checkpoint pause, bytes added, rollback → exec, fork -forks → all answering), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), store (snapshots in a loopback S3 store: bytes a parked clone adds, a second park adds, wake with the local files gone, upload throughput), scale (make bench-scale: -storm clones parked and woken at once, then -scale-clones parked and stored under -cache-size-mib), identity (policy decisions, authentication, session-token minting; no VM), placement (placement decisions over 1,000 simulated nodes holding 100,000 sessions; no VM), e2b (the official E2B SDK: create → first run with and without a warm pool, pause, connect → run, a command round trip against cove's own exec; needs debian and node), nodelink (what a node's control connection adds to a server → node call, and to a call of the node's driver and a guest agent round trip over it; the fake VMM, no VM), dashboard (the web dashboard in headless chromium: first load, terminal keystroke → echo against the exec WebSocket's, then the list of -dashboard-sessions sessions; needs chromium and make build), dashboard-list (that list alone: -dashboard-sessions sessions on the fake VMM, load, render, update latency; no VM), route (what routing through another server adds to an exec round trip; two in-process servers, the fake VMM, no VM)")
+	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), checkpoint (a running session's checkpoint pause, bytes added, rollback → exec, fork -forks → all answering), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), store (snapshots in a loopback S3 store: bytes a parked clone adds, a second park adds, wake with the local files gone, upload throughput), scale (make bench-scale: -storm clones parked and woken at once, then -scale-clones parked and stored under -cache-size-mib), identity (policy decisions, authentication, session-token minting; no VM), placement (placement decisions over 1,000 simulated nodes holding 100,000 sessions; no VM), e2b (the official E2B SDK: create → first run with and without a warm pool, pause, connect → run, a command round trip against cove's own exec; needs debian and node), nodelink (what a node's control connection adds to a server → node call, and to a call of the node's driver and a guest agent round trip over it; the fake VMM, no VM), dashboard (the web dashboard in headless chromium: first load, terminal keystroke → echo against the exec WebSocket's, then the list of -dashboard-sessions sessions; needs chromium and make build), dashboard-list (that list alone: -dashboard-sessions sessions on the fake VMM, load, render, update latency; no VM), route (what routing through another server adds to an exec round trip; two in-process servers, the fake VMM, no VM), nodeloss (from a node's last heartbeat until its parked session runs on another node; in-process servers, the fake VMM), apiload (inspect, list and exec under -apiload-clients concurrent clients across two in-process servers, the fake VMM), crosswake (-parks cross-host wakes: a session parked and stored in S3 on node B, B dead, woken through A from S3 → first exec; two in-process servers, real VMs)")
 	placementSamples := flag.Int("placement-samples", 5000, "-only placement: decisions timed")
 	nodelinkSamples := flag.Int("nodelink-samples", 2000, "-only nodelink: round trips timed each way")
 	routeSamples := flag.Int("route-samples", 1000, "-only route: exec round trips timed each way")
+	nodelossSamples := flag.Int("nodeloss-samples", 10, "-only nodeloss: node losses timed")
+	nodelossGrace := flag.Duration("nodeloss-grace", 2*time.Second, "-only nodeloss: the node grace (heartbeats every fifth of it)")
+	apiloadClients := flag.Int("apiload-clients", 200, "-only apiload: concurrent clients, half through each server")
+	apiloadRounds := flag.Int("apiload-rounds", 20, "-only apiload: rounds (inspect, list, exec) per client")
+	apiloadSessions := flag.Int("apiload-sessions", 100, "-only apiload: sessions, spread over both nodes")
 	identitySamples := flag.Int("identity-samples", 2000, "samples of each identity figure")
 	testJSON := flag.String("test-json", envOr("TESTJSON", filepath.Join(os.TempDir(), "cove-test.json")), "the go test -json record of the last make test, for the safety figures (TESTJSON)")
 	hostileExecs := flag.Int("hostile-execs", 30, "neighbour execs per phase of the hostile section (0 skips it)")
@@ -119,6 +124,20 @@ func main() {
 		}
 		printTable(os.Stdout, "in-process", rows)
 		return
+	case "nodeloss", "apiload":
+		var rows []row
+		var err error
+		if cfg.only == "nodeloss" {
+			rows, err = nodeLossRows(*nodelossSamples, *nodelossGrace/5, *nodelossGrace)
+		} else {
+			rows, err = apiLoadRows(*apiloadClients, *apiloadRounds, *apiloadSessions)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "covebench:", err)
+			os.Exit(1)
+		}
+		printTable(os.Stdout, "in-process", rows)
+		return
 	case "nodelink":
 		rows, err := nodelinkRows(*nodelinkSamples)
 		if err != nil {
@@ -135,7 +154,7 @@ func main() {
 		}
 		printTable(os.Stdout, "tests", rows)
 		return
-	case "audit", "store", "scale", "checkpoint", "dashboard":
+	case "audit", "store", "scale", "checkpoint", "dashboard", "crosswake":
 		cfg.debianBoots = 0
 	case "e2b":
 		if cfg.e2bSandboxes <= 0 {
@@ -156,7 +175,7 @@ func main() {
 		}
 		cfg.debianBoots = 0
 	default:
-		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: audit, checkpoint, e2b, egress, hostile, safety, store, scale, identity, placement, nodelink, route, dashboard\n", cfg.only)
+		fmt.Fprintf(os.Stderr, "covebench: -only %q: the sections that run alone are: audit, checkpoint, e2b, egress, hostile, safety, store, scale, identity, placement, nodelink, route, nodeloss, apiload, crosswake, dashboard, dashboard-list\n", cfg.only)
 		os.Exit(2)
 	}
 	if err := run(*home, *agent, cfg); err != nil {
@@ -280,12 +299,22 @@ func run(home, agent string, cfg config) error {
 		scfg.CacheSize = cfg.scale.cacheSize
 	}
 	var objects *benchObjects
-	if cfg.only == "store" || cfg.only == "scale" {
+	if cfg.only == "store" || cfg.only == "scale" || cfg.only == "crosswake" {
 		if objects, err = storeObjects(ctx); err != nil {
 			return err
 		}
 		defer objects.stop()
 		scfg.Objects = objects.cas
+	}
+	if cfg.only == "crosswake" {
+		// A stored snapshot names the image it rests on, stored first.
+		b.Objects, b.Records = objects.cas, st
+		rows, err := crossWakeRows(ctx, home, driver, b, objects.cas, log, cfg.parks)
+		if err != nil {
+			return err
+		}
+		printTable(os.Stdout, driver.Accel(), rows)
+		return nil
 	}
 	mgr, err := session.New(scfg)
 	if err != nil {

@@ -13,7 +13,8 @@ import (
 )
 
 // Routing (issue 19): any server answers any call, and each call about a
-// session is carried out by the server whose embedded node holds it.
+// session is carried out by the server whose embedded node holds it; a
+// node drain, by that node's server (which parks its sessions).
 //
 // The gate asks Config.Router, once the bearer token is checked and
 // before the policy decides, where a call about a session goes; one for
@@ -34,12 +35,16 @@ import (
 // dead-peer detection: routing.NewTransport).
 func newRouteTransport() *http.Transport { return routing.NewTransport() }
 
+
 // Router says which server carries out a call about a session;
 // *routing.Router is one.
 type Router interface {
 	// Session returns the target of a call about session id, or ok
 	// false for this server.
 	Session(ctx context.Context, id string) (t routing.Target, ok bool, err error)
+	// Drain returns the target of a drain of node idOrName, or ok
+	// false for this server.
+	Drain(ctx context.Context, idOrName string) (t routing.Target, ok bool, err error)
 	// Node is this server's embedded node ("" for none), sent in
 	// routing.Header.
 	Node() string
@@ -75,6 +80,14 @@ func (s *Server) routeSession(w http.ResponseWriter, r *http.Request, act Action
 			where = "node " + t.NodeName + " (" + t.NodeID + ")"
 		}
 		return r, true, api.Errorf(api.CodeConflict, "session %s: the call was routed here by %s, but %s holds the session: not routed again (retry: the next call is routed afresh)", act.SessionID, by, where)
+	}
+	if act.Verb == "node.drain" {
+		// Drained by the node's own server, which parks its sessions.
+		t, ok, err := s.router.Drain(r.Context(), r.PathValue("id"))
+		if err != nil || !ok {
+			return r, err != nil, err
+		}
+		return r, true, s.forward(w, r, act, t)
 	}
 	if act.SessionID == "" {
 		return r, false, nil

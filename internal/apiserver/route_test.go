@@ -44,6 +44,9 @@ type routeRig struct {
 	driver  *fake.Driver
 	objects *cas.Store
 	token   string // an admin user's API token, good on every server
+	// capacity is what each node of the rig offers; routeCapacity when
+	// its memory is 0.
+	capacity store.NodeCapacity
 
 	mu      sync.Mutex
 	servers map[string]*routeServer // guarded by mu; by name
@@ -127,7 +130,11 @@ func (r *routeRig) server(name string, withNode bool) *routeServer {
 	}))
 	t.Cleanup(s.srv.Close)
 	if withNode {
-		n, err := session.RegisterEmbeddedNode(ctx, s.st, name, routeCapacity)
+		capacity := r.capacity
+		if capacity.MemoryMiB == 0 {
+			capacity = routeCapacity
+		}
+		n, err := session.RegisterEmbeddedNode(ctx, s.st, name, capacity)
 		if err != nil {
 			t.Fatal(err)
 		}

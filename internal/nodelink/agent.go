@@ -201,7 +201,7 @@ func (a *Agent) credential(ctx context.Context) (Credential, error) {
 	}
 }
 
-// join asks the server for a credential. An answer in 4xx is an
+// join asks the server for a credential. An answer in 4xx but 429 is an
 // *api.Error (trying again would not help); the rest may pass.
 func (a *Agent) join(ctx context.Context) (JoinResponse, error) {
 	capacity, err := a.cfg.Probe(ctx)
@@ -245,7 +245,7 @@ func answerError(resp *http.Response, op string) error {
 	if json.Unmarshal(b, &e) == nil && e.Error.Message != "" {
 		msg = e.Error.Message
 	}
-	if resp.StatusCode >= 400 && resp.StatusCode < 500 {
+	if resp.StatusCode >= 400 && resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests {
 		code := e.Error.Code
 		if code == "" {
 			code = api.CodeInvalid

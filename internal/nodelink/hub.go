@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -59,6 +60,7 @@ type HubConfig struct {
 // the nodes through them (Client).
 type Hub struct {
 	cfg       HubConfig
+	joins     joinLimiter // failed joins by source (joinlimit.go)
 	log       *slog.Logger
 	transport *http.Transport
 
@@ -210,11 +212,20 @@ func (h *Hub) Join(w http.ResponseWriter, r *http.Request) error {
 	if h.cfg.JoinToken == "" {
 		return api.Errorf(api.CodeForbidden, "joining is disabled: start the server with --join-token-file")
 	}
+	src, now := source(r), h.cfg.Now()
+	if d := h.joins.wait(src, now); d > 0 {
+		secs := int((d + time.Second - 1) / time.Second)
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+		h.log.Warn("nodelink: join refused: too many bad join tokens from its address", "remote", r.RemoteAddr, "retry_after_s", secs)
+		return api.Errorf(api.CodeTooManyRequests, "join: too many joins with a bad join token from %s: try again in %d s", src, secs)
+	}
 	tok := bearer(r)
 	if tok == "" {
+		h.joins.failed(src, now)
 		return api.Errorf(api.CodeUnauthorized, "join: no join token: send it as the bearer token (cove node --join-token)")
 	}
 	if !tokenEqual(tok, h.cfg.JoinToken) {
+		h.joins.failed(src, now)
 		h.log.Warn("nodelink: join refused: wrong join token", "remote", r.RemoteAddr)
 		return api.Errorf(api.CodeUnauthorized, "join: wrong join token")
 	}

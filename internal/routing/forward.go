@@ -45,8 +45,16 @@ func NewTransport() *http.Transport {
 		},
 	}
 	t.DialContext = d.DialContext
+	// Many clients' calls go to the same few servers at once: keep their
+	// connections for reuse (the default keeps 2 per server, and a burst
+	// of routed calls would dial, and leave in TIME_WAIT, one each).
+	t.MaxIdleConnsPerHost = IdlePerServer
 	return t
 }
+
+// IdlePerServer is how many idle connections to each other server a
+// routing transport keeps.
+const IdlePerServer = 256
 
 // Forward carries r, unchanged but for Header (set to by: the forwarding
 // server's node, "-" for none), to t's server over rt, and copies its

@@ -15,6 +15,10 @@
 //     that is not cordoned or draining and advertises a URL).
 //   - N is a remote node (`cove node`): S (remote nodes take no sessions
 //     yet).
+//
+// A drain of node N (Drain) goes to N's server likewise, which parks N's
+// sessions; a dead or remote N, or one whose server advertises no URL,
+// is drained (set draining) where the call arrives.
 package routing
 
 import (
@@ -37,6 +41,7 @@ const Header = "Cove-Routed-By"
 type Lookup interface {
 	GetSession(ctx context.Context, id string) (store.Session, error)
 	GetNode(ctx context.Context, id string) (store.Node, error)
+	GetNodeByName(ctx context.Context, name string) (store.Node, error)
 	ListNodes(ctx context.Context) ([]store.Node, error)
 }
 
@@ -152,6 +157,30 @@ func (r *Router) Session(ctx context.Context, id string) (t Target, ok bool, err
 			"session %s is held by node %s (%s), whose server advertises no URL (%s): call that server", id, n.Name, n.ID, flag)
 	}
 	t, err = r.Target(n)
+	return t, err == nil, err
+}
+
+// Drain says where a drain of node idOrName (its id or name) is carried
+// out: by the server whose embedded node it is, which parks the node's
+// sessions (another server could only set it draining), when the node
+// is alive and its server advertises a URL. ok false: here (this
+// server's own node, an unknown one, which is a 404 here, a dead or
+// remote one, or one whose server cannot be reached by routing, whose
+// drain sets it draining and parks nothing).
+func (r *Router) Drain(ctx context.Context, idOrName string) (t Target, ok bool, err error) {
+	n, err := r.st.GetNode(ctx, idOrName)
+	if errors.Is(err, store.ErrNotFound) {
+		n, err = r.st.GetNodeByName(ctx, idOrName)
+	}
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return Target{}, false, nil
+	case err != nil:
+		return Target{}, false, fmt.Errorf("route: node %s: %w", idOrName, err)
+	case n.ID == r.node || !n.Embedded || n.Dead || n.URL == "":
+		return Target{}, false, nil
+	}
+	t, err = TargetOf(n)
 	return t, err == nil, err
 }
 

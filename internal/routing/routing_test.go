@@ -94,6 +94,53 @@ func TestSession(t *testing.T) {
 	}
 }
 
+// Where a drain of each kind of node goes, by id or name: to the
+// node's own server while it is alive and reachable, else here.
+func TestDrain(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now().UTC()
+	for _, n := range []store.Node{
+		{ID: "node-here", Name: "here", Embedded: true, URL: "http://10.0.0.1:7070"},
+		{ID: "node-other", Name: "other", Embedded: true, URL: "http://10.0.0.2:7070"},
+		{ID: "node-nourl", Name: "nourl", Embedded: true},
+		{ID: "node-dead", Name: "dead", Embedded: true, URL: "http://10.0.0.4:7070", Dead: true},
+		{ID: "node-remote", Name: "remote", CredentialHash: "ab"},
+		{ID: "node-cordoned", Name: "cordoned", Embedded: true, URL: "http://10.0.0.6:7070", Admin: store.NodeCordoned},
+	} {
+		n.JoinedAt, n.HeartbeatAt = now, now
+		if err := st.CreateNode(ctx, &n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct{ from, node, want string }{
+		{"node-here", "here", ""},
+		{"node-here", "node-other", "http://10.0.0.2:7070"},
+		{"node-here", "other", "http://10.0.0.2:7070"},
+		{"", "other", "http://10.0.0.2:7070"},
+		{"", "here", "http://10.0.0.1:7070"},
+		{"", "cordoned", "http://10.0.0.6:7070"},
+		{"node-here", "nourl", ""},
+		{"node-here", "dead", ""},
+		{"node-here", "remote", ""},
+		{"node-here", "unknown", ""},
+	} {
+		got, ok, err := routing.New(st, c.from).Drain(ctx, c.node)
+		switch {
+		case err != nil:
+			t.Errorf("from %q, drain %s: %v", c.from, c.node, err)
+		case c.want == "" && ok:
+			t.Errorf("from %q, drain %s: routed to %s, want here", c.from, c.node, got.URL)
+		case c.want != "" && (!ok || got.URL.String() != c.want):
+			t.Errorf("from %q, drain %s: %+v (%v), want %s", c.from, c.node, got, ok, c.want)
+		}
+	}
+}
+
 func TestParseURL(t *testing.T) {
 	for _, ok := range []string{"http://10.0.0.1:7070", "https://cove-a.internal", "http://h:1/prefix"} {
 		if _, err := routing.ParseURL(ok); err != nil {

@@ -155,6 +155,21 @@ func (m *Manager) wakeHere(ctx context.Context, rec *store.Session) error {
 	return nil
 }
 
+// dropMoved removes the files of session id that a wake fetched into
+// this node's home to move it here, once another server's wake moved it
+// to its own node first (the record, read again, names another node):
+// they are no one's now.
+func (m *Manager) dropMoved(ctx context.Context, id string) {
+	rec, err := m.cfg.Store.GetSession(ctx, id)
+	if err != nil || m.holds(rec, m.cfg.Node) {
+		return
+	}
+	m.cfg.Log.Info("another server's wake moved the session to its node first: the files fetched here are removed", "session", id, "node", rec.Node)
+	if err := os.RemoveAll(m.dir(id)); err != nil {
+		m.cfg.Log.Warn("remove the files of a session moved elsewhere", "session", id, "err", err)
+	}
+}
+
 // WakeFromLastSnapshot brings back a lost session (its node died while
 // it ran), or a failed one, from its last stored snapshot, on this node:
 // the work done since that snapshot is gone, as the caller asks. The

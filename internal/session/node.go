@@ -212,20 +212,27 @@ func holdsVM(state string) bool {
 // Without a node registry (Config.Node "" and not NoNode) it places
 // nothing and returns "". Another server's node is returned as an
 // *ElsewhereError (see unusable); the error of a refusal (503) says why
-// each node did not.
-func (m *Manager) place(ctx context.Context, memMiB, cpus int, selector map[string]string, template string) (string, error) {
+// each node did not. A session placed on this server's node holds its
+// room until the caller records it with record or releases the
+// reservation (reserve.go).
+func (m *Manager) place(ctx context.Context, memMiB, cpus int, selector map[string]string, template string) (string, *reservation, error) {
 	if m.cfg.Node == "" && !m.cfg.NoNode {
-		return "", nil
+		return "", nil, nil
 	}
+	m.placing.mu.Lock()
+	defer m.placing.mu.Unlock()
 	nodes, err := m.cfg.Store.ListNodes(ctx)
 	if err != nil {
-		return "", fmt.Errorf("session: place: %w", err)
+		return "", nil, fmt.Errorf("session: place: %w", err)
 	}
 	usage, err := m.cfg.Store.SessionUsage(ctx)
 	if err != nil {
-		return "", fmt.Errorf("session: place: %w", err)
+		return "", nil, fmt.Errorf("session: place: %w", err)
 	}
 	used := map[string]placement.Resources{}
+	if m.cfg.Node != "" {
+		used[m.cfg.Node] = m.placing.reserved
+	}
 	for _, u := range usage {
 		if !holdsVM(u.State) {
 			continue
@@ -250,22 +257,22 @@ func (m *Manager) place(ctx context.Context, memMiB, cpus int, selector map[stri
 			m.mu.Unlock()
 		}
 	}
+	req := placement.Resources{MemoryMiB: int64(memMiB), VCPUs: int64(cpus)}
 	id, err := placement.Choose(cands, placement.Request{
-		Resources: placement.Resources{MemoryMiB: int64(memMiB), VCPUs: int64(cpus)},
-		Selector:  selector, Template: template,
+		Resources: req, Selector: selector, Template: template,
 		MemoryOvercommit: m.cfg.Admission.memoryOvercommit(), CPUOvercommit: m.cfg.Admission.cpuOvercommit(),
 	})
 	if err != nil {
-		return "", api.Errorf(api.CodeUnavailable, "%v", err)
+		return "", nil, api.Errorf(api.CodeUnavailable, "%v", err)
 	}
 	if id != m.cfg.Node || m.cfg.NoNode {
 		for _, n := range nodes {
 			if n.ID == id {
-				return "", &ElsewhereError{Node: n}
+				return "", nil, &ElsewhereError{Node: n}
 			}
 		}
 	}
-	return id, nil
+	return id, m.reserve(req), nil
 }
 
 // checkSelector checks a create's node selector: label keys are

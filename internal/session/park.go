@@ -459,9 +459,11 @@ func (m *Manager) wake(ctx context.Context, id string, cause Cause, trigger stri
 	}
 	defer func(start time.Time) { m.doneEvent(ctx, ev, start, err) }(time.Now())
 	// A session of a dead node wakes here from its stored snapshot.
+	from := rec.Node
 	if err := m.wakeHere(ctx, &rec); err != nil {
 		return api.Session{}, err
 	}
+	moved := rec.Node != from
 	// The woken guest writes its RAM file: an upload of it ends first.
 	m.stopUpload(id)
 	if err := m.fetchSnapshot(ctx, rec); err != nil {
@@ -480,6 +482,9 @@ func (m *Manager) wake(ctx context.Context, id string, cause Cause, trigger stri
 	defer release()
 	rec.State, rec.UpdatedAt = api.StateWaking, time.Now().UTC()
 	if err := m.cfg.Store.UpdateSession(ctx, &rec); err != nil {
+		if moved && errors.Is(err, store.ErrConflict) {
+			m.dropMoved(ctx, id)
+		}
 		return api.Session{}, fmt.Errorf("session: wake %s: %w", id, err)
 	}
 	m.crashPoint("wake.recorded")

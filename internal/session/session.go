@@ -212,6 +212,7 @@ type Manager struct {
 	bg       sync.WaitGroup
 
 	admitted admitted   // room reserved by starts under way (admit.go)
+	placing  placing    // placements on this node not yet recorded (reserve.go)
 	ups      uploads    // snapshot uploads to Config.Objects (offhost.go)
 	cache    nodeCache  // the evictor of Config.CacheSize (cache.go)
 	gcMu     sync.Mutex // held by a GC run (gc.go)
@@ -430,15 +431,17 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 		Env: req.Env, Accel: m.cfg.Driver.Accel(), CreatedAt: now, UpdatedAt: now,
 		IdleTimeout: idle, NoAutoWake: req.NoAutoWake, Owner: owner, Agent: req.Agent, Allow: req.Allow,
 	}
-	if rec.Node, err = m.place(ctx, rec.MemoryMiB, rec.CPUs, req.NodeSelector, ""); err != nil {
+	var placed *reservation
+	if rec.Node, placed, err = m.place(ctx, rec.MemoryMiB, rec.CPUs, req.NodeSelector, ""); err != nil {
 		return api.Session{}, err
 	}
+	defer placed.release()
 	release, err := m.admit("create", rec.MemoryMiB, rec.CPUs)
 	if err != nil {
 		return api.Session{}, err
 	}
 	defer release()
-	if err := m.cfg.Store.CreateSession(ctx, &rec); err != nil {
+	if err := m.record(ctx, &rec, placed); err != nil {
 		return api.Session{}, fmt.Errorf("session: create: %w", err)
 	}
 	m.crashPoint("create.recorded")

@@ -401,10 +401,11 @@ func (m *Manager) createFromTemplate(ctx context.Context, owner string, req api.
 		return api.Session{}, api.Errorf(api.CodeConflict, "template %q is %s", t.Name, t.State)
 	}
 	// Placed first: a node that takes no session fetches nothing.
-	node, err := m.place(ctx, t.MemoryMiB, t.CPUs, req.NodeSelector, t.Name)
+	node, placed, err := m.place(ctx, t.MemoryMiB, t.CPUs, req.NodeSelector, t.Name)
 	if err != nil {
 		return api.Session{}, err
 	}
+	defer placed.release()
 	// A host that lost the version's files (or never had them) gets them
 	// back from the object store first.
 	if err := m.fetchVersion(ctx, t.Name, max(t.Version, 1)); err != nil {
@@ -452,7 +453,7 @@ func (m *Manager) createFromTemplate(ctx context.Context, owner string, req api.
 		BootMillis: time.Since(start).Milliseconds(), Handle: l.vm.Handle(), Snapshot: l.mach.encode(),
 		Template: t.Name, TemplateVersion: max(t.Version, 1), IdleTimeout: idle, NoAutoWake: req.NoAutoWake,
 		Owner: owner, Agent: req.Agent, Allow: req.Allow, Node: node}
-	if err := m.cfg.Store.CreateSession(ctx, &rec); err != nil {
+	if err := m.record(ctx, &rec, placed); err != nil {
 		l.client().Close()
 		_ = l.vm.Stop(context.Background())
 		os.RemoveAll(m.dir(id))
