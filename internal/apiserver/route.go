@@ -35,7 +35,6 @@ import (
 // dead-peer detection: routing.NewTransport).
 func newRouteTransport() *http.Transport { return routing.NewTransport() }
 
-
 // Router says which server carries out a call about a session;
 // *routing.Router is one.
 type Router interface {
