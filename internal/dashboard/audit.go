@@ -39,9 +39,7 @@ type auditVerdict struct {
 func (h *Handler) auditVerify(w http.ResponseWriter, r *http.Request) {
 	securityHeaders(w)
 	w.Header().Set("Cache-Control", "no-store")
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", "GET")
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "GET only")
+	if !methodAllowed(w, r, "GET only", http.MethodGet) {
 		return
 	}
 	c, err := h.cookie(r)

@@ -40,6 +40,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -199,9 +200,7 @@ func securityHeaders(w http.ResponseWriter) {
 
 func (h *Handler) page(w http.ResponseWriter, r *http.Request) {
 	securityHeaders(w)
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "the dashboard's page is GET only")
+	if !methodAllowed(w, r, "the dashboard's page is GET only", http.MethodGet, http.MethodHead) {
 		return
 	}
 	b, err := fs.ReadFile(h.assets, "index.html")
@@ -218,9 +217,7 @@ func (h *Handler) page(w http.ResponseWriter, r *http.Request) {
 
 func (h *Handler) asset(w http.ResponseWriter, r *http.Request, name string) {
 	securityHeaders(w)
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		w.Header().Set("Allow", "GET, HEAD")
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "assets are GET only")
+	if !methodAllowed(w, r, "assets are GET only", http.MethodGet, http.MethodHead) {
 		return
 	}
 	if name == "index.html" || !fs.ValidPath(name) || strings.Contains(name, "/") {
@@ -253,9 +250,7 @@ type whoami struct {
 func (h *Handler) signIn(w http.ResponseWriter, r *http.Request) {
 	securityHeaders(w)
 	w.Header().Set("Cache-Control", "no-store")
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", "POST")
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "sign in with POST")
+	if !methodAllowed(w, r, "sign in with POST", http.MethodPost) {
 		return
 	}
 	// A sign-in sets a cookie: only a page of this origin may ask for it
@@ -348,9 +343,7 @@ func (r *recorder) Write(p []byte) (int, error) {
 func (h *Handler) me(w http.ResponseWriter, r *http.Request) {
 	securityHeaders(w)
 	w.Header().Set("Cache-Control", "no-store")
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", "GET")
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "GET only")
+	if !methodAllowed(w, r, "GET only", http.MethodGet) {
 		return
 	}
 	c, err := h.cookie(r)
@@ -375,9 +368,7 @@ func (h *Handler) me(w http.ResponseWriter, r *http.Request) {
 // refused until it would have expired.
 func (h *Handler) signOut(w http.ResponseWriter, r *http.Request) {
 	securityHeaders(w)
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", "POST")
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "sign out with POST")
+	if !methodAllowed(w, r, "sign out with POST", http.MethodPost) {
 		return
 	}
 	c, err := h.cookie(r)
@@ -519,6 +510,17 @@ func sameOrigin(r *http.Request, origin string) bool {
 		scheme = "https"
 	}
 	return u.Scheme == scheme && strings.EqualFold(u.Host, r.Host)
+}
+
+// methodAllowed says whether r's method is one of methods; if not, it
+// answers 405 with why and the Allow header.
+func methodAllowed(w http.ResponseWriter, r *http.Request, why string, methods ...string) bool {
+	if slices.Contains(methods, r.Method) {
+		return true
+	}
+	w.Header().Set("Allow", strings.Join(methods, ", "))
+	writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", why)
+	return false
 }
 
 func writeError(w http.ResponseWriter, status int, code, msg string) {

@@ -108,9 +108,7 @@ type oidcIssuerInfo struct {
 // oidcList answers GET /dash/oidc: the configured issuers.
 func (h *Handler) oidcList(w http.ResponseWriter, r *http.Request) {
 	securityHeaders(w)
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", "GET")
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "GET only")
+	if !methodAllowed(w, r, "GET only", http.MethodGet) {
 		return
 	}
 	list := []oidcIssuerInfo{}
@@ -126,9 +124,7 @@ func (h *Handler) oidcList(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) oidcStart(w http.ResponseWriter, r *http.Request) {
 	securityHeaders(w)
 	w.Header().Set("Cache-Control", "no-store")
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", "GET")
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "GET only")
+	if !methodAllowed(w, r, "GET only", http.MethodGet) {
 		return
 	}
 	is, ok := h.oidc.find(r.URL.Query().Get("issuer"))
@@ -166,9 +162,7 @@ func (h *Handler) oidcStart(w http.ResponseWriter, r *http.Request) {
 func (h *Handler) oidcCallback(w http.ResponseWriter, r *http.Request) {
 	securityHeaders(w)
 	w.Header().Set("Cache-Control", "no-store")
-	if r.Method != http.MethodGet {
-		w.Header().Set("Allow", "GET")
-		writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "GET only")
+	if !methodAllowed(w, r, "GET only", http.MethodGet) {
 		return
 	}
 	hc, err := r.Cookie(OIDCCookieName)
