@@ -53,60 +53,30 @@ func dashboardRows(ctx context.Context, c *api.Client, token string, apiCfg apis
 	}
 	defer c.DeleteSession(context.Background(), s.ID)
 
-	profile, err := os.MkdirTemp("", "covebench-chromium-")
+	b, closeBrowser, err := openBrowser(ctx, bin, srv.URL, "dashboard")
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(profile)
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.UserDataDir(profile),
-		chromedp.NoSandbox, chromedp.WindowSize(1280, 900))
-	actx, cancelA := chromedp.NewExecAllocator(ctx, opts...)
-	defer cancelA()
-	bctx, cancelB := chromedp.NewContext(actx)
-	defer cancelB()
-	wait := func(what, expr string) error {
-		deadline := time.Now().Add(2 * time.Minute)
-		for {
-			ok, err := chromedp.Run(bctx, chromedp.Evaluate[bool](expr))
-			if err == nil && ok {
-				return nil
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("dashboard: waiting for %s: %v", what, err)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
+	defer closeBrowser()
 
 	// Sign in once; each load then starts signed in, as a user's would.
-	if err := chromedp.Do(bctx, chromedp.Navigate(srv.URL+"/"), chromedp.WaitVisible(chromedp.ID("signin-token")),
-		chromedp.SendKeys(chromedp.ID("signin-token"), token), chromedp.Click(chromedp.ID("signin-submit"))); err != nil {
-		return nil, fmt.Errorf("dashboard: sign in: %w", err)
-	}
-	if err := wait("the sessions list", `performance.getEntriesByName('cove:list').length > 0`); err != nil {
+	if err := b.signIn(token); err != nil {
 		return nil, err
 	}
-	var load []float64
-	for range loads {
-		if err := chromedp.Do(bctx, chromedp.Navigate("about:blank"), chromedp.Navigate(srv.URL+"/")); err != nil {
-			return nil, fmt.Errorf("dashboard: load: %w", err)
-		}
-		if err := wait("the sessions list", `performance.getEntriesByName('cove:list').length > 0`); err != nil {
-			return nil, err
-		}
-		t, err := chromedp.Run(bctx, chromedp.Evaluate[float64](`performance.getEntriesByName('cove:list')[0].startTime`))
-		if err != nil {
-			return nil, fmt.Errorf("dashboard: read the mark: %w", err)
-		}
-		load = append(load, t)
+	if err := b.wait("the sessions list", `performance.getEntriesByName('cove:list').length > 0`); err != nil {
+		return nil, err
+	}
+	load, err := b.loads(loads)
+	if err != nil {
+		return nil, err
 	}
 
 	// The terminal: the page records the time from each keydown to the
 	// first change of the terminal's screen that shows what was typed.
-	if err := chromedp.Do(bctx, chromedp.Navigate(srv.URL+"/#/s/"+s.ID)); err != nil {
+	if err := chromedp.Do(b.ctx, chromedp.Navigate(srv.URL+"/#/s/"+s.ID)); err != nil {
 		return nil, err
 	}
-	if err := wait("the terminal", `document.getElementById('term-status').textContent === 'Connected.' && !!document.querySelector('#terminal .xterm-cursor')`); err != nil {
+	if err := b.wait("the terminal", `document.getElementById('term-status').textContent === 'Connected.' && !!document.querySelector('#terminal .xterm-cursor')`); err != nil {
 		return nil, err
 	}
 	const probe = `(() => {
@@ -121,11 +91,11 @@ func dashboardRows(ctx context.Context, c *api.Client, token string, apiCfg apis
 	    }
 	  }).observe(rows, {subtree: true, childList: true, characterData: true});
 	  return true; })()`
-	if _, err := chromedp.Run(bctx, chromedp.Evaluate[bool](probe)); err != nil {
+	if _, err := chromedp.Run(b.ctx, chromedp.Evaluate[bool](probe)); err != nil {
 		return nil, fmt.Errorf("dashboard: install the probe: %w", err)
 	}
 	press := func(r rune) error {
-		return chromedp.Do(bctx, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
+		return chromedp.Do(b.ctx, chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
 			down := input.DispatchKeyEventParams{Type: input.DispatchKeyEventTypeKeyDown, Key: string(r), Text: string(r)}
 			if r == '\r' {
 				down.Key, down.Code, down.WindowsVirtualKeyCode = "Enter", "Enter", 13
@@ -138,7 +108,7 @@ func dashboardRows(ctx context.Context, c *api.Client, token string, apiCfg apis
 			return err
 		}))
 	}
-	if err := chromedp.Do(bctx, chromedp.Click(chromedp.ID("terminal"))); err != nil {
+	if err := chromedp.Do(b.ctx, chromedp.Click(chromedp.ID("terminal"))); err != nil {
 		return nil, err
 	}
 	var typed string
@@ -155,17 +125,17 @@ func dashboardRows(ctx context.Context, c *api.Client, token string, apiCfg apis
 		}
 		r := rune('a' + i%dashboardKeysPerLine)
 		typed += string(r)
-		if _, err := chromedp.Run(bctx, chromedp.Evaluate[bool](fmt.Sprintf(`(window.__want = %q, true)`, typed))); err != nil {
+		if _, err := chromedp.Run(b.ctx, chromedp.Evaluate[bool](fmt.Sprintf(`(window.__want = %q, true)`, typed))); err != nil {
 			return nil, err
 		}
 		if err := press(r); err != nil {
 			return nil, err
 		}
-		if err := wait("the echo", fmt.Sprintf(`window.__lat.length === %d`, i+1)); err != nil {
+		if err := b.wait("the echo", fmt.Sprintf(`window.__lat.length === %d`, i+1)); err != nil {
 			return nil, err
 		}
 	}
-	page, err := chromedp.Run(bctx, chromedp.Evaluate[[]float64](`window.__lat`))
+	page, err := chromedp.Run(b.ctx, chromedp.Evaluate[[]float64](`window.__lat`))
 	if err != nil {
 		return nil, err
 	}
@@ -226,4 +196,74 @@ func execWSEcho(ctx context.Context, c *api.Client, id string, keys int) ([]floa
 		out = append(out, ms(time.Since(start)))
 	}
 	return out, nil
+}
+
+// browser is a headless chromium on the dashboard at url, for the bench
+// section named in its errors.
+type browser struct {
+	ctx     context.Context
+	url     string
+	section string
+}
+
+// openBrowser starts chromium (bin) with a fresh profile; stop ends it
+// and removes the profile.
+func openBrowser(ctx context.Context, bin, url, section string) (b *browser, stop func(), err error) {
+	profile, err := os.MkdirTemp("", "covebench-chromium-")
+	if err != nil {
+		return nil, nil, err
+	}
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.UserDataDir(profile),
+		chromedp.NoSandbox, chromedp.WindowSize(1280, 900))
+	actx, cancelA := chromedp.NewExecAllocator(ctx, opts...)
+	bctx, cancelB := chromedp.NewContext(actx)
+	return &browser{ctx: bctx, url: url, section: section}, func() {
+		cancelB()
+		cancelA()
+		os.RemoveAll(profile)
+	}, nil
+}
+
+// wait waits up to two minutes for the page's expr to be true.
+func (b *browser) wait(what, expr string) error {
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		ok, err := chromedp.Run(b.ctx, chromedp.Evaluate[bool](expr))
+		if err == nil && ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: waiting for %s: %v", b.section, what, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// signIn signs in with token through the page's form.
+func (b *browser) signIn(token string) error {
+	if err := chromedp.Do(b.ctx, chromedp.Navigate(b.url+"/"), chromedp.WaitVisible(chromedp.ID("signin-token")),
+		chromedp.SendKeys(chromedp.ID("signin-token"), token), chromedp.Click(chromedp.ID("signin-submit"))); err != nil {
+		return fmt.Errorf("%s: sign in: %w", b.section, err)
+	}
+	return nil
+}
+
+// loads loads the page n times, signed in, and returns each load's time
+// to the sessions list shown (the page's cove:list mark), in ms.
+func (b *browser) loads(n int) ([]float64, error) {
+	var load []float64
+	for range n {
+		if err := chromedp.Do(b.ctx, chromedp.Navigate("about:blank"), chromedp.Navigate(b.url+"/")); err != nil {
+			return nil, fmt.Errorf("%s: load: %w", b.section, err)
+		}
+		if err := b.wait("the sessions list", `performance.getEntriesByName('cove:list').length > 0`); err != nil {
+			return nil, err
+		}
+		t, err := chromedp.Run(b.ctx, chromedp.Evaluate[float64](`performance.getEntriesByName('cove:list')[0].startTime`))
+		if err != nil {
+			return nil, fmt.Errorf("%s: read the mark: %w", b.section, err)
+		}
+		load = append(load, t)
+	}
+	return load, nil
 }

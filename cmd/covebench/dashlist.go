@@ -128,63 +128,34 @@ func dashboardListRows(ctx context.Context, n, loads, updates int) ([]row, error
 		return nil, fmt.Errorf("dashboard list: create the sessions: %w", first)
 	}
 
-	profile, err := os.MkdirTemp("", "covebench-chromium-")
+	b, closeBrowser, err := openBrowser(ctx, bin, srv.URL, "dashboard list")
 	if err != nil {
 		return nil, err
 	}
-	defer os.RemoveAll(profile)
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.UserDataDir(profile),
-		chromedp.NoSandbox, chromedp.WindowSize(1280, 900))
-	actx, cancelA := chromedp.NewExecAllocator(ctx, opts...)
-	defer cancelA()
-	bctx, cancelB := chromedp.NewContext(actx)
-	defer cancelB()
-	wait := func(what, expr string) error {
-		deadline := time.Now().Add(2 * time.Minute)
-		for {
-			ok, err := chromedp.Run(bctx, chromedp.Evaluate[bool](expr))
-			if err == nil && ok {
-				return nil
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("dashboard list: waiting for %s: %v", what, err)
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
-	}
+	defer closeBrowser()
 	rowsShown := func(k int) string {
 		return fmt.Sprintf(`document.querySelectorAll('#sessions tbody tr').length === %d`, k)
 	}
-	if err := chromedp.Do(bctx, chromedp.Navigate(srv.URL+"/"), chromedp.WaitVisible(chromedp.ID("signin-token")),
-		chromedp.SendKeys(chromedp.ID("signin-token"), tok.Secret), chromedp.Click(chromedp.ID("signin-submit"))); err != nil {
-		return nil, fmt.Errorf("dashboard list: sign in: %w", err)
-	}
-	if err := wait("the list", rowsShown(n)); err != nil {
+	if err := b.signIn(tok.Secret); err != nil {
 		return nil, err
 	}
-	var load, render []float64
-	for range loads {
-		if err := chromedp.Do(bctx, chromedp.Navigate("about:blank"), chromedp.Navigate(srv.URL+"/")); err != nil {
-			return nil, fmt.Errorf("dashboard list: load: %w", err)
-		}
-		if err := wait("the list", `performance.getEntriesByName('cove:list').length > 0`); err != nil {
-			return nil, err
-		}
-		t, err := chromedp.Run(bctx, chromedp.Evaluate[float64](`performance.getEntriesByName('cove:list')[0].startTime`))
-		if err != nil {
-			return nil, fmt.Errorf("dashboard list: read the mark: %w", err)
-		}
-		load = append(load, t)
+	if err := b.wait("the list", rowsShown(n)); err != nil {
+		return nil, err
+	}
+	var render []float64
+	load, err := b.loads(loads)
+	if err != nil {
+		return nil, err
 	}
 	// Each refresh renders the whole list: read the measure of several.
 	for range loads {
-		if _, err := chromedp.Run(bctx, chromedp.Evaluate[bool](`(performance.clearMeasures('cove:render'), true)`)); err != nil {
+		if _, err := chromedp.Run(b.ctx, chromedp.Evaluate[bool](`(performance.clearMeasures('cove:render'), true)`)); err != nil {
 			return nil, err
 		}
-		if err := wait("a refresh", `performance.getEntriesByName('cove:render').length > 0`); err != nil {
+		if err := b.wait("a refresh", `performance.getEntriesByName('cove:render').length > 0`); err != nil {
 			return nil, err
 		}
-		d, err := chromedp.Run(bctx, chromedp.Evaluate[float64](`performance.getEntriesByName('cove:render')[0].duration`))
+		d, err := chromedp.Run(b.ctx, chromedp.Evaluate[float64](`performance.getEntriesByName('cove:render')[0].duration`))
 		if err != nil {
 			return nil, fmt.Errorf("dashboard list: read the measure: %w", err)
 		}
@@ -197,7 +168,7 @@ func dashboardListRows(ctx context.Context, n, loads, updates int) ([]row, error
 			return nil, fmt.Errorf("dashboard list: create: %w", err)
 		}
 		t := time.Now()
-		if err := wait("the new row", fmt.Sprintf(`!!document.querySelector('#sessions tbody tr[data-id=%q]')`, s.ID)); err != nil {
+		if err := b.wait("the new row", fmt.Sprintf(`!!document.querySelector('#sessions tbody tr[data-id=%q]')`, s.ID)); err != nil {
 			return nil, err
 		}
 		update = append(update, ms(time.Since(t)))
