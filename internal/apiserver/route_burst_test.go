@@ -175,10 +175,7 @@ func TestFakeRouteParkWake(t *testing.T) {
 	a, b, c := r.server("host-a", true), r.server("host-b", true), r.server("api-c", false)
 	ctx := context.Background()
 	r.cordon(a)
-	s, err := c.client.CreateSession(ctx, api.CreateSessionRequest{})
-	if err != nil || s.Node != b.node {
-		t.Fatalf("create: %+v, %v; want it on B", s, err)
-	}
+	s := r.createOn(c, b)
 	if _, err := a.client.UncordonNode(ctx, a.node); err != nil {
 		t.Fatal(err)
 	}
@@ -273,10 +270,7 @@ func TestFakeRouteWakeMoveRace(t *testing.T) {
 	for round := range 4 {
 		r.cordon(a)
 		r.cordon(d)
-		s, err := b.client.CreateSession(ctx, api.CreateSessionRequest{})
-		if err != nil || s.Node != b.node {
-			t.Fatalf("create: %+v, %v; want it on B", s, err)
-		}
+		s := r.createOn(b, b)
 		for _, n := range []*routeServer{a, d} {
 			if _, err := n.client.UncordonNode(ctx, n.node); err != nil {
 				t.Fatal(err)
@@ -391,10 +385,7 @@ func TestFakeRouteDrain(t *testing.T) {
 	r.cordon(a)
 	var ids []string
 	for range 2 {
-		s, err := c.client.CreateSession(ctx, api.CreateSessionRequest{})
-		if err != nil || s.Node != b.node {
-			t.Fatalf("create: %+v, %v; want it on B", s, err)
-		}
+		s := r.createOn(c, b)
 		ids = append(ids, s.ID)
 	}
 	if _, err := a.client.UncordonNode(ctx, a.node); err != nil {

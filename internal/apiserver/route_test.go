@@ -189,6 +189,17 @@ func (r *routeRig) cordon(s *routeServer) {
 	}
 }
 
+// createOn creates a session through via and fails the test unless it
+// is placed on want's node.
+func (r *routeRig) createOn(via, want *routeServer) api.Session {
+	r.t.Helper()
+	s, err := via.client.CreateSession(context.Background(), api.CreateSessionRequest{})
+	if err != nil || s.Node != want.node {
+		r.t.Fatalf("create through %s: %+v, %v; want it on %s", via.name, s, err, want.name)
+	}
+	return s
+}
+
 // echo runs echo in session id through s and checks its output.
 func (s *routeServer) echo(t *testing.T, id, word string) {
 	t.Helper()
@@ -375,10 +386,7 @@ func TestFakeRouteNoLoop(t *testing.T) {
 	a, b := r.server("host-a", true), r.server("host-b", true)
 	ctx := context.Background()
 	r.cordon(a)
-	s, err := b.client.CreateSession(ctx, api.CreateSessionRequest{})
-	if err != nil || s.Node != b.node {
-		t.Fatalf("create through B: %+v, %v", s, err)
-	}
+	s := r.createOn(b, b)
 	mark := len(b.logs.String())
 
 	req, _ := http.NewRequest("POST", a.srv.URL+"/v1/sessions/"+s.ID+"/park", nil)
@@ -400,7 +408,7 @@ func TestFakeRouteNoLoop(t *testing.T) {
 	if err := session.AdvertiseNode(ctx, a.st, b.node, a.srv.URL); err != nil {
 		t.Fatal(err)
 	}
-	_, err = a.client.ParkSession(ctx, s.ID)
+	_, err := a.client.ParkSession(ctx, s.ID)
 	if !api.IsCode(err, api.CodeUnavailable) || !strings.Contains(err.Error(), "reaches this server") {
 		t.Errorf("park through A with B advertising A's URL: %v; want a 503 saying the URL reaches A", err)
 	}
@@ -435,10 +443,7 @@ func TestFakeRouteServerDown(t *testing.T) {
 	a, b, c := r.server("host-a", true), r.server("host-b", true), r.server("api-c", false)
 	ctx := context.Background()
 	r.cordon(a)
-	s, err := c.client.CreateSession(ctx, api.CreateSessionRequest{})
-	if err != nil || s.Node != b.node {
-		t.Fatalf("create: %+v, %v; want it on B", s, err)
-	}
+	s := r.createOn(c, b)
 	if err := c.client.WriteFile(ctx, s.ID, "/root/kept", 0o644, strings.NewReader("kept across hosts\n")); err != nil {
 		t.Fatal(err)
 	}
@@ -467,7 +472,7 @@ func TestFakeRouteServerDown(t *testing.T) {
 	if err := os.RemoveAll(filepath.Join(b.dir, s.ID)); err != nil {
 		t.Fatal(err)
 	}
-	_, err = a.client.WakeSession(ctx, s.ID)
+	_, err := a.client.WakeSession(ctx, s.ID)
 	if !api.IsCode(err, api.CodeUnavailable) || !strings.Contains(err.Error(), "host-b") || !strings.Contains(err.Error(), "could not be reached") {
 		t.Fatalf("wake through A with B's server down: %v; want 503 naming host-b", err)
 	}
@@ -526,10 +531,7 @@ func TestFakeRouteDelivery(t *testing.T) {
 	a, b, c := r.server("host-a", true), r.server("host-b", true), r.server("api-c", false)
 	ctx := context.Background()
 	r.cordon(a)
-	s, err := c.client.CreateSession(ctx, api.CreateSessionRequest{})
-	if err != nil || s.Node != b.node {
-		t.Fatalf("create: %+v, %v; want it on B", s, err)
-	}
+	s := r.createOn(c, b)
 	if p, err := c.client.ParkSessionUntil(ctx, s.ID, api.ParkRequest{Until: []string{"deploys:done"}}); err != nil || p.State != api.StateParked {
 		t.Fatalf("park --until through C: %+v, %v", p, err)
 	}
