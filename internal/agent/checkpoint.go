@@ -52,23 +52,27 @@ func (a *Agent) checkpoint(ctx context.Context, l *listener, id int64, answers c
 		delete(a.restoring, id)
 		a.mu.Unlock()
 	}()
-	if err := l.fw.json(agentproto.FrameRequest, agentproto.GuestRequest{ID: id, Kind: agentproto.GuestCheckpoint, Name: req.Name}); err != nil {
-		return ToolReply{Error: "checkpoint: the host went away; no checkpoint was made"}
-	}
-	select {
-	case r := <-answers:
-		if r.Error != "" || r.Checkpoint == "" {
-			return ToolReply{Error: "checkpoint: " + cmp.Or(r.Error, "the host named no checkpoint")}
+	// A failed write does not mean the host never read the request: yamux
+	// can report the session's end for a frame it already sent, and a
+	// guest saved while this write waited for that word wakes from the
+	// checkpoint with the write failing. So a write error waits, as a
+	// connection that ended unanswered does, for the next listen stream.
+	if err := l.fw.json(agentproto.FrameRequest, agentproto.GuestRequest{ID: id, Kind: agentproto.GuestCheckpoint, Name: req.Name}); err == nil {
+		select {
+		case r := <-answers:
+			if r.Error != "" || r.Checkpoint == "" {
+				return ToolReply{Error: "checkpoint: " + cmp.Or(r.Error, "the host named no checkpoint")}
+			}
+			a.mu.Lock()
+			a.rolledBackTo = "" // a new checkpoint: see rollbackGuard
+			a.mu.Unlock()
+			return ToolReply{Checkpoint: r.Checkpoint}
+		case n := <-restored:
+			return a.restoredReply(n)
+		case <-l.done:
+		case <-ctx.Done():
+			return ToolReply{Error: "checkpoint: the agent is stopping"}
 		}
-		a.mu.Lock()
-		a.rolledBackTo = "" // a new checkpoint: see rollbackGuard
-		a.mu.Unlock()
-		return ToolReply{Checkpoint: r.Checkpoint}
-	case n := <-restored:
-		return a.restoredReply(n)
-	case <-l.done:
-	case <-ctx.Done():
-		return ToolReply{Error: "checkpoint: the agent is stopping"}
 	}
 	// The connection ended unanswered. A guest restored from this
 	// checkpoint is told so before its next listen stream opens.
