@@ -64,29 +64,41 @@ type leafEntry struct {
 // curl, git, pip and Python's ssl all accept), valid ten years, named
 // "cove egress CA (HOSTNAME)". The key file must be readable by its owner
 // only (0600); a key file that its group or others may read is refused, as
-// is a directory with one file and not the other.
+// is a certificate without its key. A key without a certificate is what a
+// server killed during the creation leaves (the key is written first): the
+// certificate, which nothing can have used, is made for that key.
 func LoadOrCreateCA(dir string) (*CA, error) {
 	certPath, keyPath := filepath.Join(dir, caCertFile), filepath.Join(dir, caKeyFile)
 	_, certErr := os.Stat(certPath)
 	_, keyErr := os.Stat(keyPath)
 	switch {
 	case errors.Is(certErr, fs.ErrNotExist) && errors.Is(keyErr, fs.ErrNotExist):
-		if err := createCA(certPath, keyPath); err != nil {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			return nil, fmt.Errorf("egress: create CA key: %w", err)
+		}
+		if err := createCA(certPath, keyPath, key, true); err != nil {
+			return nil, err
+		}
+	case errors.Is(certErr, fs.ErrNotExist) && keyErr == nil:
+		key, err := loadKey(keyPath)
+		if err != nil {
+			return nil, err
+		}
+		if err := createCA(certPath, keyPath, key, false); err != nil {
 			return nil, err
 		}
 	case certErr != nil:
-		return nil, fmt.Errorf("egress: load CA: %w (remove %s too to create a new CA)", certErr, keyPath)
+		return nil, fmt.Errorf("egress: load CA: %w", certErr)
 	case keyErr != nil:
 		return nil, fmt.Errorf("egress: load CA: %w (remove %s too to create a new CA)", keyErr, certPath)
 	}
 	return loadCA(certPath, keyPath)
 }
 
-func createCA(certPath, keyPath string) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return fmt.Errorf("egress: create CA key: %w", err)
-	}
+// createCA writes a CA certificate for key to certPath, and the key to
+// keyPath first if writeKey.
+func createCA(certPath, keyPath string, key crypto.Signer, writeKey bool) error {
 	host, err := os.Hostname()
 	if err != nil {
 		host = "unknown host"
@@ -102,19 +114,20 @@ func createCA(certPath, keyPath string) error {
 		MaxPathLenZero:        true,
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
 	if err != nil {
 		return fmt.Errorf("egress: create CA certificate: %w", err)
 	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return fmt.Errorf("egress: marshal CA key: %w", err)
-	}
-	// The key first: a cert without its key would be refused at the next
-	// start, a key without a cert likewise, but a crash between the two
-	// leaves an error that names both files.
-	if err := writeFileAtomic(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
-		return fmt.Errorf("egress: write CA key: %w", err)
+	// The key first: a crash between the two leaves a key without a
+	// certificate, which the next start completes.
+	if writeKey {
+		keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+		if err != nil {
+			return fmt.Errorf("egress: marshal CA key: %w", err)
+		}
+		if err := writeFileAtomic(keyPath, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+			return fmt.Errorf("egress: write CA key: %w", err)
+		}
 	}
 	if err := writeFileAtomic(certPath, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644); err != nil {
 		return fmt.Errorf("egress: write CA certificate: %w", err)
@@ -149,20 +162,13 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 }
 
 func loadCA(certPath, keyPath string) (*CA, error) {
-	fi, err := os.Stat(keyPath)
+	key, err := loadKey(keyPath)
 	if err != nil {
-		return nil, fmt.Errorf("egress: load CA key: %w", err)
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("egress: load CA key: %s has mode %04o: its group or others may read it; chmod 600 it", keyPath, fi.Mode().Perm())
+		return nil, err
 	}
 	certPEM, err := os.ReadFile(certPath)
 	if err != nil {
 		return nil, fmt.Errorf("egress: load CA certificate: %w", err)
-	}
-	keyPEM, err := os.ReadFile(keyPath)
-	if err != nil {
-		return nil, fmt.Errorf("egress: load CA key: %w", err)
 	}
 	cb, _ := pem.Decode(certPEM)
 	if cb == nil || cb.Type != "CERTIFICATE" {
@@ -171,18 +177,6 @@ func loadCA(certPath, keyPath string) (*CA, error) {
 	cert, err := x509.ParseCertificate(cb.Bytes)
 	if err != nil {
 		return nil, fmt.Errorf("egress: load CA certificate %s: %w", certPath, err)
-	}
-	kb, _ := pem.Decode(keyPEM)
-	if kb == nil || kb.Type != "PRIVATE KEY" {
-		return nil, fmt.Errorf("egress: load CA key: %s holds no PEM PRIVATE KEY", keyPath)
-	}
-	k, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
-	if err != nil {
-		return nil, fmt.Errorf("egress: load CA key %s: %w", keyPath, err)
-	}
-	key, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, fmt.Errorf("egress: load CA key %s: %T cannot sign", keyPath, k)
 	}
 	pub, err := x509.MarshalPKIXPublicKey(key.Public())
 	if err != nil {
@@ -204,6 +198,35 @@ func loadCA(certPath, keyPath string) (*CA, error) {
 		leaves:  make(map[string]*list.Element),
 		lru:     list.New(),
 	}, nil
+}
+
+// loadKey reads the CA's private key, refusing a file its group or
+// others may read.
+func loadKey(keyPath string) (crypto.Signer, error) {
+	fi, err := os.Stat(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("egress: load CA key: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("egress: load CA key: %s has mode %04o: its group or others may read it; chmod 600 it", keyPath, fi.Mode().Perm())
+	}
+	keyPEM, err := os.ReadFile(keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("egress: load CA key: %w", err)
+	}
+	kb, _ := pem.Decode(keyPEM)
+	if kb == nil || kb.Type != "PRIVATE KEY" {
+		return nil, fmt.Errorf("egress: load CA key: %s holds no PEM PRIVATE KEY", keyPath)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(kb.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("egress: load CA key %s: %w", keyPath, err)
+	}
+	key, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("egress: load CA key %s: %T cannot sign", keyPath, k)
+	}
+	return key, nil
 }
 
 // CertPEM returns the CA certificate, PEM-encoded, for guests' trust stores.

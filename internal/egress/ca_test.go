@@ -67,19 +67,51 @@ func TestLoadOrCreateCARefusesAReadableKey(t *testing.T) {
 	}
 }
 
-func TestLoadOrCreateCARefusesHalfACA(t *testing.T) {
+// TestLoadOrCreateCAHalfACA: a key without its certificate (a server
+// killed between the two writes) gets a certificate for that key; a
+// certificate without its key is refused, and the refusal makes nothing.
+func TestLoadOrCreateCAHalfACA(t *testing.T) {
 	dir := t.TempDir()
 	if _, err := LoadOrCreateCA(dir); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(filepath.Join(dir, caCertFile)); err != nil {
+	keyPath, certPath := filepath.Join(dir, caKeyFile), filepath.Join(dir, caCertFile)
+	keyBefore, err := os.ReadFile(keyPath)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := LoadOrCreateCA(dir); err == nil || !strings.Contains(err.Error(), caKeyFile) {
-		t.Fatalf("key without certificate: err = %v, want an error naming the key file", err)
+	if err := os.Remove(certPath); err != nil {
+		t.Fatal(err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, caCertFile)); err == nil {
-		t.Fatal("a refused load created a certificate")
+	ca, err := LoadOrCreateCA(dir)
+	if err != nil {
+		t.Fatalf("key without certificate: %v, want a certificate made for it", err)
+	}
+	keyAfter, err := os.ReadFile(keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(keyAfter) != string(keyBefore) {
+		t.Fatal("the key was replaced")
+	}
+	if _, err := os.Stat(certPath); err != nil {
+		t.Fatalf("no certificate written: %v", err)
+	}
+	if _, err := LoadOrCreateCA(dir); err != nil {
+		t.Fatalf("the completed CA does not load again: %v", err)
+	}
+	if !ca.Certificate().IsCA {
+		t.Fatal("the certificate made is not a CA")
+	}
+
+	if err := os.Remove(keyPath); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadOrCreateCA(dir); err == nil || !strings.Contains(err.Error(), caCertFile) {
+		t.Fatalf("certificate without key: err = %v, want an error naming the certificate", err)
+	}
+	if _, err := os.Stat(keyPath); err == nil {
+		t.Fatal("a refused load created a key")
 	}
 }
 
