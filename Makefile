@@ -57,9 +57,11 @@ test: deps dashboard
 
 # The load test at full size: 32 clients on 20 sessions for 10 minutes
 # (make test runs it for 1 minute on 10), after a boot storm: 3 rounds of
-# 30 guests booting at once (build tag soak).
+# 30 guests booting at once (build tag soak), and 300 random SIGKILLs of
+# the server (make test: 30).
 soak: deps
 	$(GO) test -count=1 -v -tags soak -run '^TestBootStorm$$' -timeout 30m ./internal/vmm/qemu
+	COVE_CRASH_KILLS=300 $(GO) test -count=1 -v -run '^TestCrashRandom$$' -timeout 40m ./cmd/cove
 	COVE_LOAD_DURATION=10m COVE_LOAD_SESSIONS=20 $(GO) test -count=1 -v -run '^TestLoad$$' -timeout 40m ./cmd/cove
 
 bench: deps build
