@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"strings"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/routing"
@@ -41,6 +42,9 @@ type Router interface {
 	// Session returns the target of a call about session id, or ok
 	// false for this server.
 	Session(ctx context.Context, id string) (t routing.Target, ok bool, err error)
+	// Wake is Session for a call that may wake the session (wakes): a
+	// parked session of a draining node wakes on another node.
+	Wake(ctx context.Context, id string) (t routing.Target, ok bool, err error)
 	// Drain returns the target of a drain of node idOrName, or ok
 	// false for this server.
 	Drain(ctx context.Context, idOrName string) (t routing.Target, ok bool, err error)
@@ -67,7 +71,7 @@ func (s *Server) routeSession(w http.ResponseWriter, r *http.Request, act Action
 		if act.SessionID == "" {
 			return r, false, nil
 		}
-		t, ok, err := s.router.Session(r.Context(), act.SessionID)
+		t, ok, err := s.routeOf(r.Context(), act)
 		switch {
 		case err != nil && api.CodeOf(err) == api.CodeInternal:
 			return r, true, err // the store cannot say (503 when unavailable)
@@ -91,7 +95,7 @@ func (s *Server) routeSession(w http.ResponseWriter, r *http.Request, act Action
 	if act.SessionID == "" {
 		return r, false, nil
 	}
-	t, ok, err := s.router.Session(r.Context(), act.SessionID)
+	t, ok, err := s.routeOf(r.Context(), act)
 	if err != nil || !ok {
 		return r, err != nil, err
 	}
@@ -104,6 +108,20 @@ func (s *Server) routeSession(w http.ResponseWriter, r *http.Request, act Action
 		return r, false, nil
 	}
 	return r, true, err
+}
+
+// wakes reports whether a call of verb may wake its session: a wake, and
+// the calls that wake a parked session first (exec, files).
+func wakes(verb string) bool {
+	return verb == "session.wake" || verb == "session.exec" || strings.HasPrefix(verb, "file.")
+}
+
+// routeOf asks the router where act is carried out.
+func (s *Server) routeOf(ctx context.Context, act Action) (routing.Target, bool, error) {
+	if wakes(act.Verb) {
+		return s.router.Wake(ctx, act.SessionID)
+	}
+	return s.router.Session(ctx, act.SessionID)
 }
 
 // forward carries r to t's server and copies its answer back; a server

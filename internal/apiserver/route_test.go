@@ -47,6 +47,9 @@ type routeRig struct {
 	// capacity is what each node of the rig offers; routeCapacity when
 	// its memory is 0.
 	capacity store.NodeCapacity
+	// heartbeat, if set, is how often each node of the rig heartbeats
+	// (and fences, and drops what a drain moved away).
+	heartbeat time.Duration
 
 	mu      sync.Mutex
 	servers map[string]*routeServer // guarded by mu; by name
@@ -147,7 +150,8 @@ func (r *routeRig) server(name string, withNode bool) *routeServer {
 	s.dir = t.TempDir()
 	mgr, err := session.New(session.Config{Store: s.st, Driver: r.driver, Images: emptyImages{r.imgDir}, Dir: s.dir,
 		TemplateDir: filepath.Join(s.dir, "templates"), DefaultMemoryMiB: 64, Objects: r.objects,
-		Node: s.node, NoNode: !withNode, Route: true, NodeGrace: time.Hour, ServerID: name, Log: log})
+		Node: s.node, NoNode: !withNode, Route: true, NodeGrace: time.Hour, ServerID: name, Log: log,
+		NodeHeartbeat: r.heartbeat, NodeProbe: r.probe()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,6 +183,14 @@ func (r *routeRig) server(name string, withNode bool) *routeServer {
 	r.servers[name] = s
 	r.mu.Unlock()
 	return s
+}
+
+// probe is the rig's nodes' probe when they heartbeat (r.heartbeat).
+func (r *routeRig) probe() func(context.Context) (store.NodeCapacity, error) {
+	if r.heartbeat == 0 {
+		return nil
+	}
+	return func(context.Context) (store.NodeCapacity, error) { return routeCapacity, nil }
 }
 
 // cordon sets node id cordoned (placement passes it over).

@@ -126,9 +126,16 @@ func (m *Manager) loseSession(ctx context.Context, id string, n store.Node, last
 // wakeHere makes parked session rec this node's to wake, where another
 // node holds it: one that is dead (or removed) gives it up if its
 // snapshot is stored (rec.Node is set to this node, recorded with the
-// wake's next update); a live one keeps it.
+// wake's next update), and so does a live one that is draining (a
+// drained node's sessions wake elsewhere); another live one keeps it.
+// A wake of this node's own session while it is draining stays here,
+// and the log says why.
 func (m *Manager) wakeHere(ctx context.Context, rec *store.Session) error {
-	if m.cfg.Node == "" || rec.Node == "" || rec.Node == m.cfg.Node {
+	if m.cfg.Node == "" || rec.Node == "" {
+		return nil
+	}
+	if rec.Node == m.cfg.Node {
+		m.wakeOnDraining(ctx, *rec)
 		return nil
 	}
 	n, err := m.cfg.Store.GetNode(ctx, rec.Node)
@@ -138,16 +145,24 @@ func (m *Manager) wakeHere(ctx context.Context, rec *store.Session) error {
 	case err != nil:
 		return fmt.Errorf("session: wake %s: its node: %w", rec.ID, err)
 	}
-	if !n.Dead {
+	draining := !n.Dead && n.Admin == store.NodeDraining
+	if !n.Dead && !draining {
 		return api.Errorf(api.CodeConflict, "wake %s: the session is held by node %s (%s), which is alive: its server wakes it (a server that advertises a URL routes the call there)", rec.ID, n.Name, n.ID)
 	}
 	if rec.StoredManifest == "" {
+		if draining {
+			return api.Errorf(api.CodeConflict, "wake %s: the session is held by node %s (%s), which is draining, and its snapshot is not stored in the object store (yet): its server wakes it there", rec.ID, n.Name, n.ID)
+		}
 		return api.Errorf(api.CodeUnavailable, "wake %s: its snapshot's files are on node %s (%s), which is dead, and were never stored in the object store: it cannot wake elsewhere", rec.ID, n.Name, n.ID)
 	}
 	if !m.nodeSchedulable(ctx) {
 		return m.notSchedulable("wake " + rec.ID)
 	}
-	m.cfg.Log.Info("waking a session of a dead node here, from its stored snapshot", "session", rec.ID, "from_node", n.ID, "node", m.cfg.Node)
+	if draining {
+		m.cfg.Log.Info("waking a session of a draining node here, from its stored snapshot", "session", rec.ID, "from_node", n.ID, "node", m.cfg.Node)
+	} else {
+		m.cfg.Log.Info("waking a session of a dead node here, from its stored snapshot", "session", rec.ID, "from_node", n.ID, "node", m.cfg.Node)
+	}
 	rec.Node = m.cfg.Node
 	// Its files are restored into this node's session dir (the other
 	// node's, on another host, is not here to read).

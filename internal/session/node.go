@@ -101,6 +101,7 @@ func (m *Manager) heartbeatLoop() {
 		default:
 			fctx, cancel := context.WithTimeout(context.Background(), every)
 			m.fence(fctx)
+			m.dropMovedAway(fctx)
 			cancel()
 		}
 	}
@@ -424,6 +425,7 @@ func (m *Manager) DrainNode(ctx context.Context, idOrName string) (api.DrainResu
 		if err != nil {
 			return api.DrainResult{}, fmt.Errorf("session: drain %s: %w", n.ID, err)
 		}
+		var parked []string
 		for _, r := range recs {
 			if !m.holds(r, n.ID) || r.State != api.StateRunning {
 				continue
@@ -433,6 +435,15 @@ func (m *Manager) DrainNode(ctx context.Context, idOrName string) (api.DrainResu
 				continue
 			}
 			res.Parked++
+			parked = append(parked, r.ID)
+		}
+		// Stored before the drain returns: each then wakes elsewhere
+		// (drain.go).
+		notStored := m.waitStored(ctx, parked)
+		for _, id := range parked {
+			if why, ok := notStored[id]; ok {
+				res.Errors = append(res.Errors, id+": parked, but "+why)
+			}
 		}
 		m.cfg.Log.Info("node drained", "node", n.ID, "parked", res.Parked, "failed", len(res.Errors))
 	}

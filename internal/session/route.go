@@ -113,7 +113,9 @@ func advertiseNode(ctx context.Context, st store.Store, id string, field func(*s
 // deliversFor reports whether this server makes the deliveries of
 // session id: its node holds it (or no node registry is used), or the
 // node that holds it is dead or removed and this server runs VMs (the
-// wake moves the session here). Another live node's server makes them.
+// wake moves the session here), or draining with the session parked and
+// stored and this server's node takes sessions (the same). Another live
+// node's server makes them.
 func (m *Manager) deliversFor(ctx context.Context, id string) bool {
 	if m.cfg.Node == "" && !m.cfg.NoNode {
 		return true
@@ -123,7 +125,7 @@ func (m *Manager) deliversFor(ctx context.Context, id string) bool {
 		return !m.cfg.NoNode // the delivery fails, saying why
 	}
 	if m.holds(rec, m.cfg.Node) && !m.cfg.NoNode {
-		return true
+		return !m.movesAway(ctx, rec)
 	}
 	n, err := m.cfg.Store.GetNode(ctx, rec.Node)
 	switch {
@@ -132,7 +134,10 @@ func (m *Manager) deliversFor(ctx context.Context, id string) bool {
 	case err != nil:
 		return false
 	}
-	return n.Dead && !m.cfg.NoNode
+	// A draining node's stored parked session wakes on a node that takes
+	// sessions (drain.go).
+	draining := n.Admin == store.NodeDraining && rec.State == api.StateParked && rec.StoredManifest != ""
+	return (n.Dead || draining && m.nodeSchedulable(ctx)) && !m.cfg.NoNode
 }
 
 // rehome moves the paths of a parked session's machine record that lie
