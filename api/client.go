@@ -111,9 +111,9 @@ func (c *Client) WakeSession(ctx context.Context, id string) (Session, error) {
 	return s, err
 }
 
-// WakeSessionFromLastSnapshot brings a lost or failed session back from
-// its last stored snapshot (the work since is gone) and returns it
-// running.
+// WakeSessionFromLastSnapshot brings a lost or failed session (or a
+// parked one whose latest snapshot is on a dead node only) back from its
+// last stored snapshot (the work since is gone) and returns it running.
 func (c *Client) WakeSessionFromLastSnapshot(ctx context.Context, id string) (Session, error) {
 	var s Session
 	err := c.doJSON(ctx, http.MethodPost, sessionPath(id, "/wake"), nil, WakeRequest{FromLastSnapshot: true}, &s)

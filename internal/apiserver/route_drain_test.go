@@ -5,11 +5,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/cas"
+	"github.com/cove-dev/cove/internal/objstore"
 )
 
 // TestFakeRouteDrainMoves: node A holds five sessions, each with a file
@@ -134,4 +137,115 @@ func sessionDirs(t *testing.T, dir string) []string {
 		}
 	}
 	return out
+}
+
+// TestFakeRouteNoSilentRollback: a session on node A is parked and
+// stored (v1), woken, changed (v2) and parked again while A's object
+// store is cut off, so that v2's upload fails; then A dies (its server
+// and manager gone, the node marked dead). A wake through B, through C
+// (a server with no node) or an exec through B does not bring v1 back
+// silently: each is a 503 saying that the latest snapshot is on dead node
+// A only, and when the last stored one was taken; the session stays
+// parked. A wake --from-last-snapshot through B brings v1 back on B.
+func TestFakeRouteNoSilentRollback(t *testing.T) {
+	r := newRouteRig(t)
+	link := filepath.Join(t.TempDir(), "objects")
+	if err := os.Symlink(r.objectsDir, link); err != nil {
+		t.Fatal(err)
+	}
+	objs, err := objstore.OpenDir(link)
+	if err != nil {
+		t.Fatal(err)
+	}
+	casA, err := cas.New(cas.Config{Objects: objs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.objectsOf = map[string]*cas.Store{"host-a": casA}
+	a, b, c := r.server("host-a", true), r.server("host-b", true), r.server("api-c", false)
+	ctx := context.Background()
+	r.cordon(b)
+	s := r.createOn(c, a)
+	if _, err := b.client.UncordonNode(ctx, b.node); err != nil {
+		t.Fatal(err)
+	}
+	write := func(v string) {
+		t.Helper()
+		if err := c.client.WriteFile(ctx, s.ID, "/root/v", 0o644, strings.NewReader(v)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("v1")
+	if _, err := b.client.ParkSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitStored(t, c, s.ID)
+	if _, err := a.client.WakeSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	write("v2")
+	// A's object store cut off: its handle's directory is a file now.
+	if err := os.Remove(link); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(link, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.client.ParkSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Minute)
+	for !strings.Contains(a.logs.String(), "snapshot upload failed") {
+		if time.Now().After(deadline) {
+			t.Fatal("A's upload of v2 did not fail")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// A dies.
+	a.srv.Close()
+	a.mgr.Close()
+	n, err := b.st.GetNode(ctx, a.node)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Dead = true
+	if err := b.st.UpdateNode(ctx, &n); err != nil {
+		t.Fatal(err)
+	}
+
+	refused := func(what string, err error) {
+		t.Helper()
+		if !api.IsCode(err, api.CodeUnavailable) || !strings.Contains(err.Error(), "latest snapshot") ||
+			!strings.Contains(err.Error(), "host-a") || !strings.Contains(err.Error(), "--from-last-snapshot") {
+			t.Fatalf("%s: %v; want a 503 saying the latest snapshot is on dead A only, and how to go back to the last stored one", what, err)
+		}
+		got, err := c.client.GetSession(ctx, s.ID)
+		if err != nil || got.State != api.StateParked || got.Node != a.node {
+			t.Fatalf("after %s: %+v, %v; want it parked on A still", what, got, err)
+		}
+	}
+	_, err = b.client.WakeSession(ctx, s.ID)
+	t.Logf("wake through B: %v", err)
+	refused("wake through B", err)
+	_, err = c.client.WakeSession(ctx, s.ID)
+	refused("wake through C", err)
+	_, err = b.client.Exec(ctx, s.ID, api.ExecRequest{Argv: []string{"echo", "x"}})
+	refused("exec through B", err)
+
+	got, err := b.client.WakeSessionFromLastSnapshot(ctx, s.ID)
+	if err != nil || got.State != api.StateRunning || got.Node != b.node {
+		t.Fatalf("wake --from-last-snapshot through B: %+v, %v; want it running on B", got, err)
+	}
+	rc, err := c.client.ReadFile(ctx, s.ID, "/root/v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, _ := io.ReadAll(rc)
+	rc.Close()
+	if string(data) != "v1" {
+		t.Fatalf("/root/v after going back to the last stored snapshot: %q, want v1", data)
+	}
+	if err := c.client.DeleteSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
 }

@@ -50,6 +50,11 @@ type routeRig struct {
 	// heartbeat, if set, is how often each node of the rig heartbeats
 	// (and fences, and drops what a drain moved away).
 	heartbeat time.Duration
+	// objectsDir is the object store's directory; objectsOf, if it names
+	// a server, is that server's own handle on the store instead of
+	// objects (one a test can cut off).
+	objectsDir string
+	objectsOf  map[string]*cas.Store
 
 	mu      sync.Mutex
 	servers map[string]*routeServer // guarded by mu; by name
@@ -79,7 +84,8 @@ func newRouteRig(t *testing.T) *routeRig {
 			t.Fatal(err)
 		}
 	}
-	objs, err := objstore.OpenDir(t.TempDir())
+	r.objectsDir = t.TempDir()
+	objs, err := objstore.OpenDir(r.objectsDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -148,8 +154,12 @@ func (r *routeRig) server(name string, withNode bool) *routeServer {
 	}
 	log := slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s.dir = t.TempDir()
+	objects := r.objects
+	if o := r.objectsOf[name]; o != nil {
+		objects = o
+	}
 	mgr, err := session.New(session.Config{Store: s.st, Driver: r.driver, Images: emptyImages{r.imgDir}, Dir: s.dir,
-		TemplateDir: filepath.Join(s.dir, "templates"), DefaultMemoryMiB: 64, Objects: r.objects,
+		TemplateDir: filepath.Join(s.dir, "templates"), DefaultMemoryMiB: 64, Objects: objects,
 		Node: s.node, NoNode: !withNode, Route: true, NodeGrace: time.Hour, ServerID: name, Log: log,
 		NodeHeartbeat: r.heartbeat, NodeProbe: r.probe()})
 	if err != nil {

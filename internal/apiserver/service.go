@@ -65,7 +65,8 @@ type Sessions interface {
 	// answers. Waking a running session returns it as it is; a session in
 	// any other state is CodeConflict.
 	Wake(ctx context.Context, id string) (api.Session, error)
-	// WakeFromLastSnapshot brings a lost or failed session back from its
+	// WakeFromLastSnapshot brings a lost or failed session (or a parked
+	// one whose latest snapshot is on a dead node only) back from its
 	// last stored snapshot; a session in another state, or without one,
 	// is CodeConflict.
 	WakeFromLastSnapshot(ctx context.Context, id string) (api.Session, error)
