@@ -249,3 +249,62 @@ func TestFakeRouteNoSilentRollback(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFakeRouteServerKilledMidCreate: a create through C (a server with
+// no node), forwarded to A, whose guest is slow to answer; C dies
+// mid-call (its connections cut, its server and manager gone). The
+// client's call fails; A gives the create up (nobody can learn its id)
+// and keeps nothing of it: no record, no VM, no files. The client's retry
+// through A makes the one session.
+func TestFakeRouteServerKilledMidCreate(t *testing.T) {
+	r := newRouteRig(t)
+	a, c := r.server("host-a", true), r.server("api-c", false)
+	ctx := context.Background()
+	r.driver.HangNext()
+	failed := make(chan error, 1)
+	go func() {
+		_, err := c.client.CreateSession(ctx, api.CreateSessionRequest{})
+		failed <- err
+	}()
+	deadline := time.Now().Add(time.Minute)
+	for len(r.driver.Running()) == 0 { // its guest booted, not answering
+		if time.Now().After(deadline) {
+			t.Fatal("the create did not boot a VM on A")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// C dies mid-call.
+	c.srv.CloseClientConnections()
+	c.srv.Close()
+	c.mgr.Close()
+	if err := <-failed; err == nil {
+		t.Fatal("the create through C answered although C died mid-call")
+	}
+	for !strings.Contains(a.logs.String(), "create given up") {
+		if time.Now().After(deadline) {
+			t.Fatalf("A did not give the create up once its caller died:\n%s", a.logs.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s, err := a.client.CreateSession(ctx, api.CreateSessionRequest{})
+	if err != nil || s.Node != a.node {
+		t.Fatalf("the retry through A: %+v, %v", s, err)
+	}
+	a.echo(t, s.ID, "retried")
+	all, err := a.client.ListSessions(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 1 || all[0].ID != s.ID {
+		t.Errorf("sessions after the retry: %+v; want the retry's alone", all)
+	}
+	if vms := r.driver.Running(); len(vms) != 1 || vms[0] != s.ID {
+		t.Errorf("VMs after the retry: %v; want the retry's alone", vms)
+	}
+	if dirs := sessionDirs(t, a.dir); len(dirs) != 1 || dirs[0] != s.ID {
+		t.Errorf("A's session dirs after the retry: %v; want the retry's alone", dirs)
+	}
+	if err := a.client.DeleteSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -450,6 +450,19 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 
 	start := time.Now()
 	l, err := m.boot(ctx, rec, im, timeout)
+	if err == nil && ctx.Err() != nil {
+		// Booted, but the caller is gone (its server died mid-call, the
+		// client gave up): nobody learns the session's id, and a retry
+		// makes another, so this one is undone.
+		l.client().Close()
+		_ = l.vm.Stop(context.Background())
+		os.RemoveAll(m.dir(rec.ID))
+		err = ctx.Err()
+	}
+	if err != nil && ctx.Err() != nil {
+		m.abandonCreate(rec, err)
+		return api.Session{}, fmt.Errorf("session: create %s: given up, its caller gone: %w", rec.ID, err)
+	}
 	if err != nil {
 		log.Warn("boot failed", "err", err)
 		rec.State, rec.Error, rec.UpdatedAt = api.StateFailed, err.Error(), time.Now().UTC()
@@ -480,6 +493,23 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 	}
 	log.Info("session running", "boot_ms", rec.BootMillis)
 	return m.toAPI(rec), nil
+}
+
+// abandonCreate removes the record of session rec, whose create was given
+// up because its caller went away (its boot ended, its VM and files
+// gone): a create whose answer reaches nobody leaves nothing, so that the
+// caller's retry, through this server or another, makes the one session.
+func (m *Manager) abandonCreate(rec store.Session, cause error) {
+	ctx := context.Background()
+	m.killStray(ctx, rec.ID)
+	os.RemoveAll(m.dir(rec.ID))
+	if err := m.cfg.Store.DeleteSession(ctx, rec.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+		m.cfg.Log.Warn("a create given up (its caller gone): its record could not be removed; it is marked failed", "session", rec.ID, "err", err)
+		rec.State, rec.Error, rec.UpdatedAt = api.StateFailed, "create given up: its caller went away: "+cause.Error(), time.Now().UTC()
+		m.recordFollows(rec)
+		return
+	}
+	m.cfg.Log.Info("create given up: its caller went away before it answered; nothing is kept", "session", rec.ID, "err", cause)
 }
 
 // parseIdle parses an idle timeout: empty means the server default (0),
