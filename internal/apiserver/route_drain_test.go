@@ -13,6 +13,8 @@ import (
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/cas"
 	"github.com/cove-dev/cove/internal/objstore"
+	"github.com/cove-dev/cove/internal/session"
+	"github.com/cove-dev/cove/internal/store"
 )
 
 // TestFakeRouteDrainMoves: node A holds five sessions, each with a file
@@ -305,6 +307,42 @@ func TestFakeRouteServerKilledMidCreate(t *testing.T) {
 		t.Errorf("A's session dirs after the retry: %v; want the retry's alone", dirs)
 	}
 	if err := a.client.DeleteSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFakeRouteCreatePlacedAgain: a create through C (a server with no
+// node) is placed on A (both nodes empty: the lowest name), whose server
+// refuses it for want of room (its host's own accounting is smaller
+// than its node record says): C places it again, passing A over, on B,
+// where it is made. A keeps nothing of it. With B full too, the create
+// is a 503 that says why for each node.
+func TestFakeRouteCreatePlacedAgain(t *testing.T) {
+	r := newRouteRig(t)
+	r.admission = map[string]session.Admission{"host-a": {HostMemoryMiB: 256, HostCPUs: 8, MemoryOvercommit: 0.5}}
+	a, b, c := r.server("host-a", true), r.server("host-b", true), r.server("api-c", false)
+	ctx := context.Background()
+	s, err := c.client.CreateSession(ctx, api.CreateSessionRequest{})
+	if err != nil || s.Node != b.node {
+		t.Fatalf("create through C: %+v, %v; want it made on B after A refused it", s, err)
+	}
+	if !strings.Contains(a.logs.String(), "create refused") || !strings.Contains(c.logs.String(), "placed again") {
+		t.Errorf("A did not refuse the create, or C did not place it again")
+	}
+	all, err := c.client.ListSessions(ctx)
+	if err != nil || len(all) != 1 {
+		t.Fatalf("sessions: %+v, %v; want the one on B", all, err)
+	}
+	b.echo(t, s.ID, "placed-again")
+	// B full too (its node record says so): no node fits.
+	if err := b.st.HeartbeatNode(ctx, b.node, time.Now().UTC(), store.NodeCapacity{VCPUs: 1, MemoryMiB: 64, DiskBytes: 1 << 30, Accel: "tcg"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.client.CreateSession(ctx, api.CreateSessionRequest{})
+	if !api.IsCode(err, api.CodeUnavailable) || !strings.Contains(err.Error(), "host-a: it refused this create") || !strings.Contains(err.Error(), "host-b") {
+		t.Fatalf("create with both full: %v; want a 503 naming why for each node", err)
+	}
+	if err := c.client.DeleteSession(ctx, s.ID); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -55,6 +55,9 @@ type routeRig struct {
 	// objects (one a test can cut off).
 	objectsDir string
 	objectsOf  map[string]*cas.Store
+	// admission, if it names a server, is that server's own accounting
+	// of its host (smaller than its node record says, say).
+	admission map[string]session.Admission
 
 	mu      sync.Mutex
 	servers map[string]*routeServer // guarded by mu; by name
@@ -161,7 +164,7 @@ func (r *routeRig) server(name string, withNode bool) *routeServer {
 	mgr, err := session.New(session.Config{Store: s.st, Driver: r.driver, Images: emptyImages{r.imgDir}, Dir: s.dir,
 		TemplateDir: filepath.Join(s.dir, "templates"), DefaultMemoryMiB: 64, Objects: objects,
 		Node: s.node, NoNode: !withNode, Route: true, NodeGrace: time.Hour, ServerID: name, Log: log,
-		NodeHeartbeat: r.heartbeat, NodeProbe: r.probe()})
+		NodeHeartbeat: r.heartbeat, NodeProbe: r.probe(), Admission: r.admission[name]})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -252,6 +253,9 @@ func (m *Manager) place(ctx context.Context, memMiB, cpus int, selector map[stri
 		cands[i] = placement.Node{ID: n.ID, Name: n.Name, Labels: n.Labels, Admin: n.Admin, Dead: n.Dead, Used: used[n.ID],
 			Capacity: placement.Resources{MemoryMiB: n.Capacity.MemoryMiB, VCPUs: int64(n.Capacity.VCPUs), DiskBytes: n.Capacity.DiskBytes}}
 		cands[i].Unusable = m.unusable(ctx, n)
+		if cands[i].Unusable == "" && slices.Contains(refusedBy(ctx), n.ID) {
+			cands[i].Unusable = "it refused this create: no room there when it reached its server"
+		}
 		if template != "" && n.ID == m.cfg.Node {
 			m.mu.Lock()
 			cands[i].Pooled = m.pools[template] != nil
@@ -264,7 +268,9 @@ func (m *Manager) place(ctx context.Context, memMiB, cpus int, selector map[stri
 		MemoryOvercommit: m.cfg.Admission.memoryOvercommit(), CPUOvercommit: m.cfg.Admission.cpuOvercommit(),
 	})
 	if err != nil {
-		return "", nil, api.Errorf(api.CodeUnavailable, "%v", err)
+		// Room may come (and another server's placement may find it
+		// elsewhere): a refusal for want of room now (IsNoRoom).
+		return "", nil, &hostFullError{api.Errorf(api.CodeUnavailable, "%v", err)}
 	}
 	if id != m.cfg.Node || m.cfg.NoNode {
 		for _, n := range nodes {

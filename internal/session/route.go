@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/store"
@@ -38,6 +39,28 @@ func (e *ElsewhereError) Error() string {
 func (e *ElsewhereError) Unwrap() error {
 	return api.Errorf(api.CodeUnavailable, "%s", e.Error())
 }
+
+// refusedKey carries the nodes whose servers refused a create routed to
+// them for want of room (RefusedBy).
+type refusedKey struct{}
+
+// RefusedBy marks ctx as that of a create placed again after the servers
+// of nodes refused it for want of room (IsNoRoom): placement passes
+// those nodes over.
+func RefusedBy(ctx context.Context, nodes ...string) context.Context {
+	return context.WithValue(ctx, refusedKey{}, append(slices.Clip(refusedBy(ctx)), nodes...))
+}
+
+// refusedBy is the nodes RefusedBy marked ctx with.
+func refusedBy(ctx context.Context) []string {
+	v, _ := ctx.Value(refusedKey{}).([]string)
+	return v
+}
+
+// IsNoRoom reports whether err refuses a create or wake for want of room
+// now: no node fits, or this host's admission is full. Nothing was made:
+// the create may be placed again on another node.
+func IsNoRoom(err error) bool { return isHostFull(err) }
 
 // hereKey marks a context routed here.
 type hereKey struct{}
