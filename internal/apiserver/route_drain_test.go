@@ -346,3 +346,33 @@ func TestFakeRouteCreatePlacedAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestFakeRouteDrainNoObjects: without an object store a drained node's
+// session cannot move (its files are on that node alone): a wake through
+// the other server is carried out by the draining node's server, which
+// wakes it back there and logs why.
+func TestFakeRouteDrainNoObjects(t *testing.T) {
+	r := newRouteRig(t)
+	r.noObjects = true
+	a, b := r.server("host-a", true), r.server("host-b", true)
+	ctx := context.Background()
+	r.cordon(b)
+	s := r.createOn(b, a)
+	if _, err := b.client.UncordonNode(ctx, b.node); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := b.client.DrainNode(ctx, "host-a"); err != nil || res.Parked != 1 || len(res.Errors) != 0 {
+		t.Fatalf("drain A through B: %+v, %v; want 1 parked", res, err)
+	}
+	got, err := b.client.WakeSession(ctx, s.ID)
+	if err != nil || got.Node != a.node || got.State != api.StateRunning {
+		t.Fatalf("wake through B: %+v, %v; want it running on A again", got, err)
+	}
+	if logs := a.logs.String(); !strings.Contains(logs, "a session of this draining node wakes back on it") || !strings.Contains(logs, "no object store") {
+		t.Errorf("A's log does not say why the session woke back on it")
+	}
+	b.echo(t, s.ID, "back-on-a")
+	if err := b.client.DeleteSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+}

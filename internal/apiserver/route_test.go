@@ -55,6 +55,7 @@ type routeRig struct {
 	// objects (one a test can cut off).
 	objectsDir string
 	objectsOf  map[string]*cas.Store
+	noObjects  bool // the servers have no object store
 	// admission, if it names a server, is that server's own accounting
 	// of its host (smaller than its node record says, say).
 	admission map[string]session.Admission
@@ -157,9 +158,12 @@ func (r *routeRig) server(name string, withNode bool) *routeServer {
 	}
 	log := slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s.dir = t.TempDir()
-	objects := r.objects
+	var objects session.SnapshotStore = r.objects
 	if o := r.objectsOf[name]; o != nil {
 		objects = o
+	}
+	if r.noObjects {
+		objects = nil
 	}
 	mgr, err := session.New(session.Config{Store: s.st, Driver: r.driver, Images: emptyImages{r.imgDir}, Dir: s.dir,
 		TemplateDir: filepath.Join(s.dir, "templates"), DefaultMemoryMiB: 64, Objects: objects,
