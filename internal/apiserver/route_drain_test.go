@@ -203,9 +203,7 @@ func TestFakeRouteNoSilentRollback(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	// A dies.
-	a.srv.Close()
-	a.mgr.Close()
+	a.kill()
 	n, err := b.st.GetNode(ctx, a.node)
 	if err != nil {
 		t.Fatal(err)
@@ -275,10 +273,7 @@ func TestFakeRouteServerKilledMidCreate(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	// C dies mid-call.
-	c.srv.CloseClientConnections()
-	c.srv.Close()
-	c.mgr.Close()
+	c.kill() // mid-call
 	if err := <-failed; err == nil {
 		t.Fatal("the create through C answered although C died mid-call")
 	}
@@ -373,6 +368,41 @@ func TestFakeRouteDrainNoObjects(t *testing.T) {
 	}
 	b.echo(t, s.ID, "back-on-a")
 	if err := b.client.DeleteSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFakeRouteServerKilledMidExec: an interactive exec (cat, over the
+// WebSocket) through C (a server with no node) of a session on A; C dies
+// while the command runs. The client's connection ends with an error,
+// and its retry through A works: the session runs on A, and an exec
+// through A answers.
+func TestFakeRouteServerKilledMidExec(t *testing.T) {
+	r := newRouteRig(t)
+	a, c := r.server("host-a", true), r.server("api-c", false)
+	ctx := context.Background()
+	s := r.createOn(c, a)
+	conn, err := c.client.ExecInteractive(ctx, s.ID, api.ExecRequest{Argv: []string{"cat"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.Send(api.ExecEvent{Type: api.EventStdin, Data: []byte("through c\n")}); err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := conn.Recv(); err != nil || string(ev.Data) != "through c\n" {
+		t.Fatalf("cat through C: %+v, %v", ev, err)
+	}
+	c.kill() // mid-call
+	if ev, err := conn.Recv(); err == nil {
+		t.Fatalf("the exec through C went on after C died: %+v", ev)
+	}
+	got, err := a.client.GetSession(ctx, s.ID)
+	if err != nil || got.State != api.StateRunning || got.Node != a.node {
+		t.Fatalf("after C died: %+v, %v; want it running on A", got, err)
+	}
+	a.echo(t, s.ID, "retried")
+	if err := a.client.DeleteSession(ctx, s.ID); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -74,6 +75,40 @@ type routeServer struct {
 	srv    *httptest.Server
 	client *api.Client
 	logs   *logSink
+	conns  *connTracker // every connection its listener accepted
+}
+
+// connTracker is a listener that keeps what it accepts, so that a test
+// can cut every connection of a server at once (kill), upgraded ones (an
+// exec WebSocket) included, as a server process's death does.
+type connTracker struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []net.Conn // guarded by mu
+}
+
+func (l *connTracker) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.mu.Lock()
+		l.conns = append(l.conns, c)
+		l.mu.Unlock()
+	}
+	return c, err
+}
+
+// kill ends server s as its process's death would: its listener and
+// every connection it accepted closed at once, then its manager let go
+// of (its VMs are left as they are).
+func (s *routeServer) kill() {
+	s.conns.Listener.Close()
+	s.conns.mu.Lock()
+	for _, c := range s.conns.conns {
+		c.Close()
+	}
+	s.conns.mu.Unlock()
+	s.srv.Close()
+	s.mgr.Close()
 }
 
 func newRouteRig(t *testing.T) *routeRig {
@@ -135,12 +170,15 @@ func (r *routeRig) server(name string, withNode bool) *routeServer {
 	s := &routeServer{name: name, st: r.open(), logs: &logSink{}}
 	var h http.Handler = http.NotFoundHandler()
 	var hmu sync.RWMutex
-	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		hmu.RLock()
 		h := h
 		hmu.RUnlock()
 		h.ServeHTTP(w, req)
 	}))
+	s.conns = &connTracker{Listener: s.srv.Listener}
+	s.srv.Listener = s.conns
+	s.srv.Start()
 	t.Cleanup(s.srv.Close)
 	if withNode {
 		capacity := r.capacity
