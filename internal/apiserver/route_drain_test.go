@@ -15,6 +15,7 @@ import (
 	"github.com/cove-dev/cove/internal/objstore"
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store"
+	"github.com/cove-dev/cove/internal/trigger"
 )
 
 // TestFakeRouteDrainMoves: node A holds five sessions, each with a file
@@ -402,6 +403,62 @@ func TestFakeRouteServerKilledMidExec(t *testing.T) {
 		t.Fatalf("after C died: %+v, %v; want it running on A", got, err)
 	}
 	a.echo(t, s.ID, "retried")
+	if err := a.client.DeleteSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestFakeRouteDrainDelivery: a session on B, parked until an event and
+// stored, when B is drained; the event arrives at B's own server. A, whose
+// node takes sessions, makes the delivery: the wake moves the session to
+// A, from the object store, and the event is written into its guest.
+func TestFakeRouteDrainDelivery(t *testing.T) {
+	r := newRouteRig(t)
+	a, b := r.server("host-a", true), r.server("host-b", true)
+	ctx := context.Background()
+	r.cordon(a)
+	s := r.createOn(a, b)
+	if p, err := a.client.ParkSessionUntil(ctx, s.ID, api.ParkRequest{Until: []string{"deploys:done"}}); err != nil || p.State != api.StateParked {
+		t.Fatalf("park --until through A: %+v, %v", p, err)
+	}
+	waitStored(t, a, s.ID)
+	if _, err := a.client.UncordonNode(ctx, a.node); err != nil {
+		t.Fatal(err)
+	}
+	if res, err := a.client.DrainNode(ctx, "host-b"); err != nil || res.Parked != 0 || res.Node.State != "draining" {
+		t.Fatalf("drain B through A: %+v, %v", res, err)
+	}
+	ev, err := trigger.GenericEvent("deploys", []byte(`{"event":"done"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.ID, ev.Received = "d1", time.Now()
+	if dup, err := b.mgr.Accept(ctx, ev); err != nil || dup {
+		t.Fatalf("accept at B: %v, %v", dup, err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ds, err := a.st.ListDeliveries(ctx, store.DeliveryDelivered)
+		if err == nil && len(ds) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			failed, _ := a.st.ListDeliveries(ctx, store.DeliveryFailed)
+			t.Fatalf("the event was not delivered: %v, failed %+v", err, failed)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	got, err := b.client.GetSession(ctx, s.ID)
+	if err != nil || got.State != api.StateRunning || got.Node != a.node {
+		t.Fatalf("after the delivery: %+v, %v; want running on A", got, err)
+	}
+	files, err := b.client.ListDir(ctx, s.ID, "/run/cove/events")
+	if err != nil || len(files) != 1 {
+		t.Fatalf("events in the guest: %+v, %v; want one", files, err)
+	}
+	if strings.Contains(b.logs.String(), "event delivered") || !strings.Contains(a.logs.String(), "event delivered") {
+		t.Errorf("the delivery was not A's alone")
+	}
 	if err := a.client.DeleteSession(ctx, s.ID); err != nil {
 		t.Fatal(err)
 	}
