@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
@@ -158,5 +159,69 @@ func (p *tcpProxy) cut() {
 	defer p.mu.Unlock()
 	for _, c := range p.conns {
 		c.Close()
+	}
+}
+
+// TestEndToEndServerKilledMidCreate: real 'cove server' processes: A with
+// its node (real QEMU), C with --node=false, over one PostgreSQL
+// database. A create through C, forwarded to A, while A boots its VM: C
+// is SIGKILLed. The client's call fails; A gives the create up (its caller
+// gone) and keeps nothing of it, no record and no QEMU; the client's
+// retry through A makes the one session.
+func TestEndToEndServerKilledMidCreate(t *testing.T) {
+	pg := pgtest.Fresh(t)
+	db, err := pg.CreateDatabase(t.Context(), "t_cove_midcreate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"COVE_DB=" + pg.URL(db), "COVE_SPARES=0", "COVE_CLONE_FILES=0"}
+	a := newE2E(t)
+	c := a.sibling()
+	a.startServer(append(env, "COVE_NODE_NAME=mid-a")...)
+	c.startServer(append(env, "COVE_NODE=false")...)
+	ctx := context.Background()
+	token := a.userToken()
+	ca, cc := api.NewClient("http://"+a.addr, token), api.NewClient("http://"+c.addr, token)
+	failed := make(chan error, 1)
+	go func() {
+		_, err := cc.CreateSession(ctx, api.CreateSessionRequest{})
+		failed <- err
+	}()
+	deadline := time.Now().Add(2 * time.Minute)
+	for !strings.Contains(a.srv.log.String(), "creating session") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the create through C did not reach A%s%s", c.serverLog(), a.serverLog())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := c.stopServer(syscall.SIGKILL); err == nil {
+		t.Fatal("a SIGKILLed server exited cleanly")
+	}
+	if err := <-failed; err == nil {
+		t.Fatal("the create through C answered although C died mid-call")
+	}
+	for !strings.Contains(a.srv.log.String(), "create given up") {
+		if time.Now().After(deadline) {
+			t.Fatalf("A did not give the create up once C died%s", a.serverLog())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	s, err := ca.CreateSession(ctx, api.CreateSessionRequest{})
+	if err != nil {
+		t.Fatalf("the retry through A: %v%s", err, a.serverLog())
+	}
+	a.seen[s.ID] = true
+	all, err := ca.ListSessions(ctx)
+	if err != nil || len(all) != 1 || all[0].ID != s.ID {
+		t.Fatalf("sessions after the retry: %+v, %v; want the retry's alone", all, err)
+	}
+	if out, _ := exec.Command("pgrep", "-f", "qemu-system.*"+a.home).Output(); strings.Count(string(out), "\n") != 1 {
+		t.Errorf("QEMU processes of A after the retry: %q; want the retry's alone", out)
+	}
+	if err := ca.DeleteSession(ctx, s.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.stopServer(syscall.SIGTERM); err != nil {
+		t.Errorf("server stop: %v", err)
 	}
 }
