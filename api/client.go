@@ -12,6 +12,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/coder/websocket"
@@ -68,13 +69,44 @@ func (c *Client) GetSession(ctx context.Context, id string) (Session, error) {
 	return s, err
 }
 
-// ListSessions returns every session.
+// ListSessions returns every session, a page at a time (ListPageSize
+// each, following each page's next token).
 func (c *Client) ListSessions(ctx context.Context) ([]Session, error) {
+	var all []Session
+	after := ""
+	for {
+		page, next, err := c.ListSessionsPage(ctx, after, ListPageSize)
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+		if next == "" || next == after {
+			return all, nil
+		}
+		after = next
+	}
+}
+
+// ListPageSize is how many sessions ListSessions asks for at a time.
+const ListPageSize = 500
+
+// ListSessionsPage returns one page of the sessions: at most limit (1 to
+// 1000), after the position the token after names ("" for the first
+// page), in the order of their creation (then id), and the next page's
+// token ("" after the last page). A page may hold fewer than limit
+// sessions (those the caller may not see are left out) and still have a
+// next one.
+func (c *Client) ListSessionsPage(ctx context.Context, after string, limit int) ([]Session, string, error) {
+	q := url.Values{"limit": {strconv.Itoa(limit)}}
+	if after != "" {
+		q.Set("after", after)
+	}
 	var out struct {
 		Sessions []Session `json:"sessions"`
+		Next     string    `json:"next"`
 	}
-	err := c.doJSON(ctx, http.MethodGet, "/v1/sessions", nil, nil, &out)
-	return out.Sessions, err
+	err := c.doJSON(ctx, http.MethodGet, "/v1/sessions", q, nil, &out)
+	return out.Sessions, out.Next, err
 }
 
 // DeleteSession stops a session's VM and forgets the session.
@@ -111,9 +143,9 @@ func (c *Client) WakeSession(ctx context.Context, id string) (Session, error) {
 	return s, err
 }
 
-// WakeSessionFromLastSnapshot brings a lost or failed session back from
-// its last stored snapshot (the work since is gone) and returns it
-// running.
+// WakeSessionFromLastSnapshot brings a lost or failed session (or a
+// parked one whose latest snapshot is on a dead node only) back from its
+// last stored snapshot (the work since is gone) and returns it running.
 func (c *Client) WakeSessionFromLastSnapshot(ctx context.Context, id string) (Session, error) {
 	var s Session
 	err := c.doJSON(ctx, http.MethodPost, sessionPath(id, "/wake"), nil, WakeRequest{FromLastSnapshot: true}, &s)

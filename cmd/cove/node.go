@@ -129,11 +129,13 @@ func newNodeDrainCmd(c *cli) *cobra.Command {
 		Use:   "drain NODE",
 		Short: "Cordon a node and park every session running on it",
 		Long: `Set the node draining: it takes no new session and keeps no warm pool,
-and every session running on it is parked (its whole VM saved; each wakes
-again on its next call). 'cove node uncordon' ends the drain. In this
+and every session running on it is parked (its whole VM saved, and stored
+in the object store before the command returns). Each then wakes on another
+node on its next call, and the node ends empty ('cove node cordon' instead
+keeps its sessions on it). 'cove node uncordon' ends the drain. In this
 version only the embedded node's sessions are parked; a remote node is only
-set draining. A session that could not be parked is listed, and the
-command fails; drain again to try again.`,
+set draining. A session that could not be parked or stored is listed, and
+the command fails; drain again to try again.`,
 		Args: usageArgs(cobra.ExactArgs(1)),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cl, err := c.client(cmd.Context())
@@ -146,7 +148,7 @@ command fails; drain again to try again.`,
 			}
 			fmt.Fprintf(c.stdout, "%s (%s): %s; parked %d sessions\n", res.Node.Name, res.Node.ID, res.Node.State, res.Parked)
 			if len(res.Errors) > 0 {
-				return fmt.Errorf("%d sessions were not parked:\n  %s", len(res.Errors), strings.Join(res.Errors, "\n  "))
+				return fmt.Errorf("%d sessions were not parked, or not stored:\n  %s", len(res.Errors), strings.Join(res.Errors, "\n  "))
 			}
 			return nil
 		},

@@ -89,7 +89,7 @@ last_snapshot_at).`,
 			})
 		},
 	}
-	cmd.Flags().BoolVar(&fromLast, "from-last-snapshot", false, "bring a lost or failed session back from its last stored snapshot (the work since is lost)")
+	cmd.Flags().BoolVar(&fromLast, "from-last-snapshot", false, "bring a lost or failed session, or a parked one whose latest snapshot is on a dead node only, back from its last stored snapshot (the work since is lost)")
 	return cmd
 }
 

@@ -289,12 +289,24 @@ func nodeLossRows(n int, heartbeat, grace time.Duration) ([]row, error) {
 	return []row{dead, woken, wake}, nil
 }
 
+// listPage is the page size of apiload's lists (GET /v1/sessions?limit).
+const listPage = 50
+
+// pageStart is where apiload's list page starts: 0 for the first,
+// listPage for the second.
+func pageStart(second bool) int {
+	if second {
+		return listPage
+	}
+	return 0
+}
+
 // apiLoadRows measures inspect, list and an exec round trip under
 // clients concurrent clients, half through each of two servers, each
 // with a connection pool of its own, over sessions sessions spread over
 // both nodes: each client runs rounds of one inspect and one exec of a
 // random session (so half of them are routed to the other server) and
-// one list. The fake VMM: the exec's guest answers at once.
+// one page of the list (listPage sessions). The fake VMM: the exec's guest answers at once.
 func apiLoadRows(clients, rounds, sessions int) ([]row, error) {
 	if clients <= 0 || rounds <= 0 || sessions <= 0 {
 		return nil, fmt.Errorf("apiload: %d clients, %d rounds, %d sessions", clients, rounds, sessions)
@@ -336,6 +348,7 @@ func apiLoadRows(clients, rounds, sessions int) ([]row, error) {
 		wg.Go(func() {
 			<-start
 			var in, li, ex []float64
+			after := "" // the list page asked for: the first, then the second, in turn
 			rng := rand.New(rand.NewPCG(uint64(i), 1))
 			var err error
 			for range rounds {
@@ -345,16 +358,24 @@ func apiLoadRows(clients, rounds, sessions int) ([]row, error) {
 					break
 				}
 				in = append(in, ms(time.Since(t)))
+				// A page of the list: the first, or the one after it
+				// (the first's next token, from this client's first).
 				t = time.Now()
-				var all []api.Session
-				if all, err = c.ListSessions(ctx); err != nil {
+				var page []api.Session
+				var next string
+				if page, next, err = c.ListSessionsPage(ctx, after, listPage); err != nil {
 					break
 				}
-				if len(all) != len(ids) {
-					err = fmt.Errorf("list: %d sessions, want %d", len(all), len(ids))
+				if want := min(listPage, len(ids)-pageStart(after != "")); len(page) != want {
+					err = fmt.Errorf("list: a page of %d sessions, want %d", len(page), want)
 					break
 				}
 				li = append(li, ms(time.Since(t)))
+				if after == "" {
+					after = next
+				} else {
+					after = ""
+				}
 				t = time.Now()
 				var res *api.ExecResult
 				if res, err = c.Exec(ctx, id, api.ExecRequest{Argv: []string{"echo", "load"}}); err == nil && string(res.Stdout) != "load\n" {
@@ -385,7 +406,7 @@ func apiLoadRows(clients, rounds, sessions int) ([]row, error) {
 	tag := fmt.Sprintf(" (%d clients across 2 servers)", clients)
 	return []row{
 		{name: "inspect, half routed" + tag, cells: cells(inspect)},
-		{name: fmt.Sprintf("list (all %d sessions, not paginated)", sessions) + tag, cells: cells(list)},
+		{name: fmt.Sprintf("list, a page of %d of %d sessions (first and second in turn)", listPage, sessions) + tag, cells: cells(list)},
 		{name: "exec round trip (echo), half routed" + tag, cells: cells(exec)},
 		{name: "calls per second, all three" + tag, cells: []string{fmt.Sprint(len(inspect) + len(list) + len(exec)),
 			fmt.Sprintf("%.0f/s", float64(len(inspect)+len(list)+len(exec))/took.Seconds()), "–", "–", "–"}},

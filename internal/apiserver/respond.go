@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store"
 )
 
@@ -68,6 +69,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, verb string,
 		return
 	}
 	body := s.errorBody(r.Context(), verb, err)
+	if session.IsNoRoom(err) {
+		w.Header().Set(noRoomHeader, "1") // a forwarding server places it again (route.go)
+	}
 	_ = writeJSON(w, api.Status(body.Code), api.ErrorResponse{Error: body})
 }
 

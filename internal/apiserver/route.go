@@ -2,10 +2,12 @@ package apiserver
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"io"
 	"net/http"
+	"strings"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/routing"
@@ -41,6 +43,9 @@ type Router interface {
 	// Session returns the target of a call about session id, or ok
 	// false for this server.
 	Session(ctx context.Context, id string) (t routing.Target, ok bool, err error)
+	// Wake is Session for a call that may wake the session (wakes): a
+	// parked session of a draining node wakes on another node.
+	Wake(ctx context.Context, id string) (t routing.Target, ok bool, err error)
 	// Drain returns the target of a drain of node idOrName, or ok
 	// false for this server.
 	Drain(ctx context.Context, idOrName string) (t routing.Target, ok bool, err error)
@@ -67,7 +72,7 @@ func (s *Server) routeSession(w http.ResponseWriter, r *http.Request, act Action
 		if act.SessionID == "" {
 			return r, false, nil
 		}
-		t, ok, err := s.router.Session(r.Context(), act.SessionID)
+		t, ok, err := s.routeOf(r.Context(), act)
 		switch {
 		case err != nil && api.CodeOf(err) == api.CodeInternal:
 			return r, true, err // the store cannot say (503 when unavailable)
@@ -91,7 +96,7 @@ func (s *Server) routeSession(w http.ResponseWriter, r *http.Request, act Action
 	if act.SessionID == "" {
 		return r, false, nil
 	}
-	t, ok, err := s.router.Session(r.Context(), act.SessionID)
+	t, ok, err := s.routeOf(r.Context(), act)
 	if err != nil || !ok {
 		return r, err != nil, err
 	}
@@ -104,6 +109,20 @@ func (s *Server) routeSession(w http.ResponseWriter, r *http.Request, act Action
 		return r, false, nil
 	}
 	return r, true, err
+}
+
+// wakes reports whether a call of verb may wake its session: a wake, and
+// the calls that wake a parked session first (exec, files).
+func wakes(verb string) bool {
+	return verb == "session.wake" || verb == "session.exec" || strings.HasPrefix(verb, "file.")
+}
+
+// routeOf asks the router where act is carried out.
+func (s *Server) routeOf(ctx context.Context, act Action) (routing.Target, bool, error) {
+	if wakes(act.Verb) {
+		return s.router.Wake(ctx, act.SessionID)
+	}
+	return s.router.Session(ctx, act.SessionID)
 }
 
 // forward carries r to t's server and copies its answer back; a server
@@ -140,20 +159,86 @@ func (s *Server) bufferCreate(r *http.Request, act Action) ([]byte, error) {
 	return body, nil
 }
 
+// noRoomHeader marks a create's 503 as a refusal for want of room now
+// (session.IsNoRoom): nothing was made, and the server that forwarded it
+// places it again on another node.
+const noRoomHeader = "Cove-No-Room"
+
+// maxReplacements bounds how many times one create is placed again after
+// a node's server refused it for want of room.
+const maxReplacements = 8
+
 // forwardCreate carries a create that placement put on another server's
 // node (err a *session.ElsewhereError) there, with its body; other
-// errors come back as they are.
-func (s *Server) forwardCreate(w http.ResponseWriter, r *http.Request, act Action, body []byte, err error) error {
-	var e *session.ElsewhereError
-	if body == nil || !errors.As(err, &e) {
-		return err
+// errors come back as they are. A node whose server refuses it for want
+// of room (its room taken since it was placed: a 503 with noRoomHeader)
+// is passed over and the create placed again (handle runs the handler
+// anew, with session.RefusedBy), here or on another node, until one
+// takes it or none fits.
+func (s *Server) forwardCreate(w http.ResponseWriter, r *http.Request, act Action, body []byte, err error, handle func(*http.Request) error) error {
+	var refused []string
+	for {
+		var e *session.ElsewhereError
+		if body == nil || !errors.As(err, &e) {
+			return err
+		}
+		t, terr := routing.TargetOf(e.Node)
+		if terr != nil {
+			return terr
+		}
+		r2 := r.Clone(r.Context())
+		r2.Body = io.NopCloser(bytes.NewReader(body))
+		r2.ContentLength = int64(len(body))
+		if len(refused) >= maxReplacements {
+			return s.forward(w, r2, act, t)
+		}
+		bw := &bufferedAnswer{header: http.Header{}}
+		if err := s.forward(bw, r2, act, t); err != nil {
+			return err
+		}
+		if bw.status != http.StatusServiceUnavailable || bw.header.Get(noRoomHeader) == "" {
+			bw.copyTo(w)
+			return nil
+		}
+		refused = append(refused, t.NodeID)
+		s.log.Info("a node's server refused a create placed on it for want of room: placed again", "node", t.NodeID, "name", t.NodeName, "refused_by", refused)
+		r3 := r.Clone(session.RefusedBy(r.Context(), refused...))
+		r3.Body = io.NopCloser(bytes.NewReader(body))
+		r3.ContentLength = int64(len(body))
+		err = handle(r3)
 	}
-	t, terr := routing.TargetOf(e.Node)
-	if terr != nil {
-		return terr
+}
+
+// bufferedAnswer holds a forwarded create's answer (small JSON) until the
+// forwarding server knows whether to pass it on or place the create
+// again.
+type bufferedAnswer struct {
+	header http.Header
+	status int
+	body   bytes.Buffer
+}
+
+func (b *bufferedAnswer) Header() http.Header { return b.header }
+
+func (b *bufferedAnswer) WriteHeader(status int) {
+	if b.status == 0 {
+		b.status = status
 	}
-	r2 := r.Clone(r.Context())
-	r2.Body = io.NopCloser(bytes.NewReader(body))
-	r2.ContentLength = int64(len(body))
-	return s.forward(w, r2, act, t)
+}
+
+func (b *bufferedAnswer) Write(p []byte) (int, error) {
+	b.WriteHeader(http.StatusOK)
+	return b.body.Write(p)
+}
+
+// Flush does nothing: the answer is passed on whole.
+func (b *bufferedAnswer) Flush() {}
+
+// copyTo passes the answer on to w.
+func (b *bufferedAnswer) copyTo(w http.ResponseWriter) {
+	for k, v := range b.header {
+		w.Header()[k] = v
+	}
+	w.WriteHeader(cmp.Or(b.status, http.StatusOK))
+	_, _ = w.Write(b.body.Bytes())
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -47,6 +48,18 @@ type routeRig struct {
 	// capacity is what each node of the rig offers; routeCapacity when
 	// its memory is 0.
 	capacity store.NodeCapacity
+	// heartbeat, if set, is how often each node of the rig heartbeats
+	// (and fences, and drops what a drain moved away).
+	heartbeat time.Duration
+	// objectsDir is the object store's directory; objectsOf, if it names
+	// a server, is that server's own handle on the store instead of
+	// objects (one a test can cut off).
+	objectsDir string
+	objectsOf  map[string]*cas.Store
+	noObjects  bool // the servers have no object store
+	// admission, if it names a server, is that server's own accounting
+	// of its host (smaller than its node record says, say).
+	admission map[string]session.Admission
 
 	mu      sync.Mutex
 	servers map[string]*routeServer // guarded by mu; by name
@@ -62,6 +75,40 @@ type routeServer struct {
 	srv    *httptest.Server
 	client *api.Client
 	logs   *logSink
+	conns  *connTracker // every connection its listener accepted
+}
+
+// connTracker is a listener that keeps what it accepts, so that a test
+// can cut every connection of a server at once (kill), upgraded ones (an
+// exec WebSocket) included, as a server process's death does.
+type connTracker struct {
+	net.Listener
+	mu    sync.Mutex
+	conns []net.Conn // guarded by mu
+}
+
+func (l *connTracker) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.mu.Lock()
+		l.conns = append(l.conns, c)
+		l.mu.Unlock()
+	}
+	return c, err
+}
+
+// kill ends server s as its process's death would: its listener and
+// every connection it accepted closed at once, then its manager let go
+// of (its VMs are left as they are).
+func (s *routeServer) kill() {
+	s.conns.Listener.Close()
+	s.conns.mu.Lock()
+	for _, c := range s.conns.conns {
+		c.Close()
+	}
+	s.conns.mu.Unlock()
+	s.srv.Close()
+	s.mgr.Close()
 }
 
 func newRouteRig(t *testing.T) *routeRig {
@@ -76,7 +123,8 @@ func newRouteRig(t *testing.T) *routeRig {
 			t.Fatal(err)
 		}
 	}
-	objs, err := objstore.OpenDir(t.TempDir())
+	r.objectsDir = t.TempDir()
+	objs, err := objstore.OpenDir(r.objectsDir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,12 +170,15 @@ func (r *routeRig) server(name string, withNode bool) *routeServer {
 	s := &routeServer{name: name, st: r.open(), logs: &logSink{}}
 	var h http.Handler = http.NotFoundHandler()
 	var hmu sync.RWMutex
-	s.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+	s.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
 		hmu.RLock()
 		h := h
 		hmu.RUnlock()
 		h.ServeHTTP(w, req)
 	}))
+	s.conns = &connTracker{Listener: s.srv.Listener}
+	s.srv.Listener = s.conns
+	s.srv.Start()
 	t.Cleanup(s.srv.Close)
 	if withNode {
 		capacity := r.capacity
@@ -145,9 +196,17 @@ func (r *routeRig) server(name string, withNode bool) *routeServer {
 	}
 	log := slog.New(slog.NewTextHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	s.dir = t.TempDir()
+	var objects session.SnapshotStore = r.objects
+	if o := r.objectsOf[name]; o != nil {
+		objects = o
+	}
+	if r.noObjects {
+		objects = nil
+	}
 	mgr, err := session.New(session.Config{Store: s.st, Driver: r.driver, Images: emptyImages{r.imgDir}, Dir: s.dir,
-		TemplateDir: filepath.Join(s.dir, "templates"), DefaultMemoryMiB: 64, Objects: r.objects,
-		Node: s.node, NoNode: !withNode, Route: true, NodeGrace: time.Hour, ServerID: name, Log: log})
+		TemplateDir: filepath.Join(s.dir, "templates"), DefaultMemoryMiB: 64, Objects: objects,
+		Node: s.node, NoNode: !withNode, Route: true, NodeGrace: time.Hour, ServerID: name, Log: log,
+		NodeHeartbeat: r.heartbeat, NodeProbe: r.probe(), Admission: r.admission[name]})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -179,6 +238,14 @@ func (r *routeRig) server(name string, withNode bool) *routeServer {
 	r.servers[name] = s
 	r.mu.Unlock()
 	return s
+}
+
+// probe is the rig's nodes' probe when they heartbeat (r.heartbeat).
+func (r *routeRig) probe() func(context.Context) (store.NodeCapacity, error) {
+	if r.heartbeat == 0 {
+		return nil
+	}
+	return func(context.Context) (store.NodeCapacity, error) { return routeCapacity, nil }
 }
 
 // cordon sets node id cordoned (placement passes it over).

@@ -480,7 +480,7 @@ func (s *Server) gate(rt route) http.Handler {
 		} else if err == nil && !routed {
 			err = rt.handle(s, rec, r)
 			if err != nil && rec.status == 0 {
-				err = s.forwardCreate(rec, r, act, createBody, err)
+				err = s.forwardCreate(rec, r, act, createBody, err, func(r *http.Request) error { return rt.handle(s, rec, r) })
 			}
 		}
 		if err != nil {

@@ -17,6 +17,18 @@ import (
 // returns *api.Error (possibly wrapped) for failures a client caused or
 // should see (unknown id → CodeNotFound, bad request → CodeInvalid, guest
 // not answering → CodeUnavailable/CodeTimeout); anything else is a 500.
+// Pager is what a Sessions that pages its list also has
+// (*session.Manager does): GET /v1/sessions?limit=N reads one page of the
+// store, not the whole list. A Sessions without it answers a paged list
+// with one page of all its sessions.
+type Pager interface {
+	// ListPage returns at most limit sessions after the position the
+	// page token after names ("" for the first page), and the next
+	// page's token ("" after the last); a bad token or limit is
+	// CodeInvalid.
+	ListPage(ctx context.Context, after string, limit int) ([]api.Session, string, error)
+}
+
 type Sessions interface {
 	// Create boots a session for owner (the id of the user it acts for,
 	// identity.Principal.Owner of the request's principal) and returns
@@ -65,7 +77,8 @@ type Sessions interface {
 	// answers. Waking a running session returns it as it is; a session in
 	// any other state is CodeConflict.
 	Wake(ctx context.Context, id string) (api.Session, error)
-	// WakeFromLastSnapshot brings a lost or failed session back from its
+	// WakeFromLastSnapshot brings a lost or failed session (or a parked
+	// one whose latest snapshot is on a dead node only) back from its
 	// last stored snapshot; a session in another state, or without one,
 	// is CodeConflict.
 	WakeFromLastSnapshot(ctx context.Context, id string) (api.Session, error)

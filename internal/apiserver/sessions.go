@@ -1,16 +1,20 @@
 package apiserver
 
 import (
-	"github.com/cove-dev/cove/internal/audit"
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/audit"
+	"github.com/cove-dev/cove/internal/session"
 )
 
-// sessionList is the answer of GET /v1/sessions.
+// sessionList is the answer of GET /v1/sessions: Next, with ?limit, is
+// the next page's token ("" after the last page).
 type sessionList struct {
 	Sessions []api.Session `json:"sessions"`
+	Next     string        `json:"next,omitempty"`
 }
 
 func (s *Server) health(w http.ResponseWriter, r *http.Request) error {
@@ -48,7 +52,7 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) error {
 
 // listSessions lists the sessions the caller may read (session.get).
 func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) error {
-	list, err := s.sessions.List(r.Context())
+	list, next, err := s.listPage(r)
 	if err != nil {
 		return err
 	}
@@ -62,7 +66,31 @@ func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) error {
 			shown = append(shown, sess)
 		}
 	}
-	return writeJSON(w, http.StatusOK, sessionList{shown})
+	// A page may show fewer than its limit (those the caller may not
+	// see are left out) and still have a next one.
+	return writeJSON(w, http.StatusOK, sessionList{Sessions: shown, Next: next})
+}
+
+// listPage reads the sessions GET /v1/sessions lists: all of them, or,
+// with ?limit=N (and ?after=TOKEN, the next token of the page before),
+// one page of N at most (1 to session.MaxPage) and the next page's token.
+func (s *Server) listPage(r *http.Request) ([]api.Session, string, error) {
+	q := r.URL.Query()
+	lim, after := q.Get("limit"), q.Get("after")
+	if lim == "" && after == "" {
+		list, err := s.sessions.List(r.Context())
+		return list, "", err
+	}
+	limit, err := strconv.Atoi(lim)
+	if err != nil || limit < 1 || limit > session.MaxPage {
+		return nil, "", api.Errorf(api.CodeInvalid, "limit %q: want a number from 1 to %d (with after)", lim, session.MaxPage)
+	}
+	p, ok := s.sessions.(Pager)
+	if !ok {
+		list, err := s.sessions.List(r.Context()) // one page: all
+		return list, "", err
+	}
+	return p.ListPage(r.Context(), after, limit)
 }
 
 func (s *Server) getSession(w http.ResponseWriter, r *http.Request) error {

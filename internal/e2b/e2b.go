@@ -221,7 +221,7 @@ func New(cfg Config) (*Server, error) {
 	s.control.HandleFunc("DELETE /sandboxes/{id}", s.routed(s.kill))
 	s.control.HandleFunc("POST /sandboxes/{id}/timeout", s.routed(s.setTimeout))
 	s.control.HandleFunc("POST /sandboxes/{id}/pause", s.routed(s.pause))
-	s.control.HandleFunc("POST /v2/sandboxes/{id}/connect", s.routed(s.connect))
+	s.control.HandleFunc("POST /v2/sandboxes/{id}/connect", s.routedWake(s.connect))
 	s.control.HandleFunc("GET /sandboxes/{id}/metrics", s.routed(s.metrics))
 	s.control.HandleFunc("POST /sandboxes/{id}/snapshots", s.routed(s.createSnapshot))
 	s.control.HandleFunc("GET /snapshots", s.listSnapshots)

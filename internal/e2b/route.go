@@ -37,6 +37,9 @@ type Router interface {
 	// Session returns the target of a call about session id, or ok
 	// false for this server.
 	Session(ctx context.Context, id string) (t routing.Target, ok bool, err error)
+	// Wake is Session for a call that wakes the sandbox (a connect): a
+	// paused sandbox of a draining node wakes on another node.
+	Wake(ctx context.Context, id string) (t routing.Target, ok bool, err error)
 	// Target is the target of a node placement chose (its E2B URL).
 	Target(n store.Node) (routing.Target, error)
 	// Node is this server's embedded node ("" for none).
@@ -56,6 +59,19 @@ func routedHere(r *http.Request) bool { return r.Header.Get(routing.Header) != "
 func (s *Server) routed(h http.HandlerFunc) http.HandlerFunc {
 	return s.routedBy(func(r *http.Request) string { return r.PathValue("id") }, h)
 }
+
+// routedWake is routed for a call that wakes the sandbox (a connect):
+// routed by Router.Wake, so that a paused sandbox of a draining node
+// wakes on another node (its access token then that server's, which
+// the connect answers).
+func (s *Server) routedWake(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s.routed(h)(w, r.WithContext(context.WithValue(r.Context(), wakeKey{}, true)))
+	}
+}
+
+// wakeKey marks the context of a call routedWake routes.
+type wakeKey struct{}
 
 // routedBy is routed for a route whose sandbox idOf says ("" for none:
 // served here).
@@ -97,7 +113,11 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request, id string, envd b
 		s.refuse(w, r, envd, api.Errorf(api.CodeUnavailable, "sandbox %s: the call was routed to another node's server and reached this one (node %s) again: that node's advertised E2B URL (--e2b-advertise-url) reaches this server; set each server's to an address the others reach its E2B API at", id, node))
 		return true
 	}
-	t, ok, err := s.cfg.Router.Session(r.Context(), id)
+	lookup := s.cfg.Router.Session
+	if wakes, _ := r.Context().Value(wakeKey{}).(bool); wakes {
+		lookup = s.cfg.Router.Wake
+	}
+	t, ok, err := lookup(r.Context(), id)
 	switch {
 	case err != nil:
 	case !ok:

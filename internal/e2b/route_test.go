@@ -23,8 +23,10 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/apiserver"
+	"github.com/cove-dev/cove/internal/cas"
 	"github.com/cove-dev/cove/internal/e2b"
 	"github.com/cove-dev/cove/internal/identity"
+	"github.com/cove-dev/cove/internal/objstore"
 	"github.com/cove-dev/cove/internal/policy"
 	"github.com/cove-dev/cove/internal/routing"
 	"github.com/cove-dev/cove/internal/session"
@@ -59,6 +61,14 @@ func twoE2BServers(t *testing.T) (a, b *routeE2B) {
 	}
 	db := filepath.Join(t.TempDir(), "state.db")
 	driver := fake.New()
+	objs, err := objstore.OpenDir(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	objects, err := cas.New(cas.Config{Objects: objs}) // one, shared: a drained node's sandboxes move
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx := context.Background()
 	var alice string
 	start := func(name string, key byte) *routeE2B {
@@ -104,7 +114,7 @@ func twoE2BServers(t *testing.T) (a, b *routeE2B) {
 		log := slog.New(slog.NewTextHandler(io.Discard, nil))
 		dir := t.TempDir()
 		mgr, err := session.New(session.Config{Store: st, Driver: driver, Images: emptyImages{imgDir}, Dir: dir,
-			TemplateDir: filepath.Join(dir, "templates"), DefaultMemoryMiB: 64, Node: n.ID, Route: true,
+			TemplateDir: filepath.Join(dir, "templates"), DefaultMemoryMiB: 64, Node: n.ID, Route: true, Objects: objects,
 			NodeGrace: time.Hour, ServerID: name, Log: log})
 		if err != nil {
 			t.Fatal(err)
@@ -349,4 +359,44 @@ func TestFakeRouteE2BEndTime(t *testing.T) {
 			t.Fatalf("a minute after B's sweep started: %+v, %v; want it ended", ss, err)
 		}
 	}
+}
+
+// A paused sandbox of a draining node wakes on another node on its
+// connect, through either server: node A drained (its sandbox paused and
+// stored), a connect through A is carried out by B, which moves the
+// sandbox to its node from the object store and answers B's access
+// token; the sandbox's files are there, through A and through B.
+func TestFakeRouteE2BDrain(t *testing.T) {
+	a, b := twoE2BServers(t)
+	b.setAdmin(t, store.NodeCordoned)
+	var sbx sandboxAnswer
+	a.env.ok(&sbx, http.StatusCreated, a.env.alice, "POST", "/v2/sandboxes", `{"templateID":"base","timeout":600}`)
+	if got := nodeOf(t, a.st, sbx.SandboxID); got != a.node {
+		t.Fatalf("the sandbox is on node %q, want A's %q", got, a.node)
+	}
+	if st, body := a.env.envd(sbx, "POST", "/files?path=/tmp/x", "application/octet-stream", "kept"); st != http.StatusOK {
+		t.Fatalf("write a file: %d %s", st, body)
+	}
+	b.setAdmin(t, "")
+	res, err := a.mgr.DrainNode(context.Background(), a.node)
+	if err != nil || res.Parked != 1 || len(res.Errors) != 0 {
+		t.Fatalf("drain A: %+v, %v", res, err)
+	}
+	if info := b.env.info(sbx.SandboxID); info.State != "paused" {
+		t.Fatalf("after the drain: %q, want paused", info.State)
+	}
+	var again sandboxAnswer
+	a.env.ok(&again, http.StatusCreated, a.env.alice, "POST", "/v2/sandboxes/"+sbx.SandboxID+"/connect", `{"timeout":600}`)
+	if got := nodeOf(t, a.st, sbx.SandboxID); got != b.node {
+		t.Fatalf("after the connect through A the sandbox is on %q, want B's %q", got, b.node)
+	}
+	if again.EnvdAccessToken != b.env.e2b.AccessToken(sbx.SandboxID) {
+		t.Error("the connect did not answer B's access token")
+	}
+	for _, via := range []*routeE2B{a, b} {
+		if st, body := via.env.envd(again, "GET", "/files?path=/tmp/x", "", ""); st != http.StatusOK || string(body) != "kept" {
+			t.Fatalf("read the file through %s after the move: %d %q", via.name, st, body)
+		}
+	}
+	a.env.ok(nil, http.StatusNoContent, a.env.alice, "DELETE", "/sandboxes/"+sbx.SandboxID, "")
 }

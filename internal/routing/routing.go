@@ -15,6 +15,15 @@
 //     that is not cordoned or draining and advertises a URL).
 //   - N is a remote node (`cove node`): S (remote nodes take no sessions
 //     yet).
+//   - A call that may wake X (Wake: a wake, an exec, a file call) where X
+//     is parked, stored in the object store, and N is draining: X wakes
+//     elsewhere (a drained node ends empty), so the call is carried out
+//     by S when S's node takes sessions, else by the first live node's
+//     server by name that does and advertises a URL (N's own server
+//     included: it sends the wake away). A cordoned N's sessions wake
+//     back on it (cordoned: no new sessions; draining: move away), and so
+//     does one never stored (its files are on N alone) or one no other
+//     node takes (N's server says why in its log).
 //
 // A drain of node N (Drain) goes to N's server likewise, which parks N's
 // sessions; a dead or remote N, or one whose server advertises no URL,
@@ -121,6 +130,19 @@ func (r *Router) Node() string { return r.node }
 // that cannot be reached by routing (its server advertises no URL), as
 // an *api.Error.
 func (r *Router) Session(ctx context.Context, id string) (t Target, ok bool, err error) {
+	return r.session(ctx, id, false)
+}
+
+// Wake is Session for a call that may wake session id (a wake, an exec,
+// a file call): one about a parked session, stored in the object store,
+// whose node is draining goes to a node that takes sessions (this
+// server's when it does), where the session wakes, restored from the
+// object store. With none, it goes to the holder's server as Session's.
+func (r *Router) Wake(ctx context.Context, id string) (t Target, ok bool, err error) {
+	return r.session(ctx, id, true)
+}
+
+func (r *Router) session(ctx context.Context, id string, wakes bool) (t Target, ok bool, err error) {
 	rec, err := r.st.GetSession(ctx, id)
 	if errors.Is(err, store.ErrNotFound) {
 		return Target{}, false, nil
@@ -128,7 +150,8 @@ func (r *Router) Session(ctx context.Context, id string) (t Target, ok bool, err
 	if err != nil {
 		return Target{}, false, fmt.Errorf("route: session %s: %w", id, err)
 	}
-	if rec.Node == r.node && r.node != "" {
+	moves := wakes && rec.State == api.StateParked && rec.StoredManifest != ""
+	if rec.Node == r.node && r.node != "" && !moves {
 		return Target{}, false, nil
 	}
 	if rec.Node == "" {
@@ -150,6 +173,18 @@ func (r *Router) Session(ctx context.Context, id string) (t Target, ok bool, err
 	case n.Dead:
 		return r.anyNode(ctx, id)
 	case !n.Embedded:
+		return Target{}, false, nil
+	}
+	if moves && n.Admin == store.NodeDraining {
+		if r.takes(ctx) {
+			return Target{}, false, nil // it wakes here
+		}
+		if t, ok, err := r.anyNode(ctx, id); err != nil || ok {
+			return t, ok, err
+		}
+		// No other node takes it: its own server wakes it there.
+	}
+	if n.ID == r.node {
 		return Target{}, false, nil
 	}
 	if u, flag := r.urlOf(n); u == "" {
@@ -184,9 +219,20 @@ func (r *Router) Drain(ctx context.Context, idOrName string) (t Target, ok bool,
 	return t, err == nil, err
 }
 
-// anyNode is the target of a call about session id, whose node is gone,
-// from a server that runs none: the first live node by name that takes
-// sessions and advertises a URL.
+// takes reports whether this server's node takes sessions: it runs one,
+// alive, neither cordoned nor draining (a store that cannot say: no).
+func (r *Router) takes(ctx context.Context) bool {
+	if r.node == "" {
+		return false
+	}
+	n, err := r.st.GetNode(ctx, r.node)
+	return err == nil && !n.Dead && n.Admin == ""
+}
+
+// anyNode is the target of a call about session id that its node's
+// server does not carry out (its node is gone, seen from a server that
+// runs none, or draining, for a wake): the first live node by name that
+// takes sessions and advertises a URL; ok false when there is none.
 func (r *Router) anyNode(ctx context.Context, id string) (Target, bool, error) {
 	nodes, err := r.st.ListNodes(ctx)
 	if err != nil {

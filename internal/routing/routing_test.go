@@ -153,3 +153,83 @@ func TestParseURL(t *testing.T) {
 		}
 	}
 }
+
+// Where a call that may wake a session goes (Router.Wake): a parked,
+// stored session of a draining node wakes on a node that takes sessions
+// (the reached server's own, else the first live one by name, the
+// draining node's own server included); a cordoned node's wakes back on
+// it, and so does a draining node's that is not stored, or not parked.
+func TestWake(t *testing.T) {
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	now := time.Now().UTC()
+	nodes := []store.Node{
+		{ID: "node-drain", Name: "a-drain", Embedded: true, URL: "http://10.0.0.1:7070", Admin: store.NodeDraining},
+		{ID: "node-cordon", Name: "b-cordon", Embedded: true, URL: "http://10.0.0.2:7070", Admin: store.NodeCordoned},
+		{ID: "node-ready", Name: "c-ready", Embedded: true, URL: "http://10.0.0.3:7070"},
+	}
+	for i := range nodes {
+		nodes[i].JoinedAt, nodes[i].HeartbeatAt = now, now
+		if err := st.CreateNode(ctx, &nodes[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, s := range []store.Session{
+		{ID: "s-drained", Node: "node-drain", State: api.StateParked, StoredManifest: "m1"},
+		{ID: "s-unstored", Node: "node-drain", State: api.StateParked},
+		{ID: "s-running", Node: "node-drain", State: api.StateRunning},
+		{ID: "s-cordoned", Node: "node-cordon", State: api.StateParked, StoredManifest: "m2"},
+	} {
+		s.Image, s.MemoryMiB, s.CPUs, s.CreatedAt, s.UpdatedAt = "tiny", 64, 1, now, now
+		if err := st.CreateSession(ctx, &s); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cases := []struct {
+		from, session string
+		want          string // "" here, else the target's URL
+	}{
+		{"node-ready", "s-drained", ""},                      // moved here by the wake
+		{"node-drain", "s-drained", "http://10.0.0.3:7070"},  // its own server sends it away
+		{"node-cordon", "s-drained", "http://10.0.0.3:7070"}, // a cordoned node takes none
+		{"", "s-drained", "http://10.0.0.3:7070"},            // a server with no node
+		{"node-ready", "s-unstored", "http://10.0.0.1:7070"}, // its files are on its node alone
+		{"node-drain", "s-unstored", ""},                     // wakes back there
+		{"node-ready", "s-running", "http://10.0.0.1:7070"},  // nothing to move
+		{"node-ready", "s-cordoned", "http://10.0.0.2:7070"}, // cordoned: wakes back on it
+		{"node-cordon", "s-cordoned", ""},
+	}
+	for _, c := range cases {
+		tg, ok, err := routing.New(st, c.from).Wake(ctx, c.session)
+		got := ""
+		if ok {
+			got = tg.URL.String()
+		}
+		if err != nil || got != c.want {
+			t.Errorf("from %q, wake %s: %q, %v; want %q", c.from, c.session, got, err, c.want)
+		}
+		// A call that wakes nothing goes to the holder, as before.
+		if tg, ok, err := routing.New(st, c.from).Session(ctx, c.session); c.session == "s-drained" && c.from == "node-drain" && (ok || err != nil) {
+			t.Errorf("from its own server, a call about %s that wakes nothing: %v, %v, %v; want here", c.session, tg, ok, err)
+		}
+	}
+	// No other node takes sessions: the draining node's server wakes it.
+	n, err := st.GetNode(ctx, "node-ready")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Admin = store.NodeCordoned
+	if err := st.UpdateNode(ctx, &n); err != nil {
+		t.Fatal(err)
+	}
+	if tg, ok, err := routing.New(st, "node-drain").Wake(ctx, "s-drained"); ok || err != nil {
+		t.Errorf("no other node takes sessions: %v, %v, %v; want here", tg, ok, err)
+	}
+	if tg, ok, err := routing.New(st, "node-ready").Wake(ctx, "s-drained"); !ok || err != nil || tg.NodeID != "node-drain" {
+		t.Errorf("no other node takes sessions, from another: %v, %v, %v; want the holder's", tg, ok, err)
+	}
+}

@@ -126,9 +126,16 @@ func (m *Manager) loseSession(ctx context.Context, id string, n store.Node, last
 // wakeHere makes parked session rec this node's to wake, where another
 // node holds it: one that is dead (or removed) gives it up if its
 // snapshot is stored (rec.Node is set to this node, recorded with the
-// wake's next update); a live one keeps it.
+// wake's next update), and so does a live one that is draining (a
+// drained node's sessions wake elsewhere); another live one keeps it.
+// A wake of this node's own session while it is draining stays here,
+// and the log says why.
 func (m *Manager) wakeHere(ctx context.Context, rec *store.Session) error {
-	if m.cfg.Node == "" || rec.Node == "" || rec.Node == m.cfg.Node {
+	if m.cfg.Node == "" || rec.Node == "" {
+		return nil
+	}
+	if rec.Node == m.cfg.Node {
+		m.wakeOnDraining(ctx, *rec)
 		return nil
 	}
 	n, err := m.cfg.Store.GetNode(ctx, rec.Node)
@@ -138,21 +145,51 @@ func (m *Manager) wakeHere(ctx context.Context, rec *store.Session) error {
 	case err != nil:
 		return fmt.Errorf("session: wake %s: its node: %w", rec.ID, err)
 	}
-	if !n.Dead {
+	draining := !n.Dead && n.Admin == store.NodeDraining
+	if !n.Dead && !draining {
 		return api.Errorf(api.CodeConflict, "wake %s: the session is held by node %s (%s), which is alive: its server wakes it (a server that advertises a URL routes the call there)", rec.ID, n.Name, n.ID)
 	}
 	if rec.StoredManifest == "" {
-		return api.Errorf(api.CodeUnavailable, "wake %s: its snapshot's files are on node %s (%s), which is dead, and were never stored in the object store: it cannot wake elsewhere", rec.ID, n.Name, n.ID)
+		if draining {
+			return api.Errorf(api.CodeConflict, "wake %s: the session is held by node %s (%s), which is draining, and its snapshot is not stored in the object store (yet): its server wakes it there", rec.ID, n.Name, n.ID)
+		}
+		return api.Errorf(api.CodeUnavailable, "wake %s: its latest snapshot%s is on node %s (%s) only, which is dead: it was never stored in the object store (its upload was cut short or failed), so it cannot wake elsewhere; %s",
+			rec.ID, parkedAt(rec), n.Name, n.ID, lastStoredHint(rec))
 	}
 	if !m.nodeSchedulable(ctx) {
 		return m.notSchedulable("wake " + rec.ID)
 	}
-	m.cfg.Log.Info("waking a session of a dead node here, from its stored snapshot", "session", rec.ID, "from_node", n.ID, "node", m.cfg.Node)
+	if draining {
+		m.cfg.Log.Info("waking a session of a draining node here, from its stored snapshot", "session", rec.ID, "from_node", n.ID, "node", m.cfg.Node)
+	} else {
+		m.cfg.Log.Info("waking a session of a dead node here, from its stored snapshot", "session", rec.ID, "from_node", n.ID, "node", m.cfg.Node)
+	}
 	rec.Node = m.cfg.Node
 	// Its files are restored into this node's session dir (the other
 	// node's, on another host, is not here to read).
 	rec.Snapshot = rehome(rec.Snapshot, sessionDirOf(rec.Snapshot), m.dir(rec.ID))
 	return nil
+}
+
+// parkedAt is " (parked at T)" for a parked record that says when, else "".
+func parkedAt(rec *store.Session) string {
+	mach, err := decodeMachine(rec.Snapshot)
+	if err != nil || mach.Parked == nil || mach.Parked.CreatedAt.IsZero() {
+		return ""
+	}
+	return " (parked at " + mach.Parked.CreatedAt.UTC().Format(time.RFC3339) + ")"
+}
+
+// lastStoredHint says what a session whose latest snapshot cannot be
+// had can go back to: its last stored snapshot, if any, which nothing
+// restores unasked.
+func lastStoredHint(rec *store.Session) string {
+	mach, err := decodeMachine(rec.Snapshot)
+	if err != nil || mach.LastStored == nil {
+		return "it has no older stored snapshot to go back to: it wakes once that node is back"
+	}
+	return fmt.Sprintf("its last stored snapshot is from %s: 'cove wake %s --from-last-snapshot' goes back to it (the work since is lost), or it wakes as it is once that node is back",
+		mach.LastStored.At.UTC().Format(time.RFC3339), rec.ID)
 }
 
 // dropMoved removes the files of session id that a wake fetched into
@@ -198,8 +235,12 @@ func (m *Manager) toLastSnapshot(ctx context.Context, id string) error {
 	if err != nil {
 		return notFound(id, err)
 	}
-	if rec.State != api.StateLost && rec.State != api.StateFailed {
-		return api.Errorf(api.CodeConflict, "wake %s --from-last-snapshot: the session is %s: only a lost or failed session goes back to its last stored snapshot", id, rec.State)
+	if rec.State == api.StateParked {
+		if err := m.parkedOnDeadNode(ctx, rec); err != nil {
+			return err
+		}
+	} else if rec.State != api.StateLost && rec.State != api.StateFailed {
+		return api.Errorf(api.CodeConflict, "wake %s --from-last-snapshot: the session is %s: only a lost or failed session, or a parked one whose latest snapshot is on a dead node only, goes back to its last stored snapshot", id, rec.State)
 	}
 	mach, err := decodeMachine(rec.Snapshot)
 	if err != nil || mach.LastStored == nil {
@@ -248,6 +289,30 @@ func (m *Manager) toLastSnapshot(ctx context.Context, id string) error {
 		return fmt.Errorf("session: wake %s from its last snapshot: %w", id, err)
 	}
 	m.cfg.Log.Warn("session goes back to its last stored snapshot", "session", id, "snapshot_at", ls.At, "manifest", ls.Manifest)
+	return nil
+}
+
+// parkedOnDeadNode checks that parked session rec may go back to its
+// last stored snapshot: its latest one is not stored and its node is
+// dead (or removed), so that snapshot cannot be had. One that can wakes
+// as it is (409).
+func (m *Manager) parkedOnDeadNode(ctx context.Context, rec store.Session) error {
+	if rec.StoredManifest != "" {
+		return api.Errorf(api.CodeConflict, "wake %s --from-last-snapshot: its latest snapshot is stored: wake it as it is (cove wake %s)", rec.ID, rec.ID)
+	}
+	if rec.Node == "" || rec.Node == m.cfg.Node {
+		return api.Errorf(api.CodeConflict, "wake %s --from-last-snapshot: its latest snapshot is on this node: wake it as it is (cove wake %s)", rec.ID, rec.ID)
+	}
+	n, err := m.cfg.Store.GetNode(ctx, rec.Node)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return nil
+	case err != nil:
+		return fmt.Errorf("session: wake %s --from-last-snapshot: its node: %w", rec.ID, err)
+	case !n.Dead:
+		return api.Errorf(api.CodeConflict, "wake %s --from-last-snapshot: its latest snapshot is on node %s (%s), which is alive: wake it as it is (cove wake %s)", rec.ID, n.Name, n.ID, rec.ID)
+	}
+	m.cfg.Log.Warn("a parked session goes back to its last stored snapshot: its latest one is on a dead node only", "session", rec.ID, "node", n.ID)
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -101,6 +102,7 @@ func (m *Manager) heartbeatLoop() {
 		default:
 			fctx, cancel := context.WithTimeout(context.Background(), every)
 			m.fence(fctx)
+			m.dropMovedAway(fctx)
 			cancel()
 		}
 	}
@@ -251,6 +253,9 @@ func (m *Manager) place(ctx context.Context, memMiB, cpus int, selector map[stri
 		cands[i] = placement.Node{ID: n.ID, Name: n.Name, Labels: n.Labels, Admin: n.Admin, Dead: n.Dead, Used: used[n.ID],
 			Capacity: placement.Resources{MemoryMiB: n.Capacity.MemoryMiB, VCPUs: int64(n.Capacity.VCPUs), DiskBytes: n.Capacity.DiskBytes}}
 		cands[i].Unusable = m.unusable(ctx, n)
+		if cands[i].Unusable == "" && slices.Contains(refusedBy(ctx), n.ID) {
+			cands[i].Unusable = "it refused this create: no room there when it reached its server"
+		}
 		if template != "" && n.ID == m.cfg.Node {
 			m.mu.Lock()
 			cands[i].Pooled = m.pools[template] != nil
@@ -263,7 +268,9 @@ func (m *Manager) place(ctx context.Context, memMiB, cpus int, selector map[stri
 		MemoryOvercommit: m.cfg.Admission.memoryOvercommit(), CPUOvercommit: m.cfg.Admission.cpuOvercommit(),
 	})
 	if err != nil {
-		return "", nil, api.Errorf(api.CodeUnavailable, "%v", err)
+		// Room may come (and another server's placement may find it
+		// elsewhere): a refusal for want of room now (IsNoRoom).
+		return "", nil, &hostFullError{api.Errorf(api.CodeUnavailable, "%v", err)}
 	}
 	if id != m.cfg.Node || m.cfg.NoNode {
 		for _, n := range nodes {
@@ -424,6 +431,7 @@ func (m *Manager) DrainNode(ctx context.Context, idOrName string) (api.DrainResu
 		if err != nil {
 			return api.DrainResult{}, fmt.Errorf("session: drain %s: %w", n.ID, err)
 		}
+		var parked []string
 		for _, r := range recs {
 			if !m.holds(r, n.ID) || r.State != api.StateRunning {
 				continue
@@ -433,6 +441,15 @@ func (m *Manager) DrainNode(ctx context.Context, idOrName string) (api.DrainResu
 				continue
 			}
 			res.Parked++
+			parked = append(parked, r.ID)
+		}
+		// Stored before the drain returns: each then wakes elsewhere
+		// (drain.go).
+		notStored := m.waitStored(ctx, parked)
+		for _, id := range parked {
+			if why, ok := notStored[id]; ok {
+				res.Errors = append(res.Errors, id+": parked, but "+why)
+			}
 		}
 		m.cfg.Log.Info("node drained", "node", n.ID, "parked", res.Parked, "failed", len(res.Errors))
 	}

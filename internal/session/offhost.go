@@ -80,6 +80,7 @@ type uploads struct {
 type upload struct {
 	cancel context.CancelFunc
 	done   chan struct{} // closed once the upload no longer reads the files
+	ended  chan struct{} // closed once the upload is over (its outcome recorded)
 }
 
 // baseEntry is one template version's upload, done once.
@@ -139,7 +140,7 @@ func (m *Manager) startUpload(rec store.Session, cause Cause) {
 	m.bg.Add(1) // under mu: never after stopLoops closed stop
 	m.mu.Unlock()
 	ctx, cancel := context.WithCancel(context.Background())
-	u := &upload{cancel: cancel, done: make(chan struct{})}
+	u := &upload{cancel: cancel, done: make(chan struct{}), ended: make(chan struct{})}
 	m.ups.mu.Lock()
 	if old := m.ups.running[rec.ID]; old != nil {
 		old.cancel() // a snapshot the record no longer names
@@ -155,6 +156,7 @@ func (m *Manager) startUpload(rec store.Session, cause Cause) {
 			delete(m.ups.running, rec.ID)
 		}
 		m.ups.mu.Unlock()
+		close(u.ended)
 		m.kickCache() // the session may be evictable now (cache.go)
 	}()
 }

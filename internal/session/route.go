@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/store"
@@ -38,6 +39,28 @@ func (e *ElsewhereError) Error() string {
 func (e *ElsewhereError) Unwrap() error {
 	return api.Errorf(api.CodeUnavailable, "%s", e.Error())
 }
+
+// refusedKey carries the nodes whose servers refused a create routed to
+// them for want of room (RefusedBy).
+type refusedKey struct{}
+
+// RefusedBy marks ctx as that of a create placed again after the servers
+// of nodes refused it for want of room (IsNoRoom): placement passes
+// those nodes over.
+func RefusedBy(ctx context.Context, nodes ...string) context.Context {
+	return context.WithValue(ctx, refusedKey{}, append(slices.Clip(refusedBy(ctx)), nodes...))
+}
+
+// refusedBy is the nodes RefusedBy marked ctx with.
+func refusedBy(ctx context.Context) []string {
+	v, _ := ctx.Value(refusedKey{}).([]string)
+	return v
+}
+
+// IsNoRoom reports whether err refuses a create or wake for want of room
+// now: no node fits, or this host's admission is full. Nothing was made:
+// the create may be placed again on another node.
+func IsNoRoom(err error) bool { return isHostFull(err) }
 
 // hereKey marks a context routed here.
 type hereKey struct{}
@@ -113,7 +136,9 @@ func advertiseNode(ctx context.Context, st store.Store, id string, field func(*s
 // deliversFor reports whether this server makes the deliveries of
 // session id: its node holds it (or no node registry is used), or the
 // node that holds it is dead or removed and this server runs VMs (the
-// wake moves the session here). Another live node's server makes them.
+// wake moves the session here), or draining with the session parked and
+// stored and this server's node takes sessions (the same). Another live
+// node's server makes them.
 func (m *Manager) deliversFor(ctx context.Context, id string) bool {
 	if m.cfg.Node == "" && !m.cfg.NoNode {
 		return true
@@ -123,7 +148,7 @@ func (m *Manager) deliversFor(ctx context.Context, id string) bool {
 		return !m.cfg.NoNode // the delivery fails, saying why
 	}
 	if m.holds(rec, m.cfg.Node) && !m.cfg.NoNode {
-		return true
+		return !m.movesAway(ctx, rec)
 	}
 	n, err := m.cfg.Store.GetNode(ctx, rec.Node)
 	switch {
@@ -132,7 +157,10 @@ func (m *Manager) deliversFor(ctx context.Context, id string) bool {
 	case err != nil:
 		return false
 	}
-	return n.Dead && !m.cfg.NoNode
+	// A draining node's stored parked session wakes on a node that takes
+	// sessions (drain.go).
+	draining := n.Admin == store.NodeDraining && rec.State == api.StateParked && rec.StoredManifest != ""
+	return (n.Dead || draining && m.nodeSchedulable(ctx)) && !m.cfg.NoNode
 }
 
 // rehome moves the paths of a parked session's machine record that lie

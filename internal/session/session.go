@@ -11,6 +11,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base32"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -18,6 +19,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -450,6 +452,19 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 
 	start := time.Now()
 	l, err := m.boot(ctx, rec, im, timeout)
+	if err == nil && ctx.Err() != nil {
+		// Booted, but the caller is gone (its server died mid-call, the
+		// client gave up): nobody learns the session's id, and a retry
+		// makes another, so this one is undone.
+		l.client().Close()
+		_ = l.vm.Stop(context.Background())
+		os.RemoveAll(m.dir(rec.ID))
+		err = ctx.Err()
+	}
+	if err != nil && ctx.Err() != nil {
+		m.abandonCreate(rec, err)
+		return api.Session{}, fmt.Errorf("session: create %s: given up, its caller gone: %w", rec.ID, err)
+	}
 	if err != nil {
 		log.Warn("boot failed", "err", err)
 		rec.State, rec.Error, rec.UpdatedAt = api.StateFailed, err.Error(), time.Now().UTC()
@@ -480,6 +495,23 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 	}
 	log.Info("session running", "boot_ms", rec.BootMillis)
 	return m.toAPI(rec), nil
+}
+
+// abandonCreate removes the record of session rec, whose create was given
+// up because its caller went away (its boot ended, its VM and files
+// gone): a create whose answer reaches nobody leaves nothing, so that the
+// caller's retry, through this server or another, makes the one session.
+func (m *Manager) abandonCreate(rec store.Session, cause error) {
+	ctx := context.Background()
+	m.killStray(ctx, rec.ID)
+	os.RemoveAll(m.dir(rec.ID))
+	if err := m.cfg.Store.DeleteSession(ctx, rec.ID); err != nil && !errors.Is(err, store.ErrNotFound) {
+		m.cfg.Log.Warn("a create given up (its caller gone): its record could not be removed; it is marked failed", "session", rec.ID, "err", err)
+		rec.State, rec.Error, rec.UpdatedAt = api.StateFailed, "create given up: its caller went away: "+cause.Error(), time.Now().UTC()
+		m.recordFollows(rec)
+		return
+	}
+	m.cfg.Log.Info("create given up: its caller went away before it answered; nothing is kept", "session", rec.ID, "err", cause)
 }
 
 // parseIdle parses an idle timeout: empty means the server default (0),
@@ -869,16 +901,102 @@ func (m *Manager) List(ctx context.Context) ([]api.Session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("session: list: %w", err)
 	}
+	return m.listed(ctx, recs, true)
+}
+
+// MaxPage is the most sessions one page of ListPage holds.
+const MaxPage = 1000
+
+// ListPage returns a page of at most limit sessions (1 to MaxPage) in
+// List's order, after the position the cursor token after names ("" for
+// the first page), and the token of the next page ("" after the last).
+// The order is stable across pages: a session there throughout is listed
+// once, whatever is created or removed meanwhile.
+func (m *Manager) ListPage(ctx context.Context, after string, limit int) ([]api.Session, string, error) {
+	if limit < 1 || limit > MaxPage {
+		return nil, "", api.Errorf(api.CodeInvalid, "limit %d: want 1 to %d", limit, MaxPage)
+	}
+	cur, err := decodeCursor(after)
+	if err != nil {
+		return nil, "", err
+	}
+	recs, err := m.cfg.Store.ListSessionsAfter(ctx, cur, limit+1)
+	if err != nil {
+		return nil, "", fmt.Errorf("session: list: %w", err)
+	}
+	next := ""
+	if len(recs) > limit {
+		recs = recs[:limit]
+		last := recs[limit-1]
+		next = encodeCursor(store.SessionCursor{CreatedAt: last.CreatedAt, ID: last.ID})
+	}
+	out, err := m.listed(ctx, recs, false)
+	return out, next, err
+}
+
+// encodeCursor is the page token of position c: "NANOS.ID" ("-" for a
+// zero time), base64url.
+func encodeCursor(c store.SessionCursor) string {
+	at := "-"
+	if !c.CreatedAt.IsZero() {
+		at = strconv.FormatInt(c.CreatedAt.UnixNano(), 10)
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(at + "." + c.ID))
+}
+
+// decodeCursor undoes encodeCursor; "" is the list's start, anything
+// else not made by encodeCursor a 400.
+func decodeCursor(tok string) (store.SessionCursor, error) {
+	if tok == "" {
+		return store.SessionCursor{}, nil
+	}
+	bad := api.Errorf(api.CodeInvalid, "after %q: not a page token (use the next one a page of the list gave)", tok)
+	b, err := base64.RawURLEncoding.DecodeString(tok)
+	if err != nil {
+		return store.SessionCursor{}, bad
+	}
+	at, id, ok := strings.Cut(string(b), ".")
+	if !ok || id == "" {
+		return store.SessionCursor{}, bad
+	}
+	c := store.SessionCursor{ID: id}
+	if at != "-" {
+		n, err := strconv.ParseInt(at, 10, 64)
+		if err != nil {
+			return store.SessionCursor{}, bad
+		}
+		c.CreatedAt = time.Unix(0, n).UTC()
+	}
+	return c, nil
+}
+
+// listed is recs as the API shows them, with what each parked one waits
+// for: read for all at once (all, the whole list) or for each (a page).
+func (m *Manager) listed(ctx context.Context, recs []store.Session, all bool) ([]api.Session, error) {
 	parked := func(r store.Session) bool { return r.State == api.StateParked || r.State == api.StateParking }
-	// One query for every parked session's subscription.
 	subs := map[string]store.Subscription{}
-	if slices.ContainsFunc(recs, parked) {
+	switch {
+	case all && slices.ContainsFunc(recs, parked):
+		// One query for every parked session's subscription.
 		list, err := m.cfg.Store.ListSubscriptions(ctx)
 		if err != nil {
 			return nil, fmt.Errorf("session: list: %w", err)
 		}
 		for _, sub := range list {
 			subs[sub.SessionID] = sub
+		}
+	case !all:
+		for _, r := range recs {
+			if !parked(r) {
+				continue
+			}
+			sub, err := m.cfg.Store.GetSubscription(ctx, r.ID)
+			switch {
+			case err == nil:
+				subs[r.ID] = sub
+			case !errors.Is(err, store.ErrNotFound):
+				return nil, fmt.Errorf("session: list: %w", err)
+			}
 		}
 	}
 	out := make([]api.Session, 0, len(recs))

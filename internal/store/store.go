@@ -87,6 +87,13 @@ type Store interface {
 	// ListSessions returns every session, ordered by CreatedAt and then by
 	// ID (bytewise). An empty store gives a slice of length zero.
 	ListSessions(ctx context.Context) ([]Session, error)
+	// ListSessionsAfter returns at most limit sessions in ListSessions'
+	// order, starting after the position after (the CreatedAt and ID of
+	// the last session of the previous page; its zero value starts from
+	// the first): a page of the list, read from the index on (CreatedAt,
+	// ID). Sessions created or removed between pages move no other: each
+	// session there throughout is listed once. limit ≤ 0 gives none.
+	ListSessionsAfter(ctx context.Context, after SessionCursor, limit int) ([]Session, error)
 	// SessionUsage sums the sessions by the node that holds them and by
 	// state: one row per (Node, State) pair that has sessions, ordered by
 	// Node and then State (bytewise); an empty store gives a slice of
@@ -413,6 +420,14 @@ type Store interface {
 	// Close releases the store's resources. Writes that returned before it
 	// are durable.
 	Close() error
+}
+
+// SessionCursor is a position in the list of sessions (ListSessionsAfter):
+// that of the session with this CreatedAt and ID. The zero value is the
+// list's start.
+type SessionCursor struct {
+	CreatedAt time.Time
+	ID        string
 }
 
 // SessionUsage is what the sessions that one node holds in one state add

@@ -512,6 +512,36 @@ func (s *Store) ListSessions(ctx context.Context) ([]store.Session, error) {
 	return out, nil
 }
 
+// ListSessionsAfter implements store.Store.
+func (s *Store) ListSessionsAfter(ctx context.Context, after store.SessionCursor, limit int) ([]store.Session, error) {
+	if limit <= 0 {
+		return []store.Session{}, nil
+	}
+	const order = ` ORDER BY created_at NULLS FIRST, id LIMIT `
+	var out []store.Session
+	var err error
+	switch {
+	case after == store.SessionCursor{}:
+		out, err = query(ctx, s, scanSession, `SELECT `+sessionColumns+` FROM sessions`+order+`$1`, limit)
+	case after.CreatedAt.IsZero():
+		// NULL (the zero time) sorts first: the rest of those, then all
+		// the others.
+		out, err = query(ctx, s, scanSession, `SELECT `+sessionColumns+` FROM sessions
+			WHERE created_at IS NULL AND id > $1 OR created_at IS NOT NULL`+order+`$2`, after.ID, limit)
+	default:
+		var created any
+		if created, err = encodeTime(after.CreatedAt); err != nil {
+			return nil, s.errorf("postgres: list sessions: after: %w", err)
+		}
+		out, err = query(ctx, s, scanSession, `SELECT `+sessionColumns+` FROM sessions
+			WHERE (created_at, id) > ($1, $2)`+order+`$3`, created, after.ID, limit)
+	}
+	if err != nil {
+		return nil, s.errorf("postgres: list sessions: %w", err)
+	}
+	return out, nil
+}
+
 // SessionUsage implements store.Store.
 func (s *Store) SessionUsage(ctx context.Context) ([]store.SessionUsage, error) {
 	out, err := query(ctx, s, func(r pgx.Row) (u store.SessionUsage, err error) {

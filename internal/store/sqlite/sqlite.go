@@ -268,8 +268,36 @@ func (s *Store) RevokeSessionTokens(ctx context.Context, id string, at time.Time
 // ListSessions implements store.Store.
 func (s *Store) ListSessions(ctx context.Context) ([]store.Session, error) {
 	// NULL, the zero time, sorts first, as the zero time is earliest.
-	rows, err := s.db.QueryContext(ctx, `SELECT `+sessionColumns+` FROM sessions
+	return s.listSessions(ctx, `SELECT `+sessionColumns+` FROM sessions
 		ORDER BY created_at, id`)
+}
+
+// ListSessionsAfter implements store.Store.
+func (s *Store) ListSessionsAfter(ctx context.Context, after store.SessionCursor, limit int) ([]store.Session, error) {
+	if limit <= 0 {
+		return []store.Session{}, nil
+	}
+	const order = ` ORDER BY created_at, id LIMIT ?`
+	switch {
+	case after == store.SessionCursor{}:
+		return s.listSessions(ctx, `SELECT `+sessionColumns+` FROM sessions`+order, limit)
+	case after.CreatedAt.IsZero():
+		// NULL (the zero time) sorts first: the rest of those, then all
+		// the others.
+		return s.listSessions(ctx, `SELECT `+sessionColumns+` FROM sessions
+			WHERE created_at IS NULL AND id > ? OR created_at IS NOT NULL`+order, after.ID, limit)
+	}
+	created, err := encodeTime(after.CreatedAt)
+	if err != nil {
+		return nil, errorf("sqlite: list sessions: after: %w", err)
+	}
+	return s.listSessions(ctx, `SELECT `+sessionColumns+` FROM sessions
+		WHERE (created_at, id) > (?, ?)`+order, created, after.ID, limit)
+}
+
+// listSessions runs query, which selects sessionColumns, with args.
+func (s *Store) listSessions(ctx context.Context, query string, args ...any) ([]store.Session, error) {
+	rows, err := s.db.QueryContext(ctx, query, args...)
 	if err != nil {
 		return nil, errorf("sqlite: list sessions: %w", err)
 	}

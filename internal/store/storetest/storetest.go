@@ -34,6 +34,7 @@ func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	t.Run("Update", s.update)
 	t.Run("UpdateMissing", s.updateMissing)
 	t.Run("ListSessionsOrder", s.listSessionsOrder)
+	t.Run("ListSessionsAfter", s.listSessionsAfter)
 	t.Run("DeleteSession", s.deleteSession)
 	t.Run("DeleteSessionMissing", s.deleteSessionMissing)
 	t.Run("Checkpoints", s.checkpoints)
@@ -613,6 +614,91 @@ func (s *suite) listSessionsOrder(t *testing.T) {
 	add("zero", time.Time{})
 
 	wantSessionIDs(t, st, "zero", "early", "z", "b", "y", "B", "a", "c")
+}
+
+// ListSessionsAfter pages through ListSessions' order, whatever the page
+// size, from any position (a zero CreatedAt, equal CreatedAts, another
+// location); a session created between pages after the position comes in
+// a later page, and one removed moves no other.
+func (s *suite) listSessionsAfter(t *testing.T) {
+	st := s.fresh(t)
+	ctx := t.Context()
+	if got, err := st.ListSessionsAfter(ctx, store.SessionCursor{}, 10); err != nil || len(got) != 0 {
+		t.Fatalf("ListSessionsAfter on an empty store = %v, %v", got, err)
+	}
+	base := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	ny := time.FixedZone("UTC-5", -5*3600)
+	add := func(id string, created time.Time) {
+		mustCreate(t, st, store.Session{ID: id, State: "running", CreatedAt: created})
+	}
+	add("c", base.Add(2*time.Second))
+	add("b", base.Add(time.Nanosecond))
+	add("z", base)
+	add("a", base.Add(2*time.Second))
+	add("B", base.Add(2*time.Second))
+	add("y", base.Add(time.Nanosecond).In(ny))
+	add("zero2", time.Time{})
+	add("zero", time.Time{})
+	want := []string{"zero", "zero2", "z", "b", "y", "B", "a", "c"}
+	page := func(after store.SessionCursor, limit int) []store.Session {
+		t.Helper()
+		got, err := st.ListSessionsAfter(ctx, after, limit)
+		if err != nil {
+			t.Fatalf("ListSessionsAfter(%v, %d): %v", after, limit, err)
+		}
+		return got
+	}
+	for limit := 1; limit <= len(want)+1; limit++ {
+		var got []string
+		var after store.SessionCursor
+		for range len(want) + 2 {
+			p := page(after, limit)
+			if len(p) > limit {
+				t.Fatalf("limit %d: a page of %d", limit, len(p))
+			}
+			for _, s := range p {
+				got = append(got, s.ID)
+			}
+			if len(p) < limit {
+				break
+			}
+			last := p[len(p)-1]
+			after = store.SessionCursor{CreatedAt: last.CreatedAt, ID: last.ID}
+		}
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("limit %d: pages give %q, want %q", limit, got, want)
+		}
+	}
+	if got := page(store.SessionCursor{}, 0); len(got) != 0 {
+		t.Errorf("limit 0: %d sessions", len(got))
+	}
+	// From the position of "y" (in another location): the rest.
+	p := page(store.SessionCursor{CreatedAt: base.Add(time.Nanosecond).In(ny), ID: "y"}, 10)
+	if ids := sessionIDs(p); ids != "B a c" {
+		t.Errorf("after y: %q, want \"B a c\"", ids)
+	}
+	// After "zero" (a zero time): the other zero, then the rest.
+	if ids := sessionIDs(page(store.SessionCursor{ID: "zero"}, 3)); ids != "zero2 z b" {
+		t.Errorf("after zero: %q, want \"zero2 z b\"", ids)
+	}
+	// A session made between pages, after the position, and one removed
+	// at the position.
+	add("d", base.Add(3*time.Second))
+	if err := st.DeleteSession(ctx, "B"); err != nil {
+		t.Fatal(err)
+	}
+	if ids := sessionIDs(page(store.SessionCursor{CreatedAt: base.Add(2 * time.Second), ID: "B"}, 10)); ids != "a c d" {
+		t.Errorf("after the removed B: %q, want \"a c d\"", ids)
+	}
+}
+
+// sessionIDs is the ids of list, space-separated.
+func sessionIDs(list []store.Session) string {
+	ids := make([]string, len(list))
+	for i, s := range list {
+		ids[i] = s.ID
+	}
+	return strings.Join(ids, " ")
 }
 
 // BumpTokenGen adds one to a session's token generation and returns it;
