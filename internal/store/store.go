@@ -20,6 +20,9 @@ var (
 	ErrNotFound = errors.New("store: not found")
 	// ErrExists means a record with the given id already exists.
 	ErrExists = errors.New("store: already exists")
+	// ErrKeyUsed means a create came with an idempotency key its owner
+	// had used already (see SessionKey).
+	ErrKeyUsed = errors.New("store: idempotency key already used")
 	// ErrUnavailable means the store cannot be used for now: its database
 	// is locked by another process, read-only, out of space or failing.
 	// The call changed nothing, and the same call on the same store may
@@ -73,8 +76,17 @@ var (
 type Store interface {
 	// CreateSession inserts s at generation 1, whatever s.Gen, and sets
 	// s.Gen to 1. It fails with ErrExists if a session with s.ID exists,
-	// leaving that session unchanged.
+	// leaving that session unchanged. With s.IdempotencyKey, it records
+	// the key (a SessionKey) in the same transaction, or fails with
+	// ErrKeyUsed, changing nothing, if s.Owner has used it already.
 	CreateSession(ctx context.Context, s *Session) error
+	// SessionKey returns the create that owner made with idempotency key
+	// key, or ErrNotFound. A key outlives its session: DeleteSession
+	// leaves it.
+	SessionKey(ctx context.Context, owner, key string) (SessionKey, error)
+	// DeleteSessionKey frees owner's key (of a create given up, whose
+	// session is gone), or fails with ErrNotFound if there is none.
+	DeleteSessionKey(ctx context.Context, owner, key string) error
 	// UpdateSession replaces the session with id s.ID by s, every field
 	// but TokenGen and TokensRevokedAt, if its stored generation is
 	// s.Gen: it stores generation s.Gen+1 and, on success only, sets
@@ -553,6 +565,24 @@ type Session struct {
 	// its VM, or keeps its parked snapshot's files. "" for records made
 	// before nodes existed, which the embedded node holds.
 	Node string
+
+	// IdempotencyKey and RequestHash, written by CreateSession only (and
+	// never read back into a Session), are the Idempotency-Key the
+	// create came with ("" for none) and the digest of what it asked:
+	// CreateSession records them as a SessionKey.
+	IdempotencyKey string
+	RequestHash    string
+}
+
+// SessionKey is the record of a create made with an idempotency key:
+// Owner's Key, unique per owner, names the session it made and the
+// digest of what it asked, so that a retry with the key answers that
+// session rather than making another.
+type SessionKey struct {
+	Owner       string
+	Key         string
+	SessionID   string
+	RequestHash string
 }
 
 // OwnerAdmin is the Owner of the sessions and templates made with the

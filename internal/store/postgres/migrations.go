@@ -246,6 +246,16 @@ var migrations = []string{
 	// 11: the SQLite store's migration 20: where the other API servers
 	// reach an embedded node's server's E2B API (Node.E2BURL).
 	`ALTER TABLE nodes ADD COLUMN e2b_url TEXT NOT NULL DEFAULT '';`,
+	// 13 (12 is the template build logs'): the SQLite store's migration
+	// 22: the Idempotency-Key of each create that came with one
+	// (store.SessionKey), unique per owner, outliving its session.
+	`CREATE TABLE session_keys (
+		owner        TEXT NOT NULL,
+		key          TEXT NOT NULL,
+		session_id   TEXT NOT NULL,
+		request_hash TEXT NOT NULL,
+		PRIMARY KEY (owner, key)
+	);`,
 }
 
 // migrationLock is the key of the advisory lock that migrations hold, so

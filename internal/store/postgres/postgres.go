@@ -411,13 +411,54 @@ func (s *Store) CreateSession(ctx context.Context, sess *store.Session) error {
 		return s.errorf("postgres: create session %s: tokens_revoked_at: %w", sess.ID, err)
 	}
 	args = append(args, int64(sess.TokenGen), revoked)
-	tag, err := s.exec(ctx, `INSERT INTO sessions (`+sessionColumns+`)
+	insert := `INSERT INTO sessions (` + sessionColumns + `)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, 1)
-		ON CONFLICT (id) DO NOTHING`, args...)
-	if err := oneRow(tag, err, store.ErrExists); err != nil {
-		return s.errorf("postgres: create session %s: %w", sess.ID, err)
+		ON CONFLICT (id) DO NOTHING`
+	if sess.IdempotencyKey == "" {
+		tag, err := s.exec(ctx, insert, args...)
+		err = oneRow(tag, err, store.ErrExists)
+		if err != nil {
+			return s.errorf("postgres: create session %s: %w", sess.ID, err)
+		}
+	} else {
+		err := s.inTx(ctx, func(tx pgx.Tx) error {
+			tag, err := tx.Exec(ctx, `INSERT INTO session_keys (owner, key, session_id, request_hash)
+				VALUES ($1, $2, $3, $4) ON CONFLICT (owner, key) DO NOTHING`,
+				sess.Owner, sess.IdempotencyKey, sess.ID, sess.RequestHash)
+			if err := oneRow(tag, err, store.ErrKeyUsed); err != nil {
+				return err
+			}
+			tag, err = tx.Exec(ctx, insert, args...)
+			return oneRow(tag, err, store.ErrExists)
+		})
+		if err != nil {
+			return s.errorf("postgres: create session %s: %w", sess.ID, err)
+		}
 	}
 	sess.Gen = 1
+	return nil
+}
+
+// SessionKey implements store.Store.
+func (s *Store) SessionKey(ctx context.Context, owner, key string) (store.SessionKey, error) {
+	k := store.SessionKey{Owner: owner, Key: key}
+	err := s.queryRow(ctx, `SELECT session_id, request_hash FROM session_keys WHERE owner = $1 AND key = $2`,
+		owner, key).Scan(&k.SessionID, &k.RequestHash)
+	if errors.Is(err, pgx.ErrNoRows) {
+		err = store.ErrNotFound
+	}
+	if err != nil {
+		return store.SessionKey{}, s.errorf("postgres: session key of %s: %w", owner, err)
+	}
+	return k, nil
+}
+
+// DeleteSessionKey implements store.Store.
+func (s *Store) DeleteSessionKey(ctx context.Context, owner, key string) error {
+	tag, err := s.exec(ctx, `DELETE FROM session_keys WHERE owner = $1 AND key = $2`, owner, key)
+	if err := oneRow(tag, err, store.ErrNotFound); err != nil {
+		return s.errorf("postgres: delete session key of %s: %w", owner, err)
+	}
 	return nil
 }
 

@@ -306,6 +306,18 @@ var migrations = []string{
 	// E2B API (Node.E2BURL), to route its sandboxes' E2B calls there;
 	// '' for none.
 	`ALTER TABLE nodes ADD COLUMN e2b_url TEXT NOT NULL DEFAULT '';`,
+
+	// 22 (21 is the template build logs'): the Idempotency-Key of each
+	// create that came with one (store.SessionKey), unique per owner. A
+	// key outlives its session: a retry after the session's removal is
+	// told so rather than making another.
+	`CREATE TABLE session_keys (
+		owner        TEXT NOT NULL,
+		key          TEXT NOT NULL,
+		session_id   TEXT NOT NULL,
+		request_hash TEXT NOT NULL,
+		PRIMARY KEY (owner, key)
+	) STRICT;`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

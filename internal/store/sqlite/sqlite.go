@@ -155,13 +155,47 @@ func (s *Store) CreateSession(ctx context.Context, sess *store.Session) error {
 		return errorf("sqlite: create session %s: tokens_revoked_at: %w", sess.ID, err)
 	}
 	args = append(args, int64(sess.TokenGen), revoked, 1)
-	res, err := s.db.ExecContext(ctx, `INSERT INTO sessions (`+sessionColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-		ON CONFLICT (id) DO NOTHING`, args...)
-	if err := oneRow(res, err, store.ErrExists); err != nil {
+	err = s.inTx(ctx, func(tx *sql.Tx) error {
+		if sess.IdempotencyKey != "" {
+			res, err := tx.ExecContext(ctx, `INSERT INTO session_keys (owner, key, session_id, request_hash)
+				VALUES (?, ?, ?, ?) ON CONFLICT (owner, key) DO NOTHING`,
+				sess.Owner, sess.IdempotencyKey, sess.ID, sess.RequestHash)
+			if err := oneRow(res, err, store.ErrKeyUsed); err != nil {
+				return err
+			}
+		}
+		res, err := tx.ExecContext(ctx, `INSERT INTO sessions (`+sessionColumns+`)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+			ON CONFLICT (id) DO NOTHING`, args...)
+		return oneRow(res, err, store.ErrExists)
+	})
+	if err != nil {
 		return errorf("sqlite: create session %s: %w", sess.ID, err)
 	}
 	sess.Gen = 1
+	return nil
+}
+
+// SessionKey implements store.Store.
+func (s *Store) SessionKey(ctx context.Context, owner, key string) (store.SessionKey, error) {
+	k := store.SessionKey{Owner: owner, Key: key}
+	err := s.db.QueryRowContext(ctx, `SELECT session_id, request_hash FROM session_keys WHERE owner = ? AND key = ?`,
+		owner, key).Scan(&k.SessionID, &k.RequestHash)
+	if errors.Is(err, sql.ErrNoRows) {
+		err = store.ErrNotFound
+	}
+	if err != nil {
+		return store.SessionKey{}, errorf("sqlite: session key of %s: %w", owner, err)
+	}
+	return k, nil
+}
+
+// DeleteSessionKey implements store.Store.
+func (s *Store) DeleteSessionKey(ctx context.Context, owner, key string) error {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM session_keys WHERE owner = ? AND key = ?`, owner, key)
+	if err := oneRow(res, err, store.ErrNotFound); err != nil {
+		return errorf("sqlite: delete session key of %s: %w", owner, err)
+	}
 	return nil
 }
 
