@@ -3,6 +3,7 @@ package api
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -61,6 +62,27 @@ func (c *Client) CreateSession(ctx context.Context, req CreateSessionRequest) (S
 	err := c.doJSON(ctx, http.MethodPost, "/v1/sessions", nil, req, &s)
 	return s, err
 }
+
+// IdempotencyHeader is the header of a create's idempotency key.
+const IdempotencyHeader = "Idempotency-Key"
+
+// CreateSessionKeyed is CreateSession with an idempotency key (1 to 255
+// bytes of printable ASCII; NewIdempotencyKey makes one): a retry with
+// the same key and request, after a call whose answer was lost, answers
+// the session the first made rather than making another.
+func (c *Client) CreateSessionKeyed(ctx context.Context, key string, req CreateSessionRequest) (Session, error) {
+	var s Session
+	ctx = context.WithValue(ctx, extraHeaderKey{}, http.Header{IdempotencyHeader: {key}})
+	err := c.doJSON(ctx, http.MethodPost, "/v1/sessions", nil, req, &s)
+	return s, err
+}
+
+// NewIdempotencyKey returns a random idempotency key.
+func NewIdempotencyKey() string { return "ik-" + rand.Text() }
+
+// extraHeaderKey marks a context whose requests carry more headers (an
+// http.Header).
+type extraHeaderKey struct{}
 
 // GetSession returns one session.
 func (c *Client) GetSession(ctx context.Context, id string) (Session, error) {
@@ -553,6 +575,11 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, body
 	}
 	if accept != "" {
 		req.Header.Set("Accept", accept)
+	}
+	if h, ok := ctx.Value(extraHeaderKey{}).(http.Header); ok {
+		for k, v := range h {
+			req.Header[k] = v
+		}
 	}
 	hc := c.HTTP
 	if hc == nil {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -121,7 +122,11 @@ With --template the session is a clone of that template's saved machine
 
 The session is yours (its owner is the user of your token), and --agent
 names the agent it runs; 'cove ls' shows both. A clone is its creator's,
-with its own agent, whoever owns the template.`,
+with its own agent, whoever owns the template.
+
+The create carries a random Idempotency-Key: when its answer is lost (the
+connection cut, or a 503), it is sent once more with the same key, which
+answers the session the first made, if it made one, never a second.`,
 		Args: usageArgs(cobra.NoArgs),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
@@ -150,7 +155,7 @@ with its own agent, whoever owns the template.`,
 			if err != nil {
 				return err
 			}
-			s, err := cl.CreateSession(cmd.Context(), req)
+			s, err := createOnce(cmd.Context(), cl, req, c.stderr)
 			if err != nil {
 				return err
 			}
@@ -203,4 +208,19 @@ func printJSON(c *cli, v any) error {
 	}
 	_, err = fmt.Fprintf(c.stdout, "%s\n", b)
 	return err
+}
+
+// createOnce creates a session with a random idempotency key, and sends
+// the create once more, with the same key, when its answer was lost (a
+// transport error) or the server was unavailable (503): the retry answers
+// the session the first call made, if it made one, never a second.
+func createOnce(ctx context.Context, cl *api.Client, req api.CreateSessionRequest, stderr io.Writer) (api.Session, error) {
+	key := api.NewIdempotencyKey()
+	s, err := cl.CreateSessionKeyed(ctx, key, req)
+	var apiErr *api.Error
+	if err == nil || ctx.Err() != nil || (errors.As(err, &apiErr) && apiErr.Code != api.CodeUnavailable) {
+		return s, err
+	}
+	fmt.Fprintf(stderr, "cove: create: %v; retrying once with the same idempotency key\n", err)
+	return cl.CreateSessionKeyed(ctx, key, req)
 }

@@ -29,6 +29,13 @@ type Pager interface {
 	ListPage(ctx context.Context, after string, limit int) ([]api.Session, string, error)
 }
 
+// KeyedCreator is a Sessions that honours a create's Idempotency-Key
+// (session.Manager.CreateKeyed): replayed is true when the answer is the
+// session an earlier create with owner's key made.
+type KeyedCreator interface {
+	CreateKeyed(ctx context.Context, owner, key string, req api.CreateSessionRequest) (sess api.Session, replayed bool, err error)
+}
+
 type Sessions interface {
 	// Create boots a session for owner (the id of the user it acts for,
 	// identity.Principal.Owner of the request's principal) and returns

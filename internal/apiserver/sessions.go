@@ -37,10 +37,29 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	act := Action{Verb: "session.create", Template: req.Template}
-	sess, err := s.sessions.Create(r.Context(), owner(r.Context()), req)
+	key, keyed, err := idempotencyKey(r)
+	if err != nil {
+		return err
+	}
+	var sess api.Session
+	replayed := false
+	if keyed {
+		kc, ok := s.sessions.(KeyedCreator)
+		if !ok {
+			return api.Errorf(api.CodeInvalid, "%s: this server's sessions take no idempotency key", idempotencyHeader)
+		}
+		sess, replayed, err = kc.CreateKeyed(r.Context(), owner(r.Context()), key, req)
+	} else {
+		sess, err = s.sessions.Create(r.Context(), owner(r.Context()), req)
+	}
 	if err != nil {
 		s.outcome(r.Context(), act, audit.Outcome{Error: err.Error()})
 		return err
+	}
+	if replayed {
+		// The create with this key was made and audited before: this
+		// answers it again, and changes nothing.
+		return writeJSON(w, http.StatusOK, sess)
 	}
 	act.SessionID = sess.ID
 	s.outcome(r.Context(), act, audit.Outcome{})
@@ -48,6 +67,35 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) error {
 		s.metrics.ObserveBoot(time.Duration(sess.BootMillis) * time.Millisecond)
 	}
 	return writeJSON(w, http.StatusCreated, sess)
+}
+
+// idempotencyHeader names the header of a create's idempotency key.
+const idempotencyHeader = "Idempotency-Key"
+
+// maxIdempotencyKey bounds an idempotency key's length, in bytes.
+const maxIdempotencyKey = 255
+
+// idempotencyKey reads a create's Idempotency-Key: keyed false without
+// one; a key that is empty, longer than maxIdempotencyKey bytes or has
+// a byte that is not printable ASCII is CodeInvalid.
+func idempotencyKey(r *http.Request) (key string, keyed bool, err error) {
+	vals := r.Header.Values(idempotencyHeader)
+	switch {
+	case len(vals) == 0:
+		return "", false, nil
+	case len(vals) > 1:
+		return "", false, api.Errorf(api.CodeInvalid, "%s: given %d times, want one", idempotencyHeader, len(vals))
+	}
+	key = vals[0]
+	if key == "" || len(key) > maxIdempotencyKey {
+		return "", false, api.Errorf(api.CodeInvalid, "%s: %d bytes, want 1 to %d", idempotencyHeader, len(key), maxIdempotencyKey)
+	}
+	for i := range len(key) {
+		if c := key[i]; c < 0x20 || c > 0x7e {
+			return "", false, api.Errorf(api.CodeInvalid, "%s: byte %d (%#x) is not printable ASCII", idempotencyHeader, i, c)
+		}
+	}
+	return key, true, nil
 }
 
 // listSessions lists the sessions the caller may read (session.get).

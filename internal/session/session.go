@@ -433,6 +433,7 @@ func (m *Manager) Create(ctx context.Context, owner string, req api.CreateSessio
 		Env: req.Env, Accel: m.cfg.Driver.Accel(), CreatedAt: now, UpdatedAt: now,
 		IdleTimeout: idle, NoAutoWake: req.NoAutoWake, Owner: owner, Agent: req.Agent, Allow: req.Allow,
 	}
+	withKey(ctx, &rec)
 	var placed *reservation
 	if rec.Node, placed, err = m.place(ctx, rec.MemoryMiB, rec.CPUs, req.NodeSelector, ""); err != nil {
 		return api.Session{}, err
@@ -510,6 +511,14 @@ func (m *Manager) abandonCreate(rec store.Session, cause error) {
 		rec.State, rec.Error, rec.UpdatedAt = api.StateFailed, "create given up: its caller went away: "+cause.Error(), time.Now().UTC()
 		m.recordFollows(rec)
 		return
+	}
+	// Its key freed after the record is gone (a retry with it makes the
+	// session then); a crash in between leaves the key naming a removed
+	// session: the retry is refused, never a second session made.
+	if rec.IdempotencyKey != "" {
+		if err := m.cfg.Store.DeleteSessionKey(ctx, rec.Owner, rec.IdempotencyKey); err != nil && !errors.Is(err, store.ErrNotFound) {
+			m.cfg.Log.Warn("a create given up (its caller gone): its idempotency key could not be freed", "session", rec.ID, "err", err)
+		}
 	}
 	m.cfg.Log.Info("create given up: its caller went away before it answered; nothing is kept", "session", rec.ID, "err", cause)
 }

@@ -453,6 +453,7 @@ func (m *Manager) createFromTemplate(ctx context.Context, owner string, req api.
 		BootMillis: time.Since(start).Milliseconds(), Handle: l.vm.Handle(), Snapshot: l.mach.encode(),
 		Template: t.Name, TemplateVersion: max(t.Version, 1), IdleTimeout: idle, NoAutoWake: req.NoAutoWake,
 		Owner: owner, Agent: req.Agent, Allow: req.Allow, Node: node}
+	withKey(ctx, &rec)
 	if err := m.record(ctx, &rec, placed); err != nil {
 		l.client().Close()
 		_ = l.vm.Stop(context.Background())
