@@ -57,6 +57,8 @@ type routeRig struct {
 	objectsDir string
 	objectsOf  map[string]*cas.Store
 	noObjects  bool // the servers have no object store
+	// poolWindow, if set, is each server's session.Config.PoolWindow.
+	poolWindow time.Duration
 	// admission, if it names a server, is that server's own accounting
 	// of its host (smaller than its node record says, say).
 	admission map[string]session.Admission
@@ -206,7 +208,7 @@ func (r *routeRig) server(name string, withNode bool) *routeServer {
 	mgr, err := session.New(session.Config{Store: s.st, Driver: r.driver, Images: emptyImages{r.imgDir}, Dir: s.dir,
 		TemplateDir: filepath.Join(s.dir, "templates"), DefaultMemoryMiB: 64, Objects: objects,
 		Node: s.node, NoNode: !withNode, Route: true, NodeGrace: time.Hour, ServerID: name, Log: log,
-		NodeHeartbeat: r.heartbeat, NodeProbe: r.probe(), Admission: r.admission[name]})
+		NodeHeartbeat: r.heartbeat, NodeProbe: r.probe(), Admission: r.admission[name], PoolWindow: r.poolWindow})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -121,6 +121,10 @@ type Config struct {
 	// server that dies holding one lets go of it after that long. 0:
 	// 30 s.
 	LeaseTTL time.Duration
+	// PoolWindow is how far back a node's warm pool of a template looks
+	// at the creates from it placed on the node to size itself (see
+	// poolDemand); 10 minutes when zero.
+	PoolWindow time.Duration
 
 	// GCInterval is how often the object store's garbage is collected
 	// (gc.go); 0: never on a schedule (CollectGarbage still runs one).
@@ -306,6 +310,9 @@ func New(cfg Config) (*Manager, error) {
 	}
 	if cfg.DefaultBootTimeout == 0 {
 		cfg.DefaultBootTimeout = 60 * time.Second
+	}
+	if cfg.PoolWindow == 0 {
+		cfg.PoolWindow = 10 * time.Minute
 	}
 	if cfg.TemplateDir == "" {
 		cfg.TemplateDir = filepath.Join(filepath.Dir(cfg.Dir), "templates")

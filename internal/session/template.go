@@ -433,6 +433,7 @@ func (m *Manager) createFromTemplate(ctx context.Context, owner string, req api.
 		}
 	}
 	start := time.Now()
+	defer m.countDemand(t.Name, start)()
 	id, l := m.claim(t.Name, t.Version)
 	if l == nil {
 		release, err := m.admit("create", t.MemoryMiB, t.CPUs)
@@ -643,7 +644,8 @@ func copyExtents(in, out *os.File, size int64) error {
 
 // pool is a template's warm pool.
 type pool struct {
-	want   int
+	want   int // the template's configured size: the most it keeps
+	demand poolDemand
 	ready  []pooled
 	wake   chan struct{} // a claim or a change asks the filler to run
 	cancel chan struct{} // closed by drain
@@ -687,7 +689,7 @@ func (m *Manager) ensurePool(t store.Template) {
 		m.mu.Unlock()
 		return
 	}
-	p := &pool{want: t.Pool, wake: make(chan struct{}, 1), cancel: make(chan struct{})}
+	p := &pool{want: t.Pool, demand: poolDemand{since: time.Now()}, wake: make(chan struct{}, 1), cancel: make(chan struct{})}
 	m.pools[t.Name] = p
 	m.mu.Unlock()
 	m.bg.Add(1)
@@ -715,7 +717,12 @@ func (m *Manager) refill(name string) {
 // not hold it keeps no clones.
 func (m *Manager) fillLoop(t store.Template, p *pool) {
 	defer m.bg.Done()
+	// Each node keeps its own pool of the template (the creates placed
+	// on it claim from it): the claim is the node's.
 	key := "pool/" + t.Name
+	if m.cfg.Node != "" {
+		key += "/" + m.cfg.Node
+	}
 	held := false
 	defer func() {
 		if held {
@@ -745,7 +752,8 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 		}
 		return ok
 	}
-	tick := time.NewTicker(m.leaseTTL() / 3)
+	// The tick also follows demand: a pool shrinks as its window passes.
+	tick := time.NewTicker(min(m.leaseTTL()/3, m.cfg.PoolWindow/4))
 	defer tick.Stop()
 	for {
 		select {
@@ -760,9 +768,25 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 	fill:
 		for {
 			m.mu.Lock()
-			n := len(p.ready)
+			n, want := len(p.ready), p.demand.size(time.Now(), m.cfg.PoolWindow, p.want)
+			var extra []pooled
+			if n > want {
+				// Demand fell: the clones past it are stopped, the
+				// newest first (the oldest are the most settled).
+				extra, p.ready = p.ready[want:], p.ready[:want]
+			}
 			m.mu.Unlock()
-			if !hold() || n >= p.want {
+			if len(extra) > 0 {
+				m.cfg.Log.Info("warm pool shrinks with demand", "template", t.Name, "from", n, "to", want)
+				m.stopPooled(extra)
+			}
+			if !hold() || n >= want {
+				break fill
+			}
+			// Another node's template files come from the object store
+			// first (as a create's do).
+			if err := m.fetchVersion(context.Background(), t.Name, max(t.Version, 1)); err != nil {
+				m.cfg.Log.Warn("pool refill: restore the template's files", "template", t.Name, "err", err)
 				break fill
 			}
 			// A cordoned or draining node keeps no more clones; a
@@ -837,6 +861,26 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 	}
 }
 
+// countDemand counts a create from template name, placed on this node,
+// in its pool's demand until the returned func is called; the pool's
+// filler looks again.
+func (m *Manager) countDemand(name string, now time.Time) (done func()) {
+	m.mu.Lock()
+	p := m.pools[name]
+	if p != nil {
+		p.demand.start(now)
+	}
+	m.mu.Unlock()
+	m.refill(name)
+	return func() {
+		if p != nil {
+			m.mu.Lock()
+			p.demand.done()
+			m.mu.Unlock()
+		}
+	}
+}
+
 // claim takes a ready clone of the given version from the template's
 // pool, if any.
 func (m *Manager) claim(name string, version int) (string, *live) {
@@ -857,6 +901,11 @@ func (m *Manager) dropReady(p *pool) {
 	ready := p.ready
 	p.ready = nil
 	m.mu.Unlock()
+	m.stopPooled(ready)
+}
+
+// stopPooled stops ready clones taken out of their pool.
+func (m *Manager) stopPooled(ready []pooled) {
 	for _, c := range ready {
 		c.l.client().Close()
 		_ = c.l.vm.Stop(context.Background())
