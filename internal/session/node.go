@@ -258,7 +258,8 @@ func (m *Manager) place(ctx context.Context, memMiB, cpus int, selector map[stri
 		}
 		if template != "" && n.ID == m.cfg.Node {
 			m.mu.Lock()
-			cands[i].Pooled = m.pools[template] != nil
+			p := m.pools[template]
+			cands[i].Pooled = p != nil && len(p.ready) > 0 // clones ready now
 			m.mu.Unlock()
 		}
 	}
