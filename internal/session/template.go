@@ -862,8 +862,9 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 }
 
 // countDemand counts a create from template name, placed on this node,
-// in its pool's demand until the returned func is called; the pool's
-// filler looks again.
+// in its pool's demand until the returned func is called. The filler
+// looks again once the create is done (createFromTemplate's refill): a
+// clone restored meanwhile would take the CPU the create wants.
 func (m *Manager) countDemand(name string, now time.Time) (done func()) {
 	m.mu.Lock()
 	p := m.pools[name]
@@ -871,7 +872,6 @@ func (m *Manager) countDemand(name string, now time.Time) (done func()) {
 		p.demand.start(now)
 	}
 	m.mu.Unlock()
-	m.refill(name)
 	return func() {
 		if p != nil {
 			m.mu.Lock()
