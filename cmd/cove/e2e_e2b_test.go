@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
@@ -264,6 +265,43 @@ func TestE2BSDK(t *testing.T) {
 		if log := e.ok(nil, "audit", "log", "--session", a, "--json"); !strings.Contains(log, `"session.exec"`) ||
 			!strings.Contains(log, `"e2b-access-token"`) || !strings.Contains(log, `echo hi; echo oops`) {
 			t.Errorf("the audit log of %s has no session.exec with the access token's issuer:\n%s", a, log)
+		}
+
+		// A user other than root on the tiny image, whose busybox
+		// setpriv changes no uids: the guest agent sets the user's
+		// credentials itself, for commands and file calls alike.
+		asNobody := map[string]string{"E2b-Sandbox-Id": a, "E2b-Sandbox-Port": "49983", "X-Access-Token": ta,
+			"Content-Type": "application/connect+json", "Authorization": "Basic " + base64.StdEncoding.EncodeToString([]byte("nobody:"))}
+		status, _, body = e2bCall(t, "POST", env["E2B_SANDBOX_URL"]+"/process.Process/Start", asNobody,
+			envelope(0, `{"process":{"cmd":"/bin/sh","args":["-c","id -u; id -g; echo $HOME $USER; pwd; touch /root/x 2>/dev/null || echo refused"]}}`))
+		_, msgs = envelopes(t, body)
+		var stdout []byte
+		for _, m := range msgs {
+			var ev struct {
+				Event struct {
+					Data struct {
+						Stdout []byte `json:"stdout"`
+					} `json:"data"`
+				} `json:"event"`
+			}
+			if json.Unmarshal([]byte(m), &ev) == nil {
+				stdout = append(stdout, ev.Event.Data.Stdout...)
+			}
+		}
+		if want := "65534\n65534\n/nonexistent nobody\n/\nrefused\n"; status != http.StatusOK || string(stdout) != want {
+			t.Errorf("a command as nobody on tiny: %d, stdout %q, want %q; messages:\n%s", status, stdout, want, strings.Join(msgs, "\n"))
+		}
+		status, _, body = envd(a, ta, "POST", "/files?path=/tmp/by-nobody&username=nobody", "application/octet-stream", []byte("x"))
+		if status != http.StatusOK {
+			t.Errorf("a write as nobody on tiny: %d %s", status, body)
+		}
+		status, _, body = envd(a, ta, "POST", "/filesystem.Filesystem/Stat", "application/json", []byte(`{"path":"/tmp/by-nobody"}`))
+		if status != http.StatusOK || !strings.Contains(string(body), `"owner":"nobody"`) {
+			t.Errorf("the file nobody wrote: %d %s, want it nobody's", status, body)
+		}
+		status, _, body = envd(a, ta, "POST", "/files?path=/root/by-nobody&username=nobody", "application/octet-stream", []byte("x"))
+		if status == http.StatusOK {
+			t.Errorf("a write as nobody into root's home: %d %s, want a refusal", status, body)
 		}
 
 		// Malformed envelopes: the stream ends at once with

@@ -208,6 +208,13 @@ type Exec struct {
 	Rows    int      `json:"rows,omitempty"`
 	Cols    int      `json:"cols,omitempty"`
 	Timeout int64    `json:"timeout_ms,omitempty"`
+	// User, if set, names the guest user (of the guest's /etc/passwd)
+	// the command runs as: the agent sets its uid, gid and groups (of
+	// /etc/group) itself, so the guest needs no setpriv or su; HOME,
+	// USER and LOGNAME are its own where Env sets none, and it starts
+	// in its home where Cwd is empty. A user the guest lacks is
+	// CodeNotFound. Empty: root. An agent that predates it ignores it.
+	User string `json:"user,omitempty"`
 }
 
 // GuestRequest is a request from a tool in the guest to the host, sent on

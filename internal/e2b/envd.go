@@ -157,7 +157,7 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request) {
 	if u := userOf(r); u.UID != 0 {
 		// The guest's permissions decide: head opens the file as
 		// the user.
-		if _, err := s.output(r.Context(), id, asUser(u, []string{"head", "-c", "0", "--", p}), nil); err != nil {
+		if _, err := s.outputAs(r.Context(), id, u, []string{"head", "-c", "0", "--", p}, nil); err != nil {
 			s.fileError(w, r, "read "+p, asUserFailed(err))
 			return
 		}
@@ -514,7 +514,7 @@ func (s *Server) move(ctx context.Context, id string, u guestUser, src, dst stri
 	if _, err := s.cfg.Sessions.Stat(ctx, id, src); err != nil {
 		return err
 	}
-	_, err := s.output(ctx, id, asUser(u, []string{"mv", "-f", "--", src, dst}), nil)
+	_, err := s.outputAs(ctx, id, u, []string{"mv", "-f", "--", src, dst}, nil)
 	return asUserFailed(err)
 }
 
@@ -523,7 +523,7 @@ func (s *Server) mkdirAs(ctx context.Context, id string, u guestUser, p string) 
 	if u.UID == 0 {
 		return s.cfg.Sessions.Mkdir(ctx, id, p)
 	}
-	_, err := s.output(ctx, id, asUser(u, []string{"mkdir", "-p", "--", p}), nil)
+	_, err := s.outputAs(ctx, id, u, []string{"mkdir", "-p", "--", p}, nil)
 	return asUserFailed(err)
 }
 
@@ -532,6 +532,6 @@ func (s *Server) removeAs(ctx context.Context, id string, u guestUser, p string)
 	if u.UID == 0 {
 		return s.cfg.Sessions.Remove(ctx, id, p)
 	}
-	_, err := s.output(ctx, id, asUser(u, []string{"rm", "-rf", "--", p}), nil)
+	_, err := s.outputAs(ctx, id, u, []string{"rm", "-rf", "--", p}, nil)
 	return asUserFailed(err)
 }

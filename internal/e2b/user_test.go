@@ -77,3 +77,56 @@ func TestFakeUnknownUser(t *testing.T) {
 		t.Errorf("read as root: %d %s", st, b)
 	}
 }
+
+// TestFakeDefaultUser: a call that names no user runs as "user" where the
+// guest has it, as E2B's envd does (relative paths start at its home),
+// and as root where it does not; "root", named, stays root.
+func TestFakeDefaultUser(t *testing.T) {
+	e := newFakeEnv(t)
+	var sbx sandboxAnswer
+	e.ok(&sbx, http.StatusCreated, e.alice, "POST", "/v2/sandboxes", `{"templateID":"base","timeout":600}`)
+	for _, p := range []string{"/root/where", "/home/user/where"} {
+		if st, b := e.envd(sbx, "POST", "/files?path="+p+"&username=root", "application/octet-stream", p); st != http.StatusOK {
+			t.Fatalf("write %s: %d %s", p, st, b)
+		}
+	}
+	// Stat reads as root (the fake guest has no head to read as the
+	// user with), in the home of the user the call runs as.
+	read := func(what, user, want string) {
+		t.Helper()
+		req, err := http.NewRequest("POST", e.url+"/filesystem.Filesystem/Stat", strings.NewReader(`{"path":"where"}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("E2b-Sandbox-Id", sbx.SandboxID)
+		req.Header.Set("X-Access-Token", sbx.EnvdAccessToken)
+		req.Header.Set("Content-Type", "application/json")
+		if user != "" {
+			req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(user+":")))
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var got struct {
+			Entry struct {
+				Path string `json:"path"`
+			} `json:"entry"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&got); resp.StatusCode != http.StatusOK || err != nil || got.Entry.Path != want {
+			t.Errorf("%s: Stat where: %d %+v (%v), want %s", what, resp.StatusCode, got, err, want)
+		}
+	}
+	read("a guest without /etc/passwd", "", "/root/where")
+	if st, b := e.envd(sbx, "POST", "/files?path=/etc/passwd&username=root", "application/octet-stream", "root:x:0:0:root:/root:/bin/sh\n"); st != http.StatusOK {
+		t.Fatalf("write /etc/passwd: %d %s", st, b)
+	}
+	read("a guest without user", "", "/root/where")
+	if st, b := e.envd(sbx, "POST", "/files?path=/etc/passwd&username=root", "application/octet-stream",
+		"root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/home/user:/bin/bash\n"); st != http.StatusOK {
+		t.Fatalf("write /etc/passwd: %d %s", st, b)
+	}
+	read("a guest with user", "", "/home/user/where")
+	read("root named", "root", "/root/where")
+}

@@ -65,7 +65,7 @@ func guestErr(id, what string, err error) error {
 
 // Exec starts a command in the session's guest.
 func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest) (Process, error) {
-	x := agentproto.Exec{Argv: req.Argv, Cwd: req.Cwd, TTY: req.TTY, Rows: req.Rows, Cols: req.Cols}
+	x := agentproto.Exec{Argv: req.Argv, Cwd: req.Cwd, TTY: req.TTY, Rows: req.Rows, Cols: req.Cols, User: req.User}
 	if req.Timeout != "" {
 		d, err := time.ParseDuration(req.Timeout)
 		if err != nil || d <= 0 {
