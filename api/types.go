@@ -353,7 +353,8 @@ type ExecRequest struct {
 	// User names the guest user (of the guest's /etc/passwd) the command
 	// runs as: its uid, gid and groups, HOME, USER and LOGNAME (unless
 	// Env sets them), starting in its home unless Cwd is set. Empty:
-	// root. A user the guest lacks is 404.
+	// root. A user the guest lacks is 400; a session whose guest agent
+	// predates users (one woken from before) is 409, not run as root.
 	User string `json:"user,omitempty"`
 }
 

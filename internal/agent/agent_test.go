@@ -212,6 +212,9 @@ func TestExecAsUser(t *testing.T) {
 		t.Fatal(err)
 	}
 	c := connect(t)
+	if !c.Can(agentproto.FeatureExecUser) {
+		t.Errorf("the agent's hello does not say it runs commands as users")
+	}
 	private := t.TempDir() // 0700, root's
 	r := run(t, c, agentproto.Exec{
 		Argv: []string{"sh", "-c", `id -u; id -g; id -G; echo "$HOME $USER $LOGNAME"; touch "$1/x" 2>/dev/null || echo refused`, "sh", private},

@@ -81,6 +81,10 @@ func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest) (Pro
 		if err := CheckExec(req, al.env); err != nil {
 			return false, err
 		}
+		if x.User != "" && !al.client().Can(agentproto.FeatureExecUser) {
+			// It would run the command as root.
+			return false, api.Errorf(api.CodeConflict, "session %s: its guest agent predates running a command as a user (%q): restart the session to run one", id, x.User)
+		}
 		x.Env = envList(al.env, req.Env)
 		al.inflight.Add(1)
 		var err error
