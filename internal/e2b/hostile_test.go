@@ -140,23 +140,7 @@ func TestFakeUploadPastTheLimit(t *testing.T) {
 		if chunked {
 			r = io.MultiReader(r) // no length known: sent chunked
 		}
-		req, err := http.NewRequest("POST", e.url+"/files"+path, r)
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("E2b-Sandbox-Id", sbx.SandboxID)
-		req.Header.Set("X-Access-Token", sbx.EnvdAccessToken)
-		req.Header.Set("Content-Type", ct)
-		for i := 0; i+1 < len(hdr); i += 2 {
-			req.Header.Set(hdr[i], hdr[i+1])
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		return resp.StatusCode, b
+		return e.envdWith(sbx, "POST", "/files"+path, ct, r, hdr...)
 	}
 	mpCT, mp := multipartBody("/tmp/up/multi", big)
 	mp2CT, mp2 := multipartBody("/tmp/up/multi-path", big)

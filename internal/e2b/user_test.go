@@ -22,24 +22,12 @@ func TestFakeUnknownUser(t *testing.T) {
 	}
 	rpcAs := func(user, method, body string) (int, string) {
 		t.Helper()
-		req, err := http.NewRequest("POST", e.url+"/filesystem.Filesystem/"+method, strings.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("E2b-Sandbox-Id", sbx.SandboxID)
-		req.Header.Set("X-Access-Token", sbx.EnvdAccessToken)
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(user+":")))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
+		st, b := e.envdWith(sbx, "POST", "/filesystem.Filesystem/"+method, "application/json", strings.NewReader(body), basicUser(user)...)
 		var eb struct {
 			Code string `json:"code"`
 		}
-		_ = json.NewDecoder(resp.Body).Decode(&eb)
-		return resp.StatusCode, eb.Code
+		_ = json.Unmarshal(b, &eb)
+		return st, eb.Code
 	}
 	for _, user := range []string{"nosuchuser", "user", "-rf"} {
 		if st, code := rpcAs(user, "MakeDir", `{"path":"/tmp/by-`+user+`"}`); st != http.StatusUnauthorized || code != "unauthenticated" {
@@ -94,28 +82,18 @@ func TestFakeDefaultUser(t *testing.T) {
 	// user with), in the home of the user the call runs as.
 	read := func(what, user, want string) {
 		t.Helper()
-		req, err := http.NewRequest("POST", e.url+"/filesystem.Filesystem/Stat", strings.NewReader(`{"path":"where"}`))
-		if err != nil {
-			t.Fatal(err)
-		}
-		req.Header.Set("E2b-Sandbox-Id", sbx.SandboxID)
-		req.Header.Set("X-Access-Token", sbx.EnvdAccessToken)
-		req.Header.Set("Content-Type", "application/json")
+		var hdr []string
 		if user != "" {
-			req.Header.Set("Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte(user+":")))
+			hdr = basicUser(user)
 		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
+		st, b := e.envdWith(sbx, "POST", "/filesystem.Filesystem/Stat", "application/json", strings.NewReader(`{"path":"where"}`), hdr...)
 		var got struct {
 			Entry struct {
 				Path string `json:"path"`
 			} `json:"entry"`
 		}
-		if err := json.NewDecoder(resp.Body).Decode(&got); resp.StatusCode != http.StatusOK || err != nil || got.Entry.Path != want {
-			t.Errorf("%s: Stat where: %d %+v (%v), want %s", what, resp.StatusCode, got, err, want)
+		if err := json.Unmarshal(b, &got); st != http.StatusOK || err != nil || got.Entry.Path != want {
+			t.Errorf("%s: Stat where: %d %s (%v), want %s", what, st, b, err, want)
 		}
 	}
 	read("a guest without /etc/passwd", "", "/root/where")
@@ -129,4 +107,10 @@ func TestFakeDefaultUser(t *testing.T) {
 	}
 	read("a guest with user", "", "/home/user/where")
 	read("root named", "root", "/root/where")
+}
+
+// basicUser is the Authorization header, as name and value, by which an
+// RPC names its user.
+func basicUser(name string) []string {
+	return []string{"Authorization", "Basic " + base64.StdEncoding.EncodeToString([]byte(name+":"))}
 }
