@@ -292,6 +292,10 @@ func TestE2BSDK(t *testing.T) {
 		if want := "65534\n65534\n/nonexistent nobody\n/\nrefused\n"; status != http.StatusOK || string(stdout) != want {
 			t.Errorf("a command as nobody on tiny: %d, stdout %q, want %q; messages:\n%s", status, stdout, want, strings.Join(msgs, "\n"))
 		}
+		// cove's own exec takes a user too.
+		if out := e.ok(nil, "exec", "--user", "nobody", a, "--", "sh", "-c", "id -u; echo $HOME; pwd"); out != "65534\n/nonexistent\n/\n" {
+			t.Errorf("cove exec --user nobody on tiny: %q", out)
+		}
 		status, _, body = envd(a, ta, "POST", "/files?path=/tmp/by-nobody&username=nobody", "application/octet-stream", []byte("x"))
 		if status != http.StatusOK {
 			t.Errorf("a write as nobody on tiny: %d %s", status, body)
