@@ -25,10 +25,10 @@ import (
 // agent sets its uid, gid and groups, HOME, USER and LOGNAME itself
 // (api.ExecRequest.User; no setpriv, whose busybox build in the tiny
 // image changes no uids), starting in its home, and the file calls
-// that change something run as commands of that user, so the guest's permissions hold and what they make is the
-// user's: a write (parents included), makeDir, rename and remove. Stat,
-// list and watches read as root. Relative paths start in the user's
-// home.
+// that change something run as commands of that user, so the guest's
+// permissions hold and what they make is the user's: a write (parents
+// included), makeDir, rename and remove. Stat, list and watches read as
+// root. Relative paths start in the user's home.
 //
 // The user is looked up in the guest's /etc/passwd at each call. "user",
 // named, is made on first use where the guest lacks it (useradd, with a

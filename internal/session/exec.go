@@ -66,6 +66,9 @@ func guestErr(id, what string, err error) error {
 // Exec starts a command in the session's guest.
 func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest) (Process, error) {
 	x := agentproto.Exec{Argv: req.Argv, Cwd: req.Cwd, TTY: req.TTY, Rows: req.Rows, Cols: req.Cols, User: req.User}
+	if x.User == "root" {
+		x.User = "" // what every agent runs as, those before users too
+	}
 	if req.Timeout != "" {
 		d, err := time.ParseDuration(req.Timeout)
 		if err != nil || d <= 0 {

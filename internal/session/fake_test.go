@@ -805,7 +805,8 @@ func TestFakeWakeAgentLate(t *testing.T) {
 // TestFakeExecAsUserNeedsAnAgentThatCan: a command to run as a user goes
 // only to a guest agent that said (in its hello) it runs commands as
 // users; the fake guest, like an agent before that, did not, so it is
-// refused (409) rather than run as root, and the session runs on.
+// refused (409) rather than run as root, and the session runs on; "root"
+// named goes to any agent.
 func TestFakeExecAsUserNeedsAnAgentThatCan(t *testing.T) {
 	r := newFakeRig(t)
 	id := r.create(api.CreateSessionRequest{}).ID
@@ -816,7 +817,10 @@ func TestFakeExecAsUserNeedsAnAgentThatCan(t *testing.T) {
 	if _, err := r.mgr.Stat(context.Background(), id, "/root/ran"); api.CodeOf(err) != api.CodeNotFound {
 		t.Errorf("the refused command ran: stat %v", err)
 	}
-	if res, err := runCmd(r.mgr, id, api.ExecRequest{Argv: []string{"echo", "root"}}, nil); err != nil || res.stdout != "root\n" {
-		t.Errorf("exec as root after: %+v, %v", res, err)
+	// Root, named or not, is what every agent runs commands as.
+	for _, user := range []string{"", "root"} {
+		if res, err := runCmd(r.mgr, id, api.ExecRequest{Argv: []string{"echo", "root"}, User: user}, nil); err != nil || res.stdout != "root\n" {
+			t.Errorf("exec as %q after: %+v, %v", user, res, err)
+		}
 	}
 }
