@@ -350,6 +350,12 @@ type ExecRequest struct {
 	TTY     bool   `json:"tty,omitempty"`
 	Rows    int    `json:"rows,omitempty"`
 	Cols    int    `json:"cols,omitempty"`
+	// User names the guest user (of the guest's /etc/passwd) the command
+	// runs as: its uid, gid and groups, HOME, USER and LOGNAME (unless
+	// Env sets them), starting in its home unless Cwd is set. Empty:
+	// root. A user the guest lacks is 400; a session whose guest agent
+	// predates users (one woken from before) is 409, not run as root.
+	User string `json:"user,omitempty"`
 }
 
 // ExecResult is the answer of the buffered exec form.
