@@ -8,6 +8,10 @@ import { Terminal } from '@xterm/xterm';
 import { FitAddon } from '@xterm/addon-fit';
 
 const POLL_MS = 2000;
+
+// The terminal's colours on its black: xterm.js's default red, blue,
+// magenta and bright black are below WCAG AA's 4.5:1 there; these pass.
+const TERM_THEME = { background: '#000000', foreground: '#ffffff', red: '#f14c4c', blue: '#3b8eea', magenta: '#d670d6', brightBlack: '#8a8a8a' };
 const $ = (id) => document.getElementById(id);
 
 let me = null; // {kind, user, csrf, expires} once signed in
@@ -267,6 +271,25 @@ function actionButton(label, fn, cls) {
   return b;
 }
 
+// replaceRows swaps a table body's rows for new ones, keeping the
+// keyboard's focus on the same control of the same row (rows match by
+// dataset[key]): the pages rebuild their rows at every refresh, and a
+// keyboard user would otherwise be thrown back to the page's top.
+function replaceRows(tbody, rows, key) {
+  const controls = (tr) => Array.from(tr.querySelectorAll('a, button, input'));
+  const a = document.activeElement;
+  let keep = null;
+  if (a && a !== tbody && tbody.contains(a)) {
+    const tr = a.closest('tr');
+    if (tr) keep = { k: tr.dataset[key], i: controls(tr).indexOf(a) };
+  }
+  tbody.replaceChildren(...rows);
+  if (!keep) return;
+  const tr = rows.find((r) => r.dataset[key] === keep.k);
+  const el = tr && controls(tr)[keep.i];
+  if (el) el.focus();
+}
+
 function renderList() {
   const t0 = performance.now();
   const q = $('filter').value.trim().toLowerCase();
@@ -302,7 +325,7 @@ function renderList() {
     tr.appendChild(act);
     out.push(tr);
   }
-  tbody.replaceChildren(...out);
+  replaceRows(tbody, out, 'id');
   $('empty').hidden = sessionsCache.length !== 0;
   $('count').textContent = rows.length + ' of ' + sessionsCache.length;
   // The moment the list first shows, and how long each render took to
@@ -380,7 +403,7 @@ function openSession(id) {
   $('files').querySelector('tbody').replaceChildren();
   $('events').replaceChildren();
   $('commands').replaceChildren();
-  const term = new Terminal({ cursorBlink: true, fontSize: 14, scrollback: 5000, convertEol: false });
+  const term = new Terminal({ cursorBlink: true, fontSize: 14, scrollback: 5000, convertEol: false, theme: TERM_THEME });
   const fit = new FitAddon();
   term.loadAddon(fit);
   const el = $('terminal');
@@ -390,6 +413,19 @@ function openSession(id) {
   current = { id, term, fit, ws: null, open: false, pending: [], closed: false, state: '' };
   current.onResize = () => { try { fit.fit(); } catch (e) { /* hidden */ } };
   window.addEventListener('resize', current.onResize);
+  // Tab belongs to the shell (completion); Esc then Tab (or Shift+Tab)
+  // moves the focus out of the terminal instead, so that a keyboard user
+  // is never trapped in it. The Esc still reaches the shell.
+  let escaped = false;
+  term.attachCustomKeyEventHandler((ev) => {
+    if (ev.type !== 'keydown') return true;
+    if (ev.key === 'Tab' && escaped && !ev.ctrlKey && !ev.altKey && !ev.metaKey) {
+      escaped = false;
+      return false; // not the shell's: the browser moves the focus
+    }
+    escaped = ev.key === 'Escape';
+    return true;
+  });
   term.onData((d) => typed(d));
   term.onResize(({ rows, cols }) => sendEvent({ type: 'resize', rows, cols }));
   poll(refreshSession);
@@ -730,7 +766,7 @@ async function refreshTemplates() {
       tr.append(act);
       return tr;
     });
-    $('templates').querySelector('tbody').replaceChildren(...rows);
+    replaceRows($('templates').querySelector('tbody'), rows, 'name');
     $('t-empty').hidden = list.length !== 0;
     if (templateShown) refreshVersions(list.find((t) => t.name === templateShown));
   } catch (e) {
@@ -882,7 +918,7 @@ async function refreshNodes() {
       tr.append(act);
       return tr;
     });
-    $('nodes').querySelector('tbody').replaceChildren(...rows);
+    replaceRows($('nodes').querySelector('tbody'), rows, 'id');
   } catch (e) {
     refused(err, e);
   }
