@@ -166,7 +166,7 @@ func typeText(text string) chromedp.Action[chromedp.Void] {
 // js runs a JavaScript statement in the page.
 func js(expr string) chromedp.Action[chromedp.Void] {
 	return chromedp.Func(func(ctx context.Context, t *chromedp.Target) error {
-		_, err := chromedp.Evaluate[bool]("(" + expr + ", true)")(ctx, t)
+		_, err := chromedp.Evaluate[bool]("("+expr+", true)")(ctx, t)
 		return err
 	})
 }
@@ -478,7 +478,7 @@ func TestDashboardFit(t *testing.T) {
 		page, hash, ready string
 		want              []string
 	}{
-		{"templates", "#/templates", `document.querySelectorAll('#templates tbody tr').length > 0`, []string{`button "py"`, `button "Rebuild"`}},
+		{"templates", "#/templates", `document.querySelectorAll('#templates tbody tr').length > 0`, []string{`button "py"`, "input#pool-py", `button "Set pool"`, `button "Rebuild"`}},
 		{"audit", "#/audit", `!document.getElementById('a-error').hidden || document.querySelectorAll('#audit tbody tr').length > 0`, []string{"input#audit-session", "input#audit-actor", `button "Filter"`}},
 		{"nodes", "#/nodes", `document.querySelectorAll('#nodes tbody tr').length > 0`, []string{`button "Cordon"`, `button "Drain"`}},
 	} {
@@ -488,8 +488,15 @@ func TestDashboardFit(t *testing.T) {
 		seen := tabs(p.page, keyTab, 40, func(n string) bool { return strings.Contains(n, p.want[len(p.want)-1]) })
 		reached(p.page, seen, p.want...)
 		if p.page == "templates" {
+			// A good build's log shows; the pool is sized from the page
+			// by keyboard, and fills.
 			do("open py's versions", js(`document.querySelector('#templates tbody button').focus()`), keyEnter)
-			wait("py's versions", `!document.getElementById('t-detail').hidden && document.querySelectorAll('#versions tbody tr').length > 0`)
+			wait("py's versions and build log", `!document.getElementById('t-detail').hidden && document.querySelectorAll('#versions tbody tr').length > 0 && document.getElementById('t-log').textContent.includes('== v1 (ready)\n$ true\n(exit 0)')`)
+			do("size py's pool", js(`document.getElementById('pool-py').focus()`), js(`document.getElementById('pool-py').select()`), typeText("2"), keyEnter)
+			wait("py's pool filled", `document.querySelector('#templates tr[data-name="py"]').textContent.includes('2 of 2 warm')`)
+			if tp, err := rig.mgr.GetTemplate(ctx, "py"); err != nil || tp.Pool != 2 {
+				t.Errorf("py after the page set its pool: %+v, %v; want pool 2", tp, err)
+			}
 		}
 		snap(p.page)
 		contrast(p.page)

@@ -201,6 +201,7 @@ func TestCrossEngineerDenied(t *testing.T) {
 		"DELETE /v1/templates/{name}":                 {path: "/v1/templates/alice-tpl", action: policy.TemplateDelete, names: []string{tmpl, bobUser}},
 		"GET /v1/templates/{name}/versions":           {path: "/v1/templates/alice-tpl/versions", action: policy.TemplateRead, names: []string{tmpl, bobUser}},
 		"POST /v1/templates/{name}/rebuild":           {path: "/v1/templates/alice-tpl/rebuild", action: policy.TemplateRebuild, names: []string{tmpl, bobUser}},
+		"PUT /v1/templates/{name}/pool":               {path: "/v1/templates/alice-tpl/pool", body: map[string]int{"size": 3}, action: policy.TemplateRebuild, names: []string{tmpl, bobUser}},
 		"GET /v1/hook-secrets":                        {path: "/v1/hook-secrets", action: policy.HookAdmin, names: []string{server, bobUser}},
 		"PUT /v1/hook-secrets/{name}":                 {path: "/v1/hook-secrets/deploys", body: api.HookSecretRequest{Secret: "s"}, action: policy.HookAdmin, names: []string{server, bobUser}},
 		"DELETE /v1/hook-secrets/{name}":              {path: "/v1/hook-secrets/deploys", action: policy.HookAdmin, names: []string{server, bobUser}},

@@ -597,6 +597,20 @@ func (f *fakeSessions) RebuildTemplate(ctx context.Context, name string) (api.Te
 	return t, nil
 }
 
+// SetTemplatePool sets the template's pool size.
+func (f *fakeSessions) SetTemplatePool(ctx context.Context, name string, size int) (api.Template, error) {
+	f.calls.Add(1)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, err := f.template(name)
+	if err != nil {
+		return api.Template{}, err
+	}
+	t.Pool = size
+	f.templates[name] = t
+	return t, nil
+}
+
 // Revoke checks the session exists; the fake keeps no tokens.
 func (f *fakeSessions) Revoke(ctx context.Context, id string) (api.Session, error) {
 	if err := f.check(id); err != nil {

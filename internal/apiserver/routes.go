@@ -83,6 +83,7 @@ var routes = []route{
 	{"DELETE", "/v1/templates/{name}", "template.delete", bearer, (*Server).deleteTemplate},
 	{"GET", "/v1/templates/{name}/versions", "template.versions", bearer, (*Server).listTemplateVersions},
 	{"POST", "/v1/templates/{name}/rebuild", "template.rebuild", bearer, (*Server).rebuildTemplate},
+	{"PUT", "/v1/templates/{name}/pool", "template.pool", bearer, (*Server).setTemplatePool},
 
 	{"POST", githubHookPath, verbHookReceive, noToken, (*Server).receiveGitHubHook},
 	{"POST", "/v1/hooks/{name}", verbHookReceive, noToken, (*Server).receiveHook},

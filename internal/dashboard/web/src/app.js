@@ -759,6 +759,7 @@ async function refreshTemplates() {
         cell(t.image), cell(t.pool ? t.pool_ready + ' of ' + t.pool + ' warm' : 'none'), cell(when(t.updated_at)));
       const act = document.createElement('td');
       act.className = 'actions';
+      act.append(poolForm(t));
       act.append(actionButton('Rebuild', async () => {
         await api('/v1/templates/' + encodeURIComponent(t.name) + '/rebuild', { method: 'POST' });
         refreshTemplates();
@@ -772,6 +773,45 @@ async function refreshTemplates() {
   } catch (e) {
     refused(err, e);
   }
+}
+
+// poolForm sets a template's warm-pool size (PUT /v1/templates/NAME/pool).
+// The refresh every 2 s leaves a size being typed alone: the field keeps
+// what the user typed while it has the focus (replaceRows puts the focus
+// back; the value is carried over here).
+function poolForm(t) {
+  const f = document.createElement('form');
+  f.className = 'pool-form';
+  const id = 'pool-' + t.name;
+  const input = document.createElement('input');
+  input.id = id;
+  input.setAttribute('aria-label', 'Warm pool size of ' + t.name);
+  input.type = 'number';
+  input.min = '0';
+  input.max = '64';
+  input.required = true;
+  input.className = 'pool-size';
+  const prev = document.getElementById(id);
+  input.value = prev && document.activeElement === prev ? prev.value : String(t.pool || 0);
+  const b = document.createElement('button');
+  b.type = 'submit';
+  b.textContent = 'Set pool';
+  f.append(input, b);
+  f.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const err = $('t-error');
+    b.disabled = true;
+    try {
+      await api('/v1/templates/' + encodeURIComponent(t.name) + '/pool', { method: 'PUT', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ size: Number(input.value) }) });
+      err.hidden = true;
+    } catch (e) {
+      refused(err, e);
+    } finally {
+      b.disabled = false;
+    }
+    refreshTemplates();
+  });
+  return f;
 }
 
 async function refreshVersions(tpl) {
@@ -789,11 +829,16 @@ async function refreshVersions(tpl) {
       return tr;
     });
     $('versions').querySelector('tbody').replaceChildren(...rows);
-    // The API keeps a build's output when it fails (the template's and
-    // each version's error); a good build logs nothing there.
-    const logs = vs.filter((v) => v.error).map((v) => 'v' + v.version + ': ' + v.error);
-    if (tpl && tpl.error) logs.unshift(tpl.error);
-    $('t-log').textContent = logs.length ? logs.join('\n\n') : 'No failed build: the API keeps the output of failed builds only.';
+    // Each version's build log (its commands' output, a good build's
+    // too) and error, newest first.
+    const logs = vs.slice().reverse().filter((v) => v.log || v.error).map((v) => {
+      let s = '== v' + v.version + ' (' + v.state + ')\n';
+      if (v.log) s += v.log;
+      if (v.error) s += (v.log ? '\n' : '') + 'error: ' + v.error + '\n';
+      return s;
+    });
+    if (tpl && tpl.error) logs.unshift('error: ' + tpl.error + '\n');
+    $('t-log').textContent = logs.length ? logs.join('\n') : 'No build output kept (the versions were made from a checkpoint, or before logs were kept).';
     $('t-detail').hidden = false;
   } catch (e) {
     refused($('t-error'), e);
