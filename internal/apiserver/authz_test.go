@@ -171,7 +171,8 @@ func TestCrossEngineerDenied(t *testing.T) {
 
 		"POST /v1/sessions": {path: "/v1/sessions", body: api.CreateSessionRequest{Template: "alice-tpl"},
 			action: policy.SessionCreate, names: []string{tmpl, bobUser}},
-		"GET /v1/sessions":                            {path: "/v1/sessions", status: 200}, // checked below: without alice's
+		"GET /v1/sessions":                            {path: "/v1/sessions", status: 200},       // checked below: without alice's
+		"GET /v1/sessions/watch":                      {path: "/v1/sessions/watch", status: 200}, // TestWatchSessionsPushesOnlyOwn: without alice's
 		"GET /v1/sessions/{id}":                       {path: "/v1/sessions/" + mine.ID, action: policy.SessionRead, names: []string{sess, bobUser}},
 		"DELETE /v1/sessions/{id}":                    {path: "/v1/sessions/" + mine.ID, action: policy.SessionDelete, names: []string{sess, bobUser}},
 		"POST /v1/sessions/{id}/park":                 {path: "/v1/sessions/" + mine.ID + "/park", action: policy.SessionPark, names: []string{sess, bobUser}},

@@ -50,6 +50,7 @@ var routes = []route{
 
 	{"POST", "/v1/sessions", "session.create", bearer, (*Server).createSession},
 	{"GET", "/v1/sessions", "session.list", bearer, (*Server).listSessions},
+	{"GET", "/v1/sessions/watch", "session.list", bearer, (*Server).watchSessions},
 	{"GET", "/v1/sessions/{id}", "session.get", bearer, (*Server).getSession},
 	{"DELETE", "/v1/sessions/{id}", "session.delete", bearer, (*Server).deleteSession},
 	{"POST", "/v1/sessions/{id}/park", "session.park", bearer, (*Server).parkSession},

@@ -48,19 +48,9 @@ func (s *Server) createSession(w http.ResponseWriter, r *http.Request) error {
 
 // listSessions lists the sessions the caller may read (session.get).
 func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) error {
-	list, err := s.sessions.List(r.Context())
+	shown, err := s.visibleSessions(r.Context())
 	if err != nil {
 		return err
-	}
-	shown := make([]api.Session, 0, len(list))
-	for _, sess := range list {
-		ok, err := s.visible(r.Context(), Action{Verb: "session.get", SessionID: sess.ID})
-		if err != nil {
-			return err
-		}
-		if ok {
-			shown = append(shown, sess)
-		}
 	}
 	return writeJSON(w, http.StatusOK, sessionList{shown})
 }
