@@ -52,12 +52,42 @@ func (f fitImages) Initramfs(cimage.Kernel) (string, error) {
 	return filepath.Join(f.dir, "initrd"), nil
 }
 
+// fitChromium finds Debian's headless browser.
+func fitChromium(t *testing.T) string {
+	t.Helper()
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	testenv.Skipf(t, "no chromium on PATH (make deps installs Debian's)")
+	return ""
+}
+
+// fitBrowser starts a headless chromium of the test's own at 1280×900 and
+// returns the context of its tab.
+func fitBrowser(t *testing.T, bin string) context.Context {
+	t.Helper()
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.UserDataDir(t.TempDir()),
+		chromedp.NoSandbox, chromedp.WindowSize(1280, 900), chromedp.Flag("disable-gpu", true))
+	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
+	bctx, cancelB := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
+	t.Cleanup(func() { cancelB(); cancelA() })
+	// The first action makes the tab, which lives as long as the context
+	// of that call: this one, with no timeout.
+	if err := chromedp.Do(bctx, chromedp.Navigate("about:blank")); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	return bctx
+}
+
 // fitRig is the dashboard in front of the real API server and session
 // manager on the fake VMM, with an admin's token.
 type fitRig struct {
 	url   string
 	token string
 	mgr   *session.Manager
+	srv   *httptest.Server
 }
 
 func newFitRig(t *testing.T) *fitRig {
@@ -123,7 +153,7 @@ func newFitRig(t *testing.T) *fitRig {
 	}
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
-	return &fitRig{url: srv.URL + "/", token: tok.Secret, mgr: mgr}
+	return &fitRig{url: srv.URL + "/", token: tok.Secret, mgr: mgr, srv: srv}
 }
 
 // press sends one key as a person types it: keyDown and keyUp, with the
@@ -273,16 +303,7 @@ type focusInfo struct {
 // the shell), both ways; every visible text is at WCAG AA contrast and
 // every control's border at 3:1; at 375×740 no page scrolls sideways.
 func TestDashboardFit(t *testing.T) {
-	bin := ""
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			bin = p
-			break
-		}
-	}
-	if bin == "" {
-		testenv.Skipf(t, "no chromium on PATH (make deps installs Debian's)")
-	}
+	bin := fitChromium(t)
 	rig := newFitRig(t)
 	ctx := t.Context()
 	running, err := rig.mgr.Create(ctx, "ada", api.CreateSessionRequest{Image: "tiny", Agent: "claude", IdleTimeout: "0s"})
@@ -300,16 +321,7 @@ func TestDashboardFit(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.UserDataDir(t.TempDir()),
-		chromedp.NoSandbox, chromedp.WindowSize(1280, 900), chromedp.Flag("disable-gpu", true))
-	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
-	bctx, cancelB := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
-	t.Cleanup(func() { cancelB(); cancelA() })
-	// The first action makes the tab, which lives as long as the context
-	// of that call: this one, with no timeout.
-	if err := chromedp.Do(bctx, chromedp.Navigate("about:blank")); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
+	bctx := fitBrowser(t, bin)
 	do := func(what string, actions ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
 		sctx, cancel := context.WithTimeout(bctx, time.Minute)
@@ -434,12 +446,14 @@ func TestDashboardFit(t *testing.T) {
 	reached("sessions", seen, "#nav-sessions", "#nav-templates", "#nav-audit", "#nav-nodes", "#signout",
 		"select#create-kind", "input#create-name", "input#create-agent", "button#create-submit", "input#filter",
 		link, `button "Park"`, `button "Wake"`, `button "Remove"`)
-	// A row's button keeps the focus across the list's refresh (every
-	// 2 s the rows are built anew).
+	// A row's button keeps the focus when the list is built anew (a
+	// session created elsewhere is pushed to the page).
 	do("to the first row's link", js(`document.querySelector('#sessions tbody a').focus()`), keyShiftTab, keyTab, keyTab)
 	before := focused()
-	wait("a refresh", `(performance.clearMeasures('cove:render'), true)`)
-	wait("the refresh done", `performance.getEntriesByName('cove:render').length > 0`)
+	if _, err := rig.mgr.Create(ctx, "ada", api.CreateSessionRequest{Image: "tiny", IdleTimeout: "0s"}); err != nil {
+		t.Fatal(err)
+	}
+	wait("the third session's row", `document.querySelectorAll('#sessions tbody tr').length === 3`)
 	if after := focused(); after.Name != before.Name || !after.Ring {
 		t.Errorf("the list's refresh moved the focus from %s to %s (%s)", before.Name, after.Name, after.Why)
 	}
@@ -502,6 +516,67 @@ func TestDashboardFit(t *testing.T) {
 		contrast(p.page)
 		phone(p.page)
 	}
+}
+
+// TestDashboardListPushed: the sessions list follows GET
+// /v1/sessions/watch: once the page says it is live, a session created
+// and one removed elsewhere show without the page asking for the list
+// (no GET /v1/sessions among its requests); when the stream is cut, the
+// page says it polls and a session created then still shows, and the
+// stream comes back.
+func TestDashboardListPushed(t *testing.T) {
+	bin := fitChromium(t)
+	rig := newFitRig(t)
+	ctx := t.Context()
+	first, err := rig.mgr.Create(ctx, "ada", api.CreateSessionRequest{Image: "tiny", IdleTimeout: "0s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bctx := fitBrowser(t, bin)
+	wait := func(what, expr string) {
+		t.Helper()
+		if err := jsWaitFit(bctx, expr); err != nil {
+			body, _ := chromedp.Run(bctx, chromedp.Evaluate[string](`document.body.innerText`))
+			t.Fatalf("waiting for %s (%s): %v\npage text:\n%s", what, expr, err, body)
+		}
+	}
+	row := func(id string) string { return fmt.Sprintf(`!!document.querySelector('#sessions tr[data-id=%q]')`, id) }
+	// polls counts the page's GET /v1/sessions so far.
+	const polls = `performance.getEntriesByType('resource').filter(e => new URL(e.name).pathname === '/v1/sessions').length`
+	if err := chromedp.Do(bctx, chromedp.Navigate(rig.url)); err != nil {
+		t.Fatal(err)
+	}
+	wait("the sign-in form", `!document.getElementById('view-signin').hidden`)
+	if err := chromedp.Do(bctx, chromedp.SendKeys(chromedp.ID("signin-token"), rig.token), chromedp.Click(chromedp.ID("signin-submit"))); err != nil {
+		t.Fatal(err)
+	}
+	wait("the list, live", row(first.ID)+` && document.getElementById('sessions').dataset.live === 'push' && document.getElementById('count').textContent.endsWith('live')`)
+	before, err := chromedp.Run(bctx, chromedp.Evaluate[int](polls))
+	if err != nil {
+		t.Fatal(err)
+	}
+	second, err := rig.mgr.Create(ctx, "ada", api.CreateSessionRequest{Image: "tiny", IdleTimeout: "0s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait("the new session, pushed", row(second.ID)+` && document.querySelector('#sessions tr[data-id="`+second.ID+`"] td[data-state="running"]') !== null`)
+	if err := rig.mgr.Delete(ctx, first.ID); err != nil {
+		t.Fatal(err)
+	}
+	wait("the removed session gone", `!`+row(first.ID))
+	if after, err := chromedp.Run(bctx, chromedp.Evaluate[int](polls)); err != nil || after != before {
+		t.Errorf("the page asked for the list %d times while it was pushed (%v)", after-before, err)
+	}
+
+	// The stream cut: the page polls, then follows the stream again.
+	rig.srv.CloseClientConnections()
+	wait("polling", `document.getElementById('sessions').dataset.live === 'poll' && document.getElementById('count').textContent.endsWith('every 2 s')`)
+	third, err := rig.mgr.Create(ctx, "ada", api.CreateSessionRequest{Image: "tiny", IdleTimeout: "0s"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wait("the session created meanwhile", row(third.ID))
+	wait("live again", `document.getElementById('sessions').dataset.live === 'push'`)
 }
 
 // jsWaitFit polls a JavaScript expression until it is true, for up to a

@@ -67,6 +67,7 @@ function banner(msg) {
 }
 
 function show(view) {
+  if (view !== 'list') stopWatch();
   for (const v of ['loading', 'signin', 'list', 'session', 'templates', 'audit', 'nodes']) $('view-' + v).hidden = v !== view;
 }
 
@@ -75,6 +76,7 @@ function show(view) {
 function signedOut(msg) {
   me = null;
   stopPolling();
+  stopWatch();
   closeSession();
   $('who').hidden = true;
   $('signout').hidden = true;
@@ -208,6 +210,70 @@ function openList() {
   show('list');
   document.title = 'Sessions · cove';
   poll(refreshList);
+  startWatch();
+}
+
+// The list is pushed: GET /v1/sessions/watch sends it (NDJSON, one
+// {"sessions":[…]} a line, the same list GET /v1/sessions answers) at
+// once and after each change. While the stream delivers, the 2 s poll
+// stops; when the stream cannot be opened or ends (a server restart, a
+// proxy), the poll takes over and the stream is tried again after
+// WATCH_RETRY_MS.
+const WATCH_RETRY_MS = 5000;
+let watch = null; // {ctrl, live} while a stream is open or being opened
+let watchRetry = null;
+
+function stopWatch() {
+  if (watchRetry) clearTimeout(watchRetry);
+  watchRetry = null;
+  if (watch) watch.ctrl.abort();
+  watch = null;
+  liveMode('');
+}
+
+function liveMode(mode) {
+  $('sessions').dataset.live = mode;
+  renderCount();
+}
+
+function startWatch() {
+  stopWatch();
+  const w = { ctrl: new AbortController(), live: false };
+  watch = w;
+  (async () => {
+    try {
+      const r = await fetch('/v1/sessions/watch', { credentials: 'same-origin', signal: w.ctrl.signal });
+      if (!r.ok || !r.body) throw new Error('watch: ' + r.status);
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done || watch !== w) break;
+        buf += value;
+        let i;
+        while ((i = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, i);
+          buf = buf.slice(i + 1);
+          if (!line.trim()) continue;
+          const j = JSON.parse(line);
+          if (!w.live) {
+            w.live = true;
+            stopPolling();
+            liveMode('push');
+          }
+          sessionsCache = j.sessions || [];
+          banner('');
+          renderList();
+        }
+      }
+    } catch (e) { /* the poll takes over below */ }
+    if (watch !== w) return; // stopped: another view, or signed out
+    watch = null;
+    if (!me) return;
+    liveMode('poll');
+    poll(refreshList);
+    watchRetry = setTimeout(() => { watchRetry = null; if (me && !$('view-list').hidden) startWatch(); }, WATCH_RETRY_MS);
+  })();
 }
 
 async function refreshList() {
@@ -290,13 +356,55 @@ function replaceRows(tbody, rows, key) {
   if (el) el.focus();
 }
 
+let listShown = 0;
+let rowCache = new Map(); // session id → {sig, tr, age}: the rows shown
+
+// placeRows makes tbody's rows exactly rows, in order, moving only the
+// rows out of place (most stay where they are: nothing to lay out
+// again); the focus stays on the same control of a row rebuilt or moved.
+function placeRows(tbody, rows, key) {
+  const a = document.activeElement;
+  const focusedRow = a && tbody.contains(a) ? a.closest('tr') : null;
+  const keep = focusedRow ? { k: focusedRow.dataset[key], i: Array.from(focusedRow.querySelectorAll('a, button, input')).indexOf(a) } : null;
+  const want = new Set(rows);
+  for (const tr of Array.from(tbody.children)) if (!want.has(tr)) tr.remove();
+  rows.forEach((tr, i) => {
+    if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
+  });
+  if (keep && document.activeElement !== a) { // rebuilt, or moved (a move blurs)
+    const tr = rows.find((r) => r.dataset[key] === keep.k);
+    const el = tr && tr.querySelectorAll('a, button, input')[keep.i];
+    if (el) el.focus();
+  }
+}
+
+// renderCount says how many rows show, and how the list keeps current.
+function renderCount() {
+  const mode = $('sessions').dataset.live;
+  const how = mode === 'push' ? ' · live' : mode === 'poll' ? ' · refreshed every 2 s' : '';
+  $('count').textContent = listShown + ' of ' + sessionsCache.length + how;
+}
+
 function renderList() {
   const t0 = performance.now();
   const q = $('filter').value.trim().toLowerCase();
   const rows = sessionsCache.filter((s) => !q || rowText(s).includes(q));
   const tbody = $('sessions').querySelector('tbody');
   const out = [];
+  const built = new Map();
   for (const s of rows) {
+    // A session whose record did not change keeps its row (only its
+    // age is brought up to date): a change among a thousand sessions
+    // builds one row, not a thousand.
+    const sig = JSON.stringify(s);
+    const old = rowCache.get(s.id);
+    if (old && old.sig === sig) {
+      const a = age(s.created_at);
+      if (old.age.textContent !== a) old.age.textContent = a;
+      built.set(s.id, old);
+      out.push(old.tr);
+      continue;
+    }
     const tr = document.createElement('tr');
     tr.dataset.id = s.id;
     const idc = document.createElement('td');
@@ -313,7 +421,8 @@ function renderList() {
     tr.appendChild(cell(s.agent));
     tr.appendChild(cell(s.template ? s.template + (s.template_version ? ' v' + s.template_version : '') : ''));
     tr.appendChild(cell(s.node));
-    tr.appendChild(cell(age(s.created_at)));
+    const agec = cell(age(s.created_at));
+    tr.appendChild(agec);
     tr.appendChild(cell(s.memory_mib ? s.memory_mib + ' MiB' : ''));
     tr.appendChild(cell(snapshotSize(s)));
     tr.appendChild(cell(waitsFor(s)));
@@ -323,11 +432,14 @@ function renderList() {
     act.appendChild(actionButton('Wake', () => wake(s.id)));
     act.appendChild(actionButton('Remove', () => remove(s.id), 'danger'));
     tr.appendChild(act);
+    built.set(s.id, { sig, tr, age: agec });
     out.push(tr);
   }
-  replaceRows(tbody, out, 'id');
+  rowCache = built;
+  placeRows(tbody, out, 'id');
   $('empty').hidden = sessionsCache.length !== 0;
-  $('count').textContent = rows.length + ' of ' + sessionsCache.length;
+  listShown = rows.length;
+  renderCount();
   // The moment the list first shows, and how long each render took to
   // build and swap the rows (covebench -only dashboard reads them).
   if (performance.getEntriesByName('cove:list').length === 0) performance.mark('cove:list');
