@@ -288,6 +288,7 @@ const fitJS = `window.__fit = (() => {
   };
 })(), true`
 
+// focusInfo is what fitJS's focused() says of the focused element.
 type focusInfo struct {
 	Name     string `json:"name"`
 	Ring     bool   `json:"ring"`
@@ -295,13 +296,15 @@ type focusInfo struct {
 	Terminal bool   `json:"terminal"`
 }
 
-// TestDashboardFit: on the sessions list, a session's page and the
-// templates, audit and nodes pages, Tab reaches every action and each
-// focused element shows a focus indicator; a list row's link opens the
-// session with Enter and a row's button keeps the focus across the
-// list's refresh; Esc then Tab leaves the terminal (which takes Tab for
-// the shell), both ways; every visible text is at WCAG AA contrast and
-// every control's border at 3:1; at 375×740 no page scrolls sideways.
+// TestDashboardFit: the sign-in is done by keyboard alone; on the
+// sessions list, a session's page and the templates, audit and nodes
+// pages, Tab reaches every action and each focused element shows a focus
+// indicator; a list row's link opens the session with Enter and a row's
+// button keeps the focus when the list is rebuilt; Esc then Tab leaves
+// the terminal (which takes Tab for the shell), both ways; a template's
+// good build log shows, and its pool, set by keyboard, fills; every
+// visible text is at WCAG AA contrast and every control's border at 3:1;
+// at 375×740 no page scrolls sideways.
 func TestDashboardFit(t *testing.T) {
 	bin := fitChromium(t)
 	rig := newFitRig(t)
