@@ -209,24 +209,28 @@ function openList() {
   closeSession();
   show('list');
   document.title = 'Sessions · cove';
-  poll(refreshList);
+  stopPolling(); // the stream's first line is the list: no GET beside it
   startWatch();
 }
 
 // The list is pushed: GET /v1/sessions/watch sends it (NDJSON, one
 // {"sessions":[…]} a line, the same list GET /v1/sessions answers) at
-// once and after each change. While the stream delivers, the 2 s poll
-// stops; when the stream cannot be opened or ends (a server restart, a
-// proxy), the poll takes over and the stream is tried again after
-// WATCH_RETRY_MS.
+// once and after each change, so the list view asks for nothing else;
+// when the stream cannot be opened or ends (a server restart, a proxy),
+// the 2 s poll takes over until the stream, tried again after
+// WATCH_RETRY_MS, delivers.
 const WATCH_RETRY_MS = 5000;
+const WATCH_FIRST_MS = 3000;
 let watch = null; // {ctrl, live} while a stream is open or being opened
 let watchRetry = null;
 
 function stopWatch() {
   if (watchRetry) clearTimeout(watchRetry);
   watchRetry = null;
-  if (watch) watch.ctrl.abort();
+  if (watch) {
+    clearTimeout(watch.slow);
+    watch.ctrl.abort();
+  }
   watch = null;
   liveMode('');
 }
@@ -240,6 +244,9 @@ function startWatch() {
   stopWatch();
   const w = { ctrl: new AbortController(), live: false };
   watch = w;
+  // A stream that says nothing (a proxy that buffers it) must not leave
+  // the list empty: the poll starts if no list came within WATCH_FIRST_MS.
+  w.slow = setTimeout(() => { if (watch === w && !w.live) poll(refreshList); }, WATCH_FIRST_MS);
   (async () => {
     try {
       const r = await fetch('/v1/sessions/watch', { credentials: 'same-origin', signal: w.ctrl.signal });
@@ -258,6 +265,7 @@ function startWatch() {
           const j = JSON.parse(line);
           if (!w.live) {
             w.live = true;
+            clearTimeout(w.slow);
             stopPolling();
             liveMode('push');
           }
@@ -268,6 +276,7 @@ function startWatch() {
       }
     } catch (e) { /* the poll takes over below */ }
     if (watch !== w) return; // stopped: another view, or signed out
+    clearTimeout(w.slow);
     watch = null;
     if (!me) return;
     liveMode('poll');
