@@ -177,7 +177,9 @@ func (m *Manager) CreateTemplate(ctx context.Context, owner string, req api.Crea
 	if from != nil {
 		mach, err = m.versionFromCheckpoint(ctx, t, v, *from)
 	} else {
-		mach, err = m.buildVersion(ctx, t, v, im, nil)
+		var blog buildLog
+		mach, err = m.buildVersion(ctx, t, v, im, nil, &blog)
+		v.Log = blog.String()
 	}
 	if err != nil {
 		return failT(err)
@@ -755,13 +757,19 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 			return
 		case <-p.wake:
 		case <-tick.C:
+			// The size may have been set through another server
+			// (SetTemplatePool there): take it from the record.
+			if rec, err := m.cfg.Store.GetTemplate(context.Background(), t.Name); err == nil && rec.Pool != t.Pool {
+				t.Pool = rec.Pool
+				m.resizePool(t)
+			}
 		}
 	fill:
 		for {
 			m.mu.Lock()
-			n := len(p.ready)
+			n, want := len(p.ready), p.want
 			m.mu.Unlock()
-			if !hold() || n >= p.want {
+			if !hold() || n >= want {
 				break fill
 			}
 			// A cordoned or draining node keeps no more clones; a

@@ -246,6 +246,9 @@ var migrations = []string{
 	// 11: the SQLite store's migration 20: where the other API servers
 	// reach an embedded node's server's E2B API (Node.E2BURL).
 	`ALTER TABLE nodes ADD COLUMN e2b_url TEXT NOT NULL DEFAULT '';`,
+	// 12: the SQLite store's migration 21: a template version's build
+	// log (TemplateVersion.Log).
+	`ALTER TABLE template_versions ADD COLUMN build_log TEXT NOT NULL DEFAULT '';`,
 }
 
 // migrationLock is the key of the advisory lock that migrations hold, so

@@ -306,6 +306,10 @@ var migrations = []string{
 	// E2B API (Node.E2BURL), to route its sandboxes' E2B calls there;
 	// '' for none.
 	`ALTER TABLE nodes ADD COLUMN e2b_url TEXT NOT NULL DEFAULT '';`,
+
+	// 21: a template version's build log (TemplateVersion.Log), a good
+	// build's as a failed one's; '' for the versions from before.
+	`ALTER TABLE template_versions ADD COLUMN build_log TEXT NOT NULL DEFAULT '';`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction
