@@ -473,6 +473,14 @@ func (c *Client) RebuildTemplate(ctx context.Context, name string) (Template, er
 	return t, err
 }
 
+// SetTemplatePool sets how many ready clones the template's warm pool
+// keeps (0..64) and returns the template.
+func (c *Client) SetTemplatePool(ctx context.Context, name string, size int) (Template, error) {
+	var t Template
+	err := c.doJSON(ctx, http.MethodPut, templatePath(name)+"/pool", nil, SetPoolRequest{Size: &size}, &t)
+	return t, err
+}
+
 // CollectGarbage runs a garbage collection of the object store now and
 // returns what it did.
 func (c *Client) CollectGarbage(ctx context.Context) (GCResult, error) {

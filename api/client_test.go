@@ -131,7 +131,7 @@ func TestClientRequests(t *testing.T) {
 			name: "list", route: "GET /v1/sessions", reply: reply(200, map[string]any{"sessions": []Session{sess}}),
 			call: func(c *Client) (any, error) { return c.ListSessions(ctx) },
 			want: []Session{sess},
-			saw:  seen{Method: "GET", Path: "/v1/sessions", Accept: contentJSON},
+			saw:  seen{Method: "GET", Path: "/v1/sessions", Query: "limit=500", Accept: contentJSON}, // pages of 500, followed
 		},
 		{
 			name: "delete", route: "DELETE /v1/sessions/s1", reply: reply(204, nil),

@@ -270,8 +270,12 @@ type TemplateVersion struct {
 	Base int `json:"base"`
 	// Reason says what asked for the build: create, push DELIVERY-ID,
 	// rebuild (by hand) or restart (a check at server start).
-	Reason      string `json:"reason"`
-	Error       string `json:"error,omitempty"`
+	Reason string `json:"reason"`
+	Error  string `json:"error,omitempty"`
+	// Log is what the build's setup and start commands wrote, each after
+	// its "$ COMMAND" line and followed by its exit status: a good
+	// build's as a failed one's, its last 32 KiB.
+	Log         string `json:"log,omitempty"`
 	BuildMillis int64  `json:"build_ms,omitempty"`
 	// Current marks the version new sessions are cloned from.
 	Current bool `json:"current"`
@@ -283,6 +287,13 @@ type TemplateVersion struct {
 	Snapshot  *SnapshotInfo `json:"snapshot,omitempty"`
 	CreatedAt time.Time     `json:"created_at"`
 	UpdatedAt time.Time     `json:"updated_at"`
+}
+
+// SetPoolRequest is the body of PUT /v1/templates/{name}/pool.
+type SetPoolRequest struct {
+	// Size is how many ready clones the template's warm pool keeps,
+	// 0..64; required.
+	Size *int `json:"size"`
 }
 
 // Template version states.
@@ -350,6 +361,12 @@ type ExecRequest struct {
 	TTY     bool   `json:"tty,omitempty"`
 	Rows    int    `json:"rows,omitempty"`
 	Cols    int    `json:"cols,omitempty"`
+	// User names the guest user (of the guest's /etc/passwd) the command
+	// runs as: its uid, gid and groups, HOME, USER and LOGNAME (unless
+	// Env sets them), starting in its home unless Cwd is set. Empty:
+	// root. A user the guest lacks is 400; a session whose guest agent
+	// predates users (one woken from before) is 409, not run as root.
+	User string `json:"user,omitempty"`
 }
 
 // ExecResult is the answer of the buffered exec form.

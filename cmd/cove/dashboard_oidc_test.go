@@ -5,7 +5,6 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -28,16 +27,7 @@ import (
 // and the page is then signed in as alice, whom the API made at this
 // first sign-in. No VM: the API's sessions are the store's records.
 func TestDashboardOIDCSignIn(t *testing.T) {
-	var bin string
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			bin = p
-			break
-		}
-	}
-	if bin == "" {
-		testenv.Skipf(t, "no chromium on PATH (make deps installs Debian's)")
-	}
+	bin := fitChromium(t)
 	if !dashboard.Built(dashboard.Embedded()) {
 		testenv.Skipf(t, "%s", dashboard.NotBuilt)
 	}
@@ -85,11 +75,7 @@ func TestDashboardOIDCSignIn(t *testing.T) {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.UserDataDir(t.TempDir()),
-		chromedp.NoSandbox, chromedp.WindowSize(1280, 900), chromedp.Flag("disable-gpu", true))
-	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancelB := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
-	t.Cleanup(func() { cancelB(); cancelA() })
+	ctx := fitBrowser(t, bin)
 	wait := func(what, expr string) {
 		t.Helper()
 		deadline := time.Now().Add(time.Minute)

@@ -9,9 +9,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -264,6 +266,142 @@ func TestE2BSDK(t *testing.T) {
 		if log := e.ok(nil, "audit", "log", "--session", a, "--json"); !strings.Contains(log, `"session.exec"`) ||
 			!strings.Contains(log, `"e2b-access-token"`) || !strings.Contains(log, `echo hi; echo oops`) {
 			t.Errorf("the audit log of %s has no session.exec with the access token's issuer:\n%s", a, log)
+		}
+
+		// A user other than root on the tiny image, whose busybox
+		// setpriv changes no uids: the guest agent sets the user's
+		// credentials itself, for commands and file calls alike.
+		asNobody := map[string]string{"E2b-Sandbox-Id": a, "E2b-Sandbox-Port": "49983", "X-Access-Token": ta,
+			"Content-Type": "application/connect+json", "Authorization": "Basic " + base64.StdEncoding.EncodeToString([]byte("nobody:"))}
+		status, _, body = e2bCall(t, "POST", env["E2B_SANDBOX_URL"]+"/process.Process/Start", asNobody,
+			envelope(0, `{"process":{"cmd":"/bin/sh","args":["-c","id -u; id -g; echo $HOME $USER; pwd; touch /root/x 2>/dev/null || echo refused"]}}`))
+		_, msgs = envelopes(t, body)
+		var stdout []byte
+		for _, m := range msgs {
+			var ev struct {
+				Event struct {
+					Data struct {
+						Stdout []byte `json:"stdout"`
+					} `json:"data"`
+				} `json:"event"`
+			}
+			if json.Unmarshal([]byte(m), &ev) == nil {
+				stdout = append(stdout, ev.Event.Data.Stdout...)
+			}
+		}
+		if want := "65534\n65534\n/nonexistent nobody\n/\nrefused\n"; status != http.StatusOK || string(stdout) != want {
+			t.Errorf("a command as nobody on tiny: %d, stdout %q, want %q; messages:\n%s", status, stdout, want, strings.Join(msgs, "\n"))
+		}
+		// cove's own exec takes a user too.
+		if out := e.ok(nil, "exec", "--user", "nobody", a, "--", "sh", "-c", "id -u; echo $HOME; pwd"); out != "65534\n/nonexistent\n/\n" {
+			t.Errorf("cove exec --user nobody on tiny: %q", out)
+		}
+		status, _, body = envd(a, ta, "POST", "/files?path=/tmp/by-nobody&username=nobody", "application/octet-stream", []byte("x"))
+		if status != http.StatusOK {
+			t.Errorf("a write as nobody on tiny: %d %s", status, body)
+		}
+		status, _, body = envd(a, ta, "POST", "/filesystem.Filesystem/Stat", "application/json", []byte(`{"path":"/tmp/by-nobody"}`))
+		if status != http.StatusOK || !strings.Contains(string(body), `"owner":"nobody"`) {
+			t.Errorf("the file nobody wrote: %d %s, want it nobody's", status, body)
+		}
+		status, _, body = envd(a, ta, "POST", "/files?path=/root/by-nobody&username=nobody", "application/octet-stream", []byte("x"))
+		if status == http.StatusOK {
+			t.Errorf("a write as nobody into root's home: %d %s, want a refusal", status, body)
+		}
+
+		// A client that never reads its command's stream, while the
+		// command writes 32 MiB: far more than the sockets, the guest
+		// connection and the server's queues hold. The stream holds the
+		// command back, as a pipe would, and nothing else: the other
+		// sandbox runs commands, the control plane answers and the
+		// command's own sandbox serves other calls meanwhile. Read at
+		// last, the stream has every byte.
+		const mib = 32
+		writer := fmt.Sprintf(`i=0; while [ $i -lt %d ]; do head -c 1048576 /dev/zero; i=$((i+1)); echo $i > /tmp/written; done`, mib)
+		slowReq, err := http.NewRequestWithContext(t.Context(), "POST", env["E2B_SANDBOX_URL"]+"/process.Process/Start",
+			bytes.NewReader(envelope(0, `{"process":{"cmd":"/bin/sh","args":["-c",`+strconv.Quote(writer)+`]}}`)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k, v := range map[string]string{"E2b-Sandbox-Id": a, "X-Access-Token": ta, "Content-Type": "application/connect+json"} {
+			slowReq.Header.Set(k, v)
+		}
+		slowResp, err := http.DefaultClient.Do(slowReq)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer slowResp.Body.Close()
+		slow := bufio.NewReader(slowResp.Body)
+		nextMsg := func() (end bool, msg []byte) {
+			t.Helper()
+			var hdr [5]byte
+			if _, err := io.ReadFull(slow, hdr[:]); err != nil {
+				t.Fatalf("the unread stream: %v", err)
+			}
+			msg = make([]byte, binary.BigEndian.Uint32(hdr[1:]))
+			if _, err := io.ReadFull(slow, msg); err != nil {
+				t.Fatalf("the unread stream: %v", err)
+			}
+			return hdr[0]&0x02 != 0, msg
+		}
+		if _, first := nextMsg(); slowResp.StatusCode != http.StatusOK || !strings.Contains(string(first), `"start":{"pid":`) {
+			t.Fatalf("the unread stream: %d, first message %s", slowResp.StatusCode, first)
+		}
+		written, still := "", 0
+		for still < 10 {
+			status, _, body := envd(b, tb, "POST", "/process.Process/Start", "application/connect+json",
+				envelope(0, `{"process":{"cmd":"/bin/sh","args":["-c","echo here"]}}`))
+			if _, msgs := envelopes(t, body); status != http.StatusOK || !strings.Contains(strings.Join(msgs, ""), `"stdout":"aGVyZQo="`) {
+				t.Fatalf("the other sandbox's command while a stream is unread: %d %s", status, body)
+			}
+			if status, _, body := e2bCall(t, "GET", api+"/sandboxes/"+b, key, nil); status != http.StatusOK {
+				t.Fatalf("the control plane while a stream is unread: %d %s", status, body)
+			}
+			status, _, body = envd(a, ta, "GET", "/files?path=/tmp/written", "", nil)
+			switch now := strings.TrimSpace(string(body)); {
+			case status == http.StatusOK && now == strconv.Itoa(mib):
+				t.Fatalf("all %d MiB went through a stream nobody read: nothing held the command back", mib)
+			case status != http.StatusOK && status != http.StatusNotFound:
+				t.Fatalf("the command's sandbox while its stream is unread: %d %s", status, body)
+			case now == written:
+				still++
+			default:
+				written, still = now, 0
+			}
+		}
+		t.Logf("the unread stream held its command back after %q MiB", written)
+		var got int64
+		for {
+			end, msg := nextMsg()
+			if end {
+				if string(msg) != "{}" {
+					t.Errorf("the unread stream's end: %s", msg)
+				}
+				break
+			}
+			var ev struct {
+				Event struct {
+					Data struct {
+						Stdout []byte `json:"stdout"`
+					} `json:"data"`
+					End *struct {
+						ExitCode int `json:"exitCode"`
+					} `json:"end"`
+				} `json:"event"`
+			}
+			if err := json.Unmarshal(msg, &ev); err != nil {
+				t.Fatalf("the unread stream: %s: %v", msg, err)
+			}
+			if bytes.ContainsFunc(ev.Event.Data.Stdout, func(r rune) bool { return r != 0 }) {
+				t.Fatalf("the unread stream carried a byte that is no zero")
+			}
+			got += int64(len(ev.Event.Data.Stdout))
+			if ev.Event.End != nil && ev.Event.End.ExitCode != 0 {
+				t.Errorf("the held-back command ended with %d", ev.Event.End.ExitCode)
+			}
+		}
+		if got != mib<<20 {
+			t.Errorf("the unread stream carried %d bytes, want %d", got, mib<<20)
 		}
 
 		// Malformed envelopes: the stream ends at once with

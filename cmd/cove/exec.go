@@ -30,6 +30,7 @@ func newExecCmd(c *cli) *cobra.Command {
 	var (
 		env     []string
 		cwd     string
+		user    string
 		tty     bool
 		timeout time.Duration
 	)
@@ -57,7 +58,7 @@ on to the command; a second SIGINT makes cove give up at once.`,
 			if timeout < 0 {
 				return usagef(cmd, "--timeout must not be negative")
 			}
-			req := api.ExecRequest{Argv: argv, Env: envMap, Cwd: cwd, TTY: tty}
+			req := api.ExecRequest{Argv: argv, Env: envMap, Cwd: cwd, TTY: tty, User: user}
 			if timeout > 0 {
 				req.Timeout = timeout.String()
 			}
@@ -74,6 +75,7 @@ on to the command; a second SIGINT makes cove give up at once.`,
 	f := cmd.Flags()
 	f.StringArrayVarP(&env, "env", "e", nil, "environment variable KEY=VALUE (repeatable)")
 	f.StringVarP(&cwd, "cwd", "w", "", "working directory in the guest")
+	f.StringVarP(&user, "user", "u", "", "run as this user of the guest's /etc/passwd (default root)")
 	f.BoolVarP(&tty, "tty", "t", false, "give the command a terminal")
 	f.DurationVar(&timeout, "timeout", 0, "kill the command after this long (e.g. 30s)")
 	return cmd

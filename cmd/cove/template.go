@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -32,6 +33,7 @@ clone of it instead of booting.`,
 		newTemplateInspectCmd(c),
 		newTemplateHistoryCmd(c),
 		newTemplateRebuildCmd(c),
+		newTemplatePoolCmd(c),
 		newTemplateRmCmd(c),
 	)
 	return cmd
@@ -322,6 +324,33 @@ version it made, exiting 1 if the build failed.`,
 	}
 	cmd.Flags().DurationVar(&wait, "wait", 0, "wait up to this long for the build to finish (e.g. 10m)")
 	return cmd
+}
+
+func newTemplatePoolCmd(c *cli) *cobra.Command {
+	return &cobra.Command{
+		Use:   "pool NAME SIZE",
+		Short: "Set how many ready clones a template's warm pool keeps",
+		Long: `Set the size of a template's warm pool (0..64): that many clones are kept
+restored and ready, so that a create from the template takes one at once.
+The pool fills or shrinks at once; 0 stops it.`,
+		Args: usageArgs(cobra.ExactArgs(2)),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			size, err := strconv.Atoi(args[1])
+			if err != nil {
+				return usagef(cmd, "pool size %q: want a number 0..64", args[1])
+			}
+			cl, err := c.client(cmd.Context())
+			if err != nil {
+				return err
+			}
+			t, err := cl.SetTemplatePool(cmd.Context(), args[0], size)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.stdout, "%s pool=%d ready=%d\n", t.Name, t.Pool, t.PoolReady)
+			return nil
+		},
+	}
 }
 
 func newTemplateInspectCmd(c *cli) *cobra.Command {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strings"
 	"sync"
@@ -44,6 +45,24 @@ func TestTemplateCommands(t *testing.T) {
 			}
 			writeJSON(w, 200, py)
 		},
+		"PUT /v1/templates/{name}/pool": func(w http.ResponseWriter, r *http.Request) {
+			var req api.SetPoolRequest
+			if err := json.NewDecoder(r.Body).Decode(&req); err != nil || req.Size == nil {
+				writeError(w, api.CodeInvalid, "size: required (0..64)")
+				return
+			}
+			if r.PathValue("name") != "py" {
+				writeError(w, api.CodeNotFound, `template "`+r.PathValue("name")+`" not found`)
+				return
+			}
+			if *req.Size > 64 {
+				writeError(w, api.CodeInvalid, fmt.Sprintf("size %d: want 0..64", *req.Size))
+				return
+			}
+			p := py
+			p.Pool = *req.Size
+			writeJSON(w, 200, p)
+		},
 		"DELETE /v1/templates/{name}": func(w http.ResponseWriter, r *http.Request) {
 			switch r.PathValue("name") {
 			case "py":
@@ -56,6 +75,24 @@ func TestTemplateCommands(t *testing.T) {
 		},
 	})
 
+	t.Run("pool", func(t *testing.T) {
+		code, out, errOut := runCLI(t, addr, "", "template", "pool", "py", "5")
+		if code != 0 || out != "py pool=5 ready=1\n" {
+			t.Errorf("pool py 5: exit %d, stdout %q, stderr %q", code, out, errOut)
+		}
+		code, _, errOut = runCLI(t, addr, "", "template", "pool", "py", "99")
+		if code != 1 || errOut != "cove: size 99: want 0..64\n" {
+			t.Errorf("pool py 99: exit %d, stderr %q", code, errOut)
+		}
+		code, _, errOut = runCLI(t, addr, "", "template", "pool", "zz", "1")
+		if code != 1 || errOut != "cove: template \"zz\" not found\n" {
+			t.Errorf("pool of a missing template: exit %d, stderr %q", code, errOut)
+		}
+		code, _, errOut = runCLI(t, addr, "", "template", "pool", "py", "many")
+		if code != 2 || !strings.Contains(errOut, `pool size "many": want a number 0..64`) {
+			t.Errorf("pool py many: exit %d, stderr %q", code, errOut)
+		}
+	})
 	t.Run("create", func(t *testing.T) {
 		code, out, errOut := runCLI(t, addr, "", "template", "create", "py", "--image", "tiny", "--memory", "1024", "--cpus", "2",
 			"--env", "A=1", "--setup", "apk add python3", "--setup", "pip install 'x y'", "--start", "pyright --stdio", "--pool", "2",

@@ -512,6 +512,7 @@ func (a *Agent) sayHello(req agentproto.Request) agentproto.Hello {
 		Version:      Version,
 		UptimeMillis: ts.Nano() / 1e6,
 		WallUnixNano: time.Now().UnixNano(),
+		Features:     []string{agentproto.FeatureExecUser},
 	}
 }
 

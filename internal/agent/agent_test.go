@@ -19,7 +19,9 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"os/user"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -193,6 +195,54 @@ func TestExecEnvironmentAndCwd(t *testing.T) {
 	}
 }
 
+// TestExecAsUser: a command run as a guest user (Exec.User) has that
+// user's uid, gid and groups, set by the agent itself (the tiny image's
+// setpriv cannot change uids), and its HOME, USER and LOGNAME; the
+// guest's permissions hold for it.
+func TestExecAsUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		testenv.Skipf(t, "changing users needs root, as the agent is in the guest")
+	}
+	u, err := user.Lookup("nobody")
+	if err != nil {
+		testenv.Skipf(t, "this host has no user nobody: %v", err)
+	}
+	groups, err := u.GroupIds()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := connect(t)
+	if !c.Can(agentproto.FeatureExecUser) {
+		t.Errorf("the agent's hello does not say it runs commands as users")
+	}
+	private := t.TempDir() // 0700, root's
+	r := run(t, c, agentproto.Exec{
+		Argv: []string{"sh", "-c", `id -u; id -g; id -G; echo "$HOME $USER $LOGNAME"; touch "$1/x" 2>/dev/null || echo refused`, "sh", private},
+		Cwd:  "/", User: "nobody",
+	})
+	lines := strings.Split(r.stdout, "\n")
+	slices.Sort(groups)
+	var ids []string
+	if len(lines) == 6 {
+		ids = strings.Fields(lines[2])
+		slices.Sort(ids)
+	}
+	if len(lines) != 6 || lines[0] != u.Uid || lines[1] != u.Gid || !slices.Equal(ids, groups) ||
+		lines[3] != u.HomeDir+" nobody nobody" || lines[4] != "refused" || r.exit.Code != 0 {
+		t.Errorf("as nobody: stdout %q, stderr %q, exit %+v; want uid %s, gid %s, groups %v, HOME %s, a refused write", r.stdout, r.stderr, r.exit, u.Uid, u.Gid, groups, u.HomeDir)
+	}
+	// Its own Env wins over the user's; no Cwd: its home, or / where
+	// that is missing (nobody's is /nonexistent).
+	r = run(t, c, agentproto.Exec{Argv: []string{"sh", "-c", `echo "$HOME"; pwd`}, Env: []string{"HOME=/tmp"}, User: "nobody"})
+	wd := u.HomeDir
+	if _, err := os.Stat(wd); err != nil {
+		wd = "/"
+	}
+	if want := "/tmp\n" + wd + "\n"; r.stdout != want {
+		t.Errorf("as nobody with HOME set: stdout %q, want %q", r.stdout, want)
+	}
+}
+
 func TestExecStdin(t *testing.T) {
 	c := connect(t)
 	p, err := c.Exec(ctxT(t), agentproto.Exec{Argv: []string{"cat"}, Cwd: "/"})
@@ -313,6 +363,7 @@ func TestExecErrors(t *testing.T) {
 		{"missing executable", agentproto.Exec{Argv: []string{"no-such-command-cove"}, Cwd: "/"}, agentproto.CodeNotFound},
 		{"missing absolute executable", agentproto.Exec{Argv: []string{"/no/such/bin"}, Cwd: "/"}, agentproto.CodeNotFound},
 		{"missing cwd", agentproto.Exec{Argv: []string{"true"}, Cwd: "/no/such/dir"}, agentproto.CodeInvalid},
+		{"unknown user", agentproto.Exec{Argv: []string{"true"}, Cwd: "/", User: "no-such-user-cove"}, agentproto.CodeNotFound},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

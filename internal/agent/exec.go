@@ -195,7 +195,17 @@ func (a *Agent) exec(st io.ReadWriter, req agentproto.Request) {
 		respondErr(st, agentproto.CodeInvalid, errors.New("exec: empty argv"))
 		return
 	}
-	env := mergeEnv(x.Env, defaultEnv)
+	defaults, home := defaultEnv, "/root"
+	var cred *syscall.Credential
+	if x.User != "" {
+		u, err := lookupUser(x.User)
+		if err != nil {
+			respondErr(st, codeOf(err), fmt.Errorf("exec: %w", err))
+			return
+		}
+		defaults, home, cred = mergeEnv(u.env, defaultEnv), u.home, u.cred
+	}
+	env := mergeEnv(x.Env, defaults)
 	if x.TTY {
 		env = mergeEnv(env, []string{"TERM=xterm-256color"})
 	}
@@ -212,7 +222,7 @@ func (a *Agent) exec(st io.ReadWriter, req agentproto.Request) {
 	}
 	cwd := x.Cwd
 	if cwd == "" {
-		cwd = "/root"
+		cwd = home
 		if _, err := os.Stat(cwd); err != nil {
 			cwd = "/"
 		}
@@ -222,7 +232,7 @@ func (a *Agent) exec(st io.ReadWriter, req agentproto.Request) {
 		return
 	}
 
-	p, err := startProcess(a.reaper, bin, x, env, cwd)
+	p, err := startProcess(a.reaper, bin, x, env, cwd, cred)
 	if err != nil {
 		respondErr(st, codeOf(err), fmt.Errorf("exec: %s: %w", x.Argv[0], err))
 		return
@@ -502,9 +512,11 @@ type process struct {
 	closed bool // guarded by mu: stdin closed
 }
 
-func startProcess(r *reaper, bin string, x *agentproto.Exec, env []string, cwd string) (*process, error) {
+// startProcess starts bin; cred, if set, is the user it runs as (nil:
+// the agent's, root).
+func startProcess(r *reaper, bin string, x *agentproto.Exec, env []string, cwd string, cred *syscall.Credential) (*process, error) {
 	p := &process{}
-	attr := &syscall.ProcAttr{Dir: cwd, Env: env, Sys: &syscall.SysProcAttr{}}
+	attr := &syscall.ProcAttr{Dir: cwd, Env: env, Sys: &syscall.SysProcAttr{Credential: cred}}
 	var childFiles []*os.File
 	if x.TTY {
 		master, slave, err := pty.Open()
@@ -513,6 +525,10 @@ func startProcess(r *reaper, bin string, x *agentproto.Exec, env []string, cwd s
 		}
 		if x.Rows > 0 && x.Cols > 0 {
 			_ = pty.Setsize(master, &pty.Winsize{Rows: uint16(x.Rows), Cols: uint16(x.Cols)})
+		}
+		if cred != nil {
+			// The terminal is its user's, as login makes it.
+			_ = slave.Chown(int(cred.Uid), -1)
 		}
 		childFiles = []*os.File{slave}
 		attr.Files = []uintptr{slave.Fd(), slave.Fd(), slave.Fd()}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -45,7 +46,14 @@ type Client struct {
 	conn *hostConn
 	// answerTimeout is AnswerTimeout unless a test set it.
 	answerTimeout time.Duration
+	// features are those of the agent's hello (Connect); none for a
+	// client made otherwise.
+	features []string
 }
+
+// Can reports whether the agent said at Connect that it has feature
+// (Hello.Features).
+func (c *Client) Can(feature string) bool { return slices.Contains(c.features, feature) }
 
 // NewClient starts a yamux client session over conn (the unix socket of the
 // VM's virtio-serial chardev).

@@ -208,6 +208,14 @@ type Exec struct {
 	Rows    int      `json:"rows,omitempty"`
 	Cols    int      `json:"cols,omitempty"`
 	Timeout int64    `json:"timeout_ms,omitempty"`
+	// User, if set, names the guest user (of the guest's /etc/passwd)
+	// the command runs as: the agent sets its uid, gid and groups (of
+	// /etc/group) itself, so the guest needs no setpriv or su; HOME,
+	// USER and LOGNAME are its own where Env sets none, and it starts
+	// in its home where Cwd is empty. A user the guest lacks is
+	// CodeNotFound. Empty: root. An agent that predates it ignores it:
+	// send it only to one whose Hello has FeatureExecUser.
+	User string `json:"user,omitempty"`
 }
 
 // GuestRequest is a request from a tool in the guest to the host, sent on
@@ -331,7 +339,15 @@ type Hello struct {
 	// WallUnixNano is the guest's wall clock when it answered, once it
 	// had set it; 0 from agents before it.
 	WallUnixNano int64 `json:"wall_unix_nano,omitempty"`
+	// Features names what the agent does that agents before it ignore
+	// (FeatureExecUser), so the host can refuse rather than have them
+	// ignored.
+	Features []string `json:"features,omitempty"`
 }
+
+// FeatureExecUser: the agent runs a command as Exec.User. One without it
+// would run it as root.
+const FeatureExecUser = "exec-user"
 
 // FileInfo describes a guest path.
 type FileInfo struct {

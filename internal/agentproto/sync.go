@@ -311,6 +311,7 @@ func Connect(ctx context.Context, dial func(context.Context) (net.Conn, error)) 
 		}
 		if h != nil {
 			c.fixClock(ctx, *h)
+			c.features = h.Features
 			return c, *h, nil
 		}
 		hello, err := c.Hello(ctx)
@@ -325,6 +326,7 @@ func Connect(ctx context.Context, dial func(context.Context) (net.Conn, error)) 
 			continue
 		}
 		c.fixClock(ctx, hello)
+		c.features = hello.Features
 		return c, hello, nil
 	}
 }

@@ -39,7 +39,7 @@ var auditedVerbs = map[string]bool{
 
 	"image.build": true,
 
-	"template.create": true, "template.delete": true, "template.rebuild": true,
+	"template.create": true, "template.delete": true, "template.rebuild": true, "template.pool": true,
 
 	"hook.secret.put": true, "hook.secret.delete": true,
 

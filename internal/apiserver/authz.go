@@ -118,6 +118,8 @@ var verbRules = map[string]verbRule{
 	"template.versions": {policy.TemplateRead, onTemplate, false},
 	"template.delete":   {policy.TemplateDelete, onTemplate, false},
 	"template.rebuild":  {policy.TemplateRebuild, onTemplate, false},
+	// Sizing the pool changes the template as a rebuild does.
+	"template.pool": {policy.TemplateRebuild, onTemplate, false},
 
 	"hook.secret.list":   {policy.HookAdmin, onServer, false},
 	"hook.secret.put":    {policy.HookAdmin, onServer, false},

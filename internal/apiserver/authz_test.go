@@ -171,7 +171,8 @@ func TestCrossEngineerDenied(t *testing.T) {
 
 		"POST /v1/sessions": {path: "/v1/sessions", body: api.CreateSessionRequest{Template: "alice-tpl"},
 			action: policy.SessionCreate, names: []string{tmpl, bobUser}},
-		"GET /v1/sessions":                            {path: "/v1/sessions", status: 200}, // checked below: without alice's
+		"GET /v1/sessions":                            {path: "/v1/sessions", status: 200},       // checked below: without alice's
+		"GET /v1/sessions/watch":                      {path: "/v1/sessions/watch", status: 200}, // TestWatchSessionsPushesOnlyOwn: without alice's
 		"GET /v1/sessions/{id}":                       {path: "/v1/sessions/" + mine.ID, action: policy.SessionRead, names: []string{sess, bobUser}},
 		"DELETE /v1/sessions/{id}":                    {path: "/v1/sessions/" + mine.ID, action: policy.SessionDelete, names: []string{sess, bobUser}},
 		"POST /v1/sessions/{id}/park":                 {path: "/v1/sessions/" + mine.ID + "/park", action: policy.SessionPark, names: []string{sess, bobUser}},
@@ -201,6 +202,7 @@ func TestCrossEngineerDenied(t *testing.T) {
 		"DELETE /v1/templates/{name}":                 {path: "/v1/templates/alice-tpl", action: policy.TemplateDelete, names: []string{tmpl, bobUser}},
 		"GET /v1/templates/{name}/versions":           {path: "/v1/templates/alice-tpl/versions", action: policy.TemplateRead, names: []string{tmpl, bobUser}},
 		"POST /v1/templates/{name}/rebuild":           {path: "/v1/templates/alice-tpl/rebuild", action: policy.TemplateRebuild, names: []string{tmpl, bobUser}},
+		"PUT /v1/templates/{name}/pool":               {path: "/v1/templates/alice-tpl/pool", body: map[string]int{"size": 3}, action: policy.TemplateRebuild, names: []string{tmpl, bobUser}},
 		"GET /v1/hook-secrets":                        {path: "/v1/hook-secrets", action: policy.HookAdmin, names: []string{server, bobUser}},
 		"PUT /v1/hook-secrets/{name}":                 {path: "/v1/hook-secrets/deploys", body: api.HookSecretRequest{Secret: "s"}, action: policy.HookAdmin, names: []string{server, bobUser}},
 		"DELETE /v1/hook-secrets/{name}":              {path: "/v1/hook-secrets/deploys", action: policy.HookAdmin, names: []string{server, bobUser}},

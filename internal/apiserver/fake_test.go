@@ -585,6 +585,11 @@ func (f *fakeSessions) TemplateVersions(ctx context.Context, name string) ([]api
 
 // RebuildTemplate marks the template rebuilding.
 func (f *fakeSessions) RebuildTemplate(ctx context.Context, name string) (api.Template, error) {
+	return f.changeTemplate(name, func(t *api.Template) { t.Rebuilding = true })
+}
+
+// changeTemplate applies change to a template and returns it.
+func (f *fakeSessions) changeTemplate(name string, change func(*api.Template)) (api.Template, error) {
 	f.calls.Add(1)
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -592,9 +597,14 @@ func (f *fakeSessions) RebuildTemplate(ctx context.Context, name string) (api.Te
 	if err != nil {
 		return api.Template{}, err
 	}
-	t.Rebuilding = true
+	change(&t)
 	f.templates[name] = t
 	return t, nil
+}
+
+// SetTemplatePool sets the template's pool size.
+func (f *fakeSessions) SetTemplatePool(ctx context.Context, name string, size int) (api.Template, error) {
+	return f.changeTemplate(name, func(t *api.Template) { t.Pool = size })
 }
 
 // Revoke checks the session exists; the fake keeps no tokens.

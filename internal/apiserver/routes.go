@@ -50,6 +50,7 @@ var routes = []route{
 
 	{"POST", "/v1/sessions", "session.create", bearer, (*Server).createSession},
 	{"GET", "/v1/sessions", "session.list", bearer, (*Server).listSessions},
+	{"GET", "/v1/sessions/watch", "session.list", bearer, (*Server).watchSessions},
 	{"GET", "/v1/sessions/{id}", "session.get", bearer, (*Server).getSession},
 	{"DELETE", "/v1/sessions/{id}", "session.delete", bearer, (*Server).deleteSession},
 	{"POST", "/v1/sessions/{id}/park", "session.park", bearer, (*Server).parkSession},
@@ -83,6 +84,7 @@ var routes = []route{
 	{"DELETE", "/v1/templates/{name}", "template.delete", bearer, (*Server).deleteTemplate},
 	{"GET", "/v1/templates/{name}/versions", "template.versions", bearer, (*Server).listTemplateVersions},
 	{"POST", "/v1/templates/{name}/rebuild", "template.rebuild", bearer, (*Server).rebuildTemplate},
+	{"PUT", "/v1/templates/{name}/pool", "template.pool", bearer, (*Server).setTemplatePool},
 
 	{"POST", githubHookPath, verbHookReceive, noToken, (*Server).receiveGitHubHook},
 	{"POST", "/v1/hooks/{name}", verbHookReceive, noToken, (*Server).receiveHook},

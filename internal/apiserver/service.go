@@ -127,6 +127,10 @@ type Sessions interface {
 	// its current one and returns the template at once; an unknown name is
 	// CodeNotFound, a template that is not ready CodeConflict.
 	RebuildTemplate(ctx context.Context, name string) (api.Template, error)
+	// SetTemplatePool sets how many ready clones the template's warm pool
+	// keeps and returns the template; a size outside 0..64 is
+	// CodeInvalid, an unknown name CodeNotFound.
+	SetTemplatePool(ctx context.Context, name string, size int) (api.Template, error)
 }
 
 // Images is what the API server asks of the image builder.

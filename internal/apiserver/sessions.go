@@ -104,15 +104,9 @@ func (s *Server) listSessions(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	shown := make([]api.Session, 0, len(list))
-	for _, sess := range list {
-		ok, err := s.visible(r.Context(), Action{Verb: "session.get", SessionID: sess.ID})
-		if err != nil {
-			return err
-		}
-		if ok {
-			shown = append(shown, sess)
-		}
+	shown, err := s.readable(r.Context(), list)
+	if err != nil {
+		return err
 	}
 	// A page may show fewer than its limit (those the caller may not
 	// see are left out) and still have a next one.

@@ -100,6 +100,29 @@ func (s *Server) listTemplateVersions(w http.ResponseWriter, r *http.Request) er
 	return writeJSON(w, http.StatusOK, templateVersionList{vs})
 }
 
+// setTemplatePool sets the size of a template's warm pool.
+func (s *Server) setTemplatePool(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := validateTemplateName("name", name); err != nil {
+		return err
+	}
+	var req api.SetPoolRequest
+	if err := decodeJSON(w, r, &req); err != nil {
+		return err
+	}
+	if req.Size == nil {
+		return api.Errorf(api.CodeInvalid, "size: required (0..64)")
+	}
+	if *req.Size < 0 || *req.Size > 64 {
+		return api.Errorf(api.CodeInvalid, "size %d: want 0..64", *req.Size)
+	}
+	t, err := s.sessions.SetTemplatePool(r.Context(), name, *req.Size)
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, t)
+}
+
 // rebuildTemplate answers 202 at once: the build runs in the background
 // and its version shows in the template's versions.
 func (s *Server) rebuildTemplate(w http.ResponseWriter, r *http.Request) error {

@@ -42,7 +42,7 @@ func (h *Handler) auditVerify(w http.ResponseWriter, r *http.Request) {
 	if !methodAllowed(w, r, "GET only", http.MethodGet) {
 		return
 	}
-	c, err := h.cookie(r)
+	c, err := h.signedIn(w, r)
 	if err != nil {
 		h.expired(w, r, err)
 		return

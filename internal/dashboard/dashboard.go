@@ -115,6 +115,9 @@ type Handler struct {
 	// signedOut holds the ids of cookies signed out before they expire,
 	// with their expiry: they are refused until then. guarded by mu
 	signedOut map[string]time.Time
+	// renewals are the OIDC sign-ins being renewed or just renewed, by
+	// cookie id (oidc.go); guarded by mu.
+	renewals map[string]*renewed
 }
 
 // New makes a Handler.
@@ -346,7 +349,7 @@ func (h *Handler) me(w http.ResponseWriter, r *http.Request) {
 	if !methodAllowed(w, r, "GET only", http.MethodGet) {
 		return
 	}
-	c, err := h.cookie(r)
+	c, err := h.signedIn(w, r)
 	if err != nil {
 		h.expired(w, r, err)
 		return
@@ -372,6 +375,9 @@ func (h *Handler) signOut(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	c, err := h.cookie(r)
+	if errors.Is(err, errRenew) {
+		err = nil // signed in still: it would be renewed
+	}
 	if err == nil {
 		if err := h.checkCSRF(r, c); err != nil {
 			h.refuse(w, r, http.StatusForbidden, api.CodeForbidden, err.Error())
@@ -385,6 +391,9 @@ func (h *Handler) signOut(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		h.signedOut[c.ID] = c.Expires
+		if c.Until.After(c.Expires) {
+			h.signedOut[c.ID] = c.Until
+		}
 		h.mu.Unlock()
 		h.log.Info("dashboard: signed out")
 	}
@@ -400,7 +409,7 @@ func (h *Handler) viaCookie(w http.ResponseWriter, r *http.Request) {
 		h.api.ServeHTTP(w, r)
 		return
 	}
-	c, err := h.cookie(r)
+	c, err := h.signedIn(w, r)
 	if err != nil {
 		h.expired(w, r, err)
 		return
@@ -456,7 +465,22 @@ var (
 	errExpired   = errors.New("the sign-in expired")
 )
 
-// cookie opens the request's sign-in cookie.
+// errRenew is a cookie whose ID token expired and can be renewed.
+var errRenew = errors.New("the sign-in's ID token expired; it is renewed")
+
+// signedIn is the request's sign-in: its cookie, with an expired OIDC ID
+// token renewed first where the issuer gave a refresh token (the new
+// cookie set on w).
+func (h *Handler) signedIn(w http.ResponseWriter, r *http.Request) (cookie, error) {
+	c, err := h.cookie(r)
+	if errors.Is(err, errRenew) {
+		return h.renew(w, r, c)
+	}
+	return c, err
+}
+
+// cookie opens the request's sign-in cookie. An expired one that can be
+// renewed comes back with errRenew.
 func (h *Handler) cookie(r *http.Request) (cookie, error) {
 	hc, err := r.Cookie(CookieName)
 	if err != nil {
@@ -467,14 +491,20 @@ func (h *Handler) cookie(r *http.Request) (cookie, error) {
 		// Sealed with another key (a key file replaced), or forged.
 		return cookie{}, errExpired
 	}
-	if !h.now().Before(c.Expires) {
-		return cookie{}, errExpired
-	}
 	h.mu.Lock()
 	_, out := h.signedOut[c.ID]
 	h.mu.Unlock()
 	if out {
 		return cookie{}, errSignedOut
+	}
+	if !h.now().Before(c.Expires) {
+		switch {
+		case c.Refresh != "" && h.now().Before(c.Until):
+			return c, errRenew
+		case c.Issuer != "":
+			return cookie{}, errOIDCExpired
+		}
+		return cookie{}, errExpired
 	}
 	return c, nil
 }

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -53,6 +54,7 @@ type oidcClients struct {
 
 	mu        sync.Mutex
 	endpoints map[string]oauth2.Endpoint // by issuer URL; guarded by mu
+	offline   map[string]bool            // issuers that list offline_access; guarded by mu
 }
 
 func (o *oidcClients) find(u string) (identity.OIDCIssuer, bool) {
@@ -80,15 +82,31 @@ func (o *oidcClients) endpoint(ctx context.Context, is identity.OIDCIssuer) (oau
 	}
 	e = p.Endpoint()
 	e.AuthStyle = oauth2.AuthStyleInParams // a public client: no secret
+	// A refresh token is asked for (scope offline_access) only of an
+	// issuer that says it knows the scope: some refuse a scope they do
+	// not list.
+	var meta struct {
+		Scopes []string `json:"scopes_supported"`
+	}
+	_ = p.Claims(&meta)
 	o.mu.Lock()
 	o.endpoints[is.URL] = e
+	if o.offline == nil {
+		o.offline = map[string]bool{}
+	}
+	o.offline[is.URL] = slices.Contains(meta.Scopes, oidc.ScopeOfflineAccess)
 	o.mu.Unlock()
 	return e, nil
 }
 
 func (o *oidcClients) config(e oauth2.Endpoint, is identity.OIDCIssuer, r *http.Request) *oauth2.Config {
-	return &oauth2.Config{ClientID: is.ClientID, Endpoint: e, RedirectURL: origin(r) + CallbackPath,
-		Scopes: []string{oidc.ScopeOpenID, "profile", "email"}}
+	scopes := []string{oidc.ScopeOpenID, "profile", "email"}
+	o.mu.Lock()
+	if o.offline[is.URL] {
+		scopes = append(scopes, oidc.ScopeOfflineAccess)
+	}
+	o.mu.Unlock()
+	return &oauth2.Config{ClientID: is.ClientID, Endpoint: e, RedirectURL: origin(r) + CallbackPath, Scopes: scopes}
 }
 
 func origin(r *http.Request) string {
@@ -230,20 +248,137 @@ func (h *Handler) oidcCallback(w http.ResponseWriter, r *http.Request) {
 		h.signInFailed(w, r, http.StatusUnauthorized, "the ID token is not for this sign-in (nonce): sign in again")
 		return
 	}
-	exp := h.now().Add(h.maxAge).Truncate(time.Second)
-	if t := time.Unix(claims.Expiry, 0); claims.Expiry > 0 && t.Before(exp) {
-		exp = t
+	until := h.now().Add(h.maxAge).Truncate(time.Second)
+	c := cookie{ID: rand.Text(), Token: raw, Expires: tokenExpiry(claims, until), Issuer: is.URL}
+	if tok.RefreshToken != "" {
+		c.Refresh, c.Until = tok.RefreshToken, until
 	}
-	c := cookie{ID: rand.Text(), Token: raw, Expires: exp}
-	value, err := h.seal.seal(c)
-	if err != nil {
+	if err := h.setCookie(w, r, c); err != nil {
 		h.signInFailed(w, r, http.StatusInternalServerError, "sealing the cookie failed")
 		return
 	}
-	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: value, Path: "/", Expires: c.Expires,
-		MaxAge: int(c.Expires.Sub(h.now()) / time.Second), HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
 	h.log.Info("dashboard: signed in", "kind", who.Kind, "user", userName(who), "issuer", is.URL)
 	http.Redirect(w, r, "/", http.StatusSeeOther)
+}
+
+// tokenExpiry is when a sign-in on an ID token with claims ends: the
+// token's expiry, or until if that comes first.
+func tokenExpiry(claims idClaims, until time.Time) time.Time {
+	if t := time.Unix(claims.Expiry, 0); claims.Expiry > 0 && t.Before(until) {
+		return t
+	}
+	return until
+}
+
+// setCookie seals c into the sign-in cookie. The browser keeps it until
+// c.Expires, or c.Until when the ID token in it can be renewed.
+func (h *Handler) setCookie(w http.ResponseWriter, r *http.Request, c cookie) error {
+	value, err := h.seal.seal(c)
+	if err != nil {
+		return err
+	}
+	keep := c.Expires
+	if c.Refresh != "" && c.Until.After(keep) {
+		keep = c.Until
+	}
+	http.SetCookie(w, &http.Cookie{Name: CookieName, Value: value, Path: "/", Expires: keep,
+		MaxAge: int(keep.Sub(h.now()) / time.Second), HttpOnly: true, Secure: r.TLS != nil, SameSite: http.SameSiteStrictMode})
+	return nil
+}
+
+// errOIDCExpired says an OpenID Connect sign-in ended with its ID token,
+// which its issuer gave no refresh token to renew.
+var errOIDCExpired = errors.New("signed out: the identity provider's sign-in expired")
+
+// renewed is a refresh's outcome, kept a minute for the requests that
+// carried the old cookie at the same time (a refresh token is used once).
+type renewed struct {
+	done chan struct{}
+	c    cookie
+	err  error
+	at   time.Time
+}
+
+// renew has the issuer renew the expired ID token of c with its refresh
+// token, the API's gate verify the new one (as at sign-in), and sets the
+// new cookie on w; the sign-in keeps its ID (and so its CSRF token). One
+// renewal runs per sign-in: requests that come with the same expired
+// cookie meanwhile get its outcome.
+func (h *Handler) renew(w http.ResponseWriter, r *http.Request, c cookie) (cookie, error) {
+	h.mu.Lock()
+	if h.renewals == nil {
+		h.renewals = map[string]*renewed{}
+	}
+	for id, x := range h.renewals {
+		if !x.at.IsZero() && h.now().Sub(x.at) > time.Minute {
+			delete(h.renewals, id)
+		}
+	}
+	x, running := h.renewals[c.ID]
+	if !running {
+		x = &renewed{done: make(chan struct{})}
+		h.renewals[c.ID] = x
+	}
+	h.mu.Unlock()
+	if !running {
+		x.c, x.err = h.renewToken(r, c)
+		h.mu.Lock()
+		x.at = h.now()
+		h.mu.Unlock()
+		close(x.done)
+	} else {
+		select {
+		case <-x.done:
+		case <-r.Context().Done():
+			return cookie{}, r.Context().Err()
+		}
+	}
+	if x.err != nil {
+		return cookie{}, x.err
+	}
+	if err := h.setCookie(w, r, x.c); err != nil {
+		return cookie{}, err
+	}
+	return x.c, nil
+}
+
+func (h *Handler) renewToken(r *http.Request, c cookie) (cookie, error) {
+	fail := func(why string) (cookie, error) {
+		h.log.Info("dashboard: oidc sign-in not renewed", "issuer", c.Issuer, "reason", why)
+		return cookie{}, errors.New("signed out: the identity provider did not renew the sign-in (" + why + ")")
+	}
+	is, ok := h.oidc.find(c.Issuer)
+	if !ok || c.Issuer == "" {
+		return fail("the issuer " + c.Issuer + " is no longer configured")
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	e, err := h.oidc.endpoint(ctx, is)
+	if err != nil {
+		return fail(err.Error())
+	}
+	ts := h.oidc.config(e, is, r).TokenSource(oidc.ClientContext(ctx, h.oidc.client), &oauth2.Token{RefreshToken: c.Refresh})
+	tok, err := ts.Token()
+	if err != nil {
+		return fail(err.Error())
+	}
+	raw, _ := tok.Extra("id_token").(string)
+	if raw == "" {
+		return fail("its answer has no ID token")
+	}
+	if _, status, _ := h.whoAmI(ctx, r, raw); status != http.StatusOK {
+		return fail(fmt.Sprintf("the server refused the new ID token (%d)", status))
+	}
+	claims, err := unverifiedClaims(raw)
+	if err != nil {
+		return fail(err.Error())
+	}
+	n := cookie{ID: c.ID, Token: raw, Expires: tokenExpiry(claims, c.Until), Refresh: c.Refresh, Issuer: c.Issuer, Until: c.Until}
+	if tok.RefreshToken != "" {
+		n.Refresh = tok.RefreshToken // rotated
+	}
+	h.log.Info("dashboard: oidc sign-in renewed", "issuer", c.Issuer, "until", n.Expires)
+	return n, nil
 }
 
 // idClaims are the claims the callback reads from an ID token the API

@@ -10,7 +10,9 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/dashboard"
@@ -56,6 +58,11 @@ type oidcFixture struct {
 
 func newOIDCFixture(t *testing.T) *oidcFixture {
 	t.Helper()
+	return newOIDCFixtureAt(t, time.Now)
+}
+
+func newOIDCFixtureAt(t *testing.T, now func() time.Time) *oidcFixture {
+	t.Helper()
 	prov, err := oidctest.New(oidctest.Config{ClientID: "cove-dash",
 		RedirectURIs: []string{"http://127.0.0.1" + dashboard.CallbackPath}})
 	if err != nil {
@@ -75,7 +82,7 @@ func newOIDCFixture(t *testing.T) *oidcFixture {
 	}
 	f := &oidcFixture{prov: prov, api: &oidcAPI{v: v}}
 	h, err := dashboard.New(dashboard.Config{API: f.api, Key: []byte(strings.Repeat("k", 32)), Assets: built,
-		OIDC: []identity.OIDCIssuer{is}})
+		OIDC: []identity.OIDCIssuer{is}, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -254,5 +261,93 @@ func TestOIDCSignInRefusals(t *testing.T) {
 	}
 	if code, _ := b3.me(t, f); code != http.StatusUnauthorized {
 		t.Fatalf("/dash/me after refused callbacks: %d, want 401", code)
+	}
+}
+
+// TestOIDCRenew: an OIDC sign-in whose ID token expired (the dashboard's
+// clock moved past it) is renewed with the refresh token the issuer gave:
+// the request goes on to the API as the same user, with a new cookie, and
+// requests that come at once with the expired cookie share one renewal
+// (the issuer spends a refresh token once). When the issuer cannot renew
+// it, or the sign-in's 12 hours are over, the answer is 401 "signed out:
+// …: sign in again", and the cookie is cleared.
+func TestOIDCRenew(t *testing.T) {
+	var skew atomic.Int64
+	f := newOIDCFixtureAt(t, func() time.Time { return time.Now().Add(time.Duration(skew.Load())) })
+	f.prov.SetLoginUser("sub-alice")
+	b := newBrowser(t)
+	b.get(t, f.srv.URL+"/dash/oidc/start")
+	if code, name := b.me(t, f); code != http.StatusOK || name != "alice" {
+		t.Fatalf("/dash/me after the OIDC sign-in: %d %q, want 200 alice", code, name)
+	}
+	u, _ := url.Parse(f.srv.URL + "/")
+	value := func() string {
+		for _, c := range b.c.Jar.Cookies(u) {
+			if c.Name == dashboard.CookieName {
+				return c.Value
+			}
+		}
+		return ""
+	}
+	before := value()
+
+	skew.Store(int64(2 * time.Hour)) // past the ID token's hour
+	var wg sync.WaitGroup
+	codes := make([]int, 4)
+	for i := range codes {
+		wg.Go(func() {
+			resp, err := b.c.Get(f.srv.URL + "/v1/sessions")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			resp.Body.Close()
+			codes[i] = resp.StatusCode
+		})
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != http.StatusTeapot {
+			t.Fatalf("request %d with the expired ID token: %d, want the API's answer (renewed)", i, c)
+		}
+	}
+	if after := value(); after == "" || after == before {
+		t.Fatalf("the cookie after the renewal is the same (%v)", after == before)
+	}
+	if code, name := b.me(t, f); code != http.StatusOK || name != "alice" {
+		t.Fatalf("/dash/me after the renewal: %d %q, want 200 alice", code, name)
+	}
+
+	// The issuer down: the next expiry cannot be renewed.
+	f.prov.SetDown(true)
+	skew.Store(int64(4 * time.Hour))
+	resp, err := b.c.Get(f.srv.URL + "/v1/sessions")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var er api.ErrorResponse
+	_ = json.NewDecoder(resp.Body).Decode(&er)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || !strings.HasPrefix(er.Error.Message, "signed out: the identity provider did not renew the sign-in") ||
+		!strings.HasSuffix(er.Error.Message, ": sign in again") || value() != "" {
+		t.Fatalf("a renewal the issuer refuses: %d %q (cookie kept: %v), want 401 signed out … sign in again", resp.StatusCode, er.Error.Message, value() != "")
+	}
+
+	// Signed in again, and past the sign-in's 12 hours: no renewal.
+	f.prov.SetDown(false)
+	skew.Store(0)
+	b.get(t, f.srv.URL+"/dash/oidc/start")
+	if code, _ := b.me(t, f); code != http.StatusOK {
+		t.Fatalf("signed in again: %d", code)
+	}
+	skew.Store(int64(13 * time.Hour))
+	resp, err = b.c.Get(f.srv.URL + "/dash/me")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = json.NewDecoder(resp.Body).Decode(&er)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusUnauthorized || er.Error.Message != "signed out: the identity provider's sign-in expired: sign in again" {
+		t.Fatalf("past the sign-in's end: %d %q", resp.StatusCode, er.Error.Message)
 	}
 }

@@ -19,6 +19,13 @@ type cookie struct {
 	ID      string    `json:"id"`
 	Token   string    `json:"token"`
 	Expires time.Time `json:"exp"`
+	// An OpenID Connect sign-in whose issuer gave a refresh token keeps
+	// it here with the issuer's URL: once the ID token in Token expires,
+	// the server renews it with the refresh token, until Until (the
+	// sign-in's start plus the cookie's maximum age).
+	Refresh string    `json:"rt,omitempty"`
+	Issuer  string    `json:"iss,omitempty"`
+	Until   time.Time `json:"until,omitzero"`
 }
 
 // sealer seals cookies with AES-256-GCM.

@@ -11,6 +11,7 @@ import (
 	"path"
 	"strconv"
 	"strings"
+	"sync"
 
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -157,7 +158,7 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request) {
 	if u := userOf(r); u.UID != 0 {
 		// The guest's permissions decide: head opens the file as
 		// the user.
-		if _, err := s.output(r.Context(), id, asUser(u, []string{"head", "-c", "0", "--", p}), nil); err != nil {
+		if _, err := s.outputAs(r.Context(), id, u, []string{"head", "-c", "0", "--", p}, nil); err != nil {
 			s.fileError(w, r, "read "+p, asUserFailed(err))
 			return
 		}
@@ -175,6 +176,44 @@ func (s *Server) readFile(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
+// uploadLimit notes whether an upload's body passed the limit. The error
+// a write fails with then, having come through the session manager and
+// the guest agent, no longer carries the *http.MaxBytesError (the
+// manager reports a stream the agent could not finish as the agent's
+// failure), so the 413 is decided here.
+type uploadLimit struct {
+	mu  sync.Mutex
+	hit *http.MaxBytesError
+}
+
+// reader notes in u when r's reads pass its limit.
+func (u *uploadLimit) reader(r io.Reader) io.Reader { return &limitNoter{r: r, u: u} }
+
+// or is the limit's error if a body passed it, else err.
+func (u *uploadLimit) or(err error) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.hit != nil {
+		return u.hit
+	}
+	return err
+}
+
+type limitNoter struct {
+	r io.Reader
+	u *uploadLimit
+}
+
+func (l *limitNoter) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	if mbe := (*http.MaxBytesError)(nil); errors.As(err, &mbe) {
+		l.u.mu.Lock()
+		l.u.hit = mbe
+		l.u.mu.Unlock()
+	}
+	return n, err
+}
+
 // writtenFile is one entry of POST /files' answer.
 type writtenFile struct {
 	Name string `json:"name"`
@@ -190,8 +229,9 @@ func (s *Server) writeFiles(w http.ResponseWriter, r *http.Request) {
 	id, ctx := sandboxID(r), r.Context()
 	if r.ContentLength > s.cfg.MaxFileBytes {
 		// Refused before a byte is written. A body of unknown length
-		// is cut at the limit instead, which may leave the file being
-		// written short.
+		// is cut at the limit instead, also 413: the agent's write (as
+		// root) leaves no file then, a user's (cat >) may leave it
+		// short.
 		writeEnvdError(w, http.StatusRequestEntityTooLarge, "upload of %d bytes: the limit is %d", r.ContentLength, s.cfg.MaxFileBytes)
 		return
 	}
@@ -203,7 +243,11 @@ func (s *Server) writeFiles(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	r.Body = http.MaxBytesReader(w, r.Body, s.cfg.MaxFileBytes)
+	lim := &uploadLimit{}
+	r.Body = struct {
+		io.Reader
+		io.Closer
+	}{lim.reader(http.MaxBytesReader(w, r.Body, s.cfg.MaxFileBytes)), r.Body}
 	dest := r.URL.Query().Get("path")
 	var out []writtenFile
 	write := func(p string, body io.Reader) bool {
@@ -219,7 +263,7 @@ func (s *Server) writeFiles(w http.ResponseWriter, r *http.Request) {
 			err = s.cfg.Sessions.WriteFile(ctx, id, p, 0o644, body)
 		}
 		if err != nil {
-			s.fileError(w, r, "write "+p, err)
+			s.fileError(w, r, "write "+p, lim.or(err))
 			return false
 		}
 		out = append(out, writtenFile{Name: path.Base(p), Type: "file", Path: p})
@@ -238,7 +282,7 @@ func (s *Server) writeFiles(w http.ResponseWriter, r *http.Request) {
 				break
 			}
 			if err != nil {
-				s.fileError(w, r, "multipart body", api.Errorf(api.CodeInvalid, "multipart body: %v", err))
+				s.fileError(w, r, "multipart body", lim.or(api.Errorf(api.CodeInvalid, "multipart body: %v", err)))
 				return
 			}
 			if part.FormName() != "file" {
@@ -269,10 +313,12 @@ func (s *Server) writeFiles(w http.ResponseWriter, r *http.Request) {
 		case "gzip":
 			zr, err := gzip.NewReader(r.Body)
 			if err != nil {
-				writeEnvdError(w, http.StatusBadRequest, "gzip body: %v", err)
+				s.fileError(w, r, "gzip body", lim.or(api.Errorf(api.CodeInvalid, "gzip body: %v", err)))
 				return
 			}
-			body = zr
+			// The limit holds for what the body inflates to too: a
+			// small body must not write a file of any size.
+			body = lim.reader(http.MaxBytesReader(w, io.NopCloser(zr), s.cfg.MaxFileBytes))
 		default:
 			writeEnvdError(w, http.StatusBadRequest, "Content-Encoding %q: want gzip or none", enc)
 			return
@@ -514,7 +560,7 @@ func (s *Server) move(ctx context.Context, id string, u guestUser, src, dst stri
 	if _, err := s.cfg.Sessions.Stat(ctx, id, src); err != nil {
 		return err
 	}
-	_, err := s.output(ctx, id, asUser(u, []string{"mv", "-f", "--", src, dst}), nil)
+	_, err := s.outputAs(ctx, id, u, []string{"mv", "-f", "--", src, dst}, nil)
 	return asUserFailed(err)
 }
 
@@ -523,7 +569,7 @@ func (s *Server) mkdirAs(ctx context.Context, id string, u guestUser, p string) 
 	if u.UID == 0 {
 		return s.cfg.Sessions.Mkdir(ctx, id, p)
 	}
-	_, err := s.output(ctx, id, asUser(u, []string{"mkdir", "-p", "--", p}), nil)
+	_, err := s.outputAs(ctx, id, u, []string{"mkdir", "-p", "--", p}, nil)
 	return asUserFailed(err)
 }
 
@@ -532,6 +578,6 @@ func (s *Server) removeAs(ctx context.Context, id string, u guestUser, p string)
 	if u.UID == 0 {
 		return s.cfg.Sessions.Remove(ctx, id, p)
 	}
-	_, err := s.output(ctx, id, asUser(u, []string{"rm", "-rf", "--", p}), nil)
+	_, err := s.outputAs(ctx, id, u, []string{"rm", "-rf", "--", p}, nil)
 	return asUserFailed(err)
 }

@@ -257,12 +257,17 @@ func (s *Server) diskUse(ctx context.Context, id string) (used, total int64, err
 	return u * 1024, t * 1024, nil
 }
 
-// output runs argv in the guest and returns its stdout (at most 64 KiB);
-// a command that fails is an api.CodeInvalid error with its stderr. A
-// command without stdin (nil: it reads EOF) runs 60 s at most; one with
-// lasts as ctx does.
+// output runs argv in the guest as root and returns its stdout (at most
+// 64 KiB); a command that fails is an api.CodeInvalid error with its
+// stderr. A command without stdin (nil: it reads EOF) runs 60 s at most;
+// one with lasts as ctx does.
 func (s *Server) output(ctx context.Context, id string, argv []string, stdin io.Reader) (string, error) {
-	req := api.ExecRequest{Argv: argv}
+	return s.outputAs(ctx, id, rootUser, argv, stdin)
+}
+
+// outputAs is output run as u (the guest agent sets its credentials).
+func (s *Server) outputAs(ctx context.Context, id string, u guestUser, argv []string, stdin io.Reader) (string, error) {
+	req := api.ExecRequest{Argv: argv, User: execUser(u)}
 	if stdin == nil {
 		req.Timeout = "60s"
 	}

@@ -274,10 +274,9 @@ func (s *Server) startProcess(w http.ResponseWriter, r *http.Request) {
 	id := sandboxID(r)
 	t := s.table(id)
 	u := userOf(r)
-	xreq := api.ExecRequest{Argv: asUser(u, append([]string{cfg.GetCmd()}, cfg.GetArgs()...)), Env: cfg.GetEnvs(), Cwd: u.Home}
-	if u.UID != 0 {
-		xreq.Env = userEnv(u, xreq.Env)
-	}
+	// No cwd: the agent starts it in its user's home, or / where the
+	// guest lacks that (nobody's /nonexistent).
+	xreq := api.ExecRequest{Argv: append([]string{cfg.GetCmd()}, cfg.GetArgs()...), Env: cfg.GetEnvs(), User: execUser(u)}
 	if cfg.GetCwd() != "" {
 		xreq.Cwd = s.path(r, cfg.GetCwd())
 	}

@@ -62,10 +62,21 @@ func (e *fakeEnv) connectStream(ctx context.Context, sbx sandboxAnswer, method, 
 // memory (its process table) is gone.
 func (e *fakeEnv) restartE2B() {
 	e.t.Helper()
+	e.replaceE2B(nil)
+}
+
+// replaceE2B replaces the E2B server with a new one, its Config as
+// newFakeEnv's but for what mod changes.
+func (e *fakeEnv) replaceE2B(mod func(*e2b.Config)) {
+	e.t.Helper()
 	e.e2b.Close()
-	srv, err := e2b.New(e2b.Config{Sessions: e.mgr, Records: e.st, Authenticator: identity.NewAuthenticator(identity.AuthConfig{Store: e.st}),
+	cfg := e2b.Config{Sessions: e.mgr, Records: e.st, Authenticator: identity.NewAuthenticator(identity.AuthConfig{Store: e.st}),
 		Authorize: (&apiserver.PolicyGate{Policy: policy.New(), Records: e.st}).Authorize,
-		Key:       bytes.Repeat([]byte{7}, 32), BaseImage: "tiny"})
+		Key:       bytes.Repeat([]byte{7}, 32), BaseImage: "tiny"}
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv, err := e2b.New(cfg)
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -17,24 +17,23 @@ import (
 
 // Users. The SDK names the guest user a call runs as where its caller
 // passes `user`: RPCs send Authorization: Basic base64("USER:"), /files
-// sends ?username=USER. A call that names none runs as root, as every
-// cove command does. E2B's envd defaults to its template's user, "user"
-// on E2B's templates (the SDK, given envd 0.4.0 or later, sends no user
-// and leaves it to envd); cove keeps root on purpose: cove exec, the
-// guest agent and template builds work as root, so both doors make
-// files owned alike, and cove's images have no sudo, which E2B's "user"
-// would need for what root does directly (see README, E2B, Users). Another user's commands run through setpriv
-// (its uid, gid and groups, HOME, USER and LOGNAME, starting in its home),
-// and the file calls that change something run as commands of that user,
-// so the guest's permissions hold and what they make is the user's: a
-// write (parents included), makeDir, rename and remove. Stat, list and
-// watches read as root. Relative paths start in the user's home.
+// sends ?username=USER. A call that names none runs as E2B's envd runs
+// it: as its template's user, "user" (uid 1000, home /home/user,
+// passwordless sudo), which cove's debian image has (image.DebianUser),
+// and as root where the guest has no such user (the tiny image, an
+// image of one's own). Another user's commands run as it: the guest
+// agent sets its uid, gid and groups, HOME, USER and LOGNAME itself
+// (api.ExecRequest.User; no setpriv, whose busybox build in the tiny
+// image changes no uids), starting in its home, and the file calls
+// that change something run as commands of that user, so the guest's
+// permissions hold and what they make is the user's: a write (parents
+// included), makeDir, rename and remove. Stat, list and watches read as
+// root. Relative paths start in the user's home.
 //
 // The user is looked up in the guest's /etc/passwd at each call. "user",
-// the user E2B sandboxes have (the SDK's docs and examples use
-// /home/user), is made on first use where the guest lacks it (useradd,
-// with a home and bash; the image needs useradd, as debian has). Any
-// other unknown user is unauthenticated (401), as envd answers it.
+// named, is made on first use where the guest lacks it (useradd, with a
+// home and bash; the image needs useradd, as debian has). Any other
+// unknown user is unauthenticated (401), as envd answers it.
 
 // guestUser is a user of the guest.
 type guestUser struct {
@@ -45,7 +44,8 @@ type guestUser struct {
 
 var rootUser = guestUser{Name: "root", Home: homeDir}
 
-// e2bUser is the user E2B's templates have, made on first use.
+// e2bUser is the user E2B's templates have: the default where the guest
+// has it, made on first use where a call names it.
 const e2bUser = "user"
 
 // errUnknownUser is a user the guest does not have.
@@ -76,10 +76,24 @@ func requestedUser(r *http.Request) (string, error) {
 	return name, nil
 }
 
-// resolveUser finds the user name in the guest ("" and "root": root),
-// making e2bUser if it is missing.
+// resolveUser finds the user name in the guest ("root": root; "":
+// e2bUser where the guest has it, else root), making e2bUser if it is
+// named and missing.
 func (s *Server) resolveUser(ctx context.Context, id, name string) (guestUser, error) {
-	if name == "" || name == "root" {
+	if name == "root" {
+		return rootUser, nil
+	}
+	if name == "" {
+		passwd, err := s.guestFile(ctx, id, "/etc/passwd")
+		switch {
+		case api.IsCode(err, api.CodeNotFound):
+			return rootUser, nil
+		case err != nil:
+			return guestUser{}, err
+		}
+		if u, ok := lookupPasswd(passwd, e2bUser); ok {
+			return u, nil
+		}
 		return rootUser, nil
 	}
 	if !validUserName(name) {
@@ -154,22 +168,13 @@ func (s *Server) path(r *http.Request, p string) string {
 	return guestPathIn(userOf(r).Home, p)
 }
 
-// asUser wraps argv to run as u (argv itself for root).
-func asUser(u guestUser, argv []string) []string {
+// execUser is the ExecRequest.User that runs a command as u: "" for
+// root (and any user of uid 0), which every guest agent runs as.
+func execUser(u guestUser) string {
 	if u.UID == 0 {
-		return argv
+		return ""
 	}
-	return append([]string{"setpriv", "--reuid=" + strconv.Itoa(u.UID), "--regid=" + strconv.Itoa(u.GID), "--init-groups", "--"}, argv...)
-}
-
-// userEnv adds u's HOME, USER and LOGNAME to env where it does not set
-// them.
-func userEnv(u guestUser, env map[string]string) map[string]string {
-	out := map[string]string{"HOME": u.Home, "USER": u.Name, "LOGNAME": u.Name}
-	for k, v := range env {
-		out[k] = v
-	}
-	return out
+	return u.Name
 }
 
 // asUserFailed turns a failed file command of a user into the API's
@@ -185,6 +190,6 @@ func asUserFailed(err error) error {
 // file and the directories made are u's.
 func (s *Server) writeAs(ctx context.Context, id string, u guestUser, p string, r io.Reader) error {
 	script := `mkdir -p -- "$(dirname -- "$1")" && cat > "$1"`
-	_, err := s.output(ctx, id, asUser(u, []string{"sh", "-c", script, "sh", p}), r)
+	_, err := s.outputAs(ctx, id, u, []string{"sh", "-c", script, "sh", p}, r)
 	return asUserFailed(err)
 }

@@ -16,13 +16,23 @@ import (
 // and the body.
 func (e *fakeEnv) envd(sbx sandboxAnswer, method, path, contentType, body string) (int, []byte) {
 	e.t.Helper()
-	req, err := http.NewRequest(method, e.url+path, strings.NewReader(body))
+	return e.envdWith(sbx, method, path, contentType, strings.NewReader(body))
+}
+
+// envdWith is envd with a body of any reader (one of unknown length is
+// sent chunked) and more headers, as name, value pairs.
+func (e *fakeEnv) envdWith(sbx sandboxAnswer, method, path, contentType string, body io.Reader, hdr ...string) (int, []byte) {
+	e.t.Helper()
+	req, err := http.NewRequest(method, e.url+path, body)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	req.Header.Set("E2b-Sandbox-Id", sbx.SandboxID)
 	req.Header.Set("X-Access-Token", sbx.EnvdAccessToken)
 	req.Header.Set("Content-Type", contentType)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		e.t.Fatal(err)

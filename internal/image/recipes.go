@@ -21,7 +21,12 @@ var BusyboxPath = "/bin/busybox"
 const DebianSuite = "bookworm"
 
 // DebianPackages are installed into the debian image beyond minbase.
-var DebianPackages = []string{"bash", "ca-certificates", "curl", "git", "python3"}
+var DebianPackages = []string{"bash", "ca-certificates", "curl", "git", "python3", "sudo"}
+
+// DebianUser is the unprivileged user the debian image has, as E2B's
+// sandboxes have it: uid 1000, home /home/user, bash, and passwordless
+// sudo. The E2B-compatible API runs calls that name no user as it.
+const DebianUser = "user"
 
 func fileHash(path string) (string, error) {
 	f, err := os.Open(path)
@@ -115,7 +120,7 @@ func debianRecipe(b *Builder) Recipe {
 		Name:    "debian",
 		SizeMiB: 4096,
 		Inputs: func() ([]string, error) {
-			return []string{"debian/v1", DebianSuite, "minbase", strings.Join(DebianPackages, ",")}, nil
+			return []string{"debian/v2", DebianSuite, "minbase", strings.Join(DebianPackages, ","), "user=" + DebianUser}, nil
 		},
 		Populate: func(ctx context.Context, dir string, progress func(string)) error {
 			mirror := b.Mirror
@@ -133,9 +138,27 @@ func debianRecipe(b *Builder) Recipe {
 					os.Remove(f)
 				}
 			}
+			if err := addSudoUser(ctx, dir, DebianUser); err != nil {
+				return fmt.Errorf("image: debian: %w", err)
+			}
 			return baseFiles(dir, "debian")
 		},
 	}
+}
+
+// addSudoUser makes name, uid 1000, with a home and bash, in the root
+// file system dir (by the guest's own useradd, so its defaults and
+// /etc/skel apply), and lets it sudo without a password.
+func addSudoUser(ctx context.Context, dir, name string) error {
+	if _, err := run(ctx, "", "chroot", dir, "useradd", "--create-home", "--shell", "/bin/bash",
+		"--uid", "1000", "--user-group", name); err != nil {
+		return fmt.Errorf("add user %s: %w", name, err)
+	}
+	rule := name + " ALL=(ALL:ALL) NOPASSWD: ALL\n"
+	if err := os.WriteFile(filepath.Join(dir, "etc/sudoers.d", name), []byte(rule), 0o440); err != nil {
+		return fmt.Errorf("sudo rule for %s: %w", name, err)
+	}
+	return nil
 }
 
 // hostMirror returns the first Debian mirror in the host's apt sources.

@@ -164,6 +164,62 @@ func (m *Manager) RebuildTemplate(ctx context.Context, name string) (api.Templat
 	return m.templateAPI(t), nil
 }
 
+// SetTemplatePool sets how many ready clones of the template its warm
+// pool keeps (0..64, as at create: CodeInvalid otherwise); an unknown
+// name is CodeNotFound, a template still being created CodeConflict. The
+// pool grows or shrinks at once on the server that fills it: this one,
+// or another that holds its claim, which reads the size on its next round.
+func (m *Manager) SetTemplatePool(ctx context.Context, name string, size int) (api.Template, error) {
+	if size < 0 || size > 64 {
+		return api.Template{}, api.Errorf(api.CodeInvalid, "pool %d: want 0..64", size)
+	}
+	for range 3 {
+		t, err := m.template(ctx, name)
+		if err != nil {
+			return api.Template{}, err
+		}
+		if t.State == api.TemplateBuilding {
+			return api.Template{}, api.Errorf(api.CodeConflict, "template %q is still being created; set its pool once it is ready", name)
+		}
+		t.Pool, t.UpdatedAt = size, time.Now().UTC()
+		err = m.cfg.Store.UpdateTemplate(ctx, &t)
+		if errors.Is(err, store.ErrConflict) {
+			continue // changed meanwhile (a build's swap): read it again
+		}
+		if err != nil {
+			return api.Template{}, fmt.Errorf("session: template %s pool: %w", name, err)
+		}
+		m.resizePool(t)
+		return m.templateAPI(t), nil
+	}
+	return api.Template{}, api.Errorf(api.CodeConflict, "template %q keeps changing; try again", name)
+}
+
+// resizePool makes this server's pool of t want t.Pool clones: it starts
+// the pool, or stops the clones past the new size.
+func (m *Manager) resizePool(t store.Template) {
+	if m.cfg.NoNode {
+		return
+	}
+	m.mu.Lock()
+	p := m.pools[t.Name]
+	var extra []pooled
+	if p != nil {
+		p.want = t.Pool
+		if len(p.ready) > t.Pool {
+			extra = append(extra, p.ready[t.Pool:]...)
+			p.ready = p.ready[:t.Pool:t.Pool]
+		}
+	}
+	m.mu.Unlock()
+	m.stopPooled(extra)
+	if p == nil {
+		m.ensurePool(t)
+		return
+	}
+	m.refill(t.Name)
+}
+
 // requestBuild queues a build of template name.
 func (m *Manager) requestBuild(name, reason string, force bool) {
 	m.mu.Lock()
@@ -307,7 +363,9 @@ func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) 
 		return
 	}
 	start := time.Now()
-	mach, err := m.buildVersion(ctx, t, v, image.Image{}, &base)
+	var blog buildLog
+	mach, err := m.buildVersion(ctx, t, v, image.Image{}, &base, &blog)
+	v.Log = blog.String()
 	if err != nil {
 		failV(err)
 		return
@@ -315,7 +373,16 @@ func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) 
 	v.State, v.Snapshot, v.BuildMillis, v.UpdatedAt = store.VersionReady, mach.encode(), time.Since(start).Milliseconds(), time.Now().UTC()
 	t.Version, t.Commit, t.Snapshot, t.UpdatedAt = v.Version, v.Commit, v.Snapshot, v.UpdatedAt
 	m.crashPoint("build.saved")
-	if err := m.cfg.Store.SwapTemplateVersion(context.WithoutCancel(ctx), &t, v); err != nil {
+	err = m.cfg.Store.SwapTemplateVersion(context.WithoutCancel(ctx), &t, v)
+	if errors.Is(err, store.ErrConflict) {
+		// Changed during the build (its pool's size): the new version
+		// goes onto the template as it is now.
+		if t, err = m.cfg.Store.GetTemplate(context.WithoutCancel(ctx), name); err == nil {
+			t.Version, t.Commit, t.Snapshot, t.UpdatedAt = v.Version, v.Commit, v.Snapshot, v.UpdatedAt
+			err = m.cfg.Store.SwapTemplateVersion(context.WithoutCancel(ctx), &t, v)
+		}
+	}
+	if err != nil {
 		failV(fmt.Errorf("record new version: %w", err))
 		return
 	}
@@ -340,13 +407,45 @@ func rebuildEvent(name, reason string) Event {
 	return ev
 }
 
+// BuildLogBytes is how much of a build's output a template version keeps
+// (TemplateVersion.Log): the tail, the commands' lines among it.
+const BuildLogBytes = 32 << 10
+
+// buildLog collects what a build's setup and start commands wrote: each
+// command's line, its output and its exit status.
+type buildLog struct{ b []byte }
+
+func (l *buildLog) add(cmd string, out []byte, code int, err error) {
+	l.b = fmt.Appendf(l.b, "$ %s\n", cmd)
+	l.b = append(l.b, out...)
+	if len(out) > 0 && out[len(out)-1] != '\n' {
+		l.b = append(l.b, '\n')
+	}
+	if err != nil {
+		l.b = fmt.Appendf(l.b, "(%v)\n", err)
+	} else {
+		l.b = fmt.Appendf(l.b, "(exit %d)\n", code)
+	}
+	if len(l.b) > 2*BuildLogBytes { // a long build keeps no more than it shows
+		l.b = append([]byte(nil), l.b[len(l.b)-BuildLogBytes:]...)
+	}
+}
+
+// String is the log's tail, at most BuildLogBytes.
+func (l *buildLog) String() string {
+	if len(l.b) > BuildLogBytes {
+		return string(l.b[len(l.b)-BuildLogBytes:])
+	}
+	return string(l.b)
+}
+
 // buildVersion builds version v of template t into its directory: from a
 // fresh boot of image im when base is nil, else from a clone of base. It
 // checks out t's repo, runs the setup commands, (re)starts the start
 // command and saves the machine. It returns the saved machine, whose files
 // are then read-only. On error no VM is left running; the caller removes
 // the directory (discardBuild).
-func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.TemplateVersion, im image.Image, base *machine) (machine, error) {
+func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.TemplateVersion, im image.Image, base *machine, blog *buildLog) (machine, error) {
 	dir := m.versionDir(t.Name, v.Version)
 	os.RemoveAll(dir)
 	if err := m.makeTemplateDir(t.Name); err != nil {
@@ -389,6 +488,7 @@ func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.Te
 	}
 	for i, cmd := range t.Setup {
 		out, code, err := runShell(ctx, l, cmd)
+		blog.add(cmd, out, code, err)
 		if err != nil {
 			return fail(fmt.Errorf("template %s: setup step %d (%q): %w", t.Name, i+1, cmd, err))
 		}
@@ -399,7 +499,9 @@ func (m *Manager) buildVersion(ctx context.Context, t store.Template, v store.Te
 	if t.Start != "" {
 		// The exec's process group is the shell's: the start command
 		// runs on in it, and a rebuild stops the whole group.
-		if out, code, err := runShell(ctx, l, startScript(t.Start, base != nil)); err != nil || code != 0 {
+		out, code, err := runShell(ctx, l, startScript(t.Start, base != nil))
+		blog.add(t.Start, out, code, err)
+		if err != nil || code != 0 {
 			return fail(fmt.Errorf("template %s: start command: exit %d: %v %s", t.Name, code, err, tail(out, 500)))
 		}
 	}
@@ -613,7 +715,7 @@ func (m *Manager) TemplateVersions(ctx context.Context, name string) ([]api.Temp
 	out := make([]api.TemplateVersion, 0, len(vs))
 	for _, v := range vs {
 		out = append(out, api.TemplateVersion{Version: v.Version, State: v.State, Commit: v.Commit, Base: v.Base,
-			Reason: v.Reason, Error: v.Error, BuildMillis: v.BuildMillis, Current: v.Version == t.Version && t.State == api.TemplateReady,
+			Reason: v.Reason, Error: v.Error, Log: v.Log, BuildMillis: v.BuildMillis, Current: v.Version == t.Version && t.State == api.TemplateReady,
 			Sessions: used[v.Version], Stored: v.StoredManifest != "", Snapshot: snapshotInfo(v.Snapshot),
 			CreatedAt: v.CreatedAt, UpdatedAt: v.UpdatedAt})
 	}

@@ -65,7 +65,10 @@ func guestErr(id, what string, err error) error {
 
 // Exec starts a command in the session's guest.
 func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest) (Process, error) {
-	x := agentproto.Exec{Argv: req.Argv, Cwd: req.Cwd, TTY: req.TTY, Rows: req.Rows, Cols: req.Cols}
+	x := agentproto.Exec{Argv: req.Argv, Cwd: req.Cwd, TTY: req.TTY, Rows: req.Rows, Cols: req.Cols, User: req.User}
+	if x.User == "root" {
+		x.User = "" // what every agent runs as, those before users too
+	}
 	if req.Timeout != "" {
 		d, err := time.ParseDuration(req.Timeout)
 		if err != nil || d <= 0 {
@@ -80,6 +83,10 @@ func (m *Manager) Exec(ctx context.Context, id string, req api.ExecRequest) (Pro
 	err := m.withAgent(ctx, id, func(al *live) (bool, error) {
 		if err := CheckExec(req, al.env); err != nil {
 			return false, err
+		}
+		if x.User != "" && !al.client().Can(agentproto.FeatureExecUser) {
+			// It would run the command as root.
+			return false, api.Errorf(api.CodeConflict, "session %s: its guest agent predates running a command as a user (%q): restart the session to run one", id, x.User)
 		}
 		x.Env = envList(al.env, req.Env)
 		al.inflight.Add(1)

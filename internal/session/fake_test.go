@@ -801,3 +801,26 @@ func TestFakeWakeAgentLate(t *testing.T) {
 		t.Fatalf("VMs after rm: %v", ids)
 	}
 }
+
+// TestFakeExecAsUserNeedsAnAgentThatCan: a command to run as a user goes
+// only to a guest agent that said (in its hello) it runs commands as
+// users; the fake guest, like an agent before that, did not, so it is
+// refused (409) rather than run as root, and the session runs on; "root"
+// named goes to any agent.
+func TestFakeExecAsUserNeedsAnAgentThatCan(t *testing.T) {
+	r := newFakeRig(t)
+	id := r.create(api.CreateSessionRequest{}).ID
+	_, err := runCmd(r.mgr, id, api.ExecRequest{Argv: []string{"touch", "/root/ran"}, User: "user"}, nil)
+	if api.CodeOf(err) != api.CodeConflict || !strings.Contains(fmt.Sprint(err), "predates") {
+		t.Fatalf("exec as user on an agent without it: %v, want a conflict", err)
+	}
+	if _, err := r.mgr.Stat(context.Background(), id, "/root/ran"); api.CodeOf(err) != api.CodeNotFound {
+		t.Errorf("the refused command ran: stat %v", err)
+	}
+	// Root, named or not, is what every agent runs commands as.
+	for _, user := range []string{"", "root"} {
+		if res, err := runCmd(r.mgr, id, api.ExecRequest{Argv: []string{"echo", "root"}, User: user}, nil); err != nil || res.stdout != "root\n" {
+			t.Errorf("exec as %q after: %+v, %v", user, res, err)
+		}
+	}
+}

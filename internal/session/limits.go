@@ -61,7 +61,7 @@ func checkExec(req api.ExecRequest, base map[string]string, whose string) error 
 	if err := checkEnvStrings("env", req.Env); err != nil {
 		return err
 	}
-	x := agentproto.Exec{Argv: req.Argv, Cwd: req.Cwd, Env: envList(base, req.Env)}
+	x := agentproto.Exec{Argv: req.Argv, Cwd: req.Cwd, Env: envList(base, req.Env), User: req.User}
 	n := agentproto.ExecSize(x)
 	if n <= agentproto.MaxFrame {
 		return nil

@@ -39,6 +39,7 @@ func TestFakeTwoServers(t *testing.T) {
 		{"BuildRunsOnce", twoServersBuildRunsOnce},
 		{"StaleWriteRefused", twoServersStaleWriteRefused},
 		{"PoolKeptOnce", twoServersPoolKeptOnce},
+		{"PoolSizedThroughOther", twoServersPoolSizedThroughOther},
 		{"IdleParkWaitsForClaim", twoServersIdleParkWaitsForClaim},
 		{"TimeoutWaitsForClaim", twoServersTimeoutWaitsForClaim},
 		{"LostClaimStopsWork", twoServersLostClaimStopsWork},
@@ -469,17 +470,17 @@ func twoServersStaleWriteRefused(t *testing.T, open func(t *testing.T) store.Sto
 	}
 }
 
-// A template's warm pool is kept by the server that claimed it: another
-// server that knows the template keeps no clones of it, and takes the
-// pool over once the first stops.
-func twoServersPoolKeptOnce(t *testing.T, open func(t *testing.T) store.Store) {
-	r := newTwoRig(t, open)
-	a := r.server("srv-a", nil, nil)
+// poolKeptByA starts server A with template web and its pool of one,
+// filled, then server B, which finds the pool kept by A; ready counts a
+// server's ready clones of web.
+func poolKeptByA(t *testing.T, open func(t *testing.T) store.Store) (r *twoRig, a, b *session.Manager, ready func(*session.Manager) int) {
+	r = newTwoRig(t, open)
+	a = r.server("srv-a", nil, nil)
 	ctx := context.Background()
 	if _, err := a.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web", Pool: 1}); err != nil {
 		t.Fatal(err)
 	}
-	ready := func(m *session.Manager) int {
+	ready = func(m *session.Manager) int {
 		tp, err := m.GetTemplate(ctx, "web")
 		if err != nil {
 			t.Fatal(err)
@@ -488,10 +489,19 @@ func twoServersPoolKeptOnce(t *testing.T, open func(t *testing.T) store.Store) {
 	}
 	r.eventually("A's pool fills", func() bool { return ready(a) == 1 })
 	logB := &syncBuffer{}
-	b := r.serverIn(t.TempDir(), "srv-b", nil, logB) // starts the template's pool, as a restart does
+	b = r.serverIn(t.TempDir(), "srv-b", nil, logB) // starts the template's pool, as a restart does
 	r.eventually("server B finds the pool kept by A", func() bool {
 		return logB.has("pool kept by another server", "template=web")
 	})
+	return r, a, b, ready
+}
+
+// A template's warm pool is kept by the server that claimed it: another
+// server that knows the template keeps no clones of it, and takes the
+// pool over once the first stops.
+func twoServersPoolKeptOnce(t *testing.T, open func(t *testing.T) store.Store) {
+	r, a, b, ready := poolKeptByA(t, open)
+	ctx := context.Background()
 	if n, vms := ready(b), r.driver.Running(); n != 0 || len(vms) != 1 {
 		t.Fatalf("B keeps %d clones, VMs running %v; want none of B's, A's one", n, vms)
 	}
@@ -500,6 +510,24 @@ func twoServersPoolKeptOnce(t *testing.T, open func(t *testing.T) store.Store) {
 	if vms := r.driver.Running(); len(vms) != 1 {
 		t.Fatalf("VMs running %v; want B's one clone", vms)
 	}
+}
+
+// A pool's size set through a server that does not fill the pool: the one
+// that does reads it from the record and grows, then empties, its pool.
+func twoServersPoolSizedThroughOther(t *testing.T, open func(t *testing.T) store.Store) {
+	r, a, b, ready := poolKeptByA(t, open)
+	ctx := context.Background()
+	if tp, err := b.SetTemplatePool(ctx, "web", 2); err != nil || tp.Pool != 2 {
+		t.Fatalf("B sets the pool to 2: %+v, %v", tp, err)
+	}
+	r.eventually("A's pool grows to 2", func() bool { return ready(a) == 2 })
+	if n, vms := ready(b), r.driver.Running(); n != 0 || len(vms) != 2 {
+		t.Fatalf("B keeps %d clones, VMs running %v; want A's two only", n, vms)
+	}
+	if _, err := b.SetTemplatePool(ctx, "web", 0); err != nil {
+		t.Fatal(err)
+	}
+	r.eventually("A's pool empties", func() bool { return ready(a) == 0 && len(r.driver.Running()) == 0 })
 }
 
 // An idle park is claimed: while another server holds the session's park

@@ -181,10 +181,11 @@ type Config struct {
 
 // Manager manages sessions. It is safe for concurrent use.
 type Manager struct {
-	cfg   Config
-	disks vmm.Disks        // the driver's: makes the sessions' disk files
-	snap  vmm.Snapshotter  // nil when the driver cannot snapshot
-	ckpt  vmm.Checkpointer // nil when the driver cannot checkpoint
+	cfg     Config
+	changes changes          // the session records' changes, for Changes
+	disks   vmm.Disks        // the driver's: makes the sessions' disk files
+	snap    vmm.Snapshotter  // nil when the driver cannot snapshot
+	ckpt    vmm.Checkpointer // nil when the driver cannot checkpoint
 
 	mu    sync.Mutex
 	live  map[string]*live         // guarded by mu: sessions with a VM
@@ -336,6 +337,7 @@ func New(cfg Config) (*Manager, error) {
 		ups: uploads{slots: make(chan struct{}, uploadsAtOnce), running: map[string]*upload{}, bases: map[string]*baseEntry{},
 			restoring: map[string]*restoreProgress{}, failures: map[string]int{}},
 		cache: nodeCache{kick: make(chan struct{}, 1)}}
+	m.cfg.Store = changeStore{Store: cfg.Store, c: &m.changes}
 	m.disks = cfg.Driver.Disks()
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
 	m.ckpt, _ = cfg.Driver.(vmm.Checkpointer)

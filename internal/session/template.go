@@ -177,7 +177,9 @@ func (m *Manager) CreateTemplate(ctx context.Context, owner string, req api.Crea
 	if from != nil {
 		mach, err = m.versionFromCheckpoint(ctx, t, v, *from)
 	} else {
-		mach, err = m.buildVersion(ctx, t, v, im, nil)
+		var blog buildLog
+		mach, err = m.buildVersion(ctx, t, v, im, nil, &blog)
+		v.Log = blog.String()
 	}
 	if err != nil {
 		return failT(err)
@@ -764,6 +766,12 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 			return
 		case <-p.wake:
 		case <-tick.C:
+			// The size may have been set through another server
+			// (SetTemplatePool there): take it from the record.
+			if rec, err := m.cfg.Store.GetTemplate(context.Background(), t.Name); err == nil && rec.Pool != t.Pool {
+				t.Pool = rec.Pool
+				m.resizePool(t)
+			}
 		}
 	fill:
 		for {
@@ -773,7 +781,7 @@ func (m *Manager) fillLoop(t store.Template, p *pool) {
 			if n > want {
 				// Demand fell: the clones past it are stopped, the
 				// newest first (the oldest are the most settled).
-				extra, p.ready = p.ready[want:], p.ready[:want]
+				extra, p.ready = p.ready[want:], p.ready[:want:want]
 			}
 			m.mu.Unlock()
 			if len(extra) > 0 {

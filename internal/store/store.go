@@ -646,8 +646,12 @@ type TemplateVersion struct {
 	Base int
 	// Reason says what asked for the build ("create", "push DELIVERY",
 	// "rebuild", "restart").
-	Reason      string
-	Error       string
+	Reason string
+	Error  string
+	// Log is what the build's commands wrote (its tail: see
+	// session.BuildLogBytes), a good build's as a failed one's; "" for a
+	// build from before it was kept or made from a checkpoint.
+	Log         string
 	BuildMillis int64
 	CreatedAt   time.Time
 	UpdatedAt   time.Time

@@ -246,9 +246,12 @@ var migrations = []string{
 	// 11: the SQLite store's migration 20: where the other API servers
 	// reach an embedded node's server's E2B API (Node.E2BURL).
 	`ALTER TABLE nodes ADD COLUMN e2b_url TEXT NOT NULL DEFAULT '';`,
-	// 13 (12 is the template build logs'): the SQLite store's migration
-	// 22: the Idempotency-Key of each create that came with one
-	// (store.SessionKey), unique per owner, outliving its session.
+	// 12: the SQLite store's migration 21: a template version's build
+	// log (TemplateVersion.Log).
+	`ALTER TABLE template_versions ADD COLUMN build_log TEXT NOT NULL DEFAULT '';`,
+	// 13: the SQLite store's migration 22: the Idempotency-Key of each
+	// create that came with one (store.SessionKey), unique per owner,
+	// outliving its session.
 	`CREATE TABLE session_keys (
 		owner        TEXT NOT NULL,
 		key          TEXT NOT NULL,

@@ -10,7 +10,7 @@ import (
 )
 
 const versionColumns = `template, version, state, commit_sha, base, reason, error,
-	build_millis, created_at, updated_at, snapshot, stored_manifest`
+	build_millis, created_at, updated_at, snapshot, stored_manifest, build_log`
 
 // PutTemplateVersion implements store.Store.
 func (s *Store) PutTemplateVersion(ctx context.Context, v store.TemplateVersion) error {
@@ -58,7 +58,7 @@ func scanVersion(sc pgx.Row) (store.TemplateVersion, error) {
 		created, updated *int64
 	)
 	if err := sc.Scan(&v.Template, &v.Version, &v.State, &v.Commit, &v.Base, &v.Reason, &v.Error,
-		&v.BuildMillis, &created, &updated, &v.Snapshot, &v.StoredManifest); err != nil {
+		&v.BuildMillis, &created, &updated, &v.Snapshot, &v.StoredManifest, &v.Log); err != nil {
 		return store.TemplateVersion{}, err
 	}
 	v.CreatedAt, v.UpdatedAt = decodeTime(created), decodeTime(updated)
@@ -86,13 +86,13 @@ func putVersion(ctx context.Context, tx pgx.Tx, v store.TemplateVersion) error {
 		return notFound(err)
 	}
 	_, err = tx.Exec(ctx, `INSERT INTO template_versions (`+versionColumns+`)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
 		ON CONFLICT (template, version) DO UPDATE SET
 			state = excluded.state, commit_sha = excluded.commit_sha, base = excluded.base,
 			reason = excluded.reason, error = excluded.error, build_millis = excluded.build_millis,
 			created_at = excluded.created_at, updated_at = excluded.updated_at, snapshot = excluded.snapshot,
-			stored_manifest = excluded.stored_manifest`,
+			stored_manifest = excluded.stored_manifest, build_log = excluded.build_log`,
 		v.Template, v.Version, v.State, v.Commit, v.Base, v.Reason, errorText(v.Error),
-		v.BuildMillis, created, updated, encodeBlob(v.Snapshot), v.StoredManifest)
+		v.BuildMillis, created, updated, encodeBlob(v.Snapshot), v.StoredManifest, errorText(v.Log))
 	return err
 }

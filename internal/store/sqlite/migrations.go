@@ -307,10 +307,14 @@ var migrations = []string{
 	// '' for none.
 	`ALTER TABLE nodes ADD COLUMN e2b_url TEXT NOT NULL DEFAULT '';`,
 
-	// 22 (21 is the template build logs'): the Idempotency-Key of each
-	// create that came with one (store.SessionKey), unique per owner. A
-	// key outlives its session: a retry after the session's removal is
-	// told so rather than making another.
+	// 21: a template version's build log (TemplateVersion.Log), a good
+	// build's as a failed one's; '' for the versions from before.
+	`ALTER TABLE template_versions ADD COLUMN build_log TEXT NOT NULL DEFAULT '';`,
+
+	// 22: the Idempotency-Key of each create that came with one
+	// (store.SessionKey), unique per owner. A key outlives its session: a
+	// retry after the session's removal is told so rather than making
+	// another.
 	`CREATE TABLE session_keys (
 		owner        TEXT NOT NULL,
 		key          TEXT NOT NULL,

@@ -10,7 +10,7 @@ import (
 )
 
 const versionColumns = `template, version, state, commit_sha, base, reason, error,
-	build_millis, created_at, updated_at, snapshot, stored_manifest`
+	build_millis, created_at, updated_at, snapshot, stored_manifest, build_log`
 
 // PutTemplateVersion implements store.Store.
 func (s *Store) PutTemplateVersion(ctx context.Context, v store.TemplateVersion) error {
@@ -57,7 +57,7 @@ func (s *Store) ListTemplateVersions(ctx context.Context, name string) ([]store.
 			created, updated sql.NullInt64
 		)
 		if err := rows.Scan(&v.Template, &v.Version, &v.State, &v.Commit, &v.Base, &v.Reason, &v.Error,
-			&v.BuildMillis, &created, &updated, &v.Snapshot, &v.StoredManifest); err != nil {
+			&v.BuildMillis, &created, &updated, &v.Snapshot, &v.StoredManifest, &v.Log); err != nil {
 			return nil, errorf("sqlite: list template %s versions: %w", name, err)
 		}
 		v.CreatedAt, v.UpdatedAt = decodeTime(created), decodeTime(updated)
@@ -91,13 +91,13 @@ func putVersion(ctx context.Context, tx *sql.Tx, v store.TemplateVersion) error 
 		return err
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO template_versions (`+versionColumns+`)
-		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (template, version) DO UPDATE SET
 			state = excluded.state, commit_sha = excluded.commit_sha, base = excluded.base,
 			reason = excluded.reason, error = excluded.error, build_millis = excluded.build_millis,
 			created_at = excluded.created_at, updated_at = excluded.updated_at, snapshot = excluded.snapshot,
-			stored_manifest = excluded.stored_manifest`,
+			stored_manifest = excluded.stored_manifest, build_log = excluded.build_log`,
 		v.Template, v.Version, v.State, v.Commit, v.Base, v.Reason, v.Error,
-		v.BuildMillis, created, updated, encodeBlob(v.Snapshot), v.StoredManifest)
+		v.BuildMillis, created, updated, encodeBlob(v.Snapshot), v.StoredManifest, v.Log)
 	return err
 }

@@ -19,6 +19,7 @@ func fullVersion(name string, version int) store.TemplateVersion {
 		Base:        version - 1,
 		Reason:      "push 72d4a6e0-ünï",
 		Error:       "none yet",
+		Log:         "$ make\nok ✓\n",
 		BuildMillis: 4567,
 		CreatedAt:   at(7),
 		UpdatedAt:   at(8).Add(time.Nanosecond),
@@ -37,6 +38,7 @@ func diffVersion(got, want store.TemplateVersion) []string {
 	d.num("Base", int64(got.Base), int64(want.Base))
 	d.str("Reason", got.Reason, want.Reason)
 	d.str("Error", got.Error, want.Error)
+	d.str("Log", got.Log, want.Log)
 	d.num("BuildMillis", got.BuildMillis, want.BuildMillis)
 	d = append(d, checkTime("CreatedAt", got.CreatedAt, want.CreatedAt)...)
 	d = append(d, checkTime("UpdatedAt", got.UpdatedAt, want.UpdatedAt)...)

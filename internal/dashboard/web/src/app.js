@@ -8,6 +8,10 @@ import { Terminal } from '@xterm/xterm';
 import { FitAddon } from '@xterm/addon-fit';
 
 const POLL_MS = 2000;
+
+// The terminal's colours on its black: xterm.js's default red, blue,
+// magenta and bright black are below WCAG AA's 4.5:1 there; these pass.
+const TERM_THEME = { background: '#000000', foreground: '#ffffff', red: '#f14c4c', blue: '#3b8eea', magenta: '#d670d6', brightBlack: '#8a8a8a' };
 const $ = (id) => document.getElementById(id);
 
 let me = null; // {kind, user, csrf, expires} once signed in
@@ -63,6 +67,7 @@ function banner(msg) {
 }
 
 function show(view) {
+  if (view !== 'list') stopWatch();
   for (const v of ['loading', 'signin', 'list', 'session', 'templates', 'audit', 'nodes']) $('view-' + v).hidden = v !== view;
 }
 
@@ -71,6 +76,7 @@ function show(view) {
 function signedOut(msg) {
   me = null;
   stopPolling();
+  stopWatch();
   closeSession();
   $('who').hidden = true;
   $('signout').hidden = true;
@@ -203,7 +209,80 @@ function openList() {
   closeSession();
   show('list');
   document.title = 'Sessions · cove';
-  poll(refreshList);
+  stopPolling(); // the stream's first line is the list: no GET beside it
+  startWatch();
+}
+
+// The list is pushed: GET /v1/sessions/watch sends it (NDJSON, one
+// {"sessions":[…]} a line, the same list GET /v1/sessions answers) at
+// once and after each change, so the list view asks for nothing else;
+// when the stream cannot be opened or ends (a server restart, a proxy),
+// the 2 s poll takes over until the stream, tried again after
+// WATCH_RETRY_MS, delivers.
+const WATCH_RETRY_MS = 5000;
+const WATCH_FIRST_MS = 3000;
+let watch = null; // {ctrl, live} while a stream is open or being opened
+let watchRetry = null;
+
+function stopWatch() {
+  if (watchRetry) clearTimeout(watchRetry);
+  watchRetry = null;
+  if (watch) {
+    clearTimeout(watch.slow);
+    watch.ctrl.abort();
+  }
+  watch = null;
+  liveMode('');
+}
+
+function liveMode(mode) {
+  $('sessions').dataset.live = mode;
+  renderCount();
+}
+
+function startWatch() {
+  stopWatch();
+  const w = { ctrl: new AbortController(), live: false };
+  watch = w;
+  // A stream that says nothing (a proxy that buffers it) must not leave
+  // the list empty: the poll starts if no list came within WATCH_FIRST_MS.
+  w.slow = setTimeout(() => { if (watch === w && !w.live) poll(refreshList); }, WATCH_FIRST_MS);
+  (async () => {
+    try {
+      const r = await fetch('/v1/sessions/watch', { credentials: 'same-origin', signal: w.ctrl.signal });
+      if (!r.ok || !r.body) throw new Error('watch: ' + r.status);
+      const reader = r.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buf = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done || watch !== w) break;
+        buf += value;
+        let i;
+        while ((i = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, i);
+          buf = buf.slice(i + 1);
+          if (!line.trim()) continue;
+          const j = JSON.parse(line);
+          if (!w.live) {
+            w.live = true;
+            clearTimeout(w.slow);
+            stopPolling();
+            liveMode('push');
+          }
+          sessionsCache = j.sessions || [];
+          banner('');
+          renderList();
+        }
+      }
+    } catch (e) { /* the poll takes over below */ }
+    if (watch !== w) return; // stopped: another view, or signed out
+    clearTimeout(w.slow);
+    watch = null;
+    if (!me) return;
+    liveMode('poll');
+    poll(refreshList);
+    watchRetry = setTimeout(() => { watchRetry = null; if (me && !$('view-list').hidden) startWatch(); }, WATCH_RETRY_MS);
+  })();
 }
 
 async function refreshList() {
@@ -267,13 +346,74 @@ function actionButton(label, fn, cls) {
   return b;
 }
 
+// replaceRows swaps a table body's rows for new ones, keeping the
+// keyboard's focus on the same control of the same row (rows match by
+// dataset[key]): the pages rebuild their rows at every refresh, and a
+// keyboard user would otherwise be thrown back to the page's top.
+function replaceRows(tbody, rows, key) {
+  const controls = (tr) => Array.from(tr.querySelectorAll('a, button, input'));
+  const a = document.activeElement;
+  let keep = null;
+  if (a && a !== tbody && tbody.contains(a)) {
+    const tr = a.closest('tr');
+    if (tr) keep = { k: tr.dataset[key], i: controls(tr).indexOf(a) };
+  }
+  tbody.replaceChildren(...rows);
+  if (!keep) return;
+  const tr = rows.find((r) => r.dataset[key] === keep.k);
+  const el = tr && controls(tr)[keep.i];
+  if (el) el.focus();
+}
+
+let listShown = 0;
+let rowCache = new Map(); // session id → {sig, tr, age}: the rows shown
+
+// placeRows makes tbody's rows exactly rows, in order, moving only the
+// rows out of place (most stay where they are: nothing to lay out
+// again); the focus stays on the same control of a row rebuilt or moved.
+function placeRows(tbody, rows, key) {
+  const a = document.activeElement;
+  const focusedRow = a && tbody.contains(a) ? a.closest('tr') : null;
+  const keep = focusedRow ? { k: focusedRow.dataset[key], i: Array.from(focusedRow.querySelectorAll('a, button, input')).indexOf(a) } : null;
+  const want = new Set(rows);
+  for (const tr of Array.from(tbody.children)) if (!want.has(tr)) tr.remove();
+  rows.forEach((tr, i) => {
+    if (tbody.children[i] !== tr) tbody.insertBefore(tr, tbody.children[i] || null);
+  });
+  if (keep && document.activeElement !== a) { // rebuilt, or moved (a move blurs)
+    const tr = rows.find((r) => r.dataset[key] === keep.k);
+    const el = tr && tr.querySelectorAll('a, button, input')[keep.i];
+    if (el) el.focus();
+  }
+}
+
+// renderCount says how many rows show, and how the list keeps current.
+function renderCount() {
+  const mode = $('sessions').dataset.live;
+  const how = mode === 'push' ? ' · live' : mode === 'poll' ? ' · refreshed every 2 s' : '';
+  $('count').textContent = listShown + ' of ' + sessionsCache.length + how;
+}
+
 function renderList() {
   const t0 = performance.now();
   const q = $('filter').value.trim().toLowerCase();
   const rows = sessionsCache.filter((s) => !q || rowText(s).includes(q));
   const tbody = $('sessions').querySelector('tbody');
   const out = [];
+  const built = new Map();
   for (const s of rows) {
+    // A session whose record did not change keeps its row (only its
+    // age is brought up to date): a change among a thousand sessions
+    // builds one row, not a thousand.
+    const sig = JSON.stringify(s);
+    const old = rowCache.get(s.id);
+    if (old && old.sig === sig) {
+      const a = age(s.created_at);
+      if (old.age.textContent !== a) old.age.textContent = a;
+      built.set(s.id, old);
+      out.push(old.tr);
+      continue;
+    }
     const tr = document.createElement('tr');
     tr.dataset.id = s.id;
     const idc = document.createElement('td');
@@ -290,7 +430,8 @@ function renderList() {
     tr.appendChild(cell(s.agent));
     tr.appendChild(cell(s.template ? s.template + (s.template_version ? ' v' + s.template_version : '') : ''));
     tr.appendChild(cell(s.node));
-    tr.appendChild(cell(age(s.created_at)));
+    const agec = cell(age(s.created_at));
+    tr.appendChild(agec);
     tr.appendChild(cell(s.memory_mib ? s.memory_mib + ' MiB' : ''));
     tr.appendChild(cell(snapshotSize(s)));
     tr.appendChild(cell(waitsFor(s)));
@@ -300,11 +441,14 @@ function renderList() {
     act.appendChild(actionButton('Wake', () => wake(s.id)));
     act.appendChild(actionButton('Remove', () => remove(s.id), 'danger'));
     tr.appendChild(act);
+    built.set(s.id, { sig, tr, age: agec });
     out.push(tr);
   }
-  tbody.replaceChildren(...out);
+  rowCache = built;
+  placeRows(tbody, out, 'id');
   $('empty').hidden = sessionsCache.length !== 0;
-  $('count').textContent = rows.length + ' of ' + sessionsCache.length;
+  listShown = rows.length;
+  renderCount();
   // The moment the list first shows, and how long each render took to
   // build and swap the rows (covebench -only dashboard reads them).
   if (performance.getEntriesByName('cove:list').length === 0) performance.mark('cove:list');
@@ -380,7 +524,7 @@ function openSession(id) {
   $('files').querySelector('tbody').replaceChildren();
   $('events').replaceChildren();
   $('commands').replaceChildren();
-  const term = new Terminal({ cursorBlink: true, fontSize: 14, scrollback: 5000, convertEol: false });
+  const term = new Terminal({ cursorBlink: true, fontSize: 14, scrollback: 5000, convertEol: false, theme: TERM_THEME });
   const fit = new FitAddon();
   term.loadAddon(fit);
   const el = $('terminal');
@@ -390,6 +534,19 @@ function openSession(id) {
   current = { id, term, fit, ws: null, open: false, pending: [], closed: false, state: '' };
   current.onResize = () => { try { fit.fit(); } catch (e) { /* hidden */ } };
   window.addEventListener('resize', current.onResize);
+  // Tab belongs to the shell (completion); Esc then Tab (or Shift+Tab)
+  // moves the focus out of the terminal instead, so that a keyboard user
+  // is never trapped in it. The Esc still reaches the shell.
+  let escaped = false;
+  term.attachCustomKeyEventHandler((ev) => {
+    if (ev.type !== 'keydown') return true;
+    if (ev.key === 'Tab' && escaped && !ev.ctrlKey && !ev.altKey && !ev.metaKey) {
+      escaped = false;
+      return false; // not the shell's: the browser moves the focus
+    }
+    escaped = ev.key === 'Escape';
+    return true;
+  });
   term.onData((d) => typed(d));
   term.onResize(({ rows, cols }) => sendEvent({ type: 'resize', rows, cols }));
   poll(refreshSession);
@@ -723,6 +880,7 @@ async function refreshTemplates() {
         cell(t.image), cell(t.pool ? t.pool_ready + ' of ' + t.pool + ' warm' : 'none'), cell(when(t.updated_at)));
       const act = document.createElement('td');
       act.className = 'actions';
+      act.append(poolForm(t));
       act.append(actionButton('Rebuild', async () => {
         await api('/v1/templates/' + encodeURIComponent(t.name) + '/rebuild', { method: 'POST' });
         refreshTemplates();
@@ -730,12 +888,51 @@ async function refreshTemplates() {
       tr.append(act);
       return tr;
     });
-    $('templates').querySelector('tbody').replaceChildren(...rows);
+    replaceRows($('templates').querySelector('tbody'), rows, 'name');
     $('t-empty').hidden = list.length !== 0;
     if (templateShown) refreshVersions(list.find((t) => t.name === templateShown));
   } catch (e) {
     refused(err, e);
   }
+}
+
+// poolForm sets a template's warm-pool size (PUT /v1/templates/NAME/pool).
+// The refresh every 2 s leaves a size being typed alone: the field keeps
+// what the user typed while it has the focus (replaceRows puts the focus
+// back; the value is carried over here).
+function poolForm(t) {
+  const f = document.createElement('form');
+  f.className = 'pool-form';
+  const id = 'pool-' + t.name;
+  const input = document.createElement('input');
+  input.id = id;
+  input.setAttribute('aria-label', 'Warm pool size of ' + t.name);
+  input.type = 'number';
+  input.min = '0';
+  input.max = '64';
+  input.required = true;
+  input.className = 'pool-size';
+  const prev = document.getElementById(id);
+  input.value = prev && document.activeElement === prev ? prev.value : String(t.pool || 0);
+  const b = document.createElement('button');
+  b.type = 'submit';
+  b.textContent = 'Set pool';
+  f.append(input, b);
+  f.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    const err = $('t-error');
+    b.disabled = true;
+    try {
+      await api('/v1/templates/' + encodeURIComponent(t.name) + '/pool', { method: 'PUT', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ size: Number(input.value) }) });
+      err.hidden = true;
+    } catch (e) {
+      refused(err, e);
+    } finally {
+      b.disabled = false;
+    }
+    refreshTemplates();
+  });
+  return f;
 }
 
 async function refreshVersions(tpl) {
@@ -753,11 +950,16 @@ async function refreshVersions(tpl) {
       return tr;
     });
     $('versions').querySelector('tbody').replaceChildren(...rows);
-    // The API keeps a build's output when it fails (the template's and
-    // each version's error); a good build logs nothing there.
-    const logs = vs.filter((v) => v.error).map((v) => 'v' + v.version + ': ' + v.error);
-    if (tpl && tpl.error) logs.unshift(tpl.error);
-    $('t-log').textContent = logs.length ? logs.join('\n\n') : 'No failed build: the API keeps the output of failed builds only.';
+    // Each version's build log (its commands' output, a good build's
+    // too) and error, newest first.
+    const logs = vs.slice().reverse().filter((v) => v.log || v.error).map((v) => {
+      let s = '== v' + v.version + ' (' + v.state + ')\n';
+      if (v.log) s += v.log;
+      if (v.error) s += (v.log ? '\n' : '') + 'error: ' + v.error + '\n';
+      return s;
+    });
+    if (tpl && tpl.error) logs.unshift('error: ' + tpl.error + '\n');
+    $('t-log').textContent = logs.length ? logs.join('\n') : 'No build output kept (the versions were made from a checkpoint, or before logs were kept).';
     $('t-detail').hidden = false;
   } catch (e) {
     refused($('t-error'), e);
@@ -882,7 +1084,7 @@ async function refreshNodes() {
       tr.append(act);
       return tr;
     });
-    $('nodes').querySelector('tbody').replaceChildren(...rows);
+    replaceRows($('nodes').querySelector('tbody'), rows, 'id');
   } catch (e) {
     refused(err, e);
   }
