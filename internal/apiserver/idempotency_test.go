@@ -8,7 +8,6 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/cove-dev/cove/api"
 )
@@ -137,23 +136,10 @@ func TestFakeRouteIdempotentCreateGivenUp(t *testing.T) {
 	a, c := r.server("host-a", true), r.server("api-c", false)
 	ctx := context.Background()
 	key := api.NewIdempotencyKey()
-	r.driver.HangNext()
-	failed := make(chan error, 1)
-	go func() {
+	r.killMidCreate(c, func() error {
 		_, err := c.client.CreateSessionKeyed(ctx, key, api.CreateSessionRequest{})
-		failed <- err
-	}()
-	deadline := time.Now().Add(time.Minute)
-	for len(r.driver.Running()) == 0 { // its guest booted, not answering
-		if time.Now().After(deadline) {
-			t.Fatal("the create did not boot a VM on A")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	c.kill() // mid-call
-	if err := <-failed; err == nil {
-		t.Fatal("the create through C answered although C died mid-call")
-	}
+		return err
+	})
 	s, err := a.client.CreateSessionKeyed(ctx, key, api.CreateSessionRequest{})
 	if err != nil || s.Node != a.node || s.State != api.StateRunning {
 		t.Fatalf("the retry with the key through A: %+v, %v", s, err)

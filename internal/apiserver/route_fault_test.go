@@ -135,23 +135,11 @@ func TestFakeRouteServerKilledMidCreate(t *testing.T) {
 	r := newRouteRig(t)
 	a, c := r.server("host-a", true), r.server("api-c", false)
 	ctx := context.Background()
-	r.driver.HangNext()
-	failed := make(chan error, 1)
-	go func() {
+	r.killMidCreate(c, func() error {
 		_, err := c.client.CreateSession(ctx, api.CreateSessionRequest{})
-		failed <- err
-	}()
+		return err
+	})
 	deadline := time.Now().Add(time.Minute)
-	for len(r.driver.Running()) == 0 { // its guest booted, not answering
-		if time.Now().After(deadline) {
-			t.Fatal("the create did not boot a VM on A")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	c.kill() // mid-call
-	if err := <-failed; err == nil {
-		t.Fatal("the create through C answered although C died mid-call")
-	}
 	for !strings.Contains(a.logs.String(), "create given up") {
 		if time.Now().After(deadline) {
 			t.Fatalf("A did not give the create up once its caller died:\n%s", a.logs.String())
@@ -249,5 +237,27 @@ func TestFakeRouteServerKilledMidExec(t *testing.T) {
 	a.echo(t, s.ID, "retried")
 	if err := a.client.DeleteSession(ctx, s.ID); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// killMidCreate runs create (a call through via) with the next guest
+// booted but not answering, kills via once that VM runs (mid-call), and
+// checks that the call failed.
+func (r *routeRig) killMidCreate(via *routeServer, create func() error) {
+	t := r.t
+	t.Helper()
+	r.driver.HangNext()
+	failed := make(chan error, 1)
+	go func() { failed <- create() }()
+	deadline := time.Now().Add(time.Minute)
+	for len(r.driver.Running()) == 0 { // its guest booted, not answering
+		if time.Now().After(deadline) {
+			t.Fatal("the create did not boot a VM")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	via.kill() // mid-call
+	if err := <-failed; err == nil {
+		t.Fatalf("the create through %s answered although it died mid-call", via.name)
 	}
 }
