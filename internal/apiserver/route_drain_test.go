@@ -10,8 +10,6 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
-	"github.com/cove-dev/cove/internal/store"
-	"github.com/cove-dev/cove/internal/trigger"
 )
 
 // TestFakeRouteDrainMoves: node A holds five sessions, each with a file
@@ -188,37 +186,7 @@ func TestFakeRouteDrainDelivery(t *testing.T) {
 	if res, err := a.client.DrainNode(ctx, "host-b"); err != nil || res.Parked != 0 || res.Node.State != "draining" {
 		t.Fatalf("drain B through A: %+v, %v", res, err)
 	}
-	ev, err := trigger.GenericEvent("deploys", []byte(`{"event":"done"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev.ID, ev.Received = "d1", time.Now()
-	if dup, err := b.mgr.Accept(ctx, ev); err != nil || dup {
-		t.Fatalf("accept at B: %v, %v", dup, err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ds, err := a.st.ListDeliveries(ctx, store.DeliveryDelivered)
-		if err == nil && len(ds) == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			failed, _ := a.st.ListDeliveries(ctx, store.DeliveryFailed)
-			t.Fatalf("the event was not delivered: %v, failed %+v", err, failed)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	got, err := b.client.GetSession(ctx, s.ID)
-	if err != nil || got.State != api.StateRunning || got.Node != a.node {
-		t.Fatalf("after the delivery: %+v, %v; want running on A", got, err)
-	}
-	files, err := b.client.ListDir(ctx, s.ID, "/run/cove/events")
-	if err != nil || len(files) != 1 {
-		t.Fatalf("events in the guest: %+v, %v; want one", files, err)
-	}
-	if strings.Contains(b.logs.String(), "event delivered") || !strings.Contains(a.logs.String(), "event delivered") {
-		t.Errorf("the delivery was not A's alone")
-	}
+	r.deliverAt(b, s.ID, a, b)
 	if err := a.client.DeleteSession(ctx, s.ID); err != nil {
 		t.Fatal(err)
 	}

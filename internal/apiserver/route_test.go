@@ -590,6 +590,46 @@ func do(t *testing.T, req *http.Request) *http.Response {
 	return resp
 }
 
+// deliverAt has the server at accept a "deploys" event for session id,
+// parked until it, and waits until the store says it was delivered: the
+// session is then running on holder's node, its guest holds the one event,
+// and holder alone logged the delivery (not other).
+func (r *routeRig) deliverAt(at *routeServer, id string, holder, other *routeServer) {
+	t, ctx := r.t, context.Background()
+	t.Helper()
+	ev, err := trigger.GenericEvent("deploys", []byte(`{"event":"done"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.ID, ev.Received = "d1", time.Now()
+	if dup, err := at.mgr.Accept(ctx, ev); err != nil || dup {
+		t.Fatalf("accept at %s: %v, %v", at.node, dup, err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ds, err := holder.st.ListDeliveries(ctx, store.DeliveryDelivered)
+		if err == nil && len(ds) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			failed, _ := holder.st.ListDeliveries(ctx, store.DeliveryFailed)
+			t.Fatalf("the event was not delivered: %v, failed %+v", err, failed)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	got, err := other.client.GetSession(ctx, id)
+	if err != nil || got.State != api.StateRunning || got.Node != holder.node {
+		t.Fatalf("after the delivery: %+v, %v; want running on %s", got, err, holder.node)
+	}
+	files, err := other.client.ListDir(ctx, id, "/run/cove/events")
+	if err != nil || len(files) != 1 {
+		t.Fatalf("events in the guest: %+v, %v; want one", files, err)
+	}
+	if strings.Contains(other.logs.String(), "event delivered") || !strings.Contains(holder.logs.String(), "event delivered") {
+		t.Errorf("the delivery was not %s's alone", holder.node)
+	}
+}
+
 // TestFakeRouteDelivery: a session on B parks until an event, through
 // the API server C (routed to B); the event arrives at A (the webhook
 // receiver's sink there), which learns B's subscription from the store.
@@ -604,37 +644,7 @@ func TestFakeRouteDelivery(t *testing.T) {
 	if p, err := c.client.ParkSessionUntil(ctx, s.ID, api.ParkRequest{Until: []string{"deploys:done"}}); err != nil || p.State != api.StateParked {
 		t.Fatalf("park --until through C: %+v, %v", p, err)
 	}
-	ev, err := trigger.GenericEvent("deploys", []byte(`{"event":"done"}`))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ev.ID, ev.Received = "d1", time.Now()
-	if dup, err := a.mgr.Accept(ctx, ev); err != nil || dup {
-		t.Fatalf("accept at A: %v, %v", dup, err)
-	}
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ds, err := a.st.ListDeliveries(ctx, store.DeliveryDelivered)
-		if err == nil && len(ds) == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			failed, _ := a.st.ListDeliveries(ctx, store.DeliveryFailed)
-			t.Fatalf("the event was not delivered: %v, failed %+v", err, failed)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-	got, err := a.client.GetSession(ctx, s.ID)
-	if err != nil || got.State != api.StateRunning || got.Node != b.node {
-		t.Fatalf("after the delivery: %+v, %v; want running on B", got, err)
-	}
-	files, err := a.client.ListDir(ctx, s.ID, "/run/cove/events")
-	if err != nil || len(files) != 1 {
-		t.Fatalf("events in the guest: %+v, %v; want one", files, err)
-	}
-	if strings.Contains(a.logs.String(), "event delivered") || !strings.Contains(b.logs.String(), "event delivered") {
-		t.Errorf("the delivery was not B's alone")
-	}
+	r.deliverAt(a, s.ID, b, a)
 	if err := c.client.DeleteSession(ctx, s.ID); err != nil {
 		t.Fatal(err)
 	}
