@@ -14,6 +14,25 @@ import (
 	"github.com/cove-dev/cove/internal/s3test"
 )
 
+// fleetEnv makes the PostgreSQL database db for servers that share a
+// store and returns their environment: COVE_DB, no spares or clone files
+// made ahead, and, with s3, its credentials (COVE_OBJECTS is the test's).
+func fleetEnv(t *testing.T, db string, s3 *s3test.Server) []string {
+	t.Helper()
+	pg := pgtest.Fresh(t)
+	name, err := pg.CreateDatabase(t.Context(), db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := []string{"COVE_DB=" + pg.URL(name), "COVE_SPARES=0", "COVE_CLONE_FILES=0"}
+	if s3 != nil {
+		for k, v := range s3.Env() {
+			env = append(env, k+"="+v)
+		}
+	}
+	return env
+}
+
 // TestEndToEndDrain: two real 'cove server' processes with their embedded
 // nodes (real QEMU) over one PostgreSQL database and one S3 store. A
 // session made on A (B cordoned) is drained through B: the drain is
@@ -22,17 +41,8 @@ import (
 // on B from S3, with its memory and processes intact; A holds none, and
 // A's heartbeat removes its files from A's home.
 func TestEndToEndDrain(t *testing.T) {
-	pg := pgtest.Fresh(t)
-	db, err := pg.CreateDatabase(t.Context(), "t_cove_drain")
-	if err != nil {
-		t.Fatal(err)
-	}
 	s3 := s3test.Shared(t)
-	env := []string{"COVE_DB=" + pg.URL(db), "COVE_OBJECTS=" + s3.URL("drain-"+randomToken()),
-		"COVE_NODE_HEARTBEAT=1s", "COVE_SPARES=0", "COVE_CLONE_FILES=0"}
-	for k, v := range s3.Env() {
-		env = append(env, k+"="+v)
-	}
+	env := append(fleetEnv(t, "t_cove_drain", s3), "COVE_OBJECTS="+s3.URL("drain-"+randomToken()), "COVE_NODE_HEARTBEAT=1s")
 	a := newE2E(t)
 	b := a.sibling()
 	a.startServer(append(env, "COVE_NODE_NAME=drain-a")...)

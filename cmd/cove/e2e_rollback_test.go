@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
-	"github.com/cove-dev/cove/internal/pgtest"
 	"github.com/cove-dev/cove/internal/s3test"
 )
 
@@ -26,18 +25,10 @@ import (
 // 'cove wake --from-last-snapshot' through B brings v1 back on B, memory
 // and processes as they were at v1.
 func TestEndToEndNoSilentRollback(t *testing.T) {
-	pg := pgtest.Fresh(t)
-	db, err := pg.CreateDatabase(t.Context(), "t_cove_rollback")
-	if err != nil {
-		t.Fatal(err)
-	}
 	s3 := s3test.Shared(t)
 	proxy := startProxy(t, s3.Endpoint)
 	prefix := "rollback-" + randomToken()
-	env := []string{"COVE_DB=" + pg.URL(db), "COVE_NODE_HEARTBEAT=1s", "COVE_NODE_GRACE=5s", "COVE_SPARES=0", "COVE_CLONE_FILES=0"}
-	for k, v := range s3.Env() {
-		env = append(env, k+"="+v)
-	}
+	env := append(fleetEnv(t, "t_cove_rollback", s3), "COVE_NODE_HEARTBEAT=1s", "COVE_NODE_GRACE=5s")
 	a := newE2E(t)
 	b := a.sibling()
 	a.startServer(append(env, "COVE_NODE_NAME=rb-a", "COVE_OBJECTS="+strings.Replace(s3.URL(prefix), s3.Endpoint, proxy.addr, 1))...)
@@ -169,12 +160,7 @@ func (p *tcpProxy) cut() {
 // gone) and keeps nothing of it, no record and no QEMU; the client's
 // retry through A makes the one session.
 func TestEndToEndServerKilledMidCreate(t *testing.T) {
-	pg := pgtest.Fresh(t)
-	db, err := pg.CreateDatabase(t.Context(), "t_cove_midcreate")
-	if err != nil {
-		t.Fatal(err)
-	}
-	env := []string{"COVE_DB=" + pg.URL(db), "COVE_SPARES=0", "COVE_CLONE_FILES=0"}
+	env := fleetEnv(t, "t_cove_midcreate", nil)
 	a := newE2E(t)
 	c := a.sibling()
 	a.startServer(append(env, "COVE_NODE_NAME=mid-a")...)
