@@ -212,6 +212,7 @@ type Manager struct {
 	leases map[string]bool // guarded by mu: keys of the work this manager holds claimed (claim.go)
 
 	stop chan struct{} // closed by Close/StopAll: ends background loops
+	raw  store.Store   // Config.Store as given, before changeStore wraps it
 
 	encodeQ  []ckptRef // guarded by mu: checkpoints whose RAM is to be re-encoded (memchain.go)
 	encoding bool      // guarded by mu: encodeLoop runs
@@ -337,6 +338,7 @@ func New(cfg Config) (*Manager, error) {
 		ups: uploads{slots: make(chan struct{}, uploadsAtOnce), running: map[string]*upload{}, bases: map[string]*baseEntry{},
 			restoring: map[string]*restoreProgress{}, failures: map[string]int{}},
 		cache: nodeCache{kick: make(chan struct{}, 1)}}
+	m.raw = cfg.Store
 	m.cfg.Store = changeStore{Store: cfg.Store, c: &m.changes}
 	m.disks = cfg.Driver.Disks()
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
@@ -1228,6 +1230,10 @@ func (m *Manager) Recover(ctx context.Context) error {
 		go m.gcLoop()
 	}
 	m.startNodeLoops()
+	if feed, ok := m.raw.(store.SessionFeed); ok {
+		m.bg.Add(1)
+		go m.followOthers(feed)
+	}
 	m.kickDeliveries() // deliveries left pending by the last server
 	if err := m.recoverTemplates(ctx); err != nil {
 		return err

@@ -34,6 +34,21 @@ var (
 	ErrConflict = errors.New("store: changed since it was read")
 )
 
+// SessionFeed is a store shared by several servers that tells each of
+// them when any of them writes session records (PostgreSQL: LISTEN and
+// NOTIFY). A store used by one server alone (SQLite) has none: its
+// server sees its own writes.
+type SessionFeed interface {
+	// FollowSessions calls changed after each committed transaction
+	// that created, updated or removed session records, whichever
+	// server made it, until ctx ends; then it returns ctx's error. A
+	// call says only "something changed"; several may stand for one.
+	// While the feed is cut (its connection lost) it reconnects,
+	// calling changed once connected again, since changes may have
+	// been missed meanwhile.
+	FollowSessions(ctx context.Context, changed func()) error
+}
+
 // Store is the durable record of sessions, images, templates, triggers and
 // identities.
 //

@@ -259,6 +259,17 @@ var migrations = []string{
 		request_hash TEXT NOT NULL,
 		PRIMARY KEY (owner, key)
 	);`,
+	// 14 (PostgreSQL alone: SQLite is one server's store): a NOTIFY on
+	// sessionsChannel after each statement that writes session records,
+	// delivered at its commit, which FollowSessions listens to so that
+	// each server sees the others' changes (store.SessionFeed).
+	`CREATE FUNCTION cove_sessions_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		PERFORM pg_notify('cove_sessions', '');
+		RETURN NULL;
+	END $$;
+	CREATE TRIGGER sessions_changed AFTER INSERT OR UPDATE OR DELETE ON sessions
+		FOR EACH STATEMENT EXECUTE FUNCTION cove_sessions_changed();`,
 }
 
 // migrationLock is the key of the advisory lock that migrations hold, so
