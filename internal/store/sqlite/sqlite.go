@@ -157,9 +157,9 @@ func (s *Store) CreateSession(ctx context.Context, sess *store.Session) error {
 	args = append(args, int64(sess.TokenGen), revoked, 1)
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		if sess.IdempotencyKey != "" {
-			res, err := tx.ExecContext(ctx, `INSERT INTO session_keys (owner, key, session_id, request_hash)
-				VALUES (?, ?, ?, ?) ON CONFLICT (owner, key) DO NOTHING`,
-				sess.Owner, sess.IdempotencyKey, sess.ID, sess.RequestHash)
+			res, err := tx.ExecContext(ctx, `INSERT INTO session_keys (owner, key, session_id, request_hash, created_at)
+				VALUES (?, ?, ?, ?, ?) ON CONFLICT (owner, key) DO NOTHING`,
+				sess.Owner, sess.IdempotencyKey, sess.ID, sess.RequestHash, keyTime(sess.CreatedAt))
 			if err := oneRow(res, err, store.ErrKeyUsed); err != nil {
 				return err
 			}
@@ -197,6 +197,34 @@ func (s *Store) DeleteSessionKey(ctx context.Context, owner, key string) error {
 		return errorf("sqlite: delete session key of %s: %w", owner, err)
 	}
 	return nil
+}
+
+// ExpireSessionKeys implements store.Store.
+func (s *Store) ExpireSessionKeys(ctx context.Context, before time.Time) (int, error) {
+	res, err := s.db.ExecContext(ctx, `DELETE FROM session_keys WHERE created_at < ?`, keyTime(before))
+	if err != nil {
+		return 0, errorf("sqlite: expire session keys: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, errorf("sqlite: expire session keys: %w", err)
+	}
+	return int(n), nil
+}
+
+// keyTime is when an idempotency key's create was made, t, as stored
+// (unix ns): now for a session made without a time, and t clamped to the
+// years unix nanoseconds hold.
+func keyTime(t time.Time) int64 {
+	switch {
+	case t.IsZero():
+		t = time.Now()
+	case t.Before(minTime):
+		t = minTime
+	case t.After(maxTime):
+		t = maxTime
+	}
+	return t.UnixNano()
 }
 
 // UpdateSession implements store.Store.
