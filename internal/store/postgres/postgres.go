@@ -3,6 +3,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -424,7 +425,7 @@ func (s *Store) CreateSession(ctx context.Context, sess *store.Session) error {
 		err := s.inTx(ctx, func(tx pgx.Tx) error {
 			tag, err := tx.Exec(ctx, `INSERT INTO session_keys (owner, key, session_id, request_hash, created_at)
 				VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner, key) DO NOTHING`,
-				sess.Owner, sess.IdempotencyKey, sess.ID, sess.RequestHash, keyTime(sess.CreatedAt))
+				sess.Owner, sess.IdempotencyKey, sess.ID, sess.RequestHash, cmp.Or(sess.CreatedAt, time.Now()).UnixNano())
 			if err := oneRow(tag, err, store.ErrKeyUsed); err != nil {
 				return err
 			}
@@ -464,26 +465,15 @@ func (s *Store) DeleteSessionKey(ctx context.Context, owner, key string) error {
 
 // ExpireSessionKeys implements store.Store.
 func (s *Store) ExpireSessionKeys(ctx context.Context, before time.Time) (int, error) {
-	tag, err := s.exec(ctx, `DELETE FROM session_keys WHERE created_at < $1`, keyTime(before))
+	at, err := encodeTime(before)
+	if err != nil {
+		return 0, s.errorf("postgres: expire session keys: %w", err)
+	}
+	tag, err := s.exec(ctx, `DELETE FROM session_keys WHERE created_at < $1`, at)
 	if err != nil {
 		return 0, s.errorf("postgres: expire session keys: %w", err)
 	}
 	return int(tag.RowsAffected()), nil
-}
-
-// keyTime is when an idempotency key's create was made, t, as stored
-// (unix ns): now for a session made without a time, and t clamped to the
-// years unix nanoseconds hold.
-func keyTime(t time.Time) int64 {
-	switch {
-	case t.IsZero():
-		t = time.Now()
-	case t.Before(minTime):
-		t = minTime
-	case t.After(maxTime):
-		t = maxTime
-	}
-	return t.UnixNano()
 }
 
 // UpdateSession implements store.Store. The one UPDATE checks and

@@ -3,6 +3,7 @@
 package sqlite
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -159,7 +160,7 @@ func (s *Store) CreateSession(ctx context.Context, sess *store.Session) error {
 		if sess.IdempotencyKey != "" {
 			res, err := tx.ExecContext(ctx, `INSERT INTO session_keys (owner, key, session_id, request_hash, created_at)
 				VALUES (?, ?, ?, ?, ?) ON CONFLICT (owner, key) DO NOTHING`,
-				sess.Owner, sess.IdempotencyKey, sess.ID, sess.RequestHash, keyTime(sess.CreatedAt))
+				sess.Owner, sess.IdempotencyKey, sess.ID, sess.RequestHash, cmp.Or(sess.CreatedAt, time.Now()).UnixNano())
 			if err := oneRow(res, err, store.ErrKeyUsed); err != nil {
 				return err
 			}
@@ -201,7 +202,11 @@ func (s *Store) DeleteSessionKey(ctx context.Context, owner, key string) error {
 
 // ExpireSessionKeys implements store.Store.
 func (s *Store) ExpireSessionKeys(ctx context.Context, before time.Time) (int, error) {
-	res, err := s.db.ExecContext(ctx, `DELETE FROM session_keys WHERE created_at < ?`, keyTime(before))
+	at, err := encodeTime(before)
+	if err != nil {
+		return 0, errorf("sqlite: expire session keys: %w", err)
+	}
+	res, err := s.db.ExecContext(ctx, `DELETE FROM session_keys WHERE created_at < ?`, at)
 	if err != nil {
 		return 0, errorf("sqlite: expire session keys: %w", err)
 	}
@@ -210,21 +215,6 @@ func (s *Store) ExpireSessionKeys(ctx context.Context, before time.Time) (int, e
 		return 0, errorf("sqlite: expire session keys: %w", err)
 	}
 	return int(n), nil
-}
-
-// keyTime is when an idempotency key's create was made, t, as stored
-// (unix ns): now for a session made without a time, and t clamped to the
-// years unix nanoseconds hold.
-func keyTime(t time.Time) int64 {
-	switch {
-	case t.IsZero():
-		t = time.Now()
-	case t.Before(minTime):
-		t = minTime
-	case t.After(maxTime):
-		t = maxTime
-	}
-	return t.UnixNano()
 }
 
 // UpdateSession implements store.Store.
