@@ -136,6 +136,11 @@ type Config struct {
 	// again; it doubles with each failure in a row, up to 10 minutes.
 	// 0: 10 s.
 	UploadRetry time.Duration
+	// IdempotencyTTL is how long a create's Idempotency-Key is kept: a
+	// sweep (one server of those sharing the store, under a claim) frees
+	// older keys, and a retry with a freed key makes a new session. 0:
+	// kept for ever (cove server's default is DefaultIdempotencyTTL).
+	IdempotencyTTL time.Duration
 
 	// Node is the id of this server's embedded node (see
 	// RegisterEmbeddedNode; node.go): the sessions it creates record it,
@@ -1233,6 +1238,10 @@ func (m *Manager) Recover(ctx context.Context) error {
 	if feed, ok := m.raw.(store.SessionFeed); ok {
 		m.bg.Add(1)
 		go m.followOthers(feed)
+	}
+	if m.cfg.IdempotencyTTL > 0 {
+		m.bg.Add(1)
+		go m.keySweepLoop()
 	}
 	m.kickDeliveries() // deliveries left pending by the last server
 	if err := m.recoverTemplates(ctx); err != nil {

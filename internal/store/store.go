@@ -102,6 +102,10 @@ type Store interface {
 	// DeleteSessionKey frees owner's key (of a create given up, whose
 	// session is gone), or fails with ErrNotFound if there is none.
 	DeleteSessionKey(ctx context.Context, owner, key string) error
+	// ExpireSessionKeys frees every key whose create was made (the
+	// CreatedAt of the session CreateSession recorded it with) before
+	// before, and returns how many it freed.
+	ExpireSessionKeys(ctx context.Context, before time.Time) (int, error)
 	// UpdateSession replaces the session with id s.ID by s, every field
 	// but TokenGen and TokensRevokedAt, if its stored generation is
 	// s.Gen: it stores generation s.Gen+1 and, on success only, sets

@@ -10,7 +10,7 @@ import (
 	"github.com/cove-dev/cove/internal/store"
 )
 
-// sessionsChannel is the channel migration 14's trigger notifies after
+// sessionsChannel is the channel migration 15's trigger notifies after
 // each statement that writes session records.
 const sessionsChannel = "cove_sessions"
 
