@@ -239,6 +239,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, act Action, t r
 			case errors.Is(failed, context.Canceled):
 				return reported(failed)
 			}
+			if _, ok := s.linkTransport(t.NodeID); !ok {
+				return api.Errorf(api.CodeUnavailable, "node %s (%s): its control connection to this server dropped during the call (%v): retry (through any server) once it is back", t.NodeName, t.NodeID, failed)
+			}
 			return api.Errorf(api.CodeUnavailable, "node %s (%s): relaying the call over its control connection failed: %v; retry (through any server)", t.NodeName, t.NodeID, failed)
 		}
 		if sameURL(t.URL, s.ownURL()) {
