@@ -198,19 +198,7 @@ func TestFakeLinkedNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ws bytes.Buffer
-	for {
-		ev, err := conn.Recv()
-		if err != nil {
-			t.Fatalf("exec ws through S2: %v (so far %q)", err, ws.String())
-		}
-		if ev.Type == api.EventStdout {
-			ws.Write(ev.Data)
-		}
-		if ev.Type == api.EventExit {
-			break
-		}
-	}
-	conn.Close()
+	untilExit(t, "exec ws through S2", conn, &ws)
 	if ws.String() != "two hops\n" {
 		t.Errorf("exec ws through S2: %q", ws.String())
 	}
