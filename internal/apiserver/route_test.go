@@ -19,6 +19,7 @@ import (
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/cas"
 	"github.com/cove-dev/cove/internal/identity"
+	"github.com/cove-dev/cove/internal/nodelink"
 	"github.com/cove-dev/cove/internal/objstore"
 	"github.com/cove-dev/cove/internal/routing"
 	"github.com/cove-dev/cove/internal/session"
@@ -62,6 +63,10 @@ type routeRig struct {
 	// admission, if it names a server, is that server's own accounting
 	// of its host (smaller than its node record says, say).
 	admission map[string]session.Admission
+	// joinToken, if set, makes each server hold nodes' control
+	// connections too (a nodelink.Hub taking that join token, its URL
+	// the server's).
+	joinToken string
 
 	mu      sync.Mutex
 	servers map[string]*routeServer // guarded by mu; by name
@@ -77,7 +82,8 @@ type routeServer struct {
 	srv    *httptest.Server
 	client *api.Client
 	logs   *logSink
-	conns  *connTracker // every connection its listener accepted
+	conns  *connTracker  // every connection its listener accepted
+	hub    *nodelink.Hub // with routeRig.joinToken
 }
 
 // connTracker is a listener that keeps what it accepts, so that a test
@@ -232,6 +238,12 @@ func (r *routeRig) server(name string, withNode bool) *routeServer {
 	})
 	cfg := Config{Sessions: mgr, Token: testToken, Log: log, Nodes: mgr, Router: routing.New(s.st, s.node)}
 	withIdentities(&cfg, s.st)
+	if r.joinToken != "" {
+		s.hub = nodelink.NewHub(nodelink.HubConfig{Store: s.st, JoinToken: r.joinToken, Local: s.node, Log: log})
+		s.hub.SetURL(s.srv.URL)
+		t.Cleanup(s.hub.Close)
+		cfg.NodeLink = s.hub
+	}
 	hmu.Lock()
 	h = New(cfg).Handler()
 	hmu.Unlock()
@@ -278,6 +290,25 @@ func (s *routeServer) echo(t *testing.T, id, word string) {
 	}
 	if string(res.Stdout) != word+"\n" || res.ExitCode != 0 {
 		t.Fatalf("exec through %s: %+v, want %q", s.name, res, word)
+	}
+}
+
+// untilExit reads an interactive exec's events into out (its stdout)
+// until the command exits, and closes conn.
+func untilExit(t *testing.T, what string, conn *api.ExecConn, out *bytes.Buffer) {
+	t.Helper()
+	defer conn.Close()
+	for {
+		ev, err := conn.Recv()
+		if err != nil {
+			t.Fatalf("%s: %v (so far %q)", what, err, out.String())
+		}
+		if ev.Type == api.EventStdout {
+			out.Write(ev.Data)
+		}
+		if ev.Type == api.EventExit {
+			return
+		}
 	}
 }
 
@@ -352,19 +383,7 @@ func TestFakeRouteCalls(t *testing.T) {
 	if err := conn.Send(api.ExecEvent{Type: api.EventStdinClose}); err != nil {
 		t.Fatal(err)
 	}
-	for {
-		ev, err := conn.Recv()
-		if err != nil {
-			t.Fatalf("exec ws through C: %v (so far %q)", err, ws.String())
-		}
-		if ev.Type == api.EventStdout {
-			ws.Write(ev.Data)
-		}
-		if ev.Type == api.EventExit {
-			break
-		}
-	}
-	conn.Close()
+	untilExit(t, "exec ws through C", conn, &ws)
 	if ws.String() != "over the socket\nand again\n" {
 		t.Errorf("exec ws through C: %q", ws.String())
 	}
