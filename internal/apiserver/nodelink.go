@@ -26,6 +26,11 @@ type NodeLink interface {
 	Connected(id string) bool
 	// Info asks node id who it is over its connection.
 	Info(ctx context.Context, id string) (nodelink.Info, error)
+	// Transport is a transport to node id's handler over its control
+	// connection, ok false when the node is not connected to this
+	// server (its embedded node included): a session-serving node's
+	// API calls are relayed to it so.
+	Transport(id string) (http.RoundTripper, bool)
 }
 
 // nodeInfoTimeout bounds how long an inspect waits for the node's own

@@ -29,6 +29,10 @@ import (
 // credential.
 const CredentialFile = "node.credential"
 
+// IDFile is the file under the node's home that keeps its id, written
+// at each join beside CredentialFile.
+const IDFile = "node.id"
+
 // DefaultHeartbeat is how often a node heartbeats by default.
 const DefaultHeartbeat = 10 * time.Second
 
@@ -60,6 +64,15 @@ type AgentConfig struct {
 	Probe func(ctx context.Context) (store.NodeCapacity, error)
 	// Handler serves the server's calls to the node.
 	Handler http.Handler
+	// Serves says the node runs sessions and Handler serves cove's API
+	// for them: the agent connects with HeaderServes, and the server it
+	// connects to records itself as where the node's sessions are
+	// reached and relays the calls about them to Handler.
+	Serves bool
+	// OnHeartbeat, if set, is called after each heartbeat the server
+	// stored (a session-serving node fences its VMs then:
+	// session.Manager.Heartbeated).
+	OnHeartbeat func(ctx context.Context)
 	// HTTPClient makes the join request and the connect dial; nil is
 	// http.DefaultClient.
 	HTTPClient *http.Client
@@ -76,6 +89,7 @@ type Agent struct {
 	mu     sync.Mutex
 	sess   *yamux.Session // the connection up now, or nil; guarded by mu
 	nodeID string         // guarded by mu
+	cred   Credential     // once joined (Join); guarded by mu
 	beats  int64          // heartbeats the server took; guarded by mu
 }
 
@@ -121,10 +135,31 @@ func (a *Agent) Connected() bool {
 	return a.sess != nil && !a.sess.IsClosed()
 }
 
-// Run joins the node if Home has no credential, then keeps its control
-// connection up, heartbeating, until ctx ends (nil) or the server refuses
-// the credential (an error wrapping ErrRefused that says how to join
-// again). A refused join is returned as the server's error.
+// Join makes sure the node has joined: its credential is in Home, or it
+// joins with the join token (trying again until ctx ends while the
+// server cannot be reached; a refused join is the server's error). It
+// returns the node's id, which the node keeps beside its credential
+// (IDFile); a home whose credential came without one asks the server
+// (a connect that ends at once). A later Run uses what Join found.
+func (a *Agent) Join(ctx context.Context) (string, error) {
+	cred, err := a.credential(ctx)
+	if err != nil {
+		return "", err
+	}
+	if id := a.NodeID(); id != "" {
+		return id, nil
+	}
+	id, err := a.whoAmI(ctx, cred)
+	if err != nil {
+		return "", err
+	}
+	return id, nil
+}
+
+// Run joins the node if Home has no credential (Join), then keeps its
+// control connection up, heartbeating, until ctx ends (nil) or the
+// server refuses the credential (an error wrapping ErrRefused that says
+// how to join again). A refused join is returned as the server's error.
 func (a *Agent) Run(ctx context.Context) error {
 	cred, err := a.credential(ctx)
 	if err != nil {
@@ -160,12 +195,25 @@ func jitter(d time.Duration) time.Duration {
 	return d - time.Duration(rand.Int64N(int64(d)/2+1))
 }
 
-// credential returns the node's credential from Home, joining first if
-// there is none.
+// credential returns the node's credential: the one Join found, else
+// the one in Home, joining first if there is none.
 func (a *Agent) credential(ctx context.Context) (Credential, error) {
+	a.mu.Lock()
+	cred := a.cred
+	a.mu.Unlock()
+	if cred != "" {
+		return cred, nil
+	}
 	path := filepath.Join(a.cfg.Home, CredentialFile)
 	cred, err := LoadCredential(path)
 	if err == nil {
+		id := loadID(filepath.Join(a.cfg.Home, IDFile))
+		a.mu.Lock()
+		a.cred = cred
+		if a.nodeID == "" {
+			a.nodeID = id
+		}
+		a.mu.Unlock()
 		return cred, nil
 	}
 	if !errors.Is(err, fs.ErrNotExist) {
@@ -178,11 +226,17 @@ func (a *Agent) credential(ctx context.Context) (Credential, error) {
 	for {
 		resp, err := a.join(ctx)
 		if err == nil {
+			// The id first: a crash between the two leaves no credential,
+			// and the next start joins again (the same record, by name).
+			if err := saveID(filepath.Join(a.cfg.Home, IDFile), resp.NodeID); err != nil {
+				return "", err
+			}
 			if err := SaveCredential(path, resp.Credential); err != nil {
 				return "", err
 			}
 			a.mu.Lock()
 			a.nodeID = resp.NodeID
+			a.cred = resp.Credential
 			a.mu.Unlock()
 			a.log.Info("nodelink: joined", "server", a.cfg.Server, "node", resp.NodeID, "name", a.cfg.Name, "credential", path)
 			return resp.Credential, nil
@@ -255,27 +309,60 @@ func answerError(resp *http.Response, op string) error {
 	return fmt.Errorf("nodelink: %s: %s: %s", op, resp.Status, msg)
 }
 
-// connect runs one control connection until it drops or ctx ends, and
-// reports whether it came up. A refused credential is ErrRefused.
-func (a *Agent) connect(ctx context.Context, cred Credential) (bool, error) {
+// dial opens a control connection's WebSocket with cred; serves sends
+// HeaderServes (a connect that is only asked who the node is does not).
+// A refused credential is ErrRefused.
+func (a *Agent) dial(ctx context.Context, cred Credential, serves bool) (*websocket.Conn, *http.Response, error) {
 	u, err := wsURL(a.cfg.Server)
 	if err != nil {
-		return false, err
+		return nil, nil, err
+	}
+	h := http.Header{"Authorization": {"Bearer " + string(cred)}}
+	if serves {
+		h.Set(HeaderServes, ServesSessions)
 	}
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	c, resp, err := websocket.Dial(dctx, u, &websocket.DialOptions{
-		HTTPClient: a.cfg.HTTPClient,
-		HTTPHeader: http.Header{"Authorization": {"Bearer " + string(cred)}},
-	})
+	c, resp, err := websocket.Dial(dctx, u, &websocket.DialOptions{HTTPClient: a.cfg.HTTPClient, HTTPHeader: h})
 	cancel()
 	if err != nil {
 		if resp != nil && resp.StatusCode == http.StatusUnauthorized {
-			return false, fmt.Errorf("%w: %w", ErrRefused, answerError(resp, "connect"))
+			return nil, nil, fmt.Errorf("%w: %w", ErrRefused, answerError(resp, "connect"))
 		}
 		if resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-			return false, answerError(resp, "connect")
+			return nil, nil, answerError(resp, "connect")
 		}
-		return false, fmt.Errorf("nodelink: connect: %w", err)
+		return nil, nil, fmt.Errorf("nodelink: connect: %w", err)
+	}
+	return c, resp, nil
+}
+
+// whoAmI asks the server the node's id (HeaderNodeID of a connect's
+// answer, the connection closed at once) and keeps it in IDFile.
+func (a *Agent) whoAmI(ctx context.Context, cred Credential) (string, error) {
+	c, resp, err := a.dial(ctx, cred, false)
+	if err != nil {
+		return "", fmt.Errorf("nodelink: ask the server this node's id: %w", err)
+	}
+	_ = c.CloseNow()
+	id := resp.Header.Get(HeaderNodeID)
+	if id == "" {
+		return "", errors.New("nodelink: ask the server this node's id: its connect answer names none")
+	}
+	if err := saveID(filepath.Join(a.cfg.Home, IDFile), id); err != nil {
+		return "", err
+	}
+	a.mu.Lock()
+	a.nodeID = id
+	a.mu.Unlock()
+	return id, nil
+}
+
+// connect runs one control connection until it drops or ctx ends, and
+// reports whether it came up. A refused credential is ErrRefused.
+func (a *Agent) connect(ctx context.Context, cred Credential) (bool, error) {
+	c, resp, err := a.dial(ctx, cred, a.cfg.Serves)
+	if err != nil {
+		return false, err
 	}
 	sess, err := yamux.Client(overWebSocket(c), yamuxConfig())
 	if err != nil {
@@ -285,6 +372,11 @@ func (a *Agent) connect(ctx context.Context, cred Credential) (bool, error) {
 	a.mu.Lock()
 	a.sess = sess
 	if id := resp.Header.Get(HeaderNodeID); id != "" {
+		if a.nodeID != "" && a.nodeID != id {
+			// The home's id file is stale (the credential is newer): the
+			// server's answer is the truth.
+			a.log.Error("nodelink: the server names this node otherwise than its home does", "home", a.nodeID, "server", id)
+		}
 		a.nodeID = id
 	}
 	id := a.nodeID
@@ -371,6 +463,9 @@ func (a *Agent) heartbeat(ctx context.Context, c store.NodeCapacity) error {
 	a.mu.Lock()
 	a.beats++
 	a.mu.Unlock()
+	if a.cfg.OnHeartbeat != nil {
+		a.cfg.OnHeartbeat(ctx)
+	}
 	return nil
 }
 
@@ -417,17 +512,26 @@ func LoadCredential(path string) (Credential, error) {
 // SaveCredential writes c to the file at path, 0600, atomically: a
 // crash leaves the old file or the new one, never a part.
 func SaveCredential(path string, c Credential) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+	if err := writeFileAtomic(path, string(c)+"\n", 0o600); err != nil {
 		return fmt.Errorf("nodelink: save credential: %w", err)
 	}
-	f, err := os.CreateTemp(filepath.Dir(path), ".node.credential-*")
+	return nil
+}
+
+// writeFileAtomic writes text to the file at path with mode perm, by a
+// rename: a crash leaves the old file or the new one, never a part.
+func writeFileAtomic(path, text string, perm os.FileMode) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+"-*")
 	if err != nil {
-		return fmt.Errorf("nodelink: save credential: %w", err)
+		return err
 	}
 	defer os.Remove(f.Name()) // after the rename, a no-op
-	err = f.Chmod(0o600)
+	err = f.Chmod(perm)
 	if err == nil {
-		_, err = f.WriteString(string(c) + "\n")
+		_, err = f.WriteString(text)
 	}
 	if err == nil {
 		err = f.Sync()
@@ -438,8 +542,27 @@ func SaveCredential(path string, c Credential) error {
 	if err == nil {
 		err = os.Rename(f.Name(), path)
 	}
+	return err
+}
+
+// loadID reads the node id in the file at path: "" when there is none,
+// or what it holds is not one.
+func loadID(path string) string {
+	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("nodelink: save credential: %w", err)
+		return ""
+	}
+	id := strings.TrimSpace(string(b))
+	if !strings.HasPrefix(id, "node-") || strings.ContainsAny(id, " \t\n/") {
+		return ""
+	}
+	return id
+}
+
+// saveID writes node id to the file at path, atomically.
+func saveID(path, id string) error {
+	if err := writeFileAtomic(path, id+"\n", 0o644); err != nil {
+		return fmt.Errorf("nodelink: save node id: %w", err)
 	}
 	return nil
 }

@@ -27,6 +27,7 @@ type Store interface {
 	UpdateNode(ctx context.Context, n *store.Node) error
 	GetNodeByName(ctx context.Context, name string) (store.Node, error)
 	GetNodeByCredential(ctx context.Context, hash string) (store.Node, error)
+	GetNode(ctx context.Context, id string) (store.Node, error)
 	HeartbeatNode(ctx context.Context, id string, at time.Time, c store.NodeCapacity) error
 }
 
@@ -66,6 +67,7 @@ type Hub struct {
 
 	mu    sync.Mutex
 	links map[string]*link // by node id; guarded by mu
+	url   string           // SetURL's; guarded by mu
 }
 
 // link is one node's control connection.
@@ -159,6 +161,59 @@ func (h *Hub) Info(ctx context.Context, id string) (Info, error) {
 		return Info{}, fmt.Errorf("node %s: info: %w", id, err)
 	}
 	return info, nil
+}
+
+// SetURL sets the URL the other servers reach this server at (its
+// advertise URL; "" for none). A node that connects serving sessions
+// (HeaderServes) has its record's URL set to it: calls about its
+// sessions are routed to this server, which relays them over its
+// connection (Transport).
+func (h *Hub) SetURL(u string) {
+	h.mu.Lock()
+	h.url = u
+	h.mu.Unlock()
+}
+
+// URL is what SetURL set.
+func (h *Hub) URL() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.url
+}
+
+// Transport returns a transport whose requests go to node id's handler
+// over its control connection (the URL's host is not used; the Host
+// header is kept), and ok true, when node id is connected to this
+// server; ok false when it is not (this server's embedded node, Local,
+// has no connection: false too). A request made once the connection
+// dropped fails with ErrNotConnected.
+func (h *Hub) Transport(id string) (http.RoundTripper, bool) {
+	if id == "" || id == h.cfg.Local {
+		return nil, false
+	}
+	h.mu.Lock()
+	l := h.links[id]
+	h.mu.Unlock()
+	if l == nil || l.sess.IsClosed() {
+		return nil, false
+	}
+	return relayTransport{id: id, next: h.transport}, true
+}
+
+// relayTransport sends every request to one node, keeping its Host
+// header (that of the API call it relays).
+type relayTransport struct {
+	id   string
+	next http.RoundTripper
+}
+
+func (t relayTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	if r.Host == "" {
+		r.Host = r.URL.Host
+	}
+	r.URL.Scheme, r.URL.Host = "http", t.id
+	return t.next.RoundTrip(r)
 }
 
 // nodeTransport sends every request to one node.
@@ -342,13 +397,44 @@ func (h *Hub) Connect(w http.ResponseWriter, r *http.Request) error {
 	}
 	l := &link{nodeID: n.ID, name: n.Name, sess: sess}
 	h.attach(l)
-	h.log.Info("nodelink: node connected", "node", n.ID, "name", n.Name, "remote", r.RemoteAddr)
+	serves := r.Header.Get(HeaderServes) == ServesSessions
+	h.log.Info("nodelink: node connected", "node", n.ID, "name", n.Name, "remote", r.RemoteAddr, "serves_sessions", serves)
+	if serves {
+		h.route(r.Context(), n)
+	}
 	base := context.WithValue(context.Background(), nodeKey{}, n.ID)
 	serveStreams(sess, h.nodeHandler(l), base)
 	if h.detach(l) {
 		h.log.Warn("nodelink: node disconnected", "node", n.ID, "name", n.Name)
 	}
 	return nil
+}
+
+// route records this server (SetURL) as where node n's sessions are
+// reached, n having connected serving them. With no URL set the record
+// is left as it is: the node's sessions are reached only where its URL
+// says, if anywhere, which is logged.
+func (h *Hub) route(ctx context.Context, n store.Node) {
+	u := h.URL()
+	if u == "" {
+		h.log.Warn("nodelink: a node serving sessions connected to a server that advertises no URL (--advertise-url): calls about its sessions are not routed here", "node", n.ID, "name", n.Name, "its_url", n.URL)
+		return
+	}
+	err := store.ChangeNode(ctx, h.cfg.Store, n.ID, func(n *store.Node) bool {
+		if n.URL == u {
+			return false
+		}
+		n.URL = u
+		return true
+	})
+	if err != nil {
+		// The node's sessions stay routed to where its record says (a
+		// 503 there while it is not connected); its next connect tries
+		// again.
+		h.log.Error("nodelink: could not record this server as where the node's sessions are reached", "node", n.ID, "name", n.Name, "url", u, "err", err)
+		return
+	}
+	h.log.Info("nodelink: the node's sessions are routed to this server", "node", n.ID, "name", n.Name, "url", u)
 }
 
 // attach makes l its node's connection, closing the one it replaces.

@@ -30,6 +30,15 @@ const (
 	// HeaderNodeID is the header of the connect answer that names the
 	// node the credential belongs to.
 	HeaderNodeID = "Cove-Node-Id"
+	// HeaderServes, on a connect, says what the node serves over its
+	// connection beside the node routes: ServesSessions, a node that runs
+	// sessions and serves cove's API (AgentConfig.Serves). The server
+	// then records itself as where the node's sessions are reached
+	// (store.Node.URL, Hub.SetURL) and relays calls about them over the
+	// connection (Hub.Transport).
+	HeaderServes = "Cove-Node-Serves"
+	// ServesSessions is HeaderServes's value for a node serving sessions.
+	ServesSessions = "sessions"
 )
 
 // MaxJoinBytes bounds the body of a join request; a bigger one is

@@ -62,7 +62,7 @@ func RegisterEmbeddedNode(ctx context.Context, st store.Store, name string, c st
 // startNodeLoops starts the embedded node's heartbeats and the sweeper,
 // as configured.
 func (m *Manager) startNodeLoops() {
-	if m.cfg.Node != "" && m.cfg.NodeProbe != nil {
+	if m.cfg.Node != "" && m.cfg.NodeProbe != nil && !m.cfg.Linked {
 		m.bg.Add(1)
 		go m.heartbeatLoop()
 	}
@@ -101,11 +101,23 @@ func (m *Manager) heartbeatLoop() {
 			m.cfg.Log.Warn("node heartbeat", "node", m.cfg.Node, "err", err)
 		default:
 			fctx, cancel := context.WithTimeout(context.Background(), every)
-			m.fence(fctx)
-			m.dropMovedAway(fctx)
+			m.Heartbeated(fctx)
 			cancel()
 		}
 	}
+}
+
+// Heartbeated runs what follows a heartbeat of this manager's node that
+// the store took: it stops the VMs of sessions that are no longer this
+// node's (fence) and, while the node is draining, removes the files of
+// sessions that woke elsewhere (dropMovedAway). The heartbeat loop calls
+// it; a Linked manager's agent calls it after each of its heartbeats.
+func (m *Manager) Heartbeated(ctx context.Context) {
+	if m.cfg.Node == "" || m.cfg.NoNode {
+		return
+	}
+	m.fence(ctx)
+	m.dropMovedAway(ctx)
 }
 
 // sweepLoop runs sweepNodes every third of the grace until the manager
@@ -186,9 +198,10 @@ func (m *Manager) countRunning(ctx context.Context, node string) int {
 }
 
 // holds reports whether node holds the session of rec: its recorded
-// node, or the embedded node for records from before nodes.
+// node, or the embedded node for records from before nodes (a Linked
+// node holds none of those).
 func (m *Manager) holds(rec store.Session, node string) bool {
-	return rec.Node == node || rec.Node == "" && node == m.cfg.Node && node != ""
+	return rec.Node == node || rec.Node == "" && node == m.cfg.Node && node != "" && !m.cfg.Linked
 }
 
 // takesVMs reports whether this server runs VMs: false with
@@ -523,7 +536,7 @@ func (m *Manager) refillAll() {
 // adoptLegacy writes the embedded node's id into a session recorded
 // before nodes existed (Node ""), which the embedded node holds.
 func (m *Manager) adoptLegacy(ctx context.Context, rec *store.Session) {
-	if m.cfg.Node == "" || m.cfg.NoNode || rec.Node != "" {
+	if m.cfg.Node == "" || m.cfg.NoNode || m.cfg.Linked || rec.Node != "" {
 		return
 	}
 	rec.Node = m.cfg.Node

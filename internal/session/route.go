@@ -112,25 +112,17 @@ func AdvertiseNodeE2B(ctx context.Context, st store.Store, id, url string) error
 // advertiseNode sets the field of node id's record that field points to
 // to url, retrying a lost compare-and-swap.
 func advertiseNode(ctx context.Context, st store.Store, id string, field func(*store.Node) *string, url string) error {
-	for range 5 {
-		n, err := st.GetNode(ctx, id)
-		if err != nil {
-			return fmt.Errorf("node: advertise %s: %w", id, err)
+	err := store.ChangeNode(ctx, st, id, func(n *store.Node) bool {
+		if *field(n) == url {
+			return false
 		}
-		if *field(&n) == url {
-			return nil
-		}
-		*field(&n) = url
-		err = st.UpdateNode(ctx, &n)
-		if errors.Is(err, store.ErrConflict) {
-			continue
-		}
-		if err != nil {
-			return fmt.Errorf("node: advertise %s: %w", id, err)
-		}
-		return nil
+		*field(n) = url
+		return true
+	})
+	if err != nil {
+		return fmt.Errorf("node: advertise %s: %w", id, err)
 	}
-	return fmt.Errorf("node: advertise %s: changed by others while being set; try again", id)
+	return nil
 }
 
 // deliversFor reports whether this server makes the deliveries of

@@ -156,6 +156,14 @@ type Config struct {
 	// whose node holds its session. Without it only this server's node
 	// takes sessions.
 	Route bool
+	// Linked says that Node is a joined node ('cove node' serving
+	// sessions) that the servers reach through its control connection
+	// (package nodelink), not a server's embedded node: its agent
+	// heartbeats it (and calls Heartbeated after each one stored), so
+	// this manager runs no heartbeat loop, and it adopts no record that
+	// names no node (those from before nodes belong to the servers'
+	// embedded nodes).
+	Linked bool
 	// NodeProbe reports the embedded node's capacity at each heartbeat,
 	// every NodeHeartbeat (0: 10 s); nil: no heartbeats.
 	NodeProbe     func(context.Context) (store.NodeCapacity, error)

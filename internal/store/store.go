@@ -8,6 +8,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"time"
@@ -866,9 +867,12 @@ type Node struct {
 	// CredentialHash is the hex SHA-256 of the node's credential; "" for
 	// the embedded node, which has none.
 	CredentialHash string
-	// URL is where the other API servers reach the server of an embedded
-	// node (its --advertise-url) to route a call of one of its sessions
-	// there; "" for a remote node and for a server that advertises none.
+	// URL is where the other API servers reach the node's sessions to
+	// route a call about one of them there: for an embedded node, its
+	// server's --advertise-url; for a remote node that serves sessions,
+	// the advertise URL of the server holding its control connection,
+	// which relays the call over it. "" for a server that advertises
+	// none and a remote node that runs no sessions.
 	URL string
 	// E2BURL is where the other API servers reach the E2B API
 	// (--e2b-listen) of an embedded node's server (its
@@ -893,6 +897,34 @@ const (
 	NodeReady = "ready"
 	NodeDead  = "dead"
 )
+
+// NodeChanger is what ChangeNode needs of a store.
+type NodeChanger interface {
+	GetNode(ctx context.Context, id string) (Node, error)
+	UpdateNode(ctx context.Context, n *Node) error
+}
+
+// ChangeNode applies change to node id's record and stores it,
+// reading it again and reapplying change when the compare-and-swap
+// loses to another writer (a few times). change reports whether it
+// changed anything: false stores nothing.
+func ChangeNode(ctx context.Context, st NodeChanger, id string, change func(*Node) bool) error {
+	for range 5 {
+		n, err := st.GetNode(ctx, id)
+		if err != nil {
+			return err
+		}
+		if !change(&n) {
+			return nil
+		}
+		err = st.UpdateNode(ctx, &n)
+		if errors.Is(err, ErrConflict) {
+			continue
+		}
+		return err
+	}
+	return fmt.Errorf("node %s: changed by others while being set: %w", id, ErrConflict)
+}
 
 // NodeState is the state a node is shown in: NodeDead if Dead, else its
 // Admin (NodeDraining, NodeCordoned) if set, else NodeReady.
