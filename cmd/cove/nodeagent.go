@@ -152,14 +152,16 @@ func runNodeAgent(ctx context.Context, cfg nodeAgentConfig) error {
 	})
 	agent = nodelink.NewAgent(nodelink.AgentConfig{Server: cfg.Server, JoinToken: token, Name: name, Labels: labels,
 		Home: home, Heartbeat: cfg.Heartbeat, Probe: probe, Handler: mux, Log: log,
-		// LINK: Serves: serves, OnHeartbeat: func(ctx context.Context) { mgr.Heartbeated(ctx) },
-	})
+		Serves: serves, OnHeartbeat: func(ctx context.Context) {
+			if mgr != nil {
+				mgr.Heartbeated(ctx)
+			}
+		}})
 	if serves {
 		cfg.Side.NodeHeartbeat = cfg.Heartbeat
 		side, err := openSessionSide(ctx, cfg.Side, sessionSideOptions{Linked: true,
 			Node: func(ctx context.Context, st store.Store, accel string) (string, error) {
-				// LINK: id, err := agent.Join(ctx)
-				id, err := "", errors.New("not yet")
+				id, err := agent.Join(ctx)
 				if err != nil {
 					return "", fmt.Errorf("node: join: %w", err)
 				}
@@ -171,7 +173,6 @@ func runNodeAgent(ctx context.Context, cfg nodeAgentConfig) error {
 		}
 		defer side.stop(cfg.Side.StopOnExit)
 		mgr = side.mgr
-		_ = mgr
 		// The servers route the calls about this node's sessions over
 		// the link; the driver's routes stay, as a node without a
 		// shared store serves them.

@@ -339,7 +339,9 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		ln.Close()
 		return err
 	}
-	// LINK: hub.SetURL(advertised)
+	// The nodes that connect here to serve sessions are reached through
+	// this server: their URL is this one's.
+	hub.SetURL(advertised)
 	hs := srv.HTTPServer() // the timeouts: apiserver.Timeouts
 	if hs.Handler, err = newDashboard(cfg.Home, hs.Handler, side.oidcIssuers, log); err != nil {
 		ln.Close()
