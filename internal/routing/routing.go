@@ -1,33 +1,42 @@
 // Package routing says which API server carries out a call about a
-// session: the one whose embedded node holds it (issue 19). Several `cove
-// server` processes share one store; each one with an embedded node
-// advertises the URL the others reach it at (store.Node.URL), and the API
-// server (apiserver's Config.Router) forwards a call about another node's
-// session there, unchanged.
+// session: the one whose embedded node holds it, or, for a 'cove node'
+// that serves sessions, the one holding the node's control connection,
+// which relays the call over it (issue 19). Several `cove server`
+// processes share one store; each one with an embedded node advertises
+// the URL the others reach it at (store.Node.URL), and a session-serving
+// node's record has the URL of the server its control connection is to
+// (nodelink.Hub sets it as the node connects). The API server
+// (apiserver's Config.Router) forwards a call about another node's
+// session to its node's URL, unchanged.
 //
 // The rules, for a call reaching server S about session X held by node N:
 //   - N is S's own node (or X names none, from before nodes): S.
-//   - N is alive and another server's embedded node: that server, at
-//     N.URL; one that advertises none is a 503 saying so.
+//   - N is alive and has a URL (another server's embedded node, or a
+//     remote node serving sessions): N.URL. For a remote node the
+//     server there relays the call over N's control connection (the
+//     API server relays it itself, without the hop, when N's connection
+//     is to S; apiserver/route.go). An embedded node whose server
+//     advertises no URL is a 503 saying so.
 //   - N is dead or removed: S, whose session layer moves a parked session
 //     to its own node (or records it lost); a server that runs no node
-//     sends the call to a live node's server instead (the first by name
-//     that is not cordoned or draining and advertises a URL).
-//   - N is a remote node (`cove node`): S (remote nodes take no sessions
-//     yet).
+//     sends the call to a live node's URL instead (the first by name
+//     that is not cordoned or draining and has a URL).
+//   - N is a remote node with no URL (`cove node` running no sessions,
+//     or connected to a server that advertises none): S, whose session
+//     layer says why.
 //   - A call that may wake X (Wake: a wake, an exec, a file call) where X
 //     is parked, stored in the object store, and N is draining: X wakes
 //     elsewhere (a drained node ends empty), so the call is carried out
-//     by S when S's node takes sessions, else by the first live node's
-//     server by name that does and advertises a URL (N's own server
-//     included: it sends the wake away). A cordoned N's sessions wake
-//     back on it (cordoned: no new sessions; draining: move away), and so
-//     does one never stored (its files are on N alone) or one no other
-//     node takes (N's server says why in its log).
+//     by S when S's node takes sessions, else at the first live node by
+//     name that does and has a URL (N included: it sends the wake
+//     away). A cordoned N's sessions wake back on it (cordoned: no new
+//     sessions; draining: move away), and so does one never stored (its
+//     files are on N alone) or one no other node takes (N says why in
+//     its log).
 //
-// A drain of node N (Drain) goes to N's server likewise, which parks N's
-// sessions; a dead or remote N, or one whose server advertises no URL,
-// is drained (set draining) where the call arrives.
+// A drain of node N (Drain) goes to N's URL likewise, where N's sessions
+// are parked; a dead N, or one with no URL, is drained (set draining)
+// where the call arrives.
 package routing
 
 import (
@@ -172,7 +181,9 @@ func (r *Router) session(ctx context.Context, id string, wakes bool) (t Target, 
 		return Target{}, false, nil
 	case n.Dead:
 		return r.anyNode(ctx, id)
-	case !n.Embedded:
+	case !n.Embedded && n.URL == "":
+		// It runs no sessions (or no server routes to it): the session
+		// layer here says why.
 		return Target{}, false, nil
 	}
 	if moves && n.Admin == store.NodeDraining {
@@ -188,6 +199,10 @@ func (r *Router) session(ctx context.Context, id string, wakes bool) (t Target, 
 		return Target{}, false, nil
 	}
 	if u, flag := r.urlOf(n); u == "" {
+		if !n.Embedded {
+			return Target{}, false, api.Errorf(api.CodeUnavailable,
+				"session %s is held by node %s (%s), a 'cove node' reached through its control connection: this API does not reach such nodes; use cove's API", id, n.Name, n.ID)
+		}
 		return Target{}, false, api.Errorf(api.CodeUnavailable,
 			"session %s is held by node %s (%s), whose server advertises no URL (%s): call that server", id, n.Name, n.ID, flag)
 	}
@@ -196,12 +211,12 @@ func (r *Router) session(ctx context.Context, id string, wakes bool) (t Target, 
 }
 
 // Drain says where a drain of node idOrName (its id or name) is carried
-// out: by the server whose embedded node it is, which parks the node's
-// sessions (another server could only set it draining), when the node
-// is alive and its server advertises a URL. ok false: here (this
-// server's own node, an unknown one, which is a 404 here, a dead or
-// remote one, or one whose server cannot be reached by routing, whose
-// drain sets it draining and parks nothing).
+// out: at its URL (its server's, or for a remote node serving sessions
+// the server relaying to it), where the node's sessions are parked
+// (another server could only set it draining), when the node is alive
+// and has a URL. ok false: here (this server's own node, an unknown
+// one, which is a 404 here, a dead one, or one with no URL, whose drain
+// sets it draining and parks nothing).
 func (r *Router) Drain(ctx context.Context, idOrName string) (t Target, ok bool, err error) {
 	n, err := r.st.GetNode(ctx, idOrName)
 	if errors.Is(err, store.ErrNotFound) {
@@ -212,7 +227,7 @@ func (r *Router) Drain(ctx context.Context, idOrName string) (t Target, ok bool,
 		return Target{}, false, nil
 	case err != nil:
 		return Target{}, false, fmt.Errorf("route: node %s: %w", idOrName, err)
-	case n.ID == r.node || !n.Embedded || n.Dead || n.URL == "":
+	case n.ID == r.node || n.Dead || n.URL == "":
 		return Target{}, false, nil
 	}
 	t, err = TargetOf(n)
@@ -229,17 +244,18 @@ func (r *Router) takes(ctx context.Context) bool {
 	return err == nil && !n.Dead && n.Admin == ""
 }
 
-// anyNode is the target of a call about session id that its node's
-// server does not carry out (its node is gone, seen from a server that
-// runs none, or draining, for a wake): the first live node by name that
-// takes sessions and advertises a URL; ok false when there is none.
+// anyNode is the target of a call about session id that its node does
+// not carry out (it is gone, seen from a server that runs none, or
+// draining, for a wake): the first live node by name that takes
+// sessions and has a URL (an embedded node's server or a remote node
+// serving sessions); ok false when there is none.
 func (r *Router) anyNode(ctx context.Context, id string) (Target, bool, error) {
 	nodes, err := r.st.ListNodes(ctx)
 	if err != nil {
 		return Target{}, false, fmt.Errorf("route: session %s: nodes: %w", id, err)
 	}
 	for _, n := range nodes {
-		if u, _ := r.urlOf(n); n.Embedded && !n.Dead && n.Admin == "" && u != "" {
+		if u, _ := r.urlOf(n); !n.Dead && n.Admin == "" && u != "" {
 			if t, err := r.Target(n); err == nil {
 				return t, true, nil
 			}

@@ -30,6 +30,9 @@ func TestSession(t *testing.T) {
 		{ID: "node-dead", Name: "dead", Embedded: true, URL: "http://10.0.0.4:7070", Dead: true},
 		{ID: "node-remote", Name: "remote", CredentialHash: "ab"},
 		{ID: "node-cordoned", Name: "a-cordoned", Embedded: true, URL: "http://10.0.0.6:7070", Admin: store.NodeCordoned},
+		// A 'cove node' serving sessions, its link held by the server at
+		// its URL.
+		{ID: "node-linked", Name: "linked", CredentialHash: "cd", URL: "http://10.0.0.7:7070"},
 	}
 	for i := range nodes {
 		nodes[i].JoinedAt, nodes[i].HeartbeatAt = now, now
@@ -37,7 +40,7 @@ func TestSession(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, n := range []string{"here", "other", "nourl", "dead", "remote", "gone", ""} {
+	for _, n := range []string{"here", "other", "nourl", "dead", "remote", "linked", "gone", ""} {
 		node := "node-" + n
 		if n == "" {
 			node = ""
@@ -58,7 +61,10 @@ func TestSession(t *testing.T) {
 		{"node-here", "s-nourl", "", "advertises no URL (--advertise-url)", false},
 		{"node-here", "s-dead", "", "", false},   // moved here by the wake
 		{"node-here", "s-gone", "", "", false},   // a removed node: as a dead one
-		{"node-here", "s-remote", "", "", false}, // remote nodes hold none yet
+		{"node-here", "s-remote", "", "", false}, // it runs none: the session layer here says so
+		{"node-here", "s-linked", "http://10.0.0.7:7070", "", false},
+		{"", "s-linked", "http://10.0.0.7:7070", "", false},
+		{"node-linked", "s-linked", "", "", false}, // the node's own API
 		{"node-here", "s-", "", "", false},       // from before nodes: the embedded node's
 		{"node-here", "s-unknown", "", "", false},
 		{"", "s-other", "http://10.0.0.2:7070", "", false},
@@ -69,6 +75,7 @@ func TestSession(t *testing.T) {
 		{"node-here", "s-here", "", "", true},
 		{"node-here", "s-other", "http://10.0.0.2:3000", "", true},
 		{"node-here", "s-nourl", "", "--e2b-advertise-url", true},
+		{"node-here", "s-linked", "", "this API does not reach such nodes", true},
 		{"node-here", "s-dead", "", "", true},
 		{"", "s-other", "http://10.0.0.2:3000", "", true},
 		{"", "s-dead", "http://10.0.0.1:3000", "", true},
@@ -111,6 +118,7 @@ func TestDrain(t *testing.T) {
 		{ID: "node-dead", Name: "dead", Embedded: true, URL: "http://10.0.0.4:7070", Dead: true},
 		{ID: "node-remote", Name: "remote", CredentialHash: "ab"},
 		{ID: "node-cordoned", Name: "cordoned", Embedded: true, URL: "http://10.0.0.6:7070", Admin: store.NodeCordoned},
+		{ID: "node-linked", Name: "linked", CredentialHash: "cd", URL: "http://10.0.0.7:7070"},
 	} {
 		n.JoinedAt, n.HeartbeatAt = now, now
 		if err := st.CreateNode(ctx, &n); err != nil {
@@ -127,6 +135,9 @@ func TestDrain(t *testing.T) {
 		{"node-here", "nourl", ""},
 		{"node-here", "dead", ""},
 		{"node-here", "remote", ""},
+		{"node-here", "linked", "http://10.0.0.7:7070"}, // relayed to the node, which parks its sessions
+		{"", "linked", "http://10.0.0.7:7070"},
+		{"node-linked", "linked", ""},
 		{"node-here", "unknown", ""},
 	} {
 		got, ok, err := routing.New(st, c.from).Drain(ctx, c.node)
@@ -231,5 +242,13 @@ func TestWake(t *testing.T) {
 	}
 	if tg, ok, err := routing.New(st, "node-ready").Wake(ctx, "s-drained"); !ok || err != nil || tg.NodeID != "node-drain" {
 		t.Errorf("no other node takes sessions, from another: %v, %v, %v; want the holder's", tg, ok, err)
+	}
+	// A 'cove node' serving sessions takes it, at its URL.
+	linked := store.Node{ID: "node-linked", Name: "d-linked", CredentialHash: "cd", URL: "http://10.0.0.4:7070", JoinedAt: now, HeartbeatAt: now}
+	if err := st.CreateNode(ctx, &linked); err != nil {
+		t.Fatal(err)
+	}
+	if tg, ok, err := routing.New(st, "node-drain").Wake(ctx, "s-drained"); !ok || err != nil || tg.NodeID != "node-linked" {
+		t.Errorf("a remote node serving sessions takes it: %v, %v, %v; want node-linked", tg, ok, err)
 	}
 }

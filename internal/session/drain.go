@@ -129,7 +129,7 @@ func (m *Manager) dropIfMoved(ctx context.Context, id string) {
 // routing.Router.Wake sends it to). Its deliveries are then that node's
 // server's to make (deliversFor).
 func (m *Manager) movesAway(ctx context.Context, rec store.Session) bool {
-	if !m.cfg.Route || rec.State != api.StateParked || rec.StoredManifest == "" {
+	if !m.cfg.Route && !m.cfg.Linked || rec.State != api.StateParked || rec.StoredManifest == "" {
 		return false
 	}
 	if n, err := m.cfg.Store.GetNode(ctx, m.cfg.Node); err != nil || n.Admin != store.NodeDraining {
@@ -140,7 +140,7 @@ func (m *Manager) movesAway(ctx context.Context, rec store.Session) bool {
 		return false
 	}
 	for _, n := range nodes {
-		if n.ID != m.cfg.Node && n.Embedded && !n.Dead && n.Admin == "" && n.URL != "" {
+		if n.ID != m.cfg.Node && !n.Dead && n.Admin == "" && n.URL != "" {
 			return true
 		}
 	}

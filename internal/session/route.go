@@ -14,9 +14,12 @@ import (
 // Routing between the servers that share a store (issue 19).
 //
 // Each server with an embedded node advertises the URL other servers
-// reach it at (Node.URL, AdvertiseNode). A call about a session is
-// carried out by the server whose node holds it: the API server forwards
-// it there (package route, apiserver's Config.Router). The manager's part
+// reach it at (Node.URL, AdvertiseNode); a 'cove node' that serves
+// sessions (a Linked manager of its own) has the URL of the server that
+// holds its control connection, which relays the calls over it. A call
+// about a session is carried out by the server whose node holds it, or
+// by the node itself: the API server forwards it there (package
+// routing, apiserver's Config.Router). The manager's part
 // is placement, which with Config.Route may choose another server's node
 // for a new session and says so with *ElsewhereError, and deliveries,
 // which the holder's server makes (deliversFor). A call forwarded here is
@@ -78,18 +81,21 @@ func routedHere(ctx context.Context) bool {
 
 // unusable is why node n takes no new session from this server ("" if
 // it does): this server's own node does, unless it runs none; another
-// server's embedded node does when calls are routed (Config.Route), it
-// advertises a URL and the call was not routed here already.
+// node does when calls are routed (Config.Route), it has a URL and the
+// call was not routed here already. That node is another server's
+// embedded node, at its server's advertise URL, or a 'cove node' that
+// serves sessions, at the URL of the server holding its control
+// connection (which relays the calls over it).
 func (m *Manager) unusable(ctx context.Context, n store.Node) string {
 	switch {
 	case n.ID == m.cfg.Node && !m.cfg.NoNode:
 		return ""
 	case routedHere(ctx):
 		return "the call was routed to another node's server"
-	case !n.Embedded:
-		return "remote nodes take no sessions yet"
 	case !m.cfg.Route:
 		return "calls are not routed to other servers (this server advertises no URL: --advertise-url)"
+	case !n.Embedded && n.URL == "":
+		return "it runs no sessions ('cove node' started without the shared store, --db), or its control connection is to a server that advertises no URL (--advertise-url)"
 	case n.URL == "":
 		return "its server advertises no URL (--advertise-url)"
 	}
