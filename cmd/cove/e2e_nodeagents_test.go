@@ -71,17 +71,6 @@ func (p *nodeProc) stop(t *testing.T, sig syscall.Signal, home string) {
 	}
 }
 
-// viaBridge rewrites the loopback address in u, a URL of a service of
-// this namespace (PostgreSQL, S3), to a relay on n's bridge, which the
-// hosts reach.
-func viaBridge(n *hostNet, u string) string {
-	p, err := url.Parse(u)
-	if err != nil {
-		n.t.Fatal(err)
-	}
-	return strings.Replace(u, p.Host, n.forward(p.Host), 1)
-}
-
 // TestEndToEndNodeAgents: two 'cove server --node=false' processes over
 // one PostgreSQL database and one S3 store, and two 'cove node' processes
 // with that store (they run sessions), each in a network namespace of
@@ -118,8 +107,14 @@ func TestEndToEndNodeAgents(t *testing.T) {
 	var nodeEnv []string
 	for _, kv := range env {
 		switch k, v, _ := strings.Cut(kv, "="); k {
-		case "COVE_DB", "COVE_OBJECTS":
-			nodeEnv = append(nodeEnv, k+"="+viaBridge(hn, v))
+		case "COVE_DB":
+			p, err := url.Parse(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			nodeEnv = append(nodeEnv, k+"="+strings.Replace(v, p.Host, hn.forward(p.Host), 1))
+		case "COVE_OBJECTS":
+			nodeEnv = append(nodeEnv, k+"="+strings.Replace(v, s3.Endpoint, hn.forward(s3.Endpoint), 1))
 		default:
 			nodeEnv = append(nodeEnv, kv)
 		}
@@ -147,6 +142,13 @@ func TestEndToEndNodeAgents(t *testing.T) {
 	ready := func(name string, via *e2e) {
 		t.Helper()
 		waitFor(t, name+" is ready, reached through "+via.addr, logs, func() bool {
+			for _, p := range []*nodeProc{nodeA, nodeB} {
+				select {
+				case <-p.done:
+					t.Fatalf("a cove node exited (%v)\n%s", p.err, logs())
+				default:
+				}
+			}
 			n, err := c1.GetNode(ctx, name)
 			ids[name] = n.ID
 			return err == nil && n.State == api.NodeReady && n.URL == "http://"+via.addr
