@@ -7,9 +7,7 @@ import (
 	"net"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -37,19 +35,7 @@ func (n *hostNet) freeAddr() string {
 // Its cleanup kills it.
 func (n *hostNet) startNodeIn(cove, name, home, server string, env []string, args ...string) *nodeProc {
 	n.t.Helper()
-	p := &nodeProc{log: &lockedBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command("nsenter", append([]string{"--net=/var/run/netns/cv" + n.tag + name, cove, "node", "--server", server, "--home", home}, args...)...)
-	p.cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "COVE_") }), env...)
-	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	if err := p.cmd.Start(); err != nil {
-		n.t.Fatal(err)
-	}
-	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	n.t.Cleanup(func() {
-		_ = p.cmd.Process.Kill()
-		<-p.done
-	})
-	return p
+	return startNodeCmd(n.t, env, append([]string{"nsenter", "--net=/var/run/netns/cv" + n.tag + name, cove, "node", "--server", server, "--home", home}, args...)...)
 }
 
 // stop ends node p with sig, waiting for it; SIGKILL also kills the QEMU
