@@ -31,6 +31,9 @@ type NodeLink interface {
 	// server (its embedded node included): a session-serving node's
 	// API calls are relayed to it so.
 	Transport(id string) (http.RoundTripper, bool)
+	// URL is the URL the other servers reach this server at ("" for
+	// none): that of the session-serving nodes connected here.
+	URL() string
 }
 
 // nodeInfoTimeout bounds how long an inspect waits for the node's own

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 
 	"github.com/cove-dev/cove/api"
@@ -69,21 +70,7 @@ func (s *Server) routeSession(w http.ResponseWriter, r *http.Request, act Action
 			return r, true, api.Errorf(api.CodeUnavailable, "session %s: the call was routed to another node's server and reached this one (node %s) again: that node's advertised URL (--advertise-url) reaches this server; set each server's to an address the others reach it at", act.SessionID, node)
 		}
 		r = r.WithContext(session.Here(r.Context()))
-		if act.SessionID == "" {
-			return r, false, nil
-		}
-		t, ok, err := s.routeOf(r.Context(), act)
-		switch {
-		case err != nil && api.CodeOf(err) == api.CodeInternal:
-			return r, true, err // the store cannot say (503 when unavailable)
-		case err == nil && !ok:
-			return r, false, nil
-		}
-		where := "another node"
-		if ok {
-			where = "node " + t.NodeName + " (" + t.NodeID + ")"
-		}
-		return r, true, api.Errorf(api.CodeConflict, "session %s: the call was routed here by %s, but %s holds the session: not routed again (retry: the next call is routed afresh)", act.SessionID, by, where)
+		return s.routedHere(w, r, act, by)
 	}
 	if act.Verb == "node.drain" {
 		// Drained by the node's own server, which parks its sessions.
@@ -111,6 +98,113 @@ func (s *Server) routeSession(w http.ResponseWriter, r *http.Request, act Action
 	return r, true, err
 }
 
+// routedHere decides a call that server by forwarded here: carried out
+// here, or relayed over the control connection of the node it is for
+// when that node's connection is to this server (the one hop past a
+// forward: a 'cove node' is reached through the server holding its
+// connection), or refused: never forwarded to another server again.
+func (s *Server) routedHere(w http.ResponseWriter, r *http.Request, act Action, by string) (_ *http.Request, handled bool, err error) {
+	switch {
+	case act.Verb == "node.drain":
+		t, ok, err := s.router.Drain(r.Context(), r.PathValue("id"))
+		if err != nil || !ok || !s.linkedHere(t) {
+			// Here: this server's node, or one drained where the call
+			// lands (set draining).
+			return r, err != nil, err
+		}
+		return r, true, s.forward(w, r, act, t)
+	case act.SessionID == "":
+		// A create the forwarding server placed on a node: relayed to
+		// it when its connection is here, else carried out here.
+		to := r.Header.Get(routing.HeaderTo)
+		if to == "" || to == s.router.Node() {
+			return r, false, nil
+		}
+		t := routing.Target{NodeID: to, NodeName: to, URL: s.ownURL()}
+		if _, ok := s.linkTransport(to); !ok {
+			if act.Verb == "session.create" {
+				// Nothing was made: the forwarding server places it
+				// again, passing this node over.
+				w.Header().Set(noRoomHeader, "1")
+			}
+			return r, true, notConnected(t)
+		}
+		return r, true, s.forward(w, r, act, t)
+	}
+	t, ok, err := s.routeOf(r.Context(), act)
+	switch {
+	case err != nil && api.CodeOf(err) == api.CodeInternal:
+		return r, true, err // the store cannot say (503 when unavailable)
+	case err == nil && !ok:
+		return r, false, nil
+	case ok && s.linkedHere(t):
+		err = s.forward(w, r, act, t)
+		if act.Verb == "session.get" && api.IsCode(err, api.CodeUnavailable) {
+			return r, false, nil // as an unrouted inspect's
+		}
+		return r, true, err
+	}
+	where := "another node"
+	if ok {
+		where = "node " + t.NodeName + " (" + t.NodeID + ")"
+	}
+	return r, true, api.Errorf(api.CodeConflict, "session %s: the call was routed here by %s, but %s holds the session: not routed again (retry: the next call is routed afresh)", act.SessionID, by, where)
+}
+
+// linkedHere reports whether t is a node this server reaches through its
+// control connection: one connected here, or one whose URL is this
+// server's (its connection dropped: forward answers 503 then).
+func (s *Server) linkedHere(t routing.Target) bool {
+	if _, ok := s.linkTransport(t.NodeID); ok {
+		return true
+	}
+	return sameURL(t.URL, s.ownURL())
+}
+
+// linkTransport is the transport to node id over its control connection
+// to this server, ok false when it has none here.
+func (s *Server) linkTransport(id string) (http.RoundTripper, bool) {
+	if s.nodeLink == nil {
+		return nil, false
+	}
+	return s.nodeLink.Transport(id)
+}
+
+// ownURL is the URL the other servers reach this server at (nil for
+// none): that of the nodes whose control connection is here.
+func (s *Server) ownURL() *url.URL {
+	if s.nodeLink == nil || s.nodeLink.URL() == "" {
+		return nil
+	}
+	u, err := routing.ParseURL(s.nodeLink.URL())
+	if err != nil {
+		return nil
+	}
+	return u
+}
+
+// sameURL reports whether a and b are the same server's URL.
+func sameURL(a, b *url.URL) bool {
+	return a != nil && b != nil && strings.EqualFold(a.Scheme, b.Scheme) && strings.EqualFold(a.Host, b.Host) &&
+		strings.TrimSuffix(a.Path, "/") == strings.TrimSuffix(b.Path, "/")
+}
+
+// notConnectedError is the refusal of a call for a node whose calls go
+// through this server's end of its control connection, which is down.
+type notConnectedError struct{ error }
+
+func (e notConnectedError) Unwrap() error { return e.error }
+
+// notConnected is the 503 of a call for node t while its control
+// connection to this server is down: nothing changed.
+func notConnected(t routing.Target) error {
+	name := t.NodeName
+	if name != t.NodeID {
+		name += " (" + t.NodeID + ")"
+	}
+	return notConnectedError{api.Errorf(api.CodeUnavailable, "node %s is not connected to this server (its control connection dropped): retry; the call changed nothing", name)}
+}
+
 // wakes reports whether a call of verb may wake its session: a wake, and
 // the calls that wake a parked session first (exec, files).
 func wakes(verb string) bool {
@@ -125,13 +219,34 @@ func (s *Server) routeOf(ctx context.Context, act Action) (routing.Target, bool,
 	return s.router.Session(ctx, act.SessionID)
 }
 
-// forward carries r to t's server and copies its answer back; a server
-// that cannot be reached is an error (503) for the gate to answer, as
-// nothing was written then.
+// forward carries r to t's server and copies its answer back, or, for a
+// node whose control connection is to this server, relays it to the
+// node over that connection; a server or node that cannot be reached is
+// an error (503) for the gate to answer, as nothing was written then.
 func (s *Server) forward(w http.ResponseWriter, r *http.Request, act Action, t routing.Target) error {
 	by := s.router.Node()
 	if by == "" {
 		by = "-"
+	}
+	if s.nodeLink != nil {
+		if rt, ok := s.linkTransport(t.NodeID); ok {
+			s.log.Debug("relaying a call over a node's control connection", "action", act, "node", t.NodeID, "name", t.NodeName)
+			t.URL = cmp.Or(t.URL, &url.URL{Scheme: "http", Host: t.NodeID})
+			failed := routing.Forward(w, r, t, by, rt, s.log)
+			switch {
+			case failed == nil:
+				return nil
+			case errors.Is(failed, context.Canceled):
+				return reported(failed)
+			}
+			if _, ok := s.linkTransport(t.NodeID); !ok {
+				return api.Errorf(api.CodeUnavailable, "node %s (%s): its control connection to this server dropped during the call (%v): retry (through any server) once it is back", t.NodeName, t.NodeID, failed)
+			}
+			return api.Errorf(api.CodeUnavailable, "node %s (%s): relaying the call over its control connection failed: %v; retry (through any server)", t.NodeName, t.NodeID, failed)
+		}
+		if sameURL(t.URL, s.ownURL()) {
+			return notConnected(t)
+		}
 	}
 	s.log.Debug("routing a call", "action", act, "node", t.NodeID, "name", t.NodeName, "to", t.URL.String())
 	failed := routing.Forward(w, r, t, by, s.routeRT, s.log)
@@ -193,15 +308,19 @@ func (s *Server) forwardCreate(w http.ResponseWriter, r *http.Request, act Actio
 			return s.forward(w, r2, act, t)
 		}
 		bw := &bufferedAnswer{header: http.Header{}}
-		if err := s.forward(bw, r2, act, t); err != nil {
-			return err
-		}
-		if bw.status != http.StatusServiceUnavailable || bw.header.Get(noRoomHeader) == "" {
+		ferr := s.forward(bw, r2, act, t)
+		_, down := errors.AsType[notConnectedError](ferr)
+		switch {
+		case ferr != nil && !down:
+			return ferr
+		case !down && (bw.status != http.StatusServiceUnavailable || bw.header.Get(noRoomHeader) == ""):
 			bw.copyTo(w)
 			return nil
 		}
+		// No room there, or a node whose connection to this server is
+		// down: nothing was made.
 		refused = append(refused, t.NodeID)
-		s.log.Info("a node's server refused a create placed on it for want of room: placed again", "node", t.NodeID, "name", t.NodeName, "refused_by", refused)
+		s.log.Info("a node refused a create placed on it for want of room, or is not connected: placed again", "node", t.NodeID, "name", t.NodeName, "refused_by", refused, "not_connected", down)
 		r3 := r.Clone(session.RefusedBy(r.Context(), refused...))
 		r3.Body = io.NopCloser(bytes.NewReader(body))
 		r3.ContentLength = int64(len(body))

@@ -19,6 +19,7 @@ import (
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/cas"
 	"github.com/cove-dev/cove/internal/identity"
+	"github.com/cove-dev/cove/internal/nodelink"
 	"github.com/cove-dev/cove/internal/objstore"
 	"github.com/cove-dev/cove/internal/routing"
 	"github.com/cove-dev/cove/internal/session"
@@ -62,6 +63,10 @@ type routeRig struct {
 	// admission, if it names a server, is that server's own accounting
 	// of its host (smaller than its node record says, say).
 	admission map[string]session.Admission
+	// joinToken, if set, makes each server hold nodes' control
+	// connections too (a nodelink.Hub taking that join token, its URL
+	// the server's).
+	joinToken string
 
 	mu      sync.Mutex
 	servers map[string]*routeServer // guarded by mu; by name
@@ -77,7 +82,8 @@ type routeServer struct {
 	srv    *httptest.Server
 	client *api.Client
 	logs   *logSink
-	conns  *connTracker // every connection its listener accepted
+	conns  *connTracker  // every connection its listener accepted
+	hub    *nodelink.Hub // with routeRig.joinToken
 }
 
 // connTracker is a listener that keeps what it accepts, so that a test
@@ -232,6 +238,12 @@ func (r *routeRig) server(name string, withNode bool) *routeServer {
 	})
 	cfg := Config{Sessions: mgr, Token: testToken, Log: log, Nodes: mgr, Router: routing.New(s.st, s.node)}
 	withIdentities(&cfg, s.st)
+	if r.joinToken != "" {
+		s.hub = nodelink.NewHub(nodelink.HubConfig{Store: s.st, JoinToken: r.joinToken, Local: s.node, Log: log})
+		s.hub.SetURL(s.srv.URL)
+		t.Cleanup(s.hub.Close)
+		cfg.NodeLink = s.hub
+	}
 	hmu.Lock()
 	h = New(cfg).Handler()
 	hmu.Unlock()

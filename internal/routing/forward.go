@@ -57,7 +57,8 @@ func NewTransport() *http.Transport {
 const IdlePerServer = 256
 
 // Forward carries r, unchanged but for Header (set to by: the forwarding
-// server's node, "-" for none), to t's server over rt, and copies its
+// server's node, "-" for none) and HeaderTo (t's node), to t's server
+// over rt, and copies its
 // answer to w as it comes (streams flushed at once, upgrades carried).
 // It returns nil once the answer is written, else why t's server could
 // not be reached (nothing written then: the caller answers); a client
@@ -71,6 +72,7 @@ func Forward(w http.ResponseWriter, r *http.Request, t Target, by string, rt htt
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.SetURL(t.URL)
 			pr.Out.Header.Set(Header, by)
+			pr.Out.Header.Set(HeaderTo, t.NodeID)
 		},
 		Transport:     rt,
 		FlushInterval: -1,

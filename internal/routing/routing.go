@@ -55,6 +55,13 @@ import (
 // never forwarded again.
 const Header = "Cove-Routed-By"
 
+// HeaderTo, on a forwarded request, names the node the forwarding server
+// sent it to (Target.NodeID). The server that receives it relays it over
+// that node's control connection when the node is a 'cove node' whose
+// connection is to it: how a create placed on such a node elsewhere
+// reaches it.
+const HeaderTo = "Cove-Routed-To"
+
 // Lookup is what a Router reads of the store.
 type Lookup interface {
 	GetSession(ctx context.Context, id string) (store.Session, error)

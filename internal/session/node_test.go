@@ -2,6 +2,7 @@ package session_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
 	"time"
@@ -372,5 +373,97 @@ func TestFakeNodeForks(t *testing.T) {
 	wantCode(t, "fork on a cordoned node", err, api.CodeUnavailable)
 	if err != nil && !strings.Contains(err.Error(), "no node fits") {
 		t.Errorf("refusal %q does not say why", err)
+	}
+}
+
+// A Linked manager (a 'cove node' serving sessions, reached through its
+// control connection) holds only the sessions that name its node: it
+// adopts none from before nodes (those are the embedded nodes'), and
+// after a heartbeat (Heartbeated, which its agent calls) it stops the VM
+// of a session that another node took.
+func TestFakeNodeLinked(t *testing.T) {
+	ctx := context.Background()
+	var node string
+	r := newFakeRigWith(t, func(c *session.Config) {
+		if node != "" {
+			c.Node, c.Linked = node, true
+		}
+	})
+	legacy := r.create(api.CreateSessionRequest{})
+	r.park(legacy.ID)
+	n := store.Node{ID: store.NewNodeID(), Name: "linked", CredentialHash: "ef", Capacity: fakeCapacity,
+		JoinedAt: time.Now().UTC(), HeartbeatAt: time.Now().UTC()}
+	if err := r.store.CreateNode(ctx, &n); err != nil {
+		t.Fatal(err)
+	}
+	node = n.ID
+	r.restart()
+	if got := r.get(legacy.ID); got.Node != "" || got.State != api.StateParked {
+		t.Errorf("a session from before nodes after a Linked manager's Recover: %s on %q, want parked on none", got.State, got.Node)
+	}
+	s := r.create(api.CreateSessionRequest{})
+	if s.Node != node || s.State != api.StateRunning {
+		t.Fatalf("create on the linked node: %+v", s)
+	}
+	if got, err := r.mgr.Node(ctx, node); err != nil || got.Sessions != 1 || got.Running != 1 {
+		t.Errorf("the linked node counts %+v, %v; want its one session, not the one from before nodes", got, err)
+	}
+	runs := func() bool {
+		for _, id := range r.driver.Running() {
+			if strings.Contains(id, s.ID) {
+				return true
+			}
+		}
+		return false
+	}
+	if !runs() {
+		t.Fatalf("no VM of %s runs: %v", s.ID, r.driver.Running())
+	}
+	// Another node woke it meanwhile (a partition): the next heartbeat
+	// stops this node's VM of it.
+	rec, err := r.store.GetSession(ctx, s.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.Node = "node-elsewhere00"
+	if err := r.store.UpdateSession(ctx, &rec); err != nil {
+		t.Fatal(err)
+	}
+	r.mgr.Heartbeated(ctx)
+	if runs() {
+		t.Errorf("the VM of a session another node holds still runs after a heartbeat: %v", r.driver.Running())
+	}
+	rec, err = r.store.GetSession(ctx, s.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec.Node = node
+	if err := r.store.UpdateSession(ctx, &rec); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A server's placement takes a 'cove node' serving sessions (a remote
+// node with a URL: the server holding its connection) as it takes
+// another server's embedded node, and says why one with no URL takes
+// none.
+func TestFakeNodeRemotePlacement(t *testing.T) {
+	r := newFakeRigWith(t, func(c *session.Config) { c.NoNode, c.Route = true, true })
+	ctx := context.Background()
+	n := store.Node{ID: store.NewNodeID(), Name: "remote", CredentialHash: "ef", Capacity: fakeCapacity,
+		JoinedAt: time.Now().UTC(), HeartbeatAt: time.Now().UTC()}
+	if err := r.store.CreateNode(ctx, &n); err != nil {
+		t.Fatal(err)
+	}
+	_, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{})
+	if err == nil || !strings.Contains(err.Error(), "remote: it runs no sessions ('cove node' started without the shared store, --db)") {
+		t.Errorf("create with a remote node that has no URL: %v, want a refusal saying it runs no sessions", err)
+	}
+	if err := session.AdvertiseNode(ctx, r.store, n.ID, "http://s.example:7070"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{})
+	if e, ok := errors.AsType[*session.ElsewhereError](err); !ok || e.Node.ID != n.ID {
+		t.Errorf("create with a remote node serving sessions: %v, want it placed there (ElsewhereError)", err)
 	}
 }
