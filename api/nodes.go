@@ -38,9 +38,10 @@ type Node struct {
 	Capacity NodeCapacity      `json:"capacity"`
 	// Embedded marks the node inside a `cove server` process.
 	Embedded bool `json:"embedded"`
-	// URL is where the other API servers reach an embedded node's
-	// server to route its sessions' calls (its --advertise-url); "" for
-	// none.
+	// URL is where the other API servers route the calls of the node's
+	// sessions: an embedded node's server (its --advertise-url), or, for
+	// a 'cove node' running sessions, the server its control connection
+	// is to, which relays them over it; "" for none.
 	URL string `json:"url,omitempty"`
 	// E2BURL is where they reach its server's E2B API (its
 	// --e2b-advertise-url) to route its sandboxes' E2B calls; "" for none.

@@ -55,7 +55,7 @@ func (r *routeRig) linkedNode(name string, via *routeServer) *linkedNode {
 	dir := t.TempDir()
 	mgr, err := session.New(session.Config{Store: n.st, Driver: r.driver, Images: emptyImages{r.imgDir}, Dir: dir,
 		TemplateDir: filepath.Join(dir, "templates"), DefaultMemoryMiB: 64, Objects: r.objects,
-		Node: id, Linked: true, ServerID: name, Log: log})
+		Node: id, Linked: true, ServerID: name, Log: log, Admission: r.admission[name]})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,5 +269,49 @@ func TestFakeLinkedNode(t *testing.T) {
 	}
 	if got, err := s.client.ListSessions(ctx); err != nil || len(got) != 0 {
 		t.Errorf("after rm: %+v, %v; want none", got, err)
+	}
+}
+
+// TestFakeLinkedNodePlacedAgain: two nodes serving sessions, A linked to
+// S and B to S2 (API servers running none). A create through S2 is
+// placed on A (both empty: the lowest name), forwarded to S, relayed to
+// A, and refused there for want of room (A's host accounting is smaller
+// than its record says): S2 places it again, on B. With A's link down,
+// a create placed on A is placed again likewise, through S2 (S answers
+// that A is not connected) and through S (which finds so itself).
+func TestFakeLinkedNodePlacedAgain(t *testing.T) {
+	r := newRouteRig(t)
+	r.joinToken = "link-join-token"
+	r.admission = map[string]session.Admission{"node-a": {HostMemoryMiB: 256, HostCPUs: 8, MemoryOvercommit: 0.5}}
+	s, s2 := r.server("api-s", false), r.server("api-s2", false)
+	a, b := r.linkedNode("node-a", s), r.linkedNode("node-b", s2)
+	ctx := context.Background()
+
+	first, err := s2.client.CreateSession(ctx, api.CreateSessionRequest{})
+	if err != nil || first.Node != b.id {
+		t.Fatalf("create through S2: %+v, %v; want it made on B after A refused it\nS2:\n%s", first, err, s2.logs)
+	}
+	if !strings.Contains(a.logs.String(), "create refused") || !strings.Contains(s2.logs.String(), "placed again") {
+		t.Errorf("A did not refuse the create, or S2 did not place it again:\nA:\n%s\nS2:\n%s", a.logs, s2.logs)
+	}
+
+	a.disconnect()
+	for _, via := range []*routeServer{s2, s} {
+		got, err := via.client.CreateSession(ctx, api.CreateSessionRequest{})
+		if err != nil || got.Node != b.id {
+			t.Fatalf("create through %s with A's link down: %+v, %v; want it made on B\n%s", via.name, got, err, via.logs)
+		}
+		if !strings.Contains(via.logs.String(), "not_connected=true") && via == s {
+			t.Errorf("S did not place it again for A's link being down:\n%s", s.logs)
+		}
+		if err := via.client.DeleteSession(ctx, got.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if all, err := s.client.ListSessions(ctx); err != nil || len(all) != 1 {
+		t.Errorf("sessions: %+v, %v; want only the first, on B", all, err)
+	}
+	if err := s.client.DeleteSession(ctx, first.ID); err != nil {
+		t.Fatal(err)
 	}
 }

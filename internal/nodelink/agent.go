@@ -310,8 +310,7 @@ func answerError(resp *http.Response, op string) error {
 }
 
 // dial opens a control connection's WebSocket with cred; serves sends
-// HeaderServes (a connect that is only asked who the node is does not).
-// A refused credential is ErrRefused.
+// HeaderServes. A refused credential is ErrRefused.
 func (a *Agent) dial(ctx context.Context, cred Credential, serves bool) (*websocket.Conn, *http.Response, error) {
 	u, err := wsURL(a.cfg.Server)
 	if err != nil {
@@ -339,7 +338,7 @@ func (a *Agent) dial(ctx context.Context, cred Credential, serves bool) (*websoc
 // whoAmI asks the server the node's id (HeaderNodeID of a connect's
 // answer, the connection closed at once) and keeps it in IDFile.
 func (a *Agent) whoAmI(ctx context.Context, cred Credential) (string, error) {
-	c, resp, err := a.dial(ctx, cred, false)
+	c, resp, err := a.dial(ctx, cred, a.cfg.Serves)
 	if err != nil {
 		return "", fmt.Errorf("nodelink: ask the server this node's id: %w", err)
 	}

@@ -399,9 +399,7 @@ func (h *Hub) Connect(w http.ResponseWriter, r *http.Request) error {
 	h.attach(l)
 	serves := r.Header.Get(HeaderServes) == ServesSessions
 	h.log.Info("nodelink: node connected", "node", n.ID, "name", n.Name, "remote", r.RemoteAddr, "serves_sessions", serves)
-	if serves {
-		h.route(r.Context(), n)
-	}
+	h.route(r.Context(), n, serves)
 	base := context.WithValue(context.Background(), nodeKey{}, n.ID)
 	serveStreams(sess, h.nodeHandler(l), base)
 	if h.detach(l) {
@@ -411,10 +409,28 @@ func (h *Hub) Connect(w http.ResponseWriter, r *http.Request) error {
 }
 
 // route records this server (SetURL) as where node n's sessions are
-// reached, n having connected serving them. With no URL set the record
-// is left as it is: the node's sessions are reached only where its URL
-// says, if anywhere, which is logged.
-func (h *Hub) route(ctx context.Context, n store.Node) {
+// reached, n having connected serving them (serves). With no URL set the
+// record is left as it is: the node's sessions are reached only where
+// its URL says, if anywhere, which is logged. A node that connects
+// serving none has a URL it kept from when it did cleared: nothing
+// would answer the calls routed there.
+func (h *Hub) route(ctx context.Context, n store.Node, serves bool) {
+	if !serves {
+		if n.URL == "" {
+			return
+		}
+		err := store.ChangeNode(ctx, h.cfg.Store, n.ID, func(n *store.Node) bool {
+			changed := n.URL != ""
+			n.URL = ""
+			return changed
+		})
+		if err != nil {
+			h.log.Error("nodelink: could not clear the URL of a node that no longer serves sessions", "node", n.ID, "name", n.Name, "err", err)
+			return
+		}
+		h.log.Warn("nodelink: the node serves no sessions now; its sessions are no longer routed", "node", n.ID, "name", n.Name, "was", n.URL)
+		return
+	}
 	u := h.URL()
 	if u == "" {
 		h.log.Warn("nodelink: a node serving sessions connected to a server that advertises no URL (--advertise-url): calls about its sessions are not routed here", "node", n.ID, "name", n.Name, "its_url", n.URL)

@@ -153,6 +153,17 @@ func TestServingNodeIsRoutedToItsServer(t *testing.T) {
 	if _, ok := f2.hub.Transport(id); !ok {
 		t.Error("Transport at S2: not ok")
 	}
+
+	// Restarted serving no sessions (no shared store): its URL is
+	// cleared, as nothing there would answer.
+	f2.stop()
+	plain := NewAgent(AgentConfig{Server: f1.srv.URL, Name: "node-s", Home: home, Heartbeat: time.Hour,
+		Probe: func(context.Context) (store.NodeCapacity, error) { return testCapacity(1), nil }})
+	run(t, plain)
+	eventually(t, "its URL cleared", func() bool {
+		n, err := st.GetNode(ctx, id)
+		return err == nil && n.URL == "" && f1.hub.Connected(id)
+	})
 }
 
 // A node serving sessions that connects to a server advertising no URL

@@ -52,7 +52,7 @@ type Node struct {
 	Cached bool
 	Pooled bool
 	// Unusable, if set, is why the node cannot take sessions for a
-	// reason of the caller's ("remote nodes take no sessions yet").
+	// reason of the caller's ("its server advertises no URL").
 	Unusable string
 }
 

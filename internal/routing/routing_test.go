@@ -65,7 +65,7 @@ func TestSession(t *testing.T) {
 		{"node-here", "s-linked", "http://10.0.0.7:7070", "", false},
 		{"", "s-linked", "http://10.0.0.7:7070", "", false},
 		{"node-linked", "s-linked", "", "", false}, // the node's own API
-		{"node-here", "s-", "", "", false},       // from before nodes: the embedded node's
+		{"node-here", "s-", "", "", false},         // from before nodes: the embedded node's
 		{"node-here", "s-unknown", "", "", false},
 		{"", "s-other", "http://10.0.0.2:7070", "", false},
 		{"", "s-dead", "http://10.0.0.1:7070", "", false}, // the first live node that takes sessions, by name
