@@ -92,6 +92,9 @@ func TestNodeAgentEndToEnd(t *testing.T) {
 		_, err := os.Stat(filepath.Join(nodeHome, nodelink.CredentialFile))
 		return err == nil
 	})
+	if !strings.Contains(node.log.String(), "this node takes no sessions") {
+		t.Errorf("cove node without a shared store does not say it takes no sessions:\n%s", node.log)
+	}
 	var joined api.Node
 	waitFor(t, "node-b joins and is ready", logs, func() bool {
 		joined = e.nodesByName()["node-b"]

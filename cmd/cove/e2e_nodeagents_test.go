@@ -167,8 +167,10 @@ func TestEndToEndNodeAgents(t *testing.T) {
 		t.Fatal(err)
 	}
 	nodeA.stop(t, syscall.SIGKILL, homeA.home)
+	killed := time.Now()
 	refused := wakeWhenDead(t, c1, s.ID, "agent-a", ids["agent-b"])
-	t.Logf("%d wakes refused (503 naming agent-a) before it was marked dead", refused)
+	t.Logf("%d wakes refused (503 naming agent-a) before it was marked dead; woken on B %v after A's SIGKILL",
+		refused, time.Since(killed).Round(time.Millisecond))
 	m.wantIntact(s1, "woken on B after A's death")
 	if !strings.Contains(nodeB.log.String(), "snapshot restored from the object store") {
 		t.Errorf("B did not restore the snapshot from the object store:\n%s", nodeB.log)
@@ -199,7 +201,9 @@ func TestEndToEndNodeAgents(t *testing.T) {
 	if _, err := c1.UncordonNode(ctx, "agent-a"); err != nil {
 		t.Fatal(err)
 	}
+	drained := time.Now()
 	out, errOut, code := s2.run(nil, "node", "drain", "agent-b")
+	t.Logf("cove node drain agent-b (one session parked and stored, relayed over B's link): %v", time.Since(drained).Round(time.Millisecond))
 	if code != 0 {
 		t.Fatalf("cove node drain agent-b through server 2: exit %d: %s%s%s", code, out, errOut, logs())
 	}
@@ -234,10 +238,12 @@ func TestEndToEndNodeAgents(t *testing.T) {
 	}
 	m.wantIntact(s2, "back from its last snapshot on B")
 	hn.cut("a", true)
+	healed := time.Now()
 	waitFor(t, "A reconnects and stops its VM of "+s.ID, logs, func() bool {
 		n, err := c1.GetNode(ctx, "agent-a")
 		return err == nil && n.State == api.NodeReady && len(qemuOf(homeA.home, s.ID)) == 0
 	})
+	t.Logf("the partition healed: A ready and its VM of the session stopped %v later", time.Since(healed).Round(time.Millisecond))
 	if n := len(qemuOf(homeB.home, s.ID)); n != 1 {
 		t.Errorf("B runs %d VMs of %s, want 1", n, s.ID)
 	}
