@@ -155,10 +155,26 @@ func (s *Server) routedHere(w http.ResponseWriter, r *http.Request, act Action, 
 // control connection: one connected here, or one whose URL is this
 // server's (its connection dropped: forward answers 503 then).
 func (s *Server) linkedHere(t routing.Target) bool {
-	if _, ok := s.linkTransport(t.NodeID); ok {
+	if _, ok := s.relayTransport(t); ok {
 		return true
 	}
 	return sameURL(t.URL, s.ownURL())
+}
+
+// relayTransport is the transport over the control connection of t's
+// node when this server relays the calls for it: the node is connected
+// here and its record's URL is this server's (or this server has none
+// to compare). A node whose record names another server connected there
+// since: its connection here is a stale one yet to be found dead.
+func (s *Server) relayTransport(t routing.Target) (http.RoundTripper, bool) {
+	rt, ok := s.linkTransport(t.NodeID)
+	if !ok {
+		return nil, false
+	}
+	if own := s.ownURL(); own != nil && t.URL != nil && !sameURL(t.URL, own) {
+		return nil, false
+	}
+	return rt, true
 }
 
 // linkTransport is the transport to node id over its control connection
@@ -229,7 +245,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, act Action, t r
 		by = "-"
 	}
 	if s.nodeLink != nil {
-		if rt, ok := s.linkTransport(t.NodeID); ok {
+		if rt, ok := s.relayTransport(t); ok {
 			s.log.Debug("relaying a call over a node's control connection", "action", act, "node", t.NodeID, "name", t.NodeName)
 			t.URL = cmp.Or(t.URL, &url.URL{Scheme: "http", Host: t.NodeID})
 			failed := routing.Forward(w, r, t, by, rt, s.log)

@@ -157,7 +157,7 @@ func (n *linkedNode) disconnect() {
 // change nothing. The node connects to S2 instead: its record's URL
 // moves there, and calls through either server go through S2, a create
 // through S included. A drain through S parks the node's sessions on
-// the node; rm through S2.
+// the node; rm through S and S2.
 func TestFakeLinkedNode(t *testing.T) {
 	r := newRouteRig(t)
 	r.joinToken = "link-join-token"
@@ -198,19 +198,7 @@ func TestFakeLinkedNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	var ws bytes.Buffer
-	for {
-		ev, err := conn.Recv()
-		if err != nil {
-			t.Fatalf("exec ws through S2: %v (so far %q)", err, ws.String())
-		}
-		if ev.Type == api.EventStdout {
-			ws.Write(ev.Data)
-		}
-		if ev.Type == api.EventExit {
-			break
-		}
-	}
-	conn.Close()
+	untilExit(t, "exec ws through S2", conn, &ws)
 	if ws.String() != "two hops\n" {
 		t.Errorf("exec ws through S2: %q", ws.String())
 	}
@@ -258,13 +246,14 @@ func TestFakeLinkedNode(t *testing.T) {
 	if err != nil || res.Parked != 2 || len(res.Errors) != 0 {
 		t.Fatalf("drain through S: %+v, %v", res, err)
 	}
-	for _, id := range []string{sess.ID, other.ID} {
+	for i, id := range []string{sess.ID, other.ID} {
 		got, err := s2.client.GetSession(ctx, id)
 		if err != nil || got.State != api.StateParked || got.Node != n.id {
 			t.Errorf("after the drain, %s: %+v, %v; want parked on the node", id, got, err)
 		}
-		if err := s2.client.DeleteSession(ctx, id); err != nil {
-			t.Errorf("rm %s through S2: %v", id, err)
+		via := []*routeServer{s, s2}[i]
+		if err := via.client.DeleteSession(ctx, id); err != nil {
+			t.Errorf("rm %s through %s: %v", id, via.name, err)
 		}
 	}
 	if got, err := s.client.ListSessions(ctx); err != nil || len(got) != 0 {

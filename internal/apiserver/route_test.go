@@ -293,6 +293,25 @@ func (s *routeServer) echo(t *testing.T, id, word string) {
 	}
 }
 
+// untilExit reads an interactive exec's events into out (its stdout)
+// until the command exits, and closes conn.
+func untilExit(t *testing.T, what string, conn *api.ExecConn, out *bytes.Buffer) {
+	t.Helper()
+	defer conn.Close()
+	for {
+		ev, err := conn.Recv()
+		if err != nil {
+			t.Fatalf("%s: %v (so far %q)", what, err, out.String())
+		}
+		if ev.Type == api.EventStdout {
+			out.Write(ev.Data)
+		}
+		if ev.Type == api.EventExit {
+			return
+		}
+	}
+}
+
 // holds reports whether the store records session id on s's node.
 func (s *routeServer) holds(t *testing.T, id string) bool {
 	t.Helper()
@@ -364,19 +383,7 @@ func TestFakeRouteCalls(t *testing.T) {
 	if err := conn.Send(api.ExecEvent{Type: api.EventStdinClose}); err != nil {
 		t.Fatal(err)
 	}
-	for {
-		ev, err := conn.Recv()
-		if err != nil {
-			t.Fatalf("exec ws through C: %v (so far %q)", err, ws.String())
-		}
-		if ev.Type == api.EventStdout {
-			ws.Write(ev.Data)
-		}
-		if ev.Type == api.EventExit {
-			break
-		}
-	}
-	conn.Close()
+	untilExit(t, "exec ws through C", conn, &ws)
 	if ws.String() != "over the socket\nand again\n" {
 		t.Errorf("exec ws through C: %q", ws.String())
 	}

@@ -336,11 +336,27 @@ func (a *Agent) dial(ctx context.Context, cred Credential, serves bool) (*websoc
 }
 
 // whoAmI asks the server the node's id (HeaderNodeID of a connect's
-// answer, the connection closed at once) and keeps it in IDFile.
+// answer, the connection closed at once), trying again while the server
+// cannot be reached, and keeps it in IDFile.
 func (a *Agent) whoAmI(ctx context.Context, cred Credential) (string, error) {
-	c, resp, err := a.dial(ctx, cred, a.cfg.Serves)
-	if err != nil {
-		return "", fmt.Errorf("nodelink: ask the server this node's id: %w", err)
+	var c *websocket.Conn
+	var resp *http.Response
+	for wait := minBackoff; ; wait = min(2*wait, maxBackoff) {
+		var err error
+		c, resp, err = a.dial(ctx, cred, a.cfg.Serves)
+		if err == nil {
+			break
+		}
+		if _, refused := errors.AsType[*api.Error](err); refused || errors.Is(err, ErrRefused) {
+			return "", fmt.Errorf("nodelink: ask the server this node's id: %w", err)
+		}
+		d := jitter(wait)
+		a.log.Warn("nodelink: cannot ask the server this node's id; trying again", "server", a.cfg.Server, "in", d.Round(time.Millisecond), "err", err)
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(d):
+		}
 	}
 	_ = c.CloseNow()
 	id := resp.Header.Get(HeaderNodeID)

@@ -22,6 +22,15 @@
 //     with a fresh capacity probe over the connection; the server stores
 //     it (store.HeartbeatNode).
 //
+// A node that runs sessions (AgentConfig.Serves: its own session manager
+// over the shared store, cove's API as its Handler) learns its id before
+// it starts them (Agent.Join; kept in HOME/node.id) and connects with
+// HeaderServes: the server records its own URL (Hub.SetURL) as the
+// node's (store.Node.URL), so every server routes calls about the
+// node's sessions to it, and it relays them over the connection
+// (Hub.Transport). Each heartbeat the server stored is told to the node
+// (AgentConfig.OnHeartbeat), which fences its VMs then.
+//
 // A credential the server no longer knows (the node was removed) is
 // answered 401, and the node stops with an error that says to join again:
 // a removed node does not come back by itself.

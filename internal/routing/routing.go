@@ -21,9 +21,9 @@
 //     to its own node (or records it lost); a server that runs no node
 //     sends the call to a live node's URL instead (the first by name
 //     that is not cordoned or draining and has a URL).
-//   - N is a remote node with no URL (`cove node` running no sessions,
-//     or connected to a server that advertises none): S, whose session
-//     layer says why.
+//   - N is a remote node with no URL (`cove node` running no sessions
+//     now, or connected to a server that advertises none): a 503 saying
+//     so.
 //   - A call that may wake X (Wake: a wake, an exec, a file call) where X
 //     is parked, stored in the object store, and N is draining: X wakes
 //     elsewhere (a drained node ends empty), so the call is carried out
@@ -188,10 +188,6 @@ func (r *Router) session(ctx context.Context, id string, wakes bool) (t Target, 
 		return Target{}, false, nil
 	case n.Dead:
 		return r.anyNode(ctx, id)
-	case !n.Embedded && n.URL == "":
-		// It runs no sessions (or no server routes to it): the session
-		// layer here says why.
-		return Target{}, false, nil
 	}
 	if moves && n.Admin == store.NodeDraining {
 		if r.takes(ctx) {
@@ -206,9 +202,13 @@ func (r *Router) session(ctx context.Context, id string, wakes bool) (t Target, 
 		return Target{}, false, nil
 	}
 	if u, flag := r.urlOf(n); u == "" {
-		if !n.Embedded {
+		switch {
+		case !n.Embedded && n.URL != "":
 			return Target{}, false, api.Errorf(api.CodeUnavailable,
 				"session %s is held by node %s (%s), a 'cove node' reached through its control connection: this API does not reach such nodes; use cove's API", id, n.Name, n.ID)
+		case !n.Embedded:
+			return Target{}, false, api.Errorf(api.CodeUnavailable,
+				"session %s is held by node %s (%s), a 'cove node' no server reaches now: it runs no sessions ('cove node' started without the shared store, --db), or its control connection is to a server that advertises no URL (--advertise-url)", id, n.Name, n.ID)
 		}
 		return Target{}, false, api.Errorf(api.CodeUnavailable,
 			"session %s is held by node %s (%s), whose server advertises no URL (%s): call that server", id, n.Name, n.ID, flag)

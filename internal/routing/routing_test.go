@@ -59,9 +59,10 @@ func TestSession(t *testing.T) {
 		{"node-here", "s-here", "", "", false},
 		{"node-here", "s-other", "http://10.0.0.2:7070", "", false},
 		{"node-here", "s-nourl", "", "advertises no URL (--advertise-url)", false},
-		{"node-here", "s-dead", "", "", false},   // moved here by the wake
-		{"node-here", "s-gone", "", "", false},   // a removed node: as a dead one
-		{"node-here", "s-remote", "", "", false}, // it runs none: the session layer here says so
+		{"node-here", "s-dead", "", "", false}, // moved here by the wake
+		{"node-here", "s-gone", "", "", false}, // a removed node: as a dead one
+		{"node-here", "s-remote", "", "a 'cove node' no server reaches now", false},
+		{"", "s-remote", "", "a 'cove node' no server reaches now", false},
 		{"node-here", "s-linked", "http://10.0.0.7:7070", "", false},
 		{"", "s-linked", "http://10.0.0.7:7070", "", false},
 		{"node-linked", "s-linked", "", "", false}, // the node's own API
