@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net/url"
 	"path/filepath"
-	"strings"
 
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/store/postgres"
@@ -26,7 +25,7 @@ func openStore(ctx context.Context, db, home string, log *slog.Logger) (store.St
 		}
 		log.Info("state store: SQLite", "path", path)
 		return st, nil
-	case strings.HasPrefix(db, "postgres://") || strings.HasPrefix(db, "postgresql://"):
+	case sharedStore(db):
 		st, err := postgres.Open(ctx, db)
 		if err != nil {
 			return nil, fmt.Errorf("server: --db: %w", err)

@@ -29,15 +29,22 @@ type nodeProc struct {
 // startNode starts 'cove node' against e's server with home and args.
 func (e *e2e) startNode(home string, args ...string) *nodeProc {
 	e.t.Helper()
+	return startNodeCmd(e.t, nil, append([]string{e.cove, "node", "--server", "http://" + e.addr, "--home", home}, args...)...)
+}
+
+// startNodeCmd starts argv, a 'cove node' command line, with env and no
+// other COVE_ variable. Its cleanup kills it.
+func startNodeCmd(t *testing.T, env []string, argv ...string) *nodeProc {
+	t.Helper()
 	p := &nodeProc{log: &lockedBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(e.cove, append([]string{"node", "--server", "http://" + e.addr, "--home", home}, args...)...)
-	p.cmd.Env = slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "COVE_") })
+	p.cmd = exec.Command(argv[0], argv[1:]...)
+	p.cmd.Env = append(slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "COVE_") }), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	if err := p.cmd.Start(); err != nil {
-		e.t.Fatal(err)
+		t.Fatal(err)
 	}
 	go func() { p.err = p.cmd.Wait(); close(p.done) }()
-	e.t.Cleanup(func() {
+	t.Cleanup(func() {
 		_ = p.cmd.Process.Kill()
 		<-p.done
 	})
@@ -85,6 +92,9 @@ func TestNodeAgentEndToEnd(t *testing.T) {
 		_, err := os.Stat(filepath.Join(nodeHome, nodelink.CredentialFile))
 		return err == nil
 	})
+	if !strings.Contains(node.log.String(), "this node takes no sessions") {
+		t.Errorf("cove node without a shared store does not say it takes no sessions:\n%s", node.log)
+	}
 	var joined api.Node
 	waitFor(t, "node-b joins and is ready", logs, func() bool {
 		joined = e.nodesByName()["node-b"]

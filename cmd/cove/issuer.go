@@ -34,6 +34,10 @@ func newSessionTokens(cfg serverConfig, st store.Store, log *slog.Logger) (sessi
 	if u == "" {
 		u = defaultIssuerURL(cfg.Listen)
 	}
+	if u == "" && cfg.Listen == "" {
+		log.Warn("no --issuer-url: sessions get no identity tokens")
+		return sessionTokens{}, nil
+	}
 	if u == "" {
 		log.Warn("no --issuer-url and the listen address is not a loopback one: sessions get no identity tokens", "listen", cfg.Listen)
 		return sessionTokens{}, nil

@@ -15,8 +15,10 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/cove-dev/cove/internal/apiserver"
 	"github.com/cove-dev/cove/internal/nodeinfo"
 	"github.com/cove-dev/cove/internal/nodelink"
+	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/vmm/qemu"
 	"github.com/cove-dev/cove/internal/vmm/remote"
@@ -30,15 +32,12 @@ type nodeAgentConfig struct {
 	JoinTokenFile string
 	Labels        string
 	Name          string
-	Home          string
-	Accel         string
 	Heartbeat     time.Duration
-	// The QEMU driver the node serves the server (as 'cove server' has).
-	QEMUUser       string
-	AllowRootVMs   bool
-	GuestCmdline   string
-	CgroupRoot     string
-	AllowNoCgroups bool
+	// Side is the session side's configuration, the flags 'cove server'
+	// shares (addSessionFlags): with a shared store (--db postgres://…)
+	// the node runs sessions as a server runs its embedded node's; else
+	// only Home, Accel and the QEMU driver's flags are used.
+	Side serverConfig
 }
 
 // nodeAgentLong is the help of the agent, which 'cove node' runs when
@@ -47,17 +46,26 @@ const nodeAgentLong = `Run bare, 'cove node --server URL' runs this host's node 
 foreground: it joins the server with the join token (once: the credential
 it is issued is kept in HOME/node.credential, 0600), then keeps a control
 connection to the server up, reconnecting after any drop (0.5 s doubling
-to 30 s), and heartbeats with this host's capacity every --heartbeat. Over that
-connection it serves the server this host's QEMU driver (boot, adopt,
-stop, save, restore, checkpoint, disk files, the guest agent's channel),
-under /node/v1/vmm/; the --qemu-user, --cgroup-root and related flags
-configure it as they do 'cove server'. The
-node dials the server, so a node behind NAT works. A node that was
-removed ('cove node rm') stops with an error: remove its credential file
-and start it with the join token to join again.`
+to 30 s), and heartbeats with this host's capacity every --heartbeat. The
+node dials the server, so a node behind NAT works.
+
+With a shared store (--db postgres://…, and --objects, the servers' object
+store) the node runs sessions: it does for the node it joined what 'cove
+server' does for its embedded node (sessions' VMs, park and wake,
+snapshots, egress, the audit log of what it does, the API's policy), and
+serves cove's API over its control connection: the servers route the
+calls about its sessions, and the creates placed on it, through the
+server that holds its connection. It opens no port. Such a node holds
+the store's credentials (and the secret key, --secret-key, the same as
+the servers'), as a server does: run it on hosts trusted as much.
+Without a shared store it takes no sessions, and serves the server only
+this host's QEMU driver (under /node/v1/vmm/).
+
+A node that was removed ('cove node rm') stops with an error: remove its
+credential file and start it with the join token to join again.`
 
 // addNodeAgent makes cmd run the node agent when it is run with no
-// subcommand, with the agent's flags.
+// subcommand, with the agent's flags and the session side's.
 func addNodeAgent(cmd *cobra.Command) {
 	cfg := nodeAgentConfig{}
 	cmd.Args = usageArgs(cobra.NoArgs)
@@ -65,22 +73,28 @@ func addNodeAgent(cmd *cobra.Command) {
 		if cfg.Server == "" {
 			return usagef(cmd, "--server is required: the URL of a cove server the node joins (COVE_NODE_SERVER)")
 		}
+		if err := envCacheSize(cmd, &cfg.Side.CacheSize); err != nil {
+			return err
+		}
+		if err := checkGuestLimits(cfg.Side); err != nil {
+			return err
+		}
 		return runNodeAgent(cmd.Context(), cfg)
 	}
+	addSessionFlags(cmd, &cfg.Side)
 	f := cmd.Flags()
 	f.StringVar(&cfg.Server, "server", os.Getenv("COVE_NODE_SERVER"), "URL of the cove server (or the load balancer before the servers) this node dials, e.g. https://cove.example:7070 (COVE_NODE_SERVER)")
 	f.StringVar(&cfg.JoinToken, "join-token", os.Getenv("COVE_JOIN_TOKEN"), "the servers' join token, needed only until the node has joined; prefer --join-token-file or COVE_JOIN_TOKEN, which keep it out of ps (COVE_JOIN_TOKEN)")
 	f.StringVar(&cfg.JoinTokenFile, "join-token-file", os.Getenv("COVE_JOIN_TOKEN_FILE"), "file that holds the join token (COVE_JOIN_TOKEN_FILE)")
 	f.StringVar(&cfg.Labels, "labels", os.Getenv("COVE_NODE_LABELS"), "the node's labels, KEY=VALUE,… (placement follows them) (COVE_NODE_LABELS)")
 	f.StringVar(&cfg.Name, "name", os.Getenv("COVE_NODE_NAME"), "the node's unique name (default: the host name, in lowercase); a node that joins again with a name gets that name's record (COVE_NODE_NAME)")
-	f.StringVar(&cfg.Home, "home", envOr("COVE_HOME", defaultHome), "the node's data directory, where its credential is kept (COVE_HOME)")
-	f.StringVar(&cfg.Accel, "accel", envOr("COVE_ACCEL", "auto"), "accelerator this node reports: auto, kvm or tcg (COVE_ACCEL)")
 	f.DurationVar(&cfg.Heartbeat, "heartbeat", envDuration("COVE_HEARTBEAT", nodelink.DefaultHeartbeat), "interval of the node's heartbeats (COVE_HEARTBEAT)")
-	f.StringVar(&cfg.QEMUUser, "qemu-user", envOr("COVE_QEMU_USER", "cove-vm"), "unprivileged user QEMU runs as when the node is root (COVE_QEMU_USER)")
-	f.BoolVar(&cfg.AllowRootVMs, "allow-root-vms", os.Getenv("COVE_ALLOW_ROOT_VMS") == "1", "run QEMU as root when the node is root and has no unprivileged user to run it as (COVE_ALLOW_ROOT_VMS=1)")
-	f.StringVar(&cfg.GuestCmdline, "guest-cmdline", os.Getenv("COVE_GUEST_CMDLINE"), "added to the kernel command line of every guest this node boots (COVE_GUEST_CMDLINE)")
-	f.StringVar(&cfg.CgroupRoot, "cgroup-root", envOr("COVE_CGROUP_ROOT", "/sys/fs/cgroup"), "where each VM's cgroup limits are set (COVE_CGROUP_ROOT)")
-	f.BoolVar(&cfg.AllowNoCgroups, "allow-no-cgroups", os.Getenv("COVE_ALLOW_NO_CGROUPS") == "1", "run VMs without the cgroup limits this host cannot apply (COVE_ALLOW_NO_CGROUPS=1)")
+}
+
+// sharedStore reports whether --db names a store servers share (a
+// PostgreSQL URL): a node runs sessions only with one.
+func sharedStore(db string) bool {
+	return strings.HasPrefix(db, "postgres://") || strings.HasPrefix(db, "postgresql://")
 }
 
 // runNodeAgent runs the node agent until a signal, or until the server
@@ -109,16 +123,22 @@ func runNodeAgent(ctx context.Context, cfg nodeAgentConfig) error {
 	if err := nodelink.ValidName(name); err != nil {
 		return fmt.Errorf("node: --name: %w", err)
 	}
-	if err := os.MkdirAll(cfg.Home, 0o711); err != nil {
+	if cfg.Heartbeat <= 0 {
+		return fmt.Errorf("node: --heartbeat (%v) must be positive", cfg.Heartbeat)
+	}
+	home := cfg.Side.Home
+	if err := os.MkdirAll(home, 0o711); err != nil {
 		return fmt.Errorf("node: data dir: %w", err)
 	}
-	accel, _, err := qemu.DetectAccel(cfg.Accel)
+	accel, _, err := qemu.DetectAccel(cfg.Side.Accel)
 	if err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
-	probe := func(ctx context.Context) (store.NodeCapacity, error) { return nodeinfo.Probe(ctx, cfg.Home, accel) }
+	probe := func(ctx context.Context) (store.NodeCapacity, error) { return nodeinfo.Probe(ctx, home, accel) }
+	serves := sharedStore(cfg.Side.DB)
 
 	var agent *nodelink.Agent
+	var mgr *session.Manager // set before the agent runs: its heartbeats fence and clean up
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET "+nodelink.InfoPath, func(w http.ResponseWriter, r *http.Request) {
 		c, err := probe(r.Context())
@@ -130,21 +150,51 @@ func runNodeAgent(ctx context.Context, cfg nodeAgentConfig) error {
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(nodelink.Info{ID: agent.NodeID(), Name: name, Labels: labels, Capacity: c, Version: versionString()})
 	})
-	// The server drives this host's VMs through the driver's routes. A
-	// host that cannot run QEMU still joins and heartbeats (its capacity
-	// says what it lacks); its driver's routes say why they fail.
-	driver, err := qemu.New(qemu.Config{Accel: cfg.Accel, User: cfg.QEMUUser, AllowRootVMs: cfg.AllowRootVMs, GuestCmdline: cfg.GuestCmdline,
-		CgroupRoot: cfg.CgroupRoot, CgroupTag: qemu.CgroupTag(cfg.Home), AllowNoCgroups: cfg.AllowNoCgroups, Log: log})
-	if err != nil {
-		log.Error("node: no QEMU driver: the server cannot run VMs here", "err", err)
-		mux.Handle(remote.Prefix, remote.Unavailable(err.Error()))
-	} else {
-		defer driver.Close()
-		mux.Handle(remote.Prefix, remote.Handler(driver, remote.HandlerConfig{Log: log}))
-	}
 	agent = nodelink.NewAgent(nodelink.AgentConfig{Server: cfg.Server, JoinToken: token, Name: name, Labels: labels,
-		Home: cfg.Home, Heartbeat: cfg.Heartbeat, Probe: probe, Handler: mux, Log: log})
-	log.Info("cove node starting", "name", name, "server", cfg.Server, "home", cfg.Home, "accel", accel, "labels", labels)
+		Home: home, Heartbeat: cfg.Heartbeat, Probe: probe, Handler: mux, Log: log,
+		Serves: serves, OnHeartbeat: func(ctx context.Context) {
+			if mgr != nil {
+				mgr.Heartbeated(ctx)
+			}
+		}})
+	if serves {
+		cfg.Side.NodeHeartbeat = cfg.Heartbeat
+		side, err := openSessionSide(ctx, cfg.Side, sessionSideOptions{Linked: true,
+			Node: func(ctx context.Context, st store.Store, accel string) (string, error) {
+				id, err := agent.Join(ctx)
+				if err != nil {
+					return "", fmt.Errorf("node: join: %w", err)
+				}
+				log.Info("node joined: it runs sessions", "node", id, "name", name)
+				return id, nil
+			}}, log)
+		if err != nil {
+			return err
+		}
+		defer side.stop(cfg.Side.StopOnExit)
+		mgr = side.mgr
+		// The servers route the calls about this node's sessions over
+		// the link; the driver's routes stay, as a node without a
+		// shared store serves them.
+		mux.Handle(remote.Prefix, remote.Handler(side.driver, remote.HandlerConfig{Log: log}))
+		mux.Handle("/", apiserver.New(side.api).Handler())
+	} else {
+		log.Warn("node: no shared store (--db is not a postgres:// URL): this node takes no sessions; it serves the server its QEMU driver only")
+		// The server drives this host's VMs through the driver's routes.
+		// A host that cannot run QEMU still joins and heartbeats (its
+		// capacity says what it lacks); its driver's routes say why
+		// they fail.
+		driver, err := qemu.New(qemu.Config{Accel: cfg.Side.Accel, User: cfg.Side.QEMUUser, AllowRootVMs: cfg.Side.AllowRootVMs, GuestCmdline: cfg.Side.GuestCmdline,
+			CgroupRoot: cfg.Side.CgroupRoot, CgroupTag: qemu.CgroupTag(home), AllowNoCgroups: cfg.Side.AllowNoCgroups, Log: log})
+		if err != nil {
+			log.Error("node: no QEMU driver: the server cannot run VMs here", "err", err)
+			mux.Handle(remote.Prefix, remote.Unavailable(err.Error()))
+		} else {
+			defer driver.Close()
+			mux.Handle(remote.Prefix, remote.Handler(driver, remote.HandlerConfig{Log: log}))
+		}
+	}
+	log.Info("cove node starting", "name", name, "server", cfg.Server, "home", home, "accel", accel, "labels", labels, "sessions", serves)
 	if err := agent.Run(ctx); err != nil {
 		return fmt.Errorf("node: %w", err)
 	}

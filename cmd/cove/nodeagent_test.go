@@ -59,3 +59,26 @@ func TestNodeAgentFlags(t *testing.T) {
 		t.Errorf("cove node without --server: %v", err)
 	}
 }
+
+// 'cove node' takes the session side's flags, the ones 'cove server'
+// has (a session-serving node is configured as a server is), and keeps
+// the names of its own.
+func TestNodeAgentSessionFlags(t *testing.T) {
+	node, server := newNodeCmd(&cli{}).Flags(), newServerCmd().Flags()
+	for _, name := range []string{"db", "objects", "secret-key", "policy", "node-grace", "stop-on-exit", "home", "accel", "qemu-user", "cgroup-root"} {
+		n, s := node.Lookup(name), server.Lookup(name)
+		if n == nil || s == nil || n.Usage != s.Usage || n.DefValue != s.DefValue {
+			t.Errorf("--%s: cove node %+v, cove server %+v; want the same flag on both", name, n, s)
+		}
+	}
+	for _, name := range []string{"server", "join-token", "join-token-file", "heartbeat", "name", "labels"} {
+		if node.Lookup(name) == nil {
+			t.Errorf("cove node has no --%s", name)
+		}
+	}
+	for _, name := range []string{"listen", "advertise-url", "e2b-listen"} {
+		if node.Lookup(name) != nil {
+			t.Errorf("cove node has --%s: it opens no port", name)
+		}
+	}
+}

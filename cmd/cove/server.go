@@ -25,12 +25,10 @@ import (
 	"github.com/cove-dev/cove/internal/apiserver"
 	"github.com/cove-dev/cove/internal/audit"
 	"github.com/cove-dev/cove/internal/identity"
-	"github.com/cove-dev/cove/internal/image"
 	"github.com/cove-dev/cove/internal/keyfile"
 	"github.com/cove-dev/cove/internal/nodeinfo"
 	"github.com/cove-dev/cove/internal/nodelink"
 	"github.com/cove-dev/cove/internal/policy"
-	"github.com/cove-dev/cove/internal/routing"
 	"github.com/cove-dev/cove/internal/secret"
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store"
@@ -220,7 +218,25 @@ the policy in force.`,
 		},
 	}
 	f := cmd.Flags()
+	addSessionFlags(cmd, &cfg)
 	f.StringVar(&cfg.Listen, "listen", envOr("COVE_LISTEN", "127.0.0.1:7070"), "address to listen on (COVE_LISTEN)")
+	f.BoolVar(&cfg.Node, "node", envOr("COVE_NODE", "true") != "false", "run the embedded node: this server runs sessions' VMs on this host; --node=false runs none: an API server only, which routes every call about a session, and every create, to the server of a node that advertises a URL (--advertise-url) (COVE_NODE)")
+	f.StringVar(&cfg.NodeName, "node-name", envOr("COVE_NODE_NAME", hostname()), "name of the embedded node, unique among the nodes sharing the store; a restarted server with the same name keeps its node (COVE_NODE_NAME; default: the host name)")
+	f.DurationVar(&cfg.NodeHeartbeat, "node-heartbeat", envDuration("COVE_NODE_HEARTBEAT", 10*time.Second), "how often the embedded node heartbeats, with a fresh probe of its capacity (COVE_NODE_HEARTBEAT)")
+	f.StringVar(&cfg.AdvertiseURL, "advertise-url", os.Getenv("COVE_ADVERTISE_URL"), "URL the other servers sharing the store reach this one at (http:// or https://HOST:PORT): any server answers any call, and routes a call about a session to the server whose node holds it (default: http:// and --listen when that names a host; with 0.0.0.0 or none, set it, or this node's sessions are reached only through this server); the 'cove node' agents that connect here running sessions are reached through this server at it too (COVE_ADVERTISE_URL)")
+	f.StringVar(&cfg.JoinTokenFile, "join-token-file", os.Getenv("COVE_JOIN_TOKEN_FILE"), "file that holds the secret 'cove node' agents join with (mode 0600; a trailing newline is not part of it); without it, joining is disabled, while nodes that joined before still connect (COVE_JOIN_TOKEN_FILE)")
+	f.StringVar(&cfg.E2BListen, "e2b-listen", os.Getenv("COVE_E2B_LISTEN"), "address of the E2B-compatible API, control plane and envd on one port (the official E2B SDKs run against it: 'cove e2b env' prints their settings); default: not served (COVE_E2B_LISTEN)")
+	f.StringVar(&cfg.E2BAdvertiseURL, "e2b-advertise-url", os.Getenv("COVE_E2B_ADVERTISE_URL"), "URL the other servers sharing the store reach this one's E2B API at (http:// or https://HOST:PORT): they route the E2B calls about this node's sandboxes, and the E2B creates placed on it, here (default: http:// and --e2b-listen when that names a host) (COVE_E2B_ADVERTISE_URL)")
+	f.Var(&cfg.E2BMaxUpload, "e2b-max-upload", "the largest upload to the E2B API's /files: 4GiB, 500MiB or a byte count; larger ones are 413 and write nothing (COVE_E2B_MAX_UPLOAD; default 4GiB)")
+	f.StringVar(&cfg.E2BBaseImage, "e2b-base-image", envOr("COVE_E2B_BASE_IMAGE", "debian"), "image of the E2B template 'base' (the SDK's default; it needs bash) where no cove template is named base (COVE_E2B_BASE_IMAGE)")
+	return cmd
+}
+
+// addSessionFlags registers the flags of the session side
+// (openSessionSide) on cmd: those 'cove server' and a session-serving
+// 'cove node' share.
+func addSessionFlags(cmd *cobra.Command, cfg *serverConfig) {
+	f := cmd.Flags()
 	f.StringVar(&cfg.Home, "home", envOr("COVE_HOME", defaultHome), "data directory (COVE_HOME)")
 	f.StringVar(&cfg.DB, "db", envOr("COVE_DB", "sqlite"), "state store: sqlite (HOME/state.db, this server's) or a postgres://USER:PASSWORD@HOST:PORT/DATABASE URL that servers share (COVE_DB; prefer it, or PGPASSWORD, to keep the password out of ps)")
 	f.StringVar(&cfg.Objects, "objects", os.Getenv("COVE_OBJECTS"), "object store that parked sessions' snapshots are uploaded to: file:///DIR or s3://BUCKET/PREFIX?endpoint=HOST:PORT&region=R (credentials from AWS_* or ~/.aws/credentials, never the URL) (COVE_OBJECTS; default: file://HOME/objects)")
@@ -254,18 +270,8 @@ the policy in force.`,
 	f.StringArrayVar(&cfg.EgressResolve, "egress-resolve", envList("COVE_EGRESS_RESOLVE"), "HOST=IP: the egress proxy reaches HOST at IP instead of asking DNS, as curl's --resolve does (split-horizon names, internal services); repeatable (COVE_EGRESS_RESOLVE, comma-separated)")
 	f.StringVar(&cfg.UpstreamCA, "upstream-ca", os.Getenv("COVE_UPSTREAM_CA"), "PEM file of CAs that upstreams reached through the egress proxy may also be signed by, besides the system's roots: internal services with a private CA (COVE_UPSTREAM_CA)")
 	f.StringVar(&cfg.SecretKey, "secret-key", os.Getenv("COVE_SECRET_KEY_FILE"), "file of the key that encrypts secrets at rest: base64 of 32 bytes, mode 0600, best kept apart from --home's database (default: HOME/secret.key, made at the first start; the environment variable "+secret.EnvKey+", base64 of 32 bytes, wins over the file) (COVE_SECRET_KEY_FILE)")
-	f.BoolVar(&cfg.Node, "node", envOr("COVE_NODE", "true") != "false", "run the embedded node: this server runs sessions' VMs on this host; --node=false runs none: an API server only, which routes every call about a session, and every create, to the server of a node that advertises a URL (--advertise-url) (COVE_NODE)")
-	f.StringVar(&cfg.NodeName, "node-name", envOr("COVE_NODE_NAME", hostname()), "name of the embedded node, unique among the nodes sharing the store; a restarted server with the same name keeps its node (COVE_NODE_NAME; default: the host name)")
-	f.DurationVar(&cfg.NodeHeartbeat, "node-heartbeat", envDuration("COVE_NODE_HEARTBEAT", 10*time.Second), "how often the embedded node heartbeats, with a fresh probe of its capacity (COVE_NODE_HEARTBEAT)")
 	f.DurationVar(&cfg.NodeGrace, "node-grace", envDuration("COVE_NODE_GRACE", 30*time.Second), "how long a node may go without a heartbeat before it is marked dead; one server sharing the store sweeps, every third of it (COVE_NODE_GRACE)")
-	f.StringVar(&cfg.AdvertiseURL, "advertise-url", os.Getenv("COVE_ADVERTISE_URL"), "URL the other servers sharing the store reach this one at (http:// or https://HOST:PORT): any server answers any call, and routes a call about a session to the server whose node holds it (default: http:// and --listen when that names a host; with 0.0.0.0 or none, set it, or this node's sessions are reached only through this server) (COVE_ADVERTISE_URL)")
-	f.StringVar(&cfg.JoinTokenFile, "join-token-file", os.Getenv("COVE_JOIN_TOKEN_FILE"), "file that holds the secret 'cove node' agents join with (mode 0600; a trailing newline is not part of it); without it, joining is disabled, while nodes that joined before still connect (COVE_JOIN_TOKEN_FILE)")
-	f.StringVar(&cfg.E2BListen, "e2b-listen", os.Getenv("COVE_E2B_LISTEN"), "address of the E2B-compatible API, control plane and envd on one port (the official E2B SDKs run against it: 'cove e2b env' prints their settings); default: not served (COVE_E2B_LISTEN)")
-	f.StringVar(&cfg.E2BAdvertiseURL, "e2b-advertise-url", os.Getenv("COVE_E2B_ADVERTISE_URL"), "URL the other servers sharing the store reach this one's E2B API at (http:// or https://HOST:PORT): they route the E2B calls about this node's sandboxes, and the E2B creates placed on it, here (default: http:// and --e2b-listen when that names a host) (COVE_E2B_ADVERTISE_URL)")
-	f.Var(&cfg.E2BMaxUpload, "e2b-max-upload", "the largest upload to the E2B API's /files: 4GiB, 500MiB or a byte count; larger ones are 413 and write nothing (COVE_E2B_MAX_UPLOAD; default 4GiB)")
-	f.StringVar(&cfg.E2BBaseImage, "e2b-base-image", envOr("COVE_E2B_BASE_IMAGE", "debian"), "image of the E2B template 'base' (the SDK's default; it needs bash) where no cove template is named base (COVE_E2B_BASE_IMAGE)")
 	f.StringVar(&cfg.Policy, "policy", os.Getenv("COVE_POLICY"), "Cedar policy file that decides every API action (default: the built-in policy: engineers see and control their own sessions, admins everything); check it with 'cove policy check'; SIGHUP reloads it, keeping the policy in force if the file does not check (COVE_POLICY)")
-	return cmd
 }
 
 // checkGuestLimits refuses bounds on guests' requests that would bound
@@ -291,174 +297,21 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
-	// First: a policy that does not check stops the server before it
-	// touches anything.
-	policies, err := loadPolicy(ctx, cfg.Policy)
-	if err != nil {
-		return err
-	}
-	watchPolicy(ctx, policies, cfg.Policy, log)
-	oidcIssuers, err := parseOIDCIssuers(cfg.OIDCIssuers)
-	if err != nil {
-		return err
-	}
 	var joinToken string
 	if cfg.JoinTokenFile != "" {
+		var err error
 		if joinToken, err = readJoinTokenFile(cfg.JoinTokenFile); err != nil {
 			return fmt.Errorf("server: --join-token-file: %w", err)
 		}
 	}
-
-	if err := os.MkdirAll(cfg.Home, 0o711); err != nil {
-		return fmt.Errorf("server: data dir: %w", err)
-	}
-	token, err := adminToken(filepath.Join(cfg.Home, "admin.token"))
+	side, err := openSessionSide(ctx, cfg, sessionSideOptions{
+		Node: func(ctx context.Context, st store.Store, accel string) (string, error) {
+			return embeddedNode(ctx, cfg, st, accel, log)
+		}}, log)
 	if err != nil {
 		return err
 	}
-	secrets, err := secretBox(cfg)
-	if err != nil {
-		return err
-	}
-	if cfg.AgentPath == "" {
-		exe, err := os.Executable()
-		if err != nil {
-			return fmt.Errorf("server: %w", err)
-		}
-		cfg.AgentPath = filepath.Join(filepath.Dir(exe), "cove-agent")
-	}
-	if _, err := os.Stat(cfg.AgentPath); err != nil {
-		return fmt.Errorf("server: guest agent binary: %w (build it with 'make build' or pass --agent)", err)
-	}
-
-	st, err := openStore(ctx, cfg.DB, cfg.Home, log)
-	if err != nil {
-		return err
-	}
-	defer st.Close()
-	objects, err := openObjectStore(ctx, cfg.Objects, cfg.Home, cfg.GCGrace, log)
-	if err != nil {
-		return err
-	}
-	// A lost or replaced key leaves secrets no one can open: say so now,
-	// not at a session's first request.
-	if n, err := (&secret.Resolver{Store: st, Box: secrets}).Check(ctx); err != nil {
-		log.Error("secrets: stored secrets do not open with this key; sessions' requests go without them until the key they were sealed with is back (--secret-key, "+secret.EnvKey+")", "secrets", n, "err", err)
-	}
-
-	sessions := filepath.Join(cfg.Home, "sessions")
-	crash := crashPoint(log)
-	auditLog, err := openAuditLog(ctx, cfg.Home, log, crash)
-	if err != nil {
-		return err
-	}
-	defer closeAuditLog(auditLog, log)
-	qcfg := qemu.Config{Accel: cfg.Accel, User: cfg.QEMUUser, AllowRootVMs: cfg.AllowRootVMs, GuestCmdline: cfg.GuestCmdline,
-		CgroupRoot: cfg.CgroupRoot, CgroupTag: qemu.CgroupTag(cfg.Home), AllowNoCgroups: cfg.AllowNoCgroups, Log: log, CrashPoint: crash}
-	if cfg.Spares > 0 {
-		// Beside the sessions: a claimed spare's sockets are renamed into
-		// its session's directory.
-		qcfg.SpareDir, qcfg.Spares = filepath.Join(sessions, ".spares"), cfg.Spares
-	}
-	driver, err := qemu.New(qcfg)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		driver.Close()
-		log.Info("stopped: spare QEMU processes")
-	}()
-	// QEMU runs as cfg.QEMUUser; a home it cannot reach would fail only
-	// at the first create. Checked before the kernel is fetched.
-	if err := qemuAccess(driver, cfg.Home, cfg.Home, sessions); err != nil {
-		return err
-	}
-
-	builder := &image.Builder{Home: cfg.Home, AgentPath: cfg.AgentPath, Records: st, Objects: objects, Log: log}
-	progress := func(msg string) { log.Info(msg) }
-	k, err := builder.Kernel(ctx, progress)
-	if err != nil {
-		return err
-	}
-	vmFiles := []string{k.Vmlinux} // what QEMU reads: its kernel, the images' root file systems
-	for _, name := range append([]string{cfg.DefaultImage}, cfg.Images...) {
-		if name = strings.TrimSpace(name); name == "" {
-			continue
-		}
-		im, err := builder.BuildImage(ctx, name, progress)
-		if err != nil {
-			return err
-		}
-		vmFiles = append(vmFiles, im.RootFS)
-	}
-	if err := qemuAccess(driver, cfg.Home, vmFiles...); err != nil {
-		return err
-	}
-
-	tokens, err := newSessionTokens(cfg, st, log)
-	if err != nil {
-		return err
-	}
-	oidc, err := newServerOIDC(ctx, oidcIssuers, st, log)
-	if err != nil {
-		return err
-	}
-	dir := &identity.Directory{Store: st}
-	if err := firstAdmin(ctx, dir, log); err != nil {
-		return err
-	}
-	egressBroker, err := newEgress(cfg, st, secretCredentials{&secret.Resolver{Store: st, Box: secrets}}, policies, auditLog, log)
-	if err != nil {
-		return err
-	}
-	metrics := apiserver.NewMetrics()
-	serverID, err := homeServerID(cfg.Home)
-	if err != nil {
-		return err
-	}
-	node, err := embeddedNode(ctx, cfg, st, driver.Accel(), log)
-	if err != nil {
-		return err
-	}
-	mgr, err := session.New(session.Config{Tokens: tokens.minter, Egress: egressBroker, ServerID: serverID,
-		Node: node, NoNode: !cfg.Node, Route: true, NodeHeartbeat: cfg.NodeHeartbeat, NodeGrace: cfg.NodeGrace,
-		NodeProbe: func(ctx context.Context) (store.NodeCapacity, error) {
-			return nodeinfo.Probe(ctx, cfg.Home, driver.Accel())
-		},
-		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
-		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout, CloneFiles: cfg.CloneFiles,
-		CrashPoint: crash, Objects: objects, CacheSize: int64(cfg.CacheSize), GCInterval: cfg.GCInterval, GCGrace: cfg.GCGrace,
-		IdempotencyTTL: cfg.KeyTTL,
-		OnEvent: session.Hooks(session.AuditEvents(auditLog), session.ObserveDurations(metrics.ObservePark, metrics.ObserveWake),
-			session.ObserveStores(metrics.ObserveStore), session.ObserveEvictions(metrics.ObserveEviction)),
-		Admission:      session.Admission{MemoryOvercommit: cfg.MemoryOvercommit, CPUOvercommit: cfg.CPUOvercommit},
-		MaxCheckpoints: cfg.MaxCheckpoints, GuestCheckpointBurst: cfg.GuestCheckpointBurst,
-		GuestCheckpointEvery: cfg.GuestCheckpointEvery, GuestCheckpointsAtOnce: cfg.GuestCheckpointsAtOnce,
-	})
-	if err != nil {
-		return err
-	}
-	if err := mgr.Recover(ctx); err != nil {
-		return err
-	}
-	if cfg.CacheSize > 0 {
-		metrics.WatchCache(func() (int64, int64) {
-			u := mgr.CacheUsage()
-			return u.Bytes, u.Limit
-		})
-		log.Info("node cache: stored parked sessions' files are evicted past its bound", "cache_size", int64(cfg.CacheSize))
-	}
-
-	if secret := os.Getenv("COVE_GITHUB_WEBHOOK_SECRET"); secret != "" {
-		if err := st.PutHookSecret(ctx, trigger.GitHubHook, []byte(secret)); err != nil {
-			return err
-		}
-	}
-	hooks := &trigger.Receiver{Secrets: hookSecrets{st}, Sink: mgr, Log: log,
-		SpoolDir: filepath.Join(cfg.Home, "tmp"), MaxPendingMemory: int64(cfg.WebhookMemory) << 20,
-		OnReject: func(source, reason string, status int) {
-			log.Warn("webhook rejected", "hook", source, "status", status, "reason", reason)
-		}}
+	st, node, auditLog := side.st, side.node, side.audit
 	hub := nodelink.NewHub(nodelink.HubConfig{Store: st, JoinToken: joinToken, Local: node, Log: log,
 		Announce: func(ctx context.Context, name string) error {
 			// The node has no identity yet: it holds the join token.
@@ -466,26 +319,16 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 				Action: "node.join", Target: audit.Target{Node: name}, Decision: audit.Allow})
 			return err
 		}})
-	defer hub.Close()
+	defer func() {
+		hub.Close()
+		side.stop(cfg.StopOnExit)
+	}()
 	if joinToken == "" {
 		log.Info("nodes: joining is disabled (no --join-token-file); nodes that joined before still connect")
 	}
-	authn := identity.NewAuthenticator(identity.AuthConfig{AdminToken: token, Store: st, Log: log, JWT: append(oidc.verifiers, tokens.verifiers...)})
-	authorize := (&apiserver.PolicyGate{Policy: policies, Records: st}).Authorize
-	srv := apiserver.New(apiserver.Config{Sessions: mgr, Images: builder, Token: token, Log: log, Metrics: metrics,
-		Hooks: hooks, HookSecrets: st,
-		Issuer:        tokens.handler,
-		Authenticator: authn,
-		SignIn:        oidc.signIn,
-		Identities:    dir,
-		Secrets:       &secret.Keeper{Store: st, Box: secrets},
-		GC:            mgr.GC,
-		Nodes:         mgr,
-		Audit:         auditLog,
-		AuditLog:      auditLog,
-		NodeLink:      hub,
-		Router:        routing.New(st, node),
-		Authorize:     authorize})
+	acfg := side.api
+	acfg.NodeLink = hub
+	srv := apiserver.New(acfg)
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("server: listen: %w", err)
@@ -498,16 +341,19 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		ln.Close()
 		return err
 	}
+	// The nodes that connect here to serve sessions are reached through
+	// this server: their URL is this one's.
+	hub.SetURL(advertised)
 	hs := srv.HTTPServer() // the timeouts: apiserver.Timeouts
-	if hs.Handler, err = newDashboard(cfg.Home, hs.Handler, oidcIssuers, log); err != nil {
+	if hs.Handler, err = newDashboard(cfg.Home, hs.Handler, side.oidcIssuers, log); err != nil {
+		ln.Close()
 		return err
 	}
-	policyName, _ := policies.Source()
-	log.Info("cove server listening", "addr", "http://"+ln.Addr().String(), "home", cfg.Home, "accel", driver.Accel(), "policy", policyName, "node", node)
+	log.Info("cove server listening", "addr", "http://"+ln.Addr().String(), "home", cfg.Home, "accel", side.driver.Accel(), "policy", side.policy, "node", node)
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	if cfg.E2BListen != "" {
-		e2bSrv, err := serveE2B(ctx, cfg, serverID, node, mgr, st, authn, authorize, auditLog, log, errc)
+		e2bSrv, err := serveE2B(ctx, cfg, side.serverID, node, side.mgr, st, side.authn, side.authorize, auditLog, log, errc)
 		if err != nil {
 			return err
 		}
@@ -525,13 +371,6 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	_ = hs.Shutdown(sctx)
 	hub.Close() // the nodes' connections, which Shutdown does not track
 	log.Info("stopped: API")
-	if cfg.StopOnExit {
-		mgr.StopAll(sctx)
-		log.Info("stopped: sessions and their VMs")
-	} else {
-		mgr.Close()
-		log.Info("stopped: sessions (their VMs run on, for the next server to adopt)")
-	}
 	if err := <-errc; err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return err
 	}
