@@ -70,7 +70,8 @@ func (f *fleet) linkServer(ctx context.Context, name string) (*linkServer, error
 // linkedNode starts a session-serving node (cove node with the shared
 // store): it joins through via, runs a session manager of its own
 // (Linked) whose API server its agent serves over its control
-// connection, and connects; it returns once via relays its calls.
+// connection, and connects; it returns once via relays its calls (via
+// in another process, hub nil: once its record names via).
 func (f *fleet) linkedNode(ctx context.Context, name string, via *linkServer) (id string, stop func(), err error) {
 	st, err := sqlite.Open(ctx, f.db)
 	if err != nil {
@@ -112,7 +113,7 @@ func (f *fleet) linkedNode(ctx context.Context, name string, via *linkServer) (i
 	}
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		n, err := st.GetNode(ctx, id)
-		if err == nil && n.URL == via.url && via.hub.Connected(id) {
+		if err == nil && n.URL == via.url && (via.hub == nil || via.hub.Connected(id)) {
 			return id, stop, nil
 		}
 		if time.Now().After(deadline) {
@@ -184,27 +185,30 @@ func linkRouteRows(n int) ([]row, error) {
 	}
 	defer viaS.DeleteSession(context.Background(), onN.ID)
 
-	exec := func(c *api.Client, id string) (float64, error) {
-		t := time.Now()
-		res, err := c.Exec(ctx, id, api.ExecRequest{Argv: []string{"echo", "routed"}})
-		if err == nil && string(res.Stdout) != "routed\n" {
-			err = fmt.Errorf("echo answered %q", res.Stdout)
-		}
-		return ms(time.Since(t)), err
-	}
-	relayed := row{name: "exec round trip through a server with no node, relayed over a linked node's connection", unit: "ms"}
-	twoHop := row{name: "the same through another server, forwarded to the node's server, relayed", unit: "ms"}
-	embedded := row{name: "exec straight to the server whose embedded node holds the session", unit: "ms"}
+	return linkedRows(ctx, n, "", direct, viaS, viaS2, onB.ID, onN.ID)
+}
+
+// linkedRows times n execs (echo) of session onN, held by a linked node,
+// through viaS (the server holding its connection, which relays them)
+// and through viaS2 (which forwards them to that server), against n of
+// session onB straight to direct, the server whose embedded node holds
+// it; the three alternated after 20 of each to warm up; the rows' names
+// start with label.
+func linkedRows(ctx context.Context, n int, label string, direct, viaS, viaS2 *api.Client, onB, onN string) ([]row, error) {
+	exec := func(c *api.Client, id string) (float64, error) { return echoExec(ctx, c, id) }
+	relayed := row{name: label + "exec round trip through a server with no node, relayed over a linked node's connection", unit: "ms"}
+	twoHop := row{name: label + "the same through another server, forwarded to the node's server, relayed", unit: "ms"}
+	embedded := row{name: label + "exec straight to the server whose embedded node holds the session", unit: "ms"}
 	for i := range n + 20 { // the first 20 of each warm up
-		z, err := exec(direct, onB.ID)
+		z, err := exec(direct, onB)
 		if err != nil {
 			return nil, fmt.Errorf("route: straight to B: %w", err)
 		}
-		x, err := exec(viaS, onN.ID)
+		x, err := exec(viaS, onN)
 		if err != nil {
 			return nil, fmt.Errorf("route: through S, relayed: %w", err)
 		}
-		y, err := exec(viaS2, onN.ID)
+		y, err := exec(viaS2, onN)
 		if err != nil {
 			return nil, fmt.Errorf("route: through S2, forwarded, relayed: %w", err)
 		}
@@ -214,12 +218,7 @@ func linkRouteRows(n int) ([]row, error) {
 			embedded.samples = append(embedded.samples, z)
 		}
 	}
-	added := func(name string, r row) row {
-		a50 := pct(r.samples, 0.5) - pct(embedded.samples, 0.5)
-		a95 := pct(r.samples, 0.95) - pct(embedded.samples, 0.95)
-		return row{name: name, cells: []string{fmt.Sprint(n), fmt.Sprintf("%.3f ms", a50), fmt.Sprintf("%.3f ms", a95), "≤ 2 ms at p50", fmt.Sprintf("%.2f", a50/2)}}
-	}
 	return []row{relayed, twoHop, embedded,
-		added("added by the relay over the node's link (p50, p95 differences)", relayed),
-		added("added by a forward and the relay (p50, p95 differences)", twoHop)}, nil
+		addedRow(label+"added by the relay over the node's link (p50, p95 differences)", n, relayed, embedded),
+		addedRow(label+"added by a forward and the relay (p50, p95 differences)", n, twoHop, embedded)}, nil
 }

@@ -53,6 +53,11 @@ func main() {
 	placementSamples := flag.Int("placement-samples", 5000, "-only placement: decisions timed")
 	nodelinkSamples := flag.Int("nodelink-samples", 2000, "-only nodelink: round trips timed each way")
 	routeSamples := flag.Int("route-samples", 1000, "-only route: exec round trips timed each way")
+	routeProcs := flag.Bool("route-procs", true, "-only route: measure again with client, servers and node in separate processes")
+	routeServe := flag.String("route-serve", "", "internal (-only route's separate processes): serve this role (embedded, link, node)")
+	routeDir := flag.String("route-dir", "", "internal: -route-serve's fleet directory")
+	routeName := flag.String("route-name", "", "internal: -route-serve's server or node name")
+	routeVia := flag.String("route-via", "", "internal: -route-serve node's server URL")
 	nodelossSamples := flag.Int("nodeloss-samples", 10, "-only nodeloss: node losses timed")
 	nodelossGrace := flag.Duration("nodeloss-grace", 2*time.Second, "-only nodeloss: the node grace (heartbeats every fifth of it)")
 	apiloadClients := flag.Int("apiload-clients", 200, "-only apiload: concurrent clients, half through each server")
@@ -75,6 +80,13 @@ func main() {
 	dashSessions := flag.Int("dashboard-sessions", 1000, "-only dashboard, dashboard-list: sessions in the timed list (fake VMM)")
 	verbose := flag.Bool("v", false, "log at info level (the session manager's timings: restore spawn_ms, agent_ms, …)")
 	flag.Parse()
+	if *routeServe != "" {
+		if err := serveRouteRole(*routeServe, *routeDir, *routeName, *routeVia); err != nil {
+			fmt.Fprintln(os.Stderr, "covebench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	cfg := config{boots: *boots, debianBoots: *debianBoots, execs: *execs, files: *files, idle: *idle, parks: *parks, clones: *clones}
 	cfg.verbose, cfg.wakeOnly, cfg.rebuilds = *verbose, *wakeOnly, *rebuilds
 	cfg.dashLoads, cfg.dashKeys, cfg.dashSessions = max(*dashLoads, 1), max(*dashKeys, 1), max(*dashSessions, 1)
@@ -122,6 +134,11 @@ func main() {
 			var linked []row
 			linked, err = linkRouteRows(*routeSamples)
 			rows = append(rows, linked...)
+		}
+		if err == nil && *routeProcs {
+			var procs []row
+			procs, err = routeProcRows(*routeSamples)
+			rows = append(rows, procs...)
 		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "covebench:", err)
