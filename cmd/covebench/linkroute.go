@@ -199,24 +199,38 @@ func linkedRows(ctx context.Context, n int, label string, direct, viaS, viaS2 *a
 	relayed := row{name: label + "exec round trip through a server with no node, relayed over a linked node's connection", unit: "ms"}
 	twoHop := row{name: label + "the same through another server, forwarded to the node's server, relayed", unit: "ms"}
 	embedded := row{name: label + "exec straight to the server whose embedded node holds the session", unit: "ms"}
+	// A failed round trip (an answer cut short: see README, Routing
+	// between servers) is counted, not timed; past 1% the run stops.
+	failed := map[string]int{}
 	for i := range n + 20 { // the first 20 of each warm up
 		z, err := exec(direct, onB)
 		if err != nil {
-			return nil, fmt.Errorf("route: straight to B: %w", err)
+			return nil, fmt.Errorf("route: %sstraight to B: %w", label, err)
 		}
-		x, err := exec(viaS, onN)
-		if err != nil {
-			return nil, fmt.Errorf("route: through S, relayed: %w", err)
-		}
-		y, err := exec(viaS2, onN)
-		if err != nil {
-			return nil, fmt.Errorf("route: through S2, forwarded, relayed: %w", err)
+		x, errS := exec(viaS, onN)
+		y, errS2 := exec(viaS2, onN)
+		for what, err := range map[string]error{"through S, relayed": errS, "through S2, forwarded, relayed": errS2} {
+			if err == nil {
+				continue
+			}
+			if failed[what]++; failed[what] > n/100 {
+				return nil, fmt.Errorf("route: %s%s: %d failed, the last: %w", label, what, failed[what], err)
+			}
+			fmt.Fprintf(os.Stderr, "covebench: route: %s%s: %v (counted, not timed)\n", label, what, err)
 		}
 		if i >= 20 {
-			relayed.samples = append(relayed.samples, x)
-			twoHop.samples = append(twoHop.samples, y)
+			if errS == nil {
+				relayed.samples = append(relayed.samples, x)
+			}
+			if errS2 == nil {
+				twoHop.samples = append(twoHop.samples, y)
+			}
 			embedded.samples = append(embedded.samples, z)
 		}
+	}
+	if len(failed) != 0 {
+		relayed.note = fmt.Sprintf("%d failed", failed["through S, relayed"])
+		twoHop.note = fmt.Sprintf("%d failed", failed["through S2, forwarded, relayed"])
 	}
 	return []row{relayed, twoHop, embedded,
 		addedRow(label+"added by the relay over the node's link (p50, p95 differences)", n, relayed, embedded),

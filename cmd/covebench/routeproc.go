@@ -73,7 +73,7 @@ func (c *routeChild) stop() {
 func serveRouteRole(role, dir, name, via string) error {
 	ctx := context.Background()
 	f := &fleet{dir: dir, db: filepath.Join(dir, "state.db"), imgDir: filepath.Join(dir, "image"), driver: fake.New(),
-		log: slog.New(slog.DiscardHandler), keep: true, memMiB: 64}
+		log: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})), keep: true, memMiB: 64}
 	f.images = benchImages{f.imgDir}
 	var url, node string
 	var stop func()
