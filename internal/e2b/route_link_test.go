@@ -112,7 +112,8 @@ func eventuallyE2B(t *testing.T, what string, ok func() bool) {
 // on N, and one through A (A cordoned) is forwarded to S and relayed to
 // N: both answer N's access token. Every call about N's sandbox through
 // S (relayed) and through A (forwarded to S, relayed) is carried out by
-// N: a command, files (the envd host name form included), get, pause,
+// N: a command, files (the envd host name form and signed URLs naming
+// the sandbox included), get, pause,
 // connect, kill. N's link dropped: the calls are a 503 saying so, and
 // change nothing.
 func TestFakeRouteE2BLinkedNode(t *testing.T) {
@@ -173,6 +174,16 @@ func TestFakeRouteE2BLinkedNode(t *testing.T) {
 		if resp.StatusCode != http.StatusOK || string(body) != "through s" {
 			t.Errorf("read the file by the envd host name through A: %d %q", resp.StatusCode, body)
 		}
+	}
+	// A signed URL naming its sandbox, through A and through S.
+	if st, body := plain(t, "GET", a.env.signedURL("/tmp/x", "read", sbx.EnvdAccessToken, 0), "", "", "E2b-Sandbox-Id", sbx.SandboxID); st != http.StatusOK || body != "through s" {
+		t.Errorf("a signed download through A: %d %q", st, body)
+	}
+	if st, body := plain(t, "POST", s.env.signedURL("/tmp/y", "write", sbx.EnvdAccessToken, 0), "application/octet-stream", "signed", "E2b-Sandbox-Id", sbx.SandboxID); st != http.StatusOK {
+		t.Errorf("a signed upload through S: %d %s", st, body)
+	}
+	if st, body := a.env.envd(sbx, "GET", "/files?path=/tmp/y", "", ""); st != http.StatusOK || string(body) != "signed" {
+		t.Errorf("the signed upload read through A: %d %q", st, body)
 	}
 	// A token not N's is refused, by N.
 	bad := sbx
