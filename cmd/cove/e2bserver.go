@@ -12,6 +12,7 @@ import (
 	"github.com/cove-dev/cove/internal/apiserver"
 	"github.com/cove-dev/cove/internal/e2b"
 	"github.com/cove-dev/cove/internal/identity"
+	"github.com/cove-dev/cove/internal/nodelink"
 	"github.com/cove-dev/cove/internal/routing"
 	"github.com/cove-dev/cove/internal/secret"
 	"github.com/cove-dev/cove/internal/session"
@@ -25,13 +26,27 @@ import (
 // in HOME/e2b.key, made at the first start. Close stops it.
 func serveE2B(ctx context.Context, cfg serverConfig, serverID, node string, mgr *session.Manager, st store.Store, authn *identity.Authenticator,
 	authorize func(context.Context, apiserver.Action) error, auditor apiserver.Auditor, log *slog.Logger, errc chan<- error) (*http.Server, error) {
+	return serveE2BLinked(ctx, cfg, serverID, node, mgr, st, authn, authorize, auditor, nil, log, errc)
+}
+
+// serveE2BLinked is serveE2B for a server holding nodes' control
+// connections (hub; nil for none): the E2B calls about the sandboxes of
+// the session-serving nodes connected here are relayed to them over
+// their connections, and their records' E2BURL is this API's (see
+// nodee2b.go).
+func serveE2BLinked(ctx context.Context, cfg serverConfig, serverID, node string, mgr *session.Manager, st store.Store, authn *identity.Authenticator,
+	authorize func(context.Context, apiserver.Action) error, auditor apiserver.Auditor, hub *nodelink.Hub, log *slog.Logger, errc chan<- error) (*http.Server, error) {
 	key, err := secret.LoadOrCreateKey(filepath.Join(cfg.Home, "e2b.key"))
 	if err != nil {
 		return nil, fmt.Errorf("server: e2b: %w", err)
 	}
+	var links e2b.Links
+	if hub != nil {
+		links = hub
+	}
 	h, err := e2b.New(e2b.Config{Sessions: mgr, Records: st, Authenticator: authn, Authorize: authorize, Audit: auditor, ServerID: serverID,
 		Key: key, BaseImage: cfg.E2BBaseImage, MaxFileBytes: int64(cfg.E2BMaxUpload), Log: log.With("api", "e2b"),
-		Router: routing.NewE2B(st, node)})
+		Router: routing.NewE2B(st, node), Links: links})
 	if err != nil {
 		return nil, fmt.Errorf("server: %w", err)
 	}
@@ -48,6 +63,9 @@ func serveE2B(ctx context.Context, cfg serverConfig, serverID, node string, mgr 
 		ln.Close()
 		h.Close()
 		return nil, err
+	}
+	if hub != nil {
+		hub.SetE2BURL(ctx, url)
 	}
 	// Streams (a command's output) and transfers have no deadline;
 	// headers do.

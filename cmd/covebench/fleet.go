@@ -164,8 +164,12 @@ func (f *fleet) server(ctx context.Context, name string, heartbeat, grace time.D
 
 // client is a client of s with a connection pool of its own, as a
 // separate client process would have.
-func (f *fleet) client(s *fleetServer) *api.Client {
-	c := api.NewClient(s.url, f.token)
+func (f *fleet) client(s *fleetServer) *api.Client { return f.clientAt(s.url) }
+
+// clientAt is a client of the server at url with a connection pool of
+// its own.
+func (f *fleet) clientAt(url string) *api.Client {
+	c := api.NewClient(url, f.token)
 	c.HTTP = &http.Client{Transport: http.DefaultTransport.(*http.Transport).Clone()}
 	return c
 }

@@ -49,10 +49,15 @@ func main() {
 	rebuilds := flag.Int("rebuilds", 3, "pushes to a template that follows a repo, each timed until its new version is live (needs debian)")
 	wakeOnly := flag.Bool("wake-only", false, "after the cold boots and execs, measure park and wake only (no raw QEMU, templates or triggers)")
 	egressSamples := flag.Int("egress-samples", 20, "samples of the egress figures' small requests (0 skips them; the rest: 3 each; needs debian)")
-	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), checkpoint (a running session's checkpoint pause, bytes added, rollback → exec, fork -forks → all answering), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), store (snapshots in a loopback S3 store: bytes a parked clone adds, a second park adds, wake with the local files gone, upload throughput), scale (make bench-scale: -storm clones parked and woken at once, then -scale-clones parked and stored under -cache-size-mib), identity (policy decisions, authentication, session-token minting; no VM), placement (placement decisions over 1,000 simulated nodes holding 100,000 sessions; no VM), e2b (the official E2B SDK: create → first run with and without a warm pool, pause, connect → run, a command round trip against cove's own exec; needs debian and node), nodelink (what a node's control connection adds to a server → node call, and to a call of the node's driver and a guest agent round trip over it; the fake VMM, no VM), dashboard (the web dashboard in headless chromium: first load, terminal keystroke → echo against the exec WebSocket's, then the list of -dashboard-sessions sessions; needs chromium and make build), dashboard-list (that list alone: -dashboard-sessions sessions on the fake VMM, load, render, update latency; no VM), route (what routing through another server adds to an exec round trip; two in-process servers, the fake VMM, no VM), nodeloss (from a node's last heartbeat until its parked session runs on another node; in-process servers, the fake VMM), apiload (inspect, list and exec under -apiload-clients concurrent clients across two in-process servers, the fake VMM), crosswake (-parks cross-host wakes: a session parked and stored in S3 on node B, B dead, woken through A from S3 → first exec; two in-process servers, real VMs)")
+	only := flag.String("only", "", "run one section alone: audit (an audited exec against a plain one, audited calls/s, inclusion proofs, verify), checkpoint (a running session's checkpoint pause, bytes added, rollback → exec, fork -forks → all answering), egress (HTTPS through the proxy: host and guest, download, git clone), hostile (a quiet session's execs while its neighbour attacks), safety (the crash, fault and load figures of the last make test), store (snapshots in a loopback S3 store: bytes a parked clone adds, a second park adds, wake with the local files gone, upload throughput), scale (make bench-scale: -storm clones parked and woken at once, then -scale-clones parked and stored under -cache-size-mib), identity (policy decisions, authentication, session-token minting; no VM), placement (placement decisions over 1,000 simulated nodes holding 100,000 sessions; no VM), e2b (the official E2B SDK: create → first run with and without a warm pool, pause, connect → run, a command round trip against cove's own exec; needs debian and node), nodelink (what a node's control connection adds to a server → node call, and to a call of the node's driver and a guest agent round trip over it; the fake VMM, no VM), dashboard (the web dashboard in headless chromium: first load, terminal keystroke → echo against the exec WebSocket's, then the list of -dashboard-sessions sessions; needs chromium and make build), dashboard-list (that list alone: -dashboard-sessions sessions on the fake VMM, load, render, update latency; no VM), route (what routing through another server adds to an exec round trip, and relaying over a session-serving node's link; in-process servers and node, the fake VMM, no VM), nodeloss (from a node's last heartbeat until its parked session runs on another node; in-process servers, the fake VMM), apiload (inspect, list and exec under -apiload-clients concurrent clients across two in-process servers, the fake VMM), crosswake (-parks cross-host wakes: a session parked and stored in S3 on node B, B dead, woken through A from S3 → first exec; two in-process servers, real VMs)")
 	placementSamples := flag.Int("placement-samples", 5000, "-only placement: decisions timed")
 	nodelinkSamples := flag.Int("nodelink-samples", 2000, "-only nodelink: round trips timed each way")
 	routeSamples := flag.Int("route-samples", 1000, "-only route: exec round trips timed each way")
+	routeProcs := flag.Bool("route-procs", true, "-only route: measure again with client, servers and node in separate processes")
+	routeServe := flag.String("route-serve", "", "internal (-only route's separate processes): serve this role (embedded, link, node)")
+	routeDir := flag.String("route-dir", "", "internal: -route-serve's fleet directory")
+	routeName := flag.String("route-name", "", "internal: -route-serve's server or node name")
+	routeVia := flag.String("route-via", "", "internal: -route-serve node's server URL")
 	nodelossSamples := flag.Int("nodeloss-samples", 10, "-only nodeloss: node losses timed")
 	nodelossGrace := flag.Duration("nodeloss-grace", 2*time.Second, "-only nodeloss: the node grace (heartbeats every fifth of it)")
 	apiloadClients := flag.Int("apiload-clients", 200, "-only apiload: concurrent clients, half through each server")
@@ -75,6 +80,13 @@ func main() {
 	dashSessions := flag.Int("dashboard-sessions", 1000, "-only dashboard, dashboard-list: sessions in the timed list (fake VMM)")
 	verbose := flag.Bool("v", false, "log at info level (the session manager's timings: restore spawn_ms, agent_ms, …)")
 	flag.Parse()
+	if *routeServe != "" {
+		if err := serveRouteRole(*routeServe, *routeDir, *routeName, *routeVia); err != nil {
+			fmt.Fprintln(os.Stderr, "covebench:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	cfg := config{boots: *boots, debianBoots: *debianBoots, execs: *execs, files: *files, idle: *idle, parks: *parks, clones: *clones}
 	cfg.verbose, cfg.wakeOnly, cfg.rebuilds = *verbose, *wakeOnly, *rebuilds
 	cfg.dashLoads, cfg.dashKeys, cfg.dashSessions = max(*dashLoads, 1), max(*dashKeys, 1), max(*dashSessions, 1)
@@ -118,6 +130,16 @@ func main() {
 		return
 	case "route":
 		rows, err := routeRows(*routeSamples)
+		if err == nil {
+			var linked []row
+			linked, err = linkRouteRows(*routeSamples)
+			rows = append(rows, linked...)
+		}
+		if err == nil && *routeProcs {
+			var procs []row
+			procs, err = routeProcRows(*routeSamples)
+			rows = append(rows, procs...)
+		}
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "covebench:", err)
 			os.Exit(1)

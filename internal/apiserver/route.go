@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/nodelink"
 	"github.com/cove-dev/cove/internal/routing"
 	"github.com/cove-dev/cove/internal/session"
 )
@@ -248,6 +249,9 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, act Action, t r
 		if rt, ok := s.relayTransport(t); ok {
 			s.log.Debug("relaying a call over a node's control connection", "action", act, "node", t.NodeID, "name", t.NodeName)
 			t.URL = cmp.Or(t.URL, &url.URL{Scheme: "http", Host: t.NodeID})
+			// What is relayed is for the node's cove API, whatever the
+			// caller says: the E2B API's relay sets the header.
+			r.Header.Del(nodelink.HeaderAPI)
 			failed := routing.Forward(w, r, t, by, rt, s.log)
 			switch {
 			case failed == nil:

@@ -165,6 +165,11 @@ type Config struct {
 	Router Router
 	// RouteTransport carries routed calls; nil: routing.NewTransport().
 	RouteTransport http.RoundTripper
+	// Links, if set, are the control connections of the session-serving
+	// nodes ('cove node') connected to this server (*nodelink.Hub): the
+	// E2B calls about their sandboxes, and the creates placed on them,
+	// are relayed over them to the nodes' own E2B APIs (route.go).
+	Links Links
 }
 
 // Server is the E2B API's http.Handler.
@@ -266,6 +271,9 @@ var envdHost = regexp.MustCompile(`^(\d+)-([a-z0-9-]+)\.`)
 // A call another server forwarded here (routing.Header), and every call
 // when no Router is set, acts on this server's node alone (session.Here).
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.relayTo(w, r) {
+		return
+	}
 	if s.cfg.Router == nil || routedHere(r) {
 		r = r.WithContext(session.Here(r.Context()))
 	}

@@ -6,8 +6,11 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"net/url"
+	"strings"
 
 	"github.com/cove-dev/cove/api"
+	"github.com/cove-dev/cove/internal/nodelink"
 	"github.com/cove-dev/cove/internal/routing"
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store"
@@ -29,7 +32,14 @@ import (
 //     create is placed on this server's node instead.
 //
 // What is forwarded carries routing.Header; a server that receives it
-// acts on its own node or refuses (409), never forwarding again.
+// acts on its own node or refuses (409), never forwarding again, but
+// for one more hop: a session-serving node ('cove node') whose control
+// connection is to this server (Config.Links) is reached by relaying
+// the call over that connection to the node's own E2B API, marked
+// nodelink.HeaderAPI (the node's E2BURL is this server's, set by the Hub
+// when it connects). A forwarded call names the node in
+// routing.HeaderTo; one that reaches this server directly is relayed
+// when its sandbox's node is connected here.
 
 // Router says which server carries out a call about a sandbox;
 // routing.NewE2B's *routing.Router is one.
@@ -44,6 +54,17 @@ type Router interface {
 	Target(n store.Node) (routing.Target, error)
 	// Node is this server's embedded node ("" for none).
 	Node() string
+}
+
+// Links reaches the session-serving nodes connected to this server;
+// *nodelink.Hub is one.
+type Links interface {
+	// Transport is a transport to node id's handler over its control
+	// connection, ok false when it has none to this server.
+	Transport(id string) (http.RoundTripper, bool)
+	// E2BURL is the URL the other servers reach this server's E2B API
+	// at: the E2BURL of the nodes connected here.
+	E2BURL() string
 }
 
 // authedKey marks a context whose API key routed() has checked.
@@ -122,16 +143,30 @@ func (s *Server) route(w http.ResponseWriter, r *http.Request, id string, envd b
 	case err != nil:
 	case !ok:
 		return false
+	case s.linkedHere(t):
+		err = s.relay(w, r, t, id, envd)
 	case by != "":
 		err = api.Errorf(api.CodeConflict, "sandbox %s: the call was routed here by %s, but node %s (%s) holds it: not routed again (retry: the next call is routed afresh)",
 			id, by, t.NodeName, t.NodeID)
 	default:
-		err = s.forward(w, r, t)
+		err = s.forward(w, withSandbox(r, id, envd), t)
 	}
 	if err != nil {
 		s.refuse(w, r, envd, err)
 	}
 	return true
+}
+
+// withSandbox is r, an envd call (envd) about sandbox id, naming it in
+// E2b-Sandbox-Id: an envd host name (49983-ID.domain) is not carried
+// past a forward or a relay, whose Host is the target's.
+func withSandbox(r *http.Request, id string, envd bool) *http.Request {
+	if !envd || id == "" || r.Header.Get("E2b-Sandbox-Id") == id {
+		return r
+	}
+	r = r.Clone(r.Context())
+	r.Header.Set("E2b-Sandbox-Id", id)
+	return r
 }
 
 // forward carries r to t's server; an error (503) when it could not be
@@ -185,8 +220,90 @@ func (s *Server) createElsewhere(ctx context.Context, w http.ResponseWriter, r *
 	r2 := r.Clone(r.Context())
 	r2.Body = io.NopCloser(bytes.NewReader(body))
 	r2.ContentLength = int64(len(body))
-	if err := s.forward(w, r2, t); err != nil {
+	forward := s.forward
+	if s.linkedHere(t) {
+		forward = func(w http.ResponseWriter, r *http.Request, t routing.Target) error {
+			return s.relay(w, r, t, "", false)
+		}
+	}
+	if err := forward(w, r2, t); err != nil {
 		s.fail(w, r, "create sandbox", err)
 	}
 	return true, nil
+}
+
+// relayTo relays r, a call another server forwarded here for a
+// session-serving node connected here (routing.HeaderTo names it), over
+// that node's control connection: handled says it was answered. Any
+// other call is this server's (or route's) to decide.
+func (s *Server) relayTo(w http.ResponseWriter, r *http.Request) (handled bool) {
+	to := r.Header.Get(routing.HeaderTo)
+	if s.cfg.Links == nil || s.cfg.Router == nil || !routedHere(r) || to == "" || to == s.cfg.Router.Node() {
+		return false
+	}
+	if _, ok := s.cfg.Links.Transport(to); !ok {
+		// Not connected here (now): decided as any forwarded call (a
+		// call about a sandbox of a node whose E2BURL is this server's
+		// is a 503 saying its connection dropped).
+		return false
+	}
+	t := routing.Target{NodeID: to, NodeName: to, URL: s.ownURL()}
+	envd := sandboxOf(r) != "" || r.URL.Path == "/files"
+	if err := s.relay(w, r, t, sandboxOf(r), envd); err != nil {
+		s.refuse(w, r, envd, err)
+	}
+	return true
+}
+
+// linkedHere reports whether t is a session-serving node this server
+// reaches over its control connection: its record's E2BURL is this
+// server's (its connection dropped: relay answers 503 then).
+func (s *Server) linkedHere(t routing.Target) bool {
+	if s.cfg.Links == nil {
+		return false
+	}
+	if _, ok := s.cfg.Links.Transport(t.NodeID); ok {
+		own := s.ownURL()
+		return own == nil || t.URL == nil || sameURL(t.URL, own)
+	}
+	return t.URL != nil && sameURL(t.URL, s.ownURL())
+}
+
+// ownURL is this server's E2B URL (nil for none).
+func (s *Server) ownURL() *url.URL {
+	if s.cfg.Links == nil || s.cfg.Links.E2BURL() == "" {
+		return nil
+	}
+	u, err := routing.ParseURL(s.cfg.Links.E2BURL())
+	if err != nil {
+		return nil
+	}
+	return u
+}
+
+// sameURL reports whether a and b are the same server's URL.
+func sameURL(a, b *url.URL) bool {
+	return a != nil && b != nil && strings.EqualFold(a.Scheme, b.Scheme) && strings.EqualFold(a.Host, b.Host) &&
+		strings.TrimSuffix(a.Path, "/") == strings.TrimSuffix(b.Path, "/")
+}
+
+// relay carries r, a call about sandbox id ("" for a create) of node t,
+// over t's control connection to this server, to the node's E2B API; an
+// error (503) when the connection is down or failed before an answer,
+// nothing written then (withSandbox names an envd call's sandbox).
+func (s *Server) relay(w http.ResponseWriter, r *http.Request, t routing.Target, id string, envd bool) error {
+	rt, ok := s.cfg.Links.Transport(t.NodeID)
+	if !ok {
+		return api.Errorf(api.CodeUnavailable, "node %s (%s) is not connected to this server (its control connection dropped): retry; the call changed nothing", t.NodeName, t.NodeID)
+	}
+	s.log.DebugContext(r.Context(), "e2b: relaying a call over a node's control connection", "method", r.Method, "path", r.URL.Path, "node", t.NodeID)
+	r = withSandbox(r, id, envd).Clone(r.Context())
+	r.Header.Set(nodelink.HeaderAPI, nodelink.APIE2B)
+	t.URL = &url.URL{Scheme: "http", Host: t.NodeID}
+	err := routing.Forward(w, r, t, s.cfg.Router.Node(), rt, s.log)
+	switch {
+	case err == nil, errors.Is(err, context.Canceled):
+		return nil
+	}
+	return api.Errorf(api.CodeUnavailable, "node %s (%s): relaying the call over its control connection failed: %v; retry (through any server)", t.NodeName, t.NodeID, err)
 }

@@ -50,113 +50,162 @@ var routeCapacity = store.NodeCapacity{VCPUs: 64, MemoryMiB: 64 << 10, DiskBytes
 // works on both.
 func twoE2BServers(t *testing.T) (a, b *routeE2B) {
 	t.Helper()
+	r := newE2BRig(t)
+	return r.server("a", 1), r.server("b", 2)
+}
+
+// e2bRig is the store, object store, images and fake driver that
+// in-process cove servers (and nodes) share.
+type e2bRig struct {
+	t       *testing.T
+	db      string
+	imgDir  string
+	driver  *fake.Driver
+	objects session.SnapshotStore
+	alice   string
+}
+
+// newE2BRig makes a rig and alice's API key.
+func newE2BRig(t *testing.T) *e2bRig {
+	t.Helper()
 	if _, err := exec.LookPath("qemu-img"); err != nil {
 		testenv.Skipf(t, "qemu-img not found (install qemu-utils): the manager makes each session's disk overlay with it")
 	}
-	imgDir := t.TempDir()
+	r := &e2bRig{t: t, imgDir: t.TempDir(), db: filepath.Join(t.TempDir(), "state.db"), driver: fake.New()}
 	for _, f := range []string{"rootfs.raw", "vmlinux", "initrd"} {
-		if err := os.WriteFile(filepath.Join(imgDir, f), nil, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(r.imgDir, f), nil, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}
-	db := filepath.Join(t.TempDir(), "state.db")
-	driver := fake.New()
 	objs, err := objstore.OpenDir(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	objects, err := cas.New(cas.Config{Objects: objs}) // one, shared: a drained node's sandboxes move
-	if err != nil {
+	if r.objects, err = cas.New(cas.Config{Objects: objs}); err != nil { // one, shared: a drained node's sandboxes move
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	var alice string
-	start := func(name string, key byte) *routeE2B {
-		st, err := sqlite.Open(ctx, db)
-		if err != nil {
-			t.Fatal(err)
+	st := r.open()
+	dirs := &identity.Directory{Store: st}
+	if _, err := dirs.AddUser(ctx, api.CreateUserRequest{Name: "alice"}); err != nil {
+		t.Fatal(err)
+	}
+	tok, err := dirs.CreateToken(ctx, api.CreateTokenRequest{Name: "e2b", User: "alice"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.alice = tok.Secret
+	t.Cleanup(func() { // after the servers' cleanups
+		if ids := r.driver.Running(); len(ids) != 0 {
+			t.Errorf("fake VMs left running: %v", ids)
 		}
-		t.Cleanup(func() { st.Close() })
-		if alice == "" {
-			dirs := &identity.Directory{Store: st}
-			if _, err := dirs.AddUser(ctx, api.CreateUserRequest{Name: "alice"}); err != nil {
-				t.Fatal(err)
-			}
-			tok, err := dirs.CreateToken(ctx, api.CreateTokenRequest{Name: "e2b", User: "alice"})
-			if err != nil {
-				t.Fatal(err)
-			}
-			alice = tok.Secret
-		}
-		s := &routeE2B{name: name, st: st}
-		var h http.Handler = http.NotFoundHandler()
-		var hmu sync.RWMutex
-		hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			hmu.RLock()
-			h := h
-			hmu.RUnlock()
-			h.ServeHTTP(w, r)
-		}))
-		t.Cleanup(hs.Close)
-		n, err := session.RegisterEmbeddedNode(ctx, st, name, routeCapacity)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// cove's own API is not served here: its URL only makes the node
-		// a placement candidate.
-		if err := session.AdvertiseNode(ctx, st, n.ID, "http://127.0.0.1:1"); err != nil {
-			t.Fatal(err)
-		}
-		if err := session.AdvertiseNodeE2B(ctx, st, n.ID, hs.URL); err != nil {
-			t.Fatal(err)
-		}
-		s.node = n.ID
-		log := slog.New(slog.NewTextHandler(io.Discard, nil))
-		dir := t.TempDir()
-		mgr, err := session.New(session.Config{Store: st, Driver: driver, Images: emptyImages{imgDir}, Dir: dir,
-			TemplateDir: filepath.Join(dir, "templates"), DefaultMemoryMiB: 64, Node: n.ID, Route: true, Objects: objects,
-			NodeGrace: time.Hour, ServerID: name, Log: log})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := mgr.Recover(ctx); err != nil {
-			t.Fatal(err)
-		}
-		s.mgr = mgr
-		srv, err := e2b.New(e2b.Config{Sessions: mgr, Records: st, Authenticator: identity.NewAuthenticator(identity.AuthConfig{Store: st}),
-			Authorize: (&apiserver.PolicyGate{Policy: policy.New(), Records: st}).Authorize,
-			Key:       bytes.Repeat([]byte{key}, 32), BaseImage: "tiny", ServerID: name, Log: log,
-			Router: routing.NewE2B(st, n.ID)})
-		if err != nil {
-			t.Fatal(err)
-		}
+	})
+	return r
+}
+
+// open opens the rig's store, closed when the test ends.
+func (r *e2bRig) open() *sqlite.Store {
+	st, err := sqlite.Open(context.Background(), r.db)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.t.Cleanup(func() { st.Close() })
+	return st
+}
+
+// swappable is an httptest server whose handler is set once made.
+func (r *e2bRig) swappable() (*httptest.Server, func(http.Handler)) {
+	var h http.Handler = http.NotFoundHandler()
+	var hmu sync.RWMutex
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, req *http.Request) {
+		hmu.RLock()
+		h := h
+		hmu.RUnlock()
+		h.ServeHTTP(w, req)
+	}))
+	r.t.Cleanup(hs.Close)
+	return hs, func(next http.Handler) {
 		hmu.Lock()
-		h = srv
+		h = next
 		hmu.Unlock()
-		t.Cleanup(func() {
-			srv.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
+	}
+}
+
+// e2bServer is the E2B API of a server or node: mgr's, over st, signing
+// with a key of key's bytes, routed by the E2B router of node ("" for
+// none), relaying over links if set.
+func (r *e2bRig) e2bServer(name string, key byte, st *sqlite.Store, mgr *session.Manager, node string, links e2b.Links) *e2b.Server {
+	t := r.t
+	srv, err := e2b.New(e2b.Config{Sessions: mgr, Records: st, Authenticator: identity.NewAuthenticator(identity.AuthConfig{Store: st}),
+		Authorize: (&apiserver.PolicyGate{Policy: policy.New(), Records: st}).Authorize,
+		Key:       bytes.Repeat([]byte{key}, 32), BaseImage: "tiny", ServerID: name, Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Router: routing.NewE2B(st, node), Links: links})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		srv.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if node != "" {
 			if ss, err := mgr.List(ctx); err == nil {
 				for _, x := range ss {
-					if x.Node == n.ID {
+					if x.Node == node {
 						if err := mgr.Delete(ctx, x.ID); err != nil {
 							t.Errorf("cleanup: delete %s on %s: %v", x.ID, name, err)
 						}
 					}
 				}
 			}
-			mgr.StopAll(ctx)
-		})
-		s.env = &fakeEnv{t: t, url: hs.URL, mgr: mgr, driver: driver, e2b: srv, st: st, alice: alice}
-		return s
-	}
-	t.Cleanup(func() { // after the servers' cleanups
-		if ids := driver.Running(); len(ids) != 0 {
-			t.Errorf("fake VMs left running: %v", ids)
 		}
+		mgr.StopAll(ctx)
 	})
-	return start("a", 1), start("b", 2)
+	return srv
+}
+
+// manager is a session manager of the rig's.
+func (r *e2bRig) manager(cfg session.Config) *session.Manager {
+	dir := r.t.TempDir()
+	cfg.Driver, cfg.Images, cfg.Dir, cfg.TemplateDir = r.driver, emptyImages{r.imgDir}, dir, filepath.Join(dir, "templates")
+	cfg.DefaultMemoryMiB, cfg.Objects, cfg.NodeGrace = 64, r.objects, time.Hour
+	cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	mgr, err := session.New(cfg)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	if err := mgr.Recover(context.Background()); err != nil {
+		r.t.Fatal(err)
+	}
+	return mgr
+}
+
+// server starts server name with its embedded node and its E2B API,
+// whose access tokens it signs with a key of key's bytes.
+func (r *e2bRig) server(name string, key byte) *routeE2B {
+	t := r.t
+	t.Helper()
+	ctx := context.Background()
+	st := r.open()
+	s := &routeE2B{name: name, st: st}
+	hs, set := r.swappable()
+	n, err := session.RegisterEmbeddedNode(ctx, st, name, routeCapacity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// cove's own API is not served here: its URL only makes the node
+	// a placement candidate.
+	if err := session.AdvertiseNode(ctx, st, n.ID, "http://127.0.0.1:1"); err != nil {
+		t.Fatal(err)
+	}
+	if err := session.AdvertiseNodeE2B(ctx, st, n.ID, hs.URL); err != nil {
+		t.Fatal(err)
+	}
+	s.node = n.ID
+	s.mgr = r.manager(session.Config{Store: st, Node: n.ID, Route: true, ServerID: name})
+	srv := r.e2bServer(name, key, st, s.mgr, n.ID, nil)
+	set(srv)
+	s.env = &fakeEnv{t: t, url: hs.URL, mgr: s.mgr, driver: r.driver, e2b: srv, st: st, alice: r.alice}
+	return s
 }
 
 // setAdmin cordons (store.NodeCordoned) or uncordons ("") s's node.

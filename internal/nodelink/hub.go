@@ -65,9 +65,10 @@ type Hub struct {
 	log       *slog.Logger
 	transport *http.Transport
 
-	mu    sync.Mutex
-	links map[string]*link // by node id; guarded by mu
-	url   string           // SetURL's; guarded by mu
+	mu     sync.Mutex
+	links  map[string]*link // by node id; guarded by mu
+	url    string           // SetURL's; guarded by mu
+	e2bURL string           // SetE2BURL's; guarded by mu
 }
 
 // link is one node's control connection.
@@ -75,6 +76,7 @@ type link struct {
 	nodeID string
 	name   string
 	sess   *yamux.Session
+	serves bool // the node serves sessions (HeaderServes)
 }
 
 // NewHub makes a Hub.
@@ -172,6 +174,35 @@ func (h *Hub) SetURL(u string) {
 	h.mu.Lock()
 	h.url = u
 	h.mu.Unlock()
+}
+
+// SetE2BURL sets the URL of this server's E2B-compatible API (its
+// --e2b-advertise-url; "" for none). A node that connects serving
+// sessions has its record's E2BURL set to it with its URL (none clears
+// it): E2B calls about its sessions are routed to this server, which
+// relays them over the connection (HeaderAPI). The nodes serving
+// sessions connected now have theirs set at once: the E2B API may start
+// after them.
+func (h *Hub) SetE2BURL(ctx context.Context, u string) {
+	h.mu.Lock()
+	h.e2bURL = u
+	var serving []store.Node
+	for _, l := range h.links {
+		if l.serves && !l.sess.IsClosed() {
+			serving = append(serving, store.Node{ID: l.nodeID, Name: l.name})
+		}
+	}
+	h.mu.Unlock()
+	for _, n := range serving {
+		h.route(ctx, n, true)
+	}
+}
+
+// E2BURL is what SetE2BURL set.
+func (h *Hub) E2BURL() string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.e2bURL
 }
 
 // URL is what SetURL set.
@@ -395,9 +426,9 @@ func (h *Hub) Connect(w http.ResponseWriter, r *http.Request) error {
 		_ = c.CloseNow()
 		return startedError{fmt.Errorf("connect: node %s: %w", n.ID, err)}
 	}
-	l := &link{nodeID: n.ID, name: n.Name, sess: sess}
-	h.attach(l)
 	serves := r.Header.Get(HeaderServes) == ServesSessions
+	l := &link{nodeID: n.ID, name: n.Name, sess: sess, serves: serves}
+	h.attach(l)
 	h.log.Info("nodelink: node connected", "node", n.ID, "name", n.Name, "remote", r.RemoteAddr, "serves_sessions", serves)
 	h.route(r.Context(), n, serves)
 	base := context.WithValue(context.Background(), nodeKey{}, n.ID)
@@ -416,12 +447,12 @@ func (h *Hub) Connect(w http.ResponseWriter, r *http.Request) error {
 // would answer the calls routed there.
 func (h *Hub) route(ctx context.Context, n store.Node, serves bool) {
 	if !serves {
-		if n.URL == "" {
+		if n.URL == "" && n.E2BURL == "" {
 			return
 		}
 		err := store.ChangeNode(ctx, h.cfg.Store, n.ID, func(n *store.Node) bool {
-			changed := n.URL != ""
-			n.URL = ""
+			changed := n.URL != "" || n.E2BURL != ""
+			n.URL, n.E2BURL = "", ""
 			return changed
 		})
 		if err != nil {
@@ -431,16 +462,18 @@ func (h *Hub) route(ctx context.Context, n store.Node, serves bool) {
 		h.log.Warn("nodelink: the node serves no sessions now; its sessions are no longer routed", "node", n.ID, "name", n.Name, "was", n.URL)
 		return
 	}
-	u := h.URL()
+	h.mu.Lock()
+	u, e2bURL := h.url, h.e2bURL
+	h.mu.Unlock()
 	if u == "" {
 		h.log.Warn("nodelink: a node serving sessions connected to a server that advertises no URL (--advertise-url): calls about its sessions are not routed here", "node", n.ID, "name", n.Name, "its_url", n.URL)
 		return
 	}
 	err := store.ChangeNode(ctx, h.cfg.Store, n.ID, func(n *store.Node) bool {
-		if n.URL == u {
+		if n.URL == u && n.E2BURL == e2bURL {
 			return false
 		}
-		n.URL = u
+		n.URL, n.E2BURL = u, e2bURL
 		return true
 	})
 	if err != nil {
@@ -450,7 +483,7 @@ func (h *Hub) route(ctx context.Context, n store.Node, serves bool) {
 		h.log.Error("nodelink: could not record this server as where the node's sessions are reached", "node", n.ID, "name", n.Name, "url", u, "err", err)
 		return
 	}
-	h.log.Info("nodelink: the node's sessions are routed to this server", "node", n.ID, "name", n.Name, "url", u)
+	h.log.Info("nodelink: the node's sessions are routed to this server", "node", n.ID, "name", n.Name, "url", u, "e2b_url", e2bURL)
 }
 
 // attach makes l its node's connection, closing the one it replaces.

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -120,6 +121,12 @@ func TestServingNodeIsRoutedToItsServer(t *testing.T) {
 		return err == nil && n.URL == "http://s1.example:7070" && f1.hub.Connected(id)
 	})
 	eventually(t, "heartbeats told to the node", func() bool { return beats.Load() >= 2 })
+	// S1's E2B API starts after the node connected: its E2B URL is the
+	// node's now.
+	f1.hub.SetE2BURL(ctx, "http://s1.example:49999")
+	if n, err := st.GetNode(ctx, id); err != nil || n.E2BURL != "http://s1.example:49999" {
+		t.Errorf("after SetE2BURL, the node's record: %+v, %v; want S1's E2B URL", n, err)
+	}
 
 	rt, ok := f1.hub.Transport(id)
 	if !ok {
@@ -152,6 +159,9 @@ func TestServingNodeIsRoutedToItsServer(t *testing.T) {
 	})
 	if _, ok := f2.hub.Transport(id); !ok {
 		t.Error("Transport at S2: not ok")
+	}
+	if n, err := st.GetNode(ctx, id); err != nil || n.E2BURL != "" {
+		t.Errorf("at S2, which serves no E2B API: %+v, %v; want no E2B URL", n, err)
 	}
 
 	// Restarted serving no sessions (no shared store): its URL is
@@ -198,5 +208,35 @@ func TestServingNodeAtAServerWithNoURL(t *testing.T) {
 	h := NewHub(HubConfig{Store: f.st, Local: "node-local"})
 	if _, ok := h.Transport("node-local"); ok {
 		t.Error("Transport of the embedded node: ok")
+	}
+}
+
+// Split gives a call relayed for the E2B API (HeaderAPI) to the node's
+// E2B handler, any other to cove's API; with no E2B handler such a call
+// is a 503.
+func TestSplit(t *testing.T) {
+	named := func(name string) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, name) })
+	}
+	for _, c := range []struct {
+		header string
+		e2b    http.Handler
+		status int
+		body   string
+	}{
+		{"", named("e2b"), http.StatusOK, "cove"},
+		{APIE2B, named("e2b"), http.StatusOK, "e2b"},
+		{"other", named("e2b"), http.StatusOK, "cove"},
+		{APIE2B, nil, http.StatusServiceUnavailable, "serves no E2B API"},
+	} {
+		req := httptest.NewRequest("GET", "/sandboxes/x", nil)
+		if c.header != "" {
+			req.Header.Set(HeaderAPI, c.header)
+		}
+		w := httptest.NewRecorder()
+		Split(named("cove"), c.e2b).ServeHTTP(w, req)
+		if w.Code != c.status || !strings.Contains(w.Body.String(), c.body) {
+			t.Errorf("%s %q: %d %s, want %d %s", HeaderAPI, c.header, w.Code, w.Body, c.status, c.body)
+		}
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"regexp"
@@ -39,7 +40,35 @@ const (
 	HeaderServes = "Cove-Node-Serves"
 	// ServesSessions is HeaderServes's value for a node serving sessions.
 	ServesSessions = "sessions"
+	// HeaderAPI, on a call a server relays to a node serving sessions,
+	// says which of the node's APIs serves it: APIE2B for the
+	// E2B-compatible API (the relaying server's E2B API sets it), none
+	// for cove's (cove's API server removes it from what it relays).
+	// The node's handler is Split's.
+	HeaderAPI = "Cove-Node-Api"
+	// APIE2B is HeaderAPI's value for the E2B-compatible API.
+	APIE2B = "e2b"
 )
+
+// Split is the handler of a node serving sessions: a call relayed for
+// its E2B-compatible API (HeaderAPI: APIE2B) goes to e2b, any other to
+// cove's API, coveAPI. With e2b nil (the node serves no E2B API) such a
+// call is a 503 saying so.
+func Split(coveAPI, e2b http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get(HeaderAPI) != APIE2B {
+			coveAPI.ServeHTTP(w, r)
+			return
+		}
+		if e2b == nil {
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = io.WriteString(w, `{"code":503,"message":"this node serves no E2B API ('cove node' started without it): use cove's API"}`)
+			return
+		}
+		e2b.ServeHTTP(w, r)
+	})
+}
 
 // MaxJoinBytes bounds the body of a join request; a bigger one is
 // answered 413.

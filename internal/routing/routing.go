@@ -205,7 +205,7 @@ func (r *Router) session(ctx context.Context, id string, wakes bool) (t Target, 
 		switch {
 		case !n.Embedded && n.URL != "":
 			return Target{}, false, api.Errorf(api.CodeUnavailable,
-				"session %s is held by node %s (%s), a 'cove node' reached through its control connection: this API does not reach such nodes; use cove's API", id, n.Name, n.ID)
+				"session %s is held by node %s (%s), a 'cove node' reached through its control connection to a server that serves no E2B API (--e2b-listen): use cove's API, or connect the node to a server that serves one", id, n.Name, n.ID)
 		case !n.Embedded:
 			return Target{}, false, api.Errorf(api.CodeUnavailable,
 				"session %s is held by node %s (%s), a 'cove node' no server reaches now: it runs no sessions ('cove node' started without the shared store, --db), or its control connection is to a server that advertises no URL (--advertise-url)", id, n.Name, n.ID)

@@ -76,7 +76,7 @@ func TestSession(t *testing.T) {
 		{"node-here", "s-here", "", "", true},
 		{"node-here", "s-other", "http://10.0.0.2:3000", "", true},
 		{"node-here", "s-nourl", "", "--e2b-advertise-url", true},
-		{"node-here", "s-linked", "", "this API does not reach such nodes", true},
+		{"node-here", "s-linked", "", "serves no E2B API", true},
 		{"node-here", "s-dead", "", "", true},
 		{"", "s-other", "http://10.0.0.2:3000", "", true},
 		{"", "s-dead", "http://10.0.0.1:3000", "", true},

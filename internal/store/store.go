@@ -896,7 +896,9 @@ type Node struct {
 	// E2BURL is where the other API servers reach the E2B API
 	// (--e2b-listen) of an embedded node's server (its
 	// --e2b-advertise-url), to route an E2B call about one of its
-	// sandboxes there; "" for none.
+	// sandboxes there; for a remote node that serves sessions, that of
+	// the server holding its control connection, which relays the call
+	// over it; "" for none.
 	E2BURL      string
 	JoinedAt    time.Time
 	HeartbeatAt time.Time
