@@ -23,18 +23,11 @@ import (
 // (its Serve error goes to errc): its own listener, so that the SDK's
 // envd URLs, signed file URLs included, land at the root where envd's
 // routes are (see package e2b). Its access tokens are signed with the key
-// in HOME/e2b.key, made at the first start. Close stops it.
+// in HOME/e2b.key, made at the first start. Close stops it. The E2B calls
+// about the sandboxes of the session-serving nodes connected to hub (nil
+// for none) are relayed to them over their connections, and their
+// records' E2BURL is this API's (see nodee2b.go).
 func serveE2B(ctx context.Context, cfg serverConfig, serverID, node string, mgr *session.Manager, st store.Store, authn *identity.Authenticator,
-	authorize func(context.Context, apiserver.Action) error, auditor apiserver.Auditor, log *slog.Logger, errc chan<- error) (*http.Server, error) {
-	return serveE2BLinked(ctx, cfg, serverID, node, mgr, st, authn, authorize, auditor, nil, log, errc)
-}
-
-// serveE2BLinked is serveE2B for a server holding nodes' control
-// connections (hub; nil for none): the E2B calls about the sandboxes of
-// the session-serving nodes connected here are relayed to them over
-// their connections, and their records' E2BURL is this API's (see
-// nodee2b.go).
-func serveE2BLinked(ctx context.Context, cfg serverConfig, serverID, node string, mgr *session.Manager, st store.Store, authn *identity.Authenticator,
 	authorize func(context.Context, apiserver.Action) error, auditor apiserver.Auditor, hub *nodelink.Hub, log *slog.Logger, errc chan<- error) (*http.Server, error) {
 	key, err := secret.LoadOrCreateKey(filepath.Join(cfg.Home, "e2b.key"))
 	if err != nil {

@@ -177,7 +177,15 @@ func runNodeAgent(ctx context.Context, cfg nodeAgentConfig) error {
 		// the link; the driver's routes stay, as a node without a
 		// shared store serves them.
 		mux.Handle(remote.Prefix, remote.Handler(side.driver, remote.HandlerConfig{Log: log}))
-		mux.Handle("/", apiserver.New(side.api).Handler())
+		h, stopE2B, err := nodeE2B(ctx, nodeE2BConfig{Home: home, Node: side.node, ServerID: side.serverID,
+			BaseImage: cfg.Side.E2BBaseImage, MaxUpload: int64(cfg.Side.E2BMaxUpload),
+			Sessions: side.mgr, Store: side.st, Authn: side.authn, Authorize: side.authorize,
+			Audit: side.audit, Log: log, CoveAPI: apiserver.New(side.api).Handler()})
+		if err != nil {
+			return err
+		}
+		defer stopE2B()
+		mux.Handle("/", h)
 	} else {
 		log.Warn("node: no shared store (--db is not a postgres:// URL): this node takes no sessions; it serves the server its QEMU driver only")
 		// The server drives this host's VMs through the driver's routes.

@@ -353,7 +353,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(ln) }()
 	if cfg.E2BListen != "" {
-		e2bSrv, err := serveE2B(ctx, cfg, side.serverID, node, side.mgr, st, side.authn, side.authorize, auditLog, log, errc)
+		e2bSrv, err := serveE2B(ctx, cfg, side.serverID, node, side.mgr, st, side.authn, side.authorize, auditLog, hub, log, errc)
 		if err != nil {
 			return err
 		}
