@@ -81,6 +81,19 @@ func Forward(w http.ResponseWriter, r *http.Request, t Target, by string, rt htt
 			failed = err
 		},
 	}
+	// Full duplex: the request body is the forward's to read until the
+	// transport is done with it. Without it, net/http's server, once the
+	// answer's header goes out (at once here: FlushInterval -1), reads
+	// what is left of the request body and closes it; the transport,
+	// which writes a body it cannot size in memory straight to the
+	// socket, reads it once more to see its end after the bytes went out,
+	// and a read that finds it closed fails the request's write, on which
+	// the transport closes the connection under the answer it is reading:
+	// the client had a 200 and its Content-Length and gets no body ("use
+	// of closed network connection" on the forwarding server). A writer
+	// that cannot (the buffered answer of a create placed elsewhere)
+	// sends nothing before the forward returns, so nothing is discarded.
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	p.ServeHTTP(w, r)
 	if failed != nil && errors.Is(failed, context.Canceled) && r.Context().Err() != nil {
 		return context.Canceled
