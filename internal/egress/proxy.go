@@ -673,6 +673,13 @@ func (cc *clientConn) forward(w http.ResponseWriter, r *http.Request, scheme, ho
 			http.Error(w, fmt.Sprintf("cove egress: %s: %s", hostport, why), http.StatusBadGateway)
 		},
 	}
+	// The request body stays the upstream request's until the handler
+	// returns: without full duplex, the answer's header (flushed at once)
+	// makes the server close the body under the transport's look for its
+	// end, which fails the request write and closes the upstream
+	// connection while the answer is read (see routing.Forward, whose
+	// test shows it).
+	_ = http.NewResponseController(w).EnableFullDuplex()
 	rp.ServeHTTP(w, r)
 }
 
