@@ -26,6 +26,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/apiserver"
+	"github.com/cove-dev/cove/internal/browsertest"
 	"github.com/cove-dev/cove/internal/dashboard"
 	"github.com/cove-dev/cove/internal/identity"
 	cimage "github.com/cove-dev/cove/internal/image"
@@ -50,35 +51,6 @@ func (f fitImages) Kernel(context.Context, func(string)) (cimage.Kernel, error) 
 
 func (f fitImages) Initramfs(cimage.Kernel) (string, error) {
 	return filepath.Join(f.dir, "initrd"), nil
-}
-
-// fitChromium finds Debian's headless browser.
-func fitChromium(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	testenv.Skipf(t, "no chromium on PATH (make deps installs Debian's)")
-	return ""
-}
-
-// fitBrowser starts a headless chromium of the test's own at 1280×900 and
-// returns the context of its tab.
-func fitBrowser(t *testing.T, bin string) context.Context {
-	t.Helper()
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.UserDataDir(t.TempDir()),
-		chromedp.NoSandbox, chromedp.WindowSize(1280, 900), chromedp.Flag("disable-gpu", true))
-	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
-	bctx, cancelB := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
-	t.Cleanup(func() { cancelB(); cancelA() })
-	// The first action makes the tab, which lives as long as the context
-	// of that call: this one, with no timeout.
-	if err := chromedp.Do(bctx, chromedp.Navigate("about:blank")); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	return bctx
 }
 
 // fitRig is the dashboard in front of the real API server and session
@@ -306,7 +278,7 @@ type focusInfo struct {
 // visible text is at WCAG AA contrast and every control's border at 3:1;
 // at 375×740 no page scrolls sideways.
 func TestDashboardFit(t *testing.T) {
-	bin := fitChromium(t)
+	bin := browsertest.Chromium(t)
 	rig := newFitRig(t)
 	ctx := t.Context()
 	running, err := rig.mgr.Create(ctx, "ada", api.CreateSessionRequest{Image: "tiny", Agent: "claude", IdleTimeout: "0s"})
@@ -324,7 +296,7 @@ func TestDashboardFit(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	bctx := fitBrowser(t, bin)
+	bctx := browsertest.Tab(t, bin, "")
 	do := func(what string, actions ...chromedp.Action[chromedp.Void]) {
 		t.Helper()
 		sctx, cancel := context.WithTimeout(bctx, time.Minute)
@@ -528,14 +500,14 @@ func TestDashboardFit(t *testing.T) {
 // page says it polls and a session created then still shows, and the
 // stream comes back.
 func TestDashboardListPushed(t *testing.T) {
-	bin := fitChromium(t)
+	bin := browsertest.Chromium(t)
 	rig := newFitRig(t)
 	ctx := t.Context()
 	first, err := rig.mgr.Create(ctx, "ada", api.CreateSessionRequest{Image: "tiny", IdleTimeout: "0s"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	bctx := fitBrowser(t, bin)
+	bctx := browsertest.Tab(t, bin, "")
 	wait := func(what, expr string) {
 		t.Helper()
 		if err := jsWaitFit(bctx, expr); err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	"github.com/cove-dev/cove/internal/apiserver"
+	"github.com/cove-dev/cove/internal/browsertest"
 	"github.com/cove-dev/cove/internal/dashboard"
 	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/oidctest"
@@ -27,7 +28,7 @@ import (
 // and the page is then signed in as alice, whom the API made at this
 // first sign-in. No VM: the API's sessions are the store's records.
 func TestDashboardOIDCSignIn(t *testing.T) {
-	bin := fitChromium(t)
+	bin := browsertest.Chromium(t)
 	if !dashboard.Built(dashboard.Embedded()) {
 		testenv.Skipf(t, "%s", dashboard.NotBuilt)
 	}
@@ -75,7 +76,7 @@ func TestDashboardOIDCSignIn(t *testing.T) {
 	srv := httptest.NewServer(h)
 	t.Cleanup(srv.Close)
 
-	ctx := fitBrowser(t, bin)
+	ctx := browsertest.Tab(t, bin, "")
 	wait := func(what, expr string) {
 		t.Helper()
 		deadline := time.Now().Add(time.Minute)

@@ -14,62 +14,21 @@ import (
 	"net/http"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/browser"
 	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 	"github.com/coder/websocket"
 
+	"github.com/cove-dev/cove/internal/browsertest"
 	"github.com/cove-dev/cove/internal/dashboard"
 	"github.com/cove-dev/cove/internal/testenv"
 )
-
-// chromium finds Debian's headless browser.
-func chromium(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	testenv.Skipf(t, "no chromium on PATH (make deps installs Debian's)")
-	return ""
-}
-
-// browserCtx starts a headless chromium of its own (profile and
-// downloads in temp dirs) and returns its context.
-func browserCtx(t *testing.T, bin string) (context.Context, string) {
-	t.Helper()
-	downloads := t.TempDir()
-	opts := append(chromedp.DefaultExecAllocatorOptions[:],
-		chromedp.ExecPath(bin),
-		chromedp.UserDataDir(t.TempDir()),
-		chromedp.NoSandbox, // root in CI's container
-		chromedp.WindowSize(1280, 900),
-		chromedp.Flag("disable-gpu", true),
-	)
-	actx, cancelA := chromedp.NewExecAllocator(context.Background(), opts...)
-	ctx, cancelB := chromedp.NewContext(actx, chromedp.WithLogf(t.Logf))
-	t.Cleanup(func() { cancelB(); cancelA() })
-	_, err := chromedp.CallBrowser(ctx, browser.SetDownloadBehavior, browser.SetDownloadBehaviorParams{
-		Behavior: browser.SetDownloadBehaviorBehaviorAllow, DownloadPath: downloads})
-	if err == nil {
-		// The first action makes the tab, which lives as long as the
-		// context of that call: this one, with no timeout.
-		err = chromedp.Do(ctx, chromedp.Navigate("about:blank"))
-	}
-	if err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	return ctx, downloads
-}
 
 // jsWait polls a JavaScript expression in the page until it is true.
 func jsWait(ctx context.Context, what, expr string, limit time.Duration) error {
@@ -126,7 +85,7 @@ func stateIs(state string) string {
 // refuses the engineer, and show the admin the log (entries verified
 // against the signed checkpoint) and the node (cordon, uncordon).
 func TestDashboard(t *testing.T) {
-	bin := chromium(t)
+	bin := browsertest.Chromium(t)
 	e := newE2E(t)
 	e.startServer()
 	t.Cleanup(func() { // before newE2E's, which finds no QEMU left then
@@ -164,7 +123,8 @@ func TestDashboard(t *testing.T) {
 	bens := strings.TrimSpace(out)
 	e.seen[bens] = true
 
-	ctx, downloads := browserCtx(t, bin)
+	downloads := t.TempDir()
+	ctx := browsertest.Tab(t, bin, downloads)
 	base := "http://" + e.addr + "/"
 	step := func(what string, actions ...chromedp.Action[chromedp.Void]) {
 		t.Helper()

@@ -14,17 +14,26 @@ import (
 	"github.com/cove-dev/cove/internal/s3test"
 )
 
-// fleetEnv makes the PostgreSQL database db for servers that share a
-// store and returns their environment: COVE_DB, no spares or clone files
-// made ahead, and, with s3, its credentials (COVE_OBJECTS is the test's).
-func fleetEnv(t *testing.T, db string, s3 *s3test.Server) []string {
+// freshDB starts a PostgreSQL server of the test's own (see
+// pgtest.Fresh), makes a database named for db in it, and returns the
+// server and the database's URL.
+func freshDB(t *testing.T, db string) (*pgtest.Server, string) {
 	t.Helper()
 	pg := pgtest.Fresh(t)
 	name, err := pg.CreateDatabase(t.Context(), db)
 	if err != nil {
 		t.Fatal(err)
 	}
-	env := []string{"COVE_DB=" + pg.URL(name), "COVE_SPARES=0", "COVE_CLONE_FILES=0"}
+	return pg, pg.URL(name)
+}
+
+// fleetEnv makes the PostgreSQL database db for servers that share a
+// store and returns their environment: COVE_DB, no spares or clone files
+// made ahead, and, with s3, its credentials (COVE_OBJECTS is the test's).
+func fleetEnv(t *testing.T, db string, s3 *s3test.Server) []string {
+	t.Helper()
+	_, dbURL := freshDB(t, db)
+	env := []string{"COVE_DB=" + dbURL, "COVE_SPARES=0", "COVE_CLONE_FILES=0"}
 	if s3 != nil {
 		for k, v := range s3.Env() {
 			env = append(env, k+"="+v)

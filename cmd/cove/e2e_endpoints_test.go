@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
-	"github.com/cove-dev/cove/internal/pgtest"
 	"github.com/cove-dev/cove/internal/s3test"
 	"github.com/cove-dev/cove/internal/vmtest"
 )
@@ -124,13 +123,9 @@ func TestServerRefusesBadEndpoints(t *testing.T) {
 		}
 	})
 
-	pg := pgtest.Fresh(t)
-	db, err := pg.CreateDatabase(t.Context(), "t_cove_endpoints")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pg, dbURL := freshDB(t, "t_cove_endpoints")
 	const wrongPW = "Wr0ng-pg-pw-e2e-4kd"
-	bad, err := url.Parse(pg.URL(db))
+	bad, err := url.Parse(dbURL)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,13 +157,9 @@ func TestServerRefusesBadEndpoints(t *testing.T) {
 // without a restart: sessions list, and one is created, runs and is
 // removed.
 func TestServerRidesOutDatabaseRestart(t *testing.T) {
-	pg := pgtest.Fresh(t)
-	db, err := pg.CreateDatabase(t.Context(), "t_cove_outage")
-	if err != nil {
-		t.Fatal(err)
-	}
+	pg, dbURL := freshDB(t, "t_cove_outage")
 	e := newE2E(t)
-	e.startServer("COVE_DB=" + pg.URL(db))
+	e.startServer("COVE_DB=" + dbURL)
 	token := e.userToken()
 	list := func() (int, api.ErrorBody) {
 		t.Helper()

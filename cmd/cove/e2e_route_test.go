@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/cove-dev/cove/api"
-	"github.com/cove-dev/cove/internal/pgtest"
 	"github.com/cove-dev/cove/internal/s3test"
 	"github.com/cove-dev/cove/internal/vmtest"
 )
@@ -47,17 +46,9 @@ func (e *e2e) sibling() *e2e {
 // then comes back on A, from the S3 store into A's home, with its memory
 // and processes intact.
 func TestEndToEndRouting(t *testing.T) {
-	pg := pgtest.Fresh(t)
-	db, err := pg.CreateDatabase(t.Context(), "t_cove_route")
-	if err != nil {
-		t.Fatal(err)
-	}
 	s3 := s3test.Shared(t)
-	env := []string{"COVE_DB=" + pg.URL(db), "COVE_OBJECTS=" + s3.URL("route-"+randomToken()),
-		"COVE_NODE_HEARTBEAT=1s", "COVE_NODE_GRACE=5s", "COVE_SPARES=0", "COVE_CLONE_FILES=0"}
-	for k, v := range s3.Env() {
-		env = append(env, k+"="+v)
-	}
+	env := append(fleetEnv(t, "t_cove_route", s3), "COVE_OBJECTS="+s3.URL("route-"+randomToken()),
+		"COVE_NODE_HEARTBEAT=1s", "COVE_NODE_GRACE=5s")
 	a := newE2E(t)
 	b, c := a.sibling(), a.sibling()
 	a.startServer(append(env, "COVE_NODE_NAME=route-a")...)

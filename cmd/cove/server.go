@@ -53,6 +53,7 @@ type serverConfig struct {
 	CacheSize    sizeFlag      // bound on parked sessions' snapshot files here; 0: none
 	GCInterval   time.Duration // how often the object store's garbage is collected; 0 never
 	GCGrace      time.Duration // how old unnamed objects must be before a GC deletes them
+	KeyTTL       time.Duration // how long an Idempotency-Key is kept; 0 for ever
 	Accel        string
 	AgentPath    string
 	QEMUUser     string
@@ -226,6 +227,7 @@ the policy in force.`,
 	f.Var(&cfg.CacheSize, "cache-size", "node cache: the most bytes that parked sessions' snapshot files (RAM file, device state, disk overlay; allocated blocks) may take on this host, e.g. 2GiB, 500MiB or a byte count; past it, the files of parked sessions stored in --objects are removed, least recently parked first, and a wake fetches them back (COVE_CACHE_SIZE; default 0: no bound)")
 	f.DurationVar(&cfg.GCInterval, "gc-interval", envDuration("COVE_GC_INTERVAL", time.Hour), "how often the object store's garbage is collected: manifests and chunks no session, template version or image record names (nor what they rest on), once older than --gc-grace; 0 never (COVE_GC_INTERVAL)")
 	f.DurationVar(&cfg.GCGrace, "gc-grace", envDuration("COVE_GC_GRACE", session.DefaultGCGrace), "how old an object no record names must be before a GC deletes it; uploads under way are safe as long as they take less than half of it (at least 1h) (COVE_GC_GRACE)")
+	f.DurationVar(&cfg.KeyTTL, "idempotency-ttl", envDuration("COVE_IDEMPOTENCY_TTL", session.DefaultIdempotencyTTL), "how long a create's Idempotency-Key is kept: a retry with an older key makes a new session; 0 keeps keys for ever (COVE_IDEMPOTENCY_TTL)")
 	f.StringVar(&cfg.Accel, "accel", envOr("COVE_ACCEL", "auto"), "accelerator: auto, kvm or tcg (COVE_ACCEL)")
 	f.StringVar(&cfg.AgentPath, "agent", os.Getenv("COVE_AGENT"), "static cove-agent binary (COVE_AGENT; default: next to this binary)")
 	f.StringVar(&cfg.QEMUUser, "qemu-user", envOr("COVE_QEMU_USER", "cove-vm"), "unprivileged user QEMU runs as when the server is root (COVE_QEMU_USER)")
@@ -426,6 +428,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
 		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout, CloneFiles: cfg.CloneFiles,
 		CrashPoint: crash, Objects: objects, CacheSize: int64(cfg.CacheSize), GCInterval: cfg.GCInterval, GCGrace: cfg.GCGrace,
+		IdempotencyTTL: cfg.KeyTTL,
 		OnEvent: session.Hooks(session.AuditEvents(auditLog), session.ObserveDurations(metrics.ObservePark, metrics.ObserveWake),
 			session.ObserveStores(metrics.ObserveStore), session.ObserveEvictions(metrics.ObserveEviction)),
 		Admission:      session.Admission{MemoryOvercommit: cfg.MemoryOvercommit, CPUOvercommit: cfg.CPUOvercommit},

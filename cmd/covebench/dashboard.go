@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http/httptest"
-	"os"
-	"os/exec"
 	"strings"
 	"time"
 
@@ -17,6 +15,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/apiserver"
+	"github.com/cove-dev/cove/internal/browsertest"
 	"github.com/cove-dev/cove/internal/dashboard"
 )
 
@@ -35,9 +34,9 @@ func dashboardRows(ctx context.Context, c *api.Client, token string, apiCfg apis
 	if !dashboard.Built(dashboard.Embedded()) {
 		return nil, errors.New(dashboard.NotBuilt)
 	}
-	bin, err := exec.LookPath("chromium")
+	bin, err := browsertest.Find()
 	if err != nil {
-		return nil, fmt.Errorf("dashboard: no chromium on PATH (make deps installs Debian's): %w", err)
+		return nil, fmt.Errorf("dashboard: %w", err)
 	}
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)
@@ -206,22 +205,13 @@ type browser struct {
 	section string
 }
 
-// openBrowser starts chromium (bin) with a fresh profile; stop ends it
-// and removes the profile.
+// openBrowser starts chromium (bin; see browsertest.Start); stop ends it.
 func openBrowser(ctx context.Context, bin, url, section string) (b *browser, stop func(), err error) {
-	profile, err := os.MkdirTemp("", "covebench-chromium-")
+	tab, stop, err := browsertest.Start(ctx, bin, browsertest.Options{})
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, fmt.Errorf("%s: %w", section, err)
 	}
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(bin), chromedp.UserDataDir(profile),
-		chromedp.NoSandbox, chromedp.WindowSize(1280, 900))
-	actx, cancelA := chromedp.NewExecAllocator(ctx, opts...)
-	bctx, cancelB := chromedp.NewContext(actx)
-	return &browser{ctx: bctx, url: url, section: section}, func() {
-		cancelB()
-		cancelA()
-		os.RemoveAll(profile)
-	}, nil
+	return &browser{ctx: tab, url: url, section: section}, stop, nil
 }
 
 // wait waits up to two minutes for the page's expr to be true.

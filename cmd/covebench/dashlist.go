@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net/http/httptest"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"time"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/apiserver"
+	"github.com/cove-dev/cove/internal/browsertest"
 	"github.com/cove-dev/cove/internal/dashboard"
 	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/session"
@@ -41,9 +41,9 @@ func dashboardListRows(ctx context.Context, n, loads, updates int) ([]row, error
 	if !dashboard.Built(dashboard.Embedded()) {
 		return nil, errors.New(dashboard.NotBuilt)
 	}
-	bin, err := exec.LookPath("chromium")
+	bin, err := browsertest.Find()
 	if err != nil {
-		return nil, fmt.Errorf("dashboard list: no chromium on PATH (make deps installs Debian's): %w", err)
+		return nil, fmt.Errorf("dashboard list: %w", err)
 	}
 	dir, err := os.MkdirTemp("", "covebench-dashlist-")
 	if err != nil {

@@ -70,6 +70,10 @@ type Agent struct {
 	// (unix.Sync; tests replace it), and syncLimit bounds the wait for it.
 	syncFS    func()
 	syncLimit time.Duration
+
+	// eventsDir is where a park request looks for its waking event:
+	// EventsDir in a guest (tests change it).
+	eventsDir string
 }
 
 // syncLimit bounds a detach's write-back: a guest whose disk does not
@@ -82,7 +86,7 @@ const syncLimit = 10 * time.Second
 // the parent of every orphan in the guest.
 func New(log *slog.Logger) *Agent {
 	return &Agent{Log: log, reaper: newReaper(), urandom: -1, syncFS: unix.Sync, syncLimit: syncLimit,
-		egressAddr: agentproto.EgressAddr, dnsAddr: dnsAddr}
+		egressAddr: agentproto.EgressAddr, dnsAddr: dnsAddr, eventsDir: EventsDir}
 }
 
 // FindPort returns the device path of the virtio-serial port named name,

@@ -115,15 +115,17 @@ func (a *Agent) rollbackGuard(req ToolRequest) (ToolReply, bool) {
 // rollback asks the host to roll this session back (request id on l). It
 // returns only if that did not happen: on success this guest is stopped.
 func (a *Agent) rollback(ctx context.Context, l *listener, id int64, answers chan agentproto.GuestReply, req ToolRequest) ToolReply {
-	if err := l.fw.json(agentproto.FrameRequest, agentproto.GuestRequest{ID: id, Kind: agentproto.GuestRollback, Name: req.Name}); err != nil {
-		return ToolReply{Error: "rollback: the host went away; nothing was rolled back"}
-	}
-	select {
-	case r := <-answers:
-		return ToolReply{Error: "rollback: " + cmp.Or(r.Error, "the host refused without a reason")}
-	case <-l.done:
-	case <-ctx.Done():
-		return ToolReply{Error: "rollback: the agent is stopping"}
+	// A failed write may have reached the host all the same (see
+	// checkpoint), and a rollback ends the connection: it waits, as a
+	// connection that ended unanswered does, for the host to come back.
+	if err := l.fw.json(agentproto.FrameRequest, agentproto.GuestRequest{ID: id, Kind: agentproto.GuestRollback, Name: req.Name}); err == nil {
+		select {
+		case r := <-answers:
+			return ToolReply{Error: "rollback: " + cmp.Or(r.Error, "the host refused without a reason")}
+		case <-l.done:
+		case <-ctx.Done():
+			return ToolReply{Error: "rollback: the agent is stopping"}
+		}
 	}
 	// The host ends the connection to roll back, and this guest stops: a
 	// host that comes back to it did not roll it back.

@@ -21,10 +21,20 @@ import (
 // pair, as connect does for the shared agent.
 func connectTo(t *testing.T, a *agent.Agent) *agentproto.Client {
 	t.Helper()
+	return connectVia(t, a, nil)
+}
+
+// connectVia is connectTo with the guest's end of the connection wrapped
+// by wrap (nil: as it is).
+func connectVia(t *testing.T, a *agent.Agent, wrap func(net.Conn) net.Conn) *agentproto.Client {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	c, _, err := agentproto.Connect(ctx, func(context.Context) (net.Conn, error) {
 		host, guest := socketPair(t)
+		if wrap != nil {
+			guest = wrap(guest)
+		}
 		sctx, scancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		go func() {

@@ -51,3 +51,7 @@ func (a *Agent) Listening() bool {
 	defer a.mu.Unlock()
 	return a.listener != nil
 }
+
+// SetEventsDir makes a park request look for its waking event in dir
+// instead of EventsDir.
+func (a *Agent) SetEventsDir(dir string) { a.eventsDir = dir }

@@ -231,15 +231,19 @@ func (a *Agent) serveTool(ctx context.Context, c net.Conn) {
 	events := make(chan []byte, 1)
 	ectx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	after := NewestEvent(EventsDir)
+	after := NewestEvent(a.eventsDir)
 	go func() {
-		if ev, err := WaitEventAfter(ectx, EventsDir, after); err == nil {
+		if ev, err := WaitEventAfter(ectx, a.eventsDir, after); err == nil {
 			events <- ev
 		}
 	}()
+	// A failed write does not mean the host never read the request (see
+	// checkpoint): yamux can report the session's end, which a park
+	// brings, for a frame it already sent, and the guest saved while the
+	// write waited for that word wakes with it failing. So a write error
+	// waits, as a park whose connection ended does, for the waking event.
 	if err := l.fw.json(agentproto.FrameRequest, agentproto.GuestRequest{ID: id, Kind: agentproto.GuestPark, Until: req.Until, Timeout: req.Timeout}); err != nil {
-		reply(ToolReply{Error: "park: the host went away"})
-		return
+		answers = nil // the listen stream is gone: no refusal can come on it
 	}
 	select {
 	case r := <-answers:

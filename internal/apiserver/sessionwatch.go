@@ -21,7 +21,8 @@ type SessionChanges interface {
 // Timing of GET /v1/sessions/watch: changes closer together than
 // watchCoalesce are sent as one list; with no change, the list goes out
 // again every watchResend anyway (it keeps the connection alive through
-// proxies, and brings what another server changed).
+// proxies, and brings what another server changed where the store tells
+// no other server's changes: SQLite).
 var (
 	watchCoalesce = 100 * time.Millisecond
 	watchResend   = 15 * time.Second

@@ -30,8 +30,11 @@ func (c *changes) notify() {
 
 // Changes implements apiserver.SessionChanges: a channel that receives a
 // signal after the session records this manager writes change, and a
-// func that ends the subscription. Changes made by another server are
-// not seen here (its own Changes tells them).
+// func that ends the subscription. Changes made by another server
+// sharing the store are told too where the store has a feed of them
+// (store.SessionFeed: PostgreSQL's LISTEN/NOTIFY), within a round trip
+// of their commit; with none (SQLite, one server's) only this
+// manager's own are.
 func (m *Manager) Changes() (<-chan struct{}, func()) {
 	ch := make(chan struct{}, 1)
 	c := &m.changes
@@ -81,4 +84,17 @@ func (s changeStore) DeleteSession(ctx context.Context, id string) error {
 		s.c.notify()
 	}
 	return err
+}
+
+// followOthers tells the subscribers of Changes of the session records
+// other servers sharing the store write, where the store has a feed of
+// them (store.SessionFeed: PostgreSQL), until the manager stops.
+func (m *Manager) followOthers(feed store.SessionFeed) {
+	defer m.bg.Done()
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		<-m.stop
+		cancel()
+	}()
+	_ = feed.FollowSessions(ctx, m.changes.notify) // returns when the manager stops
 }

@@ -102,3 +102,57 @@ func (m *Manager) CreateKeyed(ctx context.Context, owner, key string, req api.Cr
 		}
 	}
 }
+
+// DefaultIdempotencyTTL is how long cove server keeps an Idempotency-Key
+// unless told otherwise (Config.IdempotencyTTL).
+const DefaultIdempotencyTTL = 24 * time.Hour
+
+// keySweepEvery is how often keys older than ttl are swept: a tenth of
+// it, between a second and ten minutes, so a key lives at most a tenth
+// longer than ttl (ten minutes for the day of the default).
+func keySweepEvery(ttl time.Duration) time.Duration {
+	return min(max(ttl/10, time.Second), 10*time.Minute)
+}
+
+// keySweepLoop runs SweepIdempotencyKeys every keySweepEvery until the
+// manager stops.
+func (m *Manager) keySweepLoop() {
+	defer m.bg.Done()
+	tick := time.NewTicker(keySweepEvery(m.cfg.IdempotencyTTL))
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case <-tick.C:
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		m.SweepIdempotencyKeys(ctx)
+		cancel()
+	}
+}
+
+// SweepIdempotencyKeys frees, under the claim keys/sweep, every
+// Idempotency-Key whose create was made longer than
+// Config.IdempotencyTTL ago, and returns how many (0 with no TTL). A
+// server that finds the claim held by another does nothing: that one
+// sweeps. A retry with a freed key is a new create.
+func (m *Manager) SweepIdempotencyKeys(ctx context.Context) int {
+	if m.cfg.IdempotencyTTL <= 0 {
+		return 0
+	}
+	lctx, release, ok := m.lease(ctx, "keys/sweep")
+	if !ok {
+		return 0
+	}
+	defer release()
+	n, err := m.cfg.Store.ExpireSessionKeys(lctx, time.Now().Add(-m.cfg.IdempotencyTTL))
+	if err != nil {
+		m.cfg.Log.Warn("idempotency key sweep", "err", err)
+		return 0
+	}
+	if n > 0 {
+		m.cfg.Log.Info("idempotency keys expired", "keys", n, "ttl", m.cfg.IdempotencyTTL)
+	}
+	return n
+}

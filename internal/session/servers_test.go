@@ -665,3 +665,71 @@ func twoServersLostClaimStopsWork(t *testing.T, open func(t *testing.T) store.St
 		t.Fatalf("%d wakes begun, want 1", n)
 	}
 }
+
+// A server's Changes tells of the session records another server sharing
+// its PostgreSQL store writes (the dashboard's live list, GET
+// /v1/sessions/watch, follows it): a create, a park, a removal made
+// through B each signal A's subscriber. (SQLite is one server's store:
+// it has no such feed.)
+func TestFakeChangesAcrossServers(t *testing.T) {
+	srv := pgtest.Fresh(t)
+	name, err := srv.CreateDatabase(t.Context(), "changes")
+	if err != nil {
+		t.Fatalf("%v; server log: %s", err, srv.LogTail())
+	}
+	r := newTwoRig(t, func(t *testing.T) store.Store {
+		st, err := postgres.Open(t.Context(), srv.URL(name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	})
+	a := r.server("srv-a", nil, nil)
+	b := r.server("srv-b", nil, nil)
+	ch, stop := a.Changes()
+	defer stop()
+	ctx := context.Background()
+	seen := func(what string) {
+		t.Helper()
+		select {
+		case <-ch:
+		case <-time.After(time.Minute): // only a feed that never tells
+			t.Fatalf("%s through B: A's Changes did not tell", what)
+		}
+		for len(ch) > 0 { // one signal may stand for several
+			<-ch
+		}
+	}
+	// A's feed listens once connected: creates through B until one is
+	// told (none by A itself, whose own writes A tells anyway).
+	var ids []string
+	for told := false; !told; {
+		if len(ids) == 20 {
+			t.Fatal("20 creates through B, a second apart: A's Changes told of none")
+		}
+		s, err := b.Create(ctx, testOwner, api.CreateSessionRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, s.ID)
+		select {
+		case <-ch:
+			told = true
+		case <-time.After(time.Second):
+		}
+	}
+	time.Sleep(300 * time.Millisecond) // the last create's other writes
+	for len(ch) > 0 {
+		<-ch
+	}
+	if _, err := b.Park(ctx, ids[0]); err != nil {
+		t.Fatal(err)
+	}
+	seen("a park")
+	for _, id := range ids {
+		if err := b.Delete(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen("a removal")
+}

@@ -136,6 +136,11 @@ type Config struct {
 	// again; it doubles with each failure in a row, up to 10 minutes.
 	// 0: 10 s.
 	UploadRetry time.Duration
+	// IdempotencyTTL is how long a create's Idempotency-Key is kept: a
+	// sweep (one server of those sharing the store, under a claim) frees
+	// older keys, and a retry with a freed key makes a new session. 0:
+	// kept for ever (cove server's default is DefaultIdempotencyTTL).
+	IdempotencyTTL time.Duration
 
 	// Node is the id of this server's embedded node (see
 	// RegisterEmbeddedNode; node.go): the sessions it creates record it,
@@ -220,6 +225,7 @@ type Manager struct {
 	leases map[string]bool // guarded by mu: keys of the work this manager holds claimed (claim.go)
 
 	stop chan struct{} // closed by Close/StopAll: ends background loops
+	raw  store.Store   // Config.Store as given, before changeStore wraps it
 
 	encodeQ  []ckptRef // guarded by mu: checkpoints whose RAM is to be re-encoded (memchain.go)
 	encoding bool      // guarded by mu: encodeLoop runs
@@ -345,6 +351,7 @@ func New(cfg Config) (*Manager, error) {
 		ups: uploads{slots: make(chan struct{}, uploadsAtOnce), running: map[string]*upload{}, bases: map[string]*baseEntry{},
 			restoring: map[string]*restoreProgress{}, failures: map[string]int{}},
 		cache: nodeCache{kick: make(chan struct{}, 1)}}
+	m.raw = cfg.Store
 	m.cfg.Store = changeStore{Store: cfg.Store, c: &m.changes}
 	m.disks = cfg.Driver.Disks()
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
@@ -1236,6 +1243,14 @@ func (m *Manager) Recover(ctx context.Context) error {
 		go m.gcLoop()
 	}
 	m.startNodeLoops()
+	if feed, ok := m.raw.(store.SessionFeed); ok {
+		m.bg.Add(1)
+		go m.followOthers(feed)
+	}
+	if m.cfg.IdempotencyTTL > 0 {
+		m.bg.Add(1)
+		go m.keySweepLoop()
+	}
 	m.kickDeliveries() // deliveries left pending by the last server
 	if err := m.recoverTemplates(ctx); err != nil {
 		return err

@@ -35,6 +35,21 @@ var (
 	ErrConflict = errors.New("store: changed since it was read")
 )
 
+// SessionFeed is a store shared by several servers that tells each of
+// them when any of them writes session records (PostgreSQL: LISTEN and
+// NOTIFY). A store used by one server alone (SQLite) has none: its
+// server sees its own writes.
+type SessionFeed interface {
+	// FollowSessions calls changed after each committed transaction
+	// that created, updated or removed session records, whichever
+	// server made it, until ctx ends; then it returns ctx's error. A
+	// call says only "something changed"; several may stand for one.
+	// While the feed is cut (its connection lost) it reconnects,
+	// calling changed once connected again, since changes may have
+	// been missed meanwhile.
+	FollowSessions(ctx context.Context, changed func()) error
+}
+
 // Store is the durable record of sessions, images, templates, triggers and
 // identities.
 //
@@ -88,6 +103,10 @@ type Store interface {
 	// DeleteSessionKey frees owner's key (of a create given up, whose
 	// session is gone), or fails with ErrNotFound if there is none.
 	DeleteSessionKey(ctx context.Context, owner, key string) error
+	// ExpireSessionKeys frees every key whose create was made (the
+	// CreatedAt of the session CreateSession recorded it with) before
+	// before, and returns how many it freed.
+	ExpireSessionKeys(ctx context.Context, before time.Time) (int, error)
 	// UpdateSession replaces the session with id s.ID by s, every field
 	// but TokenGen and TokensRevokedAt, if its stored generation is
 	// s.Gen: it stores generation s.Gen+1 and, on success only, sets

@@ -259,6 +259,26 @@ var migrations = []string{
 		request_hash TEXT NOT NULL,
 		PRIMARY KEY (owner, key)
 	);`,
+	// 14: the SQLite store's migration 23: when each idempotency key's
+	// create was made (unix ns), so that keys expire
+	// (Store.ExpireSessionKeys); a key from before takes its session's
+	// creation time, or, its session removed, the migration's.
+	`ALTER TABLE session_keys ADD COLUMN created_at BIGINT NOT NULL DEFAULT 0;
+	UPDATE session_keys SET created_at = COALESCE(
+		(SELECT created_at FROM sessions WHERE sessions.id = session_keys.session_id),
+		(extract(epoch FROM now()) * 1000000000)::BIGINT);
+	CREATE INDEX session_keys_by_created ON session_keys (created_at);`,
+	// 15 (PostgreSQL alone: SQLite is one server's store): a NOTIFY on
+	// sessionsChannel after each statement that writes session records,
+	// delivered at its commit, which FollowSessions listens to so that
+	// each server sees the others' changes (store.SessionFeed).
+	`CREATE FUNCTION cove_sessions_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		PERFORM pg_notify('cove_sessions', '');
+		RETURN NULL;
+	END $$;
+	CREATE TRIGGER sessions_changed AFTER INSERT OR UPDATE OR DELETE ON sessions
+		FOR EACH STATEMENT EXECUTE FUNCTION cove_sessions_changed();`,
 }
 
 // migrationLock is the key of the advisory lock that migrations hold, so

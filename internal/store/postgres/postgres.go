@@ -3,6 +3,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -422,9 +423,9 @@ func (s *Store) CreateSession(ctx context.Context, sess *store.Session) error {
 		}
 	} else {
 		err := s.inTx(ctx, func(tx pgx.Tx) error {
-			tag, err := tx.Exec(ctx, `INSERT INTO session_keys (owner, key, session_id, request_hash)
-				VALUES ($1, $2, $3, $4) ON CONFLICT (owner, key) DO NOTHING`,
-				sess.Owner, sess.IdempotencyKey, sess.ID, sess.RequestHash)
+			tag, err := tx.Exec(ctx, `INSERT INTO session_keys (owner, key, session_id, request_hash, created_at)
+				VALUES ($1, $2, $3, $4, $5) ON CONFLICT (owner, key) DO NOTHING`,
+				sess.Owner, sess.IdempotencyKey, sess.ID, sess.RequestHash, cmp.Or(sess.CreatedAt, time.Now()).UnixNano())
 			if err := oneRow(tag, err, store.ErrKeyUsed); err != nil {
 				return err
 			}
@@ -460,6 +461,19 @@ func (s *Store) DeleteSessionKey(ctx context.Context, owner, key string) error {
 		return s.errorf("postgres: delete session key of %s: %w", owner, err)
 	}
 	return nil
+}
+
+// ExpireSessionKeys implements store.Store.
+func (s *Store) ExpireSessionKeys(ctx context.Context, before time.Time) (int, error) {
+	at, err := encodeTime(before)
+	if err != nil {
+		return 0, s.errorf("postgres: expire session keys: %w", err)
+	}
+	tag, err := s.exec(ctx, `DELETE FROM session_keys WHERE created_at < $1`, at)
+	if err != nil {
+		return 0, s.errorf("postgres: expire session keys: %w", err)
+	}
+	return int(tag.RowsAffected()), nil
 }
 
 // UpdateSession implements store.Store. The one UPDATE checks and

@@ -81,3 +81,50 @@ func TestUpgradeGivesRowsGeneration1(t *testing.T) {
 		t.Fatalf("Claim after the upgrade: %v, %v", ok, err)
 	}
 }
+
+// A key recorded before keys expired (schema 13) takes its session's
+// creation time, or, its session removed, the upgrade's: an expiry
+// before that keeps it, one after frees it.
+func TestUpgradeGivesKeysTheirCreateTime(t *testing.T) {
+	url := pgtest.NewDatabase(t)
+	pool, err := pgxpool.New(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := migrate(t.Context(), pool, migrations[:13]); err != nil {
+		pool.Close()
+		t.Fatal(err)
+	}
+	made := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	s := &Store{pool: pool}
+	if err := s.CreateSession(t.Context(), &store.Session{ID: "s-kept", State: "running", CreatedAt: made}); err != nil {
+		pool.Close()
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(t.Context(), `INSERT INTO session_keys (owner, key, session_id, request_hash)
+		VALUES ('u_a', 'k-kept', 's-kept', 'h1'), ('u_a', 'k-gone', 's-gone', 'h2')`); err != nil {
+		pool.Close()
+		t.Fatal(err)
+	}
+	s.Close()
+	upgraded := time.Now()
+	st, err := Open(t.Context(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, c := range []struct {
+		what   string
+		before time.Time
+		want   int
+	}{
+		{"made before the session", made, 0},
+		{"made before the session's time and a second", made.Add(time.Second), 1},
+		{"made a minute before the upgrade", upgraded.Add(-time.Minute), 0},
+		{"made before the upgrade and a minute", upgraded.Add(time.Minute), 1},
+	} {
+		if n, err := st.ExpireSessionKeys(t.Context(), c.before); err != nil || n != c.want {
+			t.Fatalf("expire keys %s = %d, %v; want %d", c.what, n, err, c.want)
+		}
+	}
+}

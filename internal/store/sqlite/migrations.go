@@ -322,6 +322,15 @@ var migrations = []string{
 		request_hash TEXT NOT NULL,
 		PRIMARY KEY (owner, key)
 	) STRICT;`,
+
+	// 23: when each idempotency key's create was made (unix ns), so that
+	// keys expire (Store.ExpireSessionKeys). A key from before takes its
+	// session's creation time, or, its session removed, the migration's.
+	`ALTER TABLE session_keys ADD COLUMN created_at INTEGER NOT NULL DEFAULT 0;
+	UPDATE session_keys SET created_at = COALESCE(
+		(SELECT created_at FROM sessions WHERE sessions.id = session_keys.session_id),
+		CAST(strftime('%s', 'now') AS INTEGER) * 1000000000);
+	CREATE INDEX session_keys_by_created ON session_keys (created_at);`,
 }
 
 // migrate brings db's schema up to len(steps), applying in one transaction

@@ -542,3 +542,48 @@ func TestUpgradeFromVersion8(t *testing.T) {
 		t.Errorf("secrets after their user and template went: %+v, %v; want none", list, err)
 	}
 }
+
+// A key recorded before keys expired (version 22) takes its session's
+// creation time, or, its session removed, the upgrade's: an expiry
+// before that frees it, one before that keeps it.
+func TestUpgradeFromVersion22(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "cove.db")
+	db := rawDB(t, path)
+	if err := migrate(t.Context(), db, migrations[:22]); err != nil {
+		t.Fatalf("migrate to 22: %v", err)
+	}
+	made := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	if _, err := db.ExecContext(t.Context(), `INSERT INTO sessions
+		(id, state, image, memory_mib, cpus, accel, created_at, error, boot_millis, idle_timeout_ns, no_auto_wake, template, template_version, owner, agent)
+		VALUES ('s-kept', 'running', 'tiny', 512, 1, 'tcg', ?, '', 0, 0, 0, '', 0, 'u_a', '')`, made.UnixNano()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.ExecContext(t.Context(), `INSERT INTO session_keys (owner, key, session_id, request_hash)
+		VALUES ('u_a', 'k-kept', 's-kept', 'h1'), ('u_a', 'k-gone', 's-gone', 'h2')`); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	upgraded := time.Now()
+	st, err := Open(t.Context(), path)
+	if err != nil {
+		t.Fatalf("Open of a version-22 database: %v", err)
+	}
+	defer st.Close()
+	if n, err := st.ExpireSessionKeys(t.Context(), made); err != nil || n != 0 {
+		t.Fatalf("expire keys made before the session = %d, %v; want none", n, err)
+	}
+	if n, err := st.ExpireSessionKeys(t.Context(), made.Add(time.Second)); err != nil || n != 1 {
+		t.Fatalf("expire keys made before the session's time and a second = %d, %v; want its key", n, err)
+	}
+	if _, err := st.SessionKey(t.Context(), "u_a", "k-gone"); err != nil {
+		t.Fatalf("the removed session's key: %v; want kept until the upgrade's time", err)
+	}
+	if n, err := st.ExpireSessionKeys(t.Context(), upgraded.Add(-time.Minute)); err != nil || n != 0 {
+		t.Fatalf("expire keys made a minute before the upgrade = %d, %v; want none", n, err)
+	}
+	if n, err := st.ExpireSessionKeys(t.Context(), upgraded.Add(time.Minute)); err != nil || n != 1 {
+		t.Fatalf("expire keys made before the upgrade and a minute = %d, %v; want the removed session's", n, err)
+	}
+}

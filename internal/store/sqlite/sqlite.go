@@ -3,6 +3,7 @@
 package sqlite
 
 import (
+	"cmp"
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -157,9 +158,9 @@ func (s *Store) CreateSession(ctx context.Context, sess *store.Session) error {
 	args = append(args, int64(sess.TokenGen), revoked, 1)
 	err = s.inTx(ctx, func(tx *sql.Tx) error {
 		if sess.IdempotencyKey != "" {
-			res, err := tx.ExecContext(ctx, `INSERT INTO session_keys (owner, key, session_id, request_hash)
-				VALUES (?, ?, ?, ?) ON CONFLICT (owner, key) DO NOTHING`,
-				sess.Owner, sess.IdempotencyKey, sess.ID, sess.RequestHash)
+			res, err := tx.ExecContext(ctx, `INSERT INTO session_keys (owner, key, session_id, request_hash, created_at)
+				VALUES (?, ?, ?, ?, ?) ON CONFLICT (owner, key) DO NOTHING`,
+				sess.Owner, sess.IdempotencyKey, sess.ID, sess.RequestHash, cmp.Or(sess.CreatedAt, time.Now()).UnixNano())
 			if err := oneRow(res, err, store.ErrKeyUsed); err != nil {
 				return err
 			}
@@ -197,6 +198,23 @@ func (s *Store) DeleteSessionKey(ctx context.Context, owner, key string) error {
 		return errorf("sqlite: delete session key of %s: %w", owner, err)
 	}
 	return nil
+}
+
+// ExpireSessionKeys implements store.Store.
+func (s *Store) ExpireSessionKeys(ctx context.Context, before time.Time) (int, error) {
+	at, err := encodeTime(before)
+	if err != nil {
+		return 0, errorf("sqlite: expire session keys: %w", err)
+	}
+	res, err := s.db.ExecContext(ctx, `DELETE FROM session_keys WHERE created_at < ?`, at)
+	if err != nil {
+		return 0, errorf("sqlite: expire session keys: %w", err)
+	}
+	n, err := res.RowsAffected()
+	if err != nil {
+		return 0, errorf("sqlite: expire session keys: %w", err)
+	}
+	return int(n), nil
 }
 
 // UpdateSession implements store.Store.

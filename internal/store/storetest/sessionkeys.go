@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/cove-dev/cove/internal/store"
@@ -79,5 +80,48 @@ func (s *suite) sessionKeys(t *testing.T) {
 	mustCreate(t, st, again)
 	if k, err := st.SessionKey(ctx, "u_alice", "k1"); err != nil || k.SessionID != "again" {
 		t.Fatalf("SessionKey of the freed key's new create = %+v, %v", k, err)
+	}
+}
+
+// ExpireSessionKeys frees the keys whose create was made before the time
+// given (their session's CreatedAt), and only those: their sessions stay,
+// and a create with a freed key makes a new session.
+func (s *suite) expireSessionKeys(t *testing.T) {
+	st := s.openIn(t, t.TempDir())
+	ctx := t.Context()
+	for i, id := range []string{"old", "mid", "new"} {
+		sess := fullSession(id)
+		sess.CreatedAt = at(1 + 2*i)
+		sess.Owner, sess.IdempotencyKey, sess.RequestHash = "u_alice", "k-"+id, "hash-"+id
+		mustCreate(t, st, sess)
+	}
+	wantKeys := func(when string, want ...string) {
+		t.Helper()
+		for _, id := range []string{"old", "mid", "new"} {
+			_, err := st.SessionKey(ctx, "u_alice", "k-"+id)
+			kept := slices.Contains(want, id)
+			if kept && err != nil || !kept && !errors.Is(err, store.ErrNotFound) {
+				t.Fatalf("%s: SessionKey(k-%s) = %v; want kept %v", when, id, err, kept)
+			}
+		}
+	}
+	if n, err := st.ExpireSessionKeys(ctx, at(3)); err != nil || n != 1 {
+		t.Fatalf("ExpireSessionKeys(before the second) = %d, %v; want 1 (the first)", n, err)
+	}
+	wantKeys("after the first expiry", "mid", "new")
+	if n, err := st.ExpireSessionKeys(ctx, at(3)); err != nil || n != 0 {
+		t.Fatalf("ExpireSessionKeys again = %d, %v; want 0", n, err)
+	}
+	if n, err := st.ExpireSessionKeys(ctx, at(6)); err != nil || n != 2 {
+		t.Fatalf("ExpireSessionKeys(after the last) = %d, %v; want 2", n, err)
+	}
+	wantKeys("after the second expiry")
+	wantSessionIDs(t, st, "old", "mid", "new")
+
+	again := fullSession("again")
+	again.Owner, again.IdempotencyKey, again.RequestHash = "u_alice", "k-old", "hash-old"
+	mustCreate(t, st, again)
+	if k, err := st.SessionKey(ctx, "u_alice", "k-old"); err != nil || k.SessionID != "again" {
+		t.Fatalf("SessionKey of the expired key's new create = %+v, %v", k, err)
 	}
 }

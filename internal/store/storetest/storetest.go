@@ -38,6 +38,7 @@ func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	t.Run("DeleteSession", s.deleteSession)
 	t.Run("DeleteSessionMissing", s.deleteSessionMissing)
 	t.Run("SessionKeys", s.sessionKeys)
+	t.Run("ExpireSessionKeys", s.expireSessionKeys)
 	t.Run("Checkpoints", s.checkpoints)
 	t.Run("E2BSandboxes", s.e2bSandboxes)
 	t.Run("E2BSandboxesDue", s.e2bSandboxesDue)
