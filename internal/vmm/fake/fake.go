@@ -224,6 +224,7 @@ type process struct {
 	console []string   // guarded by mu
 	curDisk string     // guarded by mu: the disk a checkpoint switched to, if any
 	frozen  bool       // guarded by mu: stopped by Freeze until Thaw
+	freezes int        // guarded by mu: times frozen
 }
 
 // spawn starts a process for spec in status st; its guest is set later.

@@ -31,6 +31,9 @@ func (d *Driver) setFrozen(v vmm.VM, on bool) error {
 		return fmt.Errorf("fake: freeze %s: VMM exited", p.id)
 	}
 	p.mu.Lock()
+	if on && !p.frozen {
+		p.freezes++
+	}
 	p.frozen = on
 	g, st := p.guest, p.status
 	p.mu.Unlock()
@@ -51,6 +54,13 @@ func (vm *VM) Frozen() bool {
 	vm.p.mu.Lock()
 	defer vm.p.mu.Unlock()
 	return vm.p.frozen
+}
+
+// Freezes returns how many times the VM was frozen.
+func (vm *VM) Freezes() int {
+	vm.p.mu.Lock()
+	defer vm.p.mu.Unlock()
+	return vm.p.freezes
 }
 
 // noteRuns records that p's guest runs (booted, restored or thawed): if
