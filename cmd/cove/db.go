@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/store/postgres"
@@ -43,4 +44,16 @@ func openStore(ctx context.Context, db, home string, log *slog.Logger) (store.St
 		shown = u.Redacted()
 	}
 	return nil, fmt.Errorf("server: --db %q: want sqlite, or a postgres://USER:PASSWORD@HOST:PORT/DATABASE URL", shown)
+}
+
+// fenceAfter is how long the embedded node may go without a heartbeat
+// before it freezes its VMs (session.Config.FenceAfter): half of
+// --node-grace where the store is shared (PostgreSQL), so that a node
+// another server may take for dead has frozen its VMs first; never on
+// SQLite, where no other node can take its sessions over.
+func fenceAfter(db string, grace time.Duration) time.Duration {
+	if db == "" || db == "sqlite" {
+		return 0
+	}
+	return grace / 2
 }

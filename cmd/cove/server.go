@@ -257,7 +257,7 @@ the policy in force.`,
 	f.BoolVar(&cfg.Node, "node", envOr("COVE_NODE", "true") != "false", "run the embedded node: this server runs sessions' VMs on this host; --node=false runs none: an API server only, which routes every call about a session, and every create, to the server of a node that advertises a URL (--advertise-url) (COVE_NODE)")
 	f.StringVar(&cfg.NodeName, "node-name", envOr("COVE_NODE_NAME", hostname()), "name of the embedded node, unique among the nodes sharing the store; a restarted server with the same name keeps its node (COVE_NODE_NAME; default: the host name)")
 	f.DurationVar(&cfg.NodeHeartbeat, "node-heartbeat", envDuration("COVE_NODE_HEARTBEAT", 10*time.Second), "how often the embedded node heartbeats, with a fresh probe of its capacity (COVE_NODE_HEARTBEAT)")
-	f.DurationVar(&cfg.NodeGrace, "node-grace", envDuration("COVE_NODE_GRACE", 30*time.Second), "how long a node may go without a heartbeat before it is marked dead; one server sharing the store sweeps, every third of it (COVE_NODE_GRACE)")
+	f.DurationVar(&cfg.NodeGrace, "node-grace", envDuration("COVE_NODE_GRACE", 30*time.Second), "how long a node may go without a heartbeat before it is marked dead (its running sessions lost), counting only time the sweeping server could reach the store; one server sharing the store sweeps, every third of it. With PostgreSQL, a node whose heartbeats fail for half of it freezes its VMs until it heartbeats again (COVE_NODE_GRACE)")
 	f.StringVar(&cfg.AdvertiseURL, "advertise-url", os.Getenv("COVE_ADVERTISE_URL"), "URL the other servers sharing the store reach this one at (http:// or https://HOST:PORT): any server answers any call, and routes a call about a session to the server whose node holds it (default: http:// and --listen when that names a host; with 0.0.0.0 or none, set it, or this node's sessions are reached only through this server) (COVE_ADVERTISE_URL)")
 	f.StringVar(&cfg.JoinTokenFile, "join-token-file", os.Getenv("COVE_JOIN_TOKEN_FILE"), "file that holds the secret 'cove node' agents join with (mode 0600; a trailing newline is not part of it); without it, joining is disabled, while nodes that joined before still connect (COVE_JOIN_TOKEN_FILE)")
 	f.StringVar(&cfg.E2BListen, "e2b-listen", os.Getenv("COVE_E2B_LISTEN"), "address of the E2B-compatible API, control plane and envd on one port (the official E2B SDKs run against it: 'cove e2b env' prints their settings); default: not served (COVE_E2B_LISTEN)")
@@ -422,6 +422,7 @@ func runServer(ctx context.Context, cfg serverConfig) error {
 	}
 	mgr, err := session.New(session.Config{Tokens: tokens.minter, Egress: egressBroker, ServerID: serverID,
 		Node: node, NoNode: !cfg.Node, Route: true, NodeHeartbeat: cfg.NodeHeartbeat, NodeGrace: cfg.NodeGrace,
+		FenceAfter: fenceAfter(cfg.DB, cfg.NodeGrace),
 		NodeProbe: func(ctx context.Context) (store.NodeCapacity, error) {
 			return nodeinfo.Probe(ctx, cfg.Home, driver.Accel())
 		},
@@ -785,6 +786,9 @@ func embeddedNode(ctx context.Context, cfg serverConfig, st store.Store, accel s
 	}
 	if cfg.NodeHeartbeat <= 0 || cfg.NodeGrace <= cfg.NodeHeartbeat {
 		return "", fmt.Errorf("server: --node-grace (%v) must be longer than --node-heartbeat (%v), which must be positive", cfg.NodeGrace, cfg.NodeHeartbeat)
+	}
+	if f := fenceAfter(cfg.DB, cfg.NodeGrace); f > 0 && f <= cfg.NodeHeartbeat {
+		return "", fmt.Errorf("server: --node-grace (%v) must be more than twice --node-heartbeat (%v) with a shared store: a node that goes half the grace without a heartbeat freezes its VMs", cfg.NodeGrace, cfg.NodeHeartbeat)
 	}
 	c, err := nodeinfo.Probe(ctx, cfg.Home, accel)
 	if err != nil {

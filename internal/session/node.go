@@ -80,24 +80,28 @@ func (m *Manager) startNodeLoops() {
 }
 
 // heartbeatLoop heartbeats the embedded node with a fresh probe every
-// Config.NodeHeartbeat until the manager stops.
+// Config.NodeHeartbeat until the manager stops; one that failed is tried
+// again after a fifth of that, so that one lost heartbeat does not make
+// the node freeze its VMs (Config.FenceAfter).
 func (m *Manager) heartbeatLoop() {
 	defer m.bg.Done()
 	every := m.cfg.NodeHeartbeat
 	if every <= 0 {
 		every = 10 * time.Second
 	}
-	tick := time.NewTicker(every)
-	defer tick.Stop()
+	next := time.NewTimer(every)
+	defer next.Stop()
 	for {
 		select {
 		case <-m.stop:
 			return
-		case <-tick.C:
+		case <-next.C:
 		}
+		next.Reset(every)
 		ctx, cancel := context.WithTimeout(context.Background(), every)
 		c, err := m.cfg.NodeProbe(ctx)
-		if err == nil {
+		probed := err == nil
+		if probed {
 			err = m.cfg.Store.HeartbeatNode(ctx, m.cfg.Node, time.Now().UTC(), c)
 		}
 		cancel()
@@ -106,7 +110,10 @@ func (m *Manager) heartbeatLoop() {
 			m.view.ok()
 			m.cfg.Log.Error("node heartbeat: this server's node was removed (cove node rm); it registers again at the server's next start", "node", m.cfg.Node)
 		case err != nil:
-			m.view.failed()
+			if probed { // the store failed, not the probe
+				m.view.failed()
+			}
+			next.Reset(max(every/5, time.Millisecond))
 			m.cfg.Log.Warn("node heartbeat", "node", m.cfg.Node, "err", err)
 		default:
 			m.view.ok()
