@@ -25,6 +25,9 @@
 // as on the node. A caller's cancelled context closes its connection,
 // which cancels the call on the node. Every body is bounded (MaxBody).
 //
+// vmm.Freezer is not carried: a node freezes its VMs when it cannot reach
+// the servers, so the node's own manager does it, with its own driver.
+//
 // The server is trusted: the node runs what it is asked, with the paths it
 // is given (which must be absolute: they are the node's).
 package remote
