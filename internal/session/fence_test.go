@@ -175,7 +175,9 @@ func TestFakeNodeCutOffFreezesItsVMs(t *testing.T) {
 	var cut atomic.Bool
 	nr := newNodeLossRig(t, func(c *session.Config) {
 		c.Store = cutStore{Store: c.Store, down: &cut}
-		c.NodeHeartbeat, c.FenceAfter = 20*time.Millisecond, 150*time.Millisecond
+		// FenceAfter well above the heartbeat: a slow write of a
+		// loaded host's store freezes nothing before the cut.
+		c.NodeHeartbeat, c.FenceAfter = 20*time.Millisecond, 500*time.Millisecond
 	})
 	r := nr.objectsRig
 	ctx := context.Background()
@@ -257,7 +259,7 @@ func TestFakeNodeCutOffFreezesItsVMs(t *testing.T) {
 // they were.
 func TestFakeNodeStoreOutageFreezesThenThaws(t *testing.T) {
 	var cut atomic.Bool
-	const fenceAfter = 300 * time.Millisecond
+	const fenceAfter = time.Second
 	nr := newNodeLossRig(t, func(c *session.Config) {
 		c.Store = cutStore{Store: c.Store, down: &cut}
 		c.NodeHeartbeat, c.FenceAfter = 20*time.Millisecond, fenceAfter
@@ -269,7 +271,7 @@ func TestFakeNodeStoreOutageFreezesThenThaws(t *testing.T) {
 	vm := r.vmOf(s.ID)
 
 	cut.Store(true)
-	time.Sleep(fenceAfter / 5)
+	time.Sleep(fenceAfter / 10)
 	cut.Store(false)
 	// Heartbeats go through again; the fence loop has had several rounds.
 	time.Sleep(2 * fenceAfter)
