@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -18,7 +19,8 @@ var _ vmm.Freezer = (*Driver)(nil)
 // vCPUs, the device emulation and the QMP monitor, whatever it is doing
 // (a QMP stop would be undone by a checkpoint's cont); the guest's RAM and
 // device state stay as they are. It works with or without cgroups. The
-// VM answers nothing until Thaw; Stop then kills it at once.
+// VM answers nothing until Thaw; Stop then kills it at once. Freeze
+// returns once the process is stopped.
 func (d *Driver) Freeze(ctx context.Context, v vmm.VM) error {
 	vm, ok := v.(*VM)
 	if !ok {
@@ -28,6 +30,19 @@ func (d *Driver) Freeze(ctx context.Context, v vmm.VM) error {
 	vm.frozen.Store(true)
 	if err := vm.signal(unix.SIGSTOP); err != nil {
 		return fmt.Errorf("qemu: freeze %s: %w", vm.id, err)
+	}
+	// The signal is delivered to each thread on its way: Freeze returns
+	// once the process is stopped.
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !procStopped(vm.pid) {
+		select {
+		case <-vm.done:
+			return fmt.Errorf("qemu: freeze %s: the VMM exited", vm.id)
+		case <-ctx.Done():
+			return fmt.Errorf("qemu: freeze %s: process %d not stopped yet: %w", vm.id, vm.pid, ctx.Err())
+		case <-tick.C:
+		}
 	}
 	return nil
 }
