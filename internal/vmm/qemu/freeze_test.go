@@ -15,8 +15,9 @@ import (
 // TestFreezeThaw freezes a running VM (vmm.Freezer): its QEMU process is
 // stopped and the guest's agent answers nothing within a bounded wait;
 // thawed, the guest runs on with its memory intact (a background
-// process's PID and in-memory count); and a frozen VM's Stop ends it
-// without waiting on its monitor.
+// process's PID and in-memory count); a frozen VM that its server
+// released is adopted thawed; and a frozen VM's Stop ends it without
+// waiting on its monitor.
 func TestFreezeThaw(t *testing.T) {
 	d := newDriver(t)
 	vm, c, _ := bootTiny(t, d)
@@ -50,6 +51,26 @@ func TestFreezeThaw(t *testing.T) {
 	if got := run(t, c, "sh", "-c", "kill -0 "+pid+" && echo alive"); got != "alive" {
 		t.Fatalf("background process %s gone after the thaw", pid)
 	}
+	c.Close()
+
+	// A server that froze it dies (releases it): the next one adopts it
+	// thawed.
+	if err := d.Freeze(ctx, vm); err != nil {
+		t.Fatal(err)
+	}
+	if err := vm.Release(); err != nil {
+		t.Fatal(err)
+	}
+	actx, cancel := context.WithTimeout(ctx, time.Minute)
+	adopted, err := d.Adopt(actx, vm.Handle())
+	cancel()
+	if err != nil {
+		t.Fatalf("adopt a frozen VM: %v", err)
+	}
+	vm = adopted
+	t.Cleanup(func() { vm.Stop(context.Background()) })
+	c = connect(t, vm, "after the adoption")
+	countPast(t, c, before)
 	c.Close()
 
 	if err := d.Freeze(ctx, vm); err != nil {
