@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/url"
 	"path/filepath"
+	"time"
 
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/store/postgres"
@@ -42,4 +43,17 @@ func openStore(ctx context.Context, db, home string, log *slog.Logger) (store.St
 		shown = u.Redacted()
 	}
 	return nil, fmt.Errorf("server: --db %q: want sqlite, or a postgres://USER:PASSWORD@HOST:PORT/DATABASE URL", shown)
+}
+
+// fenceAfter is how long a node (a server's embedded one, or a 'cove
+// node' serving sessions) may go without a heartbeat
+// before it freezes its VMs (session.Config.FenceAfter): half of
+// --node-grace where the store is shared (PostgreSQL), so that a node
+// another server may take for dead has frozen its VMs first; never on
+// SQLite, where no other node can take its sessions over.
+func fenceAfter(db string, grace time.Duration) time.Duration {
+	if !sharedStore(db) {
+		return 0
+	}
+	return grace / 2
 }

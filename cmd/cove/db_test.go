@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cove-dev/cove/internal/pgtest"
 	"github.com/cove-dev/cove/internal/store"
@@ -61,5 +62,19 @@ func TestOpenStore(t *testing.T) {
 			t.Errorf("--db %q: %v", db, err)
 		}
 		t.Log(err)
+	}
+}
+
+// A server's node freezes its VMs after half the grace without a
+// heartbeat where the store is shared (PostgreSQL); on SQLite, no other
+// node can take its sessions over, and it never does.
+func TestFenceAfter(t *testing.T) {
+	for db, want := range map[string]time.Duration{
+		"": 0, "sqlite": 0,
+		"postgres://cove@db:5432/cove": 15 * time.Second, "postgresql://cove@db/cove": 15 * time.Second,
+	} {
+		if got := fenceAfter(db, 30*time.Second); got != want {
+			t.Errorf("--db %q, --node-grace 30s: fence after %v, want %v", db, got, want)
+		}
 	}
 }

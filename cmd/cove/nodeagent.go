@@ -159,6 +159,9 @@ func runNodeAgent(ctx context.Context, cfg nodeAgentConfig) error {
 		}})
 	if serves {
 		cfg.Side.NodeHeartbeat = cfg.Heartbeat
+		if f := fenceAfter(cfg.Side.DB, cfg.Side.NodeGrace); f <= cfg.Heartbeat {
+			return fmt.Errorf("node: --node-grace (%v) must be more than twice --heartbeat (%v): a node that goes half the grace without a heartbeat freezes its VMs (give it the servers' --node-grace)", cfg.Side.NodeGrace, cfg.Heartbeat)
+		}
 		side, err := openSessionSide(ctx, cfg.Side, sessionSideOptions{Linked: true,
 			Node: func(ctx context.Context, st store.Store, accel string) (string, error) {
 				id, err := agent.Join(ctx)

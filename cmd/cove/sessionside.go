@@ -200,7 +200,7 @@ func openSessionSide(ctx context.Context, cfg serverConfig, opts sessionSideOpti
 	}
 	mgr, err := session.New(session.Config{Tokens: tokens.minter, Egress: egressBroker, ServerID: s.serverID,
 		Node: s.node, NoNode: s.node == "", Linked: opts.Linked, Route: true,
-		NodeHeartbeat: cfg.NodeHeartbeat, NodeGrace: cfg.NodeGrace,
+		NodeHeartbeat: cfg.NodeHeartbeat, NodeGrace: cfg.NodeGrace, FenceAfter: fenceAfter(cfg.DB, cfg.NodeGrace),
 		NodeProbe: func(ctx context.Context) (store.NodeCapacity, error) {
 			return nodeinfo.Probe(ctx, cfg.Home, driver.Accel())
 		},

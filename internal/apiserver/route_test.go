@@ -221,6 +221,9 @@ func (r *routeRig) server(name string, withNode bool) *routeServer {
 	if err := mgr.Recover(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// The tests backdate heartbeats past the grace: this server has seen
+	// the store all along.
+	mgr.StoreSeenSince(time.Now().Add(-24 * time.Hour))
 	s.mgr = mgr
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -166,6 +166,9 @@ func (m *Manager) newCheckpointName(ctx context.Context, id, want string) (strin
 // holds, under the session's lock; guestReq is the guest's request for
 // it, if any (machine.GuestRequest).
 func (m *Manager) checkpoint(ctx context.Context, rec store.Session, l *live, name string, guestReq int64) (store.Checkpoint, error) {
+	if err := m.frozenErr(rec.ID); err != nil {
+		return store.Checkpoint{}, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, checkpointTimeout)
 	defer cancel()
 	if err := m.settleLive(ctx, &rec, l); err != nil {

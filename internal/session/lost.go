@@ -39,10 +39,14 @@ import (
 // does not adopt lost sessions (their VMs are swept as orphans), and a
 // live node checks at each heartbeat that the sessions it runs are still
 // recorded its and not lost (fence), and stops the VMs of the others. A
-// node cut off from the store keeps its VMs running until it can tell
-// (it cannot tell a partition from a store outage), so a session woken
-// from its last snapshot elsewhere may run twice until the old node's
-// next heartbeat after the partition heals.
+// node cut off from the store cannot tell a partition from a store
+// outage: once it has gone Config.FenceAfter without a heartbeat, less
+// than the grace after which a sweeper may take it for dead, it freezes
+// its VMs, and thaws those still its own at its next heartbeat, after
+// the fence (fence.go). A session woken elsewhere from its last snapshot
+// therefore never runs while its old VM does. Without FenceAfter (a
+// store no other node shares) or a driver that can freeze, the old VM
+// runs until that next heartbeat.
 
 // lastStored is a session's last stored snapshot, kept after the wake
 // that consumed it (machine.LastStored).
@@ -318,9 +322,12 @@ func (m *Manager) parkedOnDeadNode(ctx context.Context, rec store.Session) error
 
 // fence stops the VMs this node runs for sessions that are no longer its
 // own (woken on another node since) or are recorded lost (its node was
-// taken for dead): after a partition, one session never runs twice for
-// longer than a heartbeat.
-func (m *Manager) fence(ctx context.Context) {
+// taken for dead): after a partition, one session never runs twice. It
+// returns the sessions of the VMs it checked (those running here, and
+// those frozen) that the store still records this node's: the frozen
+// ones of those may run on (thaw). One the store could not say about is
+// in neither.
+func (m *Manager) fence(ctx context.Context) map[string]bool {
 	m.mu.Lock()
 	ids := make([]string, 0, len(m.live))
 	for id, l := range m.live {
@@ -329,9 +336,26 @@ func (m *Manager) fence(ctx context.Context) {
 		}
 	}
 	m.mu.Unlock()
-	for _, id := range ids {
+	running := len(ids)
+	// A frozen VM of a session being parked or removed is only told
+	// about here: the operation under way holds the session and ends its
+	// VM, or gives it back to the next fence.
+	ids = append(ids, m.frozenIDs()...)
+	mine := make(map[string]bool, len(ids))
+	for i, id := range ids {
+		if _, seen := mine[id]; seen {
+			continue
+		}
 		rec, err := m.cfg.Store.GetSession(ctx, id)
-		if err != nil || rec.State != api.StateLost && (rec.Node == "" || rec.Node == m.cfg.Node) {
+		if err != nil {
+			continue
+		}
+		if rec.State != api.StateLost && (rec.Node == "" || rec.Node == m.cfg.Node) {
+			mine[id] = true
+			continue
+		}
+		mine[id] = false
+		if i >= running {
 			continue
 		}
 		unlock := m.lock(id)
@@ -347,8 +371,10 @@ func (m *Manager) fence(ctx context.Context) {
 			if err := l.vm.Stop(ctx); err != nil {
 				m.cfg.Log.Warn("fence: stop the VM", "session", id, "err", err)
 			}
+			m.unfreeze(id, l.vm)
 			m.cfg.Log.Warn("fenced: stopped the VM of a session this node lost or another node runs", "session", id, "state", rec.State, "node", rec.Node)
 		}
 		unlock()
 	}
+	return mine
 }

@@ -73,6 +73,9 @@ func (nr *nodeLossRig) openB(own bool) {
 	if err := m.Recover(ctx); err != nil {
 		t.Fatal(err)
 	}
+	// The tests backdate host-a's heartbeat past the grace (silence):
+	// this server has seen the store all along.
+	m.StoreSeenSince(time.Now().Add(-24 * time.Hour))
 	st := nr.store
 	nr.mgrB = m
 	if !own {

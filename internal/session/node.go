@@ -26,8 +26,10 @@ import (
 //
 // The sweeper (every third of Config.NodeGrace, under the claim
 // nodes/sweep) marks dead the nodes whose last heartbeat is older than
-// the grace. The sessions of a dead node are left as they are, and
-// logged: their recovery elsewhere comes with routing.
+// the grace, counting only the time since which its own store calls
+// have succeeded without a break (fence.go): a store outage does not
+// make every node look dead. The running sessions of a dead node are
+// recorded lost (lost.go).
 
 // RegisterEmbeddedNode records the embedded node named name in st, with
 // capacity c, and returns it: the record of that name if there is one
@@ -70,36 +72,51 @@ func (m *Manager) startNodeLoops() {
 		m.bg.Add(1)
 		go m.sweepLoop()
 	}
+	if m.cfg.Node != "" && !m.cfg.NoNode && m.cfg.FenceAfter > 0 {
+		m.beat() // its clock starts with this server's
+		m.bg.Add(1)
+		go m.fenceLoop()
+	}
 }
 
 // heartbeatLoop heartbeats the embedded node with a fresh probe every
-// Config.NodeHeartbeat until the manager stops.
+// Config.NodeHeartbeat until the manager stops; one that failed is tried
+// again after a fifth of that, so that one lost heartbeat does not make
+// the node freeze its VMs (Config.FenceAfter).
 func (m *Manager) heartbeatLoop() {
 	defer m.bg.Done()
 	every := m.cfg.NodeHeartbeat
 	if every <= 0 {
 		every = 10 * time.Second
 	}
-	tick := time.NewTicker(every)
-	defer tick.Stop()
+	next := time.NewTimer(every)
+	defer next.Stop()
 	for {
 		select {
 		case <-m.stop:
 			return
-		case <-tick.C:
+		case <-next.C:
 		}
+		next.Reset(every)
 		ctx, cancel := context.WithTimeout(context.Background(), every)
 		c, err := m.cfg.NodeProbe(ctx)
-		if err == nil {
+		probed := err == nil
+		if probed {
 			err = m.cfg.Store.HeartbeatNode(ctx, m.cfg.Node, time.Now().UTC(), c)
 		}
 		cancel()
 		switch {
 		case errors.Is(err, store.ErrNotFound):
+			m.view.ok()
 			m.cfg.Log.Error("node heartbeat: this server's node was removed (cove node rm); it registers again at the server's next start", "node", m.cfg.Node)
 		case err != nil:
+			if probed { // the store failed, not the probe
+				m.view.failed()
+			}
+			next.Reset(max(every/5, time.Millisecond))
 			m.cfg.Log.Warn("node heartbeat", "node", m.cfg.Node, "err", err)
 		default:
+			m.view.ok()
 			fctx, cancel := context.WithTimeout(context.Background(), every)
 			m.Heartbeated(fctx)
 			cancel()
@@ -108,15 +125,20 @@ func (m *Manager) heartbeatLoop() {
 }
 
 // Heartbeated runs what follows a heartbeat of this manager's node that
-// the store took: it stops the VMs of sessions that are no longer this
-// node's (fence) and, while the node is draining, removes the files of
+// the store took, once its answer came: it restarts the node's fence
+// clock (Config.FenceAfter, fence.go), stops the VMs of sessions that
+// are no longer this node's (fence), thaws the frozen VMs of those that
+// still are and, while the node is draining, removes the files of
 // sessions that woke elsewhere (dropMovedAway). The heartbeat loop calls
 // it; a Linked manager's agent calls it after each of its heartbeats.
 func (m *Manager) Heartbeated(ctx context.Context) {
 	if m.cfg.Node == "" || m.cfg.NoNode {
 		return
 	}
-	m.fence(ctx)
+	m.beat()
+	m.fz.run.Lock()
+	m.thaw(ctx, m.fence(ctx))
+	m.fz.run.Unlock()
 	m.dropMovedAway(ctx)
 }
 
@@ -137,11 +159,26 @@ func (m *Manager) sweepLoop() {
 }
 
 // SweepNodes marks dead, under the claim nodes/sweep, every node whose
-// last heartbeat is older than Config.NodeGrace, and returns their ids.
+// last heartbeat is older than Config.NodeGrace, counting only the time
+// since which this manager's store calls have succeeded without a break
+// (overdue), and returns their ids.
 // A server that finds the claim held by another does nothing: that one
 // sweeps.
 func (m *Manager) SweepNodes(ctx context.Context) []string {
 	if m.cfg.NodeGrace <= 0 {
+		return nil
+	}
+	// Read first without the claim: a round that finds no node due
+	// writes nothing, and every server's read keeps its own view of the
+	// store (storeView) current, whichever server sweeps.
+	nodes, err := m.cfg.Store.ListNodes(ctx)
+	if err != nil {
+		m.view.failed()
+		m.cfg.Log.Warn("node sweep", "err", err)
+		return nil
+	}
+	seen, now := m.view.ok(), time.Now()
+	if !slices.ContainsFunc(nodes, func(n store.Node) bool { return m.overdue(n, seen, now) }) {
 		return nil
 	}
 	lctx, release, ok := m.lease(ctx, "nodes/sweep")
@@ -149,20 +186,21 @@ func (m *Manager) SweepNodes(ctx context.Context) []string {
 		return nil
 	}
 	defer release()
-	nodes, err := m.cfg.Store.ListNodes(lctx)
+	nodes, err = m.cfg.Store.ListNodes(lctx)
 	if err != nil {
+		m.view.failed()
 		m.cfg.Log.Warn("node sweep", "err", err)
 		return nil
 	}
+	seen, now = m.view.ok(), time.Now()
 	var dead []string
-	now := time.Now()
 	for _, n := range nodes {
+		if !m.overdue(n, seen, now) {
+			continue
+		}
 		last := n.HeartbeatAt
 		if last.IsZero() {
 			last = n.JoinedAt
-		}
-		if n.Dead || last.IsZero() || now.Sub(last) <= m.cfg.NodeGrace {
-			continue
 		}
 		n.Dead = true
 		// A conflict is an operator's change since the read: the next
@@ -179,6 +217,22 @@ func (m *Manager) SweepNodes(ctx context.Context) []string {
 		m.loseSessions(lctx, n, last)
 	}
 	return dead
+}
+
+// overdue reports whether node n, not yet dead, has gone longer than the
+// grace without a heartbeat, counting only time this manager could see:
+// since seen, from which its store calls have succeeded without a break
+// (storeView). A node whose heartbeats the store could not take while
+// this manager could not reach it either is given a grace from then.
+func (m *Manager) overdue(n store.Node, seen, now time.Time) bool {
+	last := n.HeartbeatAt
+	if last.IsZero() {
+		last = n.JoinedAt
+	}
+	if n.Dead || last.IsZero() {
+		return false
+	}
+	return min(now.Sub(last), now.Sub(seen)) > m.cfg.NodeGrace
 }
 
 // countRunning counts the sessions of node that are recorded running

@@ -238,6 +238,7 @@ func TestFakeNodeSweep(t *testing.T) {
 	r, id := nodeRig(t, func(c *session.Config) { c.NodeGrace = time.Hour })
 	ctx := context.Background()
 	old := time.Now().UTC().Add(-2 * time.Hour)
+	r.mgr.StoreSeenSince(old) // the server has seen the store all along
 	silent := store.Node{ID: "node-silent000000", Name: "silent", JoinedAt: old, HeartbeatAt: old, CredentialHash: "cd"}
 	if err := r.store.CreateNode(ctx, &silent); err != nil {
 		t.Fatal(err)

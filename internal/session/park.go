@@ -294,6 +294,9 @@ func (m *Manager) Park(ctx context.Context, id string) (api.Session, error) {
 
 // park is Park for cause (see Event).
 func (m *Manager) park(ctx context.Context, id string, cause Cause) (_ api.Session, err error) {
+	if err := m.frozenErr(id); err != nil {
+		return api.Session{}, err
+	}
 	rec, unlock, done, err := m.begin(ctx, "park", id, api.StateRunning, api.StateParked)
 	if err != nil || done {
 		return m.toAPI(rec), err

@@ -177,6 +177,13 @@ type Config struct {
 	// sweeper, which runs every third of it, marks it dead; 0: no
 	// sweeper.
 	NodeGrace time.Duration
+	// FenceAfter is how long this manager's node may go without a
+	// heartbeat the store took before it freezes every VM it runs
+	// (self-fencing, fence.go): less than the sweepers' NodeGrace, so
+	// that a node taken for dead has stopped its VMs before another node
+	// can take its sessions over. 0: never (a store no other node shares,
+	// SQLite's). It needs a driver that implements vmm.Freezer.
+	FenceAfter time.Duration
 
 	// MaxCheckpoints bounds the checkpoints one session holds (each keeps
 	// a RAM copy); 0: DefaultMaxCheckpoints.
@@ -199,6 +206,7 @@ type Manager struct {
 	disks   vmm.Disks        // the driver's: makes the sessions' disk files
 	snap    vmm.Snapshotter  // nil when the driver cannot snapshot
 	ckpt    vmm.Checkpointer // nil when the driver cannot checkpoint
+	frz     vmm.Freezer      // nil when the driver cannot freeze VMs
 
 	mu    sync.Mutex
 	live  map[string]*live         // guarded by mu: sessions with a VM
@@ -237,6 +245,8 @@ type Manager struct {
 	ups      uploads    // snapshot uploads to Config.Objects (offhost.go)
 	cache    nodeCache  // the evictor of Config.CacheSize (cache.go)
 	gcMu     sync.Mutex // held by a GC run (gc.go)
+	view     storeView  // since when this manager's store calls succeed without a break (the sweeper's, node.go)
+	fz       fencing    // the node's self-fencing: its heartbeats, its frozen VMs (fence.go)
 }
 
 // live is a session with a VM process.
@@ -356,6 +366,9 @@ func New(cfg Config) (*Manager, error) {
 	m.disks = cfg.Driver.Disks()
 	m.snap, _ = cfg.Driver.(vmm.Snapshotter)
 	m.ckpt, _ = cfg.Driver.(vmm.Checkpointer)
+	m.frz, _ = cfg.Driver.(vmm.Freezer)
+	now := time.Now()
+	m.view.since, m.fz.beat, m.fz.frozen = now, now, map[string]vmm.VM{}
 	return m, nil
 }
 
@@ -1419,6 +1432,9 @@ func (m *Manager) stopLoops() {
 // agent returns the live agent of a running session, waking a parked one
 // first unless it has auto-wake off. It counts as API activity.
 func (m *Manager) agent(ctx context.Context, id string) (*live, error) {
+	if err := m.frozenErr(id); err != nil {
+		return nil, err
+	}
 	m.mu.Lock()
 	l := m.live[id]
 	if l != nil && l.deleting {

@@ -180,6 +180,25 @@ type VM interface {
 	Resume(ctx context.Context) error
 }
 
+// Freezer is implemented by drivers that can stop a VM's whole VMM
+// process in place and let it go on later: a node cut off from the store
+// freezes its VMs, so that a session another node takes over never runs
+// twice, and thaws those still its own once it can tell (the session
+// layer's self-fencing).
+//
+// Freeze stops vm's VMM process entirely (the guest, its devices and the
+// VMM's control channel; memory and device state stay as they are),
+// whatever the VMM is doing: unlike a pause through the control channel,
+// nothing in the VMM undoes it. A frozen VM answers nothing (its agent
+// channel and control calls wait, or fail when their context ends) until
+// Thaw, which lets the process run on where it stopped; Stop ends a
+// frozen VM at once, without thawing it. Freezing a frozen VM, or thawing
+// a running one, is a no-op.
+type Freezer interface {
+	Freeze(ctx context.Context, vm VM) error
+	Thaw(ctx context.Context, vm VM) error
+}
+
 // Snapshotter is implemented by drivers that can park a whole VM on disk
 // and bring it back.
 //

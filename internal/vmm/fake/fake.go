@@ -68,6 +68,7 @@ type Driver struct {
 	nextPID int              // guarded by mu
 	fail    map[Op]error     // guarded by mu: one-shot failures
 	hang    bool             // guarded by mu: the next guest never answers
+	twice   map[string]bool  // guarded by mu: VM ids whose guest ran in two processes at once (freeze.go)
 }
 
 // New returns a driver with no VMs.
@@ -222,6 +223,8 @@ type process struct {
 	hosts   []net.Conn // guarded by mu: the host ends not yet closed by Disconnect
 	console []string   // guarded by mu
 	curDisk string     // guarded by mu: the disk a checkpoint switched to, if any
+	frozen  bool       // guarded by mu: stopped by Freeze until Thaw
+	freezes int        // guarded by mu: times frozen
 }
 
 // spawn starts a process for spec in status st; its guest is set later.
@@ -346,13 +349,15 @@ func (p *process) run(st *state) {
 	d.hang = false
 	d.mu.Unlock()
 	p.mu.Lock()
-	defer p.mu.Unlock()
 	if p.guest != nil || p.exited {
+		p.mu.Unlock()
 		return
 	}
 	g := newGuest(p, st, hang)
 	p.guest, p.loaded, p.status = g, nil, vmm.StatusRunning
 	go g.serve()
+	p.mu.Unlock()
+	d.noteRuns(p)
 }
 
 // Adopt returns a VM on the process the handle names, if it still runs.
@@ -392,6 +397,9 @@ func (vm *VM) control(op string) error {
 	}
 	if !vm.p.alive() {
 		return fmt.Errorf("fake: %s %s: VMM exited", op, vm.p.id)
+	}
+	if vm.Frozen() {
+		return fmt.Errorf("fake: %s %s: VMM frozen: it answers nothing until thawed", op, vm.p.id)
 	}
 	return nil
 }

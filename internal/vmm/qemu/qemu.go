@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -514,6 +515,15 @@ func (d *Driver) Adopt(ctx context.Context, raw []byte) (vmm.VM, error) {
 		}
 		close(vm.done)
 	}()
+	// An earlier server froze it (Freezer) and died: it runs on, as its
+	// caller adopts only the VMs the store still records its own (its
+	// monitor would not answer otherwise).
+	if procStopped(h.PID) {
+		d.cfg.Log.Warn("qemu: adopt: the VM was frozen; it is thawed", "vm", h.ID, "pid", h.PID)
+		if err := vm.signal(unix.SIGCONT); err != nil {
+			return nil, fmt.Errorf("qemu: adopt %s: thaw: %w", h.ID, err)
+		}
+	}
 	qctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	conn, err := qmp.Dial(qctx, filepath.Join(h.Dir, QMPSocket))
@@ -542,6 +552,7 @@ type VM struct {
 
 	stopOnce sync.Once
 	stopErr  error
+	frozen   atomic.Bool // stopped by Freeze (SIGSTOP) until Thaw
 
 	early sync.Mutex
 	agent net.Conn // guarded by early: connected by Restore, for the first DialAgent
@@ -683,15 +694,17 @@ func (vm *VM) Stop(ctx context.Context) error {
 		select {
 		case <-vm.done:
 		default:
-			if vm.qmp != nil {
+			if vm.qmp != nil && !vm.frozen.Load() {
 				qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 				_, _ = vm.qmp.Execute(qctx, "quit", nil)
 				cancel()
 			}
-			select {
-			case <-vm.done:
-			case <-ctx.Done():
-			case <-time.After(5 * time.Second):
+			if !vm.frozen.Load() { // a frozen QEMU does not quit: it is killed as it is
+				select {
+				case <-vm.done:
+				case <-ctx.Done():
+				case <-time.After(5 * time.Second):
+				}
 			}
 			vm.stopErr = vm.kill()
 		}

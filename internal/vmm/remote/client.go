@@ -251,6 +251,27 @@ func (d *Driver) Disk(ctx context.Context, v vmm.VM) (string, error) {
 	return out.Disk, nil
 }
 
+// Freeze freezes the VM on the node (vmm.Freezer); a node whose driver
+// cannot fails with errors.ErrUnsupported.
+func (d *Driver) Freeze(ctx context.Context, v vmm.VM) error {
+	vm, err := d.own(v)
+	if err != nil {
+		return err
+	}
+	return vm.do(ctx, http.MethodPost, pathFreeze, nil, nil)
+}
+
+// Thaw lets a frozen VM on the node run on (vmm.Freezer).
+func (d *Driver) Thaw(ctx context.Context, v vmm.VM) error {
+	vm, err := d.own(v)
+	if err != nil {
+		return err
+	}
+	return vm.do(ctx, http.MethodPost, pathThaw, nil, nil)
+}
+
+var _ vmm.Freezer = (*Driver)(nil)
+
 // own returns v as a VM of this driver.
 func (d *Driver) own(v vmm.VM) (*VM, error) {
 	vm, ok := v.(*VM)

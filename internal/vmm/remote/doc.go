@@ -25,6 +25,11 @@
 // as on the node. A caller's cancelled context closes its connection,
 // which cancels the call on the node. Every body is bounded (MaxBody).
 //
+// vmm.Freezer is carried too (the conformance suite checks it), though a
+// node's self-fencing freezes its VMs with its own driver: it runs where
+// the node's session manager runs, which can no longer reach the servers
+// then.
+//
 // The server is trusted: the node runs what it is asked, with the paths it
 // is given (which must be absolute: they are the node's).
 package remote

@@ -90,6 +90,8 @@ func Handler(d vmm.Driver, cfg HandlerConfig) http.Handler {
 	route("POST", pathSave, h.save)
 	route("POST", pathCheckpoint, h.checkpoint)
 	route("GET", pathDisk, h.disk)
+	route("POST", pathFreeze, h.freeze)
+	route("POST", pathThaw, h.thaw)
 	mux.HandleFunc(Prefix, func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, api.Errorf(api.CodeNotFound, "%s %s: no such route", r.Method, r.URL.Path))
 	})
@@ -579,6 +581,28 @@ func (h *handler) disk(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return ok(w, diskResp{Disk: d})
+}
+
+func (h *handler) freeze(w http.ResponseWriter, r *http.Request) error {
+	return h.freezer(w, r, vmm.Freezer.Freeze)
+}
+
+func (h *handler) thaw(w http.ResponseWriter, r *http.Request) error {
+	return h.freezer(w, r, vmm.Freezer.Thaw)
+}
+
+// freezer runs op, Freeze or Thaw, of the node's driver on the VM r
+// names.
+func (h *handler) freezer(w http.ResponseWriter, r *http.Request, op func(vmm.Freezer, context.Context, vmm.VM) error) error {
+	vm, err := h.vm(r)
+	if err != nil {
+		return err
+	}
+	fz, ok := h.d.(vmm.Freezer)
+	if !ok {
+		return fmt.Errorf("the node's driver (%T) cannot freeze VMs: %w", h.d, errors.ErrUnsupported)
+	}
+	return errOr(w, op(fz, r.Context(), vm))
 }
 
 // upgrading reports whether r asks to upgrade to proto.

@@ -45,6 +45,8 @@ const (
 	pathSave       = "vms/%s/save"       // POST saveReq → vmm.SaveStats
 	pathCheckpoint = "vms/%s/checkpoint" // call checkpointReq; callback "while_paused" → checkpointResp
 	pathDisk       = "vms/%s/disk"       // GET → diskResp
+	pathFreeze     = "vms/%s/freeze"     // POST
+	pathThaw       = "vms/%s/thaw"       // POST
 )
 
 // Upgrade protocols, in the Upgrade header.

@@ -56,6 +56,7 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 	t.Run("RestoreHooksInOrder", s.restoreHooksInOrder)
 	t.Run("FailedRestoreKeepsSnapshot", s.failedRestoreKeepsSnapshot)
 	t.Run("CheckpointRunsOn", s.checkpointRunsOn)
+	t.Run("FreezeThaw", s.freezeThaw)
 	t.Run("KillVMsEndsOnlyMatching", s.killVMsEndsOnlyMatching)
 	t.Run("DisksStackAndFlatten", s.disksStackAndFlatten)
 	t.Run("DisksDiffAndRaw", s.disksDiffAndRaw)
@@ -506,6 +507,51 @@ func (s suite) failedRestoreKeepsSnapshot(t *testing.T) {
 	c2 := r.connect(restored, "after failed restores")
 	if got := r.readFile(c2, "/tmp/snap"); got != "still here\n" {
 		t.Fatalf("file after failed restores: %q", got)
+	}
+}
+
+// A frozen VM (vmm.Freezer) answers nothing: an exec in its guest gets no
+// answer within a bounded wait. Thawed, its guest runs on as it was; a
+// frozen VM stops at once.
+func (s suite) freezeThaw(t *testing.T) {
+	r := s.rig(t)
+	fz, ok := r.Driver.(vmm.Freezer)
+	if !ok {
+		t.Skipf("%T is not a vmm.Freezer", r.Driver)
+	}
+	vm, _ := r.boot()
+	c := r.connect(vm, "after boot")
+	r.writeFile(c, "/tmp/kept", "before the freeze\n")
+	if err := fz.Freeze(r.ctx(), vm); err != nil {
+		t.Fatalf("freeze: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	_, err := c.Exec(ctx, agentproto.Exec{Argv: []string{"true"}})
+	cancel()
+	if err == nil {
+		t.Fatal("an exec in a frozen guest was answered")
+	}
+	if err := fz.Freeze(r.ctx(), vm); err != nil {
+		t.Fatalf("freezing a frozen VM: %v", err)
+	}
+	if err := fz.Thaw(r.ctx(), vm); err != nil {
+		t.Fatalf("thaw: %v", err)
+	}
+	c.Close()
+	c = r.connect(vm, "after the thaw")
+	if got := r.readFile(c, "/tmp/kept"); got != "before the freeze\n" {
+		t.Fatalf("the guest after the thaw: %q", got)
+	}
+	if err := fz.Freeze(r.ctx(), vm); err != nil {
+		t.Fatalf("freeze again: %v", err)
+	}
+	if err := vm.Stop(r.ctx()); err != nil {
+		t.Fatalf("stop a frozen VM: %v", err)
+	}
+	select {
+	case <-vm.Done():
+	default:
+		t.Fatal("a frozen VM's process runs after Stop")
 	}
 }
 
