@@ -241,8 +241,8 @@ func (hr *homesRig) wakeOn(name, id, file string) {
 // and stored; A's host is lost; both wake on B from the object store
 // and run; they park and are stored again on B (resting on B's image and
 // template version files, which B restored); A comes back as a fresh
-// host and B is drained: both wake back on A. A template built on the
-// lost host clones on B too.
+// host and B is drained: both wake back on A, and after A's drain on B
+// again. A template built on the lost host clones on B too.
 func TestFakeNodesOfOtherHomes(t *testing.T) {
 	hr := newHomesRig(t)
 	ctx := context.Background()
@@ -297,11 +297,21 @@ func TestFakeNodesOfOtherHomes(t *testing.T) {
 	for _, id := range []string{booted.ID, cloned.ID} {
 		hr.wakeOn("host-a", id, "moved to B\n")
 	}
-	// And they park and store on A again.
+	// A is drained in turn: they move to B again, where the files of
+	// their first stay there (B keeps them until its drain's clean-up)
+	// are not taken for their snapshot.
 	va = hr.view("host-a")
 	for _, id := range []string{booted.ID, cloned.ID} {
-		va.park(id)
+		va.write(id, "/root/f", "back on A\n")
+	}
+	if _, err := b.UncordonNode(ctx, "host-b"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hr.mgrs["host-a"].DrainNode(ctx, hr.ids["host-a"]); err != nil {
+		t.Fatalf("drain A: %v", err)
+	}
+	for _, id := range []string{booted.ID, cloned.ID} {
 		va.waitStored(id)
-		hr.wakeOn("host-a", id, "moved to B\n")
+		hr.wakeOn("host-b", id, "back on A\n")
 	}
 }
