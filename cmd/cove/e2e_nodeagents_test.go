@@ -176,31 +176,10 @@ func TestEndToEndNodeAgents(t *testing.T) {
 		t.Errorf("B did not restore the snapshot from the object store:\n%s", nodeB.log)
 	}
 
-	// A session moved to another node is not stored again from there
-	// while nodes' homes differ (its disk rests on the image file under
-	// the home it was made in), as the nodes' homes of one machine do:
-	// the next steps use a session made on B.
-	if err := c2.DeleteSession(ctx, s.ID); err != nil {
-		t.Fatal(err)
-	}
-
-	// 2. A back; B drained: it ends empty, its session wakes on A.
+	// 2. A back; B drained: it ends empty, and the session, moved to B
+	// (whose home is not A's), is stored from there and wakes back on A.
 	nodeA = startNode("a", homeA, s1)
 	ready("agent-a", s1)
-	if _, err := c1.CordonNode(ctx, "agent-a"); err != nil {
-		t.Fatal(err)
-	}
-	s, err = c2.CreateSession(ctx, api.CreateSessionRequest{})
-	if err != nil || s.Node != ids["agent-b"] || s.State != api.StateRunning {
-		t.Fatalf("create through server 2: %+v, %v; want running on agent-b%s", s, err, logs())
-	}
-	for _, e := range []*e2e{s1, s2, homeA, homeB} {
-		e.seen[s.ID] = true
-	}
-	m = newMachine(s1, s.ID)
-	if _, err := c1.UncordonNode(ctx, "agent-a"); err != nil {
-		t.Fatal(err)
-	}
 	drained := time.Now()
 	out, errOut, code := s2.run(nil, "node", "drain", "agent-b")
 	t.Logf("cove node drain agent-b (one session parked and stored, relayed over B's link): %v", time.Since(drained).Round(time.Millisecond))
@@ -217,6 +196,13 @@ func TestEndToEndNodeAgents(t *testing.T) {
 	m.wantIntact(s1, "woken by an exec through server 1 after B's drain")
 	if got, err := c2.GetSession(ctx, s.ID); err != nil || got.Node != ids["agent-a"] {
 		t.Fatalf("after the exec: %+v, %v; want it on agent-a", got, err)
+	}
+	// Each move rested the restored disk on the image under the home of
+	// the node it moved to.
+	for name, p := range map[string]*nodeProc{"B": nodeB, "A": nodeA} {
+		if !strings.Contains(p.log.String(), "disk made on another node rests on this node's file now") {
+			t.Errorf("node %s did not rest the moved session's disk on its own image:\n%s", name, p.log)
+		}
 	}
 	if _, err := c1.UncordonNode(ctx, "agent-b"); err != nil {
 		t.Fatal(err)

@@ -107,7 +107,8 @@ func (m *Manager) imageBase(ctx context.Context, disk string) (string, error) {
 }
 
 // version reads template name's version record and its machine, whose
-// files need not be on this host.
+// files need not be on this host, with its paths in this node's home
+// (versionHere).
 func (m *Manager) version(ctx context.Context, name string, version int) (store.TemplateVersion, machine, error) {
 	vs, err := m.cfg.Store.ListTemplateVersions(ctx, name)
 	if err != nil {
@@ -124,7 +125,7 @@ func (m *Manager) version(ctx context.Context, name string, version int) (store.
 		if err != nil {
 			return v, machine{}, fmt.Errorf("template %s version %d: %w", name, version, err)
 		}
-		return v, mach, nil
+		return v, m.versionHere(mach), nil
 	}
 	return store.TemplateVersion{}, machine{}, fmt.Errorf("template %s has no version %d", name, version)
 }
@@ -294,7 +295,7 @@ func (m *Manager) uploadVersions(ctx context.Context) {
 			if v.State != store.VersionReady || v.StoredManifest != "" {
 				continue
 			}
-			if mach, err := decodeMachine(v.Snapshot); err == nil && mach.Parked != nil && !filesGone(mach) {
+			if mach, err := decodeMachine(v.Snapshot); err == nil && mach.Parked != nil && !filesGone(m.versionHere(mach)) {
 				m.startVersionUpload(t.Name, v.Version)
 			}
 		}
@@ -401,6 +402,9 @@ func (m *Manager) restoreChain(ctx context.Context, rec store.Session, mach mach
 			return sum, fmt.Errorf("%s: %w", s.what, err)
 		}
 		p.done.Store(base + dataBytes(s.man))
+	}
+	if err := m.rebaseHome(ctx, mach.Disk, mach.FromHome, m.home()); err != nil {
+		return sum, err
 	}
 	if err := m.checkBacking(ctx, mach.Disk); err != nil {
 		return sum, err
@@ -546,5 +550,10 @@ func (m *Manager) restoreVersion(ctx context.Context, name string, vmach machine
 	}
 	// Its files still here (some of them may be) are read for the chunks
 	// they hold.
-	return m.cfg.Objects.Restore(ctx, man, dir, cas.RestoreOptions{Progress: progress, Seeds: []cas.Seed{{Manifest: man, Dir: dir}}})
+	st, err := m.cfg.Objects.Restore(ctx, man, dir, cas.RestoreOptions{Progress: progress, Seeds: []cas.Seed{{Manifest: man, Dir: dir}}})
+	if err != nil {
+		return st, err
+	}
+	// Built on a node of another home, its disk names the image there.
+	return st, m.rebaseHome(ctx, vmach.Disk, vmach.FromHome, filepath.Dir(m.cfg.TemplateDir))
 }

@@ -357,7 +357,7 @@ func (m *Manager) rebuild(ctx context.Context, name, reason string, force bool) 
 	}
 	m.crashPoint("build.recorded")
 	log.Info("building template version", "version", v.Version, "base", v.Base, "commit", v.Commit)
-	base, err := parkedMachine(t.Snapshot)
+	base, err := parkedMachine(m.templateHere(t.Snapshot))
 	if err != nil {
 		failV(fmt.Errorf("template %s: current version: %w", name, err))
 		return
@@ -653,7 +653,7 @@ func (m *Manager) collectVersions(ctx context.Context, name string) {
 			continue
 		}
 		if mach, err := decodeMachine(v.Snapshot); err == nil {
-			removeVersionFiles(mach, m.versionDir(name, v.Version))
+			removeVersionFiles(m.versionHere(mach), m.versionDir(name, v.Version))
 		}
 		// Its manifest in the object store goes with it: no session
 		// rests on it, so a GC may collect it.

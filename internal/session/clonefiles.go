@@ -165,7 +165,7 @@ func (m *Manager) fillCloneFiles(name string) {
 		if have >= m.cfg.CloneFiles {
 			return
 		}
-		mach, err := parkedMachine(t.Snapshot)
+		mach, err := parkedMachine(m.templateHere(t.Snapshot))
 		if err == nil {
 			var dir string
 			if dir, err = m.makeCloneFiles(ctx, name, mach); err == nil {

@@ -171,7 +171,20 @@ func (m *Manager) wakeHere(ctx context.Context, rec *store.Session) error {
 	rec.Node = m.cfg.Node
 	// Its files are restored into this node's session dir (the other
 	// node's, on another host, is not here to read).
-	rec.Snapshot = rehome(rec.Snapshot, sessionDirOf(rec.Snapshot), m.dir(rec.ID))
+	from := sessionDirOf(rec.Snapshot)
+	rec.Snapshot = rehome(rec.Snapshot, from, m.dir(rec.ID))
+	// Files this node still has of the session are of an earlier stay
+	// here (it came back after the session moved away): not the
+	// snapshot's. Without its state file the wake restores the snapshot
+	// whole (fetchSnapshot), reading the others only as seeds, whose
+	// chunks are verified.
+	if mach, err := decodeMachine(rec.Snapshot); err == nil && mach.Parked != nil && from != m.dir(rec.ID) {
+		for _, p := range []string{mach.Parked.State, filepath.Join(m.dir(rec.ID), wokenFile)} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("session: wake %s: remove the files of its earlier stay here: %w", rec.ID, err)
+			}
+		}
+	}
 	return nil
 }
 

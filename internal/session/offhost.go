@@ -387,6 +387,11 @@ func (m *Manager) fetchSnapshot(ctx context.Context, rec store.Session) error {
 		}
 	}
 	if !m.chainGone(ctx, mach, ver) {
+		// Files here of a session that moved from a node of another
+		// home (a wake failed after their restore) may name its files.
+		if err := m.rebaseHome(ctx, mach.Disk, mach.FromHome, m.home()); err != nil {
+			return api.Errorf(api.CodeUnavailable, "session %s: wake: %v; the session stays parked", rec.ID, err)
+		}
 		return nil
 	}
 	log := m.cfg.Log.With("session", rec.ID, "manifest", rec.StoredManifest)

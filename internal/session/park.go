@@ -87,6 +87,11 @@ type machine struct {
 	// re-encoded onto (memchain.go). In a checkpoint's manifest, the
 	// session's at the time it was taken.
 	MemFrom string `json:"mem_from,omitempty"`
+	// FromHome is the home of the node a parked session moved from, set
+	// where it differs from this node's (rehome), until the session runs
+	// here: the disk restored from the object store names its backing
+	// file under that home, and the wake rebases it (homes.go).
+	FromHome string `json:"from_home,omitempty"`
 }
 
 // parked is the manifest of a parked session's snapshot.
@@ -478,6 +483,9 @@ func (m *Manager) wake(ctx context.Context, id string, cause Cause, trigger stri
 		m.fail(id, msg)
 		return api.Session{}, api.Errorf(api.CodeUnavailable, "session %s: %s; the session is marked failed", id, msg)
 	}
+	if err := m.bootFilesHere(ctx, id, mach); err != nil {
+		return api.Session{}, err
+	}
 	release, err := m.admit("wake", mach.MemoryMiB, mach.CPUs)
 	if err != nil {
 		return api.Session{}, err
@@ -540,7 +548,7 @@ func (m *Manager) wake(ctx context.Context, id string, cause Cause, trigger stri
 	m.crashPoint("wake.connected")
 	rec.Gen = w.gen(rec.Gen)
 	keepStored(rec, mach, &mach)
-	mach.Parked = nil
+	mach.Parked, mach.FromHome = nil, "" // its disk rests on this node's files (fetchSnapshot)
 	if mach.Restore != nil {
 		// Told once the guest is served (serveGuest); a server stop
 		// before then leaves the guest's tool to its own devices.

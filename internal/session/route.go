@@ -162,35 +162,19 @@ func (m *Manager) deliversFor(ctx context.Context, id string) bool {
 }
 
 // rehome moves the paths of a parked session's machine record that lie
-// in its session dir on another node (from) into this node's (to): a
-// session that wakes here from a dead node's stored snapshot has its
-// files restored from the object store into this node's dir, not read
-// from where the other node kept them. Paths outside from (the kernel,
-// an image, a template version) are left as they are (nodes share
-// --home's layout). The last stored snapshot's record moves the same.
+// in its session dir on another node (from) into this node's (to), and
+// those in the other node's home into this node's (see homes.go): a
+// session that wakes here from a dead or draining node's stored snapshot
+// has its files restored from the object store into this node's dir,
+// not read from where the other node kept them, and reads the kernel,
+// image and template version files this node keeps. The last stored
+// snapshot's record moves the same.
 func rehome(b []byte, from, to string) []byte {
 	mach, err := decodeMachine(b)
 	if err != nil || from == to || from == "" {
 		return b
 	}
-	move := func(p *string) {
-		if rel, err := filepath.Rel(from, *p); err == nil && *p != "" && filepath.IsLocal(rel) {
-			*p = filepath.Join(to, rel)
-		}
-	}
-	for _, p := range []*string{&mach.Disk, &mach.NextDisk, &mach.Rollback, &mach.MemFrom} {
-		move(p)
-	}
-	if mach.Parked != nil {
-		move(&mach.Parked.State)
-		move(&mach.Parked.Mem)
-	}
-	if mach.LastStored != nil {
-		ls := *mach.LastStored
-		ls.Machine = rehome(ls.Machine, from, to)
-		mach.LastStored = &ls
-	}
-	return mach.encode()
+	return relocate(mach, from, to, homeOf(from), homeOf(to)).encode()
 }
 
 // sessionDirOf is the session dir a parked machine record names: that of

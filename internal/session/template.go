@@ -476,7 +476,7 @@ func (m *Manager) createFromTemplate(ctx context.Context, owner string, req api.
 // create waits for the clone, a pool refill does not (and leaves the set
 // for a create that finds the pool empty).
 func (m *Manager) clone(ctx context.Context, t store.Template, id string, ahead bool) (*live, error) {
-	mach, err := parkedMachine(t.Snapshot)
+	mach, err := parkedMachine(m.templateHere(t.Snapshot))
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "template %s: %v", t.Name, err)
 	}
@@ -555,7 +555,7 @@ func (m *Manager) cloneInto(ctx context.Context, mach machine, id, dir, files st
 		}
 	}
 	state := mach.Parked.State
-	mach.Parked, mach.Disk = nil, disk
+	mach.Parked, mach.Disk, mach.FromHome = nil, disk, "" // its disk rests on this node's version files
 	rctx, cancel := context.WithTimeout(ctx, m.cfg.DefaultBootTimeout)
 	defer cancel()
 	l, err = m.restore(rctx, id, dir, mach, state, hooks{beforeLoad: waitCopy})

@@ -690,6 +690,14 @@ func (d *Driver) Restore(ctx context.Context, spec vmm.Spec, statePath string) (
 	return &VM{p: p}, stats, nil
 }
 
+// kernelID names the kernel at path as a machine knows it: by its
+// version's directory and file name (HOME/kernels/VERSION/vmlinux), not
+// where a host keeps it: a snapshot restores on another host's copy of
+// the same kernel, under another home.
+func kernelID(path string) string {
+	return filepath.Join(filepath.Base(filepath.Dir(path)), filepath.Base(path))
+}
+
 // loadState reads a state file and checks it is of the machine spec
 // describes.
 func loadState(path string, spec vmm.Spec) (*state, error) {
@@ -704,7 +712,7 @@ func loadState(path string, spec vmm.Spec) (*state, error) {
 	if st.V != stateVersion {
 		return nil, fmt.Errorf("load state: version %d, want %d", st.V, stateVersion)
 	}
-	if st.MemoryMiB != spec.MemoryMiB || st.CPUs != spec.CPUs || st.Kernel != spec.Kernel {
+	if st.MemoryMiB != spec.MemoryMiB || st.CPUs != spec.CPUs || kernelID(st.Kernel) != kernelID(spec.Kernel) {
 		return nil, fmt.Errorf("load state: saved from a %d MiB, %d CPU machine with kernel %q; spec says %d MiB, %d CPUs, kernel %q",
 			st.MemoryMiB, st.CPUs, st.Kernel, spec.MemoryMiB, spec.CPUs, spec.Kernel)
 	}
