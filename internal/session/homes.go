@@ -123,7 +123,9 @@ func versionHome(dir string) string { return filepath.Dir(filepath.Dir(filepath.
 // versionHere returns template version machine mach, as the node that
 // built it recorded it, with its paths in this node's home: its files in
 // this node's dir for the version, the others (kernel, initramfs) in
-// this node's home. A machine without a snapshot is returned as it is.
+// this node's home; or as it is where none of those are here but the
+// builder's own files are within reach (another server's dirs on this
+// host). A machine without a snapshot is returned as it is.
 func (m *Manager) versionHere(mach machine) machine {
 	if mach.Parked == nil {
 		return mach
@@ -135,7 +137,14 @@ func (m *Manager) versionHere(mach machine) machine {
 		return mach
 	}
 	here := filepath.Join(m.cfg.TemplateDir, filepath.Base(filepath.Dir(dir)), filepath.Base(dir))
-	return relocate(mach, dir, here, from, to)
+	moved := relocate(mach, dir, here, from, to)
+	if filesGone(moved) && !filesGone(mach) {
+		// The builder's own files are within this node's reach (servers
+		// of one host, each with its own dirs) and none were restored
+		// here: read those.
+		return mach
+	}
+	return moved
 }
 
 // templateHere is versionHere for a template version's machine record b
