@@ -159,7 +159,7 @@ func (s *Server) linkedHere(t routing.Target) bool {
 	if _, ok := s.relayTransport(t); ok {
 		return true
 	}
-	return sameURL(t.URL, s.ownURL())
+	return routing.SameServer(t.URL, s.ownURL())
 }
 
 // relayTransport is the transport over the control connection of t's
@@ -172,7 +172,7 @@ func (s *Server) relayTransport(t routing.Target) (http.RoundTripper, bool) {
 	if !ok {
 		return nil, false
 	}
-	if own := s.ownURL(); own != nil && t.URL != nil && !sameURL(t.URL, own) {
+	if own := s.ownURL(); own != nil && t.URL != nil && !routing.SameServer(t.URL, own) {
 		return nil, false
 	}
 	return rt, true
@@ -198,12 +198,6 @@ func (s *Server) ownURL() *url.URL {
 		return nil
 	}
 	return u
-}
-
-// sameURL reports whether a and b are the same server's URL.
-func sameURL(a, b *url.URL) bool {
-	return a != nil && b != nil && strings.EqualFold(a.Scheme, b.Scheme) && strings.EqualFold(a.Host, b.Host) &&
-		strings.TrimSuffix(a.Path, "/") == strings.TrimSuffix(b.Path, "/")
 }
 
 // notConnectedError is the refusal of a call for a node whose calls go
@@ -264,7 +258,7 @@ func (s *Server) forward(w http.ResponseWriter, r *http.Request, act Action, t r
 			}
 			return api.Errorf(api.CodeUnavailable, "node %s (%s): relaying the call over its control connection failed: %v; retry (through any server)", t.NodeName, t.NodeID, failed)
 		}
-		if sameURL(t.URL, s.ownURL()) {
+		if routing.SameServer(t.URL, s.ownURL()) {
 			return notConnected(t)
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strings"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/nodelink"
@@ -264,9 +263,9 @@ func (s *Server) linkedHere(t routing.Target) bool {
 	}
 	if _, ok := s.cfg.Links.Transport(t.NodeID); ok {
 		own := s.ownURL()
-		return own == nil || t.URL == nil || sameURL(t.URL, own)
+		return own == nil || t.URL == nil || routing.SameServer(t.URL, own)
 	}
-	return t.URL != nil && sameURL(t.URL, s.ownURL())
+	return t.URL != nil && routing.SameServer(t.URL, s.ownURL())
 }
 
 // ownURL is this server's E2B URL (nil for none).
@@ -279,12 +278,6 @@ func (s *Server) ownURL() *url.URL {
 		return nil
 	}
 	return u
-}
-
-// sameURL reports whether a and b are the same server's URL.
-func sameURL(a, b *url.URL) bool {
-	return a != nil && b != nil && strings.EqualFold(a.Scheme, b.Scheme) && strings.EqualFold(a.Host, b.Host) &&
-		strings.TrimSuffix(a.Path, "/") == strings.TrimSuffix(b.Path, "/")
 }
 
 // relay carries r, a call about sandbox id ("" for a create) of node t,

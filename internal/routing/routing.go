@@ -44,6 +44,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"strings"
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/store"
@@ -85,6 +86,14 @@ func TargetOf(n store.Node) (Target, error) {
 		return Target{}, api.Errorf(api.CodeUnavailable, "node %s (%s): its server's URL: %v", n.Name, n.ID, err)
 	}
 	return Target{NodeID: n.ID, NodeName: n.Name, URL: u}, nil
+}
+
+// SameServer reports whether a and b are URLs of the same server (scheme
+// and host alike, paths alike but for a trailing slash); false if either
+// is nil.
+func SameServer(a, b *url.URL) bool {
+	return a != nil && b != nil && strings.EqualFold(a.Scheme, b.Scheme) && strings.EqualFold(a.Host, b.Host) &&
+		strings.TrimSuffix(a.Path, "/") == strings.TrimSuffix(b.Path, "/")
 }
 
 // ParseURL checks an advertised URL: http or https, a host, no query or
