@@ -2,7 +2,9 @@ package session_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -334,10 +336,27 @@ func smallDisk(t *testing.T, size string) (dir string, fill func(leave int64), f
 			t.Logf("umount: %v: %s", err, out)
 		}
 	})
+	// free waits for the file system to have settled: what it says is
+	// used is what the files in it hold. A file removed while another
+	// process held it open (qemu-img, whose io_uring is torn down by the
+	// kernel after it exits) gives its room back a moment later.
 	free = func() int64 {
+		t.Helper()
 		var st syscall.Statfs_t
-		if err := syscall.Statfs(dir, &st); err != nil {
-			t.Fatal(err)
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if err := syscall.Statfs(dir, &st); err != nil {
+				t.Fatal(err)
+			}
+			used := int64(st.Blocks-st.Bfree) * st.Bsize
+			held := filesHold(t, dir)
+			if used == held {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the file system says %d bytes are used, its files hold %d", dir, used, held)
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 		return int64(st.Bavail) * st.Bsize
 	}
@@ -364,6 +383,37 @@ func smallDisk(t *testing.T, size string) (dir string, fill func(leave int64), f
 		}
 	}
 	return dir, fill, free, unfill
+}
+
+// filesHold is the room the files under dir take (their allocated
+// blocks).
+func filesHold(t *testing.T, dir string) int64 {
+	t.Helper()
+	var n int64
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil // removed meanwhile
+			}
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		var st syscall.Stat_t
+		if err := syscall.Lstat(path, &st); err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				return nil
+			}
+			return err
+		}
+		n += st.Blocks * 512
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }
 
 // dirtyMem writes n bytes of data into the RAM file of session id (the
