@@ -156,23 +156,16 @@ func (s *Server) routedHere(w http.ResponseWriter, r *http.Request, act Action, 
 // control connection: one connected here, or one whose URL is this
 // server's (its connection dropped: forward answers 503 then).
 func (s *Server) linkedHere(t routing.Target) bool {
-	if _, ok := s.relayTransport(t); ok {
-		return true
-	}
-	return routing.SameServer(t.URL, s.ownURL())
+	_, connected := s.linkTransport(t.NodeID)
+	_, here := routing.LinkedHere(t, connected, s.ownURL())
+	return here
 }
 
 // relayTransport is the transport over the control connection of t's
-// node when this server relays the calls for it: the node is connected
-// here and its record's URL is this server's (or this server has none
-// to compare). A node whose record names another server connected there
-// since: its connection here is a stale one yet to be found dead.
+// node when this server relays the calls for it (routing.LinkedHere).
 func (s *Server) relayTransport(t routing.Target) (http.RoundTripper, bool) {
-	rt, ok := s.linkTransport(t.NodeID)
-	if !ok {
-		return nil, false
-	}
-	if own := s.ownURL(); own != nil && t.URL != nil && !routing.SameServer(t.URL, own) {
+	rt, connected := s.linkTransport(t.NodeID)
+	if relay, _ := routing.LinkedHere(t, connected, s.ownURL()); !relay {
 		return nil, false
 	}
 	return rt, true
@@ -190,14 +183,10 @@ func (s *Server) linkTransport(id string) (http.RoundTripper, bool) {
 // ownURL is the URL the other servers reach this server at (nil for
 // none): that of the nodes whose control connection is here.
 func (s *Server) ownURL() *url.URL {
-	if s.nodeLink == nil || s.nodeLink.URL() == "" {
+	if s.nodeLink == nil {
 		return nil
 	}
-	u, err := routing.ParseURL(s.nodeLink.URL())
-	if err != nil {
-		return nil
-	}
-	return u
+	return routing.OwnURL(s.nodeLink.URL())
 }
 
 // notConnectedError is the refusal of a call for a node whose calls go

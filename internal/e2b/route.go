@@ -255,29 +255,24 @@ func (s *Server) relayTo(w http.ResponseWriter, r *http.Request) (handled bool) 
 }
 
 // linkedHere reports whether t is a session-serving node this server
-// reaches over its control connection: its record's E2BURL is this
-// server's (its connection dropped: relay answers 503 then).
+// reaches over its control connection (routing.LinkedHere): its record's
+// E2BURL is this server's (its connection dropped: relay answers 503
+// then).
 func (s *Server) linkedHere(t routing.Target) bool {
 	if s.cfg.Links == nil {
 		return false
 	}
-	if _, ok := s.cfg.Links.Transport(t.NodeID); ok {
-		own := s.ownURL()
-		return own == nil || t.URL == nil || routing.SameServer(t.URL, own)
-	}
-	return t.URL != nil && routing.SameServer(t.URL, s.ownURL())
+	_, connected := s.cfg.Links.Transport(t.NodeID)
+	_, here := routing.LinkedHere(t, connected, s.ownURL())
+	return here
 }
 
 // ownURL is this server's E2B URL (nil for none).
 func (s *Server) ownURL() *url.URL {
-	if s.cfg.Links == nil || s.cfg.Links.E2BURL() == "" {
+	if s.cfg.Links == nil {
 		return nil
 	}
-	u, err := routing.ParseURL(s.cfg.Links.E2BURL())
-	if err != nil {
-		return nil
-	}
-	return u
+	return routing.OwnURL(s.cfg.Links.E2BURL())
 }
 
 // relay carries r, a call about sandbox id ("" for a create) of node t,

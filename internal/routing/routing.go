@@ -96,6 +96,33 @@ func SameServer(a, b *url.URL) bool {
 		strings.TrimSuffix(a.Path, "/") == strings.TrimSuffix(b.Path, "/")
 }
 
+// LinkedHere says what this server does with a call for node t, given
+// whether the node's control connection is here (connected) and the URL
+// the other servers reach this server at (own, nil for none). relay: the
+// call goes over that connection (t's record names this server, or there
+// is nothing to compare; a node whose record names another server
+// connected there since, and its connection here is a stale one yet to
+// be found dead). here: the call is this server's to carry, relayed, or
+// refused (503) when the connection dropped while the record names this
+// server.
+func LinkedHere(t Target, connected bool, own *url.URL) (relay, here bool) {
+	relay = connected && (own == nil || t.URL == nil || SameServer(t.URL, own))
+	return relay, relay || SameServer(t.URL, own)
+}
+
+// OwnURL parses a server's own advertised URL: nil for none or one that
+// does not parse (then no record can be compared with it).
+func OwnURL(s string) *url.URL {
+	if s == "" {
+		return nil
+	}
+	u, err := ParseURL(s)
+	if err != nil {
+		return nil
+	}
+	return u
+}
+
 // ParseURL checks an advertised URL: http or https, a host, no query or
 // fragment.
 func ParseURL(s string) (*url.URL, error) {

@@ -2,6 +2,7 @@ package routing_test
 
 import (
 	"context"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -162,6 +163,41 @@ func TestParseURL(t *testing.T) {
 	for _, bad := range []string{"", "10.0.0.1:7070", "ftp://h", "http://", "http://h?x=1", "http://u:p@h"} {
 		if _, err := routing.ParseURL(bad); err == nil {
 			t.Errorf("ParseURL(%q) accepted", bad)
+		}
+	}
+}
+
+// Which calls for a linked node a server carries (LinkedHere): relayed
+// over the node's connection when it is here and the node's record names
+// this server (or either URL is missing); answered here (503) when the
+// connection dropped but the record names this server; left to the
+// server the record names otherwise, a stale connection here included.
+func TestLinkedHere(t *testing.T) {
+	own := routing.OwnURL("http://cove-a:7070/")
+	if own == nil || routing.OwnURL("") != nil || routing.OwnURL("not a url") != nil {
+		t.Fatalf("OwnURL: %v, want cove-a's, and nil for none or a bad one", own)
+	}
+	this, _ := routing.ParseURL("http://COVE-A:7070")
+	other, _ := routing.ParseURL("http://cove-b:7070")
+	for _, c := range []struct {
+		name             string
+		url              *url.URL
+		connected        bool
+		own              *url.URL
+		wantRelay, wantH bool
+	}{
+		{"connected, names this server", this, true, own, true, true},
+		{"connected, no URL recorded", nil, true, own, true, true},
+		{"connected, this server has no URL", other, true, nil, true, true},
+		{"connected here, names another (stale)", other, true, own, false, false},
+		{"dropped, names this server", this, false, own, false, true},
+		{"not connected, names another", other, false, own, false, false},
+		{"not connected, no URL", nil, false, own, false, false},
+		{"not connected, this server has no URL", this, false, nil, false, false},
+	} {
+		relay, here := routing.LinkedHere(routing.Target{NodeID: "n1", URL: c.url}, c.connected, c.own)
+		if relay != c.wantRelay || here != c.wantH {
+			t.Errorf("%s: relay %v, here %v; want %v, %v", c.name, relay, here, c.wantRelay, c.wantH)
 		}
 	}
 }
