@@ -91,23 +91,6 @@ type fencing struct {
 	frozen map[string]vmm.VM // guarded by mu: the VMs frozen, by session id
 }
 
-// fenceLoop freezes this node's VMs once it has gone Config.FenceAfter
-// without a heartbeat, checking a few times within that span, until the
-// manager stops.
-func (m *Manager) fenceLoop() {
-	defer m.bg.Done()
-	tick := time.NewTicker(min(max(m.cfg.FenceAfter/8, time.Millisecond), time.Second))
-	defer tick.Stop()
-	for {
-		select {
-		case <-m.stop:
-			return
-		case <-tick.C:
-		}
-		m.freezeIfCut()
-	}
-}
-
 // freezeIfCut freezes every VM this node runs that is not frozen yet, if
 // its last heartbeat's answer came longer than Config.FenceAfter ago.
 func (m *Manager) freezeIfCut() {

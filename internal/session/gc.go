@@ -115,28 +115,6 @@ func (m *Manager) CollectGarbage(ctx context.Context) (cas.GCStats, error) {
 	return st, nil
 }
 
-// gcLoop runs CollectGarbage every Config.GCInterval until the manager
-// stops.
-func (m *Manager) gcLoop() {
-	defer m.bg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		<-m.stop
-		cancel()
-	}()
-	t := time.NewTicker(m.cfg.GCInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-m.stop:
-			return
-		case <-t.C:
-			_, _ = m.CollectGarbage(ctx)
-		}
-	}
-}
-
 // GC is CollectGarbage for the API (POST /v1/admin/gc).
 func (m *Manager) GC(ctx context.Context) (api.GCResult, error) {
 	st, err := m.CollectGarbage(ctx)

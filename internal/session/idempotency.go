@@ -114,24 +114,6 @@ func keySweepEvery(ttl time.Duration) time.Duration {
 	return min(max(ttl/10, time.Second), 10*time.Minute)
 }
 
-// keySweepLoop runs SweepIdempotencyKeys every keySweepEvery until the
-// manager stops.
-func (m *Manager) keySweepLoop() {
-	defer m.bg.Done()
-	tick := time.NewTicker(keySweepEvery(m.cfg.IdempotencyTTL))
-	defer tick.Stop()
-	for {
-		select {
-		case <-m.stop:
-			return
-		case <-tick.C:
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		m.SweepIdempotencyKeys(ctx)
-		cancel()
-	}
-}
-
 // SweepIdempotencyKeys frees, under the claim keys/sweep, every
 // Idempotency-Key whose create was made longer than
 // Config.IdempotencyTTL ago, and returns how many (0 with no TTL). A

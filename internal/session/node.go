@@ -69,13 +69,14 @@ func (m *Manager) startNodeLoops() {
 		go m.heartbeatLoop()
 	}
 	if m.cfg.NodeGrace > 0 {
-		m.bg.Add(1)
-		go m.sweepLoop()
+		// Dead nodes are found within a third of the grace.
+		m.every(max(m.cfg.NodeGrace/3, time.Millisecond), func(context.Context) { m.SweepNodes(context.Background()) })
 	}
 	if m.cfg.Node != "" && !m.cfg.NoNode && m.cfg.FenceAfter > 0 {
 		m.beat() // its clock starts with this server's
-		m.bg.Add(1)
-		go m.fenceLoop()
+		// Checked a few times within the span, so the freeze comes
+		// close to FenceAfter without a heartbeat.
+		m.every(min(max(m.cfg.FenceAfter/8, time.Millisecond), time.Second), func(context.Context) { m.freezeIfCut() })
 	}
 }
 
@@ -140,22 +141,6 @@ func (m *Manager) Heartbeated(ctx context.Context) {
 	m.thaw(ctx, m.fence(ctx))
 	m.fz.run.Unlock()
 	m.dropMovedAway(ctx)
-}
-
-// sweepLoop runs sweepNodes every third of the grace until the manager
-// stops.
-func (m *Manager) sweepLoop() {
-	defer m.bg.Done()
-	tick := time.NewTicker(max(m.cfg.NodeGrace/3, time.Millisecond))
-	defer tick.Stop()
-	for {
-		select {
-		case <-m.stop:
-			return
-		case <-tick.C:
-		}
-		m.SweepNodes(context.Background())
-	}
 }
 
 // SweepNodes marks dead, under the claim nodes/sweep, every node whose

@@ -798,25 +798,6 @@ func (m *Manager) recoverWaking(ctx context.Context, rec store.Session) {
 	m.cfg.Log.Info("wake cut short by a server stop after the guest ran: re-adopted; session running", "session", rec.ID)
 }
 
-// idleLoop parks sessions idle past their timeout: no API call for that
-// long and nothing in flight (an exec, an attached PTY, a transfer).
-func (m *Manager) idleLoop() {
-	defer m.bg.Done()
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-m.stop:
-			return
-		case <-tick.C:
-		}
-		if m.snap == nil {
-			continue
-		}
-		m.parkIdle(context.Background())
-	}
-}
-
 // parkIdle parks the sessions this server runs that are idle past their
 // timeout. It looks at the VMs it holds, not at every record: a tick
 // costs in proportion to the running sessions here, and reads the store

@@ -1247,13 +1247,16 @@ func (m *Manager) Recover(ctx context.Context) error {
 		return err
 	}
 	m.resetCloneFiles()
-	m.bg.Add(3)
-	go m.idleLoop()
+	m.bg.Add(2)
 	go m.deliverLoop()
 	go m.cloneFilesLoop()
+	if m.snap != nil {
+		// Sessions idle past their timeout are parked: no API call for
+		// that long and nothing in flight (parkIdle).
+		m.every(time.Second, func(context.Context) { m.parkIdle(context.Background()) })
+	}
 	if m.cfg.Objects != nil && m.cfg.GCInterval > 0 {
-		m.bg.Add(1)
-		go m.gcLoop()
+		m.every(m.cfg.GCInterval, func(ctx context.Context) { _, _ = m.CollectGarbage(ctx) })
 	}
 	m.startNodeLoops()
 	if feed, ok := m.raw.(store.SessionFeed); ok {
@@ -1261,8 +1264,11 @@ func (m *Manager) Recover(ctx context.Context) error {
 		go m.followOthers(feed)
 	}
 	if m.cfg.IdempotencyTTL > 0 {
-		m.bg.Add(1)
-		go m.keySweepLoop()
+		m.every(keySweepEvery(m.cfg.IdempotencyTTL), func(context.Context) {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			m.SweepIdempotencyKeys(ctx)
+		})
 	}
 	m.kickDeliveries() // deliveries left pending by the last server
 	if err := m.recoverTemplates(ctx); err != nil {
@@ -1413,6 +1419,35 @@ func (m *Manager) waitRunning(ctx context.Context, id string) (*live, error) {
 // not delivered.
 func cannotServe(state string) bool {
 	return state == api.StateStopping || state == api.StateFailed || state == api.StateLost
+}
+
+// every runs fn every d, in a background loop of its own, until the
+// manager stops; fn's context ends then too (one that must finish its
+// work makes its own). A run is not started while the one before runs.
+func (m *Manager) every(d time.Duration, fn func(context.Context)) {
+	m.bg.Add(1)
+	go func() {
+		defer m.bg.Done()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		go func() {
+			select {
+			case <-m.stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		tick := time.NewTicker(d)
+		defer tick.Stop()
+		for {
+			select {
+			case <-m.stop:
+				return
+			case <-tick.C:
+			}
+			fn(ctx)
+		}
+	}()
 }
 
 // stopLoops ends the background loops (idle parking, pool refills) once.
