@@ -26,6 +26,10 @@ type NodeCapacity struct {
 	// only on a compatible machine.
 	QEMUVersion   string `json:"qemu_version"`
 	KernelVersion string `json:"kernel_version"`
+	// FenceAfterMS is how long the node goes without a heartbeat before
+	// it freezes its VMs (absent: it does not); it is not marked dead
+	// before twice that.
+	FenceAfterMS int64 `json:"fence_after_ms,omitempty"`
 }
 
 // Node is one VM host: the embedded node of a `cove server`, or a `cove

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/cove-dev/cove/internal/nodeinfo"
 	"github.com/cove-dev/cove/internal/store"
 	"github.com/cove-dev/cove/internal/store/postgres"
 	"github.com/cove-dev/cove/internal/store/sqlite"
@@ -56,4 +57,14 @@ func fenceAfter(db string, grace time.Duration) time.Duration {
 		return 0
 	}
 	return grace / 2
+}
+
+// probeNode measures this host for its node record, with fence, the span
+// after which the node freezes its VMs without a heartbeat (fenceAfter):
+// the servers' sweepers then wait at least twice that before they take
+// the node for dead, whatever their own --node-grace.
+func probeNode(ctx context.Context, home, accel string, fence time.Duration) (store.NodeCapacity, error) {
+	c, err := nodeinfo.Probe(ctx, home, accel)
+	c.FenceAfterMS = fence.Milliseconds()
+	return c, err
 }

@@ -142,6 +142,13 @@ func TestEndToEndNodeAgents(t *testing.T) {
 	}
 	ready("agent-a", s1)
 	ready("agent-b", s2)
+	// Each node says it freezes its VMs after half the grace without a
+	// heartbeat: the servers never take it for dead before twice that.
+	for _, name := range []string{"agent-a", "agent-b"} {
+		if n, err := c2.GetNode(ctx, name); err != nil || n.Capacity.FenceAfterMS != 2500 {
+			t.Fatalf("node %s: %+v, %v; want fence_after_ms 2500 (--node-grace 5s)", name, n.Capacity, err)
+		}
+	}
 
 	// 1. Created through server 1 on A, exec through server 2; A dies.
 	if _, err := c2.CordonNode(ctx, "agent-b"); err != nil {

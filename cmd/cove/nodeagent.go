@@ -16,7 +16,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/cove-dev/cove/internal/apiserver"
-	"github.com/cove-dev/cove/internal/nodeinfo"
 	"github.com/cove-dev/cove/internal/nodelink"
 	"github.com/cove-dev/cove/internal/session"
 	"github.com/cove-dev/cove/internal/store"
@@ -134,7 +133,10 @@ func runNodeAgent(ctx context.Context, cfg nodeAgentConfig) error {
 	if err != nil {
 		return fmt.Errorf("node: %w", err)
 	}
-	probe := func(ctx context.Context) (store.NodeCapacity, error) { return nodeinfo.Probe(ctx, home, accel) }
+	// A node serving sessions says after how long without a heartbeat it
+	// freezes its VMs (its session manager's FenceAfter, the same span).
+	fence := fenceAfter(cfg.Side.DB, cfg.Side.NodeGrace)
+	probe := func(ctx context.Context) (store.NodeCapacity, error) { return probeNode(ctx, home, accel, fence) }
 	serves := sharedStore(cfg.Side.DB)
 
 	var agent *nodelink.Agent

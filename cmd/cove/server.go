@@ -26,7 +26,6 @@ import (
 	"github.com/cove-dev/cove/internal/audit"
 	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/keyfile"
-	"github.com/cove-dev/cove/internal/nodeinfo"
 	"github.com/cove-dev/cove/internal/nodelink"
 	"github.com/cove-dev/cove/internal/policy"
 	"github.com/cove-dev/cove/internal/secret"
@@ -270,7 +269,7 @@ func addSessionFlags(cmd *cobra.Command, cfg *serverConfig) {
 	f.StringArrayVar(&cfg.EgressResolve, "egress-resolve", envList("COVE_EGRESS_RESOLVE"), "HOST=IP: the egress proxy reaches HOST at IP instead of asking DNS, as curl's --resolve does (split-horizon names, internal services); repeatable (COVE_EGRESS_RESOLVE, comma-separated)")
 	f.StringVar(&cfg.UpstreamCA, "upstream-ca", os.Getenv("COVE_UPSTREAM_CA"), "PEM file of CAs that upstreams reached through the egress proxy may also be signed by, besides the system's roots: internal services with a private CA (COVE_UPSTREAM_CA)")
 	f.StringVar(&cfg.SecretKey, "secret-key", os.Getenv("COVE_SECRET_KEY_FILE"), "file of the key that encrypts secrets at rest: base64 of 32 bytes, mode 0600, best kept apart from --home's database (default: HOME/secret.key, made at the first start; the environment variable "+secret.EnvKey+", base64 of 32 bytes, wins over the file) (COVE_SECRET_KEY_FILE)")
-	f.DurationVar(&cfg.NodeGrace, "node-grace", envDuration("COVE_NODE_GRACE", 30*time.Second), "how long a node may go without a heartbeat before it is marked dead (its running sessions lost), counting only time the sweeping server could reach the store; one server sharing the store sweeps, every third of it. With PostgreSQL, a node whose heartbeats fail for half of it freezes its VMs until it heartbeats again: give nodes and servers the same (COVE_NODE_GRACE)")
+	f.DurationVar(&cfg.NodeGrace, "node-grace", envDuration("COVE_NODE_GRACE", 30*time.Second), "how long a node may go without a heartbeat before it is marked dead (its running sessions lost), counting only time the sweeping server could reach the store; one server sharing the store sweeps, every third of it. With PostgreSQL, a node whose heartbeats fail for half of it freezes its VMs until it heartbeats again, and is not marked dead before twice that span, as it reports it: give nodes and servers the same (COVE_NODE_GRACE)")
 	f.StringVar(&cfg.Policy, "policy", os.Getenv("COVE_POLICY"), "Cedar policy file that decides every API action (default: the built-in policy: engineers see and control their own sessions, admins everything); check it with 'cove policy check'; SIGHUP reloads it, keeping the policy in force if the file does not check (COVE_POLICY)")
 }
 
@@ -628,7 +627,7 @@ func embeddedNode(ctx context.Context, cfg serverConfig, st store.Store, accel s
 	if f := fenceAfter(cfg.DB, cfg.NodeGrace); f > 0 && f <= cfg.NodeHeartbeat {
 		return "", fmt.Errorf("server: --node-grace (%v) must be more than twice --node-heartbeat (%v) with a shared store: a node that goes half the grace without a heartbeat freezes its VMs", cfg.NodeGrace, cfg.NodeHeartbeat)
 	}
-	c, err := nodeinfo.Probe(ctx, cfg.Home, accel)
+	c, err := probeNode(ctx, cfg.Home, accel, fenceAfter(cfg.DB, cfg.NodeGrace))
 	if err != nil {
 		return "", fmt.Errorf("server: %w", err)
 	}

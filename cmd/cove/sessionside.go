@@ -13,7 +13,6 @@ import (
 	"github.com/cove-dev/cove/internal/audit"
 	"github.com/cove-dev/cove/internal/identity"
 	"github.com/cove-dev/cove/internal/image"
-	"github.com/cove-dev/cove/internal/nodeinfo"
 	"github.com/cove-dev/cove/internal/routing"
 	"github.com/cove-dev/cove/internal/secret"
 	"github.com/cove-dev/cove/internal/session"
@@ -202,7 +201,7 @@ func openSessionSide(ctx context.Context, cfg serverConfig, opts sessionSideOpti
 		Node: s.node, NoNode: s.node == "", Linked: opts.Linked, Route: true,
 		NodeHeartbeat: cfg.NodeHeartbeat, NodeGrace: cfg.NodeGrace, FenceAfter: fenceAfter(cfg.DB, cfg.NodeGrace),
 		NodeProbe: func(ctx context.Context) (store.NodeCapacity, error) {
-			return nodeinfo.Probe(ctx, cfg.Home, driver.Accel())
+			return probeNode(ctx, cfg.Home, driver.Accel(), fenceAfter(cfg.DB, cfg.NodeGrace))
 		},
 		Store: st, Driver: driver, Images: builder, Dir: sessions, Log: log,
 		DefaultImage: cfg.DefaultImage, DefaultIdleTimeout: cfg.IdleTimeout, CloneFiles: cfg.CloneFiles,

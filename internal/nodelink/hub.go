@@ -325,6 +325,9 @@ func (h *Hub) Join(w http.ResponseWriter, r *http.Request) error {
 	if err := ValidLabels(req.Labels); err != nil {
 		return err
 	}
+	if err := validCapacity(req.Capacity); err != nil {
+		return fmt.Errorf("join: %w", err)
+	}
 	if h.cfg.Announce != nil {
 		if err := h.cfg.Announce(r.Context(), req.Name); err != nil {
 			h.log.Error("nodelink: join refused: it cannot be announced", "name", req.Name, "err", err)
@@ -548,6 +551,9 @@ func (h *Hub) heartbeat(w http.ResponseWriter, r *http.Request, l *link) error {
 	if err := decodeJSON(w, r, MaxJoinBytes, &c); err != nil {
 		return err
 	}
+	if err := validCapacity(c); err != nil {
+		return fmt.Errorf("heartbeat: %w", err)
+	}
 	err := h.cfg.Store.HeartbeatNode(r.Context(), l.nodeID, h.cfg.Now().UTC(), c)
 	if errors.Is(err, store.ErrNotFound) {
 		h.log.Warn("nodelink: heartbeat of a removed node; its connection is closed", "node", l.nodeID, "name", l.name)
@@ -564,6 +570,16 @@ func (h *Hub) heartbeat(w http.ResponseWriter, r *http.Request, l *link) error {
 		return api.Errorf(api.CodeUnavailable, "heartbeat: not stored: %v", err)
 	}
 	w.WriteHeader(http.StatusNoContent)
+	return nil
+}
+
+// validCapacity checks what a node reports of itself that the servers
+// act on beyond placement: the span after which it freezes its VMs
+// (the sweeper waits twice that before it takes the node for dead).
+func validCapacity(c store.NodeCapacity) error {
+	if c.FenceAfterMS < 0 || c.FenceAfter() > store.MaxFenceAfter {
+		return api.Errorf(api.CodeInvalid, "capacity: fence_after_ms %d: want 0 to %d (%v)", c.FenceAfterMS, store.MaxFenceAfter.Milliseconds(), store.MaxFenceAfter)
+	}
 	return nil
 }
 

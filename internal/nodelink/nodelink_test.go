@@ -346,6 +346,8 @@ func TestJoinRefusals(t *testing.T) {
 		{"no name", f, testJoinToken, `{}`, 400, "node name"},
 		{"reserved name", f, testJoinToken, `{"name":"connect"}`, 400, "reserved"},
 		{"invalid label", f, testJoinToken, `{"name":"n1","labels":{"a b":"c"}}`, 400, "label key"},
+		{"fence past an hour", f, testJoinToken, `{"name":"n1","capacity":{"fence_after_ms":3600001}}`, 400, "fence_after_ms 3600001"},
+		{"negative fence", f, testJoinToken, `{"name":"n1","capacity":{"fence_after_ms":-1}}`, 400, "fence_after_ms -1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp := postJoin(t, tc.f, tc.token, tc.body)
@@ -360,6 +362,44 @@ func TestJoinRefusals(t *testing.T) {
 				t.Errorf("nodes after a refused join: %v, %v", nodes, err)
 			}
 		})
+	}
+}
+
+// A heartbeat whose fence span is out of bounds (the servers would wait
+// twice it before taking the node for dead) is refused 400 and leaves
+// the record as it was; one within bounds is stored.
+func TestHeartbeatFenceBounds(t *testing.T) {
+	f := newFixture(t, openStore(t), testJoinToken)
+	n := joinHTTP(t, f, "n1", testJoinToken)
+	sess := dialLink(t, f, n.Credential, answer("n1"))
+	eventually(t, "the node connects", func() bool { return f.hub.Connected(n.NodeID) })
+	beat := func(body string) *http.Response {
+		t.Helper()
+		st, err := sess.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		return roundTrip(t, st, fmt.Sprintf("POST %s HTTP/1.1\r\nHost: server\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", HeartbeatPath, len(body), body))
+	}
+	before, err := f.st.GetNode(context.Background(), n.NodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, body := range []string{`{"vcpus":2,"fence_after_ms":3600001}`, `{"vcpus":2,"fence_after_ms":-5}`} {
+		if resp := beat(body); resp.StatusCode != http.StatusBadRequest {
+			t.Errorf("heartbeat %s: %s, want 400", body, resp.Status)
+		}
+		got, err := f.st.GetNode(context.Background(), n.NodeID)
+		if err != nil || got.Capacity.VCPUs != before.Capacity.VCPUs || !got.HeartbeatAt.Equal(before.HeartbeatAt) {
+			t.Errorf("after the refused heartbeat %s: %+v, %v; want it as before (%+v)", body, got, err, before)
+		}
+	}
+	if resp := beat(`{"vcpus":2,"fence_after_ms":15000}`); resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("heartbeat within bounds: %s", resp.Status)
+	}
+	if got, err := f.st.GetNode(context.Background(), n.NodeID); err != nil || got.Capacity.FenceAfter() != 15*time.Second {
+		t.Errorf("after a heartbeat with a fence of 15 s: %+v, %v", got.Capacity, err)
 	}
 }
 

@@ -198,7 +198,7 @@ func (m *Manager) SweepNodes(ctx context.Context) []string {
 		}
 		dead = append(dead, n.ID)
 		m.cfg.Log.Warn("node marked dead: no heartbeat for longer than the grace", "node", n.ID, "name", n.Name,
-			"last_heartbeat", last, "grace", m.cfg.NodeGrace, "running_sessions", m.countRunning(lctx, n.ID))
+			"last_heartbeat", last, "grace", m.graceOf(n), "running_sessions", m.countRunning(lctx, n.ID))
 		m.loseSessions(lctx, n, last)
 	}
 	return dead
@@ -217,7 +217,30 @@ func (m *Manager) overdue(n store.Node, seen, now time.Time) bool {
 	if n.Dead || last.IsZero() {
 		return false
 	}
-	return min(now.Sub(last), now.Sub(seen)) > m.cfg.NodeGrace
+	return min(now.Sub(last), now.Sub(seen)) > m.graceOf(n)
+}
+
+// graceOf is how long node n may go without a heartbeat before it is
+// marked dead: Config.NodeGrace, or twice the span after which n says it
+// freezes its VMs, if longer (a node given a longer --node-grace than
+// this server's has frozen its VMs before its sessions run elsewhere).
+func (m *Manager) graceOf(n store.Node) time.Duration {
+	f := min(n.Capacity.FenceAfter(), store.MaxFenceAfter)
+	if 2*f > m.cfg.NodeGrace {
+		m.warnGrace(n, f)
+		return 2 * f
+	}
+	return m.cfg.NodeGrace
+}
+
+// warnGrace says, once per node, that node n freezes its VMs later than
+// this server's grace allows for, so that it is marked dead later.
+func (m *Manager) warnGrace(n store.Node, fence time.Duration) {
+	if _, told := m.graceWarned.LoadOrStore(n.ID, true); told {
+		return
+	}
+	m.cfg.Log.Warn("node freezes its VMs after longer without a heartbeat than this server's --node-grace allows for: it is marked dead only after twice that; give nodes and servers the same --node-grace",
+		"node", n.ID, "name", n.Name, "fence_after", fence, "grace", m.cfg.NodeGrace, "grace_used", 2*fence)
 }
 
 // countRunning counts the sessions of node that are recorded running
@@ -412,7 +435,7 @@ func (m *Manager) nodeAPI(n store.Node, usage []store.SessionUsage) api.Node {
 		URL: n.URL, E2BURL: n.E2BURL, JoinedAt: n.JoinedAt, HeartbeatAt: n.HeartbeatAt,
 		Capacity: api.NodeCapacity{VCPUs: n.Capacity.VCPUs, MemoryMiB: n.Capacity.MemoryMiB, DiskBytes: n.Capacity.DiskBytes,
 			Accel: n.Capacity.Accel, CPUModel: n.Capacity.CPUModel, CPUFlags: n.Capacity.CPUFlags,
-			QEMUVersion: n.Capacity.QEMUVersion, KernelVersion: n.Capacity.KernelVersion}}
+			QEMUVersion: n.Capacity.QEMUVersion, KernelVersion: n.Capacity.KernelVersion, FenceAfterMS: n.Capacity.FenceAfterMS}}
 	for _, u := range usage {
 		if m.holds(store.Session{Node: u.Node}, n.ID) {
 			out.Sessions += u.Sessions

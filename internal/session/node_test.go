@@ -265,6 +265,41 @@ func TestFakeNodeSweep(t *testing.T) {
 	}
 }
 
+// A node that says it freezes its VMs only after longer without a
+// heartbeat than half this server's grace (it was given a longer
+// --node-grace) is marked dead only after twice its span, so that its VMs
+// are frozen before its sessions run elsewhere; a node that says nothing
+// of it is judged by the grace alone.
+func TestFakeNodeSweepWaitsForItsFence(t *testing.T) {
+	r, _ := nodeRig(t, func(c *session.Config) { c.NodeGrace = time.Minute })
+	ctx := context.Background()
+	now := time.Now().UTC()
+	r.mgr.StoreSeenSince(now.Add(-24 * time.Hour)) // the server has seen the store all along
+	slow := store.Node{ID: "node-slowfence0000", Name: "slow", JoinedAt: now.Add(-time.Hour), HeartbeatAt: now.Add(-15 * time.Minute),
+		CredentialHash: "ab", Capacity: store.NodeCapacity{VCPUs: 1, FenceAfterMS: (10 * time.Minute).Milliseconds()}}
+	plain := store.Node{ID: "node-nofence00000", Name: "plain", JoinedAt: now.Add(-time.Hour), HeartbeatAt: now.Add(-2 * time.Minute),
+		CredentialHash: "cd", Capacity: store.NodeCapacity{VCPUs: 1}}
+	for _, n := range []*store.Node{&slow, &plain} {
+		if err := r.store.CreateNode(ctx, n); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// 15 minutes silent: past this server's grace (1 min), within twice
+	// slow's fence (20 min).
+	if dead := r.mgr.SweepNodes(ctx); len(dead) != 1 || dead[0] != plain.ID {
+		t.Fatalf("swept %q, want only %q (slow freezes after 10 min: not dead before 20)", dead, plain.ID)
+	}
+	if n, err := r.mgr.Node(ctx, "slow"); err != nil || n.State != api.NodeReady || n.Capacity.FenceAfterMS != slow.Capacity.FenceAfterMS {
+		t.Fatalf("slow node = %+v, %v; want ready, its fence shown", n, err)
+	}
+	if err := r.store.HeartbeatNode(ctx, slow.ID, now.Add(-21*time.Minute), slow.Capacity); err != nil {
+		t.Fatal(err)
+	}
+	if dead := r.mgr.SweepNodes(ctx); len(dead) != 1 || dead[0] != slow.ID {
+		t.Fatalf("swept %q, want %q (21 min silent, fence 10 min)", dead, slow.ID)
+	}
+}
+
 // The embedded node heartbeats on its own, with a fresh probe.
 func TestFakeNodeHeartbeats(t *testing.T) {
 	probed := make(chan struct{}, 1)

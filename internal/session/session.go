@@ -232,6 +232,8 @@ type Manager struct {
 
 	leases map[string]bool // guarded by mu: keys of the work this manager holds claimed (claim.go)
 
+	graceWarned sync.Map // node id → true: told it is marked dead later than the grace (graceOf)
+
 	stop chan struct{} // closed by Close/StopAll: ends background loops
 	raw  store.Store   // Config.Store as given, before changeStore wraps it
 

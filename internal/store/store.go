@@ -859,6 +859,24 @@ type NodeCapacity struct {
 	// a snapshot restores only on a compatible machine.
 	QEMUVersion   string `json:"qemu_version"`
 	KernelVersion string `json:"kernel_version"`
+	// FenceAfterMS is how long, in milliseconds, the node goes without a
+	// heartbeat's answer before it freezes its VMs (0: it does not: a
+	// store no other node shares, or a node that runs no sessions). The
+	// sweeper waits at least twice as long before it marks the node
+	// dead, whatever its own grace, so that a node given another
+	// --node-grace than the servers' has frozen its VMs before their
+	// sessions run elsewhere.
+	FenceAfterMS int64 `json:"fence_after_ms,omitempty"`
+}
+
+// MaxFenceAfter bounds NodeCapacity.FenceAfterMS: a node that says it
+// waits longer is refused at its join and heartbeat (it would hold its
+// sessions from other nodes that long).
+const MaxFenceAfter = time.Hour
+
+// FenceAfter is c.FenceAfterMS as a duration.
+func (c NodeCapacity) FenceAfter() time.Duration {
+	return time.Duration(c.FenceAfterMS) * time.Millisecond
 }
 
 // NewNodeID is a new, random node id: "node-" and 12 lowercase base32
