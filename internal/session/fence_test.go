@@ -102,6 +102,7 @@ func (c cutStore) SessionUsage(ctx context.Context) ([]store.SessionUsage, error
 // store's return. A node that really stopped heartbeating is still
 // marked dead, a grace after that.
 func TestFakeStoreOutageLongerThanGraceLosesNoNode(t *testing.T) {
+	t.Parallel()
 	const grace = 600 * time.Millisecond
 	var down atomic.Bool
 	r, a := nodeRig(t, func(c *session.Config) {
@@ -172,6 +173,7 @@ func TestFakeStoreOutageLongerThanGraceLosesNoNode(t *testing.T) {
 // node A can reach the store again, its heartbeat stops the VMs of its
 // lost sessions and thaws none.
 func TestFakeNodeCutOffFreezesItsVMs(t *testing.T) {
+	t.Parallel()
 	var cut atomic.Bool
 	nr := newNodeLossRig(t, func(c *session.Config) {
 		c.Store = cutStore{Store: c.Store, down: &cut}
@@ -258,6 +260,7 @@ func TestFakeNodeCutOffFreezesItsVMs(t *testing.T) {
 // next heartbeat: the sessions run on, recorded running, their guests as
 // they were.
 func TestFakeNodeStoreOutageFreezesThenThaws(t *testing.T) {
+	t.Parallel()
 	var cut atomic.Bool
 	const fenceAfter = time.Second
 	nr := newNodeLossRig(t, func(c *session.Config) {
