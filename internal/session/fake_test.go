@@ -758,7 +758,9 @@ func TestFakeExecsAcrossParks(t *testing.T) {
 // late detach: a manager that kept using that connection would see every
 // later call go unanswered (make soak saw one session so for minutes).
 func TestFakeLateDetachAnswer(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its guest must answer within a 300 ms answer
+	// timeout, which a fake guest starved by the tests beside it (under
+	// the race detector on 2 cores) missed.
 	r := newFakeRigWith(t, func(c *session.Config) { c.AnswerTimeout = 300 * time.Millisecond })
 	ctx := context.Background()
 	s := r.create(api.CreateSessionRequest{})
@@ -791,7 +793,9 @@ func TestFakeLateDetachAnswer(t *testing.T) {
 // the session is not failed or its VM stopped; it is running, the wake
 // says why it answered 503, and an rm ends it.
 func TestFakeWakeAgentLate(t *testing.T) {
-	t.Parallel()
+	// Not parallel: its boots must answer within a 500 ms boot timeout,
+	// which a fake guest starved by the tests beside it (under the race
+	// detector on 2 cores) would miss.
 	r := newFakeRigWith(t, func(c *session.Config) { c.DefaultBootTimeout = 500 * time.Millisecond })
 	ctx := context.Background()
 	s := r.create(api.CreateSessionRequest{})
