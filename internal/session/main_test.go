@@ -8,12 +8,14 @@ import (
 )
 
 // fakeParallel is how many parallel tests of this package run at once
-// unless -parallel says otherwise. Every TestFake* test (and the other
-// tests that boot no VM) calls t.Parallel: over the fake driver they spend
-// their time waiting (on a loop's tick, a lease, a grace period, a crash
-// hook), not on a CPU, so running more of them than there are cores (go
-// test's default) is what cuts this package's time. The tests that boot
-// QEMU guests are not parallel: they run one at a time, before these.
+// unless -parallel says otherwise. The TestFake* tests (and the other
+// tests that boot no VM) call t.Parallel, but for those that time
+// sub-second heartbeats or answers: over the fake driver they spend their
+// time waiting (on a loop's tick, a lease, a grace period, a crash hook),
+// not on a CPU, so running more of them than there are cores (go test's
+// default) is what cuts this package's time. Of the tests that boot QEMU
+// guests, those that call parallelVM run two at a time among these; the
+// others run one at a time, before them.
 const fakeParallel = 8
 
 func TestMain(m *testing.M) {
