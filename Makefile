@@ -37,8 +37,13 @@ run: deps build
 # the run ends with the count of skipped tests: 0 is required under CI. One
 # package at a time (-p 1): the crash, load and VM tests of one package
 # already keep both cores busy, and two packages' guests at once starved
-# boots on this 2-core machine. The tests over the fake VMM driver (named
-# *Fake*) run again under the race detector: they take seconds.
+# boots on this 2-core machine. Inside a package, tests that boot no VM
+# call t.Parallel (not those that time sub-second heartbeats or answers);
+# internal/session's TestMain runs 8 of those at once (they wait on ticks
+# and leases, not on a CPU), and lets two of its VM tests that boot their
+# guests one at a time run side by side (parallelVM); its other VM tests
+# run alone, before the parallel ones. The tests over the fake VMM
+# driver (named *Fake*) run again under the race detector.
 # gotestsum (a go tool of this module) prints each package as it ends and
 # the output of failed tests only. The S3 tests' server, SeaweedFS's weed,
 # is built by internal/s3test on first use from the Go module proxy (about

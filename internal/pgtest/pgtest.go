@@ -173,7 +173,7 @@ func Start(ctx context.Context) (_ *Server, err error) {
 		"-D", filepath.Join(dir, "data"), "-U", s.User, "--pwfile", pwfile,
 		"--auth", "scram-sha-256", "-E", "UTF8", "--locale", "C", "--no-sync")
 	initdb.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
-	if out, err := initdb.CombinedOutput(); err != nil {
+	if out, err := combinedOutputLocked(initdb); err != nil {
 		return nil, fmt.Errorf("pgtest: initdb: %w\n%s", err, out)
 	}
 	os.Remove(pwfile)
@@ -189,6 +189,28 @@ func Start(ctx context.Context) (_ *Server, err error) {
 			return s, err
 		}
 	}
+}
+
+// combinedOutputLocked is cmd.CombinedOutput run from a thread of its
+// own, locked for as long as cmd runs: cmd's parent-death signal comes
+// when the thread that started it ends (see Restart), and a test beside
+// this one whose goroutine exits locked to its thread (a session
+// manager's clone-files loop) ended the thread that had started initdb,
+// killing it mid-way.
+func combinedOutputLocked(cmd *exec.Cmd) ([]byte, error) {
+	type result struct {
+		out []byte
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		out, err := cmd.CombinedOutput()
+		done <- result{out, err}
+	}()
+	r := <-done
+	return r.out, r.err
 }
 
 // baseDir is where servers' directories go: the temporary directory, if

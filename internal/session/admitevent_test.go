@@ -18,6 +18,7 @@ import (
 // the session and reaches its guest once. A clone is admitted the same
 // way: one beyond the room is refused with nothing made.
 func TestFakeRefusedWakeKeepsTheEventPending(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	// One 64 MiB session (+128 MiB for its VMM) fits in 300 MiB, two do not.
 	r := newFakeRigWith(t, func(c *session.Config) {
@@ -84,6 +85,7 @@ func TestFakeRefusedWakeKeepsTheEventPending(t *testing.T) {
 // creates are), and a clone from it is made while a create beyond the
 // room is refused.
 func TestFakePoolRefillsAreAdmitted(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	// Two 64 MiB VMs (+128 MiB each for the VMM) fit in 400 MiB, three do not.
 	r := newFakeRigWith(t, func(c *session.Config) {

@@ -12,6 +12,7 @@ import (
 // is attached to again by its guest pid: stdin reaches it, its output and
 // its end come through the new Process; an unknown pid is not found.
 func TestFakeAttachByPID(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	id := r.create(api.CreateSessionRequest{}).ID
 	first, cancel := context.WithCancel(context.Background())

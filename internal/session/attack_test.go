@@ -151,6 +151,7 @@ func (r *fakeRig) wantCheckpointsWhole(id string) []string {
 // a rollback brings the failed session back from its last good state (an
 // earlier checkpoint, or the one cut short if it was made whole).
 func TestFakeVMKilledMidCheckpoint(t *testing.T) {
+	t.Parallel()
 	for _, step := range []string{"checkpoint.recorded", "checkpoint.paused", "checkpoint.switched", "checkpoint.renamed"} {
 		t.Run(step, func(t *testing.T) {
 			r, kill := newKillRig(t, nil)
@@ -209,6 +210,7 @@ func TestFakeVMKilledMidCheckpoint(t *testing.T) {
 // checkpoint's files were staged from the checkpoint, not the VM), and the
 // session runs at the checkpoint; a restarted server agrees.
 func TestFakeVMKilledMidRollback(t *testing.T) {
+	t.Parallel()
 	for _, step := range []string{"rollback.staged", "rollback.recorded"} {
 		t.Run(step, func(t *testing.T) {
 			r, kill := newKillRig(t, nil)
@@ -241,6 +243,7 @@ func TestFakeVMKilledMidRollback(t *testing.T) {
 // parent fails with its checkpoints usable, and a restarted server
 // agrees.
 func TestFakeVMKilledMidFork(t *testing.T) {
+	t.Parallel()
 	t.Run("parent, during the fork's checkpoint", func(t *testing.T) {
 		r, kill := newKillRig(t, nil)
 		ctx := context.Background()
@@ -446,6 +449,7 @@ func (r *fakeRig) dirtyMem(id string, n int) {
 // after that check, during the copies, fails them the same way and gives
 // back what they wrote.
 func TestFakeDiskFullCheckpointAndFork(t *testing.T) {
+	t.Parallel()
 	dir, fill, free, unfill := smallDisk(t, "96m")
 	// At a step armed here the disk fills: after the check for room,
 	// before the copies (a disk that another writer fills meanwhile).
@@ -605,6 +609,7 @@ func TestFakeDiskFullCheckpointAndFork(t *testing.T) {
 // guests' checkpoints run at once on the host; and another session's
 // guest is not held back by the flood.
 func TestFakeGuestFloodsCheckpoints(t *testing.T) {
+	t.Parallel()
 	var (
 		mu           sync.Mutex
 		inside, most int
@@ -713,6 +718,7 @@ func TestFakeGuestFloodsCheckpoints(t *testing.T) {
 // copied (the first of three made): after the restart no fork is recorded, its copies are gone, the
 // parent runs, and a fork works.
 func TestFakeForkCrashWhileCopying(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	p := r.create(api.CreateSessionRequest{})
 	r.write(p.ID, "/root/f", "at fork\n")

@@ -27,6 +27,7 @@ import (
 // (and from the cut one, if it was listed), after a restarted server
 // found the same.
 func TestQEMUKilledMidCheckpoint(t *testing.T) {
+	parallelVM(t)
 	hook := &stepHook{}
 	opts := rigOptions{qemuStep: hook.step, adjust: func(c *session.Config) { c.CrashPoint = hook.step }}
 	r := newRig(t, opts)
@@ -121,6 +122,7 @@ func TestQEMUKilledMidCheckpoint(t *testing.T) {
 // goes on, from the checkpoint's files, and the session runs at the
 // checkpoint with its memory.
 func TestQEMUKilledMidRollback(t *testing.T) {
+	parallelVM(t)
 	hook := &stepHook{}
 	r := newRig(t, rigOptions{adjust: func(c *session.Config) { c.CrashPoint = hook.step }})
 	ctx := context.Background()
@@ -155,6 +157,7 @@ func TestQEMUKilledMidRollback(t *testing.T) {
 // the session runs on with its memory and disk, and once there is room
 // the checkpoint and a rollback to it work.
 func TestCheckpointDiskFull(t *testing.T) {
+	parallelVM(t)
 	if os.Geteuid() != 0 {
 		testenv.Skipf(t, "mounting a size-limited tmpfs needs root")
 	}
@@ -253,6 +256,7 @@ func TestCheckpointDiskFull(t *testing.T) {
 // names refused before counting, a rollback past the burst refused too;
 // the guest runs on with its memory, and the server answers meanwhile.
 func TestGuestFloodsCheckpointsForReal(t *testing.T) {
+	parallelVM(t)
 	r := newRig(t, rigOptions{adjust: func(c *session.Config) {
 		c.GuestCheckpointBurst, c.GuestCheckpointEvery = 3, time.Hour
 	}})

@@ -38,6 +38,7 @@ func auditRecords(t *testing.T, l *audit.Log) []audit.Record {
 // refers to it; the API's own park (the gate logs those) is not logged
 // here, and the metrics count every park and wake.
 func TestFakeAuditEvents(t *testing.T) {
+	t.Parallel()
 	l, err := audit.Open(t.Context(), filepath.Join(t.TempDir(), "audit"), audit.Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -137,6 +138,7 @@ func (l *lockedLog) String() string {
 // idle park is refused (the session runs on, and the idle loop says why);
 // once it can, the session is parked, without a restart.
 func TestFakeAuditRefusesIdlePark(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "audit")
 	l, err := audit.Open(t.Context(), dir, audit.Options{})
 	if err != nil {
@@ -167,6 +169,7 @@ func TestFakeAuditRefusesIdlePark(t *testing.T) {
 // it is minted, with its audience; while the log cannot be written no
 // token is minted, and once it can, one is.
 func TestFakeAuditGuestToken(t *testing.T) {
+	t.Parallel()
 	const url = "https://cove.example.com"
 	is, err := issuer.New(t.TempDir(), url)
 	if err != nil {

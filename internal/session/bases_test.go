@@ -192,6 +192,7 @@ func (r *chainRig) versionManifest(name string) string {
 // progress meanwhile), and the clone's guest is intact; the overlays'
 // backing files are where they name them.
 func TestFakeChainSurvivesLostHost(t *testing.T) {
+	t.Parallel()
 	r := newChainRig(t)
 	ctx := context.Background()
 	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web", Setup: []string{"touch /root/setup-ran"}}); err != nil {
@@ -306,6 +307,7 @@ func TestFakeChainSurvivesLostHost(t *testing.T) {
 // none of them. After the GC the kept sessions still wake from the store
 // alone.
 func TestFakeGC(t *testing.T) {
+	t.Parallel()
 	r := newChainRig(t)
 	ctx := context.Background()
 	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web"}); err != nil {
@@ -443,6 +445,7 @@ func TestFakeGC(t *testing.T) {
 // and the version it replaced, once removed, leaves the live set (its
 // record names no manifest).
 func TestFakeVersionStoredAfterRestart(t *testing.T) {
+	t.Parallel()
 	var objects session.SnapshotStore
 	r := newObjectsRig(t, func(c *session.Config) { c.Objects = objects })
 	ctx := context.Background()
@@ -483,6 +486,7 @@ func TestFakeVersionStoredAfterRestart(t *testing.T) {
 // session is put in place, and the session stays parked. With the chunk
 // whole again, the next wake restores only what is still missing.
 func TestFakeChainCorruptVersionChunk(t *testing.T) {
+	t.Parallel()
 	r := newChainRig(t)
 	ctx := context.Background()
 	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web"}); err != nil {
@@ -563,6 +567,7 @@ func TestFakeChainCorruptVersionChunk(t *testing.T) {
 // left) and some of its template version's (the state alone) reads the
 // chunks of the files left instead of fetching them.
 func TestFakeRestoreSeedsFromWhatIsLeft(t *testing.T) {
+	t.Parallel()
 	r := newChainRig(t)
 	ctx := context.Background()
 	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web"}); err != nil {

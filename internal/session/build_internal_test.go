@@ -11,6 +11,7 @@ import (
 // files in, whatever the template is named (a "vue" template once lost
 // its mirror and current version this way).
 func TestRemoveVersionFiles(t *testing.T) {
+	t.Parallel()
 	tpl := filepath.Join(t.TempDir(), "vue")
 	v2 := filepath.Join(tpl, "v2")
 	for _, d := range []string{v2, filepath.Join(tpl, "repo.git"), filepath.Join(tpl, "v3")} {

@@ -99,6 +99,7 @@ func (h *cacheHooks) evictions() map[string]session.Event {
 // its start); an evicted session wakes from the object store with its
 // files, and a re-parked one counts as recently parked.
 func TestFakeCacheEvictsOldestStored(t *testing.T) {
+	t.Parallel()
 	h := &cacheHooks{refuse: map[string]bool{}, evicted: map[string]session.Event{}}
 	var limit int64 // no bound until the restart
 	r := newObjectsRig(t, func(c *session.Config) {
@@ -213,6 +214,7 @@ func TestFakeCacheEvictsOldestStored(t *testing.T) {
 // (not stored) keep the cache over its bound: the server says so once,
 // and parks go on.
 func TestFakeCacheOverBoundWarnsOnce(t *testing.T) {
+	t.Parallel()
 	h := &cacheHooks{refuse: map[string]bool{}, evicted: map[string]session.Event{}}
 	log := &syncBuffer{}
 	r := newObjectsRig(t, func(c *session.Config) {
@@ -254,6 +256,7 @@ func TestFakeCacheOverBoundWarnsOnce(t *testing.T) {
 // first, the eviction or the wake, each wake finds the session as its
 // last park left it (from the host's files or from the object store).
 func TestFakeCacheRacesWakes(t *testing.T) {
+	t.Parallel()
 	h := &cacheHooks{refuse: map[string]bool{}, evicted: map[string]session.Event{}}
 	r := newObjectsRig(t, func(c *session.Config) {
 		c.CacheSize = 1

@@ -44,6 +44,7 @@ func (r *fakeRig) checkpointNames(id string) string {
 // checkpoints are kept, and a command attached at the rollback ends with
 // a message that says so.
 func TestFakeCheckpointRollback(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	s := r.create(api.CreateSessionRequest{Agent: "claude"})
@@ -113,6 +114,7 @@ func TestFakeCheckpointRollback(t *testing.T) {
 // TestFakeCheckpointErrors: bad input gets a clear error and changes
 // nothing.
 func TestFakeCheckpointErrors(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	s := r.create(api.CreateSessionRequest{})
@@ -162,6 +164,7 @@ func TestFakeCheckpointErrors(t *testing.T) {
 // and of a rollback: the session is running or parked after the restart,
 // on the disk its VM writes, with no half-made checkpoint, and works.
 func TestFakeCheckpointCrashes(t *testing.T) {
+	t.Parallel()
 	for _, step := range []string{"checkpoint.recorded", "checkpoint.paused", "checkpoint.switched", "checkpoint.renamed"} {
 		t.Run(step, func(t *testing.T) {
 			r := newFakeRig(t)
@@ -240,6 +243,7 @@ func (r *fakeRig) fork(id string, req api.ForkRequest) []api.Session {
 // parent, naming its parent and checkpoint; files written in one are
 // absent in the others; removing the parent leaves them working.
 func TestFakeFork(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	p := r.create(api.CreateSessionRequest{Agent: "claude", Env: map[string]string{"K": "v"}})
@@ -300,6 +304,7 @@ func TestFakeFork(t *testing.T) {
 // TestFakeForkErrors: a fork beyond the bounds, the host's room, or of
 // an unknown session or checkpoint is refused and makes nothing.
 func TestFakeForkErrors(t *testing.T) {
+	t.Parallel()
 	r := newFakeRigWith(t, func(c *session.Config) {
 		c.Admission = session.Admission{HostMemoryMiB: 1024, HostCPUs: 4, MemoryOvercommit: 1, CPUOvercommit: 1}
 	})
@@ -330,6 +335,7 @@ func TestFakeForkErrors(t *testing.T) {
 // record: after the restart the parent runs, no fork is recorded, and no
 // fork VM or dir is left.
 func TestFakeForkCrash(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	p := r.create(api.CreateSessionRequest{})
 	r.checkpoint(p.ID, "c")
@@ -369,6 +375,7 @@ func (r *fakeRig) diskLayers(id string) []string {
 // removed checkpoints, go once nothing rests on them; the session and its
 // remaining checkpoints keep working.
 func TestFakeLayersCollected(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	s := r.create(api.CreateSessionRequest{})
@@ -414,6 +421,7 @@ func TestFakeLayersCollected(t *testing.T) {
 // clones find the checkpoint's files, and go on working once the session
 // is gone; a bad reference makes no template.
 func TestFakeTemplateFromCheckpoint(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	s := r.create(api.CreateSessionRequest{Env: map[string]string{"K": "v"}})
@@ -458,6 +466,7 @@ func TestFakeTemplateFromCheckpoint(t *testing.T) {
 // keeps both disks and asks again before the park: the disk the guest
 // writes is never removed, and the parked session wakes on it.
 func TestFakeCheckpointUnsettledDisk(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	s := r.create(api.CreateSessionRequest{})
 	r.write(s.ID, "/root/f", "before\n")
@@ -501,6 +510,7 @@ func TestFakeCheckpointUnsettledDisk(t *testing.T) {
 // id and its checkpoints; a failed session with no such checkpoint is
 // told so and stays failed.
 func TestFakeRollbackFailedSession(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	s := r.create(api.CreateSessionRequest{})
 	r.write(s.ID, "/root/f", "checkpointed\n")

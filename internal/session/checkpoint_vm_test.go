@@ -21,6 +21,7 @@ import (
 // and they still answer once the parent is removed. A template made from
 // the checkpoint clones to the checkpoint's state.
 func TestCheckpointRollbackForkIsExact(t *testing.T) {
+	parallelVM(t)
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
 	s := r.create(t, api.CreateSessionRequest{})
@@ -200,6 +201,7 @@ echo $! > /ck/holder`)
 // what was written before the first checkpoint as well as after it. The
 // flattening once copied the top layer only.
 func TestTemplateFromALaterCheckpointKeepsEveryLayer(t *testing.T) {
+	parallelVM(t)
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
 	s := r.create(t, api.CreateSessionRequest{})

@@ -76,6 +76,7 @@ func (r *fakeRig) wantNoOrphans(parked []string, want ...string) {
 }
 
 func TestFakeCrashAtLateSteps(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	t.Run("create.recorded", func(t *testing.T) {
 		r := newFakeRigWith(t, sameServer)
@@ -348,6 +349,7 @@ func TestFakeCrashAtLateSteps(t *testing.T) {
 // the server at, here with the fake driver or in cmd/cove's crash tests
 // with the real server, so that a step added without a test fails.
 func TestEveryCrashPointIsKilledAt(t *testing.T) {
+	t.Parallel()
 	read := func(glob string, tests bool) string {
 		t.Helper()
 		files, err := filepath.Glob(glob)

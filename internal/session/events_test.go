@@ -19,6 +19,7 @@ import (
 // not JSON is left out, as the guest's event file leaves it; an unknown
 // session is CodeNotFound.
 func TestFakeSessionEventsPages(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	mine, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{})

@@ -160,6 +160,7 @@ func TestKernelPanicAtBootFailsClearly(t *testing.T) {
 // cgroups, which held its limits while it ran, are gone once it is
 // removed.
 func TestKilledVMFailsOnlyItsSession(t *testing.T) {
+	parallelVM(t)
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
 	victim := r.create(t, api.CreateSessionRequest{MemoryMiB: 256})
@@ -167,7 +168,7 @@ func TestKilledVMFailsOnlyItsSession(t *testing.T) {
 	r.sh(t, other.ID, "echo before > /root/f")
 
 	pid := qemuPID(t, r.dir, victim.ID)
-	wantLimited(t, pid, victim.ID)
+	wantLimited(t, pid, r.dir, victim.ID)
 	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -225,7 +226,7 @@ func wantGone(t *testing.T, r *rig, id string) {
 	}
 	// The driver's per-VM cgroups go too (wantLimited shows that they
 	// are where vmCgroups looks while the VM runs).
-	for _, dir := range vmCgroups(t, id) {
+	for _, dir := range vmCgroups(t, r.dir, id) {
 		if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
 			t.Errorf("cgroup %s of %s: %v, want it removed", dir, id, err)
 		}
@@ -233,10 +234,11 @@ func wantGone(t *testing.T, r *rig, id string) {
 }
 
 // vmCgroups are the directories of VM id's cgroups on this host, where the
-// rig's driver (cgroup root /sys/fs/cgroup) makes them: cove/ID in a
-// cgroup v2 hierarchy, or cove/ID in each cgroup v1 hierarchy of memory,
-// cpu and pids. None when the rig runs without cgroups (COVE_NOCG).
-func vmCgroups(t *testing.T, id string) []string {
+// driver of the rig over sessions dir dir (cgroup root /sys/fs/cgroup, tag
+// that of dir) makes them: cove/TAG.ID in a cgroup v2 hierarchy, or
+// cove/TAG.ID in each cgroup v1 hierarchy of memory, cpu and pids. None
+// when the rig runs without cgroups (COVE_NOCG).
+func vmCgroups(t *testing.T, dir, id string) []string {
 	t.Helper()
 	if os.Getenv("COVE_NOCG") != "" {
 		return nil
@@ -246,20 +248,21 @@ func vmCgroups(t *testing.T, id string) []string {
 		t.Fatal(err)
 	}
 	if st.Type == unix.CGROUP2_SUPER_MAGIC {
-		return []string{filepath.Join("/sys/fs/cgroup", "cove", id)}
+		return []string{filepath.Join("/sys/fs/cgroup", "cove", qemu.CgroupName(dir, id))}
 	}
 	var dirs []string
 	for _, ctrl := range []string{"memory", "cpu", "pids"} {
-		dirs = append(dirs, filepath.Join("/sys/fs/cgroup", ctrl, "cove", id))
+		dirs = append(dirs, filepath.Join("/sys/fs/cgroup", ctrl, "cove", qemu.CgroupName(dir, id)))
 	}
 	return dirs
 }
 
 // wantLimited checks, through the kernel, that QEMU process pid runs in
-// VM id's cgroups (those vmCgroups names) with the limits of a 256 MiB,
-// 1 CPU session: 256 MiB of RAM + 256 MiB of TCG translation cache + 256
-// MiB for QEMU, one CPU's quota, 512 tasks.
-func wantLimited(t *testing.T, pid int, id string) {
+// the cgroups of VM id of the rig over sessions dir sessions (those
+// vmCgroups names) with the limits of a 256 MiB, 1 CPU session: 256 MiB
+// of RAM + 256 MiB of TCG translation cache + 256 MiB for QEMU, one CPU's
+// quota, 512 tasks.
+func wantLimited(t *testing.T, pid int, sessions, id string) {
 	t.Helper()
 	if os.Getenv("COVE_NOCG") != "" {
 		if testenv.CI() {
@@ -277,7 +280,7 @@ func wantLimited(t *testing.T, pid int, id string) {
 		t.Errorf("limits in force on the QEMU of %s: memory %s, cpu %s, pids %s; want %s, %s, %s",
 			id, l.Memory, l.CPU, l.Pids, want.Memory, want.CPU, want.Pids)
 	}
-	dirs := vmCgroups(t, id)
+	dirs := vmCgroups(t, sessions, id)
 	for ctrl, dir := range l.Dirs {
 		if !slices.Contains(dirs, dir) {
 			t.Errorf("the QEMU of %s is in %s cgroup %s, not one of its own (%v)", id, ctrl, dir, dirs)

@@ -314,6 +314,7 @@ func (r *fakeRig) vmOf(id string) *fake.VM {
 // deletes a session: its files, env and a command detached from its stream
 // survive, no VM runs while it is parked, and nothing is left at the end.
 func TestFakeLifecycle(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	s := r.create(api.CreateSessionRequest{})
@@ -371,6 +372,7 @@ func TestFakeLifecycle(t *testing.T) {
 // TestFakeWakeKeepsEnv checks a session's environment reaches commands
 // after a wake as before the park.
 func TestFakeWakeKeepsEnv(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	id := r.create(api.CreateSessionRequest{Env: map[string]string{"WHO": "me"}}).ID
 	env := func() string {
@@ -389,6 +391,7 @@ func TestFakeWakeKeepsEnv(t *testing.T) {
 // one of whose VMs dies while no server runs: the live one is re-adopted
 // (same VM, same guest), the dead one fails saying why.
 func TestFakeRecoverRunning(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	keep := r.create(api.CreateSessionRequest{})
 	lost := r.create(api.CreateSessionRequest{})
@@ -412,6 +415,7 @@ func TestFakeRecoverRunning(t *testing.T) {
 // wake and delete, restarts it, and checks what recovery makes of the
 // session: never a silent loss, never a VM left that no record names.
 func TestFakeRecoverCrashes(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	for _, tc := range []struct {
 		step string
@@ -478,6 +482,7 @@ func remove(m *session.Manager, id string) { _ = m.Delete(context.Background(), 
 // paused the guest and before the snapshot was complete: recovery resumes
 // the guest, and the session runs on.
 func TestFakeRecoverPausedPark(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	id := r.create(api.CreateSessionRequest{}).ID
 	r.write(id, "/root/f", "kept\n")
@@ -493,6 +498,7 @@ func TestFakeRecoverPausedPark(t *testing.T) {
 // TestFakeParkFailureKeepsRunning fails the save of a park: the park
 // fails, and the session runs on with its guest.
 func TestFakeParkFailureKeepsRunning(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	id := r.create(api.CreateSessionRequest{}).ID
 	r.write(id, "/root/f", "kept\n")
@@ -510,6 +516,7 @@ func TestFakeParkFailureKeepsRunning(t *testing.T) {
 // ran (the VMM does not start; the state does not load): the session stays
 // parked with its snapshot, and the next wake brings the guest back.
 func TestFakeWakeFailureBeforeRun(t *testing.T) {
+	t.Parallel()
 	for _, op := range []fake.Op{fake.OpRestore, fake.OpLoad} {
 		t.Run(string(op), func(t *testing.T) {
 			r := newFakeRig(t)
@@ -531,6 +538,7 @@ func TestFakeWakeFailureBeforeRun(t *testing.T) {
 // TestFakeVMMDies kills a running session's VMM: the session fails with
 // the reason, calls are refused, and it can be deleted.
 func TestFakeVMMDies(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	id := r.create(api.CreateSessionRequest{}).ID
 	other := r.create(api.CreateSessionRequest{}).ID
@@ -548,6 +556,7 @@ func TestFakeVMMDies(t *testing.T) {
 // TestFakeBootFailures fails a boot in the VMM and hangs a guest: both
 // creates fail with a clear code, the records say failed, nothing runs.
 func TestFakeBootFailures(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	r.driver.FailNext(fake.OpBoot, errors.New("no memory"))
@@ -575,6 +584,7 @@ func TestFakeBootFailures(t *testing.T) {
 // pooled clones that carry the template's guest, the pool refills, and a
 // restart sweeps the pooled VMs (no record names them) and refills.
 func TestFakeWarmPool(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	tp, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web", Setup: []string{"touch /root/setup-ran"}, Pool: 2})
@@ -624,6 +634,7 @@ func TestFakeWarmPool(t *testing.T) {
 // changes nothing, the matching one wakes it and is written into the
 // guest exactly once, a replay and a second match are not delivered.
 func TestFakeParkUntilEvent(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	id := r.create(api.CreateSessionRequest{}).ID
@@ -700,6 +711,7 @@ func TestFakeParkUntilEvent(t *testing.T) {
 // with an API error, none hangs, and the session ends up running with its
 // guest. Under -race it checks the manager's locking of live sessions.
 func TestFakeExecsAcrossParks(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	id := r.create(api.CreateSessionRequest{}).ID
@@ -746,6 +758,9 @@ func TestFakeExecsAcrossParks(t *testing.T) {
 // late detach: a manager that kept using that connection would see every
 // later call go unanswered (make soak saw one session so for minutes).
 func TestFakeLateDetachAnswer(t *testing.T) {
+	// Not parallel: its guest must answer within a 300 ms answer
+	// timeout, which a fake guest starved by the tests beside it (under
+	// the race detector on 2 cores) missed.
 	r := newFakeRigWith(t, func(c *session.Config) { c.AnswerTimeout = 300 * time.Millisecond })
 	ctx := context.Background()
 	s := r.create(api.CreateSessionRequest{})
@@ -778,6 +793,9 @@ func TestFakeLateDetachAnswer(t *testing.T) {
 // the session is not failed or its VM stopped; it is running, the wake
 // says why it answered 503, and an rm ends it.
 func TestFakeWakeAgentLate(t *testing.T) {
+	// Not parallel: its boots must answer within a 500 ms boot timeout,
+	// which a fake guest starved by the tests beside it (under the race
+	// detector on 2 cores) would miss.
 	r := newFakeRigWith(t, func(c *session.Config) { c.DefaultBootTimeout = 500 * time.Millisecond })
 	ctx := context.Background()
 	s := r.create(api.CreateSessionRequest{})
@@ -808,6 +826,7 @@ func TestFakeWakeAgentLate(t *testing.T) {
 // refused (409) rather than run as root, and the session runs on; "root"
 // named goes to any agent.
 func TestFakeExecAsUserNeedsAnAgentThatCan(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	id := r.create(api.CreateSessionRequest{}).ID
 	_, err := runCmd(r.mgr, id, api.ExecRequest{Argv: []string{"touch", "/root/ran"}, User: "user"}, nil)

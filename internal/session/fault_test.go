@@ -91,6 +91,7 @@ func killQEMU(t *testing.T, dir, id string) {
 // snapshot, which a second wake restores exactly; one killed after fails
 // it; a running VM killed fails it. Never a silent reboot.
 func TestQEMUKilled(t *testing.T) {
+	parallelVM(t)
 	hook := &stepHook{}
 	r := newRig(t, rigOptions{qemuStep: hook.step})
 	ctx := context.Background()
@@ -189,6 +190,7 @@ func TestQEMUKilled(t *testing.T) {
 // is found before the guest runs: the wake fails with the reason and the
 // session is failed, not woken into memory it never had.
 func TestSnapshotDamaged(t *testing.T) {
+	parallelVM(t)
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
 	cases := []struct {
@@ -231,6 +233,7 @@ func TestSnapshotDamaged(t *testing.T) {
 // hurt: no QEMU process runs for it, it can be removed, and a neighbour
 // parked all along wakes with its memory.
 func TestSnapshotMissing(t *testing.T) {
+	parallelVM(t)
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
 	neighbour := r.create(t, api.CreateSessionRequest{MemoryMiB: 256})
@@ -360,6 +363,7 @@ func TestGuestFrozen(t *testing.T) {
 // session keeps running with its memory, no state file is left to be
 // taken for a snapshot, and once there is room the park and wake work.
 func TestParkDiskFull(t *testing.T) {
+	parallelVM(t)
 	if os.Geteuid() != 0 {
 		testenv.Skipf(t, "mounting a size-limited tmpfs needs root")
 	}

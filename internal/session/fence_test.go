@@ -96,12 +96,20 @@ func (c cutStore) SessionUsage(ctx context.Context) ([]store.SessionUsage, error
 	return c.Store.SessionUsage(ctx)
 }
 
+// The tests below do not call t.Parallel, unlike the other fake tests:
+// they time heartbeats of 20 ms against a fence of 0.5 to 1 s, as the
+// fence does in production, and a node whose heartbeat goroutine is
+// starved that long (the race detector and the package's other tests on
+// 2 cores did it) rightly freezes its VMs, which such a test counts as a
+// failure. Run alone, as before, nothing delays their heartbeats so.
+
 // A store outage longer than the grace loses no node: the first sweeps
 // once the store is back find every heartbeat stale, but the sweepers
 // could not see the nodes meanwhile, and give them a grace from the
 // store's return. A node that really stopped heartbeating is still
 // marked dead, a grace after that.
 func TestFakeStoreOutageLongerThanGraceLosesNoNode(t *testing.T) {
+	// Not parallel: its heartbeats are timed (see above).
 	const grace = 600 * time.Millisecond
 	var down atomic.Bool
 	r, a := nodeRig(t, func(c *session.Config) {
@@ -172,6 +180,7 @@ func TestFakeStoreOutageLongerThanGraceLosesNoNode(t *testing.T) {
 // node A can reach the store again, its heartbeat stops the VMs of its
 // lost sessions and thaws none.
 func TestFakeNodeCutOffFreezesItsVMs(t *testing.T) {
+	// Not parallel: its heartbeats are timed (see above).
 	var cut atomic.Bool
 	nr := newNodeLossRig(t, func(c *session.Config) {
 		c.Store = cutStore{Store: c.Store, down: &cut}
@@ -258,6 +267,7 @@ func TestFakeNodeCutOffFreezesItsVMs(t *testing.T) {
 // next heartbeat: the sessions run on, recorded running, their guests as
 // they were.
 func TestFakeNodeStoreOutageFreezesThenThaws(t *testing.T) {
+	// Not parallel: its heartbeats are timed (see above).
 	var cut atomic.Bool
 	const fenceAfter = time.Second
 	nr := newNodeLossRig(t, func(c *session.Config) {

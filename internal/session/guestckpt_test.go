@@ -44,6 +44,7 @@ func (r *fakeRig) restoredWord(id string) agentproto.Restored {
 // by a rollback or as a fork, is told so, with the request that asked:
 // its tool, waiting in the checkpoint's memory, returns from there.
 func TestFakeGuestCheckpointRollback(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	s := r.create(api.CreateSessionRequest{Agent: "claude"})
@@ -102,6 +103,7 @@ func TestFakeGuestCheckpointRollback(t *testing.T) {
 // a rollback to an unknown checkpoint, either of them from a session that
 // is parked.
 func TestFakeGuestCheckpointErrors(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	s := r.create(api.CreateSessionRequest{})
 	r.write(s.ID, "/root/f", "one\n")
@@ -156,6 +158,7 @@ func TestFakeGuestCheckpointErrors(t *testing.T) {
 // name of its own, and of two asking for one name, one gets it and the
 // other is refused.
 func TestFakeGuestCheckpointConcurrent(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	s := r.create(api.CreateSessionRequest{})
@@ -215,6 +218,7 @@ func TestFakeGuestCheckpointConcurrent(t *testing.T) {
 // wake, or its re-adoption, tells the guest, as the rollback's own wake
 // would have.
 func TestFakeGuestRollbackCrash(t *testing.T) {
+	t.Parallel()
 	for _, step := range []string{"rollback.stopped", "wake.connected"} {
 		t.Run(step, func(t *testing.T) {
 			r := newFakeRig(t)
@@ -243,6 +247,7 @@ func TestFakeGuestRollbackCrash(t *testing.T) {
 // logged, by its agent, before they happen; while the log cannot be
 // written neither happens.
 func TestFakeAuditGuestCheckpoint(t *testing.T) {
+	t.Parallel()
 	dir := filepath.Join(t.TempDir(), "audit")
 	l, err := audit.Open(t.Context(), dir, audit.Options{})
 	if err != nil {

@@ -23,6 +23,7 @@ import (
 // 1) and changes nothing. In a fork of the checkpoint the same call
 // returns "forked from" the session (exit 4).
 func TestGuestCheckpointsAndRollsBackItself(t *testing.T) {
+	parallelVM(t)
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
 	s := r.create(t, api.CreateSessionRequest{})

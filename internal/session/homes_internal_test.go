@@ -9,6 +9,7 @@ import (
 // one, and a path already in the new home stays, even where one home
 // lies in the other.
 func TestMoveHome(t *testing.T) {
+	t.Parallel()
 	for _, c := range []struct{ p, from, to, want string }{
 		{"/a/images/tiny/k/rootfs.raw", "/a", "/b", "/b/images/tiny/k/rootfs.raw"},
 		{"/b/images/tiny/k/rootfs.raw", "/a", "/b", "/b/images/tiny/k/rootfs.raw"},
@@ -34,6 +35,7 @@ func TestMoveHome(t *testing.T) {
 // on a third node, moves from that node's dir and home, keeping the home
 // its disk names.
 func TestRehomeMovesEveryPath(t *testing.T) {
+	t.Parallel()
 	last := machine{V: machineVersion, Kernel: "/hc/kernels/v/vmlinux", Initrd: "/hc/initramfs/k.cpio",
 		Disk: "/hc/sessions/s-1/disk.qcow2", FromHome: "/hd",
 		Parked: &parked{State: "/hc/sessions/s-1/state", Mem: "/hc/sessions/s-1/mem"}}
@@ -70,6 +72,7 @@ func TestRehomeMovesEveryPath(t *testing.T) {
 // A template version built on another node is read in this node's home:
 // its files in this node's dir for the version.
 func TestVersionHere(t *testing.T) {
+	t.Parallel()
 	m := &Manager{cfg: Config{Dir: "/hb/sessions", TemplateDir: "/hb/templates"}}
 	v := machine{V: machineVersion, Kernel: "/ha/kernels/v/vmlinux", Disk: "/ha/templates/py/v2/disk.qcow2",
 		Parked: &parked{State: "/ha/templates/py/v2/state", Mem: "/ha/templates/py/v2/mem"}}

@@ -247,6 +247,7 @@ func (hr *homesRig) wakeOn(name, id, file string) {
 // host and B is drained: both wake back on A, and after A's drain on B
 // again. A template built on the lost host clones on B too.
 func TestFakeNodesOfOtherHomes(t *testing.T) {
+	t.Parallel()
 	hr := newHomesRig(t)
 	ctx := context.Background()
 	a := hr.open("host-a")

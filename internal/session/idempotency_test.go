@@ -17,6 +17,7 @@ import (
 // server's claim leaves it), and a retry makes a new session, the first
 // one staying.
 func TestFakeIdempotencyKeysExpire(t *testing.T) {
+	t.Parallel()
 	r := newFakeRigWith(t, func(c *session.Config) { c.IdempotencyTTL = time.Hour })
 	ctx := context.Background()
 	req := api.CreateSessionRequest{Agent: "review-bot"}

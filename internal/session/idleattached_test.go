@@ -17,6 +17,7 @@ import (
 // still coming. An idle neighbour parks
 // meanwhile; each busy one parks once what held it ends.
 func TestFakeIdleParkingSkipsWhatIsAttached(t *testing.T) {
+	t.Parallel()
 	const idle = time.Second
 	r := newFakeRigWith(t, func(c *session.Config) { c.DefaultIdleTimeout = idle })
 	ctx := context.Background()

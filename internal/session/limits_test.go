@@ -27,6 +27,7 @@ func envOf(prefix string, n, size int) map[string]string {
 // kernel refuses (a string past MAX_ARG_STRLEN, argv past ARG_MAX) is 400
 // too; and what fits, up to the kernel's exact limit, runs.
 func TestCommandsThatCannotReachTheGuest(t *testing.T) {
+	parallelVM(t)
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
 

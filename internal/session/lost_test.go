@@ -115,6 +115,7 @@ func (nr *nodeLossRig) silence() {
 // none is refused and can be removed. Nothing is woken or rolled back
 // without being asked.
 func TestFakeNodeLoss(t *testing.T) {
+	t.Parallel()
 	nr := newNodeLossRig(t, nil)
 	r := nr.objectsRig
 	ctx := context.Background()
@@ -208,6 +209,7 @@ func TestFakeNodeLoss(t *testing.T) {
 // stops that session's VM (fencing): the session never runs on two
 // nodes for longer than a heartbeat.
 func TestFakeNodeFencesLostSessions(t *testing.T) {
+	t.Parallel()
 	nr := newNodeLossRig(t, func(c *session.Config) { c.NodeHeartbeat = 20 * time.Millisecond })
 	r := nr.objectsRig
 	ctx := context.Background()

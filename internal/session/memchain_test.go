@@ -91,6 +91,7 @@ func guestData(n int, seed byte) []byte {
 // rollbacks and forks from such checkpoints get exactly the RAM each was
 // taken with, also after the checkpoints they rest on were removed.
 func TestFakeCheckpointsShareMemory(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	s := r.create(api.CreateSessionRequest{})
@@ -180,6 +181,7 @@ func TestFakeCheckpointsShareMemory(t *testing.T) {
 // every checkpoint whole: the next start finishes or redoes the work, and
 // rollbacks get the checkpoints' RAM exactly.
 func TestFakeMemoryEncodeCrashes(t *testing.T) {
+	t.Parallel()
 	for _, step := range []string{"memchain.encoded", "memchain.renamed", "memchain.recorded"} {
 		t.Run(step, func(t *testing.T) {
 			r := newFakeRig(t)
@@ -257,6 +259,7 @@ func TestFakeMemoryEncodeCrashes(t *testing.T) {
 // rollback and a fork with a clear error, and the session runs on as it
 // was.
 func TestFakeCorruptMemoryChainRefused(t *testing.T) {
+	t.Parallel()
 	if _, err := exec.LookPath("qemu-io"); err != nil {
 		testenv.Skipf(t, "qemu-io not installed")
 	}
@@ -291,6 +294,7 @@ func TestFakeCorruptMemoryChainRefused(t *testing.T) {
 // after a rollback to an older one keeps what changed since that one, not
 // since the latest (whose changes the rollback undid); also across a park.
 func TestFakeCheckpointAfterRollbackRestsOnItsOrigin(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	s := r.create(api.CreateSessionRequest{})

@@ -40,6 +40,7 @@ func nodeRig(t *testing.T, more func(*session.Config)) (*fakeRig, *string) {
 // A session records the node it runs on, and the node counts it; a
 // restarted server keeps its node's id.
 func TestFakeNodeSessionsRecordTheirNode(t *testing.T) {
+	t.Parallel()
 	r, id := nodeRig(t, nil)
 	first := *id
 	if !strings.HasPrefix(first, "node-") || len(first) != len("node-")+12 {
@@ -69,6 +70,7 @@ func TestFakeNodeSessionsRecordTheirNode(t *testing.T) {
 
 // A cordoned node takes no new session, and says so; uncordoned, it does.
 func TestFakeNodeCordon(t *testing.T) {
+	t.Parallel()
 	r, id := nodeRig(t, nil)
 	ctx := context.Background()
 	n, err := r.mgr.CordonNode(ctx, "host-a")
@@ -89,6 +91,7 @@ func TestFakeNodeCordon(t *testing.T) {
 // The node selector must match the node's labels; a malformed one is
 // refused before anything happens.
 func TestFakeNodeSelector(t *testing.T) {
+	t.Parallel()
 	r, id := nodeRig(t, nil)
 	ctx := context.Background()
 	_, err := r.mgr.Create(ctx, testOwner, api.CreateSessionRequest{NodeSelector: map[string]string{"gpu": "yes"}})
@@ -115,6 +118,7 @@ func TestFakeNodeSelector(t *testing.T) {
 
 // A node full of sessions refuses the next with what is left.
 func TestFakeNodeFull(t *testing.T) {
+	t.Parallel()
 	r, _ := nodeRig(t, func(c *session.Config) {
 		c.Admission = session.Admission{MemoryOvercommit: 1, CPUOvercommit: 1}
 	})
@@ -128,6 +132,7 @@ func TestFakeNodeFull(t *testing.T) {
 // Drain sets the node draining and parks its running sessions: they
 // keep their state, and the node takes no new one until uncordoned.
 func TestFakeNodeDrain(t *testing.T) {
+	t.Parallel()
 	r, id := nodeRig(t, nil)
 	ctx := context.Background()
 	a := r.create(api.CreateSessionRequest{})
@@ -156,6 +161,7 @@ func TestFakeNodeDrain(t *testing.T) {
 // Removing a node that holds sessions is refused unless it is dead; an
 // unknown node is 404.
 func TestFakeNodeRemove(t *testing.T) {
+	t.Parallel()
 	r, id := nodeRig(t, nil)
 	ctx := context.Background()
 	r.create(api.CreateSessionRequest{})
@@ -183,6 +189,7 @@ func TestFakeNodeRemove(t *testing.T) {
 // Recover adopts the sessions recorded before nodes into the embedded
 // node, and leaves another node's sessions alone.
 func TestFakeNodeRecoverAdopts(t *testing.T) {
+	t.Parallel()
 	var node string
 	r := newFakeRigWith(t, func(c *session.Config) { c.Node = node })
 	legacy := r.create(api.CreateSessionRequest{})
@@ -217,6 +224,7 @@ func TestFakeNodeRecoverAdopts(t *testing.T) {
 // A server without a node runs no VMs: a create says no node fits, and
 // why.
 func TestFakeNoNode(t *testing.T) {
+	t.Parallel()
 	r := newFakeRigWith(t, func(c *session.Config) { c.NoNode = true })
 	_, err := r.mgr.Create(context.Background(), testOwner, api.CreateSessionRequest{})
 	wantCode(t, "create without a node", err, api.CodeUnavailable)
@@ -235,6 +243,7 @@ func TestFakeNoNode(t *testing.T) {
 // The sweeper marks dead a node whose heartbeat is older than the grace,
 // and leaves one that heartbeats; a heartbeat brings a dead node back.
 func TestFakeNodeSweep(t *testing.T) {
+	t.Parallel()
 	r, id := nodeRig(t, func(c *session.Config) { c.NodeGrace = time.Hour })
 	ctx := context.Background()
 	old := time.Now().UTC().Add(-2 * time.Hour)
@@ -302,6 +311,7 @@ func TestFakeNodeSweepWaitsForItsFence(t *testing.T) {
 
 // The embedded node heartbeats on its own, with a fresh probe.
 func TestFakeNodeHeartbeats(t *testing.T) {
+	t.Parallel()
 	probed := make(chan struct{}, 1)
 	r, id := nodeRig(t, func(c *session.Config) {
 		c.NodeHeartbeat = 10 * time.Millisecond
@@ -326,6 +336,7 @@ func TestFakeNodeHeartbeats(t *testing.T) {
 // node's warm clones with its sessions parked, a cordoned node's clones
 // are refused, and an uncordoned node fills its pool again.
 func TestFakeNodePools(t *testing.T) {
+	t.Parallel()
 	r, id := nodeRig(t, nil)
 	ctx := context.Background()
 	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web", Pool: 1}); err != nil {
@@ -366,6 +377,7 @@ func TestFakeNodePools(t *testing.T) {
 // node's running sessions alone, their VMs running: started again under
 // the old name, it adopts them as they were.
 func TestFakeNodeRenameLeavesVMs(t *testing.T) {
+	t.Parallel()
 	name := "host-a"
 	r := newFakeRigWith(t, func(c *session.Config) {
 		n, err := session.RegisterEmbeddedNode(context.Background(), c.Store, name, fakeCapacity)
@@ -392,6 +404,7 @@ func TestFakeNodeRenameLeavesVMs(t *testing.T) {
 // TestFakeNodeForks: forks are recorded on the parent's node, and a
 // cordoned node refuses them as it refuses creates.
 func TestFakeNodeForks(t *testing.T) {
+	t.Parallel()
 	r, id := nodeRig(t, nil)
 	ctx := context.Background()
 	p := r.create(api.CreateSessionRequest{})
@@ -418,6 +431,7 @@ func TestFakeNodeForks(t *testing.T) {
 // after a heartbeat (Heartbeated, which its agent calls) it stops the VM
 // of a session that another node took.
 func TestFakeNodeLinked(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	var node string
 	r := newFakeRigWith(t, func(c *session.Config) {
@@ -484,6 +498,7 @@ func TestFakeNodeLinked(t *testing.T) {
 // another server's embedded node, and says why one with no URL takes
 // none.
 func TestFakeNodeRemotePlacement(t *testing.T) {
+	t.Parallel()
 	r := newFakeRigWith(t, func(c *session.Config) { c.NoNode, c.Route = true, true })
 	ctx := context.Background()
 	n := store.Node{ID: store.NewNodeID(), Name: "remote", CredentialHash: "ef", Capacity: fakeCapacity,

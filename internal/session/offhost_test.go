@@ -60,6 +60,7 @@ func (r *objectsRig) waitStored(id string) api.Session {
 // exec's) restores it from the object store with the guest's files; the
 // woken session is no longer stored, and its next park stores it again.
 func TestFakeStoredSurvivesLostFiles(t *testing.T) {
+	t.Parallel()
 	stores := make(chan session.Event, 16)
 	r := newObjectsRig(t, func(c *session.Config) {
 		c.OnEvent = func(_ context.Context, ev session.Event) error {
@@ -109,6 +110,7 @@ func TestFakeStoredSurvivesLostFiles(t *testing.T) {
 // of the bad data is put in place. Once the chunk is whole again, the
 // wake succeeds.
 func TestFakeStoredCorruptChunk(t *testing.T) {
+	t.Parallel()
 	r := newObjectsRig(t, nil)
 	ctx := context.Background()
 	s := r.create(api.CreateSessionRequest{})
@@ -177,6 +179,7 @@ func TestFakeStoredCorruptChunk(t *testing.T) {
 // are uploaded by the next server's Recover, more of them than upload at
 // once.
 func TestFakeStoredAfterRestart(t *testing.T) {
+	t.Parallel()
 	var objects session.SnapshotStore
 	r := newObjectsRig(t, func(c *session.Config) { c.Objects = objects })
 	var ids []string
@@ -228,6 +231,7 @@ func holdAt(t *testing.T, step string) (r *objectsRig, reached, release chan str
 // runs and is not stored; its next park stores it again. Whichever comes
 // first, the wake's cancel or the upload's end, the outcome is the same.
 func TestFakeWakeDuringUpload(t *testing.T) {
+	t.Parallel()
 	r, reached, release, done := holdAt(t, "upload.partial")
 	s := r.create(api.CreateSessionRequest{})
 	r.write(s.ID, "/root/f", "v1\n")
@@ -255,6 +259,7 @@ func TestFakeWakeDuringUpload(t *testing.T) {
 // but not yet recorded when a wake comes records nothing: a running
 // session is never stored, whatever its last upload did.
 func TestFakeWakeBeforeUploadRecorded(t *testing.T) {
+	t.Parallel()
 	r, reached, release, done := holdAt(t, "upload.durable")
 	s := r.create(api.CreateSessionRequest{})
 	r.park(s.ID)
@@ -274,6 +279,7 @@ func TestFakeWakeBeforeUploadRecorded(t *testing.T) {
 // TestFakeDeleteDuringUpload: a delete while the upload runs removes the
 // session; the upload records nothing.
 func TestFakeDeleteDuringUpload(t *testing.T) {
+	t.Parallel()
 	r, reached, release, done := holdAt(t, "upload.partial")
 	s := r.create(api.CreateSessionRequest{})
 	r.park(s.ID)

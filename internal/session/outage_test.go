@@ -99,6 +99,7 @@ func (o outageStore) DeleteCheckpoint(ctx context.Context, sessionID, name strin
 // waking with its files), it parks and wakes again, and a restarted
 // server finds the same. A removal cut so is finished by the next rm.
 func TestFakeStoreOutageMidOperation(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	park := func(m *session.Manager, id string) error { _, err := m.Park(ctx, id); return err }
 	wake := func(m *session.Manager, id string) error { _, err := m.Wake(ctx, id); return err }
@@ -218,6 +219,7 @@ func TestFakeStoreOutageMidOperation(t *testing.T) {
 // and once the store is back the record says failed, with the reason,
 // without a restart (it said creating until one); rm removes it.
 func TestFakeStoreOutageMidCreate(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	for _, step := range []string{"create.recorded", "create.booted"} {
 		t.Run(step, func(t *testing.T) {
@@ -263,6 +265,7 @@ func TestFakeStoreOutageMidCreate(t *testing.T) {
 // made; its disk is the one its guest writes (a write survives a park and
 // a wake), it rolls back to its checkpoint, and a restarted server agrees.
 func TestFakeStoreOutageMidCheckpoint(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	steps := []string{"checkpoint.recorded", "checkpoint.paused", "checkpoint.switched", "checkpoint.renamed",
 		"rollback.staged", "rollback.recorded", "rollback.stopped", "rollback.moving",
@@ -348,6 +351,7 @@ func runningIf(state string, ids ...string) []string {
 // gone with it). Once the store is back the pool fills again and a clone
 // works.
 func TestFakeStoreOutageRefusesClones(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	for _, pool := range []int{0, 1} {
 		t.Run(fmt.Sprintf("pool=%d", pool), func(t *testing.T) {
@@ -388,6 +392,7 @@ func TestFakeStoreOutageRefusesClones(t *testing.T) {
 // the reason, without a restart (it said running, for good, of a VM that
 // was gone), and calls on it are 409; its neighbour runs on.
 func TestFakeStoreOutageWhenAVMDies(t *testing.T) {
+	t.Parallel()
 	var down, reads atomic.Bool
 	r := newFakeRigWith(t, func(c *session.Config) { c.Store = outageStore{Store: c.Store, down: &down, reads: &reads} })
 	id := r.create(api.CreateSessionRequest{}).ID
@@ -412,6 +417,7 @@ func TestFakeStoreOutageWhenAVMDies(t *testing.T) {
 // store works again. (A wake the store refused used to fail the delivery
 // for good, the session left parked.)
 func TestFakeStoreOutageKeepsDeliveriesPending(t *testing.T) {
+	t.Parallel()
 	ctx := context.Background()
 	var down, reads atomic.Bool
 	r := newFakeRigWith(t, func(c *session.Config) { c.Store = outageStore{Store: c.Store, down: &down, reads: &reads} })

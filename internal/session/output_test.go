@@ -112,6 +112,7 @@ func (s *sequence) check(t *testing.T, p session.Process, want int) {
 // command's own stdin) writes the whole sequence to its client, each line
 // once, and its exit arrives.
 func TestFakeOutputExactAcrossParks(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	id := r.create(api.CreateSessionRequest{}).ID

@@ -32,6 +32,7 @@ func (r *fakeRig) wantOwned(id, owner, agent string) {
 // park, wake, an event's wake, a restart and a template's rebuild keep
 // them; a malformed agent name is refused and creates nothing.
 func TestFakeOwnerAndAgent(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	tp, err := r.mgr.CreateTemplate(ctx, "u_alice", api.CreateTemplateRequest{Name: "web", Pool: 1, Agent: "builder"})

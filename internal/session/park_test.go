@@ -98,6 +98,7 @@ func TestParkWakeIsExact(t *testing.T) {
 // and wakes it. The guest is parked with nothing left to write back: what
 // it wrote just before is on its disk, not pending in the woken guest.
 func TestParkedSessionSurvivesRestart(t *testing.T) {
+	parallelVM(t)
 	r := newRig(t, rigOptions{})
 	s := r.create(t, api.CreateSessionRequest{})
 	r.sh(t, s.ID, "echo before > /root/f; head -c 4194304 /dev/urandom > /root/dirty")
@@ -182,6 +183,7 @@ func TestIdleSessionParks(t *testing.T) {
 // of a park: with the VM still running the session is running again; with
 // a complete snapshot on disk it is parked and wakes.
 func TestInterruptedParkRecovers(t *testing.T) {
+	parallelVM(t)
 	r := newRig(t, rigOptions{})
 	ctx := context.Background()
 	a := r.create(t, api.CreateSessionRequest{})

@@ -9,6 +9,7 @@ import (
 // window, at least 1 while any came, 0 once none came for a window; never
 // above the template's size; the template's size in its first window.
 func TestPoolDemandSize(t *testing.T) {
+	t.Parallel()
 	t0 := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	w := 10 * time.Minute
 	d := poolDemand{since: t0}

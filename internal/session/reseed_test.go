@@ -16,6 +16,7 @@ import (
 // 32-byte seed each time, none the same, and two clones of one template
 // were given different ones.
 func TestFakeEveryWakeReseeds(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	seeds := func(id string) []string {

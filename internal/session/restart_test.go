@@ -27,6 +27,7 @@ import (
 // (state, files and exec intact), marks the dead one failed, and kills the
 // orphan.
 func TestRecoverAfterRestart(t *testing.T) {
+	parallelVM(t)
 	a := newRig(t, rigOptions{})
 	ctx := context.Background()
 	keep := a.create(t, api.CreateSessionRequest{MemoryMiB: 256, Env: map[string]string{"WHO": "keep"}})

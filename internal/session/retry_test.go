@@ -36,6 +36,7 @@ func (d *downObjects) UploadWith(ctx context.Context, files []cas.Source, opts c
 // stored. A woken session's failed series ends: no upload of a snapshot
 // its record no longer names.
 func TestFakeUploadRetried(t *testing.T) {
+	t.Parallel()
 	var d *downObjects
 	var mu sync.Mutex
 	var failed, retried int
@@ -98,6 +99,7 @@ func TestFakeUploadRetried(t *testing.T) {
 // a GC here is refused as a conflict and deletes nothing; once it is
 // released, it runs.
 func TestFakeGCClaimed(t *testing.T) {
+	t.Parallel()
 	r := newObjectsRig(t, nil)
 	ctx := context.Background()
 	ok, err := r.store.Claim(ctx, "gc", "srv-other", time.Minute)

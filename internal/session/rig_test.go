@@ -52,6 +52,25 @@ type rigOptions struct {
 	adjust func(*session.Config)
 }
 
+// vmSlots bounds the VM tests that run at once: two. Under TCG on a
+// 2-core host a guest that boots is a busy host thread, and more than two
+// booting at once starve each other past their boot timeouts.
+var vmSlots = make(chan struct{}, 2)
+
+// parallelVM marks t as a VM test that may run beside one other VM test
+// (and beside the fake driver's tests): call it first. Such a test boots
+// its guests one at a time, keeps everything in its rig's own dirs, and
+// times nothing tightly (no short answer, idle or boot timeouts, no guest
+// clock checks); the VM tests that do stay serial. The slot is given back
+// after the test's cleanups that were registered later (its rig's: the
+// deletes, the check that no QEMU outlives it) have run.
+func parallelVM(t *testing.T) {
+	t.Helper()
+	t.Parallel()
+	vmSlots <- struct{}{}
+	t.Cleanup(func() { <-vmSlots })
+}
+
 // newRig builds a manager over fresh directories and registers cleanups
 // that delete every session it left and then check that no QEMU process
 // with the sessions dir in its command line remains.
@@ -86,8 +105,12 @@ func openRig(t *testing.T, o rigOptions) *rig {
 	}
 	// Spare QEMU processes as 'cove server' keeps them (--spares 1): wakes
 	// and clones after the first restore of a shape claim one.
+	// The VMs' cgroups are tagged with the rig's dir, as 'cove server'
+	// tags them with its home: a rig's sweep (at Recover) removes its own
+	// empty cgroups only, never one that a VM test running beside it is
+	// booting a VM into.
 	d, err := qemu.New(qemu.Config{Accel: os.Getenv("COVE_ACCEL"), User: "cove-vm", CgroupRoot: cg,
-		SpareDir: filepath.Join(o.dir, ".spares"), CrashPoint: o.qemuStep})
+		CgroupTag: qemu.CgroupTag(o.dir), SpareDir: filepath.Join(o.dir, ".spares"), CrashPoint: o.qemuStep})
 	if err != nil {
 		st.Close()
 		t.Fatal(err)

@@ -30,6 +30,7 @@ import (
 // would (until issue 19 gives each node its own sessions). Each case runs
 // on a shared SQLite file and on PostgreSQL.
 func TestFakeTwoServers(t *testing.T) {
+	t.Parallel()
 	cases := []struct {
 		name string
 		run  func(t *testing.T, open func(t *testing.T) store.Store)
@@ -44,9 +45,13 @@ func TestFakeTwoServers(t *testing.T) {
 		{"TimeoutWaitsForClaim", twoServersTimeoutWaitsForClaim},
 		{"LostClaimStopsWork", twoServersLostClaimStopsWork},
 	}
+	// Every case has its own rig, store file or database: they run side
+	// by side.
 	t.Run("sqlite", func(t *testing.T) {
+		t.Parallel()
 		for _, c := range cases {
 			t.Run(c.name, func(t *testing.T) {
+				t.Parallel()
 				db := filepath.Join(t.TempDir(), "state.db")
 				c.run(t, func(t *testing.T) store.Store {
 					st, err := sqlite.Open(t.Context(), db)
@@ -59,9 +64,11 @@ func TestFakeTwoServers(t *testing.T) {
 		}
 	})
 	t.Run("postgres", func(t *testing.T) {
+		t.Parallel()
 		srv := pgtest.Fresh(t)
 		for _, c := range cases {
 			t.Run(c.name, func(t *testing.T) {
+				t.Parallel()
 				name, err := srv.CreateDatabase(t.Context(), "two_servers")
 				if err != nil {
 					t.Fatalf("%v; server log: %s", err, srv.LogTail())
@@ -672,6 +679,7 @@ func twoServersLostClaimStopsWork(t *testing.T, open func(t *testing.T) store.St
 // through B each signal A's subscriber. (SQLite is one server's store:
 // it has no such feed.)
 func TestFakeChangesAcrossServers(t *testing.T) {
+	t.Parallel()
 	srv := pgtest.Fresh(t)
 	name, err := srv.CreateDatabase(t.Context(), "changes")
 	if err != nil {

@@ -24,6 +24,7 @@ import (
 // and wake), and the VM runs on; a clone woken by an event still acts for
 // its owner; rm kills them.
 func TestFakeSessionTokens(t *testing.T) {
+	t.Parallel()
 	const url = "https://cove.example.com"
 	is, err := issuer.New(t.TempDir(), url)
 	if err != nil {

@@ -59,6 +59,7 @@ func (r *fakeRig) templateFiles(name string, v int) map[string]string {
 // checkpoint; clones that write, park, wake and go leave them as they
 // were, byte for byte.
 func TestFakeTemplateFilesStayReadOnly(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web", Setup: []string{"touch /root/setup-ran"}}); err != nil {
@@ -105,6 +106,7 @@ func TestFakeTemplateFilesStayReadOnly(t *testing.T) {
 // a wake restores from the object store (the host lost them) are
 // read-only too, as the version's own were.
 func TestFakeRestoredTemplateFilesReadOnly(t *testing.T) {
+	t.Parallel()
 	r := newChainRig(t)
 	ctx := context.Background()
 	if _, err := r.mgr.CreateTemplate(ctx, testOwner, api.CreateTemplateRequest{Name: "web", Setup: []string{"touch /root/setup-ran"}}); err != nil {

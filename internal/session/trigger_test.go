@@ -139,6 +139,7 @@ func TestParkUntilTimeout(t *testing.T) {
 // session was parked meanwhile: its VM was saved, and it runs on in a new
 // QEMU process, woken by the timeout's delivery.
 func TestParkFromInsideTheGuest(t *testing.T) {
+	parallelVM(t)
 	probe := &parkProbe{}
 	r := newRig(t, rigOptions{qemuStep: probe.step})
 	ctx := context.Background()

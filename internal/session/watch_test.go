@@ -40,6 +40,7 @@ func nextUntil(t *testing.T, w session.Watcher, want ...string) []string {
 // writes are events, a park ends the watch cleanly (io.EOF) without
 // waiting for it, and a watch after the park wakes the session.
 func TestFakeWatch(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	id := r.create(api.CreateSessionRequest{}).ID
@@ -94,6 +95,7 @@ func TestFakeWatch(t *testing.T) {
 }
 
 func TestFakeWatchBadInput(t *testing.T) {
+	t.Parallel()
 	r := newFakeRig(t)
 	ctx := context.Background()
 	id := r.create(api.CreateSessionRequest{}).ID

@@ -13,16 +13,16 @@ import (
 // Compare-and-swap on generations, and leases.
 
 func (s *suite) runGen(t *testing.T) {
-	t.Run("GenStartsAtOneAndAdvances", s.genStartsAtOne)
-	t.Run("StaleUpdateConflicts", s.staleUpdateConflicts)
-	t.Run("ConcurrentUpdatersOneWins", s.concurrentUpdatersOneWins)
-	t.Run("TemplateStaleUpdateConflicts", s.templateStaleUpdateConflicts)
-	t.Run("LeaseOneOwner", s.leaseOneOwner)
-	t.Run("LeaseConcurrentClaimsOneWins", s.leaseConcurrentClaims)
-	t.Run("LeaseExpires", s.leaseExpires)
-	t.Run("LeaseRelease", s.leaseRelease)
-	t.Run("LeaseOfDeadOwnerExpires", s.leaseOfDeadOwner)
-	t.Run("LeaseBadArguments", s.leaseBadArguments)
+	s.run(t, "GenStartsAtOneAndAdvances", s.genStartsAtOne)
+	s.run(t, "StaleUpdateConflicts", s.staleUpdateConflicts)
+	s.run(t, "ConcurrentUpdatersOneWins", s.concurrentUpdatersOneWins)
+	s.run(t, "TemplateStaleUpdateConflicts", s.templateStaleUpdateConflicts)
+	s.run(t, "LeaseOneOwner", s.leaseOneOwner)
+	s.run(t, "LeaseConcurrentClaimsOneWins", s.leaseConcurrentClaims)
+	s.run(t, "LeaseExpires", s.leaseExpires)
+	s.run(t, "LeaseRelease", s.leaseRelease)
+	s.run(t, "LeaseOfDeadOwnerExpires", s.leaseOfDeadOwner)
+	s.run(t, "LeaseBadArguments", s.leaseBadArguments)
 }
 
 func wantGen(t *testing.T, st store.Store, id string, want int64) {

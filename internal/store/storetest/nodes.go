@@ -15,20 +15,20 @@ import (
 // Nodes: the VM hosts.
 
 func (s *suite) runNodes(t *testing.T) {
-	t.Run("NodeRoundTrip", s.nodeRoundTrip)
-	t.Run("ZeroNodeRoundTrip", s.zeroNodeRoundTrip)
-	t.Run("NodeCreateDuplicate", s.nodeCreateDuplicate)
-	t.Run("NodeUpdateCAS", s.nodeUpdateCAS)
-	t.Run("NodeUpdateNameTaken", s.nodeUpdateNameTaken)
-	t.Run("NodeConcurrentUpdatersOneWins", s.nodeConcurrentUpdatersOneWins)
-	t.Run("NodeByCredential", s.nodeByCredential)
-	t.Run("NodeHeartbeatLeavesGen", s.nodeHeartbeatLeavesGen)
-	t.Run("ListNodesOrder", s.listNodesOrder)
-	t.Run("NodeMissing", s.nodeMissing)
-	t.Run("NodeCopiesInAndOut", s.nodeCopiesInAndOut)
-	t.Run("NodeDoneContext", s.nodeDoneContext)
-	t.Run("NodesPersistAcrossReopen", s.nodesPersistAcrossReopen)
-	t.Run("SessionUsage", s.sessionUsage)
+	s.run(t, "NodeRoundTrip", s.nodeRoundTrip)
+	s.run(t, "ZeroNodeRoundTrip", s.zeroNodeRoundTrip)
+	s.run(t, "NodeCreateDuplicate", s.nodeCreateDuplicate)
+	s.run(t, "NodeUpdateCAS", s.nodeUpdateCAS)
+	s.run(t, "NodeUpdateNameTaken", s.nodeUpdateNameTaken)
+	s.run(t, "NodeConcurrentUpdatersOneWins", s.nodeConcurrentUpdatersOneWins)
+	s.run(t, "NodeByCredential", s.nodeByCredential)
+	s.run(t, "NodeHeartbeatLeavesGen", s.nodeHeartbeatLeavesGen)
+	s.run(t, "ListNodesOrder", s.listNodesOrder)
+	s.run(t, "NodeMissing", s.nodeMissing)
+	s.run(t, "NodeCopiesInAndOut", s.nodeCopiesInAndOut)
+	s.run(t, "NodeDoneContext", s.nodeDoneContext)
+	s.run(t, "NodesPersistAcrossReopen", s.nodesPersistAcrossReopen)
+	s.run(t, "SessionUsage", s.sessionUsage)
 }
 
 // fullNode has every field set to a value that is not the zero value.

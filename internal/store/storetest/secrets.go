@@ -12,17 +12,17 @@ import (
 
 // runSecrets checks the sealed secrets of users, teams and templates.
 func (s *suite) runSecrets(t *testing.T) {
-	t.Run("SecretRoundTrip", s.secretRoundTrip)
-	t.Run("SecretReplaceKeepsCreatedAt", s.secretReplaceKeepsCreatedAt)
-	t.Run("SecretKeyIsOwnerKindOwnerName", s.secretKeyIsOwnerKindOwnerName)
-	t.Run("SecretBadKey", s.secretBadKey)
-	t.Run("ListSecretsFilters", s.listSecretsFilters)
-	t.Run("DeleteSecret", s.deleteSecret)
-	t.Run("SecretsGoWithTheirOwner", s.secretsGoWithTheirOwner)
-	t.Run("SecretCopiesInAndOut", s.secretCopiesInAndOut)
-	t.Run("ConcurrentSecretWriters", s.concurrentSecretWriters)
-	t.Run("SecretDoneContext", s.secretDoneContext)
-	t.Run("SecretsPersistAcrossReopen", s.secretsPersistAcrossReopen)
+	s.run(t, "SecretRoundTrip", s.secretRoundTrip)
+	s.run(t, "SecretReplaceKeepsCreatedAt", s.secretReplaceKeepsCreatedAt)
+	s.run(t, "SecretKeyIsOwnerKindOwnerName", s.secretKeyIsOwnerKindOwnerName)
+	s.run(t, "SecretBadKey", s.secretBadKey)
+	s.run(t, "ListSecretsFilters", s.listSecretsFilters)
+	s.run(t, "DeleteSecret", s.deleteSecret)
+	s.run(t, "SecretsGoWithTheirOwner", s.secretsGoWithTheirOwner)
+	s.run(t, "SecretCopiesInAndOut", s.secretCopiesInAndOut)
+	s.run(t, "ConcurrentSecretWriters", s.concurrentSecretWriters)
+	s.run(t, "SecretDoneContext", s.secretDoneContext)
+	s.run(t, "SecretsPersistAcrossReopen", s.secretsPersistAcrossReopen)
 }
 
 // fullSecret has every field set to a value that is not the zero value;

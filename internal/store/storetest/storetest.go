@@ -24,47 +24,49 @@ import (
 // call open again with the same dir after closing the store, and must then
 // get the same data back, and may call it with a dir whose store is still
 // open: both stores are then over the same data, as two servers sharing
-// one database are. Run closes every store it opens; open must not.
+// one database are. Run closes every store it opens; open must not. The
+// subtests run in parallel (go test's -parallel of them at once): open
+// must be safe to call from several at once.
 func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 	s := &suite{open: open}
-	t.Run("SessionRoundTrip", s.sessionRoundTrip)
-	t.Run("ZeroSessionRoundTrip", s.zeroSessionRoundTrip)
-	t.Run("CreateDuplicate", s.createDuplicate)
-	t.Run("GetMissing", s.getMissing)
-	t.Run("Update", s.update)
-	t.Run("UpdateMissing", s.updateMissing)
-	t.Run("ListSessionsOrder", s.listSessionsOrder)
-	t.Run("ListSessionsAfter", s.listSessionsAfter)
-	t.Run("DeleteSession", s.deleteSession)
-	t.Run("DeleteSessionMissing", s.deleteSessionMissing)
-	t.Run("SessionKeys", s.sessionKeys)
-	t.Run("ExpireSessionKeys", s.expireSessionKeys)
-	t.Run("Checkpoints", s.checkpoints)
-	t.Run("E2BSandboxes", s.e2bSandboxes)
-	t.Run("E2BSandboxesDue", s.e2bSandboxesDue)
-	t.Run("TokenGen", s.tokenGen)
-	t.Run("RevokeSessionTokens", s.revokeSessionTokens)
-	t.Run("CopiesInAndOut", s.copiesInAndOut)
-	t.Run("ImageRoundTrip", s.imageRoundTrip)
-	t.Run("ImageUpsert", s.imageUpsert)
-	t.Run("ListImagesOrder", s.listImagesOrder)
-	t.Run("DeleteImage", s.deleteImage)
-	t.Run("TemplateRoundTrip", s.templateRoundTrip)
-	t.Run("ZeroTemplateRoundTrip", s.zeroTemplateRoundTrip)
-	t.Run("TemplateCreateDuplicate", s.templateCreateDuplicate)
-	t.Run("TemplateUpdate", s.templateUpdate)
-	t.Run("TemplateUpdateMissing", s.templateUpdateMissing)
-	t.Run("ListTemplatesOrder", s.listTemplatesOrder)
-	t.Run("DeleteTemplate", s.deleteTemplate)
-	t.Run("TemplateCopiesInAndOut", s.templateCopiesInAndOut)
-	t.Run("TemplateVersions", s.templateVersions)
-	t.Run("TemplateVersionMissingTemplate", s.templateVersionMissingTemplate)
-	t.Run("SwapTemplateVersion", s.swapTemplateVersion)
-	t.Run("SwapTemplateVersionMissing", s.swapTemplateVersionMissing)
-	t.Run("DeleteTemplateDeletesVersions", s.deleteTemplateDeletesVersions)
-	t.Run("ConcurrentWriters", s.concurrentWriters)
-	t.Run("DoneContext", s.doneContext)
-	t.Run("PersistsAcrossReopen", s.persistsAcrossReopen)
+	s.run(t, "SessionRoundTrip", s.sessionRoundTrip)
+	s.run(t, "ZeroSessionRoundTrip", s.zeroSessionRoundTrip)
+	s.run(t, "CreateDuplicate", s.createDuplicate)
+	s.run(t, "GetMissing", s.getMissing)
+	s.run(t, "Update", s.update)
+	s.run(t, "UpdateMissing", s.updateMissing)
+	s.run(t, "ListSessionsOrder", s.listSessionsOrder)
+	s.run(t, "ListSessionsAfter", s.listSessionsAfter)
+	s.run(t, "DeleteSession", s.deleteSession)
+	s.run(t, "DeleteSessionMissing", s.deleteSessionMissing)
+	s.run(t, "SessionKeys", s.sessionKeys)
+	s.run(t, "ExpireSessionKeys", s.expireSessionKeys)
+	s.run(t, "Checkpoints", s.checkpoints)
+	s.run(t, "E2BSandboxes", s.e2bSandboxes)
+	s.run(t, "E2BSandboxesDue", s.e2bSandboxesDue)
+	s.run(t, "TokenGen", s.tokenGen)
+	s.run(t, "RevokeSessionTokens", s.revokeSessionTokens)
+	s.run(t, "CopiesInAndOut", s.copiesInAndOut)
+	s.run(t, "ImageRoundTrip", s.imageRoundTrip)
+	s.run(t, "ImageUpsert", s.imageUpsert)
+	s.run(t, "ListImagesOrder", s.listImagesOrder)
+	s.run(t, "DeleteImage", s.deleteImage)
+	s.run(t, "TemplateRoundTrip", s.templateRoundTrip)
+	s.run(t, "ZeroTemplateRoundTrip", s.zeroTemplateRoundTrip)
+	s.run(t, "TemplateCreateDuplicate", s.templateCreateDuplicate)
+	s.run(t, "TemplateUpdate", s.templateUpdate)
+	s.run(t, "TemplateUpdateMissing", s.templateUpdateMissing)
+	s.run(t, "ListTemplatesOrder", s.listTemplatesOrder)
+	s.run(t, "DeleteTemplate", s.deleteTemplate)
+	s.run(t, "TemplateCopiesInAndOut", s.templateCopiesInAndOut)
+	s.run(t, "TemplateVersions", s.templateVersions)
+	s.run(t, "TemplateVersionMissingTemplate", s.templateVersionMissingTemplate)
+	s.run(t, "SwapTemplateVersion", s.swapTemplateVersion)
+	s.run(t, "SwapTemplateVersionMissing", s.swapTemplateVersionMissing)
+	s.run(t, "DeleteTemplateDeletesVersions", s.deleteTemplateDeletesVersions)
+	s.run(t, "ConcurrentWriters", s.concurrentWriters)
+	s.run(t, "DoneContext", s.doneContext)
+	s.run(t, "PersistsAcrossReopen", s.persistsAcrossReopen)
 	s.runGen(t)
 	s.runTriggers(t)
 	s.runIdentity(t)
@@ -74,6 +76,17 @@ func Run(t *testing.T, open func(t *testing.T, dir string) store.Store) {
 
 type suite struct {
 	open func(t *testing.T, dir string) store.Store
+}
+
+// run runs f as t's subtest name, in parallel with the suite's other
+// subtests: each opens stores of its own (a fresh dir, which a store over
+// a server makes a fresh database of), so none sees another's data.
+func (s *suite) run(t *testing.T, name string, f func(t *testing.T)) {
+	t.Helper()
+	t.Run(name, func(t *testing.T) {
+		t.Parallel()
+		f(t)
+	})
 }
 
 // fresh opens a store in a new directory and closes it when t ends.

@@ -44,6 +44,7 @@ func harness(t *testing.T) vmmtest.Harness {
 }
 
 func TestFakeConformance(t *testing.T) {
+	t.Parallel()
 	vmmtest.Run(t, harness)
 }
 
@@ -62,6 +63,7 @@ func connect(t *testing.T, vm vmm.VM) *agentproto.Client {
 // Restore's hooks see the VM Incoming before the load and Paused after it,
 // through a VM adopted from the handle Started gives.
 func TestFakeRestoreStatusInHooks(t *testing.T) {
+	t.Parallel()
 	d := fake.New()
 	ctx := context.Background()
 	sp := spec(t)
@@ -101,6 +103,7 @@ func TestFakeRestoreStatusInHooks(t *testing.T) {
 
 // Each fault fires once, where its doc says.
 func TestFakeFaults(t *testing.T) {
+	t.Parallel()
 	d := fake.New()
 	ctx := context.Background()
 	boom := errors.New("boom")
@@ -185,6 +188,7 @@ func TestFakeFaults(t *testing.T) {
 // paused with its state loaded: Adopt and Resume run the guest, as cont
 // runs a QEMU guest after an incoming migration.
 func TestFakeResumeAfterRestoreCutShort(t *testing.T) {
+	t.Parallel()
 	d := fake.New()
 	ctx := context.Background()
 	sp := spec(t)

@@ -66,6 +66,7 @@ func findFake(t *testing.T, fd *fake.Driver, pid int) *fake.VM {
 // itself: agent connections, hooks, checkpoints, KillVMs's match and the
 // disk calls all cross it.
 func TestFakeRemoteConformance(t *testing.T) {
+	t.Parallel()
 	vmmtest.Run(t, func(t *testing.T) vmmtest.Harness {
 		fd := fake.New()
 		t.Cleanup(func() {
@@ -102,6 +103,7 @@ func post(t *testing.T, url, route, body string) (int, string) {
 // Bad input is answered 4xx with the error envelope, and boots nothing
 // and writes no file.
 func TestFakeRemoteBadInput(t *testing.T) {
+	t.Parallel()
 	fd := fake.New()
 	_, url := serve(t, fd)
 	sp := fakeSpec(t)
@@ -143,6 +145,7 @@ func TestFakeRemoteBadInput(t *testing.T) {
 // a failed boot carries the driver's message, and a driver without
 // snapshots answers errors.ErrUnsupported.
 func TestFakeRemoteErrors(t *testing.T) {
+	t.Parallel()
 	fd := fake.New()
 	d, _ := serve(t, fd)
 	ctx := context.Background()
@@ -207,6 +210,7 @@ func TestFakeRemoteErrors(t *testing.T) {
 // whose caller goes during BeforeLoad fails there, leaving no VMM
 // process, and the caller's error is context.Canceled.
 func TestFakeRemoteCancelReachesTheNode(t *testing.T) {
+	t.Parallel()
 	fd := fake.New()
 	d, _ := serve(t, fd)
 	ctx := context.Background()
@@ -260,6 +264,7 @@ func TestFakeRemoteCancelReachesTheNode(t *testing.T) {
 // Sweep crosses the wire with keep called back: under the root it is
 // given, the node's driver ends the VM keep refuses and spares the other.
 func TestFakeRemoteSweep(t *testing.T) {
+	t.Parallel()
 	fd := fake.New()
 	d, _ := serve(t, fd)
 	ctx := context.Background()
@@ -323,6 +328,7 @@ func (vm blockingVM) Status(ctx context.Context) (vmm.Status, error) {
 // A plain call's cancelled context ends the call on the node too, and
 // the caller's error is context.Canceled.
 func TestFakeRemotePlainCallCancelReachesTheNode(t *testing.T) {
+	t.Parallel()
 	bd := blockingDriver{Driver: fake.New(), ended: make(chan error, 1)}
 	d, _ := serve(t, bd)
 	vm, err := d.Boot(context.Background(), fakeSpec(t))
@@ -347,6 +353,7 @@ func TestFakeRemotePlainCallCancelReachesTheNode(t *testing.T) {
 
 // A node with no driver to serve answers every call 503 with why.
 func TestFakeRemoteUnavailable(t *testing.T) {
+	t.Parallel()
 	srv := httptest.NewServer(remote.Unavailable("qemu-system-x86_64 not found"))
 	t.Cleanup(srv.Close)
 	d := remote.New(func(ctx context.Context) (net.Conn, error) {
@@ -367,6 +374,7 @@ func TestFakeRemoteUnavailable(t *testing.T) {
 // holds is adopted again by its handle at its next call, its agent answers
 // as before, its Done stays open while it runs and closes when it ends.
 func TestFakeRemoteNodeRestartAdoptsAgain(t *testing.T) {
+	t.Parallel()
 	fd := fake.New()
 	var cur atomic.Value // the node's handler now
 	cur.Store(remote.Handler(fd, remote.HandlerConfig{}))
