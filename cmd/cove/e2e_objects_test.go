@@ -24,7 +24,13 @@ import (
 	"github.com/cove-dev/cove/internal/s3test"
 )
 
-func TestMain(m *testing.M) { s3test.Main(m) }
+func TestMain(m *testing.M) {
+	code := s3test.Run(m)
+	if binaries.dir != "" {
+		os.RemoveAll(binaries.dir)
+	}
+	os.Exit(code)
+}
 
 // waitStored waits, through 'cove session inspect', until session id is
 // stored (its park's upload is durable), and returns it.
