@@ -477,24 +477,35 @@ func (e *e2e) stopAll() {
 // server and session, that run at once.
 func TestCrashRandom(t *testing.T) {
 	kills := envIntDefault("COVE_CRASH_KILLS", 30)
+	var mu sync.Mutex
+	survived, interrupted := 0, 0
+	// A cleanup runs once the parallel homes are done; the line is the
+	// top-level test's, where covebench reads it.
+	t.Cleanup(func() {
+		t.Logf("random kills: %d of %d survived; %d of them cut an operation short", survived, kills, interrupted)
+	})
 	for i, n := range []int{kills - kills/2, kills / 2} {
 		if n == 0 {
 			continue
 		}
 		t.Run(fmt.Sprintf("home-%d", i+1), func(t *testing.T) {
 			t.Parallel()
-			crashRandom(t, n)
+			s, c := crashRandom(t, n)
+			mu.Lock()
+			defer mu.Unlock()
+			survived, interrupted = survived+s, interrupted+c
 		})
 	}
 }
 
-// crashRandom is TestCrashRandom on one home: kills random kills.
-func crashRandom(t *testing.T, kills int) {
+// crashRandom is TestCrashRandom on one home: it kills the server kills
+// times and returns how many times the session survived, and how many
+// of the kills cut an operation short.
+func crashRandom(t *testing.T, kills int) (survived, interrupted int) {
 	e := newE2E(t)
 	e.startServer()
 	s := e.newMemorySession("--memory", "256")
 	e.ok(nil, "template", "create", "tr", "--memory", "256")
-	survived, interrupted := 0, 0
 	for i := 0; i < kills; i++ {
 		delay := randDuration(300 * time.Millisecond)
 		var op []string
@@ -531,9 +542,10 @@ func crashRandom(t *testing.T, kills int) {
 		e.checkClean(fmt.Sprintf("kill %d (%v after %q began)", i, delay, op))
 		survived++
 	}
-	t.Logf("random kills: %d of %d survived; %d of them cut an operation short", survived, kills, interrupted)
+	t.Logf("random kills on this home: %d of %d survived; %d of them cut an operation short", survived, kills, interrupted)
 	e.ok(nil, "template", "rm", "tr")
 	e.stopAll()
+	return survived, interrupted
 }
 
 // runQuiet runs a cove command whose result does not matter (the server
