@@ -78,6 +78,7 @@ func serverRefuses(t *testing.T, cove string, env []string, args ...string) (lin
 // the bucket (or the database's host), and without the secret; so does
 // a COVE_CACHE_SIZE that does not parse.
 func TestServerRefusesBadEndpoints(t *testing.T) {
+	t.Parallel()
 	cove := testBinaries(t)
 	s3 := s3test.Shared(t)
 	creds := []string{"AWS_ACCESS_KEY_ID=" + s3test.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3test.SecretKey}
@@ -153,6 +154,7 @@ func TestServerRefusesBadEndpoints(t *testing.T) {
 // without a restart: sessions list, and one is created, runs and is
 // removed.
 func TestServerRidesOutDatabaseRestart(t *testing.T) {
+	t.Parallel()
 	pg, dbURL := freshDB(t, "t_cove_outage")
 	e := newE2E(t)
 	e.startServer("COVE_DB=" + dbURL)

@@ -27,6 +27,7 @@ import (
 // booting the tiny image, running a command through the relayed agent
 // channel, and stopping the VM.
 func TestNodeServesItsQEMUDriver(t *testing.T) {
+	t.Parallel()
 	env := vmtest.Get(t)
 	cove := testBinaries(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)

@@ -353,6 +353,7 @@ func (e *e2e) wantRunning(id string) {
 }
 
 func TestEndToEnd(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t)
 	e.startServer()
 
