@@ -37,7 +37,11 @@ run: deps build
 # the run ends with the count of skipped tests: 0 is required under CI. One
 # package at a time (-p 1): the crash, load and VM tests of one package
 # already keep both cores busy, and two packages' guests at once starved
-# boots on this 2-core machine. The tests over the fake VMM driver (named
+# boots on this 2-core machine. Within cmd/cove the end-to-end tests run
+# two at a time (t.Parallel; -parallel defaults to GOMAXPROCS, 2 here),
+# each on a home, server and ports of its own; TestCrashPoints walks its
+# steps in groups on homes of their own, two at a time; TestLoad runs
+# alone. The tests over the fake VMM driver (named
 # *Fake*) run again under the race detector: they take seconds.
 # gotestsum (a go tool of this module) prints each package as it ends and
 # the output of failed tests only. The S3 tests' server, SeaweedFS's weed,
