@@ -300,7 +300,9 @@ func (e *e2e) loseHost(ids ...string) {
 // first) and wakes both sessions intact.
 func TestObjectsBareHost(t *testing.T) {
 	t.Parallel()
+	// Each on a home and server of its own: the two run at once.
 	t.Run("s3", func(t *testing.T) {
+		t.Parallel()
 		s3 := s3test.Shared(t)
 		env := []string{"COVE_OBJECTS=" + s3.URL("bare-"+randomToken())}
 		for k, v := range s3.Env() {
@@ -308,7 +310,10 @@ func TestObjectsBareHost(t *testing.T) {
 		}
 		testBareHost(t, env)
 	})
-	t.Run("file", func(t *testing.T) { testBareHost(t, nil) })
+	t.Run("file", func(t *testing.T) {
+		t.Parallel()
+		testBareHost(t, nil)
+	})
 }
 
 func testBareHost(t *testing.T, env []string) {
