@@ -42,8 +42,12 @@ run: deps build
 # internal/session's TestMain runs 8 of those at once (they wait on ticks
 # and leases, not on a CPU), and lets two of its VM tests that boot their
 # guests one at a time run side by side (parallelVM); its other VM tests
-# run alone, before the parallel ones. The tests over the fake VMM
-# driver (named *Fake*) run again under the race detector.
+# run alone, before the parallel ones. Within cmd/cove the end-to-end
+# tests run two at a time (t.Parallel; -parallel defaults to GOMAXPROCS,
+# 2 here), each on a home, server and ports of its own; TestCrashPoints
+# walks its steps in groups on homes of their own, two at a time; TestLoad
+# runs alone. The tests over the fake VMM driver (named *Fake*) run again
+# under the race detector.
 # gotestsum (a go tool of this module) prints each package as it ends and
 # the output of failed tests only. The S3 tests' server, SeaweedFS's weed,
 # is built by internal/s3test on first use from the Go module proxy (about

@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -222,32 +223,51 @@ func newIDs(before, now map[string]api.Session) []string {
 // TestCrashPoints walks every named step of create, park, wake, clone,
 // pool refill, template rebuild, trigger delivery and rm, killing the
 // server there (SIGKILL, by itself: the step is armed through
-// COVE_TEST_CRASH_AT) and checking what a new server makes of it.
+// COVE_TEST_CRASH_AT) and checking what a new server makes of it. The
+// steps are walked in groups, each on a home, server and session of its
+// own, two groups at a time (go test's -parallel): a group's crashes and
+// checks touch nothing of another's.
 func TestCrashPoints(t *testing.T) {
-	e := newE2E(t)
-	e.startServer()
-	s := e.newMemorySession("--memory", "256")
+	var mu sync.Mutex
 	var walked []string
-	defer func() { t.Logf("crash points walked: %d: %s", len(walked), strings.Join(walked, " ")) }()
+	// A cleanup runs once the parallel groups are done.
+	t.Cleanup(func() { t.Logf("crash points walked: %d: %s", len(walked), strings.Join(walked, " ")) })
+	group := func(name string, walk func(t *testing.T, e *e2e, walked func(point string))) {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			e := newE2E(t)
+			e.startServer()
+			walk(t, e, func(p string) {
+				mu.Lock()
+				defer mu.Unlock()
+				walked = append(walked, p)
+			})
+			e.checkClean("all " + name + " crash points")
+			e.stopAll()
+		})
+	}
 
-	t.Run("park", func(t *testing.T) {
+	group("park", func(t *testing.T, e *e2e, walked func(string)) {
+		s := e.newMemorySession("--memory", "256")
 		for _, p := range []string{"park.recorded", "park.detached", "save.migrating", "save.migrated", "save.synced", "save.renamed", "park.saved", "park.done"} {
 			e.crashAt(p, func() { e.run(nil, "park", s.id) })
 			e.checkMemory(s, "a crash at "+p)
 			e.checkClean("a crash at " + p)
-			walked = append(walked, p)
+			walked(p)
 		}
 	})
-	t.Run("wake", func(t *testing.T) {
+	group("wake", func(t *testing.T, e *e2e, walked func(string)) {
+		s := e.newMemorySession("--memory", "256")
 		for _, p := range []string{"wake.recorded", "restore.spawned", "restore.loaded", "wake.handle-recorded", "restore.continued", "wake.connected"} {
 			e.ok(nil, "park", s.id)
 			e.crashAt(p, func() { e.run(nil, "wake", s.id) })
 			e.checkMemory(s, "a crash at "+p)
 			e.checkClean("a crash at " + p)
-			walked = append(walked, p)
+			walked(p)
 		}
 	})
-	t.Run("checkpoint", func(t *testing.T) {
+	group("checkpoint", func(t *testing.T, e *e2e, walked func(string)) {
+		s := e.newMemorySession("--memory", "256")
 		ckpts := filepath.Join(e.home, "sessions", s.id, "checkpoints")
 		for _, p := range []string{"checkpoint.recorded", "checkpoint.stopped", "checkpoint.disk-switched", "checkpoint.migrated",
 			"checkpoint.paused", "checkpoint.switched", "checkpoint.renamed"} {
@@ -264,8 +284,11 @@ func TestCrashPoints(t *testing.T) {
 			// keep the memory (and the disk).
 			e.ok(nil, "park", s.id)
 			e.checkMemory(s, "a park and wake after a crash at "+p)
-			walked = append(walked, p)
+			walked(p)
 		}
+	})
+	group("rollback-fork", func(t *testing.T, e *e2e, walked func(string)) {
+		s := e.newMemorySession("--memory", "256")
 		e.ok(nil, "checkpoint", "create", s.id, "--name", "good")
 		for _, p := range []string{"rollback.staged", "rollback.recorded", "rollback.stopped", "rollback.moving"} {
 			e.crashAt(p, func() { e.run(nil, "rollback", s.id, "good") })
@@ -274,7 +297,7 @@ func TestCrashPoints(t *testing.T) {
 			if _, err := os.Stat(filepath.Join(e.home, "sessions", s.id, "rollback.tmp")); err == nil {
 				t.Fatalf("after a crash at %s: the staged rollback is left", p)
 			}
-			walked = append(walked, p)
+			walked(p)
 		}
 		// A fork is recorded once it runs, as a clone is: a crash before
 		// leaves no session, and nothing of it.
@@ -286,11 +309,11 @@ func TestCrashPoints(t *testing.T) {
 			}
 			e.checkMemory(s, "a crash at "+p+" during a fork")
 			e.checkClean("a crash at " + p + " during a fork")
-			walked = append(walked, "fork:"+p)
+			walked("fork:" + p)
 		}
 		e.ok(nil, "checkpoint", "rm", s.id, "good")
 	})
-	t.Run("create", func(t *testing.T) {
+	group("create", func(t *testing.T, e *e2e, walked func(string)) {
 		for _, p := range []string{"create.recorded", "create.booted", "create.done"} {
 			before := e.sessions()
 			e.crashAt(p, func() { e.run(nil, "session", "create", "--memory", "256") })
@@ -308,12 +331,12 @@ func TestCrashPoints(t *testing.T) {
 			for _, id := range newIDs(before, now) {
 				e.ok(nil, "rm", id)
 			}
-			walked = append(walked, p)
+			walked(p)
 		}
 	})
-
-	e.ok(nil, "template", "create", "t1", "--memory", "256", "--setup", "echo built > /root/built")
-	t.Run("clone", func(t *testing.T) {
+	const t1Setup = "echo built > /root/built"
+	group("clone-rm", func(t *testing.T, e *e2e, walked func(string)) {
+		e.ok(nil, "template", "create", "t1", "--memory", "256", "--setup", t1Setup)
 		for _, p := range []string{"restore.spawned", "restore.loaded", "restore.continued", "clone.restored"} {
 			before := e.sessions()
 			e.crashAt(p, func() { e.run(nil, "session", "create", "--template", "t1") })
@@ -321,10 +344,8 @@ func TestCrashPoints(t *testing.T) {
 				t.Fatalf("after a crash at %s during a clone: sessions %v appeared, want none (a clone is recorded once it runs)", p, ids)
 			}
 			e.checkClean("a crash at " + p + " during a clone")
-			walked = append(walked, "clone:"+p)
+			walked("clone:" + p)
 		}
-	})
-	t.Run("rm", func(t *testing.T) {
 		for _, p := range []string{"rm.recorded", "rm.stopped", "rm.files-removed"} {
 			id := e.create("--template", "t1")
 			e.crashAt(p, func() { e.run(nil, "rm", id) })
@@ -335,10 +356,12 @@ func TestCrashPoints(t *testing.T) {
 				t.Fatalf("after a crash at %s: the removed session's dir is still there", p)
 			}
 			e.checkClean("a crash at " + p)
-			walked = append(walked, p)
+			walked(p)
 		}
+		e.ok(nil, "template", "rm", "t1")
 	})
-	t.Run("build", func(t *testing.T) {
+	group("build", func(t *testing.T, e *e2e, walked func(string)) {
+		e.ok(nil, "template", "create", "t1", "--memory", "256", "--setup", t1Setup)
 		for _, p := range []string{"build.claimed", "build.recorded", "build.saved", "build.swapped"} {
 			e.crashAt(p, func() { e.run(nil, "template", "rebuild", "t1", "--wait", "5m") })
 			var tpl api.Template
@@ -354,10 +377,11 @@ func TestCrashPoints(t *testing.T) {
 			}
 			e.ok(nil, "rm", id)
 			e.checkClean("a crash at " + p)
-			walked = append(walked, p)
+			walked(p)
 		}
+		e.ok(nil, "template", "rm", "t1")
 	})
-	t.Run("template", func(t *testing.T) {
+	group("template-pool", func(t *testing.T, e *e2e, walked func(string)) {
 		for _, p := range []string{"template.recorded", "template.built"} {
 			e.crashAt(p, func() { e.run(nil, "template", "create", "t3", "--memory", "256") })
 			var tpl api.Template
@@ -372,10 +396,8 @@ func TestCrashPoints(t *testing.T) {
 			}
 			e.ok(nil, "template", "rm", "t3")
 			e.checkClean("a crash at " + p)
-			walked = append(walked, p)
+			walked(p)
 		}
-	})
-	t.Run("pool", func(t *testing.T) {
 		e.ok(nil, "template", "create", "t2", "--memory", "256", "--pool", "1")
 		// The next server refills the pool as it starts: it dies there.
 		e.crashAt("pool.restored", nil)
@@ -384,9 +406,10 @@ func TestCrashPoints(t *testing.T) {
 		e.ok(nil, "rm", id)
 		e.ok(nil, "template", "rm", "t2")
 		e.checkClean("a crash at pool.restored")
-		walked = append(walked, "pool.restored")
+		walked("pool.restored")
 	})
-	t.Run("deliver", func(t *testing.T) {
+	group("deliver", func(t *testing.T, e *e2e, walked func(string)) {
+		s := e.newMemorySession("--memory", "256")
 		secret := filepath.Join(t.TempDir(), "ci.secret")
 		if err := os.WriteFile(secret, []byte("crash-secret"), 0o600); err != nil {
 			t.Fatal(err)
@@ -428,13 +451,9 @@ func TestCrashPoints(t *testing.T) {
 				t.Fatalf("after a crash at %s: the guest holds the event %s times, want once", p, n)
 			}
 			e.checkMemory(s, "a crash at "+p)
-			walked = append(walked, p)
+			walked(p)
 		}
 	})
-	e.checkClean("all crash points")
-	e.ok(nil, "rm", s.id)
-	e.ok(nil, "template", "rm", "t1")
-	e.stopAll()
 }
 
 // stopAll removes every session left and stops the server (its spares go
@@ -453,15 +472,40 @@ func (e *e2e) stopAll() {
 // moments during park/wake cycles and template clones: every session is
 // running or parked afterwards with its memory intact, and no clone cut
 // short leaves anything behind. COVE_CRASH_KILLS sets the number of kills
-// (default 30, about 100 s; make soak runs 300: TestCrashPoints kills at
-// every named step in make test already).
+// (default 30; make soak runs 300: TestCrashPoints kills at every named
+// step in make test already), shared by two homes, each with its own
+// server and session, that run at once.
 func TestCrashRandom(t *testing.T) {
 	kills := envIntDefault("COVE_CRASH_KILLS", 30)
+	var mu sync.Mutex
+	survived, interrupted := 0, 0
+	// A cleanup runs once the parallel homes are done; the line is the
+	// top-level test's, where covebench reads it.
+	t.Cleanup(func() {
+		t.Logf("random kills: %d of %d survived; %d of them cut an operation short", survived, kills, interrupted)
+	})
+	for i, n := range []int{kills - kills/2, kills / 2} {
+		if n == 0 {
+			continue
+		}
+		t.Run(fmt.Sprintf("home-%d", i+1), func(t *testing.T) {
+			t.Parallel()
+			s, c := crashRandom(t, n)
+			mu.Lock()
+			defer mu.Unlock()
+			survived, interrupted = survived+s, interrupted+c
+		})
+	}
+}
+
+// crashRandom is TestCrashRandom on one home: it kills the server kills
+// times and returns how many times the session survived, and how many
+// of the kills cut an operation short.
+func crashRandom(t *testing.T, kills int) (survived, interrupted int) {
 	e := newE2E(t)
 	e.startServer()
 	s := e.newMemorySession("--memory", "256")
 	e.ok(nil, "template", "create", "tr", "--memory", "256")
-	survived, interrupted := 0, 0
 	for i := 0; i < kills; i++ {
 		delay := randDuration(300 * time.Millisecond)
 		var op []string
@@ -498,9 +542,10 @@ func TestCrashRandom(t *testing.T) {
 		e.checkClean(fmt.Sprintf("kill %d (%v after %q began)", i, delay, op))
 		survived++
 	}
-	t.Logf("random kills: %d of %d survived; %d of them cut an operation short", survived, kills, interrupted)
+	t.Logf("random kills on this home: %d of %d survived; %d of them cut an operation short", survived, kills, interrupted)
 	e.ok(nil, "template", "rm", "tr")
 	e.stopAll()
+	return survived, interrupted
 }
 
 // runQuiet runs a cove command whose result does not matter (the server

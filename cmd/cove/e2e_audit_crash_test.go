@@ -68,6 +68,7 @@ func (e *e2e) startWitness(logKey string) (string, string) {
 // acknowledged is in the log, and every secret that exists was announced
 // in it; the write killed at audit.appended was logged and did not happen.
 func TestAuditWitnessAndCrash(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t)
 	e.startServer()
 	m := verifierKeyLine.FindStringSubmatch(e.srv.log.String())

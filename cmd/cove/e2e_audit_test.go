@@ -23,6 +23,7 @@ var verifierKeyLine = regexp.MustCompile(`verifier_key=(\S+)`)
 // logged by cove itself; the CLI lists, proves and exports it; and once
 // the server stopped, 'cove audit verify' passes the log directory.
 func TestEndToEndAudit(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t)
 	e.startServer("COVE_IDLE_TIMEOUT=5s")
 	m := verifierKeyLine.FindStringSubmatch(e.srv.log.String())

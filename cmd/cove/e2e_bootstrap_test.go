@@ -22,6 +22,7 @@ import (
 // token) and boots a session that user owns; the admin token itself is
 // refused a session 403, saying why.
 func TestOperatorBootstrap(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t)
 	e.startServer()
 	const made = "made the first admin user"

@@ -54,6 +54,7 @@ func (e *e2e) waitEvicted(id string) {
 // is in the log, in inspect and in /metrics; an evicted session wakes
 // from the object store with its memory and background process intact.
 func TestObjectsCacheEvicts(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t)
 	e.startServer()
 	var ss [3]memorySession
@@ -132,6 +133,7 @@ func TestObjectsCacheEvicts(t *testing.T) {
 // restore line: most chunks from the seed), with memory and background
 // process intact.
 func TestObjectsCacheEvictsClone(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t)
 	e.startServer("COVE_CACHE_SIZE=1")
 	e.ok(nil, "template", "create", "cached", "--memory", "256")

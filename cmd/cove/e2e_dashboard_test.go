@@ -85,6 +85,7 @@ func stateIs(state string) string {
 // refuses the engineer, and show the admin the log (entries verified
 // against the signed checkpoint) and the node (cordon, uncordon).
 func TestDashboard(t *testing.T) {
+	t.Parallel()
 	bin := browsertest.Chromium(t)
 	e := newE2E(t)
 	e.startServer()

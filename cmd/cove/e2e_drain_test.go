@@ -50,6 +50,7 @@ func fleetEnv(t *testing.T, db string, s3 *s3test.Server) []string {
 // on B from S3, with its memory and processes intact; A holds none, and
 // A's heartbeat removes its files from A's home.
 func TestEndToEndDrain(t *testing.T) {
+	t.Parallel()
 	s3 := s3test.Shared(t)
 	env := append(fleetEnv(t, "t_cove_drain", s3), "COVE_OBJECTS="+s3.URL("drain-"+randomToken()), "COVE_NODE_HEARTBEAT=1s")
 	a := newE2E(t)

@@ -139,6 +139,7 @@ func envelope(flags byte, msg string) []byte {
 }
 
 func TestE2BSDK(t *testing.T) {
+	t.Parallel()
 	dir := sdkDir(t)
 	e := newE2E(t)
 	e2bAddr := freeAddr(t)

@@ -176,6 +176,7 @@ func grepFiles(t *testing.T, dir string, needle []byte) []string {
 // enters the guest (its memory, its files, its snapshot) or cove's logs;
 // a woken session's egress works again; a revoke cuts it.
 func TestEgress(t *testing.T) {
+	t.Parallel()
 	const (
 		aliceValue = "ghp_aliceSECRETvalue0123456789"
 		bobValue   = "ghp_bobSECRETvalue9876543210"

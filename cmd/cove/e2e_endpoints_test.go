@@ -23,7 +23,6 @@ import (
 
 	"github.com/cove-dev/cove/api"
 	"github.com/cove-dev/cove/internal/s3test"
-	"github.com/cove-dev/cove/internal/vmtest"
 )
 
 // closedPort returns a loopback host:port nothing listens on.
@@ -79,10 +78,8 @@ func serverRefuses(t *testing.T, cove string, env []string, args ...string) (lin
 // the bucket (or the database's host), and without the secret; so does
 // a COVE_CACHE_SIZE that does not parse.
 func TestServerRefusesBadEndpoints(t *testing.T) {
-	cove, err := vmtest.BuildCove(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	t.Parallel()
+	cove := testBinaries(t)
 	s3 := s3test.Shared(t)
 	creds := []string{"AWS_ACCESS_KEY_ID=" + s3test.AccessKey, "AWS_SECRET_ACCESS_KEY=" + s3test.SecretKey}
 	const wrongSecret = "Wr0ng-Sekrit-e2e-7xq"
@@ -157,6 +154,7 @@ func TestServerRefusesBadEndpoints(t *testing.T) {
 // without a restart: sessions list, and one is created, runs and is
 // removed.
 func TestServerRidesOutDatabaseRestart(t *testing.T) {
+	t.Parallel()
 	pg, dbURL := freshDB(t, "t_cove_outage")
 	e := newE2E(t)
 	e.startServer("COVE_DB=" + dbURL)

@@ -22,6 +22,7 @@ import (
 // file of the guest's disk holds it; cove's API takes a token for its own
 // audience to park the session itself, and that kills the token.
 func TestSessionTokenInGuest(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t)
 	e.startServer()
 	// A generous boot timeout: the test machine may be loaded.

@@ -1,6 +1,7 @@
 package main_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -52,14 +53,51 @@ func newHostNet(t *testing.T) *hostNet {
 			testenv.Skipf(t, "no %s command (iproute2, util-linux): %v", cmd, err)
 		}
 	}
-	tag := randomToken()[:6]
-	n := &hostNet{t: t, bridge: "cvbr" + tag, tag: tag, hosts: map[string]int{},
-		prefix: fmt.Sprintf("10.%d.%d", 200+int(tag[0])%50, int(tag[1])+int(tag[2]))}
+	var tag, prefix string
+	for {
+		tag = randomToken()[:6]
+		prefix = fmt.Sprintf("10.%d.%d", 200+int(tag[0])%50, int(tag[1])+int(tag[2]))
+		if takePrefix(prefix) {
+			break
+		}
+	}
+	t.Cleanup(func() { releasePrefix(prefix) })
+	n := &hostNet{t: t, bridge: "cvbr" + tag, tag: tag, hosts: map[string]int{}, prefix: prefix}
 	n.ip("link", "add", n.bridge, "type", "bridge")
 	t.Cleanup(func() { _ = exec.Command("ip", "link", "del", n.bridge).Run() })
 	n.ip("addr", "add", n.prefix+".1/24", "dev", n.bridge)
 	n.ip("link", "set", n.bridge, "up")
 	return n
+}
+
+// prefixes are the /24s of the hostNets of this process: tests that make
+// one run at once, and two bridges on one subnet would take each other's
+// routes.
+var prefixes = struct {
+	sync.Mutex
+	taken map[string]bool
+}{taken: map[string]bool{}}
+
+// takePrefix claims prefix (the first three octets) for a bridge, unless
+// this process holds it or an address of this host is in it already.
+func takePrefix(prefix string) bool {
+	prefixes.Lock()
+	defer prefixes.Unlock()
+	if prefixes.taken[prefix] {
+		return false
+	}
+	// Where ip cannot tell, the prefix is left to chance, as it was.
+	if out, _ := exec.Command("ip", "-o", "addr", "show", "to", prefix+".0/24").Output(); len(bytes.TrimSpace(out)) != 0 {
+		return false
+	}
+	prefixes.taken[prefix] = true
+	return true
+}
+
+func releasePrefix(prefix string) {
+	prefixes.Lock()
+	defer prefixes.Unlock()
+	delete(prefixes.taken, prefix)
 }
 
 // host makes namespace name, joined to the bridge at the next address,
@@ -182,6 +220,7 @@ func (e *e2e) startIn(n *hostNet, name string, env ...string) {
 //     lost; brought back on B from its last snapshot; once the link is up
 //     again A stops its VM (fencing): the session runs on B alone.
 func TestEndToEndRoutingNetns(t *testing.T) {
+	t.Parallel()
 	hn := newHostNet(t)
 	ipA, ipB := hn.host("a"), hn.host("b")
 	pg := pgtest.Fresh(t)

@@ -74,6 +74,7 @@ func waitFor(t *testing.T, what string, log func() string, cond func() bool) {
 }
 
 func TestNodeAgentEndToEnd(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t)
 	tokenFile := filepath.Join(t.TempDir(), "join.token")
 	if err := os.WriteFile(tokenFile, []byte("e2e-join-secret\n"), 0o600); err != nil {

@@ -75,6 +75,7 @@ func (p *nodeProc) stop(t *testing.T, sig syscall.Signal, home string) {
 //     link comes back and A stops its VM (fencing); the session runs on
 //     B alone.
 func TestEndToEndNodeAgents(t *testing.T) {
+	t.Parallel()
 	hn := newHostNet(t)
 	hn.host("a")
 	hn.host("b")

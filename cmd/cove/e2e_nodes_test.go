@@ -14,6 +14,7 @@ import (
 // the CLI. One real VM: listed on its node, refused while the node is
 // cordoned, parked by a drain; the node keeps its id across a restart.
 func TestEndToEndNodes(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t)
 	e.startServer("COVE_NODE_NAME=e2e-node-a")
 

@@ -27,12 +27,9 @@ import (
 // booting the tiny image, running a command through the relayed agent
 // channel, and stopping the VM.
 func TestNodeServesItsQEMUDriver(t *testing.T) {
+	t.Parallel()
 	env := vmtest.Get(t)
-	bin := t.TempDir()
-	cove, err := vmtest.BuildCove(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cove := testBinaries(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "state.db"))

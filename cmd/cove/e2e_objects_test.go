@@ -24,7 +24,13 @@ import (
 	"github.com/cove-dev/cove/internal/s3test"
 )
 
-func TestMain(m *testing.M) { s3test.Main(m) }
+func TestMain(m *testing.M) {
+	code := s3test.Run(m)
+	if binaries.dir != "" {
+		os.RemoveAll(binaries.dir)
+	}
+	os.Exit(code)
+}
 
 // waitStored waits, through 'cove session inspect', until session id is
 // stored (its park's upload is durable), and returns it.
@@ -65,6 +71,7 @@ func (e *e2e) loseFiles(id string) {
 // the wake restores it from S3 with its memory and processes intact. A
 // second park stores it again.
 func TestObjectsS3SurvivesLostFiles(t *testing.T) {
+	t.Parallel()
 	s3 := s3test.Shared(t)
 	e := newE2E(t)
 	env := []string{"COVE_OBJECTS=" + s3.URL("e2e-"+randomToken())}
@@ -115,6 +122,7 @@ func TestObjectsS3SurvivesLostFiles(t *testing.T) {
 // never rebooted; with the chunk whole again, the wake restores it
 // (seeded by the template version's files) with its memory intact.
 func TestObjectsFileCloneCorruptChunk(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t)
 	e.startServer()
 	e.ok(nil, "template", "create", "obj", "--memory", "256")
@@ -215,6 +223,7 @@ func ownChunk(t *testing.T, dir string) string {
 // uploads it again, and once it is stored the session survives the loss
 // of its files.
 func TestObjectsUploadCrash(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t)
 	e.startServer()
 	s := e.newMemorySession()
@@ -290,7 +299,10 @@ func (e *e2e) loseHost(ids ...string) {
 // building new bytes) makes a new clone (the version's files fetched
 // first) and wakes both sessions intact.
 func TestObjectsBareHost(t *testing.T) {
+	t.Parallel()
+	// Each on a home and server of its own: the two run at once.
 	t.Run("s3", func(t *testing.T) {
+		t.Parallel()
 		s3 := s3test.Shared(t)
 		env := []string{"COVE_OBJECTS=" + s3.URL("bare-"+randomToken())}
 		for k, v := range s3.Env() {
@@ -298,7 +310,10 @@ func TestObjectsBareHost(t *testing.T) {
 		}
 		testBareHost(t, env)
 	})
-	t.Run("file", func(t *testing.T) { testBareHost(t, nil) })
+	t.Run("file", func(t *testing.T) {
+		t.Parallel()
+		testBareHost(t, nil)
+	})
 }
 
 func testBareHost(t *testing.T, env []string) {

@@ -25,6 +25,7 @@ import (
 // 'cove wake --from-last-snapshot' through B brings v1 back on B, memory
 // and processes as they were at v1.
 func TestEndToEndNoSilentRollback(t *testing.T) {
+	t.Parallel()
 	s3 := s3test.Shared(t)
 	proxy := startProxy(t, s3.Endpoint)
 	prefix := "rollback-" + randomToken()
@@ -160,6 +161,7 @@ func (p *tcpProxy) cut() {
 // gone) and keeps nothing of it, no record and no QEMU; the client's
 // retry through A makes the one session.
 func TestEndToEndServerKilledMidCreate(t *testing.T) {
+	t.Parallel()
 	env := fleetEnv(t, "t_cove_midcreate", nil)
 	a := newE2E(t)
 	c := a.sibling()

@@ -46,6 +46,7 @@ func (e *e2e) sibling() *e2e {
 // then comes back on A, from the S3 store into A's home, with its memory
 // and processes intact.
 func TestEndToEndRouting(t *testing.T) {
+	t.Parallel()
 	s3 := s3test.Shared(t)
 	env := append(fleetEnv(t, "t_cove_route", s3), "COVE_OBJECTS="+s3.URL("route-"+randomToken()),
 		"COVE_NODE_HEARTBEAT=1s", "COVE_NODE_GRACE=5s")

@@ -15,6 +15,7 @@ import (
 // with the server, and removes it. (Without the flag the VMs outlive the
 // server: TestEndToEnd/SessionsOutliveServerRestarts.)
 func TestStopOnExit(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t)
 	e.serverArgs = []string{"--stop-on-exit"}
 	e.startServer()

@@ -87,16 +87,7 @@ func (b *lockedBuffer) String() string {
 func newE2E(t *testing.T) *e2e {
 	t.Helper()
 	vmtest.Get(t) // skips without QEMU; fetches the kernel into the cache once
-	start := time.Now()
-	bin := t.TempDir()
-	cove, err := vmtest.BuildCove(bin)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := vmtest.BuildAgent(bin); err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("built cove and cove-agent in %s", time.Since(start).Round(time.Millisecond))
+	cove := testBinaries(t)
 
 	home := vmtest.Dir(t)
 	for _, d := range []string{"kernels", "images"} {
@@ -119,6 +110,44 @@ func newE2E(t *testing.T) *e2e {
 		}
 	})
 	return e
+}
+
+// binaries are the cove and cove-agent binaries built from this tree,
+// once per test process: every e2e test runs the same ones, and a build
+// (a link of each) takes seconds of the machine's few cores.
+var binaries struct {
+	once sync.Once
+	dir  string // removed by TestMain
+	cove string
+	err  error
+}
+
+// testBinaries returns the cove binary, with cove-agent beside it (where
+// the server looks for it), building both on first use.
+func testBinaries(t *testing.T) string {
+	t.Helper()
+	binaries.once.Do(func() {
+		start := time.Now()
+		dir, err := os.MkdirTemp("", "cove-e2e-bin-")
+		if err != nil {
+			binaries.err = err
+			return
+		}
+		binaries.dir = dir
+		if binaries.cove, err = vmtest.BuildCove(dir); err != nil {
+			binaries.err = err
+			return
+		}
+		if _, err := vmtest.BuildAgent(dir); err != nil {
+			binaries.err = err
+			return
+		}
+		t.Logf("built cove and cove-agent in %s", time.Since(start).Round(time.Millisecond))
+	})
+	if binaries.err != nil {
+		t.Fatalf("build the binaries: %v", binaries.err)
+	}
+	return binaries.cove
 }
 
 func freeAddr(t *testing.T) string {
@@ -324,6 +353,7 @@ func (e *e2e) wantRunning(id string) {
 }
 
 func TestEndToEnd(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t)
 	e.startServer()
 

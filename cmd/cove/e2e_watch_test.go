@@ -13,6 +13,7 @@ import (
 // happen, and the watch ends by itself, with exit 0, when the session
 // parks.
 func TestWatchCLI(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t)
 	e.startServer()
 	id := e.create()

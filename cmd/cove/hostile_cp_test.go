@@ -22,6 +22,7 @@ import (
 )
 
 func TestHostileCopies(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t)
 	e.startServer()
 	id := e.create()

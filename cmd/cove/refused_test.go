@@ -66,6 +66,7 @@ func (w *awaitWriter) await(t *testing.T, what string, limit time.Duration) {
 // template whose repository is unreachable is 400 with a message free of
 // host detail, leaves no record, and a retry is 400 again (not 409).
 func TestSmallRefusalsEndToEnd(t *testing.T) {
+	t.Parallel()
 	e := newE2E(t)
 	e.startServer()
 	id := e.create()

@@ -29,10 +29,7 @@ func TestServerRefusesHomeQEMUCannotReach(t *testing.T) {
 	if _, err := user.Lookup("nobody"); err != nil {
 		testenv.Skipf(t, "no user 'nobody' to run QEMU as: %v", err)
 	}
-	cove, err := vmtest.BuildCove(t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
+	cove := testBinaries(t)
 	root := t.TempDir()
 	for _, d := range []string{filepath.Dir(root), root} { // t.TempDir makes them 0700
 		if err := os.Chmod(d, 0o711); err != nil {

@@ -33,11 +33,17 @@ func Shared(t testing.TB) *Server {
 
 // Main runs the tests and stops the shared server, if one was started.
 func Main(m *testing.M) {
+	os.Exit(Run(m))
+}
+
+// Run is Main for a TestMain that has more to clean up before it exits:
+// it runs the tests, stops the shared server and returns the exit code.
+func Run(m *testing.M) int {
 	code := m.Run()
 	if shared.srv != nil {
 		shared.srv.Stop()
 	}
-	os.Exit(code)
+	return code
 }
 
 // Setenv gives objstore.Open the server's credentials for the rest of t.
