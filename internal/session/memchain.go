@@ -123,15 +123,8 @@ func (m *Manager) stopEncodes() {
 
 func (m *Manager) encodeLoop() {
 	defer m.encodeWG.Done()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := m.untilStop()
 	defer cancel()
-	go func() {
-		select {
-		case <-m.stop:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
 	for {
 		m.mu.Lock()
 		stopped := false

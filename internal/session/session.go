@@ -1430,15 +1430,8 @@ func (m *Manager) every(d time.Duration, fn func(context.Context)) {
 	m.bg.Add(1)
 	go func() {
 		defer m.bg.Done()
-		ctx, cancel := context.WithCancel(context.Background())
+		ctx, cancel := m.untilStop()
 		defer cancel()
-		go func() {
-			select {
-			case <-m.stop:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
 		tick := time.NewTicker(d)
 		defer tick.Stop()
 		for {
@@ -1450,6 +1443,20 @@ func (m *Manager) every(d time.Duration, fn func(context.Context)) {
 			fn(ctx)
 		}
 	}()
+}
+
+// untilStop is a context that ends when the manager stops (or cancel is
+// called).
+func (m *Manager) untilStop() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		select {
+		case <-m.stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
 }
 
 // stopLoops ends the background loops (idle parking, pool refills) once.
