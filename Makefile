@@ -40,9 +40,8 @@ run: deps build
 # boots on this 2-core machine. Inside a package, tests that boot no VM
 # call t.Parallel (not those that time sub-second heartbeats or answers);
 # internal/session's TestMain runs 8 of those at once (they wait on ticks
-# and leases, not on a CPU), and lets two of its VM tests that boot their
-# guests one at a time run side by side (parallelVM); its other VM tests
-# run alone, before the parallel ones. Within cmd/cove the end-to-end
+# and leases, not on a CPU); its VM tests run alone, before the parallel
+# ones. Within cmd/cove the end-to-end
 # tests run two at a time (t.Parallel; -parallel defaults to GOMAXPROCS,
 # 2 here), each on a home, server and ports of its own; TestCrashPoints
 # walks its steps in groups on homes of their own, two at a time; TestLoad

@@ -13,9 +13,8 @@ import (
 // sub-second heartbeats or answers: over the fake driver they spend their
 // time waiting (on a loop's tick, a lease, a grace period, a crash hook),
 // not on a CPU, so running more of them than there are cores (go test's
-// default) is what cuts this package's time. Of the tests that boot QEMU
-// guests, those that call parallelVM run two at a time among these; the
-// others run one at a time, before them.
+// default) is what cuts this package's time. The tests that boot QEMU
+// guests run one at a time, before them (see parallelVM).
 const fakeParallel = 8
 
 func TestMain(m *testing.M) {

@@ -52,23 +52,15 @@ type rigOptions struct {
 	adjust func(*session.Config)
 }
 
-// vmSlots bounds the VM tests that run at once: two. Under TCG on a
-// 2-core host a guest that boots is a busy host thread, and more than two
-// booting at once starve each other past their boot timeouts.
-var vmSlots = make(chan struct{}, 2)
-
-// parallelVM marks t as a VM test that may run beside one other VM test
-// (and beside the fake driver's tests): call it first. Such a test boots
-// its guests one at a time, keeps everything in its rig's own dirs, and
-// times nothing tightly (no short answer, idle or boot timeouts, no guest
-// clock checks); the VM tests that do stay serial. The slot is given back
-// after the test's cleanups that were registered later (its rig's: the
-// deletes, the check that no QEMU outlives it) have run.
+// parallelVM marks t as a VM test that could run beside one other VM
+// test: it boots its guests one at a time, keeps everything in its rig's
+// own dirs, and times nothing tightly. For now they run alone, in the
+// serial part of the package, before the fake driver's tests: two at once
+// beside those, a guest once went 30 s without its agent answering after
+// a checkpoint that failed on a full disk (TestCheckpointDiskFull, in a
+// clean-clone CI run), which is not explained yet.
 func parallelVM(t *testing.T) {
 	t.Helper()
-	t.Parallel()
-	vmSlots <- struct{}{}
-	t.Cleanup(func() { <-vmSlots })
 }
 
 // newRig builds a manager over fresh directories and registers cleanups
